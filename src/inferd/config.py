@@ -1,0 +1,254 @@
+"""Typed configuration: the server's settings and each model's ``config.toml``.
+
+Both are declared once as frozen dataclasses, documented per field, validated when read, and never
+changed after start. ``config.toml`` mirrors Triton's model configuration; every key is checked, and
+an error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferd.errors import ConfigError
+from inferd.types import V2_DATATYPES
+
+BACKENDS = ("onnx", "torch", "python", "tensorflow")
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+INSTANCE_KINDS = ("cpu", "gpu", "process")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    model_repository: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000  # 0: HTTP off
+    grpc_port: int = 8001  # 0: gRPC off
+    model_control: str = "none"  # none | poll | explicit
+    poll_interval: float = 15.0  # seconds between repository scans in poll mode
+    auth_token: str | None = None  # Bearer token for model control (and optionally inference)
+    drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
+    max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ConfigError(f"--model-control must be one of {MODEL_CONTROL_MODES}")
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        if self.max_body_bytes <= 0:
+            raise ConfigError(f"--max-body-size must be positive, got {self.max_body_bytes}")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # without the batch dim when max_batch_size > 0; -1 = any size
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicBatching:
+    max_queue_delay_ms: float = 0.0  # longest a request waits for company once an instance is free
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024  # a full queue answers 503 at once
+    default_timeout_ms: float = 0.0  # 0 = no deadline
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    count: int = 1  # executions of the model that may run at once
+    kind: str = "cpu"  # cpu | gpu | process
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    latest: int | None = 1
+    all: bool = False
+    specific: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    backend: str | None = None  # inferred from the artifact when absent
+    max_batch_size: int = 0  # 0: no batch dimension; >0: dim 0 is the batch, at most this many rows
+    intra_op_threads: int = 0  # threads inside one execution; 0 = the framework's default
+    dynamic_batching: DynamicBatching | None = None  # present = batching on
+    instance_group: InstanceGroup = field(default_factory=InstanceGroup)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: dict[str, int] = field(default_factory=dict)
+    inputs: tuple[TensorConfig, ...] = ()
+    outputs: tuple[TensorConfig, ...] = ()
+
+
+class _Table:
+    """Reads one TOML table, checking every key's type and refusing unknown keys."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self._data = dict(data)
+        self._where = where
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._where}: key '{key}' {problem}")
+
+    def take(self, key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in self._data:
+            return default
+        value = self._data.pop(key)
+        if isinstance(value, bool) and bool not in _as_tuple(kinds):
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
+        return value
+
+    def take_int(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.take(key, int, default)
+        if value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value}")
+        return int(value)
+
+    def take_ints(self, key: str, minimum: int = 0) -> tuple[int, ...]:
+        values = self.take(key, list, [])
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+            raise self.fail(key, f"must be a list of integers >= {minimum}, got {values!r}")
+        return tuple(values)
+
+    def finish(self) -> None:
+        if self._data:
+            key = sorted(self._data)[0]
+            raise self.fail(key, "is not known")
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _kind_names(kinds: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kinds))
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate a model's config.toml. A missing file is the all-default config."""
+    if not path.exists():
+        return ModelConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_model_config(data, str(path))
+
+
+def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
+    table = _Table(data, where)
+    backend = table.take("backend", str)
+    if backend is not None and backend not in BACKENDS:
+        raise table.fail("backend", f"must be one of {BACKENDS}, got {backend!r}")
+    max_batch_size = table.take_int("max_batch_size", 0)
+    intra_op_threads = table.take_int("intra_op_threads", 0)
+    batching = _dynamic_batching(table.take("dynamic_batching", dict), where)
+    if batching is not None and max_batch_size == 0:
+        raise table.fail("dynamic_batching", "needs max_batch_size > 0 (the batch dimension)")
+    if batching and any(size > max_batch_size for size in batching.preferred_batch_sizes):
+        raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_sizes' "
+                          f"must not exceed max_batch_size ({max_batch_size})")
+    config = ModelConfig(
+        backend=backend,
+        max_batch_size=max_batch_size,
+        intra_op_threads=intra_op_threads,
+        dynamic_batching=batching,
+        instance_group=_instance_group(table.take("instance_group", dict, {}), where),
+        version_policy=_version_policy(table.take("version_policy", dict, {}), where),
+        version_labels=_version_labels(table.take("version_labels", dict, {}), where),
+        inputs=_tensors(table.take("input", list, []), f"{where}: input"),
+        outputs=_tensors(table.take("output", list, []), f"{where}: output"),
+    )
+    table.finish()
+    return config
+
+
+def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatching | None:
+    if data is None:
+        return None
+    table = _Table(data, f"{where}: [dynamic_batching]")
+    delay = table.take("max_queue_delay_ms", (int, float), 0.0)
+    timeout = table.take("default_timeout_ms", (int, float), 0.0)
+    if delay < 0:
+        raise table.fail("max_queue_delay_ms", f"must be >= 0, got {delay}")
+    if timeout < 0:
+        raise table.fail("default_timeout_ms", f"must be >= 0, got {timeout}")
+    result = DynamicBatching(
+        max_queue_delay_ms=float(delay),
+        preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
+        max_queue_size=table.take_int("max_queue_size", 1024, minimum=1),
+        default_timeout_ms=float(timeout),
+    )
+    table.finish()
+    return result
+
+
+def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
+    table = _Table(data, f"{where}: [instance_group]")
+    kind = table.take("kind", str, "cpu")
+    if kind not in INSTANCE_KINDS:
+        raise table.fail("kind", f"must be one of {INSTANCE_KINDS}, got {kind!r}")
+    group = InstanceGroup(count=table.take_int("count", 1, minimum=1), kind=kind,
+                          gpus=table.take_ints("gpus"))
+    table.finish()
+    if group.gpus and group.kind != "gpu":
+        raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
+    return group
+
+
+def _version_policy(data: dict[str, Any], where: str) -> VersionPolicy:
+    table = _Table(data, f"{where}: [version_policy]")
+    latest = table.take("latest", int)
+    take_all = table.take("all", bool, False)
+    specific = table.take_ints("specific", minimum=1)
+    table.finish()
+    chosen = sum([latest is not None, take_all, bool(specific)])
+    if chosen > 1:
+        raise ConfigError(f"{where}: [version_policy] takes one of 'latest', 'all', 'specific'")
+    if latest is not None and latest < 1:
+        raise table.fail("latest", f"must be >= 1, got {latest}")
+    if chosen == 0:
+        return VersionPolicy()
+    return VersionPolicy(latest=latest, all=take_all, specific=specific)
+
+
+def _version_labels(data: dict[str, Any], where: str) -> dict[str, int]:
+    for label, version in data.items():
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"{where}: [version_labels] key '{label}' must be a version "
+                              f"number >= 1, got {version!r}")
+    return dict(data)
+
+
+def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
+    tensors = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} #{index}: must be a table ([[{where.split()[-1]}]])")
+        table = _Table(item, f"{where} #{index}")
+        name = table.take("name", str)
+        datatype = table.take("datatype", str)
+        shape = table.take("shape", list)
+        table.finish()
+        if not name:
+            raise table.fail("name", "is required")
+        if datatype not in V2_DATATYPES:
+            raise table.fail("datatype", f"must be one of {' '.join(V2_DATATYPES)}, got {datatype!r}")
+        if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
+                                    for d in shape):
+            raise table.fail("shape", f"must be a list of sizes (-1 = any), got {shape!r}")
+        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape)))
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: names must be unique, got {names}")
+    return tuple(tensors)

@@ -1,0 +1,82 @@
+"""The errors inferd raises. Each carries an :class:`ErrorCode`; transports pick the number.
+
+    InferdError
+    ├── InvalidInput          bad request: which tensor, what was expected, what came   (INVALID_ARGUMENT)
+    │   └── PayloadTooLarge   body or tensor above a configured limit                   (TOO_LARGE)
+    ├── NotFound              unknown model or version                                   (NOT_FOUND)
+    ├── Unavailable           not ready, loading, draining                               (UNAVAILABLE)
+    │   └── QueueFull         the model's queue is at max_queue_size                     (UNAVAILABLE)
+    ├── DeadlineExceeded      the request's deadline passed before it ran                (DEADLINE_EXCEEDED)
+    ├── Unauthenticated       missing or wrong token                                     (UNAUTHENTICATED)
+    ├── Forbidden             the operation is switched off                              (FORBIDDEN)
+    ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
+    └── ConfigError           a repository or config.toml problem                        (INVALID_CONFIG)
+
+No HTTP status or gRPC code lives here: ``transport/http/errors.py`` and ``transport/grpc/errors.py``
+each hold one table from :class:`ErrorCode` to their numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    MODEL_FAILED = "model_failed"
+    INVALID_CONFIG = "invalid_config"
+    INTERNAL = "internal"
+
+
+class InferdError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(InferdError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class PayloadTooLarge(InvalidInput):
+    code = ErrorCode.TOO_LARGE
+
+
+class NotFound(InferdError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Unavailable(InferdError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class QueueFull(Unavailable):
+    pass
+
+
+class DeadlineExceeded(InferdError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(InferdError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(InferdError):
+    code = ErrorCode.FORBIDDEN
+
+
+class ModelError(InferdError):
+    code = ErrorCode.MODEL_FAILED
+
+
+class ConfigError(InferdError):
+    code = ErrorCode.INVALID_CONFIG

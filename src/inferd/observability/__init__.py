@@ -1,0 +1,1 @@
+"""Metrics, timings and logs. Imports nothing else of inferd."""

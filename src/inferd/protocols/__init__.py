@@ -1,0 +1,1 @@
+"""Wire payloads <-> inferd types. Pure functions: no web framework, no grpc, no torch."""

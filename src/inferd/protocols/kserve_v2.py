@@ -1,0 +1,168 @@
+"""KServe v2 / Open Inference Protocol over HTTP: JSON bodies and the binary-data extension.
+
+A binary request is ``<JSON header><raw tensor bytes...>``; the header's length travels in the
+``Inference-Header-Content-Length`` HTTP header, and every input whose data is raw carries
+``parameters.binary_data_size``. Responses do the same for outputs asked for as binary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from inferd.errors import InvalidInput
+from inferd.protocols import tensors
+from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+HEADER_LENGTH = "inference-header-content-length"
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def loads(body: bytes | bytearray | memoryview, what: str = "request body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+
+
+def decode_infer_request(body: bytes | bytearray, header_length: int | None, model_name: str,
+                         model_version: str | None) -> InferRequest:
+    view = memoryview(body)
+    if header_length is None:
+        header, raw = view, view[len(view):]
+    else:
+        if not 0 <= header_length <= len(view):
+            raise InvalidInput(f"Inference-Header-Content-Length is {header_length} but the body "
+                               f"has {len(view)} bytes")
+        header, raw = view[:header_length], view[header_length:]
+    payload = loads(header, "inference request")
+    if not isinstance(payload, dict):
+        raise InvalidInput("the inference request must be a JSON object with an 'inputs' list")
+    inputs, used = _inputs(payload.get("inputs"), raw)
+    if used != len(raw):
+        raise InvalidInput(f"binary data has {len(raw)} bytes after the JSON header, but the "
+                           f"inputs' binary_data_size add up to {used}")
+    parameters = _object(payload.get("parameters", {}), "parameters")
+    return InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        id=_request_id(payload.get("id")),
+        outputs=_outputs(payload.get("outputs"), parameters),
+        parameters=parameters,
+        timeout_us=_timeout(parameters.get("timeout")),
+    )
+
+
+def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("the inference request needs a non-empty 'inputs' list")
+    result, offset = [], 0
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"inputs[{index}] needs a 'name' string")
+        datatype, shape = item.get("datatype"), item.get("shape")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input '{name}' needs a 'datatype' string (e.g. \"FP32\")")
+        params = _object(item.get("parameters", {}), f"input '{name}' parameters")
+        size = params.get("binary_data_size")
+        if "shared_memory_region" in params:
+            raise InvalidInput(f"input '{name}': shared memory is not supported; send the data")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative "
+                                   f"integer, got {size!r}")
+            if offset + size > len(raw):
+                raise InvalidInput(f"input '{name}': binary_data_size {size} runs past the end "
+                                   f"of the body ({len(raw) - offset} bytes left)")
+            data = tensors.from_raw(name, datatype, shape, raw[offset:offset + size])
+            offset += size
+        elif "data" in item:
+            data = tensors.from_json(name, datatype, shape, item["data"])
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        result.append(Tensor(name, datatype, data))
+    return result, offset
+
+
+def _outputs(items: Any, parameters: dict[str, Any]) -> list[RequestedOutput] | None:
+    default = parameters.get("binary_data_output")
+    if default is not None and not isinstance(default, bool):
+        raise InvalidInput(f"parameters.binary_data_output must be true or false, got {default!r}")
+    if items is None:
+        return None  # every output; binary_data_output (read when encoding) sets their form
+    if not isinstance(items, list):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    result = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a 'name' string")
+        params = _object(item.get("parameters", {}), f"output '{item['name']}' parameters")
+        if "classification" in params or "shared_memory_region" in params:
+            raise InvalidInput(f"output '{item['name']}': classification and shared memory "
+                               "are not supported")
+        binary = params.get("binary_data", default)
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidInput(f"output '{item['name']}': binary_data must be true or false")
+        result.append(RequestedOutput(item["name"], binary))
+    return result
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _request_id(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidInput(f"'id' must be a string, got {type(value).__name__}")
+
+
+def _timeout(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"parameters.timeout must be microseconds (an integer >= 0), "
+                           f"got {value!r}")
+    return value
+
+
+def encode_infer_response(response: InferResponse, request: InferRequest
+                          ) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when any output is binary."""
+    binary_flags, default = _binary_flags(request)
+    outputs, chunks = [], []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                 "shape": list(tensor.shape)}
+        if binary_flags.get(tensor.name, default):
+            raw = tensors.to_raw(tensor.data, tensor.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensors.to_json(tensor.data, tensor.datatype)
+        outputs.append(entry)
+    payload: dict[str, Any] = {"model_name": response.model_name,
+                               "model_version": response.model_version, "outputs": outputs}
+    if response.id is not None:
+        payload["id"] = response.id
+    header = orjson.dumps(payload, option=_DUMPS_OPTIONS)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _binary_flags(request: InferRequest) -> tuple[dict[str, bool | None], bool]:
+    default = bool(request.parameters.get("binary_data_output", False))
+    flags = {o.name: o.binary for o in request.outputs or []}
+    return {k: (default if v is None else v) for k, v in flags.items()}, default
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=_DUMPS_OPTIONS)

@@ -1,0 +1,150 @@
+"""Tensor data on the wire: JSON lists and raw little-endian bytes, for every v2 datatype."""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from inferd.errors import InvalidInput
+from inferd.types import numpy_dtype
+
+_JSON_AS_FLOAT32 = frozenset({"BF16"})  # JSON numbers pass through float32 on their way to BF16
+
+
+def element_count(name: str, shape: Any) -> int:
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, "
+                           f"got {shape!r}")
+    return math.prod(shape)
+
+
+def dtype_for(name: str, datatype: Any) -> np.dtype[Any]:
+    try:
+        return numpy_dtype(datatype)
+    except (KeyError, TypeError):
+        raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}") from None
+
+
+def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """A JSON ``data`` field (flat or nested) as an array of ``shape``."""
+    count = element_count(name, shape)
+    dtype = dtype_for(name, datatype)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if datatype == "BYTES":
+            array = _bytes_from_json(data)
+        elif datatype in _JSON_AS_FLOAT32:
+            array = np.asarray(data, dtype=np.float32).astype(dtype)
+        else:
+            array = _numbers(data, dtype, datatype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': data does not hold {datatype} values: {exc}") from None
+    if array.size != count:
+        raise InvalidInput(f"input '{name}': shape {shape} needs {count} elements, "
+                           f"data has {array.size}")
+    return array.reshape(shape)
+
+
+def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
+    if datatype == "BOOL":
+        array = np.asarray(data)
+        if array.size and array.dtype != np.bool_:
+            raise ValueError(f"expected true/false, got {array.dtype} values")
+        return array.astype(np.bool_).ravel()
+    array = np.asarray(data)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"expected numbers, got {array.dtype} values")
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        raise ValueError("expected integers, got fractional numbers")
+    return array.astype(dtype, copy=False).ravel()
+
+
+def _bytes_from_json(data: list[Any]) -> np.ndarray:
+    flat = list(_flatten(data))
+    out = np.empty(len(flat), dtype=object)
+    for index, item in enumerate(flat):
+        if isinstance(item, str):
+            out[index] = item.encode("utf-8")
+        elif isinstance(item, bool | int | float):
+            out[index] = str(item).encode("utf-8")
+        else:
+            raise ValueError(f"expected strings, got {type(item).__name__}")
+    return out
+
+
+def _flatten(data: list[Any]) -> Any:
+    for item in data:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def to_json(array: np.ndarray, datatype: str) -> Any:
+    """An array as a flat JSON-ready value. Numeric arrays go to orjson as numpy (no lists)."""
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [_text(item) for item in flat]
+    if datatype == "BF16":
+        return flat.astype(np.float32)
+    if datatype == "FP16":
+        return flat.astype(np.float32)  # orjson has no float16
+    return np.ascontiguousarray(flat)
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return str(item)
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: memoryview | bytes) -> np.ndarray:
+    """Raw little-endian bytes (BYTES: 4-byte length + bytes per element) as an array."""
+    count = element_count(name, shape)
+    dtype = dtype_for(name, datatype)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, raw, count).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(f"input '{name}': shape {shape} of {datatype} needs {expected} bytes, "
+                           f"got {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=count).reshape(shape)
+
+
+def _bytes_from_raw(name: str, raw: memoryview | bytes, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"input '{name}': BYTES data ends after {index} of {count} elements")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(f"input '{name}': BYTES element {index} claims {length} bytes, "
+                               f"only {len(view) - offset} remain")
+        out[index] = bytes(view[offset:offset + length])
+        offset += length
+    if offset != len(view):
+        raise InvalidInput(f"input '{name}': {len(view) - offset} bytes left over after "
+                           f"{count} BYTES elements")
+    return out
+
+
+def to_raw(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            item = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(struct.pack("<I", len(item)))
+            parts.append(item)
+        return b"".join(parts)
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()

@@ -1,0 +1,1 @@
+"""Finding models on disk and keeping their lifecycle."""

@@ -1,0 +1,68 @@
+"""Reading a model repository folder: models, integer versions, artifacts and config.toml.
+
+    models/<name>/config.toml            optional
+    models/<name>/<version>/<artifact>   version folders are integers; the artifact names the format
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from inferd.errors import ConfigError
+
+# artifact file or folder name -> backend, in the order they are looked for
+ARTIFACTS: dict[str, str] = {
+    "model.onnx": "onnx",
+    "model.pt2": "torch",
+    "model.pt": "torch",
+    "model.py": "python",
+    "saved_model.pb": "tensorflow",
+    "model.savedmodel": "tensorflow",
+    "model.mar": "torchserve",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    name: str
+    path: Path
+    versions: dict[int, Path]  # version -> its folder
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+
+def is_valid_name(name: str) -> bool:
+    """Model names are plain folder names: no separators, no dot-dot, no leading dot."""
+    return bool(_NAME.match(name)) and ".." not in name
+
+
+def scan(root: Path) -> list[ModelFolder]:
+    """Every model folder under ``root``, sorted by name. Hidden and badly named folders are skipped."""
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} is not a folder")
+    return [read_model_folder(child) for child in sorted(root.iterdir())
+            if child.is_dir() and is_valid_name(child.name)]
+
+
+def read_model_folder(path: Path) -> ModelFolder:
+    versions = {int(child.name): child for child in path.iterdir()
+                if child.is_dir() and child.name.isdigit() and int(child.name) > 0}
+    return ModelFolder(name=path.name, path=path, versions=dict(sorted(versions.items())))
+
+
+def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
+    """The artifact in a version folder and the backend that loads it."""
+    for filename, kind in ARTIFACTS.items():
+        candidate = version_dir / filename
+        if candidate.exists() and (backend is None or backend == kind):
+            if kind == "tensorflow" and filename == "saved_model.pb":
+                candidate = version_dir
+            return candidate, kind
+    wanted = [f for f, k in ARTIFACTS.items() if backend in (None, k)]
+    found = sorted(p.name for p in version_dir.iterdir()) if version_dir.is_dir() else []
+    raise ConfigError(f"{version_dir}: no model artifact; expected one of {wanted}, found {found}")

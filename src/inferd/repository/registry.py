@@ -1,0 +1,188 @@
+"""Model lifecycle: which versions load (version policy), their state, and finding a ready one.
+
+A model that fails to load is kept as UNAVAILABLE with its reason; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferd.config import ModelConfig, VersionPolicy, load_model_config
+from inferd.errors import ConfigError, InferdError, NotFound, Unavailable
+from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, scan
+from inferd.repository.loader import load_runtime
+from inferd.runtimes.base import LoadContext, Runtime
+
+log = logging.getLogger("inferd.repository")
+
+# Wraps a freshly loaded runtime (scheduling: batcher, instance pool). Given by the composition root.
+Wrap = Callable[[Runtime, ModelConfig, str, str], Runtime]
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class VersionEntry:
+    version: str
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    runtime: Runtime | None = None
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    name: str
+    config: ModelConfig = field(default_factory=ModelConfig)
+    versions: dict[str, VersionEntry] = field(default_factory=dict)
+    reason: str = ""  # a problem with the model as a whole (e.g. its config.toml)
+
+    def ready_versions(self) -> list[str]:
+        ready = [v for v, e in self.versions.items() if e.state is ModelState.READY]
+        return sorted(ready, key=int)
+
+
+def _no_wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
+    return runtime
+
+
+def choose_versions(available: list[int], policy: VersionPolicy) -> list[int]:
+    """The versions a policy serves, from the ones on disk (ascending)."""
+    if policy.all:
+        return list(available)
+    if policy.specific:
+        return [v for v in available if v in policy.specific]
+    return list(available)[-(policy.latest or 1):]
+
+
+class ModelRegistry:
+    def __init__(self, root: Path | None, wrap: Wrap = _no_wrap) -> None:
+        self._root = root
+        self._wrap = wrap
+        self._models: dict[str, ModelEntry] = {}
+
+    @property
+    def models(self) -> dict[str, ModelEntry]:
+        return self._models
+
+    async def load_all(self) -> None:
+        if self._root is None:
+            return
+        for folder in scan(self._root):
+            await self._load_folder(folder)
+
+    async def load_model(self, name: str) -> ModelEntry:
+        if self._root is None or not is_valid_name(name):
+            raise NotFound(f"model '{name}' is not in the repository")
+        path = self._root / name
+        if not path.is_dir():
+            raise NotFound(f"model '{name}' is not in the repository")
+        from inferd.repository.layout import read_model_folder
+
+        await self.unload_model(name, missing_ok=True)
+        return await self._load_folder(read_model_folder(path))
+
+    async def unload_model(self, name: str, missing_ok: bool = False) -> None:
+        entry = self._models.pop(name, None)
+        if entry is None:
+            if missing_ok:
+                return
+            raise NotFound(f"model '{name}' is not loaded")
+        for version in entry.versions.values():
+            if version.runtime is not None:
+                version.state = ModelState.UNLOADING
+                await asyncio.to_thread(version.runtime.unload)
+                version.runtime = None
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self.unload_model(name, missing_ok=True)
+
+    async def _load_folder(self, folder: ModelFolder) -> ModelEntry:
+        entry = ModelEntry(name=folder.name)
+        self._models[folder.name] = entry
+        try:
+            entry.config = load_model_config(folder.config_path)
+        except ConfigError as exc:
+            self._fail_model(entry, folder, str(exc))
+            return entry
+        chosen = choose_versions(list(folder.versions), entry.config.version_policy)
+        if not chosen:
+            self._fail_model(entry, folder, f"{folder.path}: no version folder (1/, 2/, ...) "
+                             "that the version policy serves")
+            return entry
+        for number in chosen:
+            entry.versions[str(number)] = VersionEntry(version=str(number))
+        for number in chosen:
+            await self._load_version(entry, str(number), folder.versions[number])
+        return entry
+
+    def _fail_model(self, entry: ModelEntry, folder: ModelFolder, reason: str) -> None:
+        entry.reason = reason
+        log.error("model %s unavailable: %s", entry.name, reason)
+        for number in folder.versions or {}:
+            entry.versions[str(number)] = VersionEntry(str(number), ModelState.UNAVAILABLE, reason)
+
+    async def _load_version(self, entry: ModelEntry, version: str, path: Path) -> None:
+        slot = entry.versions[version]
+        try:
+            runtime = await asyncio.to_thread(self._build, entry, version, path)
+        except Exception as exc:  # a broken model is reported and never stops the others
+            slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
+            log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
+            return
+        slot.runtime, slot.state, slot.reason = runtime, ModelState.READY, ""
+        log.info("model %s version %s ready (%s)", entry.name, version, runtime.describe())
+
+    def _build(self, entry: ModelEntry, version: str, path: Path) -> Runtime:
+        config = entry.config
+        artifact, backend = find_artifact(path, config.backend)
+        group = config.instance_group
+        device = "cpu"
+        if group.kind == "gpu":
+            device = f"cuda:{group.gpus[0] if group.gpus else 0}"
+        context = LoadContext(name=entry.name, version=version, artifact=artifact,
+                              config=config, device=device)
+        runtime = load_runtime(backend, context)
+        runtime.warmup()
+        return self._wrap(runtime, config, entry.name, version)
+
+    def get(self, name: str, version: str | None) -> tuple[Runtime, str]:
+        """The runtime that serves ``name`` at ``version`` (None: the newest ready version)."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        if version is None:
+            ready = entry.ready_versions()
+            if not ready:
+                raise Unavailable(f"model '{name}' has no ready version: "
+                                  f"{self.reason(entry) or 'loading'}")
+            version = ready[-1]
+        slot = entry.versions.get(version)
+        if slot is None:
+            raise NotFound(f"unknown version '{version}' of model '{name}' (served versions: "
+                           f"{', '.join(sorted(entry.versions, key=int)) or 'none'})")
+        if slot.state is not ModelState.READY or slot.runtime is None:
+            raise Unavailable(f"model '{name}' version {version} is not ready: "
+                              f"{slot.reason or slot.state.value}")
+        return slot.runtime, version
+
+    @staticmethod
+    def reason(entry: ModelEntry) -> str:
+        reasons = [v.reason for v in entry.versions.values() if v.reason]
+        return entry.reason or (reasons[0] if reasons else "")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, InferdError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

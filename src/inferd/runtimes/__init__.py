@@ -1,0 +1,1 @@
+"""Runtimes run one model. Only ``runtimes/<framework>.py`` imports its framework, at model load."""

@@ -1,0 +1,110 @@
+"""The Runtime contract: what every framework adapter and every scheduler wrapper provides."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inferd.config import ModelConfig, TensorConfig
+from inferd.errors import ConfigError
+from inferd.types import TensorSpec, Timings, numpy_dtype
+
+Arrays = dict[str, np.ndarray]
+
+
+class Runtime(ABC):
+    """One loaded model version. ``infer`` is the whole contract a scheduler needs.
+
+    ``infer`` blocks and may run on any thread; frameworks that release the GIL run several calls
+    at once. ``infer_async`` is what the service awaits: wrappers such as the DynamicBatcher
+    override it, and are Runtimes themselves.
+    """
+
+    platform: str = "unknown"
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    max_batch_size: int = 0
+
+    @abstractmethod
+    def infer(self, inputs: Arrays) -> Arrays:
+        """Run the model on named arrays and return named arrays."""
+
+    async def infer_async(self, inputs: Arrays, timings: Timings | None = None,
+                          deadline: float | None = None) -> Arrays:
+        start = time.perf_counter()
+        outputs = await asyncio.to_thread(self.infer, inputs)
+        if timings is not None:
+            timings.compute = time.perf_counter() - start
+        return outputs
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Called once after load; runtimes with a cold first call override it."""
+
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Release what the model holds. The default has nothing to release."""
+
+    def describe(self) -> str:
+        return self.platform
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    """Everything a runtime's ``load`` needs to know about the model it loads."""
+
+    name: str
+    version: str
+    artifact: Path
+    config: ModelConfig
+    device: str = "cpu"  # "cpu" or "cuda:N"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def specs_from_config(tensors: tuple[TensorConfig, ...], max_batch_size: int) -> tuple[TensorSpec, ...]:
+    """Config shapes omit the batch dim when the model batches; specs carry the full shape."""
+    prefix = (-1,) if max_batch_size > 0 else ()
+    return tuple(TensorSpec(t.name, t.datatype, prefix + t.shape) for t in tensors)
+
+
+def require_specs(context: LoadContext, what: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs and outputs from config.toml, for formats that cannot describe themselves."""
+    config = context.config
+    if not config.inputs or not config.outputs:
+        missing = "[[input]]" if not config.inputs else "[[output]]"
+        raise ConfigError(
+            f"model '{context.name}': a {what} does not describe its tensors; config.toml must "
+            f"declare every {missing} with name, datatype and shape"
+        )
+    mbs = config.max_batch_size
+    return specs_from_config(config.inputs, mbs), specs_from_config(config.outputs, mbs)
+
+
+def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> Arrays:
+    """Give each declared output its declared dtype; a missing output is the model's fault."""
+    result: Arrays = {}
+    for spec in specs:
+        if spec.name not in raw:
+            raise RuntimeError(f"model '{model}' did not return output '{spec.name}' "
+                               f"(it returned {sorted(raw)})")
+        value = np.asarray(raw[spec.name])
+        if spec.datatype == "BYTES":
+            value = _as_bytes_array(value)
+        else:
+            wanted = numpy_dtype(spec.datatype)
+            if value.dtype != wanted:
+                value = value.astype(wanted)
+        result[spec.name] = value
+    return result
+
+
+def _as_bytes_array(value: np.ndarray) -> np.ndarray:
+    if value.dtype == object and all(isinstance(v, bytes) for v in value.flat):
+        return value
+    out = np.empty(value.shape, dtype=object)
+    for index, item in np.ndenumerate(value):
+        out[index] = item if isinstance(item, bytes) else str(item).encode("utf-8")
+    return out

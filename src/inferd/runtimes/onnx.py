@@ -1,0 +1,81 @@
+"""ONNX models through onnxruntime. Inputs and outputs come from the model unless config.toml says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferd.config import ModelConfig
+from inferd.errors import ConfigError
+from inferd.runtimes.base import Arrays, LoadContext, Runtime, specs_from_config
+from inferd.types import TensorSpec
+
+_V2_BY_ONNX = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
+}
+
+
+class OnnxRuntime(Runtime):
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, session: Any, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], max_batch_size: int) -> None:
+        self._session = session
+        self.inputs = inputs
+        self.outputs = outputs
+        self.max_batch_size = max_batch_size
+        self._output_names = [spec.name for spec in outputs]
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        values = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, values, strict=True))
+
+
+def load(context: LoadContext) -> OnnxRuntime:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if context.config.intra_op_threads:
+        options.intra_op_num_threads = context.config.intra_op_threads
+    options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    provider_options: list[dict[str, Any]] = [{}]
+    if context.device.startswith("cuda"):
+        providers.insert(0, "CUDAExecutionProvider")
+        provider_options.insert(0, {"device_id": int(context.device.split(":")[1])})
+    session = ort.InferenceSession(str(context.artifact), options, providers=providers,
+                                   provider_options=provider_options)
+    config = context.config
+    inputs = _specs(session.get_inputs(), config, "input", config.inputs)
+    outputs = _specs(session.get_outputs(), config, "output", config.outputs)
+    return OnnxRuntime(session, inputs, outputs, config.max_batch_size)
+
+
+def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any, ...]
+           ) -> tuple[TensorSpec, ...]:
+    from_model = {arg.name: _spec(arg) for arg in args}
+    if not declared:
+        specs = tuple(from_model.values())
+        if config.max_batch_size > 0:
+            specs = tuple(TensorSpec(s.name, s.datatype, (-1, *s.shape[1:])) for s in specs)
+        return specs
+    specs = specs_from_config(declared, config.max_batch_size)
+    for spec in specs:
+        if spec.name not in from_model:
+            raise ConfigError(f"config.toml declares {kind} '{spec.name}' but the ONNX model has "
+                              f"{sorted(from_model)}")
+        if from_model[spec.name].datatype != spec.datatype:
+            raise ConfigError(f"config.toml declares {kind} '{spec.name}' as {spec.datatype} but "
+                              f"the ONNX model has {from_model[spec.name].datatype}")
+    return specs
+
+
+def _spec(arg: Any) -> TensorSpec:
+    datatype = _V2_BY_ONNX.get(arg.type)
+    if datatype is None:
+        raise ConfigError(f"ONNX tensor '{arg.name}' has type {arg.type}, which inferd cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)

@@ -1,0 +1,65 @@
+"""Python models: ``model.py`` defines ``class Model`` with ``load()`` and ``infer(inputs)``.
+
+    class Model:
+        def load(self) -> None: ...                       # optional: read weights, warm up
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+config.toml declares the inputs and outputs. ``infer`` may run on several threads at once when
+``[instance_group] count`` > 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+from inferd.errors import ConfigError
+from inferd.runtimes.base import Arrays, LoadContext, Runtime, conform_outputs, require_specs
+from inferd.types import TensorSpec
+
+
+class PythonRuntime(Runtime):
+    platform = "python"
+
+    def __init__(self, model: Any, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], max_batch_size: int, name: str) -> None:
+        self._model = model
+        self._name = name
+        self.inputs = inputs
+        self.outputs = outputs
+        self.max_batch_size = max_batch_size
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        result = self._model.infer(inputs)
+        if not isinstance(result, dict):
+            raise RuntimeError(f"Model.infer must return a dict of arrays, got "
+                               f"{type(result).__name__}")
+        return conform_outputs(result, self.outputs, self._name)
+
+    def unload(self) -> None:
+        if hasattr(self._model, "unload"):
+            self._model.unload()
+
+
+def load(context: LoadContext) -> PythonRuntime:
+    inputs, outputs = require_specs(context, "Python model (model.py)")
+    module_name = f"inferd_user_models.{context.name}.v{context.version}"
+    spec = importlib.util.spec_from_file_location(module_name, context.artifact)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {context.artifact}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    model_class = getattr(module, "Model", None)
+    if model_class is None or not callable(getattr(model_class, "infer", None)):
+        raise ConfigError(f"{context.artifact} must define `class Model` with an infer(inputs) "
+                          "method")
+    model = model_class()
+    if callable(getattr(model, "load", None)):
+        model.load()
+    return PythonRuntime(model, inputs, outputs, context.config.max_batch_size, context.name)

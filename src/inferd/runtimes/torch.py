@@ -1,0 +1,150 @@
+"""PyTorch models: TorchScript (``model.pt``) and torch.export ExportedPrograms (``model.pt2``).
+
+Inputs are passed positionally in declared order; a model may return a tensor, a tuple/list of
+tensors, or a dict of tensors (matched to outputs by name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from inferd.errors import ConfigError
+from inferd.runtimes.base import (
+    Arrays,
+    LoadContext,
+    Runtime,
+    conform_outputs,
+    require_specs,
+    specs_from_config,
+)
+from inferd.types import TensorSpec
+
+_V2_BY_TORCH = {
+    "torch.bool": "BOOL", "torch.uint8": "UINT8", "torch.int8": "INT8", "torch.int16": "INT16",
+    "torch.int32": "INT32", "torch.int64": "INT64", "torch.float16": "FP16",
+    "torch.float32": "FP32", "torch.float64": "FP64", "torch.bfloat16": "BF16",
+    "torch.uint16": "UINT16", "torch.uint32": "UINT32", "torch.uint64": "UINT64",
+}
+
+
+class TorchRuntime(Runtime):
+    def __init__(self, module: Any, platform: str, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], max_batch_size: int, device: str,
+                 name: str) -> None:
+        import torch
+
+        self._torch = torch
+        self._module = module
+        self._device = torch.device(device)
+        self._name = name
+        self.platform = platform
+        self.inputs = inputs
+        self.outputs = outputs
+        self.max_batch_size = max_batch_size
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        torch = self._torch
+        args = [self._to_tensor(inputs[spec.name], spec) for spec in self.inputs]
+        with torch.inference_mode():
+            result = self._module(*args)
+        return conform_outputs(self._name_outputs(result), self.outputs, self._name)
+
+    def _to_tensor(self, array: np.ndarray, spec: TensorSpec) -> Any:
+        if spec.datatype == "BF16":  # numpy's ml_dtypes bfloat16 -> torch via its bits
+            bits = self._torch.from_numpy(np.ascontiguousarray(array).view(np.int16))
+            return bits.view(self._torch.bfloat16).to(self._device)
+        return self._torch.from_numpy(np.ascontiguousarray(array)).to(self._device)
+
+    def _name_outputs(self, result: Any) -> Arrays:
+        torch = self._torch
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if isinstance(result, dict):
+            return {key: _to_numpy(value, torch) for key, value in result.items()}
+        if isinstance(result, list | tuple):
+            if len(result) != len(self.outputs):
+                raise RuntimeError(f"model '{self._name}' returned {len(result)} outputs, "
+                                   f"config declares {len(self.outputs)}")
+            return {spec.name: _to_numpy(value, torch)
+                    for spec, value in zip(self.outputs, result, strict=True)}
+        raise RuntimeError(f"model '{self._name}' returned {type(result).__name__}; expected a "
+                           f"tensor, a tuple of tensors or a dict of tensors")
+
+    def describe(self) -> str:
+        return f"{self.platform} on {self._device}"
+
+
+def _to_numpy(value: Any, torch: Any) -> np.ndarray:
+    value = value.detach()
+    if value.dtype == torch.bfloat16:
+        from inferd.types import bfloat16
+
+        return value.cpu().view(torch.int16).numpy().view(bfloat16())
+    return value.cpu().numpy()
+
+
+def load(context: LoadContext) -> TorchRuntime:
+    import torch
+
+    if context.config.intra_op_threads:
+        torch.set_num_threads(context.config.intra_op_threads)
+    if context.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model '{context.name}' asks for {context.device}, "
+                          "but torch sees no CUDA device")
+    if context.artifact.suffix == ".pt2":
+        return _load_exported(context, torch)
+    inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
+    _refuse_bytes(inputs + outputs, context.name)
+    module = torch.jit.load(str(context.artifact), map_location=context.device).eval()
+    return TorchRuntime(module, "pytorch_libtorch", inputs, outputs,
+                        context.config.max_batch_size, context.device, context.name)
+
+
+def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
+    program = torch.export.load(str(context.artifact))
+    config = context.config
+    if config.inputs and config.outputs:
+        inputs = specs_from_config(config.inputs, config.max_batch_size)
+        outputs = specs_from_config(config.outputs, config.max_batch_size)
+    else:
+        inputs, outputs = _exported_specs(program, config.max_batch_size)
+    _refuse_bytes(inputs + outputs, context.name)
+    module = program.module()
+    if context.device != "cpu":
+        module = module.to(context.device)
+    return TorchRuntime(module, "pytorch_export", inputs, outputs, config.max_batch_size,
+                        context.device, context.name)
+
+
+def _exported_specs(program: Any, max_batch_size: int
+                    ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Read names, dtypes and shapes from the exported graph; symbolic sizes become -1."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs, outputs = [], []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            inputs.append(_spec_of(node.name, node.meta["val"], max_batch_size))
+        elif node.op == "output":
+            values = node.args[0] if isinstance(node.args[0], list | tuple) else [node.args[0]]
+            for index, value in enumerate(values):
+                outputs.append(_spec_of(f"output__{index}", value.meta["val"], max_batch_size))
+    return tuple(inputs), tuple(outputs)
+
+
+def _spec_of(name: str, fake: Any, max_batch_size: int) -> TensorSpec:
+    shape = [d if isinstance(d, int) else -1 for d in fake.shape]
+    if max_batch_size > 0 and shape:
+        shape[0] = -1
+    datatype = _V2_BY_TORCH.get(str(fake.dtype))
+    if datatype is None:
+        raise ConfigError(f"tensor '{name}' has dtype {fake.dtype}, which inferd cannot serve")
+    return TensorSpec(name, datatype, tuple(shape))
+
+
+def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str) -> None:
+    for spec in specs:
+        if spec.datatype == "BYTES":
+            raise ConfigError(f"model '{name}': tensor '{spec.name}' is BYTES, which torch models "
+                              "cannot take; use a Python model to decode strings")

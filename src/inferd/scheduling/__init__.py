@@ -1,0 +1,1 @@
+"""How requests wait, group and run: instance pools and the dynamic batcher."""

@@ -1,0 +1,97 @@
+"""InferenceService: the one door every transport and protocol calls."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import inferd
+from inferd.errors import InvalidInput
+from inferd.repository.registry import ModelRegistry
+from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor, Timings
+from inferd.validation import check_inputs, check_outputs
+
+EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "statistics")
+
+
+class InferenceService:
+    """Live, ready, metadata, infer, load, unload — with no knowledge of HTTP or gRPC."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._ready = False
+        self._draining = False
+
+    # -- health ----------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready and not self._draining
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def start_draining(self) -> None:
+        self._draining = True
+
+    # -- metadata --------------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "inferd", "version": inferd.__version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+        runtime, resolved = self.registry.get(name, version)
+        entry = self.registry.models[name]
+        versions = (resolved,) if version is not None else tuple(entry.ready_versions())
+        return ModelMetadata(name=name, versions=versions, platform=runtime.platform,
+                             inputs=runtime.inputs, outputs=runtime.outputs,
+                             max_batch_size=runtime.max_batch_size)
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        self.registry.get(name, version)  # raises NotFound / Unavailable
+        return True
+
+    # -- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start = time.perf_counter()
+        runtime, version = self.registry.get(request.model_name, request.model_version)
+        arrays = check_inputs(request, runtime)
+        wanted = check_outputs(request, runtime)
+        timings = Timings()
+        deadline = self._deadline(request, start)
+        outputs = await runtime.infer_async(arrays, timings, deadline)
+        datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+        tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+        timings.total = time.perf_counter() - start
+        return InferResponse(model_name=request.model_name, model_version=version,
+                             outputs=tensors, id=request.id, timings=timings)
+
+    @staticmethod
+    def _deadline(request: InferRequest, start: float) -> float | None:
+        if request.timeout_us is None:
+            return None
+        if request.timeout_us < 0:
+            raise InvalidInput(f"timeout must be >= 0 microseconds, got {request.timeout_us}")
+        return start + request.timeout_us / 1e6 if request.timeout_us else None
+
+    # -- repository ------------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows = []
+        for name in sorted(self.registry.models):
+            entry = self.registry.models[name]
+            if not entry.versions:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                             "reason": entry.reason})
+            for version in sorted(entry.versions, key=int):
+                slot = entry.versions[version]
+                rows.append({"name": name, "version": version, "state": slot.state.value,
+                             "reason": slot.reason})
+        if ready_only:
+            rows = [row for row in rows if row["state"] == "READY"]
+        return rows
+
+    async def load_model(self, name: str) -> None:
+        await self.registry.load_model(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.registry.unload_model(name)

@@ -1,0 +1,1 @@
+"""Doors into the service: HTTP (all protocols on one port) and gRPC."""

@@ -1,0 +1,1 @@
+"""The HTTP transport: a plain ASGI app served by uvicorn."""

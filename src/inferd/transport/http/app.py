@@ -1,0 +1,170 @@
+"""A plain ASGI application: read the body (bounded), route, call a handler, write the answer.
+
+No web framework on the hot path: one router lookup, one body buffer, one send.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from inferd.errors import InferdError, InvalidInput, PayloadTooLarge
+from inferd.transport.http.errors import status_for
+
+log = logging.getLogger("inferd.http")
+
+JSON = b"application/json"
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytearray
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+def json_response(value: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def error_response(status: int, message: str) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps({"error": message}))
+
+
+class Router:
+    """Patterns like ``/v2/models/{model}/infer``; ``{name}`` matches one path segment."""
+
+    def __init__(self) -> None:
+        self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler]]] = {}
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        parts = tuple(pattern.strip("/").split("/"))
+        self._routes.setdefault(len(parts), []).append((method, parts, handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
+        """(handler, params, path_known): a known path with the wrong method has no handler."""
+        segments = path.strip("/").split("/")
+        known = False
+        for route_method, parts, handler in self._routes.get(len(segments), ()):
+            params = _match(parts, segments)
+            if params is None:
+                continue
+            if route_method == method:
+                return handler, params, True
+            known = True
+        return None, {}, known
+
+
+def _match(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    params: dict[str, str] = {}
+    for part, segment in zip(parts, segments, strict=True):
+        if part.startswith("{"):
+            if not segment:
+                return None
+            params[part[1:-1]] = segment
+        elif part != segment:
+            return None
+    return params
+
+
+class HttpApp:
+    """The ASGI callable. Protocol modules add their routes to ``router``."""
+
+    def __init__(self, router: Router, max_body_bytes: int) -> None:
+        self.router = router
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        response = await self._respond(scope, receive)
+        headers = [(b"content-type", response.content_type),
+                   (b"content-length", str(len(response.body)).encode()), *response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _respond(self, scope: dict[str, Any], receive: Any) -> HttpResponse:
+        method, path = scope["method"], scope["path"]
+        handler, params, known = self.router.match(method, path)
+        if handler is None:
+            if known:
+                return error_response(405, f"method {method} is not allowed on {path}")
+            return error_response(404, f"no such endpoint: {method} {path}")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._read_body(headers, receive)
+            request = HttpRequest(method, path, scope.get("query_string", b"").decode("latin-1"),
+                                  headers, body, params)
+            return await handler(request)
+        except InferdError as exc:
+            return error_response(status_for(exc.code), exc.message)
+        except Exception as exc:  # a real server fault: log it, answer 500, keep serving
+            log.exception("internal error on %s %s", method, path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _read_body(self, headers: dict[str, str], receive: Any) -> bytearray:
+        limit = self.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of "
+                                  f"{limit} bytes (--max-body-size)")
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes "
+                                      "(--max-body-size)")
+        encoding = headers.get("content-encoding")
+        if encoding and encoding != "identity":
+            body = _decompress(body, encoding, limit)
+        return body
+
+
+def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(bytes(body), limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed body is over the limit of {limit} bytes")
+    return bytearray(out)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,120 @@
+"""HTTP routes: each decodes with a protocol codec, calls the InferenceService, encodes."""
+
+from __future__ import annotations
+
+from inferd.errors import Forbidden, InvalidInput, NotFound
+from inferd.protocols import kserve_v2
+from inferd.repository.layout import is_valid_name
+from inferd.service import InferenceService
+from inferd.transport.http.app import (
+    HttpRequest,
+    HttpResponse,
+    Router,
+    error_response,
+    json_response,
+)
+from inferd.types import InferResponse
+
+OK = HttpResponse(200, b"")
+
+
+def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
+    t = response.timings
+    value = (f"queue;dur={t.queue * 1000:.3f}, compute;dur={t.compute * 1000:.3f}, "
+             f"total;dur={t.total * 1000:.3f}")
+    return b"server-timing", value.encode()
+
+
+def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
+    name, version = request.params["model"], request.params.get("version")
+    if not is_valid_name(name):
+        raise NotFound(f"unknown model '{name}'")
+    if version is not None and not version.isdigit():
+        raise NotFound(f"unknown version '{version}' of model '{name}': versions are integers")
+    return name, version
+
+
+class KServeV2Routes:
+    """``/v2/...``: health, metadata, infer and the repository extension."""
+
+    def __init__(self, service: InferenceService, model_control: bool) -> None:
+        self.service = service
+        self.model_control = model_control
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/v2/health/live", self.live)
+        router.add("GET", "/v2/health/ready", self.ready)
+        router.add("GET", "/v2", self.server_metadata)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            router.add("GET", prefix, self.model_metadata)
+            router.add("GET", prefix + "/ready", self.model_ready)
+            router.add("POST", prefix + "/infer", self.infer)
+        router.add("POST", "/v2/repository/index", self.repository_index)
+        router.add("POST", "/v2/repository/models/{model}/load", self.load)
+        router.add("POST", "/v2/repository/models/{model}/unload", self.unload)
+
+    async def live(self, request: HttpRequest) -> HttpResponse:
+        return OK if self.service.live() else error_response(503, "server is not live")
+
+    async def ready(self, request: HttpRequest) -> HttpResponse:
+        return OK if self.service.ready() else error_response(503, "server is not ready")
+
+    async def server_metadata(self, request: HttpRequest) -> HttpResponse:
+        return json_response(self.service.server_metadata())
+
+    async def model_metadata(self, request: HttpRequest) -> HttpResponse:
+        name, version = model_and_version(request)
+        return json_response(self.service.model_metadata(name, version).to_dict())
+
+    async def model_ready(self, request: HttpRequest) -> HttpResponse:
+        name, version = model_and_version(request)
+        self.service.model_ready(name, version)
+        return OK
+
+    async def infer(self, request: HttpRequest) -> HttpResponse:
+        name, version = model_and_version(request)
+        self.service.model_ready(name, version)  # unknown model: 404 before reading the body
+        header_length = _header_length(request)
+        infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
+        response = await self.service.infer(infer_request)
+        body, json_length = kserve_v2.encode_infer_response(response, infer_request)
+        headers = [server_timing(response)]
+        if json_length is None:
+            return HttpResponse(200, body, headers=headers)
+        headers.append((b"inference-header-content-length", str(json_length).encode()))
+        return HttpResponse(200, body, b"application/octet-stream", headers)
+
+    async def repository_index(self, request: HttpRequest) -> HttpResponse:
+        ready_only = False
+        if request.body.strip():
+            payload = kserve_v2.loads(request.body, "repository index request")
+            if not isinstance(payload, dict):
+                raise InvalidInput("the repository index request must be a JSON object")
+            ready_only = bool(payload.get("ready", False))
+        return json_response(self.service.repository_index(ready_only))
+
+    async def load(self, request: HttpRequest) -> HttpResponse:
+        self._require_model_control()
+        name, _ = model_and_version(request)
+        await self.service.load_model(name)
+        return OK
+
+    async def unload(self, request: HttpRequest) -> HttpResponse:
+        self._require_model_control()
+        name, _ = model_and_version(request)
+        await self.service.unload_model(name)
+        return OK
+
+    def _require_model_control(self) -> None:
+        if not self.model_control:
+            raise Forbidden("model control is off; start the server with "
+                            "--model-control explicit to load and unload over the API")
+
+
+def _header_length(request: HttpRequest) -> int | None:
+    value = request.headers.get(kserve_v2.HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
+    return int(value)

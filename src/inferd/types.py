@@ -1,0 +1,135 @@
+"""The internal currency: tensors, requests, responses, metadata, and the v2 datatype table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# v2 datatype name -> numpy dtype. BYTES is an object array of ``bytes``; BF16 uses ml_dtypes.
+_NUMPY_BY_V2: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+V2_DATATYPES: tuple[str, ...] = (*_NUMPY_BY_V2, "BF16")
+
+
+def bfloat16() -> np.dtype[Any]:
+    """numpy has no bfloat16; ml_dtypes (a dependency of onnx, jax and tensorflow) provides it."""
+    try:
+        import ml_dtypes
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("BF16 tensors need the ml_dtypes package: pip install ml_dtypes") from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype that holds a v2 datatype. Raises KeyError for an unknown name."""
+    if datatype == "BF16":
+        return bfloat16()
+    return _NUMPY_BY_V2[datatype]
+
+
+def v2_datatype(dtype: np.dtype[Any]) -> str:
+    """The v2 datatype name of a numpy dtype. Raises KeyError when there is none."""
+    if dtype.kind in "OSU":
+        return "BYTES"
+    if dtype.name == "bfloat16":
+        return "BF16"
+    for name, candidate in _NUMPY_BY_V2.items():
+        if candidate == dtype:
+            return name
+    raise KeyError(str(dtype))
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor. ``data`` is a numpy array already in ``shape``; BYTES is dtype object."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the protocol's default
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str | None
+    inputs: list[Tensor]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None  # None: all outputs
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_us: int | None = None  # per-request deadline, microseconds (Triton's "timeout")
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where one request's time went, in seconds."""
+
+    queue: float = 0.0
+    compute: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """What a model takes or gives. ``shape`` is the full shape; -1 is any size (the batch dim
+    is -1 when the model batches)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": list(self.versions),
+            "platform": self.platform,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+        }

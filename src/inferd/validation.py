@@ -1,0 +1,72 @@
+"""Checking a request against the model's metadata, once per request, with numpy only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inferd.errors import InvalidInput
+from inferd.runtimes.base import Arrays, Runtime
+from inferd.types import InferRequest, RequestedOutput, TensorSpec
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _expected(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"'{s.name}' ({s.datatype} {_shape(s.shape)})" for s in specs)
+
+
+def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
+    """The request's inputs as named arrays, after every check the model's metadata allows."""
+    specs = {spec.name: spec for spec in runtime.inputs}
+    given: Arrays = {}
+    for tensor in request.inputs:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{tensor.name}' for model '{request.model_name}'; "
+                               f"it takes {_expected(runtime.inputs)}")
+        if tensor.name in given:
+            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(f"input '{tensor.name}': expected datatype {spec.datatype}, "
+                               f"got {tensor.datatype}")
+        _check_shape(tensor.name, tensor.data, spec, runtime.max_batch_size)
+        given[tensor.name] = tensor.data
+    missing = [name for name in specs if name not in given]
+    if missing:
+        raise InvalidInput(f"missing input '{missing[0]}' for model '{request.model_name}'; "
+                           f"it takes {_expected(runtime.inputs)}")
+    if runtime.max_batch_size > 0:
+        _check_same_batch(given)
+    return given
+
+
+def _check_shape(name: str, data: np.ndarray, spec: TensorSpec, max_batch_size: int) -> None:
+    shape = data.shape
+    ok = len(shape) == len(spec.shape) and all(
+        want == -1 or want == got for want, got in zip(spec.shape, shape, strict=True))
+    if not ok:
+        raise InvalidInput(f"input '{name}': expected shape {_shape(spec.shape)} (-1 = any size), "
+                           f"got {_shape(shape)}")
+    if max_batch_size > 0 and not 1 <= shape[0] <= max_batch_size:
+        raise InvalidInput(f"input '{name}': batch size {shape[0]} is outside 1..{max_batch_size} "
+                           "(the model's max_batch_size)")
+
+
+def _check_same_batch(given: Arrays) -> None:
+    sizes = {name: array.shape[0] for name, array in given.items()}
+    if len(set(sizes.values())) > 1:
+        raise InvalidInput(f"inputs disagree on the batch size (dim 0): {sizes}")
+
+
+def check_outputs(request: InferRequest, runtime: Runtime) -> list[RequestedOutput]:
+    """The outputs to return, in order: the requested ones, or all of them."""
+    if request.outputs is None:
+        return [RequestedOutput(spec.name) for spec in runtime.outputs]
+    names = {spec.name for spec in runtime.outputs}
+    for wanted in request.outputs:
+        if wanted.name not in names:
+            raise InvalidInput(f"unknown output '{wanted.name}' requested from model "
+                               f"'{request.model_name}'; it gives {_expected(runtime.outputs)}")
+    return request.outputs
