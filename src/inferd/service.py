@@ -80,8 +80,8 @@ class InferenceService:
         for name in sorted(self.registry.models):
             entry = self.registry.models[name]
             if not entry.versions:
-                rows.append({"name": name, "version": "", "state": "UNAVAILABLE",
-                             "reason": entry.reason})
+                state = "UNAVAILABLE" if entry.reason else "LOADING"
+                rows.append({"name": name, "version": "", "state": state, "reason": entry.reason})
             for version in sorted(entry.versions, key=int):
                 slot = entry.versions[version]
                 rows.append({"name": name, "version": version, "state": slot.state.value,

@@ -60,7 +60,14 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
     if array.dtype.kind not in "biuf":
         raise ValueError(f"expected numbers, got {array.dtype} values")
     if dtype.kind in "iu" and array.dtype.kind == "f":
-        raise ValueError("expected integers, got fractional numbers")
+        # numpy turns a mix of small and >= 2**63 integers into float64: look before refusing
+        if any(isinstance(item, float) for item in _flatten(data)):
+            raise ValueError("expected integers, got fractional numbers")
+        return np.asarray(data, dtype=dtype).ravel()
+    if dtype.kind in "iu" and array.size and not np.can_cast(array.dtype, dtype):
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ValueError(f"values outside {info.min}..{info.max}")
     return array.astype(dtype, copy=False).ravel()
 
 

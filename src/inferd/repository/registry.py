@@ -77,7 +77,10 @@ class ModelRegistry:
     async def load_all(self) -> None:
         if self._root is None:
             return
-        for folder in scan(self._root):
+        folders = scan(self._root)
+        for folder in folders:  # known at once, so requests get 503 "loading", not 404
+            self._models.setdefault(folder.name, ModelEntry(name=folder.name))
+        for folder in folders:
             await self._load_folder(folder)
 
     async def load_model(self, name: str) -> ModelEntry:

@@ -1,0 +1,96 @@
+"""Shared test helpers: free ports, a real `inferd serve` subprocess, and small models built here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen[str], http_port: int, lines: list[str]) -> None:
+        self.process = process
+        self.http_port = http_port
+        self.url = f"127.0.0.1:{http_port}"
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.lines = lines
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def serve(repository: Path | None, *args: str, timeout: float = 120.0,
+          wait_ready: bool = True) -> Iterator[RunningServer]:
+    """Start `python -m inferd serve` on free ports; stop it when the block ends.
+
+    With ``wait_ready`` the block starts once the server printed its ready line; without, as
+    soon as it answers /v2/health/live."""
+    port = free_port()
+    command = [sys.executable, "-m", "inferd", "serve"]
+    if repository is not None:
+        command.append(str(repository))
+    command += ["--http-port", str(port), "--grpc-port", "0", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, cwd=ROOT)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("inferd ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    server = RunningServer(process, port, lines)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (ready.wait(0.05) if wait_ready else _answers(server)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"inferd did not become ready:\n{server.log()}")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answers(server: RunningServer) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=0.2):
+            return True
+    except OSError:
+        time.sleep(0.05)
+        return False
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with one model of every kind the foundation serves, plus broken ones."""
+    from tests import models
+
+    root = tmp_path_factory.mktemp("repo")
+    models.build_repository(root)
+    return root

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from inferd.errors import InvalidInput
+from inferd.protocols import kserve_v2
+from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+
+def test_decode_mixed_json_and_binary_inputs() -> None:
+    raw = np.arange(6, dtype=np.int16)
+    header = json.dumps({"id": "r1", "inputs": [
+        {"name": "a", "shape": [2, 3], "datatype": "INT16", "parameters": {"binary_data_size": 12}},
+        {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
+    ], "outputs": [{"name": "o", "parameters": {"binary_data": True}}],
+        "parameters": {"timeout": 5000}}).encode()
+    request = kserve_v2.decode_infer_request(header + raw.tobytes(), len(header), "m", "2")
+    assert request.id == "r1"
+    assert request.model_version == "2"
+    assert request.inputs[0].data.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert request.inputs[1].data.tolist() == [b"hi"]
+    assert request.outputs == [RequestedOutput("o", True)]
+    assert request.timeout_us == 5000
+
+
+def test_encode_binary_and_json_outputs() -> None:
+    request = InferRequest("m", None, [], outputs=[RequestedOutput("a", True), RequestedOutput("b")])
+    a = np.array([1.0, 2.0], dtype=np.float32)
+    response = InferResponse("m", "1", [Tensor("a", "FP32", a), Tensor("b", "INT64", np.array([7]))],
+                             id="x")
+    body, length = kserve_v2.encode_infer_response(response, request)
+    assert length is not None
+    header = json.loads(body[:length])
+    assert header["id"] == "x"
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert header["outputs"][1]["data"] == [7]
+    assert np.frombuffer(body[length:], dtype=np.float32).tolist() == [1.0, 2.0]
+
+
+def test_binary_data_output_makes_every_output_binary() -> None:
+    request = InferRequest("m", None, [], parameters={"binary_data_output": True})
+    response = InferResponse("m", "1", [Tensor("a", "INT8", np.array([1, 2], dtype=np.int8))])
+    body, length = kserve_v2.encode_infer_response(response, request)
+    assert length is not None and body[length:] == b"\x01\x02"
+
+
+def test_json_only_response_has_no_header_length() -> None:
+    response = InferResponse("m", "1", [Tensor("a", "FP16", np.array([0.5], dtype=np.float16))])
+    body, length = kserve_v2.encode_infer_response(response, InferRequest("m", None, []))
+    assert length is None
+    assert json.loads(body)["outputs"][0]["data"] == [0.5]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}', "neither 'data' nor"),
+    (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1], '
+     b'"parameters": {"shared_memory_region": "r"}}]}', "shared memory"),
+    (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
+     b'"outputs": [{"name": "o", "parameters": {"classification": 3}}]}', "classification"),
+    (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": 3}',
+     "'outputs' must be a list"),
+])
+def test_decode_refuses(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        kserve_v2.decode_infer_request(body, None, "m", None)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from inferd.errors import InvalidInput
+from inferd.protocols import tensors
+from inferd.types import numpy_dtype, v2_datatype
+from tests.models import ALL_TYPES
+
+
+def sample(datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([b"", b"abc", "ü".encode(), b"z" * 300], dtype=object).reshape(2, 2)
+    if datatype == "BOOL":
+        return np.array([[True, False], [False, True]])
+    dtype = numpy_dtype(datatype)
+    return (np.arange(4, dtype=np.float32) * (1.5 if dtype.kind == "f" else 1) + 1).astype(
+        dtype).reshape(2, 2)
+
+
+@pytest.mark.parametrize("datatype", ALL_TYPES)
+def test_raw_round_trip(datatype: str) -> None:
+    x = sample(datatype)
+    raw = tensors.to_raw(x, datatype)
+    back = tensors.from_raw("x", datatype, [2, 2], raw)
+    assert back.dtype == x.dtype
+    assert back.tolist() == x.tolist()
+
+
+@pytest.mark.parametrize("datatype", ALL_TYPES)
+def test_json_round_trip(datatype: str) -> None:
+    x = sample(datatype)
+    wire = orjson.loads(orjson.dumps(tensors.to_json(x, datatype), option=orjson.OPT_SERIALIZE_NUMPY))
+    back = tensors.from_json("x", datatype, [2, 2], wire)
+    assert back.dtype == x.dtype
+    if datatype == "BYTES":
+        assert back.tolist() == x.tolist()
+    else:
+        np.testing.assert_array_equal(back.astype(np.float64), x.astype(np.float64))
+
+
+def test_nested_json_is_accepted() -> None:
+    back = tensors.from_json("x", "INT32", [2, 2], [[1, 2], [3, 4]])
+    assert back.tolist() == [[1, 2], [3, 4]]
+
+
+def test_big_unsigned_integers_survive_json() -> None:
+    back = tensors.from_json("x", "UINT64", [2], [2**64 - 1, 5])
+    assert back.tolist() == [2**64 - 1, 5]
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("INT32", [1.5, 2], "fractional"),
+    ("FP32", ["a", "b"], "does not hold FP32"),
+    ("BOOL", [1, 0], "true/false"),
+    ("FP32", [1.0], "needs 2 elements, data has 1"),
+    ("INT8", [1000, 1], "does not hold INT8"),
+])
+def test_bad_json_data(datatype: str, data: list, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        tensors.from_json("x", datatype, [2], data)
+
+
+def test_bad_raw_bytes_data() -> None:
+    with pytest.raises(InvalidInput, match="claims 100 bytes"):
+        tensors.from_raw("s", "BYTES", [1], b"\x64\x00\x00\x00abc")
+    with pytest.raises(InvalidInput, match="left over"):
+        tensors.from_raw("s", "BYTES", [1], b"\x01\x00\x00\x00ab")
+    with pytest.raises(InvalidInput, match="needs 8 bytes, got 7"):
+        tensors.from_raw("x", "FP32", [2], b"\0" * 7)
+
+
+def test_datatype_table_is_a_bijection() -> None:
+    for datatype in ALL_TYPES:
+        assert v2_datatype(numpy_dtype(datatype)) == datatype

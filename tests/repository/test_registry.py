@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.config import VersionPolicy
+from inferd.errors import NotFound, Unavailable
+from inferd.repository.layout import find_artifact, is_valid_name, scan
+from inferd.repository.registry import ModelRegistry, ModelState, choose_versions
+from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
+
+
+def python_model(root: Path, name: str, versions: list[int], config: str = PYTHON_CONFIG) -> None:
+    for version in versions:
+        write(root / name / str(version) / "model.py", PYTHON_MODEL)
+    write(root / name / "config.toml", config)
+
+
+def test_scan_reads_integer_versions_and_skips_the_rest(tmp_path: Path) -> None:
+    python_model(tmp_path, "m", [1, 3, 10])
+    (tmp_path / "m/notaversion").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    folders = scan(tmp_path)
+    assert [f.name for f in folders] == ["m"]
+    assert list(folders[0].versions) == [1, 3, 10]
+
+
+def test_find_artifact_names_what_it_expected(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(Exception, match=r"no model artifact.*model.onnx.*weights.bin"):
+        find_artifact(tmp_path, None)
+
+
+@pytest.mark.parametrize("name", ["..", "../x", ".x", "a/b", "", "a" * 200])
+def test_bad_names(name: str) -> None:
+    assert not is_valid_name(name)
+
+
+@pytest.mark.parametrize(("policy", "chosen"), [
+    (VersionPolicy(), [7]),
+    (VersionPolicy(latest=2), [3, 7]),
+    (VersionPolicy(latest=None, all=True), [1, 3, 7]),
+    (VersionPolicy(latest=None, specific=(1, 7, 9)), [1, 7]),
+])
+def test_version_policy(policy: VersionPolicy, chosen: list[int]) -> None:
+    assert choose_versions([1, 3, 7], policy) == chosen
+
+
+def test_registry_serves_versions_and_isolates_broken_models(tmp_path: Path) -> None:
+    python_model(tmp_path, "good", [1, 2], PYTHON_CONFIG + "\n[version_policy]\nall = true\n")
+    python_model(tmp_path, "crashes_on_load", [1])
+    write(tmp_path / "crashes_on_load/1/model.py", "raise ImportError('no such thing')\n")
+    write(tmp_path / "empty/config.toml", "")
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    runtime, version = registry.get("good", None)
+    assert version == "2"
+    assert registry.get("good", "1")[1] == "1"
+    out = runtime.infer({"x": np.array([1.0])})
+    assert out["y"].tolist() == [12.0]
+    broken = registry.models["crashes_on_load"].versions["1"]
+    assert broken.state is ModelState.UNAVAILABLE
+    assert "no such thing" in broken.reason
+    with pytest.raises(Unavailable, match="no such thing"):
+        registry.get("crashes_on_load", None)
+    with pytest.raises(Unavailable, match="no version folder"):
+        registry.get("empty", None)
+    with pytest.raises(NotFound):
+        registry.get("absent", None)
+    with pytest.raises(NotFound, match="served versions: 1, 2"):
+        registry.get("good", "5")

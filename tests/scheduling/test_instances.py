@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from inferd.errors import DeadlineExceeded, ModelError, QueueFull
+from inferd.runtimes.fake import FakeRuntime
+from inferd.scheduling.instances import InstancePool
+from inferd.types import TensorSpec, Timings
+
+SPEC = (TensorSpec("x", "FP32", (-1, 2)),)
+
+
+def fake(delay: float = 0.0, fn=lambda inputs: {"x": inputs["x"] * 2}) -> FakeRuntime:
+    return FakeRuntime(SPEC, SPEC, fn, max_batch_size=8, delay_s=delay)
+
+
+def test_count_instances_run_at_once() -> None:
+    runtime = fake(delay=0.05)
+    pool = InstancePool(runtime, count=3, name="m")
+
+    async def main() -> list[dict]:
+        return await asyncio.gather(*(pool.infer_async({"x": np.full((1, 2), i, np.float32)})
+                                      for i in range(9)))
+
+    results = asyncio.run(main())
+    assert [r["x"][0, 0] for r in results] == [2.0 * i for i in range(9)]
+    assert runtime.max_running == 3
+
+
+def test_full_queue_refuses_at_once() -> None:
+    pool = InstancePool(fake(delay=0.2), count=1, name="m", max_queue=2)
+
+    async def main() -> list[object]:
+        calls = [pool.infer_async({"x": np.ones((1, 2), np.float32)}) for _ in range(5)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert sum(isinstance(r, QueueFull) for r in results) == 2
+    assert sum(isinstance(r, dict) for r in results) == 3
+
+
+def test_deadline_passed_in_queue_never_runs() -> None:
+    runtime = fake(delay=0.1)
+    pool = InstancePool(runtime, count=1, name="m")
+
+    async def main() -> list[object]:
+        first = pool.infer_async({"x": np.ones((1, 2), np.float32)})
+        late = pool.infer_async({"x": np.ones((1, 2), np.float32)}, Timings(),
+                                time.perf_counter() + 0.01)
+        return await asyncio.gather(first, late, return_exceptions=True)
+
+    first, late = asyncio.run(main())
+    assert isinstance(first, dict)
+    assert isinstance(late, DeadlineExceeded)
+    assert runtime.calls == [1]
+
+
+def test_model_exception_becomes_model_error() -> None:
+    def boom(inputs):
+        raise ValueError("bad weights")
+
+    pool = InstancePool(fake(fn=boom), count=1, name="m")
+    with pytest.raises(ModelError, match="bad weights"):
+        asyncio.run(pool.infer_async({"x": np.ones((1, 2), np.float32)}))

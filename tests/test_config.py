@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferd.config import ServerSettings, load_model_config
+from inferd.errors import ConfigError
+
+FULL = """
+backend = "onnx"
+max_batch_size = 32
+[dynamic_batching]
+max_queue_delay_ms = 5
+preferred_batch_sizes = [16, 8, 32]
+max_queue_size = 10
+default_timeout_ms = 100
+[instance_group]
+count = 2
+kind = "cpu"
+[version_policy]
+all = true
+[version_labels]
+stable = 1
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [512]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [10]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_is_read(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, FULL))
+    assert config.max_batch_size == 32
+    assert config.dynamic_batching is not None
+    assert config.dynamic_batching.preferred_batch_sizes == (8, 16, 32)
+    assert config.dynamic_batching.max_queue_size == 10
+    assert config.instance_group.count == 2
+    assert config.version_policy.all
+    assert config.version_labels == {"stable": 1}
+    assert config.inputs[0].shape == (512,)
+
+
+def test_missing_file_is_the_default(tmp_path: Path) -> None:
+    assert load_model_config(tmp_path / "absent.toml").max_batch_size == 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("max_batch_sise = 3", "key 'max_batch_sise' is not known"),
+    ("max_batch_size = 'big'", "key 'max_batch_size' must be an integer"),
+    ("max_batch_size = -1", "key 'max_batch_size' must be >= 0"),
+    ("max_batch_size = true", "key 'max_batch_size' must be an integer"),
+    ("backend = 'caffe'", "key 'backend' must be one of"),
+    ("[dynamic_batching]\nmax_queue_delay_ms = 1", "needs max_batch_size > 0"),
+    ("max_batch_size = 4\n[dynamic_batching]\npreferred_batch_sizes = [8]", "must not exceed"),
+    ("max_batch_size = 4\n[dynamic_batching]\nmax_queue_size = 0", "'max_queue_size' must be >= 1"),
+    ("[instance_group]\ncount = 0", "'count' must be >= 1"),
+    ("[instance_group]\nkind = 'tpu'", "'kind' must be one of"),
+    ("[version_policy]\nlatest = 1\nall = true", "takes one of"),
+    ("[[input]]\nname = 'x'\ndatatype = 'FLOAT'\nshape = [1]", "key 'datatype' must be one of"),
+    ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [-2]", "key 'shape' must be a list"),
+    ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [1]\ndims = [1]", "key 'dims' is not known"),
+    ("this is = not toml", "not valid TOML"),
+])
+def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_model_config(path)
+    assert str(path) in info.value.message
+
+
+def test_server_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="model-control"):
+        ServerSettings(model_control="sometimes")
+    with pytest.raises(ConfigError, match="http-port"):
+        ServerSettings(http_port=70000)
