@@ -10,24 +10,33 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from inferd.config import ServerSettings
+from inferd.config import ModelConfig, ServerSettings
+from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
+from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
 from inferd.service import InferenceService
 from inferd.transport.http.app import HttpApp, Router
-from inferd.transport.http.routes import KServeV2Routes
+from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 
 log = logging.getLogger("inferd.server")
 
 
 def build_service(settings: ServerSettings) -> InferenceService:
-    registry = ModelRegistry(settings.model_repository, wrap=build_scheduler)
-    return InferenceService(registry)
+    metrics = Metrics()
+
+    def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
+        return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
+
+    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics)
+    metrics.watch_states(service.model_states)
+    return service
 
 
 def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpApp:
     router = Router()
     KServeV2Routes(service, model_control=settings.model_control == "explicit").register(router)
+    MetricsRoutes(service).register(router)
     return HttpApp(router, settings.max_body_bytes)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import inferd
-from inferd.errors import InvalidInput
+from inferd.errors import InferdError, InvalidInput
+from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
-from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor, Timings
+from inferd.types import CallContext, InferRequest, InferResponse, ModelMetadata, Tensor
 from inferd.validation import check_inputs, check_outputs
 
 EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "statistics")
@@ -17,8 +19,9 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "stat
 class InferenceService:
     """Live, ready, metadata, infer, load, unload — with no knowledge of HTTP or gRPC."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
         self._ready = False
         self._draining = False
 
@@ -55,24 +58,40 @@ class InferenceService:
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter()
         runtime, version = self.registry.get(request.model_name, request.model_version)
-        arrays = check_inputs(request, runtime)
-        wanted = check_outputs(request, runtime)
-        timings = Timings()
-        deadline = self._deadline(request, start)
-        outputs = await runtime.infer_async(arrays, timings, deadline)
+        context = CallContext(deadline=self._deadline(request, start), cancelled=request.cancelled)
+        outcome = "success"
+        try:
+            arrays = check_inputs(request, runtime)
+            wanted = check_outputs(request, runtime)
+            outputs = await runtime.infer_async(arrays, context)
+        except InferdError as exc:
+            outcome = exc.code.value
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            context.timings.total = time.perf_counter() - start
+            if self.metrics is not None:
+                t = context.timings
+                self.metrics.for_model(request.model_name, version).request(
+                    request.protocol, outcome, t.total, t.queue, t.compute)
         datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
         tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
-        timings.total = time.perf_counter() - start
         return InferResponse(model_name=request.model_name, model_version=version,
-                             outputs=tensors, id=request.id, timings=timings)
+                             outputs=tensors, id=request.id, timings=context.timings)
 
     @staticmethod
     def _deadline(request: InferRequest, start: float) -> float | None:
-        if request.timeout_us is None:
+        if not request.timeout_us:
             return None
         if request.timeout_us < 0:
             raise InvalidInput(f"timeout must be >= 0 microseconds, got {request.timeout_us}")
-        return start + request.timeout_us / 1e6 if request.timeout_us else None
+        return start + request.timeout_us / 1e6
+
+    def model_states(self) -> list[tuple[str, str, str]]:
+        """(model, version, state) of every known version, for the metrics."""
+        return [(row["name"], row["version"], row["state"]) for row in self.repository_index()]
 
     # -- repository ------------------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:

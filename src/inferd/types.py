@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None  # None: all outputs
     parameters: dict[str, Any] = field(default_factory=dict)
     timeout_us: int | None = None  # per-request deadline, microseconds (Triton's "timeout")
+    protocol: str = "kserve_v2"  # which protocol decoded it (a metrics label)
+    cancelled: Callable[[], bool] | None = None  # true once the client has gone away
 
 
 @dataclass(slots=True)
@@ -91,6 +94,18 @@ class Timings:
     queue: float = 0.0
     compute: float = 0.0
     total: float = 0.0
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What travels with one call down to the scheduler: its deadline, its clock, its client."""
+
+    timings: Timings = field(default_factory=Timings)
+    deadline: float | None = None  # time.perf_counter() value; None = no deadline
+    cancelled: Callable[[], bool] | None = None  # true once the client has gone away
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled is not None and self.cancelled()
 
 
 @dataclass(slots=True)

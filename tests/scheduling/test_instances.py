@@ -9,7 +9,7 @@ import pytest
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.fake import FakeRuntime
 from inferd.scheduling.instances import InstancePool
-from inferd.types import TensorSpec, Timings
+from inferd.types import CallContext, TensorSpec
 
 SPEC = (TensorSpec("x", "FP32", (-1, 2)),)
 
@@ -23,7 +23,7 @@ def test_count_instances_run_at_once() -> None:
     pool = InstancePool(runtime, count=3, name="m")
 
     async def main() -> list[dict]:
-        return await asyncio.gather(*(pool.infer_async({"x": np.full((1, 2), i, np.float32)})
+        return await asyncio.gather(*(pool.infer_async({"x": np.full((1, 2), i, np.float32)}, CallContext())
                                       for i in range(9)))
 
     results = asyncio.run(main())
@@ -35,7 +35,7 @@ def test_full_queue_refuses_at_once() -> None:
     pool = InstancePool(fake(delay=0.2), count=1, name="m", max_queue=2)
 
     async def main() -> list[object]:
-        calls = [pool.infer_async({"x": np.ones((1, 2), np.float32)}) for _ in range(5)]
+        calls = [pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext()) for _ in range(5)]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     results = asyncio.run(main())
@@ -48,9 +48,9 @@ def test_deadline_passed_in_queue_never_runs() -> None:
     pool = InstancePool(runtime, count=1, name="m")
 
     async def main() -> list[object]:
-        first = pool.infer_async({"x": np.ones((1, 2), np.float32)})
-        late = pool.infer_async({"x": np.ones((1, 2), np.float32)}, Timings(),
-                                time.perf_counter() + 0.01)
+        first = pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext())
+        late = pool.infer_async({"x": np.ones((1, 2), np.float32)},
+                                CallContext(deadline=time.perf_counter() + 0.01))
         return await asyncio.gather(first, late, return_exceptions=True)
 
     first, late = asyncio.run(main())
@@ -65,4 +65,4 @@ def test_model_exception_becomes_model_error() -> None:
 
     pool = InstancePool(fake(fn=boom), count=1, name="m")
     with pytest.raises(ModelError, match="bad weights"):
-        asyncio.run(pool.infer_async({"x": np.ones((1, 2), np.float32)}))
+        asyncio.run(pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext()))

@@ -12,7 +12,7 @@ import numpy as np
 
 from inferd.config import ModelConfig, TensorConfig
 from inferd.errors import ConfigError
-from inferd.types import TensorSpec, Timings, numpy_dtype
+from inferd.types import CallContext, TensorSpec, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
 
@@ -34,12 +34,10 @@ class Runtime(ABC):
     def infer(self, inputs: Arrays) -> Arrays:
         """Run the model on named arrays and return named arrays."""
 
-    async def infer_async(self, inputs: Arrays, timings: Timings | None = None,
-                          deadline: float | None = None) -> Arrays:
+    async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         start = time.perf_counter()
         outputs = await asyncio.to_thread(self.infer, inputs)
-        if timings is not None:
-            timings.compute = time.perf_counter() - start
+        context.timings.compute = time.perf_counter() - start
         return outputs
 
     def warmup(self) -> None:  # noqa: B027 - optional hook

@@ -4,71 +4,86 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
-from inferd.types import Timings
+from inferd.types import CallContext
 
 
 class InstancePool(Runtime):
     """Runs a runtime on ``count`` threads; at most ``max_queue`` calls wait for one.
 
-    It is a Runtime itself, so the batcher (or nothing) can sit on top of it.
+    Without dynamic batching each request is one call. It is a Runtime itself; the batcher uses
+    ``execute`` and counts free instances on its own.
     """
 
-    def __init__(self, runtime: Runtime, count: int, name: str, max_queue: int = 1024) -> None:
+    def __init__(self, runtime: Runtime, count: int, name: str, max_queue: int = 1024,
+                 observe_batch: Callable[[int], None] | None = None,
+                 on_unload: Callable[[], None] | None = None) -> None:
         self.inner = runtime
         self.platform = runtime.platform
         self.inputs = runtime.inputs
         self.outputs = runtime.outputs
         self.max_batch_size = runtime.max_batch_size
         self.count = count
-        self._name = name
+        self.name = name
         self._max_queue = max_queue
         self._executor = ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{name}")
-        self.pending = 0  # submitted and not finished
-        self.busy = 0  # running right now
+        self._observe_batch = observe_batch
+        self._on_unload = on_unload
+        self.pending = 0  # submitted and not finished (on the event loop)
+        self.busy = 0  # running right now (instance threads)
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.inner.infer(inputs)
 
-    async def infer_async(self, inputs: Arrays, timings: Timings | None = None,
-                          deadline: float | None = None) -> Arrays:
+    async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         if self.pending >= self._max_queue + self.count:
-            raise QueueFull(f"model '{self._name}' queue is full ({self._max_queue} waiting); "
-                            "retry later")
-        timings = timings if timings is not None else Timings()
+            raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
         self.pending += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, self._run, inputs, timings, time.perf_counter(), deadline)
+            return await loop.run_in_executor(self._executor, self._run, inputs, context,
+                                              time.perf_counter())
         finally:
             self.pending -= 1
 
-    def idle(self) -> bool:
-        return self.busy < self.count
+    def submit(self, inputs: Arrays) -> asyncio.Future[Arrays]:
+        """Run one execution (a whole batch) on a free instance thread."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute, inputs)
 
-    def _run(self, inputs: Arrays, timings: Timings, enqueued: float,
-             deadline: float | None) -> Arrays:
-        start = time.perf_counter()
-        timings.queue += start - enqueued
-        if deadline is not None and start > deadline:
-            raise DeadlineExceeded(f"model '{self._name}': the request's deadline passed after "
-                                   f"{(start - enqueued) * 1000:.1f} ms in the queue; it did not run")
+    def execute(self, inputs: Arrays) -> Arrays:
         self.busy += 1
         try:
             return self.inner.infer(inputs)
         except InferdError:
             raise
         except Exception as exc:
-            raise ModelError(f"model '{self._name}' failed: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self.busy -= 1
-            timings.compute += time.perf_counter() - start
+
+    def _run(self, inputs: Arrays, context: CallContext, enqueued: float) -> Arrays:
+        start = time.perf_counter()
+        context.timings.queue += start - enqueued
+        if context.deadline is not None and start > context.deadline:
+            raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed after "
+                                   f"{(start - enqueued) * 1000:.1f} ms in the queue; it did not run")
+        if context.is_cancelled():
+            raise asyncio.CancelledError("the client went away")
+        if self._observe_batch is not None:
+            first = next(iter(inputs.values()))
+            self._observe_batch(int(first.shape[0]) if self.max_batch_size > 0 else 1)
+        try:
+            return self.execute(inputs)
+        finally:
+            context.timings.compute += time.perf_counter() - start
 
     def unload(self) -> None:
+        if self._on_unload is not None:
+            self._on_unload()
         self._executor.shutdown(wait=True)
         self.inner.unload()
 

@@ -5,6 +5,7 @@ No web framework on the hot path: one router lookup, one body buffer, one send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ class HttpRequest:
     headers: dict[str, str]  # lower-case names
     body: bytearray
     params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+    disconnected: Callable[[], bool] | None = None  # true once the client has gone away
 
 
 @dataclass(slots=True)
@@ -112,13 +114,17 @@ class HttpApp:
                 return error_response(405, f"method {method} is not allowed on {path}")
             return error_response(404, f"no such endpoint: {method} {path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request = HttpRequest(method, path, scope.get("query_string", b"").decode("latin-1"),
+                              headers, bytearray(), params, _disconnect_probe(receive))
         try:
-            body = await self._read_body(headers, receive)
-            request = HttpRequest(method, path, scope.get("query_string", b"").decode("latin-1"),
-                                  headers, body, params)
+            request.body = await self._read_body(headers, receive)
             return await handler(request)
         except InferdError as exc:
             return error_response(status_for(exc.code), exc.message)
+        except asyncio.CancelledError:
+            if request.disconnected is None or not request.disconnected():
+                raise
+            return error_response(499, "the client went away; the request was dropped")
         except Exception as exc:  # a real server fault: log it, answer 500, keep serving
             log.exception("internal error on %s %s", method, path)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -144,6 +150,15 @@ class HttpApp:
         if encoding and encoding != "identity":
             body = _decompress(body, encoding, limit)
         return body
+
+
+def _disconnect_probe(receive: Any) -> Callable[[], bool] | None:
+    """A free check of whether the client went away: uvicorn's request cycle (the object behind
+    ``receive``) keeps a ``disconnected`` flag. Other ASGI servers: no probe, nothing dropped."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not hasattr(cycle, "disconnected"):
+        return None
+    return lambda: bool(cycle.disconnected)
 
 
 def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:

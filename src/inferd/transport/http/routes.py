@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inferd.errors import Forbidden, InvalidInput, NotFound
+from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2
 from inferd.repository.layout import is_valid_name
 from inferd.service import InferenceService
@@ -76,6 +77,7 @@ class KServeV2Routes:
         self.service.model_ready(name, version)  # unknown model: 404 before reading the body
         header_length = _header_length(request)
         infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
+        infer_request.cancelled = request.disconnected
         response = await self.service.infer(infer_request)
         body, json_length = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
@@ -118,3 +120,18 @@ def _header_length(request: HttpRequest) -> int | None:
     if not value.strip().isdigit():
         raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
     return int(value)
+
+
+class MetricsRoutes:
+    """``/metrics`` in the Prometheus text format."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/metrics", self.metrics)
+
+    async def metrics(self, request: HttpRequest) -> HttpResponse:
+        if self.service.metrics is None:
+            return error_response(404, "metrics are off")
+        return HttpResponse(200, self.service.metrics.exposition(), METRICS_CONTENT_TYPE)

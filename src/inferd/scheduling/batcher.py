@@ -1,0 +1,206 @@
+"""DynamicBatcher: queue requests per model version, run them together, split the answers back.
+
+It wraps an InstancePool and is a Runtime itself. Its promises: every waiting request is answered
+or failed exactly once (also when the model raises); each gets exactly its own rows back; a
+request is never split; requests whose non-batch shapes differ never share a batch; a request
+whose deadline passes while queued fails and never runs; a request whose client went away is
+dropped before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inferd.config import DynamicBatching
+from inferd.errors import DeadlineExceeded, ModelError, QueueFull
+from inferd.runtimes.base import Arrays, Runtime
+from inferd.scheduling.instances import InstancePool
+from inferd.scheduling.policy import decide, plan_batch
+from inferd.types import CallContext
+
+BatchObserver = Callable[[int], None]  # rows of each execution
+
+
+@dataclass(slots=True, eq=False)
+class _Waiting:
+    inputs: Arrays
+    rows: int
+    key: tuple[object, ...]  # requests batch together only when their keys are equal
+    future: asyncio.Future[Arrays]
+    enqueued: float
+    context: CallContext
+    expiry: asyncio.TimerHandle | None = None
+    done: bool = field(default=False)
+
+
+def batch_key(inputs: Arrays) -> tuple[object, ...]:
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
+
+
+class DynamicBatcher(Runtime):
+    def __init__(self, pool: InstancePool, batching: DynamicBatching,
+                 observe_batch: BatchObserver | None = None) -> None:
+        self.pool = pool
+        self.platform = pool.platform
+        self.inputs = pool.inputs
+        self.outputs = pool.outputs
+        self.max_batch_size = pool.max_batch_size
+        self._batching = batching
+        self._max_delay_s = batching.max_queue_delay_ms / 1000
+        self._default_timeout_s = batching.default_timeout_ms / 1000
+        self._observe_batch = observe_batch
+        self._queue: list[_Waiting] = []
+        self._queued_rows = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return self._running
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        return self.pool.infer(inputs)
+
+    async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
+        if len(self._queue) >= self._batching.max_queue_size:
+            raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
+                            f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        if context.deadline is None and self._default_timeout_s > 0:
+            context.deadline = now + self._default_timeout_s
+        first = next(iter(inputs.values()))
+        waiting = _Waiting(inputs, int(first.shape[0]), batch_key(inputs), loop.create_future(), now,
+                           context)
+        if context.deadline is not None:
+            waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
+        self._queue.append(waiting)
+        self._queued_rows += waiting.rows
+        self._dispatch()
+        return await waiting.future
+
+    # -- queue -----------------------------------------------------------------------------
+    def _expire(self, waiting: _Waiting) -> None:
+        if waiting.done:
+            return
+        self._remove([waiting])
+        waited = (time.perf_counter() - waiting.enqueued) * 1000
+        _fail(waiting, DeadlineExceeded(f"model '{self.pool.name}': the request's deadline passed "
+                                        f"after {waited:.1f} ms in the queue; it did not run"))
+
+    def _remove(self, batch: list[_Waiting]) -> None:
+        gone = set(map(id, batch))
+        self._queue = [w for w in self._queue if id(w) not in gone]
+        self._queued_rows -= sum(w.rows for w in batch)
+        for waiting in batch:
+            waiting.done = True
+            if waiting.expiry is not None:
+                waiting.expiry.cancel()
+
+    def _drop_abandoned(self) -> None:
+        """Requests whose caller stopped waiting or whose client disconnected never run."""
+        abandoned = [w for w in self._queue if w.future.done() or w.context.is_cancelled()]
+        if abandoned:
+            self._remove(abandoned)
+            for waiting in abandoned:
+                if not waiting.future.done():
+                    waiting.future.cancel()
+
+    # -- dispatch --------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue and self._running < self.pool.count:
+            self._drop_abandoned()
+            if not self._queue:
+                return
+            head = self._queue[0]
+            decision = decide(self._queued_rows, time.perf_counter() - head.enqueued,
+                              self.pool.count - self._running, self._running, self.max_batch_size,
+                              self._batching.preferred_batch_sizes, self._max_delay_s)
+            if not decision.dispatch:
+                if decision.wait_s is not None:
+                    self._timer = asyncio.get_running_loop().call_later(decision.wait_s, self._dispatch)
+                return
+            self._start(self._take_batch(head))
+
+    def _take_batch(self, head: _Waiting) -> list[_Waiting]:
+        compatible, rows = [], 0
+        for waiting in self._queue:
+            if waiting.key == head.key:
+                compatible.append(waiting)
+                rows += waiting.rows
+                if rows >= self.max_batch_size:
+                    break
+        count, _ = plan_batch([w.rows for w in compatible], self.max_batch_size,
+                              self._batching.preferred_batch_sizes)
+        batch = compatible[:count]
+        self._remove(batch)
+        return batch
+
+    def _start(self, batch: list[_Waiting]) -> None:
+        self._running += 1
+        started = time.perf_counter()
+        for waiting in batch:
+            waiting.context.timings.queue += started - waiting.enqueued
+        inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
+        rows = sum(w.rows for w in batch)
+        if self._observe_batch is not None:
+            self._observe_batch(rows)
+        future = self.pool.submit(inputs)
+        future.add_done_callback(lambda f: self._finish(f, batch, rows, started))
+
+    def _finish(self, future: asyncio.Future[Arrays], batch: list[_Waiting], rows: int,
+                started: float) -> None:
+        self._running -= 1
+        compute = time.perf_counter() - started
+        for waiting in batch:
+            waiting.context.timings.compute += compute
+        try:
+            outputs = future.result()
+            parts = _split(outputs, [w.rows for w in batch], rows, self.pool.name)
+        except Exception as exc:
+            for waiting in batch:
+                _fail(waiting, exc)
+        else:
+            for waiting, part in zip(batch, parts, strict=True):
+                if not waiting.future.done():
+                    waiting.future.set_result(part)
+        self._dispatch()
+
+    def unload(self) -> None:
+        self.pool.unload()
+
+    def describe(self) -> str:
+        return f"{self.pool.describe()}, dynamic batching up to {self.max_batch_size}"
+
+
+def _fail(waiting: _Waiting, exc: BaseException) -> None:
+    if not waiting.future.done():
+        waiting.future.set_exception(exc)
+
+
+def _concatenate(batch: list[_Waiting]) -> Arrays:
+    return {name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs}
+
+
+def _split(outputs: Arrays, sizes: list[int], rows: int, name: str) -> list[Arrays]:
+    if len(sizes) == 1:
+        return [outputs]
+    for output, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise ModelError(f"model '{name}' returned output '{output}' with shape "
+                             f"{list(array.shape)} for a batch of {rows} rows; dim 0 must be the batch")
+    offsets = np.cumsum(sizes)[:-1]
+    pieces = {output: np.split(array, offsets) for output, array in outputs.items()}
+    return [{output: pieces[output][i] for output in outputs} for i in range(len(sizes))]

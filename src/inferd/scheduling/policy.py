@@ -1,0 +1,51 @@
+"""Pure batching decisions: numbers in, numbers out; no event loop, no arrays.
+
+The batcher is work-conserving: when every instance is idle it never waits, so one client alone
+sees no batching delay. Batches form from what queues up while instances are busy. When some
+instances are busy and one is free, that one may wait up to ``max_queue_delay_ms`` for a fuller
+batch (a preferred size, or the maximum), because the busy ones are already using the hardware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    dispatch: bool = False  # form a batch now
+    wait_s: float | None = None  # otherwise: look again after this long (None: on the next event)
+
+
+def plan_batch(rows: Sequence[int], max_batch_size: int, preferred: Sequence[int] = ()) -> tuple[int, int]:
+    """How many requests from the head of ``rows`` make the next batch, and their total rows.
+
+    Requests are never split: the batch holds whole requests up to ``max_batch_size`` rows. With
+    ``preferred`` sizes, the batch is cut back to the largest preferred size it can hit exactly.
+    """
+    total, count, boundaries = 0, 0, {}
+    for size in rows:
+        if count and total + size > max_batch_size:
+            break
+        total += size
+        count += 1
+        boundaries[total] = count
+    if total in preferred:
+        return count, total
+    for size in sorted(preferred, reverse=True):
+        if size in boundaries:
+            return boundaries[size], size
+    return count, total
+
+
+def decide(queued_rows: int, oldest_wait_s: float, free: int, busy: int, max_batch_size: int,
+           preferred: Sequence[int], max_delay_s: float) -> Decision:
+    """Whether a free instance takes a batch now, given the queue and the instances."""
+    if queued_rows == 0 or free == 0:
+        return Decision()
+    target = max(preferred) if preferred else max_batch_size
+    remaining = max_delay_s - oldest_wait_s
+    if busy == 0 or queued_rows >= target or remaining <= 0:
+        return Decision(dispatch=True)
+    return Decision(wait_s=remaining)
