@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         http_task = self._start_http()
         await self.service.registry.load_all()
+        _settle_garbage_collector()
         if self._http is not None:
             while not self._http.started:
                 if http_task is not None and http_task.done():
@@ -78,7 +80,8 @@ class Server:
         app = build_http_app(self.service, self.settings)
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.http_port,
                                 loop="none", http="httptools", lifespan="off", access_log=False,
-                                log_level="warning", timeout_keep_alive=30, backlog=4096)
+                                log_level="warning", timeout_keep_alive=30, backlog=4096,
+                                proxy_headers=False, server_header=False, date_header=False)
         self._http = _Uvicorn(config)
         return asyncio.create_task(self._http.serve())
 
@@ -100,6 +103,15 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _settle_garbage_collector() -> None:
+    """Move everything alive after loading (frameworks hold millions of objects) out of the
+    collector's sight, and collect the young generation less often: full collections over
+    torch's objects otherwise stall the event loop for tens of milliseconds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def run(settings: ServerSettings) -> None:

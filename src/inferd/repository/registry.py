@@ -45,6 +45,20 @@ class ModelEntry:
     config: ModelConfig = field(default_factory=ModelConfig)
     versions: dict[str, VersionEntry] = field(default_factory=dict)
     reason: str = ""  # a problem with the model as a whole (e.g. its config.toml)
+    _newest: tuple[Runtime, str] | None = None
+
+    def newest_ready(self) -> tuple[Runtime, str] | None:
+        """The unversioned route's target; cached, refreshed whenever a version changes state."""
+        if self._newest is None:
+            ready = self.ready_versions()
+            if ready:
+                runtime = self.versions[ready[-1]].runtime
+                assert runtime is not None
+                self._newest = (runtime, ready[-1])
+        return self._newest
+
+    def changed(self) -> None:
+        self._newest = None
 
     def ready_versions(self) -> list[str]:
         ready = [v for v, e in self.versions.items() if e.state is ModelState.READY]
@@ -100,6 +114,7 @@ class ModelRegistry:
             if missing_ok:
                 return
             raise NotFound(f"model '{name}' is not loaded")
+        entry.changed()
         for version in entry.versions.values():
             if version.runtime is not None:
                 version.state = ModelState.UNLOADING
@@ -144,6 +159,7 @@ class ModelRegistry:
             log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
             return
         slot.runtime, slot.state, slot.reason = runtime, ModelState.READY, ""
+        entry.changed()
         log.info("model %s version %s ready (%s)", entry.name, version, runtime.describe())
 
     def _build(self, entry: ModelEntry, version: str, path: Path) -> Runtime:
@@ -165,11 +181,11 @@ class ModelRegistry:
         if entry is None:
             raise NotFound(f"unknown model '{name}'")
         if version is None:
-            ready = entry.ready_versions()
-            if not ready:
+            newest = entry.newest_ready()
+            if newest is None:
                 raise Unavailable(f"model '{name}' has no ready version: "
                                   f"{self.reason(entry) or 'loading'}")
-            version = ready[-1]
+            return newest
         slot = entry.versions.get(version)
         if slot is None:
             raise NotFound(f"unknown version '{version}' of model '{name}' (served versions: "

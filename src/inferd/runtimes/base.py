@@ -88,7 +88,9 @@ def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> A
         if spec.name not in raw:
             raise RuntimeError(f"model '{model}' did not return output '{spec.name}' "
                                f"(it returned {sorted(raw)})")
-        value = np.asarray(raw[spec.name])
+        value = raw[spec.name]
+        if type(value) is not np.ndarray:
+            value = np.asarray(value)
         if spec.datatype == "BYTES":
             value = _as_bytes_array(value)
         else:

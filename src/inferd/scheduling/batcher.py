@@ -58,6 +58,7 @@ class DynamicBatcher(Runtime):
         self._queued_rows = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -85,7 +86,8 @@ class DynamicBatcher(Runtime):
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
-        self._dispatch()
+        if self._soon is None:  # dispatch once this loop pass has queued all that arrived in it
+            self._soon = loop.call_soon(self._dispatch)
         return await waiting.future
 
     # -- queue -----------------------------------------------------------------------------
@@ -117,6 +119,7 @@ class DynamicBatcher(Runtime):
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch(self) -> None:
+        self._soon = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -149,7 +152,6 @@ class DynamicBatcher(Runtime):
         return batch
 
     def _start(self, batch: list[_Waiting]) -> None:
-        self._running += 1
         started = time.perf_counter()
         for waiting in batch:
             waiting.context.timings.queue += started - waiting.enqueued
@@ -157,26 +159,42 @@ class DynamicBatcher(Runtime):
         rows = sum(w.rows for w in batch)
         if self._observe_batch is not None:
             self._observe_batch(rows)
+        if self.pool.inline:  # a fast model: run now, on this thread (see InstancePool)
+            try:
+                outputs = self.pool.execute(inputs)
+            except Exception as exc:
+                self._complete(batch, rows, started, None, exc)
+            else:
+                self._complete(batch, rows, started, outputs, None)
+            return
+        self._running += 1
         future = self.pool.submit(inputs)
-        future.add_done_callback(lambda f: self._finish(f, batch, rows, started))
+        future.add_done_callback(lambda f: self._finished(f, batch, rows, started))
 
-    def _finish(self, future: asyncio.Future[Arrays], batch: list[_Waiting], rows: int,
-                started: float) -> None:
+    def _finished(self, future: asyncio.Future[Arrays], batch: list[_Waiting], rows: int,
+                  started: float) -> None:
         self._running -= 1
+        error = future.exception()
+        self._complete(batch, rows, started, None if error else future.result(), error)
+        self._dispatch()
+
+    def _complete(self, batch: list[_Waiting], rows: int, started: float, outputs: Arrays | None,
+                  error: BaseException | None) -> None:
         compute = time.perf_counter() - started
         for waiting in batch:
             waiting.context.timings.compute += compute
-        try:
-            outputs = future.result()
-            parts = _split(outputs, [w.rows for w in batch], rows, self.pool.name)
-        except Exception as exc:
-            for waiting in batch:
-                _fail(waiting, exc)
-        else:
-            for waiting, part in zip(batch, parts, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(part)
-        self._dispatch()
+        if outputs is not None:
+            try:
+                parts = _split(outputs, [w.rows for w in batch], rows, self.pool.name)
+            except ModelError as exc:
+                error = exc
+            else:
+                for waiting, part in zip(batch, parts, strict=True):
+                    if not waiting.future.done():
+                        waiting.future.set_result(part)
+                return
+        for waiting in batch:
+            _fail(waiting, error or ModelError(f"model '{self.pool.name}' gave no outputs"))
 
     def unload(self) -> None:
         self.pool.unload()
@@ -201,6 +219,9 @@ def _split(outputs: Arrays, sizes: list[int], rows: int, name: str) -> list[Arra
         if array.ndim == 0 or array.shape[0] != rows:
             raise ModelError(f"model '{name}' returned output '{output}' with shape "
                              f"{list(array.shape)} for a batch of {rows} rows; dim 0 must be the batch")
-    offsets = np.cumsum(sizes)[:-1]
-    pieces = {output: np.split(array, offsets) for output, array in outputs.items()}
-    return [{output: pieces[output][i] for output in outputs} for i in range(len(sizes))]
+    parts, start = [], 0
+    for size in sizes:  # plain slices: views, no copies (np.split costs more than the model here)
+        end = start + size
+        parts.append({output: array[start:end] for output, array in outputs.items()})
+        start = end
+    return parts

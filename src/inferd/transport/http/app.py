@@ -57,6 +57,7 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler]]] = {}
+        self._cache: dict[tuple[str, str], tuple[Handler | None, dict[str, str], bool]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         parts = tuple(pattern.strip("/").split("/"))
@@ -64,6 +65,14 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
         """(handler, params, path_known): a known path with the wrong method has no handler."""
+        found = self._cache.get((method, path))
+        if found is None:
+            found = self._match_uncached(method, path)
+            if found[0] is not None and len(self._cache) < 4096:  # repeat paths skip the scan
+                self._cache[(method, path)] = found
+        return found
+
+    def _match_uncached(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
         segments = path.strip("/").split("/")
         known = False
         for route_method, parts, handler in self._routes.get(len(segments), ()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from inferd.errors import Forbidden, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2
-from inferd.repository.layout import is_valid_name
 from inferd.service import InferenceService
 from inferd.transport.http.app import (
     HttpRequest,
@@ -28,8 +27,6 @@ def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
 
 def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
     name, version = request.params["model"], request.params.get("version")
-    if not is_valid_name(name):
-        raise NotFound(f"unknown model '{name}'")
     if version is not None and not version.isdigit():
         raise NotFound(f"unknown version '{version}' of model '{name}': versions are integers")
     return name, version
