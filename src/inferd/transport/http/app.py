@@ -98,35 +98,27 @@ def _match(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None
 
 
 class HttpApp:
-    """The ASGI callable. Protocol modules add their routes to ``router``."""
+    """Routes a request to its handler and turns errors into answers.
+
+    ``dispatch`` is what inferd's own HTTP server (``transport/http/server.py``) calls; the object
+    is also a plain ASGI application, for embedding inferd under any ASGI server.
+    """
 
     def __init__(self, router: Router, max_body_bytes: int) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
-            return
-        response = await self._respond(scope, receive)
-        headers = [(b"content-type", response.content_type),
-                   (b"content-length", str(len(response.body)).encode()), *response.headers]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-    async def _respond(self, scope: dict[str, Any], receive: Any) -> HttpResponse:
-        method, path = scope["method"], scope["path"]
-        handler, params, known = self.router.match(method, path)
+    async def dispatch(self, request: HttpRequest) -> HttpResponse:
+        handler, params, known = self.router.match(request.method, request.path)
         if handler is None:
             if known:
-                return error_response(405, f"method {method} is not allowed on {path}")
-            return error_response(404, f"no such endpoint: {method} {path}")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request = HttpRequest(method, path, scope.get("query_string", b"").decode("latin-1"),
-                              headers, bytearray(), params, _disconnect_probe(receive))
+                return error_response(405, f"method {request.method} is not allowed on {request.path}")
+            return error_response(404, f"no such endpoint: {request.method} {request.path}")
+        request.params = params
         try:
-            request.body = await self._read_body(headers, receive)
+            encoding = request.headers.get("content-encoding")
+            if encoding and encoding != "identity":
+                request.body = _decompress(request.body, encoding, self.max_body_bytes)
             return await handler(request)
         except InferdError as exc:
             return error_response(status_for(exc.code), exc.message)
@@ -135,8 +127,33 @@ class HttpApp:
                 raise
             return error_response(499, "the client went away; the request was dropped")
         except Exception as exc:  # a real server fault: log it, answer 500, keep serving
-            log.exception("internal error on %s %s", method, path)
+            log.exception("internal error on %s %s", request.method, request.path)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def too_large(self, size: int | None = None) -> HttpResponse:
+        said = f"request body of {size} bytes" if size is not None else "request body"
+        return error_response(413, f"{said} is over the limit of {self.max_body_bytes} bytes "
+                                   "(--max-body-size)")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request = HttpRequest(scope["method"], scope["path"],
+                              scope.get("query_string", b"").decode("latin-1"), headers, bytearray(),
+                              disconnected=_disconnect_probe(receive))
+        try:
+            request.body = await self._read_body(headers, receive)
+        except PayloadTooLarge as exc:
+            response = error_response(413, exc.message)
+        else:
+            response = await self.dispatch(request)
+        head = [(b"content-type", response.content_type),
+                (b"content-length", str(len(response.body)).encode()), *response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": head})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytearray:
         limit = self.max_body_bytes
@@ -155,9 +172,6 @@ class HttpApp:
             if len(body) > limit:
                 raise PayloadTooLarge(f"request body is over the limit of {limit} bytes "
                                       "(--max-body-size)")
-        encoding = headers.get("content-encoding")
-        if encoding and encoding != "identity":
-            body = _decompress(body, encoding, limit)
         return body
 
 
