@@ -37,11 +37,35 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest request body, e.g. 64MiB (default); larger gets 413")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    bench = commands.add_parser("bench", help="load a running server and report latency and throughput")
+    bench.add_argument("-m", "--model", required=True)
+    bench.add_argument("--url", default="http://127.0.0.1:8000")
+    bench.add_argument("--model-version", default=None)
+    bench.add_argument("--concurrency", default="1,8,64", help="comma-separated, e.g. 1,8,64")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency")
+    bench.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
+    bench.add_argument("--binary", action="store_true", help="v2 binary bodies instead of JSON")
+    bench.add_argument("--batch", type=int, default=1, help="rows per request for batching models")
+    bench.add_argument("--processes", type=int, default=1, help="load-generating processes")
+    bench.add_argument("--json", type=Path, default=None, dest="json_out")
+    bench.add_argument("--plot", type=Path, default=None, dest="plot_out", help="latency vs throughput PNG")
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from inferd.bench.runner import BenchSettings, main
+
+    return main(BenchSettings(
+        model=args.model, url=args.url, version=args.model_version,
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")), duration=args.duration,
+        warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes,
+        json_out=args.json_out, plot_out=args.plot_out))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     from inferd.observability.logging import configure
 
     configure(args.log_level)

@@ -1,4 +1,4 @@
-from inferd.scheduling.policy import decide, plan_batch
+from inferd.scheduling.policy import decide, inline_threshold, plan_batch
 
 
 def test_plan_takes_whole_requests_up_to_the_maximum() -> None:
@@ -30,3 +30,7 @@ def test_decide_waits_for_company_while_other_instances_work() -> None:
 def test_decide_holds_when_no_instance_is_free() -> None:
     decision = decide(10, 1.0, free=0, busy=2, max_batch_size=32, preferred=(), max_delay_s=0.0)
     assert not decision.dispatch and decision.wait_s is None
+
+
+def test_inline_threshold_is_higher_with_one_cpu() -> None:
+    assert inline_threshold(1) > inline_threshold(2) > 0

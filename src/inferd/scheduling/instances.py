@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
+from inferd.scheduling.policy import inline_threshold
 from inferd.types import CallContext
 
 # A call this fast costs the event loop less than handing it to a thread and back (about 70 µs of
-# CPU on this project's reference machine), so it runs inline. Measured per model, re-checked when a
-# call turns out slow.
-INLINE_BELOW_S = 0.0002
+# CPU on this project's reference machine), so it runs inline: see policy.inline_threshold.
 _PROBE_CALLS = 16  # threaded calls measured before a model may run inline
 _EWMA = 0.2
 
@@ -24,7 +24,7 @@ class InstancePool(Runtime):
 
     Without dynamic batching each request is one call. It is a Runtime itself; the batcher uses
     ``submit``/``execute`` and counts free instances on its own. Models whose calls take less
-    than ``INLINE_BELOW_S`` run on the calling (event loop) thread: see ``inline``.
+    than ``policy.inline_threshold`` run on the calling (event loop) thread: see ``inline``.
     """
 
     def __init__(self, runtime: Runtime, count: int, name: str, max_queue: int = 1024,
@@ -46,6 +46,7 @@ class InstancePool(Runtime):
         self._mean_s = 0.0  # moving average of a call's duration
         self._measured = 0
         self.inline = False
+        self._inline_below_s = inline_threshold(_usable_cpus())
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.inner.infer(inputs)
@@ -82,14 +83,14 @@ class InstancePool(Runtime):
 
     def _measure(self, seconds: float) -> None:
         """Decide inline or threaded from the calls' moving average; a slow call resets it."""
-        if self.inline and seconds > 10 * INLINE_BELOW_S:
+        if self.inline and seconds > 10 * self._inline_below_s:
             self.inline, self._measured, self._mean_s = False, 0, seconds
             return
         self._mean_s = seconds if self._measured == 0 else (
             (1 - _EWMA) * self._mean_s + _EWMA * seconds)
         self._measured += 1
         if self._measured >= _PROBE_CALLS:
-            self.inline = self._mean_s < INLINE_BELOW_S
+            self.inline = self._mean_s < self._inline_below_s
 
     def _run(self, inputs: Arrays, context: CallContext, enqueued: float) -> Arrays:
         start = time.perf_counter()
@@ -115,3 +116,10 @@ class InstancePool(Runtime):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, {self.count} instance(s)"
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,128 @@
+"""Shared helpers for the benchmark scripts: models, bodies, starting servers pinned, running wrk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SERVER_CPU = os.environ.get("SERVER_CPU", "0")
+CLIENT_CPU = os.environ.get("CLIENT_CPU", "1")
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def make_mlp_models(root: Path) -> None:
+    """The peers' M1 "mlp" (512 -> 1024 -> 1024 -> 10) and M2 "tiny" (16 -> 4), as TorchScript and ONNX."""
+    import torch
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024),
+                              torch.nn.ReLU(), torch.nn.Linear(1024, 10)).eval()
+    tiny = torch.nn.Linear(16, 4).eval()
+    for name, model, dim in (("mlp", mlp, 512), ("tiny", tiny, 16)):
+        root.mkdir(parents=True, exist_ok=True)
+        torch.jit.script(model).save(str(root / f"{name}.pt"))
+        torch.onnx.export(model, (torch.randn(2, dim),), str(root / f"{name}.onnx"), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "b"}, "output": {0: "b"}},
+                          dynamo=False)
+
+
+def write_model(root: Path, name: str, artifact: Path, dim: int, out: int, batching: bool,
+                threads: int = 1) -> None:
+    folder = root / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(artifact, folder / "1" / f"model{artifact.suffix}")
+    config = f"max_batch_size = 32\nintra_op_threads = {threads}\n"
+    if batching:
+        config += "[dynamic_batching]\nmax_queue_delay_ms = 5\n"
+    config += (f'[[input]]\nname = "input"\ndatatype = "FP32"\nshape = [{dim}]\n'
+               f'[[output]]\nname = "output"\ndatatype = "FP32"\nshape = [{out}]\n')
+    (folder / "config.toml").write_text(config)
+
+
+def bodies(out: Path, name: str, dim: int, tensors: tuple[str, str] = ("input", "output"),
+           seed: int = 0) -> tuple[Path, Path, int]:
+    """A v2 JSON body and a v2 binary body (and its JSON header length) for one sample."""
+    input_name, output_name = tensors
+    x = np.random.default_rng(seed).standard_normal((1, dim)).astype(np.float32).round(6)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps({"inputs": [{"name": input_name, "shape": [1, dim], "datatype": "FP32",
+                                                 "data": x.ravel().tolist()}]}))
+    header = json.dumps({"inputs": [{"name": input_name, "shape": [1, dim], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
+    bin_path = out / f"{name}.bin"
+    bin_path.write_bytes(header + x.tobytes())
+    return json_path, bin_path, len(header)
+
+
+def start_inferd(root: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(root),
+               "--http-port", str(port), "--grpc-port", "0", "--log-level", "warning"]
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
+    return process, time.monotonic() - start
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (as the peer scripts read /proc)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TCK
+    return total
+
+
+def wrk(url: str, body: Path, concurrency: int, seconds: int, header_len: int | None = None) -> dict:
+    env = dict(os.environ, BODY_FILE=str(body), HEADER_LEN=str(header_len or ""))
+    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s",
+               "--timeout", "10s", "-s", str(HERE / "post.lua"), url]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("WRKJSON"))
+    result = json.loads(line.split(" ", 1)[1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["errors"] = sum(result[k] for k in result if k.startswith("err_"))
+    return result
+
+
+def measure(url: str, body: Path, concurrency: int, seconds: int, pid: int,
+            header_len: int | None = None, warmup: int = 3) -> dict:
+    wrk(url, body, concurrency, warmup, header_len)
+    cpu = tree_cpu_seconds(pid)
+    result = wrk(url, body, concurrency, seconds, header_len)
+    result["cpu_ms_per_req"] = (tree_cpu_seconds(pid) - cpu) * 1000 / max(result["requests"], 1)
+    return result
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()

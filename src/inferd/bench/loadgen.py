@@ -1,0 +1,104 @@
+"""A closed-loop HTTP/1.1 load generator: C keep-alive connections, each sending the same prebuilt
+request as soon as its previous answer arrived. asyncio Protocols, no HTTP library, so one process
+sustains far more requests per second than a Python server can answer (see benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass(slots=True)
+class LoadResult:
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: int = 0  # non-2xx answers and broken connections
+    seconds: float = 0.0
+
+
+def build_request(url: str, body: bytes, header_length: int | None) -> tuple[str, int, bytes]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}",
+            f"Content-Length: {len(body)}"]
+    if header_length is None:
+        head.append("Content-Type: application/json")
+    else:
+        head += ["Content-Type: application/octet-stream",
+                 f"Inference-Header-Content-Length: {header_length}"]
+    return host, port, ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self, request: bytes, result: LoadResult, stop_at: float, done: asyncio.Future[None],
+                 counter: list[int]) -> None:
+        self._request = request
+        self._result = result
+        self._stop_at = stop_at
+        self._done = done
+        self._counter = counter
+        self._buffer = bytearray()
+        self._sent = 0
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        if time.perf_counter() >= self._stop_at:
+            if not self._done.done():
+                self._done.set_result(None)
+            return
+        self._sent = time.perf_counter_ns()
+        assert self._transport is not None
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buffer[:end]).lower()
+            start = head.find(b"content-length:")
+            length = int(head[start + 15:head.find(b"\r\n", start) if head.find(b"\r\n", start) > 0
+                              else None]) if start >= 0 else 0
+            if len(self._buffer) < end + 4 + length:
+                return
+            del self._buffer[:end + 4 + length]
+            if head.startswith(b"http/1.1 100"):
+                continue
+            self._result.latencies_ns.append(time.perf_counter_ns() - self._sent)
+            if not head.startswith(b"http/1.1 2"):
+                self._result.errors += 1
+            self._counter[0] += 1
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._result.errors += 1
+            self._done.set_result(None)
+
+
+async def run_load(url: str, body: bytes, header_length: int | None, concurrency: int, seconds: float,
+                   counter: list[int] | None = None) -> LoadResult:
+    """Keep ``concurrency`` requests in flight for ``seconds``."""
+    host, port, request = build_request(url, body, header_length)
+    loop = asyncio.get_running_loop()
+    result, counter = LoadResult(), counter if counter is not None else [0]
+    start = time.perf_counter()
+    stop_at = start + seconds
+    done = [loop.create_future() for _ in range(concurrency)]
+    transports = []
+    for future in done:
+        transport, _ = await loop.create_connection(
+            lambda future=future: _Client(request, result, stop_at, future, counter), host, port)
+        transports.append(transport)
+    await asyncio.gather(*done)
+    result.seconds = time.perf_counter() - start
+    for transport in transports:
+        transport.close()
+    return result

@@ -1,0 +1,30 @@
+"""`inferd bench` against a running server produces its table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, serve
+
+
+def test_bench_json_and_binary(tmp_path: Path) -> None:
+    with serve(ROOT / "examples/models") as server:
+        for binary in (False, True):
+            out = tmp_path / f"bench-{binary}.json"
+            command = [sys.executable, "-m", "inferd", "bench", "-m", "mlp_onnx", "--url", server.base,
+                       "--concurrency", "1,4", "--duration", "1", "--warmup", "0.2", "--json", str(out)]
+            if binary:
+                command += ["--binary", "--processes", "2", "--plot", str(tmp_path / "plot.png")]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "| concurrency | req/s |" in done.stdout
+            report = json.loads(out.read_text())
+            assert [row["concurrency"] for row in report["rows"]] == [1, 4]
+            for row in report["rows"]:
+                assert row["requests"] > 10 and row["errors"] == 0
+                assert 0 < row["p50_ms"] <= row["p99_ms"]
+                assert row["server_compute_ms"] is not None and row["server_compute_ms"] > 0
+        assert (tmp_path / "plot.png").stat().st_size > 1000

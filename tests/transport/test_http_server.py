@@ -1,0 +1,114 @@
+"""inferd's HTTP/1.1 server at the byte level: keep-alive, pipelining, 100-continue, bad requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from inferd.transport.http.app import HttpApp, HttpRequest, HttpResponse, Router, json_response
+from inferd.transport.http.server import HttpServer
+from tests.conftest import free_port
+
+
+async def echo(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(0.01 if request.query == "slow" else 0)
+    return json_response({"path": request.path, "query": request.query, "size": len(request.body),
+                          "model": request.params.get("model")})
+
+
+def make_app(limit: int = 1000) -> HttpApp:
+    router = Router()
+    router.add("POST", "/echo/{model}", echo)
+    router.add("GET", "/echo/{model}", echo)
+    return HttpApp(router, limit)
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    yield free_port()
+
+
+async def exchange(port: int, raw: bytes, limit: int = 1000) -> bytes:
+    server = HttpServer(make_app(limit), "127.0.0.1", port)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        data = b""
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 2)
+            if not chunk:
+                break
+            data += chunk
+            answered = data.count(b"HTTP/1.1 2") + data.count(b"HTTP/1.1 4") >= raw.count(b"HTTP/1.1\r\n")
+            if answered and (b"connection: close" in data or data.endswith(b"}")):
+                break
+        writer.close()
+        return data
+    finally:
+        await server.close(1)
+
+
+def bodies(data: bytes) -> list[dict]:
+    return [json.loads(part[part.index(b"{"):part.rindex(b"}") + 1])
+            for part in data.split(b"HTTP/1.1 ")[1:] if b"{" in part]
+
+
+def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    raw = (b"GET /echo/a?slow HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"POST /echo/b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+           b"GET /echo/c%20d HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = asyncio.run(exchange(port, raw))
+    answers = bodies(data)
+    assert [a["model"] for a in answers] == ["a", "b", "c d"]
+    assert answers[0]["query"] == "slow"
+    assert answers[1]["size"] == 3
+
+
+def test_chunked_body_and_expect_continue(port: int) -> None:
+    raw = (b"POST /echo/m HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+           b"Expect: 100-continue\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+    data = asyncio.run(exchange(port, raw))
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert bodies(data)[-1]["size"] == 8
+
+
+def test_oversized_body_gets_413_and_the_connection_closes(port: int) -> None:
+    raw = b"POST /echo/m HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000
+    data = asyncio.run(exchange(port, raw, limit=1000))
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in data
+    assert b"over the limit of 1000 bytes" in data
+
+
+def test_malformed_http_gets_400(port: int) -> None:
+    data = asyncio.run(exchange(port, b"GARBAGE\r\n\r\n"))
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+def test_unknown_path_and_wrong_method(port: int) -> None:
+    raw = (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"DELETE /echo/m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = asyncio.run(exchange(port, raw))
+    assert b"HTTP/1.1 404 Not Found" in data
+    assert b"HTTP/1.1 405 Method Not Allowed" in data
+
+
+def test_the_app_is_also_plain_asgi() -> None:
+    app = make_app()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"abcd", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/echo/z", "headers": [], "query_string": b"q"}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"]) == {"path": "/echo/z", "query": "q", "size": 4, "model": "z"}
