@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=30.0)
     serve.add_argument("--max-body-size", type=_size, default=64 * 1024**2,
                        help="largest request body, e.g. 64MiB (default); larger gets 413")
+    serve.add_argument("--model-store", type=Path, default=None,
+                       help="folder of TorchServe .mar archives (TorchServe's flag)")
+    serve.add_argument("--models", nargs="*", default=[],
+                       help="archives to serve at start: all, or NAME=FILE.mar / FILE.mar ...")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     bench = commands.add_parser("bench", help="load a running server and report latency and throughput")
@@ -75,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
-            log_level=args.log_level)
+            log_level=args.log_level, model_store=args.model_store, models=tuple(args.models))
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2
-    if settings.model_repository is not None and not settings.model_repository.is_dir():
-        print(f"inferd: model repository {settings.model_repository} is not a folder",
-              file=sys.stderr)
-        return 2
+    for what, folder in (("model repository", settings.model_repository), ("model store", settings.model_store)):
+        if folder is not None and not folder.is_dir():
+            print(f"inferd: {what} {folder} is not a folder", file=sys.stderr)
+            return 2
     from inferd.server import run
 
     run(settings)

@@ -15,7 +15,7 @@ from typing import Any
 from inferd.errors import ConfigError
 from inferd.types import V2_DATATYPES
 
-BACKENDS = ("onnx", "torch", "python", "tensorflow")
+BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 
@@ -32,6 +32,8 @@ class ServerSettings:
     drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
     max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
     log_level: str = "info"
+    model_store: Path | None = None  # TorchServe's folder of .mar archives
+    models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -40,6 +42,8 @@ class ServerSettings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        if self.models and self.model_store is None:
+            raise ConfigError("--models needs --model-store (the folder that holds the archives)")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-size must be positive, got {self.max_body_bytes}")
 

@@ -8,7 +8,9 @@ import logging
 import signal
 
 from inferd.config import ModelConfig, ServerSettings
+from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
+from inferd.repository.archives import archive_config, store_archives
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
@@ -16,6 +18,7 @@ from inferd.service import InferenceService
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpServer
+from inferd.transport.http.torchserve_routes import TorchServeRoutes
 
 log = logging.getLogger("inferd.server")
 
@@ -26,7 +29,7 @@ def build_service(settings: ServerSettings) -> InferenceService:
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
 
-    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics)
+    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics, settings.model_store)
     metrics.watch_states(service.model_states)
     return service
 
@@ -35,6 +38,7 @@ def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpA
     router = Router()
     KServeV2Routes(service, model_control=settings.model_control == "explicit").register(router)
     MetricsRoutes(service).register(router)
+    TorchServeRoutes(service, model_control=settings.model_control == "explicit").register(router)
     return HttpApp(router, settings.max_body_bytes)
 
 
@@ -54,11 +58,24 @@ class Server:
             self._http = HttpServer(app, self.settings.host, self.settings.http_port)
             await self._http.start()  # answers (503 not ready) while models load
         await self.service.registry.load_all()
+        await self._register_store_archives()
         _settle_garbage_collector()
         self.service.set_ready(True)
         self._announce()
         await self._stop.wait()
         await self._shutdown()
+
+    async def _register_store_archives(self) -> None:
+        """``--model-store DIR --models ...``: archives served from the start, one worker, no batching
+        (TorchServe's defaults); a broken one is logged and the rest still load."""
+        store, models = self.settings.model_store, self.settings.models
+        if store is None or not models:
+            return
+        for name, archive in store_archives(store, models):
+            try:
+                await self.service.register_archive(archive, name, archive_config(1, 1, 0.0))
+            except InferdError as exc:
+                log.error("archive %s not served: %s", archive.name, exc.message)
 
     def _announce(self) -> None:
         rows = self.service.repository_index()

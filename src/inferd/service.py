@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import inferd
-from inferd.errors import InferdError, InvalidInput
+from inferd.config import ModelConfig
+from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import Metrics
-from inferd.repository.registry import ModelRegistry
+from inferd.repository.archives import archive_config, archive_identity, resolve_archive
+from inferd.repository.layout import is_valid_name
+from inferd.repository.registry import ModelRegistry, version_key
 from inferd.types import CallContext, InferRequest, InferResponse, ModelMetadata, Tensor
 from inferd.validation import check_inputs, check_outputs
 
@@ -19,9 +23,11 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "stat
 class InferenceService:
     """Live, ready, metadata, infer, load, unload — with no knowledge of HTTP or gRPC."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None,
+                 model_store: Path | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.model_store = model_store
         self._ready = False
         self._draining = False
 
@@ -101,12 +107,65 @@ class InferenceService:
             if not entry.versions:
                 state = "UNAVAILABLE" if entry.reason else "LOADING"
                 rows.append({"name": name, "version": "", "state": state, "reason": entry.reason})
-            for version in sorted(entry.versions, key=int):
+            for version in sorted(entry.versions, key=version_key):
                 slot = entry.versions[version]
                 rows.append({"name": name, "version": version, "state": slot.state.value,
                              "reason": slot.reason})
         if ready_only:
             rows = [row for row in rows if row["state"] == "READY"]
+        return rows
+
+    async def register_from_store(self, url: str, name: str | None, workers: int, batch_size: int,
+                                  max_batch_delay_ms: float) -> tuple[str, str, int]:
+        """Register an archive of the model store (TorchServe's ``POST /models``)."""
+        archive = resolve_archive(self.model_store, url)
+        return await self.register_archive(archive, name, archive_config(workers, batch_size, max_batch_delay_ms))
+
+    async def register_archive(self, archive: Path, name: str | None, config: ModelConfig) -> tuple[str, str, int]:
+        manifest_name, version = archive_identity(archive)
+        name = name or manifest_name
+        if not is_valid_name(name):
+            raise InvalidInput(f"model name {name!r} is not valid: letters, digits, '_', '-', '.'")
+        entry = await self.registry.register_archive(name, archive, config, version)
+        slot = entry.versions[version]
+        if slot.state.value != "READY":
+            raise InvalidInput(f"model '{name}' failed to load from {archive.name}: {slot.reason}")
+        return name, version, config.instance_group.count
+
+    async def unload_version(self, name: str, version: str) -> None:
+        await self.registry.unload_version(name, version)
+
+    def set_default_version(self, name: str, version: str) -> None:
+        self.registry.set_default(name, version)
+
+    def scale(self, name: str, instances: int) -> None:
+        """Change how many executions of every loaded version may run at once."""
+        if instances < 1:
+            raise InvalidInput(f"a model needs at least one worker, got {instances}")
+        for _, runtime in self.registry.runtimes(name):
+            resize = getattr(runtime, "resize", None)
+            if resize is None:
+                raise InvalidInput(f"model '{name}' cannot be scaled")
+            resize(instances)
+
+    def describe_model(self, name: str) -> list[dict[str, Any]]:
+        """Per version: source, instances, busy, batching, state — what management APIs show."""
+        entry = self.registry.models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        rows = []
+        batching = entry.config.dynamic_batching
+        for version in sorted(entry.versions, key=version_key):
+            slot = entry.versions[version]
+            runtime = slot.runtime
+            rows.append({
+                "version": version, "state": slot.state.value, "reason": slot.reason, "source": entry.source,
+                "instances": getattr(runtime, "count", getattr(getattr(runtime, "pool", None), "count", 1)),
+                "busy": int(getattr(runtime, "busy", 0)),
+                "max_batch_size": runtime.max_batch_size if runtime is not None else entry.config.max_batch_size,
+                "max_queue_delay_ms": batching.max_queue_delay_ms if batching else 0.0,
+                "default": entry.newest_ready() is not None and entry.newest_ready()[1] == version,
+            })
         return rows
 
     async def load_model(self, name: str) -> None:

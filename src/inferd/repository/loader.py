@@ -13,6 +13,7 @@ _MODULES: dict[str, tuple[str, str]] = {
     "torch": ("torch", "torch"),
     "python": ("python", "all"),
     "tensorflow": ("tensorflow", "tensorflow"),
+    "torchserve": ("torchserve", "torch"),
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferd.config import ModelConfig, VersionPolicy, load_model_config
-from inferd.errors import ConfigError, InferdError, NotFound, Unavailable
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
 from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, scan
 from inferd.repository.loader import load_runtime
 from inferd.runtimes.base import LoadContext, Runtime
@@ -45,16 +45,20 @@ class ModelEntry:
     config: ModelConfig = field(default_factory=ModelConfig)
     versions: dict[str, VersionEntry] = field(default_factory=dict)
     reason: str = ""  # a problem with the model as a whole (e.g. its config.toml)
+    source: str = ""  # where it came from: its folder, or the archive in the model store
+    default_version: str | None = None  # set-default (TorchServe); None = the newest ready
     _newest: tuple[Runtime, str] | None = None
 
     def newest_ready(self) -> tuple[Runtime, str] | None:
-        """The unversioned route's target; cached, refreshed whenever a version changes state."""
+        """The unversioned route's target (the default version if one is set and ready, else the
+        newest ready); cached, refreshed whenever a version changes state."""
         if self._newest is None:
             ready = self.ready_versions()
-            if ready:
-                runtime = self.versions[ready[-1]].runtime
+            chosen = self.default_version if self.default_version in ready else (ready[-1] if ready else None)
+            if chosen is not None:
+                runtime = self.versions[chosen].runtime
                 assert runtime is not None
-                self._newest = (runtime, ready[-1])
+                self._newest = (runtime, chosen)
         return self._newest
 
     def changed(self) -> None:
@@ -62,7 +66,15 @@ class ModelEntry:
 
     def ready_versions(self) -> list[str]:
         ready = [v for v, e in self.versions.items() if e.state is ModelState.READY]
-        return sorted(ready, key=int)
+        return sorted(ready, key=version_key)
+
+
+def version_key(version: str) -> tuple[int, tuple[int, ...], str]:
+    """Versions sort numerically: "2" < "10", and TorchServe's "1.0" < "1.10"."""
+    parts = version.split(".")
+    if all(p.isdigit() for p in parts):
+        return 0, tuple(int(p) for p in parts), ""
+    return 1, (), version
 
 
 def _no_wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
@@ -125,8 +137,41 @@ class ModelRegistry:
         for name in list(self._models):
             await self.unload_model(name, missing_ok=True)
 
+    async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str) -> ModelEntry:
+        """Serve a model archive from outside the repository (TorchServe's model store)."""
+        entry = self._models.get(name)
+        if entry is None or not entry.source.endswith(".mar"):
+            await self.unload_model(name, missing_ok=True)
+            entry = self._models[name] = ModelEntry(name=name, config=config, source=str(archive))
+        if version in entry.versions and entry.versions[version].state is ModelState.READY:
+            raise InvalidInput(f"model '{name}' version {version} is already registered")
+        entry.versions[version] = VersionEntry(version=version)
+        await self._load_version(entry, version, archive, config)
+        return entry
+
+    async def unload_version(self, name: str, version: str) -> None:
+        entry = self._models.get(name)
+        if entry is None or version not in entry.versions:
+            raise NotFound(f"model '{name}' has no version '{version}'")
+        if len(entry.versions) == 1:
+            await self.unload_model(name)
+            return
+        slot = entry.versions.pop(version)
+        if entry.default_version == version:
+            entry.default_version = None
+        entry.changed()
+        if slot.runtime is not None:
+            await asyncio.to_thread(slot.runtime.unload)
+
+    def set_default(self, name: str, version: str) -> None:
+        entry = self._models.get(name)
+        if entry is None or version not in entry.versions:
+            raise NotFound(f"model '{name}' has no version '{version}'")
+        entry.default_version = version
+        entry.changed()
+
     async def _load_folder(self, folder: ModelFolder) -> ModelEntry:
-        entry = ModelEntry(name=folder.name)
+        entry = ModelEntry(name=folder.name, source=str(folder.path))
         self._models[folder.name] = entry
         try:
             entry.config = load_model_config(folder.config_path)
@@ -150,10 +195,11 @@ class ModelRegistry:
         for number in folder.versions or {}:
             entry.versions[str(number)] = VersionEntry(str(number), ModelState.UNAVAILABLE, reason)
 
-    async def _load_version(self, entry: ModelEntry, version: str, path: Path) -> None:
+    async def _load_version(self, entry: ModelEntry, version: str, path: Path,
+                            config: ModelConfig | None = None) -> None:
         slot = entry.versions[version]
         try:
-            runtime = await asyncio.to_thread(self._build, entry, version, path)
+            runtime = await asyncio.to_thread(self._build, entry, version, path, config or entry.config)
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
@@ -162,9 +208,11 @@ class ModelRegistry:
         entry.changed()
         log.info("model %s version %s ready (%s)", entry.name, version, runtime.describe())
 
-    def _build(self, entry: ModelEntry, version: str, path: Path) -> Runtime:
-        config = entry.config
-        artifact, backend = find_artifact(path, config.backend)
+    def _build(self, entry: ModelEntry, version: str, path: Path, config: ModelConfig) -> Runtime:
+        if path.suffix == ".mar":
+            artifact, backend = path, "torchserve"
+        else:
+            artifact, backend = find_artifact(path, config.backend)
         group = config.instance_group
         device = "cpu"
         if group.kind == "gpu":
@@ -174,6 +222,13 @@ class ModelRegistry:
         runtime = load_runtime(backend, context)
         runtime.warmup()
         return self._wrap(runtime, config, entry.name, version)
+
+    def runtimes(self, name: str) -> list[tuple[str, Runtime]]:
+        """Every loaded version of a model with its runtime (scheduler), for scaling and describing."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        return [(v, e.runtime) for v, e in entry.versions.items() if e.runtime is not None]
 
     def get(self, name: str, version: str | None) -> tuple[Runtime, str]:
         """The runtime that serves ``name`` at ``version`` (None: the newest ready version)."""
@@ -189,7 +244,7 @@ class ModelRegistry:
         slot = entry.versions.get(version)
         if slot is None:
             raise NotFound(f"unknown version '{version}' of model '{name}' (served versions: "
-                           f"{', '.join(sorted(entry.versions, key=int)) or 'none'})")
+                           f"{', '.join(sorted(entry.versions, key=version_key)) or 'none'})")
         if slot.state is not ModelState.READY or slot.runtime is None:
             raise Unavailable(f"model '{name}' version {version} is not ready: "
                               f"{slot.reason or slot.state.value}")

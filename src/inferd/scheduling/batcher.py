@@ -196,6 +196,10 @@ class DynamicBatcher(Runtime):
         for waiting in batch:
             _fail(waiting, error or ModelError(f"model '{self.pool.name}' gave no outputs"))
 
+    def resize(self, count: int) -> None:
+        self.pool.resize(count)
+        self._dispatch()  # new instances take queued work at once
+
     def unload(self) -> None:
         self.pool.unload()
 

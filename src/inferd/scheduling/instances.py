@@ -108,6 +108,17 @@ class InstancePool(Runtime):
         finally:
             context.timings.compute += time.perf_counter() - start
 
+    def resize(self, count: int) -> None:
+        """Run ``count`` executions at once from now on. Calls already running finish where they
+        are; the old threads leave once idle."""
+        if count < 1:
+            raise ValueError(f"an instance pool needs at least one instance, got {count}")
+        if count == self.count:
+            return
+        old, self._executor = self._executor, ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{self.name}")
+        self.count = count
+        old.shutdown(wait=False)
+
     def unload(self) -> None:
         if self._on_unload is not None:
             self._on_unload()

@@ -42,6 +42,7 @@ class HttpResponse:
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+ErrorFormat = Callable[[int, str], HttpResponse]  # each protocol keeps its own error shape
 
 
 def json_response(value: Any, status: int = 200) -> HttpResponse:
@@ -49,22 +50,31 @@ def json_response(value: Any, status: int = 200) -> HttpResponse:
 
 
 def error_response(status: int, message: str) -> HttpResponse:
+    """The v2 (and TF Serving) error shape: ``{"error": "..."}``."""
     return HttpResponse(status, orjson.dumps({"error": message}))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    parts: tuple[str, ...]
+    handler: Handler
+    format_error: ErrorFormat = error_response
 
 
 class Router:
     """Patterns like ``/v2/models/{model}/infer``; ``{name}`` matches one path segment."""
 
     def __init__(self) -> None:
-        self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler]]] = {}
-        self._cache: dict[tuple[str, str], tuple[Handler | None, dict[str, str], bool]] = {}
+        self._routes: dict[int, list[Route]] = {}
+        self._cache: dict[tuple[str, str], tuple[Route | None, dict[str, str], bool]] = {}
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response) -> None:
         parts = tuple(pattern.strip("/").split("/"))
-        self._routes.setdefault(len(parts), []).append((method, parts, handler))
+        self._routes.setdefault(len(parts), []).append(Route(method, parts, handler, format_error))
 
-    def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
-        """(handler, params, path_known): a known path with the wrong method has no handler."""
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, params, path_known): a known path with the wrong method has no route."""
         found = self._cache.get((method, path))
         if found is None:
             found = self._match_uncached(method, path)
@@ -72,15 +82,15 @@ class Router:
                 self._cache[(method, path)] = found
         return found
 
-    def _match_uncached(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
+    def _match_uncached(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         segments = path.strip("/").split("/")
         known = False
-        for route_method, parts, handler in self._routes.get(len(segments), ()):
-            params = _match(parts, segments)
+        for route in self._routes.get(len(segments), ()):
+            params = _match(route.parts, segments)
             if params is None:
                 continue
-            if route_method == method:
-                return handler, params, True
+            if route.method == method:
+                return route, params, True
             known = True
         return None, {}, known
 
@@ -109,8 +119,8 @@ class HttpApp:
         self.max_body_bytes = max_body_bytes
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse:
-        handler, params, known = self.router.match(request.method, request.path)
-        if handler is None:
+        route, params, known = self.router.match(request.method, request.path)
+        if route is None:
             if known:
                 return error_response(405, f"method {request.method} is not allowed on {request.path}")
             return error_response(404, f"no such endpoint: {request.method} {request.path}")
@@ -119,16 +129,16 @@ class HttpApp:
             encoding = request.headers.get("content-encoding")
             if encoding and encoding != "identity":
                 request.body = _decompress(request.body, encoding, self.max_body_bytes)
-            return await handler(request)
+            return await route.handler(request)
         except InferdError as exc:
-            return error_response(status_for(exc.code), exc.message)
+            return route.format_error(status_for(exc.code), exc.message)
         except asyncio.CancelledError:
             if request.disconnected is None or not request.disconnected():
                 raise
-            return error_response(499, "the client went away; the request was dropped")
+            return route.format_error(499, "the client went away; the request was dropped")
         except Exception as exc:  # a real server fault: log it, answer 500, keep serving
             log.exception("internal error on %s %s", request.method, request.path)
-            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+            return route.format_error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     def too_large(self, size: int | None = None) -> HttpResponse:
         said = f"request body of {size} bytes" if size is not None else "request body"

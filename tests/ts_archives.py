@@ -1,0 +1,156 @@
+"""TorchServe archives built with the real torch-model-archiver, for the TorchServe drop-in tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LABELS = {str(i): [f"n0{i}", f"label_{i}"] for i in range(10)}
+
+EAGER_MODEL = '''
+import torch
+
+
+class Doubler(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * 2
+'''
+
+CUSTOM_HANDLER = '''
+import json
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class ScaledHandler(BaseHandler):
+    """Takes {"values": [...]} per request, answers {"scores": [...], "n": batch size}."""
+
+    def preprocess(self, data):
+        rows = []
+        for row in data:
+            payload = row.get("data") or row.get("body")
+            rows.append(json.loads(payload)["values"])
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def postprocess(self, data):
+        return [{"scores": row, "n": len(data)} for row in data.tolist()]
+'''
+
+
+class TinyCnn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = torch.nn.Conv2d(3, 4, kernel_size=5, stride=4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def archive(out: Path, name: str, serialized: Path, handler: str, version: str = "1.0",
+            model_file: Path | None = None, extra: list[Path] | None = None) -> Path:
+    command = ["torch-model-archiver", "--model-name", name, "--version", version, "--serialized-file",
+               str(serialized), "--handler", handler, "--export-path", str(out), "-f"]
+    if model_file is not None:
+        command += ["--model-file", str(model_file)]
+    if extra:
+        command += ["--extra-files", ",".join(map(str, extra))]
+    subprocess.run(command, check=True, capture_output=True)
+    return out / f"{name}.mar"
+
+
+def build_store(root: Path) -> Path:
+    """A model store with a TorchScript MLP (built-in handler), an eager model with a custom handler,
+    and an image classifier with labels."""
+    work, store = root / "work", root / "store"
+    work.mkdir(parents=True)
+    store.mkdir()
+    torch.jit.script(Mlp().eval()).save(str(work / "mlp.pt"))
+    archive(store, "ts_mlp", work / "mlp.pt", "base_handler")
+    archive(store, "ts_mlp_v2", work / "mlp.pt", "base_handler", version="2.0")
+    (work / "model.py").write_text(textwrap.dedent(EAGER_MODEL))
+    (work / "handler.py").write_text(textwrap.dedent(CUSTOM_HANDLER))
+    namespace: dict = {}
+    exec(textwrap.dedent(EAGER_MODEL), namespace)
+    torch.manual_seed(5)
+    eager = namespace["Doubler"]()
+    torch.save(eager.state_dict(), work / "doubler.pth")
+    archive(store, "doubler", work / "doubler.pth", str(work / "handler.py"), model_file=work / "model.py")
+    torch.jit.script(TinyCnn().eval()).save(str(work / "cnn.pt"))
+    (work / "index_to_name.json").write_text(json.dumps(LABELS))
+    archive(store, "classifier", work / "cnn.pt", "image_classifier", extra=[work / "index_to_name.json"])
+    return store
+
+
+def doubler_in_process(store_work: Path, values: list[list[float]]) -> list[list[float]]:
+    namespace: dict = {}
+    exec(textwrap.dedent(EAGER_MODEL), namespace)
+    model = namespace["Doubler"]()
+    model.load_state_dict(torch.load(store_work / "doubler.pth", weights_only=True))
+    with torch.inference_mode():
+        return model(torch.tensor(values)).tolist()
+
+
+def reference_preprocess(raw: bytes) -> np.ndarray:
+    """ImageNet preprocessing written out independently of inferd: shorter side to 256 (bilinear),
+    centre 224 crop, scale to [0, 1], normalise, HWC -> CHW."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(raw)).convert("RGB")
+    w, h = image.size
+    scale = 256 / min(w, h)
+    new = (256, int(h * scale)) if w <= h else (int(w * scale), 256)
+    image = image.resize(new, Image.BILINEAR)
+    x0, y0 = round((new[0] - 224) / 2), round((new[1] - 224) / 2)
+    array = np.asarray(image.crop((x0, y0, x0 + 224, y0 + 224)), dtype=np.float32) / 255
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return ((array - mean) / std).astype(np.float32).transpose(2, 0, 1)
+
+
+def classify_in_process(raw: bytes, topk: int = 5) -> dict[str, float]:
+    x = torch.from_numpy(reference_preprocess(raw))[None]
+    with torch.inference_mode():
+        probabilities = torch.softmax(TinyCnn().eval()(x), dim=1)[0]
+    values, indexes = torch.topk(probabilities, topk)
+    return {LABELS[str(i)][-1]: v for v, i in zip(values.tolist(), indexes.tolist(), strict=True)}
+
+
+def image_bytes(kind: str, size: tuple[int, int], seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def copy_into_repository(store: Path, repo: Path) -> None:
+    """The same archive also served from a model repository as <model>/<version>/model.mar."""
+    (repo / "repo_mlp" / "1").mkdir(parents=True)
+    shutil.copy(store / "ts_mlp.mar", repo / "repo_mlp" / "1" / "model.mar")
+    (repo / "repo_mlp" / "config.toml").write_text('max_batch_size = 4\n[dynamic_batching]\nmax_queue_delay_ms = 2\n')
