@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,7 +71,8 @@ def start_inferd(root: Path, port: int, log: Path) -> tuple[subprocess.Popen[byt
     command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(root),
                "--http-port", str(port), "--grpc-port", "0", "--log-level", "warning"]
     start = time.monotonic()
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
     wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
     return process, time.monotonic() - start
 
@@ -90,11 +92,31 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
+def tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (as the peer scripts read /proc)."""
+    """utime + stime summed over a process tree (as the peer scripts read /proc)."""
     total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    for member in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += (int(fields[11]) + int(fields[12])) / TCK
     return total
 
@@ -121,8 +143,12 @@ def measure(url: str, body: Path, concurrency: int, seconds: int, pid: int,
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+    """Stop a server started with start_new_session=True, and everything it started."""
     try:
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(20)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass

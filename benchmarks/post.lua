@@ -9,7 +9,7 @@ if header_len and header_len ~= "" then
   wrk.headers["Inference-Header-Content-Length"] = header_len
   wrk.headers["Content-Type"] = "application/octet-stream"
 else
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "application/json"
 end
 
 local non2xx = 0
