@@ -66,3 +66,28 @@ def test_model_exception_becomes_model_error() -> None:
     pool = InstancePool(fake(fn=boom), count=1, name="m")
     with pytest.raises(ModelError, match="bad weights"):
         asyncio.run(pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext()))
+
+
+def test_fast_models_run_inline_and_slow_ones_go_back_to_threads() -> None:
+    import threading
+
+    seen: list[str] = []
+    delay = {"s": 0.0}
+
+    def fn(inputs):
+        seen.append(threading.current_thread().name)
+        time.sleep(delay["s"])
+        return {"x": inputs["x"]}
+
+    pool = InstancePool(fake(fn=fn), count=1, name="m")
+
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            await pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext())
+
+    asyncio.run(calls(20))
+    assert pool.inline and seen[-1] == threading.main_thread().name  # measured fast: runs inline
+    assert not seen[0].startswith("Main")  # the first calls were measured on an instance thread
+    delay["s"] = 0.05
+    asyncio.run(calls(4))
+    assert not pool.inline  # three slow calls in a row: back to threads

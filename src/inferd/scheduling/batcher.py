@@ -59,6 +59,7 @@ class DynamicBatcher(Runtime):
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -75,7 +76,7 @@ class DynamicBatcher(Runtime):
         if len(self._queue) >= self._batching.max_queue_size:
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         now = time.perf_counter()
         if context.deadline is None and self._default_timeout_s > 0:
             context.deadline = now + self._default_timeout_s
@@ -86,9 +87,17 @@ class DynamicBatcher(Runtime):
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
-        if self._soon is None:  # dispatch once this loop pass has queued all that arrived in it
-            self._soon = loop.call_soon(self._dispatch)
+        if self._soon is None:
+            if len(self._queue) == 1 and self.pool.trivial and self._running < self.pool.count:
+                self._dispatch()  # a model cheaper than a loop pass: no reason to wait for company
+            else:  # dispatch once this loop pass has queued all that arrived in it
+                self._soon = loop.call_soon(self._dispatch)
         return await waiting.future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        # get_running_loop() costs a getpid() system call each time; the batcher lives on one loop
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     # -- queue -----------------------------------------------------------------------------
     def _expire(self, waiting: _Waiting) -> None:
@@ -133,7 +142,7 @@ class DynamicBatcher(Runtime):
                               self._batching.preferred_batch_sizes, self._max_delay_s)
             if not decision.dispatch:
                 if decision.wait_s is not None:
-                    self._timer = asyncio.get_running_loop().call_later(decision.wait_s, self._dispatch)
+                    self._timer = (self._loop or self._bind_loop()).call_later(decision.wait_s, self._dispatch)
                 return
             self._start(self._take_batch(head))
 

@@ -15,7 +15,9 @@ from inferd.types import CallContext
 
 # A call this fast costs the event loop less than handing it to a thread and back (about 70 µs of
 # CPU on this project's reference machine), so it runs inline: see policy.inline_threshold.
+TRIVIAL_S = 0.0001  # calls below this cost less than one event-loop pass: the batcher runs them at once
 _PROBE_CALLS = 16  # threaded calls measured before a model may run inline
+_SLOW_STREAK = 3  # calls in a row 10x over the threshold send an inline model back to threads
 _EWMA = 0.2
 
 
@@ -46,6 +48,8 @@ class InstancePool(Runtime):
         self._mean_s = 0.0  # moving average of a call's duration
         self._measured = 0
         self.inline = False
+        self.trivial = False  # inline and cheaper than a pass of the event loop
+        self._slow_streak = 0
         self._inline_below_s = inline_threshold(_usable_cpus())
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -84,13 +88,18 @@ class InstancePool(Runtime):
     def _measure(self, seconds: float) -> None:
         """Decide inline or threaded from the calls' moving average; a slow call resets it."""
         if self.inline and seconds > 10 * self._inline_below_s:
-            self.inline, self._measured, self._mean_s = False, 0, seconds
+            self._slow_streak += 1
+            if self._slow_streak >= _SLOW_STREAK:  # not one preempted call: the model got slow
+                self.inline = self.trivial = False
+                self._measured, self._mean_s, self._slow_streak = 0, seconds, 0
             return
+        self._slow_streak = 0
         self._mean_s = seconds if self._measured == 0 else (
             (1 - _EWMA) * self._mean_s + _EWMA * seconds)
         self._measured += 1
         if self._measured >= _PROBE_CALLS:
             self.inline = self._mean_s < self._inline_below_s
+            self.trivial = self.inline and self._mean_s < TRIVIAL_S
 
     def _run(self, inputs: Arrays, context: CallContext, enqueued: float) -> Arrays:
         start = time.perf_counter()

@@ -125,7 +125,9 @@ class _Connection(asyncio.Protocol):
             return
         request, keep_alive = self._pending.popleft()
         self._busy = True
-        task = asyncio.get_running_loop().create_task(self._answer(request, keep_alive))
+        loop = self._server.loop
+        assert loop is not None
+        task = loop.create_task(self._answer(request, keep_alive))
         self._server.tasks.add(task)
         task.add_done_callback(self._server.tasks.discard)
 
@@ -174,9 +176,10 @@ class HttpServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start(); connections exist only after
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
                                                 backlog=4096, reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
