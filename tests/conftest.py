@@ -24,9 +24,12 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, process: subprocess.Popen[str], http_port: int, lines: list[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], http_port: int, lines: list[str],
+                 grpc_port: int = 0) -> None:
         self.process = process
         self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.grpc_url = f"127.0.0.1:{grpc_port}"
         self.url = f"127.0.0.1:{http_port}"
         self.base = f"http://127.0.0.1:{http_port}"
         self.lines = lines
@@ -37,16 +40,17 @@ class RunningServer:
 
 @contextlib.contextmanager
 def serve(repository: Path | None, *args: str, timeout: float = 120.0,
-          wait_ready: bool = True) -> Iterator[RunningServer]:
+          wait_ready: bool = True, grpc: bool = False) -> Iterator[RunningServer]:
     """Start `python -m inferd serve` on free ports; stop it when the block ends.
 
     With ``wait_ready`` the block starts once the server printed its ready line; without, as
     soon as it answers /v2/health/live."""
     port = free_port()
+    grpc_port = free_port() if grpc else 0
     command = [sys.executable, "-m", "inferd", "serve"]
     if repository is not None:
         command.append(str(repository))
-    command += ["--http-port", str(port), "--grpc-port", "0", *args]
+    command += ["--http-port", str(port), "--grpc-port", str(grpc_port), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, cwd=ROOT)
@@ -61,7 +65,7 @@ def serve(repository: Path | None, *args: str, timeout: float = 120.0,
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    server = RunningServer(process, port, lines)
+    server = RunningServer(process, port, lines, grpc_port)
     try:
         deadline = time.monotonic() + timeout
         while not (ready.wait(0.05) if wait_ready else _answers(server)):

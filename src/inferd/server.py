@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+from typing import Any
 
 from inferd.config import ModelConfig, ServerSettings
 from inferd.errors import InferdError
@@ -18,6 +19,7 @@ from inferd.service import InferenceService
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpServer
+from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import TorchServeRoutes
 
 log = logging.getLogger("inferd.server")
@@ -39,6 +41,7 @@ def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpA
     KServeV2Routes(service, model_control=settings.model_control == "explicit").register(router)
     MetricsRoutes(service).register(router)
     TorchServeRoutes(service, model_control=settings.model_control == "explicit").register(router)
+    TFServingRoutes(service).register(router)
     return HttpApp(router, settings.max_body_bytes)
 
 
@@ -48,6 +51,7 @@ class Server:
         self.service = build_service(settings)
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
+        self._grpc: Any = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,6 +61,12 @@ class Server:
             app = build_http_app(self.service, self.settings)
             self._http = HttpServer(app, self.settings.host, self.settings.http_port)
             await self._http.start()  # answers (503 not ready) while models load
+        if self.settings.grpc_port:
+            from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
+
+            self._grpc = GrpcServer(self.service, self.settings.host, self.settings.grpc_port,
+                                    self.settings.max_body_bytes, self.settings.model_control == "explicit")
+            await self._grpc.start()
         await self.service.registry.load_all()
         await self._register_store_archives()
         _settle_garbage_collector()
@@ -81,12 +91,15 @@ class Server:
         rows = self.service.repository_index()
         ready = sum(row["state"] == "READY" for row in rows)
         s = self.settings
-        where = f"http://{s.host}:{s.http_port}" if s.http_port else "no HTTP"
+        where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
+                                        f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
 
     async def _shutdown(self) -> None:
         log.info("shutting down")
         self.service.start_draining()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.drain_timeout)
         if self._http is not None:
             await self._http.close(self.settings.drain_timeout)
         await self.service.registry.close()

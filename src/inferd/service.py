@@ -56,6 +56,27 @@ class InferenceService:
                              inputs=runtime.inputs, outputs=runtime.outputs,
                              max_batch_size=runtime.max_batch_size)
 
+    def signature_metadata(self, name: str, version: str | None) -> dict[str, ModelMetadata]:
+        """Per signature (TensorFlow; others have one, serving_default): its inputs and outputs."""
+        return {sig: ModelMetadata(name=name, versions=(), platform=runtime.platform, inputs=runtime.inputs,
+                                   outputs=runtime.outputs, max_batch_size=runtime.max_batch_size)
+                for sig, runtime in self.registry.signatures(name, version).items()}
+
+    def resolve_label(self, name: str, label: str) -> str:
+        return self.registry.resolve_label(name, label)
+
+    def version_states(self, name: str, version: str | None = None) -> list[tuple[str, str, str]]:
+        """(version, state, reason) of a model's versions, or of one."""
+        rows = [(row["version"], row["state"], row["reason"]) for row in self.repository_index()
+                if row["name"] == name and row["version"]]
+        if not rows and name not in self.registry.models:
+            raise NotFound(f"unknown model '{name}'")
+        if version is not None:
+            rows = [row for row in rows if row[0] == version]
+            if not rows:
+                raise NotFound(f"model '{name}' has no version '{version}'")
+        return rows
+
     def model_ready(self, name: str, version: str | None) -> bool:
         self.registry.get(name, version)  # raises NotFound / Unavailable
         return True
@@ -63,7 +84,11 @@ class InferenceService:
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter()
-        runtime, version = self.registry.get(request.model_name, request.model_version)
+        signature = request.parameters.get("signature_name")
+        if signature:
+            runtime, version = self.registry.get_signature(request.model_name, request.model_version, str(signature))
+        else:
+            runtime, version = self.registry.get(request.model_name, request.model_version)
         context = CallContext(deadline=self._deadline(request, start), cancelled=request.cancelled)
         outcome = "success"
         try:

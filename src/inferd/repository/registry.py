@@ -37,6 +37,8 @@ class VersionEntry:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     runtime: Runtime | None = None
+    signatures: dict[str, Runtime] = field(default_factory=dict)  # TensorFlow's other signatures
+    default_signature: str = ""
 
 
 @dataclass(slots=True)
@@ -130,8 +132,9 @@ class ModelRegistry:
         for version in entry.versions.values():
             if version.runtime is not None:
                 version.state = ModelState.UNLOADING
-                await asyncio.to_thread(version.runtime.unload)
-                version.runtime = None
+                for runtime in (version.runtime, *version.signatures.values()):
+                    await asyncio.to_thread(runtime.unload)
+                version.runtime, version.signatures = None, {}
 
     async def close(self) -> None:
         for name in list(self._models):
@@ -199,16 +202,20 @@ class ModelRegistry:
                             config: ModelConfig | None = None) -> None:
         slot = entry.versions[version]
         try:
-            runtime = await asyncio.to_thread(self._build, entry, version, path, config or entry.config)
+            runtime, signatures, default = await asyncio.to_thread(self._build, entry, version, path,
+                                                                   config or entry.config)
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
             return
         slot.runtime, slot.state, slot.reason = runtime, ModelState.READY, ""
+        slot.signatures, slot.default_signature = signatures, default
         entry.changed()
         log.info("model %s version %s ready (%s)", entry.name, version, runtime.describe())
 
-    def _build(self, entry: ModelEntry, version: str, path: Path, config: ModelConfig) -> Runtime:
+    def _build(self, entry: ModelEntry, version: str, path: Path, config: ModelConfig
+               ) -> tuple[Runtime, dict[str, Runtime], str]:
+        """The scheduled runtime, the other signatures' (TensorFlow), and the default's name."""
         if path.suffix == ".mar":
             artifact, backend = path, "torchserve"
         else:
@@ -221,7 +228,10 @@ class ModelRegistry:
                               config=config, device=device)
         runtime = load_runtime(backend, context)
         runtime.warmup()
-        return self._wrap(runtime, config, entry.name, version)
+        default = str(getattr(runtime, "signature_name", ""))
+        signatures = {name: self._wrap(runtime.signature(name), config, entry.name, f"{version}:{name}")
+                      for name in getattr(runtime, "signature_names", []) if name != default}
+        return self._wrap(runtime, config, entry.name, version), signatures, default
 
     def runtimes(self, name: str) -> list[tuple[str, Runtime]]:
         """Every loaded version of a model with its runtime (scheduler), for scaling and describing."""
@@ -249,6 +259,33 @@ class ModelRegistry:
             raise Unavailable(f"model '{name}' version {version} is not ready: "
                               f"{slot.reason or slot.state.value}")
         return slot.runtime, version
+
+    def get_signature(self, name: str, version: str | None, signature: str) -> tuple[Runtime, str]:
+        """A named signature of a TensorFlow model (the default one is what ``get`` gives)."""
+        runtime, resolved = self.get(name, version)
+        slot = self._models[name].versions[resolved]
+        if signature in ("", slot.default_signature):
+            return runtime, resolved
+        if signature not in slot.signatures:
+            available = sorted([slot.default_signature, *slot.signatures]) if slot.default_signature else []
+            has = f"it has {', '.join(available)}" if available else "only TensorFlow models have signatures"
+            raise NotFound(f"model '{name}' has no signature '{signature}'; {has}")
+        return slot.signatures[signature], resolved
+
+    def signatures(self, name: str, version: str | None) -> dict[str, Runtime]:
+        """Every signature of a version by name (non-TensorFlow models: one, named serving_default)."""
+        runtime, resolved = self.get(name, version)
+        slot = self._models[name].versions[resolved]
+        return {slot.default_signature or "serving_default": runtime, **slot.signatures}
+
+    def resolve_label(self, name: str, label: str) -> str:
+        entry = self._models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        if label not in entry.config.version_labels:
+            known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
+            raise NotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
+        return str(entry.config.version_labels[label])
 
     @staticmethod
     def reason(entry: ModelEntry) -> str:

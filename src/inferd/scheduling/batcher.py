@@ -60,6 +60,7 @@ class DynamicBatcher(Runtime):
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._first_done = False
 
     @property
     def queue_depth(self) -> int:
@@ -88,11 +89,22 @@ class DynamicBatcher(Runtime):
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
         if self._soon is None:
-            if len(self._queue) == 1 and self.pool.trivial and self._running < self.pool.count:
-                self._dispatch()  # a model cheaper than a loop pass: no reason to wait for company
+            if self._runs_at_once():
+                self._first_done = True  # the rest of this loop pass waits for company
+                loop.call_soon(self._end_pass)
+                self._dispatch()
             else:  # dispatch once this loop pass has queued all that arrived in it
                 self._soon = loop.call_soon(self._dispatch)
         return await waiting.future
+
+    def _runs_at_once(self) -> bool:
+        """The first request of a loop pass for a model cheaper than the pass itself runs at once: a
+        lone client never waits a pass; requests arriving together still batch."""
+        return (not self._first_done and len(self._queue) == 1 and self.pool.trivial
+                and self._running < self.pool.count)
+
+    def _end_pass(self) -> None:
+        self._first_done = False
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # get_running_loop() costs a getpid() system call each time; the batcher lives on one loop

@@ -99,9 +99,14 @@ def _match(parts: tuple[str, ...], segments: list[str]) -> dict[str, str] | None
     params: dict[str, str] = {}
     for part, segment in zip(parts, segments, strict=True):
         if part.startswith("{"):
+            name, _, suffix = part[1:].partition("}")  # "{model}:predict" matches "m:predict"
+            if suffix:
+                if not segment.endswith(suffix) or len(segment) == len(suffix):
+                    return None
+                segment = segment[: -len(suffix)]
             if not segment:
                 return None
-            params[part[1:-1]] = segment
+            params[name] = segment
         elif part != segment:
             return None
     return params

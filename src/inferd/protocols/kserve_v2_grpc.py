@@ -1,0 +1,98 @@
+"""KServe v2 over gRPC: ModelInferRequest/Response messages <-> inferd types. Pure functions.
+
+Inputs come as typed ``contents`` or as ``raw_input_contents`` (one little-endian buffer per input);
+outputs always go back as ``raw_output_contents``, as Triton answers, which every v2 client reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from inferd.errors import InvalidInput
+from inferd.protocols import tensors
+from inferd.protocols._proto import kserve_v2_pb2 as pb
+from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
+
+# datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def parameters(fields: Any) -> dict[str, Any]:
+    """A protobuf map<string, InferParameter> as plain values."""
+    result = {}
+    for key, value in fields.items():
+        choice = value.WhichOneof("parameter_choice")
+        result[key] = getattr(value, choice) if choice else None
+    return result
+
+
+def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {len(message.inputs)} inputs; "
+                           "give one per input, in order")
+    inputs = [_input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)]
+    params = parameters(message.parameters)
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise InvalidInput(f"parameter timeout must be microseconds (an integer >= 0), got {timeout!r}")
+    outputs = [RequestedOutput(o.name, True) for o in message.outputs] or None
+    return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
+                        inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
+                        timeout_us=timeout, protocol="kserve_v2_grpc")
+
+
+def _input(tensor: Any, raw: bytes | None) -> Tensor:
+    name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+    if not name:
+        raise InvalidInput("every input needs a name")
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise InvalidInput(f"input '{name}': give raw_input_contents or contents, not both")
+        return Tensor(name, datatype, tensors.from_raw(name, datatype, shape, raw))
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        tensors.dtype_for(name, datatype)  # unknown datatype: say so
+        raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; send it in "
+                           "raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = tensors.element_count(name, shape)
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}': shape {shape} needs {count} elements, {field} has {len(values)}")
+    dtype = tensors.dtype_for(name, datatype)
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+    else:
+        array = np.asarray(values, dtype=np.result_type(dtype, np.int64) if dtype.kind in "iu" else dtype)
+        if dtype.kind in "iu" and array.size:
+            info = np.iinfo(dtype)
+            if array.min() < info.min or array.max() > info.max:
+                raise InvalidInput(f"input '{name}': values outside {datatype}'s range {info.min}..{info.max}")
+        array = array.astype(dtype, copy=False)
+    return Tensor(name, datatype, array.reshape(shape))
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
+                                    id=response.id or "")
+    for tensor in response.outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        message.raw_output_contents.append(tensors.to_raw(tensor.data, tensor.datatype))
+    return message
+
+
+def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
+    message = pb.ModelMetadataResponse(name=metadata.name, versions=list(metadata.versions),
+                                       platform=metadata.platform)
+    for specs, target in ((metadata.inputs, message.inputs), (metadata.outputs, message.outputs)):
+        for spec in specs:
+            target.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    return message

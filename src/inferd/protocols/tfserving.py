@@ -1,0 +1,256 @@
+"""TensorFlow Serving's REST and gRPC payloads <-> inferd types. Pure functions.
+
+REST: ``{"instances": [...]}`` (row format: one entry per example, stacked along a new dim 0) or
+``{"inputs": ...}`` (columnar: each input given whole), answered with ``{"predictions": [...]}`` or
+``{"outputs": ...}``; binary strings travel as ``{"b64": "..."}``. gRPC: TensorProto in and out.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from inferd.errors import InvalidInput
+from inferd.protocols._proto import tfserving_pb2 as pb
+from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec, numpy_dtype
+
+PROTOCOL_REST = "tfserving_rest"
+PROTOCOL_GRPC = "tfserving_grpc"
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+# v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
+_TF_DTYPE = {"BOOL": 10, "UINT8": 4, "UINT16": 17, "UINT32": 22, "UINT64": 23, "INT8": 6, "INT16": 5,
+             "INT32": 3, "INT64": 9, "FP16": 19, "FP32": 1, "FP64": 2, "BF16": 14, "BYTES": 7}
+_V2_BY_TF = {value: key for key, value in _TF_DTYPE.items()}
+_TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "INT8": "int_val", "INT16": "int_val",
+                "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
+                "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val",
+                "BYTES": "string_val"}
+
+
+def tf_dtype_name(datatype: str) -> str:
+    return pb.DataType.Name(_TF_DTYPE[datatype])
+
+
+# -- REST -----------------------------------------------------------------------------------------
+
+def decode_rest_predict(payload: Any, specs: tuple[TensorSpec, ...], model: str, version: str | None,
+                        signature: str | None) -> tuple[InferRequest, bool]:
+    """A :predict body as an InferRequest; the flag says row format (answer with predictions)."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("the predict body must be a JSON object with 'instances' or 'inputs'")
+    if ("instances" in payload) == ("inputs" in payload):
+        raise InvalidInput("the predict body needs exactly one of 'instances' (row format) or 'inputs' (columnar)")
+    by_name = {spec.name: spec for spec in specs}
+    if "instances" in payload:
+        columns = _rows_to_columns(payload["instances"], specs)
+    else:
+        given = payload["inputs"]
+        if isinstance(given, dict) and (len(specs) > 1 or set(given) <= set(by_name)) and "b64" not in given:
+            columns = given
+        elif len(specs) == 1:
+            columns = {specs[0].name: given}
+        else:
+            raise InvalidInput(f"'inputs' must name each input: {sorted(by_name)}")
+    tensors = []
+    for name, value in columns.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{name}'; the signature takes {sorted(by_name)}")
+        tensors.append(Tensor(name, spec.datatype, _array(name, spec.datatype, value)))
+    request = InferRequest(model_name=model, model_version=version, inputs=tensors, protocol=PROTOCOL_REST,
+                           parameters={"signature_name": signature} if signature else {})
+    return request, "instances" in payload
+
+
+def _rows_to_columns(instances: Any, specs: tuple[TensorSpec, ...]) -> dict[str, list[Any]]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list, one entry per example")
+    names = [spec.name for spec in specs]
+    if len(specs) == 1 and not (isinstance(instances[0], dict) and set(instances[0]) == {names[0]}):
+        return {names[0]: instances}
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, row in enumerate(instances):
+        if not isinstance(row, dict):
+            raise InvalidInput(f"instances[{index}] must be an object naming each input: {names}")
+        for name, value in row.items():
+            if name not in columns:
+                raise InvalidInput(f"instances[{index}] has unknown input '{name}'; the signature takes {names}")
+            columns[name].append(value)
+    missing = [name for name, values in columns.items() if len(values) != len(instances)]
+    if missing:
+        raise InvalidInput(f"every instance must give every input; missing '{missing[0]}' in some")
+    return columns
+
+
+def _array(name: str, datatype: str, value: Any) -> np.ndarray:
+    try:
+        if datatype == "BYTES":
+            return _bytes_array(value)
+        if datatype == "BF16":
+            return np.asarray(value, dtype=np.float32).astype(numpy_dtype(datatype))
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind in "US":
+            raise ValueError(f"expected numbers, got {(array.dtype.kind == 'O' and 'ragged lists') or 'strings'}")
+        return array.astype(numpy_dtype(datatype))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{name}': cannot read the values as {tf_dtype_name(datatype)}: {exc}") from None
+
+
+def _bytes_array(value: Any) -> np.ndarray:
+    def convert(item: Any) -> Any:
+        if isinstance(item, list):
+            return [convert(v) for v in item]
+        if isinstance(item, dict) and set(item) == {"b64"}:
+            return base64.b64decode(item["b64"])
+        if isinstance(item, str):
+            return item.encode("utf-8")
+        raise ValueError(f"expected strings or {{'b64': ...}}, got {type(item).__name__}")
+
+    converted = convert(value)
+    shape = np.shape(np.asarray(converted, dtype=object)) if isinstance(converted, list) else ()
+    array = np.empty(shape, dtype=object)
+    if shape:
+        flat = list(_flatten(converted))
+        array.reshape(-1)[:] = flat
+    else:
+        array[()] = converted
+    return array
+
+
+def _flatten(items: list[Any]) -> Any:
+    for item in items:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def encode_rest_predict(response: InferResponse, row_format: bool) -> dict[str, Any]:
+    outputs = {tensor.name: tensor.data for tensor in response.outputs}
+    if row_format:
+        if len(outputs) == 1:
+            ((name, data),) = outputs.items()
+            return {"predictions": _json(name, data)}
+        rows = int(next(iter(outputs.values())).shape[0])
+        return {"predictions": [{name: _json(name, data[i]) for name, data in outputs.items()}
+                                for i in range(rows)]}
+    if len(outputs) == 1:
+        ((name, data),) = outputs.items()
+        return {"outputs": _json(name, data)}
+    return {"outputs": {name: _json(name, data) for name, data in outputs.items()}}
+
+
+def _json(name: str, data: Any) -> Any:
+    array = np.asarray(data)
+    if array.dtype == object:
+        return _bytes_json(array.tolist(), force_b64=name.endswith("_bytes"))
+    if array.dtype.name == "bfloat16" or array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return array.tolist()
+
+
+def _bytes_json(value: Any, force_b64: bool) -> Any:
+    if isinstance(value, list):
+        return [_bytes_json(v, force_b64) for v in value]
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    if not force_b64:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(raw).decode("ascii")}
+
+
+def rest_status(versions: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """``GET /v1/models/{m}``: (version, inferd state, reason) -> TF Serving's status shape."""
+    states = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
+    return {"model_version_status": [
+        {"version": version, "state": states.get(state, "UNKNOWN"),
+         "status": {"error_code": "OK" if state == "READY" else "UNKNOWN", "error_message": reason}}
+        for version, state, reason in versions]}
+
+
+def rest_metadata(name: str, version: str, signatures: dict[str, ModelMetadata]) -> dict[str, Any]:
+    def tensor_info(spec: TensorSpec) -> dict[str, Any]:
+        return {"dtype": tf_dtype_name(spec.datatype), "name": spec.name,
+                "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False}}
+
+    defs = {sig: {"inputs": {s.name: tensor_info(s) for s in meta.inputs},
+                  "outputs": {s.name: tensor_info(s) for s in meta.outputs}, "method_name": PREDICT_METHOD}
+            for sig, meta in signatures.items()}
+    return {"model_spec": {"name": name, "signature_name": "", "version": version},
+            "metadata": {"signature_def": {"signature_def": defs}}}
+
+
+# -- gRPC -----------------------------------------------------------------------------------------
+
+def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
+    datatype = _V2_BY_TF.get(proto.dtype)
+    if datatype is None:
+        known = proto.dtype in pb.DataType.values()
+        raise InvalidInput(f"input '{name}': dtype {pb.DataType.Name(proto.dtype) if known else proto.dtype} "
+                           "is not supported")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': tensor_shape must be fully known, got {shape}")
+    count = int(np.prod(shape)) if shape else 1
+    dtype = numpy_dtype(datatype)
+    if proto.tensor_content:
+        if datatype == "BYTES":
+            raise InvalidInput(f"input '{name}': DT_STRING values go in string_val")
+        if len(proto.tensor_content) != count * dtype.itemsize:
+            raise InvalidInput(f"input '{name}': shape {shape} of {tf_dtype_name(datatype)} needs "
+                               f"{count * dtype.itemsize} bytes of tensor_content, got {len(proto.tensor_content)}")
+        return Tensor(name, datatype, np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape))
+    values = list(getattr(proto, _TYPED_FIELD[datatype]))
+    if len(values) == 1 and count > 1:
+        values = values * count  # TF Serving broadcasts a single value
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}': shape {shape} needs {count} values, got {len(values)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = values
+    elif datatype in ("FP16", "BF16"):
+        array = np.asarray(values, dtype=np.uint16).view(dtype)
+    else:
+        array = np.asarray(values).astype(dtype)
+    return Tensor(name, datatype, array.reshape(shape))
+
+
+def encode_tensor(data: np.ndarray, datatype: str) -> pb.TensorProto:
+    proto = pb.TensorProto(dtype=_TF_DTYPE[datatype])
+    for size in data.shape:
+        proto.tensor_shape.dim.add(size=int(size))
+    if datatype == "BYTES":
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in data.reshape(-1))
+    else:
+        proto.tensor_content = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+    return proto
+
+
+def model_spec_version(spec: pb.ModelSpec) -> tuple[str | None, str | None]:
+    """(version, label) named by a ModelSpec; both None: the default version."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return str(spec.version.value), None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+def signature_def_map(signatures: dict[str, ModelMetadata]) -> pb.SignatureDefMap:
+    message = pb.SignatureDefMap()
+    for sig, meta in signatures.items():
+        definition = message.signature_def[sig]
+        definition.method_name = PREDICT_METHOD
+        for specs, target in ((meta.inputs, definition.inputs), (meta.outputs, definition.outputs)):
+            for spec in specs:
+                info = target[spec.name]
+                info.name, info.dtype = spec.name, _TF_DTYPE[spec.datatype]
+                for size in spec.shape:
+                    info.tensor_shape.dim.add(size=size)
+    return message

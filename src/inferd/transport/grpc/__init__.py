@@ -1,0 +1,1 @@
+"""The gRPC transport (grpc.aio): KServe v2 and TensorFlow Serving services on one port."""

@@ -1,0 +1,39 @@
+"""The gRPC server: grpc.aio on its own port, every servicer registered under its protocol's name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from inferd.service import InferenceService
+from inferd.transport.grpc.servicers import KServeV2Servicer, ModelServicer, PredictionServicer
+
+
+def _handler(servicer: Any) -> grpc.GenericRpcHandler:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
+        for name, (method, request_type) in servicer.methods().items()
+    }
+    return grpc.method_handlers_generic_handler(servicer.name, handlers)
+
+
+class GrpcServer:
+    def __init__(self, service: InferenceService, host: str, port: int, max_message_bytes: int,
+                 model_control: bool) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
+        self._server = grpc.aio.server(options=options)
+        servicers = [KServeV2Servicer(service, model_control), PredictionServicer(service), ModelServicer(service)]
+        self._server.add_generic_rpc_handlers([_handler(s) for s in servicers])
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)

@@ -1,0 +1,62 @@
+"""TensorFlow Serving's REST API on inferd's HTTP port: status, metadata and :predict."""
+
+from __future__ import annotations
+
+import orjson
+
+from inferd.errors import InvalidInput
+from inferd.protocols import kserve_v2, tfserving
+from inferd.service import InferenceService
+from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
+from inferd.transport.http.routes import server_timing
+
+_PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
+
+
+class TFServingRoutes:
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def register(self, router: Router) -> None:
+        for prefix in _PREFIXES:
+            router.add("GET", prefix, self.status)
+            router.add("GET", prefix + "/metadata", self.metadata)
+            router.add("POST", prefix + ":predict", self.predict)
+            router.add("POST", prefix + ":classify", self.unsupported)
+            router.add("POST", prefix + ":regress", self.unsupported)
+
+    def _version(self, request: HttpRequest) -> str | None:
+        label = request.params.get("label")
+        if label is not None:
+            return self.service.resolve_label(request.params["model"], label)
+        return request.params.get("version")
+
+    async def status(self, request: HttpRequest) -> HttpResponse:
+        name = request.params["model"]
+        return json_response(tfserving.rest_status(self.service.version_states(name, self._version(request))))
+
+    async def metadata(self, request: HttpRequest) -> HttpResponse:
+        name = request.params["model"]
+        metadata = self.service.model_metadata(name, self._version(request))
+        signatures = self.service.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
+        return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
+
+    async def predict(self, request: HttpRequest) -> HttpResponse:
+        name, version = request.params["model"], self._version(request)
+        payload = kserve_v2.loads(request.body, "predict request")
+        signature = payload.get("signature_name") if isinstance(payload, dict) else None
+        if signature is not None and not isinstance(signature, str):
+            raise InvalidInput("signature_name must be a string")
+        specs = self.service.signature_metadata(name, version)
+        chosen = signature or next(iter(specs))
+        if chosen not in specs:
+            raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
+        infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
+        infer_request.cancelled = request.disconnected
+        response = await self.service.infer(infer_request)
+        body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
+        return HttpResponse(200, body, headers=[server_timing(response)])
+
+    async def unsupported(self, request: HttpRequest) -> HttpResponse:
+        raise InvalidInput("only :predict is served; :classify and :regress need TF Serving's Example "
+                           "protos, which inferd does not support")
