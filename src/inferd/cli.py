@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,8,64", help="comma-separated, e.g. 1,8,64")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency")
     bench.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
-    bench.add_argument("--binary", action="store_true", help="v2 binary bodies instead of JSON")
+    bench.add_argument("--binary", action="store_true",
+                       help="v2 binary bodies instead of JSON (with --grpc: raw_input_contents)")
+    bench.add_argument("--grpc", default=None, metavar="HOST:PORT",
+                       help="send ModelInfer over gRPC to this address (metadata still from --url)")
     bench.add_argument("--batch", type=int, default=1, help="rows per request for batching models")
     bench.add_argument("--processes", type=int, default=1, help="load-generating processes")
     bench.add_argument("--json", type=Path, default=None, dest="json_out")
@@ -62,7 +65,7 @@ def _bench(args: argparse.Namespace) -> int:
     return main(BenchSettings(
         model=args.model, url=args.url, version=args.model_version,
         concurrency=tuple(int(c) for c in args.concurrency.split(",")), duration=args.duration,
-        warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes,
+        warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes, grpc_url=args.grpc,
         json_out=args.json_out, plot_out=args.plot_out))
 
 

@@ -28,3 +28,17 @@ def test_bench_json_and_binary(tmp_path: Path) -> None:
                 assert 0 < row["p50_ms"] <= row["p99_ms"]
                 assert row["server_compute_ms"] is not None and row["server_compute_ms"] > 0
         assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_bench_over_grpc_typed_and_raw(tmp_path: Path) -> None:
+    with serve(ROOT / "examples/models", grpc=True) as server:
+        for raw in (False, True):
+            out = tmp_path / f"grpc-{raw}.json"
+            command = [sys.executable, "-m", "inferd", "bench", "-m", "mlp_onnx", "--url", server.base,
+                       "--grpc", server.grpc_url, "--concurrency", "2", "--duration", "1", "--warmup", "0.2",
+                       "--json", str(out)] + (["--binary"] if raw else [])
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert ("raw gRPC" if raw else "typed gRPC") in done.stdout
+            row = json.loads(out.read_text())["rows"][0]
+            assert row["requests"] > 10 and row["errors"] == 0

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inferd.bench import loadgen, report
 from inferd.bench.inputs import request_body
@@ -27,6 +28,7 @@ class BenchSettings:
     binary: bool = False
     batch: int = 1
     processes: int = 1
+    grpc_url: str | None = None  # host:port: load ModelInfer over gRPC instead of HTTP
     json_out: Path | None = None
     plot_out: Path | None = None
 
@@ -43,8 +45,17 @@ def _model_path(settings: BenchSettings) -> str:
 
 def _worker(args: tuple[str, bytes, int | None, int, float]) -> tuple[list[int], int, float]:
     url, body, header_length, concurrency, seconds = args
-    result = asyncio.run(loadgen.run_load(url, body, header_length, concurrency, seconds))
+    result = asyncio.run(_one_load(url, body, header_length, concurrency, seconds, None))
     return result.latencies_ns, result.errors, result.seconds
+
+
+def _one_load(url: str, body: bytes, header_length: int | None, concurrency: int, seconds: float,
+              counter: list[int] | None) -> Any:
+    if url.startswith("grpc://"):
+        from inferd.bench.grpc_load import run_grpc_load
+
+        return run_grpc_load(url.removeprefix("grpc://"), body, concurrency, seconds, counter)
+    return loadgen.run_load(url, body, header_length, concurrency, seconds, counter)
 
 
 def _load(url: str, body: bytes, header_length: int | None, concurrency: int, seconds: float,
@@ -55,7 +66,7 @@ def _load(url: str, body: bytes, header_length: int | None, concurrency: int, se
         if progress:
             threading.Thread(target=_progress, args=(counter, stop, concurrency), daemon=True).start()
         try:
-            result = asyncio.run(loadgen.run_load(url, body, header_length, concurrency, seconds, counter))
+            result = asyncio.run(_one_load(url, body, header_length, concurrency, seconds, counter))
         finally:
             stop.set()
         return result.latencies_ns, result.errors, result.seconds
@@ -79,8 +90,15 @@ def _progress(counter: list[int], stop: threading.Event, concurrency: int) -> No
 
 def run(settings: BenchSettings) -> list[report.Row]:
     metadata = json.loads(_get(_model_path(settings)))
-    body, header_length = request_body(metadata, settings.binary, settings.batch)
-    infer_url = _model_path(settings) + "/infer"
+    if settings.grpc_url:
+        from inferd.bench.grpc_load import request_bytes
+
+        body, header_length = request_bytes(settings.model, settings.version, metadata, settings.binary,
+                                            settings.batch), None
+        infer_url = "grpc://" + settings.grpc_url
+    else:
+        body, header_length = request_body(metadata, settings.binary, settings.batch)
+        infer_url = _model_path(settings) + "/infer"
     metrics_url = settings.url.rstrip("/") + "/metrics"
     rows = []
     for concurrency in settings.concurrency:
@@ -106,7 +124,8 @@ def _scrape(url: str) -> str | None:
 
 def main(settings: BenchSettings) -> int:
     rows = run(settings)
-    form = "binary" if settings.binary else "JSON"
+    form = ("raw" if settings.binary else "typed") + " gRPC" if settings.grpc_url else (
+        "binary" if settings.binary else "JSON")
     print(f"\ninferd bench: model {settings.model} at {settings.url}, {form} bodies, "
           f"{settings.duration:g}s per point, {settings.processes} load process(es)\n")
     print(report.table(rows))
