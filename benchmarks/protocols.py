@@ -26,8 +26,9 @@ MODEL = "m1_ts_b"
 
 def start(root: Path, http: int, grpc: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(root / "repo"),
-                                "--http-port", str(http), "--grpc-port", str(grpc), "--log-level", "warning"],
+    command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(root / "repo"),
+               "--http-port", str(http), "--grpc-port", str(grpc), "--log-level", "warning"]
+    process = subprocess.Popen(command,
                                env=env, stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", process)
