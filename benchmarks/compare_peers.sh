@@ -23,4 +23,4 @@ if [ "${CEILING:-1}" = 1 ]; then
       | sed "s/^/$body /" | tee -a "$OUTDIR/ceiling-$STAMP.txt"
   done
 fi
-python3 "$HERE/summarize_peers.py" "$OUT" ${CEILING:+"$OUTDIR/ceiling-$STAMP.txt"} | tee "$OUTDIR/peers-$STAMP.md"
+python3 "$HERE/summarize_peers.py" "$OUT" "$OUTDIR/ceiling-$STAMP.txt" | tee "$OUTDIR/peers-$STAMP.md"

@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 disables gRPC")
     serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none")
     serve.add_argument("--poll-interval", type=float, default=15.0)
-    serve.add_argument("--auth-token", default=os.environ.get("INFERD_AUTH_TOKEN"))
+    serve.add_argument("--auth-token", default=os.environ.get("INFERD_AUTH_TOKEN"),
+                       help="bearer token for model control (default: $INFERD_AUTH_TOKEN)")
+    serve.add_argument("--auth-inference", action="store_true",
+                       help="require the token for inference and metadata too")
     serve.add_argument("--drain-timeout", type=float, default=30.0)
     serve.add_argument("--max-body-size", type=_size, default=64 * 1024**2,
                        help="largest request body, e.g. 64MiB (default); larger gets 413")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServerSettings(
             model_repository=args.model_repository, host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, model_control=args.model_control,
-            poll_interval=args.poll_interval, auth_token=args.auth_token,
+            poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models))
     except ConfigError as exc:

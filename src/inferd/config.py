@@ -29,6 +29,7 @@ class ServerSettings:
     model_control: str = "none"  # none | poll | explicit
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
     auth_token: str | None = None  # Bearer token for model control (and optionally inference)
+    auth_inference: bool = False  # the token also guards inference and metadata
     drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
     max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
     log_level: str = "info"
@@ -42,6 +43,12 @@ class ServerSettings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        if self.model_control != "none" and not loopback and not self.auth_token:
+            raise ConfigError(f"--model-control {self.model_control} on {self.host} (beyond loopback) needs "
+                              "--auth-token or INFERD_AUTH_TOKEN")
+        if self.auth_inference and not self.auth_token:
+            raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
         if self.max_body_bytes <= 0:

@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+from inferd.auth import AccessPolicy
 from inferd.config import ModelConfig, ServerSettings
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
@@ -31,16 +32,19 @@ def build_service(settings: ServerSettings) -> InferenceService:
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
 
-    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics, settings.model_store)
+    access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
+                          guard_inference=settings.auth_inference)
+    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics, settings.model_store,
+                               access)
     metrics.watch_states(service.model_states)
     return service
 
 
 def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpApp:
     router = Router()
-    KServeV2Routes(service, model_control=settings.model_control == "explicit").register(router)
+    KServeV2Routes(service).register(router)
     MetricsRoutes(service).register(router)
-    TorchServeRoutes(service, model_control=settings.model_control == "explicit").register(router)
+    TorchServeRoutes(service).register(router)
     TFServingRoutes(service).register(router)
     return HttpApp(router, settings.max_body_bytes)
 
@@ -65,7 +69,7 @@ class Server:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
             self._grpc = GrpcServer(self.service, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes, self.settings.model_control == "explicit")
+                                    self.settings.max_body_bytes)
             await self._grpc.start()
         await self.service.registry.load_all()
         await self._register_store_archives()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import inferd
+from inferd.auth import AccessPolicy
 from inferd.config import ModelConfig
 from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import Metrics
@@ -24,10 +25,11 @@ class InferenceService:
     """Live, ready, metadata, infer, load, unload — with no knowledge of HTTP or gRPC."""
 
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None,
-                 model_store: Path | None = None) -> None:
+                 model_store: Path | None = None, access: AccessPolicy | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
         self.model_store = model_store
+        self.access = access or AccessPolicy()
         self._ready = False
         self._draining = False
 
@@ -84,6 +86,7 @@ class InferenceService:
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter()
+        self.access.authorize_inference(request.credentials)
         signature = request.parameters.get("signature_name")
         if signature:
             runtime, version = self.registry.get_signature(request.model_name, request.model_version, str(signature))

@@ -85,6 +85,7 @@ class InferRequest:
     timeout_us: int | None = None  # per-request deadline, microseconds (Triton's "timeout")
     protocol: str = "kserve_v2"  # which protocol decoded it (a metrics label)
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
+    credentials: str | None = None  # the Authorization header/metadata, for --auth-inference
 
 
 @dataclass(slots=True)

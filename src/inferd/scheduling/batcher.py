@@ -78,30 +78,38 @@ class DynamicBatcher(Runtime):
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
         loop = self._loop or self._bind_loop()
+        first = next(iter(inputs.values()))
+        if not self._queue and self._soon is None and self._runs_at_once():
+            self._first_done = True  # the rest of this loop pass waits for company
+            loop.call_soon(self._end_pass)
+            return self._run_now(inputs, int(first.shape[0]), context)
         now = time.perf_counter()
         if context.deadline is None and self._default_timeout_s > 0:
             context.deadline = now + self._default_timeout_s
-        first = next(iter(inputs.values()))
         waiting = _Waiting(inputs, int(first.shape[0]), batch_key(inputs), loop.create_future(), now,
                            context)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
-        if self._soon is None:
-            if self._runs_at_once():
-                self._first_done = True  # the rest of this loop pass waits for company
-                loop.call_soon(self._end_pass)
-                self._dispatch()
-            else:  # dispatch once this loop pass has queued all that arrived in it
-                self._soon = loop.call_soon(self._dispatch)
+        if self._soon is None:  # dispatch once this loop pass has queued all that arrived in it
+            self._soon = loop.call_soon(self._dispatch)
         return await waiting.future
+
+    def _run_now(self, inputs: Arrays, rows: int, context: CallContext) -> Arrays:
+        """A lone request for a trivial model: no queue, no future, the call itself."""
+        if self._observe_batch is not None:
+            self._observe_batch(rows)
+        started = time.perf_counter()
+        try:
+            return self.pool.execute(inputs)
+        finally:
+            context.timings.compute += time.perf_counter() - started
 
     def _runs_at_once(self) -> bool:
         """The first request of a loop pass for a model cheaper than the pass itself runs at once: a
         lone client never waits a pass; requests arriving together still batch."""
-        return (not self._first_done and len(self._queue) == 1 and self.pool.trivial
-                and self._running < self.pool.count)
+        return not self._first_done and self.pool.trivial and self._running < self.pool.count
 
     def _end_pass(self) -> None:
         self._first_done = False

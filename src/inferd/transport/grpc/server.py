@@ -21,12 +21,11 @@ def _handler(servicer: Any) -> grpc.GenericRpcHandler:
 
 
 class GrpcServer:
-    def __init__(self, service: InferenceService, host: str, port: int, max_message_bytes: int,
-                 model_control: bool) -> None:
+    def __init__(self, service: InferenceService, host: str, port: int, max_message_bytes: int) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
         self._server = grpc.aio.server(options=options)
-        servicers = [KServeV2Servicer(service, model_control), PredictionServicer(service), ModelServicer(service)]
+        servicers = [KServeV2Servicer(service), PredictionServicer(service), ModelServicer(service)]
         self._server.add_generic_rpc_handlers([_handler(s) for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:

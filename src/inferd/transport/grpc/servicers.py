@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import grpc
 
 import inferd
-from inferd.errors import Forbidden, InferdError, InvalidInput
+from inferd.errors import InferdError, InvalidInput
 from inferd.protocols import kserve_v2_grpc, tfserving
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -50,9 +50,8 @@ class KServeV2Servicer:
 
     name = "inference.GRPCInferenceService"
 
-    def __init__(self, service: InferenceService, model_control: bool) -> None:
+    def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.model_control = model_control
 
     def methods(self) -> dict[str, tuple[Method, Any]]:
         return {
@@ -100,6 +99,7 @@ class KServeV2Servicer:
     async def model_infer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         infer_request = kserve_v2_grpc.decode_infer_request(request)
         infer_request.cancelled = context.cancelled
+        infer_request.credentials = _authorization(context)
         response = await self.service.infer(infer_request)
         return kserve_v2_grpc.encode_infer_response(response)
 
@@ -112,20 +112,23 @@ class KServeV2Servicer:
 
     @guarded
     async def load(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
-        self._require_model_control()
+        self.service.access.authorize_control(_authorization(context), "loading a model")
         await self.service.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @guarded
     async def unload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
-        self._require_model_control()
+        self.service.access.authorize_control(_authorization(context), "unloading a model")
         await self.service.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    def _require_model_control(self) -> None:
-        if not self.model_control:
-            raise Forbidden("model control is off; start the server with --model-control explicit "
-                            "to load and unload over the API")
+
+
+def _authorization(context: Any) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
 
 
 class _TFServingBase:
@@ -157,7 +160,8 @@ class PredictionServicer(_TFServingBase):
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
         response = await self.service.infer(InferRequest(spec.name, version, inputs, outputs=outputs,
                                                          parameters=params, protocol=tfserving.PROTOCOL_GRPC,
-                                                         cancelled=context.cancelled))
+                                                         cancelled=context.cancelled,
+                                                         credentials=_authorization(context)))
         message = tfs.PredictResponse()
         message.model_spec.name = spec.name
         message.model_spec.version.value = int(response.model_version) if response.model_version.isdigit() else 0

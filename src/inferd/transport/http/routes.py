@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferd.errors import Forbidden, InvalidInput, NotFound
+from inferd.errors import InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2
 from inferd.service import InferenceService
@@ -35,9 +35,8 @@ def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
 class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
-    def __init__(self, service: InferenceService, model_control: bool) -> None:
+    def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.model_control = model_control
 
     def register(self, router: Router) -> None:
         router.add("GET", "/v2/health/live", self.live)
@@ -75,6 +74,7 @@ class KServeV2Routes:
         header_length = _header_length(request)
         infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
         infer_request.cancelled = request.disconnected
+        infer_request.credentials = request.headers.get("authorization")
         response = await self.service.infer(infer_request)
         body, json_length = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
@@ -93,21 +93,16 @@ class KServeV2Routes:
         return json_response(self.service.repository_index(ready_only))
 
     async def load(self, request: HttpRequest) -> HttpResponse:
-        self._require_model_control()
+        self.service.access.authorize_control(request.headers.get("authorization"), "loading a model")
         name, _ = model_and_version(request)
         await self.service.load_model(name)
         return OK
 
     async def unload(self, request: HttpRequest) -> HttpResponse:
-        self._require_model_control()
+        self.service.access.authorize_control(request.headers.get("authorization"), "unloading a model")
         name, _ = model_and_version(request)
         await self.service.unload_model(name)
         return OK
-
-    def _require_model_control(self) -> None:
-        if not self.model_control:
-            raise Forbidden("model control is off; start the server with "
-                            "--model-control explicit to load and unload over the API")
 
 
 def _header_length(request: HttpRequest) -> int | None:

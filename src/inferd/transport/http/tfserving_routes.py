@@ -53,6 +53,7 @@ class TFServingRoutes:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
         infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
+        infer_request.credentials = request.headers.get("authorization")
         response = await self.service.infer(infer_request)
         body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
         return HttpResponse(200, body, headers=[server_timing(response)])

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from inferd.errors import Forbidden, InvalidInput, NotFound
+from inferd.errors import InvalidInput, NotFound
 from inferd.protocols import torchserve
 from inferd.service import InferenceService
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
@@ -30,9 +30,8 @@ def torchserve_error(status: int, message: str) -> HttpResponse:
 
 
 class TorchServeRoutes:
-    def __init__(self, service: InferenceService, model_control: bool) -> None:
+    def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.model_control = model_control
 
     def register(self, router: Router) -> None:
         def add(method: str, pattern: str, handler) -> None:  # type: ignore[no-untyped-def]
@@ -65,6 +64,7 @@ class TorchServeRoutes:
         if [spec.name for spec in metadata.inputs] == ["body", "content_type"]:
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version)
             infer_request.cancelled = request.disconnected
+            infer_request.credentials = request.headers.get("authorization")
             response = await self.service.infer(infer_request)
             body, answer_type = torchserve.encode_prediction(response)
             return HttpResponse(200, body, answer_type.encode("latin-1"), [server_timing(response)])
@@ -93,7 +93,8 @@ class TorchServeRoutes:
                 array, added_batch = array[np.newaxis], True
             tensors.append(Tensor(spec.name, spec.datatype, array))
         response = await self.service.infer(InferRequest(name, version, tensors, protocol="torchserve",
-                                                         cancelled=request.disconnected))
+                                                         cancelled=request.disconnected,
+                                                         credentials=request.headers.get("authorization")))
         outputs = {t.name: (t.data[0] if added_batch else t.data) for t in response.outputs}
         answer = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         return HttpResponse(200, orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -118,7 +119,7 @@ class TorchServeRoutes:
             for row in rows])
 
     async def register_model(self, request: HttpRequest) -> HttpResponse:
-        self._require_control()
+        self._authorize(request, "registering a model")
         query = _query(request)
         name, version, workers = await self.service.register_from_store(
             query.get("url", ""), query.get("model_name") or None, _int(query, "initial_workers", 1),
@@ -127,7 +128,7 @@ class TorchServeRoutes:
                                         f"{workers} initial workers"})
 
     async def scale(self, request: HttpRequest) -> HttpResponse:
-        self._require_control()
+        self._authorize(request, "scaling a model")
         name = request.params["model"]
         query = _query(request)
         workers = _int(query, "min_worker", 0) or _int(query, "max_worker", 0)
@@ -137,13 +138,13 @@ class TorchServeRoutes:
         return json_response({"status": f"Workers scaled to {workers} for model: {name}"})
 
     async def set_default(self, request: HttpRequest) -> HttpResponse:
-        self._require_control()
+        self._authorize(request, "setting the default version")
         name, version = request.params["model"], request.params["version"]
         self.service.set_default_version(name, version)
         return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
 
     async def unregister(self, request: HttpRequest) -> HttpResponse:
-        self._require_control()
+        self._authorize(request, "unregistering a model")
         name, version = request.params["model"], request.params.get("version")
         if version is None:
             await self.service.unload_model(name)
@@ -151,9 +152,8 @@ class TorchServeRoutes:
         await self.service.unload_version(name, version)
         return json_response({"status": f'Model "{name}" version: {version} unregistered'})
 
-    def _require_control(self) -> None:
-        if not self.model_control:
-            raise Forbidden("model management is off; start the server with --model-control explicit")
+    def _authorize(self, request: HttpRequest, action: str) -> None:
+        self.service.access.authorize_control(request.headers.get("authorization"), action)
 
 
 def _query(request: HttpRequest) -> dict[str, str]:

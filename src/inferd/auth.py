@@ -1,0 +1,37 @@
+"""Who may change what is served: model control on or off, and the bearer token that guards it."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+from inferd.errors import Forbidden, Unauthenticated
+
+log = logging.getLogger("inferd.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    model_control: bool = False  # load/unload/register/scale over the API
+    token: str | None = None  # required as "Authorization: Bearer <token>" when set
+    guard_inference: bool = False  # the token also guards inference and metadata
+
+    def authorize_control(self, authorization: str | None, action: str) -> None:
+        if not self.model_control:
+            raise Forbidden(f"{action} needs model control, which is off; start the server with "
+                            "--model-control explicit")
+        self._check(authorization, action)
+
+    def authorize_inference(self, authorization: str | None) -> None:
+        if self.guard_inference:
+            self._check(authorization, "inference")
+
+    def _check(self, authorization: str | None, action: str) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            log.warning("refused %s: %s bearer token", action, "wrong" if given else "no")
+            raise Unauthenticated(f"{action} needs 'Authorization: Bearer <token>' with the server's "
+                                  "--auth-token")
