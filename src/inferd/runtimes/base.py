@@ -40,6 +40,11 @@ class Runtime(ABC):
         context.timings.compute = time.perf_counter() - start
         return outputs
 
+    def adopt_metadata(self, inner: Runtime) -> None:
+        """A wrapper (pool, batcher) shows the tensors and platform of what it wraps."""
+        self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
+        self.max_batch_size = inner.max_batch_size
+
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Called once after load; runtimes with a cold first call override it."""
 

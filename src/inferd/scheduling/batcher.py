@@ -46,10 +46,7 @@ class DynamicBatcher(Runtime):
     def __init__(self, pool: InstancePool, batching: DynamicBatching,
                  observe_batch: BatchObserver | None = None) -> None:
         self.pool = pool
-        self.platform = pool.platform
-        self.inputs = pool.inputs
-        self.outputs = pool.outputs
-        self.max_batch_size = pool.max_batch_size
+        self.adopt_metadata(pool)
         self._batching = batching
         self._max_delay_s = batching.max_queue_delay_ms / 1000
         self._default_timeout_s = batching.default_timeout_ms / 1000

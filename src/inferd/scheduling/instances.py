@@ -33,10 +33,7 @@ class InstancePool(Runtime):
                  observe_batch: Callable[[int], None] | None = None,
                  on_unload: Callable[[], None] | None = None) -> None:
         self.inner = runtime
-        self.platform = runtime.platform
-        self.inputs = runtime.inputs
-        self.outputs = runtime.outputs
-        self.max_batch_size = runtime.max_batch_size
+        self.adopt_metadata(runtime)
         self.count = count
         self.name = name
         self._max_queue = max_queue
