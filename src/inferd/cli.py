@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000, help="0 disables HTTP")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 disables gRPC")
     serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none")
-    serve.add_argument("--poll-interval", type=float, default=15.0)
+    serve.add_argument("--poll-interval", type=float, default=15.0,
+                       help="seconds between repository scans with --model-control poll")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                       help="with --model-control explicit: load this model at start (repeat; * = all)")
     serve.add_argument("--auth-token", default=os.environ.get("INFERD_AUTH_TOKEN"),
                        help="bearer token for model control (default: $INFERD_AUTH_TOKEN)")
     serve.add_argument("--auth-inference", action="store_true",
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
-            log_level=args.log_level, model_store=args.model_store, models=tuple(args.models))
+            log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
+            load_models=tuple(args.load_model))
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ class ServerSettings:
     log_level: str = "info"
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
+    load_models: tuple[str, ...] = ()  # explicit mode: repository models loaded at start ("*" = all)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:

@@ -71,13 +71,25 @@ class Server:
             self._grpc = GrpcServer(self.service, self.settings.host, self.settings.grpc_port,
                                     self.settings.max_body_bytes)
             await self._grpc.start()
-        await self.service.registry.load_all()
+        explicit = self.settings.model_control == "explicit"
+        await self.service.registry.load_all(self.settings.load_models if explicit else ("*",))
         await self._register_store_archives()
         _settle_garbage_collector()
         self.service.set_ready(True)
         self._announce()
+        poller = loop.create_task(self._poll()) if self.settings.model_control == "poll" else None
         await self._stop.wait()
+        if poller is not None:
+            poller.cancel()
         await self._shutdown()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.service.registry.poll()
+            except Exception:  # a bad scan is logged; the next one tries again
+                log.exception("repository poll failed")
 
     async def _register_store_archives(self) -> None:
         """``--model-store DIR --models ...``: archives served from the start, one worker, no batching

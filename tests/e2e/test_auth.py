@@ -27,7 +27,8 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_control_endpoints_need_the_token(repo: Path) -> None:
-    with serve(repo, "--model-control", "explicit", "--auth-token", TOKEN, grpc=True) as server:
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", "--auth-token", TOKEN,
+               grpc=True) as server:
         base = server.base
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             for method, path in (("POST", "/v2/repository/models/m/unload"), ("POST", "/v2/repository/models/m/load"),

@@ -27,7 +27,7 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     repo = tmp_path_factory.mktemp("repo")
     ts_archives.copy_into_repository(store, repo)
     with serve(repo, "--model-store", str(store), "--models", "ts_mlp.mar", "doubler.mar",
-               "cls=classifier.mar", "--model-control", "explicit") as running:
+               "cls=classifier.mar", "--model-control", "explicit", "--load-model", "*") as running:
         yield running
 
 

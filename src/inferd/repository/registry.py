@@ -14,11 +14,13 @@ from pathlib import Path
 
 from inferd.config import ModelConfig, VersionPolicy, load_model_config
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
-from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, scan
+from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, read_model_folder, scan
 from inferd.repository.loader import load_runtime
 from inferd.runtimes.base import LoadContext, Runtime
 
 log = logging.getLogger("inferd.repository")
+
+DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 
 # Wraps a freshly loaded runtime (scheduling: batcher, instance pool). Given by the composition root.
 Wrap = Callable[[Runtime, ModelConfig, str, str], Runtime]
@@ -97,44 +99,75 @@ class ModelRegistry:
         self._root = root
         self._wrap = wrap
         self._models: dict[str, ModelEntry] = {}
+        self._fingerprints: dict[str, tuple[tuple[str, int, int], ...]] = {}
 
     @property
     def models(self) -> dict[str, ModelEntry]:
         return self._models
 
-    async def load_all(self) -> None:
+    async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
+        """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
         if self._root is None:
             return
-        folders = scan(self._root)
+        folders = [f for f in scan(self._root) if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
         for folder in folders:
             await self._load_folder(folder)
 
     async def load_model(self, name: str) -> ModelEntry:
+        """Load a model, or reload it without loss: the new versions load and warm beside the old
+        ones, then take the traffic; the old ones finish what they hold and unload."""
         if self._root is None or not is_valid_name(name):
             raise NotFound(f"model '{name}' is not in the repository")
         path = self._root / name
         if not path.is_dir():
             raise NotFound(f"model '{name}' is not in the repository")
-        from inferd.repository.layout import read_model_folder
+        old = self._models.get(name)
+        serving = old is not None and bool(old.ready_versions())
+        entry = await self._load_folder(read_model_folder(path), publish_early=not serving)
+        if old is not None and old is not entry and serving:
+            if not entry.ready_versions():
+                log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
+                          name, self.reason(entry))
+                return old
+            self._models[name] = entry
+            await self._retire(old)
+        return entry
 
-        await self.unload_model(name, missing_ok=True)
-        return await self._load_folder(read_model_folder(path))
+    async def poll(self) -> None:
+        """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
+        config.toml or artifact reloads (without loss)."""
+        if self._root is None:
+            return
+        folders = {folder.name: folder for folder in scan(self._root)}
+        for name, entry in list(self._models.items()):
+            if name not in folders and not entry.source.endswith(".mar"):
+                log.info("model %s left the repository: unloading", name)
+                await self.unload_model(name, missing_ok=True)
+        for name, folder in folders.items():
+            if self._fingerprints.get(name) != fingerprint(folder):
+                log.info("model %s is new or changed: loading", name)
+                await self.load_model(name)
+
+    async def _retire(self, entry: ModelEntry) -> None:
+        for version in entry.versions.values():
+            if version.runtime is not None:
+                version.state = ModelState.UNLOADING
+                for runtime in (version.runtime, *version.signatures.values()):
+                    await runtime.drain(DRAIN_SECONDS)
+                    await asyncio.to_thread(runtime.unload)
+                version.runtime, version.signatures = None, {}
 
     async def unload_model(self, name: str, missing_ok: bool = False) -> None:
         entry = self._models.pop(name, None)
+        self._fingerprints.pop(name, None)
         if entry is None:
             if missing_ok:
                 return
             raise NotFound(f"model '{name}' is not loaded")
         entry.changed()
-        for version in entry.versions.values():
-            if version.runtime is not None:
-                version.state = ModelState.UNLOADING
-                for runtime in (version.runtime, *version.signatures.values()):
-                    await asyncio.to_thread(runtime.unload)
-                version.runtime, version.signatures = None, {}
+        await self._retire(entry)
 
     async def close(self) -> None:
         for name in list(self._models):
@@ -173,24 +206,29 @@ class ModelRegistry:
         entry.default_version = version
         entry.changed()
 
-    async def _load_folder(self, folder: ModelFolder) -> ModelEntry:
+    async def _load_folder(self, folder: ModelFolder, publish_early: bool = True) -> ModelEntry:
         entry = ModelEntry(name=folder.name, source=str(folder.path))
-        self._models[folder.name] = entry
+        self._fingerprints[folder.name] = fingerprint(folder)
+        if publish_early:
+            self._models[folder.name] = entry
+        await self._fill(entry, folder)
+        return entry
+
+    async def _fill(self, entry: ModelEntry, folder: ModelFolder) -> None:
         try:
             entry.config = load_model_config(folder.config_path)
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
-            return entry
+            return
         chosen = choose_versions(list(folder.versions), entry.config.version_policy)
         if not chosen:
             self._fail_model(entry, folder, f"{folder.path}: no version folder (1/, 2/, ...) "
                              "that the version policy serves")
-            return entry
+            return
         for number in chosen:
             entry.versions[str(number)] = VersionEntry(version=str(number))
         for number in chosen:
             await self._load_version(entry, str(number), folder.versions[number])
-        return entry
 
     def _fail_model(self, entry: ModelEntry, folder: ModelFolder, reason: str) -> None:
         entry.reason = reason
@@ -291,6 +329,16 @@ class ModelRegistry:
     def reason(entry: ModelEntry) -> str:
         reasons = [v.reason for v in entry.versions.values() if v.reason]
         return entry.reason or (reasons[0] if reasons else "")
+
+
+def fingerprint(folder: ModelFolder) -> tuple[tuple[str, int, int], ...]:
+    """What a poll compares: every file's path, size and mtime under the model's folder."""
+    found = []
+    for path in sorted(folder.path.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            found.append((str(path.relative_to(folder.path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
 
 
 def _reason(exc: Exception) -> str:

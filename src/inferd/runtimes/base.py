@@ -45,6 +45,9 @@ class Runtime(ABC):
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.max_batch_size = inner.max_batch_size
 
+    async def drain(self, timeout: float) -> None:  # noqa: B027 - optional hook
+        """Return once nothing queued or running is left (or ``timeout`` passed)."""
+
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Called once after load; runtimes with a cold first call override it."""
 

@@ -222,6 +222,12 @@ class DynamicBatcher(Runtime):
         for waiting in batch:
             _fail(waiting, error or ModelError(f"model '{self.pool.name}' gave no outputs"))
 
+    async def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (self._queue or self._running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await self.pool.drain(max(deadline - time.monotonic(), 0.0))
+
     def resize(self, count: int) -> None:
         self.pool.resize(count)
         self._dispatch()  # new instances take queued work at once

@@ -114,6 +114,11 @@ class InstancePool(Runtime):
         finally:
             context.timings.compute += time.perf_counter() - start
 
+    async def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     def resize(self, count: int) -> None:
         """Run ``count`` executions at once from now on. Calls already running finish where they
         are; the old threads leave once idle."""

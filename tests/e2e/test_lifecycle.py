@@ -1,0 +1,93 @@
+"""Model control: explicit loading at start, polling the repository, reloading under load with no
+failed request."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import serve
+from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
+
+BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
+
+
+def python_model(root: Path, name: str, version: int, offset: int = 10) -> None:
+    write(root / name / str(version) / "model.py", PYTHON_MODEL.replace("self.offset = 10", f"self.offset = {offset}"))
+    write(root / name / "config.toml", PYTHON_CONFIG)
+
+
+def wait_for(check, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
+    python_model(tmp_path, "a", 1)
+    python_model(tmp_path, "b", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a") as server:
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
+        assert requests.post(f"{server.base}/v2/models/b/infer", json=BODY, timeout=10).status_code == 404
+        assert requests.post(f"{server.base}/v2/repository/models/b/load", timeout=30).status_code == 200
+        assert requests.post(f"{server.base}/v2/models/b/infer", json=BODY, timeout=10).status_code == 200
+
+
+def test_poll_loads_new_versions_reloads_changes_and_unloads_removals(tmp_path: Path) -> None:
+    python_model(tmp_path, "m", 1)
+    with serve(tmp_path, "--model-control", "poll", "--poll-interval", "0.3") as server:
+        def answer() -> float:
+            response = requests.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=10)
+            return response.json()["outputs"][0]["data"][0] if response.status_code == 200 else -1.0
+
+        assert answer() == 12.0
+        python_model(tmp_path, "m", 2, offset=20)  # a new version: served once polled
+        wait_for(lambda: answer() == 22.0)
+        assert requests.get(f"{server.base}/v2/models/m", timeout=10).json()["versions"] == ["2"]
+        python_model(tmp_path, "m", 2, offset=30)  # a changed artifact: reloaded
+        os.utime(tmp_path / "m/2/model.py", (time.time() + 5, time.time() + 5))
+        wait_for(lambda: answer() == 32.0)
+        python_model(tmp_path, "n", 1)  # a new model
+        wait_for(lambda: requests.get(f"{server.base}/v2/models/n/ready", timeout=5).status_code == 200)
+        for path in sorted((tmp_path / "n").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (tmp_path / "n").rmdir()
+        wait_for(lambda: requests.get(f"{server.base}/v2/models/n/ready", timeout=5).status_code == 404)
+
+
+def test_reloads_under_load_fail_no_request(tmp_path: Path) -> None:
+    python_model(tmp_path, "m", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "*") as server:
+        stop = threading.Event()
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    code = session.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=30).status_code
+                    with lock:
+                        results.append(code)
+
+        threads = [threading.Thread(target=client) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        try:
+            for swap in range(10):
+                python_model(tmp_path, "m", 1, offset=100 + swap)
+                response = requests.post(f"{server.base}/v2/repository/models/m/load", timeout=60)
+                assert response.status_code == 200, response.text
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        assert len(results) > 100
+        assert set(results) == {200}, {code: results.count(code) for code in set(results)}
+        final = requests.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=10).json()
+        assert final["outputs"][0]["data"][0] == 2 * 1.0 + 109
