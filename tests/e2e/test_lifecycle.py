@@ -91,3 +91,27 @@ def test_reloads_under_load_fail_no_request(tmp_path: Path) -> None:
         assert set(results) == {200}, {code: results.count(code) for code in set(results)}
         final = requests.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=10).json()
         assert final["outputs"][0]["data"][0] == 2 * 1.0 + 109
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    write(tmp_path / "slow/1/model.py", """
+        import time
+
+        class Model:
+            def infer(self, inputs):
+                time.sleep(1.0)
+                return {"y": inputs["x"]}
+        """)
+    write(tmp_path / "slow/config.toml", 'backend = "python"\n[[input]]\nname = "x"\ndatatype = "FP64"\n'
+          'shape = [1]\n[[output]]\nname = "y"\ndatatype = "FP64"\nshape = [1]\n')
+    with serve(tmp_path) as server, ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(requests.post, f"{server.base}/v2/models/slow/infer", json=BODY, timeout=30)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        response = pending.result()
+        assert response.status_code == 200
+        assert response.json()["outputs"][0]["data"] == [1.0]
+        assert server.process.wait(30) == 0

@@ -75,3 +75,10 @@ def test_bad_raw_bytes_data() -> None:
 def test_datatype_table_is_a_bijection() -> None:
     for datatype in ALL_TYPES:
         assert v2_datatype(numpy_dtype(datatype)) == datatype
+
+
+def test_a_shape_alone_never_allocates() -> None:
+    with pytest.raises(InvalidInput, match="more than the limit"):
+        tensors.from_raw("x", "FP32", [1 << 20, 1 << 20], b"")
+    with pytest.raises(InvalidInput, match="need at least"):
+        tensors.from_raw("s", "BYTES", [1 << 26], b"\x00" * 8)

@@ -16,6 +16,7 @@ from inferd.protocols import tensors
 from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_INPUTS = 1024
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -58,6 +59,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
 def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
     if not isinstance(items, list) or not items:
         raise InvalidInput("the inference request needs a non-empty 'inputs' list")
+    if len(items) > MAX_INPUTS:
+        raise InvalidInput(f"the inference request has {len(items)} inputs, more than the limit of {MAX_INPUTS}")
     result, offset = [], 0
     for index, item in enumerate(items):
         if not isinstance(item, dict):

@@ -12,6 +12,7 @@ from inferd.errors import InvalidInput
 from inferd.types import numpy_dtype
 
 _JSON_AS_FLOAT32 = frozenset({"BF16"})  # JSON numbers pass through float32 on their way to BF16
+MAX_ELEMENTS = 1 << 27  # per tensor; a shape alone never makes the server allocate more
 
 
 def element_count(name: str, shape: Any) -> int:
@@ -19,7 +20,11 @@ def element_count(name: str, shape: Any) -> int:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, "
                            f"got {shape!r}")
-    return math.prod(shape)
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {shape} has {count} elements, more than the limit of "
+                           f"{MAX_ELEMENTS}")
+    return count
 
 
 def dtype_for(name: str, datatype: Any) -> np.dtype[Any]:
@@ -124,6 +129,9 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: memoryview | bytes
 
 
 def _bytes_from_raw(name: str, raw: memoryview | bytes, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # every element has a 4-byte length: checked before allocating
+        raise InvalidInput(f"input '{name}': {count} BYTES elements need at least {count * 4} bytes, "
+                           f"got {len(raw)}")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset = 0

@@ -14,12 +14,14 @@ import numpy as np
 
 from inferd.errors import InvalidInput
 from inferd.protocols._proto import tfserving_pb2 as pb
+from inferd.protocols.tensors import element_count
 from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec, numpy_dtype
 
 PROTOCOL_REST = "tfserving_rest"
 PROTOCOL_GRPC = "tfserving_grpc"
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 PREDICT_METHOD = "tensorflow/serving/predict"
+_MAX_BROADCAST = 1 << 20  # elements one repeated value may fill
 
 # v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
 _TF_DTYPE = {"BOOL": 10, "UINT8": 4, "UINT16": 17, "UINT32": 22, "UINT64": 23, "INT8": 6, "INT16": 5,
@@ -197,7 +199,7 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': tensor_shape must be fully known, got {shape}")
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(name, shape)
     dtype = numpy_dtype(datatype)
     if proto.tensor_content:
         if datatype == "BYTES":
@@ -207,7 +209,7 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
                                f"{count * dtype.itemsize} bytes of tensor_content, got {len(proto.tensor_content)}")
         return Tensor(name, datatype, np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape))
     values = list(getattr(proto, _TYPED_FIELD[datatype]))
-    if len(values) == 1 and count > 1:
+    if len(values) == 1 and 1 < count <= _MAX_BROADCAST:
         values = values * count  # TF Serving broadcasts a single value
     if len(values) != count:
         raise InvalidInput(f"input '{name}': shape {shape} needs {count} values, got {len(values)}")
