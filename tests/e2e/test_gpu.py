@@ -1,0 +1,44 @@
+"""instance_group kind = "gpu": placed on the CUDA device where there is one, refused with a clear
+reason where there is none (never a silent CPU fallback). CI has no GPU: the first test runs there,
+the second skips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from tests import models
+from tests.conftest import serve
+
+GPU_CONFIG = models.MLP_CONFIG + '\n[instance_group]\nkind = "gpu"\ngpus = [0]\n'
+
+
+def repo(root: Path) -> Path:
+    (root / "mlp_gpu/1").mkdir(parents=True)
+    torch.jit.script(models.mlp()).save(str(root / "mlp_gpu/1/model.pt"))
+    (root / "mlp_gpu/config.toml").write_text(GPU_CONFIG)
+    return root
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: see the next test")
+def test_gpu_model_without_a_gpu_is_unavailable_with_its_reason(tmp_path: Path) -> None:
+    with serve(repo(tmp_path)) as server:
+        rows = requests.post(f"{server.base}/v2/repository/index", timeout=10).json()
+        assert rows[0]["state"] == "UNAVAILABLE"
+        assert "cuda:0" in rows[0]["reason"] and "no CUDA device" in rows[0]["reason"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_model_runs_on_the_gpu_and_matches_the_cpu(tmp_path: Path) -> None:
+    x = np.random.default_rng(11).standard_normal((16, 8)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "shape": [16, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with serve(repo(tmp_path)) as server:
+        assert "mlp_gpu version 1 ready (pytorch_libtorch on cuda:0" in server.log()
+        response = requests.post(f"{server.base}/v2/models/mlp_gpu/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        y = np.array(response.json()["outputs"][0]["data"]).reshape(16, 5)
+        np.testing.assert_allclose(y, models.run_mlp(x), rtol=1e-3, atol=1e-4)
