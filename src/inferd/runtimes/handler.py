@@ -128,7 +128,8 @@ def decode_row(body: bytes, content_type: str) -> dict[str, Any]:
     if content_type.startswith("application/x-www-form-urlencoded"):
         from urllib.parse import parse_qsl
 
-        return {k: v.encode() for k, v in parse_qsl(body.decode("latin-1"))}
+        fields = {k: v.encode() for k, v in parse_qsl(body.decode("latin-1"))}
+        return fields or {"body": bytearray(body)}
     return {"body": bytearray(body)}
 
 
