@@ -66,6 +66,8 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("max_batch_size = 4\n[dynamic_batching]\nmax_queue_size = 0", "'max_queue_size' must be >= 1"),
     ("[instance_group]\ncount = 0", "'count' must be >= 1"),
     ("[instance_group]\nkind = 'tpu'", "'kind' must be one of"),
+    ("[instance_group]\nresponse_timeout_s = 0", "'response_timeout_s' must be > 0"),
+    ("[instance_group]\nmemory_limit_mb = -5", "'memory_limit_mb' must be >= 0"),
     ("[version_policy]\nlatest = 1\nall = true", "takes one of"),
     ("[[input]]\nname = 'x'\ndatatype = 'FLOAT'\nshape = [1]", "key 'datatype' must be one of"),
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [-2]", "key 'shape' must be a list"),
@@ -77,6 +79,15 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -
     with pytest.raises(ConfigError, match=message) as info:
         load_model_config(path)
     assert str(path) in info.value.message
+
+
+def test_python_models_and_handlers_default_to_process_instances(tmp_path: Path) -> None:
+    group = load_model_config(write(tmp_path, "")).instance_group
+    assert group.resolved_kind("python") == "process"
+    assert group.resolved_kind("torchserve") == "process"
+    assert group.resolved_kind("onnx") == "cpu"
+    chosen = load_model_config(write(tmp_path, "[instance_group]\nkind = 'cpu'")).instance_group
+    assert chosen.resolved_kind("python") == "cpu"
 
 
 def test_server_settings_are_validated() -> None:

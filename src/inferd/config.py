@@ -18,6 +18,7 @@ from inferd.types import V2_DATATYPES
 BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 INSTANCE_KINDS = ("cpu", "gpu", "process")
+PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,13 @@ class DynamicBatching:
 @dataclass(frozen=True, slots=True)
 class InstanceGroup:
     count: int = 1  # executions of the model that may run at once
-    kind: str = "cpu"  # cpu | gpu | process
+    kind: str = ""  # cpu | gpu | process; "" = process for Python models and handlers, else cpu
     gpus: tuple[int, ...] = ()
+    response_timeout_s: float = 120.0  # process: a call not answered by then kills the instance
+    memory_limit_mb: int = 0  # process: resident memory beyond this restarts the instance; 0 = none
+
+    def resolved_kind(self, backend: str) -> str:
+        return self.kind or ("process" if backend in PROCESS_BY_DEFAULT else "cpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,11 +213,15 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
 
 def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
     table = _Table(data, f"{where}: [instance_group]")
-    kind = table.take("kind", str, "cpu")
-    if kind not in INSTANCE_KINDS:
+    kind = table.take("kind", str, "")
+    if kind and kind not in INSTANCE_KINDS:
         raise table.fail("kind", f"must be one of {INSTANCE_KINDS}, got {kind!r}")
+    timeout = table.take("response_timeout_s", (int, float), 120.0)
+    if timeout <= 0:
+        raise table.fail("response_timeout_s", f"must be > 0, got {timeout}")
     group = InstanceGroup(count=table.take_int("count", 1, minimum=1), kind=kind,
-                          gpus=table.take_ints("gpus"))
+                          gpus=table.take_ints("gpus"), response_timeout_s=float(timeout),
+                          memory_limit_mb=table.take_int("memory_limit_mb", 0))
     table.finish()
     if group.gpus and group.kind != "gpu":
         raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")

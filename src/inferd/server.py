@@ -18,6 +18,7 @@ from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
 from inferd.service import InferenceService
 from inferd.transport.http.app import HttpApp, Router
+from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
@@ -46,6 +47,7 @@ def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpA
     MetricsRoutes(service).register(router)
     TorchServeRoutes(service).register(router)
     TFServingRoutes(service).register(router)
+    OpenApiRoutes().register(router)
     return HttpApp(router, settings.max_body_bytes)
 
 

@@ -115,3 +115,50 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         assert response.status_code == 200
         assert response.json()["outputs"][0]["data"] == [1.0]
         assert server.process.wait(30) == 0
+
+
+def test_version_policy_and_labels_route_the_same_over_every_protocol(tmp_path: Path) -> None:
+    import numpy as np
+    import tensorflow as tf
+    import tritonclient.grpc as grpcclient
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    for version in (1, 2, 3):
+        python_model(tmp_path, "m", version, offset=version * 100)
+    with (tmp_path / "m/config.toml").open("a") as config:
+        config.write("\n[version_policy]\nspecific = [1, 3]\n[version_labels]\nstable = 1\ncanary = 3\n")
+    with serve(tmp_path, grpc=True) as server:
+        def v2(path: str) -> requests.Response:
+            return requests.post(f"{server.base}/v2/models/{path}infer", json=BODY, timeout=10)
+
+        assert requests.get(f"{server.base}/v2/models/m", timeout=10).json()["versions"] == ["1", "3"]
+        newest = v2("m/")
+        assert (newest.json()["model_version"], newest.json()["outputs"][0]["data"]) == ("3", [302.0])
+        assert v2("m/versions/1/").json()["outputs"][0]["data"] == [102.0]
+        missing = v2("m/versions/2/")
+        assert missing.status_code == 404 and "served versions: 1, 3" in missing.json()["error"]
+
+        def tf_rest(path: str) -> requests.Response:
+            return requests.post(f"{server.base}/v1/models/m{path}:predict", json={"inputs": {"x": [1.0]}}, timeout=10)
+
+        assert tf_rest("/labels/stable").json()["outputs"]["y"] == [102.0]
+        assert tf_rest("/labels/canary").json()["outputs"]["y"] == [302.0]
+        assert tf_rest("/versions/2").status_code == 404
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        tensor = grpcclient.InferInput("x", [1], "FP64")
+        tensor.set_data_from_numpy(np.array([1.0]))
+        assert client.infer("m", [tensor], model_version="1").as_numpy("y").tolist() == [102.0]
+        answer = client.infer("m", [tensor])
+        assert (answer.get_response().model_version, answer.as_numpy("y").tolist()) == ("3", [302.0])
+
+        import grpc
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.model_spec.version_label = "stable"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0])))
+            response = prediction.Predict(request, timeout=30)
+            assert tf.make_ndarray(response.outputs["y"]).tolist() == [102.0]
+            assert response.model_spec.version.value == 1

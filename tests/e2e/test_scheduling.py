@@ -56,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     configs = {
         "batched": "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_ms = 5\n",
         "tiny_queue": "max_batch_size = 1\n[dynamic_batching]\nmax_queue_size = 2\n",
-        "pool": "max_batch_size = 8\n[instance_group]\ncount = 3\n",
+        "pool": "max_batch_size = 8\n[instance_group]\ncount = 3\nkind = \"cpu\"  # one process: a shared counter\n",
     }
     for name, config in configs.items():
         write(root / name / "1/model.py", SLOW_MODEL)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inferd.config import ModelConfig, VersionPolicy, load_model_config
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.isolation.process import InstanceSpec, ProcessRuntime
 from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, read_model_folder, scan
 from inferd.repository.loader import load_runtime
 from inferd.runtimes.base import LoadContext, Runtime
@@ -264,8 +265,12 @@ class ModelRegistry:
             device = f"cuda:{group.gpus[0] if group.gpus else 0}"
         context = LoadContext(name=entry.name, version=version, artifact=artifact,
                               config=config, device=device)
-        runtime = load_runtime(backend, context)
-        runtime.warmup()
+        if group.resolved_kind(backend) == "process":
+            spec = InstanceSpec(backend, context, group.response_timeout_s, group.memory_limit_mb)
+            runtime: Runtime = ProcessRuntime(spec, group.count)
+        else:
+            runtime = load_runtime(backend, context)
+            runtime.warmup()
         default = str(getattr(runtime, "signature_name", ""))
         signatures = {name: self._wrap(runtime.signature(name), config, entry.name, f"{version}:{name}")
                       for name in getattr(runtime, "signature_names", []) if name != default}

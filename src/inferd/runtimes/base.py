@@ -29,6 +29,7 @@ class Runtime(ABC):
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     max_batch_size: int = 0
+    out_of_process: bool = False  # calls wait on another process: never run one on the event loop
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -44,6 +45,7 @@ class Runtime(ABC):
         """A wrapper (pool, batcher) shows the tensors and platform of what it wraps."""
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.max_batch_size = inner.max_batch_size
+        self.out_of_process = inner.out_of_process
 
     async def drain(self, timeout: float) -> None:  # noqa: B027 - optional hook
         """Return once nothing queued or running is left (or ``timeout`` passed)."""

@@ -94,7 +94,7 @@ class InstancePool(Runtime):
         self._mean_s = seconds if self._measured == 0 else (
             (1 - _EWMA) * self._mean_s + _EWMA * seconds)
         self._measured += 1
-        if self._measured >= _PROBE_CALLS:
+        if self._measured >= _PROBE_CALLS and not self.out_of_process:
             self.inline = self._mean_s < self._inline_below_s
             self.trivial = self.inline and self._mean_s < TRIVIAL_S
 
@@ -126,6 +126,9 @@ class InstancePool(Runtime):
             raise ValueError(f"an instance pool needs at least one instance, got {count}")
         if count == self.count:
             return
+        resize_inner = getattr(self.inner, "resize", None)
+        if resize_inner is not None:  # process instances: start or retire processes too
+            resize_inner(count)
         old, self._executor = self._executor, ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{self.name}")
         self.count = count
         old.shutdown(wait=False)

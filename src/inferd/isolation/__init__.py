@@ -1,0 +1,1 @@
+"""Running models in subprocesses: crash isolation for user code."""

@@ -1,0 +1,343 @@
+"""Process instances: a model whose executions each run in their own subprocess.
+
+A :class:`ProcessRuntime` is a Runtime like any other (pools and batchers wrap it), but each of its
+instances is a ``python -m inferd.isolation.worker`` process that loaded the model itself. A call
+checks out an idle instance, writes the tensors to shared memory and waits for the answer while
+watching the process: if it dies (segfault, ``os._exit``), answers later than
+``response_timeout_s``, or grows past ``memory_limit_mb`` of resident memory, that call fails with
+a ModelError saying which, and a fresh instance starts in the background. Nothing else notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import inferd
+from inferd import errors
+from inferd.errors import InferdError, ModelError, Unavailable
+from inferd.isolation.shm import Reader, Writer
+from inferd.runtimes.base import Arrays, LoadContext, Runtime
+
+log = logging.getLogger("inferd.isolation")
+
+LOAD_TIMEOUT_S = 600.0  # the longest an instance process may take to import and load its model
+_WATCH_S = 0.02  # how often a waiting call looks at the process (exit, memory, time)
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What an instance process loads, and the limits it runs under."""
+
+    backend: str
+    context: LoadContext
+    response_timeout_s: float
+    memory_limit_mb: int  # 0 = no limit
+
+
+class InstanceDied(Exception):
+    """The process is gone or was killed; ``reason`` says how, for the caller's error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InstanceProcess:
+    """One worker process and its two shared-memory buffers. Used by one call at a time."""
+
+    def __init__(self, spec: InstanceSpec, index: int) -> None:
+        self.spec = spec
+        self.index = index
+        self.metadata: dict[str, Any] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._inputs = Writer(f"{spec.context.name}-{index}-in")
+        self._outputs = Reader()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Spawn the process and wait until its model is loaded; raises with the reason if not."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        package_root = str(Path(inferd.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send(("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
+        try:
+            reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
+        except InstanceDied as exc:
+            raise ModelError(f"model '{self.spec.context.name}': instance process {exc.reason}") from None
+        if reply[0] == "failed":
+            self.stop()
+            raise ModelError(reply[1])
+        self.metadata = reply[1]
+
+    def call(self, arrays: Arrays) -> Arrays:
+        """Run one execution; raises InstanceDied if the process did not survive it."""
+        assert self._conn is not None
+        header, path = self._inputs.write(arrays)
+        try:
+            self._conn.send(("infer", header, path))
+        except OSError:
+            raise InstanceDied(self._exit_reason("before it could take this request")) from None
+        reply = self._wait(self.spec.response_timeout_s, "running this request")
+        if reply[0] == "ok":
+            _, out_header, out_path = reply
+            if out_path is not None:
+                self._outputs.attach(out_path)
+            return self._outputs.read(out_header, copy=True)
+        _, kind, message, fatal = reply
+        if fatal:
+            self.kill()
+            raise InstanceDied(f"failed and was stopped: {message}")
+        error = getattr(errors, kind, None)
+        if isinstance(error, type) and issubclass(error, InferdError):
+            raise error(message)
+        raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
+
+    def over_memory(self) -> int:
+        """Resident MiB if above the limit, else 0."""
+        if not self.spec.memory_limit_mb or self._process is None:
+            return 0
+        rss = _resident_mib(self._process.pid)
+        return rss if rss > self.spec.memory_limit_mb else 0
+
+    def _wait(self, timeout: float, doing: str) -> Any:
+        assert self._conn is not None and self._process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._conn.poll(_WATCH_S):
+                    return self._conn.recv()
+            except (EOFError, OSError):
+                raise InstanceDied(self._exit_reason(f"while {doing}")) from None
+            if self._process.poll() is not None:
+                raise InstanceDied(self._exit_reason(f"while {doing}"))
+            rss = self.over_memory()
+            if rss:
+                self.kill()
+                raise InstanceDied(f"used {rss} MiB of resident memory while {doing}, over its "
+                                   f"memory_limit_mb of {self.spec.memory_limit_mb}; it was killed")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise InstanceDied(f"did not answer within {timeout:g} s while {doing} "
+                                   "(response_timeout_s); it was killed")
+
+    def _exit_reason(self, when: str) -> str:
+        assert self._process is not None
+        try:
+            code = self._process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return f"stopped answering {when}; it was killed"
+        if code < 0:
+            return f"crashed {when} (killed by {signal.Signals(-code).name})"
+        return f"exited with code {code} {when}"
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the process to unload and leave; kill it if it does not within ``timeout``."""
+        if self._process is None:
+            return
+        if self._conn is not None and self._process.poll() is None:
+            try:
+                self._conn.send(("stop",))
+                self._process.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._inputs.close()
+        self._outputs.close()
+
+
+class ProcessRuntime(Runtime):
+    """``count`` instance processes of one model; ``infer`` runs a call on an idle one.
+
+    A dead instance is replaced in the background (with backoff while replacements fail); calls
+    wait for an idle instance meanwhile, unless none is running and the last start failed: then
+    they fail at once with that reason.
+    """
+
+    out_of_process = True
+
+    def __init__(self, spec: InstanceSpec, count: int) -> None:
+        self.spec = spec
+        self.name = f"{spec.context.name}:{spec.context.version}"
+        self._idle: queue.Queue[InstanceProcess] = queue.Queue()
+        self._lock = threading.Lock()
+        self._target = count
+        self._ready = 0  # started and alive: idle or running a call
+        self._starting = 0  # being started or restarted
+        self._next_index = 0
+        self._closed = False
+        self._start_failure = ""  # why the last start failed; "" once one succeeds
+        self.restarts = 0
+        first = self._new_instance()
+        first.start()  # in this thread: a model that cannot load fails its load, with the reason
+        self._adopt(first.metadata)
+        self._ready = 1
+        self._idle.put(first)
+        self._fill()
+
+    def _adopt(self, metadata: dict[str, Any]) -> None:
+        self.platform = metadata["platform"]
+        self.inputs, self.outputs = metadata["inputs"], metadata["outputs"]
+        self.max_batch_size = metadata["max_batch_size"]
+        self._description = metadata["describe"]
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        instance = self._checkout()
+        try:
+            outputs = instance.call(inputs)
+        except InstanceDied as exc:
+            log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
+                      instance.pid, exc.reason)
+            self._replace(instance)
+            raise ModelError(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+                             "failed and the instance is restarting (other requests are not affected)") from None
+        except BaseException:
+            self._give_back(instance)
+            raise
+        rss = instance.over_memory()
+        if rss:  # this answer is good, but the instance may not take another call
+            log.error("model %s instance %d uses %d MiB, over memory_limit_mb %d; restarting it",
+                      self.name, instance.index, rss, self.spec.memory_limit_mb)
+            self._replace(instance)
+        else:
+            self._give_back(instance)
+        return outputs
+
+    def _checkout(self) -> InstanceProcess:
+        while True:
+            if self._closed:
+                raise Unavailable(f"model '{self.name}' is unloading")
+            if self._ready == 0 and self._start_failure:
+                raise Unavailable(f"model '{self.name}' has no running instance: {self._start_failure}")
+            try:
+                return self._idle.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def _give_back(self, instance: InstanceProcess) -> None:
+        with self._lock:
+            retire = self._closed or self._ready > self._target
+            if retire:
+                self._ready -= 1
+        if retire:
+            threading.Thread(target=instance.stop, daemon=True).start()
+        else:
+            self._idle.put(instance)
+
+    def _replace(self, dead: InstanceProcess) -> None:
+        dead.kill()
+        with self._lock:
+            self._ready -= 1
+            self.restarts += 1
+        self._fill()
+
+    def _new_instance(self) -> InstanceProcess:
+        with self._lock:
+            index, self._next_index = self._next_index, self._next_index + 1
+        return InstanceProcess(self.spec, index)
+
+    def _fill(self) -> None:
+        """Start instances up to the target, each on its own thread; each joins once loaded."""
+        with self._lock:
+            missing = self._target - self._ready - self._starting
+            self._starting += max(missing, 0)
+        for _ in range(missing):
+            threading.Thread(target=self._start_one, name=f"inferd-start-{self.name}", daemon=True).start()
+
+    def _start_one(self) -> None:
+        pauses = iter(_RESTART_BACKOFF_S)
+        while not self._closed:
+            instance = self._new_instance()
+            try:
+                instance.start()
+            except ModelError as exc:
+                self._start_failure = exc.message
+                log.error("model %s: instance %d failed to start: %s", self.name, instance.index, exc.message)
+                time.sleep(next(pauses, _RESTART_BACKOFF_S[-1]))
+                continue
+            log.info("model %s instance %d running (pid %s)", self.name, instance.index, instance.pid)
+            with self._lock:
+                self._starting -= 1
+                self._ready += 1
+                self._start_failure = ""
+            self._give_back(instance)
+            return
+        with self._lock:
+            self._starting -= 1
+
+    def resize(self, count: int) -> None:
+        """Start or retire instances (busy ones retire when their call ends)."""
+        self._target = count
+        self._fill()
+        while self._ready > self._target:
+            try:
+                instance = self._idle.get_nowait()
+            except queue.Empty:
+                break  # the rest retire as they come back
+            with self._lock:
+                self._ready -= 1
+            threading.Thread(target=instance.stop, daemon=True).start()
+
+    @property
+    def count(self) -> int:
+        return self._target
+
+    def unload(self) -> None:
+        """Stop every idle instance; one still busy (or starting) stops when it comes back."""
+        self._closed = True
+        while True:
+            try:
+                instance = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._ready -= 1
+            instance.stop()
+
+    def describe(self) -> str:
+        return f"{self._description} in {self._target} process(es)"
+
+
+def _resident_mib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE // 2**20
+    except (OSError, ValueError, IndexError):
+        return 0

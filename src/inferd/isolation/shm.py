@@ -1,0 +1,131 @@
+"""Tensors between a server and its instance processes, through shared memory.
+
+Each direction has one growable buffer: a file in ``/dev/shm`` that its writer creates and maps,
+and its reader maps once and unlinks (so nothing is left behind, even when a process dies later).
+A call writes its arrays one after another, 64-byte aligned, and sends only a small header
+(name, dtype, shape, offset) over the pipe. BYTES tensors (numpy object arrays) have no flat
+buffer; they travel in the header, pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from inferd.runtimes.base import Arrays
+
+_ALIGN = 64
+_MIN_SIZE = 1 << 20
+
+# (name, dtype, shape, offset) for a flat array; (name, None, object array, 0) for BYTES
+Header = list[tuple[str, np.dtype | None, object, int]]
+
+
+def _shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _close(view: mmap.mmap | None) -> None:
+    if view is None:
+        return
+    with contextlib.suppress(BufferError):  # a model kept an array that views it: it goes with it
+        view.close()
+
+
+class Writer:
+    """The writing end: owns the file, grows it (as a new file) when a call needs more room."""
+
+    def __init__(self, tag: str) -> None:
+        self._tag = tag
+        self.path: str | None = None
+        self._map: mmap.mmap | None = None
+        self.size = 0
+
+    def write(self, arrays: Arrays) -> tuple[Header, str | None]:
+        """Put ``arrays`` in the buffer; returns their header and the new file's path if it grew."""
+        needed = sum(_aligned(a.nbytes) for a in arrays.values() if a.dtype != object)
+        grown = None
+        if needed > self.size:
+            grown = self._grow(max(needed, 2 * self.size, _MIN_SIZE))
+        header: Header = []
+        offset = 0
+        for name, array in arrays.items():
+            if array.dtype == object:
+                header.append((name, None, array, 0))
+                continue
+            size = array.nbytes
+            header.append((name, array.dtype, array.shape, offset))
+            if size == 0:
+                continue
+            assert self._map is not None
+            target = np.ndarray(array.shape, array.dtype, self._map, offset)
+            target[...] = array
+            offset += _aligned(size)
+            del target
+        return header, grown
+
+    def _grow(self, size: int) -> str:
+        self.close()
+        path = os.path.join(_shm_dir(), f"inferd-{os.getpid()}-{self._tag}-{uuid.uuid4().hex[:8]}")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.path, self.size = path, size
+        return path
+
+    def close(self) -> None:
+        """Unmap; unlink the file too, in case the reader never got to it."""
+        _close(self._map)
+        self._map = None
+        if self.path is not None:
+            Path(self.path).unlink(missing_ok=True)
+            self.path = None
+        self.size = 0
+
+
+class Reader:
+    """The reading end: maps the writer's file when told its path, then unlinks it."""
+
+    def __init__(self) -> None:
+        self._map: mmap.mmap | None = None
+
+    def attach(self, path: str) -> None:
+        _close(self._map)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        Path(path).unlink(missing_ok=True)
+
+    def read(self, header: Header, copy: bool) -> Arrays:
+        """The arrays a header describes: views of the buffer, or copies (``copy``) that outlive
+        the next call."""
+        arrays: Arrays = {}
+        for name, dtype, shape_or_array, offset in header:
+            if dtype is None:
+                arrays[name] = shape_or_array  # type: ignore[assignment]
+                continue
+            if 0 in shape_or_array:  # type: ignore[operator]
+                arrays[name] = np.empty(shape_or_array, dtype)  # type: ignore[call-overload]
+                continue
+            view = np.ndarray(shape_or_array, dtype, self._map, offset)  # type: ignore[arg-type]
+            arrays[name] = view.copy() if copy else view
+        return arrays
+
+    def close(self) -> None:
+        _close(self._map)
+        self._map = None

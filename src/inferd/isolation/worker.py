@@ -1,0 +1,120 @@
+"""An instance process: ``python -m inferd.isolation.worker FD`` loads one model and runs its calls.
+
+The server sends, over the socket FD, the model to load, then one message per call. Whatever the
+model does to this process (segfault, ``os._exit``, hang, runaway memory), the server only loses
+this instance: it answers the call with an error and starts a new one.
+
+Messages in (pickled): ``("load", backend, LoadContext, memory_limit_mb)``, then
+``("infer", header, input_path | None)`` and ``("stop",)``. Out: ``("ready", metadata)`` or
+``("failed", reason)``; per call ``("ok", header, output_path | None)`` or
+``("error", type name, message, fatal)``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from inferd.errors import InferdError
+from inferd.isolation.shm import Reader, Writer
+from inferd.runtimes.base import LoadContext, Runtime
+
+_PARENT_CHECK_S = 1.0
+
+
+def main(fd: int) -> None:
+    faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle, then ours
+    _exit_with_parent(os.getppid())
+    conn = Connection(fd)
+    try:
+        _, backend, context, memory_limit_mb = conn.recv()
+        runtime = _load(conn, backend, context)
+        if runtime is None:
+            return
+        if memory_limit_mb:
+            _cap_address_space(memory_limit_mb)
+        _serve(conn, runtime)
+    except (EOFError, OSError):  # the server closed our socket: it is gone or stopping us
+        pass
+
+
+def _load(conn: Connection, backend: str, context: LoadContext) -> Runtime | None:
+    from inferd.repository.loader import load_runtime
+
+    try:
+        runtime = load_runtime(backend, context)
+        runtime.warmup()
+    except Exception as exc:
+        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("failed", message))
+        return None
+    conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
+                         "max_batch_size": runtime.max_batch_size, "describe": runtime.describe()}))
+    return runtime
+
+
+def _serve(conn: Connection, runtime: Runtime) -> None:
+    inputs, outputs = Reader(), Writer("out")
+    try:
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                runtime.unload()
+                return
+            _, header, path = message
+            if path is not None:
+                inputs.attach(path)
+            conn.send(_call(runtime, inputs.read(header, copy=False), outputs))
+    finally:
+        outputs.close()
+
+
+def _call(runtime: Runtime, arrays: Any, outputs: Writer) -> tuple[Any, ...]:
+    try:
+        result = runtime.infer(arrays)
+    except MemoryError as exc:  # this process is spent: say so and let the server start another
+        return ("error", "MemoryError", f"ran out of memory: {exc}", True)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+        return ("error", type(exc).__name__, message, False)
+    finally:
+        del arrays
+    header, path = outputs.write(result)
+    return ("ok", header, path)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Leave when the server does, even if the model never returns to read the socket."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK_S)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="inferd-parent-watch", daemon=True).start()
+
+
+def _cap_address_space(memory_limit_mb: int) -> None:
+    """A backstop for allocations faster than the server's watch: address space beyond what the
+    loaded model uses plus twice the limit fails with MemoryError (then the instance restarts)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as statm:
+            virtual = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        cap = virtual + 2 * memory_limit_mb * 2**20 + 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    except (OSError, ValueError, ImportError):  # not Linux: the server's RSS watch still applies
+        pass
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -1,0 +1,171 @@
+"""``GET /openapi.json``: an OpenAPI 3.0 description of every HTTP route inferd serves.
+
+Written by hand from the routes (KServe v2, TF Serving REST, TorchServe, /metrics); the test suite
+runs schemathesis against a live server with it, so a route that answers a status or shape this
+document does not declare fails CI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import inferd
+from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
+
+JSON = "application/json"
+_STRING = {"type": "string"}
+_V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": _STRING}}
+_TS_ERROR = {"type": "object", "required": ["code", "type", "message"],
+             "properties": {"code": {"type": "integer"}, "type": _STRING, "message": _STRING}}
+_ERRORS = {400: "bad request: what was expected and what came", 401: "missing or wrong bearer token",
+           403: "the operation is switched off", 404: "unknown model, version or label",
+           413: "body or tensor above a limit", 500: "the model failed while running the request",
+           503: "not ready, queue full or draining", 504: "the request's deadline passed"}
+
+_TENSOR_META = {"type": "object", "required": ["name", "datatype", "shape"],
+                "properties": {"name": _STRING, "datatype": _STRING,
+                               "shape": {"type": "array", "items": {"type": "integer"}}}}
+_V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"],
+              "properties": {"name": _STRING, "shape": {"type": "array", "items": {"type": "integer"}},
+                             "datatype": _STRING, "parameters": {"type": "object"}, "data": {}}}
+_V2_INFER_REQUEST = {
+    "type": "object", "required": ["inputs"],
+    "properties": {"id": _STRING, "parameters": {"type": "object"},
+                   "inputs": {"type": "array", "items": _V2_TENSOR},
+                   "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                                           "properties": {"name": _STRING,
+                                                                          "parameters": {"type": "object"}}}}},
+}
+_V2_INFER_RESPONSE = {
+    "type": "object", "required": ["model_name", "outputs"],
+    "properties": {"model_name": _STRING, "model_version": _STRING, "id": _STRING,
+                   "parameters": {"type": "object"}, "outputs": {"type": "array", "items": _V2_TENSOR}},
+}
+_MODEL_METADATA = {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                   "properties": {"name": _STRING, "versions": {"type": "array", "items": _STRING},
+                                  "platform": _STRING, "inputs": {"type": "array", "items": _TENSOR_META},
+                                  "outputs": {"type": "array", "items": _TENSOR_META}}}
+_INDEX = {"type": "array", "items": {"type": "object", "required": ["name", "state"],
+                                     "properties": {"name": _STRING, "version": _STRING, "state": _STRING,
+                                                    "reason": _STRING}}}
+_TF_STATUS = {"type": "object", "required": ["model_version_status"],
+              "properties": {"model_version_status": {"type": "array", "items": {"type": "object"}}}}
+_TF_PREDICT = {"type": "object", "properties": {"signature_name": _STRING, "instances": {}, "inputs": {}}}
+_TF_ANSWER = {"type": "object", "properties": {"predictions": {}, "outputs": {}}}
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": _STRING}}
+
+
+def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "schema": schema or _STRING}
+
+
+def _op(summary: str, ok: dict[str, Any] | None, errors: tuple[int, ...], *, error_schema: dict[str, Any] = _V2_ERROR,
+        body: dict[str, Any] | None = None, params: tuple[str, ...] = (),
+        query: tuple[dict[str, Any], ...] = (), ok_type: str = JSON) -> dict[str, Any]:
+    """One operation: ``ok`` is the 200 body's schema (None: an empty 200)."""
+    responses: dict[str, Any] = {"200": {"description": "OK"}}
+    if ok is not None:
+        responses["200"]["content"] = {ok_type: {"schema": ok}}
+    for code in errors:
+        responses[str(code)] = {"description": _ERRORS[code], "content": {JSON: {"schema": error_schema}}}
+    operation: dict[str, Any] = {"summary": summary, "responses": responses,
+                                 "parameters": [_param(p) for p in params] + list(query)}
+    if body is not None:
+        operation["requestBody"] = {"required": False, "content": body}
+    return operation
+
+
+def _v2_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": _op("server is live", None, (503,))},
+        "/v2/health/ready": {"get": _op("every model that should load has loaded", None, (503,))},
+        "/v2": {"get": _op("server metadata", {"type": "object", "required": ["name", "version", "extensions"]}, ())},
+        "/v2/repository/index": {"post": _op(
+            "the repository's models, versions and states", _INDEX, (400,),
+            body={JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}})},
+    }
+    for action in ("load", "unload"):
+        paths[f"/v2/repository/models/{{model}}/{action}"] = {"post": _op(
+            f"{action} a model (model control explicit or poll)", None, (400, 401, 403, 404, 503), params=("model",))}
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    for prefix, params in (("/v2/models/{model}", ("model",)),
+                           ("/v2/models/{model}/versions/{version}", ("model", "version"))):
+        paths[prefix] = {"get": _op("model metadata", _MODEL_METADATA, (404, 503), params=params)}
+        paths[prefix + "/ready"] = {"get": _op("model is ready", None, (404, 503), params=params)}
+        paths[prefix + "/infer"] = {"post": _op(
+            "run the model (JSON, or the binary-data extension)", _V2_INFER_RESPONSE,
+            (400, 401, 404, 413, 500, 503, 504), params=params,
+            body={JSON: {"schema": _V2_INFER_REQUEST}, **binary})}
+    return paths
+
+
+def _tfserving_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for prefix, params in (("/v1/models/{model}", ("model",)),
+                           ("/v1/models/{model}/versions/{version}", ("model", "version")),
+                           ("/v1/models/{model}/labels/{label}", ("model", "label"))):
+        paths[prefix] = {"get": _op("TF Serving model status", _TF_STATUS, (400, 404), params=params)}
+        paths[prefix + "/metadata"] = {"get": _op("TF Serving model metadata", {"type": "object"}, (400, 404, 503),
+                                                  params=params)}
+        paths[prefix + ":predict"] = {"post": _op(
+            "TF Serving predict (row `instances` or columnar `inputs`)", _TF_ANSWER,
+            (400, 401, 404, 413, 500, 503, 504), params=params, body={JSON: {"schema": _TF_PREDICT}})}
+    return paths
+
+
+def _torchserve_paths() -> dict[str, Any]:
+    ts = {"error_schema": _TS_ERROR}
+    any_body = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+    answer = {"description": "the handler's answer, in its own content type",
+              "content": {"*/*": {"schema": {}}}}
+    workers = (_param("min_worker", "query", {"type": "integer"}), _param("max_worker", "query", {"type": "integer"}))
+    paths: dict[str, Any] = {
+        "/ping": {"get": _op("TorchServe health", _STATUS, (500,), **ts)},
+        "/models": {
+            "get": _op("TorchServe: registered models", {"type": "object", "required": ["models"]}, (400,), **ts),
+            "post": _op("TorchServe: register an archive from the model store", _STATUS,
+                        (400, 401, 403, 404, 503), query=(_param("url", "query"), _param("model_name", "query"),
+                                                          _param("initial_workers", "query", {"type": "integer"})),
+                        **ts),
+        },
+    }
+    predictions = (("/predictions/{model}", ("model",)), ("/predictions/{model}/{version}", ("model", "version")))
+    for path, params in predictions:
+        operation = _op("TorchServe inference: the raw body goes to the handler", {},
+                        (400, 401, 404, 413, 500, 503, 504), params=params, body=any_body, **ts)
+        operation["responses"]["200"] = answer
+        paths[path] = {"post": operation}
+    for path, params in (("/models/{model}", ("model",)), ("/models/{model}/{version}", ("model", "version"))):
+        paths[path] = {
+            "get": _op("TorchServe: describe a model", {"type": "array", "items": {"type": "object"}}, (404,),
+                       params=params, **ts),
+            "put": _op("TorchServe: scale workers", _STATUS, (400, 401, 403, 404), params=params, query=workers, **ts),
+            "delete": _op("TorchServe: unregister", _STATUS, (400, 401, 403, 404), params=params, **ts),
+        }
+    paths["/models/{model}/{version}/set-default"] = {"put": _op(
+        "TorchServe: set the default version", _STATUS, (401, 403, 404), params=("model", "version"), **ts)}
+    return paths
+
+
+def document() -> dict[str, Any]:
+    metrics = _op("Prometheus metrics", {"type": "string"}, (404,), ok_type="text/plain")
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "inferd", "version": inferd.__version__,
+                 "description": "KServe v2, TF Serving REST and TorchServe inference and management APIs, "
+                                "on one port. Errors carry what was expected and what came."},
+        "paths": {**_v2_paths(), **_tfserving_paths(), **_torchserve_paths(), "/metrics": {"get": metrics}},
+    }
+
+
+class OpenApiRoutes:
+    """``/openapi.json``."""
+
+    def __init__(self) -> None:
+        self._document = json_response(document())
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/openapi.json", self.openapi)
+
+    async def openapi(self, request: HttpRequest) -> HttpResponse:
+        return self._document

@@ -1,0 +1,255 @@
+"""Crash isolation: Python models run in instance processes; a model that segfaults, exits, hangs or
+eats memory fails only its own request, is restarted, and nothing else notices."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import serve
+from tests.models import write
+from tests.ts_archives import archive
+
+CRASHY = '''
+import ctypes
+import os
+import time
+
+import numpy as np
+
+
+class Model:
+    def infer(self, inputs):
+        mode = int(inputs["mode"].reshape(-1)[0])
+        if mode == 1:
+            ctypes.string_at(0)  # segfault
+        elif mode == 2:
+            os._exit(1)
+        elif mode == 3:
+            time.sleep(3600)
+        elif mode == 4:
+            hoard = []
+            while True:
+                hoard.append(np.ones(2**22))  # 32 MiB a step, every page touched
+        elif mode == 5:
+            raise ValueError("mode 5 is refused")
+        return {"pid": np.array([os.getpid()], dtype=np.int64), "echo": inputs["x"] * 2}
+'''
+
+CRASHY_CONFIG = """
+backend = "python"
+[instance_group]
+count = 2
+response_timeout_s = 3
+memory_limit_mb = 400
+[[input]]
+name = "mode"
+datatype = "INT32"
+shape = [1]
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "pid"
+datatype = "INT64"
+shape = [1]
+[[output]]
+name = "echo"
+datatype = "FP32"
+shape = [-1]
+"""
+
+STEADY = '''
+import numpy as np
+
+
+class Model:
+    def infer(self, inputs):
+        return {"y": inputs["x"] + 1}
+'''
+
+STEADY_CONFIG = """
+[instance_group]
+kind = "cpu"
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+"""
+
+
+def body(mode: int, x: list[float] | None = None) -> dict:
+    x = x if x is not None else [1.0, 2.0]
+    return {"inputs": [{"name": "mode", "shape": [1], "datatype": "INT32", "data": [mode]},
+                       {"name": "x", "shape": [len(x)], "datatype": "FP32", "data": x}]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("isolation")
+    write(root / "crashy" / "1" / "model.py", CRASHY)
+    write(root / "crashy" / "config.toml", CRASHY_CONFIG)
+    write(root / "steady" / "1" / "model.py", STEADY)
+    write(root / "steady" / "config.toml", STEADY_CONFIG)
+    with serve(root) as running:
+        yield running
+
+
+def infer(server, model: str, payload: dict, timeout: float = 30.0) -> requests.Response:
+    return requests.post(f"{server.base}/v2/models/{model}/infer", json=payload, timeout=timeout)
+
+
+def pid_of(response: requests.Response) -> int:
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    return outputs["pid"]["data"][0]
+
+
+def steady_answers(server) -> None:
+    response = infer(server, "steady", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [2.0]
+
+
+def crashy_recovers(server, seconds: float = 60.0) -> set[int]:
+    """Wait until both instances answer again; their pids."""
+    deadline = time.monotonic() + seconds
+    pids: set[int] = set()
+    while len(pids) < 2:
+        assert time.monotonic() < deadline, "the crashed instance did not come back"
+        response = infer(server, "crashy", body(0))
+        pids.add(pid_of(response))
+        time.sleep(0.05)
+    return pids
+
+
+def test_python_models_run_in_their_own_processes(server) -> None:
+    pids = crashy_recovers(server)
+    assert server.process.pid not in pids
+    response = infer(server, "crashy", body(0, [1.5, -2.0, 3.0]))
+    echo = {o["name"]: o for o in response.json()["outputs"]}["echo"]
+    assert echo["data"] == [3.0, -4.0, 6.0]
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    (1, "crashed while running this request (killed by SIGSEGV)"),
+    (2, "exited with code 1 while running this request"),
+    (3, "did not answer within 3 s while running this request (response_timeout_s); it was killed"),
+    (4, "over its memory_limit_mb of 400"),
+])
+def test_a_dying_instance_fails_only_its_request(server, mode: int, says: str) -> None:
+    before = crashy_recovers(server)
+    outcomes: list[int] = []
+
+    def others() -> None:  # the other model and the other instance keep answering meanwhile
+        for _ in range(20):
+            steady_answers(server)
+            outcomes.append(infer(server, "crashy", body(0)).status_code)
+            time.sleep(0.05)
+
+    other = threading.Thread(target=others)
+    other.start()
+    response = infer(server, "crashy", body(mode))
+    other.join()
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert says in error, error
+    assert "the instance is restarting" in error
+    # the other instance took the rest: nothing else failed while one instance died
+    assert outcomes == [200] * 20
+    after = crashy_recovers(server)
+    assert len(after - before) == 1, "exactly the dead instance was replaced"
+    steady_answers(server)
+    health = requests.get(f"{server.base}/v2/models/crashy/ready", timeout=5)
+    assert health.status_code == 200
+
+
+def test_a_model_exception_is_a_500_and_keeps_the_instance(server) -> None:
+    before = crashy_recovers(server)
+    response = infer(server, "crashy", body(5))
+    assert response.status_code == 500
+    assert "ValueError: mode 5 is refused" in response.json()["error"]
+    assert crashy_recovers(server) == before
+
+
+def test_large_tensors_cross_through_shared_memory(server) -> None:
+    x = np.random.default_rng(0).standard_normal(2_000_000).astype(np.float32)
+    payload = {"inputs": [{"name": "mode", "shape": [1], "datatype": "INT32", "data": [0]},
+                          {"name": "x", "shape": [x.size], "datatype": "FP32", "data": x.tolist()}]}
+    response = infer(server, "crashy", payload, timeout=120)
+    echo = {o["name"]: o for o in response.json()["outputs"]}["echo"]
+    np.testing.assert_array_equal(np.asarray(echo["data"], dtype=np.float32), x * 2)
+    leftovers = [p for p in os.listdir("/dev/shm") if p.startswith(f"inferd-{server.process.pid}-")] \
+        if os.path.isdir("/dev/shm") else []
+    assert leftovers == [], "shared-memory files are unlinked once both sides mapped them"
+
+
+def test_a_model_that_cannot_load_in_its_process_is_unavailable_with_the_reason(tmp_path: Path) -> None:
+    write(tmp_path / "broken" / "1" / "model.py", "raise RuntimeError('no weights here')\n")
+    write(tmp_path / "broken" / "config.toml", STEADY_CONFIG.replace('kind = "cpu"', ""))
+    write(tmp_path / "steady" / "1" / "model.py", STEADY)
+    write(tmp_path / "steady" / "config.toml", STEADY_CONFIG)
+    with serve(tmp_path) as running:
+        ready = requests.get(f"{running.base}/v2/models/broken/ready", timeout=5)
+        assert ready.status_code == 503
+        index = requests.post(f"{running.base}/v2/repository/index", json={}, timeout=5).json()
+        reason = next(m["reason"] for m in index if m["name"] == "broken")
+        assert "RuntimeError: no weights here" in reason, reason
+        steady_answers(running)
+
+
+SEGFAULT_HANDLER = '''
+import ctypes
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Handler(BaseHandler):
+    def initialize(self, context):
+        self.initialized = True
+
+    def handle(self, data, context):
+        answers = []
+        for row in data:
+            raw = row.get("body") or row.get("data")
+            if raw == b"crash":
+                ctypes.string_at(0)
+            answers.append(raw.decode().upper())
+        return answers
+'''
+
+
+def test_a_torchserve_handler_that_segfaults_is_isolated(tmp_path: Path) -> None:
+    handler = tmp_path / "work" / "crash_handler.py"
+    write(handler, SEGFAULT_HANDLER)
+    store = tmp_path / "store"
+    store.mkdir()
+    weights = tmp_path / "work" / "weights.bin"
+    weights.write_bytes(b"unused")
+    archive(store, "shouty", weights, str(handler))
+    with serve(None, "--model-store", str(store), "--models", "all") as running:
+        url = f"{running.base}/predictions/shouty"
+        assert requests.post(url, data=b"hello", timeout=30).text == "HELLO"
+        crashed = requests.post(url, data=b"crash", timeout=30)
+        assert crashed.status_code == 500
+        assert "SIGSEGV" in crashed.json()["message"]
+        deadline = time.monotonic() + 60
+        while True:  # the one instance restarts; then the model answers again
+            answer = requests.post(url, data=b"again", timeout=30)
+            if answer.status_code == 200:
+                break
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        assert answer.text == "AGAIN"
+        assert requests.get(f"{running.base}/ping", timeout=5).json() == {"status": "Healthy"}

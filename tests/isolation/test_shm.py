@@ -1,0 +1,66 @@
+"""The shared-memory exchange: what one side writes the other reads back exactly, and no file stays."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from inferd.isolation.shm import Reader, Writer
+from inferd.types import bfloat16
+
+
+def round_trip(writer: Writer, reader: Reader, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    header, path = writer.write(arrays)
+    if path is not None:
+        reader.attach(path)
+        assert not os.path.exists(path), "the reader unlinks the file once mapped"
+    return reader.read(header, copy=True)
+
+
+def test_every_kind_of_array_comes_back_equal() -> None:
+    writer, reader = Writer("test"), Reader()
+    arrays = {
+        "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "i8": np.array([-1, 2, 3], dtype=np.int8),
+        "empty": np.zeros((0, 5), dtype=np.float64),
+        "bool": np.array([True, False]),
+        "bf16": np.array([1.5, -2.0], dtype=bfloat16()),
+        "strided": np.arange(20, dtype=np.int64)[::3],
+        "bytes": np.array([b"a", b"\x00bc"], dtype=object),
+    }
+    try:
+        back = round_trip(writer, reader, arrays)
+        assert list(back) == list(arrays)
+        for name, array in arrays.items():
+            assert back[name].dtype == array.dtype, name
+            assert back[name].shape == array.shape, name
+            np.testing.assert_array_equal(back[name], array)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_the_buffer_grows_for_a_bigger_call_and_copies_survive_the_next_call() -> None:
+    writer, reader = Writer("test"), Reader()
+    try:
+        small = round_trip(writer, reader, {"x": np.ones(10, dtype=np.float32)})
+        first_size = writer.size
+        big = np.random.default_rng(1).standard_normal(3 * first_size // 8)
+        back = round_trip(writer, reader, {"x": big})
+        assert writer.size >= big.nbytes > first_size
+        np.testing.assert_array_equal(back["x"], big)
+        round_trip(writer, reader, {"x": np.zeros(10, dtype=np.float32)})
+        np.testing.assert_array_equal(small["x"], np.ones(10, dtype=np.float32))
+        np.testing.assert_array_equal(back["x"], big)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_closing_the_writer_removes_a_file_nobody_attached() -> None:
+    writer = Writer("test")
+    _, path = writer.write({"x": np.ones(4)})
+    assert path is not None and os.path.exists(path)
+    writer.close()
+    assert not os.path.exists(path)
