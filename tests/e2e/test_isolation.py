@@ -173,6 +173,15 @@ def test_a_dying_instance_fails_only_its_request(server, mode: int, says: str) -
     steady_answers(server)
     health = requests.get(f"{server.base}/v2/models/crashy/ready", timeout=5)
     assert health.status_code == 200
+    assert restarts(server) >= mode  # one per crash so far (the modes run in order)
+
+
+def restarts(server) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{server.base}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "inferd_instance_restarts_total" and s.labels["model"] == "crashy")
 
 
 def test_a_model_exception_is_a_500_and_keeps_the_instance(server) -> None:
@@ -253,3 +262,32 @@ def test_a_torchserve_handler_that_segfaults_is_isolated(tmp_path: Path) -> None
             time.sleep(0.1)
         assert answer.text == "AGAIN"
         assert requests.get(f"{running.base}/ping", timeout=5).json() == {"status": "Healthy"}
+
+
+def test_any_model_may_run_in_processes_with_batching(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from tests.models import mlp, run_mlp
+
+    (tmp_path / "mlp/1").mkdir(parents=True)
+    torch.onnx.export(mlp(), (torch.randn(2, 8),), str(tmp_path / "mlp/1/model.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    write(tmp_path / "mlp/config.toml", "max_batch_size = 16\n[dynamic_batching]\nmax_queue_delay_ms = 2\n"
+          '[instance_group]\nkind = "process"\ncount = 2\n')
+    rows = np.random.default_rng(3).standard_normal((48, 8)).astype(np.float32)
+
+    def one(i: int) -> list[float]:
+        payload = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": rows[i].tolist()}]}
+        response = infer(running, "mlp", payload)
+        assert response.status_code == 200, response.text
+        return response.json()["outputs"][0]["data"]
+
+    with serve(tmp_path) as running, ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, range(len(rows))))
+        described = requests.get(f"{running.base}/v2/models/mlp", timeout=5).json()
+        log = running.log()
+    np.testing.assert_allclose(np.asarray(answers), run_mlp(rows), rtol=1e-5, atol=1e-5)
+    assert described["platform"] == "onnxruntime_onnx"
+    assert "in 2 process(es)" in log

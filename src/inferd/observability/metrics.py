@@ -62,6 +62,7 @@ class ModelMetrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.queue_depth: Callable[[], float] = lambda: 0
         self.busy: Callable[[], float] = lambda: 0
+        self.restarts: Callable[[], float] = lambda: 0  # instance processes replaced after dying
 
     def request(self, protocol: str, outcome: str, total: float, queue: float, compute: float) -> None:
         key = (protocol, outcome)
@@ -109,6 +110,12 @@ class _Collector(Collector):
         yield _gauges("inferd_queue_depth", "Requests waiting for an instance", models,
                       lambda m: m.queue_depth())
         yield _gauges("inferd_instances_busy", "Executions running now", models, lambda m: m.busy())
+        restarts = CounterMetricFamily("inferd_instance_restarts",
+                                       "Instance processes replaced after they crashed, exited, hung or "
+                                       "outgrew their memory limit", labels=["model", "version"])
+        for m in models:
+            restarts.add_metric(list(m.labels), m.restarts())
+        yield restarts
         states = GaugeMetricFamily("inferd_model_state", "1 for the state each model version is in",
                                    labels=["model", "version", "state"])
         for model, version, state in self._metrics.state_rows():

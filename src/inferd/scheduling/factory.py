@@ -15,6 +15,8 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
     max_queue = batching.max_queue_size if batching else 1024
     observe_batch = metrics.batch if metrics is not None and batching is None else None
     on_unload = metrics.close if metrics is not None else None
+    if metrics is not None and hasattr(runtime, "restarts"):  # process instances
+        metrics.restarts = lambda: float(runtime.restarts)  # type: ignore[attr-defined]
     pool = InstancePool(runtime, config.instance_group.count, f"{name}:{version}", max_queue,
                         observe_batch, on_unload)
     if batching is None:
