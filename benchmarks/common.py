@@ -66,6 +66,14 @@ def bodies(out: Path, name: str, dim: int, tensors: tuple[str, str] = ("input", 
     return json_path, bin_path, len(header)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start_inferd(root: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(root),

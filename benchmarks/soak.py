@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from common import free_port
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples" / "models"
@@ -67,14 +68,6 @@ def resident_mib(root_pid: int) -> tuple[float, int]:
         family.update(children)
         frontier.extend(children)
     return round(sum(rss.get(pid, 0) for pid in family) / 2**20, 1), len(family)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Traffic:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -27,13 +28,13 @@ from typing import Any
 import inferd
 from inferd import errors
 from inferd.errors import InferdError, ModelError, Unavailable
-from inferd.isolation.shm import Reader, Writer
+from inferd.isolation.shm import Reader, Writer, receive, send
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
 
 log = logging.getLogger("inferd.isolation")
 
 LOAD_TIMEOUT_S = 600.0  # the longest an instance process may take to import and load its model
-_WATCH_S = 0.02  # how often a waiting call looks at the process (exit, memory, time)
+_WATCH_MS = 20  # how often a waiting call looks at the process (exit, memory, time)
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -85,7 +86,9 @@ class InstanceProcess:
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send(("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
+        self._poller = select.poll()
+        self._poller.register(self._conn.fileno(), select.POLLIN)
+        send(self._conn, ("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
         try:
             reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
         except InstanceDied as exc:
@@ -100,7 +103,7 @@ class InstanceProcess:
         assert self._conn is not None
         header, path = self._inputs.write(arrays)
         try:
-            self._conn.send(("infer", header, path))
+            send(self._conn, ("infer", header, path))
         except OSError:
             raise InstanceDied(self._exit_reason("before it could take this request")) from None
         reply = self._wait(self.spec.response_timeout_s, "running this request")
@@ -130,8 +133,8 @@ class InstanceProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self._conn.poll(_WATCH_S):
-                    return self._conn.recv()
+                if self._poller.poll(_WATCH_MS):
+                    return receive(self._conn)
             except (EOFError, OSError):
                 raise InstanceDied(self._exit_reason(f"while {doing}")) from None
             if self._process.poll() is not None:
@@ -169,7 +172,7 @@ class InstanceProcess:
             return
         if self._conn is not None and self._process.poll() is None:
             try:
-                self._conn.send(("stop",))
+                send(self._conn, ("stop",))
                 self._process.wait(timeout=timeout)
             except (OSError, subprocess.TimeoutExpired):
                 pass

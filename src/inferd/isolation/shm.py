@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import pickle
 import tempfile
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +28,15 @@ _MIN_SIZE = 1 << 20
 
 # (name, dtype, shape, offset) for a flat array; (name, None, object array, 0) for BYTES
 Header = list[tuple[str, np.dtype | None, object, int]]
+
+
+def send(conn: Connection, message: tuple[Any, ...]) -> None:
+    """One message on the pipe: plain pickle (multiprocessing's own pickler costs more per call)."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _shm_dir() -> str:

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from inferd.errors import InferdError
-from inferd.isolation.shm import Reader, Writer
+from inferd.isolation.shm import Reader, Writer, receive, send
 from inferd.runtimes.base import LoadContext, Runtime
 
 _PARENT_CHECK_S = 1.0
@@ -34,7 +34,7 @@ def main(fd: int) -> None:
     _exit_with_parent(os.getppid())
     conn = Connection(fd)
     try:
-        _, backend, context, memory_limit_mb = conn.recv()
+        _, backend, context, memory_limit_mb = receive(conn)
         runtime = _load(conn, backend, context)
         if runtime is None:
             return
@@ -53,9 +53,9 @@ def _load(conn: Connection, backend: str, context: LoadContext) -> Runtime | Non
         runtime.warmup()
     except Exception as exc:
         message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        conn.send(("failed", message))
+        send(conn, ("failed", message))
         return None
-    conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
+    send(conn, ("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe()}))
     return runtime
 
@@ -64,14 +64,14 @@ def _serve(conn: Connection, runtime: Runtime) -> None:
     inputs, outputs = Reader(), Writer("out")
     try:
         while True:
-            message = conn.recv()
+            message = receive(conn)
             if message[0] == "stop":
                 runtime.unload()
                 return
             _, header, path = message
             if path is not None:
                 inputs.attach(path)
-            conn.send(_call(runtime, inputs.read(header, copy=False), outputs))
+            send(conn, _call(runtime, inputs.read(header, copy=False), outputs))
     finally:
         outputs.close()
 
