@@ -262,6 +262,15 @@ def test_a_torchserve_handler_that_segfaults_is_isolated(tmp_path: Path) -> None
             time.sleep(0.1)
         assert answer.text == "AGAIN"
         assert requests.get(f"{running.base}/ping", timeout=5).json() == {"status": "Healthy"}
+    # each instance unpacked the archive into its own scratch folder; none outlives its process,
+    # not even the one killed by the segfault
+    import glob
+    import tempfile
+
+    deadline = time.monotonic() + 10
+    while glob.glob(os.path.join(tempfile.gettempdir(), "inferd-shouty-*")):
+        assert time.monotonic() < deadline, glob.glob(os.path.join(tempfile.gettempdir(), "inferd-shouty-*"))
+        time.sleep(0.1)
 
 
 def test_any_model_may_run_in_processes_with_batching(tmp_path: Path) -> None:

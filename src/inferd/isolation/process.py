@@ -14,10 +14,12 @@ import logging
 import os
 import queue
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ class InstanceProcess:
         self._conn: Connection | None = None
         self._inputs = Writer(f"{spec.context.name}-{index}-in")
         self._outputs = Reader()
+        self._scratch: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -77,6 +80,9 @@ class InstanceProcess:
         """Spawn the process and wait until its model is loaded; raises with the reason if not."""
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
+        # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
+        self._scratch = tempfile.mkdtemp(prefix=f"inferd-{self.spec.context.name}-{self.index}-")
+        env["TMPDIR"] = self._scratch
         package_root = str(Path(inferd.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         try:
@@ -184,6 +190,9 @@ class InstanceProcess:
             self._conn = None
         self._inputs.close()
         self._outputs.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 class ProcessRuntime(Runtime):

@@ -30,7 +30,10 @@ _PARENT_CHECK_S = 1.0
 
 def main(fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle, then ours
+    # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
+    # requests this instance runs, then stops it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(os.getppid())
     conn = Connection(fd)
     try:
