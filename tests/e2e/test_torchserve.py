@@ -4,6 +4,7 @@ and TorchServe's management API."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,6 +160,7 @@ def test_scaling_workers_under_load_fails_no_request(server: RunningServer) -> N
             assert response.json()["status"] == f"Workers scaled to {workers} for model: doubler"
             described = requests.get(f"{base}/models/doubler", timeout=5).json()[0]
             assert described["minWorkers"] == workers
+            time.sleep(0.5)  # instance processes start and retire while the load goes on
         stop = True
         codes = [code for future in futures for code in future.result()]
     assert len(codes) > 50
