@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+LEAK = []
+
 
 class Model:
     def infer(self, inputs):
@@ -39,6 +41,8 @@ class Model:
                 hoard.append(np.ones(2**22))  # 32 MiB a step, every page touched
         elif mode == 5:
             raise ValueError("mode 5 is refused")
+        elif mode == 6:  # a slow leak: 120 MiB kept per call
+            LEAK.append(np.ones(15 * 2**20))
         return {"pid": np.array([os.getpid()], dtype=np.int64), "echo": inputs["x"] * 2}
 '''
 
@@ -182,6 +186,20 @@ def restarts(server) -> float:
     text = requests.get(f"{server.base}/metrics", timeout=10).text
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
                if s.name == "inferd_instance_restarts_total" and s.labels["model"] == "crashy")
+
+
+def test_a_slow_leak_restarts_the_instance_and_fails_at_most_the_crossing_call(server) -> None:
+    before = crashy_recovers(server)
+    restarted = restarts(server)
+    failures = []
+    for _ in range(8):  # 120 MiB kept per call against a 400 MiB limit: over it within four calls
+        response = infer(server, "crashy", body(6))
+        if response.status_code != 200:  # caught while the crossing call ran (else answered, then replaced)
+            failures.append(response.json()["error"])
+    # at most the one crossing call per instance (there are two) fails, saying why
+    assert len(failures) <= 2 and all("over its memory_limit_mb of 400" in f for f in failures), failures
+    assert restarts(server) > restarted
+    assert crashy_recovers(server) != before, "a leaking instance was replaced by a new process"
 
 
 def test_a_model_exception_is_a_500_and_keeps_the_instance(server) -> None:
