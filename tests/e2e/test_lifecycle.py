@@ -29,13 +29,22 @@ def wait_for(check, seconds: float = 30.0) -> None:
 
 
 def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
-    python_model(tmp_path, "a", 1)
-    python_model(tmp_path, "b", 1)
-    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a") as server:
+    import tritonclient.grpc as grpcclient
+
+    for name in ("a", "b", "c"):
+        python_model(tmp_path, name, 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", grpc=True) as server:
         assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
         assert requests.post(f"{server.base}/v2/models/b/infer", json=BODY, timeout=10).status_code == 404
         assert requests.post(f"{server.base}/v2/repository/models/b/load", timeout=30).status_code == 200
         assert requests.post(f"{server.base}/v2/models/b/infer", json=BODY, timeout=10).status_code == 200
+        client = grpcclient.InferenceServerClient(server.grpc_url)  # the same over gRPC
+        assert not client.is_model_ready("c")
+        client.load_model("c")
+        assert client.is_model_ready("c")
+        assert requests.post(f"{server.base}/v2/models/c/infer", json=BODY, timeout=10).status_code == 200
+        client.unload_model("a")
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 404
 
 
 def test_poll_loads_new_versions_reloads_changes_and_unloads_removals(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import grpc
 
 import inferd
-from inferd.errors import InferdError, InvalidInput
+from inferd.errors import InferdError, InvalidInput, NotFound, Unavailable
 from inferd.protocols import kserve_v2_grpc, tfserving
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -76,11 +76,9 @@ class KServeV2Servicer:
 
     @guarded
     async def model_ready(self, request: Any, context: Any) -> pb.ModelReadyResponse:
-        try:
+        try:  # an unknown or unloaded model is not ready, not an error (as Triton answers)
             self.service.model_ready(request.name, request.version or None)
-        except InferdError as exc:
-            if exc.code.value == "not_found":
-                raise
+        except (NotFound, Unavailable):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
