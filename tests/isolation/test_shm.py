@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from inferd.isolation.shm import Reader, Writer
 from inferd.types import bfloat16
@@ -64,3 +65,18 @@ def test_closing_the_writer_removes_a_file_nobody_attached() -> None:
     assert path is not None and os.path.exists(path)
     writer.close()
     assert not os.path.exists(path)
+
+
+def test_a_call_too_big_for_shared_memory_is_refused_before_anything_is_written() -> None:
+    from inferd.isolation.shm import SharedMemoryFull
+
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(2**37,), strides=(0,))  # 1 TiB, no memory
+    writer = Writer("test")
+    try:
+        with pytest.raises(SharedMemoryFull, match=r"has no room for 1048576\.0 MiB"):
+            writer.write({"x": huge})
+        assert writer.path is None
+        back = round_trip(writer, Reader(), {"x": np.ones(3)})  # and the writer still works
+        np.testing.assert_array_equal(back["x"], np.ones(3))
+    finally:
+        writer.close()

@@ -30,7 +30,7 @@ from typing import Any
 import inferd
 from inferd import errors
 from inferd.errors import InferdError, ModelError, Unavailable
-from inferd.isolation.shm import Reader, Writer, receive, send
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, receive, send
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
 
 log = logging.getLogger("inferd.isolation")
@@ -107,7 +107,10 @@ class InstanceProcess:
     def call(self, arrays: Arrays) -> Arrays:
         """Run one execution; raises InstanceDied if the process did not survive it."""
         assert self._conn is not None
-        header, path = self._inputs.write(arrays)
+        try:
+            header, path = self._inputs.write(arrays)
+        except SharedMemoryFull as exc:
+            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
         try:
             send(self._conn, ("infer", header, path))
         except OSError:

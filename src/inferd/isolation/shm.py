@@ -30,6 +30,10 @@ _MIN_SIZE = 1 << 20
 Header = list[tuple[str, np.dtype | None, object, int]]
 
 
+class SharedMemoryFull(Exception):
+    """The shared-memory folder cannot hold a call's tensors."""
+
+
 def send(conn: Connection, message: tuple[Any, ...]) -> None:
     """One message on the pipe: plain pickle (multiprocessing's own pickler costs more per call)."""
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
@@ -91,10 +95,19 @@ class Writer:
         path = os.path.join(_shm_dir(), f"inferd-{os.getpid()}-{self._tag}-{uuid.uuid4().hex[:8]}")
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # reserve the pages now: a full /dev/shm then fails here with ENOSPC, where a sparse
+            # file would kill the writer with SIGBUS on first touch
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:  # pragma: no cover - not Linux
+                os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
-        finally:
+        except OSError as exc:
             os.close(fd)
+            Path(path).unlink(missing_ok=True)
+            raise SharedMemoryFull(f"{_shm_dir()} has no room for {size / 2**20:.1f} MiB of tensors ({exc.strerror}); "
+                                   "give it more (docker run --shm-size=...) or send smaller requests") from None
+        os.close(fd)
         self.path, self.size = path, size
         return path
 

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from inferd.errors import InferdError
-from inferd.isolation.shm import Reader, Writer, receive, send
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, receive, send
 from inferd.runtimes.base import LoadContext, Runtime
 
 _PARENT_CHECK_S = 1.0
@@ -89,7 +89,12 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer) -> tuple[Any, ...]:
         return ("error", type(exc).__name__, message, False)
     finally:
         del arrays
-    header, path = outputs.write(result)
+    try:
+        header, path = outputs.write(result)
+    except SharedMemoryFull as exc:
+        return ("error", "ModelError", f"its outputs do not fit: {exc}", False)
+    except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
+        return ("error", type(exc).__name__, f"its outputs could not be sent: {exc}", False)
     return ("ok", header, path)
 
 
