@@ -29,6 +29,7 @@ def test_every_kind_of_array_comes_back_equal() -> None:
         "bf16": np.array([1.5, -2.0], dtype=bfloat16()),
         "strided": np.arange(20, dtype=np.int64)[::3],
         "bytes": np.array([b"a", b"\x00bc"], dtype=object),
+        "big_bytes": np.array([[b"x" * 20000, b""], [bytes(range(256)) * 100, b"tail"]], dtype=object),
     }
     try:
         back = round_trip(writer, reader, arrays)
@@ -40,6 +41,18 @@ def test_every_kind_of_array_comes_back_equal() -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_large_bytes_tensors_travel_in_the_buffer_and_small_ones_in_the_header() -> None:
+    writer = Writer("test")
+    try:
+        header, _ = writer.write({"small": np.array([b"ab"], dtype=object),
+                                  "large": np.array([b"z" * 40000], dtype=object)})
+        kinds = {entry[0]: entry[1] for entry in header}
+        assert kinds == {"small": None, "large": "BYTES"}
+        assert header[1][4] == 4 + 40000  # length prefix + the element
+    finally:
+        writer.close()
 
 
 def test_the_buffer_grows_for_a_bigger_call_and_copies_survive_the_next_call() -> None:

@@ -3,8 +3,9 @@
 Each direction has one growable buffer: a file in ``/dev/shm`` that its writer creates and maps,
 and its reader maps once and unlinks (so nothing is left behind, even when a process dies later).
 A call writes its arrays one after another, 64-byte aligned, and sends only a small header
-(name, dtype, shape, offset) over the pipe. BYTES tensors (numpy object arrays) have no flat
-buffer; they travel in the header, pickled.
+(name, dtype, shape, offset) over the pipe. BYTES tensors (numpy object arrays of ``bytes``) are
+laid out as the v2 binary extension does (4-byte length, then the bytes, per element); small ones
+travel in the header, pickled.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from inferd.protocols.tensors import from_raw, to_raw
 from inferd.runtimes.base import Arrays
 
 _ALIGN = 64
 _MIN_SIZE = 1 << 20
 
-# (name, dtype, shape, offset) for a flat array; (name, None, object array, 0) for BYTES
-Header = list[tuple[str, np.dtype | None, object, int]]
+# (name, dtype, shape, offset, size) for an array in the buffer ("BYTES" as dtype: length-prefixed
+# elements, as the v2 binary extension lays them out); (name, None, object array, 0, 0) for a small
+# BYTES tensor carried in the header itself
+Header = list[tuple[str, "np.dtype[Any] | str | None", object, int, int]]
+BYTES = "BYTES"
+INLINE_BYTES = 16 * 1024  # BYTES tensors smaller than this travel pickled in the header
 
 
 class SharedMemoryFull(Exception):
@@ -69,25 +75,32 @@ class Writer:
 
     def write(self, arrays: Arrays) -> tuple[Header, str | None]:
         """Put ``arrays`` in the buffer; returns their header and the new file's path if it grew."""
-        needed = sum(_aligned(a.nbytes) for a in arrays.values() if a.dtype != object)
+        encoded = {name: to_raw(a, "BYTES") for name, a in arrays.items() if a.dtype == object}
+        placed = {name: raw for name, raw in encoded.items() if len(raw) >= INLINE_BYTES}
+        needed = (sum(_aligned(a.nbytes) for a in arrays.values() if a.dtype != object)
+                  + sum(_aligned(len(raw)) for raw in placed.values()))
         grown = None
         if needed > self.size:
             grown = self._grow(max(needed, 2 * self.size, _MIN_SIZE))
         header: Header = []
         offset = 0
         for name, array in arrays.items():
-            if array.dtype == object:
-                header.append((name, None, array, 0))
+            if array.dtype == object and name not in placed:
+                header.append((name, None, array, 0, 0))
                 continue
-            size = array.nbytes
-            header.append((name, array.dtype, array.shape, offset))
+            raw = placed.get(name)
+            size = len(raw) if raw is not None else array.nbytes
+            header.append((name, BYTES if raw is not None else array.dtype, array.shape, offset, size))
             if size == 0:
                 continue
             assert self._map is not None
-            target = np.ndarray(array.shape, array.dtype, self._map, offset)
-            target[...] = array
+            if raw is not None:
+                self._map[offset:offset + size] = raw
+            else:
+                target = np.ndarray(array.shape, array.dtype, self._map, offset)
+                target[...] = array
+                del target
             offset += _aligned(size)
-            del target
         return header, grown
 
     def _grow(self, size: int) -> str:
@@ -138,11 +151,17 @@ class Reader:
 
     def read(self, header: Header, copy: bool) -> Arrays:
         """The arrays a header describes: views of the buffer, or copies (``copy``) that outlive
-        the next call."""
+        the next call. BYTES tensors are always new arrays of ``bytes``."""
         arrays: Arrays = {}
-        for name, dtype, shape_or_array, offset in header:
+        for name, dtype, shape_or_array, offset, size in header:
             if dtype is None:
                 arrays[name] = shape_or_array  # type: ignore[assignment]
+                continue
+            assert self._map is not None
+            if dtype == BYTES:
+                raw = memoryview(self._map)[offset:offset + size]
+                arrays[name] = from_raw(name, BYTES, list(shape_or_array), raw)  # type: ignore[arg-type]
+                raw.release()
                 continue
             if 0 in shape_or_array:  # type: ignore[operator]
                 arrays[name] = np.empty(shape_or_array, dtype)  # type: ignore[call-overload]
