@@ -225,14 +225,17 @@ def test_large_tensors_cross_through_shared_memory(server) -> None:
 def test_a_model_that_cannot_load_in_its_process_is_unavailable_with_the_reason(tmp_path: Path) -> None:
     write(tmp_path / "broken" / "1" / "model.py", "raise RuntimeError('no weights here')\n")
     write(tmp_path / "broken" / "config.toml", STEADY_CONFIG.replace('kind = "cpu"', ""))
+    write(tmp_path / "segv" / "1" / "model.py", "import ctypes\nctypes.string_at(0)\n")
+    write(tmp_path / "segv" / "config.toml", STEADY_CONFIG.replace('kind = "cpu"', ""))
     write(tmp_path / "steady" / "1" / "model.py", STEADY)
     write(tmp_path / "steady" / "config.toml", STEADY_CONFIG)
     with serve(tmp_path) as running:
         ready = requests.get(f"{running.base}/v2/models/broken/ready", timeout=5)
         assert ready.status_code == 503
         index = requests.post(f"{running.base}/v2/repository/index", json={}, timeout=5).json()
-        reason = next(m["reason"] for m in index if m["name"] == "broken")
-        assert "RuntimeError: no weights here" in reason, reason
+        reasons = {m["name"]: m["reason"] for m in index}
+        assert "RuntimeError: no weights here" in reasons["broken"], reasons
+        assert "crashed while loading the model (killed by SIGSEGV)" in reasons["segv"], reasons
         steady_answers(running)
 
 

@@ -98,6 +98,7 @@ class InstanceProcess:
         try:
             reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
         except InstanceDied as exc:
+            self.kill()
             raise ModelError(f"model '{self.spec.context.name}': instance process {exc.reason}") from None
         if reply[0] == "failed":
             self.stop()
@@ -166,7 +167,11 @@ class InstanceProcess:
             self.kill()
             return f"stopped answering {when}; it was killed"
         if code < 0:
-            return f"crashed {when} (killed by {signal.Signals(-code).name})"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"crashed {when} (killed by {name})"
         return f"exited with code {code} {when}"
 
     def kill(self) -> None:
