@@ -90,6 +90,14 @@ class VersionPolicy:
     all: bool = False
     specific: tuple[int, ...] = ()
 
+    def choose(self, available: list[int]) -> list[int]:
+        """The versions this policy serves, from the ones on disk (ascending)."""
+        if self.all:
+            return list(available)
+        if self.specific:
+            return [v for v in available if v in self.specific]
+        return list(available)[-(self.latest or 1):]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:

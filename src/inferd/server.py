@@ -6,47 +6,52 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
 from inferd.config import ModelConfig, ServerSettings
+from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
 from inferd.repository.archives import archive_config, store_archives
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
-from inferd.service import InferenceService
+from inferd.scheduling.scheduler import Scheduler
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import TorchServeRoutes
+from inferd.types import ModelState
+
+if TYPE_CHECKING:
+    from inferd.transport.grpc.server import GrpcServer
 
 log = logging.getLogger("inferd.server")
 
 
-def build_service(settings: ServerSettings) -> InferenceService:
+def build_core(settings: ServerSettings) -> Core:
     metrics = Metrics()
 
-    def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
+    def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
                           guard_inference=settings.auth_inference)
-    service = InferenceService(ModelRegistry(settings.model_repository, wrap=wrap), metrics, settings.model_store,
-                               access)
-    metrics.watch_states(service.model_states)
-    return service
+    registry = ModelRegistry(settings.model_repository, wrap=wrap)
+    control = ModelControl(registry, access, settings.model_store)
+    metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
+    return Core(DataPlane(registry, metrics, access), control, metrics)
 
 
-def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpApp:
+def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:
     router = Router()
-    KServeV2Routes(service).register(router)
-    MetricsRoutes(service).register(router)
-    TorchServeRoutes(service).register(router)
-    TFServingRoutes(service).register(router)
+    KServeV2Routes(core).register(router)
+    MetricsRoutes(core).register(router)
+    TorchServeRoutes(core).register(router)
+    TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
     return HttpApp(router, settings.max_body_bytes)
 
@@ -54,30 +59,30 @@ def build_http_app(service: InferenceService, settings: ServerSettings) -> HttpA
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.service = build_service(settings)
+        self.core = build_core(settings)
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
-        self._grpc: Any = None
+        self._grpc: GrpcServer | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.http_port:
-            app = build_http_app(self.service, self.settings)
+            app = build_http_app(self.core, self.settings)
             self._http = HttpServer(app, self.settings.host, self.settings.http_port)
             await self._http.start()  # answers (503 not ready) while models load
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
-            self._grpc = GrpcServer(self.service, self.settings.host, self.settings.grpc_port,
+            self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
                                     self.settings.max_body_bytes)
             await self._grpc.start()
         explicit = self.settings.model_control == "explicit"
-        await self.service.registry.load_all(self.settings.load_models if explicit else ("*",))
+        await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
         await self._register_store_archives()
         _settle_garbage_collector()
-        self.service.set_ready(True)
+        self.core.data.set_ready(True)
         self._announce()
         poller = loop.create_task(self._poll()) if self.settings.model_control == "poll" else None
         await self._stop.wait()
@@ -89,7 +94,7 @@ class Server:
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
-                await self.service.registry.poll()
+                await self.core.control.poll()
             except Exception:  # a bad scan is logged; the next one tries again
                 log.exception("repository poll failed")
 
@@ -101,13 +106,13 @@ class Server:
             return
         for name, archive in store_archives(store, models):
             try:
-                await self.service.register_archive(archive, name, archive_config(1, 1, 0.0))
+                await self.core.control.register_archive(archive, name, archive_config(1, 1, 0.0))
             except InferdError as exc:
                 log.error("archive %s not served: %s", archive.name, exc.message)
 
     def _announce(self) -> None:
-        rows = self.service.repository_index()
-        ready = sum(row["state"] == "READY" for row in rows)
+        rows = self.core.control.index()
+        ready = sum(row.state is ModelState.READY for row in rows)
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
                                         f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
@@ -115,12 +120,12 @@ class Server:
 
     async def _shutdown(self) -> None:
         log.info("shutting down")
-        self.service.start_draining()
+        self.core.data.start_draining()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout)
         if self._http is not None:
             await self._http.close(self.settings.drain_timeout)
-        await self.service.registry.close()
+        await self.core.control.close()
 
     def stop(self) -> None:
         self._stop.set()

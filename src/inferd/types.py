@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def bfloat16() -> np.dtype[Any]:
         import ml_dtypes
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("BF16 tensors need the ml_dtypes package: pip install ml_dtypes") from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    return cast("np.dtype[Any]", np.dtype(ml_dtypes.bfloat16))
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -149,3 +150,59 @@ class ModelMetadata:
             "inputs": [spec.to_dict() for spec in self.inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
         }
+
+
+def version_key(version: str) -> tuple[int, tuple[int, ...], str]:
+    """Versions are strings that sort numerically: "2" < "10", and TorchServe's "1.0" < "1.10"."""
+    parts = version.split(".")
+    if all(p.isdigit() for p in parts):
+        return 0, tuple(int(p) for p in parts), ""
+    return 1, (), version
+
+
+class ModelState(enum.Enum):
+    """Where one model version is in its life; each protocol names these in its own words."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """One row of the repository index. ``version`` is "" for a model none of whose versions is
+    known yet (loading, or a broken config.toml)."""
+
+    name: str
+    version: str
+    state: ModelState
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "state": self.state.value, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDescription:
+    """What management APIs show of one version: where it came from and how it is scheduled."""
+
+    version: str
+    state: ModelState
+    reason: str
+    source: str
+    instances: int
+    busy: int
+    max_batch_size: int
+    max_queue_delay_ms: float
+    default: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}

@@ -9,7 +9,8 @@ import pytest
 from inferd.config import VersionPolicy
 from inferd.errors import NotFound, Unavailable
 from inferd.repository.layout import find_artifact, is_valid_name, scan
-from inferd.repository.registry import ModelRegistry, ModelState, choose_versions
+from inferd.repository.registry import ModelRegistry
+from inferd.types import ModelState
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
 
 
@@ -46,7 +47,7 @@ def test_bad_names(name: str) -> None:
     (VersionPolicy(latest=None, specific=(1, 7, 9)), [1, 7]),
 ])
 def test_version_policy(policy: VersionPolicy, chosen: list[int]) -> None:
-    assert choose_versions([1, 3, 7], policy) == chosen
+    assert policy.choose([1, 3, 7]) == chosen
 
 
 def test_registry_serves_versions_and_isolates_broken_models(tmp_path: Path) -> None:

@@ -40,7 +40,8 @@ async def run_grpc_load(target: str, request: bytes, concurrency: int, seconds: 
     result, counter = LoadResult(), counter if counter is not None else [0]
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out: no client-side (de)serialisation
+        # bytes in, bytes out: no client-side (de)serialisation
+        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         start = time.perf_counter()
         stop_at = start + seconds
 

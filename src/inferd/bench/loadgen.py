@@ -6,8 +6,10 @@ sustains far more requests per second than a Python server can answer (see bench
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 
@@ -44,7 +46,7 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a TCP connection: a full Transport
         self._send()
 
     def _send(self) -> None:
@@ -95,7 +97,7 @@ async def run_load(url: str, body: bytes, header_length: int | None, concurrency
     transports = []
     for future in done:
         transport, _ = await loop.create_connection(
-            lambda future=future: _Client(request, result, stop_at, future, counter), host, port)
+            functools.partial(_Client, request, result, stop_at, future, counter), host, port)
         transports.append(transport)
     await asyncio.gather(*done)
     result.seconds = time.perf_counter() - start

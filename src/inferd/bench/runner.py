@@ -11,7 +11,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from inferd.bench import loadgen, report
 from inferd.bench.inputs import request_body
@@ -35,7 +35,7 @@ class BenchSettings:
 
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read()
+        return cast(bytes, response.read())
 
 
 def _model_path(settings: BenchSettings) -> str:

@@ -322,7 +322,7 @@ class ProcessRuntime(Runtime):
         with self._lock:
             self._starting -= 1
 
-    def resize(self, count: int) -> None:
+    def scale(self, count: int) -> None:
         """Start or retire instances (busy ones retire when their call ends)."""
         self._target = count
         self._fill()

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -155,18 +155,19 @@ class Reader:
         arrays: Arrays = {}
         for name, dtype, shape_or_array, offset, size in header:
             if dtype is None:
-                arrays[name] = shape_or_array  # type: ignore[assignment]
+                arrays[name] = cast(np.ndarray, shape_or_array)
                 continue
+            shape = cast(tuple[int, ...], shape_or_array)
             assert self._map is not None
             if dtype == BYTES:
                 raw = memoryview(self._map)[offset:offset + size]
-                arrays[name] = from_raw(name, BYTES, list(shape_or_array), raw)  # type: ignore[arg-type]
+                arrays[name] = from_raw(name, BYTES, list(shape), raw)
                 raw.release()
                 continue
-            if 0 in shape_or_array:  # type: ignore[operator]
-                arrays[name] = np.empty(shape_or_array, dtype)  # type: ignore[call-overload]
+            if 0 in shape:
+                arrays[name] = np.empty(shape, dtype)
                 continue
-            view = np.ndarray(shape_or_array, dtype, self._map, offset)  # type: ignore[arg-type]
+            view = np.ndarray(shape, dtype, self._map, offset)
             arrays[name] = view.copy() if copy else view
         return arrays
 

@@ -43,7 +43,8 @@ class Histogram:
         self.sum += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        result, running = [], 0
+        result: list[tuple[str, float]] = []
+        running = 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             result.append((bound, running))

@@ -52,7 +52,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         id=_request_id(payload.get("id")),
         outputs=_outputs(payload.get("outputs"), parameters),
         parameters=parameters,
-        timeout_us=_timeout(parameters.get("timeout")),
+        timeout_us=timeout_us(parameters.get("timeout")),
     )
 
 
@@ -127,7 +127,8 @@ def _request_id(value: Any) -> str | None:
     raise InvalidInput(f"'id' must be a string, got {type(value).__name__}")
 
 
-def _timeout(value: Any) -> int | None:
+def timeout_us(value: Any) -> int | None:
+    """The ``timeout`` request parameter (JSON and gRPC alike): microseconds, an integer >= 0."""
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:

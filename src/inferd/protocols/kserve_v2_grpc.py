@@ -13,7 +13,8 @@ import numpy as np
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
+from inferd.protocols.kserve_v2 import timeout_us
+from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor, VersionStatus
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
 CONTENTS_FIELD = {
@@ -22,6 +23,10 @@ CONTENTS_FIELD = {
     "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
     "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
+# the numpy type of each numeric contents field (what its values are before the datatype's cast)
+_FIELD_DTYPE = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
+                "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
+                "fp64_contents": np.float64}
 
 
 def parameters(fields: Any) -> dict[str, Any]:
@@ -40,13 +45,10 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
                            "give one per input, in order")
     inputs = [_input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)]
     params = parameters(message.parameters)
-    timeout = params.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
-        raise InvalidInput(f"parameter timeout must be microseconds (an integer >= 0), got {timeout!r}")
     outputs = [RequestedOutput(o.name, True) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
-                        timeout_us=timeout, protocol="kserve_v2_grpc")
+                        timeout_us=timeout_us(params.get("timeout")), protocol="kserve_v2_grpc")
 
 
 def _input(tensor: Any, raw: bytes | None) -> Tensor:
@@ -66,17 +68,14 @@ def _input(tensor: Any, raw: bytes | None) -> Tensor:
     count = tensors.element_count(name, shape)
     if len(values) != count:
         raise InvalidInput(f"input '{name}': shape {shape} needs {count} elements, {field} has {len(values)}")
-    dtype = tensors.dtype_for(name, datatype)
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
     else:
-        array = np.asarray(values, dtype=np.result_type(dtype, np.int64) if dtype.kind in "iu" else dtype)
-        if dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise InvalidInput(f"input '{name}': values outside {datatype}'s range {info.min}..{info.max}")
-        array = array.astype(dtype, copy=False)
+        try:
+            array = tensors.checked_cast(np.asarray(values, dtype=_FIELD_DTYPE[field]), datatype)
+        except ValueError as exc:
+            raise InvalidInput(f"input '{name}': {exc}") from None
     return Tensor(name, datatype, array.reshape(shape))
 
 
@@ -95,4 +94,11 @@ def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
     for specs, target in ((metadata.inputs, message.inputs), (metadata.outputs, message.outputs)):
         for spec in specs:
             target.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    return message
+
+
+def encode_repository_index(rows: list[VersionStatus]) -> pb.RepositoryIndexResponse:
+    message = pb.RepositoryIndexResponse()
+    for row in rows:
+        message.models.add(name=row.name, version=row.version, state=row.state.value, reason=row.reason)
     return message

@@ -34,8 +34,19 @@ def dtype_for(name: str, datatype: Any) -> np.dtype[Any]:
         raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}") from None
 
 
-def from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
-    """A JSON ``data`` field (flat or nested) as an array of ``shape``."""
+def checked_cast(array: np.ndarray, datatype: str) -> np.ndarray:
+    """Numbers as ``datatype``. Values outside an integer datatype's range are refused with
+    ValueError: wrapping them around would answer silently wrong. Every protocol casts through here."""
+    dtype = numpy_dtype(datatype)
+    if dtype.kind in "iu" and array.dtype.kind in "iuf" and array.size and not np.can_cast(array.dtype, dtype):
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise ValueError(f"values outside {datatype}'s range {info.min}..{info.max}")
+    return array.astype(dtype, copy=False)
+
+
+def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
+    """A JSON ``data`` field (flat or nested) as an array of ``shape`` (checked here: any value may come)."""
     count = element_count(name, shape)
     dtype = dtype_for(name, datatype)
     if not isinstance(data, list):
@@ -69,11 +80,7 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
         if any(isinstance(item, float) for item in _flatten(data)):
             raise ValueError("expected integers, got fractional numbers")
         return np.asarray(data, dtype=dtype).ravel()
-    if dtype.kind in "iu" and array.size and not np.can_cast(array.dtype, dtype):
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise ValueError(f"values outside {info.min}..{info.max}")
-    return array.astype(dtype, copy=False).ravel()
+    return checked_cast(array, datatype).ravel()
 
 
 def _bytes_from_json(data: list[Any]) -> np.ndarray:
@@ -115,8 +122,9 @@ def _text(item: Any) -> str:
     return str(item)
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: memoryview | bytes) -> np.ndarray:
-    """Raw little-endian bytes (BYTES: 4-byte length + bytes per element) as an array."""
+def from_raw(name: str, datatype: str, shape: Any, raw: memoryview | bytes) -> np.ndarray:
+    """Raw little-endian bytes (BYTES: 4-byte length + bytes per element) as an array of ``shape``
+    (checked here: any value may come)."""
     count = element_count(name, shape)
     dtype = dtype_for(name, datatype)
     if datatype == "BYTES":

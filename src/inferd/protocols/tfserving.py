@@ -14,8 +14,17 @@ import numpy as np
 
 from inferd.errors import InvalidInput
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import element_count
-from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec, numpy_dtype
+from inferd.protocols.tensors import checked_cast, element_count
+from inferd.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelState,
+    Tensor,
+    TensorSpec,
+    VersionStatus,
+    numpy_dtype,
+)
 
 PROTOCOL_REST = "tfserving_rest"
 PROTOCOL_GRPC = "tfserving_grpc"
@@ -24,8 +33,10 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 _MAX_BROADCAST = 1 << 20  # elements one repeated value may fill
 
 # v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
-_TF_DTYPE = {"BOOL": 10, "UINT8": 4, "UINT16": 17, "UINT32": 22, "UINT64": 23, "INT8": 6, "INT16": 5,
-             "INT32": 3, "INT64": 9, "FP16": 19, "FP32": 1, "FP64": 2, "BF16": 14, "BYTES": 7}
+_TF_DTYPE: dict[str, pb.DataType] = {
+    "BOOL": pb.DT_BOOL, "UINT8": pb.DT_UINT8, "UINT16": pb.DT_UINT16, "UINT32": pb.DT_UINT32,
+    "UINT64": pb.DT_UINT64, "INT8": pb.DT_INT8, "INT16": pb.DT_INT16, "INT32": pb.DT_INT32, "INT64": pb.DT_INT64,
+    "FP16": pb.DT_HALF, "FP32": pb.DT_FLOAT, "FP64": pb.DT_DOUBLE, "BF16": pb.DT_BFLOAT16, "BYTES": pb.DT_STRING}
 _V2_BY_TF = {value: key for key, value in _TF_DTYPE.items()}
 _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "INT8": "int_val", "INT16": "int_val",
                 "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
@@ -33,8 +44,18 @@ _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "IN
                 "BYTES": "string_val"}
 
 
+# inferd's state -> ModelVersionStatus.State (REST answers with its name, gRPC with its number)
+_STATE = {ModelState.LOADING: pb.ModelVersionStatus.LOADING, ModelState.READY: pb.ModelVersionStatus.AVAILABLE,
+          ModelState.UNLOADING: pb.ModelVersionStatus.UNLOADING, ModelState.UNAVAILABLE: pb.ModelVersionStatus.END}
+
+
 def tf_dtype_name(datatype: str) -> str:
     return pb.DataType.Name(_TF_DTYPE[datatype])
+
+
+def version_number(version: str) -> int:
+    """TF Serving's versions are int64; inferd's are strings (TorchServe's "1.0" has no number: 0)."""
+    return int(version) if version.isdigit() else 0
 
 
 # -- REST -----------------------------------------------------------------------------------------
@@ -97,8 +118,8 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
         array = np.asarray(value)
         if array.dtype == object or array.dtype.kind in "US":
             raise ValueError(f"expected numbers, got {(array.dtype.kind == 'O' and 'ragged lists') or 'strings'}")
-        return array.astype(numpy_dtype(datatype))
-    except (ValueError, TypeError) as exc:
+        return checked_cast(array, datatype)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': cannot read the values as {tf_dtype_name(datatype)}: {exc}") from None
 
 
@@ -167,13 +188,13 @@ def _bytes_json(value: Any, force_b64: bool) -> Any:
     return {"b64": base64.b64encode(raw).decode("ascii")}
 
 
-def rest_status(versions: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """``GET /v1/models/{m}``: (version, inferd state, reason) -> TF Serving's status shape."""
-    states = {"READY": "AVAILABLE", "LOADING": "LOADING", "UNLOADING": "UNLOADING", "UNAVAILABLE": "END"}
+def rest_status(versions: list[VersionStatus]) -> dict[str, Any]:
+    """``GET /v1/models/{m}``: the versions' states in TF Serving's status shape."""
     return {"model_version_status": [
-        {"version": version, "state": states.get(state, "UNKNOWN"),
-         "status": {"error_code": "OK" if state == "READY" else "UNKNOWN", "error_message": reason}}
-        for version, state, reason in versions]}
+        {"version": row.version, "state": pb.ModelVersionStatus.State.Name(_STATE[row.state]),
+         "status": {"error_code": "OK" if row.state is ModelState.READY else "UNKNOWN",
+                    "error_message": row.reason}}
+        for row in versions]}
 
 
 def rest_metadata(name: str, version: str, signatures: dict[str, ModelMetadata]) -> dict[str, Any]:
@@ -219,7 +240,10 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
     elif datatype in ("FP16", "BF16"):
         array = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
-        array = np.asarray(values).astype(dtype)
+        try:
+            array = checked_cast(np.asarray(values), datatype)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidInput(f"input '{name}': {exc}") from None
     return Tensor(name, datatype, array.reshape(shape))
 
 
@@ -255,4 +279,34 @@ def signature_def_map(signatures: dict[str, ModelMetadata]) -> pb.SignatureDefMa
                 info.name, info.dtype = spec.name, _TF_DTYPE[spec.datatype]
                 for size in spec.shape:
                     info.tensor_shape.dim.add(size=size)
+    return message
+
+
+def encode_predict_response(response: InferResponse, spec: pb.ModelSpec) -> pb.PredictResponse:
+    message = pb.PredictResponse()
+    message.model_spec.name = spec.name
+    message.model_spec.version.value = version_number(response.model_version)
+    message.model_spec.signature_name = spec.signature_name or "serving_default"
+    for tensor in response.outputs:
+        message.outputs[tensor.name].CopyFrom(encode_tensor(tensor.data, tensor.datatype))
+    return message
+
+
+def encode_model_metadata(name: str, version: str, signatures: dict[str, ModelMetadata]
+                          ) -> pb.GetModelMetadataResponse:
+    message = pb.GetModelMetadataResponse()
+    message.model_spec.name = name
+    message.model_spec.version.value = version_number(version)
+    packed = message.metadata["signature_def"]
+    packed.type_url = SIGNATURE_DEF_MAP_URL  # TF Serving's type name: clients Unpack by it
+    packed.value = signature_def_map(signatures).SerializeToString()
+    return message
+
+
+def encode_model_status(versions: list[VersionStatus]) -> pb.GetModelStatusResponse:
+    message = pb.GetModelStatusResponse()
+    for row in versions:
+        status = message.model_version_status.add(version=version_number(row.version), state=_STATE[row.state])
+        status.status.error_code = 0 if row.state is ModelState.READY else 2  # OK, UNKNOWN
+        status.status.error_message = row.reason
     return message

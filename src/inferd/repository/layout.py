@@ -66,3 +66,16 @@ def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
     wanted = [f for f, k in ARTIFACTS.items() if backend in (None, k)]
     found = sorted(p.name for p in version_dir.iterdir()) if version_dir.is_dir() else []
     raise ConfigError(f"{version_dir}: no model artifact; expected one of {wanted}, found {found}")
+
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(folder: ModelFolder) -> Fingerprint:
+    """What a poll compares: every file's path, size and mtime under the model's folder."""
+    found = []
+    for path in sorted(folder.path.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            found.append((str(path.relative_to(folder.path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)

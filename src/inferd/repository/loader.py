@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import cast
 
 from inferd.errors import ConfigError
 from inferd.runtimes.base import LoadContext, Runtime
@@ -27,7 +28,7 @@ def load_runtime(backend: str, context: LoadContext) -> Runtime:
         raise ConfigError(f"model '{context.name}' needs {exc.name}, which is not installed: "
                           f"pip install 'inferd[{extra}]'") from exc
     try:
-        return module.load(context)
+        return cast(Runtime, module.load(context))
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"onnxruntime", "torch", "tensorflow"}:
             raise ConfigError(f"model '{context.name}' needs {exc.name}, which is not "

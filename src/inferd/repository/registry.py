@@ -1,60 +1,51 @@
-"""Model lifecycle: which versions load (version policy), their state, and finding a ready one.
+"""What is loaded: each model's versions and their state, labels and the default version, and the
+choreography of loading, reloading without loss, and unloading.
 
-A model that fails to load is kept as UNAVAILABLE with its reason; it never stops the others.
+What is on disk is ``layout``'s business; how one version is built is ``builder``'s. A model that
+fails to load is kept as UNAVAILABLE with its reason; it never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, cast
 
-from inferd.config import ModelConfig, VersionPolicy, load_model_config
+from inferd.config import ModelConfig, load_model_config
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
-from inferd.isolation.process import InstanceSpec, ProcessRuntime
-from inferd.repository.layout import ModelFolder, find_artifact, is_valid_name, read_model_folder, scan
-from inferd.repository.loader import load_runtime
-from inferd.runtimes.base import LoadContext, Runtime
+from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
+from inferd.repository.layout import Fingerprint, ModelFolder, fingerprint, is_valid_name, read_model_folder, scan
+from inferd.runtimes.base import Runtime
+from inferd.types import ModelState, VersionStatus, version_key
 
 log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 
-# Wraps a freshly loaded runtime (scheduling: batcher, instance pool). Given by the composition root.
-Wrap = Callable[[Runtime, ModelConfig, str, str], Runtime]
-
-
-class ModelState(enum.Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
 
 @dataclass(slots=True)
-class VersionEntry:
+class VersionEntry(Generic[S]):
     version: str
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    runtime: Runtime | None = None
-    signatures: dict[str, Runtime] = field(default_factory=dict)  # TensorFlow's other signatures
+    runtime: S | None = None
+    signatures: dict[str, S] = field(default_factory=dict)  # TensorFlow's other signatures
     default_signature: str = ""
 
 
 @dataclass(slots=True)
-class ModelEntry:
+class ModelEntry(Generic[S]):
     name: str
     config: ModelConfig = field(default_factory=ModelConfig)
-    versions: dict[str, VersionEntry] = field(default_factory=dict)
+    versions: dict[str, VersionEntry[S]] = field(default_factory=dict)
     reason: str = ""  # a problem with the model as a whole (e.g. its config.toml)
     source: str = ""  # where it came from: its folder, or the archive in the model store
     default_version: str | None = None  # set-default (TorchServe); None = the newest ready
-    _newest: tuple[Runtime, str] | None = None
+    _newest: tuple[S, str] | None = None
 
-    def newest_ready(self) -> tuple[Runtime, str] | None:
+    def newest_ready(self) -> tuple[S, str] | None:
         """The unversioned route's target (the default version if one is set and ready, else the
         newest ready); cached, refreshed whenever a version changes state."""
         if self._newest is None:
@@ -73,38 +64,50 @@ class ModelEntry:
         ready = [v for v, e in self.versions.items() if e.state is ModelState.READY]
         return sorted(ready, key=version_key)
 
+    def sorted_versions(self) -> list[VersionEntry[S]]:
+        return [self.versions[v] for v in sorted(self.versions, key=version_key)]
 
-def version_key(version: str) -> tuple[int, tuple[int, ...], str]:
-    """Versions sort numerically: "2" < "10", and TorchServe's "1.0" < "1.10"."""
-    parts = version.split(".")
-    if all(p.isdigit() for p in parts):
-        return 0, tuple(int(p) for p in parts), ""
-    return 1, (), version
+    def problem(self) -> str:
+        """Why the model (or its first failing version) is not served; "" when nothing is wrong."""
+        reasons = [v.reason for v in self.versions.values() if v.reason]
+        return self.reason or (reasons[0] if reasons else "")
 
 
-def _no_wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
+def _bare(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Runtime:
     return runtime
 
 
-def choose_versions(available: list[int], policy: VersionPolicy) -> list[int]:
-    """The versions a policy serves, from the ones on disk (ascending)."""
-    if policy.all:
-        return list(available)
-    if policy.specific:
-        return [v for v in available if v in policy.specific]
-    return list(available)[-(policy.latest or 1):]
+class ModelRegistry(Generic[S]):
+    """Every model known to the server, by name. ``S`` is what a loaded version is served by (the
+    composition root wraps each runtime in a scheduler)."""
 
-
-class ModelRegistry:
-    def __init__(self, root: Path | None, wrap: Wrap = _no_wrap) -> None:
+    def __init__(self, root: Path | None, wrap: Wrap[S] | None = None) -> None:
         self._root = root
-        self._wrap = wrap
-        self._models: dict[str, ModelEntry] = {}
-        self._fingerprints: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
+        self._models: dict[str, ModelEntry[S]] = {}
+        self._fingerprints: dict[str, Fingerprint] = {}
 
     @property
-    def models(self) -> dict[str, ModelEntry]:
+    def models(self) -> dict[str, ModelEntry[S]]:
         return self._models
+
+    def entry(self, name: str) -> ModelEntry[S]:
+        entry = self._models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model '{name}'")
+        return entry
+
+    def index(self) -> list[VersionStatus]:
+        """Every known version of every model, sorted; a model with no known version has one row
+        with version ""."""
+        rows = []
+        for name in sorted(self._models):
+            entry = self._models[name]
+            if not entry.versions:
+                state = ModelState.UNAVAILABLE if entry.reason else ModelState.LOADING
+                rows.append(VersionStatus(name, "", state, entry.reason))
+            rows.extend(VersionStatus(name, v.version, v.state, v.reason) for v in entry.sorted_versions())
+        return rows
 
     async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
@@ -116,7 +119,7 @@ class ModelRegistry:
         for folder in folders:
             await self._load_folder(folder)
 
-    async def load_model(self, name: str) -> ModelEntry:
+    async def load_model(self, name: str) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload."""
         if self._root is None or not is_valid_name(name):
@@ -130,7 +133,7 @@ class ModelRegistry:
         if old is not None and old is not entry and serving:
             if not entry.ready_versions():
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
-                          name, self.reason(entry))
+                          name, entry.problem())
                 return old
             self._models[name] = entry
             await self._retire(old)
@@ -151,7 +154,7 @@ class ModelRegistry:
                 log.info("model %s is new or changed: loading", name)
                 await self.load_model(name)
 
-    async def _retire(self, entry: ModelEntry) -> None:
+    async def _retire(self, entry: ModelEntry[S]) -> None:
         for version in entry.versions.values():
             if version.runtime is not None:
                 version.state = ModelState.UNLOADING
@@ -174,7 +177,7 @@ class ModelRegistry:
         for name in list(self._models):
             await self.unload_model(name, missing_ok=True)
 
-    async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str) -> ModelEntry:
+    async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str) -> ModelEntry[S]:
         """Serve a model archive from outside the repository (TorchServe's model store)."""
         entry = self._models.get(name)
         if entry is None or not entry.source.endswith(".mar"):
@@ -207,21 +210,21 @@ class ModelRegistry:
         entry.default_version = version
         entry.changed()
 
-    async def _load_folder(self, folder: ModelFolder, publish_early: bool = True) -> ModelEntry:
-        entry = ModelEntry(name=folder.name, source=str(folder.path))
+    async def _load_folder(self, folder: ModelFolder, publish_early: bool = True) -> ModelEntry[S]:
+        entry: ModelEntry[S] = ModelEntry(name=folder.name, source=str(folder.path))
         self._fingerprints[folder.name] = fingerprint(folder)
         if publish_early:
             self._models[folder.name] = entry
         await self._fill(entry, folder)
         return entry
 
-    async def _fill(self, entry: ModelEntry, folder: ModelFolder) -> None:
+    async def _fill(self, entry: ModelEntry[S], folder: ModelFolder) -> None:
         try:
             entry.config = load_model_config(folder.config_path)
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return
-        chosen = choose_versions(list(folder.versions), entry.config.version_policy)
+        chosen = entry.config.version_policy.choose(list(folder.versions))
         if not chosen:
             self._fail_model(entry, folder, f"{folder.path}: no version folder (1/, 2/, ...) "
                              "that the version policy serves")
@@ -231,68 +234,39 @@ class ModelRegistry:
         for number in chosen:
             await self._load_version(entry, str(number), folder.versions[number])
 
-    def _fail_model(self, entry: ModelEntry, folder: ModelFolder, reason: str) -> None:
+    def _fail_model(self, entry: ModelEntry[S], folder: ModelFolder, reason: str) -> None:
         entry.reason = reason
         log.error("model %s unavailable: %s", entry.name, reason)
         for number in folder.versions or {}:
             entry.versions[str(number)] = VersionEntry(str(number), ModelState.UNAVAILABLE, reason)
 
-    async def _load_version(self, entry: ModelEntry, version: str, path: Path,
+    async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
                             config: ModelConfig | None = None) -> None:
         slot = entry.versions[version]
         try:
-            runtime, signatures, default = await asyncio.to_thread(self._build, entry, version, path,
-                                                                   config or entry.config)
+            built: BuiltVersion[S] = await asyncio.to_thread(build_version, entry.name, version, path,
+                                                             config or entry.config, self._wrap)
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
             return
-        slot.runtime, slot.state, slot.reason = runtime, ModelState.READY, ""
-        slot.signatures, slot.default_signature = signatures, default
+        slot.runtime, slot.state, slot.reason = built.served, ModelState.READY, ""
+        slot.signatures, slot.default_signature = built.signatures, built.default_signature
         entry.changed()
-        log.info("model %s version %s ready (%s)", entry.name, version, runtime.describe())
+        log.info("model %s version %s ready (%s)", entry.name, version, built.served.describe())
 
-    def _build(self, entry: ModelEntry, version: str, path: Path, config: ModelConfig
-               ) -> tuple[Runtime, dict[str, Runtime], str]:
-        """The scheduled runtime, the other signatures' (TensorFlow), and the default's name."""
-        if path.suffix == ".mar":
-            artifact, backend = path, "torchserve"
-        else:
-            artifact, backend = find_artifact(path, config.backend)
-        group = config.instance_group
-        device = "cpu"
-        if group.kind == "gpu":
-            device = f"cuda:{group.gpus[0] if group.gpus else 0}"
-        context = LoadContext(name=entry.name, version=version, artifact=artifact,
-                              config=config, device=device)
-        if group.resolved_kind(backend) == "process":
-            spec = InstanceSpec(backend, context, group.response_timeout_s, group.memory_limit_mb)
-            runtime: Runtime = ProcessRuntime(spec, group.count)
-        else:
-            runtime = load_runtime(backend, context)
-            runtime.warmup()
-        default = str(getattr(runtime, "signature_name", ""))
-        signatures = {name: self._wrap(runtime.signature(name), config, entry.name, f"{version}:{name}")
-                      for name in getattr(runtime, "signature_names", []) if name != default}
-        return self._wrap(runtime, config, entry.name, version), signatures, default
+    def served(self, name: str) -> list[S]:
+        """Every loaded version's scheduler (default signature) of a model, for scaling."""
+        return [e.runtime for e in self.entry(name).versions.values() if e.runtime is not None]
 
-    def runtimes(self, name: str) -> list[tuple[str, Runtime]]:
-        """Every loaded version of a model with its runtime (scheduler), for scaling and describing."""
-        entry = self._models.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model '{name}'")
-        return [(v, e.runtime) for v, e in entry.versions.items() if e.runtime is not None]
-
-    def get(self, name: str, version: str | None) -> tuple[Runtime, str]:
-        """The runtime that serves ``name`` at ``version`` (None: the newest ready version)."""
-        entry = self._models.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+    def get(self, name: str, version: str | None) -> tuple[S, str]:
+        """What serves ``name`` at ``version`` (None: the default or newest ready version)."""
+        entry = self.entry(name)
         if version is None:
             newest = entry.newest_ready()
             if newest is None:
                 raise Unavailable(f"model '{name}' has no ready version: "
-                                  f"{self.reason(entry) or 'loading'}")
+                                  f"{entry.problem() or 'loading'}")
             return newest
         slot = entry.versions.get(version)
         if slot is None:
@@ -303,7 +277,7 @@ class ModelRegistry:
                               f"{slot.reason or slot.state.value}")
         return slot.runtime, version
 
-    def get_signature(self, name: str, version: str | None, signature: str) -> tuple[Runtime, str]:
+    def get_signature(self, name: str, version: str | None, signature: str) -> tuple[S, str]:
         """A named signature of a TensorFlow model (the default one is what ``get`` gives)."""
         runtime, resolved = self.get(name, version)
         slot = self._models[name].versions[resolved]
@@ -315,35 +289,18 @@ class ModelRegistry:
             raise NotFound(f"model '{name}' has no signature '{signature}'; {has}")
         return slot.signatures[signature], resolved
 
-    def signatures(self, name: str, version: str | None) -> dict[str, Runtime]:
+    def signatures(self, name: str, version: str | None) -> dict[str, S]:
         """Every signature of a version by name (non-TensorFlow models: one, named serving_default)."""
         runtime, resolved = self.get(name, version)
         slot = self._models[name].versions[resolved]
         return {slot.default_signature or "serving_default": runtime, **slot.signatures}
 
     def resolve_label(self, name: str, label: str) -> str:
-        entry = self._models.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+        entry = self.entry(name)
         if label not in entry.config.version_labels:
             known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
             raise NotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
         return str(entry.config.version_labels[label])
-
-    @staticmethod
-    def reason(entry: ModelEntry) -> str:
-        reasons = [v.reason for v in entry.versions.values() if v.reason]
-        return entry.reason or (reasons[0] if reasons else "")
-
-
-def fingerprint(folder: ModelFolder) -> tuple[tuple[str, int, int], ...]:
-    """What a poll compares: every file's path, size and mtime under the model's folder."""
-    found = []
-    for path in sorted(folder.path.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            found.append((str(path.relative_to(folder.path)), stat.st_size, stat.st_mtime_ns))
-    return tuple(found)
 
 
 def _reason(exc: Exception) -> str:

@@ -30,6 +30,8 @@ class Runtime(ABC):
     outputs: tuple[TensorSpec, ...] = ()
     max_batch_size: int = 0
     out_of_process: bool = False  # calls wait on another process: never run one on the event loop
+    restarts: int = 0  # instances replaced after a crash (process instances)
+    signature_name: str = ""  # the served signature's name (TensorFlow); "" = the model has one
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -46,6 +48,14 @@ class Runtime(ABC):
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
+
+    def other_signatures(self) -> dict[str, Runtime]:
+        """Runtimes for the model's other signatures (TensorFlow), sharing what is loaded."""
+        return {}
+
+    def scale(self, count: int) -> None:  # noqa: B027 - optional hook
+        """The scheduler now runs ``count`` executions at once; a runtime that owns its instances
+        (processes) starts or retires them. In-process runtimes have nothing to do."""
 
     async def drain(self, timeout: float) -> None:  # noqa: B027 - optional hook
         """Return once nothing queued or running is left (or ``timeout`` passed)."""

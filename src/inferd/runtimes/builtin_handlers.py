@@ -12,7 +12,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class BaseHandler:
             return self.model(data.to(self.device), *args, **kwargs)
 
     def postprocess(self, data: Any) -> list[Any]:
-        return data.tolist()
+        return cast(list[Any], data.tolist())
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
@@ -112,7 +112,7 @@ def image_to_array(raw: bytes) -> np.ndarray:
         raise InvalidInput(f"the request body is not an image Pillow can read: {exc}") from None
     width, height = image.size
     size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
-    image = image.resize(size, Image.BILINEAR)
+    image = image.resize(size, Image.Resampling.BILINEAR)
     left = round((size[0] - 224) / 2.0)
     top = round((size[1] - 224) / 2.0)
     image = image.crop((left, top, left + 224, top + 224))
@@ -157,7 +157,7 @@ def load_model(model_dir: Path, model_file: str, weights: str | None, device: An
         raise ConfigError("the archive has neither a serializedFile nor a model_file")
     if weights.endswith(".pt2"):
         return torch.export.load(weights).module().to(device)
-    return torch.jit.load(weights, map_location=device).eval()
+    return torch.jit.load(weights, map_location=device).eval()  # type: ignore[no-untyped-call]
 
 
 def _model_class(path: Path) -> Any:

@@ -59,6 +59,9 @@ class TensorFlowRuntime(Runtime):
                                f"{', '.join(self.signature_names)}")
         return TensorFlowRuntime(self._loaded, name, self.max_batch_size, self._name, self._device)
 
+    def other_signatures(self) -> dict[str, Runtime]:
+        return {name: self.signature(name) for name in self.signature_names if name != self.signature_name}
+
     def infer(self, inputs: Arrays) -> Arrays:
         tf = self._tf
         with tf.device(self._device_name()):
@@ -80,7 +83,7 @@ def _tf_ready(array: np.ndarray) -> Any:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    array = value.numpy()
+    array: np.ndarray = value.numpy()
     if array.dtype == object:
         return array
     if array.dtype.name == "bfloat16":

@@ -6,7 +6,7 @@ tensors, or a dict of tensors (matched to outputs by name).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,8 +87,8 @@ def _to_numpy(value: Any, torch: Any) -> np.ndarray:
     if value.dtype == torch.bfloat16:
         from inferd.types import bfloat16
 
-        return value.cpu().view(torch.int16).numpy().view(bfloat16())
-    return value.cpu().numpy()
+        return cast(np.ndarray, value.cpu().view(torch.int16).numpy().view(bfloat16()))
+    return cast(np.ndarray, value.cpu().numpy())
 
 
 def load(context: LoadContext) -> TorchRuntime:
@@ -103,7 +103,7 @@ def load(context: LoadContext) -> TorchRuntime:
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
     _refuse_bytes(inputs + outputs, context.name)
-    module = torch.jit.load(str(context.artifact), map_location=context.device).eval()
+    module = torch.jit.load(str(context.artifact), map_location=context.device).eval()  # type: ignore[no-untyped-call]
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs,
                         context.config.max_batch_size, context.device, context.name)
 

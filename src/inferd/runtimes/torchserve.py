@@ -8,10 +8,12 @@ initialised as TorchServe would.
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from inferd.errors import ConfigError
 from inferd.runtimes import handler
@@ -37,9 +39,22 @@ def unpack(archive: Path) -> Path:
     return target
 
 
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """An unpacked archive's ``MAR-INF/MANIFEST.json``, which must hold a ``model`` object."""
+    path = model_dir / "MAR-INF" / "MANIFEST.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"archive has no readable MAR-INF/MANIFEST.json: {exc}") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
+        raise ConfigError("MAR-INF/MANIFEST.json has no 'model' object")
+    return manifest
+
+
 def load(context: LoadContext) -> HandlerRuntime:
     gpu = int(context.device.split(":")[1]) if context.device.startswith("cuda") else None
-    return handler.build(context.name, unpack(context.artifact), context.config.max_batch_size, gpu)
+    model_dir = unpack(context.artifact)
+    return handler.build(context.name, model_dir, read_manifest(model_dir), context.config.max_batch_size, gpu)
 
 
 @atexit.register

@@ -18,9 +18,10 @@ import numpy as np
 
 from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
-from inferd.runtimes.base import Arrays, Runtime
+from inferd.runtimes.base import Arrays
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.policy import decide, plan_batch
+from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext
 
 BatchObserver = Callable[[int], None]  # rows of each execution
@@ -42,7 +43,7 @@ def batch_key(inputs: Arrays) -> tuple[object, ...]:
     return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
 
 
-class DynamicBatcher(Runtime):
+class DynamicBatcher(Scheduler):
     def __init__(self, pool: InstancePool, batching: DynamicBatching,
                  observe_batch: BatchObserver | None = None) -> None:
         self.pool = pool
@@ -60,12 +61,16 @@ class DynamicBatcher(Runtime):
         self._first_done = False
 
     @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
+    def instances(self) -> int:
+        return self.pool.instances
 
     @property
     def busy(self) -> int:
         return self._running
+
+    def statistics(self) -> SchedulerStats:
+        pool = self.pool.statistics()
+        return SchedulerStats(pool.instances, self._running, len(self._queue), pool.executions, pool.inferences)
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.pool.infer(inputs)
@@ -106,7 +111,7 @@ class DynamicBatcher(Runtime):
     def _runs_at_once(self) -> bool:
         """The first request of a loop pass for a model cheaper than the pass itself runs at once: a
         lone client never waits a pass; requests arriving together still batch."""
-        return not self._first_done and self.pool.trivial and self._running < self.pool.count
+        return not self._first_done and self.pool.trivial and self._running < self.pool.instances
 
     def _end_pass(self) -> None:
         self._first_done = False
@@ -149,13 +154,13 @@ class DynamicBatcher(Runtime):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._queue and self._running < self.pool.count:
+        while self._queue and self._running < self.pool.instances:
             self._drop_abandoned()
             if not self._queue:
                 return
             head = self._queue[0]
             decision = decide(self._queued_rows, time.perf_counter() - head.enqueued,
-                              self.pool.count - self._running, self._running, self.max_batch_size,
+                              self.pool.instances - self._running, self._running, self.max_batch_size,
                               self._batching.preferred_batch_sizes, self._max_delay_s)
             if not decision.dispatch:
                 if decision.wait_s is not None:

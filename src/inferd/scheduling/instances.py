@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.policy import inline_threshold
+from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext
 
 # A call this fast costs the event loop less than handing it to a thread and back (about 70 µs of
@@ -21,7 +22,7 @@ _SLOW_STREAK = 3  # calls in a row 10x over the threshold send an inline model b
 _EWMA = 0.2
 
 
-class InstancePool(Runtime):
+class InstancePool(Scheduler):
     """Runs a runtime on ``count`` threads; at most ``max_queue`` calls wait for one.
 
     Without dynamic batching each request is one call. It is a Runtime itself; the batcher uses
@@ -34,14 +35,16 @@ class InstancePool(Runtime):
                  on_unload: Callable[[], None] | None = None) -> None:
         self.inner = runtime
         self.adopt_metadata(runtime)
-        self.count = count
+        self._count = count
         self.name = name
         self._max_queue = max_queue
         self._executor = ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{name}")
         self._observe_batch = observe_batch
         self._on_unload = on_unload
         self.pending = 0  # submitted and not finished (on the event loop)
-        self.busy = 0  # running right now (instance threads)
+        self._busy = 0  # running right now (instance threads)
+        self._executions = 0
+        self._inferences = 0
         self._mean_s = 0.0  # moving average of a call's duration
         self._measured = 0
         self.inline = False
@@ -49,11 +52,23 @@ class InstancePool(Runtime):
         self._slow_streak = 0
         self._inline_below_s = inline_threshold(_usable_cpus())
 
+    @property
+    def instances(self) -> int:
+        return self._count
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def statistics(self) -> SchedulerStats:
+        return SchedulerStats(self._count, self._busy, max(self.pending - self._busy, 0), self._executions,
+                              self._inferences)
+
     def infer(self, inputs: Arrays) -> Arrays:
         return self.inner.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
-        if self.pending >= self._max_queue + self.count:
+        if self.pending >= self._max_queue + self._count:
             raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
         if self.inline and self.pending == 0:
             return self._run(inputs, context, time.perf_counter())
@@ -70,7 +85,9 @@ class InstancePool(Runtime):
         return asyncio.get_running_loop().run_in_executor(self._executor, self.execute, inputs)
 
     def execute(self, inputs: Arrays) -> Arrays:
-        self.busy += 1
+        self._busy += 1
+        self._executions += 1
+        self._inferences += self._rows(inputs)
         start = time.perf_counter()
         try:
             return self.inner.infer(inputs)
@@ -79,7 +96,7 @@ class InstancePool(Runtime):
         except Exception as exc:
             raise ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            self.busy -= 1
+            self._busy -= 1
             self._measure(time.perf_counter() - start)
 
     def _measure(self, seconds: float) -> None:
@@ -107,12 +124,17 @@ class InstancePool(Runtime):
         if context.is_cancelled():
             raise asyncio.CancelledError("the client went away")
         if self._observe_batch is not None:  # unbatched: each call is a "batch" of its rows
-            first = next(iter(inputs.values()))
-            self._observe_batch(int(first.shape[0]) if self.max_batch_size > 0 else 1)
+            self._observe_batch(self._rows(inputs))
         try:
             return self.execute(inputs)
         finally:
             context.timings.compute += time.perf_counter() - start
+
+    def _rows(self, inputs: Arrays) -> int:
+        """Rows of one call: dim 0 when the model batches, else 1."""
+        if self.max_batch_size <= 0 or not inputs:
+            return 1
+        return int(next(iter(inputs.values())).shape[0])
 
     async def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -124,13 +146,11 @@ class InstancePool(Runtime):
         are; the old threads leave once idle."""
         if count < 1:
             raise ValueError(f"an instance pool needs at least one instance, got {count}")
-        if count == self.count:
+        if count == self._count:
             return
-        resize_inner = getattr(self.inner, "resize", None)
-        if resize_inner is not None:  # process instances: start or retire processes too
-            resize_inner(count)
+        self.inner.scale(count)  # process instances start or retire processes too
         old, self._executor = self._executor, ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{self.name}")
-        self.count = count
+        self._count = count
         old.shutdown(wait=False)
 
     def unload(self) -> None:
@@ -140,7 +160,7 @@ class InstancePool(Runtime):
         self.inner.unload()
 
     def describe(self) -> str:
-        return f"{self.inner.describe()}, {self.count} instance(s)"
+        return f"{self.inner.describe()}, {self._count} instance(s)"
 
 
 def _usable_cpus() -> int:

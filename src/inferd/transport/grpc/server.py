@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 
-from inferd.service import InferenceService
-from inferd.transport.grpc.servicers import KServeV2Servicer, ModelServicer, PredictionServicer
+from inferd.core import Core
+from inferd.transport.grpc.servicers import KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
 
 
-def _handler(servicer: Any) -> grpc.GenericRpcHandler:
+def _handler(servicer: Servicer) -> grpc.GenericRpcHandler[Any, Any]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             method, request_deserializer=request_type.FromString,
@@ -21,11 +21,11 @@ def _handler(servicer: Any) -> grpc.GenericRpcHandler:
 
 
 class GrpcServer:
-    def __init__(self, service: InferenceService, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
         self._server = grpc.aio.server(options=options)
-        servicers = [KServeV2Servicer(service), PredictionServicer(service), ModelServicer(service)]
+        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
         self._server.add_generic_rpc_handlers([_handler(s) for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:

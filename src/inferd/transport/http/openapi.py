@@ -114,36 +114,38 @@ def _tfserving_paths() -> dict[str, Any]:
 
 
 def _torchserve_paths() -> dict[str, Any]:
-    ts = {"error_schema": _TS_ERROR}
+    ts = _TS_ERROR  # TorchServe routes answer errors in its own shape
     any_body = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     answer = {"description": "the handler's answer, in its own content type",
               "content": {"*/*": {"schema": {}}}}
     workers = (_param("min_worker", "query", {"type": "integer"}), _param("max_worker", "query", {"type": "integer"}))
     paths: dict[str, Any] = {
-        "/ping": {"get": _op("TorchServe health", _STATUS, (500,), **ts)},
+        "/ping": {"get": _op("TorchServe health", _STATUS, (500,), error_schema=ts)},
         "/models": {
-            "get": _op("TorchServe: registered models", {"type": "object", "required": ["models"]}, (400,), **ts),
+            "get": _op("TorchServe: registered models", {"type": "object", "required": ["models"]}, (400,),
+                       error_schema=ts),
             "post": _op("TorchServe: register an archive from the model store", _STATUS,
                         (400, 401, 403, 404, 503), query=(_param("url", "query"), _param("model_name", "query"),
                                                           _param("initial_workers", "query", {"type": "integer"})),
-                        **ts),
+                        error_schema=ts),
         },
     }
     predictions = (("/predictions/{model}", ("model",)), ("/predictions/{model}/{version}", ("model", "version")))
     for path, params in predictions:
         operation = _op("TorchServe inference: the raw body goes to the handler", {},
-                        (400, 401, 404, 413, 500, 503, 504), params=params, body=any_body, **ts)
+                        (400, 401, 404, 413, 500, 503, 504), params=params, body=any_body, error_schema=ts)
         operation["responses"]["200"] = answer
         paths[path] = {"post": operation}
     for path, params in (("/models/{model}", ("model",)), ("/models/{model}/{version}", ("model", "version"))):
         paths[path] = {
             "get": _op("TorchServe: describe a model", {"type": "array", "items": {"type": "object"}}, (404,),
-                       params=params, **ts),
-            "put": _op("TorchServe: scale workers", _STATUS, (400, 401, 403, 404), params=params, query=workers, **ts),
-            "delete": _op("TorchServe: unregister", _STATUS, (400, 401, 403, 404), params=params, **ts),
+                       params=params, error_schema=ts),
+            "put": _op("TorchServe: scale workers", _STATUS, (400, 401, 403, 404), params=params, query=workers,
+                       error_schema=ts),
+            "delete": _op("TorchServe: unregister", _STATUS, (400, 401, 403, 404), params=params, error_schema=ts),
         }
     paths["/models/{model}/{version}/set-default"] = {"put": _op(
-        "TorchServe: set the default version", _STATUS, (401, 403, 404), params=("model", "version"), **ts)}
+        "TorchServe: set the default version", _STATUS, (401, 403, 404), params=("model", "version"), error_schema=ts)}
     return paths
 
 

@@ -1,11 +1,11 @@
-"""HTTP routes: each decodes with a protocol codec, calls the InferenceService, encodes."""
+"""HTTP routes for KServe v2 and /metrics: each decodes with a protocol codec, calls the core, encodes."""
 
 from __future__ import annotations
 
+from inferd.core import Core
 from inferd.errors import InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2
-from inferd.service import InferenceService
 from inferd.transport.http.app import (
     HttpRequest,
     HttpResponse,
@@ -35,8 +35,9 @@ def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
 class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
+    def __init__(self, core: Core) -> None:
+        self.data = core.data
+        self.control = core.control
 
     def register(self, router: Router) -> None:
         router.add("GET", "/v2/health/live", self.live)
@@ -51,31 +52,31 @@ class KServeV2Routes:
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload)
 
     async def live(self, request: HttpRequest) -> HttpResponse:
-        return OK if self.service.live() else error_response(503, "server is not live")
+        return OK if self.data.live() else error_response(503, "server is not live")
 
     async def ready(self, request: HttpRequest) -> HttpResponse:
-        return OK if self.service.ready() else error_response(503, "server is not ready")
+        return OK if self.data.ready() else error_response(503, "server is not ready")
 
     async def server_metadata(self, request: HttpRequest) -> HttpResponse:
-        return json_response(self.service.server_metadata())
+        return json_response(self.data.server_metadata().to_dict())
 
     async def model_metadata(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        return json_response(self.service.model_metadata(name, version).to_dict())
+        return json_response(self.data.model_metadata(name, version).to_dict())
 
     async def model_ready(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        self.service.model_ready(name, version)
+        self.data.model_ready(name, version)
         return OK
 
     async def infer(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        self.service.model_ready(name, version)  # unknown model: 404 before reading the body
+        self.data.model_ready(name, version)  # unknown model: 404 before reading the body
         header_length = _header_length(request)
         infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
-        response = await self.service.infer(infer_request)
+        response = await self.data.infer(infer_request)
         body, json_length = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
         if json_length is None:
@@ -90,18 +91,14 @@ class KServeV2Routes:
             if not isinstance(payload, dict):
                 raise InvalidInput("the repository index request must be a JSON object")
             ready_only = bool(payload.get("ready", False))
-        return json_response(self.service.repository_index(ready_only))
+        return json_response([row.to_dict() for row in self.control.index(ready_only)])
 
     async def load(self, request: HttpRequest) -> HttpResponse:
-        self.service.access.authorize_control(request.headers.get("authorization"), "loading a model")
-        name, _ = model_and_version(request)
-        await self.service.load_model(name)
+        await self.control.load(request.params["model"], request.headers.get("authorization"))
         return OK
 
     async def unload(self, request: HttpRequest) -> HttpResponse:
-        self.service.access.authorize_control(request.headers.get("authorization"), "unloading a model")
-        name, _ = model_and_version(request)
-        await self.service.unload_model(name)
+        await self.control.unload(request.params["model"], request.headers.get("authorization"))
         return OK
 
 
@@ -117,13 +114,13 @@ def _header_length(request: HttpRequest) -> int | None:
 class MetricsRoutes:
     """``/metrics`` in the Prometheus text format."""
 
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
+    def __init__(self, core: Core) -> None:
+        self._metrics = core.metrics
 
     def register(self, router: Router) -> None:
         router.add("GET", "/metrics", self.metrics)
 
     async def metrics(self, request: HttpRequest) -> HttpResponse:
-        if self.service.metrics is None:
+        if self._metrics is None:
             return error_response(404, "metrics are off")
-        return HttpResponse(200, self.service.metrics.exposition(), METRICS_CONTENT_TYPE)
+        return HttpResponse(200, self._metrics.exposition(), METRICS_CONTENT_TYPE)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
+from inferd.core import Core
 from inferd.errors import InvalidInput
 from inferd.protocols import kserve_v2, tfserving
-from inferd.service import InferenceService
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import server_timing
 
@@ -14,8 +14,8 @@ _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1
 
 
 class TFServingRoutes:
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
+    def __init__(self, core: Core) -> None:
+        self.data = core.data
 
     def register(self, router: Router) -> None:
         for prefix in _PREFIXES:
@@ -28,17 +28,17 @@ class TFServingRoutes:
     def _version(self, request: HttpRequest) -> str | None:
         label = request.params.get("label")
         if label is not None:
-            return self.service.resolve_label(request.params["model"], label)
+            return self.data.resolve_label(request.params["model"], label)
         return request.params.get("version")
 
     async def status(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        return json_response(tfserving.rest_status(self.service.version_states(name, self._version(request))))
+        return json_response(tfserving.rest_status(self.data.version_states(name, self._version(request))))
 
     async def metadata(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        metadata = self.service.model_metadata(name, self._version(request))
-        signatures = self.service.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
+        metadata = self.data.model_metadata(name, self._version(request))
+        signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
         return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
@@ -47,14 +47,14 @@ class TFServingRoutes:
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
             raise InvalidInput("signature_name must be a string")
-        specs = self.service.signature_metadata(name, version)
+        specs = self.data.signature_metadata(name, version)
         chosen = signature or next(iter(specs))
         if chosen not in specs:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
         infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
-        response = await self.service.infer(infer_request)
+        response = await self.data.infer(infer_request)
         body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
         return HttpResponse(200, body, headers=[server_timing(response)])
 

@@ -1,0 +1,120 @@
+"""The data plane: health, metadata and inference — what every request that is not model control
+asks of the server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import inferd
+from inferd.auth import AccessPolicy
+from inferd.errors import InferdError, NotFound
+from inferd.observability.metrics import Metrics
+from inferd.repository.registry import ModelRegistry
+from inferd.scheduling.scheduler import Scheduler
+from inferd.types import CallContext, InferRequest, InferResponse, ModelMetadata, ServerMetadata, Tensor, VersionStatus
+from inferd.validation import check_inputs, check_outputs
+
+EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "statistics")
+
+
+class DataPlane:
+    """Live, ready, metadata, infer. ``ready`` turns true once the composition root says every
+    model was tried, and false again while draining."""
+
+    def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
+                 access: AccessPolicy | None = None) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._access = access or AccessPolicy()
+        self._ready = False
+        self._draining = False
+
+    # -- health ----------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready and not self._draining
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def start_draining(self) -> None:
+        self._draining = True
+
+    # -- metadata --------------------------------------------------------------------------
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata("inferd", inferd.__version__, EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+        runtime, resolved = self._registry.get(name, version)
+        versions = (resolved,) if version is not None else tuple(self._registry.entry(name).ready_versions())
+        return _metadata(name, versions, runtime)
+
+    def signature_metadata(self, name: str, version: str | None) -> dict[str, ModelMetadata]:
+        """Per signature (TensorFlow; others have one, serving_default): its inputs and outputs."""
+        return {sig: _metadata(name, (), runtime) for sig, runtime in self._registry.signatures(name, version).items()}
+
+    def resolve_label(self, name: str, label: str) -> str:
+        return self._registry.resolve_label(name, label)
+
+    def version_states(self, name: str, version: str | None = None) -> list[VersionStatus]:
+        """The state of a model's versions, or of one."""
+        entry = self._registry.entry(name)
+        rows = [VersionStatus(name, v.version, v.state, v.reason) for v in entry.sorted_versions()]
+        if version is not None:
+            rows = [row for row in rows if row.version == version]
+            if not rows:
+                raise NotFound(f"model '{name}' has no version '{version}'")
+        return rows
+
+    def model_ready(self, name: str, version: str | None) -> None:
+        """Returns when the model (version) is ready; raises NotFound or Unavailable otherwise."""
+        self._registry.get(name, version)
+
+    def is_model_ready(self, name: str, version: str | None) -> bool:
+        """Triton's reading: an unknown or unloaded model is not ready, which is not an error."""
+        try:
+            self._registry.get(name, version)
+        except InferdError:
+            return False
+        return True
+
+    # -- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start = time.perf_counter()
+        self._access.authorize_inference(request.credentials)
+        signature = request.parameters.get("signature_name")
+        if signature:
+            runtime, version = self._registry.get_signature(request.model_name, request.model_version, str(signature))
+        else:
+            runtime, version = self._registry.get(request.model_name, request.model_version)
+        deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
+        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        outcome = "success"
+        try:
+            arrays = check_inputs(request, runtime)
+            wanted = check_outputs(request, runtime)
+            outputs = await runtime.infer_async(arrays, context)
+        except InferdError as exc:
+            outcome = exc.code.value
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            context.timings.total = time.perf_counter() - start
+            if self._metrics is not None:
+                t = context.timings
+                self._metrics.for_model(request.model_name, version).request(
+                    request.protocol, outcome, t.total, t.queue, t.compute)
+        datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+        tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+        return InferResponse(model_name=request.model_name, model_version=version,
+                             outputs=tensors, id=request.id, timings=context.timings)
+
+
+def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:
+    return ModelMetadata(name=name, versions=versions, platform=runtime.platform, inputs=runtime.inputs,
+                         outputs=runtime.outputs, max_batch_size=runtime.max_batch_size)

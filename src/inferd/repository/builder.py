@@ -1,0 +1,49 @@
+"""How one model version becomes something to serve: its artifact and backend, its device, threads
+or processes, warm-up, TensorFlow's other signatures, and the scheduler the composition root wraps
+around each (``Wrap``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from inferd.config import ModelConfig
+from inferd.isolation.process import InstanceSpec, ProcessRuntime
+from inferd.repository.layout import find_artifact
+from inferd.repository.loader import load_runtime
+from inferd.runtimes.base import LoadContext, Runtime
+
+S = TypeVar("S", bound=Runtime)
+
+# Wraps a freshly loaded runtime (model name, version) in what serves it: the composition root
+# gives scheduling's factory; a registry without one serves the bare runtime.
+Wrap = Callable[[Runtime, ModelConfig, str, str], S]
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltVersion(Generic[S]):
+    served: S  # the default signature's
+    signatures: dict[str, S]  # TensorFlow's other signatures, by name
+    default_signature: str  # "" when the model has one signature
+
+
+def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap: Wrap[S]) -> BuiltVersion[S]:
+    """Load a version from its folder (or ``.mar`` archive). Blocks: call it off the event loop."""
+    if path.suffix == ".mar":
+        artifact, backend = path, "torchserve"
+    else:
+        artifact, backend = find_artifact(path, config.backend)
+    group = config.instance_group
+    device = f"cuda:{group.gpus[0] if group.gpus else 0}" if group.kind == "gpu" else "cpu"
+    context = LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
+    if group.resolved_kind(backend) == "process":
+        spec = InstanceSpec(backend, context, group.response_timeout_s, group.memory_limit_mb)
+        runtime: Runtime = ProcessRuntime(spec, group.count)
+    else:
+        runtime = load_runtime(backend, context)
+        runtime.warmup()
+    signatures = {sig: wrap(other, config, name, f"{version}:{sig}")
+                  for sig, other in runtime.other_signatures().items()}
+    return BuiltVersion(wrap(runtime, config, name, version), signatures, runtime.signature_name)

@@ -1,0 +1,42 @@
+"""The Scheduler: what the core may ask of a scheduled model version, beyond running it."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+from inferd.runtimes.base import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    """A scheduler's counters since it was built."""
+
+    instances: int  # executions that may run at once
+    busy: int  # executions running now
+    queued: int  # requests waiting for an instance
+    executions: int  # model calls (one per batch)
+    inferences: int  # rows those calls ran (batch sizes added up; 1 per call without a batch dim)
+
+
+class Scheduler(Runtime):
+    """A Runtime that schedules another one (an instance pool, a dynamic batcher): it can say how
+    many instances it runs and how busy they are, and be resized."""
+
+    @property
+    @abstractmethod
+    def instances(self) -> int:
+        """Executions that may run at once."""
+
+    @property
+    @abstractmethod
+    def busy(self) -> int:
+        """Executions running now."""
+
+    @abstractmethod
+    def resize(self, count: int) -> None:
+        """Run ``count`` executions at once from now on (>= 1)."""
+
+    @abstractmethod
+    def statistics(self) -> SchedulerStats:
+        """The counters, read without locking (a snapshot may be a call behind)."""

@@ -1,0 +1,102 @@
+"""The data plane and model control over a real registry of Python models, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.auth import AccessPolicy
+from inferd.config import ModelConfig
+from inferd.core import DataPlane, ModelControl
+from inferd.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from inferd.repository.registry import ModelRegistry
+from inferd.runtimes.base import Runtime
+from inferd.scheduling.factory import build_scheduler
+from inferd.scheduling.scheduler import Scheduler
+from inferd.types import InferRequest, ModelState, Tensor
+from tests.models import PYTHON_MODEL, write
+
+CONFIG = """
+backend = "python"
+max_batch_size = 4
+[instance_group]
+kind = "cpu"
+count = 2
+[version_policy]
+all = true
+[[input]]
+name = "x"
+datatype = "FP64"
+shape = [-1]
+[[output]]
+name = "y"
+datatype = "FP64"
+shape = [-1]
+"""
+
+
+def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
+    return build_scheduler(runtime, config, name, version)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry[Scheduler]:
+    for version in (1, 2):
+        write(tmp_path / "m" / str(version) / "model.py", PYTHON_MODEL)
+    write(tmp_path / "m/config.toml", CONFIG)
+    write(tmp_path / "broken/config.toml", "max_batch_sise = 4\n")
+    (tmp_path / "broken/1").mkdir(parents=True)
+    registry: ModelRegistry[Scheduler] = ModelRegistry(tmp_path, wrap=wrap)
+    asyncio.run(registry.load_all())
+    return registry
+
+
+def test_index_and_describe_report_the_real_state(registry: ModelRegistry[Scheduler]) -> None:
+    control = ModelControl(registry)
+    rows = control.index()
+    assert [(r.name, r.version, r.state) for r in rows] == [
+        ("broken", "1", ModelState.UNAVAILABLE), ("m", "1", ModelState.READY), ("m", "2", ModelState.READY)]
+    assert "max_batch_sise" in rows[0].reason
+    assert [r.version for r in control.index(ready_only=True)] == ["1", "2"]
+    described = control.describe("m")
+    assert [(d.version, d.instances, d.busy, d.max_batch_size, d.default) for d in described] == [
+        ("1", 2, 0, 4, False), ("2", 2, 0, 4, True)]
+    with pytest.raises(NotFound):
+        control.describe("absent")
+
+
+def test_changes_need_model_control_and_the_token(registry: ModelRegistry[Scheduler]) -> None:
+    with pytest.raises(Forbidden, match="--model-control explicit"):
+        ModelControl(registry).scale("m", 3, None)
+    guarded = ModelControl(registry, AccessPolicy(model_control=True, token="s3cret"))
+    with pytest.raises(Unauthenticated):
+        guarded.scale("m", 3, "Bearer wrong")
+    with pytest.raises(Unauthenticated):
+        asyncio.run(guarded.unload("m", None))
+    assert [r.state for r in guarded.index() if r.name == "m"] == [ModelState.READY] * 2
+
+
+def test_scale_resizes_every_version(registry: ModelRegistry[Scheduler]) -> None:
+    control = ModelControl(registry, AccessPolicy(model_control=True))
+    control.scale("m", 3, None)
+    assert [d.instances for d in control.describe("m")] == [3, 3]
+    with pytest.raises(InvalidInput, match="at least one worker"):
+        control.scale("m", 0, None)
+
+
+def test_infer_answers_like_the_model_and_counts_executions(registry: ModelRegistry[Scheduler]) -> None:
+    data = DataPlane(registry)
+    x = np.array([[1.0, 2.5, -3.0], [0.0, 4.0, 8.0]])  # two rows of a batch
+    response = asyncio.run(data.infer(InferRequest("m", "1", [Tensor("x", "FP64", x)])))
+    assert response.model_version == "1"
+    np.testing.assert_array_equal(response.outputs[0].data, x * 2 + 10)
+    stats = registry.get("m", "1")[0].statistics()
+    assert (stats.executions, stats.inferences, stats.busy, stats.queued) == (1, 2, 0, 0)
+    assert data.model_metadata("m", None).versions == ("1", "2")
+    assert data.is_model_ready("m", "2") and not data.is_model_ready("broken", None)
+    assert [s.state for s in data.version_states("m")] == [ModelState.READY, ModelState.READY]
+    with pytest.raises(NotFound):
+        data.version_states("m", "9")

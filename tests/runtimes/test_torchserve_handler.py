@@ -1,0 +1,88 @@
+"""The TorchServe handler runtime's parts: request decoding, answer encoding, the manifest, a handler run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferd.errors import ConfigError
+from inferd.runtimes import handler, ts_requests
+from inferd.runtimes.torchserve import read_manifest
+from inferd.runtimes.ts_context import Context
+from inferd.runtimes.ts_requests import decode_row, encode_answer
+
+
+def test_a_raw_body_is_one_field() -> None:
+    assert decode_row(b"\x00\x01", "application/octet-stream") == {"body": bytearray(b"\x00\x01")}
+
+
+def test_a_urlencoded_form_is_its_fields() -> None:
+    assert decode_row(b"a=1&b=x", "application/x-www-form-urlencoded") == {"a": b"1", "b": b"x"}
+    assert decode_row(b"", "application/x-www-form-urlencoded") == {"body": bytearray()}
+
+
+def test_a_multipart_form_is_its_fields() -> None:
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"data\"; filename=\"x.bin\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n\x00\xffpixels\r\n--XX--\r\n")
+    assert decode_row(body, "multipart/form-data; boundary=XX") == {"data": bytearray(b"\x00\xffpixels")}
+
+
+def test_answers_become_bytes_with_a_content_type() -> None:
+    assert encode_answer(b"raw", None) == (b"raw", "application/octet-stream")
+    assert encode_answer("hi", None) == (b"hi", "text/plain; charset=utf-8")
+    assert encode_answer(np.array([1.5, 2.0]), None) == (b"[1.5,2.0]", "application/json")
+    assert encode_answer({1: "a"}, "application/x-mine") == (b'{"1":"a"}', "application/x-mine")
+
+
+def test_names_from_before_the_split_still_import_from_handler() -> None:
+    assert handler.decode_row is ts_requests.decode_row
+    assert handler.encode_answer is ts_requests.encode_answer
+    assert handler.Context is Context
+
+
+def test_a_manifest_must_exist_and_name_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no readable"):
+        read_manifest(tmp_path)
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text("[]")
+    with pytest.raises(ConfigError, match="no 'model' object"):
+        read_manifest(tmp_path)
+
+
+def test_a_function_handler_runs_a_batch(tmp_path: Path) -> None:
+    (tmp_path / "echo_handler.py").write_text(textwrap.dedent("""
+        def handle(data, context):
+            if data is None:
+                context.initialised = True
+                return None
+            context.set_response_content_type(1, "text/x-second")
+            return [row.get("body", b"form") for row in data]
+    """))
+    manifest = {"model": {"handler": "echo_handler.py:handle"}}
+    (tmp_path / "MAR-INF").mkdir()
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    try:
+        runtime = handler.build("echo", tmp_path, read_manifest(tmp_path), 4, None)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("echo_handler", None)
+    assert getattr(runtime._context, "initialised", False)
+    bodies = np.empty(2, dtype=object)
+    bodies[:] = [b"one", b"a=1"]
+    kinds = np.array([b"application/octet-stream", b"application/x-www-form-urlencoded"], dtype=object)
+    out = runtime.infer({"body": bodies, "content_type": kinds})
+    assert out["output"].tolist() == [b"one", b"form"]
+    assert out["content_type"].tolist() == [b"application/octet-stream", b"text/x-second"]
+
+
+def test_a_handler_answering_the_wrong_count_fails_clearly(tmp_path: Path) -> None:
+    runtime = handler.HandlerRuntime(lambda data, context: [], Context("m", str(tmp_path), {}, 1, None), 1, "m")
+    body = np.empty(1, dtype=object)
+    body[:] = [b"x"]
+    with pytest.raises(RuntimeError, match="returned 0 results for a batch of 1"):
+        runtime.infer({"body": body, "content_type": np.array([b"text/plain"], dtype=object)})
