@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from inferd.errors import InvalidInput
 from inferd.protocols import kserve_v2, tfserving
-from inferd.runtimes.handler import decode_row
+from inferd.runtimes.ts_requests import decode_row
 from inferd.types import TensorSpec
 
 json_values = st.recursive(

@@ -49,7 +49,7 @@ def main(fd: int) -> None:
 
 
 def _load(conn: Connection, backend: str, context: LoadContext) -> Runtime | None:
-    from inferd.repository.loader import load_runtime
+    from inferd.runtimes.loader import load_runtime
 
     try:
         runtime = load_runtime(backend, context)

@@ -12,8 +12,8 @@ from typing import Generic, TypeVar
 from inferd.config import ModelConfig
 from inferd.isolation.process import InstanceSpec, ProcessRuntime
 from inferd.repository.layout import find_artifact
-from inferd.repository.loader import load_runtime
 from inferd.runtimes.base import LoadContext, Runtime
+from inferd.runtimes.loader import load_runtime
 
 S = TypeVar("S", bound=Runtime)
 
