@@ -55,13 +55,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("sched")
     configs = {
         "batched": "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_ms = 5\n",
+        "batched_grpc": "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_ms = 5\n",
         "tiny_queue": "max_batch_size = 1\n[dynamic_batching]\nmax_queue_size = 2\n",
         "pool": "max_batch_size = 8\n[instance_group]\ncount = 3\nkind = \"cpu\"  # one process: a shared counter\n",
     }
     for name, config in configs.items():
         write(root / name / "1/model.py", SLOW_MODEL)
         write(root / name / "config.toml", 'backend = "python"\n' + config + TENSORS)
-    with serve(root) as running:
+    with serve(root, grpc=True) as running:
         yield running
 
 
@@ -80,6 +81,28 @@ def metrics(server: RunningServer) -> dict[str, list]:
 def sample(families: dict[str, list], name: str, **labels: str) -> float:
     return sum(s.value for family in families.values() for s in family
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_grpc_calls_batch_like_http_requests(server: RunningServer) -> None:
+    """Concurrent gRPC calls reach the batcher together, so they share executions as HTTP requests do."""
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(server.grpc_url)
+
+    def call(i: int) -> np.ndarray:
+        tensor = triton.InferInput("x", [1, 2], "FP32")
+        tensor.set_data_from_numpy(np.array([[float(i), 0.03]], dtype=np.float32))
+        return client.infer("batched_grpc", [tensor]).as_numpy("y")
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(call, range(96)))
+    for i, answer in enumerate(answers):
+        assert answer.tolist() == [[2.0 * i, pytest.approx(0.06)]]
+    families = metrics(server)
+    executions = sample(families, "inferd_batch_size_count", model="batched_grpc")
+    assert sample(families, "inferd_batch_size_sum", model="batched_grpc") == 96
+    assert executions < 96 / 2, f"{executions} executions for 96 gRPC calls: batches did not form"
 
 
 def test_concurrent_requests_each_get_their_own_rows_in_real_batches(server: RunningServer) -> None:

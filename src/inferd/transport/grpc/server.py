@@ -1,19 +1,81 @@
-"""The gRPC server: grpc.aio on its own port, every servicer registered under its protocol's name."""
+"""The gRPC server: every servicer registered under its protocol's name, on its own port.
+
+grpc's C core receives and parses on a pool of threads (the synchronous grpcio server); each call is
+handed to the event loop, where the servicer method runs like an HTTP route, and its thread waits for
+the answer. Many calls reach the loop in one pass, so the batcher sees them together, as it sees
+HTTP requests parsed in one pass. (grpc.aio delivers each call through several loop passes of its
+own, so batches stayed at one or two requests: see DESIGN.md.)
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.transport.grpc.servicers import KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
+from inferd.transport.grpc.servicers import (
+    Context,
+    KServeV2Servicer,
+    ModelServicer,
+    PredictionServicer,
+    Servicer,
+)
+
+THREADS = 256  # calls running at once; more wait in grpc's queue until a thread is free
+MAX_CALLS = 4096  # calls accepted at once (running or waiting); beyond: RESOURCE_EXHAUSTED at once
 
 
-def _handler(servicer: Servicer) -> grpc.GenericRpcHandler[Any, Any]:
+class _Aborted(grpc.aio.AbortError):
+    """A servicer method aborted: carried back to the calling thread, which aborts the call there."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _LoopContext:
+    """What a servicer method may ask of its call, answered from the grpc thread's context."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+    def cancelled(self) -> bool:
+        return not self._context.is_active()
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+
+Method = Callable[[Message, Context], Awaitable[Message]]
+
+
+def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Message, grpc.ServicerContext], Message]:
+    """The grpc thread's side of a call: run ``method`` on the loop and wait for its answer."""
+
+    def call(request: Message, context: grpc.ServicerContext) -> Message:
+        coroutine = method(request, cast(Context, _LoopContext(context)))
+        future = asyncio.run_coroutine_threadsafe(cast(Coroutine[Any, Any, Message], coroutine), loop)
+        try:
+            return future.result()
+        except _Aborted as exc:
+            context.abort(exc.code, exc.details)
+            raise  # not reached: abort raises
+
+    return call
+
+
+def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop) -> grpc.GenericRpcHandler[Any, Any]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request_type.FromString,
+            _on_loop(method, loop), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
         for name, (method, request_type) in servicer.methods().items()
     }
@@ -21,18 +83,24 @@ def _handler(servicer: Servicer) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 class GrpcServer:
+    """Must be built on the event loop's thread: calls are handed to that loop."""
+
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
-        self._server = grpc.aio.server(options=options)
+        loop = asyncio.get_running_loop()
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
-        self._server.add_generic_rpc_handlers([_handler(s) for s in servicers])
+        self._server = grpc.server(ThreadPoolExecutor(THREADS, thread_name_prefix="inferd-grpc"),
+                                   handlers=[_handler(s, loop) for s in servicers], options=options,
+                                   maximum_concurrent_rpcs=MAX_CALLS)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
 
     async def start(self) -> None:
-        await self._server.start()
+        self._server.start()
 
     async def stop(self, grace: float) -> None:
-        await self._server.stop(grace)
+        """Refuse new calls, let running ones finish for up to ``grace`` seconds (the loop keeps
+        serving them meanwhile), then cancel the rest."""
+        await asyncio.to_thread(self._server.stop(grace).wait)
