@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# inferd beside the peer servers, one run: the shared anchor harness (TorchServe 0.12, MLServer 1.7,
-# LitServe, FastAPI baseline; wrk; server on CPU 0, load on CPU 1) with inferd as one more server,
+# inferd beside the peer servers, one run: the shared anchor harness (real Triton 2.51, TorchServe 0.12,
+# MLServer 1.7, LitServe, FastAPI baseline; wrk; server on CPU 0, load on CPU 1) with inferd as one more server,
 # then the bare-ASGI ceiling. Needs the peers' venvs in /opt/anchors: run
 # ../shared/bench/anchors/run_all.sh once (or its install part) first.
 #
@@ -13,7 +13,7 @@ OUTDIR=${OUTDIR:-$HERE/results}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUTDIR"
 export INFERD_BIN=${INFERD_BIN:-$(command -v inferd)}
-export SERVERS=${SERVERS:-inferd,torchserve,fastapi,litserve,mlserver}
+export SERVERS=${SERVERS:-inferd,triton,torchserve,fastapi,litserve,mlserver}
 export ROUNDS=${ROUNDS:-1} CONCS=${CONCS:-1,8,64} DUR=${DUR:-15} WARM=${WARM:-5} WARM2=${WARM2:-5}
 export OUT=$OUTDIR/peers-$STAMP.jsonl LOGDIR=${LOGDIR:-/tmp/inferd-peer-logs}
 taskset -c "${CLIENT_CPU:-1}" python3 "$ANCHORS/bench.py" 2>&1 | tee "$OUTDIR/peers-$STAMP.log"
