@@ -1,6 +1,6 @@
 """Two builds of inferd side by side in one run: did a change make the server slower?
 
-    python benchmarks/ab_commits.py --before REV [--after WORKTREE_OR_REV] [--rounds 3] [--seconds 8]
+    python benchmarks/ab_commits.py --before REV [--after REV] [--rounds 3] [--seconds 8] [--grpc]
 
 Each build (a git revision checked out into a temporary worktree, or the working tree) serves the
 peers' `mlp` and `tiny` TorchScript models with dynamic batching (server on CPU 0); wrk loads v2 JSON
@@ -16,14 +16,27 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from common import HERE, bodies, free_port, make_mlp_models, measure, start_inferd, stop, write_model
+from common import (
+    CLIENT_CPU,
+    HERE,
+    SERVER_CPU,
+    bodies,
+    free_port,
+    make_mlp_models,
+    measure,
+    stop,
+    wait_ready,
+    write_model,
+)
 
 ROOT = HERE.parent
 CASES = [("mlp", 512, "json", 1), ("mlp", 512, "json", 64), ("mlp", 512, "binary", 64),
          ("tiny", 16, "json", 1), ("tiny", 16, "json", 64), ("tiny", 16, "binary", 64)]
+GRPC_CASES = [("mlp", 1), ("mlp", 64), ("tiny", 1), ("tiny", 64)]
 
 
 def checkout(revision: str, into: Path) -> Path:
@@ -34,19 +47,30 @@ def checkout(revision: str, into: Path) -> Path:
     return into
 
 
-def run_build(src_root: Path, repo: Path, body_dir: Path, seconds: int, log: Path) -> dict[str, dict]:
-    port = free_port()
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(src_root / "src")
-    try:
-        process, _ = start_inferd(repo, port, log)
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+def grpc_bench(http: int, grpc: int, model: str, concurrency: int, seconds: int, env: dict[str, str]) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(["taskset", "-c", CLIENT_CPU, sys.executable, "-m", "inferd", "bench", "-m", model, "--url",
+                        f"http://127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc}", "--binary", "--concurrency",
+                        str(concurrency), "--duration", str(seconds), "--warmup", "3", "--json", out.name],
+                       check=True, capture_output=True, env=env)
+        row = json.loads(Path(out.name).read_text())["rows"][0]
+    return {"rps": row["rps"], "cpu_ms_per_req": float("nan"), "errors": row["errors"]}
+
+
+def run_build(src_root: Path, repo: Path, body_dir: Path, seconds: int, log: Path, grpc: bool) -> dict[str, dict]:
+    port, grpc_port = free_port(), free_port() if grpc else 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(src_root / "src"))
+    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(repo),
+                                "--http-port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"],
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     results = {}
     try:
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", process)
+        if grpc:
+            for model, concurrency in GRPC_CASES:
+                results[f"{model} grpc c={concurrency}"] = grpc_bench(port, grpc_port, model, concurrency, seconds,
+                                                                      env)
+            return results
         for model, _, kind, concurrency in CASES:
             url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
             body = body_dir / f"{model}.{'json' if kind == 'json' else 'bin'}"
@@ -64,6 +88,7 @@ def main() -> None:
     parser.add_argument("--after", default=".", help="git revision to compare ('.' = the working tree)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--grpc", action="store_true", help="gRPC cases instead of HTTP")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ab_commits.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="inferd-ab-"))
@@ -81,7 +106,7 @@ def main() -> None:
             order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
             for name in order:
                 runs[name].append(run_build(builds[name], scratch / "repo", scratch / "bodies", args.seconds,
-                                            scratch / f"{name}-{round_}.log"))
+                                            scratch / f"{name}-{round_}.log", args.grpc))
                 print(f"round {round_ + 1} {name} done", flush=True)
     finally:
         for path in builds.values():
