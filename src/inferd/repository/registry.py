@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Generic, cast
 
 from inferd.config import ModelConfig, load_model_config
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, ServableNotFound, Unavailable
 from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
 from inferd.repository.layout import Fingerprint, ModelFolder, fingerprint, is_valid_name, read_model_folder, scan
 from inferd.runtimes.base import Runtime
@@ -94,7 +94,7 @@ class ModelRegistry(Generic[S]):
     def entry(self, name: str) -> ModelEntry[S]:
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise ServableNotFound(f"unknown model '{name}'")
         return entry
 
     def index(self) -> list[VersionStatus]:
@@ -270,7 +270,7 @@ class ModelRegistry(Generic[S]):
             return newest
         slot = entry.versions.get(version)
         if slot is None:
-            raise NotFound(f"unknown version '{version}' of model '{name}' (served versions: "
+            raise ServableNotFound(f"unknown version '{version}' of model '{name}' (served versions: "
                            f"{', '.join(sorted(entry.versions, key=version_key)) or 'none'})")
         if slot.state is not ModelState.READY or slot.runtime is None:
             raise Unavailable(f"model '{name}' version {version} is not ready: "
