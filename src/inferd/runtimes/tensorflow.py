@@ -45,6 +45,7 @@ class _Bundle:
         self.default = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in self.servable else self.servable[0]
         self._callables: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+        self.users = 0  # runtimes (signatures) sharing the session: the last to unload closes it
 
     def runner(self, signature: str, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
         """A session callable (cached) that feeds and fetches these tensor names."""
@@ -58,8 +59,11 @@ class _Bundle:
                 found = self._callables[key] = self.session._make_callable_from_options(options)
         return found
 
-    def close(self) -> None:
-        self.session.close()
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                self.session.close()
 
 
 class TensorFlowRuntime(Runtime):
@@ -73,6 +77,7 @@ class TensorFlowRuntime(Runtime):
 
         self._errors = tf.errors
         self._bundle = bundle
+        bundle.users += 1
         self._name = name
         self.signature_name = signature
         definition = bundle.signature_defs[signature]
@@ -108,8 +113,7 @@ class TensorFlowRuntime(Runtime):
         return {key: _to_numpy(value) for key, value in zip(self._output_keys, results, strict=True)}
 
     def unload(self) -> None:
-        if self.signature_name == self._bundle.default:
-            self._bundle.close()
+        self._bundle.release()
 
     def describe(self) -> str:
         return f"{self.platform} signature {self.signature_name}"
