@@ -1,4 +1,4 @@
-"""``inferd serve | bench``: arguments -> settings -> server."""
+"""``inferd serve | tfserving | bench``: arguments -> settings -> server."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="archives to serve at start: all, or NAME=FILE.mar / FILE.mar ...")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    commands.add_parser("tfserving", add_help=False,
+                        help="serve with tensorflow_model_server's flags and files (inferd tfserving --help)")
     bench = commands.add_parser("bench", help="load a running server and report latency and throughput")
     bench.add_argument("-m", "--model", required=True)
     bench.add_argument("--url", default="http://127.0.0.1:8000")
@@ -75,7 +77,27 @@ def _bench(args: argparse.Namespace) -> int:
         json_out=args.json_out, plot_out=args.plot_out))
 
 
+def _tfserving(argv: list[str]) -> int:
+    from inferd.compat import tfserving
+    from inferd.observability.logging import configure
+
+    args = tfserving.parser().parse_args(argv)
+    configure(args.log_level)
+    try:
+        settings = tfserving.settings_from_flags(args)
+    except ConfigError as exc:
+        print(f"inferd tfserving: {exc.message}", file=sys.stderr)
+        return 2
+    from inferd.server import run
+
+    run(settings)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tfserving"]:
+        return _tfserving(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)

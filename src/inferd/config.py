@@ -22,6 +22,28 @@ PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: 
 
 
 @dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A model served from a folder of its own, anywhere (TF Serving's models.config): its versions
+    are the integer subfolders of ``base_path``. What models.config says wins over the folder's
+    config.toml (version policy, labels); config.toml adds what models.config cannot say."""
+
+    name: str
+    base_path: Path
+    version_policy: VersionPolicy | None = None  # None: config.toml's (or the default: latest 1)
+    version_labels: dict[str, int] | None = None  # None: config.toml's
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingDefaults:
+    """Batching for every model whose config.toml has no [dynamic_batching] (TF Serving's
+    --enable_batching with its batching parameters file)."""
+
+    max_batch_size: int
+    dynamic_batching: DynamicBatching
+    instances: int = 1  # executions at once (TF Serving's num_batch_threads)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     model_repository: Path | None = None
     host: str = "127.0.0.1"
@@ -37,6 +59,14 @@ class ServerSettings:
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
     load_models: tuple[str, ...] = ()  # explicit mode: repository models loaded at start ("*" = all)
+    model_sources: tuple[ModelSource, ...] = ()  # models in folders of their own (TF Serving's models.config)
+    model_config_file: Path | None = None  # TF Serving's models.config, read again every model_config_poll s
+    model_config_poll: float = 0.0  # 0: read once
+    batching: BatchingDefaults | None = None  # for models without [dynamic_batching] of their own
+    metrics_paths: tuple[str, ...] = ("/metrics",)  # where Prometheus metrics answer
+    grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
+    grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
+    listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -46,7 +76,7 @@ class ServerSettings:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        if self.model_control != "none" and not loopback and not self.auth_token:
+        if self.model_control == "explicit" and not loopback and not self.auth_token:  # poll opens no API
             raise ConfigError(f"--model-control {self.model_control} on {self.host} (beyond loopback) needs "
                               "--auth-token or INFERD_AUTH_TOKEN")
         if self.auth_inference and not self.auth_token:

@@ -3,7 +3,8 @@
     InferdError
     ├── InvalidInput          bad request: which tensor, what was expected, what came   (INVALID_ARGUMENT)
     │   └── PayloadTooLarge   body or tensor above a configured limit                   (TOO_LARGE)
-    ├── NotFound              unknown model or version                                   (NOT_FOUND)
+    ├── NotFound              unknown model, version, label or signature                 (NOT_FOUND)
+    │   └── ServableNotFound  the model or the version asked for is not known
     ├── Unavailable           not ready, loading, draining                               (UNAVAILABLE)
     │   └── QueueFull         the model's queue is at max_queue_size                     (UNAVAILABLE)
     ├── DeadlineExceeded      the request's deadline passed before it ran                (DEADLINE_EXCEEDED)
@@ -52,6 +53,10 @@ class PayloadTooLarge(InvalidInput):
 
 class NotFound(InferdError):
     code = ErrorCode.NOT_FOUND
+
+
+class ServableNotFound(NotFound):
+    """The model, or the version of it, asked for (TF Serving words these its own way)."""
 
 
 class Unavailable(InferdError):

@@ -6,9 +6,11 @@ import asyncio
 import gc
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
+from inferd.compat.tfserving import read_model_config
 from inferd.config import ModelConfig, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
@@ -40,7 +42,8 @@ def build_core(settings: ServerSettings) -> Core:
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
                           guard_inference=settings.auth_inference)
-    registry = ModelRegistry(settings.model_repository, wrap=wrap)
+    registry = ModelRegistry(settings.model_repository, wrap=wrap, sources=settings.model_sources,
+                             batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
     return Core(DataPlane(registry, metrics, access), control, metrics)
@@ -49,7 +52,7 @@ def build_core(settings: ServerSettings) -> Core:
 def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:
     router = Router()
     KServeV2Routes(core).register(router)
-    MetricsRoutes(core).register(router)
+    MetricsRoutes(core).register(router, settings.metrics_paths)
     TorchServeRoutes(core).register(router)
     TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
@@ -68,27 +71,51 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if not self.settings.listen_after_load:
+            await self._listen()  # answers (503 not ready) while models load
+        explicit = self.settings.model_control == "explicit"
+        await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
+        await self._register_store_archives()
+        if self.settings.listen_after_load:
+            await self._listen()
+        _settle_garbage_collector()
+        self.core.data.set_ready(True)
+        self._announce()
+        pollers = [loop.create_task(self._poll())] if self.settings.model_control == "poll" else []
+        if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:
+            pollers.append(loop.create_task(self._poll_model_config(self.settings.model_config_file)))
+        await self._stop.wait()
+        for poller in pollers:
+            poller.cancel()
+        await self._shutdown()
+
+    async def _listen(self) -> None:
         if self.settings.http_port:
             app = build_http_app(self.core, self.settings)
             self._http = HttpServer(app, self.settings.host, self.settings.http_port)
-            await self._http.start()  # answers (503 not ready) while models load
+            await self._http.start()
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
             self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes)
+                                    self.settings.max_body_bytes, self.settings.grpc_socket_path,
+                                    self.settings.grpc_options)
             await self._grpc.start()
-        explicit = self.settings.model_control == "explicit"
-        await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
-        await self._register_store_archives()
-        _settle_garbage_collector()
-        self.core.data.set_ready(True)
-        self._announce()
-        poller = loop.create_task(self._poll()) if self.settings.model_control == "poll" else None
-        await self._stop.wait()
-        if poller is not None:
-            poller.cancel()
-        await self._shutdown()
+
+    async def _poll_model_config(self, path: Path) -> None:
+        """TF Serving's --model_config_file_poll_wait_seconds: read models.config again and apply
+        it; a file that does not parse is logged and the models served stay."""
+        while True:
+            await asyncio.sleep(self.settings.model_config_poll)
+            try:
+                sources = read_model_config(path)
+            except InferdError as exc:
+                log.error("model config not applied: %s", exc.message)
+                continue
+            try:
+                await self.core.control.apply_model_sources(sources)
+            except Exception:
+                log.exception("applying the model config failed")
 
     async def _poll(self) -> None:
         while True:

@@ -123,11 +123,13 @@ class InferResponse:
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """What a model takes or gives. ``shape`` is the full shape; -1 is any size (the batch dim
-    is -1 when the model batches)."""
+    is -1 when the model batches). ``rank_known`` false: any shape at all (TensorFlow's unknown
+    rank; ``shape`` is then ``(-1,)``)."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    rank_known: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -141,6 +143,7 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0
+    signature_def: bytes = b""  # TensorFlow: the signature's SignatureDef proto as the SavedModel holds it
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
         if tensor.datatype != spec.datatype:
             raise InvalidInput(f"input '{tensor.name}': expected datatype {spec.datatype}, "
                                f"got {tensor.datatype}")
-        _check_shape(tensor.name, tensor.data, spec, runtime.max_batch_size)
+        _check_shape(tensor.name, tensor.data, spec, runtime)
         given[tensor.name] = tensor.data
     missing = [name for name in specs if name not in given]
     if missing:
@@ -42,8 +42,14 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
     return given
 
 
-def _check_shape(name: str, data: np.ndarray, spec: TensorSpec, max_batch_size: int) -> None:
-    shape = data.shape
+def _check_shape(name: str, data: np.ndarray, spec: TensorSpec, runtime: Runtime) -> None:
+    """Known dims are checked. TensorFlow's rules on top: an unknown rank takes any shape, and
+    (without batching) a tensor of another rank goes to the graph, which decides what it takes."""
+    shape, max_batch_size = data.shape, runtime.max_batch_size
+    if not spec.rank_known and max_batch_size == 0:
+        return
+    if runtime.lenient_rank and max_batch_size == 0 and len(shape) != len(spec.shape):
+        return
     ok = len(shape) == len(spec.shape) and all(
         want == -1 or want == got for want, got in zip(spec.shape, shape, strict=True))
     if not ok:

@@ -92,6 +92,21 @@ def test_rest_errors_in_tf_serving_shape(server: RunningServer) -> None:
         assert message in response.json()["error"]
 
 
+def test_rest_numbers_are_never_cast_silently(server: RunningServer) -> None:
+    """TF Serving's JSON rules: an INT64 input takes integers that fit, a float input numbers."""
+    for a, message in ((1.9, "expected integers, got fractional numbers"), (2**63 + 5, "DT_INT64"),
+                       ("7", "expected numbers")):
+        answer = post(server, "calculator:predict", {"signature_name": "add", "inputs": {"a": [a], "b": [1]}})
+        assert answer.status_code == 400, (a, answer.text)
+        assert message in answer.json()["error"], answer.text
+    mixed = post(server, "calculator:predict", {"signature_name": "add", "inputs": {"a": [1, 2**63 + 5], "b": [1, 1]}})
+    assert mixed.status_code == 400, mixed.text
+    ok = post(server, "calculator:predict", {"signature_name": "add", "inputs": {"a": [2**62], "b": [1]}})
+    assert ok.json()["outputs"]["total"] == [2**62 + 1]
+    ragged = post(server, "keras_mlp:predict", {"instances": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
+    assert ragged.status_code == 400 and "ragged" in ragged.json()["error"]
+
+
 def test_every_model_through_tf_serving_and_tf_through_v2(server: RunningServer) -> None:
     x = np.random.default_rng(6).standard_normal((2, 8)).astype(np.float32)
     answer = post(server, "mlp_onnx:predict", {"instances": x.tolist()})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inferd.auth import AccessPolicy
 from inferd.config import ModelConfig
+from inferd.config import ModelSource as ConfiguredModel
 from inferd.errors import InvalidInput
 from inferd.repository.archives import archive_config, archive_identity, resolve_archive
 from inferd.repository.layout import is_valid_name
@@ -111,6 +112,10 @@ class ModelControl:
 
     async def poll(self) -> None:
         await self._registry.poll()
+
+    async def apply_model_sources(self, sources: tuple[ConfiguredModel, ...]) -> None:
+        """A new TF Serving models.config: unload what it dropped, load what is new or changed."""
+        await self._registry.set_sources(sources)
 
     async def close(self) -> None:
         await self._registry.close()

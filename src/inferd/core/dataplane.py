@@ -117,4 +117,5 @@ class DataPlane:
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:
     return ModelMetadata(name=name, versions=versions, platform=runtime.platform, inputs=runtime.inputs,
-                         outputs=runtime.outputs, max_batch_size=runtime.max_batch_size)
+                         outputs=runtime.outputs, max_batch_size=runtime.max_batch_size,
+                         signature_def=runtime.signature_def)

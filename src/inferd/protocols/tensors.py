@@ -66,6 +66,18 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
     return array.reshape(shape)
 
 
+def numbers_from_json(data: list[Any], datatype: str) -> np.ndarray:
+    """Flat JSON numbers as a flat array of ``datatype``; ValueError when a value does not fit
+    (a fraction for an integer, out of range, a string, a bool for a number)."""
+    dtype = numpy_dtype(datatype)
+    if datatype in _JSON_AS_FLOAT32:
+        array = np.asarray(data, dtype=np.float32)
+        if array.dtype.kind not in "f":
+            raise ValueError("expected numbers")
+        return array.astype(dtype).ravel()
+    return _numbers(data, dtype, datatype)
+
+
 def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
     if datatype == "BOOL":
         array = np.asarray(data)

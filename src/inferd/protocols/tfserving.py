@@ -8,13 +8,15 @@ REST: ``{"instances": [...]}`` (row format: one entry per example, stacked along
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
-from inferd.errors import InvalidInput
+from inferd.errors import InvalidInput, NotFound
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import checked_cast, element_count
+from inferd.protocols.tensors import checked_cast, element_count, numbers_from_json
 from inferd.types import (
     InferRequest,
     InferResponse,
@@ -30,6 +32,8 @@ PROTOCOL_REST = "tfserving_rest"
 PROTOCOL_GRPC = "tfserving_grpc"
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 _MAX_BROADCAST = 1 << 20  # elements one repeated value may fill
 
 # v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
@@ -56,6 +60,12 @@ def tf_dtype_name(datatype: str) -> str:
 def version_number(version: str) -> int:
     """TF Serving's versions are int64; inferd's are strings (TorchServe's "1.0" has no number: 0)."""
     return int(version) if version.isdigit() else 0
+
+
+def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFound:
+    """An unknown model or version in TF Serving's words (its clients look for "Servable")."""
+    which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+    return NotFound(f"Servable not found for request: {which}: {error.message}")
 
 
 # -- REST -----------------------------------------------------------------------------------------
@@ -110,38 +120,52 @@ def _rows_to_columns(instances: Any, specs: tuple[TensorSpec, ...]) -> dict[str,
 
 
 def _array(name: str, datatype: str, value: Any) -> np.ndarray:
+    """A JSON value (nested lists: the shape) as ``datatype``, by TF Serving's JSON rules: integer
+    tensors take integers only, values must fit, strings are text or ``{"b64": ...}``."""
     try:
+        shape = _nested_shape(value)
+        flat = list(_flatten([value]))
+        element_count(name, shape)
+        if len(flat) != int(np.prod(shape)):
+            raise ValueError(f"the lists are ragged (not a tensor): {len(flat)} values for shape {shape}")
         if datatype == "BYTES":
-            return _bytes_array(value)
-        if datatype == "BF16":
-            return np.asarray(value, dtype=np.float32).astype(numpy_dtype(datatype))
-        array = np.asarray(value)
-        if array.dtype == object or array.dtype.kind in "US":
-            raise ValueError(f"expected numbers, got {(array.dtype.kind == 'O' and 'ragged lists') or 'strings'}")
-        return checked_cast(array, datatype)
+            array = np.empty(len(flat), dtype=object)
+            array[:] = [_bytes_value(item) for item in flat]
+        else:
+            array = numbers_from_json(flat, datatype)
+        return array.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': cannot read the values as {tf_dtype_name(datatype)}: {exc}") from None
 
 
-def _bytes_array(value: Any) -> np.ndarray:
-    def convert(item: Any) -> Any:
-        if isinstance(item, list):
-            return [convert(v) for v in item]
-        if isinstance(item, dict) and set(item) == {"b64"}:
-            return base64.b64decode(item["b64"])
-        if isinstance(item, str):
-            return item.encode("utf-8")
-        raise ValueError(f"expected strings or {{'b64': ...}}, got {type(item).__name__}")
+def _nested_shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
 
-    converted = convert(value)
-    shape = np.shape(np.asarray(converted, dtype=object)) if isinstance(converted, list) else ()
-    array = np.empty(shape, dtype=object)
-    if shape:
-        flat = list(_flatten(converted))
-        array.reshape(-1)[:] = flat
-    else:
-        array[()] = converted
-    return array
+
+def _bytes_value(item: Any) -> bytes:
+    if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+        return decode_b64(item["b64"])
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    raise ValueError(f"expected strings or {{'b64': ...}}, got {type(item).__name__}")
+
+
+def decode_b64(text: str) -> bytes:
+    """Base64 (standard or URL-safe alphabet, padding optional); anything else is refused."""
+    data = text.encode("ascii", errors="replace")
+    data += b"=" * (-len(data) % 4)
+    try:
+        if b"-" in data or b"_" in data:
+            return base64.b64decode(data, altchars=b"-_", validate=True)
+        return base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"'b64' is not valid base64 ({exc})") from None
 
 
 def _flatten(items: list[Any]) -> Any:
@@ -158,9 +182,13 @@ def encode_rest_predict(response: InferResponse, row_format: bool) -> dict[str, 
         if len(outputs) == 1:
             ((name, data),) = outputs.items()
             return {"predictions": _json(name, data)}
-        rows = int(next(iter(outputs.values())).shape[0])
-        return {"predictions": [{name: _json(name, data[i]) for name, data in outputs.items()}
-                                for i in range(rows)]}
+        sizes = {name: (data.shape[0] if data.ndim else None) for name, data in outputs.items()}
+        if None in sizes.values() or len(set(sizes.values())) != 1:
+            raise InvalidInput(f"the outputs do not share a batch size (dim 0: {sizes}), so they cannot be "
+                               "answered as rows ('instances'); ask with 'inputs' (columnar) instead")
+        columns = {name: _json(name, data) for name, data in outputs.items()}
+        rows = next(iter(sizes.values()))
+        return {"predictions": [{name: column[i] for name, column in columns.items()} for i in range(rows or 0)]}
     if len(outputs) == 1:
         ((name, data),) = outputs.items()
         return {"outputs": _json(name, data)}
@@ -198,15 +226,34 @@ def rest_status(versions: list[VersionStatus]) -> dict[str, Any]:
 
 
 def rest_metadata(name: str, version: str, signatures: dict[str, ModelMetadata]) -> dict[str, Any]:
-    def tensor_info(spec: TensorSpec) -> dict[str, Any]:
-        return {"dtype": tf_dtype_name(spec.datatype), "name": spec.name,
-                "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False}}
-
-    defs = {sig: {"inputs": {s.name: tensor_info(s) for s in meta.inputs},
-                  "outputs": {s.name: tensor_info(s) for s in meta.outputs}, "method_name": PREDICT_METHOD}
-            for sig, meta in signatures.items()}
+    """``GET .../metadata``: the SignatureDefMap as TF Serving prints it (every field, int64 as text)."""
+    defs = json_format.MessageToDict(signature_def_map(signatures), always_print_fields_with_no_presence=True,
+                                     preserving_proto_field_name=True)
     return {"model_spec": {"name": name, "signature_name": "", "version": version},
-            "metadata": {"signature_def": {"signature_def": defs}}}
+            "metadata": {"signature_def": defs}}
+
+
+def signature_def(meta: ModelMetadata) -> pb.SignatureDef:
+    """TensorFlow's own SignatureDef where the model has one; else one made from the tensors."""
+    definition = pb.SignatureDef()
+    if meta.signature_def:
+        definition.ParseFromString(meta.signature_def)
+        return definition
+    definition.method_name = PREDICT_METHOD
+    for specs, target in ((meta.inputs, definition.inputs), (meta.outputs, definition.outputs)):
+        for spec in specs:
+            info = target[spec.name]
+            info.name, info.dtype = spec.name, _TF_DTYPE[spec.datatype]
+            if not spec.rank_known:
+                info.tensor_shape.unknown_rank = True
+                continue
+            for size in spec.shape:
+                info.tensor_shape.dim.add(size=size)
+    return definition
+
+
+def method_name(meta: ModelMetadata) -> str:
+    return signature_def(meta).method_name
 
 
 # -- gRPC -----------------------------------------------------------------------------------------
@@ -248,13 +295,18 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
 
 
 def encode_tensor(data: np.ndarray, datatype: str) -> pb.TensorProto:
+    """A tensor in the typed field of its dtype, as TF's ``Tensor::AsProtoField`` writes it (what TF
+    Serving answers Predict with, and what its clients read: ``float_val``, ``int64_val``, ...)."""
     proto = pb.TensorProto(dtype=_TF_DTYPE[datatype])
     for size in data.shape:
         proto.tensor_shape.dim.add(size=int(size))
+    flat = data.reshape(-1)
     if datatype == "BYTES":
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in data.reshape(-1))
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    elif datatype in ("FP16", "BF16"):
+        proto.half_val.extend(flat.view(np.uint16).tolist())
     else:
-        proto.tensor_content = np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        getattr(proto, _TYPED_FIELD[datatype]).extend(flat.tolist())
     return proto
 
 
@@ -271,14 +323,7 @@ def model_spec_version(spec: pb.ModelSpec) -> tuple[str | None, str | None]:
 def signature_def_map(signatures: dict[str, ModelMetadata]) -> pb.SignatureDefMap:
     message = pb.SignatureDefMap()
     for sig, meta in signatures.items():
-        definition = message.signature_def[sig]
-        definition.method_name = PREDICT_METHOD
-        for specs, target in ((meta.inputs, definition.inputs), (meta.outputs, definition.outputs)):
-            for spec in specs:
-                info = target[spec.name]
-                info.name, info.dtype = spec.name, _TF_DTYPE[spec.datatype]
-                for size in spec.shape:
-                    info.tensor_shape.dim.add(size=size)
+        message.signature_def[sig].CopyFrom(signature_def(meta))
     return message
 
 

@@ -49,10 +49,13 @@ def scan(root: Path) -> list[ModelFolder]:
             if child.is_dir() and is_valid_name(child.name)]
 
 
-def read_model_folder(path: Path) -> ModelFolder:
-    versions = {int(child.name): child for child in path.iterdir()
+def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
+    """A model's folder; ``name`` defaults to the folder's. Version folders are integers, zero-padded
+    or not (TF Serving's testdata has ``00000123``: version 123). A missing folder has no versions."""
+    children = list(path.iterdir()) if path.is_dir() else []
+    versions = {int(child.name): child for child in children
                 if child.is_dir() and child.name.isdigit() and int(child.name) > 0}
-    return ModelFolder(name=path.name, path=path, versions=dict(sorted(versions.items())))
+    return ModelFolder(name=name or path.name, path=path, versions=dict(sorted(versions.items())))
 
 
 def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
@@ -74,7 +77,7 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 def fingerprint(folder: ModelFolder) -> Fingerprint:
     """What a poll compares: every file's path, size and mtime under the model's folder."""
     found = []
-    for path in sorted(folder.path.rglob("*")):
+    for path in sorted(folder.path.rglob("*")) if folder.path.is_dir() else []:
         if path.is_file():
             stat = path.stat()
             found.append((str(path.relative_to(folder.path)), stat.st_size, stat.st_mtime_ns))

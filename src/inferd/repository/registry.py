@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, cast
 
-from inferd.config import ModelConfig, load_model_config
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.config import BatchingDefaults, ModelConfig, ModelSource, load_model_config
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, ServableNotFound, Unavailable
 from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
 from inferd.repository.layout import Fingerprint, ModelFolder, fingerprint, is_valid_name, read_model_folder, scan
 from inferd.runtimes.base import Runtime
@@ -81,11 +81,53 @@ class ModelRegistry(Generic[S]):
     """Every model known to the server, by name. ``S`` is what a loaded version is served by (the
     composition root wraps each runtime in a scheduler)."""
 
-    def __init__(self, root: Path | None, wrap: Wrap[S] | None = None) -> None:
+    def __init__(self, root: Path | None, wrap: Wrap[S] | None = None, sources: tuple[ModelSource, ...] = (),
+                 batching: BatchingDefaults | None = None) -> None:
         self._root = root
         self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
         self._models: dict[str, ModelEntry[S]] = {}
         self._fingerprints: dict[str, Fingerprint] = {}
+        self._sources = {source.name: source for source in sources}
+        self._batching = batching
+
+    def _folders(self) -> dict[str, ModelFolder]:
+        """Every model folder: the repository's, then the models in folders of their own."""
+        folders = {folder.name: folder for folder in scan(self._root)} if self._root is not None else {}
+        for name, source in self._sources.items():
+            folders[name] = read_model_folder(source.base_path, name)
+        return folders
+
+    def _folder(self, name: str) -> ModelFolder | None:
+        if name in self._sources:
+            return read_model_folder(self._sources[name].base_path, name)
+        if self._root is None or not is_valid_name(name) or not (self._root / name).is_dir():
+            return None
+        return read_model_folder(self._root / name)
+
+    def _configure(self, name: str, config: ModelConfig) -> ModelConfig:
+        """config.toml, with what models.config says (it wins) and the server's batching defaults."""
+        source = self._sources.get(name)
+        if source is not None and source.version_policy is not None:
+            config = replace(config, version_policy=source.version_policy)
+        if source is not None and source.version_labels is not None:
+            config = replace(config, version_labels=dict(source.version_labels))
+        if self._batching is not None and config.dynamic_batching is None:
+            group = replace(config.instance_group, count=self._batching.instances)
+            config = replace(config, max_batch_size=self._batching.max_batch_size,
+                             dynamic_batching=self._batching.dynamic_batching, instance_group=group)
+        return config
+
+    async def set_sources(self, sources: tuple[ModelSource, ...]) -> None:
+        """A new models.config: models it no longer names unload, new or changed ones load."""
+        old, self._sources = self._sources, {source.name: source for source in sources}
+        for name in old:
+            if name not in self._sources and (self._root is None or not (self._root / name).is_dir()):
+                log.info("model %s left the model config: unloading", name)
+                await self.unload_model(name, missing_ok=True)
+        for name, source in self._sources.items():
+            if old.get(name) != source or name not in self._models:
+                log.info("model %s is new or changed in the model config: loading", name)
+                await self.load_model(name)
 
     @property
     def models(self) -> dict[str, ModelEntry[S]]:
@@ -94,7 +136,7 @@ class ModelRegistry(Generic[S]):
     def entry(self, name: str) -> ModelEntry[S]:
         entry = self._models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise ServableNotFound(f"unknown model '{name}'")
         return entry
 
     def index(self) -> list[VersionStatus]:
@@ -111,9 +153,7 @@ class ModelRegistry(Generic[S]):
 
     async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
-        if self._root is None:
-            return
-        folders = [f for f in scan(self._root) if "*" in only or f.name in only]
+        folders = [f for f in self._folders().values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
         for folder in folders:
@@ -122,14 +162,12 @@ class ModelRegistry(Generic[S]):
     async def load_model(self, name: str) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload."""
-        if self._root is None or not is_valid_name(name):
-            raise NotFound(f"model '{name}' is not in the repository")
-        path = self._root / name
-        if not path.is_dir():
+        folder = self._folder(name)
+        if folder is None:
             raise NotFound(f"model '{name}' is not in the repository")
         old = self._models.get(name)
         serving = old is not None and bool(old.ready_versions())
-        entry = await self._load_folder(read_model_folder(path), publish_early=not serving)
+        entry = await self._load_folder(folder, publish_early=not serving)
         if old is not None and old is not entry and serving:
             if not entry.ready_versions():
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
@@ -142,9 +180,7 @@ class ModelRegistry(Generic[S]):
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
         config.toml or artifact reloads (without loss)."""
-        if self._root is None:
-            return
-        folders = {folder.name: folder for folder in scan(self._root)}
+        folders = self._folders()
         for name, entry in list(self._models.items()):
             if name not in folders and not entry.source.endswith(".mar"):
                 log.info("model %s left the repository: unloading", name)
@@ -220,7 +256,7 @@ class ModelRegistry(Generic[S]):
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder) -> None:
         try:
-            entry.config = load_model_config(folder.config_path)
+            entry.config = self._configure(folder.name, load_model_config(folder.config_path))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return
@@ -270,7 +306,7 @@ class ModelRegistry(Generic[S]):
             return newest
         slot = entry.versions.get(version)
         if slot is None:
-            raise NotFound(f"unknown version '{version}' of model '{name}' (served versions: "
+            raise ServableNotFound(f"unknown version '{version}' of model '{name}' (served versions: "
                            f"{', '.join(sorted(entry.versions, key=version_key)) or 'none'})")
         if slot.state is not ModelState.READY or slot.runtime is None:
             raise Unavailable(f"model '{name}' version {version} is not ready: "

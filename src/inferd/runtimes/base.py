@@ -32,6 +32,8 @@ class Runtime(ABC):
     out_of_process: bool = False  # calls wait on another process: never run one on the event loop
     restarts: int = 0  # instances replaced after a crash (process instances)
     signature_name: str = ""  # the served signature's name (TensorFlow); "" = the model has one
+    signature_def: bytes = b""  # TensorFlow: the SignatureDef proto, serialized (TF Serving's metadata)
+    lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -48,6 +50,8 @@ class Runtime(ABC):
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
+        self.signature_name, self.signature_def = inner.signature_name, inner.signature_def
+        self.lenient_rank = inner.lenient_rank
 
     def other_signatures(self) -> dict[str, Runtime]:
         """Runtimes for the model's other signatures (TensorFlow), sharing what is loaded."""

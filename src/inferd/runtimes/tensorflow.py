@@ -1,14 +1,18 @@
 """TensorFlow SavedModels (TF Serving's layout: ``<version>/saved_model.pb`` + ``variables/``, or
-``<version>/model.savedmodel/``), exported by Keras 3 ``model.export`` or ``tf.saved_model.save``.
+``<version>/model.savedmodel/``): TF1 graphs (``SavedModelBuilder``, estimators) and TF2 exports
+(Keras 3 ``model.export``, ``tf.saved_model.save``).
 
-Every signature is served; ``serving_default`` (or the only one) is the model's default, the others
-are chosen with ``signature_name``. Inputs and outputs, their dtypes and shapes come from the
-signature.
+Loaded as TF Serving loads them: the ``serve`` MetaGraph into a session, each SignatureDef run by
+feeding and fetching its tensor names. So the graph, not a Python-side signature check, decides
+which shapes it takes (TF1's half_plus_two computes ``[1]`` for an ``[-1, 1]`` input, as under TF
+Serving), and metadata is the SignatureDef as written (``x:0`` names, method names, unknown rank).
+Every signature is served; ``serving_default`` (or the first) is the model's default.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,9 @@ from inferd.runtimes.base import Arrays, LoadContext, Runtime
 from inferd.types import TensorSpec
 
 DEFAULT_SIGNATURE = "serving_default"
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2's initializer, not something to serve
+
+log = logging.getLogger("inferd.runtimes.tensorflow")
 
 _V2_BY_TF = {
     "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
@@ -26,66 +33,102 @@ _V2_BY_TF = {
 }
 
 
+class _Bundle:
+    """The loaded MetaGraph and its session, shared by every signature of one version."""
+
+    def __init__(self, session: Any, meta_graph: Any, name: str) -> None:
+        self.session = session
+        self.signature_defs: dict[str, Any] = dict(meta_graph.signature_def)
+        self.servable = servable_signatures(name, self.signature_defs)
+        if not self.servable:
+            raise ConfigError(f"model '{name}': the SavedModel has no signature inferd can serve")
+        self.default = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in self.servable else self.servable[0]
+        self._callables: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._lock = threading.Lock()
+        self.users = 0  # runtimes (signatures) sharing the session: the last to unload closes it
+
+    def runner(self, signature: str, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
+        """A session callable (cached) that feeds and fetches these tensor names."""
+        key = (signature, feeds)
+        found = self._callables.get(key)
+        if found is None:
+            from tensorflow.core.protobuf import config_pb2
+
+            with self._lock:
+                options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                found = self._callables[key] = self.session._make_callable_from_options(options)
+        return found
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                self.session.close()
+
+
 class TensorFlowRuntime(Runtime):
     """One signature of a loaded SavedModel. ``signature(name)`` gives a sibling for another one."""
 
     platform = "tensorflow_savedmodel"
+    lenient_rank = True  # a tensor of another rank goes to the graph, which decides (TF Serving's rule)
 
-    def __init__(self, loaded: Any, signature: str, max_batch_size: int, name: str, device: str) -> None:
+    def __init__(self, bundle: _Bundle, signature: str, max_batch_size: int, name: str) -> None:
         import tensorflow as tf
 
-        self._tf = tf
-        self._loaded = loaded  # keeps variables alive
+        self._errors = tf.errors
+        self._bundle = bundle
+        bundle.users += 1
         self._name = name
-        self._device = device
         self.signature_name = signature
-        self._function = loaded.signatures[signature]
-        self.inputs, self.outputs = _signature_specs(self._function, max_batch_size)
+        definition = bundle.signature_defs[signature]
+        self.signature_def = definition.SerializeToString()
+        self.inputs = _specs(name, signature, definition.inputs, max_batch_size)
+        self.outputs = _specs(name, signature, definition.outputs, max_batch_size)
         self.max_batch_size = max_batch_size
-        self._dtypes = {spec.name: dtype.name for spec, dtype in
-                        zip(self.inputs, self._input_dtypes(), strict=True)}
-
-    def _input_dtypes(self) -> list[Any]:
-        _, kwargs = self._function.structured_input_signature
-        return [kwargs[spec.name].dtype for spec in self.inputs]
+        self._input_names = {key: info.name for key, info in definition.inputs.items()}
+        self._output_keys = tuple(sorted(definition.outputs))
+        self._fetches = tuple(definition.outputs[key].name for key in self._output_keys)
 
     @property
     def signature_names(self) -> list[str]:
-        return sorted(self._loaded.signatures.keys())
+        return self._bundle.servable
 
     def signature(self, name: str) -> TensorFlowRuntime:
-        if name not in self._loaded.signatures:
+        if name not in self.signature_names:
             raise InvalidInput(f"model '{self._name}' has no signature '{name}'; it has "
                                f"{', '.join(self.signature_names)}")
-        return TensorFlowRuntime(self._loaded, name, self.max_batch_size, self._name, self._device)
+        return TensorFlowRuntime(self._bundle, name, self.max_batch_size, self._name)
 
     def other_signatures(self) -> dict[str, Runtime]:
         return {name: self.signature(name) for name in self.signature_names if name != self.signature_name}
 
     def infer(self, inputs: Arrays) -> Arrays:
-        tf = self._tf
-        with tf.device(self._device_name()):
-            tensors = {name: tf.constant(_tf_ready(array), dtype=self._dtypes[name]) for name, array in inputs.items()}
-            result = self._function(**tensors)
-        return {name: _to_numpy(value) for name, value in result.items()}
+        keys = tuple(sorted(inputs))
+        run = self._bundle.runner(self.signature_name, tuple(self._input_names[k] for k in keys), self._fetches)
+        try:
+            results = run(*(_tf_ready(inputs[k]) for k in keys))
+        except self._errors.InvalidArgumentError as exc:  # the graph refused the input
+            raise InvalidInput(f"model '{self._name}' signature '{self.signature_name}': "
+                               f"{exc.message.splitlines()[0]}") from None
+        return {key: _to_numpy(value) for key, value in zip(self._output_keys, results, strict=True)}
 
-    def _device_name(self) -> str:
-        return "/GPU:" + self._device.split(":")[1] if self._device.startswith("cuda") else "/CPU:0"
+    def unload(self) -> None:
+        self._bundle.release()
 
     def describe(self) -> str:
         return f"{self.platform} signature {self.signature_name}"
 
 
 def _tf_ready(array: np.ndarray) -> Any:
-    if array.dtype == object:  # BYTES: TF takes bytes objects as tf.string
-        return array.tolist()
+    if array.dtype.name == "bfloat16":
+        import tensorflow as tf
+
+        return array.view(np.uint16).view(tf.bfloat16.as_numpy_dtype)
     return array
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    array: np.ndarray = value.numpy()
-    if array.dtype == object:
-        return array
+    array = np.asarray(value)
     if array.dtype.name == "bfloat16":
         from inferd.types import bfloat16
 
@@ -93,35 +136,67 @@ def _to_numpy(value: Any) -> np.ndarray:
     return array
 
 
-def _signature_specs(function: Any, max_batch_size: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    _, kwargs = function.structured_input_signature
-    inputs = tuple(_spec(name, spec, max_batch_size) for name, spec in sorted(kwargs.items()))
-    outputs = tuple(_spec(name, spec, max_batch_size) for name, spec in sorted(function.structured_outputs.items()))
-    return inputs, outputs
+def servable_signatures(name: str, definitions: dict[str, Any]) -> list[str]:
+    """The signatures inferd serves: dense tensors of known dtypes (TF2's init op and sparse or
+    composite signatures are skipped, with a log line)."""
+    chosen = []
+    for signature, definition in sorted(definitions.items()):
+        if signature == INIT_OP_SIGNATURE:
+            continue
+        try:
+            _specs(name, signature, definition.inputs, 0)
+            _specs(name, signature, definition.outputs, 0)
+        except ConfigError as exc:
+            log.warning("model %s: signature %s is not served: %s", name, signature, exc.message)
+            continue
+        chosen.append(signature)
+    return chosen
 
 
-def _spec(name: str, spec: Any, max_batch_size: int) -> TensorSpec:
-    datatype = _V2_BY_TF.get(spec.dtype.name)
-    if datatype is None:
-        raise ConfigError(f"tensor '{name}' has dtype {spec.dtype.name}, which inferd cannot serve")
-    dims = spec.shape.as_list() if spec.shape.rank is not None else [-1]
-    shape = [-1 if d is None else int(d) for d in dims]
-    if max_batch_size > 0 and shape:
-        shape[0] = -1
-    return TensorSpec(name, datatype, tuple(shape))
+def _specs(model: str, signature: str, infos: Any, max_batch_size: int) -> tuple[TensorSpec, ...]:
+    import tensorflow as tf
+
+    specs = []
+    for key in sorted(infos):
+        info = infos[key]
+        if info.WhichOneof("encoding") != "name":
+            raise ConfigError(f"tensor '{key}' is {info.WhichOneof('encoding')}, which inferd cannot serve")
+        dtype = tf.dtypes.as_dtype(info.dtype).name
+        datatype = _V2_BY_TF.get(dtype)
+        if datatype is None:
+            raise ConfigError(f"tensor '{key}' has dtype {dtype}, which inferd cannot serve")
+        shape_proto = info.tensor_shape
+        if shape_proto.unknown_rank:
+            specs.append(TensorSpec(key, datatype, (-1,), rank_known=False))
+            continue
+        shape = [int(d.size) if d.size >= 0 else -1 for d in shape_proto.dim]
+        if max_batch_size > 0 and shape:
+            shape[0] = -1
+        specs.append(TensorSpec(key, datatype, tuple(shape)))
+    return tuple(specs)
 
 
 def load(context: LoadContext) -> TensorFlowRuntime:
     import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2
 
     if context.device.startswith("cuda") and not tf.config.list_physical_devices("GPU"):
         raise ConfigError(f"model '{context.name}' asks for {context.device}, but TensorFlow sees no GPU")
-    if context.config.intra_op_threads:
-        with contextlib.suppress(RuntimeError):  # set by an earlier model already: the first stays
-            tf.config.threading.set_intra_op_parallelism_threads(context.config.intra_op_threads)
-    loaded = tf.saved_model.load(str(context.artifact))
-    names = sorted(loaded.signatures.keys())
-    if not names:
-        raise ConfigError(f"SavedModel {context.artifact} has no signatures to serve")
-    default = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in names else names[0]
-    return TensorFlowRuntime(loaded, default, context.config.max_batch_size, context.name, context.device)
+    device = "/GPU:" + context.device.split(":")[1] if context.device.startswith("cuda") else "/CPU:0"
+    config = config_pb2.ConfigProto(allow_soft_placement=True,
+                                    intra_op_parallelism_threads=context.config.intra_op_threads)
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    try:
+        with graph.as_default(), graph.device(device):
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(context.artifact),
+                                                               clear_devices=True)
+    except (RuntimeError, ValueError, OSError, tf.errors.OpError) as exc:
+        session.close()
+        raise ConfigError(f"SavedModel {context.artifact} did not load: {str(exc).splitlines()[0]}") from None
+    try:
+        bundle = _Bundle(session, meta_graph, context.name)
+    except ConfigError:
+        session.close()
+        raise
+    return TensorFlowRuntime(bundle, bundle.default, context.config.max_batch_size, context.name)

@@ -85,9 +85,11 @@ def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop) -> grpc.Generi
 class GrpcServer:
     """Must be built on the event loop's thread: calls are handed to that loop."""
 
-    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int) -> None:
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
+    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int, socket_path: str | None = None,
+                 extra_options: tuple[tuple[str, str | int], ...] = ()) -> None:
+        options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                                ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
+        options += extra_options  # later wins (TF Serving's --grpc_channel_arguments)
         loop = asyncio.get_running_loop()
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
         self._server = grpc.server(ThreadPoolExecutor(THREADS, thread_name_prefix="inferd-grpc"),
@@ -96,6 +98,8 @@ class GrpcServer:
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        if socket_path and not self._server.add_insecure_port(f"unix:{socket_path}"):
+            raise OSError(f"cannot listen for gRPC on unix:{socket_path}")
 
     async def start(self) -> None:
         self._server.start()

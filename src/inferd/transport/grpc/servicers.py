@@ -15,12 +15,12 @@ import grpc
 from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.errors import InferdError, InvalidInput
-from inferd.protocols import kserve_v2_grpc, tfserving
+from inferd.errors import InferdError, InvalidInput, ServableNotFound
+from inferd.protocols import kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
-from inferd.types import InferRequest, RequestedOutput
+from inferd.types import InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger("inferd.grpc")
 
@@ -146,16 +146,38 @@ class _TFServingBase:
         return version
 
 
+def tf_guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
+               ) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+    """``guarded``, with an unknown model or version worded as TF Serving words it."""
+
+    @functools.wraps(method)
+    async def call(self: Any, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ServableNotFound as exc:
+            spec = getattr(request, "model_spec", None)
+            if spec is None:
+                raise
+            version, _ = tfserving.model_spec_version(spec)
+            raise tfserving.servable_not_found(spec.name, version, exc) from None
+
+    return guarded(call)
+
+
 class PredictionServicer(_TFServingBase):
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
+    """``tensorflow.serving.PredictionService``: Predict, Classify, Regress, MultiInference and
+    GetModelMetadata."""
 
     name = "tensorflow.serving.PredictionService"
 
     def methods(self) -> Methods:
         return {"Predict": (self.predict, tfs.PredictRequest),
+                "Classify": (self.classify, tfs.ClassificationRequest),
+                "Regress": (self.regress, tfs.RegressionRequest),
+                "MultiInference": (self.multi_inference, tfs.MultiInferenceRequest),
                 "GetModelMetadata": (self.get_model_metadata, tfs.GetModelMetadataRequest)}
 
-    @guarded
+    @tf_guarded
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
         spec = request.model_spec
         inputs = [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
@@ -167,7 +189,71 @@ class PredictionServicer(_TFServingBase):
                                                       credentials=_authorization(context)))
         return tfserving.encode_predict_response(response, spec)
 
+    async def _run_examples(self, spec: tfs.ModelSpec, examples: Any, method: str, context: Context
+                            ) -> tuple[InferResponse, str]:
+        """Run one classify or regress task; (the answer, the signature that ran)."""
+        version = self._version(spec)
+        signatures = self.data.signature_metadata(spec.name, version)
+        signature = spec.signature_name or next(iter(signatures))
+        if signature not in signatures:
+            raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{spec.name}' has "
+                               f"{', '.join(sorted(signatures))}")
+        request = tfserving_examples.examples_request(spec.name, version, signature, signatures[signature],
+                                                       examples, method, rest=False)
+        request.cancelled, request.credentials = context.cancelled, _authorization(context)
+        return await self.data.infer(request), signature
+
+    @tf_guarded
+    async def classify(self, request: tfs.ClassificationRequest, context: Context
+                       ) -> tfs.ClassificationResponse:
+        examples = tfserving_examples.serialized_examples(request.input)
+        response, signature = await self._run_examples(request.model_spec, examples,
+                                                       tfserving.CLASSIFY_METHOD, context)
+        answer = tfs.ClassificationResponse()
+        answer.result.CopyFrom(tfserving_examples.classification_result(response, len(examples)))
+        tfserving_examples.fill_model_spec(answer.model_spec, request.model_spec.name, signature,
+                                           response.model_version)
+        return answer
+
+    @tf_guarded
+    async def regress(self, request: tfs.RegressionRequest, context: Context) -> tfs.RegressionResponse:
+        examples = tfserving_examples.serialized_examples(request.input)
+        response, signature = await self._run_examples(request.model_spec, examples,
+                                                       tfserving.REGRESS_METHOD, context)
+        answer = tfs.RegressionResponse()
+        answer.result.CopyFrom(tfserving_examples.regression_result(response, len(examples)))
+        tfserving_examples.fill_model_spec(answer.model_spec, request.model_spec.name, signature,
+                                           response.model_version)
+        return answer
+
     @guarded
+    async def multi_inference(self, request: tfs.MultiInferenceRequest, context: Context
+                              ) -> tfs.MultiInferenceResponse:
+        if not request.tasks:
+            raise InvalidInput("a MultiInferenceRequest needs at least one task")
+        model = request.tasks[0].model_spec.name
+        methods = [tfserving_examples.task_method(task, model) for task in request.tasks]
+        signatures = [task.model_spec.signature_name for task in request.tasks]
+        if len(set(signatures)) != len(signatures):
+            raise InvalidInput(f"Duplicate evaluation of signature: {signatures}")
+        examples = tfserving_examples.serialized_examples(request.input)
+        answer = tfs.MultiInferenceResponse()
+        for task, method in zip(request.tasks, methods, strict=True):
+            try:
+                response, signature = await self._run_examples(task.model_spec, examples, method, context)
+            except ServableNotFound as exc:
+                version, _ = tfserving.model_spec_version(task.model_spec)
+                raise tfserving.servable_not_found(model, version, exc) from None
+            result = answer.results.add()
+            if method == tfserving.CLASSIFY_METHOD:
+                result.classification_result.CopyFrom(
+                    tfserving_examples.classification_result(response, len(examples)))
+            else:
+                result.regression_result.CopyFrom(tfserving_examples.regression_result(response, len(examples)))
+            tfserving_examples.fill_model_spec(result.model_spec, model, signature, response.model_version)
+        return answer
+
+    @tf_guarded
     async def get_model_metadata(self, request: tfs.GetModelMetadataRequest, context: Context
                                  ) -> tfs.GetModelMetadataResponse:
         spec = request.model_spec
@@ -186,7 +272,7 @@ class ModelServicer(_TFServingBase):
     def methods(self) -> Methods:
         return {"GetModelStatus": (self.get_model_status, tfs.GetModelStatusRequest)}
 
-    @guarded
+    @tf_guarded
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec

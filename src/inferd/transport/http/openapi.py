@@ -52,6 +52,10 @@ _TF_STATUS = {"type": "object", "required": ["model_version_status"],
               "properties": {"model_version_status": {"type": "array", "items": {"type": "object"}}}}
 _TF_PREDICT = {"type": "object", "properties": {"signature_name": _STRING, "instances": {}, "inputs": {}}}
 _TF_ANSWER = {"type": "object", "properties": {"predictions": {}, "outputs": {}}}
+_TF_EXAMPLES = {"type": "object", "required": ["examples"],
+                "properties": {"signature_name": _STRING, "context": {"type": "object"},
+                               "examples": {"type": "array", "items": {"type": "object"}}}}
+_TF_RESULTS = {"type": "object", "required": ["results"], "properties": {"results": {"type": "array"}}}
 _STATUS = {"type": "object", "required": ["status"], "properties": {"status": _STRING}}
 
 
@@ -110,6 +114,10 @@ def _tfserving_paths() -> dict[str, Any]:
         paths[prefix + ":predict"] = {"post": _op(
             "TF Serving predict (row `instances` or columnar `inputs`)", _TF_ANSWER,
             (400, 401, 404, 413, 500, 503, 504), params=params, body={JSON: {"schema": _TF_PREDICT}})}
+        for verb, what in (("classify", "classes and scores"), ("regress", "one value")):
+            paths[prefix + ":" + verb] = {"post": _op(
+                f"TF Serving {verb}: tf.Example features in, {what} per example", _TF_RESULTS,
+                (400, 401, 404, 413, 500, 503, 504), params=params, body={JSON: {"schema": _TF_EXAMPLES}})}
     return paths
 
 

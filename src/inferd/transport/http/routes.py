@@ -117,8 +117,9 @@ class MetricsRoutes:
     def __init__(self, core: Core) -> None:
         self._metrics = core.metrics
 
-    def register(self, router: Router) -> None:
-        router.add("GET", "/metrics", self.metrics)
+    def register(self, router: Router, paths: tuple[str, ...] = ("/metrics",)) -> None:
+        for path in paths:  # TF Serving's monitoring config names a path of its own
+            router.add("GET", path, self.metrics)
 
     async def metrics(self, request: HttpRequest) -> HttpResponse:
         if self._metrics is None:

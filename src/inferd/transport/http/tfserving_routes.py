@@ -1,16 +1,36 @@
-"""TensorFlow Serving's REST API on inferd's HTTP port: status, metadata and :predict."""
+"""TensorFlow Serving's REST API on inferd's HTTP port: status, metadata, :predict, :classify and
+:regress."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
 from inferd.core import Core
-from inferd.errors import InvalidInput
-from inferd.protocols import kserve_v2, tfserving
+from inferd.errors import InvalidInput, ServableNotFound
+from inferd.protocols import kserve_v2, tfserving, tfserving_examples
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import server_timing
+from inferd.types import ModelMetadata
 
 _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
+Handler = Callable[[Any, HttpRequest], Awaitable[HttpResponse]]
+
+
+def _servable(handler: Handler) -> Handler:
+    """An unknown model or version in TF Serving's words ("Servable not found for request: ...")."""
+
+    @functools.wraps(handler)
+    async def call(self: Any, request: HttpRequest) -> HttpResponse:
+        try:
+            return await handler(self, request)
+        except ServableNotFound as exc:
+            raise tfserving.servable_not_found(request.params["model"], request.params.get("version"), exc) from None
+
+    return call
 
 
 class TFServingRoutes:
@@ -22,8 +42,8 @@ class TFServingRoutes:
             router.add("GET", prefix, self.status)
             router.add("GET", prefix + "/metadata", self.metadata)
             router.add("POST", prefix + ":predict", self.predict)
-            router.add("POST", prefix + ":classify", self.unsupported)
-            router.add("POST", prefix + ":regress", self.unsupported)
+            router.add("POST", prefix + ":classify", self.classify)
+            router.add("POST", prefix + ":regress", self.regress)
 
     def _version(self, request: HttpRequest) -> str | None:
         label = request.params.get("label")
@@ -31,19 +51,19 @@ class TFServingRoutes:
             return self.data.resolve_label(request.params["model"], label)
         return request.params.get("version")
 
+    @_servable
     async def status(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
         return json_response(tfserving.rest_status(self.data.version_states(name, self._version(request))))
 
+    @_servable
     async def metadata(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
         metadata = self.data.model_metadata(name, self._version(request))
         signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
         return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
 
-    async def predict(self, request: HttpRequest) -> HttpResponse:
-        name, version = request.params["model"], self._version(request)
-        payload = kserve_v2.loads(request.body, "predict request")
+    def _signature(self, name: str, version: str | None, payload: Any) -> tuple[str, dict[str, ModelMetadata]]:
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
             raise InvalidInput("signature_name must be a string")
@@ -51,6 +71,14 @@ class TFServingRoutes:
         chosen = signature or next(iter(specs))
         if chosen not in specs:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
+        return chosen, specs
+
+    @_servable
+    async def predict(self, request: HttpRequest) -> HttpResponse:
+        name, version = request.params["model"], self._version(request)
+        payload = kserve_v2.loads(request.body, "predict request")
+        chosen, specs = self._signature(name, version, payload)
+        signature = payload.get("signature_name") if isinstance(payload, dict) else None
         infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
@@ -58,6 +86,27 @@ class TFServingRoutes:
         body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
         return HttpResponse(200, body, headers=[server_timing(response)])
 
-    async def unsupported(self, request: HttpRequest) -> HttpResponse:
-        raise InvalidInput("only :predict is served; :classify and :regress need TF Serving's Example "
-                           "protos, which inferd does not support")
+    @_servable
+    async def classify(self, request: HttpRequest) -> HttpResponse:
+        return await self._examples(request, tfserving.CLASSIFY_METHOD)
+
+    @_servable
+    async def regress(self, request: HttpRequest) -> HttpResponse:
+        return await self._examples(request, tfserving.REGRESS_METHOD)
+
+    async def _examples(self, request: HttpRequest, method: str) -> HttpResponse:
+        name, version = request.params["model"], self._version(request)
+        payload = kserve_v2.loads(request.body, "request")
+        chosen, specs = self._signature(name, version, payload)
+        examples = tfserving_examples.rest_examples(payload)
+        infer_request = tfserving_examples.examples_request(name, version, chosen, specs[chosen], examples, method,
+                                                            rest=True)
+        infer_request.cancelled = request.disconnected
+        infer_request.credentials = request.headers.get("authorization")
+        response = await self.data.infer(infer_request)
+        if method == tfserving.CLASSIFY_METHOD:
+            body = tfserving_examples.rest_classification(
+                tfserving_examples.classification_result(response, len(examples)))
+        else:
+            body = tfserving_examples.rest_regression(tfserving_examples.regression_result(response, len(examples)))
+        return HttpResponse(200, orjson.dumps(body), headers=[server_timing(response)])

@@ -1,0 +1,91 @@
+"""tensorflow_model_server's flags and files as inferd's settings, without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferd.compat import tfserving
+from inferd.config import VersionPolicy
+from inferd.errors import ConfigError
+
+
+def settings(*flags: str):
+    return tfserving.settings_from_flags(tfserving.parser().parse_args(list(flags)))
+
+
+def test_defaults_are_tf_servings(tmp_path: Path) -> None:
+    chosen = settings(f"--model_base_path={tmp_path}")
+    assert (chosen.grpc_port, chosen.http_port, chosen.host) == (8500, 0, "0.0.0.0")
+    assert [(s.name, s.base_path) for s in chosen.model_sources] == [("default", tmp_path)]
+    assert (chosen.model_control, chosen.poll_interval, chosen.listen_after_load) == ("poll", 1.0, True)
+    assert settings(f"--model_base_path={tmp_path}", "--file_system_poll_wait_seconds=0").model_control == "none"
+
+
+def test_models_config_policies_labels_and_relative_paths(tmp_path: Path) -> None:
+    config = tmp_path / "models.config"
+    config.write_text("""model_config_list {
+      config { name: "a" base_path: "models/a" model_platform: "tensorflow"
+               model_version_policy { specific { versions: 3 versions: 5 } }
+               version_labels { key: "stable" value: 3 } }
+      config { name: "b" base_path: "/abs/b" model_version_policy { latest { num_versions: 2 } } }
+      config { name: "c" base_path: "/abs/c" model_version_policy { all {} } }
+    }""")
+    a, b, c = tfserving.read_model_config(config)
+    assert a.base_path == tmp_path / "models/a" and a.version_labels == {"stable": 3}
+    assert a.version_policy == VersionPolicy(latest=None, specific=(3, 5))
+    assert b.version_policy == VersionPolicy(latest=2) and b.version_labels is None
+    assert c.version_policy == VersionPolicy(latest=None, all=True)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("improperly formatted file", "Error parsing text-format tensorflow.serving.ModelServerConfig"),
+    ('model_config_list { config { name: "a" } }', "needs name and base_path"),
+    ('model_config_list { config { name: "a" base_path: "/x" model_platform: "onnx" } }', "'onnx' is not served"),
+    ('model_config_list { config { name: "a" base_path: "/x" } config { name: "a" base_path: "/y" } }',
+     "given twice"),
+    ('model_config_list { config { name: "a" base_path: "/x" '
+     'logging_config { sampling_config { sampling_rate: 1 } } } }', "logging_config"),
+])
+def test_model_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "models.config"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        tfserving.read_model_config(config)
+
+
+def test_batching_parameters_map_to_dynamic_batching(tmp_path: Path) -> None:
+    path = tmp_path / "batching.txt"
+    path.write_text("max_batch_size { value: 128 }\nbatch_timeout_micros { value: 2500 }\n"
+                    "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 8 }\n"
+                    "allowed_batch_sizes: 32\nallowed_batch_sizes: 128\n")
+    batching = tfserving.read_batching(path)
+    assert (batching.max_batch_size, batching.instances) == (128, 8)
+    assert batching.dynamic_batching.max_queue_delay_ms == 2.5
+    assert batching.dynamic_batching.preferred_batch_sizes == (32, 128)
+    assert batching.dynamic_batching.max_queue_size == 512
+    path.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    with pytest.raises(ConfigError, match="end with max_batch_size"):
+        tfserving.read_batching(path)
+    path.write_text("pad_variable_length_inputs: true\n")
+    with pytest.raises(ConfigError, match="pad_variable_length_inputs"):
+        tfserving.read_batching(path)
+
+
+def test_monitoring_channel_arguments_and_refused_flags(tmp_path: Path) -> None:
+    monitoring = tmp_path / "monitoring.txt"
+    monitoring.write_text('prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }')
+    chosen = settings(f"--model_base_path={tmp_path}", f"--monitoring_config_file={monitoring}",
+                      "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
+                      "--grpc_socket_path=/tmp/x.sock")
+    assert chosen.metrics_paths == ("/metrics", "/monitoring/prometheus/metrics")
+    assert chosen.grpc_options == (("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb"))
+    assert chosen.grpc_socket_path == "/tmp/x.sock"
+    with pytest.raises(ConfigError, match="--prefer_tflite_model=true is not supported"):
+        settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=true")
+    assert settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=false").model_sources
+    with pytest.raises(ConfigError, match="needs --enable_batching"):
+        settings(f"--model_base_path={tmp_path}", f"--batching_parameters_file={monitoring}")
+    with pytest.raises(ConfigError, match="not both"):
+        settings(f"--model_base_path={tmp_path}", f"--model_config_file={monitoring}")

@@ -1,0 +1,172 @@
+"""`inferd tfserving`: tensorflow_model_server's flags and files (models.config, batching parameters,
+monitoring config, polling), called with the tensorflow-serving-api stubs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+
+from tests import tf_models
+from tests.conftest import ROOT, free_port
+
+MODELS_CONFIG = """
+model_config_list: {{
+  config: {{
+    name: "{name}",
+    base_path: "{path}",
+    model_platform: "tensorflow"
+    {extra}
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tfs_cli")
+    tf_models.build_half_plus_two_tf1(root / "half_plus_two" / "00000123")
+    tf_models.build_half_plus_two_tf2(root / "half_plus_two_tf2" / "00000007")
+    tf_models.build_half_plus_two_tf2(root / "half_plus_two_tf2" / "00000009")
+    return root
+
+
+class TFServing:
+    def __init__(self, process: subprocess.Popen[str], grpc_port: int, rest_port: int, lines: list[str]) -> None:
+        self.process, self.lines = process, lines
+        self.grpc_url, self.base = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
+
+    def stub(self):
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(self.grpc_url))
+
+
+@contextlib.contextmanager
+def tfserving(*flags: str) -> Iterator[TFServing]:
+    """`inferd tfserving` started as tensorflow_model_server would be, on free ports."""
+    grpc_port, rest_port = free_port(), free_port()
+    command = [sys.executable, "-m", "inferd", "tfserving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+               "--host=127.0.0.1", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("inferd ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.wait(0.05):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("inferd tfserving did not start:\n" + "".join(lines))
+        yield TFServing(process, grpc_port, rest_port, lines)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def predict(stub, model: str, x: float, label: str = "") -> tuple[float, int]:
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if label:
+        request.model_spec.version_label = label
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(x)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    if model != "half_plus_two":  # the TF2 export's signature is [-1, 1]
+        request.inputs["x"].tensor_shape.dim.add().size = 1
+    result = stub.Predict(request, timeout=30)
+    return result.outputs["y"].float_val[0], result.model_spec.version.value
+
+
+def run(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "inferd", "tfserving", *flags], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_model_base_path_batching_and_monitoring(models: Path, tmp_path: Path) -> None:
+    batching = tmp_path / "batching.txt"
+    batching.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1000 }\n"
+                        "num_batch_threads { value: 2 }\n")
+    monitoring = tmp_path / "monitoring.txt"
+    monitoring.write_text('prometheus_config: { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    with tfserving(f"--model_base_path={models / 'half_plus_two_tf2'}", "--enable_batching",
+                   f"--batching_parameters_file={batching}", f"--monitoring_config_file={monitoring}") as server:
+        assert predict(server.stub(), "default", 2.0) == (3.0, 9)  # --model_name's default, the newest version
+        metrics = requests.get(f"{server.base}/monitoring/prometheus/metrics", timeout=10).text
+        assert "# TYPE" in metrics and 'model="default"' in metrics
+        rows = requests.post(f"{server.base}/v1/models/default:predict", json={"instances": [[2.0], [4.0]]},
+                             timeout=10)
+        assert rows.json() == {"predictions": [[3.0], [4.0]]}
+        too_many = requests.post(f"{server.base}/v1/models/default:predict", json={"instances": [[1.0]] * 9},
+                                 timeout=10)
+        assert too_many.status_code == 400 and "outside 1..8" in too_many.json()["error"]
+
+
+def test_models_config_with_policy_labels_and_reload(models: Path, tmp_path: Path) -> None:
+    config = tmp_path / "models.config"
+    extra = ("model_version_policy: { all: {} }\n    version_labels { key: 'stable' value: 7 }\n"
+             "    version_labels { key: 'canary' value: 9 }")
+    config.write_text(MODELS_CONFIG.format(name="tf2", path=models / "half_plus_two_tf2", extra=extra))
+    with tfserving(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1") as server:
+        stub = server.stub()
+        assert predict(stub, "tf2", 2.0, "stable") == (3.0, 7)
+        assert predict(stub, "tf2", 2.0, "canary") == (3.0, 9)
+        status = requests.get(f"{server.base}/v1/models/tf2", timeout=10).json()
+        assert [row["version"] for row in status["model_version_status"]] == ["7", "9"]
+        # a relative base_path is read from the config file's folder
+        relative = os.path.relpath(models / "half_plus_two", tmp_path)
+        config.write_text(MODELS_CONFIG.format(name="tf1", path=relative, extra=""))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                if predict(stub, "tf1", 2.0) == (3.0, 123):
+                    break
+            time.sleep(0.5)
+        assert predict(stub, "tf1", 2.0) == (3.0, 123)
+        with pytest.raises(grpc.RpcError) as info:
+            predict(stub, "tf2", 2.0)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "Servable not found" in info.value.details()
+        config.write_text("not a config")  # a broken rewrite is logged; what is served stays
+        time.sleep(2.5)
+        assert predict(stub, "tf1", 2.0) == (3.0, 123)
+        assert "model config not applied" in "".join(server.lines)
+
+
+def test_bad_files_and_flags_are_clear_errors(tmp_path: Path, models: Path) -> None:
+    bad = tmp_path / "bad.config"
+    bad.write_text("improperly formatted file")
+    done = run(f"--model_config_file={bad}")
+    assert done.returncode == 2
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in done.stderr
+    tflite = run(f"--model_base_path={models / 'half_plus_two'}", "--prefer_tflite_model=true")
+    assert tflite.returncode == 2 and "--prefer_tflite_model=true is not supported" in tflite.stderr
+    unknown = run(f"--model_base_path={models / 'half_plus_two'}", "--no_such_flag=1")
+    assert unknown.returncode == 2 and "unrecognized arguments: --no_such_flag=1" in unknown.stderr
+    other = tmp_path / "onnx.config"
+    other.write_text(MODELS_CONFIG.format(name="m", path=models, extra="").replace('"tensorflow"', '"onnx"'))
+    platform = run(f"--model_config_file={other}")
+    assert platform.returncode == 2 and "model_platform 'onnx' is not served" in platform.stderr

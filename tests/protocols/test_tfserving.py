@@ -1,0 +1,91 @@
+"""TF Serving's codecs without a server: typed answers as TensorFlow reads them, JSON rules, examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inferd.errors import InvalidInput
+from inferd.protocols import tfserving, tfserving_examples
+from inferd.protocols._proto import tfserving_pb2 as pb
+from inferd.types import InferResponse, Tensor, bfloat16
+
+
+@pytest.mark.parametrize(("datatype", "field", "values"), [
+    ("FP32", "float_val", np.array([[1.5, -2.0]], np.float32)),
+    ("FP64", "double_val", np.array([1e300, 0.1])),
+    ("INT64", "int64_val", np.array([2**62, -3], np.int64)),
+    ("INT32", "int_val", np.array([7, -8], np.int32)),
+    ("UINT8", "int_val", np.array([255, 0], np.uint8)),
+    ("BOOL", "bool_val", np.array([True, False])),
+    ("UINT64", "uint64_val", np.array([2**64 - 1], np.uint64)),
+    ("FP16", "half_val", np.array([0.5, 65504], np.float16)),
+    ("BF16", "half_val", np.array([1.0, -3.0], np.float32).astype(bfloat16())),
+])
+def test_answers_fill_the_typed_field_tensorflow_reads(datatype: str, field: str, values: np.ndarray) -> None:
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tfserving.encode_tensor(values, datatype)
+    assert not proto.tensor_content and len(getattr(proto, field)) == values.size
+    theirs = tensor_pb2.TensorProto.FromString(proto.SerializeToString())
+    read = tf.make_ndarray(theirs)
+    assert read.shape == values.shape
+    np.testing.assert_array_equal(read.astype(np.float64) if datatype == "BF16" else read,
+                                  values.astype(np.float64) if datatype == "BF16" else values)
+
+
+def test_strings_answer_in_string_val() -> None:
+    values = np.empty(2, dtype=object)
+    values[:] = [b"a", b"\xff"]
+    assert list(tfserving.encode_tensor(values, "BYTES").string_val) == [b"a", b"\xff"]
+
+
+@pytest.mark.parametrize(("datatype", "value", "message"), [
+    ("INT64", [1.9], "fractional"), ("INT64", [2**63 + 5], "DT_INT64"), ("INT32", [2**31], "range"),
+    ("FP32", ["1"], "expected numbers"), ("BYTES", [{"b64": "%%%"}], "not valid base64"),
+    ("BYTES", [3], "expected strings"), ("FP32", [[1.0], [2.0, 3.0]], "ragged"),
+])
+def test_rest_json_rules(datatype: str, value: list, message: str) -> None:
+    from inferd.types import TensorSpec
+
+    spec = (TensorSpec("x", datatype, (-1,)),)
+    with pytest.raises(InvalidInput, match=message):
+        tfserving.decode_rest_predict({"inputs": value}, spec, "m", None, None)
+
+
+def test_b64_takes_both_alphabets_without_padding() -> None:
+    assert tfserving.decode_b64("_-8") == b"\xff\xef"
+    assert tfserving.decode_b64("aGk") == b"hi"
+
+
+def test_row_format_splits_string_and_number_columns() -> None:
+    text = np.empty(2, dtype=object)
+    text[:] = [b"x", b"\xff"]
+    response = InferResponse("m", "1", [Tensor("s", "BYTES", text), Tensor("n", "INT64", np.array([1, 2]))])
+    assert tfserving.encode_rest_predict(response, row_format=True) == {
+        "predictions": [{"s": "x", "n": 1}, {"s": {"b64": "/w=="}, "n": 2}]}
+    uneven = InferResponse("m", "1", [Tensor("a", "INT64", np.array([1, 2])), Tensor("b", "INT64", np.array([1]))])
+    with pytest.raises(InvalidInput, match="batch size"):
+        tfserving.encode_rest_predict(uneven, row_format=True)
+
+
+def test_context_merges_into_every_example_with_the_examples_keys_winning() -> None:
+    import tensorflow as tf
+
+    message = pb.Input()
+    both = message.example_list_with_context
+    both.context.features.feature["x"].float_list.value.append(1.0)
+    both.context.features.feature["c"].bytes_list.value.append(b"ctx")
+    both.examples.add().features.feature["x"].float_list.value.append(5.0)
+    (serialized,) = tfserving_examples.serialized_examples(message)
+    parsed = tf.train.Example.FromString(serialized).features.feature
+    assert list(parsed["x"].float_list.value) == [5.0]
+    assert list(parsed["c"].bytes_list.value) == [b"ctx"]
+    rest = tfserving_examples.rest_examples({"examples": [{"n": 3, "f": [1, 2.5], "s": "t", "b": {"b64": "aGk="}}]})
+    parsed = tf.train.Example.FromString(rest[0]).features.feature
+    assert list(parsed["n"].int64_list.value) == [3]
+    assert list(parsed["f"].float_list.value) == [1.0, 2.5]
+    assert list(parsed["b"].bytes_list.value) == [b"hi"]
+    with pytest.raises(InvalidInput, match="Input is empty"):
+        tfserving_examples.serialized_examples(pb.Input())
