@@ -21,15 +21,22 @@ def repo(root: Path) -> Path:
     (root / "mlp_gpu/1").mkdir(parents=True)
     torch.jit.script(models.mlp()).save(str(root / "mlp_gpu/1/model.pt"))
     (root / "mlp_gpu/config.toml").write_text(GPU_CONFIG)
+    (root / "onnx_gpu/1").mkdir(parents=True)
+    torch.onnx.export(models.mlp(), (torch.randn(2, 8),), str(root / "onnx_gpu/1/model.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    (root / "onnx_gpu/config.toml").write_text('max_batch_size = 8\n[instance_group]\nkind = "gpu"\ngpus = [0]\n')
     return root
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: see the next test")
 def test_gpu_model_without_a_gpu_is_unavailable_with_its_reason(tmp_path: Path) -> None:
     with serve(repo(tmp_path)) as server:
-        rows = requests.post(f"{server.base}/v2/repository/index", timeout=10).json()
-        assert rows[0]["state"] == "UNAVAILABLE"
-        assert "cuda:0" in rows[0]["reason"] and "no CUDA device" in rows[0]["reason"]
+        rows = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=10).json()}
+        assert rows["mlp_gpu"]["state"] == "UNAVAILABLE"
+        assert "cuda:0" in rows["mlp_gpu"]["reason"] and "no CUDA device" in rows["mlp_gpu"]["reason"]
+        # onnxruntime without CUDA never runs a GPU model on the CPU in silence
+        assert rows["onnx_gpu"]["state"] == "UNAVAILABLE"
+        assert "CUDAExecutionProvider" in rows["onnx_gpu"]["reason"], rows["onnx_gpu"]["reason"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -43,11 +43,19 @@ def load(context: LoadContext) -> OnnxRuntime:
     options.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
     provider_options: list[dict[str, Any]] = [{}]
-    if context.device.startswith("cuda"):
+    on_gpu = context.device.startswith("cuda")
+    if on_gpu:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError(f"model '{context.name}' asks for {context.device}, but this onnxruntime has no "
+                              f"CUDAExecutionProvider (it has {', '.join(ort.get_available_providers())}); "
+                              "install onnxruntime-gpu, or use kind = \"cpu\"")
         providers.insert(0, "CUDAExecutionProvider")
         provider_options.insert(0, {"device_id": int(context.device.split(":")[1])})
     session = ort.InferenceSession(str(context.artifact), options, providers=providers,
                                    provider_options=provider_options)
+    if on_gpu and session.get_providers()[0] != "CUDAExecutionProvider":  # CUDA failed to load: no silent CPU
+        raise ConfigError(f"model '{context.name}' asks for {context.device}, but onnxruntime could not start "
+                          "its CUDAExecutionProvider (see the log for the CUDA library it missed)")
     config = context.config
     inputs = _specs(session.get_inputs(), config, "input", config.inputs)
     outputs = _specs(session.get_outputs(), config, "output", config.outputs)
