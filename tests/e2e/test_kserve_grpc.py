@@ -91,7 +91,7 @@ def test_every_datatype_over_grpc(client: triton.InferenceServerClient, datatype
 
 
 @pytest.mark.parametrize(("call", "code", "message"), [
-    (lambda c: c.infer("nope", [_x()]), "NOT_FOUND", "unknown model 'nope'"),
+    (lambda c: c.infer("nope", [_x()]), "NOT_FOUND", "Request for unknown model: 'nope' is not found"),
     (lambda c: c.infer("mlp_ts", [_x(shape=(1, 7))]), "INVALID_ARGUMENT", "expected shape [-1, 8]"),
     (lambda c: c.infer("mlp_ts", [_x(name="z")]), "INVALID_ARGUMENT", "unknown input 'z'"),
     (lambda c: c.infer("mlp_ts", [_x(dtype="FP64")]), "INVALID_ARGUMENT", "expected datatype FP32, got FP64"),
