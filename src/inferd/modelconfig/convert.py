@@ -4,6 +4,7 @@ and JSON. Pure functions; protobuf parses, this module only maps and refuses wha
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def apply_override(base: ModelConfig, text: str, name: str) -> ModelConfig:
     except json_format.ParseError as exc:
         raise ConfigError(f"{where} is not a model configuration: {_unsupported(str(exc))}") from None
     given = _from_message(message, where, name)
-    present = {field.name for field, _ in message.ListFields()}
+    present = _keys(text)
     if "platform" in present or "backend" in present:
         present.add("backend")
     changes: dict[str, Any] = {}
@@ -80,6 +81,13 @@ def apply_override(base: ModelConfig, text: str, name: str) -> ModelConfig:
         if key in present:
             changes.update({attr: getattr(given, attr) for attr in attributes})
     return check_model_config(dataclasses.replace(base, **changes), where)
+
+
+def _keys(text: str) -> set[str]:
+    """The top-level keys the JSON sets, by field name (protobuf JSON also takes lowerCamelCase);
+    a key set to its default (``"max_batch_size": 0``) counts, unlike in the parsed message."""
+    by_json = {f.json_name: f.name for f in mc.ModelConfig.DESCRIPTOR.fields}
+    return {by_json.get(key, key) for key in json.loads(text)}
 
 
 # the message's top-level keys -> the ModelConfig attributes each one sets
