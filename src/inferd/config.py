@@ -67,6 +67,7 @@ class ServerSettings:
     grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
+    server_name: str = "inferd"  # what /v2 server metadata calls the server
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -92,6 +93,7 @@ class TensorConfig:
     name: str
     datatype: str
     shape: tuple[int, ...]  # without the batch dim when max_batch_size > 0; -1 = any size
+    format: str = ""  # config.pbtxt's image layout hint (FORMAT_NCHW, FORMAT_NHWC), shown, not used
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,25 @@ class ModelConfig:
     version_labels: dict[str, int] = field(default_factory=dict)
     inputs: tuple[TensorConfig, ...] = ()
     outputs: tuple[TensorConfig, ...] = ()
+    parameters: dict[str, str] = field(default_factory=dict)  # config.pbtxt's: for the model's own code
+    source: str = ""  # the file it was read from ("" = none: everything inferred)
+
+
+def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
+    """The rules between keys, whichever file (or override) the configuration came from."""
+    batching = config.dynamic_batching
+    if batching is not None and config.max_batch_size == 0:
+        raise ConfigError(f"{where}: key 'dynamic_batching' needs max_batch_size > 0 (the batch dimension)")
+    if batching and any(size > config.max_batch_size for size in batching.preferred_batch_sizes):
+        raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_sizes' "
+                          f"must not exceed max_batch_size ({config.max_batch_size})")
+    if config.instance_group.gpus and config.instance_group.kind != "gpu":
+        raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
+    for what, tensors in (("input", config.inputs), ("output", config.outputs)):
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: {what} names must be unique, got {names}")
+    return config
 
 
 class _Table:
@@ -209,11 +230,6 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
     max_batch_size = table.take_int("max_batch_size", 0)
     intra_op_threads = table.take_int("intra_op_threads", 0)
     batching = _dynamic_batching(table.take("dynamic_batching", dict), where)
-    if batching is not None and max_batch_size == 0:
-        raise table.fail("dynamic_batching", "needs max_batch_size > 0 (the batch dimension)")
-    if batching and any(size > max_batch_size for size in batching.preferred_batch_sizes):
-        raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_sizes' "
-                          f"must not exceed max_batch_size ({max_batch_size})")
     config = ModelConfig(
         backend=backend,
         max_batch_size=max_batch_size,
@@ -224,9 +240,10 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         version_labels=_version_labels(table.take("version_labels", dict, {}), where),
         inputs=_tensors(table.take("input", list, []), f"{where}: input"),
         outputs=_tensors(table.take("output", list, []), f"{where}: output"),
+        source=where,
     )
     table.finish()
-    return config
+    return check_model_config(config, where)
 
 
 def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatching | None:
@@ -261,8 +278,6 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
                           gpus=table.take_ints("gpus"), response_timeout_s=float(timeout),
                           memory_limit_mb=table.take_int("memory_limit_mb", 0))
     table.finish()
-    if group.gpus and group.kind != "gpu":
-        raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
     return group
 
 
@@ -312,3 +327,14 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: names must be unique, got {names}")
     return tuple(tensors)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedConfig:
+    """A model's configuration as it is served: its name, the platform and backend that load it,
+    and the configuration with every tensor (read from the model when the file did not say)."""
+
+    name: str
+    platform: str
+    backend: str
+    config: ModelConfig

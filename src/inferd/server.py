@@ -46,7 +46,7 @@ def build_core(settings: ServerSettings) -> Core:
                              batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
-    return Core(DataPlane(registry, metrics, access), control, metrics)
+    return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
 
 
 def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:

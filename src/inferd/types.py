@@ -187,6 +187,20 @@ class VersionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of the v2 repository index: a known version's state, or a model of the repository
+    that is not loaded (state "" before any load; UNAVAILABLE with reason "unloaded" after one)."""
+
+    name: str
+    version: str = ""
+    state: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "state": self.state, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class VersionDescription:
     """What management APIs show of one version: where it came from and how it is scheduled."""
 
@@ -209,3 +223,55 @@ class ServerMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
+
+
+@dataclass(slots=True)
+class Duration:
+    """How many times something happened and how long it took altogether (Triton's
+    StatisticDuration)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class RequestStatistics:
+    """What the data plane saw of one model version's requests, in Triton's terms: ``success`` and
+    ``fail`` time whole requests; ``queue``, ``compute_input`` (checking and converting inputs),
+    ``compute_infer`` (the execution the request was part of) and ``compute_output`` (gathering
+    its outputs) split the successful ones."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatistics:
+    """Executions of one batch size and the time they took (the model call as a whole)."""
+
+    batch_size: int
+    compute_infer: Duration
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatistics:
+    """One model version's statistics: the requests (data plane) and the executions (scheduler)."""
+
+    name: str
+    version: str
+    inference_count: int  # rows run (batch sizes added up)
+    execution_count: int  # model calls
+    requests: RequestStatistics
+    batches: tuple[BatchStatistics, ...]

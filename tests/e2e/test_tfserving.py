@@ -79,7 +79,7 @@ def test_named_signatures_labels_and_b64(server: RunningServer, repo: Path) -> N
 
 def test_rest_errors_in_tf_serving_shape(server: RunningServer) -> None:
     for path, body, status, message in (
-        ("nope:predict", {"instances": [[1]]}, 404, "unknown model 'nope'"),
+        ("nope:predict", {"instances": [[1]]}, 404, "Request for unknown model: 'nope' is not found"),
         ("keras_mlp:predict", {"instances": [[1.0, 2.0]]}, 400, "expected shape [-1, 4]"),
         ("keras_mlp:predict", {"rows": []}, 400, "exactly one of 'instances'"),
         ("keras_mlp:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "DT_FLOAT"),
@@ -179,7 +179,7 @@ def test_grpc_errors(stubs) -> None:
 
     prediction, _ = stubs
     for name, inputs, code, message in (
-        ("nope", {"features": X}, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ("nope", {"features": X}, grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'nope' is not found"),
         ("keras_mlp", {"features": X[:, :2]}, grpc.StatusCode.INVALID_ARGUMENT, "expected shape [-1, 4]"),
         ("keras_mlp", {"wrong": X}, grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'wrong'"),
     ):

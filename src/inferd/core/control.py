@@ -4,18 +4,24 @@ can forget to."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from inferd.auth import AccessPolicy
-from inferd.config import ModelConfig
+from inferd.config import ModelConfig, ServedConfig, TensorConfig
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.errors import InvalidInput
 from inferd.repository.archives import archive_config, archive_identity, resolve_archive
 from inferd.repository.layout import is_valid_name
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
-from inferd.types import ModelState, VersionDescription, VersionStatus
+from inferd.types import IndexEntry, ModelState, TensorSpec, VersionDescription, VersionStatus
+
+# a runtime's platform -> the backend that serves it (for a configuration that did not name one)
+_BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "pytorch_export": "torch",
+                        "python": "python", "tensorflow_savedmodel": "tensorflow",
+                        "torchserve_handler": "torchserve"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,30 @@ class ModelControl:
         rows = self._registry.index()
         return [row for row in rows if row.state is ModelState.READY] if ready_only else rows
 
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """The v2 repository index: every model of the repository, loaded or not."""
+        rows = self._registry.repository_index()
+        return [row for row in rows if row.state == ModelState.READY.value] if ready_only else rows
+
+    def model_config(self, name: str, version: str | None) -> ServedConfig:
+        """The configuration a model (version) is served with, every tensor included: what the
+        file said, completed from the loaded model (ONNX and exported programs describe theirs)."""
+        entry = self._registry.entry(name)
+        runtime: Scheduler | None
+        if version is not None:
+            runtime = self._registry.get(name, version)[0]
+        else:
+            newest = entry.newest_ready()
+            runtime = newest[0] if newest is not None else None
+        config = entry.config
+        platform = runtime.platform if runtime is not None else ""
+        backend = config.backend or _BACKEND_OF_PLATFORM.get(platform, "")
+        if runtime is not None:
+            config = dataclasses.replace(
+                config, inputs=config.inputs or _tensors(runtime.inputs, config.max_batch_size),
+                outputs=config.outputs or _tensors(runtime.outputs, config.max_batch_size))
+        return ServedConfig(name=name, platform=platform, backend=backend, config=config)
+
     def models(self) -> list[ModelSource]:
         return [ModelSource(name, entry.source) for name, entry in sorted(self._registry.models.items())]
 
@@ -64,9 +94,11 @@ class ModelControl:
         return rows
 
     # -- changing (needs --model-control explicit, and the token when one is set) -----------
-    async def load(self, name: str, credentials: str | None) -> None:
+    async def load(self, name: str, credentials: str | None, config: str | None = None) -> None:
+        """Load (or reload) a model; ``config`` overrides keys of its configuration (Triton's
+        ModelConfig as JSON)."""
         self._access.authorize_control(credentials, "loading a model")
-        await self._registry.load_model(name)
+        await self._registry.load_model(name, config)
 
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")
@@ -119,3 +151,10 @@ class ModelControl:
 
     async def close(self) -> None:
         await self._registry.close()
+
+
+def _tensors(specs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[TensorConfig, ...]:
+    """Specs carry the batch dim; a configuration's shapes leave it out when the model batches."""
+    skip = 1 if max_batch_size > 0 else 0
+    return tuple(TensorConfig(spec.name, spec.datatype, spec.shape[skip:]) for spec in specs)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 
 import inferd
 from inferd.auth import AccessPolicy
@@ -12,10 +13,23 @@ from inferd.errors import InferdError, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
-from inferd.types import CallContext, InferRequest, InferResponse, ModelMetadata, ServerMetadata, Tensor, VersionStatus
+from inferd.types import (
+    CallContext,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelState,
+    ModelStatistics,
+    RequestStatistics,
+    ServerMetadata,
+    Tensor,
+    VersionStatus,
+)
 from inferd.validation import check_inputs, check_outputs
 
-EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "statistics")
+# what exists: the binary tensor extension, the repository extension (index, load, unload), model
+# configuration (.../config), statistics (.../stats), and the per-request "timeout" parameter
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy")
 
 
 class DataPlane:
@@ -23,12 +37,15 @@ class DataPlane:
     model was tried, and false again while draining."""
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
-                 access: AccessPolicy | None = None) -> None:
+                 access: AccessPolicy | None = None, server_name: str = "inferd") -> None:
         self._registry = registry
         self._metrics = metrics
         self._access = access or AccessPolicy()
+        self._server_name = server_name
         self._ready = False
         self._draining = False
+        # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
+        self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
 
     # -- health ----------------------------------------------------------------------------
     def live(self) -> bool:
@@ -45,7 +62,7 @@ class DataPlane:
 
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata("inferd", inferd.__version__, EXTENSIONS)
+        return ServerMetadata(self._server_name, inferd.__version__, EXTENSIONS)
 
     def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
         runtime, resolved = self._registry.get(name, version)
@@ -93,10 +110,15 @@ class DataPlane:
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
+        checked = gathered = start
         try:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
+            checked = time.perf_counter()
             outputs = await runtime.infer_async(arrays, context)
+            gathered = time.perf_counter()
+            datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+            tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
         except InferdError as exc:
             outcome = exc.code.value
             raise
@@ -104,15 +126,63 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
-            context.timings.total = time.perf_counter() - start
+            end = time.perf_counter()
+            context.timings.total = end - start
+            self._count(runtime, outcome, context, checked - start, end - gathered)
             if self._metrics is not None:
                 t = context.timings
                 self._metrics.for_model(request.model_name, version).request(
                     request.protocol, outcome, t.total, t.queue, t.compute)
-        datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
-        tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
         return InferResponse(model_name=request.model_name, model_version=version,
                              outputs=tensors, id=request.id, timings=context.timings)
+
+    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
+               output_s: float) -> None:
+        stats = self._requests.get(runtime)
+        if stats is None:
+            stats = self._requests[runtime] = RequestStatistics()
+        t = context.timings
+        if outcome != "success":
+            stats.fail.add(t.total)
+            return
+        stats.success.add(t.total)
+        stats.queue.add(t.queue)
+        stats.compute_input.add(input_s)
+        stats.compute_infer.add(t.compute)
+        stats.compute_output.add(output_s)
+        stats.last_inference_ms = int(time.time() * 1000)
+
+    # -- statistics ------------------------------------------------------------------------
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+        """Every loaded version's statistics (Triton's statistics extension): of all models, of
+        one model (``name``), or of one version. An unknown model or version is NotFound; a known
+        one that is not loaded has no rows."""
+        if name is None:
+            names = sorted(self._registry.models)
+        else:
+            self._registry.entry(name)
+            names = [name]
+        rows = []
+        for model in names:
+            entry = self._registry.models.get(model)
+            if entry is None:
+                continue
+            slots = entry.sorted_versions()
+            if version is not None:
+                slots = [slot for slot in slots if slot.version == version]
+                if not slots:
+                    raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+            for slot in slots:
+                if slot.runtime is not None and slot.state is ModelState.READY:
+                    rows.append(self._statistics(model, slot.version, slot.runtime))
+        return rows
+
+    def _statistics(self, name: str, version: str, runtime: Scheduler) -> ModelStatistics:
+        counters = runtime.statistics()
+        requests = self._requests.get(runtime) or RequestStatistics()
+        return ModelStatistics(name=name, version=version, inference_count=counters.inferences,
+                               execution_count=counters.executions, requests=requests,
+                               batches=counters.batches)
 
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:

@@ -14,7 +14,7 @@ from inferd.errors import InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols.kserve_v2 import timeout_us
-from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor, VersionStatus
+from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
 CONTENTS_FIELD = {
@@ -96,9 +96,3 @@ def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
             target.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
     return message
 
-
-def encode_repository_index(rows: list[VersionStatus]) -> pb.RepositoryIndexResponse:
-    message = pb.RepositoryIndexResponse()
-    for row in rows:
-        message.models.add(name=row.name, version=row.version, state=row.state.value, reason=row.reason)
-    return message

@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferd.config import ModelConfig, load_model_config
 from inferd.errors import ConfigError
+from inferd.modelconfig import PBTXT, read_pbtxt
+
+log = logging.getLogger("inferd.repository")
 
 # artifact file or folder name -> backend, in the order they are looked for
 ARTIFACTS: dict[str, str] = {
@@ -34,6 +39,27 @@ class ModelFolder:
     @property
     def config_path(self) -> Path:
         return self.path / "config.toml"
+
+    @property
+    def pbtxt_path(self) -> Path:
+        return self.path / PBTXT
+
+
+def read_config(folder: ModelFolder) -> ModelConfig:
+    """The model's configuration: config.toml, else Triton's config.pbtxt, else all defaults.
+
+    When both are there config.toml wins: it is inferd's own file, says what config.pbtxt cannot
+    (process instances, response timeouts, memory limits, version labels), and someone wrote it
+    for inferd on purpose beside a repository's config.pbtxt. The ignored file is logged."""
+    toml, pbtxt = folder.config_path, folder.pbtxt_path
+    if toml.exists():
+        if pbtxt.exists():
+            log.warning("model %s: config.toml and config.pbtxt both exist; config.toml wins, "
+                        "config.pbtxt is not read", folder.name)
+        return load_model_config(toml)
+    if pbtxt.exists():
+        return read_pbtxt(pbtxt)
+    return ModelConfig()
 
 
 def is_valid_name(name: str) -> bool:

@@ -13,12 +13,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, cast
 
-from inferd.config import BatchingDefaults, ModelConfig, ModelSource, load_model_config
+from inferd.config import BatchingDefaults, ModelConfig, ModelSource
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, ServableNotFound, Unavailable
+from inferd.modelconfig import apply_override
 from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
-from inferd.repository.layout import Fingerprint, ModelFolder, fingerprint, is_valid_name, read_model_folder, scan
+from inferd.repository.layout import (
+    Fingerprint,
+    ModelFolder,
+    fingerprint,
+    is_valid_name,
+    read_config,
+    read_model_folder,
+    scan,
+)
 from inferd.runtimes.base import Runtime
-from inferd.types import ModelState, VersionStatus, version_key
+from inferd.types import IndexEntry, ModelState, VersionStatus, version_key
 
 log = logging.getLogger("inferd.repository")
 
@@ -87,6 +96,7 @@ class ModelRegistry(Generic[S]):
         self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
         self._models: dict[str, ModelEntry[S]] = {}
         self._fingerprints: dict[str, Fingerprint] = {}
+        self._unloaded: set[str] = set()  # unloaded through the API: the index says so
         self._sources = {source.name: source for source in sources}
         self._batching = batching
 
@@ -136,7 +146,7 @@ class ModelRegistry(Generic[S]):
     def entry(self, name: str) -> ModelEntry[S]:
         entry = self._models.get(name)
         if entry is None:
-            raise ServableNotFound(f"unknown model '{name}'")
+            raise ServableNotFound(f"Request for unknown model: '{name}' is not found")
         return entry
 
     def index(self) -> list[VersionStatus]:
@@ -151,6 +161,21 @@ class ModelRegistry(Generic[S]):
             rows.extend(VersionStatus(name, v.version, v.state, v.reason) for v in entry.sorted_versions())
         return rows
 
+    def repository_index(self) -> list[IndexEntry]:
+        """Every model of the repository, loaded or not, and every model served from elsewhere
+        (archives): a loaded model's versions with their states; a model that is not loaded as
+        its name alone, with UNAVAILABLE and "unloaded" once it has been unloaded."""
+        rows: dict[str, list[IndexEntry]] = {}
+        for row in self.index():
+            rows.setdefault(row.name, []).append(IndexEntry(row.name, row.version, row.state.value, row.reason))
+        if self._root is not None and self._root.is_dir():
+            for folder in scan(self._root):
+                if folder.name not in rows:
+                    unloaded = folder.name in self._unloaded
+                    rows[folder.name] = [IndexEntry(folder.name, "", ModelState.UNAVAILABLE.value if unloaded else "",
+                                                    "unloaded" if unloaded else "")]
+        return [row for name in sorted(rows) for row in rows[name]]
+
     async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
         folders = [f for f in self._folders().values() if "*" in only or f.name in only]
@@ -159,15 +184,24 @@ class ModelRegistry(Generic[S]):
         for folder in folders:
             await self._load_folder(folder)
 
-    async def load_model(self, name: str) -> ModelEntry[S]:
+    async def load_model(self, name: str, override: str | None = None) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
-        ones, then take the traffic; the old ones finish what they hold and unload."""
+        ones, then take the traffic; the old ones finish what they hold and unload. ``override``
+        is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
+        file's for this load; a malformed one is InvalidInput and nothing changes."""
         folder = self._folder(name)
         if folder is None:
-            raise NotFound(f"model '{name}' is not in the repository")
+            raise NotFound(f"failed to load '{name}': no model of that name in the repository")
+        config: ModelConfig | None = None
+        if override is not None:
+            try:
+                config = apply_override(read_config(folder), override, name)
+            except ConfigError as exc:
+                raise InvalidInput(exc.message) from None
+        self._unloaded.discard(name)
         old = self._models.get(name)
         serving = old is not None and bool(old.ready_versions())
-        entry = await self._load_folder(folder, publish_early=not serving)
+        entry = await self._load_folder(folder, publish_early=not serving, config=config)
         if old is not None and old is not entry and serving:
             if not entry.ready_versions():
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
@@ -206,6 +240,7 @@ class ModelRegistry(Generic[S]):
             if missing_ok:
                 return
             raise NotFound(f"model '{name}' is not loaded")
+        self._unloaded.add(name)
         entry.changed()
         await self._retire(entry)
 
@@ -246,17 +281,18 @@ class ModelRegistry(Generic[S]):
         entry.default_version = version
         entry.changed()
 
-    async def _load_folder(self, folder: ModelFolder, publish_early: bool = True) -> ModelEntry[S]:
+    async def _load_folder(self, folder: ModelFolder, publish_early: bool = True,
+                           config: ModelConfig | None = None) -> ModelEntry[S]:
         entry: ModelEntry[S] = ModelEntry(name=folder.name, source=str(folder.path))
         self._fingerprints[folder.name] = fingerprint(folder)
         if publish_early:
             self._models[folder.name] = entry
-        await self._fill(entry, folder)
+        await self._fill(entry, folder, config)
         return entry
 
-    async def _fill(self, entry: ModelEntry[S], folder: ModelFolder) -> None:
+    async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
         try:
-            entry.config = self._configure(folder.name, load_model_config(folder.config_path))
+            entry.config = self._configure(folder.name, config if config is not None else read_config(folder))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return

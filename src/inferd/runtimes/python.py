@@ -4,7 +4,8 @@
         def load(self) -> None: ...                       # optional: read weights, warm up
         def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-config.toml declares the inputs and outputs. ``infer`` may run on several threads at once when
+or Triton's ``class TritonPythonModel`` (see ``triton_python``). config.toml (or config.pbtxt)
+declares the inputs and outputs. ``infer`` may run on several threads at once when
 ``[instance_group] count`` > 1.
 """
 
@@ -15,7 +16,9 @@ import sys
 from typing import Any
 
 from inferd.errors import ConfigError
+from inferd.runtimes import triton_python
 from inferd.runtimes.base import Arrays, LoadContext, Runtime, conform_outputs, require_specs
+from inferd.runtimes.triton_pb_utils import install_triton_shim
 from inferd.types import TensorSpec
 
 
@@ -42,23 +45,27 @@ class PythonRuntime(Runtime):
             self._model.unload()
 
 
-def load(context: LoadContext) -> PythonRuntime:
-    inputs, outputs = require_specs(context, "Python model (model.py)")
+def load(context: LoadContext) -> Runtime:
     module_name = f"inferd_user_models.{context.name}.v{context.version}"
     spec = importlib.util.spec_from_file_location(module_name, context.artifact)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {context.artifact}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    install_triton_shim()  # `import triton_python_backend_utils as pb_utils` works in model.py
     try:
         spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
+    triton_class = getattr(module, "TritonPythonModel", None)
+    if triton_class is not None:
+        return triton_python.load(triton_class, context)
+    inputs, outputs = require_specs(context, "Python model (model.py)")
     model_class = getattr(module, "Model", None)
     if model_class is None or not callable(getattr(model_class, "infer", None)):
         raise ConfigError(f"{context.artifact} must define `class Model` with an infer(inputs) "
-                          "method")
+                          "method, or Triton's `class TritonPythonModel` with execute(requests)")
     model = model_class()
     if callable(getattr(model, "load", None)):
         model.load()

@@ -70,7 +70,8 @@ class DynamicBatcher(Scheduler):
 
     def statistics(self) -> SchedulerStats:
         pool = self.pool.statistics()
-        return SchedulerStats(pool.instances, self._running, len(self._queue), pool.executions, pool.inferences)
+        return SchedulerStats(pool.instances, self._running, len(self._queue), pool.executions, pool.inferences,
+                              pool.batches)
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.pool.infer(inputs)

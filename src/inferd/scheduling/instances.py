@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
-from inferd.types import CallContext
+from inferd.types import BatchStatistics, CallContext, Duration
 
 # A call this fast costs the event loop less than handing it to a thread and back (about 70 µs of
 # CPU on this project's reference machine), so it runs inline: see policy.inline_threshold.
@@ -45,6 +46,8 @@ class InstancePool(Scheduler):
         self._busy = 0  # running right now (instance threads)
         self._executions = 0
         self._inferences = 0
+        self._batches: dict[int, Duration] = {}  # rows of an execution -> executions and their time
+        self._batches_lock = threading.Lock()
         self._mean_s = 0.0  # moving average of a call's duration
         self._measured = 0
         self.inline = False
@@ -61,8 +64,11 @@ class InstancePool(Scheduler):
         return self._busy
 
     def statistics(self) -> SchedulerStats:
+        with self._batches_lock:
+            batches = tuple(BatchStatistics(rows, Duration(d.count, d.ns))
+                            for rows, d in sorted(self._batches.items()))
         return SchedulerStats(self._count, self._busy, max(self.pending - self._busy, 0), self._executions,
-                              self._inferences)
+                              self._inferences, batches)
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.inner.infer(inputs)
@@ -87,7 +93,8 @@ class InstancePool(Scheduler):
     def execute(self, inputs: Arrays) -> Arrays:
         self._busy += 1
         self._executions += 1
-        self._inferences += self._rows(inputs)
+        rows = self._rows(inputs)
+        self._inferences += rows
         start = time.perf_counter()
         try:
             return self.inner.infer(inputs)
@@ -97,7 +104,10 @@ class InstancePool(Scheduler):
             raise ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._busy -= 1
-            self._measure(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            with self._batches_lock:
+                self._batches.setdefault(rows, Duration()).add(seconds)
+            self._measure(seconds)
 
     def _measure(self, seconds: float) -> None:
         """Decide inline or threaded from the calls' moving average; a slow call resets it."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inferd.runtimes.base import Runtime
+from inferd.types import BatchStatistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class SchedulerStats:
     queued: int  # requests waiting for an instance
     executions: int  # model calls (one per batch)
     inferences: int  # rows those calls ran (batch sizes added up; 1 per call without a batch dim)
+    batches: tuple[BatchStatistics, ...] = field(default=())  # per batch size: executions and their time
 
 
 class Scheduler(Runtime):

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from inferd.core import Core
 from inferd.errors import InferdError, InvalidInput, ServableNotFound
-from inferd.protocols import kserve_v2_grpc, tfserving, tfserving_examples
+from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
@@ -84,6 +84,8 @@ class KServeV2Servicer:
             "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": (self.load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": (self.unload, pb.RepositoryModelUnloadRequest),
+            "ModelStatistics": (self.statistics, pb.ModelStatisticsRequest),
+            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
         }
 
     @guarded
@@ -120,13 +122,24 @@ class KServeV2Servicer:
     @guarded
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context
                                ) -> pb.RepositoryIndexResponse:
-        return kserve_v2_grpc.encode_repository_index(self.control.index(ready_only=request.ready))
+        return kserve_v2_extensions.index_message(self.control.repository_index(ready_only=request.ready))
 
     @guarded
     async def load(self, request: pb.RepositoryModelLoadRequest, context: Context
                    ) -> pb.RepositoryModelLoadResponse:
-        await self.control.load(request.model_name, _authorization(context))
+        override = kserve_v2_extensions.load_override_message(request)
+        await self.control.load(request.model_name, _authorization(context), override)
         return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def statistics(self, request: pb.ModelStatisticsRequest, context: Context
+                         ) -> pb.ModelStatisticsResponse:
+        rows = self.data.statistics(request.name or None, request.version or None)
+        return kserve_v2_extensions.statistics_message(rows)
+
+    @guarded
+    async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        return kserve_v2_extensions.config_message(self.control.model_config(request.name, request.version or None))
 
     @guarded
     async def unload(self, request: pb.RepositoryModelUnloadRequest, context: Context

@@ -48,6 +48,21 @@ _MODEL_METADATA = {"type": "object", "required": ["name", "versions", "platform"
 _INDEX = {"type": "array", "items": {"type": "object", "required": ["name", "state"],
                                      "properties": {"name": _STRING, "version": _STRING, "state": _STRING,
                                                     "reason": _STRING}}}
+_DURATION = {"type": "object", "required": ["count", "ns"],
+             "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}}}
+_STATS = {"type": "object", "required": ["model_stats"], "properties": {"model_stats": {"type": "array", "items": {
+    "type": "object", "required": ["name", "version", "inference_count", "execution_count", "inference_stats",
+                                   "batch_stats"],
+    "properties": {"name": _STRING, "version": _STRING, "last_inference": {"type": "integer"},
+                   "inference_count": {"type": "integer"}, "execution_count": {"type": "integer"},
+                   "inference_stats": {"type": "object", "additionalProperties": _DURATION},
+                   "batch_stats": {"type": "array", "items": {"type": "object"}}}}}}}
+_MODEL_CONFIG = {"type": "object", "required": ["name", "max_batch_size", "input", "output"],
+                 "properties": {"name": _STRING, "platform": _STRING, "backend": _STRING,
+                                "max_batch_size": {"type": "integer"},
+                                "input": {"type": "array", "items": {"type": "object"}},
+                                "output": {"type": "array", "items": {"type": "object"}}}}
+_HEALTH = {"type": "object", "properties": {"live": {"type": "boolean"}, "ready": {"type": "boolean"}}}
 _TF_STATUS = {"type": "object", "required": ["model_version_status"],
               "properties": {"model_version_status": {"type": "array", "items": {"type": "object"}}}}
 _TF_PREDICT = {"type": "object", "properties": {"signature_name": _STRING, "instances": {}, "inputs": {}}}
@@ -81,8 +96,10 @@ def _op(summary: str, ok: dict[str, Any] | None, errors: tuple[int, ...], *, err
 
 def _v2_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {
-        "/v2/health/live": {"get": _op("server is live", None, (503,))},
-        "/v2/health/ready": {"get": _op("every model that should load has loaded", None, (503,))},
+        "/v2/health/live": {"get": _op("server is live: {\"live\": true}", _HEALTH, (503,))},
+        "/v2/health/ready": {"get": _op("every model that should load has loaded: {\"ready\": true}", _HEALTH,
+                                        (503,))},
+        "/v2/models/stats": {"get": _op("statistics of every loaded model version (Triton's shape)", _STATS, ())},
         "/v2": {"get": _op("server metadata", {"type": "object", "required": ["name", "version", "extensions"]}, ())},
         "/v2/repository/index": {"post": _op(
             "the repository's models, versions and states", _INDEX, (400,),
@@ -90,12 +107,18 @@ def _v2_paths() -> dict[str, Any]:
     }
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model}}/{action}"] = {"post": _op(
-            f"{action} a model (model control explicit or poll)", None, (400, 401, 403, 404, 503), params=("model",))}
+            f"{action} a model (model control explicit); load takes parameters.config, a JSON model "
+            "configuration whose keys replace the model's own", None, (400, 401, 403, 404, 503), params=("model",),
+            body={JSON: {"schema": {"type": "object", "properties": {"parameters": {"type": "object"}}}}})}
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     for prefix, params in (("/v2/models/{model}", ("model",)),
                            ("/v2/models/{model}/versions/{version}", ("model", "version"))):
         paths[prefix] = {"get": _op("model metadata", _MODEL_METADATA, (404, 503), params=params)}
         paths[prefix + "/ready"] = {"get": _op("model is ready", None, (404, 503), params=params)}
+        paths[prefix + "/config"] = {"get": _op("model configuration (Triton's ModelConfig as JSON)", _MODEL_CONFIG,
+                                                (404, 503), params=params)}
+        paths[prefix + "/stats"] = {"get": _op("statistics of the model's loaded versions (Triton's shape)", _STATS,
+                                               (404,), params=params)}
         paths[prefix + "/infer"] = {"post": _op(
             "run the model (JSON, or the binary-data extension)", _V2_INFER_RESPONSE,
             (400, 401, 404, 413, 500, 503, 504), params=params,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from inferd.core import Core
 from inferd.errors import InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from inferd.protocols import kserve_v2
+from inferd.protocols import kserve_v2, kserve_v2_extensions
 from inferd.transport.http.app import (
     HttpRequest,
     HttpResponse,
@@ -16,6 +16,8 @@ from inferd.transport.http.app import (
 from inferd.types import InferResponse
 
 OK = HttpResponse(200, b"")
+LIVE = HttpResponse(200, b'{"live":true}')
+READY = HttpResponse(200, b'{"ready":true}')
 
 
 def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
@@ -43,19 +45,22 @@ class KServeV2Routes:
         router.add("GET", "/v2/health/live", self.live)
         router.add("GET", "/v2/health/ready", self.ready)
         router.add("GET", "/v2", self.server_metadata)
+        router.add("GET", "/v2/models/stats", self.statistics)  # before /v2/models/{model}
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             router.add("GET", prefix, self.model_metadata)
             router.add("GET", prefix + "/ready", self.model_ready)
+            router.add("GET", prefix + "/config", self.model_config)
+            router.add("GET", prefix + "/stats", self.statistics)
             router.add("POST", prefix + "/infer", self.infer)
         router.add("POST", "/v2/repository/index", self.repository_index)
         router.add("POST", "/v2/repository/models/{model}/load", self.load)
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload)
 
     async def live(self, request: HttpRequest) -> HttpResponse:
-        return OK if self.data.live() else error_response(503, "server is not live")
+        return LIVE if self.data.live() else error_response(503, "server is not live")
 
     async def ready(self, request: HttpRequest) -> HttpResponse:
-        return OK if self.data.ready() else error_response(503, "server is not ready")
+        return READY if self.data.ready() else error_response(503, "server is not ready")
 
     async def server_metadata(self, request: HttpRequest) -> HttpResponse:
         return json_response(self.data.server_metadata().to_dict())
@@ -68,6 +73,15 @@ class KServeV2Routes:
         name, version = model_and_version(request)
         self.data.model_ready(name, version)
         return OK
+
+    async def model_config(self, request: HttpRequest) -> HttpResponse:
+        name, version = model_and_version(request)
+        return json_response(kserve_v2_extensions.config_json(self.control.model_config(name, version)))
+
+    async def statistics(self, request: HttpRequest) -> HttpResponse:
+        name = request.params.get("model")
+        version = model_and_version(request)[1] if name is not None else None
+        return json_response(kserve_v2_extensions.statistics_json(self.data.statistics(name, version)))
 
     async def infer(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
@@ -91,10 +105,12 @@ class KServeV2Routes:
             if not isinstance(payload, dict):
                 raise InvalidInput("the repository index request must be a JSON object")
             ready_only = bool(payload.get("ready", False))
-        return json_response([row.to_dict() for row in self.control.index(ready_only)])
+        return json_response([row.to_dict() for row in self.control.repository_index(ready_only)])
 
     async def load(self, request: HttpRequest) -> HttpResponse:
-        await self.control.load(request.params["model"], request.headers.get("authorization"))
+        name = request.params["model"]
+        override = kserve_v2_extensions.load_override_json(request.body, name)
+        await self.control.load(name, request.headers.get("authorization"), override)
         return OK
 
     async def unload(self, request: HttpRequest) -> HttpResponse:

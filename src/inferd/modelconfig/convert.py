@@ -1,0 +1,273 @@
+"""config.pbtxt and JSON overrides -> inferd's ModelConfig; a served configuration -> Triton's message
+and JSON. Pure functions; protobuf parses, this module only maps and refuses what inferd cannot do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from inferd.config import (
+    DynamicBatching,
+    InstanceGroup,
+    ModelConfig,
+    ServedConfig,
+    TensorConfig,
+    VersionPolicy,
+    check_model_config,
+)
+from inferd.errors import ConfigError
+from inferd.modelconfig._proto import triton_model_config_pb2 as mc
+
+PBTXT = "config.pbtxt"
+
+# Triton's platform / backend names -> inferd's backend
+_PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow"}
+_BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow"}
+# inferd's backend -> what Triton calls it
+_TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
+                   "torchserve": "python"}
+# parameters inferd reads itself (others reach only Python models, whose code reads them)
+_THREADS_PARAMETER = "intra_op_thread_count"
+
+
+def _datatype(value: int) -> str:
+    name = mc.DataType.Name(value).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def _type_of(datatype: str) -> int:
+    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_pbtxt(path: Path) -> ModelConfig:
+    """Read a model folder's config.pbtxt (Triton's ModelConfig in protobuf text format)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return parse_pbtxt(text, str(path), path.parent.name)
+
+
+def parse_pbtxt(text: str, where: str, folder_name: str) -> ModelConfig:
+    message = mc.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{where}: {_unsupported(str(exc))}") from None
+    return check_model_config(_from_message(message, where, folder_name), where)
+
+
+def apply_override(base: ModelConfig, text: str, name: str) -> ModelConfig:
+    """A load's ``parameters.config`` (Triton's ModelConfig as JSON): every top-level key it sets
+    replaces that key of the model's own configuration; the rest stays as the file says."""
+    where = f"failed to load '{name}': the configuration override"
+    message = mc.ModelConfig()
+    try:
+        json_format.Parse(text, message)
+    except json_format.ParseError as exc:
+        raise ConfigError(f"{where} is not a model configuration: {_unsupported(str(exc))}") from None
+    given = _from_message(message, where, name)
+    present = _keys(text)
+    if "platform" in present or "backend" in present:
+        present.add("backend")
+    changes: dict[str, Any] = {}
+    for key, attributes in _OVERRIDES.items():
+        if key in present:
+            changes.update({attr: getattr(given, attr) for attr in attributes})
+    return check_model_config(dataclasses.replace(base, **changes), where)
+
+
+def _keys(text: str) -> set[str]:
+    """The top-level keys the JSON sets, by field name (protobuf JSON also takes lowerCamelCase);
+    a key set to its default (``"max_batch_size": 0``) counts, unlike in the parsed message."""
+    by_json = {f.json_name: f.name for f in mc.ModelConfig.DESCRIPTOR.fields}
+    return {by_json.get(key, key) for key in json.loads(text)}
+
+
+# the message's top-level keys -> the ModelConfig attributes each one sets
+_OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "input": ("inputs",),
+              "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
+              "instance_group": ("instance_group",), "version_policy": ("version_policy",),
+              "parameters": ("parameters", "intra_op_threads")}
+
+
+def _unsupported(error: str) -> str:
+    if "has no field named" in error or "Message type" in error:
+        return f"{error} (inferd does not serve that key of Triton's model configuration)"
+    return error
+
+
+def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> ModelConfig:
+    if message.name and message.name != folder_name:
+        raise ConfigError(f"{where}: key 'name' is '{message.name}' but the model's folder is '{folder_name}'")
+    backend = _backend(message, where)
+    if message.max_batch_size < 0:
+        raise ConfigError(f"{where}: key 'max_batch_size' must be >= 0, got {message.max_batch_size}")
+    parameters = {key: value.string_value for key, value in message.parameters.items()}
+    threads = 0
+    if _THREADS_PARAMETER in parameters:
+        text = parameters[_THREADS_PARAMETER]
+        if not text.isdigit():
+            raise ConfigError(f"{where}: parameter '{_THREADS_PARAMETER}' must be a count, got {text!r}")
+        threads = int(text)
+    if backend not in ("python", None):
+        unknown = sorted(set(parameters) - {_THREADS_PARAMETER})
+        if unknown:
+            raise ConfigError(f"{where}: parameter '{unknown[0]}' is not one inferd serves for this "
+                              f"backend (known: {_THREADS_PARAMETER})")
+    return ModelConfig(
+        backend=backend,
+        max_batch_size=message.max_batch_size,
+        intra_op_threads=threads,
+        dynamic_batching=_batching(message, where),
+        instance_group=_instance_group(message, backend, where),
+        version_policy=_version_policy(message, where),
+        inputs=tuple(_tensor(t, where, "input") for t in message.input),
+        outputs=tuple(_tensor(t, where, "output") for t in message.output),
+        parameters=parameters,
+        source=where,
+    )
+
+
+def _backend(message: mc.ModelConfig, where: str) -> str | None:
+    platform, backend = message.platform, message.backend
+    if platform and platform not in _PLATFORMS:
+        raise ConfigError(f"{where}: key 'platform' is '{platform}'; inferd serves {sorted(_PLATFORMS)}")
+    if backend and backend not in _BACKENDS:
+        raise ConfigError(f"{where}: key 'backend' is '{backend}'; inferd serves {sorted(_BACKENDS)}")
+    chosen = _PLATFORMS.get(platform) or _BACKENDS.get(backend)
+    if platform and backend and _PLATFORMS[platform] != _BACKENDS[backend]:
+        raise ConfigError(f"{where}: platform '{platform}' and backend '{backend}' disagree")
+    return chosen
+
+
+def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> TensorConfig:
+    if not tensor.name:
+        raise ConfigError(f"{where}: every {what} needs a 'name'")
+    if tensor.data_type == mc.TYPE_INVALID:
+        raise ConfigError(f"{where}: {what} '{tensor.name}' needs a 'data_type' (TYPE_FP32, TYPE_STRING, ...)")
+    dims = tuple(int(d) for d in tensor.dims)
+    if any(d < -1 for d in dims):
+        raise ConfigError(f"{where}: {what} '{tensor.name}' key 'dims' must be sizes (-1 = any), got {list(dims)}")
+    fmt = ""
+    if isinstance(tensor, mc.ModelInput) and tensor.format != mc.ModelInput.FORMAT_NONE:
+        fmt = mc.ModelInput.Format.Name(tensor.format)
+    return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt)
+
+
+def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
+    if not message.HasField("dynamic_batching"):
+        return None
+    batching = message.dynamic_batching
+    if any(size < 1 for size in batching.preferred_batch_size):
+        raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_size' must be >= 1")
+    policy = batching.default_queue_policy
+    return DynamicBatching(
+        max_queue_delay_ms=batching.max_queue_delay_microseconds / 1000,
+        preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
+        max_queue_size=policy.max_queue_size or 1024,  # Triton's 0 is unbounded; inferd bounds every queue
+        default_timeout_ms=policy.default_timeout_microseconds / 1000)
+
+
+def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) -> InstanceGroup:
+    groups = list(message.instance_group)
+    if not groups:
+        return InstanceGroup()
+    if len(groups) > 1:
+        raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups; inferd serves one")
+    group = groups[0]
+    if group.count < 0:
+        raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {group.count}")
+    count = group.count or 1
+    if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+        raise ConfigError(f"{where}: key 'instance_group.kind' KIND_MODEL is not served by inferd")
+    if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+        return InstanceGroup(count=count, kind="gpu", gpus=tuple(group.gpus) or (0,))
+    if group.gpus:
+        raise ConfigError(f"{where}: key 'instance_group.gpus' needs kind: KIND_GPU")
+    # Triton's Python backend runs every instance in a process of its own, whatever the kind says
+    kind = "process" if backend == "python" else ("cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else "")
+    return InstanceGroup(count=count, kind=kind)
+
+
+def _version_policy(message: mc.ModelConfig, where: str) -> VersionPolicy:
+    if not message.HasField("version_policy"):
+        return VersionPolicy()
+    policy = message.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy(latest=None, all=True)
+    if choice == "specific":
+        versions = tuple(int(v) for v in policy.specific.versions)
+        if not versions or any(v < 1 for v in versions):
+            raise ConfigError(f"{where}: key 'version_policy.specific.versions' must list versions >= 1")
+        return VersionPolicy(latest=None, specific=versions)
+    return VersionPolicy(latest=max(policy.latest.num_versions, 1))
+
+
+# -- answering -------------------------------------------------------------------------------------
+def model_config_message(served: ServedConfig) -> mc.ModelConfig:
+    """What the model configuration extension answers, as Triton's message."""
+    config = served.config
+    message = mc.ModelConfig(name=served.name, platform=served.platform,
+                             backend=_TRITON_BACKEND.get(served.backend, served.backend),
+                             max_batch_size=config.max_batch_size)
+    policy = config.version_policy
+    if policy.all:
+        message.version_policy.all.SetInParent()
+    elif policy.specific:
+        message.version_policy.specific.versions.extend(policy.specific)
+    else:
+        message.version_policy.latest.num_versions = policy.latest or 1
+    for tensor in config.inputs:
+        message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
+                          format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
+    for tensor in config.outputs:
+        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape))
+    batching = config.dynamic_batching
+    if batching is not None:
+        dynamic = message.dynamic_batching
+        dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        dynamic.max_queue_delay_microseconds = round(batching.max_queue_delay_ms * 1000)
+        dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
+        dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
+    group = config.instance_group
+    kind = group.resolved_kind(served.backend)
+    message.instance_group.add(
+        name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
+        kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+    for key, value in config.parameters.items():
+        message.parameters[key].string_value = value
+    return message
+
+
+def model_config_json(served: ServedConfig) -> dict[str, Any]:
+    """The same as JSON, as Triton's HTTP endpoint writes it (every field, 64-bit integers as
+    numbers rather than protobuf JSON's strings)."""
+    message = model_config_message(served)
+    value = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                      always_print_fields_with_no_presence=True)
+    return _numbers(mc.ModelConfig.DESCRIPTOR, value)
+
+
+_WIDE = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+         FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64)
+
+
+def _numbers(descriptor: Any, value: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name not in value:
+            continue
+        item = value[field.name]
+        if field.type in _WIDE:
+            value[field.name] = [int(v) for v in item] if isinstance(item, list) else int(item)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for entry in item if isinstance(item, list) else [item]:
+                _numbers(field.message_type, entry)
+    return value

@@ -1,0 +1,213 @@
+"""What a Triton Python-backend model imports as ``triton_python_backend_utils`` (``pb_utils``),
+served by inferd: tensors, requests and responses, errors, and the configuration helpers.
+
+``install_triton_shim`` makes ``import triton_python_backend_utils as pb_utils`` resolve to this
+module; requests here hold numpy arrays on the CPU (``is_cpu()`` is true, DLPack works both ways).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+from inferd.types import numpy_dtype
+
+MODULE_NAME = "triton_python_backend_utils"
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+
+_log = logging.getLogger("inferd.python_backend")
+
+# Triton's numeric data types (model_config.proto's DataType) in order; index = the enum value
+_TYPES = ("INVALID", "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+          "FP16", "FP32", "FP64", "STRING", "BF16")
+
+
+def install_triton_shim() -> None:
+    """``import triton_python_backend_utils`` gives this module (unless a real one is loaded)."""
+    sys.modules.setdefault(MODULE_NAME, sys.modules[__name__])
+
+
+class TritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self._message = message
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):  # Triton's name
+    def message(self) -> str:
+        return str(self)
+
+
+class _Capsule:
+    """Lets numpy take a bare DLPack capsule (what torch.utils.dlpack.to_dlpack returns)."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+
+class Tensor:
+    def __init__(self, name: str, data: Any) -> None:
+        self._name = name
+        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+        if array.dtype.kind in "US":
+            array = np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(array)
+        self._data = array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._data
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def shape(self) -> list[int]:
+        return list(self._data.shape)
+
+    def to_dlpack(self) -> Any:
+        # DLPack (before 1.0) cannot mark an array read-only: a read-only input crosses as a copy
+        array = self._data if self._data.flags.writeable else self._data.copy()
+        return array.__dlpack__()
+
+    @classmethod
+    def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
+        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
+        return cls(name, np.from_dlpack(source))
+
+
+class InferenceRequest:
+    """One execution's request as the model's ``execute`` sees it."""
+
+    def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
+                 parameters: dict[str, Any] | None = None) -> None:
+        self._inputs = inputs
+        self._outputs = requested_output_names
+        self._id = request_id
+        self._parameters = parameters or {}
+
+    def inputs(self) -> list[Tensor]:
+        return list(self._inputs)
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def request_id(self) -> str:
+        return self._id
+
+    def correlation_id(self) -> int:
+        return 0
+
+    def flags(self) -> int:
+        return 0
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def get_response_sender(self) -> Any:
+        raise TritonModelException("decoupled models (response senders) are not supported by inferd")
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,
+                 parameters: Any = None) -> None:
+        self._outputs = list(output_tensors or [])
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return list(self._outputs)
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+
+class Logger:
+    @staticmethod
+    def log_info(message: str) -> None:
+        _log.info(message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _log.warning(message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _log.error(message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _log.debug(message)
+
+    @staticmethod
+    def log(message: str, level: int = 0) -> None:
+        _log.info(message)
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("input", []) if t.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+def triton_string_to_numpy(triton_type: str) -> Any:
+    """``"TYPE_FP32"`` -> numpy.float32; ``"TYPE_STRING"`` -> numpy.object_."""
+    name = triton_type.removeprefix("TYPE_")
+    if name == "STRING":
+        return np.object_
+    return numpy_dtype(name).type
+
+
+def triton_to_numpy_type(data_type: int) -> Any:
+    return triton_string_to_numpy(_TYPES[data_type])
+
+
+def numpy_to_triton_type(dtype: Any) -> int:
+    kind = np.dtype(dtype)
+    if kind.kind in "OSU":
+        return _TYPES.index("STRING")
+    for index, name in enumerate(_TYPES[1:13], start=1):
+        if name != "STRING" and numpy_dtype(name) == kind:
+            return index
+    raise TritonModelException(f"no Triton data type for numpy {kind}")
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return False

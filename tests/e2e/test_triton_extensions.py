@@ -1,0 +1,160 @@
+"""Triton's extensions with Triton's own clients against the real server: statistics, model
+configuration, the whole repository index, load with a configuration override, health bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from tests import models
+from tests.conftest import RunningServer, serve
+
+BATCHED = """
+max_batch_size = 16
+[dynamic_batching]
+max_queue_delay_ms = 2
+preferred_batch_sizes = [4, 8]
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("triton_ext")
+    (root / "mlp/1").mkdir(parents=True)
+    torch.onnx.export(models.mlp(), (torch.randn(2, 8),), str(root / "mlp/1/model.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    models.write(root / "mlp/config.toml", BATCHED)
+    models.write(root / "double/1/model.py", models.PYTHON_MODEL)
+    models.write(root / "double/config.toml", models.PYTHON_CONFIG)
+    models.write(root / "never_loaded/1/model.py", models.PYTHON_MODEL)
+    models.write(root / "never_loaded/config.toml", models.PYTHON_CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    with serve(repo, "--model-control", "explicit", "--load-model", "mlp", "--load-model", "double",
+               grpc=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: RunningServer) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url)
+
+
+@pytest.fixture(scope="module")
+def grpc(server: RunningServer) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def _x(module: object, rows: int) -> object:
+    tensor = module.InferInput("x", [rows, 8], "FP32")  # type: ignore[attr-defined]
+    tensor.set_data_from_numpy(np.ones((rows, 8), np.float32))
+    return tensor
+
+
+def test_health_answers_with_bodies_and_metadata_lists_what_exists(server: RunningServer) -> None:
+    for path, body in (("live", {"live": True}), ("ready", {"ready": True})):
+        answer = requests.get(f"{server.base}/v2/health/{path}", timeout=5)
+        assert answer.status_code == 200 and answer.json() == body
+        assert answer.headers["content-type"] == "application/json"
+    extensions = requests.get(f"{server.base}/v2", timeout=5).json()["extensions"]
+    assert {"statistics", "model_configuration", "model_repository", "binary_tensor_data"} <= set(extensions)
+    assert not {"classification", "sequence", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
+
+
+def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,
+                                                          grpc: grpcclient.InferenceServerClient) -> None:
+    before = http.get_inference_statistics("mlp")["model_stats"][0]
+    for rows in (1, 3, 3):
+        http.infer("mlp", [_x(httpclient, rows)])
+    grpc.infer("mlp", [_x(grpcclient, 2)])
+    with pytest.raises(InferenceServerException):  # wrong shape: a failed request
+        bad = httpclient.InferInput("x", [1, 5], "FP32")
+        bad.set_data_from_numpy(np.ones((1, 5), np.float32))
+        http.infer("mlp", [bad])
+    stats = http.get_inference_statistics("mlp", "1")["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [("mlp", "1")]
+    now = stats[0]
+    inference = now["inference_stats"]
+    assert inference["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
+    assert inference["fail"]["count"] - before["inference_stats"]["fail"]["count"] == 1
+    for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert inference[key]["count"] == inference["success"]["count"]
+    assert inference["compute_infer"]["ns"] > 0 and inference["success"]["ns"] >= inference["compute_infer"]["ns"]
+    assert now["inference_count"] - before["inference_count"] == 9  # rows
+    assert now["last_inference"] > 0
+    batches = {b["batch_size"]: b["compute_infer"]["count"] for b in now["batch_stats"]}
+    assert sum(batches.values()) == now["execution_count"] and set(batches) <= {1, 2, 3, 4, 5, 6, 7, 8, 9}
+    # gRPC answers the same counters in Triton's message
+    message = grpc.get_inference_statistics("mlp").model_stats
+    assert len(message) == 1 and message[0].inference_stats.success.count == inference["success"]["count"]
+    assert message[0].execution_count == now["execution_count"]
+    assert sum(b.compute_infer.count for b in message[0].batch_stats) == now["execution_count"]
+    # every loaded model, and Triton's words for an unknown one
+    every = {s["name"] for s in http.get_inference_statistics()["model_stats"]}
+    assert every == {"mlp", "double"}
+    for client in (http, grpc):
+        with pytest.raises(InferenceServerException, match="Request for unknown model: 'nope' is not found"):
+            client.get_inference_statistics("nope")
+
+
+def test_model_configuration_in_tritons_shapes(http: httpclient.InferenceServerClient,
+                                               grpc: grpcclient.InferenceServerClient) -> None:
+    config = http.get_model_config("mlp")
+    assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
+    assert config["backend"] == "onnxruntime" and config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE"}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5]}]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert config["instance_group"][0]["count"] == 1 and config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    message = grpc.get_model_config("double", "1").config
+    assert message.name == "double" and message.backend == "python"
+    assert [(t.name, t.data_type) for t in message.input] == [("x", model_config_pb2.TYPE_FP64)]
+    with pytest.raises(InferenceServerException, match="Request for unknown model"):
+        grpc.get_model_config("nope")
+
+
+def test_index_lists_every_model_and_load_takes_an_override(server: RunningServer,
+                                                            http: httpclient.InferenceServerClient,
+                                                            grpc: grpcclient.InferenceServerClient) -> None:
+    index = {row["name"]: row for row in http.get_model_repository_index()}
+    assert set(index) == {"mlp", "double", "never_loaded"}
+    assert index["mlp"]["state"] == "READY" and index["never_loaded"]["state"] == ""
+    assert {m.name for m in grpc.get_model_repository_index().models} == {"mlp", "double", "never_loaded"}
+
+    http.load_model("never_loaded", config=json.dumps({"max_batch_size": 4}))
+    assert http.is_model_ready("never_loaded")
+    assert http.get_model_config("never_loaded")["max_batch_size"] == 4
+    assert grpc.get_model_config("never_loaded").config.input[0].name == "x"  # kept from config.toml
+    grpc.load_model("never_loaded", config='{"max_batch_size": "2"}')
+    assert http.get_model_config("never_loaded")["max_batch_size"] == 2
+
+    for client in (http, grpc):
+        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"sequence_batching": {}}'):
+            with pytest.raises(InferenceServerException, match="failed to load 'never_loaded'"):
+                client.load_model("never_loaded", config=bad)
+        with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):
+            client.load_model("wrong_model_name")
+    assert http.get_model_config("never_loaded")["max_batch_size"] == 2  # a refused override changed nothing
+    answer = requests.post(f"{server.base}/v2/repository/models/never_loaded/load",
+                           json={"parameters": {"config": "{not json"}}, timeout=10)
+    assert answer.status_code == 400 and "failed to load" in answer.json()["error"]
+
+    http.unload_model("never_loaded")
+    row = {r["name"]: r for r in http.get_model_repository_index()}["never_loaded"]
+    assert (row["state"], row["reason"]) == ("UNAVAILABLE", "unloaded")
+    assert not http.is_model_ready("never_loaded")

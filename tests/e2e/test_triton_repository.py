@@ -1,0 +1,107 @@
+"""A repository written for Triton (config.pbtxt, TritonPythonModel, INPUT__0 naming) served unchanged,
+called with tritonclient, answers compared with running the model in process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import models, triton_models
+from tests.conftest import RunningServer, serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("triton_repo")
+    triton_models.python_models(root)
+    triton_models.framework_models(root)
+    triton_models.broken_models(root)
+    with serve(root, grpc=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: RunningServer) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url, concurrency=16)
+
+
+def _inputs(module: object, arrays: dict[str, np.ndarray], datatype: str) -> list:
+    tensors = []
+    for name, array in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), datatype)  # type: ignore[attr-defined]
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+def test_python_backend_model_answers_as_written(http: httpclient.InferenceServerClient,
+                                                 server: RunningServer) -> None:
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    b = np.ones((2, 16), np.int32)
+    result = http.infer("simple", _inputs(httpclient, {"INPUT0": a, "INPUT1": b}, "INT32"))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    strings = {k: v.astype(str).astype(np.object_) for k, v in (("INPUT0", a), ("INPUT1", b))}
+    answer = grpc.infer("simple_string", _inputs(grpcclient, strings, "BYTES"))
+    assert [int(v) for v in answer.as_numpy("OUTPUT0").reshape(-1)] == list((a + b).reshape(-1))
+    words = np.array([[b"triton", "\u00fcber".encode()]], dtype=np.object_)
+    echoed = grpc.infer("simple_identity", _inputs(grpcclient, {"INPUT0": words}, "BYTES")).as_numpy("OUTPUT0")
+    assert echoed.tolist() == words.tolist()
+    small = http.infer("simple_int8", _inputs(httpclient, {"INPUT0": a[:1].astype(np.int8),
+                                                           "INPUT1": b[:1].astype(np.int8)}, "INT8"))
+    assert small.as_numpy("OUTPUT0").dtype == np.int8
+
+
+def test_a_model_error_response_is_a_500_with_its_message(http: httpclient.InferenceServerClient) -> None:
+    negative = -np.ones((1, 16), np.int32)
+    with pytest.raises(InferenceServerException, match="simple adds non-negative numbers only"):
+        http.infer("simple", _inputs(httpclient, {"INPUT0": negative, "INPUT1": negative}, "INT32"))
+
+
+def test_dynamic_batching_comes_from_config_pbtxt(http: httpclient.InferenceServerClient) -> None:
+    config = http.get_model_config("simple")
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert config["max_batch_size"] == 8 and config["backend"] == "python"
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+
+    pending = [http.async_infer("simple", _inputs(httpclient, {"INPUT0": a + i, "INPUT1": a}, "INT32"))
+               for i in range(64)]  # 16 at a time (the client's concurrency)
+    outputs = [p.get_result().as_numpy("OUTPUT0") for p in pending]
+    for i, output in enumerate(outputs):  # every request gets its own rows back
+        np.testing.assert_array_equal(output, 2 * a + i)
+    stats = http.get_inference_statistics("simple")["model_stats"][0]
+    sizes = {b["batch_size"] for b in stats["batch_stats"]}
+    assert max(sizes) > 1, f"no batch formed: {stats['batch_stats']}"
+    assert max(sizes) <= 8
+
+
+@pytest.mark.parametrize(("model", "input_name", "output_name"), [("onnx_mlp", "x", "y"),
+                                                                  ("torch_mlp", "INPUT__0", "OUTPUT__0")])
+def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServerClient, model: str,
+                                                  input_name: str, output_name: str) -> None:
+    x = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    result = http.infer(model, _inputs(httpclient, {input_name: x}, "FP32"))
+    np.testing.assert_allclose(result.as_numpy(output_name), models.run_mlp(x), rtol=1e-5, atol=1e-5)
+    config = http.get_model_config(model)
+    assert config["platform"] == {"onnx_mlp": "onnxruntime_onnx", "torch_mlp": "pytorch_libtorch"}[model]
+    assert config["input"][0]["dims"] == [8]
+
+
+def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
+    index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
+    assert index["sequence"]["state"] == "UNAVAILABLE"
+    assert "sequence_batching" in index["sequence"]["reason"]
+    assert "inferd does not serve that key" in index["sequence"]["reason"]
+
+
+def test_config_toml_wins_over_config_pbtxt(http: httpclient.InferenceServerClient, server: RunningServer) -> None:
+    assert http.get_model_config("both")["max_batch_size"] == 0  # config.toml's, not the pbtxt's 99
+    assert "config.toml wins" in server.log()

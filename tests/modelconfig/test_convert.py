@@ -1,0 +1,102 @@
+"""config.pbtxt and JSON overrides -> ModelConfig, and back to Triton's JSON; no server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferd.config import ModelConfig, ServedConfig
+from inferd.errors import ConfigError
+from inferd.modelconfig import apply_override, model_config_json, parse_pbtxt
+
+TRITON_ONNX = """
+name: "densenet"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [
+  { name: "data_0" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 224, 224 ] }
+]
+output [
+  { name: "fc6_1" data_type: TYPE_FP32 dims: [ 1000 ] }
+]
+dynamic_batching {
+  preferred_batch_size: [ 2, 4 ]
+  max_queue_delay_microseconds: 1500
+  default_queue_policy { max_queue_size: 7 default_timeout_microseconds: 250000 }
+}
+instance_group [ { count: 3 kind: KIND_CPU } ]
+version_policy: { specific: { versions: [ 1, 3 ] } }
+parameters: { key: "intra_op_thread_count" value: { string_value: "2" } }
+"""
+
+
+def test_a_triton_config_reads_into_inferds() -> None:
+    config = parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet")
+    assert (config.backend, config.max_batch_size, config.intra_op_threads) == ("onnx", 4, 2)
+    assert [(t.name, t.datatype, t.shape, t.format) for t in config.inputs] == [
+        ("data_0", "FP32", (3, 224, 224), "FORMAT_NCHW")]
+    assert config.outputs[0].shape == (1000,)
+    batching = config.dynamic_batching
+    assert batching is not None and batching.preferred_batch_sizes == (2, 4)
+    assert (batching.max_queue_delay_ms, batching.max_queue_size, batching.default_timeout_ms) == (1.5, 7, 250.0)
+    assert (config.instance_group.count, config.instance_group.kind) == (3, "cpu")
+    assert config.version_policy.specific == (1, 3) and config.version_policy.choose([1, 2, 3]) == [1, 3]
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ('backend: "python"\ninstance_group [ { kind: KIND_CPU } ]', ("python", "process", 1)),
+    ('backend: "pytorch"\ninstance_group [ { count: 2 kind: KIND_GPU gpus: [ 1 ] } ]', ("torch", "gpu", 2)),
+    ('platform: "pytorch_libtorch"', ("torch", "", 1)),
+    ('backend: "onnxruntime"\ninstance_group [ { count: 2 } ]', ("onnx", "", 2)),
+])
+def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> None:
+    config = parse_pbtxt(text, "m/config.pbtxt", "m")
+    assert (config.backend, config.instance_group.kind, config.instance_group.count) == names
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("sequence_batching { }", '"sequence_batching"'),
+    ("optimization { }", '"optimization"'),
+    ('input [ { name: "a" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]', '"reshape"'),
+    ('platform: "tensorrt_plan"', "'platform' is 'tensorrt_plan'"),
+    ('backend: "python"\nplatform: "onnxruntime_onnx"', "disagree"),
+    ('name: "other"', "key 'name' is 'other' but the model's folder is 'm'"),
+    ("instance_group [ { count: 1 }, { count: 1 } ]", "inferd serves one"),
+    ("instance_group [ { kind: KIND_MODEL } ]", "KIND_MODEL"),
+    ("dynamic_batching { }", "needs max_batch_size > 0"),
+    ('input [ { name: "a" dims: [ 1 ] } ]', "needs a 'data_type'"),
+    ('backend: "onnxruntime"\nparameters: { key: "colour" value: { string_value: "red" } }', "'colour'"),
+    ("max_batch_size: 4 max_batch_size: 8", "max_batch_size"),
+    ("max_batch_size: four", "max_batch_size"),
+])
+def test_what_inferd_cannot_serve_is_an_error_naming_it(text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_pbtxt(text, "m/config.pbtxt", "m")
+    assert named in caught.value.message and "m/config.pbtxt" in caught.value.message
+
+
+def test_python_models_get_their_parameters() -> None:
+    config = parse_pbtxt('backend: "python"\nparameters: { key: "EXECUTION_ENV_PATH" value: { string_value: "x" } }',
+                         "p", "m")
+    assert config.parameters == {"EXECUTION_ENV_PATH": "x"}
+
+
+def test_override_replaces_the_keys_it_sets_and_keeps_the_rest() -> None:
+    base = parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet")
+    changed = apply_override(base, '{"max_batch_size": "8", "dynamic_batching": {}}', "densenet")
+    assert changed.max_batch_size == 8 and changed.inputs == base.inputs
+    assert changed.dynamic_batching is not None and changed.dynamic_batching.preferred_batch_sizes == ()
+    assert changed.instance_group == base.instance_group
+    with pytest.raises(ConfigError, match="failed to load 'densenet'"):
+        apply_override(base, '{"max_batch_size": 0}', "densenet")  # batching needs a batch dim
+
+
+def test_served_config_as_tritons_json_round_trips() -> None:
+    config = parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet")
+    value = model_config_json(ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))
+    assert value["input"][0]["dims"] == [3, 224, 224]  # numbers, not protobuf JSON's strings
+    assert value["dynamic_batching"]["max_queue_delay_microseconds"] == 1500
+    assert value["version_policy"] == {"specific": {"versions": [1, 3]}}
+    again = apply_override(ModelConfig(), json.dumps(value), "densenet")
+    assert again.inputs == config.inputs and again.dynamic_batching == config.dynamic_batching

@@ -1,0 +1,51 @@
+"""inferd's triton_python_backend_utils: what Triton Python models call, without a server."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from inferd.runtimes import triton_pb_utils as pb_utils
+
+
+def test_the_shim_answers_the_import() -> None:
+    pb_utils.install_triton_shim()
+    import triton_python_backend_utils  # type: ignore[import-not-found]
+
+    assert triton_python_backend_utils is sys.modules["inferd.runtimes.triton_pb_utils"]
+
+
+def test_tensors_requests_and_responses() -> None:
+    tensor = pb_utils.Tensor("OUT", np.array(["a", "bc"]))  # str arrays become BYTES, as Triton's do
+    assert tensor.as_numpy().tolist() == [b"a", b"bc"] and tensor.as_numpy().dtype == object
+    request = pb_utils.InferenceRequest([pb_utils.Tensor("X", np.ones(2))], ["OUT"], "r1")
+    assert pb_utils.get_input_tensor_by_name(request, "X").name() == "X"
+    assert pb_utils.get_input_tensor_by_name(request, "Y") is None
+    response = pb_utils.InferenceResponse([tensor])
+    assert pb_utils.get_output_tensor_by_name(response, "OUT") is tensor and not response.has_error()
+    failed = pb_utils.InferenceResponse(error=pb_utils.TritonError("no"))
+    assert failed.has_error() and failed.error().message() == "no"
+
+
+def test_dlpack_both_ways_with_torch() -> None:
+    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    tensor = pb_utils.Tensor.from_dlpack("T", torch.utils.dlpack.to_dlpack(source))
+    np.testing.assert_array_equal(tensor.as_numpy(), source.numpy())
+    back = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+    assert torch.equal(back, source)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("TYPE_FP32", np.float32), ("TYPE_STRING", np.object_),
+                                                ("TYPE_UINT8", np.uint8), ("TYPE_BOOL", np.bool_)])
+def test_type_names(name: str, expected: type) -> None:
+    assert pb_utils.triton_string_to_numpy(name) is expected
+
+
+def test_configuration_helpers() -> None:
+    config = {"input": [{"name": "a", "data_type": "TYPE_INT8"}], "output": [{"name": "b", "data_type": "TYPE_FP16"}]}
+    assert pb_utils.get_output_config_by_name(config, "b")["data_type"] == "TYPE_FP16"
+    assert pb_utils.get_input_config_by_name(config, "zz") is None
+    assert pb_utils.numpy_to_triton_type(np.float16) == 10 and pb_utils.triton_to_numpy_type(8) is np.int32
