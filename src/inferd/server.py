@@ -18,10 +18,11 @@ from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.scheduler import Scheduler
+from inferd.transport.budget import ByteBudget
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
-from inferd.transport.http.server import HttpServer
+from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import TorchServeRoutes
 from inferd.types import ModelState
@@ -63,6 +64,7 @@ class Server:
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
         self._grpc: GrpcServer | None = None
+        self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -70,7 +72,10 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.http_port:
             app = build_http_app(self.core, self.settings)
-            self._http = HttpServer(app, self.settings.host, self.settings.http_port)
+            s = self.settings
+            limits = HttpLimits(max_connections=s.max_connections, header_timeout_s=s.header_timeout,
+                                body_timeout_s=s.body_timeout)
+            self._http = HttpServer(app, s.host, s.http_port, limits, self._budget)
             await self._http.start()  # answers (503 not ready) while models load
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on

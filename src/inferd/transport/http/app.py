@@ -10,7 +10,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,6 +20,7 @@ from inferd.transport.http.errors import status_for
 log = logging.getLogger("inferd.http")
 
 JSON = b"application/json"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -43,6 +44,9 @@ class HttpResponse:
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 ErrorFormat = Callable[[int, str], HttpResponse]  # each protocol keeps its own error shape
+Guard = Callable[[HttpRequest], None]  # raises InferdError: checked before the body is read
+
+OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are decoded (and inflated) on a thread
 
 
 def json_response(value: Any, status: int = 200) -> HttpResponse:
@@ -60,6 +64,7 @@ class Route:
     parts: tuple[str, ...]
     handler: Handler
     format_error: ErrorFormat = error_response
+    guard: Guard | None = None
 
 
 class Router:
@@ -69,12 +74,17 @@ class Router:
         self._routes: dict[int, list[Route]] = {}
         self._cache: dict[tuple[str, str], tuple[Route | None, dict[str, str], bool]] = {}
 
-    def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response,
+            guard: Guard | None = None) -> None:
+        """``guard`` checks the caller (credentials, origin) before the body is read."""
         parts = tuple(pattern.strip("/").split("/"))
-        self._routes.setdefault(len(parts), []).append(Route(method, parts, handler, format_error))
+        self._routes.setdefault(len(parts), []).append(Route(method, parts, handler, format_error, guard))
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-        """(route, params, path_known): a known path with the wrong method has no route."""
+        """(route, params, path_known): a known path with the wrong method has no route; HEAD is
+        GET without the body."""
+        if method == "HEAD":
+            method = "GET"
         found = self._cache.get((method, path))
         if found is None:
             found = self._match_uncached(method, path)
@@ -131,9 +141,12 @@ class HttpApp:
             return error_response(404, f"no such endpoint: {request.method} {request.path}")
         request.params = params
         try:
+            if route.guard is not None:
+                route.guard(request)
             encoding = request.headers.get("content-encoding")
             if encoding and encoding != "identity":
-                request.body = _decompress(request.body, encoding, self.max_body_bytes)
+                request.body = await off_loop(len(request.body), _decompress, request.body, encoding,
+                                              self.max_body_bytes)
             return await route.handler(request)
         except InferdError as exc:
             return route.format_error(status_for(exc.code), exc.message)
@@ -144,6 +157,21 @@ class HttpApp:
         except Exception as exc:  # a real server fault: log it, answer 500, keep serving
             log.exception("internal error on %s %s", request.method, request.path)
             return route.format_error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def refuse_early(self, request: HttpRequest) -> HttpResponse | None:
+        """The answer to a request that need not be read any further: unknown path (404), wrong
+        method (405), or a caller its route's guard turns away (401, 403)."""
+        route, _, known = self.router.match(request.method, request.path)
+        if route is None:
+            if known:
+                return error_response(405, f"method {request.method} is not allowed on {request.path}")
+            return error_response(404, f"no such endpoint: {request.method} {request.path}")
+        if route.guard is not None:
+            try:
+                route.guard(request)
+            except InferdError as exc:
+                return route.format_error(status_for(exc.code), exc.message)
+        return None
 
     def too_large(self, size: int | None = None) -> HttpResponse:
         said = f"request body of {size} bytes" if size is not None else "request body"
@@ -197,6 +225,14 @@ def _disconnect_probe(receive: Any) -> Callable[[], bool] | None:
     if cycle is None or not hasattr(cycle, "disconnected"):
         return None
     return lambda: bool(cycle.disconnected)
+
+
+async def off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on a thread when ``size`` bytes make it long, else here: decoding a big
+    body must not hold every other client's request."""
+    if size <= OFF_LOOP_BYTES:
+        return function(*args)
+    return await asyncio.to_thread(function, *args)
 
 
 def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
