@@ -81,7 +81,7 @@ class Server:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
             self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes)
+                                    self.settings.max_body_bytes, self._budget, self.settings.max_connections)
             await self._grpc.start()
         explicit = self.settings.model_control == "explicit"
         await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
