@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import os
 import signal
+import sys
+import time
 from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
@@ -66,7 +70,8 @@ class Server:
         self._grpc: GrpcServer | None = None
         self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -93,7 +98,10 @@ class Server:
         await self._stop.wait()
         if poller is not None:
             poller.cancel()
-        await self._shutdown()
+        finished = await self._shutdown()
+        if not finished:
+            _exit_now()
+        return finished
 
     async def _poll(self) -> None:
         while True:
@@ -123,14 +131,23 @@ class Server:
                                         f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> bool:
+        """Both transports drain at once, then the models; ``--drain-timeout`` bounds it all (plus
+        the grace runtimes get to stop their instances)."""
         log.info("shutting down")
+        deadline = time.monotonic() + self.settings.drain_timeout
         self.core.data.start_draining()
+        closing = []
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.drain_timeout)
+            closing.append(self._grpc.stop(self.settings.drain_timeout))
         if self._http is not None:
-            await self._http.close(self.settings.drain_timeout)
-        await self.core.control.close()
+            closing.append(self._http.close(self.settings.drain_timeout))
+        await asyncio.gather(*closing)
+        finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
+        if not finished:
+            log.warning("--drain-timeout %g s passed with work still running: it is abandoned",
+                        self.settings.drain_timeout)
+        return finished
 
     def stop(self) -> None:
         self._stop.set()
@@ -152,3 +169,12 @@ def run(settings: ServerSettings) -> None:
         asyncio.run(Server(settings).run())
     else:
         uvloop.run(Server(settings).run())
+
+
+def _exit_now() -> None:
+    """Exit 0 without joining threads: a model call that never returns would hold a normal exit
+    (the event loop's executor and every instance pool join their threads) past --drain-timeout."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

@@ -112,5 +112,6 @@ class ModelControl:
     async def poll(self) -> None:
         await self._registry.poll()
 
-    async def close(self) -> None:
-        await self._registry.close()
+    async def close(self, timeout: float) -> bool:
+        """Retire every model within ``timeout``; False if some work was left behind."""
+        return await self._registry.close(timeout)

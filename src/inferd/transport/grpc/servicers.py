@@ -20,7 +20,8 @@ from inferd.protocols import kserve_v2_grpc, tfserving
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
-from inferd.types import InferRequest, RequestedOutput
+from inferd.transport.offload import off_loop
+from inferd.types import InferRequest, RequestedOutput, Tensor
 
 log = logging.getLogger("inferd.grpc")
 
@@ -111,7 +112,7 @@ class KServeV2Servicer:
 
     @guarded
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        infer_request = kserve_v2_grpc.decode_infer_request(request)
+        infer_request = await off_loop(request.ByteSize(), kserve_v2_grpc.decode_infer_request, request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
         response = await self.data.infer(infer_request)
@@ -158,7 +159,7 @@ class PredictionServicer(_TFServingBase):
     @guarded
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
         spec = request.model_spec
-        inputs = [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
+        inputs = await off_loop(request.ByteSize(), _decode_tensors, request)
         outputs = [RequestedOutput(name) for name in request.output_filter] or None
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
         response = await self.data.infer(InferRequest(spec.name, self._version(spec), inputs, outputs=outputs,
@@ -176,6 +177,10 @@ class PredictionServicer(_TFServingBase):
             raise InvalidInput(f"metadata_field must be ['signature_def'], got {fields}")
         version = self.data.model_metadata(spec.name, self._version(spec)).versions[-1]
         return tfserving.encode_model_metadata(spec.name, version, self.data.signature_metadata(spec.name, version))
+
+
+def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
+    return [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
 
 
 class ModelServicer(_TFServingBase):

@@ -10,17 +10,17 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from inferd.errors import InferdError, InvalidInput, PayloadTooLarge
 from inferd.transport.http.errors import status_for
+from inferd.transport.offload import off_loop
 
 log = logging.getLogger("inferd.http")
 
 JSON = b"application/json"
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -45,8 +45,6 @@ class HttpResponse:
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 ErrorFormat = Callable[[int, str], HttpResponse]  # each protocol keeps its own error shape
 Guard = Callable[[HttpRequest], None]  # raises InferdError: checked before the body is read
-
-OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are decoded (and inflated) on a thread
 
 
 def json_response(value: Any, status: int = 200) -> HttpResponse:
@@ -225,14 +223,6 @@ def _disconnect_probe(receive: Any) -> Callable[[], bool] | None:
     if cycle is None or not hasattr(cycle, "disconnected"):
         return None
     return lambda: bool(cycle.disconnected)
-
-
-async def off_loop(size: int, function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` on a thread when ``size`` bytes make it long, else here: decoding a big
-    body must not hold every other client's request."""
-    if size <= OFF_LOOP_BYTES:
-        return function(*args)
-    return await asyncio.to_thread(function, *args)
 
 
 def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:

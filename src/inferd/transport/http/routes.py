@@ -13,6 +13,7 @@ from inferd.transport.http.app import (
     error_response,
     json_response,
 )
+from inferd.transport.offload import off_loop
 from inferd.types import InferResponse
 
 OK = HttpResponse(200, b"")
@@ -73,7 +74,8 @@ class KServeV2Routes:
         name, version = model_and_version(request)
         self.data.model_ready(name, version)  # unknown model: 404 before reading the body
         header_length = _header_length(request)
-        infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
+        infer_request = await off_loop(len(request.body), kserve_v2.decode_infer_request, request.body,
+                                       header_length, name, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
         response = await self.data.infer(infer_request)

@@ -9,6 +9,7 @@ from inferd.errors import InvalidInput
 from inferd.protocols import kserve_v2, tfserving
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import server_timing
+from inferd.transport.offload import off_loop
 
 _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
 
@@ -43,7 +44,7 @@ class TFServingRoutes:
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
-        payload = kserve_v2.loads(request.body, "predict request")
+        payload = await off_loop(len(request.body), kserve_v2.loads, request.body, "predict request")
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
             raise InvalidInput("signature_name must be a string")
@@ -51,7 +52,8 @@ class TFServingRoutes:
         chosen = signature or next(iter(specs))
         if chosen not in specs:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
-        infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
+        infer_request, rows = await off_loop(len(request.body), tfserving.decode_rest_predict, payload,
+                                             specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
         response = await self.data.infer(infer_request)

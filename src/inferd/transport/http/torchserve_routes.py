@@ -15,6 +15,7 @@ from inferd.errors import InvalidInput, NotFound
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Handler, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import server_timing
+from inferd.transport.offload import off_loop
 
 _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenException",
           404: "ModelNotFoundException", 405: "MethodNotAllowedException", 413: "RequestEntityTooLarge",
@@ -63,7 +64,8 @@ class TorchServeRoutes:
             content_type = request.headers.get("content-type", "application/octet-stream")
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version)
         else:
-            infer_request, added_batch = torchserve.decode_tensor_prediction(request.body, metadata, version)
+            infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
+                                                        request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
         response = await self.data.infer(infer_request)
