@@ -47,7 +47,7 @@ def build_core(settings: ServerSettings) -> Core:
                           guard_inference=settings.auth_inference)
     registry = ModelRegistry(settings.model_repository, wrap=wrap)
     control = ModelControl(registry, access, settings.model_store)
-    metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
+    metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     return Core(DataPlane(registry, metrics, access), control, metrics)
 
 
@@ -124,7 +124,7 @@ class Server:
                 log.error("archive %s not served: %s", archive.name, exc.message)
 
     def _announce(self) -> None:
-        rows = self.core.control.index()
+        rows = self.core.control.states()
         ready = sum(row.state is ModelState.READY for row in rows)
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",

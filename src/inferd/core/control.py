@@ -37,16 +37,18 @@ class ModelControl:
         self._access = access or AccessPolicy()
         self._model_store = model_store
 
-    # -- reading (always on) ---------------------------------------------------------------
-    def index(self, ready_only: bool = False) -> list[VersionStatus]:
-        rows = self._registry.index()
-        return [row for row in rows if row.state is ModelState.READY] if ready_only else rows
+    # -- reading (always on; with --auth-inference, the token) -----------------------------
+    def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
+        self._access.authorize_inference(credentials, "reading the repository index")
+        return self.states(ready_only)
 
-    def models(self) -> list[ModelSource]:
+    def models(self, credentials: str | None) -> list[ModelSource]:
+        self._access.authorize_inference(credentials, "listing models")
         return [ModelSource(name, entry.source) for name, entry in sorted(self._registry.models.items())]
 
-    def describe(self, name: str) -> list[VersionDescription]:
+    def describe(self, name: str, credentials: str | None) -> list[VersionDescription]:
         """Per version: source, instances, busy, batching, state — what management APIs show."""
+        self._access.authorize_inference(credentials, "describing a model")
         entry = self._registry.entry(name)
         batching = entry.config.dynamic_batching
         newest = entry.newest_ready()
@@ -63,6 +65,15 @@ class ModelControl:
         return rows
 
     # -- changing (needs --model-control explicit, and the token when one is set) -----------
+    def authorize(self, credentials: str | None) -> None:
+        """What every change checks first: for a transport to refuse before reading a body."""
+        self._access.authorize_control(credentials, "changing what is served")
+
+    @property
+    def open_to_loopback(self) -> bool:
+        """Changes need no token: a transport must accept them from loopback only."""
+        return self._access.open_control
+
     async def load(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "loading a model")
         await self._registry.load_model(name)
@@ -105,6 +116,11 @@ class ModelControl:
         if slot.state is not ModelState.READY:
             raise InvalidInput(f"model '{name}' failed to load from {archive.name}: {slot.reason}")
         return Registered(name, version, config.instance_group.count)
+
+    def states(self, ready_only: bool = False) -> list[VersionStatus]:
+        """Every version's state, without credentials: for metrics and the start-up line."""
+        rows = self._registry.index()
+        return [row for row in rows if row.state is ModelState.READY] if ready_only else rows
 
     async def load_at_start(self, only: tuple[str, ...] = ("*",)) -> None:
         await self._registry.load_all(only)

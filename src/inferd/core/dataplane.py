@@ -20,7 +20,8 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "schedule_policy", "stat
 
 class DataPlane:
     """Live, ready, metadata, infer. ``ready`` turns true once the composition root says every
-    model was tried, and false again while draining."""
+    model was tried, and false again while draining. Health is open; everything else takes the
+    caller's credentials and checks them here (``--auth-inference``)."""
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
                  access: AccessPolicy | None = None) -> None:
@@ -43,24 +44,34 @@ class DataPlane:
     def start_draining(self) -> None:
         self._draining = True
 
+    def authorize(self, credentials: str | None, action: str = "reading metadata") -> None:
+        """For what a transport serves beside the data plane (``/metrics``)."""
+        self._access.authorize_inference(credentials, action)
+
     # -- metadata --------------------------------------------------------------------------
-    def server_metadata(self) -> ServerMetadata:
+    def server_metadata(self, credentials: str | None) -> ServerMetadata:
+        self._access.authorize_inference(credentials, "reading metadata")
         return ServerMetadata("inferd", inferd.__version__, EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+    def model_metadata(self, name: str, version: str | None, credentials: str | None) -> ModelMetadata:
+        self._access.authorize_inference(credentials, "reading metadata")
         runtime, resolved = self._registry.get(name, version)
         versions = (resolved,) if version is not None else tuple(self._registry.entry(name).ready_versions())
         return _metadata(name, versions, runtime)
 
-    def signature_metadata(self, name: str, version: str | None) -> dict[str, ModelMetadata]:
+    def signature_metadata(self, name: str, version: str | None, credentials: str | None
+                           ) -> dict[str, ModelMetadata]:
         """Per signature (TensorFlow; others have one, serving_default): its inputs and outputs."""
+        self._access.authorize_inference(credentials, "reading metadata")
         return {sig: _metadata(name, (), runtime) for sig, runtime in self._registry.signatures(name, version).items()}
 
-    def resolve_label(self, name: str, label: str) -> str:
+    def resolve_label(self, name: str, label: str, credentials: str | None) -> str:
+        self._access.authorize_inference(credentials, "reading metadata")
         return self._registry.resolve_label(name, label)
 
-    def version_states(self, name: str, version: str | None = None) -> list[VersionStatus]:
+    def version_states(self, name: str, version: str | None, credentials: str | None) -> list[VersionStatus]:
         """The state of a model's versions, or of one."""
+        self._access.authorize_inference(credentials, "reading model status")
         entry = self._registry.entry(name)
         rows = [VersionStatus(name, v.version, v.state, v.reason) for v in entry.sorted_versions()]
         if version is not None:
@@ -69,12 +80,14 @@ class DataPlane:
                 raise NotFound(f"model '{name}' has no version '{version}'")
         return rows
 
-    def model_ready(self, name: str, version: str | None) -> None:
+    def model_ready(self, name: str, version: str | None, credentials: str | None) -> None:
         """Returns when the model (version) is ready; raises NotFound or Unavailable otherwise."""
+        self._access.authorize_inference(credentials, "reading model status")
         self._registry.get(name, version)
 
-    def is_model_ready(self, name: str, version: str | None) -> bool:
+    def is_model_ready(self, name: str, version: str | None, credentials: str | None) -> bool:
         """Triton's reading: an unknown or unloaded model is not ready, which is not an error."""
+        self._access.authorize_inference(credentials, "reading model status")
         try:
             self._registry.get(name, version)
         except InferdError:

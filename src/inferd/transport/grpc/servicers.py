@@ -97,18 +97,20 @@ class KServeV2Servicer:
 
     @guarded
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.data.is_model_ready(request.name, request.version or None))
+        return pb.ModelReadyResponse(ready=self.data.is_model_ready(request.name, request.version or None,
+                                                                   _authorization(context)))
 
     @guarded
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context
                               ) -> pb.ServerMetadataResponse:
-        meta = self.data.server_metadata()
+        meta = self.data.server_metadata(_authorization(context))
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     @guarded
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context
                              ) -> pb.ModelMetadataResponse:
-        return kserve_v2_grpc.encode_model_metadata(self.data.model_metadata(request.name, request.version or None))
+        metadata = self.data.model_metadata(request.name, request.version or None, _authorization(context))
+        return kserve_v2_grpc.encode_model_metadata(metadata)
 
     @guarded
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
@@ -121,7 +123,8 @@ class KServeV2Servicer:
     @guarded
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context
                                ) -> pb.RepositoryIndexResponse:
-        return kserve_v2_grpc.encode_repository_index(self.control.index(ready_only=request.ready))
+        rows = self.control.index(_authorization(context), ready_only=request.ready)
+        return kserve_v2_grpc.encode_repository_index(rows)
 
     @guarded
     async def load(self, request: pb.RepositoryModelLoadRequest, context: Context
@@ -140,10 +143,10 @@ class _TFServingBase:
     def __init__(self, core: Core) -> None:
         self.data = core.data
 
-    def _version(self, spec: tfs.ModelSpec) -> str | None:
+    def _version(self, spec: tfs.ModelSpec, context: Context) -> str | None:
         version, label = tfserving.model_spec_version(spec)
         if label is not None:
-            return self.data.resolve_label(spec.name, label)
+            return self.data.resolve_label(spec.name, label, _authorization(context))
         return version
 
 
@@ -162,7 +165,7 @@ class PredictionServicer(_TFServingBase):
         inputs = await off_loop(request.ByteSize(), _decode_tensors, request)
         outputs = [RequestedOutput(name) for name in request.output_filter] or None
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
-        response = await self.data.infer(InferRequest(spec.name, self._version(spec), inputs, outputs=outputs,
+        response = await self.data.infer(InferRequest(spec.name, self._version(spec, context), inputs, outputs=outputs,
                                                       parameters=params, protocol=tfserving.PROTOCOL_GRPC,
                                                       cancelled=context.cancelled,
                                                       credentials=_authorization(context)))
@@ -175,8 +178,10 @@ class PredictionServicer(_TFServingBase):
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidInput(f"metadata_field must be ['signature_def'], got {fields}")
-        version = self.data.model_metadata(spec.name, self._version(spec)).versions[-1]
-        return tfserving.encode_model_metadata(spec.name, version, self.data.signature_metadata(spec.name, version))
+        credentials = _authorization(context)
+        version = self.data.model_metadata(spec.name, self._version(spec, context), credentials).versions[-1]
+        signatures = self.data.signature_metadata(spec.name, version, credentials)
+        return tfserving.encode_model_metadata(spec.name, version, signatures)
 
 
 def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
@@ -195,4 +200,5 @@ class ModelServicer(_TFServingBase):
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
-        return tfserving.encode_model_status(self.data.version_states(spec.name, self._version(spec)))
+        states = self.data.version_states(spec.name, self._version(spec, context), _authorization(context))
+        return tfserving.encode_model_status(states)

@@ -47,6 +47,11 @@ ErrorFormat = Callable[[int, str], HttpResponse]  # each protocol keeps its own 
 Guard = Callable[[HttpRequest], None]  # raises InferdError: checked before the body is read
 
 
+def credentials(request: HttpRequest) -> str | None:
+    """The caller's ``Authorization`` header: the core decides what it allows."""
+    return request.headers.get("authorization")
+
+
 def json_response(value: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(status, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
 

@@ -7,8 +7,8 @@ import orjson
 from inferd.core import Core
 from inferd.errors import InvalidInput
 from inferd.protocols import kserve_v2, tfserving
-from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
-from inferd.transport.http.routes import server_timing
+from inferd.transport.http.app import HttpRequest, HttpResponse, Router, credentials, json_response
+from inferd.transport.http.routes import inference_guard, server_timing
 from inferd.transport.offload import off_loop
 
 _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
@@ -16,30 +16,33 @@ _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1
 
 class TFServingRoutes:
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.data = core.data
 
     def register(self, router: Router) -> None:
         for prefix in _PREFIXES:
             router.add("GET", prefix, self.status)
             router.add("GET", prefix + "/metadata", self.metadata)
-            router.add("POST", prefix + ":predict", self.predict)
+            router.add("POST", prefix + ":predict", self.predict, guard=inference_guard(self.core))
             router.add("POST", prefix + ":classify", self.unsupported)
             router.add("POST", prefix + ":regress", self.unsupported)
 
     def _version(self, request: HttpRequest) -> str | None:
         label = request.params.get("label")
         if label is not None:
-            return self.data.resolve_label(request.params["model"], label)
+            return self.data.resolve_label(request.params["model"], label, credentials(request))
         return request.params.get("version")
 
     async def status(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        return json_response(tfserving.rest_status(self.data.version_states(name, self._version(request))))
+        states = self.data.version_states(name, self._version(request), credentials(request))
+        return json_response(tfserving.rest_status(states))
 
     async def metadata(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        metadata = self.data.model_metadata(name, self._version(request))
-        signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
+        metadata = self.data.model_metadata(name, self._version(request), credentials(request))
+        signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None,
+                                                  credentials(request))
         return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
@@ -48,14 +51,14 @@ class TFServingRoutes:
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
             raise InvalidInput("signature_name must be a string")
-        specs = self.data.signature_metadata(name, version)
+        specs = self.data.signature_metadata(name, version, credentials(request))
         chosen = signature or next(iter(specs))
         if chosen not in specs:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
         infer_request, rows = await off_loop(len(request.body), tfserving.decode_rest_predict, payload,
                                              specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
-        infer_request.credentials = request.headers.get("authorization")
+        infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
         body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
         return HttpResponse(200, body, headers=[server_timing(response)])
