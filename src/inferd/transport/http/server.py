@@ -61,17 +61,9 @@ class _Refuse(Exception):
         self.response = response or error_response(status, message)
 
 
-class _Job:
-    """One parsed request waiting its turn, or a refusal that ends the connection."""
-
-    __slots__ = ("keep_alive", "refusal", "request", "reserved")
-
-    def __init__(self, request: HttpRequest | None, refusal: HttpResponse | None, keep_alive: bool,
-                 reserved: int) -> None:
-        self.request = request
-        self.refusal = refusal
-        self.keep_alive = keep_alive
-        self.reserved = reserved
+# One parsed request waiting its turn (request, None, keep_alive, budget bytes it holds), or a
+# refusal that ends the connection (None, response, False, 0).
+_Job = tuple[HttpRequest | None, HttpResponse | None, bool, int]
 
 
 def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
@@ -104,17 +96,13 @@ class _Connection(asyncio.Protocol):
         self._phase = _IDLE
         self.phase_since = self.last_active = time.monotonic()
         self._began_here = False
-        self._head_bytes = 0
-        self._reset()
-
-    def _reset(self) -> None:
+        self._request: HttpRequest | None = None  # the request being read, once its headers came
+        self._body: bytearray | None = None
+        self._reserved = 0  # budget bytes held by the request being read
         self._url = b""
         self._headers: dict[str, str] = {}
         self._repeated: dict[str, list[str]] | None = None
-        self._header_count = 0
-        self._request: HttpRequest | None = None
-        self._body: bytearray | None = None
-        self._reserved = 0  # budget bytes held by the request being read
+        self._header_count = self._head_bytes = 0
         self._counted = False  # reserved by Content-Length (else chunk by chunk)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -128,7 +116,7 @@ class _Connection(asyncio.Protocol):
         full collection would find), and buffered bodies would otherwise wait for it."""
         self._closed = True
         self._server.connections.discard(self)
-        self._budget.give(self._reserved + sum(job.reserved for job in self._pending))
+        self._budget.give(self._reserved + sum(job[3] for job in self._pending))
         self._pending.clear()
         self._reserved = 0
         self._body = None
@@ -170,10 +158,13 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._reset()
-        self._phase, self.phase_since = _HEAD, time.monotonic()
+        self._url = b""
+        self._headers = {}
+        self._repeated = None
+        self._header_count = self._head_bytes = 0
+        self._counted = False
+        self._phase, self.phase_since = _HEAD, self.last_active  # the read that brought it
         self._began_here = True
-        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -181,11 +172,12 @@ class _Connection(asyncio.Protocol):
             raise _Refuse(414, f"the request target is over {self._limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """The number of headers is checked here; their bytes once they are complete (and per
+        read in ``data_received`` while they are not: a read holds at most one socket buffer)."""
         self._header_count += 1
         self._head_bytes += len(name) + len(value)
-        if self._header_count > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
-            raise _Refuse(431, f"request headers are over {self._limits.max_headers} headers or "
-                               f"{self._limits.max_header_bytes} bytes")
+        if self._header_count > self._limits.max_headers:
+            raise _Refuse(431, f"a request has over {self._limits.max_headers} headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         if key not in self._headers:
@@ -197,7 +189,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
-        self._phase, self.phase_since = _BODY, time.monotonic()
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise _Refuse(431, f"request headers are over {self._limits.max_header_bytes} bytes")
+        self._phase, self.phase_since = _BODY, self.last_active
         headers = self._headers
         if self._repeated:
             for key, values in self._repeated.items():
@@ -210,7 +204,7 @@ class _Connection(asyncio.Protocol):
                                               disconnected=self._is_closed)
         self._body = request.body
         declared = headers.get("content-length")
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        chunked = "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
         if not chunked and (declared is None or declared == "0"):
             return  # no body: nothing to refuse early
         size = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else 0
@@ -239,12 +233,12 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._parser is not None
         request = self._request
-        self._phase, self.last_active = _IDLE, time.monotonic()
+        self._phase = _IDLE
         self._continue_due = False
         if request is None:  # refused while reading
             return
         keep_alive = self._parser.should_keep_alive() and not self._server.draining
-        self._pending.append(_Job(request, None, keep_alive, self._reserved))
+        self._pending.append((request, None, keep_alive, self._reserved))
         self._request, self._body, self._reserved = None, None, 0
         if len(self._pending) >= self._limits.max_pipelined:
             self._update_reading()
@@ -278,17 +272,17 @@ class _Connection(asyncio.Protocol):
         if not self._pending:
             self._send_continue()
             return
-        job = self._pending.popleft()
+        request, refusal, keep_alive, reserved = self._pending.popleft()
         if not self._reading:
             self._update_reading()
-        if job.refusal is not None:
-            self._write(job.refusal, False)
+        if refusal is not None:
+            self._write(refusal, False)
             self._linger()
             return
         self._busy = True
         loop = self._server.loop
-        assert loop is not None and job.request is not None
-        task = loop.create_task(self._answer(job.request, job.keep_alive, job.reserved))
+        assert loop is not None and request is not None
+        task = loop.create_task(self._answer(request, keep_alive, reserved))
         self._server.tasks.add(task)
         task.add_done_callback(self._server.tasks.discard)
 
@@ -296,17 +290,19 @@ class _Connection(asyncio.Protocol):
         try:
             response = await self._app.dispatch(request)
         finally:
-            self._budget.give(reserved)
+            if reserved:
+                self._budget.give(reserved)
             self._busy = False
         self.last_active = time.monotonic()
         if self._closed:
             return
         keep_alive = keep_alive and not self._server.draining
-        self._write(response, keep_alive, request.method == "HEAD")
+        head = _head(response.status, response, keep_alive)
+        self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
         if not keep_alive:
             self._close()
-            return
-        self._next()
+        elif self._pending or self._continue_due:
+            self._next()
 
     def _write(self, response: HttpResponse, keep_alive: bool, head_only: bool = False) -> None:
         if self._transport is not None:
@@ -326,7 +322,7 @@ class _Connection(asyncio.Protocol):
         self._request = self._body = None
         self._stopped = True
         self._continue_due = False
-        self._pending.append(_Job(None, response, False, 0))
+        self._pending.append((None, response, False, 0))
         self._update_reading()
         self._next()
 
