@@ -66,7 +66,10 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("max_batch_size = 4\n[dynamic_batching]\nmax_queue_size = 0", "'max_queue_size' must be >= 1"),
     ("[instance_group]\ncount = 0", "'count' must be >= 1"),
     ("[instance_group]\nkind = 'tpu'", "'kind' must be one of"),
-    ("[instance_group]\nresponse_timeout_s = 0", "'response_timeout_s' must be > 0"),
+    ("[instance_group]\nresponse_timeout_s = 0", "'response_timeout_s' must be a finite number > 0"),
+    ("[instance_group]\nresponse_timeout_s = nan", "'response_timeout_s' must be a finite number > 0, got nan"),
+    ("[instance_group]\nresponse_timeout_s = inf", "'response_timeout_s' must be a finite number > 0, got inf"),
+    ("max_batch_size = 2\n[dynamic_batching]\ndefault_timeout_ms = nan", "'default_timeout_ms' must be a finite"),
     ("[instance_group]\nmemory_limit_mb = -5", "'memory_limit_mb' must be >= 0"),
     ("[version_policy]\nlatest = 1\nall = true", "takes one of"),
     ("[[input]]\nname = 'x'\ndatatype = 'FLOAT'\nshape = [1]", "key 'datatype' must be one of"),
@@ -95,3 +98,11 @@ def test_server_settings_are_validated() -> None:
         ServerSettings(model_control="sometimes")
     with pytest.raises(ConfigError, match="http-port"):
         ServerSettings(http_port=70000)
+    with pytest.raises(ConfigError, match="--drain-timeout must be a finite number"):
+        ServerSettings(drain_timeout=float("nan"))
+    with pytest.raises(ConfigError, match="--header-timeout must be a finite number of seconds > 0, got inf"):
+        ServerSettings(header_timeout=float("inf"))
+    with pytest.raises(ConfigError, match=r"--max-inflight-size \(99\) must hold at least one body"):
+        ServerSettings(max_body_bytes=100, max_inflight_bytes=99)
+    with pytest.raises(ConfigError, match="--max-connections must be positive"):
+        ServerSettings(max_connections=0)

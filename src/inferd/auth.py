@@ -15,7 +15,7 @@ log = logging.getLogger("inferd.auth")
 class AccessPolicy:
     model_control: bool = False  # load/unload/register/scale over the API
     token: str | None = None  # required as "Authorization: Bearer <token>" when set
-    guard_inference: bool = False  # the token also guards inference and metadata
+    guard_inference: bool = False  # the token also guards inference and metadata (not health)
 
     def authorize_control(self, authorization: str | None, action: str) -> None:
         if not self.model_control:
@@ -23,9 +23,16 @@ class AccessPolicy:
                             "--model-control explicit")
         self._check(authorization, action)
 
-    def authorize_inference(self, authorization: str | None) -> None:
+    def authorize_inference(self, authorization: str | None, action: str = "inference") -> None:
+        """Inference and every read of what is served (metadata, index, status, metrics)."""
         if self.guard_inference:
-            self._check(authorization, "inference")
+            self._check(authorization, action)
+
+    @property
+    def open_control(self) -> bool:
+        """Model control is on with no token: only loopback may use it (the transport checks where
+        a request comes from, e.g. HTTP's Origin and Host)."""
+        return self.model_control and self.token is None
 
     def _check(self, authorization: str | None, action: str) -> None:
         if self.token is None:

@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=30.0)
     serve.add_argument("--max-body-size", type=_size, default=64 * 1024**2,
                        help="largest request body, e.g. 64MiB (default); larger gets 413")
+    serve.add_argument("--max-inflight-size", type=_size, default=512 * 1024**2,
+                       help="request bytes held in memory at once over all clients (default 512MiB); "
+                            "over it a request gets 503 / RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-connections", type=int, default=1000,
+                       help="open HTTP connections, and gRPC calls at once (default 1000)")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a request's line and headers may take to arrive (408 after)")
+    serve.add_argument("--body-timeout", type=float, default=60.0,
+                       help="seconds a request's body may take to arrive (408 after)")
     serve.add_argument("--model-store", type=Path, default=None,
                        help="folder of TorchServe .mar archives (TorchServe's flag)")
     serve.add_argument("--models", nargs="*", default=[],
@@ -112,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
+            max_inflight_bytes=args.max_inflight_size, max_connections=args.max_connections,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name)
     except ConfigError as exc:

@@ -7,6 +7,7 @@ an error names the file and the key.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ class ServerSettings:
     auth_inference: bool = False  # the token also guards inference and metadata
     drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
     max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
+    max_inflight_bytes: int = 512 * 1024 * 1024  # request bytes held at once, all clients; over: 503
+    max_connections: int = 1000  # HTTP connections, and gRPC calls at once
+    header_timeout: float = 10.0  # seconds a request's line and headers may take to arrive (408)
+    body_timeout: float = 60.0  # seconds a request's body may take to arrive (408)
     log_level: str = "info"
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
@@ -84,8 +89,17 @@ class ServerSettings:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
-        if self.max_body_bytes <= 0:
-            raise ConfigError(f"--max-body-size must be positive, got {self.max_body_bytes}")
+        for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
+                            ("--max-connections", self.max_connections)):
+            if value <= 0:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ConfigError(f"--max-inflight-size ({self.max_inflight_bytes}) must hold at least one body "
+                              f"of --max-body-size ({self.max_body_bytes})")
+        for flag, seconds in (("--drain-timeout", self.drain_timeout), ("--header-timeout", self.header_timeout),
+                              ("--body-timeout", self.body_timeout), ("--poll-interval", self.poll_interval)):
+            if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and flag != "--drain-timeout"):
+                raise ConfigError(f"{flag} must be a finite number of seconds > 0, got {seconds}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +266,10 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
     table = _Table(data, f"{where}: [dynamic_batching]")
     delay = table.take("max_queue_delay_ms", (int, float), 0.0)
     timeout = table.take("default_timeout_ms", (int, float), 0.0)
-    if delay < 0:
-        raise table.fail("max_queue_delay_ms", f"must be >= 0, got {delay}")
-    if timeout < 0:
-        raise table.fail("default_timeout_ms", f"must be >= 0, got {timeout}")
+    if not math.isfinite(delay) or delay < 0:
+        raise table.fail("max_queue_delay_ms", f"must be a finite number >= 0, got {delay}")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise table.fail("default_timeout_ms", f"must be a finite number >= 0, got {timeout}")
     result = DynamicBatching(
         max_queue_delay_ms=float(delay),
         preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
@@ -272,8 +286,8 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
     if kind and kind not in INSTANCE_KINDS:
         raise table.fail("kind", f"must be one of {INSTANCE_KINDS}, got {kind!r}")
     timeout = table.take("response_timeout_s", (int, float), 120.0)
-    if timeout <= 0:
-        raise table.fail("response_timeout_s", f"must be > 0, got {timeout}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise table.fail("response_timeout_s", f"must be a finite number > 0, got {timeout}")
     group = InstanceGroup(count=table.take_int("count", 1, minimum=1), kind=kind,
                           gpus=table.take_ints("gpus"), response_timeout_s=float(timeout),
                           memory_limit_mb=table.take_int("memory_limit_mb", 0))

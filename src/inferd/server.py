@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +24,11 @@ from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.scheduler import Scheduler
+from inferd.transport.budget import ByteBudget
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
-from inferd.transport.http.server import HttpServer
+from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import TorchServeRoutes
 from inferd.types import ModelState
@@ -45,7 +50,7 @@ def build_core(settings: ServerSettings) -> Core:
     registry = ModelRegistry(settings.model_repository, wrap=wrap, sources=settings.model_sources,
                              batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store)
-    metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
+    metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
 
 
@@ -66,8 +71,10 @@ class Server:
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
         self._grpc: GrpcServer | None = None
+        self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -87,19 +94,25 @@ class Server:
         await self._stop.wait()
         for poller in pollers:
             poller.cancel()
-        await self._shutdown()
+        finished = await self._shutdown()
+        if not finished:
+            _exit_now()
+        return finished
 
     async def _listen(self) -> None:
         if self.settings.http_port:
             app = build_http_app(self.core, self.settings)
-            self._http = HttpServer(app, self.settings.host, self.settings.http_port)
+            s = self.settings
+            limits = HttpLimits(max_connections=s.max_connections, header_timeout_s=s.header_timeout,
+                                body_timeout_s=s.body_timeout)
+            self._http = HttpServer(app, s.host, s.http_port, limits, self._budget)
             await self._http.start()
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
             self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes, self.settings.grpc_socket_path,
-                                    self.settings.grpc_options)
+                                    self.settings.max_body_bytes, self._budget, self.settings.max_connections,
+                                    self.settings.grpc_socket_path, self.settings.grpc_options)
             await self._grpc.start()
 
     async def _poll_model_config(self, path: Path) -> None:
@@ -138,21 +151,30 @@ class Server:
                 log.error("archive %s not served: %s", archive.name, exc.message)
 
     def _announce(self) -> None:
-        rows = self.core.control.index()
+        rows = self.core.control.states()
         ready = sum(row.state is ModelState.READY for row in rows)
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
                                         f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> bool:
+        """Both transports drain at once, then the models; ``--drain-timeout`` bounds it all (plus
+        the grace runtimes get to stop their instances)."""
         log.info("shutting down")
+        deadline = time.monotonic() + self.settings.drain_timeout
         self.core.data.start_draining()
+        closing = []
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.drain_timeout)
+            closing.append(self._grpc.stop(self.settings.drain_timeout))
         if self._http is not None:
-            await self._http.close(self.settings.drain_timeout)
-        await self.core.control.close()
+            closing.append(self._http.close(self.settings.drain_timeout))
+        await asyncio.gather(*closing)
+        finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
+        if not finished:
+            log.warning("--drain-timeout %g s passed with work still running: it is abandoned",
+                        self.settings.drain_timeout)
+        return finished
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,3 +196,12 @@ def run(settings: ServerSettings) -> None:
         asyncio.run(Server(settings).run())
     else:
         uvloop.run(Server(settings).run())
+
+
+def _exit_now() -> None:
+    """Exit 0 without joining threads: a model call that never returns would hold a normal exit
+    (the event loop's executor and every instance pool join their threads) past --drain-timeout."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

@@ -56,16 +56,16 @@ def registry(tmp_path: Path) -> ModelRegistry[Scheduler]:
 
 def test_index_and_describe_report_the_real_state(registry: ModelRegistry[Scheduler]) -> None:
     control = ModelControl(registry)
-    rows = control.index()
+    rows = control.index(None)
     assert [(r.name, r.version, r.state) for r in rows] == [
         ("broken", "1", ModelState.UNAVAILABLE), ("m", "1", ModelState.READY), ("m", "2", ModelState.READY)]
     assert "max_batch_sise" in rows[0].reason
-    assert [r.version for r in control.index(ready_only=True)] == ["1", "2"]
-    described = control.describe("m")
+    assert [r.version for r in control.index(None, ready_only=True)] == ["1", "2"]
+    described = control.describe("m", None)
     assert [(d.version, d.instances, d.busy, d.max_batch_size, d.default) for d in described] == [
         ("1", 2, 0, 4, False), ("2", 2, 0, 4, True)]
     with pytest.raises(NotFound):
-        control.describe("absent")
+        control.describe("absent", None)
 
 
 def test_changes_need_model_control_and_the_token(registry: ModelRegistry[Scheduler]) -> None:
@@ -76,13 +76,13 @@ def test_changes_need_model_control_and_the_token(registry: ModelRegistry[Schedu
         guarded.scale("m", 3, "Bearer wrong")
     with pytest.raises(Unauthenticated):
         asyncio.run(guarded.unload("m", None))
-    assert [r.state for r in guarded.index() if r.name == "m"] == [ModelState.READY] * 2
+    assert [r.state for r in guarded.index(None) if r.name == "m"] == [ModelState.READY] * 2
 
 
 def test_scale_resizes_every_version(registry: ModelRegistry[Scheduler]) -> None:
     control = ModelControl(registry, AccessPolicy(model_control=True))
     control.scale("m", 3, None)
-    assert [d.instances for d in control.describe("m")] == [3, 3]
+    assert [d.instances for d in control.describe("m", None)] == [3, 3]
     with pytest.raises(InvalidInput, match="at least one worker"):
         control.scale("m", 0, None)
 
@@ -95,8 +95,26 @@ def test_infer_answers_like_the_model_and_counts_executions(registry: ModelRegis
     np.testing.assert_array_equal(response.outputs[0].data, x * 2 + 10)
     stats = registry.get("m", "1")[0].statistics()
     assert (stats.executions, stats.inferences, stats.busy, stats.queued) == (1, 2, 0, 0)
-    assert data.model_metadata("m", None).versions == ("1", "2")
-    assert data.is_model_ready("m", "2") and not data.is_model_ready("broken", None)
-    assert [s.state for s in data.version_states("m")] == [ModelState.READY, ModelState.READY]
+    assert data.model_metadata("m", None, None).versions == ("1", "2")
+    assert data.is_model_ready("m", "2", None) and not data.is_model_ready("broken", None, None)
+    assert [s.state for s in data.version_states("m", None, None)] == [ModelState.READY, ModelState.READY]
     with pytest.raises(NotFound):
-        data.version_states("m", "9")
+        data.version_states("m", "9", None)
+
+
+def test_auth_inference_guards_every_read_but_health(registry: ModelRegistry[Scheduler]) -> None:
+    access = AccessPolicy(token="s3cret", guard_inference=True)
+    data, control = DataPlane(registry, access=access), ModelControl(registry, access)
+    data.set_ready(True)
+    reads = [lambda c: data.server_metadata(c), lambda c: data.model_metadata("m", None, c),
+             lambda c: data.signature_metadata("m", None, c), lambda c: data.version_states("m", None, c),
+             lambda c: data.model_ready("m", None, c), lambda c: data.is_model_ready("m", None, c),
+             lambda c: data.authorize(c),
+             lambda c: control.index(c), lambda c: control.models(c), lambda c: control.describe("m", c)]
+    for read in reads:
+        with pytest.raises(Unauthenticated):
+            read(None)
+        with pytest.raises(Unauthenticated):
+            read("Bearer wrong")
+        read("Bearer s3cret")
+    assert data.live() and data.ready()  # health probes take no credentials

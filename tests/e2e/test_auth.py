@@ -70,3 +70,57 @@ def test_model_control_beyond_loopback_needs_a_token() -> None:
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert "needs --auth-token" in done.stderr
+
+
+def test_auth_inference_guards_metadata_index_status_and_metrics_but_not_health(repo: Path) -> None:
+    with serve(repo, "--auth-token", TOKEN, "--auth-inference", grpc=True) as server:
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        guarded = [("GET", "/v2"), ("GET", "/v2/models/m"), ("GET", "/v2/models/m/ready"),
+                   ("GET", "/v2/models/m/versions/1"), ("POST", "/v2/repository/index"),
+                   ("GET", "/v1/models/m"), ("GET", "/v1/models/m/metadata"), ("GET", "/models"),
+                   ("GET", "/models/m"), ("GET", "/metrics")]
+        for method, path in guarded:
+            refused = requests.request(method, server.base + path, timeout=10)
+            assert refused.status_code == 401, (path, refused.text)
+            assert TOKEN not in refused.text and str(repo) not in refused.text
+            assert requests.request(method, server.base + path, headers=good, timeout=10).status_code == 200, path
+        for path in ("/v2/health/live", "/v2/health/ready", "/ping"):
+            assert requests.get(server.base + path, timeout=10).status_code == 200, path
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        assert client.is_server_live() and client.is_server_ready()
+        for call in (lambda **kw: client.get_model_metadata("m", **kw), lambda **kw: client.get_server_metadata(**kw),
+                     lambda **kw: client.get_model_repository_index(**kw)):
+            with pytest.raises(InferenceServerException) as info:
+                call()
+            assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+            call(headers={"authorization": f"Bearer {TOKEN}"})
+        with pytest.raises(InferenceServerException) as info:
+            client.is_model_ready("m")
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+
+
+def test_an_unguarded_inference_body_is_not_read_before_the_token_check(repo: Path) -> None:
+    import socket
+
+    with serve(repo, "--auth-token", TOKEN, "--auth-inference") as server:
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=5) as sock:
+            sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            answer = sock.recv(4096)  # no body sent: the refusal cannot have waited for it
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+
+
+def test_without_a_token_only_loopback_pages_may_change_what_is_served(repo: Path) -> None:
+    with serve(repo, "--model-control", "explicit", "--load-model", "m") as server:
+        unload = f"{server.base}/v2/repository/models/m/unload"
+        cross_site = requests.post(unload, data="x", timeout=10,
+                                   headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+        assert cross_site.status_code == 403 and "Origin" in cross_site.json()["error"]
+        rebound = requests.post(unload, timeout=10, headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 403 and "Host" in rebound.json()["error"]
+        deleted = requests.delete(f"{server.base}/models/m", timeout=10, headers={"Origin": "null"})
+        assert deleted.status_code == 403
+        assert requests.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=10).status_code == 200
+        local = requests.post(unload, timeout=10, headers={"Origin": f"http://localhost:{server.http_port}"})
+        assert local.status_code == 200
+        assert requests.post(f"{server.base}/v2/models/m/infer", json=BODY, timeout=10).status_code == 404

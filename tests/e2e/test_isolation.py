@@ -19,6 +19,9 @@ from tests.ts_archives import archive
 CRASHY = '''
 import ctypes
 import os
+import pickle
+import struct
+import sys
 import time
 
 import numpy as np
@@ -43,6 +46,11 @@ class Model:
             raise ValueError("mode 5 is refused")
         elif mode == 6:  # a slow leak: 120 MiB kept per call
             LEAK.append(np.ones(15 * 2**20))
+        elif mode == 7:  # a stray answer on the server's socket (its fd is the worker's argument)
+            stray = pickle.dumps(("ok", 0, [], None))
+            os.write(int(sys.argv[1]), struct.pack("!Q", len(stray)) + stray)
+        elif mode == 8:  # half a message, then silence from the socket's point of view
+            os.write(int(sys.argv[1]), struct.pack("!Q", 1 << 20) + b"abc")
         return {"pid": np.array([os.getpid()], dtype=np.int64), "echo": inputs["x"] * 2}
 '''
 
@@ -186,6 +194,25 @@ def restarts(server) -> float:
     text = requests.get(f"{server.base}/metrics", timeout=10).text
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
                if s.name == "inferd_instance_restarts_total" and s.labels["model"] == "crashy")
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    (7, "broke the protocol while running this request (an answer to another request"),
+    (8, "did not answer within 3 s while running this request"),
+])
+def test_a_stray_or_partial_message_kills_the_instance_and_no_answer_goes_astray(server, mode: int,
+                                                                               says: str) -> None:
+    crashy_recovers(server)
+    start = time.monotonic()
+    response = infer(server, "crashy", body(mode))
+    assert time.monotonic() - start < 3 + 2  # bounded by response_timeout_s, never a hang
+    assert response.status_code == 500
+    assert says in response.json()["error"], response.json()["error"]
+    crashy_recovers(server)
+    for value in range(8):  # every later answer is its own request's
+        response = infer(server, "crashy", body(0, [float(value)]))
+        echo = {o["name"]: o for o in response.json()["outputs"]}["echo"]
+        assert echo["data"] == [2.0 * value]
 
 
 def test_a_slow_leak_restarts_the_instance_and_fails_at_most_the_crossing_call(server) -> None:

@@ -171,3 +171,30 @@ def test_version_policy_and_labels_route_the_same_over_every_protocol(tmp_path: 
             response = prediction.Predict(request, timeout=30)
             assert tf.make_ndarray(response.outputs["y"]).tolist() == [102.0]
             assert response.model_spec.version.value == 1
+
+
+def test_drain_timeout_bounds_the_exit_even_when_a_model_never_returns(tmp_path: Path) -> None:
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    write(tmp_path / "stuck/1/model.py", """
+        import time
+
+        class Model:
+            def infer(self, inputs):
+                time.sleep(60)
+                return {"y": inputs["x"]}
+        """)
+    write(tmp_path / "stuck/config.toml", 'backend = "python"\n[instance_group]\nkind = "cpu"\n'
+          '[[input]]\nname = "x"\ndatatype = "FP64"\nshape = [1]\n'
+          '[[output]]\nname = "y"\ndatatype = "FP64"\nshape = [1]\n')
+    with serve(tmp_path, "--drain-timeout", "1") as server, ThreadPoolExecutor(4) as pool:
+        for _ in range(3):  # one running, two queued behind it
+            pool.submit(requests.post, f"{server.base}/v2/models/stuck/infer", json=BODY, timeout=30)
+        time.sleep(0.5)
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+        took = time.monotonic() - start
+        assert took < 1 + 2 + 1.5, f"--drain-timeout 1 took {took:.1f} s"  # drain, unload grace, exit
+        assert "--drain-timeout 1 s passed with work still running" in server.log()

@@ -91,3 +91,46 @@ def test_fast_models_run_inline_and_slow_ones_go_back_to_threads() -> None:
     delay["s"] = 0.05
     asyncio.run(calls(4))
     assert not pool.inline  # three slow calls in a row: back to threads
+
+
+def test_an_inline_model_runs_inputs_larger_than_it_was_measured_on_in_a_thread() -> None:
+    import threading
+
+    seen: list[str] = []
+
+    def fn(inputs):
+        seen.append(threading.current_thread().name)
+        return {"x": inputs["x"]}
+
+    pool = InstancePool(fake(fn=fn), count=1, name="m")
+
+    async def call(rows: int) -> None:
+        await pool.infer_async({"x": np.ones((rows, 2), np.float32)}, CallContext())
+
+    async def main() -> None:
+        for _ in range(20):
+            await call(4)
+        assert pool.inline and seen[-1] == threading.main_thread().name
+        await call(4000)  # one large call: not on the loop, however fast the average is
+        assert seen[-1] != threading.main_thread().name
+        await call(3)
+        assert seen[-1] == threading.main_thread().name
+
+    asyncio.run(main())
+
+
+def test_a_deadline_is_answered_when_it_passes_not_when_an_instance_frees() -> None:
+    pool = InstancePool(fake(delay=0.5), count=1, name="m")
+
+    async def main() -> float:
+        first = asyncio.ensure_future(pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext()))
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="dropped"):
+            await pool.infer_async({"x": np.ones((1, 2), np.float32)}, CallContext(deadline=start + 0.05))
+        waited = time.perf_counter() - start
+        await first
+        return waited
+
+    waited = asyncio.run(main())
+    assert waited < 0.3, waited

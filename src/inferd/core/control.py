@@ -44,19 +44,21 @@ class ModelControl:
         self._access = access or AccessPolicy()
         self._model_store = model_store
 
-    # -- reading (always on) ---------------------------------------------------------------
-    def index(self, ready_only: bool = False) -> list[VersionStatus]:
-        rows = self._registry.index()
-        return [row for row in rows if row.state is ModelState.READY] if ready_only else rows
+    # -- reading (always on; with --auth-inference, the token) -----------------------------
+    def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
+        self._access.authorize_inference(credentials, "reading the repository index")
+        return self.states(ready_only)
 
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+    def repository_index(self, credentials: str | None, ready_only: bool = False) -> list[IndexEntry]:
         """The v2 repository index: every model of the repository, loaded or not."""
+        self._access.authorize_inference(credentials, "reading the repository index")
         rows = self._registry.repository_index()
         return [row for row in rows if row.state == ModelState.READY.value] if ready_only else rows
 
-    def model_config(self, name: str, version: str | None) -> ServedConfig:
+    def model_config(self, name: str, version: str | None, credentials: str | None) -> ServedConfig:
         """The configuration a model (version) is served with, every tensor included: what the
         file said, completed from the loaded model (ONNX and exported programs describe theirs)."""
+        self._access.authorize_inference(credentials, "reading a model's configuration")
         entry = self._registry.entry(name)
         runtime: Scheduler | None
         if version is not None:
@@ -73,11 +75,13 @@ class ModelControl:
                 outputs=config.outputs or _tensors(runtime.outputs, config.max_batch_size))
         return ServedConfig(name=name, platform=platform, backend=backend, config=config)
 
-    def models(self) -> list[ModelSource]:
+    def models(self, credentials: str | None) -> list[ModelSource]:
+        self._access.authorize_inference(credentials, "listing models")
         return [ModelSource(name, entry.source) for name, entry in sorted(self._registry.models.items())]
 
-    def describe(self, name: str) -> list[VersionDescription]:
+    def describe(self, name: str, credentials: str | None) -> list[VersionDescription]:
         """Per version: source, instances, busy, batching, state — what management APIs show."""
+        self._access.authorize_inference(credentials, "describing a model")
         entry = self._registry.entry(name)
         batching = entry.config.dynamic_batching
         newest = entry.newest_ready()
@@ -94,6 +98,15 @@ class ModelControl:
         return rows
 
     # -- changing (needs --model-control explicit, and the token when one is set) -----------
+    def authorize(self, credentials: str | None) -> None:
+        """What every change checks first: for a transport to refuse before reading a body."""
+        self._access.authorize_control(credentials, "changing what is served")
+
+    @property
+    def open_to_loopback(self) -> bool:
+        """Changes need no token: a transport must accept them from loopback only."""
+        return self._access.open_control
+
     async def load(self, name: str, credentials: str | None, config: str | None = None) -> None:
         """Load (or reload) a model; ``config`` overrides keys of its configuration (Triton's
         ModelConfig as JSON)."""
@@ -139,6 +152,11 @@ class ModelControl:
             raise InvalidInput(f"model '{name}' failed to load from {archive.name}: {slot.reason}")
         return Registered(name, version, config.instance_group.count)
 
+    def states(self, ready_only: bool = False) -> list[VersionStatus]:
+        """Every version's state, without credentials: for metrics and the start-up line."""
+        rows = self._registry.index()
+        return [row for row in rows if row.state is ModelState.READY] if ready_only else rows
+
     async def load_at_start(self, only: tuple[str, ...] = ("*",)) -> None:
         await self._registry.load_all(only)
 
@@ -149,12 +167,12 @@ class ModelControl:
         """A new TF Serving models.config: unload what it dropped, load what is new or changed."""
         await self._registry.set_sources(sources)
 
-    async def close(self) -> None:
-        await self._registry.close()
+    async def close(self, timeout: float) -> bool:
+        """Retire every model within ``timeout``; False if some work was left behind."""
+        return await self._registry.close(timeout)
 
 
 def _tensors(specs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[TensorConfig, ...]:
     """Specs carry the batch dim; a configuration's shapes leave it out when the model batches."""
     skip = 1 if max_batch_size > 0 else 0
     return tuple(TensorConfig(spec.name, spec.datatype, spec.shape[skip:]) for spec in specs)
-

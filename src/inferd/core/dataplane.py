@@ -34,7 +34,8 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "
 
 class DataPlane:
     """Live, ready, metadata, infer. ``ready`` turns true once the composition root says every
-    model was tried, and false again while draining."""
+    model was tried, and false again while draining. Health is open; everything else takes the
+    caller's credentials and checks them here (``--auth-inference``)."""
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
                  access: AccessPolicy | None = None, server_name: str = "inferd") -> None:
@@ -60,24 +61,34 @@ class DataPlane:
     def start_draining(self) -> None:
         self._draining = True
 
+    def authorize(self, credentials: str | None, action: str = "reading metadata") -> None:
+        """For what a transport serves beside the data plane (``/metrics``)."""
+        self._access.authorize_inference(credentials, action)
+
     # -- metadata --------------------------------------------------------------------------
-    def server_metadata(self) -> ServerMetadata:
+    def server_metadata(self, credentials: str | None) -> ServerMetadata:
+        self._access.authorize_inference(credentials, "reading metadata")
         return ServerMetadata(self._server_name, inferd.__version__, EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str | None) -> ModelMetadata:
+    def model_metadata(self, name: str, version: str | None, credentials: str | None) -> ModelMetadata:
+        self._access.authorize_inference(credentials, "reading metadata")
         runtime, resolved = self._registry.get(name, version)
         versions = (resolved,) if version is not None else tuple(self._registry.entry(name).ready_versions())
         return _metadata(name, versions, runtime)
 
-    def signature_metadata(self, name: str, version: str | None) -> dict[str, ModelMetadata]:
+    def signature_metadata(self, name: str, version: str | None, credentials: str | None
+                           ) -> dict[str, ModelMetadata]:
         """Per signature (TensorFlow; others have one, serving_default): its inputs and outputs."""
+        self._access.authorize_inference(credentials, "reading metadata")
         return {sig: _metadata(name, (), runtime) for sig, runtime in self._registry.signatures(name, version).items()}
 
-    def resolve_label(self, name: str, label: str) -> str:
+    def resolve_label(self, name: str, label: str, credentials: str | None) -> str:
+        self._access.authorize_inference(credentials, "reading metadata")
         return self._registry.resolve_label(name, label)
 
-    def version_states(self, name: str, version: str | None = None) -> list[VersionStatus]:
+    def version_states(self, name: str, version: str | None, credentials: str | None) -> list[VersionStatus]:
         """The state of a model's versions, or of one."""
+        self._access.authorize_inference(credentials, "reading model status")
         entry = self._registry.entry(name)
         rows = [VersionStatus(name, v.version, v.state, v.reason) for v in entry.sorted_versions()]
         if version is not None:
@@ -86,12 +97,14 @@ class DataPlane:
                 raise NotFound(f"model '{name}' has no version '{version}'")
         return rows
 
-    def model_ready(self, name: str, version: str | None) -> None:
+    def model_ready(self, name: str, version: str | None, credentials: str | None) -> None:
         """Returns when the model (version) is ready; raises NotFound or Unavailable otherwise."""
+        self._access.authorize_inference(credentials, "reading model status")
         self._registry.get(name, version)
 
-    def is_model_ready(self, name: str, version: str | None) -> bool:
+    def is_model_ready(self, name: str, version: str | None, credentials: str | None) -> bool:
         """Triton's reading: an unknown or unloaded model is not ready, which is not an error."""
+        self._access.authorize_inference(credentials, "reading model status")
         try:
             self._registry.get(name, version)
         except InferdError:
@@ -153,10 +166,11 @@ class DataPlane:
         stats.last_inference_ms = int(time.time() * 1000)
 
     # -- statistics ------------------------------------------------------------------------
-    def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+    def statistics(self, name: str | None, version: str | None, credentials: str | None) -> list[ModelStatistics]:
         """Every loaded version's statistics (Triton's statistics extension): of all models, of
         one model (``name``), or of one version. An unknown model or version is NotFound; a known
         one that is not loaded has no rows."""
+        self._access.authorize_inference(credentials, "reading statistics")
         if name is None:
             names = sorted(self._registry.models)
         else:

@@ -23,14 +23,14 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import inferd
 from inferd import errors
 from inferd.errors import InferdError, ModelError, Unavailable
-from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, receive, send
+from inferd.isolation.channel import Channel, ProtocolError
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
 
 log = logging.getLogger("inferd.isolation")
@@ -67,7 +67,8 @@ class InstanceProcess:
         self.index = index
         self.metadata: dict[str, Any] = {}
         self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._conn: Channel | None = None
+        self._calls = 0  # the id of the last call: an answer must carry it
         self._inputs = Writer(f"{spec.context.name}-{index}-in")
         self._outputs = Reader()
         self._scratch: str | None = None
@@ -91,10 +92,10 @@ class InstanceProcess:
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
+        self._conn = Channel(ours)
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
-        send(self._conn, ("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
+        self._conn.send(("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
         try:
             reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
         except InstanceDied as exc:
@@ -112,17 +113,22 @@ class InstanceProcess:
             header, path = self._inputs.write(arrays)
         except SharedMemoryFull as exc:
             raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
+        self._calls += 1
         try:
-            send(self._conn, ("infer", header, path))
+            self._conn.send(("infer", self._calls, header, path))
         except OSError:
             raise InstanceDied(self._exit_reason("before it could take this request")) from None
-        reply = self._wait(self.spec.response_timeout_s, "running this request")
+        reply = self._wait(self.spec.response_timeout_s, "running this request", self._calls)
         if reply[0] == "ok":
-            _, out_header, out_path = reply
-            if out_path is not None:
-                self._outputs.attach(out_path)
-            return self._outputs.read(out_header, copy=True)
-        _, kind, message, fatal = reply
+            _, _, out_header, out_path = reply
+            try:
+                if out_path is not None:
+                    self._outputs.attach(out_path)
+                return self._outputs.read(out_header, copy=True)
+            except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
+                self.kill()
+                raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
+        _, _, kind, message, fatal = reply
         if fatal:
             self.kill()
             raise InstanceDied(f"failed and was stopped: {message}")
@@ -138,15 +144,20 @@ class InstanceProcess:
         rss = _resident_mib(self._process.pid)
         return rss if rss > self.spec.memory_limit_mb else 0
 
-    def _wait(self, timeout: float, doing: str) -> Any:
+    def _wait(self, timeout: float, doing: str, call_id: int | None = None) -> Any:
+        """The next message, read as it arrives while the process is watched; any message that is
+        not the expected answer (``call_id``) kills the instance."""
         assert self._conn is not None and self._process is not None
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self._poller.poll(_WATCH_MS):
-                    return receive(self._conn)
+                if self._poller.poll(_WATCH_MS) and (reply := self._conn.receive_ready()) is not None:
+                    return _checked(reply, call_id)
             except (EOFError, OSError):
                 raise InstanceDied(self._exit_reason(f"while {doing}")) from None
+            except ProtocolError as exc:
+                self.kill()
+                raise InstanceDied(f"broke the protocol while {doing} ({exc}); it was killed") from None
             if self._process.poll() is not None:
                 raise InstanceDied(self._exit_reason(f"while {doing}"))
             rss = self.over_memory()
@@ -186,7 +197,7 @@ class InstanceProcess:
             return
         if self._conn is not None and self._process.poll() is None:
             try:
-                send(self._conn, ("stop",))
+                self._conn.send(("stop",))
                 self._process.wait(timeout=timeout)
             except (OSError, subprocess.TimeoutExpired):
                 pass
@@ -201,6 +212,20 @@ class InstanceProcess:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5}
+
+
+def _checked(reply: Any, call_id: int | None) -> Any:
+    """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
+    if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
+        raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
+    answers_call = reply[0] in ("ok", "error")
+    if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
+        raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
+                            f"waiting for {call_id if call_id is not None else 'the load'})")
+    return reply
 
 
 class ProcessRuntime(Runtime):

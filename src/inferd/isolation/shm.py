@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import pickle
 import tempfile
 import uuid
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,15 +36,6 @@ INLINE_BYTES = 16 * 1024  # BYTES tensors smaller than this travel pickled in th
 
 class SharedMemoryFull(Exception):
     """The shared-memory folder cannot hold a call's tensors."""
-
-
-def send(conn: Connection, message: tuple[Any, ...]) -> None:
-    """One message on the pipe: plain pickle (multiprocessing's own pickler costs more per call)."""
-    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def receive(conn: Connection) -> Any:
-    return pickle.loads(conn.recv_bytes())
 
 
 def _shm_dir() -> str:

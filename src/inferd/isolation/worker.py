@@ -4,10 +4,10 @@ The server sends, over the socket FD, the model to load, then one message per ca
 model does to this process (segfault, ``os._exit``, hang, runaway memory), the server only loses
 this instance: it answers the call with an error and starts a new one.
 
-Messages in (pickled): ``("load", backend, LoadContext, memory_limit_mb)``, then
-``("infer", header, input_path | None)`` and ``("stop",)``. Out: ``("ready", metadata)`` or
-``("failed", reason)``; per call ``("ok", header, output_path | None)`` or
-``("error", type name, message, fatal)``.
+Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)``, then
+``("infer", call id, header, input_path | None)`` and ``("stop",)``. Out: ``("ready", metadata)`` or
+``("failed", reason)``; per call ``("ok", call id, header, output_path | None)`` or
+``("error", call id, type name, message, fatal)``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from typing import Any
 
 from inferd.errors import InferdError
-from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, receive, send
+from inferd.isolation.channel import Channel
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import LoadContext, Runtime
 
 _PARENT_CHECK_S = 1.0
@@ -35,9 +36,9 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(os.getppid())
-    conn = Connection(fd)
+    conn = Channel(socket.socket(fileno=fd))
     try:
-        _, backend, context, memory_limit_mb = receive(conn)
+        _, backend, context, memory_limit_mb = conn.receive()
         runtime = _load(conn, backend, context)
         if runtime is None:
             return
@@ -48,7 +49,7 @@ def main(fd: int) -> None:
         pass
 
 
-def _load(conn: Connection, backend: str, context: LoadContext) -> Runtime | None:
+def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
     from inferd.runtimes.loader import load_runtime
 
     try:
@@ -56,46 +57,51 @@ def _load(conn: Connection, backend: str, context: LoadContext) -> Runtime | Non
         runtime.warmup()
     except Exception as exc:
         message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        send(conn, ("failed", message))
+        conn.send(("failed", message))
         return None
-    send(conn, ("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
+    conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe()}))
     return runtime
 
 
-def _serve(conn: Connection, runtime: Runtime) -> None:
+def _serve(conn: Channel, runtime: Runtime) -> None:
     inputs, outputs = Reader(), Writer("out")
     try:
         while True:
-            message = receive(conn)
+            message = conn.receive()
             if message[0] == "stop":
                 runtime.unload()
                 return
-            _, header, path = message
-            if path is not None:
-                inputs.attach(path)
-            send(conn, _call(runtime, inputs.read(header, copy=False), outputs))
+            _, call_id, header, path = message
+            try:
+                if path is not None:
+                    inputs.attach(path)
+                arrays = inputs.read(header, copy=False)
+            except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
+                conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
+                continue
+            conn.send(_call(runtime, arrays, outputs, call_id))
     finally:
         outputs.close()
 
 
-def _call(runtime: Runtime, arrays: Any, outputs: Writer) -> tuple[Any, ...]:
+def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple[Any, ...]:
     try:
         result = runtime.infer(arrays)
     except MemoryError as exc:  # this process is spent: say so and let the server start another
-        return ("error", "MemoryError", f"ran out of memory: {exc}", True)
+        return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
     except Exception as exc:
         message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        return ("error", type(exc).__name__, message, False)
+        return ("error", call_id, type(exc).__name__, message, False)
     finally:
         del arrays
     try:
         header, path = outputs.write(result)
     except SharedMemoryFull as exc:
-        return ("error", "ModelError", f"its outputs do not fit: {exc}", False)
+        return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
     except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
-        return ("error", type(exc).__name__, f"its outputs could not be sent: {exc}", False)
-    return ("ok", header, path)
+        return ("error", call_id, type(exc).__name__, f"its outputs could not be sent: {exc}", False)
+    return ("ok", call_id, header, path)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, cast
@@ -32,6 +33,7 @@ from inferd.types import IndexEntry, ModelState, VersionStatus, version_key
 log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
+UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
 
 
 @dataclass(slots=True)
@@ -224,14 +226,30 @@ class ModelRegistry(Generic[S]):
                 log.info("model %s is new or changed: loading", name)
                 await self.load_model(name)
 
-    async def _retire(self, entry: ModelEntry[S]) -> None:
-        for version in entry.versions.values():
-            if version.runtime is not None:
-                version.state = ModelState.UNLOADING
-                for runtime in (version.runtime, *version.signatures.values()):
-                    await runtime.drain(DRAIN_SECONDS)
-                    await asyncio.to_thread(runtime.unload)
-                version.runtime, version.signatures = None, {}
+    async def _retire(self, entry: ModelEntry[S], deadline: float | None = None) -> bool:
+        """Drain, then unload, every version; False if some work was still running at ``deadline``."""
+        finished = await asyncio.gather(*(self._retire_version(version, deadline)
+                                          for version in entry.versions.values()))
+        return all(finished)
+
+    async def _retire_version(self, version: VersionEntry[S], deadline: float | None = None) -> bool:
+        """Queued and running requests finish first (until ``deadline``, default DRAIN_SECONDS
+        from now); then the runtime unloads, given at least UNLOAD_GRACE_S to stop its instances."""
+        if version.runtime is None:
+            return True
+        deadline = deadline if deadline is not None else time.monotonic() + DRAIN_SECONDS
+        version.state = ModelState.UNLOADING
+        finished = True
+        for runtime in (version.runtime, *version.signatures.values()):
+            await runtime.drain(max(deadline - time.monotonic(), 0.0))
+            try:
+                await asyncio.wait_for(asyncio.to_thread(runtime.unload),
+                                       max(deadline - time.monotonic(), UNLOAD_GRACE_S))
+            except TimeoutError:
+                log.warning("model version %s did not stop in time; left behind", version.version)
+                finished = False
+        version.runtime, version.signatures = None, {}
+        return finished
 
     async def unload_model(self, name: str, missing_ok: bool = False) -> None:
         entry = self._models.pop(name, None)
@@ -244,9 +262,16 @@ class ModelRegistry(Generic[S]):
         entry.changed()
         await self._retire(entry)
 
-    async def close(self) -> None:
-        for name in list(self._models):
-            await self.unload_model(name, missing_ok=True)
+    async def close(self, timeout: float = DRAIN_SECONDS) -> bool:
+        """Retire every model at once within ``timeout`` (plus the unload grace); False if some
+        work was left behind."""
+        deadline = time.monotonic() + timeout
+        entries = list(self._models.values())
+        self._models.clear()
+        self._fingerprints.clear()
+        for entry in entries:
+            entry.changed()
+        return all(await asyncio.gather(*(self._retire(entry, deadline) for entry in entries)))
 
     async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str) -> ModelEntry[S]:
         """Serve a model archive from outside the repository (TorchServe's model store)."""
@@ -271,8 +296,7 @@ class ModelRegistry(Generic[S]):
         if entry.default_version == version:
             entry.default_version = None
         entry.changed()
-        if slot.runtime is not None:
-            await asyncio.to_thread(slot.runtime.unload)
+        await self._retire_version(slot)  # its queued requests finish before the pool shuts
 
     def set_default(self, name: str, version: str) -> None:
         entry = self._models.get(name)

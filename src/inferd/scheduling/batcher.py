@@ -82,7 +82,7 @@ class DynamicBatcher(Scheduler):
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
         loop = self._loop or self._bind_loop()
         first = next(iter(inputs.values()))
-        if not self._queue and self._soon is None and self._runs_at_once():
+        if not self._queue and self._soon is None and self._runs_at_once() and self.pool.runs_inline(inputs):
             self._first_done = True  # the rest of this loop pass waits for company
             loop.call_soon(self._end_pass)
             return self._run_now(inputs, int(first.shape[0]), context)
@@ -191,7 +191,7 @@ class DynamicBatcher(Scheduler):
         rows = sum(w.rows for w in batch)
         if self._observe_batch is not None:
             self._observe_batch(rows)
-        if self.pool.inline:  # a fast model: run now, on this thread (see InstancePool)
+        if self.pool.runs_inline(inputs):  # a fast model: run now, on this thread (see InstancePool)
             try:
                 outputs = self.pool.execute(inputs)
             except Exception as exc:

@@ -54,6 +54,7 @@ class InstancePool(Scheduler):
         self.trivial = False  # inline and cheaper than a pass of the event loop
         self._slow_streak = 0
         self._inline_below_s = inline_threshold(_usable_cpus())
+        self._inline_max_bytes = 0  # the largest input measured while deciding: larger runs threaded
 
     @property
     def instances(self) -> int:
@@ -76,21 +77,38 @@ class InstancePool(Scheduler):
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         if self.pending >= self._max_queue + self._count:
             raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
-        if self.inline and self.pending == 0:
+        if self.pending == 0 and self.runs_inline(inputs):
             return self._run(inputs, context, time.perf_counter())
         self.pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._run, inputs, context,
-                                              time.perf_counter())
-        finally:
-            self.pending -= 1
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs, context,
+                                                            time.perf_counter())
+        future.add_done_callback(self._finished)  # the call holds its place until it leaves its thread
+        if context.deadline is None:
+            return await future
+        remaining = context.deadline - time.perf_counter()
+        done, _ = await asyncio.wait((future,), timeout=max(remaining, 0.0))
+        if not done:  # the answer leaves at the deadline; a call still queued then never runs
+            raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed while it waited "
+                                   "for an instance; it was dropped")
+        return future.result()
+
+    def _finished(self, future: asyncio.Future[Arrays]) -> None:
+        self.pending -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: an answer dropped at its deadline logs nothing
 
     def submit(self, inputs: Arrays) -> asyncio.Future[Arrays]:
         """Run one execution (a whole batch) on a free instance thread."""
         return asyncio.get_running_loop().run_in_executor(self._executor, self.execute, inputs)
 
+    def runs_inline(self, inputs: Arrays) -> bool:
+        """Inline only for inputs no larger than those the decision was measured on: a call's
+        time on the loop is bounded by its size, not only by an average."""
+        return self.inline and _nbytes(inputs) <= self._inline_max_bytes
+
     def execute(self, inputs: Arrays) -> Arrays:
+        if not self.inline and self._measured < _PROBE_CALLS:
+            self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
         self._busy += 1
         self._executions += 1
         rows = self._rows(inputs)
@@ -116,6 +134,7 @@ class InstancePool(Scheduler):
             if self._slow_streak >= _SLOW_STREAK:  # not one preempted call: the model got slow
                 self.inline = self.trivial = False
                 self._measured, self._mean_s, self._slow_streak = 0, seconds, 0
+                self._inline_max_bytes = 0
             return
         self._slow_streak = 0
         self._mean_s = seconds if self._measured == 0 else (
@@ -171,6 +190,10 @@ class InstancePool(Scheduler):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, {self._count} instance(s)"
+
+
+def _nbytes(inputs: Arrays) -> int:
+    return sum(array.nbytes for array in inputs.values())
 
 
 def _usable_cpus() -> int:

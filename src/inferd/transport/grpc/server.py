@@ -5,6 +5,10 @@ handed to the event loop, where the servicer method runs like an HTTP route, and
 the answer. Many calls reach the loop in one pass, so the batcher sees them together, as it sees
 HTTP requests parsed in one pass. (grpc.aio delivers each call through several loop passes of its
 own, so batches stayed at one or two requests: see DESIGN.md.)
+
+Bounded like the HTTP front end: at most ``max_calls`` calls at once (grpc answers the next one
+RESOURCE_EXHAUSTED before reading it), 100 streams per connection, and every request message
+counted against the byte budget HTTP shares while its call runs (on the loop: no lock).
 """
 
 from __future__ import annotations
@@ -18,16 +22,13 @@ import grpc
 from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.transport.grpc.servicers import (
-    Context,
-    KServeV2Servicer,
-    ModelServicer,
-    PredictionServicer,
-    Servicer,
-)
+from inferd.transport.budget import ByteBudget
+from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
 
-THREADS = 256  # calls running at once; more wait in grpc's queue until a thread is free
-MAX_CALLS = 4096  # calls accepted at once (running or waiting); beyond: RESOURCE_EXHAUSTED at once
+THREADS = 256  # calls running at once; more (up to max_calls) wait in grpc's queue for a thread
+MAX_STREAMS_PER_CONNECTION = 100
+
+Method = Callable[[Any, Context], Awaitable[Message]]
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -54,7 +55,17 @@ class _LoopContext:
         return self._context.invocation_metadata()
 
 
-Method = Callable[[Message, Context], Awaitable[Message]]
+def _budgeted(method: Method, budget: ByteBudget) -> Method:
+    async def call(request: Any, context: Context) -> Message:
+        size = request.ByteSize()
+        if not budget.take(size):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(size))
+        try:
+            return await method(request, context)
+        finally:
+            budget.give(size)
+
+    return call
 
 
 def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Message, grpc.ServicerContext], Message]:
@@ -72,10 +83,11 @@ def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Messa
     return call
 
 
-def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop) -> grpc.GenericRpcHandler[Any, Any]:
+def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBudget
+             ) -> grpc.GenericRpcHandler[Any, Any]:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _on_loop(method, loop), request_deserializer=request_type.FromString,
+            _on_loop(_budgeted(method, budget), loop), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
         for name, (method, request_type) in servicer.methods().items()
     }
@@ -85,16 +97,19 @@ def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop) -> grpc.Generi
 class GrpcServer:
     """Must be built on the event loop's thread: calls are handed to that loop."""
 
-    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int, socket_path: str | None = None,
+    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
+                 budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  extra_options: tuple[tuple[str, str | int], ...] = ()) -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
-                                                ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
+                                                ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
+                                                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
         options += extra_options  # later wins (TF Serving's --grpc_channel_arguments)
         loop = asyncio.get_running_loop()
+        budget = budget or ByteBudget(8 * max_message_bytes)
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
-        self._server = grpc.server(ThreadPoolExecutor(THREADS, thread_name_prefix="inferd-grpc"),
-                                   handlers=[_handler(s, loop) for s in servicers], options=options,
-                                   maximum_concurrent_rpcs=MAX_CALLS)
+        self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
+                                   handlers=[_handler(s, loop, budget) for s in servicers], options=options,
+                                   maximum_concurrent_rpcs=max_calls)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")

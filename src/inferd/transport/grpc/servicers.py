@@ -20,7 +20,8 @@ from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tf
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
-from inferd.types import InferRequest, InferResponse, RequestedOutput
+from inferd.transport.offload import off_loop
+from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 log = logging.getLogger("inferd.grpc")
 
@@ -98,22 +99,24 @@ class KServeV2Servicer:
 
     @guarded
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.data.is_model_ready(request.name, request.version or None))
+        return pb.ModelReadyResponse(ready=self.data.is_model_ready(request.name, request.version or None,
+                                                                   _authorization(context)))
 
     @guarded
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context
                               ) -> pb.ServerMetadataResponse:
-        meta = self.data.server_metadata()
+        meta = self.data.server_metadata(_authorization(context))
         return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     @guarded
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context
                              ) -> pb.ModelMetadataResponse:
-        return kserve_v2_grpc.encode_model_metadata(self.data.model_metadata(request.name, request.version or None))
+        metadata = self.data.model_metadata(request.name, request.version or None, _authorization(context))
+        return kserve_v2_grpc.encode_model_metadata(metadata)
 
     @guarded
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        infer_request = kserve_v2_grpc.decode_infer_request(request)
+        infer_request = await off_loop(request.ByteSize(), kserve_v2_grpc.decode_infer_request, request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
         response = await self.data.infer(infer_request)
@@ -122,7 +125,8 @@ class KServeV2Servicer:
     @guarded
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context
                                ) -> pb.RepositoryIndexResponse:
-        return kserve_v2_extensions.index_message(self.control.repository_index(ready_only=request.ready))
+        rows = self.control.repository_index(_authorization(context), ready_only=request.ready)
+        return kserve_v2_extensions.index_message(rows)
 
     @guarded
     async def load(self, request: pb.RepositoryModelLoadRequest, context: Context
@@ -134,12 +138,13 @@ class KServeV2Servicer:
     @guarded
     async def statistics(self, request: pb.ModelStatisticsRequest, context: Context
                          ) -> pb.ModelStatisticsResponse:
-        rows = self.data.statistics(request.name or None, request.version or None)
+        rows = self.data.statistics(request.name or None, request.version or None, _authorization(context))
         return kserve_v2_extensions.statistics_message(rows)
 
     @guarded
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
-        return kserve_v2_extensions.config_message(self.control.model_config(request.name, request.version or None))
+        served = self.control.model_config(request.name, request.version or None, _authorization(context))
+        return kserve_v2_extensions.config_message(served)
 
     @guarded
     async def unload(self, request: pb.RepositoryModelUnloadRequest, context: Context
@@ -152,10 +157,10 @@ class _TFServingBase:
     def __init__(self, core: Core) -> None:
         self.data = core.data
 
-    def _version(self, spec: tfs.ModelSpec) -> str | None:
+    def _version(self, spec: tfs.ModelSpec, context: Context) -> str | None:
         version, label = tfserving.model_spec_version(spec)
         if label is not None:
-            return self.data.resolve_label(spec.name, label)
+            return self.data.resolve_label(spec.name, label, _authorization(context))
         return version
 
 
@@ -193,10 +198,10 @@ class PredictionServicer(_TFServingBase):
     @tf_guarded
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
         spec = request.model_spec
-        inputs = [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
+        inputs = await off_loop(request.ByteSize(), _decode_tensors, request)
         outputs = [RequestedOutput(name) for name in request.output_filter] or None
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
-        response = await self.data.infer(InferRequest(spec.name, self._version(spec), inputs, outputs=outputs,
+        response = await self.data.infer(InferRequest(spec.name, self._version(spec, context), inputs, outputs=outputs,
                                                       parameters=params, protocol=tfserving.PROTOCOL_GRPC,
                                                       cancelled=context.cancelled,
                                                       credentials=_authorization(context)))
@@ -205,8 +210,8 @@ class PredictionServicer(_TFServingBase):
     async def _run_examples(self, spec: tfs.ModelSpec, examples: Any, method: str, context: Context
                             ) -> tuple[InferResponse, str]:
         """Run one classify or regress task; (the answer, the signature that ran)."""
-        version = self._version(spec)
-        signatures = self.data.signature_metadata(spec.name, version)
+        version = self._version(spec, context)
+        signatures = self.data.signature_metadata(spec.name, version, _authorization(context))
         signature = spec.signature_name or next(iter(signatures))
         if signature not in signatures:
             raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{spec.name}' has "
@@ -273,8 +278,14 @@ class PredictionServicer(_TFServingBase):
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidInput(f"metadata_field must be ['signature_def'], got {fields}")
-        version = self.data.model_metadata(spec.name, self._version(spec)).versions[-1]
-        return tfserving.encode_model_metadata(spec.name, version, self.data.signature_metadata(spec.name, version))
+        credentials = _authorization(context)
+        version = self.data.model_metadata(spec.name, self._version(spec, context), credentials).versions[-1]
+        signatures = self.data.signature_metadata(spec.name, version, credentials)
+        return tfserving.encode_model_metadata(spec.name, version, signatures)
+
+
+def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
+    return [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
 
 
 class ModelServicer(_TFServingBase):
@@ -289,4 +300,5 @@ class ModelServicer(_TFServingBase):
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
-        return tfserving.encode_model_status(self.data.version_states(spec.name, self._version(spec)))
+        states = self.data.version_states(spec.name, self._version(spec, context), _authorization(context))
+        return tfserving.encode_model_status(states)

@@ -16,6 +16,7 @@ import orjson
 
 from inferd.errors import InferdError, InvalidInput, PayloadTooLarge
 from inferd.transport.http.errors import status_for
+from inferd.transport.offload import off_loop
 
 log = logging.getLogger("inferd.http")
 
@@ -43,6 +44,12 @@ class HttpResponse:
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 ErrorFormat = Callable[[int, str], HttpResponse]  # each protocol keeps its own error shape
+Guard = Callable[[HttpRequest], None]  # raises InferdError: checked before the body is read
+
+
+def credentials(request: HttpRequest) -> str | None:
+    """The caller's ``Authorization`` header: the core decides what it allows."""
+    return request.headers.get("authorization")
 
 
 def json_response(value: Any, status: int = 200) -> HttpResponse:
@@ -60,6 +67,7 @@ class Route:
     parts: tuple[str, ...]
     handler: Handler
     format_error: ErrorFormat = error_response
+    guard: Guard | None = None
 
 
 class Router:
@@ -69,12 +77,17 @@ class Router:
         self._routes: dict[int, list[Route]] = {}
         self._cache: dict[tuple[str, str], tuple[Route | None, dict[str, str], bool]] = {}
 
-    def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response,
+            guard: Guard | None = None) -> None:
+        """``guard`` checks the caller (credentials, origin) before the body is read."""
         parts = tuple(pattern.strip("/").split("/"))
-        self._routes.setdefault(len(parts), []).append(Route(method, parts, handler, format_error))
+        self._routes.setdefault(len(parts), []).append(Route(method, parts, handler, format_error, guard))
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-        """(route, params, path_known): a known path with the wrong method has no route."""
+        """(route, params, path_known): a known path with the wrong method has no route; HEAD is
+        GET without the body."""
+        if method == "HEAD":
+            method = "GET"
         found = self._cache.get((method, path))
         if found is None:
             found = self._match_uncached(method, path)
@@ -131,9 +144,12 @@ class HttpApp:
             return error_response(404, f"no such endpoint: {request.method} {request.path}")
         request.params = params
         try:
+            if route.guard is not None:
+                route.guard(request)
             encoding = request.headers.get("content-encoding")
             if encoding and encoding != "identity":
-                request.body = _decompress(request.body, encoding, self.max_body_bytes)
+                request.body = await off_loop(len(request.body), _decompress, request.body, encoding,
+                                              self.max_body_bytes)
             return await route.handler(request)
         except InferdError as exc:
             return route.format_error(status_for(exc.code), exc.message)
@@ -144,6 +160,21 @@ class HttpApp:
         except Exception as exc:  # a real server fault: log it, answer 500, keep serving
             log.exception("internal error on %s %s", request.method, request.path)
             return route.format_error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def refuse_early(self, request: HttpRequest) -> HttpResponse | None:
+        """The answer to a request that need not be read any further: unknown path (404), wrong
+        method (405), or a caller its route's guard turns away (401, 403)."""
+        route, _, known = self.router.match(request.method, request.path)
+        if route is None:
+            if known:
+                return error_response(405, f"method {request.method} is not allowed on {request.path}")
+            return error_response(404, f"no such endpoint: {request.method} {request.path}")
+        if route.guard is not None:
+            try:
+                route.guard(request)
+            except InferdError as exc:
+                return route.format_error(status_for(exc.code), exc.message)
+        return None
 
     def too_large(self, size: int | None = None) -> HttpResponse:
         said = f"request body of {size} bytes" if size is not None else "request body"

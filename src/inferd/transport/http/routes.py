@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from inferd.core import Core
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import Forbidden, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2, kserve_v2_extensions
 from inferd.transport.http.app import (
+    Guard,
     HttpRequest,
     HttpResponse,
     Router,
+    credentials,
     error_response,
     json_response,
 )
+from inferd.transport.offload import off_loop
 from inferd.types import InferResponse
 
 OK = HttpResponse(200, b"")
 LIVE = HttpResponse(200, b'{"live":true}')
 READY = HttpResponse(200, b'{"ready":true}')
+
+
+def inference_guard(core: Core) -> Guard:
+    """``--auth-inference``, checked before an inference body is read."""
+    return lambda request: core.data.authorize(credentials(request), "inference")
+
+
+def control_guard(core: Core) -> Guard:
+    """Model control's credentials, checked before a body is read. With no token, only loopback
+    may change what is served: a browser's cross-site request (a foreign ``Origin``) or a
+    rebound DNS name (a foreign ``Host``) is refused."""
+
+    def guard(request: HttpRequest) -> None:
+        core.control.authorize(credentials(request))
+        if not core.control.open_to_loopback:
+            return
+        for header in ("origin", "host"):
+            value = request.headers.get(header)
+            if value is not None and not _is_loopback(value if header == "origin" else f"//{value}"):
+                raise Forbidden(f"model control without --auth-token is for loopback clients; the "
+                                f"request's {header.title()} is {value!r}")
+
+    return guard
+
+
+def _is_loopback(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
@@ -38,6 +75,7 @@ class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.data = core.data
         self.control = core.control
 
@@ -51,10 +89,10 @@ class KServeV2Routes:
             router.add("GET", prefix + "/ready", self.model_ready)
             router.add("GET", prefix + "/config", self.model_config)
             router.add("GET", prefix + "/stats", self.statistics)
-            router.add("POST", prefix + "/infer", self.infer)
+            router.add("POST", prefix + "/infer", self.infer, guard=inference_guard(self.core))
         router.add("POST", "/v2/repository/index", self.repository_index)
-        router.add("POST", "/v2/repository/models/{model}/load", self.load)
-        router.add("POST", "/v2/repository/models/{model}/unload", self.unload)
+        router.add("POST", "/v2/repository/models/{model}/load", self.load, guard=control_guard(self.core))
+        router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
 
     async def live(self, request: HttpRequest) -> HttpResponse:
         return LIVE if self.data.live() else error_response(503, "server is not live")
@@ -63,33 +101,36 @@ class KServeV2Routes:
         return READY if self.data.ready() else error_response(503, "server is not ready")
 
     async def server_metadata(self, request: HttpRequest) -> HttpResponse:
-        return json_response(self.data.server_metadata().to_dict())
+        return json_response(self.data.server_metadata(credentials(request)).to_dict())
 
     async def model_metadata(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        return json_response(self.data.model_metadata(name, version).to_dict())
+        return json_response(self.data.model_metadata(name, version, credentials(request)).to_dict())
 
     async def model_ready(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        self.data.model_ready(name, version)
+        self.data.model_ready(name, version, credentials(request))
         return OK
 
     async def model_config(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        return json_response(kserve_v2_extensions.config_json(self.control.model_config(name, version)))
+        served = self.control.model_config(name, version, credentials(request))
+        return json_response(kserve_v2_extensions.config_json(served))
 
     async def statistics(self, request: HttpRequest) -> HttpResponse:
         name = request.params.get("model")
         version = model_and_version(request)[1] if name is not None else None
-        return json_response(kserve_v2_extensions.statistics_json(self.data.statistics(name, version)))
+        stats = self.data.statistics(name, version, credentials(request))
+        return json_response(kserve_v2_extensions.statistics_json(stats))
 
     async def infer(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
-        self.data.model_ready(name, version)  # unknown model: 404 before reading the body
+        self.data.model_ready(name, version, credentials(request))  # unknown model: 404 at once
         header_length = _header_length(request)
-        infer_request = kserve_v2.decode_infer_request(request.body, header_length, name, version)
+        infer_request = await off_loop(len(request.body), kserve_v2.decode_infer_request, request.body,
+                                       header_length, name, version)
         infer_request.cancelled = request.disconnected
-        infer_request.credentials = request.headers.get("authorization")
+        infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
         body, json_length = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
@@ -105,16 +146,17 @@ class KServeV2Routes:
             if not isinstance(payload, dict):
                 raise InvalidInput("the repository index request must be a JSON object")
             ready_only = bool(payload.get("ready", False))
-        return json_response([row.to_dict() for row in self.control.repository_index(ready_only)])
+        rows = self.control.repository_index(credentials(request), ready_only)
+        return json_response([row.to_dict() for row in rows])
 
     async def load(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
         override = kserve_v2_extensions.load_override_json(request.body, name)
-        await self.control.load(name, request.headers.get("authorization"), override)
+        await self.control.load(name, credentials(request), override)
         return OK
 
     async def unload(self, request: HttpRequest) -> HttpResponse:
-        await self.control.unload(request.params["model"], request.headers.get("authorization"))
+        await self.control.unload(request.params["model"], credentials(request))
         return OK
 
 
@@ -132,12 +174,14 @@ class MetricsRoutes:
 
     def __init__(self, core: Core) -> None:
         self._metrics = core.metrics
+        self._data = core.data
 
     def register(self, router: Router, paths: tuple[str, ...] = ("/metrics",)) -> None:
         for path in paths:  # TF Serving's monitoring config names a path of its own
             router.add("GET", path, self.metrics)
 
     async def metrics(self, request: HttpRequest) -> HttpResponse:
+        self._data.authorize(credentials(request), "reading metrics")
         if self._metrics is None:
             return error_response(404, "metrics are off")
         return HttpResponse(200, self._metrics.exposition(), METRICS_CONTENT_TYPE)

@@ -2,8 +2,16 @@
 
 A bare ASGI app on uvicorn spends most of its time building ASGI scopes and messages and a task per
 request; here a parsed request goes straight to ``HttpApp.dispatch``. Keep-alive, pipelining
-(answers in order, one request at a time per connection), ``Expect: 100-continue``, body limits
-(413, then close) and idle timeouts are handled here; everything else is the app's business.
+(answers in order, one request at a time per connection), ``Expect: 100-continue`` and idle
+timeouts are handled here, and so is everything that keeps one client from taking the server:
+see ``HttpLimits``. Everything else is the app's business.
+
+A connection reads only what it can answer: reading pauses while its unsent answers pass
+``write_buffer_bytes`` or ``max_pipelined`` requests wait. A request is refused before its body
+is read (413 by ``Content-Length``, 404/405, a failed credentials check, 503 over the shared byte
+budget); a refusal, like a parse error, is queued behind the answers already owed, sent with
+``connection: close``, and the rest of what the client sends is discarded for a moment so the
+client reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -13,18 +21,49 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import unquote
 
 import httptools
 
+from inferd.transport.budget import ByteBudget
 from inferd.transport.http.app import HttpApp, HttpRequest, HttpResponse, error_response
 
 log = logging.getLogger("inferd.http")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _REASONS[499] = b"Client Closed Request"
-_MAX_PIPELINED = 64  # parsed requests a connection may queue before reading pauses
+_LINGER_S = 2.0  # after a refusal, how long the rest of the client's request is read and dropped
+_IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in reading its next request
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one client may hold: each limit answers with a status instead of growing the server."""
+
+    max_connections: int = 1000  # over it: an idle or stalled connection is dropped, else 503
+    max_url_bytes: int = 8 * 1024  # 414
+    max_header_bytes: int = 64 * 1024  # request line and headers together; 431
+    max_headers: int = 100  # 431
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers; 408
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body; 408
+    keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this
+    write_buffer_bytes: int = 1024 * 1024  # unsent answers above this pause reading and answering
+    max_pipelined: int = 64  # parsed requests a connection may queue before reading pauses
+
+
+class _Refuse(Exception):
+    """Raised in a parser callback: the request is answered with ``response`` and no more is read."""
+
+    def __init__(self, status: int, message: str = "", response: HttpResponse | None = None) -> None:
+        super().__init__(message)
+        self.response = response or error_response(status, message)
+
+
+# One parsed request waiting its turn (request, None, keep_alive, budget bytes it holds), or a
+# refusal that ends the connection (None, response, False, 0).
+_Job = tuple[HttpRequest | None, HttpResponse | None, bool, int]
 
 
 def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
@@ -42,138 +81,313 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._app = server.app
-        self._limit = server.app.max_body_bytes
-        self._parser = httptools.HttpRequestParser(self)
+        self._limits = server.limits
+        self._budget = server.budget
+        self._max_body = server.app.max_body_bytes
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[tuple[HttpRequest, bool]] = deque()
-        self._busy = False
+        self._pending: deque[_Job] = deque()
+        self._busy = False  # a request of this connection is being answered
         self._closed = False
-        self._reset()
-        self.last_active = time.monotonic()
-
-    def _reset(self) -> None:
+        self._stopped = False  # nothing more is parsed: a refusal is queued or was sent
+        self._write_paused = False
+        self._reading = True
+        self._continue_due = False  # 100 Continue owed once the answers before it have left
+        self._phase = _IDLE
+        self.phase_since = self.last_active = time.monotonic()
+        self._began_here = False
+        self._request: HttpRequest | None = None  # the request being read, once its headers came
+        self._body: bytearray | None = None
+        self._reserved = 0  # budget bytes held by the request being read
         self._url = b""
         self._headers: dict[str, str] = {}
-        self._body = bytearray()
-        self._too_large = False
+        self._repeated: dict[str, list[str]] | None = None
+        self._header_count = self._head_bytes = 0
+        self._counted = False  # reserved by Content-Length (else chunk by chunk)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_write_buffer_limits(high=self._limits.write_buffer_bytes)  # type: ignore[attr-defined]
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self._server.connections.add(self)
+        self._server.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Free everything now: the parser and this object point at each other (a cycle only a
+        full collection would find), and buffered bodies would otherwise wait for it."""
         self._closed = True
         self._server.connections.discard(self)
+        self._budget.give(self._reserved + sum(job[3] for job in self._pending))
+        self._pending.clear()
+        self._reserved = 0
+        self._body = None
+        self._request = None
+        self._parser = None
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+        self._next()
 
     def data_received(self, data: bytes) -> None:
+        if self._stopped or self._parser is None:
+            return  # a refusal is on its way: the rest is dropped
         self.last_active = time.monotonic()
+        self._began_here = False
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            refusal = exc.__context__
+            if not isinstance(refusal, _Refuse):
+                raise
+            self._refuse(refusal.response)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            self._refuse(error_response(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            self._refuse(error_response(400, f"malformed HTTP request: {exc}"))
+        else:
+            if self._phase == _HEAD and not self._began_here:  # headers spread over reads
+                self._head_bytes += len(data)
+                if self._head_bytes > self._limits.max_header_bytes:
+                    self._refuse(error_response(
+                        431, f"request headers are over {self._limits.max_header_bytes} bytes"))
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._reset()
+        self._url = b""
+        self._headers = {}
+        self._repeated = None
+        self._header_count = self._head_bytes = 0
+        self._counted = False
+        self._phase, self.phase_since = _HEAD, self.last_active  # the read that brought it
+        self._began_here = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._limits.max_url_bytes:
+            raise _Refuse(414, f"the request target is over {self._limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """The number of headers is checked here; their bytes once they are complete (and per
+        read in ``data_received`` while they are not: a read holds at most one socket buffer)."""
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value)
+        if self._header_count > self._limits.max_headers:
+            raise _Refuse(431, f"a request has over {self._limits.max_headers} headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
+        if key not in self._headers:
+            self._headers[key] = text
+            return
+        if self._repeated is None:  # repeated headers are joined once, at the end: linear
+            self._repeated = {}
+        self._repeated.setdefault(key, [self._headers[key]]).append(text)
 
     def on_headers_complete(self) -> None:
-        declared = self._headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._limit:
-            self._too_large = True
-        elif self._headers.get("expect", "").lower() == "100-continue" and self._transport:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        if self._too_large:
-            return
-        self._body += body
-        if len(self._body) > self._limit:
-            self._too_large = True
-
-    def on_message_complete(self) -> None:
-        keep_alive = self._parser.should_keep_alive() and not self._too_large
+        assert self._parser is not None
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise _Refuse(431, f"request headers are over {self._limits.max_header_bytes} bytes")
+        self._phase, self.phase_since = _BODY, self.last_active
+        headers = self._headers
+        if self._repeated:
+            for key, values in self._repeated.items():
+                headers[key] = ", ".join(values)
         method = self._parser.get_method().decode("ascii")
         path, _, query = self._url.partition(b"?")
         text = path.decode("latin-1")
-        request = HttpRequest(method, unquote(text) if "%" in text else text, query.decode("latin-1"),
-                              self._headers, self._body, disconnected=self._is_closed)
-        if self._too_large:
-            request.params["too_large"] = self._headers.get("content-length", "")
-        self._pending.append((request, keep_alive))
-        if len(self._pending) > _MAX_PIPELINED and self._transport is not None:
-            self._transport.pause_reading()
+        request = self._request = HttpRequest(method, unquote(text) if "%" in text else text,
+                                              query.decode("latin-1"), headers, bytearray(),
+                                              disconnected=self._is_closed)
+        self._body = request.body
+        declared = headers.get("content-length")
+        chunked = "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
+        if not chunked and (declared is None or declared == "0"):
+            return  # no body: nothing to refuse early
+        size = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else 0
+        if size > self._max_body:
+            raise _Refuse(413, response=self._app.too_large(size))
+        early = self._app.refuse_early(request)
+        if early is not None:
+            raise _Refuse(early.status, response=early)
+        if size:
+            self._take(size)
+        self._counted = bool(size)
+        if headers.get("expect", "").lower() == "100-continue":
+            self._continue_due = True
+            self._send_continue()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is None:
+            return
+        self._body += body
+        if self._counted:
+            return
+        if len(self._body) > self._max_body:
+            raise _Refuse(413, response=self._app.too_large())
+        self._take(len(body))
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        request = self._request
+        self._phase = _IDLE
+        self._continue_due = False
+        if request is None:  # refused while reading
+            return
+        keep_alive = self._parser.should_keep_alive() and not self._server.draining
+        self._pending.append((request, None, keep_alive, self._reserved))
+        self._request, self._body, self._reserved = None, None, 0
+        if len(self._pending) >= self._limits.max_pipelined:
+            self._update_reading()
         if not self._busy:
             self._next()
 
-    # -- answering -------------------------------------------------------------------------
+    def _take(self, size: int) -> None:
+        if not self._budget.take(size):
+            raise _Refuse(503, self._budget.refusal(size))
+        self._reserved += size
+
+    # -- answering, in order ---------------------------------------------------------------
     def _is_closed(self) -> bool:
         return self._closed
 
-    def _next(self) -> None:
-        if not self._pending or self._closed:
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None:
             return
-        request, keep_alive = self._pending.popleft()
+        want = self._stopped or not (self._write_paused or len(self._pending) >= self._limits.max_pipelined)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _next(self) -> None:
+        if self._busy or self._closed or self._write_paused:
+            return
+        if not self._pending:
+            self._send_continue()
+            return
+        request, refusal, keep_alive, reserved = self._pending.popleft()
+        if not self._reading:
+            self._update_reading()
+        if refusal is not None:
+            self._write(refusal, False)
+            self._linger()
+            return
         self._busy = True
         loop = self._server.loop
-        assert loop is not None
-        task = loop.create_task(self._answer(request, keep_alive))
+        assert loop is not None and request is not None
+        task = loop.create_task(self._answer(request, keep_alive, reserved))
         self._server.tasks.add(task)
         task.add_done_callback(self._server.tasks.discard)
 
-    async def _answer(self, request: HttpRequest, keep_alive: bool) -> None:
-        if "too_large" in request.params:
-            declared = request.params.pop("too_large")
-            response = self._app.too_large(int(declared) if declared.isdigit() else None)
-        else:
+    async def _answer(self, request: HttpRequest, keep_alive: bool, reserved: int) -> None:
+        try:
             response = await self._app.dispatch(request)
-        self._busy = False
+        finally:
+            if reserved:
+                self._budget.give(reserved)
+            self._busy = False
         self.last_active = time.monotonic()
-        if self._closed or self._transport is None:
+        if self._closed:
             return
-        body = b"" if request.method == "HEAD" else response.body
-        self._transport.write(_head(response.status, response, keep_alive) + body)
+        keep_alive = keep_alive and not self._server.draining
+        head = _head(response.status, response, keep_alive)
+        self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
         if not keep_alive:
-            self._transport.close()
-            self._closed = True
-            return
-        if self._transport.is_reading() is False and len(self._pending) <= _MAX_PIPELINED:
-            self._transport.resume_reading()
+            self._close()
+        elif self._pending or self._continue_due:
+            self._next()
+
+    def _write(self, response: HttpResponse, keep_alive: bool, head_only: bool = False) -> None:
+        if self._transport is not None:
+            head = _head(response.status, response, keep_alive)
+            self._transport.write(head if head_only else head + response.body)
+
+    def _send_continue(self) -> None:
+        """``100 Continue`` only once every earlier answer has left: it never overtakes one."""
+        if self._continue_due and not self._busy and not self._pending and self._transport is not None:
+            self._continue_due = False
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _refuse(self, response: HttpResponse) -> None:
+        """Stop parsing; the refusal goes out after the answers this connection is owed."""
+        self._budget.give(self._reserved)
+        self._reserved = 0
+        self._request = self._body = None
+        self._stopped = True
+        self._continue_due = False
+        self._pending.append((None, response, False, 0))
+        self._update_reading()
         self._next()
 
-    def _fail(self, status: int, message: str) -> None:
-        if self._transport is not None and not self._closed:
-            response = error_response(status, message)
-            self._transport.write(_head(status, response, False) + response.body)
-            self._transport.close()
-        self._closed = True
+    def _linger(self) -> None:
+        """Close after a refusal: stop writing, drop what the client still sends for a moment
+        (closing with unread bytes would reset the connection before the client read the answer)."""
+        self._closed = self._stopped = True
+        transport = self._transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._update_reading()
+        assert self._server.loop is not None
+        self._server.loop.call_later(_LINGER_S, transport.close)
 
-    def close_if_idle(self, idle_s: float) -> None:
-        idle = not self._busy and not self._pending
-        if idle and time.monotonic() - self.last_active > idle_s and self._transport is not None:
+    def _close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- the server's sweep ----------------------------------------------------------------
+    def idle(self) -> bool:
+        return not self._busy and not self._pending and self._phase == _IDLE
+
+    def evictable(self) -> bool:
+        """Nothing owed to it: idle keep-alive, or a request still arriving."""
+        return not self._busy and not self._pending and not self._closed
+
+    def check(self, now: float) -> None:
+        limits = self._limits
+        if self._closed or self._stopped or self._transport is None:
+            return
+        if self._phase == _IDLE:
+            if self.idle() and now - self.last_active > limits.keep_alive_s:
+                self._close()
+        elif not self._reading:
+            return  # paused by us (answers owed): the client's clock is not running
+        elif self._phase == _HEAD and now - self.phase_since > limits.header_timeout_s:
+            self._refuse(error_response(
+                408, f"request headers took over {limits.header_timeout_s:g} s (--header-timeout)"))
+        elif self._phase == _BODY and now - self.phase_since > limits.body_timeout_s:
+            self._refuse(error_response(
+                408, f"request body took over {limits.body_timeout_s:g} s (--body-timeout)"))
 
 
 class HttpServer:
     """Listens on host:port and serves ``app``; ``close`` stops accepting and drains."""
 
-    def __init__(self, app: HttpApp, host: str, port: int, keep_alive_s: float = 75.0) -> None:
+    def __init__(self, app: HttpApp, host: str, port: int, limits: HttpLimits | None = None,
+                 budget: ByteBudget | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
-        self.keep_alive_s = keep_alive_s
+        self.limits = limits or HttpLimits()
+        self.budget = budget or ByteBudget(8 * app.max_body_bytes)
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start(); connections exist only after
@@ -184,20 +398,43 @@ class HttpServer:
                                                 backlog=4096, reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
 
+    def admit(self, connection: _Connection) -> None:
+        """At the connection limit, the connection that has waited longest without being owed an
+        answer (a stalled request first, then an idle keep-alive one) makes room; when every
+        connection is owed one, the newcomer gets 503."""
+        if len(self.connections) >= self.limits.max_connections:
+            victims = [c for c in self.connections if c.evictable()]
+            if not victims:
+                connection._write(error_response(503, f"the server has {len(self.connections)} connections, "
+                                                      "its limit (--max-connections); retry shortly"), False)
+                connection._close()
+                return
+            min(victims, key=lambda c: (c.idle(), c.last_active)).abort()
+        self.connections.add(connection)
+
     async def _sweep(self) -> None:
+        step = max(min(self.limits.header_timeout_s, self.limits.keep_alive_s) / 4, 0.05)
         while True:
-            await asyncio.sleep(min(self.keep_alive_s, 5.0))
+            await asyncio.sleep(min(step, 1.0))
+            now = time.monotonic()
             for connection in list(self.connections):
-                connection.close_if_idle(self.keep_alive_s)
+                connection.check(now)
 
     async def close(self, timeout: float) -> None:
-        """Stop accepting, let running requests finish (bounded), then close every connection."""
+        """Stop accepting, let running requests finish (within ``timeout``, a real bound), then
+        close every connection; answers sent meanwhile say ``connection: close``."""
+        self.draining = True
         if self._server is not None:
             self._server.close()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=timeout)
         for connection in list(self.connections):
-            connection.close_if_idle(0)
+            if connection.idle():
+                connection._close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=max(timeout, 0.0))
+        for task in list(self.tasks):
+            task.cancel()
+        for connection in list(self.connections):
+            connection._close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

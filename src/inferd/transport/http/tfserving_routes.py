@@ -12,8 +12,9 @@ import orjson
 from inferd.core import Core
 from inferd.errors import InvalidInput, ServableNotFound
 from inferd.protocols import kserve_v2, tfserving, tfserving_examples
-from inferd.transport.http.app import HttpRequest, HttpResponse, Router, json_response
-from inferd.transport.http.routes import server_timing
+from inferd.transport.http.app import HttpRequest, HttpResponse, Router, credentials, json_response
+from inferd.transport.http.routes import inference_guard, server_timing
+from inferd.transport.offload import off_loop
 from inferd.types import ModelMetadata
 
 _PREFIXES = ("/v1/models/{model}", "/v1/models/{model}/versions/{version}", "/v1/models/{model}/labels/{label}")
@@ -35,39 +36,43 @@ def _servable(handler: Handler) -> Handler:
 
 class TFServingRoutes:
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.data = core.data
 
     def register(self, router: Router) -> None:
         for prefix in _PREFIXES:
             router.add("GET", prefix, self.status)
             router.add("GET", prefix + "/metadata", self.metadata)
-            router.add("POST", prefix + ":predict", self.predict)
-            router.add("POST", prefix + ":classify", self.classify)
-            router.add("POST", prefix + ":regress", self.regress)
+            router.add("POST", prefix + ":predict", self.predict, guard=inference_guard(self.core))
+            router.add("POST", prefix + ":classify", self.classify, guard=inference_guard(self.core))
+            router.add("POST", prefix + ":regress", self.regress, guard=inference_guard(self.core))
 
     def _version(self, request: HttpRequest) -> str | None:
         label = request.params.get("label")
         if label is not None:
-            return self.data.resolve_label(request.params["model"], label)
+            return self.data.resolve_label(request.params["model"], label, credentials(request))
         return request.params.get("version")
 
     @_servable
     async def status(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        return json_response(tfserving.rest_status(self.data.version_states(name, self._version(request))))
+        states = self.data.version_states(name, self._version(request), credentials(request))
+        return json_response(tfserving.rest_status(states))
 
     @_servable
     async def metadata(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
-        metadata = self.data.model_metadata(name, self._version(request))
-        signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None)
+        metadata = self.data.model_metadata(name, self._version(request), credentials(request))
+        signatures = self.data.signature_metadata(name, metadata.versions[-1] if metadata.versions else None,
+                                                  credentials(request))
         return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
 
-    def _signature(self, name: str, version: str | None, payload: Any) -> tuple[str, dict[str, ModelMetadata]]:
+    def _signature(self, request: HttpRequest, name: str, version: str | None, payload: Any
+                   ) -> tuple[str, dict[str, ModelMetadata]]:
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
             raise InvalidInput("signature_name must be a string")
-        specs = self.data.signature_metadata(name, version)
+        specs = self.data.signature_metadata(name, version, credentials(request))
         chosen = signature or next(iter(specs))
         if chosen not in specs:
             raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
@@ -76,12 +81,13 @@ class TFServingRoutes:
     @_servable
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
-        payload = kserve_v2.loads(request.body, "predict request")
-        chosen, specs = self._signature(name, version, payload)
+        payload = await off_loop(len(request.body), kserve_v2.loads, request.body, "predict request")
+        chosen, specs = self._signature(request, name, version, payload)
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
-        infer_request, rows = tfserving.decode_rest_predict(payload, specs[chosen].inputs, name, version, signature)
+        infer_request, rows = await off_loop(len(request.body), tfserving.decode_rest_predict, payload,
+                                             specs[chosen].inputs, name, version, signature)
         infer_request.cancelled = request.disconnected
-        infer_request.credentials = request.headers.get("authorization")
+        infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
         body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
         return HttpResponse(200, body, headers=[server_timing(response)])
@@ -96,13 +102,13 @@ class TFServingRoutes:
 
     async def _examples(self, request: HttpRequest, method: str) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
-        payload = kserve_v2.loads(request.body, "request")
-        chosen, specs = self._signature(name, version, payload)
+        payload = await off_loop(len(request.body), kserve_v2.loads, request.body, "request")
+        chosen, specs = self._signature(request, name, version, payload)
         examples = tfserving_examples.rest_examples(payload)
         infer_request = tfserving_examples.examples_request(name, version, chosen, specs[chosen], examples, method,
                                                             rest=True)
         infer_request.cancelled = request.disconnected
-        infer_request.credentials = request.headers.get("authorization")
+        infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
         if method == tfserving.CLASSIFY_METHOD:
             body = tfserving_examples.rest_classification(

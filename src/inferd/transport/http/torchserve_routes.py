@@ -13,8 +13,9 @@ import orjson
 from inferd.core import Core
 from inferd.errors import InvalidInput, NotFound
 from inferd.protocols import torchserve
-from inferd.transport.http.app import Handler, HttpRequest, HttpResponse, Router, json_response
-from inferd.transport.http.routes import server_timing
+from inferd.transport.http.app import Guard, Handler, HttpRequest, HttpResponse, Router, json_response
+from inferd.transport.http.routes import control_guard, inference_guard, server_timing
+from inferd.transport.offload import off_loop
 
 _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenException",
           404: "ModelNotFoundException", 405: "MethodNotAllowedException", 413: "RequestEntityTooLarge",
@@ -29,26 +30,28 @@ def torchserve_error(status: int, message: str) -> HttpResponse:
 
 class TorchServeRoutes:
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.data = core.data
         self.control = core.control
 
     def register(self, router: Router) -> None:
-        def add(method: str, pattern: str, handler: Handler) -> None:
-            router.add(method, pattern, handler, torchserve_error)
+        def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
+            router.add(method, pattern, handler, torchserve_error, guard)
 
+        infer, control = inference_guard(self.core), control_guard(self.core)
         add("GET", "/ping", self.ping)
-        add("POST", "/predictions/{model}", self.predict)
-        add("POST", "/predictions/{model}/{version}", self.predict)
-        add("PUT", "/predictions/{model}", self.predict)
+        add("POST", "/predictions/{model}", self.predict, infer)
+        add("POST", "/predictions/{model}/{version}", self.predict, infer)
+        add("PUT", "/predictions/{model}", self.predict, infer)
         add("GET", "/models", self.list_models)
-        add("POST", "/models", self.register_model)
+        add("POST", "/models", self.register_model, control)
         add("GET", "/models/{model}", self.describe)
         add("GET", "/models/{model}/{version}", self.describe)
-        add("PUT", "/models/{model}", self.scale)
-        add("PUT", "/models/{model}/{version}", self.scale)
-        add("PUT", "/models/{model}/{version}/set-default", self.set_default)
-        add("DELETE", "/models/{model}", self.unregister)
-        add("DELETE", "/models/{model}/{version}", self.unregister)
+        add("PUT", "/models/{model}", self.scale, control)
+        add("PUT", "/models/{model}/{version}", self.scale, control)
+        add("PUT", "/models/{model}/{version}/set-default", self.set_default, control)
+        add("DELETE", "/models/{model}", self.unregister, control)
+        add("DELETE", "/models/{model}/{version}", self.unregister, control)
 
     # -- inference API -----------------------------------------------------------------------
     async def ping(self, request: HttpRequest) -> HttpResponse:
@@ -58,12 +61,13 @@ class TorchServeRoutes:
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
-        metadata = self.data.model_metadata(name, version)
+        metadata = self.data.model_metadata(name, version, _credentials(request))
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version)
         else:
-            infer_request, added_batch = torchserve.decode_tensor_prediction(request.body, metadata, version)
+            infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
+                                                        request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
         response = await self.data.infer(infer_request)
@@ -75,11 +79,12 @@ class TorchServeRoutes:
 
     # -- management API ----------------------------------------------------------------------
     async def list_models(self, request: HttpRequest) -> HttpResponse:
-        return json_response({"models": [{"modelName": m.name, "modelUrl": m.source} for m in self.control.models()]})
+        models = self.control.models(_credentials(request))
+        return json_response({"models": [{"modelName": m.name, "modelUrl": m.source} for m in models]})
 
     async def describe(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
-        rows = self.control.describe(name)
+        rows = self.control.describe(name, _credentials(request))
         if version not in (None, "all"):
             rows = [row for row in rows if row.version == version]
             if not rows:

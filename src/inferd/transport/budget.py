@@ -1,0 +1,30 @@
+"""One budget of request bytes held in memory at once, shared by the HTTP and gRPC transports.
+
+A body is counted from the moment its size is known (``Content-Length``, or each chunk as it
+comes) until its answer has left; a request that would go over the budget is refused (503,
+RESOURCE_EXHAUSTED) instead of growing the server. Everything runs on the event loop: no lock.
+"""
+
+from __future__ import annotations
+
+
+class ByteBudget:
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"a byte budget must be positive, got {limit}")
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (and nothing reserved) when that would pass the limit."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+    def refusal(self, size: int) -> str:
+        return (f"the server holds {self.used} bytes of requests in memory and {size} more would pass "
+                f"its limit of {self.limit} (--max-inflight-size); retry shortly")
