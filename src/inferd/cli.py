@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder of TorchServe .mar archives (TorchServe's flag)")
     serve.add_argument("--models", nargs="*", default=[],
                        help="archives to serve at start: all, or NAME=FILE.mar / FILE.mar ...")
+    serve.add_argument("--model-name", default=None,
+                       help="serve a single model's folder (model.onnx or 1/model.onnx at the top, as "
+                       "KServe's storage initializer leaves /mnt/models) under this name")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--log-level", default="info",
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
-            load_models=tuple(args.load_model), server_name=args.server_name)
+            load_models=tuple(args.load_model), server_name=args.server_name,
+            model_name=args.model_name)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

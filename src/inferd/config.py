@@ -7,6 +7,7 @@ an error names the file and the key.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class ServerSettings:
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
     server_name: str = "inferd"  # what /v2 server metadata calls the server
+    model_name: str | None = None  # the name a single model's folder is served under (KServe's {{.Name}})
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -86,6 +89,9 @@ class ServerSettings:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-size must be positive, got {self.max_body_bytes}")
+        if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
+            raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
+                              f"got {self.model_name!r}")
 
 
 @dataclass(frozen=True, slots=True)
