@@ -93,6 +93,8 @@ class Server:
             await self._listen()
         _settle_garbage_collector()
         self.core.data.set_ready(True)
+        if self._grpc is not None:
+            self._grpc.health.set_serving(True)
         self._announce()
         pollers = [loop.create_task(self._poll())] if self.settings.model_control == "poll" else []
         if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:
