@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder of TorchServe .mar archives (TorchServe's flag)")
     serve.add_argument("--models", nargs="*", default=[],
                        help="archives to serve at start: all, or NAME=FILE.mar / FILE.mar ...")
+    serve.add_argument("--model-name", default=None,
+                       help="serve a single model's folder (model.onnx or 1/model.onnx at the top, as "
+                       "KServe's storage initializer leaves /mnt/models) under this name")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--log-level", default="info",
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             max_inflight_bytes=args.max_inflight_size, max_connections=args.max_connections,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
-            load_models=tuple(args.load_model), server_name=args.server_name)
+            load_models=tuple(args.load_model), server_name=args.server_name,
+            model_name=args.model_name)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ an error names the file and the key.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class ServerSettings:
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
     server_name: str = "inferd"  # what /v2 server metadata calls the server
+    model_name: str | None = None  # the name a single model's folder is served under (KServe's {{.Name}})
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -100,6 +103,9 @@ class ServerSettings:
                               ("--body-timeout", self.body_timeout), ("--poll-interval", self.poll_interval)):
             if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and flag != "--drain-timeout"):
                 raise ConfigError(f"{flag} must be a finite number of seconds > 0, got {seconds}")
+        if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
+            raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
+                              f"got {self.model_name!r}")
 
 
 @dataclass(frozen=True, slots=True)

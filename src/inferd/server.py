@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
 from inferd.compat.tfserving import read_model_config
-from inferd.config import ModelConfig, ServerSettings
+from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
 from inferd.repository.archives import archive_config, store_archives
+from inferd.repository.layout import single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
@@ -47,11 +48,23 @@ def build_core(settings: ServerSettings) -> Core:
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
                           guard_inference=settings.auth_inference)
-    registry = ModelRegistry(settings.model_repository, wrap=wrap, sources=settings.model_sources,
-                             batching=settings.batching)
+    root, sources = repository_roots(settings)
+    registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
+
+
+def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:
+    """The repository folder and the models in folders of their own: a folder that holds one
+    model (KServe's /mnt/models) is served as that model, named --model-name or after the folder."""
+    root, sources = settings.model_repository, settings.model_sources
+    if root is None or not single_model(root):
+        if root is not None and settings.model_name is not None:
+            log.info("%s is a repository: its models keep their own names (--model-name %s names a "
+                     "single model's folder)", root, settings.model_name)
+        return root, sources
+    return None, (ModelSource(settings.model_name or root.resolve().name, root), *sources)
 
 
 def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:
@@ -87,6 +100,8 @@ class Server:
             await self._listen()
         _settle_garbage_collector()
         self.core.data.set_ready(True)
+        if self._grpc is not None:
+            self._grpc.health.set_serving(True)
         self._announce()
         pollers = [loop.create_task(self._poll())] if self.settings.model_control == "poll" else []
         if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:

@@ -2,16 +2,19 @@
 
     models/<name>/config.toml            optional
     models/<name>/<version>/<artifact>   version folders are integers; the artifact names the format
+    models/<name>/<artifact>             no version folders: the folder itself is version 1
+
+The folder given to ``inferd serve`` may also be one model's folder rather than a repository (what
+KServe's storage initializer leaves in /mnt/models): see ``single_model``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferd.config import ModelConfig, load_model_config
+from inferd.config import MODEL_NAME, ModelConfig, load_model_config
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, read_pbtxt
 
@@ -27,7 +30,6 @@ ARTIFACTS: dict[str, str] = {
     "model.savedmodel": "tensorflow",
     "model.mar": "torchserve",
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ def read_config(folder: ModelFolder) -> ModelConfig:
 
 def is_valid_name(name: str) -> bool:
     """Model names are plain folder names: no separators, no dot-dot, no leading dot."""
-    return bool(_NAME.match(name)) and ".." not in name
+    return bool(MODEL_NAME.match(name)) and ".." not in name
 
 
 def scan(root: Path) -> list[ModelFolder]:
@@ -81,7 +83,30 @@ def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
     children = list(path.iterdir()) if path.is_dir() else []
     versions = {int(child.name): child for child in children
                 if child.is_dir() and child.name.isdigit() and int(child.name) > 0}
+    if not versions and has_artifact(path):  # the artifact at the top: the folder is version 1
+        versions = {1: path}
     return ModelFolder(name=name or path.name, path=path, versions=dict(sorted(versions.items())))
+
+
+def has_artifact(folder: Path) -> bool:
+    """Whether a model artifact lies directly in ``folder``."""
+    return any((folder / filename).exists() for filename in ARTIFACTS)
+
+
+def single_model(root: Path) -> bool:
+    """Whether ``root`` is one model's folder rather than a repository of models folders.
+
+    KServe's storage initializer copies one model to /mnt/models as ``model.onnx`` (the artifact
+    at the top) or as ``1/model.onnx`` (version folders at the top); a repository has a folder
+    per model. Integer folders at the top that hold an artifact are versions, not models named
+    "1"; any other model folder beside them makes ``root`` a repository."""
+    if not root.is_dir():
+        return False
+    if has_artifact(root):
+        return True
+    folders = [child for child in root.iterdir() if child.is_dir() and is_valid_name(child.name)]
+    versions = [child for child in folders if child.name.isdigit()]
+    return bool(versions) and len(versions) == len(folders) and any(has_artifact(v) for v in versions)
 
 
 def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:

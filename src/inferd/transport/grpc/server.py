@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
+from inferd.transport.grpc.health import Health
 from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
 
 THREADS = 256  # calls running at once; more (up to max_calls) wait in grpc's queue for a thread
@@ -110,6 +111,7 @@ class GrpcServer:
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
                                    handlers=[_handler(s, loop, budget) for s in servicers], options=options,
                                    maximum_concurrent_rpcs=max_calls)
+        self.health = Health(self._server, [s.name for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
@@ -121,5 +123,6 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls, let running ones finish for up to ``grace`` seconds (the loop keeps
-        serving them meanwhile), then cancel the rest."""
+        serving them meanwhile), then cancel the rest. Health watchers hear NOT_SERVING first."""
+        self.health.drain()
         await asyncio.to_thread(self._server.stop(grace).wait)

@@ -1,0 +1,61 @@
+"""Which folders are one model and which are repositories (KServe's /mnt/models layouts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferd.config import ServerSettings
+from inferd.errors import ConfigError
+from inferd.repository.layout import read_model_folder, single_model
+from inferd.server import repository_roots
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(("files", "single"), [
+    (["model.onnx"], True),  # storageUri of one file
+    (["model.onnx", "config.toml"], True),
+    (["1/model.onnx"], True),  # a model folder with its versions
+    (["1/model.onnx", "2/model.pt", "config.pbtxt"], True),
+    (["1/saved_model.pb", "1/variables/variables.index"], True),
+    (["mlp/1/model.onnx"], False),  # a repository
+    (["mlp/1/model.onnx", "1/model.onnx"], False),  # a model beside: "1" is a model of the repository
+    (["1/1/model.onnx"], False),  # a model named "1" with its version 1
+    ([".hidden/model.onnx", "mlp/1/model.onnx"], False),
+    ([], False),
+])
+def test_single_model_or_repository(tmp_path: Path, files: list[str], single: bool) -> None:
+    for name in files:
+        touch(tmp_path / name)
+    assert single_model(tmp_path) is single
+
+
+def test_an_artifact_at_the_top_is_version_1(tmp_path: Path) -> None:
+    touch(tmp_path / "m/model.onnx")
+    folder = read_model_folder(tmp_path / "m", "named")
+    assert (folder.name, folder.versions) == ("named", {1: tmp_path / "m"})
+    touch(tmp_path / "m/3/model.onnx")  # version folders win over the artifact at the top
+    assert read_model_folder(tmp_path / "m").versions == {3: tmp_path / "m/3"}
+
+
+def test_roots_from_settings(tmp_path: Path) -> None:
+    touch(tmp_path / "one/1/model.onnx")
+    touch(tmp_path / "repo/mlp/1/model.onnx")
+    root, sources = repository_roots(ServerSettings(model_repository=tmp_path / "one", model_name="resnet"))
+    assert root is None and [(s.name, s.base_path) for s in sources] == [("resnet", tmp_path / "one")]
+    root, sources = repository_roots(ServerSettings(model_repository=tmp_path / "one"))
+    assert [s.name for s in sources] == ["one"]  # no --model-name: the folder's name
+    root, sources = repository_roots(ServerSettings(model_repository=tmp_path / "repo", model_name="resnet"))
+    assert root == tmp_path / "repo" and sources == ()
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "a..b"])
+def test_bad_model_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="--model-name must be a plain name"):
+        ServerSettings(model_name=name)
