@@ -67,6 +67,7 @@ class ServerSettings:
     grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
+    torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -85,6 +86,18 @@ class ServerSettings:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
         if self.max_body_bytes <= 0:
             raise ConfigError(f"--max-body-size must be positive, got {self.max_body_bytes}")
+
+
+@dataclass(frozen=True, slots=True)
+class TorchServeSettings:
+    """TorchServe's model-management settings (``config.properties`` under ``inferd torchserve``)."""
+
+    allowed_urls: tuple[str, ...] = ()  # regexes of URLs POST /models may download; () = the model store only
+    default_workers: int = 0  # workers of an archive registered without initial_workers (TorchServe: 0)
+    startup_workers: int = 1  # workers of each archive served from the start (--models)
+    response_timeout_s: int = 120
+    startup_timeout_s: int = 120
+    models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +153,7 @@ class ModelConfig:
     version_labels: dict[str, int] = field(default_factory=dict)
     inputs: tuple[TensorConfig, ...] = ()
     outputs: tuple[TensorConfig, ...] = ()
+    handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
 
 
 class _Table:

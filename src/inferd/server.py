@@ -15,7 +15,7 @@ from inferd.config import ModelConfig, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
-from inferd.repository.archives import archive_config, store_archives
+from inferd.repository.archives import store_archives
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
@@ -44,7 +44,7 @@ def build_core(settings: ServerSettings) -> Core:
                           guard_inference=settings.auth_inference)
     registry = ModelRegistry(settings.model_repository, wrap=wrap, sources=settings.model_sources,
                              batching=settings.batching)
-    control = ModelControl(registry, access, settings.model_store)
+    control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.index()])
     return Core(DataPlane(registry, metrics, access), control, metrics)
 
@@ -126,14 +126,14 @@ class Server:
                 log.exception("repository poll failed")
 
     async def _register_store_archives(self) -> None:
-        """``--model-store DIR --models ...``: archives served from the start, one worker, no batching
-        (TorchServe's defaults); a broken one is logged and the rest still load."""
+        """``--model-store DIR --models ...``: archives served from the start (TorchServe's start-up
+        workers, no batching unless their model-config.yaml says); a broken one is logged."""
         store, models = self.settings.model_store, self.settings.models
         if store is None or not models:
             return
         for name, archive in store_archives(store, models):
             try:
-                await self.core.control.register_archive(archive, name, archive_config(1, 1, 0.0))
+                await self.core.control.register_archive(archive, name)
             except InferdError as exc:
                 log.error("archive %s not served: %s", archive.name, exc.message)
 
