@@ -68,6 +68,8 @@ class ServerSettings:
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
     torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
+    listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
+    pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -98,6 +100,20 @@ class TorchServeSettings:
     response_timeout_s: int = 120
     startup_timeout_s: int = 120
     models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
+    model_api: bool = True  # False: registering and unregistering answer 405 (enable_model_api=false)
+
+
+LISTENER_APIS = ("inference", "management", "metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One more HTTP address serving some of TorchServe's APIs (``inference_address``,
+    ``management_address``, ``metrics_address``)."""
+
+    host: str
+    port: int
+    apis: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

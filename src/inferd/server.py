@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from inferd.config import ModelConfig, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
+from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
@@ -25,7 +27,7 @@ from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
-from inferd.transport.http.torchserve_routes import TorchServeRoutes
+from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes
 from inferd.types import ModelState
 
 if TYPE_CHECKING:
@@ -49,14 +51,25 @@ def build_core(settings: ServerSettings) -> Core:
     return Core(DataPlane(registry, metrics, access), control, metrics)
 
 
-def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:
+def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics | None = None) -> HttpApp:
     router = Router()
     KServeV2Routes(core).register(router)
     MetricsRoutes(core).register(router, settings.metrics_paths)
-    TorchServeRoutes(core).register(router)
+    TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
     return HttpApp(router, settings.max_body_bytes)
+
+
+def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ...],
+                       ts_metrics: TorchServeMetrics) -> HttpApp:
+    """One of TorchServe's addresses (``inferd torchserve``): its APIs only; the inference and
+    management ones count their answers in TorchServe's Requests2XX/4XX/5XX."""
+    router = Router()
+    TorchServeRoutes(core, ts_metrics).register(router, apis)
+    if "metrics" in apis and len(apis) == 1:
+        return HttpApp(router, settings.max_body_bytes)
+    return CountingApp(router, settings.max_body_bytes, ts_metrics)
 
 
 class Server:
@@ -65,12 +78,16 @@ class Server:
         self.core = build_core(settings)
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
+        self._listeners: list[HttpServer] = []
+        self.ts_metrics = TorchServeMetrics()
         self._grpc: GrpcServer | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.settings.pid_file is not None:
+            self.settings.pid_file.write_text(str(os.getpid()))
         if not self.settings.listen_after_load:
             await self._listen()  # answers (503 not ready) while models load
         explicit = self.settings.model_control == "explicit"
@@ -91,9 +108,14 @@ class Server:
 
     async def _listen(self) -> None:
         if self.settings.http_port:
-            app = build_http_app(self.core, self.settings)
+            app = build_http_app(self.core, self.settings, self.ts_metrics)
             self._http = HttpServer(app, self.settings.host, self.settings.http_port)
             await self._http.start()
+        for listener in self.settings.listeners:
+            app = build_listener_app(self.core, self.settings, listener.apis, self.ts_metrics)
+            server = HttpServer(app, listener.host, listener.port)
+            await server.start()
+            self._listeners.append(server)
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
@@ -142,7 +164,8 @@ class Server:
         ready = sum(row.state is ModelState.READY for row in rows)
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
-                                        f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
+                                        f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else "",
+                                        *(f"{'+'.join(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
 
     async def _shutdown(self) -> None:
@@ -152,6 +175,10 @@ class Server:
             await self._grpc.stop(self.settings.drain_timeout)
         if self._http is not None:
             await self._http.close(self.settings.drain_timeout)
+        for listener in self._listeners:
+            await listener.close(self.settings.drain_timeout)
+        if self.settings.pid_file is not None:
+            self.settings.pid_file.unlink(missing_ok=True)
         await self.core.control.close()
 
     def stop(self) -> None:

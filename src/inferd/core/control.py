@@ -30,6 +30,7 @@ class ModelControl:
         self._access = access or AccessPolicy()
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
+        self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
 
     # -- reading (always on) ---------------------------------------------------------------
     def index(self, ready_only: bool = False) -> list[VersionStatus]:

@@ -20,7 +20,6 @@ from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
 
 log = logging.getLogger("inferd.repository")
 
-TORCHSERVE_ALLOWED_URLS = ("file://.*", "http(s)?://.*")  # TorchServe's default allowed_urls
 MAX_DOWNLOAD_BYTES = 8 * 1024**3
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.errors import ConfigError
 from inferd.runtimes.base import Arrays, Runtime
@@ -62,7 +63,18 @@ class HandlerRuntime(Runtime):
         content_types = [h.get("content-type", "") for h in headers]
         rows = [decode_row(body, kind) for body, kind in zip(bodies, content_types, strict=True)]
         self._context._start_batch(headers)
-        results = self._handle(rows, self._context)
+        try:
+            results = self._handle(rows, self._context)
+        except Exception as exc:
+            code = getattr(exc, "error_code", None)
+            if not isinstance(code, int) or not 100 <= code <= 599:
+                raise
+            # PredictionException(message, error_code): the batch is answered with that code
+            message = str(getattr(exc, "message", exc))
+            return {"output": _objects([orjson.dumps({"code": code, "type": type(exc).__name__,
+                                                      "message": message})] * len(rows)),
+                    "content_type": _objects([b"application/json"] * len(rows)),
+                    "status": np.full(len(rows), code, np.int32)}
         if not isinstance(results, list | tuple) or len(results) != len(rows):
             got = len(results) if isinstance(results, list | tuple) else type(results).__name__
             raise RuntimeError(f"handler of '{self._name}' returned {got} results for a batch of "

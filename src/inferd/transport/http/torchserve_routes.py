@@ -6,6 +6,7 @@ set-default, unregister) needs ``--model-control explicit``, as loading over the
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from urllib.parse import parse_qsl
 
@@ -14,8 +15,9 @@ import orjson
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
 from inferd.errors import InvalidInput, NotFound
+from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
-from inferd.transport.http.app import Handler, HttpRequest, HttpResponse, Router, json_response
+from inferd.transport.http.app import Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import server_timing
 
 _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenException",
@@ -30,18 +32,24 @@ def torchserve_error(status: int, message: str) -> HttpResponse:
 
 
 class TorchServeRoutes:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, metrics: TorchServeMetrics | None = None) -> None:
         self.data = core.data
         self.control = core.control
+        self.metrics = metrics
 
-    def register(self, router: Router) -> None:
+    def register(self, router: Router, apis: tuple[str, ...] = ("inference", "management")) -> None:
         def add(method: str, pattern: str, handler: Handler) -> None:
             router.add(method, pattern, handler, torchserve_error)
 
-        add("GET", "/ping", self.ping)
-        add("POST", "/predictions/{model}", self.predict)
-        add("POST", "/predictions/{model}/{version}", self.predict)
-        add("PUT", "/predictions/{model}", self.predict)
+        if "inference" in apis:
+            add("GET", "/ping", self.ping)
+            add("POST", "/predictions/{model}", self.predict)
+            add("POST", "/predictions/{model}/{version}", self.predict)
+            add("PUT", "/predictions/{model}", self.predict)
+        if "metrics" in apis and self.metrics is not None:
+            add("GET", "/metrics", self.render_metrics)
+        if "management" not in apis:
+            return
         add("GET", "/models", self.list_models)
         add("POST", "/models", self.register_model)
         add("GET", "/models/{model}", self.describe)
@@ -68,13 +76,20 @@ class TorchServeRoutes:
             infer_request, added_batch = torchserve.decode_tensor_prediction(request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
+        start = time.perf_counter()
         response = await self.data.infer(infer_request)
+        if self.metrics is not None:
+            self.metrics.inference(name, version, time.perf_counter() - start, response.timings.queue)
         if torchserve.is_handler_model(metadata):
             body, answer_type = torchserve.encode_prediction(response)
             return HttpResponse(torchserve.prediction_status(response), body, answer_type.encode("latin-1"),
                                 [server_timing(response)])
         return HttpResponse(200, torchserve.encode_tensor_prediction(response, added_batch),
                             headers=[server_timing(response)])
+
+    async def render_metrics(self, request: HttpRequest) -> HttpResponse:
+        assert self.metrics is not None
+        return HttpResponse(200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
     # -- management API ----------------------------------------------------------------------
     async def list_models(self, request: HttpRequest) -> HttpResponse:
@@ -97,6 +112,8 @@ class TorchServeRoutes:
         return json_response([torchserve.describe(name, row) for row in rows])
 
     async def register_model(self, request: HttpRequest) -> HttpResponse:
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
         query = _query(request)
         if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
             query = _json_query(request.body)
@@ -131,11 +148,32 @@ class TorchServeRoutes:
         return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
 
     async def unregister(self, request: HttpRequest) -> HttpResponse:
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
         name, version = request.params["model"], request.params.get("version")
         await self.control.unregister(name, version, _credentials(request))
         if version is None:
             return json_response({"status": f'Model "{name}" unregistered'})
         return json_response({"status": f'Model "{name}" version: {version} unregistered'})
+
+
+class CountingApp(HttpApp):
+    """TorchServe's inference and management addresses: every answer counts in Requests2XX/4XX/5XX."""
+
+    def __init__(self, router: Router, max_body_bytes: int, metrics: TorchServeMetrics) -> None:
+        super().__init__(router, max_body_bytes)
+        self._metrics = metrics
+
+    async def dispatch(self, request: HttpRequest) -> HttpResponse:
+        response = await super().dispatch(request)
+        self._metrics.response(response.status)
+        return response
+
+
+def _not_allowed() -> HttpResponse:
+    """enable_model_api=false: TorchServe answers registering and unregistering with 405."""
+    return torchserve_error(405, "Requested method is not allowed, please refer to API document. "
+                                 "(model API disabled: enable_model_api=true or --enable-model-api)")
 
 
 _OUTCOME_STATUS = {Outcome.DONE: 200, Outcome.ACCEPTED: 202, Outcome.PARTIAL: 206}
