@@ -72,9 +72,12 @@ class Mlp(torch.nn.Module):
 
 
 def archive(out: Path, name: str, serialized: Path, handler: str, version: str = "1.0",
-            model_file: Path | None = None, extra: list[Path] | None = None) -> Path:
+            model_file: Path | None = None, extra: list[Path] | None = None,
+            config_file: Path | None = None) -> Path:
     command = ["torch-model-archiver", "--model-name", name, "--version", version, "--serialized-file",
                str(serialized), "--handler", handler, "--export-path", str(out), "-f"]
+    if config_file is not None:
+        command += ["--config-file", str(config_file)]
     if model_file is not None:
         command += ["--model-file", str(model_file)]
     if extra:
@@ -154,3 +157,47 @@ def copy_into_repository(store: Path, repo: Path) -> None:
     (repo / "repo_mlp" / "1").mkdir(parents=True)
     shutil.copy(store / "ts_mlp.mar", repo / "repo_mlp" / "1" / "model.mar")
     (repo / "repo_mlp" / "config.toml").write_text('max_batch_size = 4\n[dynamic_batching]\nmax_queue_delay_ms = 2\n')
+
+
+CONTEXT_HANDLER = '''
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class ContextHandler(BaseHandler):
+    """Answers what the context shows it: model-config.yaml's handler section, a request header,
+    and sets the status and content type TorchServe's way."""
+
+    def handle(self, data, context):
+        answers = []
+        for i, row in enumerate(data):
+            body = row.get("body") or row.get("data") or b""
+            if body == b"teapot":
+                context.set_response_status(418, "I'm a teapot", i)
+            context.set_response_content_type(i, "application/json")
+            answers.append({"greeting": context.model_yaml_config["handler"]["greeting"],
+                            "header": context.get_request_header(i, "X-Trace"),
+                            "batch": context.system_properties["batch_size"]})
+        return answers
+'''
+
+MODEL_YAML = """
+minWorkers: 2
+maxWorkers: 3
+batchSize: 4
+maxBatchDelay: 7
+responseTimeout: 33
+deviceType: cpu
+handler:
+  greeting: hello from yaml
+"""
+
+
+def build_yaml_archive(store: Path) -> Path:
+    """An archive with a model-config.yaml and a handler that reads its context."""
+    work = store.parent / "yaml-work"
+    work.mkdir(exist_ok=True)
+    torch.jit.script(Mlp().eval()).save(str(work / "mlp.pt"))
+    (work / "context_handler.py").write_text(textwrap.dedent(CONTEXT_HANDLER))
+    (work / "model-config.yaml").write_text(MODEL_YAML)
+    return archive(store, "yaml_model", work / "mlp.pt", str(work / "context_handler.py"),
+                   config_file=work / "model-config.yaml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    commands.add_parser("torchserve", add_help=False,
+                        help="serve with torchserve's flags and config.properties (inferd torchserve --help)")
     commands.add_parser("tfserving", add_help=False,
                         help="serve with tensorflow_model_server's flags and files (inferd tfserving --help)")
     bench = commands.add_parser("bench", help="load a running server and report latency and throughput")
@@ -108,10 +111,46 @@ def _tfserving(argv: list[str]) -> int:
     return 0
 
 
+def _torchserve(argv: list[str]) -> int:
+    from inferd.compat import torchserve
+    from inferd.observability.logging import configure
+
+    args = torchserve.parser().parse_args(argv)
+    configure(args.log_level)
+    if args.stop:
+        return _stop_torchserve(torchserve.PID_FILE)
+    try:
+        started = torchserve.settings_from_flags(args)
+    except ConfigError as exc:
+        print(f"inferd torchserve: {exc.message}", file=sys.stderr)
+        return 2
+    if started.key_file is not None:
+        print(f"inferd torchserve: token authorization is on; keys in {started.key_file} "
+              "(--disable-token-auth turns it off)", flush=True)
+    from inferd.server import run
+
+    run(started.settings)
+    return 0
+
+
+def _stop_torchserve(pid_file: Path) -> int:
+    """``torchserve --stop``: signal the server whose pid file this machine holds."""
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        print("TorchServe is not currently running.", flush=True)
+        return 1
+    print("TorchServe has stopped.", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tfserving"]:
         return _tfserving(argv[1:])
+    if argv[:1] == ["torchserve"]:
+        return _torchserve(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)

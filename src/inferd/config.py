@@ -76,6 +76,9 @@ class ServerSettings:
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
     server_name: str = "inferd"  # what /v2 server metadata calls the server
     model_name: str | None = None  # the name a single model's folder is served under (KServe's {{.Name}})
+    torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
+    listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
+    pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -106,6 +109,32 @@ class ServerSettings:
         if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
             raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
                               f"got {self.model_name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TorchServeSettings:
+    """TorchServe's model-management settings (``config.properties`` under ``inferd torchserve``)."""
+
+    allowed_urls: tuple[str, ...] = ()  # regexes of URLs POST /models may download; () = the model store only
+    default_workers: int = 0  # workers of an archive registered without initial_workers (TorchServe: 0)
+    startup_workers: int = 1  # workers of each archive served from the start (--models)
+    response_timeout_s: int = 120
+    startup_timeout_s: int = 120
+    models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
+    model_api: bool = True  # False: registering and unregistering answer 405 (enable_model_api=false)
+
+
+LISTENER_APIS = ("inference", "management", "metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One more HTTP address serving some of TorchServe's APIs (``inference_address``,
+    ``management_address``, ``metrics_address``)."""
+
+    host: str
+    port: int
+    apis: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +193,7 @@ class ModelConfig:
     outputs: tuple[TensorConfig, ...] = ()
     parameters: dict[str, str] = field(default_factory=dict)  # config.pbtxt's: for the model's own code
     source: str = ""  # the file it was read from ("" = none: everything inferred)
+    handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:

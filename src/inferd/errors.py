@@ -10,6 +10,7 @@
     ├── DeadlineExceeded      the request's deadline passed before it ran                (DEADLINE_EXCEEDED)
     ├── Unauthenticated       missing or wrong token                                     (UNAUTHENTICATED)
     ├── Forbidden             the operation is switched off                              (FORBIDDEN)
+    ├── AlreadyExists         registering what is registered already                     (CONFLICT)
     ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
     └── ConfigError           a repository or config.toml problem                        (INVALID_CONFIG)
 
@@ -30,6 +31,7 @@ class ErrorCode(enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
+    CONFLICT = "conflict"
     MODEL_FAILED = "model_failed"
     INVALID_CONFIG = "invalid_config"
     INTERNAL = "internal"
@@ -77,6 +79,10 @@ class Unauthenticated(InferdError):
 
 class Forbidden(InferdError):
     code = ErrorCode.FORBIDDEN
+
+
+class AlreadyExists(InferdError):
+    code = ErrorCode.CONFLICT
 
 
 class ModelError(InferdError):

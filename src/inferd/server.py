@@ -19,7 +19,8 @@ from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
-from inferd.repository.archives import archive_config, store_archives
+from inferd.observability.torchserve_metrics import TorchServeMetrics
+from inferd.repository.archives import store_archives
 from inferd.repository.layout import single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
@@ -31,7 +32,7 @@ from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
-from inferd.transport.http.torchserve_routes import TorchServeRoutes
+from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes
 from inferd.types import ModelState
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def build_core(settings: ServerSettings) -> Core:
                           guard_inference=settings.auth_inference)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
-    control = ModelControl(registry, access, settings.model_store)
+    control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
 
@@ -67,14 +68,25 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
     return None, (ModelSource(settings.model_name or root.resolve().name, root), *sources)
 
 
-def build_http_app(core: Core, settings: ServerSettings) -> HttpApp:
+def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics | None = None) -> HttpApp:
     router = Router()
     KServeV2Routes(core).register(router)
     MetricsRoutes(core).register(router, settings.metrics_paths)
-    TorchServeRoutes(core).register(router)
+    TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
     return HttpApp(router, settings.max_body_bytes)
+
+
+def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ...],
+                       ts_metrics: TorchServeMetrics) -> HttpApp:
+    """One of TorchServe's addresses (``inferd torchserve``): its APIs only; the inference and
+    management ones count their answers in TorchServe's Requests2XX/4XX/5XX."""
+    router = Router()
+    TorchServeRoutes(core, ts_metrics).register(router, apis)
+    if "metrics" in apis and len(apis) == 1:
+        return HttpApp(router, settings.max_body_bytes)
+    return CountingApp(router, settings.max_body_bytes, ts_metrics)
 
 
 class Server:
@@ -83,6 +95,8 @@ class Server:
         self.core = build_core(settings)
         self._stop = asyncio.Event()
         self._http: HttpServer | None = None
+        self._listeners: list[HttpServer] = []
+        self.ts_metrics = TorchServeMetrics()
         self._grpc: GrpcServer | None = None
         self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
 
@@ -91,6 +105,8 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.settings.pid_file is not None:
+            self.settings.pid_file.write_text(str(os.getpid()))
         if not self.settings.listen_after_load:
             await self._listen()  # answers (503 not ready) while models load
         explicit = self.settings.model_control == "explicit"
@@ -115,13 +131,18 @@ class Server:
         return finished
 
     async def _listen(self) -> None:
+        s = self.settings
+        limits = HttpLimits(max_connections=s.max_connections, header_timeout_s=s.header_timeout,
+                            body_timeout_s=s.body_timeout)
         if self.settings.http_port:
-            app = build_http_app(self.core, self.settings)
-            s = self.settings
-            limits = HttpLimits(max_connections=s.max_connections, header_timeout_s=s.header_timeout,
-                                body_timeout_s=s.body_timeout)
+            app = build_http_app(self.core, self.settings, self.ts_metrics)
             self._http = HttpServer(app, s.host, s.http_port, limits, self._budget)
             await self._http.start()
+        for listener in self.settings.listeners:
+            app = build_listener_app(self.core, self.settings, listener.apis, self.ts_metrics)
+            server = HttpServer(app, listener.host, listener.port, limits, self._budget)
+            await server.start()
+            self._listeners.append(server)
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
@@ -154,14 +175,14 @@ class Server:
                 log.exception("repository poll failed")
 
     async def _register_store_archives(self) -> None:
-        """``--model-store DIR --models ...``: archives served from the start, one worker, no batching
-        (TorchServe's defaults); a broken one is logged and the rest still load."""
+        """``--model-store DIR --models ...``: archives served from the start (TorchServe's start-up
+        workers, no batching unless their model-config.yaml says); a broken one is logged."""
         store, models = self.settings.model_store, self.settings.models
         if store is None or not models:
             return
         for name, archive in store_archives(store, models):
             try:
-                await self.core.control.register_archive(archive, name, archive_config(1, 1, 0.0))
+                await self.core.control.register_archive(archive, name)
             except InferdError as exc:
                 log.error("archive %s not served: %s", archive.name, exc.message)
 
@@ -170,7 +191,8 @@ class Server:
         ready = sum(row.state is ModelState.READY for row in rows)
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
-                                        f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else ""]))
+                                        f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else "",
+                                        *(f"{'+'.join(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
 
     async def _shutdown(self) -> bool:
@@ -184,7 +206,10 @@ class Server:
             closing.append(self._grpc.stop(self.settings.drain_timeout))
         if self._http is not None:
             closing.append(self._http.close(self.settings.drain_timeout))
+        closing.extend(listener.close(self.settings.drain_timeout) for listener in self._listeners)
         await asyncio.gather(*closing)
+        if self.settings.pid_file is not None:
+            self.settings.pid_file.unlink(missing_ok=True)
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
         if not finished:
             log.warning("--drain-timeout %g s passed with work still running: it is abandoned",

@@ -213,6 +213,36 @@ class VersionDescription:
     max_batch_size: int
     max_queue_delay_ms: float
     default: bool
+    workers: tuple[WorkerStatus, ...] = ()  # the version's executions as they run now
+    settings: WorkerSettings | None = None  # how they were asked for (TorchServe's registration)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One execution of a loaded version: a process of its own, or a thread of the server's."""
+
+    id: int
+    pid: int
+    started: float  # time.time() when it was ready
+    ready: bool
+    memory_bytes: int = 0
+    gpu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a TorchServe registration and its scaling asked for (``describe`` shows it)."""
+
+    min_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay_ms: int
+    response_timeout_s: int
+    startup_timeout_s: int
+    runtime: str = "python"
+    device_type: str = "cpu"
+    loaded_at_startup: bool = False
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

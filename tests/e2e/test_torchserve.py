@@ -116,12 +116,15 @@ def test_register_versions_default_and_unregister(server: RunningServer) -> None
     versions = {d["modelVersion"]: d for d in requests.get(f"{base}/models/ts_mlp/all", timeout=5).json()}
     assert set(versions) == {"1.0", "2.0"}
     assert versions["2.0"]["batchSize"] == 4 and versions["2.0"]["minWorkers"] == 2
-    assert versions["2.0"]["isDefault"]  # the newest is the default until told otherwise
+    assert versions["2.0"]["maxBatchDelay"] == 20
+    assert versions["1.0"]["isDefault"] and not versions["2.0"]["isDefault"]  # the first registered, as TorchServe
+    assert [d["modelVersion"] for d in requests.get(f"{base}/models/ts_mlp", timeout=5).json()] == ["1.0"]
     x = [[0.5] * 6]
     assert predict(server, "ts_mlp/2.0", json=x).status_code == 200
-    response = requests.put(f"{base}/models/ts_mlp/1.0/set-default", timeout=5)
-    assert response.json()["status"] == 'Default version successfully updated for model "ts_mlp" to "1.0"'
-    assert requests.get(f"{base}/models/ts_mlp/1.0", timeout=5).json()[0]["isDefault"]
+    response = requests.put(f"{base}/models/ts_mlp/2.0/set-default", timeout=5)
+    assert response.json()["status"] == 'Default version successfully updated for model "ts_mlp" to "2.0"'
+    assert requests.get(f"{base}/models/ts_mlp/2.0", timeout=5).json()[0]["isDefault"]
+    assert requests.put(f"{base}/models/ts_mlp/1.0/set-default", timeout=5).status_code == 200
     response = requests.delete(f"{base}/models/ts_mlp/2.0", timeout=10)
     assert response.status_code == 200
     assert predict(server, "ts_mlp/2.0", json=x).status_code == 404
@@ -129,15 +132,20 @@ def test_register_versions_default_and_unregister(server: RunningServer) -> None
 
 
 def test_refusals(server: RunningServer) -> None:
+    """inferd serve downloads nothing (no allowed_urls); the rest as TorchServe answers."""
     base = server.base
-    for url, status, message in (("https://example.com/evil.mar", 400, "remote"),
-                                 ("../ts/store/ts_mlp.mar", 400, "leaves the model store"),
-                                 ("/etc/passwd", 400, "leaves the model store"),
-                                 ("missing.mar", 404, "not in the model store")):
+    for url, status, message in (("https://example.com/evil.mar", 404, "does not match any allowed URL"),
+                                 ("../ts/store/ts_mlp.mar", 404, "leaves the model store"),
+                                 ("/etc/passwd", 404, "leaves the model store"),
+                                 ("missing.mar", 404, "not in the model store"),
+                                 ("", 404, "empty url")):
         response = requests.post(f"{base}/models?url={url}", timeout=10)
         assert response.status_code == status, (url, response.text)
         assert message in response.json()["message"]
-    response = requests.put(f"{base}/models/doubler?min_worker=0", timeout=5)
+    response = requests.post(f"{base}/models", timeout=10)
+    assert response.status_code == 400
+    assert response.json()["message"] == "Parameter url is required."
+    response = requests.put(f"{base}/models/doubler?min_worker=2&max_worker=1", timeout=5)
     assert response.status_code == 400
 
 
@@ -156,7 +164,7 @@ def test_scaling_workers_under_load_fails_no_request(server: RunningServer) -> N
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client) for _ in range(8)]
         for workers in (3, 1, 4, 2, 1):
-            response = requests.put(f"{base}/models/doubler?min_worker={workers}", timeout=10)
+            response = requests.put(f"{base}/models/doubler?min_worker={workers}&synchronous=true", timeout=30)
             assert response.json()["status"] == f"Workers scaled to {workers} for model: doubler"
             described = requests.get(f"{base}/models/doubler", timeout=5).json()[0]
             assert described["minWorkers"] == workers

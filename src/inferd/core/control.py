@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferd.auth import AccessPolicy
-from inferd.config import ModelConfig, ServedConfig, TensorConfig
 from inferd.config import ModelSource as ConfiguredModel
-from inferd.errors import InvalidInput
-from inferd.repository.archives import archive_config, archive_identity, resolve_archive
-from inferd.repository.layout import is_valid_name
+from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
+from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
+from inferd.errors import InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import IndexEntry, ModelState, TensorSpec, VersionDescription, VersionStatus
@@ -25,13 +24,6 @@ _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch",
 
 
 @dataclass(frozen=True, slots=True)
-class Registered:
-    name: str
-    version: str
-    workers: int
-
-
-@dataclass(frozen=True, slots=True)
 class ModelSource:
     name: str
     source: str  # its folder, or the archive it was registered from
@@ -39,10 +31,12 @@ class ModelSource:
 
 class ModelControl:
     def __init__(self, registry: ModelRegistry[Scheduler], access: AccessPolicy | None = None,
-                 model_store: Path | None = None) -> None:
+                 model_store: Path | None = None, torchserve: TorchServeSettings | None = None) -> None:
         self._registry = registry
         self._access = access or AccessPolicy()
         self._model_store = model_store
+        self._torchserve = TorchServeModels(registry, model_store, torchserve)
+        self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
 
     # -- reading (always on; with --auth-inference, the token) -----------------------------
     def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
@@ -77,25 +71,40 @@ class ModelControl:
 
     def models(self, credentials: str | None) -> list[ModelSource]:
         self._access.authorize_inference(credentials, "listing models")
-        return [ModelSource(name, entry.source) for name, entry in sorted(self._registry.models.items())]
+        rows = []
+        for name, entry in sorted(self._registry.models.items()):
+            default = entry.default_version or next(iter(entry.versions), "")
+            rows.append(ModelSource(name, self._torchserve.url_of(name, default) or entry.source))
+        return rows
 
     def describe(self, name: str, credentials: str | None) -> list[VersionDescription]:
-        """Per version: source, instances, busy, batching, state — what management APIs show."""
+        """Per version: source, workers (their pids and state), batching, what the registration
+        asked for — what management APIs show."""
         self._access.authorize_inference(credentials, "describing a model")
         entry = self._registry.entry(name)
         batching = entry.config.dynamic_batching
         newest = entry.newest_ready()
+        default = entry.default_version or (newest[1] if newest is not None else None)
         rows = []
         for slot in entry.sorted_versions():
             scheduler = slot.runtime
+            settings = self._torchserve.settings_of(name, slot.version)
+            workers = tuple(scheduler.workers() or []) if scheduler is not None else ()
             rows.append(VersionDescription(
-                version=slot.version, state=slot.state, reason=slot.reason, source=entry.source,
-                instances=scheduler.instances if scheduler is not None else entry.config.instance_group.count,
+                version=slot.version, state=slot.state, reason=slot.reason,
+                source=self._torchserve.url_of(name, slot.version) or entry.source,
+                instances=scheduler.instances if scheduler is not None else 0,
                 busy=scheduler.busy if scheduler is not None else 0,
                 max_batch_size=scheduler.max_batch_size if scheduler is not None else entry.config.max_batch_size,
                 max_queue_delay_ms=batching.max_queue_delay_ms if batching else 0.0,
-                default=newest is not None and newest[1] == slot.version))
+                default=default == slot.version, workers=workers, settings=settings))
         return rows
+
+    def default_version(self, name: str) -> str | None:
+        """The version an unversioned TorchServe call means: set-default's, else the first registered."""
+        entry = self._registry.entry(name)
+        newest = entry.newest_ready()
+        return entry.default_version or (newest[1] if newest is not None else None)
 
     # -- changing (needs --model-control explicit, and the token when one is set) -----------
     def authorize(self, credentials: str | None) -> None:
@@ -116,10 +125,17 @@ class ModelControl:
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")
         await self._registry.unload_model(name)
+        self._torchserve.forget(name)
+
+    async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
+        """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""
+        self._access.authorize_control(credentials, "unregistering a model")
+        if name not in self._registry.models:
+            raise NotFound(f"Model not found: {name}")
+        await self._torchserve.unregister(name, version)
 
     async def unload_version(self, name: str, version: str, credentials: str | None) -> None:
-        self._access.authorize_control(credentials, "unregistering a model")
-        await self._registry.unload_version(name, version)
+        await self.unregister(name, version, credentials)
 
     def set_default_version(self, name: str, version: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "setting the default version")
@@ -133,24 +149,23 @@ class ModelControl:
         for scheduler in self._registry.served(name):
             scheduler.resize(instances)
 
-    async def register_from_store(self, url: str, name: str | None, workers: int, batch_size: int,
-                                  max_batch_delay_ms: float, credentials: str | None) -> Registered:
-        """Register an archive of the model store (TorchServe's ``POST /models``)."""
+    async def scale_workers(self, name: str, version: str | None, min_workers: int, max_workers: int,
+                            synchronous: bool, credentials: str | None) -> tuple[Outcome, str]:
+        """TorchServe's scaling of one version (the default one when none is named): to zero
+        unloads it, up from zero loads it; ``synchronous`` False answers at once (ACCEPTED)."""
+        self._access.authorize_control(credentials, "scaling a model")
+        return await self._torchserve.scale(name, version, min_workers, max_workers, synchronous)
+
+    async def register_from_store(self, request: RegisterRequest, credentials: str | None) -> tuple[Outcome, str]:
+        """Register an archive of the model store, or one that ``allowed_urls`` lets it download
+        (TorchServe's ``POST /models``); a registration whose workers fail leaves nothing behind."""
         self._access.authorize_control(credentials, "registering a model")
-        archive = resolve_archive(self._model_store, url)
-        return await self.register_archive(archive, name, archive_config(workers, batch_size, max_batch_delay_ms))
+        return await self._torchserve.register(request)
 
     # -- the composition root's (start-up, polling, shutdown): no credentials ---------------
-    async def register_archive(self, archive: Path, name: str | None, config: ModelConfig) -> Registered:
-        manifest_name, version = archive_identity(archive)
-        name = name or manifest_name
-        if not is_valid_name(name):
-            raise InvalidInput(f"model name {name!r} is not valid: letters, digits, '_', '-', '.'")
-        entry = await self._registry.register_archive(name, archive, config, version)
-        slot = entry.versions[version]
-        if slot.state is not ModelState.READY:
-            raise InvalidInput(f"model '{name}' failed to load from {archive.name}: {slot.reason}")
-        return Registered(name, version, config.instance_group.count)
+    async def register_archive(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
+        """An archive served from the start (``--models``), with TorchServe's start-up workers."""
+        return await self._torchserve.register_at_start(archive, name)
 
     def states(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every version's state, without credentials: for metrics and the start-up line."""

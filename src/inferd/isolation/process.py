@@ -32,6 +32,7 @@ from inferd.errors import InferdError, ModelError, Unavailable
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
+from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
 
@@ -72,6 +73,7 @@ class InstanceProcess:
         self._inputs = Writer(f"{spec.context.name}-{index}-in")
         self._outputs = Reader()
         self._scratch: str | None = None
+        self.started = 0.0  # time.time() once its model loaded
 
     @property
     def pid(self) -> int | None:
@@ -105,6 +107,7 @@ class InstanceProcess:
             self.stop()
             raise ModelError(reply[1])
         self.metadata = reply[1]
+        self.started = time.time()
 
     def call(self, arrays: Arrays) -> Arrays:
         """Run one execution; raises InstanceDied if the process did not survive it."""
@@ -249,9 +252,11 @@ class ProcessRuntime(Runtime):
         self._next_index = 0
         self._closed = False
         self._start_failure = ""  # why the last start failed; "" once one succeeds
+        self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
         self.restarts = 0
         first = self._new_instance()
         first.start()  # in this thread: a model that cannot load fails its load, with the reason
+        self._live[first.index] = first
         self._adopt(first.metadata)
         self._ready = 1
         self._idle.put(first)
@@ -302,11 +307,16 @@ class ProcessRuntime(Runtime):
             if retire:
                 self._ready -= 1
         if retire:
-            threading.Thread(target=instance.stop, daemon=True).start()
+            self._retire(instance)
         else:
             self._idle.put(instance)
 
+    def _retire(self, instance: InstanceProcess) -> None:
+        self._live.pop(instance.index, None)
+        threading.Thread(target=instance.stop, daemon=True).start()
+
     def _replace(self, dead: InstanceProcess) -> None:
+        self._live.pop(dead.index, None)
         dead.kill()
         with self._lock:
             self._ready -= 1
@@ -338,6 +348,7 @@ class ProcessRuntime(Runtime):
                 time.sleep(next(pauses, _RESTART_BACKOFF_S[-1]))
                 continue
             log.info("model %s instance %d running (pid %s)", self.name, instance.index, instance.pid)
+            self._live[instance.index] = instance
             with self._lock:
                 self._starting -= 1
                 self._ready += 1
@@ -358,7 +369,7 @@ class ProcessRuntime(Runtime):
                 break  # the rest retire as they come back
             with self._lock:
                 self._ready -= 1
-            threading.Thread(target=instance.stop, daemon=True).start()
+            self._retire(instance)
 
     @property
     def count(self) -> int:
@@ -374,7 +385,14 @@ class ProcessRuntime(Runtime):
                 return
             with self._lock:
                 self._ready -= 1
+            self._live.pop(instance.index, None)
             instance.stop()
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every running instance process: its pid, when it became ready, its resident memory."""
+        return [WorkerStatus(index, instance.pid or 0, instance.started, True,
+                             _resident_mib(instance.pid) * 1024 * 1024 if instance.pid else 0)
+                for index, instance in sorted(self._live.items())]
 
     def describe(self) -> str:
         return f"{self._description} in {self._target} process(es)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -19,13 +21,31 @@ def _bytes_tensor(name: str, value: bytes) -> Tensor:
     return Tensor(name, "BYTES", array)
 
 
+_HOP_HEADERS = frozenset({"content-type", "content-length", "connection", "transfer-encoding", "authorization"})
+
+
 def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
-                      version: str | None) -> InferRequest:
-    """``POST /predictions/{model}[/{version}]``: the raw body (or a form) is one request."""
+                      version: str | None, headers: dict[str, str] | None = None) -> InferRequest:
+    """``POST /predictions/{model}[/{version}]``: the raw body (or a form) is one request. The
+    ``content_type`` input carries the content type, then the request's other headers as
+    ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them."""
+    lines = [content_type.replace("\r", "").replace("\n", "")]
+    for name, value in (headers or {}).items():
+        if name not in _HOP_HEADERS:
+            lines.append(f"{name}: {value}")
     return InferRequest(model_name=model, model_version=version,
                         inputs=[_bytes_tensor("body", bytes(body)),
-                                _bytes_tensor("content_type", content_type.encode("latin-1"))],
+                                _bytes_tensor("content_type", "\r\n".join(lines).encode("latin-1"))],
                         protocol=PROTOCOL)
+
+
+def prediction_status(response: InferResponse) -> int:
+    """The status the handler set with ``context.set_response_status`` (200 when it set none)."""
+    for tensor in response.outputs:
+        if tensor.name == "status":
+            code = int(tensor.data.reshape(-1)[0])
+            return code if 100 <= code <= 599 else 200
+    return 200
 
 
 def encode_prediction(response: InferResponse) -> tuple[bytes, str]:
@@ -78,21 +98,63 @@ def encode_tensor_prediction(response: InferResponse, added_batch: bool) -> byte
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def java_int(value: str | None, default: int) -> int:
+    """A query parameter read as TorchServe reads it (``Integer.parseInt``): an optional sign and
+    digits within 32 bits; anything else counts as not given."""
+    if value is None or not re.fullmatch(r"[+-]?[0-9]+", value):
+        return default
+    number = int(value)
+    return number if -(2**31) <= number < 2**31 else default
+
+
+def java_bool(value: str | None, default: bool) -> bool:
+    """``Boolean.parseBoolean``: "true" in any case is true, anything else given is false."""
+    return default if value is None else value.lower() == "true"
+
+
+def list_page(names: list[tuple[str, str]], limit: int, token: int) -> dict[str, Any]:
+    """``GET /models?limit=&next_page_token=`` as TorchServe pages it (limit outside 0..100 is 100)."""
+    limit = 100 if limit > 100 or limit < 0 else limit
+    token = max(token, 0)
+    last = token + limit
+    page: dict[str, Any] = {}
+    if last > len(names):
+        last = len(names)
+    else:
+        page["nextPageToken"] = str(last)
+    page["models"] = [{"modelName": name, "modelUrl": url} for name, url in names[token:last]]
+    return page
+
+
 def describe(name: str, row: VersionDescription) -> dict[str, Any]:
-    """One entry of ``GET /models/{model}``, in TorchServe's shape."""
+    """One entry of ``GET /models/{model}``, in TorchServe's shape, with the workers as they run."""
+    settings = row.settings
     ready = row.state is ModelState.READY
-    worker_status = "READY" if ready else row.state.value
-    return {
+    answer: dict[str, Any] = {
         "modelName": name,
         "modelVersion": row.version,
         "modelUrl": row.source,
-        "runtime": "python",
-        "minWorkers": row.instances,
-        "maxWorkers": row.instances,
-        "batchSize": row.max_batch_size,
-        "maxBatchDelay": row.max_queue_delay_ms,
-        "loadedAtStartup": True,
+        "runtime": settings.runtime if settings else "python",
+        "minWorkers": settings.min_workers if settings else row.instances,
+        "maxWorkers": settings.max_workers if settings else row.instances,
+        "batchSize": settings.batch_size if settings else max(row.max_batch_size, 1),
+        "maxBatchDelay": settings.max_batch_delay_ms if settings else int(row.max_queue_delay_ms),
+        "responseTimeout": settings.response_timeout_s if settings else 120,
+        "startupTimeout": settings.startup_timeout_s if settings else 120,
+        "deviceType": settings.device_type if settings else "cpu",
+        "loadedAtStartup": settings.loaded_at_startup if settings else True,
         "isDefault": row.default,
-        "workers": [{"id": str(9000 + i), "status": worker_status, "busy": i < row.busy, "gpu": False}
-                    for i in range(row.instances)],
+        "status": "READY" if ready else row.state.value,
+        "workers": [{"id": str(9000 + worker.id), "startTime": _iso(worker.started),
+                     "status": "READY" if worker.ready and ready else "UNLOADING",
+                     "memoryUsage": worker.memory_bytes, "pid": worker.pid, "gpu": worker.gpu is not None,
+                     "gpuUsage": "N/A"} for worker in row.workers],
+        "jobQueueStatus": {"remainingCapacity": 1000, "pendingRequests": row.busy},
     }
+    if row.reason:
+        answer["reason"] = row.reason
+    return answer
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,52 +1,157 @@
-"""TorchServe's model store: which archives may load, what their manifest says, and the config
-their registration parameters amount to."""
+"""TorchServe's model store: which archives may be registered (a name in the store, or a URL that
+``allowed_urls`` admits, downloaded into the store as TorchServe does), what their manifest and
+``model-config.yaml`` say, and the config their registration amounts to."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import urllib.error
+import urllib.request
 import zipfile
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
 
 from inferd.config import DynamicBatching, InstanceGroup, ModelConfig
-from inferd.errors import ConfigError, InvalidInput, NotFound
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
+
+log = logging.getLogger("inferd.repository")
+
+MAX_DOWNLOAD_BYTES = 8 * 1024**3
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def resolve_archive(model_store: Path | None, url: str) -> Path:
-    """The archive named by ``url``, which must be a file name inside the model store: no remote
-    URLs, no absolute paths, nothing that leaves the store."""
+@dataclass(frozen=True, slots=True)
+class LocatedArchive:
+    path: Path  # where it is (or will be, once downloaded) in the model store
+    remote: str = ""  # the URL to download it from; "" when it is in the store already
+
+
+def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tuple[str, ...] = ()) -> LocatedArchive:
+    """The archive named by ``url``: a file name inside the model store, or a URL matching one of
+    ``allowed_urls`` (regular expressions, as TorchServe's setting) whose file is not in the store
+    yet. Status codes as TorchServe's: no url 400, empty or unknown 404, file already there 500."""
+    if url is None:
+        raise InvalidInput("Parameter url is required.")
     if model_store is None:
-        raise InvalidInput("no --model-store was given, so there is nothing to register from")
+        raise NotFound("Model store has not been configured (--model-store).")
     if not url:
-        raise InvalidInput("give url=<archive>.mar, the name of an archive in the model store")
-    if "://" in url or url.split(":", 1)[0] in ("http", "https", "s3", "file", "ftp"):
-        raise InvalidInput(f"url {url!r} is remote; inferd loads archives only from the model store")
+        raise NotFound("empty url")
+    if ".." in url:
+        raise NotFound(f"Relative path is not allowed in url: {url} (it leaves the model store)")
+    if _URL.match(url):
+        if not any(re.fullmatch(pattern, url, re.IGNORECASE) for pattern in allowed_urls):
+            allowed = ", ".join(allowed_urls) or "none: inferd loads archives only from the model store"
+            raise NotFound(f"Given URL {url} does not match any allowed URL(s) (allowed_urls: {allowed})")
+        file_name = PurePosixPath(urlparse(url).path).name
+        if not file_name:
+            raise NotFound(f"url {url} names no archive file")
+        target = model_store / file_name
+        if target.exists():
+            raise InferdError(f"Model file already exists {file_name}")
+        return LocatedArchive(target, url)
     candidate = (model_store / url).resolve()
-    if Path(url).is_absolute() or ".." in Path(url).parts or not candidate.is_relative_to(model_store.resolve()):
-        raise InvalidInput(f"url {url!r} leaves the model store; give the archive's name inside it")
-    if not candidate.is_file():
-        raise NotFound(f"archive {url!r} is not in the model store {model_store}")
-    return candidate
+    if Path(url).is_absolute() or not candidate.is_relative_to(model_store.resolve()):
+        raise NotFound(f"Model not found at: {url}; the url leaves the model store (give the archive's "
+                       "name inside it)")
+    if not candidate.exists():
+        raise NotFound(f"Model not found at: {url} (not in the model store {model_store})")
+    return LocatedArchive(candidate)
+
+
+def download(url: str, target: Path, limit: int = MAX_DOWNLOAD_BYTES) -> None:
+    """Fetch ``url`` into ``target`` (blocks; run it off the event loop). A failed download leaves
+    nothing behind and is a 400, as TorchServe's DownloadArchiveException."""
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            copied = 0
+            while chunk := response.read(1 << 20):
+                copied += len(chunk)
+                if copied > limit:
+                    raise InvalidInput(f"Failed to download archive from: {url}: larger than {limit} bytes")
+                out.write(chunk)
+        partial.rename(target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise InvalidInput(f"Failed to download archive from: {url}: {exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("downloaded %s into the model store as %s", url, target.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveInfo:
+    """What an archive says about itself: its manifest, and its model-config.yaml if it has one."""
+
+    name: str
+    version: str
+    handler: str
+    runtime: str
+    yaml: dict[str, Any] = field(default_factory=dict)
+
+    def yaml_int(self, key: str) -> int | None:
+        """An integer setting of model-config.yaml; other types are ignored, as TorchServe does."""
+        value = self.yaml.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def archive_info(archive: Path) -> ArchiveInfo:
+    """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))
+            model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
+            config_file = model.get("configFile") if isinstance(model, dict) else None
+            yaml_text = bundle.read(config_file).decode() if config_file else ""
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
+    if not isinstance(model, dict):
+        raise ConfigError(f"{archive.name}: MAR-INF/MANIFEST.json has no 'model' object")
+    return ArchiveInfo(str(model.get("modelName") or archive.stem), str(model.get("modelVersion") or "1.0"),
+                       str(model.get("handler") or ""), str(manifest.get("runtime") or "python"),
+                       read_model_yaml(yaml_text, archive.name) if yaml_text else {})
+
+
+def read_model_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML comes with inferd[torchserve]
+        raise ConfigError(f"{where} has a model-config.yaml; reading it needs PyYAML (pip install pyyaml)") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: model-config.yaml does not parse: {exc}") from None
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def archive_identity(archive: Path) -> tuple[str, str]:
     """(modelName, modelVersion) from the archive's MAR-INF/MANIFEST.json, read without unpacking."""
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
-    model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
-    return str(model.get("modelName") or archive.stem), str(model.get("modelVersion") or "1.0")
+    info = archive_info(archive)
+    return info.name, info.version
 
 
-def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float) -> ModelConfig:
-    """TorchServe's registration parameters (initial_workers, batch_size, max_batch_delay) as config."""
+def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, handler: str = "",
+                   response_timeout_s: float = 120.0) -> ModelConfig:
+    """TorchServe's registration parameters (workers, batch_size, max_batch_delay, handler,
+    response_timeout) as config; batch_size > 1 turns on dynamic batching."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")
     batching = DynamicBatching(max_queue_delay_ms=max_batch_delay_ms) if batch_size > 1 else None
+    group = InstanceGroup(count=workers, response_timeout_s=response_timeout_s)
     return ModelConfig(backend="torchserve", max_batch_size=batch_size, dynamic_batching=batching,
-                       instance_group=InstanceGroup(count=workers))
+                       instance_group=group, handler=handler)
+
+
+def remove_downloaded(path: Path) -> None:
+    """Unregistering a model that was downloaded removes its archive from the store (TorchServe)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s from the model store: %s", path, exc)
 
 
 def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str | None, Path]]:
@@ -56,5 +161,6 @@ def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str
     chosen = []
     for item in models:
         name, _, file = item.rpartition("=")
-        chosen.append((name or None, resolve_archive(model_store, file)))
+        chosen.append((name or None, locate_archive(model_store, file).path))
     return chosen
+

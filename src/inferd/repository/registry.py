@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, cast
 
 from inferd.config import BatchingDefaults, ModelConfig, ModelSource
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, ServableNotFound, Unavailable
+from inferd.errors import (
+    AlreadyExists,
+    ConfigError,
+    InferdError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    ServableNotFound,
+    Unavailable,
+)
 from inferd.modelconfig import apply_override
 from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
 from inferd.repository.layout import (
@@ -34,6 +44,7 @@ log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
+NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
 @dataclass(slots=True)
@@ -273,17 +284,56 @@ class ModelRegistry(Generic[S]):
             entry.changed()
         return all(await asyncio.gather(*(self._retire(entry, deadline) for entry in entries)))
 
-    async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str) -> ModelEntry[S]:
-        """Serve a model archive from outside the repository (TorchServe's model store)."""
+    async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
+                               load: bool = True) -> ModelEntry[S]:
+        """Serve a model archive from outside the repository (TorchServe's model store). With
+        ``load`` False the version is registered with no runtime (TorchServe's 0 workers) until
+        ``start_version``. The first version registered is the model's default, as in TorchServe."""
         entry = self._models.get(name)
-        if entry is None or not entry.source.endswith(".mar"):
-            await self.unload_model(name, missing_ok=True)
-            entry = self._models[name] = ModelEntry(name=name, config=config, source=str(archive))
-        if version in entry.versions and entry.versions[version].state is ModelState.READY:
-            raise InvalidInput(f"model '{name}' version {version} is already registered")
+        if entry is not None and not entry.source.endswith(".mar"):
+            raise AlreadyExists(f"model '{name}' is served from the model repository; register the archive "
+                                "under another model_name")
+        if entry is not None and version in entry.versions:
+            raise AlreadyExists(f"Model version {version} is already registered for model {name}")
+        if entry is None:
+            entry = self._models[name] = ModelEntry(name=name, config=config, source=str(archive),
+                                                    default_version=version)
         entry.versions[version] = VersionEntry(version=version)
-        await self._load_version(entry, version, archive, config)
+        if load:
+            await self._load_version(entry, version, archive, config)
+        else:
+            entry.versions[version].state, entry.versions[version].reason = ModelState.UNAVAILABLE, NO_WORKERS
         return entry
+
+    async def start_version(self, name: str, version: str, path: Path, config: ModelConfig,
+                            timeout: float | None = None) -> None:
+        """Build a known version that has no runtime (TorchServe's scaling up from 0 workers);
+        raises ModelError with the reason when it fails or does not load within ``timeout`` s."""
+        entry = self.entry(name)
+        slot = entry.versions[version]
+        slot.state, slot.reason = ModelState.LOADING, ""
+        if not await self._load_version(entry, version, path, config, timeout):
+            raise ModelError(slot.reason)
+        if entry.versions.get(version) is not slot or self._models.get(name) is not entry:
+            await self._retire_slot(slot)  # unregistered while it loaded
+            raise ModelError(f"model '{name}' version {version} was unregistered while its workers started")
+
+    async def stop_version(self, name: str, version: str) -> None:
+        """Unload a version's runtime but keep the version known (TorchServe's 0 workers)."""
+        entry = self.entry(name)
+        slot = entry.versions[version]
+        runtime, slot.runtime = slot.runtime, None
+        slot.state, slot.reason = ModelState.UNAVAILABLE, NO_WORKERS
+        entry.changed()
+        if runtime is not None:
+            await runtime.drain(DRAIN_SECONDS)
+            await asyncio.to_thread(runtime.unload)
+
+    async def _retire_slot(self, slot: VersionEntry[S]) -> None:
+        for runtime in (slot.runtime, *slot.signatures.values()):
+            if runtime is not None:
+                await asyncio.to_thread(runtime.unload)
+        slot.runtime, slot.signatures = None, {}
 
     async def unload_version(self, name: str, version: str) -> None:
         entry = self._models.get(name)
@@ -337,19 +387,27 @@ class ModelRegistry(Generic[S]):
             entry.versions[str(number)] = VersionEntry(str(number), ModelState.UNAVAILABLE, reason)
 
     async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
-                            config: ModelConfig | None = None) -> None:
+                            config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
+        build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
+                                                        config or entry.config, self._wrap))
         try:
-            built: BuiltVersion[S] = await asyncio.to_thread(build_version, entry.name, version, path,
-                                                             config or entry.config, self._wrap)
+            built: BuiltVersion[S] = await asyncio.wait_for(asyncio.shield(build), timeout)
+        except TimeoutError:
+            build.add_done_callback(_unload_when_built)
+            slot.state, slot.reason = ModelState.UNAVAILABLE, (
+                f"model '{entry.name}' version {version} did not load within its startup timeout of {timeout:g} s")
+            log.error("%s", slot.reason)
+            return False
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
-            return
+            return False
         slot.runtime, slot.state, slot.reason = built.served, ModelState.READY, ""
         slot.signatures, slot.default_signature = built.signatures, built.default_signature
         entry.changed()
         log.info("model %s version %s ready (%s)", entry.name, version, built.served.describe())
+        return True
 
     def served(self, name: str) -> list[S]:
         """Every loaded version's scheduler (default signature) of a model, for scaling."""
@@ -397,6 +455,15 @@ class ModelRegistry(Generic[S]):
             known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
             raise NotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
         return str(entry.config.version_labels[label])
+
+
+def _unload_when_built(build: asyncio.Future[BuiltVersion[S]]) -> None:
+    """A build that finished after its caller gave up on it: unload what it built."""
+    if build.cancelled() or build.exception() is not None:
+        return
+    built = build.result()
+    for runtime in (built.served, *built.signatures.values()):
+        threading.Thread(target=runtime.unload, name="inferd-unload-late", daemon=True).start()
 
 
 def _reason(exc: Exception) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 
 from inferd.config import ModelConfig, TensorConfig
 from inferd.errors import ConfigError
-from inferd.types import CallContext, TensorSpec, numpy_dtype
+from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
 
@@ -69,6 +69,10 @@ class Runtime(ABC):
 
     def unload(self) -> None:  # noqa: B027 - optional hook
         """Release what the model holds. The default has nothing to release."""
+
+    def workers(self) -> list[WorkerStatus] | None:
+        """The processes that run this model's calls; None when they run in the server's own."""
+        return None
 
     def describe(self) -> str:
         return self.platform

@@ -25,7 +25,9 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 class BaseHandler:
     """Loads the archive's model (TorchScript, torch.export, or eager weights with ``model_file``)
     and runs JSON tensors through it: each request's body is a (nested) list of numbers, or
-    ``{"data": [...]}``; each answer is the model's output row as a list."""
+    ``{"data": [...]}``; each answer is the model's output row as a list. The loading steps are
+    TorchServe's methods (``_load_pickled_model``, ``_load_torchscript_model``), so a handler
+    that overrides one (VGG's does) is honoured."""
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -36,24 +38,48 @@ class BaseHandler:
         self.manifest: dict[str, Any] | None = None
         self.model_pt_path: str | None = None
         self.map_location = "cpu"
+        self.explain = False
+        self.target = 0
+        self.profiler_args: dict[str, Any] = {}
+        self.model_yaml_config: dict[str, Any] = {}
 
     def initialize(self, context: Any) -> None:
         import torch
 
         properties = context.system_properties
+        self.model_yaml_config = getattr(context, "model_yaml_config", {}) or {}
         gpu = properties.get("gpu_id")
         if gpu is not None and torch.cuda.is_available():
             self.map_location, self.device = "cuda", torch.device(f"cuda:{gpu}")
         else:
             self.map_location, self.device = "cpu", torch.device("cpu")
         self.manifest = context.manifest
-        model_dir = Path(properties["model_dir"])
+        model_dir = str(properties["model_dir"])
         model = self.manifest["model"]
         serialized = model.get("serializedFile")
-        self.model_pt_path = str(model_dir / serialized) if serialized else None
-        self.model = load_model(model_dir, model.get("modelFile") or "", self.model_pt_path, self.device)
-        self.mapping = load_label_mapping(str(model_dir / "index_to_name.json"))
+        self.model_pt_path = str(Path(model_dir) / serialized) if serialized else None
+        model_file = model.get("modelFile") or ""
+        if model_file:
+            self.model = self._load_pickled_model(model_dir, model_file, self.model_pt_path)
+        else:
+            if self.model_pt_path is None:
+                raise ConfigError("the archive has neither a serializedFile nor a model_file")
+            self.model = self._load_torchscript_model(self.model_pt_path)
+        if hasattr(self.model, "to"):
+            self.model = self.model.to(self.device)
+        if hasattr(self.model, "eval") and not self.model_pt_path_is_export():
+            self.model.eval()
+        self.mapping = load_label_mapping(str(Path(model_dir) / "index_to_name.json"))
         self.initialized = True
+
+    def model_pt_path_is_export(self) -> bool:
+        return bool(self.model_pt_path and self.model_pt_path.endswith(".pt2"))
+
+    def _load_torchscript_model(self, model_pt_path: str) -> Any:
+        return load_model(Path(model_pt_path).parent, "", model_pt_path, self.device)
+
+    def _load_pickled_model(self, model_dir: str, model_file: str, model_pt_path: str | None) -> Any:
+        return load_model(Path(model_dir), model_file, model_pt_path, self.device)
 
     def preprocess(self, data: list[dict[str, Any]]) -> Any:
         import torch
@@ -77,8 +103,39 @@ class BaseHandler:
         self.context = context
         return self.postprocess(self.inference(self.preprocess(data)))
 
+    def get_device(self) -> Any:
+        return self.device
 
-class ImageClassifier(BaseHandler):
+
+class VisionHandler(BaseHandler):
+    """Images in: each request's bytes (or base64 text, or a list of numbers) become one tensor.
+    A subclass's ``image_processing`` (torchvision transforms, as MNIST's handler sets) gets the
+    image as Pillow opened it, as in TorchServe; without one, inferd's ImageNet preprocessing."""
+
+    image_processing: Any = None
+
+    def preprocess(self, data: list[dict[str, Any]]) -> Any:
+        import torch
+
+        images = []
+        for row in data:
+            value = row.get("data") or row.get("body")
+            if isinstance(value, str):
+                value = base64.b64decode(value)
+            if isinstance(value, bytes | bytearray):
+                if self.image_processing is not None:
+                    image = self.image_processing(_open_image(bytes(value)))
+                    images.append(image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image)))
+                else:
+                    images.append(torch.from_numpy(image_to_array(bytes(value))))
+            elif value:
+                images.append(torch.as_tensor(value, dtype=torch.float32))
+            else:
+                raise InvalidInput("the request has no image (send the bytes as the body or as form field 'data')")
+        return torch.stack(images).to(self.device)
+
+
+class ImageClassifier(VisionHandler):
     """JPEG/PNG bytes -> resize 256 -> centre crop 224 -> ImageNet normalisation -> top-k labels."""
 
     topk = 5
@@ -89,17 +146,21 @@ class ImageClassifier(BaseHandler):
     def get_max_result_classes(self) -> int:
         return self.topk
 
-    def preprocess(self, data: list[dict[str, Any]]) -> Any:
-        import torch
-
-        return torch.from_numpy(np.stack([image_to_array(_image_bytes(row)) for row in data]))
-
     def postprocess(self, data: Any) -> list[dict[str, float]]:
         import torch
 
         probabilities = torch.softmax(data, dim=1)
         probs, classes = torch.topk(probabilities, min(self.topk, probabilities.shape[1]), dim=1)
         return map_class_to_label(probs.tolist(), self.mapping, classes.tolist())
+
+
+def _open_image(raw: bytes) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidInput(f"the request body is not an image Pillow can read: {exc}") from None
 
 
 def image_to_array(raw: bytes) -> np.ndarray:
@@ -118,15 +179,6 @@ def image_to_array(raw: bytes) -> np.ndarray:
     image = image.crop((left, top, left + 224, top + 224))
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
-
-
-def _image_bytes(row: dict[str, Any]) -> bytes:
-    value = row.get("data") or row.get("body")
-    if isinstance(value, str):
-        value = base64.b64decode(value)
-    if not value:
-        raise InvalidInput("the request has no image (send the bytes as the body or as form field 'data')")
-    return bytes(value)
 
 
 def _json_row(row: dict[str, Any]) -> Any:
@@ -178,19 +230,36 @@ def _model_class(path: Path) -> Any:
     return classes[0]
 
 
+def list_classes_from_module(module: Any, parent_class: type | None = None) -> list[type]:
+    """The classes a module defines itself (TorchServe's ``ts.utils.util`` function)."""
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    return [c for c in classes if issubclass(c, parent_class)] if parent_class is not None else classes
+
+
 def load_label_mapping(path: str) -> dict[str, Any] | None:
+    """``index_to_name.json`` as TorchServe reads it: ``{"0": "tench"}``, ``{"0": ["n01440764",
+    "tench"]}`` (the last item is the label) or ``{"object_type_names": [...]}``; None if absent."""
     file = Path(path)
     if not file.is_file():
         return None
     mapping = json.loads(file.read_text())
     if not isinstance(mapping, dict):
         raise ConfigError(f"{file.name} must map class indexes to names")
+    if isinstance(mapping.get("object_type_names"), list):
+        return {str(k): v for k, v in enumerate(mapping["object_type_names"])}
+    for key, value in mapping.items():
+        label = value[-1] if isinstance(value, list) else value
+        if not isinstance(label, str):
+            raise ConfigError(f"{file.name}: labels must be strings or lists of strings, got {value!r}")
+        mapping[key] = label
     return mapping
 
 
 def map_class_to_label(probs: list[list[float]], mapping: dict[str, Any] | None = None,
                        lbl_classes: list[list[int]] | None = None) -> list[dict[str, float]]:
     """One ``{label: probability}`` dict per row; a mapping value that is a list uses its last item."""
+    if not isinstance(probs, list):
+        raise TypeError("Convert classes to list before doing mapping")
     if lbl_classes is None:
         lbl_classes = [list(range(len(row))) for row in probs]
     results = []
@@ -203,8 +272,29 @@ def map_class_to_label(probs: list[list[float]], mapping: dict[str, Any] | None 
     return results
 
 
+def get_yaml_config(yaml_file_path: str) -> dict[str, Any]:
+    import yaml
+
+    with open(yaml_file_path) as file:
+        loaded = yaml.safe_load(file)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+class PredictionException(Exception):
+    """Raised by a handler to answer the batch with ``error_code`` and ``message``."""
+
+    def __init__(self, message: str, error_code: int = 500) -> None:
+        self.message = message
+        self.error_code = error_code
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} : {self.error_code}"
+
+
 BUILTIN: dict[str, type[BaseHandler]] = {
     "base_handler": BaseHandler,
     "tensor": BaseHandler,
     "image_classifier": ImageClassifier,
+    "vision_handler": ImageClassifier,
 }

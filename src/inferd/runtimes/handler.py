@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.errors import ConfigError
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.runtimes.ts_context import Context
-from inferd.runtimes.ts_requests import decode_row, encode_answer
+from inferd.runtimes.ts_requests import decode_row, encode_answer, split_headers
 from inferd.runtimes.ts_shim import install_torchserve_shim
 from inferd.types import TensorSpec
 
@@ -36,7 +37,8 @@ __all__ = ["INPUTS", "OUTPUTS", "Context", "Handle", "HandlerRuntime", "Initiali
            "encode_answer", "install_torchserve_shim", "resolve_handler"]
 
 INPUTS = (TensorSpec("body", "BYTES", (-1,)), TensorSpec("content_type", "BYTES", (-1,)))
-OUTPUTS = (TensorSpec("output", "BYTES", (-1,)), TensorSpec("content_type", "BYTES", (-1,)))
+OUTPUTS = (TensorSpec("output", "BYTES", (-1,)), TensorSpec("content_type", "BYTES", (-1,)),
+           TensorSpec("status", "INT32", (-1,)))
 
 Handle = Callable[[list[dict[str, Any]], Context], Any]  # handle(data, context): one answer per request
 Initialize = Callable[[Context], Any]
@@ -57,17 +59,30 @@ class HandlerRuntime(Runtime):
 
     def infer(self, inputs: Arrays) -> Arrays:
         bodies = inputs["body"].reshape(-1)
-        content_types = [_text(c) for c in inputs["content_type"].reshape(-1)]
+        headers = [split_headers(_text(c)) for c in inputs["content_type"].reshape(-1)]
+        content_types = [h.get("content-type", "") for h in headers]
         rows = [decode_row(body, kind) for body, kind in zip(bodies, content_types, strict=True)]
-        self._context._start_batch(content_types)
-        results = self._handle(rows, self._context)
+        self._context._start_batch(headers)
+        try:
+            results = self._handle(rows, self._context)
+        except Exception as exc:
+            code = getattr(exc, "error_code", None)
+            if not isinstance(code, int) or not 100 <= code <= 599:
+                raise
+            # PredictionException(message, error_code): the batch is answered with that code
+            message = str(getattr(exc, "message", exc))
+            return {"output": _objects([orjson.dumps({"code": code, "type": type(exc).__name__,
+                                                      "message": message})] * len(rows)),
+                    "content_type": _objects([b"application/json"] * len(rows)),
+                    "status": np.full(len(rows), code, np.int32)}
         if not isinstance(results, list | tuple) or len(results) != len(rows):
             got = len(results) if isinstance(results, list | tuple) else type(results).__name__
             raise RuntimeError(f"handler of '{self._name}' returned {got} results for a batch of "
                                f"{len(rows)} requests; handle() must return one per request")
         answers = [encode_answer(r, self._context.get_response_content_type(i)) for i, r in enumerate(results)]
         return {"output": _objects([a[0] for a in answers]),
-                "content_type": _objects([a[1].encode() for a in answers])}
+                "content_type": _objects([a[1].encode() for a in answers]),
+                "status": np.array([self._context.get_response_status(i)[0] for i in range(len(rows))], np.int32)}
 
 
 def _objects(items: list[bytes]) -> np.ndarray:
@@ -91,6 +106,8 @@ def resolve_handler(handler: str, model_dir: Path) -> tuple[Handle, Initialize]:
     path = model_dir / file_name
     if not path.suffix:
         path = path.with_suffix(".py")
+    if not path.is_file():  # TorchServe imports a handler by its module name: the file's, from the archive
+        path = model_dir / Path(path.name)
     if path.is_file():
         module = _import(path, model_dir)
         function = function or "handle"
@@ -105,7 +122,7 @@ def resolve_handler(handler: str, model_dir: Path) -> tuple[Handle, Initialize]:
                               f"found classes {[c.__name__ for c in classes]}")
         service = classes[0]()
         return service.handle, service.initialize
-    builtin = builtin_handlers.BUILTIN.get(handler.removesuffix(".py"))
+    builtin = builtin_handlers.BUILTIN.get(Path(file_name).name.removesuffix(".py"))
     if builtin is None:
         raise ConfigError(f"handler '{handler}' is neither a file in the archive nor a built-in handler "
                           f"({', '.join(sorted(builtin_handlers.BUILTIN))})")
@@ -130,11 +147,11 @@ def _import(path: Path, model_dir: Path) -> types.ModuleType:
 
 
 def build(model_name: str, model_dir: Path, manifest: dict[str, Any], max_batch_size: int,
-          gpu: int | None) -> HandlerRuntime:
+          gpu: int | None, model_yaml_config: dict[str, Any] | None = None) -> HandlerRuntime:
     """The handler that ``manifest`` names, imported from ``model_dir`` and initialised."""
     handler = manifest["model"].get("handler") or "base_handler"
     install_torchserve_shim()
     handle, initialize = resolve_handler(handler, model_dir)
-    context = Context(model_name, str(model_dir), manifest, max(max_batch_size, 1), gpu)
+    context = Context(model_name, str(model_dir), manifest, max(max_batch_size, 1), gpu, model_yaml_config)
     initialize(context)
     return HandlerRuntime(handle, context, max_batch_size, model_name)

@@ -51,10 +51,31 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_model_yaml(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The archive's model-config.yaml (the manifest's ``configFile``), as the handler's
+    ``context.model_yaml_config`` shows it; {} when the archive has none."""
+    config_file = manifest["model"].get("configFile")
+    if not config_file:
+        return {}
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML comes with inferd[torchserve]
+        raise ConfigError("the archive has a model-config.yaml; reading it needs PyYAML (pip install pyyaml)") from None
+    try:
+        loaded = yaml.safe_load((model_dir / config_file).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"the archive's {config_file} cannot be read: {exc}") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def load(context: LoadContext) -> HandlerRuntime:
     gpu = int(context.device.split(":")[1]) if context.device.startswith("cuda") else None
     model_dir = unpack(context.artifact)
-    return handler.build(context.name, model_dir, read_manifest(model_dir), context.config.max_batch_size, gpu)
+    manifest = read_manifest(model_dir)
+    if context.config.handler:  # registration's handler= wins over the manifest's
+        manifest["model"]["handler"] = context.config.handler
+    return handler.build(context.name, model_dir, manifest, context.config.max_batch_size, gpu,
+                         read_model_yaml(model_dir, manifest))
 
 
 @atexit.register

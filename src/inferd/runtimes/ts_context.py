@@ -19,6 +19,7 @@ class Context:
         self.request_ids: dict[int, str] = {}
         self.metrics = _NoMetrics()
         self._content_types: dict[int, str] = {}
+        self._statuses: dict[int, tuple[int, str]] = {}
         self._headers: list[dict[str, str]] = []
 
     @property
@@ -29,6 +30,7 @@ class Context:
         return self.request_ids.get(idx)
 
     def get_request_header(self, idx: int, key: str) -> str | None:
+        """Any header of request ``idx``, by name in any case (TorchServe's door passes them all)."""
         return self._headers[idx].get(key.lower()) if idx < len(self._headers) else None
 
     def get_all_request_header(self, idx: int) -> dict[str, str]:
@@ -41,13 +43,32 @@ class Context:
         return self._content_types.get(idx)
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        """Kept for compatibility; inferd answers 500 when a handler raises instead."""
+        """The HTTP status of request ``idx``'s answer (its body is still the handler's answer)."""
+        self._statuses[idx] = (code, phrase)
 
-    def _start_batch(self, content_types: list[str]) -> None:
+    def get_response_status(self, idx: int) -> tuple[int, str]:
+        return self._statuses.get(idx, (200, ""))
+
+    def get_response_headers(self, idx: int) -> dict[str, str]:
+        return {"content-type": self._content_types[idx]} if idx in self._content_types else {}
+
+    def set_all_response_status(self, code: int = 200, phrase: str = "") -> None:
+        for idx in range(len(self._headers)):
+            self.set_response_status(code, phrase, idx)
+
+    def get_sequence_id(self, idx: int) -> str:
+        return self.request_ids.get(idx, "")
+
+    @property
+    def request_processor(self) -> list[Any]:
+        return [_RequestProcessor(headers) for headers in self._headers]
+
+    def _start_batch(self, headers: list[dict[str, str]]) -> None:
         """Called by HandlerRuntime before each ``handle``: one request id and header set per row."""
-        self.request_ids = {i: str(i) for i in range(len(content_types))}
-        self._headers = [{"content-type": c} for c in content_types]
+        self.request_ids = {i: str(i) for i in range(len(headers))}
+        self._headers = headers
         self._content_types = {}
+        self._statuses = {}
 
 
 class _NoMetrics:
@@ -55,3 +76,16 @@ class _NoMetrics:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+class _RequestProcessor:
+    """``context.request_processor[i]``: a request's headers, as TorchServe's RequestProcessor."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def get_request_property(self, key: str) -> str | None:
+        return self._headers.get(key.lower())
+
+    def get_request_properties(self) -> dict[str, str]:
+        return dict(self._headers)

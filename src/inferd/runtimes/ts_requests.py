@@ -10,6 +10,18 @@ from urllib.parse import parse_qsl
 import orjson
 
 
+def split_headers(content_type: str) -> dict[str, str]:
+    """The ``content_type`` input: the content type, then (TorchServe's door adds them) the
+    request's other headers as ``name: value`` lines, CRLF-separated as on the wire."""
+    first, *lines = content_type.split("\r\n")
+    headers = {"content-type": first}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.setdefault(name.strip().lower(), value.strip())
+    return headers
+
+
 def decode_row(body: bytes, content_type: str) -> dict[str, Any]:
     """One request as TorchServe gives it to a handler: the raw body, or the form's fields."""
     if content_type.startswith("multipart/form-data"):

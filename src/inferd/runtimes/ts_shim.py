@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 from typing import Any
 
-from inferd.runtimes.ts_context import Context
+from inferd.runtimes.ts_context import Context, _RequestProcessor
+
+
+def _timed(function: Any) -> Any:
+    """``ts.handler_utils.timer.timed``: TorchServe records the step's time; inferd measures every
+    call itself, so the step runs as it is."""
+    return function
 
 
 def install_torchserve_shim() -> None:
@@ -23,14 +30,19 @@ def install_torchserve_shim() -> None:
             pass
     from inferd.runtimes import builtin_handlers
 
+    b = builtin_handlers
     modules: dict[str, dict[str, Any]] = {
         "ts": {}, "ts.torch_handler": {},
-        "ts.torch_handler.base_handler": {"BaseHandler": builtin_handlers.BaseHandler},
-        "ts.torch_handler.image_classifier": {"ImageClassifier": builtin_handlers.ImageClassifier},
-        "ts.torch_handler.vision_handler": {"VisionHandler": builtin_handlers.ImageClassifier},
-        "ts.context": {"Context": Context},
-        "ts.utils": {}, "ts.utils.util": {"map_class_to_label": builtin_handlers.map_class_to_label,
-                                          "load_label_mapping": builtin_handlers.load_label_mapping},
+        "ts.torch_handler.base_handler": {"BaseHandler": b.BaseHandler},
+        "ts.torch_handler.vision_handler": {"VisionHandler": b.VisionHandler},
+        "ts.torch_handler.image_classifier": {"ImageClassifier": b.ImageClassifier, "VisionHandler": b.VisionHandler},
+        "ts.context": {"Context": Context, "RequestProcessor": _RequestProcessor},
+        "ts.utils": {}, "ts.utils.util": {
+            "map_class_to_label": b.map_class_to_label, "load_label_mapping": b.load_label_mapping,
+            "list_classes_from_module": b.list_classes_from_module, "get_yaml_config": b.get_yaml_config,
+            "PredictionException": b.PredictionException,
+            "CLEANUP_REGEX": re.compile("<.*?>|&([a-z0-9]+|#[0-9]{1,6}|#x[0-9a-f]{1,6});")},
+        "ts.handler_utils": {}, "ts.handler_utils.timer": {"timed": _timed},
     }
     for name, members in modules.items():
         if name in sys.modules and not getattr(sys.modules[name], "__inferd_shim__", False):

@@ -22,7 +22,7 @@ from inferd.runtimes.base import Arrays
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.policy import decide, plan_batch
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
-from inferd.types import CallContext
+from inferd.types import CallContext, WorkerStatus
 
 BatchObserver = Callable[[int], None]  # rows of each execution
 
@@ -240,6 +240,9 @@ class DynamicBatcher(Scheduler):
 
     def unload(self) -> None:
         self.pool.unload()
+
+    def workers(self) -> list[WorkerStatus]:
+        return self.pool.workers()
 
     def describe(self) -> str:
         return f"{self.pool.describe()}, dynamic batching up to {self.max_batch_size}"

@@ -13,7 +13,7 @@ from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
-from inferd.types import BatchStatistics, CallContext, Duration
+from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
 
 # A call this fast costs the event loop less than handing it to a thread and back (about 70 µs of
 # CPU on this project's reference machine), so it runs inline: see policy.inline_threshold.
@@ -55,6 +55,7 @@ class InstancePool(Scheduler):
         self._slow_streak = 0
         self._inline_below_s = inline_threshold(_usable_cpus())
         self._inline_max_bytes = 0  # the largest input measured while deciding: larger runs threaded
+        self._started = time.time()
 
     @property
     def instances(self) -> int:
@@ -181,6 +182,13 @@ class InstancePool(Scheduler):
         old, self._executor = self._executor, ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{self.name}")
         self._count = count
         old.shutdown(wait=False)
+
+    def workers(self) -> list[WorkerStatus]:
+        """The inner runtime's processes, or this pool's threads (each in the server's process)."""
+        own = self.inner.workers()
+        if own is not None:
+            return own
+        return [WorkerStatus(i, os.getpid(), self._started, True) for i in range(self._count)]
 
     def unload(self) -> None:
         if self._on_unload is not None:

@@ -12,6 +12,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.CONFLICT: 409,
     ErrorCode.MODEL_FAILED: 500,
     ErrorCode.INVALID_CONFIG: 400,
     ErrorCode.INTERNAL: 500,

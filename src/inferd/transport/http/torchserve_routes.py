@@ -6,14 +6,18 @@ set-default, unregister) needs ``--model-control explicit``, as loading over the
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+import time
+from dataclasses import replace
+from urllib.parse import parse_qsl
 
 import orjson
 
 from inferd.core import Core
+from inferd.core.torchserve import Outcome, RegisterRequest
 from inferd.errors import InvalidInput, NotFound
+from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
-from inferd.transport.http.app import Guard, Handler, HttpRequest, HttpResponse, Router, json_response
+from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import control_guard, inference_guard, server_timing
 from inferd.transport.offload import off_loop
 
@@ -29,20 +33,26 @@ def torchserve_error(status: int, message: str) -> HttpResponse:
 
 
 class TorchServeRoutes:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, metrics: TorchServeMetrics | None = None) -> None:
         self.core = core
         self.data = core.data
         self.control = core.control
+        self.metrics = metrics
 
-    def register(self, router: Router) -> None:
+    def register(self, router: Router, apis: tuple[str, ...] = ("inference", "management")) -> None:
         def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
             router.add(method, pattern, handler, torchserve_error, guard)
 
         infer, control = inference_guard(self.core), control_guard(self.core)
-        add("GET", "/ping", self.ping)
-        add("POST", "/predictions/{model}", self.predict, infer)
-        add("POST", "/predictions/{model}/{version}", self.predict, infer)
-        add("PUT", "/predictions/{model}", self.predict, infer)
+        if "inference" in apis:
+            add("GET", "/ping", self.ping)
+            add("POST", "/predictions/{model}", self.predict, infer)
+            add("POST", "/predictions/{model}/{version}", self.predict, infer)
+            add("PUT", "/predictions/{model}", self.predict, infer)
+        if "metrics" in apis and self.metrics is not None:
+            add("GET", "/metrics", self.render_metrics)
+        if "management" not in apis:
+            return
         add("GET", "/models", self.list_models)
         add("POST", "/models", self.register_model, control)
         add("GET", "/models/{model}", self.describe)
@@ -64,47 +74,77 @@ class TorchServeRoutes:
         metadata = self.data.model_metadata(name, version, _credentials(request))
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            infer_request = torchserve.decode_prediction(request.body, content_type, name, version)
+            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, request.headers)
         else:
             infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
                                                         request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
+        start = time.perf_counter()
         response = await self.data.infer(infer_request)
+        if self.metrics is not None:
+            self.metrics.inference(name, version, time.perf_counter() - start, response.timings.queue)
         if torchserve.is_handler_model(metadata):
             body, answer_type = torchserve.encode_prediction(response)
-            return HttpResponse(200, body, answer_type.encode("latin-1"), [server_timing(response)])
+            return HttpResponse(torchserve.prediction_status(response), body, answer_type.encode("latin-1"),
+                                [server_timing(response)])
         return HttpResponse(200, torchserve.encode_tensor_prediction(response, added_batch),
                             headers=[server_timing(response)])
 
+    async def render_metrics(self, request: HttpRequest) -> HttpResponse:
+        assert self.metrics is not None
+        return HttpResponse(200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
     # -- management API ----------------------------------------------------------------------
     async def list_models(self, request: HttpRequest) -> HttpResponse:
-        models = self.control.models(_credentials(request))
-        return json_response({"models": [{"modelName": m.name, "modelUrl": m.source} for m in models]})
+        query = _query(request)
+        names = [(m.name, m.source) for m in self.control.models(_credentials(request))]
+        return json_response(torchserve.list_page(names, torchserve.java_int(query.get("limit"), 100),
+                                                  torchserve.java_int(query.get("next_page_token"), 0)))
 
     async def describe(self, request: HttpRequest) -> HttpResponse:
+        """No version: the default one; ``all``: every version; else that version (TorchServe's)."""
         name, version = request.params["model"], request.params.get("version")
+        if name not in {m.name for m in self.control.models(_credentials(request))}:
+            raise NotFound(f"Model not found: {name}")
         rows = self.control.describe(name, _credentials(request))
-        if version not in (None, "all"):
-            rows = [row for row in rows if row.version == version]
+        if version != "all":
+            wanted = version or self.control.default_version(name)
+            rows = [row for row in rows if row.version == wanted] if wanted else rows[-1:]
             if not rows:
-                raise NotFound(f"model '{name}' has no version '{version}'")
+                raise NotFound(f"Model version: {version} does not exist for model: {name}")
         return json_response([torchserve.describe(name, row) for row in rows])
 
     async def register_model(self, request: HttpRequest) -> HttpResponse:
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
         query = _query(request)
-        registered = await self.control.register_from_store(
-            query.get("url", ""), query.get("model_name") or None, _int(query, "initial_workers", 1),
-            _int(query, "batch_size", 1), _float(query, "max_batch_delay", 100.0), _credentials(request))
-        return json_response({"status": f'Model "{registered.name}" Version: {registered.version} registered '
-                                        f"with {registered.workers} initial workers"})
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+            query = _json_query(request.body)
+        java_int = torchserve.java_int
+        registration = RegisterRequest(
+            url=query.get("url"), model_name=query.get("model_name") or None, runtime=query.get("runtime"),
+            handler=query.get("handler"), batch_size=java_int(query.get("batch_size"), -1),
+            max_batch_delay_ms=java_int(query.get("max_batch_delay"), -100),
+            initial_workers=java_int(query.get("initial_workers"), -(2**31)) if "initial_workers" in query else None,
+            synchronous=torchserve.java_bool(query.get("synchronous"), True),
+            response_timeout_s=java_int(query.get("response_timeout"), -1),
+            startup_timeout_s=java_int(query.get("startup_timeout"), -1))
+        if registration.initial_workers == -(2**31):  # given but not a number: TorchServe's default
+            registration = replace(registration, initial_workers=None)
+        outcome, message = await self.control.register_from_store(registration, _credentials(request))
+        return _status(outcome, message)
 
     async def scale(self, request: HttpRequest) -> HttpResponse:
         name = request.params["model"]
         query = _query(request)
-        workers = _int(query, "min_worker", 0) or _int(query, "max_worker", 0)
-        self.control.scale(name, workers, _credentials(request))
-        return json_response({"status": f"Workers scaled to {workers} for model: {name}"})
+        version = request.params.get("version") or query.get("model_version")
+        min_workers = torchserve.java_int(query.get("min_worker"), 1)
+        max_workers = torchserve.java_int(query.get("max_worker"), min_workers)
+        synchronous = torchserve.java_bool(query.get("synchronous"), False)
+        outcome, message = await self.control.scale_workers(name, version, min_workers, max_workers, synchronous,
+                                                            _credentials(request))
+        return _status(outcome, message)
 
     async def set_default(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], request.params["version"]
@@ -112,12 +152,39 @@ class TorchServeRoutes:
         return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
 
     async def unregister(self, request: HttpRequest) -> HttpResponse:
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
         name, version = request.params["model"], request.params.get("version")
+        await self.control.unregister(name, version, _credentials(request))
         if version is None:
-            await self.control.unload(name, _credentials(request))
             return json_response({"status": f'Model "{name}" unregistered'})
-        await self.control.unload_version(name, version, _credentials(request))
         return json_response({"status": f'Model "{name}" version: {version} unregistered'})
+
+
+class CountingApp(HttpApp):
+    """TorchServe's inference and management addresses: every answer counts in Requests2XX/4XX/5XX."""
+
+    def __init__(self, router: Router, max_body_bytes: int, metrics: TorchServeMetrics) -> None:
+        super().__init__(router, max_body_bytes)
+        self._metrics = metrics
+
+    async def dispatch(self, request: HttpRequest) -> HttpResponse:
+        response = await super().dispatch(request)
+        self._metrics.response(response.status)
+        return response
+
+
+def _not_allowed() -> HttpResponse:
+    """enable_model_api=false: TorchServe answers registering and unregistering with 405."""
+    return torchserve_error(405, "Requested method is not allowed, please refer to API document. "
+                                 "(model API disabled: enable_model_api=true or --enable-model-api)")
+
+
+_OUTCOME_STATUS = {Outcome.DONE: 200, Outcome.ACCEPTED: 202, Outcome.PARTIAL: 206}
+
+
+def _status(outcome: Outcome, message: str) -> HttpResponse:
+    return json_response({"status": message}, _OUTCOME_STATUS[outcome])
 
 
 def _credentials(request: HttpRequest) -> str | None:
@@ -125,18 +192,19 @@ def _credentials(request: HttpRequest) -> str | None:
 
 
 def _query(request: HttpRequest) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(request.query).items()}
+    """The first value of each parameter (TorchServe's getParameter), blank values kept."""
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(request.query, keep_blank_values=True):
+        query.setdefault(key, value)
+    return query
 
 
-def _int(query: dict[str, str], key: str, default: int) -> int:
+def _json_query(body: bytes | bytearray) -> dict[str, str]:
+    """A registration sent as a JSON body (TorchServe takes that too) as query-like strings."""
     try:
-        return int(query.get(key, default))
-    except ValueError:
-        raise InvalidInput(f"{key} must be an integer, got {query[key]!r}") from None
-
-
-def _float(query: dict[str, str], key: str, default: float) -> float:
-    try:
-        return float(query.get(key, default))
-    except ValueError:
-        raise InvalidInput(f"{key} must be a number, got {query[key]!r}") from None
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the registration body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("the registration body must be a JSON object")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in payload.items() if v is not None}

@@ -1,0 +1,198 @@
+"""``inferd torchserve [FLAGS]``: the ``torchserve`` command line and its ``config.properties``.
+
+A TorchServe deployment changes only the command's name: the same flags (``--start``,
+``--foreground``, ``--model-store``, ``--models``, ``--ts-config``, ``--ncs``,
+``--disable-token-auth``, ``--enable-model-api``), the same ``config.properties`` keys, and the
+same three addresses (inference 8080, management 8081, metrics 8082 on 127.0.0.1 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from inferd.config import Listener, ServerSettings, TorchServeSettings
+from inferd.errors import ConfigError
+
+log = logging.getLogger("inferd.torchserve")
+
+TORCHSERVE_ALLOWED_URLS = ("file://.*", "http(s)?://.*")  # TorchServe's default allowed_urls
+DEFAULT_ADDRESSES = {"inference_address": "http://127.0.0.1:8080", "management_address": "http://127.0.0.1:8081",
+                     "metrics_address": "http://127.0.0.1:8082"}
+PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe keeps it
+# keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
+IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging", "metrics_mode", "metrics_config",
+           "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
+           "initial_worker_port", "unregister_model_timeout", "decode_input_request", "prefer_direct_buffer",
+           "model_metrics_auto_detect", "disable_system_metrics", "enable_metrics_api", "workflow_store",
+           "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
+           "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
+           "ts_open_inference_protocol", "enable_grpc_ssl", "grpc_inference_port", "grpc_management_port",
+           "grpc_inference_address", "grpc_management_address", "token_expiration_min", "snapshot_store",
+           "model_snapshot", "service_envelope", "default_service_handler", "job_queue_size")
+# keys whose honest answer is a refusal: ignoring them would change what is served
+REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
+           "private_key_file": "TLS is not served; put a TLS proxy in front",
+           "certificate_file": "TLS is not served; put a TLS proxy in front",
+           "plugins_path": "TorchServe's Java plugins cannot run in inferd"}
+
+
+def parser() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(prog="inferd torchserve", description="inferd with torchserve's flags "
+                                    "and config.properties: a TorchServe deployment changes only the command.")
+    flags.add_argument("--start", action="store_true", help="start the server (it runs in the foreground)")
+    flags.add_argument("--stop", action="store_true", help="stop the server this machine runs (its pid file)")
+    flags.add_argument("--foreground", action="store_true", help="accepted: inferd always runs in the foreground")
+    flags.add_argument("--ts-config", dest="ts_config", default=None, help="config.properties")
+    flags.add_argument("--model-store", dest="model_store", default=None)
+    flags.add_argument("--models", nargs="+", default=None, help="all, or [name=]archive.mar ...")
+    flags.add_argument("--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
+                       help="accepted: inferd writes no config snapshots")
+    flags.add_argument("--disable-token-auth", "--dt", dest="disable_token_auth", action="store_true")
+    flags.add_argument("--enable-model-api", dest="enable_model_api", action="store_true")
+    flags.add_argument("--log-config", dest="log_config", default=None, help="accepted and ignored (log4j)")
+    flags.add_argument("--workflow-store", dest="workflow_store", default=None)
+    flags.add_argument("--plugins-path", "--ppath", dest="plugins_path", default=None)
+    flags.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return flags
+
+
+def read_properties(text: str) -> dict[str, str]:
+    """Java ``.properties``: ``key=value`` or ``key: value``, ``#``/``!`` comments, a trailing
+    backslash continues the line (how ``models={...}`` spans lines)."""
+    properties: dict[str, str] = {}
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip() if not logical else raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            logical += line[:-1]
+            continue
+        logical += line
+        match = re.match(r"([^=:\s]+)\s*[=:\s]\s*(.*)$", logical)
+        if match:
+            properties[match.group(1)] = match.group(2).strip()
+        elif logical:
+            properties[logical] = ""
+        logical = ""
+    return properties
+
+
+def _address(value: str, key: str) -> tuple[str, int]:
+    parsed = urlparse(value)
+    if parsed.scheme == "https":
+        raise ConfigError(f"{key}={value}: TLS is not served; put a TLS proxy in front (use http://)")
+    if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
+        raise ConfigError(f"{key}={value}: expected http://HOST:PORT")
+    return parsed.hostname, parsed.port
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _int(properties: dict[str, str], key: str, default: int) -> int:
+    value = properties.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value}: expected an integer") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    settings: ServerSettings
+    key_file: Path | None  # TorchServe's key_file.json, when token authorization is on
+
+
+def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None = None,
+                        cwd: Path | None = None) -> Started:
+    """Flags + config.properties (+ ``TS_*`` variables when ``enable_envvars_config=true``) ->
+    the settings ``inferd serve`` runs with, TorchServe's three addresses as listeners."""
+    environ = dict(os.environ) if environ is None else environ
+    cwd = cwd or Path.cwd()
+    config_path = args.ts_config or environ.get("TS_CONFIG_FILE")
+    properties: dict[str, str] = {}
+    if config_path:
+        try:
+            properties = read_properties(Path(config_path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--ts-config {config_path}: {exc.strerror or exc}") from None
+    if _true(properties.get("enable_envvars_config")):
+        for name, value in environ.items():
+            if name.startswith("TS_") and name != "TS_CONFIG_FILE":
+                properties[name[3:].lower()] = value
+    if args.plugins_path:
+        raise ConfigError(f"--plugins-path: {REFUSED['plugins_path']}")
+    for key, why in REFUSED.items():
+        if properties.get(key):
+            raise ConfigError(f"{key} in {config_path}: {why}")
+    ignored = sorted(key for key in properties if key in IGNORED)
+    if ignored:
+        log.warning("config.properties keys that tune TorchServe's internals, ignored: %s", ", ".join(ignored))
+
+    store_text = args.model_store or properties.get("model_store")
+    model_store = Path(store_text) if store_text else None
+    models_text = " ".join(args.models) if args.models else properties.get("load_models", "")
+    models = tuple(item for item in re.split(r"[,\s]+", models_text) if item)
+    if models == ("standalone",):
+        models = ()
+    listeners: list[Listener] = []
+    hosts = set()
+    for key, apis in (("inference_address", ("inference",)), ("management_address", ("management",)),
+                      ("metrics_address", ("metrics",))):
+        host, port = _address(properties.get(key, DEFAULT_ADDRESSES[key]), key)
+        hosts.add(host)
+        same = next((i for i, listener in enumerate(listeners) if (listener.host, listener.port) == (host, port)), None)
+        if same is not None:  # TorchServe lets two APIs share an address
+            listeners[same] = Listener(host, port, (*listeners[same].apis, *apis))
+        else:
+            listeners.append(Listener(host, port, apis))
+
+    token_auth = not (args.disable_token_auth or _true(properties.get("disable_token_authorization")))
+    model_api = args.enable_model_api or _true(properties.get("enable_model_api"))
+    token = secrets.token_urlsafe(24) if token_auth else None
+    try:
+        per_model = json.loads(properties["models"]) if properties.get("models") else {}
+    except ValueError as exc:
+        raise ConfigError(f"models in {config_path} is not JSON: {exc}") from None
+    gpus = _int(properties, "number_of_gpu", 0)
+    default_workers = _int(properties, "default_workers_per_model", 0)
+    startup_workers = default_workers or gpus or (os.cpu_count() or 1)
+    allowed = properties.get("allowed_urls")
+    torchserve = TorchServeSettings(
+        allowed_urls=tuple(u for u in allowed.split(",") if u) if allowed else TORCHSERVE_ALLOWED_URLS,
+        default_workers=default_workers, startup_workers=startup_workers,
+        response_timeout_s=_int(properties, "default_response_timeout", 120),
+        startup_timeout_s=_int(properties, "default_startup_timeout", 120),
+        models=per_model if isinstance(per_model, dict) else {}, model_api=model_api)
+    host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
+    settings = ServerSettings(
+        model_repository=None, host=host, http_port=0, grpc_port=0, model_control="explicit",
+        auth_token=token, auth_inference=token is not None, model_store=model_store,
+        models=models if model_store is not None else (), log_level=args.log_level,
+        max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
+        listeners=tuple(listeners), pid_file=PID_FILE)
+    key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
+    return Started(settings, key_file)
+
+
+def write_key_file(path: Path, token: str) -> Path:
+    """TorchServe's key_file.json: inferd has one bearer token, so the management, inference and
+    API keys are that token (TorchServe's clients read the file and send the key they need)."""
+    entry = {"key": token, "expiration time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))}
+    path.write_text(json.dumps({"management": entry, "inference": entry, "API": {"key": token}}, indent=2))
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,302 @@
+"""TorchServe's model lifecycle, as its ModelManager runs it: an archive is registered first (0 or
+more workers), its workers are scaled up, down and to zero (synchronously or not), and
+unregistering removes an archive that was downloaded. The registry holds what is loaded; this
+module holds what each registration asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from inferd.config import ModelConfig, TorchServeSettings
+from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
+from inferd.repository.archives import (
+    archive_config,
+    archive_info,
+    download,
+    locate_archive,
+    remove_downloaded,
+)
+from inferd.repository.layout import is_valid_name
+from inferd.repository.registry import ModelEntry, ModelRegistry
+from inferd.scheduling.scheduler import Scheduler
+from inferd.types import ModelState, WorkerSettings
+
+log = logging.getLogger("inferd.torchserve")
+
+RUNTIMES = ("python", "python3", "LSP")  # TorchServe's Manifest.RuntimeType
+DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY = 1, 100
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # 200
+    ACCEPTED = "accepted"  # 202: worker updates go on in the background
+    PARTIAL = "partial"  # 206: scaled, but fewer workers run than asked for
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """``POST /models``'s parameters, parsed with TorchServe's tolerance (a number that does not
+    parse counts as not given). Negative sentinels mean "not given", as TorchServe's own."""
+
+    url: str | None
+    model_name: str | None = None
+    runtime: str | None = None
+    handler: str | None = None
+    batch_size: int = -DEFAULT_BATCH_SIZE
+    max_batch_delay_ms: int = -DEFAULT_MAX_BATCH_DELAY
+    initial_workers: int | None = None  # None: default_workers_per_model
+    synchronous: bool = True
+    response_timeout_s: int = -1
+    startup_timeout_s: int = -1
+
+
+@dataclass(slots=True)
+class Registration:
+    """One registered archive version and what was asked of its workers."""
+
+    name: str
+    version: str
+    archive: Path
+    url: str
+    downloaded: bool
+    config: ModelConfig
+    settings: WorkerSettings
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class TorchServeModels:
+    def __init__(self, registry: ModelRegistry[Scheduler], model_store: Path | None,
+                 settings: TorchServeSettings | None = None) -> None:
+        self._registry = registry
+        self._store = model_store
+        self._settings = settings or TorchServeSettings()
+        self._registrations: dict[tuple[str, str], Registration] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- registering ------------------------------------------------------------------------
+    async def register(self, request: RegisterRequest, loaded_at_startup: bool = False) -> tuple[Outcome, str]:
+        if request.runtime is not None and request.runtime not in RUNTIMES:
+            raise InvalidInput(f"Invalid RuntimeType value: {request.runtime} (one of {', '.join(RUNTIMES)})")
+        located = locate_archive(self._store, request.url, self._settings.allowed_urls)
+        if located.remote:
+            await asyncio.to_thread(download, located.remote, located.path)
+        try:
+            return await self._register(request, located.path, bool(located.remote), loaded_at_startup)
+        except BaseException:
+            if located.remote:  # nothing half-registered: the download goes too
+                remove_downloaded(located.path)
+            raise
+
+    async def register_at_start(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
+        """``--models``/``load_models``: an archive of the store, with the start-up workers (or
+        what config.properties' ``models`` says for it), loaded before the server is ready."""
+        per_model = self._settings.models.get(name or archive_info(archive).name, {})
+        version_settings = next(iter(per_model.values()), {}) if per_model else {}
+        request = RegisterRequest(
+            url=archive.name, model_name=name, initial_workers=_int(version_settings.get("minWorkers"),
+                                                                   self._settings.startup_workers),
+            batch_size=_int(version_settings.get("batchSize"), -DEFAULT_BATCH_SIZE),
+            max_batch_delay_ms=_int(version_settings.get("maxBatchDelay"), -DEFAULT_MAX_BATCH_DELAY),
+            response_timeout_s=_int(version_settings.get("responseTimeout"), -1),
+            startup_timeout_s=_int(version_settings.get("startupTimeout"), -1))
+        return await self._register(request, archive, False, loaded_at_startup=True)
+
+    async def _register(self, request: RegisterRequest, archive: Path, downloaded: bool,
+                        loaded_at_startup: bool) -> tuple[Outcome, str]:
+        info = archive_info(archive)
+        name = request.model_name or info.name
+        if not is_valid_name(name):
+            raise InvalidInput(f"model name {name!r} is not valid: letters, digits, '_', '-', '.'")
+        yaml_min, yaml_max = info.yaml_int("minWorkers") or 0, info.yaml_int("maxWorkers") or 0
+        if not (yaml_min > 0 and yaml_max >= yaml_min):
+            yaml_min = yaml_max = 0
+        initial = self._settings.default_workers if request.initial_workers is None else request.initial_workers
+        batch_size = _given(request.batch_size, -DEFAULT_BATCH_SIZE, info.yaml_int("batchSize"), DEFAULT_BATCH_SIZE)
+        delay = _given(request.max_batch_delay_ms, -DEFAULT_MAX_BATCH_DELAY, info.yaml_int("maxBatchDelay"),
+                       DEFAULT_MAX_BATCH_DELAY)
+        response_timeout = _positive(info.yaml_int("responseTimeout"), request.response_timeout_s,
+                                     self._settings.response_timeout_s)
+        startup_timeout = _positive(info.yaml_int("startupTimeout"), request.startup_timeout_s,
+                                    self._settings.startup_timeout_s)
+        min_workers = yaml_min or max(initial, 0)
+        max_workers = yaml_max or max(initial, 0)
+        device = str(info.yaml.get("deviceType") or "cpu")
+        config = archive_config(max(min_workers, 1), max(batch_size, 1), max(delay, 0),
+                                request.handler or "", float(response_timeout))
+        settings = WorkerSettings(min_workers=0, max_workers=0, batch_size=max(batch_size, 1),
+                                  max_batch_delay_ms=max(delay, 0), response_timeout_s=response_timeout,
+                                  startup_timeout_s=startup_timeout, runtime=request.runtime or info.runtime,
+                                  device_type=device, loaded_at_startup=loaded_at_startup, url=request.url or "")
+        await self._registry.register_archive(name, archive, config, info.version, load=False)
+        registration = Registration(name, info.version, archive, request.url or archive.name, downloaded, config,
+                                    settings)
+        self._registrations[(name, info.version)] = registration
+        if min_workers <= 0:
+            return Outcome.DONE, (f'Model "{name}" Version: {info.version} registered with 0 initial workers. '
+                                  "Use scale workers API to add workers for the model.")
+        if max_workers < min_workers:
+            raise InvalidInput("max_worker cannot be less than min_worker.")
+        work = self._start(registration, min_workers, max_workers, init=True)
+        if not request.synchronous:
+            return Outcome.ACCEPTED, "Processing worker updates..."
+        await work
+        return Outcome.DONE, f'Model "{name}" Version: {info.version} registered with {min_workers} initial workers'
+
+    # -- scaling ----------------------------------------------------------------------------
+    async def scale(self, name: str, version: str | None, min_workers: int, max_workers: int,
+                    synchronous: bool) -> tuple[Outcome, str]:
+        """``PUT /models/{m}[/{v}]``: TorchServe's checks in its order, then the workers change."""
+        if max_workers < min_workers:
+            raise InvalidInput("max_worker cannot be less than min_worker.")
+        entry = self._registry.models.get(name)
+        if entry is None:
+            raise NotFound(f"Model not found: {name}")
+        chosen = version or _default_version(entry)
+        if chosen not in entry.versions:
+            raise NotFound(f"Model version: {version} does not exist for model: {name}")
+        if min_workers < 0:  # TorchServe fails this inside its worker manager: a 500
+            raise InferdError(f"min_worker must be 0 or more, got {min_workers}")
+        registration = self._registrations.get((name, chosen)) or self._adopt(entry, chosen)
+        work = self._start(registration, min_workers, max_workers, init=False)
+        if not synchronous:
+            return Outcome.ACCEPTED, "Processing worker updates..."
+        await work
+        message = f"Workers scaled to {min_workers} for model: {name}"
+        if version is not None:
+            message += f", version: {version}"
+        running = len(self.workers_of(name, chosen))
+        if running < min_workers:
+            return Outcome.PARTIAL, "Workers scaling in progress..."
+        return Outcome.DONE, message
+
+    def _start(self, registration: Registration, min_workers: int, max_workers: int, init: bool) -> asyncio.Task[None]:
+        """The worker change as a task: scaling requests for one version apply in the order they came."""
+        task = asyncio.ensure_future(self._apply(registration, min_workers, max_workers, init))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker update failed: %s", task.exception())
+
+    async def _apply(self, registration: Registration, min_workers: int, max_workers: int, init: bool) -> None:
+        name, version = registration.name, registration.version
+        async with registration.lock:
+            entry = self._registry.models.get(name)
+            if entry is None or version not in entry.versions:
+                return  # unregistered meanwhile
+            slot = entry.versions[version]
+            registration.settings = replace(registration.settings, min_workers=min_workers, max_workers=max_workers)
+            if min_workers == 0:
+                await self._registry.stop_version(name, version)
+                return
+            if slot.runtime is not None:
+                slot.runtime.resize(min_workers)
+                await _started(slot.runtime, min_workers, registration.settings.startup_timeout_s)
+                return
+            group = replace(registration.config.instance_group, count=min_workers)
+            registration.config = replace(registration.config, instance_group=group)
+            try:
+                await self._registry.start_version(name, version, registration.archive, registration.config,
+                                                   float(registration.settings.startup_timeout_s))
+            except ModelError as exc:
+                registration.settings = replace(registration.settings, min_workers=0, max_workers=0)
+                if init:  # a registration whose workers fail is undone, as TorchServe does
+                    await self.unregister(name, version)
+                raise ModelError(f"Failed to start workers for model {name} version: {version}: "
+                                 f"{exc.message}") from None
+            started = entry.versions[version].runtime
+            if started is not None:
+                await _started(started, min_workers, registration.settings.startup_timeout_s)
+
+    def _adopt(self, entry: ModelEntry[Scheduler], version: str) -> Registration:
+        """A model from the repository answers TorchServe's scaling too (its folder reloads it)."""
+        slot = entry.versions[version]
+        count = slot.runtime.instances if slot.runtime is not None else entry.config.instance_group.count
+        batching = entry.config.dynamic_batching
+        settings = WorkerSettings(count, count, max(entry.config.max_batch_size, 1),
+                                  int(batching.max_queue_delay_ms) if batching else 0,
+                                  int(entry.config.instance_group.response_timeout_s),
+                                  self._settings.startup_timeout_s, loaded_at_startup=True, url=entry.source)
+        source = Path(entry.source)
+        archive = source if source.suffix == ".mar" else source / version
+        registration = Registration(entry.name, version, archive, entry.source, False, entry.config, settings)
+        self._registrations[(entry.name, version)] = registration
+        return registration
+
+    # -- reading and unregistering ------------------------------------------------------------
+    def settings_of(self, name: str, version: str) -> WorkerSettings | None:
+        registration = self._registrations.get((name, version))
+        return registration.settings if registration is not None else None
+
+    def url_of(self, name: str, version: str) -> str | None:
+        registration = self._registrations.get((name, version))
+        return registration.url if registration is not None else None
+
+    def workers_of(self, name: str, version: str) -> list[object]:
+        entry = self._registry.models.get(name)
+        slot = entry.versions.get(version) if entry is not None else None
+        if slot is None or slot.runtime is None or slot.state is not ModelState.READY:
+            return []
+        return list(slot.runtime.workers() or [])
+
+    async def unregister(self, name: str, version: str | None) -> None:
+        """Unregister a version (or the whole model), removing archives that were downloaded."""
+        entry = self._registry.entry(name)
+        versions = [version] if version is not None else list(entry.versions)
+        if version is None:
+            await self._registry.unload_model(name)
+        else:
+            await self._registry.unload_version(name, version)
+        for each in versions:
+            registration = self._registrations.pop((name, each), None)
+            if registration is not None and registration.downloaded:
+                remove_downloaded(registration.archive)
+
+    def forget(self, name: str) -> None:
+        """The model left by another door (v2 unload): drop what its registrations asked for."""
+        for key in [key for key in self._registrations if key[0] == name]:
+            registration = self._registrations.pop(key)
+            if registration.downloaded:
+                remove_downloaded(registration.archive)
+
+
+async def _started(scheduler: Scheduler, count: int, timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) until ``count`` workers run: new processes start in the background."""
+    deadline = time.monotonic() + timeout_s
+    while len(scheduler.workers() or []) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _default_version(entry: ModelEntry[Scheduler]) -> str:
+    if entry.default_version is not None:
+        return entry.default_version
+    newest = entry.newest_ready()
+    if newest is not None:
+        return newest[1]
+    versions = [slot.version for slot in entry.sorted_versions()]
+    return versions[-1] if versions else ""
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def _given(value: int, not_given: int, from_yaml: int | None, default: int) -> int:
+    """A registration parameter; when not given, model-config.yaml's (if positive), else the default."""
+    if value != not_given:
+        return value
+    return from_yaml if from_yaml is not None and from_yaml > 0 else default
+
+
+def _positive(from_yaml: int | None, given: int, default: int) -> int:
+    if from_yaml is not None and from_yaml > 0:
+        return from_yaml
+    return given if given != -1 else default

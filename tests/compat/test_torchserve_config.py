@@ -1,0 +1,67 @@
+"""config.properties and torchserve's flags -> inferd's settings (no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inferd.compat import torchserve
+from inferd.errors import ConfigError
+
+
+def settings(tmp_path: Path, text: str, *flags: str, environ: dict[str, str] | None = None) -> torchserve.Started:
+    (tmp_path / "config.properties").write_text(text)
+    args = torchserve.parser().parse_args(["--start", "--ts-config", str(tmp_path / "config.properties"), *flags])
+    return torchserve.settings_from_flags(args, environ or {}, tmp_path)
+
+
+def test_properties_as_java_reads_them() -> None:
+    text = "# comment\n! also\nmodel_store = /models\nload_models:all\nmodels={\\\n  \"a\": {\"1.0\": {}}\\\n}\n"
+    assert torchserve.read_properties(text) == {"model_store": "/models", "load_models": "all",
+                                               "models": '{"a": {"1.0": {}}}'}
+
+
+def test_defaults_are_torchserves(tmp_path: Path) -> None:
+    started = settings(tmp_path, "")
+    s = started.settings
+    assert [(x.host, x.port, x.apis) for x in s.listeners] == [
+        ("127.0.0.1", 8080, ("inference",)), ("127.0.0.1", 8081, ("management",)), ("127.0.0.1", 8082, ("metrics",))]
+    assert s.http_port == 0 and s.grpc_port == 0 and s.model_control == "explicit"
+    assert s.torchserve.allowed_urls == torchserve.TORCHSERVE_ALLOWED_URLS
+    assert s.torchserve.default_workers == 0 and not s.torchserve.model_api
+    assert s.auth_token and s.auth_inference  # token authorization is on unless disabled
+    keys = json.loads((tmp_path / "key_file.json").read_text())
+    assert keys["management"]["key"] == keys["inference"]["key"] == s.auth_token
+    assert s.max_body_bytes == 6553500
+
+
+def test_keys_flags_and_environment(tmp_path: Path) -> None:
+    text = ("inference_address=http://0.0.0.0:9080\nmanagement_address=http://127.0.0.1:9081\n"
+            "metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store=/store\n"
+            "default_workers_per_model=3\nallowed_urls=https://models.example/.*\nenable_envvars_config=true\n"
+            'models={"a": {"1.0": {"minWorkers": 2}}}\n')
+    started = settings(tmp_path, text, "--enable-model-api", "--models", "c.mar",
+                       environ={"TS_DEFAULT_RESPONSE_TIMEOUT": "33"})
+    s = started.settings
+    assert [(x.host, x.port, x.apis) for x in s.listeners] == [
+        ("0.0.0.0", 9080, ("inference",)), ("127.0.0.1", 9081, ("management", "metrics"))]
+    assert s.models == ("c.mar",) and s.model_store == Path("/store")  # the flag wins over load_models
+    assert s.torchserve.default_workers == 3 and s.torchserve.startup_workers == 3
+    assert s.torchserve.allowed_urls == ("https://models.example/.*",)
+    assert s.torchserve.response_timeout_s == 33 and s.torchserve.model_api
+    assert s.torchserve.models == {"a": {"1.0": {"minWorkers": 2}}}
+
+
+@pytest.mark.parametrize(("text", "flags", "message"), [
+    ("inference_address=https://127.0.0.1:8443\n", (), "TLS is not served"),
+    ("keystore=/k.jks\n", (), "TLS is not served"),
+    ("management_address=localhost\n", (), "expected http://HOST:PORT"),
+    ("models={not json\n", (), "is not JSON"),
+    ("", ("--plugins-path", "/p"), "Java plugins"),
+    ("inference_address=http://0.0.0.0:8080\ndisable_token_authorization=true\n", (), "needs --auth-token"),
+])
+def test_refused(tmp_path: Path, text: str, flags: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings(tmp_path, text, *flags)

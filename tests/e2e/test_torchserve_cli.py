@@ -1,0 +1,153 @@
+"""`inferd torchserve`: torchserve's flags and config.properties, its three addresses (inference,
+management, metrics), archives downloaded from allowed_urls, its metrics families, token auth."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import ts_archives
+from tests.conftest import ROOT, free_port
+
+X = [[0.25] * 6]
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ts_archives.build_store(tmp_path_factory.mktemp("ts"))
+
+
+@contextlib.contextmanager
+def file_server(folder: Path) -> Iterator[str]:
+    """A real HTTP server on loopback that serves ``folder`` (where allowed_urls point)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterator[dict[str, str]]:
+    ports = {api: free_port() for api in ("inference", "management", "metrics")}
+    lines = [f"{api}_address=http://127.0.0.1:{port}" for api, port in ports.items()]
+    lines += [f"{key}={value}" for key, value in properties.items()]
+    (workdir / "config.properties").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
+               str(workdir / "config.properties"), *flags]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src"))}
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env)
+    output: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("inferd ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.wait(0.05):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+        yield {api: f"http://127.0.0.1:{port}" for api, port in ports.items()}
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_three_addresses_metrics_and_downloads(archives: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "ts_mlp.mar").write_bytes((archives / "ts_mlp.mar").read_bytes())
+    with file_server(archives) as remote, torchserve(tmp_path, {
+            "model_store": str(store), "load_models": "ts_mlp.mar", "default_workers_per_model": "1",
+            "disable_token_authorization": "true", "enable_model_api": "true",
+            "allowed_urls": f"{remote}/.*"}) as urls:
+        inference, management, metrics = urls["inference"], urls["management"], urls["metrics"]
+        assert requests.get(f"{inference}/ping", timeout=5).json() == {"status": "Healthy"}
+        assert requests.get(f"{inference}/models", timeout=5).status_code == 404  # management is elsewhere
+        assert requests.post(f"{management}/predictions/ts_mlp", json=X, timeout=5).status_code == 404
+        described = requests.get(f"{management}/models/ts_mlp", timeout=5).json()[0]
+        assert described["loadedAtStartup"] and len(described["workers"]) == 1
+        assert requests.post(f"{inference}/predictions/ts_mlp", json=X, timeout=30).status_code == 200
+
+        # a URL that allowed_urls admits is downloaded into the store, and removed on unregister
+        response = requests.post(f"{management}/models?url={remote}/doubler.mar&initial_workers=1", timeout=120)
+        assert response.status_code == 200, response.text
+        assert (store / "doubler.mar").is_file()
+        answer = requests.post(f"{inference}/predictions/doubler", json={"values": [1, 2, 3, 4]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        response = requests.post(f"{management}/models?url={remote}/doubler.mar", timeout=30)
+        assert response.status_code == 500  # TorchServe: "Model file already exists doubler.mar"
+        assert response.json()["message"] == "Model file already exists doubler.mar"
+        assert requests.delete(f"{management}/models/doubler", timeout=30).status_code == 200
+        assert not (store / "doubler.mar").exists()
+        assert requests.post(f"{management}/models?url={remote}/missing.mar", timeout=30).status_code == 400
+        assert requests.post(f"{management}/models?url=https://example.com/x.mar", timeout=30).status_code == 404
+
+        text = requests.get(f"{metrics}/metrics", timeout=5).text
+        assert re.search(r'Requests2XX\{Level="Host",Hostname=".*",\} \d+\.\d+', text), text
+        assert re.search(r'Requests4XX\{Level="Host",Hostname=".*",\} [1-9]\d*\.\d+', text), text
+        assert re.search(r'ts_inference_requests_total\{model_name="ts_mlp",model_version="default",'
+                         r'hostname=".*",\} 1\.0', text), text
+        assert re.search(r'ts_inference_latency_microseconds\{model_name="ts_mlp".*\} [1-9]', text), text
+        assert "ts_queue_latency_microseconds" in text
+        assert requests.get(f"{metrics}/models", timeout=5).status_code == 404
+
+
+def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path) -> None:
+    with torchserve(tmp_path, {}, "--model-store", str(archives), "--models", "ts_mlp.mar") as urls:
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        management, inference = keys["management"]["key"], keys["inference"]["key"]
+        assert requests.get(f"{urls['management']}/models", timeout=5).status_code == 200  # reads need no key
+        assert requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2", timeout=5).status_code == 401
+        scaled = requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2&synchronous=true", timeout=60,
+                              headers={"Authorization": f"Bearer {management}"})
+        assert scaled.status_code == 200, scaled.text  # scaling works without the model API
+        refused = requests.post(f"{urls['management']}/models?url=doubler.mar", timeout=5,
+                                headers={"Authorization": f"Bearer {management}"})
+        assert refused.status_code == 405  # enable_model_api is false by default
+        assert requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30).status_code == 401
+        answer = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30,
+                               headers={"Authorization": f"Bearer {inference}"})
+        assert answer.status_code == 200, answer.text
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop"], capture_output=True,
+                                 text=True, timeout=30, cwd=tmp_path)
+        assert stopped.stdout.strip() == "TorchServe has stopped."
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{urls['inference']}/ping", timeout=1)
+            except requests.ConnectionError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("--stop did not stop the server")
+
+
+def test_refused_settings_are_named(tmp_path: Path) -> None:
+    (tmp_path / "config.properties").write_text("inference_address=https://127.0.0.1:8443\n")
+    result = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--start", "--ts-config",
+                             str(tmp_path / "config.properties")], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert "TLS is not served" in result.stderr
