@@ -87,7 +87,7 @@ def model_dir(tmp_path: Path) -> Iterator[Path]:
     torch.manual_seed(3)
     torch.save(net.Net().state_dict(), tmp_path / "net.pth")
     yield tmp_path
-    for name in ("net", "mnist_like", "vgg_like"):
+    for name in ("net", "mnist_like", "vgg_like", "detector", "segmenter"):
         sys.modules.pop(name, None)
     while str(tmp_path) in sys.path:
         sys.path.remove(str(tmp_path))
@@ -160,3 +160,84 @@ def handle(data, context):
     assert out["output"].tolist() == [b"first", b"second"]
     assert out["status"].tolist() == [200, 201]
     sys.modules.pop("echo_ids", None)
+
+
+DETECTOR = '''
+import torch
+
+
+class Detector(torch.nn.Module):
+    """Two boxes per image, one above the 0.5 threshold, as torchvision's detection models answer."""
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            mean = float(image.mean())
+            out.append({"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]]),
+                        "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.5 + mean / 4, 0.1])})
+        return out
+'''
+
+SEGMENTER = '''
+import torch
+
+
+class Segmenter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+'''
+
+
+def builtin(model_dir: Path, name: str, source: str, handler_name: str, labels: dict[str, str] | None = None):
+    (model_dir / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(model_dir))
+    module = __import__(name)
+    torch.save(next(v for k, v in vars(module).items() if k[0].isupper() and k != "torch")().state_dict(),
+               model_dir / f"{name}.pth")
+    if labels:
+        (model_dir / "index_to_name.json").write_text(json.dumps(labels))
+    manifest = {"model": {"handler": handler_name, "modelFile": f"{name}.py", "serializedFile": f"{name}.pth"}}
+    (model_dir / "MAR-INF").mkdir(exist_ok=True)
+    (model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    return handler.build(name, model_dir, read_manifest(model_dir), 4, None), module
+
+
+def rgb_jpeg(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_builtin_object_detector(model_dir: Path) -> None:
+    runtime, _ = builtin(model_dir, "detector", DETECTOR, "object_detector", {"1": "person", "2": "bicycle"})
+    image = rgb_jpeg(4)
+    out = call(runtime, [image], ["image/jpeg"])
+    from PIL import Image
+
+    mean = float(np.asarray(Image.open(io.BytesIO(image)), np.float32).mean() / 255)
+    answer = json.loads(out["output"][0])
+    assert answer == [{"person": [1.0, 2.0, 3.0, 4.0], "score": pytest.approx(0.5 + mean / 4, rel=1e-5)}]
+
+
+def test_builtin_image_segmenter(model_dir: Path) -> None:
+    runtime, module = builtin(model_dir, "segmenter", SEGMENTER, "image_segmenter")
+    image = rgb_jpeg(5, (300, 260))
+    out = call(runtime, [image], ["image/jpeg"])
+    answer = np.array(json.loads(out["output"][0]))
+    assert answer.shape == (224, 224, 2)  # per pixel: [top class, its probability]
+    from tests.ts_archives import reference_preprocess
+
+    with torch.inference_mode():
+        model = module.Segmenter()
+        model.load_state_dict(torch.load(model_dir / "segmenter.pth"))
+        scores = torch.softmax(model(torch.from_numpy(reference_preprocess(image))[None])["out"], dim=1)[0]
+    np.testing.assert_allclose(answer[..., 0], scores.argmax(0).numpy(), atol=0)
+    np.testing.assert_allclose(answer[..., 1], scores.max(0).values.numpy(), rtol=1e-4, atol=1e-5)

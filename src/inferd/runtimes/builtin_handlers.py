@@ -165,12 +165,15 @@ def _open_image(raw: bytes) -> Any:
 
 def image_to_array(raw: bytes) -> np.ndarray:
     """The classic ImageNet preprocessing, as a float32 CHW array."""
-    from PIL import Image, UnidentifiedImageError
+    return imagenet_array(_open_image(raw))
 
-    try:
-        image = Image.open(io.BytesIO(raw)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInput(f"the request body is not an image Pillow can read: {exc}") from None
+
+def imagenet_array(image: Any) -> np.ndarray:
+    """Shorter side to 256 (bilinear), centre 224 crop, [0, 1], ImageNet mean/std, CHW: what
+    torchvision's Resize(256), CenterCrop(224), ToTensor(), Normalize(...) compute."""
+    from PIL import Image
+
+    image = image.convert("RGB")
     width, height = image.size
     size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
     image = image.resize(size, Image.Resampling.BILINEAR)
@@ -179,6 +182,51 @@ def image_to_array(raw: bytes) -> np.ndarray:
     image = image.crop((left, top, left + 224, top + 224))
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+
+
+def to_tensor(image: Any) -> Any:
+    """torchvision's ToTensor: HWC bytes -> CHW float in [0, 1] (a grey image has one channel)."""
+    import torch
+
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+class ObjectDetector(VisionHandler):
+    """TorchServe's object_detector: images in, the model gives ``{"boxes", "labels", "scores"}``
+    per image; each answer lists ``{label: box, "score": s}`` above ``threshold``."""
+
+    image_processing = staticmethod(to_tensor)
+    threshold = 0.5
+
+    def postprocess(self, data: Any) -> list[list[dict[str, Any]]]:
+        results = []
+        for row in data:
+            keep = row["scores"] >= self.threshold
+            answer = []
+            for box, label, score in zip(row["boxes"][keep].tolist(), row["labels"][keep].tolist(),
+                                         row["scores"][keep].tolist(), strict=True):
+                found: dict[str, Any] = dict(map_class_to_label([[box]], self.mapping, [[label]])[0])
+                found["score"] = score
+                answer.append(found)
+            results.append(answer)
+        return results
+
+
+class ImageSegmenter(VisionHandler):
+    """TorchServe's image_segmenter: ImageNet preprocessing, the model's ``out`` (N K H W) ->
+    per pixel [top class, its probability]."""
+
+    image_processing = staticmethod(lambda image: imagenet_array(image))
+
+    def postprocess(self, data: Any) -> list[Any]:
+        import torch
+
+        scores = torch.nn.functional.softmax(data["out"] if isinstance(data, dict) else data, dim=1)
+        best = torch.max(scores, dim=1)
+        answer: list[Any] = torch.stack([best.indices.type(best.values.dtype), best.values], dim=3).tolist()
+        return answer
 
 
 def _json_row(row: dict[str, Any]) -> Any:
@@ -297,4 +345,6 @@ BUILTIN: dict[str, type[BaseHandler]] = {
     "tensor": BaseHandler,
     "image_classifier": ImageClassifier,
     "vision_handler": ImageClassifier,
+    "object_detector": ObjectDetector,
+    "image_segmenter": ImageSegmenter,
 }

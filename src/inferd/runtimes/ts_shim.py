@@ -36,6 +36,8 @@ def install_torchserve_shim() -> None:
         "ts.torch_handler.base_handler": {"BaseHandler": b.BaseHandler},
         "ts.torch_handler.vision_handler": {"VisionHandler": b.VisionHandler},
         "ts.torch_handler.image_classifier": {"ImageClassifier": b.ImageClassifier, "VisionHandler": b.VisionHandler},
+        "ts.torch_handler.object_detector": {"ObjectDetector": b.ObjectDetector},
+        "ts.torch_handler.image_segmenter": {"ImageSegmenter": b.ImageSegmenter},
         "ts.context": {"Context": Context, "RequestProcessor": _RequestProcessor},
         "ts.utils": {}, "ts.utils.util": {
             "map_class_to_label": b.map_class_to_label, "load_label_mapping": b.load_label_mapping,
