@@ -118,7 +118,11 @@ def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path)
     with torchserve(tmp_path, {}, "--model-store", str(archives), "--models", "ts_mlp.mar") as urls:
         keys = json.loads((tmp_path / "key_file.json").read_text())
         management, inference = keys["management"]["key"], keys["inference"]["key"]
-        assert requests.get(f"{urls['management']}/models", timeout=5).status_code == 200  # reads need no key
+        # as TorchServe with token auth: every management call, reads included, needs the management key
+        assert requests.get(f"{urls['management']}/models", timeout=5).status_code == 401
+        listed = requests.get(f"{urls['management']}/models", timeout=5,
+                              headers={"Authorization": f"Bearer {management}"})
+        assert listed.status_code == 200, listed.text
         assert requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2", timeout=5).status_code == 401
         scaled = requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2&synchronous=true", timeout=60,
                               headers={"Authorization": f"Bearer {management}"})
