@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                        "KServe's storage initializer leaves /mnt/models) under this name")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
+    serve.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
+                            "requests to this process, which owns the models and their batch queues; "
+                            "0 (default): one process does both")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     commands.add_parser("torchserve", add_help=False,
@@ -151,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         return _tfserving(argv[1:])
     if argv[:1] == ["torchserve"]:
         return _torchserve(argv[1:])
+    if argv[:1] == ["_frontend"]:  # a front-end worker of `inferd serve --workers N`, started by the server
+        from inferd.server import run_worker
+
+        run_worker(Path(argv[1]), Path(argv[2]))
+        return 0
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name,
-            model_name=args.model_name)
+            model_name=args.model_name, workers=args.workers)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

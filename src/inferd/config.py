@@ -79,6 +79,7 @@ class ServerSettings:
     torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
     listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
     pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
+    workers: int = 0  # front-end processes (HTTP and gRPC) before the one that owns the models; 0: one process
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -106,6 +107,11 @@ class ServerSettings:
                               ("--body-timeout", self.body_timeout), ("--poll-interval", self.poll_interval)):
             if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and flag != "--drain-timeout"):
                 raise ConfigError(f"{flag} must be a finite number of seconds > 0, got {seconds}")
+        if not 0 <= self.workers <= 256:
+            raise ConfigError(f"--workers must be 0..256, got {self.workers}")
+        if self.workers and (self.listeners or self.grpc_socket_path):
+            raise ConfigError("--workers serves --http-port and --grpc-port; TorchServe's separate addresses "
+                              "and a gRPC Unix socket are served by one process (leave --workers out)")
         if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
             raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
                               f"got {self.model_name!r}")

@@ -37,6 +37,7 @@ from inferd.types import ModelState
 
 if TYPE_CHECKING:
     from inferd.transport.grpc.server import GrpcServer
+    from inferd.workers.owner import Workers
 
 log = logging.getLogger("inferd.server")
 
@@ -89,16 +90,64 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
     return CountingApp(router, settings.max_body_bytes, ts_metrics)
 
 
+class Transports:
+    """The ports one process serves (HTTP, TorchServe's addresses, gRPC) over a core: the whole
+    server's, or a front-end worker's that forwards to the model process. ``share`` workers split
+    the connection limit and the in-flight byte budget, so the server's totals hold."""
+
+    def __init__(self, core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics, share: int = 1) -> None:
+        self.core, self.settings, self.ts_metrics, self.share = core, settings, ts_metrics, share
+        self._budget = ByteBudget(max(settings.max_inflight_bytes // share, settings.max_body_bytes))
+        self._http: HttpServer | None = None
+        self._listeners: list[HttpServer] = []
+        self._grpc: GrpcServer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        shared = bool(s.workers)  # a worker's ports: every worker listens on the same ones
+        connections = max(s.max_connections // self.share, 1)
+        limits = HttpLimits(max_connections=connections, header_timeout_s=s.header_timeout,
+                            body_timeout_s=s.body_timeout)
+        if s.http_port:
+            app = build_http_app(self.core, s, self.ts_metrics)
+            self._http = HttpServer(app, s.host, s.http_port, limits, self._budget, reuse_port=shared)
+            await self._http.start()
+        for listener in s.listeners:
+            app = build_listener_app(self.core, s, listener.apis, self.ts_metrics)
+            server = HttpServer(app, listener.host, listener.port, limits, self._budget)
+            await server.start()
+            self._listeners.append(server)
+        if s.grpc_port:
+            from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
+
+            options = (*s.grpc_options, ("grpc.so_reuseport", 1)) if shared else s.grpc_options
+            self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget, connections,
+                                    s.grpc_socket_path, options)
+            await self._grpc.start()
+
+    def set_serving(self, serving: bool) -> None:
+        if self._grpc is not None:
+            self._grpc.health.set_serving(serving)
+
+    async def close(self, timeout: float) -> None:
+        """Every port drains at once, for up to ``timeout`` seconds."""
+        closing = []
+        if self._grpc is not None:
+            closing.append(self._grpc.stop(timeout))
+        if self._http is not None:
+            closing.append(self._http.close(timeout))
+        closing.extend(listener.close(timeout) for listener in self._listeners)
+        await asyncio.gather(*closing)
+
+
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.core = build_core(settings)
         self._stop = asyncio.Event()
-        self._http: HttpServer | None = None
-        self._listeners: list[HttpServer] = []
         self.ts_metrics = TorchServeMetrics()
-        self._grpc: GrpcServer | None = None
-        self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
+        self._transports = Transports(self.core, settings, self.ts_metrics)
+        self._workers: Workers | None = None
 
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
@@ -116,8 +165,7 @@ class Server:
             await self._listen()
         _settle_garbage_collector()
         self.core.data.set_ready(True)
-        if self._grpc is not None:
-            self._grpc.health.set_serving(True)
+        self._transports.set_serving(True)
         self._announce()
         pollers = [loop.create_task(self._poll())] if self.settings.model_control == "poll" else []
         if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:
@@ -131,25 +179,14 @@ class Server:
         return finished
 
     async def _listen(self) -> None:
-        s = self.settings
-        limits = HttpLimits(max_connections=s.max_connections, header_timeout_s=s.header_timeout,
-                            body_timeout_s=s.body_timeout)
-        if self.settings.http_port:
-            app = build_http_app(self.core, self.settings, self.ts_metrics)
-            self._http = HttpServer(app, s.host, s.http_port, limits, self._budget)
-            await self._http.start()
-        for listener in self.settings.listeners:
-            app = build_listener_app(self.core, self.settings, listener.apis, self.ts_metrics)
-            server = HttpServer(app, listener.host, listener.port, limits, self._budget)
-            await server.start()
-            self._listeners.append(server)
-        if self.settings.grpc_port:
-            from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
+        """This process's ports, or (``--workers N``) the workers that serve them."""
+        if not self.settings.workers:
+            await self._transports.start()
+            return
+        from inferd.workers.owner import Workers  # only a server with workers starts them
 
-            self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes, self._budget, self.settings.max_connections,
-                                    self.settings.grpc_socket_path, self.settings.grpc_options)
-            await self._grpc.start()
+        self._workers = Workers(self.core, self.settings)
+        self.settings = await self._workers.start()  # port 0 is now the port the workers share
 
     async def _poll_model_config(self, path: Path) -> None:
         """TF Serving's --model_config_file_poll_wait_seconds: read models.config again and apply
@@ -193,21 +230,18 @@ class Server:
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
                                         f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else "",
                                         *(f"{'+'.join(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
-        print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready)", flush=True)
+        workers = f", {s.workers} front-end workers" if s.workers else ""
+        print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready{workers})", flush=True)
 
     async def _shutdown(self) -> bool:
-        """Both transports drain at once, then the models; ``--drain-timeout`` bounds it all (plus
-        the grace runtimes get to stop their instances)."""
+        """Every port drains at once (the workers' too), then the models; ``--drain-timeout``
+        bounds it all (plus the grace runtimes get to stop their instances)."""
         log.info("shutting down")
         deadline = time.monotonic() + self.settings.drain_timeout
         self.core.data.start_draining()
-        closing = []
-        if self._grpc is not None:
-            closing.append(self._grpc.stop(self.settings.drain_timeout))
-        if self._http is not None:
-            closing.append(self._http.close(self.settings.drain_timeout))
-        closing.extend(listener.close(self.settings.drain_timeout) for listener in self._listeners)
-        await asyncio.gather(*closing)
+        await self._transports.close(self.settings.drain_timeout)
+        if self._workers is not None:
+            await self._workers.stop(self.settings.drain_timeout)
         if self.settings.pid_file is not None:
             self.settings.pid_file.unlink(missing_ok=True)
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
@@ -236,6 +270,53 @@ def run(settings: ServerSettings) -> None:
         asyncio.run(Server(settings).run())
     else:
         uvloop.run(Server(settings).run())
+
+
+async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
+    """A front-end worker (``--workers N``): the same transports over a core that forwards every
+    call to the model process; stops on SIGTERM/SIGINT (after draining) or when that process goes."""
+    from inferd.workers.remote import Channel, remote_core
+
+    channel = Channel(socket_path)
+    await channel.connect()
+    core = remote_core(channel)
+    transports = Transports(core, settings, TorchServeMetrics(), share=settings.workers)
+    await transports.start()
+    channel.call_now("workers", "listening", int(os.environ.get("INFERD_WORKER", "0")))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchers = [loop.create_task(stop.wait()), loop.create_task(channel.lost.wait()),
+                loop.create_task(_serving_once_ready(core, transports))]
+    await asyncio.wait(watchers[:2], return_when=asyncio.FIRST_COMPLETED)
+    for watcher in watchers:
+        watcher.cancel()
+    core.data.start_draining()
+    await transports.close(settings.drain_timeout)
+    channel.close()
+
+
+async def _serving_once_ready(core: Core, transports: Transports) -> None:
+    """gRPC health turns SERVING when the model process is ready (it loads while workers listen)."""
+    while not core.data.ready():
+        await asyncio.sleep(0.2)
+    transports.set_serving(True)
+
+
+def run_worker(socket_path: Path, settings_path: Path) -> None:
+    import pickle
+
+    from inferd.observability.logging import configure
+
+    settings = pickle.loads(settings_path.read_bytes())  # written by the model process, in its private folder
+    configure(settings.log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on some platforms
+        asyncio.run(run_frontend(socket_path, settings))
+    else:
+        uvloop.run(run_frontend(socket_path, settings))
 
 
 def _exit_now() -> None:

@@ -104,7 +104,9 @@ class GrpcServer:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
-        options += extra_options  # later wins (TF Serving's --grpc_channel_arguments)
+        # later wins (TF Serving's --grpc_channel_arguments, --workers' port sharing): grpc itself
+        # takes the first of two equal keys, so the list is merged here
+        options = list(dict([*options, *extra_options]).items())
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]

@@ -379,10 +379,11 @@ class HttpServer:
     """Listens on host:port and serves ``app``; ``close`` stops accepting and drains."""
 
     def __init__(self, app: HttpApp, host: str, port: int, limits: HttpLimits | None = None,
-                 budget: ByteBudget | None = None) -> None:
+                 budget: ByteBudget | None = None, reuse_port: bool = False) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port  # several processes share the port (--workers)
         self.limits = limits or HttpLimits()
         self.budget = budget or ByteBudget(8 * app.max_body_bytes)
         self.connections: set[_Connection] = set()
@@ -395,7 +396,7 @@ class HttpServer:
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                backlog=4096, reuse_address=True)
+                                                backlog=4096, reuse_address=True, reuse_port=self.reuse_port)
         self._sweeper = loop.create_task(self._sweep())
 
     def admit(self, connection: _Connection) -> None:

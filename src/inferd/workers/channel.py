@@ -1,0 +1,84 @@
+"""Frames between a front-end worker and the process that owns the models: a 4-byte length, then a
+pickle (protocol 5, so a numpy tensor goes in as one block of bytes).
+
+The socket is a Unix socket in a folder only the server's user can enter, and both ends are inferd
+processes started by the same command; pickle is safe here for that reason alone — never point a
+channel at anything a client can reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+LENGTH = struct.Struct("!I")
+MAX_FRAME = 2**32 - 1
+
+
+def frame(message: Any) -> list[bytes]:
+    payload = pickle.dumps(message, protocol=5)
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"a message of {len(payload)} bytes is over the channel's {MAX_FRAME}")
+    return [LENGTH.pack(len(payload)), payload]
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Splits the byte stream into messages and hands each to ``on_message``; pauses reading
+    while the peer is owed more than the transport's write buffer holds (backpressure both ways)."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self.transport: Any = None  # asyncio's or uvloop's stream transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(buffer, start)
+            end = start + LENGTH.size + size
+            if len(buffer) < end:
+                break
+            message = pickle.loads(memoryview(buffer)[start + LENGTH.size:end])
+            start = end
+            self._on_message(message)
+        if start:  # a new buffer: a message may still hold a view of the old one
+            self._buffer = buffer[start:]
+
+    def send(self, message: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(frame(message))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._buffer = bytearray()
+        self._on_lost()
+
+
+def read_frame(sock: socket.socket) -> Any:
+    """One message from a blocking socket (the worker's line for calls that must answer at once)."""
+    header = _read_exactly(sock, LENGTH.size)
+    (size,) = LENGTH.unpack(header)
+    return pickle.loads(_read_exactly(sock, size))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            raise ConnectionError("the model process closed the channel")
+        chunks += chunk
+    return bytes(chunks)

@@ -1,0 +1,233 @@
+"""The model-owning side of ``--workers N``: the core served to the front-end workers over a Unix
+socket, and the workers' processes started, restarted when they die, and stopped.
+
+Every worker's requests land in this process's data plane, so a model has one batch queue and one
+set of instances whatever worker a request arrived on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from inferd.config import ServerSettings
+from inferd.core import Core
+from inferd.errors import InferdError
+from inferd.workers.channel import FrameProtocol
+
+log = logging.getLogger("inferd.workers")
+
+RESTART_PAUSE_S = 1.0
+START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
+
+
+class CoreService:
+    """Answers workers' calls: ``("call", id, target, method, args, kwargs)`` gets ``("ok", id,
+    result)`` or ``("err", id, exception)``; ``("cancel", id)`` cancels a call still running.
+    ``parts`` are what may be called (the core's data plane, model control, metrics), by name."""
+
+    def __init__(self, parts: dict[str, Any]) -> None:
+        self._parts = parts
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+
+    async def start(self, path: Path) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Connection(self).protocol, str(path))
+        os.chmod(path, 0o600)
+
+    def method(self, target: str, name: str) -> Any:
+        part = self._parts.get(target)
+        if part is None or name.startswith("_"):
+            raise InferdError(f"a worker asked for {target}.{name}, which this server does not offer")
+        return getattr(part, name)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.cancel_all()
+
+
+class _Connection:
+    def __init__(self, service: CoreService) -> None:
+        self._service = service
+        self.protocol = FrameProtocol(self._on_message, self._on_lost)
+        self._running: dict[int, asyncio.Task[Any]] = {}
+        service._connections.add(self)
+
+    def _on_message(self, message: Any) -> None:
+        kind, call_id = message[0], message[1]
+        if kind == "cancel":
+            task = self._running.get(call_id)
+            if task is not None:
+                task.cancel()
+            return
+        _, _, target, name, args, kwargs = message
+        try:
+            method = self._service.method(target, name)
+            if inspect.iscoroutinefunction(method):
+                task = asyncio.get_running_loop().create_task(method(*args, **kwargs))
+                self._running[call_id] = task
+                task.add_done_callback(lambda t: self._finished(call_id, t))
+                return
+            result = method(*args, **kwargs)
+        except Exception as exc:  # the worker raises it where its client asked
+            self._reply_error(call_id, exc)
+            return
+        self.protocol.send(("ok", call_id, result))
+
+    def _finished(self, call_id: int, task: asyncio.Task[Any]) -> None:
+        self._running.pop(call_id, None)
+        if task.cancelled():
+            return  # the worker cancelled it: it expects no answer
+        exc = task.exception()
+        if exc is None:
+            self.protocol.send(("ok", call_id, task.result()))
+        else:
+            self._reply_error(call_id, exc)
+
+    def _reply_error(self, call_id: int, exc: BaseException) -> None:
+        if not isinstance(exc, InferdError):
+            log.error("a worker's call failed", exc_info=exc)
+        try:
+            self.protocol.send(("err", call_id, exc))
+        except Exception:  # an exception that does not pickle still reaches the worker as text
+            self.protocol.send(("err", call_id, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+    def cancel_all(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def _on_lost(self) -> None:
+        self.cancel_all()  # the worker is gone: nobody waits for these answers
+        self._service._connections.discard(self)
+
+
+class WorkerSupervisor:
+    """Starts N front-end worker processes (``python -m inferd _frontend``), starts a new one when
+    one dies, and stops them all on shutdown: SIGTERM, then their drain, then SIGKILL."""
+
+    def __init__(self, count: int, socket_path: Path, settings_path: Path) -> None:
+        self._count = count
+        self._argv = [sys.executable, "-m", "inferd", "_frontend", str(socket_path), str(settings_path)]
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._stopping = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes]
+
+    def start(self) -> None:
+        self._processes = [self._spawn(n) for n in range(self._count)]
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _spawn(self, number: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "INFERD_WORKER": str(number)}
+        return subprocess.Popen(self._argv, env=env)  # output goes where the server's goes
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+            for number, process in enumerate(self._processes):
+                code = process.poll()
+                if code is None or self._stopping:
+                    continue
+                log.error("front-end worker %d (pid %d) exited with %s; starting another", number, process.pid, code)
+                await asyncio.sleep(RESTART_PAUSE_S)  # a worker that cannot start does not spin
+                if not self._stopping:
+                    self._processes[number] = self._spawn(number)
+
+    async def stop(self, timeout: float) -> bool:
+        """True when every worker drained and exited within ``timeout`` seconds."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for process in self._processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        drained = True
+        for process in self._processes:
+            try:
+                await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                drained = False
+                process.kill()
+                await asyncio.to_thread(process.wait)
+        return drained
+
+
+class Workers:
+    """``--workers N`` in the model process: its ports reserved (so a taken port fails the start,
+    and port 0 becomes one port all workers share), the core served on a private socket, the
+    workers started; ``start`` returns once every worker listens."""
+
+    def __init__(self, core: Core, settings: ServerSettings) -> None:
+        self._settings = settings
+        self._service = CoreService({"data": core.data, "control": core.control, "metrics": core.metrics,
+                                     "workers": self})
+        self._folder = Path(tempfile.mkdtemp(prefix="inferd-workers-"))  # 0700: only this user enters
+        self._reserved: list[socket.socket] = []
+        self._listening: set[int] = set()
+        self._all_listening = asyncio.Event()
+        self._supervisor: WorkerSupervisor | None = None
+
+    async def start(self) -> ServerSettings:
+        s = self._settings
+        settings = dataclasses.replace(s, http_port=self._reserve(s.host, s.http_port),
+                                       grpc_port=self._reserve(s.host, s.grpc_port))
+        settings_path = self._folder / "settings.pickle"
+        settings_path.write_bytes(pickle.dumps(settings))
+        await self._service.start(self._folder / "core.sock")
+        self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path)
+        self._supervisor.start()
+        try:
+            await asyncio.wait_for(self._all_listening.wait(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"{s.workers - len(self._listening)} of {s.workers} front-end workers did not "
+                               f"open their ports within {START_TIMEOUT_S:.0f} s (see their log lines)") from None
+        return settings
+
+    def _reserve(self, host: str, port: int) -> int:
+        if not port:
+            return 0
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))  # bound, never listening: it holds the port and takes no connections
+        self._reserved.append(sock)
+        return int(sock.getsockname()[1])
+
+    def listening(self, number: int) -> None:
+        """A worker's call once its ports are open."""
+        self._listening.add(number)
+        if len(self._listening) >= self._settings.workers:
+            self._all_listening.set()
+
+    @property
+    def pids(self) -> list[int]:
+        return self._supervisor.pids if self._supervisor is not None else []
+
+    async def stop(self, timeout: float) -> bool:
+        drained = await self._supervisor.stop(timeout) if self._supervisor is not None else True
+        await self._service.close()
+        for sock in self._reserved:
+            sock.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+        return drained

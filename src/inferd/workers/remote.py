@@ -1,0 +1,165 @@
+"""The core as a front-end worker sees it: every call goes to the process that owns the models.
+
+The transports are the same objects as in a single process; they get a :class:`Core` whose parts
+forward their calls. Coroutine methods (infer, load, unload, ...) go over an asynchronous line and
+many are in flight at once; the few plain methods (metadata, health, index) go over a second,
+blocking line and answer at once, as they do in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from inferd.core import Core, DataPlane, ModelControl
+from inferd.errors import Unavailable
+from inferd.observability.metrics import Metrics
+from inferd.types import InferRequest, InferResponse
+from inferd.workers.channel import FrameProtocol, frame, read_frame
+
+CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
+CANCEL_SWEEP_S = 0.1  # how often calls in flight are checked for clients that went away
+
+
+class Channel:
+    """Both lines to the model process. ``lost`` is set when it goes away (the worker then stops)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[], bool] | None]] = {}
+        self._protocol = FrameProtocol(self._on_message, self._on_lost)
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: self._protocol, str(self._path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CALL_NOW_TIMEOUT_S)
+        sock.connect(str(self._path))
+        self._sock = sock
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   cancelled: Callable[[], bool] | None = None) -> Any:
+        if self.lost.is_set():
+            raise Unavailable("the model process is gone; this worker is stopping")
+        call_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = (future, cancelled)
+        self._protocol.send(("call", call_id, target, name, args, kwargs))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._protocol.send(("cancel", call_id))
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+
+    def call_now(self, target: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self._sock is None or self.lost.is_set():
+            raise Unavailable("the model process is gone; this worker is stopping")
+        with self._lock:
+            try:
+                self._sock.sendall(b"".join(frame(("call", 0, target, name, args, kwargs))))
+                kind, _, value = read_frame(self._sock)
+            except OSError as exc:  # includes the timeout: the channel's state is unknown now
+                self._on_lost()
+                raise Unavailable(f"the model process did not answer: {exc}") from exc
+        if kind == "err":
+            raise value
+        return value
+
+    def _on_message(self, message: Any) -> None:
+        kind, call_id, value = message
+        waiting = self._pending.get(call_id)
+        if waiting is None or waiting[0].done():
+            return  # cancelled meanwhile
+        if kind == "ok":
+            waiting[0].set_result(value)
+        else:
+            waiting[0].set_exception(value)
+
+    def _on_lost(self) -> None:
+        self.lost.set()
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("the model process went away during the call"))
+        if self._sock is not None:
+            self._sock.close()
+
+    async def _sweep(self) -> None:
+        """A client gone away cancels its call in the model process (its batch slot is freed)."""
+        while True:
+            await asyncio.sleep(CANCEL_SWEEP_S)
+            for future, cancelled in list(self._pending.values()):
+                if cancelled is not None and not future.done() and cancelled():
+                    future.cancel()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._protocol.transport is not None:
+            self._protocol.transport.close()
+        if self._sock is not None:
+            self._sock.close()
+
+
+class _Part:
+    """One part of the core (``shape`` is its class in the model process): each method forwards."""
+
+    def __init__(self, channel: Channel, target: str, shape: type) -> None:
+        self._channel, self._target, self._shape = channel, target, shape
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._shape, name)  # AttributeError for what the core does not have
+        if inspect.iscoroutinefunction(method):
+            async def forward(*args: Any, **kwargs: Any) -> Any:
+                return await self._channel.call(self._target, name, args, kwargs)
+            bound: Any = forward
+        else:
+            bound = functools.partial(self._channel.call_now, self._target, name)
+        setattr(self, name, bound)  # looked up once
+        return bound
+
+
+class _RemoteDataPlane(_Part):
+    """Health is partly the worker's own: it stops being ready as soon as it drains."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel, "data", DataPlane)
+        self._draining = False
+
+    def live(self) -> bool:
+        return not self._channel.lost.is_set()
+
+    def ready(self) -> bool:
+        return not self._draining and bool(self._channel.call_now("data", "ready"))
+
+    def start_draining(self) -> None:
+        self._draining = True
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        cancelled, request.cancelled = request.cancelled, None  # a callable stays here; the sweep asks it
+        started = time.perf_counter()
+        response: InferResponse = await self._channel.call("data", "infer", (request,), {}, cancelled)
+        response.timings.total = time.perf_counter() - started  # the hop to the model process counts too
+        return response
+
+
+def remote_core(channel: Channel) -> Core:
+    """A :class:`Core` for the transports of a worker (typed as the real one: same methods)."""
+    return Core(data=cast(DataPlane, _RemoteDataPlane(channel)),
+                control=cast(ModelControl, _Part(channel, "control", ModelControl)),
+                metrics=cast(Metrics, _Part(channel, "metrics", Metrics)))

@@ -1,0 +1,221 @@
+"""``inferd serve --workers N``: front-end processes on shared ports, one model process behind them.
+
+Every protocol through the workers, one batch queue per model whatever worker a request came in
+on, reloads seen by every worker, a worker that dies is replaced, SIGTERM drains, and workers do
+not outlive the model process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+
+from tests.conftest import RunningServer, serve
+from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
+
+BATCHING_MODEL = '''
+import time
+import numpy as np
+
+class Model:
+    def infer(self, inputs):
+        x = inputs["x"]
+        delay = float(x.reshape(-1)[-1])
+        time.sleep(delay if delay < 5 else 0.01)
+        return {"y": x * 3, "rows": np.full((x.shape[0], 1), x.shape[0], dtype=np.int32)}
+'''
+
+BATCHING_CONFIG = """
+max_batch_size = 64
+[dynamic_batching]
+max_queue_delay_ms = 200
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "rows"
+datatype = "INT32"
+shape = [1]
+"""
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("workers")
+    write(root / "py_double/1/model.py", PYTHON_MODEL)
+    write(root / "py_double/config.toml", PYTHON_CONFIG)
+    write(root / "batched/1/model.py", BATCHING_MODEL)
+    write(root / "batched/config.toml", BATCHING_CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    with serve(repo, "--workers", str(WORKERS), "--model-control", "explicit", "--load-model", "*",
+               grpc=True) as running:
+        yield running
+
+
+def workers_of(server: RunningServer) -> list[psutil.Process]:
+    children = psutil.Process(server.process.pid).children()
+    return [child for child in children if "_frontend" in child.cmdline()]
+
+
+def infer_json(base: str, model: str, data: list[float], shape: list[int], datatype: str = "FP64",
+               session: requests.Session | None = None) -> requests.Response:
+    body = {"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}
+    return (session or requests).post(f"{base}/v2/models/{model}/infer", json=body, timeout=30)
+
+
+def test_every_protocol_answers_through_the_workers(server: RunningServer) -> None:
+    assert len(workers_of(server)) == WORKERS
+    assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
+    meta = requests.get(f"{server.base}/v2/models/py_double", timeout=5).json()
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP64", "shape": [-1]}]
+    # KServe v2 JSON, many connections (so both workers), each answer computed by the model
+    for n in range(12):
+        with requests.Session() as session:
+            response = infer_json(server.base, "py_double", [n, 1.5], [2], session=session)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [n * 2 + 10, 13.0]
+    # TF Serving REST
+    tf = requests.post(f"{server.base}/v1/models/py_double:predict", json={"inputs": {"x": [1.0, 2.0]}}, timeout=10)
+    assert tf.status_code == 200, tf.text
+    assert tf.json()["outputs"]["y"] == [12.0, 14.0]
+    # KServe v2 gRPC with the real client
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    assert client.is_server_ready() and client.is_model_ready("py_double")
+    x = np.array([4.0, 5.0])
+    tensor = grpcclient.InferInput("x", [2], "FP64")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("py_double", [tensor])
+    np.testing.assert_array_equal(result.as_numpy("y"), x * 2 + 10)
+    client.close()
+
+
+def test_errors_keep_their_status_and_message_across_the_hop(server: RunningServer) -> None:
+    unknown = infer_json(server.base, "nope", [1.0], [1])
+    assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
+    wrong = infer_json(server.base, "py_double", [1.0], [1], datatype="FP32")
+    assert wrong.status_code == 400 and "FP64" in wrong.json()["error"]
+    model_error = infer_json(server.base, "py_double", [666.0], [1])
+    assert model_error.status_code == 500 and "666" in model_error.json()["error"]
+    assert infer_json(server.base, "py_double", [1.0], [1]).status_code == 200  # still serving
+
+
+def test_requests_from_every_worker_share_one_batch_queue(server: RunningServer) -> None:
+    """Clients on their own connections (spread over the workers by the kernel) land in the model
+    process's one queue: batches form from all of them, and one set of statistics counts them."""
+    before = requests.get(f"{server.base}/v2/models/batched/stats", timeout=5).json()["model_stats"][0]
+
+    def one(n: int) -> tuple[list[float], int]:
+        with requests.Session() as session:
+            response = infer_json(server.base, "batched", [n, 0.05], [1, 2], "FP32", session)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        return outputs["y"], outputs["rows"][0]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(64)))
+    assert [y for y, _ in answers] == [[3.0 * n, pytest.approx(0.15)] for n in range(64)]  # each its own rows
+    assert max(rows for _, rows in answers) > 1
+    after = requests.get(f"{server.base}/v2/models/batched/stats", timeout=5).json()["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 64 and executions < inferences / 2, f"{executions} executions for {inferences}"
+
+
+def test_a_loaded_model_is_seen_by_every_worker(server: RunningServer, repo: Path) -> None:
+    write(repo / "late/1/model.py", PYTHON_MODEL)
+    write(repo / "late/config.toml", PYTHON_CONFIG)
+    loaded = requests.post(f"{server.base}/v2/repository/models/late/load", timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    for _ in range(8):  # fresh connections: each may land on another worker
+        with requests.Session() as session:
+            assert infer_json(server.base, "late", [1.0], [1], session=session).json()["outputs"][0]["data"] == [12.0]
+    assert requests.post(f"{server.base}/v2/repository/models/late/unload", timeout=60).status_code == 200
+    with requests.Session() as session:
+        assert infer_json(server.base, "late", [1.0], [1], session=session).status_code in (400, 404, 503)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(server: RunningServer) -> None:
+    victim = workers_of(server)[0]
+    victim.kill()
+    victim.wait(10)
+    ok = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with requests.Session() as session:
+                ok += infer_json(server.base, "py_double", [1.0], [1], session=session).status_code == 200
+        except requests.ConnectionError:
+            pass  # a connection the kernel handed the dead worker's socket
+        pids = [w.pid for w in workers_of(server)]
+        if len(pids) == WORKERS and victim.pid not in pids and ok >= 5:
+            break
+        time.sleep(0.1)
+    assert ok >= 5
+    assert len(workers_of(server)) == WORKERS and victim.pid not in [w.pid for w in workers_of(server)]
+    assert "front-end worker" in server.log() and "starting another" in server.log()
+
+
+def test_sigterm_drains_requests_in_flight_through_a_worker(repo: Path) -> None:
+    with serve(repo, "--workers", "1", "--model-control", "explicit", "--load-model", "batched") as server:
+        workers = workers_of(server)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(infer_json, server.base, "batched", [1.0, 1.0], [1, 2], "FP32")
+            time.sleep(0.5)  # in the model (it sleeps 1 s)
+            server.process.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == [3.0, 3.0]
+        assert server.process.wait(30) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_workers_stop_when_the_model_process_is_killed(repo: Path) -> None:
+    with serve(repo, "--workers", "2", "--model-control", "explicit", "--load-model", "py_double") as server:
+        workers = workers_of(server)
+        assert len(workers) == 2
+        server.process.kill()
+        server.process.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers outlived the model process: {[w.pid for w in alive]}"
+
+
+def test_workers_refuse_what_one_process_must_serve() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "inferd", "serve", "--workers", "-1"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--workers must be 0..256" in done.stderr
+
+
+def test_slow_client_on_one_worker_does_not_hold_the_others(server: RunningServer) -> None:
+    """A request held in the model (1 s) does not stop other clients, whichever worker they reach."""
+    held = threading.Thread(target=infer_json, args=(server.base, "batched", [1.0, 1.0], [1, 2], "FP32"))
+    held.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    for _ in range(6):
+        with requests.Session() as session:
+            assert infer_json(server.base, "py_double", [2.0], [1], session=session).status_code == 200
+    assert time.monotonic() - started < 5
+    held.join(10)
