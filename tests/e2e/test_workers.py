@@ -98,6 +98,12 @@ def test_every_protocol_answers_through_the_workers(server: RunningServer) -> No
     tf = requests.post(f"{server.base}/v1/models/py_double:predict", json={"inputs": {"x": [1.0, 2.0]}}, timeout=10)
     assert tf.status_code == 200, tf.text
     assert tf.json()["outputs"]["y"] == [12.0, 14.0]
+    # TorchServe's management API (settings of the core read across the hop)
+    listed = requests.get(f"{server.base}/models", timeout=10)
+    assert listed.status_code == 200 and {"modelName": "py_double"} in [
+        {"modelName": m["modelName"]} for m in listed.json()["models"]]
+    refused = requests.post(f"{server.base}/models?url=nothing.mar", timeout=10)
+    assert refused.status_code == 404 and "--model-store" in refused.json()["message"]
     # KServe v2 gRPC with the real client
     client = grpcclient.InferenceServerClient(server.grpc_url)
     assert client.is_server_ready() and client.is_model_ready("py_double")

@@ -56,6 +56,12 @@ class CoreService:
             raise InferdError(f"a worker asked for {target}.{name}, which this server does not offer")
         return getattr(part, name)
 
+    def changed(self) -> None:
+        """Model control ran: every worker drops the metadata it keeps (see remote.py)."""
+        for connection in self._connections:
+            if not connection.sync:
+                connection.protocol.send(("changed", 0, None))
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -68,10 +74,14 @@ class _Connection:
         self._service = service
         self.protocol = FrameProtocol(self._on_message, self._on_lost)
         self._running: dict[int, asyncio.Task[Any]] = {}
+        self.sync = False
         service._connections.add(self)
 
     def _on_message(self, message: Any) -> None:
         kind, call_id = message[0], message[1]
+        if kind == "sync":  # the worker's blocking line: it reads answers only, never news
+            self.sync = True
+            return
         if kind == "cancel":
             task = self._running.get(call_id)
             if task is not None:
@@ -83,16 +93,21 @@ class _Connection:
             if inspect.iscoroutinefunction(method):
                 task = asyncio.get_running_loop().create_task(method(*args, **kwargs))
                 self._running[call_id] = task
-                task.add_done_callback(lambda t: self._finished(call_id, t))
+                task.add_done_callback(lambda t: self._finished(call_id, t, target))
                 return
-            result = method(*args, **kwargs)
+            result = method(*args, **kwargs) if callable(method) else method  # a property's value
         except Exception as exc:  # the worker raises it where its client asked
             self._reply_error(call_id, exc)
             return
+        finally:
+            if target == "control":
+                self._service.changed()
         self.protocol.send(("ok", call_id, result))
 
-    def _finished(self, call_id: int, task: asyncio.Task[Any]) -> None:
+    def _finished(self, call_id: int, task: asyncio.Task[Any], target: str) -> None:
         self._running.pop(call_id, None)
+        if target == "control":  # before the answer: its worker forgets what it knew first
+            self._service.changed()
         if task.cancelled():
             return  # the worker cancelled it: it expects no answer
         exc = task.exception()

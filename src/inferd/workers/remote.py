@@ -27,6 +27,14 @@ from inferd.workers.channel import FrameProtocol, frame, read_frame
 
 CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
 CANCEL_SWEEP_S = 0.1  # how often calls in flight are checked for clients that went away
+# What transports ask before each request (is the model there, its tensors, a label's version):
+# kept for a moment so a request costs no blocking round trip. Only answers are kept, never
+# errors; model control through any worker clears every worker's copy, and what changes inside
+# the model process (a poll, a reload) shows within KEEP_S. Inference itself is always decided by
+# the model process, so a stale copy can only delay an error, never serve an unloaded model.
+KEPT = frozenset({"model_metadata", "signature_metadata", "resolve_label", "model_ready", "authorize"})
+KEEP_S = 0.25
+KEEP_MAX = 1024
 
 
 class Channel:
@@ -40,6 +48,7 @@ class Channel:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self._kept: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self.lost = asyncio.Event()
 
     async def connect(self) -> None:
@@ -48,6 +57,7 @@ class Channel:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CALL_NOW_TIMEOUT_S)
         sock.connect(str(self._path))
+        sock.sendall(b"".join(frame(("sync", 0))))
         self._sock = sock
         self._sweeper = loop.create_task(self._sweep())
 
@@ -81,8 +91,24 @@ class Channel:
             raise value
         return value
 
+    def call_kept(self, target: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``call_now`` for what KEPT names: an answer younger than KEEP_S is answered again."""
+        key = (target, name, args, tuple(sorted(kwargs.items())))
+        now = time.monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        value = self.call_now(target, name, *args, **kwargs)
+        if len(self._kept) >= KEEP_MAX:  # keys come from clients: a bound, not a policy
+            self._kept.clear()
+        self._kept[key] = (now + KEEP_S, value)
+        return value
+
     def _on_message(self, message: Any) -> None:
         kind, call_id, value = message
+        if kind == "changed":
+            self._kept.clear()
+            return
         waiting = self._pending.get(call_id)
         if waiting is None or waiting[0].done():
             return  # cancelled meanwhile
@@ -123,11 +149,15 @@ class _Part:
         self._channel, self._target, self._shape = channel, target, shape
 
     def __getattr__(self, name: str) -> Any:
-        method = getattr(self._shape, name)  # AttributeError for what the core does not have
+        method = getattr(self._shape, name, None)
+        if method is None or isinstance(method, property):  # a setting of the core's: read (and kept)
+            return self._channel.call_kept(self._target, name)
         if inspect.iscoroutinefunction(method):
             async def forward(*args: Any, **kwargs: Any) -> Any:
                 return await self._channel.call(self._target, name, args, kwargs)
             bound: Any = forward
+        elif name in KEPT:
+            bound = functools.partial(self._channel.call_kept, self._target, name)
         else:
             bound = functools.partial(self._channel.call_now, self._target, name)
         setattr(self, name, bound)  # looked up once
