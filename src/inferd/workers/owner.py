@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from inferd.config import ServerSettings
 from inferd.core import Core
 from inferd.errors import InferdError
 from inferd.workers.channel import FrameProtocol
+from inferd.workers.codec import pack_response, unpack_request
 
 log = logging.getLogger("inferd.workers")
 
@@ -49,6 +51,9 @@ class CoreService:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _Connection(self).protocol, str(path))
         os.chmod(path, 0o600)
+
+    async def infer(self, packed: tuple[Any, ...]) -> tuple[Any, ...]:
+        return pack_response(await self._parts["data"].infer(unpack_request(packed)))
 
     def method(self, target: str, name: str) -> Any:
         part = self._parts.get(target)
@@ -87,13 +92,14 @@ class _Connection:
             if task is not None:
                 task.cancel()
             return
+        if kind == "infer":  # the one call on every request: packed as tuples (codec.py)
+            self._start(call_id, self._service.infer(message[2]), "data")
+            return
         _, _, target, name, args, kwargs = message
         try:
             method = self._service.method(target, name)
             if inspect.iscoroutinefunction(method):
-                task = asyncio.get_running_loop().create_task(method(*args, **kwargs))
-                self._running[call_id] = task
-                task.add_done_callback(lambda t: self._finished(call_id, t, target))
+                self._start(call_id, method(*args, **kwargs), target)
                 return
             result = method(*args, **kwargs) if callable(method) else method  # a property's value
         except Exception as exc:  # the worker raises it where its client asked
@@ -103,6 +109,11 @@ class _Connection:
             if target == "control":
                 self._service.changed()
         self.protocol.send(("ok", call_id, result))
+
+    def _start(self, call_id: int, call: Coroutine[Any, Any, Any], target: str) -> None:
+        task = asyncio.get_running_loop().create_task(call)
+        self._running[call_id] = task
+        task.add_done_callback(lambda t: self._finished(call_id, t, target))
 
     def _finished(self, call_id: int, task: asyncio.Task[Any], target: str) -> None:
         self._running.pop(call_id, None)

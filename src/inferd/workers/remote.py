@@ -24,6 +24,7 @@ from inferd.errors import Unavailable
 from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse
 from inferd.workers.channel import FrameProtocol, frame, read_frame
+from inferd.workers.codec import pack_request, unpack_response
 
 CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
 CANCEL_SWEEP_S = 0.1  # how often calls in flight are checked for clients that went away
@@ -61,14 +62,20 @@ class Channel:
         self._sock = sock
         self._sweeper = loop.create_task(self._sweep())
 
-    async def call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   cancelled: Callable[[], bool] | None = None) -> Any:
+    async def call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await self._request(lambda call_id: ("call", call_id, target, name, args, kwargs), None)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        packed = pack_request(request)
+        return unpack_response(await self._request(lambda call_id: ("infer", call_id, packed), request.cancelled))
+
+    async def _request(self, message: Callable[[int], tuple[Any, ...]], cancelled: Callable[[], bool] | None) -> Any:
         if self.lost.is_set():
             raise Unavailable("the model process is gone; this worker is stopping")
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = (future, cancelled)
-        self._protocol.send(("call", call_id, target, name, args, kwargs))
+        self._protocol.send(message(call_id))
         try:
             return await future
         except asyncio.CancelledError:
@@ -181,9 +188,8 @@ class _RemoteDataPlane(_Part):
         self._draining = True
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        cancelled, request.cancelled = request.cancelled, None  # a callable stays here; the sweep asks it
         started = time.perf_counter()
-        response: InferResponse = await self._channel.call("data", "infer", (request,), {}, cancelled)
+        response = await self._channel.infer(request)
         response.timings.total = time.perf_counter() - started  # the hop to the model process counts too
         return response
 

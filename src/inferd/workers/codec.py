@@ -1,0 +1,57 @@
+"""An inference request and its answer as plain tuples for the channel.
+
+Pickling the dataclasses themselves costs several times more (each object's state goes through
+Python-level reduce functions, numpy arrays through theirs); tuples of str, int and bytes are
+pickled by C alone. Numeric tensors travel as (dtype, shape, bytes); anything else (BYTES object
+arrays, bfloat16) as the array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor, Timings
+
+NUMERIC = frozenset("biufc")
+
+
+def _pack_tensor(tensor: Tensor) -> tuple[Any, ...]:
+    data = tensor.data
+    if data.dtype.kind in NUMERIC and data.dtype.isnative:
+        return tensor.name, tensor.datatype, data.dtype.str, data.shape, data.tobytes()
+    return tensor.name, tensor.datatype, None, None, data
+
+
+def _unpack_tensor(packed: tuple[Any, ...]) -> Tensor:
+    name, datatype, dtype, shape, data = packed
+    if dtype is None:
+        return Tensor(name, datatype, data)
+    return Tensor(name, datatype, np.frombuffer(data, dtype=dtype).reshape(shape))
+
+
+def pack_request(request: InferRequest) -> tuple[Any, ...]:
+    """Everything but ``cancelled`` (a callable of the worker's: it stays there)."""
+    outputs = None if request.outputs is None else tuple((o.name, o.binary) for o in request.outputs)
+    return (request.model_name, request.model_version, tuple(_pack_tensor(t) for t in request.inputs), request.id,
+            outputs, request.parameters, request.timeout_us, request.protocol, request.credentials)
+
+
+def unpack_request(packed: tuple[Any, ...]) -> InferRequest:
+    name, version, inputs, request_id, outputs, parameters, timeout_us, protocol, credentials = packed
+    wanted = None if outputs is None else [RequestedOutput(n, binary) for n, binary in outputs]
+    return InferRequest(name, version, [_unpack_tensor(t) for t in inputs], request_id, wanted, parameters,
+                        timeout_us, protocol, None, credentials)
+
+
+def pack_response(response: InferResponse) -> tuple[Any, ...]:
+    t = response.timings
+    return (response.model_name, response.model_version, tuple(_pack_tensor(o) for o in response.outputs),
+            response.id, response.parameters, (t.queue, t.compute, t.total))
+
+
+def unpack_response(packed: tuple[Any, ...]) -> InferResponse:
+    name, version, outputs, response_id, parameters, (queue, compute, total) = packed
+    return InferResponse(name, version, [_unpack_tensor(o) for o in outputs], response_id, parameters,
+                         Timings(queue, compute, total))

@@ -1,0 +1,49 @@
+"""Requests and answers survive the trip to the model process unchanged, every datatype."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor, Timings, numpy_dtype
+from inferd.workers.codec import pack_request, pack_response, unpack_request, unpack_response
+from tests.models import ALL_TYPES
+
+
+def sample(datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([[b"a", b"\x00\xff"], [b"", "é".encode()]], dtype=object)
+    return np.arange(6).reshape(2, 3).astype(numpy_dtype(datatype))
+
+
+@pytest.mark.parametrize("datatype", ALL_TYPES)
+def test_a_request_round_trips_with_every_datatype(datatype: str) -> None:
+    data = sample(datatype)
+    request = InferRequest("m", "2", [Tensor("x", datatype, data), Tensor("t", datatype, data.T)], id="r1",
+                           outputs=[RequestedOutput("y", True), RequestedOutput("z")], parameters={"a": 1},
+                           timeout_us=500, protocol="tfserving", cancelled=lambda: False, credentials="Bearer k")
+    back = unpack_request(pickle.loads(pickle.dumps(pack_request(request), protocol=5)))
+    assert (back.model_name, back.model_version, back.id, back.parameters, back.timeout_us, back.protocol,
+            back.credentials) == ("m", "2", "r1", {"a": 1}, 500, "tfserving", "Bearer k")
+    assert back.cancelled is None  # the worker keeps it
+    assert [(o.name, o.binary) for o in back.outputs or []] == [("y", True), ("z", None)]
+    for sent, got in zip(request.inputs, back.inputs, strict=True):
+        assert (got.name, got.datatype, got.data.dtype, got.data.shape) == (sent.name, sent.datatype,
+                                                                               sent.data.dtype, sent.data.shape)
+        assert got.data.tolist() == sent.data.tolist()
+
+
+def test_an_answer_round_trips_with_its_timings() -> None:
+    response = InferResponse("m", "1", [Tensor("y", "FP32", np.ones((2, 2), np.float32))], id="7",
+                             parameters={"p": "q"}, timings=Timings(0.001, 0.002, 0.004))
+    back = unpack_response(pickle.loads(pickle.dumps(pack_response(response), protocol=5)))
+    assert (back.model_name, back.model_version, back.id, back.parameters) == ("m", "1", "7", {"p": "q"})
+    assert (back.timings.queue, back.timings.compute, back.timings.total) == (0.001, 0.002, 0.004)
+    np.testing.assert_array_equal(back.outputs[0].data, np.ones((2, 2), np.float32))
+
+
+def test_a_request_with_all_outputs_stays_all_outputs() -> None:
+    request = InferRequest("m", None, [Tensor("x", "INT64", np.array([1, 2]))])
+    assert unpack_request(pack_request(request)).outputs is None
