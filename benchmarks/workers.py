@@ -36,10 +36,12 @@ def grpc_bench(http: int, grpc: int, model: str, concurrency: int, seconds: int,
                    f"http://127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc}", "--binary", "--concurrency",
                    str(concurrency), "--duration", str(seconds), "--warmup", "2", "--json", out.name]
         done = subprocess.run(command, capture_output=True, env=env, text=True)
-        if done.returncode != 0:
-            print(f"inferd bench failed ({model} grpc c={concurrency}): {done.stderr[-600:]}", flush=True)
+        written = Path(out.name).read_text()
+        if not written:  # it exits 1 when any request failed, after writing its rows
+            print(f"inferd bench failed ({model} grpc c={concurrency}): {(done.stdout + done.stderr)[-600:]}",
+                  flush=True)
             return {"rps": float("nan"), "p50_ms": float("nan"), "cpu_ms_per_req": float("nan"), "errors": -1}
-        row = json.loads(Path(out.name).read_text())["rows"][0]
+        row = json.loads(written)["rows"][0]
     return {"rps": row["rps"], "p50_ms": row.get("p50_ms", float("nan")), "cpu_ms_per_req": float("nan"),
             "errors": row["errors"]}
 

@@ -34,6 +34,7 @@ class FrameProtocol(asyncio.Protocol):
         self._on_message = on_message
         self._on_lost = on_lost
         self._buffer = bytearray()
+        self._out: list[bytes] = []
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,8 +59,18 @@ class FrameProtocol(asyncio.Protocol):
             self._buffer = buffer[start:]
 
     def send(self, message: Any) -> None:
+        """Frames sent in one pass of the loop leave in one write (a batch's answers, a burst
+        of requests): one system call and one wake-up of the other process, not one per frame."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.extend(frame(message))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(frame(message))
+            self.transport.writelines(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
