@@ -7,7 +7,7 @@ HTTP requests parsed in one pass. (grpc.aio delivers each call through several l
 own, so batches stayed at one or two requests: see DESIGN.md.)
 
 Bounded like the HTTP front end: at most ``max_calls`` calls at once (grpc answers the next one
-RESOURCE_EXHAUSTED before reading it), 100 streams per connection, and every request message
+RESOURCE_EXHAUSTED before reading it), and every request message
 counted against the byte budget HTTP shares while its call runs (on the loop: no lock).
 """
 
@@ -27,7 +27,7 @@ from inferd.transport.grpc.health import Health
 from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
 
 THREADS = 256  # calls running at once; more (up to max_calls) wait in grpc's queue for a thread
-MAX_STREAMS_PER_CONNECTION = 100
+MAX_STREAMS_PER_CONNECTION = 1000  # per connection; calls at once are bounded by max_calls
 
 Method = Callable[[Any, Context], Awaitable[Message]]
 
