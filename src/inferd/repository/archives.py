@@ -40,6 +40,8 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
         raise NotFound("Model store has not been configured (--model-store).")
     if not url:
         raise NotFound("empty url")
+    if not url.isprintable():  # a NUL or a newline names no file, and would forge log lines
+        raise InvalidInput(f"url must be printable text (no control characters), got {url!r}")
     if ".." in url:
         raise NotFound(f"Relative path is not allowed in url: {url} (it leaves the model store)")
     if _URL.match(url):

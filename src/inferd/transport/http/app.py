@@ -204,7 +204,7 @@ class HttpApp:
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytearray:
         limit = self.max_body_bytes
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of "
                                   f"{limit} bytes (--max-body-size)")
         body = bytearray()
