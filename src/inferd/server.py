@@ -18,6 +18,7 @@ from inferd.compat.tfserving import read_model_config
 from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
+from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
@@ -107,6 +108,9 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.pid_file is not None:
             self.settings.pid_file.write_text(str(os.getpid()))
+        removed = remove_leftovers()
+        if removed:
+            log.info("removed %d folder(s) and shared-memory file(s) that killed servers left behind", removed)
         if not self.settings.listen_after_load:
             await self._listen()  # answers (503 not ready) while models load
         explicit = self.settings.model_control == "explicit"
