@@ -54,7 +54,8 @@ def build_core(settings: ServerSettings) -> Core:
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
+    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness)
+    return Core(data, control, metrics)
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:
@@ -76,7 +77,7 @@ def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeM
     TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
-    return HttpApp(router, settings.max_body_bytes)
+    return HttpApp(router, settings.max_body_bytes, settings.access_log)
 
 
 def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ...],
@@ -100,6 +101,7 @@ class Server:
         self.ts_metrics = TorchServeMetrics()
         self._grpc: GrpcServer | None = None
         self._budget = ByteBudget(settings.max_inflight_bytes)  # HTTP and gRPC share it
+        self.exit_code = 0
 
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
@@ -116,6 +118,14 @@ class Server:
         explicit = self.settings.model_control == "explicit"
         await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
         await self._register_store_archives()
+        failed = [row for row in self.core.control.states() if row.state is not ModelState.READY]
+        if self.settings.exit_on_error and failed:
+            for row in failed:
+                log.error("--exit-on-error: model %s version %s is %s: %s", row.name, row.version or "-",
+                          row.state.value, row.reason)
+            await self._shutdown()
+            self.exit_code = 1
+            return False
         if self.settings.listen_after_load:
             await self._listen()
         _settle_garbage_collector()
@@ -233,13 +243,16 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run(settings: ServerSettings) -> None:
+def run(settings: ServerSettings) -> int:
+    """Serve until stopped; the process's exit code (1: --exit-on-error and a model failed)."""
+    server = Server(settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
-        asyncio.run(Server(settings).run())
+        asyncio.run(server.run())
     else:
-        uvloop.run(Server(settings).run())
+        uvloop.run(server.run())
+    return server.exit_code
 
 
 def _exit_now() -> None:

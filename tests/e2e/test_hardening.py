@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import RunningServer, serve
+from tests.conftest import serve
 
 SLOW_MODEL = '''
 import os, subprocess, time

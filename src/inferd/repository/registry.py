@@ -425,6 +425,7 @@ class ModelRegistry(Generic[S]):
     async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
+        started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
                                                         config or entry.config, self._wrap))
         try:
@@ -437,12 +438,14 @@ class ModelRegistry(Generic[S]):
             return False
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
-            log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
+            log.error("model %s version %s unavailable after %.2f s: %s", entry.name, version,
+                      time.monotonic() - started, slot.reason)
             return False
         slot.runtime, slot.state, slot.reason = built.served, ModelState.READY, ""
         slot.signatures, slot.default_signature = built.signatures, built.default_signature
         entry.changed()
-        log.info("model %s version %s ready (%s)", entry.name, version, built.served.describe())
+        log.info("model %s version %s ready in %.2f s (%s)", entry.name, version, time.monotonic() - started,
+                 built.served.describe())
         return True
 
     def served(self, name: str) -> list[S]:
