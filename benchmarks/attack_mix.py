@@ -195,15 +195,18 @@ class Attack:
                 writer.transport.abort()
 
 
-async def attack(port: int, seconds: float, slowloris: int) -> dict[str, int]:
+ATTACKS = ("slowloris", "pipeline", "abandoned_body", "gzip_bomb", "header_flood")
+
+
+async def attack(port: int, seconds: float, slowloris: int, kinds: tuple[str, ...] = ATTACKS) -> dict[str, int]:
     stop = asyncio.Event()
     mix = Attack(port, stop)
     bomb = gzip.compress(b"\0" * (256 << 20), 9)  # ~250 KB that inflate to 256 MiB
-    tasks = [*(mix.slowloris() for _ in range(slowloris)),
-             *(mix.pipeline_without_reading() for _ in range(4)),
-             *(mix.abandoned_body() for _ in range(4)),
-             *(mix.gzip_bomb(bomb) for _ in range(2)),
-             *(mix.header_flood() for _ in range(2))]
+    tasks = [*(mix.slowloris() for _ in range(slowloris if "slowloris" in kinds else 0)),
+             *(mix.pipeline_without_reading() for _ in range(4 if "pipeline" in kinds else 0)),
+             *(mix.abandoned_body() for _ in range(4 if "abandoned_body" in kinds else 0)),
+             *(mix.gzip_bomb(bomb) for _ in range(2 if "gzip_bomb" in kinds else 0)),
+             *(mix.header_flood() for _ in range(2 if "header_flood" in kinds else 0))]
     running = [asyncio.ensure_future(task) for task in tasks]
     await asyncio.sleep(seconds)
     stop.set()
@@ -243,6 +246,7 @@ def main() -> int:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--slowloris", type=int, default=300, help="slowloris connections at once")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="which attacks run (comma-separated)")
     parser.add_argument("--rss-bound-mib", type=float, default=1500.0,
                         help="the server tree's resident memory must stay under this")
     stamp = time.strftime("%Y%m%dT%H%MZ", time.gmtime())
@@ -263,8 +267,8 @@ def main() -> int:
         samples: list[float] = []
         stop = threading.Event()
         threading.Thread(target=sample_rss, args=(server.pid, stop, samples), daemon=True).start()
-        attackers = threading.Thread(target=lambda: results.update(asyncio.run(attack(port, args.seconds,
-                                                                                          args.slowloris))))
+        attackers = threading.Thread(target=lambda: results.update(asyncio.run(attack(
+            port, args.seconds, args.slowloris, tuple(args.attacks.split(","))))))
         results: dict[str, int] = {}
         attackers.start()
         time.sleep(2)  # the attack is under way
@@ -279,7 +283,7 @@ def main() -> int:
     time.sleep(1)
     left = leftovers(server.pid, children)
     report = {
-        "seconds": args.seconds, "clients": args.clients, "slowloris": args.slowloris,
+        "seconds": args.seconds, "clients": args.clients, "slowloris": args.slowloris, "attacks": args.attacks,
         "attack_connections": results, "no_attack": baseline, "under_attack": under,
         "p99_ratio": round(under["p99_ms"] / baseline["p99_ms"], 2) if under["p99_ms"] and baseline["p99_ms"] else None,
         "rss_mib_max": round(max(samples), 1) if samples else None,
