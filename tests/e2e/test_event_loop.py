@@ -85,12 +85,15 @@ def test_gzip_bombs_under_the_offload_size_inflate_off_the_loop(tmp_path: Path) 
 
         worker = threading.Thread(target=bombs)
         worker.start()
-        slowest = 0.0
+        waits: list[float] = []
         with requests.Session() as session:
             while worker.is_alive():
                 start = time.perf_counter()
                 assert session.get(f"{server.base}/v2/health/live", timeout=10).status_code == 200
-                slowest = max(slowest, time.perf_counter() - start)
+                waits.append(time.perf_counter() - start)
         worker.join()
         assert answers == [413] * 6  # inflated past --max-body-size
-        assert slowest < 0.25, f"a health probe waited {slowest:.2f} s behind an inflate"
+        # inflating on the loop, nearly every probe waits behind an inflate (0.1-0.6 s each); the
+        # median is robust to the odd preemption of a busy shared machine
+        waits.sort()
+        assert len(waits) > 5 and waits[len(waits) // 2] < 0.05, f"probes waited {waits}"

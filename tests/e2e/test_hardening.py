@@ -119,7 +119,8 @@ def test_parallel_loads_leave_one_instance_and_unload_drains_queued_requests(rep
 
 
 def test_a_start_removes_what_a_killed_server_left(repo: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CHILD_PIDS", str(tmp_path / "children.txt"))
+    pids_file = tmp_path / "children.txt"
+    monkeypatch.setenv("CHILD_PIDS", str(pids_file))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     folder = Path(tempfile.gettempdir()) / f"inferd-scratch-{gone.pid}-0-left"
@@ -137,6 +138,8 @@ def test_a_start_removes_what_a_killed_server_left(repo: Path, tmp_path: Path, m
             assert requests.post(f"{server.base}/v2/repository/models/slow/load", timeout=120).status_code == 200
             server.process.kill()  # SIGKILL: nothing of the server runs
             server.process.wait()
+        started = [int(pid) for pid in pids_file.read_text().split()]
+        assert started and wait_until(lambda: not any(alive(pid) for pid in started))  # the model's child too
         leftovers = list(Path(tempfile.gettempdir()).glob(f"inferd-scratch-{server.process.pid}-*"))
         with serve(repo, "--model-control", "explicit"):
             assert leftovers and not any(path.exists() for path in leftovers)

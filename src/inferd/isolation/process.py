@@ -89,6 +89,7 @@ class InstanceProcess:
         self._inputs = Writer(f"{spec.context.name}-{index}-in")
         self._outputs = Reader()
         self._scratch: str | None = None
+        self._killed = False
         self.started = 0.0  # time.time() once its model loaded
 
     @property
@@ -209,7 +210,8 @@ class InstanceProcess:
 
     def kill(self) -> None:
         """Kill the process and its whole group (what the model started too), then free its files."""
-        if self._process is not None:
+        if self._process is not None and not self._killed:
+            self._killed = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)  # the group outlives a dead leader
             if self._process.poll() is None:
