@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
                             "0 (default): one process does both")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    operability = serve.add_argument_group("operability")
+    operability.add_argument("--access-log", action="store_true", help="log one line per HTTP request")
+    operability.add_argument("--log-format", choices=["text", "json"], default="text")
+    operability.add_argument("--strict-readiness", action="store_true",
+                             help="ready only while every model version is ready (default: once every model was tried)")
+    operability.add_argument("--exit-on-error", action="store_true",
+                             help="exit 1 when a model fails to load at start")
     commands.add_parser("torchserve", add_help=False,
                         help="serve with torchserve's flags and config.properties (inferd torchserve --help)")
     commands.add_parser("tfserving", add_help=False,
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     from inferd.observability.logging import configure
 
-    configure(args.log_level)
+    configure(args.log_level, args.log_format)
     try:
         settings = ServerSettings(
             model_repository=args.model_repository, host=args.host, http_port=args.http_port,
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name,
-            model_name=args.model_name, workers=args.workers)
+            model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
+            strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2
@@ -186,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from inferd.server import run
 
-    run(settings)
-    return 0
+    return run(settings)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ class ServerSettings:
     header_timeout: float = 10.0  # seconds a request's line and headers may take to arrive (408)
     body_timeout: float = 60.0  # seconds a request's body may take to arrive (408)
     log_level: str = "info"
+    # operability, as Triton offers: --access-log, --log-format, --strict-readiness, --exit-on-error
+    access_log: bool = False  # one log line per HTTP request (method, path, status, time)
+    log_format: str = "text"  # text | json (one JSON object per line)
+    strict_readiness: bool = False  # ready only while every known model version is READY
+    exit_on_error: bool = False  # exit 1 when a model fails to load at start
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
     load_models: tuple[str, ...] = ()  # explicit mode: repository models loaded at start ("*" = all)

@@ -18,6 +18,7 @@ from inferd.compat.tfserving import read_model_config
 from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.errors import InferdError
+from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
@@ -54,7 +55,8 @@ def build_core(settings: ServerSettings) -> Core:
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
+    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness)
+    return Core(data, control, metrics)
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:
@@ -76,7 +78,7 @@ def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeM
     TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
     OpenApiRoutes().register(router)
-    return HttpApp(router, settings.max_body_bytes)
+    return HttpApp(router, settings.max_body_bytes, settings.access_log)
 
 
 def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ...],
@@ -148,6 +150,7 @@ class Server:
         self.ts_metrics = TorchServeMetrics()
         self._transports = Transports(self.core, settings, self.ts_metrics)
         self._workers: Workers | None = None
+        self.exit_code = 0
 
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
@@ -156,11 +159,22 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.pid_file is not None:
             self.settings.pid_file.write_text(str(os.getpid()))
+        removed = remove_leftovers()
+        if removed:
+            log.info("removed %d folder(s) and shared-memory file(s) that killed servers left behind", removed)
         if not self.settings.listen_after_load:
             await self._listen()  # answers (503 not ready) while models load
         explicit = self.settings.model_control == "explicit"
         await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
         await self._register_store_archives()
+        failed = [row for row in self.core.control.states() if row.state is not ModelState.READY]
+        if self.settings.exit_on_error and failed:
+            for row in failed:
+                log.error("--exit-on-error: model %s version %s is %s: %s", row.name, row.version or "-",
+                          row.state.value, row.reason)
+            await self._shutdown()
+            self.exit_code = 1
+            return False
         if self.settings.listen_after_load:
             await self._listen()
         _settle_garbage_collector()
@@ -263,13 +277,16 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run(settings: ServerSettings) -> None:
+def run(settings: ServerSettings) -> int:
+    """Serve until stopped; the process's exit code (1: --exit-on-error and a model failed)."""
+    server = Server(settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
-        asyncio.run(Server(settings).run())
+        asyncio.run(server.run())
     else:
-        uvloop.run(Server(settings).run())
+        uvloop.run(server.run())
+    return server.exit_code
 
 
 async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
@@ -310,7 +327,7 @@ def run_worker(socket_path: Path, settings_path: Path) -> None:
     from inferd.observability.logging import configure
 
     settings = pickle.loads(settings_path.read_bytes())  # written by the model process, in its private folder
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms

@@ -158,7 +158,7 @@ class ModelMetadata:
 def version_key(version: str) -> tuple[int, tuple[int, ...], str]:
     """Versions are strings that sort numerically: "2" < "10", and TorchServe's "1.0" < "1.10"."""
     parts = version.split(".")
-    if all(p.isdigit() for p in parts):
+    if all(p.isascii() and p.isdigit() for p in parts):
         return 0, tuple(int(p) for p in parts), ""
     return 1, (), version
 

@@ -65,3 +65,35 @@ def test_a_large_bytes_body_is_decoded_off_the_loop(tmp_path: Path) -> None:
         assert answer[0].status_code == 200 and answer[0].json()["outputs"][0]["data"] == [count]
         assert probes > 5  # the decode took a while, and the probes went on meanwhile
         assert slowest < 0.5, f"a health probe waited {slowest:.2f} s behind the decode"
+
+
+def test_gzip_bombs_under_the_offload_size_inflate_off_the_loop(tmp_path: Path) -> None:
+    import gzip
+
+    write(tmp_path / "count/1/model.py", COUNT_MODEL)
+    write(tmp_path / "count/config.toml", COUNT_CONFIG)
+    bomb = gzip.compress(b"\0" * (256 << 20), 9)  # under 256 KiB on the wire, 256 MiB inflated
+    assert len(bomb) < 256 * 1024
+    with serve(tmp_path) as server:
+        answers: list[int] = []
+
+        def bombs() -> None:
+            with requests.Session() as session:
+                for _ in range(6):
+                    answers.append(session.post(f"{server.base}/v2/models/count/infer", data=bomb, timeout=60,
+                                                headers={"Content-Encoding": "gzip"}).status_code)
+
+        worker = threading.Thread(target=bombs)
+        worker.start()
+        waits: list[float] = []
+        with requests.Session() as session:
+            while worker.is_alive():
+                start = time.perf_counter()
+                assert session.get(f"{server.base}/v2/health/live", timeout=10).status_code == 200
+                waits.append(time.perf_counter() - start)
+        worker.join()
+        assert answers == [413] * 6  # inflated past --max-body-size
+        # inflating on the loop, nearly every probe waits behind an inflate (0.1-0.6 s each); the
+        # median is robust to the odd preemption of a busy shared machine
+        waits.sort()
+        assert len(waits) > 5 and waits[len(waits) // 2] < 0.05, f"probes waited {waits}"

@@ -4,6 +4,7 @@ the second skips."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_gpu_model_runs_on_the_gpu_and_matches_the_cpu(tmp_path: Path) -> None:
     x = np.random.default_rng(11).standard_normal((16, 8)).astype(np.float32)
     body = {"inputs": [{"name": "x", "shape": [16, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
     with serve(repo(tmp_path)) as server:
-        assert "mlp_gpu version 1 ready (pytorch_libtorch on cuda:0" in server.log()
+        assert re.search(r"mlp_gpu version 1 ready in [0-9.]+ s \(pytorch_libtorch on cuda:0", server.log())
         response = requests.post(f"{server.base}/v2/models/mlp_gpu/infer", json=body, timeout=30)
         assert response.status_code == 200, response.text
         y = np.array(response.json()["outputs"][0]["data"]).reshape(16, 5)

@@ -48,6 +48,8 @@ BAD_BODIES = [
     ({**GOOD, "outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
     ({**GOOD, "id": 5}, "'id' must be a string"),
     ({**GOOD, "parameters": {"timeout": -1}}, "parameters.timeout"),
+    (x_input([0, 2**62], []), "has a dimension over the limit"),
+    (x_input([1] * 65, [1.0]), "shape has 65 dimensions, more than the limit of 32"),
 ]
 
 
@@ -87,6 +89,29 @@ def test_binary_sizes_that_do_not_add_up(server: RunningServer) -> None:
                     **{"Inference-Header-Content-Length": str(len(body) + 1)})
     assert response.status_code == 400
     assert "Inference-Header-Content-Length" in response.json()["error"]
+
+
+def nested(datatype: str, depth: int) -> bytes:
+    """An input whose data is one value in ``depth`` lists (written by hand: json.dumps recurses)."""
+    value = "[" * depth + ('"x"' if datatype == "BYTES" else "1") + "]" * depth
+    return ('{"inputs": [{"name": "in", "shape": [1, 1], "datatype": "' + datatype + '", "data": '
+            + value + "}]}").encode()
+
+
+def test_inputs_that_numpy_or_python_cannot_hold_get_400_not_500(server: RunningServer) -> None:
+    response = post(server, "/v2/models/echo_bytes/infer", nested("BYTES", 990))
+    assert response.status_code == 400, response.text
+    assert "nested deeper than 32 levels" in response.json()["error"]
+    assert post(server, "/v2/models/echo_fp32/infer", nested("FP32", 990)).status_code == 400
+    assert post(server, "/v2/models/echo_bytes/infer", nested("BYTES", 2)).status_code == 200
+    x = np.ones((1, 8), dtype=np.float32)
+    body, _ = binary_body(x, 32)
+    for length in ("\u00b2", "\u0663", "1\u00b9"):  # isdigit() says yes to each; int() fails or misreads
+        response = requests.post(server.base + "/v2/models/mlp_ts/infer", data=body, timeout=30,
+                                 headers={"Inference-Header-Content-Length": length.encode().decode("latin-1")})
+        assert response.status_code == 400, response.text
+        assert "must be a byte count" in response.json()["error"]
+    assert post(server, "/v2/models/mlp_ts/versions/%C2%B2/infer", GOOD).status_code == 404
 
 
 def test_binary_request_works(server: RunningServer) -> None:

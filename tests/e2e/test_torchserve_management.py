@@ -179,3 +179,11 @@ def test_list_pages_as_torchserve(server: RunningServer) -> None:
         assert requests.get(f"{server.base}/models?{query}", timeout=10).status_code == 200, query
     for name in ("page_a", "page_b"):
         assert requests.delete(f"{server.base}/models/{name}/", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["ts_mlp%00.mar", "ts%0Amlp.mar", "%00"])
+def test_a_url_with_control_characters_is_a_400_naming_it(server: RunningServer, url: str) -> None:
+    response = post(server, f"url={url}&model_name=ctl")
+    assert response.status_code == 400, response.text
+    assert "no control characters" in response.json()["message"]
+    assert requests.get(f"{server.base}/models/ctl", timeout=10).status_code == 404

@@ -89,3 +89,22 @@ def test_context_merges_into_every_example_with_the_examples_keys_winning() -> N
     assert list(parsed["b"].bytes_list.value) == [b"hi"]
     with pytest.raises(InvalidInput, match="Input is empty"):
         tfserving_examples.serialized_examples(pb.Input())
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP16", 70000), ("BF16", 65536), ("FP16", -1)])
+def test_half_val_outside_16_bits_is_invalid_input(datatype: str, value: int) -> None:
+    proto = pb.TensorProto(dtype=pb.DT_HALF if datatype == "FP16" else pb.DT_BFLOAT16)
+    proto.tensor_shape.dim.add().size = 2
+    proto.half_val.extend([value, 1])
+    with pytest.raises(InvalidInput, match=f"0..65535\\), got {value}"):
+        tfserving.decode_tensor("x", proto)
+
+
+def test_rest_lists_nested_past_the_dimension_limit_are_invalid_input() -> None:
+    from inferd.types import TensorSpec
+
+    value: object = 1.0
+    for _ in range(990):
+        value = [value]
+    with pytest.raises(InvalidInput, match="nested deeper than 32"):
+        tfserving.decode_rest_predict({"inputs": value}, (TensorSpec("x", "FP32", (-1,)),), "m", None, None)

@@ -211,7 +211,7 @@ def grpc_channel_arguments(text: str) -> tuple[tuple[str, str | int], ...]:
         name, sep, raw = item.partition("=")
         if not sep or not name:
             raise ConfigError(f"--grpc_channel_arguments: expected name=value, got {item!r}")
-        options.append((name, int(raw) if raw.lstrip("-").isdigit() else raw))
+        options.append((name, int(raw) if raw.isascii() and raw.lstrip("-").isdigit() else raw))
     return tuple(options)
 
 

@@ -38,13 +38,15 @@ class DataPlane:
     caller's credentials and checks them here (``--auth-inference``)."""
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
-                 access: AccessPolicy | None = None, server_name: str = "inferd") -> None:
+                 access: AccessPolicy | None = None, server_name: str = "inferd",
+                 strict_readiness: bool = False) -> None:
         self._registry = registry
         self._metrics = metrics
         self._access = access or AccessPolicy()
         self._server_name = server_name
         self._ready = False
         self._draining = False
+        self._strict = strict_readiness
         # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
         self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
 
@@ -53,6 +55,8 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
+        if self._strict and self._ready and not self._draining:  # Triton's --strict-readiness
+            return all(row.state is ModelState.READY for row in self._registry.index())
         return self._ready and not self._draining
 
     def set_ready(self, ready: bool) -> None:

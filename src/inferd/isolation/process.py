@@ -10,6 +10,8 @@ a ModelError saying which, and a fresh instance starts in the background. Nothin
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ import inferd
 from inferd import errors
 from inferd.errors import InferdError, ModelError, Unavailable
 from inferd.isolation.channel import Channel, ProtocolError
-from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
 from inferd.types import WorkerStatus
 
@@ -40,6 +43,7 @@ LOAD_TIMEOUT_S = 600.0  # the longest an instance process may take to import and
 _WATCH_MS = 20  # how often a waiting call looks at the process (exit, memory, time)
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+SCRATCH_PREFIX = "inferd-scratch-"  # + the server's pid: an instance's temporary folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,18 @@ class InstanceSpec:
     context: LoadContext
     response_timeout_s: float
     memory_limit_mb: int  # 0 = no limit
+
+
+_RUNNING: weakref.WeakSet[InstanceProcess] = weakref.WeakSet()  # killed with their groups at exit
+
+
+@atexit.register
+def _kill_running() -> None:
+    """Every exit path of the server (a drain that ran out of time exits without unloading) takes
+    its instance processes, what they started, and their files with it."""
+    for instance in list(_RUNNING):
+        instance.kill()
+    shutil.rmtree(shared_scratch(), ignore_errors=True)
 
 
 class InstanceDied(Exception):
@@ -73,6 +89,7 @@ class InstanceProcess:
         self._inputs = Writer(f"{spec.context.name}-{index}-in")
         self._outputs = Reader()
         self._scratch: str | None = None
+        self._killed = False
         self.started = 0.0  # time.time() once its model loaded
 
     @property
@@ -84,16 +101,19 @@ class InstanceProcess:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
-        self._scratch = tempfile.mkdtemp(prefix=f"inferd-{self.spec.context.name}-{self.index}-")
+        self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{self.index}-")
         env["TMPDIR"] = self._scratch
+        env["INFERD_UNPACK_DIR"] = shared_scratch()  # a .mar unpacks once per version, not per instance
         package_root = str(Path(inferd.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)  # its own process group: whatever it starts is killed with it
         finally:
             theirs.close()
+        _RUNNING.add(self)
         self._conn = Channel(ours)
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
@@ -141,10 +161,10 @@ class InstanceProcess:
         raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
 
     def over_memory(self) -> int:
-        """Resident MiB if above the limit, else 0."""
+        """Resident MiB of the process and every process it started, if above the limit, else 0."""
         if not self.spec.memory_limit_mb or self._process is None:
             return 0
-        rss = _resident_mib(self._process.pid)
+        rss = _tree_resident_mib(self._process.pid)
         return rss if rss > self.spec.memory_limit_mb else 0
 
     def _wait(self, timeout: float, doing: str, call_id: int | None = None) -> Any:
@@ -189,9 +209,16 @@ class InstanceProcess:
         return f"exited with code {code} {when}"
 
     def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+        """Kill the process and its whole group (what the model started too), then free its files."""
+        if self._process is not None and not self._killed:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)  # the group outlives a dead leader
+            if self._process.poll() is None:
+                self._process.kill()
             self._process.wait()
+            remove_shared_memory(self._process.pid)  # an output buffer it made and we never mapped
+        _RUNNING.discard(self)
         self._close()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -396,6 +423,49 @@ class ProcessRuntime(Runtime):
 
     def describe(self) -> str:
         return f"{self._description} in {self._target} process(es)"
+
+
+def _tree_resident_mib(pid: int) -> int:
+    """Resident MiB of ``pid`` and its descendants (a model's own subprocesses count too)."""
+    return sum(_resident_mib(member) for member in _descendants(pid)) + _resident_mib(pid)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending and len(found) < 4096:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(kids)
+            pending.extend(kids)
+    return found
+
+
+def shared_scratch() -> str:
+    """This server's folder for what its instances share (unpacked archives); removed at exit."""
+    return os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{os.getpid()}-shared")
+
+
+def remove_leftovers(temp_dir: str | None = None) -> int:
+    """Instance folders that a server killed with SIGKILL left behind (its pid is gone), and shared
+    memory files of processes that are gone: removed at start. Returns how many."""
+    removed = 0
+    root = Path(temp_dir or tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        owner = folder.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not pid_alive(int(owner)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed + remove_shared_memory(None)
 
 
 def _resident_mib(pid: int) -> int:

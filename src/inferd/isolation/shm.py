@@ -42,6 +42,30 @@ def _shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
+def remove_shared_memory(pid: int | None) -> int:
+    """Unlink the buffers process ``pid`` made (None: those of every process that is gone); a
+    buffer outlives its writer when the reader never mapped it (the writer was killed first)."""
+    removed = 0
+    for path in Path(_shm_dir()).glob(f"inferd-{pid if pid is not None else '*'}-*"):
+        owner = path.name.split("-", 2)[1]
+        if not owner.isdigit() or (pid is None and pid_alive(int(owner))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 

@@ -46,7 +46,7 @@ def main(fd: int) -> None:
             _cap_address_space(memory_limit_mb)
         _serve(conn, runtime)
     except (EOFError, OSError):  # the server closed our socket: it is gone or stopping us
-        pass
+        _leave_with_group()
 
 
 def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
@@ -111,9 +111,16 @@ def _exit_with_parent(parent: int) -> None:
         while True:
             time.sleep(_PARENT_CHECK_S)
             if os.getppid() != parent:
-                os._exit(0)
+                _leave_with_group()
 
     threading.Thread(target=watch, name="inferd-parent-watch", daemon=True).start()
+
+
+def _leave_with_group() -> None:
+    """The server is gone: leave, and take what the model started (our process group) along."""
+    if os.getpgrp() == os.getpid():  # the server started us as a group leader
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(0)
 
 
 def _cap_address_space(memory_limit_mb: int) -> None:

@@ -113,7 +113,7 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
     threads = 0
     if _THREADS_PARAMETER in parameters:
         text = parameters[_THREADS_PARAMETER]
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ConfigError(f"{where}: parameter '{_THREADS_PARAMETER}' must be a count, got {text!r}")
         threads = int(text)
     if backend not in ("python", None):

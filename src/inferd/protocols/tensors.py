@@ -13,6 +13,7 @@ from inferd.types import numpy_dtype
 
 _JSON_AS_FLOAT32 = frozenset({"BF16"})  # JSON numbers pass through float32 on their way to BF16
 MAX_ELEMENTS = 1 << 27  # per tensor; a shape alone never makes the server allocate more
+MAX_DIMS = 32  # numpy's own limit is 64; no model takes more, and nesting deeper is refused as well
 
 
 def element_count(name: str, shape: Any) -> int:
@@ -20,6 +21,10 @@ def element_count(name: str, shape: Any) -> int:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, "
                            f"got {shape!r}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, more than the limit of {MAX_DIMS}")
+    if any(d > MAX_ELEMENTS for d in shape):  # [0, 2**62] holds no element but no array has that shape
+        raise InvalidInput(f"input '{name}': shape {shape} has a dimension over the limit of {MAX_ELEMENTS}")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise InvalidInput(f"input '{name}': shape {shape} has {count} elements, more than the limit of "
@@ -89,14 +94,14 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
         raise ValueError(f"expected numbers, got {array.dtype} values")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         # numpy turns a mix of small and >= 2**63 integers into float64: look before refusing
-        if any(isinstance(item, float) for item in _flatten(data)):
+        if any(isinstance(item, float) for item in flatten(data)):
             raise ValueError("expected integers, got fractional numbers")
         return np.asarray(data, dtype=dtype).ravel()
     return checked_cast(array, datatype).ravel()
 
 
 def _bytes_from_json(data: list[Any]) -> np.ndarray:
-    flat = list(_flatten(data))
+    flat = flatten(data)
     out = np.empty(len(flat), dtype=object)
     for index, item in enumerate(flat):
         if isinstance(item, str):
@@ -108,12 +113,22 @@ def _bytes_from_json(data: list[Any]) -> np.ndarray:
     return out
 
 
-def _flatten(data: list[Any]) -> Any:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
+def flatten(data: list[Any]) -> list[Any]:
+    """Nested lists' leaves in order, without recursion; nesting deeper than ``MAX_DIMS`` is a
+    ValueError (it could never match a shape, and recursing that deep would exhaust the stack)."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= MAX_DIMS:
+                    raise ValueError(f"lists nested deeper than {MAX_DIMS} levels")
+                stack.append(iter(item))
+                break
+            out.append(item)
         else:
-            yield item
+            stack.pop()
+    return out
 
 
 def to_json(array: np.ndarray, datatype: str) -> Any:

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from inferd.errors import InvalidInput, NotFound
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import checked_cast, element_count, numbers_from_json
+from inferd.protocols.tensors import checked_cast, element_count, flatten, numbers_from_json
 from inferd.types import (
     InferRequest,
     InferResponse,
@@ -59,7 +59,7 @@ def tf_dtype_name(datatype: str) -> str:
 
 def version_number(version: str) -> int:
     """TF Serving's versions are int64; inferd's are strings (TorchServe's "1.0" has no number: 0)."""
-    return int(version) if version.isdigit() else 0
+    return int(version) if version.isascii() and version.isdigit() else 0
 
 
 def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFound:
@@ -124,7 +124,7 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
     tensors take integers only, values must fit, strings are text or ``{"b64": ...}``."""
     try:
         shape = _nested_shape(value)
-        flat = list(_flatten([value]))
+        flat = flatten([value])
         element_count(name, shape)
         if len(flat) != int(np.prod(shape)):
             raise ValueError(f"the lists are ragged (not a tensor): {len(flat)} values for shape {shape}")
@@ -166,14 +166,6 @@ def decode_b64(text: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except binascii.Error as exc:
         raise ValueError(f"'b64' is not valid base64 ({exc})") from None
-
-
-def _flatten(items: list[Any]) -> Any:
-    for item in items:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
-            yield item
 
 
 def encode_rest_predict(response: InferResponse, row_format: bool) -> dict[str, Any]:
@@ -285,6 +277,9 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
         array = np.empty(count, dtype=object)
         array[:] = values
     elif datatype in ("FP16", "BF16"):
+        if values and not 0 <= min(values) <= max(values) <= 0xFFFF:  # half_val holds 16-bit patterns
+            raise InvalidInput(f"input '{name}': half_val holds the 16-bit patterns of {tf_dtype_name(datatype)} "
+                               f"values (0..65535), got {min(values) if min(values) < 0 else max(values)}")
         array = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
         try:

@@ -40,6 +40,8 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
         raise NotFound("Model store has not been configured (--model-store).")
     if not url:
         raise NotFound("empty url")
+    if not url.isprintable():  # a NUL or a newline names no file, and would forge log lines
+        raise InvalidInput(f"url must be printable text (no control characters), got {url!r}")
     if ".." in url:
         raise NotFound(f"Relative path is not allowed in url: {url} (it leaves the model store)")
     if _URL.match(url):
@@ -102,17 +104,37 @@ def archive_info(archive: Path) -> ArchiveInfo:
     """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking."""
     try:
         with zipfile.ZipFile(archive) as bundle:
-            manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))
+            manifest = json.loads(small_member(bundle, "MAR-INF/MANIFEST.json", archive.name))
             model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
             config_file = model.get("configFile") if isinstance(model, dict) else None
-            yaml_text = bundle.read(config_file).decode() if config_file else ""
+            yaml_text = small_member(bundle, str(config_file), archive.name).decode() if config_file else ""
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
     if not isinstance(model, dict):
         raise ConfigError(f"{archive.name}: MAR-INF/MANIFEST.json has no 'model' object")
-    return ArchiveInfo(str(model.get("modelName") or archive.stem), str(model.get("modelVersion") or "1.0"),
+    info = ArchiveInfo(str(model.get("modelName") or archive.stem), str(model.get("modelVersion") or "1.0"),
                        str(model.get("handler") or ""), str(manifest.get("runtime") or "python"),
                        read_model_yaml(yaml_text, archive.name) if yaml_text else {})
+    for key, value in (("modelName", info.name), ("modelVersion", info.version), ("handler", info.handler)):
+        if not value.isprintable():  # a newline would forge log lines, a NUL names no file
+            raise ConfigError(f"{archive.name}: MANIFEST.json's {key} has control characters: {value!r}")
+    handler_file = PurePosixPath(info.handler.partition(":")[0].replace("\\", "/"))
+    if handler_file.is_absolute() or ".." in handler_file.parts:
+        raise ConfigError(f"{archive.name}: MANIFEST.json's handler {info.handler!r} leaves the archive; it must "
+                          "name a file inside it or a built-in handler")
+    return info
+
+
+MAX_MANIFEST_BYTES = 1 << 20  # MANIFEST.json and model-config.yaml: read whole, so bounded
+
+
+def small_member(bundle: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """A small file of an archive, refused by its declared size before anything is inflated
+    (zipfile never inflates past the declared size)."""
+    size = bundle.getinfo(name).file_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ConfigError(f"{where}: {name} is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+    return bundle.read(name)
 
 
 def read_model_yaml(text: str, where: str) -> dict[str, Any]:

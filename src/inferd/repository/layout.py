@@ -82,7 +82,7 @@ def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
     or not (TF Serving's testdata has ``00000123``: version 123). A missing folder has no versions."""
     children = list(path.iterdir()) if path.is_dir() else []
     versions = {int(child.name): child for child in children
-                if child.is_dir() and child.name.isdigit() and int(child.name) > 0}
+                if child.is_dir() and child.name.isascii() and child.name.isdigit() and int(child.name) > 0}
     if not versions and has_artifact(path):  # the artifact at the top: the folder is version 1
         versions = {1: path}
     return ModelFolder(name=name or path.name, path=path, versions=dict(sorted(versions.items())))
@@ -105,7 +105,7 @@ def single_model(root: Path) -> bool:
     if has_artifact(root):
         return True
     folders = [child for child in root.iterdir() if child.is_dir() and is_valid_name(child.name)]
-    versions = [child for child in folders if child.name.isdigit()]
+    versions = [child for child in folders if child.name.isascii() and child.name.isdigit()]
     return bool(versions) and len(versions) == len(folders) and any(has_artifact(v) for v in versions)
 
 

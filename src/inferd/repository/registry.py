@@ -112,6 +112,15 @@ class ModelRegistry(Generic[S]):
         self._unloaded: set[str] = set()  # unloaded through the API: the index says so
         self._sources = {source.name: source for source in sources}
         self._batching = batching
+        self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """Loads, unloads and registrations of one model run one after another: six parallel
+        loads are six reloads in a row, each retiring the one before, never six loose copies."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     def _folders(self) -> dict[str, ModelFolder]:
         """Every model folder: the repository's, then the models in folders of their own."""
@@ -195,13 +204,18 @@ class ModelRegistry(Generic[S]):
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
         for folder in folders:
-            await self._load_folder(folder)
+            async with self._lock(folder.name):
+                await self._load_folder(folder)
 
     async def load_model(self, name: str, override: str | None = None) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload. ``override``
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
         file's for this load; a malformed one is InvalidInput and nothing changes."""
+        async with self._lock(name):
+            return await self._load_model(name, override)
+
+    async def _load_model(self, name: str, override: str | None) -> ModelEntry[S]:
         folder = self._folder(name)
         if folder is None:
             raise NotFound(f"failed to load '{name}': no model of that name in the repository")
@@ -263,6 +277,10 @@ class ModelRegistry(Generic[S]):
         return finished
 
     async def unload_model(self, name: str, missing_ok: bool = False) -> None:
+        async with self._lock(name):
+            await self._unload_model(name, missing_ok)
+
+    async def _unload_model(self, name: str, missing_ok: bool = False) -> None:
         entry = self._models.pop(name, None)
         self._fingerprints.pop(name, None)
         if entry is None:
@@ -289,6 +307,11 @@ class ModelRegistry(Generic[S]):
         """Serve a model archive from outside the repository (TorchServe's model store). With
         ``load`` False the version is registered with no runtime (TorchServe's 0 workers) until
         ``start_version``. The first version registered is the model's default, as in TorchServe."""
+        async with self._lock(name):
+            return await self._register_archive(name, archive, config, version, load)
+
+    async def _register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
+                                load: bool) -> ModelEntry[S]:
         entry = self._models.get(name)
         if entry is not None and not entry.source.endswith(".mar"):
             raise AlreadyExists(f"model '{name}' is served from the model repository; register the archive "
@@ -309,6 +332,11 @@ class ModelRegistry(Generic[S]):
                             timeout: float | None = None) -> None:
         """Build a known version that has no runtime (TorchServe's scaling up from 0 workers);
         raises ModelError with the reason when it fails or does not load within ``timeout`` s."""
+        async with self._lock(name):
+            await self._start_version(name, version, path, config, timeout)
+
+    async def _start_version(self, name: str, version: str, path: Path, config: ModelConfig,
+                             timeout: float | None) -> None:
         entry = self.entry(name)
         slot = entry.versions[version]
         slot.state, slot.reason = ModelState.LOADING, ""
@@ -320,6 +348,10 @@ class ModelRegistry(Generic[S]):
 
     async def stop_version(self, name: str, version: str) -> None:
         """Unload a version's runtime but keep the version known (TorchServe's 0 workers)."""
+        async with self._lock(name):
+            await self._stop_version(name, version)
+
+    async def _stop_version(self, name: str, version: str) -> None:
         entry = self.entry(name)
         slot = entry.versions[version]
         runtime, slot.runtime = slot.runtime, None
@@ -336,11 +368,15 @@ class ModelRegistry(Generic[S]):
         slot.runtime, slot.signatures = None, {}
 
     async def unload_version(self, name: str, version: str) -> None:
+        async with self._lock(name):
+            await self._unload_version(name, version)
+
+    async def _unload_version(self, name: str, version: str) -> None:
         entry = self._models.get(name)
         if entry is None or version not in entry.versions:
             raise NotFound(f"model '{name}' has no version '{version}'")
         if len(entry.versions) == 1:
-            await self.unload_model(name)
+            await self._unload_model(name)
             return
         slot = entry.versions.pop(version)
         if entry.default_version == version:
@@ -389,6 +425,7 @@ class ModelRegistry(Generic[S]):
     async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
+        started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
                                                         config or entry.config, self._wrap))
         try:
@@ -401,12 +438,14 @@ class ModelRegistry(Generic[S]):
             return False
         except Exception as exc:  # a broken model is reported and never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
-            log.error("model %s version %s unavailable: %s", entry.name, version, slot.reason)
+            log.error("model %s version %s unavailable after %.2f s: %s", entry.name, version,
+                      time.monotonic() - started, slot.reason)
             return False
         slot.runtime, slot.state, slot.reason = built.served, ModelState.READY, ""
         slot.signatures, slot.default_signature = built.signatures, built.default_signature
         entry.changed()
-        log.info("model %s version %s ready (%s)", entry.name, version, built.served.describe())
+        log.info("model %s version %s ready in %.2f s (%s)", entry.name, version, time.monotonic() - started,
+                 built.served.describe())
         return True
 
     def served(self, name: str) -> list[S]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from inferd.config import ModelConfig, TensorConfig
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, ModelError
 from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
@@ -119,14 +119,25 @@ def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> A
         value = raw[spec.name]
         if type(value) is not np.ndarray:
             value = np.asarray(value)
+        if spec.rank_known and not _shape_fits(value.shape, spec.shape):
+            raise ModelError(f"model '{model}' returned output '{spec.name}' of shape {list(value.shape)}, "
+                             f"but it declares shape {list(spec.shape)}")
         if spec.datatype == "BYTES":
             value = _as_bytes_array(value)
         else:
             wanted = numpy_dtype(spec.datatype)
             if value.dtype != wanted:
-                value = value.astype(wanted)
+                try:
+                    value = value.astype(wanted)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    raise ModelError(f"model '{model}' returned output '{spec.name}' as {value.dtype}, which "
+                                     f"does not convert to its declared {spec.datatype}: {exc}") from None
         result[spec.name] = value
     return result
+
+
+def _shape_fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    return len(shape) == len(declared) and all(d < 0 or d == n for n, d in zip(shape, declared, strict=True))
 
 
 def _as_bytes_array(value: np.ndarray) -> np.ndarray:

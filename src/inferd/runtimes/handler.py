@@ -103,6 +103,9 @@ def resolve_handler(handler: str, model_dir: Path) -> tuple[Handle, Initialize]:
     from inferd.runtimes import builtin_handlers
 
     file_name, _, function = handler.partition(":")
+    if Path(file_name).is_absolute() or ".." in Path(file_name).parts or "\\" in file_name:
+        raise ConfigError(f"handler '{handler}' must name a file inside the archive (no absolute path, no '..') "
+                          "or a built-in handler")
     path = model_dir / file_name
     if not path.suffix:
         path = path.with_suffix(".py")

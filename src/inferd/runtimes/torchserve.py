@@ -8,7 +8,10 @@ initialised as TorchServe would.
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -21,28 +24,64 @@ from inferd.runtimes.base import LoadContext
 from inferd.runtimes.handler import HandlerRuntime
 
 _UNPACKED: list[Path] = []
+MAX_MANIFEST_BYTES = 1 << 20
+SHARED_UNPACK_ENV = "INFERD_UNPACK_DIR"  # set for process instances: their version's unpacked copy is shared
+MAX_UNPACKED_BYTES = 16 * 1024**3
+MAX_ENTRIES = 100_000
 
 
 def unpack(archive: Path) -> Path:
-    """The archive's files in a fresh folder (removed when the process exits)."""
-    target = Path(tempfile.mkdtemp(prefix=f"inferd-{archive.stem}-"))
-    _UNPACKED.append(target)
+    """The archive's files in a folder: once per archive content in the folder the server shares
+    with its process instances (``INFERD_UNPACK_DIR``), else a fresh one removed at exit."""
+    shared = os.environ.get(SHARED_UNPACK_ENV)
+    if not shared:
+        # named as isolation.process names scratch folders: a start after a SIGKILL removes it
+        target = Path(tempfile.mkdtemp(prefix=f"inferd-scratch-{os.getpid()}-{archive.stem}-"))
+        _UNPACKED.append(target)
+        _extract(archive, target)
+        return target
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(shared)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{archive.stem}-{key}"
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other instances of the version wait, then reuse it
+        if not (target / ".unpacked").exists():
+            partial = root / f".{target.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            _extract(archive, partial)
+            (partial / ".unpacked").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+    return target
+
+
+def _extract(archive: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.namelist():
-                destination = (target / member).resolve()
+            members = bundle.infolist()
+            if len(members) > MAX_ENTRIES:
+                raise ConfigError(f"{archive.name} has {len(members)} entries, over the limit of {MAX_ENTRIES}")
+            total = sum(member.file_size for member in members)  # zipfile inflates no more than declared
+            if total > MAX_UNPACKED_BYTES:
+                raise ConfigError(f"{archive.name} unpacks to {total} bytes, over the limit of {MAX_UNPACKED_BYTES}")
+            for member in members:
+                destination = (target / member.filename).resolve()
                 if not destination.is_relative_to(target.resolve()):
-                    raise ConfigError(f"{archive.name}: entry {member!r} would unpack outside the archive")
+                    raise ConfigError(f"{archive.name}: entry {member.filename!r} would unpack outside the archive")
             bundle.extractall(target)
     except zipfile.BadZipFile as exc:
         raise ConfigError(f"{archive.name} is not a model archive (zip): {exc}") from exc
-    return target
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
     """An unpacked archive's ``MAR-INF/MANIFEST.json``, which must hold a ``model`` object."""
     path = model_dir / "MAR-INF" / "MANIFEST.json"
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"MAR-INF/MANIFEST.json is over the limit of {MAX_MANIFEST_BYTES} bytes")
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"archive has no readable MAR-INF/MANIFEST.json: {exc}") from exc

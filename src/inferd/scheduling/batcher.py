@@ -59,6 +59,7 @@ class DynamicBatcher(Scheduler):
         self._soon: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first_done = False
+        self._closed = False
 
     @property
     def instances(self) -> int:
@@ -77,6 +78,8 @@ class DynamicBatcher(Scheduler):
         return self.pool.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
+        if self._closed:
+            raise self.pool.unloading()
         if len(self._queue) >= self._batching.max_queue_size:
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
@@ -239,7 +242,17 @@ class DynamicBatcher(Scheduler):
         self._dispatch()  # new instances take queued work at once
 
     def unload(self) -> None:
+        """Shut the pool; a request still queued (the drain ran out of time) fails, never strands."""
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_queued)  # unload runs on a thread; the queue is the loop's
         self.pool.unload()
+
+    def _fail_queued(self) -> None:
+        left = list(self._queue)
+        self._remove(left)
+        for waiting in left:
+            _fail(waiting, self.pool.unloading())
 
     def workers(self) -> list[WorkerStatus]:
         return self.pool.workers()

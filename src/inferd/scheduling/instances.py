@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull
+from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -47,7 +47,8 @@ class InstancePool(Scheduler):
         self._executions = 0
         self._inferences = 0
         self._batches: dict[int, Duration] = {}  # rows of an execution -> executions and their time
-        self._batches_lock = threading.Lock()
+        self._batches_lock = threading.Lock()  # guards the counters instance threads update
+        self._closed = False
         self._mean_s = 0.0  # moving average of a call's duration
         self._measured = 0
         self.inline = False
@@ -76,6 +77,8 @@ class InstancePool(Scheduler):
         return self.inner.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
+        if self._closed:
+            raise self.unloading()
         if self.pending >= self._max_queue + self._count:
             raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
         if self.pending == 0 and self.runs_inline(inputs):
@@ -100,7 +103,15 @@ class InstancePool(Scheduler):
 
     def submit(self, inputs: Arrays) -> asyncio.Future[Arrays]:
         """Run one execution (a whole batch) on a free instance thread."""
+        if self._closed:
+            failed: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+            failed.set_exception(self.unloading())
+            return failed
         return asyncio.get_running_loop().run_in_executor(self._executor, self.execute, inputs)
+
+    def unloading(self) -> Unavailable:
+        """What a call that comes after the pool shut gets (it found the version before its unload)."""
+        return Unavailable(f"model '{self.name}' is unloading; retry (a newer version may be serving)")
 
     def runs_inline(self, inputs: Arrays) -> bool:
         """Inline only for inputs no larger than those the decision was measured on: a call's
@@ -110,10 +121,11 @@ class InstancePool(Scheduler):
     def execute(self, inputs: Arrays) -> Arrays:
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
-        self._busy += 1
-        self._executions += 1
         rows = self._rows(inputs)
-        self._inferences += rows
+        with self._batches_lock:
+            self._busy += 1
+            self._executions += 1
+            self._inferences += rows
         start = time.perf_counter()
         try:
             return self.inner.infer(inputs)
@@ -122,11 +134,11 @@ class InstancePool(Scheduler):
         except Exception as exc:
             raise ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            self._busy -= 1
             seconds = time.perf_counter() - start
             with self._batches_lock:
+                self._busy -= 1
                 self._batches.setdefault(rows, Duration()).add(seconds)
-            self._measure(seconds)
+                self._measure(seconds)
 
     def _measure(self, seconds: float) -> None:
         """Decide inline or threaded from the calls' moving average; a slow call resets it."""
@@ -191,6 +203,7 @@ class InstancePool(Scheduler):
         return [WorkerStatus(i, os.getpid(), self._started, True) for i in range(self._count)]
 
     def unload(self) -> None:
+        self._closed = True
         if self._on_unload is not None:
             self._on_unload()
         self._executor.shutdown(wait=True)

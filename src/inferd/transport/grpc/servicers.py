@@ -48,7 +48,10 @@ def guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
         try:
             return await method(self, request, context)
         except InferdError as exc:
-            await context.abort(status_for(exc.code), exc.message)
+            code = status_for(exc.code)
+            if code is grpc.StatusCode.INTERNAL:  # a model's failure: the server's log keeps what raised it
+                log.error("%s answered INTERNAL: %s", method.__name__, exc.message, exc_info=exc)
+            await context.abort(code, exc.message)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

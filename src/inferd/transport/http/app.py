@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from inferd.transport.http.errors import status_for
 from inferd.transport.offload import off_loop
 
 log = logging.getLogger("inferd.http")
+access_log = logging.getLogger("inferd.access")
 
 JSON = b"application/json"
 
@@ -132,9 +134,19 @@ class HttpApp:
     is also a plain ASGI application, for embedding inferd under any ASGI server.
     """
 
-    def __init__(self, router: Router, max_body_bytes: int) -> None:
+    def __init__(self, router: Router, max_body_bytes: int, access_log: bool = False) -> None:
         self.router = router
         self.max_body_bytes = max_body_bytes
+        if access_log:  # decided once, so the hot path pays nothing when it is off
+            self._unlogged = self.dispatch
+            self.dispatch = self._logged_dispatch  # type: ignore[method-assign]
+
+    async def _logged_dispatch(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self._unlogged(request)
+        access_log.info("%s %s %d %d %.2fms", request.method, request.path, response.status, len(response.body),
+                        (time.perf_counter() - started) * 1000)
+        return response
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse:
         route, params, known = self.router.match(request.method, request.path)
@@ -148,11 +160,15 @@ class HttpApp:
                 route.guard(request)
             encoding = request.headers.get("content-encoding")
             if encoding and encoding != "identity":
-                request.body = await off_loop(len(request.body), _decompress, request.body, encoding,
-                                              self.max_body_bytes)
+                # the work is what it inflates to, not what came: a 250 KB gzip bomb is 256 MiB of zeros
+                inflated = min(len(request.body) * _MAX_DEFLATE_RATIO, self.max_body_bytes)
+                request.body = await off_loop(inflated, _decompress, request.body, encoding, self.max_body_bytes)
             return await route.handler(request)
         except InferdError as exc:
-            return route.format_error(status_for(exc.code), exc.message)
+            status = status_for(exc.code)
+            if status == 500:  # a model's failure: the server's log keeps what raised it
+                log.error("%s %s answered 500: %s", request.method, request.path, exc.message, exc_info=exc)
+            return route.format_error(status, exc.message)
         except asyncio.CancelledError:
             if request.disconnected is None or not request.disconnected():
                 raise
@@ -204,7 +220,7 @@ class HttpApp:
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytearray:
         limit = self.max_body_bytes
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of "
                                   f"{limit} bytes (--max-body-size)")
         body = bytearray()
@@ -228,6 +244,9 @@ def _disconnect_probe(receive: Any) -> Callable[[], bool] | None:
     if cycle is None or not hasattr(cycle, "disconnected"):
         return None
     return lambda: bool(cycle.disconnected)
+
+
+_MAX_DEFLATE_RATIO = 1032  # deflate's best case: one input byte expands to at most ~1032
 
 
 def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:

@@ -66,7 +66,7 @@ def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
 
 def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
     name, version = request.params["model"], request.params.get("version")
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         raise NotFound(f"unknown version '{version}' of model '{name}': versions are integers")
     return name, version
 
@@ -164,7 +164,8 @@ def _header_length(request: HttpRequest) -> int | None:
     value = request.headers.get(kserve_v2.HEADER_LENGTH)
     if value is None:
         return None
-    if not value.strip().isdigit():
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):  # int() would take "²" or "٣" (and fail or not)
         raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got {value!r}")
     return int(value)
 
