@@ -25,8 +25,12 @@ def _parser() -> argparse.ArgumentParser:
                                      "TensorFlow models over KServe v2, TF Serving and TorchServe.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository")
-    serve.add_argument("model_repository", nargs="?", type=Path,
-                       help="folder of models: <model>/<version>/<artifact>")
+    serve.add_argument("model_repository", nargs="?",
+                       help="folder of models: <model>/<version>/<artifact>; or s3://bucket/prefix "
+                            "(gs://, az://: extras inferd[s3|gcs|azure]), mirrored into --repository-cache")
+    serve.add_argument("--repository-cache", type=Path, default=None, metavar="DIR",
+                       help="where a remote repository is mirrored (default: $INFERD_CACHE_DIR or "
+                            "~/.cache/inferd/repositories); unchanged files are not downloaded again")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--http-port", type=int, default=8000, help="0 disables HTTP")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 disables gRPC")
@@ -158,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(args.log_level)
     try:
+        repository, remote = args.model_repository, None
+        if repository is not None and "://" in repository:
+            repository, remote = None, repository
         settings = ServerSettings(
-            model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+            model_repository=Path(repository) if repository is not None else None, remote_repository=remote,
+            repository_cache=args.repository_cache, host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
@@ -175,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None and not folder.is_dir():
             print(f"inferd: {what} {folder} is not a folder", file=sys.stderr)
             return 2
-    from inferd.server import run
+    from inferd.server import mirror_remote, run
 
+    try:
+        settings = mirror_remote(settings)
+    except ConfigError as exc:
+        print(f"inferd: {exc.message}", file=sys.stderr)
+        return 2
     run(settings)
     return 0
 
