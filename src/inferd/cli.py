@@ -6,7 +6,9 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
@@ -18,6 +20,16 @@ def _size(text: str) -> int:
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
+
+
+def _pair(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> tuple[Any, Any]:
+        low, sep, high = text.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected two numbers as A:B, got {text!r}")
+        return kind(low), kind(high)
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
                        "KServe's storage initializer leaves /mnt/models) under this name")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
+    ray = serve.add_argument_group("Ray Serve (extra inferd[ray]): one inferd core per replica")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="deploy on a running Ray cluster (auto, or the head's host:port) behind Serve's "
+                          "HTTP proxy on --host/--http-port")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    scale.add_argument("--autoscale", type=_pair(int), default=None, metavar="MIN:MAX",
+                       help="let Serve scale between MIN and MAX replicas")
+    ray.add_argument("--target-ongoing-requests", type=float, default=None, metavar="T",
+                     help="with --autoscale: requests in flight per replica the autoscaler aims at")
+    ray.add_argument("--autoscale-delays", type=_pair(float), default=None, metavar="UP:DOWN",
+                     help="with --autoscale: seconds before scaling up and down (default Serve's 30:600)")
+    ray.add_argument("--ray-proxy", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                     help="where Serve runs its proxy: HeadOnly when the nodes share one address")
+    ray.add_argument("--ray-num-cpus", type=float, default=1.0, help="logical CPUs each replica reserves")
+    ray.add_argument("--ray-serve-thread", action="store_true",
+                     help="run the core on Serve's separate user-code thread (Serve's default; slower)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     commands.add_parser("torchserve", add_help=False,
@@ -96,6 +125,26 @@ def _bench(args: argparse.Namespace) -> int:
         concurrency=tuple(int(c) for c in args.concurrency.split(",")), duration=args.duration,
         warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes, grpc_url=args.grpc,
         json_out=args.json_out, plot_out=args.plot_out))
+
+
+def _ray(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """``--ray``: the replicas read the repository (each node mirrors a remote one itself)."""
+    try:
+        from inferd.integrations.ray import RayOptions, run
+    except ImportError as exc:
+        print(f"inferd: --ray needs Ray Serve: pip install 'inferd[ray]' ({exc})", file=sys.stderr)
+        return 2
+    try:
+        options = RayOptions(address=args.ray, replicas=args.replicas, autoscale=args.autoscale,
+                             target_ongoing_requests=args.target_ongoing_requests,
+                             autoscale_delays=args.autoscale_delays, proxy_location=args.ray_proxy,
+                             num_cpus=args.ray_num_cpus, serve_thread=args.ray_serve_thread)
+    except ConfigError as exc:
+        print(f"inferd: {exc.message}", file=sys.stderr)
+        return 2
+    if settings.model_repository is not None:
+        settings = replace(settings, model_repository=settings.model_repository.resolve())
+    return run(settings, options)
 
 
 def _tfserving(argv: list[str]) -> int:
@@ -183,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None and not folder.is_dir():
             print(f"inferd: {what} {folder} is not a folder", file=sys.stderr)
             return 2
+    if args.ray is not None:
+        return _ray(args, settings)
     from inferd.server import mirror_remote, run
 
     try:
