@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ import pytest
 pytest.importorskip("ray.serve", reason="the Ray Serve tests need the ray extra (ray[serve])")
 
 import onnxruntime
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT, free_port
 
@@ -102,16 +105,18 @@ def replica_parents() -> list[int]:
 
 
 class Deployed:
-    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[str], port: int, grpc_port: int) -> None:
         self.process, self.port, self.url = process, port, f"127.0.0.1:{port}"
+        self.grpc_url = f"127.0.0.1:{grpc_port}"
 
 
 @contextlib.contextmanager
 def deploy(address: str, *args: str) -> Iterator[Deployed]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = ray_env(tempfile.gettempdir())
     process = subprocess.Popen([sys.executable, "-m", "inferd", "serve", str(REPO), "--ray", address,
-                                "--ray-proxy", "HeadOnly", "--http-port", str(port), *args],
+                                "--ray-proxy", "HeadOnly", "--http-port", str(port), "--grpc-port", str(grpc_port),
+                                *args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     lines: list[str] = []
     assert process.stdout is not None
@@ -122,7 +127,7 @@ def deploy(address: str, *args: str) -> Iterator[Deployed]:
     else:
         raise RuntimeError("inferd --ray did not start:\n" + "".join(lines))
     try:
-        yield Deployed(process, port)
+        yield Deployed(process, port, grpc_port)
     finally:
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=120)
@@ -133,11 +138,12 @@ def deploy(address: str, *args: str) -> Iterator[Deployed]:
         time.sleep(0.5)
 
 
-def infer(url: str) -> np.ndarray:
-    client = httpclient.InferenceServerClient(url)
+def infer(url: str, grpc: bool = False) -> np.ndarray:
+    module: Any = grpcclient if grpc else httpclient
+    client = module.InferenceServerClient(url)
     x = np.arange(32, dtype=np.float32).reshape(2, 16) / 32
-    tensor = httpclient.InferInput("x", [2, 16], "FP32")
-    tensor.set_data_from_numpy(x, binary_data=True)
+    tensor = module.InferInput("x", [2, 16], "FP32")
+    tensor.set_data_from_numpy(x)
     answer = client.infer("mlp_onnx", [tensor]).as_numpy("y")
     session = onnxruntime.InferenceSession(str(MLP), providers=["CPUExecutionProvider"])
     assert np.allclose(answer, session.run(None, {"x": x})[0], atol=1e-5)
@@ -153,6 +159,14 @@ def test_replicas_on_both_nodes_answer_v2(cluster: str) -> None:
         assert {m["name"] for m in client.get_model_repository_index()} >= {"mlp_onnx", "text_stats"}
         for _ in range(20):  # Serve spreads these over both replicas
             infer(served.url)
+        grpc = grpcclient.InferenceServerClient(served.grpc_url)  # through Serve's gRPC proxy
+        assert grpc.is_server_ready() and grpc.is_model_ready("mlp_onnx")
+        assert grpc.get_model_metadata("mlp_onnx").inputs[0].name == "x"
+        for _ in range(10):
+            infer(served.grpc_url, grpc=True)
+        with pytest.raises(InferenceServerException) as unknown:
+            grpc.get_model_metadata("no_such_model")
+        assert unknown.value.status() == "StatusCode.NOT_FOUND" and "no_such_model" in unknown.value.message()
 
 
 def test_autoscales_up_under_load_and_down_when_idle(cluster: str, tmp_path: Path) -> None:

@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
+import grpc
 from ray import serve
 
 from inferd.config import ServerSettings
 from inferd.errors import ConfigError
 from inferd.server import build_core, build_http_app, mirror_remote
+from inferd.transport.grpc.servicers import KServeV2Servicer
 
 log = logging.getLogger("inferd.ray")
 
 APP_NAME = "inferd"
+SERVICER_FUNCTION = "inferd.integrations.ray.add_kserve_v2_to_server"
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
@@ -80,6 +84,16 @@ class InferdReplica:
         self.core = build_core(settings)
         await self.core.control.load_at_start(("*",))
         self.core.data.set_ready(True)
+        self._grpc = KServeV2Servicer(self.core).methods()
+
+    async def _rpc(self, name: str, request: Any, grpc_context: Any) -> Any:
+        """One v2 gRPC call from Serve's gRPC proxy: the transport's own method, its aborts
+        turned into the status Serve's context carries back."""
+        method, request_type = self._grpc[name]
+        try:
+            return await method(request, cast(Any, _ServeContext(grpc_context)))
+        except _Aborted:  # the status is set; the proxy sends it, not this empty answer
+            return getattr(sys.modules[request_type.__module__], name + "Response")()
 
     def __serve_build_asgi_app__(self) -> Any:  # Serve calls this once the constructor finished
         return build_http_app(self.core, self._settings)
@@ -94,6 +108,51 @@ class InferdReplica:
         await self.core.control.close(self._settings.drain_timeout)
 
 
+class _Aborted(Exception):
+    pass
+
+
+class _ServeContext:
+    """What inferd's gRPC methods ask of their context, answered by Serve's RayServegRPCContext."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._context.set_code(code)
+        self._context.set_details(details)
+        raise _Aborted(details)
+
+    def cancelled(self) -> bool:
+        return False
+
+    def invocation_metadata(self) -> Any:
+        return self._context.invocation_metadata()
+
+
+def _rpc_method(name: str) -> Any:
+    async def call(self: InferdReplica, request: Any, grpc_context: Any) -> Any:
+        return await self._rpc(name, request, grpc_context)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+for _name in KServeV2Servicer.RPCS:  # Serve's gRPC proxy calls the replica method named as the RPC
+    setattr(InferdReplica, _name, _rpc_method(_name))
+
+
+def add_kserve_v2_to_server(servicer: Any, server: Any) -> None:
+    """Serve's ``grpc_servicer_functions`` entry: v2's method names and request messages on
+    Serve's gRPC proxy (which replaces the handlers with its own routing to the replicas)."""
+    handlers = {
+        rpc: grpc.unary_unary_rpc_method_handler(getattr(servicer, rpc), request_deserializer=request.FromString,
+                                                 response_serializer=lambda message: message.SerializeToString())
+        for rpc, (_, request) in KServeV2Servicer.RPCS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KServeV2Servicer.name, handlers),))
+
+
 def application(settings: ServerSettings, options: RayOptions) -> Any:
     """The Serve application: InferdReplica behind ``serve.ingress``, scaled as ``options`` say."""
     ingress = serve.ingress()(InferdReplica)
@@ -106,9 +165,12 @@ def run(settings: ServerSettings, options: RayOptions) -> int:
     import ray
 
     ray.init(address=options.address, log_to_driver=False)
+    grpc_options = ({"port": settings.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+                    if settings.grpc_port else None)
     serve.start(proxy_location=options.proxy_location,
-                http_options={"host": settings.host, "port": settings.http_port})
-    where = f"http://{settings.host}:{settings.http_port}"
+                http_options={"host": settings.host, "port": settings.http_port}, grpc_options=grpc_options)
+    where = f"http://{settings.host}:{settings.http_port}" + (
+        f", grpc://{settings.host}:{settings.grpc_port}" if settings.grpc_port else "")
     settings = replace(settings, http_port=0, grpc_port=0)  # the replicas listen on nothing themselves
     serve.run(application(settings, options), name=APP_NAME, route_prefix="/")
     scale = (f"autoscale {options.autoscale[0]}:{options.autoscale[1]}" if options.autoscale
