@@ -132,7 +132,7 @@ class RemoteRepository:
 
     def _download(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(local.name + PART)
+        partial = local.with_name(f"{local.name}.{os.getpid()}{PART}")  # replicas may share a cache
         try:
             self._fs.get_file(key, str(partial))
         except Exception as exc:
@@ -145,6 +145,8 @@ class RemoteRepository:
         removed = []
         for path in sorted(self.mirror.rglob("*"), reverse=True):
             relative = path.relative_to(self.mirror).as_posix()
+            if path.name.endswith(PART):  # another process's download in flight
+                continue
             if path.is_file() and relative not in keep:
                 path.unlink()
                 removed.append(relative)
@@ -161,7 +163,7 @@ class RemoteRepository:
         return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
     def _write_manifest(self, files: dict[str, str]) -> None:
-        partial = self.manifest.with_name(self.manifest.name + PART)
+        partial = self.manifest.with_name(f"{self.manifest.name}.{os.getpid()}{PART}")
         partial.write_text(json.dumps({"url": self.url, "files": files}, indent=1, sort_keys=True))
         os.replace(partial, self.manifest)
 
