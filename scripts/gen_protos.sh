@@ -24,3 +24,12 @@ fi
   --pyi_out=src/inferd/modelconfig/_proto protos/triton_model_config.proto
 "$PYTHON" -m grpc_tools.protoc -I protos --python_out=src/inferd/compat/_proto --pyi_out=src/inferd/compat/_proto \
   protos/tfserving_config.proto
+# The message classes' __module__ is protoc's short name ('kserve_v2_pb2') unless the proto sits at
+# the package path; give them their importable name, so pickling a message (Ray Serve's gRPC proxy
+# hands them to replicas by pickle) finds its class again.
+for generated in src/inferd/protocols/_proto/*_pb2.py src/inferd/modelconfig/_proto/*_pb2.py \
+                 src/inferd/compat/_proto/*_pb2.py; do
+  short="$(basename "$generated" .py)"
+  package="$(dirname "${generated#src/}" | tr / .)"
+  sed -i "s/BuildTopDescriptorsAndMessages(DESCRIPTOR, '$short', _globals)/BuildTopDescriptorsAndMessages(DESCRIPTOR, '$package.$short', _globals)/" "$generated"
+done

@@ -106,3 +106,9 @@ def test_server_settings_are_validated() -> None:
         ServerSettings(max_body_bytes=100, max_inflight_bytes=99)
     with pytest.raises(ConfigError, match="--max-connections must be positive"):
         ServerSettings(max_connections=0)
+
+
+def test_remote_repositories_name_their_schemes() -> None:
+    with pytest.raises(ConfigError, match="remote repositories are s3://"):
+        ServerSettings(remote_repository="http://example.invalid/models")
+    assert ServerSettings(remote_repository="s3://bucket/models").remote_repository == "s3://bucket/models"

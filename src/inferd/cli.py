@@ -6,7 +6,9 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
@@ -20,13 +22,27 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _pair(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> tuple[Any, Any]:
+        low, sep, high = text.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected two numbers as A:B, got {text!r}")
+        return kind(low), kind(high)
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferd", description="Serve ONNX, PyTorch and "
                                      "TensorFlow models over KServe v2, TF Serving and TorchServe.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository")
-    serve.add_argument("model_repository", nargs="?", type=Path,
-                       help="folder of models: <model>/<version>/<artifact>")
+    serve.add_argument("model_repository", nargs="?",
+                       help="folder of models: <model>/<version>/<artifact>; or s3://bucket/prefix "
+                            "(gs://, az://: extras inferd[s3|gcs|azure]), mirrored into --repository-cache")
+    serve.add_argument("--repository-cache", type=Path, default=None, metavar="DIR",
+                       help="where a remote repository is mirrored (default: $INFERD_CACHE_DIR or "
+                            "~/.cache/inferd/repositories); unchanged files are not downloaded again")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--http-port", type=int, default=8000, help="0 disables HTTP")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 disables gRPC")
@@ -64,6 +80,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
                             "requests to this process, which owns the models and their batch queues; "
                             "0 (default): one process does both")
+    ray = serve.add_argument_group("Ray Serve (extra inferd[ray]): one inferd core per replica")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="deploy on a running Ray cluster (auto, or the head's host:port) behind Serve's "
+                          "HTTP proxy on --host/--http-port")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    scale.add_argument("--autoscale", type=_pair(int), default=None, metavar="MIN:MAX",
+                       help="let Serve scale between MIN and MAX replicas")
+    ray.add_argument("--target-ongoing-requests", type=float, default=None, metavar="T",
+                     help="with --autoscale: requests in flight per replica the autoscaler aims at")
+    ray.add_argument("--autoscale-delays", type=_pair(float), default=None, metavar="UP:DOWN",
+                     help="with --autoscale: seconds before scaling up and down (default Serve's 30:600)")
+    ray.add_argument("--ray-proxy", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                     help="where Serve runs its proxy: HeadOnly when the nodes share one address")
+    ray.add_argument("--ray-num-cpus", type=float, default=1.0, help="logical CPUs each replica reserves")
+    ray.add_argument("--ray-serve-thread", action="store_true",
+                     help="run the core on Serve's separate user-code thread (Serve's default; slower)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     operability = serve.add_argument_group("operability")
@@ -103,6 +136,26 @@ def _bench(args: argparse.Namespace) -> int:
         concurrency=tuple(int(c) for c in args.concurrency.split(",")), duration=args.duration,
         warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes, grpc_url=args.grpc,
         json_out=args.json_out, plot_out=args.plot_out))
+
+
+def _ray(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """``--ray``: the replicas read the repository (each node mirrors a remote one itself)."""
+    try:
+        from inferd.integrations.ray import RayOptions, run
+    except ImportError as exc:
+        print(f"inferd: --ray needs Ray Serve: pip install 'inferd[ray]' ({exc})", file=sys.stderr)
+        return 2
+    try:
+        options = RayOptions(address=args.ray, replicas=args.replicas, autoscale=args.autoscale,
+                             target_ongoing_requests=args.target_ongoing_requests,
+                             autoscale_delays=args.autoscale_delays, proxy_location=args.ray_proxy,
+                             num_cpus=args.ray_num_cpus, serve_thread=args.ray_serve_thread)
+    except ConfigError as exc:
+        print(f"inferd: {exc.message}", file=sys.stderr)
+        return 2
+    if settings.model_repository is not None:
+        settings = replace(settings, model_repository=settings.model_repository.resolve())
+    return run(settings, options)
 
 
 def _tfserving(argv: list[str]) -> int:
@@ -174,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(args.log_level, args.log_format)
     try:
+        repository, remote = args.model_repository, None
+        if repository is not None and "://" in repository:
+            repository, remote = None, repository
         settings = ServerSettings(
-            model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+            model_repository=Path(repository) if repository is not None else None, remote_repository=remote,
+            repository_cache=args.repository_cache, host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
@@ -192,8 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None and not folder.is_dir():
             print(f"inferd: {what} {folder} is not a folder", file=sys.stderr)
             return 2
-    from inferd.server import run
+    if args.ray is not None:
+        return _ray(args, settings)
+    from inferd.server import mirror_remote, run
 
+    try:
+        settings = mirror_remote(settings)
+    except ConfigError as exc:
+        print(f"inferd: {exc.message}", file=sys.stderr)
+        return 2
     return run(settings)
 
 

@@ -19,6 +19,7 @@ from inferd.types import V2_DATATYPES
 
 BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in object storage, through fsspec
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
@@ -49,6 +50,8 @@ class BatchingDefaults:
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     model_repository: Path | None = None
+    remote_repository: str | None = None  # s3://bucket/prefix (gs://, az://): mirrored into repository_cache
+    repository_cache: Path | None = None  # where a remote repository is mirrored (default: ~/.cache/inferd)
     host: str = "127.0.0.1"
     http_port: int = 8000  # 0: HTTP off
     grpc_port: int = 8001  # 0: gRPC off
@@ -117,6 +120,9 @@ class ServerSettings:
         if self.workers and (self.listeners or self.grpc_socket_path):
             raise ConfigError("--workers serves --http-port and --grpc-port; TorchServe's separate addresses "
                               "and a gRPC Unix socket are served by one process (leave --workers out)")
+        if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:
+            raise ConfigError(f"model repository {self.remote_repository}: remote repositories are "
+                              f"{'://, '.join(REMOTE_SCHEMES)}:// URLs")
         if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
             raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
                               f"got {self.model_name!r}")

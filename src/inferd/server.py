@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
 from inferd.repository.layout import single_model
 from inferd.repository.registry import ModelRegistry
+from inferd.repository.remote import RemoteRepository, default_cache
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.scheduler import Scheduler
@@ -69,6 +71,24 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
                      "single model's folder)", root, settings.model_name)
         return root, sources
     return None, (ModelSource(settings.model_name or root.resolve().name, root), *sources)
+
+
+def remote_repository(settings: ServerSettings) -> RemoteRepository | None:
+    if settings.remote_repository is None:
+        return None
+    return RemoteRepository(settings.remote_repository, settings.repository_cache or default_cache())
+
+
+def mirror_remote(settings: ServerSettings) -> ServerSettings:
+    """A remote repository's first sync (its errors are the user's: ConfigError); the settings
+    then serve the local mirror."""
+    remote = remote_repository(settings)
+    if remote is None:
+        return settings
+    report = remote.sync()
+    log.info("%s mirrored in %s (%d files downloaded, %d unchanged)", remote.url, remote.mirror,
+             len(report.downloaded), report.unchanged)
+    return replace(settings, model_repository=remote.mirror)
 
 
 def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics | None = None) -> HttpApp:
@@ -151,6 +171,7 @@ class Server:
         self._transports = Transports(self.core, settings, self.ts_metrics)
         self._workers: Workers | None = None
         self.exit_code = 0
+        self._remote = remote_repository(settings)
 
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
@@ -181,7 +202,8 @@ class Server:
         self.core.data.set_ready(True)
         self._transports.set_serving(True)
         self._announce()
-        pollers = [loop.create_task(self._poll())] if self.settings.model_control == "poll" else []
+        polling = self.settings.model_control == "poll" or (self._remote is not None and explicit)
+        pollers = [loop.create_task(self._poll())] if polling else []
         if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:
             pollers.append(loop.create_task(self._poll_model_config(self.settings.model_config_file)))
         await self._stop.wait()
@@ -218,10 +240,17 @@ class Server:
                 log.exception("applying the model config failed")
 
     async def _poll(self) -> None:
+        """Rescan every --poll-interval (poll mode); a remote repository syncs first (in explicit
+        mode too, so a load finds what was uploaded since)."""
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
-                await self.core.control.poll()
+                if self._remote is not None:
+                    await asyncio.to_thread(self._remote.sync)
+                if self.settings.model_control == "poll":
+                    await self.core.control.poll()
+            except InferdError as exc:  # storage unreachable for a while: the models served stay
+                log.error("repository poll failed: %s", exc.message)
             except Exception:  # a bad scan is logged; the next one tries again
                 log.exception("repository poll failed")
 

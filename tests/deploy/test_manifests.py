@@ -2,9 +2,9 @@
 fields fail) from the kubernetes-validate package, their wiring checked, and every container's
 arguments parsed by inferd's own command line.
 
-KServe's CRD schemas ship in no package installable here, so ServingRuntime and InferenceService
-are checked in two parts: their Kubernetes parts (containers, volumes, probes, ports) as a strict
-Pod, and KServe's own fields by the rules below (formats, protocols, autoSelect)."""
+ServingRuntime and InferenceService are also checked here in two parts: their Kubernetes parts
+(containers, volumes, probes, ports) as a strict Pod, and KServe's own fields by the rules below
+(formats, protocols, autoSelect); test_kserve_crds.py validates them whole against KServe's CRDs."""
 
 from __future__ import annotations
 

@@ -112,3 +112,24 @@ def test_the_app_is_also_plain_asgi() -> None:
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 200
     assert json.loads(sent[1]["body"]) == {"path": "/echo/z", "query": "q", "size": 4, "model": "z"}
+
+
+@pytest.mark.parametrize(("path", "root", "status", "seen"), [
+    ("/inferd/echo/z", "/inferd", 200, "/echo/z"),  # mounted under a prefix (Ray Serve's route_prefix)
+    ("/echo/z", "", 200, "/echo/z"),
+    ("/inferdx/echo/z", "/inferd", 404, None),  # a longer first segment is not under the prefix
+])
+def test_asgi_honours_root_path(path: str, root: str, status: int, seen: str | None) -> None:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": root, "headers": [], "query_string": b""}
+    asyncio.run(make_app()(scope, receive, send))
+    assert sent[0]["status"] == status
+    if seen is not None:
+        assert json.loads(sent[1]["body"])["path"] == seen

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -77,20 +77,23 @@ class KServeV2Servicer:
         self.data = core.data
         self.control = core.control
 
+    # RPC name -> (method, request message): also what Ray Serve's gRPC proxy registers
+    RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
+        "ServerLive": ("server_live", pb.ServerLiveRequest),
+        "ServerReady": ("server_ready", pb.ServerReadyRequest),
+        "ModelReady": ("model_ready", pb.ModelReadyRequest),
+        "ServerMetadata": ("server_metadata", pb.ServerMetadataRequest),
+        "ModelMetadata": ("model_metadata", pb.ModelMetadataRequest),
+        "ModelInfer": ("model_infer", pb.ModelInferRequest),
+        "RepositoryIndex": ("repository_index", pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": ("load", pb.RepositoryModelLoadRequest),
+        "RepositoryModelUnload": ("unload", pb.RepositoryModelUnloadRequest),
+        "ModelStatistics": ("statistics", pb.ModelStatisticsRequest),
+        "ModelConfig": ("model_config", pb.ModelConfigRequest),
+    }
+
     def methods(self) -> Methods:
-        return {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
-            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest),
-            "RepositoryModelLoad": (self.load, pb.RepositoryModelLoadRequest),
-            "RepositoryModelUnload": (self.unload, pb.RepositoryModelUnloadRequest),
-            "ModelStatistics": (self.statistics, pb.ModelStatisticsRequest),
-            "ModelConfig": (self.model_config, pb.ModelConfigRequest),
-        }
+        return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
 
     @guarded
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:

@@ -203,7 +203,10 @@ class HttpApp:
                 await _lifespan(receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request = HttpRequest(scope["method"], scope["path"],
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and (path == root or path.startswith(root + "/")):  # mounted under a prefix (Ray Serve's route_prefix)
+            path = path[len(root):] or "/"
+        request = HttpRequest(scope["method"], path,
                               scope.get("query_string", b"").decode("latin-1"), headers, bytearray(),
                               disconnected=_disconnect_probe(receive))
         try:

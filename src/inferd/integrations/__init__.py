@@ -1,0 +1,1 @@
+"""Distributed engines that run inferd cores as their replicas (``ray``: Ray Serve)."""
