@@ -13,7 +13,7 @@ def test_example_repository_answers_each_readme_call() -> None:
     with serve(ROOT / "examples/models") as server:
         rows = requests.post(f"{server.base}/v2/repository/index", timeout=10).json()
         assert {r["name"] for r in rows if r["state"] == "READY"} == {
-            "mlp_onnx", "mlp_torchscript", "mlp_export", "text_stats"}
+            "mlp_onnx", "mlp_torchscript", "mlp_export", "text_stats", "mlp_tf", "half_plus_two"}
         answers = []
         for model, name in (("mlp_onnx", "x"), ("mlp_torchscript", "x"), ("mlp_export", "x")):
             body = {"inputs": [{"name": name, "shape": [1, 16], "datatype": "FP32", "data": X}]}
