@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
-from inferd.repository.layout import single_model
+from inferd.repository.layout import scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.factory import build_scheduler
@@ -39,6 +40,24 @@ if TYPE_CHECKING:
     from inferd.transport.grpc.server import GrpcServer
 
 log = logging.getLogger("inferd.server")
+
+
+class CannotListen(Exception):
+    """A port could not be opened (in use, or not ours to take); the command line names its flag."""
+
+    def __init__(self, what: str, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {host}:{port}: {reason}")
+        self.what, self.host, self.port, self.reason = what, host, port, reason
+
+
+async def _open(what: str, host: str, port: int, start: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await start()
+    except (OSError, RuntimeError) as exc:  # asyncio: OSError(EADDRINUSE); grpc: RuntimeError("Failed to bind")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "bind" in reason.lower() or "in use" in reason.lower():
+            reason = "the port is in use"
+        raise CannotListen(what, host, port, reason) from None
 
 
 def build_core(settings: ServerSettings) -> Core:
@@ -61,6 +80,9 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
     model (KServe's /mnt/models) is served as that model, named --model-name or after the folder."""
     root, sources = settings.model_repository, settings.model_sources
     if root is None or not single_model(root):
+        if root is not None and not scan(root) and not sources:
+            log.warning("model repository %s holds no models: expected <model>/<version>/<artifact> folders "
+                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)", root)
         if root is not None and settings.model_name is not None:
             log.info("%s is a repository: its models keep their own names (--model-name %s names a "
                      "single model's folder)", root, settings.model_name)
@@ -137,19 +159,24 @@ class Server:
         if self.settings.http_port:
             app = build_http_app(self.core, self.settings, self.ts_metrics)
             self._http = HttpServer(app, s.host, s.http_port, limits, self._budget)
-            await self._http.start()
+            await _open("HTTP", s.host, s.http_port, self._http.start)
         for listener in self.settings.listeners:
             app = build_listener_app(self.core, self.settings, listener.apis, self.ts_metrics)
             server = HttpServer(app, listener.host, listener.port, limits, self._budget)
-            await server.start()
+            await _open("+".join(listener.apis), listener.host, listener.port, server.start)
             self._listeners.append(server)
         if self.settings.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
-            self._grpc = GrpcServer(self.core, self.settings.host, self.settings.grpc_port,
-                                    self.settings.max_body_bytes, self._budget, self.settings.max_connections,
-                                    self.settings.grpc_socket_path, self.settings.grpc_options)
-            await self._grpc.start()
+            grpc_server: list[GrpcServer] = []
+
+            async def start_grpc() -> None:  # the port is bound as the server is built
+                grpc_server.append(GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
+                                              s.max_connections, s.grpc_socket_path, s.grpc_options))
+                await grpc_server[0].start()
+
+            await _open("gRPC", s.host, s.grpc_port, start_grpc)
+            self._grpc = grpc_server[0]
 
     async def _poll_model_config(self, path: Path) -> None:
         """TF Serving's --model_config_file_poll_wait_seconds: read models.config again and apply

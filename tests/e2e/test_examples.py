@@ -7,6 +7,8 @@ import requests
 from tests.conftest import ROOT, serve
 
 X = list(range(16))
+NOISE = ("absl::InitializeLog", "cudart_stub", "cpu_feature_guard", "WARNING:tensorflow", "not writable",
+         "oneDNN", "UserWarning")
 
 
 def test_example_repository_answers_each_readme_call() -> None:
@@ -26,3 +28,6 @@ def test_example_repository_answers_each_readme_call() -> None:
         response = requests.post(f"{server.base}/v2/models/text_stats/infer", json=body, timeout=10)
         outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
         assert outputs == {"upper": ["HI!", "INFERD!"], "length": [2, 6]}
+    # the frameworks' start-up chatter (TensorFlow's absl lines, torch's read-only buffer warning) is quiet
+    noise = [line for line in server.lines if any(word in line for word in NOISE)]
+    assert noise == []
