@@ -20,7 +20,7 @@ GENERATED = ["models/mlp_onnx/1/model.onnx", "models/mlp_torchscript/1/model.pt"
 def test_make_models_writes_the_committed_bytes(tmp_path: Path) -> None:
     # run from another folder with a relative output path: neither may change a byte
     subprocess.run([sys.executable, str(ROOT / "examples/make_models.py"), "out"], cwd=tmp_path, check=True,
-                   capture_output=True, timeout=240)
+                   capture_output=True, timeout=290)
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert written == sorted(GENERATED)
     different = [name for name in GENERATED
