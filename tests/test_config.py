@@ -56,7 +56,10 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("max_batch_sise = 3", "key 'max_batch_sise' is not known"),
+    ("max_batch_sise = 3", "key 'max_batch_sise' is not known; did you mean 'max_batch_size'\\?"),
+    ("[instance_group]\ncuont = 2", "key 'cuont' is not known; did you mean 'count'\\?"),
+    ("[dynamic_batching]\nmax_queue_delay = 2", "'max_queue_delay' is not known; did you mean 'max_queue_delay_ms'"),
+    ("flavour = 'vanilla'", "key 'flavour' is not known$"),
     ("max_batch_size = 'big'", "key 'max_batch_size' must be an integer"),
     ("max_batch_size = -1", "key 'max_batch_size' must be >= 0"),
     ("max_batch_size = true", "key 'max_batch_size' must be an integer"),

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from inferd import __version__
 from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
 
@@ -32,21 +33,36 @@ def _pair(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help line ends with its default (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferd", description="Serve ONNX, PyTorch and "
                                      "TensorFlow models over KServe v2, TF Serving and TorchServe.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a model repository")
+    parser.add_argument("--version", action="version", version=f"inferd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,tfserving,torchserve,bench}")
+    serve = commands.add_parser("serve", help="serve a model repository", formatter_class=_Help,
+                                description="Serve a model repository over KServe v2 (HTTP and gRPC), "
+                                "TF Serving and TorchServe's APIs.")
     serve.add_argument("model_repository", nargs="?",
-                       help="folder of models: <model>/<version>/<artifact>; or s3://bucket/prefix "
-                            "(gs://, az://: extras inferd[s3|gcs|azure]), mirrored into --repository-cache")
+                       help="folder of models: <model>/<version>/<artifact>, or one model's folder; or "
+                            "s3://bucket/prefix (gs://, az://: extras inferd[s3|gcs|azure]), mirrored into "
+                            "--repository-cache")
     serve.add_argument("--repository-cache", type=Path, default=None, metavar="DIR",
                        help="where a remote repository is mirrored (default: $INFERD_CACHE_DIR or "
                             "~/.cache/inferd/repositories); unchanged files are not downloaded again")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--http-port", type=int, default=8000, help="0 disables HTTP")
-    serve.add_argument("--grpc-port", type=int, default=8001, help="0 disables gRPC")
-    serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--http-port", type=int, default=8000, help="HTTP port; 0 disables HTTP")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port; 0 disables gRPC")
+    serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none",
+                       help="none: the repository is read once; poll: rescanned every --poll-interval; "
+                       "explicit: models load and unload through the API")
     serve.add_argument("--poll-interval", type=float, default=15.0,
                        help="seconds between repository scans with --model-control poll")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
@@ -55,14 +71,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="bearer token for model control (default: $INFERD_AUTH_TOKEN)")
     serve.add_argument("--auth-inference", action="store_true",
                        help="require the token for inference and metadata too")
-    serve.add_argument("--drain-timeout", type=float, default=30.0)
-    serve.add_argument("--max-body-size", type=_size, default=64 * 1024**2,
-                       help="largest request body, e.g. 64MiB (default); larger gets 413")
-    serve.add_argument("--max-inflight-size", type=_size, default=512 * 1024**2,
-                       help="request bytes held in memory at once over all clients (default 512MiB); "
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds SIGTERM waits for requests in flight before exiting")
+    serve.add_argument("--max-body-size", type=_size, default="64MiB",
+                       help="largest request body (k/M/GiB suffixes); larger gets 413")
+    serve.add_argument("--max-inflight-size", type=_size, default="512MiB",
+                       help="request bytes held in memory at once over all clients; "
                             "over it a request gets 503 / RESOURCE_EXHAUSTED")
     serve.add_argument("--max-connections", type=int, default=1000,
-                       help="open HTTP connections, and gRPC calls at once (default 1000)")
+                       help="open HTTP connections, and gRPC calls at once")
     serve.add_argument("--header-timeout", type=float, default=10.0,
                        help="seconds a request's line and headers may take to arrive (408 after)")
     serve.add_argument("--body-timeout", type=float, default=60.0,
@@ -97,11 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-num-cpus", type=float, default=1.0, help="logical CPUs each replica reserves")
     ray.add_argument("--ray-serve-thread", action="store_true",
                      help="run the core on Serve's separate user-code thread (Serve's default; slower)")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="debug also shows the frameworks' own logs (TensorFlow, onnxruntime, torch)")
     operability = serve.add_argument_group("operability")
     operability.add_argument("--access-log", action="store_true", help="log one line per HTTP request")
-    operability.add_argument("--log-format", choices=["text", "json"], default="text")
+    operability.add_argument("--log-format", choices=["text", "json"], default="text",
+                             help="json: every log line one JSON object (time, level, logger, message, traceback)")
     operability.add_argument("--strict-readiness", action="store_true",
                              help="ready only while every model version is ready (default: once every model was tried)")
     operability.add_argument("--exit-on-error", action="store_true",
@@ -110,11 +128,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve with torchserve's flags and config.properties (inferd torchserve --help)")
     commands.add_parser("tfserving", add_help=False,
                         help="serve with tensorflow_model_server's flags and files (inferd tfserving --help)")
-    bench = commands.add_parser("bench", help="load a running server and report latency and throughput")
-    bench.add_argument("-m", "--model", required=True)
-    bench.add_argument("--url", default="http://127.0.0.1:8000")
-    bench.add_argument("--model-version", default=None)
-    bench.add_argument("--concurrency", default="1,8,64", help="comma-separated, e.g. 1,8,64")
+    bench = commands.add_parser("bench", help="load a running server and report latency and throughput",
+                                formatter_class=_Help, description="A closed-loop load generator for "
+                                "KServe v2 servers (inferd, Triton), after Triton's perf_analyzer.")
+    bench.add_argument("-m", "--model", required=True, help="the model to load (required)")
+    bench.add_argument("--url", default="http://127.0.0.1:8000",
+                       help="the server's HTTP address; host:port is taken as http://host:port")
+    bench.add_argument("--model-version", default=None, help="a version of the model (default: the server's)")
+    bench.add_argument("--concurrency", default="1,8,64", help="requests kept in flight, comma-separated")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency")
     bench.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
     bench.add_argument("--binary", action="store_true",
@@ -123,8 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="send ModelInfer over gRPC to this address (metadata still from --url)")
     bench.add_argument("--batch", type=int, default=1, help="rows per request for batching models")
     bench.add_argument("--processes", type=int, default=1, help="load-generating processes")
-    bench.add_argument("--json", type=Path, default=None, dest="json_out")
-    bench.add_argument("--plot", type=Path, default=None, dest="plot_out", help="latency vs throughput PNG")
+    bench.add_argument("--json", type=Path, default=None, dest="json_out", metavar="FILE",
+                       help="also write the results as JSON to this file")
+    bench.add_argument("--plot", type=Path, default=None, dest="plot_out", metavar="FILE",
+                       help="latency vs throughput PNG (needs matplotlib: inferd[bench])")
     return parser
 
 
@@ -169,10 +192,7 @@ def _tfserving(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"inferd tfserving: {exc.message}", file=sys.stderr)
         return 2
-    from inferd.server import run
-
-    run(settings)
-    return 0
+    return _run(settings, {"HTTP": "--rest_api_port", "gRPC": "--port"}, "inferd tfserving")
 
 
 def _torchserve(argv: list[str]) -> int:
@@ -191,10 +211,21 @@ def _torchserve(argv: list[str]) -> int:
     if started.key_file is not None:
         print(f"inferd torchserve: token authorization is on; keys in {started.key_file} "
               "(--disable-token-auth turns it off)", flush=True)
-    from inferd.server import run
+    return _run(started.settings, {}, "inferd torchserve")
 
-    run(started.settings)
-    return 0
+
+def _run(settings: ServerSettings, flags: dict[str, str], prog: str) -> int:
+    """Serve; a port that cannot be opened is one line naming it and the flag that sets it."""
+    from inferd.server import CannotListen, run
+
+    try:
+        code = run(settings)
+    except CannotListen as exc:
+        flag = flags.get(exc.what, "its address in config.properties" if prog.endswith("torchserve") else "")
+        hint = f"; choose another port with {flag}" if flag.startswith("--") else f"; change {flag}" if flag else ""
+        print(f"{prog}: cannot listen for {exc.what} on {exc.host}:{exc.port}: {exc.reason}{hint}", file=sys.stderr)
+        return 1
+    return code
 
 
 def _stop_torchserve(pid_file: Path) -> int:
@@ -251,14 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.ray is not None:
         return _ray(args, settings)
-    from inferd.server import mirror_remote, run
+    from inferd.server import mirror_remote
 
     try:
         settings = mirror_remote(settings)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2
-    return run(settings)
+    return _run(settings, {"HTTP": "--http-port", "gRPC": "--grpc-port"}, "inferd")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ an error names the file and the key.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -236,11 +237,13 @@ class _Table:
     def __init__(self, data: dict[str, Any], where: str) -> None:
         self._data = dict(data)
         self._where = where
+        self._known: list[str] = []  # every key asked for, to suggest one for a typo
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self._where}: key '{key}' {problem}")
 
     def take(self, key: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+        self._known.append(key)
         if key not in self._data:
             return default
         value = self._data.pop(key)
@@ -265,7 +268,8 @@ class _Table:
     def finish(self) -> None:
         if self._data:
             key = sorted(self._data)[0]
-            raise self.fail(key, "is not known")
+            nearest = difflib.get_close_matches(key, self._known, n=1, cutoff=0.6)
+            raise self.fail(key, f"is not known; did you mean '{nearest[0]}'?" if nearest else "is not known")
 
 
 def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:

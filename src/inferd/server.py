@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import gc
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +25,7 @@ from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
-from inferd.repository.layout import single_model
+from inferd.repository.layout import scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.repository.remote import RemoteRepository, default_cache
 from inferd.runtimes.base import Runtime
@@ -43,6 +45,24 @@ if TYPE_CHECKING:
     from inferd.workers.owner import Workers
 
 log = logging.getLogger("inferd.server")
+
+
+class CannotListen(Exception):
+    """A port could not be opened (in use, or not ours to take); the command line names its flag."""
+
+    def __init__(self, what: str, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen for {what} on {host}:{port}: {reason}")
+        self.what, self.host, self.port, self.reason = what, host, port, reason
+
+
+async def _open(what: str, host: str, port: int, start: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await start()
+    except (OSError, RuntimeError) as exc:  # asyncio: OSError(EADDRINUSE); grpc: RuntimeError("Failed to bind")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "bind" in reason.lower() or "in use" in reason.lower():
+            reason = "the port is in use"
+        raise CannotListen(what, host, port, reason) from None
 
 
 def build_core(settings: ServerSettings) -> Core:
@@ -66,6 +86,9 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
     model (KServe's /mnt/models) is served as that model, named --model-name or after the folder."""
     root, sources = settings.model_repository, settings.model_sources
     if root is None or not single_model(root):
+        if root is not None and not scan(root) and not sources:
+            log.warning("model repository %s holds no models: expected <model>/<version>/<artifact> folders "
+                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)", root)
         if root is not None and settings.model_name is not None:
             log.info("%s is a repository: its models keep their own names (--model-name %s names a "
                      "single model's folder)", root, settings.model_name)
@@ -133,19 +156,23 @@ class Transports:
         if s.http_port:
             app = build_http_app(self.core, s, self.ts_metrics)
             self._http = HttpServer(app, s.host, s.http_port, limits, self._budget, reuse_port=shared)
-            await self._http.start()
+            await _open("HTTP", s.host, s.http_port, self._http.start)
         for listener in s.listeners:
             app = build_listener_app(self.core, s, listener.apis, self.ts_metrics)
             server = HttpServer(app, listener.host, listener.port, limits, self._budget)
-            await server.start()
+            await _open("+".join(listener.apis), listener.host, listener.port, server.start)
             self._listeners.append(server)
         if s.grpc_port:
             from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
             options = (*s.grpc_options, ("grpc.so_reuseport", 1)) if shared else s.grpc_options
-            self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget, connections,
-                                    s.grpc_socket_path, options)
-            await self._grpc.start()
+
+            async def start_grpc() -> None:  # the port is bound as the server is built
+                self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
+                                        connections, s.grpc_socket_path, options)
+                await self._grpc.start()
+
+            await _open("gRPC", s.host, s.grpc_port, start_grpc)
 
     def set_serving(self, serving: bool) -> None:
         if self._grpc is not None:
@@ -222,6 +249,9 @@ class Server:
         from inferd.workers.owner import Workers  # only a server with workers starts them
 
         self._workers = Workers(self.core, self.settings)
+        s = self.settings
+        for what, port in (("HTTP", s.http_port), ("gRPC", s.grpc_port)):  # taken here, or not at all
+            await _open(what, s.host, port, functools.partial(self._workers.reserve, what))
         self.settings = await self._workers.start()  # port 0 is now the port the workers share
 
     async def _poll_model_config(self, path: Path) -> None:

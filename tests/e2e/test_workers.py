@@ -225,3 +225,21 @@ def test_slow_client_on_one_worker_does_not_hold_the_others(server: RunningServe
             assert infer_json(server.base, "py_double", [2.0], [1], session=session).status_code == 200
     assert time.monotonic() - started < 5
     held.join(10)
+
+
+def test_a_taken_port_fails_the_start_in_one_line(repo: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "inferd", "serve", str(repo), "--workers", "2", "--http-port",
+                               str(port), "--grpc-port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: the port is in use; choose another port with --http-port" \
+        in done.stderr

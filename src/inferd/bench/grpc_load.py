@@ -50,9 +50,10 @@ async def run_grpc_load(target: str, request: bytes, concurrency: int, seconds: 
                 sent = time.perf_counter_ns()
                 try:
                     await call(request, timeout=30)
-                except grpc.aio.AioRpcError:
-                    result.errors += 1
-                result.latencies_ns.append(time.perf_counter_ns() - sent)
+                except grpc.aio.AioRpcError as exc:
+                    result.fail(f"gRPC {exc.code().name}", exc.details() or "")
+                else:
+                    result.latencies_ns.append(time.perf_counter_ns() - sent)
                 counter[0] += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

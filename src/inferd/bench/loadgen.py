@@ -18,9 +18,15 @@ import httptools
 
 @dataclass(slots=True)
 class LoadResult:
-    latencies_ns: list[int] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)  # successful answers only
     errors: int = 0  # non-2xx answers and broken connections
     seconds: float = 0.0
+    failures: dict[str, list[object]] = field(default_factory=dict)  # kind -> [count, a sample message]
+
+    def fail(self, kind: str, message: str) -> None:
+        self.errors += 1
+        seen = self.failures.setdefault(kind, [0, message[:200]])
+        seen[0] = cast(int, seen[0]) + 1
 
 
 def build_request(url: str, body: bytes, header_length: int | None) -> tuple[str, int, bytes]:
@@ -47,6 +53,7 @@ class _Client(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._sent = 0
         self._transport: asyncio.Transport | None = None
+        self._error_body = bytearray()  # an error answer's body, for its message
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a TCP connection: a full Transport
@@ -68,20 +75,26 @@ class _Client(asyncio.Protocol):
             assert self._transport is not None
             self._transport.close()  # a malformed answer: connection_lost counts the error
 
+    def on_body(self, body: bytes) -> None:
+        if not 200 <= self._parser.get_status_code() < 300 and len(self._error_body) < 1024:
+            self._error_body += body
+
     def on_message_complete(self) -> None:
         """httptools' callback: one whole answer arrived."""
         status = self._parser.get_status_code()
         if status == 100:
             return
-        self._result.latencies_ns.append(time.perf_counter_ns() - self._sent)
-        if not 200 <= status < 300:
-            self._result.errors += 1
+        if 200 <= status < 300:
+            self._result.latencies_ns.append(time.perf_counter_ns() - self._sent)
+        else:
+            self._result.fail(f"HTTP {status}", bytes(self._error_body).decode(errors="replace").strip())
+            self._error_body.clear()
         self._counter[0] += 1
         self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._done.done():
-            self._result.errors += 1
+            self._result.fail("connection lost", str(exc) if exc else "the server closed the connection")
             self._done.set_result(None)
 
 

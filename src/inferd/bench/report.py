@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -18,16 +18,28 @@ class Row:
     p99_ms: float
     server_queue_ms: float | None = None  # mean per request, from inferd's /metrics
     server_compute_ms: float | None = None
+    failures: dict[str, list[object]] = field(default_factory=dict)  # kind -> [count, a sample message]
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
 
 
-def summarize(concurrency: int, latencies_ns: list[int], errors: int, seconds: float) -> Row:
-    lat = np.asarray(latencies_ns, dtype=np.float64) / 1e6 if latencies_ns else np.zeros(1)
+def summarize(concurrency: int, latencies_ns: list[int], errors: int, seconds: float,
+              failures: dict[str, list[object]] | None = None) -> Row:
+    """Latencies and throughput are of the successful answers only: errors are counted apart."""
+    lat = np.asarray(latencies_ns, dtype=np.float64) / 1e6 if latencies_ns else np.full(1, np.nan)
     p50, p90, p99 = np.percentile(lat, [50, 90, 99])
     return Row(concurrency, len(latencies_ns), errors, len(latencies_ns) / seconds if seconds else 0.0,
-               float(p50), float(p90), float(p99))
+               float(p50), float(p90), float(p99), failures=dict(failures or {}))
+
+
+def failures(rows: list[Row]) -> list[str]:
+    """One line per kind of error per concurrency, with how many and a sample message."""
+    lines = []
+    for r in rows:
+        for kind, (count, message) in sorted(r.failures.items()):
+            lines.append(f"errors at concurrency {r.concurrency}: {kind} x {count}: {message}")
+    return lines
 
 
 def histogram_totals(metrics_text: str, name: str, model: str) -> tuple[float, float]:
@@ -79,6 +91,7 @@ def plot(rows: list[Row], model: str, path: str) -> None:
         axes.plot(rps, values, marker="o", label=label)
     for r in rows:
         axes.annotate(f"c={r.concurrency}", (r.rps, r.p99_ms), textcoords="offset points", xytext=(4, 4))
+    axes.margins(x=0.2, y=0.15)  # room for the c=N labels inside the axes
     axes.set_xlabel("requests/s")
     axes.set_ylabel("latency (ms)")
     axes.set_yscale("log")

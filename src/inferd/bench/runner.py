@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +35,32 @@ class BenchSettings:
     plot_out: Path | None = None
 
 
+class BenchError(Exception):
+    """Why the bench cannot run, in one line."""
+
+
+def http_url(url: str) -> str:
+    """``host:port`` (as perf_analyzer takes it) means ``http://host:port``."""
+    return url if "://" in url else f"http://{url}"
+
+
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return cast(bytes, response.read())
+
+
+def _metadata(settings: BenchSettings) -> dict[str, Any]:
+    url = _model_path(settings)
+    try:
+        return cast(dict[str, Any], json.loads(_get(url)))
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()[:200]
+        what = f"model '{settings.model}'" + (f" version {settings.version}" if settings.version else "")
+        raise BenchError(f"{what} is not served at {settings.url} (GET {url}: {exc.code} {detail})") from None
+    except urllib.error.URLError as exc:
+        raise BenchError(f"no server answers at {settings.url}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"cannot read the model's metadata from {url}: {exc}") from None
 
 
 def _model_path(settings: BenchSettings) -> str:
@@ -43,10 +68,9 @@ def _model_path(settings: BenchSettings) -> str:
     return f"{settings.url.rstrip('/')}/v2/models/{settings.model}{version}"
 
 
-def _worker(args: tuple[str, bytes, int | None, int, float]) -> tuple[list[int], int, float]:
+def _worker(args: tuple[str, bytes, int | None, int, float]) -> loadgen.LoadResult:
     url, body, header_length, concurrency, seconds = args
-    result = asyncio.run(_one_load(url, body, header_length, concurrency, seconds, None))
-    return result.latencies_ns, result.errors, result.seconds
+    return cast(loadgen.LoadResult, asyncio.run(_one_load(url, body, header_length, concurrency, seconds, None)))
 
 
 def _one_load(url: str, body: bytes, header_length: int | None, concurrency: int, seconds: float,
@@ -59,23 +83,29 @@ def _one_load(url: str, body: bytes, header_length: int | None, concurrency: int
 
 
 def _load(url: str, body: bytes, header_length: int | None, concurrency: int, seconds: float,
-          processes: int, progress: bool) -> tuple[list[int], int, float]:
+          processes: int, progress: bool) -> loadgen.LoadResult:
     if processes <= 1:
         counter = [0]
         stop = threading.Event()
         if progress:
             threading.Thread(target=_progress, args=(counter, stop, concurrency), daemon=True).start()
         try:
-            result = asyncio.run(_one_load(url, body, header_length, concurrency, seconds, counter))
+            return cast(loadgen.LoadResult, asyncio.run(_one_load(url, body, header_length, concurrency, seconds,
+                                                                  counter)))
         finally:
             stop.set()
-        return result.latencies_ns, result.errors, result.seconds
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     jobs = [(url, body, header_length, share, seconds) for share in shares if share]
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         parts = pool.map(_worker, jobs)
-    latencies = [ns for part in parts for ns in part[0]]
-    return latencies, sum(p[1] for p in parts), max(p[2] for p in parts)
+    merged = loadgen.LoadResult(seconds=max(p.seconds for p in parts))
+    for part in parts:
+        merged.latencies_ns += part.latencies_ns
+        merged.errors += part.errors
+        for kind, (count, message) in part.failures.items():
+            seen = merged.failures.setdefault(kind, [0, message])
+            seen[0] = cast(int, seen[0]) + cast(int, count)
+    return merged
 
 
 def _progress(counter: list[int], stop: threading.Event, concurrency: int) -> None:
@@ -89,7 +119,7 @@ def _progress(counter: list[int], stop: threading.Event, concurrency: int) -> No
 
 
 def run(settings: BenchSettings) -> list[report.Row]:
-    metadata = json.loads(_get(_model_path(settings)))
+    metadata = _metadata(settings)
     if settings.grpc_url:
         from inferd.bench.grpc_load import request_bytes
 
@@ -102,12 +132,15 @@ def run(settings: BenchSettings) -> list[report.Row]:
     metrics_url = settings.url.rstrip("/") + "/metrics"
     rows = []
     for concurrency in settings.concurrency:
-        if settings.warmup > 0:
-            _load(infer_url, body, header_length, concurrency, settings.warmup, settings.processes, False)
-        before = _scrape(metrics_url)
-        latencies, errors, seconds = _load(infer_url, body, header_length, concurrency, settings.duration,
-                                           settings.processes, sys.stderr.isatty() or True)
-        row = report.summarize(concurrency, latencies, errors, seconds)
+        try:
+            if settings.warmup > 0:
+                _load(infer_url, body, header_length, concurrency, settings.warmup, settings.processes, False)
+            before = _scrape(metrics_url)
+            result = _load(infer_url, body, header_length, concurrency, settings.duration,
+                           settings.processes, sys.stderr.isatty() or True)
+        except OSError as exc:  # the server went away (connection refused) while loading
+            raise BenchError(f"lost the server at {settings.url} at concurrency {concurrency}: {exc}") from None
+        row = report.summarize(concurrency, result.latencies_ns, result.errors, result.seconds, result.failures)
         after = _scrape(metrics_url)
         if before is not None and after is not None:
             row.server_queue_ms, row.server_compute_ms = report.server_split(before, after, settings.model)
@@ -123,12 +156,19 @@ def _scrape(url: str) -> str | None:
 
 
 def main(settings: BenchSettings) -> int:
-    rows = run(settings)
+    settings = dataclasses.replace(settings, url=http_url(settings.url))
+    try:
+        rows = run(settings)
+    except BenchError as exc:
+        print(f"inferd bench: {exc}", file=sys.stderr)
+        return 2
     form = ("raw" if settings.binary else "typed") + " gRPC" if settings.grpc_url else (
         "binary" if settings.binary else "JSON")
     print(f"\ninferd bench: model {settings.model} at {settings.url}, {form} bodies, "
           f"{settings.duration:g}s per point, {settings.processes} load process(es)\n")
     print(report.table(rows))
+    for line in report.failures(rows):
+        print(line)
     if settings.json_out is not None:
         settings.json_out.write_text(json.dumps({"model": settings.model, "url": settings.url,
                                                  "binary": settings.binary,

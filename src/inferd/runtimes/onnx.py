@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from inferd.config import ModelConfig
@@ -41,6 +42,8 @@ def load(context: LoadContext) -> OnnxRuntime:
     if context.config.intra_op_threads:
         options.intra_op_num_threads = context.config.intra_op_threads
     options.inter_op_num_threads = 1
+    if not logging.getLogger("inferd").isEnabledFor(logging.DEBUG):
+        options.log_severity_level = 3  # provider fallbacks and graph notes only at --log-level debug
     providers = ["CPUExecutionProvider"]
     provider_options: list[dict[str, Any]] = [{}]
     on_gpu = context.device.startswith("cuda")

@@ -11,8 +11,13 @@ Every signature is served; ``serving_default`` (or the first) is the model's def
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -176,7 +181,46 @@ def _specs(model: str, signature: str, infos: Any, max_batch_size: int) -> tuple
     return tuple(specs)
 
 
+# What importing TensorFlow 2.19+ prints through absl before TF_CPP_MIN_LOG_LEVEL applies
+# (tensorflow/tensorflow#100442): absl INFO/WARNING lines and CPU-feature notes
+_IMPORT_NOISE = re.compile(rb"WARNING: All log messages before absl::InitializeLog"
+                           rb"|[IW]\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] |To enable the following instructions")
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """Pass fd 2 through a filter while the block runs: other threads' lines still get through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward() -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if not noise.match(line):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, name="inferd-tf-import-log", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the thread drains it and ends
+        thread.join(2)  # (a child started meanwhile keeps it open: the thread then forwards its lines)
+
+
+def _import_tensorflow() -> None:
+    if "tensorflow" in sys.modules or log.isEnabledFor(logging.DEBUG):
+        return
+    with _stderr_without(_IMPORT_NOISE):
+        import tensorflow  # noqa: F401
+
+
 def load(context: LoadContext) -> TensorFlowRuntime:
+    _import_tensorflow()
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
 

@@ -111,6 +111,8 @@ def load(context: LoadContext) -> TorchRuntime:
 def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
     program = torch.export.load(str(context.artifact))
     config = context.config
+    if config.max_batch_size > 0:
+        _refuse_static_batch(program, context.name, config.max_batch_size)
     if config.inputs and config.outputs:
         inputs = specs_from_config(config.inputs, config.max_batch_size)
         outputs = specs_from_config(config.outputs, config.max_batch_size)
@@ -137,6 +139,22 @@ def _exported_specs(program: Any, max_batch_size: int
             for index, value in enumerate(values):
                 outputs.append(_spec_of(f"output__{index}", value.meta["val"], max_batch_size))
     return tuple(inputs), tuple(outputs)
+
+
+def _refuse_static_batch(program: Any, name: str, max_batch_size: int) -> None:
+    """A program exported with a fixed dim 0 fails every other batch size at its guards, so a
+    batching configuration cannot serve it: say so at load, with the fix."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        shape = getattr(node.meta.get("val"), "shape", ())
+        if shape and isinstance(shape[0], int):
+            raise ConfigError(
+                f"model '{name}': input '{node.name}' was exported with a fixed batch size of {shape[0]}, "
+                f"but max_batch_size = {max_batch_size} makes dim 0 the batch; export it with a dynamic "
+                f"batch (torch.export.export(model, args, dynamic_shapes={{'{node.name}': "
+                "{0: torch.export.Dim('batch')}})) or set max_batch_size = 0")
 
 
 def _spec_of(name: str, fake: Any, max_batch_size: int) -> TensorSpec:

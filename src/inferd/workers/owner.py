@@ -210,14 +210,20 @@ class Workers:
                                      "workers": self})
         self._folder = Path(tempfile.mkdtemp(prefix="inferd-workers-"))  # 0700: only this user enters
         self._reserved: list[socket.socket] = []
+        self._ports: dict[str, int] = {}
         self._listening: set[int] = set()
         self._all_listening = asyncio.Event()
         self._supervisor: WorkerSupervisor | None = None
 
+    async def reserve(self, what: str) -> None:
+        """Bind the HTTP or gRPC port (an OSError when it is taken); port 0 picks the one to share."""
+        self._ports[what] = self._reserve(self._settings.host, self._settings.http_port if what == "HTTP"
+                                          else self._settings.grpc_port)
+
     async def start(self) -> ServerSettings:
+        """After ``reserve`` of both ports."""
         s = self._settings
-        settings = dataclasses.replace(s, http_port=self._reserve(s.host, s.http_port),
-                                       grpc_port=self._reserve(s.host, s.grpc_port))
+        settings = dataclasses.replace(s, http_port=self._ports["HTTP"], grpc_port=self._ports["gRPC"])
         settings_path = self._folder / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(settings))
         await self._service.start(self._folder / "core.sock")
