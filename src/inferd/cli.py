@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-name", default=None,
                        help="serve a single model's folder (model.onnx or 1/model.onnx at the top, as "
                        "KServe's storage initializer leaves /mnt/models) under this name")
+    serve.add_argument("--cache-size", type=_size, default=0,
+                       help="bytes of the response cache, e.g. 256MiB; models with [response_cache] enable = "
+                       "true answer identical requests from it (default 0: no cache)")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--log-level", default="info",
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name,
-            model_name=args.model_name)
+            model_name=args.model_name, cache_size=args.cache_size)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

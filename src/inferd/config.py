@@ -79,6 +79,7 @@ class ServerSettings:
     torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
     listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
     pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
+    cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -95,6 +96,8 @@ class ServerSettings:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
+        if self.cache_size < 0:
+            raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
                             ("--max-connections", self.max_connections)):
             if value <= 0:
@@ -194,6 +197,7 @@ class ModelConfig:
     parameters: dict[str, str] = field(default_factory=dict)  # config.pbtxt's: for the model's own code
     source: str = ""  # the file it was read from ("" = none: everything inferred)
     handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
+    response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -290,6 +294,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         version_labels=_version_labels(table.take("version_labels", dict, {}), where),
         inputs=_tensors(table.take("input", list, []), f"{where}: input"),
         outputs=_tensors(table.take("output", list, []), f"{where}: output"),
+        response_cache=_response_cache(table.take("response_cache", dict, {}), where),
         source=where,
     )
     table.finish()
@@ -329,6 +334,13 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
                           memory_limit_mb=table.take_int("memory_limit_mb", 0))
     table.finish()
     return group
+
+
+def _response_cache(data: dict[str, Any], where: str) -> bool:
+    table = _Table(data, f"{where}: [response_cache]")
+    enable = bool(table.take("enable", bool, False))
+    table.finish()
+    return enable
 
 
 def _version_policy(data: dict[str, Any], where: str) -> VersionPolicy:

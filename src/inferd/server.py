@@ -17,6 +17,7 @@ from inferd.auth import AccessPolicy
 from inferd.compat.tfserving import read_model_config
 from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
+from inferd.core.cache import ResponseCache
 from inferd.errors import InferdError
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
@@ -53,7 +54,8 @@ def build_core(settings: ServerSettings) -> Core:
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    return Core(DataPlane(registry, metrics, access, settings.server_name), control, metrics)
+    cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
+    return Core(DataPlane(registry, metrics, access, settings.server_name, cache), control, metrics)
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:

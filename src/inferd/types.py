@@ -276,7 +276,8 @@ class RequestStatistics:
     """What the data plane saw of one model version's requests, in Triton's terms: ``success`` and
     ``fail`` time whole requests; ``queue``, ``compute_input`` (checking and converting inputs),
     ``compute_infer`` (the execution the request was part of) and ``compute_output`` (gathering
-    its outputs) split the successful ones."""
+    its outputs) split the successful ones; ``cache_hit`` (lookup and copy out) and ``cache_miss``
+    (lookup and insertion) time the response cache's part of the requests it saw."""
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -284,6 +285,9 @@ class RequestStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
+    cached_rows: int = 0  # rows answered from the cache (Triton counts them in inference_count)
     last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
 
 

@@ -4,11 +4,13 @@ asks of the server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import weakref
 
 import inferd
 from inferd.auth import AccessPolicy
+from inferd.core.cache import Outputs, ResponseCache, request_key
 from inferd.errors import InferdError, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
@@ -29,6 +31,7 @@ from inferd.validation import check_inputs, check_outputs
 
 # what exists: the binary tensor extension, the repository extension (index, load, unload), model
 # configuration (.../config), statistics (.../stats), and the per-request "timeout" parameter
+_GENERATIONS = itertools.count(1)
 EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy")
 
 
@@ -38,7 +41,8 @@ class DataPlane:
     caller's credentials and checks them here (``--auth-inference``)."""
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
-                 access: AccessPolicy | None = None, server_name: str = "inferd") -> None:
+                 access: AccessPolicy | None = None, server_name: str = "inferd",
+                 cache: ResponseCache | None = None) -> None:
         self._registry = registry
         self._metrics = metrics
         self._access = access or AccessPolicy()
@@ -47,6 +51,11 @@ class DataPlane:
         self._draining = False
         # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
         self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
+        self._cache = cache
+        # per scheduler: a number no other loaded version ever had, so a reload never meets old answers
+        self._generations: weakref.WeakKeyDictionary[Scheduler, int] = weakref.WeakKeyDictionary()
+        if cache is not None and metrics is not None:
+            metrics.watch_cache(lambda: cache.usage)
 
     # -- health ----------------------------------------------------------------------------
     def live(self) -> bool:
@@ -124,12 +133,28 @@ class DataPlane:
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
         checked = gathered = start
+        key: bytes | None = None
+        cached: Outputs | None = None
+        hit = False
+        cache_s = 0.0
         try:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
-            outputs = await runtime.infer_async(arrays, context)
-            gathered = time.perf_counter()
+            if self._cache is not None and self._registry.entry(request.model_name).config.response_cache:
+                key = request_key(self._generation(runtime), str(signature or ""), arrays, [w.name for w in wanted])
+                cached = self._cache.get(key)
+                gathered = time.perf_counter()
+                cache_s = gathered - checked
+                hit = cached is not None
+            if cached is not None:
+                outputs = cached
+            else:
+                outputs = await runtime.infer_async(arrays, context)
+                gathered = time.perf_counter()
+                if key is not None and self._cache is not None:
+                    self._cache.put(key, {w.name: outputs[w.name] for w in wanted})
+                    cache_s += time.perf_counter() - gathered
             datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
             tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
         except InferdError as exc:
@@ -141,19 +166,46 @@ class DataPlane:
         finally:
             end = time.perf_counter()
             context.timings.total = end - start
-            self._count(runtime, outcome, context, checked - start, end - gathered)
+            if hit:
+                self._count_hit(runtime, context, cache_s, cached or {})
+            else:
+                self._count(runtime, outcome, context, checked - start, end - gathered,
+                            cache_s if key is not None else None)
             if self._metrics is not None:
                 t = context.timings
-                self._metrics.for_model(request.model_name, version).request(
-                    request.protocol, outcome, t.total, t.queue, t.compute)
+                model = self._metrics.for_model(request.model_name, version)
+                if key is not None and outcome == "success":
+                    model.cache(hit)
+                if hit:
+                    model.request_cached(request.protocol, t.total)
+                else:
+                    model.request(request.protocol, outcome, t.total, t.queue, t.compute)
         return InferResponse(model_name=request.model_name, model_version=version,
                              outputs=tensors, id=request.id, timings=context.timings)
 
-    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
-               output_s: float) -> None:
+    def _generation(self, runtime: Scheduler) -> int:
+        found = self._generations.get(runtime)
+        if found is None:
+            found = self._generations[runtime] = next(_GENERATIONS)
+        return found
+
+    def _stats(self, runtime: Scheduler) -> RequestStatistics:
         stats = self._requests.get(runtime)
         if stats is None:
             stats = self._requests[runtime] = RequestStatistics()
+        return stats
+
+    def _count_hit(self, runtime: Scheduler, context: CallContext, cache_s: float, outputs: Outputs) -> None:
+        stats = self._stats(runtime)
+        stats.success.add(context.timings.total)
+        stats.cache_hit.add(cache_s)
+        batched = runtime.max_batch_size > 0 and outputs
+        stats.cached_rows += next(iter(outputs.values())).shape[0] if batched else 1
+        stats.last_inference_ms = int(time.time() * 1000)
+
+    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
+               output_s: float, cache_s: float | None) -> None:
+        stats = self._stats(runtime)
         t = context.timings
         if outcome != "success":
             stats.fail.add(t.total)
@@ -163,6 +215,8 @@ class DataPlane:
         stats.compute_input.add(input_s)
         stats.compute_infer.add(t.compute)
         stats.compute_output.add(output_s)
+        if cache_s is not None:
+            stats.cache_miss.add(cache_s)
         stats.last_inference_ms = int(time.time() * 1000)
 
     # -- statistics ------------------------------------------------------------------------
@@ -194,7 +248,8 @@ class DataPlane:
     def _statistics(self, name: str, version: str, runtime: Scheduler) -> ModelStatistics:
         counters = runtime.statistics()
         requests = self._requests.get(runtime) or RequestStatistics()
-        return ModelStatistics(name=name, version=version, inference_count=counters.inferences,
+        return ModelStatistics(name=name, version=version,
+                               inference_count=counters.inferences + requests.cached_rows,
                                execution_count=counters.executions, requests=requests,
                                batches=counters.batches)
 

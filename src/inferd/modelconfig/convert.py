@@ -94,7 +94,7 @@ def _keys(text: str) -> set[str]:
 _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "input": ("inputs",),
               "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
-              "parameters": ("parameters", "intra_op_threads")}
+              "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",)}
 
 
 def _unsupported(error: str) -> str:
@@ -131,6 +131,7 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         inputs=tuple(_tensor(t, where, "input") for t in message.input),
         outputs=tuple(_tensor(t, where, "output") for t in message.output),
         parameters=parameters,
+        response_cache=message.response_cache.enable,
         source=where,
     )
 
@@ -244,6 +245,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
+    message.response_cache.enable = config.response_cache
     return message
 
 
