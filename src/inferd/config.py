@@ -17,7 +17,7 @@ from typing import Any
 from inferd.errors import ConfigError
 from inferd.types import V2_DATATYPES
 
-BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
+BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve", "ensemble")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
@@ -184,6 +184,18 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of an ensemble (Triton's ``ensemble_scheduling.step``): a model run on the
+    ensemble's tensors. ``input_map``: the model's input -> the ensemble tensor it takes;
+    ``output_map``: the model's output -> the ensemble tensor it becomes."""
+
+    model_name: str
+    model_version: int = -1  # -1: the model's default (newest ready) version
+    input_map: dict[str, str] = field(default_factory=dict)
+    output_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     backend: str | None = None  # inferred from the artifact when absent
     max_batch_size: int = 0  # 0: no batch dimension; >0: dim 0 is the batch, at most this many rows
@@ -198,6 +210,7 @@ class ModelConfig:
     source: str = ""  # the file it was read from ("" = none: everything inferred)
     handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
     response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
+    ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -214,7 +227,50 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}: {what} names must be unique, got {names}")
+    if config.backend == "ensemble":
+        if config.dynamic_batching is not None:
+            raise ConfigError(f"{where}: an ensemble is not batched itself (each step's model batches)")
+        ensemble_order(config, where)
+    elif config.ensemble:
+        raise ConfigError(f"{where}: ensemble steps need platform = \"ensemble\"")
     return config
+
+
+def ensemble_order(config: ModelConfig, where: str) -> list[list[EnsembleStep]]:
+    """The ensemble's steps in waves: each wave's inputs are all made by the waves before it (or
+    are the ensemble's inputs). Refuses what could never run: a tensor nothing makes, a tensor made
+    twice, a cycle, an ensemble output no step makes."""
+    if not config.ensemble:
+        raise ConfigError(f"{where}: an ensemble needs at least one step (ensemble_scheduling.step)")
+    if not config.inputs or not config.outputs:
+        raise ConfigError(f"{where}: an ensemble must declare its inputs and outputs")
+    made = {t.name for t in config.inputs}
+    for step in config.ensemble:
+        if not step.model_name or not step.input_map or not step.output_map:
+            raise ConfigError(f"{where}: every ensemble step needs model_name, input_map and output_map")
+        for tensor in step.output_map.values():
+            if tensor in made:
+                raise ConfigError(f"{where}: ensemble tensor '{tensor}' is made twice (step "
+                                  f"'{step.model_name}' and an input or an earlier step)")
+            made.add(tensor)
+    waves: list[list[EnsembleStep]] = []
+    have = {t.name for t in config.inputs}
+    remaining = list(config.ensemble)
+    while remaining:
+        wave = [s for s in remaining if all(t in have for t in s.input_map.values())]
+        if not wave:
+            step = remaining[0]
+            missing = sorted(t for t in step.input_map.values() if t not in have)
+            why = "no step makes it" if any(t not in made for t in missing) else "the steps form a cycle"
+            raise ConfigError(f"{where}: ensemble step '{step.model_name}' takes '{missing[0]}', but {why}")
+        waves.append(wave)
+        for step in wave:
+            have.update(step.output_map.values())
+        remaining = [s for s in remaining if s not in wave]
+    unmade = [t.name for t in config.outputs if t.name not in have]
+    if unmade:
+        raise ConfigError(f"{where}: ensemble output '{unmade[0]}' is made by no step")
+    return waves
 
 
 class _Table:
@@ -279,6 +335,11 @@ def load_model_config(path: Path) -> ModelConfig:
 def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
     table = _Table(data, where)
     backend = table.take("backend", str)
+    platform = table.take("platform", str)
+    if platform is not None:
+        if platform != "ensemble" or backend not in (None, "ensemble"):
+            raise table.fail("platform", f"may only be \"ensemble\" (other models name a backend), got {platform!r}")
+        backend = "ensemble"
     if backend is not None and backend not in BACKENDS:
         raise table.fail("backend", f"must be one of {BACKENDS}, got {backend!r}")
     max_batch_size = table.take_int("max_batch_size", 0)
@@ -295,6 +356,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         inputs=_tensors(table.take("input", list, []), f"{where}: input"),
         outputs=_tensors(table.take("output", list, []), f"{where}: output"),
         response_cache=_response_cache(table.take("response_cache", dict, {}), where),
+        ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
         source=where,
     )
     table.finish()
@@ -334,6 +396,28 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
                           memory_limit_mb=table.take_int("memory_limit_mb", 0))
     table.finish()
     return group
+
+
+def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
+    table = _Table(data, f"{where}: [ensemble_scheduling]")
+    items = table.take("step", list, [])
+    table.finish()
+    steps = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: ensemble step #{index} must be a table ([[ensemble_scheduling.step]])")
+        step = _Table(item, f"{where}: ensemble step #{index}")
+        name = step.take("model_name", str, "")
+        version = step.take("model_version", int, -1)
+        maps = {key: step.take(key, dict, {}) for key in ("input_map", "output_map")}
+        step.finish()
+        for key, mapping in maps.items():
+            if not all(isinstance(v, str) for v in mapping.values()):
+                raise step.fail(key, f"must map tensor names to tensor names, got {mapping!r}")
+        if version < -1 or version == 0:
+            raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
+        steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
+    return tuple(steps)
 
 
 def _response_cache(data: dict[str, Any], where: str) -> bool:

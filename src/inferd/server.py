@@ -25,6 +25,7 @@ from inferd.repository.archives import store_archives
 from inferd.repository.layout import single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
+from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.scheduler import Scheduler
 from inferd.transport.budget import ByteBudget
@@ -46,6 +47,8 @@ def build_core(settings: ServerSettings) -> Core:
     metrics = Metrics()
 
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
+        if config.backend == "ensemble":  # its steps go through the data plane, as requests of their own
+            return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request))
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
@@ -55,7 +58,8 @@ def build_core(settings: ServerSettings) -> Core:
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
-    return Core(DataPlane(registry, metrics, access, settings.server_name, cache), control, metrics)
+    data = DataPlane(registry, metrics, access, settings.server_name, cache)
+    return Core(data, control, metrics)
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from inferd.config import (
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     ModelConfig,
     ServedConfig,
@@ -26,7 +27,8 @@ from inferd.modelconfig._proto import triton_model_config_pb2 as mc
 PBTXT = "config.pbtxt"
 
 # Triton's platform / backend names -> inferd's backend
-_PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow"}
+_PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow",
+              "ensemble": "ensemble"}
 _BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow"}
 # inferd's backend -> what Triton calls it
 _TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
@@ -94,7 +96,8 @@ def _keys(text: str) -> set[str]:
 _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "input": ("inputs",),
               "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
-              "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",)}
+              "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
+              "ensemble_scheduling": ("ensemble",)}
 
 
 def _unsupported(error: str) -> str:
@@ -132,6 +135,8 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         outputs=tuple(_tensor(t, where, "output") for t in message.output),
         parameters=parameters,
         response_cache=message.response_cache.enable,
+        ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
+                                    dict(step.output_map)) for step in message.ensemble_scheduling.step),
         source=where,
     )
 
@@ -145,6 +150,9 @@ def _backend(message: mc.ModelConfig, where: str) -> str | None:
     chosen = _PLATFORMS.get(platform) or _BACKENDS.get(backend)
     if platform and backend and _PLATFORMS[platform] != _BACKENDS[backend]:
         raise ConfigError(f"{where}: platform '{platform}' and backend '{backend}' disagree")
+    if message.model_transaction_policy.decoupled:
+        raise ConfigError(f"{where}: key 'model_transaction_policy.decoupled' is true; inferd does not "
+                          "serve decoupled models yet")
     return chosen
 
 
@@ -217,7 +225,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     """What the model configuration extension answers, as Triton's message."""
     config = served.config
     message = mc.ModelConfig(name=served.name, platform=served.platform,
-                             backend=_TRITON_BACKEND.get(served.backend, served.backend),
+                             backend=_TRITON_BACKEND.get(served.backend, ""),
                              max_batch_size=config.max_batch_size)
     policy = config.version_policy
     if policy.all:
@@ -240,12 +248,16 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
-    message.instance_group.add(
-        name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
-        kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+    if served.backend != "ensemble":  # an ensemble has no instances of its own
+        message.instance_group.add(
+            name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
+            kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
+    for step in config.ensemble:
+        message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
+                                             input_map=step.input_map, output_map=step.output_map)
     return message
 
 

@@ -110,7 +110,10 @@ def single_model(root: Path) -> bool:
 
 
 def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
-    """The artifact in a version folder and the backend that loads it."""
+    """The artifact in a version folder and the backend that loads it (an ensemble's version
+    folder is empty, as in Triton: the folder stands for it)."""
+    if backend == "ensemble":
+        return version_dir, backend
     for filename, kind in ARTIFACTS.items():
         candidate = version_dir / filename
         if candidate.exists() and (backend is None or backend == kind):
