@@ -211,6 +211,7 @@ class ModelConfig:
     handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
     response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
     ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
+    decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -227,6 +228,14 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}: {what} names must be unique, got {names}")
+    if config.decoupled:
+        for clash, present in (("response_cache", config.response_cache),
+                               ("dynamic_batching", config.dynamic_batching is not None),
+                               ("instance_group kind \"process\"", config.instance_group.kind == "process"),
+                               ("platform \"ensemble\"", config.backend == "ensemble")):
+            if present:
+                raise ConfigError(f"{where}: a decoupled model cannot have {clash} (its answers stream "
+                                  "from a generator on an instance thread of the server)")
     if config.backend == "ensemble":
         if config.dynamic_batching is not None:
             raise ConfigError(f"{where}: an ensemble is not batched itself (each step's model batches)")
@@ -357,6 +366,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         outputs=_tensors(table.take("output", list, []), f"{where}: output"),
         response_cache=_response_cache(table.take("response_cache", dict, {}), where),
         ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
+        decoupled=_decoupled(table.take("model_transaction_policy", dict, {}), where),
         source=where,
     )
     table.finish()
@@ -418,6 +428,13 @@ def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
             raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
         steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
     return tuple(steps)
+
+
+def _decoupled(data: dict[str, Any], where: str) -> bool:
+    table = _Table(data, f"{where}: [model_transaction_policy]")
+    decoupled = bool(table.take("decoupled", bool, False))
+    table.finish()
+    return decoupled
 
 
 def _response_cache(data: dict[str, Any], where: str) -> bool:

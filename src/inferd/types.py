@@ -118,6 +118,7 @@ class InferResponse:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    final: bool = True  # the request's last answer (a decoupled model's answers are not, one by one)
 
 
 @dataclass(frozen=True, slots=True)

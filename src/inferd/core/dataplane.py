@@ -4,14 +4,16 @@ asks of the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import weakref
+from collections.abc import AsyncGenerator
 
 import inferd
 from inferd.auth import AccessPolicy
 from inferd.core.cache import Outputs, ResponseCache, request_key
-from inferd.errors import InferdError, NotFound
+from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -130,10 +132,11 @@ class DataPlane:
         when the ensemble was asked (the composition root hands this to ensemble schedulers)."""
         start = time.perf_counter()
         signature = request.parameters.get("signature_name")
-        if signature:
-            runtime, version = self._registry.get_signature(request.model_name, request.model_version, str(signature))
-        else:
-            runtime, version = self._registry.get(request.model_name, request.model_version)
+        runtime, version = self._resolve(request)
+        if runtime.decoupled:
+            raise InvalidInput(f"model '{request.model_name}' is decoupled (it answers zero, one or many times "
+                               "per request): ask it over a stream (gRPC ModelStreamInfer, or POST "
+                               f"/v2/models/{request.model_name}/generate_stream)")
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
@@ -187,6 +190,48 @@ class DataPlane:
                     model.request(request.protocol, outcome, t.total, t.queue, t.compute)
         return InferResponse(model_name=request.model_name, model_version=version,
                              outputs=tensors, id=request.id, timings=context.timings)
+
+    def _resolve(self, request: InferRequest) -> tuple[Scheduler, str]:
+        signature = request.parameters.get("signature_name")
+        if signature:
+            return self._registry.get_signature(request.model_name, request.model_version, str(signature))
+        return self._registry.get(request.model_name, request.model_version)
+
+    async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """Every answer to one request as it comes: a decoupled model's zero, one or many (each
+        ``final`` false), any other model's one (``final`` true). Closing the iterator early (the
+        client went away) stops the model."""
+        self._access.authorize_inference(request.credentials)
+        runtime, version = self._resolve(request)
+        if not runtime.decoupled:
+            yield await self.run_step(request)
+            return
+        start = time.perf_counter()
+        deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
+        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        outcome = "success"
+        try:
+            arrays = check_inputs(request, runtime)
+            wanted = check_outputs(request, runtime)
+            datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+            async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
+                async for outputs in answers:
+                    tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+                    yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
+                                        id=request.id, timings=context.timings, final=False)
+        except InferdError as exc:
+            outcome = exc.code.value
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            context.timings.total = time.perf_counter() - start
+            self._count(runtime, outcome, context, 0.0, 0.0, None)
+            if self._metrics is not None:
+                t = context.timings
+                self._metrics.for_model(request.model_name, version).request(
+                    request.protocol, outcome, t.total, t.queue, t.compute)
 
     def _generation(self, runtime: Scheduler) -> int:
         found = self._generations.get(runtime)

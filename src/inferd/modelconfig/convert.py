@@ -97,7 +97,7 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
-              "ensemble_scheduling": ("ensemble",)}
+              "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",)}
 
 
 def _unsupported(error: str) -> str:
@@ -135,6 +135,7 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         outputs=tuple(_tensor(t, where, "output") for t in message.output),
         parameters=parameters,
         response_cache=message.response_cache.enable,
+        decoupled=message.model_transaction_policy.decoupled,
         ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
                                     dict(step.output_map)) for step in message.ensemble_scheduling.step),
         source=where,
@@ -150,9 +151,6 @@ def _backend(message: mc.ModelConfig, where: str) -> str | None:
     chosen = _PLATFORMS.get(platform) or _BACKENDS.get(backend)
     if platform and backend and _PLATFORMS[platform] != _BACKENDS[backend]:
         raise ConfigError(f"{where}: platform '{platform}' and backend '{backend}' disagree")
-    if message.model_transaction_policy.decoupled:
-        raise ConfigError(f"{where}: key 'model_transaction_policy.decoupled' is true; inferd does not "
-                          "serve decoupled models yet")
     return chosen
 
 
@@ -200,8 +198,11 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
         return InstanceGroup(count=count, kind="gpu", gpus=tuple(group.gpus) or (0,))
     if group.gpus:
         raise ConfigError(f"{where}: key 'instance_group.gpus' needs kind: KIND_GPU")
-    # Triton's Python backend runs every instance in a process of its own, whatever the kind says
-    kind = "process" if backend == "python" else ("cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else "")
+    # Triton's Python backend runs every instance in a process of its own, whatever the kind says;
+    # inferd streams a decoupled model's answers from an instance thread
+    decoupled = message.model_transaction_policy.decoupled
+    cpu = "cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else ""
+    kind = "process" if backend == "python" and not decoupled else cpu
     return InstanceGroup(count=count, kind=kind)
 
 
@@ -255,6 +256,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
+    message.model_transaction_policy.decoupled = config.decoupled
     for step in config.ensemble:
         message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
                                              input_map=step.input_map, output_map=step.output_map)

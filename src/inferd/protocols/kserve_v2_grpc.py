@@ -88,6 +88,30 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     return message
 
 
+FINAL = "triton_final_response"  # what Triton sets on each streamed answer
+EMPTY_FINAL = "triton_enable_empty_final_response"  # a request parameter: end with an empty final answer
+
+
+def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
+    """One answer on a ModelStreamInfer stream, flagged final or not as Triton flags it."""
+    message = pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+    message.infer_response.parameters[FINAL].bool_param = response.final
+    return message
+
+
+def stream_final_response(request: InferRequest) -> pb.ModelStreamInferResponse:
+    """The empty last answer a client asks for with ``triton_enable_empty_final_response``, sent
+    after a decoupled model's answers end (Triton's), so the client knows the request is done."""
+    message = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version or "", id=request.id or ""))
+    message.infer_response.parameters[FINAL].bool_param = True
+    return message
+
+
+def stream_error(message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(error_message=message)
+
+
 def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
     message = pb.ModelMetadataResponse(name=metadata.name, versions=list(metadata.versions),
                                        platform=metadata.platform)

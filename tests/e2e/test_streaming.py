@@ -1,0 +1,129 @@
+"""Decoupled models and streams against the real server, with Triton's gRPC client: a Python
+generator model and a Triton Python-backend model with a response sender answer many times per
+request over ModelStreamInfer, flagged as Triton flags them; a client that goes away stops the
+model; a unary call to a decoupled model is refused with the reason."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import streaming_models
+from tests.conftest import RunningServer, serve
+
+
+@pytest.fixture(scope="module")
+def progress(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("progress") / "endless"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, progress: Path) -> Path:
+    return streaming_models.build(tmp_path_factory.mktemp("streaming"), progress)
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    with serve(repo, grpc=True) as running:
+        yield running
+
+
+def n_input(n: int) -> grpcclient.InferInput:
+    given = grpcclient.InferInput("N", [1], "INT32")
+    given.set_data_from_numpy(np.array([n], dtype=np.int32))
+    return given
+
+
+def collect(answers: queue.Queue[Any], count: int, timeout: float = 20) -> list[Any]:
+    got = []
+    for _ in range(count):
+        got.append(answers.get(timeout=timeout))
+    return got
+
+
+def final_flag(result: grpcclient.InferResult) -> bool:
+    return bool(result.get_response().parameters["triton_final_response"].bool_param)
+
+
+def test_a_generator_model_streams_each_answer(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("count_up", [n_input(4)], request_id="r1", enable_empty_final_response=True)
+        got = collect(answers, 5)
+        client.stop_stream()
+    assert all(not isinstance(item, InferenceServerException) for item in got), got
+    assert [r.as_numpy("VALUE").tolist() for r in got[:4]] == [[0], [1], [2], [3]]
+    assert [r.as_numpy("TEXT").tolist() for r in got[:4]] == [[f"token {i}".encode()] for i in range(4)]
+    assert [final_flag(r) for r in got] == [False, False, False, False, True]
+    assert got[4].get_response().outputs == [] and got[4].get_response().id == "r1"
+
+
+def test_triton_decoupled_repeat_model_streams_in_order(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    values = np.arange(100, 106, dtype=np.int32)
+    inputs = []
+    for name, data, datatype in (("IN", values, "INT32"), ("DELAY", np.full(6, 20, dtype=np.uint32), "UINT32"),
+                                 ("WAIT", np.array([10], dtype=np.uint32), "UINT32")):
+        inputs.append(grpcclient.InferInput(name, list(data.shape), datatype))
+        inputs[-1].set_data_from_numpy(data)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("repeat_int32", inputs, outputs=[grpcclient.InferRequestedOutput("OUT")])
+        got = collect(answers, 6)
+        client.stop_stream()
+    assert [r.as_numpy("OUT").tolist() for r in got] == [[v] for v in values.tolist()]
+    assert got[0].as_numpy("IDX") is None  # only the output asked for
+
+
+def test_a_plain_model_answers_once_on_a_stream_and_errors_do_not_end_it(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    x = grpcclient.InferInput("x", [3], "FP64")
+    x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float64))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("no_such_model", [x])
+        error = answers.get(timeout=20)
+        client.async_stream_infer("double", [x])
+        result = answers.get(timeout=20)
+        client.stop_stream()
+    assert isinstance(error, InferenceServerException) and "no_such_model" in str(error)
+    assert result.as_numpy("y").tolist() == [12.0, 14.0, 16.0]
+    assert final_flag(result)
+
+
+def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    client.async_stream_infer("endless", [n_input(0)])
+    collect(answers, 5)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    closed = Path(str(progress) + ".closed")
+    deadline = time.monotonic() + 10
+    while not closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed.exists(), "the generator was not closed when the client went away"
+    stopped_at = int(progress.read_text())
+    time.sleep(0.3)
+    assert int(progress.read_text()) == stopped_at  # and it produces nothing more
+
+
+def test_a_unary_call_to_a_decoupled_model_is_refused(server: RunningServer) -> None:
+    given = httpclient.InferInput("N", [1], "INT32")
+    given.set_data_from_numpy(np.array([2], dtype=np.int32))
+    with pytest.raises(InferenceServerException) as caught:
+        httpclient.InferenceServerClient(server.url).infer("count_up", [given])
+    assert "decoupled" in str(caught.value) and "ModelStreamInfer" in str(caught.value)
+    config = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("repeat_int32").config
+    assert config.model_transaction_policy.decoupled
