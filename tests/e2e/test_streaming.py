@@ -5,6 +5,7 @@ model; a unary call to a decoupled model is refused with the reason."""
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
@@ -127,3 +129,50 @@ def test_a_unary_call_to_a_decoupled_model_is_refused(server: RunningServer) -> 
     assert "decoupled" in str(caught.value) and "ModelStreamInfer" in str(caught.value)
     config = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("repeat_int32").config
     assert config.model_transaction_policy.decoupled
+
+
+def sse_events(response: requests.Response) -> list[dict[str, Any]]:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[len(b"data: "):]))
+    return events
+
+
+def test_generate_stream_sends_each_answer_as_a_server_sent_event(server: RunningServer) -> None:
+    with requests.post(f"{server.base}/v2/models/count_up/generate_stream", json={"N": 3, "id": "g1"},
+                       stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        events = sse_events(response)
+    assert events == [{"model_name": "count_up", "model_version": "1", "id": "g1", "VALUE": i, "TEXT": f"token {i}"}
+                      for i in range(3)]
+    # the connection serves on: a plain model over generate (one answer), on a new request
+    response = requests.post(f"{server.base}/v2/models/double/generate", json={"x": [1.0, 2.0]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"model_name": "double", "model_version": "1", "y": [12.0, 14.0], "n": 2}
+
+
+def test_generate_errors_name_what_was_wrong(server: RunningServer) -> None:
+    base = f"{server.base}/v2/models"
+    unknown = requests.post(f"{base}/count_up/generate_stream", json={"N": 1, "M": 2}, timeout=30)
+    assert unknown.status_code == 400 and "unknown input 'M'" in unknown.json()["error"]
+    missing = requests.post(f"{base}/count_up/generate_stream", json={}, timeout=30)
+    assert missing.status_code == 400 and "missing input 'N'" in missing.json()["error"]
+    many = requests.post(f"{base}/count_up/generate", json={"N": 2}, timeout=30)
+    assert many.status_code == 400 and "generate_stream" in many.json()["error"]
+    assert requests.post(f"{base}/nope/generate", json={}, timeout=30).status_code == 404
+
+
+def test_an_http_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path) -> None:
+    closed = Path(str(progress) + ".closed")
+    closed.unlink(missing_ok=True)
+    with requests.post(f"{server.base}/v2/models/endless/generate_stream", json={"N": 0}, stream=True,
+                       timeout=30) as response:
+        lines = response.iter_lines()
+        seen = [line for _, line in zip(range(6), lines, strict=False)]
+        assert any(line.startswith(b"data: ") for line in seen)
+    deadline = time.monotonic() + 10
+    while not closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed.exists(), "the generator was not closed when the HTTP client went away"

@@ -147,8 +147,7 @@ class InstancePool(Scheduler):
             for item in stream:
                 if stop.is_set() or context.is_cancelled() or not hand(item):
                     break
-            else:
-                hand(_END)
+            hand(_END)  # also after a client left: the reader ends instead of waiting
         except InferdError as exc:
             hand(exc)
         except Exception as exc:
