@@ -16,6 +16,7 @@ from pathlib import Path
 
 SIZE = 16  # the classifier's image side
 CLASSES = 10
+LABELS = [f"class_{i}" for i in range(CLASSES)]
 
 PREPROCESS = f'''
 import io
@@ -74,8 +75,8 @@ name: "classifier"
 platform: "onnxruntime_onnx"
 max_batch_size: 8
 dynamic_batching {{ }}
-input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 3, {SIZE}, {SIZE} ] }} ]
-output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {CLASSES} ] }} ]
+input [ {{ name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, {SIZE}, {SIZE} ] }} ]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {CLASSES} ] label_filename: "labels.txt" }} ]
 '''
 
 ENSEMBLE_CONFIG = f'''
@@ -84,7 +85,7 @@ platform: "ensemble"
 max_batch_size: 8
 input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
-  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {CLASSES} ] }},
+  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ {CLASSES} ] label_filename: "labels.txt" }},
   {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 ensemble_scheduling {{
@@ -147,6 +148,9 @@ def build(root: Path) -> Path:
     _write(root / "classifier/config.pbtxt", CLASSIFIER_CONFIG)
     (root / "image_pipeline/1").mkdir(parents=True, exist_ok=True)  # an ensemble's version folder is empty
     _write(root / "image_pipeline/config.pbtxt", ENSEMBLE_CONFIG)
+    labels = "".join(f"{name}\n" for name in LABELS)  # for the classification extension (class_count)
+    for model in ("classifier", "image_pipeline"):
+        (root / model / "labels.txt").write_text(labels)
     return root
 
 

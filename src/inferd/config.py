@@ -146,6 +146,8 @@ class TensorConfig:
     datatype: str
     shape: tuple[int, ...]  # without the batch dim when max_batch_size > 0; -1 = any size
     format: str = ""  # config.pbtxt's image layout hint (FORMAT_NCHW, FORMAT_NHWC), shown, not used
+    label_filename: str = ""  # an output's class labels, one a line, in the model's folder
+    labels: tuple[str, ...] = ()  # read from label_filename when the configuration is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +479,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         name = table.take("name", str)
         datatype = table.take("datatype", str)
         shape = table.take("shape", list)
+        label_filename = table.take("label_filename", str, "")
         table.finish()
         if not name:
             raise table.fail("name", "is required")
@@ -485,7 +488,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
                                     for d in shape):
             raise table.fail("shape", f"must be a list of sizes (-1 = any), got {shape!r}")
-        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape)))
+        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape), label_filename=label_filename))
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: names must be unique, got {names}")

@@ -73,6 +73,7 @@ class Tensor:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the protocol's default
+    classification: int = 0  # > 0: the top classes instead of the tensor (Triton's classification extension)
 
 
 @dataclass(slots=True)

@@ -208,3 +208,28 @@ def test_a_failing_step_says_which(server: RunningServer) -> None:
         http.infer("image_pipeline", [images_input(httpclient, [b"not an image"])])
     assert "ensemble 'image_pipeline:1' step 'preprocess'" in str(caught.value)
     assert "cannot identify image file" in str(caught.value)
+
+
+def test_classification_answers_the_top_classes_with_their_labels(server: RunningServer, repo: Path) -> None:
+    images = [png((120, 60, 200)), png((250, 250, 10))]
+    probs, _ = expected(repo, images)
+    top = np.argsort(-probs, axis=1)[:, :3]
+    want = [[f"{probs[r, i]:f}:{i}:class_{i}".encode() for i in top[r]] for r in range(2)]
+    http = httpclient.InferenceServerClient(server.url)
+    result = http.infer("image_pipeline", [images_input(httpclient, images)],
+                        outputs=[httpclient.InferRequestedOutput("PROBS", binary_data=True, class_count=3)])
+    got = result.as_numpy("PROBS")
+    assert got.shape == (2, 3)
+    for row, wanted in zip(got.tolist(), want, strict=True):  # values to 6 decimals, as Triton prints them
+        assert [item.split(b":")[1:] for item in row] == [item.split(b":")[1:] for item in wanted]
+        np.testing.assert_allclose([float(item.split(b":")[0]) for item in row],
+                                   [float(item.split(b":")[0]) for item in wanted], atol=1e-5)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    x = grpcclient.InferInput("x", [1, 3, 16, 16], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 3, 16, 16), dtype=np.float32))
+    answer = grpc.infer("classifier", [x], outputs=[grpcclient.InferRequestedOutput("logits", class_count=2)])
+    assert answer.as_numpy("logits").shape == (1, 2)
+    assert all(item.decode().split(":")[2].startswith("class_") for item in answer.as_numpy("logits")[0])
+    with pytest.raises(InferenceServerException, match="classification needs a numeric output"):
+        http.infer("image_pipeline", [images_input(httpclient, images[:1])],
+                   outputs=[httpclient.InferRequestedOutput("LABEL", class_count=1)])

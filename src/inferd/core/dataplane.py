@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 import inferd
 from inferd.auth import AccessPolicy
 from inferd.core.cache import Outputs, ResponseCache, request_key
+from inferd.core.classification import classify
 from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
@@ -24,6 +25,7 @@ from inferd.types import (
     ModelMetadata,
     ModelState,
     ModelStatistics,
+    RequestedOutput,
     RequestStatistics,
     ServerMetadata,
     Tensor,
@@ -31,10 +33,12 @@ from inferd.types import (
 )
 from inferd.validation import check_inputs, check_outputs
 
-# what exists: the binary tensor extension, the repository extension (index, load, unload), model
-# configuration (.../config), statistics (.../stats), and the per-request "timeout" parameter
 _GENERATIONS = itertools.count(1)
-EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy")
+# what exists: classification (top classes of an output), the binary tensor extension, the repository
+# extension (index, load, unload), model configuration (.../config), statistics (.../stats), the
+# per-request "timeout" parameter, and generate (.../generate, .../generate_stream)
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics",
+              "schedule_policy", "generate")
 
 
 class DataPlane:
@@ -163,8 +167,7 @@ class DataPlane:
                 if key is not None and self._cache is not None:
                     self._cache.put(key, {w.name: outputs[w.name] for w in wanted})
                     cache_s += time.perf_counter() - gathered
-            datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
-            tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+            tensors = self._tensors(request.model_name, runtime, outputs, wanted)
         except InferdError as exc:
             outcome = exc.code.value
             raise
@@ -191,6 +194,20 @@ class DataPlane:
         return InferResponse(model_name=request.model_name, model_version=version,
                              outputs=tensors, id=request.id, timings=context.timings)
 
+    def _tensors(self, model: str, runtime: Scheduler, outputs: Outputs, wanted: list[RequestedOutput]
+                 ) -> list[Tensor]:
+        """The outputs asked for, in order; those asked as a classification as their top classes."""
+        datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+        tensors = []
+        for w in wanted:
+            if w.classification:
+                labels = next((t.labels for t in self._registry.entry(model).config.outputs if t.name == w.name), ())
+                data = classify(w.name, outputs[w.name], w.classification, labels, runtime.max_batch_size > 0)
+                tensors.append(Tensor(w.name, "BYTES", data))
+            else:
+                tensors.append(Tensor(w.name, datatypes[w.name], outputs[w.name]))
+        return tensors
+
     def _resolve(self, request: InferRequest) -> tuple[Scheduler, str]:
         signature = request.parameters.get("signature_name")
         if signature:
@@ -213,10 +230,9 @@ class DataPlane:
         try:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
-            datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
-                    tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+                    tensors = self._tensors(request.model_name, runtime, outputs, wanted)
                     yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
                                         id=request.id, timings=context.timings, final=False)
         except InferdError as exc:

@@ -165,7 +165,9 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> Te
     fmt = ""
     if isinstance(tensor, mc.ModelInput) and tensor.format != mc.ModelInput.FORMAT_NONE:
         fmt = mc.ModelInput.Format.Name(tensor.format)
-    return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt)
+    labels = tensor.label_filename if isinstance(tensor, mc.ModelOutput) else ""
+    return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt,
+                        label_filename=labels)
 
 
 def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
@@ -239,7 +241,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
                           format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
     for tensor in config.outputs:
-        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape))
+        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
+                           label_filename=tensor.label_filename)
     batching = config.dynamic_batching
     if batching is not None:
         dynamic = message.dynamic_batching
