@@ -97,6 +97,7 @@ class Timings:
     queue: float = 0.0
     compute: float = 0.0
     total: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # an ensemble's steps: model -> its total
 
 
 @dataclass(slots=True)

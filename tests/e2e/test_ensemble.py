@@ -200,6 +200,8 @@ def test_a_config_toml_ensemble_runs_a_diamond(server: RunningServer) -> None:
     response = requests.post(f"{server.base}/v2/models/diamond/infer", json=body, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == (x * 5).reshape(-1).tolist()
+    timing = response.headers["server-timing"]  # each step under its model's name
+    assert all(f"step.{model};dur=" in timing for model in ("double", "triple", "add")), timing
 
 
 def test_a_failing_step_says_which(server: RunningServer) -> None:

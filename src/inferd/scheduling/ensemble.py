@@ -63,6 +63,7 @@ class EnsembleScheduler(Scheduler):
                     for output in answer.outputs:
                         tensors[step.output_map[output.name]] = output.data
                     context.timings.queue += answer.timings.queue
+                    context.timings.steps[step.model_name] = answer.timings.total
         finally:
             self._inflight -= 1
         context.timings.compute = time.perf_counter() - start - context.timings.queue

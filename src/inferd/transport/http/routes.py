@@ -65,6 +65,8 @@ def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
     t = response.timings
     value = (f"queue;dur={t.queue * 1000:.3f}, compute;dur={t.compute * 1000:.3f}, "
              f"total;dur={t.total * 1000:.3f}")
+    for model, seconds in t.steps.items():  # an ensemble's steps, each under its model's name
+        value += f", step.{model};dur={seconds * 1000:.3f}"
     return b"server-timing", value.encode()
 
 
