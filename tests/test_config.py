@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inferd.config import ServerSettings, load_model_config
+from inferd.config import ServerSettings, load_model_config, parse_model_config
 from inferd.errors import ConfigError
 
 FULL = """
@@ -115,3 +115,50 @@ def test_remote_repositories_name_their_schemes() -> None:
     with pytest.raises(ConfigError, match="remote repositories are s3://"):
         ServerSettings(remote_repository="http://example.invalid/models")
     assert ServerSettings(remote_repository="s3://bucket/models").remote_repository == "s3://bucket/models"
+
+
+def _ensemble(steps: list[dict[str, object]], **extra: object) -> dict[str, object]:
+    tensor = {"datatype": "FP32", "shape": [2]}
+    return {"platform": "ensemble", "input": [{"name": "x", **tensor}], "output": [{"name": "y", **tensor}],
+            "ensemble_scheduling": {"step": steps}, **extra}
+
+
+def test_ensemble_steps_are_ordered_as_their_tensors_flow() -> None:
+    from inferd.config import ensemble_order
+
+    config = parse_model_config(_ensemble([
+        {"model_name": "last", "input_map": {"a": "l", "b": "r"}, "output_map": {"o": "y"}},
+        {"model_name": "left", "input_map": {"i": "x"}, "output_map": {"o": "l"}},
+        {"model_name": "right", "model_version": 2, "input_map": {"i": "x"}, "output_map": {"o": "r"}},
+    ]), "config.toml")
+    assert config.backend == "ensemble"
+    assert config.ensemble[2].model_version == 2 and config.ensemble[1].model_version == -1
+    waves = ensemble_order(config, "config.toml")
+    assert [[s.model_name for s in wave] for wave in waves] == [["left", "right"], ["last"]]
+
+
+@pytest.mark.parametrize(("steps", "extra", "message"), [
+    ([], {}, "needs at least one step"),
+    ([{"model_name": "m", "input_map": {"i": "nowhere"}, "output_map": {"o": "y"}}], {},
+     "step 'm' takes 'nowhere', but no step makes it"),
+    ([{"model_name": "a", "input_map": {"i": "q"}, "output_map": {"o": "p"}},
+      {"model_name": "b", "input_map": {"i": "p"}, "output_map": {"o": "q"}},
+      {"model_name": "c", "input_map": {"i": "x"}, "output_map": {"o": "y"}}], {}, "the steps form a cycle"),
+    ([{"model_name": "m", "input_map": {"i": "x"}, "output_map": {"o": "x"}}], {}, "'x' is made twice"),
+    ([{"model_name": "m", "input_map": {"i": "x"}, "output_map": {"o": "z"}}], {}, "output 'y' is made by no step"),
+    ([{"model_name": "m", "input_map": {"i": "x"}, "output_map": {"o": "y"}}],
+     {"max_batch_size": 4, "dynamic_batching": {}}, "an ensemble is not batched itself"),
+    ([{"model_name": "m", "model_version": 0, "input_map": {"i": "x"}, "output_map": {"o": "y"}}], {},
+     "model_version' must be a version >= 1"),
+])
+def test_an_ensemble_that_could_never_run_is_refused(steps: list[dict[str, object]], extra: dict[str, object],
+                                                      message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_model_config(_ensemble(steps, **extra), "config.toml")
+
+
+def test_platform_names_only_ensembles_and_steps_need_one() -> None:
+    with pytest.raises(ConfigError, match="key 'platform' may only be \"ensemble\""):
+        parse_model_config({"platform": "onnxruntime_onnx"}, "config.toml")
+    with pytest.raises(ConfigError, match="ensemble steps need platform"):
+        parse_model_config({"ensemble_scheduling": {"step": [{"model_name": "m"}]}}, "config.toml")

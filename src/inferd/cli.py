@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-name", default=None,
                        help="serve a single model's folder (model.onnx or 1/model.onnx at the top, as "
                        "KServe's storage initializer leaves /mnt/models) under this name")
+    serve.add_argument("--cache-size", type=_size, default=0,
+                       help="bytes of the response cache, e.g. 256MiB; models with [response_cache] enable = "
+                       "true answer identical requests from it (default 0: no cache)")
     serve.add_argument("--server-name", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--workers", type=int, default=0, metavar="N",
@@ -272,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
-            strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers)
+            strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
+            cache_size=args.cache_size)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from typing import Any
 from inferd.errors import ConfigError
 from inferd.types import V2_DATATYPES
 
-BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve")
+BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve", "ensemble")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in object storage, through fsspec
 INSTANCE_KINDS = ("cpu", "gpu", "process")
@@ -89,6 +89,7 @@ class ServerSettings:
     listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
     pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
     workers: int = 0  # front-end processes (HTTP and gRPC) before the one that owns the models; 0: one process
+    cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -105,6 +106,8 @@ class ServerSettings:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
+        if self.cache_size < 0:
+            raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
                             ("--max-connections", self.max_connections)):
             if value <= 0:
@@ -161,6 +164,8 @@ class TensorConfig:
     datatype: str
     shape: tuple[int, ...]  # without the batch dim when max_batch_size > 0; -1 = any size
     format: str = ""  # config.pbtxt's image layout hint (FORMAT_NCHW, FORMAT_NHWC), shown, not used
+    label_filename: str = ""  # an output's class labels, one a line, in the model's folder
+    labels: tuple[str, ...] = ()  # read from label_filename when the configuration is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,18 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of an ensemble (Triton's ``ensemble_scheduling.step``): a model run on the
+    ensemble's tensors. ``input_map``: the model's input -> the ensemble tensor it takes;
+    ``output_map``: the model's output -> the ensemble tensor it becomes."""
+
+    model_name: str
+    model_version: int = -1  # -1: the model's default (newest ready) version
+    input_map: dict[str, str] = field(default_factory=dict)
+    output_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     backend: str | None = None  # inferred from the artifact when absent
     max_batch_size: int = 0  # 0: no batch dimension; >0: dim 0 is the batch, at most this many rows
@@ -212,6 +229,9 @@ class ModelConfig:
     parameters: dict[str, str] = field(default_factory=dict)  # config.pbtxt's: for the model's own code
     source: str = ""  # the file it was read from ("" = none: everything inferred)
     handler: str = ""  # a TorchServe archive's handler, overriding its manifest's (registration's handler=)
+    response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
+    ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
+    decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -228,7 +248,58 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}: {what} names must be unique, got {names}")
+    if config.decoupled:
+        for clash, present in (("response_cache", config.response_cache),
+                               ("dynamic_batching", config.dynamic_batching is not None),
+                               ("instance_group kind \"process\"", config.instance_group.kind == "process"),
+                               ("platform \"ensemble\"", config.backend == "ensemble")):
+            if present:
+                raise ConfigError(f"{where}: a decoupled model cannot have {clash} (its answers stream "
+                                  "from a generator on an instance thread of the server)")
+    if config.backend == "ensemble":
+        if config.dynamic_batching is not None:
+            raise ConfigError(f"{where}: an ensemble is not batched itself (each step's model batches)")
+        ensemble_order(config, where)
+    elif config.ensemble:
+        raise ConfigError(f"{where}: ensemble steps need platform = \"ensemble\"")
     return config
+
+
+def ensemble_order(config: ModelConfig, where: str) -> list[list[EnsembleStep]]:
+    """The ensemble's steps in waves: each wave's inputs are all made by the waves before it (or
+    are the ensemble's inputs). Refuses what could never run: a tensor nothing makes, a tensor made
+    twice, a cycle, an ensemble output no step makes."""
+    if not config.ensemble:
+        raise ConfigError(f"{where}: an ensemble needs at least one step (ensemble_scheduling.step)")
+    if not config.inputs or not config.outputs:
+        raise ConfigError(f"{where}: an ensemble must declare its inputs and outputs")
+    made = {t.name for t in config.inputs}
+    for step in config.ensemble:
+        if not step.model_name or not step.input_map or not step.output_map:
+            raise ConfigError(f"{where}: every ensemble step needs model_name, input_map and output_map")
+        for tensor in step.output_map.values():
+            if tensor in made:
+                raise ConfigError(f"{where}: ensemble tensor '{tensor}' is made twice (step "
+                                  f"'{step.model_name}' and an input or an earlier step)")
+            made.add(tensor)
+    waves: list[list[EnsembleStep]] = []
+    have = {t.name for t in config.inputs}
+    remaining = list(config.ensemble)
+    while remaining:
+        wave = [s for s in remaining if all(t in have for t in s.input_map.values())]
+        if not wave:
+            step = remaining[0]
+            missing = sorted(t for t in step.input_map.values() if t not in have)
+            why = "no step makes it" if any(t not in made for t in missing) else "the steps form a cycle"
+            raise ConfigError(f"{where}: ensemble step '{step.model_name}' takes '{missing[0]}', but {why}")
+        waves.append(wave)
+        for step in wave:
+            have.update(step.output_map.values())
+        remaining = [s for s in remaining if s not in wave]
+    unmade = [t.name for t in config.outputs if t.name not in have]
+    if unmade:
+        raise ConfigError(f"{where}: ensemble output '{unmade[0]}' is made by no step")
+    return waves
 
 
 class _Table:
@@ -296,6 +367,11 @@ def load_model_config(path: Path) -> ModelConfig:
 def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
     table = _Table(data, where)
     backend = table.take("backend", str)
+    platform = table.take("platform", str)
+    if platform is not None:
+        if platform != "ensemble" or backend not in (None, "ensemble"):
+            raise table.fail("platform", f"may only be \"ensemble\" (other models name a backend), got {platform!r}")
+        backend = "ensemble"
     if backend is not None and backend not in BACKENDS:
         raise table.fail("backend", f"must be one of {BACKENDS}, got {backend!r}")
     max_batch_size = table.take_int("max_batch_size", 0)
@@ -311,6 +387,9 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         version_labels=_version_labels(table.take("version_labels", dict, {}), where),
         inputs=_tensors(table.take("input", list, []), f"{where}: input"),
         outputs=_tensors(table.take("output", list, []), f"{where}: output"),
+        response_cache=_response_cache(table.take("response_cache", dict, {}), where),
+        ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
+        decoupled=_decoupled(table.take("model_transaction_policy", dict, {}), where),
         source=where,
     )
     table.finish()
@@ -352,6 +431,42 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
     return group
 
 
+def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
+    table = _Table(data, f"{where}: [ensemble_scheduling]")
+    items = table.take("step", list, [])
+    table.finish()
+    steps = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: ensemble step #{index} must be a table ([[ensemble_scheduling.step]])")
+        step = _Table(item, f"{where}: ensemble step #{index}")
+        name = step.take("model_name", str, "")
+        version = step.take("model_version", int, -1)
+        maps = {key: step.take(key, dict, {}) for key in ("input_map", "output_map")}
+        step.finish()
+        for key, mapping in maps.items():
+            if not all(isinstance(v, str) for v in mapping.values()):
+                raise step.fail(key, f"must map tensor names to tensor names, got {mapping!r}")
+        if version < -1 or version == 0:
+            raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
+        steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
+    return tuple(steps)
+
+
+def _decoupled(data: dict[str, Any], where: str) -> bool:
+    table = _Table(data, f"{where}: [model_transaction_policy]")
+    decoupled = bool(table.take("decoupled", bool, False))
+    table.finish()
+    return decoupled
+
+
+def _response_cache(data: dict[str, Any], where: str) -> bool:
+    table = _Table(data, f"{where}: [response_cache]")
+    enable = bool(table.take("enable", bool, False))
+    table.finish()
+    return enable
+
+
 def _version_policy(data: dict[str, Any], where: str) -> VersionPolicy:
     table = _Table(data, f"{where}: [version_policy]")
     latest = table.take("latest", int)
@@ -385,6 +500,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         name = table.take("name", str)
         datatype = table.take("datatype", str)
         shape = table.take("shape", list)
+        label_filename = table.take("label_filename", str, "")
         table.finish()
         if not name:
             raise table.fail("name", "is required")
@@ -393,7 +509,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
                                     for d in shape):
             raise table.fail("shape", f"must be a list of sizes (-1 = any), got {shape!r}")
-        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape)))
+        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape), label_filename=label_filename))
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: names must be unique, got {names}")

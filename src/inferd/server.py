@@ -20,6 +20,7 @@ from inferd.auth import AccessPolicy
 from inferd.compat.tfserving import read_model_config
 from inferd.config import ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
+from inferd.core.cache import ResponseCache
 from inferd.errors import InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
@@ -29,6 +30,7 @@ from inferd.repository.layout import scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.repository.remote import RemoteRepository, default_cache
 from inferd.runtimes.base import Runtime
+from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.scheduler import Scheduler
 from inferd.transport.budget import ByteBudget
@@ -69,6 +71,8 @@ def build_core(settings: ServerSettings) -> Core:
     metrics = Metrics()
 
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
+        if config.backend == "ensemble":  # its steps go through the data plane, as requests of their own
+            return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request))
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
@@ -77,7 +81,8 @@ def build_core(settings: ServerSettings) -> Core:
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness)
+    cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
+    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache)
     return Core(data, control, metrics)
 
 

@@ -73,6 +73,7 @@ class Tensor:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the protocol's default
+    classification: int = 0  # > 0: the top classes instead of the tensor (Triton's classification extension)
 
 
 @dataclass(slots=True)
@@ -96,6 +97,7 @@ class Timings:
     queue: float = 0.0
     compute: float = 0.0
     total: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # an ensemble's steps: model -> its total
 
 
 @dataclass(slots=True)
@@ -118,6 +120,7 @@ class InferResponse:
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    final: bool = True  # the request's last answer (a decoupled model's answers are not, one by one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,8 @@ class RequestStatistics:
     """What the data plane saw of one model version's requests, in Triton's terms: ``success`` and
     ``fail`` time whole requests; ``queue``, ``compute_input`` (checking and converting inputs),
     ``compute_infer`` (the execution the request was part of) and ``compute_output`` (gathering
-    its outputs) split the successful ones."""
+    its outputs) split the successful ones; ``cache_hit`` (lookup and copy out) and ``cache_miss``
+    (lookup and insertion) time the response cache's part of the requests it saw."""
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -284,6 +288,9 @@ class RequestStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
+    cached_rows: int = 0  # rows answered from the cache (Triton counts them in inference_count)
     last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
 
 

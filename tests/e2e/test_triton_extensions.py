@@ -71,7 +71,8 @@ def test_health_answers_with_bodies_and_metadata_lists_what_exists(server: Runni
         assert answer.headers["content-type"] == "application/json"
     extensions = requests.get(f"{server.base}/v2", timeout=5).json()["extensions"]
     assert {"statistics", "model_configuration", "model_repository", "binary_tensor_data"} <= set(extensions)
-    assert not {"classification", "sequence", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
+    assert {"classification", "generate"} <= set(extensions)  # issue 18 serves both
+    assert not {"sequence", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
 
 def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,
@@ -116,7 +117,7 @@ def test_model_configuration_in_tritons_shapes(http: httpclient.InferenceServerC
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["backend"] == "onnxruntime" and config["max_batch_size"] == 16
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE"}]
-    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5]}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5], "label_filename": ""}]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
     assert config["instance_group"][0]["count"] == 1 and config["instance_group"][0]["kind"] == "KIND_CPU"

@@ -54,12 +54,20 @@ def test_json_only_response_has_no_header_length() -> None:
     assert json.loads(body)["outputs"][0]["data"] == [0.5]
 
 
+def test_decode_takes_a_classification_count() -> None:
+    body = (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
+            b'"outputs": [{"name": "o", "parameters": {"classification": 3}}, {"name": "p"}]}')
+    request = kserve_v2.decode_infer_request(body, None, "m", None)
+    assert request.outputs is not None
+    assert [(o.name, o.classification) for o in request.outputs] == [("o", 3), ("p", 0)]
+
+
 @pytest.mark.parametrize(("body", "message"), [
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}', "neither 'data' nor"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1], '
      b'"parameters": {"shared_memory_region": "r"}}]}', "shared memory"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
-     b'"outputs": [{"name": "o", "parameters": {"classification": 3}}]}', "classification"),
+     b'"outputs": [{"name": "o", "parameters": {"classification": "3"}}]}', "classification must be a class count"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": 3}',
      "'outputs' must be a list"),
 ])

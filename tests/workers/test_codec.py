@@ -22,13 +22,14 @@ def sample(datatype: str) -> np.ndarray:
 def test_a_request_round_trips_with_every_datatype(datatype: str) -> None:
     data = sample(datatype)
     request = InferRequest("m", "2", [Tensor("x", datatype, data), Tensor("t", datatype, data.T)], id="r1",
-                           outputs=[RequestedOutput("y", True), RequestedOutput("z")], parameters={"a": 1},
+                           outputs=[RequestedOutput("y", True), RequestedOutput("z", classification=3)],
+                           parameters={"a": 1},
                            timeout_us=500, protocol="tfserving", cancelled=lambda: False, credentials="Bearer k")
     back = unpack_request(pickle.loads(pickle.dumps(pack_request(request), protocol=5)))
     assert (back.model_name, back.model_version, back.id, back.parameters, back.timeout_us, back.protocol,
             back.credentials) == ("m", "2", "r1", {"a": 1}, 500, "tfserving", "Bearer k")
     assert back.cancelled is None  # the worker keeps it
-    assert [(o.name, o.binary) for o in back.outputs or []] == [("y", True), ("z", None)]
+    assert [(o.name, o.binary, o.classification) for o in back.outputs or []] == [("y", True, 0), ("z", None, 3)]
     for sent, got in zip(request.inputs, back.inputs, strict=True):
         assert (got.name, got.datatype, got.data.dtype, got.data.shape) == (sent.name, sent.datatype,
                                                                                sent.data.dtype, sent.data.shape)
@@ -37,13 +38,27 @@ def test_a_request_round_trips_with_every_datatype(datatype: str) -> None:
 
 def test_an_answer_round_trips_with_its_timings() -> None:
     response = InferResponse("m", "1", [Tensor("y", "FP32", np.ones((2, 2), np.float32))], id="7",
-                             parameters={"p": "q"}, timings=Timings(0.001, 0.002, 0.004))
+                             parameters={"p": "q"}, timings=Timings(0.001, 0.002, 0.004, {"pre": 0.001}), final=False)
     back = unpack_response(pickle.loads(pickle.dumps(pack_response(response), protocol=5)))
     assert (back.model_name, back.model_version, back.id, back.parameters) == ("m", "1", "7", {"p": "q"})
     assert (back.timings.queue, back.timings.compute, back.timings.total) == (0.001, 0.002, 0.004)
+    assert back.timings.steps == {"pre": 0.001} and back.final is False
     np.testing.assert_array_equal(back.outputs[0].data, np.ones((2, 2), np.float32))
 
 
 def test_a_request_with_all_outputs_stays_all_outputs() -> None:
     request = InferRequest("m", None, [Tensor("x", "INT64", np.array([1, 2]))])
     assert unpack_request(pack_request(request)).outputs is None
+
+
+def test_the_codec_knows_every_field_it_must_carry() -> None:
+    """A field added to these types must be added to codec.py too (then here)."""
+    from dataclasses import fields
+
+    assert [f.name for f in fields(InferRequest)] == ["model_name", "model_version", "inputs", "id", "outputs",
+                                                      "parameters", "timeout_us", "protocol", "cancelled",
+                                                      "credentials"]
+    assert [f.name for f in fields(InferResponse)] == ["model_name", "model_version", "outputs", "id", "parameters",
+                                                       "timings", "final"]
+    assert [f.name for f in fields(RequestedOutput)] == ["name", "binary", "classification"]
+    assert [f.name for f in fields(Timings)] == ["queue", "compute", "total", "steps"]

@@ -4,12 +4,17 @@ asks of the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 import weakref
+from collections.abc import AsyncGenerator
 
 import inferd
 from inferd.auth import AccessPolicy
-from inferd.errors import InferdError, NotFound
+from inferd.core.cache import Outputs, ResponseCache, request_key
+from inferd.core.classification import classify
+from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -20,6 +25,7 @@ from inferd.types import (
     ModelMetadata,
     ModelState,
     ModelStatistics,
+    RequestedOutput,
     RequestStatistics,
     ServerMetadata,
     Tensor,
@@ -27,9 +33,12 @@ from inferd.types import (
 )
 from inferd.validation import check_inputs, check_outputs
 
-# what exists: the binary tensor extension, the repository extension (index, load, unload), model
-# configuration (.../config), statistics (.../stats), and the per-request "timeout" parameter
-EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy")
+_GENERATIONS = itertools.count(1)
+# what exists: classification (top classes of an output), the binary tensor extension, the repository
+# extension (index, load, unload), model configuration (.../config), statistics (.../stats), the
+# per-request "timeout" parameter, and generate (.../generate, .../generate_stream)
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics",
+              "schedule_policy", "generate")
 
 
 class DataPlane:
@@ -39,7 +48,7 @@ class DataPlane:
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
                  access: AccessPolicy | None = None, server_name: str = "inferd",
-                 strict_readiness: bool = False) -> None:
+                 strict_readiness: bool = False, cache: ResponseCache | None = None) -> None:
         self._registry = registry
         self._metrics = metrics
         self._access = access or AccessPolicy()
@@ -49,6 +58,11 @@ class DataPlane:
         self._strict = strict_readiness
         # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
         self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
+        self._cache = cache
+        # per scheduler: a number no other loaded version ever had, so a reload never meets old answers
+        self._generations: weakref.WeakKeyDictionary[Scheduler, int] = weakref.WeakKeyDictionary()
+        if cache is not None and metrics is not None:
+            metrics.watch_cache(lambda: cache.usage)
 
     # -- health ----------------------------------------------------------------------------
     def live(self) -> bool:
@@ -117,25 +131,46 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        start = time.perf_counter()
         self._access.authorize_inference(request.credentials)
+        return await self.run_step(request)
+
+    async def run_step(self, request: InferRequest) -> InferResponse:
+        """``infer`` without the credentials check: an ensemble's step, whose caller was checked
+        when the ensemble was asked (the composition root hands this to ensemble schedulers)."""
+        start = time.perf_counter()
         signature = request.parameters.get("signature_name")
-        if signature:
-            runtime, version = self._registry.get_signature(request.model_name, request.model_version, str(signature))
-        else:
-            runtime, version = self._registry.get(request.model_name, request.model_version)
+        runtime, version = self._resolve(request)
+        if runtime.decoupled:
+            raise InvalidInput(f"model '{request.model_name}' is decoupled (it answers zero, one or many times "
+                               "per request): ask it over a stream (gRPC ModelStreamInfer, or POST "
+                               f"/v2/models/{request.model_name}/generate_stream)")
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
         checked = gathered = start
+        key: bytes | None = None
+        cached: Outputs | None = None
+        hit = False
+        cache_s = 0.0
         try:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
-            outputs = await runtime.infer_async(arrays, context)
-            gathered = time.perf_counter()
-            datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
-            tensors = [Tensor(w.name, datatypes[w.name], outputs[w.name]) for w in wanted]
+            if self._cache is not None and self._registry.entry(request.model_name).config.response_cache:
+                key = request_key(self._generation(runtime), str(signature or ""), arrays, [w.name for w in wanted])
+                cached = self._cache.get(key)
+                gathered = time.perf_counter()
+                cache_s = gathered - checked
+                hit = cached is not None
+            if cached is not None:
+                outputs = cached
+            else:
+                outputs = await runtime.infer_async(arrays, context)
+                gathered = time.perf_counter()
+                if key is not None and self._cache is not None:
+                    self._cache.put(key, {w.name: outputs[w.name] for w in wanted})
+                    cache_s += time.perf_counter() - gathered
+            tensors = self._tensors(request.model_name, runtime, outputs, wanted)
         except InferdError as exc:
             outcome = exc.code.value
             raise
@@ -145,19 +180,101 @@ class DataPlane:
         finally:
             end = time.perf_counter()
             context.timings.total = end - start
-            self._count(runtime, outcome, context, checked - start, end - gathered)
+            if hit:
+                self._count_hit(runtime, context, cache_s, cached or {})
+            else:
+                self._count(runtime, outcome, context, checked - start, end - gathered,
+                            cache_s if key is not None else None)
+            if self._metrics is not None:
+                t = context.timings
+                model = self._metrics.for_model(request.model_name, version)
+                if key is not None and outcome == "success":
+                    model.cache(hit)
+                if hit:
+                    model.request_cached(request.protocol, t.total)
+                else:
+                    model.request(request.protocol, outcome, t.total, t.queue, t.compute)
+        return InferResponse(model_name=request.model_name, model_version=version,
+                             outputs=tensors, id=request.id, timings=context.timings)
+
+    def _tensors(self, model: str, runtime: Scheduler, outputs: Outputs, wanted: list[RequestedOutput]
+                 ) -> list[Tensor]:
+        """The outputs asked for, in order; those asked as a classification as their top classes."""
+        datatypes = {spec.name: spec.datatype for spec in runtime.outputs}
+        tensors = []
+        for w in wanted:
+            if w.classification:
+                labels = next((t.labels for t in self._registry.entry(model).config.outputs if t.name == w.name), ())
+                data = classify(w.name, outputs[w.name], w.classification, labels, runtime.max_batch_size > 0)
+                tensors.append(Tensor(w.name, "BYTES", data))
+            else:
+                tensors.append(Tensor(w.name, datatypes[w.name], outputs[w.name]))
+        return tensors
+
+    def _resolve(self, request: InferRequest) -> tuple[Scheduler, str]:
+        signature = request.parameters.get("signature_name")
+        if signature:
+            return self._registry.get_signature(request.model_name, request.model_version, str(signature))
+        return self._registry.get(request.model_name, request.model_version)
+
+    async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """Every answer to one request as it comes: a decoupled model's zero, one or many (each
+        ``final`` false), any other model's one (``final`` true). Closing the iterator early (the
+        client went away) stops the model."""
+        self._access.authorize_inference(request.credentials)
+        runtime, version = self._resolve(request)
+        if not runtime.decoupled:
+            yield await self.run_step(request)
+            return
+        start = time.perf_counter()
+        deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
+        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        outcome = "success"
+        try:
+            arrays = check_inputs(request, runtime)
+            wanted = check_outputs(request, runtime)
+            async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
+                async for outputs in answers:
+                    tensors = self._tensors(request.model_name, runtime, outputs, wanted)
+                    yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
+                                        id=request.id, timings=context.timings, final=False)
+        except InferdError as exc:
+            outcome = exc.code.value
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        finally:
+            context.timings.total = time.perf_counter() - start
+            self._count(runtime, outcome, context, 0.0, 0.0, None)
             if self._metrics is not None:
                 t = context.timings
                 self._metrics.for_model(request.model_name, version).request(
                     request.protocol, outcome, t.total, t.queue, t.compute)
-        return InferResponse(model_name=request.model_name, model_version=version,
-                             outputs=tensors, id=request.id, timings=context.timings)
 
-    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
-               output_s: float) -> None:
+    def _generation(self, runtime: Scheduler) -> int:
+        found = self._generations.get(runtime)
+        if found is None:
+            found = self._generations[runtime] = next(_GENERATIONS)
+        return found
+
+    def _stats(self, runtime: Scheduler) -> RequestStatistics:
         stats = self._requests.get(runtime)
         if stats is None:
             stats = self._requests[runtime] = RequestStatistics()
+        return stats
+
+    def _count_hit(self, runtime: Scheduler, context: CallContext, cache_s: float, outputs: Outputs) -> None:
+        stats = self._stats(runtime)
+        stats.success.add(context.timings.total)
+        stats.cache_hit.add(cache_s)
+        batched = runtime.max_batch_size > 0 and outputs
+        stats.cached_rows += next(iter(outputs.values())).shape[0] if batched else 1
+        stats.last_inference_ms = int(time.time() * 1000)
+
+    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
+               output_s: float, cache_s: float | None) -> None:
+        stats = self._stats(runtime)
         t = context.timings
         if outcome != "success":
             stats.fail.add(t.total)
@@ -167,6 +284,8 @@ class DataPlane:
         stats.compute_input.add(input_s)
         stats.compute_infer.add(t.compute)
         stats.compute_output.add(output_s)
+        if cache_s is not None:
+            stats.cache_miss.add(cache_s)
         stats.last_inference_ms = int(time.time() * 1000)
 
     # -- statistics ------------------------------------------------------------------------
@@ -198,7 +317,8 @@ class DataPlane:
     def _statistics(self, name: str, version: str, runtime: Scheduler) -> ModelStatistics:
         counters = runtime.statistics()
         requests = self._requests.get(runtime) or RequestStatistics()
-        return ModelStatistics(name=name, version=version, inference_count=counters.inferences,
+        return ModelStatistics(name=name, version=version,
+                               inference_count=counters.inferences + requests.cached_rows,
                                execution_count=counters.executions, requests=requests,
                                batches=counters.batches)
 

@@ -13,6 +13,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from inferd.config import (
     DynamicBatching,
+    EnsembleStep,
     InstanceGroup,
     ModelConfig,
     ServedConfig,
@@ -26,7 +27,8 @@ from inferd.modelconfig._proto import triton_model_config_pb2 as mc
 PBTXT = "config.pbtxt"
 
 # Triton's platform / backend names -> inferd's backend
-_PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow"}
+_PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow",
+              "ensemble": "ensemble"}
 _BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow"}
 # inferd's backend -> what Triton calls it
 _TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
@@ -94,7 +96,8 @@ def _keys(text: str) -> set[str]:
 _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "input": ("inputs",),
               "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
-              "parameters": ("parameters", "intra_op_threads")}
+              "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
+              "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",)}
 
 
 def _unsupported(error: str) -> str:
@@ -131,6 +134,10 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         inputs=tuple(_tensor(t, where, "input") for t in message.input),
         outputs=tuple(_tensor(t, where, "output") for t in message.output),
         parameters=parameters,
+        response_cache=message.response_cache.enable,
+        decoupled=message.model_transaction_policy.decoupled,
+        ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
+                                    dict(step.output_map)) for step in message.ensemble_scheduling.step),
         source=where,
     )
 
@@ -158,7 +165,9 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> Te
     fmt = ""
     if isinstance(tensor, mc.ModelInput) and tensor.format != mc.ModelInput.FORMAT_NONE:
         fmt = mc.ModelInput.Format.Name(tensor.format)
-    return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt)
+    labels = tensor.label_filename if isinstance(tensor, mc.ModelOutput) else ""
+    return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt,
+                        label_filename=labels)
 
 
 def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
@@ -191,8 +200,11 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
         return InstanceGroup(count=count, kind="gpu", gpus=tuple(group.gpus) or (0,))
     if group.gpus:
         raise ConfigError(f"{where}: key 'instance_group.gpus' needs kind: KIND_GPU")
-    # Triton's Python backend runs every instance in a process of its own, whatever the kind says
-    kind = "process" if backend == "python" else ("cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else "")
+    # Triton's Python backend runs every instance in a process of its own, whatever the kind says;
+    # inferd streams a decoupled model's answers from an instance thread
+    decoupled = message.model_transaction_policy.decoupled
+    cpu = "cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else ""
+    kind = "process" if backend == "python" and not decoupled else cpu
     return InstanceGroup(count=count, kind=kind)
 
 
@@ -216,7 +228,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     """What the model configuration extension answers, as Triton's message."""
     config = served.config
     message = mc.ModelConfig(name=served.name, platform=served.platform,
-                             backend=_TRITON_BACKEND.get(served.backend, served.backend),
+                             backend=_TRITON_BACKEND.get(served.backend, ""),
                              max_batch_size=config.max_batch_size)
     policy = config.version_policy
     if policy.all:
@@ -229,7 +241,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
                           format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
     for tensor in config.outputs:
-        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape))
+        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
+                           label_filename=tensor.label_filename)
     batching = config.dynamic_batching
     if batching is not None:
         dynamic = message.dynamic_batching
@@ -239,11 +252,17 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
-    message.instance_group.add(
-        name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
-        kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+    if served.backend != "ensemble":  # an ensemble has no instances of its own
+        message.instance_group.add(
+            name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
+            kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
+    message.response_cache.enable = config.response_cache
+    message.model_transaction_policy.decoupled = config.decoupled
+    for step in config.ensemble:
+        message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
+                                             input_map=step.input_map, output_map=step.output_map)
     return message
 
 

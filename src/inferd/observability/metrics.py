@@ -8,6 +8,11 @@
     inferd_queue_depth{model,version}                         gauge: requests waiting
     inferd_instances_busy{model,version}                      gauge: executions running
     inferd_model_state{model,version,state}                   gauge: 1 for the version's state
+    inferd_cache_hits_total{model,version}                    counter: requests answered from the cache
+    inferd_cache_misses_total{model,version}                  counter: cacheable requests the model ran
+    inferd_cache_bytes, inferd_cache_entries                  gauges: what the response cache holds
+    inferd_cache_max_bytes                                    gauge: its bound (--cache-size)
+    inferd_cache_evictions_total                              counter: entries pushed out to make room
 
 The hot path only adds to plain counters held per (model, version) (a bisect and two additions per
 histogram); prometheus-client formats them when /metrics is scraped.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -28,6 +34,15 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 StateRows = Callable[[], Iterable[tuple[str, str, str]]]  # (model, version, state)
+
+
+class CacheUsage(Protocol):
+    """What the response cache reports of itself."""
+
+    max_bytes: int
+    bytes: int
+    entries: int
+    evictions: int
 
 
 class Histogram:
@@ -64,6 +79,8 @@ class ModelMetrics:
         self.queue_depth: Callable[[], float] = lambda: 0
         self.busy: Callable[[], float] = lambda: 0
         self.restarts: Callable[[], float] = lambda: 0  # instance processes replaced after dying
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def request(self, protocol: str, outcome: str, total: float, queue: float, compute: float) -> None:
         key = (protocol, outcome)
@@ -76,6 +93,21 @@ class ModelMetrics:
         latency.observe(total)
         self.queue.observe(queue)
         self.compute.observe(compute)
+
+    def request_cached(self, protocol: str, total: float) -> None:
+        """A success answered from the response cache: counted and timed, no queue or compute."""
+        key = (protocol, "success")
+        self.requests[key] = self.requests.get(key, 0) + 1
+        latency = self.latency.get(protocol)
+        if latency is None:
+            latency = self.latency[protocol] = Histogram(LATENCY_BUCKETS)
+        latency.observe(total)
+
+    def cache(self, hit: bool) -> None:
+        if hit:
+            self.cache_hits += 1
+        else:
+            self.cache_misses += 1
 
     def batch(self, rows: int) -> None:
         self.batch_size.observe(rows)
@@ -122,6 +154,28 @@ class _Collector(Collector):
         for model, version, state in self._metrics.state_rows():
             states.add_metric([model, version, state], 1)
         yield states
+        yield from self._cache(models)
+
+    def _cache(self, models: list[ModelMetrics]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        usage = self._metrics.cache_usage()
+        if usage is None:
+            return
+        hits = CounterMetricFamily("inferd_cache_hits", "Requests answered from the response cache",
+                                   labels=["model", "version"])
+        misses = CounterMetricFamily("inferd_cache_misses", "Cacheable requests the model had to run",
+                                     labels=["model", "version"])
+        for m in models:
+            if m.cache_hits or m.cache_misses:
+                hits.add_metric(list(m.labels), m.cache_hits)
+                misses.add_metric(list(m.labels), m.cache_misses)
+        yield hits
+        yield misses
+        yield GaugeMetricFamily("inferd_cache_bytes", "Bytes the response cache holds", value=usage.bytes)
+        yield GaugeMetricFamily("inferd_cache_entries", "Answers the response cache holds", value=usage.entries)
+        yield GaugeMetricFamily("inferd_cache_max_bytes", "The response cache's bound (--cache-size)",
+                                value=usage.max_bytes)
+        yield CounterMetricFamily("inferd_cache_evictions", "Answers pushed out of the response cache to "
+                                  "make room", value=usage.evictions)
 
     @staticmethod
     def _requests(models: list[ModelMetrics]) -> CounterMetricFamily:
@@ -154,6 +208,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.models: dict[tuple[str, str], ModelMetrics] = {}
         self.state_rows: StateRows = list
+        self.cache_usage: Callable[[], CacheUsage | None] = lambda: None
         self.registry.register(_Collector(self))
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
@@ -165,6 +220,9 @@ class Metrics:
 
     def watch_states(self, rows: StateRows) -> None:
         self.state_rows = rows
+
+    def watch_cache(self, usage: Callable[[], CacheUsage]) -> None:
+        self.cache_usage = usage
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,14 +105,23 @@ def _outputs(items: Any, parameters: dict[str, Any]) -> list[RequestedOutput] | 
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a 'name' string")
         params = _object(item.get("parameters", {}), f"output '{item['name']}' parameters")
-        if "classification" in params or "shared_memory_region" in params:
-            raise InvalidInput(f"output '{item['name']}': classification and shared memory "
-                               "are not supported")
+        if "shared_memory_region" in params:
+            raise InvalidInput(f"output '{item['name']}': shared memory is not supported")
         binary = params.get("binary_data", default)
         if binary is not None and not isinstance(binary, bool):
             raise InvalidInput(f"output '{item['name']}': binary_data must be true or false")
-        result.append(RequestedOutput(item["name"], binary))
+        result.append(RequestedOutput(item["name"], binary, classification(item["name"], params.get("classification"))))
     return result
+
+
+def classification(name: str, value: Any) -> int:
+    """Triton's classification extension: an output's ``classification`` parameter, the number of
+    top classes to answer with (0: the tensor itself)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"output '{name}': classification must be a class count >= 0, got {value!r}")
+    return value
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

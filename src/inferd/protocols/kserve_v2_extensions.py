@@ -12,8 +12,8 @@ from inferd.modelconfig import ServedConfig, model_config_json, model_config_mes
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.types import Duration, IndexEntry, ModelStatistics
 
-_REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-_UNMEASURED = ("cache_hit", "cache_miss")  # inferd has no response cache: always zero
+_REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                  "cache_miss")
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -24,7 +24,6 @@ def statistics_json(rows: list[ModelStatistics]) -> dict[str, Any]:
 def _model_stats(row: ModelStatistics) -> dict[str, Any]:
     stats = row.requests
     inference_stats = {key: getattr(stats, key).to_dict() for key in _REQUEST_STATS}
-    inference_stats.update({key: Duration().to_dict() for key in _UNMEASURED})
     return {
         "name": row.name, "version": row.version, "last_inference": stats.last_inference_ms,
         "inference_count": row.inference_count, "execution_count": row.execution_count,
@@ -46,8 +45,6 @@ def statistics_message(rows: list[ModelStatistics]) -> pb.ModelStatisticsRespons
             duration: Duration = getattr(stats, key)
             target = getattr(item.inference_stats, key)
             target.count, target.ns = duration.count, duration.ns
-        for key in _UNMEASURED:
-            getattr(item.inference_stats, key).SetInParent()
         for batch in row.batches:
             entry = item.batch_stats.add(batch_size=batch.batch_size)
             entry.compute_infer.count, entry.compute_infer.ns = batch.compute_infer.count, batch.compute_infer.ns

@@ -13,7 +13,7 @@ import numpy as np
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.protocols.kserve_v2 import timeout_us
+from inferd.protocols.kserve_v2 import classification, timeout_us
 from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
@@ -45,10 +45,17 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
                            "give one per input, in order")
     inputs = [_input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)]
     params = parameters(message.parameters)
-    outputs = [RequestedOutput(o.name, True) for o in message.outputs] or None
+    outputs = [_output(o) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
                         timeout_us=timeout_us(params.get("timeout")), protocol="kserve_v2_grpc")
+
+
+def _output(output: Any) -> RequestedOutput:
+    params = parameters(output.parameters)
+    if "shared_memory_region" in params:
+        raise InvalidInput(f"output '{output.name}': shared memory is not supported")
+    return RequestedOutput(output.name, True, classification(output.name, params.get("classification")))
 
 
 def _input(tensor: Any, raw: bytes | None) -> Tensor:
@@ -86,6 +93,30 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
         message.raw_output_contents.append(tensors.to_raw(tensor.data, tensor.datatype))
     return message
+
+
+FINAL = "triton_final_response"  # what Triton sets on each streamed answer
+EMPTY_FINAL = "triton_enable_empty_final_response"  # a request parameter: end with an empty final answer
+
+
+def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
+    """One answer on a ModelStreamInfer stream, flagged final or not as Triton flags it."""
+    message = pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+    message.infer_response.parameters[FINAL].bool_param = response.final
+    return message
+
+
+def stream_final_response(request: InferRequest) -> pb.ModelStreamInferResponse:
+    """The empty last answer a client asks for with ``triton_enable_empty_final_response``, sent
+    after a decoupled model's answers end (Triton's), so the client knows the request is done."""
+    message = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version or "", id=request.id or ""))
+    message.infer_response.parameters[FINAL].bool_param = True
+    return message
+
+
+def stream_error(message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(error_message=message)
 
 
 def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:

@@ -38,7 +38,8 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     group = config.instance_group
     device = f"cuda:{group.gpus[0] if group.gpus else 0}" if group.kind == "gpu" else "cpu"
     context = LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
-    if group.resolved_kind(backend) == "process":
+    kind = group.kind or ("cpu" if config.decoupled else group.resolved_kind(backend))  # decoupled: threads
+    if kind == "process":
         spec = InstanceSpec(backend, context, group.response_timeout_s, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)
     else:

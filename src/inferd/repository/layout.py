@@ -11,7 +11,7 @@ KServe's storage initializer leaves in /mnt/models): see ``single_model``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from inferd.config import MODEL_NAME, ModelConfig, load_model_config
@@ -58,10 +58,28 @@ def read_config(folder: ModelFolder) -> ModelConfig:
         if pbtxt.exists():
             log.warning("model %s: config.toml and config.pbtxt both exist; config.toml wins, "
                         "config.pbtxt is not read", folder.name)
-        return load_model_config(toml)
+        return read_labels(load_model_config(toml), folder.path)
     if pbtxt.exists():
-        return read_pbtxt(pbtxt)
+        return read_labels(read_pbtxt(pbtxt), folder.path)
     return ModelConfig()
+
+
+def read_labels(config: ModelConfig, folder: Path) -> ModelConfig:
+    """Each output's ``label_filename`` (one label a line, in the model's folder) read now."""
+    outputs = []
+    for tensor in config.outputs:
+        if tensor.label_filename:
+            path = folder / tensor.label_filename
+            if Path(tensor.label_filename).is_absolute() or ".." in Path(tensor.label_filename).parts:
+                raise ConfigError(f"{config.source}: output '{tensor.name}' label_filename must name a file in "
+                                  f"the model's folder, got {tensor.label_filename!r}")
+            try:
+                labels = tuple(path.read_text(encoding="utf-8").splitlines())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{config.source}: output '{tensor.name}' label_filename: {exc}") from exc
+            tensor = replace(tensor, labels=labels)
+        outputs.append(tensor)
+    return replace(config, outputs=tuple(outputs))
 
 
 def is_valid_name(name: str) -> bool:
@@ -110,7 +128,10 @@ def single_model(root: Path) -> bool:
 
 
 def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
-    """The artifact in a version folder and the backend that loads it."""
+    """The artifact in a version folder and the backend that loads it (an ensemble's version
+    folder is empty, as in Triton: the folder stands for it)."""
+    if backend == "ensemble":
+        return version_dir, backend
     for filename, kind in ARTIFACTS.items():
         candidate = version_dir / filename
         if candidate.exists() and (backend is None or backend == kind):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +36,16 @@ class Runtime(ABC):
     signature_name: str = ""  # the served signature's name (TensorFlow); "" = the model has one
     signature_def: bytes = b""  # TensorFlow: the SignatureDef proto, serialized (TF Serving's metadata)
     lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
+    decoupled: bool = False  # answers a request zero, one or many times (infer_stream)
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
         """Run the model on named arrays and return named arrays."""
+
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """A decoupled model's answers to one request, as they come (blocking; on an instance
+        thread). ``stop`` is set once nobody reads them any more: stop producing."""
+        yield self.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         start = time.perf_counter()
@@ -48,6 +56,7 @@ class Runtime(ABC):
     def adopt_metadata(self, inner: Runtime) -> None:
         """A wrapper (pool, batcher) shows the tensors and platform of what it wraps."""
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
+        self.decoupled = inner.decoupled
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
         self.signature_name, self.signature_def = inner.signature_name, inner.signature_def

@@ -15,6 +15,7 @@ _MODULES: dict[str, tuple[str, str]] = {
     "python": ("python", "all"),
     "tensorflow": ("tensorflow", "tensorflow"),
     "torchserve": ("torchserve", "torch"),
+    "ensemble": ("ensemble", "all"),
 }
 
 

@@ -6,13 +6,17 @@
 
 or Triton's ``class TritonPythonModel`` (see ``triton_python``). config.toml (or config.pbtxt)
 declares the inputs and outputs. ``infer`` may run on several threads at once when
-``[instance_group] count`` > 1.
+``[instance_group] count`` > 1. A decoupled model (``[model_transaction_policy] decoupled = true``)
+may make ``infer`` a generator: each dict it yields is one answer, streamed as it comes.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
+import threading
+from collections.abc import Generator
 from typing import Any
 
 from inferd.errors import ConfigError
@@ -40,6 +44,23 @@ class PythonRuntime(Runtime):
                                f"{type(result).__name__}")
         return conform_outputs(result, self.outputs, self._name)
 
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        result = self._model.infer(inputs)
+        if isinstance(result, dict):
+            yield conform_outputs(result, self.outputs, self._name)
+            return
+        try:
+            for item in result:
+                if not isinstance(item, dict):
+                    raise RuntimeError(f"Model.infer must yield dicts of arrays, got {type(item).__name__}")
+                yield conform_outputs(item, self.outputs, self._name)
+                if stop.is_set():
+                    return
+        finally:
+            close = getattr(result, "close", None)
+            if callable(close):
+                close()  # a generator left early runs its finally blocks now
+
     def unload(self) -> None:
         if hasattr(self._model, "unload"):
             self._model.unload()
@@ -66,7 +87,12 @@ def load(context: LoadContext) -> Runtime:
     if model_class is None or not callable(getattr(model_class, "infer", None)):
         raise ConfigError(f"{context.artifact} must define `class Model` with an infer(inputs) "
                           "method, or Triton's `class TritonPythonModel` with execute(requests)")
+    if inspect.isgeneratorfunction(model_class.infer) and not context.config.decoupled:
+        raise ConfigError(f"{context.artifact}: Model.infer is a generator (several answers per request); "
+                          "declare it with [model_transaction_policy] decoupled = true")
     model = model_class()
     if callable(getattr(model, "load", None)):
         model.load()
-    return PythonRuntime(model, inputs, outputs, context.config.max_batch_size, context.name)
+    runtime = PythonRuntime(model, inputs, outputs, context.config.max_batch_size, context.name)
+    runtime.decoupled = context.config.decoupled
+    return runtime

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,10 @@ class InferenceRequest:
     """One execution's request as the model's ``execute`` sees it."""
 
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict[str, Any] | None = None) -> None:
+                 parameters: dict[str, Any] | None = None, sender: InferenceResponseSender | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> None:
+        self._sender = sender
+        self._cancelled = cancelled
         self._inputs = inputs
         self._outputs = requested_output_names
         self._id = request_id
@@ -127,10 +131,36 @@ class InferenceRequest:
         return json.dumps(self._parameters)
 
     def is_cancelled(self) -> bool:
-        return False
+        return self._cancelled is not None and self._cancelled()
 
-    def get_response_sender(self) -> Any:
-        raise TritonModelException("decoupled models (response senders) are not supported by inferd")
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._sender is None:
+            raise TritonModelException("only a decoupled model's requests have a response sender "
+                                       "(model_transaction_policy { decoupled: true })")
+        return self._sender
+
+
+class InferenceResponseSender:
+    """A decoupled request's way back: ``send`` each response as it is ready, the last one (or
+    none) with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``."""
+
+    def __init__(self, sink: Callable[[InferenceResponse | None, int], None],
+                 cancelled: Callable[[], bool]) -> None:
+        self._sink = sink
+        self._cancelled = cancelled
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException("the response sender is closed: the final flag was already sent")
+        if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            raise TritonModelException("send() needs a response or the final flag")
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self._closed = True
+        self._sink(response, flags)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled()
 
 
 class InferenceResponse:
@@ -210,4 +240,4 @@ def numpy_to_triton_type(dtype: Any) -> int:
 
 
 def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
-    return False
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))

@@ -3,12 +3,17 @@
 ``triton_python_backend_utils`` (inferd's ``triton_pb_utils`` through the import shim).
 
 Each execution is one request holding the whole (possibly dynamically batched) input, so a model
-that handles requests one by one sees the batch as one request with a larger dim 0.
+that handles requests one by one sees the batch as one request with a larger dim 0. A decoupled
+model's ``execute`` runs on a thread of its own and answers through the request's response sender;
+its responses stream out as they are sent, until the final flag.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from collections.abc import Generator
 from typing import Any
 
 from inferd.config import ServedConfig
@@ -44,6 +49,40 @@ class TritonPythonRuntime(Runtime):
         return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
                                self._name)
 
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        if not self.decoupled:
+            yield self.infer(inputs)
+            return
+        sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue()
+        sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.put((response, flags)), stop.is_set)
+        request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
+                                            [spec.name for spec in self.outputs], sender=sender,
+                                            cancelled=stop.is_set)
+
+        def execute() -> None:
+            try:
+                self._model.execute([request])
+            except BaseException as exc:  # handed to the reader, which raises it
+                sent.put(exc)
+
+        threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
+        while not stop.is_set():
+            try:
+                item = sent.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
+            response, flags = item
+            if response is not None:
+                if response.has_error():
+                    error = response.error()
+                    raise RuntimeError(error.message() if error is not None else "the model answered an error")
+                yield conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
+                                      self._name)
+            if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+                return
+
     def unload(self) -> None:
         if callable(getattr(self._model, "finalize", None)):
             self._model.finalize()
@@ -66,4 +105,6 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     model = model_class()
     if callable(getattr(model, "initialize", None)):
         model.initialize(args)
-    return TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
+    runtime = TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
+    runtime.decoupled = config.decoupled
+    return runtime

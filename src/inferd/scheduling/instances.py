@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable
 from inferd.runtimes.base import Arrays, Runtime
@@ -21,6 +23,8 @@ TRIVIAL_S = 0.0001  # calls below this cost less than one event-loop pass: the b
 _PROBE_CALLS = 16  # threaded calls measured before a model may run inline
 _SLOW_STREAK = 3  # calls in a row 10x over the threshold send an inline model back to threads
 _EWMA = 0.2
+STREAM_BUFFER = 16  # a decoupled model's answers held for a slow reader; then the model waits
+_END = object()
 
 
 class InstancePool(Scheduler):
@@ -96,7 +100,67 @@ class InstancePool(Scheduler):
                                    "for an instance; it was dropped")
         return future.result()
 
-    def _finished(self, future: asyncio.Future[Arrays]) -> None:
+    async def infer_stream_async(self, inputs: Arrays, context: CallContext) -> AsyncGenerator[Arrays, None]:
+        """A decoupled model's answers: its generator runs on an instance thread (holding it until
+        it ends) and hands each answer over a bounded queue, so a slow reader slows the model down
+        instead of filling memory; closing this iterator (the client went away) stops it."""
+        if not self.decoupled:
+            yield await self.infer_async(inputs, context)
+            return
+        if self.pending >= self._max_queue + self._count:
+            raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[object] = asyncio.Queue(STREAM_BUFFER)
+        stop = threading.Event()
+        self.pending += 1
+        enqueued = time.perf_counter()
+        future = loop.run_in_executor(self._executor, self._produce, inputs, context, enqueued, answers, stop, loop)
+        future.add_done_callback(self._finished)
+        try:
+            while True:
+                item = await answers.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()
+
+    def _produce(self, inputs: Arrays, context: CallContext, enqueued: float, answers: asyncio.Queue[object],
+                 stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
+        def hand(item: object) -> bool:
+            handed = asyncio.run_coroutine_threadsafe(answers.put(item), loop)
+            while True:
+                try:
+                    handed.result(timeout=0.05)
+                    return True
+                except concurrent.futures.TimeoutError:
+                    if stop.is_set() or loop.is_closed():
+                        handed.cancel()
+                        return False
+
+        start = time.perf_counter()
+        context.timings.queue += start - enqueued
+        self._busy += 1
+        self._executions += 1
+        self._inferences += self._rows(inputs)
+        stream = self.inner.infer_stream(inputs, stop)
+        try:
+            for item in stream:
+                if stop.is_set() or context.is_cancelled() or not hand(item):
+                    break
+            hand(_END)  # also after a client left: the reader ends instead of waiting
+        except InferdError as exc:
+            hand(exc)
+        except Exception as exc:
+            hand(ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}"))
+        finally:
+            stream.close()
+            self._busy -= 1
+            context.timings.compute += time.perf_counter() - start
+
+    def _finished(self, future: asyncio.Future[Any]) -> None:
         self.pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved: an answer dropped at its deadline logs nothing

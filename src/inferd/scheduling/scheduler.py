@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from inferd.runtimes.base import Runtime
-from inferd.types import BatchStatistics
+from inferd.runtimes.base import Arrays, Runtime
+from inferd.types import BatchStatistics, CallContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +43,8 @@ class Scheduler(Runtime):
     @abstractmethod
     def statistics(self) -> SchedulerStats:
         """The counters, read without locking (a snapshot may be a call behind)."""
+
+    async def infer_stream_async(self, inputs: Arrays, context: CallContext) -> AsyncGenerator[Arrays, None]:
+        """A request's answers as they come: one, unless the model is decoupled (the instance
+        pool streams those). Close the iterator to stop the model early."""
+        yield await self.infer_async(inputs, context)

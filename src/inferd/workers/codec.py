@@ -33,14 +33,14 @@ def _unpack_tensor(packed: tuple[Any, ...]) -> Tensor:
 
 def pack_request(request: InferRequest) -> tuple[Any, ...]:
     """Everything but ``cancelled`` (a callable of the worker's: it stays there)."""
-    outputs = None if request.outputs is None else tuple((o.name, o.binary) for o in request.outputs)
+    outputs = None if request.outputs is None else tuple((o.name, o.binary, o.classification) for o in request.outputs)
     return (request.model_name, request.model_version, tuple(_pack_tensor(t) for t in request.inputs), request.id,
             outputs, request.parameters, request.timeout_us, request.protocol, request.credentials)
 
 
 def unpack_request(packed: tuple[Any, ...]) -> InferRequest:
     name, version, inputs, request_id, outputs, parameters, timeout_us, protocol, credentials = packed
-    wanted = None if outputs is None else [RequestedOutput(n, binary) for n, binary in outputs]
+    wanted = None if outputs is None else [RequestedOutput(*output) for output in outputs]
     return InferRequest(name, version, [_unpack_tensor(t) for t in inputs], request_id, wanted, parameters,
                         timeout_us, protocol, None, credentials)
 
@@ -48,10 +48,10 @@ def unpack_request(packed: tuple[Any, ...]) -> InferRequest:
 def pack_response(response: InferResponse) -> tuple[Any, ...]:
     t = response.timings
     return (response.model_name, response.model_version, tuple(_pack_tensor(o) for o in response.outputs),
-            response.id, response.parameters, (t.queue, t.compute, t.total))
+            response.id, response.parameters, (t.queue, t.compute, t.total, t.steps), response.final)
 
 
 def unpack_response(packed: tuple[Any, ...]) -> InferResponse:
-    name, version, outputs, response_id, parameters, (queue, compute, total) = packed
+    name, version, outputs, response_id, parameters, (queue, compute, total, steps), final = packed
     return InferResponse(name, version, [_unpack_tensor(o) for o in outputs], response_id, parameters,
-                         Timings(queue, compute, total))
+                         Timings(queue, compute, total, steps), final)

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from inferd.config import ServerSettings
 from inferd.core import Core
 from inferd.errors import InferdError
+from inferd.types import InferResponse
 from inferd.workers.channel import FrameProtocol
 from inferd.workers.codec import pack_response, unpack_request
 
@@ -54,6 +55,9 @@ class CoreService:
 
     async def infer(self, packed: tuple[Any, ...]) -> tuple[Any, ...]:
         return pack_response(await self._parts["data"].infer(unpack_request(packed)))
+
+    def infer_stream(self, packed: tuple[Any, ...]) -> AsyncIterator[InferResponse]:
+        return cast(AsyncIterator[InferResponse], self._parts["data"].infer_stream(unpack_request(packed)))
 
     def method(self, target: str, name: str) -> Any:
         part = self._parts.get(target)
@@ -95,6 +99,9 @@ class _Connection:
         if kind == "infer":  # the one call on every request: packed as tuples (codec.py)
             self._start(call_id, self._service.infer(message[2]), "data")
             return
+        if kind == "stream":  # a decoupled model: each answer as it comes, then the end
+            self._start(call_id, self._stream(call_id, message[2]), "data")
+            return
         _, _, target, name, args, kwargs = message
         try:
             method = self._service.method(target, name)
@@ -109,6 +116,10 @@ class _Connection:
             if target == "control":
                 self._service.changed()
         self.protocol.send(("ok", call_id, result))
+
+    async def _stream(self, call_id: int, packed: tuple[Any, ...]) -> None:
+        async for response in self._service.infer_stream(packed):
+            self.protocol.send(("item", call_id, pack_response(response)))
 
     def _start(self, call_id: int, call: Coroutine[Any, Any, Any], target: str) -> None:
         task = asyncio.get_running_loop().create_task(call)

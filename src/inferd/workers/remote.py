@@ -15,7 +15,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,6 +50,7 @@ class Channel:
         self._lock = threading.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._kept: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._streams: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
         self.lost = asyncio.Event()
 
     async def connect(self) -> None:
@@ -68,6 +69,31 @@ class Channel:
     async def infer(self, request: InferRequest) -> InferResponse:
         packed = pack_request(request)
         return unpack_response(await self._request(lambda call_id: ("infer", call_id, packed), request.cancelled))
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """A decoupled model's answers as the model process sends them; closing the iterator
+        (the client went away) cancels the model's generator there."""
+        if self.lost.is_set():
+            raise Unavailable("the model process is gone; this worker is stopping")
+        call_id = next(self._ids)
+        answers: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._streams[call_id] = answers
+        self._protocol.send(("stream", call_id, pack_request(request)))
+        finished = False
+        try:
+            while True:
+                kind, value = await answers.get()
+                if kind == "item":
+                    yield unpack_response(value)
+                    continue
+                finished = True
+                if kind == "err":
+                    raise value
+                return
+        finally:
+            self._streams.pop(call_id, None)
+            if not finished:
+                self._protocol.send(("cancel", call_id))
 
     async def _request(self, message: Callable[[int], tuple[Any, ...]], cancelled: Callable[[], bool] | None) -> Any:
         if self.lost.is_set():
@@ -116,6 +142,10 @@ class Channel:
         if kind == "changed":
             self._kept.clear()
             return
+        stream = self._streams.get(call_id)
+        if stream is not None:
+            stream.put_nowait((kind, value))
+            return
         waiting = self._pending.get(call_id)
         if waiting is None or waiting[0].done():
             return  # cancelled meanwhile
@@ -126,9 +156,12 @@ class Channel:
 
     def _on_lost(self) -> None:
         self.lost.set()
+        gone = Unavailable("the model process went away during the call")
         for future, _ in self._pending.values():
             if not future.done():
-                future.set_exception(Unavailable("the model process went away during the call"))
+                future.set_exception(gone)
+        for stream in self._streams.values():
+            stream.put_nowait(("err", gone))
         if self._sock is not None:
             self._sock.close()
 
@@ -186,6 +219,9 @@ class _RemoteDataPlane(_Part):
 
     def start_draining(self) -> None:
         self._draining = True
+
+    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        return self._channel.stream(request)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter()

@@ -14,7 +14,11 @@ counted against the byte budget HTTP shares while its call runs (on the loop: no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import concurrent.futures
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -26,6 +30,8 @@ from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc.health import Health
 from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
 
+STREAM_BUFFER = 64  # answers of one stream waiting for a slow client; then the models wait
+STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait to be read
 THREADS = 256  # calls running at once; more (up to max_calls) wait in grpc's queue for a thread
 MAX_STREAMS_PER_CONNECTION = 1000  # per connection; calls at once are bounded by max_calls
 
@@ -84,15 +90,103 @@ def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Messa
     return call
 
 
+StreamMethod = Callable[[Any, Context], AsyncGenerator[Message, None]]
+_DONE = object()
+
+
+def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop
+                    ) -> Callable[[Iterator[Message], grpc.ServicerContext], Iterator[Message]]:
+    """A bidirectional call: a thread reads the client's messages and starts each on the loop
+    (they run at once, their answers interleave); the call's thread sends the answers from a
+    bounded queue. When the client goes away every request still running is cancelled, which
+    closes its model's stream."""
+
+    def call(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
+        answers: queue.Queue[object] = queue.Queue(STREAM_BUFFER)
+        running: set[concurrent.futures.Future[None]] = set()
+        lock = threading.Lock()
+        open_parts = [1]  # the reader, plus one per request running
+        slots = threading.Semaphore(STREAM_INFLIGHT)
+        loop_context = cast(Context, _LoopContext(context))
+
+        def part_done(_: object = None) -> None:
+            with lock:
+                open_parts[0] -= 1
+                last = open_parts[0] == 0
+            if last:
+                answers.put(_DONE)
+
+        async def put(item: Message) -> None:
+            try:
+                answers.put_nowait(item)
+            except queue.Full:
+                await asyncio.to_thread(answers.put, item)
+
+        async def run(request: Message) -> None:
+            async with contextlib.aclosing(method(request, loop_context)) as produced:
+                async for item in produced:
+                    await put(item)
+
+        def finished(future: concurrent.futures.Future[None]) -> None:
+            with lock:
+                running.discard(future)
+            slots.release()
+            part_done()
+
+        def read() -> None:
+            try:
+                for request in requests:
+                    while not slots.acquire(timeout=0.1):  # reading waits while the stream has its most
+                        if not context.is_active():
+                            return
+                    with lock:
+                        open_parts[0] += 1
+                    future = asyncio.run_coroutine_threadsafe(run(request), loop)
+                    with lock:
+                        running.add(future)
+                    future.add_done_callback(finished)
+            except grpc.RpcError:
+                pass  # the client went away: on_end cancels what runs
+            finally:
+                part_done()
+
+        def on_end() -> None:
+            with lock:
+                pending = list(running)
+            for future in pending:
+                future.cancel()
+
+        context.add_callback(on_end)
+        threading.Thread(target=read, name="inferd-grpc-stream", daemon=True).start()
+        while True:
+            try:
+                item = answers.get(timeout=0.1)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                continue
+            if item is _DONE:
+                return
+            yield cast(Message, item)
+
+    return call
+
+
 def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBudget
              ) -> grpc.GenericRpcHandler[Any, Any]:
+    streams = {
+        name: grpc.stream_stream_rpc_method_handler(
+            _stream_on_loop(method, loop), request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
+        for name, (method, request_type) in servicer.streams().items()
+    }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _on_loop(_budgeted(method, budget), loop), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
         for name, (method, request_type) in servicer.methods().items()
     }
-    return grpc.method_handlers_generic_handler(servicer.name, handlers)
+    return grpc.method_handlers_generic_handler(servicer.name, {**handlers, **streams})
 
 
 class GrpcServer:

@@ -6,9 +6,10 @@ message classes as (de)serializers: the service and method names are what travel
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
@@ -31,12 +32,16 @@ Resp = TypeVar("Resp", bound=Message)
 Method = Callable[[Req, Context], Awaitable[Resp]]
 # method name -> (the bound method, its request message class)
 Methods = dict[str, tuple[Callable[[Any, Context], Awaitable[Message]], type[Message]]]
+# bidirectional: method name -> (each request message's answers, the request message class)
+StreamMethods = dict[str, tuple[Callable[[Any, Context], AsyncGenerator[Message, None]], type[Message]]]
 
 
 class Servicer(Protocol):
     name: str
 
     def methods(self) -> Methods: ...
+
+    def streams(self) -> StreamMethods: ...
 
 
 def guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
@@ -94,6 +99,31 @@ class KServeV2Servicer:
 
     def methods(self) -> Methods:
         return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
+
+    def streams(self) -> StreamMethods:
+        """Bidirectional methods: each request message's answers, as they come."""
+        return {"ModelStreamInfer": (self.model_stream_infer, pb.ModelInferRequest)}
+
+    async def model_stream_infer(self, request: pb.ModelInferRequest, context: Context
+                                 ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
+        """One request of a ModelStreamInfer stream: its answers, or its error as a message on the
+        stream (the stream goes on, as Triton's does)."""
+        try:
+            infer_request = await off_loop(request.ByteSize(), kserve_v2_grpc.decode_infer_request, request)
+            infer_request.cancelled = context.cancelled
+            infer_request.credentials = _authorization(context)
+            final = False
+            async with contextlib.aclosing(self.data.infer_stream(infer_request)) as answers:
+                async for response in answers:
+                    final = response.final
+                    yield kserve_v2_grpc.encode_stream_response(response)
+            if not final and infer_request.parameters.get(kserve_v2_grpc.EMPTY_FINAL) is True:
+                yield kserve_v2_grpc.stream_final_response(infer_request)
+        except InferdError as exc:
+            yield kserve_v2_grpc.stream_error(exc.message)
+        except Exception as exc:
+            log.exception("internal error in ModelStreamInfer")
+            yield kserve_v2_grpc.stream_error(f"internal error: {type(exc).__name__}: {exc}")
 
     @guarded
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -160,6 +190,9 @@ class KServeV2Servicer:
 
 
 class _TFServingBase:
+    def streams(self) -> StreamMethods:
+        return {}
+
     def __init__(self, core: Core) -> None:
         self.data = core.data
 

@@ -6,10 +6,11 @@ No web framework on the hot path: one router lookup, one body buffer, one send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ class HttpResponse:
     body: bytes = b""
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    stream: AsyncGenerator[bytes, None] | None = None  # sent chunk by chunk after body (chunked encoding)
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -217,8 +219,15 @@ class HttpApp:
             response = await self.dispatch(request)
         head = [(b"content-type", response.content_type),
                 (b"content-length", str(len(response.body)).encode()), *response.headers]
+        if response.stream is not None:
+            head = [h for h in head if h[0] != b"content-length"]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
-        await send({"type": "http.response.body", "body": response.body})
+        await send({"type": "http.response.body", "body": response.body, "more_body": response.stream is not None})
+        if response.stream is not None:
+            async with contextlib.aclosing(response.stream) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
 
     async def _read_body(self, headers: dict[str, str], receive: Any) -> bytearray:
         limit = self.max_body_bytes

@@ -123,6 +123,15 @@ def _v2_paths() -> dict[str, Any]:
             "run the model (JSON, or the binary-data extension)", _V2_INFER_RESPONSE,
             (400, 401, 404, 413, 500, 503, 504), params=params,
             body={JSON: {"schema": _V2_INFER_REQUEST}, **binary})}
+        generate_body = {JSON: {"schema": {"type": "object", "additionalProperties": True}}}
+        paths[prefix + "/generate"] = {"post": _op(
+            "Triton's generate extension: the model's inputs by name in, its outputs by name out (one answer)",
+            {"type": "object", "required": ["model_name", "model_version"]}, (400, 401, 404, 500, 503, 504),
+            params=params, body=generate_body)}
+        paths[prefix + "/generate_stream"] = {"post": _op(
+            "the generate extension as Server-Sent Events: each answer of a decoupled model as it comes",
+            {"type": "string"}, (400, 401, 404, 500, 503, 504), params=params, body=generate_body,
+            ok_type="text/event-stream")}
     return paths
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 from inferd.core import Core
-from inferd.errors import Forbidden, InvalidInput, NotFound
+from inferd.errors import Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from inferd.protocols import kserve_v2, kserve_v2_extensions
+from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
 from inferd.transport.http.app import (
     Guard,
     HttpRequest,
@@ -19,7 +21,9 @@ from inferd.transport.http.app import (
     json_response,
 )
 from inferd.transport.offload import off_loop
-from inferd.types import InferResponse
+from inferd.types import InferRequest, InferResponse
+
+SSE = b"text/event-stream"
 
 OK = HttpResponse(200, b"")
 LIVE = HttpResponse(200, b'{"live":true}')
@@ -61,6 +65,8 @@ def server_timing(response: InferResponse) -> tuple[bytes, bytes]:
     t = response.timings
     value = (f"queue;dur={t.queue * 1000:.3f}, compute;dur={t.compute * 1000:.3f}, "
              f"total;dur={t.total * 1000:.3f}")
+    for model, seconds in t.steps.items():  # an ensemble's steps, each under its model's name
+        value += f", step.{model};dur={seconds * 1000:.3f}"
     return b"server-timing", value.encode()
 
 
@@ -90,6 +96,8 @@ class KServeV2Routes:
             router.add("GET", prefix + "/config", self.model_config)
             router.add("GET", prefix + "/stats", self.statistics)
             router.add("POST", prefix + "/infer", self.infer, guard=inference_guard(self.core))
+            router.add("POST", prefix + "/generate", self.generate, guard=inference_guard(self.core))
+            router.add("POST", prefix + "/generate_stream", self.generate_stream, guard=inference_guard(self.core))
         router.add("POST", "/v2/repository/index", self.repository_index)
         router.add("POST", "/v2/repository/models/{model}/load", self.load, guard=control_guard(self.core))
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
@@ -139,6 +147,44 @@ class KServeV2Routes:
         headers.append((b"inference-header-content-length", str(json_length).encode()))
         return HttpResponse(200, body, b"application/octet-stream", headers)
 
+    def _generate_request(self, request: HttpRequest) -> InferRequest:
+        name, version = model_and_version(request)
+        metadata = self.data.model_metadata(name, version, credentials(request))
+        infer_request = kserve_v2_generate.decode_generate_request(request.body, metadata, version)
+        infer_request.cancelled = request.disconnected
+        infer_request.credentials = credentials(request)
+        return infer_request
+
+    async def generate(self, request: HttpRequest) -> HttpResponse:
+        """Triton's generate: one answer. A decoupled model must answer exactly once here."""
+        infer_request = self._generate_request(request)
+        answers: list[InferResponse] = []
+        async with contextlib.aclosing(self.data.infer_stream(infer_request)) as stream:
+            async for answer in stream:
+                answers.append(answer)
+                if len(answers) > 1:
+                    raise InvalidInput(f"model '{infer_request.model_name}' answered more than once; "
+                                       "ask it with .../generate_stream")
+        if not answers:
+            raise InvalidInput(f"model '{infer_request.model_name}' gave no answer to this request")
+        return HttpResponse(200, kserve_v2_generate.encode_generate_response(answers[0]),
+                            headers=[server_timing(answers[0])])
+
+    async def generate_stream(self, request: HttpRequest) -> HttpResponse:
+        """Triton's generate_stream: each answer as a Server-Sent Event, as it comes. An error
+        before the first answer is the status; one after it is an ``error`` event that ends it."""
+        infer_request = self._generate_request(request)
+        stream = self.data.infer_stream(infer_request)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return HttpResponse(200, b"", SSE)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return HttpResponse(200, kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(first)),
+                            SSE, [(b"cache-control", b"no-cache")], stream=_events(stream))
+
     async def repository_index(self, request: HttpRequest) -> HttpResponse:
         ready_only = False
         if request.body.strip():
@@ -158,6 +204,15 @@ class KServeV2Routes:
     async def unload(self, request: HttpRequest) -> HttpResponse:
         await self.control.unload(request.params["model"], credentials(request))
         return OK
+
+
+async def _events(stream: AsyncGenerator[InferResponse, None]) -> AsyncGenerator[bytes, None]:
+    async with contextlib.aclosing(stream) as answers:
+        try:
+            async for answer in answers:
+                yield kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(answer))
+        except InferdError as exc:
+            yield kserve_v2_generate.sse_error(exc.message)
 
 
 def _header_length(request: HttpRequest) -> int | None:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import unquote
@@ -67,8 +68,10 @@ _Job = tuple[HttpRequest | None, HttpResponse | None, bool, int]
 
 
 def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
-        status, _REASONS.get(status, b"Unknown"), response.content_type, len(response.body))]
+    length = b"transfer-encoding: chunked" if response.stream is not None else b"content-length: %d" % len(
+        response.body)
+    lines = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n%s\r\n" % (
+        status, _REASONS.get(status, b"Unknown"), response.content_type, length)]
     for name, value in response.headers:
         lines.append(b"%s: %s\r\n" % (name, value))
     if not keep_alive:
@@ -298,11 +301,39 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self._server.draining
         head = _head(response.status, response, keep_alive)
-        self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
+        if response.stream is not None:
+            self._busy = True  # the next answer waits for the stream's end
+            try:
+                keep_alive = await self._stream(head, response.body, response.stream) and keep_alive
+            finally:
+                self._busy = False
+            if self._closed:
+                return
+        else:
+            self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
         if not keep_alive:
             self._close()
         elif self._pending or self._continue_due:
             self._next()
+
+    async def _stream(self, head: bytes, first: bytes, chunks: AsyncGenerator[bytes, None]) -> bool:
+        """Send a streamed answer in chunked encoding, each chunk as it comes; waits while the
+        client reads slowly (``pause_writing``), and stops the stream if the client goes away.
+        False: the answer could not be finished (the connection must close)."""
+        async with contextlib.aclosing(chunks) as stream:
+            assert self._transport is not None
+            self._transport.write(head + (b"%x\r\n%s\r\n" % (len(first), first) if first else b""))
+            async for chunk in stream:
+                while self._write_paused and not self._closed:
+                    await asyncio.sleep(0.005)
+                if self._closed or self._transport is None:
+                    return False
+                if chunk:
+                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if self._closed or self._transport is None:
+            return False
+        self._transport.write(b"0\r\n\r\n")
+        return True
 
     def _write(self, response: HttpResponse, keep_alive: bool, head_only: bool = False) -> None:
         if self._transport is not None:

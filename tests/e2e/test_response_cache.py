@@ -1,0 +1,131 @@
+"""The response cache against the real server, with Triton's clients: identical requests are
+answered without running the model, over HTTP and gRPC alike; hits and misses show in Triton's
+statistics and in /metrics; models that did not ask for it, and servers without --cache-size,
+always run the model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from tests import models
+from tests.conftest import RunningServer, serve
+
+# counts its calls, so an answer tells whether the model ran
+COUNTING_MODEL = '''
+import numpy as np
+
+class Model:
+    def load(self):
+        self.calls = 0
+
+    def infer(self, inputs):
+        self.calls += 1
+        return {"y": inputs["x"] * 2, "calls": np.array([self.calls], dtype=np.int64)}
+'''
+
+CONFIG = """
+backend = "python"
+{extra}
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+
+[[output]]
+name = "calls"
+datatype = "INT64"
+shape = [1]
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    for name, extra in (("cached", "[response_cache]\nenable = true\n"), ("plain", "")):
+        models.write(root / f"{name}/1/model.py", COUNTING_MODEL)
+        models.write(root / f"{name}/config.toml", CONFIG.format(extra=extra))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    with serve(repo, "--cache-size", "1MiB", grpc=True) as running:
+        yield running
+
+
+def http_infer(server: RunningServer, model: str, x: np.ndarray,
+               outputs: tuple[str, ...] = ("y", "calls")) -> dict[str, np.ndarray]:
+    client = httpclient.InferenceServerClient(server.url)
+    given = httpclient.InferInput("x", list(x.shape), "FP32")
+    given.set_data_from_numpy(x, binary_data=True)
+    wanted = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs]
+    result = client.infer(model, [given], outputs=wanted)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def grpc_infer(server: RunningServer, model: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    given = grpcclient.InferInput("x", list(x.shape), "FP32")
+    given.set_data_from_numpy(x)
+    result = client.infer(model, [given])
+    return {name: result.as_numpy(name) for name in ("y", "calls")}
+
+
+def test_identical_requests_are_answered_from_the_cache_over_every_protocol(server: RunningServer) -> None:
+    x = np.array([1, 2, 3], dtype=np.float32)
+    first = http_infer(server, "cached", x)
+    again = http_infer(server, "cached", x)
+    by_grpc = grpc_infer(server, "cached", x)  # the cache sits in the core: gRPC meets HTTP's answer
+    for answer in (first, again, by_grpc):
+        np.testing.assert_array_equal(answer["y"], x * 2)
+        assert answer["calls"].tolist() == [1]  # the model ran once
+    other = http_infer(server, "cached", np.array([1, 2, 4], dtype=np.float32))  # other bytes
+    assert other["calls"].tolist() == [2]
+    reshaped = http_infer(server, "cached", x.reshape(3, 1).reshape(-1)[:2])  # other shape
+    assert reshaped["calls"].tolist() == [3]
+    only_y = http_infer(server, "cached", x, outputs=("y",))  # other outputs asked for: another answer
+    np.testing.assert_array_equal(only_y["y"], x * 2)
+    assert http_infer(server, "cached", x)["calls"].tolist() == [1]  # the first answer is still kept
+
+    stats = httpclient.InferenceServerClient(server.url).get_inference_statistics("cached")["model_stats"][0]
+    inference = stats["inference_stats"]
+    assert inference["cache_hit"]["count"] == 3  # again, by_grpc, the last one
+    assert inference["cache_miss"]["count"] == 4
+    assert inference["success"]["count"] == 7
+    assert stats["execution_count"] == 4  # hits run nothing
+    assert stats["inference_count"] == 7  # Triton counts hits as inferences
+    grpc_stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics("cached")
+    assert grpc_stats.model_stats[0].inference_stats.cache_hit.count == 3
+
+    metrics = requests.get(f"{server.base}/metrics", timeout=10).text
+    assert 'inferd_cache_hits_total{model="cached",version="1"} 3.0' in metrics
+    assert 'inferd_cache_misses_total{model="cached",version="1"} 4.0' in metrics
+    assert "inferd_cache_entries 4.0" in metrics
+    assert "inferd_cache_max_bytes 1.048576e+06" in metrics
+
+
+def test_a_model_that_did_not_ask_for_the_cache_always_runs(server: RunningServer) -> None:
+    x = np.array([5, 6], dtype=np.float32)
+    assert [http_infer(server, "plain", x)["calls"].tolist() for _ in range(3)] == [[1], [2], [3]]
+    stats = httpclient.InferenceServerClient(server.url).get_inference_statistics("plain")["model_stats"][0]
+    assert stats["inference_stats"]["cache_hit"]["count"] == 0
+    assert stats["inference_stats"]["cache_miss"]["count"] == 0
+
+
+def test_without_cache_size_there_is_no_cache(repo: Path) -> None:
+    with serve(repo) as running:
+        x = np.array([1], dtype=np.float32)
+        assert [http_infer(running, "cached", x)["calls"].tolist() for _ in range(2)] == [[1], [2]]
+        assert "inferd_cache_" not in requests.get(f"{running.base}/metrics", timeout=10).text

@@ -1,0 +1,181 @@
+"""Decoupled models and streams against the real server, with Triton's gRPC client: a Python
+generator model and a Triton Python-backend model with a response sender answer many times per
+request over ModelStreamInfer, flagged as Triton flags them; a client that goes away stops the
+model; a unary call to a decoupled model is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import streaming_models
+from tests.conftest import RunningServer, serve
+
+
+@pytest.fixture(scope="module")
+def progress(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("progress") / "endless"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, progress: Path) -> Path:
+    return streaming_models.build(tmp_path_factory.mktemp("streaming"), progress)
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """Each test twice: in one process, and through a front-end worker (--workers 1), whose
+    streams cross to the model process answer by answer."""
+    with serve(repo, "--workers", str(request.param), grpc=True) as running:
+        yield running
+
+
+def n_input(n: int) -> grpcclient.InferInput:
+    given = grpcclient.InferInput("N", [1], "INT32")
+    given.set_data_from_numpy(np.array([n], dtype=np.int32))
+    return given
+
+
+def collect(answers: queue.Queue[Any], count: int, timeout: float = 20) -> list[Any]:
+    got = []
+    for _ in range(count):
+        got.append(answers.get(timeout=timeout))
+    return got
+
+
+def final_flag(result: grpcclient.InferResult) -> bool:
+    return bool(result.get_response().parameters["triton_final_response"].bool_param)
+
+
+def test_a_generator_model_streams_each_answer(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("count_up", [n_input(4)], request_id="r1", enable_empty_final_response=True)
+        got = collect(answers, 5)
+        client.stop_stream()
+    assert all(not isinstance(item, InferenceServerException) for item in got), got
+    assert [r.as_numpy("VALUE").tolist() for r in got[:4]] == [[0], [1], [2], [3]]
+    assert [r.as_numpy("TEXT").tolist() for r in got[:4]] == [[f"token {i}".encode()] for i in range(4)]
+    assert [final_flag(r) for r in got] == [False, False, False, False, True]
+    assert got[4].get_response().outputs == [] and got[4].get_response().id == "r1"
+
+
+def test_triton_decoupled_repeat_model_streams_in_order(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    values = np.arange(100, 106, dtype=np.int32)
+    inputs = []
+    for name, data, datatype in (("IN", values, "INT32"), ("DELAY", np.full(6, 20, dtype=np.uint32), "UINT32"),
+                                 ("WAIT", np.array([10], dtype=np.uint32), "UINT32")):
+        inputs.append(grpcclient.InferInput(name, list(data.shape), datatype))
+        inputs[-1].set_data_from_numpy(data)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("repeat_int32", inputs, outputs=[grpcclient.InferRequestedOutput("OUT")])
+        got = collect(answers, 6)
+        client.stop_stream()
+    assert [r.as_numpy("OUT").tolist() for r in got] == [[v] for v in values.tolist()]
+    assert got[0].as_numpy("IDX") is None  # only the output asked for
+
+
+def test_a_plain_model_answers_once_on_a_stream_and_errors_do_not_end_it(server: RunningServer) -> None:
+    answers: queue.Queue[Any] = queue.Queue()
+    x = grpcclient.InferInput("x", [3], "FP64")
+    x.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float64))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("no_such_model", [x])
+        error = answers.get(timeout=20)
+        client.async_stream_infer("double", [x])
+        result = answers.get(timeout=20)
+        client.stop_stream()
+    assert isinstance(error, InferenceServerException) and "no_such_model" in str(error)
+    assert result.as_numpy("y").tolist() == [12.0, 14.0, 16.0]
+    assert final_flag(result)
+
+
+def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path) -> None:
+    Path(str(progress) + ".closed").unlink(missing_ok=True)
+    answers: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    client.async_stream_infer("endless", [n_input(0)])
+    collect(answers, 5)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    closed = Path(str(progress) + ".closed")
+    deadline = time.monotonic() + 10
+    while not closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed.exists(), "the generator was not closed when the client went away"
+    stopped_at = int(progress.read_text())
+    time.sleep(0.3)
+    assert int(progress.read_text()) == stopped_at  # and it produces nothing more
+
+
+def test_a_unary_call_to_a_decoupled_model_is_refused(server: RunningServer) -> None:
+    given = httpclient.InferInput("N", [1], "INT32")
+    given.set_data_from_numpy(np.array([2], dtype=np.int32))
+    with pytest.raises(InferenceServerException) as caught:
+        httpclient.InferenceServerClient(server.url).infer("count_up", [given])
+    assert "decoupled" in str(caught.value) and "ModelStreamInfer" in str(caught.value)
+    config = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("repeat_int32").config
+    assert config.model_transaction_policy.decoupled
+
+
+def sse_events(response: requests.Response) -> list[dict[str, Any]]:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[len(b"data: "):]))
+    return events
+
+
+def test_generate_stream_sends_each_answer_as_a_server_sent_event(server: RunningServer) -> None:
+    with requests.post(f"{server.base}/v2/models/count_up/generate_stream", json={"N": 3, "id": "g1"},
+                       stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        events = sse_events(response)
+    assert events == [{"model_name": "count_up", "model_version": "1", "id": "g1", "VALUE": i, "TEXT": f"token {i}"}
+                      for i in range(3)]
+    # the connection serves on: a plain model over generate (one answer), on a new request
+    response = requests.post(f"{server.base}/v2/models/double/generate", json={"x": [1.0, 2.0]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"model_name": "double", "model_version": "1", "y": [12.0, 14.0], "n": 2}
+
+
+def test_generate_errors_name_what_was_wrong(server: RunningServer) -> None:
+    base = f"{server.base}/v2/models"
+    unknown = requests.post(f"{base}/count_up/generate_stream", json={"N": 1, "M": 2}, timeout=30)
+    assert unknown.status_code == 400 and "unknown input 'M'" in unknown.json()["error"]
+    missing = requests.post(f"{base}/count_up/generate_stream", json={}, timeout=30)
+    assert missing.status_code == 400 and "missing input 'N'" in missing.json()["error"]
+    many = requests.post(f"{base}/count_up/generate", json={"N": 2}, timeout=30)
+    assert many.status_code == 400 and "generate_stream" in many.json()["error"]
+    assert requests.post(f"{base}/nope/generate", json={}, timeout=30).status_code == 404
+
+
+def test_an_http_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path) -> None:
+    closed = Path(str(progress) + ".closed")
+    closed.unlink(missing_ok=True)
+    with requests.post(f"{server.base}/v2/models/endless/generate_stream", json={"N": 0}, stream=True,
+                       timeout=30) as response:
+        lines = response.iter_lines()
+        seen = [line for _, line in zip(range(6), lines, strict=False)]
+        assert any(line.startswith(b"data: ") for line in seen)
+    deadline = time.monotonic() + 10
+    while not closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed.exists(), "the generator was not closed when the HTTP client went away"
