@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +35,7 @@ from inferd.workers.codec import pack_response, unpack_request
 log = logging.getLogger("inferd.workers")
 
 RESTART_PAUSE_S = 1.0
+STREAM_WINDOW = 16  # a stream's answers sent and not yet taken by the worker
 START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
 
 
@@ -56,8 +57,8 @@ class CoreService:
     async def infer(self, packed: tuple[Any, ...]) -> tuple[Any, ...]:
         return pack_response(await self._parts["data"].infer(unpack_request(packed)))
 
-    def infer_stream(self, packed: tuple[Any, ...]) -> AsyncIterator[InferResponse]:
-        return cast(AsyncIterator[InferResponse], self._parts["data"].infer_stream(unpack_request(packed)))
+    def infer_stream(self, packed: tuple[Any, ...]) -> AsyncGenerator[InferResponse, None]:
+        return cast(AsyncGenerator[InferResponse, None], self._parts["data"].infer_stream(unpack_request(packed)))
 
     def method(self, target: str, name: str) -> Any:
         part = self._parts.get(target)
@@ -83,6 +84,7 @@ class _Connection:
         self._service = service
         self.protocol = FrameProtocol(self._on_message, self._on_lost)
         self._running: dict[int, asyncio.Task[Any]] = {}
+        self._windows: dict[int, asyncio.Semaphore] = {}
         self.sync = False
         service._connections.add(self)
 
@@ -90,6 +92,11 @@ class _Connection:
         kind, call_id = message[0], message[1]
         if kind == "sync":  # the worker's blocking line: it reads answers only, never news
             self.sync = True
+            return
+        if kind == "ack":  # a worker took an answer of a stream: one more may go
+            window = self._windows.get(call_id)
+            if window is not None:
+                window.release()
             return
         if kind == "cancel":
             task = self._running.get(call_id)
@@ -118,8 +125,14 @@ class _Connection:
         self.protocol.send(("ok", call_id, result))
 
     async def _stream(self, call_id: int, packed: tuple[Any, ...]) -> None:
-        async for response in self._service.infer_stream(packed):
-            self.protocol.send(("item", call_id, pack_response(response)))
+        window = self._windows[call_id] = asyncio.Semaphore(STREAM_WINDOW)
+        try:
+            async with contextlib.aclosing(self._service.infer_stream(packed)) as answers:  # closed if cancelled
+                async for response in answers:
+                    await window.acquire()  # the worker has not taken STREAM_WINDOW answers yet: wait
+                    self.protocol.send(("item", call_id, pack_response(response)))
+        finally:
+            del self._windows[call_id]
 
     def _start(self, call_id: int, call: Coroutine[Any, Any, Any], target: str) -> None:
         task = asyncio.get_running_loop().create_task(call)

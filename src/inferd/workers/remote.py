@@ -71,8 +71,9 @@ class Channel:
         return unpack_response(await self._request(lambda call_id: ("infer", call_id, packed), request.cancelled))
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        """A decoupled model's answers as the model process sends them; closing the iterator
-        (the client went away) cancels the model's generator there."""
+        """A decoupled model's answers as the model process sends them, at most STREAM_WINDOW
+        ahead of what this side has taken (a slow client slows the model, as in one process);
+        closing the iterator (the client went away) cancels the model's generator there."""
         if self.lost.is_set():
             raise Unavailable("the model process is gone; this worker is stopping")
         call_id = next(self._ids)
@@ -84,6 +85,7 @@ class Channel:
             while True:
                 kind, value = await answers.get()
                 if kind == "item":
+                    self._protocol.send(("ack", call_id))  # room for one more in the window
                     yield unpack_response(value)
                     continue
                 finished = True
