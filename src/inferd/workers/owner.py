@@ -36,6 +36,9 @@ log = logging.getLogger("inferd.workers")
 
 RESTART_PAUSE_S = 1.0
 STREAM_WINDOW = 16  # a stream's answers sent and not yet taken by the worker
+# model control's plain methods that change what is served (its coroutines all do; its other
+# plain methods only read, and must not make every worker drop what it keeps)
+SYNC_CHANGES = frozenset({"set_default_version", "scale"})
 START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
 
 
@@ -120,7 +123,7 @@ class _Connection:
             self._reply_error(call_id, exc)
             return
         finally:
-            if target == "control":
+            if target == "control" and name in SYNC_CHANGES:
                 self._service.changed()
         self.protocol.send(("ok", call_id, result))
 
