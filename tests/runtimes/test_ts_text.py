@@ -88,3 +88,22 @@ def test_a_vocabulary_that_is_not_a_dict_is_refused(tmp_path: Path) -> None:
     model_dir = text_model_dir(tmp_path, torch.zeros(3))
     with pytest.raises(ConfigError, match=r"\{token: index\} dict"):
         handler.build("textnet", model_dir, read_manifest(model_dir), 1, None)
+
+
+def test_a_pickled_torchtext_vocab_names_the_package(tmp_path: Path) -> None:
+    """torchtext is not installed here: a stand-in module of that name pickles the way its Vocab does."""
+    package = tmp_path / "fake" / "torchtext"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "vocab.py").write_text("class Vocab:\n    pass\n")
+    sys.path.insert(0, str(tmp_path / "fake"))
+    try:
+        import torchtext.vocab  # type: ignore[import-not-found]
+
+        model_dir = text_model_dir(tmp_path, torchtext.vocab.Vocab())
+        with pytest.raises(ConfigError, match="needs the package 'torchtext'"):
+            handler.build("textnet", model_dir, read_manifest(model_dir), 1, None)
+    finally:
+        sys.path.remove(str(tmp_path / "fake"))
+        sys.modules.pop("torchtext.vocab", None)
+        sys.modules.pop("torchtext", None)

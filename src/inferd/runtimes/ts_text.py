@@ -88,8 +88,9 @@ def load_vocab(path: Path) -> dict[str, int]:
         vocab = torch.load(path, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "torchtext" in str(exc):
-            raise ConfigError("source_vocab.pt is a pickled torchtext Vocab: the package 'torchtext' is not "
-                              "installed; save the vocabulary as a {token: index} dict instead") from None
+            raise ConfigError("source_vocab.pt is a pickled torchtext Vocab, which needs the package "
+                              "'torchtext' (not installed with inferd) and unpickling code (inferd loads "
+                              "weights_only); save the vocabulary as a {token: index} dict instead") from None
         raise ConfigError(f"source_vocab.pt does not load as a {{token: index}} dict: {exc}") from None
     if isinstance(vocab, list | tuple):
         vocab = {str(token): index for index, token in enumerate(vocab)}
