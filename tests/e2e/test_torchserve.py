@@ -125,8 +125,20 @@ def test_register_versions_default_and_unregister(server: RunningServer) -> None
     assert response.json()["status"] == 'Default version successfully updated for model "ts_mlp" to "2.0"'
     assert requests.get(f"{base}/models/ts_mlp/2.0", timeout=5).json()[0]["isDefault"]
     assert requests.put(f"{base}/models/ts_mlp/1.0/set-default", timeout=5).status_code == 200
+    # TorchServe's ModelManager: no version means the default one, which cannot go while 2.0 remains
+    for path in ("ts_mlp", "ts_mlp/1.0"):
+        response = requests.delete(f"{base}/models/{path}", timeout=10)
+        assert response.status_code == 403, response.text
+        assert response.json() == {"code": 403, "type": "InvalidModelVersionException",
+                                   "message": "Cannot remove default version for model ts_mlp"}
+    response = requests.delete(f"{base}/models/ts_mlp/9.9", timeout=10)
+    assert response.status_code == 404
+    assert response.json()["type"] == "ModelVersionNotFoundException"
+    assert response.json()["message"] == "Model version: 9.9 does not exist for model: ts_mlp"
+    assert {d["modelVersion"] for d in requests.get(f"{base}/models/ts_mlp/all", timeout=5).json()} == {"1.0", "2.0"}
     response = requests.delete(f"{base}/models/ts_mlp/2.0", timeout=10)
     assert response.status_code == 200
+    assert response.json() == {"status": 'Model "ts_mlp" unregistered'}
     assert predict(server, "ts_mlp/2.0", json=x).status_code == 404
     assert predict(server, "ts_mlp", json=x).status_code == 200
 

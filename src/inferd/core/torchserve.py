@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from inferd.config import ModelConfig, TorchServeSettings
-from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
+from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound
 from inferd.repository.archives import (
     archive_config,
     archive_info,
@@ -248,17 +248,20 @@ class TorchServeModels:
         return list(slot.runtime.workers() or [])
 
     async def unregister(self, name: str, version: str | None) -> None:
-        """Unregister a version (or the whole model), removing archives that were downloaded."""
+        """TorchServe's ModelManager.unregisterModel: one version, the default one when none is
+        named; the default cannot go while other versions remain (403); an archive that was
+        downloaded is removed."""
         entry = self._registry.entry(name)
-        versions = [version] if version is not None else list(entry.versions)
-        if version is None:
-            await self._registry.unload_model(name)
-        else:
-            await self._registry.unload_version(name, version)
-        for each in versions:
-            registration = self._registrations.pop((name, each), None)
-            if registration is not None and registration.downloaded:
-                remove_downloaded(registration.archive)
+        default = _default_version(entry)
+        chosen = version if version is not None else default
+        if chosen not in entry.versions:
+            raise NotFound(f"Model version: {chosen} does not exist for model: {name}")
+        if chosen == default and len(entry.versions) > 1:
+            raise Forbidden(f"Cannot remove default version for model {name}")
+        await self._registry.unload_version(name, chosen)
+        registration = self._registrations.pop((name, chosen), None)
+        if registration is not None and registration.downloaded:
+            remove_downloaded(registration.archive)
 
     def forget(self, name: str) -> None:
         """The model left by another door (v2 unload): drop what its registrations asked for."""

@@ -100,8 +100,9 @@ def _text(value: Any) -> str:
 def resolve_handler(handler: str, model_dir: Path) -> tuple[Handle, Initialize]:
     """(handle, initialize) for a manifest's ``handler``: a built-in name, or ``file.py[:function]``
     inside the archive."""
-    from inferd.runtimes import builtin_handlers
+    from inferd.runtimes import builtin_handlers, ts_text
 
+    builtins: dict[str, type[Any]] = {**builtin_handlers.BUILTIN, "text_classifier": ts_text.TextClassifier}
     file_name, _, function = handler.partition(":")
     if Path(file_name).is_absolute() or ".." in Path(file_name).parts or "\\" in file_name:
         raise ConfigError(f"handler '{handler}' must name a file inside the archive (no absolute path, no '..') "
@@ -125,10 +126,10 @@ def resolve_handler(handler: str, model_dir: Path) -> tuple[Handle, Initialize]:
                               f"found classes {[c.__name__ for c in classes]}")
         service = classes[0]()
         return service.handle, service.initialize
-    builtin = builtin_handlers.BUILTIN.get(Path(file_name).name.removesuffix(".py"))
+    builtin = builtins.get(Path(file_name).name.removesuffix(".py"))
     if builtin is None:
         raise ConfigError(f"handler '{handler}' is neither a file in the archive nor a built-in handler "
-                          f"({', '.join(sorted(builtin_handlers.BUILTIN))})")
+                          f"({', '.join(sorted(builtins))})")
     service = builtin()
     return service.handle, service.initialize
 

@@ -28,7 +28,7 @@ def install_torchserve_shim() -> None:
             return
         except ImportError:
             pass
-    from inferd.runtimes import builtin_handlers
+    from inferd.runtimes import builtin_handlers, ts_text
 
     b = builtin_handlers
     modules: dict[str, dict[str, Any]] = {
@@ -38,6 +38,9 @@ def install_torchserve_shim() -> None:
         "ts.torch_handler.image_classifier": {"ImageClassifier": b.ImageClassifier, "VisionHandler": b.VisionHandler},
         "ts.torch_handler.object_detector": {"ObjectDetector": b.ObjectDetector},
         "ts.torch_handler.image_segmenter": {"ImageSegmenter": b.ImageSegmenter},
+        "ts.torch_handler.text_classifier": {"TextClassifier": ts_text.TextClassifier},
+        "ts.handler_utils.text_utils": {"ngrams_iterator": ts_text.ngrams,
+                                        "get_tokenizer": lambda name="basic_english": ts_text.basic_english},
         "ts.context": {"Context": Context, "RequestProcessor": _RequestProcessor},
         "ts.utils": {}, "ts.utils.util": {
             "map_class_to_label": b.map_class_to_label, "load_label_mapping": b.load_label_mapping,

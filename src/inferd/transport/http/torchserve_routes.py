@@ -28,8 +28,12 @@ _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenExcept
 
 def torchserve_error(status: int, message: str) -> HttpResponse:
     """TorchServe's error shape: ``{"code": 404, "type": "ModelNotFoundException", "message": ...}``."""
-    return HttpResponse(status, orjson.dumps({"code": status, "type": _TYPES.get(status, "ServerException"),
-                                              "message": message}))
+    kind = _TYPES.get(status, "ServerException")
+    if message.startswith("Model version: "):
+        kind = "ModelVersionNotFoundException"
+    elif message.startswith("Cannot remove default version"):
+        kind = "InvalidModelVersionException"
+    return HttpResponse(status, orjson.dumps({"code": status, "type": kind, "message": message}))
 
 
 class TorchServeRoutes:
@@ -156,9 +160,7 @@ class TorchServeRoutes:
             return _not_allowed()
         name, version = request.params["model"], request.params.get("version")
         await self.control.unregister(name, version, _credentials(request))
-        if version is None:
-            return json_response({"status": f'Model "{name}" unregistered'})
-        return json_response({"status": f'Model "{name}" version: {version} unregistered'})
+        return json_response({"status": f'Model "{name}" unregistered'})  # TorchServe's, with a version too
 
 
 class CountingApp(HttpApp):
