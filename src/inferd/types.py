@@ -190,6 +190,16 @@ class VersionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadOverride:
+    """What a load request overrides (Triton's load parameters): ``config``, a ModelConfig in JSON
+    whose keys replace the model's own; ``files``, a model folder (relative path -> content) that
+    replaces the repository's for this load."""
+
+    config: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One row of the v2 repository index: a known version's state, or a model of the repository
     that is not loaded (state "" before any load; UNAVAILABLE with reason "unloaded" after one)."""

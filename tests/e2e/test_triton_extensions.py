@@ -159,3 +159,64 @@ def test_index_lists_every_model_and_load_takes_an_override(server: RunningServe
     row = {r["name"]: r for r in http.get_model_repository_index()}["never_loaded"]
     assert (row["state"], row["reason"]) == ("UNAVAILABLE", "unloaded")
     assert not http.is_model_ready("never_loaded")
+
+
+def _onnx_bytes(tmp_path: Path, seed: int) -> tuple[bytes, torch.nn.Module]:
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.Tanh()).eval()
+    path = tmp_path / f"seed{seed}.onnx"
+    torch.onnx.export(module, (torch.randn(2, 8),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    return path.read_bytes(), module
+
+
+def _run(module: torch.nn.Module, rows: int) -> np.ndarray:
+    with torch.inference_mode():
+        out: np.ndarray = module(torch.ones(rows, 8)).numpy()
+    return out
+
+
+def test_load_takes_override_files_over_http_and_grpc(tmp_path: Path, server: RunningServer,
+                                                      http: httpclient.InferenceServerClient,
+                                                      grpc: grpcclient.InferenceServerClient) -> None:
+    """tritonclient's load_model(config=..., files={"file:1/model.onnx": ...}): the model loads from
+    those files instead of its repository folder, over HTTP and over gRPC."""
+    config = json.dumps({"backend": "onnxruntime", "max_batch_size": 8})
+    first, first_module = _onnx_bytes(tmp_path, 1)
+    http.load_model("from_files", config=config, files={"file:1/model.onnx": first})
+    got = http.infer("from_files", [_x(httpclient, 3)]).as_numpy("y")
+    np.testing.assert_allclose(got, _run(first_module, 3), rtol=1e-5, atol=1e-6)
+    assert http.get_model_config("from_files")["max_batch_size"] == 8
+
+    second, second_module = _onnx_bytes(tmp_path, 2)
+    grpc.load_model("from_files", config=config, files={"file:2/model.onnx": second})
+    assert [m.version for m in grpc.get_model_repository_index().models if m.name == "from_files"] == ["2"]
+    got = grpc.infer("from_files", [_x(grpcclient, 2)]).as_numpy("y")
+    np.testing.assert_allclose(got, _run(second_module, 2), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(_run(first_module, 2), got)  # the new files serve, not the old ones
+
+    for client in (http, grpc):
+        with pytest.raises(InferenceServerException, match="file overrides need parameter 'config'"):
+            client.load_model("from_files", files={"file:1/model.onnx": first})
+        with pytest.raises(InferenceServerException, match="inside the model folder"):
+            client.load_model("from_files", config=config, files={"file:../escape/model.onnx": first})
+    for bad in ({"file:1/model.onnx": "not base64!"}, {"file:1/model.onnx": 5}, {"file:/etc/x": "AAAA"}):
+        answer = requests.post(f"{server.base}/v2/repository/models/from_files/load",
+                               json={"parameters": {"config": config, **bad}}, timeout=10)
+        assert answer.status_code == 400 and "override file" in answer.json()["error"], answer.text
+    got = http.infer("from_files", [_x(httpclient, 2)]).as_numpy("y")  # refused loads changed nothing
+    np.testing.assert_allclose(got, _run(second_module, 2), rtol=1e-5, atol=1e-6)
+    http.unload_model("from_files")
+    assert not http.is_model_ready("from_files")
+
+
+def test_override_files_the_file_system_refuses_are_an_error_and_the_server_lives_on(
+        http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient) -> None:
+    """A path component over NAME_MAX (Triton's model-control example sends one): Triton's words and
+    status (INTERNAL), and the server keeps serving."""
+    for client in (http, grpc):
+        with pytest.raises(InferenceServerException, match="failed to poll from model repository") as caught:
+            client.load_model("too_long", config="{}", files={"file:" + "A" * 256: b"a"})
+        assert "File name too long" in str(caught.value)
+    assert http.is_server_live() and not http.is_model_ready("too_long")
+    assert http.is_model_ready("mlp")

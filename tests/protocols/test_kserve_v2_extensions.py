@@ -10,7 +10,7 @@ from inferd.config import DynamicBatching, ModelConfig, ServedConfig, TensorConf
 from inferd.errors import InvalidInput
 from inferd.protocols import kserve_v2_extensions as ext
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.types import BatchStatistics, Duration, ModelStatistics, RequestStatistics
+from inferd.types import BatchStatistics, Duration, LoadOverride, ModelStatistics, RequestStatistics
 
 
 def _row() -> ModelStatistics:
@@ -57,17 +57,27 @@ def test_config_message_parses_as_tritons_model_config() -> None:
 def test_load_override_from_http_and_grpc() -> None:
     assert ext.load_override_json(b"", "m") is None
     assert ext.load_override_json(b'{"parameters": {"config": "{\\"max_batch_size\\": 2}"}}', "m") == (
-        '{"max_batch_size": 2}')
-    assert ext.load_override_json(b'{"parameters": {"config": {"max_batch_size": 2}}}', "m") == '{"max_batch_size":2}'
+        LoadOverride('{"max_batch_size": 2}'))
+    assert ext.load_override_json(b'{"parameters": {"config": {"max_batch_size": 2}}}', "m") == (
+        LoadOverride('{"max_batch_size":2}'))
+    body = b'{"parameters": {"config": "{}", "file:1/model.onnx": "AAEC", "file:labels.txt": ""}}'
+    assert ext.load_override_json(body, "m") == LoadOverride("{}", {"1/model.onnx": b"\0\1\2", "labels.txt": b""})
     message = pb.RepositoryModelLoadRequest(model_name="m")
     message.parameters["config"].string_param = "{}"
-    assert ext.load_override_message(message) == "{}"
+    assert ext.load_override_message(message) == LoadOverride("{}")
+    message.parameters["file:1/model.onnx"].bytes_param = b"\0\1"
+    assert ext.load_override_message(message) == LoadOverride("{}", {"1/model.onnx": b"\0\1"})
 
 
 @pytest.mark.parametrize(("body", "expected"), [
     (b"[1]", "must be a JSON object"),
     (b"{bad", "malformed JSON"),
-    (b'{"parameters": {"file:1/model.onnx": "AAAA"}}', "file overrides (file:1/model.onnx) are not supported"),
+    (b'{"parameters": {"file:1/model.onnx": "AAAA"}}', "file overrides need parameter 'config'"),
+    (b'{"parameters": {"config": "{}", "file:1/m.onnx": "@@"}}', "'file:1/m.onnx' is not valid base64"),
+    (b'{"parameters": {"config": "{}", "file:1/m.onnx": 1}}', "must be base64 text, got int"),
+    (b'{"parameters": {"config": "{}", "file:1/../../x": ""}}', "inside the model folder"),
+    (b'{"parameters": {"config": "{}", "file:/etc/x": ""}}', "inside the model folder"),
+    (b'{"parameters": {"config": "{}", "file:": ""}}', "inside the model folder"),
     (b'{"parameters": {"colour": "red"}}', "unknown load parameter 'colour'"),
     (b'{"parameters": {"config": 5}}', "must be a model configuration in JSON, got int"),
 ])

@@ -15,7 +15,7 @@ from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
 from inferd.errors import InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
-from inferd.types import IndexEntry, ModelState, TensorSpec, VersionDescription, VersionStatus
+from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
 
 # a runtime's platform -> the backend that serves it (for a configuration that did not name one)
 _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "pytorch_export": "torch",
@@ -116,11 +116,14 @@ class ModelControl:
         """Changes need no token: a transport must accept them from loopback only."""
         return self._access.open_control
 
-    async def load(self, name: str, credentials: str | None, config: str | None = None) -> None:
-        """Load (or reload) a model; ``config`` overrides keys of its configuration (Triton's
-        ModelConfig as JSON)."""
+    async def load(self, name: str, credentials: str | None, override: LoadOverride | None = None) -> None:
+        """Load (or reload) a model; ``override`` replaces keys of its configuration (Triton's
+        ModelConfig as JSON) and, with files, its folder for this load."""
         self._access.authorize_control(credentials, "loading a model")
-        await self._registry.load_model(name, config)
+        if override is None:
+            await self._registry.load_model(name)
+        else:
+            await self._registry.load_model(name, override.config, override.files)
 
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")

@@ -3,6 +3,9 @@ configuration, and the repository extension's load parameters. JSON (HTTP) and m
 
 from __future__ import annotations
 
+import base64
+import binascii
+from pathlib import PurePosixPath
 from typing import Any
 
 import orjson
@@ -10,7 +13,7 @@ import orjson
 from inferd.errors import InvalidInput
 from inferd.modelconfig import ServedConfig, model_config_json, model_config_message
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.types import Duration, IndexEntry, ModelStatistics
+from inferd.types import Duration, IndexEntry, LoadOverride, ModelStatistics
 
 _REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
                   "cache_miss")
@@ -69,8 +72,9 @@ def index_message(rows: list[IndexEntry]) -> pb.RepositoryIndexResponse:
     return message
 
 
-def load_override_json(body: bytes | bytearray, name: str) -> str | None:
-    """The configuration override of an HTTP load request (``{"parameters": {"config": "..."}}``)."""
+def load_override_json(body: bytes | bytearray, name: str) -> LoadOverride | None:
+    """The overrides of an HTTP load request: ``{"parameters": {"config": "...", "file:1/model.onnx":
+    "<base64>"}}``, as tritonclient's ``load_model(config=..., files=...)`` sends them."""
     if not body.strip():
         return None
     try:
@@ -82,33 +86,66 @@ def load_override_json(body: bytes | bytearray, name: str) -> str | None:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput(f"failed to load '{name}': 'parameters' must be an object")
-    return _override(parameters, name)
+    return _override(parameters, name, base64_files=True)
 
 
-def load_override_message(message: pb.RepositoryModelLoadRequest) -> str | None:
-    """The configuration override of a gRPC load request (parameter ``config``, a string)."""
+def load_override_message(message: pb.RepositoryModelLoadRequest) -> LoadOverride | None:
+    """The overrides of a gRPC load request: parameter ``config`` (a string) and ``file:<path>``
+    parameters (bytes)."""
     parameters: dict[str, Any] = {}
     for key, value in message.parameters.items():
         choice = value.WhichOneof("parameter_choice")
         parameters[key] = getattr(value, choice) if choice else None
-    return _override(parameters, message.model_name)
+    return _override(parameters, message.model_name, base64_files=False)
 
 
-def _override(parameters: dict[str, Any], name: str) -> str | None:
-    files = sorted(key for key in parameters if key.startswith("file:"))
-    if files:
-        shown = files[0] if len(files[0]) <= 64 else files[0][:61] + "..."
-        raise InvalidInput(f"failed to load '{name}': file overrides ({shown}) are not supported; put the "
-                           "model's files in the repository")
-    unknown = sorted(set(parameters) - {"config"})
+def _override(parameters: dict[str, Any], name: str, base64_files: bool) -> LoadOverride | None:
+    unknown = sorted(key for key in parameters if key != "config" and not key.startswith("file:"))
     if unknown:
-        raise InvalidInput(f"failed to load '{name}': unknown load parameter '{unknown[0]}' (known: config)")
+        raise InvalidInput(f"failed to load '{name}': unknown load parameter '{_short(unknown[0])}' "
+                           "(known: config, file:<path>)")
+    files = {_file_path(key, name): _file_content(key, parameters[key], name, base64_files)
+             for key in sorted(parameters) if key.startswith("file:")}
     config = parameters.get("config")
     if config is None:
+        if files:
+            raise InvalidInput(f"failed to load '{name}': file overrides need parameter 'config', the "
+                               "model configuration of the folder they make")
         return None
     if isinstance(config, dict):
-        return orjson.dumps(config).decode()
-    if not isinstance(config, str):
+        config = orjson.dumps(config).decode()
+    elif not isinstance(config, str):
         raise InvalidInput(f"failed to load '{name}': parameter 'config' must be a model configuration in "
                            f"JSON, got {type(config).__name__}")
-    return config
+    return LoadOverride(config=config, files=files)
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 64 else key[:61] + "..."
+
+
+def _file_path(key: str, name: str) -> str:
+    """``file:1/model.onnx`` -> ``1/model.onnx``: a relative path that stays inside the model folder."""
+    path = key[len("file:"):]
+    parts = PurePosixPath(path).parts
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(part in ("", ".", "..") for part in parts)):
+        raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' must be file:<relative "
+                           "path> inside the model folder (e.g. file:1/model.onnx), without '..'")
+    return "/".join(parts)
+
+
+def _file_content(key: str, value: Any, name: str, base64_files: bool) -> bytes:
+    if base64_files:
+        if not isinstance(value, str):
+            raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' must be base64 text, "
+                               f"got {type(value).__name__}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' is not valid "
+                               "base64") from None
+    if not isinstance(value, bytes):
+        raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' must be a bytes "
+                           f"parameter, got {type(value).__name__}")
+    return value

@@ -11,8 +11,10 @@ KServe's storage initializer leaves in /mnt/models): see ``single_model``.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from inferd.config import MODEL_NAME, ModelConfig, load_model_config
 from inferd.errors import ConfigError
@@ -104,6 +106,22 @@ def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
     if not versions and has_artifact(path):  # the artifact at the top: the folder is version 1
         versions = {1: path}
     return ModelFolder(name=name or path.name, path=path, versions=dict(sorted(versions.items())))
+
+
+def write_override_folder(name: str, files: dict[str, bytes]) -> ModelFolder:
+    """A load's override files as a model folder of their own, in a fresh temporary folder (its
+    parent is the caller's to remove). Paths are relative and already checked by the protocol."""
+    root = Path(tempfile.mkdtemp(prefix="inferd-load-"))
+    folder = root / name
+    try:
+        for relative, content in files.items():
+            target = folder.joinpath(*PurePosixPath(relative).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    except OSError:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return read_model_folder(folder, name)
 
 
 def has_artifact(folder: Path) -> bool:

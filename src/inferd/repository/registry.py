@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from inferd.repository.layout import (
     read_config,
     read_model_folder,
     scan,
+    write_override_folder,
 )
 from inferd.runtimes.base import Runtime
 from inferd.types import IndexEntry, ModelState, VersionStatus, version_key
@@ -113,6 +115,7 @@ class ModelRegistry(Generic[S]):
         self._sources = {source.name: source for source in sources}
         self._batching = batching
         self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
+        self._scratch: dict[str, Path] = {}  # a model loaded from override files: their temporary folder
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -207,24 +210,36 @@ class ModelRegistry(Generic[S]):
             async with self._lock(folder.name):
                 await self._load_folder(folder)
 
-    async def load_model(self, name: str, override: str | None = None) -> ModelEntry[S]:
+    async def load_model(self, name: str, override: str | None = None,
+                         files: dict[str, bytes] | None = None) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload. ``override``
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
-        file's for this load; a malformed one is InvalidInput and nothing changes."""
+        file's for this load; a malformed one is InvalidInput and nothing changes. ``files``
+        (Triton's override files) are the model folder this load reads instead of the repository's:
+        they are written to a temporary folder, removed when the model unloads or loads again."""
         async with self._lock(name):
-            return await self._load_model(name, override)
+            return await self._load_model(name, override, files or {})
 
-    async def _load_model(self, name: str, override: str | None) -> ModelEntry[S]:
+    async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
         folder = self._folder(name)
-        if folder is None:
+        if folder is None and not (files and is_valid_name(name)):
             raise NotFound(f"failed to load '{name}': no model of that name in the repository")
         config: ModelConfig | None = None
         if override is not None:
             try:
-                config = apply_override(read_config(folder), override, name)
+                config = apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
             except ConfigError as exc:
                 raise InvalidInput(exc.message) from None
+        scratch: Path | None = None
+        if files:
+            try:
+                folder = await asyncio.to_thread(write_override_folder, name, files)
+            except OSError as exc:  # the file system refused (a name over NAME_MAX, a full disk): Triton's words
+                raise InferdError(f"failed to load '{name}': failed to poll from model repository: cannot "
+                                  f"write the override files ({exc.strerror})") from None
+            scratch = folder.path.parent
+        assert folder is not None
         self._unloaded.discard(name)
         old = self._models.get(name)
         serving = old is not None and bool(old.ready_versions())
@@ -233,9 +248,13 @@ class ModelRegistry(Generic[S]):
             if not entry.ready_versions():
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
                           name, entry.problem())
+                _remove(scratch)
                 return old
             self._models[name] = entry
             await self._retire(old)
+        _remove(self._scratch.pop(name, None))
+        if scratch is not None:
+            self._scratch[name] = scratch
         return entry
 
     async def poll(self) -> None:
@@ -290,6 +309,7 @@ class ModelRegistry(Generic[S]):
         self._unloaded.add(name)
         entry.changed()
         await self._retire(entry)
+        _remove(self._scratch.pop(name, None))
 
     async def close(self, timeout: float = DRAIN_SECONDS) -> bool:
         """Retire every model at once within ``timeout`` (plus the unload grace); False if some
@@ -300,7 +320,11 @@ class ModelRegistry(Generic[S]):
         self._fingerprints.clear()
         for entry in entries:
             entry.changed()
-        return all(await asyncio.gather(*(self._retire(entry, deadline) for entry in entries)))
+        finished = all(await asyncio.gather(*(self._retire(entry, deadline) for entry in entries)))
+        for scratch in self._scratch.values():
+            _remove(scratch)
+        self._scratch.clear()
+        return finished
 
     async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
                                load: bool = True) -> ModelEntry[S]:
@@ -494,6 +518,12 @@ class ModelRegistry(Generic[S]):
             known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
             raise NotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
         return str(entry.config.version_labels[label])
+
+
+def _remove(scratch: Path | None) -> None:
+    """A temporary folder of override files, once nothing serves from it."""
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _unload_when_built(build: asyncio.Future[BuiltVersion[S]]) -> None:

@@ -108,7 +108,8 @@ def _v2_paths() -> dict[str, Any]:
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model}}/{action}"] = {"post": _op(
             f"{action} a model (model control explicit); load takes parameters.config, a JSON model "
-            "configuration whose keys replace the model's own", None, (400, 401, 403, 404, 503), params=("model",),
+            "configuration whose keys replace the model's own, and file:<path> parameters (base64), the "
+            "model folder for this load", None, (400, 401, 403, 404, 503), params=("model",),
             body={JSON: {"schema": {"type": "object", "properties": {"parameters": {"type": "object"}}}}})}
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     for prefix, params in (("/v2/models/{model}", ("model",)),
