@@ -100,7 +100,20 @@ def fixed_serialization_id(data: bytes) -> bytes:
 def save_torchscript(module: torch.nn.Module, path: Path) -> None:
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(module), buffer)
-    path.write_bytes(fixed_serialization_id(buffer.getvalue()))
+    path.write_bytes(without_debug_records(buffer.getvalue()))
+
+
+def without_debug_records(data: bytes) -> bytes:
+    """TorchScript's debug records (``*.debug_pkl``: source ranges) hold the path torch is
+    installed at; loading does not need them. Dropped, so the archive has the same bytes wherever
+    torch lives (a venv, the system's site-packages)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        kept = [(name, archive.read(name)) for name in archive.namelist() if not name.endswith(".debug_pkl")]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in kept:
+            archive.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), content)
+    return fixed_serialization_id(out.getvalue())
 
 
 def save_exported(program: Any, path: Path) -> None:
