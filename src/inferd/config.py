@@ -82,6 +82,7 @@ class ServerSettings:
     metrics_paths: tuple[str, ...] = ("/metrics",)  # where Prometheus metrics answer
     grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
+    grpc_server: str = "inferd"  # "inferd": HTTP/2 on the event loop; "grpcio": grpcio's threaded server
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
     server_name: str = "inferd"  # what /v2 server metadata calls the server
     model_name: str | None = None  # the name a single model's folder is served under (KServe's {{.Name}})

@@ -43,6 +43,7 @@ from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoute
 from inferd.types import ModelState
 
 if TYPE_CHECKING:
+    from inferd.transport.grpc.native import NativeGrpcServer
     from inferd.transport.grpc.server import GrpcServer
     from inferd.workers.owner import Workers
 
@@ -150,7 +151,7 @@ class Transports:
         self._budget = ByteBudget(max(settings.max_inflight_bytes // share, settings.max_body_bytes))
         self._http: HttpServer | None = None
         self._listeners: list[HttpServer] = []
-        self._grpc: GrpcServer | None = None
+        self._grpc: GrpcServer | NativeGrpcServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -168,14 +169,24 @@ class Transports:
             await _open("+".join(listener.apis), listener.host, listener.port, server.start)
             self._listeners.append(server)
         if s.grpc_port:
-            from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
+            if s.grpc_server == "grpcio":
+                from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
-            options = (*s.grpc_options, ("grpc.so_reuseport", 1)) if shared else s.grpc_options
+                options = (*s.grpc_options, ("grpc.so_reuseport", 1)) if shared else s.grpc_options
 
-            async def start_grpc() -> None:  # the port is bound as the server is built
-                self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
-                                        connections, s.grpc_socket_path, options)
-                await self._grpc.start()
+                async def start_grpc() -> None:  # the port is bound as the server is built
+                    self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
+                                            connections, s.grpc_socket_path, options)
+                    await self._grpc.start()
+            else:
+                from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
+
+                async def start_grpc() -> None:
+                    self._grpc = NativeGrpcServer(self.core, s.host, s.grpc_port, budget=self._budget,
+                                                  max_calls=connections, socket_path=s.grpc_socket_path,
+                                                  reuse_port=shared,
+                                                  **channel_arguments(s.grpc_options, s.max_body_bytes))
+                    await self._grpc.start()
 
             await _open("gRPC", s.host, s.grpc_port, start_grpc)
 

@@ -7,8 +7,9 @@ It answers without a token: probes carry none, and it tells nothing about models
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -66,3 +67,61 @@ class Health:
         """NOT_SERVING from now on (later changes are ignored); open Watch streams end."""
         self._servicer.enter_graceful_shutdown()
         self._servicer.end_watches()
+
+
+class NativeHealth:
+    """The same service for inferd's own gRPC server (``native.py``): Check, and Watch as a stream
+    that answers at once and again on every change, and ends after NOT_SERVING when draining.
+    Runs on the event loop only."""
+
+    name = "grpc.health.v1.Health"
+
+    def __init__(self, services: list[str]) -> None:
+        self._status = dict.fromkeys(["", *services], NOT_SERVING)
+        self._draining = False
+        self._changed: asyncio.Future[None] | None = None
+
+    def methods(self) -> dict[str, tuple[Callable[..., Any], type[Any]]]:
+        return {"Check": (self.check, health_pb2.HealthCheckRequest)}
+
+    def streams(self) -> dict[str, tuple[Callable[..., Any], type[Any]]]:
+        return {"Watch": (self.watch, health_pb2.HealthCheckRequest)}
+
+    async def check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def watch(self, request: health_pb2.HealthCheckRequest, context: Any
+                    ) -> AsyncGenerator[health_pb2.HealthCheckResponse, None]:
+        last = None
+        while True:
+            status = self._status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            if self._draining:
+                return
+            if self._changed is None:
+                self._changed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._changed)
+
+    def set_serving(self, serving: bool) -> None:
+        if not self._draining:
+            self._set(SERVING if serving else NOT_SERVING)
+
+    def drain(self) -> None:
+        self._set(NOT_SERVING)
+        self._draining = True
+        self._wake()
+
+    def _set(self, status: int) -> None:
+        for service in self._status:
+            self._status[service] = status
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)

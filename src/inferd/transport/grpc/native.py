@@ -1,0 +1,720 @@
+"""inferd's own gRPC server: HTTP/2 read, run and answered on the event loop.
+
+Why not grpcio's server: its Python layer costs ~0.3 ms of a core per call (an echo server tops out
+near 2.9k calls/s on one core here), which held inferd's gRPC below real Triton's C++ front end.
+Here a call is handled like an HTTP/1.1 request of inferd's own HTTP server: a protocol object per
+connection parses frames (``h2.py``), a task per call runs the servicer method, and the answer's
+HEADERS, DATA and trailers leave in one write per loop pass with the other answers of that pass.
+The servicers are the same objects the grpcio server registers (``servicers.py``).
+
+Bounds: at most ``max_calls`` calls at once over all connections (RESOURCE_EXHAUSTED), as many
+connections, ``max_streams`` streams per connection (REFUSED_STREAM), a request message's
+declared length checked against the limit and taken from the shared byte budget before its bytes
+are read, flow-control windows so a client cannot send more than the server reads, reading paused
+while a client does not read its answers, header blocks capped, and the preface awaited
+``HANDSHAKE_S`` seconds at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, NoReturn, cast
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from inferd.core import Core
+from inferd.transport.budget import ByteBudget
+from inferd.transport.grpc import h2
+from inferd.transport.grpc.health import NativeHealth
+from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
+
+log = logging.getLogger("inferd.grpc")
+
+STREAM_WINDOW = 1 << 20  # what a client may send on one stream before the server reads it
+CONNECTION_WINDOW = 16 << 20  # ... and on one connection
+FRAME_SIZE = 1 << 20  # the largest frame the server accepts (announced in SETTINGS)
+MAX_HEADER_BLOCK = 64 << 10
+MAX_STREAMS_PER_CONNECTION = 1000
+STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait, unread
+STREAM_BUFFER = 4 << 20  # answer bytes of one stream waiting for a slow client; then its models wait
+HANDSHAKE_S = 10.0
+
+UNARY, STREAM = 0, 1
+_OK = h2.literal("grpc-status", "0")
+_RESPONSE_HEADERS = h2.STATUS_200 + h2.literal("content-type", "application/grpc")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+Route = tuple[int, Callable[..., Any], type[Message]]
+
+
+class _Aborted(grpc.aio.AbortError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _CallContext:
+    """What a servicer method may ask of its call (the slice of grpc's context inferd uses)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: _Call) -> None:
+        self._call = call
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _Aborted(code, details)
+
+    def cancelled(self) -> bool:
+        return self._call.done
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(field for field in self._call.headers if not field[0].startswith(":"))
+
+    def time_remaining(self) -> float | None:
+        deadline = self._call.deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class _Call:
+    """One HTTP/2 stream: a gRPC call from its HEADERS to its trailers."""
+
+    __slots__ = (
+        "body",
+        "budgeted",
+        "credit",
+        "deadline",
+        "done",
+        "drained",
+        "encoding",
+        "ended",
+        "headers",
+        "headers_sent",
+        "id",
+        "outbox",
+        "route",
+        "send_window",
+        "task",
+        "tasks",
+        "timer",
+        "trailers",
+        "unsent",
+        "waiting",
+    )
+
+    def __init__(self, stream_id: int, headers: list[tuple[str, str]], send_window: int) -> None:
+        self.id, self.headers, self.send_window = stream_id, headers, send_window
+        self.route: Route | None = None
+        self.encoding: str | None = None
+        self.body = bytearray()
+        self.ended = False  # the client sent END_STREAM
+        self.done = False  # answered, reset or cut off: nothing more runs for it
+        self.headers_sent = False
+        self.budgeted = 0
+        self.task: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting: deque[bytes] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.outbox: deque[bytes] = deque()
+        self.unsent = 0
+        self.trailers: bytes | None = None
+        self.drained: asyncio.Future[None] | None = None
+        self.credit = 0
+
+
+def _status_trailers(code: grpc.StatusCode, details: str) -> bytes:
+    encoded = "".join(c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
+                      for c in details[:4096])
+    return h2.literal("grpc-status", str(code.value[0])) + (h2.literal("grpc-message", encoded) if encoded else b"")
+
+
+def _timeout(value: str) -> float | None:
+    unit = _TIMEOUT_UNITS.get(value[-1:])
+    if unit is None or not value[:-1].isdigit() or len(value) > 9:
+        return None
+    return int(value[:-1]) * unit
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: NativeGrpcServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.started = False
+        self.decoder = h2.HeaderDecoder(max_list_size=MAX_HEADER_BLOCK)
+        self.calls: dict[int, _Call] = {}
+        self.blocked: dict[int, _Call] = {}  # calls with answer bytes waiting for a window
+        self.last_id = 0
+        self.send_window = h2.DEFAULT_WINDOW
+        self.peer_window = h2.DEFAULT_WINDOW
+        self.peer_frame = h2.DEFAULT_FRAME_SIZE
+        self.received = 0  # connection-level bytes read and not yet given back to the client
+        self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
+        self.out: list[bytes] = []
+        self.flush_pending = False
+        self.writable: asyncio.Future[None] | None = None  # set while the client does not read
+        self.closing = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= self.server.max_calls:
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+        self._write(h2.settings({h2.MAX_CONCURRENT_STREAMS: self.server.max_streams, h2.ENABLE_PUSH: 0,
+                                 h2.INITIAL_WINDOW_SIZE: STREAM_WINDOW, h2.MAX_FRAME_SIZE: FRAME_SIZE,
+                                 h2.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK})
+                    + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW))
+        self.timer = self.loop.call_later(HANDSHAKE_S, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        if not self.started and self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        for call in list(self.calls.values()):
+            self._cut(call)
+        self.calls.clear()
+        self.blocked.clear()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.out.clear()
+
+    def pause_writing(self) -> None:
+        """The client does not read: read nothing more from it until it does."""
+        self.writable = self.loop.create_future()
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _write(self, data: bytes) -> None:
+        self.out.append(data)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_pending = False
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def goaway(self, code: int = h2.NO_ERROR, message: str = "") -> None:
+        """No new calls on this connection; it closes once its calls are answered."""
+        self.closing = True
+        self._write(h2.goaway(self.last_id, code, message))
+        if code != h2.NO_ERROR or not self.calls:
+            self.loop.call_soon(self._close)
+
+    def _close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.started:
+            if len(buffer) < len(h2.PREFACE):
+                if not h2.PREFACE.startswith(bytes(buffer)):
+                    cast(asyncio.Transport, self.transport).abort()
+                return
+            if buffer[:len(h2.PREFACE)] != h2.PREFACE:
+                cast(asyncio.Transport, self.transport).abort()
+                return
+            del buffer[:len(h2.PREFACE)]
+            self.started = True
+        at, size = 0, len(buffer)
+        try:
+            while size - at >= 9 and not self.closing:
+                length, kind, flags, stream_id = h2.parse_header(buffer, at)
+                if length > FRAME_SIZE:
+                    raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes, limit {FRAME_SIZE}")
+                if size - at - 9 < length:
+                    break
+                payload = bytes(buffer[at + 9:at + 9 + length])
+                at += 9 + length
+                self._frame(kind, flags, stream_id, payload)
+        except h2.ConnectionError_ as exc:
+            log.debug("gRPC connection error: %s", exc)
+            self.goaway(exc.code, str(exc))
+            return
+        del buffer[:at]
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self.block is not None and kind != h2.CONTINUATION:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "a header block was cut by another frame")
+        if kind == h2.DATA:
+            self._data(flags, stream_id, payload)
+        elif kind == h2.HEADERS:
+            if stream_id == 0 or stream_id % 2 == 0:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+            block = h2.unpadded(flags, payload)
+            if flags & h2.PRIORITY_FLAG:
+                block = block[5:]
+            if flags & h2.END_HEADERS:
+                self._headers(stream_id, flags, block)
+            else:
+                self.block = (stream_id, flags, bytearray(block))
+        elif kind == h2.CONTINUATION:
+            if self.block is None or self.block[0] != stream_id:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+            self.block[2].extend(payload)
+            if len(self.block[2]) > MAX_HEADER_BLOCK:
+                raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
+            if flags & h2.END_HEADERS:
+                first, self.block = self.block, None
+                self._headers(stream_id, first[1], bytes(first[2]))
+        elif kind == h2.RST_STREAM:
+            call = self.calls.get(stream_id)
+            if call is not None:
+                self._cut(call)
+        elif kind == h2.SETTINGS:
+            self._settings(flags, stream_id, payload)
+        elif kind == h2.PING:
+            if len(payload) != 8:
+                raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "PING of other than 8 bytes")
+            if not flags & h2.ACK:
+                self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
+        elif kind == h2.WINDOW_UPDATE:
+            self._window_update(stream_id, payload)
+        elif kind == h2.PUSH_PROMISE:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "a client may not push")
+        # PRIORITY, GOAWAY (the client closes when it is done) and unknown frame types are ignored
+
+    def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & h2.ACK:
+            return
+        values = h2.parse_settings(payload)
+        window = values.get(h2.INITIAL_WINDOW_SIZE)
+        if window is not None:
+            if window > h2.MAX_WINDOW:
+                raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
+            for call in self.calls.values():
+                call.send_window += window - self.peer_window
+            self.peer_window = window
+        frame_size = values.get(h2.MAX_FRAME_SIZE)
+        if frame_size is not None:
+            if not h2.DEFAULT_FRAME_SIZE <= frame_size < 1 << 24:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {frame_size}")
+            self.peer_frame = frame_size
+        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
+        self._pump_blocked()
+
+    def _window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE of other than 4 bytes")
+        increment = struct.unpack(">I", payload)[0] & 0x7FFF_FFFF
+        if stream_id == 0:
+            if increment == 0 or self.send_window + increment > h2.MAX_WINDOW:
+                raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "bad connection WINDOW_UPDATE")
+            self.send_window += increment
+            self._pump_blocked()
+            return
+        call = self.calls.get(stream_id)
+        if call is not None:
+            if increment == 0 or call.send_window + increment > h2.MAX_WINDOW:
+                self._write(h2.rst_stream(call.id, h2.FLOW_CONTROL_ERROR))
+                self._cut(call)
+                return
+            call.send_window += increment
+            self._pump(call)
+
+    def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self.decoder.decode(block)  # always: the table must follow every block
+        call = self.calls.get(stream_id)
+        if call is not None:  # the client's trailers: its side ends
+            self._received(call, b"", True)
+            return
+        if stream_id <= self.last_id:
+            return  # a stream already answered or reset
+        self.last_id = stream_id
+        if self.closing or len(self.calls) >= self.server.max_streams:
+            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+            return
+        call = _Call(stream_id, headers, self.peer_window)
+        self.calls[stream_id] = call
+        self._begin(call)
+        if flags & h2.END_STREAM and not call.done:
+            self._received(call, b"", True)
+
+    def _begin(self, call: _Call) -> None:
+        path = content_type = timeout = None
+        for name, value in call.headers:
+            if name == ":path":
+                path = value
+            elif name == "content-type":
+                content_type = value
+            elif name == "grpc-timeout":
+                timeout = value
+            elif name == "grpc-encoding":
+                call.encoding = value
+        if content_type is None or not content_type.startswith("application/grpc"):
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, b"\x8f"))  # :status 415
+            self._forget(call)
+            return
+        route = self.server.routes.get(path or "")
+        if route is None:
+            self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+            return
+        if self.server.active >= self.server.max_calls:
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+            return
+        call.route = route  # counted among the calls at once until _end
+        self.server.active += 1
+        if call.encoding not in (None, "identity", *_DECOMPRESS):
+            self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Compression algorithm '{call.encoding}' not supported")
+            return
+        seconds = _timeout(timeout) if timeout is not None else None
+        if timeout is not None and seconds is None:
+            self._finish(call, grpc.StatusCode.INTERNAL, f"malformed grpc-timeout header: {timeout!r}")
+            return
+        if seconds is not None:
+            call.deadline = time.monotonic() + seconds
+            call.timer = self.loop.call_later(seconds, self._expired, call)
+
+    def _expired(self, call: _Call) -> None:
+        if not call.done:
+            self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "DATA on stream 0")
+        self.received += len(payload)
+        if self.received >= CONNECTION_WINDOW // 2:
+            self._write(h2.window_update(0, self.received))
+            self.received = 0
+        call = self.calls.get(stream_id)
+        if call is None:
+            if stream_id > self.last_id:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+            return  # the call was answered or reset: its late bytes are dropped
+        if call.ended:
+            raise h2.ConnectionError_(h2.STREAM_CLOSED, f"DATA after END_STREAM on stream {stream_id}")
+        call.credit += len(payload)
+        self._received(call, h2.unpadded(flags, payload), bool(flags & h2.END_STREAM))
+
+    def _received(self, call: _Call, data: bytes, end: bool) -> None:
+        route = call.route
+        if call.done or route is None:
+            call.ended = call.ended or end
+            return
+        body = call.body
+        body += data
+        call.ended = end
+        if route[0] == UNARY:
+            if not self._sized(call, body):
+                return
+            if end:
+                self._run_unary(call, route, body)
+            elif call.credit >= STREAM_WINDOW // 2:
+                self._write(h2.window_update(call.id, call.credit))
+                call.credit = 0
+            return
+        while len(body) >= 5:  # a stream: every whole message starts, or waits for a slot
+            if not self._sized(call, body):
+                return
+            length = int.from_bytes(body[1:5], "big")
+            if len(body) < 5 + length:
+                break
+            message = self._message(call, bytes(body[:5 + length]))
+            del body[:5 + length]
+            if message is None:
+                return
+            call.waiting.append(message)
+        self._start_stream_requests(call)
+        if end and not call.tasks and not call.waiting:
+            self._finish(call, grpc.StatusCode.OK, "")
+
+    def _sized(self, call: _Call, body: bytearray) -> bool:
+        """The message's declared length against the limit and (unary) the byte budget, before
+        its bytes are read; False when the call was refused."""
+        if len(body) < 5:
+            return True
+        length = int.from_bytes(body[1:5], "big")
+        limit = self.server.max_message_bytes
+        if length > limit:
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max ({length} vs. {limit})")
+            return False
+        if call.route is not None and call.route[0] == UNARY:
+            if len(body) > 5 + length:
+                self._finish(call, grpc.StatusCode.INTERNAL, "more than one request message in a unary call")
+                return False
+            if not call.budgeted:
+                budget = self.server.budget
+                if not budget.take(length + 1):
+                    self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(length))
+                    return False
+                call.budgeted = length + 1
+        return True
+
+    def _message(self, call: _Call, framed: bytes) -> bytes | None:
+        """One length-prefixed message, inflated when its flag says so (never past the limit)."""
+        if not framed[0]:
+            return framed[5:]
+        wbits = _DECOMPRESS.get(call.encoding or "")
+        if wbits is None:
+            self._finish(call, grpc.StatusCode.INTERNAL, "a compressed message without a grpc-encoding")
+            return None
+        limit = self.server.max_message_bytes
+        try:
+            inflater = zlib.decompressobj(wbits)
+            message = inflater.decompress(framed[5:], limit + 1)
+        except zlib.error as exc:
+            self._finish(call, grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}")
+            return None
+        if len(message) > limit or inflater.unconsumed_tail:
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"Received message larger than max (more than {limit} bytes inflated)")
+            return None
+        return message
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _run_unary(self, call: _Call, route: Route, body: bytearray) -> None:
+        if len(body) < 5 or len(body) != 5 + int.from_bytes(body[1:5], "big"):
+            self._finish(call, grpc.StatusCode.INTERNAL, "the request message is missing or cut short")
+            return
+        message = self._message(call, bytes(body))
+        call.body = bytearray()
+        if message is not None:
+            call.task = self.loop.create_task(self._unary(call, route, message))
+
+    async def _unary(self, call: _Call, route: Route, message: bytes) -> None:
+        try:
+            try:
+                request = route[2].FromString(message)
+            except DecodeError:
+                self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+                return
+            answer = await cast(Awaitable[Message], route[1](request, cast(Context, _CallContext(call))))
+            if not call.done:
+                self._answer(call, answer.SerializeToString())
+                self._finish(call, grpc.StatusCode.OK, "")
+        except _Aborted as exc:
+            self._finish(call, exc.code, exc.details)
+        except asyncio.CancelledError:
+            pass  # reset by the client, past its deadline, or the server stopping
+        except Exception as exc:
+            log.exception("internal error in %s", call.route)
+            self._finish(call, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _start_stream_requests(self, call: _Call) -> None:
+        route = cast(Route, call.route)
+        while call.waiting and len(call.tasks) < STREAM_INFLIGHT:
+            message = call.waiting.popleft()
+            task = self.loop.create_task(self._stream_request(call, route, message))
+            call.tasks.add(task)
+            task.add_done_callback(functools.partial(self._stream_request_done, call))
+        if not call.waiting and call.credit >= STREAM_WINDOW // 4 and not call.ended:
+            self._write(h2.window_update(call.id, call.credit))  # the client may send more
+            call.credit = 0
+
+    def _stream_request_done(self, call: _Call, task: asyncio.Task[None]) -> None:
+        call.tasks.discard(task)
+        if call.done:
+            return
+        self._start_stream_requests(call)
+        if call.ended and not call.tasks and not call.waiting:
+            self._finish(call, grpc.StatusCode.OK, "")
+
+    async def _stream_request(self, call: _Call, route: Route, message: bytes) -> None:
+        try:
+            request = route[2].FromString(message)
+        except DecodeError:
+            self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+            return
+        produce = cast(Callable[[Any, Context], AsyncGenerator[Message, None]], route[1])
+        try:
+            async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call)))) as answers:
+                async for answer in answers:
+                    if call.done:
+                        return
+                    self._answer(call, answer.SerializeToString())
+                    if call.unsent > STREAM_BUFFER:  # the client reads slowly: its models wait
+                        call.drained = self.loop.create_future()
+                        await call.drained
+                    if self.writable is not None:
+                        await self.writable
+        except _Aborted as exc:
+            self._finish(call, exc.code, exc.details)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.exception("internal error in a gRPC stream")
+            self._finish(call, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _answer(self, call: _Call, message: bytes) -> None:
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, _RESPONSE_HEADERS))
+        call.outbox.append(b"\0" + len(message).to_bytes(4, "big") + message)
+        call.unsent += len(message) + 5
+        self._pump(call)
+
+    def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
+        """The call's trailers, after whatever it still has to send; nothing more runs for it."""
+        if call.done:
+            return
+        self._end(call)
+        status = _OK if code is grpc.StatusCode.OK else _status_trailers(code, details)
+        if call.headers_sent:
+            call.trailers = h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, status)
+        else:  # trailers only
+            call.headers_sent = True
+            call.trailers = h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id,
+                                     _RESPONSE_HEADERS + status)
+        self._pump(call)
+
+    def _end(self, call: _Call) -> None:
+        call.done = True
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.task is not None and not call.task.done() and call.task is not asyncio.current_task():
+            call.task.cancel()
+        for task in call.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        call.waiting.clear()
+        if call.budgeted:
+            self.server.budget.give(call.budgeted)
+            call.budgeted = 0
+        if call.route is not None:
+            self.server.active -= 1
+            call.route = None
+        if call.drained is not None and not call.drained.done():
+            call.drained.set_result(None)
+
+    def _cut(self, call: _Call) -> None:
+        """Reset by the client, or its connection gone: stop everything, send nothing."""
+        self._end(call)
+        self._forget(call)
+
+    def _forget(self, call: _Call) -> None:
+        self.calls.pop(call.id, None)
+        self.blocked.pop(call.id, None)
+        if self.closing and not self.calls and self.transport is not None:
+            self.loop.call_soon(self._close)
+
+    def _pump(self, call: _Call) -> None:
+        """Send what the windows allow; the trailers once everything before them is out."""
+        outbox = call.outbox
+        while outbox:
+            room = min(call.send_window, self.send_window, self.peer_frame)
+            if room <= 0:
+                self.blocked[call.id] = call
+                return
+            head = outbox[0]
+            if len(head) <= room:
+                outbox.popleft()
+                chunk = head
+            else:
+                chunk, outbox[0] = head[:room], head[room:]
+            call.send_window -= len(chunk)
+            self.send_window -= len(chunk)
+            call.unsent -= len(chunk)
+            self._write(h2.frame(h2.DATA, 0, call.id, chunk))
+        self.blocked.pop(call.id, None)
+        if call.drained is not None and not call.drained.done():
+            call.drained.set_result(None)
+        if call.trailers is not None:
+            self._write(call.trailers)
+            call.trailers = None
+            if not call.ended:
+                self._write(h2.rst_stream(call.id, h2.NO_ERROR))  # answered: the client may stop sending
+            self._forget(call)
+
+    def _pump_blocked(self) -> None:
+        for call in list(self.blocked.values()):
+            self._pump(call)
+
+
+def channel_arguments(options: tuple[tuple[str, str | int], ...], max_message_bytes: int) -> dict[str, int]:
+    """grpcio's channel arguments that mean something to this server (TF Serving's
+    ``--grpc_channel_arguments``); the others are named in the log and ignored."""
+    chosen = {"max_message_bytes": max_message_bytes, "max_streams": MAX_STREAMS_PER_CONNECTION}
+    for key, value in options:
+        if key == "grpc.max_receive_message_length" and int(value) > 0:
+            chosen["max_message_bytes"] = int(value)
+        elif key == "grpc.max_concurrent_streams" and int(value) > 0:
+            chosen["max_streams"] = int(value)
+        elif key not in ("grpc.so_reuseport", "grpc.max_send_message_length"):
+            log.warning("gRPC channel argument %s has no effect on inferd's gRPC server (--grpc-server grpcio "
+                        "takes it)", key)
+    return chosen
+
+
+class NativeGrpcServer:
+    """Must be built on the event loop's thread. Same surface as the grpcio-based ``GrpcServer``."""
+
+    def __init__(self, core: Core, host: str, port: int, max_message_bytes: int = 64 << 20,
+                 budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
+                 reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION) -> None:
+        self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
+        self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
+        self.budget = budget or ByteBudget(8 * max_message_bytes)
+        self.active = 0
+        self.connections: set[_Connection] = set()
+        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
+        self.health = NativeHealth([s.name for s in servicers])
+        self.routes: dict[str, Route] = {}
+        for servicer in [*servicers, self.health]:
+            for name, (method, request_type) in servicer.methods().items():
+                self.routes[f"/{servicer.name}/{name}"] = (UNARY, method, request_type)
+            for name, (stream, request_type) in servicer.streams().items():
+                self.routes[f"/{servicer.name}/{name}"] = (STREAM, stream, request_type)
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024,
+                                          reuse_port=self.reuse_port or None)
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        if self.socket_path:
+            self._servers.append(await loop.create_unix_server(lambda: _Connection(self), self.socket_path))
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls (GOAWAY), let running ones finish for up to ``grace`` seconds, then cut
+        the rest. Health watchers hear NOT_SERVING first."""
+        self.health.drain()
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.goaway()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
