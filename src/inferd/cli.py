@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--http-port", type=int, default=8000, help="HTTP port; 0 disables HTTP")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port; 0 disables gRPC")
+    serve.add_argument("--grpc-server", choices=("inferd", "grpcio"), default="inferd",
+                       help="inferd: HTTP/2 on the event loop (fast); grpcio: grpcio's threaded server "
+                            "(takes every grpc channel argument)")
     serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none",
                        help="none: the repository is read once; poll: rescanned every --poll-interval; "
                        "explicit: models load and unload through the API")
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServerSettings(
             model_repository=Path(repository) if repository is not None else None, remote_repository=remote,
             repository_cache=args.repository_cache, host=args.host, http_port=args.http_port,
-            grpc_port=args.grpc_port, model_control=args.model_control,
+            grpc_port=args.grpc_port, grpc_server=args.grpc_server, model_control=args.model_control,
             poll_interval=args.poll_interval, auth_token=args.auth_token, auth_inference=args.auth_inference,
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
             max_inflight_bytes=args.max_inflight_size, max_connections=args.max_connections,

@@ -95,6 +95,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ConfigError(f"--model-control must be one of {MODEL_CONTROL_MODES}")
+        if self.grpc_server not in ("inferd", "grpcio"):
+            raise ConfigError(f"--grpc-server must be inferd or grpcio, not {self.grpc_server!r}")
         for name in ("http_port", "grpc_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

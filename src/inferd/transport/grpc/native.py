@@ -46,6 +46,7 @@ MAX_HEADER_BLOCK = 64 << 10
 MAX_STREAMS_PER_CONNECTION = 1000
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait, unread
 STREAM_BUFFER = 4 << 20  # answer bytes of one stream waiting for a slow client; then its models wait
+CONNECTION_BUFFER = 64 << 20  # answer bytes of one connection waiting for its windows; then new calls are refused
 HANDSHAKE_S = 10.0
 
 UNARY, STREAM = 0, 1
@@ -162,6 +163,7 @@ class _Connection(asyncio.Protocol):
         self.received = 0  # connection-level bytes read and not yet given back to the client
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
         self.out: list[bytes] = []
+        self.unsent = 0  # answer bytes held for the client's flow-control windows
         self.flush_pending = False
         self.writable: asyncio.Future[None] | None = None  # set while the client does not read
         self.closing = False
@@ -356,8 +358,8 @@ class _Connection(asyncio.Protocol):
         if stream_id <= self.last_id:
             return  # a stream already answered or reset
         self.last_id = stream_id
-        if self.closing or len(self.calls) >= self.server.max_streams:
-            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+        if self.closing or len(self.calls) >= self.server.max_streams or self.unsent > CONNECTION_BUFFER:
+            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))  # (a client not reading its answers)
             return
         call = _Call(stream_id, headers, self.peer_window)
         self.calls[stream_id] = call
@@ -575,11 +577,16 @@ class _Connection(asyncio.Protocol):
     # -- answering ----------------------------------------------------------------------------
 
     def _answer(self, call: _Call, message: bytes) -> None:
+        if self.unsent and self.unsent + len(message) > CONNECTION_BUFFER:
+            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"the client holds more than {CONNECTION_BUFFER} bytes of answers unread on this connection")
+            return
         if not call.headers_sent:
             call.headers_sent = True
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, _RESPONSE_HEADERS))
         call.outbox.append(b"\0" + len(message).to_bytes(4, "big") + message)
         call.unsent += len(message) + 5
+        self.unsent += len(message) + 5
         self._pump(call)
 
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
@@ -621,6 +628,9 @@ class _Connection(asyncio.Protocol):
         self._forget(call)
 
     def _forget(self, call: _Call) -> None:
+        self.unsent -= call.unsent  # a reset call's answer is dropped
+        call.unsent = 0
+        call.outbox.clear()
         self.calls.pop(call.id, None)
         self.blocked.pop(call.id, None)
         if self.closing and not self.calls and self.transport is not None:
@@ -643,6 +653,7 @@ class _Connection(asyncio.Protocol):
             call.send_window -= len(chunk)
             self.send_window -= len(chunk)
             call.unsent -= len(chunk)
+            self.unsent -= len(chunk)
             self._write(h2.frame(h2.DATA, 0, call.id, chunk))
         self.blocked.pop(call.id, None)
         if call.drained is not None and not call.drained.done():

@@ -1,0 +1,262 @@
+"""inferd's own gRPC server at the HTTP/2 level, driven by an independent HTTP/2 client (the ``h2``
+package) over real sockets: answers and trailers as gRPC clients read them, and hostile clients —
+oversized declared messages, header bombs, rapid resets, clients that never read, garbage instead
+of HTTP/2 — each refused or cut off alone while well-behaved clients keep being served."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2 as tpb
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import RunningServer, serve
+from tests.models import write
+
+MODELS = {
+    "echo": ("class Model:\n    def infer(self, inputs):\n        return {'y': inputs['x']}\n"),
+    "slow": ("import time\n\nclass Model:\n    def infer(self, inputs):\n        time.sleep(1.0)\n"
+             "        return {'y': inputs['x']}\n"),
+    "grow": ("import numpy as np\n\nclass Model:\n    def infer(self, inputs):\n"
+             "        return {'y': np.repeat(inputs['x'], 200_000)}\n"),
+}
+CONFIG = """
+backend = "python"
+[instance_group]
+count = 2
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+"""
+PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("wire")
+    for name, code in MODELS.items():
+        write(root / f"{name}/1/model.py", code)
+        write(root / f"{name}/config.toml", CONFIG)
+    with serve(root, "--max-body-size", "1MiB", grpc=True) as running:
+        yield running
+
+
+def request(model: str, values: np.ndarray) -> bytes:
+    message = tpb.ModelInferRequest(model_name=model)
+    message.inputs.add(name="x", datatype="FP32", shape=[values.size])
+    message.raw_input_contents.append(values.astype(np.float32).tobytes())
+    body = message.SerializeToString()
+    return b"\0" + struct.pack(">I", len(body)) + body
+
+
+class Client:
+    """One HTTP/2 connection speaking gRPC by hand."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.flush()
+        self.headers: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.data: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.reset: dict[int, int] = {}
+        self.goaway: int | None = None
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def start(self, path: str = PATH, extra: tuple[tuple[str, str], ...] = ()) -> int:
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                                        (":authority", "inferd"), ("content-type", "application/grpc"),
+                                        ("te", "trailers"), *extra])
+        return stream
+
+    def call(self, body: bytes, path: str = PATH, extra: tuple[tuple[str, str], ...] = ()) -> int:
+        stream = self.start(path, extra)
+        self.conn.send_data(stream, body, end_stream=True)
+        self.flush()
+        return stream
+
+    def read_until(self, done: object, seconds: float = 10) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "no answer in time"
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return
+            for event in self.conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    self.headers.setdefault(event.stream_id, []).extend(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended.add(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset[event.stream_id] = event.error_code
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = event.error_code
+            self.flush()
+
+    def status(self, stream: int) -> tuple[str, str]:
+        fields = {name.decode(): value.decode() for name, value in self.headers[stream]}
+        return fields["grpc-status"], fields.get("grpc-message", "")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def well_served(server: RunningServer) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    tensor = triton_grpc.InferInput("x", [3], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
+    assert client.infer("echo", [tensor]).as_numpy("y").tolist() == [1, 2, 3]
+
+
+def test_a_call_by_hand_gets_headers_message_and_trailers(server: RunningServer) -> None:
+    client = Client(server)
+    values = np.arange(5, dtype=np.float32)
+    stream = client.call(request("echo", values))
+    client.read_until(lambda: stream in client.ended)
+    fields = dict(client.headers[stream])
+    assert fields[b":status"] == b"200" and fields[b"content-type"] == b"application/grpc"
+    assert client.status(stream) == ("0", "")
+    data = client.data[stream]
+    assert data[0] == 0 and struct.unpack(">I", data[1:5])[0] == len(data) - 5
+    answer = tpb.ModelInferResponse.FromString(data[5:])
+    assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == values.tolist()
+    unknown = client.call(request("echo", values), path="/inference.GRPCInferenceService/Nope")
+    client.read_until(lambda: unknown in client.ended)
+    assert client.status(unknown)[0] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    client.close()
+
+
+def test_a_declared_message_over_the_limit_is_refused_before_its_bytes(server: RunningServer) -> None:
+    client = Client(server)
+    stream = client.start()
+    client.conn.send_data(stream, b"\0" + struct.pack(">I", 50 << 20))  # 50 MiB announced, nothing sent
+    client.flush()
+    client.read_until(lambda: stream in client.ended)
+    code, message = client.status(stream)
+    assert code == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]) and "larger than max" in message
+    again = client.call(request("echo", np.ones(2)))  # the connection goes on
+    client.read_until(lambda: again in client.ended)
+    assert client.status(again) == ("0", "")
+    client.close()
+
+
+def test_grpc_timeout_is_a_deadline_on_the_server(server: RunningServer) -> None:
+    client = Client(server)
+    started = time.monotonic()
+    stream = client.call(request("slow", np.ones(2)), extra=(("grpc-timeout", "200m"),))
+    client.read_until(lambda: stream in client.ended)
+    assert client.status(stream) == (str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]), "Deadline Exceeded")
+    assert time.monotonic() - started < 0.9  # answered at the deadline, not when the model returned
+    client.close()
+    well_served(server)
+
+
+def test_a_header_bomb_ends_only_its_connection(server: RunningServer) -> None:
+    client = Client(server)
+    client.start(extra=(("x-bomb", "a" * 200_000),))  # far over the 64 KiB header list
+    client.flush()
+    client.read_until(lambda: client.goaway is not None)
+    assert client.goaway == 11  # ENHANCE_YOUR_CALM
+    client.close()
+    well_served(server)
+
+
+def test_rapid_resets_cancel_their_calls_and_others_are_served(server: RunningServer) -> None:
+    client = Client(server)
+    for _ in range(300):
+        stream = client.call(request("slow", np.ones(2)))
+        client.conn.reset_stream(stream)
+    client.flush()
+    well_served(server)
+    ok = client.call(request("echo", np.ones(3)))
+    client.read_until(lambda: ok in client.ended)
+    assert client.status(ok) == ("0", "")
+    client.close()
+
+
+def test_a_client_that_never_reads_holds_bounded_memory(server: RunningServer) -> None:
+    """Answers wait for a window the client never opens: past a bound the connection's new calls
+    are refused, and the server's memory stays put while others are served."""
+    process = psutil.Process(server.process.pid)
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    body = request("grow", np.ones(1))  # 800 kB answers
+    sock.sendall(conn.data_to_send())
+    before = process.memory_info().rss
+    for _ in range(200):  # 160 MB of answers asked for, none readable
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                   (":authority", "inferd"), ("content-type", "application/grpc")])
+        conn.send_data(stream, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+    time.sleep(1.0)
+    well_served(server)
+    grown = process.memory_info().rss - before
+    assert grown < 150 << 20, f"RSS grew {grown >> 20} MiB"
+    sock.close()
+    well_served(server)
+
+
+def test_not_http2_is_closed(server: RunningServer) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    sock.close()
+    assert b"HTTP/1.1 200" not in received
+    well_served(server)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_from_tritonclient(server: RunningServer, algorithm: str) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    values = np.linspace(0, 1, 1000, dtype=np.float32)
+    tensor = triton_grpc.InferInput("x", [values.size], "FP32")
+    tensor.set_data_from_numpy(values)
+    result = client.infer("echo", [tensor], compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("y"), values)
+
+
+def test_tritonclient_deadline_and_unknown_model(server: RunningServer) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    tensor = triton_grpc.InferInput("x", [1], "FP32")
+    tensor.set_data_from_numpy(np.ones(1, dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        client.infer("slow", [tensor], client_timeout=0.2)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("nope", [tensor])
+    assert refused.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_grpcio_server_still_serves(tmp_path: Path) -> None:
+    write(tmp_path / "echo/1/model.py", MODELS["echo"])
+    write(tmp_path / "echo/config.toml", CONFIG)
+    with serve(tmp_path, "--grpc-server", "grpcio", grpc=True) as running:
+        well_served(running)
