@@ -1,12 +1,18 @@
 """KServe v2 over gRPC: inferd beside real NVIDIA Triton 2.51, same client, one run.
 
     python benchmarks/grpc_peers.py [--seconds 10] [--concurrency 1,64] [--servers inferd,triton]
+                                    [--client inferd|h2load] [--inferd-args "--grpc-server grpcio"]
 
 Both servers hold the peers' `mlp` and `tiny` TorchScript models with and without dynamic batching
 (max batch 32, 5 ms), pinned to CPU 0. Triton is started by the shared anchor harness
 (`../shared/bench/anchors/bench.py`, its Python backend in /opt/anchors/triton); this script only
 imports its start-up function. The load is `inferd bench --grpc --binary` (grpc.aio, raw input
 contents, requests serialised once) from CPU 1, and for reference `inferd bench --binary` over HTTP.
+With ``--client h2load`` the gRPC load comes from nghttp2's h2load instead (C, `apt install
+nghttp2-client`): one connection, c streams at once, the same serialized ModelInfer for both servers.
+grpc.aio's client tops out near 3k calls/s on one core, which hides any server faster than that.
+h2load sees HTTP statuses only, so failures are counted from each server's own v2 statistics
+(success and fail counts before and after the run).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from common import CLIENT_CPU, HERE, SERVER_CPU, stop, wait_ready, write_model
@@ -41,14 +48,53 @@ def bench(model: str, http: str, grpc: str | None, concurrency: int, seconds: in
     return {"rps": row["rps"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "errors": row["errors"]}
 
 
-def start_inferd(scratch: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def h2load(model: str, http: str, grpc: str, concurrency: int, seconds: int, out: Path) -> dict[str, float]:
+    """gRPC load from h2load: throughput and latency from its per-request log, failures from the
+    server's statistics."""
+    from inferd.bench.grpc_load import request_bytes
+
+    metadata = json.loads(urllib.request.urlopen(f"{http}/v2/models/{model}", timeout=10).read())
+    body = request_bytes(model, None, metadata, raw=True)
+    message = out.with_suffix(".grpc")
+    message.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
+    log = out.with_suffix(".log")
+
+    def run(duration: int, log_file: Path | None) -> None:
+        if log_file is not None:
+            log_file.unlink(missing_ok=True)  # h2load appends to its log
+        command = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(duration), "-c", "1", "-m", str(concurrency),
+                   "-d", str(message), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                   f"http://{grpc}/inference.GRPCInferenceService/ModelInfer"]
+        subprocess.run(command + ([f"--log-file={log_file}"] if log_file else []), check=True, capture_output=True)
+
+    def counts() -> tuple[int, int]:
+        stats = json.loads(urllib.request.urlopen(f"{http}/v2/models/{model}/stats", timeout=10).read())
+        inference = stats["model_stats"][0]["inference_stats"]
+        return int(inference["success"]["count"]), int(inference["fail"]["count"])
+
+    run(3, None)  # warm-up
+    before = counts()
+    run(seconds, log)
+    after = counts()
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    latencies = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
+    start = min(int(row[0]) for row in rows)
+    end = max(int(row[0]) + int(row[2]) for row in rows)
+    cut = sum(1 for row in rows if int(row[1]) <= 0)  # still running when the run's time was up
+    return {"rps": len(latencies) / ((end - start) / 1e6), "p50_ms": latencies[len(latencies) // 2],
+            "p99_ms": latencies[int(len(latencies) * 0.99)],
+            "errors": len(rows) - len(latencies) - cut + after[1] - before[1],
+            "server_success": after[0] - before[0]}
+
+
+def start_inferd(scratch: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:
     repo = scratch / "inferd-repo"
     for model, batched in VARIANTS:
         dim, out = (512, 10) if model == "mlp" else (16, 4)
         write_model(repo, name(model, batched), MODELS / f"{model}.pt", dim, out, batching=batched)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "inferd", "serve", str(repo),
-               "--http-port", "18600", "--grpc-port", "18601", "--log-level", "warning"]
+               "--http-port", "18600", "--grpc-port", "18601", "--log-level", "warning", *extra]
     process = subprocess.Popen(command, env=env, stdout=(scratch / "inferd.log").open("wb"),
                                stderr=subprocess.STDOUT, start_new_session=True)
     wait_ready("http://127.0.0.1:18600/v2/health/ready", process)
@@ -72,28 +118,41 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--servers", default="inferd,triton")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations per case; the table shows medians")
+    parser.add_argument("--client", choices=("inferd", "h2load"), default="inferd", help="the gRPC load generator")
+    parser.add_argument("--inferd-args", default="", help="more `inferd serve` arguments")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "grpc_peers.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="inferd-grpc-peers-"))
-    rows = []
-    for server_name in args.servers.split(","):
-        if server_name == "inferd":
-            process, http, grpc = start_inferd(scratch)
-            halt = functools.partial(stop, process)
-        else:
-            server, http, grpc = start_triton()
-            halt = server.stop  # type: ignore[attr-defined]
-        try:
-            for model, batched in VARIANTS:
-                for concurrency in map(int, args.concurrency.split(",")):
-                    for wire, address in (("grpc", grpc), ("http", None)):
-                        result = bench(name(model, batched), http, address, concurrency, args.seconds,
-                                       scratch / "row.json")
-                        row = {"server": server_name, "model": model, "batching": batched, "wire": wire,
-                               "concurrency": concurrency, **result}
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-        finally:
+    rows, halts, addresses = [], [], {}
+    try:  # every server up at once (idle ones cost nothing), cases alternating between them: on a
+        # shared machine the load of the moment falls on both alike
+        for server_name in args.servers.split(","):
+            if server_name == "inferd":
+                process, http, grpc = start_inferd(scratch, args.inferd_args.split())
+                halts.append(functools.partial(stop, process))
+            else:
+                server, http, grpc = start_triton()
+                halts.append(server.stop)  # type: ignore[attr-defined]
+            addresses[server_name] = (http, grpc)
+        for model, batched in VARIANTS:
+            for concurrency in map(int, args.concurrency.split(",")):
+                for wire in ("grpc", "http"):
+                    for round_ in range(args.rounds):
+                        for server_name, (http, grpc) in addresses.items():
+                            address = grpc if wire == "grpc" else None
+                            if address and args.client == "h2load":
+                                result = h2load(name(model, batched), http, address, concurrency, args.seconds,
+                                                scratch / "row.json")
+                            else:
+                                result = bench(name(model, batched), http, address, concurrency, args.seconds,
+                                               scratch / "row.json")
+                            row = {"server": server_name, "model": model, "batching": batched, "wire": wire,
+                                   "concurrency": concurrency, "round": round_, **result}
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+    finally:
+        for halt in halts:
             halt()
     args.out.write_text(json.dumps(rows, indent=1))
     print(f"\n| model | batching | c | wire | {' | '.join(args.servers.split(','))} |")
@@ -103,10 +162,12 @@ def main() -> None:
             for wire in ("grpc", "http"):
                 cells = []
                 for server_name in args.servers.split(","):
-                    match = [r for r in rows if (r["server"], r["model"], r["batching"], r["wire"],
-                                                 r["concurrency"]) == (server_name, model, batched, wire, concurrency)]
-                    cells.append(f"{match[0]['rps']:,.0f} req/s, p50 {match[0]['p50_ms']:.2f} ms, "
-                                 f"p99 {match[0]['p99_ms']:.2f} ms" if match else "-")
+                    match = sorted((r for r in rows if (r["server"], r["model"], r["batching"], r["wire"],
+                                   r["concurrency"]) == (server_name, model, batched, wire, concurrency)),
+                                   key=lambda r: r["rps"])
+                    middle = match[len(match) // 2] if match else None
+                    cells.append(f"{middle['rps']:,.0f} req/s, p50 {middle['p50_ms']:.2f} ms, "
+                                 f"p99 {middle['p99_ms']:.2f} ms" if middle else "-")
                 print(f"| {model} | {'yes' if batched else 'no'} | {concurrency} | {wire} | {' | '.join(cells)} |")
 
 

@@ -36,6 +36,7 @@ from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.health import NativeHealth
 from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
+from inferd.transport.offload import off_loop
 
 log = logging.getLogger("inferd.grpc")
 
@@ -137,6 +138,24 @@ def _status_trailers(code: grpc.StatusCode, details: str) -> bytes:
     encoded = "".join(c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
                       for c in details[:4096])
     return h2.literal("grpc-status", str(code.value[0])) + (h2.literal("grpc-message", encoded) if encoded else b"")
+
+
+def _inflate(encoding: str | None, flag: int, payload: memoryview, limit: int) -> bytes | memoryview:
+    """A message as sent, or inflated when its flag says so (never past ``limit`` bytes)."""
+    if not flag:
+        return payload
+    wbits = _DECOMPRESS.get(encoding or "")
+    if wbits is None:
+        raise _Aborted(grpc.StatusCode.INTERNAL, "a compressed message without a grpc-encoding")
+    try:
+        inflater = zlib.decompressobj(wbits)
+        message = inflater.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise _Aborted(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
+    if len(message) > limit or inflater.unconsumed_tail:
+        raise _Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"Received message larger than max (more than {limit} bytes inflated)")
+    return message
 
 
 def _timeout(value: str) -> float | None:
@@ -252,6 +271,7 @@ class _Connection(asyncio.Protocol):
             del buffer[:len(h2.PREFACE)]
             self.started = True
         at, size = 0, len(buffer)
+        view = memoryview(buffer)
         try:
             while size - at >= 9 and not self.closing:
                 length, kind, flags, stream_id = h2.parse_header(buffer, at)
@@ -259,13 +279,15 @@ class _Connection(asyncio.Protocol):
                     raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes, limit {FRAME_SIZE}")
                 if size - at - 9 < length:
                     break
-                payload = bytes(buffer[at + 9:at + 9 + length])
+                payload = bytes(view[at + 9:at + 9 + length])
                 at += 9 + length
                 self._frame(kind, flags, stream_id, payload)
         except h2.ConnectionError_ as exc:
             log.debug("gRPC connection error: %s", exc)
             self.goaway(exc.code, str(exc))
             return
+        finally:
+            view.release()
         del buffer[:at]
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -446,7 +468,7 @@ class _Connection(asyncio.Protocol):
             length = int.from_bytes(body[1:5], "big")
             if len(body) < 5 + length:
                 break
-            message = self._message(call, bytes(body[:5 + length]))
+            message = self._message(call, body[:5 + length])
             del body[:5 + length]
             if message is None:
                 return
@@ -478,26 +500,13 @@ class _Connection(asyncio.Protocol):
                 call.budgeted = length + 1
         return True
 
-    def _message(self, call: _Call, framed: bytes) -> bytes | None:
-        """One length-prefixed message, inflated when its flag says so (never past the limit)."""
-        if not framed[0]:
-            return framed[5:]
-        wbits = _DECOMPRESS.get(call.encoding or "")
-        if wbits is None:
-            self._finish(call, grpc.StatusCode.INTERNAL, "a compressed message without a grpc-encoding")
-            return None
-        limit = self.server.max_message_bytes
+    def _message(self, call: _Call, framed: bytes | bytearray) -> bytes | None:
+        """One length-prefixed message of a stream, inflated when its flag says so."""
         try:
-            inflater = zlib.decompressobj(wbits)
-            message = inflater.decompress(framed[5:], limit + 1)
-        except zlib.error as exc:
-            self._finish(call, grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}")
+            return bytes(_inflate(call.encoding, framed[0], memoryview(framed)[5:], self.server.max_message_bytes))
+        except _Aborted as exc:
+            self._finish(call, exc.code, exc.details)
             return None
-        if len(message) > limit or inflater.unconsumed_tail:
-            self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"Received message larger than max (more than {limit} bytes inflated)")
-            return None
-        return message
 
     # -- running ------------------------------------------------------------------------------
 
@@ -505,18 +514,21 @@ class _Connection(asyncio.Protocol):
         if len(body) < 5 or len(body) != 5 + int.from_bytes(body[1:5], "big"):
             self._finish(call, grpc.StatusCode.INTERNAL, "the request message is missing or cut short")
             return
-        message = self._message(call, bytes(body))
         call.body = bytearray()
-        if message is not None:
-            call.task = self.loop.create_task(self._unary(call, route, message))
+        call.task = self.loop.create_task(self._unary(call, route, body))
 
-    async def _unary(self, call: _Call, route: Route, message: bytes) -> None:
+    async def _unary(self, call: _Call, route: Route, framed: bytearray) -> None:
         try:
+            payload = memoryview(framed)[5:]
+            if framed[0]:  # a large message inflates on a thread: the loop serves others meanwhile
+                payload = memoryview(await off_loop(len(payload), _inflate, call.encoding, framed[0], payload,
+                                                    self.server.max_message_bytes))
             try:
-                request = route[2].FromString(message)
+                request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
             except DecodeError:
                 self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
                 return
+            del framed, payload
             answer = await cast(Awaitable[Message], route[1](request, cast(Context, _CallContext(call))))
             if not call.done:
                 self._answer(call, answer.SerializeToString())
