@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -59,31 +60,33 @@ def h2load(model: str, http: str, grpc: str, concurrency: int, seconds: int, out
     message.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
     log = out.with_suffix(".log")
 
-    def run(duration: int, log_file: Path | None) -> None:
-        if log_file is not None:
-            log_file.unlink(missing_ok=True)  # h2load appends to its log
-        command = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(duration), "-c", "1", "-m", str(concurrency),
+    def run(log_file: Path, duration: int = 0, requests: int = 0) -> list[list[str]]:
+        log_file.unlink(missing_ok=True)  # h2load appends to its log
+        amount = ["-n", str(requests)] if requests else ["-D", str(duration)]
+        command = ["taskset", "-c", CLIENT_CPU, "h2load", *amount, "-c", "1", "-m", str(concurrency),
                    "-d", str(message), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                   f"http://{grpc}/inference.GRPCInferenceService/ModelInfer"]
-        subprocess.run(command + ([f"--log-file={log_file}"] if log_file else []), check=True, capture_output=True)
+                   f"--log-file={log_file}", f"http://{grpc}/inference.GRPCInferenceService/ModelInfer"]
+        subprocess.run(command, check=True, capture_output=True)
+        return [line.split("\t") for line in log_file.read_text().splitlines() if line]
 
     def counts() -> tuple[int, int]:
         stats = json.loads(urllib.request.urlopen(f"{http}/v2/models/{model}/stats", timeout=10).read())
         inference = stats["model_stats"][0]["inference_stats"]
         return int(inference["success"]["count"]), int(inference["fail"]["count"])
 
-    run(3, None)  # warm-up
+    warm = run(log, duration=3)  # warm-up; its rate sizes the measured run, which sends a fixed number
+    # of requests so that none is cut off at the end (a cut request would count as a failure)
+    rate = len(warm) / 3
+    time.sleep(0.3)  # the warm-up's last calls settle
     before = counts()
-    run(seconds, log)
+    rows = run(log, requests=max(concurrency * 10, int(rate * seconds)))
     after = counts()
-    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
     latencies = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
     start = min(int(row[0]) for row in rows)
     end = max(int(row[0]) + int(row[2]) for row in rows)
-    cut = sum(1 for row in rows if int(row[1]) <= 0)  # still running when the run's time was up
     return {"rps": len(latencies) / ((end - start) / 1e6), "p50_ms": latencies[len(latencies) // 2],
             "p99_ms": latencies[int(len(latencies) * 0.99)],
-            "errors": len(rows) - len(latencies) - cut + after[1] - before[1],
+            "errors": len(rows) - len(latencies) + after[1] - before[1],
             "server_success": after[0] - before[0]}
 
 
