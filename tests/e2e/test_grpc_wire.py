@@ -260,3 +260,24 @@ def test_grpcio_server_still_serves(tmp_path: Path) -> None:
     write(tmp_path / "echo/config.toml", CONFIG)
     with serve(tmp_path, "--grpc-server", "grpcio", grpc=True) as running:
         well_served(running)
+
+
+def test_idle_connections_cannot_lock_clients_out(tmp_path: Path) -> None:
+    """At the connection limit, the connection idle longest makes room for a new one."""
+    write(tmp_path / "echo/1/model.py", MODELS["echo"])
+    write(tmp_path / "echo/config.toml", CONFIG)
+    with serve(tmp_path, "--max-connections", "3", grpc=True) as running:
+        idle = [Client(running) for _ in range(3)]  # preface and SETTINGS, then nothing
+        time.sleep(0.3)
+        well_served(running)  # a fourth connection: served
+        closed = 0
+        for client in idle:
+            client.sock.settimeout(2)
+            try:
+                client.read_until(lambda client=client: client.goaway is not None, seconds=2)
+            except (AssertionError, TimeoutError, OSError):
+                continue
+            closed += client.goaway is not None
+        assert closed >= 1
+        for client in idle:
+            client.close()

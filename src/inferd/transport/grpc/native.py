@@ -188,6 +188,7 @@ class _Connection(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None  # set while the client does not read
         self.closing = False
         self.timer: asyncio.TimerHandle | None = None
+        self.active_at = time.monotonic()  # when a call last started or ended
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -196,8 +197,8 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self.server.connections) >= self.server.max_calls:
-            self.transport.close()
+        if len(self.server.connections) >= self.server.max_calls and not self.server.evict_idle():
+            self.transport.close()  # every connection has calls running: no room
             return
         self.server.connections.add(self)
         self._write(h2.settings({h2.MAX_CONCURRENT_STREAMS: self.server.max_streams, h2.ENABLE_PUSH: 0,
@@ -389,6 +390,7 @@ class _Connection(asyncio.Protocol):
             return
         call = _Call(stream_id, headers, self.peer_window)
         self.calls[stream_id] = call
+        self.active_at = time.monotonic()
         self._begin(call)
         if flags & h2.END_STREAM and not call.done:
             self._received(call, b"", True)
@@ -644,6 +646,7 @@ class _Connection(asyncio.Protocol):
         self._forget(call)
 
     def _forget(self, call: _Call) -> None:
+        self.active_at = time.monotonic()
         self.unsent -= call.unsent  # a reset call's answer is dropped
         call.unsent = 0
         call.outbox.clear()
@@ -721,6 +724,17 @@ class NativeGrpcServer:
             for name, (stream, request_type) in servicer.streams().items():
                 self.routes[f"/{servicer.name}/{name}"] = (STREAM, stream, request_type)
         self._servers: list[asyncio.Server] = []
+
+    def evict_idle(self) -> bool:
+        """Room for a new connection at the limit: the one idle longest (no call running) gets
+        GOAWAY and closes, so idle connections held open cannot lock clients out."""
+        idle = [c for c in self.connections if not c.calls and not c.closing]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.active_at)
+        oldest.goaway(h2.NO_ERROR, "idle connection closed to make room")
+        self.connections.discard(oldest)
+        return True
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
