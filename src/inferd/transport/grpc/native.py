@@ -102,6 +102,7 @@ class _Call:
         "ended",
         "headers",
         "headers_sent",
+        "held",
         "id",
         "outbox",
         "route",
@@ -133,6 +134,7 @@ class _Call:
         self.trailers: bytes | None = None
         self.drained: asyncio.Future[None] | None = None
         self.credit = 0
+        self.held = 0  # stream answer bytes counted against the byte budget until sent
 
 
 def _status_trailers(code: grpc.StatusCode, details: str) -> bytes:
@@ -189,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.timer: asyncio.TimerHandle | None = None
         self.active_at = time.monotonic()  # when a call last started or ended
+        self.discarding = False  # closing: what the client still sends is dropped
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -256,13 +259,28 @@ class _Connection(asyncio.Protocol):
             self.loop.call_soon(self._close)
 
     def _close(self) -> None:
+        """Send what is left and our FIN, then drop what the client still sends until it closes
+        (at most a second): closing with unread bytes would make the kernel answer RST, and the
+        client could lose the GOAWAY saying why."""
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.discarding = True
+        self.buffer.clear()
+        for call in list(self.calls.values()):
+            self._cut(call)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(1.0, transport.abort)
+        else:
+            transport.close()
 
     # -- reading ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
         buffer = self.buffer
         buffer += data
         if not self.started:
@@ -573,12 +591,17 @@ class _Connection(asyncio.Protocol):
             self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
             return
         produce = cast(Callable[[Any, Context], AsyncGenerator[Message, None]], route[1])
+        held = await self._room(len(message))  # the request counts while it runs: its model waits for room
         try:
             async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call)))) as answers:
                 async for answer in answers:
                     if call.done:
                         return
-                    self._answer(call, answer.SerializeToString())
+                    data = answer.SerializeToString()
+                    call.held += await self._room(len(data) + 5)  # until its bytes are sent
+                    if call.done:
+                        return
+                    self._answer(call, data)
                     if call.unsent > STREAM_BUFFER:  # the client reads slowly: its models wait
                         call.drained = self.loop.create_future()
                         await call.drained
@@ -591,6 +614,18 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             log.exception("internal error in a gRPC stream")
             self._finish(call, grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self.server.budget.give(held)
+
+    async def _room(self, size: int) -> int:
+        """Wait until the shared byte budget holds ``size`` more bytes; what was taken (0 for more
+        than the whole budget: it goes uncounted rather than waiting forever)."""
+        budget = self.server.budget
+        while not budget.take(size):
+            if size > budget.limit:
+                return 0
+            await asyncio.sleep(0.005)
+        return size
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -647,6 +682,9 @@ class _Connection(asyncio.Protocol):
 
     def _forget(self, call: _Call) -> None:
         self.active_at = time.monotonic()
+        if call.held:
+            self.server.budget.give(call.held)
+            call.held = 0
         self.unsent -= call.unsent  # a reset call's answer is dropped
         call.unsent = 0
         call.outbox.clear()
@@ -673,6 +711,10 @@ class _Connection(asyncio.Protocol):
             self.send_window -= len(chunk)
             call.unsent -= len(chunk)
             self.unsent -= len(chunk)
+            if call.held:
+                sent = min(call.held, len(chunk))
+                call.held -= sent
+                self.server.budget.give(sent)
             self._write(h2.frame(h2.DATA, 0, call.id, chunk))
         self.blocked.pop(call.id, None)
         if call.drained is not None and not call.drained.done():
