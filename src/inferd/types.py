@@ -100,6 +100,19 @@ class Timings:
     steps: dict[str, float] = field(default_factory=dict)  # an ensemble's steps: model -> its total
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceId:
+    """The sequence a request belongs to (Triton's correlation ID, an integer or a string; 0 and ""
+    mean none) and whether it starts or ends it."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+
+    def present(self) -> bool:
+        return self.id not in (0, "")
+
+
 @dataclass(slots=True)
 class CallContext:
     """What travels with one call down to the scheduler: its deadline, its clock, its client."""
@@ -107,6 +120,7 @@ class CallContext:
     timings: Timings = field(default_factory=Timings)
     deadline: float | None = None  # time.perf_counter() value; None = no deadline
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
+    sequence: SequenceId | None = None  # a stateful model's request: its sequence (sequence_id parameters)
 
     def is_cancelled(self) -> bool:
         return self.cancelled is not None and self.cancelled()

@@ -31,14 +31,15 @@ from inferd.types import (
     Tensor,
     VersionStatus,
 )
-from inferd.validation import check_inputs, check_outputs
+from inferd.validation import check_inputs, check_outputs, sequence_of
 
 _GENERATIONS = itertools.count(1)
 # what exists: classification (top classes of an output), the binary tensor extension, the repository
 # extension (index, load, unload), model configuration (.../config), statistics (.../stats), the
-# per-request "timeout" parameter, and generate (.../generate, .../generate_stream)
-EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics",
-              "schedule_policy", "generate")
+# per-request "timeout" parameter, generate (.../generate, .../generate_stream), and sequence (the
+# sequence_id, sequence_start and sequence_end parameters of stateful models)
+EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository", "model_configuration",
+              "statistics", "schedule_policy", "generate")
 
 
 class DataPlane:
@@ -153,6 +154,7 @@ class DataPlane:
         hit = False
         cache_s = 0.0
         try:
+            context.sequence = sequence_of(request.parameters)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()

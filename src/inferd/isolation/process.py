@@ -280,6 +280,7 @@ class ProcessRuntime(Runtime):
         self._closed = False
         self._start_failure = ""  # why the last start failed; "" once one succeeds
         self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
+        self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self.restarts = 0
         first = self._new_instance()
         first.start()  # in this thread: a model that cannot load fails its load, with the reason
@@ -293,10 +294,18 @@ class ProcessRuntime(Runtime):
         self.platform = metadata["platform"]
         self.inputs, self.outputs = metadata["inputs"], metadata["outputs"]
         self.max_batch_size = metadata["max_batch_size"]
+        self.takes_sequence = metadata["takes_sequence"]
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
-        instance = self._checkout()
+        return self._call(self._checkout(), inputs)
+
+    def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
+        """On the ``lane``-th running instance (by start order), waiting until it is idle: a
+        sequence's state lives in one process. A restart gives the lane a fresh process."""
+        return self._call(self._checkout(lane), inputs)
+
+    def _call(self, instance: InstanceProcess, inputs: Arrays) -> Arrays:
         try:
             outputs = instance.call(inputs)
         except InstanceDied as exc:
@@ -317,16 +326,45 @@ class ProcessRuntime(Runtime):
             self._give_back(instance)
         return outputs
 
-    def _checkout(self) -> InstanceProcess:
+    def _checkout(self, lane: int | None = None) -> InstanceProcess:
         while True:
             if self._closed:
                 raise Unavailable(f"model '{self.name}' is unloading")
             if self._ready == 0 and self._start_failure:
                 raise Unavailable(f"model '{self.name}' has no running instance: {self._start_failure}")
+            if lane is not None:
+                found = self._take(lane)
+                if found is not None:
+                    return found
+                time.sleep(0.001)
+                continue
             try:
                 return self._idle.get(timeout=0.1)
             except queue.Empty:
                 continue
+
+    def _take(self, lane: int) -> InstanceProcess | None:
+        """The lane's instance if it is idle now (the others go back as they were)."""
+        with self._lock:
+            live = sorted(self._live)
+            if not live:
+                return None
+            wanted = self._lanes.get(lane, -1)
+            if wanted not in self._live:  # first use, or its instance was replaced: the lane moves
+                wanted = self._lanes[lane] = live[lane % len(live)]
+            others, found = [], None
+            while True:
+                try:
+                    instance = self._idle.get_nowait()
+                except queue.Empty:
+                    break
+                if instance.index == wanted and found is None:
+                    found = instance
+                else:
+                    others.append(instance)
+            for instance in others:
+                self._idle.put(instance)
+            return found
 
     def _give_back(self, instance: InstanceProcess) -> None:
         with self._lock:

@@ -60,7 +60,8 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         conn.send(("failed", message))
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
-                         "max_batch_size": runtime.max_batch_size, "describe": runtime.describe()}))
+                         "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
+                         "takes_sequence": runtime.takes_sequence}))
     return runtime
 
 

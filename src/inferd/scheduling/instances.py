@@ -90,7 +90,7 @@ class InstancePool(Scheduler):
         self.pending += 1
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs, context,
                                                             time.perf_counter())
-        future.add_done_callback(self._finished)  # the call holds its place until it leaves its thread
+        future.add_done_callback(self.finished)  # the call holds its place until it leaves its thread
         if context.deadline is None:
             return await future
         remaining = context.deadline - time.perf_counter()
@@ -115,7 +115,7 @@ class InstancePool(Scheduler):
         self.pending += 1
         enqueued = time.perf_counter()
         future = loop.run_in_executor(self._executor, self._produce, inputs, context, enqueued, answers, stop, loop)
-        future.add_done_callback(self._finished)
+        future.add_done_callback(self.finished)
         try:
             while True:
                 item = await answers.get()
@@ -160,7 +160,7 @@ class InstancePool(Scheduler):
             self._busy -= 1
             context.timings.compute += time.perf_counter() - start
 
-    def _finished(self, future: asyncio.Future[Any]) -> None:
+    def finished(self, future: asyncio.Future[Any]) -> None:
         self.pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved: an answer dropped at its deadline logs nothing
@@ -182,7 +182,8 @@ class InstancePool(Scheduler):
         time on the loop is bounded by its size, not only by an average."""
         return self.inline and _nbytes(inputs) <= self._inline_max_bytes
 
-    def execute(self, inputs: Arrays) -> Arrays:
+    def execute(self, inputs: Arrays, lane: int | None = None) -> Arrays:
+        """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on)."""
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
         rows = self._rows(inputs)
@@ -192,7 +193,7 @@ class InstancePool(Scheduler):
             self._inferences += rows
         start = time.perf_counter()
         try:
-            return self.inner.infer(inputs)
+            return self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
         except InferdError:
             raise
         except Exception as exc:
