@@ -278,11 +278,10 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     if config.decoupled:
         for clash, present in (("response_cache", config.response_cache),
                                ("dynamic_batching", config.dynamic_batching is not None),
-                               ("instance_group kind \"process\"", config.instance_group.kind == "process"),
                                ("platform \"ensemble\"", config.backend == "ensemble")):
             if present:
                 raise ConfigError(f"{where}: a decoupled model cannot have {clash} (its answers stream "
-                                  "from a generator on an instance thread of the server)")
+                                  "from one request's generator, never from a batch or a cache)")
     if config.sequence_batching is not None:
         check_sequence_batching(config, where)
     if config.backend == "ensemble":

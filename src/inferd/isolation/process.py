@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class InstanceProcess:
         self.started = 0.0  # time.time() once its model loaded
 
     @property
+    def killed(self) -> bool:
+        return self._killed
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -151,6 +156,63 @@ class InstanceProcess:
             except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
                 self.kill()
                 raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
+        _, _, kind, message, fatal = reply
+        if fatal:
+            self.kill()
+            raise InstanceDied(f"failed and was stopped: {message}")
+        error = getattr(errors, kind, None)
+        if isinstance(error, type) and issubclass(error, InferdError):
+            raise error(message)
+        raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
+
+    def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """One execution answered in parts (a decoupled model, a handler's intermediate answers):
+        each part is copied out before the process may write the next; ``stop`` (or closing this
+        generator) cancels the rest. Raises InstanceDied as ``call`` does."""
+        assert self._conn is not None
+        try:
+            header, path = self._inputs.write(arrays)
+        except SharedMemoryFull as exc:
+            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
+        self._calls += 1
+        call_id, ended = self._calls, False
+        try:
+            self._conn.send(("stream", call_id, header, path))
+        except OSError:
+            raise InstanceDied(self._exit_reason("before it could take this request")) from None
+        try:
+            while True:
+                reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
+                if reply[0] != "part":
+                    ended = True
+                    if reply[0] == "end":
+                        return
+                    self._raise(reply)
+                yield self._read(reply[2], reply[3])
+                self._conn.send(("cancel" if stop.is_set() else "next", call_id))
+        finally:
+            if not ended:  # closed early: cancel, and read up to its end so the channel stays in step
+                self._finish(call_id)
+
+    def _finish(self, call_id: int) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.send(("cancel", call_id))
+            while self._wait(self.spec.response_timeout_s, "stopping a stream", call_id)[0] == "part":
+                self._conn.send(("cancel", call_id))
+        except (InstanceDied, OSError):
+            self.kill()
+
+    def _read(self, header: Any, path: str | None) -> Arrays:
+        try:
+            if path is not None:
+                self._outputs.attach(path)
+            return self._outputs.read(header, copy=True)
+        except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
+            self.kill()
+            raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
+
+    def _raise(self, reply: tuple[Any, ...]) -> None:
         _, _, kind, message, fatal = reply
         if fatal:
             self.kill()
@@ -244,14 +306,14 @@ class InstanceProcess:
             self._scratch = None
 
 
-_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5}
+_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5, "part": 4, "end": 2}
 
 
 def _checked(reply: Any, call_id: int | None) -> Any:
     """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
     if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
         raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
-    answers_call = reply[0] in ("ok", "error")
+    answers_call = reply[0] in ("ok", "error", "part", "end")
     if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
         raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
                             f"waiting for {call_id if call_id is not None else 'the load'})")
@@ -295,6 +357,7 @@ class ProcessRuntime(Runtime):
         self.inputs, self.outputs = metadata["inputs"], metadata["outputs"]
         self.max_batch_size = metadata["max_batch_size"]
         self.takes_sequence = metadata["takes_sequence"]
+        self.decoupled = metadata["decoupled"]
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -304,6 +367,24 @@ class ProcessRuntime(Runtime):
         """On the ``lane``-th running instance (by start order), waiting until it is idle: a
         sequence's state lives in one process. A restart gives the lane a fresh process."""
         return self._call(self._checkout(lane), inputs)
+
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        instance = self._checkout()
+        try:
+            yield from instance.stream(inputs, stop)
+        except InstanceDied as exc:
+            log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
+                      instance.pid, exc.reason)
+            self._replace(instance)
+            raise ModelError(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+                             "failed and the instance is restarting (other requests are not affected)") from None
+        except BaseException:  # the model's error, or the stream closed early (cancelled in the process)
+            if instance.killed:
+                self._replace(instance)
+            else:
+                self._give_back(instance)
+            raise
+        self._give_back(instance)
 
     def _call(self, instance: InstanceProcess, inputs: Arrays) -> Arrays:
         try:

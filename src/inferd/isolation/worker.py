@@ -61,7 +61,7 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
-                         "takes_sequence": runtime.takes_sequence}))
+                         "takes_sequence": runtime.takes_sequence, "decoupled": runtime.decoupled}))
     return runtime
 
 
@@ -81,7 +81,10 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
-            conn.send(_call(runtime, arrays, outputs, call_id))
+            if message[0] == "stream":
+                conn.send(_stream(conn, runtime, arrays, outputs, call_id))
+            else:
+                conn.send(_call(runtime, arrays, outputs, call_id))
     finally:
         outputs.close()
 
@@ -103,6 +106,32 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple
     except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
         return ("error", call_id, type(exc).__name__, f"its outputs could not be sent: {exc}", False)
     return ("ok", call_id, header, path)
+
+
+def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple[Any, ...]:
+    """A call answered in parts: each part is written to the outputs buffer and announced; the server
+    copies it out and says "next" (or "cancel": its client left) before the buffer is written again."""
+    stop = threading.Event()
+    parts = runtime.infer_stream(arrays, stop)
+    try:
+        for item in parts:
+            try:
+                header, path = outputs.write(item)
+            except SharedMemoryFull as exc:
+                return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
+            conn.send(("part", call_id, header, path))
+            if conn.receive() != ("next", call_id):
+                stop.set()
+                break
+    except MemoryError as exc:
+        return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+        return ("error", call_id, type(exc).__name__, message, False)
+    finally:
+        parts.close()
+        del arrays
+    return ("end", call_id)
 
 
 def _exit_with_parent(parent: int) -> None:
