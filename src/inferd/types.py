@@ -26,6 +26,9 @@ _NUMPY_BY_V2: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(object),
 }
 V2_DATATYPES: tuple[str, ...] = (*_NUMPY_BY_V2, "BF16")
+# Reserved output name: present in an answer of a runtime that answers in parts (``Runtime.parts``:
+# a TorchServe handler's send_intermediate_predict_response) when it is not the request's last
+INTERMEDIATE_OUTPUT = "__inferd_intermediate__"
 
 
 def bfloat16() -> np.dtype[Any]:

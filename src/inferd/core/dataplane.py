@@ -19,6 +19,7 @@ from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import (
+    INTERMEDIATE_OUTPUT,
     CallContext,
     InferRequest,
     InferResponse,
@@ -225,7 +226,7 @@ class DataPlane:
         client went away) stops the model."""
         self._access.authorize_inference(request.credentials)
         runtime, version = self._resolve(request)
-        if not runtime.decoupled:
+        if not runtime.decoupled and not runtime.parts:
             yield await self.run_step(request)
             return
         start = time.perf_counter()
@@ -238,8 +239,11 @@ class DataPlane:
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
                     tensors = self._tensors(request.model_name, runtime, outputs, wanted)
+                    # a decoupled model's answers are each one of many; a model answering in parts
+                    # (a handler's intermediate answers) marks those before its last
+                    final = runtime.parts and INTERMEDIATE_OUTPUT not in outputs
                     yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
-                                        id=request.id, timings=context.timings, final=False)
+                                        id=request.id, timings=context.timings, final=final)
         except InferdError as exc:
             outcome = exc.code.value
             raise

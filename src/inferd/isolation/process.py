@@ -185,7 +185,9 @@ class InstanceProcess:
                 reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
                 if reply[0] != "part":
                     ended = True
-                    if reply[0] == "end":
+                    if reply[0] == "ok":  # the last part, and the call's end (a handler's answer)
+                        yield self._read(reply[2], reply[3])
+                    if reply[0] in ("ok", "end"):
                         return
                     self._raise(reply)
                 yield self._read(reply[2], reply[3])
@@ -358,6 +360,7 @@ class ProcessRuntime(Runtime):
         self.max_batch_size = metadata["max_batch_size"]
         self.takes_sequence = metadata["takes_sequence"]
         self.decoupled = metadata["decoupled"]
+        self.parts = metadata["parts"]
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:

@@ -25,6 +25,7 @@ from inferd.errors import InferdError
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import LoadContext, Runtime
+from inferd.types import INTERMEDIATE_OUTPUT
 
 _PARENT_CHECK_S = 1.0
 
@@ -61,7 +62,8 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
-                         "takes_sequence": runtime.takes_sequence, "decoupled": runtime.decoupled}))
+                         "takes_sequence": runtime.takes_sequence, "decoupled": runtime.decoupled,
+                         "parts": runtime.parts}))
     return runtime
 
 
@@ -119,6 +121,8 @@ def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_
                 header, path = outputs.write(item)
             except SharedMemoryFull as exc:
                 return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
+            if runtime.parts and INTERMEDIATE_OUTPUT not in item:  # a handler's answer: the call's last
+                return ("ok", call_id, header, path)
             conn.send(("part", call_id, header, path))
             if conn.receive() != ("next", call_id):
                 stop.set()

@@ -57,6 +57,7 @@ class Runtime(ABC):
     lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
     decoupled: bool = False  # answers a request zero, one or many times (infer_stream)
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
+    parts: bool = False  # may answer one request in parts before its answer (infer_stream, INTERMEDIATE_OUTPUT)
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -83,6 +84,7 @@ class Runtime(ABC):
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.decoupled = inner.decoupled
         self.takes_sequence = inner.takes_sequence
+        self.parts = inner.parts
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
         self.signature_name, self.signature_def = inner.signature_name, inner.signature_def

@@ -104,7 +104,7 @@ class InstancePool(Scheduler):
         """A decoupled model's answers: its generator runs on an instance thread (holding it until
         it ends) and hands each answer over a bounded queue, so a slow reader slows the model down
         instead of filling memory; closing this iterator (the client went away) stops it."""
-        if not self.decoupled:
+        if not self.decoupled and not self.parts:
             yield await self.infer_async(inputs, context)
             return
         if self.pending >= self._max_queue + self._count:
