@@ -116,9 +116,12 @@ class InstancePool(Scheduler):
         enqueued = time.perf_counter()
         future = loop.run_in_executor(self._executor, self._produce, inputs, context, enqueued, answers, stop, loop)
         future.add_done_callback(self.finished)
+        # the deadline stops the model even while the reader is stuck on a slow client
+        timer = None if context.deadline is None else loop.call_later(
+            max(context.deadline - time.perf_counter(), 0.0), stop.set)
         try:
             while True:
-                item = await answers.get()
+                item = await self._next_answer(answers, context)
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -126,6 +129,22 @@ class InstancePool(Scheduler):
                 yield item  # type: ignore[misc]
         finally:
             stop.set()
+            if timer is not None:
+                timer.cancel()
+
+    async def _next_answer(self, answers: asyncio.Queue[object], context: CallContext) -> object:
+        """The stream's next answer, within the request's deadline: it bounds the whole stream
+        (the time its reader took included), not each answer."""
+        if context.deadline is None:
+            return await answers.get()
+        try:
+            item = await asyncio.wait_for(answers.get(), max(context.deadline - time.perf_counter(), 0.0))
+        except TimeoutError:
+            item = None
+        if item is None or (item is _END and time.perf_counter() >= context.deadline):  # stopped by the timer
+            raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed while it streamed "
+                                   "its answers; the model was stopped")
+        return item
 
     def _produce(self, inputs: Arrays, context: CallContext, enqueued: float, answers: asyncio.Queue[object],
                  stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
