@@ -121,6 +121,11 @@ def build(root: Path, progress: Path) -> Path:
     models.write(root / "count_up/config.toml", COUNT_UP_CONFIG)
     models.write(root / "endless/1/model.py", ENDLESS.format(progress=str(progress)))
     models.write(root / "endless/config.toml", COUNT_UP_CONFIG.replace('name = "N"', 'name = "N"', 1))
+    process = '\n[instance_group]\nkind = "process"\ncount = 2\n'  # the same models in instance processes
+    models.write(root / "count_up_process/1/model.py", COUNT_UP)
+    models.write(root / "count_up_process/config.toml", COUNT_UP_CONFIG + process)
+    models.write(root / "endless_process/1/model.py", ENDLESS.format(progress=f"{progress}-process"))
+    models.write(root / "endless_process/config.toml", COUNT_UP_CONFIG + process)
     models.write(root / "repeat_int32/1/model.py", REPEAT)
     models.write(root / "repeat_int32/config.pbtxt", REPEAT_CONFIG)
     models.write(root / "double/1/model.py", models.PYTHON_MODEL)

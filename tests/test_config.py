@@ -79,6 +79,17 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [-2]", "key 'shape' must be a list"),
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [1]\ndims = [1]", "key 'dims' is not known"),
     ("this is = not toml", "not valid TOML"),
+    ("[sequence_batching]\nmax_sequence_idle_microseconds = 0", "'max_sequence_idle_microseconds' must be >= 1"),
+    ("[[sequence_batching.control_input]]\nname = 'S'\nkind = 'BEGIN'", "key 'kind' must be one of START END"),
+    ("[[sequence_batching.control_input]]\nkind = 'START'", "key 'name' is required"),
+    ("[[sequence_batching.control_input]]\nname = 'S'\nkind = 'START'\nfalse_true = [1]",
+     "'false_true' must be two numbers"),
+    ("[[sequence_batching.control_input]]\nname = 'S'\nkind = 'START'\ndatatype = 'UINT64'",
+     "control input 'S' \\(START\\) must be one of INT32 FP32 BOOL"),
+    ("[[sequence_batching.control_input]]\nname = 'C'\nkind = 'CORRID'\ndatatype = 'FP32'",
+     "must be one of UINT64 INT64 UINT32 INT32 BYTES"),
+    ("max_batch_size = 2\n[dynamic_batching]\n[sequence_batching]", "cannot have dynamic_batching"),
+    ("[model_transaction_policy]\ndecoupled = true\n[sequence_batching]", "cannot have model_transaction_policy"),
 ])
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
@@ -162,3 +173,23 @@ def test_platform_names_only_ensembles_and_steps_need_one() -> None:
         parse_model_config({"platform": "onnxruntime_onnx"}, "config.toml")
     with pytest.raises(ConfigError, match="ensemble steps need platform"):
         parse_model_config({"ensemble_scheduling": {"step": [{"model_name": "m"}]}}, "config.toml")
+
+
+def test_sequence_batching_in_config_toml(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, """
+[sequence_batching]
+max_sequence_idle_microseconds = 250000
+[[sequence_batching.control_input]]
+name = "START"
+kind = "START"
+datatype = "FP32"
+false_true = [0.0, 1.0]
+[[sequence_batching.control_input]]
+name = "ID"
+kind = "CORRID"
+"""))
+    sequence = config.sequence_batching
+    assert sequence is not None and sequence.max_sequence_idle_us == 250_000
+    assert [(c.name, c.kind, c.datatype, c.false_true) for c in sequence.controls] == [
+        ("START", "START", "FP32", (0.0, 1.0)), ("ID", "CORRID", "UINT64", (0, 1))]
+    assert load_model_config(write(tmp_path, "")).sequence_batching is None

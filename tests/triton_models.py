@@ -135,9 +135,8 @@ def framework_models(root: Path) -> None:
 
 def broken_models(root: Path) -> None:
     """A key inferd does not serve, and a model with both files (config.toml wins)."""
-    write(root / "sequence/1/model.py", IDENTITY)
-    write(root / "sequence/config.pbtxt",
-          'backend: "python"\nsequence_batching { max_sequence_idle_microseconds: 5 }\n')
+    write(root / "warmup/1/model.py", IDENTITY)
+    write(root / "warmup/config.pbtxt", 'backend: "python"\nmodel_warmup [ { name: "w" } ]\n')
     write(root / "both/1/model.py", IDENTITY)
     write(root / "both/config.pbtxt", 'backend: "python"\nmax_batch_size: 99\n')
     write(root / "both/config.toml", 'backend = "python"\n[[input]]\nname = "INPUT0"\ndatatype = "BYTES"\n'

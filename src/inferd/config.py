@@ -179,6 +179,32 @@ class DynamicBatching:
     default_timeout_ms: float = 0.0  # 0 = no deadline
 
 
+SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")  # Triton's CONTROL_SEQUENCE_<kind>
+CORRID_DATATYPES = ("UINT64", "INT64", "UINT32", "INT32", "BYTES")
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """A tensor the sequence batcher gives the model with every request (Triton's control_input):
+    START, END and READY carry ``false_true[1]`` when the request starts or ends its sequence (READY:
+    always, one request per execution), else ``false_true[0]``; CORRID carries the sequence's id."""
+
+    name: str
+    kind: str  # one of SEQUENCE_CONTROLS
+    datatype: str = "INT32"  # START/END/READY: INT32, FP32 or BOOL; CORRID: one of CORRID_DATATYPES
+    false_true: tuple[float, float] = (0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceBatching:
+    """Stateful models (Triton's sequence_batching): every request names its sequence
+    (``sequence_id``, ``sequence_start``, ``sequence_end``); one sequence's requests run in order on
+    one instance; a sequence idle longer than ``max_sequence_idle_us`` is forgotten."""
+
+    max_sequence_idle_us: int = 1_000_000  # Triton's default
+    controls: tuple[SequenceControl, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceGroup:
     count: int = 1  # executions of the model that may run at once
@@ -235,6 +261,7 @@ class ModelConfig:
     response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
     ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
     decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
+    sequence_batching: SequenceBatching | None = None  # present = a stateful model fed by sequences
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -254,11 +281,12 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     if config.decoupled:
         for clash, present in (("response_cache", config.response_cache),
                                ("dynamic_batching", config.dynamic_batching is not None),
-                               ("instance_group kind \"process\"", config.instance_group.kind == "process"),
                                ("platform \"ensemble\"", config.backend == "ensemble")):
             if present:
                 raise ConfigError(f"{where}: a decoupled model cannot have {clash} (its answers stream "
-                                  "from a generator on an instance thread of the server)")
+                                  "from one request's generator, never from a batch or a cache)")
+    if config.sequence_batching is not None:
+        check_sequence_batching(config, where)
     if config.backend == "ensemble":
         if config.dynamic_batching is not None:
             raise ConfigError(f"{where}: an ensemble is not batched itself (each step's model batches)")
@@ -266,6 +294,31 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     elif config.ensemble:
         raise ConfigError(f"{where}: ensemble steps need platform = \"ensemble\"")
     return config
+
+
+def check_sequence_batching(config: ModelConfig, where: str) -> None:
+    """What a sequence model cannot also be, and controls that could not be delivered."""
+    for clash, present in (("dynamic_batching", config.dynamic_batching is not None),
+                           ("response_cache", config.response_cache),
+                           ("model_transaction_policy decoupled", config.decoupled),
+                           ("platform \"ensemble\"", config.backend == "ensemble")):
+        if present:
+            raise ConfigError(f"{where}: a sequence_batching model cannot have {clash} (each request of a "
+                              "sequence runs alone, in order, on the instance that holds its state)")
+    assert config.sequence_batching is not None
+    controls = config.sequence_batching.controls
+    names = [c.name for c in controls]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: sequence_batching control_input names must be unique, got {names}")
+    declared = {t.name for t in config.inputs} & set(names)
+    if declared:
+        raise ConfigError(f"{where}: control input '{sorted(declared)[0]}' is also declared as an input; the "
+                          "sequence batcher supplies it, so declare it only under sequence_batching")
+    for control in controls:
+        allowed = CORRID_DATATYPES if control.kind == "CORRID" else ("INT32", "FP32", "BOOL")
+        if control.datatype not in allowed:
+            raise ConfigError(f"{where}: control input '{control.name}' ({control.kind}) must be one of "
+                              f"{' '.join(allowed)}, got {control.datatype}")
 
 
 def ensemble_order(config: ModelConfig, where: str) -> list[list[EnsembleStep]]:
@@ -393,6 +446,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         response_cache=_response_cache(table.take("response_cache", dict, {}), where),
         ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
         decoupled=_decoupled(table.take("model_transaction_policy", dict, {}), where),
+        sequence_batching=_sequence_batching(table.take("sequence_batching", dict), where),
         source=where,
     )
     table.finish()
@@ -454,6 +508,34 @@ def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
             raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
         steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
     return tuple(steps)
+
+
+def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatching | None:
+    if data is None:
+        return None
+    table = _Table(data, f"{where}: [sequence_batching]")
+    idle = table.take_int("max_sequence_idle_microseconds", 1_000_000, minimum=1)
+    items = table.take("control_input", list, [])
+    table.finish()
+    controls = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: sequence_batching control_input #{index} must be a table "
+                              "([[sequence_batching.control_input]])")
+        control = _Table(item, f"{where}: sequence_batching control_input #{index}")
+        name = control.take("name", str, "")
+        kind = control.take("kind", str, "")
+        datatype = control.take("datatype", str, "UINT64" if kind == "CORRID" else "INT32")
+        values = control.take("false_true", list, [0, 1])
+        control.finish()
+        if not name:
+            raise control.fail("name", "is required")
+        if kind not in SEQUENCE_CONTROLS:
+            raise control.fail("kind", f"must be one of {' '.join(SEQUENCE_CONTROLS)}, got {kind!r}")
+        if len(values) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise control.fail("false_true", f"must be two numbers (the false and the true value), got {values!r}")
+        controls.append(SequenceControl(name, kind, datatype, (values[0], values[1])))
+    return SequenceBatching(idle, tuple(controls))
 
 
 def _decoupled(data: dict[str, Any], where: str) -> bool:

@@ -26,6 +26,9 @@ _NUMPY_BY_V2: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(object),
 }
 V2_DATATYPES: tuple[str, ...] = (*_NUMPY_BY_V2, "BF16")
+# Reserved output name: present in an answer of a runtime that answers in parts (``Runtime.parts``:
+# a TorchServe handler's send_intermediate_predict_response) when it is not the request's last
+INTERMEDIATE_OUTPUT = "__inferd_intermediate__"
 
 
 def bfloat16() -> np.dtype[Any]:
@@ -100,6 +103,19 @@ class Timings:
     steps: dict[str, float] = field(default_factory=dict)  # an ensemble's steps: model -> its total
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceId:
+    """The sequence a request belongs to (Triton's correlation ID, an integer or a string; 0 and ""
+    mean none) and whether it starts or ends it."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+
+    def present(self) -> bool:
+        return self.id not in (0, "")
+
+
 @dataclass(slots=True)
 class CallContext:
     """What travels with one call down to the scheduler: its deadline, its clock, its client."""
@@ -107,6 +123,7 @@ class CallContext:
     timings: Timings = field(default_factory=Timings)
     deadline: float | None = None  # time.perf_counter() value; None = no deadline
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
+    sequence: SequenceId | None = None  # a stateful model's request: its sequence (sequence_id parameters)
 
     def is_cancelled(self) -> bool:
         return self.cancelled is not None and self.cancelled()

@@ -6,7 +6,9 @@ import numpy as np
 
 from inferd.errors import InvalidInput
 from inferd.runtimes.base import Arrays, Runtime
-from inferd.types import InferRequest, RequestedOutput, TensorSpec
+from inferd.types import InferRequest, RequestedOutput, SequenceId, TensorSpec
+
+_UINT64_MAX = 2**64 - 1
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -76,3 +78,22 @@ def check_outputs(request: InferRequest, runtime: Runtime) -> list[RequestedOutp
             raise InvalidInput(f"unknown output '{wanted.name}' requested from model "
                                f"'{request.model_name}'; it gives {_expected(runtime.outputs)}")
     return request.outputs
+
+
+def sequence_of(parameters: dict[str, object]) -> SequenceId | None:
+    """The request's sequence from its ``sequence_id``/``sequence_start``/``sequence_end``
+    parameters (as tritonclient sends them over HTTP and gRPC), or None when it names none."""
+    if "sequence_id" not in parameters and "sequence_start" not in parameters and "sequence_end" not in parameters:
+        return None
+    sequence_id = parameters.get("sequence_id", 0)
+    if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str) or (
+            isinstance(sequence_id, int) and not 0 <= sequence_id <= _UINT64_MAX):
+        raise InvalidInput(f"parameters.sequence_id must be an unsigned 64-bit integer or a string, "
+                           f"got {sequence_id!r}")
+    flags = {}
+    for name in ("sequence_start", "sequence_end"):
+        value = parameters.get(name, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"parameters.{name} must be true or false, got {value!r}")
+        flags[name] = value
+    return SequenceId(sequence_id, flags["sequence_start"], flags["sequence_end"])

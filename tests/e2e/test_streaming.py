@@ -58,11 +58,13 @@ def final_flag(result: grpcclient.InferResult) -> bool:
     return bool(result.get_response().parameters["triton_final_response"].bool_param)
 
 
-def test_a_generator_model_streams_each_answer(server: RunningServer) -> None:
+@pytest.mark.parametrize("model", ["count_up", "count_up_process"])
+def test_a_generator_model_streams_each_answer(server: RunningServer, model: str) -> None:
+    """Also from an instance process: each answer crosses as it comes."""
     answers: queue.Queue[Any] = queue.Queue()
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         client.start_stream(callback=lambda result, error: answers.put(error or result))
-        client.async_stream_infer("count_up", [n_input(4)], request_id="r1", enable_empty_final_response=True)
+        client.async_stream_infer(model, [n_input(4)], request_id="r1", enable_empty_final_response=True)
         got = collect(answers, 5)
         client.stop_stream()
     assert all(not isinstance(item, InferenceServerException) for item in got), got
@@ -105,12 +107,15 @@ def test_a_plain_model_answers_once_on_a_stream_and_errors_do_not_end_it(server:
     assert final_flag(result)
 
 
-def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path) -> None:
+@pytest.mark.parametrize("model", ["endless", "endless_process"])
+def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress: Path, model: str) -> None:
+    if model == "endless_process":
+        progress = Path(f"{progress}-process")
     Path(str(progress) + ".closed").unlink(missing_ok=True)
     answers: queue.Queue[Any] = queue.Queue()
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: answers.put(error or result))
-    client.async_stream_infer("endless", [n_input(0)])
+    client.async_stream_infer(model, [n_input(0)])
     collect(answers, 5)
     client.stop_stream(cancel_requests=True)
     client.close()
@@ -122,6 +127,13 @@ def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress
     stopped_at = int(progress.read_text())
     time.sleep(0.3)
     assert int(progress.read_text()) == stopped_at  # and it produces nothing more
+    for _ in range(3):  # its instances serve on (of two process instances, one is the cancelled one)
+        again: queue.Queue[Any] = queue.Queue()
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(callback=lambda result, error, into=again: into.put(error or result))
+            client.async_stream_infer(model, [n_input(0)])
+            assert [r.as_numpy("VALUE").tolist() for r in collect(again, 2)] == [[1], [2]]
+            client.stop_stream(cancel_requests=True)
 
 
 def test_a_unary_call_to_a_decoupled_model_is_refused(server: RunningServer) -> None:

@@ -71,8 +71,8 @@ def test_health_answers_with_bodies_and_metadata_lists_what_exists(server: Runni
         assert answer.headers["content-type"] == "application/json"
     extensions = requests.get(f"{server.base}/v2", timeout=5).json()["extensions"]
     assert {"statistics", "model_configuration", "model_repository", "binary_tensor_data"} <= set(extensions)
-    assert {"classification", "generate"} <= set(extensions)  # issue 18 serves both
-    assert not {"sequence", "system_shared_memory", "cuda_shared_memory"} & set(extensions)
+    assert {"classification", "generate", "sequence"} <= set(extensions)  # issue 18 serves them
+    assert not {"system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
 
 def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,
@@ -145,7 +145,7 @@ def test_index_lists_every_model_and_load_takes_an_override(server: RunningServe
     assert http.get_model_config("never_loaded")["max_batch_size"] == 2
 
     for client in (http, grpc):
-        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"sequence_batching": {}}'):
+        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"optimization": {}}'):
             with pytest.raises(InferenceServerException, match="failed to load 'never_loaded'"):
                 client.load_model("never_loaded", config=bad)
         with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):

@@ -97,9 +97,9 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
 
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
     index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
-    assert index["sequence"]["state"] == "UNAVAILABLE"
-    assert "sequence_batching" in index["sequence"]["reason"]
-    assert "inferd does not serve that key" in index["sequence"]["reason"]
+    assert index["warmup"]["state"] == "UNAVAILABLE"
+    assert "model_warmup" in index["warmup"]["reason"]
+    assert "inferd does not serve that key" in index["warmup"]["reason"]
 
 
 def test_config_toml_wins_over_config_pbtxt(http: httpclient.InferenceServerClient, server: RunningServer) -> None:

@@ -56,7 +56,16 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
 
 
 @pytest.mark.parametrize(("text", "named"), [
-    ("sequence_batching { }", '"sequence_batching"'),
+    ("sequence_batching { oldest { } }", '"oldest"'),
+    ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }',
+     "int32_false_true"),
+    ('sequence_batching { control_input [ { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ] }',
+     "needs a data_type"),
+    ('max_batch_size: 2\nsequence_batching { }\ndynamic_batching { }', "dynamic_batching"),
+    ('sequence_batching { }\nresponse_cache { enable: true }', "cannot have response_cache"),
+    ('sequence_batching { control_input [ { name: "INPUT" control [ { kind: CONTROL_SEQUENCE_READY '
+     'fp32_false_true: [ 0, 1 ] } ] } ] }\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+     "also declared as an input"),
     ("optimization { }", '"optimization"'),
     ('input [ { name: "a" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]', '"reshape"'),
     ('platform: "tensorrt_plan"', "'platform' is 'tensorrt_plan'"),
@@ -100,3 +109,35 @@ def test_served_config_as_tritons_json_round_trips() -> None:
     assert value["version_policy"] == {"specific": {"versions": [1, 3]}}
     again = apply_override(ModelConfig(), json.dumps(value), "densenet")
     assert again.inputs == config.inputs and again.dynamic_batching == config.dynamic_batching
+
+
+TRITON_SEQUENCE = """
+backend: "python"
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 5, 7 ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] }
+  ]
+}
+"""
+
+
+def test_sequence_batching_reads_its_controls_and_answers_them_back() -> None:
+    config = parse_pbtxt(TRITON_SEQUENCE, "s/config.pbtxt", "s")
+    sequence = config.sequence_batching
+    assert sequence is not None and sequence.max_sequence_idle_us == 5_000_000
+    assert [(c.name, c.kind, c.datatype, c.false_true) for c in sequence.controls] == [
+        ("START", "START", "FP32", (0, 1)), ("READY", "READY", "BOOL", (False, True)),
+        ("END", "END", "INT32", (5, 7)), ("CORRID", "CORRID", "BYTES", (0, 1))]
+    value = model_config_json(ServedConfig("s", "", "python", config))
+    assert value["sequence_batching"]["max_sequence_idle_microseconds"] == 5_000_000
+    assert value["sequence_batching"]["control_input"][2] == {
+        "name": "END", "control": [{"kind": "CONTROL_SEQUENCE_END", "int32_false_true": [5, 7],
+                                    "fp32_false_true": [], "bool_false_true": [], "data_type": "TYPE_INVALID"}]}
+    again = apply_override(ModelConfig(), json.dumps(value), "s")
+    assert again.sequence_batching == sequence
+    assert parse_pbtxt("sequence_batching { }", "p", "m").sequence_batching.max_sequence_idle_us == 1_000_000

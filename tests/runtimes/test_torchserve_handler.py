@@ -86,3 +86,47 @@ def test_a_handler_answering_the_wrong_count_fails_clearly(tmp_path: Path) -> No
     body[:] = [b"x"]
     with pytest.raises(RuntimeError, match="returned 0 results for a batch of 1"):
         runtime.infer({"body": body, "content_type": np.array([b"text/plain"], dtype=object)})
+
+
+def _streaming_runtime(sent: list[int]) -> handler.HandlerRuntime:
+    from inferd.runtimes.ts_context import send_intermediate_predict_response
+
+    def handle(data: list[dict[str, object]], context: Context) -> list[str]:
+        for i in range(5):
+            send_intermediate_predict_response([f"part {i}"], context.request_ids, "", 202, context)
+            sent.append(i)
+        return ["last"]
+
+    context = Context("m", ".", {"model": {}}, 1, None)
+    return handler.HandlerRuntime(handle, context, 1, "m")
+
+
+def _one_request() -> dict[str, np.ndarray]:
+    return {"body": np.array([b"{}"], dtype=object), "content_type": np.array([b"content-type: text/plain"],
+                                                                             dtype=object)}
+
+
+def test_intermediate_answers_come_before_the_last_marked_as_such() -> None:
+    import threading
+
+    from inferd.types import INTERMEDIATE_OUTPUT
+
+    runtime = _streaming_runtime([])
+    answers = list(runtime.infer_stream(_one_request(), threading.Event()))
+    assert [bytes(a["output"][0]) for a in answers] == [b"part 0", b"part 1", b"part 2", b"part 3", b"part 4", b"last"]
+    assert [INTERMEDIATE_OUTPUT in a for a in answers] == [True] * 5 + [False]
+    assert answers[0]["status"].tolist() == [202] and answers[-1]["status"].tolist() == [200]
+    # a plain call (v2 /infer, a batch) drops them: the answer is the handler's
+    assert bytes(runtime.infer(_one_request())["output"][0]) == b"last"
+
+
+def test_once_nobody_reads_no_more_intermediate_answers_are_handed_on() -> None:
+    import threading
+
+    sent: list[int] = []
+    stop = threading.Event()
+    got = []
+    for answer in _streaming_runtime(sent).infer_stream(_one_request(), stop):
+        got.append(bytes(answer["output"][0]))
+        stop.set()  # the client left after the first chunk
+    assert got == [b"part 0", b"last"] and sent == [0, 1, 2, 3, 4]  # the handler ran to its end, as TorchServe's

@@ -19,6 +19,7 @@ from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import (
+    INTERMEDIATE_OUTPUT,
     CallContext,
     InferRequest,
     InferResponse,
@@ -31,14 +32,15 @@ from inferd.types import (
     Tensor,
     VersionStatus,
 )
-from inferd.validation import check_inputs, check_outputs
+from inferd.validation import check_inputs, check_outputs, sequence_of
 
 _GENERATIONS = itertools.count(1)
 # what exists: classification (top classes of an output), the binary tensor extension, the repository
 # extension (index, load, unload), model configuration (.../config), statistics (.../stats), the
-# per-request "timeout" parameter, and generate (.../generate, .../generate_stream)
-EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "statistics",
-              "schedule_policy", "generate")
+# per-request "timeout" parameter, generate (.../generate, .../generate_stream), and sequence (the
+# sequence_id, sequence_start and sequence_end parameters of stateful models)
+EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository", "model_configuration",
+              "statistics", "schedule_policy", "generate")
 
 
 class DataPlane:
@@ -153,6 +155,7 @@ class DataPlane:
         hit = False
         cache_s = 0.0
         try:
+            context.sequence = sequence_of(request.parameters)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
@@ -223,7 +226,7 @@ class DataPlane:
         client went away) stops the model."""
         self._access.authorize_inference(request.credentials)
         runtime, version = self._resolve(request)
-        if not runtime.decoupled:
+        if not runtime.decoupled and not runtime.parts:
             yield await self.run_step(request)
             return
         start = time.perf_counter()
@@ -236,8 +239,11 @@ class DataPlane:
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
                     tensors = self._tensors(request.model_name, runtime, outputs, wanted)
+                    # a decoupled model's answers are each one of many; a model answering in parts
+                    # (a handler's intermediate answers) marks those before its last
+                    final = runtime.parts and INTERMEDIATE_OUTPUT not in outputs
                     yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
-                                        id=request.id, timings=context.timings, final=False)
+                                        id=request.id, timings=context.timings, final=final)
         except InferdError as exc:
             outcome = exc.code.value
             raise

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class InstanceProcess:
         self.started = 0.0  # time.time() once its model loaded
 
     @property
+    def killed(self) -> bool:
+        return self._killed
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -151,6 +156,65 @@ class InstanceProcess:
             except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
                 self.kill()
                 raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
+        _, _, kind, message, fatal = reply
+        if fatal:
+            self.kill()
+            raise InstanceDied(f"failed and was stopped: {message}")
+        error = getattr(errors, kind, None)
+        if isinstance(error, type) and issubclass(error, InferdError):
+            raise error(message)
+        raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
+
+    def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """One execution answered in parts (a decoupled model, a handler's intermediate answers):
+        each part is copied out before the process may write the next; ``stop`` (or closing this
+        generator) cancels the rest. Raises InstanceDied as ``call`` does."""
+        assert self._conn is not None
+        try:
+            header, path = self._inputs.write(arrays)
+        except SharedMemoryFull as exc:
+            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
+        self._calls += 1
+        call_id, ended = self._calls, False
+        try:
+            self._conn.send(("stream", call_id, header, path))
+        except OSError:
+            raise InstanceDied(self._exit_reason("before it could take this request")) from None
+        try:
+            while True:
+                reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
+                if reply[0] != "part":
+                    ended = True
+                    if reply[0] == "ok":  # the last part, and the call's end (a handler's answer)
+                        yield self._read(reply[2], reply[3])
+                    if reply[0] in ("ok", "end"):
+                        return
+                    self._raise(reply)
+                yield self._read(reply[2], reply[3])
+                self._conn.send(("cancel" if stop.is_set() else "next", call_id))
+        finally:
+            if not ended:  # closed early: cancel, and read up to its end so the channel stays in step
+                self._finish(call_id)
+
+    def _finish(self, call_id: int) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.send(("cancel", call_id))
+            while self._wait(self.spec.response_timeout_s, "stopping a stream", call_id)[0] == "part":
+                self._conn.send(("cancel", call_id))
+        except (InstanceDied, OSError):
+            self.kill()
+
+    def _read(self, header: Any, path: str | None) -> Arrays:
+        try:
+            if path is not None:
+                self._outputs.attach(path)
+            return self._outputs.read(header, copy=True)
+        except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
+            self.kill()
+            raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
+
+    def _raise(self, reply: tuple[Any, ...]) -> None:
         _, _, kind, message, fatal = reply
         if fatal:
             self.kill()
@@ -244,14 +308,14 @@ class InstanceProcess:
             self._scratch = None
 
 
-_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5}
+_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5, "part": 4, "end": 2}
 
 
 def _checked(reply: Any, call_id: int | None) -> Any:
     """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
     if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
         raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
-    answers_call = reply[0] in ("ok", "error")
+    answers_call = reply[0] in ("ok", "error", "part", "end")
     if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
         raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
                             f"waiting for {call_id if call_id is not None else 'the load'})")
@@ -280,6 +344,7 @@ class ProcessRuntime(Runtime):
         self._closed = False
         self._start_failure = ""  # why the last start failed; "" once one succeeds
         self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
+        self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self.restarts = 0
         first = self._new_instance()
         first.start()  # in this thread: a model that cannot load fails its load, with the reason
@@ -293,10 +358,38 @@ class ProcessRuntime(Runtime):
         self.platform = metadata["platform"]
         self.inputs, self.outputs = metadata["inputs"], metadata["outputs"]
         self.max_batch_size = metadata["max_batch_size"]
+        self.takes_sequence = metadata["takes_sequence"]
+        self.decoupled = metadata["decoupled"]
+        self.parts = metadata["parts"]
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
+        return self._call(self._checkout(), inputs)
+
+    def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
+        """On the ``lane``-th running instance (by start order), waiting until it is idle: a
+        sequence's state lives in one process. A restart gives the lane a fresh process."""
+        return self._call(self._checkout(lane), inputs)
+
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         instance = self._checkout()
+        try:
+            yield from instance.stream(inputs, stop)
+        except InstanceDied as exc:
+            log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
+                      instance.pid, exc.reason)
+            self._replace(instance)
+            raise ModelError(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+                             "failed and the instance is restarting (other requests are not affected)") from None
+        except BaseException:  # the model's error, or the stream closed early (cancelled in the process)
+            if instance.killed:
+                self._replace(instance)
+            else:
+                self._give_back(instance)
+            raise
+        self._give_back(instance)
+
+    def _call(self, instance: InstanceProcess, inputs: Arrays) -> Arrays:
         try:
             outputs = instance.call(inputs)
         except InstanceDied as exc:
@@ -317,16 +410,45 @@ class ProcessRuntime(Runtime):
             self._give_back(instance)
         return outputs
 
-    def _checkout(self) -> InstanceProcess:
+    def _checkout(self, lane: int | None = None) -> InstanceProcess:
         while True:
             if self._closed:
                 raise Unavailable(f"model '{self.name}' is unloading")
             if self._ready == 0 and self._start_failure:
                 raise Unavailable(f"model '{self.name}' has no running instance: {self._start_failure}")
+            if lane is not None:
+                found = self._take(lane)
+                if found is not None:
+                    return found
+                time.sleep(0.001)
+                continue
             try:
                 return self._idle.get(timeout=0.1)
             except queue.Empty:
                 continue
+
+    def _take(self, lane: int) -> InstanceProcess | None:
+        """The lane's instance if it is idle now (the others go back as they were)."""
+        with self._lock:
+            live = sorted(self._live)
+            if not live:
+                return None
+            wanted = self._lanes.get(lane, -1)
+            if wanted not in self._live:  # first use, or its instance was replaced: the lane moves
+                wanted = self._lanes[lane] = live[lane % len(live)]
+            others, found = [], None
+            while True:
+                try:
+                    instance = self._idle.get_nowait()
+                except queue.Empty:
+                    break
+                if instance.index == wanted and found is None:
+                    found = instance
+                else:
+                    others.append(instance)
+            for instance in others:
+                self._idle.put(instance)
+            return found
 
     def _give_back(self, instance: InstanceProcess) -> None:
         with self._lock:

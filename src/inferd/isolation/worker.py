@@ -25,6 +25,7 @@ from inferd.errors import InferdError
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import LoadContext, Runtime
+from inferd.types import INTERMEDIATE_OUTPUT
 
 _PARENT_CHECK_S = 1.0
 
@@ -60,7 +61,9 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         conn.send(("failed", message))
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
-                         "max_batch_size": runtime.max_batch_size, "describe": runtime.describe()}))
+                         "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
+                         "takes_sequence": runtime.takes_sequence, "decoupled": runtime.decoupled,
+                         "parts": runtime.parts}))
     return runtime
 
 
@@ -80,7 +83,10 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
-            conn.send(_call(runtime, arrays, outputs, call_id))
+            if message[0] == "stream":
+                conn.send(_stream(conn, runtime, arrays, outputs, call_id))
+            else:
+                conn.send(_call(runtime, arrays, outputs, call_id))
     finally:
         outputs.close()
 
@@ -102,6 +108,34 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple
     except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
         return ("error", call_id, type(exc).__name__, f"its outputs could not be sent: {exc}", False)
     return ("ok", call_id, header, path)
+
+
+def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple[Any, ...]:
+    """A call answered in parts: each part is written to the outputs buffer and announced; the server
+    copies it out and says "next" (or "cancel": its client left) before the buffer is written again."""
+    stop = threading.Event()
+    parts = runtime.infer_stream(arrays, stop)
+    try:
+        for item in parts:
+            try:
+                header, path = outputs.write(item)
+            except SharedMemoryFull as exc:
+                return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
+            if runtime.parts and INTERMEDIATE_OUTPUT not in item:  # a handler's answer: the call's last
+                return ("ok", call_id, header, path)
+            conn.send(("part", call_id, header, path))
+            if conn.receive() != ("next", call_id):
+                stop.set()
+                break
+    except MemoryError as exc:
+        return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
+        return ("error", call_id, type(exc).__name__, message, False)
+    finally:
+        parts.close()
+        del arrays
+    return ("end", call_id)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -16,6 +16,8 @@ from inferd.config import (
     EnsembleStep,
     InstanceGroup,
     ModelConfig,
+    SequenceBatching,
+    SequenceControl,
     ServedConfig,
     TensorConfig,
     VersionPolicy,
@@ -97,7 +99,8 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "output": ("outputs",), "dynamic_batching": ("dynamic_batching",),
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
-              "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",)}
+              "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",),
+              "sequence_batching": ("sequence_batching",)}
 
 
 def _unsupported(error: str) -> str:
@@ -136,6 +139,7 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         parameters=parameters,
         response_cache=message.response_cache.enable,
         decoupled=message.model_transaction_policy.decoupled,
+        sequence_batching=_sequence_batching(message, where),
         ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
                                     dict(step.output_map)) for step in message.ensemble_scheduling.step),
         source=where,
@@ -182,6 +186,38 @@ def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
         preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
         max_queue_size=policy.max_queue_size or 1024,  # Triton's 0 is unbounded; inferd bounds every queue
         default_timeout_ms=policy.default_timeout_microseconds / 1000)
+
+
+_CONTROL = mc.ModelSequenceBatching.Control
+
+
+def _sequence_batching(message: mc.ModelConfig, where: str) -> SequenceBatching | None:
+    if not message.HasField("sequence_batching"):
+        return None
+    sequence = message.sequence_batching
+    controls = []
+    for control_input in sequence.control_input:
+        if len(control_input.control) != 1:
+            raise ConfigError(f"{where}: sequence_batching control_input '{control_input.name}' must hold one "
+                              f"control, got {len(control_input.control)}")
+        controls.append(_control(control_input.name, control_input.control[0], where))
+    return SequenceBatching(int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls))
+
+
+def _control(name: str, control: Any, where: str) -> SequenceControl:
+    kind = _CONTROL.Kind.Name(control.kind).removeprefix("CONTROL_SEQUENCE_")
+    if kind == "CORRID":
+        if control.data_type == mc.TYPE_INVALID:
+            raise ConfigError(f"{where}: control input '{name}' (CONTROL_SEQUENCE_CORRID) needs a data_type")
+        return SequenceControl(name, kind, _datatype(control.data_type))
+    given = [(datatype, list(values)) for datatype, values in
+             (("INT32", control.int32_false_true), ("FP32", control.fp32_false_true),
+              ("BOOL", control.bool_false_true)) if values]
+    if len(given) != 1 or len(given[0][1]) != 2:
+        raise ConfigError(f"{where}: control input '{name}' needs one of int32_false_true, fp32_false_true, "
+                          "bool_false_true with two values (false, true)")
+    datatype, values = given[0]
+    return SequenceControl(name, kind, datatype, (values[0], values[1]))
 
 
 def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) -> InstanceGroup:
@@ -260,10 +296,27 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
     message.model_transaction_policy.decoupled = config.decoupled
+    if config.sequence_batching is not None:
+        _answer_sequence(message.sequence_batching, config.sequence_batching)
     for step in config.ensemble:
         message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
                                              input_map=step.input_map, output_map=step.output_map)
     return message
+
+
+def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatching) -> None:
+    message.max_sequence_idle_microseconds = sequence.max_sequence_idle_us
+    for control in sequence.controls:
+        added = message.control_input.add(name=control.name).control.add(
+            kind=_CONTROL.Kind.Value(f"CONTROL_SEQUENCE_{control.kind}"))
+        if control.kind == "CORRID":
+            added.data_type = _type_of(control.datatype)  # type: ignore[assignment]
+        elif control.datatype == "FP32":
+            added.fp32_false_true.extend(float(v) for v in control.false_true)
+        elif control.datatype == "BOOL":
+            added.bool_false_true.extend(bool(v) for v in control.false_true)
+        else:
+            added.int32_false_true.extend(int(v) for v in control.false_true)
 
 
 def model_config_json(served: ServedConfig) -> dict[str, Any]:

@@ -17,6 +17,25 @@ from inferd.errors import ConfigError, ModelError
 from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
+# Reserved input name: a sequence model's request as Python models see it (Triton's
+# ``correlation_id()`` and ``flags()``), given only to runtimes whose ``takes_sequence`` is true
+SEQUENCE_INPUT = "__inferd_sequence__"
+SEQUENCE_START, SEQUENCE_END = 1, 2  # Triton's TRITONSERVER_REQUEST_FLAG_SEQUENCE_* bits
+
+
+def pack_sequence(correlation_id: int | str, flags: int) -> np.ndarray:
+    """The sequence input's value: a BYTES pair that crosses to process instances like any tensor."""
+    kind = b"i:" if isinstance(correlation_id, int) else b"s:"
+    array = np.empty(2, dtype=object)
+    array[0], array[1] = kind + str(correlation_id).encode(), str(flags).encode()
+    return array
+
+
+def unpack_sequence(array: np.ndarray) -> tuple[int | str, int]:
+    """(correlation ID, flags) from ``pack_sequence``'s value."""
+    text = bytes(array[0]).decode()
+    correlation_id: int | str = int(text[2:]) if text.startswith("i:") else text[2:]
+    return correlation_id, int(bytes(array[1]))
 
 
 class Runtime(ABC):
@@ -37,10 +56,17 @@ class Runtime(ABC):
     signature_def: bytes = b""  # TensorFlow: the SignatureDef proto, serialized (TF Serving's metadata)
     lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
     decoupled: bool = False  # answers a request zero, one or many times (infer_stream)
+    takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
+    parts: bool = False  # may answer one request in parts before its answer (infer_stream, INTERMEDIATE_OUTPUT)
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
         """Run the model on named arrays and return named arrays."""
+
+    def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
+        """``infer`` on instance ``lane`` (0 .. count-1) every time: a sequence model's state lives
+        in one instance. Runtimes whose instances are one object (threads) just ``infer``."""
+        return self.infer(inputs)
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         """A decoupled model's answers to one request, as they come (blocking; on an instance
@@ -57,6 +83,8 @@ class Runtime(ABC):
         """A wrapper (pool, batcher) shows the tensors and platform of what it wraps."""
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.decoupled = inner.decoupled
+        self.takes_sequence = inner.takes_sequence
+        self.parts = inner.parts
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
         self.signature_name, self.signature_def = inner.signature_name, inner.signature_def

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import queue
 import sys
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from inferd.runtimes.base import Arrays, Runtime
 from inferd.runtimes.ts_context import Context
 from inferd.runtimes.ts_requests import decode_row, encode_answer, split_headers
 from inferd.runtimes.ts_shim import install_torchserve_shim
-from inferd.types import TensorSpec
+from inferd.types import INTERMEDIATE_OUTPUT, TensorSpec
 
 # decode_row, encode_answer, Context and install_torchserve_shim lived here before: still importable from here
 __all__ = ["INPUTS", "OUTPUTS", "Context", "Handle", "HandlerRuntime", "Initialize", "build", "decode_row",
@@ -50,12 +53,15 @@ class HandlerRuntime(Runtime):
     platform = "torchserve_handler"
     inputs = INPUTS
     outputs = OUTPUTS
+    parts = True  # send_intermediate_predict_response: answers in chunks before the last
 
     def __init__(self, handle: Handle, context: Context, max_batch_size: int, name: str) -> None:
         self._handle = handle
         self._context = context
         self._name = name
         self.max_batch_size = max(max_batch_size, 1)
+        # streamed calls run handle here, so the instance thread can hand on its intermediate answers
+        self._threads = ThreadPoolExecutor(thread_name_prefix=f"inferd-{name}-handle")
 
     def infer(self, inputs: Arrays) -> Arrays:
         bodies = inputs["body"].reshape(-1)
@@ -83,6 +89,41 @@ class HandlerRuntime(Runtime):
         return {"output": _objects([a[0] for a in answers]),
                 "content_type": _objects([a[1].encode() for a in answers]),
                 "status": np.array([self._context.get_response_status(i)[0] for i in range(len(rows))], np.int32)}
+
+
+    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """``handle`` on a thread of its own, its intermediate answers (each marked with
+        INTERMEDIATE_OUTPUT) yielded as they are sent, then its answer. Once ``stop`` is set
+        (nobody reads), further intermediate answers are dropped; the call runs to its end."""
+        parts: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def run() -> None:
+            self._context._receive_intermediate(lambda answers, code: parts.put(("part", (answers, code))))
+            try:
+                parts.put(("final", self.infer(inputs)))
+            except BaseException as exc:  # handed to the reader, which raises it
+                parts.put(("error", exc))
+            finally:
+                self._context._receive_intermediate(None)
+
+        self._threads.submit(run)
+        while True:
+            kind, item = parts.get()
+            if kind == "error":
+                raise item
+            if kind == "final":
+                yield item
+                return
+            if not stop.is_set():
+                yield self._intermediate(*item)
+
+    def unload(self) -> None:
+        self._threads.shutdown(wait=False)
+
+    def _intermediate(self, answers: list[Any], code: int) -> Arrays:
+        encoded = [encode_answer(a, self._context.get_response_content_type(i)) for i, a in enumerate(answers)]
+        return {"output": _objects([e[0] for e in encoded]), "content_type": _objects([e[1].encode() for e in encoded]),
+                "status": np.full(len(encoded), code, np.int32), INTERMEDIATE_OUTPUT: np.ones(1, np.bool_)}
 
 
 def _objects(items: list[bytes]) -> np.ndarray:

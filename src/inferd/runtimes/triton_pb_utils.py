@@ -104,8 +104,11 @@ class InferenceRequest:
 
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
                  parameters: dict[str, Any] | None = None, sender: InferenceResponseSender | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+                 cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
+                 flags: int = 0) -> None:
         self._sender = sender
+        self._correlation_id = correlation_id
+        self._flags = flags
         self._cancelled = cancelled
         self._inputs = inputs
         self._outputs = requested_output_names
@@ -121,11 +124,13 @@ class InferenceRequest:
     def request_id(self) -> str:
         return self._id
 
-    def correlation_id(self) -> int:
-        return 0
+    def correlation_id(self) -> int | str:
+        """The sequence's id (an integer, or a string when the client sent one); 0: none."""
+        return self._correlation_id
 
     def flags(self) -> int:
-        return 0
+        """TRITONSERVER_REQUEST_FLAG_SEQUENCE_START | _END for a sequence's first and last request."""
+        return self._flags
 
     def parameters(self) -> str:
         return json.dumps(self._parameters)

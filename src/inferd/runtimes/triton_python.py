@@ -19,12 +19,21 @@ from typing import Any
 from inferd.config import ServedConfig
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
-from inferd.runtimes.base import Arrays, LoadContext, Runtime, conform_outputs, require_specs
+from inferd.runtimes.base import (
+    SEQUENCE_INPUT,
+    Arrays,
+    LoadContext,
+    Runtime,
+    conform_outputs,
+    require_specs,
+    unpack_sequence,
+)
 from inferd.types import TensorSpec
 
 
 class TritonPythonRuntime(Runtime):
     platform = "python"
+    takes_sequence = True  # a sequence model's requests show their correlation_id() and flags()
 
     def __init__(self, model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  max_batch_size: int, name: str) -> None:
@@ -35,8 +44,14 @@ class TritonPythonRuntime(Runtime):
         self.max_batch_size = max_batch_size
 
     def infer(self, inputs: Arrays) -> Arrays:
+        correlation_id: int | str = 0
+        flags = 0
+        if SEQUENCE_INPUT in inputs:
+            inputs = dict(inputs)
+            correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
         request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            [spec.name for spec in self.outputs])
+                                            [spec.name for spec in self.outputs], correlation_id=correlation_id,
+                                            flags=flags)
         responses = self._model.execute([request])
         if not isinstance(responses, list | tuple) or len(responses) != 1:
             count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__

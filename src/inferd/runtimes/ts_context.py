@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("inferd.handler")
+IntermediateSink = Callable[[list[Any], int], None]  # (one answer per request, status code)
 
 
 class Context:
@@ -21,6 +27,22 @@ class Context:
         self._content_types: dict[int, str] = {}
         self._statuses: dict[int, tuple[int, str]] = {}
         self._headers: list[dict[str, str]] = []
+        self._sinks: dict[int, IntermediateSink] = {}  # per thread running a streamed call
+
+    def _receive_intermediate(self, sink: IntermediateSink | None) -> None:
+        """Where this thread's intermediate answers go (None: nowhere) while it runs a call."""
+        if sink is None:
+            self._sinks.pop(threading.get_ident(), None)
+        else:
+            self._sinks[threading.get_ident()] = sink
+
+    def _send_intermediate(self, answers: list[Any], code: int) -> None:
+        """What ``send_intermediate_predict_response`` reaches: the answers go out as a chunk each."""
+        sink = self._sinks.get(threading.get_ident())
+        if sink is None:
+            log.debug("model %s: an intermediate answer outside /predictions is dropped", self.model_name)
+            return
+        sink(answers, code)
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -89,3 +111,13 @@ class _RequestProcessor:
 
     def get_request_properties(self) -> dict[str, str]:
         return dict(self._headers)
+
+
+def send_intermediate_predict_response(ret: list[Any], req_id_map: dict[int, str], message: str, code: int,
+                                       context: Context | None = None) -> None:
+    """TorchServe's ``ts.handler_utils.utils`` / ``ts.protocol.otf_message_handler`` function: one
+    answer per request of the batch, sent at once as a chunk of each request's ``/predictions``
+    answer, before the answer ``handle`` returns."""
+    if context is None:
+        raise TypeError("send_intermediate_predict_response needs the handler's context")
+    context._send_intermediate(list(ret), code)

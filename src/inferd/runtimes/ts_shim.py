@@ -8,7 +8,7 @@ import sys
 import types
 from typing import Any
 
-from inferd.runtimes.ts_context import Context, _RequestProcessor
+from inferd.runtimes.ts_context import Context, _RequestProcessor, send_intermediate_predict_response
 
 
 def _timed(function: Any) -> Any:
@@ -48,6 +48,9 @@ def install_torchserve_shim() -> None:
             "PredictionException": b.PredictionException,
             "CLEANUP_REGEX": re.compile("<.*?>|&([a-z0-9]+|#[0-9]{1,6}|#x[0-9a-f]{1,6});")},
         "ts.handler_utils": {}, "ts.handler_utils.timer": {"timed": _timed},
+        "ts.handler_utils.utils": {"send_intermediate_predict_response": send_intermediate_predict_response},
+        "ts.protocol": {}, "ts.protocol.otf_message_handler": {
+            "send_intermediate_predict_response": send_intermediate_predict_response},
     }
     for name, members in modules.items():
         if name in sys.modules and not getattr(sys.modules[name], "__inferd_shim__", False):

@@ -8,6 +8,7 @@ from inferd.runtimes.base import Runtime
 from inferd.scheduling.batcher import DynamicBatcher
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.scheduler import Scheduler
+from inferd.scheduling.sequence import SequenceBatcher
 
 
 def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: str,
@@ -20,8 +21,11 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
         metrics.restarts = lambda: float(runtime.restarts)
     pool = InstancePool(runtime, config.instance_group.count, f"{name}:{version}", max_queue,
                         observe_batch, on_unload)
-    scheduler: Scheduler = pool if batching is None else DynamicBatcher(pool, batching,
-                                                                         metrics.batch if metrics else None)
+    scheduler: Scheduler = pool
+    if batching is not None:
+        scheduler = DynamicBatcher(pool, batching, metrics.batch if metrics else None)
+    elif config.sequence_batching is not None:
+        scheduler = SequenceBatcher(pool, config.sequence_batching)
     if metrics is not None:
         metrics.track(lambda: scheduler.statistics().queued, lambda: scheduler.busy)
     return scheduler

@@ -90,7 +90,7 @@ class InstancePool(Scheduler):
         self.pending += 1
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs, context,
                                                             time.perf_counter())
-        future.add_done_callback(self._finished)  # the call holds its place until it leaves its thread
+        future.add_done_callback(self.finished)  # the call holds its place until it leaves its thread
         if context.deadline is None:
             return await future
         remaining = context.deadline - time.perf_counter()
@@ -104,7 +104,7 @@ class InstancePool(Scheduler):
         """A decoupled model's answers: its generator runs on an instance thread (holding it until
         it ends) and hands each answer over a bounded queue, so a slow reader slows the model down
         instead of filling memory; closing this iterator (the client went away) stops it."""
-        if not self.decoupled:
+        if not self.decoupled and not self.parts:
             yield await self.infer_async(inputs, context)
             return
         if self.pending >= self._max_queue + self._count:
@@ -115,10 +115,13 @@ class InstancePool(Scheduler):
         self.pending += 1
         enqueued = time.perf_counter()
         future = loop.run_in_executor(self._executor, self._produce, inputs, context, enqueued, answers, stop, loop)
-        future.add_done_callback(self._finished)
+        future.add_done_callback(self.finished)
+        # the deadline stops the model even while the reader is stuck on a slow client
+        timer = None if context.deadline is None else loop.call_later(
+            max(context.deadline - time.perf_counter(), 0.0), stop.set)
         try:
             while True:
-                item = await answers.get()
+                item = await self._next_answer(answers, context)
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -126,6 +129,22 @@ class InstancePool(Scheduler):
                 yield item  # type: ignore[misc]
         finally:
             stop.set()
+            if timer is not None:
+                timer.cancel()
+
+    async def _next_answer(self, answers: asyncio.Queue[object], context: CallContext) -> object:
+        """The stream's next answer, within the request's deadline: it bounds the whole stream
+        (the time its reader took included), not each answer."""
+        if context.deadline is None:
+            return await answers.get()
+        try:
+            item = await asyncio.wait_for(answers.get(), max(context.deadline - time.perf_counter(), 0.0))
+        except TimeoutError:
+            item = None
+        if item is None or (item is _END and time.perf_counter() >= context.deadline):  # stopped by the timer
+            raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed while it streamed "
+                                   "its answers; the model was stopped")
+        return item
 
     def _produce(self, inputs: Arrays, context: CallContext, enqueued: float, answers: asyncio.Queue[object],
                  stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
@@ -160,7 +179,7 @@ class InstancePool(Scheduler):
             self._busy -= 1
             context.timings.compute += time.perf_counter() - start
 
-    def _finished(self, future: asyncio.Future[Any]) -> None:
+    def finished(self, future: asyncio.Future[Any]) -> None:
         self.pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved: an answer dropped at its deadline logs nothing
@@ -182,7 +201,8 @@ class InstancePool(Scheduler):
         time on the loop is bounded by its size, not only by an average."""
         return self.inline and _nbytes(inputs) <= self._inline_max_bytes
 
-    def execute(self, inputs: Arrays) -> Arrays:
+    def execute(self, inputs: Arrays, lane: int | None = None) -> Arrays:
+        """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on)."""
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
         rows = self._rows(inputs)
@@ -192,7 +212,7 @@ class InstancePool(Scheduler):
             self._inferences += rows
         start = time.perf_counter()
         try:
-            return self.inner.infer(inputs)
+            return self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
         except InferdError:
             raise
         except Exception as exc:

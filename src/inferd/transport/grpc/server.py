@@ -94,12 +94,14 @@ StreamMethod = Callable[[Any, Context], AsyncGenerator[Message, None]]
 _DONE = object()
 
 
-def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop
+def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budget: ByteBudget
                     ) -> Callable[[Iterator[Message], grpc.ServicerContext], Iterator[Message]]:
     """A bidirectional call: a thread reads the client's messages and starts each on the loop
     (they run at once, their answers interleave); the call's thread sends the answers from a
     bounded queue. When the client goes away every request still running is cancelled, which
-    closes its model's stream."""
+    closes its model's stream. Each request counts against the byte budget while it runs, each
+    answer while it waits to be sent: an answer waits for room (and its model behind it), so
+    slow readers cannot grow the server's memory together."""
 
     def call(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
         answers: queue.Queue[object] = queue.Queue(STREAM_BUFFER)
@@ -116,16 +118,43 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop
             if last:
                 answers.put(_DONE)
 
+        async def room(size: int) -> int:
+            """Wait until the budget holds ``size`` more bytes; what was taken (0 for a message
+            larger than the whole budget: it goes uncounted)."""
+            while not budget.take(size):
+                if size > budget.limit:
+                    return 0
+                await asyncio.sleep(0.005)
+            return size
+
+        ended = threading.Event()  # the call is over: answers still queued give their room back
+
+        def drain() -> None:
+            while True:
+                try:
+                    item = answers.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(item, tuple) and item[1]:
+                    loop.call_soon_threadsafe(budget.give, item[1])
+
         async def put(item: Message) -> None:
+            size = await room(item.ByteSize())
             try:
-                answers.put_nowait(item)
+                answers.put_nowait((item, size))
             except queue.Full:
-                await asyncio.to_thread(answers.put, item)
+                await asyncio.to_thread(answers.put, (item, size))
+            if ended.is_set():
+                drain()
 
         async def run(request: Message) -> None:
-            async with contextlib.aclosing(method(request, loop_context)) as produced:
-                async for item in produced:
-                    await put(item)
+            size = await room(request.ByteSize())  # read already: its model waits for room
+            try:
+                async with contextlib.aclosing(method(request, loop_context)) as produced:
+                    async for item in produced:
+                        await put(item)
+            finally:
+                budget.give(size)
 
         def finished(future: concurrent.futures.Future[None]) -> None:
             with lock:
@@ -158,16 +187,23 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop
 
         context.add_callback(on_end)
         threading.Thread(target=read, name="inferd-grpc-stream", daemon=True).start()
-        while True:
-            try:
-                item = answers.get(timeout=0.1)
-            except queue.Empty:
-                if not context.is_active():
+        try:
+            while True:
+                try:
+                    item = answers.get(timeout=0.1)
+                except queue.Empty:
+                    if not context.is_active():
+                        return
+                    continue
+                if item is _DONE:
                     return
-                continue
-            if item is _DONE:
-                return
-            yield cast(Message, item)
+                message, size = cast(tuple[Message, int], item)
+                if size:
+                    loop.call_soon_threadsafe(budget.give, size)
+                yield message
+        finally:
+            ended.set()
+            drain()
 
     return call
 
@@ -176,7 +212,7 @@ def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBu
              ) -> grpc.GenericRpcHandler[Any, Any]:
     streams = {
         name: grpc.stream_stream_rpc_method_handler(
-            _stream_on_loop(method, loop), request_deserializer=request_type.FromString,
+            _stream_on_loop(method, loop, budget), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
         for name, (method, request_type) in servicer.streams().items()
     }

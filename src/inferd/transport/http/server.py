@@ -319,20 +319,45 @@ class _Connection(asyncio.Protocol):
     async def _stream(self, head: bytes, first: bytes, chunks: AsyncGenerator[bytes, None]) -> bool:
         """Send a streamed answer in chunked encoding, each chunk as it comes; waits while the
         client reads slowly (``pause_writing``), and stops the stream if the client goes away.
+        The chunks not yet sent count against the byte budget: a chunk waits for room in it (the
+        model waits behind it), so slow readers cannot grow the server's memory together.
         False: the answer could not be finished (the connection must close)."""
-        async with contextlib.aclosing(chunks) as stream:
-            assert self._transport is not None
-            self._transport.write(head + (b"%x\r\n%s\r\n" % (len(first), first) if first else b""))
-            async for chunk in stream:
-                while self._write_paused and not self._closed:
-                    await asyncio.sleep(0.005)
-                if self._closed or self._transport is None:
+        held = [0]  # budget bytes this stream holds: what sits in the transport's buffer
+        try:
+            async with contextlib.aclosing(chunks) as stream:
+                assert self._transport is not None
+                if not await self._send_chunk(head + (b"%x\r\n%s\r\n" % (len(first), first) if first else b""),
+                                              held):
                     return False
-                if chunk:
-                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        if self._closed or self._transport is None:
-            return False
-        self._transport.write(b"0\r\n\r\n")
+                async for chunk in stream:
+                    while self._write_paused and not self._closed:
+                        await asyncio.sleep(0.005)
+                    if chunk and not await self._send_chunk(b"%x\r\n%s\r\n" % (len(chunk), chunk), held):
+                        return False
+            if self._closed or self._transport is None:
+                return False
+            self._transport.write(b"0\r\n\r\n")
+            return True
+        finally:
+            self._budget.give(held[0])
+
+    async def _send_chunk(self, data: bytes, held: list[int]) -> bool:
+        """Write ``data`` once the budget has room for it; False if the client went away."""
+        size = len(data)
+        while True:
+            if self._closed or self._transport is None:
+                return False
+            sent = held[0] - self._transport.get_write_buffer_size()
+            if sent > 0:  # bytes that left the buffer give their room back
+                self._budget.give(sent)
+                held[0] -= sent
+            if self._budget.take(size):
+                held[0] += size
+                break
+            if held[0] == 0 and size > self._budget.limit:
+                break  # larger than the whole budget: it goes alone, once this stream holds nothing
+            await asyncio.sleep(0.005)
+        self._transport.write(data)
         return True
 
     def _write(self, response: HttpResponse, keep_alive: bool, head_only: bool = False) -> None:

@@ -6,7 +6,10 @@ set-default, unregister) needs ``--model-control explicit``, as loading over the
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from urllib.parse import parse_qsl
 
@@ -14,12 +17,15 @@ import orjson
 
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import InferdError, InvalidInput, NotFound
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import control_guard, inference_guard, server_timing
 from inferd.transport.offload import off_loop
+from inferd.types import InferRequest, InferResponse
+
+log = logging.getLogger("inferd.torchserve")
 
 _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenException",
           404: "ModelNotFoundException", 405: "MethodNotAllowedException", 413: "RequestEntityTooLarge",
@@ -85,15 +91,53 @@ class TorchServeRoutes:
         infer_request.cancelled = request.disconnected
         infer_request.credentials = request.headers.get("authorization")
         start = time.perf_counter()
+        if torchserve.is_handler_model(metadata):
+            return await self._predict_handler(infer_request, start)
         response = await self.data.infer(infer_request)
         if self.metrics is not None:
             self.metrics.inference(name, version, time.perf_counter() - start, response.timings.queue)
-        if torchserve.is_handler_model(metadata):
-            body, answer_type = torchserve.encode_prediction(response)
-            return HttpResponse(torchserve.prediction_status(response), body, answer_type.encode("latin-1"),
-                                [server_timing(response)])
         return HttpResponse(200, torchserve.encode_tensor_prediction(response, added_batch),
                             headers=[server_timing(response)])
+
+    async def _predict_handler(self, infer_request: InferRequest, start: float) -> HttpResponse:
+        """A handler's answer; one that sends intermediate answers (send_intermediate_predict_response)
+        is answered chunked, a chunk per intermediate answer as it is sent, then its last answer, as
+        TorchServe's front end does."""
+        stream = self.data.infer_stream(infer_request)
+        try:
+            first = await anext(stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        body, answer_type = torchserve.encode_prediction(first)
+        status = torchserve.prediction_status(first)
+        if first.final:
+            await stream.aclose()
+            self._observe(infer_request, start, first)
+            return HttpResponse(status, body, answer_type.encode("latin-1"), [server_timing(first)])
+        return HttpResponse(status, body, answer_type.encode("latin-1"),
+                            stream=self._chunks(stream, infer_request, start))
+
+    async def _chunks(self, stream: AsyncGenerator[InferResponse, None], infer_request: InferRequest,
+                      start: float) -> AsyncGenerator[bytes, None]:
+        last: InferResponse | None = None
+        async with contextlib.aclosing(stream) as answers:
+            try:
+                async for answer in answers:
+                    last = answer
+                    chunk = torchserve.encode_prediction(answer)[0]
+                    if chunk:  # an empty chunk would end the answer
+                        yield chunk
+            except InferdError as exc:  # the status line is sent: the error is the last chunk
+                log.warning("model %s failed after intermediate answers: %s", infer_request.model_name, exc.message)
+                yield orjson.dumps({"code": 500, "type": type(exc).__name__, "message": exc.message})
+        if last is not None:
+            self._observe(infer_request, start, last)
+
+    def _observe(self, infer_request: InferRequest, start: float, response: InferResponse) -> None:
+        if self.metrics is not None:
+            self.metrics.inference(infer_request.model_name, infer_request.model_version,
+                                   time.perf_counter() - start, response.timings.queue)
 
     async def render_metrics(self, request: HttpRequest) -> HttpResponse:
         assert self.metrics is not None

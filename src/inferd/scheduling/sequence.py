@@ -1,0 +1,198 @@
+"""The sequence batcher: a stateful model's requests, sequence by sequence (Triton's
+sequence_batching).
+
+Each request names its sequence (``CallContext.sequence``). A sequence's first request (START)
+takes the instance lane with the fewest live sequences; its later requests run on that lane, one
+at a time and in the order they arrived, with the control inputs the configuration asks for
+(START, END, READY, CORRID). A sequence is forgotten at END, or once idle longer than
+``max_sequence_idle_microseconds`` (swept as requests come). Requests of different sequences are
+not combined into one execution: each runs as a batch of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inferd.config import SequenceBatching, SequenceControl
+from inferd.errors import DeadlineExceeded, InvalidInput
+from inferd.runtimes.base import SEQUENCE_END, SEQUENCE_INPUT, SEQUENCE_START, Arrays, pack_sequence
+from inferd.scheduling.instances import InstancePool
+from inferd.scheduling.scheduler import Scheduler, SchedulerStats
+from inferd.types import CallContext, SequenceId, WorkerStatus, numpy_dtype
+
+log = logging.getLogger("inferd.sequence")
+_SWEEP_S = 0.1  # idle sequences are looked for at most this often
+
+
+@dataclass(slots=True)
+class _Sequence:
+    lane: int
+    last_used: float  # time.monotonic()
+    order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
+
+
+class SequenceBatcher(Scheduler):
+    """Runs a pool's runtime sequence by sequence; one thread per instance lane."""
+
+    def __init__(self, pool: InstancePool, config: SequenceBatching) -> None:
+        self._pool = pool
+        self.adopt_metadata(pool)
+        self._controls = config.controls
+        control_names = {c.name for c in config.controls}
+        self.inputs = tuple(spec for spec in pool.inputs if spec.name not in control_names)
+        self._idle_s = config.max_sequence_idle_us / 1e6
+        self._sequences: dict[int | str, _Sequence] = {}
+        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"inferd-{pool.name}-seq{i}")
+                       for i in range(pool.instances)]
+        self._swept = time.monotonic()
+        self._closed = False
+
+    @property
+    def instances(self) -> int:
+        return self._pool.instances
+
+    @property
+    def busy(self) -> int:
+        return self._pool.busy
+
+    @property
+    def sequences(self) -> int:
+        """Sequences started and neither ended nor idle too long."""
+        return len(self._sequences)
+
+    def statistics(self) -> SchedulerStats:
+        return self._pool.statistics()
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        return self._pool.infer(inputs)
+
+    async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
+        if self._closed:
+            raise self._pool.unloading()
+        now = time.monotonic()
+        self._sweep(now)
+        sequence = self._check(inputs, context)
+        state = self._place(sequence, now)
+        async with state.order:
+            arrays = dict(inputs)
+            arrays.update(self._control_values(sequence))
+            if self.takes_sequence:
+                flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
+                arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
+            return await self._run(state.lane, arrays, context)
+
+    def _check(self, inputs: Arrays, context: CallContext) -> SequenceId:
+        """Triton's refusals, in its words."""
+        sequence = context.sequence
+        name = self._pool.name.rpartition(":")[0]
+        if sequence is None or not sequence.present():
+            raise InvalidInput(f"inference request to model '{name}' must specify a non-zero or non-empty "
+                               "correlation ID")
+        if self.max_batch_size > 0 and inputs and next(iter(inputs.values())).shape[0] > 1:
+            raise InvalidInput(f"inference request to model '{name}' must specify batch-size 1 due to "
+                               "requirements of sequence batcher")
+        if isinstance(sequence.id, str):
+            for control in self._controls:
+                if control.kind == "CORRID" and control.datatype != "BYTES":
+                    raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
+                                       f"{control.datatype} (control input '{control.name}'): send an integer")
+        if not sequence.start and sequence.id not in self._sequences:
+            raise InvalidInput(f"inference request for sequence {sequence.id} to model '{name}' must specify "
+                               "the START flag on the first request of the sequence")
+        return sequence
+
+    def _place(self, sequence: SequenceId, now: float) -> _Sequence:
+        """The sequence's state: a START takes the least used lane (or keeps the lane of a sequence
+        of the same id that never ended, as Triton does, with a warning); END forgets it."""
+        state = self._sequences.get(sequence.id)
+        if state is None:
+            load = [0] * len(self._lanes)
+            for other in self._sequences.values():
+                load[other.lane] += 1
+            state = _Sequence(load.index(min(load)), now)
+        elif sequence.start:
+            log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before "
+                        "this sequence start. Previous sequence will be terminated early.",
+                        sequence.id, self._pool.name)
+        state.last_used = now
+        if sequence.end:
+            self._sequences.pop(sequence.id, None)
+        else:
+            self._sequences[sequence.id] = state
+        return state
+
+    def _sweep(self, now: float) -> None:
+        if now - self._swept < _SWEEP_S:
+            return
+        self._swept = now
+        idle = [key for key, state in self._sequences.items()
+                if now - state.last_used > self._idle_s and not state.order.locked()]
+        for key in idle:
+            log.info("model '%s': sequence %s idle over %.0f us; released", self._pool.name, key,
+                     self._idle_s * 1e6)
+            del self._sequences[key]
+
+    def _control_values(self, sequence: SequenceId) -> Arrays:
+        shape = (1, 1) if self.max_batch_size > 0 else (1,)
+        return {control.name: _control_value(control, sequence, shape) for control in self._controls}
+
+    async def _run(self, lane: int, arrays: Arrays, context: CallContext) -> Arrays:
+        enqueued = time.perf_counter()
+        if context.deadline is not None and enqueued > context.deadline:
+            raise DeadlineExceeded(f"model '{self._pool.name}': the request's deadline passed before it ran")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._lanes[lane], self._execute, lane, arrays, context, enqueued)
+        self._pool.pending += 1  # the pool's drain waits for it, its statistics count it
+        future.add_done_callback(self._pool.finished)
+        if context.deadline is None:
+            return await future
+        done, _ = await asyncio.wait((future,), timeout=max(context.deadline - time.perf_counter(), 0.0))
+        if not done:
+            raise DeadlineExceeded(f"model '{self._pool.name}': the request's deadline passed while it waited "
+                                   "for its sequence's instance")
+        return future.result()
+
+    def _execute(self, lane: int, arrays: Arrays, context: CallContext, enqueued: float) -> Arrays:
+        start = time.perf_counter()
+        context.timings.queue += start - enqueued
+        try:
+            return self._pool.execute(arrays, lane)
+        finally:
+            context.timings.compute += time.perf_counter() - start
+
+    async def drain(self, timeout: float) -> None:
+        await self._pool.drain(timeout)
+
+    def resize(self, count: int) -> None:
+        self._pool.resize(count)
+        while len(self._lanes) < count:
+            self._lanes.append(ThreadPoolExecutor(1, thread_name_prefix=f"inferd-{self._pool.name}-seq"))
+
+    def workers(self) -> list[WorkerStatus]:
+        return self._pool.workers()
+
+    def unload(self) -> None:
+        self._closed = True
+        for lane in self._lanes:
+            lane.shutdown(wait=True)
+        self._pool.unload()
+
+    def describe(self) -> str:
+        return f"{self._pool.describe()}, sequence batching"
+
+
+def _control_value(control: SequenceControl, sequence: SequenceId, shape: tuple[int, ...]) -> np.ndarray:
+    if control.kind == "CORRID":
+        if control.datatype == "BYTES":
+            value = np.empty(shape, dtype=object)
+            value.fill(str(sequence.id).encode())
+            return value
+        return np.full(shape, sequence.id, dtype=numpy_dtype(control.datatype))
+    on = {"START": sequence.start, "END": sequence.end, "READY": True}[control.kind]
+    return np.full(shape, control.false_true[1 if on else 0], dtype=numpy_dtype(control.datatype))

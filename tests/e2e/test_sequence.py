@@ -1,0 +1,142 @@
+"""Sequence batching against the real server with Triton's clients (HTTP and gRPC, unary and
+streamed), in one process and through a front-end worker: stateful models get their control
+inputs, a sequence's requests stay on one instance in order, Triton's refusals are 400s."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import sequence_models
+from tests.conftest import RunningServer, serve
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
+                                 accumulate_kind="process")
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    with serve(repo, "--workers", str(request.param), grpc=True) as running:
+        yield running
+
+
+def int_input(module: Any, name: str, value: int) -> Any:
+    given = module.InferInput(name, [1, 1], "INT32")
+    given.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+    return given
+
+
+def test_an_onnx_sequence_model_gets_start_and_ready(server: RunningServer, repo: Path) -> None:
+    values = [0, 11, 7, 5, -3]
+    session = ort.InferenceSession(str(repo / "simple_sequence/1/model.onnx"))
+    expected = [int(session.run(None, {"INPUT": np.array([[v]], np.int32), "START": np.array([[int(i == 0)]], np.int32),
+                                       "READY": np.ones((1, 1), np.int32)})[0][0, 0]) for i, v in enumerate(values)]
+    assert expected[0] == 1 and expected[1:] == values[1:]
+    got: dict[str, list[int]] = {"grpc": [], "http": []}
+    with grpcclient.InferenceServerClient(server.grpc_url) as g, httpclient.InferenceServerClient(server.url) as h:
+        for i, value in enumerate(values):
+            flags = {"sequence_start": i == 0, "sequence_end": i == len(values) - 1}
+            answer = g.infer("simple_sequence", [int_input(grpcclient, "INPUT", value)], sequence_id=1000, **flags)
+            got["grpc"].append(int(answer.as_numpy("OUTPUT")[0, 0]))
+            answer = h.infer("simple_sequence", [int_input(httpclient, "INPUT", value)], sequence_id="seq-a", **flags)
+            got["http"].append(int(answer.as_numpy("OUTPUT")[0, 0]))
+    assert got == {"grpc": expected, "http": expected}
+
+
+def test_interleaved_sequences_keep_their_state_on_their_instance(server: RunningServer) -> None:
+    """Three sequences of a Python-backend model in two process instances, their requests
+    interleaved on one gRPC stream: each sum is its own (state kept per instance, requests in
+    order), reset at START (request.flags()), the correlation ID added at END."""
+    answers: queue.Queue[Any] = queue.Queue()
+    steps = [3, 4, -2, 10]
+    ids = ["11", "22", "33"]
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for index, step in enumerate(steps):
+            for offset, sequence_id in enumerate(ids):
+                client.async_stream_infer("simple_string_dyna_sequence",
+                                          [int_input(grpcclient, "INPUT", step * (offset + 1))],
+                                          request_id=f"{sequence_id}_{index}", sequence_id=sequence_id,
+                                          sequence_start=index == 0, sequence_end=index == len(steps) - 1)
+        got = [answers.get(timeout=30) for _ in range(len(steps) * len(ids))]
+        client.stop_stream()
+    assert not [item for item in got if isinstance(item, InferenceServerException)], got
+    by_id: dict[str, list[int]] = {}
+    for result in got:
+        sequence_id, _, index = result.get_response().id.partition("_")
+        by_id.setdefault(sequence_id, [0] * len(steps))[int(index)] = int(result.as_numpy("OUTPUT")[0, 0])
+    for offset, sequence_id in enumerate(ids):
+        sums = list(np.cumsum([step * (offset + 1) for step in steps]))
+        sums[-1] += int(sequence_id)
+        assert by_id[sequence_id] == sums
+
+
+def test_a_model_class_sees_its_control_inputs_and_its_state_ends_with_the_sequence(server: RunningServer) -> None:
+    with httpclient.InferenceServerClient(server.url) as client:
+        def send(sequence_id: int, value: float, **flags: bool) -> tuple[float, int]:
+            given = httpclient.InferInput("X", [1], "FP32")
+            given.set_data_from_numpy(np.array([value], dtype=np.float32))
+            answer = client.infer("accumulate", [given], sequence_id=sequence_id, **flags)
+            return float(answer.as_numpy("SUM")[0]), int(answer.as_numpy("LIVE")[0])
+
+        assert send(7, 1.5, sequence_start=True)[0] == 1.5
+        assert send(8, 10, sequence_start=True)[0] == 10
+        assert send(7, 2)[0] == 3.5
+        assert send(9, 100, sequence_start=True)[0] == 100
+        assert send(8, 1, sequence_end=True)[0] == 11
+        assert send(7, 0.5, sequence_end=True)[0] == 4
+        assert send(9, 1, sequence_end=True) == (101, 0)  # every sequence ended: its instance keeps nothing
+
+
+def test_tritons_refusals_are_400s(server: RunningServer) -> None:
+    with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        for client, module in ((h, httpclient), (g, grpcclient)):
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer("simple_sequence", [int_input(module, "INPUT", 1)])
+            assert "inference request to model 'simple_sequence' must specify a non-zero or non-empty correlation ID" \
+                in caught.value.message()
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer("simple_sequence", [int_input(module, "INPUT", 1)], sequence_id=123456)
+            assert ("inference request for sequence 123456 to model 'simple_sequence' must specify the START flag "
+                    "on the first request of the sequence") in caught.value.message()
+            assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    answer = requests.post(f"{server.base}/v2/models/simple_sequence/infer", timeout=10, json={
+        "parameters": {"sequence_id": 5, "sequence_start": "yes"},
+        "inputs": [{"name": "INPUT", "datatype": "INT32", "shape": [1, 1], "data": [1]}]})
+    assert answer.status_code == 400
+    assert "parameters.sequence_start must be true or false, got 'yes'" in answer.json()["error"]
+
+
+def test_an_idle_sequence_is_released(server: RunningServer) -> None:
+    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    url = f"{server.base}/v2/models/accumulate/infer"
+    started = requests.post(url, timeout=10, json={**body, "parameters": {"sequence_id": 31, "sequence_start": True}})
+    assert started.status_code == 200, started.text
+    time.sleep(1.0)  # max_sequence_idle_microseconds is 500000
+    late = requests.post(url, timeout=10, json={**body, "parameters": {"sequence_id": 31}})
+    assert late.status_code == 400 and "must specify the START flag" in late.json()["error"]
+
+
+def test_metadata_and_configuration_show_what_triton_shows(server: RunningServer) -> None:
+    metadata = requests.get(f"{server.base}/v2/models/simple_dyna_sequence", timeout=10).json()
+    assert [t["name"] for t in metadata["inputs"]] == ["INPUT"]  # the controls are the server's to give
+    config = requests.get(f"{server.base}/v2/models/simple_dyna_sequence/config", timeout=10).json()
+    sequence = config["sequence_batching"]
+    assert sequence["max_sequence_idle_microseconds"] == 10_000_000
+    assert [(c["name"], c["control"][0]["kind"]) for c in sequence["control_input"]] == [
+        ("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"), ("READY", "CONTROL_SEQUENCE_READY"),
+        ("CORRID", "CONTROL_SEQUENCE_CORRID")]

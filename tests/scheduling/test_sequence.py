@@ -1,0 +1,164 @@
+"""The sequence batcher on a framework-free runtime: controls as Triton delivers them, one lane per
+sequence, order, Triton's refusals, idle sequences forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from inferd.config import SequenceBatching, SequenceControl
+from inferd.errors import DeadlineExceeded, InvalidInput
+from inferd.runtimes.base import SEQUENCE_INPUT, Arrays, Runtime, unpack_sequence
+from inferd.scheduling.instances import InstancePool
+from inferd.scheduling.sequence import SequenceBatcher
+from inferd.types import CallContext, SequenceId, TensorSpec
+from inferd.validation import sequence_of
+
+CONTROLS = (SequenceControl("START", "START", "INT32"), SequenceControl("END", "END", "BOOL"),
+            SequenceControl("READY", "READY", "FP32", (0.0, 2.5)), SequenceControl("CORRID", "CORRID", "UINT64"))
+
+
+class Recording(Runtime):
+    """Records each call's lane and inputs; answers the input back, after ``delay_s``."""
+
+    def __init__(self, delay_s: float = 0.0, controls: tuple[str, ...] = ("START", "END", "READY", "CORRID"),
+                 takes_sequence: bool = False) -> None:
+        self.inputs = tuple(TensorSpec(n, "INT32", (-1, 1)) for n in ("X", *controls))
+        self.outputs = (TensorSpec("X", "INT32", (-1, 1)),)
+        self.max_batch_size = 8
+        self.takes_sequence = takes_sequence
+        self.delay_s = delay_s
+        self.calls: list[tuple[int, Arrays]] = []
+        self._lock = threading.Lock()
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        return self.infer_on(-1, inputs)
+
+    def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.calls.append((lane, inputs))
+        return {"X": inputs["X"]}
+
+
+def batcher(runtime: Recording, count: int = 2, idle_us: int = 1_000_000,
+            controls: tuple[SequenceControl, ...] = CONTROLS) -> SequenceBatcher:
+    return SequenceBatcher(InstancePool(runtime, count, "acc:1"), SequenceBatching(idle_us, controls))
+
+
+def call(scheduler: SequenceBatcher, value: int, sequence: SequenceId | None,
+         deadline: float | None = None) -> Arrays:
+    context = CallContext(sequence=sequence, deadline=deadline)
+    return asyncio.run(scheduler.infer_async({"X": np.array([[value]], np.int32)}, context))
+
+
+def test_control_inputs_are_delivered_as_triton_does() -> None:
+    runtime = Recording()
+    scheduler = batcher(runtime)
+    assert [spec.name for spec in scheduler.inputs] == ["X"]  # the controls are the batcher's to give
+    call(scheduler, 5, SequenceId(42, start=True))
+    call(scheduler, 6, SequenceId(42))
+    call(scheduler, 7, SequenceId(42, end=True))
+    got = [{name: (array.dtype.name, array.tolist()) for name, array in inputs.items()} for _, inputs in runtime.calls]
+    assert got[0] == {"X": ("int32", [[5]]), "START": ("int32", [[1]]), "END": ("bool", [[False]]),
+                      "READY": ("float32", [[2.5]]), "CORRID": ("uint64", [[42]])}
+    assert [(g["START"][1], g["END"][1]) for g in got] == [([[1]], [[False]]), ([[0]], [[False]]), ([[0]], [[True]])]
+    assert scheduler.sequences == 0
+
+
+def test_each_sequence_keeps_its_lane_and_starts_take_the_emptier_one() -> None:
+    runtime = Recording()
+    scheduler = batcher(runtime, count=2)
+    for sequence in (1, 2, 3):
+        call(scheduler, sequence, SequenceId(sequence, start=True))
+    for sequence in (3, 2, 1, 3):
+        call(scheduler, sequence, SequenceId(sequence))
+    lanes: dict[int, set[int]] = {}
+    for lane, inputs in runtime.calls:
+        lanes.setdefault(int(inputs["CORRID"][0, 0]), set()).add(lane)
+    assert lanes == {1: {0}, 2: {1}, 3: {0}}
+
+
+def test_one_sequences_requests_run_one_at_a_time_in_order() -> None:
+    runtime = Recording(delay_s=0.01)
+    scheduler = batcher(runtime, count=4)
+
+    async def main() -> None:
+        calls = [scheduler.infer_async({"X": np.array([[i]], np.int32)}, CallContext(sequence=SequenceId(9, i == 0)))
+                 for i in range(8)]
+        await asyncio.gather(*calls)
+
+    asyncio.run(main())
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == list(range(8))
+    assert {lane for lane, _ in runtime.calls} == {0}
+
+
+@pytest.mark.parametrize(("value", "sequence", "message"), [
+    (1, None, "inference request to model 'acc' must specify a non-zero or non-empty correlation ID"),
+    (1, SequenceId(0, start=True), "must specify a non-zero or non-empty correlation ID"),
+    (1, SequenceId(77), "inference request for sequence 77 to model 'acc' must specify the START flag on the "
+                        "first request of the sequence"),
+    (1, SequenceId("abc", start=True), "sequence id 'abc' is a string, but model 'acc' takes it as UINT64"),
+])
+def test_tritons_refusals(value: int, sequence: SequenceId | None, message: str) -> None:
+    scheduler = batcher(Recording())
+    with pytest.raises(InvalidInput) as caught:
+        call(scheduler, value, sequence)
+    assert message in caught.value.message
+
+
+def test_a_batch_of_two_is_refused() -> None:
+    scheduler = batcher(Recording())
+    context = CallContext(sequence=SequenceId(1, start=True))
+    with pytest.raises(InvalidInput, match="must specify batch-size 1 due to requirements of sequence batcher"):
+        asyncio.run(scheduler.infer_async({"X": np.zeros((2, 1), np.int32)}, context))
+
+
+def test_an_idle_sequence_is_forgotten() -> None:
+    scheduler = batcher(Recording(), idle_us=100_000)
+    call(scheduler, 1, SequenceId(5, start=True))
+    call(scheduler, 1, SequenceId(6, start=True))
+    time.sleep(0.25)
+    with pytest.raises(InvalidInput, match="must specify the START flag"):
+        call(scheduler, 2, SequenceId(5))
+    assert scheduler.sequences == 0
+    call(scheduler, 3, SequenceId(5, start=True))  # the id may start again
+    assert scheduler.sequences == 1
+
+
+def test_a_deadline_bounds_the_wait_for_the_sequences_instance() -> None:
+    scheduler = batcher(Recording(delay_s=0.3), count=1)
+    with pytest.raises(DeadlineExceeded):
+        call(scheduler, 1, SequenceId(5, start=True), deadline=time.perf_counter() + 0.05)
+
+
+def test_python_models_see_the_correlation_id_and_flags() -> None:
+    runtime = Recording(controls=(), takes_sequence=True)
+    scheduler = batcher(runtime, controls=())
+    call(scheduler, 1, SequenceId("a-b", start=True, end=True))
+    assert unpack_sequence(runtime.calls[0][1][SEQUENCE_INPUT]) == ("a-b", 3)
+
+
+@pytest.mark.parametrize(("parameters", "expected"), [
+    ({}, None),
+    ({"sequence_id": 7, "sequence_start": True}, SequenceId(7, True, False)),
+    ({"sequence_id": "x", "sequence_end": True}, SequenceId("x", False, True)),
+    ({"sequence_id": 2**64 - 1}, SequenceId(2**64 - 1)),
+])
+def test_sequence_parameters(parameters: dict[str, object], expected: SequenceId | None) -> None:
+    assert sequence_of(parameters) == expected
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"sequence_id": -1}, "sequence_id must be an unsigned 64-bit integer or a string, got -1"),
+    ({"sequence_id": 1.5}, "got 1.5"),
+    ({"sequence_id": True}, "got True"),
+    ({"sequence_id": 1, "sequence_start": "yes"}, "parameters.sequence_start must be true or false, got 'yes'"),
+])
+def test_bad_sequence_parameters(parameters: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        sequence_of(parameters)

@@ -1,0 +1,178 @@
+"""Stateful models for the sequence-batching tests (and Triton's sequence client examples), written
+as Triton has them: simple_sequence an ONNX graph with START and READY control inputs,
+simple_dyna_sequence and simple_string_dyna_sequence Python-backend models that read START, END and
+CORRID, and a plain Python model that keeps an accumulator per sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from tests import models
+
+SIMPLE_SEQUENCE_CONFIG = """
+name: "simple_sequence"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] }
+  ]
+}
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU } ]
+"""
+
+# Triton's dyna_sequence backend, as its client examples read it: the output is the input, plus one
+# on a sequence's first request, plus the correlation ID on its last
+DYNA = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().astype(np.int64)
+            start = pb_utils.get_input_tensor_by_name(request, "START").as_numpy()
+            end = pb_utils.get_input_tensor_by_name(request, "END").as_numpy()
+            corrid = pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().astype(np.int64)
+            ready = pb_utils.get_input_tensor_by_name(request, "READY").as_numpy()
+            out = (value + start + end * corrid) * ready
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", out.astype(np.int32))]))
+        return responses
+'''
+
+DYNA_CONFIG = """
+name: "%s"
+backend: "python"
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 10000000
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: %s } ] }
+  ]
+}
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+# an accumulator per sequence, kept in the instance: reset at START (request.flags()), the
+# correlation ID (a string that names a number) added at END
+STRING_DYNA = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = int(pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()[0, 0])
+            corrid = pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy()[0, 0].decode()
+            assert corrid == str(request.correlation_id())
+            flags = request.flags()
+            if flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+                self.sums[corrid] = 0
+            self.sums[corrid] += value
+            out = self.sums[corrid]
+            if flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
+                out += int(corrid)
+                del self.sums[corrid]
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", np.array([[out]], np.int32))]))
+        return responses
+'''
+
+# inferd's own Model class keeping state per sequence: it sees the control inputs its config asks for
+ACCUMULATE = '''
+import numpy as np
+
+
+class Model:
+    def __init__(self):
+        self.sums = {}
+
+    def infer(self, inputs):
+        key = int(inputs["CORRID"][0])
+        if inputs["START"][0]:
+            self.sums[key] = 0.0
+        self.sums[key] += float(inputs["X"][0])
+        total = self.sums[key]
+        if inputs["END"][0]:
+            del self.sums[key]
+        return {"SUM": np.array([total], dtype=np.float32), "LIVE": np.array([len(self.sums)], dtype=np.int32)}
+'''
+
+ACCUMULATE_CONFIG = """
+backend = "python"
+[sequence_batching]
+max_sequence_idle_microseconds = %d
+[[sequence_batching.control_input]]
+name = "START"
+kind = "START"
+datatype = "BOOL"
+[[sequence_batching.control_input]]
+name = "END"
+kind = "END"
+datatype = "BOOL"
+[[sequence_batching.control_input]]
+name = "CORRID"
+kind = "CORRID"
+datatype = "UINT64"
+[[input]]
+name = "X"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "SUM"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "LIVE"
+datatype = "INT32"
+shape = [1]
+[instance_group]
+count = %d
+kind = "%s"
+"""
+
+
+def simple_sequence_onnx() -> bytes:
+    """OUTPUT = (INPUT + START) * READY, every tensor [batch, 1] INT32: Triton's simple_sequence."""
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 1])
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT", "START"], ["started"]),
+         helper.make_node("Mul", ["started", "READY"], ["OUTPUT"])],
+        "simple_sequence", [tensor("INPUT"), tensor("START"), tensor("READY")], [tensor("OUTPUT")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def build(root: Path, idle_us: int = 5_000_000, accumulate_count: int = 2, accumulate_kind: str = "cpu") -> Path:
+    (root / "simple_sequence/1").mkdir(parents=True, exist_ok=True)
+    (root / "simple_sequence/1/model.onnx").write_bytes(simple_sequence_onnx())
+    models.write(root / "simple_sequence/config.pbtxt", SIMPLE_SEQUENCE_CONFIG)
+    models.write(root / "simple_dyna_sequence/1/model.py", DYNA)
+    models.write(root / "simple_dyna_sequence/config.pbtxt", DYNA_CONFIG % ("simple_dyna_sequence", "TYPE_UINT64"))
+    models.write(root / "simple_string_dyna_sequence/1/model.py", STRING_DYNA)
+    models.write(root / "simple_string_dyna_sequence/config.pbtxt",
+                 DYNA_CONFIG % ("simple_string_dyna_sequence", "TYPE_STRING"))
+    models.write(root / "accumulate/1/model.py", ACCUMULATE)
+    models.write(root / "accumulate/config.toml", ACCUMULATE_CONFIG % (idle_us, accumulate_count, accumulate_kind))
+    return root
