@@ -187,6 +187,31 @@ class InstanceGroup:
     def resolved_kind(self, backend: str) -> str:
         return self.kind or ("process" if backend in PROCESS_BY_DEFAULT else "cpu")
 
+    @property
+    def instances(self) -> int:
+        """Executions at once: ``count`` on each listed GPU (as Triton counts), else ``count``."""
+        return self.count * len(self.gpus) if self.kind == "gpu" and self.gpus else self.count
+
+
+PRECISIONS = ("bf16", "fp16")
+COMPILERS = ("torch_compile", "cuda_graphs")
+
+
+@dataclass(frozen=True, slots=True)
+class Optimization:
+    """``[optimization]``: how a model runs, never what it computes (beyond the precision asked for).
+    Torch models honour every key; ONNX and TensorFlow only ``warmup`` (others are a load error)."""
+
+    precision: str = ""  # "" = as saved; "bf16" | "fp16": module and float inputs cast, outputs cast back
+    channels_last: bool = False  # 4-D float inputs and the module in NHWC memory order
+    compile: str = ""  # "" | "torch_compile" | "cuda_graphs": each of batch_sizes compiled or captured
+    batch_sizes: tuple[int, ...] = ()  # compile: the sizes to build; a batch is padded up to the nearest
+    warmup: bool = False  # run zeros through every batch size at load, so the first request is not slow
+
+    @property
+    def enabled(self) -> bool:
+        return self != Optimization()
+
 
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
@@ -232,6 +257,7 @@ class ModelConfig:
     response_cache: bool = False  # identical requests answered from the server's cache (--cache-size)
     ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
     decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
+    optimization: Optimization = field(default_factory=Optimization)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -390,6 +416,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         response_cache=_response_cache(table.take("response_cache", dict, {}), where),
         ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
         decoupled=_decoupled(table.take("model_transaction_policy", dict, {}), where),
+        optimization=_optimization(table.take("optimization", dict, {}), where, max_batch_size),
         source=where,
     )
     table.finish()
@@ -451,6 +478,39 @@ def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
             raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
         steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
     return tuple(steps)
+
+
+def _optimization(data: dict[str, Any], where: str, max_batch_size: int) -> Optimization:
+    table = _Table(data, f"{where}: [optimization]")
+    precision = table.take("precision", str, "")
+    compile_with = table.take("compile", str, "")
+    result = Optimization(precision=precision, channels_last=bool(table.take("channels_last", bool, False)),
+                          compile=compile_with, batch_sizes=tuple(sorted(set(table.take_ints("batch_sizes", 1)))),
+                          warmup=bool(table.take("warmup", bool, False)))
+    if precision and precision not in PRECISIONS:
+        raise table.fail("precision", f"must be one of {PRECISIONS}, got {precision!r}")
+    if compile_with and compile_with not in COMPILERS:
+        raise table.fail("compile", f"must be one of {COMPILERS}, got {compile_with!r}")
+    if result.batch_sizes and max_batch_size == 0:
+        raise table.fail("batch_sizes", "needs max_batch_size > 0 (a batch dimension to pad)")
+    if result.batch_sizes and result.batch_sizes[-1] > max_batch_size:
+        raise table.fail("batch_sizes", f"must not exceed max_batch_size ({max_batch_size}), "
+                                        f"got {list(result.batch_sizes)}")
+    table.finish()
+    return result
+
+
+def capture_sizes(optimization: Optimization, max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a compiled model is built for: those configured, else powers of two up to
+    max_batch_size and max_batch_size itself; () when the model has no batch dimension (one shape)."""
+    if optimization.batch_sizes or max_batch_size == 0:
+        return optimization.batch_sizes
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
 
 
 def _decoupled(data: dict[str, Any], where: str) -> bool:

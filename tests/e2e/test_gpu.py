@@ -50,3 +50,48 @@ def test_gpu_model_runs_on_the_gpu_and_matches_the_cpu(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         y = np.array(response.json()["outputs"][0]["data"]).reshape(16, 5)
         np.testing.assert_allclose(y, models.run_mlp(x), rtol=1e-3, atol=1e-4)
+
+
+GRAPHS_CONFIG = """
+max_batch_size = 8
+[dynamic_batching]
+[instance_group]
+kind = "gpu"
+count = 2
+gpus = [0, 0]
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [3, 16, 16]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [5]
+[optimization]
+precision = "{precision}"
+channels_last = true
+compile = "cuda_graphs"
+batch_sizes = [1, 4, 8]
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_graphs_on_two_runtimes_answer_like_the_model(tmp_path: Path, precision: str) -> None:
+    """Captured graphs per batch size on every instance (four: count 2 on each listed GPU), padded
+    batches, pinned staging: the answers match the model in-process within the precision's tolerance."""
+    from tests.runtimes.test_torch_optimization import BF16_ATOL, cnn, expected, images, save
+
+    save(tmp_path / "cnn/1", cnn())
+    (tmp_path / "cnn/1/model.pt2").unlink()
+    (tmp_path / "cnn/config.toml").write_text(GRAPHS_CONFIG.format(precision=precision))
+    with serve(tmp_path) as server:
+        assert re.search(rf"cnn version 1 ready in [0-9.]+ s \(pytorch_libtorch on cuda:0, {precision}, "
+                         r"channels_last, cuda_graphs \+ pytorch_libtorch on cuda:0", server.log())
+        for rows in (1, 3, 8, 5):
+            x = images(rows, seed=rows)
+            body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+            response = requests.post(f"{server.base}/v2/models/cnn/infer", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            y = np.array(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(rows, 5)
+            np.testing.assert_allclose(y, expected(x), atol=BF16_ATOL)
