@@ -30,11 +30,21 @@ _FLOAT_INPUTS = ("FP16", "FP32", "FP64", "BF16")
 
 
 @dataclass
+class Staging:
+    """A pinned host buffer for one input, grown to the largest batch seen, and the event recorded
+    after the last copy out of it (the buffer is rewritten only once that copy is done)."""
+
+    buffer: Any  # uint8, pinned
+    copied: Any  # torch.cuda.Event
+    used: bool = False
+
+
+@dataclass
 class Lane:
     """One instance's own state: what no two concurrent calls may share."""
 
     stream: Any = None  # torch.cuda.Stream on CUDA, else None
-    pinned: dict[tuple[str, tuple[int, ...]], Any] = field(default_factory=dict)  # staging buffers
+    pinned: dict[str, Staging] = field(default_factory=dict)  # by input name
     graphs: dict[int, tuple[Any, list[Any], Any]] = field(default_factory=dict)  # rows -> graph, ins, outs
     pool: Any = None  # the memory pool this lane's graphs share (they never replay at once)
 
@@ -124,32 +134,55 @@ class Executor:
         stream = torch.cuda.stream(lane.stream) if lane.stream is not None else _nothing()
         with stream:
             for start, stop, padded in pieces:
-                args = [self._stage(lane, _rows(inputs[spec.name], start, stop, padded, self._max_batch_size),
-                                    spec) for spec in self._inputs]
+                args = [self._stage(lane, _rows(inputs[spec.name], start, stop, self._max_batch_size), spec,
+                                    padded) for spec in self._inputs]
                 result = self._execute(lane, args, padded)
                 results.append(_map(result, functools.partial(self._to_host, rows=stop - start, padded=padded)))
             if lane.stream is not None:
                 lane.stream.synchronize()  # every output of the batch is on the host now: one wait
         return results
 
-    def _stage(self, lane: Lane, array: np.ndarray, spec: TensorSpec) -> Any:
+    def _stage(self, lane: Lane, array: np.ndarray, spec: TensorSpec, padded: int) -> Any:
+        """One input on the device, padded to ``padded`` rows, cast and laid out for the module."""
         torch = self._torch
+        if not self._cuda and self._max_batch_size:
+            array = pad_rows(array, padded)
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         host = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16) if spec.datatype == "BF16" \
             else torch.from_numpy(array)
         if self._cuda:
-            key = (spec.name, tuple(host.shape))
-            pinned = lane.pinned.get(key)
-            if pinned is None or pinned.dtype != host.dtype:
-                pinned = lane.pinned[key] = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-            pinned.copy_(host)
-            host = pinned.to(self._device, non_blocking=True)  # ordered on the lane's stream
+            host = self._to_device(lane, spec.name, host, padded if self._max_batch_size else 0)
         if self._dtype is not None and spec.datatype in _FLOAT_INPUTS:
             host = host.to(self._dtype)
         if self._opt.channels_last and host.dim() == 4:
             host = host.contiguous(memory_format=torch.channels_last)
         return host
+
+    def _to_device(self, lane: Lane, name: str, host: Any, padded: int) -> Any:
+        """Through the lane's pinned buffer for this input: the rows written once, the padding
+        zeroed there, one copy to the device that does not block (ordered on the lane's stream)."""
+        torch = self._torch
+        shape = (padded, *host.shape[1:]) if padded else tuple(host.shape)
+        nbytes = host.element_size() * int(np.prod(shape, dtype=np.int64))
+        slot = lane.pinned.get(name)
+        if slot is not None and slot.used:
+            slot.copied.synchronize()  # the previous copy out of this buffer is done
+        if slot is None or slot.buffer.numel() < nbytes:
+            slot = lane.pinned[name] = Staging(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True),
+                                               torch.cuda.Event())
+        staged = slot.buffer[:nbytes].view(host.dtype).view(shape)
+        rows = host.shape[0] if padded else 0
+        if padded:
+            staged[:rows].copy_(host)
+            if rows < padded:
+                staged[rows:].zero_()
+        else:
+            staged.copy_(host)
+        device = staged.to(self._device, non_blocking=True)
+        slot.copied.record(lane.stream)
+        slot.used = True
+        return device
 
     def _execute(self, lane: Lane, args: list[Any], rows: int) -> Any:
         if self._opt.compile != "cuda_graphs":
@@ -170,7 +203,8 @@ class Executor:
             self._forward(*static_inputs)
         lane.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=lane.pool, stream=lane.stream):
+        # thread_local: other instances keep running (and allocating) on their own threads meanwhile
+        with torch.cuda.graph(graph, pool=lane.pool, stream=lane.stream, capture_error_mode="thread_local"):
             static_outputs = self._forward(*static_inputs)
         return graph, static_inputs, static_outputs
 
@@ -197,11 +231,10 @@ def concat_rows(results: list[Arrays]) -> Arrays:
     return {name: np.concatenate([r[name] for r in results]) for name in results[0]}
 
 
-def _rows(array: np.ndarray, start: int, stop: int, padded: int, batched: int) -> np.ndarray:
-    if not batched:
+def _rows(array: np.ndarray, start: int, stop: int, batched: int) -> np.ndarray:
+    if not batched or (start, stop) == (0, array.shape[0]):
         return array
-    piece = array[start:stop] if (start, stop) != (0, array.shape[0]) else array
-    return pad_rows(piece, padded)
+    return array[start:stop]
 
 
 def _map(result: Any, convert: Callable[[Any], Any]) -> Any:
