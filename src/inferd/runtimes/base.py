@@ -157,6 +157,10 @@ def refuse_torch_options(config: ModelConfig, name: str, framework: str) -> None
             raise ConfigError(f"model '{name}': [optimization] {key} is honoured by torch models only; "
                               f"{framework} cannot apply it (convert the model, e.g. to bf16, before "
                               "serving it, or remove the key)")
+    for tensor in config.inputs:
+        if tensor.image is not None:
+            raise ConfigError(f"model '{name}': input '{tensor.name}' has an [image] table, which torch models "
+                              f"only decode; {framework} models take the decoded tensor")
 
 
 def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> Arrays:

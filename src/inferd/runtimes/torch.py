@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from inferd.config import Optimization
+from inferd.config import ImageInput, ModelConfig, Optimization
 from inferd.errors import ConfigError
 from inferd.runtimes.base import (
     Arrays,
@@ -34,7 +34,8 @@ _V2_BY_TORCH = {
 class TorchRuntime(Runtime):
     def __init__(self, module: Any, platform: str, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], max_batch_size: int, device: str,
-                 name: str, optimization: Optimization | None = None, instances: int = 1) -> None:
+                 name: str, optimization: Optimization | None = None, instances: int = 1,
+                 images: dict[str, ImageInput] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -52,10 +53,10 @@ class TorchRuntime(Runtime):
         # eager on the CPU calls the module directly; anything else (a GPU, [optimization]) runs
         # through an Executor with one lane per instance
         self._executor: Executor | None = None
-        if optimization.enabled or not self._on_cpu:
+        if optimization.enabled or not self._on_cpu or images:
             with torch.no_grad():
                 self._executor = Executor(torch, module, self._device, inputs, optimization, max_batch_size,
-                                          name, platform)
+                                          name, platform, images)
             self._executor.add_lanes(instances)
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -133,11 +134,11 @@ def load(context: LoadContext) -> TorchRuntime:
     if context.artifact.suffix == ".pt2":
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
-    _refuse_bytes(inputs + outputs, context.name)
+    _refuse_bytes(inputs + outputs, context.name, _images(context.config))
     module = torch.jit.load(str(context.artifact), map_location=context.device).eval()  # type: ignore[no-untyped-call]
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
                         context.device, context.name, context.config.optimization,
-                        context.config.instance_group.count)
+                        context.config.instance_group.count, _images(context.config))
 
 
 def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
@@ -150,12 +151,13 @@ def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
         outputs = specs_from_config(config.outputs, config.max_batch_size)
     else:
         inputs, outputs = _exported_specs(program, config.max_batch_size)
-    _refuse_bytes(inputs + outputs, context.name)
+    _refuse_bytes(inputs + outputs, context.name, _images(config))
     module = program.module()
     if context.device != "cpu":
         module = module.to(context.device)
     return TorchRuntime(module, "pytorch_export", inputs, outputs, config.max_batch_size,
-                        context.device, context.name, config.optimization, config.instance_group.count)
+                        context.device, context.name, config.optimization, config.instance_group.count,
+                        _images(config))
 
 
 def _exported_specs(program: Any, max_batch_size: int
@@ -199,8 +201,13 @@ def _spec_of(name: str, fake: Any, max_batch_size: int) -> TensorSpec:
     return TensorSpec(name, datatype, tuple(shape))
 
 
-def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str) -> None:
+def _images(config: ModelConfig) -> dict[str, ImageInput]:
+    return {tensor.name: tensor.image for tensor in config.inputs if tensor.image is not None}
+
+
+def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str, images: dict[str, ImageInput]) -> None:
     for spec in specs:
-        if spec.datatype == "BYTES":
+        if spec.datatype == "BYTES" and spec.name not in images:
             raise ConfigError(f"model '{name}': tensor '{spec.name}' is BYTES, which torch models "
-                              "cannot take; use a Python model to decode strings")
+                              "cannot take; use a Python model to decode strings, or an [image] input for "
+                              "encoded images")

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from inferd.config import Optimization, capture_sizes
+from inferd.config import ImageInput, Optimization, capture_sizes
 from inferd.errors import ConfigError, ModelError
 from inferd.runtimes.base import Arrays, warmup_inputs
 from inferd.runtimes.padding import chunks, pad_rows
+from inferd.runtimes.torch_image import black_jpeg, decode_batch, require_gpu_decoder
 from inferd.types import TensorSpec
 
 _FLOAT_INPUTS = ("FP16", "FP32", "FP64", "BF16")
@@ -54,8 +55,9 @@ class Executor:
 
     def __init__(self, torch: Any, module: Any, device: Any,
                  inputs: tuple[TensorSpec, ...], optimization: Optimization, max_batch_size: int,
-                 name: str, platform: str) -> None:
+                 name: str, platform: str, images: dict[str, ImageInput] | None = None) -> None:
         self._torch = torch
+        self._images = images or {}
         self._device = device
         self._cuda = device.type == "cuda"
         self._inputs = inputs
@@ -63,6 +65,8 @@ class Executor:
         self._name = name
         self._max_batch_size = max_batch_size
         _refuse(optimization, self._cuda, platform, name)
+        if self._images and self._cuda:
+            require_gpu_decoder(name)
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(optimization.precision)
         if self._dtype is not None:
             module = module.to(self._dtype)
@@ -104,11 +108,18 @@ class Executor:
         try:
             for lane in lanes:
                 for size in dict.fromkeys(sizes):
-                    self._call(lane, warmup_inputs(self._inputs, size if self._max_batch_size else 0,
-                                                   self._name), size if self._max_batch_size else 0)
+                    rows = size if self._max_batch_size else 0
+                    self._call(lane, self._warmup_inputs(rows), rows)
         finally:
             for lane in lanes:
                 self._lanes.put(lane)
+
+    def _warmup_inputs(self, rows: int) -> Arrays:
+        arrays = warmup_inputs(tuple(s for s in self._inputs if s.name not in self._images), rows, self._name)
+        for name, image in self._images.items():
+            blob = black_jpeg(image.crop)
+            arrays[name] = np.array([[blob]] * rows, dtype=object).reshape(rows, 1)
+        return arrays
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -145,6 +156,8 @@ class Executor:
     def _stage(self, lane: Lane, array: np.ndarray, spec: TensorSpec, padded: int) -> Any:
         """One input on the device, padded to ``padded`` rows, cast and laid out for the module."""
         torch = self._torch
+        if spec.name in self._images:
+            return self._decode(array, spec, padded)
         if not self._cuda and self._max_batch_size:
             array = pad_rows(array, padded)
         if not array.flags.c_contiguous:
@@ -158,6 +171,21 @@ class Executor:
         if self._opt.channels_last and host.dim() == 4:
             host = host.contiguous(memory_format=torch.channels_last)
         return host
+
+    def _decode(self, array: np.ndarray, spec: TensorSpec, padded: int) -> Any:
+        """An image input: decoded where the model runs, padded there, cast and laid out."""
+        torch = self._torch
+        images = decode_batch(torch, list(array.reshape(-1)), self._images[spec.name], self._device,
+                              f"input '{spec.name}'")
+        if padded > images.shape[0]:
+            images = torch.cat([images, images.new_zeros((padded - images.shape[0], *images.shape[1:]))])
+        if self._cuda:
+            images = images.to(self._device, non_blocking=True)
+        if self._dtype is not None:
+            images = images.to(self._dtype)
+        if self._opt.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _to_device(self, lane: Lane, name: str, host: Any, padded: int) -> Any:
         """Through the lane's pinned buffer for this input: the rows written once, the padding
