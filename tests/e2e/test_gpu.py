@@ -142,3 +142,22 @@ def test_the_image_classifier_decodes_jpeg_on_the_gpu_like_pillow_on_the_cpu() -
     difference = np.abs(on_gpu.cpu().numpy() - on_cpu.numpy())
     # decoders differ in chroma upsampling at edges: a few levels there, about one on average
     assert difference.max() < 8 * ONE_LEVEL and difference.mean() < ONE_LEVEL, (difference.max(), difference.mean())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_an_archive_for_the_gpu_is_refused_without_one(tmp_path: Path) -> None:
+    """model-config.yaml's deviceType: gpu puts the handler's workers on the GPU; TorchServe's
+    handlers would quietly take the CPU, inferd refuses with the reason."""
+    from tests.ts_archives import Mlp, archive
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    torch.jit.script(Mlp().eval()).save(str(work / "mlp.pt"))
+    (work / "model-config.yaml").write_text("deviceType: gpu\ndeviceIds: [0]\n")
+    archive(store, "on_gpu", work / "mlp.pt", "base_handler", config_file=work / "model-config.yaml")
+    with serve(None, "--model-store", str(store), "--model-control", "explicit") as server:
+        response = requests.post(f"{server.base}/models?url=on_gpu.mar&initial_workers=1&synchronous=true",
+                                 timeout=60)
+        assert response.status_code == 500, response.text
+        assert "cuda:0" in response.text and "no CUDA device" in response.text, response.text
