@@ -5,6 +5,9 @@ binary HTTP and gRPC (tritonclient) answer what the model computes on the decode
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +49,31 @@ def test_jpeg_bytes_over_binary_http_and_grpc_answer_like_the_model(tmp_path: Pa
             assert "input 'image': row 1 is not a JPEG image" in exc.message(), exc.message()
         http.close()
         grpc.close()
+
+
+def test_inferd_bench_loads_jpeg_bytes_and_asks_for_the_top_classes(tmp_path: Path) -> None:
+    """`inferd bench --input-file image=kitten.jpg --classification 2` over binary HTTP and gRPC:
+    every request answered (a wrong body would be 400s), and the top classes are what the model ranks."""
+    save_tiny(tmp_path / "tiny")
+    kitten = (ROOT / "examples/kitten.jpg").read_bytes()
+    with serve(tmp_path, grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.url)
+        tensor = httpclient.InferInput("image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(rows([kitten]), binary_data=True)
+        top = http.infer("tiny", [tensor], outputs=[httpclient.InferRequestedOutput("scores", class_count=2)])
+        ranked = np.argsort(-expected([kitten])[0])[:2]
+        assert [int(entry.split(b":")[1]) for entry in top.as_numpy("scores")[0]] == ranked.tolist()
+        http.close()
+        for extra in ([], ["--grpc", server.grpc_url]):
+            out = tmp_path / f"bench{len(extra)}.json"
+            done = subprocess.run([sys.executable, "-m", "inferd", "bench", "-m", "tiny", "--url", server.base,
+                                   "--binary", "--concurrency", "4", "--duration", "1", "--warmup", "0.2",
+                                   "--input-file", f"image={ROOT / 'examples/kitten.jpg'}", "--classification", "2",
+                                   "--json", str(out), *extra], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            row = json.loads(out.read_text())["rows"][0]
+            assert row["errors"] == 0 and row["rps"] > 0, row
+        refused = subprocess.run([sys.executable, "-m", "inferd", "bench", "-m", "tiny", "--url", server.base,
+                                  "--input-file", "pixels=x.jpg"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "model 'tiny' has no BYTES input 'pixels' (its BYTES inputs: image)" in refused.stderr
