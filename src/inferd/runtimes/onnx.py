@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from inferd.config import ModelConfig
@@ -78,7 +80,7 @@ def load(context: LoadContext) -> OnnxRuntime:
         if "TensorrtExecutionProvider" in ort.get_available_providers():  # first choice, CUDA for what it cannot
             providers.insert(0, "TensorrtExecutionProvider")
             provider_options.insert(0, {"device_id": device_id, "trt_engine_cache_enable": True,
-                                        "trt_engine_cache_path": str(context.artifact.parent / ".trt_cache")})
+                                        "trt_engine_cache_path": str(_trt_cache(context))})
     session = ort.InferenceSession(str(context.artifact), options, providers=providers,
                                    provider_options=provider_options)
     if on_gpu and session.get_providers()[0] not in GPU_PROVIDERS:  # CUDA failed to load: no silent CPU
@@ -88,6 +90,15 @@ def load(context: LoadContext) -> OnnxRuntime:
     inputs = _specs(session.get_inputs(), config, "input", config.inputs)
     outputs = _specs(session.get_outputs(), config, "output", config.outputs)
     return OnnxRuntime(session, inputs, outputs, config.max_batch_size, config, context.name)
+
+
+def _trt_cache(context: LoadContext) -> Path:
+    """TensorRT's engines, built once per model version and GPU (minutes): kept outside the
+    repository, which may be read-only (KServe mounts it so), under $INFERD_TRT_CACHE."""
+    root = Path(os.environ.get("INFERD_TRT_CACHE") or Path.home() / ".cache" / "inferd" / "tensorrt")
+    folder = root / context.name / context.version
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any, ...]

@@ -227,7 +227,8 @@ class Executor:
     def _capture(self, lane: Lane, args: list[Any]) -> tuple[Any, list[Any], Any]:
         torch = self._torch
         static_inputs = [arg.clone() for arg in args]
-        for _ in range(3):  # lazy initialisation (cuDNN/cuBLAS handles, autotuning) before capture
+        for _ in range(5):  # lazy initialisation (cuDNN/cuBLAS handles, autotuning, TorchScript's
+            # profiling runs and fusions) all happen before capture, never inside it
             self._forward(*static_inputs)
         lane.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
