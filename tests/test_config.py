@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inferd.config import ServerSettings, load_model_config, parse_model_config
+from inferd.config import Optimization, ServerSettings, capture_sizes, load_model_config, parse_model_config
 from inferd.errors import ConfigError
 
 FULL = """
@@ -90,12 +90,34 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
      "must be one of UINT64 INT64 UINT32 INT32 BYTES"),
     ("max_batch_size = 2\n[dynamic_batching]\n[sequence_batching]", "cannot have dynamic_batching"),
     ("[model_transaction_policy]\ndecoupled = true\n[sequence_batching]", "cannot have model_transaction_policy"),
+    ("[optimization]\nprecision = 'int8'", "'precision' must be one of \\('bf16', 'fp16'\\), got 'int8'"),
+    ("[optimization]\ncompile = 'xla'", "'compile' must be one of"),
+    ("[optimization]\nbatch_sizes = [1, 2]", "'batch_sizes' needs max_batch_size > 0"),
+    ("max_batch_size = 4\n[optimization]\nbatch_sizes = [2, 8]", "must not exceed max_batch_size \\(4\\)"),
+    ("[optimization]\nchannel_last = true", "'channel_last' is not known; did you mean 'channels_last'"),
 ])
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as info:
         load_model_config(path)
     assert str(path) in info.value.message
+
+
+def test_optimization_and_the_sizes_a_compiled_model_is_built_for(tmp_path: Path) -> None:
+    text = ("max_batch_size = 48\n[optimization]\nprecision = 'bf16'\nchannels_last = true\n"
+            "compile = 'cuda_graphs'\nbatch_sizes = [32, 1, 8]\nwarmup = true\n")
+    config = load_model_config(write(tmp_path, text))
+    assert config.optimization == Optimization("bf16", True, "cuda_graphs", (1, 8, 32), True)
+    assert capture_sizes(config.optimization, 48) == (1, 8, 32)
+    assert capture_sizes(Optimization(compile="cuda_graphs"), 48) == (1, 2, 4, 8, 16, 32, 48)
+    assert capture_sizes(Optimization(compile="cuda_graphs"), 0) == ()
+    assert not load_model_config(write(tmp_path, "max_batch_size = 2")).optimization.enabled
+
+
+def test_gpu_instances_are_counted_per_listed_gpu(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, "[instance_group]\ncount = 2\nkind = 'gpu'\ngpus = [0, 1, 3]"))
+    assert config.instance_group.instances == 6
+    assert load_model_config(write(tmp_path, "[instance_group]\ncount = 2")).instance_group.instances == 2
 
 
 def test_python_models_and_handlers_default_to_process_instances(tmp_path: Path) -> None:

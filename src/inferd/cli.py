@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--grpc", default=None, metavar="HOST:PORT",
                        help="send ModelInfer over gRPC to this address (metadata still from --url)")
     bench.add_argument("--batch", type=int, default=1, help="rows per request for batching models")
+    bench.add_argument("--input-file", action="append", default=[], metavar="NAME=FILE",
+                       help="a BYTES input's content from a file (e.g. image=kitten.jpg); repeatable")
+    bench.add_argument("--classification", type=int, default=0, metavar="K",
+                       help="ask each output for its top K classes (Triton's classification extension)")
     bench.add_argument("--processes", type=int, default=1, help="load-generating processes")
     bench.add_argument("--json", type=Path, default=None, dest="json_out", metavar="FILE",
                        help="also write the results as JSON to this file")
@@ -164,7 +168,18 @@ def _bench(args: argparse.Namespace) -> int:
         model=args.model, url=args.url, version=args.model_version,
         concurrency=tuple(int(c) for c in args.concurrency.split(",")), duration=args.duration,
         warmup=args.warmup, binary=args.binary, batch=args.batch, processes=args.processes, grpc_url=args.grpc,
-        json_out=args.json_out, plot_out=args.plot_out))
+        json_out=args.json_out, plot_out=args.plot_out, input_files=_input_files(args.input_file),
+        classification=args.classification))
+
+
+def _input_files(items: list[str]) -> tuple[tuple[str, Path], ...]:
+    pairs = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"inferd bench: --input-file takes NAME=FILE, got {item!r}")
+        pairs.append((name, Path(path)))
+    return tuple(pairs)
 
 
 def _ray(args: argparse.Namespace, settings: ServerSettings) -> int:

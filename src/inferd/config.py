@@ -161,6 +161,24 @@ class Listener:
     apis: tuple[str, ...]
 
 
+IMAGE_FORMATS = ("jpeg",)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's examples' normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An input's ``image`` table: clients send encoded images (BYTES, one per row); the model gets
+    them decoded (on its GPU when it has one), the shorter side resized to ``resize`` (bilinear,
+    antialiased), centre-cropped to ``crop``, scaled to [0, 1] and normalised: float32 N×3×crop×crop."""
+
+    format: str = "jpeg"
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
 @dataclass(frozen=True, slots=True)
 class TensorConfig:
     name: str
@@ -169,6 +187,7 @@ class TensorConfig:
     format: str = ""  # config.pbtxt's image layout hint (FORMAT_NCHW, FORMAT_NHWC), shown, not used
     label_filename: str = ""  # an output's class labels, one a line, in the model's folder
     labels: tuple[str, ...] = ()  # read from label_filename when the configuration is read
+    image: ImageInput | None = None  # an input of encoded images the runtime decodes (torch models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +235,31 @@ class InstanceGroup:
     def resolved_kind(self, backend: str) -> str:
         return self.kind or ("process" if backend in PROCESS_BY_DEFAULT else "cpu")
 
+    @property
+    def instances(self) -> int:
+        """Executions at once: ``count`` on each listed GPU (as Triton counts), else ``count``."""
+        return self.count * len(self.gpus) if self.kind == "gpu" and self.gpus else self.count
+
+
+PRECISIONS = ("bf16", "fp16")
+COMPILERS = ("torch_compile", "cuda_graphs")
+
+
+@dataclass(frozen=True, slots=True)
+class Optimization:
+    """``[optimization]``: how a model runs, never what it computes (beyond the precision asked for).
+    Torch models honour every key; ONNX and TensorFlow only ``warmup`` (others are a load error)."""
+
+    precision: str = ""  # "" = as saved; "bf16" | "fp16": module and float inputs cast, outputs cast back
+    channels_last: bool = False  # 4-D float inputs and the module in NHWC memory order
+    compile: str = ""  # "" | "torch_compile" | "cuda_graphs": each of batch_sizes compiled or captured
+    batch_sizes: tuple[int, ...] = ()  # compile: the sizes to build; a batch is padded up to the nearest
+    warmup: bool = False  # run zeros through every batch size at load, so the first request is not slow
+
+    @property
+    def enabled(self) -> bool:
+        return self != Optimization()
+
 
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
@@ -262,6 +306,7 @@ class ModelConfig:
     ensemble: tuple[EnsembleStep, ...] = ()  # backend "ensemble": its steps, in any order (a DAG)
     decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
     sequence_batching: SequenceBatching | None = None  # present = a stateful model fed by sequences
+    optimization: Optimization = field(default_factory=Optimization)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -274,6 +319,8 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
                           f"must not exceed max_batch_size ({config.max_batch_size})")
     if config.instance_group.gpus and config.instance_group.kind != "gpu":
         raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
+    if config.max_batch_size == 0 and any(t.image for t in config.inputs):
+        raise ConfigError(f"{where}: an input with [image] needs max_batch_size > 0 (the model gets N×3×H×W)")
     for what, tensors in (("input", config.inputs), ("output", config.outputs)):
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
@@ -447,6 +494,7 @@ def parse_model_config(data: dict[str, Any], where: str) -> ModelConfig:
         ensemble=_ensemble(table.take("ensemble_scheduling", dict, {}), where),
         decoupled=_decoupled(table.take("model_transaction_policy", dict, {}), where),
         sequence_batching=_sequence_batching(table.take("sequence_batching", dict), where),
+        optimization=_optimization(table.take("optimization", dict, {}), where, max_batch_size),
         source=where,
     )
     table.finish()
@@ -538,6 +586,66 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
     return SequenceBatching(idle, tuple(controls))
 
 
+def _optimization(data: dict[str, Any], where: str, max_batch_size: int) -> Optimization:
+    table = _Table(data, f"{where}: [optimization]")
+    precision = table.take("precision", str, "")
+    compile_with = table.take("compile", str, "")
+    result = Optimization(precision=precision, channels_last=bool(table.take("channels_last", bool, False)),
+                          compile=compile_with, batch_sizes=tuple(sorted(set(table.take_ints("batch_sizes", 1)))),
+                          warmup=bool(table.take("warmup", bool, False)))
+    if precision and precision not in PRECISIONS:
+        raise table.fail("precision", f"must be one of {PRECISIONS}, got {precision!r}")
+    if compile_with and compile_with not in COMPILERS:
+        raise table.fail("compile", f"must be one of {COMPILERS}, got {compile_with!r}")
+    if result.batch_sizes and max_batch_size == 0:
+        raise table.fail("batch_sizes", "needs max_batch_size > 0 (a batch dimension to pad)")
+    if result.batch_sizes and result.batch_sizes[-1] > max_batch_size:
+        raise table.fail("batch_sizes", f"must not exceed max_batch_size ({max_batch_size}), "
+                                        f"got {list(result.batch_sizes)}")
+    table.finish()
+    return result
+
+
+def capture_sizes(optimization: Optimization, max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a compiled model is built for: those configured, else powers of two up to
+    max_batch_size and max_batch_size itself; () when the model has no batch dimension (one shape)."""
+    if optimization.batch_sizes or max_batch_size == 0:
+        return optimization.batch_sizes
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def _image(data: dict[str, Any] | None, where: str) -> ImageInput | None:
+    if data is None:
+        return None
+    table = _Table(data, where)
+    image_format = table.take("format", str, "jpeg")
+    resize = table.take_int("resize", 256, minimum=1)
+    crop = table.take_int("crop", 224, minimum=1)
+    mean = _three(table, "mean", IMAGENET_MEAN)
+    std = _three(table, "std", IMAGENET_STD)
+    table.finish()
+    if image_format not in IMAGE_FORMATS:
+        raise table.fail("format", f"must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if crop > resize:
+        raise table.fail("crop", f"must not exceed resize ({resize}), got {crop}")
+    if not all(value > 0 for value in std):
+        raise table.fail("std", f"must be three numbers > 0, got {list(std)}")
+    return ImageInput(image_format, resize, crop, mean, std)
+
+
+def _three(table: _Table, key: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
+    values = table.take(key, list, list(default))
+    if len(values) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in values):
+        raise table.fail(key, f"must be three numbers (R, G, B), got {values!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
 def _decoupled(data: dict[str, Any], where: str) -> bool:
     table = _Table(data, f"{where}: [model_transaction_policy]")
     decoupled = bool(table.take("decoupled", bool, False))
@@ -586,6 +694,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         datatype = table.take("datatype", str)
         shape = table.take("shape", list)
         label_filename = table.take("label_filename", str, "")
+        image = _image(table.take("image", dict), f"{where} #{index}: [image]")
         table.finish()
         if not name:
             raise table.fail("name", "is required")
@@ -594,7 +703,11 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
                                     for d in shape):
             raise table.fail("shape", f"must be a list of sizes (-1 = any), got {shape!r}")
-        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape), label_filename=label_filename))
+        if image is not None and (datatype != "BYTES" or list(shape) != [1] or "output" in where):
+            raise table.fail("image", "is for inputs of datatype \"BYTES\" and shape [1] (one encoded image "
+                                      f"a row), got {datatype} {shape}")
+        tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape), label_filename=label_filename,
+                                    image=image))
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: names must be unique, got {names}")

@@ -50,3 +50,114 @@ def test_gpu_model_runs_on_the_gpu_and_matches_the_cpu(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         y = np.array(response.json()["outputs"][0]["data"]).reshape(16, 5)
         np.testing.assert_allclose(y, models.run_mlp(x), rtol=1e-3, atol=1e-4)
+
+
+GRAPHS_CONFIG = """
+max_batch_size = 8
+[dynamic_batching]
+[instance_group]
+kind = "gpu"
+count = 2
+gpus = [0, 0]
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [3, 16, 16]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [5]
+[optimization]
+precision = "{precision}"
+channels_last = true
+compile = "cuda_graphs"
+batch_sizes = [1, 4, 8]
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_graphs_on_two_runtimes_answer_like_the_model(tmp_path: Path, precision: str) -> None:
+    """Captured graphs per batch size on every instance (four: count 2 on each listed GPU), padded
+    batches, pinned staging: the answers match the model in-process within the precision's tolerance."""
+    from tests.runtimes.test_torch_optimization import BF16_ATOL, cnn, expected, images, save
+
+    save(tmp_path / "cnn/1", cnn())
+    (tmp_path / "cnn/1/model.pt2").unlink()
+    (tmp_path / "cnn/config.toml").write_text(GRAPHS_CONFIG.format(precision=precision))
+    with serve(tmp_path) as server:
+        assert re.search(rf"cnn version 1 ready in [0-9.]+ s \(pytorch_libtorch on cuda:0, {precision}, "
+                         r"channels_last, cuda_graphs \+ pytorch_libtorch on cuda:0", server.log())
+        for rows in (1, 3, 8, 5):
+            x = images(rows, seed=rows)
+            body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+            response = requests.post(f"{server.base}/v2/models/cnn/infer", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            y = np.array(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(rows, 5)
+            np.testing.assert_allclose(y, expected(x), atol=BF16_ATOL)
+
+
+def _has_gpu_decoder() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    from inferd.runtimes.torch_image import gpu_decoder_available
+
+    return gpu_decoder_available()
+
+
+@pytest.mark.skipif(not _has_gpu_decoder(), reason="needs a CUDA GPU and torchvision built for its torch")
+def test_jpeg_inputs_decode_on_the_gpu_and_answer_like_the_model(tmp_path: Path) -> None:
+    """An [image] input on a GPU model: nvjpeg decodes the batch, torch resizes there; the answers
+    match the model on Pillow-decoded images within what a few 8-bit levels (nvjpeg's and
+    libjpeg-turbo's chroma upsampling differ) move a small model's scores."""
+    import tritonclient.http as httpclient
+
+    from tests.runtimes.test_torch_image import expected, jpeg, rows, save_tiny
+
+    folder = save_tiny(tmp_path / "tiny", {"batch_sizes": [2, 4, 8], "warmup": "true"})
+    with (folder / "config.toml").open("a") as config:
+        config.write('[instance_group]\nkind = "gpu"\n')
+    blobs = [jpeg(480, 640, 1), jpeg(300, 200, 2), jpeg(64, 64, 3)]
+    with serve(tmp_path) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        tensor = httpclient.InferInput("image", [3, 1], "BYTES")
+        tensor.set_data_from_numpy(rows(blobs), binary_data=True)
+        scores = client.infer("tiny", [tensor]).as_numpy("scores")
+        np.testing.assert_allclose(scores, expected(blobs), atol=0.05)
+        client.close()
+
+
+@pytest.mark.skipif(not _has_gpu_decoder(), reason="needs a CUDA GPU and torchvision built for its torch")
+def test_the_image_classifier_decodes_jpeg_on_the_gpu_like_pillow_on_the_cpu() -> None:
+    from inferd.runtimes.builtin_handlers import ImageClassifier
+    from tests.runtimes.test_torch_image import ONE_LEVEL, jpeg
+
+    blobs = [jpeg(480, 640, 4), jpeg(256, 300, 5)]
+    handler = ImageClassifier()
+    handler.device = torch.device("cpu")
+    on_cpu = handler.preprocess([{"body": blob} for blob in blobs])
+    handler.device = torch.device("cuda:0")
+    on_gpu = handler.preprocess([{"body": blob} for blob in blobs])
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == (2, 3, 224, 224)
+    difference = np.abs(on_gpu.cpu().numpy() - on_cpu.numpy())
+    # decoders differ in chroma upsampling at edges: a few levels there, about one on average
+    assert difference.max() < 8 * ONE_LEVEL and difference.mean() < ONE_LEVEL, (difference.max(), difference.mean())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_an_archive_for_the_gpu_is_refused_without_one(tmp_path: Path) -> None:
+    """model-config.yaml's deviceType: gpu puts the handler's workers on the GPU; TorchServe's
+    handlers would quietly take the CPU, inferd refuses with the reason."""
+    from tests.ts_archives import Mlp, archive
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    torch.jit.script(Mlp().eval()).save(str(work / "mlp.pt"))
+    (work / "model-config.yaml").write_text("deviceType: gpu\ndeviceIds: [0]\n")
+    archive(store, "on_gpu", work / "mlp.pt", "base_handler", config_file=work / "model-config.yaml")
+    with serve(None, "--model-store", str(store), "--model-control", "explicit") as server:
+        response = requests.post(f"{server.base}/models?url=on_gpu.mar&initial_workers=1&synchronous=true",
+                                 timeout=60)
+        assert response.status_code == 500, response.text
+        assert "cuda:0" in response.text and "no CUDA device" in response.text, response.text

@@ -31,3 +31,24 @@ def test_signatures_share_the_session_until_the_last_unloads(tmp_path: Path) -> 
         other.unload()
     with pytest.raises(Exception, match="closed"):
         others["any_rank"].infer({"z": np.ones(1, np.float32)})
+
+
+def test_only_warmup_of_the_optimization_options_applies_to_tensorflow(tmp_path: Path) -> None:
+    from inferd.config import parse_model_config
+    from inferd.errors import ConfigError
+
+    tf_models.build_half_plus_two_tf1(tmp_path / "1")
+    refused = parse_model_config({"optimization": {"precision": "bf16"}}, "config.toml")
+    with pytest.raises(ConfigError, match="\\[optimization\\] precision is honoured by torch models only; "
+                                          "TensorFlow cannot apply it"):
+        load_runtime("tensorflow", LoadContext("hp", "1", tmp_path / "1", refused))
+    unbatched = parse_model_config({"optimization": {"warmup": True}}, "config.toml")
+    runtime = load_runtime("tensorflow", LoadContext("hp", "1", tmp_path / "1", unbatched))
+    with pytest.raises(ConfigError, match=r"input 'x' is FP32 \[-1, 1\]; declare its shape"):
+        runtime.warmup()  # without batching, x's -1 has no size to warm up with
+    runtime.unload()
+    batched = parse_model_config({"max_batch_size": 4, "optimization": {"warmup": True}}, "config.toml")
+    runtime = load_runtime("tensorflow", LoadContext("hp", "1", tmp_path / "1", batched))
+    runtime.warmup()  # rows of 1 and 4
+    np.testing.assert_array_equal(runtime.infer({"x": np.array([[2.0]], np.float32)})["y"], [[3.0]])
+    runtime.unload()

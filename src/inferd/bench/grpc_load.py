@@ -17,19 +17,24 @@ from inferd.protocols.kserve_v2_grpc import CONTENTS_FIELD
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def request_bytes(model: str, version: str | None, metadata: dict[str, Any], raw: bool, batch: int = 1) -> bytes:
-    """A serialized ModelInferRequest: typed contents, or raw_input_contents with ``raw``."""
+def request_bytes(model: str, version: str | None, metadata: dict[str, Any], raw: bool, batch: int = 1,
+                  files: dict[str, bytes] | None = None, classification: int = 0) -> bytes:
+    """A serialized ModelInferRequest: typed contents, or raw_input_contents with ``raw``; ``files``
+    and ``classification`` as for HTTP (``inputs.request_body``)."""
     rng = np.random.default_rng(0)
     message = pb.ModelInferRequest(model_name=model, model_version=version or "")
     for spec in metadata["inputs"]:
         shape = concrete_shape(spec["shape"], batch)
-        data = sample(spec["datatype"], shape, rng)
+        data = sample(spec["datatype"], shape, rng, (files or {}).get(spec["name"]))
         tensor = message.inputs.add(name=spec["name"], datatype=spec["datatype"], shape=shape)
         field = CONTENTS_FIELD.get(spec["datatype"])
         if raw or field is None:
             message.raw_input_contents.append(tensors.to_raw(data, spec["datatype"]))
         else:
             getattr(tensor.contents, field).extend(data.reshape(-1).tolist())
+    if classification:
+        for spec in metadata["outputs"]:
+            message.outputs.add(name=spec["name"]).parameters["classification"].int64_param = classification
     return message.SerializeToString()
 
 

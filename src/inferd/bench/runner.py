@@ -31,6 +31,8 @@ class BenchSettings:
     batch: int = 1
     processes: int = 1
     grpc_url: str | None = None  # host:port: load ModelInfer over gRPC instead of HTTP
+    input_files: tuple[tuple[str, Path], ...] = ()  # BYTES inputs' content, from files
+    classification: int = 0  # > 0: ask every output for its top classes (Triton's extension)
     json_out: Path | None = None
     plot_out: Path | None = None
 
@@ -61,6 +63,20 @@ def _metadata(settings: BenchSettings) -> dict[str, Any]:
         raise BenchError(f"no server answers at {settings.url}: {exc.reason}") from None
     except (OSError, ValueError) as exc:
         raise BenchError(f"cannot read the model's metadata from {url}: {exc}") from None
+
+
+def _files(settings: BenchSettings, metadata: dict[str, Any]) -> dict[str, bytes]:
+    byte_inputs = [spec["name"] for spec in metadata["inputs"] if spec["datatype"] == "BYTES"]
+    files = {}
+    for name, path in settings.input_files:
+        if name not in byte_inputs:
+            raise BenchError(f"--input-file {name}=...: model '{settings.model}' has no BYTES input '{name}' "
+                             f"(its BYTES inputs: {', '.join(byte_inputs) or 'none'})")
+        try:
+            files[name] = path.read_bytes()
+        except OSError as exc:
+            raise BenchError(f"--input-file {name}={path}: {exc.strerror}") from None
+    return files
 
 
 def _model_path(settings: BenchSettings) -> str:
@@ -120,14 +136,16 @@ def _progress(counter: list[int], stop: threading.Event, concurrency: int) -> No
 
 def run(settings: BenchSettings) -> list[report.Row]:
     metadata = _metadata(settings)
+    files = _files(settings, metadata)
     if settings.grpc_url:
         from inferd.bench.grpc_load import request_bytes
 
         body, header_length = request_bytes(settings.model, settings.version, metadata, settings.binary,
-                                            settings.batch), None
+                                            settings.batch, files, settings.classification), None
         infer_url = "grpc://" + settings.grpc_url
     else:
-        body, header_length = request_body(metadata, settings.binary, settings.batch)
+        body, header_length = request_body(metadata, settings.binary, settings.batch, files=files,
+                                           classification=settings.classification)
         infer_url = _model_path(settings) + "/infer"
     metrics_url = settings.url.rstrip("/") + "/metrics"
     rows = []

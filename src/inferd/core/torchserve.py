@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from inferd.config import ModelConfig, TorchServeSettings
 from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound
@@ -127,7 +128,7 @@ class TorchServeModels:
         max_workers = yaml_max or max(initial, 0)
         device = str(info.yaml.get("deviceType") or "cpu")
         config = archive_config(max(min_workers, 1), max(batch_size, 1), max(delay, 0),
-                                request.handler or "", float(response_timeout))
+                                request.handler or "", float(response_timeout), _gpus(device, info.yaml))
         settings = WorkerSettings(min_workers=0, max_workers=0, batch_size=max(batch_size, 1),
                                   max_batch_delay_ms=max(delay, 0), response_timeout_s=response_timeout,
                                   startup_timeout_s=startup_timeout, runtime=request.runtime or info.runtime,
@@ -303,3 +304,13 @@ def _positive(from_yaml: int | None, given: int, default: int) -> int:
     if from_yaml is not None and from_yaml > 0:
         return from_yaml
     return given if given != -1 else default
+
+
+def _gpus(device_type: str, yaml: dict[str, Any]) -> tuple[int, ...] | None:
+    """model-config.yaml's ``deviceType: gpu`` with its ``deviceIds`` (all GPUs unnamed: GPU 0)."""
+    if device_type.lower() != "gpu":
+        return None
+    ids = yaml.get("deviceIds") or []
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise InvalidInput(f"model-config.yaml: deviceIds must be a list of GPU numbers, got {ids!r}")
+    return tuple(ids)

@@ -156,14 +156,19 @@ def archive_identity(archive: Path) -> tuple[str, str]:
 
 
 def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, handler: str = "",
-                   response_timeout_s: float = 120.0) -> ModelConfig:
+                   response_timeout_s: float = 120.0, gpus: tuple[int, ...] | None = None) -> ModelConfig:
     """TorchServe's registration parameters (workers, batch_size, max_batch_delay, handler,
-    response_timeout) as config; batch_size > 1 turns on dynamic batching."""
+    response_timeout) as config; batch_size > 1 turns on dynamic batching. ``gpus`` (model-config.yaml's
+    ``deviceType: gpu`` and ``deviceIds``) runs the handler's workers as threads on those GPUs, where
+    the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so)."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")
     batching = DynamicBatching(max_queue_delay_ms=max_batch_delay_ms) if batch_size > 1 else None
-    group = InstanceGroup(count=workers, response_timeout_s=response_timeout_s)
+    if gpus is not None:
+        group = InstanceGroup(count=workers, kind="gpu", gpus=gpus or (0,), response_timeout_s=response_timeout_s)
+    else:
+        group = InstanceGroup(count=workers, response_timeout_s=response_timeout_s)
     return ModelConfig(backend="torchserve", max_batch_size=batch_size, dynamic_batching=batching,
                        instance_group=group, handler=handler)
 

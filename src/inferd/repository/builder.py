@@ -14,6 +14,7 @@ from inferd.isolation.process import InstanceSpec, ProcessRuntime
 from inferd.repository.layout import find_artifact
 from inferd.runtimes.base import LoadContext, Runtime
 from inferd.runtimes.loader import load_runtime
+from inferd.runtimes.spread import DeviceSpread
 
 S = TypeVar("S", bound=Runtime)
 
@@ -36,15 +37,29 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     else:
         artifact, backend = find_artifact(path, config.backend)
     group = config.instance_group
-    device = f"cuda:{group.gpus[0] if group.gpus else 0}" if group.kind == "gpu" else "cpu"
-    context = LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
+    devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
+    contexts = [LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
+                for device in devices]
     kind = group.kind or ("cpu" if config.decoupled else group.resolved_kind(backend))  # decoupled: threads
     if kind == "process":
-        spec = InstanceSpec(backend, context, group.response_timeout_s, group.memory_limit_mb)
+        spec = InstanceSpec(backend, contexts[0], group.response_timeout_s, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)
     else:
-        runtime = load_runtime(backend, context)
+        runtime = _load_on(backend, contexts)
         runtime.warmup()
     signatures = {sig: wrap(other, config, name, f"{version}:{sig}")
                   for sig, other in runtime.other_signatures().items()}
     return BuiltVersion(wrap(runtime, config, name, version), signatures, runtime.signature_name)
+
+
+def _load_on(backend: str, contexts: list[LoadContext]) -> Runtime:
+    """One runtime, or one per listed GPU behind a DeviceSpread (all unloaded if one fails)."""
+    runtimes: list[Runtime] = []
+    try:
+        for context in contexts:
+            runtimes.append(load_runtime(backend, context))
+    except BaseException:
+        for loaded in runtimes:
+            loaded.unload()
+        raise
+    return runtimes[0] if len(runtimes) == 1 else DeviceSpread(runtimes)

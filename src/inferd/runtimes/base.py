@@ -146,6 +146,51 @@ def require_specs(context: LoadContext, what: str) -> tuple[tuple[TensorSpec, ..
     return specs_from_config(config.inputs, mbs), specs_from_config(config.outputs, mbs)
 
 
+def warmup_inputs(specs: tuple[TensorSpec, ...], rows: int, name: str) -> Arrays:
+    """Zeros of every input's declared shape with ``rows`` rows (0: the model has no batch dim)."""
+    arrays: Arrays = {}
+    for spec in specs:
+        shape = list(spec.shape)
+        if rows:
+            shape = shape[1:]
+        if spec.datatype == "BYTES" or not spec.rank_known or any(d < 0 for d in shape):
+            raise ConfigError(f"model '{name}': warm-up and compile need fixed input shapes, but input "
+                              f"'{spec.name}' is {spec.datatype} {list(spec.shape)}; declare its shape "
+                              "in config.toml, or turn [optimization] warmup/compile off")
+        arrays[spec.name] = np.zeros(([rows] if rows else []) + shape, dtype=numpy_dtype(spec.datatype))
+    return arrays
+
+
+def warm_up(runtime: Runtime, config: ModelConfig, name: str) -> None:
+    """``[optimization] warmup`` for runtimes that only run: zeros through a batch of 1 and of
+    max_batch_size (the sizes given, if any) before the first request."""
+    optimization = config.optimization
+    if not optimization.warmup:
+        return
+    rows = config.max_batch_size
+    if not rows:
+        sizes: tuple[int, ...] = (0,)  # no batch dimension: the declared shape, once
+    else:
+        sizes = optimization.batch_sizes or ((1, rows) if rows > 1 else (1,))
+    for size in dict.fromkeys(sizes):
+        runtime.infer(warmup_inputs(runtime.inputs, size, name))
+
+
+def refuse_torch_options(config: ModelConfig, name: str, framework: str) -> None:
+    """Options only torch models honour are a load error elsewhere, never silently ignored."""
+    optimization = config.optimization
+    for key, value in (("precision", optimization.precision), ("channels_last", optimization.channels_last),
+                       ("compile", optimization.compile), ("batch_sizes", optimization.batch_sizes)):
+        if value:
+            raise ConfigError(f"model '{name}': [optimization] {key} is honoured by torch models only; "
+                              f"{framework} cannot apply it (convert the model, e.g. to bf16, before "
+                              "serving it, or remove the key)")
+    for tensor in config.inputs:
+        if tensor.image is not None:
+            raise ConfigError(f"model '{name}': input '{tensor.name}' has an [image] table, which torch models "
+                              f"only decode; {framework} models take the decoded tensor")
+
+
 def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> Arrays:
     """Give each declared output its declared dtype; a missing output is the model's fault."""
     result: Arrays = {}

@@ -1,6 +1,7 @@
 """inferd's own versions of TorchServe's handler classes: ``BaseHandler`` (tensors in, lists out),
 ``ImageClassifier`` (JPEG/PNG bytes in, top-k ``{label: probability}`` out). Pillow and numpy do
-the image work, so torchvision is not needed.
+the image work on the CPU, so torchvision is not needed; when the model is on a GPU and torchvision
+is installed, a batch of JPEGs is decoded there (nvjpeg) and resized and normalised there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any, cast
 
 import numpy as np
 
+from inferd.config import ImageInput
 from inferd.errors import ConfigError, InvalidInput
+from inferd.runtimes.torch_image import decode_batch, gpu_decoder_available, is_jpeg, pil_pipeline
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -117,11 +120,12 @@ class VisionHandler(BaseHandler):
     def preprocess(self, data: list[dict[str, Any]]) -> Any:
         import torch
 
+        values = [row.get("data") or row.get("body") for row in data]
+        values = [base64.b64decode(value) if isinstance(value, str) else value for value in values]
+        if self._decodes_on_gpu(values):  # one batched nvjpeg call, resized and normalised there
+            return decode_batch(torch, values, ImageInput(), self.device, "the request")
         images = []
-        for row in data:
-            value = row.get("data") or row.get("body")
-            if isinstance(value, str):
-                value = base64.b64decode(value)
+        for value in values:
             if isinstance(value, bytes | bytearray):
                 if self.image_processing is not None:
                     image = self.image_processing(_open_image(bytes(value)))
@@ -133,6 +137,11 @@ class VisionHandler(BaseHandler):
             else:
                 raise InvalidInput("the request has no image (send the bytes as the body or as form field 'data')")
         return torch.stack(images).to(self.device)
+
+    def _decodes_on_gpu(self, values: list[Any]) -> bool:
+        return (self.image_processing is None and getattr(self.device, "type", "cpu") == "cuda"
+                and all(isinstance(value, bytes | bytearray) and is_jpeg(value) for value in values)
+                and gpu_decoder_available())
 
 
 class ImageClassifier(VisionHandler):
@@ -171,17 +180,7 @@ def image_to_array(raw: bytes) -> np.ndarray:
 def imagenet_array(image: Any) -> np.ndarray:
     """Shorter side to 256 (bilinear), centre 224 crop, [0, 1], ImageNet mean/std, CHW: what
     torchvision's Resize(256), CenterCrop(224), ToTensor(), Normalize(...) compute."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    width, height = image.size
-    size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    left = round((size[0] - 224) / 2.0)
-    top = round((size[1] - 224) / 2.0)
-    image = image.crop((left, top, left + 224, top + 224))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+    return pil_pipeline(image, ImageInput())
 
 
 def to_tensor(image: Any) -> Any:

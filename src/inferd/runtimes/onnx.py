@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from inferd.config import ModelConfig
 from inferd.errors import ConfigError
-from inferd.runtimes.base import Arrays, LoadContext, Runtime, specs_from_config
+from inferd.runtimes.base import (
+    Arrays,
+    LoadContext,
+    Runtime,
+    refuse_torch_options,
+    specs_from_config,
+    warm_up,
+)
 from inferd.types import TensorSpec
 
 _V2_BY_ONNX = {
@@ -19,12 +28,18 @@ _V2_BY_ONNX = {
 }
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
 class OnnxRuntime(Runtime):
     platform = "onnxruntime_onnx"
 
     def __init__(self, session: Any, inputs: tuple[TensorSpec, ...],
-                 outputs: tuple[TensorSpec, ...], max_batch_size: int) -> None:
+                 outputs: tuple[TensorSpec, ...], max_batch_size: int, config: ModelConfig | None = None,
+                 name: str = "") -> None:
         self._session = session
+        self._config = config or ModelConfig()
+        self._name = name
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
@@ -34,10 +49,17 @@ class OnnxRuntime(Runtime):
         values = self._session.run(self._output_names, inputs)
         return dict(zip(self._output_names, values, strict=True))
 
+    def warmup(self) -> None:
+        warm_up(self, self._config, self._name)
+
+    def describe(self) -> str:
+        return f"{self.platform} on {', '.join(self._session.get_providers())}"
+
 
 def load(context: LoadContext) -> OnnxRuntime:
     import onnxruntime as ort
 
+    refuse_torch_options(context.config, context.name, "onnxruntime")
     options = ort.SessionOptions()
     if context.config.intra_op_threads:
         options.intra_op_num_threads = context.config.intra_op_threads
@@ -52,17 +74,31 @@ def load(context: LoadContext) -> OnnxRuntime:
             raise ConfigError(f"model '{context.name}' asks for {context.device}, but this onnxruntime has no "
                               f"CUDAExecutionProvider (it has {', '.join(ort.get_available_providers())}); "
                               "install onnxruntime-gpu, or use kind = \"cpu\"")
+        device_id = int(context.device.split(":")[1])
         providers.insert(0, "CUDAExecutionProvider")
-        provider_options.insert(0, {"device_id": int(context.device.split(":")[1])})
+        provider_options.insert(0, {"device_id": device_id})
+        if "TensorrtExecutionProvider" in ort.get_available_providers():  # first choice, CUDA for what it cannot
+            providers.insert(0, "TensorrtExecutionProvider")
+            provider_options.insert(0, {"device_id": device_id, "trt_engine_cache_enable": True,
+                                        "trt_engine_cache_path": str(_trt_cache(context))})
     session = ort.InferenceSession(str(context.artifact), options, providers=providers,
                                    provider_options=provider_options)
-    if on_gpu and session.get_providers()[0] != "CUDAExecutionProvider":  # CUDA failed to load: no silent CPU
+    if on_gpu and session.get_providers()[0] not in GPU_PROVIDERS:  # CUDA failed to load: no silent CPU
         raise ConfigError(f"model '{context.name}' asks for {context.device}, but onnxruntime could not start "
                           "its CUDAExecutionProvider (see the log for the CUDA library it missed)")
     config = context.config
     inputs = _specs(session.get_inputs(), config, "input", config.inputs)
     outputs = _specs(session.get_outputs(), config, "output", config.outputs)
-    return OnnxRuntime(session, inputs, outputs, config.max_batch_size)
+    return OnnxRuntime(session, inputs, outputs, config.max_batch_size, config, context.name)
+
+
+def _trt_cache(context: LoadContext) -> Path:
+    """TensorRT's engines, built once per model version and GPU (minutes): kept outside the
+    repository, which may be read-only (KServe mounts it so), under $INFERD_TRT_CACHE."""
+    root = Path(os.environ.get("INFERD_TRT_CACHE") or Path.home() / ".cache" / "inferd" / "tensorrt")
+    folder = root / context.name / context.version
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any, ...]

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from inferd.config import ModelConfig
 from inferd.errors import ConfigError, InvalidInput
-from inferd.runtimes.base import Arrays, LoadContext, Runtime
+from inferd.runtimes.base import Arrays, LoadContext, Runtime, refuse_torch_options, warm_up
 from inferd.types import TensorSpec
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -77,9 +78,11 @@ class TensorFlowRuntime(Runtime):
     platform = "tensorflow_savedmodel"
     lenient_rank = True  # a tensor of another rank goes to the graph, which decides (TF Serving's rule)
 
-    def __init__(self, bundle: _Bundle, signature: str, max_batch_size: int, name: str) -> None:
+    def __init__(self, bundle: _Bundle, signature: str, max_batch_size: int, name: str,
+                 config: ModelConfig | None = None) -> None:
         import tensorflow as tf
 
+        self._config = config or ModelConfig()
         self._errors = tf.errors
         self._bundle = bundle
         bundle.users += 1
@@ -93,6 +96,9 @@ class TensorFlowRuntime(Runtime):
         self._input_names = {key: info.name for key, info in definition.inputs.items()}
         self._output_keys = tuple(sorted(definition.outputs))
         self._fetches = tuple(definition.outputs[key].name for key in self._output_keys)
+
+    def warmup(self) -> None:
+        warm_up(self, self._config, self._name)
 
     @property
     def signature_names(self) -> list[str]:
@@ -224,6 +230,7 @@ def load(context: LoadContext) -> TensorFlowRuntime:
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
 
+    refuse_torch_options(context.config, context.name, "TensorFlow")
     if context.device.startswith("cuda") and not tf.config.list_physical_devices("GPU"):
         raise ConfigError(f"model '{context.name}' asks for {context.device}, but TensorFlow sees no GPU")
     device = "/GPU:" + context.device.split(":")[1] if context.device.startswith("cuda") else "/CPU:0"
@@ -243,4 +250,4 @@ def load(context: LoadContext) -> TensorFlowRuntime:
     except ConfigError:
         session.close()
         raise
-    return TensorFlowRuntime(bundle, bundle.default, context.config.max_batch_size, context.name)
+    return TensorFlowRuntime(bundle, bundle.default, context.config.max_batch_size, context.name, context.config)

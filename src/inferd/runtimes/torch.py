@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from inferd.config import ImageInput, ModelConfig, Optimization
 from inferd.errors import ConfigError
 from inferd.runtimes.base import (
     Arrays,
@@ -19,6 +20,7 @@ from inferd.runtimes.base import (
     require_specs,
     specs_from_config,
 )
+from inferd.runtimes.torch_exec import Executor, concat_rows
 from inferd.types import TensorSpec
 
 _V2_BY_TORCH = {
@@ -32,7 +34,8 @@ _V2_BY_TORCH = {
 class TorchRuntime(Runtime):
     def __init__(self, module: Any, platform: str, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], max_batch_size: int, device: str,
-                 name: str) -> None:
+                 name: str, optimization: Optimization | None = None, instances: int = 1,
+                 images: dict[str, ImageInput] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -40,16 +43,29 @@ class TorchRuntime(Runtime):
         self._forward = module.forward  # skips nn.Module.__call__'s hook machinery
         self._device = torch.device(device)
         self._on_cpu = self._device.type == "cpu"
+        optimization = optimization or Optimization()
+        self._executor_options = optimization
         self._name = name
         self.platform = platform
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
+        # eager on the CPU calls the module directly; anything else (a GPU, [optimization]) runs
+        # through an Executor with one lane per instance
+        self._executor: Executor | None = None
+        if optimization.enabled or not self._on_cpu or images:
+            with torch.no_grad():
+                self._executor = Executor(torch, module, self._device, inputs, optimization, max_batch_size,
+                                          name, platform, images)
+            self._executor.add_lanes(instances)
 
     def infer(self, inputs: Arrays) -> Arrays:
         torch = self._torch
         if torch.is_grad_enabled():  # thread-local; a server never trains, and it is cheaper than
             torch.set_grad_enabled(False)  # entering inference_mode on every call
+        if self._executor is not None:
+            pieces = [self._name_outputs(piece) for piece in self._executor.run(inputs)]
+            return conform_outputs(concat_rows(pieces), self.outputs, self._name)
         args = [self._to_tensor(inputs[spec.name], spec) for spec in self.inputs]
         result = self._forward(*args)
         return conform_outputs(self._name_outputs(result), self.outputs, self._name)
@@ -78,8 +94,24 @@ class TorchRuntime(Runtime):
         raise RuntimeError(f"model '{self._name}' returned {type(result).__name__}; expected a "
                            f"tensor, a tuple of tensors or a dict of tensors")
 
+    def warmup(self) -> None:
+        if self._executor is not None:
+            with self._torch.no_grad():
+                self._executor.warm_up()
+
+    def scale(self, count: int) -> None:
+        if self._executor is not None:
+            self._executor.add_lanes(count)
+
     def describe(self) -> str:
-        return f"{self.platform} on {self._device}"
+        extra = _describe(self._executor_options) if self._executor is not None else ""
+        return f"{self.platform} on {self._device}{extra}"
+
+
+def _describe(optimization: Optimization) -> str:
+    parts = [optimization.precision, "channels_last" if optimization.channels_last else "", optimization.compile]
+    shown = ", ".join(part for part in parts if part)
+    return f", {shown}" if shown else ""
 
 
 def _to_numpy(value: Any, torch: Any) -> np.ndarray:
@@ -102,10 +134,11 @@ def load(context: LoadContext) -> TorchRuntime:
     if context.artifact.suffix == ".pt2":
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
-    _refuse_bytes(inputs + outputs, context.name)
+    _refuse_bytes(inputs + outputs, context.name, _images(context.config))
     module = torch.jit.load(str(context.artifact), map_location=context.device).eval()  # type: ignore[no-untyped-call]
-    return TorchRuntime(module, "pytorch_libtorch", inputs, outputs,
-                        context.config.max_batch_size, context.device, context.name)
+    return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
+                        context.device, context.name, context.config.optimization,
+                        context.config.instance_group.count, _images(context.config))
 
 
 def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
@@ -118,12 +151,13 @@ def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
         outputs = specs_from_config(config.outputs, config.max_batch_size)
     else:
         inputs, outputs = _exported_specs(program, config.max_batch_size)
-    _refuse_bytes(inputs + outputs, context.name)
+    _refuse_bytes(inputs + outputs, context.name, _images(config))
     module = program.module()
     if context.device != "cpu":
         module = module.to(context.device)
     return TorchRuntime(module, "pytorch_export", inputs, outputs, config.max_batch_size,
-                        context.device, context.name)
+                        context.device, context.name, config.optimization, config.instance_group.count,
+                        _images(config))
 
 
 def _exported_specs(program: Any, max_batch_size: int
@@ -167,8 +201,13 @@ def _spec_of(name: str, fake: Any, max_batch_size: int) -> TensorSpec:
     return TensorSpec(name, datatype, tuple(shape))
 
 
-def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str) -> None:
+def _images(config: ModelConfig) -> dict[str, ImageInput]:
+    return {tensor.name: tensor.image for tensor in config.inputs if tensor.image is not None}
+
+
+def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str, images: dict[str, ImageInput]) -> None:
     for spec in specs:
-        if spec.datatype == "BYTES":
+        if spec.datatype == "BYTES" and spec.name not in images:
             raise ConfigError(f"model '{name}': tensor '{spec.name}' is BYTES, which torch models "
-                              "cannot take; use a Python model to decode strings")
+                              "cannot take; use a Python model to decode strings, or an [image] input for "
+                              "encoded images")

@@ -109,6 +109,12 @@ def read_model_yaml(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
 
 def load(context: LoadContext) -> HandlerRuntime:
     gpu = int(context.device.split(":")[1]) if context.device.startswith("cuda") else None
+    if gpu is not None:  # TorchServe's handlers fall back to the CPU by themselves: not here
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"model '{context.name}' asks for {context.device} (model-config.yaml deviceType: "
+                              "gpu), but torch sees no CUDA device")
     model_dir = unpack(context.artifact)
     manifest = read_manifest(model_dir)
     if context.config.handler:  # registration's handler= wins over the manifest's

@@ -19,7 +19,7 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
     on_unload = metrics.close if metrics is not None else None
     if metrics is not None and runtime.out_of_process:  # process instances restart
         metrics.restarts = lambda: float(runtime.restarts)
-    pool = InstancePool(runtime, config.instance_group.count, f"{name}:{version}", max_queue,
+    pool = InstancePool(runtime, config.instance_group.instances, f"{name}:{version}", max_queue,
                         observe_batch, on_unload)
     scheduler: Scheduler = pool
     if batching is not None:
