@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import inferd
 from inferd import errors
@@ -148,22 +148,8 @@ class InstanceProcess:
             raise InstanceDied(self._exit_reason("before it could take this request")) from None
         reply = self._wait(self.spec.response_timeout_s, "running this request", self._calls)
         if reply[0] == "ok":
-            _, _, out_header, out_path = reply
-            try:
-                if out_path is not None:
-                    self._outputs.attach(out_path)
-                return self._outputs.read(out_header, copy=True)
-            except (OSError, ValueError, TypeError) as exc:  # e.g. EMFILE: the next call would fail too
-                self.kill()
-                raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
-        _, _, kind, message, fatal = reply
-        if fatal:
-            self.kill()
-            raise InstanceDied(f"failed and was stopped: {message}")
-        error = getattr(errors, kind, None)
-        if isinstance(error, type) and issubclass(error, InferdError):
-            raise error(message)
-        raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
+            return self._read(reply[2], reply[3])
+        self._raise(reply)
 
     def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         """One execution answered in parts (a decoupled model, a handler's intermediate answers):
@@ -214,7 +200,7 @@ class InstanceProcess:
             self.kill()
             raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
 
-    def _raise(self, reply: tuple[Any, ...]) -> None:
+    def _raise(self, reply: tuple[Any, ...]) -> NoReturn:
         _, _, kind, message, fatal = reply
         if fatal:
             self.kill()
