@@ -136,17 +136,8 @@ class InstanceProcess:
 
     def call(self, arrays: Arrays) -> Arrays:
         """Run one execution; raises InstanceDied if the process did not survive it."""
-        assert self._conn is not None
-        try:
-            header, path = self._inputs.write(arrays)
-        except SharedMemoryFull as exc:
-            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
-        self._calls += 1
-        try:
-            self._conn.send(("infer", self._calls, header, path))
-        except OSError:
-            raise InstanceDied(self._exit_reason("before it could take this request")) from None
-        reply = self._wait(self.spec.response_timeout_s, "running this request", self._calls)
+        call_id = self._send("infer", arrays)
+        reply = self._wait(self.spec.response_timeout_s, "running this request", call_id)
         if reply[0] == "ok":
             return self._read(reply[2], reply[3])
         self._raise(reply)
@@ -155,17 +146,8 @@ class InstanceProcess:
         """One execution answered in parts (a decoupled model, a handler's intermediate answers):
         each part is copied out before the process may write the next; ``stop`` (or closing this
         generator) cancels the rest. Raises InstanceDied as ``call`` does."""
+        call_id, ended = self._send("stream", arrays), False
         assert self._conn is not None
-        try:
-            header, path = self._inputs.write(arrays)
-        except SharedMemoryFull as exc:
-            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
-        self._calls += 1
-        call_id, ended = self._calls, False
-        try:
-            self._conn.send(("stream", call_id, header, path))
-        except OSError:
-            raise InstanceDied(self._exit_reason("before it could take this request")) from None
         try:
             while True:
                 reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
@@ -181,6 +163,20 @@ class InstanceProcess:
         finally:
             if not ended:  # closed early: cancel, and read up to its end so the channel stays in step
                 self._finish(call_id)
+
+    def _send(self, kind: str, arrays: Arrays) -> int:
+        """The inputs into shared memory and the request on the channel; the call's id."""
+        assert self._conn is not None
+        try:
+            header, path = self._inputs.write(arrays)
+        except SharedMemoryFull as exc:
+            raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
+        self._calls += 1
+        try:
+            self._conn.send((kind, self._calls, header, path))
+        except OSError:
+            raise InstanceDied(self._exit_reason("before it could take this request")) from None
+        return self._calls
 
     def _finish(self, call_id: int) -> None:
         assert self._conn is not None
