@@ -15,10 +15,12 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.utils import InferenceServerException
 
@@ -281,3 +283,98 @@ def test_idle_connections_cannot_lock_clients_out(tmp_path: Path) -> None:
         assert closed >= 1
         for client in idle:
             client.close()
+
+
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def messages(data: bytes) -> list[bytes]:
+    """The length-prefixed gRPC messages of a stream's DATA, in order."""
+    found, at = [], 0
+    while at < len(data):
+        size = struct.unpack(">I", data[at + 1:at + 5])[0]
+        found.append(data[at + 5:at + 5 + size])
+        at += 5 + size
+    return found
+
+
+def test_a_non_grpc_content_type_gets_a_well_formed_415(server: RunningServer) -> None:
+    client = Client(server)
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                      (":authority", "inferd"), ("content-type", "text/plain")], end_stream=True)
+    client.flush()
+    client.read_until(lambda: stream in client.ended)  # h2 rejects a response without :status
+    assert dict(client.headers[stream])[b":status"] == b"415"
+    client.close()
+
+
+def test_a_stream_cut_inside_a_message_is_an_error(server: RunningServer) -> None:
+    client = Client(server)
+    stream = client.start(STREAM_PATH)
+    client.conn.send_data(stream, request("echo", np.ones(2))[:-3], end_stream=True)
+    client.flush()
+    client.read_until(lambda: stream in client.ended)
+    assert client.status(stream)[0] == str(grpc.StatusCode.INTERNAL.value[0])
+    client.close()
+
+
+def test_stream_answers_waiting_for_a_slow_reader_all_come(server: RunningServer) -> None:
+    """Several requests of one stream wait at once for the client to read: every one is woken."""
+    client = Client(server)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    stream = client.start(STREAM_PATH)
+    client.conn.send_data(stream, request("grow", np.ones(1)) * 10, end_stream=True)  # 10 x 800 kB answers
+    client.flush()
+    time.sleep(1.5)  # more than the 4 MiB a stream may hold unsent: its requests wait
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    client.flush()
+    client.read_until(lambda: stream in client.ended, seconds=15)
+    assert client.status(stream) == ("0", "")
+    assert len(messages(client.data[stream])) == 10
+    client.close()
+
+
+def raw_frames(sock: socket.socket, until: object, seconds: float = 10) -> list[tuple[Frame, bytes]]:
+    """Frames as they come (hyperframe parses them: h2's client state machine stops at GOAWAY),
+    each with its payload, until ``until(frame)``."""
+    frames, buffer, deadline = [], b"", time.monotonic() + seconds
+    while True:
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            payload, buffer = buffer[9:9 + length], buffer[9 + length:]
+            frame.parse_body(memoryview(payload))
+            frames.append((frame, payload))
+            if until(frame):  # type: ignore[operator]
+                return frames
+        assert time.monotonic() < deadline, "no answer in time"
+        chunk = sock.recv(1 << 16)
+        assert chunk, "closed before the answer"
+        buffer += chunk
+
+
+def test_a_draining_server_still_reads_its_calls_frames(tmp_path: Path) -> None:
+    """SIGTERM with an answer waiting for the client's window: the client's WINDOW_UPDATEs are
+    still read, the answer completes, and the connection ends with GOAWAY."""
+    write(tmp_path / "grow/1/model.py", MODELS["grow"])
+    write(tmp_path / "grow/config.toml", CONFIG)
+    with serve(tmp_path, "--drain-timeout", "20", grpc=True) as running:
+        client = Client(running)
+        stream = client.call(request("grow", np.ones(1)))  # 800 kB, the window lets 64 KiB out
+        time.sleep(0.5)
+        started = time.monotonic()
+        running.process.terminate()
+        time.sleep(0.3)
+        client.sock.sendall(WindowUpdateFrame(0, window_increment=1 << 24).serialize()
+                            + WindowUpdateFrame(stream, window_increment=1 << 24).serialize())
+        frames = raw_frames(client.sock, lambda f: f.stream_id == stream and "END_STREAM" in f.flags)
+        assert time.monotonic() - started < 5
+        assert any(isinstance(f, GoAwayFrame) for f, _ in frames)
+        data = b"".join(p for f, p in frames if isinstance(f, DataFrame))
+        assert len(messages(data)[0]) > 700_000
+        decoder = hpack.Decoder()
+        fields = [dict(decoder.decode(p)) for f, p in frames if isinstance(f, HeadersFrame)]
+        assert fields[-1]["grpc-status"] == "0"
+        client.close()

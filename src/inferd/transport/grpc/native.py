@@ -53,6 +53,7 @@ HANDSHAKE_S = 10.0
 
 UNARY, STREAM = 0, 1
 _OK = h2.literal("grpc-status", "0")
+_STATUS_415 = h2.literal(":status", "415")
 _RESPONSE_HEADERS = h2.STATUS_200 + h2.literal("content-type", "application/grpc")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -296,7 +297,7 @@ class _Connection(asyncio.Protocol):
         at, size = 0, len(buffer)
         view = memoryview(buffer)
         try:
-            while size - at >= 9 and not self.closing:
+            while size - at >= 9 and not self.discarding:  # a draining connection still reads its calls' frames
                 length, kind, flags, stream_id = h2.parse_header(buffer, at)
                 if length > FRAME_SIZE:
                     raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes, limit {FRAME_SIZE}")
@@ -425,7 +426,7 @@ class _Connection(asyncio.Protocol):
             elif name == "grpc-encoding":
                 call.encoding = value
         if content_type is None or not content_type.startswith("application/grpc"):
-            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, b"\x8f"))  # :status 415
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, _STATUS_415))
             self._forget(call)
             return
         route = self.server.routes.get(path or "")
@@ -497,6 +498,9 @@ class _Connection(asyncio.Protocol):
             if message is None:
                 return
             call.waiting.append(message)
+        if end and body:
+            self._finish(call, grpc.StatusCode.INTERNAL, "the stream ended inside a request message")
+            return
         self._start_stream_requests(call)
         if end and not call.tasks and not call.waiting:
             self._finish(call, grpc.StatusCode.OK, "")
@@ -603,7 +607,8 @@ class _Connection(asyncio.Protocol):
                         return
                     self._answer(call, data)
                     if call.unsent > STREAM_BUFFER:  # the client reads slowly: its models wait
-                        call.drained = self.loop.create_future()
+                        if call.drained is None or call.drained.done():  # one future: every waiter wakes
+                            call.drained = self.loop.create_future()
                         await call.drained
                     if self.writable is not None:
                         await self.writable
