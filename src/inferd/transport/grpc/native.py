@@ -325,6 +325,8 @@ class _Connection(asyncio.Protocol):
             block = h2.unpadded(flags, payload)
             if flags & h2.PRIORITY_FLAG:
                 block = block[5:]
+            if len(block) > MAX_HEADER_BLOCK:
+                raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
             if flags & h2.END_HEADERS:
                 self._headers(stream_id, flags, block)
             else:
