@@ -378,3 +378,28 @@ def test_a_draining_server_still_reads_its_calls_frames(tmp_path: Path) -> None:
         fields = [dict(decoder.decode(p)) for f, p in frames if isinstance(f, HeadersFrame)]
         assert fields[-1]["grpc-status"] == "0"
         client.close()
+
+
+def test_a_stream_sent_past_its_window_is_reset(tmp_path: Path) -> None:
+    """A client ignoring flow control while its stream's requests wait (64 running at most) would
+    pile messages up unbounded: past the window it granted, the server resets the stream."""
+    write(tmp_path / "hang/1/model.py", MODELS["slow"].replace("1.0", "5.0"))
+    write(tmp_path / "hang/config.toml", CONFIG)
+    with serve(tmp_path, grpc=True) as running:
+        client = Client(running)
+        stream = client.start(STREAM_PATH)
+        client.flush()
+        client.read_until(lambda: client.conn.remote_settings.initial_window_size == 1 << 20)
+        small = request("hang", np.ones(1))
+        client.sock.sendall(DataFrame(stream, data=small * 70).serialize())  # 64 run, 6 wait
+        big = b"\0" + struct.pack(">I", 4 << 20) + bytes(1 << 20)  # granted: 1 MiB in all
+        frames = [DataFrame(stream, data=big[at:at + (1 << 14)]).serialize() for at in range(0, len(big), 1 << 14)]
+        client.sock.sendall(b"".join(frames))
+        client.read_until(lambda: stream in client.reset)
+        assert client.reset[stream] == 3  # FLOW_CONTROL_ERROR
+        client.close()
+        well_served_by = Client(running)  # the server goes on
+        again = well_served_by.call(request("hang", np.ones(1)), extra=(("grpc-timeout", "100m"),))
+        well_served_by.read_until(lambda: again in well_served_by.ended)
+        assert well_served_by.status(again)[0] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        well_served_by.close()

@@ -106,6 +106,7 @@ class _Call:
         "held",
         "id",
         "outbox",
+        "recv_window",
         "route",
         "send_window",
         "task",
@@ -134,7 +135,8 @@ class _Call:
         self.unsent = 0
         self.trailers: bytes | None = None
         self.drained: asyncio.Future[None] | None = None
-        self.credit = 0
+        self.credit = 0  # bytes read and not yet given back to the client
+        self.recv_window = STREAM_WINDOW  # what the client may still send on it
         self.held = 0  # stream answer bytes counted against the byte budget until sent
 
 
@@ -184,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self.peer_window = h2.DEFAULT_WINDOW
         self.peer_frame = h2.DEFAULT_FRAME_SIZE
         self.received = 0  # connection-level bytes read and not yet given back to the client
+        self.recv_window = CONNECTION_WINDOW  # what the client may still send on the connection
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
         self.out: list[bytes] = []
         self.unsent = 0  # answer bytes held for the client's flow-control windows
@@ -459,8 +462,12 @@ class _Connection(asyncio.Protocol):
         if stream_id == 0:
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "DATA on stream 0")
         self.received += len(payload)
+        self.recv_window -= len(payload)
+        if self.recv_window < 0:
+            raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if self.received >= CONNECTION_WINDOW // 2:
             self._write(h2.window_update(0, self.received))
+            self.recv_window += self.received
             self.received = 0
         call = self.calls.get(stream_id)
         if call is None:
@@ -470,6 +477,11 @@ class _Connection(asyncio.Protocol):
         if call.ended:
             raise h2.ConnectionError_(h2.STREAM_CLOSED, f"DATA after END_STREAM on stream {stream_id}")
         call.credit += len(payload)
+        call.recv_window -= len(payload)
+        if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
+            self._write(h2.rst_stream(call.id, h2.FLOW_CONTROL_ERROR))
+            self._cut(call)
+            return
         self._received(call, h2.unpadded(flags, payload), bool(flags & h2.END_STREAM))
 
     def _received(self, call: _Call, data: bytes, end: bool) -> None:
@@ -486,8 +498,7 @@ class _Connection(asyncio.Protocol):
             if end:
                 self._run_unary(call, route, body)
             elif call.credit >= STREAM_WINDOW // 2:
-                self._write(h2.window_update(call.id, call.credit))
-                call.credit = 0
+                self._grant(call)
             return
         while len(body) >= 5:  # a stream: every whole message starts, or waits for a slot
             if not self._sized(call, body):
@@ -579,8 +590,13 @@ class _Connection(asyncio.Protocol):
             call.tasks.add(task)
             task.add_done_callback(functools.partial(self._stream_request_done, call))
         if not call.waiting and call.credit >= STREAM_WINDOW // 4 and not call.ended:
-            self._write(h2.window_update(call.id, call.credit))  # the client may send more
-            call.credit = 0
+            self._grant(call)
+
+    def _grant(self, call: _Call) -> None:
+        """The client may send as much more as was read since the last grant."""
+        self._write(h2.window_update(call.id, call.credit))
+        call.recv_window += call.credit
+        call.credit = 0
 
     def _stream_request_done(self, call: _Call, task: asyncio.Task[None]) -> None:
         call.tasks.discard(task)
