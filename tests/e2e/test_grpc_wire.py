@@ -403,3 +403,100 @@ def test_a_stream_sent_past_its_window_is_reset(tmp_path: Path) -> None:
         well_served_by.read_until(lambda: again in well_served_by.ended)
         assert well_served_by.status(again)[0] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
         well_served_by.close()
+
+
+def test_padding_priority_and_window_changes_mid_answer(server: RunningServer) -> None:
+    """Padded and prioritised frames are read as their content; an answer larger than the window
+    follows SETTINGS that shrink it to nothing, open it a little, then widely with larger frames."""
+    client = Client(server)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                      (":authority", "inferd"), ("content-type", "application/grpc")],
+                             priority_weight=200, priority_depends_on=0, priority_exclusive=False)
+    body = request("grow", np.arange(3))
+    client.conn.send_data(stream, body[:7], pad_length=40)
+    client.conn.send_data(stream, body[7:], end_stream=True, pad_length=255)
+    client.flush()
+    time.sleep(0.5)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    client.flush()
+    time.sleep(0.3)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+                                 h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    client.flush()
+    client.read_until(lambda: stream in client.ended)
+    assert client.status(stream) == ("0", "")
+    answer = tpb.ModelInferResponse.FromString(messages(client.data[stream])[0])
+    expected = np.repeat(np.arange(3, dtype=np.float32), 200_000)
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32), expected)
+    client.close()
+
+
+def test_every_kind_of_call_end_gives_back_its_slot_and_bytes(tmp_path: Path) -> None:
+    """With room for 3 calls and 1 MiB of request bytes at once: after calls ended in every way
+    (answered, reset at each point, past deadlines, refused, cut by a connection error or close),
+    3 calls still run at once and a request of nearly 1 MiB still fits."""
+    for name in ("echo", "slow"):
+        write(tmp_path / f"{name}/1/model.py", MODELS[name])
+        write(tmp_path / f"{name}/config.toml", CONFIG)
+    with serve(tmp_path, "--max-connections", "3", "--max-body-size", "1MiB", "--max-inflight-size", "1MiB",
+               grpc=True) as running:
+        client = Client(running)
+        slow, half = request("slow", np.ones(2)), request("echo", np.ones(1000))[:2000]
+        ended = [client.call(request("echo", np.ones(2)))]  # answered
+        reset = client.start()  # reset after HEADERS
+        client.conn.reset_stream(reset)
+        reset = client.start()  # ... inside its message (its bytes are budgeted)
+        client.conn.send_data(reset, half)
+        client.conn.reset_stream(reset)
+        running_reset = client.call(slow)  # ... while it runs
+        client.flush()
+        time.sleep(0.2)
+        client.conn.reset_stream(running_reset)
+        ended.append(client.call(slow, extra=(("grpc-timeout", "100m"),)))  # past its deadline, running
+        late = client.start(extra=(("grpc-timeout", "100m"),))  # ... inside its message
+        client.conn.send_data(late, half)
+        ended.append(late)
+        ended.append(client.call(request("echo", np.ones(2)), path="/inference.GRPCInferenceService/Nope"))
+        ended.append(client.call(slow, extra=(("grpc-timeout", "soon"),)))
+        ended.append(client.call(slow, extra=(("grpc-encoding", "snappy"),)))
+        stream = client.start(STREAM_PATH)  # a stream reset with a request running
+        client.conn.send_data(stream, slow)
+        client.flush()
+        time.sleep(0.2)
+        client.conn.reset_stream(stream)
+        stream = client.start(STREAM_PATH)  # a stream answered to its end
+        client.conn.send_data(stream, request("echo", np.ones(2)) * 3, end_stream=True)
+        ended.append(stream)
+        stream = client.start(STREAM_PATH, extra=(("grpc-timeout", "100m"),))  # a stream past its deadline
+        client.conn.send_data(stream, slow)
+        ended.append(stream)
+        client.flush()
+        client.read_until(lambda: all(stream in client.ended for stream in ended))
+        client.close()
+        closed = Client(running)  # a connection closed with calls at every point
+        closed.call(slow)
+        closed.conn.send_data(closed.start(), half)
+        closed.conn.send_data(closed.start(STREAM_PATH), slow)
+        closed.flush()
+        time.sleep(0.2)
+        closed.close()
+        broken = Client(running)  # a connection ended by a protocol error with calls at every point
+        broken.call(slow)
+        broken.conn.send_data(broken.start(), half)
+        broken.flush()
+        time.sleep(0.2)
+        broken.sock.sendall(b"\0\0\1\0\0\0\0\0\0x")  # DATA on stream 0
+        broken.read_until(lambda: broken.goaway is not None)
+        broken.close()
+        time.sleep(3.0)  # the cut slow requests leave the model's two instances
+
+        client = Client(running)
+        calls = [client.call(slow) for _ in range(3)]
+        client.read_until(lambda: all(call in client.ended for call in calls))
+        assert [client.status(call) for call in calls] == [("0", "")] * 3
+        big = client.call(request("echo", np.ones(262_000)))
+        client.read_until(lambda: big in client.ended)
+        assert client.status(big) == ("0", "")
+        client.close()

@@ -311,6 +311,7 @@ class _Connection(asyncio.Protocol):
                 self._frame(kind, flags, stream_id, payload)
         except h2.ConnectionError_ as exc:
             log.debug("gRPC connection error: %s", exc)
+            self.discarding = True  # nothing more is read: the connection closes
             self.goaway(exc.code, str(exc))
             return
         finally:
