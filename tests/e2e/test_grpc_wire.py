@@ -500,3 +500,15 @@ def test_every_kind_of_call_end_gives_back_its_slot_and_bytes(tmp_path: Path) ->
         client.read_until(lambda: big in client.ended)
         assert client.status(big) == ("0", "")
         client.close()
+
+
+def test_a_grpc_timeout_of_non_ascii_digits_is_malformed_not_a_crash(server: RunningServer) -> None:
+    """'²' is a digit to str.isdigit but not to int: the header ends its call, not the connection."""
+    client = Client(server)
+    stream = client.call(request("echo", np.ones(2)), extra=((b"grpc-timeout", b"\xb2S"),))  # type: ignore[arg-type]
+    client.read_until(lambda: stream in client.ended or client.goaway is not None)
+    assert client.status(stream)[0] == str(grpc.StatusCode.INTERNAL.value[0])
+    again = client.call(request("echo", np.ones(2)))
+    client.read_until(lambda: again in client.ended)
+    assert client.status(again) == ("0", "")
+    client.close()

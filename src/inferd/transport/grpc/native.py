@@ -166,9 +166,10 @@ def _inflate(encoding: str | None, flag: int, payload: memoryview, limit: int) -
 
 def _timeout(value: str) -> float | None:
     unit = _TIMEOUT_UNITS.get(value[-1:])
-    if unit is None or not value[:-1].isdigit() or len(value) > 9:
+    digits = value[:-1]
+    if unit is None or not (digits.isascii() and digits.isdigit()) or len(value) > 9:  # '²'.isdigit()
         return None
-    return int(value[:-1]) * unit
+    return int(digits) * unit
 
 
 class _Connection(asyncio.Protocol):
