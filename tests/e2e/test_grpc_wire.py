@@ -512,3 +512,29 @@ def test_a_grpc_timeout_of_non_ascii_digits_is_malformed_not_a_crash(server: Run
     client.read_until(lambda: again in client.ended)
     assert client.status(again) == ("0", "")
     client.close()
+
+
+def test_a_client_with_wide_windows_that_never_reads_holds_bounded_memory(server: RunningServer) -> None:
+    """Windows opened to the maximum, nothing read: the answers may not all pile up in the socket's
+    buffer (flow control no longer bounds them; what is unsent is)."""
+    process = psutil.Process(server.process.pid)
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    conn.increment_flow_control_window(2**31 - 1 - 65_535)
+    body = request("grow", np.ones(1))  # 800 kB answers
+    before = process.memory_info().rss
+    for _ in range(400):  # 320 MB of answers asked for in one go, none read
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                   (":authority", "inferd"), ("content-type", "application/grpc")])
+        conn.send_data(stream, body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(4.0)
+    well_served(server)
+    grown = process.memory_info().rss - before
+    sock.close()
+    assert grown < 150 << 20, f"RSS grew {grown >> 20} MiB"
+    well_served(server)

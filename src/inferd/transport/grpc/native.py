@@ -190,6 +190,8 @@ class _Connection(asyncio.Protocol):
         self.recv_window = CONNECTION_WINDOW  # what the client may still send on the connection
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
         self.out: list[bytes] = []
+        self.queued = 0  # bytes in self.out
+        self.throttled = False  # answers wait for this loop pass's bytes to be written
         self.unsent = 0  # answer bytes held for the client's flow-control windows
         self.flush_pending = False
         self.writable: asyncio.Future[None] | None = None  # set while the client does not read
@@ -230,6 +232,7 @@ class _Connection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.out.clear()
+        self.queued = 0
 
     def pause_writing(self) -> None:
         """The client does not read: read nothing more from it until it does."""
@@ -243,9 +246,11 @@ class _Connection(asyncio.Protocol):
         self.writable = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            self._pump_blocked()
 
     def _write(self, data: bytes) -> None:
         self.out.append(data)
+        self.queued += len(data)
         if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self._flush)
@@ -255,6 +260,10 @@ class _Connection(asyncio.Protocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out))
         self.out.clear()
+        self.queued = 0
+        if self.throttled and self.writable is None:
+            self.throttled = False
+            self._pump_blocked()
 
     def goaway(self, code: int = h2.NO_ERROR, message: str = "") -> None:
         """No new calls on this connection; it closes once its calls are answered."""
@@ -723,8 +732,9 @@ class _Connection(asyncio.Protocol):
         outbox = call.outbox
         while outbox:
             room = min(call.send_window, self.send_window, self.peer_frame)
-            if room <= 0:
-                self.blocked[call.id] = call
+            if room <= 0 or self.writable is not None or self.queued > FRAME_SIZE:
+                self.blocked[call.id] = call  # (a window, the socket's buffer or this pass's writes is full)
+                self.throttled = self.throttled or room > 0
                 return
             head = outbox[0]
             if len(head) <= room:
