@@ -15,10 +15,12 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.utils import InferenceServerException
 
@@ -281,3 +283,258 @@ def test_idle_connections_cannot_lock_clients_out(tmp_path: Path) -> None:
         assert closed >= 1
         for client in idle:
             client.close()
+
+
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def messages(data: bytes) -> list[bytes]:
+    """The length-prefixed gRPC messages of a stream's DATA, in order."""
+    found, at = [], 0
+    while at < len(data):
+        size = struct.unpack(">I", data[at + 1:at + 5])[0]
+        found.append(data[at + 5:at + 5 + size])
+        at += 5 + size
+    return found
+
+
+def test_a_non_grpc_content_type_gets_a_well_formed_415(server: RunningServer) -> None:
+    client = Client(server)
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                      (":authority", "inferd"), ("content-type", "text/plain")], end_stream=True)
+    client.flush()
+    client.read_until(lambda: stream in client.ended)  # h2 rejects a response without :status
+    assert dict(client.headers[stream])[b":status"] == b"415"
+    client.close()
+
+
+def test_a_stream_cut_inside_a_message_is_an_error(server: RunningServer) -> None:
+    client = Client(server)
+    stream = client.start(STREAM_PATH)
+    client.conn.send_data(stream, request("echo", np.ones(2))[:-3], end_stream=True)
+    client.flush()
+    client.read_until(lambda: stream in client.ended)
+    assert client.status(stream)[0] == str(grpc.StatusCode.INTERNAL.value[0])
+    client.close()
+
+
+def test_stream_answers_waiting_for_a_slow_reader_all_come(server: RunningServer) -> None:
+    """Several requests of one stream wait at once for the client to read: every one is woken."""
+    client = Client(server)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    stream = client.start(STREAM_PATH)
+    client.conn.send_data(stream, request("grow", np.ones(1)) * 10, end_stream=True)  # 10 x 800 kB answers
+    client.flush()
+    time.sleep(1.5)  # more than the 4 MiB a stream may hold unsent: its requests wait
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    client.flush()
+    client.read_until(lambda: stream in client.ended, seconds=15)
+    assert client.status(stream) == ("0", "")
+    assert len(messages(client.data[stream])) == 10
+    client.close()
+
+
+def raw_frames(sock: socket.socket, until: object, seconds: float = 10) -> list[tuple[Frame, bytes]]:
+    """Frames as they come (hyperframe parses them: h2's client state machine stops at GOAWAY),
+    each with its payload, until ``until(frame)``."""
+    frames, buffer, deadline = [], b"", time.monotonic() + seconds
+    while True:
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            payload, buffer = buffer[9:9 + length], buffer[9 + length:]
+            frame.parse_body(memoryview(payload))
+            frames.append((frame, payload))
+            if until(frame):  # type: ignore[operator]
+                return frames
+        assert time.monotonic() < deadline, "no answer in time"
+        chunk = sock.recv(1 << 16)
+        assert chunk, "closed before the answer"
+        buffer += chunk
+
+
+def test_a_draining_server_still_reads_its_calls_frames(tmp_path: Path) -> None:
+    """SIGTERM with an answer waiting for the client's window: the client's WINDOW_UPDATEs are
+    still read, the answer completes, and the connection ends with GOAWAY."""
+    write(tmp_path / "grow/1/model.py", MODELS["grow"])
+    write(tmp_path / "grow/config.toml", CONFIG)
+    with serve(tmp_path, "--drain-timeout", "20", grpc=True) as running:
+        client = Client(running)
+        stream = client.call(request("grow", np.ones(1)))  # 800 kB, the window lets 64 KiB out
+        time.sleep(0.5)
+        started = time.monotonic()
+        running.process.terminate()
+        time.sleep(0.3)
+        client.sock.sendall(WindowUpdateFrame(0, window_increment=1 << 24).serialize()
+                            + WindowUpdateFrame(stream, window_increment=1 << 24).serialize())
+        frames = raw_frames(client.sock, lambda f: f.stream_id == stream and "END_STREAM" in f.flags)
+        assert time.monotonic() - started < 5
+        assert any(isinstance(f, GoAwayFrame) for f, _ in frames)
+        data = b"".join(p for f, p in frames if isinstance(f, DataFrame))
+        assert len(messages(data)[0]) > 700_000
+        decoder = hpack.Decoder()
+        fields = [dict(decoder.decode(p)) for f, p in frames if isinstance(f, HeadersFrame)]
+        assert fields[-1]["grpc-status"] == "0"
+        client.close()
+
+
+def test_a_stream_sent_past_its_window_is_reset(tmp_path: Path) -> None:
+    """A client ignoring flow control while its stream's requests wait (64 running at most) would
+    pile messages up unbounded: past the window it granted, the server resets the stream."""
+    write(tmp_path / "hang/1/model.py", MODELS["slow"].replace("1.0", "5.0"))
+    write(tmp_path / "hang/config.toml", CONFIG)
+    with serve(tmp_path, grpc=True) as running:
+        client = Client(running)
+        stream = client.start(STREAM_PATH)
+        client.flush()
+        client.read_until(lambda: client.conn.remote_settings.initial_window_size == 1 << 20)
+        small = request("hang", np.ones(1))
+        client.sock.sendall(DataFrame(stream, data=small * 70).serialize())  # 64 run, 6 wait
+        big = b"\0" + struct.pack(">I", 4 << 20) + bytes(1 << 20)  # granted: 1 MiB in all
+        frames = [DataFrame(stream, data=big[at:at + (1 << 14)]).serialize() for at in range(0, len(big), 1 << 14)]
+        client.sock.sendall(b"".join(frames))
+        client.read_until(lambda: stream in client.reset)
+        assert client.reset[stream] == 3  # FLOW_CONTROL_ERROR
+        client.close()
+        well_served_by = Client(running)  # the server goes on
+        again = well_served_by.call(request("hang", np.ones(1)), extra=(("grpc-timeout", "100m"),))
+        well_served_by.read_until(lambda: again in well_served_by.ended)
+        assert well_served_by.status(again)[0] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        well_served_by.close()
+
+
+def test_padding_priority_and_window_changes_mid_answer(server: RunningServer) -> None:
+    """Padded and prioritised frames are read as their content; an answer larger than the window
+    follows SETTINGS that shrink it to nothing, open it a little, then widely with larger frames."""
+    client = Client(server)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    stream = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                      (":authority", "inferd"), ("content-type", "application/grpc")],
+                             priority_weight=200, priority_depends_on=0, priority_exclusive=False)
+    body = request("grow", np.arange(3))
+    client.conn.send_data(stream, body[:7], pad_length=40)
+    client.conn.send_data(stream, body[7:], end_stream=True, pad_length=255)
+    client.flush()
+    time.sleep(0.5)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    client.flush()
+    time.sleep(0.3)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+                                 h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    client.flush()
+    client.read_until(lambda: stream in client.ended)
+    assert client.status(stream) == ("0", "")
+    answer = tpb.ModelInferResponse.FromString(messages(client.data[stream])[0])
+    expected = np.repeat(np.arange(3, dtype=np.float32), 200_000)
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32), expected)
+    client.close()
+
+
+def test_every_kind_of_call_end_gives_back_its_slot_and_bytes(tmp_path: Path) -> None:
+    """With room for 3 calls and 1 MiB of request bytes at once: after calls ended in every way
+    (answered, reset at each point, past deadlines, refused, cut by a connection error or close),
+    3 calls still run at once and a request of nearly 1 MiB still fits."""
+    for name in ("echo", "slow"):
+        write(tmp_path / f"{name}/1/model.py", MODELS[name])
+        write(tmp_path / f"{name}/config.toml", CONFIG)
+    with serve(tmp_path, "--max-connections", "3", "--max-body-size", "1MiB", "--max-inflight-size", "1MiB",
+               grpc=True) as running:
+        client = Client(running)
+        slow, half = request("slow", np.ones(2)), request("echo", np.ones(1000))[:2000]
+        ended = [client.call(request("echo", np.ones(2)))]  # answered
+        reset = client.start()  # reset after HEADERS
+        client.conn.reset_stream(reset)
+        reset = client.start()  # ... inside its message (its bytes are budgeted)
+        client.conn.send_data(reset, half)
+        client.conn.reset_stream(reset)
+        running_reset = client.call(slow)  # ... while it runs
+        client.flush()
+        time.sleep(0.2)
+        client.conn.reset_stream(running_reset)
+        ended.append(client.call(slow, extra=(("grpc-timeout", "100m"),)))  # past its deadline, running
+        late = client.start(extra=(("grpc-timeout", "100m"),))  # ... inside its message
+        client.conn.send_data(late, half)
+        ended.append(late)
+        ended.append(client.call(request("echo", np.ones(2)), path="/inference.GRPCInferenceService/Nope"))
+        ended.append(client.call(slow, extra=(("grpc-timeout", "soon"),)))
+        ended.append(client.call(slow, extra=(("grpc-encoding", "snappy"),)))
+        stream = client.start(STREAM_PATH)  # a stream reset with a request running
+        client.conn.send_data(stream, slow)
+        client.flush()
+        time.sleep(0.2)
+        client.conn.reset_stream(stream)
+        stream = client.start(STREAM_PATH)  # a stream answered to its end
+        client.conn.send_data(stream, request("echo", np.ones(2)) * 3, end_stream=True)
+        ended.append(stream)
+        stream = client.start(STREAM_PATH, extra=(("grpc-timeout", "100m"),))  # a stream past its deadline
+        client.conn.send_data(stream, slow)
+        ended.append(stream)
+        client.flush()
+        client.read_until(lambda: all(stream in client.ended for stream in ended))
+        client.close()
+        closed = Client(running)  # a connection closed with calls at every point
+        closed.call(slow)
+        closed.conn.send_data(closed.start(), half)
+        closed.conn.send_data(closed.start(STREAM_PATH), slow)
+        closed.flush()
+        time.sleep(0.2)
+        closed.close()
+        broken = Client(running)  # a connection ended by a protocol error with calls at every point
+        broken.call(slow)
+        broken.conn.send_data(broken.start(), half)
+        broken.flush()
+        time.sleep(0.2)
+        broken.sock.sendall(b"\0\0\1\0\0\0\0\0\0x")  # DATA on stream 0
+        broken.read_until(lambda: broken.goaway is not None)
+        broken.close()
+        time.sleep(3.0)  # the cut slow requests leave the model's two instances
+
+        client = Client(running)
+        calls = [client.call(slow) for _ in range(3)]
+        client.read_until(lambda: all(call in client.ended for call in calls))
+        assert [client.status(call) for call in calls] == [("0", "")] * 3
+        big = client.call(request("echo", np.ones(262_000)))
+        client.read_until(lambda: big in client.ended)
+        assert client.status(big) == ("0", "")
+        client.close()
+
+
+def test_a_grpc_timeout_of_non_ascii_digits_is_malformed_not_a_crash(server: RunningServer) -> None:
+    """'²' is a digit to str.isdigit but not to int: the header ends its call, not the connection."""
+    client = Client(server)
+    stream = client.call(request("echo", np.ones(2)), extra=((b"grpc-timeout", b"\xb2S"),))  # type: ignore[arg-type]
+    client.read_until(lambda: stream in client.ended or client.goaway is not None)
+    assert client.status(stream)[0] == str(grpc.StatusCode.INTERNAL.value[0])
+    again = client.call(request("echo", np.ones(2)))
+    client.read_until(lambda: again in client.ended)
+    assert client.status(again) == ("0", "")
+    client.close()
+
+
+def test_a_client_with_wide_windows_that_never_reads_holds_bounded_memory(server: RunningServer) -> None:
+    """Windows opened to the maximum, nothing read: the answers may not all pile up in the socket's
+    buffer (flow control no longer bounds them; what is unsent is)."""
+    process = psutil.Process(server.process.pid)
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    conn.increment_flow_control_window(2**31 - 1 - 65_535)
+    body = request("grow", np.ones(1))  # 800 kB answers
+    before = process.memory_info().rss
+    for _ in range(400):  # 320 MB of answers asked for in one go, none read
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
+                                   (":authority", "inferd"), ("content-type", "application/grpc")])
+        conn.send_data(stream, body, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(4.0)
+    well_served(server)
+    grown = process.memory_info().rss - before
+    sock.close()
+    assert grown < 150 << 20, f"RSS grew {grown >> 20} MiB"
+    well_served(server)

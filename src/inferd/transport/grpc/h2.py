@@ -124,7 +124,7 @@ class HeaderDecoder:
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
-        total, at, end = 0, 0, len(block)
+        total, at, end, updates = 0, 0, len(block), 0
         try:
             while at < end:
                 byte = block[at]
@@ -134,7 +134,10 @@ class HeaderDecoder:
                 elif byte & 0x40:  # literal, added to the table
                     field, at = self._literal(block, at, 6)
                     self._add(field)
-                elif byte & 0x20:  # table size update
+                elif byte & 0x20:  # table size update: first in the block, two at most (RFC 7541 §4.2)
+                    updates += 1
+                    if headers or updates > 2:
+                        raise ConnectionError_(COMPRESSION_ERROR, "HPACK table size update out of place")
                     size, at = self._int(block, at, 5)
                     if size > self._limit:
                         raise ConnectionError_(COMPRESSION_ERROR, "HPACK table size above the limit")
@@ -182,9 +185,10 @@ class HeaderDecoder:
                 text = decode_huffman(raw).decode("latin-1")
             except Exception:
                 raise ConnectionError_(COMPRESSION_ERROR, "bad Huffman string") from None
-            if len(self._huffman) > 512:
-                self._huffman.clear()
-            self._huffman[raw] = text
+            if length <= 128:  # short values repeat (paths, types, agents); long ones would pile up
+                if len(self._huffman) > 512:
+                    self._huffman.clear()
+                self._huffman[raw] = text
         return text, at + length
 
     def _literal(self, block: bytes, at: int, prefix: int) -> tuple[tuple[str, str], int]:

@@ -53,6 +53,7 @@ HANDSHAKE_S = 10.0
 
 UNARY, STREAM = 0, 1
 _OK = h2.literal("grpc-status", "0")
+_STATUS_415 = h2.literal(":status", "415")
 _RESPONSE_HEADERS = h2.STATUS_200 + h2.literal("content-type", "application/grpc")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -105,6 +106,7 @@ class _Call:
         "held",
         "id",
         "outbox",
+        "recv_window",
         "route",
         "send_window",
         "task",
@@ -133,7 +135,8 @@ class _Call:
         self.unsent = 0
         self.trailers: bytes | None = None
         self.drained: asyncio.Future[None] | None = None
-        self.credit = 0
+        self.credit = 0  # bytes read and not yet given back to the client
+        self.recv_window = STREAM_WINDOW  # what the client may still send on it
         self.held = 0  # stream answer bytes counted against the byte budget until sent
 
 
@@ -163,9 +166,10 @@ def _inflate(encoding: str | None, flag: int, payload: memoryview, limit: int) -
 
 def _timeout(value: str) -> float | None:
     unit = _TIMEOUT_UNITS.get(value[-1:])
-    if unit is None or not value[:-1].isdigit() or len(value) > 9:
+    digits = value[:-1]
+    if unit is None or not (digits.isascii() and digits.isdigit()) or len(value) > 9:  # '²'.isdigit()
         return None
-    return int(value[:-1]) * unit
+    return int(digits) * unit
 
 
 class _Connection(asyncio.Protocol):
@@ -183,8 +187,11 @@ class _Connection(asyncio.Protocol):
         self.peer_window = h2.DEFAULT_WINDOW
         self.peer_frame = h2.DEFAULT_FRAME_SIZE
         self.received = 0  # connection-level bytes read and not yet given back to the client
+        self.recv_window = CONNECTION_WINDOW  # what the client may still send on the connection
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
         self.out: list[bytes] = []
+        self.queued = 0  # bytes in self.out
+        self.throttled = False  # answers wait for this loop pass's bytes to be written
         self.unsent = 0  # answer bytes held for the client's flow-control windows
         self.flush_pending = False
         self.writable: asyncio.Future[None] | None = None  # set while the client does not read
@@ -225,6 +232,7 @@ class _Connection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.out.clear()
+        self.queued = 0
 
     def pause_writing(self) -> None:
         """The client does not read: read nothing more from it until it does."""
@@ -238,9 +246,11 @@ class _Connection(asyncio.Protocol):
         self.writable = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            self._pump_blocked()
 
     def _write(self, data: bytes) -> None:
         self.out.append(data)
+        self.queued += len(data)
         if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self._flush)
@@ -250,6 +260,10 @@ class _Connection(asyncio.Protocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out))
         self.out.clear()
+        self.queued = 0
+        if self.throttled and self.writable is None:
+            self.throttled = False
+            self._pump_blocked()
 
     def goaway(self, code: int = h2.NO_ERROR, message: str = "") -> None:
         """No new calls on this connection; it closes once its calls are answered."""
@@ -296,7 +310,7 @@ class _Connection(asyncio.Protocol):
         at, size = 0, len(buffer)
         view = memoryview(buffer)
         try:
-            while size - at >= 9 and not self.closing:
+            while size - at >= 9 and not self.discarding:  # a draining connection still reads its calls' frames
                 length, kind, flags, stream_id = h2.parse_header(buffer, at)
                 if length > FRAME_SIZE:
                     raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes, limit {FRAME_SIZE}")
@@ -307,6 +321,7 @@ class _Connection(asyncio.Protocol):
                 self._frame(kind, flags, stream_id, payload)
         except h2.ConnectionError_ as exc:
             log.debug("gRPC connection error: %s", exc)
+            self.discarding = True  # nothing more is read: the connection closes
             self.goaway(exc.code, str(exc))
             return
         finally:
@@ -324,6 +339,8 @@ class _Connection(asyncio.Protocol):
             block = h2.unpadded(flags, payload)
             if flags & h2.PRIORITY_FLAG:
                 block = block[5:]
+            if len(block) > MAX_HEADER_BLOCK:
+                raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
             if flags & h2.END_HEADERS:
                 self._headers(stream_id, flags, block)
             else:
@@ -425,7 +442,7 @@ class _Connection(asyncio.Protocol):
             elif name == "grpc-encoding":
                 call.encoding = value
         if content_type is None or not content_type.startswith("application/grpc"):
-            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, b"\x8f"))  # :status 415
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, _STATUS_415))
             self._forget(call)
             return
         route = self.server.routes.get(path or "")
@@ -456,8 +473,12 @@ class _Connection(asyncio.Protocol):
         if stream_id == 0:
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "DATA on stream 0")
         self.received += len(payload)
+        self.recv_window -= len(payload)
+        if self.recv_window < 0:
+            raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if self.received >= CONNECTION_WINDOW // 2:
             self._write(h2.window_update(0, self.received))
+            self.recv_window += self.received
             self.received = 0
         call = self.calls.get(stream_id)
         if call is None:
@@ -467,6 +488,11 @@ class _Connection(asyncio.Protocol):
         if call.ended:
             raise h2.ConnectionError_(h2.STREAM_CLOSED, f"DATA after END_STREAM on stream {stream_id}")
         call.credit += len(payload)
+        call.recv_window -= len(payload)
+        if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
+            self._write(h2.rst_stream(call.id, h2.FLOW_CONTROL_ERROR))
+            self._cut(call)
+            return
         self._received(call, h2.unpadded(flags, payload), bool(flags & h2.END_STREAM))
 
     def _received(self, call: _Call, data: bytes, end: bool) -> None:
@@ -483,8 +509,7 @@ class _Connection(asyncio.Protocol):
             if end:
                 self._run_unary(call, route, body)
             elif call.credit >= STREAM_WINDOW // 2:
-                self._write(h2.window_update(call.id, call.credit))
-                call.credit = 0
+                self._grant(call)
             return
         while len(body) >= 5:  # a stream: every whole message starts, or waits for a slot
             if not self._sized(call, body):
@@ -497,6 +522,9 @@ class _Connection(asyncio.Protocol):
             if message is None:
                 return
             call.waiting.append(message)
+        if end and body:
+            self._finish(call, grpc.StatusCode.INTERNAL, "the stream ended inside a request message")
+            return
         self._start_stream_requests(call)
         if end and not call.tasks and not call.waiting:
             self._finish(call, grpc.StatusCode.OK, "")
@@ -573,8 +601,13 @@ class _Connection(asyncio.Protocol):
             call.tasks.add(task)
             task.add_done_callback(functools.partial(self._stream_request_done, call))
         if not call.waiting and call.credit >= STREAM_WINDOW // 4 and not call.ended:
-            self._write(h2.window_update(call.id, call.credit))  # the client may send more
-            call.credit = 0
+            self._grant(call)
+
+    def _grant(self, call: _Call) -> None:
+        """The client may send as much more as was read since the last grant."""
+        self._write(h2.window_update(call.id, call.credit))
+        call.recv_window += call.credit
+        call.credit = 0
 
     def _stream_request_done(self, call: _Call, task: asyncio.Task[None]) -> None:
         call.tasks.discard(task)
@@ -603,7 +636,8 @@ class _Connection(asyncio.Protocol):
                         return
                     self._answer(call, data)
                     if call.unsent > STREAM_BUFFER:  # the client reads slowly: its models wait
-                        call.drained = self.loop.create_future()
+                        if call.drained is None or call.drained.done():  # one future: every waiter wakes
+                            call.drained = self.loop.create_future()
                         await call.drained
                     if self.writable is not None:
                         await self.writable
@@ -698,8 +732,9 @@ class _Connection(asyncio.Protocol):
         outbox = call.outbox
         while outbox:
             room = min(call.send_window, self.send_window, self.peer_frame)
-            if room <= 0:
-                self.blocked[call.id] = call
+            if room <= 0 or self.writable is not None or self.queued > FRAME_SIZE:
+                self.blocked[call.id] = call  # (a window, the socket's buffer or this pass's writes is full)
+                self.throttled = self.throttled or room > 0
                 return
             head = outbox[0]
             if len(head) <= room:

@@ -1,0 +1,51 @@
+"""HPACK decoding of inferd's HTTP/2 server (transport/grpc/h2.py) against the ``hpack`` package's
+encoder, at the edges RFC 7541 draws."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import hpack
+import pytest
+
+from inferd.transport.grpc import h2
+
+
+def test_blocks_from_hpack_decode_with_the_dynamic_table_and_its_size_updates() -> None:
+    encoder, decoder = hpack.Encoder(), h2.HeaderDecoder()
+    fields = [(":path", "/a/b"), ("content-type", "application/grpc"), ("x-user", "agent/1.0")]
+    for _ in range(3):  # the second and third blocks index the first's fields
+        assert decoder.decode(encoder.encode(fields)) == fields
+    encoder.header_table_size = 64  # the encoder announces the smaller table at the next block
+    assert decoder.decode(encoder.encode(fields)) == fields
+
+
+def test_a_size_update_after_a_field_is_a_compression_error() -> None:
+    """RFC 7541 §4.2: size updates come first in a block, two at most; else a block of them
+    alone would keep the loop busy (1 MiB of them took 1.3 s to decode)."""
+    decoder = h2.HeaderDecoder()
+    with pytest.raises(h2.ConnectionError_) as error:
+        decoder.decode(b"\x82" + b"\x20")  # :method GET, then a size update
+    assert error.value.code == h2.COMPRESSION_ERROR
+    with pytest.raises(h2.ConnectionError_):
+        decoder.decode(b"\x20" * 3 + b"\x82")
+    assert decoder.decode(b"\x20\x3f\xe1\x1f\x82") == [(":method", "GET")]  # 0 then 4096: fine
+
+
+def test_the_huffman_cache_keeps_only_short_values() -> None:
+    """Distinct long Huffman values, one per block: the decoder's memory stays small (it kept
+    each one, 513 at most: up to ~80 MB a connection with 64 KiB values)."""
+    decoder = h2.HeaderDecoder()
+    huffman = hpack.huffman.HuffmanEncoder(hpack.huffman_constants.REQUEST_CODES,
+                                           hpack.huffman_constants.REQUEST_CODES_LENGTH)
+    blocks = []
+    for n in range(600):
+        value = huffman.encode(f"{n:04d}".encode() + b"v" * 2000)
+        blocks.append(b"\x10\x01x" + h2._integer(len(value), 7, 0x80) + value)  # x: <value>, never indexed
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n, block in enumerate(blocks):
+        assert decoder.decode(block) == [("x", f"{n:04d}" + "v" * 2000)]
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert kept < 256 << 10, f"the decoder kept {kept} bytes"
