@@ -538,3 +538,26 @@ def test_a_client_with_wide_windows_that_never_reads_holds_bounded_memory(server
     sock.close()
     assert grown < 150 << 20, f"RSS grew {grown >> 20} MiB"
     well_served(server)
+
+
+def test_headers_again_on_an_open_call_reset_only_that_stream(server: RunningServer) -> None:
+    """Trailers without END_STREAM, or HEADERS after the client's side ended, break the stream
+    (RST_STREAM), not the connection; the call is not run twice."""
+    client = Client(server)
+    block = hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple("x-trailer", "1")])  # leaves the table be
+    first = client.start()  # no END_STREAM yet
+    client.flush()
+    client.sock.sendall(HeadersFrame(first, data=block, flags=["END_HEADERS"]).serialize())
+    client.read_until(lambda: first in client.reset)
+    assert client.reset[first] == 1  # PROTOCOL_ERROR
+    second = client.start("/inference.GRPCInferenceService/ModelInfer")
+    client.conn.send_data(second, request("slow", np.ones(1)), end_stream=True)
+    client.flush()
+    time.sleep(0.2)  # the call runs (its model sleeps 1 s); its side has ended
+    client.sock.sendall(HeadersFrame(second, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+    client.read_until(lambda: second in client.reset)
+    assert client.reset[second] == 5  # STREAM_CLOSED
+    ok = client.call(request("echo", np.ones(2)))
+    client.read_until(lambda: ok in client.ended)
+    assert client.status(ok) == ("0", "")
+    client.close()

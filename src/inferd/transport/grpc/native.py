@@ -414,7 +414,11 @@ class _Connection(asyncio.Protocol):
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
         headers = self.decoder.decode(block)  # always: the table must follow every block
         call = self.calls.get(stream_id)
-        if call is not None:  # the client's trailers: its side ends
+        if call is not None:  # the client's trailers end its side; anything else breaks the stream
+            if call.ended or not flags & h2.END_STREAM:
+                self._write(h2.rst_stream(stream_id, h2.STREAM_CLOSED if call.ended else h2.PROTOCOL_ERROR))
+                self._cut(call)
+                return
             self._received(call, b"", True)
             return
         if stream_id <= self.last_id:
