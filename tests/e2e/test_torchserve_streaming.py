@@ -6,6 +6,7 @@ through a front-end worker."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -72,9 +73,22 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "store"
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
-def server(store: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
-    with serve(None, "--model-store", str(store), "--models", "all", "--workers", str(request.param)) as running:
+@pytest.fixture(scope="module", params=["one-process", "workers", "in-server-threads"])
+def server(store: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[RunningServer]:
+    """Handlers in instance processes (the default) behind one front end or a worker, and on the
+    server's own threads (a repository of the same archives, ``kind = "cpu"``)."""
+    if request.param == "in-server-threads":
+        repo = tmp_path_factory.mktemp("ts_stream_repo")
+        for mar in store.glob("*.mar"):
+            (repo / mar.stem / "1").mkdir(parents=True)
+            shutil.copy(mar, repo / mar.stem / "1" / "model.mar")
+            (repo / mar.stem / "config.toml").write_text('[instance_group]\nkind = "cpu"\n')
+        with serve(repo) as running:
+            yield running
+        return
+    workers = "1" if request.param == "workers" else "0"
+    with serve(None, "--model-store", str(store), "--models", "all", "--workers", workers) as running:
         yield running
 
 

@@ -107,12 +107,12 @@ def _one_request() -> dict[str, np.ndarray]:
 
 
 def test_intermediate_answers_come_before_the_last_marked_as_such() -> None:
-    import threading
-
     from inferd.types import INTERMEDIATE_OUTPUT
 
     runtime = _streaming_runtime([])
-    answers = list(runtime.infer_stream(_one_request(), threading.Event()))
+    parts: list[dict[str, np.ndarray]] = []
+    last = runtime.infer_parts(_one_request(), lambda part: parts.append(part) is None)
+    answers = [*parts, last]
     assert [bytes(a["output"][0]) for a in answers] == [b"part 0", b"part 1", b"part 2", b"part 3", b"part 4", b"last"]
     assert [INTERMEDIATE_OUTPUT in a for a in answers] == [True] * 5 + [False]
     assert answers[0]["status"].tolist() == [202] and answers[-1]["status"].tolist() == [200]
@@ -121,12 +121,13 @@ def test_intermediate_answers_come_before_the_last_marked_as_such() -> None:
 
 
 def test_once_nobody_reads_no_more_intermediate_answers_are_handed_on() -> None:
-    import threading
-
     sent: list[int] = []
-    stop = threading.Event()
-    got = []
-    for answer in _streaming_runtime(sent).infer_stream(_one_request(), stop):
-        got.append(bytes(answer["output"][0]))
-        stop.set()  # the client left after the first chunk
-    assert got == [b"part 0", b"last"] and sent == [0, 1, 2, 3, 4]  # the handler ran to its end, as TorchServe's
+    got: list[bytes] = []
+
+    def emit(part: dict[str, np.ndarray]) -> bool:
+        got.append(bytes(part["output"][0]))
+        return False  # the client left after the first chunk
+
+    last = _streaming_runtime(sent).infer_parts(_one_request(), emit)
+    assert got == [b"part 0"] and bytes(last["output"][0]) == b"last"
+    assert sent == [0, 1, 2, 3, 4]  # the handler ran to its end, as TorchServe's

@@ -134,3 +134,76 @@ def test_a_deadline_is_answered_when_it_passes_not_when_an_instance_frees() -> N
 
     waited = asyncio.run(main())
     assert waited < 0.3, waited
+
+
+class PartsRuntime(FakeRuntime):
+    """Sends ``count`` parts ``gap`` seconds apart, then answers; records what ``emit`` said."""
+
+    parts = True
+
+    def __init__(self, count: int, gap: float = 0.0) -> None:
+        super().__init__(SPEC, SPEC, lambda inputs: inputs)
+        self.count, self.gap, self.said = count, gap, []
+
+    def infer_parts(self, inputs, emit):
+        for i in range(self.count):
+            self.said.append(emit({"x": np.array([float(i)], np.float32)}))
+            time.sleep(self.gap)
+        return {"x": np.array([-1.0], np.float32)}
+
+
+async def _read(pool: InstancePool, context: CallContext, keep: int | None = None, pause: float = 0.0) -> list[float]:
+    got = []
+    async for answer in pool.infer_stream_async({"x": np.zeros(1, np.float32)}, context):
+        got.append(float(answer["x"][0]))
+        await asyncio.sleep(pause)
+        if keep is not None and len(got) >= keep:
+            break
+    return got
+
+
+def test_parts_come_in_order_before_the_answer() -> None:
+    pool = InstancePool(PartsRuntime(5), 1, "parts")
+    assert asyncio.run(_read(pool, CallContext())) == [0.0, 1.0, 2.0, 3.0, 4.0, -1.0]
+    assert pool.pending == 0
+
+
+def test_a_reader_that_leaves_stops_the_parts_not_the_call() -> None:
+    runtime = PartsRuntime(6, gap=0.02)
+
+    async def leave_early() -> list[float]:
+        got = await _read(pool, CallContext(), keep=2)
+        while pool.pending:  # the call runs to its end
+            await asyncio.sleep(0.01)
+        return got
+
+    pool = InstancePool(runtime, 1, "parts")
+    assert asyncio.run(leave_early()) == [0.0, 1.0]
+    assert runtime.said[:2] == [True, True] and not any(runtime.said[3:])
+
+
+def test_a_slow_reader_holds_the_model_at_its_next_part() -> None:
+    from inferd.scheduling.instances import STREAM_BUFFER
+
+    runtime = PartsRuntime(STREAM_BUFFER * 3)
+
+    async def slow() -> tuple[int, list[float]]:
+        stream = pool.infer_stream_async({"x": np.zeros(1, np.float32)}, CallContext())
+        first = await anext(stream)
+        await asyncio.sleep(0.3)  # the model could send them all meanwhile, were it not held
+        ahead = len(runtime.said)
+        rest = [float(a["x"][0]) async for a in stream]
+        return ahead, [float(first["x"][0]), *rest]
+
+    pool = InstancePool(runtime, 1, "parts")
+    ahead, got = asyncio.run(slow())
+    assert ahead <= STREAM_BUFFER + 2
+    assert got == [*map(float, range(STREAM_BUFFER * 3)), -1.0]
+
+
+def test_a_deadline_ends_an_answer_in_parts() -> None:
+    pool = InstancePool(PartsRuntime(20, gap=0.02), 1, "parts")
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded, match="deadline passed before its answer"):
+        asyncio.run(_read(pool, CallContext(deadline=started + 0.1)))
+    assert time.perf_counter() - started < 0.35  # at the deadline, not when the model is done (0.4 s)

@@ -35,7 +35,7 @@ from inferd import errors
 from inferd.errors import InferdError, ModelError, Unavailable
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
-from inferd.runtimes.base import Arrays, LoadContext, Runtime
+from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
 from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
@@ -134,16 +134,25 @@ class InstanceProcess:
         self.metadata = reply[1]
         self.started = time.time()
 
-    def call(self, arrays: Arrays) -> Arrays:
-        """Run one execution; raises InstanceDied if the process did not survive it."""
-        call_id = self._send("infer", arrays)
-        reply = self._wait(self.spec.response_timeout_s, "running this request", call_id)
-        if reply[0] == "ok":
-            return self._read(reply[2], reply[3])
-        self._raise(reply)
+    def call(self, arrays: Arrays, emit: Emit | None = None) -> Arrays:
+        """Run one execution; raises InstanceDied if the process did not survive it. ``emit`` takes
+        the parts the model sends before its answer (infer_parts), each copied out before the
+        process may write the next; once it returns False the process sends no more."""
+        call_id = self._send("infer" if emit is None else "parts", arrays)
+        reading = True
+        while True:
+            reply = self._wait(self.spec.response_timeout_s, "running this request", call_id)
+            if reply[0] == "ok":
+                return self._read(reply[2], reply[3])
+            if reply[0] != "part" or emit is None:
+                self._raise(reply)
+            part = self._read(reply[2], reply[3])
+            reading = reading and emit(part)
+            assert self._conn is not None
+            self._conn.send(("next" if reading else "cancel", call_id))
 
     def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
-        """One execution answered in parts (a decoupled model, a handler's intermediate answers):
+        """One execution answered in parts (a decoupled model):
         each part is copied out before the process may write the next; ``stop`` (or closing this
         generator) cancels the rest. Raises InstanceDied as ``call`` does."""
         call_id, ended = self._send("stream", arrays), False
@@ -153,9 +162,7 @@ class InstanceProcess:
                 reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
                 if reply[0] != "part":
                     ended = True
-                    if reply[0] == "ok":  # the last part, and the call's end (a handler's answer)
-                        yield self._read(reply[2], reply[3])
-                    if reply[0] in ("ok", "end"):
+                    if reply[0] == "end":
                         return
                     self._raise(reply)
                 yield self._read(reply[2], reply[3])
@@ -197,6 +204,11 @@ class InstanceProcess:
             raise InstanceDied(f"answered, but its outputs could not be mapped ({exc}); it was killed") from None
 
     def _raise(self, reply: tuple[Any, ...]) -> NoReturn:
+        """The error a call's "error" reply names; any other reply here breaks the protocol."""
+        if reply[0] != "error":
+            self.kill()
+            raise InstanceDied(f"broke the protocol (a {reply[0]!r} message where its call could not take "
+                               "one); it was killed")
         _, _, kind, message, fatal = reply
         if fatal:
             self.kill()
@@ -348,6 +360,9 @@ class ProcessRuntime(Runtime):
     def infer(self, inputs: Arrays) -> Arrays:
         return self._call(self._checkout(), inputs)
 
+    def infer_parts(self, inputs: Arrays, emit: Emit) -> Arrays:
+        return self._call(self._checkout(), inputs, emit)
+
     def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
         """On the ``lane``-th running instance (by start order), waiting until it is idle: a
         sequence's state lives in one process. A restart gives the lane a fresh process."""
@@ -371,9 +386,9 @@ class ProcessRuntime(Runtime):
             raise
         self._give_back(instance)
 
-    def _call(self, instance: InstanceProcess, inputs: Arrays) -> Arrays:
+    def _call(self, instance: InstanceProcess, inputs: Arrays, emit: Emit | None = None) -> Arrays:
         try:
-            outputs = instance.call(inputs)
+            outputs = instance.call(inputs, emit)
         except InstanceDied as exc:
             log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
                       instance.pid, exc.reason)

@@ -5,7 +5,8 @@ model does to this process (segfault, ``os._exit``, hang, runaway memory), the s
 this instance: it answers the call with an error and starts a new one.
 
 Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)``, then
-``("infer", call id, header, input_path | None)`` and ``("stop",)``. Out: ``("ready", metadata)`` or
+``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
+a decoupled model's answers) and ``("stop",)``. Out: ``("ready", metadata)`` or
 ``("failed", reason)``; per call ``("ok", call id, header, output_path | None)`` or
 ``("error", call id, type name, message, fatal)``.
 """
@@ -24,8 +25,7 @@ from typing import Any
 from inferd.errors import InferdError
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
-from inferd.runtimes.base import LoadContext, Runtime
-from inferd.types import INTERMEDIATE_OUTPUT
+from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
 
 _PARENT_CHECK_S = 1.0
 
@@ -85,15 +85,19 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
                 continue
             if message[0] == "stream":
                 conn.send(_stream(conn, runtime, arrays, outputs, call_id))
+            elif message[0] == "parts":
+                conn.send(_call(runtime, arrays, outputs, call_id, _part_sender(conn, outputs, call_id)))
             else:
                 conn.send(_call(runtime, arrays, outputs, call_id))
     finally:
         outputs.close()
 
 
-def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple[Any, ...]:
+def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, emit: Emit | None = None
+          ) -> tuple[Any, ...]:
+    """One call and its answer; with ``emit``, the parts the model sends before it (infer_parts)."""
     try:
-        result = runtime.infer(arrays)
+        result = runtime.infer(arrays) if emit is None else runtime.infer_parts(arrays, emit)
     except MemoryError as exc:  # this process is spent: say so and let the server start another
         return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
     except Exception as exc:
@@ -110,21 +114,28 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple
     return ("ok", call_id, header, path)
 
 
+def _part_sender(conn: Channel, outputs: Writer, call_id: int) -> Emit:
+    """``emit`` for a call answered in parts: each part is written to the outputs buffer and
+    announced; the server copies it out and says "next" (or "cancel": its client left) before the
+    buffer is written again."""
+    def send(part: Arrays) -> bool:
+        header, path = outputs.write(part)
+        conn.send(("part", call_id, header, path))
+        return bool(conn.receive() == ("next", call_id))
+    return send
+
+
 def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_id: int) -> tuple[Any, ...]:
-    """A call answered in parts: each part is written to the outputs buffer and announced; the server
-    copies it out and says "next" (or "cancel": its client left) before the buffer is written again."""
-    stop = threading.Event()
+    """A decoupled model's answers, each a part as ``_part_sender`` hands them, then "end"."""
+    stop, send = threading.Event(), _part_sender(conn, outputs, call_id)
     parts = runtime.infer_stream(arrays, stop)
     try:
         for item in parts:
             try:
-                header, path = outputs.write(item)
+                reading = send(item)
             except SharedMemoryFull as exc:
                 return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
-            if runtime.parts and INTERMEDIATE_OUTPUT not in item:  # a handler's answer: the call's last
-                return ("ok", call_id, header, path)
-            conn.send(("part", call_id, header, path))
-            if conn.receive() != ("next", call_id):
+            if not reading:
                 stop.set()
                 break
     except MemoryError as exc:

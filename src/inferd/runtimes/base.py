@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from inferd.errors import ConfigError, ModelError
 from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
+Emit = Callable[[Arrays], bool]  # takes one part of an answer; False: nobody reads them any more
 # Reserved input name: a sequence model's request as Python models see it (Triton's
 # ``correlation_id()`` and ``flags()``), given only to runtimes whose ``takes_sequence`` is true
 SEQUENCE_INPUT = "__inferd_sequence__"
@@ -57,7 +58,7 @@ class Runtime(ABC):
     lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
     decoupled: bool = False  # answers a request zero, one or many times (infer_stream)
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
-    parts: bool = False  # may answer one request in parts before its answer (infer_stream, INTERMEDIATE_OUTPUT)
+    parts: bool = False  # may answer one request in parts before its answer (infer_parts, INTERMEDIATE_OUTPUT)
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -72,6 +73,12 @@ class Runtime(ABC):
         """A decoupled model's answers to one request, as they come (blocking; on an instance
         thread). ``stop`` is set once nobody reads them any more: stop producing."""
         yield self.infer(inputs)
+
+    def infer_parts(self, inputs: Arrays, emit: Emit) -> Arrays:
+        """``infer`` for a model that may send parts of its answer first (``parts``: a TorchServe
+        handler's intermediate answers): each part goes to ``emit`` as it is sent, on this thread,
+        and the answer is returned. ``emit`` returns False once nobody reads parts: send no more."""
+        return self.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         start = time.perf_counter()

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import queue
 import sys
-import threading
 import types
-from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ import numpy as np
 import orjson
 
 from inferd.errors import ConfigError
-from inferd.runtimes.base import Arrays, Runtime
+from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.runtimes.ts_context import Context
 from inferd.runtimes.ts_requests import decode_row, encode_answer, split_headers
 from inferd.runtimes.ts_shim import install_torchserve_shim
@@ -60,8 +57,6 @@ class HandlerRuntime(Runtime):
         self._context = context
         self._name = name
         self.max_batch_size = max(max_batch_size, 1)
-        # streamed calls run handle here, so the instance thread can hand on its intermediate answers
-        self._threads = ThreadPoolExecutor(thread_name_prefix=f"inferd-{name}-handle")
 
     def infer(self, inputs: Arrays) -> Arrays:
         bodies = inputs["body"].reshape(-1)
@@ -91,34 +86,22 @@ class HandlerRuntime(Runtime):
                 "status": np.array([self._context.get_response_status(i)[0] for i in range(len(rows))], np.int32)}
 
 
-    def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
-        """``handle`` on a thread of its own, its intermediate answers (each marked with
-        INTERMEDIATE_OUTPUT) yielded as they are sent, then its answer. Once ``stop`` is set
-        (nobody reads), further intermediate answers are dropped; the call runs to its end."""
-        parts: queue.Queue[tuple[str, Any]] = queue.Queue()
+    def infer_parts(self, inputs: Arrays, emit: Emit) -> Arrays:
+        """``handle`` on this thread, each intermediate answer it sends handed to ``emit`` (marked
+        with INTERMEDIATE_OUTPUT) as it is sent. Once nobody reads them, later ones are dropped;
+        the call runs to its end, as TorchServe's does."""
+        reading = True
 
-        def run() -> None:
-            self._context._receive_intermediate(lambda answers, code: parts.put(("part", (answers, code))))
-            try:
-                parts.put(("final", self.infer(inputs)))
-            except BaseException as exc:  # handed to the reader, which raises it
-                parts.put(("error", exc))
-            finally:
-                self._context._receive_intermediate(None)
+        def send(answers: list[Any], code: int) -> None:
+            nonlocal reading
+            if reading:
+                reading = emit(self._intermediate(answers, code))
 
-        self._threads.submit(run)
-        while True:
-            kind, item = parts.get()
-            if kind == "error":
-                raise item
-            if kind == "final":
-                yield item
-                return
-            if not stop.is_set():
-                yield self._intermediate(*item)
-
-    def unload(self) -> None:
-        self._threads.shutdown(wait=False)
+        self._context._receive_intermediate(send)
+        try:
+            return self.infer(inputs)
+        finally:
+            self._context._receive_intermediate(None)
 
     def _intermediate(self, answers: list[Any], code: int) -> Arrays:
         encoded = [encode_answer(a, self._context.get_response_content_type(i)) for i, a in enumerate(answers)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -12,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable
-from inferd.runtimes.base import Arrays, Runtime
+from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
@@ -104,8 +106,13 @@ class InstancePool(Scheduler):
         """A decoupled model's answers: its generator runs on an instance thread (holding it until
         it ends) and hands each answer over a bounded queue, so a slow reader slows the model down
         instead of filling memory; closing this iterator (the client went away) stops it."""
-        if not self.decoupled and not self.parts:
-            yield await self.infer_async(inputs, context)
+        if not self.decoupled:
+            if self.parts:
+                async with contextlib.aclosing(self._answer_in_parts(inputs, context)) as in_parts:
+                    async for answer in in_parts:
+                        yield answer
+            else:
+                yield await self.infer_async(inputs, context)
             return
         if self.pending >= self._max_queue + self._count:
             raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
@@ -129,6 +136,34 @@ class InstancePool(Scheduler):
                 yield item  # type: ignore[misc]
         finally:
             stop.set()
+            if timer is not None:
+                timer.cancel()
+
+    async def _answer_in_parts(self, inputs: Arrays, context: CallContext) -> AsyncGenerator[Arrays, None]:
+        """The parts a model sends before its answer (a handler's intermediate answers), then the
+        answer. The call runs as ``infer_async``'s do, its answer the thread's result; only parts
+        cross to the loop on their own, and a slow reader holds the model at its next part."""
+        if self._closed:
+            raise self.unloading()
+        if self.pending >= self._max_queue + self._count:
+            raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
+        loop = asyncio.get_running_loop()
+        parts = _Parts(loop)
+        self.pending += 1
+        future = loop.run_in_executor(self._executor, self._run, inputs, context, time.perf_counter(), parts.emit)
+        future.add_done_callback(self.finished)
+        future.add_done_callback(parts.wake)
+        timer = None if context.deadline is None else loop.call_later(
+            max(context.deadline - time.perf_counter(), 0.0), parts.expire)
+        try:
+            while (part := await parts.next(future)) is not None:
+                yield part
+            if parts.expired:
+                raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed before its "
+                                       "answer; the answer was dropped")
+            yield await future
+        finally:
+            parts.close()
             if timer is not None:
                 timer.cancel()
 
@@ -201,8 +236,9 @@ class InstancePool(Scheduler):
         time on the loop is bounded by its size, not only by an average."""
         return self.inline and _nbytes(inputs) <= self._inline_max_bytes
 
-    def execute(self, inputs: Arrays, lane: int | None = None) -> Arrays:
-        """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on)."""
+    def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None) -> Arrays:
+        """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on);
+        ``emit``: the parts it sends before its answer go there (Runtime.infer_parts)."""
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
         rows = self._rows(inputs)
@@ -212,6 +248,8 @@ class InstancePool(Scheduler):
             self._inferences += rows
         start = time.perf_counter()
         try:
+            if emit is not None:
+                return self.inner.infer_parts(inputs, emit)
             return self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
         except InferdError:
             raise
@@ -241,7 +279,7 @@ class InstancePool(Scheduler):
             self.inline = self._mean_s < self._inline_below_s
             self.trivial = self.inline and self._mean_s < TRIVIAL_S
 
-    def _run(self, inputs: Arrays, context: CallContext, enqueued: float) -> Arrays:
+    def _run(self, inputs: Arrays, context: CallContext, enqueued: float, emit: Emit | None = None) -> Arrays:
         start = time.perf_counter()
         context.timings.queue += start - enqueued
         if context.deadline is not None and start > context.deadline:
@@ -252,7 +290,7 @@ class InstancePool(Scheduler):
         if self._observe_batch is not None:  # unbatched: each call is a "batch" of its rows
             self._observe_batch(self._rows(inputs))
         try:
-            return self.execute(inputs)
+            return self.execute(inputs, emit=emit)
         finally:
             context.timings.compute += time.perf_counter() - start
 
@@ -295,6 +333,57 @@ class InstancePool(Scheduler):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, {self._count} instance(s)"
+
+
+class _Parts:
+    """The parts of one answer, from the instance thread that runs the call to the reader on the
+    event loop; at most STREAM_BUFFER wait unread, then the model waits at its next part."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[Arrays] = collections.deque()
+        self._room = threading.Semaphore(STREAM_BUFFER)
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False  # nobody reads parts any more
+        self.expired = False  # the request's deadline passed
+
+    def emit(self, part: Arrays) -> bool:
+        """On the instance thread: hand one part over; False once nobody reads them."""
+        while not self._room.acquire(timeout=0.05):
+            if self.closed:
+                return False
+        if self.closed:
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._push, part)
+        except RuntimeError:  # the loop closed
+            return False
+        return True
+
+    def _push(self, part: Arrays) -> None:
+        self._items.append(part)
+        self.wake()
+
+    def wake(self, _: object = None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def expire(self) -> None:
+        self.expired = True
+        self.wake()
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def next(self, call: asyncio.Future[Arrays]) -> Arrays | None:
+        """The next part, or None once the call is done (its parts all read) or the deadline passed."""
+        while not self._items:
+            if call.done() or self.expired:
+                return None
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        self._room.release()
+        return self._items.popleft()
 
 
 def _nbytes(inputs: Arrays) -> int:
