@@ -162,3 +162,32 @@ def test_instances_run_batches_in_parallel() -> None:
 
     asyncio.run(main())
     assert runtime.max_running == 3
+
+
+def test_a_lone_client_of_an_inline_model_runs_at_once_and_company_still_batches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model fast enough to run inline but not trivial: while requests come one per loop pass
+    they skip the queue (no queue time at all); requests arriving together batch again."""
+    from inferd.scheduling import instances
+
+    monkeypatch.setattr(instances, "TRIVIAL_S", 0.0)  # no model is trivial: this one is merely inline
+    b, runtime = batcher(delay=0.0, max_queue_delay_ms=50)
+
+    async def main() -> tuple[list[float], list[int]]:
+        for _ in range(20):  # the pool measures the model and decides it runs inline
+            await b.infer_async(rows(1), CallContext())
+            await asyncio.sleep(0)
+        assert b.pool.inline and not b.pool.trivial
+        queued = []
+        for _ in range(5):
+            context = CallContext()
+            await b.infer_async(rows(1), context)
+            queued.append(context.timings.queue)
+            await asyncio.sleep(0)
+        runtime.calls.clear()
+        await asyncio.gather(*(b.infer_async(rows(i), CallContext()) for i in range(8)))
+        return queued, list(runtime.calls)
+
+    queued, together = asyncio.run(main())
+    assert queued[1:] == [0.0] * 4  # after the first, none waited in the queue
+    assert len(together) <= 2 and sum(together) == 8  # at most the first ran alone

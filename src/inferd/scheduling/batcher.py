@@ -59,6 +59,7 @@ class DynamicBatcher(Scheduler):
         self._soon: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._first_done = False
+        self._alone = False  # the model's requests come one per loop pass (a lone client): run them at once
         self._closed = False
 
     @property
@@ -113,12 +114,15 @@ class DynamicBatcher(Scheduler):
             context.timings.compute += time.perf_counter() - started
 
     def _runs_at_once(self) -> bool:
-        """The first request of a loop pass for a model cheaper than the pass itself runs at once: a
-        lone client never waits a pass; requests arriving together still batch."""
-        return not self._first_done and self.pool.trivial and self._running < self.pool.instances
+        """The first request of a loop pass runs at once, without a queue, a future or a pass of
+        waiting, when the model is cheaper than the pass itself or its requests have been coming
+        alone (one per pass, a lone client); requests arriving together still batch."""
+        return (not self._first_done and (self.pool.trivial or self._alone)
+                and self._running < self.pool.instances)
 
     def _end_pass(self) -> None:
         self._first_done = False
+        self._alone = not self._queue  # another request came in the same pass: batch again
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         # get_running_loop() costs a getpid() system call each time; the batcher lives on one loop
@@ -170,7 +174,9 @@ class DynamicBatcher(Scheduler):
                 if decision.wait_s is not None:
                     self._timer = (self._loop or self._bind_loop()).call_later(decision.wait_s, self._dispatch)
                 return
-            self._start(self._take_batch(head))
+            batch = self._take_batch(head)
+            self._alone = len(batch) == 1 and not self._queue and self._running == 0
+            self._start(batch)
 
     def _take_batch(self, head: _Waiting) -> list[_Waiting]:
         compatible, rows = [], 0
