@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets a temporary directory of its own (TMPDIR, inherited by
+    the servers it starts): what a server keeps there by a fixed name (TorchServe's pid file) or
+    sweeps at start (scratch folders) stays the worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        own = Path(tempfile.gettempdir()) / f"inferd-tests-{os.getpid()}-{worker}"
+        own.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(own)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+        config.stash[_OWN_TMP] = own
+
+
+_OWN_TMP = pytest.StashKey[Path]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_TMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def free_port() -> int:
