@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-num-cpus", type=float, default=1.0, help="logical CPUs each replica reserves")
     ray.add_argument("--ray-serve-thread", action="store_true",
                      help="run the core on Serve's separate user-code thread (Serve's default; slower)")
+    ray.add_argument("--ray-metrics-interval", type=float, default=2.0, metavar="SECONDS",
+                     help="copy each replica's inferd_* metrics into Ray's metrics (ray_inferd_*, tagged "
+                          "with the replica) this often; 0: not at all")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="debug also shows the frameworks' own logs (TensorFlow, onnxruntime, torch)")
     operability = serve.add_argument_group("operability")
@@ -193,7 +196,8 @@ def _ray(args: argparse.Namespace, settings: ServerSettings) -> int:
         options = RayOptions(address=args.ray, replicas=args.replicas, autoscale=args.autoscale,
                              target_ongoing_requests=args.target_ongoing_requests,
                              autoscale_delays=args.autoscale_delays, proxy_location=args.ray_proxy,
-                             num_cpus=args.ray_num_cpus, serve_thread=args.ray_serve_thread)
+                             num_cpus=args.ray_num_cpus, serve_thread=args.ray_serve_thread,
+                             metrics_interval=args.ray_metrics_interval)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

@@ -21,13 +21,16 @@ from ray import serve
 
 from inferd.config import ServerSettings
 from inferd.errors import ConfigError
+from inferd.integrations.ray_metrics import RayMetricsBridge
 from inferd.server import build_core, build_http_app, mirror_remote
-from inferd.transport.grpc.servicers import KServeV2Servicer
+from inferd.transport.grpc.servicers import KServeV2Servicer, ModelServicer, PredictionServicer
 
 log = logging.getLogger("inferd.ray")
 
 APP_NAME = "inferd"
-SERVICER_FUNCTION = "inferd.integrations.ray.add_kserve_v2_to_server"
+SERVICER_FUNCTIONS = ["inferd.integrations.ray.add_kserve_v2_to_server",
+                      "inferd.integrations.ray.add_tfserving_to_server"]
+SERVICES = (KServeV2Servicer, PredictionServicer, ModelServicer)  # through Serve's gRPC proxy
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
@@ -42,6 +45,7 @@ class RayOptions:
     max_ongoing_requests: int = 256  # a replica's queue is inferd's batcher: let requests reach it
     num_cpus: float = 1.0  # logical CPUs a replica reserves
     serve_thread: bool = False  # True: Serve's default, user code on a loop of its own thread
+    metrics_interval: float = 2.0  # seconds between copies of a replica's metrics into Ray's; 0: none
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -52,6 +56,8 @@ class RayOptions:
                 raise ConfigError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {low}:{high}")
         if self.target_ongoing_requests is not None and self.target_ongoing_requests <= 0:
             raise ConfigError("--target-ongoing-requests must be positive")
+        if self.metrics_interval < 0:
+            raise ConfigError(f"--ray-metrics-interval must be 0 (off) or positive, got {self.metrics_interval}")
         if self.proxy_location not in PROXY_LOCATIONS:
             raise ConfigError(f"--ray-proxy must be one of {PROXY_LOCATIONS}")
 
@@ -78,22 +84,27 @@ class RayOptions:
 class InferdReplica:
     """One replica: a whole inferd core, models loaded before Serve routes to it."""
 
-    async def __init__(self, settings: ServerSettings) -> None:  # type: ignore[misc]  # Serve awaits it
+    async def __init__(self, settings: ServerSettings,  # type: ignore[misc]  # Serve awaits it
+                       metrics_interval: float = 0) -> None:
         settings = await asyncio.to_thread(mirror_remote, settings)  # each node keeps its own cache
         self._settings = settings
         self.core = build_core(settings)
         await self.core.control.load_at_start(("*",))
         self.core.data.set_ready(True)
-        self._grpc = KServeV2Servicer(self.core).methods()
+        self._grpc = {rpc: method for service in SERVICES for rpc, method in service(self.core).methods().items()}
+        self._metrics: asyncio.Task[None] | None = None
+        if metrics_interval and self.core.metrics is not None:  # this replica's series in Ray's metrics
+            bridge = RayMetricsBridge(self.core.metrics.registry)
+            self._metrics = asyncio.get_running_loop().create_task(bridge.run(metrics_interval))
 
     async def _rpc(self, name: str, request: Any, grpc_context: Any) -> Any:
-        """One v2 gRPC call from Serve's gRPC proxy: the transport's own method, its aborts
-        turned into the status Serve's context carries back."""
+        """One gRPC call from Serve's gRPC proxy (v2 or TF Serving): the transport's own method, its
+        aborts turned into the status Serve's context carries back."""
         method, request_type = self._grpc[name]
         try:
             return await method(request, cast(Any, _ServeContext(grpc_context)))
-        except _Aborted:  # the status is set; the proxy sends it, not this empty answer
-            return getattr(sys.modules[request_type.__module__], name + "Response")()
+        except _Aborted:  # the status is set; the proxy sends it, and clients drop this empty body
+            return getattr(sys.modules[request_type.__module__], name + "Response", request_type)()
 
     def __serve_build_asgi_app__(self) -> Any:  # Serve calls this once the constructor finished
         return build_http_app(self.core, self._settings)
@@ -104,6 +115,8 @@ class InferdReplica:
             raise RuntimeError("inferd core is not ready")
 
     async def __del__(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cancel()
         self.core.data.start_draining()
         await self.core.control.close(self._settings.drain_timeout)
 
@@ -138,25 +151,42 @@ def _rpc_method(name: str) -> Any:
     return call
 
 
-for _name in KServeV2Servicer.RPCS:  # Serve's gRPC proxy calls the replica method named as the RPC
-    setattr(InferdReplica, _name, _rpc_method(_name))
+for _service in SERVICES:  # Serve's gRPC proxy calls the replica method named as the RPC
+    for _name in _service.RPCS:
+        setattr(InferdReplica, _name, _rpc_method(_name))
+
+
+def _add_service(name: str, rpcs: dict[str, tuple[str, Any]], server: Any) -> None:
+    """One service's method names and request messages on Serve's gRPC proxy (which replaces
+    the handlers with its own routing to the replicas; the handlers are never called)."""
+    handlers = {
+        rpc: grpc.unary_unary_rpc_method_handler(_never, request_deserializer=request.FromString,
+                                                 response_serializer=lambda message: message.SerializeToString())
+        for rpc, (_, request) in rpcs.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
+
+def _never(request: Any, context: Any) -> Any:
+    raise NotImplementedError("Serve's gRPC proxy routes this call to a replica")
 
 
 def add_kserve_v2_to_server(servicer: Any, server: Any) -> None:
-    """Serve's ``grpc_servicer_functions`` entry: v2's method names and request messages on
-    Serve's gRPC proxy (which replaces the handlers with its own routing to the replicas)."""
-    handlers = {
-        rpc: grpc.unary_unary_rpc_method_handler(getattr(servicer, rpc), request_deserializer=request.FromString,
-                                                 response_serializer=lambda message: message.SerializeToString())
-        for rpc, (_, request) in KServeV2Servicer.RPCS.items()
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KServeV2Servicer.name, handlers),))
+    """Serve's ``grpc_servicer_functions`` entry for KServe v2 (``inference.GRPCInferenceService``)."""
+    _add_service(KServeV2Servicer.name, KServeV2Servicer.RPCS, server)
+
+
+def add_tfserving_to_server(servicer: Any, server: Any) -> None:
+    """Serve's ``grpc_servicer_functions`` entry for TF Serving's PredictionService and ModelService."""
+    for service in (PredictionServicer, ModelServicer):
+        _add_service(service.name, service.RPCS, server)
 
 
 def application(settings: ServerSettings, options: RayOptions) -> Any:
     """The Serve application: InferdReplica behind ``serve.ingress``, scaled as ``options`` say."""
     ingress = serve.ingress()(InferdReplica)
-    return serve.deployment(name="InferdReplica", **options.deployment_options())(ingress).bind(settings)
+    return serve.deployment(name="InferdReplica", **options.deployment_options())(ingress).bind(
+        settings, options.metrics_interval)
 
 
 def run(settings: ServerSettings, options: RayOptions) -> int:
@@ -165,7 +195,7 @@ def run(settings: ServerSettings, options: RayOptions) -> int:
     import ray
 
     ray.init(address=options.address, log_to_driver=False)
-    grpc_options = ({"port": settings.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+    grpc_options = ({"port": settings.grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS}
                     if settings.grpc_port else None)
     serve.start(proxy_location=options.proxy_location,
                 http_options={"host": settings.host, "port": settings.http_port}, grpc_options=grpc_options)

@@ -190,6 +190,12 @@ class KServeV2Servicer:
 
 
 class _TFServingBase:
+    # RPC name -> (method, request message): also what Ray Serve's gRPC proxy registers
+    RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {}
+
+    def methods(self) -> Methods:
+        return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
+
     def streams(self) -> StreamMethods:
         return {}
 
@@ -226,13 +232,13 @@ class PredictionServicer(_TFServingBase):
     GetModelMetadata."""
 
     name = "tensorflow.serving.PredictionService"
-
-    def methods(self) -> Methods:
-        return {"Predict": (self.predict, tfs.PredictRequest),
-                "Classify": (self.classify, tfs.ClassificationRequest),
-                "Regress": (self.regress, tfs.RegressionRequest),
-                "MultiInference": (self.multi_inference, tfs.MultiInferenceRequest),
-                "GetModelMetadata": (self.get_model_metadata, tfs.GetModelMetadataRequest)}
+    RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
+        "Predict": ("predict", tfs.PredictRequest),
+        "Classify": ("classify", tfs.ClassificationRequest),
+        "Regress": ("regress", tfs.RegressionRequest),
+        "MultiInference": ("multi_inference", tfs.MultiInferenceRequest),
+        "GetModelMetadata": ("get_model_metadata", tfs.GetModelMetadataRequest),
+    }
 
     @tf_guarded
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
@@ -331,9 +337,8 @@ class ModelServicer(_TFServingBase):
     """``tensorflow.serving.ModelService``: GetModelStatus."""
 
     name = "tensorflow.serving.ModelService"
-
-    def methods(self) -> Methods:
-        return {"GetModelStatus": (self.get_model_status, tfs.GetModelStatusRequest)}
+    RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
+        "GetModelStatus": ("get_model_status", tfs.GetModelStatusRequest)}
 
     @tf_guarded
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
