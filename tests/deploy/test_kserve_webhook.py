@@ -2,29 +2,29 @@
 pkg/webhook/admission/servingruntime/servingruntime_webhook.go and pkg/validation/env_policy.go at
 the kserve commit in kserve_crds/SOURCE.md; KServe's own webhook is Go and is not run here).
 
-A runtime is checked against the runtimes beside it: KServe's stock runtimes (config/runtimes at
-that commit, vendored in kserve_runtimes/). The rules are first checked on the stock runtimes
-themselves, which KServe installs together and must all be admitted."""
+A runtime is checked against the runtimes beside it: KServe's stock runtimes (what
+config/runtimes at that commit declares, summarised in kserve_stock_runtimes.py). The rules are
+first checked on the stock runtimes themselves, which KServe installs together and must all be
+admitted."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.deploy.kserve_stock_runtimes import STOCK_RUNTIMES
 
-STOCK = Path(__file__).with_name("kserve_runtimes")
 OURS = ROOT / "deploy/kserve/servingruntime.yaml"
 BLOCKED_ENV = ("PYTHONPATH",)  # validation.DefaultBlockedEnvVars
 Runtime = dict[str, Any]
 
 
 def stock() -> list[Runtime]:
-    return [yaml.safe_load(path.read_text()) for path in sorted(STOCK.glob("*.yaml"))]
+    return copy.deepcopy(STOCK_RUNTIMES)
 
 
 def ours() -> Runtime:
