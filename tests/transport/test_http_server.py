@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from inferd.transport.http.app import HttpApp, HttpRequest, HttpResponse, Router, json_response
-from inferd.transport.http.server import HttpServer
+from inferd.transport.http.server import HttpLimits, HttpServer
 from tests.conftest import free_port
 
 
@@ -133,3 +133,35 @@ def test_asgi_honours_root_path(path: str, root: str, status: int, seen: str | N
     assert sent[0]["status"] == status
     if seen is not None:
         assert json.loads(sent[1]["body"])["path"] == seen
+
+
+def test_a_read_of_many_pipelined_requests_is_parsed_only_as_far_as_max_pipelined(port: int) -> None:
+    """1,000 requests in one write: the server parses until ``max_pipelined`` wait, keeps the rest
+    unparsed, and goes on as answers leave (parsing them all at once held the loop for all of them)."""
+    seen: list[int] = []
+
+    async def run() -> bytes:
+        router = Router()
+
+        async def count(request: HttpRequest) -> HttpResponse:
+            seen.append(max(len(c._pending) for c in server.connections))
+            return json_response({"n": request.query})
+
+        router.add("GET", "/n", count)
+        server = HttpServer(HttpApp(router, 1000), "127.0.0.1", port, limits=HttpLimits(max_pipelined=16))
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(b"GET /n?%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(1000)))
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 1000:
+                data += await asyncio.wait_for(reader.read(65536), 5)
+            writer.close()
+            return data
+        finally:
+            await server.close(1)
+
+    answers = bodies(asyncio.run(run()))
+    assert [a["n"] for a in answers] == [str(i) for i in range(1000)]  # every one, in order
+    # at most max_pipelined and what one step of parsing holds (1 KiB: ~30 of these), not all 1,000
+    assert max(seen) <= 16 + 32, f"up to {max(seen)} parsed requests waited at once"
