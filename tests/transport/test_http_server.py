@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -165,3 +166,47 @@ def test_a_read_of_many_pipelined_requests_is_parsed_only_as_far_as_max_pipeline
     assert [a["n"] for a in answers] == [str(i) for i in range(1000)]  # every one, in order
     # at most max_pipelined and what one step of parsing holds (1 KiB: ~30 of these), not all 1,000
     assert max(seen) <= 16 + 32, f"up to {max(seen)} parsed requests waited at once"
+
+
+def test_large_bodies_are_read_no_faster_than_their_rate_and_small_requests_pass(port: int) -> None:
+    """Bodies over ``large_body_bytes`` share ``large_body_rate``: a 24 MiB upload at 8 MiB/s takes
+    about 3 s (unpaced, a fraction of one), while small requests on another connection are answered
+    at once."""
+    size = 24 << 20
+
+    async def run() -> tuple[float, bytes, list[float]]:
+        limits = HttpLimits(large_body_bytes=1 << 20, large_body_rate=8 << 20)
+        server = HttpServer(make_app(32 << 20), "127.0.0.1", port, limits=limits)
+        await server.start()
+        try:
+            async def upload() -> tuple[float, bytes]:
+                started = time.perf_counter()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /echo/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+                writer.write(b"\0" * size)
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readuntil(b"}"), 20)
+                writer.close()
+                return time.perf_counter() - started, answer
+
+            async def small() -> list[float]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                waits = []
+                for _ in range(20):
+                    started = time.perf_counter()
+                    writer.write(b"GET /echo/small HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await asyncio.wait_for(reader.readuntil(b"}"), 5)
+                    waits.append(time.perf_counter() - started)
+                    await asyncio.sleep(0.05)
+                writer.close()
+                return waits
+
+            (took, answer), waits = await asyncio.gather(upload(), small())
+            return took, answer, waits
+        finally:
+            await server.close(1)
+
+    took, answer, waits = asyncio.run(run())
+    assert b'"size":%d' % size in answer
+    assert took > 2.0, f"24 MiB were read in {took:.2f} s: faster than 8 MiB/s"
+    assert max(waits) < 0.5, f"small requests waited {waits}"

@@ -55,6 +55,10 @@ class HttpLimits:
     keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this
     write_buffer_bytes: int = 1024 * 1024  # unsent answers above this pause reading and answering
     max_pipelined: int = 64  # parsed requests a connection may queue before reading pauses
+    # bodies over large_body_bytes are read at most this fast, all connections together (reading
+    # costs the loop ~0.7 ms per MiB): uploads that are never finished cannot take it from others
+    large_body_bytes: int = 1024 * 1024
+    large_body_rate: float = 256 * 1024 * 1024  # bytes/s
 
 
 class _Refuse(Exception):
@@ -108,6 +112,8 @@ class _Connection(asyncio.Protocol):
         self._backlog: bytearray | None = None  # read but not parsed: max_pipelined requests wait
         self._backlog_due = False
         self._keep_alive = True  # the request being read allows another after it
+        self._large = 0  # bytes of a large body read in this turn (they spend the server's rate)
+        self._throttled = False  # reading waits: large bodies came faster than large_body_rate
         self._reserved = 0  # budget bytes held by the request being read
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -173,6 +179,20 @@ class _Connection(asyncio.Protocol):
             piece = data[offset:offset + step]
             offset += len(piece)
             self._parse(piece)
+        if self._large:
+            self._throttle()
+
+    def _throttle(self) -> None:
+        wait = self._server.large_body_wait(self._large)
+        self._large = 0
+        if wait > 0 and not self._throttled and self._server.loop is not None:
+            self._throttled = True
+            self._update_reading()
+            self._server.loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        self._update_reading()
 
     def _take_body(self, data: memoryview, offset: int) -> int:
         """The rest of a body of known length, kept as it came (a whole read is kept without a
@@ -185,6 +205,8 @@ class _Connection(asyncio.Protocol):
         assert self._body is not None and isinstance(chunk, bytes)
         self._body.append(chunk)
         self._body_size += len(chunk)
+        if self._expected > self._limits.large_body_bytes:
+            self._large += len(chunk)
         if self._body_size == self._expected:
             self._parser = httptools.HttpRequestParser(self)
             self.on_message_complete()
@@ -291,6 +313,8 @@ class _Connection(asyncio.Protocol):
             return
         self._body.append(body)
         self._body_size += len(body)
+        if self._body_size > self._limits.large_body_bytes or self._expected > self._limits.large_body_bytes:
+            self._large += len(body)
         if self._counted:
             return
         if self._body_size > self._max_body:
@@ -328,7 +352,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        want = self._stopped or not (self._write_paused or self._backlog is not None
+        want = self._stopped or not (self._write_paused or self._backlog is not None or self._throttled
                                      or len(self._pending) >= self._limits.max_pipelined)
         if want != self._reading:
             self._reading = want
@@ -521,6 +545,17 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start(); connections exist only after
+        self._large_allowance = float(self.limits.large_body_bytes)  # a token bucket of large-body bytes
+        self._large_clock = time.monotonic()
+
+    def large_body_wait(self, size: int) -> float:
+        """Spend ``size`` bytes of large bodies; how long the reader should wait before reading on."""
+        now = time.monotonic()
+        rate = self.limits.large_body_rate
+        self._large_allowance = min(self._large_allowance + (now - self._large_clock) * rate,
+                                    float(self.limits.large_body_bytes)) - size
+        self._large_clock = now
+        return -self._large_allowance / rate if self._large_allowance < 0 else 0.0
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
