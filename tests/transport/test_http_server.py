@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,7 @@ from tests.conftest import free_port
 async def echo(request: HttpRequest) -> HttpResponse:
     await asyncio.sleep(0.01 if request.query == "slow" else 0)
     return json_response({"path": request.path, "query": request.query, "size": len(request.body),
-                          "model": request.params.get("model")})
+                          "model": request.params.get("model"), "crc": zlib.crc32(request.body)})
 
 
 def make_app(limit: int = 1000) -> HttpApp:
@@ -112,7 +113,8 @@ def test_the_app_is_also_plain_asgi() -> None:
     scope = {"type": "http", "method": "POST", "path": "/echo/z", "headers": [], "query_string": b"q"}
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 200
-    assert json.loads(sent[1]["body"]) == {"path": "/echo/z", "query": "q", "size": 4, "model": "z"}
+    assert json.loads(sent[1]["body"]) == {"path": "/echo/z", "query": "q", "size": 4, "model": "z",
+                                           "crc": zlib.crc32(b"abcd")}
 
 
 @pytest.mark.parametrize(("path", "root", "status", "seen"), [
@@ -210,3 +212,33 @@ def test_large_bodies_are_read_no_faster_than_their_rate_and_small_requests_pass
     assert b'"size":%d' % size in answer
     assert took > 2.0, f"24 MiB were read in {took:.2f} s: faster than 8 MiB/s"
     assert max(waits) < 0.5, f"small requests waited {waits}"
+
+
+@pytest.mark.parametrize("size", [1, 900, 5000, 64 * 1024, 64 * 1024 + 1, 300_000])
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_bodies_in_any_pieces_arrive_whole_and_the_next_request_is_read(port: int, size: int,
+                                                                          pieces: int) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    raw = (b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + body
+           + b"GET /echo/b HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    async def run() -> bytes:
+        server = HttpServer(make_app(1 << 20), "127.0.0.1", port)
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            step = -(-len(raw) // pieces)
+            for start in range(0, len(raw), step):  # the pieces arrive as separate reads
+                writer.write(raw[start:start + step])
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            data = b""
+            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+                data += await asyncio.wait_for(reader.read(65536), 5)
+            writer.close()
+            return data
+        finally:
+            await server.close(1)
+
+    answers = bodies(asyncio.run(run()))
+    assert [(a["model"], a["size"], a["crc"]) for a in answers] == [("a", size, zlib.crc32(body)), ("b", 0, 0)]

@@ -39,6 +39,7 @@ _LINGER_S = 2.0  # after a refusal, how long the rest of the client's request is
 _IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in reading its next request
 _FEED_STEP = 1024  # bytes parsed at a time while requests (not a body of known size) arrive:
 # at most ~30 of the smallest requests, so one read of pipelined requests stops near max_pipelined
+_KEEP_AS_READ = 64 * 1024  # a body with more than this left to come is kept as read, not parsed
 _CHUNKED_STEP = 64 * 1024  # the same for a chunked body (no request ends inside it unseen for long)
 
 
@@ -112,6 +113,7 @@ class _Connection(asyncio.Protocol):
         self._backlog: bytearray | None = None  # read but not parsed: max_pipelined requests wait
         self._backlog_due = False
         self._keep_alive = True  # the request being read allows another after it
+        self._kept = False  # the body being read bypasses the parser (see _take_body)
         self._large = 0  # bytes of a large body read in this turn (they spend the server's rate)
         self._throttled = False  # reading waits: large bodies came faster than large_body_rate
         self._reserved = 0  # budget bytes held by the request being read
@@ -170,7 +172,8 @@ class _Connection(asyncio.Protocol):
                 self._backlog = bytearray(data[offset:])
                 self._update_reading()
                 return
-            if self._phase == _BODY and self._counted and self._body is not None:
+            if (self._phase == _BODY and self._counted and self._body is not None
+                    and (self._kept or self._expected - self._body_size > _KEEP_AS_READ)):
                 offset += self._take_body(data, offset)
                 continue
             step = _FEED_STEP
@@ -203,11 +206,13 @@ class _Connection(asyncio.Protocol):
         whole = offset == 0 and len(piece) == len(data) and isinstance(data.obj, bytes)
         chunk = data.obj if whole else bytes(piece)
         assert self._body is not None and isinstance(chunk, bytes)
+        self._kept = True  # the parser saw none of it: the rest of this body is kept likewise
         self._body.append(chunk)
         self._body_size += len(chunk)
         if self._expected > self._limits.large_body_bytes:
             self._large += len(chunk)
         if self._body_size == self._expected:
+            self._kept = False
             self._parser = httptools.HttpRequestParser(self)
             self.on_message_complete()
         return len(chunk)
