@@ -120,7 +120,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: dict[str, str] = {}
         self._repeated: dict[str, list[str]] | None = None
-        self._header_count = self._head_bytes = 0
+        self._header_count = self._head_bytes = self._head_partial = 0
         self._counted = False  # reserved by Content-Length (else chunk by chunk)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -239,9 +239,11 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(error_response(400, f"malformed HTTP request: {exc}"))
         else:
-            if self._phase == _HEAD and not self._began_here:  # headers spread over reads
-                self._head_bytes += len(data)
-                if self._head_bytes > self._limits.max_header_bytes:
+            if self._phase == _HEAD and not self._began_here:  # headers spread over pieces
+                # bytes fed since the piece they began in are all head bytes: a header that never
+                # ends is refused by them (the parser reports a header only once it is complete)
+                self._head_partial += len(data)
+                if self._head_partial > self._limits.max_header_bytes:
                     self._refuse(error_response(
                         431, f"request headers are over {self._limits.max_header_bytes} bytes"))
 
@@ -250,7 +252,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._repeated = None
-        self._header_count = self._head_bytes = 0
+        self._header_count = self._head_bytes = self._head_partial = 0
         self._counted = False
         self._phase, self.phase_since = _HEAD, self.last_active  # the read that brought it
         self._began_here = True
