@@ -3,9 +3,12 @@ decoded, every other client is still answered promptly."""
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -21,6 +24,8 @@ class Model:
     def infer(self, inputs):
         return {"n": np.array([inputs["s"].size], dtype=np.int64)}
 '''
+
+LIMIT_S_PER_MIB = 0.001  # server CPU per MiB of body read: ~0.65 ms now, 1.2-1.5 ms when copied twice more
 
 COUNT_CONFIG = """
 backend = "python"
@@ -74,6 +79,7 @@ def test_gzip_bombs_under_the_offload_size_inflate_off_the_loop(tmp_path: Path) 
     write(tmp_path / "count/config.toml", COUNT_CONFIG)
     bomb = gzip.compress(b"\0" * (256 << 20), 9)  # under 256 KiB on the wire, 256 MiB inflated
     assert len(bomb) < 256 * 1024
+    bomb = bomb[:-4] + (1000).to_bytes(4, "little")  # its trailer lies (says 1000 bytes): inflated it is
     with serve(tmp_path) as server:
         answers: list[int] = []
 
@@ -97,3 +103,61 @@ def test_gzip_bombs_under_the_offload_size_inflate_off_the_loop(tmp_path: Path) 
         # median is robust to the odd preemption of a busy shared machine
         waits.sort()
         assert len(waits) > 5 and waits[len(waits) // 2] < 0.05, f"probes waited {waits}"
+
+
+def _server_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
+
+
+def test_abandoned_uploads_cost_the_server_one_copy_per_byte(tmp_path: Path) -> None:
+    """Clients that send 20 MiB of a declared 60 MB body and go away: the server reads every byte,
+    but keeps each read as it came. Appending the parser's copy of it to one growing buffer
+    re-copied that buffer as it grew (about twice the CPU per MiB; most of the loop's time under
+    this attack)."""
+    write(tmp_path / "count/1/model.py", COUNT_MODEL)
+    write(tmp_path / "count/config.toml", COUNT_CONFIG)
+    chunk = b"\0" * (1 << 20)
+    with serve(tmp_path) as server:
+        host, port = server.base.removeprefix("http://").split(":")
+
+        def abandon() -> None:
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(b"POST /v2/models/count/infer HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 60000000\r\n\r\n")
+                for _ in range(20):
+                    sock.sendall(chunk)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+
+        abandon()  # warm
+        before = _server_cpu_s(server.process.pid)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: abandon(), range(24)))
+        spent = _server_cpu_s(server.process.pid) - before
+        assert requests.get(f"{server.base}/v2/health/live", timeout=10).status_code == 200
+    mib = 24 * 20
+    print(f"CPU {spent:.3f} s for {mib} MiB: {1000 * spent / mib:.2f} ms/MiB")
+    assert spent / mib < LIMIT_S_PER_MIB, f"{spent:.2f} s of server CPU for {mib} MiB abandoned"
+
+
+def test_a_gzip_body_whose_trailer_passes_the_limit_is_refused_without_inflating(tmp_path: Path) -> None:
+    """gzip's trailer holds the inflated size mod 2**32, so the real size is at least that: a bomb
+    that says so is refused at once (an honest client's body is never refused by it)."""
+    import gzip
+
+    write(tmp_path / "count/1/model.py", COUNT_MODEL)
+    write(tmp_path / "count/config.toml", COUNT_CONFIG)
+    bomb = gzip.compress(b"\0" * (80 << 20), 9)
+    with serve(tmp_path, "--max-body-size", "64MiB") as server, requests.Session() as session:
+        url = f"{server.base}/v2/models/count/infer"
+        before = _server_cpu_s(server.process.pid)
+        for _ in range(10):
+            refused = session.post(url, data=bomb, headers={"Content-Encoding": "gzip"}, timeout=30)
+            assert refused.status_code == 413
+        spent = _server_cpu_s(server.process.pid) - before
+        assert f"inflates to at least {80 << 20} bytes" in refused.json()["error"]
+        # ten inflations to the 64 MiB limit cost about 1 s of CPU; reading ten 80 KB bodies, little
+        assert spent < 0.3, f"{spent:.2f} s of server CPU for ten refusals"
+        honest = orjson.dumps({"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]})
+        answer = session.post(url, data=gzip.compress(honest), headers={"Content-Encoding": "gzip"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["outputs"][0]["data"] == [2]

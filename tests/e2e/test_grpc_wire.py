@@ -561,3 +561,59 @@ def test_headers_again_on_an_open_call_reset_only_that_stream(server: RunningSer
     client.read_until(lambda: ok in client.ended)
     assert client.status(ok) == ("0", "")
     client.close()
+
+
+def test_a_small_gzip_bomb_inflates_off_the_loop(tmp_path: Path) -> None:
+    """Under 256 KiB on the wire but 256 MiB inflated: whether it inflates on a thread is decided
+    by what it may inflate to (the whole --max-body-size), not by its size on the wire; meanwhile
+    every other client is answered promptly."""
+    import gzip
+    import threading
+
+    import requests
+
+    write(tmp_path / "echo/1/model.py", MODELS["echo"])
+    write(tmp_path / "echo/config.toml", CONFIG)
+    bomb = gzip.compress(b"\0" * (256 << 20), 9)
+    assert len(bomb) < 256 * 1024
+    framed = b"\1" + struct.pack(">I", len(bomb)) + bomb
+    with serve(tmp_path, grpc=True) as running:
+        statuses: list[str] = []
+
+        def bombs() -> None:
+            for _ in range(6):
+                statuses.append(send_within_windows(Client(running), framed, (("grpc-encoding", "gzip"),)))
+
+        worker = threading.Thread(target=bombs)
+        worker.start()
+        waits: list[float] = []
+        with requests.Session() as session:
+            while worker.is_alive():
+                start = time.perf_counter()
+                assert session.get(f"{running.base}/v2/health/live", timeout=10).status_code == 200
+                waits.append(time.perf_counter() - start)
+        worker.join()
+        assert statuses == [str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] * 6
+        waits.sort()
+        # on the loop, each bomb held it ~0.5-0.8 s (64 MiB inflated): six probes that slow; two
+        # slow probes are left to a busy shared machine
+        assert len(waits) > 5 and waits[-3] < 0.3, f"the slowest probes waited {waits[-6:]}"
+        well_served(running)
+
+
+def send_within_windows(client: Client, framed: bytes, extra: tuple[tuple[str, str], ...]) -> str:
+    """One call whose message is larger than the flow-control windows: sent as the server opens
+    them; its grpc-status."""
+    stream = client.start(extra=extra)
+    sent = 0
+    while sent < len(framed):
+        client.read_until(lambda: client.conn.local_flow_control_window(stream) > 0)
+        size = min(client.conn.local_flow_control_window(stream), client.conn.max_outbound_frame_size,
+                   len(framed) - sent)
+        client.conn.send_data(stream, framed[sent:sent + size], end_stream=sent + size == len(framed))
+        client.flush()
+        sent += size
+    client.read_until(lambda: stream in client.ended or stream in client.reset, seconds=60)
+    status = client.status(stream)[0]
+    client.close()
+    return status

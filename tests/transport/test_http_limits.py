@@ -210,6 +210,16 @@ def test_request_line_and_headers_are_capped() -> None:
                 writer.write(b"b" * 100)
                 await asyncio.sleep(0.01)
             assert (await read_all(reader)).startswith(b"HTTP/1.1 431 ")
+            for pieces in (1, 3):  # under the limit, in one read or several: served, not counted twice
+                raw = b"GET /echo HTTP/1.1\r\n" + b"X-A: " + b"b" * 95 + b"\r\n" + (
+                    b"X-B: " + b"b" * 95 + b"\r\n") * 17 + b"Connection: close\r\n\r\n"
+                assert 1800 < len(raw) < 2000
+                reader, writer = await connect(server)
+                step = -(-len(raw) // pieces)
+                for start in range(0, len(raw), step):
+                    writer.write(raw[start:start + step])
+                    await asyncio.sleep(0.01)
+                assert (await read_all(reader)).startswith(b"HTTP/1.1 200 ")
 
     run(test)
 

@@ -37,7 +37,7 @@ from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.health import NativeHealth
 from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
-from inferd.transport.offload import off_loop
+from inferd.transport.offload import inflate_off_loop
 
 log = logging.getLogger("inferd.grpc")
 
@@ -56,6 +56,7 @@ _OK = h2.literal("grpc-status", "0")
 _STATUS_415 = h2.literal(":status", "415")
 _RESPONSE_HEADERS = h2.STATUS_200 + h2.literal("content-type", "application/grpc")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_MAX_DEFLATE_RATIO = 1032  # deflate's best case: one byte in, ~1032 out
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 Route = tuple[int, Callable[..., Any], type[Message]]
@@ -577,8 +578,10 @@ class _Connection(asyncio.Protocol):
         try:
             payload = memoryview(framed)[5:]
             if framed[0]:  # a large message inflates on a thread: the loop serves others meanwhile
-                payload = memoryview(await off_loop(len(payload), _inflate, call.encoding, framed[0], payload,
-                                                    self.server.max_message_bytes))
+                # (large by what it may inflate to: a small bomb is a big job)
+                limit = self.server.max_message_bytes
+                payload = memoryview(await inflate_off_loop(min(len(payload) * _MAX_DEFLATE_RATIO, limit),
+                                                            _inflate, call.encoding, framed[0], payload, limit))
             try:
                 request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
             except DecodeError:

@@ -18,7 +18,7 @@ import orjson
 
 from inferd.errors import InferdError, InvalidInput, PayloadTooLarge
 from inferd.transport.http.errors import status_for
-from inferd.transport.offload import off_loop
+from inferd.transport.offload import inflate_off_loop
 
 log = logging.getLogger("inferd.http")
 access_log = logging.getLogger("inferd.access")
@@ -164,7 +164,8 @@ class HttpApp:
             if encoding and encoding != "identity":
                 # the work is what it inflates to, not what came: a 250 KB gzip bomb is 256 MiB of zeros
                 inflated = min(len(request.body) * _MAX_DEFLATE_RATIO, self.max_body_bytes)
-                request.body = await off_loop(inflated, _decompress, request.body, encoding, self.max_body_bytes)
+                request.body = await inflate_off_loop(inflated, _decompress, request.body, encoding,
+                                                      self.max_body_bytes)
             return await route.handler(request)
         except InferdError as exc:
             status = status_for(exc.code)
@@ -265,6 +266,13 @@ def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
         raise InvalidInput(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    if encoding == "gzip" and len(body) >= 18:
+        # gzip's trailer gives the inflated size mod 2**32: the real size is at least that, so a
+        # trailer over the limit refuses the body without inflating any of it
+        said = int.from_bytes(body[-4:], "little")
+        if said > limit:
+            raise PayloadTooLarge(f"the gzip body inflates to at least {said} bytes (its trailer says so), "
+                                  f"over the limit of {limit} bytes (--max-body-size)")
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(bytes(body), limit + 1)

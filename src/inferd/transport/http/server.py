@@ -37,6 +37,10 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _REASONS[499] = b"Client Closed Request"
 _LINGER_S = 2.0  # after a refusal, how long the rest of the client's request is read and dropped
 _IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection is in reading its next request
+_FEED_STEP = 1024  # bytes parsed at a time while requests (not a body of known size) arrive:
+# at most ~30 of the smallest requests, so one read of pipelined requests stops near max_pipelined
+_KEEP_AS_READ = 64 * 1024  # a body with more than this left to come is kept as read, not parsed
+_CHUNKED_STEP = 64 * 1024  # the same for a chunked body (no request ends inside it unseen for long)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,10 @@ class HttpLimits:
     keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this
     write_buffer_bytes: int = 1024 * 1024  # unsent answers above this pause reading and answering
     max_pipelined: int = 64  # parsed requests a connection may queue before reading pauses
+    # bodies over large_body_bytes are read at most this fast, all connections together (reading
+    # costs the loop ~0.7 ms per MiB): uploads that are never finished cannot take it from others
+    large_body_bytes: int = 1024 * 1024
+    large_body_rate: float = 256 * 1024 * 1024  # bytes/s
 
 
 class _Refuse(Exception):
@@ -100,12 +108,19 @@ class _Connection(asyncio.Protocol):
         self.phase_since = self.last_active = time.monotonic()
         self._began_here = False
         self._request: HttpRequest | None = None  # the request being read, once its headers came
-        self._body: bytearray | None = None
+        self._body: list[bytes] | None = None  # its chunks, joined once it is complete
+        self._body_size = self._expected = 0
+        self._backlog: bytearray | None = None  # read but not parsed: max_pipelined requests wait
+        self._backlog_due = False
+        self._keep_alive = True  # the request being read allows another after it
+        self._kept = False  # the body being read bypasses the parser (see _take_body)
+        self._large = 0  # bytes of a large body read in this turn (they spend the server's rate)
+        self._throttled = False  # reading waits: large bodies came faster than large_body_rate
         self._reserved = 0  # budget bytes held by the request being read
         self._url = b""
         self._headers: dict[str, str] = {}
         self._repeated: dict[str, list[str]] | None = None
-        self._header_count = self._head_bytes = 0
+        self._header_count = self._head_bytes = self._head_partial = 0
         self._counted = False  # reserved by Content-Length (else chunk by chunk)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -122,7 +137,7 @@ class _Connection(asyncio.Protocol):
         self._budget.give(self._reserved + sum(job[3] for job in self._pending))
         self._pending.clear()
         self._reserved = 0
-        self._body = None
+        self._body = self._backlog = None
         self._request = None
         self._parser = None
         self._transport = None
@@ -140,6 +155,77 @@ class _Connection(asyncio.Protocol):
         if self._stopped or self._parser is None:
             return  # a refusal is on its way: the rest is dropped
         self.last_active = time.monotonic()
+        if self._backlog is not None:  # a read already under way when reading paused
+            self._backlog += data
+            return
+        self._feed(memoryview(data))
+
+    def _feed(self, data: memoryview) -> None:
+        """Parse ``data`` a step at a time: once ``max_pipelined`` requests wait, the rest waits
+        unparsed (with reading paused) until answers drain, so one read of pipelined requests
+        cannot hold the loop for all of them. A body with a known length goes in one step."""
+        offset, size = 0, len(data)
+        while offset < size:
+            if self._stopped or self._parser is None:
+                return
+            if len(self._pending) >= self._limits.max_pipelined:
+                self._backlog = bytearray(data[offset:])
+                self._update_reading()
+                return
+            if (self._phase == _BODY and self._counted and self._body is not None
+                    and (self._kept or self._expected - self._body_size > _KEEP_AS_READ)):
+                offset += self._take_body(data, offset)
+                continue
+            step = _FEED_STEP
+            if self._phase == _BODY:
+                step = max(_CHUNKED_STEP, self._expected - self._body_size) if self._counted else _CHUNKED_STEP
+            piece = data[offset:offset + step]
+            offset += len(piece)
+            self._parse(piece)
+        if self._large:
+            self._throttle()
+
+    def _throttle(self) -> None:
+        wait = self._server.large_body_wait(self._large)
+        self._large = 0
+        if wait > 0 and not self._throttled and self._server.loop is not None:
+            self._throttled = True
+            self._update_reading()
+            self._server.loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        self._update_reading()
+
+    def _take_body(self, data: memoryview, offset: int) -> int:
+        """The rest of a body of known length, kept as it came (a whole read is kept without a
+        copy) rather than fed through the parser, which would copy every byte once more; the
+        parser that read the headers is replaced by a fresh one for the next request."""
+        need = self._expected - self._body_size
+        piece = data[offset:offset + need]
+        whole = offset == 0 and len(piece) == len(data) and isinstance(data.obj, bytes)
+        chunk = data.obj if whole else bytes(piece)
+        assert self._body is not None and isinstance(chunk, bytes)
+        self._kept = True  # the parser saw none of it: the rest of this body is kept likewise
+        self._body.append(chunk)
+        self._body_size += len(chunk)
+        if self._expected > self._limits.large_body_bytes:
+            self._large += len(chunk)
+        if self._body_size == self._expected:
+            self._kept = False
+            self._parser = httptools.HttpRequestParser(self)
+            self.on_message_complete()
+        return len(chunk)
+
+    def _feed_backlog(self) -> None:
+        self._backlog_due = False
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None and not self._closed:
+            self._feed(memoryview(backlog))
+            self._update_reading()
+
+    def _parse(self, data: memoryview) -> None:
+        assert self._parser is not None
         self._began_here = False
         try:
             self._parser.feed_data(data)
@@ -153,9 +239,11 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(error_response(400, f"malformed HTTP request: {exc}"))
         else:
-            if self._phase == _HEAD and not self._began_here:  # headers spread over reads
-                self._head_bytes += len(data)
-                if self._head_bytes > self._limits.max_header_bytes:
+            if self._phase == _HEAD and not self._began_here:  # headers spread over pieces
+                # bytes fed since the piece they began in are all head bytes: a header that never
+                # ends is refused by them (the parser reports a header only once it is complete)
+                self._head_partial += len(data)
+                if self._head_partial > self._limits.max_header_bytes:
                     self._refuse(error_response(
                         431, f"request headers are over {self._limits.max_header_bytes} bytes"))
 
@@ -164,7 +252,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._repeated = None
-        self._header_count = self._head_bytes = 0
+        self._header_count = self._head_bytes = self._head_partial = 0
         self._counted = False
         self._phase, self.phase_since = _HEAD, self.last_active  # the read that brought it
         self._began_here = True
@@ -195,6 +283,7 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > self._limits.max_header_bytes:
             raise _Refuse(431, f"request headers are over {self._limits.max_header_bytes} bytes")
         self._phase, self.phase_since = _BODY, self.last_active
+        self._keep_alive = self._parser.should_keep_alive()
         headers = self._headers
         if self._repeated:
             for key, values in self._repeated.items():
@@ -205,7 +294,7 @@ class _Connection(asyncio.Protocol):
         request = self._request = HttpRequest(method, unquote(text) if "%" in text else text,
                                               query.decode("latin-1"), headers, bytearray(),
                                               disconnected=self._is_closed)
-        self._body = request.body
+        self._body, self._body_size = [], 0
         declared = headers.get("content-length")
         chunked = "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
         if not chunked and (declared is None or declared == "0"):
@@ -219,17 +308,23 @@ class _Connection(asyncio.Protocol):
         if size:
             self._take(size)
         self._counted = bool(size)
+        self._expected = size
         if headers.get("expect", "").lower() == "100-continue":
             self._continue_due = True
             self._send_continue()
 
     def on_body(self, body: bytes) -> None:
+        """Chunks are kept as they came and joined once: appending to one buffer reallocates and
+        copies it again and again as it grows (most of the loop's time under big uploads)."""
         if self._body is None:
             return
-        self._body += body
+        self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self._limits.large_body_bytes or self._expected > self._limits.large_body_bytes:
+            self._large += len(body)
         if self._counted:
             return
-        if len(self._body) > self._max_body:
+        if self._body_size > self._max_body:
             raise _Refuse(413, response=self._app.too_large())
         self._take(len(body))
 
@@ -240,7 +335,10 @@ class _Connection(asyncio.Protocol):
         self._continue_due = False
         if request is None:  # refused while reading
             return
-        keep_alive = self._parser.should_keep_alive() and not self._server.draining
+        keep_alive = self._keep_alive and not self._server.draining
+        chunks = self._body
+        if chunks:
+            request.body = bytearray(chunks[0]) if len(chunks) == 1 else bytearray().join(chunks)
         self._pending.append((request, None, keep_alive, self._reserved))
         self._request, self._body, self._reserved = None, None, 0
         if len(self._pending) >= self._limits.max_pipelined:
@@ -261,7 +359,8 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        want = self._stopped or not (self._write_paused or len(self._pending) >= self._limits.max_pipelined)
+        want = self._stopped or not (self._write_paused or self._backlog is not None or self._throttled
+                                     or len(self._pending) >= self._limits.max_pipelined)
         if want != self._reading:
             self._reading = want
             if want:
@@ -276,7 +375,12 @@ class _Connection(asyncio.Protocol):
             self._send_continue()
             return
         request, refusal, keep_alive, reserved = self._pending.popleft()
-        if not self._reading:
+        if self._backlog is not None:
+            if not self._backlog_due and len(self._pending) < self._limits.max_pipelined:
+                self._backlog_due = True  # parsed on the loop's next turn, not inside this callback
+                assert self._server.loop is not None
+                self._server.loop.call_soon(self._feed_backlog)
+        elif not self._reading:
             self._update_reading()
         if refusal is not None:
             self._write(refusal, False)
@@ -448,6 +552,17 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start(); connections exist only after
+        self._large_allowance = float(self.limits.large_body_bytes)  # a token bucket of large-body bytes
+        self._large_clock = time.monotonic()
+
+    def large_body_wait(self, size: int) -> float:
+        """Spend ``size`` bytes of large bodies; how long the reader should wait before reading on."""
+        now = time.monotonic()
+        rate = self.limits.large_body_rate
+        self._large_allowance = min(self._large_allowance + (now - self._large_clock) * rate,
+                                    float(self.limits.large_body_bytes)) - size
+        self._large_clock = now
+        return -self._large_allowance / rate if self._large_allowance < 0 else 0.0
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
