@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -117,7 +117,8 @@ class RayMetricsBridge:
     def _metric(self, family: Metric, labels: dict[str, str], bounds: Sequence[float] = ()) -> Any:
         found = self._ray.get(family.name)
         if found is None:
-            keys = tuple(sorted(labels))
+            # Ray annotates tag_keys as tuple[str], a one-element tuple, but takes any number of keys
+            keys = cast("tuple[str]", tuple(sorted(labels)))
             if family.type == "counter":
                 found = serve_metrics.Counter(family.name, family.documentation, tag_keys=keys)
             elif family.type == "gauge":
