@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,9 @@ def test_a_start_removes_what_a_killed_server_left(repo: Path, tmp_path: Path, m
         with serve(repo, "--model-control", "explicit") as server:
             assert not folder.exists() and not shm.exists()
             assert mine.exists()
-            assert "removed 2 folder(s) and shared-memory file(s)" in server.log()
+            # the folder is in this test's TMPDIR; the shared-memory file may be swept by a server
+            # another test worker starts meanwhile (/dev/shm is the machine's)
+            assert re.search(r"removed [12] folder\(s\) and shared-memory file\(s\)", server.log())
             assert requests.post(f"{server.base}/v2/repository/models/slow/load", timeout=120).status_code == 200
             server.process.kill()  # SIGKILL: nothing of the server runs
             server.process.wait()
