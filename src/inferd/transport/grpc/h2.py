@@ -8,6 +8,7 @@ table (literal, never indexed), so nothing about the peer's table size needs tra
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 
@@ -47,6 +48,14 @@ class ConnectionError_(Exception):
         self.code = code
 
 
+class StreamError(Exception):
+    """The peer broke the protocol on one stream: that stream is reset with ``code``."""
+
+    def __init__(self, message: str, code: int = PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     size = len(payload)
     return _HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
@@ -65,7 +74,16 @@ def settings(values: dict[int, int]) -> bytes:
 def parse_settings(payload: bytes) -> dict[int, int]:
     if len(payload) % 6:
         raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS payload is not a multiple of 6 bytes")
-    return dict(struct.iter_unpack(">HI", payload))
+    values = dict(struct.iter_unpack(">HI", payload))
+    if values.get(ENABLE_PUSH, 0) > 1:
+        raise ConnectionError_(PROTOCOL_ERROR, f"ENABLE_PUSH {values[ENABLE_PUSH]}, expected 0 or 1")
+    window = values.get(INITIAL_WINDOW_SIZE, 0)
+    if window > MAX_WINDOW:
+        raise ConnectionError_(FLOW_CONTROL_ERROR, f"INITIAL_WINDOW_SIZE {window} above 2^31-1")
+    frame_size = values.get(MAX_FRAME_SIZE, DEFAULT_FRAME_SIZE)
+    if not DEFAULT_FRAME_SIZE <= frame_size < 1 << 24:
+        raise ConnectionError_(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {frame_size}, expected 2^14 to 2^24-1")
+    return values
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
@@ -86,6 +104,54 @@ def unpadded(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1:len(payload) - payload[0]]
+
+
+# -- request fields (RFC 9113 §8.2, §8.3) -----------------------------------------------------
+
+_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":path", ":authority"})
+_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+_BAD_NAME = re.compile("[^!-9;-@[-~]|^$")  # controls, space, ':', uppercase, DEL and above; or empty
+_CHECKED: set[str] = set()  # regular names already found well formed: the same few come on every call
+
+
+def request_fields(fields: list[tuple[str, str]], wanted: frozenset[str]) -> dict[str, str]:
+    """A request's pseudo-headers and its ``wanted`` regular fields. StreamError when RFC 9113
+    calls the request malformed: an unknown, repeated or late pseudo-header, a field name with
+    uppercase or other characters HTTP/2 forbids, a connection-specific field, ``te`` other than
+    ``trailers``, or no ``:method``, ``:scheme`` or ``:path``."""
+    chosen: dict[str, str] = {}
+    regular = False
+    for name, value in fields:
+        if name in _CHECKED:
+            regular = True
+            if name in wanted:
+                chosen[name] = value
+            continue
+        if name[:1] == ":":
+            if regular:
+                raise StreamError(f"pseudo-header {name} after a regular field")
+            if name not in _REQUEST_PSEUDO:
+                raise StreamError(f"pseudo-header {name} in a request")
+            if name in chosen:
+                raise StreamError(f"pseudo-header {name} twice")
+            chosen[name] = value
+            continue
+        regular = True
+        if _BAD_NAME.search(name):
+            raise StreamError(f"field name {name!r}: lowercase letters, digits and !#$%&'*+-.^_`|~ expected")
+        if name in _CONNECTION_SPECIFIC:
+            raise StreamError(f"connection-specific field {name!r} in HTTP/2")
+        if name == "te":
+            if value != "trailers":
+                raise StreamError(f"te: {value!r}, only 'trailers' allowed in HTTP/2")
+        elif len(_CHECKED) < 1024:
+            _CHECKED.add(name)
+        if name in wanted:
+            chosen[name] = value
+    for name in (":method", ":scheme", ":path"):
+        if not chosen.get(name):
+            raise StreamError(f"request without {name}")
+    return chosen
 
 
 # -- HPACK --------------------------------------------------------------------------------------
