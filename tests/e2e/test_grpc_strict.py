@@ -188,6 +188,7 @@ CONNECTION_ERRORS = [
     pytest.param(frame(7, 1, b"\0" * 8), PROTOCOL_ERROR, id="GOAWAY on a stream"),
     pytest.param(frame(0, 9, b"\0" * 5), PROTOCOL_ERROR, id="DATA on an idle stream"),
     pytest.param(frame(9, 1, b"", flags=4), PROTOCOL_ERROR, id="CONTINUATION without HEADERS"),
+    pytest.param(frame(0, 1, b"\x06Test", flags=8), PROTOCOL_ERROR, id="DATA padded past its end"),
 ]
 
 
@@ -221,6 +222,7 @@ def test_continuation_after_a_complete_header_block_ends_the_connection(server: 
     pytest.param(frame(8, 1, b"\0\0\0\0"), PROTOCOL_ERROR, id="WINDOW_UPDATE of 0"),
     pytest.param(frame(8, 1, struct.pack(">I", 2**31 - 1)), FLOW_CONTROL_ERROR, id="window past 2^31-1"),
     pytest.param(frame(0, 1, b"\0" * 5), STREAM_CLOSED, id="DATA after END_STREAM"),
+    pytest.param(frame(2, 1, b"\0\0\0\1\xff"), PROTOCOL_ERROR, id="PRIORITY on itself"),
 ])
 def test_a_broken_frame_on_a_call_resets_only_that_call(server: RunningServer, bad: bytes, code: int) -> None:
     raw = Raw(server)
@@ -230,6 +232,26 @@ def test_a_broken_frame_on_a_call_resets_only_that_call(server: RunningServer, b
     raw.send(raw.headers(3, GRPC_FIELDS, end=False), DataFrame(3, request("echo", np.ones(2)), flags=["END_STREAM"]))
     raw.ended(3)
     assert raw.fields(3)["grpc-status"] == "0"
+    raw.close()
+
+
+def test_headers_depending_on_their_own_stream_reset_it(server: RunningServer) -> None:
+    raw = Raw(server)
+    block = raw.encoder.encode(GRPC_FIELDS, huffman=False)
+    raw.send(frame(1, 1, b"\0\0\0\1\xff" + block, flags=0x4 | 0x20))  # END_HEADERS, PRIORITY on stream 1
+    assert raw.reset(1) == PROTOCOL_ERROR
+    raw.send(raw.headers(3, GRPC_FIELDS, end=False), DataFrame(3, request("echo", np.ones(2)), flags=["END_STREAM"]))
+    raw.ended(3)  # the HPACK table followed the reset block: the next call decodes
+    assert raw.fields(3)["grpc-status"] == "0"
+    raw.close()
+
+
+def test_data_after_the_clients_own_reset_is_stream_closed(server: RunningServer) -> None:
+    """A refused call (405) was reset by the server; once the client resets it too, it knows the
+    stream is closed, and DATA on it is an error rather than a late frame."""
+    raw = Raw(server)
+    raw.send(raw.headers(1, replaced(":method", "PUT"), end=False), RstStreamFrame(1, 8), DataFrame(1, b"test"))
+    raw.until(lambda f: isinstance(f, RstStreamFrame) and f.error_code == STREAM_CLOSED)
     raw.close()
 
 

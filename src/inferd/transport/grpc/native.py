@@ -65,6 +65,8 @@ _RESPONSE_HEADERS = h2.STATUS_200 + _GRPC
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
+_ON_ITSELF = 0x100  # (beyond a frame's flags) a HEADERS frame whose stream depends on itself
+
 Route = tuple[int, Callable[..., Any], type[Message]]
 
 
@@ -360,6 +362,8 @@ class _Connection(asyncio.Protocol):
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
             block = h2.unpadded(flags, payload)
             if flags & h2.PRIORITY_FLAG:
+                if int.from_bytes(block[:4], "big") & 0x7FFF_FFFF == stream_id:
+                    flags |= _ON_ITSELF  # RFC 9113 §5.3.1: reset once its block is read
                 block = block[5:]
             if len(block) > MAX_HEADER_BLOCK:
                 raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
@@ -395,9 +399,9 @@ class _Connection(asyncio.Protocol):
         elif kind == h2.PRIORITY:  # read and ignored: answers go out as their windows allow
             if stream_id == 0:
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
+            if len(payload) != 5 or int.from_bytes(payload[:4], "big") & 0x7FFF_FFFF == stream_id:
                 self._chatter()
-                self._reset(stream_id, h2.FRAME_SIZE_ERROR)
+                self._reset(stream_id, h2.FRAME_SIZE_ERROR if len(payload) != 5 else h2.PROTOCOL_ERROR)
         elif kind == h2.GOAWAY:  # the client closes when it is done
             if stream_id:
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"GOAWAY on stream {stream_id}")
@@ -438,6 +442,7 @@ class _Connection(asyncio.Protocol):
         if len(payload) != 4:
             raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "RST_STREAM of other than 4 bytes")
         self._chatter()
+        self.reset_ids.pop(stream_id, None)  # the client knows the stream is closed: more frames on it are errors
         call = self.calls.get(stream_id)
         if call is not None:
             self._cut(call)
@@ -492,6 +497,10 @@ class _Connection(asyncio.Protocol):
 
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
         headers = self.decoder.decode(block)  # always: the table must follow every block
+        if flags & _ON_ITSELF:
+            self.last_id = max(self.last_id, stream_id)
+            self._reset(stream_id, h2.PROTOCOL_ERROR)
+            return
         call = self.calls.get(stream_id)
         if call is not None:  # the client's trailers end its side; anything else breaks the stream
             if call.ended or not flags & h2.END_STREAM:
@@ -596,6 +605,7 @@ class _Connection(asyncio.Protocol):
             self.received = 0
         if not payload and not flags & h2.END_STREAM:
             self._chatter()  # an empty frame asks for work and brings nothing
+        data = h2.unpadded(flags, payload)  # (bad padding is a connection error on any stream)
         call = self.calls.get(stream_id)
         if call is None:
             if stream_id > self.last_id:
@@ -612,7 +622,7 @@ class _Connection(asyncio.Protocol):
         if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
             self._reset(call.id, h2.FLOW_CONTROL_ERROR)
             return
-        self._received(call, h2.unpadded(flags, payload), bool(flags & h2.END_STREAM))
+        self._received(call, data, bool(flags & h2.END_STREAM))
 
     def _received(self, call: _Call, data: bytes, end: bool) -> None:
         route = call.route
