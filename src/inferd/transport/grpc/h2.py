@@ -108,50 +108,59 @@ def unpadded(flags: int, payload: bytes) -> bytes:
 
 # -- request fields (RFC 9113 §8.2, §8.3) -----------------------------------------------------
 
-_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":path", ":authority"})
 _CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 _BAD_NAME = re.compile("[^!-9;-@[-~]|^$")  # controls, space, ':', uppercase, DEL and above; or empty
-_CHECKED: set[str] = set()  # regular names already found well formed: the same few come on every call
+_PSEUDO, _KEPT, _TE, _FINE = range(4)
+# what each field name seen so far is: one dict look-up a field on the hot path (the same few names
+# come on every call); names first seen are checked, then remembered (a bounded number of them)
+_NAMES: dict[str, int] = {":method": _PSEUDO, ":scheme": _PSEUDO, ":path": _PSEUDO, ":authority": _PSEUDO,
+                          "te": _TE, "content-type": _KEPT, "grpc-timeout": _KEPT, "grpc-encoding": _KEPT}
 
 
-def request_fields(fields: list[tuple[str, str]], wanted: frozenset[str]) -> dict[str, str]:
-    """A request's pseudo-headers and its ``wanted`` regular fields. StreamError when RFC 9113
-    calls the request malformed: an unknown, repeated or late pseudo-header, a field name with
-    uppercase or other characters HTTP/2 forbids, a connection-specific field, ``te`` other than
-    ``trailers``, or no ``:method``, ``:scheme`` or ``:path``."""
+def request_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
+    """A request's pseudo-headers, ``te``, ``content-type``, ``grpc-timeout`` and ``grpc-encoding``.
+    StreamError when RFC 9113 calls the request malformed: an unknown, repeated or late
+    pseudo-header, a field name with uppercase or other characters HTTP/2 forbids, a
+    connection-specific field, ``te`` other than ``trailers``, or no ``:method``, ``:scheme`` or
+    ``:path``."""
     chosen: dict[str, str] = {}
     regular = False
+    kind_of = _NAMES.get
     for name, value in fields:
-        if name in _CHECKED:
-            regular = True
-            if name in wanted:
-                chosen[name] = value
-            continue
-        if name[:1] == ":":
-            if regular:
-                raise StreamError(f"pseudo-header {name} after a regular field")
-            if name not in _REQUEST_PSEUDO:
-                raise StreamError(f"pseudo-header {name} in a request")
-            if name in chosen:
-                raise StreamError(f"pseudo-header {name} twice")
+        kind = kind_of(name)
+        if kind == _PSEUDO:
+            if regular or name in chosen:
+                raise StreamError(f"pseudo-header {name} {'after a regular field' if regular else 'twice'}")
             chosen[name] = value
             continue
         regular = True
-        if _BAD_NAME.search(name):
-            raise StreamError(f"field name {name!r}: lowercase letters, digits and !#$%&'*+-.^_`|~ expected")
-        if name in _CONNECTION_SPECIFIC:
-            raise StreamError(f"connection-specific field {name!r} in HTTP/2")
-        if name == "te":
+        if kind == _FINE:
+            continue
+        if kind == _KEPT:
+            chosen[name] = value
+        elif kind == _TE:
             if value != "trailers":
                 raise StreamError(f"te: {value!r}, only 'trailers' allowed in HTTP/2")
-        elif len(_CHECKED) < 1024:
-            _CHECKED.add(name)
-        if name in wanted:
             chosen[name] = value
-    for name in (":method", ":scheme", ":path"):
-        if not chosen.get(name):
-            raise StreamError(f"request without {name}")
+        else:
+            _checked(name)
+    if not (chosen.get(":method") and chosen.get(":scheme") and chosen.get(":path")):
+        missing = [name for name in (":method", ":scheme", ":path") if not chosen.get(name)]
+        raise StreamError(f"request without {', '.join(missing)}")
     return chosen
+
+
+def _checked(name: str) -> int:
+    """A field name not seen before: StreamError, or _FINE (remembered while there is room)."""
+    if name[:1] == ":":
+        raise StreamError(f"pseudo-header {name} in a request")
+    if _BAD_NAME.search(name):
+        raise StreamError(f"field name {name!r}: lowercase letters, digits and !#$%&'*+-.^_`|~ expected")
+    if name in _CONNECTION_SPECIFIC:
+        raise StreamError(f"connection-specific field {name!r} in HTTP/2")
+    if len(_NAMES) < 1024:
+        _NAMES[name] = _FINE
+    return _FINE
 
 
 # -- HPACK --------------------------------------------------------------------------------------
