@@ -82,6 +82,8 @@ def test_monitoring_channel_arguments_and_refused_flags(tmp_path: Path) -> None:
     assert chosen.metrics_paths == ("/metrics", "/monitoring/prometheus/metrics")
     assert chosen.grpc_options == (("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb"))
     assert chosen.grpc_socket_path == "/tmp/x.sock"
+    assert chosen.grpc_server == "inferd"
+    assert settings(f"--model_base_path={tmp_path}", "--grpc-server=grpcio").grpc_server == "grpcio"
     with pytest.raises(ConfigError, match="--prefer_tflite_model=true is not supported"):
         settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=true")
     assert settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=false").model_sources

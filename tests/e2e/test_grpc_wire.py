@@ -214,7 +214,7 @@ def test_a_client_that_never_reads_holds_bounded_memory(server: RunningServer) -
     for _ in range(200):  # 160 MB of answers asked for, none readable
         stream = conn.get_next_available_stream_id()
         conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
-                                   (":authority", "inferd"), ("content-type", "application/grpc")])
+                                   (":authority", "inferd"), ("content-type", "application/grpc"), ("te", "trailers")])
         conn.send_data(stream, body, end_stream=True)
         sock.sendall(conn.data_to_send())
     time.sleep(1.0)
@@ -305,7 +305,9 @@ def test_a_non_grpc_content_type_gets_a_well_formed_415(server: RunningServer) -
                                       (":authority", "inferd"), ("content-type", "text/plain")], end_stream=True)
     client.flush()
     client.read_until(lambda: stream in client.ended)  # h2 rejects a response without :status
-    assert dict(client.headers[stream])[b":status"] == b"415"
+    fields = dict(client.headers[stream])
+    assert fields[b":status"] == b"415" and fields[b"content-type"].startswith(b"text/plain")
+    assert b"content-type application/grpc expected, got text/plain" in client.data[stream]
     client.close()
 
 
@@ -412,7 +414,8 @@ def test_padding_priority_and_window_changes_mid_answer(server: RunningServer) -
     client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     stream = client.conn.get_next_available_stream_id()
     client.conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
-                                      (":authority", "inferd"), ("content-type", "application/grpc")],
+                                      (":authority", "inferd"), ("content-type", "application/grpc"),
+                                      ("te", "trailers")],
                              priority_weight=200, priority_depends_on=0, priority_exclusive=False)
     body = request("grow", np.arange(3))
     client.conn.send_data(stream, body[:7], pad_length=40)
@@ -529,7 +532,7 @@ def test_a_client_with_wide_windows_that_never_reads_holds_bounded_memory(server
     for _ in range(400):  # 320 MB of answers asked for in one go, none read
         stream = conn.get_next_available_stream_id()
         conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
-                                   (":authority", "inferd"), ("content-type", "application/grpc")])
+                                   (":authority", "inferd"), ("content-type", "application/grpc"), ("te", "trailers")])
         conn.send_data(stream, body, end_stream=True)
     sock.sendall(conn.data_to_send())
     time.sleep(4.0)

@@ -156,6 +156,17 @@ def test_models_config_with_policy_labels_and_reload(models: Path, tmp_path: Pat
         assert "model config not applied" in "".join(server.lines)
 
 
+@pytest.mark.parametrize("kind", ["inferd", "grpcio"])
+def test_grpc_server_switch(models: Path, kind: str) -> None:
+    """--grpc-server as `inferd serve` has it: grpcio's server takes the channel argument inferd's
+    own server names as having no effect; both answer Predict."""
+    with tfserving(f"--model_base_path={models / 'half_plus_two_tf2'}", f"--grpc-server={kind}",
+                   "--grpc_channel_arguments=grpc.keepalive_time_ms=60000") as server:
+        assert predict(server.stub(), "default", 2.0) == (3.0, 9)
+        ignored = "grpc.keepalive_time_ms has no effect on inferd's gRPC server" in "".join(server.lines)
+        assert ignored == (kind == "inferd")
+
+
 def test_bad_files_and_flags_are_clear_errors(tmp_path: Path, models: Path) -> None:
     bad = tmp_path / "bad.config"
     bad.write_text("improperly formatted file")

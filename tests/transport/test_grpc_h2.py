@@ -49,3 +49,33 @@ def test_the_huffman_cache_keeps_only_short_values() -> None:
     kept = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert kept < 256 << 10, f"the decoder kept {kept} bytes"
+
+
+GRPC = [(":method", "POST"), (":scheme", "http"), (":path", "/a/B"), (":authority", "x"), ("te", "trailers"),
+        ("content-type", "application/grpc"), ("x-meta", "1"), ("grpc-timeout", "5S")]
+
+
+def test_request_fields_picks_what_the_server_reads() -> None:
+    for _ in range(2):  # the second time every name is known
+        assert h2.request_fields(GRPC) == {":method": "POST", ":scheme": "http", ":path": "/a/B", ":authority": "x",
+                                           "te": "trailers", "content-type": "application/grpc",
+                                           "grpc-timeout": "5S"}
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ([*GRPC, ("X-Meta", "1")], "field name 'X-Meta'"),
+    ([*GRPC, ("x meta", "1")], "field name 'x meta'"),
+    ([*GRPC, ("", "1")], "field name ''"),
+    ([*GRPC, ("upgrade", "h2c")], "connection-specific field 'upgrade'"),
+    ([*GRPC[:4], ("te", "gzip")], "te: 'gzip'"),
+    ([*GRPC, (":path", "/again")], "pseudo-header :path after a regular field"),
+    ([(":path", "/"), *GRPC], "pseudo-header :path twice"),
+    ([(":protocol", "websocket"), *GRPC], "pseudo-header :protocol in a request"),
+    (GRPC[1:], "request without :method"),
+    ([GRPC[0], (":path", ""), *GRPC[3:]], "request without :scheme, :path"),
+])
+def test_request_fields_refuses_what_rfc_9113_calls_malformed(fields: list[tuple[str, str]], message: str) -> None:
+    for _ in range(2):  # a bad name is never remembered as good
+        with pytest.raises(h2.StreamError, match=message) as error:
+            h2.request_fields(fields)
+        assert error.value.code == h2.PROTOCOL_ERROR

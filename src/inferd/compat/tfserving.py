@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     flags.add_argument("--batching_parameters_file", default="")
     flags.add_argument("--monitoring_config_file", default="")
     flags.add_argument("--grpc_channel_arguments", default="", help="name=value,... for the gRPC server")
+    flags.add_argument("--grpc-server", choices=("inferd", "grpcio"), default="inferd",
+                       help="inferd's: inferd: HTTP/2 on the event loop (fast); grpcio: grpcio's threaded server "
+                            "(takes every --grpc_channel_arguments argument)")
     flags.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name in IGNORED:
         flags.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
@@ -114,7 +117,8 @@ def settings_from_flags(args: argparse.Namespace) -> ServerSettings:
         log_level=args.log_level, model_sources=sources, model_config_file=config_file,
         model_config_poll=float(max(args.model_config_file_poll_wait_seconds, 0)), batching=batching,
         metrics_paths=metrics, grpc_socket_path=args.grpc_socket_path or None,
-        grpc_options=grpc_channel_arguments(args.grpc_channel_arguments), listen_after_load=True)
+        grpc_options=grpc_channel_arguments(args.grpc_channel_arguments), grpc_server=args.grpc_server,
+        listen_after_load=True)
 
 
 def _parse(path: Path, message: M, what: str) -> M:

@@ -8,6 +8,7 @@ table (literal, never indexed), so nothing about the peer's table size needs tra
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 
@@ -47,6 +48,14 @@ class ConnectionError_(Exception):
         self.code = code
 
 
+class StreamError(Exception):
+    """The peer broke the protocol on one stream: that stream is reset with ``code``."""
+
+    def __init__(self, message: str, code: int = PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     size = len(payload)
     return _HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
@@ -65,7 +74,16 @@ def settings(values: dict[int, int]) -> bytes:
 def parse_settings(payload: bytes) -> dict[int, int]:
     if len(payload) % 6:
         raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS payload is not a multiple of 6 bytes")
-    return dict(struct.iter_unpack(">HI", payload))
+    values = dict(struct.iter_unpack(">HI", payload))
+    if values.get(ENABLE_PUSH, 0) > 1:
+        raise ConnectionError_(PROTOCOL_ERROR, f"ENABLE_PUSH {values[ENABLE_PUSH]}, expected 0 or 1")
+    window = values.get(INITIAL_WINDOW_SIZE, 0)
+    if window > MAX_WINDOW:
+        raise ConnectionError_(FLOW_CONTROL_ERROR, f"INITIAL_WINDOW_SIZE {window} above 2^31-1")
+    frame_size = values.get(MAX_FRAME_SIZE, DEFAULT_FRAME_SIZE)
+    if not DEFAULT_FRAME_SIZE <= frame_size < 1 << 24:
+        raise ConnectionError_(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {frame_size}, expected 2^14 to 2^24-1")
+    return values
 
 
 def window_update(stream_id: int, increment: int) -> bytes:
@@ -86,6 +104,63 @@ def unpadded(flags: int, payload: bytes) -> bytes:
     if not payload or payload[0] >= len(payload):
         raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1:len(payload) - payload[0]]
+
+
+# -- request fields (RFC 9113 §8.2, §8.3) -----------------------------------------------------
+
+_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+_BAD_NAME = re.compile("[^!-9;-@[-~]|^$")  # controls, space, ':', uppercase, DEL and above; or empty
+_PSEUDO, _KEPT, _TE, _FINE = range(4)
+# what each field name seen so far is: one dict look-up a field on the hot path (the same few names
+# come on every call); names first seen are checked, then remembered (a bounded number of them)
+_NAMES: dict[str, int] = {":method": _PSEUDO, ":scheme": _PSEUDO, ":path": _PSEUDO, ":authority": _PSEUDO,
+                          "te": _TE, "content-type": _KEPT, "grpc-timeout": _KEPT, "grpc-encoding": _KEPT}
+
+
+def request_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
+    """A request's pseudo-headers, ``te``, ``content-type``, ``grpc-timeout`` and ``grpc-encoding``.
+    StreamError when RFC 9113 calls the request malformed: an unknown, repeated or late
+    pseudo-header, a field name with uppercase or other characters HTTP/2 forbids, a
+    connection-specific field, ``te`` other than ``trailers``, or no ``:method``, ``:scheme`` or
+    ``:path``."""
+    chosen: dict[str, str] = {}
+    regular = False
+    kind_of = _NAMES.get
+    for name, value in fields:
+        kind = kind_of(name)
+        if kind == _PSEUDO:
+            if regular or name in chosen:
+                raise StreamError(f"pseudo-header {name} {'after a regular field' if regular else 'twice'}")
+            chosen[name] = value
+            continue
+        regular = True
+        if kind == _FINE:
+            continue
+        if kind == _KEPT:
+            chosen[name] = value
+        elif kind == _TE:
+            if value != "trailers":
+                raise StreamError(f"te: {value!r}, only 'trailers' allowed in HTTP/2")
+            chosen[name] = value
+        else:
+            _checked(name)
+    if not (chosen.get(":method") and chosen.get(":scheme") and chosen.get(":path")):
+        missing = [name for name in (":method", ":scheme", ":path") if not chosen.get(name)]
+        raise StreamError(f"request without {', '.join(missing)}")
+    return chosen
+
+
+def _checked(name: str) -> int:
+    """A field name not seen before: StreamError, or _FINE (remembered while there is room)."""
+    if name[:1] == ":":
+        raise StreamError(f"pseudo-header {name} in a request")
+    if _BAD_NAME.search(name):
+        raise StreamError(f"field name {name!r}: lowercase letters, digits and !#$%&'*+-.^_`|~ expected")
+    if name in _CONNECTION_SPECIFIC:
+        raise StreamError(f"connection-specific field {name!r} in HTTP/2")
+    if len(_NAMES) < 1024:
+        _NAMES[name] = _FINE
+    return _FINE
 
 
 # -- HPACK --------------------------------------------------------------------------------------

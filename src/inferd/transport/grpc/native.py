@@ -50,14 +50,22 @@ STREAM_INFLIGHT = 64  # requests of one stream running at once; then its message
 STREAM_BUFFER = 4 << 20  # answer bytes of one stream waiting for a slow client; then its models wait
 CONNECTION_BUFFER = 64 << 20  # answer bytes of one connection waiting for its windows; then new calls are refused
 HANDSHAKE_S = 10.0
+CHATTER = 1000  # frames that ask for work and carry no call (PING, SETTINGS, RST_STREAM, empty DATA, ...)
+CHATTER_S = 1.0  # ... in this many seconds: then the connection ends with ENHANCE_YOUR_CALM
+REMEMBERED_RESETS = 256  # streams the server reset whose late frames are ignored
 
 UNARY, STREAM = 0, 1
 _OK = h2.literal("grpc-status", "0")
 _STATUS_415 = h2.literal(":status", "415")
-_RESPONSE_HEADERS = h2.STATUS_200 + h2.literal("content-type", "application/grpc")
+_STATUS_405 = h2.literal(":status", "405")
+_PLAIN = h2.literal("content-type", "text/plain; charset=utf-8")
+_GRPC = h2.literal("content-type", "application/grpc")
+_RESPONSE_HEADERS = h2.STATUS_200 + _GRPC
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _MAX_DEFLATE_RATIO = 1032  # deflate's best case: one byte in, ~1032 out
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+_ON_ITSELF = 0x100  # (beyond a frame's flags) a HEADERS frame whose stream depends on itself
 
 Route = tuple[int, Callable[..., Any], type[Message]]
 
@@ -200,6 +208,12 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.active_at = time.monotonic()  # when a call last started or ended
         self.discarding = False  # closing: what the client still sends is dropped
+        self.chatter = 0  # frames of CHATTER counted since chatter_since
+        self.chatter_since = time.monotonic()
+        self.reset_ids: dict[int, None] = {}  # streams the server reset (oldest first): late frames are dropped
+        self.eof = False  # the client shut its side of the socket: close once the calls are answered
+        self.last_request: list[tuple[str, str]] = []  # the last well-formed request's fields ...
+        self.last_fields: dict[str, str] = {}  # ... and what request_fields found in them
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -234,6 +248,17 @@ class _Connection(asyncio.Protocol):
             self.writable.set_result(None)
         self.out.clear()
         self.queued = 0
+
+    def eof_received(self) -> bool:
+        """The client sent FIN (a half-close): it sends nothing more but may still read. The calls
+        it completed are answered; one it left halfway cannot end and is cut. Then we close."""
+        self.eof = True
+        for call in list(self.calls.values()):
+            if not call.ended:
+                self._cut(call)
+        if not self.calls:
+            self.loop.call_soon(self._close)
+        return True  # keep the socket open for the answers
 
     def pause_writing(self) -> None:
         """The client does not read: read nothing more from it until it does."""
@@ -339,6 +364,8 @@ class _Connection(asyncio.Protocol):
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
             block = h2.unpadded(flags, payload)
             if flags & h2.PRIORITY_FLAG:
+                if int.from_bytes(block[:4], "big") & 0x7FFF_FFFF == stream_id:
+                    flags |= _ON_ITSELF  # RFC 9113 §5.3.1: reset once its block is read
                 block = block[5:]
             if len(block) > MAX_HEADER_BLOCK:
                 raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
@@ -349,6 +376,8 @@ class _Connection(asyncio.Protocol):
         elif kind == h2.CONTINUATION:
             if self.block is None or self.block[0] != stream_id:
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+            if not payload and not flags & h2.END_HEADERS:
+                self._chatter()
             self.block[2].extend(payload)
             if len(self.block[2]) > MAX_HEADER_BLOCK:
                 raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_BLOCK} bytes")
@@ -356,40 +385,90 @@ class _Connection(asyncio.Protocol):
                 first, self.block = self.block, None
                 self._headers(stream_id, first[1], bytes(first[2]))
         elif kind == h2.RST_STREAM:
-            call = self.calls.get(stream_id)
-            if call is not None:
-                self._cut(call)
+            self._rst_stream(stream_id, payload)
         elif kind == h2.SETTINGS:
             self._settings(flags, stream_id, payload)
         elif kind == h2.PING:
+            if stream_id:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"PING on stream {stream_id}")
             if len(payload) != 8:
                 raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "PING of other than 8 bytes")
             if not flags & h2.ACK:
+                self._chatter()
                 self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
         elif kind == h2.WINDOW_UPDATE:
             self._window_update(stream_id, payload)
+        elif kind == h2.PRIORITY:  # read and ignored: answers go out as their windows allow
+            if stream_id == 0:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5 or int.from_bytes(payload[:4], "big") & 0x7FFF_FFFF == stream_id:
+                self._chatter()
+                self._reset(stream_id, h2.FRAME_SIZE_ERROR if len(payload) != 5 else h2.PROTOCOL_ERROR)
+        elif kind == h2.GOAWAY:  # the client closes when it is done
+            if stream_id:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"GOAWAY on stream {stream_id}")
         elif kind == h2.PUSH_PROMISE:
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "a client may not push")
-        # PRIORITY, GOAWAY (the client closes when it is done) and unknown frame types are ignored
+        # unknown frame types are ignored
+
+    def _chatter(self) -> None:
+        """One more frame that costs the server work and carries no call: past CHATTER of them
+        in CHATTER_S seconds (a PING, SETTINGS, reset or empty-frame flood) the connection ends.
+        Keepalive pings, even every few ms, stay far below."""
+        self.chatter += 1
+        if self.chatter > CHATTER:
+            now = time.monotonic()
+            if now - self.chatter_since < CHATTER_S:
+                raise h2.ConnectionError_(h2.ENHANCE_YOUR_CALM, f"more than {CHATTER} control frames in "
+                                                                f"{CHATTER_S:g} s")
+            self.chatter, self.chatter_since = 1, now
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM from the server: the stream's call stops, and frames the client sent
+        before it heard are dropped (RFC 9113 §5.1, closed)."""
+        self._write(h2.rst_stream(stream_id, code))
+        self._remember_reset(stream_id)
+        call = self.calls.get(stream_id)
+        if call is not None:
+            self._cut(call)
+
+    def _remember_reset(self, stream_id: int) -> None:
+        resets = self.reset_ids
+        resets[stream_id] = None
+        if len(resets) > REMEMBERED_RESETS:
+            del resets[next(iter(resets))]
+
+    def _rst_stream(self, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "RST_STREAM of other than 4 bytes")
+        self._chatter()
+        self.reset_ids.pop(stream_id, None)  # the client knows the stream is closed: more frames on it are errors
+        call = self.calls.get(stream_id)
+        if call is not None:
+            self._cut(call)
+        elif stream_id > self.last_id:
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & h2.ACK:
+            if payload:
+                raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
+        self._chatter()
         values = h2.parse_settings(payload)
         window = values.get(h2.INITIAL_WINDOW_SIZE)
         if window is not None:
-            if window > h2.MAX_WINDOW:
-                raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
+            change = window - self.peer_window
             for call in self.calls.values():
-                call.send_window += window - self.peer_window
+                call.send_window += change
+                if call.send_window > h2.MAX_WINDOW:
+                    raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, f"stream {call.id}'s window above 2^31-1")
             self.peer_window = window
-        frame_size = values.get(h2.MAX_FRAME_SIZE)
-        if frame_size is not None:
-            if not h2.DEFAULT_FRAME_SIZE <= frame_size < 1 << 24:
-                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {frame_size}")
-            self.peer_frame = frame_size
+        self.peer_frame = values.get(h2.MAX_FRAME_SIZE, self.peer_frame)
         self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
         self._pump_blocked()
 
@@ -398,59 +477,89 @@ class _Connection(asyncio.Protocol):
             raise h2.ConnectionError_(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE of other than 4 bytes")
         increment = struct.unpack(">I", payload)[0] & 0x7FFF_FFFF
         if stream_id == 0:
-            if increment == 0 or self.send_window + increment > h2.MAX_WINDOW:
-                raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "bad connection WINDOW_UPDATE")
+            if increment == 0:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
+            if self.send_window + increment > h2.MAX_WINDOW:
+                raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "the connection's window above 2^31-1")
             self.send_window += increment
             self._pump_blocked()
             return
         call = self.calls.get(stream_id)
-        if call is not None:
-            if increment == 0 or call.send_window + increment > h2.MAX_WINDOW:
-                self._write(h2.rst_stream(call.id, h2.FLOW_CONTROL_ERROR))
-                self._cut(call)
-                return
+        if call is None:
+            if stream_id > self.last_id:
+                raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
+            return  # a closed stream: the client may not have heard yet
+        if increment == 0:
+            self._reset(call.id, h2.PROTOCOL_ERROR)
+        elif call.send_window + increment > h2.MAX_WINDOW:
+            self._reset(call.id, h2.FLOW_CONTROL_ERROR)
+        else:
             call.send_window += increment
             self._pump(call)
 
     def _headers(self, stream_id: int, flags: int, block: bytes) -> None:
         headers = self.decoder.decode(block)  # always: the table must follow every block
+        if flags & _ON_ITSELF:
+            self.last_id = max(self.last_id, stream_id)
+            self._reset(stream_id, h2.PROTOCOL_ERROR)
+            return
         call = self.calls.get(stream_id)
         if call is not None:  # the client's trailers end its side; anything else breaks the stream
             if call.ended or not flags & h2.END_STREAM:
-                self._write(h2.rst_stream(stream_id, h2.STREAM_CLOSED if call.ended else h2.PROTOCOL_ERROR))
-                self._cut(call)
-                return
-            self._received(call, b"", True)
+                self._reset(stream_id, h2.STREAM_CLOSED if call.ended else h2.PROTOCOL_ERROR)
+            elif any(name[:1] == ":" for name, _ in headers):
+                self._reset(stream_id, h2.PROTOCOL_ERROR)  # RFC 9113 §8.1: no pseudo-headers in trailers
+            else:
+                self._received(call, b"", True)
             return
         if stream_id <= self.last_id:
-            return  # a stream already answered or reset
+            if stream_id in self.reset_ids:
+                return  # sent before the client heard of the reset
+            if stream_id == self.last_id:
+                raise h2.ConnectionError_(h2.STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"stream {stream_id} after stream {self.last_id}: "
+                                                         "new streams' ids grow")
         self.last_id = stream_id
+        if headers == self.last_request:  # a client's calls repeat their fields (same objects: ~50 ns)
+            fields = self.last_fields
+        else:
+            try:
+                fields = h2.request_fields(headers)
+            except h2.StreamError as exc:
+                log.debug("malformed gRPC request on stream %d: %s", stream_id, exc)
+                self._chatter()
+                self._reset(stream_id, exc.code)
+                return
+            self.last_request, self.last_fields = headers, fields
         if self.closing or len(self.calls) >= self.server.max_streams or self.unsent > CONNECTION_BUFFER:
-            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))  # (a client not reading its answers)
+            self._reset(stream_id, h2.REFUSED_STREAM)  # (a client not reading its answers)
             return
         call = _Call(stream_id, headers, self.peer_window)
+        call.ended = bool(flags & h2.END_STREAM)
         self.calls[stream_id] = call
         self.active_at = time.monotonic()
-        self._begin(call)
-        if flags & h2.END_STREAM and not call.done:
+        self._begin(call, fields)
+        if call.ended and not call.done:
             self._received(call, b"", True)
 
-    def _begin(self, call: _Call) -> None:
-        path = content_type = timeout = None
-        for name, value in call.headers:
-            if name == ":path":
-                path = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = value
-            elif name == "grpc-encoding":
-                call.encoding = value
-        if content_type is None or not content_type.startswith("application/grpc"):
-            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, _STATUS_415))
-            self._forget(call)
+    def _begin(self, call: _Call, fields: dict[str, str]) -> None:
+        content_type = fields.get("content-type", "")
+        if not content_type.startswith("application/grpc"):  # a plain answer: not a gRPC status
+            self._refuse(call, _STATUS_415 + _PLAIN, f"inferd serves gRPC here: content-type application/grpc "
+                                                     f"expected, got {content_type or 'none'}\n".encode())
             return
-        route = self.server.routes.get(path or "")
+        method = fields[":method"]
+        if method != "POST":  # as grpc-go answers
+            self._refuse(call, _STATUS_405 + _GRPC + _status_trailers(
+                grpc.StatusCode.INTERNAL, f":method {method}, gRPC expects POST"))
+            return
+        if "te" not in fields:  # as grpc-core answers: te: trailers tells proxies that drop trailers
+            self._finish(call, grpc.StatusCode.UNKNOWN, "Missing te: trailers header")
+            return
+        path = fields[":path"]
+        call.encoding = fields.get("grpc-encoding")
+        timeout = fields.get("grpc-timeout")
+        route = self.server.routes.get(path)
         if route is None:
             self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
             return
@@ -470,6 +579,21 @@ class _Connection(asyncio.Protocol):
             call.deadline = time.monotonic() + seconds
             call.timer = self.loop.call_later(seconds, self._expired, call)
 
+    def _refuse(self, call: _Call, head: bytes, body: bytes = b"") -> None:
+        """An HTTP answer that is no gRPC call (415, 405): its headers, a plain body within the
+        client's windows, and the end."""
+        self._end(call)
+        call.headers_sent = True
+        if body:
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, head))
+            call.outbox.append(body)
+            call.unsent += len(body)
+            self.unsent += len(body)
+            call.trailers = h2.frame(h2.DATA, h2.END_STREAM, call.id)
+        else:
+            call.trailers = h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, call.id, head)
+        self._pump(call)
+
     def _expired(self, call: _Call) -> None:
         if not call.done:
             self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -485,20 +609,26 @@ class _Connection(asyncio.Protocol):
             self._write(h2.window_update(0, self.received))
             self.recv_window += self.received
             self.received = 0
+        if not payload and not flags & h2.END_STREAM:
+            self._chatter()  # an empty frame asks for work and brings nothing
+        data = h2.unpadded(flags, payload)  # (bad padding is a connection error on any stream)
         call = self.calls.get(stream_id)
         if call is None:
             if stream_id > self.last_id:
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-            return  # the call was answered or reset: its late bytes are dropped
+            if stream_id not in self.reset_ids:  # (sent before the client heard of the reset: dropped)
+                self._chatter()
+                self._reset(stream_id, h2.STREAM_CLOSED)  # after END_STREAM both ways, or never opened
+            return
         if call.ended:
-            raise h2.ConnectionError_(h2.STREAM_CLOSED, f"DATA after END_STREAM on stream {stream_id}")
+            self._reset(stream_id, h2.STREAM_CLOSED)
+            return
         call.credit += len(payload)
         call.recv_window -= len(payload)
         if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
-            self._write(h2.rst_stream(call.id, h2.FLOW_CONTROL_ERROR))
-            self._cut(call)
+            self._reset(call.id, h2.FLOW_CONTROL_ERROR)
             return
-        self._received(call, h2.unpadded(flags, payload), bool(flags & h2.END_STREAM))
+        self._received(call, data, bool(flags & h2.END_STREAM))
 
     def _received(self, call: _Call, data: bytes, end: bool) -> None:
         route = call.route
@@ -522,11 +652,8 @@ class _Connection(asyncio.Protocol):
             length = int.from_bytes(body[1:5], "big")
             if len(body) < 5 + length:
                 break
-            message = self._message(call, body[:5 + length])
+            call.waiting.append(bytes(body[:5 + length]))  # inflated when it runs, large ones off the loop
             del body[:5 + length]
-            if message is None:
-                return
-            call.waiting.append(message)
         if end and body:
             self._finish(call, grpc.StatusCode.INTERNAL, "the stream ended inside a request message")
             return
@@ -556,14 +683,6 @@ class _Connection(asyncio.Protocol):
                     return False
                 call.budgeted = length + 1
         return True
-
-    def _message(self, call: _Call, framed: bytes | bytearray) -> bytes | None:
-        """One length-prefixed message of a stream, inflated when its flag says so."""
-        try:
-            return bytes(_inflate(call.encoding, framed[0], memoryview(framed)[5:], self.server.max_message_bytes))
-        except _Aborted as exc:
-            self._finish(call, exc.code, exc.details)
-            return None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -624,14 +743,25 @@ class _Connection(asyncio.Protocol):
         if call.ended and not call.tasks and not call.waiting:
             self._finish(call, grpc.StatusCode.OK, "")
 
-    async def _stream_request(self, call: _Call, route: Route, message: bytes) -> None:
+    async def _stream_request(self, call: _Call, route: Route, framed: bytes) -> None:
+        """One request message of a stream (length-prefixed, as it came) and its answers."""
+        payload: bytes | memoryview = memoryview(framed)[5:]
         try:
-            request = route[2].FromString(message)
+            if framed[0]:  # a large message inflates on a thread: the loop serves others meanwhile
+                payload = await off_loop(len(payload), _inflate, call.encoding, framed[0], payload,
+                                         self.server.max_message_bytes)
+            request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
+        except _Aborted as exc:
+            self._finish(call, exc.code, exc.details)
+            return
         except DecodeError:
             self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
             return
+        except asyncio.CancelledError:
+            return
         produce = cast(Callable[[Any, Context], AsyncGenerator[Message, None]], route[1])
-        held = await self._room(len(message))  # the request counts while it runs: its model waits for room
+        held = await self._room(len(payload))  # the request counts while it runs: its model waits for room
+        del framed, payload
         try:
             async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call)))) as answers:
                 async for answer in answers:
@@ -731,7 +861,7 @@ class _Connection(asyncio.Protocol):
         call.outbox.clear()
         self.calls.pop(call.id, None)
         self.blocked.pop(call.id, None)
-        if self.closing and not self.calls and self.transport is not None:
+        if (self.closing or self.eof) and not self.calls and self.transport is not None:
             self.loop.call_soon(self._close)
 
     def _pump(self, call: _Call) -> None:
@@ -766,6 +896,7 @@ class _Connection(asyncio.Protocol):
             call.trailers = None
             if not call.ended:
                 self._write(h2.rst_stream(call.id, h2.NO_ERROR))  # answered: the client may stop sending
+                self._remember_reset(call.id)
             self._forget(call)
 
     def _pump_blocked(self) -> None:
