@@ -748,8 +748,10 @@ class _Connection(asyncio.Protocol):
         payload: bytes | memoryview = memoryview(framed)[5:]
         try:
             if framed[0]:  # a large message inflates on a thread: the loop serves others meanwhile
-                payload = await off_loop(len(payload), _inflate, call.encoding, framed[0], payload,
-                                         self.server.max_message_bytes)
+                # (large by what it may inflate to, as for unary calls)
+                limit = self.server.max_message_bytes
+                payload = await inflate_off_loop(min(len(payload) * _MAX_DEFLATE_RATIO, limit), _inflate,
+                                                 call.encoding, framed[0], payload, limit)
             request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
         except _Aborted as exc:
             self._finish(call, exc.code, exc.details)
