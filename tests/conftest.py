@@ -122,3 +122,19 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     models.build_repository(root)
     return root
+
+
+def probe_waits(base: str, busy: threading.Thread) -> list[float]:
+    """Start ``busy`` and time /v2/health/live probe after probe until it ends: how long a
+    well-behaved client waited meanwhile (sorted)."""
+    import requests
+
+    busy.start()
+    waits: list[float] = []
+    with requests.Session() as session:
+        while busy.is_alive():
+            start = time.perf_counter()
+            assert session.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+            waits.append(time.perf_counter() - start)
+    busy.join()
+    return sorted(waits)

@@ -30,7 +30,7 @@ from hyperframe.frame import (
 )
 
 from tests.conftest import RunningServer, serve
-from tests.e2e.test_grpc_wire import CONFIG, MODELS, PATH, STREAM_PATH, messages, raw_frames, request
+from tests.e2e.test_grpc_wire import CONFIG, MODELS, PATH, STREAM_PATH, messages, raw_frames, request, well_served
 from tests.models import write
 
 GRPC_FIELDS = [(":method", "POST"), (":scheme", "http"), (":path", PATH), (":authority", "inferd"),
@@ -91,14 +91,6 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def well_served(server: RunningServer) -> None:
-    client = triton_grpc.InferenceServerClient(server.grpc_url)
-    tensor = triton_grpc.InferInput("x", [3], "FP32")
-    tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.float32))
-    assert client.infer("echo", [tensor]).as_numpy("y").tolist() == [1, 2, 3]
-    client.close()
 
 
 # -- request headers ------------------------------------------------------------------------------
