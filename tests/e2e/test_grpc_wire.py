@@ -24,7 +24,7 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, Window
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer, probe_waits, serve
+from tests.conftest import RunningServer, holds_in_one_of, probe_waits, serve
 from tests.models import write
 
 MODELS = {
@@ -581,17 +581,22 @@ def test_a_small_gzip_bomb_inflates_off_the_loop(tmp_path: Path) -> None:
     assert len(bomb) < 256 * 1024
     framed = b"\1" + struct.pack(">I", len(bomb)) + bomb
     with serve(tmp_path, grpc=True) as running:
-        statuses: list[str] = []
 
-        def bombs() -> None:
-            for _ in range(6):
-                statuses.append(send_within_windows(Client(running), framed, (("grpc-encoding", "gzip"),)))
+        def six_bombs() -> str | None:
+            statuses: list[str] = []
 
-        waits = probe_waits(running.base, threading.Thread(target=bombs))
-        assert statuses == [str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] * 6
-        # on the loop, each bomb held it ~0.5-0.8 s (64 MiB inflated): six probes that slow; two
-        # slow probes are left to a busy shared machine
-        assert len(waits) > 5 and waits[-3] < 0.3, f"the slowest probes waited {waits[-6:]}"
+            def bombs() -> None:
+                for _ in range(6):
+                    statuses.append(send_within_windows(Client(running), framed, (("grpc-encoding", "gzip"),)))
+
+            waits = probe_waits(running.base, threading.Thread(target=bombs))
+            assert statuses == [str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])] * 6
+            assert len(waits) > 5
+            # on the loop, each bomb held it ~0.5-0.8 s (64 MiB inflated): six probes that slow; two
+            # slow probes are left to a busy shared machine
+            return None if waits[-3] < 0.3 else f"the slowest probes waited {waits[-6:]}"
+
+        holds_in_one_of(3, six_bombs)
         well_served(running)
 
 
