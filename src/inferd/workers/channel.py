@@ -1,5 +1,6 @@
 """Frames between a front-end worker and the process that owns the models: a 4-byte length, then a
-pickle (protocol 5, so a numpy tensor goes in as one block of bytes).
+pickle (protocol 5, so a numpy tensor goes in as one block of bytes) of a list of messages: what
+one side sent in one pass of its loop goes as one frame (one pickle, one write, one wake-up).
 
 The socket is a Unix socket in a folder only the server's user can enter, and both ends are inferd
 processes started by the same command; pickle is safe here for that reason alone — never point a
@@ -19,8 +20,8 @@ LENGTH = struct.Struct("!I")
 MAX_FRAME = 2**32 - 1
 
 
-def frame(message: Any) -> list[bytes]:
-    payload = pickle.dumps(message, protocol=5)
+def frame(messages: list[Any]) -> list[bytes]:
+    payload = pickle.dumps(messages, protocol=5)
     if len(payload) > MAX_FRAME:
         raise ValueError(f"a message of {len(payload)} bytes is over the channel's {MAX_FRAME}")
     return [LENGTH.pack(len(payload)), payload]
@@ -34,7 +35,7 @@ class FrameProtocol(asyncio.Protocol):
         self._on_message = on_message
         self._on_lost = on_lost
         self._buffer = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[Any] = []  # messages sent in this pass of the loop
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -52,9 +53,10 @@ class FrameProtocol(asyncio.Protocol):
             end = start + LENGTH.size + size
             if len(buffer) < end:
                 break
-            message = pickle.loads(memoryview(buffer)[start + LENGTH.size:end])
+            messages = pickle.loads(memoryview(buffer)[start + LENGTH.size:end])
             start = end
-            self._on_message(message)
+            for message in messages:
+                self._on_message(message)
         if start:  # a new buffer: a message may still hold a view of the old one
             self._buffer = buffer[start:]
 
@@ -65,12 +67,17 @@ class FrameProtocol(asyncio.Protocol):
             return
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out.extend(frame(message))
+        self._out.append(message)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            framed = frame(out)
+        except Exception:  # one answer that does not pickle (a model's own exception) spoils no other
+            framed = frame([_picklable(message) for message in out])
+        self.transport.writelines(framed)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -78,11 +85,22 @@ class FrameProtocol(asyncio.Protocol):
         self._on_lost()
 
 
-def read_frame(sock: socket.socket) -> Any:
-    """One message from a blocking socket (the worker's line for calls that must answer at once)."""
+def _picklable(message: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The message, or in its place an error answer to the same call that says what did not pickle."""
+    try:
+        pickle.dumps(message, protocol=5)
+    except Exception as exc:
+        what = message[2] if len(message) > 2 else message
+        return ("err", message[1], RuntimeError(f"{type(what).__name__}: {what} (does not pickle: {exc})"))
+    return message
+
+
+def read_frame(sock: socket.socket) -> list[Any]:
+    """One frame's messages from a blocking socket (the worker's line for calls that must answer at once)."""
     header = _read_exactly(sock, LENGTH.size)
     (size,) = LENGTH.unpack(header)
-    return pickle.loads(_read_exactly(sock, size))
+    messages: list[Any] = pickle.loads(_read_exactly(sock, size))
+    return messages
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:

@@ -157,10 +157,7 @@ class _Connection:
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         if not isinstance(exc, InferdError):
             log.error("a worker's call failed", exc_info=exc)
-        try:
-            self.protocol.send(("err", call_id, exc))
-        except Exception:  # an exception that does not pickle still reaches the worker as text
-            self.protocol.send(("err", call_id, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        self.protocol.send(("err", call_id, exc))  # one that does not pickle goes as text (channel.py)
 
     def cancel_all(self) -> None:
         for task in list(self._running.values()):

@@ -59,7 +59,7 @@ class Channel:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CALL_NOW_TIMEOUT_S)
         sock.connect(str(self._path))
-        sock.sendall(b"".join(frame(("sync", 0))))
+        sock.sendall(b"".join(frame([("sync", 0)])))
         self._sock = sock
         self._sweeper = loop.create_task(self._sweep())
 
@@ -117,8 +117,8 @@ class Channel:
             raise Unavailable("the model process is gone; this worker is stopping")
         with self._lock:
             try:
-                self._sock.sendall(b"".join(frame(("call", 0, target, name, args, kwargs))))
-                kind, _, value = read_frame(self._sock)
+                self._sock.sendall(b"".join(frame([("call", 0, target, name, args, kwargs)])))
+                ((kind, _, value),) = read_frame(self._sock)  # the one answer: this line gets no news
             except OSError as exc:  # includes the timeout: the channel's state is unknown now
                 self._on_lost()
                 raise Unavailable(f"the model process did not answer: {exc}") from exc
