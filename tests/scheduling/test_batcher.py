@@ -12,6 +12,7 @@ from inferd.runtimes.fake import FakeRuntime
 from inferd.scheduling.batcher import DynamicBatcher
 from inferd.scheduling.instances import InstancePool
 from inferd.types import CallContext, TensorSpec
+from tests.conftest import holds_in_one_of
 
 SPEC = (TensorSpec("x", "FP32", (-1, -1)),)
 
@@ -106,20 +107,25 @@ def test_queue_full_answers_at_once() -> None:
 
 
 def test_deadline_expires_in_the_queue_and_never_runs() -> None:
-    b, runtime = batcher(delay=0.2)
+    def once() -> str | None:
+        b, runtime = batcher(delay=0.2)
 
-    async def main() -> list:
-        first = asyncio.ensure_future(b.infer_async(rows(1), CallContext()))
-        await asyncio.sleep(0.01)
-        start = time.perf_counter()
-        late = b.infer_async(rows(2), CallContext(deadline=time.perf_counter() + 0.02))
-        with pytest.raises(DeadlineExceeded, match="did not run"):
-            await late
-        assert time.perf_counter() - start < 0.15  # answered at its deadline, not at dispatch
-        return [await first]
+        async def main() -> float:
+            first = asyncio.ensure_future(b.infer_async(rows(1), CallContext()))
+            await asyncio.sleep(0.01)
+            start = time.perf_counter()
+            late = b.infer_async(rows(2), CallContext(deadline=time.perf_counter() + 0.02))
+            with pytest.raises(DeadlineExceeded, match="did not run"):
+                await late
+            took = time.perf_counter() - start
+            await first
+            return took
 
-    asyncio.run(main())
-    assert runtime.calls == [1]
+        took = asyncio.run(main())
+        assert runtime.calls == [1]
+        return None if took < 0.15 else f"answered after {took:.3f} s"  # at its deadline, not at dispatch (0.2 s)
+
+    holds_in_one_of(3, once)
 
 
 def test_default_timeout_applies() -> None:

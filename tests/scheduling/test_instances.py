@@ -10,6 +10,7 @@ from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.fake import FakeRuntime
 from inferd.scheduling.instances import InstancePool
 from inferd.types import CallContext, TensorSpec
+from tests.conftest import holds_in_one_of
 
 SPEC = (TensorSpec("x", "FP32", (-1, 2)),)
 
@@ -132,8 +133,7 @@ def test_a_deadline_is_answered_when_it_passes_not_when_an_instance_frees() -> N
         await first
         return waited
 
-    waited = asyncio.run(main())
-    assert waited < 0.3, waited
+    holds_in_one_of(3, lambda: None if (waited := asyncio.run(main())) < 0.3 else f"answered after {waited:.3f} s")
 
 
 class PartsRuntime(FakeRuntime):
@@ -202,8 +202,13 @@ def test_a_slow_reader_holds_the_model_at_its_next_part() -> None:
 
 
 def test_a_deadline_ends_an_answer_in_parts() -> None:
-    pool = InstancePool(PartsRuntime(20, gap=0.02), 1, "parts")
-    started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded, match="deadline passed before its answer"):
-        asyncio.run(_read(pool, CallContext(deadline=started + 0.1)))
-    assert time.perf_counter() - started < 0.35  # at the deadline, not when the model is done (0.4 s)
+    def once() -> str | None:
+        pool = InstancePool(PartsRuntime(20, gap=0.02), 1, "parts")
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="deadline passed before its answer"):
+            asyncio.run(_read(pool, CallContext(deadline=started + 0.1)))
+        took = time.perf_counter() - started
+        # at the deadline, not when the model is done (0.4 s)
+        return None if took < 0.35 else f"ended after {took:.3f} s"
+
+    holds_in_one_of(3, once)
