@@ -142,6 +142,8 @@ def test_server_settings_are_validated() -> None:
         ServerSettings(max_body_bytes=100, max_inflight_bytes=99)
     with pytest.raises(ConfigError, match="--max-connections must be positive"):
         ServerSettings(max_connections=0)
+    with pytest.raises(ConfigError, match=r"--large-body-rate must be 0 \(no limit\) or a size per second, got -1"):
+        ServerSettings(large_body_rate=-1)
 
 
 def test_remote_repositories_name_their_schemes() -> None:

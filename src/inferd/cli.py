@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds a request's line and headers may take to arrive (408 after)")
     serve.add_argument("--body-timeout", type=float, default=60.0,
                        help="seconds a request's body may take to arrive (408 after)")
+    serve.add_argument("--large-body-rate", type=_size, default="256MiB",
+                       help="bytes per second that bodies over 1 MiB are read at, all connections together "
+                            "(per front-end process; 0: no limit)")
     serve.add_argument("--model-store", type=Path, default=None,
                        help="folder of TorchServe .mar archives (TorchServe's flag)")
     serve.add_argument("--models", nargs="*", default=[],
@@ -294,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout=args.drain_timeout, max_body_bytes=args.max_body_size,
             max_inflight_bytes=args.max_inflight_size, max_connections=args.max_connections,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            large_body_rate=args.large_body_rate,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
             load_models=tuple(args.load_model), server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,

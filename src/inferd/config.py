@@ -66,6 +66,7 @@ class ServerSettings:
     max_connections: int = 1000  # HTTP connections, and gRPC calls at once
     header_timeout: float = 10.0  # seconds a request's line and headers may take to arrive (408)
     body_timeout: float = 60.0  # seconds a request's body may take to arrive (408)
+    large_body_rate: int = 256 * 1024 * 1024  # bytes/s of bodies over 1 MiB, per front-end process; 0: no limit
     log_level: str = "info"
     # operability, as Triton offers: --access-log, --log-format, --strict-readiness, --exit-on-error
     access_log: bool = False  # one log line per HTTP request (method, path, status, time)
@@ -122,6 +123,9 @@ class ServerSettings:
                               ("--body-timeout", self.body_timeout), ("--poll-interval", self.poll_interval)):
             if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and flag != "--drain-timeout"):
                 raise ConfigError(f"{flag} must be a finite number of seconds > 0, got {seconds}")
+        if self.large_body_rate < 0:
+            raise ConfigError("--large-body-rate must be 0 (no limit) or a size per second, "
+                              f"got {self.large_body_rate}")
         if not 0 <= self.workers <= 256:
             raise ConfigError(f"--workers must be 0..256, got {self.workers}")
         if self.workers and (self.listeners or self.grpc_socket_path):

@@ -158,7 +158,7 @@ class Transports:
         shared = bool(s.workers)  # a worker's ports: every worker listens on the same ones
         connections = max(s.max_connections // self.share, 1)
         limits = HttpLimits(max_connections=connections, header_timeout_s=s.header_timeout,
-                            body_timeout_s=s.body_timeout)
+                            body_timeout_s=s.body_timeout, large_body_rate=s.large_body_rate)
         if s.http_port:
             app = build_http_app(self.core, s, self.ts_metrics)
             self._http = HttpServer(app, s.host, s.http_port, limits, self._budget, reuse_port=shared)

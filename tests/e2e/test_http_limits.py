@@ -114,3 +114,17 @@ def test_slowloris_cannot_hold_the_server() -> None:
             timed_out += answer.startswith(b"HTTP/1.1 408 ") or answer == b""
             sock.close()
         assert timed_out == len(slow)  # none is still held open
+
+
+def test_large_body_rate_is_a_flag(model_repo: Path) -> None:
+    """`--large-body-rate 4MiB`: a 12 MiB body is read at 4 MiB/s (about 2.75 s, the first MiB
+    free), and the server answers it as usual afterwards."""
+    size = 12 << 20
+    with serve(model_repo, "--large-body-rate", "4MiB", "--max-body-size", "32MiB") as server:
+        start = time.monotonic()
+        answer = requests.post(f"{server.base}/v2/models/py_double/infer", data=b" " * size, timeout=30,
+                               headers={"Content-Type": "application/json"})
+        took = time.monotonic() - start
+        assert answer.status_code == 400 and "JSON" in answer.text, answer.text  # read whole, then judged
+        assert took > 2.0, f"12 MiB read in {took:.2f} s: faster than 4 MiB/s"
+        assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200

@@ -245,3 +245,11 @@ def test_bodies_in_any_pieces_arrive_whole_and_the_next_request_is_read(port: in
 
     answers = bodies(asyncio.run(run()))
     assert [(a["model"], a["size"], a["crc"]) for a in answers] == [("a", size, zlib.crc32(body)), ("b", 0, 0)]
+
+
+def test_a_large_body_rate_of_0_never_waits() -> None:
+    free = HttpServer(make_app(1 << 20), "127.0.0.1", 0, limits=HttpLimits(large_body_bytes=1, large_body_rate=0))
+    assert [free.large_body_wait(64 << 20) for _ in range(3)] == [0.0, 0.0, 0.0]
+    limits = HttpLimits(large_body_bytes=1, large_body_rate=1 << 20)
+    paced = HttpServer(make_app(1 << 20), "127.0.0.1", 0, limits=limits)
+    assert paced.large_body_wait(4 << 20) > 3.9  # 4 MiB at 1 MiB/s

@@ -59,7 +59,7 @@ class HttpLimits:
     # bodies over large_body_bytes are read at most this fast, all connections together (reading
     # costs the loop ~0.7 ms per MiB): uploads that are never finished cannot take it from others
     large_body_bytes: int = 1024 * 1024
-    large_body_rate: float = 256 * 1024 * 1024  # bytes/s
+    large_body_rate: float = 256 * 1024 * 1024  # bytes/s; 0: no limit (--large-body-rate)
 
 
 class _Refuse(Exception):
@@ -557,8 +557,10 @@ class HttpServer:
 
     def large_body_wait(self, size: int) -> float:
         """Spend ``size`` bytes of large bodies; how long the reader should wait before reading on."""
-        now = time.monotonic()
         rate = self.limits.large_body_rate
+        if not rate:
+            return 0.0
+        now = time.monotonic()
         self._large_allowance = min(self._large_allowance + (now - self._large_clock) * rate,
                                     float(self.limits.large_body_bytes)) - size
         self._large_clock = now
