@@ -1,14 +1,25 @@
-"""The worker channel's framing over a real socket pair: what one pass of the loop sends arrives
-as one frame, in order, and one message that does not pickle spoils none of the others."""
+"""The worker channel over real sockets: what one pass of the loop sends arrives as one frame, in
+order; a message that cannot be sent (it does not pickle, or is over the frame size) fails its own
+call and nothing else, whichever side sent it."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from inferd.workers.channel import FrameProtocol, read_frame
+import numpy as np
+import pytest
+
+from inferd.errors import InvalidInput, ModelError
+from inferd.types import InferRequest, InferResponse, Tensor, Timings
+from inferd.workers import channel as channel_module
+from inferd.workers.channel import FrameProtocol, frame
+from inferd.workers.owner import CoreService
+from inferd.workers.remote import Channel
 
 
 async def _exchange(messages: list[Any]) -> tuple[list[Any], int]:
@@ -46,24 +57,96 @@ def test_one_pass_of_sends_is_one_frame_in_order() -> None:
     assert frames == 1
 
 
-def test_a_message_that_does_not_pickle_becomes_an_error_for_its_call_alone() -> None:
-    unpicklable = ("ok", 7, threading.Lock())
-    received, _ = asyncio.run(_exchange([("ok", 6, "six"), unpicklable, ("ok", 8, "eight")]))
-    assert received[0] == ("ok", 6, "six") and received[2] == ("ok", 8, "eight")
-    kind, call_id, error = received[1]
-    assert (kind, call_id) == ("err", 7)
-    assert isinstance(error, RuntimeError) and "does not pickle" in str(error) and "lock" in str(error)
+def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel_module, "MAX_FRAME", 1000)
+    messages = [("ok", n, b"x" * 600) for n in range(3)]  # each fits, the three together do not
+    received, _ = asyncio.run(_exchange(messages))
+    assert received == messages
 
 
-def test_the_blocking_line_reads_one_frame_of_messages() -> None:
-    async def send_one(sock: socket.socket) -> None:
-        sender = FrameProtocol(lambda m: None, lambda: None)
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: sender, sock)
-        sender.send(("ok", 0, [1, 2, 3]))
-        await asyncio.sleep(0.05)
-        sender.transport.close()
+def _response(request: InferRequest, **parameters: Any) -> InferResponse:
+    return InferResponse(request.model_name, "1", request.inputs, request.id, parameters, Timings(0, 0, 0, 1))
 
+
+class Control:
+    async def echo(self, value: Any) -> Any:
+        return value
+
+    async def lock(self) -> Any:
+        return threading.Lock()
+
+
+class Data:
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return _response(request)
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        try:
+            yield _response(request)
+            yield _response(request, lock=threading.Lock())  # does not pickle
+            for _ in range(100):
+                yield _response(request)
+        finally:
+            self.closed.set()
+
+
+async def _with_channel(tmp_path: Path, body: Any) -> None:
+    data = Data()
+    service = CoreService({"data": data, "control": Control()})
+    await service.start(tmp_path / "core.sock")
+    channel = Channel(tmp_path / "core.sock")
+    await channel.connect()
+    try:
+        await body(channel, data)
+        assert not channel.lost.is_set()  # the channel outlived the bad message
+    finally:
+        channel.close()
+        await service.close()
+
+
+REQUEST = InferRequest("m", None, [Tensor("x", "FP32", np.ones((1, 2), np.float32))])
+
+
+def test_a_call_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
+    async def body(channel: Channel, _: Data) -> None:
+        bad = channel.call("control", "echo", (threading.Lock(),), {})
+        good = channel.call("control", "echo", ("fine",), {})
+        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
+        assert isinstance(answers[0], InvalidInput) and "cannot be handed to the model process" in str(answers[0])
+        assert answers[1] == "fine"
+        assert (await channel.infer(REQUEST)).outputs[0].data.tolist() == [[1.0, 1.0]]
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_an_answer_that_does_not_pickle_fails_its_call_alone(tmp_path: Path) -> None:
+    async def body(channel: Channel, _: Data) -> None:
+        bad = channel.call("control", "lock", (), {})
+        good = channel.call("control", "echo", ("fine",), {})
+        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
+        assert isinstance(answers[0], ModelError) and "could not be sent to the front-end worker" in str(answers[0])
+        assert answers[1] == "fine"
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_stream_answer_that_does_not_pickle_ends_the_stream_and_closes_the_model(tmp_path: Path) -> None:
+    async def body(channel: Channel, data: Data) -> None:
+        taken = []
+        with pytest.raises(ModelError, match="could not be sent to the front-end worker"):
+            async for answer in channel.stream(REQUEST):
+                taken.append(answer)
+        assert len(taken) == 1
+        await asyncio.wait_for(data.closed.wait(), 5)  # the model's generator was closed, not left waiting
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_the_blocking_line_skips_a_changed_notice() -> None:
     left, right = socket.socketpair()
-    asyncio.run(send_one(left))
+    left.sendall(b"".join(frame([("changed", 0, None)]) + frame([("changed", 0, None), ("ok", 0, "pong")])))
     right.settimeout(5)
-    assert read_frame(right) == [("ok", 0, [1, 2, 3])]
+    assert Channel._answer_now(right) == ("ok", "pong")

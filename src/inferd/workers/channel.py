@@ -31,9 +31,13 @@ class FrameProtocol(asyncio.Protocol):
     """Splits the byte stream into messages and hands each to ``on_message``; pauses reading
     while the peer is owed more than the transport's write buffer holds (backpressure both ways)."""
 
-    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
+                 refuse: Callable[[Any, str], Any] | None = None) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
+        # a message that cannot be sent (it does not pickle, or is over MAX_FRAME): what goes in its
+        # place (an error answer to its call), or None (its sender has been told)
+        self._refuse = refuse
         self._buffer = bytearray()
         self._out: list[Any] = []  # messages sent in this pass of the loop
         self.transport: Any = None  # asyncio's or uvloop's stream transport
@@ -75,9 +79,16 @@ class FrameProtocol(asyncio.Protocol):
             return
         try:
             framed = frame(out)
-        except Exception:  # one answer that does not pickle (a model's own exception) spoils no other
-            framed = frame([_picklable(message) for message in out])
+        except Exception:  # one message that cannot go (a model's own exception) spoils no other
+            framed = [part for message in out for part in self._one_by_one(message)]
         self.transport.writelines(framed)
+
+    def _one_by_one(self, message: Any) -> list[bytes]:
+        try:
+            return frame([message])
+        except Exception as exc:
+            replacement = self._refuse(message, describe(exc)) if self._refuse is not None else None
+            return [] if replacement is None else frame([replacement])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -85,14 +96,13 @@ class FrameProtocol(asyncio.Protocol):
         self._on_lost()
 
 
-def _picklable(message: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The message, or in its place an error answer to the same call that says what did not pickle."""
+def describe(exc: BaseException) -> str:
+    """An exception as a short line, even one whose ``str`` fails or runs long."""
     try:
-        pickle.dumps(message, protocol=5)
-    except Exception as exc:
-        what = message[2] if len(message) > 2 else message
-        return ("err", message[1], RuntimeError(f"{type(what).__name__}: {what} (does not pickle: {exc})"))
-    return message
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def read_frame(sock: socket.socket) -> list[Any]:

@@ -27,9 +27,9 @@ from typing import Any, cast
 
 from inferd.config import ServerSettings
 from inferd.core import Core
-from inferd.errors import InferdError
+from inferd.errors import InferdError, ModelError
 from inferd.types import InferResponse
-from inferd.workers.channel import FrameProtocol
+from inferd.workers.channel import FrameProtocol, describe
 from inferd.workers.codec import pack_response, unpack_request
 
 log = logging.getLogger("inferd.workers")
@@ -85,7 +85,7 @@ class CoreService:
 class _Connection:
     def __init__(self, service: CoreService) -> None:
         self._service = service
-        self.protocol = FrameProtocol(self._on_message, self._on_lost)
+        self.protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse)
         self._running: dict[int, asyncio.Task[Any]] = {}
         self._windows: dict[int, asyncio.Semaphore] = {}
         self.sync = False
@@ -111,6 +111,9 @@ class _Connection:
             return
         if kind == "stream":  # a decoupled model: each answer as it comes, then the end
             self._start(call_id, self._stream(call_id, message[2]), "data")
+            return
+        if kind != "call" or len(message) != 6:  # not from an inferd worker of this build
+            log.error("a worker sent a message of kind %r, which this process does not take", kind)
             return
         _, _, target, name, args, kwargs = message
         try:
@@ -153,6 +156,19 @@ class _Connection:
             self.protocol.send(("ok", call_id, task.result()))
         else:
             self._reply_error(call_id, exc)
+
+    def _refuse(self, message: tuple[Any, ...], reason: str) -> tuple[Any, ...] | None:
+        """An answer that cannot go to the worker (it does not pickle, or is over the channel's
+        frame size): an error for its call goes instead, and a stream that sent it stops."""
+        kind, call_id = message[0], message[1]
+        if kind == "item":
+            task = self._running.get(call_id)
+            if task is not None:
+                task.cancel()  # its model's generator is closed; the worker hears this error
+        if kind not in ("ok", "item", "err"):
+            return None
+        what = describe(message[2]) if kind == "err" else "its answer"
+        return ("err", call_id, ModelError(f"{what} could not be sent to the front-end worker ({reason})"))
 
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         if not isinstance(exc, InferdError):

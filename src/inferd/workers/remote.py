@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from inferd.core import Core, DataPlane, ModelControl
-from inferd.errors import Unavailable
+from inferd.errors import InvalidInput, Unavailable
 from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse
 from inferd.workers.channel import FrameProtocol, frame, read_frame
@@ -45,7 +45,7 @@ class Channel:
         self._path = path
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[], bool] | None]] = {}
-        self._protocol = FrameProtocol(self._on_message, self._on_lost)
+        self._protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse)
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._sweeper: asyncio.Task[None] | None = None
@@ -118,13 +118,22 @@ class Channel:
         with self._lock:
             try:
                 self._sock.sendall(b"".join(frame([("call", 0, target, name, args, kwargs)])))
-                ((kind, _, value),) = read_frame(self._sock)  # the one answer: this line gets no news
+                kind, value = self._answer_now(self._sock)
             except OSError as exc:  # includes the timeout: the channel's state is unknown now
                 self._on_lost()
                 raise Unavailable(f"the model process did not answer: {exc}") from exc
         if kind == "err":
             raise value
         return value
+
+    @staticmethod
+    def _answer_now(sock: socket.socket) -> tuple[str, Any]:
+        """The blocking line's answer; a "changed" notice the model process sent before it knew
+        this line for what it is is skipped (nothing is kept yet when the line opens)."""
+        while True:
+            for kind, _, value in read_frame(sock):
+                if kind != "changed":
+                    return kind, value
 
     def call_kept(self, target: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """``call_now`` for what KEPT names: an answer younger than KEEP_S is answered again."""
@@ -155,6 +164,17 @@ class Channel:
             waiting[0].set_result(value)
         else:
             waiting[0].set_exception(value)
+
+    def _refuse(self, message: tuple[Any, ...], reason: str) -> None:
+        """A call that cannot go to the model process (an argument that does not pickle, or over
+        the channel's frame size) fails where it was asked; nothing goes in its place."""
+        error = InvalidInput(f"this request cannot be handed to the model process: {reason}")
+        waiting = self._pending.get(message[1])
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(error)
+        stream = self._streams.get(message[1])
+        if stream is not None:
+            stream.put_nowait(("err", error))
 
     def _on_lost(self) -> None:
         self.lost.set()
