@@ -17,10 +17,14 @@ from inferd.errors import ConfigError
 
 def _size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    number = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if number and number[-1] in units:
+        size, amount = int(float(number[:-1]) * units[number[-1]]), float(number[:-1])
+    else:
+        size = amount = int(number)
+    if amount and not size:  # where 0 means "no limit", a tiny size must not become one
+        raise argparse.ArgumentTypeError(f"{text!r} is less than one byte")
+    return size
 
 
 def _pair(kind: type[int] | type[float]) -> Any:

@@ -140,3 +140,14 @@ def test_framework_logs_are_quiet_unless_debug(level: str, expected: str) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == expected.split()
     assert ("not writable" in done.stderr) == (level == "debug")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("256MiB", 256 << 20), ("1.5k", 1536), ("0", 0), ("100", 100)])
+def test_sizes_read_as_bytes(value: str, expected: int) -> None:
+    args = _parser().parse_args(["serve", "--large-body-rate", value])
+    assert args.large_body_rate == expected
+
+
+def test_a_size_under_one_byte_is_refused_not_read_as_no_limit() -> None:
+    done = inferd_command("serve", "--large-body-rate", "0.0001k")
+    assert done.returncode == 2 and "'0.0001k' is less than one byte" in done.stderr
