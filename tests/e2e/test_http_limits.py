@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import RunningServer, serve
+from tests.conftest import RunningServer, holds_in_one_of, serve
 
 MIB = 1024 * 1024
 
@@ -84,9 +84,14 @@ def test_a_client_pipelining_without_reading_is_held_to_its_buffers() -> None:
                 time.sleep(0.01)
         grown = rss_mib(server) - before
         assert grown < 50, f"RSS grew {grown:.0f} MiB while answers were not read"
-        start = time.monotonic()
-        assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
-        assert time.monotonic() - start < 1
+
+        def ready_at_once() -> str | None:
+            start = time.monotonic()
+            assert requests.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
+            took = time.monotonic() - start
+            return None if took < 1 else f"a probe took {took:.2f} s beside the client that does not read"
+
+        holds_in_one_of(3, ready_at_once)
         sock.close()
 
 
