@@ -72,8 +72,11 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the inferd checkout to measure (its src/ goes first on the path)")
     parser.add_argument("--concurrency", default="1,64")
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=20000,
+                        help="calls per concurrency (the model process's CPU is read in 10 ms ticks: keep it large)")
     args = parser.parse_args()
+    if not (args.tree / "src" / "inferd" / "workers" / "channel.py").is_file():
+        parser.error(f"--tree {args.tree}: no src/inferd/workers/channel.py there (an inferd checkout is expected)")
     sys.path.insert(0, str(args.tree / "src"))
     import uvloop
 
