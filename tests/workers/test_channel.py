@@ -68,9 +68,24 @@ def _response(request: InferRequest, **parameters: Any) -> InferResponse:
     return InferResponse(request.model_name, "1", request.inputs, request.id, parameters, Timings(0, 0, 0, 1))
 
 
+class TwoArguments(Exception):
+    """Pickles as (message,), so unpickling calls it with one argument: it fails on the other side."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} failed: {why}")
+
+
+class OwnModelError(ModelError):
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} failed: {why}")
+
+
 class Control:
     async def echo(self, value: Any) -> Any:
         return value
+
+    async def fail(self, error: str) -> Any:
+        raise (TwoArguments if error == "plain" else OwnModelError)("step", "no input")
 
     async def lock(self) -> Any:
         return threading.Lock()
@@ -150,3 +165,16 @@ def test_the_blocking_line_skips_a_changed_notice() -> None:
     left.sendall(b"".join(frame([("changed", 0, None)]) + frame([("changed", 0, None), ("ok", 0, "pong")])))
     right.settimeout(5)
     assert Channel._answer_now(right) == ("ok", "pong")
+
+
+@pytest.mark.parametrize(("error", "expected"), [("plain", RuntimeError), ("inferd", ModelError)])
+def test_an_exception_that_would_not_unpickle_reaches_the_worker_as_its_base(
+        tmp_path: Path, error: str, expected: type[Exception]) -> None:
+    async def body(channel: Channel, _: Data) -> None:
+        bad = channel.call("control", "fail", (error,), {})
+        good = channel.call("control", "echo", ("fine",), {})
+        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
+        assert type(answers[0]) is expected and "step failed: no input" in str(answers[0])
+        assert answers[1] == "fine"
+
+    asyncio.run(_with_channel(tmp_path, body))

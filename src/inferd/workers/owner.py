@@ -92,6 +92,9 @@ class _Connection:
         service._connections.add(self)
 
     def _on_message(self, message: Any) -> None:
+        if not isinstance(message, tuple) or len(message) < 2:  # not from an inferd worker
+            log.error("a worker sent %.100r, which is no message of this channel", message)
+            return
         kind, call_id = message[0], message[1]
         if kind == "sync":  # the worker's blocking line: it reads answers only, never news
             self.sync = True
@@ -173,7 +176,8 @@ class _Connection:
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         if not isinstance(exc, InferdError):
             log.error("a worker's call failed", exc_info=exc)
-        self.protocol.send(("err", call_id, exc))  # one that does not pickle goes as text (channel.py)
+        self.protocol.send(("err", call_id, portable(exc)))
+
 
     def cancel_all(self) -> None:
         for task in list(self._running.values()):
@@ -182,6 +186,20 @@ class _Connection:
     def _on_lost(self) -> None:
         self.cancel_all()  # the worker is gone: nobody waits for these answers
         self._service._connections.discard(self)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """An exception the worker can unpickle: inferd's own and Python's built-in ones as they are;
+    any other class (a model's own, defined where the worker never imports, or one whose
+    constructor takes other arguments than it pickles) as its nearest inferd or built-in base, with
+    the same message. One that did not unpickle would end the worker's whole channel."""
+    if type(exc).__module__ in ("inferd.errors", "builtins"):
+        return exc
+    if isinstance(exc, InferdError):
+        base = next(c for c in type(exc).__mro__ if c.__module__ == "inferd.errors")
+        return cast(BaseException, base(exc.message))
+    text = f"{type(exc).__name__}: {describe(exc).partition(': ')[2]}".rstrip(": ")
+    return RuntimeError(text)
 
 
 class WorkerSupervisor:
