@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inferd.errors import InvalidInput, ModelError
+from inferd.errors import InvalidInput, ModelError, PayloadTooLarge
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers import channel as channel_module
 from inferd.workers.channel import FrameProtocol, frame
@@ -175,6 +175,19 @@ def test_an_exception_that_would_not_unpickle_reaches_the_worker_as_its_base(
         good = channel.call("control", "echo", ("fine",), {})
         answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
         assert type(answers[0]) is expected and "step failed: no input" in str(answers[0])
+        assert answers[1] == "fine"
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_call_over_the_frame_size_is_too_large_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel_module, "MAX_FRAME", 2000)
+
+    async def body(channel: Channel, _: Data) -> None:
+        big = channel.call("control", "echo", (b"x" * 5000,), {})
+        small = channel.call("control", "echo", ("fine",), {})
+        answers = await asyncio.wait_for(asyncio.gather(big, small, return_exceptions=True), 5)
+        assert isinstance(answers[0], PayloadTooLarge) and "over the channel's frame size of 2000" in str(answers[0])
         assert answers[1] == "fine"
 
     asyncio.run(_with_channel(tmp_path, body))

@@ -20,10 +20,14 @@ LENGTH = struct.Struct("!I")
 MAX_FRAME = 2**32 - 1
 
 
+class FrameTooLarge(ValueError):
+    """A frame over MAX_FRAME bytes: the length prefix cannot say it."""
+
+
 def frame(messages: list[Any]) -> list[bytes]:
     payload = pickle.dumps(messages, protocol=5)
     if len(payload) > MAX_FRAME:
-        raise ValueError(f"a message of {len(payload)} bytes is over the channel's {MAX_FRAME}")
+        raise FrameTooLarge(f"{len(payload)} bytes, over the channel's frame size of {MAX_FRAME}")
     return [LENGTH.pack(len(payload)), payload]
 
 
@@ -32,7 +36,7 @@ class FrameProtocol(asyncio.Protocol):
     while the peer is owed more than the transport's write buffer holds (backpressure both ways)."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
-                 refuse: Callable[[Any, str], Any] | None = None) -> None:
+                 refuse: Callable[[Any, Exception], Any] | None = None) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
         # a message that cannot be sent (it does not pickle, or is over MAX_FRAME): what goes in its
@@ -87,7 +91,7 @@ class FrameProtocol(asyncio.Protocol):
         try:
             return frame([message])
         except Exception as exc:
-            replacement = self._refuse(message, describe(exc)) if self._refuse is not None else None
+            replacement = self._refuse(message, exc) if self._refuse is not None else None
             return [] if replacement is None else frame([replacement])
 
     def connection_lost(self, exc: Exception | None) -> None:

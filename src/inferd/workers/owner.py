@@ -160,7 +160,7 @@ class _Connection:
         else:
             self._reply_error(call_id, exc)
 
-    def _refuse(self, message: tuple[Any, ...], reason: str) -> tuple[Any, ...] | None:
+    def _refuse(self, message: tuple[Any, ...], exc: Exception) -> tuple[Any, ...] | None:
         """An answer that cannot go to the worker (it does not pickle, or is over the channel's
         frame size): an error for its call goes instead, and a stream that sent it stops."""
         kind, call_id = message[0], message[1]
@@ -171,7 +171,7 @@ class _Connection:
         if kind not in ("ok", "item", "err"):
             return None
         what = describe(message[2]) if kind == "err" else "its answer"
-        return ("err", call_id, ModelError(f"{what} could not be sent to the front-end worker ({reason})"))
+        return ("err", call_id, ModelError(f"{what} could not be sent to the front-end worker ({describe(exc)})"))
 
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         if not isinstance(exc, InferdError):

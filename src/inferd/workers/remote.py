@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from inferd.core import Core, DataPlane, ModelControl
-from inferd.errors import InvalidInput, Unavailable
+from inferd.errors import InvalidInput, PayloadTooLarge, Unavailable
 from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse
-from inferd.workers.channel import FrameProtocol, frame, read_frame
+from inferd.workers.channel import FrameProtocol, FrameTooLarge, describe, frame, read_frame
 from inferd.workers.codec import pack_request, unpack_response
 
 CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
@@ -165,10 +165,11 @@ class Channel:
         else:
             waiting[0].set_exception(value)
 
-    def _refuse(self, message: tuple[Any, ...], reason: str) -> None:
+    def _refuse(self, message: tuple[Any, ...], exc: Exception) -> None:
         """A call that cannot go to the model process (an argument that does not pickle, or over
         the channel's frame size) fails where it was asked; nothing goes in its place."""
-        error = InvalidInput(f"this request cannot be handed to the model process: {reason}")
+        kind = PayloadTooLarge if isinstance(exc, FrameTooLarge) else InvalidInput
+        error = kind(f"this request cannot be handed to the model process: {describe(exc)}")
         waiting = self._pending.get(message[1])
         if waiting is not None and not waiting[0].done():
             waiting[0].set_exception(error)
