@@ -191,3 +191,11 @@ def test_a_call_over_the_frame_size_is_too_large_alone(tmp_path: Path, monkeypat
         assert answers[1] == "fine"
 
     asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_blocking_call_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
+    async def body(channel: Channel, _: Data) -> None:
+        with pytest.raises(InvalidInput, match="cannot be handed to the model process"):
+            channel.call_now("control", "echo", threading.Lock())  # raises before anything is sent
+
+    asyncio.run(_with_channel(tmp_path, body))

@@ -115,9 +115,14 @@ class Channel:
     def call_now(self, target: str, name: str, *args: Any, **kwargs: Any) -> Any:
         if self._sock is None or self.lost.is_set():
             raise Unavailable("the model process is gone; this worker is stopping")
+        message = ("call", 0, target, name, args, kwargs)
+        try:
+            framed = frame([message])
+        except Exception as exc:  # nothing was sent: the line is as it was
+            raise _refusal(exc) from None
         with self._lock:
             try:
-                self._sock.sendall(b"".join(frame([("call", 0, target, name, args, kwargs)])))
+                self._sock.sendall(b"".join(framed))
                 kind, value = self._answer_now(self._sock)
             except OSError as exc:  # includes the timeout: the channel's state is unknown now
                 self._on_lost()
@@ -168,8 +173,7 @@ class Channel:
     def _refuse(self, message: tuple[Any, ...], exc: Exception) -> None:
         """A call that cannot go to the model process (an argument that does not pickle, or over
         the channel's frame size) fails where it was asked; nothing goes in its place."""
-        kind = PayloadTooLarge if isinstance(exc, FrameTooLarge) else InvalidInput
-        error = kind(f"this request cannot be handed to the model process: {describe(exc)}")
+        error = _refusal(exc)
         waiting = self._pending.get(message[1])
         if waiting is not None and not waiting[0].done():
             waiting[0].set_exception(error)
@@ -204,6 +208,12 @@ class Channel:
         if self._sock is not None:
             self._sock.close()
 
+
+
+def _refusal(exc: Exception) -> InvalidInput:
+    """What a caller hears when its call cannot be handed over (``frame`` raised ``exc``)."""
+    kind = PayloadTooLarge if isinstance(exc, FrameTooLarge) else InvalidInput
+    return kind(f"this request cannot be handed to the model process: {describe(exc)}")
 
 class _Part:
     """One part of the core (``shape`` is its class in the model process): each method forwards."""
