@@ -215,6 +215,7 @@ def _refusal(exc: Exception) -> InvalidInput:
     kind = PayloadTooLarge if isinstance(exc, FrameTooLarge) else InvalidInput
     return kind(f"this request cannot be handed to the model process: {describe(exc)}")
 
+
 class _Part:
     """One part of the core (``shape`` is its class in the model process): each method forwards."""
 
