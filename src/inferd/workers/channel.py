@@ -100,13 +100,13 @@ class FrameProtocol(asyncio.Protocol):
         self._on_lost()
 
 
-def describe(exc: BaseException) -> str:
-    """An exception as a short line, even one whose ``str`` fails or runs long."""
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """An exception as "Class: message", even one whose ``str`` fails or runs long."""
     try:
         text = str(exc)
     except Exception:
         text = ""
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
 
 
 def read_frame(sock: socket.socket) -> list[Any]:

@@ -178,7 +178,6 @@ class _Connection:
             log.error("a worker's call failed", exc_info=exc)
         self.protocol.send(("err", call_id, portable(exc)))
 
-
     def cancel_all(self) -> None:
         for task in list(self._running.values()):
             task.cancel()
@@ -198,8 +197,7 @@ def portable(exc: BaseException) -> BaseException:
     if isinstance(exc, InferdError):
         base = next(c for c in type(exc).__mro__ if c.__module__ == "inferd.errors")
         return cast(BaseException, base(exc.message))
-    text = f"{type(exc).__name__}: {describe(exc).partition(': ')[2]}".rstrip(": ")
-    return RuntimeError(text)
+    return RuntimeError(describe(exc, limit=64 * 1024))  # the message whole, within reason
 
 
 class WorkerSupervisor:
