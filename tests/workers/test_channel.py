@@ -125,13 +125,18 @@ async def _with_channel(tmp_path: Path, body: Any) -> None:
 REQUEST = InferRequest("m", None, [Tensor("x", "FP32", np.ones((1, 2), np.float32))])
 
 
+async def _beside_a_good_call(channel: Channel, bad: Any) -> Any:
+    """The outcome of the ``bad`` call, sent in the same pass as a good one, which must answer."""
+    good = channel.call("control", "echo", ("fine",), {})
+    answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
+    assert answers[1] == "fine"
+    return answers[0]
+
+
 def test_a_call_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
     async def body(channel: Channel, _: Data) -> None:
-        bad = channel.call("control", "echo", (threading.Lock(),), {})
-        good = channel.call("control", "echo", ("fine",), {})
-        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
-        assert isinstance(answers[0], InvalidInput) and "cannot be handed to the model process" in str(answers[0])
-        assert answers[1] == "fine"
+        error = await _beside_a_good_call(channel, channel.call("control", "echo", (threading.Lock(),), {}))
+        assert isinstance(error, InvalidInput) and "cannot be handed to the model process" in str(error)
         assert (await channel.infer(REQUEST)).outputs[0].data.tolist() == [[1.0, 1.0]]
 
     asyncio.run(_with_channel(tmp_path, body))
@@ -139,11 +144,8 @@ def test_a_call_that_does_not_pickle_fails_alone(tmp_path: Path) -> None:
 
 def test_an_answer_that_does_not_pickle_fails_its_call_alone(tmp_path: Path) -> None:
     async def body(channel: Channel, _: Data) -> None:
-        bad = channel.call("control", "lock", (), {})
-        good = channel.call("control", "echo", ("fine",), {})
-        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
-        assert isinstance(answers[0], ModelError) and "could not be sent to the front-end worker" in str(answers[0])
-        assert answers[1] == "fine"
+        error = await _beside_a_good_call(channel, channel.call("control", "lock", (), {}))
+        assert isinstance(error, ModelError) and "could not be sent to the front-end worker" in str(error)
 
     asyncio.run(_with_channel(tmp_path, body))
 
@@ -171,11 +173,8 @@ def test_the_blocking_line_skips_a_changed_notice() -> None:
 def test_an_exception_that_would_not_unpickle_reaches_the_worker_as_its_base(
         tmp_path: Path, error: str, expected: type[Exception]) -> None:
     async def body(channel: Channel, _: Data) -> None:
-        bad = channel.call("control", "fail", (error,), {})
-        good = channel.call("control", "echo", ("fine",), {})
-        answers = await asyncio.wait_for(asyncio.gather(bad, good, return_exceptions=True), 5)
-        assert type(answers[0]) is expected and "step failed: no input" in str(answers[0])
-        assert answers[1] == "fine"
+        raised = await _beside_a_good_call(channel, channel.call("control", "fail", (error,), {}))
+        assert type(raised) is expected and "step failed: no input" in str(raised)
 
     asyncio.run(_with_channel(tmp_path, body))
 
@@ -184,11 +183,8 @@ def test_a_call_over_the_frame_size_is_too_large_alone(tmp_path: Path, monkeypat
     monkeypatch.setattr(channel_module, "MAX_FRAME", 2000)
 
     async def body(channel: Channel, _: Data) -> None:
-        big = channel.call("control", "echo", (b"x" * 5000,), {})
-        small = channel.call("control", "echo", ("fine",), {})
-        answers = await asyncio.wait_for(asyncio.gather(big, small, return_exceptions=True), 5)
-        assert isinstance(answers[0], PayloadTooLarge) and "over the channel's frame size of 2000" in str(answers[0])
-        assert answers[1] == "fine"
+        error = await _beside_a_good_call(channel, channel.call("control", "echo", (b"x" * 5000,), {}))
+        assert isinstance(error, PayloadTooLarge) and "over the channel's frame size of 2000" in str(error)
 
     asyncio.run(_with_channel(tmp_path, body))
 
