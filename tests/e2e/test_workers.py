@@ -12,12 +12,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.conftest import RunningServer, serve
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
@@ -113,6 +115,31 @@ def test_every_protocol_answers_through_the_workers(server: RunningServer) -> No
     result = client.infer("py_double", [tensor])
     np.testing.assert_array_equal(result.as_numpy("y"), x * 2 + 10)
     client.close()
+
+
+def test_large_tensors_cross_the_hop_whole(server: RunningServer) -> None:
+    """8 MB tensors (out of band through the channel, read into a frame of their own) over v2
+    binary HTTP and gRPC, several at once beside small ones: each answer is its own request's."""
+    rng = np.random.default_rng(7)
+    tensors = [rng.standard_normal(1_000_000) + n for n in range(4)] + [np.array([1.0, 2.0])] * 4
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def ask(n: int) -> np.ndarray:  # tritonclient.http (gevent) is used from the thread that made it
+        http = httpclient.InferenceServerClient(server.url)
+        x = tensors[n % len(tensors)]
+        module: Any = grpcclient if n % 2 else httpclient
+        tensor = module.InferInput("x", [x.size], "FP64")
+        tensor.set_data_from_numpy(x, **({} if n % 2 else {"binary_data": True}))
+        wanted = [module.InferRequestedOutput("y", **({} if n % 2 else {"binary_data": True}))]
+        result = (grpc if n % 2 else http).infer("py_double", [tensor], outputs=wanted)
+        http.close()
+        return np.asarray(result.as_numpy("y"))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(16)))
+    for n, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, tensors[n % len(tensors)] * 2 + 10)
+    grpc.close()
 
 
 def test_errors_keep_their_status_and_message_across_the_hop(server: RunningServer) -> None:

@@ -18,6 +18,7 @@ from inferd.errors import InvalidInput, ModelError, PayloadTooLarge
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers import channel as channel_module
 from inferd.workers.channel import FrameProtocol, frame
+from inferd.workers.codec import pack_request
 from inferd.workers.owner import CoreService
 from inferd.workers.remote import Channel
 
@@ -29,16 +30,16 @@ async def _exchange(messages: list[Any]) -> tuple[list[Any], int]:
     frames = 0
     done = asyncio.Event()
     receiver = FrameProtocol(lambda m: received.append(m), lambda: None)
-    original = receiver.data_received
+    original = receiver.buffer_updated
 
-    def counted(data: bytes) -> None:
+    def counted(nbytes: int) -> None:
         nonlocal frames
         frames += 1
-        original(data)
+        original(nbytes)
         if len(received) >= len(messages):
             done.set()
 
-    receiver.data_received = counted  # type: ignore[method-assign]
+    receiver.buffer_updated = counted  # type: ignore[method-assign]
     sender = FrameProtocol(lambda m: None, lambda: None)
     await loop.connect_accepted_socket(lambda: sender, left)
     await loop.connect_accepted_socket(lambda: receiver, right)
@@ -55,6 +56,55 @@ def test_one_pass_of_sends_is_one_frame_in_order() -> None:
     received, frames = asyncio.run(_exchange(messages))
     assert received == messages
     assert frames == 1
+
+
+def _split_reads(stream: bytes, chunk: int) -> list[Any]:
+    """What a FrameProtocol takes from ``stream`` when each read brings at most ``chunk`` bytes."""
+    received: list[Any] = []
+    protocol = FrameProtocol(received.append, lambda: None)
+    offset = 0
+    while offset < len(stream):
+        target = protocol.get_buffer(-1)
+        n = min(chunk, len(target), len(stream) - offset)
+        target[:n] = stream[offset:offset + n]
+        protocol.buffer_updated(n)
+        offset += n
+    return received
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 100_000, 1 << 22])
+def test_frames_arrive_whole_however_the_reads_split_them(chunk: int) -> None:
+    """Small frames (read into the reused buffer, moved to its front as it fills), frames either
+    side of the size that gets a buffer of its own, and large ones split anywhere."""
+    sizes = [10, 70_000, 3, 300_000, 65_400, 65_600, 5, 2_000_000, 1] + [3_000] * 120
+    messages = [("ok", n, np.full(size, n % 251, np.uint8)) for n, size in enumerate(sizes)]
+    together = [("ok", 1000 + n, np.full(80_000, n, np.uint8)) for n in range(3)]  # three buffers, one frame
+    frames = [b"".join(bytes(part) for part in frame(sent)) for sent in [[m] for m in messages] + [together]]
+    if chunk == 1:  # a byte a read: the first seven frames are enough
+        frames, messages, together = frames[:7], messages[:7], []
+    received = _split_reads(b"".join(frames), chunk)
+    assert len(received) == len(messages) + len(together)
+    for got, sent in zip(received, messages + together, strict=True):
+        assert got[:2] == sent[:2]
+        np.testing.assert_array_equal(got[2], sent[2])
+
+
+def test_large_tensors_cross_out_of_band_and_arrive_whole(tmp_path: Path) -> None:
+    """A large tensor is written from its own memory (the pickle holds only its place), read into
+    its frame's own buffer on the other side; large and small calls in one pass answer in order."""
+    big = np.arange(3 * 2**20 // 4, dtype=np.float32).reshape(1, -1)
+    columns = np.arange(300 * 400, dtype=np.float64).reshape(300, 400).T  # not contiguous
+    parts = frame([("infer", 1, pack_request(InferRequest("m", None, [Tensor("x", "FP32", big)])))])
+    assert len(parts) == 3 and len(parts[1]) < 1000 and parts[2].nbytes == big.nbytes
+    asked = [InferRequest("m", None, [Tensor("x", datatype, data)])
+             for datatype, data in (("FP32", big), ("FP32", np.ones((1, 2), np.float32)), ("FP64", columns))] * 3
+
+    async def body(channel: Channel, _: Data) -> None:
+        answers = await asyncio.wait_for(asyncio.gather(*(channel.infer(request) for request in asked)), 20)
+        for request, answer in zip(asked, answers, strict=True):
+            np.testing.assert_array_equal(answer.outputs[0].data, request.inputs[0].data)
+
+    asyncio.run(_with_channel(tmp_path, body))
 
 
 def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,12 @@
-"""Frames between a front-end worker and the process that owns the models: a 4-byte length, then a
-pickle (protocol 5, so a numpy tensor goes in as one block of bytes) of a list of messages: what
-one side sent in one pass of its loop goes as one frame (one pickle, one write, one wake-up).
+"""Frames between a front-end worker and the process that owns the models: what one side sent in
+one pass of its loop goes as one frame (one pickle, one write, one wake-up of the other side).
+
+A frame is a 4-byte length, then the count of out-of-band buffers (2 bytes) and each one's length
+(8 bytes), then a pickle (protocol 5) of the list of messages, then those buffers. Large tensors
+travel out of band (the codec wraps them in ``pickle.PickleBuffer``): the sender writes the array's
+own memory, the receiver reads a large frame straight into a buffer of its own and the arrays view
+it, so a tensor is copied once each way, by the kernel. Small frames are read into one reused
+buffer and unpickled from there (their bytes are copied out by pickle).
 
 The socket is a Unix socket in a folder only the server's user can enter, and both ends are inferd
 processes started by the same command; pickle is safe here for that reason alone — never point a
@@ -14,26 +20,62 @@ import pickle
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 LENGTH = struct.Struct("!I")
+COUNT = struct.Struct("!H")
+SIZE = struct.Struct("!Q")
+NONE = COUNT.pack(0)
 MAX_FRAME = 2**32 - 1
+MAX_BUFFERS = 2**16 - 1
+RECEIVE = 256 * 1024  # the reused buffer small frames are read into
+OWN_BUFFER = 64 * 1024  # a frame at least this large is read into a buffer of its own
 
 
 class FrameTooLarge(ValueError):
-    """A frame over MAX_FRAME bytes: the length prefix cannot say it."""
+    """A frame over MAX_FRAME bytes (the length prefix cannot say it) or with too many buffers."""
 
 
-def frame(messages: list[Any]) -> list[bytes]:
-    payload = pickle.dumps(messages, protocol=5)
-    if len(payload) > MAX_FRAME:
-        raise FrameTooLarge(f"{len(payload)} bytes, over the channel's frame size of {MAX_FRAME}")
-    return [LENGTH.pack(len(payload)), payload]
+def frame(messages: list[Any]) -> list[Any]:
+    """The frame's parts, for ``writelines``: its head, the pickle, the out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(messages, protocol=5, buffer_callback=buffers.append)
+    if not buffers:  # most frames: a few small tensors, all in the pickle
+        if len(payload) + COUNT.size > MAX_FRAME:
+            raise FrameTooLarge(f"{len(payload) + COUNT.size} bytes, over the channel's frame size of {MAX_FRAME}")
+        return [LENGTH.pack(len(payload) + COUNT.size) + NONE, payload]
+    raws = [buffer.raw() for buffer in buffers]
+    if len(raws) > MAX_BUFFERS:
+        raise FrameTooLarge(f"{len(raws)} tensors in one frame, over the channel's {MAX_BUFFERS}")
+    table = COUNT.pack(len(raws)) + b"".join(SIZE.pack(raw.nbytes) for raw in raws)
+    size = len(table) + len(payload) + sum(raw.nbytes for raw in raws)
+    if size > MAX_FRAME:
+        raise FrameTooLarge(f"{size} bytes, over the channel's frame size of {MAX_FRAME}")
+    return [LENGTH.pack(size) + table, payload, *raws]
 
 
-class FrameProtocol(asyncio.Protocol):
-    """Splits the byte stream into messages and hands each to ``on_message``; pauses reading
-    while the peer is owed more than the transport's write buffer holds (backpressure both ways)."""
+def unframe(body: memoryview, own: bool) -> list[Any]:
+    """The messages of a frame's body (what follows its length). ``own``: the body is the
+    frame's own buffer, which its arrays may view; otherwise their bytes are copied out."""
+    (count,) = COUNT.unpack_from(body)
+    if not count:
+        return cast(list[Any], pickle.loads(body[COUNT.size:]))
+    sizes = [SIZE.unpack_from(body, COUNT.size + SIZE.size * n)[0] for n in range(count)]
+    start = COUNT.size + SIZE.size * count
+    end = len(body) - sum(sizes)
+    buffers = []
+    for size in sizes:
+        buffers.append(body[end:end + size] if own else bytes(body[end:end + size]))
+        end += size
+    messages: list[Any] = pickle.loads(body[start:len(body) - sum(sizes)], buffers=buffers)
+    return messages
+
+
+class FrameProtocol(asyncio.BufferedProtocol):
+    """Reads frames from the stream and hands each message to ``on_message``; sends what is
+    given to ``send`` in one frame per pass of the loop."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
                  refuse: Callable[[Any, Exception], Any] | None = None) -> None:
@@ -42,7 +84,10 @@ class FrameProtocol(asyncio.Protocol):
         # a message that cannot be sent (it does not pickle, or is over MAX_FRAME): what goes in its
         # place (an error answer to its call), or None (its sender has been told)
         self._refuse = refuse
-        self._buffer = bytearray()
+        self._view = memoryview(bytearray(RECEIVE))
+        self._start = self._end = 0  # what is read and not yet taken: _view[_start:_end]
+        self._own: memoryview | None = None  # a large frame's body, being read into its own buffer
+        self._filled = 0
         self._out: list[Any] = []  # messages sent in this pass of the loop
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
@@ -52,25 +97,56 @@ class FrameProtocol(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(buffer, start)
-            end = start + LENGTH.size + size
-            if len(buffer) < end:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._own is not None:
+            return self._own[self._filled:]
+        if len(self._view) - self._end < OWN_BUFFER:  # what is left of a small frame goes to the front
+            left = bytes(self._view[self._start:self._end])
+            self._view[:len(left)] = left
+            self._start, self._end = 0, len(left)
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._own is not None:
+            self._filled += nbytes
+            if self._filled < len(self._own):
+                return
+            body, self._own = self._own, None
+            self._deliver(unframe(body, own=True))
+        else:
+            self._end += nbytes
+        self._take()
+
+    def _take(self) -> None:
+        """Every whole frame in the reused buffer; the start of a large one moves to its own."""
+        view = self._view
+        while self._end - self._start >= LENGTH.size and self._own is None:
+            (size,) = LENGTH.unpack_from(view, self._start)
+            body = self._start + LENGTH.size
+            if size >= OWN_BUFFER:
+                here = min(self._end - body, size)
+                self._own = memoryview(cast(Any, np.empty(size, np.uint8)))  # not zeroed: the read fills it
+                self._own[:here] = view[body:body + here]
+                self._filled = here
+                self._start = body + here
+                if here == size:  # all of it was here already
+                    own, self._own = self._own, None
+                    self._deliver(unframe(own, own=True))
+                continue
+            if self._end - body < size:
                 break
-            messages = pickle.loads(memoryview(buffer)[start + LENGTH.size:end])
-            start = end
-            for message in messages:
-                self._on_message(message)
-        if start:  # a new buffer: a message may still hold a view of the old one
-            self._buffer = buffer[start:]
+            self._start = body + size
+            self._deliver(unframe(view[body:body + size], own=False))
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _deliver(self, messages: list[Any]) -> None:
+        for message in messages:
+            self._on_message(message)
 
     def send(self, message: Any) -> None:
-        """Frames sent in one pass of the loop leave in one write (a batch's answers, a burst
-        of requests): one system call and one wake-up of the other process, not one per frame."""
+        """Messages sent in one pass of the loop leave in one frame and one write (a batch's
+        answers, a burst of requests): one wake-up of the other process, not one per message."""
         if self.transport is None or self.transport.is_closing():
             return
         if not self._out:
@@ -87,7 +163,7 @@ class FrameProtocol(asyncio.Protocol):
             framed = [part for message in out for part in self._one_by_one(message)]
         self.transport.writelines(framed)
 
-    def _one_by_one(self, message: Any) -> list[bytes]:
+    def _one_by_one(self, message: Any) -> list[Any]:
         try:
             return frame([message])
         except Exception as exc:
@@ -96,7 +172,7 @@ class FrameProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._buffer = bytearray()
+        self._own = None
         self._on_lost()
 
 
@@ -111,10 +187,8 @@ def describe(exc: BaseException, limit: int = 300) -> str:
 
 def read_frame(sock: socket.socket) -> list[Any]:
     """One frame's messages from a blocking socket (the worker's line for calls that must answer at once)."""
-    header = _read_exactly(sock, LENGTH.size)
-    (size,) = LENGTH.unpack(header)
-    messages: list[Any] = pickle.loads(_read_exactly(sock, size))
-    return messages
+    (size,) = LENGTH.unpack(_read_exactly(sock, LENGTH.size))
+    return unframe(memoryview(_read_exactly(sock, size)), own=True)
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:

@@ -2,24 +2,30 @@
 
 Pickling the dataclasses themselves costs several times more (each object's state goes through
 Python-level reduce functions, numpy arrays through theirs); tuples of str, int and bytes are
-pickled by C alone. Numeric tensors travel as (dtype, shape, bytes); anything else (BYTES object
-arrays, bfloat16) as the array.
+pickled by C alone. Numeric tensors travel as (dtype, shape, bytes), large ones as (dtype, shape,
+a ``PickleBuffer`` of the array): out of band, uncopied (see channel.py); anything else (BYTES
+object arrays, bfloat16) as the array.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import pickle
+from typing import Any, cast
 
 import numpy as np
 
 from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor, Timings
 
 NUMERIC = frozenset("biufc")
+OUT_OF_BAND = 64 * 1024  # a tensor this large crosses as its own memory, not as a copy in the pickle
 
 
 def _pack_tensor(tensor: Tensor) -> tuple[Any, ...]:
     data = tensor.data
     if data.dtype.kind in NUMERIC and data.dtype.isnative:
+        if data.nbytes >= OUT_OF_BAND:  # must not change until sent: tensors handed on are not written to
+            return tensor.name, tensor.datatype, data.dtype.str, data.shape, pickle.PickleBuffer(
+                cast(Any, np.ascontiguousarray(data)))
         return tensor.name, tensor.datatype, data.dtype.str, data.shape, data.tobytes()
     return tensor.name, tensor.datatype, None, None, data
 
