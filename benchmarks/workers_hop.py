@@ -4,6 +4,10 @@ one core. Reports calls/s and CPU µs per call of each side, so a change to the 
 or either loop's handling shows without wrk's or the model's noise.
 
     taskset -c 0 python benchmarks/workers_hop.py [--tree SRC_CHECKOUT] [--concurrency 1,64] [--calls 20000]
+        [--floats 16]
+
+--floats sets the request's FP32 tensor (1 x N; the answer carries it back): 16 is the peers' tiny
+model, 150528 an image of 3 x 224 x 224.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ uvloop.run(main())
 '''
 
 
-async def drive(path: Path, concurrency: int, calls: int) -> float:
+async def drive(path: Path, concurrency: int, calls: int, floats: int) -> float:
     import numpy as np
 
     from inferd.types import InferRequest, Tensor
@@ -46,7 +50,7 @@ async def drive(path: Path, concurrency: int, calls: int) -> float:
 
     channel = Channel(path)
     await channel.connect()
-    request = InferRequest("tiny", None, [Tensor("input", "FP32", np.ones((1, 16), np.float32))])
+    request = InferRequest("tiny", None, [Tensor("input", "FP32", np.ones((1, floats), np.float32))])
     left = calls
 
     async def client() -> None:
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--calls", type=int, default=20000,
                         help="calls per concurrency (the model process's CPU is read in 10 ms ticks: keep it large)")
+    parser.add_argument("--floats", type=int, default=16, help="FP32 values in the request's tensor")
     args = parser.parse_args()
     if not (args.tree / "src" / "inferd" / "workers" / "channel.py").is_file():
         parser.error(f"--tree {args.tree}: no src/inferd/workers/channel.py there (an inferd checkout is expected)")
@@ -88,9 +93,9 @@ def main() -> None:
     assert owner.stdout is not None and owner.stdout.readline().strip() == b"ready"
     try:
         for concurrency in map(int, args.concurrency.split(",")):
-            uvloop.run(drive(path, concurrency, 2000))  # warm both sides
+            uvloop.run(drive(path, concurrency, min(2000, args.calls), args.floats))  # warm both sides
             mine, theirs = resource.getrusage(resource.RUSAGE_SELF), cpu_s(owner.pid)
-            took = uvloop.run(drive(path, concurrency, args.calls))
+            took = uvloop.run(drive(path, concurrency, args.calls, args.floats))
             after = resource.getrusage(resource.RUSAGE_SELF)
             worker_us = (after.ru_utime + after.ru_stime - mine.ru_utime - mine.ru_stime) / args.calls * 1e6
             owner_us = (cpu_s(owner.pid) - theirs) / args.calls * 1e6
