@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import hpack
@@ -121,6 +122,37 @@ def test_a_malformed_request_resets_only_its_stream(server: RunningServer, field
     raw.send(raw.headers(1, fields, end=False), DataFrame(1, request("echo", np.ones(2)), flags=["END_STREAM"]))
     assert raw.reset(1) == PROTOCOL_ERROR
     assert not any(isinstance(f, HeadersFrame) for f, _ in raw.frames)  # no call ran
+    raw.send(raw.headers(3, GRPC_FIELDS, end=False), DataFrame(3, request("echo", np.ones(2)), flags=["END_STREAM"]))
+    raw.ended(3)  # the connection goes on
+    assert raw.fields(3)["grpc-status"] == "0"
+    raw.close()
+
+
+@pytest.mark.parametrize(("declared", "parts", "status"), [
+    pytest.param(lambda n: n, [1], "0", id="equal: answered"),
+    pytest.param(lambda n: n + 1, [1], None, id="one byte more than sent"),
+    pytest.param(lambda n: n - 1, [2, 2], None, id="less than two DATA frames"),
+    pytest.param(lambda n: "ten", [1], None, id="no number"),
+    pytest.param(lambda n: 5, [], None, id="no DATA at all"),
+])
+def test_content_length_must_add_up_to_the_data(server: RunningServer, declared: Any, parts: list[int],
+                                                status: str | None) -> None:
+    """RFC 9113 §8.1.1: a request whose DATA does not add up to its content-length is malformed."""
+    raw = Raw(server)
+    body = request("echo", np.ones(2))
+    fields = [*GRPC_FIELDS, ("content-length", str(declared(len(body))))]
+    if not parts:
+        raw.send(raw.headers(1, fields, end=True))
+    else:
+        raw.send(raw.headers(1, fields, end=False))
+        pieces = [body] if parts == [1] else [body[:len(body) // 2], body[len(body) // 2:]]
+        for n, piece in enumerate(pieces):
+            raw.send(DataFrame(1, piece, flags=["END_STREAM"] if n == len(pieces) - 1 else []))
+    if status is None:
+        assert raw.reset(1) == PROTOCOL_ERROR
+    else:
+        raw.ended(1)
+        assert raw.fields(1)["grpc-status"] == status
     raw.send(raw.headers(3, GRPC_FIELDS, end=False), DataFrame(3, request("echo", np.ones(2)), flags=["END_STREAM"]))
     raw.ended(3)  # the connection goes on
     assert raw.fields(3)["grpc-status"] == "0"

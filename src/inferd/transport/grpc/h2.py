@@ -110,19 +110,20 @@ def unpadded(flags: int, payload: bytes) -> bytes:
 
 _CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 _BAD_NAME = re.compile("[^!-9;-@[-~]|^$")  # controls, space, ':', uppercase, DEL and above; or empty
-_PSEUDO, _KEPT, _TE, _FINE = range(4)
+_PSEUDO, _KEPT, _TE, _FINE, _LENGTH = range(5)
 # what each field name seen so far is: one dict look-up a field on the hot path (the same few names
 # come on every call); names first seen are checked, then remembered (a bounded number of them)
 _NAMES: dict[str, int] = {":method": _PSEUDO, ":scheme": _PSEUDO, ":path": _PSEUDO, ":authority": _PSEUDO,
-                          "te": _TE, "content-type": _KEPT, "grpc-timeout": _KEPT, "grpc-encoding": _KEPT}
+                          "te": _TE, "content-type": _KEPT, "grpc-timeout": _KEPT, "grpc-encoding": _KEPT,
+                          "content-length": _LENGTH}
 
 
 def request_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
-    """A request's pseudo-headers, ``te``, ``content-type``, ``grpc-timeout`` and ``grpc-encoding``.
-    StreamError when RFC 9113 calls the request malformed: an unknown, repeated or late
-    pseudo-header, a field name with uppercase or other characters HTTP/2 forbids, a
-    connection-specific field, ``te`` other than ``trailers``, or no ``:method``, ``:scheme`` or
-    ``:path``."""
+    """A request's pseudo-headers, ``te``, ``content-type``, ``grpc-timeout``, ``grpc-encoding``
+    and ``content-length``. StreamError when RFC 9113 calls the request malformed: an unknown,
+    repeated or late pseudo-header, a field name with uppercase or other characters HTTP/2
+    forbids, a connection-specific field, ``te`` other than ``trailers``, a ``content-length``
+    that is no number, or no ``:method``, ``:scheme`` or ``:path``."""
     chosen: dict[str, str] = {}
     regular = False
     kind_of = _NAMES.get
@@ -141,6 +142,10 @@ def request_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
         elif kind == _TE:
             if value != "trailers":
                 raise StreamError(f"te: {value!r}, only 'trailers' allowed in HTTP/2")
+            chosen[name] = value
+        elif kind == _LENGTH:  # the DATA that follows must add up to it (checked as it comes)
+            if not (value.isascii() and value.isdigit()) or name in chosen:
+                raise StreamError(f"content-length: {value!r}, one number of bytes expected")
             chosen[name] = value
         else:
             _checked(name)

@@ -110,6 +110,7 @@ class _Call:
         "drained",
         "encoding",
         "ended",
+        "expected",
         "headers",
         "headers_sent",
         "held",
@@ -132,6 +133,7 @@ class _Call:
         self.encoding: str | None = None
         self.body = bytearray()
         self.ended = False  # the client sent END_STREAM
+        self.expected: int | None = None  # content-length, when the client sent one: DATA still to come
         self.done = False  # answered, reset or cut off: nothing more runs for it
         self.headers_sent = False
         self.budgeted = 0
@@ -507,8 +509,9 @@ class _Connection(asyncio.Protocol):
         if call is not None:  # the client's trailers end its side; anything else breaks the stream
             if call.ended or not flags & h2.END_STREAM:
                 self._reset(stream_id, h2.STREAM_CLOSED if call.ended else h2.PROTOCOL_ERROR)
-            elif any(name[:1] == ":" for name, _ in headers):
-                self._reset(stream_id, h2.PROTOCOL_ERROR)  # RFC 9113 §8.1: no pseudo-headers in trailers
+            elif any(name[:1] == ":" for name, _ in headers) or call.expected:
+                self._reset(stream_id, h2.PROTOCOL_ERROR)  # RFC 9113 §8.1: no pseudo-headers in trailers;
+                # §8.1.1: the DATA did not add up to content-length
             else:
                 self._received(call, b"", True)
             return
@@ -536,6 +539,13 @@ class _Connection(asyncio.Protocol):
             return
         call = _Call(stream_id, headers, self.peer_window)
         call.ended = bool(flags & h2.END_STREAM)
+        length = fields.get("content-length")
+        if length is not None:
+            call.expected = int(length)
+            if call.ended and call.expected:  # RFC 9113 §8.1.1: a body said, none sent
+                self._chatter()
+                self._reset(stream_id, h2.PROTOCOL_ERROR)
+                return
         self.calls[stream_id] = call
         self.active_at = time.monotonic()
         self._begin(call, fields)
@@ -628,6 +638,11 @@ class _Connection(asyncio.Protocol):
         if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
             self._reset(call.id, h2.FLOW_CONTROL_ERROR)
             return
+        if call.expected is not None:  # RFC 9113 §8.1.1: DATA adds up to content-length, no more, no less
+            call.expected -= len(data)
+            if call.expected < 0 or (call.expected and flags & h2.END_STREAM):
+                self._reset(call.id, h2.PROTOCOL_ERROR)
+                return
         self._received(call, data, bool(flags & h2.END_STREAM))
 
     def _received(self, call: _Call, data: bytes, end: bool) -> None:
