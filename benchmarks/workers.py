@@ -2,7 +2,8 @@
 
     python benchmarks/workers.py [--workers 0,1,2] [--rounds 2] [--seconds 6] [--server-cpus 0] [--client-cpus 1]
 
-Each setting serves the peers' `tiny` and `mlp` TorchScript models with dynamic batching; the
+Each setting serves the peers' `tiny` and `mlp` TorchScript models and a 3 x 224 x 224 `image` one
+(channel means: the bytes cost, the model does not) with dynamic batching; the
 whole server tree (model process and workers) is pinned to --server-cpus, the load to
 --client-cpus. wrk loads v2 JSON and binary bodies, `inferd bench --grpc` loads v2 gRPC. Settings
 alternate round by round; the report gives per-setting medians of req/s and of the server tree's
@@ -24,9 +25,23 @@ from pathlib import Path
 
 from common import HERE, bodies, free_port, make_mlp_models, measure, stop, wait_ready, write_model
 
-HTTP_CASES = [("tiny", "json", 1), ("tiny", "json", 64), ("tiny", "binary", 64), ("mlp", "json", 64)]
-GRPC_CASES = [("tiny", 1), ("tiny", 64), ("mlp", 64)]
-DIMS = {"tiny": 16, "mlp": 512}
+HTTP_CASES = [("tiny", "json", 1), ("tiny", "json", 64), ("tiny", "binary", 64), ("mlp", "json", 64),
+              ("image", "binary", 8)]
+GRPC_CASES = [("tiny", 1), ("tiny", 64), ("mlp", 64), ("image", 8)]
+DIMS = {"tiny": 16, "mlp": 512, "image": 3 * 224 * 224}
+OUTS = {"tiny": 4, "mlp": 10, "image": 3}
+
+
+def make_image_model(path: Path) -> None:
+    """A 3 x 224 x 224 FP32 image (602 KB, flattened) in, its channels' means out: the front end
+    and the hop carry the bytes, the model costs next to nothing."""
+    import torch
+
+    class ChannelMeans(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], 3, -1).mean(dim=2)
+
+    torch.jit.script(ChannelMeans()).save(str(path))
 
 
 def grpc_bench(http: int, grpc: int, model: str, concurrency: int, seconds: int, client_cpus: str,
@@ -84,10 +99,10 @@ def main() -> None:
     settings = [int(n) for n in args.workers.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
     make_mlp_models(scratch / "artifacts")
+    make_image_model(scratch / "artifacts" / "image.pt")
     lengths = {}
     for model, dim in DIMS.items():
-        write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, 10 if model == "mlp" else 4,
-                    batching=True)
+        write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, OUTS[model], batching=True)
         _, _, lengths[model] = bodies(scratch / "bodies", model, dim)
     (scratch / "bodies" / "header_lengths.json").write_text(json.dumps(lengths))
     runs: dict[int, list[dict[str, dict]]] = {n: [] for n in settings}

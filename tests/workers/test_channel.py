@@ -107,6 +107,34 @@ def test_large_tensors_cross_out_of_band_and_arrive_whole(tmp_path: Path) -> Non
     asyncio.run(_with_channel(tmp_path, body))
 
 
+def _memory_of(array: np.ndarray) -> Any:
+    """The object that owns the memory ``array`` views."""
+    base: Any = array
+    while True:
+        if isinstance(base, memoryview):
+            base = base.obj
+        elif isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        else:
+            return base
+
+
+def test_each_large_tensor_arrives_aligned_in_memory_of_its_own() -> None:
+    """Eight 4 MB answers in one frame: keeping one keeps 4 MB, not the frame; each starts where
+    numpy would put it, whatever the pickle before it. Small arrays stay inside the pickle."""
+    answers = [("ok", n, np.full((1, 2**20 + n), n, np.float32)) for n in range(8)]
+    small = [("ok", 100, np.ones(10)), ("ok", 101, [np.ones(3, np.int8)] * 2000)]  # 2,000 arrays: all in band
+    stream = b"".join(b"".join(bytes(part) for part in frame(sent)) for sent in (answers, small))
+    assert len(frame(small)) == 2  # head and pickle: no out-of-band buffer
+    received = _split_reads(stream, 100_000)
+    for (_, got_id, got), (_, sent_id, sent) in zip(received[:8], answers, strict=True):
+        assert got_id == sent_id
+        np.testing.assert_array_equal(got, sent)
+        assert _memory_of(got).nbytes == sent.nbytes
+        assert got.ctypes.data % 16 == 0
+    assert received[8][2].flags.writeable and len(received[9][2]) == 2000
+
+
 def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(channel_module, "MAX_FRAME", 1000)
     messages = [("ok", n, b"x" * 600) for n in range(3)]  # each fits, the three together do not

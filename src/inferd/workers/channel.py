@@ -2,11 +2,12 @@
 one pass of its loop goes as one frame (one pickle, one write, one wake-up of the other side).
 
 A frame is a 4-byte length, then the count of out-of-band buffers (2 bytes) and each one's length
-(8 bytes), then a pickle (protocol 5) of the list of messages, then those buffers. Large tensors
-travel out of band (the codec wraps them in ``pickle.PickleBuffer``): the sender writes the array's
-own memory, the receiver reads a large frame straight into a buffer of its own and the arrays view
-it, so a tensor is copied once each way, by the kernel. Small frames are read into one reused
-buffer and unpickled from there (their bytes are copied out by pickle).
+(8 bytes), then a pickle (protocol 5) of the list of messages, then those buffers. Buffers of 64
+KiB or more (large tensors: the codec wraps them in ``pickle.PickleBuffer``) travel out of band:
+the sender writes the array's own memory, the receiver reads each straight into an allocation of
+its own that the array views, so a tensor is copied once each way, by the kernel; an array handed
+to ``send`` must not be written to afterwards. Smaller frames are read into one reused buffer and
+unpickled from there (pickle copies out what it keeps).
 
 The socket is a Unix socket in a folder only the server's user can enter, and both ends are inferd
 processes started by the same command; pickle is safe here for that reason alone — never point a
@@ -25,13 +26,15 @@ from typing import Any, cast
 import numpy as np
 
 LENGTH = struct.Struct("!I")
+HEAD = struct.Struct("!IH")  # the frame's length, its count of out-of-band buffers
 COUNT = struct.Struct("!H")
 SIZE = struct.Struct("!Q")
 NONE = COUNT.pack(0)
 MAX_FRAME = 2**32 - 1
-MAX_BUFFERS = 2**16 - 1
-RECEIVE = 256 * 1024  # the reused buffer small frames are read into
-OWN_BUFFER = 64 * 1024  # a frame at least this large is read into a buffer of its own
+MAX_BUFFERS = 4096  # a frame with more goes message by message (its table stays within OWN_BUFFER)
+OUT_OF_BAND = 64 * 1024  # a buffer this large travels after the pickle, read into memory of its own
+RECEIVE = 256 * 1024  # the reused buffer the rest is read into
+OWN_BUFFER = 64 * 1024  # a pickle this large is read into memory of its own too
 
 
 class FrameTooLarge(ValueError):
@@ -40,37 +43,83 @@ class FrameTooLarge(ValueError):
 
 def frame(messages: list[Any]) -> list[Any]:
     """The frame's parts, for ``writelines``: its head, the pickle, the out-of-band buffers."""
-    buffers: list[pickle.PickleBuffer] = []
-    payload = pickle.dumps(messages, protocol=5, buffer_callback=buffers.append)
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:  # False: after the pickle; True: inside it
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND:
+            return True
+        buffers.append(raw)
+        return False
+
+    payload = pickle.dumps(messages, protocol=5, buffer_callback=out_of_band)
     if not buffers:  # most frames: a few small tensors, all in the pickle
         if len(payload) + COUNT.size > MAX_FRAME:
             raise FrameTooLarge(f"{len(payload) + COUNT.size} bytes, over the channel's frame size of {MAX_FRAME}")
         return [LENGTH.pack(len(payload) + COUNT.size) + NONE, payload]
-    raws = [buffer.raw() for buffer in buffers]
-    if len(raws) > MAX_BUFFERS:
-        raise FrameTooLarge(f"{len(raws)} tensors in one frame, over the channel's {MAX_BUFFERS}")
-    table = COUNT.pack(len(raws)) + b"".join(SIZE.pack(raw.nbytes) for raw in raws)
-    size = len(table) + len(payload) + sum(raw.nbytes for raw in raws)
+    if len(buffers) > MAX_BUFFERS:
+        raise FrameTooLarge(f"{len(buffers)} large tensors in one frame, over the channel's {MAX_BUFFERS}")
+    table = COUNT.pack(len(buffers)) + b"".join(SIZE.pack(raw.nbytes) for raw in buffers)
+    size = len(table) + len(payload) + sum(raw.nbytes for raw in buffers)
     if size > MAX_FRAME:
         raise FrameTooLarge(f"{size} bytes, over the channel's frame size of {MAX_FRAME}")
-    return [LENGTH.pack(size) + table, payload, *raws]
+    return [LENGTH.pack(size) + table, payload, *buffers]
 
 
-def unframe(body: memoryview, own: bool) -> list[Any]:
-    """The messages of a frame's body (what follows its length). ``own``: the body is the
-    frame's own buffer, which its arrays may view; otherwise their bytes are copied out."""
+def unframe(body: memoryview) -> list[Any]:
+    """The messages of a frame's body (what follows its length) read whole (the blocking line)."""
     (count,) = COUNT.unpack_from(body)
-    if not count:
-        return cast(list[Any], pickle.loads(body[COUNT.size:]))
     sizes = [SIZE.unpack_from(body, COUNT.size + SIZE.size * n)[0] for n in range(count)]
-    start = COUNT.size + SIZE.size * count
     end = len(body) - sum(sizes)
     buffers = []
     for size in sizes:
-        buffers.append(body[end:end + size] if own else bytes(body[end:end + size]))
+        buffers.append(body[end:end + size])
         end += size
-    messages: list[Any] = pickle.loads(body[start:len(body) - sum(sizes)], buffers=buffers)
+    messages: list[Any] = pickle.loads(body[COUNT.size + SIZE.size * count:len(body) - sum(sizes)], buffers=buffers)
     return messages
+
+
+def _allocate(size: int) -> memoryview:
+    return memoryview(cast(Any, np.empty(size, np.uint8)))  # not zeroed: a read fills it
+
+
+class _Parts:
+    """A large frame read straight into memory of its own: its pickle, and each out-of-band
+    buffer in an allocation of its own (aligned as numpy aligns, and freed with the last array
+    that views it, not with its whole frame)."""
+
+    def __init__(self, pickle_size: int, sizes: list[int]) -> None:
+        self._parts = [_allocate(pickle_size), *(_allocate(size) for size in sizes)]
+        self._index = self._filled = 0  # the part being read, and how much of it is
+        self.advance(0)
+
+    @property
+    def done(self) -> bool:
+        return self._index == len(self._parts)
+
+    def space(self) -> memoryview:
+        return self._parts[self._index][self._filled:]
+
+    def advance(self, nbytes: int) -> None:
+        self._filled += nbytes
+        while self._index < len(self._parts) and self._filled == len(self._parts[self._index]):
+            self._index += 1
+            self._filled = 0
+
+    def fill(self, data: memoryview) -> int:
+        """Take what ``data`` holds of the parts; returns how many bytes that was."""
+        taken = 0
+        while taken < len(data) and not self.done:
+            space = self.space()
+            n = min(len(space), len(data) - taken)
+            space[:n] = data[taken:taken + n]
+            taken += n
+            self.advance(n)
+        return taken
+
+    def messages(self) -> list[Any]:
+        messages: list[Any] = pickle.loads(self._parts[0], buffers=self._parts[1:])
+        return messages
 
 
 class FrameProtocol(asyncio.BufferedProtocol):
@@ -86,8 +135,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._refuse = refuse
         self._view = memoryview(bytearray(RECEIVE))
         self._start = self._end = 0  # what is read and not yet taken: _view[_start:_end]
-        self._own: memoryview | None = None  # a large frame's body, being read into its own buffer
-        self._filled = 0
+        self._parts: _Parts | None = None  # a large frame being read into memory of its own
         self._out: list[Any] = []  # messages sent in this pass of the loop
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
@@ -98,8 +146,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._own is not None:
-            return self._own[self._filled:]
+        if self._parts is not None:
+            return self._parts.space()
         if len(self._view) - self._end < OWN_BUFFER:  # what is left of a small frame goes to the front
             left = bytes(self._view[self._start:self._end])
             self._view[:len(left)] = left
@@ -107,36 +155,39 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._own is not None:
-            self._filled += nbytes
-            if self._filled < len(self._own):
-                return
-            body, self._own = self._own, None
-            self._deliver(unframe(body, own=True))
-        else:
+        if self._parts is None:
             self._end += nbytes
-        self._take()
+            self._take()
+            return
+        self._parts.advance(nbytes)
+        if self._parts.done:
+            parts, self._parts = self._parts, None
+            self._deliver(parts.messages())
 
     def _take(self) -> None:
-        """Every whole frame in the reused buffer; the start of a large one moves to its own."""
+        """Every small frame whole in the reused buffer; a large one's parts go to their own."""
         view = self._view
-        while self._end - self._start >= LENGTH.size and self._own is None:
-            (size,) = LENGTH.unpack_from(view, self._start)
-            body = self._start + LENGTH.size
-            if size >= OWN_BUFFER:
-                here = min(self._end - body, size)
-                self._own = memoryview(cast(Any, np.empty(size, np.uint8)))  # not zeroed: the read fills it
-                self._own[:here] = view[body:body + here]
-                self._filled = here
-                self._start = body + here
-                if here == size:  # all of it was here already
-                    own, self._own = self._own, None
-                    self._deliver(unframe(own, own=True))
-                continue
-            if self._end - body < size:
+        while self._parts is None and self._end - self._start >= HEAD.size:
+            size, count = HEAD.unpack_from(view, self._start)
+            head = HEAD.size + SIZE.size * count
+            if self._end - self._start < head:
                 break
-            self._start = body + size
-            self._deliver(unframe(view[body:body + size], own=False))
+            if not count and size < OWN_BUFFER:  # unpickled from here (pickle copies what it keeps)
+                end = self._start + LENGTH.size + size
+                if self._end < end:
+                    break
+                messages = pickle.loads(view[self._start + HEAD.size:end])
+                self._start = end
+                self._deliver(messages)
+                continue
+            sizes = [SIZE.unpack_from(view, self._start + HEAD.size + SIZE.size * n)[0] for n in range(count)]
+            parts = _Parts(LENGTH.size + size - head - sum(sizes), sizes)
+            self._start += head
+            self._start += parts.fill(view[self._start:self._end])
+            if parts.done:
+                self._deliver(parts.messages())
+            else:
+                self._parts = parts  # the reads that follow go straight into its parts
         if self._start == self._end:
             self._start = self._end = 0
 
@@ -172,7 +223,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._own = None
+        self._parts = None
         self._on_lost()
 
 
@@ -188,7 +239,7 @@ def describe(exc: BaseException, limit: int = 300) -> str:
 def read_frame(sock: socket.socket) -> list[Any]:
     """One frame's messages from a blocking socket (the worker's line for calls that must answer at once)."""
     (size,) = LENGTH.unpack(_read_exactly(sock, LENGTH.size))
-    return unframe(memoryview(_read_exactly(sock, size)), own=True)
+    return unframe(memoryview(_read_exactly(sock, size)))
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
