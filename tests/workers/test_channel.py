@@ -58,10 +58,11 @@ def test_one_pass_of_sends_is_one_frame_in_order() -> None:
     assert frames == 1
 
 
-def _split_reads(stream: bytes, chunk: int) -> list[Any]:
+def _split_reads(stream: bytes, chunk: int, protocol: FrameProtocol | None = None,
+                 received: list[Any] | None = None) -> list[Any]:
     """What a FrameProtocol takes from ``stream`` when each read brings at most ``chunk`` bytes."""
-    received: list[Any] = []
-    protocol = FrameProtocol(received.append, lambda: None)
+    received = [] if received is None else received
+    protocol = FrameProtocol(received.append, lambda: None) if protocol is None else protocol
     offset = 0
     while offset < len(stream):
         target = protocol.get_buffer(-1)
@@ -133,6 +134,27 @@ def test_each_large_tensor_arrives_aligned_in_memory_of_its_own() -> None:
         assert _memory_of(got).nbytes == sent.nbytes
         assert got.ctypes.data % 16 == 0
     assert received[8][2].flags.writeable and len(received[9][2]) == 2000
+
+
+def test_memory_of_a_large_tensor_is_used_again_once_no_array_views_it() -> None:
+    """A new allocation per tensor costs a page fault per 4 KiB each time; a buffer is taken
+    again once the arrays that viewed it are gone, and not while one still does."""
+    received: list[Any] = []
+    protocol = FrameProtocol(received.append, lambda: None)
+
+    def arrive(array: np.ndarray) -> np.ndarray:
+        _split_reads(b"".join(bytes(part) for part in frame([("ok", 1, array)])), 50_000, protocol, received)
+        got: np.ndarray = received.pop()[2]
+        np.testing.assert_array_equal(got, array)
+        return got
+
+    first = arrive(np.full(300_000, 1.0))
+    address = first.ctypes.data
+    kept = arrive(np.full(300_000, 2.0))  # the first is still alive: other memory
+    assert kept.ctypes.data != address
+    del first
+    again = arrive(np.full(290_000, 3.0))  # the first's buffer, free now
+    assert again.ctypes.data == address and kept[0] == 2.0
 
 
 def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:

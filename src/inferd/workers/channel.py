@@ -20,6 +20,7 @@ import asyncio
 import pickle
 import socket
 import struct
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -79,17 +80,42 @@ def unframe(body: memoryview) -> list[Any]:
     return messages
 
 
-def _allocate(size: int) -> memoryview:
-    return memoryview(cast(Any, np.empty(size, np.uint8)))  # not zeroed: a read fills it
+class _Pool:
+    """Memory for large tensors, used again once no array views it. A new allocation for each
+    costs a page fault per 4 KiB every time (the allocator hands large blocks back to the system
+    when they are freed): 2.3x the CPU of the whole hop for an image at c=8."""
+
+    KEPT = 32  # free buffers kept at most
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []  # appended to by finalizers, from any thread
+
+    def take(self, size: int) -> memoryview:
+        """``size`` bytes, in a buffer at most twice as large (it lives as long as the tensor)."""
+        free = self._free
+        base = None
+        for n, candidate in enumerate(free):
+            if size <= candidate.nbytes <= 2 * size:
+                base = free.pop(n)
+                break
+        if base is None:
+            base = np.empty(size, np.uint8)  # not zeroed: a read fills it
+        handle = base[:size]  # what the arrays view; when the last of them goes, so does it
+        weakref.finalize(handle, self._release, base)
+        return memoryview(cast(Any, handle))
+
+    def _release(self, base: np.ndarray) -> None:
+        if len(self._free) < self.KEPT:
+            self._free.append(base)
 
 
 class _Parts:
     """A large frame read straight into memory of its own: its pickle, and each out-of-band
-    buffer in an allocation of its own (aligned as numpy aligns, and freed with the last array
+    buffer in a buffer of its own (aligned as numpy aligns, and free again with the last array
     that views it, not with its whole frame)."""
 
-    def __init__(self, pickle_size: int, sizes: list[int]) -> None:
-        self._parts = [_allocate(pickle_size), *(_allocate(size) for size in sizes)]
+    def __init__(self, pickle_size: int, sizes: list[int], pool: _Pool) -> None:
+        self._parts = [memoryview(bytearray(pickle_size)), *(pool.take(size) for size in sizes)]
         self._index = self._filled = 0  # the part being read, and how much of it is
         self.advance(0)
 
@@ -136,6 +162,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._view = memoryview(bytearray(RECEIVE))
         self._start = self._end = 0  # what is read and not yet taken: _view[_start:_end]
         self._parts: _Parts | None = None  # a large frame being read into memory of its own
+        self._pool = _Pool()
         self._out: list[Any] = []  # messages sent in this pass of the loop
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
@@ -181,7 +208,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._deliver(messages)
                 continue
             sizes = [SIZE.unpack_from(view, self._start + HEAD.size + SIZE.size * n)[0] for n in range(count)]
-            parts = _Parts(LENGTH.size + size - head - sum(sizes), sizes)
+            parts = _Parts(LENGTH.size + size - head - sum(sizes), sizes, self._pool)
             self._start += head
             self._start += parts.fill(view[self._start:self._end])
             if parts.done:
