@@ -133,6 +133,7 @@ def test_a_malformed_request_resets_only_its_stream(server: RunningServer, field
     pytest.param(lambda n: n + 1, [1], None, id="one byte more than sent"),
     pytest.param(lambda n: n - 1, [2, 2], None, id="less than two DATA frames"),
     pytest.param(lambda n: "ten", [1], None, id="no number"),
+    pytest.param(lambda n: "9" * 5000, [1], None, id="5,000 digits"),
     pytest.param(lambda n: 5, [], None, id="no DATA at all"),
 ])
 def test_content_length_must_add_up_to_the_data(server: RunningServer, declared: Any, parts: list[int],

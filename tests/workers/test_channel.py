@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -136,25 +137,61 @@ def test_each_large_tensor_arrives_aligned_in_memory_of_its_own() -> None:
     assert received[8][2].flags.writeable and len(received[9][2]) == 2000
 
 
-def test_memory_of_a_large_tensor_is_used_again_once_no_array_views_it() -> None:
-    """A new allocation per tensor costs a page fault per 4 KiB each time; a buffer is taken
-    again once the arrays that viewed it are gone, and not while one still does."""
-    received: list[Any] = []
-    protocol = FrameProtocol(received.append, lambda: None)
+class _Arrivals:
+    """Large tensors sent to one FrameProtocol, counting the buffers it had to allocate."""
 
-    def arrive(array: np.ndarray) -> np.ndarray:
-        _split_reads(b"".join(bytes(part) for part in frame([("ok", 1, array)])), 50_000, protocol, received)
-        got: np.ndarray = received.pop()[2]
-        np.testing.assert_array_equal(got, array)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.received: list[Any] = []
+        self.protocol = FrameProtocol(self.received.append, lambda: None)
+        calls = self._calls = [0]  # (the patch holds this, not the protocol)
+        empty = np.empty
+
+        def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+            calls[0] += 1
+            return empty(*args, **kwargs)
+
+        monkeypatch.setattr(channel_module.np, "empty", counted)
+
+    @property
+    def allocated(self) -> int:
+        return self._calls[0]
+
+    def arrive(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        _split_reads(b"".join(bytes(part) for part in frame([("ok", 1, a) for a in arrays])), 1 << 20,
+                     self.protocol, self.received)
+        got = [message[2] for message in self.received]
+        self.received.clear()
+        for one, sent in zip(got, arrays, strict=True):
+            np.testing.assert_array_equal(one, sent)
         return got
 
-    first = arrive(np.full(300_000, 1.0))
-    address = first.ctypes.data
-    kept = arrive(np.full(300_000, 2.0))  # the first is still alive: other memory
-    assert kept.ctypes.data != address
+
+def test_memory_of_a_large_tensor_is_used_again_once_no_array_views_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new allocation per tensor costs a page fault per 4 KiB each time; a buffer is taken
+    again once the arrays that viewed it are gone, and not while one still does."""
+    arrivals = _Arrivals(monkeypatch)
+    [first] = arrivals.arrive(np.full(300_000, 1.0))
+    [kept] = arrivals.arrive(np.full(300_000, 2.0))  # the first is still alive: other memory
+    assert arrivals.allocated == 2
     del first
-    again = arrive(np.full(290_000, 3.0))  # the first's buffer, free now
-    assert again.ctypes.data == address and kept[0] == 2.0
+    arrivals.arrive(np.full(290_000, 3.0))  # the first's buffer, free now
+    assert arrivals.allocated == 2 and kept[0] == 2.0
+
+
+def test_free_buffers_of_other_sizes_make_room_and_keep_no_pool_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a burst of large tensors, smaller ones are still served from buffers used again
+    (the oldest free ones go); an array kept after its connection closed keeps no free buffer."""
+    arrivals = _Arrivals(monkeypatch)
+    arrivals.arrive(*(np.full(2**20, float(n), np.float32) for n in range(40)))  # 4 MB each, dropped
+    before = arrivals.allocated
+    for n in range(5):
+        arrivals.arrive(np.full(2**18, float(n), np.float32))  # 1 MB each, one after another
+    assert arrivals.allocated == before + 1
+    [kept] = arrivals.arrive(np.full(2**18, 9.0, np.float32))
+    pool = weakref.ref(arrivals.protocol._pool)
+    arrivals.protocol.connection_lost(None)
+    del arrivals
+    assert pool() is None and kept[0] == 9.0
 
 
 def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.MonkeyPatch) -> None:

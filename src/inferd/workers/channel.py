@@ -20,6 +20,7 @@ import asyncio
 import pickle
 import socket
 import struct
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -85,28 +86,43 @@ class _Pool:
     costs a page fault per 4 KiB every time (the allocator hands large blocks back to the system
     when they are freed): 2.3x the CPU of the whole hop for an image at c=8."""
 
-    KEPT = 32  # free buffers kept at most
+    KEPT = 32  # free buffers kept at most ...
+    KEPT_BYTES = 64 * 2**20  # ... and bytes, per connection: the oldest go first
 
     def __init__(self) -> None:
-        self._free: list[np.ndarray] = []  # appended to by finalizers, from any thread
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()  # buffers come back from any thread (where an array was dropped)
 
     def take(self, size: int) -> memoryview:
         """``size`` bytes, in a buffer at most twice as large (it lives as long as the tensor)."""
-        free = self._free
         base = None
-        for n, candidate in enumerate(free):
-            if size <= candidate.nbytes <= 2 * size:
-                base = free.pop(n)
-                break
+        with self._lock:
+            for n, candidate in enumerate(self._free):
+                if size <= candidate.nbytes <= 2 * size:
+                    base = self._free.pop(n)
+                    break
         if base is None:
             base = np.empty(size, np.uint8)  # not zeroed: a read fills it
         handle = base[:size]  # what the arrays view; when the last of them goes, so does it
-        weakref.finalize(handle, self._release, base)
+        weakref.finalize(handle, _give_back, weakref.ref(self), base)  # (a kept array keeps no pool)
         return memoryview(cast(Any, handle))
 
-    def _release(self, base: np.ndarray) -> None:
-        if len(self._free) < self.KEPT:
-            self._free.append(base)
+    def give_back(self, base: np.ndarray) -> None:
+        with self._lock:
+            free = self._free
+            free.append(base)
+            while len(free) > self.KEPT or sum(buffer.nbytes for buffer in free) > self.KEPT_BYTES:
+                free.pop(0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+def _give_back(pool: weakref.ref[_Pool], base: np.ndarray) -> None:
+    alive = pool()
+    if alive is not None:
+        alive.give_back(base)
 
 
 class _Parts:
@@ -251,6 +267,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._parts = None
+        self._pool.clear()
         self._on_lost()
 
 

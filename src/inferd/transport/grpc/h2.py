@@ -144,8 +144,8 @@ def request_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
                 raise StreamError(f"te: {value!r}, only 'trailers' allowed in HTTP/2")
             chosen[name] = value
         elif kind == _LENGTH:  # the DATA that follows must add up to it (checked as it comes)
-            if not (value.isascii() and value.isdigit()) or name in chosen:
-                raise StreamError(f"content-length: {value!r}, one number of bytes expected")
+            if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 18 or name in chosen:
+                raise StreamError(f"content-length: {value[:40]!r}, one number of bytes (under 10^18) expected")
             chosen[name] = value
         else:
             _checked(name)
