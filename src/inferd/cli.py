@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd import __version__
+from inferd.allocator import DEFAULT_KEEP, keep_freed_memory
 from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
 
@@ -110,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
                             "requests to this process, which owns the models and their batch queues; "
                             "0 (default): one process does both")
+    serve.add_argument("--keep-freed-memory", type=_size, default=DEFAULT_KEEP, metavar="SIZE",
+                       help="freed memory each of the C allocator's heaps keeps for the next request instead "
+                            "of handing it back to the system (glibc; large bodies and tensors then need no "
+                            "page faults); 0: glibc's own thresholds")
     ray = serve.add_argument_group("Ray Serve (extra inferd[ray]): one inferd core per replica")
     ray.add_argument("--ray", default=None, metavar="ADDRESS",
                      help="deploy on a running Ray cluster (auto, or the head's host:port) behind Serve's "
@@ -246,10 +251,11 @@ def _torchserve(argv: list[str]) -> int:
     return _run(started.settings, {}, "inferd torchserve")
 
 
-def _run(settings: ServerSettings, flags: dict[str, str], prog: str) -> int:
+def _run(settings: ServerSettings, flags: dict[str, str], prog: str, keep_freed: int = DEFAULT_KEEP) -> int:
     """Serve; a port that cannot be opened is one line naming it and the flag that sets it."""
     from inferd.server import CannotListen, run
 
+    keep_freed_memory(keep_freed)  # before the model processes and workers start: they inherit it
     try:
         code = run(settings)
     except CannotListen as exc:
@@ -323,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2
-    return _run(settings, {"HTTP": "--http-port", "gRPC": "--grpc-port"}, "inferd")
+    return _run(settings, {"HTTP": "--http-port", "gRPC": "--grpc-port"}, "inferd", args.keep_freed_memory)
 
 
 if __name__ == "__main__":

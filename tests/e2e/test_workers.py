@@ -142,6 +142,15 @@ def test_large_tensors_cross_the_hop_whole(server: RunningServer) -> None:
     grpc.close()
 
 
+def test_workers_and_instance_processes_keep_freed_memory(server: RunningServer) -> None:
+    """The allocator setting (--keep-freed-memory, on by default) reaches every process the server
+    started: glibc reads it from the environment when each one starts."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    assert len(children) >= WORKERS
+    for child in children:
+        assert child.environ().get("MALLOC_TRIM_THRESHOLD_") == str(64 * 2**20), child.cmdline()
+
+
 def test_errors_keep_their_status_and_message_across_the_hop(server: RunningServer) -> None:
     unknown = infer_json(server.base, "nope", [1.0], [1])
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
