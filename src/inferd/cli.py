@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
                             "requests to this process, which owns the models and their batch queues; "
                             "0 (default): one process does both")
-    serve.add_argument("--keep-freed-memory", type=_size, default=DEFAULT_KEEP, metavar="SIZE",
+    serve.add_argument("--keep-freed-memory", type=_size, default="64MiB", metavar="SIZE",
                        help="freed memory each of the C allocator's heaps keeps for the next request instead "
                             "of handing it back to the system (glibc; large bodies and tensors then need no "
                             "page faults); 0: glibc's own thresholds")

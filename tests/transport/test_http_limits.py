@@ -42,8 +42,9 @@ def make_app(limit: int = 10_000) -> HttpApp:
 
 
 @asynccontextmanager
-async def running(limits: HttpLimits | None = None, budget: int = 100_000) -> AsyncIterator[HttpServer]:
-    server = HttpServer(make_app(), "127.0.0.1", free_port(), limits, ByteBudget(budget))
+async def running(limits: HttpLimits | None = None, budget: int = 100_000,
+                  body_limit: int = 10_000) -> AsyncIterator[HttpServer]:
+    server = HttpServer(make_app(body_limit), "127.0.0.1", free_port(), limits, ByteBudget(budget))
     await server.start()
     try:
         yield server
@@ -81,6 +82,63 @@ def test_a_connection_closed_mid_body_frees_its_state_at_once() -> None:
             assert server.budget.used == 0
             assert not server.connections
             gc.disable()  # freed by reference counting, not by a collection
+            try:
+                assert connection() is None
+            finally:
+                gc.enable()
+
+    run(test)
+
+
+def test_a_body_read_straight_into_place_keeps_every_limit() -> None:
+    """A body of known length up to large_body_bytes whose rest is still coming is read by the
+    kernel into its bytearray (not through the parser): it arrives whole with the request pipelined
+    behind it; stalled, it times out (408); abandoned, its state and budget are freed at once."""
+    size, head = 300_000, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+
+    async def test() -> None:
+        limits = HttpLimits(body_timeout_s=0.5)
+        async with running(limits, budget=1_000_000, body_limit=1 << 20) as server:
+            whole_r, whole_w = await connect(server)
+            stalled_r, stalled_w = await connect(server)
+            _gone_r, gone_w = await connect(server)
+            for writer in (whole_w, stalled_w, gone_w):
+                writer.write(head + b"z" * 100_000)
+                await writer.drain()
+            await asyncio.sleep(0.2)
+            assert all(connection._into is not None for connection in server.connections)
+            assert server.budget.used == 3 * size
+
+            gone_w.transport.abort()
+            await asyncio.sleep(0.1)
+            assert server.budget.used == 2 * size and len(server.connections) == 2
+
+            whole_w.write(b"z" * 200_000 + b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answers = await read_all(whole_r)
+            assert answers.count(b"HTTP/1.1 200 ") == 2
+            assert b'{"size":300000}' in answers and answers.endswith(b'{"size":0}')
+
+            stalled = await read_all(stalled_r)
+            assert stalled.startswith(b"HTTP/1.1 408 ") and b"--body-timeout" in stalled
+            await asyncio.sleep(0.1)
+            assert server.budget.used == 0
+
+    run(test)
+
+
+def test_a_connection_closed_while_its_body_is_read_into_place_is_freed_at_once() -> None:
+    async def test() -> None:
+        async with running(budget=1_000_000, body_limit=1 << 20) as server:
+            _reader, writer = await connect(server)
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n" + b"y" * 100_000)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            connection = weakref.ref(next(iter(server.connections)))
+            assert connection()._into is not None  # type: ignore[union-attr]
+            writer.transport.abort()
+            await asyncio.sleep(0.1)
+            assert server.budget.used == 0 and not server.connections
+            gc.disable()  # freed by reference counting: the reader and the connection let go of each other
             try:
                 assert connection() is None
             finally:

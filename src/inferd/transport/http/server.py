@@ -114,6 +114,8 @@ class _Connection(asyncio.Protocol):
         self._backlog_due = False
         self._keep_alive = True  # the request being read allows another after it
         self._kept = False  # the body being read bypasses the parser (see _take_body)
+        self._into: _BodyReader | None = None  # reads the rest of that body straight into place
+        self._whole: bytearray | None = None  # the body it read
         self._large = 0  # bytes of a large body read in this turn (they spend the server's rate)
         self._throttled = False  # reading waits: large bodies came faster than large_body_rate
         self._reserved = 0  # budget bytes held by the request being read
@@ -138,7 +140,7 @@ class _Connection(asyncio.Protocol):
         self._pending.clear()
         self._reserved = 0
         self._body = self._backlog = None
-        self._request = None
+        self._request = self._into = self._whole = None
         self._parser = None
         self._transport = None
 
@@ -200,9 +202,18 @@ class _Connection(asyncio.Protocol):
     def _take_body(self, data: memoryview, offset: int) -> int:
         """The rest of a body of known length, kept as it came (a whole read is kept without a
         copy) rather than fed through the parser, which would copy every byte once more; the
-        parser that read the headers is replaced by a fresh one for the next request."""
+        parser that read the headers is replaced by a fresh one for the next request. A body of
+        up to ``large_body_bytes`` with more to come is read straight into place instead."""
         need = self._expected - self._body_size
         piece = data[offset:offset + need]
+        if (not self._kept and len(piece) < need and self._expected <= self._limits.large_body_bytes
+                and self._transport is not None):
+            assert self._body is not None
+            self._into = _BodyReader(self, self._body, piece)
+            self._kept = True
+            self._body, self._body_size = [], self._body_size + len(piece)
+            self._transport.set_protocol(self._into)
+            return len(piece)
         whole = offset == 0 and len(piece) == len(data) and isinstance(data.obj, bytes)
         chunk = data.obj if whole else bytes(piece)
         assert self._body is not None and isinstance(chunk, bytes)
@@ -216,6 +227,25 @@ class _Connection(asyncio.Protocol):
             self._parser = httptools.HttpRequestParser(self)
             self.on_message_complete()
         return len(chunk)
+
+    def _read_into(self, nbytes: int) -> None:
+        """``_BodyReader`` read ``nbytes`` more of the body; once it is whole, this connection
+        reads again (the next request is parsed as usual)."""
+        self.last_active = time.monotonic()
+        self._body_size += nbytes
+        if self._body_size < self._expected:
+            return
+        assert self._into is not None
+        self._whole = self._into.body
+        self._stop_reading_into()
+        self._kept = False
+        self._parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+
+    def _stop_reading_into(self) -> None:
+        reader, self._into = self._into, None
+        if reader is not None and self._transport is not None:
+            self._transport.set_protocol(self)
 
     def _feed_backlog(self) -> None:
         self._backlog_due = False
@@ -337,7 +367,9 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = self._keep_alive and not self._server.draining
         chunks = self._body
-        if chunks:
+        if self._whole is not None:
+            request.body, self._whole = self._whole, None
+        elif chunks:
             request.body = bytearray(chunks[0]) if len(chunks) == 1 else bytearray().join(chunks)
         self._pending.append((request, None, keep_alive, self._reserved))
         self._request, self._body, self._reserved = None, None, 0
@@ -479,7 +511,8 @@ class _Connection(asyncio.Protocol):
         """Stop parsing; the refusal goes out after the answers this connection is owed."""
         self._budget.give(self._reserved)
         self._reserved = 0
-        self._request = self._body = None
+        self._request = self._body = self._whole = None
+        self._stop_reading_into()  # what the client still sends comes here, to be dropped
         self._stopped = True
         self._continue_due = False
         self._pending.append((None, response, False, 0))
@@ -533,6 +566,40 @@ class _Connection(asyncio.Protocol):
         elif self._phase == _BODY and now - self.phase_since > limits.body_timeout_s:
             self._refuse(error_response(
                 408, f"request body took over {limits.body_timeout_s:g} s (--body-timeout)"))
+
+
+class _BodyReader(asyncio.BufferedProtocol):
+    """The connection's protocol while the rest of one body of known length arrives: the kernel
+    reads it straight into the request's bytearray, the only copy. It never offers more room than
+    the body has left, so a request pipelined behind it stays unread; then ``_Connection`` reads
+    again. The connection's limits hold meanwhile: its clocks and budget are the connection's."""
+
+    def __init__(self, connection: _Connection, chunks: list[bytes], piece: memoryview) -> None:
+        self.connection = connection
+        self.body = bytearray(connection._expected)
+        self._view = memoryview(self.body)
+        filled = 0
+        came: list[bytes | memoryview] = [*chunks, piece]  # through the parser's step, and this read
+        for chunk in came:
+            self._view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        self._filled = filled
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        self.connection._read_into(nbytes)
+
+    def pause_writing(self) -> None:
+        self.connection.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.connection.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.connection_lost(exc)
 
 
 class HttpServer:
