@@ -35,8 +35,8 @@ def faults_in_rounds(env: dict[str, str], setup: str = "") -> int:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if k not in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    """The environment without any malloc settings (CI's own would change what glibc does)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -49,14 +49,14 @@ def test_blocks_are_kept_for_the_next_request_here_and_in_children() -> None:
     child = subprocess.run([sys.executable, "-c", started], env=clean_env(), capture_output=True, text=True,
                            check=True)
     kept_in_child = int(child.stdout.split()[-1])
-    glibc_own = faults_in_rounds(clean_env())
     assert kept_here < PAGES // 50, (kept_here, PAGES)
     assert kept_in_child < PAGES // 50, (kept_in_child, PAGES)
-    assert glibc_own > PAGES // 2, "without it, glibc hands the blocks back and faults them in again"
+    if faults_in_rounds(clean_env()) < PAGES // 2:  # e.g. huge pages always on: nothing to show here
+        pytest.skip("glibc's own thresholds did not fault these blocks in again on this machine")
 
 
 def test_zero_or_the_users_own_settings_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in [name for name in os.environ if name.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     assert keep_freed_memory(0) is False
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
@@ -64,3 +64,19 @@ def test_zero_or_the_users_own_settings_change_nothing(monkeypatch: pytest.Monke
     assert keep_freed_memory(64 * 2**20) is False
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1000"
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000")
+    assert keep_freed_memory(64 * 2**20) is False
+
+
+def test_a_memory_limited_process_starts_without_what_was_kept() -> None:
+    """In a subprocess (mallopt changes the process for good): what keep_freed_memory added is
+    left out of a memory-limited child's environment; the user's own variables stay."""
+    script = ("import os\nfrom inferd.allocator import keep_freed_memory, without_kept_memory\n"
+              "assert keep_freed_memory(64 * 2**20)\n"
+              "assert os.environ['MALLOC_TRIM_THRESHOLD_'] == str(64 * 2**20)\n"
+              "env = without_kept_memory(dict(os.environ))\n"
+              "assert not any(n in env for n in ('MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_'))\n"
+              "assert env['MALLOC_ARENA_MAX'] == '4'\n"
+              "assert keep_freed_memory(32 * 2**20), 'its own earlier setting is not the user\\'s'\n")
+    subprocess.run([sys.executable, "-c", script], env={**clean_env(), "MALLOC_ARENA_MAX": "4"}, check=True)

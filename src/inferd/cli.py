@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd import __version__
-from inferd.allocator import DEFAULT_KEEP, keep_freed_memory
+from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
 from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
 
@@ -25,6 +26,15 @@ def _size(text: str) -> int:
         size = amount = int(number)
     if amount and not size:  # where 0 means "no limit", a tiny size must not become one
         raise argparse.ArgumentTypeError(f"{text!r} is less than one byte")
+    return size
+
+
+def _kept_size(text: str) -> int:
+    """--keep-freed-memory: 0 (glibc's own thresholds) or at least 1 MiB."""
+    size = _size(text)
+    if size != 0 and size < SMALLEST_KEEP:
+        raise argparse.ArgumentTypeError(f"{text!r}: 0, or at least 1MiB (smaller thresholds would hand "
+                                         "more memory back to the system, not less)")
     return size
 
 
@@ -111,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
                             "requests to this process, which owns the models and their batch queues; "
                             "0 (default): one process does both")
-    serve.add_argument("--keep-freed-memory", type=_size, default="64MiB", metavar="SIZE",
+    serve.add_argument("--keep-freed-memory", type=_kept_size, default="64MiB", metavar="SIZE",
                        help="freed memory each of the C allocator's heaps keeps for the next request instead "
                             "of handing it back to the system (glibc; large bodies and tensors then need no "
                             "page faults); 0: glibc's own thresholds")
@@ -255,7 +265,9 @@ def _run(settings: ServerSettings, flags: dict[str, str], prog: str, keep_freed:
     """Serve; a port that cannot be opened is one line naming it and the flag that sets it."""
     from inferd.server import CannotListen, run
 
-    keep_freed_memory(keep_freed)  # before the model processes and workers start: they inherit it
+    if keep_freed_memory(keep_freed):  # before the model processes and workers start: they inherit it
+        logging.getLogger("inferd").debug("glibc keeps up to %d bytes freed per heap (--keep-freed-memory)",
+                                          keep_freed)
     try:
         code = run(settings)
     except CannotListen as exc:

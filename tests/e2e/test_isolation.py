@@ -229,6 +229,16 @@ def test_a_slow_leak_restarts_the_instance_and_fails_at_most_the_crossing_call(s
     assert crashy_recovers(server) != before, "a leaking instance was replaced by a new process"
 
 
+def test_instances_with_a_memory_limit_do_not_keep_freed_memory(server) -> None:
+    """--keep-freed-memory (on by default) would leave freed blocks resident in an instance, where
+    they count against memory_limit_mb: such instances start with glibc's own thresholds."""
+    import psutil
+
+    for pid in crashy_recovers(server):
+        environ = psutil.Process(pid).environ()
+        assert not any(name.startswith("MALLOC_") for name in environ), environ
+
+
 def test_a_model_exception_is_a_500_and_keeps_the_instance(server) -> None:
     before = crashy_recovers(server)
     response = infer(server, "crashy", body(5))

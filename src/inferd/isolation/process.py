@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 import inferd
 from inferd import errors
+from inferd.allocator import without_kept_memory
 from inferd.errors import InferdError, ModelError, Unavailable
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
@@ -104,7 +105,7 @@ class InstanceProcess:
     def start(self) -> None:
         """Spawn the process and wait until its model is loaded; raises with the reason if not."""
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
+        env = dict(os.environ) if not self.spec.memory_limit_mb else without_kept_memory(dict(os.environ))
         # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
         self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{self.index}-")
         env["TMPDIR"] = self._scratch
