@@ -7,7 +7,9 @@ The models are `workers.py`'s (the peers' tiny and mlp TorchScript models, a 3 x
 one; dynamic batching). Both server trees are pinned to --server-cpus, wrk to --client-cpus; within
 a round A and B are loaded back to back (who goes first alternates), so the machine's mood falls
 on both. Reports per case each round's req/s, CPU ms per request and minor page faults per
-request (the whole server tree, from /proc) of A and B, and the median of the paired ratios B / A.
+request (the whole server tree, from /proc; a process that exits meanwhile drops out) of A and
+B, wrk's errors (non-2xx answers, socket errors) where there were any, and the median of the
+paired ratios B / A.
 Pairs taken minutes apart on this shared machine move by +-30 %; pairs seconds apart are what to
 quote, and a ratio is only as good as its spread over the rounds.
 """
@@ -109,7 +111,9 @@ def main() -> None:
                 print(f"{name:20} A {row['a']['rps']:8,.0f} req/s {row['a']['cpu_ms_per_req']:.3f} ms "
                       f"{row['a']['faults_per_req']:6.1f} faults | B {row['b']['rps']:8,.0f} req/s "
                       f"{row['b']['cpu_ms_per_req']:.3f} ms {row['b']['faults_per_req']:6.1f} faults | "
-                      f"B/A {row['b']['rps'] / row['a']['rps']:.2f}", flush=True)
+                      f"B/A {row['b']['rps'] / row['a']['rps']:.2f}"
+                      + (f"  ERRORS A {row['a']['errors']} B {row['b']['errors']}"
+                         if row["a"]["errors"] or row["b"]["errors"] else ""), flush=True)
             ratio = statistics.median(row["b"]["rps"] / row["a"]["rps"] for row in rows)
             report["cases"][name] = {"rounds": rows, "median_ratio_b_over_a": ratio}
             print(f"{name:20} median B/A {ratio:.2f}", flush=True)
