@@ -79,10 +79,11 @@ class _Aborted(grpc.aio.AbortError):
 class _CallContext:
     """What a servicer method may ask of its call (the slice of grpc's context inferd uses)."""
 
-    __slots__ = ("_call",)
+    __slots__ = ("_call", "message_size")
 
-    def __init__(self, call: _Call) -> None:
+    def __init__(self, call: _Call, message_size: int) -> None:
         self._call = call
+        self.message_size = message_size  # the request as it came: no need to serialize it to know
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise _Aborted(code, details)
@@ -721,8 +722,9 @@ class _Connection(asyncio.Protocol):
             except DecodeError:
                 self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
                 return
+            size = len(payload)
             del framed, payload
-            answer = await cast(Awaitable[Message], route[1](request, cast(Context, _CallContext(call))))
+            answer = await cast(Awaitable[Message], route[1](request, cast(Context, _CallContext(call, size))))
             if not call.done:
                 self._answer(call, answer.SerializeToString())
                 self._finish(call, grpc.StatusCode.OK, "")
@@ -777,10 +779,11 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             return
         produce = cast(Callable[[Any, Context], AsyncGenerator[Message, None]], route[1])
-        held = await self._room(len(payload))  # the request counts while it runs: its model waits for room
+        size = len(payload)
+        held = await self._room(size)  # the request counts while it runs: its model waits for room
         del framed, payload
         try:
-            async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call)))) as answers:
+            async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call, size)))) as answers:
                 async for answer in answers:
                     if call.done:
                         return

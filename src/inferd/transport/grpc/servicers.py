@@ -27,6 +27,24 @@ from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
 log = logging.getLogger("inferd.grpc")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def message_size(request: Message, context: Context) -> int:
+    """The request's size on the wire, which decides whether decoding it leaves the loop. inferd's
+    own server knows it; ``ByteSize()`` (grpcio's server) serializes the message again to count:
+    14 ms of the loop for a 4 MB tensor."""
+    size = getattr(context, "message_size", None)
+    return request.ByteSize() if size is None else int(size)
+
+
+def decode_work(request: pb.ModelInferRequest, context: Context) -> int:
+    """What decoding reads one by one: typed contents and BYTES elements are parsed, raw numbers
+    only copied (about an eighth of the cost per byte: 42 us for a 602 KB image here)."""
+    size = message_size(request, context)
+    if request.raw_input_contents and all(tensor.datatype != "BYTES" for tensor in request.inputs):
+        return size // 8
+    return size
+
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 Method = Callable[[Req, Context], Awaitable[Resp]]
@@ -109,7 +127,8 @@ class KServeV2Servicer:
         """One request of a ModelStreamInfer stream: its answers, or its error as a message on the
         stream (the stream goes on, as Triton's does)."""
         try:
-            infer_request = await off_loop(request.ByteSize(), kserve_v2_grpc.decode_infer_request, request)
+            infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
+                                          request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
             final = False
@@ -152,7 +171,8 @@ class KServeV2Servicer:
 
     @guarded
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        infer_request = await off_loop(request.ByteSize(), kserve_v2_grpc.decode_infer_request, request)
+        infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
+                                          request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
         response = await self.data.infer(infer_request)
@@ -243,7 +263,7 @@ class PredictionServicer(_TFServingBase):
     @tf_guarded
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
         spec = request.model_spec
-        inputs = await off_loop(request.ByteSize(), _decode_tensors, request)
+        inputs = await off_loop(message_size(request, context), _decode_tensors, request)
         outputs = [RequestedOutput(name) for name in request.output_filter] or None
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
         response = await self.data.infer(InferRequest(spec.name, self._version(spec, context), inputs, outputs=outputs,

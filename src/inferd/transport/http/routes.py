@@ -135,8 +135,8 @@ class KServeV2Routes:
         name, version = model_and_version(request)
         self.data.model_ready(name, version, credentials(request))  # unknown model: 404 at once
         header_length = _header_length(request)
-        infer_request = await off_loop(len(request.body), kserve_v2.decode_infer_request, request.body,
-                                       header_length, name, version)
+        infer_request = await off_loop(_decode_work(request.body, header_length), kserve_v2.decode_infer_request,
+                                       request.body, header_length, name, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
@@ -213,6 +213,14 @@ async def _events(stream: AsyncGenerator[InferResponse, None]) -> AsyncGenerator
                 yield kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(answer))
         except InferdError as exc:
             yield kserve_v2_generate.sse_error(exc.message)
+
+
+def _decode_work(body: bytearray, header_length: int | None) -> int:
+    """The bytes decoding must read one by one: the JSON, and binary data only where BYTES
+    elements are split out of it; numbers in binary data become arrays over the body as it is."""
+    if header_length is None or not 0 <= header_length <= len(body):
+        return len(body)
+    return len(body) if body.find(b"BYTES", 0, header_length) >= 0 else header_length
 
 
 def _header_length(request: HttpRequest) -> int | None:
