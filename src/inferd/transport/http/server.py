@@ -140,6 +140,8 @@ class _Connection(asyncio.Protocol):
         self._pending.clear()
         self._reserved = 0
         self._body = self._backlog = None
+        if self._into is not None:
+            self._into.release()
         self._request = self._into = self._whole = None
         self._parser = None
         self._transport = None
@@ -206,12 +208,13 @@ class _Connection(asyncio.Protocol):
         up to ``large_body_bytes`` with more to come is read straight into place instead."""
         need = self._expected - self._body_size
         piece = data[offset:offset + need]
-        if (not self._kept and len(piece) < need and self._expected <= self._limits.large_body_bytes
-                and self._transport is not None):
+        came = self._body_size + len(piece)
+        if (len(piece) < need and self._expected <= self._limits.large_body_bytes and came * 4 >= self._expected
+                and self._transport is not None):  # (a quarter first: a few bytes sent cannot fill a MiB here)
             assert self._body is not None
             self._into = _BodyReader(self, self._body, piece)
             self._kept = True
-            self._body, self._body_size = [], self._body_size + len(piece)
+            self._body, self._body_size = [], came
             self._transport.set_protocol(self._into)
             return len(piece)
         whole = offset == 0 and len(piece) == len(data) and isinstance(data.obj, bytes)
@@ -235,7 +238,7 @@ class _Connection(asyncio.Protocol):
         self._body_size += nbytes
         if self._body_size < self._expected:
             return
-        assert self._into is not None
+        assert self._into is not None and self._into.body is not None
         self._whole = self._into.body
         self._stop_reading_into()
         self._kept = False
@@ -243,8 +246,13 @@ class _Connection(asyncio.Protocol):
         self.on_message_complete()
 
     def _stop_reading_into(self) -> None:
+        """Back to this protocol. The reader lets go of the body first: uvloop keeps the last
+        buffered protocol's callbacks (and with them the reader) until the connection closes."""
         reader, self._into = self._into, None
-        if reader is not None and self._transport is not None:
+        if reader is None:
+            return
+        reader.release()
+        if self._transport is not None:
             self._transport.set_protocol(self)
 
     def _feed_backlog(self) -> None:
@@ -576,7 +584,7 @@ class _BodyReader(asyncio.BufferedProtocol):
 
     def __init__(self, connection: _Connection, chunks: list[bytes], piece: memoryview) -> None:
         self.connection = connection
-        self.body = bytearray(connection._expected)
+        self.body: bytearray | None = bytearray(connection._expected)
         self._view = memoryview(self.body)
         filled = 0
         came: list[bytes | memoryview] = [*chunks, piece]  # through the parser's step, and this read
@@ -591,6 +599,12 @@ class _BodyReader(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
         self.connection._read_into(nbytes)
+
+    def release(self) -> None:
+        """Let go of the body (and its view: a bytearray viewed cannot be resized by a handler)."""
+        self.body = None
+        self._view.release()
+        self._view = memoryview(b"")
 
     def pause_writing(self) -> None:
         self.connection.pause_writing()
