@@ -29,17 +29,14 @@ from pathlib import Path
 
 from common import (
     HERE,
-    bodies,
     free_port,
-    make_mlp_models,
     stop,
     tree_cpu_seconds,
     tree_pids,
     wait_ready,
-    write_model,
     wrk,
 )
-from workers import DIMS, OUTS, make_image_model
+from workers import prepare
 
 
 def minor_faults(root: int) -> int:
@@ -79,12 +76,7 @@ def main() -> None:
     os.environ["CLIENT_CPU"] = args.client_cpus  # common.wrk pins the load here
     cases = [(model, kind, int(c)) for model, kind, c in (case.split(":") for case in args.cases.split(","))]
     scratch = Path(tempfile.mkdtemp(prefix="inferd-flags-ab-"))
-    make_mlp_models(scratch / "artifacts")
-    make_image_model(scratch / "artifacts" / "image.pt")
-    lengths = {}
-    for model, dim in DIMS.items():
-        write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, OUTS[model], batching=True)
-        _, _, lengths[model] = bodies(scratch / "bodies", model, dim)
+    lengths = prepare(scratch)
     servers = {tag: start(flags, args.workers, scratch, args.server_cpus, tag) for tag, flags in (("a", args.a),
                                                                                                    ("b", args.b))}
     report: dict = {"a": args.a, "b": args.b, "workers": args.workers, "rounds": args.rounds,

@@ -44,6 +44,19 @@ def make_image_model(path: Path) -> None:
     torch.jit.script(ChannelMeans()).save(str(path))
 
 
+def prepare(scratch: Path) -> dict[str, int]:
+    """The tiny, mlp and image models in scratch/repo (batching on), a v2 JSON and binary body for
+    each in scratch/bodies; returns each binary body's JSON header length (also written there)."""
+    make_mlp_models(scratch / "artifacts")
+    make_image_model(scratch / "artifacts" / "image.pt")
+    lengths = {}
+    for model, dim in DIMS.items():
+        write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, OUTS[model], batching=True)
+        _, _, lengths[model] = bodies(scratch / "bodies", model, dim)
+    (scratch / "bodies" / "header_lengths.json").write_text(json.dumps(lengths))
+    return lengths
+
+
 def grpc_bench(http: int, grpc: int, model: str, concurrency: int, seconds: int, client_cpus: str,
                env: dict[str, str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -98,13 +111,7 @@ def main() -> None:
     os.environ["CLIENT_CPU"] = args.client_cpus  # common.wrk pins the load here
     settings = [int(n) for n in args.workers.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="inferd-workers-bench-"))
-    make_mlp_models(scratch / "artifacts")
-    make_image_model(scratch / "artifacts" / "image.pt")
-    lengths = {}
-    for model, dim in DIMS.items():
-        write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, OUTS[model], batching=True)
-        _, _, lengths[model] = bodies(scratch / "bodies", model, dim)
-    (scratch / "bodies" / "header_lengths.json").write_text(json.dumps(lengths))
+    prepare(scratch)
     runs: dict[int, list[dict[str, dict]]] = {n: [] for n in settings}
     for round_ in range(args.rounds):
         for n in settings if round_ % 2 == 0 else reversed(settings):
