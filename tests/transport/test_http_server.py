@@ -9,7 +9,6 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-import uvloop
 
 from inferd.transport.http.app import HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.server import HttpLimits, HttpServer
@@ -254,41 +253,3 @@ def test_a_large_body_rate_of_0_never_waits() -> None:
     limits = HttpLimits(large_body_bytes=1, large_body_rate=1 << 20)
     paced = HttpServer(make_app(1 << 20), "127.0.0.1", 0, limits=limits)
     assert paced.large_body_wait(4 << 20) > 3.9  # 4 MiB at 1 MiB/s
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # the server runs on uvloop
-@pytest.mark.parametrize("size", [0, 300_000, 2_000_000])
-def test_a_client_that_half_closes_gets_every_answer_it_asked_for(port: int, size: int, loop: str) -> None:
-    """Requests (with a body read into place, kept as read, or none), a pipelined GET, then the
-    client's FIN: both answered in order, then the server closes; a request cut short by the FIN
-    gets no answer and holds nothing."""
-    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    raw = (b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + body
-           + b"GET /echo/b?slow HTTP/1.1\r\nHost: x\r\n\r\n")
-
-    async def run() -> tuple[bytes, bytes]:
-        server = HttpServer(make_app(4 << 20), "127.0.0.1", port)
-        await server.start()
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(raw[:len(raw) // 2])
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.write(raw[len(raw) // 2:])
-            writer.write_eof()
-            answered = await asyncio.wait_for(reader.read(), 10)  # to the server's close
-            writer.close()
-            cut_reader, cut_writer = await asyncio.open_connection("127.0.0.1", port)
-            cut_writer.write(b"POST /echo/c HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-            cut_writer.write_eof()
-            cut = await asyncio.wait_for(cut_reader.read(), 10)
-            cut_writer.close()
-            assert server.budget.used == 0
-            return answered, cut
-        finally:
-            await server.close(1)
-
-    answered, cut = (uvloop.run if loop == "uvloop" else asyncio.run)(run())
-    answers = bodies(answered)
-    assert [(a["model"], a["size"], a["crc"]) for a in answers] == [("a", size, zlib.crc32(body)), ("b", 0, 0)]
-    assert cut == b""

@@ -124,7 +124,6 @@ class _Connection(asyncio.Protocol):
         self._repeated: dict[str, list[str]] | None = None
         self._header_count = self._head_bytes = self._head_partial = 0
         self._counted = False  # reserved by Content-Length (else chunk by chunk)
-        self._eof = False  # the client half-closed: close once it is answered
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,18 +145,6 @@ class _Connection(asyncio.Protocol):
         self._request = self._into = self._whole = None
         self._parser = None
         self._transport = None
-
-    def eof_received(self) -> bool:
-        """The client sent all it will (a half-close): what it asked is still answered, in order,
-        then the connection closes (a partial request at the end is dropped)."""
-        self._eof = True
-        self._finish_if_done()
-        return True  # the transport stays open for the answers
-
-    def _finish_if_done(self) -> None:
-        if (self._eof and not self._busy and not self._pending and self._backlog is None
-                and not self._closed):
-            self._close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -274,7 +261,6 @@ class _Connection(asyncio.Protocol):
         if backlog is not None and not self._closed:
             self._feed(memoryview(backlog))
             self._update_reading()
-        self._finish_if_done()
 
     def _parse(self, data: memoryview) -> None:
         assert self._parser is not None
@@ -427,7 +413,6 @@ class _Connection(asyncio.Protocol):
             return
         if not self._pending:
             self._send_continue()
-            self._finish_if_done()
             return
         request, refusal, keep_alive, reserved = self._pending.popleft()
         if self._backlog is not None:
@@ -472,7 +457,7 @@ class _Connection(asyncio.Protocol):
             self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
         if not keep_alive:
             self._close()
-        elif self._pending or self._continue_due or self._eof:
+        elif self._pending or self._continue_due:
             self._next()
 
     async def _stream(self, head: bytes, first: bytes, chunks: AsyncGenerator[bytes, None]) -> bool:
@@ -626,9 +611,6 @@ class _BodyReader(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.connection.resume_writing()
-
-    def eof_received(self) -> bool:
-        return self.connection.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connection.connection_lost(exc)
