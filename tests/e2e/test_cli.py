@@ -58,6 +58,17 @@ def test_every_flag_has_a_help_line(command: str) -> None:
     assert missing == []
 
 
+def test_keep_freed_memory_takes_0_or_at_least_a_mib(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = _parser().parse_args
+    assert parse(["serve", "x"]).keep_freed_memory == 64 * 2**20
+    assert parse(["serve", "x", "--keep-freed-memory", "0"]).keep_freed_memory == 0
+    assert parse(["serve", "x", "--keep-freed-memory", "1MiB"]).keep_freed_memory == 2**20
+    for size in ("512k", "-5", "1"):
+        with pytest.raises(SystemExit):
+            parse(["serve", "x", "--keep-freed-memory", size])
+        assert "0, or at least 1MiB" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_but_never_the_token() -> None:
     done = inferd_command("serve", "--help", INFERD_AUTH_TOKEN="s3cret-token")
     text = " ".join(done.stdout.split())

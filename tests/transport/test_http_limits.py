@@ -142,6 +142,28 @@ def test_a_body_read_straight_into_place_keeps_every_limit(loop: str) -> None:
     run(test, loop)
 
 
+def test_a_body_is_read_into_place_only_once_a_quarter_of_it_came() -> None:
+    """A few bytes of a claimed 1 MiB body do not make the server fill a MiB: they are kept as they
+    came (the budget still reserves the claim); once a quarter has come, the rest is read in place."""
+    async def test() -> None:
+        async with running(budget=2_000_000, body_limit=1 << 20) as server:
+            reader, writer = await connect(server)
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"q" * 70_000)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            connection = next(iter(server.connections))
+            assert connection._into is None and server.budget.used == 1 << 20
+            writer.write(b"q" * 200_000)  # 270,000 of 1,048,576: past a quarter
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            assert connection._into is not None
+            writer.write(b"q" * (1048576 - 270_000) + b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answers = await read_all(reader)
+            assert b'{"size":1048576}' in answers and answers.endswith(b'{"size":0}')
+
+    run(test)
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_body_read_into_place_belongs_to_its_request_alone_once_read(loop: str) -> None:
     """The reader lets go of the body when it is whole (uvloop keeps the reader itself until the
