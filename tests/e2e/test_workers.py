@@ -186,6 +186,40 @@ def test_requests_from_every_worker_share_one_batch_queue(server: RunningServer)
     assert inferences == 64 and executions < inferences / 2, f"{executions} executions for {inferences}"
 
 
+def test_requests_a_worker_sends_together_are_answered_and_counted_one_by_one(server: RunningServer) -> None:
+    """A worker joins the requests for a batched model that arrive in one pass into one (as the
+    batcher would); each client still gets exactly its own rows, and statistics and metrics count
+    every request."""
+    def stats() -> tuple[int, int, float]:
+        row = requests.get(f"{server.base}/v2/models/batched/stats", timeout=5).json()["model_stats"][0]
+        metrics = requests.get(f"{server.base}/metrics", timeout=5).text
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("inferd_requests_total{") and 'model="batched"' in line
+                      and 'outcome="success"' in line)
+        return row["inference_stats"]["success"]["count"], row["inference_count"], counted
+
+    before = stats()
+    rows_of = [n % 3 + 1 for n in range(96)]
+
+    def one(n: int) -> list[list[float]]:
+        data = [[1000.0 * n + 10 + r, 1000.0 * n + 500 + r] for r in range(rows_of[n])]  # >= 5: no sleep
+        with requests.Session() as session:
+            response = infer_json(server.base, "batched", [v for row in data for v in row], [rows_of[n], 2], "FP32",
+                                  session)
+        assert response.status_code == 200, response.text
+        y = next(o for o in response.json()["outputs"] if o["name"] == "y")
+        assert y["shape"] == [rows_of[n], 2]
+        assert y["data"] == [3 * v for row in data for v in row]
+        return data
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, range(96)))
+    after = stats()
+    assert after[0] - before[0] == 96  # requests, not joined groups
+    assert after[1] - before[1] == sum(rows_of)  # rows
+    assert after[2] - before[2] == 96
+
+
 def test_a_loaded_model_is_seen_by_every_worker(server: RunningServer, repo: Path) -> None:
     write(repo / "late/1/model.py", PYTHON_MODEL)
     write(repo / "late/config.toml", PYTHON_CONFIG)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inferd.errors import InvalidInput, ModelError, PayloadTooLarge
+from inferd.errors import InvalidInput, ModelError, PayloadTooLarge, Unavailable
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers import channel as channel_module
 from inferd.workers.channel import FrameProtocol, frame
@@ -202,7 +202,7 @@ def test_a_pass_over_the_frame_size_goes_message_by_message(monkeypatch: pytest.
 
 
 def _response(request: InferRequest, **parameters: Any) -> InferResponse:
-    return InferResponse(request.model_name, "1", request.inputs, request.id, parameters, Timings(0, 0, 0, 1))
+    return InferResponse(request.model_name, "1", request.inputs, request.id, parameters, Timings(0, 0, 1))
 
 
 class TwoArguments(Exception):
@@ -229,11 +229,33 @@ class Control:
 
 
 class Data:
+    """Echoes each request's inputs; ``group`` is the rows it lets a worker join (0: none)."""
+
     def __init__(self) -> None:
         self.closed = asyncio.Event()
+        self.group = 0
+        self.groups: list[tuple[int, int]] = []  # (requests, rows) of each joined request taken
+        self.answer: Any = None  # a group's answer instead of the echo (an exception is raised)
+        self.release = asyncio.Event()
+        self.release.set()
+        self.cancelled = 0
+
+    def group_rows(self, name: str, version: str | None) -> int:
+        return self.group
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return _response(request)
+
+    async def infer_group(self, request: InferRequest, requests: int) -> InferResponse:
+        self.groups.append((requests, request.inputs[0].data.shape[0]))
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return _response(request) if self.answer is None else self.answer
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         try:
@@ -243,6 +265,16 @@ class Data:
                 yield _response(request)
         finally:
             self.closed.set()
+
+
+async def _knowing_groups(channel: Channel) -> None:
+    """Let the channel learn the model's group_rows (asked in the background on first use)."""
+    await channel.infer(InferRequest("m", None, [Tensor("x", "FP32", np.ones((1, 3), np.float32))]))
+    for _ in range(100):
+        if ("m", None) in channel._group_rows:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("group_rows was never answered")
 
 
 async def _with_channel(tmp_path: Path, body: Any) -> None:
@@ -332,3 +364,97 @@ def test_a_blocking_call_that_does_not_pickle_fails_alone(tmp_path: Path) -> Non
             channel.call_now("control", "echo", threading.Lock())  # raises before anything is sent
 
     asyncio.run(_with_channel(tmp_path, body))
+
+
+def _rows(first: float, rows: int, width: int = 3) -> InferRequest:
+    data = np.arange(first, first + rows * width, dtype=np.float32).reshape(rows, width)
+    return InferRequest("m", None, [Tensor("x", "FP32", data)], id=f"r{first:g}")
+
+
+def test_requests_of_one_pass_go_as_one_and_each_gets_its_own_rows(tmp_path: Path) -> None:
+    """Requests that reach the channel in one pass with the same shapes join into one request of
+    at most ``group_rows`` rows; each answer holds exactly its own rows and its own id. A request
+    of other shapes, with a deadline of its own, or as large as a batch goes alone."""
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 8
+        await _knowing_groups(channel)
+        asked = [_rows(n * 100, rows) for n, rows in enumerate((1, 2, 3, 1, 3, 2))]  # 12 rows: 7 + 5
+        other = InferRequest("m", None, [Tensor("x", "FP32", np.ones((1, 5), np.float32))], id="wide")
+        timed = InferRequest("m", None, [Tensor("x", "FP32", np.ones((1, 3), np.float32))], id="timed",
+                             timeout_us=10**7)
+        whole = _rows(9000, 8)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(channel.infer(r) for r in [*asked, other, timed, whole])), 10)
+        for request, answer in zip([*asked, other, timed, whole], answers, strict=True):
+            assert answer.id == request.id
+            np.testing.assert_array_equal(answer.outputs[0].data, request.inputs[0].data)
+        assert data.groups == [(4, 7), (2, 5)]  # the rest went alone, as plain requests
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_group_that_fails_fails_every_member_and_a_wrong_answer_is_refused(tmp_path: Path) -> None:
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 32
+        await _knowing_groups(channel)
+        data.answer = ModelError("model 'm' failed: boom")
+        errors = await asyncio.gather(*(channel.infer(_rows(n, 1)) for n in range(3)), return_exceptions=True)
+        assert all(isinstance(e, ModelError) and "boom" in str(e) for e in errors)
+        data.answer = InferResponse("m", "1", [Tensor("y", "FP32", np.ones((2, 1), np.float32))], None, {},
+                                    Timings(0, 0, 1))  # 2 rows for a group of 3
+        errors = await asyncio.gather(*(channel.infer(_rows(n, 1)) for n in range(3)), return_exceptions=True)
+        assert all(isinstance(e, ModelError) and "for a batch of 3 rows" in str(e) for e in errors)
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_group_is_cancelled_in_the_model_process_only_once_no_member_waits(tmp_path: Path) -> None:
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 32
+        await _knowing_groups(channel)
+        data.release.clear()
+        calls = [asyncio.ensure_future(channel.infer(_rows(n, 1))) for n in range(3)]
+        while not data.groups:
+            await asyncio.sleep(0.01)
+        calls[0].cancel()
+        calls[1].cancel()
+        await asyncio.sleep(0.2)
+        assert data.cancelled == 0  # one member still waits
+        calls[2].cancel()
+        for _ in range(100):
+            if data.cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert data.cancelled == 1
+        data.release.set()
+        data.groups.clear()
+        answer = await asyncio.wait_for(channel.infer(_rows(7, 1)), 5)  # the channel still serves
+        assert answer.id == "r7"
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_members_still_forming_fail_when_the_model_process_goes(tmp_path: Path) -> None:
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 32
+        await _knowing_groups(channel)
+        calls = [asyncio.ensure_future(channel.infer(_rows(n, 1))) for n in range(3)]
+        await asyncio.sleep(0)  # the members wait in this pass's group
+        channel._on_lost()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        assert all(isinstance(r, Unavailable) for r in results)
+
+    data = Data()
+
+    async def run() -> None:
+        service = CoreService({"data": data, "control": Control()})
+        await service.start(tmp_path / "core.sock")
+        channel = Channel(tmp_path / "core.sock")
+        await channel.connect()
+        try:
+            await body(channel, data)
+        finally:
+            channel.close()
+            await service.close()
+
+    asyncio.run(run())

@@ -136,9 +136,31 @@ class DataPlane:
         self._access.authorize_inference(request.credentials)
         return await self.run_step(request)
 
-    async def run_step(self, request: InferRequest) -> InferResponse:
+    async def infer_group(self, request: InferRequest, requests: int) -> InferResponse:
+        """``requests`` requests that a front-end worker sent as one (see ``group_rows``): run as
+        the one request the batcher would have made of them, counted as ``requests``."""
+        self._access.authorize_inference(request.credentials)
+        return await self.run_step(request, requests)
+
+    def group_rows(self, name: str, version: str | None) -> int:
+        """How many rows a front-end worker may send as one request made of several that arrived
+        together (their inputs joined along the batch dimension, as the dynamic batcher joins
+        them): the model's max_batch_size when a dynamic batcher schedules it, 0 when each request
+        must come alone (no batcher, a sequence or ensemble scheduler, a decoupled model, the
+        response cache). Never an error: an unknown model is 0, and its requests fail on their own."""
+        try:
+            runtime, _ = self._registry.get(name, version)
+            cached = self._cache is not None and self._registry.entry(name).config.response_cache
+        except InferdError:
+            return 0
+        if cached or runtime.decoupled or runtime.parts:
+            return 0
+        return runtime.group_rows
+
+    async def run_step(self, request: InferRequest, requests: int = 1) -> InferResponse:
         """``infer`` without the credentials check: an ensemble's step, whose caller was checked
-        when the ensemble was asked (the composition root hands this to ensemble schedulers)."""
+        when the ensemble was asked (the composition root hands this to ensemble schedulers).
+        ``requests``: how many requests this one stands for (``infer_group``)."""
         start = time.perf_counter()
         signature = request.parameters.get("signature_name")
         runtime, version = self._resolve(request)
@@ -187,7 +209,7 @@ class DataPlane:
                 self._count_hit(runtime, context, cache_s, cached or {})
             else:
                 self._count(runtime, outcome, context, checked - start, end - gathered,
-                            cache_s if key is not None else None)
+                            cache_s if key is not None else None, requests)
             if self._metrics is not None:
                 t = context.timings
                 model = self._metrics.for_model(request.model_name, version)
@@ -196,7 +218,7 @@ class DataPlane:
                 if hit:
                     model.request_cached(request.protocol, t.total)
                 else:
-                    model.request(request.protocol, outcome, t.total, t.queue, t.compute)
+                    model.request(request.protocol, outcome, t.total, t.queue, t.compute, requests)
         return InferResponse(model_name=request.model_name, model_version=version,
                              outputs=tensors, id=request.id, timings=context.timings)
 
@@ -279,17 +301,19 @@ class DataPlane:
         stats.last_inference_ms = int(time.time() * 1000)
 
     def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
-               output_s: float, cache_s: float | None) -> None:
+               output_s: float, cache_s: float | None, requests: int = 1) -> None:
+        """One request, or ``requests`` that went through together: each waited and ran as long
+        (success, queue, compute_infer), and the checking and gathering done once is theirs."""
         stats = self._stats(runtime)
         t = context.timings
         if outcome != "success":
-            stats.fail.add(t.total)
+            stats.fail.add(t.total * requests, requests)
             return
-        stats.success.add(t.total)
-        stats.queue.add(t.queue)
-        stats.compute_input.add(input_s)
-        stats.compute_infer.add(t.compute)
-        stats.compute_output.add(output_s)
+        stats.success.add(t.total * requests, requests)
+        stats.queue.add(t.queue * requests, requests)
+        stats.compute_input.add(input_s, requests)
+        stats.compute_infer.add(t.compute * requests, requests)
+        stats.compute_output.add(output_s, requests)
         if cache_s is not None:
             stats.cache_miss.add(cache_s)
         stats.last_inference_ms = int(time.time() * 1000)

@@ -53,9 +53,9 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.sum += value * count
 
     def buckets(self) -> list[tuple[str, float]]:
         result: list[tuple[str, float]] = []
@@ -82,17 +82,19 @@ class ModelMetrics:
         self.cache_hits = 0
         self.cache_misses = 0
 
-    def request(self, protocol: str, outcome: str, total: float, queue: float, compute: float) -> None:
+    def request(self, protocol: str, outcome: str, total: float, queue: float, compute: float,
+                count: int = 1) -> None:
+        """``count`` requests that went through together (a front-end worker's group), each timed alike."""
         key = (protocol, outcome)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests[key] = self.requests.get(key, 0) + count
         if outcome != "success":
             return
         latency = self.latency.get(protocol)
         if latency is None:
             latency = self.latency[protocol] = Histogram(LATENCY_BUCKETS)
-        latency.observe(total)
-        self.queue.observe(queue)
-        self.compute.observe(compute)
+        latency.observe(total, count)
+        self.queue.observe(queue, count)
+        self.compute.observe(compute, count)
 
     def request_cached(self, protocol: str, total: float) -> None:
         """A success answered from the response cache: counted and timed, no queue or compute."""

@@ -70,6 +70,10 @@ class DynamicBatcher(Scheduler):
     def busy(self) -> int:
         return self._running
 
+    @property
+    def group_rows(self) -> int:
+        return self.max_batch_size
+
     def statistics(self) -> SchedulerStats:
         pool = self.pool.statistics()
         return SchedulerStats(pool.instances, self._running, len(self._queue), pool.executions, pool.inferences,

@@ -27,6 +27,13 @@ class Scheduler(Runtime):
     many instances it runs and how busy they are, and be resized."""
 
     @property
+    def group_rows(self) -> int:
+        """Rows of requests that may reach ``infer_async`` as one, joined along the batch
+        dimension, and be answered exactly as if they had come apart: 0 unless the scheduler
+        joins requests so itself (the dynamic batcher)."""
+        return 0
+
+    @property
     @abstractmethod
     def instances(self) -> int:
         """Executions that may run at once."""

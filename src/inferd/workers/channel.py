@@ -169,9 +169,12 @@ class FrameProtocol(asyncio.BufferedProtocol):
     given to ``send`` in one frame per pass of the loop."""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
-                 refuse: Callable[[Any, Exception], Any] | None = None) -> None:
+                 refuse: Callable[[Any, Exception], Any] | None = None,
+                 gather: Callable[[], list[Any]] | None = None) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
+        # what the owner holds back until the pass ends (``wake``): sent first in the pass's frame
+        self._gather = gather
         # a message that cannot be sent (it does not pickle, or is over MAX_FRAME): what goes in its
         # place (an error answer to its call), or None (its sender has been told)
         self._refuse = refuse
@@ -180,6 +183,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._parts: _Parts | None = None  # a large frame being read into memory of its own
         self._pool = _Pool()
         self._out: list[Any] = []  # messages sent in this pass of the loop
+        self._woken = False  # a flush is due for ``gather``'s sake
         self.transport: Any = None  # asyncio's or uvloop's stream transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,14 +247,27 @@ class FrameProtocol(asyncio.BufferedProtocol):
         answers, a burst of requests): one wake-up of the other process, not one per message."""
         if self.transport is None or self.transport.is_closing():
             return
-        if not self._out:
+        if not self._out and not self._woken:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(message)
 
+    def wake(self) -> None:
+        """Flush at the end of this pass even if nothing is sent: ``gather`` has messages then."""
+        if self.transport is None or self.transport.is_closing() or self._woken:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._woken = True
+
     def _flush(self) -> None:
         out, self._out = self._out, []
+        woken, self._woken = self._woken, False
         if self.transport is None or self.transport.is_closing():
-            return
+            return  # what ``gather`` holds is failed by its owner's on_lost
+        if woken and self._gather is not None:
+            out = [*self._gather(), *out]
+            if not out:
+                return
         try:
             framed = frame(out)
         except Exception:  # one message that cannot go (a model's own exception) spoils no other

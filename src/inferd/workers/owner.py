@@ -60,6 +60,9 @@ class CoreService:
     async def infer(self, packed: tuple[Any, ...]) -> tuple[Any, ...]:
         return pack_response(await self._parts["data"].infer(unpack_request(packed)))
 
+    async def infer_group(self, packed: tuple[Any, ...], requests: int) -> tuple[Any, ...]:
+        return pack_response(await self._parts["data"].infer_group(unpack_request(packed), requests))
+
     def infer_stream(self, packed: tuple[Any, ...]) -> AsyncGenerator[InferResponse, None]:
         return cast(AsyncGenerator[InferResponse, None], self._parts["data"].infer_stream(unpack_request(packed)))
 
@@ -111,6 +114,9 @@ class _Connection:
             return
         if kind == "infer":  # the one call on every request: packed as tuples (codec.py)
             self._start(call_id, self._service.infer(message[2]), "data")
+            return
+        if kind == "group":  # requests that arrived together, joined into one (remote.py)
+            self._start(call_id, self._service.infer_group(message[2], message[3]), "data")
             return
         if kind == "stream":  # a decoupled model: each answer as it comes, then the end
             self._start(call_id, self._stream(call_id, message[2]), "data")

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from inferd.core import Core, DataPlane, ModelControl
-from inferd.errors import InvalidInput, PayloadTooLarge, Unavailable
+from inferd.errors import InvalidInput, ModelError, PayloadTooLarge, Unavailable
 from inferd.observability.metrics import Metrics
-from inferd.types import InferRequest, InferResponse
+from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers.channel import FrameProtocol, FrameTooLarge, describe, frame, read_frame
 from inferd.workers.codec import pack_request, unpack_response
 
@@ -36,21 +36,59 @@ CANCEL_SWEEP_S = 0.1  # how often calls in flight are checked for clients that w
 KEPT = frozenset({"model_metadata", "signature_metadata", "resolve_label", "model_ready", "authorize"})
 KEEP_S = 0.25
 KEEP_MAX = 1024
+GROUP_BYTES = 64 * 2**20  # a group's inputs at most (a request this large alone goes alone)
+
+
+class _Member:
+    """A request waiting to go as part of a group (see ``Channel.infer``)."""
+
+    __slots__ = ("future", "nbytes", "request", "rows", "sent")
+
+    def __init__(self, request: InferRequest, rows: int, nbytes: int, future: asyncio.Future[InferResponse]) -> None:
+        self.request, self.rows, self.nbytes, self.future = request, rows, nbytes, future
+        self.sent: _Group | None = None
+
+
+class _Group:
+    """Members sent as one call: its future gets the joined answer, which is split among them."""
+
+    __slots__ = ("call_id", "future", "members")
+
+    def __init__(self, call_id: int, future: asyncio.Future[Any], members: list[_Member]) -> None:
+        self.call_id, self.future, self.members = call_id, future, members
+
+    def all_gone(self) -> bool:
+        """Every member's client went away: the model process may drop the call."""
+        return all(m.request.cancelled is not None and m.request.cancelled() for m in self.members)
 
 
 class Channel:
-    """Both lines to the model process. ``lost`` is set when it goes away (the worker then stops)."""
+    """Both lines to the model process. ``lost`` is set when it goes away (the worker then stops).
+
+    Requests for a model that a dynamic batcher schedules are sent together: those that reach
+    ``infer`` in one pass of the loop with the same model, shapes past the batch dimension,
+    dtypes, outputs, parameters and credentials go as one request, their inputs joined along the
+    batch dimension, up to the model's max_batch_size rows, and the answer is split back. The
+    batcher would have joined them so anyway; the model process then pays its per-request work
+    (unpacking, checking, queueing, counting) once per group instead of once per request, which
+    is what bounds how many workers it can keep up with (benchmarks/model_process.py).
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[], bool] | None]] = {}
-        self._protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse)
+        self._protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse, self._gather)
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._kept: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._streams: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
+        self._forming: dict[tuple[Any, ...], tuple[int, list[_Member]]] = {}  # key -> (most rows, members)
+        # per (model, version): until when its group_rows answer holds, and that answer; asked
+        # over the asynchronous line, and a model's requests go alone until it is known
+        self._group_rows: dict[tuple[str, str | None], tuple[float, int]] = {}
+        self._asking: set[tuple[str, str | None]] = set()
         self.lost = asyncio.Event()
 
     async def connect(self) -> None:
@@ -67,8 +105,143 @@ class Channel:
         return await self._request(lambda call_id: ("call", call_id, target, name, args, kwargs), None)
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        packed = pack_request(request)
-        return unpack_response(await self._request(lambda call_id: ("infer", call_id, packed), request.cancelled))
+        grouping = self._group_key(request)
+        if grouping is None:
+            packed = pack_request(request)
+            return unpack_response(await self._request(lambda call_id: ("infer", call_id, packed), request.cancelled))
+        if self.lost.is_set():
+            raise Unavailable("the model process is gone; this worker is stopping")
+        key, rows, limit = grouping
+        nbytes = sum(tensor.data.nbytes for tensor in request.inputs)
+        member = _Member(request, rows, nbytes, asyncio.get_running_loop().create_future())
+        forming = self._forming.get(key)
+        if forming is None:
+            self._forming[key] = (limit, [member])
+        else:
+            forming[1].append(member)
+        self._protocol.wake()
+        try:
+            return await member.future
+        except asyncio.CancelledError:
+            group = member.sent
+            if group is not None and not group.future.done() and all(m.future.done() for m in group.members):
+                group.future.cancel()  # nobody waits for the answer any more
+            raise
+
+    def _group_key(self, request: InferRequest) -> tuple[tuple[Any, ...], int, int] | None:
+        """What a request must share with others to go with them, its rows, and the most rows a
+        group may have; None when it goes alone."""
+        if request.timeout_us is not None:  # a deadline of its own
+            return None
+        shapes = []
+        rows = -1
+        for tensor in request.inputs:
+            data = tensor.data
+            if data.ndim == 0 or rows not in (-1, data.shape[0]):
+                return None
+            rows = data.shape[0]
+            shapes.append((tensor.name, tensor.datatype, data.dtype.str, data.shape[1:]))
+        if rows < 1:
+            return None
+        limit = self._group_limit(request.model_name, request.model_version)
+        if rows >= limit:  # a request that fills a batch alone (or any, where limit is 0)
+            return None
+        outputs = None if request.outputs is None else tuple(
+            (o.name, o.binary, o.classification) for o in request.outputs)
+        parameters = tuple(sorted(request.parameters.items()))
+        key = (request.model_name, request.model_version, tuple(shapes), outputs, parameters, request.protocol,
+               request.credentials)
+        try:
+            hash(key)
+        except TypeError:  # a parameter holding a list or a map
+            return None
+        return key, rows, limit
+
+    def _group_limit(self, name: str, version: str | None) -> int:
+        """The model's group_rows as last heard (KEEP_S at most, forgotten when model control runs);
+        0 while it is being asked."""
+        key = (name, version)
+        known = self._group_rows.get(key)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        if key not in self._asking and not self.lost.is_set():
+            self._asking.add(key)
+            asyncio.get_running_loop().create_task(self._ask_group_rows(key))
+        return 0
+
+    async def _ask_group_rows(self, key: tuple[str, str | None]) -> None:
+        try:
+            rows = int(await self.call("data", "group_rows", key, {}))
+        except Exception:  # the channel went away: nothing is grouped
+            rows = 0
+        finally:
+            self._asking.discard(key)
+        if len(self._group_rows) >= KEEP_MAX:  # names come from clients: a bound, not a policy
+            self._group_rows.clear()
+        self._group_rows[key] = (time.monotonic() + KEEP_S, rows)
+
+    def _gather(self) -> list[Any]:
+        """The groups formed in this pass, as messages (the channel's flush asks at the pass's end)."""
+        forming, self._forming = self._forming, {}
+        messages: list[Any] = []
+        for limit, members in forming.values():
+            chunk: list[_Member] = []
+            rows = nbytes = 0
+            for member in members:
+                if member.future.done():  # its caller went away before it was sent
+                    continue
+                if chunk and (rows + member.rows > limit or nbytes + member.nbytes > GROUP_BYTES):
+                    messages.append(self._send_group(chunk))
+                    chunk, rows, nbytes = [], 0, 0
+                chunk.append(member)
+                rows += member.rows
+                nbytes += member.nbytes
+            if chunk:
+                messages.append(self._send_group(chunk))
+        return messages
+
+    def _send_group(self, members: list[_Member]) -> tuple[Any, ...]:
+        call_id = next(self._ids)
+        group = _Group(call_id, asyncio.get_running_loop().create_future(), members)
+        for member in members:
+            member.sent = group
+        self._pending[call_id] = (group.future, group.all_gone)
+        group.future.add_done_callback(lambda future: self._settle(group))
+        if len(members) == 1:
+            return "infer", call_id, pack_request(members[0].request)
+        first = members[0].request
+        joined = [Tensor(tensor.name, tensor.datatype, _join([m.request.inputs[n].data for m in members]))
+                  for n, tensor in enumerate(first.inputs)]
+        request = InferRequest(first.model_name, first.model_version, joined, None, first.outputs, first.parameters,
+                               None, first.protocol, None, first.credentials)
+        return "group", call_id, pack_request(request), len(members)
+
+    def _settle(self, group: _Group) -> None:
+        """The group's answer (or error) to each member still waiting."""
+        self._pending.pop(group.call_id, None)
+        future, members = group.future, group.members
+        if future.cancelled():
+            self._protocol.send(("cancel", group.call_id))
+            for member in members:
+                member.future.cancel()
+            return
+        error = future.exception()
+        if error is None:
+            response = unpack_response(future.result())
+            if len(members) == 1:
+                if not members[0].future.done():
+                    members[0].future.set_result(response)
+                return
+            parts = _split(response, members)
+            if isinstance(parts, list):
+                for member, part in zip(members, parts, strict=True):
+                    if not member.future.done():
+                        member.future.set_result(part)
+                return
+            error = parts
+        for member in members:
+            if not member.future.done():
+                member.future.set_exception(error)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """A decoupled model's answers as the model process sends them, at most STREAM_WINDOW
@@ -157,6 +330,7 @@ class Channel:
         kind, call_id, value = message
         if kind == "changed":
             self._kept.clear()
+            self._group_rows.clear()
             return
         stream = self._streams.get(call_id)
         if stream is not None:
@@ -184,9 +358,14 @@ class Channel:
     def _on_lost(self) -> None:
         self.lost.set()
         gone = Unavailable("the model process went away during the call")
-        for future, _ in self._pending.values():
+        for future, _ in list(self._pending.values()):
             if not future.done():
                 future.set_exception(gone)
+        forming, self._forming = self._forming, {}
+        for _, members in forming.values():
+            for member in members:
+                if not member.future.done():
+                    member.future.set_exception(gone)
         for stream in self._streams.values():
             stream.put_nowait(("err", gone))
         if self._sock is not None:
@@ -208,6 +387,31 @@ class Channel:
         if self._sock is not None:
             self._sock.close()
 
+
+
+def _join(arrays: list[Any]) -> Any:
+    import numpy as np
+
+    return np.concatenate(arrays)
+
+
+def _split(response: InferResponse, members: list[_Member]) -> list[InferResponse] | ModelError:
+    """The joined answer's rows, member by member (each its own id and timings)."""
+    rows = sum(m.rows for m in members)
+    for output in response.outputs:
+        if output.data.ndim == 0 or output.data.shape[0] != rows:
+            return ModelError(f"model '{response.model_name}' returned output '{output.name}' with shape "
+                              f"{list(output.data.shape)} for a batch of {rows} rows; dim 0 must be the batch")
+    parts, start = [], 0
+    t = response.timings
+    for member in members:
+        end = start + member.rows
+        parts.append(InferResponse(response.model_name, response.model_version,
+                                   [Tensor(o.name, o.datatype, o.data[start:end]) for o in response.outputs],
+                                   member.request.id, dict(response.parameters),
+                                   Timings(t.queue, t.compute, t.total, dict(t.steps)), response.final))
+        start = end
+    return parts
 
 
 def _refusal(exc: Exception) -> InvalidInput:
