@@ -24,11 +24,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from common import CLIENT_CPU, HERE, SERVER_CPU, stop, wait_ready, write_model
+from common import CLIENT_CPU, HERE, SERVER_CPU, h2load, stop, wait_ready, write_model
 
 ANCHORS = Path(os.environ.get("ANCHORS", HERE.parent.parent / "shared" / "bench" / "anchors"))
 MODELS = Path(os.environ.get("MODEL_DIR", "/opt/anchors/models"))
@@ -47,47 +45,6 @@ def bench(model: str, http: str, grpc: str | None, concurrency: int, seconds: in
     subprocess.run(command, check=True, capture_output=True)
     row = json.loads(out.read_text())["rows"][0]
     return {"rps": row["rps"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "errors": row["errors"]}
-
-
-def h2load(model: str, http: str, grpc: str, concurrency: int, seconds: int, out: Path) -> dict[str, float]:
-    """gRPC load from h2load: throughput and latency from its per-request log, failures from the
-    server's statistics."""
-    from inferd.bench.grpc_load import request_bytes
-
-    metadata = json.loads(urllib.request.urlopen(f"{http}/v2/models/{model}", timeout=10).read())
-    body = request_bytes(model, None, metadata, raw=True)
-    message = out.with_suffix(".grpc")
-    message.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
-    log = out.with_suffix(".log")
-
-    def run(log_file: Path, duration: int = 0, requests: int = 0) -> list[list[str]]:
-        log_file.unlink(missing_ok=True)  # h2load appends to its log
-        amount = ["-n", str(requests)] if requests else ["-D", str(duration)]
-        command = ["taskset", "-c", CLIENT_CPU, "h2load", *amount, "-c", "1", "-m", str(concurrency),
-                   "-d", str(message), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                   f"--log-file={log_file}", f"http://{grpc}/inference.GRPCInferenceService/ModelInfer"]
-        subprocess.run(command, check=True, capture_output=True)
-        return [line.split("\t") for line in log_file.read_text().splitlines() if line]
-
-    def counts() -> tuple[int, int]:
-        stats = json.loads(urllib.request.urlopen(f"{http}/v2/models/{model}/stats", timeout=10).read())
-        inference = stats["model_stats"][0]["inference_stats"]
-        return int(inference["success"]["count"]), int(inference["fail"]["count"])
-
-    warm = run(log, duration=3)  # warm-up; its rate sizes the measured run, which sends a fixed number
-    # of requests so that none is cut off at the end (a cut request would count as a failure)
-    rate = len(warm) / 3
-    time.sleep(0.3)  # the warm-up's last calls settle
-    before = counts()
-    rows = run(log, requests=max(concurrency * 10, int(rate * seconds)))
-    after = counts()
-    latencies = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
-    start = min(int(row[0]) for row in rows)
-    end = max(int(row[0]) + int(row[2]) for row in rows)
-    return {"rps": len(latencies) / ((end - start) / 1e6), "p50_ms": latencies[len(latencies) // 2],
-            "p99_ms": latencies[int(len(latencies) * 0.99)],
-            "errors": len(rows) - len(latencies) + after[1] - before[1],
-            "server_success": after[0] - before[0]}
 
 
 def start_inferd(scratch: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], str, str]:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The device checks of issues 15 and 17 in one command, on a lent 16-core GPU machine (after
+# benchmarks/device/kit.sh here; the device tool runs it in the repository's root, $OUT comes back):
+#
+#     bash benchmarks/device/run.sh [scaling] [gpu]      # both when none is named
+#
+# scaling: benchmarks/scaling.py, --workers 0,1,2,4,8, server on cores 0-7, load on 8-15 (~2.5 min).
+# gpu:     benchmarks/gpu_resnet.py with its defaults (~5 min).
+# SCALING_ARGS / GPU_ARGS add arguments (e.g. SCALING_ARGS="--server-cpus 0 --client-cpus 1" to try it here).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/inferd-device-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/inferd-site \
+    .device/wheels/*.whl || exit 1
+export PYTHONPATH="$PWD/src:/tmp/inferd-site" PATH="$PWD/.device/bin:$PATH" LD_LIBRARY_PATH="$PWD/.device/lib"
+export PYTHONUNBUFFERED=1
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(scaling gpu)
+{
+    date -u; nproc; nvidia-smi -L 2>/dev/null || echo "no GPU"
+    python3 -c 'import sys, torch, inferd; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'
+    wrk --version 2>&1 | head -1; h2load --version 2>&1 | head -1
+} 2>&1 | tee "$OUT/machine.txt"
+status=0
+for part in "${parts[@]}"; do
+    case $part in
+        scaling) python3 benchmarks/scaling.py --out "$OUT/scaling.json" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.txt" ;;
+        gpu) python3 benchmarks/gpu_resnet.py --out "$OUT/gpu_resnet.json" ${GPU_ARGS:-} 2>&1 | tee "$OUT/gpu_resnet.txt" ;;
+        *) echo "unknown part: $part (scaling, gpu)"; status=2 ;;
+    esac
+    [ "${PIPESTATUS[0]:-0}" -ne 0 ] && status=1
+done
+exit $status

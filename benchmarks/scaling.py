@@ -1,0 +1,127 @@
+"""`inferd serve --workers N` across cores (issue 15): the peers' `tiny` model with dynamic
+batching over v2 HTTP JSON (wrk) and v2 gRPC (nghttp2's h2load), at each N, in one run.
+
+    python benchmarks/scaling.py [--workers 0,1,2,4,8] [--server-cpus 0-7] [--client-cpus 8-15]
+        [--seconds 8] [--rounds 1] [--http-connections 256] [--grpc-connections 32] [--grpc-streams 8]
+        [--out results/scaling-<time>.json]
+
+The server tree (the model process and its workers) is pinned to --server-cpus and the load to
+--client-cpus, with a load-generator thread per client core. The load is the same at every N and
+sized for the largest (many connections, so SO_REUSEPORT spreads them over the workers). N = 0 is
+one process (today's default). The report gives req/s, p50/p99, the tree's CPU per request, and
+each N's efficiency against the issue's goal: req/s ÷ (N × req/s at N = 1), goal ≥ 0.7 up to 8.
+
+Needs as many free cores as the largest N plus the model process plus the load: a 16-core machine
+for N up to 8 (`benchmarks/device/run.sh` runs it on a lent one). On 2 cores it only shows that
+the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import HERE, free_port, stop, tree_cpu_seconds, wait_ready
+
+
+def cpus(spec: str) -> list[int]:
+    found: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        found.extend(range(int(low), int(high or low) + 1))
+    return found
+
+
+def run_setting(workers: int, scratch: Path, args: argparse.Namespace) -> dict[str, dict]:
+    from common import h2load, wrk
+
+    port, grpc_port = free_port(), free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = (scratch / f"scaling-{workers}.log").open("ab")
+    process = subprocess.Popen(["taskset", "-c", args.server_cpus, sys.executable, "-m", "inferd", "serve",
+                                str(scratch / "repo"), "--http-port", str(port), "--grpc-port", str(grpc_port),
+                                "--workers", str(workers), "--log-level", "warning"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    threads = len(cpus(args.client_cpus))
+    results: dict[str, dict] = {}
+    try:
+        http = f"http://127.0.0.1:{port}"
+        wait_ready(f"{http}/v2/health/ready", process)
+        url = f"{http}/v2/models/tiny/infer"
+        body = scratch / "bodies" / "tiny.json"
+        connections = max(args.http_connections, threads)
+        wrk(url, body, connections, 2, threads=threads)  # warm-up
+        cpu = tree_cpu_seconds(process.pid)
+        row = wrk(url, body, connections, args.seconds, threads=threads)
+        results["http"] = {"rps": row["rps"], "p50_ms": row["p50_us"] / 1000, "p99_ms": row["p99_us"] / 1000,
+                           "cpu_ms_per_req": (tree_cpu_seconds(process.pid) - cpu) * 1000 / max(row["requests"], 1),
+                           "errors": row["errors"]}
+        cpu = tree_cpu_seconds(process.pid)
+        served = h2load("tiny", http, f"127.0.0.1:{grpc_port}", args.grpc_streams, args.seconds,
+                        scratch / "h2load.json", connections=max(args.grpc_connections, threads), threads=threads)
+        results["grpc"] = {"rps": served["rps"], "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"],
+                           "cpu_ms_per_req": (tree_cpu_seconds(process.pid) - cpu) * 1000
+                           / max(served["server_success"], 1),
+                           "errors": served["errors"]}
+    finally:
+        stop(process)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", default="0,1,2,4,8")
+    parser.add_argument("--server-cpus", default="0-7")
+    parser.add_argument("--client-cpus", default="8-15")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--http-connections", type=int, default=256)
+    parser.add_argument("--grpc-connections", type=int, default=32)
+    parser.add_argument("--grpc-streams", type=int, default=8, help="calls in flight on each gRPC connection")
+    parser.add_argument("--out", type=Path,
+                        default=HERE / "results" / f"scaling-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
+    args = parser.parse_args()
+    os.environ["CLIENT_CPU"] = args.client_cpus  # common.wrk and common.h2load pin the load here
+    settings = [int(n) for n in args.workers.split(",")]
+    from workers import prepare
+
+    scratch = Path(tempfile.mkdtemp(prefix="inferd-scaling-"))
+    prepare(scratch)
+    runs: dict[int, list[dict[str, dict]]] = {n: [] for n in settings}
+    for round_ in range(args.rounds):
+        for n in settings if round_ % 2 == 0 else reversed(settings):
+            runs[n].append(run_setting(n, scratch, args))
+            print(f"round {round_ + 1} --workers {n}: " + ", ".join(
+                f"{wire} {r['rps']:,.0f} req/s" for wire, r in runs[n][-1].items()), flush=True)
+    report: dict = {"settings": settings, "rounds": args.rounds, "seconds": args.seconds, "cpu_count": os.cpu_count(),
+                    "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "wires": {}}
+    print(f"{'wire':5} {'N':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'vs N=1':>7} "
+          f"{'efficiency':>10}")
+    for wire in ("http", "grpc"):
+        medians = {n: {k: statistics.median(r[wire][k] for r in runs[n])
+                       for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")} for n in settings}
+        one = medians.get(1, {}).get("rps")
+        rows = {}
+        for n in settings:
+            m = medians[n]
+            versus = m["rps"] / one if one else float("nan")
+            efficiency = versus / n if one and n else float("nan")
+            rows[str(n)] = {**m, "vs_one_worker": versus, "efficiency": efficiency,
+                            "errors": sum(r[wire]["errors"] for r in runs[n])}
+            print(f"{wire:5} {n:3} {m['rps']:10,.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['cpu_ms_per_req']:10.3f} "
+                  f"{versus:7.2f} {efficiency:10.2f}")
+        report["wires"][wire] = rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
