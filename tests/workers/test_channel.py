@@ -18,6 +18,7 @@ import pytest
 from inferd.errors import InvalidInput, ModelError, PayloadTooLarge, Unavailable
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers import channel as channel_module
+from inferd.workers import remote as remote_module
 from inferd.workers.channel import FrameProtocol, frame
 from inferd.workers.codec import pack_request
 from inferd.workers.owner import CoreService
@@ -458,3 +459,23 @@ def test_members_still_forming_fail_when_the_model_process_goes(tmp_path: Path) 
             await service.close()
 
     asyncio.run(run())
+
+
+def test_members_that_cannot_be_joined_fail_alone_and_the_channel_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(arrays: list[Any]) -> Any:
+        raise MemoryError("no room to join")
+
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 32
+        await _knowing_groups(channel)
+        monkeypatch.setattr(remote_module, "_join", broken)
+        errors = await asyncio.wait_for(asyncio.gather(*(channel.infer(_rows(n, 1)) for n in range(3)),
+                                                       return_exceptions=True), 5)
+        assert all(isinstance(e, InvalidInput) and "no room to join" in str(e) for e in errors)
+        assert channel._pending == {}  # nothing left waiting for an answer that will never come
+        monkeypatch.undo()
+        answers = await asyncio.wait_for(asyncio.gather(*(channel.infer(_rows(n, 1)) for n in range(3))), 5)
+        assert [a.id for a in answers] == ["r0", "r1", "r2"]
+
+    asyncio.run(_with_channel(tmp_path, body))

@@ -191,30 +191,45 @@ class Channel:
                 if member.future.done():  # its caller went away before it was sent
                     continue
                 if chunk and (rows + member.rows > limit or nbytes + member.nbytes > GROUP_BYTES):
-                    messages.append(self._send_group(chunk))
+                    messages.extend(self._send_group(chunk))
                     chunk, rows, nbytes = [], 0, 0
                 chunk.append(member)
                 rows += member.rows
                 nbytes += member.nbytes
             if chunk:
-                messages.append(self._send_group(chunk))
+                messages.extend(self._send_group(chunk))
         return messages
 
-    def _send_group(self, members: list[_Member]) -> tuple[Any, ...]:
-        call_id = next(self._ids)
+    def _send_group(self, members: list[_Member]) -> list[tuple[Any, ...]]:
+        """The message for ``members`` (none when they cannot be joined: each is told why)."""
+        try:
+            message = self._group_message(members)
+        except Exception as exc:  # nothing of this group was sent; the pass's other messages still go
+            error = _refusal(exc)
+            for member in members:
+                if not member.future.done():
+                    member.future.set_exception(error)
+            return []
+        return [message]
+
+    def _group_message(self, members: list[_Member]) -> tuple[Any, ...]:
+        body: tuple[Any, ...]
+        if len(members) == 1:
+            kind, body = "infer", (pack_request(members[0].request),)
+        else:
+            first = members[0].request
+            joined = [Tensor(tensor.name, tensor.datatype, _join([m.request.inputs[n].data for m in members]))
+                      for n, tensor in enumerate(first.inputs)]
+            request = InferRequest(first.model_name, first.model_version, joined, None, first.outputs,
+                                   first.parameters, None, first.protocol, None, first.credentials)
+            kind, body = "group", (pack_request(request), len(members))
+        call_id = next(self._ids)  # registered only once the message exists
         group = _Group(call_id, asyncio.get_running_loop().create_future(), members)
         for member in members:
             member.sent = group
         self._pending[call_id] = (group.future, group.all_gone)
         group.future.add_done_callback(lambda future: self._settle(group))
-        if len(members) == 1:
-            return "infer", call_id, pack_request(members[0].request)
-        first = members[0].request
-        joined = [Tensor(tensor.name, tensor.datatype, _join([m.request.inputs[n].data for m in members]))
-                  for n, tensor in enumerate(first.inputs)]
-        request = InferRequest(first.model_name, first.model_version, joined, None, first.outputs, first.parameters,
-                               None, first.protocol, None, first.credentials)
-        return "group", call_id, pack_request(request), len(members)
+        return (kind, call_id, *body)
 
     def _settle(self, group: _Group) -> None:
         """The group's answer (or error) to each member still waiting."""
