@@ -65,6 +65,11 @@ class Unavailable(InferdError):
     code = ErrorCode.UNAVAILABLE
 
 
+class GroupRefused(Unavailable):
+    """A front-end worker's group of requests that the model no longer takes as one (its batch
+    size changed meanwhile): the worker sends each member again on its own."""
+
+
 class QueueFull(Unavailable):
     pass
 

@@ -55,6 +55,14 @@ datatype = "INT32"
 shape = [1]
 """
 
+ONE_ROW_MODEL = '''
+import numpy as np
+
+class Model:
+    def infer(self, inputs):
+        return {"y": np.zeros((1, 2), np.float32), "rows": np.ones((1, 1), np.int32)}  # one row, whatever came
+'''
+
 WORKERS = 2
 
 
@@ -65,6 +73,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(root / "py_double/config.toml", PYTHON_CONFIG)
     write(root / "batched/1/model.py", BATCHING_MODEL)
     write(root / "batched/config.toml", BATCHING_CONFIG)
+    write(root / "one_row/1/model.py", ONE_ROW_MODEL)
+    write(root / "one_row/config.toml", BATCHING_CONFIG)
     return root
 
 
@@ -218,6 +228,26 @@ def test_requests_a_worker_sends_together_are_answered_and_counted_one_by_one(se
     assert after[0] - before[0] == 96  # requests, not joined groups
     assert after[1] - before[1] == sum(rows_of)  # rows
     assert after[2] - before[2] == 96
+
+
+def test_an_answer_a_group_cannot_split_is_counted_as_the_failure_each_client_sees(server: RunningServer) -> None:
+    """A model that answers one row for any batch: each client of a joined group gets an error
+    (as each request of such a batch does), and the statistics count exactly what clients saw."""
+    def counts() -> tuple[int, int]:
+        row = requests.get(f"{server.base}/v2/models/one_row/stats", timeout=5).json()["model_stats"][0]
+        return row["inference_stats"]["success"]["count"], row["inference_stats"]["fail"]["count"]
+
+    before = counts()
+
+    def one(n: int) -> int:
+        with requests.Session() as session:
+            return infer_json(server.base, "one_row", [10.0 + n, 20.0], [1, 2], "FP32", session).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(one, range(96)))
+    after = counts()
+    assert set(statuses) <= {200, 500} and 500 in statuses
+    assert (after[0] - before[0], after[1] - before[1]) == (statuses.count(200), statuses.count(500))
 
 
 def test_a_loaded_model_is_seen_by_every_worker(server: RunningServer, repo: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inferd.errors import InvalidInput, ModelError, PayloadTooLarge, Unavailable
+from inferd.errors import GroupRefused, InvalidInput, ModelError, PayloadTooLarge, Unavailable
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers import channel as channel_module
 from inferd.workers import remote as remote_module
@@ -249,6 +249,8 @@ class Data:
 
     async def infer_group(self, request: InferRequest, requests: int) -> InferResponse:
         self.groups.append((requests, request.inputs[0].data.shape[0]))
+        if request.inputs[0].data.shape[0] > self.group:  # as DataPlane.infer_group: the model changed
+            raise GroupRefused(f"no group of {request.inputs[0].data.shape[0]} rows now")
         try:
             await self.release.wait()
         except asyncio.CancelledError:
@@ -477,5 +479,39 @@ def test_members_that_cannot_be_joined_fail_alone_and_the_channel_goes_on(
         monkeypatch.undo()
         answers = await asyncio.wait_for(asyncio.gather(*(channel.infer(_rows(n, 1)) for n in range(3))), 5)
         assert [a.id for a in answers] == ["r0", "r1", "r2"]
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_a_group_the_model_no_longer_takes_goes_again_one_by_one(tmp_path: Path) -> None:
+    """The worker's group_rows is kept a moment; when the model's batch size fell meanwhile, the
+    model process refuses the group and each member is sent again alone, and answered."""
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 8
+        await _knowing_groups(channel)
+        data.group = 2  # changed in the model process, no notice to the worker
+        asked = [_rows(n * 10, 1) for n in range(4)]
+        answers = await asyncio.wait_for(asyncio.gather(*(channel.infer(r) for r in asked)), 5)
+        for request, answer in zip(asked, answers, strict=True):
+            assert answer.id == request.id
+            np.testing.assert_array_equal(answer.outputs[0].data, request.inputs[0].data)
+        assert data.groups == [(4, 4)]  # refused once; the members then went as plain requests
+
+    asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_parameters_of_other_types_never_share_a_group(tmp_path: Path) -> None:
+    """True == 1 == 1.0 in Python; a group goes with its first member's parameters, so these must
+    not share one."""
+    async def body(channel: Channel, data: Data) -> None:
+        data.group = 32
+        await _knowing_groups(channel)
+        asked = []
+        for n, value in enumerate([1, True, 1.0, 1, True, 1.0]):
+            request = _rows(n, 1)
+            request.parameters = {"p": value}
+            asked.append(request)
+        await asyncio.wait_for(asyncio.gather(*(channel.infer(r) for r in asked)), 5)
+        assert sorted(data.groups) == [(2, 2), (2, 2), (2, 2)]
 
     asyncio.run(_with_channel(tmp_path, body))

@@ -14,7 +14,7 @@ import inferd
 from inferd.auth import AccessPolicy
 from inferd.core.cache import Outputs, ResponseCache, request_key
 from inferd.core.classification import classify
-from inferd.errors import InferdError, InvalidInput, NotFound
+from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -138,8 +138,13 @@ class DataPlane:
 
     async def infer_group(self, request: InferRequest, requests: int) -> InferResponse:
         """``requests`` requests that a front-end worker sent as one (see ``group_rows``): run as
-        the one request the batcher would have made of them, counted as ``requests``."""
+        the one request the batcher would have made of them, counted as ``requests``. A group the
+        model no longer takes (its batch size fell since the worker asked) is GroupRefused, and
+        its members come again one by one."""
         self._access.authorize_inference(request.credentials)
+        rows = _rows(request)
+        if self.group_rows(request.model_name, request.model_version) < rows:
+            raise GroupRefused(f"model '{request.model_name}' takes no group of {rows} rows now")
         return await self.run_step(request, requests)
 
     def group_rows(self, name: str, version: str | None) -> int:
@@ -196,6 +201,8 @@ class DataPlane:
                     self._cache.put(key, {w.name: outputs[w.name] for w in wanted})
                     cache_s += time.perf_counter() - gathered
             tensors = self._tensors(request.model_name, runtime, outputs, wanted)
+            if requests > 1:  # the worker splits the answer by rows: one it cannot split failed here
+                _check_rows(request.model_name, tensors, _rows(request))
         except InferdError as exc:
             outcome = exc.code.value
             raise
@@ -357,3 +364,16 @@ def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> Model
     return ModelMetadata(name=name, versions=versions, platform=runtime.platform, inputs=runtime.inputs,
                          outputs=runtime.outputs, max_batch_size=runtime.max_batch_size,
                          signature_def=runtime.signature_def)
+
+
+def _rows(request: InferRequest) -> int:
+    """A batched request's rows (its first input's dim 0)."""
+    first = request.inputs[0].data if request.inputs else None
+    return int(first.shape[0]) if first is not None and first.ndim else 0
+
+
+def _check_rows(model: str, tensors: list[Tensor], rows: int) -> None:
+    for tensor in tensors:
+        if tensor.data.ndim == 0 or tensor.data.shape[0] != rows:
+            raise ModelError(f"model '{model}' returned output '{tensor.name}' with shape {list(tensor.data.shape)} "
+                             f"for a batch of {rows} rows; dim 0 must be the batch")

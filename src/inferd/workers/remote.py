@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from inferd.core import Core, DataPlane, ModelControl
-from inferd.errors import InvalidInput, ModelError, PayloadTooLarge, Unavailable
+from inferd.errors import GroupRefused, InvalidInput, ModelError, PayloadTooLarge, Unavailable
 from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
 from inferd.workers.channel import FrameProtocol, FrameTooLarge, describe, frame, read_frame
@@ -89,6 +89,7 @@ class Channel:
         # over the asynchronous line, and a model's requests go alone until it is known
         self._group_rows: dict[tuple[str, str | None], tuple[float, int]] = {}
         self._asking: set[tuple[str, str | None]] = set()
+        self._changes = 0  # "changed" notices so far: an answer asked for before one is not kept
         self.lost = asyncio.Event()
 
     async def connect(self) -> None:
@@ -112,7 +113,7 @@ class Channel:
         if self.lost.is_set():
             raise Unavailable("the model process is gone; this worker is stopping")
         key, rows, limit = grouping
-        nbytes = sum(tensor.data.nbytes for tensor in request.inputs)
+        nbytes = sum(_size(tensor.data) for tensor in request.inputs)
         member = _Member(request, rows, nbytes, asyncio.get_running_loop().create_future())
         forming = self._forming.get(key)
         if forming is None:
@@ -148,7 +149,8 @@ class Channel:
             return None
         outputs = None if request.outputs is None else tuple(
             (o.name, o.binary, o.classification) for o in request.outputs)
-        parameters = tuple(sorted(request.parameters.items()))
+        # typed: True == 1 == 1.0 in Python, and a group goes with its first member's parameters
+        parameters = tuple(sorted((name, type(value).__name__, value) for name, value in request.parameters.items()))
         key = (request.model_name, request.model_version, tuple(shapes), outputs, parameters, request.protocol,
                request.credentials)
         try:
@@ -170,12 +172,15 @@ class Channel:
         return 0
 
     async def _ask_group_rows(self, key: tuple[str, str | None]) -> None:
+        changes = self._changes
         try:
             rows = int(await self.call("data", "group_rows", key, {}))
         except Exception:  # the channel went away: nothing is grouped
             rows = 0
         finally:
             self._asking.discard(key)
+        if changes != self._changes:  # model control ran meanwhile: the answer may be of the old model
+            return
         if len(self._group_rows) >= KEEP_MAX:  # names come from clients: a bound, not a policy
             self._group_rows.clear()
         self._group_rows[key] = (time.monotonic() + KEEP_S, rows)
@@ -241,6 +246,12 @@ class Channel:
                 member.future.cancel()
             return
         error = future.exception()
+        if isinstance(error, GroupRefused) and len(members) > 1:  # the model changed: each goes alone
+            for member in members:
+                if not member.future.done():
+                    for message in self._send_group([member]):
+                        self._protocol.send(message)
+            return
         if error is None:
             response = unpack_response(future.result())
             if len(members) == 1:
@@ -346,6 +357,7 @@ class Channel:
         if kind == "changed":
             self._kept.clear()
             self._group_rows.clear()
+            self._changes += 1
             return
         stream = self._streams.get(call_id)
         if stream is not None:
@@ -402,6 +414,13 @@ class Channel:
         if self._sock is not None:
             self._sock.close()
 
+
+
+def _size(data: Any) -> int:
+    """A tensor's bytes, strings' own included (an object array's nbytes counts only pointers)."""
+    if data.dtype.kind != "O":
+        return int(data.nbytes)
+    return int(data.nbytes) + sum(len(item) for item in data.flat if isinstance(item, bytes | str))
 
 
 def _join(arrays: list[Any]) -> Any:
