@@ -18,6 +18,7 @@ import orjson
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
 from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
+from inferd.isolation.process import InstanceDied
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
@@ -59,11 +60,14 @@ def _error(status: int, kind: str, message: str) -> HttpResponse:
 
 def prediction_failed(exc: ModelError) -> HttpResponse:
     """A model that raised: 503 as TorchServe's worker answers (clients retry on it), 507 when it ran
-    out of memory; inferd's message, which names the model and what it raised. The message is the
-    one signal that crosses the instance process (its MemoryError kills the instance)."""
-    cause = exc.__cause__
-    out_of_memory = isinstance(cause, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY)
-    return _error(507 if out_of_memory else 503, "InternalServerException", exc.message)
+    out of memory, 500 when its instance process died (TorchServe's "Worker died."); inferd's message,
+    which names the model and what it raised. For out of memory the message is the one signal that
+    crosses the instance process (its MemoryError kills the instance)."""
+    if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
+        status = 507
+    else:
+        status = 500 if isinstance(exc.__context__, InstanceDied) else 503
+    return _error(status, "InternalServerException", exc.message)
 
 
 class TorchServeRoutes:
