@@ -173,6 +173,8 @@ class ContextHandler(BaseHandler):
             body = row.get("body") or row.get("data") or b""
             if body == b"teapot":
                 context.set_response_status(418, "I'm a teapot", i)
+            if body == b"oom":
+                raise MemoryError("no room for the batch")
             context.set_response_content_type(i, "application/json")
             answers.append({"greeting": context.model_yaml_config["handler"]["greeting"],
                             "header": context.get_request_header(i, "X-Trace"),

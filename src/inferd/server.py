@@ -39,7 +39,7 @@ from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
-from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes
+from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes, torchserve_refusal
 from inferd.types import ModelState
 
 if TYPE_CHECKING:
@@ -133,8 +133,9 @@ def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeM
 def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ...],
                        ts_metrics: TorchServeMetrics) -> HttpApp:
     """One of TorchServe's addresses (``inferd torchserve``): its APIs only; the inference and
-    management ones count their answers in TorchServe's Requests2XX/4XX/5XX."""
-    router = Router()
+    management ones count their answers in TorchServe's Requests2XX/4XX/5XX; an unknown path or
+    method is answered in TorchServe's words."""
+    router = Router(torchserve_refusal)
     TorchServeRoutes(core, ts_metrics).register(router, apis)
     if "metrics" in apis and len(apis) == 1:
         return HttpApp(router, settings.max_body_bytes)

@@ -207,3 +207,68 @@ def test_management_is_refused_without_model_control(store: Path) -> None:
         assert "--model-control explicit" in response.json()["message"]
         assert requests.delete(f"{running.base}/models/ts_mlp", timeout=10).status_code == 403
         assert predict(running, "ts_mlp", json=[[1.0] * 6]).status_code == 200
+
+
+def test_a_handler_that_raises_answers_503_as_torchserve(server: RunningServer) -> None:
+    """TorchServe's worker answers a raising handler with 503 (clients retry on it); inferd keeps
+    its message, which names the model and what it raised. The v2 API keeps its 500."""
+    response = predict(server, "doubler", data=b"not json")
+    assert response.status_code == 503, response.text
+    answer = response.json()
+    assert answer["code"] == 503 and answer["type"] == "InternalServerException"
+    assert answer["message"].startswith("model 'doubler' failed: JSONDecodeError: ")
+    body = {"inputs": [{"name": "body", "shape": [1], "datatype": "BYTES", "data": ["not json"]},
+                       {"name": "content_type", "shape": [1], "datatype": "BYTES", "data": ["application/json"]}]}
+    assert requests.post(f"{server.base}/v2/models/doubler/infer", json=body, timeout=30).status_code == 500
+
+
+def test_unknown_paths_and_methods_in_torchserve_words(server: RunningServer) -> None:
+    base = server.base
+    not_found = {"code": 404, "type": "ResourceNotFoundException",
+                 "message": "Requested resource is not found, please refer to API document."}
+    for path in ("/predictions", "/predictions/doubler/1.0/extra", "/models/doubler/1.0/x/y", "/ping/x"):
+        response = requests.post(f"{base}{path}", timeout=5)
+        assert (response.status_code, response.json()) == (404, not_found), path
+    response = requests.post(f"{base}/models/doubler/1.0/set-default", timeout=5)
+    assert response.status_code == 405
+    assert response.json() == {"code": 405, "type": "MethodNotAllowedException",
+                               "message": "Requested method is not allowed, please refer to API document."}
+    # TorchServe checks no method on /ping and /predictions
+    assert requests.post(f"{base}/ping", timeout=5).json() == {"status": "Healthy"}
+    body = json.dumps({"values": [1.0, 2.0, 3.0, 4.0]})
+    for method, path in (("GET", "doubler"), ("PUT", "doubler/1.0"), ("DELETE", "doubler")):
+        response = requests.request(method, f"{base}/predictions/{path}", data=body, timeout=30)
+        assert response.status_code == 200, (method, response.text)
+    # the v2 (KServe) addresses on the same port keep inferd's shape
+    assert set(requests.get(f"{base}/nope", timeout=5).json()) == {"error"}
+    response = requests.get(f"{base}/v2/models/doubler/infer", timeout=5)
+    assert response.status_code == 405 and set(response.json()) == {"error"}
+
+
+def test_torchserve_exception_types(server: RunningServer) -> None:
+    base = server.base
+    response = predict(server, "ts_mlp/9.0", json=[[0.5] * 6])
+    assert response.status_code == 404
+    assert response.json() == {"code": 404, "type": "ModelVersionNotFoundException",
+                               "message": "Model version: 9.0 does not exist for model: ts_mlp"}
+    response = predict(server, "nope/1.0", data=b"x")
+    assert response.json() == {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: nope"}
+    assert predict(server, "nope", data=b"x").json()["message"] == "Model not found: nope"
+    response = requests.put(f"{base}/models/ts_mlp/9.0/set-default", timeout=5)
+    assert response.status_code == 404
+    assert response.json() == {"code": 404, "type": "ModelVersionNotFoundException",
+                               "message": "Model version 9.0 does not exist for model ts_mlp"}
+    response = requests.put(f"{base}/models/nope/1.0/set-default", timeout=5)
+    assert response.json() == {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: nope"}
+    response = requests.post(f"{base}/models?url=doubler.mar", timeout=60)
+    assert response.status_code == 409, response.text
+    assert response.json()["type"] == "ConflictStatusException"
+
+
+def test_ping_while_not_healthy_is_a_500(tmp_path: Path) -> None:
+    (tmp_path / "broken/1").mkdir(parents=True)
+    (tmp_path / "broken/1/model.onnx").write_bytes(b"not onnx")
+    with serve(tmp_path, "--strict-readiness") as running:
+        response = requests.get(f"{running.base}/ping", timeout=10)
+        assert response.status_code == 500  # TorchServe's InferenceRequestHandler
+        assert response.json() == {"status": "Unhealthy"}

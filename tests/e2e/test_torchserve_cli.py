@@ -84,7 +84,14 @@ def test_three_addresses_metrics_and_downloads(archives: Path, tmp_path: Path) -
             "allowed_urls": f"{remote}/.*"}) as urls:
         inference, management, metrics = urls["inference"], urls["management"], urls["metrics"]
         assert requests.get(f"{inference}/ping", timeout=5).json() == {"status": "Healthy"}
-        assert requests.get(f"{inference}/models", timeout=5).status_code == 404  # management is elsewhere
+        not_found = {"code": 404, "type": "ResourceNotFoundException",
+                     "message": "Requested resource is not found, please refer to API document."}
+        for address in (inference, management, metrics):  # management is elsewhere; paths TorchServe lacks
+            for path in ("/models", "/v2/health/ready", "/nope") if address == inference else ("/nope",):
+                response = requests.get(f"{address}{path}", timeout=5)
+                assert (response.status_code, response.json()) == (404, not_found), (address, path)
+        response = requests.delete(f"{management}/models", timeout=5)
+        assert (response.status_code, response.json()["type"]) == (405, "MethodNotAllowedException")
         assert requests.post(f"{management}/predictions/ts_mlp", json=X, timeout=5).status_code == 404
         described = requests.get(f"{management}/models/ts_mlp", timeout=5).json()[0]
         assert described["loadedAtStartup"] and len(described["workers"]) == 1

@@ -165,6 +165,9 @@ def test_model_config_yaml_inside_the_archive(server: RunningServer) -> None:
     assert answer.json() == {"greeting": "hello from yaml", "header": "abc", "batch": 4}
     teapot = requests.post(f"{server.base}/predictions/yaml_model", data=b"teapot", timeout=30)
     assert teapot.status_code == 418
+    oom = requests.post(f"{server.base}/predictions/yaml_model", data=b"oom", timeout=60)
+    assert oom.status_code == 507, oom.text  # TorchServe's answer to a handler out of memory
+    assert oom.json()["type"] == "InternalServerException"
     assert requests.delete(f"{server.base}/models/yaml_model", timeout=30).status_code == 200
 
 

@@ -75,11 +75,27 @@ class Route:
 
 
 class Router:
-    """Patterns like ``/v2/models/{model}/infer``; ``{name}`` matches one path segment."""
+    """Patterns like ``/v2/models/{model}/infer``; ``{name}`` matches one path segment.
 
-    def __init__(self) -> None:
+    ``refuse`` shapes the 404 (unknown path) and 405 (wrong method) answers; ``refuse_under``
+    gives the paths under one first segment (``/predictions``) their protocol's own shape."""
+
+    def __init__(self, refuse: ErrorFormat = error_response) -> None:
         self._routes: dict[int, list[Route]] = {}
         self._cache: dict[tuple[str, str], tuple[Route | None, dict[str, str], bool]] = {}
+        self._refuse = refuse
+        self._refusals: dict[str, ErrorFormat] = {}
+
+    def refuse_under(self, segment: str, refuse: ErrorFormat) -> None:
+        """Unknown paths and wrong methods under ``/<segment>`` are answered by ``refuse``."""
+        self._refusals[segment.strip("/")] = refuse
+
+    def refusal(self, request: HttpRequest, known: bool) -> HttpResponse:
+        """The answer to a request no route takes: 405 on a known path, else 404."""
+        refuse = self._refusals.get(request.path.strip("/").split("/", 1)[0], self._refuse)
+        if known:
+            return refuse(405, f"method {request.method} is not allowed on {request.path}")
+        return refuse(404, f"no such endpoint: {request.method} {request.path}")
 
     def add(self, method: str, pattern: str, handler: Handler, format_error: ErrorFormat = error_response,
             guard: Guard | None = None) -> None:
@@ -153,9 +169,7 @@ class HttpApp:
     async def dispatch(self, request: HttpRequest) -> HttpResponse:
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
-            if known:
-                return error_response(405, f"method {request.method} is not allowed on {request.path}")
-            return error_response(404, f"no such endpoint: {request.method} {request.path}")
+            return self.router.refusal(request, known)
         request.params = params
         try:
             if route.guard is not None:
@@ -185,9 +199,7 @@ class HttpApp:
         method (405), or a caller its route's guard turns away (401, 403)."""
         route, _, known = self.router.match(request.method, request.path)
         if route is None:
-            if known:
-                return error_response(405, f"method {request.method} is not allowed on {request.path}")
-            return error_response(404, f"no such endpoint: {request.method} {request.path}")
+            return self.router.refusal(request, known)
         if route.guard is not None:
             try:
                 route.guard(request)

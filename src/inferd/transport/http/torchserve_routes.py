@@ -17,19 +17,24 @@ import orjson
 
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
-from inferd.errors import InferdError, InvalidInput, NotFound
+from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
+from inferd.isolation.process import InstanceDied
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import control_guard, inference_guard, server_timing
 from inferd.transport.offload import off_loop
-from inferd.types import InferRequest, InferResponse
+from inferd.types import InferRequest, InferResponse, ModelMetadata
 
 log = logging.getLogger("inferd.torchserve")
 
 _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenException",
-          404: "ModelNotFoundException", 405: "MethodNotAllowedException", 413: "RequestEntityTooLarge",
-          500: "InternalServerException", 503: "ServiceUnavailableException", 504: "RequestTimeout"}
+          404: "ModelNotFoundException", 405: "MethodNotAllowedException", 409: "ConflictStatusException",
+          413: "RequestEntityTooLarge", 500: "InternalServerException", 503: "ServiceUnavailableException",
+          504: "RequestTimeout"}
+_ANY_METHOD = ("GET", "POST", "PUT", "DELETE", "PATCH")  # TorchServe checks none on /ping, /predictions
+_SEE_DOCS = "please refer to API document."
+_OUT_OF_MEMORY = ("MemoryError", "ran out of memory", "CUDA out of memory")
 
 
 def torchserve_error(status: int, message: str) -> HttpResponse:
@@ -39,7 +44,30 @@ def torchserve_error(status: int, message: str) -> HttpResponse:
         kind = "ModelVersionNotFoundException"
     elif message.startswith("Cannot remove default version"):
         kind = "InvalidModelVersionException"
+    return _error(status, kind, message)
+
+
+def torchserve_refusal(status: int, message: str) -> HttpResponse:
+    """An unknown path (404) or a wrong method (405): TorchServe's words, not inferd's."""
+    if status == 405:
+        return _error(405, "MethodNotAllowedException", f"Requested method is not allowed, {_SEE_DOCS}")
+    return _error(404, "ResourceNotFoundException", f"Requested resource is not found, {_SEE_DOCS}")
+
+
+def _error(status: int, kind: str, message: str) -> HttpResponse:
     return HttpResponse(status, orjson.dumps({"code": status, "type": kind, "message": message}))
+
+
+def prediction_failed(exc: ModelError) -> HttpResponse:
+    """A model that raised: 503 as TorchServe's worker answers (clients retry on it), 507 when it ran
+    out of memory, 500 when its instance process died (TorchServe's "Worker died."); inferd's message,
+    which names the model and what it raised. For out of memory the message is the one signal that
+    crosses the instance process (its MemoryError kills the instance)."""
+    if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
+        status = 507
+    else:
+        status = 500 if isinstance(exc.__context__, InstanceDied) else 503
+    return _error(status, "InternalServerException", exc.message)
 
 
 class TorchServeRoutes:
@@ -55,14 +83,17 @@ class TorchServeRoutes:
 
         infer, control = inference_guard(self.core), control_guard(self.core)
         if "inference" in apis:
-            add("GET", "/ping", self.ping)
-            add("POST", "/predictions/{model}", self.predict, infer)
-            add("POST", "/predictions/{model}/{version}", self.predict, infer)
-            add("PUT", "/predictions/{model}", self.predict, infer)
+            router.refuse_under("/ping", torchserve_refusal)
+            router.refuse_under("/predictions", torchserve_refusal)
+            for method in _ANY_METHOD:
+                add(method, "/ping", self.ping)
+                add(method, "/predictions/{model}", self.predict, infer)
+                add(method, "/predictions/{model}/{version}", self.predict, infer)
         if "metrics" in apis and self.metrics is not None:
             add("GET", "/metrics", self.render_metrics)
         if "management" not in apis:
             return
+        router.refuse_under("/models", torchserve_refusal)
         add("GET", "/models", self.list_models)
         add("POST", "/models", self.register_model, control)
         add("GET", "/models/{model}", self.describe)
@@ -77,11 +108,22 @@ class TorchServeRoutes:
     async def ping(self, request: HttpRequest) -> HttpResponse:
         if self.data.ready():
             return json_response({"status": "Healthy"})
-        return json_response({"status": "Unhealthy"}, 503)
+        return json_response({"status": "Unhealthy"}, 500)  # TorchServe's InferenceRequestHandler
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
-        metadata = self.data.model_metadata(name, version, _credentials(request))
+        try:
+            metadata = self.data.model_metadata(name, version, _credentials(request))
+        except NotFound:
+            return self._not_found(request, name, version, "Model version: {v} does not exist for model: {m}")
+        try:
+            return await self._predict(request, metadata, name, version)
+        except ModelError as exc:
+            log.error("%s %s: %s", request.method, request.path, exc.message, exc_info=exc)
+            return prediction_failed(exc)
+
+    async def _predict(self, request: HttpRequest, metadata: ModelMetadata, name: str,
+                       version: str | None) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version, request.headers)
@@ -133,6 +175,14 @@ class TorchServeRoutes:
                 yield orjson.dumps({"code": 500, "type": type(exc).__name__, "message": exc.message})
         if last is not None:
             self._observe(infer_request, start, last)
+
+    def _not_found(self, request: HttpRequest, name: str, version: str | None, missing_version: str
+                   ) -> HttpResponse:
+        """TorchServe's 404s: the model (``Model not found: m``), else its version, worded as the
+        caller (ModelManager or ModelVersionedRefs) words it."""
+        if version is None or name not in {m.name for m in self.control.models(_credentials(request))}:
+            return _error(404, "ModelNotFoundException", f"Model not found: {name}")
+        return _error(404, "ModelVersionNotFoundException", missing_version.format(v=version, m=name))
 
     def _observe(self, infer_request: InferRequest, start: float, response: InferResponse) -> None:
         if self.metrics is not None:
@@ -196,7 +246,10 @@ class TorchServeRoutes:
 
     async def set_default(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], request.params["version"]
-        self.control.set_default_version(name, version, _credentials(request))
+        try:
+            self.control.set_default_version(name, version, _credentials(request))
+        except NotFound:
+            return self._not_found(request, name, version, "Model version {v} does not exist for model {m}")
         return json_response({"status": f'Default version successfully updated for model "{name}" to "{version}"'})
 
     async def unregister(self, request: HttpRequest) -> HttpResponse:
