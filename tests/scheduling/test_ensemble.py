@@ -35,5 +35,6 @@ def pair() -> dict[str, EnsembleScheduler]:
 
 def test_a_step_that_is_an_enclosing_ensemble_is_refused_at_run_time() -> None:
     ensembles = pair()
-    with pytest.raises(ModelError, match=r"step 'a' is an ensemble this request runs inside of \(a cycle: a -> b -> a\)"):
+    refused = r"step 'a' is an ensemble this request runs inside of \(a cycle: a -> b -> a\)"
+    with pytest.raises(ModelError, match=refused):
         asyncio.run(ensembles["a"].infer_async({"x": np.ones(2, np.float32)}, CallContext()))
