@@ -298,6 +298,9 @@ class InstancePool(Scheduler):
         finally:
             context.timings.compute += time.perf_counter() - start
 
+    def lane_losses(self, lane: int) -> int:
+        return self.inner.lane_losses(lane)
+
     def _rows(self, inputs: Arrays) -> int:
         """Rows of one call: dim 0 when the model batches, else 1."""
         if self.max_batch_size <= 0 or not inputs:
