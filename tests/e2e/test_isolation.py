@@ -29,6 +29,15 @@ import numpy as np
 LEAK = []
 
 
+class NotFound(Exception):  # the model's own, named as one of inferd's errors
+    pass
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no words for it")
+
+
 class Model:
     def infer(self, inputs):
         mode = int(inputs["mode"].reshape(-1)[0])
@@ -51,6 +60,10 @@ class Model:
             os.write(int(sys.argv[1]), struct.pack("!Q", len(stray)) + stray)
         elif mode == 8:  # half a message, then silence from the socket's point of view
             os.write(int(sys.argv[1]), struct.pack("!Q", 1 << 20) + b"abc")
+        elif mode == 9:
+            raise NotFound("the model's own NotFound")
+        elif mode == 10:
+            raise Unprintable()
         return {"pid": np.array([os.getpid()], dtype=np.int64), "echo": inputs["x"] * 2}
 '''
 
@@ -292,6 +305,15 @@ def test_a_streaming_model_in_the_servers_process_that_exits_ends_its_stream_wit
     assert "SystemExit: bye" in response.text
     assert server.process.poll() is None
     steady_answers(server)
+
+
+@pytest.mark.parametrize(("mode", "says"), [(9, "NotFound: the model's own NotFound"), (10, "Unprintable")])
+def test_a_models_own_exception_is_a_500_whatever_its_class_or_str(server, mode: int, says: str) -> None:
+    before = crashy_recovers(server)
+    response = infer(server, "crashy", body(mode))
+    assert response.status_code == 500, response.text
+    assert f"model 'crashy' failed: {says}" in response.json()["error"]
+    assert crashy_recovers(server) == before  # the instance kept running
 
 
 def test_large_tensors_cross_through_shared_memory(server) -> None:

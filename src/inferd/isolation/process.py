@@ -214,7 +214,7 @@ class InstanceProcess:
         if fatal:
             self.kill()
             raise InstanceDied(f"failed and was stopped: {message}")
-        error = getattr(errors, kind, None)
+        error = getattr(errors, kind, None) if kind else None  # "": the model's own exception
         if isinstance(error, type) and issubclass(error, InferdError):
             raise error(message)
         raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
