@@ -17,6 +17,10 @@ class AccessPolicy:
     token: str | None = None  # required as "Authorization: Bearer <token>" when set
     guard_inference: bool = False  # the token also guards inference and metadata (not health)
 
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():  # an empty token is none, never "" to match
+            object.__setattr__(self, "token", None)
+
     def authorize_control(self, authorization: str | None, action: str) -> None:
         if not self.model_control:
             raise Forbidden(f"{action} needs model control, which is off; start the server with "

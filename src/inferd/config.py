@@ -58,7 +58,7 @@ class ServerSettings:
     grpc_port: int = 8001  # 0: gRPC off
     model_control: str = "none"  # none | poll | explicit
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
-    auth_token: str | None = None  # Bearer token for model control (and optionally inference)
+    auth_token: str | None = None  # Bearer token for model control (and optionally inference); "" = none
     auth_inference: bool = False  # the token also guards inference and metadata
     drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
     max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
@@ -94,6 +94,8 @@ class ServerSettings:
     cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
 
     def __post_init__(self) -> None:
+        if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
+            object.__setattr__(self, "auth_token", None)  # no token: model control stays loopback-only
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ConfigError(f"--model-control must be one of {MODEL_CONTROL_MODES}")
         if self.grpc_server not in ("inferd", "grpcio"):

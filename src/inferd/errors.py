@@ -96,3 +96,13 @@ class ModelError(InferdError):
 
 class ConfigError(InferdError):
     code = ErrorCode.INVALID_CONFIG
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as "Class: message" for an error's text, even one whose ``str`` raises: a
+    model's broken exception still reads as its class."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

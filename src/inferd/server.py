@@ -73,8 +73,16 @@ def build_core(settings: ServerSettings) -> Core:
 
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
         if config.backend == "ensemble":  # its steps go through the data plane, as requests of their own
-            return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request))
+            return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request),
+                                     step_model=step_model)
         return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
+
+    def step_model(name: str, version: int) -> Scheduler | None:
+        """An ensemble step's model as it serves now, for the checks between them."""
+        try:
+            return registry.get(name, str(version) if version > 0 else None)[0]
+        except InferdError:
+            return None
 
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
                           guard_inference=settings.auth_inference)

@@ -110,9 +110,14 @@ def test_an_unguarded_inference_body_is_not_read_before_the_token_check(repo: Pa
         assert answer.startswith(b"HTTP/1.1 401 "), answer
 
 
-def test_without_a_token_only_loopback_pages_may_change_what_is_served(repo: Path) -> None:
-    with serve(repo, "--model-control", "explicit", "--load-model", "m") as server:
+@pytest.mark.parametrize("token", [(), ("--auth-token", "")], ids=["no token", "empty token"])
+def test_without_a_token_only_loopback_pages_may_change_what_is_served(repo: Path, token: tuple[str, ...]) -> None:
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", *token) as server:
         unload = f"{server.base}/v2/repository/models/m/unload"
+        empty_bearer = requests.post(unload, timeout=10, headers={"Host": "evil.example:8000",
+                                                                  "Origin": "https://evil.example",
+                                                                  "Authorization": "Bearer"})
+        assert empty_bearer.status_code == 403, empty_bearer.text
         cross_site = requests.post(unload, data="x", timeout=10,
                                    headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
         assert cross_site.status_code == 403 and "Origin" in cross_site.json()["error"]

@@ -235,3 +235,111 @@ def test_classification_answers_the_top_classes_with_their_labels(server: Runnin
     with pytest.raises(InferenceServerException, match="classification needs a numeric output"):
         http.infer("image_pipeline", [images_input(httpclient, images[:1])],
                    outputs=[httpclient.InferRequestedOutput("LABEL", class_count=1)])
+
+
+ADD_ONE = '''
+class Model:
+    def infer(self, inputs):
+        return {"b": inputs["a"] + 1}
+'''
+
+ADD_ONE_CONFIG = """
+backend = "python"
+[instance_group]
+kind = "cpu"
+[[input]]
+name = "a"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "b"
+datatype = "FP32"
+shape = [-1]
+"""
+
+
+def one_step(step: str, out_datatype: str = "FP32", out_shape: str = "[-1]", output: str = "b",
+             in_name: str = "a") -> str:
+    return f"""
+platform = "ensemble"
+[[input]]
+name = "IN"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "OUT"
+datatype = "{out_datatype}"
+shape = {out_shape}
+[[ensemble_scheduling.step]]
+model_name = "{step}"
+input_map = {{ {in_name} = "IN" }}
+output_map = {{ {output} = "OUT" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Ensembles that disagree with their steps' models. Models load in name order: "add1" before
+    the "ens_*" ones (checked at load), "zz_add1" after the "late_*" ones (checked per request)."""
+    root = tmp_path_factory.mktemp("broken_ensembles")
+    ensembles = {
+        "ens_datatype": one_step("add1", out_datatype="INT32"),
+        "ens_no_output": one_step("add1", output="bogus"),
+        "ens_no_input": one_step("add1", in_name="bogus"),
+        "ens_shape": one_step("add1", out_shape="[5]"),
+        "late_datatype": one_step("zz_add1", out_datatype="INT32"),
+        "late_no_output": one_step("zz_add1", output="bogus"),
+        "ens_self": one_step("ens_self", output="OUT", in_name="IN"),
+        "cycle_a": one_step("cycle_b", output="OUT", in_name="IN"),
+        "cycle_b": one_step("cycle_a", output="OUT", in_name="IN"),
+    }
+    for step in ("add1", "zz_add1"):
+        models.write(root / step / "1" / "model.py", ADD_ONE)
+        models.write(root / step / "config.toml", ADD_ONE_CONFIG)
+    for name, config in ensembles.items():
+        (root / name / "1").mkdir(parents=True)
+        models.write(root / name / "config.toml", config)
+    with serve(root) as running:
+        yield running
+
+
+def reasons(server: RunningServer) -> dict[str, str]:
+    index = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
+    return {row["name"]: row.get("reason", "") for row in index}
+
+
+def ask(server: RunningServer, model: str) -> requests.Response:
+    body = {"inputs": [{"name": "IN", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}
+    return requests.post(f"{server.base}/v2/models/{model}/infer", json=body, timeout=30)
+
+
+def test_an_ensemble_that_disagrees_with_a_loaded_step_is_a_load_error_naming_both(broken: RunningServer) -> None:
+    why = reasons(broken)
+    assert "tensor 'OUT': the ensemble declares INT32, but step 'add1' makes it from its output 'b' as FP32" \
+        in why["ens_datatype"], why
+    assert "step 'add1' maps output 'bogus', which the model does not have (its outputs: b)" in why["ens_no_output"]
+    assert "step 'add1' maps input 'bogus', which the model does not have (its inputs: a)" in why["ens_no_input"]
+    for name in ("ens_datatype", "ens_no_output", "ens_no_input"):
+        assert ask(broken, name).status_code == 503
+
+
+def test_an_ensemble_output_unlike_its_declaration_is_a_500_naming_it(broken: RunningServer) -> None:
+    shape = ask(broken, "ens_shape")  # [-1] may be [5]: only the answer shows it is not
+    assert shape.status_code == 500, shape.text
+    assert ("ensemble 'ens_shape:1' output 'OUT' is declared shape [5], but step 'add1' made it "
+            "(its output 'b') of shape [2]") in shape.json()["error"]
+    datatype = ask(broken, "late_datatype")  # its step loaded after it: checked per request
+    assert datatype.status_code == 500, datatype.text
+    assert "output 'OUT' is declared INT32, but step 'zz_add1' made it (its output 'b') as FP32" \
+        in datatype.json()["error"]
+    missing = ask(broken, "late_no_output")
+    assert missing.status_code == 500, missing.text
+    assert "step 'zz_add1' maps output 'bogus', which the model does not have" in missing.json()["error"]
+
+
+def test_an_ensemble_that_leads_back_to_itself_is_a_load_error(broken: RunningServer) -> None:
+    why = reasons(broken)
+    assert "its steps form a cycle of models: ens_self -> ens_self" in why["ens_self"], why
+    assert "its steps form a cycle of models: cycle_b -> cycle_a -> cycle_b" in why["cycle_b"], why
+    response = ask(broken, "cycle_a")  # loaded before cycle_b was refused: its step is not there
+    assert response.status_code == 503 and len(response.text) < 1000, response.text

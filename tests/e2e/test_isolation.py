@@ -29,6 +29,15 @@ import numpy as np
 LEAK = []
 
 
+class NotFound(Exception):  # the model's own, named as one of inferd's errors
+    pass
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no words for it")
+
+
 class Model:
     def infer(self, inputs):
         mode = int(inputs["mode"].reshape(-1)[0])
@@ -51,6 +60,10 @@ class Model:
             os.write(int(sys.argv[1]), struct.pack("!Q", len(stray)) + stray)
         elif mode == 8:  # half a message, then silence from the socket's point of view
             os.write(int(sys.argv[1]), struct.pack("!Q", 1 << 20) + b"abc")
+        elif mode == 9:
+            raise NotFound("the model's own NotFound")
+        elif mode == 10:
+            raise Unprintable()
         return {"pid": np.array([os.getpid()], dtype=np.int64), "echo": inputs["x"] * 2}
 '''
 
@@ -100,6 +113,29 @@ datatype = "FP32"
 shape = [-1]
 """
 
+EXITER = '''
+import sys
+
+
+class Model:
+    def infer(self, inputs):
+        if inputs["x"][0] == 1:
+            sys.exit("bye")
+        if inputs["x"][0] == 2:
+            raise KeyboardInterrupt
+        return {"y": inputs["x"]}
+'''
+
+EXITING_STREAM = '''
+import sys
+
+
+class Model:
+    def infer(self, inputs):
+        yield {"y": inputs["x"]}
+        sys.exit("bye")
+'''
+
 
 def body(mode: int, x: list[float] | None = None) -> dict:
     x = x if x is not None else [1.0, 2.0]
@@ -114,6 +150,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     write(root / "crashy" / "config.toml", CRASHY_CONFIG)
     write(root / "steady" / "1" / "model.py", STEADY)
     write(root / "steady" / "config.toml", STEADY_CONFIG)
+    write(root / "exiter" / "1" / "model.py", EXITER)  # in the server's process (kind "cpu")
+    write(root / "exiter" / "config.toml", STEADY_CONFIG)
+    write(root / "exiting_stream" / "1" / "model.py", EXITING_STREAM)
+    write(root / "exiting_stream" / "config.toml",
+          STEADY_CONFIG + "[model_transaction_policy]\ndecoupled = true\n")
     with serve(root) as running:
         yield running
 
@@ -245,6 +286,34 @@ def test_a_model_exception_is_a_500_and_keeps_the_instance(server) -> None:
     assert response.status_code == 500
     assert "ValueError: mode 5 is refused" in response.json()["error"]
     assert crashy_recovers(server) == before
+
+
+@pytest.mark.parametrize(("x", "says"), [(1.0, "SystemExit: bye"), (2.0, "KeyboardInterrupt")])
+def test_a_model_in_the_servers_process_that_exits_fails_only_its_request(server, x: float, says: str) -> None:
+    response = infer(server, "exiter", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [x]}]},
+                     timeout=10)
+    assert response.status_code == 500, response.text
+    assert says in response.json()["error"]
+    assert server.process.poll() is None
+    steady_answers(server)
+
+
+def test_a_streaming_model_in_the_servers_process_that_exits_ends_its_stream_with_the_error(server) -> None:
+    response = requests.post(f"{server.base}/v2/models/exiting_stream/generate_stream", json={"x": [1.0]},
+                             timeout=10)
+    assert '"y":1.0' in response.text.replace(" ", "")
+    assert "SystemExit: bye" in response.text
+    assert server.process.poll() is None
+    steady_answers(server)
+
+
+@pytest.mark.parametrize(("mode", "says"), [(9, "NotFound: the model's own NotFound"), (10, "Unprintable")])
+def test_a_models_own_exception_is_a_500_whatever_its_class_or_str(server, mode: int, says: str) -> None:
+    before = crashy_recovers(server)
+    response = infer(server, "crashy", body(mode))
+    assert response.status_code == 500, response.text
+    assert f"model 'crashy' failed: {says}" in response.json()["error"]
+    assert crashy_recovers(server) == before  # the instance kept running
 
 
 def test_large_tensors_cross_through_shared_memory(server) -> None:

@@ -140,3 +140,71 @@ def test_metadata_and_configuration_show_what_triton_shows(server: RunningServer
     assert [(c["name"], c["control"][0]["kind"]) for c in sequence["control_input"]] == [
         ("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"), ("READY", "CONTROL_SEQUENCE_READY"),
         ("CORRID", "CONTROL_SEQUENCE_CORRID")]
+
+
+CRASHING_SUM = '''
+import ctypes
+
+import numpy as np
+
+
+class Model:
+    def __init__(self):
+        self.sums = {}
+
+    def infer(self, inputs):
+        key, x = int(inputs["CORRID"][0]), int(inputs["x"][0])
+        if inputs["START"][0]:
+            self.sums[key] = 0
+        if x == 666:
+            ctypes.string_at(0)  # segfault: the instance and its sequences' state are gone
+        self.sums[key] += x
+        return {"total": np.array([self.sums[key]], dtype=np.int32)}
+'''
+
+CRASHING_SUM_CONFIG = """
+backend = "python"
+[instance_group]
+count = 1
+kind = "process"
+[sequence_batching]
+[[sequence_batching.control_input]]
+name = "START"
+kind = "START"
+datatype = "BOOL"
+[[sequence_batching.control_input]]
+name = "CORRID"
+kind = "CORRID"
+datatype = "UINT64"
+[[input]]
+name = "x"
+datatype = "INT32"
+shape = [1]
+[[output]]
+name = "total"
+datatype = "INT32"
+shape = [1]
+"""
+
+
+def test_a_sequence_whose_instance_crashed_must_start_again(tmp_path: Path) -> None:
+    (tmp_path / "crashing_sum/1").mkdir(parents=True)
+    (tmp_path / "crashing_sum/1/model.py").write_text(CRASHING_SUM)
+    (tmp_path / "crashing_sum/config.toml").write_text(CRASHING_SUM_CONFIG)
+    with serve(tmp_path) as running:
+        url = f"{running.base}/v2/models/crashing_sum/infer"
+
+        def send(x: int, **flags: bool) -> requests.Response:
+            return requests.post(url, timeout=60, json={
+                "parameters": {"sequence_id": 7, **{f"sequence_{k}": v for k, v in flags.items()}},
+                "inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [x]}]})
+
+        assert send(5, start=True).json()["outputs"][0]["data"] == [5]
+        assert send(5).json()["outputs"][0]["data"] == [10]
+        assert send(666).status_code == 500
+        lost = send(5)  # the fresh instance never saw sequence 7
+        assert lost.status_code == 400, lost.text
+        assert ("inference request for sequence 7 to model 'crashing_sum' must specify the START flag on the "
+                "first request of the sequence") in lost.json()["error"]
+        assert send(1, start=True).json()["outputs"][0]["data"] == [1]
+        assert send(2).json()["outputs"][0]["data"] == [3]

@@ -162,3 +162,30 @@ def test_sequence_parameters(parameters: dict[str, object], expected: SequenceId
 def test_bad_sequence_parameters(parameters: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         sequence_of(parameters)
+
+
+class Losing(Recording):
+    """Instances that lose their state when told (a process instance crashed or was retired)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses = {0: 0, 1: 0}
+
+    def lane_losses(self, lane: int) -> int:
+        return self.losses[lane]
+
+
+def test_a_sequence_whose_instance_lost_its_state_must_start_again() -> None:
+    runtime = Losing()
+    scheduler = batcher(runtime, count=2)
+    call(scheduler, 1, SequenceId(1, start=True))  # lane 0
+    call(scheduler, 2, SequenceId(2, start=True))  # lane 1
+    runtime.losses[0] += 1  # lane 0's instance went
+    with pytest.raises(InvalidInput, match="sequence 1 to model 'acc' must specify the START flag"):
+        call(scheduler, 1, SequenceId(1))
+    with pytest.raises(InvalidInput, match="must specify the START flag"):  # forgotten, not refused once
+        call(scheduler, 1, SequenceId(1))
+    call(scheduler, 2, SequenceId(2))  # the other lane kept its sequence
+    call(scheduler, 1, SequenceId(1, start=True))  # a new START binds to the fresh instance
+    call(scheduler, 1, SequenceId(1, end=True))
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1, 2, 2, 1, 1]

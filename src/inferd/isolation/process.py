@@ -214,7 +214,7 @@ class InstanceProcess:
         if fatal:
             self.kill()
             raise InstanceDied(f"failed and was stopped: {message}")
-        error = getattr(errors, kind, None)
+        error = getattr(errors, kind, None) if kind else None  # "": the model's own exception
         if isinstance(error, type) and issubclass(error, InferdError):
             raise error(message)
         raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
@@ -340,6 +340,7 @@ class ProcessRuntime(Runtime):
         self._start_failure = ""  # why the last start failed; "" once one succeeds
         self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
         self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
+        self._losses: dict[int, int] = {}  # a sequence lane -> how often its instance went (lane_losses)
         self.restarts = 0
         first = self._new_instance()
         first.start()  # in this thread: a model that cannot load fails its load, with the reason
@@ -368,6 +369,16 @@ class ProcessRuntime(Runtime):
         """On the ``lane``-th running instance (by start order), waiting until it is idle: a
         sequence's state lives in one process. A restart gives the lane a fresh process."""
         return self._call(self._checkout(lane), inputs)
+
+    def lane_losses(self, lane: int) -> int:
+        return self._losses.get(lane, 0)
+
+    def _lose_lanes(self, index: int) -> None:
+        """Instance ``index`` is gone: the lanes it kept lose their state (their next use moves)."""
+        with self._lock:
+            for lane in [lane for lane, kept in self._lanes.items() if kept == index]:
+                del self._lanes[lane]
+                self._losses[lane] = self._losses.get(lane, 0) + 1
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         instance = self._checkout()
@@ -432,7 +443,7 @@ class ProcessRuntime(Runtime):
             if not live:
                 return None
             wanted = self._lanes.get(lane, -1)
-            if wanted not in self._live:  # first use, or its instance was replaced: the lane moves
+            if wanted not in self._live:  # first use, or its instance went (lane_losses counted it): it moves
                 wanted = self._lanes[lane] = live[lane % len(live)]
             others, found = [], None
             while True:
@@ -460,10 +471,12 @@ class ProcessRuntime(Runtime):
 
     def _retire(self, instance: InstanceProcess) -> None:
         self._live.pop(instance.index, None)
+        self._lose_lanes(instance.index)
         threading.Thread(target=instance.stop, daemon=True).start()
 
     def _replace(self, dead: InstanceProcess) -> None:
         self._live.pop(dead.index, None)
+        self._lose_lanes(dead.index)
         dead.kill()
         with self._lock:
             self._ready -= 1

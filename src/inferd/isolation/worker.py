@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from inferd.errors import InferdError
+from inferd.errors import InferdError, describe
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
@@ -57,8 +57,7 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         runtime = load_runtime(backend, context)
         runtime.warmup()
     except Exception as exc:
-        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        conn.send(("failed", message))
+        conn.send(("failed", exc.message if isinstance(exc, InferdError) else describe(exc)))
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
@@ -101,8 +100,7 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, emit: Em
     except MemoryError as exc:  # this process is spent: say so and let the server start another
         return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
     except Exception as exc:
-        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        return ("error", call_id, type(exc).__name__, message, False)
+        return _failure(call_id, exc)
     finally:
         del arrays
     try:
@@ -110,8 +108,17 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, emit: Em
     except SharedMemoryFull as exc:
         return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
     except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
-        return ("error", call_id, type(exc).__name__, f"its outputs could not be sent: {exc}", False)
+        return ("error", call_id, "", f"its outputs could not be sent: {describe(exc)}", False)
     return ("ok", call_id, header, path)
+
+
+def _failure(call_id: int, exc: Exception) -> tuple[Any, ...]:
+    """A call's error reply. Only inferd's own errors name their class (the server raises the same
+    one); any other exception is the model's failure, whatever its class is called (a model's own
+    ``NotFound`` is no 404), described even when its ``str`` raises."""
+    if isinstance(exc, InferdError):
+        return ("error", call_id, type(exc).__name__, exc.message, False)
+    return ("error", call_id, "", describe(exc), False)
 
 
 def _part_sender(conn: Channel, outputs: Writer, call_id: int) -> Emit:
@@ -141,8 +148,7 @@ def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_
     except MemoryError as exc:
         return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
     except Exception as exc:
-        message = exc.message if isinstance(exc, InferdError) else f"{type(exc).__name__}: {exc}"
-        return ("error", call_id, type(exc).__name__, message, False)
+        return _failure(call_id, exc)
     finally:
         parts.close()
         del arrays

@@ -69,6 +69,12 @@ class Runtime(ABC):
         in one instance. Runtimes whose instances are one object (threads) just ``infer``."""
         return self.infer(inputs)
 
+    def lane_losses(self, lane: int) -> int:
+        """How often instance ``lane`` lost its state (its process crashed, was replaced or
+        retired): a sequence started before the count changed lives on no instance any more.
+        Runtimes whose instances are one object never lose it."""
+        return 0
+
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         """A decoupled model's answers to one request, as they come (blocking; on an instance
         thread). ``stop`` is set once nobody reads them any more: stop producing."""

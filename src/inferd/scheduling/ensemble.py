@@ -6,27 +6,41 @@ back to the client between steps. Steps whose inputs are ready run at once."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
+
 from inferd.config import EnsembleStep, ModelConfig, ensemble_order
-from inferd.errors import InferdError, QueueFull
+from inferd.errors import ConfigError, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
-from inferd.types import CallContext, InferRequest, InferResponse, RequestedOutput, Tensor, v2_datatype
+from inferd.types import CallContext, InferRequest, InferResponse, RequestedOutput, Tensor, TensorSpec, v2_datatype
 
 StepRunner = Callable[[InferRequest], Awaitable[InferResponse]]
+# A step's model as it serves now (name, version; -1 = its default), or None when none is ready.
+StepModel = Callable[[str, int], Runtime | None]
+# The ensembles the running request is inside of, outermost first: a step that is one of them is a cycle.
+_ENCLOSING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("inferd_ensembles", default=())
 
 
 class EnsembleScheduler(Scheduler):
     """Runs an ensemble's steps in dependency order; at most ``max_inflight`` requests at once."""
 
     def __init__(self, runtime: Runtime, config: ModelConfig, name: str, run_step: StepRunner,
-                 max_inflight: int = 1024) -> None:
+                 max_inflight: int = 1024, step_model: StepModel | None = None) -> None:
         self.inner = runtime
         self.adopt_metadata(runtime)
         self.name = name
+        self.model = name.rsplit(":", 1)[0]
         self._waves = ensemble_order(config, f"ensemble '{name}'")
+        self.steps = tuple(step.model_name for step in config.ensemble)
+        self._makers = {tensor: (step.model_name, output) for step in config.ensemble
+                        for output, tensor in step.output_map.items()}
+        self._step_model = step_model
+        if step_model is not None:
+            check_steps(self, config, step_model)
         self._run_step = run_step
         self._max_inflight = max_inflight
         self._inflight = 0
@@ -55,6 +69,7 @@ class EnsembleScheduler(Scheduler):
             raise QueueFull(f"ensemble '{self.name}' has {self._max_inflight} requests in flight; retry later")
         self._inflight += 1
         start = time.perf_counter()
+        enclosing = _ENCLOSING.set((*_ENCLOSING.get(), self.model))
         try:
             tensors = dict(inputs)
             for wave in self._waves:
@@ -65,14 +80,33 @@ class EnsembleScheduler(Scheduler):
                     context.timings.queue += answer.timings.queue
                     context.timings.steps[step.model_name] = answer.timings.total
         finally:
+            _ENCLOSING.reset(enclosing)
             self._inflight -= 1
         context.timings.compute = time.perf_counter() - start - context.timings.queue
         self._executions += 1
         first = next(iter(inputs.values()), None)
         self._inferences += first.shape[0] if self.max_batch_size > 0 and first is not None and first.ndim else 1
-        return {spec.name: tensors[spec.name] for spec in self.outputs}
+        return {spec.name: self._checked(spec, tensors[spec.name]) for spec in self.outputs}
+
+    def _checked(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        """An output as the ensemble declares it, or the ensemble's error (a 500): a step's model
+        changed since the load checked it, or was not loaded then."""
+        step, output = self._makers[spec.name]
+        made = _datatype(array)
+        if made != spec.datatype:
+            raise ModelError(f"ensemble '{self.name}' output '{spec.name}' is declared {spec.datatype}, but "
+                             f"step '{step}' made it (its output '{output}') as {made}")
+        if spec.rank_known and not _fits(array.shape, spec.shape):
+            raise ModelError(f"ensemble '{self.name}' output '{spec.name}' is declared shape {list(spec.shape)}, "
+                             f"but step '{step}' made it (its output '{output}') of shape {list(array.shape)}")
+        return array
 
     async def _step(self, step: EnsembleStep, tensors: Arrays, context: CallContext) -> InferResponse:
+        if step.model_name in _ENCLOSING.get():
+            chain = " -> ".join((*_ENCLOSING.get(), step.model_name))
+            raise ModelError(f"ensemble '{self.name}' step '{step.model_name}' is an ensemble this request "
+                             f"runs inside of (a cycle: {chain}); it was not run")
+        self._check_outputs(step)
         inputs = [Tensor(model_input, v2_datatype(tensors[name].dtype), tensors[name])
                   for model_input, name in step.input_map.items()]
         timeout_us = None
@@ -88,3 +122,94 @@ class EnsembleScheduler(Scheduler):
         except InferdError as exc:
             error = type(exc)(f"ensemble '{self.name}' step '{step.model_name}': {exc.message}")
             raise error from exc
+
+    def _check_outputs(self, step: EnsembleStep) -> None:
+        """A step's mapped outputs exist on its model as it serves now: else the ensemble is wrong
+        (a 500 naming it), not the client's request."""
+        model = self._step_model(step.model_name, step.model_version) if self._step_model is not None else None
+        if model is None:
+            return  # not ready: the step's own request says so (404 / 503)
+        have = {spec.name for spec in model.outputs}
+        for output in step.output_map:
+            if output not in have:
+                raise ModelError(f"ensemble '{self.name}' step '{step.model_name}' maps output '{output}', "
+                                 f"which the model does not have (its outputs: {', '.join(sorted(have))})")
+
+
+def check_steps(ensemble: EnsembleScheduler, config: ModelConfig, step_model: StepModel) -> None:
+    """Load-time checks against the steps' models that serve now (one not ready yet is checked
+    by each request instead): no step is the ensemble itself or an ensemble that leads back to
+    it, each mapped tensor exists on its model, and each tensor's datatype and shape agree
+    wherever it is made and taken. Raises ConfigError naming the tensor, the step and both sides."""
+    where = f"ensemble '{ensemble.name}'"
+    _check_no_cycle(ensemble, step_model, where)
+    declared = {spec.name: (spec, "the ensemble's input") for spec in ensemble.inputs}
+    outputs = {spec.name: spec for spec in ensemble.outputs}
+    for step in config.ensemble:
+        model = step_model(step.model_name, step.model_version)
+        if model is None:
+            continue
+        specs = {spec.name: spec for spec in model.outputs}
+        for output, tensor in step.output_map.items():
+            if output not in specs:
+                raise ConfigError(f"{where} step '{step.model_name}' maps output '{output}', which the model "
+                                  f"does not have (its outputs: {', '.join(sorted(specs))})")
+            declared[tensor] = (specs[output], f"step '{step.model_name}' output '{output}'")
+            if tensor in outputs:
+                _agree(where, tensor, outputs[tensor], "the ensemble declares", specs[output],
+                       f"step '{step.model_name}' makes it from its output '{output}'")
+    for step in config.ensemble:
+        model = step_model(step.model_name, step.model_version)
+        if model is None:
+            continue
+        specs = {spec.name: spec for spec in model.inputs}
+        for model_input, tensor in step.input_map.items():
+            if model_input not in specs:
+                raise ConfigError(f"{where} step '{step.model_name}' maps input '{model_input}', which the model "
+                                  f"does not have (its inputs: {', '.join(sorted(specs))})")
+            if tensor in declared:
+                made, by = declared[tensor]
+                _agree(where, tensor, specs[model_input], f"step '{step.model_name}' takes it as "
+                       f"'{model_input}'", made, by)
+
+
+def _check_no_cycle(ensemble: EnsembleScheduler, step_model: StepModel, where: str) -> None:
+    """No step leads back to this ensemble: itself, or ensembles (loaded now) whose steps do."""
+    path = [ensemble.model]
+    seen: set[str] = set()
+
+    def visit(steps: tuple[str, ...]) -> None:
+        for name in steps:
+            if name == ensemble.model:
+                raise ConfigError(f"{where}: its steps form a cycle of models: {' -> '.join((*path, name))}")
+            inner = step_model(name, -1)
+            if isinstance(inner, EnsembleScheduler) and name not in seen:
+                seen.add(name)
+                path.append(name)
+                visit(inner.steps)
+                path.pop()
+
+    visit(ensemble.steps)
+
+
+def _agree(where: str, tensor: str, one: TensorSpec, says: str, other: TensorSpec, by: str) -> None:
+    if one.datatype != other.datatype:
+        raise ConfigError(f"{where}: tensor '{tensor}': {says} {one.datatype}, but {by} as {other.datatype}")
+    if one.rank_known and other.rank_known and not _compatible(one.shape, other.shape):
+        raise ConfigError(f"{where}: tensor '{tensor}': {says} shape {list(one.shape)}, but {by} "
+                          f"of shape {list(other.shape)}")
+
+
+def _compatible(one: tuple[int, ...], other: tuple[int, ...]) -> bool:
+    return len(one) == len(other) and all(a < 0 or b < 0 or a == b for a, b in zip(one, other, strict=True))
+
+
+def _fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    return len(shape) == len(declared) and all(d < 0 or d == n for n, d in zip(shape, declared, strict=True))
+
+
+def _datatype(array: np.ndarray) -> str:
+    try:
+        return v2_datatype(array.dtype)
+    except KeyError:
+        return str(array.dtype)

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable
+from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable, describe
 from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -207,8 +207,10 @@ class InstancePool(Scheduler):
             hand(_END)  # also after a client left: the reader ends instead of waiting
         except InferdError as exc:
             hand(exc)
-        except Exception as exc:
-            hand(ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}"))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # as in execute: a model's SystemExit is its request's error
+            hand(model_failure(self.name, exc))
         finally:
             stream.close()
             self._busy -= 1
@@ -253,8 +255,10 @@ class InstancePool(Scheduler):
             return self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
         except InferdError:
             raise
-        except Exception as exc:
-            raise ModelError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # sys.exit() or KeyboardInterrupt in a model ends its call, not the server
+            raise model_failure(self.name, exc) from exc
         finally:
             seconds = time.perf_counter() - start
             with self._batches_lock:
@@ -293,6 +297,9 @@ class InstancePool(Scheduler):
             return self.execute(inputs, emit=emit)
         finally:
             context.timings.compute += time.perf_counter() - start
+
+    def lane_losses(self, lane: int) -> int:
+        return self.inner.lane_losses(lane)
 
     def _rows(self, inputs: Arrays) -> int:
         """Rows of one call: dim 0 when the model batches, else 1."""
@@ -384,6 +391,13 @@ class _Parts:
             await self._waiter
         self._room.release()
         return self._items.popleft()
+
+
+def model_failure(name: str, exc: BaseException) -> ModelError:
+    """A model's own exception as its request's error. Also a BaseException that is no Exception
+    (``sys.exit()``, ``KeyboardInterrupt``): raised by a model, it is the model's failure — the
+    server stops on its signal handlers, never on an exception a model raised."""
+    return ModelError(f"model '{name}' failed: {describe(exc)}")
 
 
 def _nbytes(inputs: Arrays) -> int:

@@ -34,6 +34,7 @@ _SWEEP_S = 0.1  # idle sequences are looked for at most this often
 class _Sequence:
     lane: int
     last_used: float  # time.monotonic()
+    losses: int = -1  # the lane's lane_losses when the sequence started (-1: not yet run)
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
 
 
@@ -80,12 +81,32 @@ class SequenceBatcher(Scheduler):
         sequence = self._check(inputs, context)
         state = self._place(sequence, now)
         async with state.order:
+            self._still_kept(sequence, state)
             arrays = dict(inputs)
             arrays.update(self._control_values(sequence))
             if self.takes_sequence:
                 flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
                 arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
             return await self._run(state.lane, arrays, context)
+
+    def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
+        """A START binds the sequence to its lane's instance as it is now; a later request whose
+        instance went since (a crash, a restart, scaling down) would run on a fresh one that never
+        saw the sequence: the sequence is forgotten and the request refused as one without START."""
+        losses = self._pool.lane_losses(state.lane)
+        if sequence.start or state.losses < 0:
+            state.losses = losses
+        elif state.losses != losses:
+            log.warning("model '%s': sequence %s lost its state with its instance; it must start again",
+                        self._pool.name, sequence.id)
+            if self._sequences.get(sequence.id) is state:
+                del self._sequences[sequence.id]
+            raise self._not_started(sequence)
+
+    def _not_started(self, sequence: SequenceId) -> InvalidInput:
+        name = self._pool.name.rpartition(":")[0]
+        return InvalidInput(f"inference request for sequence {sequence.id} to model '{name}' must specify "
+                            "the START flag on the first request of the sequence")
 
     def _check(self, inputs: Arrays, context: CallContext) -> SequenceId:
         """Triton's refusals, in its words."""
@@ -103,8 +124,7 @@ class SequenceBatcher(Scheduler):
                     raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
                                        f"{control.datatype} (control input '{control.name}'): send an integer")
         if not sequence.start and sequence.id not in self._sequences:
-            raise InvalidInput(f"inference request for sequence {sequence.id} to model '{name}' must specify "
-                               "the START flag on the first request of the sequence")
+            raise self._not_started(sequence)
         return sequence
 
     def _place(self, sequence: SequenceId, now: float) -> _Sequence:
