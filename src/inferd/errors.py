@@ -94,6 +94,10 @@ class ModelError(InferdError):
     code = ErrorCode.MODEL_FAILED
 
 
+class InstanceLost(ModelError):
+    """The model's instance process died (or was killed) while it ran the request."""
+
+
 class ConfigError(InferdError):
     code = ErrorCode.INVALID_CONFIG
 

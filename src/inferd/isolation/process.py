@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import inferd
 from inferd import errors
 from inferd.allocator import without_kept_memory
-from inferd.errors import InferdError, ModelError, Unavailable
+from inferd.errors import InferdError, InstanceLost, ModelError, Unavailable
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
@@ -388,7 +388,7 @@ class ProcessRuntime(Runtime):
             log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
                       instance.pid, exc.reason)
             self._replace(instance)
-            raise ModelError(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+            raise InstanceLost(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
                              "failed and the instance is restarting (other requests are not affected)") from None
         except BaseException:  # the model's error, or the stream closed early (cancelled in the process)
             if instance.killed:
@@ -405,7 +405,7 @@ class ProcessRuntime(Runtime):
             log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
                       instance.pid, exc.reason)
             self._replace(instance)
-            raise ModelError(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+            raise InstanceLost(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
                              "failed and the instance is restarting (other requests are not affected)") from None
         except BaseException:
             self._give_back(instance)

@@ -17,8 +17,7 @@ import orjson
 
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
-from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
-from inferd.isolation.process import InstanceDied
+from inferd.errors import InferdError, InstanceLost, InvalidInput, ModelError, NotFound
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
@@ -66,7 +65,7 @@ def prediction_failed(exc: ModelError) -> HttpResponse:
     if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
         status = 507
     else:
-        status = 500 if isinstance(exc.__context__, InstanceDied) else 503
+        status = 500 if isinstance(exc, InstanceLost) else 503
     return _error(status, "InternalServerException", exc.message)
 
 
