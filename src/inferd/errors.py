@@ -102,11 +102,11 @@ class ConfigError(InferdError):
     code = ErrorCode.INVALID_CONFIG
 
 
-def describe(exc: BaseException) -> str:
-    """An exception as "Class: message" for an error's text, even one whose ``str`` raises: a
-    model's broken exception still reads as its class."""
+def describe(exc: BaseException, limit: int | None = None) -> str:
+    """An exception as "Class: message" for an error's text (the message cut at ``limit``), even
+    one whose ``str`` raises: a model's broken exception still reads as its class."""
     try:
-        text = str(exc)
+        text = str(exc)[:limit]
     except Exception:
         text = ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -288,15 +288,6 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._on_lost()
 
 
-def describe(exc: BaseException, limit: int = 300) -> str:
-    """An exception as "Class: message", even one whose ``str`` fails or runs long."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
-
-
 def read_frame(sock: socket.socket) -> list[Any]:
     """One frame's messages from a blocking socket (the worker's line for calls that must answer at once)."""
     (size,) = LENGTH.unpack(_read_exactly(sock, LENGTH.size))

@@ -27,9 +27,9 @@ from typing import Any, cast
 
 from inferd.config import ServerSettings
 from inferd.core import Core
-from inferd.errors import InferdError, ModelError
+from inferd.errors import InferdError, ModelError, describe
 from inferd.types import InferResponse
-from inferd.workers.channel import FrameProtocol, describe
+from inferd.workers.channel import FrameProtocol
 from inferd.workers.codec import pack_response, unpack_request
 
 log = logging.getLogger("inferd.workers")
@@ -176,8 +176,8 @@ class _Connection:
                 task.cancel()  # its model's generator is closed; the worker hears this error
         if kind not in ("ok", "item", "err"):
             return None
-        what = describe(message[2]) if kind == "err" else "its answer"
-        return ("err", call_id, ModelError(f"{what} could not be sent to the front-end worker ({describe(exc)})"))
+        what = describe(message[2], 300) if kind == "err" else "its answer"
+        return ("err", call_id, ModelError(f"{what} could not be sent to the front-end worker ({describe(exc, 300)})"))
 
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         if not isinstance(exc, InferdError):

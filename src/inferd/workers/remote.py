@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from inferd.core import Core, DataPlane, ModelControl
-from inferd.errors import GroupRefused, InvalidInput, ModelError, PayloadTooLarge, Unavailable
+from inferd.errors import GroupRefused, InvalidInput, ModelError, PayloadTooLarge, Unavailable, describe
 from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse, Tensor, Timings
-from inferd.workers.channel import FrameProtocol, FrameTooLarge, describe, frame, read_frame
+from inferd.workers.channel import FrameProtocol, FrameTooLarge, frame, read_frame
 from inferd.workers.codec import pack_request, unpack_response
 
 CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
@@ -451,7 +451,7 @@ def _split(response: InferResponse, members: list[_Member]) -> list[InferRespons
 def _refusal(exc: Exception) -> InvalidInput:
     """What a caller hears when its call cannot be handed over (``frame`` raised ``exc``)."""
     kind = PayloadTooLarge if isinstance(exc, FrameTooLarge) else InvalidInput
-    return kind(f"this request cannot be handed to the model process: {describe(exc)}")
+    return kind(f"this request cannot be handed to the model process: {describe(exc, 300)}")
 
 
 class _Part:
