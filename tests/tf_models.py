@@ -1,5 +1,5 @@
 """TensorFlow SavedModels the tests build: one exported from Keras 3, one with tf.saved_model.save and
-several signatures (numbers, two inputs, strings)."""
+several signatures (numbers, two inputs, strings, a scalar string)."""
 
 from __future__ import annotations
 
@@ -38,10 +38,14 @@ def build(root: Path) -> None:
         def lengths(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
             return {"length": tf.strings.length(text), "upper_bytes": tf.strings.upper(text)}
 
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="word")])
+        def shout(self, word: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"loud": tf.strings.upper(word)}
+
     calculator = Calculator()
     tf.saved_model.save(calculator, str(root / "calculator" / "1" / "model.savedmodel"),
                         signatures={"serving_default": calculator.affine, "add": calculator.add,
-                                    "lengths": calculator.lengths})
+                                    "lengths": calculator.lengths, "shout": calculator.shout})
     (root / "calculator" / "config.toml").write_text("[version_labels]\nstable = 1\n")
 
 

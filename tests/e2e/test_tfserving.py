@@ -44,7 +44,7 @@ def test_status_and_metadata(server: RunningServer) -> None:
                                                "status": {"error_code": "OK", "error_message": ""}}]
     meta = requests.get(f"{server.base}/v1/models/calculator/metadata", timeout=10).json()
     signatures = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(signatures) == {"serving_default", "add", "lengths"}
+    assert set(signatures) == {"serving_default", "add", "lengths", "shout"}
     assert signatures["add"]["inputs"]["a"]["dtype"] == "DT_INT64"
     assert signatures["serving_default"]["inputs"]["x"]["tensor_shape"]["dim"][1]["size"] == "3"
     assert requests.get(f"{server.base}/v1/models/calculator/labels/stable", timeout=10).status_code == 200
@@ -84,7 +84,12 @@ def test_rest_errors_in_tf_serving_shape(server: RunningServer) -> None:
         ("keras_mlp:predict", {"rows": []}, 400, "exactly one of 'instances'"),
         ("keras_mlp:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "DT_FLOAT"),
         ("calculator:predict", {"signature_name": "nope", "instances": [[1.0, 2.0, 3.0]]}, 400, "no signature 'nope'"),
-        ("calculator/labels/canary:predict", {"instances": [[1.0, 2.0, 3.0]]}, 404, "no version label 'canary'"),
+        ("calculator/labels/canary:predict", {"instances": [[1.0, 2.0, 3.0]]}, 400,
+         "Unrecognized servable version label: canary"),
+        ("calculator:predict", {"instances": [[1.0, 2.0, 3.0], [4.0, [5.0], 6.0]]}, 400, "ragged"),
+        ("calculator:predict", {"inputs": [[[1.0, 2.0, 3.0]], [4.0, 5.0, 6.0]]}, 400, "ragged"),
+        ("calculator:predict", {"instances": [[True, 2.0, 3.0]]}, 400, "expected numbers, got true/false"),
+        ("calculator:predict", {"signature_name": "add", "inputs": {"a": [True], "b": [1]}}, 400, "true/false"),
         ("keras_mlp/versions/3:predict", {"instances": X.tolist()}, 404, "unknown version '3'"),
     ):
         response = post(server, path, body)
@@ -105,6 +110,38 @@ def test_rest_numbers_are_never_cast_silently(server: RunningServer) -> None:
     assert ok.json()["outputs"]["total"] == [2**62 + 1]
     ragged = post(server, "keras_mlp:predict", {"instances": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
     assert ragged.status_code == 400 and "ragged" in ragged.json()["error"]
+
+
+def test_rest_scalar_string_output_is_one_value(server: RunningServer) -> None:
+    """A rank-0 output is written as a single value, strings too (TF's json_tensor.cc)."""
+    for given in ("abc", {"b64": base64.b64encode(b"abc").decode()}):
+        answer = post(server, "calculator:predict", {"signature_name": "shout", "inputs": given})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"outputs": "ABC"}
+
+
+def test_rest_non_finite_numbers_and_float32_in_shortest_form(server: RunningServer) -> None:
+    """TF Serving reads and writes NaN, Infinity and -Infinity, and prints a float32 as the shortest
+    text that reads back as that float32."""
+    answer = requests.post(f"{server.base}/v1/models/calculator:predict",
+                           data=b'{"inputs": [[NaN, Infinity, -Infinity]]}', timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.text == '{"outputs":[[NaN,Infinity,-Infinity]]}'
+    answer = post(server, "calculator:predict", {"instances": [[0.1, 1.1, 0.7]]})  # 2x + 1 in float32
+    assert answer.text == '{"predictions":[[1.2,3.2,2.4]]}'  # not 1.2000000476837158
+
+
+def test_rest_columnar_inputs_ignore_keys_outside_the_signature(server: RunningServer) -> None:
+    answer = post(server, "calculator:predict", {"signature_name": "add", "inputs": {"a": [2], "b": [3], "c": [9]}})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"outputs": {"product": [6], "total": [5]}}
+
+
+def test_rest_status_ignores_a_label(server: RunningServer) -> None:
+    for label in ("stable", "nope"):
+        status = requests.get(f"{server.base}/v1/models/calculator/labels/{label}", timeout=10)
+        assert status.status_code == 200, status.text
+        assert [row["version"] for row in status.json()["model_version_status"]] == ["1"]
 
 
 def test_every_model_through_tf_serving_and_tf_through_v2(server: RunningServer) -> None:
@@ -164,13 +201,55 @@ def test_grpc_predict_metadata_status(stubs, repo: Path) -> None:
     meta = prediction.GetModelMetadata(meta_request, timeout=30)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     meta.metadata["signature_def"].Unpack(signatures)
-    assert set(signatures.signature_def) == {"serving_default", "add", "lengths"}
+    assert set(signatures.signature_def) == {"serving_default", "add", "lengths", "shout"}
     assert signatures.signature_def["add"].inputs["a"].dtype == tf.int64.as_datatype_enum
 
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "keras_mlp"
     status = model_service.GetModelStatus(status_request, timeout=30)
     assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]
+
+
+def test_grpc_model_spec_errors_as_tf_serving_gives_them(stubs) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+
+    prediction, model_service = stubs
+
+    def predict(**spec: str) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.SetInParent()
+        for key, value in spec.items():
+            setattr(request.model_spec, key, value)
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 3), np.float32)))
+        return request
+
+    duplicated = predict(name="calculator")
+    duplicated.output_filter.extend(["y", "y"])
+    no_spec = predict_pb2.PredictRequest()
+    no_spec.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 3), np.float32)))
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name, metadata.model_spec.version_label = "calculator", "canary"
+    for call, request, code, message in (
+        (prediction.Predict, predict(name="calculator", signature_name="nope"), grpc.StatusCode.FAILED_PRECONDITION,
+         'Serving signature key "nope" not found.'),
+        (prediction.Predict, predict(name=""), grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified."),
+        (prediction.Predict, no_spec, grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
+        (prediction.Predict, duplicated, grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias: y"),
+        (prediction.Predict, predict(name="calculator", version_label="canary"), grpc.StatusCode.INVALID_ARGUMENT,
+         "Unrecognized servable version label: canary"),
+        (prediction.GetModelMetadata, metadata, grpc.StatusCode.INVALID_ARGUMENT,
+         "Unrecognized servable version label: canary"),
+        (model_service.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(), grpc.StatusCode.INVALID_ARGUMENT,
+         "Missing ModelSpec"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=30)
+        assert (info.value.code(), message in info.value.details()) == (code, True), info.value.details()
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name, status_request.model_spec.version_label = "calculator", "canary"
+    status = model_service.GetModelStatus(status_request, timeout=30)  # TF Serving ignores the label here
+    assert [s.version for s in status.model_version_status] == [1]
 
 
 def test_grpc_errors(stubs) -> None:

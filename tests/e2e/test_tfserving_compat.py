@@ -209,7 +209,7 @@ def test_classify_and_regress_over_rest(server: RunningServer) -> None:
     assert answer.json() == {"results": [3.0, 6.0]}
     answer = post("half_plus_two:regress", {"signature_name": "regress_x_to_y2", "examples": [{"x": 2.0}]})
     assert answer.json() == {"results": [4.0]}
-    answer = post("half_plus_two:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [True]}]})
+    answer = post("half_plus_two:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [None]}]})
     assert answer.status_code == 400 and "a feature holds strings" in answer.json()["error"]
     answer = post("nope:regress", {"examples": [{"x": 1.0}]})
     assert answer.status_code == 404

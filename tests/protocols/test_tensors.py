@@ -57,6 +57,11 @@ def test_big_unsigned_integers_survive_json() -> None:
     ("BOOL", [1, 0], "true/false"),
     ("FP32", [1.0], "needs 2 elements, data has 1"),
     ("INT8", [1000, 1], "does not hold INT8"),
+    ("FP32", [True, 2.5], "got true/false"),
+    ("INT64", [True, False], "got true/false"),
+    ("INT32", [False, 4], "got true/false"),
+    ("BF16", [1.0, True], "got true/false"),
+    ("BF16", ["1", "2"], "does not hold BF16"),
 ])
 def test_bad_json_data(datatype: str, data: list, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from inferd.errors import InvalidInput
@@ -45,6 +46,9 @@ def test_strings_answer_in_string_val() -> None:
     ("INT64", [1.9], "fractional"), ("INT64", [2**63 + 5], "DT_INT64"), ("INT32", [2**31], "range"),
     ("FP32", ["1"], "expected numbers"), ("BYTES", [{"b64": "%%%"}], "not valid base64"),
     ("BYTES", [3], "expected strings"), ("FP32", [[1.0], [2.0, 3.0]], "ragged"),
+    ("FP32", [[1, 2, 3], [4, [5], 6]], "ragged"), ("FP32", [[[1, 2, 3]], [4, 5, 6]], "ragged"),
+    ("FP32", [[1, 2], 3], "ragged"), ("BYTES", [["a"], []], "ragged"),
+    ("FP32", [[True, 2.0]], "got true/false"), ("INT64", [1, False], "got true/false"),
 ])
 def test_rest_json_rules(datatype: str, value: list, message: str) -> None:
     from inferd.types import TensorSpec
@@ -52,6 +56,30 @@ def test_rest_json_rules(datatype: str, value: list, message: str) -> None:
     spec = (TensorSpec("x", datatype, (-1,)),)
     with pytest.raises(InvalidInput, match=message):
         tfserving.decode_rest_predict({"inputs": value}, spec, "m", None, None)
+
+
+def test_columnar_inputs_ignore_keys_outside_the_signature() -> None:
+    from inferd.types import TensorSpec
+
+    specs = (TensorSpec("x", "FP32", (-1,)),)
+    request, rows = tfserving.decode_rest_predict({"inputs": {"x": [1.0], "c": "ignored"}}, specs, "m", None, None)
+    assert [(t.name, t.data.tolist()) for t in request.inputs] == [("x", [1.0])] and not rows
+
+
+def test_rest_reads_and_writes_non_finite_numbers_and_float32_shortest() -> None:
+    payload = tfserving.loads_rest(bytearray(b'{"inputs": [NaN, Infinity, -Infinity, 1.5]}'), "request")
+    assert np.isnan(payload["inputs"][0]) and payload["inputs"][1:] == [np.inf, -np.inf, 1.5]
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        tfserving.loads_rest(b'{"inputs": [NaN, }', "request")
+    values = np.array([[1.2, np.nan], [np.inf, -np.inf]], np.float32)
+    for row_format, expected in ((False, b'{"outputs":[[1.2,NaN],[Infinity,-Infinity]]}'),
+                                 (True, b'{"predictions":[[1.2,NaN],[Infinity,-Infinity]]}')):
+        body = tfserving.encode_rest_predict(InferResponse("m", "1", [Tensor("y", "FP32", values)]), row_format)
+        assert orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) == expected
+    scalars = InferResponse("m", "1", [Tensor("y", "FP32", np.array(np.nan, np.float32)),
+                                       Tensor("s", "BYTES", np.array(b"ABC")), Tensor("f", "FP32", np.float32(0.1))])
+    assert orjson.dumps(tfserving.encode_rest_predict(scalars, False), option=orjson.OPT_SERIALIZE_NUMPY) == (
+        b'{"outputs":{"y":NaN,"s":"ABC","f":0.1}}')
 
 
 def test_b64_takes_both_alphabets_without_padding() -> None:
@@ -87,6 +115,9 @@ def test_context_merges_into_every_example_with_the_examples_keys_winning() -> N
     assert list(parsed["n"].int64_list.value) == [3]
     assert list(parsed["f"].float_list.value) == [1.0, 2.5]
     assert list(parsed["b"].bytes_list.value) == [b"hi"]
+    rest = tfserving_examples.rest_examples({"examples": [{"t": True, "m": [False, 3]}]})
+    parsed = tf.train.Example.FromString(rest[0]).features.feature  # TF Serving stores true/false as int64
+    assert (list(parsed["t"].int64_list.value), list(parsed["m"].int64_list.value)) == ([1], [0, 3])
     with pytest.raises(InvalidInput, match="Input is empty"):
         tfserving_examples.serialized_examples(pb.Input())
 

@@ -60,7 +60,7 @@ def from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarray:
         if datatype == "BYTES":
             array = _bytes_from_json(data)
         elif datatype in _JSON_AS_FLOAT32:
-            array = np.asarray(data, dtype=np.float32).astype(dtype)
+            array = _numbers(data, np.dtype(np.float32), "FP32").astype(dtype)
         else:
             array = _numbers(data, dtype, datatype)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -76,10 +76,7 @@ def numbers_from_json(data: list[Any], datatype: str) -> np.ndarray:
     (a fraction for an integer, out of range, a string, a bool for a number)."""
     dtype = numpy_dtype(datatype)
     if datatype in _JSON_AS_FLOAT32:
-        array = np.asarray(data, dtype=np.float32)
-        if array.dtype.kind not in "f":
-            raise ValueError("expected numbers")
-        return array.astype(dtype).ravel()
+        return _numbers(data, np.dtype(np.float32), "FP32").astype(dtype)
     return _numbers(data, dtype, datatype)
 
 
@@ -90,7 +87,9 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
             raise ValueError(f"expected true/false, got {array.dtype} values")
         return array.astype(np.bool_).ravel()
     array = np.asarray(data)
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind == "b" or (array.dtype.kind in "iuf" and _holds_bools(data, array)):
+        raise ValueError("expected numbers, got true/false")
+    if array.dtype.kind not in "iuf":
         raise ValueError(f"expected numbers, got {array.dtype} values")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         # numpy turns a mix of small and >= 2**63 integers into float64: look before refusing
@@ -98,6 +97,15 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
             raise ValueError("expected integers, got fractional numbers")
         return np.asarray(data, dtype=dtype).ravel()
     return checked_cast(array, datatype).ravel()
+
+
+def _holds_bools(data: list[Any], array: np.ndarray) -> bool:
+    """Whether JSON's true/false hide among numbers. numpy reads them as 1 and 0, so only an array
+    holding a 0 or a 1 is searched, by type (as costly as the conversion itself)."""
+    if not array.size or not ((array == 0) | (array == 1)).any():
+        return False
+    flat = flatten(data) if data and isinstance(data[0], list) else data
+    return bool in set(map(type, flat))
 
 
 def _bytes_from_json(data: list[Any]) -> np.ndarray:

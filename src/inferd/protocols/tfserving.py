@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
+import json
 from typing import Any
 
 import numpy as np
+import orjson
 from google.protobuf import json_format
 
 from inferd.errors import InvalidInput, NotFound
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import checked_cast, element_count, flatten, numbers_from_json
+from inferd.protocols.tensors import MAX_DIMS, checked_cast, element_count, numbers_from_json
 from inferd.types import (
     InferRequest,
     InferResponse,
@@ -70,6 +73,20 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
 
 # -- REST -----------------------------------------------------------------------------------------
 
+def loads_rest(body: bytes | bytearray, what: str) -> Any:
+    """A REST body as TF Serving reads it: ``NaN``, ``Infinity`` and ``-Infinity`` are numbers. orjson
+    refuses them; only a body it refused that names one is read again, by Python's parser."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" not in body and b"Infinity" not in body:
+            raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+
+
 def decode_rest_predict(payload: Any, specs: tuple[TensorSpec, ...], model: str, version: str | None,
                         signature: str | None) -> tuple[InferRequest, bool]:
     """A :predict body as an InferRequest; the flag says row format (answer with predictions)."""
@@ -82,8 +99,8 @@ def decode_rest_predict(payload: Any, specs: tuple[TensorSpec, ...], model: str,
         columns = _rows_to_columns(payload["instances"], specs)
     else:
         given = payload["inputs"]
-        if isinstance(given, dict) and (len(specs) > 1 or set(given) <= set(by_name)) and "b64" not in given:
-            columns = given
+        if isinstance(given, dict) and "b64" not in given:
+            columns = {name: value for name, value in given.items() if name in by_name}  # TF ignores the rest
         elif len(specs) == 1:
             columns = {specs[0].name: given}
         else:
@@ -124,10 +141,8 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
     tensors take integers only, values must fit, strings are text or ``{"b64": ...}``."""
     try:
         shape = _nested_shape(value)
-        flat = flatten([value])
         element_count(name, shape)
-        if len(flat) != int(np.prod(shape)):
-            raise ValueError(f"the lists are ragged (not a tensor): {len(flat)} values for shape {shape}")
+        flat = _leaves(value, shape)
         if datatype == "BYTES":
             array = np.empty(len(flat), dtype=object)
             array[:] = [_bytes_value(item) for item in flat]
@@ -139,13 +154,35 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
 
 
 def _nested_shape(value: Any) -> list[int]:
-    shape = []
+    """The shape the first entry of each level gives (``_leaves`` checks every other entry)."""
+    shape: list[int] = []
     while isinstance(value, list):
+        if len(shape) == MAX_DIMS:
+            raise ValueError(f"lists nested deeper than {MAX_DIMS} levels")
         shape.append(len(value))
         if not value:
             break
         value = value[0]
     return shape
+
+
+def _leaves(value: Any, shape: list[int]) -> list[Any]:
+    """The values of nested lists of ``shape``, in order; ValueError where a list has another length
+    or sits where a value belongs, or a value where a list belongs (ragged: not a tensor)."""
+    level = [value]
+    for depth, size in enumerate(shape):
+        lengths = set(map(len, level))  # every entry is a list: the level above was checked
+        if lengths - {size}:
+            raise ValueError(f"the lists are ragged (not a tensor): a list of {max(lengths - {size})} at level "
+                             f"{depth} where shape {shape} needs {size}")
+        level = list(itertools.chain.from_iterable(level))
+        inner = depth + 1 < len(shape)
+        kinds = set(map(type, level))
+        if level and (kinds != {list} if inner else list in kinds):
+            where = "a value where a list" if inner else "a list where a value"
+            raise ValueError(f"the lists are ragged (not a tensor): {where} belongs at level {depth + 1} "
+                             f"of shape {shape}")
+    return level
 
 
 def _bytes_value(item: Any) -> bytes:
@@ -188,12 +225,33 @@ def encode_rest_predict(response: InferResponse, row_format: bool) -> dict[str, 
 
 
 def _json(name: str, data: Any) -> Any:
+    """One output for ``orjson.dumps(..., option=OPT_SERIALIZE_NUMPY)`` as TF Serving writes it: a
+    scalar as one value, float32 in its shortest form (1.2, not 1.2000000476837158), NaN and
+    infinities as the tokens ``NaN``, ``Infinity`` and ``-Infinity`` (orjson alone writes null)."""
     array = np.asarray(data)
-    if array.dtype == object:
+    if array.dtype.kind in "OSU":  # a scalar string output comes as bytes_ (kind S), not object
         return _bytes_json(array.tolist(), force_b64=name.endswith("_bytes"))
     if array.dtype.name == "bfloat16" or array.dtype == np.float16:
         array = array.astype(np.float32)
-    return array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return _non_finite_json(array)
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
+    return array[()] if array.ndim == 0 else array  # orjson writes numpy scalars, not 0-d arrays
+
+
+_NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
+               "-inf": orjson.Fragment(b"-Infinity")}
+
+
+def _non_finite_json(array: np.ndarray) -> Any:
+    """Nested lists of numpy scalars, with each non-finite value as its JSON token."""
+    flat = array.reshape(-1)
+    items: list[Any] = list(flat)
+    for index in np.flatnonzero(~np.isfinite(flat)).tolist():
+        items[index] = _NON_FINITE[str(float(flat[index]))]
+    for size in reversed(array.shape[1:]):
+        items = [items[start:start + size] for start in range(0, len(items), size)]
+    return items if array.ndim else items[0]
 
 
 def _bytes_json(value: Any, force_b64: bool) -> Any:

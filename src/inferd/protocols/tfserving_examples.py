@@ -73,7 +73,8 @@ def _fill_example(example: pb.Example, features: Any, where: str) -> None:
 
 
 def _fill_feature(feature: pb.Feature, value: Any, where: str) -> None:
-    """JSON -> Feature: strings and ``{"b64": ...}`` are bytes, integers int64, any fraction float."""
+    """JSON -> Feature: strings and ``{"b64": ...}`` are bytes, integers int64 (true/false too, as 1/0, as
+    TF Serving stores them), any fraction float."""
     values = value if isinstance(value, list) else [value]
     if not values:
         return
@@ -83,10 +84,10 @@ def _fill_feature(feature: pb.Feature, value: Any, where: str) -> None:
                                             for v in values)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{where}: {exc}") from None
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    elif all(isinstance(v, int) for v in values):
         if not all(-(1 << 63) <= v < (1 << 63) for v in values):
             raise InvalidInput(f"{where}: integers must fit int64")
-        feature.int64_list.value.extend(values)
+        feature.int64_list.value.extend(int(v) for v in values)
     elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         feature.float_list.value.extend(float(v) for v in values)
     else:

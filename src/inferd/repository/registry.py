@@ -513,10 +513,11 @@ class ModelRegistry(Generic[S]):
         return {slot.default_signature or "serving_default": runtime, **slot.signatures}
 
     def resolve_label(self, name: str, label: str) -> str:
+        """The version a label names (labels are TF Serving's: an unknown one is a bad argument there)."""
         entry = self.entry(name)
         if label not in entry.config.version_labels:
             known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
-            raise NotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
+            raise InvalidInput(f"Unrecognized servable version label: {label} (model '{name}' has labels: {known})")
         return str(entry.config.version_labels[label])
 
 

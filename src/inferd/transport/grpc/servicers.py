@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.errors import InferdError, InvalidInput, ServableNotFound
+from inferd.errors import InferdError, InvalidInput, NotFound, ServableNotFound
 from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -223,6 +223,9 @@ class _TFServingBase:
         self.data = core.data
 
     def _version(self, spec: tfs.ModelSpec, context: Context) -> str | None:
+        """The version a ModelSpec names, its label resolved; a spec without a name is refused first."""
+        if not spec.name:
+            raise InvalidInput("ModelSpec has no name specified.")
         version, label = tfserving.model_spec_version(spec)
         if label is not None:
             return self.data.resolve_label(spec.name, label, _authorization(context))
@@ -231,10 +234,13 @@ class _TFServingBase:
 
 def tf_guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
                ) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
-    """``guarded``, with an unknown model or version worded as TF Serving words it."""
+    """``guarded``, with a missing ModelSpec refused and an unknown model or version worded as TF
+    Serving words them."""
 
     @functools.wraps(method)
     async def call(self: Any, request: Req, context: Context) -> Resp:
+        if not request.HasField("model_spec"):
+            raise InvalidInput("Missing ModelSpec")
         try:
             return await method(self, request, context)
         except ServableNotFound as exc:
@@ -264,12 +270,17 @@ class PredictionServicer(_TFServingBase):
     async def predict(self, request: tfs.PredictRequest, context: Context) -> tfs.PredictResponse:
         spec = request.model_spec
         inputs = await off_loop(message_size(request, context), _decode_tensors, request)
-        outputs = [RequestedOutput(name) for name in request.output_filter] or None
+        outputs = _output_filter(request.output_filter) or None
         params = {"signature_name": spec.signature_name} if spec.signature_name else {}
-        response = await self.data.infer(InferRequest(spec.name, self._version(spec, context), inputs, outputs=outputs,
-                                                      parameters=params, protocol=tfserving.PROTOCOL_GRPC,
-                                                      cancelled=context.cancelled,
-                                                      credentials=_authorization(context)))
+        try:
+            response = await self.data.infer(InferRequest(
+                spec.name, self._version(spec, context), inputs, outputs=outputs, parameters=params,
+                protocol=tfserving.PROTOCOL_GRPC, cancelled=context.cancelled, credentials=_authorization(context)))
+        except ServableNotFound:
+            raise
+        except NotFound as exc:  # past the servable, only the signature can be missing: TF's FAILED_PRECONDITION
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"Serving signature key \"{spec.signature_name}\" not found. ({exc.message})")
         return tfserving.encode_predict_response(response, spec)
 
     async def _run_examples(self, spec: tfs.ModelSpec, examples: Any, method: str, context: Context
@@ -349,6 +360,15 @@ class PredictionServicer(_TFServingBase):
         return tfserving.encode_model_metadata(spec.name, version, signatures)
 
 
+def _output_filter(names: Iterable[str]) -> list[RequestedOutput]:
+    outputs: dict[str, RequestedOutput] = {}
+    for name in names:
+        if name in outputs:
+            raise InvalidInput(f"duplicate output tensor alias: {name}")
+        outputs[name] = RequestedOutput(name)
+    return list(outputs.values())
+
+
 def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
     return [tfserving.decode_tensor(name, proto) for name, proto in sorted(request.inputs.items())]
 
@@ -364,5 +384,6 @@ class ModelServicer(_TFServingBase):
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
-        states = self.data.version_states(spec.name, self._version(spec, context), _authorization(context))
+        version, _ = tfserving.model_spec_version(spec)  # TF Serving ignores a label here: every version
+        states = self.data.version_states(spec.name, version, _authorization(context))
         return tfserving.encode_model_status(states)

@@ -11,7 +11,7 @@ import orjson
 
 from inferd.core import Core
 from inferd.errors import InvalidInput, ServableNotFound
-from inferd.protocols import kserve_v2, tfserving, tfserving_examples
+from inferd.protocols import tfserving, tfserving_examples
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, credentials, json_response
 from inferd.transport.http.routes import inference_guard, server_timing
 from inferd.transport.offload import off_loop
@@ -55,8 +55,8 @@ class TFServingRoutes:
 
     @_servable
     async def status(self, request: HttpRequest) -> HttpResponse:
-        name = request.params["model"]
-        states = self.data.version_states(name, self._version(request), credentials(request))
+        name = request.params["model"]  # TF Serving ignores a label here: every version
+        states = self.data.version_states(name, request.params.get("version"), credentials(request))
         return json_response(tfserving.rest_status(states))
 
     @_servable
@@ -81,7 +81,7 @@ class TFServingRoutes:
     @_servable
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
-        payload = await off_loop(len(request.body), kserve_v2.loads, request.body, "predict request")
+        payload = await off_loop(len(request.body), tfserving.loads_rest, request.body, "predict request")
         chosen, specs = self._signature(request, name, version, payload)
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         infer_request, rows = await off_loop(len(request.body), tfserving.decode_rest_predict, payload,
@@ -89,7 +89,7 @@ class TFServingRoutes:
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
-        body = orjson.dumps(tfserving.encode_rest_predict(response, rows))
+        body = orjson.dumps(tfserving.encode_rest_predict(response, rows), option=orjson.OPT_SERIALIZE_NUMPY)
         return HttpResponse(200, body, headers=[server_timing(response)])
 
     @_servable
@@ -102,7 +102,7 @@ class TFServingRoutes:
 
     async def _examples(self, request: HttpRequest, method: str) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
-        payload = await off_loop(len(request.body), kserve_v2.loads, request.body, "request")
+        payload = await off_loop(len(request.body), tfserving.loads_rest, request.body, "request")
         chosen, specs = self._signature(request, name, version, payload)
         examples = tfserving_examples.rest_examples(payload)
         infer_request = tfserving_examples.examples_request(name, version, chosen, specs[chosen], examples, method,
