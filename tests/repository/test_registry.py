@@ -73,3 +73,19 @@ def test_registry_serves_versions_and_isolates_broken_models(tmp_path: Path) -> 
         registry.get("absent", None)
     with pytest.raises(NotFound, match="served versions: 1, 2"):
         registry.get("good", "5")
+
+
+@pytest.mark.parametrize("where", ["import", "load"])
+def test_a_python_model_that_exits_fails_its_load_not_the_server(tmp_path: Path, where: str) -> None:
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "exits", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    exits = ("import argparse\nargparse.ArgumentParser().parse_args(['--oops'])\n" if where == "import" else
+             "import sys\nclass Model:\n    def load(self):\n        sys.exit(3)\n    def infer(self, inputs):\n"
+             "        return inputs\n")
+    write(tmp_path / "exits/1/model.py", exits)
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    assert registry.get("good", None)[1] == "1"
+    broken = registry.models["exits"].versions["1"]
+    assert broken.state is ModelState.UNAVAILABLE
+    assert "SystemExit" in broken.reason and "must not exit" in broken.reason

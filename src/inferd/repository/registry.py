@@ -460,7 +460,7 @@ class ModelRegistry(Generic[S]):
                 f"model '{entry.name}' version {version} did not load within its startup timeout of {timeout:g} s")
             log.error("%s", slot.reason)
             return False
-        except Exception as exc:  # a broken model is reported and never stops the others
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken model never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable after %.2f s: %s", entry.name, version,
                       time.monotonic() - started, slot.reason)
@@ -535,7 +535,7 @@ def _unload_when_built(build: asyncio.Future[BuiltVersion[S]]) -> None:
         threading.Thread(target=runtime.unload, name="inferd-unload-late", daemon=True).start()
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
