@@ -103,6 +103,17 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -
     assert str(path) in info.value.message
 
 
+def test_a_config_toml_that_cannot_be_read_or_nests_too_deep_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").mkdir()  # a folder where the file should be
+    with pytest.raises(ConfigError, match=r"config\.toml: cannot read"):
+        load_model_config(tmp_path / "config.toml")
+    (tmp_path / "deep").mkdir()
+    path = write(tmp_path / "deep", "x = " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="not valid TOML: nested too deeply") as info:
+        load_model_config(path)
+    assert str(path) in info.value.message
+
+
 def test_optimization_and_the_sizes_a_compiled_model_is_built_for(tmp_path: Path) -> None:
     text = ("max_batch_size = 48\n[optimization]\nprecision = 'bf16'\nchannels_last = true\n"
             "compile = 'cuda_graphs'\nbatch_sizes = [32, 1, 8]\nwarmup = true\n")

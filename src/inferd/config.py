@@ -466,8 +466,12 @@ def load_model_config(path: Path) -> ModelConfig:
         return ModelConfig()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return parse_model_config(data, str(path))
 
 

@@ -89,3 +89,25 @@ def test_a_python_model_that_exits_fails_its_load_not_the_server(tmp_path: Path,
     broken = registry.models["exits"].versions["1"]
     assert broken.state is ModelState.UNAVAILABLE
     assert "SystemExit" in broken.reason and "must not exit" in broken.reason
+
+
+def test_poll_reports_an_unreadable_config_and_retries_once_the_folder_changes(tmp_path: Path) -> None:
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "m", [1])
+    (tmp_path / "m/config.toml").unlink()
+    (tmp_path / "m/config.toml").mkdir()  # cannot be read
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.poll()
+        entry = registry.models["m"]
+        assert entry.versions["1"].state is ModelState.UNAVAILABLE
+        assert "config.toml: cannot read" in entry.problem()
+        assert registry.get("good", None)[1] == "1"
+        (tmp_path / "m/config.toml").rmdir()
+        write(tmp_path / "m/config.toml", PYTHON_CONFIG)
+        await registry.poll()
+        assert registry.get("m", None)[1] == "1"
+        await registry.close()
+
+    asyncio.run(scenario())

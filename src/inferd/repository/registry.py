@@ -421,7 +421,11 @@ class ModelRegistry(Generic[S]):
         self._fingerprints[folder.name] = fingerprint(folder)
         if publish_early:
             self._models[folder.name] = entry
-        await self._fill(entry, folder, config)
+        try:
+            await self._fill(entry, folder, config)
+        except Exception as exc:  # unforeseen: the model is UNAVAILABLE, and a change to its folder retries
+            log.exception("model %s: loading failed", folder.name)
+            self._fail_model(entry, folder, _reason(exc))
         return entry
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
