@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import serve
@@ -45,6 +46,26 @@ def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
         assert requests.post(f"{server.base}/v2/models/c/infer", json=BODY, timeout=10).status_code == 200
         client.unload_model("a")
         assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 404
+
+
+def test_a_load_that_fails_is_an_error_and_a_failed_reload_keeps_the_old_versions(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    python_model(tmp_path, "a", 1)
+    python_model(tmp_path, "bad", 1)
+    write(tmp_path / "bad/1/model.py", "raise ImportError('no such thing')\n")
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", grpc=True) as server:
+        answer = requests.post(f"{server.base}/v2/repository/models/bad/load", timeout=60)
+        assert answer.status_code == 400, answer.text
+        assert "failed to load 'bad'" in answer.json()["error"] and "no such thing" in answer.json()["error"]
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="failed to load 'bad'") as info:
+            client.load_model("bad")
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException, match="failed to load 'a'"):  # the override cannot load
+            client.load_model("a", config='{"backend": "onnxruntime"}')
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
 
 
 def test_poll_loads_new_versions_reloads_changes_and_unloads_removals(tmp_path: Path) -> None:

@@ -217,7 +217,9 @@ class ModelRegistry(Generic[S]):
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
         file's for this load; a malformed one is InvalidInput and nothing changes. ``files``
         (Triton's override files) are the model folder this load reads instead of the repository's:
-        they are written to a temporary folder, removed when the model unloads or loads again."""
+        they are written to a temporary folder, removed when the model unloads or loads again.
+        Returns the new load's entry: one with no ready version failed (and, in a reload, was
+        not published)."""
         async with self._lock(name):
             return await self._load_model(name, override, files or {})
 
@@ -249,7 +251,7 @@ class ModelRegistry(Generic[S]):
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
                           name, entry.problem())
                 _remove(scratch)
-                return old
+                return entry  # not published: the caller sees the failure, the old versions serve
             self._models[name] = entry
             await self._retire(old)
         _remove(self._scratch.pop(name, None))
