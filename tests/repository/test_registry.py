@@ -111,3 +111,36 @@ def test_poll_reports_an_unreadable_config_and_retries_once_the_folder_changes(t
         await registry.close()
 
     asyncio.run(scenario())
+
+
+SLOW_MODEL = """
+import time
+
+class Model:
+    def load(self):
+        time.sleep(4)
+
+    def infer(self, inputs):
+        return {"y": inputs["x"], "n": inputs["x"]}
+"""
+
+
+def test_a_slow_load_holds_up_no_other_model(tmp_path: Path) -> None:
+    python_model(tmp_path, "aaa_slow", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    write(tmp_path / "aaa_slow/1/model.py", SLOW_MODEL)
+    python_model(tmp_path, "fast", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        loading = asyncio.ensure_future(registry.load_all())
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if registry.models.get("fast") and registry.models["fast"].ready_versions():
+                break
+        assert registry.get("fast", None)[1] == "1"
+        assert registry.models["aaa_slow"].versions["1"].state is ModelState.LOADING
+        await loading
+        assert registry.get("aaa_slow", None)[1] == "1"
+        await registry.close()
+
+    asyncio.run(scenario())

@@ -46,6 +46,7 @@ log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
+BUILDS_AT_ONCE = 4  # model versions built at once: one slow or hanging build holds up no other model
 NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
@@ -116,6 +117,9 @@ class ModelRegistry(Generic[S]):
         self._batching = batching
         self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
         self._scratch: dict[str, Path] = {}  # a model loaded from override files: their temporary folder
+        self._builds: asyncio.Semaphore | None = None  # BUILDS_AT_ONCE; made on the event loop
+        self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
+        self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -206,9 +210,11 @@ class ModelRegistry(Generic[S]):
         folders = [f for f in self._folders().values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
-        for folder in folders:
-            async with self._lock(folder.name):
-                await self._load_folder(folder)
+        await asyncio.gather(*(self._load_locked(folder) for folder in folders))  # each ready when built
+
+    async def _load_locked(self, folder: ModelFolder) -> None:
+        async with self._lock(folder.name):
+            await self._load_folder(folder)
 
     async def load_model(self, name: str, override: str | None = None,
                          files: dict[str, bytes] | None = None) -> ModelEntry[S]:
@@ -261,16 +267,26 @@ class ModelRegistry(Generic[S]):
 
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
-        config.toml or artifact reloads (without loss)."""
+        config.toml or artifact reloads (without loss). Models load at once, each on its own; a
+        model an earlier poll is still loading is left to it, so polls may overlap."""
         folders = self._folders()
         for name, entry in list(self._models.items()):
-            if name not in folders and not entry.source.endswith(".mar"):
+            if name not in folders and not entry.source.endswith(".mar") and name not in self._polling:
                 log.info("model %s left the repository: unloading", name)
                 await self.unload_model(name, missing_ok=True)
-        for name, folder in folders.items():
-            if self._fingerprints.get(name) != fingerprint(folder):
-                log.info("model %s is new or changed: loading", name)
-                await self.load_model(name)
+        changed = [name for name, folder in folders.items()
+                   if name not in self._polling and self._fingerprints.get(name) != fingerprint(folder)]
+        await asyncio.gather(*(self._poll_load(name) for name in changed))
+
+    async def _poll_load(self, name: str) -> None:
+        log.info("model %s is new or changed: loading", name)
+        self._polling.add(name)
+        try:
+            await self.load_model(name)
+        except InferdError as exc:  # gone again since the scan, say: the next poll sees it
+            log.error("model %s not loaded: %s", name, exc.message)
+        finally:
+            self._polling.discard(name)
 
     async def _retire(self, entry: ModelEntry[S], deadline: float | None = None) -> bool:
         """Drain, then unload, every version; False if some work was still running at ``deadline``."""
@@ -326,7 +342,9 @@ class ModelRegistry(Generic[S]):
         for scratch in self._scratch.values():
             _remove(scratch)
         self._scratch.clear()
-        return finished
+        if self._building:
+            log.warning("%d model version(s) still loading at shutdown: abandoned", len(self._building))
+        return finished and not self._building
 
     async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
                                load: bool = True) -> ModelEntry[S]:
@@ -455,9 +473,14 @@ class ModelRegistry(Generic[S]):
     async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
+        if self._builds is None:
+            self._builds = asyncio.Semaphore(BUILDS_AT_ONCE)
+        await self._builds.acquire()
         started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
                                                         config or entry.config, self._wrap))
+        self._building.add(build)
+        build.add_done_callback(self._built)
         try:
             built: BuiltVersion[S] = await asyncio.wait_for(asyncio.shield(build), timeout)
         except TimeoutError:
@@ -477,6 +500,12 @@ class ModelRegistry(Generic[S]):
         log.info("model %s version %s ready in %.2f s (%s)", entry.name, version, time.monotonic() - started,
                  built.served.describe())
         return True
+
+    def _built(self, build: asyncio.Future[BuiltVersion[S]]) -> None:
+        """A build's thread finished (perhaps long after its caller gave up): its turn is free."""
+        self._building.discard(build)
+        assert self._builds is not None
+        self._builds.release()
 
     def served(self, name: str) -> list[S]:
         """Every loaded version's scheduler (default signature) of a model, for scaling."""
