@@ -144,3 +144,28 @@ def test_a_slow_load_holds_up_no_other_model(tmp_path: Path) -> None:
         await registry.close()
 
     asyncio.run(scenario())
+
+
+def test_poll_unloads_a_version_whose_folder_was_removed(tmp_path: Path) -> None:
+    import shutil
+
+    python_model(tmp_path, "m", [1, 2], PYTHON_CONFIG + "\n[version_policy]\nall = true\n")
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.poll()
+        assert registry.models["m"].ready_versions() == ["1", "2"]
+        write(tmp_path / "m/1/model.py", "raise ImportError('broken now')\n")
+        shutil.rmtree(tmp_path / "m/2")
+        await registry.poll()  # version 1 fails to reload and keeps serving; version 2 is gone
+        assert registry.models["m"].ready_versions() == ["1"]
+        with pytest.raises(NotFound):
+            registry.get("m", "2")
+        shutil.rmtree(tmp_path / "m/1")  # the only version left
+        await registry.poll()
+        with pytest.raises(Unavailable, match="no version folder"):
+            registry.get("m", None)
+        assert registry.models["m"].versions == {}
+        await registry.close()
+
+    asyncio.run(scenario())

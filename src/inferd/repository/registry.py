@@ -253,7 +253,7 @@ class ModelRegistry(Generic[S]):
         serving = old is not None and bool(old.ready_versions())
         entry = await self._load_folder(folder, publish_early=not serving, config=config)
         if old is not None and old is not entry and serving:
-            if not entry.ready_versions():
+            if not entry.ready_versions() and (scratch is not None or not await self._drop_removed(old, folder)):
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
                           name, entry.problem())
                 _remove(scratch)
@@ -264,6 +264,20 @@ class ModelRegistry(Generic[S]):
         if scratch is not None:
             self._scratch[name] = scratch
         return entry
+
+    async def _drop_removed(self, old: ModelEntry[S], folder: ModelFolder) -> bool:
+        """A reload that failed: the old versions whose folders are gone unload all the same (a
+        removed version is not served from memory); True when none is left."""
+        on_disk = {str(number) for number in folder.versions}
+        gone = [version for version in old.versions if version not in on_disk]
+        if len(gone) == len(old.versions):
+            return True
+        for version in gone:
+            log.info("model %s version %s left the repository: unloading", old.name, version)
+            slot = old.versions.pop(version)
+            old.changed()
+            await self._retire_version(slot)
+        return False
 
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
