@@ -27,6 +27,8 @@ INT32_MAX = 2**31 - 1  # what Triton's ModelConfig (protobuf) holds: counts and 
 INT64_MAX = 2**63 - 1  # versions, dims and microseconds 64 bits
 MAX_DELAY_MS = INT64_MAX / 1000 / 1000  # milliseconds that fit a uint64 of microseconds, with room
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
+NAME_RULE = ("a model name is 1 to 128 ASCII letters, digits, '_', '.' and '-', starting with a letter or "
+             "digit, without '..'")
 
 
 @dataclass(frozen=True, slots=True)

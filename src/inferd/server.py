@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
 from inferd.compat.tfserving import read_model_config
-from inferd.config import ModelConfig, ModelSource, ServerSettings
+from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
 from inferd.errors import InferdError
@@ -26,7 +26,7 @@ from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
-from inferd.repository.layout import scan, single_model
+from inferd.repository.layout import misnamed, scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.repository.remote import RemoteRepository, default_cache
 from inferd.runtimes.base import Runtime
@@ -93,8 +93,10 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
     root, sources = settings.model_repository, settings.model_sources
     if root is None or not single_model(root):
         if root is not None and not scan(root) and not sources:
+            skipped = misnamed(root)
             log.warning("model repository %s holds no models: expected <model>/<version>/<artifact> folders "
-                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)", root)
+                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)%s", root,
+                        f"; skipped for their names: {', '.join(map(repr, skipped))} ({NAME_RULE})" if skipped else "")
         if root is not None and settings.model_name is not None:
             log.info("%s is a repository: its models keep their own names (--model-name %s names a "
                      "single model's folder)", root, settings.model_name)

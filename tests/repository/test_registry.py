@@ -169,3 +169,25 @@ def test_poll_unloads_a_version_whose_folder_was_removed(tmp_path: Path) -> None
         await registry.close()
 
     asyncio.run(scenario())
+
+
+def test_folders_skipped_for_their_names_are_logged_and_a_load_says_why(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from inferd.errors import InvalidInput
+
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "my model", [1])
+    (tmp_path / ".hidden").mkdir()
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.load_all()
+        await registry.poll()  # logged once, not at every scan
+        with pytest.raises(InvalidInput, match=r"failed to load 'my model': .*letters, digits"):
+            await registry.load_model("my model")
+        await registry.close()
+
+    asyncio.run(scenario())
+    skipped = [r.getMessage() for r in caplog.records if "is not served" in r.getMessage()]
+    assert len(skipped) == 1 and "'my model'" in skipped[0] and "starting with a letter or digit" in skipped[0]
+    assert list(registry.models) == []

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from inferd.config import MODEL_NAME, ModelConfig, load_model_config
+from inferd.config import MODEL_NAME, NAME_RULE, ModelConfig, load_model_config
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, read_pbtxt
 
@@ -88,6 +88,18 @@ def read_labels(config: ModelConfig, folder: Path) -> ModelConfig:
 def is_valid_name(name: str) -> bool:
     """Model names are plain folder names: no separators, no dot-dot, no leading dot."""
     return bool(MODEL_NAME.match(name)) and ".." not in name
+
+
+def misnamed(root: Path) -> list[str]:
+    """The folders under ``root`` that ``scan`` skips for their names (hidden ones aside)."""
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if child.is_dir() and not child.name.startswith(".") and not is_valid_name(child.name))
+
+
+def skipped_because(name: str) -> str:
+    return f"folder {name!r} is not served: {NAME_RULE}"
 
 
 def scan(root: Path) -> list[ModelFolder]:

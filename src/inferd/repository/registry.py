@@ -34,9 +34,11 @@ from inferd.repository.layout import (
     ModelFolder,
     fingerprint,
     is_valid_name,
+    misnamed,
     read_config,
     read_model_folder,
     scan,
+    skipped_because,
     write_override_folder,
 )
 from inferd.runtimes.base import Runtime
@@ -120,6 +122,7 @@ class ModelRegistry(Generic[S]):
         self._builds: asyncio.Semaphore | None = None  # BUILDS_AT_ONCE; made on the event loop
         self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
         self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
+        self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -132,6 +135,10 @@ class ModelRegistry(Generic[S]):
     def _folders(self) -> dict[str, ModelFolder]:
         """Every model folder: the repository's, then the models in folders of their own."""
         folders = {folder.name: folder for folder in scan(self._root)} if self._root is not None else {}
+        for name in misnamed(self._root) if self._root is not None else []:
+            if name not in self._misnamed:
+                self._misnamed.add(name)
+                log.warning("model repository %s: %s", self._root, skipped_because(name))
         for name, source in self._sources.items():
             folders[name] = read_model_folder(source.base_path, name)
         return folders
@@ -230,8 +237,10 @@ class ModelRegistry(Generic[S]):
             return await self._load_model(name, override, files or {})
 
     async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
+        if not is_valid_name(name):
+            raise InvalidInput(f"failed to load '{name}': {skipped_because(name)}")
         folder = self._folder(name)
-        if folder is None and not (files and is_valid_name(name)):
+        if folder is None and not files:
             raise NotFound(f"failed to load '{name}': no model of that name in the repository")
         config: ModelConfig | None = None
         if override is not None:
