@@ -79,6 +79,16 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [-2]", "key 'shape' must be a list"),
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [1]\ndims = [1]", "key 'dims' is not known"),
     ("this is = not toml", "not valid TOML"),
+    ("max_batch_size = 99999999999999999999999", "'max_batch_size' must be <= 2147483647"),
+    ("[instance_group]\ncount = 2147483648", "'count' must be <= 2147483647"),
+    ("max_batch_size = 2\n[dynamic_batching]\npreferred_batch_sizes = [1, 4294967296]",
+     "integers from 1 to 2147483647"),
+    ("max_batch_size = 2\n[dynamic_batching]\nmax_queue_delay_ms = 1e300", "'max_queue_delay_ms' must be a finite"),
+    ("[version_policy]\nspecific = [9223372036854775808]", "integers from 1 to 9223372036854775807"),
+    ("[version_policy]\nlatest = 4294967296", "'latest' must be from 1 to 2147483647"),
+    ("[version_labels]\nstable = 9223372036854775808", "'stable' must be a version number from 1"),
+    ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [9223372036854775808]", "key 'shape' must be a list"),
+    ("[sequence_batching]\nmax_sequence_idle_microseconds = 9223372036854775808", "must be <= 9223372036854775807"),
     ("[sequence_batching]\nmax_sequence_idle_microseconds = 0", "'max_sequence_idle_microseconds' must be >= 1"),
     ("[[sequence_batching.control_input]]\nname = 'S'\nkind = 'BEGIN'", "key 'kind' must be one of START END"),
     ("[[sequence_batching.control_input]]\nkind = 'START'", "key 'name' is required"),
@@ -99,6 +109,17 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as info:
+        load_model_config(path)
+    assert str(path) in info.value.message
+
+
+def test_a_config_toml_that_cannot_be_read_or_nests_too_deep_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").mkdir()  # a folder where the file should be
+    with pytest.raises(ConfigError, match=r"config\.toml: cannot read"):
+        load_model_config(tmp_path / "config.toml")
+    (tmp_path / "deep").mkdir()
+    path = write(tmp_path / "deep", "x = " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="not valid TOML: nested too deeply") as info:
         load_model_config(path)
     assert str(path) in info.value.message
 

@@ -23,7 +23,12 @@ MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in object storage, through fsspec
 INSTANCE_KINDS = ("cpu", "gpu", "process")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
+INT32_MAX = 2**31 - 1  # what Triton's ModelConfig (protobuf) holds: counts and sizes are int32,
+INT64_MAX = 2**63 - 1  # versions, dims and microseconds 64 bits
+MAX_DELAY_MS = INT64_MAX / 1000 / 1000  # milliseconds that fit a uint64 of microseconds, with room
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
+NAME_RULE = ("a model name is 1 to 128 ASCII letters, digits, '_', '.' and '-', starting with a letter or "
+             "digit, without '..'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,16 +438,18 @@ class _Table:
             raise self.fail(key, f"must be {_kind_names(kinds)}, got {value!r}")
         return value
 
-    def take_int(self, key: str, default: int, minimum: int = 0) -> int:
+    def take_int(self, key: str, default: int, minimum: int = 0, maximum: int = INT32_MAX) -> int:
         value = self.take(key, int, default)
         if value < minimum:
             raise self.fail(key, f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise self.fail(key, f"must be <= {maximum}, got {value}")
         return int(value)
 
-    def take_ints(self, key: str, minimum: int = 0) -> tuple[int, ...]:
+    def take_ints(self, key: str, minimum: int = 0, maximum: int = INT32_MAX) -> tuple[int, ...]:
         values = self.take(key, list, [])
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
-            raise self.fail(key, f"must be a list of integers >= {minimum}, got {values!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum for v in values):
+            raise self.fail(key, f"must be a list of integers from {minimum} to {maximum}, got {values!r}")
         return tuple(values)
 
     def finish(self) -> None:
@@ -468,8 +475,12 @@ def load_model_config(path: Path) -> ModelConfig:
         return ModelConfig()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     return parse_model_config(data, str(path))
 
 
@@ -513,10 +524,9 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
     table = _Table(data, f"{where}: [dynamic_batching]")
     delay = table.take("max_queue_delay_ms", (int, float), 0.0)
     timeout = table.take("default_timeout_ms", (int, float), 0.0)
-    if not math.isfinite(delay) or delay < 0:
-        raise table.fail("max_queue_delay_ms", f"must be a finite number >= 0, got {delay}")
-    if not math.isfinite(timeout) or timeout < 0:
-        raise table.fail("default_timeout_ms", f"must be a finite number >= 0, got {timeout}")
+    for key, value in (("max_queue_delay_ms", delay), ("default_timeout_ms", timeout)):
+        if not math.isfinite(value) or not 0 <= value <= MAX_DELAY_MS:
+            raise table.fail(key, f"must be a finite number >= 0 (at most {MAX_DELAY_MS:g}), got {value}")
     result = DynamicBatching(
         max_queue_delay_ms=float(delay),
         preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
@@ -558,7 +568,7 @@ def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:
         for key, mapping in maps.items():
             if not all(isinstance(v, str) for v in mapping.values()):
                 raise step.fail(key, f"must map tensor names to tensor names, got {mapping!r}")
-        if version < -1 or version == 0:
+        if version < -1 or version == 0 or version > INT64_MAX:
             raise step.fail("model_version", f"must be a version >= 1 (or -1: the default), got {version}")
         steps.append(EnsembleStep(name, version, maps["input_map"], maps["output_map"]))
     return tuple(steps)
@@ -568,7 +578,7 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
     if data is None:
         return None
     table = _Table(data, f"{where}: [sequence_batching]")
-    idle = table.take_int("max_sequence_idle_microseconds", 1_000_000, minimum=1)
+    idle = table.take_int("max_sequence_idle_microseconds", 1_000_000, minimum=1, maximum=INT64_MAX)
     items = table.take("control_input", list, [])
     table.finish()
     controls = []
@@ -670,13 +680,13 @@ def _version_policy(data: dict[str, Any], where: str) -> VersionPolicy:
     table = _Table(data, f"{where}: [version_policy]")
     latest = table.take("latest", int)
     take_all = table.take("all", bool, False)
-    specific = table.take_ints("specific", minimum=1)
+    specific = table.take_ints("specific", minimum=1, maximum=INT64_MAX)
     table.finish()
     chosen = sum([latest is not None, take_all, bool(specific)])
     if chosen > 1:
         raise ConfigError(f"{where}: [version_policy] takes one of 'latest', 'all', 'specific'")
-    if latest is not None and latest < 1:
-        raise table.fail("latest", f"must be >= 1, got {latest}")
+    if latest is not None and not 1 <= latest <= INT32_MAX:
+        raise table.fail("latest", f"must be from 1 to {INT32_MAX}, got {latest}")
     if chosen == 0:
         return VersionPolicy()
     return VersionPolicy(latest=latest, all=take_all, specific=specific)
@@ -684,9 +694,9 @@ def _version_policy(data: dict[str, Any], where: str) -> VersionPolicy:
 
 def _version_labels(data: dict[str, Any], where: str) -> dict[str, int]:
     for label, version in data.items():
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= INT64_MAX:
             raise ConfigError(f"{where}: [version_labels] key '{label}' must be a version "
-                              f"number >= 1, got {version!r}")
+                              f"number from 1 to {INT64_MAX}, got {version!r}")
     return dict(data)
 
 
@@ -706,7 +716,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
             raise table.fail("name", "is required")
         if datatype not in V2_DATATYPES:
             raise table.fail("datatype", f"must be one of {' '.join(V2_DATATYPES)}, got {datatype!r}")
-        if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1
+        if shape is None or not all(isinstance(d, int) and not isinstance(d, bool) and -1 <= d <= INT64_MAX
                                     for d in shape):
             raise table.fail("shape", f"must be a list of sizes (-1 = any), got {shape!r}")
         if image is not None and (datatype != "BYTES" or list(shape) != [1] or "output" in where):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
 from inferd.compat.tfserving import read_model_config
-from inferd.config import ModelConfig, ModelSource, ServerSettings
+from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
 from inferd.errors import InferdError
@@ -26,7 +26,7 @@ from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.repository.archives import store_archives
-from inferd.repository.layout import scan, single_model
+from inferd.repository.layout import misnamed, scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.repository.remote import RemoteRepository, default_cache
 from inferd.runtimes.base import Runtime
@@ -101,8 +101,10 @@ def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[Model
     root, sources = settings.model_repository, settings.model_sources
     if root is None or not single_model(root):
         if root is not None and not scan(root) and not sources:
+            skipped = misnamed(root)
             log.warning("model repository %s holds no models: expected <model>/<version>/<artifact> folders "
-                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)", root)
+                        "(e.g. mlp/1/model.onnx), or one model's folder (model.onnx at the top)%s", root,
+                        f"; skipped for their names: {', '.join(map(repr, skipped))} ({NAME_RULE})" if skipped else "")
         if root is not None and settings.model_name is not None:
             log.info("%s is a repository: its models keep their own names (--model-name %s names a "
                      "single model's folder)", root, settings.model_name)
@@ -238,7 +240,12 @@ class Server:
         if not self.settings.listen_after_load:
             await self._listen()  # answers (503 not ready) while models load
         explicit = self.settings.model_control == "explicit"
-        await self.core.control.load_at_start(self.settings.load_models if explicit else ("*",))
+        if not await self._until_stopped(self.core.control.load_at_start(
+                self.settings.load_models if explicit else ("*",))):
+            log.info("stopped while models were loading")
+            if not await self._shutdown():
+                _exit_now()  # a build still running would hold a normal exit
+            return False
         await self._register_store_archives()
         failed = [row for row in self.core.control.states() if row.state is not ModelState.READY]
         if self.settings.exit_on_error and failed:
@@ -265,6 +272,18 @@ class Server:
         if not finished:
             _exit_now()
         return finished
+
+    async def _until_stopped(self, work: Awaitable[None]) -> bool:
+        """Run ``work`` unless SIGTERM/SIGINT comes first (then cancel it); True if it finished."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        return False
 
     async def _listen(self) -> None:
         """This process's ports, or (``--workers N``) the workers that serve them."""
@@ -297,17 +316,31 @@ class Server:
     async def _poll(self) -> None:
         """Rescan every --poll-interval (poll mode); a remote repository syncs first (in explicit
         mode too, so a load finds what was uploaded since)."""
-        while True:
-            await asyncio.sleep(self.settings.poll_interval)
-            try:
-                if self._remote is not None:
-                    await asyncio.to_thread(self._remote.sync)
+        scans: set[asyncio.Task[None]] = set()  # a scan waits for its loads; the next starts on time
+        try:
+            while True:
+                await asyncio.sleep(self.settings.poll_interval)
+                try:
+                    if self._remote is not None:
+                        await asyncio.to_thread(self._remote.sync)
+                except InferdError as exc:  # storage unreachable for a while: the models served stay
+                    log.error("repository poll failed: %s", exc.message)
+                    continue
                 if self.settings.model_control == "poll":
-                    await self.core.control.poll()
-            except InferdError as exc:  # storage unreachable for a while: the models served stay
-                log.error("repository poll failed: %s", exc.message)
-            except Exception:  # a bad scan is logged; the next one tries again
-                log.exception("repository poll failed")
+                    scan = asyncio.ensure_future(self._scan())
+                    scans.add(scan)
+                    scan.add_done_callback(scans.discard)
+        finally:
+            for scan in list(scans):
+                scan.cancel()
+
+    async def _scan(self) -> None:
+        try:
+            await self.core.control.poll()
+        except InferdError as exc:
+            log.error("repository poll failed: %s", exc.message)
+        except Exception:  # a bad scan is logged; the next one tries again
+            log.exception("repository poll failed")
 
     async def _register_store_archives(self) -> None:
         """``--model-store DIR --models ...``: archives served from the start (TorchServe's start-up

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import serve
@@ -45,6 +46,26 @@ def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
         assert requests.post(f"{server.base}/v2/models/c/infer", json=BODY, timeout=10).status_code == 200
         client.unload_model("a")
         assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 404
+
+
+def test_a_load_that_fails_is_an_error_and_a_failed_reload_keeps_the_old_versions(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    python_model(tmp_path, "a", 1)
+    python_model(tmp_path, "bad", 1)
+    write(tmp_path / "bad/1/model.py", "raise ImportError('no such thing')\n")
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", grpc=True) as server:
+        answer = requests.post(f"{server.base}/v2/repository/models/bad/load", timeout=60)
+        assert answer.status_code == 400, answer.text
+        assert "failed to load 'bad'" in answer.json()["error"] and "no such thing" in answer.json()["error"]
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="failed to load 'bad'") as info:
+            client.load_model("bad")
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException, match="failed to load 'a'"):  # the override cannot load
+            client.load_model("a", config='{"backend": "onnxruntime"}')
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
 
 
 def test_poll_loads_new_versions_reloads_changes_and_unloads_removals(tmp_path: Path) -> None:
@@ -198,3 +219,40 @@ def test_drain_timeout_bounds_the_exit_even_when_a_model_never_returns(tmp_path:
         took = time.monotonic() - start
         assert took < 1 + 2 + 1.5, f"--drain-timeout 1 took {took:.1f} s"  # drain, unload grace, exit
         assert "--drain-timeout 1 s passed with work still running" in server.log()
+
+
+HANGING_CONFIG = ('backend = "python"\n[instance_group]\nkind = "cpu"\n[[input]]\nname = "x"\ndatatype = "FP64"\n'
+                  'shape = [1]\n[[output]]\nname = "y"\ndatatype = "FP64"\nshape = [1]\n')
+HANGING_MODEL = "import time\nclass Model:\n    def load(self):\n        time.sleep(3600)\n" \
+                "    def infer(self, inputs):\n        return inputs\n"
+
+
+def test_a_hanging_load_holds_up_no_poll_and_no_shutdown(tmp_path: Path) -> None:
+    import signal
+
+    python_model(tmp_path, "m", 1)
+    with serve(tmp_path, "--model-control", "poll", "--poll-interval", "0.3", "--drain-timeout", "1") as server:
+        write(tmp_path / "aaa_hang/1/model.py", HANGING_MODEL)
+        write(tmp_path / "aaa_hang/config.toml", HANGING_CONFIG)
+        wait_for(lambda: "aaa_hang is new or changed" in server.log())
+        python_model(tmp_path, "later", 1)  # picked up while aaa_hang's load still hangs
+        wait_for(lambda: requests.get(f"{server.base}/v2/models/later/ready", timeout=5).status_code == 200)
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+        assert time.monotonic() - start < 1 + 2 + 2.5  # drain, unload grace, exit
+
+
+def test_sigterm_while_a_load_hangs_at_start_stops_the_server(tmp_path: Path) -> None:
+    import signal
+
+    write(tmp_path / "aaa_hang/1/model.py", HANGING_MODEL)
+    write(tmp_path / "aaa_hang/config.toml", HANGING_CONFIG)
+    python_model(tmp_path, "m", 1)
+    with serve(tmp_path, "--drain-timeout", "1", wait_ready=False) as server:
+        wait_for(lambda: requests.get(f"{server.base}/v2/models/m/ready", timeout=5).status_code == 200)
+        assert "inferd ready" not in server.log()  # every model must have been tried first
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+        assert time.monotonic() - start < 1 + 2 + 2.5

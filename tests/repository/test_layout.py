@@ -8,7 +8,7 @@ import pytest
 
 from inferd.config import ServerSettings
 from inferd.errors import ConfigError
-from inferd.repository.layout import read_model_folder, single_model
+from inferd.repository.layout import fingerprint, read_model_folder, single_model
 from inferd.server import repository_roots
 
 
@@ -59,3 +59,22 @@ def test_roots_from_settings(tmp_path: Path) -> None:
 def test_bad_model_names_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="--model-name must be a plain name"):
         ServerSettings(model_name=name)
+
+
+def test_fingerprint_follows_linked_version_folders_and_survives_a_loop(tmp_path: Path) -> None:
+    for store in ("a", "b"):
+        (tmp_path / "store" / store).mkdir(parents=True)
+        (tmp_path / "store" / store / "model.onnx").write_bytes(b"onnx " + store.encode())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m/1").symlink_to(tmp_path / "store/a")
+    (tmp_path / "m/loop").symlink_to(tmp_path / "m")  # a link back up is no loop
+    before = fingerprint(read_model_folder(tmp_path / "m"))
+    assert any(entry[0] == "1/model.onnx" for entry in before)
+    (tmp_path / "m/2").symlink_to(tmp_path / "store/b")  # a new version, by a link
+    added = fingerprint(read_model_folder(tmp_path / "m"))
+    assert added != before
+    (tmp_path / "m/2").unlink()
+    (tmp_path / "m/2").symlink_to(tmp_path / "store/a")  # the link swapped to another folder
+    assert fingerprint(read_model_folder(tmp_path / "m")) != added
+    (tmp_path / "store/a/model.onnx").write_bytes(b"changed, and longer")  # a file behind the link
+    assert fingerprint(read_model_folder(tmp_path / "m")) not in (before, added)

@@ -73,3 +73,121 @@ def test_registry_serves_versions_and_isolates_broken_models(tmp_path: Path) -> 
         registry.get("absent", None)
     with pytest.raises(NotFound, match="served versions: 1, 2"):
         registry.get("good", "5")
+
+
+@pytest.mark.parametrize("where", ["import", "load"])
+def test_a_python_model_that_exits_fails_its_load_not_the_server(tmp_path: Path, where: str) -> None:
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "exits", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    exits = ("import argparse\nargparse.ArgumentParser().parse_args(['--oops'])\n" if where == "import" else
+             "import sys\nclass Model:\n    def load(self):\n        sys.exit(3)\n    def infer(self, inputs):\n"
+             "        return inputs\n")
+    write(tmp_path / "exits/1/model.py", exits)
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    assert registry.get("good", None)[1] == "1"
+    broken = registry.models["exits"].versions["1"]
+    assert broken.state is ModelState.UNAVAILABLE
+    assert "SystemExit" in broken.reason and "must not exit" in broken.reason
+
+
+def test_poll_reports_an_unreadable_config_and_retries_once_the_folder_changes(tmp_path: Path) -> None:
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "m", [1])
+    (tmp_path / "m/config.toml").unlink()
+    (tmp_path / "m/config.toml").mkdir()  # cannot be read
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.poll()
+        entry = registry.models["m"]
+        assert entry.versions["1"].state is ModelState.UNAVAILABLE
+        assert "config.toml: cannot read" in entry.problem()
+        assert registry.get("good", None)[1] == "1"
+        (tmp_path / "m/config.toml").rmdir()
+        write(tmp_path / "m/config.toml", PYTHON_CONFIG)
+        await registry.poll()
+        assert registry.get("m", None)[1] == "1"
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
+SLOW_MODEL = """
+import time
+
+class Model:
+    def load(self):
+        time.sleep(4)
+
+    def infer(self, inputs):
+        return {"y": inputs["x"], "n": inputs["x"]}
+"""
+
+
+def test_a_slow_load_holds_up_no_other_model(tmp_path: Path) -> None:
+    python_model(tmp_path, "aaa_slow", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    write(tmp_path / "aaa_slow/1/model.py", SLOW_MODEL)
+    python_model(tmp_path, "fast", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        loading = asyncio.ensure_future(registry.load_all())
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if registry.models.get("fast") and registry.models["fast"].ready_versions():
+                break
+        assert registry.get("fast", None)[1] == "1"
+        assert registry.models["aaa_slow"].versions["1"].state is ModelState.LOADING
+        await loading
+        assert registry.get("aaa_slow", None)[1] == "1"
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_poll_unloads_a_version_whose_folder_was_removed(tmp_path: Path) -> None:
+    import shutil
+
+    python_model(tmp_path, "m", [1, 2], PYTHON_CONFIG + "\n[version_policy]\nall = true\n")
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.poll()
+        assert registry.models["m"].ready_versions() == ["1", "2"]
+        write(tmp_path / "m/1/model.py", "raise ImportError('broken now')\n")
+        shutil.rmtree(tmp_path / "m/2")
+        await registry.poll()  # version 1 fails to reload and keeps serving; version 2 is gone
+        assert registry.models["m"].ready_versions() == ["1"]
+        with pytest.raises(NotFound):
+            registry.get("m", "2")
+        shutil.rmtree(tmp_path / "m/1")  # the only version left
+        await registry.poll()
+        with pytest.raises(Unavailable, match="no version folder"):
+            registry.get("m", None)
+        assert registry.models["m"].versions == {}
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_folders_skipped_for_their_names_are_logged_and_a_load_says_why(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from inferd.errors import InvalidInput
+
+    python_model(tmp_path, "good", [1])
+    python_model(tmp_path, "my model", [1])
+    (tmp_path / ".hidden").mkdir()
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        await registry.load_all()
+        await registry.poll()  # logged once, not at every scan
+        with pytest.raises(InvalidInput, match=r"failed to load 'my model': .*letters, digits"):
+            await registry.load_model("my model")
+        await registry.close()
+
+    asyncio.run(scenario())
+    skipped = [r.getMessage() for r in caplog.records if "is not served" in r.getMessage()]
+    assert len(skipped) == 1 and "'my model'" in skipped[0] and "starting with a letter or digit" in skipped[0]
+    assert list(registry.models) == []

@@ -118,12 +118,15 @@ class ModelControl:
 
     async def load(self, name: str, credentials: str | None, override: LoadOverride | None = None) -> None:
         """Load (or reload) a model; ``override`` replaces keys of its configuration (Triton's
-        ModelConfig as JSON) and, with files, its folder for this load."""
+        ModelConfig as JSON) and, with files, its folder for this load. A load that leaves no version
+        ready is InvalidInput, as in Triton; a reload's old versions keep serving."""
         self._access.authorize_control(credentials, "loading a model")
         if override is None:
-            await self._registry.load_model(name)
+            entry = await self._registry.load_model(name)
         else:
-            await self._registry.load_model(name, override.config, override.files)
+            entry = await self._registry.load_model(name, override.config, override.files)
+        if not entry.ready_versions():  # as Triton: the client's load_model raises (a reload's old versions serve on)
+            raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
 
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")

@@ -11,12 +11,13 @@ KServe's storage initializer leaves in /mnt/models): see ``single_model``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from inferd.config import MODEL_NAME, ModelConfig, load_model_config
+from inferd.config import MODEL_NAME, NAME_RULE, ModelConfig, load_model_config
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, read_pbtxt
 
@@ -87,6 +88,18 @@ def read_labels(config: ModelConfig, folder: Path) -> ModelConfig:
 def is_valid_name(name: str) -> bool:
     """Model names are plain folder names: no separators, no dot-dot, no leading dot."""
     return bool(MODEL_NAME.match(name)) and ".." not in name
+
+
+def misnamed(root: Path) -> list[str]:
+    """The folders under ``root`` that ``scan`` skips for their names (hidden ones aside)."""
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if child.is_dir() and not child.name.startswith(".") and not is_valid_name(child.name))
+
+
+def skipped_because(name: str) -> str:
+    return f"folder {name!r} is not served: {NAME_RULE}"
 
 
 def scan(root: Path) -> list[ModelFolder]:
@@ -165,10 +178,38 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(folder: ModelFolder) -> Fingerprint:
-    """What a poll compares: every file's path, size and mtime under the model's folder."""
-    found = []
-    for path in sorted(folder.path.rglob("*")) if folder.path.is_dir() else []:
-        if path.is_file():
-            stat = path.stat()
-            found.append((str(path.relative_to(folder.path)), stat.st_size, stat.st_mtime_ns))
-    return tuple(found)
+    """What a poll compares: every file's path, size and mtime under the model's folder, following
+    symbolic links (git-sync and Kubernetes volumes swap version folders by a link), each folder
+    once (a link back up is no loop), and where each link points."""
+    found: list[tuple[str, int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for top, folders, files in os.walk(folder.path, followlinks=True):
+        here = Path(top)
+        try:
+            where = here.stat()
+        except OSError:
+            folders.clear()
+            continue
+        if (where.st_dev, where.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((where.st_dev, where.st_ino))
+        for name in sorted(folders + files):
+            path = here / name
+            relative = str(path.relative_to(folder.path))
+            if path.is_symlink():
+                found.append((f"{relative} -> {_readlink(path)}", 0, 0))
+            if name in files:
+                try:
+                    stat = path.stat()
+                except OSError:  # a dangling link, or gone since the listing
+                    continue
+                found.append((relative, stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"

@@ -34,9 +34,11 @@ from inferd.repository.layout import (
     ModelFolder,
     fingerprint,
     is_valid_name,
+    misnamed,
     read_config,
     read_model_folder,
     scan,
+    skipped_because,
     write_override_folder,
 )
 from inferd.runtimes.base import Runtime
@@ -46,6 +48,7 @@ log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
+BUILDS_AT_ONCE = 4  # model versions built at once: one slow or hanging build holds up no other model
 NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
@@ -116,6 +119,10 @@ class ModelRegistry(Generic[S]):
         self._batching = batching
         self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
         self._scratch: dict[str, Path] = {}  # a model loaded from override files: their temporary folder
+        self._builds: asyncio.Semaphore | None = None  # BUILDS_AT_ONCE; made on the event loop
+        self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
+        self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
+        self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -128,6 +135,10 @@ class ModelRegistry(Generic[S]):
     def _folders(self) -> dict[str, ModelFolder]:
         """Every model folder: the repository's, then the models in folders of their own."""
         folders = {folder.name: folder for folder in scan(self._root)} if self._root is not None else {}
+        for name in misnamed(self._root) if self._root is not None else []:
+            if name not in self._misnamed:
+                self._misnamed.add(name)
+                log.warning("model repository %s: %s", self._root, skipped_because(name))
         for name, source in self._sources.items():
             folders[name] = read_model_folder(source.base_path, name)
         return folders
@@ -206,9 +217,11 @@ class ModelRegistry(Generic[S]):
         folders = [f for f in self._folders().values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
-        for folder in folders:
-            async with self._lock(folder.name):
-                await self._load_folder(folder)
+        await asyncio.gather(*(self._load_locked(folder) for folder in folders))  # each ready when built
+
+    async def _load_locked(self, folder: ModelFolder) -> None:
+        async with self._lock(folder.name):
+            await self._load_folder(folder)
 
     async def load_model(self, name: str, override: str | None = None,
                          files: dict[str, bytes] | None = None) -> ModelEntry[S]:
@@ -217,13 +230,17 @@ class ModelRegistry(Generic[S]):
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
         file's for this load; a malformed one is InvalidInput and nothing changes. ``files``
         (Triton's override files) are the model folder this load reads instead of the repository's:
-        they are written to a temporary folder, removed when the model unloads or loads again."""
+        they are written to a temporary folder, removed when the model unloads or loads again.
+        Returns the new load's entry: one with no ready version failed (and, in a reload, was
+        not published)."""
         async with self._lock(name):
             return await self._load_model(name, override, files or {})
 
     async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
+        if not is_valid_name(name):
+            raise InvalidInput(f"failed to load '{name}': {skipped_because(name)}")
         folder = self._folder(name)
-        if folder is None and not (files and is_valid_name(name)):
+        if folder is None and not files:
             raise NotFound(f"failed to load '{name}': no model of that name in the repository")
         config: ModelConfig | None = None
         if override is not None:
@@ -245,11 +262,11 @@ class ModelRegistry(Generic[S]):
         serving = old is not None and bool(old.ready_versions())
         entry = await self._load_folder(folder, publish_early=not serving, config=config)
         if old is not None and old is not entry and serving:
-            if not entry.ready_versions():
+            if not entry.ready_versions() and (scratch is not None or not await self._drop_removed(old, folder)):
                 log.error("model %s: the new load has no ready version (%s); the old one keeps serving",
                           name, entry.problem())
                 _remove(scratch)
-                return old
+                return entry  # not published: the caller sees the failure, the old versions serve
             self._models[name] = entry
             await self._retire(old)
         _remove(self._scratch.pop(name, None))
@@ -257,18 +274,42 @@ class ModelRegistry(Generic[S]):
             self._scratch[name] = scratch
         return entry
 
+    async def _drop_removed(self, old: ModelEntry[S], folder: ModelFolder) -> bool:
+        """A reload that failed: the old versions whose folders are gone unload all the same (a
+        removed version is not served from memory); True when none is left."""
+        on_disk = {str(number) for number in folder.versions}
+        gone = [version for version in old.versions if version not in on_disk]
+        if len(gone) == len(old.versions):
+            return True
+        for version in gone:
+            log.info("model %s version %s left the repository: unloading", old.name, version)
+            slot = old.versions.pop(version)
+            old.changed()
+            await self._retire_version(slot)
+        return False
+
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
-        config.toml or artifact reloads (without loss)."""
+        config.toml or artifact reloads (without loss). Models load at once, each on its own; a
+        model an earlier poll is still loading is left to it, so polls may overlap."""
         folders = self._folders()
         for name, entry in list(self._models.items()):
-            if name not in folders and not entry.source.endswith(".mar"):
+            if name not in folders and not entry.source.endswith(".mar") and name not in self._polling:
                 log.info("model %s left the repository: unloading", name)
                 await self.unload_model(name, missing_ok=True)
-        for name, folder in folders.items():
-            if self._fingerprints.get(name) != fingerprint(folder):
-                log.info("model %s is new or changed: loading", name)
-                await self.load_model(name)
+        changed = [name for name, folder in folders.items()
+                   if name not in self._polling and self._fingerprints.get(name) != fingerprint(folder)]
+        await asyncio.gather(*(self._poll_load(name) for name in changed))
+
+    async def _poll_load(self, name: str) -> None:
+        log.info("model %s is new or changed: loading", name)
+        self._polling.add(name)
+        try:
+            await self.load_model(name)
+        except InferdError as exc:  # gone again since the scan, say: the next poll sees it
+            log.error("model %s not loaded: %s", name, exc.message)
+        finally:
+            self._polling.discard(name)
 
     async def _retire(self, entry: ModelEntry[S], deadline: float | None = None) -> bool:
         """Drain, then unload, every version; False if some work was still running at ``deadline``."""
@@ -324,7 +365,9 @@ class ModelRegistry(Generic[S]):
         for scratch in self._scratch.values():
             _remove(scratch)
         self._scratch.clear()
-        return finished
+        if self._building:
+            log.warning("%d model version(s) still loading at shutdown: abandoned", len(self._building))
+        return finished and not self._building
 
     async def register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
                                load: bool = True) -> ModelEntry[S]:
@@ -421,7 +464,11 @@ class ModelRegistry(Generic[S]):
         self._fingerprints[folder.name] = fingerprint(folder)
         if publish_early:
             self._models[folder.name] = entry
-        await self._fill(entry, folder, config)
+        try:
+            await self._fill(entry, folder, config)
+        except Exception as exc:  # unforeseen: the model is UNAVAILABLE, and a change to its folder retries
+            log.exception("model %s: loading failed", folder.name)
+            self._fail_model(entry, folder, _reason(exc))
         return entry
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
@@ -449,9 +496,14 @@ class ModelRegistry(Generic[S]):
     async def _load_version(self, entry: ModelEntry[S], version: str, path: Path,
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
+        if self._builds is None:
+            self._builds = asyncio.Semaphore(BUILDS_AT_ONCE)
+        await self._builds.acquire()
         started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
                                                         config or entry.config, self._wrap))
+        self._building.add(build)
+        build.add_done_callback(self._built)
         try:
             built: BuiltVersion[S] = await asyncio.wait_for(asyncio.shield(build), timeout)
         except TimeoutError:
@@ -460,7 +512,7 @@ class ModelRegistry(Generic[S]):
                 f"model '{entry.name}' version {version} did not load within its startup timeout of {timeout:g} s")
             log.error("%s", slot.reason)
             return False
-        except Exception as exc:  # a broken model is reported and never stops the others
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken model never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable after %.2f s: %s", entry.name, version,
                       time.monotonic() - started, slot.reason)
@@ -471,6 +523,12 @@ class ModelRegistry(Generic[S]):
         log.info("model %s version %s ready in %.2f s (%s)", entry.name, version, time.monotonic() - started,
                  built.served.describe())
         return True
+
+    def _built(self, build: asyncio.Future[BuiltVersion[S]]) -> None:
+        """A build's thread finished (perhaps long after its caller gave up): its turn is free."""
+        self._building.discard(build)
+        assert self._builds is not None
+        self._builds.release()
 
     def served(self, name: str) -> list[S]:
         """Every loaded version's scheduler (default signature) of a model, for scaling."""
@@ -536,7 +594,7 @@ def _unload_when_built(build: asyncio.Future[BuiltVersion[S]]) -> None:
         threading.Thread(target=runtime.unload, name="inferd-unload-late", daemon=True).start()
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"

@@ -117,7 +117,19 @@ def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any,
         if from_model[spec.name].datatype != spec.datatype:
             raise ConfigError(f"config.toml declares {kind} '{spec.name}' as {spec.datatype} but "
                               f"the ONNX model has {from_model[spec.name].datatype}")
+        if not _shapes_agree(spec.shape, from_model[spec.name].shape):
+            batch = " (the batch dim -1 first, as max_batch_size > 0)" if config.max_batch_size > 0 else ""
+            raise ConfigError(f"config.toml declares {kind} '{spec.name}' with shape {list(spec.shape)}{batch} but "
+                              f"the ONNX model has {list(from_model[spec.name].shape)} (-1: any size)")
     return specs
+
+
+def _shapes_agree(declared: tuple[int, ...], model: tuple[int, ...]) -> bool:
+    """Same rank, and every dim fixed on both sides is the same (-1, a dynamic or symbolic dim,
+    matches any). A model that does not say its rank (shape []) is not checked."""
+    if not model:
+        return True
+    return len(declared) == len(model) and all(d == m or d < 0 or m < 0 for d, m in zip(declared, model, strict=True))
 
 
 def _spec(arg: Any) -> TensorSpec:

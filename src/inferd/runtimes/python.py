@@ -16,14 +16,16 @@ import importlib.util
 import inspect
 import sys
 import threading
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, ModelError
 from inferd.runtimes import triton_python
 from inferd.runtimes.base import Arrays, LoadContext, Runtime, conform_outputs, require_specs
 from inferd.runtimes.triton_pb_utils import install_triton_shim
 from inferd.types import TensorSpec
+
+T = TypeVar("T")
 
 
 class PythonRuntime(Runtime):
@@ -71,17 +73,18 @@ def load(context: LoadContext) -> Runtime:
     spec = importlib.util.spec_from_file_location(module_name, context.artifact)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {context.artifact}")
+    loader = spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     install_triton_shim()  # `import triton_python_backend_utils as pb_utils` works in model.py
     try:
-        spec.loader.exec_module(module)
+        _user_code(lambda: loader.exec_module(module), context.artifact, "importing")
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
     triton_class = getattr(module, "TritonPythonModel", None)
     if triton_class is not None:
-        return triton_python.load(triton_class, context)
+        return _user_code(lambda: triton_python.load(triton_class, context), context.artifact, "initializing")
     inputs, outputs = require_specs(context, "Python model (model.py)")
     model_class = getattr(module, "Model", None)
     if model_class is None or not callable(getattr(model_class, "infer", None)):
@@ -92,7 +95,17 @@ def load(context: LoadContext) -> Runtime:
                           "declare it with [model_transaction_policy] decoupled = true")
     model = model_class()
     if callable(getattr(model, "load", None)):
-        model.load()
+        _user_code(model.load, context.artifact, "loading")
     runtime = PythonRuntime(model, inputs, outputs, context.config.max_batch_size, context.name)
     runtime.decoupled = context.config.decoupled
     return runtime
+
+
+def _user_code(step: Callable[[], T], artifact: Any, doing: str) -> T:
+    """Run model.py's own code at load: its SystemExit (argparse or sys.exit in a script-style
+    model.py) or KeyboardInterrupt fails this model's load, never the server."""
+    try:
+        return step()
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise ModelError(f"{artifact} raised {type(exc).__name__}({exc}) while {doing}: a model must not exit "
+                         "the process (argparse or sys.exit at import?)") from None
