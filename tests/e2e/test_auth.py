@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT, serve
@@ -97,6 +99,10 @@ def test_auth_inference_guards_metadata_index_status_and_metrics_but_not_health(
         with pytest.raises(InferenceServerException) as info:
             client.is_model_ready("m")
         assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+        with pytest.raises(grpc.RpcError) as stream_error:  # a stream without the token ends with the status
+            list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="m")]), timeout=10))
+        assert stream_error.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_an_unguarded_inference_body_is_not_read_before_the_token_check(repo: Path) -> None:

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.errors import InferdError, InvalidInput, NotFound, ServableNotFound
+from inferd.errors import Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -125,7 +125,8 @@ class KServeV2Servicer:
     async def model_stream_infer(self, request: pb.ModelInferRequest, context: Context
                                  ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
         """One request of a ModelStreamInfer stream: its answers, or its error as a message on the
-        stream (the stream goes on, as Triton's does)."""
+        stream (the stream goes on, as Triton's does); a caller without access ends the stream
+        with UNAUTHENTICATED / PERMISSION_DENIED, as the unary calls answer."""
         try:
             infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
@@ -138,6 +139,8 @@ class KServeV2Servicer:
                     yield kserve_v2_grpc.encode_stream_response(response)
             if not final and infer_request.parameters.get(kserve_v2_grpc.EMPTY_FINAL) is True:
                 yield kserve_v2_grpc.stream_final_response(infer_request)
+        except (Unauthenticated, Forbidden) as exc:  # the caller, not one request: the stream ends with it
+            await context.abort(status_for(exc.code), exc.message)
         except InferdError as exc:
             yield kserve_v2_grpc.stream_error(exc.message)
         except Exception as exc:
