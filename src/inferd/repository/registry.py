@@ -217,7 +217,22 @@ class ModelRegistry(Generic[S]):
         folders = [f for f in self._folders().values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
-        await asyncio.gather(*(self._load_locked(folder) for folder in folders))  # each ready when built
+        steps = {folder.name: _steps_of(folder) for folder in folders}
+        loads = {folder.name: asyncio.ensure_future(self._load_locked(folder))  # each ready when built
+                 for folder in folders if not steps[folder.name]}
+        # an ensemble loads once the models its steps name have (as Triton orders them), so its
+        # checks against them run at load; ensembles load one after another, by name, so a cycle
+        # of ensembles is refused the same way every time (an ensemble inside an ensemble that
+        # loads later is checked per request)
+        ensembles = sorted((folder for folder in folders if steps[folder.name]), key=lambda f: f.name)
+        await asyncio.gather(*loads.values(), self._load_ensembles(ensembles, steps, loads))
+
+    async def _load_ensembles(self, ensembles: list[ModelFolder], steps: dict[str, set[str]],
+                              loads: dict[str, asyncio.Task[None]]) -> None:
+        for folder in ensembles:
+            await asyncio.gather(*(loads[n] for n in steps[folder.name] if n in loads),
+                                 return_exceptions=True)  # their failures are their own
+            await self._load_locked(folder)
 
     async def _load_locked(self, folder: ModelFolder) -> None:
         async with self._lock(folder.name):
@@ -598,3 +613,13 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
+
+
+def _steps_of(folder: ModelFolder) -> set[str]:
+    """The models an ensemble's steps name (none for any other model, or a config that does not
+    read: its own load says why)."""
+    try:
+        config = read_config(folder)
+    except InferdError:
+        return set()
+    return {step.model_name for step in config.ensemble} if config.backend == "ensemble" else set()
