@@ -117,6 +117,15 @@ def tree_pids(root: int) -> list[int]:
     return found
 
 
+def cpus(spec: str) -> list[int]:
+    """A taskset-style CPU list ("0-7", "0,2,4-5") as numbers."""
+    found: list[int] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        found.extend(range(int(low), int(high or low) + 1))
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """utime + stime summed over a process tree (as the peer scripts read /proc)."""
     total = 0.0

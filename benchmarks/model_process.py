@@ -76,11 +76,6 @@ async def drive(path: Path, model: str, channels: int, concurrency: int, calls: 
     return took
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1],
@@ -98,9 +93,9 @@ def main() -> None:
     sys.path.insert(0, str(args.tree / "src"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import uvloop
-    from common import make_mlp_models, write_model
+    from common import cpus, make_mlp_models, tree_cpu_seconds, write_model
 
-    os.sched_setaffinity(0, {int(c) for c in _cpus(args.client_cpus)})
+    os.sched_setaffinity(0, set(cpus(args.client_cpus)))
     folder = Path(tempfile.mkdtemp(prefix="inferd-model-process-"))
     make_mlp_models(folder / "artifacts")
     for model, dim in DIMS.items():
@@ -116,11 +111,11 @@ def main() -> None:
             for concurrency in map(int, args.concurrency.split(",")):
                 sock = folder / "core.sock"
                 uvloop.run(drive(sock, model, args.channels, concurrency, min(3000, args.calls), args.rows))
-                mine, theirs = resource.getrusage(resource.RUSAGE_SELF), cpu_s(owner.pid)
+                mine, theirs = resource.getrusage(resource.RUSAGE_SELF), tree_cpu_seconds(owner.pid)
                 took = uvloop.run(drive(sock, model, args.channels, concurrency, args.calls, args.rows))
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 driver_us = (after.ru_utime + after.ru_stime - mine.ru_utime - mine.ru_stime) / args.calls * 1e6
-                owner_us = (cpu_s(owner.pid) - theirs) / args.calls * 1e6
+                owner_us = (tree_cpu_seconds(owner.pid) - theirs) / args.calls * 1e6
                 row = {"model": model, "concurrency": concurrency, "channels": args.channels, "rows": args.rows,
                        "calls_per_s": args.calls / took, "model_process_us": owner_us, "driver_us": driver_us}
                 rows.append(row)
@@ -133,14 +128,6 @@ def main() -> None:
     if args.out is not None:
         args.out.write_text(json.dumps({"rows": rows, "server_cpus": args.server_cpus,
                                         "client_cpus": args.client_cpus}, indent=1))
-
-
-def _cpus(spec: str) -> list[int]:
-    cpus: list[int] = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        cpus.extend(range(int(low), int(high or low) + 1))
-    return cpus
 
 
 if __name__ == "__main__":

@@ -28,15 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, free_port, stop, tree_cpu_seconds, wait_ready
-
-
-def cpus(spec: str) -> list[int]:
-    found: list[int] = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        found.extend(range(int(low), int(high or low) + 1))
-    return found
+from common import HERE, cpus, free_port, stop, tree_cpu_seconds, wait_ready
 
 
 def run_setting(workers: int, scratch: Path, args: argparse.Namespace) -> dict[str, dict]:

@@ -280,7 +280,7 @@ async def _knowing_groups(channel: Channel) -> None:
     raise AssertionError("group_rows was never answered")
 
 
-async def _with_channel(tmp_path: Path, body: Any) -> None:
+async def _with_channel(tmp_path: Path, body: Any, lost: bool = False) -> None:
     data = Data()
     service = CoreService({"data": data, "control": Control()})
     await service.start(tmp_path / "core.sock")
@@ -288,7 +288,7 @@ async def _with_channel(tmp_path: Path, body: Any) -> None:
     await channel.connect()
     try:
         await body(channel, data)
-        assert not channel.lost.is_set()  # the channel outlived the bad message
+        assert channel.lost.is_set() == lost  # the channel outlived the bad message (unless lost on purpose)
     finally:
         channel.close()
         await service.close()
@@ -447,20 +447,7 @@ def test_members_still_forming_fail_when_the_model_process_goes(tmp_path: Path) 
         results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
         assert all(isinstance(r, Unavailable) for r in results)
 
-    data = Data()
-
-    async def run() -> None:
-        service = CoreService({"data": data, "control": Control()})
-        await service.start(tmp_path / "core.sock")
-        channel = Channel(tmp_path / "core.sock")
-        await channel.connect()
-        try:
-            await body(channel, data)
-        finally:
-            channel.close()
-            await service.close()
-
-    asyncio.run(run())
+    asyncio.run(_with_channel(tmp_path, body, lost=True))
 
 
 def test_members_that_cannot_be_joined_fail_alone_and_the_channel_goes_on(
