@@ -3,15 +3,17 @@
     InferdError
     ├── InvalidInput          bad request: which tensor, what was expected, what came   (INVALID_ARGUMENT)
     │   └── PayloadTooLarge   body or tensor above a configured limit                   (TOO_LARGE)
-    ├── NotFound              unknown model, version, label or signature                 (NOT_FOUND)
+    ├── NotFound              unknown model, version or signature (a label: InvalidInput) (NOT_FOUND)
     │   └── ServableNotFound  the model or the version asked for is not known
     ├── Unavailable           not ready, loading, draining                               (UNAVAILABLE)
+    │   ├── GroupRefused      a worker's group the model no longer takes (sent again alone)
     │   └── QueueFull         the model's queue is at max_queue_size                     (UNAVAILABLE)
     ├── DeadlineExceeded      the request's deadline passed before it ran                (DEADLINE_EXCEEDED)
     ├── Unauthenticated       missing or wrong token                                     (UNAUTHENTICATED)
     ├── Forbidden             the operation is switched off                              (FORBIDDEN)
     ├── AlreadyExists         registering what is registered already                     (CONFLICT)
     ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
+    │   └── InstanceLost      its instance process died while running it
     └── ConfigError           a repository or config.toml problem                        (INVALID_CONFIG)
 
 No HTTP status or gRPC code lives here: ``transport/http/errors.py`` and ``transport/grpc/errors.py``
