@@ -134,6 +134,9 @@ class Channel:
         group may have; None when it goes alone."""
         if request.timeout_us is not None:  # a deadline of its own
             return None
+        limit = self._group_limit(request.model_name, request.model_version)
+        if limit < 2:  # the model takes each request alone (or is not known yet): nothing to compute
+            return None
         shapes = []
         rows = -1
         for tensor in request.inputs:
@@ -142,10 +145,7 @@ class Channel:
                 return None
             rows = data.shape[0]
             shapes.append((tensor.name, tensor.datatype, data.dtype.str, data.shape[1:]))
-        if rows < 1:
-            return None
-        limit = self._group_limit(request.model_name, request.model_version)
-        if rows >= limit:  # a request that fills a batch alone (or any, where limit is 0)
+        if rows < 1 or rows >= limit:  # a request that fills a batch alone
             return None
         outputs = None if request.outputs is None else tuple(
             (o.name, o.binary, o.classification) for o in request.outputs)
