@@ -3,13 +3,19 @@ batching over v2 HTTP JSON (wrk) and v2 gRPC (nghttp2's h2load), at each N, in o
 
     python benchmarks/scaling.py [--workers 0,1,2,4,8] [--server-cpus 0-7] [--client-cpus 8-15]
         [--seconds 8] [--rounds 1] [--http-connections 256] [--grpc-connections 32] [--grpc-streams 8]
-        [--out results/scaling-<time>.json]
+        [--triton DIR] [--out results/scaling-<time>.json]
 
 The server tree (the model process and its workers) is pinned to --server-cpus and the load to
 --client-cpus, with a load-generator thread per client core. The load is the same at every N and
 sized for the largest (many connections, so SO_REUSEPORT spreads them over the workers). N = 0 is
 one process (today's default). The report gives req/s, p50/p99, the tree's CPU per request, and
 each N's efficiency against the issue's goal: req/s ÷ (N × req/s at N = 1), goal ≥ 0.7 up to 8.
+
+--triton DIR (what `benchmarks/device/kit.sh` packs: real NVIDIA Triton 2.51's tritonserver, its
+Python backend and stub, and the peer harness's Python-backend model) adds Triton serving the same
+TorchScript file with the same batching (max 32, 5 ms, one instance) on the same cores under the same
+load, and each N's req/s as a multiple of Triton's: the issue's "ahead of Triton at every N". The
+stub embeds the Python that runs this script (it must hold torch and a shared libpython).
 
 Needs as many free cores as the largest N plus the model process plus the load: a 16-core machine
 for N up to 8 (`benchmarks/device/run.sh` runs it on a lent one). On 2 cores it only shows that
@@ -21,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +39,7 @@ from pathlib import Path
 from common import HERE, cpus, free_port, stop, tree_cpu_seconds, wait_ready
 
 
-def run_setting(workers: int, scratch: Path, args: argparse.Namespace) -> dict[str, dict]:
-    from common import h2load, wrk
-
+def start_inferd(workers: int, scratch: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, int]:
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = (scratch / f"scaling-{workers}.log").open("ab")
@@ -41,10 +47,48 @@ def run_setting(workers: int, scratch: Path, args: argparse.Namespace) -> dict[s
                                 str(scratch / "repo"), "--http-port", str(port), "--grpc-port", str(grpc_port),
                                 "--workers", str(workers), "--log-level", "warning"],
                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}", grpc_port
+
+
+def start_triton(home: Path, scratch: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, int]:
+    """Triton with the peer harness's settings for `tiny`: Python backend, one instance, max batch 32, 5 ms."""
+    model = scratch / "triton-repo" / "tiny"
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(scratch / "artifacts" / "tiny.pt", model / "1" / "model.pt")
+    shutil.copy(home / "model.py", model / "1" / "model.py")
+    (model / "config.pbtxt").write_text(
+        'name: "tiny"\nbackend: "python"\nmax_batch_size: 32\n'
+        "dynamic_batching { max_queue_delay_microseconds: 5000 }\n"
+        'input [ { name: "input" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+        'output [ { name: "output" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    # the stub embeds this Python (found as `python3` on PATH) and loads its shared libpython
+    libraries = [str(home / "lib"), sysconfig.get_config_var("LIBDIR") or "", os.environ.get("LD_LIBRARY_PATH", "")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               LD_LIBRARY_PATH=":".join(part for part in libraries if part),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    log = (scratch / "scaling-triton.log").open("ab")
+    process = subprocess.Popen(["taskset", "-c", args.server_cpus, str(home / "bin" / "tritonserver"),
+                                f"--model-repository={scratch / 'triton-repo'}",
+                                f"--backend-directory={home / 'backends'}",
+                                f"--backend-config=python,shm-region-prefix-name=inferd_scaling_{os.getpid()}_",
+                                "--http-address=127.0.0.1", f"--http-port={port}",
+                                "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+                                "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
+                                "--allow-gpu-metrics=false", "--log-verbose=0"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return process, f"http://127.0.0.1:{port}", grpc_port
+
+
+def run_setting(server: tuple[subprocess.Popen[bytes], str, int], scratch: Path,
+                args: argparse.Namespace) -> dict[str, dict]:
+    from common import h2load, wrk
+
+    process, http, grpc_port = server
     threads = len(cpus(args.client_cpus))
     results: dict[str, dict] = {}
     try:
-        http = f"http://127.0.0.1:{port}"
         wait_ready(f"{http}/v2/health/ready", process)
         url = f"{http}/v2/models/tiny/infer"
         body = scratch / "bodies" / "tiny.json"
@@ -77,6 +121,7 @@ def main() -> None:
     parser.add_argument("--http-connections", type=int, default=256)
     parser.add_argument("--grpc-connections", type=int, default=32)
     parser.add_argument("--grpc-streams", type=int, default=8, help="calls in flight on each gRPC connection")
+    parser.add_argument("--triton", type=Path, help="an unpacked Triton kit (see the docstring); adds Triton's row")
     parser.add_argument("--out", type=Path,
                         default=HERE / "results" / f"scaling-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
     args = parser.parse_args()
@@ -86,29 +131,47 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="inferd-scaling-"))
     prepare(scratch)
-    runs: dict[int, list[dict[str, dict]]] = {n: [] for n in settings}
+    names = [str(n) for n in settings] + (["triton"] if args.triton else [])
+    runs: dict[str, list[dict[str, dict]]] = {name: [] for name in names}
+    failed: dict[str, str] = {}
     for round_ in range(args.rounds):
-        for n in settings if round_ % 2 == 0 else reversed(settings):
-            runs[n].append(run_setting(n, scratch, args))
-            print(f"round {round_ + 1} --workers {n}: " + ", ".join(
-                f"{wire} {r['rps']:,.0f} req/s" for wire, r in runs[n][-1].items()), flush=True)
+        for name in names if round_ % 2 == 0 else reversed(names):
+            if name in failed:
+                continue
+            try:
+                server = (start_triton(args.triton, scratch, args) if name == "triton"
+                          else start_inferd(int(name), scratch, args))
+                runs[name].append(run_setting(server, scratch, args))
+            except Exception as exc:  # Triton that does not start here must not cost inferd's figures
+                if name != "triton":
+                    raise
+                log = (scratch / "scaling-triton.log").read_text(errors="replace")[-1500:]
+                failed[name] = f"{exc}; its log ends: {log}"
+                print(f"Triton failed: {failed[name]}", flush=True)
+                continue
+            label = "Triton" if name == "triton" else f"--workers {name}"
+            print(f"round {round_ + 1} {label}: " + ", ".join(
+                f"{wire} {r['rps']:,.0f} req/s" for wire, r in runs[name][-1].items()), flush=True)
     report: dict = {"settings": settings, "rounds": args.rounds, "seconds": args.seconds, "cpu_count": os.cpu_count(),
-                    "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "wires": {}}
-    print(f"{'wire':5} {'N':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'vs N=1':>7} "
-          f"{'efficiency':>10}")
+                    "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "wires": {},
+                    "triton_failed": failed.get("triton")}
+    print(f"{'wire':5} {'N':>6} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'vs N=1':>7} "
+          f"{'efficiency':>10} {'vs Triton':>9}")
     for wire in ("http", "grpc"):
-        medians = {n: {k: statistics.median(r[wire][k] for r in runs[n])
-                       for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")} for n in settings}
-        one = medians.get(1, {}).get("rps")
+        medians = {name: {k: statistics.median(r[wire][k] for r in runs[name])
+                          for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")} for name in names if runs[name]}
+        one = medians.get("1", {}).get("rps")
+        triton = medians.get("triton", {}).get("rps")
         rows = {}
-        for n in settings:
-            m = medians[n]
-            versus = m["rps"] / one if one else float("nan")
+        for name, m in medians.items():
+            n = 0 if name == "triton" else int(name)
+            versus = m["rps"] / one if one and name != "triton" else float("nan")
             efficiency = versus / n if one and n else float("nan")
-            rows[str(n)] = {**m, "vs_one_worker": versus, "efficiency": efficiency,
-                            "errors": sum(r[wire]["errors"] for r in runs[n])}
-            print(f"{wire:5} {n:3} {m['rps']:10,.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['cpu_ms_per_req']:10.3f} "
-                  f"{versus:7.2f} {efficiency:10.2f}")
+            ahead = m["rps"] / triton if triton and name != "triton" else float("nan")
+            rows[name] = {**m, "vs_one_worker": versus, "efficiency": efficiency, "vs_triton": ahead,
+                          "errors": sum(r[wire]["errors"] for r in runs[name])}
+            print(f"{wire:5} {name:>6} {m['rps']:10,.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} "
+                  f"{m['cpu_ms_per_req']:10.3f} {versus:7.2f} {efficiency:10.2f} {ahead:9.2f}")
         report["wires"][wire] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -32,6 +32,9 @@ class Echo:
     async def infer(self, request):
         return InferResponse(request.model_name, "1", request.inputs, request.id, {}, Timings(0, 0, 0, 1))
 
+    def group_rows(self, name, version):
+        return 0
+
 async def main():
     service = CoreService({"data": Echo()})
     await service.start(Path(sys.argv[1]))

@@ -8,6 +8,12 @@
 #     bash benchmarks/device/kit.sh            # then: run(command="bash benchmarks/device/run.sh", carry=[".device"])
 #
 # PYVER=3.11 fetches wheels for this machine's Python instead (to try run.sh here).
+#
+# Also real NVIDIA Triton 2.51, to measure it on the same cores with the same load (scaling.py
+# --triton): the C++ tritonserver, its Python backend with the stub built for $PYVER, the shared
+# libraries they load from the nvidia-pytriton wheel's install (TRITON_SITE, the peer harness's venv
+# by default), and the harness's Python-backend model (TRITON_MODEL), packed as .device/triton.tar.xz
+# (~30 MB; unpacked it would be over the 64 MiB a device call carries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYVER=${PYVER:-3.12}
@@ -23,4 +29,24 @@ for tool in wrk h2load; do
     ldd "$(command -v $tool)" | awk '/=> \//{print $3}' | grep -Ev '/lib(c|m|pthread|dl|rt|gcc_s|stdc\+\+|ssl|crypto)\.so' \
         | xargs -r -I{} cp -L {} .device/lib/
 done
+TRITON_SITE=${TRITON_SITE:-/opt/anchors/triton/lib/python3.11/site-packages}
+TRITON_MODEL=${TRITON_MODEL:-../shared/bench/anchors/servers/triton/model.py}
+if [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRITON_MODEL" ]; then
+    T=$TRITON_SITE/pytriton/tritonserver
+    stage=$(mktemp -d)
+    mkdir -p "$stage/triton/bin" "$stage/triton/lib" "$stage/triton/backends/python"
+    cp "$T/bin/tritonserver" "$stage/triton/bin/"
+    cp "$T/backends/python/libtriton_python.so" "$T/backends/python/triton_python_backend_utils.py" \
+        "$T/python_backend_stubs/$PYVER/triton_python_backend_stub" "$stage/triton/backends/python/"
+    cp "$TRITON_MODEL" "$stage/triton/model.py"
+    for binary in "$T/bin/tritonserver" "$T/backends/python/libtriton_python.so" \
+            "$T/python_backend_stubs/$PYVER/triton_python_backend_stub"; do
+        ldd "$binary" | awk '/nvidia_pytriton.libs/{print $3}'
+    done | sort -u | xargs -r -I{} cp -L {} "$stage/triton/lib/"
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "w:xz", preset=6).add(sys.argv[2], "triton")' \
+        .device/triton.tar.xz "$stage/triton"
+    rm -rf "$stage"
+else
+    echo "no Triton at $TRITON_SITE or no model at $TRITON_MODEL: the device run measures inferd alone"
+fi
 du -sh .device

@@ -4,7 +4,8 @@
 #
 #     bash benchmarks/device/run.sh [scaling] [gpu]      # both when none is named
 #
-# scaling: benchmarks/scaling.py, --workers 0,1,2,4,8, server on cores 0-7, load on 8-15 (~2.5 min).
+# scaling: benchmarks/scaling.py, --workers 0,1,2,4,8 and Triton (when the kit holds it), server on
+#          cores 0-7, load on 8-15 (~3 min).
 # gpu:     benchmarks/gpu_resnet.py with its defaults (~5 min).
 # SCALING_ARGS / GPU_ARGS add arguments (e.g. SCALING_ARGS="--server-cpus 0 --client-cpus 1" to try it here).
 set -uo pipefail
@@ -15,6 +16,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     .device/wheels/*.whl || exit 1
 export PYTHONPATH="$PWD/src:/tmp/inferd-site" PATH="$PWD/.device/bin:$PATH" LD_LIBRARY_PATH="$PWD/.device/lib"
 export PYTHONUNBUFFERED=1
+triton=()
+if [ -f .device/triton.tar.xz ]; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .device/triton.tar.xz /tmp/inferd-kit \
+        && triton=(--triton /tmp/inferd-kit/triton)
+fi
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(scaling gpu)
 {
@@ -25,7 +31,7 @@ parts=("$@")
 status=0
 for part in "${parts[@]}"; do
     case $part in
-        scaling) python3 benchmarks/scaling.py --out "$OUT/scaling.json" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.txt" ;;
+        scaling) python3 benchmarks/scaling.py --out "$OUT/scaling.json" "${triton[@]}" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.txt" ;;
         gpu) python3 benchmarks/gpu_resnet.py --out "$OUT/gpu_resnet.json" ${GPU_ARGS:-} 2>&1 | tee "$OUT/gpu_resnet.txt" ;;
         *) echo "unknown part: $part (scaling, gpu)"; status=2 ;;
     esac
