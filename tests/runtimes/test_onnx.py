@@ -53,3 +53,13 @@ def test_a_declared_shape_the_model_cannot_take_fails_the_load(tmp_path: Path, t
 def test_a_declared_shape_that_fits_loads(tmp_path: Path, toml: str) -> None:
     runtime = load(context(identity(tmp_path / "model.onnx", ["batch", 16]), toml))
     assert [spec.name for spec in runtime.inputs] == ["x"]
+
+
+def test_a_mismatch_names_the_file_that_declared_it(tmp_path: Path) -> None:
+    from inferd.modelconfig import read_pbtxt
+
+    pbtxt = tmp_path / "config.pbtxt"
+    pbtxt.write_text('max_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 8 ] } ]\n')
+    artifact = identity(tmp_path / "model.onnx", ["batch", 16])
+    with pytest.raises(ConfigError, match=r"config\.pbtxt declares input 'x' with shape \[-1, 8\]"):
+        load(LoadContext("m", "1", artifact, read_pbtxt(pbtxt)))

@@ -1,4 +1,4 @@
-"""ONNX models through onnxruntime. Inputs and outputs come from the model unless config.toml says."""
+"""ONNX models through onnxruntime. Inputs and outputs come from the model unless its configuration says."""
 
 from __future__ import annotations
 
@@ -110,16 +110,17 @@ def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any,
             specs = tuple(TensorSpec(s.name, s.datatype, (-1, *s.shape[1:])) for s in specs)
         return specs
     specs = specs_from_config(declared, config.max_batch_size)
+    where = Path(config.source).name if config.source else "the model's configuration"  # config.toml or .pbtxt
     for spec in specs:
         if spec.name not in from_model:
-            raise ConfigError(f"config.toml declares {kind} '{spec.name}' but the ONNX model has "
+            raise ConfigError(f"{where} declares {kind} '{spec.name}' but the ONNX model has "
                               f"{sorted(from_model)}")
         if from_model[spec.name].datatype != spec.datatype:
-            raise ConfigError(f"config.toml declares {kind} '{spec.name}' as {spec.datatype} but "
+            raise ConfigError(f"{where} declares {kind} '{spec.name}' as {spec.datatype} but "
                               f"the ONNX model has {from_model[spec.name].datatype}")
         if not _shapes_agree(spec.shape, from_model[spec.name].shape):
             batch = " (the batch dim -1 first, as max_batch_size > 0)" if config.max_batch_size > 0 else ""
-            raise ConfigError(f"config.toml declares {kind} '{spec.name}' with shape {list(spec.shape)}{batch} but "
+            raise ConfigError(f"{where} declares {kind} '{spec.name}' with shape {list(spec.shape)}{batch} but "
                               f"the ONNX model has {list(from_model[spec.name].shape)} (-1: any size)")
     return specs
 
