@@ -143,6 +143,13 @@ def test_broken_model_answers_503_with_its_reason(server: RunningServer) -> None
     assert requests.get(f"{server.base}/v2/models/bad_config/ready", timeout=5).status_code == 503
 
 
+def test_a_model_whose_config_failed_shows_no_config_it_is_not_served_with(server: RunningServer) -> None:
+    for path in ("/v2/models/bad_config/config", "/v2/models/bad_config"):
+        response = requests.get(f"{server.base}{path}", timeout=5)
+        assert response.status_code == 503, (path, response.text)
+        assert "bad_config" in response.json()["error"] and "no ready version" in response.json()["error"]
+
+
 def test_oversized_body_gets_413(server: RunningServer) -> None:
     big = b"0" * (1024 * 1024 + 10)
     response = post(server, "/v2/models/mlp_ts/infer", big)

@@ -54,19 +54,15 @@ class ModelControl:
         file said, completed from the loaded model (ONNX and exported programs describe theirs)."""
         self._access.authorize_inference(credentials, "reading a model's configuration")
         entry = self._registry.entry(name)
-        runtime: Scheduler | None
-        if version is not None:
-            runtime = self._registry.get(name, version)[0]
-        else:
-            newest = entry.newest_ready()
-            runtime = newest[0] if newest is not None else None
+        # no ready version: the same error as metadata (Triton answers only for a loaded model); a
+        # folder whose config.toml failed would otherwise show defaults it is not served with
+        runtime = self._registry.get(name, version)[0]
         config = entry.config
-        platform = runtime.platform if runtime is not None else ""
+        platform = runtime.platform
         backend = config.backend or _BACKEND_OF_PLATFORM.get(platform, "")
-        if runtime is not None:
-            config = dataclasses.replace(
-                config, inputs=config.inputs or _tensors(runtime.inputs, config.max_batch_size),
-                outputs=config.outputs or _tensors(runtime.outputs, config.max_batch_size))
+        config = dataclasses.replace(
+            config, inputs=config.inputs or _tensors(runtime.inputs, config.max_batch_size),
+            outputs=config.outputs or _tensors(runtime.outputs, config.max_batch_size))
         return ServedConfig(name=name, platform=platform, backend=backend, config=config)
 
     def models(self, credentials: str | None) -> list[ModelSource]:
