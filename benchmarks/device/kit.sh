@@ -17,13 +17,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYVER=${PYVER:-3.12}
-rm -rf .device && mkdir -p .device/wheels .device/bin .device/lib
-# the image has numpy, grpcio, uvloop, prometheus-client, pillow, pyyaml, torch, torchvision and
-# onnx (see ../.library/device/KINDS.md); inferd also needs these:
+rm -rf .device/wheels .device/bin .device/lib && mkdir -p .device/wheels .device/bin .device/lib
+# the image has numpy, uvloop, prometheus-client, pillow, pyyaml, torch, torchvision and onnx (see
+# ../.library/device/KINDS.md); inferd also needs these. grpcio and protobuf come too, in versions
+# that go with the health-checking module (generated code refuses an older grpcio than its own),
+# whatever the image holds: pyproject's ranges.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .device/wheels \
-    orjson httptools hpack grpcio-health-checking "protobuf>=5.26.1,<8"
+    orjson httptools hpack "grpcio>=1.81" "grpcio-health-checking>=1.60,<1.82" "protobuf>=5.26.1,<7"
 for tool in wrk h2load; do
     cp "$(command -v $tool)" .device/bin/
     ldd "$(command -v $tool)" | awk '/=> \//{print $3}' | grep -Ev '/lib(c|m|pthread|dl|rt|gcc_s|stdc\+\+|ssl|crypto)\.so' \
@@ -31,7 +33,9 @@ for tool in wrk h2load; do
 done
 TRITON_SITE=${TRITON_SITE:-/opt/anchors/triton/lib/python3.11/site-packages}
 TRITON_MODEL=${TRITON_MODEL:-../shared/bench/anchors/servers/triton/model.py}
-if [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRITON_MODEL" ]; then
+if [ -f .device/triton.tar.xz ] && [ "$(cat .device/triton.pyver 2>/dev/null)" = "$PYVER" ]; then
+    echo "Triton: .device/triton.tar.xz is already packed for Python $PYVER"
+elif [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRITON_MODEL" ]; then
     T=$TRITON_SITE/pytriton/tritonserver
     stage=$(mktemp -d)
     mkdir -p "$stage/triton/bin" "$stage/triton/lib" "$stage/triton/backends/python"
@@ -45,6 +49,7 @@ if [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRITON
     done | sort -u | xargs -r -I{} cp -L {} "$stage/triton/lib/"
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "w:xz", preset=6).add(sys.argv[2], "triton")' \
         .device/triton.tar.xz "$stage/triton"
+    echo "$PYVER" > .device/triton.pyver
     rm -rf "$stage"
 else
     echo "no Triton at $TRITON_SITE or no model at $TRITON_MODEL: the device run measures inferd alone"
