@@ -68,6 +68,22 @@ def test_bad_json_data(datatype: str, data: list, message: str) -> None:
         tensors.from_json("x", datatype, [2], data)
 
 
+@pytest.mark.parametrize("size", [3, tensors.SEARCH_AT_ONCE, tensors.SEARCH_AT_ONCE + 1, 5000])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("datatype", ["FP32", "INT64"])
+def test_a_true_among_numbers_is_found_however_the_data_is_laid_out(size: int, depth: int, datatype: str) -> None:
+    values: list = [2.5 if datatype == "FP32" else 7] * size  # no 0 and no 1 but the bool itself
+    values[size // 2] = True
+    data: list = values
+    for _ in range(depth - 1):
+        data = [data]
+    shape = [1] * (depth - 1) + [size]
+    with pytest.raises(InvalidInput, match="got true/false"):
+        tensors.from_json("x", datatype, shape, data)
+    values[size // 2] = 1  # the same data with a number there is taken
+    assert tensors.from_json("x", datatype, shape, data).shape == tuple(shape)
+
+
 def test_bad_raw_bytes_data() -> None:
     with pytest.raises(InvalidInput, match="claims 100 bytes"):
         tensors.from_raw("s", "BYTES", [1], b"\x64\x00\x00\x00abc")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -99,13 +100,21 @@ def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray
     return checked_cast(array, datatype).ravel()
 
 
+SEARCH_AT_ONCE = 128  # elements: searching these by type costs less than numpy's look for a 0 or a 1
+
+
 def _holds_bools(data: list[Any], array: np.ndarray) -> bool:
-    """Whether JSON's true/false hide among numbers. numpy reads them as 1 and 0, so only an array
-    holding a 0 or a 1 is searched, by type (as costly as the conversion itself)."""
-    if not array.size or not ((array == 0) | (array == 1)).any():
+    """Whether JSON's true/false hide among numbers (``array`` is ``data`` read by numpy, which
+    reads them as 1 and 0). A small array is searched by type at once; any other only when it
+    holds a 0 or a 1 (the search costs as much as the conversion)."""
+    if not array.size:
         return False
-    flat = flatten(data) if data and isinstance(data[0], list) else data
-    return bool in set(map(type, flat))
+    at_once = array.size <= SEARCH_AT_ONCE and array.ndim <= 2  # deeper lists are flattened in Python
+    if not at_once and not ((array == 0) | (array == 1)).any():
+        return False
+    # numpy read regular nesting, so the array's rank is the lists' depth
+    leaves = data if array.ndim == 1 else chain.from_iterable(data) if array.ndim == 2 else flatten(data)
+    return bool in set(map(type, leaves))
 
 
 def _bytes_from_json(data: list[Any]) -> np.ndarray:
