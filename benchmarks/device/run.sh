@@ -7,6 +7,8 @@
 # scaling: benchmarks/scaling.py, --workers 0,1,2,4,8 and Triton (when the kit holds it), server on
 #          cores 0-7, load on 8-15 (~3 min).
 # gpu:     benchmarks/gpu_resnet.py with its defaults (~5 min).
+# A device call runs 10 minutes at most and the machine goes back after 30 s idle: run the two as
+# back-to-back calls (`run.sh scaling`, then `run.sh gpu`), each with carry=[".device"].
 # SCALING_ARGS / GPU_ARGS add arguments (e.g. SCALING_ARGS="--server-cpus 0 --client-cpus 1" to try it here).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +28,8 @@ parts=("$@")
 {
     date -u; nproc; nvidia-smi -L 2>/dev/null || echo "no GPU"
     python3 -c 'import sys, torch, inferd; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'
+    # what Triton's Python-backend stub needs of this Python: a shared libpython
+    python3 -c 'import sys, sysconfig as s; print(sys.executable, s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"), "shared", s.get_config_var("Py_ENABLE_SHARED"))'
     wrk --version 2>&1 | head -1; h2load --version 2>&1 | head -1
 } 2>&1 | tee "$OUT/machine.txt"
 status=0
