@@ -90,6 +90,7 @@ class _Connection:
         self._service = service
         self.protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse)
         self._running: dict[int, asyncio.Task[Any]] = {}
+        self._data: set[int] = set()  # calls of the data plane among them: a client waits on each
         self._windows: dict[int, asyncio.Semaphore] = {}
         self.sync = False
         service._connections.add(self)
@@ -152,10 +153,13 @@ class _Connection:
     def _start(self, call_id: int, call: Coroutine[Any, Any, Any], target: str) -> None:
         task = asyncio.get_running_loop().create_task(call)
         self._running[call_id] = task
+        if target == "data":
+            self._data.add(call_id)
         task.add_done_callback(lambda t: self._finished(call_id, t, target))
 
     def _finished(self, call_id: int, task: asyncio.Task[Any], target: str) -> None:
         self._running.pop(call_id, None)
+        self._data.discard(call_id)
         if target == "control":  # before the answer: its worker forgets what it knew first
             self._service.changed()
         if task.cancelled():
@@ -189,7 +193,14 @@ class _Connection:
             task.cancel()
 
     def _on_lost(self) -> None:
-        self.cancel_all()  # the worker is gone: nobody waits for these answers
+        """The worker is gone: nobody waits for its inferences, which stop. Model control it asked
+        for (a load, an unload, a registration) runs to its end, as in one process when the client
+        that asked goes away: cut short, a load would leave its model LOADING and its instances
+        running unserved."""
+        for call_id in list(self._data):
+            task = self._running.get(call_id)
+            if task is not None:
+                task.cancel()
         self._service._connections.discard(self)
 
 
