@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from inferd.workers.owner import FOLDER_PREFIX, remove_leftovers
 from tests.conftest import RunningServer, serve
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
 
@@ -359,6 +361,10 @@ def test_workers_stop_when_the_model_process_is_killed(repo: Path) -> None:
         server.process.wait(10)
         _, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, f"workers outlived the model process: {[w.pid for w in alive]}"
+        left = list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{server.process.pid}-*"))
+        assert len(left) == 1 and (left[0] / "settings.pickle").exists()  # no cleanup ran ...
+        remove_leftovers()  # ... the next server's start removes it
+        assert not left[0].exists()
 
 
 def test_workers_refuse_what_one_process_must_serve() -> None:

@@ -39,6 +39,7 @@ STREAM_WINDOW = 16  # a stream's answers sent and not yet taken by the worker
 # model control's plain methods that change what is served (its coroutines all do; its other
 # plain methods only read, and must not make every worker drop what it keeps)
 SYNC_CHANGES = frozenset({"set_default_version", "scale"})
+FOLDER_PREFIX = "inferd-workers-"  # + the model process's pid: its socket and the settings (a token too)
 START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
 
 
@@ -272,6 +273,28 @@ class WorkerSupervisor:
         return drained
 
 
+def remove_leftovers(temp_dir: str | None = None) -> int:
+    """The folders of model processes that were killed (SIGKILL: no cleanup ran): their socket and
+    settings, which hold the server's token when it has one. Returns how many were removed."""
+    removed = 0
+    for folder in Path(temp_dir or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        owner = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class Workers:
     """``--workers N`` in the model process: its ports reserved (so a taken port fails the start,
     and port 0 becomes one port all workers share), the core served on a private socket, the
@@ -281,7 +304,9 @@ class Workers:
         self._settings = settings
         self._service = CoreService({"data": core.data, "control": core.control, "metrics": core.metrics,
                                      "workers": self})
-        self._folder = Path(tempfile.mkdtemp(prefix="inferd-workers-"))  # 0700: only this user enters
+        remove_leftovers()
+        # 0700: only this user enters; named by this process, so a later server removes it if this one is killed
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self._reserved: list[socket.socket] = []
         self._ports: dict[str, int] = {}
         self._listening: set[int] = set()
