@@ -429,6 +429,7 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    beating = loop.create_task(channel.beat(number))  # on through the drain: the model process waits for it
     watchers = [loop.create_task(stop.wait()), loop.create_task(channel.lost.wait()),
                 loop.create_task(_serving_once_ready(core, transports))]
     await asyncio.wait(watchers[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -436,6 +437,7 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
         watcher.cancel()
     core.data.start_draining()
     await transports.close(settings.drain_timeout)
+    beating.cancel()
     channel.close()
 
 

@@ -339,6 +339,26 @@ def test_a_load_outlives_the_worker_that_asked_for_it(server: RunningServer, rep
     assert requests.post(f"{server.base}/v2/repository/models/slow_load/unload", timeout=60).status_code == 200
 
 
+def test_a_stuck_worker_is_replaced(server: RunningServer) -> None:
+    """A worker whose loop stops (here SIGSTOP) keeps its listening socket, so the kernel still
+    hands it its share of new connections, which hang: it sends no beat, and is killed and replaced."""
+    from inferd.workers.owner import HUNG_S
+
+    victim = workers_of(server)[0]
+    victim.suspend()
+    try:
+        victim.wait(HUNG_S + 10)
+    except psutil.TimeoutExpired:
+        victim.resume()
+        raise AssertionError("the stopped worker was left holding its connections") from None
+    serving_again(server)
+    assert victim.pid not in [w.pid for w in workers_of(server)]
+    for _ in range(12):  # fresh connections: none lands on a stuck worker
+        with requests.Session() as session:
+            assert infer_json(server.base, "py_double", [1.0], [1], session=session).status_code == 200
+    assert "sent no beat" in server.log()
+
+
 def test_sigterm_drains_requests_in_flight_through_a_worker(repo: Path) -> None:
     with serve(repo, "--workers", "1", "--model-control", "explicit", "--load-model", "batched") as server:
         workers = workers_of(server)

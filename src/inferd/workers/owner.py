@@ -41,6 +41,10 @@ STREAM_WINDOW = 16  # a stream's answers sent and not yet taken by the worker
 SYNC_CHANGES = frozenset({"set_default_version", "scale"})
 FOLDER_PREFIX = "inferd-workers-"  # + the model process's pid: its socket and the settings (a token too)
 START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
+# a worker that sent no beat (remote.py: one a second, from its event loop) for this long is stuck
+# (its loop blocked, or stopped): it holds its share of new connections unanswered, so it is killed
+# and replaced. Well above what a worker's own loop may block (a plain call waits 10 s at most).
+HUNG_S = 15.0
 
 
 class CoreService:
@@ -52,6 +56,7 @@ class CoreService:
         self._parts = parts
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self.beats: dict[int, float] = {}  # worker number -> when its last beat came (monotonic)
 
     async def start(self, path: Path) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +108,9 @@ class _Connection:
         kind, call_id = message[0], message[1]
         if kind == "sync":  # the worker's blocking line: it reads answers only, never news
             self.sync = True
+            return
+        if kind == "beat":  # the worker's loop runs (its number in place of a call id)
+            self._service.beats[call_id] = time.monotonic()
             return
         if kind == "ack":  # a worker took an answer of a stream: one more may go
             window = self._windows.get(call_id)
@@ -222,8 +230,10 @@ class WorkerSupervisor:
     """Starts N front-end worker processes (``python -m inferd _frontend``), starts a new one when
     one dies, and stops them all on shutdown: SIGTERM, then their drain, then SIGKILL."""
 
-    def __init__(self, count: int, socket_path: Path, settings_path: Path) -> None:
+    def __init__(self, count: int, socket_path: Path, settings_path: Path,
+                 beats: dict[int, float] | None = None) -> None:
         self._count = count
+        self._beats = beats if beats is not None else {}
         self._argv = [sys.executable, "-m", "inferd", "_frontend", str(socket_path), str(settings_path)]
         self._processes: list[subprocess.Popen[bytes]] = []
         self._stopping = False
@@ -238,14 +248,23 @@ class WorkerSupervisor:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def _spawn(self, number: int) -> subprocess.Popen[bytes]:
+        self._beats[number] = time.monotonic() + START_TIMEOUT_S  # starting: its first beat may take this long
         env = {**os.environ, "INFERD_WORKER": str(number)}
         return subprocess.Popen(self._argv, env=env)  # output goes where the server's goes
 
     async def _watch(self) -> None:
+        watched = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(0.2)
+            now = time.monotonic()
+            judge, watched = now - watched < 1.0, now  # not after this loop was held up itself
             for number, process in enumerate(self._processes):
                 code = process.poll()
+                if code is None and judge and now - self._beats.get(number, now) > HUNG_S:
+                    log.error("front-end worker %d (pid %d) sent no beat for %.0f s (its loop is stuck or "
+                              "stopped); killing it", number, process.pid, now - self._beats[number])
+                    process.kill()
+                    continue
                 if code is None or self._stopping:
                     continue
                 log.error("front-end worker %d (pid %d) exited with %s; starting another", number, process.pid, code)
@@ -325,7 +344,8 @@ class Workers:
         settings_path = self._folder / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(settings))
         await self._service.start(self._folder / "core.sock")
-        self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path)
+        self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path,
+                                            self._service.beats)
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_listening.wait(), START_TIMEOUT_S)
