@@ -275,3 +275,6 @@ def test_a_load_whose_client_gives_up_still_finishes(tmp_path: Path) -> None:
         response = requests.post(f"{server.base}/v2/models/slow/infer", json=BODY, timeout=10)
         assert response.json()["outputs"][0]["data"] == [12.0]
         client.close()
+        # a load whose client waits for its error is no error of the server's log
+        assert requests.post(f"{server.base}/v2/repository/models/nope/load", timeout=10).status_code in (400, 404)
+        assert "after its caller went away" not in server.log()

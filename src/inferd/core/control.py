@@ -138,7 +138,10 @@ class ModelControl:
 
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")
-        await self._to_the_end(self._registry.unload_model(name))
+        await self._to_the_end(self._unload(name))
+
+    async def _unload(self, name: str) -> None:
+        await self._registry.unload_model(name)
         self._torchserve.forget(name)
 
     async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
@@ -147,9 +150,12 @@ class ModelControl:
         LOADING for good and its instances running unserved."""
         task = asyncio.ensure_future(work)
         self._finishing.add(task)
-        task.add_done_callback(_finished)
         task.add_done_callback(self._finishing.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_finished)  # nobody awaits it any more: a failure is logged there
+            raise
 
     async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
         """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""
