@@ -165,6 +165,18 @@ def test_server_settings_are_validated() -> None:
         ServerSettings(max_connections=0)
     with pytest.raises(ConfigError, match=r"--large-body-rate must be 0 \(no limit\) or a size per second, got -1"):
         ServerSettings(large_body_rate=-1)
+    with pytest.raises(ConfigError, match=r"--max-connections \(2\) must be at least --workers \(3\)"):
+        ServerSettings(max_connections=2, workers=3)
+
+
+@pytest.mark.parametrize(("total", "workers"), [(1000, 1), (1000, 3), (3, 2), (5, 5), (7, 16)])
+def test_workers_split_the_limits_to_their_totals(total: int, workers: int) -> None:
+    """--max-connections and --max-inflight-size hold for the whole server: the workers' shares
+    add up to the total (each took total // workers, at least 1: 2 connections of 3 over 2 workers)."""
+    from inferd.server import split
+
+    shares = [split(total, workers, part) for part in range(workers)]
+    assert sum(shares) == total and max(shares) - min(shares) <= 1
 
 
 def test_remote_repositories_name_their_schemes() -> None:

@@ -135,6 +135,9 @@ class ServerSettings:
                               f"got {self.large_body_rate}")
         if not 0 <= self.workers <= 256:
             raise ConfigError(f"--workers must be 0..256, got {self.workers}")
+        if self.max_connections < self.workers:
+            raise ConfigError(f"--max-connections ({self.max_connections}) must be at least --workers "
+                              f"({self.workers}): each worker takes its share of the connections")
         if self.workers and (self.listeners or self.grpc_socket_path):
             raise ConfigError("--workers serves --http-port and --grpc-port; TorchServe's separate addresses "
                               "and a gRPC Unix socket are served by one process (leave --workers out)")

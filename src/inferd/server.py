@@ -152,14 +152,21 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
     return CountingApp(router, settings.max_body_bytes, ts_metrics)
 
 
+def split(total: int, parts: int, part: int) -> int:
+    """Part ``part`` of ``total`` shared by ``parts`` workers: the parts add up to ``total``
+    (1000 connections over 3 workers: 334, 333, 333)."""
+    return (total + parts - 1 - part) // parts
+
+
 class Transports:
     """The ports one process serves (HTTP, TorchServe's addresses, gRPC) over a core: the whole
     server's, or a front-end worker's that forwards to the model process. ``share`` workers split
     the connection limit and the in-flight byte budget, so the server's totals hold."""
 
-    def __init__(self, core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics, share: int = 1) -> None:
-        self.core, self.settings, self.ts_metrics, self.share = core, settings, ts_metrics, share
-        self._budget = ByteBudget(max(settings.max_inflight_bytes // share, settings.max_body_bytes))
+    def __init__(self, core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics, share: int = 1,
+                 part: int = 0) -> None:
+        self.core, self.settings, self.ts_metrics, self.share, self.part = core, settings, ts_metrics, share, part
+        self._budget = ByteBudget(max(split(settings.max_inflight_bytes, share, part), settings.max_body_bytes))
         self._http: HttpServer | None = None
         self._listeners: list[HttpServer] = []
         self._grpc: GrpcServer | NativeGrpcServer | None = None
@@ -167,7 +174,7 @@ class Transports:
     async def start(self) -> None:
         s = self.settings
         shared = bool(s.workers)  # a worker's ports: every worker listens on the same ones
-        connections = max(s.max_connections // self.share, 1)
+        connections = split(s.max_connections, self.share, self.part)
         limits = HttpLimits(max_connections=connections, header_timeout_s=s.header_timeout,
                             body_timeout_s=s.body_timeout, large_body_rate=s.large_body_rate)
         if s.http_port:
@@ -414,13 +421,15 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     channel = Channel(socket_path)
     await channel.connect()
     core = remote_core(channel)
-    transports = Transports(core, settings, TorchServeMetrics(), share=settings.workers)
+    number = int(os.environ.get("INFERD_WORKER", "0"))
+    transports = Transports(core, settings, TorchServeMetrics(), share=settings.workers, part=number)
     await transports.start()
-    channel.call_now("workers", "listening", int(os.environ.get("INFERD_WORKER", "0")))
+    channel.call_now("workers", "listening", number)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    beating = loop.create_task(channel.beat(number))  # on through the drain: the model process waits for it
     watchers = [loop.create_task(stop.wait()), loop.create_task(channel.lost.wait()),
                 loop.create_task(_serving_once_ready(core, transports))]
     await asyncio.wait(watchers[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -428,6 +437,7 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
         watcher.cancel()
     core.data.start_draining()
     await transports.close(settings.drain_timeout)
+    beating.cancel()
     channel.close()
 
 

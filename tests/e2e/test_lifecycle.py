@@ -256,3 +256,25 @@ def test_sigterm_while_a_load_hangs_at_start_stops_the_server(tmp_path: Path) ->
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(15) == 0
         assert time.monotonic() - start < 1 + 2 + 2.5
+
+
+def test_a_load_whose_client_gives_up_still_finishes(tmp_path: Path) -> None:
+    """A gRPC client's deadline passes while its model loads: the load goes on (as Triton's), the
+    model turns READY and serves; cut short, it stayed LOADING for good, its instance unserved."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    slow = PYTHON_MODEL.replace("    def load(self):\n", "    def load(self):\n        __import__('time').sleep(2)\n")
+    write(tmp_path / "slow/1/model.py", slow)
+    write(tmp_path / "slow/config.toml", PYTHON_CONFIG)
+    with serve(tmp_path, "--model-control", "explicit", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.load_model("slow", client_timeout=0.5)
+        wait_for(lambda: client.is_model_ready("slow"), 30)
+        response = requests.post(f"{server.base}/v2/models/slow/infer", json=BODY, timeout=10)
+        assert response.json()["outputs"][0]["data"] == [12.0]
+        client.close()
+        # a load whose client waits for its error is no error of the server's log
+        assert requests.post(f"{server.base}/v2/repository/models/nope/load", timeout=10).status_code in (400, 404)
+        assert "after its caller went away" not in server.log()

@@ -6,8 +6,10 @@ not outlive the model process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from inferd.workers.owner import FOLDER_PREFIX, remove_leftovers
 from tests.conftest import RunningServer, serve
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
 
@@ -63,6 +66,9 @@ class Model:
         return {"y": np.zeros((1, 2), np.float32), "rows": np.ones((1, 1), np.int32)}  # one row, whatever came
 '''
 
+SLOW_LOAD_MODEL = PYTHON_MODEL.replace("    def load(self):\n",
+                                       "    def load(self):\n        __import__('time').sleep(2)\n")
+
 WORKERS = 2
 
 
@@ -86,8 +92,12 @@ def server(repo: Path) -> Iterator[RunningServer]:
 
 
 def workers_of(server: RunningServer) -> list[psutil.Process]:
-    children = psutil.Process(server.process.pid).children()
-    return [child for child in children if "_frontend" in child.cmdline()]
+    workers = []
+    for child in psutil.Process(server.process.pid).children():
+        with contextlib.suppress(psutil.Error):  # one that died meanwhile (a zombie has no command line)
+            if "_frontend" in child.cmdline():
+                workers.append(child)
+    return workers
 
 
 def infer_json(base: str, model: str, data: list[float], shape: list[int], datatype: str = "FP64",
@@ -284,6 +294,71 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(server: Runn
     assert "front-end worker" in server.log() and "starting another" in server.log()
 
 
+def serving_again(server: RunningServer, timeout: float = 30) -> None:
+    """Every worker back and answering (after workers were killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.ConnectionError):
+            if len(workers_of(server)) == WORKERS and requests.get(f"{server.base}/v2/health/ready", timeout=5).ok:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the workers did not come back")
+
+
+def state_of(server: RunningServer, model: str) -> str:
+    with requests.Session() as session:
+        index = session.post(f"{server.base}/v2/repository/index", timeout=10).json()
+    return next((row["state"] for row in index if row["name"] == model), "")
+
+
+def test_a_load_outlives_the_worker_that_asked_for_it(server: RunningServer, repo: Path) -> None:
+    """Model control that a worker forwarded runs to its end when the worker dies (as in one process
+    when its client goes away): cut short, the model stayed LOADING for good and its instance
+    process ran unserved."""
+    write(repo / "slow_load/1/model.py", SLOW_LOAD_MODEL)
+    write(repo / "slow_load/config.toml", PYTHON_CONFIG)
+
+    def load() -> None:
+        with contextlib.suppress(requests.ConnectionError):  # its worker is killed
+            requests.post(f"{server.base}/v2/repository/models/slow_load/load", timeout=60)
+
+    asking = threading.Thread(target=load)
+    asking.start()
+    deadline = time.monotonic() + 10
+    while state_of(server, "slow_load") != "LOADING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for worker in workers_of(server):  # the one that forwarded the load among them
+        worker.kill()
+    asking.join(30)
+    serving_again(server)
+    deadline = time.monotonic() + 30
+    while state_of(server, "slow_load") != "READY" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state_of(server, "slow_load") == "READY"
+    assert infer_json(server.base, "slow_load", [1.0], [1]).json()["outputs"][0]["data"] == [12.0]
+    assert requests.post(f"{server.base}/v2/repository/models/slow_load/unload", timeout=60).status_code == 200
+
+
+def test_a_stuck_worker_is_replaced(server: RunningServer) -> None:
+    """A worker whose loop stops (here SIGSTOP) keeps its listening socket, so the kernel still
+    hands it its share of new connections, which hang: it sends no beat, and is killed and replaced."""
+    from inferd.workers.owner import HUNG_S
+
+    victim = workers_of(server)[0]
+    victim.suspend()
+    try:
+        victim.wait(HUNG_S + 10)
+    except psutil.TimeoutExpired:
+        victim.resume()
+        raise AssertionError("the stopped worker was left holding its connections") from None
+    serving_again(server)
+    assert victim.pid not in [w.pid for w in workers_of(server)]
+    for _ in range(12):  # fresh connections: none lands on a stuck worker
+        with requests.Session() as session:
+            assert infer_json(server.base, "py_double", [1.0], [1], session=session).status_code == 200
+    assert "sent no beat" in server.log()
+
+
 def test_sigterm_drains_requests_in_flight_through_a_worker(repo: Path) -> None:
     with serve(repo, "--workers", "1", "--model-control", "explicit", "--load-model", "batched") as server:
         workers = workers_of(server)
@@ -306,6 +381,10 @@ def test_workers_stop_when_the_model_process_is_killed(repo: Path) -> None:
         server.process.wait(10)
         _, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, f"workers outlived the model process: {[w.pid for w in alive]}"
+        left = list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{server.process.pid}-*"))
+        assert len(left) == 1 and (left[0] / "settings.pickle").exists()  # no cleanup ran ...
+        remove_leftovers()  # ... the next server's start removes it
+        assert not left[0].exists()
 
 
 def test_workers_refuse_what_one_process_must_serve() -> None:

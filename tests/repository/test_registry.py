@@ -146,6 +146,29 @@ def test_a_slow_load_holds_up_no_other_model(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_load_stopped_midway_leaves_no_version_loading(tmp_path: Path) -> None:
+    """A load cancelled while its version builds (a scan stopped at shutdown) says so instead of
+    leaving the version LOADING for good; what the build makes is unloaded when it is made."""
+    python_model(tmp_path, "aaa_slow", [1], PYTHON_CONFIG + '\n[instance_group]\nkind = "cpu"\n')
+    write(tmp_path / "aaa_slow/1/model.py", SLOW_MODEL)
+    registry = ModelRegistry(tmp_path)
+
+    async def scenario() -> None:
+        loading = asyncio.ensure_future(registry.load_model("aaa_slow"))
+        await asyncio.sleep(0.5)
+        assert registry.models["aaa_slow"].versions["1"].state is ModelState.LOADING
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+        slot = registry.models["aaa_slow"].versions["1"]
+        assert slot.state is ModelState.UNAVAILABLE and "stopped" in slot.reason
+        with pytest.raises(Unavailable):
+            registry.get("aaa_slow", None)
+        await registry.close()
+
+    asyncio.run(scenario())
+
+
 def test_poll_unloads_a_version_whose_folder_was_removed(tmp_path: Path) -> None:
     import shutil
 

@@ -502,3 +502,24 @@ def test_parameters_of_other_types_never_share_a_group(tmp_path: Path) -> None:
         assert sorted(data.groups) == [(2, 2), (2, 2), (2, 2)]
 
     asyncio.run(_with_channel(tmp_path, body))
+
+
+def test_the_folders_of_killed_model_processes_are_removed(tmp_path: Path) -> None:
+    """A model process killed with SIGKILL leaves its folder (socket, settings with the token):
+    the next server removes those of processes that are gone, and no other."""
+    import os
+    import subprocess
+    import sys
+
+    from inferd.workers.owner import FOLDER_PREFIX, remove_leftovers
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f"{FOLDER_PREFIX}{ended.pid}-abc"
+    alive = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def"
+    unnamed = tmp_path / f"{FOLDER_PREFIX}xyz"  # not ours to judge
+    for folder in (dead, alive, unnamed):
+        folder.mkdir()
+        (folder / "settings.pickle").write_bytes(b"secret")
+    assert remove_leftovers(str(tmp_path)) == 1
+    assert not dead.exists() and alive.exists() and unnamed.exists()

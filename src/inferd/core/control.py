@@ -4,9 +4,13 @@ can forget to."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
@@ -16,6 +20,9 @@ from inferd.errors import InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
+
+log = logging.getLogger("inferd.control")
+T = TypeVar("T")
 
 # a runtime's platform -> the backend that serves it (for a configuration that did not name one)
 _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "pytorch_export": "torch",
@@ -37,6 +44,7 @@ class ModelControl:
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
         self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
+        self._finishing: set[asyncio.Task[Any]] = set()  # loads and unloads whose callers stopped waiting
 
     # -- reading (always on; with --auth-inference, the token) -----------------------------
     def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
@@ -118,16 +126,32 @@ class ModelControl:
         ready is InvalidInput, as in Triton; a reload's old versions keep serving."""
         self._access.authorize_control(credentials, "loading a model")
         if override is None:
-            entry = await self._registry.load_model(name)
+            entry = await self._to_the_end(self._registry.load_model(name))
         else:
-            entry = await self._registry.load_model(name, override.config, override.files)
+            entry = await self._to_the_end(self._registry.load_model(name, override.config, override.files))
         if not entry.ready_versions():  # as Triton: the client's load_model raises (a reload's old versions serve on)
             raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
 
     async def unload(self, name: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "unloading a model")
+        await self._to_the_end(self._unload(name))
+
+    async def _unload(self, name: str) -> None:
         await self._registry.unload_model(name)
         self._torchserve.forget(name)
+
+    async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` runs to its end even when its caller stops waiting (a gRPC client's deadline,
+        a front-end worker that died), as Triton's loads do: cut short, a load left its model
+        LOADING for good and its instances running unserved."""
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_finished)  # nobody awaits it any more: a failure is logged there
+            raise
 
     async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
         """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""
@@ -187,6 +211,12 @@ class ModelControl:
     async def close(self, timeout: float) -> bool:
         """Retire every model within ``timeout``; False if some work was left behind."""
         return await self._registry.close(timeout)
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    """A load or unload nobody waited for any more: its failure is logged (else never seen)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("model control finished after its caller went away: %s", task.exception())
 
 
 def _tensors(specs: tuple[TensorSpec, ...], max_batch_size: int) -> tuple[TensorConfig, ...]:

@@ -527,6 +527,10 @@ class ModelRegistry(Generic[S]):
                 f"model '{entry.name}' version {version} did not load within its startup timeout of {timeout:g} s")
             log.error("%s", slot.reason)
             return False
+        except asyncio.CancelledError:  # (a scan stopped at shutdown) it never serves, nor runs unserved
+            build.add_done_callback(_unload_when_built)
+            slot.state, slot.reason = ModelState.UNAVAILABLE, f"loading version {version} was stopped"
+            raise
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken model never stops the others
             slot.state, slot.reason = ModelState.UNAVAILABLE, _reason(exc)
             log.error("model %s version %s unavailable after %.2f s: %s", entry.name, version,

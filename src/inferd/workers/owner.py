@@ -39,7 +39,12 @@ STREAM_WINDOW = 16  # a stream's answers sent and not yet taken by the worker
 # model control's plain methods that change what is served (its coroutines all do; its other
 # plain methods only read, and must not make every worker drop what it keeps)
 SYNC_CHANGES = frozenset({"set_default_version", "scale"})
+FOLDER_PREFIX = "inferd-workers-"  # + the model process's pid: its socket and the settings (a token too)
 START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports well within this
+# a worker that sent no beat (remote.py: one a second, from its event loop) for this long is stuck
+# (its loop blocked, or stopped): it holds its share of new connections unanswered, so it is killed
+# and replaced. Well above what a worker's own loop may block (a plain call waits 10 s at most).
+HUNG_S = 15.0
 
 
 class CoreService:
@@ -51,6 +56,7 @@ class CoreService:
         self._parts = parts
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self.beats: dict[int, float] = {}  # worker number -> when its last beat came (monotonic)
 
     async def start(self, path: Path) -> None:
         loop = asyncio.get_running_loop()
@@ -90,6 +96,7 @@ class _Connection:
         self._service = service
         self.protocol = FrameProtocol(self._on_message, self._on_lost, self._refuse)
         self._running: dict[int, asyncio.Task[Any]] = {}
+        self._data: set[int] = set()  # calls of the data plane among them: a client waits on each
         self._windows: dict[int, asyncio.Semaphore] = {}
         self.sync = False
         service._connections.add(self)
@@ -101,6 +108,9 @@ class _Connection:
         kind, call_id = message[0], message[1]
         if kind == "sync":  # the worker's blocking line: it reads answers only, never news
             self.sync = True
+            return
+        if kind == "beat":  # the worker's loop runs (its number in place of a call id)
+            self._service.beats[call_id] = time.monotonic()
             return
         if kind == "ack":  # a worker took an answer of a stream: one more may go
             window = self._windows.get(call_id)
@@ -152,10 +162,13 @@ class _Connection:
     def _start(self, call_id: int, call: Coroutine[Any, Any, Any], target: str) -> None:
         task = asyncio.get_running_loop().create_task(call)
         self._running[call_id] = task
+        if target == "data":
+            self._data.add(call_id)
         task.add_done_callback(lambda t: self._finished(call_id, t, target))
 
     def _finished(self, call_id: int, task: asyncio.Task[Any], target: str) -> None:
         self._running.pop(call_id, None)
+        self._data.discard(call_id)
         if target == "control":  # before the answer: its worker forgets what it knew first
             self._service.changed()
         if task.cancelled():
@@ -189,7 +202,14 @@ class _Connection:
             task.cancel()
 
     def _on_lost(self) -> None:
-        self.cancel_all()  # the worker is gone: nobody waits for these answers
+        """The worker is gone: nobody waits for its inferences, which stop. Model control it asked
+        for (a load, an unload, a registration) runs to its end, as in one process when the client
+        that asked goes away: cut short, a load would leave its model LOADING and its instances
+        running unserved."""
+        for call_id in list(self._data):
+            task = self._running.get(call_id)
+            if task is not None:
+                task.cancel()
         self._service._connections.discard(self)
 
 
@@ -210,8 +230,10 @@ class WorkerSupervisor:
     """Starts N front-end worker processes (``python -m inferd _frontend``), starts a new one when
     one dies, and stops them all on shutdown: SIGTERM, then their drain, then SIGKILL."""
 
-    def __init__(self, count: int, socket_path: Path, settings_path: Path) -> None:
+    def __init__(self, count: int, socket_path: Path, settings_path: Path,
+                 beats: dict[int, float] | None = None) -> None:
         self._count = count
+        self._beats = beats if beats is not None else {}
         self._argv = [sys.executable, "-m", "inferd", "_frontend", str(socket_path), str(settings_path)]
         self._processes: list[subprocess.Popen[bytes]] = []
         self._stopping = False
@@ -226,14 +248,23 @@ class WorkerSupervisor:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def _spawn(self, number: int) -> subprocess.Popen[bytes]:
+        self._beats[number] = time.monotonic() + START_TIMEOUT_S  # starting: its first beat may take this long
         env = {**os.environ, "INFERD_WORKER": str(number)}
         return subprocess.Popen(self._argv, env=env)  # output goes where the server's goes
 
     async def _watch(self) -> None:
+        watched = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(0.2)
+            now = time.monotonic()
+            judge, watched = now - watched < 1.0, now  # not after this loop was held up itself
             for number, process in enumerate(self._processes):
                 code = process.poll()
+                if code is None and judge and now - self._beats.get(number, now) > HUNG_S:
+                    log.error("front-end worker %d (pid %d) sent no beat for %.0f s (its loop is stuck or "
+                              "stopped); killing it", number, process.pid, now - self._beats[number])
+                    process.kill()
+                    continue
                 if code is None or self._stopping:
                     continue
                 log.error("front-end worker %d (pid %d) exited with %s; starting another", number, process.pid, code)
@@ -261,6 +292,28 @@ class WorkerSupervisor:
         return drained
 
 
+def remove_leftovers(temp_dir: str | None = None) -> int:
+    """The folders of model processes that were killed (SIGKILL: no cleanup ran): their socket and
+    settings, which hold the server's token when it has one. Returns how many were removed."""
+    removed = 0
+    for folder in Path(temp_dir or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        owner = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class Workers:
     """``--workers N`` in the model process: its ports reserved (so a taken port fails the start,
     and port 0 becomes one port all workers share), the core served on a private socket, the
@@ -270,7 +323,9 @@ class Workers:
         self._settings = settings
         self._service = CoreService({"data": core.data, "control": core.control, "metrics": core.metrics,
                                      "workers": self})
-        self._folder = Path(tempfile.mkdtemp(prefix="inferd-workers-"))  # 0700: only this user enters
+        remove_leftovers()
+        # 0700: only this user enters; named by this process, so a later server removes it if this one is killed
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self._reserved: list[socket.socket] = []
         self._ports: dict[str, int] = {}
         self._listening: set[int] = set()
@@ -289,7 +344,8 @@ class Workers:
         settings_path = self._folder / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(settings))
         await self._service.start(self._folder / "core.sock")
-        self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path)
+        self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path,
+                                            self._service.beats)
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_listening.wait(), START_TIMEOUT_S)

@@ -27,6 +27,7 @@ from inferd.workers.channel import FrameProtocol, FrameTooLarge, frame, read_fra
 from inferd.workers.codec import pack_request, unpack_response
 
 CALL_NOW_TIMEOUT_S = 10.0  # a plain call holds the worker's loop; the model process answers it at once
+BEAT_S = 1.0  # how often a worker tells the model process its loop runs
 CANCEL_SWEEP_S = 0.1  # how often calls in flight are checked for clients that went away
 # What transports ask before each request (is the model there, its tensors, a label's version):
 # kept for a moment so a request costs no blocking round trip. Only answers are kept, never
@@ -101,6 +102,13 @@ class Channel:
         sock.sendall(b"".join(frame([("sync", 0)])))
         self._sock = sock
         self._sweeper = loop.create_task(self._sweep())
+
+    async def beat(self, number: int) -> None:
+        """Tell the model process, once every BEAT_S, that this worker's loop runs (owner.py
+        replaces a worker that stops beating)."""
+        while not self.lost.is_set():
+            self._protocol.send(("beat", number))
+            await asyncio.sleep(BEAT_S)
 
     async def call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await self._request(lambda call_id: ("call", call_id, target, name, args, kwargs), None)
