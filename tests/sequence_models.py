@@ -175,4 +175,8 @@ def build(root: Path, idle_us: int = 5_000_000, accumulate_count: int = 2, accum
                  DYNA_CONFIG % ("simple_string_dyna_sequence", "TYPE_STRING"))
     models.write(root / "accumulate/1/model.py", ACCUMULATE)
     models.write(root / "accumulate/config.toml", ACCUMULATE_CONFIG % (idle_us, accumulate_count, accumulate_kind))
+    # the same with an INT32 correlation ID: ids beyond its range are refused
+    models.write(root / "accumulate32/1/model.py", ACCUMULATE)
+    models.write(root / "accumulate32/config.toml",
+                 (ACCUMULATE_CONFIG % (idle_us, 1, "cpu")).replace('"UINT64"', '"INT32"'))
     return root

@@ -121,6 +121,27 @@ def test_tritons_refusals_are_400s(server: RunningServer) -> None:
     assert "parameters.sequence_start must be true or false, got 'yes'" in answer.json()["error"]
 
 
+def test_a_correlation_id_beyond_the_corrid_inputs_range_is_a_400(server: RunningServer) -> None:
+    """accumulate32's CORRID is INT32: a larger id is refused before the sequence starts (it was a 500
+    that left the sequence live), over HTTP and gRPC; the largest INT32 id runs."""
+    def x(module: Any) -> Any:
+        given = module.InferInput("X", [1], "FP32")
+        given.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        return given
+
+    with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        for client, module in ((h, httpclient), (g, grpcclient)):
+            for sequence_id in (2**31, 2**40):
+                with pytest.raises(InferenceServerException) as caught:
+                    client.infer("accumulate32", [x(module)], sequence_id=sequence_id, sequence_start=True)
+                assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT"), caught.value
+                assert (f"sequence id {sequence_id} does not fit model 'accumulate32''s INT32 control input 'CORRID' "
+                        "(-2147483648..2147483647)") in caught.value.message()
+            answer = client.infer("accumulate32", [x(module)], sequence_id=2**31 - 1, sequence_start=True,
+                                  sequence_end=True)
+            assert answer.as_numpy("SUM").tolist() == [2.0]
+
+
 def test_an_idle_sequence_is_released(server: RunningServer) -> None:
     body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
     url = f"{server.base}/v2/models/accumulate/infer"

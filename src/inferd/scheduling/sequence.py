@@ -87,7 +87,12 @@ class SequenceBatcher(Scheduler):
             if self.takes_sequence:
                 flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
                 arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
-            return await self._run(state.lane, arrays, context)
+            try:
+                return await self._run(state.lane, arrays, context)
+            except DeadlineExceeded:
+                if sequence.start and self._sequences.get(sequence.id) is state:
+                    del self._sequences[sequence.id]  # its START was dropped: the next request must start again
+                raise
 
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
@@ -118,11 +123,16 @@ class SequenceBatcher(Scheduler):
         if self.max_batch_size > 0 and inputs and next(iter(inputs.values())).shape[0] > 1:
             raise InvalidInput(f"inference request to model '{name}' must specify batch-size 1 due to "
                                "requirements of sequence batcher")
-        if isinstance(sequence.id, str):
-            for control in self._controls:
-                if control.kind == "CORRID" and control.datatype != "BYTES":
-                    raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
-                                       f"{control.datatype} (control input '{control.name}'): send an integer")
+        for control in self._controls:
+            if control.kind != "CORRID" or control.datatype == "BYTES":
+                continue
+            if isinstance(sequence.id, str):
+                raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
+                                   f"{control.datatype} (control input '{control.name}'): send an integer")
+            limits = np.iinfo(numpy_dtype(control.datatype))
+            if not limits.min <= sequence.id <= limits.max:
+                raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
+                                   f"control input '{control.name}' ({limits.min}..{limits.max})")
         if not sequence.start and sequence.id not in self._sequences:
             raise self._not_started(sequence)
         return sequence
@@ -181,6 +191,11 @@ class SequenceBatcher(Scheduler):
     def _execute(self, lane: int, arrays: Arrays, context: CallContext, enqueued: float) -> Arrays:
         start = time.perf_counter()
         context.timings.queue += start - enqueued
+        if context.deadline is not None and start > context.deadline:  # answered 504 already: never runs
+            raise DeadlineExceeded(f"model '{self._pool.name}': the request's deadline passed after "
+                                   f"{(start - enqueued) * 1000:.1f} ms in the queue; it did not run")
+        if context.is_cancelled():
+            raise asyncio.CancelledError("the client went away")
         try:
             return self._pool.execute(arrays, lane)
         finally:
