@@ -85,6 +85,38 @@ def test_interleaved_sequences_keep_their_state_on_their_instance(server: Runnin
         assert by_id[sequence_id] == sums
 
 
+def stream_in_order(url: str, sizes: list[int]) -> list[Any]:
+    """One sequence of ``ordered`` on one ModelStreamInfer stream, request i carrying ``sizes[i]``
+    values of i; the answers by request."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for index, size in enumerate(sizes):
+            given = grpcclient.InferInput("X", [size], "FP32")
+            given.set_data_from_numpy(np.full(size, index, dtype=np.float32))
+            client.async_stream_infer("ordered", [given], request_id=str(index), sequence_id=4242,
+                                      sequence_start=index == 0, sequence_end=index == len(sizes) - 1)
+        got = [answers.get(timeout=60) for _ in sizes]
+        client.stop_stream()
+    assert not [item for item in got if isinstance(item, InferenceServerException)], got
+    return sorted((int(r.get_response().id), r.as_numpy("ORDER").tolist()) for r in got)
+
+
+# a 12 MB START (decoded off the event loop) before small requests: they reached the sequence
+# batcher first and were refused as sequences without START
+ORDER_SIZES = [3_000_000, 1, 1, 2_000_000, 1]
+ORDER_EXPECTED = [(i, list(range(i + 1))) for i in range(len(ORDER_SIZES))]
+
+
+def test_a_streams_sequence_runs_in_the_order_it_came_when_a_request_is_large(server: RunningServer) -> None:
+    assert stream_in_order(server.grpc_url, ORDER_SIZES) == ORDER_EXPECTED
+
+
+def test_a_streams_sequence_keeps_its_order_on_the_grpcio_server(repo: Path) -> None:
+    with serve(repo, "--grpc-server", "grpcio", grpc=True) as running:
+        assert stream_in_order(running.grpc_url, ORDER_SIZES) == ORDER_EXPECTED
+
+
 def test_a_model_class_sees_its_control_inputs_and_its_state_ends_with_the_sequence(server: RunningServer) -> None:
     with httpclient.InferenceServerClient(server.url) as client:
         def send(sequence_id: int, value: float, **flags: bool) -> tuple[float, int]:
