@@ -226,3 +226,27 @@ def test_a_correlation_id_must_fit_the_corrid_input() -> None:
     assert scheduler.sequences == 0
     call(scheduler, 1, SequenceId(2**31 - 1, start=True))
     assert runtime.calls[-1][1]["CORRID"].tolist() == [[2**31 - 1]]
+
+
+def test_a_request_whose_client_went_away_while_queued_never_runs() -> None:
+    """As the instance pool drops it: a queued sequence request of a client that is gone does not
+    run, and a START dropped so leaves its sequence unstarted."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, count=1)
+    gone = threading.Event()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(scheduler.infer_async({"X": np.array([[1]], np.int32)},
+                                                            CallContext(sequence=SequenceId(1, start=True))))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[2]], np.int32)}, CallContext(sequence=SequenceId(2, start=True), cancelled=gone.is_set)))
+        await asyncio.sleep(0.05)
+        gone.set()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await first
+
+    asyncio.run(main())
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
+    assert scheduler.sequences == 1

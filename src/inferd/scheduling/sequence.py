@@ -89,7 +89,7 @@ class SequenceBatcher(Scheduler):
                 arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
             try:
                 return await self._run(state.lane, arrays, context)
-            except DeadlineExceeded:
+            except (DeadlineExceeded, asyncio.CancelledError):
                 if sequence.start and self._sequences.get(sequence.id) is state:
                     del self._sequences[sequence.id]  # its START was dropped: the next request must start again
                 raise
