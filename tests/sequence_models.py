@@ -118,6 +118,8 @@ class Model:
 
 # answers every value its sequence has seen, in the order it saw them (an input of any length)
 ORDERED = '''
+import time
+
 import numpy as np
 
 
@@ -126,6 +128,7 @@ class Model:
         self.seen = {}
 
     def infer(self, inputs):
+        time.sleep(0.02)  # long enough for the requests behind it to queue
         key = int(inputs["CORRID"][0])
         if inputs["START"][0]:
             self.seen[key] = []

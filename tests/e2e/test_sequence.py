@@ -85,9 +85,10 @@ def test_interleaved_sequences_keep_their_state_on_their_instance(server: Runnin
         assert by_id[sequence_id] == sums
 
 
-def stream_in_order(url: str, sizes: list[int]) -> list[Any]:
-    """One sequence of ``ordered`` on one ModelStreamInfer stream, request i carrying ``sizes[i]``
-    values of i; the answers by request."""
+def stream_in_order(url: str, sizes: list[int], starts: tuple[int, ...] = (0,)) -> list[Any]:
+    """Sequence 4242 of ``ordered`` on one ModelStreamInfer stream, request i carrying ``sizes[i]``
+    values of i, a START at each of ``starts`` (an END before each later one and at the last); the
+    answers by request."""
     answers: queue.Queue[Any] = queue.Queue()
     with grpcclient.InferenceServerClient(url) as client:
         client.start_stream(callback=lambda result, error: answers.put(error or result))
@@ -95,7 +96,8 @@ def stream_in_order(url: str, sizes: list[int]) -> list[Any]:
             given = grpcclient.InferInput("X", [size], "FP32")
             given.set_data_from_numpy(np.full(size, index, dtype=np.float32))
             client.async_stream_infer("ordered", [given], request_id=str(index), sequence_id=4242,
-                                      sequence_start=index == 0, sequence_end=index == len(sizes) - 1)
+                                      sequence_start=index in starts,
+                                      sequence_end=index + 1 in starts or index == len(sizes) - 1)
         got = [answers.get(timeout=60) for _ in sizes]
         client.stop_stream()
     assert not [item for item in got if isinstance(item, InferenceServerException)], got
@@ -110,6 +112,13 @@ ORDER_EXPECTED = [(i, list(range(i + 1))) for i in range(len(ORDER_SIZES))]
 
 def test_a_streams_sequence_runs_in_the_order_it_came_when_a_request_is_large(server: RunningServer) -> None:
     assert stream_in_order(server.grpc_url, ORDER_SIZES) == ORDER_EXPECTED
+
+
+def test_an_id_started_again_right_after_its_end_queues_behind_it(server: RunningServer) -> None:
+    """Two sequences of one id back to back on a stream: the second START ran before the first
+    sequence's queued requests (its own lane lock), so each saw the other's values."""
+    got = stream_in_order(server.grpc_url, [1] * 6, starts=(0, 3))
+    assert got == [(0, [0]), (1, [0, 1]), (2, [0, 1, 2]), (3, [3]), (4, [3, 4]), (5, [3, 4, 5])]
 
 
 def test_a_streams_sequence_keeps_its_order_on_the_grpcio_server(repo: Path) -> None:

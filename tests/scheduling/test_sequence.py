@@ -250,3 +250,20 @@ def test_a_request_whose_client_went_away_while_queued_never_runs() -> None:
     asyncio.run(main())
     assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
     assert scheduler.sequences == 1
+
+
+def test_a_start_of_an_id_whose_end_has_not_run_yet_queues_behind_it() -> None:
+    """The id's END was queued (not yet run) when its next START came: that START, on a lane lock
+    of its own, ran before the first sequence's last requests; it must wait on the same lane."""
+    runtime = Recording(delay_s=0.05)
+    scheduler = batcher(runtime, count=2)
+    flags = [(True, False), (False, False), (False, True), (True, False), (False, True)]
+
+    async def main() -> None:
+        await asyncio.gather(*(scheduler.infer_async({"X": np.array([[i]], np.int32)},
+                                                     CallContext(sequence=SequenceId(5, start, end)))
+                               for i, (start, end) in enumerate(flags)))
+
+    asyncio.run(main())
+    assert [(lane, int(inputs["X"][0, 0])) for lane, inputs in runtime.calls] == [(0, i) for i in range(5)]
+    assert scheduler.sequences == 0 and not scheduler._ending

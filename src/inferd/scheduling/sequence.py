@@ -49,6 +49,8 @@ class SequenceBatcher(Scheduler):
         self.inputs = tuple(spec for spec in pool.inputs if spec.name not in control_names)
         self._idle_s = config.max_sequence_idle_us / 1e6
         self._sequences: dict[int | str, _Sequence] = {}
+        # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
+        self._ending: dict[int | str, _Sequence] = {}
         self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"inferd-{pool.name}-seq{i}")
                        for i in range(pool.instances)]
         self._swept = time.monotonic()
@@ -80,19 +82,23 @@ class SequenceBatcher(Scheduler):
         self._sweep(now)
         sequence = self._check(inputs, context)
         state = self._place(sequence, now)
-        async with state.order:
-            self._still_kept(sequence, state)
-            arrays = dict(inputs)
-            arrays.update(self._control_values(sequence))
-            if self.takes_sequence:
-                flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
-                arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
-            try:
-                return await self._run(state.lane, arrays, context)
-            except (DeadlineExceeded, asyncio.CancelledError):
-                if sequence.start and self._sequences.get(sequence.id) is state:
-                    del self._sequences[sequence.id]  # its START was dropped: the next request must start again
-                raise
+        try:
+            async with state.order:
+                self._still_kept(sequence, state)
+                arrays = dict(inputs)
+                arrays.update(self._control_values(sequence))
+                if self.takes_sequence:
+                    flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
+                    arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
+                try:
+                    return await self._run(state.lane, arrays, context)
+                except (DeadlineExceeded, asyncio.CancelledError):
+                    if sequence.start and self._sequences.get(sequence.id) is state:
+                        del self._sequences[sequence.id]  # its START was dropped: the next request must start again
+                    raise
+        finally:
+            if sequence.end and self._ending.get(sequence.id) is state:
+                del self._ending[sequence.id]
 
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
@@ -139,20 +145,24 @@ class SequenceBatcher(Scheduler):
 
     def _place(self, sequence: SequenceId, now: float) -> _Sequence:
         """The sequence's state: a START takes the least used lane (or keeps the lane of a sequence
-        of the same id that never ended, as Triton does, with a warning); END forgets it."""
+        of the same id that never ended, as Triton does, with a warning, or whose END has not run
+        yet); END forgets it."""
         state = self._sequences.get(sequence.id)
+        if state is None and sequence.start:
+            state = self._ending.pop(sequence.id, None)  # the same id's last sequence still ends: after it
         if state is None:
             load = [0] * len(self._lanes)
             for other in self._sequences.values():
                 load[other.lane] += 1
             state = _Sequence(load.index(min(load)), now)
-        elif sequence.start:
+        elif sequence.start and sequence.id in self._sequences:
             log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before "
                         "this sequence start. Previous sequence will be terminated early.",
                         sequence.id, self._pool.name)
         state.last_used = now
         if sequence.end:
             self._sequences.pop(sequence.id, None)
+            self._ending[sequence.id] = state
         else:
             self._sequences[sequence.id] = state
         return state
