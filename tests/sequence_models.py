@@ -116,6 +116,48 @@ class Model:
         return {"SUM": np.array([total], dtype=np.float32), "LIVE": np.array([len(self.sums)], dtype=np.int32)}
 '''
 
+# answers every value its sequence has seen, in the order it saw them (an input of any length)
+ORDERED = '''
+import time
+
+import numpy as np
+
+
+class Model:
+    def __init__(self):
+        self.seen = {}
+
+    def infer(self, inputs):
+        time.sleep(0.02)  # long enough for the requests behind it to queue
+        key = int(inputs["CORRID"][0])
+        if inputs["START"][0]:
+            self.seen[key] = []
+        self.seen.setdefault(key, []).append(int(inputs["X"][0]))
+        return {"ORDER": np.array(self.seen[key], dtype=np.int64)}
+'''
+
+ORDERED_CONFIG = """
+backend = "python"
+[sequence_batching]
+max_sequence_idle_microseconds = 10000000
+[[sequence_batching.control_input]]
+name = "START"
+kind = "START"
+datatype = "BOOL"
+[[sequence_batching.control_input]]
+name = "CORRID"
+kind = "CORRID"
+datatype = "UINT64"
+[[input]]
+name = "X"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "ORDER"
+datatype = "INT64"
+shape = [-1]
+"""
+
 ACCUMULATE_CONFIG = """
 backend = "python"
 [sequence_batching]
@@ -175,4 +217,10 @@ def build(root: Path, idle_us: int = 5_000_000, accumulate_count: int = 2, accum
                  DYNA_CONFIG % ("simple_string_dyna_sequence", "TYPE_STRING"))
     models.write(root / "accumulate/1/model.py", ACCUMULATE)
     models.write(root / "accumulate/config.toml", ACCUMULATE_CONFIG % (idle_us, accumulate_count, accumulate_kind))
+    models.write(root / "ordered/1/model.py", ORDERED)
+    models.write(root / "ordered/config.toml", ORDERED_CONFIG)
+    # the same with an INT32 correlation ID: ids beyond its range are refused
+    models.write(root / "accumulate32/1/model.py", ACCUMULATE)
+    models.write(root / "accumulate32/config.toml",
+                 (ACCUMULATE_CONFIG % (idle_us, 1, "cpu")).replace('"UINT64"', '"INT32"'))
     return root

@@ -85,6 +85,47 @@ def test_interleaved_sequences_keep_their_state_on_their_instance(server: Runnin
         assert by_id[sequence_id] == sums
 
 
+def stream_in_order(url: str, sizes: list[int], starts: tuple[int, ...] = (0,)) -> list[Any]:
+    """Sequence 4242 of ``ordered`` on one ModelStreamInfer stream, request i carrying ``sizes[i]``
+    values of i, a START at each of ``starts`` (an END before each later one and at the last); the
+    answers by request."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for index, size in enumerate(sizes):
+            given = grpcclient.InferInput("X", [size], "FP32")
+            given.set_data_from_numpy(np.full(size, index, dtype=np.float32))
+            client.async_stream_infer("ordered", [given], request_id=str(index), sequence_id=4242,
+                                      sequence_start=index in starts,
+                                      sequence_end=index + 1 in starts or index == len(sizes) - 1)
+        got = [answers.get(timeout=60) for _ in sizes]
+        client.stop_stream()
+    assert not [item for item in got if isinstance(item, InferenceServerException)], got
+    return sorted((int(r.get_response().id), r.as_numpy("ORDER").tolist()) for r in got)
+
+
+# a 12 MB START (decoded off the event loop) before small requests: they reached the sequence
+# batcher first and were refused as sequences without START
+ORDER_SIZES = [3_000_000, 1, 1, 2_000_000, 1]
+ORDER_EXPECTED = [(i, list(range(i + 1))) for i in range(len(ORDER_SIZES))]
+
+
+def test_a_streams_sequence_runs_in_the_order_it_came_when_a_request_is_large(server: RunningServer) -> None:
+    assert stream_in_order(server.grpc_url, ORDER_SIZES) == ORDER_EXPECTED
+
+
+def test_an_id_started_again_right_after_its_end_queues_behind_it(server: RunningServer) -> None:
+    """Two sequences of one id back to back on a stream: the second START ran before the first
+    sequence's queued requests (its own lane lock), so each saw the other's values."""
+    got = stream_in_order(server.grpc_url, [1] * 6, starts=(0, 3))
+    assert got == [(0, [0]), (1, [0, 1]), (2, [0, 1, 2]), (3, [3]), (4, [3, 4]), (5, [3, 4, 5])]
+
+
+def test_a_streams_sequence_keeps_its_order_on_the_grpcio_server(repo: Path) -> None:
+    with serve(repo, "--grpc-server", "grpcio", grpc=True) as running:
+        assert stream_in_order(running.grpc_url, ORDER_SIZES) == ORDER_EXPECTED
+
+
 def test_a_model_class_sees_its_control_inputs_and_its_state_ends_with_the_sequence(server: RunningServer) -> None:
     with httpclient.InferenceServerClient(server.url) as client:
         def send(sequence_id: int, value: float, **flags: bool) -> tuple[float, int]:
@@ -119,6 +160,27 @@ def test_tritons_refusals_are_400s(server: RunningServer) -> None:
         "inputs": [{"name": "INPUT", "datatype": "INT32", "shape": [1, 1], "data": [1]}]})
     assert answer.status_code == 400
     assert "parameters.sequence_start must be true or false, got 'yes'" in answer.json()["error"]
+
+
+def test_a_correlation_id_beyond_the_corrid_inputs_range_is_a_400(server: RunningServer) -> None:
+    """accumulate32's CORRID is INT32: a larger id is refused before the sequence starts (it was a 500
+    that left the sequence live), over HTTP and gRPC; the largest INT32 id runs."""
+    def x(module: Any) -> Any:
+        given = module.InferInput("X", [1], "FP32")
+        given.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        return given
+
+    with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        for client, module in ((h, httpclient), (g, grpcclient)):
+            for sequence_id in (2**31, 2**40):
+                with pytest.raises(InferenceServerException) as caught:
+                    client.infer("accumulate32", [x(module)], sequence_id=sequence_id, sequence_start=True)
+                assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT"), caught.value
+                assert (f"sequence id {sequence_id} does not fit model 'accumulate32''s INT32 control input 'CORRID' "
+                        "(-2147483648..2147483647)") in caught.value.message()
+            answer = client.infer("accumulate32", [x(module)], sequence_id=2**31 - 1, sequence_start=True,
+                                  sequence_end=True)
+            assert answer.as_numpy("SUM").tolist() == [2.0]
 
 
 def test_an_idle_sequence_is_released(server: RunningServer) -> None:

@@ -75,6 +75,34 @@ def test_health_answers_with_bodies_and_metadata_lists_what_exists(server: Runni
     assert not {"system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
 
+def test_shared_memory_is_refused_by_name_and_its_calls_are_not_served(
+        http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient) -> None:
+    """Not served, as README says: registering a region is 404 / UNIMPLEMENTED, and an input or
+    output placed in a region is a 400 naming it over both transports (over gRPC the input's was a
+    message about empty fp32 contents, or the buffer count when other inputs came raw)."""
+    for client, module, unserved in ((http, httpclient, "404"), (grpc, grpcclient, "StatusCode.UNIMPLEMENTED")):
+        for call, args in ((client.register_system_shared_memory, ("r", "/../../etc/passwd", 64)),
+                           (client.get_system_shared_memory_status, ()),
+                           (client.unregister_system_shared_memory, ()),
+                           (client.register_cuda_shared_memory, ("c", b"\0" * 64, 0, 64))):
+            with pytest.raises(InferenceServerException) as caught:
+                call(*args)
+            assert caught.value.status() == unserved
+        placed = module.InferInput("x", [4], "FP64")
+        placed.set_shared_memory("r", 32)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("double", [placed])
+        assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+        assert "input 'x': shared memory is not supported; send the data" in caught.value.message()
+        given = module.InferInput("x", [4], "FP64")
+        given.set_data_from_numpy(np.ones(4))
+        wanted = module.InferRequestedOutput("y")
+        wanted.set_shared_memory("r", 32)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("double", [given], outputs=[wanted])
+        assert "output 'y': shared memory is not supported" in caught.value.message()
+
+
 def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,
                                                           grpc: grpcclient.InferenceServerClient) -> None:
     before = http.get_inference_statistics("mlp")["model_stats"][0]

@@ -189,3 +189,81 @@ def test_a_sequence_whose_instance_lost_its_state_must_start_again() -> None:
     call(scheduler, 1, SequenceId(1, start=True))  # a new START binds to the fresh instance
     call(scheduler, 1, SequenceId(1, end=True))
     assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1, 2, 2, 1, 1]
+
+
+def test_a_request_whose_deadline_passed_in_the_lanes_queue_never_runs() -> None:
+    """Sequence 2's START waits behind sequence 1 on the one lane and gets its 504: it must not run
+    later (the model's state would move for an answer the client never got), and sequence 2 is not
+    live (its next request must start again)."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, count=1)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(scheduler.infer_async({"X": np.array([[1]], np.int32)},
+                                                            CallContext(sequence=SequenceId(1, start=True))))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded):
+            await scheduler.infer_async({"X": np.array([[2]], np.int32)},
+                                        CallContext(sequence=SequenceId(2, start=True),
+                                                    deadline=time.perf_counter() + 0.05))
+        await first
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
+    assert scheduler.sequences == 1
+    with pytest.raises(InvalidInput, match="must specify the START flag"):
+        call(scheduler, 3, SequenceId(2))
+
+
+def test_a_correlation_id_must_fit_the_corrid_input() -> None:
+    controls = (SequenceControl("CORRID", "CORRID", "INT32"),)
+    runtime = Recording(controls=("CORRID",))
+    scheduler = batcher(runtime, controls=controls)
+    with pytest.raises(InvalidInput, match=r"sequence id 2147483648 does not fit model 'acc''s INT32 control "
+                                           r"input 'CORRID' \(-2147483648\.\.2147483647\)"):
+        call(scheduler, 1, SequenceId(2**31, start=True))
+    assert scheduler.sequences == 0
+    call(scheduler, 1, SequenceId(2**31 - 1, start=True))
+    assert runtime.calls[-1][1]["CORRID"].tolist() == [[2**31 - 1]]
+
+
+def test_a_request_whose_client_went_away_while_queued_never_runs() -> None:
+    """As the instance pool drops it: a queued sequence request of a client that is gone does not
+    run, and a START dropped so leaves its sequence unstarted."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, count=1)
+    gone = threading.Event()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(scheduler.infer_async({"X": np.array([[1]], np.int32)},
+                                                            CallContext(sequence=SequenceId(1, start=True))))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[2]], np.int32)}, CallContext(sequence=SequenceId(2, start=True), cancelled=gone.is_set)))
+        await asyncio.sleep(0.05)
+        gone.set()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await first
+
+    asyncio.run(main())
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
+    assert scheduler.sequences == 1
+
+
+def test_a_start_of_an_id_whose_end_has_not_run_yet_queues_behind_it() -> None:
+    """The id's END was queued (not yet run) when its next START came: that START, on a lane lock
+    of its own, ran before the first sequence's last requests; it must wait on the same lane."""
+    runtime = Recording(delay_s=0.05)
+    scheduler = batcher(runtime, count=2)
+    flags = [(True, False), (False, False), (False, True), (True, False), (False, True)]
+
+    async def main() -> None:
+        await asyncio.gather(*(scheduler.infer_async({"X": np.array([[i]], np.int32)},
+                                                     CallContext(sequence=SequenceId(5, start, end)))
+                               for i, (start, end) in enumerate(flags)))
+
+    asyncio.run(main())
+    assert [(lane, int(inputs["X"][0, 0])) for lane, inputs in runtime.calls] == [(0, i) for i in range(5)]
+    assert scheduler.sequences == 0 and not scheduler._ending

@@ -39,6 +39,9 @@ def parameters(fields: Any) -> dict[str, Any]:
 
 
 def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    for tensor in message.inputs:  # before the buffer count: a region's input has no buffer
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidInput(f"input '{tensor.name}': shared memory is not supported; send the data")
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {len(message.inputs)} inputs; "

@@ -49,6 +49,8 @@ class SequenceBatcher(Scheduler):
         self.inputs = tuple(spec for spec in pool.inputs if spec.name not in control_names)
         self._idle_s = config.max_sequence_idle_us / 1e6
         self._sequences: dict[int | str, _Sequence] = {}
+        # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
+        self._ending: dict[int | str, _Sequence] = {}
         self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"inferd-{pool.name}-seq{i}")
                        for i in range(pool.instances)]
         self._swept = time.monotonic()
@@ -80,14 +82,23 @@ class SequenceBatcher(Scheduler):
         self._sweep(now)
         sequence = self._check(inputs, context)
         state = self._place(sequence, now)
-        async with state.order:
-            self._still_kept(sequence, state)
-            arrays = dict(inputs)
-            arrays.update(self._control_values(sequence))
-            if self.takes_sequence:
-                flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
-                arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
-            return await self._run(state.lane, arrays, context)
+        try:
+            async with state.order:
+                self._still_kept(sequence, state)
+                arrays = dict(inputs)
+                arrays.update(self._control_values(sequence))
+                if self.takes_sequence:
+                    flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
+                    arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
+                try:
+                    return await self._run(state.lane, arrays, context)
+                except (DeadlineExceeded, asyncio.CancelledError):
+                    if sequence.start and self._sequences.get(sequence.id) is state:
+                        del self._sequences[sequence.id]  # its START was dropped: the next request must start again
+                    raise
+        finally:
+            if sequence.end and self._ending.get(sequence.id) is state:
+                del self._ending[sequence.id]
 
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
@@ -118,31 +129,40 @@ class SequenceBatcher(Scheduler):
         if self.max_batch_size > 0 and inputs and next(iter(inputs.values())).shape[0] > 1:
             raise InvalidInput(f"inference request to model '{name}' must specify batch-size 1 due to "
                                "requirements of sequence batcher")
-        if isinstance(sequence.id, str):
-            for control in self._controls:
-                if control.kind == "CORRID" and control.datatype != "BYTES":
-                    raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
-                                       f"{control.datatype} (control input '{control.name}'): send an integer")
+        for control in self._controls:
+            if control.kind != "CORRID" or control.datatype == "BYTES":
+                continue
+            if isinstance(sequence.id, str):
+                raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
+                                   f"{control.datatype} (control input '{control.name}'): send an integer")
+            limits = np.iinfo(numpy_dtype(control.datatype))
+            if not limits.min <= sequence.id <= limits.max:
+                raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
+                                   f"control input '{control.name}' ({limits.min}..{limits.max})")
         if not sequence.start and sequence.id not in self._sequences:
             raise self._not_started(sequence)
         return sequence
 
     def _place(self, sequence: SequenceId, now: float) -> _Sequence:
         """The sequence's state: a START takes the least used lane (or keeps the lane of a sequence
-        of the same id that never ended, as Triton does, with a warning); END forgets it."""
+        of the same id that never ended, as Triton does, with a warning, or whose END has not run
+        yet); END forgets it."""
         state = self._sequences.get(sequence.id)
+        if state is None and sequence.start:
+            state = self._ending.pop(sequence.id, None)  # the same id's last sequence still ends: after it
         if state is None:
             load = [0] * len(self._lanes)
             for other in self._sequences.values():
                 load[other.lane] += 1
             state = _Sequence(load.index(min(load)), now)
-        elif sequence.start:
+        elif sequence.start and sequence.id in self._sequences:
             log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before "
                         "this sequence start. Previous sequence will be terminated early.",
                         sequence.id, self._pool.name)
         state.last_used = now
         if sequence.end:
             self._sequences.pop(sequence.id, None)
+            self._ending[sequence.id] = state
         else:
             self._sequences[sequence.id] = state
         return state
@@ -181,6 +201,11 @@ class SequenceBatcher(Scheduler):
     def _execute(self, lane: int, arrays: Arrays, context: CallContext, enqueued: float) -> Arrays:
         start = time.perf_counter()
         context.timings.queue += start - enqueued
+        if context.deadline is not None and start > context.deadline:  # answered 504 already: never runs
+            raise DeadlineExceeded(f"model '{self._pool.name}': the request's deadline passed after "
+                                   f"{(start - enqueued) * 1000:.1f} ms in the queue; it did not run")
+        if context.is_cancelled():
+            raise asyncio.CancelledError("the client went away")
         try:
             return self._pool.execute(arrays, lane)
         finally:

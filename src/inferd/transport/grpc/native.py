@@ -36,7 +36,15 @@ from inferd.core import Core
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.health import NativeHealth
-from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
+from inferd.transport.grpc.servicers import (
+    Context,
+    KServeV2Servicer,
+    ModelServicer,
+    PredictionServicer,
+    Servicer,
+    StreamTurns,
+    Turn,
+)
 from inferd.transport.offload import inflate_off_loop
 
 log = logging.getLogger("inferd.grpc")
@@ -79,11 +87,12 @@ class _Aborted(grpc.aio.AbortError):
 class _CallContext:
     """What a servicer method may ask of its call (the slice of grpc's context inferd uses)."""
 
-    __slots__ = ("_call", "message_size")
+    __slots__ = ("_call", "message_size", "turn")
 
-    def __init__(self, call: _Call, message_size: int) -> None:
+    def __init__(self, call: _Call, message_size: int, turn: Turn | None = None) -> None:
         self._call = call
         self.message_size = message_size  # the request as it came: no need to serialize it to know
+        self.turn = turn  # a stream request's place in its stream's order
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise _Aborted(code, details)
@@ -124,6 +133,7 @@ class _Call:
         "tasks",
         "timer",
         "trailers",
+        "turns",
         "unsent",
         "waiting",
     )
@@ -150,6 +160,7 @@ class _Call:
         self.credit = 0  # bytes read and not yet given back to the client
         self.recv_window = STREAM_WINDOW  # what the client may still send on it
         self.held = 0  # stream answer bytes counted against the byte budget until sent
+        self.turns = StreamTurns()  # its requests reach the data plane in the order they came
 
 
 def _status_trailers(code: grpc.StatusCode, details: str) -> bytes:
@@ -762,6 +773,13 @@ class _Connection(asyncio.Protocol):
 
     async def _stream_request(self, call: _Call, route: Route, framed: bytes) -> None:
         """One request message of a stream (length-prefixed, as it came) and its answers."""
+        turn = call.turns.next()  # before any await: tasks start in the order their messages came
+        try:
+            await self._answer_stream_request(call, route, framed, turn)
+        finally:
+            turn.entered()  # (it never reached the servicer: the next request need not wait)
+
+    async def _answer_stream_request(self, call: _Call, route: Route, framed: bytes, turn: Turn) -> None:
         payload: bytes | memoryview = memoryview(framed)[5:]
         try:
             if framed[0]:  # a large message inflates on a thread: the loop serves others meanwhile
@@ -780,10 +798,11 @@ class _Connection(asyncio.Protocol):
             return
         produce = cast(Callable[[Any, Context], AsyncGenerator[Message, None]], route[1])
         size = len(payload)
+        await turn.wait()  # room in arrival order: a later request never holds room an earlier one waits for
         held = await self._room(size)  # the request counts while it runs: its model waits for room
         del framed, payload
         try:
-            async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call, size)))) as answers:
+            async with contextlib.aclosing(produce(request, cast(Context, _CallContext(call, size, turn)))) as answers:
                 async for answer in answers:
                     if call.done:
                         return

@@ -28,7 +28,15 @@ from google.protobuf.message import Message
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc.health import Health
-from inferd.transport.grpc.servicers import Context, KServeV2Servicer, ModelServicer, PredictionServicer, Servicer
+from inferd.transport.grpc.servicers import (
+    Context,
+    KServeV2Servicer,
+    ModelServicer,
+    PredictionServicer,
+    Servicer,
+    StreamTurns,
+    Turn,
+)
 
 STREAM_BUFFER = 64  # answers of one stream waiting for a slow client; then the models wait
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait to be read
@@ -49,8 +57,9 @@ class _Aborted(grpc.aio.AbortError):
 class _LoopContext:
     """What a servicer method may ask of its call, answered from the grpc thread's context."""
 
-    def __init__(self, context: grpc.ServicerContext) -> None:
+    def __init__(self, context: grpc.ServicerContext, turn: Turn | None = None) -> None:
         self._context = context
+        self.turn = turn  # a stream request's place in its stream's order
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
@@ -109,7 +118,7 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
         lock = threading.Lock()
         open_parts = [1]  # the reader, plus one per request running
         slots = threading.Semaphore(STREAM_INFLIGHT)
-        loop_context = cast(Context, _LoopContext(context))
+        turns = StreamTurns()  # requests reach the data plane in the order they were read
 
         def part_done(_: object = None) -> None:
             with lock:
@@ -148,12 +157,17 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
                 drain()
 
         async def run(request: Message) -> None:
-            size = await room(request.ByteSize())  # read already: its model waits for room
+            turn = turns.next()  # before any await: tasks start in the order their messages were read
+            size = 0
             try:
+                await turn.wait()  # room in arrival order: a later request never holds room an earlier one waits for
+                size = await room(request.ByteSize())  # read already: its model waits for room
+                loop_context = cast(Context, _LoopContext(context, turn))
                 async with contextlib.aclosing(method(request, loop_context)) as produced:
                     async for item in produced:
                         await put(item)
             finally:
+                turn.entered()
                 budget.give(size)
 
         def finished(future: concurrent.futures.Future[None]) -> None:

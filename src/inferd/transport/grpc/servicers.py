@@ -6,6 +6,7 @@ message classes as (de)serializers: the service and method names are what travel
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -35,6 +36,42 @@ def message_size(request: Message, context: Context) -> int:
     14 ms of the loop for a 4 MB tensor."""
     size = getattr(context, "message_size", None)
     return request.ByteSize() if size is None else int(size)
+
+
+class Turn:
+    """One request's place on its stream: it takes its room in the byte budget, decodes and enters
+    the data plane only after the request before it entered, so one sequence's requests reach the
+    sequence batcher in the order they came even when an earlier one is slower to decode or find
+    room (Triton's stream keeps that order); their models still run at once."""
+
+    __slots__ = ("_before", "_entered")
+
+    def __init__(self, before: asyncio.Event | None) -> None:
+        self._before = before
+        self._entered = asyncio.Event()
+
+    async def wait(self) -> None:
+        if self._before is not None:
+            await self._before.wait()
+            self._before = None
+
+    def entered(self) -> None:
+        """This request reached the data plane, or never will: the next one may go."""
+        self._entered.set()
+
+
+class StreamTurns:
+    """Hands each request of one stream its turn, in arrival order (called before any await)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: asyncio.Event | None = None
+
+    def next(self) -> Turn:
+        turn = Turn(self._last)
+        self._last = turn._entered
+        return turn
 
 
 def decode_work(request: pb.ModelInferRequest, context: Context) -> int:
@@ -126,26 +163,43 @@ class KServeV2Servicer:
                                  ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
         """One request of a ModelStreamInfer stream: its answers, or its error as a message on the
         stream (the stream goes on, as Triton's does); a caller without access ends the stream
-        with UNAUTHENTICATED / PERMISSION_DENIED, as the unary calls answer."""
+        with UNAUTHENTICATED / PERMISSION_DENIED, as the unary calls answer. A transport that keeps
+        the stream's order gives each request its ``turn`` on the context."""
+        turn: Turn | None = getattr(context, "turn", None)
         try:
             infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
             final = False
+            if turn is not None:
+                await turn.wait()
             async with contextlib.aclosing(self.data.infer_stream(infer_request)) as answers:
-                async for response in answers:
+                # its first step (up to the scheduler's queue) runs before the next request's
+                first = asyncio.ensure_future(anext(answers, None))
+                if turn is not None:
+                    turn.entered()
+                response = await first
+                while response is not None:
                     final = response.final
                     yield kserve_v2_grpc.encode_stream_response(response)
+                    response = await anext(answers, None)
             if not final and infer_request.parameters.get(kserve_v2_grpc.EMPTY_FINAL) is True:
                 yield kserve_v2_grpc.stream_final_response(infer_request)
         except (Unauthenticated, Forbidden) as exc:  # the caller, not one request: the stream ends with it
             await context.abort(status_for(exc.code), exc.message)
         except InferdError as exc:
+            if turn is not None:
+                turn.entered()  # before its error waits to be sent
             yield kserve_v2_grpc.stream_error(exc.message)
         except Exception as exc:
+            if turn is not None:
+                turn.entered()
             log.exception("internal error in ModelStreamInfer")
             yield kserve_v2_grpc.stream_error(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if turn is not None:
+                turn.entered()
 
     @guarded
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
