@@ -23,3 +23,7 @@ GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
 
 def status_for(code: ErrorCode) -> grpc.StatusCode:
     return GRPC_STATUS.get(code, grpc.StatusCode.INTERNAL)
+
+
+# the details of UNAVAILABLE that ends a stream the client keeps open, idle, while the server drains
+SHUTTING_DOWN = "the server is shutting down"

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc import h2
+from inferd.transport.grpc.errors import SHUTTING_DOWN
 from inferd.transport.grpc.health import NativeHealth
 from inferd.transport.grpc.servicers import (
     Context,
@@ -687,6 +688,8 @@ class _Connection(asyncio.Protocol):
         self._start_stream_requests(call)
         if end and not call.tasks and not call.waiting:
             self._finish(call, grpc.StatusCode.OK, "")
+        elif self.server.draining:
+            self.end_if_idle(call)
 
     def _sized(self, call: _Call, body: bytearray) -> bool:
         """The message's declared length against the limit and (unary) the byte budget, before
@@ -770,6 +773,16 @@ class _Connection(asyncio.Protocol):
         self._start_stream_requests(call)
         if call.ended and not call.tasks and not call.waiting:
             self._finish(call, grpc.StatusCode.OK, "")
+        elif self.server.draining:
+            self.end_if_idle(call)
+
+    def end_if_idle(self, call: _Call) -> None:
+        """While the server drains, a stream the client keeps open with nothing running (no request
+        in flight, none half read) ends with UNAVAILABLE: it would otherwise hold the drain for all
+        of --drain-timeout. Its answers already queued go out first."""
+        if (not call.done and not call.ended and call.route is not None and call.route[0] == STREAM
+                and not call.tasks and not call.waiting and not call.body):
+            self._finish(call, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     async def _stream_request(self, call: _Call, route: Route, framed: bytes) -> None:
         """One request message of a stream (length-prefixed, as it came) and its answers."""
@@ -968,6 +981,7 @@ class NativeGrpcServer:
         self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
         self.budget = budget or ByteBudget(8 * max_message_bytes)
         self.active = 0
+        self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
         self.health = NativeHealth([s.name for s in servicers])
@@ -1005,8 +1019,11 @@ class NativeGrpcServer:
         self.health.drain()
         for server in self._servers:
             server.close()
+        self.draining = True
         for connection in list(self.connections):
             connection.goaway()
+            for call in list(connection.calls.values()):
+                connection.end_if_idle(call)
         deadline = time.monotonic() + grace
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
+from inferd.transport.grpc.errors import SHUTTING_DOWN
 from inferd.transport.grpc.health import Health
 from inferd.transport.grpc.servicers import (
     Context,
@@ -103,14 +104,17 @@ StreamMethod = Callable[[Any, Context], AsyncGenerator[Message, None]]
 _DONE = object()
 
 
-def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budget: ByteBudget
+def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budget: ByteBudget,
+                    draining: threading.Event
                     ) -> Callable[[Iterator[Message], grpc.ServicerContext], Iterator[Message]]:
     """A bidirectional call: a thread reads the client's messages and starts each on the loop
     (they run at once, their answers interleave); the call's thread sends the answers from a
     bounded queue. When the client goes away every request still running is cancelled, which
     closes its model's stream. Each request counts against the byte budget while it runs, each
     answer while it waits to be sent: an answer waits for room (and its model behind it), so
-    slow readers cannot grow the server's memory together."""
+    slow readers cannot grow the server's memory together. While the server drains, a stream
+    with nothing running and nothing left to send ends with UNAVAILABLE: an idle stream the
+    client keeps open would otherwise hold the drain for all of --drain-timeout."""
 
     def call(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
         answers: queue.Queue[object] = queue.Queue(STREAM_BUFFER)
@@ -208,6 +212,13 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
                 except queue.Empty:
                     if not context.is_active():
                         return
+                    if draining.is_set():
+                        with lock:
+                            idle = open_parts[0] == 1  # only the reader, waiting for the client
+                        if idle and answers.empty():
+                            context.set_code(grpc.StatusCode.UNAVAILABLE)
+                            context.set_details(SHUTTING_DOWN)
+                            return
                     continue
                 if item is _DONE:
                     return
@@ -222,11 +233,11 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
     return call
 
 
-def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBudget
-             ) -> grpc.GenericRpcHandler[Any, Any]:
+def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBudget,
+             draining: threading.Event) -> grpc.GenericRpcHandler[Any, Any]:
     streams = {
         name: grpc.stream_stream_rpc_method_handler(
-            _stream_on_loop(method, loop, budget), request_deserializer=request_type.FromString,
+            _stream_on_loop(method, loop, budget, draining), request_deserializer=request_type.FromString,
             response_serializer=lambda message: message.SerializeToString())
         for name, (method, request_type) in servicer.streams().items()
     }
@@ -254,8 +265,10 @@ class GrpcServer:
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
         servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
+        self._draining = threading.Event()
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
-                                   handlers=[_handler(s, loop, budget) for s in servicers], options=options,
+                                   handlers=[_handler(s, loop, budget, self._draining) for s in servicers],
+                                   options=options,
                                    maximum_concurrent_rpcs=max_calls)
         self.health = Health(self._server, [s.name for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")
@@ -271,4 +284,5 @@ class GrpcServer:
         """Refuse new calls, let running ones finish for up to ``grace`` seconds (the loop keeps
         serving them meanwhile), then cancel the rest. Health watchers hear NOT_SERVING first."""
         self.health.drain()
+        self._draining.set()
         await asyncio.to_thread(self._server.stop(grace).wait)

@@ -1,0 +1,73 @@
+"""SIGTERM drains what is in flight, and nothing idle holds the drain: an open gRPC stream, an
+HTTP/1.1 keep-alive connection or an HTTP/2 connection with nothing running lets the server exit
+at once instead of after --drain-timeout."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import serve
+from tests.models import write
+
+SLOW = """
+import time
+
+class Model:
+    def infer(self, inputs):
+        time.sleep(float(inputs["x"].reshape(-1)[0]))
+        return {"y": inputs["x"]}
+"""
+CONFIG = ('backend = "python"\n[[input]]\nname = "x"\ndatatype = "FP64"\nshape = [1]\n'
+          '[[output]]\nname = "y"\ndatatype = "FP64"\nshape = [1]\n')
+DRAIN = 20.0  # far more than any check below may take
+
+
+def slow_repo(root: Path) -> Path:
+    write(root / "slow/1/model.py", SLOW)
+    write(root / "slow/config.toml", CONFIG)
+    return root
+
+
+def seconds_input(seconds: float) -> grpcclient.InferInput:
+    given = grpcclient.InferInput("x", [1], "FP64")
+    given.set_data_from_numpy(np.array([seconds]))
+    return given
+
+
+@pytest.mark.parametrize("args", [(), ("--grpc-server", "grpcio"), ("--workers", "1")],
+                         ids=["native", "grpcio", "workers"])
+def test_an_idle_stream_ends_with_unavailable_after_its_requests_are_answered(tmp_path: Path,
+                                                                               args: tuple[str, ...]) -> None:
+    with serve(slow_repo(tmp_path), "--drain-timeout", str(DRAIN), *args, grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        answers: queue.Queue[object] = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        try:
+            client.async_stream_infer("slow", [seconds_input(0.0)])
+            first = answers.get(timeout=30)
+            assert not isinstance(first, InferenceServerException), first
+            client.async_stream_infer("slow", [seconds_input(1.5)])  # in flight when SIGTERM comes
+            time.sleep(0.5)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            answered = answers.get(timeout=DRAIN)
+            assert not isinstance(answered, InferenceServerException), answered
+            assert answered.as_numpy("y").tolist() == [1.5]  # type: ignore[attr-defined]
+            ended = answers.get(timeout=DRAIN)
+            assert isinstance(ended, InferenceServerException), ended
+            assert ended.status() == "StatusCode.UNAVAILABLE", ended
+            assert "shutting down" in str(ended.message()), ended
+            assert time.monotonic() - started < DRAIN / 2, "the stream ended only at --drain-timeout"
+            assert server.process.wait(DRAIN) == 0
+            assert time.monotonic() - started < DRAIN / 2, "the idle stream held the drain"
+        finally:
+            client.stop_stream()
+            client.close()
