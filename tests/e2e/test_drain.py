@@ -71,3 +71,25 @@ def test_an_idle_stream_ends_with_unavailable_after_its_requests_are_answered(tm
         finally:
             client.stop_stream()
             client.close()
+
+
+def test_a_worker_whose_drain_runs_to_the_limit_exits_on_its_own(tmp_path: Path) -> None:
+    """The supervisor gives a front-end worker time to exit after its own --drain-timeout ran out,
+    instead of killing it at the very moment it stops waiting."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [30.0]}]}  # never done in time
+    with serve(slow_repo(tmp_path), "--drain-timeout", "1", "--workers", "1") as server, \
+            ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, f"{server.base}/v2/models/slow/infer", json=body, timeout=30)
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0
+        took = time.monotonic() - started
+        with pytest.raises(requests.ConnectionError):
+            pending.result()
+    assert took < 1 + 2 + 2 + 2, f"--drain-timeout 1 took {took:.1f} s"  # drain, worker exit, unload grace
+    assert "did not exit within its drain" not in server.log(), server.log()

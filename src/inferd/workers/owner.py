@@ -45,6 +45,9 @@ START_TIMEOUT_S = 60.0  # a worker imports the transports and opens its ports we
 # (its loop blocked, or stopped): it holds its share of new connections unanswered, so it is killed
 # and replaced. Well above what a worker's own loop may block (a plain call waits 10 s at most).
 HUNG_S = 15.0
+# a worker drains for --drain-timeout itself, then closes and exits: killed only when it has not
+# exited this long after (else one whose drain ran to the limit is always killed, mid-exit)
+EXIT_GRACE_S = 2.0
 
 
 class CoreService:
@@ -273,20 +276,23 @@ class WorkerSupervisor:
                     self._processes[number] = self._spawn(number)
 
     async def stop(self, timeout: float) -> bool:
-        """True when every worker drained and exited within ``timeout`` seconds."""
+        """True when every worker drained within ``timeout`` seconds and then exited (within
+        ``EXIT_GRACE_S`` more)."""
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
         for process in self._processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + EXIT_GRACE_S
         drained = True
-        for process in self._processes:
+        for number, process in enumerate(self._processes):
             try:
                 await asyncio.to_thread(process.wait, max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
                 drained = False
+                log.warning("front-end worker %d (pid %d) did not exit within its drain; killing it",
+                            number, process.pid)
                 process.kill()
                 await asyncio.to_thread(process.wait)
         return drained
