@@ -191,3 +191,39 @@ def test_an_http_client_that_goes_away_stops_the_model(server: RunningServer, pr
     while not closed.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert closed.exists(), "the generator was not closed when the HTTP client went away"
+
+
+def _generate_counts(server: RunningServer, model: str) -> tuple[dict[str, float], dict[str, int]]:
+    """/metrics' kserve_v2_generate outcomes and the stats' success/fail counts of ``model``."""
+    outcomes = {}
+    for line in requests.get(f"{server.base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("inferd_requests_total{") and f'model="{model}"' in line \
+                and 'protocol="kserve_v2_generate"' in line:
+            outcomes[line.split('outcome="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    stats = requests.get(f"{server.base}/v2/models/{model}/stats", timeout=10).json()["model_stats"][0]
+    return outcomes, {k: int(stats["inference_stats"][k]["count"]) for k in ("success", "fail")}
+
+
+def test_a_generate_stream_the_client_leaves_counts_as_cancelled(server: RunningServer, progress: Path) -> None:
+    closed = Path(str(progress) + ".closed")
+    closed.unlink(missing_ok=True)
+    outcomes, counts = _generate_counts(server, "endless")
+    with requests.post(f"{server.base}/v2/models/endless/generate_stream", json={"N": 0}, stream=True,
+                       timeout=30) as response:
+        assert any(line.startswith(b"data: ") for _, line in zip(range(6), response.iter_lines(), strict=False))
+    deadline = time.monotonic() + 10
+    while not closed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed.exists(), "the generator was not closed when the HTTP client went away"
+
+    def counted() -> tuple[dict[str, float], dict[str, int]]:
+        return _generate_counts(server, "endless")
+
+    deadline = time.monotonic() + 10
+    while ((now := counted())[0].get("cancelled", 0) == outcomes.get("cancelled", 0)
+           or now[1]["fail"] == counts["fail"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after_outcomes, after_counts = now
+    assert after_outcomes.get("cancelled", 0) == outcomes.get("cancelled", 0) + 1, after_outcomes
+    assert after_outcomes.get("success", 0) == outcomes.get("success", 0), after_outcomes  # the client saw no end
+    assert after_counts == {"success": counts["success"], "fail": counts["fail"] + 1}, after_counts

@@ -280,6 +280,8 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
+            if outcome == "success" and context.is_cancelled():  # the model stopped because the client left
+                outcome = "cancelled"
             context.timings.total = time.perf_counter() - start
             self._count(runtime, outcome, context, 0.0, 0.0, None)
             if self._metrics is not None:
