@@ -62,6 +62,10 @@ def test_big_unsigned_integers_survive_json() -> None:
     ("INT32", [False, 4], "got true/false"),
     ("BF16", [1.0, True], "got true/false"),
     ("BF16", ["1", "2"], "does not hold BF16"),
+    ("FP64", ["a", "b"], "expected numbers, got strings$"),  # JSON's words, not numpy's <U1
+    ("FP64", [None, 1], "expected numbers, got null, objects or mixed values"),
+    ("BOOL", ["a", "b"], "expected true/false, got strings$"),
+    ("BOOL", [1, 0], "expected true/false, got numbers$"),
 ])
 def test_bad_json_data(datatype: str, data: list, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

@@ -81,17 +81,27 @@ def numbers_from_json(data: list[Any], datatype: str) -> np.ndarray:
     return _numbers(data, dtype, datatype)
 
 
+def _json_kind(array: np.ndarray) -> str:
+    """What JSON values numpy read, in JSON's words (not numpy's ``<U3``)."""
+    kind = array.dtype.kind
+    if kind in "US":
+        return "strings"
+    if kind in "iuf":
+        return "numbers"
+    return "null, objects or mixed values" if kind == "O" else f"{array.dtype} values"
+
+
 def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
     if datatype == "BOOL":
         array = np.asarray(data)
         if array.size and array.dtype != np.bool_:
-            raise ValueError(f"expected true/false, got {array.dtype} values")
+            raise ValueError(f"expected true/false, got {_json_kind(array)}")
         return array.astype(np.bool_).ravel()
     array = np.asarray(data)
     if array.dtype.kind == "b" or (array.dtype.kind in "iuf" and _holds_bools(data, array)):
         raise ValueError("expected numbers, got true/false")
     if array.dtype.kind not in "iuf":
-        raise ValueError(f"expected numbers, got {array.dtype} values")
+        raise ValueError(f"expected numbers, got {_json_kind(array)}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         # numpy turns a mix of small and >= 2**63 integers into float64: look before refusing
         if any(isinstance(item, float) for item in flatten(data)):
