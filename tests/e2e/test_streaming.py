@@ -227,3 +227,44 @@ def test_a_generate_stream_the_client_leaves_counts_as_cancelled(server: Running
     assert after_outcomes.get("cancelled", 0) == outcomes.get("cancelled", 0) + 1, after_outcomes
     assert after_outcomes.get("success", 0) == outcomes.get("success", 0), after_outcomes  # the client saw no end
     assert after_counts == {"success": counts["success"], "fail": counts["fail"] + 1}, after_counts
+
+
+BREAKS = '''
+import numpy as np
+
+
+class Model:
+    def infer(self, inputs):
+        for i in range(3):
+            yield {"VALUE": np.array([i], dtype=np.int32), "TEXT": np.array([b"t"], dtype=object)}
+        raise RuntimeError("broke after three answers")
+'''
+
+
+def test_a_model_failing_mid_stream_is_an_error_event_and_a_logged_traceback(tmp_path: Path) -> None:
+    from tests.models import write
+
+    write(tmp_path / "breaks/1/model.py", BREAKS)
+    write(tmp_path / "breaks/config.toml", streaming_models.COUNT_UP_CONFIG)
+    with serve(tmp_path, grpc=True) as server:
+        response = requests.post(f"{server.base}/v2/models/breaks/generate_stream", json={"N": 1}, timeout=30)
+        assert response.status_code == 200  # the status went out with the first answer
+        events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        assert [event.get("VALUE") for event in events[:3]] == [0, 1, 2]
+        assert "broke after three answers" in events[3]["error"] and len(events) == 4, events
+
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        answers: queue.Queue[Any] = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("breaks", [n_input(1)])
+        got = collect(answers, 4)
+        client.stop_stream()
+        assert [item.as_numpy("VALUE").tolist() for item in got[:3]] == [[0], [1], [2]]
+        assert isinstance(got[3], InferenceServerException) and "broke after three answers" in got[3].message()
+        deadline = time.monotonic() + 5
+        while server.log().count("RuntimeError: broke after three answers") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = server.log()
+    # each failure logged with what raised it (the message line and the traceback's last line)
+    assert "generate_stream: model 'breaks:1' failed" in log and "ModelStreamInfer: model 'breaks:1' failed" in log, log
+    assert log.count("Traceback") >= 2, log

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import Message
 
 from inferd.core import Core
-from inferd.errors import Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
+from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -191,6 +191,8 @@ class KServeV2Servicer:
         except InferdError as exc:
             if turn is not None:
                 turn.entered()  # before its error waits to be sent
+            if exc.code is ErrorCode.MODEL_FAILED:  # an INTERNAL answer: the log keeps what raised it
+                log.error("ModelStreamInfer: %s", exc.message, exc_info=exc)
             yield kserve_v2_grpc.stream_error(exc.message)
         except Exception as exc:
             if turn is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 from inferd.core import Core
-from inferd.errors import Forbidden, InferdError, InvalidInput, NotFound
+from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
 from inferd.transport.http.app import (
@@ -28,6 +29,8 @@ SSE = b"text/event-stream"
 OK = HttpResponse(200, b"")
 LIVE = HttpResponse(200, b'{"live":true}')
 READY = HttpResponse(200, b'{"ready":true}')
+
+log = logging.getLogger("inferd.http")
 
 
 def inference_guard(core: Core) -> Guard:
@@ -212,6 +215,8 @@ async def _events(stream: AsyncGenerator[InferResponse, None]) -> AsyncGenerator
             async for answer in answers:
                 yield kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(answer))
         except InferdError as exc:
+            if exc.code is ErrorCode.MODEL_FAILED:  # a 500 after the status went out: logged as one
+                log.error("generate_stream: %s", exc.message, exc_info=exc)
             yield kserve_v2_generate.sse_error(exc.message)
 
 
