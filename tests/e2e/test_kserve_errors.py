@@ -166,6 +166,26 @@ def test_failing_model_gets_500_with_its_message_and_server_goes_on(server: Runn
     assert post(server, "/v2/models/py_double/infer", body).json()["outputs"][0]["data"] == [12, 14]
 
 
+def test_a_failed_execution_counts_as_a_failure_only(server: RunningServer) -> None:
+    """As Triton's statistics: inference_count and execution_count count successful runs only."""
+    def stats() -> dict:
+        response = requests.get(f"{server.base}/v2/models/py_double/stats", timeout=5)
+        return response.json()["model_stats"][0]
+
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [666, 1]}]}
+    before = stats()
+    assert post(server, "/v2/models/py_double/infer", body).status_code == 500
+    after = stats()
+    assert after["inference_stats"]["fail"]["count"] == before["inference_stats"]["fail"]["count"] + 1
+    assert (after["inference_count"], after["execution_count"]) == (before["inference_count"],
+                                                                     before["execution_count"])
+    body["inputs"][0]["data"] = [1, 2]
+    assert post(server, "/v2/models/py_double/infer", body).status_code == 200
+    done = stats()
+    assert done["execution_count"] == before["execution_count"] + 1 and done["inference_count"] > before[
+        "inference_count"]
+
+
 def test_still_correct_after_hundreds_of_malformed_requests(server: RunningServer) -> None:
     rng = np.random.default_rng(9)
     session = requests.Session()

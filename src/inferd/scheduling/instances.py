@@ -246,13 +246,16 @@ class InstancePool(Scheduler):
         rows = self._rows(inputs)
         with self._batches_lock:
             self._busy += 1
-            self._executions += 1
-            self._inferences += rows
         start = time.perf_counter()
         try:
             if emit is not None:
-                return self.inner.infer_parts(inputs, emit)
-            return self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
+                answer = self.inner.infer_parts(inputs, emit)
+            else:
+                answer = self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
+            with self._batches_lock:  # as Triton's inference_count and execution_count: successes only
+                self._executions += 1
+                self._inferences += rows
+            return answer
         except InferdError:
             raise
         except asyncio.CancelledError:
