@@ -247,14 +247,13 @@ class InstancePool(Scheduler):
         with self._batches_lock:
             self._busy += 1
         start = time.perf_counter()
+        succeeded = False  # as Triton's inference_count and execution_count: successes only
         try:
             if emit is not None:
                 answer = self.inner.infer_parts(inputs, emit)
             else:
                 answer = self.inner.infer(inputs) if lane is None else self.inner.infer_on(lane, inputs)
-            with self._batches_lock:  # as Triton's inference_count and execution_count: successes only
-                self._executions += 1
-                self._inferences += rows
+            succeeded = True
             return answer
         except InferdError:
             raise
@@ -266,6 +265,9 @@ class InstancePool(Scheduler):
             seconds = time.perf_counter() - start
             with self._batches_lock:
                 self._busy -= 1
+                if succeeded:
+                    self._executions += 1
+                    self._inferences += rows
                 self._batches.setdefault(rows, Duration()).add(seconds)
                 self._measure(seconds)
 
