@@ -4,10 +4,12 @@ one core. Reports calls/s and CPU µs per call of each side, so a change to the 
 or either loop's handling shows without wrk's or the model's noise.
 
     taskset -c 0 python benchmarks/workers_hop.py [--tree SRC_CHECKOUT] [--concurrency 1,64] [--calls 20000]
-        [--floats 16]
+        [--floats 16] [--in-process]
 
 --floats sets the request's FP32 tensor (1 x N; the answer carries it back): 16 is the peers' tiny
-model, 150528 an image of 3 x 224 x 224.
+model, 150528 an image of 3 x 224 x 224. --in-process runs the model process's side in the
+driver's own loop instead (the same code, socket and system calls, no second process): what the
+hop costs without a context switch and without two processes taking turns on one core's caches.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-SERVE = '''
-import asyncio, sys, uvloop
-from pathlib import Path
+ECHO = '''
 from inferd.types import InferResponse, Timings
-from inferd.workers.owner import CoreService
 
 class Echo:
     async def infer(self, request):
@@ -34,6 +34,12 @@ class Echo:
 
     def group_rows(self, name, version):
         return 0
+'''
+
+SERVE = ECHO + '''
+import asyncio, sys, uvloop
+from pathlib import Path
+from inferd.workers.owner import CoreService
 
 async def main():
     service = CoreService({"data": Echo()})
@@ -69,6 +75,24 @@ async def drive(path: Path, concurrency: int, calls: int, floats: int) -> float:
     return took
 
 
+async def in_process(path: Path, concurrencies: list[int], calls: int, floats: int) -> None:
+    """Both sides in this process's loop: CPU per call of the two together."""
+    from inferd.workers.owner import CoreService
+
+    scope: dict[str, Any] = {}
+    exec(ECHO, scope)
+    service = CoreService({"data": scope["Echo"]()})
+    await service.start(path)
+    for concurrency in concurrencies:
+        await drive(path, concurrency, min(2000, calls), floats)  # warm
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        took = await drive(path, concurrency, calls, floats)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        both_us = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / calls * 1e6
+        print(f"c={concurrency} (one process): {calls / took:,.0f} calls/s, CPU per call: both {both_us:.1f} µs",
+              flush=True)
+
+
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -82,6 +106,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000,
                         help="calls per concurrency (the model process's CPU is read in 10 ms ticks: keep it large)")
     parser.add_argument("--floats", type=int, default=16, help="FP32 values in the request's tensor")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the model process's side in this process's loop (no second process)")
     args = parser.parse_args()
     if not (args.tree / "src" / "inferd" / "workers" / "channel.py").is_file():
         parser.error(f"--tree {args.tree}: no src/inferd/workers/channel.py there (an inferd checkout is expected)")
@@ -90,12 +116,16 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="inferd-hop-"))
     path = folder / "core.sock"
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.in_process:
+        uvloop.run(in_process(path, concurrencies, args.calls, args.floats))
+        return
     env = dict(os.environ, PYTHONPATH=str(args.tree / "src"))
     owner = subprocess.Popen([sys.executable, "-c", SERVE, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              env=env)
     assert owner.stdout is not None and owner.stdout.readline().strip() == b"ready"
     try:
-        for concurrency in map(int, args.concurrency.split(",")):
+        for concurrency in concurrencies:
             uvloop.run(drive(path, concurrency, min(2000, args.calls), args.floats))  # warm both sides
             mine, theirs = resource.getrusage(resource.RUSAGE_SELF), cpu_s(owner.pid)
             took = uvloop.run(drive(path, concurrency, args.calls, args.floats))
