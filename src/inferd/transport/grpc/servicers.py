@@ -444,5 +444,8 @@ class ModelServicer(_TFServingBase):
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
         version, _ = tfserving.model_spec_version(spec)  # TF Serving ignores a label here: every version
-        states = self.data.version_states(spec.name, version, _authorization(context))
+        try:
+            states = self.data.version_states(spec.name, version, _authorization(context))
+        except NotFound:
+            raise tfserving.status_not_found(spec.name, version) from None
         return tfserving.encode_model_status(states)
