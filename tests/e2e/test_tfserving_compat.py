@@ -309,3 +309,47 @@ def test_model_status_of_an_unknown_model_or_version_in_tf_servings_words(server
         answer = requests.get(f"{server.base}/v1/models/{path}", timeout=10)
         assert (answer.status_code, answer.json()) == (404, {"error": message})
 
+
+def test_grpc_multi_inference_runs_every_task_on_the_first_tasks_servable(stub) -> None:
+    """multi_inference_helper.cc: the first task's ModelSpec picks the servable (version or label)
+    for all; multi_inference.cc: a signature named twice ("" is serving_default) is refused."""
+    from tensorflow_serving.apis import inference_pb2
+
+    def multi(*tasks: tuple[str, str, int | None]) -> inference_pb2.MultiInferenceRequest:
+        request = inference_pb2.MultiInferenceRequest()
+        for signature, method, version in tasks:
+            task = request.tasks.add()
+            task.model_spec.name, task.model_spec.signature_name = "offset", signature
+            task.method_name = f"tensorflow/serving/{method}"
+            if version is not None:
+                task.model_spec.version.value = version
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+        return request
+
+    for first, second, offset in ((1, None, 100.0), (None, 1, 200.0)):
+        result = stub.MultiInference(multi(("regress", "regress", first), ("classify", "classify", second)),
+                                     timeout=30)
+        assert result.results[0].regression_result.regressions[0].value == 1.0 + offset
+        assert result.results[1].classification_result.classifications[0].classes[0].score == 1.0 + offset
+        assert [r.model_spec.version.value for r in result.results] == [int(offset // 100)] * 2
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MultiInference(multi(("", "regress", None), ("serving_default", "regress", None)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "Duplicate evaluation of signature: serving_default"
+
+
+def test_grpc_metadata_fields_as_tf_serving_checks_them(stub) -> None:
+    """get_model_metadata_impl.cc: at least one field, each "signature_def" (repeating one is fine)."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    for fields, message in ((["signature_def", "signature_def"], None),
+                            ([], "GetModelMetadataRequest must specify at least one metadata_field"),
+                            (["signature_def", "x"], "Metadata field x is not supported")):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
+        request.model_spec.name = "offset"
+        if message is None:
+            assert stub.GetModelMetadata(request, timeout=30).model_spec.version.value == 2
+            continue
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelMetadata(request, timeout=30)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
