@@ -7,6 +7,7 @@ test names the file of tensorflow/serving that decides it."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,3 +354,29 @@ def test_grpc_metadata_fields_as_tf_serving_checks_them(stub) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.GetModelMetadata(request, timeout=30)
         assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def test_model_status_is_ok_while_a_version_loads_and_an_error_only_where_it_failed(tmp_path: Path) -> None:
+    """get_model_status_impl.cc: a version's status is its health (status_util.cc ToStatusProto), which
+    basic_manager.cc publishes as OK while it loads; only a failed version carries an error."""
+    from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
+
+    write(tmp_path / "slow/1/model.py", PYTHON_MODEL.replace("self.offset = 10",
+                                                             "self.offset = 10\n        __import__('time').sleep(4)"))
+    write(tmp_path / "slow/config.toml", PYTHON_CONFIG)
+    write(tmp_path / "broken/1/model.py", PYTHON_MODEL.replace("self.offset = 10", "raise RuntimeError('no load')"))
+    write(tmp_path / "broken/config.toml", PYTHON_CONFIG)
+    with serve(tmp_path, wait_ready=False) as server:
+        seen: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not any(row["state"] == "AVAILABLE" for row in seen) and time.monotonic() < deadline:
+            answer = requests.get(f"{server.base}/v1/models/slow", timeout=10)
+            if answer.status_code == 200:
+                seen.extend(answer.json()["model_version_status"])
+            time.sleep(0.05)
+        loading = [row for row in seen if row["state"] == "LOADING"]
+        assert loading and seen[-1]["state"] == "AVAILABLE", seen
+        assert all(row["status"] == {"error_code": "OK", "error_message": ""} for row in seen), seen
+        broken = requests.get(f"{server.base}/v1/models/broken", timeout=10).json()["model_version_status"]
+        assert broken[0]["state"] == "END" and broken[0]["status"]["error_code"] == "UNKNOWN", broken
+        assert "no load" in broken[0]["status"]["error_message"]

@@ -288,11 +288,11 @@ def _bytes_json(value: Any, force_b64: bool) -> Any:
 
 
 def rest_status(versions: list[VersionStatus]) -> dict[str, Any]:
-    """``GET /v1/models/{m}``: the versions' states in TF Serving's status shape."""
+    """``GET /v1/models/{m}``: the versions' states in TF Serving's status shape. A version's status is
+    its health, as TF Serving's: OK while it loads or unloads, an error only where it failed."""
     return {"model_version_status": [
         {"version": row.version, "state": pb.ModelVersionStatus.State.Name(_STATE[row.state]),
-         "status": {"error_code": "OK" if row.state is ModelState.READY else "UNKNOWN",
-                    "error_message": row.reason}}
+         "status": {"error_code": "UNKNOWN" if row.reason else "OK", "error_message": row.reason}}
         for row in versions]}
 
 
@@ -426,6 +426,6 @@ def encode_model_status(versions: list[VersionStatus]) -> pb.GetModelStatusRespo
     message = pb.GetModelStatusResponse()
     for row in versions:
         status = message.model_version_status.add(version=version_number(row.version), state=_STATE[row.state])
-        status.status.error_code = 0 if row.state is ModelState.READY else 2  # OK, UNKNOWN
+        status.status.error_code = 2 if row.reason else 0  # UNKNOWN, OK
         status.status.error_message = row.reason
     return message
