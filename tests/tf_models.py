@@ -123,6 +123,46 @@ def build_half_plus_two_tf2(version_dir: Path) -> None:
         "serving_default": module.predict, "classify_x_to_y": module.classify, "regress_x_to_y": module.regress})
 
 
+def build_offset_versions(model_dir: Path, offsets: dict[int, float]) -> None:
+    """One SavedModel per version, y = x + offset (so an answer tells which version ran): classify
+    and regress on tf.Examples (feature x), "sum" adding each example's float feature f (any number
+    of values), and "total" whose output is a scalar."""
+    import tensorflow as tf
+
+    class Offset(tf.Module):
+        def __init__(self, offset: float) -> None:
+            super().__init__()
+            self.offset = tf.Variable(offset)
+
+        def _x(self, inputs: tf.Tensor) -> tf.Tensor:
+            return tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"] + self.offset
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            scores = self._x(inputs)
+            return {"scores": scores, "classes": tf.fill(tf.shape(scores), "c")}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"outputs": self._x(inputs)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def sum(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            f = tf.io.parse_example(inputs, {"f": tf.io.VarLenFeature(tf.float32)})["f"]
+            return {"outputs": tf.sparse.reduce_sum(f, axis=1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def total(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"total": tf.reduce_sum(x)}
+
+    for version, offset in offsets.items():
+        module = Offset(offset)
+        tf.saved_model.save(module, str(model_dir / str(version)), signatures={
+            "serving_default": module.regress, "classify": module.classify, "regress": module.regress,
+            "sum": module.sum, "total": module.total})
+    (model_dir / "config.toml").write_text("[version_policy]\nall = true\n")
+
+
 def example(**features: float) -> bytes:
     """A serialized tf.Example with float features, made by TensorFlow itself."""
     import tensorflow as tf

@@ -1,11 +1,13 @@
 """TF Serving's behaviour as its own clients and tests rely on it, with the tensorflow-serving-api
 stubs against a real `inferd serve`: typed Predict answers (float_val), TF's shape rules, metadata
 as the SavedModel writes it, Classify / Regress / MultiInference over gRPC and REST, zero-padded
-version folders, and TF Serving's JSON rules on the REST path."""
+version folders, and TF Serving's JSON rules on the REST path. Where a rule is TF Serving's own, the
+test names the file of tensorflow/serving that decides it."""
 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tfcompat")
     tf_models.build_half_plus_two_tf1(root / "half_plus_two" / "00000123")
     tf_models.build_half_plus_two_tf2(root / "half_plus_two_tf2" / "00000007")
+    tf_models.build_offset_versions(root / "offset", {1: 100.0, 2: 200.0})
     return root
 
 
@@ -240,3 +243,140 @@ def test_rest_row_format_with_a_string_and_a_numeric_output_and_b64() -> None:
         assert answer.json() == {"predictions": [{"upper": "OK!", "length": 2}]}
         answer = post({"instances": [{"b64": "not base64 at all!"}]})
         assert answer.status_code == 400 and "not valid base64" in answer.json()["error"], answer.text
+
+
+def rest(server: RunningServer, path: str, body: dict | bytes) -> requests.Response:
+    if isinstance(body, bytes):
+        return requests.post(f"{server.base}/v1/models/{path}", data=body, timeout=30)
+    return requests.post(f"{server.base}/v1/models/{path}", json=body, timeout=30)
+
+
+def test_rest_classify_and_regress_write_float32_as_tf_serving(server: RunningServer) -> None:
+    """json_tensor.cc WriteDecimal: a score or regression is a float32, written in its shortest form
+    (2.05, not 2.049999952316284), NaN and infinities as tokens."""
+    answer = rest(server, "half_plus_two:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 0.1}]})
+    assert answer.text == '{"results":[2.05]}'
+    answer = rest(server, "half_plus_two:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 0.1}]})
+    assert answer.text == '{"results":[[["",2.05]]]}'
+    answer = rest(server, "half_plus_two:regress",
+                  b'{"signature_name": "regress_x_to_y", "examples": [{"x": NaN}, {"x": Infinity}]}')
+    assert answer.text == '{"results":[NaN,Infinity]}', answer.text
+
+
+def test_rest_row_format_refuses_a_scalar_output(server: RunningServer) -> None:
+    """json_tensor.cc MakeRowFormatJsonFromTensors: an output without a batch dim has no rows."""
+    answer = rest(server, "offset:predict", {"signature_name": "total", "instances": [1.0, 2.0]})
+    assert answer.status_code == 400, answer.text
+    assert "Tensor name: total has no shape information" in answer.json()["error"]
+    assert rest(server, "offset:predict", {"signature_name": "total", "inputs": [1.0, 2.0]}).json() == {"outputs": 3.0}
+
+
+def test_rest_instances_objects_name_the_one_input(server: RunningServer) -> None:
+    """json_tensor.cc FillTensorMapFromInstancesList: objects (but {"b64": ...}) name the inputs, for
+    one input too."""
+    answer = rest(server, "offset:predict", {"signature_name": "total", "instances": [{"x": 1.0}, {"x": 2.0}]})
+    assert answer.status_code == 400 and "no shape information" in answer.json()["error"]  # read as rows of x
+    answer = rest(server, "offset:predict", {"signature_name": "total", "instances": [{"y": 1.0}]})
+    assert answer.status_code == 400
+    assert "unknown input 'y'; the signature takes ['x']" in answer.json()["error"], answer.text
+
+
+def test_rest_example_features_hold_one_kind_of_value(server: RunningServer) -> None:
+    """json_tensor.cc AddValueToFeature: each value's JSON kind picks the list; a feature mixing
+    integers and fractions is refused (TF Serving: "Unexpected element type in feature")."""
+    answer = rest(server, "offset:regress", {"signature_name": "sum", "examples": [{"f": [1.0, 2.5]}]})
+    assert answer.json() == {"results": [3.5]}
+    for mixed in ([1, 2.5], [2.5, 1], [True, 0.5]):
+        answer = rest(server, "offset:regress", {"signature_name": "sum", "examples": [{"f": mixed}]})
+        assert answer.status_code == 400, (mixed, answer.text)
+        assert "Unexpected element type in feature" in answer.json()["error"]
+
+
+def test_model_status_of_an_unknown_model_or_version_in_tf_servings_words(server: RunningServer, stub) -> None:
+    """get_model_status_impl.cc: NOT_FOUND "Could not find ..." over gRPC and REST (404)."""
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    models = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_url))
+    for name, version, message in (("nope", None, "Could not find any versions of model nope"),
+                                   ("offset", 9, "Could not find version 9 of model offset")):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        with pytest.raises(grpc.RpcError) as info:
+            models.GetModelStatus(request, timeout=30)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.NOT_FOUND, message)
+        path = name if version is None else f"{name}/versions/{version}"
+        answer = requests.get(f"{server.base}/v1/models/{path}", timeout=10)
+        assert (answer.status_code, answer.json()) == (404, {"error": message})
+
+
+def test_grpc_multi_inference_runs_every_task_on_the_first_tasks_servable(stub) -> None:
+    """multi_inference_helper.cc: the first task's ModelSpec picks the servable (version or label)
+    for all; multi_inference.cc: a signature named twice ("" is serving_default) is refused."""
+    from tensorflow_serving.apis import inference_pb2
+
+    def multi(*tasks: tuple[str, str, int | None]) -> inference_pb2.MultiInferenceRequest:
+        request = inference_pb2.MultiInferenceRequest()
+        for signature, method, version in tasks:
+            task = request.tasks.add()
+            task.model_spec.name, task.model_spec.signature_name = "offset", signature
+            task.method_name = f"tensorflow/serving/{method}"
+            if version is not None:
+                task.model_spec.version.value = version
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+        return request
+
+    for first, second, offset in ((1, None, 100.0), (None, 1, 200.0)):
+        result = stub.MultiInference(multi(("regress", "regress", first), ("classify", "classify", second)),
+                                     timeout=30)
+        assert result.results[0].regression_result.regressions[0].value == 1.0 + offset
+        assert result.results[1].classification_result.classifications[0].classes[0].score == 1.0 + offset
+        assert [r.model_spec.version.value for r in result.results] == [int(offset // 100)] * 2
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MultiInference(multi(("", "regress", None), ("serving_default", "regress", None)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "Duplicate evaluation of signature: serving_default"
+
+
+def test_grpc_metadata_fields_as_tf_serving_checks_them(stub) -> None:
+    """get_model_metadata_impl.cc: at least one field, each "signature_def" (repeating one is fine)."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    for fields, message in ((["signature_def", "signature_def"], None),
+                            ([], "GetModelMetadataRequest must specify at least one metadata_field"),
+                            (["signature_def", "x"], "Metadata field x is not supported")):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
+        request.model_spec.name = "offset"
+        if message is None:
+            assert stub.GetModelMetadata(request, timeout=30).model_spec.version.value == 2
+            continue
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelMetadata(request, timeout=30)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def test_model_status_is_ok_while_a_version_loads_and_an_error_only_where_it_failed(tmp_path: Path) -> None:
+    """get_model_status_impl.cc: a version's status is its health (status_util.cc ToStatusProto), which
+    basic_manager.cc publishes as OK while it loads; only a failed version carries an error."""
+    from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
+
+    write(tmp_path / "slow/1/model.py", PYTHON_MODEL.replace("self.offset = 10",
+                                                             "self.offset = 10\n        __import__('time').sleep(4)"))
+    write(tmp_path / "slow/config.toml", PYTHON_CONFIG)
+    write(tmp_path / "broken/1/model.py", PYTHON_MODEL.replace("self.offset = 10", "raise RuntimeError('no load')"))
+    write(tmp_path / "broken/config.toml", PYTHON_CONFIG)
+    with serve(tmp_path, wait_ready=False) as server:
+        seen: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not any(row["state"] == "AVAILABLE" for row in seen) and time.monotonic() < deadline:
+            answer = requests.get(f"{server.base}/v1/models/slow", timeout=10)
+            if answer.status_code == 200:
+                seen.extend(answer.json()["model_version_status"])
+            time.sleep(0.05)
+        loading = [row for row in seen if row["state"] == "LOADING"]
+        assert loading and seen[-1]["state"] == "AVAILABLE", seen
+        assert all(row["status"] == {"error_code": "OK", "error_message": ""} for row in seen), seen
+        broken = requests.get(f"{server.base}/v1/models/broken", timeout=10).json()["model_version_status"]
+        assert broken[0]["state"] == "END" and broken[0]["status"]["error_code"] == "UNKNOWN", broken
+        assert "no load" in broken[0]["status"]["error_message"]

@@ -110,7 +110,7 @@ def test_context_merges_into_every_example_with_the_examples_keys_winning() -> N
     parsed = tf.train.Example.FromString(serialized).features.feature
     assert list(parsed["x"].float_list.value) == [5.0]
     assert list(parsed["c"].bytes_list.value) == [b"ctx"]
-    rest = tfserving_examples.rest_examples({"examples": [{"n": 3, "f": [1, 2.5], "s": "t", "b": {"b64": "aGk="}}]})
+    rest = tfserving_examples.rest_examples({"examples": [{"n": 3, "f": [1.0, 2.5], "s": "t", "b": {"b64": "aGk="}}]})
     parsed = tf.train.Example.FromString(rest[0]).features.feature
     assert list(parsed["n"].int64_list.value) == [3]
     assert list(parsed["f"].float_list.value) == [1.0, 2.5]
@@ -120,6 +120,33 @@ def test_context_merges_into_every_example_with_the_examples_keys_winning() -> N
     assert (list(parsed["t"].int64_list.value), list(parsed["m"].int64_list.value)) == ([1], [0, 3])
     with pytest.raises(InvalidInput, match="Input is empty"):
         tfserving_examples.serialized_examples(pb.Input())
+    for mixed in ([1, 2.5], [0.5, 2], ["a", 1], [True, 0.5]):  # TF Serving: one kind of value per feature
+        with pytest.raises(InvalidInput, match="Unexpected element type in feature"):
+            tfserving_examples.rest_examples({"examples": [{"f": mixed}]})
+
+
+def test_rest_scores_and_regressions_are_float32_in_shortest_form() -> None:
+    classified = pb.ClassificationResult()
+    classified.classifications.add().classes.add(label="a", score=0.1)
+    regressed = pb.RegressionResult()
+    for value in (2.05, float("nan"), float("-inf")):
+        regressed.regressions.add(value=value)
+    for body, expected in ((tfserving_examples.rest_classification(classified), b'{"results":[[["a",0.1]]]}'),
+                           (tfserving_examples.rest_regression(regressed), b'{"results":[2.05,NaN,-Infinity]}')):
+        assert orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY) == expected
+
+
+def test_row_format_refuses_a_scalar_output_and_objects_name_the_one_input() -> None:
+    from inferd.types import TensorSpec
+
+    scalar = InferResponse("m", "1", [Tensor("total", "FP32", np.array(3.0, np.float32))])
+    with pytest.raises(InvalidInput, match="Tensor name: total has no shape information"):
+        tfserving.encode_rest_predict(scalar, row_format=True)
+    specs = (TensorSpec("x", "BYTES", (-1,)),)
+    with pytest.raises(InvalidInput, match="instances\\[0\\] has unknown input 'y'"):
+        tfserving.decode_rest_predict({"instances": [{"y": "a"}]}, specs, "m", None, None)
+    request, rows = tfserving.decode_rest_predict({"instances": [{"b64": "aGk="}]}, specs, "m", None, None)
+    assert request.inputs[0].data.tolist() == [b"hi"] and rows
 
 
 @pytest.mark.parametrize(("datatype", "value"), [("FP16", 70000), ("BF16", 65536), ("FP16", -1)])

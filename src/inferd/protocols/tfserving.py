@@ -65,6 +65,13 @@ def version_number(version: str) -> int:
     return int(version) if version.isascii() and version.isdigit() else 0
 
 
+def status_not_found(name: str, version: str | None) -> NotFound:
+    """GetModelStatus's answer for a model or version it does not know, in TF Serving's words."""
+    if version is not None:
+        return NotFound(f"Could not find version {version} of model {name}")
+    return NotFound(f"Could not find any versions of model {name}")
+
+
 def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFound:
     """An unknown model or version in TF Serving's words (its clients look for "Servable")."""
     which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
@@ -120,8 +127,8 @@ def _rows_to_columns(instances: Any, specs: tuple[TensorSpec, ...]) -> dict[str,
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list, one entry per example")
     names = [spec.name for spec in specs]
-    if len(specs) == 1 and not (isinstance(instances[0], dict) and set(instances[0]) == {names[0]}):
-        return {names[0]: instances}
+    if len(specs) == 1 and not (isinstance(instances[0], dict) and not _is_b64(instances[0])):
+        return {names[0]: instances}  # objects (other than {"b64": ...}) name the input, as in TF Serving
     columns: dict[str, list[Any]] = {name: [] for name in names}
     for index, row in enumerate(instances):
         if not isinstance(row, dict):
@@ -185,8 +192,12 @@ def _leaves(value: Any, shape: list[int]) -> list[Any]:
     return level
 
 
+def _is_b64(item: Any) -> bool:
+    return isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)
+
+
 def _bytes_value(item: Any) -> bytes:
-    if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+    if _is_b64(item):
         return decode_b64(item["b64"])
     if isinstance(item, str):
         return item.encode("utf-8")
@@ -208,16 +219,20 @@ def decode_b64(text: str) -> bytes:
 def encode_rest_predict(response: InferResponse, row_format: bool) -> dict[str, Any]:
     outputs = {tensor.name: tensor.data for tensor in response.outputs}
     if row_format:
+        scalar = next((name for name, data in outputs.items() if np.ndim(data) == 0), None)
+        if scalar is not None:  # TF Serving's words (json_tensor.cc), and the way out
+            raise InvalidInput(f"Tensor name: {scalar} has no shape information (a scalar output has no rows to "
+                               "answer 'instances' with; ask with 'inputs' (columnar) instead)")
         if len(outputs) == 1:
             ((name, data),) = outputs.items()
             return {"predictions": _json(name, data)}
-        sizes = {name: (data.shape[0] if data.ndim else None) for name, data in outputs.items()}
-        if None in sizes.values() or len(set(sizes.values())) != 1:
+        sizes = {name: data.shape[0] for name, data in outputs.items()}
+        if len(set(sizes.values())) != 1:
             raise InvalidInput(f"the outputs do not share a batch size (dim 0: {sizes}), so they cannot be "
                                "answered as rows ('instances'); ask with 'inputs' (columnar) instead")
         columns = {name: _json(name, data) for name, data in outputs.items()}
         rows = next(iter(sizes.values()))
-        return {"predictions": [{name: column[i] for name, column in columns.items()} for i in range(rows or 0)]}
+        return {"predictions": [{name: column[i] for name, column in columns.items()} for i in range(rows)]}
     if len(outputs) == 1:
         ((name, data),) = outputs.items()
         return {"outputs": _json(name, data)}
@@ -237,6 +252,12 @@ def _json(name: str, data: Any) -> Any:
         return _non_finite_json(array)
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
     return array[()] if array.ndim == 0 else array  # orjson writes numpy scalars, not 0-d arrays
+
+
+def float32_json(values: list[float]) -> list[Any]:
+    """Classification scores and regression values as TF Serving writes them (a float32 each, in
+    its shortest form; NaN and infinities as tokens), for ``orjson.dumps(..., OPT_SERIALIZE_NUMPY)``."""
+    return list(_json("", np.asarray(values, dtype=np.float32)))
 
 
 _NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
@@ -267,11 +288,11 @@ def _bytes_json(value: Any, force_b64: bool) -> Any:
 
 
 def rest_status(versions: list[VersionStatus]) -> dict[str, Any]:
-    """``GET /v1/models/{m}``: the versions' states in TF Serving's status shape."""
+    """``GET /v1/models/{m}``: the versions' states in TF Serving's status shape. A version's status is
+    its health, as TF Serving's: OK while it loads or unloads, an error only where it failed."""
     return {"model_version_status": [
         {"version": row.version, "state": pb.ModelVersionStatus.State.Name(_STATE[row.state]),
-         "status": {"error_code": "OK" if row.state is ModelState.READY else "UNKNOWN",
-                    "error_message": row.reason}}
+         "status": {"error_code": "UNKNOWN" if row.reason else "OK", "error_message": row.reason}}
         for row in versions]}
 
 
@@ -405,6 +426,6 @@ def encode_model_status(versions: list[VersionStatus]) -> pb.GetModelStatusRespo
     message = pb.GetModelStatusResponse()
     for row in versions:
         status = message.model_version_status.add(version=version_number(row.version), state=_STATE[row.state])
-        status.status.error_code = 0 if row.state is ModelState.READY else 2  # OK, UNKNOWN
+        status.status.error_code = 2 if row.reason else 0  # UNKNOWN, OK
         status.status.error_message = row.reason
     return message

@@ -22,6 +22,7 @@ from inferd.protocols.tfserving import (
     PROTOCOL_REST,
     REGRESS_METHOD,
     decode_b64,
+    float32_json,
     version_number,
 )
 from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
@@ -72,27 +73,44 @@ def _fill_example(example: pb.Example, features: Any, where: str) -> None:
         _fill_feature(example.features.feature[name], value, f"{where}['{name}']")
 
 
+def _feature_kind(value: Any) -> str | None:
+    """The Feature list a JSON value goes to, as TF Serving decides it (json_tensor.cc): strings and
+    ``{"b64": ...}`` bytes, integers and true/false int64, numbers written with a fraction or an
+    exponent float."""
+    if isinstance(value, str) or (isinstance(value, dict) and set(value) == {"b64"}):
+        return "bytes"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float"
+    return None
+
+
 def _fill_feature(feature: pb.Feature, value: Any, where: str) -> None:
-    """JSON -> Feature: strings and ``{"b64": ...}`` are bytes, integers int64 (true/false too, as 1/0, as
-    TF Serving stores them), any fraction float."""
+    """JSON -> Feature: each value's kind decides its list (true/false are int64 1/0, as TF Serving
+    stores them); values of one feature are all of one kind, as TF Serving requires."""
     values = value if isinstance(value, list) else [value]
+    kinds = [_feature_kind(v) for v in values]
+    if None in kinds:
+        raise InvalidInput(f"{where}: a feature holds strings ({{'b64': ...}} for binary), integers or "
+                           f"numbers, all of one kind; got {value!r}")
+    if len(set(kinds)) > 1:
+        raise InvalidInput(f"{where}: Unexpected element type in feature: expecting type: {kinds[0]} (a feature's "
+                           f"values are all of one kind: write 1.0, not 1, in a float feature); got {value!r}")
     if not values:
         return
-    if all(isinstance(v, str) or (isinstance(v, dict) and set(v) == {"b64"}) for v in values):
+    if kinds[0] == "bytes":
         try:
             feature.bytes_list.value.extend(decode_b64(v["b64"]) if isinstance(v, dict) else v.encode()
                                             for v in values)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{where}: {exc}") from None
-    elif all(isinstance(v, int) for v in values):
+    elif kinds[0] == "int64":
         if not all(-(1 << 63) <= v < (1 << 63) for v in values):
             raise InvalidInput(f"{where}: integers must fit int64")
         feature.int64_list.value.extend(int(v) for v in values)
-    elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        feature.float_list.value.extend(float(v) for v in values)
     else:
-        raise InvalidInput(f"{where}: a feature holds strings ({{'b64': ...}} for binary), integers or "
-                           f"numbers, all of one kind; got {value!r}")
+        feature.float_list.value.extend(values)
 
 
 def examples_request(model: str, version: str | None, signature: str, meta: ModelMetadata,
@@ -165,11 +183,16 @@ def fill_model_spec(target: pb.ModelSpec, name: str, signature: str, version: st
 
 
 def rest_classification(result: pb.ClassificationResult) -> dict[str, Any]:
-    return {"results": [[[c.label, c.score] for c in entry.classes] for entry in result.classifications]}
+    """``{"results": [[[label, score], ...], ...]}``, each score a float32 as TF Serving writes it
+    (for ``orjson.dumps(..., OPT_SERIALIZE_NUMPY)``)."""
+    return {"results": [[[c.label, score] for c, score in zip(entry.classes,
+                                                               float32_json([c.score for c in entry.classes]),
+                                                               strict=True)]
+                        for entry in result.classifications]}
 
 
 def rest_regression(result: pb.RegressionResult) -> dict[str, Any]:
-    return {"results": [r.value for r in result.regressions]}
+    return {"results": float32_json([r.value for r in result.regressions])}
 
 
 def task_method(task: pb.InferenceTask, model: str) -> str:

@@ -342,16 +342,15 @@ class PredictionServicer(_TFServingBase):
                                 f"Serving signature key \"{spec.signature_name}\" not found. ({exc.message})")
         return tfserving.encode_predict_response(response, spec)
 
-    async def _run_examples(self, spec: tfs.ModelSpec, examples: Any, method: str, context: Context
-                            ) -> tuple[InferResponse, str]:
+    async def _run_examples(self, name: str, version: str | None, signature_name: str, examples: Any, method: str,
+                            context: Context) -> tuple[InferResponse, str]:
         """Run one classify or regress task; (the answer, the signature that ran)."""
-        version = self._version(spec, context)
-        signatures = self.data.signature_metadata(spec.name, version, _authorization(context))
-        signature = spec.signature_name or next(iter(signatures))
+        signatures = self.data.signature_metadata(name, version, _authorization(context))
+        signature = signature_name or next(iter(signatures))
         if signature not in signatures:
-            raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{spec.name}' has "
+            raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{name}' has "
                                f"{', '.join(sorted(signatures))}")
-        request = tfserving_examples.examples_request(spec.name, version, signature, signatures[signature],
+        request = tfserving_examples.examples_request(name, version, signature, signatures[signature],
                                                        examples, method, rest=False)
         request.cancelled, request.credentials = context.cancelled, _authorization(context)
         return await self.data.infer(request), signature
@@ -360,8 +359,9 @@ class PredictionServicer(_TFServingBase):
     async def classify(self, request: tfs.ClassificationRequest, context: Context
                        ) -> tfs.ClassificationResponse:
         examples = tfserving_examples.serialized_examples(request.input)
-        response, signature = await self._run_examples(request.model_spec, examples,
-                                                       tfserving.CLASSIFY_METHOD, context)
+        spec = request.model_spec
+        response, signature = await self._run_examples(spec.name, self._version(spec, context), spec.signature_name,
+                                                       examples, tfserving.CLASSIFY_METHOD, context)
         answer = tfs.ClassificationResponse()
         answer.result.CopyFrom(tfserving_examples.classification_result(response, len(examples)))
         tfserving_examples.fill_model_spec(answer.model_spec, request.model_spec.name, signature,
@@ -371,8 +371,9 @@ class PredictionServicer(_TFServingBase):
     @tf_guarded
     async def regress(self, request: tfs.RegressionRequest, context: Context) -> tfs.RegressionResponse:
         examples = tfserving_examples.serialized_examples(request.input)
-        response, signature = await self._run_examples(request.model_spec, examples,
-                                                       tfserving.REGRESS_METHOD, context)
+        spec = request.model_spec
+        response, signature = await self._run_examples(spec.name, self._version(spec, context), spec.signature_name,
+                                                       examples, tfserving.REGRESS_METHOD, context)
         answer = tfs.RegressionResponse()
         answer.result.CopyFrom(tfserving_examples.regression_result(response, len(examples)))
         tfserving_examples.fill_model_spec(answer.model_spec, request.model_spec.name, signature,
@@ -384,35 +385,48 @@ class PredictionServicer(_TFServingBase):
                               ) -> tfs.MultiInferenceResponse:
         if not request.tasks:
             raise InvalidInput("a MultiInferenceRequest needs at least one task")
-        model = request.tasks[0].model_spec.name
-        methods = [tfserving_examples.task_method(task, model) for task in request.tasks]
-        signatures = [task.model_spec.signature_name for task in request.tasks]
-        if len(set(signatures)) != len(signatures):
-            raise InvalidInput(f"Duplicate evaluation of signature: {signatures}")
+        first = request.tasks[0].model_spec
+        methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
+        try:
+            return await self._multi_inference(request, methods, context)
+        except ServableNotFound as exc:
+            raise tfserving.servable_not_found(first.name, tfserving.model_spec_version(first)[0], exc) from None
+
+    async def _multi_inference(self, request: tfs.MultiInferenceRequest, methods: list[str], context: Context
+                               ) -> tfs.MultiInferenceResponse:
+        """Every task runs on the servable the first task's ModelSpec names (its version or label), as
+        in TF Serving; the other tasks' versions are not read."""
+        first = request.tasks[0].model_spec
+        version = self._version(first, context)
+        default = next(iter(self.data.signature_metadata(first.name, version, _authorization(context))))
+        signatures = [task.model_spec.signature_name or default for task in request.tasks]
+        repeated = next((name for i, name in enumerate(signatures) if name in signatures[:i]), None)
+        if repeated is not None:
+            raise InvalidInput(f"Duplicate evaluation of signature: {repeated}")
         examples = tfserving_examples.serialized_examples(request.input)
         answer = tfs.MultiInferenceResponse()
-        for task, method in zip(request.tasks, methods, strict=True):
-            try:
-                response, signature = await self._run_examples(task.model_spec, examples, method, context)
-            except ServableNotFound as exc:
-                version, _ = tfserving.model_spec_version(task.model_spec)
-                raise tfserving.servable_not_found(model, version, exc) from None
+        for signature_name, method in zip(signatures, methods, strict=True):
+            response, signature = await self._run_examples(first.name, version, signature_name, examples, method,
+                                                           context)
+            version = response.model_version  # the version the first task ran on runs the others
             result = answer.results.add()
             if method == tfserving.CLASSIFY_METHOD:
                 result.classification_result.CopyFrom(
                     tfserving_examples.classification_result(response, len(examples)))
             else:
                 result.regression_result.CopyFrom(tfserving_examples.regression_result(response, len(examples)))
-            tfserving_examples.fill_model_spec(result.model_spec, model, signature, response.model_version)
+            tfserving_examples.fill_model_spec(result.model_spec, first.name, signature, response.model_version)
         return answer
 
     @tf_guarded
     async def get_model_metadata(self, request: tfs.GetModelMetadataRequest, context: Context
                                  ) -> tfs.GetModelMetadataResponse:
         spec = request.model_spec
-        fields = list(request.metadata_field)
-        if fields != ["signature_def"]:
-            raise InvalidInput(f"metadata_field must be ['signature_def'], got {fields}")
+        if not request.metadata_field:
+            raise InvalidInput("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise InvalidInput(f"Metadata field {field} is not supported")
         credentials = _authorization(context)
         version = self.data.model_metadata(spec.name, self._version(spec, context), credentials).versions[-1]
         signatures = self.data.signature_metadata(spec.name, version, credentials)
@@ -444,5 +458,8 @@ class ModelServicer(_TFServingBase):
                                ) -> tfs.GetModelStatusResponse:
         spec = request.model_spec
         version, _ = tfserving.model_spec_version(spec)  # TF Serving ignores a label here: every version
-        states = self.data.version_states(spec.name, version, _authorization(context))
+        try:
+            states = self.data.version_states(spec.name, version, _authorization(context))
+        except NotFound:
+            raise tfserving.status_not_found(spec.name, version) from None
         return tfserving.encode_model_status(states)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from inferd.core import Core
-from inferd.errors import InvalidInput, ServableNotFound
+from inferd.errors import InvalidInput, NotFound, ServableNotFound
 from inferd.protocols import tfserving, tfserving_examples
 from inferd.transport.http.app import HttpRequest, HttpResponse, Router, credentials, json_response
 from inferd.transport.http.routes import inference_guard, server_timing
@@ -53,10 +53,12 @@ class TFServingRoutes:
             return self.data.resolve_label(request.params["model"], label, credentials(request))
         return request.params.get("version")
 
-    @_servable
     async def status(self, request: HttpRequest) -> HttpResponse:
-        name = request.params["model"]  # TF Serving ignores a label here: every version
-        states = self.data.version_states(name, request.params.get("version"), credentials(request))
+        name, version = request.params["model"], request.params.get("version")  # a label is ignored: every version
+        try:
+            states = self.data.version_states(name, version, credentials(request))
+        except NotFound:
+            raise tfserving.status_not_found(name, version) from None
         return json_response(tfserving.rest_status(states))
 
     @_servable
@@ -115,4 +117,5 @@ class TFServingRoutes:
                 tfserving_examples.classification_result(response, len(examples)))
         else:
             body = tfserving_examples.rest_regression(tfserving_examples.regression_result(response, len(examples)))
-        return HttpResponse(200, orjson.dumps(body), headers=[server_timing(response)])
+        body_bytes = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        return HttpResponse(200, body_bytes, headers=[server_timing(response)])
