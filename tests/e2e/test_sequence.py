@@ -155,6 +155,12 @@ def test_tritons_refusals_are_400s(server: RunningServer) -> None:
             assert ("inference request for sequence 123456 to model 'simple_sequence' must specify the START flag "
                     "on the first request of the sequence") in caught.value.message()
             assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+            with pytest.raises(InferenceServerException) as caught:  # its CORRID is BYTES: 1 is not "1"
+                client.infer("simple_string_dyna_sequence", [int_input(module, "INPUT", 1)], sequence_id=1,
+                             sequence_start=True)
+            assert ("sequence id 1 is an integer, but model 'simple_string_dyna_sequence' takes it as BYTES "
+                    "(control input 'CORRID'): send a string") in caught.value.message()
+            assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     answer = requests.post(f"{server.base}/v2/models/simple_sequence/infer", timeout=10, json={
         "parameters": {"sequence_id": 5, "sequence_start": "yes"},
         "inputs": [{"name": "INPUT", "datatype": "INT32", "shape": [1, 1], "data": [1]}]})

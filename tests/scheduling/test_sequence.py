@@ -228,6 +228,22 @@ def test_a_correlation_id_must_fit_the_corrid_input() -> None:
     assert runtime.calls[-1][1]["CORRID"].tolist() == [[2**31 - 1]]
 
 
+def test_a_bytes_correlation_id_must_be_a_string() -> None:
+    """As Triton's ValidateCorrelationId: an integer id for a BYTES CORRID is refused; else 1 and "1"
+    would be two sequences that the model sees as the one id b"1"."""
+    controls = (SequenceControl("CORRID", "CORRID", "BYTES"),)
+    runtime = Recording(controls=("CORRID",))
+    scheduler = batcher(runtime, controls=controls)
+    call(scheduler, 1, SequenceId("1", start=True))
+    with pytest.raises(InvalidInput, match=r"sequence id 1 is an integer, but model 'acc' takes it as BYTES "
+                                           r"\(control input 'CORRID'\): send a string"):
+        call(scheduler, 2, SequenceId(1, start=True))
+    assert scheduler.sequences == 1
+    call(scheduler, 3, SequenceId("1", end=True))
+    assert [inputs["CORRID"].tolist() for _, inputs in runtime.calls] == [[[b"1"]], [[b"1"]]]
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1, 3]
+
+
 def test_a_request_whose_client_went_away_while_queued_never_runs() -> None:
     """As the instance pool drops it: a queued sequence request of a client that is gone does not
     run, and a START dropped so leaves its sequence unstarted."""

@@ -130,7 +130,12 @@ class SequenceBatcher(Scheduler):
             raise InvalidInput(f"inference request to model '{name}' must specify batch-size 1 due to "
                                "requirements of sequence batcher")
         for control in self._controls:
-            if control.kind != "CORRID" or control.datatype == "BYTES":
+            if control.kind != "CORRID":
+                continue
+            if control.datatype == "BYTES":
+                if isinstance(sequence.id, int):  # 1 and "1" are two sequences: the model must never see both as b"1"
+                    raise InvalidInput(f"sequence id {sequence.id} is an integer, but model '{name}' takes it as "
+                                       f"BYTES (control input '{control.name}'): send a string")
                 continue
             if isinstance(sequence.id, str):
                 raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
