@@ -36,6 +36,8 @@ class EnsembleScheduler(Scheduler):
         self.model = name.rsplit(":", 1)[0]
         self._waves = ensemble_order(config, f"ensemble '{name}'")
         self.steps = tuple(step.model_name for step in config.ensemble)
+        self.composed_of = tuple((step.model_name, str(step.model_version) if step.model_version > 0 else None)
+                                 for step in config.ensemble)
         self._makers = {tensor: (step.model_name, output) for step in config.ensemble
                         for output, tensor in step.output_map.items()}
         self._step_model = step_model
