@@ -4,8 +4,8 @@ One LRU for the whole server, bounded in bytes (``--cache-size``); only models w
 enables it (``[response_cache] enable = true``) use it. A key is a digest of everything that decides
 the answer: the loaded version (a reload starts afresh; an ensemble's steps' versions too), the
 signature, every input's name, datatype, shape and bytes, and the requested outputs. Request
-parameters other than the signature never reach a model, so they are not part of the key. The data plane calls it on the event loop
-only, so it needs no lock.
+parameters other than the signature never reach a model, so they are not part of the key. The data
+plane calls it on the event loop only, so it needs no lock.
 """
 
 from __future__ import annotations
