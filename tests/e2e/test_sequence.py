@@ -18,14 +18,35 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests import sequence_models
+from tests import models, sequence_models
 from tests.conftest import RunningServer, serve
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
+    root = sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
                                  accumulate_kind="process")
+    (root / "accumulate_pipeline/1").mkdir(parents=True)
+    models.write(root / "accumulate_pipeline/config.toml", ACCUMULATE_PIPELINE)
+    return root
+
+
+# an ensemble whose one step is the stateful accumulate model
+ACCUMULATE_PIPELINE = """
+platform = "ensemble"
+[[input]]
+name = "VALUE"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "TOTAL"
+datatype = "FP32"
+shape = [1]
+[[ensemble_scheduling.step]]
+model_name = "accumulate"
+input_map = { X = "VALUE" }
+output_map = { SUM = "TOTAL" }
+"""
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
@@ -276,3 +297,22 @@ def test_a_sequence_whose_instance_crashed_must_start_again(tmp_path: Path) -> N
                 "first request of the sequence") in lost.json()["error"]
         assert send(1, start=True).json()["outputs"][0]["data"] == [1]
         assert send(2).json()["outputs"][0]["data"] == [3]
+
+
+def test_an_ensembles_sequence_reaches_its_stateful_step(server: RunningServer) -> None:
+    """As Triton's ensemble scheduler: the request's correlation ID and START/END flags go to each
+    step, so a stateful step keeps the sequence's state (it was refused: no correlation ID)."""
+    def value(module: Any, number: float) -> Any:
+        given = module.InferInput("VALUE", [1], "FP32")
+        given.set_data_from_numpy(np.array([number], dtype=np.float32))
+        return given
+
+    with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        for client, module, sequence_id in ((h, httpclient, 61), (g, grpcclient, 62)):
+            sums = [client.infer("accumulate_pipeline", [value(module, number)], sequence_id=sequence_id,
+                                 sequence_start=index == 0, sequence_end=index == 2).as_numpy("TOTAL").tolist()
+                    for index, number in enumerate((1.5, 2.0, 4.0))]
+            assert sums == [[1.5], [3.5], [7.5]]
+            with pytest.raises(InferenceServerException) as caught:  # its END ended the step's sequence too
+                client.infer("accumulate_pipeline", [value(module, 1.0)], sequence_id=sequence_id)
+            assert "must specify the START flag" in caught.value.message()
