@@ -130,6 +130,16 @@ def test_an_idle_sequence_is_forgotten() -> None:
     assert scheduler.sequences == 1
 
 
+def test_idle_time_counts_from_the_last_answer_not_the_last_arrival() -> None:
+    """A request that waits or runs longer than max_sequence_idle_microseconds (behind a restarting
+    instance, a slow model) leaves its sequence live: the next request, sent at once, continues it."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, idle_us=200_000)
+    call(scheduler, 1, SequenceId(5, start=True))
+    assert call(scheduler, 2, SequenceId(5))["X"].tolist() == [[2]]
+    assert scheduler.sequences == 1
+
+
 def test_a_deadline_bounds_the_wait_for_the_sequences_instance() -> None:
     scheduler = batcher(Recording(delay_s=0.3), count=1)
     with pytest.raises(DeadlineExceeded):

@@ -4,8 +4,9 @@ sequence_batching).
 Each request names its sequence (``CallContext.sequence``). A sequence's first request (START)
 takes the instance lane with the fewest live sequences; its later requests run on that lane, one
 at a time and in the order they arrived, with the control inputs the configuration asks for
-(START, END, READY, CORRID). A sequence is forgotten at END, or once idle longer than
-``max_sequence_idle_microseconds`` (swept as requests come). Requests of different sequences are
+(START, END, READY, CORRID). A sequence is forgotten at END, or once idle (nothing of it queued
+or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept as
+requests come). Requests of different sequences are
 not combined into one execution: each runs as a batch of one.
 """
 
@@ -97,6 +98,7 @@ class SequenceBatcher(Scheduler):
                         del self._sequences[sequence.id]  # its START was dropped: the next request must start again
                     raise
         finally:
+            state.last_used = time.monotonic()  # idle from its last answer: waiting and running are not idle
             if sequence.end and self._ending.get(sequence.id) is state:
                 del self._ending[sequence.id]
 
