@@ -14,7 +14,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tests import models
+from tests import models, sequence_models
 from tests.conftest import RunningServer, serve
 
 # counts its calls, so an answer tells whether the model ran
@@ -179,3 +179,36 @@ def test_an_ensembles_cached_answer_is_not_served_once_its_step_changed(tmp_path
         np.testing.assert_array_equal(http_infer(running, "pipeline", x)["y"], x * 5)
         stats = control.get_inference_statistics("pipeline")["model_stats"][0]["inference_stats"]
         assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"]) == (2, 3)
+
+
+def test_a_sequences_requests_are_never_answered_from_the_cache(tmp_path: Path) -> None:
+    """An ensemble with the cache whose step is stateful: the same input within a sequence gives
+    a new answer each time (the running sum), so requests naming a sequence skip the cache."""
+    sequence_models.build(tmp_path)
+    (tmp_path / "summing/1").mkdir(parents=True)
+    models.write(tmp_path / "summing/config.toml", """
+platform = "ensemble"
+[response_cache]
+enable = true
+[[input]]
+name = "X"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "SUM"
+datatype = "FP32"
+shape = [1]
+[[ensemble_scheduling.step]]
+model_name = "accumulate"
+input_map = { X = "X" }
+output_map = { SUM = "SUM" }
+""")
+    given = httpclient.InferInput("X", [1], "FP32")
+    given.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+    with serve(tmp_path, "--cache-size", "1MiB") as running:
+        client = httpclient.InferenceServerClient(running.url)
+        sums = [client.infer("summing", [given], sequence_id=9, sequence_start=index == 0,
+                             sequence_end=index == 2).as_numpy("SUM").tolist() for index in range(3)]
+        assert sums == [[2.0], [4.0], [6.0]]
+        stats = client.get_inference_statistics("summing")["model_stats"][0]["inference_stats"]
+        assert stats["cache_hit"]["count"] == 0

@@ -186,7 +186,9 @@ class DataPlane:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
-            if self._cache is not None and self._registry.entry(request.model_name).config.response_cache:
+            # a sequence's answer depends on its state (an ensemble's stateful step): never cached
+            if (self._cache is not None and context.sequence is None
+                    and self._registry.entry(request.model_name).config.response_cache):
                 key = request_key(self._generation(runtime), str(signature or ""), arrays, [w.name for w in wanted])
                 cached = self._cache.get(key)
                 gathered = time.perf_counter()
