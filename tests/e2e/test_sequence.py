@@ -316,3 +316,25 @@ def test_an_ensembles_sequence_reaches_its_stateful_step(server: RunningServer) 
             with pytest.raises(InferenceServerException) as caught:  # its END ended the step's sequence too
                 client.infer("accumulate_pipeline", [value(module, 1.0)], sequence_id=sequence_id)
             assert "must specify the START flag" in caught.value.message()
+
+
+def test_an_unload_answers_every_request_its_sequences_had_queued(tmp_path: Path) -> None:
+    """Requests of a sequence queued behind each other on one stream when the model unloads: the
+    drain waits for all of them (each was an internal error once its lane had shut)."""
+    models.write(tmp_path / "slow/1/model.py", sequence_models.ORDERED.replace("0.02", "0.15"))
+    models.write(tmp_path / "slow/config.toml", sequence_models.ORDERED_CONFIG)
+    answers: queue.Queue[Any] = queue.Queue()
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "*", grpc=True) as running, \
+            grpcclient.InferenceServerClient(running.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for index in range(8):
+            given = grpcclient.InferInput("X", [1], "FP32")
+            given.set_data_from_numpy(np.array([index], dtype=np.float32))
+            client.async_stream_infer("slow", [given], sequence_id=5, sequence_start=index == 0)
+        first = answers.get(timeout=30)
+        unloaded = requests.post(f"{running.base}/v2/repository/models/slow/unload", timeout=60)
+        got = [first] + [answers.get(timeout=30) for _ in range(7)]
+        client.stop_stream()
+        assert unloaded.status_code == 200, unloaded.text
+    assert not [item for item in got if isinstance(item, InferenceServerException)], got
+    assert [item.as_numpy("ORDER").tolist() for item in got] == [list(range(n + 1)) for n in range(8)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inferd.config import SequenceBatching, SequenceControl
-from inferd.errors import DeadlineExceeded, InvalidInput
+from inferd.errors import DeadlineExceeded, InvalidInput, Unavailable
 from inferd.runtimes.base import SEQUENCE_INPUT, Arrays, Runtime, unpack_sequence
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.sequence import SequenceBatcher
@@ -293,3 +293,40 @@ def test_a_start_of_an_id_whose_end_has_not_run_yet_queues_behind_it() -> None:
     asyncio.run(main())
     assert [(lane, int(inputs["X"][0, 0])) for lane, inputs in runtime.calls] == [(0, i) for i in range(5)]
     assert scheduler.sequences == 0 and not scheduler._ending
+
+
+def test_a_drain_waits_for_requests_queued_behind_their_sequence() -> None:
+    """A version unloading (reload, unload) answers every request of a sequence that was queued
+    when it began: the drain waits for them, not only for the one running."""
+    runtime = Recording(delay_s=0.05)
+    scheduler = batcher(runtime, count=1)
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[i]], np.int32)}, CallContext(sequence=SequenceId(5, start=i == 0)))) for i in range(5)]
+        await asyncio.sleep(0.01)
+        await scheduler.drain(5.0)
+        assert all(task.done() for task in tasks)
+        await asyncio.to_thread(scheduler.unload)
+        return [int(answer["X"][0, 0]) for answer in await asyncio.gather(*tasks)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_requests_still_queued_when_the_version_unloads_are_told_so() -> None:
+    """Past the drain's time, a request still queued behind its sequence is Unavailable (503: retry),
+    not an internal error from the lane that shut."""
+    runtime = Recording(delay_s=0.1)
+    scheduler = batcher(runtime, count=1)
+
+    async def main() -> list[object]:
+        tasks = [asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[i]], np.int32)}, CallContext(sequence=SequenceId(5, start=i == 0)))) for i in range(4)]
+        await asyncio.sleep(0.01)
+        await scheduler.drain(0.0)
+        await asyncio.to_thread(scheduler.unload)
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    answers = asyncio.run(main())
+    assert [int(a["X"][0, 0]) for a in answers if isinstance(a, dict)] == [0]
+    assert [type(a) for a in answers[1:]] == [Unavailable] * 3, answers

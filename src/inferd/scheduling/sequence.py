@@ -56,6 +56,7 @@ class SequenceBatcher(Scheduler):
                        for i in range(pool.instances)]
         self._swept = time.monotonic()
         self._closed = False
+        self._admitted = 0  # requests placed and not yet answered: queued on their sequence, or running
 
     @property
     def instances(self) -> int:
@@ -83,8 +84,11 @@ class SequenceBatcher(Scheduler):
         self._sweep(now)
         sequence = self._check(inputs, context)
         state = self._place(sequence, now)
+        self._admitted += 1
         try:
             async with state.order:
+                if self._closed:  # it queued behind its sequence's earlier requests past the drain
+                    raise self._pool.unloading()
                 self._still_kept(sequence, state)
                 arrays = dict(inputs)
                 arrays.update(self._control_values(sequence))
@@ -98,6 +102,7 @@ class SequenceBatcher(Scheduler):
                         del self._sequences[sequence.id]  # its START was dropped: the next request must start again
                     raise
         finally:
+            self._admitted -= 1
             state.last_used = time.monotonic()  # idle from its last answer: waiting and running are not idle
             if sequence.end and self._ending.get(sequence.id) is state:
                 del self._ending[sequence.id]
@@ -219,7 +224,12 @@ class SequenceBatcher(Scheduler):
             context.timings.compute += time.perf_counter() - start
 
     async def drain(self, timeout: float) -> None:
-        await self._pool.drain(timeout)
+        """Every admitted request finishes first, those queued behind their sequence's earlier ones
+        too (the pool counts only those handed to a lane)."""
+        deadline = time.monotonic() + timeout
+        while self._admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await self._pool.drain(max(deadline - time.monotonic(), 0.0))
 
     def resize(self, count: int) -> None:
         self._pool.resize(count)
