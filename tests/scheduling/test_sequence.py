@@ -330,3 +330,29 @@ def test_requests_still_queued_when_the_version_unloads_are_told_so() -> None:
     answers = asyncio.run(main())
     assert [int(a["X"][0, 0]) for a in answers if isinstance(a, dict)] == [0]
     assert [type(a) for a in answers[1:]] == [Unavailable] * 3, answers
+
+
+def test_requests_queued_behind_a_start_that_never_ran_are_refused() -> None:
+    """Sequence 2's START misses its deadline behind sequence 1 on the one lane; its next request,
+    already queued, must not reach the model as a continuation of a sequence it never saw."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, count=1)
+
+    def x(value: int) -> Arrays:
+        return {"X": np.array([[value]], np.int32)}
+
+    async def main() -> list[object]:
+        first = asyncio.ensure_future(scheduler.infer_async(x(1), CallContext(sequence=SequenceId(1, start=True))))
+        await asyncio.sleep(0.01)
+        start = asyncio.ensure_future(scheduler.infer_async(x(2), CallContext(
+            sequence=SequenceId(2, start=True), deadline=time.perf_counter() + 0.1)))
+        await asyncio.sleep(0.01)
+        later = asyncio.ensure_future(scheduler.infer_async(x(3), CallContext(sequence=SequenceId(2))))
+        return list(await asyncio.gather(first, start, later, return_exceptions=True))
+
+    _, start, later = asyncio.run(main())
+    assert isinstance(start, DeadlineExceeded)
+    assert isinstance(later, InvalidInput) and "must specify the START flag" in later.message
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
+    call(scheduler, 4, SequenceId(2, start=True))  # it may start again
+    assert int(runtime.calls[-1][1]["START"][0, 0]) == 1

@@ -36,6 +36,7 @@ class _Sequence:
     lane: int
     last_used: float  # time.monotonic()
     losses: int = -1  # the lane's lane_losses when the sequence started (-1: not yet run)
+    dropped: bool = False  # its START never ran (deadline, client gone): the requests queued behind it are refused
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
 
 
@@ -98,8 +99,10 @@ class SequenceBatcher(Scheduler):
                 try:
                     return await self._run(state.lane, arrays, context)
                 except (DeadlineExceeded, asyncio.CancelledError):
-                    if sequence.start and self._sequences.get(sequence.id) is state:
-                        del self._sequences[sequence.id]  # its START was dropped: the next request must start again
+                    if sequence.start:  # its START was dropped: the next request must start again
+                        state.dropped = True
+                        if self._sequences.get(sequence.id) is state:
+                            del self._sequences[sequence.id]
                     raise
         finally:
             self._admitted -= 1
@@ -110,7 +113,12 @@ class SequenceBatcher(Scheduler):
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
         instance went since (a crash, a restart, scaling down) would run on a fresh one that never
-        saw the sequence: the sequence is forgotten and the request refused as one without START."""
+        saw the sequence: the sequence is forgotten and the request refused as one without START,
+        as is one queued behind a START that never ran."""
+        if sequence.start:
+            state.dropped = False
+        elif state.dropped:
+            raise self._not_started(sequence)
         losses = self._pool.lane_losses(state.lane)
         if sequence.start or state.losses < 0:
             state.losses = losses
