@@ -14,7 +14,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tests import models
+from tests import models, sequence_models
 from tests.conftest import RunningServer, serve
 
 # counts its calls, so an answer tells whether the model ran
@@ -129,3 +129,86 @@ def test_without_cache_size_there_is_no_cache(repo: Path) -> None:
         x = np.array([1], dtype=np.float32)
         assert [http_infer(running, "cached", x)["calls"].tolist() for _ in range(2)] == [[1], [2]]
         assert "inferd_cache_" not in requests.get(f"{running.base}/metrics", timeout=10).text
+
+
+ENSEMBLE = """
+platform = "ensemble"
+[response_cache]
+enable = true
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+[[output]]
+name = "calls"
+datatype = "INT64"
+shape = [1]
+[[ensemble_scheduling.step]]
+model_name = "step"
+input_map = { x = "x" }
+output_map = { y = "y", calls = "calls" }
+"""
+
+
+def test_an_ensembles_cached_answer_is_not_served_once_its_step_changed(tmp_path: Path) -> None:
+    """The ensemble's answer comes from its step's model: reloading that model (new code, then a
+    new version) makes the cached answer stale, though the ensemble itself was not reloaded."""
+    models.write(tmp_path / "step/1/model.py", COUNTING_MODEL)
+    models.write(tmp_path / "step/config.toml", CONFIG.format(extra=""))
+    (tmp_path / "pipeline/1").mkdir(parents=True)
+    models.write(tmp_path / "pipeline/config.toml", ENSEMBLE)
+    x = np.array([1, 2], dtype=np.float32)
+    with serve(tmp_path, "--cache-size", "1MiB", "--model-control", "explicit", "--load-model", "*") as running:
+        control = httpclient.InferenceServerClient(running.url)
+        for _ in range(2):
+            answer = http_infer(running, "pipeline", x)
+            np.testing.assert_array_equal(answer["y"], x * 2)
+            assert answer["calls"].tolist() == [1]  # the second from the cache
+        models.write(tmp_path / "step/1/model.py", COUNTING_MODEL.replace("* 2", "* 3"))
+        control.load_model("step")
+        for _ in range(2):
+            answer = http_infer(running, "pipeline", x)
+            np.testing.assert_array_equal(answer["y"], x * 3)
+            assert answer["calls"].tolist() == [1]  # the reloaded step ran once, then the cache answered
+        models.write(tmp_path / "step/2/model.py", COUNTING_MODEL.replace("* 2", "* 5"))
+        control.load_model("step")  # version 2 replaces 1 (the default policy serves the latest)
+        np.testing.assert_array_equal(http_infer(running, "pipeline", x)["y"], x * 5)
+        stats = control.get_inference_statistics("pipeline")["model_stats"][0]["inference_stats"]
+        assert (stats["cache_hit"]["count"], stats["cache_miss"]["count"]) == (2, 3)
+
+
+def test_a_sequences_requests_are_never_answered_from_the_cache(tmp_path: Path) -> None:
+    """An ensemble with the cache whose step is stateful: the same input within a sequence gives
+    a new answer each time (the running sum), so requests naming a sequence skip the cache."""
+    sequence_models.build(tmp_path)
+    (tmp_path / "summing/1").mkdir(parents=True)
+    models.write(tmp_path / "summing/config.toml", """
+platform = "ensemble"
+[response_cache]
+enable = true
+[[input]]
+name = "X"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "SUM"
+datatype = "FP32"
+shape = [1]
+[[ensemble_scheduling.step]]
+model_name = "accumulate"
+input_map = { X = "X" }
+output_map = { SUM = "SUM" }
+""")
+    given = httpclient.InferInput("X", [1], "FP32")
+    given.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+    with serve(tmp_path, "--cache-size", "1MiB") as running:
+        client = httpclient.InferenceServerClient(running.url)
+        sums = [client.infer("summing", [given], sequence_id=9, sequence_start=index == 0,
+                             sequence_end=index == 2).as_numpy("SUM").tolist() for index in range(3)]
+        assert sums == [[2.0], [4.0], [6.0]]
+        stats = client.get_inference_statistics("summing")["model_stats"][0]["inference_stats"]
+        assert stats["cache_hit"]["count"] == 0

@@ -18,14 +18,35 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests import sequence_models
+from tests import models, sequence_models
 from tests.conftest import RunningServer, serve
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
+    root = sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
                                  accumulate_kind="process")
+    (root / "accumulate_pipeline/1").mkdir(parents=True)
+    models.write(root / "accumulate_pipeline/config.toml", ACCUMULATE_PIPELINE)
+    return root
+
+
+# an ensemble whose one step is the stateful accumulate model
+ACCUMULATE_PIPELINE = """
+platform = "ensemble"
+[[input]]
+name = "VALUE"
+datatype = "FP32"
+shape = [1]
+[[output]]
+name = "TOTAL"
+datatype = "FP32"
+shape = [1]
+[[ensemble_scheduling.step]]
+model_name = "accumulate"
+input_map = { X = "VALUE" }
+output_map = { SUM = "TOTAL" }
+"""
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
@@ -155,6 +176,12 @@ def test_tritons_refusals_are_400s(server: RunningServer) -> None:
             assert ("inference request for sequence 123456 to model 'simple_sequence' must specify the START flag "
                     "on the first request of the sequence") in caught.value.message()
             assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+            with pytest.raises(InferenceServerException) as caught:  # its CORRID is BYTES: 1 is not "1"
+                client.infer("simple_string_dyna_sequence", [int_input(module, "INPUT", 1)], sequence_id=1,
+                             sequence_start=True)
+            assert ("sequence id 1 is an integer, but model 'simple_string_dyna_sequence' takes it as BYTES "
+                    "(control input 'CORRID'): send a string") in caught.value.message()
+            assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     answer = requests.post(f"{server.base}/v2/models/simple_sequence/infer", timeout=10, json={
         "parameters": {"sequence_id": 5, "sequence_start": "yes"},
         "inputs": [{"name": "INPUT", "datatype": "INT32", "shape": [1, 1], "data": [1]}]})
@@ -270,3 +297,44 @@ def test_a_sequence_whose_instance_crashed_must_start_again(tmp_path: Path) -> N
                 "first request of the sequence") in lost.json()["error"]
         assert send(1, start=True).json()["outputs"][0]["data"] == [1]
         assert send(2).json()["outputs"][0]["data"] == [3]
+
+
+def test_an_ensembles_sequence_reaches_its_stateful_step(server: RunningServer) -> None:
+    """As Triton's ensemble scheduler: the request's correlation ID and START/END flags go to each
+    step, so a stateful step keeps the sequence's state (it was refused: no correlation ID)."""
+    def value(module: Any, number: float) -> Any:
+        given = module.InferInput("VALUE", [1], "FP32")
+        given.set_data_from_numpy(np.array([number], dtype=np.float32))
+        return given
+
+    with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        for client, module, sequence_id in ((h, httpclient, 61), (g, grpcclient, 62)):
+            sums = [client.infer("accumulate_pipeline", [value(module, number)], sequence_id=sequence_id,
+                                 sequence_start=index == 0, sequence_end=index == 2).as_numpy("TOTAL").tolist()
+                    for index, number in enumerate((1.5, 2.0, 4.0))]
+            assert sums == [[1.5], [3.5], [7.5]]
+            with pytest.raises(InferenceServerException) as caught:  # its END ended the step's sequence too
+                client.infer("accumulate_pipeline", [value(module, 1.0)], sequence_id=sequence_id)
+            assert "must specify the START flag" in caught.value.message()
+
+
+def test_an_unload_answers_every_request_its_sequences_had_queued(tmp_path: Path) -> None:
+    """Requests of a sequence queued behind each other on one stream when the model unloads: the
+    drain waits for all of them (each was an internal error once its lane had shut)."""
+    models.write(tmp_path / "slow/1/model.py", sequence_models.ORDERED.replace("0.02", "0.15"))
+    models.write(tmp_path / "slow/config.toml", sequence_models.ORDERED_CONFIG)
+    answers: queue.Queue[Any] = queue.Queue()
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "*", grpc=True) as running, \
+            grpcclient.InferenceServerClient(running.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for index in range(8):
+            given = grpcclient.InferInput("X", [1], "FP32")
+            given.set_data_from_numpy(np.array([index], dtype=np.float32))
+            client.async_stream_infer("slow", [given], sequence_id=5, sequence_start=index == 0)
+        first = answers.get(timeout=30)
+        unloaded = requests.post(f"{running.base}/v2/repository/models/slow/unload", timeout=60)
+        got = [first] + [answers.get(timeout=30) for _ in range(7)]
+        client.stop_stream()
+        assert unloaded.status_code == 200, unloaded.text
+    assert not [item for item in got if isinstance(item, InferenceServerException)], got
+    assert [item.as_numpy("ORDER").tolist() for item in got] == [list(range(n + 1)) for n in range(8)]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inferd.config import SequenceBatching, SequenceControl
-from inferd.errors import DeadlineExceeded, InvalidInput
+from inferd.errors import DeadlineExceeded, InvalidInput, Unavailable
 from inferd.runtimes.base import SEQUENCE_INPUT, Arrays, Runtime, unpack_sequence
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.sequence import SequenceBatcher
@@ -130,6 +130,16 @@ def test_an_idle_sequence_is_forgotten() -> None:
     assert scheduler.sequences == 1
 
 
+def test_idle_time_counts_from_the_last_answer_not_the_last_arrival() -> None:
+    """A request that waits or runs longer than max_sequence_idle_microseconds (behind a restarting
+    instance, a slow model) leaves its sequence live: the next request, sent at once, continues it."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, idle_us=200_000)
+    call(scheduler, 1, SequenceId(5, start=True))
+    assert call(scheduler, 2, SequenceId(5))["X"].tolist() == [[2]]
+    assert scheduler.sequences == 1
+
+
 def test_a_deadline_bounds_the_wait_for_the_sequences_instance() -> None:
     scheduler = batcher(Recording(delay_s=0.3), count=1)
     with pytest.raises(DeadlineExceeded):
@@ -228,6 +238,22 @@ def test_a_correlation_id_must_fit_the_corrid_input() -> None:
     assert runtime.calls[-1][1]["CORRID"].tolist() == [[2**31 - 1]]
 
 
+def test_a_bytes_correlation_id_must_be_a_string() -> None:
+    """As Triton's ValidateCorrelationId: an integer id for a BYTES CORRID is refused; else 1 and "1"
+    would be two sequences that the model sees as the one id b"1"."""
+    controls = (SequenceControl("CORRID", "CORRID", "BYTES"),)
+    runtime = Recording(controls=("CORRID",))
+    scheduler = batcher(runtime, controls=controls)
+    call(scheduler, 1, SequenceId("1", start=True))
+    with pytest.raises(InvalidInput, match=r"sequence id 1 is an integer, but model 'acc' takes it as BYTES "
+                                           r"\(control input 'CORRID'\): send a string"):
+        call(scheduler, 2, SequenceId(1, start=True))
+    assert scheduler.sequences == 1
+    call(scheduler, 3, SequenceId("1", end=True))
+    assert [inputs["CORRID"].tolist() for _, inputs in runtime.calls] == [[[b"1"]], [[b"1"]]]
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1, 3]
+
+
 def test_a_request_whose_client_went_away_while_queued_never_runs() -> None:
     """As the instance pool drops it: a queued sequence request of a client that is gone does not
     run, and a START dropped so leaves its sequence unstarted."""
@@ -267,3 +293,66 @@ def test_a_start_of_an_id_whose_end_has_not_run_yet_queues_behind_it() -> None:
     asyncio.run(main())
     assert [(lane, int(inputs["X"][0, 0])) for lane, inputs in runtime.calls] == [(0, i) for i in range(5)]
     assert scheduler.sequences == 0 and not scheduler._ending
+
+
+def test_a_drain_waits_for_requests_queued_behind_their_sequence() -> None:
+    """A version unloading (reload, unload) answers every request of a sequence that was queued
+    when it began: the drain waits for them, not only for the one running."""
+    runtime = Recording(delay_s=0.05)
+    scheduler = batcher(runtime, count=1)
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[i]], np.int32)}, CallContext(sequence=SequenceId(5, start=i == 0)))) for i in range(5)]
+        await asyncio.sleep(0.01)
+        await scheduler.drain(5.0)
+        assert all(task.done() for task in tasks)
+        await asyncio.to_thread(scheduler.unload)
+        return [int(answer["X"][0, 0]) for answer in await asyncio.gather(*tasks)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_requests_still_queued_when_the_version_unloads_are_told_so() -> None:
+    """Past the drain's time, a request still queued behind its sequence is Unavailable (503: retry),
+    not an internal error from the lane that shut."""
+    runtime = Recording(delay_s=0.1)
+    scheduler = batcher(runtime, count=1)
+
+    async def main() -> list[object]:
+        tasks = [asyncio.ensure_future(scheduler.infer_async(
+            {"X": np.array([[i]], np.int32)}, CallContext(sequence=SequenceId(5, start=i == 0)))) for i in range(4)]
+        await asyncio.sleep(0.01)
+        await scheduler.drain(0.0)
+        await asyncio.to_thread(scheduler.unload)
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    answers = asyncio.run(main())
+    assert [int(a["X"][0, 0]) for a in answers if isinstance(a, dict)] == [0]
+    assert [type(a) for a in answers[1:]] == [Unavailable] * 3, answers
+
+
+def test_requests_queued_behind_a_start_that_never_ran_are_refused() -> None:
+    """Sequence 2's START misses its deadline behind sequence 1 on the one lane; its next request,
+    already queued, must not reach the model as a continuation of a sequence it never saw."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = batcher(runtime, count=1)
+
+    def x(value: int) -> Arrays:
+        return {"X": np.array([[value]], np.int32)}
+
+    async def main() -> list[object]:
+        first = asyncio.ensure_future(scheduler.infer_async(x(1), CallContext(sequence=SequenceId(1, start=True))))
+        await asyncio.sleep(0.01)
+        start = asyncio.ensure_future(scheduler.infer_async(x(2), CallContext(
+            sequence=SequenceId(2, start=True), deadline=time.perf_counter() + 0.1)))
+        await asyncio.sleep(0.01)
+        later = asyncio.ensure_future(scheduler.infer_async(x(3), CallContext(sequence=SequenceId(2))))
+        return list(await asyncio.gather(first, start, later, return_exceptions=True))
+
+    _, start, later = asyncio.run(main())
+    assert isinstance(start, DeadlineExceeded)
+    assert isinstance(later, InvalidInput) and "must specify the START flag" in later.message
+    assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
+    call(scheduler, 4, SequenceId(2, start=True))  # it may start again
+    assert int(runtime.calls[-1][1]["START"][0, 0]) == 1

@@ -2,10 +2,10 @@
 
 One LRU for the whole server, bounded in bytes (``--cache-size``); only models whose configuration
 enables it (``[response_cache] enable = true``) use it. A key is a digest of everything that decides
-the answer: the loaded version (a reload starts afresh), the signature, every input's name,
-datatype, shape and bytes, and the requested outputs. Request parameters other than the signature
-never reach a model, so they are not part of the key. The data plane calls it on the event loop
-only, so it needs no lock.
+the answer: the loaded version (a reload starts afresh; an ensemble's steps' versions too), the
+signature, every input's name, datatype, shape and bytes, and the requested outputs. Request
+parameters other than the signature never reach a model, so they are not part of the key. The data
+plane calls it on the event loop only, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class CacheUsage:
     evictions: int = 0
 
 
-def request_key(generation: int, signature: str, arrays: dict[str, np.ndarray], wanted: list[str]) -> bytes:
+def request_key(generation: int | str, signature: str, arrays: dict[str, np.ndarray], wanted: list[str]) -> bytes:
     """A 128-bit digest of one request's answer-deciding parts (blake2b: a collision is out of reach)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{generation}\0{signature}\0".encode())

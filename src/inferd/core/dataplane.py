@@ -186,7 +186,9 @@ class DataPlane:
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
-            if self._cache is not None and self._registry.entry(request.model_name).config.response_cache:
+            # a sequence's answer depends on its state (an ensemble's stateful step): never cached
+            if (self._cache is not None and context.sequence is None
+                    and self._registry.entry(request.model_name).config.response_cache):
                 key = request_key(self._generation(runtime), str(signature or ""), arrays, [w.name for w in wanted])
                 cached = self._cache.get(key)
                 gathered = time.perf_counter()
@@ -289,11 +291,22 @@ class DataPlane:
                 self._metrics.for_model(request.model_name, version).request(
                     request.protocol, outcome, t.total, t.queue, t.compute)
 
-    def _generation(self, runtime: Scheduler) -> int:
+    def _generation(self, runtime: Scheduler, within: tuple[Scheduler, ...] = ()) -> str:
+        """What made a version's answers, for the cache key: the loaded version itself, and for a
+        composed model (an ensemble) the versions its steps' models serve now, so that an answer
+        made before a step was reloaded is never served after it."""
         found = self._generations.get(runtime)
         if found is None:
             found = self._generations[runtime] = next(_GENERATIONS)
-        return found
+        parts = [str(found)]
+        for name, version in runtime.composed_of:
+            try:
+                step, _ = self._registry.get(name, version)
+            except InferdError:
+                parts.append("-")  # not served now: its request fails, nothing is cached
+                continue
+            parts.append("-" if step in within else f"({self._generation(step, (*within, runtime))})")
+        return ",".join(parts)
 
     def _stats(self, runtime: Scheduler) -> RequestStatistics:
         stats = self._requests.get(runtime)

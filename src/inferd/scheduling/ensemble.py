@@ -36,6 +36,8 @@ class EnsembleScheduler(Scheduler):
         self.model = name.rsplit(":", 1)[0]
         self._waves = ensemble_order(config, f"ensemble '{name}'")
         self.steps = tuple(step.model_name for step in config.ensemble)
+        self.composed_of = tuple((step.model_name, str(step.model_version) if step.model_version > 0 else None)
+                                 for step in config.ensemble)
         self._makers = {tensor: (step.model_name, output) for step in config.ensemble
                         for output, tensor in step.output_map.items()}
         self._step_model = step_model
@@ -116,7 +118,7 @@ class EnsembleScheduler(Scheduler):
             model_name=step.model_name, inputs=inputs,
             model_version=str(step.model_version) if step.model_version > 0 else None,
             outputs=[RequestedOutput(name) for name in step.output_map], timeout_us=timeout_us,
-            protocol="ensemble", cancelled=context.cancelled)
+            protocol="ensemble", cancelled=context.cancelled, parameters=_sequence_parameters(context))
         try:
             return await self._run_step(request)
         except InferdError as exc:
@@ -206,6 +208,15 @@ def _compatible(one: tuple[int, ...], other: tuple[int, ...]) -> bool:
 
 def _fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return len(shape) == len(declared) and all(d < 0 or d == n for n, d in zip(shape, declared, strict=True))
+
+
+def _sequence_parameters(context: CallContext) -> dict[str, object]:
+    """The ensemble request's sequence, given to every step as Triton does (its correlation ID and
+    START/END flags), so that a stateful step model sees the sequence it is part of."""
+    sequence = context.sequence
+    if sequence is None:
+        return {}
+    return {"sequence_id": sequence.id, "sequence_start": sequence.start, "sequence_end": sequence.end}
 
 
 def _datatype(array: np.ndarray) -> str:

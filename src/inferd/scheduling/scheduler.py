@@ -26,6 +26,9 @@ class Scheduler(Runtime):
     """A Runtime that schedules another one (an instance pool, a dynamic batcher): it can say how
     many instances it runs and how busy they are, and be resized."""
 
+    # the models (name, version; None = the default) whose answers make this one's: an ensemble's steps
+    composed_of: tuple[tuple[str, str | None], ...] = ()
+
     @property
     def group_rows(self) -> int:
         """Rows of requests that may reach ``infer_async`` as one, joined along the batch

@@ -4,8 +4,9 @@ sequence_batching).
 Each request names its sequence (``CallContext.sequence``). A sequence's first request (START)
 takes the instance lane with the fewest live sequences; its later requests run on that lane, one
 at a time and in the order they arrived, with the control inputs the configuration asks for
-(START, END, READY, CORRID). A sequence is forgotten at END, or once idle longer than
-``max_sequence_idle_microseconds`` (swept as requests come). Requests of different sequences are
+(START, END, READY, CORRID). A sequence is forgotten at END, or once idle (nothing of it queued
+or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept as
+requests come). Requests of different sequences are
 not combined into one execution: each runs as a batch of one.
 """
 
@@ -35,6 +36,7 @@ class _Sequence:
     lane: int
     last_used: float  # time.monotonic()
     losses: int = -1  # the lane's lane_losses when the sequence started (-1: not yet run)
+    dropped: bool = False  # its START never ran (deadline, client gone): the requests queued behind it are refused
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
 
 
@@ -55,6 +57,7 @@ class SequenceBatcher(Scheduler):
                        for i in range(pool.instances)]
         self._swept = time.monotonic()
         self._closed = False
+        self._admitted = 0  # requests placed and not yet answered: queued on their sequence, or running
 
     @property
     def instances(self) -> int:
@@ -82,8 +85,11 @@ class SequenceBatcher(Scheduler):
         self._sweep(now)
         sequence = self._check(inputs, context)
         state = self._place(sequence, now)
+        self._admitted += 1
         try:
             async with state.order:
+                if self._closed:  # it queued behind its sequence's earlier requests past the drain
+                    raise self._pool.unloading()
                 self._still_kept(sequence, state)
                 arrays = dict(inputs)
                 arrays.update(self._control_values(sequence))
@@ -93,17 +99,26 @@ class SequenceBatcher(Scheduler):
                 try:
                     return await self._run(state.lane, arrays, context)
                 except (DeadlineExceeded, asyncio.CancelledError):
-                    if sequence.start and self._sequences.get(sequence.id) is state:
-                        del self._sequences[sequence.id]  # its START was dropped: the next request must start again
+                    if sequence.start:  # its START was dropped: the next request must start again
+                        state.dropped = True
+                        if self._sequences.get(sequence.id) is state:
+                            del self._sequences[sequence.id]
                     raise
         finally:
+            self._admitted -= 1
+            state.last_used = time.monotonic()  # idle from its last answer: waiting and running are not idle
             if sequence.end and self._ending.get(sequence.id) is state:
                 del self._ending[sequence.id]
 
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
         instance went since (a crash, a restart, scaling down) would run on a fresh one that never
-        saw the sequence: the sequence is forgotten and the request refused as one without START."""
+        saw the sequence: the sequence is forgotten and the request refused as one without START,
+        as is one queued behind a START that never ran."""
+        if sequence.start:
+            state.dropped = False
+        elif state.dropped:
+            raise self._not_started(sequence)
         losses = self._pool.lane_losses(state.lane)
         if sequence.start or state.losses < 0:
             state.losses = losses
@@ -130,7 +145,12 @@ class SequenceBatcher(Scheduler):
             raise InvalidInput(f"inference request to model '{name}' must specify batch-size 1 due to "
                                "requirements of sequence batcher")
         for control in self._controls:
-            if control.kind != "CORRID" or control.datatype == "BYTES":
+            if control.kind != "CORRID":
+                continue
+            if control.datatype == "BYTES":
+                if isinstance(sequence.id, int):  # 1 and "1" are two sequences: the model must never see both as b"1"
+                    raise InvalidInput(f"sequence id {sequence.id} is an integer, but model '{name}' takes it as "
+                                       f"BYTES (control input '{control.name}'): send a string")
                 continue
             if isinstance(sequence.id, str):
                 raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
@@ -212,7 +232,12 @@ class SequenceBatcher(Scheduler):
             context.timings.compute += time.perf_counter() - start
 
     async def drain(self, timeout: float) -> None:
-        await self._pool.drain(timeout)
+        """Every admitted request finishes first, those queued behind their sequence's earlier ones
+        too (the pool counts only those handed to a lane)."""
+        deadline = time.monotonic() + timeout
+        while self._admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await self._pool.drain(max(deadline - time.monotonic(), 0.0))
 
     def resize(self, count: int) -> None:
         self._pool.resize(count)
