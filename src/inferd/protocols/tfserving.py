@@ -10,16 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 from typing import Any
 
 import numpy as np
-import orjson
 from google.protobuf import json_format
 
 from inferd.errors import InvalidInput, NotFound
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import MAX_DIMS, checked_cast, element_count, numbers_from_json
+from inferd.protocols.tensors import (
+    MAX_DIMS,
+    checked_cast,
+    element_count,
+    loads_non_finite,
+    non_finite_json,
+    numbers_from_json,
+)
 from inferd.types import (
     InferRequest,
     InferResponse,
@@ -74,17 +79,8 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
 # -- REST -----------------------------------------------------------------------------------------
 
 def loads_rest(body: bytes | bytearray, what: str) -> Any:
-    """A REST body as TF Serving reads it: ``NaN``, ``Infinity`` and ``-Infinity`` are numbers. orjson
-    refuses them; only a body it refused that names one is read again, by Python's parser."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if b"NaN" not in body and b"Infinity" not in body:
-            raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
-        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+    """A REST body as TF Serving reads it: ``NaN``, ``Infinity`` and ``-Infinity`` are numbers."""
+    return loads_non_finite(body, what)
 
 
 def decode_rest_predict(payload: Any, specs: tuple[TensorSpec, ...], model: str, version: str | None,
@@ -234,24 +230,9 @@ def _json(name: str, data: Any) -> Any:
     if array.dtype.name == "bfloat16" or array.dtype == np.float16:
         array = array.astype(np.float32)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        return _non_finite_json(array)
+        return non_finite_json(array)
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
     return array[()] if array.ndim == 0 else array  # orjson writes numpy scalars, not 0-d arrays
-
-
-_NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
-               "-inf": orjson.Fragment(b"-Infinity")}
-
-
-def _non_finite_json(array: np.ndarray) -> Any:
-    """Nested lists of numpy scalars, with each non-finite value as its JSON token."""
-    flat = array.reshape(-1)
-    items: list[Any] = list(flat)
-    for index in np.flatnonzero(~np.isfinite(flat)).tolist():
-        items[index] = _NON_FINITE[str(float(flat[index]))]
-    for size in reversed(array.shape[1:]):
-        items = [items[start:start + size] for start in range(0, len(items), size)]
-    return items if array.ndim else items[0]
 
 
 def _bytes_json(value: Any, force_b64: bool) -> Any:
