@@ -54,6 +54,10 @@ _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "IN
                 "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
                 "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val",
                 "BYTES": "string_val"}
+# the numpy type of each numeric field (what its values are before the datatype's cast): numpy
+# alone reads [0, 2**64 - 1] as float64, and 2**64 - 1 came back as 0
+_FIELD_DTYPE = {"bool_val": np.bool_, "int_val": np.int32, "int64_val": np.int64, "uint32_val": np.uint32,
+                "uint64_val": np.uint64, "float_val": np.float32, "double_val": np.float64}
 
 
 # inferd's state -> ModelVersionStatus.State (REST answers with its name, gRPC with its number)
@@ -322,7 +326,7 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
         array = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
         try:
-            array = checked_cast(np.asarray(values), datatype)
+            array = checked_cast(np.asarray(values, dtype=_FIELD_DTYPE[_TYPED_FIELD[datatype]]), datatype)
         except (ValueError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
     return Tensor(name, datatype, array.reshape(shape))
