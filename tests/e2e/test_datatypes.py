@@ -1,9 +1,10 @@
 """Every v2 datatype through every framework runtime and every v2 wire, bit for bit.
 
-Tiny real models (identity, transpose) per datatype: ONNX (onnxruntime), TorchScript and
-torch.export. Each answer from the real server (tritonclient over HTTP binary, HTTP JSON, gRPC raw
-contents; typed gRPC contents) is compared byte for byte with the same model run in-process:
-NaN, infinities, -0.0, subnormals and integer extremes included."""
+Tiny real models (identity, transpose) per datatype: ONNX (onnxruntime), TorchScript, torch.export,
+Triton Python-backend models and ensembles (ONNX, then Triton Python). Each answer from the real
+server (tritonclient over HTTP binary, HTTP JSON, gRPC raw contents; typed gRPC contents) is
+compared byte for byte with the same model run in-process: NaN, infinities, -0.0, subnormals and
+integer extremes included."""
 
 from __future__ import annotations
 
@@ -111,6 +112,46 @@ def exported_model(folder: Path, datatype: str, op: str) -> None:
     (folder / "config.toml").write_text("max_batch_size = 0\n")
 
 
+TRITON_PYTHON = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", OP(pb_utils.get_input_tensor_by_name(r, "x")
+                .as_numpy()))]) for r in requests]
+"""
+NUMPY_OPS = {"id": lambda x: x, "tr": lambda x: x.T}
+
+
+def triton_type(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def triton_python_model(folder: Path, datatype: str, op: str) -> None:
+    """A TritonPythonModel with its config.pbtxt, as a Triton user writes one."""
+    (folder / "1").mkdir(parents=True)
+    (folder / "1/model.py").write_text(TRITON_PYTHON.replace("OP", "(lambda x: x.T)" if op == "tr" else ""))
+    (folder / "config.pbtxt").write_text(
+        f'backend: "python"\nmax_batch_size: 0\n'
+        f'input [ {{ name: "x" data_type: {triton_type(datatype)} dims: [ -1, -1 ] }} ]\n'
+        f'output [ {{ name: "y" data_type: {triton_type(datatype)} dims: [ -1, -1 ] }} ]\n')
+
+
+def ensemble(folder: Path, datatype: str) -> None:
+    """ONNX's identity, then the Triton Python model's transpose."""
+    (folder / "1").mkdir(parents=True)
+    steps = [("onnx_id", "x", "mid"), ("tpy_tr", "mid", "y")]
+    step_text = ", ".join(f'{{ model_name: "{model}_{datatype.lower()}" model_version: -1 input_map '
+                          f'{{ key: "x" value: "{source}" }} output_map {{ key: "y" value: "{target}" }} }}'
+                          for model, source, target in steps)
+    (folder / "config.pbtxt").write_text(
+        f'platform: "ensemble"\nmax_batch_size: 0\n'
+        f'input [ {{ name: "x" data_type: {triton_type(datatype)} dims: [ -1, -1 ] }} ]\n'
+        f'output [ {{ name: "y" data_type: {triton_type(datatype)} dims: [ -1, -1 ] }} ]\n'
+        f"ensemble_scheduling {{ step [ {step_text} ] }}\n")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("datatypes")
@@ -123,6 +164,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             torchscript_model(root / f"ts_{op}_{datatype.lower()}", datatype, op)
         exported_model(root / f"ex_id_{datatype.lower()}", datatype, "id")
     exported_model(root / "ex_tr_fp32", "FP32", "tr")
+    for datatype in [*NUMERIC, "BYTES"]:
+        for op in ("id", "tr"):
+            triton_python_model(root / f"tpy_{op}_{datatype.lower()}", datatype, op)
+        ensemble(root / f"ens_tr_{datatype.lower()}", datatype)
     (root / "py_echo_bytes/1").mkdir(parents=True)
     (root / "py_echo_bytes/1/model.py").write_text(ECHO_MODEL.replace('inputs["in"]', 'inputs["x"]'))
     (root / "py_echo_bytes/config.toml").write_text(echo_config("BYTES").replace('"in"', '"x"'))
@@ -138,6 +183,11 @@ def server(repo: Path) -> Iterator[RunningServer]:
 def in_process(repo: Path, model: str, x: np.ndarray) -> np.ndarray:
     """The model's answer run here, by its own framework."""
     folder = repo / model / "1"
+    family, op = model.split("_")[:2]
+    if family == "tpy":  # the model's own numpy
+        return NUMPY_OPS[op](x)
+    if family == "ens":
+        return in_process(repo, f"onnx_id_{model.split('_')[2]}", x).T
     if (folder / "model.onnx").exists():
         if x.dtype == bfloat16():  # onnxruntime's numpy bridge has no bfloat16
             return in_process_onnx_bf16(folder / "model.onnx", x)
@@ -241,7 +291,7 @@ def cases(families: list[str], types: list[str]) -> list[Any]:
 
 
 @pytest.mark.parametrize(("family", "datatype", "wire"),
-                         cases(["onnx", "ts", "ex"], NUMERIC) + cases(["onnx"], ["BYTES"]))
+                         cases(["onnx", "ts", "ex", "tpy"], NUMERIC) + cases(["onnx", "tpy"], ["BYTES"]))
 def test_identity_answers_the_same_bits(server: RunningServer, repo: Path, family: str, datatype: str,
                                         wire: str) -> None:
     model = f"{family}_id_{datatype.lower()}"
@@ -250,7 +300,8 @@ def test_identity_answers_the_same_bits(server: RunningServer, repo: Path, famil
 
 
 @pytest.mark.parametrize(("family", "datatype", "wire"),
-                         cases(["onnx", "ts"], NUMERIC) + cases(["onnx"], ["BYTES"]) + cases(["ex"], ["FP32"]))
+                         cases(["onnx", "ts", "tpy", "ens"], NUMERIC) + cases(["onnx", "tpy", "ens"], ["BYTES"])
+                         + cases(["ex"], ["FP32"]))
 def test_a_transposed_output_is_row_major(server: RunningServer, repo: Path, family: str, datatype: str,
                                           wire: str) -> None:
     model = f"{family}_tr_{datatype.lower()}"
@@ -269,7 +320,8 @@ def test_a_scalar_stays_a_scalar(server: RunningServer, repo: Path, family: str,
 
 @pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 0)])
 @pytest.mark.parametrize(("family", "datatype", "wire"),
-                         cases(["onnx", "ts", "ex"], ["FP32", "INT64", "BF16"]) + cases(["onnx"], ["BYTES"]))
+                         cases(["onnx", "ts", "ex", "tpy"], ["FP32", "INT64", "BF16"])
+                         + cases(["onnx", "tpy"], ["BYTES"]))
 def test_zero_sized_dims(server: RunningServer, repo: Path, family: str, datatype: str, wire: str,
                          shape: tuple[int, int]) -> None:
     model = f"{family}_id_{datatype.lower()}"
@@ -278,9 +330,9 @@ def test_zero_sized_dims(server: RunningServer, repo: Path, family: str, datatyp
 
 
 @pytest.mark.parametrize("wire", ["http-binary", "grpc-raw"])
-@pytest.mark.parametrize("family", ["onnx", "ts", "ex"])
+@pytest.mark.parametrize("family", ["onnx", "ts", "ex", "tpy", "ens"])
 def test_a_large_tensor_and_a_one_element_tensor(server: RunningServer, repo: Path, family: str, wire: str) -> None:
-    model = f"{family}_tr_fp32" if family != "ex" else "ex_tr_fp32"
+    model = f"{family}_tr_fp32"
     for shape in [(1, 1), (96, 1024)]:
         x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
         same_bits(WIRES[wire](server, model, x, "FP32"), in_process(repo, model, x))
