@@ -74,3 +74,10 @@ def test_decode_takes_a_classification_count() -> None:
 def test_decode_refuses(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         kserve_v2.decode_infer_request(body, None, "m", None)
+
+
+def test_decode_takes_non_finite_numbers_as_triton_does() -> None:
+    body = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3],'
+            b' "data": [NaN, Infinity, -Infinity]}]}')
+    request = kserve_v2.decode_infer_request(body, None, "m", None)
+    np.testing.assert_array_equal(request.inputs[0].data, np.array([np.nan, np.inf, -np.inf], np.float32))

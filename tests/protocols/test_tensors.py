@@ -107,3 +107,28 @@ def test_a_shape_alone_never_allocates() -> None:
         tensors.from_raw("x", "FP32", [1 << 20, 1 << 20], b"")
     with pytest.raises(InvalidInput, match="need at least"):
         tensors.from_raw("s", "BYTES", [1 << 26], b"\x00" * 8)
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
+def test_non_finite_floats_are_written_as_tritons_json_tokens(datatype: str) -> None:
+    """Triton writes NaN, Infinity and -Infinity (rapidjson's kWriteNanAndInfFlag); orjson alone
+    writes null, which a client reads back as NaN even for an infinity."""
+    x = np.array([1.5, np.nan, np.inf, -np.inf, -0.0], dtype=np.float32).astype(numpy_dtype(datatype))
+    body = orjson.dumps(tensors.to_json(x, datatype), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert body == b"[1.5,NaN,Infinity,-Infinity,-0.0]"
+    back = tensors.from_json("x", datatype, [5], tensors.loads_non_finite(body, "test"))
+    assert back.tobytes() == x.tobytes()
+
+
+def test_json_without_non_finite_tokens_stays_strict() -> None:
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        tensors.loads_non_finite(b"[1, nan]", "test")
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        tensors.loads_non_finite(memoryview(b"[NaN,"), "test")
+
+
+def test_bytes_that_are_not_utf8_have_no_json_string() -> None:
+    x = np.array([b"", b"a\x00b", "é".encode(), b"\xff\xfe"], dtype=object)
+    with pytest.raises(InvalidInput, match=r"output 'y': BYTES element 3 is not UTF-8 .* binary data"):
+        tensors.to_json(x, "BYTES", "y")
+    assert tensors.to_json(x[:3], "BYTES", "y") == ["", "a\x00b", "é"]

@@ -36,6 +36,21 @@ def test_answers_fill_the_typed_field_tensorflow_reads(datatype: str, field: str
                                   values.astype(np.float64) if datatype == "BF16" else values)
 
 
+@pytest.mark.parametrize(("datatype", "field", "values"), [
+    ("UINT64", "uint64_val", [0, 2**64 - 1, 2**53 + 1]),
+    ("INT64", "int64_val", [-2**63, 2**63 - 1, 2**53 + 1]),
+    ("UINT32", "uint32_val", [0, 2**32 - 1]),
+    ("INT32", "int_val", [-2**31, 2**31 - 1]),
+    ("UINT16", "int_val", [0, 65535]),
+])
+def test_typed_integers_are_read_exactly(datatype: str, field: str, values: list[int]) -> None:
+    """numpy alone reads [0, 2**64 - 1] as float64: 2**64 - 1 became 0 and 2**53 + 1 became 2**53."""
+    proto = pb.TensorProto(dtype=tfserving.encode_tensor(np.zeros(1, np.dtype(datatype.lower())), datatype).dtype)
+    proto.tensor_shape.dim.add(size=len(values))
+    getattr(proto, field).extend(values)
+    assert tfserving.decode_tensor("x", proto).data.tolist() == values
+
+
 def test_strings_answer_in_string_val() -> None:
     values = np.empty(2, dtype=object)
     values[:] = [b"a", b"\xff"]

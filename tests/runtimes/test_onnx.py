@@ -63,3 +63,53 @@ def test_a_mismatch_names_the_file_that_declared_it(tmp_path: Path) -> None:
     artifact = identity(tmp_path / "model.onnx", ["batch", 16])
     with pytest.raises(ConfigError, match=r"config\.pbtxt declares input 'x' with shape \[-1, 8\]"):
         load(LoadContext("m", "1", artifact, read_pbtxt(pbtxt)))
+
+
+def typed_identity(path: Path, element_type: int, shape: list[int | str]) -> Path:
+    helper = onnx.helper
+    x = helper.make_tensor_value_info("x", element_type, shape)
+    y = helper.make_tensor_value_info("y", element_type, shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape", [[2, 2], [0, 2], []])
+def test_strings_cross_as_text_and_come_back_as_bytes(tmp_path: Path, shape: list[int]) -> None:
+    """onnxruntime takes str: a bytes element reached the model as its repr ("b'a'")."""
+    import numpy as np
+
+    runtime = load(context(typed_identity(tmp_path / "m.onnx", onnx.TensorProto.STRING, ["a", "b"][:len(shape)]),
+                           ""))
+    x = np.array([b"", b"a\x00b", "é".encode(), b"z"] * 2, dtype=object)[:int(np.prod(shape))].reshape(shape)
+    y = runtime.infer({"x": x})["y"]
+    assert y.shape == x.shape and y.dtype == object
+    assert y.tolist() == x.tolist()
+
+
+def test_strings_that_are_not_utf8_are_refused_by_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    from inferd.errors import InvalidInput
+
+    runtime = load(context(typed_identity(tmp_path / "m.onnx", onnx.TensorProto.STRING, ["n"]), ""))
+    with pytest.raises(InvalidInput, match=r"input 'x': element 1 is not UTF-8"):
+        runtime.infer({"x": np.array([b"ok", b"\xff"], dtype=object)})
+
+
+@pytest.mark.parametrize("shape", [[2, 3], [0, 3], []])
+def test_bf16_crosses_bit_for_bit(tmp_path: Path, shape: list[int]) -> None:
+    """onnxruntime's numpy bridge knows no bfloat16: every BF16 model answered 500."""
+    import numpy as np
+
+    from inferd.types import bfloat16
+
+    runtime = load(context(typed_identity(tmp_path / "m.onnx", onnx.TensorProto.BFLOAT16, ["a", "b"][:len(shape)]),
+                           ""))
+    values = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 3.4e38], dtype=np.float32).astype(bfloat16())
+    x = values[:int(np.prod(shape))].reshape(shape)
+    y = runtime.infer({"x": x})["y"]
+    assert y.dtype == bfloat16() and y.shape == x.shape
+    assert y.tobytes() == x.tobytes()

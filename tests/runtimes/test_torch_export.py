@@ -61,3 +61,15 @@ def test_dynamic_batch_serves_any_batch(tmp_path: Path) -> None:
     x = np.ones((5, 16), np.float32)
     np.testing.assert_allclose(runtime.infer({"x": x})["output__0"],
                                model(torch.from_numpy(x)).detach().numpy(), rtol=1e-6)
+
+
+def test_programs_load_side_by_side(tmp_path: Path) -> None:
+    """A repository's versions load on threads at once; torch.export.load keeps its deserializer in
+    a global, and two loads at once failed with "_CURRENT_DESERIALIZER is already set"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _export(tmp_path / "model.pt2", dynamic=True)
+    with ThreadPoolExecutor(8) as pool:
+        runtimes = list(pool.map(lambda _: load(_context(tmp_path / "model.pt2", 0)), range(8)))
+    assert len({id(runtime) for runtime in runtimes}) == 8
+    assert all(runtime.inputs[0].shape == (-1, 16) for runtime in runtimes)

@@ -21,10 +21,8 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def loads(body: bytes | bytearray | memoryview, what: str = "request body") -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+    """A JSON body; numbers may be ``NaN``, ``Infinity`` and ``-Infinity``, as Triton reads them."""
+    return tensors.loads_non_finite(body, what)
 
 
 def decode_infer_request(body: bytes | bytearray, header_length: int | None, model_name: str,
@@ -159,7 +157,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = tensors.to_json(tensor.data, tensor.datatype)
+            entry["data"] = tensors.to_json(tensor.data, tensor.datatype, tensor.name)
         outputs.append(entry)
     payload: dict[str, Any] = {"model_name": response.model_name,
                                "model_version": response.model_version, "outputs": outputs}

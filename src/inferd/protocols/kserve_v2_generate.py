@@ -62,7 +62,7 @@ def encode_generate_response(response: InferResponse) -> bytes:
     if response.id is not None:
         answer["id"] = response.id
     for tensor in response.outputs:
-        value = tensors.to_json(tensor.data, tensor.datatype)
+        value = tensors.to_json(tensor.data, tensor.datatype, tensor.name)
         answer[tensor.name] = value[0] if len(value) == 1 else value
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.errors import InvalidInput
 from inferd.types import numpy_dtype
@@ -158,22 +160,61 @@ def flatten(data: list[Any]) -> list[Any]:
     return out
 
 
-def to_json(array: np.ndarray, datatype: str) -> Any:
-    """An array as a flat JSON-ready value. Numeric arrays go to orjson as numpy (no lists)."""
+def to_json(array: np.ndarray, datatype: str, name: str = "") -> Any:
+    """An array as a flat JSON-ready value. Numeric arrays go to orjson as numpy (no lists); NaN and
+    infinities as the tokens Triton writes (``NaN``, ``Infinity``, ``-Infinity``: orjson alone writes
+    null, which reads back as NaN for an infinity)."""
     flat = array.reshape(-1)
     if datatype == "BYTES":
-        return [_text(item) for item in flat]
-    if datatype == "BF16":
-        return flat.astype(np.float32)
-    if datatype == "FP16":
-        return flat.astype(np.float32)  # orjson has no float16
+        return [_text(item, name, index) for index, item in enumerate(flat)]
+    if datatype in ("BF16", "FP16"):
+        flat = flat.astype(np.float32)  # orjson has neither
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return non_finite_json(flat)
     return np.ascontiguousarray(flat)
 
 
-def _text(item: Any) -> str:
-    if isinstance(item, bytes):
-        return item.decode("utf-8", errors="replace")
-    return str(item)
+_NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
+               "-inf": orjson.Fragment(b"-Infinity")}
+
+
+def non_finite_json(array: np.ndarray) -> Any:
+    """Nested lists of numpy scalars (``array``'s shape), each non-finite value as its JSON token."""
+    flat = array.reshape(-1)
+    items: list[Any] = list(flat)
+    for index in np.flatnonzero(~np.isfinite(flat)).tolist():
+        items[index] = _NON_FINITE[str(float(flat[index]))]
+    for size in reversed(array.shape[1:]):
+        items = [items[start:start + size] for start in range(0, len(items), size)]
+    return items if array.ndim else items[0]
+
+
+def loads_non_finite(body: bytes | bytearray | memoryview, what: str) -> Any:
+    """A JSON body whose numbers may be ``NaN``, ``Infinity`` and ``-Infinity``, as Triton and TF
+    Serving read them. orjson refuses those; only a body it refused that names one is read again,
+    by Python's parser."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        body = bytes(body)
+        if b"NaN" not in body and b"Infinity" not in body:
+            raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+
+
+def _text(item: Any, name: str, index: int) -> str:
+    """A BYTES element as a JSON string. Bytes that are not UTF-8 have no JSON string: refused (a
+    replacement character would answer silently wrong), naming the binary form that carries them."""
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"output '{name}': BYTES element {index} is not UTF-8 text, which JSON cannot "
+                           "carry; ask for this output as binary data") from None
 
 
 def from_raw(name: str, datatype: str, shape: Any, raw: memoryview | bytes) -> np.ndarray:

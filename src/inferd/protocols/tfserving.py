@@ -10,16 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
-import json
 from typing import Any
 
 import numpy as np
-import orjson
 from google.protobuf import json_format
 
 from inferd.errors import InvalidInput, NotFound
 from inferd.protocols._proto import tfserving_pb2 as pb
-from inferd.protocols.tensors import MAX_DIMS, checked_cast, element_count, numbers_from_json
+from inferd.protocols.tensors import (
+    MAX_DIMS,
+    checked_cast,
+    element_count,
+    loads_non_finite,
+    non_finite_json,
+    numbers_from_json,
+)
 from inferd.types import (
     InferRequest,
     InferResponse,
@@ -49,6 +54,10 @@ _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "IN
                 "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
                 "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val",
                 "BYTES": "string_val"}
+# the numpy type of each numeric field (what its values are before the datatype's cast): numpy
+# alone reads [0, 2**64 - 1] as float64, and 2**64 - 1 came back as 0
+_FIELD_DTYPE = {"bool_val": np.bool_, "int_val": np.int32, "int64_val": np.int64, "uint32_val": np.uint32,
+                "uint64_val": np.uint64, "float_val": np.float32, "double_val": np.float64}
 
 
 # inferd's state -> ModelVersionStatus.State (REST answers with its name, gRPC with its number)
@@ -81,17 +90,8 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
 # -- REST -----------------------------------------------------------------------------------------
 
 def loads_rest(body: bytes | bytearray, what: str) -> Any:
-    """A REST body as TF Serving reads it: ``NaN``, ``Infinity`` and ``-Infinity`` are numbers. orjson
-    refuses them; only a body it refused that names one is read again, by Python's parser."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if b"NaN" not in body and b"Infinity" not in body:
-            raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
-        raise InvalidInput(f"malformed JSON in the {what}: {exc}") from None
+    """A REST body as TF Serving reads it: ``NaN``, ``Infinity`` and ``-Infinity`` are numbers."""
+    return loads_non_finite(body, what)
 
 
 def decode_rest_predict(payload: Any, specs: tuple[TensorSpec, ...], model: str, version: str | None,
@@ -249,7 +249,7 @@ def _json(name: str, data: Any) -> Any:
     if array.dtype.name == "bfloat16" or array.dtype == np.float16:
         array = array.astype(np.float32)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        return _non_finite_json(array)
+        return non_finite_json(array)
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
     return array[()] if array.ndim == 0 else array  # orjson writes numpy scalars, not 0-d arrays
 
@@ -258,21 +258,6 @@ def float32_json(values: list[float]) -> list[Any]:
     """Classification scores and regression values as TF Serving writes them (a float32 each, in
     its shortest form; NaN and infinities as tokens), for ``orjson.dumps(..., OPT_SERIALIZE_NUMPY)``."""
     return list(_json("", np.asarray(values, dtype=np.float32)))
-
-
-_NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
-               "-inf": orjson.Fragment(b"-Infinity")}
-
-
-def _non_finite_json(array: np.ndarray) -> Any:
-    """Nested lists of numpy scalars, with each non-finite value as its JSON token."""
-    flat = array.reshape(-1)
-    items: list[Any] = list(flat)
-    for index in np.flatnonzero(~np.isfinite(flat)).tolist():
-        items[index] = _NON_FINITE[str(float(flat[index]))]
-    for size in reversed(array.shape[1:]):
-        items = [items[start:start + size] for start in range(0, len(items), size)]
-    return items if array.ndim else items[0]
 
 
 def _bytes_json(value: Any, force_b64: bool) -> Any:
@@ -362,7 +347,7 @@ def decode_tensor(name: str, proto: pb.TensorProto) -> Tensor:
         array = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
         try:
-            array = checked_cast(np.asarray(values), datatype)
+            array = checked_cast(np.asarray(values, dtype=_FIELD_DTYPE[_TYPED_FIELD[datatype]]), datatype)
         except (ValueError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
     return Tensor(name, datatype, array.reshape(shape))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inferd.config import ModelConfig
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, InvalidInput
 from inferd.runtimes.base import (
     Arrays,
     LoadContext,
@@ -17,7 +21,7 @@ from inferd.runtimes.base import (
     specs_from_config,
     warm_up,
 )
-from inferd.types import TensorSpec
+from inferd.types import TensorSpec, bfloat16
 
 _V2_BY_ONNX = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
@@ -44,16 +48,81 @@ class OnnxRuntime(Runtime):
         self.outputs = outputs
         self.max_batch_size = max_batch_size
         self._output_names = [spec.name for spec in outputs]
+        self._text_inputs = [spec.name for spec in inputs if spec.datatype == "BYTES"]
+        self._text_outputs = [spec.name for spec in outputs if spec.datatype == "BYTES"]
+        self._bf16 = any(spec.datatype == "BF16" for spec in inputs + outputs)
 
     def infer(self, inputs: Arrays) -> Arrays:
-        values = self._session.run(self._output_names, inputs)
-        return dict(zip(self._output_names, values, strict=True))
+        for name in self._text_inputs:
+            inputs = {**inputs, name: _as_text(name, inputs[name])}
+        if self._bf16:
+            values = _run_bf16(self._session, self._output_names, inputs)
+        else:
+            values = self._session.run(self._output_names, inputs)
+        outputs = dict(zip(self._output_names, values, strict=True))
+        for name in self._text_outputs:
+            outputs[name] = _as_bytes(outputs[name])
+        return outputs
 
     def warmup(self) -> None:
         warm_up(self, self._config, self._name)
 
     def describe(self) -> str:
         return f"{self.platform} on {', '.join(self._session.get_providers())}"
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES as onnxruntime's strings: it takes Python str (a bytes object would become its repr,
+    "b'...'"), so elements must be UTF-8 text."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for index, item in enumerate(flat):
+        try:
+            out[index] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{name}': element {index} is not UTF-8 text, which an ONNX string "
+                               "tensor needs") from None
+    return out.reshape(array.shape)
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """onnxruntime's strings as BYTES elements (bytes, as every runtime answers them)."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for index, item in enumerate(flat):
+        out[index] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out.reshape(array.shape)
+
+
+_ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
+
+
+def _run_bf16(session: Any, output_names: list[str], inputs: Arrays) -> list[np.ndarray]:
+    """A run with BF16 tensors: onnxruntime's numpy bridge knows no bfloat16, so they cross as
+    OrtValues over their 16-bit patterns, and BF16 outputs are copied out of the OrtValue's buffer."""
+    import onnxruntime as ort
+
+    values = {}
+    for name, array in inputs.items():
+        if array.dtype == bfloat16():
+            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                np.asarray(array, order="C").view(np.uint16), _ONNX_BFLOAT16)
+        else:
+            values[name] = ort.OrtValue.ortvalue_from_numpy(np.asarray(array, order="C"))
+    results = session.run_with_ort_values(output_names, values)
+    return [_bf16_numpy(value) if value.data_type() == "tensor(bfloat16)" else value.numpy()
+            for value in results]
+
+
+def _bf16_numpy(value: Any) -> np.ndarray:
+    shape = tuple(value.shape())
+    count = math.prod(shape)
+    if count == 0:
+        return np.empty(shape, dtype=bfloat16())
+    if value.device_name().lower() != "cpu":
+        raise InvalidInput("BF16 outputs of ONNX models can only be read from the CPU")
+    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    return np.ctypeslib.as_array(buffer).copy().view(bfloat16()).reshape(shape)
 
 
 def load(context: LoadContext) -> OnnxRuntime:

@@ -6,6 +6,7 @@ tensors, or a dict of tensors (matched to outputs by name).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, cast
 
 import numpy as np
@@ -141,8 +142,12 @@ def load(context: LoadContext) -> TorchRuntime:
                         context.config.instance_group.count, _images(context.config))
 
 
+_EXPORT_LOAD = threading.Lock()  # torch.export.load keeps its deserializer in a global: one at a time
+
+
 def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
-    program = torch.export.load(str(context.artifact))
+    with _EXPORT_LOAD:  # two at once failed with "_CURRENT_DESERIALIZER is already set"
+        program = torch.export.load(str(context.artifact))
     config = context.config
     if config.max_batch_size > 0:
         _refuse_static_batch(program, context.name, config.max_batch_size)
