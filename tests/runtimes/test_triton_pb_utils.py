@@ -49,3 +49,19 @@ def test_configuration_helpers() -> None:
     assert pb_utils.get_output_config_by_name(config, "b")["data_type"] == "TYPE_FP16"
     assert pb_utils.get_input_config_by_name(config, "zz") is None
     assert pb_utils.numpy_to_triton_type(np.float16) == 10 and pb_utils.triton_to_numpy_type(8) is np.int32
+
+
+def test_a_plain_models_response_sender_takes_one_response() -> None:
+    sent: list[object] = []
+    sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.append((response, flags)), lambda: False,
+                                              decoupled=False)
+    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)  # a final flag before any response
+    response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones(1))])
+    sender.send(response)
+    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+        sender.send(response)
+    with pytest.raises(pb_utils.TritonModelException, match="takes an InferenceResponse, not dict"):
+        pb_utils.InferenceResponseSender(lambda *_: None, lambda: False).send({"OUT": 1})  # type: ignore[arg-type]
+    assert sent == [(response, 0)]
+    assert pb_utils.TritonError("x").code() == pb_utils.TritonError.INTERNAL  # Triton's default code

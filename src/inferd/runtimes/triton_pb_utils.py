@@ -38,7 +38,7 @@ def install_triton_shim() -> None:
 class TritonError(Exception):
     UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
 
-    def __init__(self, message: str, code: int = 0) -> None:
+    def __init__(self, message: str, code: int = 1) -> None:  # INTERNAL unless told, as Triton's
         super().__init__(message)
         self._message = message
         self._code = code
@@ -100,12 +100,16 @@ class Tensor:
 
 
 class InferenceRequest:
-    """One execution's request as the model's ``execute`` sees it."""
+    """One execution's request as the model's ``execute`` sees it. A model may build one itself
+    (``InferenceRequest(model_name=..., inputs=..., requested_output_names=...)``) to call another
+    model (BLS); inferd does not serve those calls: ``exec`` and ``async_exec`` say so."""
 
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict[str, Any] | None = None, sender: InferenceResponseSender | None = None,
+                 parameters: dict[str, Any] | str | None = None, sender: InferenceResponseSender | None = None,
                  cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
-                 flags: int = 0) -> None:
+                 flags: int = 0, model_name: str | bytes = "", **bls: Any) -> None:
+        # a BLS request's target (str, or bytes read from a BYTES input); ``bls``: its model_version, timeout, ...
+        self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._sender = sender
         self._correlation_id = correlation_id
         self._flags = flags
@@ -113,7 +117,14 @@ class InferenceRequest:
         self._inputs = inputs
         self._outputs = requested_output_names
         self._id = request_id
-        self._parameters = parameters or {}
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
+
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        raise TritonModelException(f"InferenceRequest.exec() calls model '{self._model_name}' from inside a model "
+                                   "(Triton's BLS), which inferd does not serve; chain the models in an ensemble")
+
+    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+        return self.exec(decoupled)
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -140,26 +151,34 @@ class InferenceRequest:
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
-            raise TritonModelException("only a decoupled model's requests have a response sender "
-                                       "(model_transaction_policy { decoupled: true })")
+            raise TritonModelException("only the requests execute() is given have a response sender")
         return self._sender
 
 
 class InferenceResponseSender:
-    """A decoupled request's way back: ``send`` each response as it is ready, the last one (or
-    none) with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``."""
+    """A request's way back: ``send`` each response as it is ready, the last one (or none) with
+    ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``. A model that is not decoupled may send one
+    response this way (and return None from ``execute``), as Triton allows."""
 
     def __init__(self, sink: Callable[[InferenceResponse | None, int], None],
-                 cancelled: Callable[[], bool]) -> None:
+                 cancelled: Callable[[], bool], decoupled: bool = True) -> None:
         self._sink = sink
         self._cancelled = cancelled
+        self._decoupled = decoupled
         self._closed = False
+        self.sent = 0
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         if self._closed:
             raise TritonModelException("the response sender is closed: the final flag was already sent")
         if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             raise TritonModelException("send() needs a response or the final flag")
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"send() takes an InferenceResponse, not {type(response).__name__}")
+        if not self._decoupled and (self.sent if response is not None else not self.sent):
+            raise TritonModelException("a model that is not decoupled sends exactly one response, then the final "
+                                       "flag (model_transaction_policy { decoupled: true } sends more)")
+        self.sent += response is not None
         if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             self._closed = True
         self._sink(response, flags)

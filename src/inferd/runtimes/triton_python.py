@@ -10,6 +10,8 @@ its responses stream out as they are sent, until the final flag.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import queue
 import threading
@@ -17,6 +19,7 @@ from collections.abc import Generator
 from typing import Any
 
 from inferd.config import ServedConfig
+from inferd.errors import InferdError, InvalidInput, NotFound, Unavailable
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -30,6 +33,13 @@ from inferd.runtimes.base import (
 )
 from inferd.types import TensorSpec
 
+# a response's TritonError code as the client sees it: Triton's HTTP table (INTERNAL, UNSUPPORTED: 500)
+_ERRORS: dict[int, type[InferdError]] = {
+    pb_utils.TritonError.UNKNOWN: InvalidInput, pb_utils.TritonError.INVALID_ARG: InvalidInput,
+    pb_utils.TritonError.ALREADY_EXISTS: InvalidInput, pb_utils.TritonError.CANCELLED: InvalidInput,
+    pb_utils.TritonError.NOT_FOUND: NotFound, pb_utils.TritonError.UNAVAILABLE: Unavailable,
+}
+
 
 class TritonPythonRuntime(Runtime):
     platform = "python"
@@ -42,6 +52,8 @@ class TritonPythonRuntime(Runtime):
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
+        self._loop: asyncio.AbstractEventLoop | None = None  # for an ``async def execute``, started at its first call
+        self._loop_lock = threading.Lock()
 
     def infer(self, inputs: Arrays) -> Arrays:
         correlation_id: int | str = 0
@@ -49,18 +61,42 @@ class TritonPythonRuntime(Runtime):
         if SEQUENCE_INPUT in inputs:
             inputs = dict(inputs)
             correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
+        sent: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
+        sender = pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
+                                                  lambda: False, decoupled=False)
         request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            [spec.name for spec in self.outputs], correlation_id=correlation_id,
-                                            flags=flags)
-        responses = self._model.execute([request])
+                                            [spec.name for spec in self.outputs], sender=sender,
+                                            correlation_id=correlation_id, flags=flags)
+        responses = self._execute([request])
+        if responses is None and sent:
+            responses = sent
         if not isinstance(responses, list | tuple) or len(responses) != 1:
             count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise RuntimeError(f"TritonPythonModel.execute must return one InferenceResponse per request "
                                f"(1), got {count}")
-        response = responses[0]
-        if response.has_error():
-            error = response.error()
-            raise RuntimeError(error.message() if error is not None else "the model answered an error")
+        response = responses[0] if responses[0] is not None or not sent else sent[0]
+        return self._outputs(response)
+
+    def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
+        """``execute``, awaited on the model's own event loop when it is ``async def`` (as Triton runs it)."""
+        result = self._model.execute(requests)
+        if inspect.iscoroutine(result):
+            with self._loop_lock:
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                    threading.Thread(target=self._loop.run_forever, name=f"inferd-{self._name}-asyncio",
+                                     daemon=True).start()
+            result = asyncio.run_coroutine_threadsafe(result, self._loop).result()
+        return result
+
+    def _outputs(self, response: Any) -> Arrays:
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise RuntimeError(f"TritonPythonModel.execute must answer with pb_utils.InferenceResponse objects, "
+                               f"got {type(response).__name__}")
+        error = response.error()
+        if error is not None:
+            kind = _ERRORS.get(error.code())
+            raise kind(error.message()) if kind is not None else RuntimeError(error.message())
         return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
                                self._name)
 
@@ -76,9 +112,14 @@ class TritonPythonRuntime(Runtime):
 
         def execute() -> None:
             try:
-                self._model.execute([request])
+                returned = self._execute([request])
             except BaseException as exc:  # handed to the reader, which raises it
                 sent.put(exc)
+                return
+            if returned is not None:  # an answer nobody would read: the client would wait forever
+                sent.put(TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                                   f"through request.get_response_sender(), but it returned "
+                                   f"{type(returned).__name__}"))
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
         while not stop.is_set():
@@ -90,17 +131,15 @@ class TritonPythonRuntime(Runtime):
                 raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
             response, flags = item
             if response is not None:
-                if response.has_error():
-                    error = response.error()
-                    raise RuntimeError(error.message() if error is not None else "the model answered an error")
-                yield conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
-                                      self._name)
+                yield self._outputs(response)
             if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
                 return
 
     def unload(self) -> None:
         if callable(getattr(self._model, "finalize", None)):
             self._model.finalize()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:

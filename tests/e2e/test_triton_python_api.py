@@ -1,0 +1,153 @@
+"""Triton Python-backend models using the less travelled parts of pb_utils, and models written wrong,
+served by the real server and called with tritonclient: each wrong one is a clear error for its
+caller, and the server goes on serving."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import models
+from tests.conftest import RunningServer, serve
+
+CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+{policy}
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+"""
+
+HEAD = """
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def tripled(request):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(request, "IN")
+                                                       .as_numpy() * 3)])
+
+
+class TritonPythonModel:
+"""
+
+MODELS = {
+    "tripled": """
+    def execute(self, requests):
+        return [tripled(request) for request in requests]
+""",
+    # async execute, its lock made once: every call must run on the same event loop
+    "async_tripled": """
+    def initialize(self, args):
+        self.lock = asyncio.Lock()
+
+    async def execute(self, requests):
+        async with self.lock:
+            await asyncio.sleep(0)
+            return [tripled(request) for request in requests]
+""",
+    # not decoupled, yet answering through the response sender and returning None (Triton allows it)
+    "sender_answers": """
+    def execute(self, requests):
+        for request in requests:
+            request.get_response_sender().send(tripled(request),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+""",
+    "coded_errors": """
+    def execute(self, requests):
+        codes = {1: pb_utils.TritonError.INVALID_ARG, 2: pb_utils.TritonError.NOT_FOUND,
+                 3: pb_utils.TritonError.UNAVAILABLE}
+        answers = []
+        for request in requests:
+            which = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            error = (pb_utils.TritonError(f"coded {which}", codes[which]) if which in codes
+                     else pb_utils.TritonError(f"uncoded {which}"))
+            answers.append(pb_utils.InferenceResponse(error=error))
+        return answers
+""",
+    "returns_dicts": """
+    def execute(self, requests):
+        return [{"OUT": np.zeros(2, np.float32)} for request in requests]
+""",
+    "calls_another": """
+    def execute(self, requests):
+        call = pb_utils.InferenceRequest(model_name="tripled", requested_output_names=["OUT"],
+                                         inputs=[pb_utils.get_input_tensor_by_name(requests[0], "IN")])
+        return [call.exec()]
+""",
+    # decoupled, but written as a plain model: returns its responses instead of sending them
+    "decoupled_returns": """
+    def execute(self, requests):
+        return [tripled(request) for request in requests]
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root: Path = tmp_path_factory.mktemp("pb_utils_repo")
+    for name, body in MODELS.items():
+        policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else ""
+        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "config.pbtxt", CONFIG.format(name=name, policy=policy))
+    with serve(root, grpc=True) as running:
+        yield running
+
+
+def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
+
+
+@pytest.mark.parametrize("model", ["async_tripled", "sender_answers"])
+def test_async_execute_and_a_plain_models_response_sender(server: RunningServer, model: str) -> None:
+    for values in ([1.0, 2.0], [4.0, -1.0]):  # twice: the async model's lock is reused
+        np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
+
+
+@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (7, "500")])
+def test_an_error_responses_code_is_its_http_status(server: RunningServer, value: int, status: str) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        _call(server, "coded_errors", [value, 0])
+    message = "uncoded 7" if value == 7 else f"coded {value}"  # no code: INTERNAL, as Triton's default
+    assert raised.value.status() == status and message in str(raised.value)
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    ("returns_dicts", "must answer with pb_utils.InferenceResponse objects, got dict"),
+    ("calls_another", "calls model 'tripled' from inside a model \\(Triton's BLS\\), which inferd does not serve"),
+])
+def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer, model: str, says: str) -> None:
+    with pytest.raises(InferenceServerException, match=says) as raised:
+        _call(server, model, [1, 2])
+    assert raised.value.status() == "500"
+    np.testing.assert_array_equal(_call(server, "tripled", [1, 2]), [3, 6])  # the server goes on
+
+
+def test_a_decoupled_model_returning_responses_fails_its_stream(server: RunningServer) -> None:
+    """It would otherwise leave the stream open forever: nothing is ever sent."""
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.ones(2, np.float32))
+        client.async_stream_infer("decoupled_returns", [tensor])
+        answer = answers.get(timeout=20)
+    finally:
+        client.stop_stream(cancel_requests=True)
+    assert isinstance(answer, InferenceServerException)
+    assert "decoupled: execute must return None and answer through request.get_response_sender()" in str(answer)
