@@ -151,3 +151,51 @@ def test_a_decoupled_model_returning_responses_fails_its_stream(server: RunningS
         client.stop_stream(cancel_requests=True)
     assert isinstance(answer, InferenceServerException)
     assert "decoupled: execute must return None and answer through request.get_response_sender()" in str(answer)
+
+
+# no config file at all: the model describes itself, as Triton's auto_complete_config lets it
+SELF_DESCRIBED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [3]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [3]})
+        config.set_max_batch_size(8)
+        config.set_dynamic_batching()
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() + 1)]) for r in requests]
+"""
+
+# its config.pbtxt says X is FP32: the completion may not contradict the file
+CONTRADICTED = """
+name: "contradicted"
+backend: "python"
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 3 ] } ]
+output [ { name: "Y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+"""
+
+
+def test_auto_complete_config_describes_a_model_without_a_config(tmp_path: Path) -> None:
+    models.write(tmp_path / "self_described/1/model.py", SELF_DESCRIBED)
+    models.write(tmp_path / "contradicted/1/model.py", SELF_DESCRIBED)
+    models.write(tmp_path / "contradicted/config.pbtxt", CONTRADICTED)
+    with serve(tmp_path) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        config = client.get_model_config("self_described")
+        assert config["max_batch_size"] == 8 and "dynamic_batching" in config
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("X", "TYPE_INT32", [3])]
+        tensor = httpclient.InferInput("X", [2, 3], "INT32")
+        rows = np.arange(6, dtype=np.int32).reshape(2, 3)
+        tensor.set_data_from_numpy(rows)
+        np.testing.assert_array_equal(client.infer("self_described", [tensor]).as_numpy("Y"), rows + 1)
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert index["contradicted"]["state"] == "UNAVAILABLE"
+        assert "input 'X' is data_type TYPE_FP32 in its configuration, TYPE_INT32 in auto_complete_config" \
+            in index["contradicted"]["reason"]

@@ -65,3 +65,20 @@ def test_a_plain_models_response_sender_takes_one_response() -> None:
         pb_utils.InferenceResponseSender(lambda *_: None, lambda: False).send({"OUT": 1})  # type: ignore[arg-type]
     assert sent == [(response, 0)]
     assert pb_utils.TritonError("x").code() == pb_utils.TritonError.INTERNAL  # Triton's default code
+
+
+def test_the_model_config_that_auto_complete_config_completes() -> None:
+    config = pb_utils.ModelConfig('{"name": "m", "max_batch_size": 4, "input": [{"name": "A", "data_type": '
+                                  '"TYPE_FP32", "dims": []}], "sequence_batching": {}}')
+    config.add_input({"name": "A", "data_type": "TYPE_FP32", "dims": [2]})  # fills in what the file left out
+    config.add_output({"name": "B", "data_type": "TYPE_FP32", "dims": [2]})
+    assert config.as_dict()["input"] == [{"name": "A", "data_type": "TYPE_FP32", "dims": [2]}]
+    assert [t["name"] for t in config.as_dict()["output"]] == ["B"]
+    with pytest.raises(ValueError, match="max_batch_size 4, auto_complete_config says 2"):
+        config.set_max_batch_size(2)
+    with pytest.raises(ValueError, match="schedules with sequence_batching"):
+        config.set_dynamic_batching()
+    with pytest.raises(ValueError, match="output 'C' needs 'dims'"):
+        config.add_output({"name": "C", "data_type": "TYPE_FP32"})
+    config.set_model_transaction_policy({"decoupled": True})
+    assert config.as_dict()["model_transaction_policy"] == {"decoupled": True}

@@ -265,3 +265,73 @@ def numpy_to_triton_type(dtype: Any) -> int:
 
 def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+class ModelConfig:
+    """What ``TritonPythonModel.auto_complete_config`` is handed and returns: the model's
+    configuration (Triton's JSON) that it may complete with tensors, a batch size, dynamic
+    batching and the transaction policy. Its additions never contradict what the file says."""
+
+    def __init__(self, model_config: str | dict[str, Any]) -> None:
+        self._config: dict[str, Any] = json.loads(model_config) if isinstance(model_config, str) else model_config
+        for key in ("input", "output"):
+            self._config.setdefault(key, [])
+        self._config.setdefault("max_batch_size", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def _name(self) -> str:
+        return str(self._config.get("name", ""))
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._config["max_batch_size"] > max_batch_size:
+            raise ValueError(f"model '{self._name()}': its configuration says max_batch_size "
+                             f"{self._config['max_batch_size']}, auto_complete_config says {max_batch_size}")
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(f"model '{self._name()}': its configuration schedules with {other}; "
+                                 "auto_complete_config cannot set dynamic_batching")
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        policy = self._config.setdefault("model_transaction_policy", {})
+        for key, value in transaction_policy_dict.items():
+            if key != "decoupled":
+                raise ValueError(f"model '{self._name()}': model_transaction_policy has no key '{key}'")
+            if "decoupled" in policy and bool(policy["decoupled"]) != bool(value):
+                raise ValueError(f"model '{self._name()}': its configuration says decoupled "
+                                 f"{policy['decoupled']}, auto_complete_config says {value}")
+            policy["decoupled"] = bool(value)
+
+    def add_input(self, input: dict[str, Any]) -> None:
+        self._add("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
+        if not isinstance(tensor, dict) or "name" not in tensor:
+            raise ValueError(f"model '{self._name()}': add_{kind} takes a dict with a 'name', got {tensor!r}")
+        unknown = set(tensor) - {"name", "data_type", "dims", "optional", "label_filename", "reshape",
+                                 "is_shape_tensor", "allow_ragged_batch"}
+        if unknown:
+            raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' has unknown keys {sorted(unknown)}")
+        for current in self._config[kind]:
+            if current.get("name") != tensor["name"]:
+                continue
+            for key in ("data_type", "dims"):  # a key the file left out (or at its default) is filled in
+                if key in tensor and current.get(key) not in (None, [], "TYPE_INVALID") and \
+                        current[key] != tensor[key]:
+                    raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' is {key} "
+                                     f"{current[key]} in its configuration, {tensor[key]} in auto_complete_config")
+                if key in tensor:
+                    current[key] = tensor[key]
+            return
+        for key in ("data_type", "dims"):
+            if key not in tensor:
+                raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' needs '{key}'")
+        self._config[kind].append(dict(tensor))

@@ -11,15 +11,19 @@ its responses stream out as they are sent, until the final flag.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import json
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from inferd.config import ServedConfig
-from inferd.errors import InferdError, InvalidInput, NotFound, Unavailable
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -162,3 +166,46 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     runtime = TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
     runtime.decoupled = config.decoupled
     return runtime
+
+
+def auto_complete(model_py: Path, config_json: dict[str, Any], timeout: float = 120.0) -> dict[str, Any] | None:
+    """``TritonPythonModel.auto_complete_config`` run on the model's configuration (Triton's JSON):
+    the completed configuration, or None when model.py defines none. It runs in a Python process of
+    its own, as in Triton: what it imports and builds is gone before the model loads."""
+    if "auto_complete_config" not in model_py.read_text(encoding="utf-8", errors="replace"):
+        return None  # the import is costly; no model.py that lacks the name defines it
+    try:
+        done = subprocess.run([sys.executable, "-m", __name__, str(model_py)], input=json.dumps(config_json),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{model_py}: auto_complete_config did not return within {timeout:g} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise ConfigError(f"{model_py}: auto_complete_config failed: {last}")
+    answer: dict[str, Any] | None = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def _complete_here(model_py: str) -> None:
+    """The child's side of ``auto_complete``: the completed configuration (or null) as JSON, last line."""
+    pb_utils.install_triton_shim()
+    spec = importlib.util.spec_from_file_location("inferd_auto_complete_model", model_py)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {model_py}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    if complete is None:
+        print("null")
+        return
+    given = pb_utils.ModelConfig(sys.stdin.read())
+    returned = complete(given)
+    if not isinstance(returned, pb_utils.ModelConfig):
+        raise SystemExit(f"auto_complete_config must return the pb_utils.ModelConfig it was given, "
+                         f"got {type(returned).__name__}")
+    sys.stdout.flush()
+    print("\n" + json.dumps(returned.as_dict()))
+
+
+if __name__ == "__main__":
+    _complete_here(sys.argv[1])
