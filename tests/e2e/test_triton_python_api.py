@@ -86,6 +86,17 @@ MODELS = {
                                          inputs=[pb_utils.get_input_tensor_by_name(requests[0], "IN")])
         return [call.exec()]
 """,
+    # Triton's custom metrics: kept for the model (not published on /metrics)
+    "counted": """
+    def initialize(self, args):
+        family = pb_utils.MetricFamily(name="calls", description="calls so far", kind=pb_utils.MetricFamily.COUNTER)
+        self.calls = family.Metric(labels={"model": args["model_name"]})
+
+    def execute(self, requests):
+        self.calls.increment(len(requests))
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(2, self.calls.value(), np.float32))])
+                for request in requests]
+""",
     # decoupled, but written as a plain model: returns its responses instead of sending them
     "decoupled_returns": """
     def execute(self, requests):
@@ -116,6 +127,10 @@ def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
 def test_async_execute_and_a_plain_models_response_sender(server: RunningServer, model: str) -> None:
     for values in ([1.0, 2.0], [4.0, -1.0]):  # twice: the async model's lock is reused
         np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
+
+
+def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:
+    assert [_call(server, "counted", [0, 0])[0] for _ in range(3)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (7, "500")])

@@ -82,3 +82,17 @@ def test_the_model_config_that_auto_complete_config_completes() -> None:
         config.add_output({"name": "C", "data_type": "TYPE_FP32"})
     config.set_model_transaction_policy({"decoupled": True})
     assert config.as_dict()["model_transaction_policy"] == {"decoupled": True}
+
+
+def test_custom_metrics_keep_their_values() -> None:
+    counter = pb_utils.MetricFamily("n", "how many", pb_utils.MetricFamily.COUNTER).Metric(labels={"a": "b"})
+    counter.increment(2)
+    counter.increment(3)
+    assert counter.value() == 5
+    with pytest.raises(pb_utils.TritonModelException, match="only goes up"):
+        counter.increment(-1)
+    gauge = pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric()
+    gauge.set(7.5)
+    assert gauge.value() == 7.5
+    with pytest.raises(pb_utils.TritonModelException, match="needs buckets"):
+        pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric()

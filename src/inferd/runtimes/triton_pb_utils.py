@@ -225,6 +225,58 @@ class Logger:
         _log.info(message)
 
 
+class _Metric:
+    """One labelled series of a :class:`MetricFamily`: it counts, but only the model reads it."""
+
+    def __init__(self, kind: int, buckets: list[float] | None) -> None:
+        self._kind = kind
+        self._value = 0.0
+        self._buckets = buckets
+
+    def increment(self, value: float) -> None:
+        if self._kind == MetricFamily.COUNTER and value < 0:
+            raise TritonModelException(f"a counter only goes up; increment({value})")
+        if self._kind == MetricFamily.HISTOGRAM:
+            raise TritonModelException("a histogram takes observe(value), not increment")
+        self._value += value
+
+    def set(self, value: float) -> None:
+        if self._kind != MetricFamily.GAUGE:
+            raise TritonModelException("only a gauge is set")
+        self._value = value
+
+    def observe(self, value: float) -> None:
+        if self._kind != MetricFamily.HISTOGRAM:
+            raise TritonModelException("only a histogram observes")
+        self._value += value  # the sum of what it observed
+
+    def value(self) -> float:
+        return self._value
+
+
+class MetricFamily:
+    """Triton's custom metrics. inferd keeps their values for the model (``value()`` answers) but
+    does not publish them on /metrics: creating one logs that once."""
+
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+    _told = False
+
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
+            raise TritonModelException(f"MetricFamily '{name}': kind must be COUNTER, GAUGE or HISTOGRAM")
+        if not MetricFamily._told:
+            MetricFamily._told = True
+            _log.warning("MetricFamily '%s': a Python model's custom metrics are kept for the model to read, "
+                         "not published on /metrics", name)
+        self._name = name
+        self._kind = kind
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
+        if self._kind == self.HISTOGRAM and not buckets:
+            raise TritonModelException(f"MetricFamily '{self._name}': a histogram's Metric needs buckets")
+        return _Metric(self._kind, buckets)
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 
