@@ -5,6 +5,7 @@ caller, and the server goes on serving."""
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,13 @@ MODELS = {
         self.calls.increment(len(requests))
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(2, self.calls.value(), np.float32))])
                 for request in requests]
+""",
+    # decoupled, sending once more after its final flag: the client has its answer, the log the bug
+    "decoupled_after_final": """
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        sender.send(tripled(requests[0]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(tripled(requests[0]))
 """,
     # decoupled, but written as a plain model: returns its responses instead of sending them
     "decoupled_returns": """
@@ -214,3 +222,24 @@ def test_auto_complete_config_describes_a_model_without_a_config(tmp_path: Path)
         assert index["contradicted"]["state"] == "UNAVAILABLE"
         assert "input 'X' is data_type TYPE_FP32 in its configuration, TYPE_INT32 in auto_complete_config" \
             in index["contradicted"]["reason"]
+
+
+def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: RunningServer) -> None:
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+        client.async_stream_infer("decoupled_after_final", [tensor])
+        answer = answers.get(timeout=20)
+    finally:
+        client.stop_stream(cancel_requests=True)
+    assert not isinstance(answer, Exception)
+    np.testing.assert_array_equal(answer.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
+    said = "model 'decoupled_after_final': execute failed after its final response: TritonModelException: " \
+           "the response sender is closed"
+    deadline = time.monotonic() + 10
+    while said not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said in server.log()

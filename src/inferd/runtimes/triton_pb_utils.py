@@ -186,6 +186,11 @@ class InferenceResponseSender:
     def is_cancelled(self) -> bool:
         return self._cancelled()
 
+    @property
+    def closed(self) -> bool:
+        """The final flag was sent."""
+        return self._closed
+
 
 class InferenceResponse:
     def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,

@@ -14,6 +14,7 @@ import asyncio
 import importlib.util
 import inspect
 import json
+import logging
 import queue
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.config import ServedConfig
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, describe
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -36,6 +37,8 @@ from inferd.runtimes.base import (
     unpack_sequence,
 )
 from inferd.types import TensorSpec
+
+_log = logging.getLogger("inferd.python_backend")
 
 # a response's TritonError code as the client sees it: Triton's HTTP table (INTERNAL, UNSUPPORTED: 500)
 _ERRORS: dict[int, type[InferdError]] = {
@@ -117,13 +120,16 @@ class TritonPythonRuntime(Runtime):
         def execute() -> None:
             try:
                 returned = self._execute([request])
-            except BaseException as exc:  # handed to the reader, which raises it
-                sent.put(exc)
-                return
-            if returned is not None:  # an answer nobody would read: the client would wait forever
-                sent.put(TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
-                                   f"through request.get_response_sender(), but it returned "
-                                   f"{type(returned).__name__}"))
+                if returned is not None:  # an answer nobody would read: the client would wait forever
+                    raise TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                                    f"through request.get_response_sender(), but it returned "
+                                    f"{type(returned).__name__}")
+            except BaseException as exc:
+                if sender.closed:  # the stream ended at the final flag: only the log can tell the model's author
+                    _log.error("model '%s': execute failed after its final response: %s", self._name, describe(exc),
+                               exc_info=exc)
+                else:
+                    sent.put(exc)  # handed to the reader, which raises it
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
         while not stop.is_set():
