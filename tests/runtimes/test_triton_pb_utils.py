@@ -49,3 +49,50 @@ def test_configuration_helpers() -> None:
     assert pb_utils.get_output_config_by_name(config, "b")["data_type"] == "TYPE_FP16"
     assert pb_utils.get_input_config_by_name(config, "zz") is None
     assert pb_utils.numpy_to_triton_type(np.float16) == 10 and pb_utils.triton_to_numpy_type(8) is np.int32
+
+
+def test_a_plain_models_response_sender_takes_one_response() -> None:
+    sent: list[object] = []
+    sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.append((response, flags)), lambda: False,
+                                              decoupled=False)
+    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)  # a final flag before any response
+    response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones(1))])
+    sender.send(response)
+    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+        sender.send(response)
+    with pytest.raises(pb_utils.TritonModelException, match="takes an InferenceResponse, not dict"):
+        pb_utils.InferenceResponseSender(lambda *_: None, lambda: False).send({"OUT": 1})  # type: ignore[arg-type]
+    assert sent == [(response, 0)]
+    assert pb_utils.TritonError("x").code() == pb_utils.TritonError.INTERNAL  # Triton's default code
+
+
+def test_the_model_config_that_auto_complete_config_completes() -> None:
+    config = pb_utils.ModelConfig('{"name": "m", "max_batch_size": 4, "input": [{"name": "A", "data_type": '
+                                  '"TYPE_FP32", "dims": []}], "sequence_batching": {}}')
+    config.add_input({"name": "A", "data_type": "TYPE_FP32", "dims": [2]})  # fills in what the file left out
+    config.add_output({"name": "B", "data_type": "TYPE_FP32", "dims": [2]})
+    assert config.as_dict()["input"] == [{"name": "A", "data_type": "TYPE_FP32", "dims": [2]}]
+    assert [t["name"] for t in config.as_dict()["output"]] == ["B"]
+    with pytest.raises(ValueError, match="max_batch_size 4, auto_complete_config says 2"):
+        config.set_max_batch_size(2)
+    with pytest.raises(ValueError, match="schedules with sequence_batching"):
+        config.set_dynamic_batching()
+    with pytest.raises(ValueError, match="output 'C' needs 'dims'"):
+        config.add_output({"name": "C", "data_type": "TYPE_FP32"})
+    config.set_model_transaction_policy({"decoupled": True})
+    assert config.as_dict()["model_transaction_policy"] == {"decoupled": True}
+
+
+def test_custom_metrics_keep_their_values() -> None:
+    counter = pb_utils.MetricFamily("n", "how many", pb_utils.MetricFamily.COUNTER).Metric(labels={"a": "b"})
+    counter.increment(2)
+    counter.increment(3)
+    assert counter.value() == 5
+    with pytest.raises(pb_utils.TritonModelException, match="only goes up"):
+        counter.increment(-1)
+    gauge = pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric()
+    gauge.set(7.5)
+    assert gauge.value() == 7.5
+    with pytest.raises(pb_utils.TritonModelException, match="needs buckets"):
+        pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric()

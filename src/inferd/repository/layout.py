@@ -10,6 +10,7 @@ KServe's storage initializer leaves in /mnt/models): see ``single_model``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from inferd.config import MODEL_NAME, NAME_RULE, ModelConfig, load_model_config
+from inferd.config import MODEL_NAME, NAME_RULE, ModelConfig, ServedConfig, load_model_config
 from inferd.errors import ConfigError
-from inferd.modelconfig import PBTXT, read_pbtxt
+from inferd.modelconfig import PBTXT, apply_override, model_config_json, read_pbtxt
 
 log = logging.getLogger("inferd.repository")
 
@@ -65,6 +66,29 @@ def read_config(folder: ModelFolder) -> ModelConfig:
     if pbtxt.exists():
         return read_labels(read_pbtxt(pbtxt), folder.path)
     return ModelConfig()
+
+
+def auto_completed(folder: ModelFolder, config: ModelConfig) -> ModelConfig:
+    """A Triton Python model's configuration as its ``auto_complete_config`` completes it (the
+    newest version's model.py, as Triton does at load): tensors, batch size, dynamic batching,
+    decoupled. Runs model code in a process of its own: call it off the event loop."""
+    if config.backend not in (None, "", "python") or not folder.versions:
+        return config
+    model_py = folder.versions[max(folder.versions)] / "model.py"
+    if not model_py.is_file():
+        return config
+    from inferd.runtimes import triton_python  # numpy and the model's own imports, only now
+
+    given = model_config_json(ServedConfig(name=folder.name, platform="", backend="python", config=config))
+    completed = triton_python.auto_complete(model_py, dict(given))
+    if completed is None:
+        return config
+    changed = {key: completed[key] for key in _COMPLETED
+               if key in completed and completed[key] != given.get(key)}
+    return apply_override(config, json.dumps(changed), folder.name) if changed else config
+
+
+_COMPLETED = ("input", "output", "max_batch_size", "dynamic_batching", "model_transaction_policy")
 
 
 def read_labels(config: ModelConfig, folder: Path) -> ModelConfig:

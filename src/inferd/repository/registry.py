@@ -32,6 +32,7 @@ from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
 from inferd.repository.layout import (
     Fingerprint,
     ModelFolder,
+    auto_completed,
     fingerprint,
     is_valid_name,
     misnamed,
@@ -488,7 +489,8 @@ class ModelRegistry(Generic[S]):
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
         try:
-            entry.config = self._configure(folder.name, config if config is not None else read_config(folder))
+            given = config if config is not None else read_config(folder)
+            entry.config = self._configure(folder.name, await asyncio.to_thread(auto_completed, folder, given))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return

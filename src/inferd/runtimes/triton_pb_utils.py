@@ -38,7 +38,7 @@ def install_triton_shim() -> None:
 class TritonError(Exception):
     UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
 
-    def __init__(self, message: str, code: int = 0) -> None:
+    def __init__(self, message: str, code: int = 1) -> None:  # INTERNAL unless told, as Triton's
         super().__init__(message)
         self._message = message
         self._code = code
@@ -100,12 +100,16 @@ class Tensor:
 
 
 class InferenceRequest:
-    """One execution's request as the model's ``execute`` sees it."""
+    """One execution's request as the model's ``execute`` sees it. A model may build one itself
+    (``InferenceRequest(model_name=..., inputs=..., requested_output_names=...)``) to call another
+    model (BLS); inferd does not serve those calls: ``exec`` and ``async_exec`` say so."""
 
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict[str, Any] | None = None, sender: InferenceResponseSender | None = None,
+                 parameters: dict[str, Any] | str | None = None, sender: InferenceResponseSender | None = None,
                  cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
-                 flags: int = 0) -> None:
+                 flags: int = 0, model_name: str | bytes = "", **bls: Any) -> None:
+        # a BLS request's target (str, or bytes read from a BYTES input); ``bls``: its model_version, timeout, ...
+        self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._sender = sender
         self._correlation_id = correlation_id
         self._flags = flags
@@ -113,7 +117,14 @@ class InferenceRequest:
         self._inputs = inputs
         self._outputs = requested_output_names
         self._id = request_id
-        self._parameters = parameters or {}
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
+
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        raise TritonModelException(f"InferenceRequest.exec() calls model '{self._model_name}' from inside a model "
+                                   "(Triton's BLS), which inferd does not serve; chain the models in an ensemble")
+
+    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
+        return self.exec(decoupled)
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -140,32 +151,45 @@ class InferenceRequest:
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
-            raise TritonModelException("only a decoupled model's requests have a response sender "
-                                       "(model_transaction_policy { decoupled: true })")
+            raise TritonModelException("only the requests execute() is given have a response sender")
         return self._sender
 
 
 class InferenceResponseSender:
-    """A decoupled request's way back: ``send`` each response as it is ready, the last one (or
-    none) with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``."""
+    """A request's way back: ``send`` each response as it is ready, the last one (or none) with
+    ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL``. A model that is not decoupled may send one
+    response this way (and return None from ``execute``), as Triton allows."""
 
     def __init__(self, sink: Callable[[InferenceResponse | None, int], None],
-                 cancelled: Callable[[], bool]) -> None:
+                 cancelled: Callable[[], bool], decoupled: bool = True) -> None:
         self._sink = sink
         self._cancelled = cancelled
+        self._decoupled = decoupled
         self._closed = False
+        self.sent = 0
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         if self._closed:
             raise TritonModelException("the response sender is closed: the final flag was already sent")
         if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             raise TritonModelException("send() needs a response or the final flag")
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"send() takes an InferenceResponse, not {type(response).__name__}")
+        if not self._decoupled and (self.sent if response is not None else not self.sent):
+            raise TritonModelException("a model that is not decoupled sends exactly one response, then the final "
+                                       "flag (model_transaction_policy { decoupled: true } sends more)")
+        self.sent += response is not None
         if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             self._closed = True
         self._sink(response, flags)
 
     def is_cancelled(self) -> bool:
         return self._cancelled()
+
+    @property
+    def closed(self) -> bool:
+        """The final flag was sent."""
+        return self._closed
 
 
 class InferenceResponse:
@@ -204,6 +228,58 @@ class Logger:
     @staticmethod
     def log(message: str, level: int = 0) -> None:
         _log.info(message)
+
+
+class _Metric:
+    """One labelled series of a :class:`MetricFamily`: it counts, but only the model reads it."""
+
+    def __init__(self, kind: int, buckets: list[float] | None) -> None:
+        self._kind = kind
+        self._value = 0.0
+        self._buckets = buckets
+
+    def increment(self, value: float) -> None:
+        if self._kind == MetricFamily.COUNTER and value < 0:
+            raise TritonModelException(f"a counter only goes up; increment({value})")
+        if self._kind == MetricFamily.HISTOGRAM:
+            raise TritonModelException("a histogram takes observe(value), not increment")
+        self._value += value
+
+    def set(self, value: float) -> None:
+        if self._kind != MetricFamily.GAUGE:
+            raise TritonModelException("only a gauge is set")
+        self._value = value
+
+    def observe(self, value: float) -> None:
+        if self._kind != MetricFamily.HISTOGRAM:
+            raise TritonModelException("only a histogram observes")
+        self._value += value  # the sum of what it observed
+
+    def value(self) -> float:
+        return self._value
+
+
+class MetricFamily:
+    """Triton's custom metrics. inferd keeps their values for the model (``value()`` answers) but
+    does not publish them on /metrics: creating one logs that once."""
+
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+    _told = False
+
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
+            raise TritonModelException(f"MetricFamily '{name}': kind must be COUNTER, GAUGE or HISTOGRAM")
+        if not MetricFamily._told:
+            MetricFamily._told = True
+            _log.warning("MetricFamily '%s': a Python model's custom metrics are kept for the model to read, "
+                         "not published on /metrics", name)
+        self._name = name
+        self._kind = kind
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
+        if self._kind == self.HISTOGRAM and not buckets:
+            raise TritonModelException(f"MetricFamily '{self._name}': a histogram's Metric needs buckets")
+        return _Metric(self._kind, buckets)
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
@@ -246,3 +322,73 @@ def numpy_to_triton_type(dtype: Any) -> int:
 
 def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+class ModelConfig:
+    """What ``TritonPythonModel.auto_complete_config`` is handed and returns: the model's
+    configuration (Triton's JSON) that it may complete with tensors, a batch size, dynamic
+    batching and the transaction policy. Its additions never contradict what the file says."""
+
+    def __init__(self, model_config: str | dict[str, Any]) -> None:
+        self._config: dict[str, Any] = json.loads(model_config) if isinstance(model_config, str) else model_config
+        for key in ("input", "output"):
+            self._config.setdefault(key, [])
+        self._config.setdefault("max_batch_size", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def _name(self) -> str:
+        return str(self._config.get("name", ""))
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._config["max_batch_size"] > max_batch_size:
+            raise ValueError(f"model '{self._name()}': its configuration says max_batch_size "
+                             f"{self._config['max_batch_size']}, auto_complete_config says {max_batch_size}")
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(f"model '{self._name()}': its configuration schedules with {other}; "
+                                 "auto_complete_config cannot set dynamic_batching")
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        policy = self._config.setdefault("model_transaction_policy", {})
+        for key, value in transaction_policy_dict.items():
+            if key != "decoupled":
+                raise ValueError(f"model '{self._name()}': model_transaction_policy has no key '{key}'")
+            if "decoupled" in policy and bool(policy["decoupled"]) != bool(value):
+                raise ValueError(f"model '{self._name()}': its configuration says decoupled "
+                                 f"{policy['decoupled']}, auto_complete_config says {value}")
+            policy["decoupled"] = bool(value)
+
+    def add_input(self, input: dict[str, Any]) -> None:
+        self._add("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
+        if not isinstance(tensor, dict) or "name" not in tensor:
+            raise ValueError(f"model '{self._name()}': add_{kind} takes a dict with a 'name', got {tensor!r}")
+        unknown = set(tensor) - {"name", "data_type", "dims", "optional", "label_filename", "reshape",
+                                 "is_shape_tensor", "allow_ragged_batch"}
+        if unknown:
+            raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' has unknown keys {sorted(unknown)}")
+        for current in self._config[kind]:
+            if current.get("name") != tensor["name"]:
+                continue
+            for key in ("data_type", "dims"):  # a key the file left out (or at its default) is filled in
+                if key in tensor and current.get(key) not in (None, [], "TYPE_INVALID") and \
+                        current[key] != tensor[key]:
+                    raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' is {key} "
+                                     f"{current[key]} in its configuration, {tensor[key]} in auto_complete_config")
+                if key in tensor:
+                    current[key] = tensor[key]
+            return
+        for key in ("data_type", "dims"):
+            if key not in tensor:
+                raise ValueError(f"model '{self._name()}': {kind} '{tensor['name']}' needs '{key}'")
+        self._config[kind].append(dict(tensor))

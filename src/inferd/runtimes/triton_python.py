@@ -10,13 +10,21 @@ its responses stream out as they are sent, until the final flag.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import inspect
 import json
+import logging
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from inferd.config import ServedConfig
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, describe
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -30,6 +38,15 @@ from inferd.runtimes.base import (
 )
 from inferd.types import TensorSpec
 
+_log = logging.getLogger("inferd.python_backend")
+
+# a response's TritonError code as the client sees it: Triton's HTTP table (INTERNAL, UNSUPPORTED: 500)
+_ERRORS: dict[int, type[InferdError]] = {
+    pb_utils.TritonError.UNKNOWN: InvalidInput, pb_utils.TritonError.INVALID_ARG: InvalidInput,
+    pb_utils.TritonError.ALREADY_EXISTS: InvalidInput, pb_utils.TritonError.CANCELLED: InvalidInput,
+    pb_utils.TritonError.NOT_FOUND: NotFound, pb_utils.TritonError.UNAVAILABLE: Unavailable,
+}
+
 
 class TritonPythonRuntime(Runtime):
     platform = "python"
@@ -42,6 +59,8 @@ class TritonPythonRuntime(Runtime):
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
+        self._loop: asyncio.AbstractEventLoop | None = None  # for an ``async def execute``, started at its first call
+        self._loop_lock = threading.Lock()
 
     def infer(self, inputs: Arrays) -> Arrays:
         correlation_id: int | str = 0
@@ -49,18 +68,42 @@ class TritonPythonRuntime(Runtime):
         if SEQUENCE_INPUT in inputs:
             inputs = dict(inputs)
             correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
+        sent: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
+        sender = pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
+                                                  lambda: False, decoupled=False)
         request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            [spec.name for spec in self.outputs], correlation_id=correlation_id,
-                                            flags=flags)
-        responses = self._model.execute([request])
+                                            [spec.name for spec in self.outputs], sender=sender,
+                                            correlation_id=correlation_id, flags=flags)
+        responses = self._execute([request])
+        if responses is None and sent:
+            responses = sent
         if not isinstance(responses, list | tuple) or len(responses) != 1:
             count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise RuntimeError(f"TritonPythonModel.execute must return one InferenceResponse per request "
                                f"(1), got {count}")
-        response = responses[0]
-        if response.has_error():
-            error = response.error()
-            raise RuntimeError(error.message() if error is not None else "the model answered an error")
+        response = responses[0] if responses[0] is not None or not sent else sent[0]
+        return self._outputs(response)
+
+    def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
+        """``execute``, awaited on the model's own event loop when it is ``async def`` (as Triton runs it)."""
+        result = self._model.execute(requests)
+        if inspect.iscoroutine(result):
+            with self._loop_lock:
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                    threading.Thread(target=self._loop.run_forever, name=f"inferd-{self._name}-asyncio",
+                                     daemon=True).start()
+            result = asyncio.run_coroutine_threadsafe(result, self._loop).result()
+        return result
+
+    def _outputs(self, response: Any) -> Arrays:
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise RuntimeError(f"TritonPythonModel.execute must answer with pb_utils.InferenceResponse objects, "
+                               f"got {type(response).__name__}")
+        error = response.error()
+        if error is not None:
+            kind = _ERRORS.get(error.code())
+            raise kind(error.message()) if kind is not None else RuntimeError(error.message())
         return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
                                self._name)
 
@@ -76,9 +119,17 @@ class TritonPythonRuntime(Runtime):
 
         def execute() -> None:
             try:
-                self._model.execute([request])
-            except BaseException as exc:  # handed to the reader, which raises it
-                sent.put(exc)
+                returned = self._execute([request])
+                if returned is not None:  # an answer nobody would read: the client would wait forever
+                    raise TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                                    f"through request.get_response_sender(), but it returned "
+                                    f"{type(returned).__name__}")
+            except BaseException as exc:
+                if sender.closed:  # the stream ended at the final flag: only the log can tell the model's author
+                    _log.error("model '%s': execute failed after its final response: %s", self._name, describe(exc),
+                               exc_info=exc)
+                else:
+                    sent.put(exc)  # handed to the reader, which raises it
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
         while not stop.is_set():
@@ -90,17 +141,15 @@ class TritonPythonRuntime(Runtime):
                 raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
             response, flags = item
             if response is not None:
-                if response.has_error():
-                    error = response.error()
-                    raise RuntimeError(error.message() if error is not None else "the model answered an error")
-                yield conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
-                                      self._name)
+                yield self._outputs(response)
             if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
                 return
 
     def unload(self) -> None:
         if callable(getattr(self._model, "finalize", None)):
             self._model.finalize()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
@@ -123,3 +172,46 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     runtime = TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
     runtime.decoupled = config.decoupled
     return runtime
+
+
+def auto_complete(model_py: Path, config_json: dict[str, Any], timeout: float = 120.0) -> dict[str, Any] | None:
+    """``TritonPythonModel.auto_complete_config`` run on the model's configuration (Triton's JSON):
+    the completed configuration, or None when model.py defines none. It runs in a Python process of
+    its own, as in Triton: what it imports and builds is gone before the model loads."""
+    if "auto_complete_config" not in model_py.read_text(encoding="utf-8", errors="replace"):
+        return None  # the import is costly; no model.py that lacks the name defines it
+    try:
+        done = subprocess.run([sys.executable, "-m", __name__, str(model_py)], input=json.dumps(config_json),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{model_py}: auto_complete_config did not return within {timeout:g} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise ConfigError(f"{model_py}: auto_complete_config failed: {last}")
+    answer: dict[str, Any] | None = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def _complete_here(model_py: str) -> None:
+    """The child's side of ``auto_complete``: the completed configuration (or null) as JSON, last line."""
+    pb_utils.install_triton_shim()
+    spec = importlib.util.spec_from_file_location("inferd_auto_complete_model", model_py)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {model_py}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    if complete is None:
+        print("null")
+        return
+    given = pb_utils.ModelConfig(sys.stdin.read())
+    returned = complete(given)
+    if not isinstance(returned, pb_utils.ModelConfig):
+        raise SystemExit(f"auto_complete_config must return the pb_utils.ModelConfig it was given, "
+                         f"got {type(returned).__name__}")
+    sys.stdout.flush()
+    print("\n" + json.dumps(returned.as_dict()))
+
+
+if __name__ == "__main__":
+    _complete_here(sys.argv[1])

@@ -1,0 +1,245 @@
+"""Triton Python-backend models using the less travelled parts of pb_utils, and models written wrong,
+served by the real server and called with tritonclient: each wrong one is a clear error for its
+caller, and the server goes on serving."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests import models
+from tests.conftest import RunningServer, serve
+
+CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+{policy}
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+"""
+
+HEAD = """
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def tripled(request):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(request, "IN")
+                                                       .as_numpy() * 3)])
+
+
+class TritonPythonModel:
+"""
+
+MODELS = {
+    "tripled": """
+    def execute(self, requests):
+        return [tripled(request) for request in requests]
+""",
+    # async execute, its lock made once: every call must run on the same event loop
+    "async_tripled": """
+    def initialize(self, args):
+        self.lock = asyncio.Lock()
+
+    async def execute(self, requests):
+        async with self.lock:
+            await asyncio.sleep(0)
+            return [tripled(request) for request in requests]
+""",
+    # not decoupled, yet answering through the response sender and returning None (Triton allows it)
+    "sender_answers": """
+    def execute(self, requests):
+        for request in requests:
+            request.get_response_sender().send(tripled(request),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+""",
+    "coded_errors": """
+    def execute(self, requests):
+        codes = {1: pb_utils.TritonError.INVALID_ARG, 2: pb_utils.TritonError.NOT_FOUND,
+                 3: pb_utils.TritonError.UNAVAILABLE}
+        answers = []
+        for request in requests:
+            which = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            error = (pb_utils.TritonError(f"coded {which}", codes[which]) if which in codes
+                     else pb_utils.TritonError(f"uncoded {which}"))
+            answers.append(pb_utils.InferenceResponse(error=error))
+        return answers
+""",
+    "returns_dicts": """
+    def execute(self, requests):
+        return [{"OUT": np.zeros(2, np.float32)} for request in requests]
+""",
+    "calls_another": """
+    def execute(self, requests):
+        call = pb_utils.InferenceRequest(model_name="tripled", requested_output_names=["OUT"],
+                                         inputs=[pb_utils.get_input_tensor_by_name(requests[0], "IN")])
+        return [call.exec()]
+""",
+    # Triton's custom metrics: kept for the model (not published on /metrics)
+    "counted": """
+    def initialize(self, args):
+        family = pb_utils.MetricFamily(name="calls", description="calls so far", kind=pb_utils.MetricFamily.COUNTER)
+        self.calls = family.Metric(labels={"model": args["model_name"]})
+
+    def execute(self, requests):
+        self.calls.increment(len(requests))
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(2, self.calls.value(), np.float32))])
+                for request in requests]
+""",
+    # decoupled, sending once more after its final flag: the client has its answer, the log the bug
+    "decoupled_after_final": """
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        sender.send(tripled(requests[0]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(tripled(requests[0]))
+""",
+    # decoupled, but written as a plain model: returns its responses instead of sending them
+    "decoupled_returns": """
+    def execute(self, requests):
+        return [tripled(request) for request in requests]
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root: Path = tmp_path_factory.mktemp("pb_utils_repo")
+    for name, body in MODELS.items():
+        policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else ""
+        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "config.pbtxt", CONFIG.format(name=name, policy=policy))
+    with serve(root, grpc=True) as running:
+        yield running
+
+
+def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
+
+
+@pytest.mark.parametrize("model", ["async_tripled", "sender_answers"])
+def test_async_execute_and_a_plain_models_response_sender(server: RunningServer, model: str) -> None:
+    for values in ([1.0, 2.0], [4.0, -1.0]):  # twice: the async model's lock is reused
+        np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
+
+
+def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:
+    assert [_call(server, "counted", [0, 0])[0] for _ in range(3)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (7, "500")])
+def test_an_error_responses_code_is_its_http_status(server: RunningServer, value: int, status: str) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        _call(server, "coded_errors", [value, 0])
+    message = "uncoded 7" if value == 7 else f"coded {value}"  # no code: INTERNAL, as Triton's default
+    assert raised.value.status() == status and message in str(raised.value)
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    ("returns_dicts", "must answer with pb_utils.InferenceResponse objects, got dict"),
+    ("calls_another", "calls model 'tripled' from inside a model \\(Triton's BLS\\), which inferd does not serve"),
+])
+def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer, model: str, says: str) -> None:
+    with pytest.raises(InferenceServerException, match=says) as raised:
+        _call(server, model, [1, 2])
+    assert raised.value.status() == "500"
+    np.testing.assert_array_equal(_call(server, "tripled", [1, 2]), [3, 6])  # the server goes on
+
+
+def test_a_decoupled_model_returning_responses_fails_its_stream(server: RunningServer) -> None:
+    """It would otherwise leave the stream open forever: nothing is ever sent."""
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.ones(2, np.float32))
+        client.async_stream_infer("decoupled_returns", [tensor])
+        answer = answers.get(timeout=20)
+    finally:
+        client.stop_stream(cancel_requests=True)
+    assert isinstance(answer, InferenceServerException)
+    assert "decoupled: execute must return None and answer through request.get_response_sender()" in str(answer)
+
+
+# no config file at all: the model describes itself, as Triton's auto_complete_config lets it
+SELF_DESCRIBED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        config.add_input({"name": "X", "data_type": "TYPE_INT32", "dims": [3]})
+        config.add_output({"name": "Y", "data_type": "TYPE_INT32", "dims": [3]})
+        config.set_max_batch_size(8)
+        config.set_dynamic_batching()
+        return config
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() + 1)]) for r in requests]
+"""
+
+# its config.pbtxt says X is FP32: the completion may not contradict the file
+CONTRADICTED = """
+name: "contradicted"
+backend: "python"
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 3 ] } ]
+output [ { name: "Y" data_type: TYPE_INT32 dims: [ 3 ] } ]
+"""
+
+
+def test_auto_complete_config_describes_a_model_without_a_config(tmp_path: Path) -> None:
+    models.write(tmp_path / "self_described/1/model.py", SELF_DESCRIBED)
+    models.write(tmp_path / "contradicted/1/model.py", SELF_DESCRIBED)
+    models.write(tmp_path / "contradicted/config.pbtxt", CONTRADICTED)
+    with serve(tmp_path) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        config = client.get_model_config("self_described")
+        assert config["max_batch_size"] == 8 and "dynamic_batching" in config
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("X", "TYPE_INT32", [3])]
+        tensor = httpclient.InferInput("X", [2, 3], "INT32")
+        rows = np.arange(6, dtype=np.int32).reshape(2, 3)
+        tensor.set_data_from_numpy(rows)
+        np.testing.assert_array_equal(client.infer("self_described", [tensor]).as_numpy("Y"), rows + 1)
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert index["contradicted"]["state"] == "UNAVAILABLE"
+        assert "input 'X' is data_type TYPE_FP32 in its configuration, TYPE_INT32 in auto_complete_config" \
+            in index["contradicted"]["reason"]
+
+
+def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: RunningServer) -> None:
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+        client.async_stream_infer("decoupled_after_final", [tensor])
+        answer = answers.get(timeout=20)
+    finally:
+        client.stop_stream(cancel_requests=True)
+    assert not isinstance(answer, Exception)
+    np.testing.assert_array_equal(answer.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
+    said = "model 'decoupled_after_final': execute failed after its final response: TritonModelException: " \
+           "the response sender is closed"
+    deadline = time.monotonic() + 10
+    while said not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said in server.log()
