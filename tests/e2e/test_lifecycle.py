@@ -278,3 +278,24 @@ def test_a_load_whose_client_gives_up_still_finishes(tmp_path: Path) -> None:
         # a load whose client waits for its error is no error of the server's log
         assert requests.post(f"{server.base}/v2/repository/models/nope/load", timeout=10).status_code in (400, 404)
         assert "after its caller went away" not in server.log()
+
+
+def test_loads_racing_unloads_of_one_model_answer_what_each_did(tmp_path: Path) -> None:
+    """Several clients load and unload one model at once: each load that made the model ready
+    answers 200, even when an unload queued behind it runs before its answer is written (it was
+    judged after the lock was let go: 'no version is ready' for a load that had succeeded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    python_model(tmp_path, "a", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a") as server:
+        def change(i: int) -> tuple[str, int, str]:
+            action = "unload" if i % 2 else "load"
+            answer = requests.post(f"{server.base}/v2/repository/models/a/{action}", timeout=60)
+            return action, answer.status_code, answer.text
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(change, range(16)))
+        loads = [answer for answer in answers if answer[0] == "load"]
+        assert all(status == 200 for _, status, _ in loads), loads
+        assert requests.post(f"{server.base}/v2/repository/models/a/load", timeout=60).status_code == 200
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200

@@ -239,7 +239,7 @@ class ModelRegistry(Generic[S]):
             await self._load_folder(folder)
 
     async def load_model(self, name: str, override: str | None = None,
-                         files: dict[str, bytes] | None = None) -> ModelEntry[S]:
+                         files: dict[str, bytes] | None = None, strict: bool = False) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload. ``override``
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
@@ -247,9 +247,14 @@ class ModelRegistry(Generic[S]):
         (Triton's override files) are the model folder this load reads instead of the repository's:
         they are written to a temporary folder, removed when the model unloads or loads again.
         Returns the new load's entry: one with no ready version failed (and, in a reload, was
-        not published)."""
+        not published). ``strict``: such a failure is InvalidInput instead, as Triton's load answers;
+        judged before the lock is let go, so an unload queued behind a load that succeeded does not
+        turn its answer into a failure."""
         async with self._lock(name):
-            return await self._load_model(name, override, files or {})
+            entry = await self._load_model(name, override, files or {})
+            if strict and not entry.ready_versions():
+                raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
+            return entry
 
     async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
         if not is_valid_name(name):
