@@ -78,3 +78,13 @@ def test_fingerprint_follows_linked_version_folders_and_survives_a_loop(tmp_path
     assert fingerprint(read_model_folder(tmp_path / "m")) != added
     (tmp_path / "store/a/model.onnx").write_bytes(b"changed, and longer")  # a file behind the link
     assert fingerprint(read_model_folder(tmp_path / "m")) not in (before, added)
+
+
+def test_version_folders_fit_int64_and_a_version_named_twice_is_read_the_same_every_time(tmp_path: Path) -> None:
+    """A version past int64 is skipped, as Triton and TF Serving skip it (served, it made TF
+    Serving's gRPC status and metadata a 500: 'Value out of range'); of ``7``, ``07`` and
+    ``007`` the folder without leading zeros is version 7 (it was whichever the listing gave last)."""
+    for folder in ("9223372036854775807", "9223372036854775808", "99999999999999999999", "0", "007", "07", "7"):
+        touch(tmp_path / "m" / folder / "model.onnx")
+    folder = read_model_folder(tmp_path / "m")
+    assert folder.versions == {7: tmp_path / "m" / "7", 2**63 - 1: tmp_path / "m" / "9223372036854775807"}
