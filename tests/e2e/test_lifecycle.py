@@ -299,3 +299,27 @@ def test_loads_racing_unloads_of_one_model_answer_what_each_did(tmp_path: Path) 
         assert all(status == 200 for _, status, _ in loads), loads
         assert requests.post(f"{server.base}/v2/repository/models/a/load", timeout=60).status_code == 200
         assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
+
+
+def test_unloading_a_model_that_is_not_loaded_succeeds_as_in_triton(tmp_path: Path) -> None:
+    """Triton answers an unload of a model that is not loaded (never loaded, already unloaded by
+    another client, not in the repository) with success; inferd answered 404, so the second of
+    two clients unloading one model saw an error."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    python_model(tmp_path, "a", 1)
+    python_model(tmp_path, "b", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.url)
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        for client in (http, grpc, http):
+            client.unload_model("a")
+            client.unload_model("b")  # never loaded
+            client.unload_model("nowhere")  # no such folder
+        assert not http.is_model_ready("a")
+        rows = {row["name"]: row for row in http.get_model_repository_index()}
+        assert (rows["a"]["state"], rows["a"]["reason"]) == ("UNAVAILABLE", "unloaded")
+        http.load_model("a")
+        assert grpc.is_model_ready("a")
+        grpc.close()

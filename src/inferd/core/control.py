@@ -132,11 +132,13 @@ class ModelControl:
             await self._to_the_end(self._registry.load_model(name, override.config, override.files, strict=True))
 
     async def unload(self, name: str, credentials: str | None) -> None:
+        """Unload a model; one that is not loaded (never, or unloaded by another client first) is
+        no error, as in Triton: an unload asks for a state, and the state holds."""
         self._access.authorize_control(credentials, "unloading a model")
         await self._to_the_end(self._unload(name))
 
     async def _unload(self, name: str) -> None:
-        await self._registry.unload_model(name)
+        await self._registry.unload_model(name, missing_ok=True)
         self._torchserve.forget(name)
 
     async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
