@@ -88,3 +88,34 @@ def test_version_folders_fit_int64_and_a_version_named_twice_is_read_the_same_ev
         touch(tmp_path / "m" / folder / "model.onnx")
     folder = read_model_folder(tmp_path / "m")
     assert folder.versions == {7: tmp_path / "m" / "7", 2**63 - 1: tmp_path / "m" / "9223372036854775807"}
+
+
+def test_a_scan_survives_model_folders_removed_while_it_lists_them(tmp_path: Path) -> None:
+    """A folder listed by the repository's scan and gone before its own listing made the whole scan
+    raise FileNotFoundError: the v2 repository index answered 500, a poll applied nothing."""
+    import shutil
+    import threading
+    import time
+
+    from inferd.repository.layout import scan
+
+    touch(tmp_path / "m" / "1" / "model.onnx")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for i in range(4):
+                (tmp_path / f"v{i}" / "1").mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp_path / f"v{i}", ignore_errors=True)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        deadline, scans = time.monotonic() + 3, 0
+        while time.monotonic() < deadline:
+            assert "m" in [folder.name for folder in scan(tmp_path)]
+            scans += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert scans > 100

@@ -115,9 +115,11 @@ def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
     or not (TF Serving's testdata has ``00000123``: version 123), from 1 to int64's largest (as in
     Triton and TF Serving, whose protocols carry int64 versions). Where two folders name one
     version (``1`` and ``01``), the one without leading zeros wins, so every scan picks the same.
-    A missing folder has no versions."""
-    children = sorted(path.iterdir(), key=lambda child: (child.name.startswith("0"), child.name)) \
-        if path.is_dir() else []
+    A missing folder (or one removed since the repository was listed) has no versions."""
+    try:
+        children = sorted(path.iterdir(), key=lambda child: (child.name.startswith("0"), child.name))
+    except OSError:  # a scan must not fail for a folder someone removes meanwhile
+        children = []
     versions: dict[int, Path] = {}
     for child in children:
         if child.name.isascii() and child.name.isdigit() and 0 < int(child.name) <= INT64_MAX and child.is_dir():
