@@ -123,6 +123,7 @@ class ModelRegistry(Generic[S]):
         self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
         self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
         self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
+        self._surveying = False  # a poll is reading the disk now
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -311,15 +312,29 @@ class ModelRegistry(Generic[S]):
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
         config.toml or artifact reloads (without loss). Models load at once, each on its own; a
-        model an earlier poll is still loading is left to it, so polls may overlap."""
-        folders = self._folders()
+        model an earlier poll is still loading is left to it, so polls may overlap. The disk is
+        read on a thread (a model folder of many files, or a link to a large tree, stalled every
+        request for as long), by one poll at a time: a poll that finds the last one still reading
+        is skipped."""
+        if self._surveying:
+            return
+        self._surveying = True
+        try:
+            folders, prints = await asyncio.to_thread(self._survey)
+        finally:
+            self._surveying = False
         for name, entry in list(self._models.items()):
             if name not in folders and not entry.source.endswith(".mar") and name not in self._polling:
                 log.info("model %s left the repository: unloading", name)
                 await self.unload_model(name, missing_ok=True)
-        changed = [name for name, folder in folders.items()
-                   if name not in self._polling and self._fingerprints.get(name) != fingerprint(folder)]
+        changed = [name for name in folders
+                   if name not in self._polling and self._fingerprints.get(name) != prints[name]]
         await asyncio.gather(*(self._poll_load(name) for name in changed))
+
+    def _survey(self) -> tuple[dict[str, ModelFolder], dict[str, Fingerprint]]:
+        """Every model folder and its fingerprint (blocks: the poll runs it on a thread)."""
+        folders = self._folders()
+        return folders, {name: fingerprint(folder) for name, folder in folders.items()}
 
     async def _poll_load(self, name: str) -> None:
         log.info("model %s is new or changed: loading", name)
@@ -481,7 +496,7 @@ class ModelRegistry(Generic[S]):
     async def _load_folder(self, folder: ModelFolder, publish_early: bool = True,
                            config: ModelConfig | None = None) -> ModelEntry[S]:
         entry: ModelEntry[S] = ModelEntry(name=folder.name, source=str(folder.path))
-        self._fingerprints[folder.name] = fingerprint(folder)
+        self._fingerprints[folder.name] = await asyncio.to_thread(fingerprint, folder)
         if publish_early:
             self._models[folder.name] = entry
         try:
