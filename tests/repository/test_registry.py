@@ -256,3 +256,39 @@ def test_a_poll_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
         return None if max(first, again) < 0.25 else f"the event loop stalled {first:.2f} s, {again:.2f} s"
 
     holds_in_one_of(3, lambda: asyncio.run(scenario()))
+
+
+def test_a_large_config_pbtxt_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
+    """protobuf's text format parses about half a megabyte a second: a config.pbtxt of 400 KB held
+    every request for most of a second, at each load and each load with an override."""
+    from tests.conftest import holds_in_one_of
+
+    write(tmp_path / "big/1/model.py", PYTHON_MODEL)
+    lines = ['backend: "python"'] + [f'parameters {{ key: "k{i}" value {{ string_value: "{"v" * 64}" }} }}'
+                                     for i in range(4000)]
+    write(tmp_path / "big/config.pbtxt", "\n".join(lines))
+
+    async def stall_of(work: Awaitable[object]) -> float:
+        stalls, done = [0.0], asyncio.Event()
+
+        async def tick() -> None:
+            while not done.is_set():
+                start = time.monotonic()
+                await asyncio.sleep(0.005)
+                stalls.append(time.monotonic() - start)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.02)
+        await work  # the model fails to load (its config.pbtxt declares no tensors): what matters is the wait
+        done.set()
+        await ticker
+        return max(stalls)
+
+    async def scenario() -> str | None:
+        registry: ModelRegistry[Runtime] = ModelRegistry(tmp_path)
+        load = await stall_of(registry.load_model("big"))
+        override = await stall_of(registry.load_model("big", override='{"max_batch_size": 0}'))
+        await registry.close()
+        return None if max(load, override) < 0.25 else f"the event loop stalled {load:.2f} s, {override:.2f} s"
+
+    holds_in_one_of(3, lambda: asyncio.run(scenario()))

@@ -215,10 +215,11 @@ class ModelRegistry(Generic[S]):
 
     async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
-        folders = [f for f in self._folders().values() if "*" in only or f.name in only]
+        found = await asyncio.to_thread(self._folders)
+        folders = [f for f in found.values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
-        steps = {folder.name: _steps_of(folder) for folder in folders}
+        steps = await asyncio.to_thread(lambda: {folder.name: _steps_of(folder) for folder in folders})
         loads = {folder.name: asyncio.ensure_future(self._load_locked(folder))  # each ready when built
                  for folder in folders if not steps[folder.name]}
         # an ensemble loads once the models its steps name have (as Triton orders them), so its
@@ -266,7 +267,7 @@ class ModelRegistry(Generic[S]):
         config: ModelConfig | None = None
         if override is not None:
             try:
-                config = apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
+                config = await asyncio.to_thread(_overridden, folder, override, name)
             except ConfigError as exc:
                 raise InvalidInput(exc.message) from None
         scratch: Path | None = None
@@ -508,7 +509,9 @@ class ModelRegistry(Generic[S]):
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
         try:
-            entry.config = self._configure(folder.name, config if config is not None else read_config(folder))
+            # read on a thread: a config.pbtxt of megabytes takes seconds to parse
+            entry.config = self._configure(folder.name, config if config is not None
+                                           else await asyncio.to_thread(read_config, folder))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return
@@ -637,6 +640,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
+
+
+def _overridden(folder: ModelFolder | None, override: str, name: str) -> ModelConfig:
+    """The folder's configuration with a load's override applied (blocks: parsing both)."""
+    return apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
 
 
 def _steps_of(folder: ModelFolder) -> set[str]:
