@@ -323,3 +323,22 @@ def test_unloading_a_model_that_is_not_loaded_succeeds_as_in_triton(tmp_path: Pa
         http.load_model("a")
         assert grpc.is_model_ready("a")
         grpc.close()
+
+
+def test_a_load_model_naming_no_model_is_an_error_not_silence(tmp_path: Path) -> None:
+    """``--load-model`` with a name the repository lacks (a typo) loaded nothing and said nothing;
+    Triton fails such a start. It is now UNAVAILABLE with its reason, and --exit-on-error exits."""
+    import subprocess
+    import sys
+
+    python_model(tmp_path, "a", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", "--load-model", "nope") as server:
+        rows = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
+        assert {row["name"]: (row["state"], row["reason"]) for row in rows}["nope"] == (
+            "UNAVAILABLE", "failed to load 'nope': no model of that name in the repository")
+        assert "nope" in requests.get(f"{server.base}/v2/models/nope/ready", timeout=10).text
+        assert requests.get(f"{server.base}/v2/models/a/ready", timeout=10).status_code == 200
+    done = subprocess.run([sys.executable, "-m", "inferd", "serve", str(tmp_path), "--http-port", "0", "--grpc-port",
+                           "0", "--model-control", "explicit", "--load-model", "nope", "--exit-on-error"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "no model of that name" in done.stdout + done.stderr

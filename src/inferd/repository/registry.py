@@ -219,6 +219,10 @@ class ModelRegistry(Generic[S]):
         folders = [f for f in found.values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
+        for name in sorted(set(only) - {"*"} - set(found)):  # --load-model with a typo: said, as Triton fails it
+            reason = f"failed to load '{name}': no model of that name in the repository"
+            log.error("model %s unavailable: %s", name, reason)
+            self._models[name] = ModelEntry(name=name, reason=reason)
         steps = await asyncio.to_thread(lambda: {folder.name: _steps_of(folder) for folder in folders})
         loads = {folder.name: asyncio.ensure_future(self._load_locked(folder))  # each ready when built
                  for folder in folders if not steps[folder.name]}
