@@ -333,6 +333,9 @@ class Server:
                 except InferdError as exc:  # storage unreachable for a while: the models served stay
                     log.error("repository poll failed: %s", exc.message)
                     continue
+                except Exception:  # the local disk (full, say): logged, and the next poll tries again
+                    log.exception("repository poll failed")
+                    continue
                 if self.settings.model_control == "poll":
                     scan = asyncio.ensure_future(self._scan())
                     scans.add(scan)

@@ -278,3 +278,67 @@ def test_a_load_whose_client_gives_up_still_finishes(tmp_path: Path) -> None:
         # a load whose client waits for its error is no error of the server's log
         assert requests.post(f"{server.base}/v2/repository/models/nope/load", timeout=10).status_code in (400, 404)
         assert "after its caller went away" not in server.log()
+
+
+def test_loads_racing_unloads_of_one_model_answer_what_each_did(tmp_path: Path) -> None:
+    """Several clients load and unload one model at once: each load that made the model ready
+    answers 200, even when an unload queued behind it runs before its answer is written (it was
+    judged after the lock was let go: 'no version is ready' for a load that had succeeded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    python_model(tmp_path, "a", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a") as server:
+        def change(i: int) -> tuple[str, int, str]:
+            action = "unload" if i % 2 else "load"
+            answer = requests.post(f"{server.base}/v2/repository/models/a/{action}", timeout=60)
+            return action, answer.status_code, answer.text
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(change, range(16)))
+        loads = [answer for answer in answers if answer[0] == "load"]
+        assert all(status == 200 for _, status, _ in loads), loads
+        assert requests.post(f"{server.base}/v2/repository/models/a/load", timeout=60).status_code == 200
+        assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 200
+
+
+def test_unloading_a_model_that_is_not_loaded_succeeds_as_in_triton(tmp_path: Path) -> None:
+    """Triton answers an unload of a model that is not loaded (never loaded, already unloaded by
+    another client, not in the repository) with success; inferd answered 404, so the second of
+    two clients unloading one model saw an error."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    python_model(tmp_path, "a", 1)
+    python_model(tmp_path, "b", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.url)
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        for client in (http, grpc, http):
+            client.unload_model("a")
+            client.unload_model("b")  # never loaded
+            client.unload_model("nowhere")  # no such folder
+        assert not http.is_model_ready("a")
+        rows = {row["name"]: row for row in http.get_model_repository_index()}
+        assert (rows["a"]["state"], rows["a"]["reason"]) == ("UNAVAILABLE", "unloaded")
+        http.load_model("a")
+        assert grpc.is_model_ready("a")
+        grpc.close()
+
+
+def test_a_load_model_naming_no_model_is_an_error_not_silence(tmp_path: Path) -> None:
+    """``--load-model`` with a name the repository lacks (a typo) loaded nothing and said nothing;
+    Triton fails such a start. It is now UNAVAILABLE with its reason, and --exit-on-error exits."""
+    import subprocess
+    import sys
+
+    python_model(tmp_path, "a", 1)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "a", "--load-model", "nope") as server:
+        rows = requests.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()
+        assert {row["name"]: (row["state"], row["reason"]) for row in rows}["nope"] == (
+            "UNAVAILABLE", "failed to load 'nope': no model of that name in the repository")
+        assert "nope" in requests.get(f"{server.base}/v2/models/nope/ready", timeout=10).text
+        assert requests.get(f"{server.base}/v2/models/a/ready", timeout=10).status_code == 200
+    done = subprocess.run([sys.executable, "-m", "inferd", "serve", str(tmp_path), "--http-port", "0", "--grpc-port",
+                           "0", "--model-control", "explicit", "--load-model", "nope", "--exit-on-error"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "no model of that name" in done.stdout + done.stderr

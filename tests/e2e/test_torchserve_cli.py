@@ -162,3 +162,43 @@ def test_refused_settings_are_named(tmp_path: Path) -> None:
                             cwd=tmp_path)
     assert result.returncode == 2
     assert "TLS is not served" in result.stderr
+
+
+class _SlowFiles(http.server.SimpleHTTPRequestHandler):
+    """Files served a second late: two registrations of one URL overlap while it downloads."""
+
+    def do_GET(self) -> None:
+        time.sleep(1.0)
+        super().do_GET()
+
+
+def test_two_registrations_of_one_url_at_once_leave_the_archive_served(archives: Path, tmp_path: Path) -> None:
+    """Both downloaded into one store file; the one refused as a duplicate then removed the archive
+    that the other serves from. Now the second is told the file exists (TorchServe's 500), and the
+    archive stays until the model is unregistered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = tmp_path / "store"
+    store.mkdir()
+    handler = functools.partial(_SlowFiles, directory=str(archives))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{files.server_address[1]}"
+    try:
+        with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                                   "enable_model_api": "true", "allowed_urls": f"{remote}/.*"}) as urls:
+            register = functools.partial(requests.post, f"{urls['management']}/models?url={remote}/doubler.mar"
+                                         "&initial_workers=1", timeout=120)
+            with ThreadPoolExecutor(2) as pool:
+                answers = [future.result() for future in [pool.submit(register) for _ in range(2)]]
+            assert sorted(answer.status_code for answer in answers) == [200, 500], [a.text for a in answers]
+            refused = next(answer for answer in answers if answer.status_code == 500)
+            assert refused.json()["message"] == "Model file already exists doubler.mar"
+            assert (store / "doubler.mar").is_file()
+            answer = requests.post(f"{urls['inference']}/predictions/doubler", json={"values": [1, 2, 3, 4]},
+                                   timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert requests.delete(f"{urls['management']}/models/doubler", timeout=30).status_code == 200
+            assert not (store / "doubler.mar").exists()
+    finally:
+        files.shutdown()

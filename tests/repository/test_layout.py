@@ -78,3 +78,44 @@ def test_fingerprint_follows_linked_version_folders_and_survives_a_loop(tmp_path
     assert fingerprint(read_model_folder(tmp_path / "m")) != added
     (tmp_path / "store/a/model.onnx").write_bytes(b"changed, and longer")  # a file behind the link
     assert fingerprint(read_model_folder(tmp_path / "m")) not in (before, added)
+
+
+def test_version_folders_fit_int64_and_a_version_named_twice_is_read_the_same_every_time(tmp_path: Path) -> None:
+    """A version past int64 is skipped, as Triton and TF Serving skip it (served, it made TF
+    Serving's gRPC status and metadata a 500: 'Value out of range'); of ``7``, ``07`` and
+    ``007`` the folder without leading zeros is version 7 (it was whichever the listing gave last)."""
+    for folder in ("9223372036854775807", "9223372036854775808", "99999999999999999999", "0", "007", "07", "7"):
+        touch(tmp_path / "m" / folder / "model.onnx")
+    folder = read_model_folder(tmp_path / "m")
+    assert folder.versions == {7: tmp_path / "m" / "7", 2**63 - 1: tmp_path / "m" / "9223372036854775807"}
+
+
+def test_a_scan_survives_model_folders_removed_while_it_lists_them(tmp_path: Path) -> None:
+    """A folder listed by the repository's scan and gone before its own listing made the whole scan
+    raise FileNotFoundError: the v2 repository index answered 500, a poll applied nothing."""
+    import shutil
+    import threading
+    import time
+
+    from inferd.repository.layout import scan
+
+    touch(tmp_path / "m" / "1" / "model.onnx")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for i in range(4):
+                (tmp_path / f"v{i}" / "1").mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp_path / f"v{i}", ignore_errors=True)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        deadline, scans = time.monotonic() + 3, 0
+        while time.monotonic() < deadline:
+            assert "m" in [folder.name for folder in scan(tmp_path)]
+            scans += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert scans > 100

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from inferd.config import VersionPolicy
 from inferd.errors import NotFound, Unavailable
 from inferd.repository.layout import find_artifact, is_valid_name, scan
 from inferd.repository.registry import ModelRegistry
+from inferd.runtimes.base import Runtime
 from inferd.types import ModelState
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
 
@@ -214,3 +217,78 @@ def test_folders_skipped_for_their_names_are_logged_and_a_load_says_why(tmp_path
     skipped = [r.getMessage() for r in caplog.records if "is not served" in r.getMessage()]
     assert len(skipped) == 1 and "'my model'" in skipped[0] and "starting with a letter or digit" in skipped[0]
     assert list(registry.models) == []
+
+
+def test_a_poll_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
+    """A model folder of thousands of files (or a link to a large tree) was walked on the event
+    loop by every poll and every load: no request was answered meanwhile."""
+    from tests.conftest import holds_in_one_of
+
+    python_model(tmp_path, "many", [1])
+    for group in range(5):
+        folder = tmp_path / "many/1/data" / str(group)
+        folder.mkdir(parents=True)
+        for i in range(1000):
+            (folder / str(i)).touch()
+
+    async def longest_stall(work: Callable[[], Awaitable[None]]) -> float:
+        stalls, done = [0.0], asyncio.Event()
+
+        async def tick() -> None:
+            while not done.is_set():
+                start = time.monotonic()
+                await asyncio.sleep(0.005)
+                stalls.append(time.monotonic() - start)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.02)
+        await work()
+        done.set()
+        await ticker
+        return max(stalls)
+
+    async def scenario() -> str | None:
+        registry: ModelRegistry[Runtime] = ModelRegistry(tmp_path)
+        first = await longest_stall(registry.poll)  # loads the model: its fingerprint, its build
+        assert registry.get("many", None)[1] == "1"
+        again = await longest_stall(registry.poll)  # nothing changed: the walk alone
+        await registry.close()
+        return None if max(first, again) < 0.25 else f"the event loop stalled {first:.2f} s, {again:.2f} s"
+
+    holds_in_one_of(3, lambda: asyncio.run(scenario()))
+
+
+def test_a_large_config_pbtxt_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
+    """protobuf's text format parses about half a megabyte a second: a config.pbtxt of 400 KB held
+    every request for most of a second, at each load and each load with an override."""
+    from tests.conftest import holds_in_one_of
+
+    write(tmp_path / "big/1/model.py", PYTHON_MODEL)
+    lines = ['backend: "python"'] + [f'parameters {{ key: "k{i}" value {{ string_value: "{"v" * 64}" }} }}'
+                                     for i in range(4000)]
+    write(tmp_path / "big/config.pbtxt", "\n".join(lines))
+
+    async def stall_of(work: Awaitable[object]) -> float:
+        stalls, done = [0.0], asyncio.Event()
+
+        async def tick() -> None:
+            while not done.is_set():
+                start = time.monotonic()
+                await asyncio.sleep(0.005)
+                stalls.append(time.monotonic() - start)
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.02)
+        await work  # the model fails to load (its config.pbtxt declares no tensors): what matters is the wait
+        done.set()
+        await ticker
+        return max(stalls)
+
+    async def scenario() -> str | None:
+        registry: ModelRegistry[Runtime] = ModelRegistry(tmp_path)
+        load = await stall_of(registry.load_model("big"))
+        override = await stall_of(registry.load_model("big", override='{"max_batch_size": 0}'))
+        await registry.close()
+        return None if max(load, override) < 0.25 else f"the event loop stalled {load:.2f} s, {override:.2f} s"
+
+    holds_in_one_of(3, lambda: asyncio.run(scenario()))

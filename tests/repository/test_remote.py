@@ -91,3 +91,36 @@ def test_a_damaged_local_copy_is_fetched_again(endpoint: str, bucket: str, tmp_p
 def test_a_missing_bucket_is_named(endpoint: str, bucket: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such bucket"):
         RemoteRepository("s3://no-such-bucket-here/repo", tmp_path).sync()
+
+
+def test_folder_objects_and_an_object_named_as_a_folder_are_skipped(endpoint: str, bucket: str,
+                                                                    tmp_path: Path) -> None:
+    """The S3 console's "Create folder" leaves zero-byte objects named ``m/`` and ``m/1/``; they were
+    downloaded as files, and the model's own files then failed the sync (FileExistsError: at start
+    a traceback, while polling the end of every later sync)."""
+    client = s3.client(endpoint)
+    for key in ("repo/mlp/", "repo/mlp/1/"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    s3.upload(client, bucket, "repo/mlp", MLP)
+    client.put_object(Bucket=bucket, Key="repo/other/1", Body=b"a file where a version folder is")
+    client.put_object(Bucket=bucket, Key="repo/other/1/model.onnx", Body=(MLP / "1/model.onnx").read_bytes())
+    repo = RemoteRepository(f"s3://{bucket}/repo", tmp_path)
+    report = repo.sync()
+    assert sorted(report.downloaded) == ["mlp/1/model.onnx", "mlp/config.toml", "other/1/model.onnx"]
+    assert [(m.name, sorted(m.versions)) for m in scan(repo.mirror)] == [("mlp", [1]), ("other", [1])]
+    assert repo.sync().unchanged == 3
+
+
+def test_an_object_replaced_by_a_folder_of_the_same_name_syncs(endpoint: str, bucket: str, tmp_path: Path) -> None:
+    """``repo/m/2`` was a file, then the folder of version 2: the sync downloaded before it removed
+    what was gone, so the old file stood where the folder goes (FileExistsError, every sync)."""
+    client = s3.client(endpoint)
+    s3.upload(client, bucket, "repo/mlp", MLP)
+    client.put_object(Bucket=bucket, Key="repo/mlp/2", Body=b"a stray file")
+    repo = RemoteRepository(f"s3://{bucket}/repo", tmp_path)
+    repo.sync()
+    client.delete_object(Bucket=bucket, Key="repo/mlp/2")
+    client.put_object(Bucket=bucket, Key="repo/mlp/2/model.onnx", Body=(MLP / "1/model.onnx").read_bytes())
+    report = repo.sync()
+    assert report.removed == ["mlp/2"] and report.downloaded == ["mlp/2/model.onnx"]
+    assert [(m.name, sorted(m.versions)) for m in scan(repo.mirror)] == [("mlp", [1, 2])]

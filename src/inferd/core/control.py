@@ -125,19 +125,20 @@ class ModelControl:
         ModelConfig as JSON) and, with files, its folder for this load. A load that leaves no version
         ready is InvalidInput, as in Triton; a reload's old versions keep serving."""
         self._access.authorize_control(credentials, "loading a model")
+        # strict, as Triton: a load that leaves no version ready raises (a reload's old versions serve on)
         if override is None:
-            entry = await self._to_the_end(self._registry.load_model(name))
+            await self._to_the_end(self._registry.load_model(name, strict=True))
         else:
-            entry = await self._to_the_end(self._registry.load_model(name, override.config, override.files))
-        if not entry.ready_versions():  # as Triton: the client's load_model raises (a reload's old versions serve on)
-            raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
+            await self._to_the_end(self._registry.load_model(name, override.config, override.files, strict=True))
 
     async def unload(self, name: str, credentials: str | None) -> None:
+        """Unload a model; one that is not loaded (never, or unloaded by another client first) is
+        no error, as in Triton: an unload asks for a state, and the state holds."""
         self._access.authorize_control(credentials, "unloading a model")
         await self._to_the_end(self._unload(name))
 
     async def _unload(self, name: str) -> None:
-        await self._registry.unload_model(name)
+        await self._registry.unload_model(name, missing_ok=True)
         self._torchserve.forget(name)
 
     async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:

@@ -78,20 +78,30 @@ class TorchServeModels:
         self._settings = settings or TorchServeSettings()
         self._registrations: dict[tuple[str, str], Registration] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._downloading: set[Path] = set()  # archives a registration is downloading into the store now
 
     # -- registering ------------------------------------------------------------------------
     async def register(self, request: RegisterRequest, loaded_at_startup: bool = False) -> tuple[Outcome, str]:
         if request.runtime is not None and request.runtime not in RUNTIMES:
             raise InvalidInput(f"Invalid RuntimeType value: {request.runtime} (one of {', '.join(RUNTIMES)})")
         located = locate_archive(self._store, request.url, self._settings.allowed_urls)
-        if located.remote:
-            await asyncio.to_thread(download, located.remote, located.path)
+        if not located.remote:
+            return await self._register(request, located.path, False, loaded_at_startup)
+        # one download into a store file at a time: a second registration of the same file name
+        # finds it there, as TorchServe would once the first has it (two at once wrote one partial
+        # file, and the one refused as a duplicate then removed the archive the other serves from)
+        if located.path in self._downloading:
+            raise InferdError(f"Model file already exists {located.path.name}")
+        self._downloading.add(located.path)
         try:
-            return await self._register(request, located.path, bool(located.remote), loaded_at_startup)
-        except BaseException:
-            if located.remote:  # nothing half-registered: the download goes too
+            await asyncio.to_thread(download, located.remote, located.path)
+            try:
+                return await self._register(request, located.path, True, loaded_at_startup)
+            except BaseException:  # nothing half-registered: the download goes too
                 remove_downloaded(located.path)
-            raise
+                raise
+        finally:
+            self._downloading.discard(located.path)
 
     async def register_at_start(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
         """``--models``/``load_models``: an archive of the store, with the start-up workers (or

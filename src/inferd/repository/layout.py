@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from inferd.config import MODEL_NAME, NAME_RULE, ModelConfig, ServedConfig, load_model_config
+from inferd.config import INT64_MAX, MODEL_NAME, NAME_RULE, ModelConfig, ServedConfig, load_model_config
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, apply_override, model_config_json, read_pbtxt
 
@@ -136,10 +136,18 @@ def scan(root: Path) -> list[ModelFolder]:
 
 def read_model_folder(path: Path, name: str | None = None) -> ModelFolder:
     """A model's folder; ``name`` defaults to the folder's. Version folders are integers, zero-padded
-    or not (TF Serving's testdata has ``00000123``: version 123). A missing folder has no versions."""
-    children = list(path.iterdir()) if path.is_dir() else []
-    versions = {int(child.name): child for child in children
-                if child.is_dir() and child.name.isascii() and child.name.isdigit() and int(child.name) > 0}
+    or not (TF Serving's testdata has ``00000123``: version 123), from 1 to int64's largest (as in
+    Triton and TF Serving, whose protocols carry int64 versions). Where two folders name one
+    version (``1`` and ``01``), the one without leading zeros wins, so every scan picks the same.
+    A missing folder (or one removed since the repository was listed) has no versions."""
+    try:
+        children = sorted(path.iterdir(), key=lambda child: (child.name.startswith("0"), child.name))
+    except OSError:  # a scan must not fail for a folder someone removes meanwhile
+        children = []
+    versions: dict[int, Path] = {}
+    for child in children:
+        if child.name.isascii() and child.name.isdigit() and 0 < int(child.name) <= INT64_MAX and child.is_dir():
+            versions.setdefault(int(child.name), child)
     if not versions and has_artifact(path):  # the artifact at the top: the folder is version 1
         versions = {1: path}
     return ModelFolder(name=name or path.name, path=path, versions=dict(sorted(versions.items())))

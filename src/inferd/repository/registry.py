@@ -124,6 +124,7 @@ class ModelRegistry(Generic[S]):
         self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
         self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
         self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
+        self._surveying = False  # a poll is reading the disk now
 
     def _lock(self, name: str) -> asyncio.Lock:
         """Loads, unloads and registrations of one model run one after another: six parallel
@@ -215,10 +216,15 @@ class ModelRegistry(Generic[S]):
 
     async def load_all(self, only: tuple[str, ...] = ("*",)) -> None:
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
-        folders = [f for f in self._folders().values() if "*" in only or f.name in only]
+        found = await asyncio.to_thread(self._folders)
+        folders = [f for f in found.values() if "*" in only or f.name in only]
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
-        steps = {folder.name: _steps_of(folder) for folder in folders}
+        for name in sorted(set(only) - {"*"} - set(found)):  # --load-model with a typo: said, as Triton fails it
+            reason = f"failed to load '{name}': no model of that name in the repository"
+            log.error("model %s unavailable: %s", name, reason)
+            self._models[name] = ModelEntry(name=name, reason=reason)
+        steps = await asyncio.to_thread(lambda: {folder.name: _steps_of(folder) for folder in folders})
         loads = {folder.name: asyncio.ensure_future(self._load_locked(folder))  # each ready when built
                  for folder in folders if not steps[folder.name]}
         # an ensemble loads once the models its steps name have (as Triton orders them), so its
@@ -240,7 +246,7 @@ class ModelRegistry(Generic[S]):
             await self._load_folder(folder)
 
     async def load_model(self, name: str, override: str | None = None,
-                         files: dict[str, bytes] | None = None) -> ModelEntry[S]:
+                         files: dict[str, bytes] | None = None, strict: bool = False) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload. ``override``
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
@@ -248,9 +254,14 @@ class ModelRegistry(Generic[S]):
         (Triton's override files) are the model folder this load reads instead of the repository's:
         they are written to a temporary folder, removed when the model unloads or loads again.
         Returns the new load's entry: one with no ready version failed (and, in a reload, was
-        not published)."""
+        not published). ``strict``: such a failure is InvalidInput instead, as Triton's load answers;
+        judged before the lock is let go, so an unload queued behind a load that succeeded does not
+        turn its answer into a failure."""
         async with self._lock(name):
-            return await self._load_model(name, override, files or {})
+            entry = await self._load_model(name, override, files or {})
+            if strict and not entry.ready_versions():
+                raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
+            return entry
 
     async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
         if not is_valid_name(name):
@@ -261,7 +272,7 @@ class ModelRegistry(Generic[S]):
         config: ModelConfig | None = None
         if override is not None:
             try:
-                config = apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
+                config = await asyncio.to_thread(_overridden, folder, override, name)
             except ConfigError as exc:
                 raise InvalidInput(exc.message) from None
         scratch: Path | None = None
@@ -307,15 +318,29 @@ class ModelRegistry(Generic[S]):
     async def poll(self) -> None:
         """One rescan (``--model-control poll``): new models load, removed ones unload, a changed
         config.toml or artifact reloads (without loss). Models load at once, each on its own; a
-        model an earlier poll is still loading is left to it, so polls may overlap."""
-        folders = self._folders()
+        model an earlier poll is still loading is left to it, so polls may overlap. The disk is
+        read on a thread (a model folder of many files, or a link to a large tree, stalled every
+        request for as long), by one poll at a time: a poll that finds the last one still reading
+        is skipped."""
+        if self._surveying:
+            return
+        self._surveying = True
+        try:
+            folders, prints = await asyncio.to_thread(self._survey)
+        finally:
+            self._surveying = False
         for name, entry in list(self._models.items()):
             if name not in folders and not entry.source.endswith(".mar") and name not in self._polling:
                 log.info("model %s left the repository: unloading", name)
                 await self.unload_model(name, missing_ok=True)
-        changed = [name for name, folder in folders.items()
-                   if name not in self._polling and self._fingerprints.get(name) != fingerprint(folder)]
+        changed = [name for name in folders
+                   if name not in self._polling and self._fingerprints.get(name) != prints[name]]
         await asyncio.gather(*(self._poll_load(name) for name in changed))
+
+    def _survey(self) -> tuple[dict[str, ModelFolder], dict[str, Fingerprint]]:
+        """Every model folder and its fingerprint (blocks: the poll runs it on a thread)."""
+        folders = self._folders()
+        return folders, {name: fingerprint(folder) for name, folder in folders.items()}
 
     async def _poll_load(self, name: str) -> None:
         log.info("model %s is new or changed: loading", name)
@@ -477,7 +502,7 @@ class ModelRegistry(Generic[S]):
     async def _load_folder(self, folder: ModelFolder, publish_early: bool = True,
                            config: ModelConfig | None = None) -> ModelEntry[S]:
         entry: ModelEntry[S] = ModelEntry(name=folder.name, source=str(folder.path))
-        self._fingerprints[folder.name] = fingerprint(folder)
+        self._fingerprints[folder.name] = await asyncio.to_thread(fingerprint, folder)
         if publish_early:
             self._models[folder.name] = entry
         try:
@@ -489,8 +514,11 @@ class ModelRegistry(Generic[S]):
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
         try:
-            given = config if config is not None else read_config(folder)
-            entry.config = self._configure(folder.name, await asyncio.to_thread(auto_completed, folder, given))
+            def read() -> ModelConfig:  # on a thread: a config.pbtxt of megabytes takes seconds to
+                # parse, and a Python model's auto_complete_config runs in a process of its own
+                return auto_completed(folder, config if config is not None else read_config(folder))
+
+            entry.config = self._configure(folder.name, await asyncio.to_thread(read))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return
@@ -619,6 +647,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferdError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
+
+
+def _overridden(folder: ModelFolder | None, override: str, name: str) -> ModelConfig:
+    """The folder's configuration with a load's override applied (blocks: parsing both)."""
+    return apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
 
 
 def _steps_of(folder: ModelFolder) -> set[str]:

@@ -82,6 +82,8 @@ class RemoteRepository:
         known = self._read_manifest()
         report = SyncReport()
         self.mirror.mkdir(parents=True, exist_ok=True)
+        # what is gone goes first: an object "m/x" replaced by "m/x/1/model.onnx" needs the folder
+        report.removed = self._remove_others(set(remote))
         for relative, (key, token, size) in remote.items():
             local = self.mirror / relative
             if known.get(relative) == token and local.is_file() and local.stat().st_size == size:
@@ -89,7 +91,6 @@ class RemoteRepository:
                 continue
             self._download(key, local)
             report.downloaded.append(relative)
-        report.removed = self._remove_others(set(remote))
         self._write_manifest({relative: token for relative, (_, token, _) in remote.items()})
         if report.changed:
             log.info("%s: %d downloaded, %d removed, %d unchanged", self.url, len(report.downloaded),
@@ -118,8 +119,8 @@ class RemoteRepository:
         found: dict[str, tuple[str, str, int]] = {}
         prefix = self._root.rstrip("/") + "/"
         for key, info in listing.items():
-            if info.get("type", "file") != "file" or not key.startswith(prefix):
-                continue
+            if info.get("type", "file") != "file" or not key.startswith(prefix) or key.endswith("/"):
+                continue  # a "folder" object (the S3 console's, zero bytes, named "m/1/") is no file
             parts = PurePosixPath(key[len(prefix):]).parts
             if not parts or any(p in (".", "..") for p in parts) or parts[-1].endswith(PART):
                 log.warning("%s: object %s skipped (not a plain path)", self.url, key)
@@ -128,6 +129,11 @@ class RemoteRepository:
             tag = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "LastModified",
                                                   "last_modified", "mtime") if info.get(k)), "")
             found["/".join(parts)] = (key, f"{size}:{tag}", size)
+        folders = {"/".join(parts[:i]) for parts in (PurePosixPath(r).parts for r in found)
+                   for i in range(1, len(parts))}
+        for relative in sorted(folders & set(found)):  # an object named as another's folder: the folder wins
+            log.warning("%s: object %s skipped (other objects lie under %s/)", self.url, found.pop(relative)[0],
+                        relative)
         return found
 
     def _download(self, key: str, local: Path) -> None:
