@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +219,24 @@ def test_folders_skipped_for_their_names_are_logged_and_a_load_says_why(tmp_path
     assert list(registry.models) == []
 
 
+async def longest_stall(work: Awaitable[object]) -> float:
+    """The event loop's longest stall while ``work`` runs, seen by a task that sleeps 5 ms at a time."""
+    stalls, done = [0.0], asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            start = time.monotonic()
+            await asyncio.sleep(0.005)
+            stalls.append(time.monotonic() - start)
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.02)
+    await work
+    done.set()
+    await ticker
+    return max(stalls)
+
+
 def test_a_poll_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
     """A model folder of thousands of files (or a link to a large tree) was walked on the event
     loop by every poll and every load: no request was answered meanwhile."""
@@ -231,27 +249,11 @@ def test_a_poll_reads_the_disk_off_the_event_loop(tmp_path: Path) -> None:
         for i in range(1000):
             (folder / str(i)).touch()
 
-    async def longest_stall(work: Callable[[], Awaitable[None]]) -> float:
-        stalls, done = [0.0], asyncio.Event()
-
-        async def tick() -> None:
-            while not done.is_set():
-                start = time.monotonic()
-                await asyncio.sleep(0.005)
-                stalls.append(time.monotonic() - start)
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0.02)
-        await work()
-        done.set()
-        await ticker
-        return max(stalls)
-
     async def scenario() -> str | None:
         registry: ModelRegistry[Runtime] = ModelRegistry(tmp_path)
-        first = await longest_stall(registry.poll)  # loads the model: its fingerprint, its build
+        first = await longest_stall(registry.poll())  # loads the model: its fingerprint, its build
         assert registry.get("many", None)[1] == "1"
-        again = await longest_stall(registry.poll)  # nothing changed: the walk alone
+        again = await longest_stall(registry.poll())  # nothing changed: the walk alone
         await registry.close()
         return None if max(first, again) < 0.25 else f"the event loop stalled {first:.2f} s, {again:.2f} s"
 
@@ -268,26 +270,11 @@ def test_a_large_config_pbtxt_is_parsed_off_the_event_loop(tmp_path: Path) -> No
                                      for i in range(4000)]
     write(tmp_path / "big/config.pbtxt", "\n".join(lines))
 
-    async def stall_of(work: Awaitable[object]) -> float:
-        stalls, done = [0.0], asyncio.Event()
-
-        async def tick() -> None:
-            while not done.is_set():
-                start = time.monotonic()
-                await asyncio.sleep(0.005)
-                stalls.append(time.monotonic() - start)
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0.02)
-        await work  # the model fails to load (its config.pbtxt declares no tensors): what matters is the wait
-        done.set()
-        await ticker
-        return max(stalls)
-
     async def scenario() -> str | None:
         registry: ModelRegistry[Runtime] = ModelRegistry(tmp_path)
-        load = await stall_of(registry.load_model("big"))
-        override = await stall_of(registry.load_model("big", override='{"max_batch_size": 0}'))
+        # the model fails to load (its config.pbtxt declares no tensors): what matters is the wait
+        load = await longest_stall(registry.load_model("big"))
+        override = await longest_stall(registry.load_model("big", override='{"max_batch_size": 0}'))
         await registry.close()
         return None if max(load, override) < 0.25 else f"the event loop stalled {load:.2f} s, {override:.2f} s"
 
