@@ -21,6 +21,7 @@ from inferd.compat.tfserving import read_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
+from inferd.core.model_calls import LoopModelCalls
 from inferd.errors import InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
@@ -29,6 +30,7 @@ from inferd.repository.archives import store_archives
 from inferd.repository.layout import misnamed, scan, single_model
 from inferd.repository.registry import ModelRegistry
 from inferd.repository.remote import RemoteRepository, default_cache
+from inferd.runtimes import model_calls
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
@@ -237,6 +239,8 @@ class Server:
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
         loop = asyncio.get_running_loop()
+        # Python models' requests to other models (BLS), and their own metrics
+        model_calls.install(LoopModelCalls(self.core.data, loop, self.core.metrics))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.pid_file is not None:

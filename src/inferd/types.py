@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -91,6 +91,40 @@ class InferRequest:
     protocol: str = "kserve_v2"  # which protocol decoded it (a metrics label)
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
     credentials: str | None = None  # the Authorization header/metadata, for --auth-inference
+
+
+class ModelCalls(Protocol):
+    """What a model may ask of the server that serves it (Triton's BLS: a Python model's requests to
+    other models). Blocking, called on the model's own thread, never on the event loop's. The server
+    process answers with its data plane (``core/model_calls.py``); an instance process forwards each
+    call to its server (``isolation/calls.py``)."""
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        """One request's one answer; raises the InferdError a client of the server would get."""
+
+    def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
+        """Every answer to one request (a decoupled model's zero, one or many); closing the
+        generator early cancels the rest."""
+
+    def is_model_ready(self, name: str, version: str | None) -> bool:
+        """Whether the model (version) answers requests now."""
+
+    def record_metric(self, update: MetricUpdate) -> None:
+        """A change to a metric the model defines, for the server's /metrics (never raises)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricUpdate:
+    """One change to a metric a model defines itself (Triton's ``pb_utils.MetricFamily``): the server
+    adds it up across the model's instances and shows it on /metrics under the model's names."""
+
+    family: str
+    description: str
+    kind: str  # "counter" | "gauge" | "histogram"
+    labels: tuple[tuple[str, str], ...]
+    op: str  # "create" (the series exists, at 0) | "increment" | "set" | "observe"
+    value: float = 0.0
+    buckets: tuple[float, ...] = ()  # a histogram's upper bounds
 
 
 @dataclass(slots=True)

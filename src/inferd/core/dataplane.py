@@ -122,9 +122,12 @@ class DataPlane:
         self._access.authorize_inference(credentials, "reading model status")
         self._registry.get(name, version)
 
-    def is_model_ready(self, name: str, version: str | None, credentials: str | None) -> bool:
-        """Triton's reading: an unknown or unloaded model is not ready, which is not an error."""
-        self._access.authorize_inference(credentials, "reading model status")
+    def is_model_ready(self, name: str, version: str | None, credentials: str | None,
+                       check_access: bool = True) -> bool:
+        """Triton's reading: an unknown or unloaded model is not ready, which is not an error.
+        ``check_access`` False: a model asks (core/model_calls.py), not a client."""
+        if check_access:
+            self._access.authorize_inference(credentials, "reading model status")
         try:
             self._registry.get(name, version)
         except InferdError:
@@ -256,6 +259,13 @@ class DataPlane:
         ``final`` false), any other model's one (``final`` true). Closing the iterator early (the
         client went away) stops the model."""
         self._access.authorize_inference(request.credentials)
+        async with contextlib.aclosing(self.run_stream(request)) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def run_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """``infer_stream`` without the credentials check: a model's request to another model (BLS),
+        whose caller was checked when its own request came."""
         runtime, version = self._resolve(request)
         if not runtime.decoupled and not runtime.parts:
             yield await self.run_step(request)

@@ -34,6 +34,7 @@ import inferd
 from inferd import errors
 from inferd.allocator import without_kept_memory
 from inferd.errors import InferdError, InstanceLost, ModelError, Unavailable
+from inferd.isolation import calls
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
@@ -105,6 +106,7 @@ class InstanceProcess:
     def start(self) -> None:
         """Spawn the process and wait until its model is loaded; raises with the reason if not."""
         ours, theirs = socket.socketpair()
+        calls_ours, calls_theirs = socket.socketpair()  # the model's requests to other models (calls.py)
         env = dict(os.environ) if not self.spec.memory_limit_mb else without_kept_memory(dict(os.environ))
         # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
         self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{self.index}-")
@@ -114,11 +116,16 @@ class InstanceProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno()), str(calls_theirs.fileno())],
+                pass_fds=(theirs.fileno(), calls_theirs.fileno()), env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # its own process group: whatever it starts is killed with it
+        except BaseException:
+            calls_ours.close()
+            raise
         finally:
             theirs.close()
+            calls_theirs.close()
+        calls.serve(calls_ours, self.spec.context.name)  # ends when the process closes its side
         _RUNNING.add(self)
         self._conn = Channel(ours)
         self._poller = select.poll()

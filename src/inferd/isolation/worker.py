@@ -1,4 +1,4 @@
-"""An instance process: ``python -m inferd.isolation.worker FD`` loads one model and runs its calls.
+"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD`` loads one model and runs its calls.
 
 The server sends, over the socket FD, the model to load, then one message per call. Whatever the
 model does to this process (segfault, ``os._exit``, hang, runaway memory), the server only loses
@@ -6,7 +6,8 @@ this instance: it answers the call with an error and starts a new one.
 
 Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)``, then
 ``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
-a decoupled model's answers) and ``("stop",)``. Out: ``("ready", metadata)`` or
+a decoupled model's answers) and ``("stop",)``. The model's own requests to other models (BLS) go
+over CALLS_FD (``calls.py``). Out: ``("ready", metadata)`` or
 ``("failed", reason)``; per call ``("ok", call id, header, output_path | None)`` or
 ``("error", call id, type name, message, fatal)``.
 """
@@ -23,14 +24,16 @@ import time
 from typing import Any
 
 from inferd.errors import InferdError, describe
+from inferd.isolation.calls import ChannelModelCalls
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
+from inferd.runtimes import model_calls
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
 
 _PARENT_CHECK_S = 1.0
 
 
-def main(fd: int) -> None:
+def main(fd: int, calls_fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
     # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
     # requests this instance runs, then stops it
@@ -38,6 +41,7 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(os.getppid())
     conn = Channel(socket.socket(fileno=fd))
+    model_calls.install(ChannelModelCalls(socket.socket(fileno=calls_fd)))
     try:
         _, backend, context, memory_limit_mb = conn.receive()
         runtime = _load(conn, backend, context)
@@ -189,4 +193,4 @@ def _cap_address_space(memory_limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -14,6 +14,8 @@
     inferd_cache_max_bytes                                    gauge: its bound (--cache-size)
     inferd_cache_evictions_total                              counter: entries pushed out to make room
 
+and after them the metrics Python models define themselves, under their own names (custom_metrics.py).
+
 The hot path only adds to plain counters held per (model, version) (a bisect and two additions per
 histogram); prometheus-client formats them when /metrics is scraped.
 """
@@ -27,6 +29,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from inferd.observability.custom_metrics import CustomMetrics
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -212,6 +216,7 @@ class Metrics:
         self.state_rows: StateRows = list
         self.cache_usage: Callable[[], CacheUsage | None] = lambda: None
         self.registry.register(_Collector(self))
+        self.custom = CustomMetrics()  # what models define themselves (Triton's pb_utils.MetricFamily)
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         key = (model, version)
@@ -227,4 +232,4 @@ class Metrics:
         self.cache_usage = usage
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.custom.exposition()

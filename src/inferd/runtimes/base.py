@@ -52,6 +52,7 @@ class Runtime(ABC):
     outputs: tuple[TensorSpec, ...] = ()
     max_batch_size: int = 0
     out_of_process: bool = False  # calls wait on another process: never run one on the event loop
+    calls_models: bool = False  # calls may wait on other models' answers (BLS): never on the event loop either
     restarts: int = 0  # instances replaced after a crash (process instances)
     signature_name: str = ""  # the served signature's name (TensorFlow); "" = the model has one
     signature_def: bytes = b""  # TensorFlow: the SignatureDef proto, serialized (TF Serving's metadata)
@@ -100,6 +101,7 @@ class Runtime(ABC):
         self.parts = inner.parts
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
+        self.calls_models = inner.calls_models
         self.signature_name, self.signature_def = inner.signature_name, inner.signature_def
         self.lenient_rank = inner.lenient_rank
 

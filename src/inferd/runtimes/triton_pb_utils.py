@@ -7,15 +7,23 @@ module; requests here hold numpy arrays on the CPU (``is_cpu()`` is true, DLPack
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from inferd.types import numpy_dtype
+from inferd.errors import AlreadyExists, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.runtimes import model_calls
+from inferd.types import InferRequest, InferResponse, MetricUpdate, RequestedOutput, numpy_dtype, v2_datatype
+from inferd.types import Tensor as InferTensor
 
 MODULE_NAME = "triton_python_backend_utils"
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -101,15 +109,20 @@ class Tensor:
 
 class InferenceRequest:
     """One execution's request as the model's ``execute`` sees it. A model may build one itself
-    (``InferenceRequest(model_name=..., inputs=..., requested_output_names=...)``) to call another
-    model (BLS); inferd does not serve those calls: ``exec`` and ``async_exec`` say so."""
+    (``InferenceRequest(model_name=..., inputs=..., requested_output_names=...)``) and ``exec`` it to
+    call another model the server serves (Triton's BLS): it runs as any client's request to that
+    model would (batching, queue, statistics), and its errors come back in the response."""
 
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
                  parameters: dict[str, Any] | str | None = None, sender: InferenceResponseSender | None = None,
                  cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
-                 flags: int = 0, model_name: str | bytes = "", **bls: Any) -> None:
-        # a BLS request's target (str, or bytes read from a BYTES input); ``bls``: its model_version, timeout, ...
+                 flags: int = 0, model_name: str | bytes = "", model_version: int = -1, timeout: int = 0,
+                 **unused: Any) -> None:  # preferred_memory, trace: the outputs are numpy arrays on the CPU
+        # a BLS request's target (str, or bytes read from a BYTES input), its version (-1: the server's
+        # choice) and deadline (microseconds, 0: none)
         self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
+        self._model_version = model_version
+        self._timeout = timeout
         self._sender = sender
         self._correlation_id = correlation_id
         self._flags = flags
@@ -119,12 +132,44 @@ class InferenceRequest:
         self._id = request_id
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
-        raise TritonModelException(f"InferenceRequest.exec() calls model '{self._model_name}' from inside a model "
-                                   "(Triton's BLS), which inferd does not serve; chain the models in an ensemble")
+    def exec(self, decoupled: bool = False) -> Any:
+        """The target model's response; with ``decoupled``, an iterator of its responses, the last
+        one empty (as Triton's final flag). A failure is a response whose ``error()`` says why."""
+        request = self._call()
+        if decoupled:
+            return ResponseIterator(model_calls.current().infer_stream(request))
+        try:
+            answer = model_calls.current().infer(request)
+        except InferdError as exc:
+            return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
+        return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
 
-    async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
-        return self.exec(decoupled)
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """``exec`` on a thread of its own: an ``async def execute`` may await several at once."""
+        return await asyncio.get_running_loop().run_in_executor(_async_calls(), self.exec, decoupled)
+
+    def _call(self) -> InferRequest:
+        if not self._model_name:
+            raise TritonModelException("this request has no model to call: build one with "
+                                       "pb_utils.InferenceRequest(model_name=..., inputs=..., "
+                                       "requested_output_names=...)")
+        parameters = dict(self._parameters)
+        if self._correlation_id not in (0, "") or self._flags:
+            parameters.update(sequence_id=self._correlation_id,
+                              sequence_start=bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START),
+                              sequence_end=bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END))
+        inputs = []
+        for tensor in self._inputs:
+            array = tensor.as_numpy()
+            try:
+                datatype = v2_datatype(array.dtype)
+            except KeyError:
+                raise TritonModelException(f"input '{tensor.name()}' to model '{self._model_name}' has dtype "
+                                           f"{array.dtype}, which no Triton datatype holds") from None
+            inputs.append(InferTensor(tensor.name(), datatype, array))
+        return InferRequest(self._model_name, str(self._model_version) if self._model_version >= 0 else None,
+                            inputs, id=self._id or None, outputs=[RequestedOutput(name) for name in self._outputs],
+                            parameters=parameters, timeout_us=self._timeout or None, protocol="bls")
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -208,6 +253,61 @@ class InferenceResponse:
         return self._error
 
 
+class ResponseIterator:
+    """A decoupled BLS call's responses as they come; ``cancel()`` stops the target model's stream."""
+
+    def __init__(self, answers: Generator[InferResponse, None, None]) -> None:
+        self._answers = answers
+        self._done = False
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> InferenceResponse:
+        if self._done:
+            raise StopIteration
+        try:
+            answer = next(self._answers)
+        except StopIteration:
+            self._done = True
+            return InferenceResponse()  # the final flag's response: Triton's holds no outputs
+        except InferdError as exc:
+            self._done = True
+            return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
+        return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+
+    def cancel(self) -> None:
+        self._done = True
+        self._answers.close()
+
+
+def _code_of(error: InferdError) -> int:
+    """The TritonError code a BLS caller sees for the error a client of the target would get."""
+    for kind, code in ((InvalidInput, TritonError.INVALID_ARG), (NotFound, TritonError.NOT_FOUND),
+                       (Unavailable, TritonError.UNAVAILABLE), (AlreadyExists, TritonError.ALREADY_EXISTS)):
+        if isinstance(error, kind):
+            return code
+    return TritonError.INTERNAL
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _async_calls() -> ThreadPoolExecutor:
+    """The threads ``async_exec`` waits on: BLS calls block, and the model's loop must not."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(32, thread_name_prefix="inferd-bls")
+        return _executor
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether the server serves that model (version) now (Triton's model loading API)."""
+    return model_calls.current().is_model_ready(model_name, model_version or None)
+
+
 class Logger:
     @staticmethod
     def log_info(message: str) -> None:
@@ -231,55 +331,77 @@ class Logger:
 
 
 class _Metric:
-    """One labelled series of a :class:`MetricFamily`: it counts, but only the model reads it."""
+    """One labelled series of a :class:`MetricFamily`. Each change goes to the server, which adds up
+    the model's instances and shows the series on /metrics; ``value()`` reads this instance's own."""
 
-    def __init__(self, kind: int, buckets: list[float] | None) -> None:
-        self._kind = kind
-        self._value = 0.0
+    def __init__(self, family: MetricFamily, labels: tuple[tuple[str, str], ...], buckets: tuple[float, ...]) -> None:
+        self._family = family
+        self._labels = labels
         self._buckets = buckets
+        self._value = 0.0
+        self._publish("create", 0.0)
 
     def increment(self, value: float) -> None:
-        if self._kind == MetricFamily.COUNTER and value < 0:
+        kind = self._family._kind
+        if kind == MetricFamily.COUNTER and value < 0:
             raise TritonModelException(f"a counter only goes up; increment({value})")
-        if self._kind == MetricFamily.HISTOGRAM:
+        if kind == MetricFamily.HISTOGRAM:
             raise TritonModelException("a histogram takes observe(value), not increment")
         self._value += value
+        self._publish("increment", value)
 
     def set(self, value: float) -> None:
-        if self._kind != MetricFamily.GAUGE:
+        if self._family._kind != MetricFamily.GAUGE:
             raise TritonModelException("only a gauge is set")
         self._value = value
+        self._publish("set", value)
 
     def observe(self, value: float) -> None:
-        if self._kind != MetricFamily.HISTOGRAM:
+        if self._family._kind != MetricFamily.HISTOGRAM:
             raise TritonModelException("only a histogram observes")
         self._value += value  # the sum of what it observed
+        self._publish("observe", value)
 
     def value(self) -> float:
         return self._value
 
+    def _publish(self, op: str, value: float) -> None:
+        family = self._family
+        update = MetricUpdate(family._name, family._description, _KINDS[family._kind], self._labels, op,
+                              float(value), self._buckets)
+        with contextlib.suppress(InferdError):  # no server in this process (auto_complete_config's): none shows it
+            model_calls.current().record_metric(update)
+
 
 class MetricFamily:
-    """Triton's custom metrics. inferd keeps their values for the model (``value()`` answers) but
-    does not publish them on /metrics: creating one logs that once."""
+    """Triton's custom metrics: a family of labelled series the model counts, gauges or observes,
+    shown on the server's /metrics under the family's own name."""
 
     COUNTER, GAUGE, HISTOGRAM = range(3)
-    _told = False
 
     def __init__(self, name: str, description: str, kind: int) -> None:
         if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
             raise TritonModelException(f"MetricFamily '{name}': kind must be COUNTER, GAUGE or HISTOGRAM")
-        if not MetricFamily._told:
-            MetricFamily._told = True
-            _log.warning("MetricFamily '%s': a Python model's custom metrics are kept for the model to read, "
-                         "not published on /metrics", name)
+        if not NAME.fullmatch(name):
+            raise TritonModelException(f"MetricFamily '{name}': a metric name matches {NAME.pattern}")
         self._name = name
+        self._description = description
         self._kind = kind
 
     def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
         if self._kind == self.HISTOGRAM and not buckets:
             raise TritonModelException(f"MetricFamily '{self._name}': a histogram's Metric needs buckets")
-        return _Metric(self._kind, buckets)
+        pairs = tuple((str(key), str(value)) for key, value in (labels or {}).items())
+        bad = next((key for key, _ in pairs if not LABEL.fullmatch(key)), None)
+        if bad is not None:
+            raise TritonModelException(f"MetricFamily '{self._name}': label name {bad!r} does not match "
+                                       f"{LABEL.pattern}")
+        return _Metric(self, pairs, tuple(float(b) for b in buckets or ()))
+
+
+_KINDS = {MetricFamily.COUNTER: "counter", MetricFamily.GAUGE: "gauge", MetricFamily.HISTOGRAM: "histogram"}
+NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -51,6 +51,7 @@ _ERRORS: dict[int, type[InferdError]] = {
 class TritonPythonRuntime(Runtime):
     platform = "python"
     takes_sequence = True  # a sequence model's requests show their correlation_id() and flags()
+    calls_models = True  # execute may call other models (BLS), waiting on the event loop for them
 
     def __init__(self, model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  max_batch_size: int, name: str) -> None:

@@ -284,7 +284,7 @@ class InstancePool(Scheduler):
         self._mean_s = seconds if self._measured == 0 else (
             (1 - _EWMA) * self._mean_s + _EWMA * seconds)
         self._measured += 1
-        if self._measured >= _PROBE_CALLS and not self.out_of_process:
+        if self._measured >= _PROBE_CALLS and not self.out_of_process and not self.calls_models:
             self.inline = self._mean_s < self._inline_below_s
             self.trivial = self.inline and self._mean_s < TRIVIAL_S
 

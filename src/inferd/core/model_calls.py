@@ -1,0 +1,78 @@
+"""A model's requests to other models (Triton's BLS), answered by the data plane.
+
+A Python model's ``pb_utils.InferenceRequest(...).exec()`` reaches here on the model's own thread
+(in the server process, or forwarded by its instance process's server thread): each call runs on the
+event loop as any request does (the target's batching, queue, deadline, statistics), without the
+credentials check, since the request that led to it was checked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Generator
+
+from inferd.core.dataplane import DataPlane
+from inferd.observability.metrics import Metrics
+from inferd.types import InferRequest, InferResponse, MetricUpdate
+
+_END = object()
+
+
+class LoopModelCalls:
+    """``ModelCalls`` over the data plane on ``loop`` (the server's event loop)."""
+
+    def __init__(self, data: DataPlane, loop: asyncio.AbstractEventLoop, metrics: Metrics | None) -> None:
+        self._data = data
+        self._loop = loop
+        self._metrics = metrics
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        self._not_on_loop()
+        return asyncio.run_coroutine_threadsafe(self._data.run_step(request), self._loop).result()
+
+    def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
+        self._not_on_loop()
+        answers: queue.Queue[object] = queue.Queue()
+        stopped = threading.Event()
+
+        async def pump() -> None:
+            try:
+                async with contextlib.aclosing(self._data.run_stream(request)) as stream:
+                    async for answer in stream:
+                        answers.put(answer)
+                        if stopped.is_set():
+                            return
+            except BaseException as exc:  # CancelledError too: the reader must not wait for ever
+                answers.put(exc)
+            finally:
+                answers.put(_END)
+
+        running = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while (item := answers.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, InferResponse)
+                yield item
+        finally:
+            stopped.set()
+            running.cancel()  # the reader stopped early: the model's stream is closed, as a client's would be
+
+    def is_model_ready(self, name: str, version: str | None) -> bool:
+        return self._data.is_model_ready(name, version, None, check_access=False)
+
+    def record_metric(self, update: MetricUpdate) -> None:
+        if self._metrics is not None:
+            u = update
+            self._metrics.custom.apply(u.family, u.description, u.kind, u.labels, u.op, u.value, u.buckets)
+
+    def _not_on_loop(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is self._loop:
+            raise RuntimeError("a model called another model from the server's event loop, where the call "
+                               "could never be answered; run it on the model's own thread")

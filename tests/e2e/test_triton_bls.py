@@ -1,0 +1,212 @@
+"""Triton's Business Logic Scripting and custom metrics: Python models that call other models the
+server serves (``pb_utils.InferenceRequest(...).exec()``, ``async_exec``, decoupled targets,
+``is_model_ready``) and count their own metrics for /metrics, served by the real server (instance
+processes, and one model in the server process) and called with tritonclient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as httpclient
+
+from tests import models
+from tests.conftest import RunningServer, serve
+
+CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+{extra}
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+"""
+
+HEAD = """
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def given(request):
+    return pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+
+
+def answer(values):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.asarray(values, np.float32))])
+
+
+def call(model, values):
+    return pb_utils.InferenceRequest(model_name=model, requested_output_names=["OUT"],
+                                     inputs=[pb_utils.Tensor("IN", np.asarray(values, np.float32))])
+
+
+class TritonPythonModel:
+"""
+
+MODELS = {
+    "tripled": """
+    def execute(self, requests):
+        return [answer(given(request) * 3) for request in requests]
+""",
+    # decoupled: IN[0] responses [0, 0], [1, 1], ..., then the final flag on its own
+    "counts": """
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            for i in range(int(given(request)[0])):
+                sender.send(answer([i, i]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # the model named by a BYTES value, as Triton's own BLS example reads it
+    "bls_tripled": """
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            response = call(np.array([b"tripled"], dtype=object)[0], given(request)).exec()
+            if response.has_error():
+                raise pb_utils.TritonModelException(response.error().message())
+            answers.append(pb_utils.InferenceResponse(response.output_tensors()))
+        return answers
+""",
+    # three calls in flight at once, awaited together
+    "bls_async": """
+    async def execute(self, requests):
+        x = given(requests[0])
+        responses = await asyncio.gather(*(call("tripled", x + k).async_exec() for k in range(3)))
+        outs = [pb_utils.get_output_tensor_by_name(r, "OUT").as_numpy() for r in responses]
+        return [answer(sum(outs))]
+""",
+    # errors come back in the response, with Triton's codes; readiness is a question, not an error
+    "bls_errors": """
+    def execute(self, requests):
+        missing = call("missing", [0, 0]).exec()
+        misshapen = call("tripled", [1, 2, 3]).exec()
+        assert missing.has_error() and misshapen.has_error()
+        assert "missing" in missing.error().message(), missing.error().message()
+        ready = (pb_utils.is_model_ready("tripled"), pb_utils.is_model_ready("missing"))
+        return [answer([missing.error().code() * 10 + misshapen.error().code(), ready[0] * 10 + ready[1]])]
+""",
+    # a decoupled target's responses, as an iterator whose last response is the final flag's, empty
+    "bls_stream": """
+    def execute(self, requests):
+        total, seen, empty = 0.0, 0, 0
+        for response in call("counts", given(requests[0])).exec(decoupled=True):
+            if response.has_error():
+                raise pb_utils.TritonModelException(response.error().message())
+            seen += 1
+            if response.output_tensors():
+                total += float(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()[0])
+            else:
+                empty += 1
+        return [answer([total, seen * 10 + empty])]
+""",
+    # Triton's custom metrics, two instances adding up to one series per labels
+    "metered": """
+    def initialize(self, args):
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        self.calls = pb_utils.MetricFamily("bls_test_calls", "calls so far",
+                                           pb_utils.MetricFamily.COUNTER).Metric(labels=labels)
+        self.level = pb_utils.MetricFamily("bls_test_level", "the last value",
+                                           pb_utils.MetricFamily.GAUGE).Metric(labels=labels)
+        self.sizes = pb_utils.MetricFamily("bls_test_sizes", "values seen",
+                                           pb_utils.MetricFamily.HISTOGRAM).Metric(labels=labels, buckets=[1, 10])
+
+    def execute(self, requests):
+        for request in requests:
+            value = float(given(request)[0])
+            self.calls.increment(1)
+            self.level.set(value)
+            self.sizes.observe(value)
+        return [answer(given(request)) for request in requests]
+""",
+}
+
+# the same BLS model, run in the server process (config.toml, kind "cpu"): its calls go through the
+# server's own event loop, from the instance's thread
+IN_PROCESS = """
+backend = "python"
+
+[instance_group]
+kind = "cpu"
+
+[[input]]
+name = "IN"
+datatype = "FP32"
+shape = [2]
+
+[[output]]
+name = "OUT"
+datatype = "FP32"
+shape = [2]
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root: Path = tmp_path_factory.mktemp("bls_repo")
+    for name, body in MODELS.items():
+        extra = {"counts": "model_transaction_policy { decoupled: true }",
+                 "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
+        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
+    models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
+    models.write(root / "bls_in_process/config.toml", IN_PROCESS)
+    with serve(root) as running:
+        yield running
+
+
+def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
+
+
+def _successes(server: RunningServer, model: str) -> int:
+    stats = httpclient.InferenceServerClient(server.url).get_inference_statistics(model)
+    return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
+
+
+@pytest.mark.parametrize("model", ["bls_tripled", "bls_in_process"])
+def test_a_bls_call_answers_as_the_target_does_and_counts_as_its_request(server: RunningServer, model: str) -> None:
+    before = _successes(server, "tripled")
+    for values in ([1.0, 2.0], [-4.0, 0.5]):
+        np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
+    assert _successes(server, "tripled") == before + 2
+
+
+def test_async_exec_calls_run_together(server: RunningServer) -> None:
+    # tripled(x) + tripled(x + 1) + tripled(x + 2) = 9x + 9
+    np.testing.assert_array_equal(_call(server, "bls_async", [1.0, -2.0]), [18.0, -9.0])
+
+
+def test_a_bls_calls_errors_come_back_in_its_response(server: RunningServer) -> None:
+    # NOT_FOUND (2) for the unknown model, INVALID_ARG (3) for the wrong shape; tripled ready, missing not
+    np.testing.assert_array_equal(_call(server, "bls_errors", [0, 0]), [23.0, 10.0])
+    np.testing.assert_array_equal(_call(server, "tripled", [1, 1]), [3.0, 3.0])  # the server goes on
+
+
+@pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 41.0]), (0, [0.0, 11.0])])
+def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServer, count: int,
+                                                            expected: list[float]) -> None:
+    # 0 + 1 + 2 from three responses, then the final flag's empty one: 4 seen, 1 empty
+    np.testing.assert_array_equal(_call(server, "bls_stream", [count, 0]), expected)
+
+
+def test_custom_metrics_are_on_metrics_as_triton_shows_them(server: RunningServer) -> None:
+    for value in (0.5, 5.0, 50.0, 5.0):
+        _call(server, "metered", [value, 0])
+    text = requests.get(f"http://{server.url}/metrics", timeout=10).text
+    labels = 'model="metered",version="1"'
+    for line in ("# HELP bls_test_calls calls so far", "# TYPE bls_test_calls counter",
+                 f"bls_test_calls{{{labels}}} 4",  # both instances' calls, one series
+                 "# TYPE bls_test_level gauge", f"bls_test_level{{{labels}}} 5",
+                 "# TYPE bls_test_sizes histogram", f'bls_test_sizes_bucket{{{labels},le="1"}} 1',
+                 f'bls_test_sizes_bucket{{{labels},le="10"}} 3', f'bls_test_sizes_bucket{{{labels},le="+Inf"}} 4',
+                 f"bls_test_sizes_sum{{{labels}}} 60.5", f"bls_test_sizes_count{{{labels}}} 4"):
+        assert line in text.splitlines(), f"{line!r} not in /metrics"
