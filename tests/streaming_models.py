@@ -116,11 +116,14 @@ instance_group [ { count: 4 kind: KIND_CPU } ]
 """
 
 
+THREADS = '\n[instance_group]\nkind = "cpu"\n'  # on threads of the server's process (not its default)
+
+
 def build(root: Path, progress: Path) -> Path:
     models.write(root / "count_up/1/model.py", COUNT_UP)
-    models.write(root / "count_up/config.toml", COUNT_UP_CONFIG)
+    models.write(root / "count_up/config.toml", COUNT_UP_CONFIG + THREADS)
     models.write(root / "endless/1/model.py", ENDLESS.format(progress=str(progress)))
-    models.write(root / "endless/config.toml", COUNT_UP_CONFIG.replace('name = "N"', 'name = "N"', 1))
+    models.write(root / "endless/config.toml", COUNT_UP_CONFIG + THREADS)
     process = '\n[instance_group]\nkind = "process"\ncount = 2\n'  # the same models in instance processes
     models.write(root / "count_up_process/1/model.py", COUNT_UP)
     models.write(root / "count_up_process/config.toml", COUNT_UP_CONFIG + process)

@@ -245,7 +245,7 @@ def test_a_model_failing_mid_stream_is_an_error_event_and_a_logged_traceback(tmp
     from tests.models import write
 
     write(tmp_path / "breaks/1/model.py", BREAKS)
-    write(tmp_path / "breaks/config.toml", streaming_models.COUNT_UP_CONFIG)
+    write(tmp_path / "breaks/config.toml", streaming_models.COUNT_UP_CONFIG + streaming_models.THREADS)
     with serve(tmp_path, grpc=True) as server:
         response = requests.post(f"{server.base}/v2/models/breaks/generate_stream", json={"N": 1}, timeout=30)
         assert response.status_code == 200  # the status went out with the first answer

@@ -99,6 +99,15 @@ MODELS = {
         sender.send(tripled(requests[0]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         sender.send(tripled(requests[0]))
 """,
+    # decoupled, leaving its process after one answer: its stream fails, the server serves on
+    "decoupled_exits": """
+    def execute(self, requests):
+        requests[0].get_response_sender().send(tripled(requests[0]))
+        import os
+        import time
+        time.sleep(0.5)  # its answer has left the process
+        os._exit(3)
+""",
     # decoupled, but written as a plain model: returns its responses instead of sending them
     "decoupled_returns": """
     def execute(self, requests):
@@ -213,6 +222,23 @@ def test_auto_complete_config_describes_a_model_without_a_config(tmp_path: Path)
         assert index["contradicted"]["state"] == "UNAVAILABLE"
         assert "input 'X' is data_type TYPE_FP32 in its configuration, TYPE_INT32 in auto_complete_config" \
             in index["contradicted"]["reason"]
+
+
+def test_a_decoupled_model_that_exits_fails_its_stream_and_the_server_serves_on(server: RunningServer) -> None:
+    """Its instances are processes, as any Python model's: in a thread, os._exit ended the server."""
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+        client.async_stream_infer("decoupled_exits", [tensor])
+        first, second = answers.get(timeout=20), answers.get(timeout=20)
+    finally:
+        client.stop_stream(cancel_requests=True)
+    np.testing.assert_array_equal(first.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
+    assert isinstance(second, InferenceServerException) and "exited with code 3" in second.message(), second
+    np.testing.assert_array_equal(_call(server, "tripled", [1, 2]), [3, 6])
 
 
 def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: RunningServer) -> None:

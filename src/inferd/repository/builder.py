@@ -40,7 +40,7 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
     contexts = [LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
                 for device in devices]
-    kind = group.kind or ("cpu" if config.decoupled else group.resolved_kind(backend))  # decoupled: threads
+    kind = group.kind or group.resolved_kind(backend)
     if kind == "process":
         spec = InstanceSpec(backend, contexts[0], group.response_timeout_s, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)
