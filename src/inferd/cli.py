@@ -17,6 +17,13 @@ from inferd.config import MODEL_CONTROL_MODES, ServerSettings
 from inferd.errors import ConfigError
 
 
+def _true_or_false(text: str) -> bool:
+    """``--flag=true`` as Triton's command line takes it (``--flag`` alone is true)."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
 def _size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
     number = text.strip().lower().removesuffix("ib").removesuffix("b")
@@ -89,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="bearer token for model control (default: $INFERD_AUTH_TOKEN)")
     serve.add_argument("--auth-inference", action="store_true",
                        help="require the token for inference and metadata too")
+    serve.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_true_or_false,
+                       metavar="true|false", help="let clients register system shared-memory regions and name them "
+                       "for inputs and outputs (Triton's extension; off: a client could make the server read and "
+                       "write any shared-memory object it may open)")
     serve.add_argument("--drain-timeout", type=float, default=30.0,
                        help="seconds SIGTERM waits for requests in flight before exiting")
     serve.add_argument("--max-body-size", type=_size, default="64MiB",
@@ -324,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             load_models=tuple(args.load_model), server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
-            cache_size=args.cache_size)
+            cache_size=args.cache_size, allow_client_shm=args.allow_client_shm)
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

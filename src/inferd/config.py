@@ -65,6 +65,7 @@ class ServerSettings:
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
     auth_token: str | None = None  # Bearer token for model control (and optionally inference); "" = none
     auth_inference: bool = False  # the token also guards inference and metadata
+    allow_client_shm: bool = False  # clients may register system shared-memory regions (Triton's --allow-client-shm)
     drain_timeout: float = 30.0  # seconds SIGTERM waits for queued and running requests
     max_body_bytes: int = 64 * 1024 * 1024  # larger bodies get 413
     max_inflight_bytes: int = 512 * 1024 * 1024  # request bytes held at once, all clients; over: 503

@@ -22,6 +22,7 @@ from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
 from inferd.core.model_calls import LoopModelCalls
+from inferd.core.shared_memory import SharedMemoryRegions
 from inferd.errors import InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
@@ -93,7 +94,8 @@ def build_core(settings: ServerSettings) -> Core:
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
-    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache)
+    regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes)
+    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions)
     return Core(data, control, metrics)
 
 

@@ -59,13 +59,36 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
     raise KeyError(str(dtype))
 
 
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """Where a tensor's bytes are in a registered shared-memory region (Triton's shared-memory
+    extension): the region's name, and the offset and length within it."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRegion:
+    """A registered region: a part of a POSIX shared-memory object (its ``key``, as shm_open names it)."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
 @dataclass(slots=True)
 class Tensor:
-    """A named tensor. ``data`` is a numpy array already in ``shape``; BYTES is dtype object."""
+    """A named tensor. ``data`` is a numpy array already in ``shape``; BYTES is dtype object.
+    ``shared``: an input whose bytes are still in shared memory (``data`` only shows its shape and
+    dtype until the data plane reads them), or an output the data plane wrote there."""
 
     name: str
     datatype: str
     data: np.ndarray
+    shared: SharedMemoryRef | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -77,6 +100,7 @@ class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the protocol's default
     classification: int = 0  # > 0: the top classes instead of the tensor (Triton's classification extension)
+    shared: SharedMemoryRef | None = None  # written to this shared-memory region instead of the answer
 
 
 @dataclass(slots=True)

@@ -75,32 +75,32 @@ def test_health_answers_with_bodies_and_metadata_lists_what_exists(server: Runni
     assert not {"system_shared_memory", "cuda_shared_memory"} & set(extensions)
 
 
-def test_shared_memory_is_refused_by_name_and_its_calls_are_not_served(
+def test_shared_memory_is_refused_unless_allowed(
         http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient) -> None:
-    """Not served, as README says: registering a region is 404 / UNIMPLEMENTED, and an input or
-    output placed in a region is a 400 naming it over both transports (over gRPC the input's was a
-    message about empty fp32 contents, or the buffer count when other inputs came raw)."""
-    for client, module, unserved in ((http, httpclient, "404"), (grpc, grpcclient, "StatusCode.UNIMPLEMENTED")):
+    """Without --allow-client-shm (Triton's default since 2.60): every register or unregister, and an
+    input or output placed in a region, is a 400 / INVALID_ARGUMENT saying how to enable it, over both
+    transports; status lists no region (test_shared_memory: the extension itself)."""
+    disabled = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
+    for client, module in ((http, httpclient), (grpc, grpcclient)):
         for call, args in ((client.register_system_shared_memory, ("r", "/../../etc/passwd", 64)),
-                           (client.get_system_shared_memory_status, ()),
                            (client.unregister_system_shared_memory, ()),
                            (client.register_cuda_shared_memory, ("c", b"\0" * 64, 0, 64))):
             with pytest.raises(InferenceServerException) as caught:
                 call(*args)
-            assert caught.value.status() == unserved
+            assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+            assert disabled in caught.value.message()
         placed = module.InferInput("x", [4], "FP64")
         placed.set_shared_memory("r", 32)
-        with pytest.raises(InferenceServerException) as caught:
+        with pytest.raises(InferenceServerException, match="Client shared memory is disabled") as caught:
             client.infer("double", [placed])
         assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
-        assert "input 'x': shared memory is not supported; send the data" in caught.value.message()
         given = module.InferInput("x", [4], "FP64")
         given.set_data_from_numpy(np.ones(4))
         wanted = module.InferRequestedOutput("y")
         wanted.set_shared_memory("r", 32)
-        with pytest.raises(InferenceServerException) as caught:
+        with pytest.raises(InferenceServerException, match="Client shared memory is disabled"):
             client.infer("double", [given], outputs=[wanted])
-        assert "output 'y': shared memory is not supported" in caught.value.message()
+    assert http.get_system_shared_memory_status() == []
 
 
 def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,

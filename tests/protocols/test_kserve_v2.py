@@ -65,7 +65,7 @@ def test_decode_takes_a_classification_count() -> None:
 @pytest.mark.parametrize(("body", "message"), [
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}', "neither 'data' nor"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1], '
-     b'"parameters": {"shared_memory_region": "r"}}]}', "shared memory"),
+     b'"parameters": {"shared_memory_region": "r"}}]}', "must set only one of 'data'"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], '
      b'"outputs": [{"name": "o", "parameters": {"classification": "3"}}]}', "classification must be a class count"),
     (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": 3}',

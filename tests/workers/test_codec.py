@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor, Timings, numpy_dtype
+from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor, Timings, numpy_dtype
 from inferd.workers.codec import pack_request, pack_response, unpack_request, unpack_response
 from tests.models import ALL_TYPES
 
@@ -46,6 +46,23 @@ def test_an_answer_round_trips_with_its_timings() -> None:
     np.testing.assert_array_equal(back.outputs[0].data, np.ones((2, 2), np.float32))
 
 
+def test_tensors_in_shared_memory_cross_as_their_place_only() -> None:
+    """A region's input (a zero-stride stand-in) and an output written to a region carry their
+    shape and place, never a materialised copy of their bytes."""
+    where = SharedMemoryRef("r", 64, 4096)
+    stand_in = np.broadcast_to(np.zeros((), np.float32), (1, 1024))
+    request = InferRequest("m", None, [Tensor("x", "FP32", stand_in, where)],
+                           outputs=[RequestedOutput("y", None, 0, SharedMemoryRef("out", 0, 16))])
+    packed = pickle.dumps(pack_request(request), protocol=5)
+    assert len(packed) < 1024
+    back = unpack_request(pickle.loads(packed))
+    assert back.inputs[0].shared == where and back.inputs[0].data.shape == (1, 1024)
+    assert back.outputs is not None and back.outputs[0].shared == SharedMemoryRef("out", 0, 16)
+    answer = InferResponse("m", "1", [Tensor("y", "FP32", np.ones((1, 4), np.float32), SharedMemoryRef("out", 0, 16))])
+    returned = unpack_response(pickle.loads(pickle.dumps(pack_response(answer), protocol=5)))
+    assert returned.outputs[0].shared == SharedMemoryRef("out", 0, 16) and returned.outputs[0].shape == (1, 4)
+
+
 def test_a_request_with_all_outputs_stays_all_outputs() -> None:
     request = InferRequest("m", None, [Tensor("x", "INT64", np.array([1, 2]))])
     assert unpack_request(pack_request(request)).outputs is None
@@ -60,5 +77,6 @@ def test_the_codec_knows_every_field_it_must_carry() -> None:
                                                       "credentials"]
     assert [f.name for f in fields(InferResponse)] == ["model_name", "model_version", "outputs", "id", "parameters",
                                                        "timings", "final"]
-    assert [f.name for f in fields(RequestedOutput)] == ["name", "binary", "classification"]
+    assert [f.name for f in fields(RequestedOutput)] == ["name", "binary", "classification", "shared"]
+    assert [f.name for f in fields(Tensor)] == ["name", "datatype", "data", "shared"]
     assert [f.name for f in fields(Timings)] == ["queue", "compute", "total", "steps"]

@@ -14,6 +14,7 @@ import inferd
 from inferd.auth import AccessPolicy
 from inferd.core.cache import Outputs, ResponseCache, request_key
 from inferd.core.classification import classify
+from inferd.core.shared_memory import SharedMemoryRegions
 from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
@@ -29,6 +30,7 @@ from inferd.types import (
     RequestedOutput,
     RequestStatistics,
     ServerMetadata,
+    SharedMemoryRegion,
     Tensor,
     VersionStatus,
 )
@@ -50,8 +52,11 @@ class DataPlane:
 
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
                  access: AccessPolicy | None = None, server_name: str = "inferd",
-                 strict_readiness: bool = False, cache: ResponseCache | None = None) -> None:
+                 strict_readiness: bool = False, cache: ResponseCache | None = None,
+                 shared_memory: SharedMemoryRegions | None = None) -> None:
         self._registry = registry
+        # Triton's system shared-memory extension: regions clients register (--allow-client-shm)
+        self.shared_memory = shared_memory or SharedMemoryRegions(allowed=False, max_request_bytes=0)
         self._metrics = metrics
         self._access = access or AccessPolicy()
         self._server_name = server_name
@@ -85,10 +90,28 @@ class DataPlane:
         """For what a transport serves beside the data plane (``/metrics``)."""
         self._access.authorize_inference(credentials, action)
 
+    # -- Triton's system shared-memory extension (off unless --allow-client-shm) ------------
+    def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int,
+                               credentials: str | None) -> None:
+        self._access.authorize_inference(credentials, "registering shared memory")
+        self.shared_memory.register(name, key, offset, byte_size)
+
+    def unregister_shared_memory(self, name: str | None, credentials: str | None) -> None:
+        self._access.authorize_inference(credentials, "unregistering shared memory")
+        self.shared_memory.unregister(name)
+
+    def shared_memory_allowed(self) -> bool:
+        return self.shared_memory.allowed
+
+    def shared_memory_status(self, name: str | None, credentials: str | None) -> list[SharedMemoryRegion]:
+        self._access.authorize_inference(credentials, "reading shared memory status")
+        return self.shared_memory.status(name)
+
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self, credentials: str | None) -> ServerMetadata:
         self._access.authorize_inference(credentials, "reading metadata")
-        return ServerMetadata(self._server_name, inferd.__version__, EXTENSIONS)
+        shared = ("system_shared_memory",) if self.shared_memory.allowed else ()
+        return ServerMetadata(self._server_name, inferd.__version__, EXTENSIONS + shared)
 
     def model_metadata(self, name: str, version: str | None, credentials: str | None) -> ModelMetadata:
         self._access.authorize_inference(credentials, "reading metadata")
@@ -186,6 +209,8 @@ class DataPlane:
         cache_s = 0.0
         try:
             context.sequence = sequence_of(request.parameters)
+            if any(t.shared is not None for t in request.inputs):
+                await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
@@ -244,6 +269,9 @@ class DataPlane:
                 labels = next((t.labels for t in self._registry.entry(model).config.outputs if t.name == w.name), ())
                 data = classify(w.name, outputs[w.name], w.classification, labels, runtime.max_batch_size > 0)
                 tensors.append(Tensor(w.name, "BYTES", data))
+            elif w.shared is not None:  # into the client's shared memory; the answer says where
+                tensors.append(self.shared_memory.write_output(Tensor(w.name, datatypes[w.name], outputs[w.name]),
+                                                               w.shared))
             else:
                 tensors.append(Tensor(w.name, datatypes[w.name], outputs[w.name]))
         return tensors
@@ -275,6 +303,8 @@ class DataPlane:
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
         try:
+            if any(t.shared is not None for t in request.inputs):
+                await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:

@@ -13,9 +13,10 @@ import orjson
 
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
-from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+_SHARED_KEYS = frozenset(("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"))
 MAX_INPUTS = 1024
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -71,8 +72,9 @@ def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
             raise InvalidInput(f"input '{name}' needs a 'datatype' string (e.g. \"FP32\")")
         params = _object(item.get("parameters", {}), f"input '{name}' parameters")
         size = params.get("binary_data_size")
-        if "shared_memory_region" in params:
-            raise InvalidInput(f"input '{name}': shared memory is not supported; send the data")
+        if params and _SHARED_KEYS.intersection(params):
+            result.append(_shared_input(item, name, datatype, shape, params))
+            continue
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative "
@@ -90,6 +92,17 @@ def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
     return result, offset
 
 
+def _shared_input(item: dict[str, Any], name: str, datatype: str, shape: Any, params: dict[str, Any]) -> Tensor:
+    """An input in a registered shared-memory region: its place, read by the data plane."""
+    if "data" in item or "binary_data_size" in params:
+        also = "data" if "data" in item else "binary_data_size"
+        raise InvalidInput(f"input '{name}' must set only one of 'data', 'binary_data_size' in 'parameters', "
+                           f"'shared_memory_region' in 'parameters'; it set 'shared_memory_region' and '{also}'")
+    shared = shared_memory(params, f"input '{name}'")
+    assert shared is not None
+    return Tensor(name, datatype, tensors.shared_placeholder(name, datatype, shape), shared)
+
+
 def _outputs(items: Any, parameters: dict[str, Any]) -> list[RequestedOutput] | None:
     default = parameters.get("binary_data_output")
     if default is not None and not isinstance(default, bool):
@@ -103,13 +116,38 @@ def _outputs(items: Any, parameters: dict[str, Any]) -> list[RequestedOutput] | 
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a 'name' string")
         params = _object(item.get("parameters", {}), f"output '{item['name']}' parameters")
-        if "shared_memory_region" in params:
-            raise InvalidInput(f"output '{item['name']}': shared memory is not supported")
         binary = params.get("binary_data", default)
         if binary is not None and not isinstance(binary, bool):
             raise InvalidInput(f"output '{item['name']}': binary_data must be true or false")
-        result.append(RequestedOutput(item["name"], binary, classification(item["name"], params.get("classification"))))
+        shared = shared_memory(params, f"output '{item['name']}'") if params else None
+        if shared is not None and (params.get("binary_data") or "classification" in params):
+            clash = "binary_data" if params.get("binary_data") else "classification"
+            raise InvalidInput(f"Output can't set both 'shared_memory_region' and '{clash}'")
+        result.append(RequestedOutput(item["name"], binary, classification(item["name"], params.get("classification")),
+                                      shared))
     return result
+
+
+def shared_memory(params: dict[str, Any], what: str) -> SharedMemoryRef | None:
+    """A tensor's place in a registered shared-memory region (its ``shared_memory_region``,
+    ``shared_memory_offset`` and ``shared_memory_byte_size`` parameters; JSON and gRPC alike)."""
+    region = params.get("shared_memory_region")
+    if region is None:
+        if "shared_memory_byte_size" in params or "shared_memory_offset" in params:
+            raise InvalidInput(f"{what}: shared_memory_byte_size and shared_memory_offset need "
+                               "shared_memory_region beside them")
+        return None
+    if not isinstance(region, str) or not region:
+        raise InvalidInput(f"{what}: shared_memory_region must be a region's name, got {region!r}")
+    values = []
+    for key, default in (("shared_memory_offset", 0), ("shared_memory_byte_size", None)):
+        value = params.get(key, default)
+        if value is None:
+            raise InvalidInput(f"{what}: shared_memory_region needs shared_memory_byte_size beside it")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f"{what}: {key} must be an integer >= 0, got {value!r}")
+        values.append(value)
+    return SharedMemoryRef(region, values[0], values[1])
 
 
 def classification(name: str, value: Any) -> int:
@@ -152,7 +190,9 @@ def encode_infer_response(response: InferResponse, request: InferRequest
     for tensor in response.outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
                                  "shape": list(tensor.shape)}
-        if binary_flags.get(tensor.name, default):
+        if tensor.shared is not None:  # written to the client's shared memory: no data, as Triton answers
+            pass
+        elif binary_flags.get(tensor.name, default):
             raw = tensors.to_raw(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

@@ -1,5 +1,6 @@
 """Triton's extensions of the v2 protocol, in the shapes its clients read: statistics, model
-configuration, and the repository extension's load parameters. JSON (HTTP) and messages (gRPC)."""
+configuration, the repository extension's load parameters, and shared-memory regions. JSON (HTTP) and
+messages (gRPC)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 
 import orjson
 
-from inferd.errors import InvalidInput
+from inferd.errors import InvalidInput, NotFound
 from inferd.modelconfig import ServedConfig, model_config_json, model_config_message
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.types import Duration, IndexEntry, LoadOverride, ModelStatistics
+from inferd.types import Duration, IndexEntry, LoadOverride, ModelStatistics, SharedMemoryRegion
 
 _REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
                   "cache_miss")
@@ -149,3 +150,46 @@ def _file_content(key: str, value: Any, name: str, base64_files: bool) -> bytes:
         raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' must be a bytes "
                            f"parameter, got {type(value).__name__}")
     return value
+
+
+# -- shared memory (system; CUDA regions are never held: no GPU memory is shared here) ---------------
+def shared_memory_register_json(body: bytes | bytearray) -> tuple[str, int, int]:
+    """A register request's key, offset and byte_size, as Triton reads them."""
+    try:
+        payload = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the shared memory register request: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("a shared memory register request must be a JSON object with 'key' and 'byte_size'")
+    if "key" not in payload:
+        raise InvalidInput("Shared memory register request has no 'key' field")
+    if "byte_size" not in payload:
+        raise InvalidInput("Shared memory register request has no 'byte_size' field")
+    key, offset, byte_size = payload["key"], payload.get("offset", 0), payload["byte_size"]
+    if not isinstance(key, str):
+        raise InvalidInput(f"a shared memory register request's 'key' must be a string, got {key!r}")
+    return key, offset, byte_size
+
+
+def shared_memory_status_json(rows: list[SharedMemoryRegion]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in rows]
+
+
+def shared_memory_status_message(rows: list[SharedMemoryRegion]) -> pb.SystemSharedMemoryStatusResponse:
+    message = pb.SystemSharedMemoryStatusResponse()
+    for r in rows:
+        message.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+            name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+    return message
+
+
+def cuda_shared_memory_status(name: str | None) -> list[dict[str, Any]]:
+    """No CUDA region is ever registered: all of them is none, one of them unknown."""
+    if name:
+        raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+    return []
+
+
+def cuda_shared_memory_refusal(name: str) -> InvalidInput:
+    return InvalidInput(f"failed to register CUDA shared memory region '{name}': this server shares no GPU memory "
+                        "(use system shared memory)")

@@ -13,7 +13,7 @@ import numpy as np
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.protocols.kserve_v2 import classification, timeout_us
+from inferd.protocols.kserve_v2 import classification, shared_memory, timeout_us
 from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
@@ -39,14 +39,15 @@ def parameters(fields: Any) -> dict[str, Any]:
 
 
 def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    for tensor in message.inputs:  # before the buffer count: a region's input has no buffer
-        if "shared_memory_region" in tensor.parameters:
-            raise InvalidInput(f"input '{tensor.name}': shared memory is not supported; send the data")
+    shared = [_shared(tensor) if tensor.parameters else None for tensor in message.inputs]
     raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {len(message.inputs)} inputs; "
-                           "give one per input, in order")
-    inputs = [_input(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)]
+    carried = len(message.inputs) - sum(s is not None for s in shared)  # a region's input has no buffer
+    if raw and len(raw) != carried:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {carried} inputs; "
+                           "give one per input (but those in shared memory), in order")
+    buffers = iter(raw)
+    inputs = [_input(tensor, next(buffers) if raw else None) if where is None else where
+              for tensor, where in zip(message.inputs, shared, strict=True)]
     params = parameters(message.parameters)
     outputs = [_output(o) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
@@ -54,11 +55,25 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
                         timeout_us=timeout_us(params.get("timeout")), protocol="kserve_v2_grpc")
 
 
+def _shared(tensor: Any) -> Tensor | None:
+    """An input in a registered shared-memory region (its place; the data plane reads it)."""
+    where = shared_memory(parameters(tensor.parameters), f"input '{tensor.name}'")
+    if where is None:
+        return None
+    if tensor.HasField("contents"):
+        raise InvalidInput(f"unexpected 'content' provided when using shared memory for input tensor "
+                           f"'{tensor.name}'")
+    shape = list(tensor.shape)
+    return Tensor(tensor.name, tensor.datatype, tensors.shared_placeholder(tensor.name, tensor.datatype, shape),
+                  where)
+
+
 def _output(output: Any) -> RequestedOutput:
     params = parameters(output.parameters)
-    if "shared_memory_region" in params:
-        raise InvalidInput(f"output '{output.name}': shared memory is not supported")
-    return RequestedOutput(output.name, True, classification(output.name, params.get("classification")))
+    where = shared_memory(params, f"output '{output.name}'") if params else None
+    if where is not None and "classification" in params:
+        raise InvalidInput("output can't set both 'shared_memory_region' and 'classification'")
+    return RequestedOutput(output.name, True, classification(output.name, params.get("classification")), where)
 
 
 def _input(tensor: Any, raw: bytes | None) -> Tensor:
@@ -94,7 +109,9 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
                                     id=response.id or "")
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
-        message.raw_output_contents.append(tensors.to_raw(tensor.data, tensor.datatype))
+        # one buffer per output, as Triton answers: empty for one written to shared memory
+        message.raw_output_contents.append(b"" if tensor.shared is not None else tensors.to_raw(tensor.data,
+                                                                                              tensor.datatype))
     return message
 
 

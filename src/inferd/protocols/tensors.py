@@ -35,6 +35,13 @@ def element_count(name: str, shape: Any) -> int:
     return count
 
 
+def shared_placeholder(name: str, datatype: Any, shape: Any) -> np.ndarray:
+    """An input whose bytes are in shared memory, until the data plane reads them: its shape and
+    dtype, no memory (a broadcast zero)."""
+    element_count(name, shape)
+    return np.broadcast_to(np.zeros((), dtype_for(name, datatype)), shape)
+
+
 def dtype_for(name: str, datatype: Any) -> np.dtype[Any]:
     try:
         return numpy_dtype(datatype)

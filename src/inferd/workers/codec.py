@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor, Timings
+from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor, Timings
 
 NUMERIC = frozenset("biufc")
 OUT_OF_BAND = 64 * 1024  # a tensor this large crosses as its own memory, not as a copy in the pickle
@@ -22,6 +22,8 @@ OUT_OF_BAND = 64 * 1024  # a tensor this large crosses as its own memory, not as
 
 def _pack_tensor(tensor: Tensor) -> tuple[Any, ...]:
     data = tensor.data
+    if tensor.shared is not None:  # its bytes are in the client's shared memory: only where they are crosses
+        return tensor.name, tensor.datatype, data.dtype.str, data.shape, tensor.shared
     if data.dtype.kind in NUMERIC and data.dtype.isnative:
         if data.nbytes >= OUT_OF_BAND:  # must not change until sent: tensors handed on are not written to
             return tensor.name, tensor.datatype, data.dtype.str, data.shape, pickle.PickleBuffer(
@@ -34,12 +36,15 @@ def _unpack_tensor(packed: tuple[Any, ...]) -> Tensor:
     name, datatype, dtype, shape, data = packed
     if dtype is None:
         return Tensor(name, datatype, data)
+    if isinstance(data, SharedMemoryRef):
+        return Tensor(name, datatype, np.broadcast_to(np.zeros((), dtype), shape), data)
     return Tensor(name, datatype, np.frombuffer(data, dtype=dtype).reshape(shape))
 
 
 def pack_request(request: InferRequest) -> tuple[Any, ...]:
     """Everything but ``cancelled`` (a callable of the worker's: it stays there)."""
-    outputs = None if request.outputs is None else tuple((o.name, o.binary, o.classification) for o in request.outputs)
+    outputs = None if request.outputs is None else tuple(
+        (o.name, o.binary, o.classification, o.shared) for o in request.outputs)
     return (request.model_name, request.model_version, tuple(_pack_tensor(t) for t in request.inputs), request.id,
             outputs, request.parameters, request.timeout_us, request.protocol, request.credentials)
 

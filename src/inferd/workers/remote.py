@@ -149,12 +149,14 @@ class Channel:
         rows = -1
         for tensor in request.inputs:
             data = tensor.data
-            if data.ndim == 0 or rows not in (-1, data.shape[0]):
+            if data.ndim == 0 or rows not in (-1, data.shape[0]) or tensor.shared is not None:
                 return None
             rows = data.shape[0]
             shapes.append((tensor.name, tensor.datatype, data.dtype.str, data.shape[1:]))
         if rows < 1 or rows >= limit:  # a request that fills a batch alone
             return None
+        if request.outputs is not None and any(o.shared is not None for o in request.outputs):
+            return None  # written to the client's region: one request's answer, not a group's part
         outputs = None if request.outputs is None else tuple(
             (o.name, o.binary, o.classification) for o in request.outputs)
         # typed: True == 1 == 1.0 in Python, and a group goes with its first member's parameters

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from inferd.core import Core
+from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
@@ -150,6 +150,12 @@ class KServeV2Servicer:
         "RepositoryModelUnload": ("unload", pb.RepositoryModelUnloadRequest),
         "ModelStatistics": ("statistics", pb.ModelStatisticsRequest),
         "ModelConfig": ("model_config", pb.ModelConfigRequest),
+        "SystemSharedMemoryStatus": ("shared_memory_status", pb.SystemSharedMemoryStatusRequest),
+        "SystemSharedMemoryRegister": ("register_shared_memory", pb.SystemSharedMemoryRegisterRequest),
+        "SystemSharedMemoryUnregister": ("unregister_shared_memory", pb.SystemSharedMemoryUnregisterRequest),
+        "CudaSharedMemoryStatus": ("cuda_shared_memory_status", pb.CudaSharedMemoryStatusRequest),
+        "CudaSharedMemoryRegister": ("register_cuda_shared_memory", pb.CudaSharedMemoryRegisterRequest),
+        "CudaSharedMemoryUnregister": ("unregister_cuda_shared_memory", pb.CudaSharedMemoryUnregisterRequest),
     }
 
     def methods(self) -> Methods:
@@ -255,6 +261,50 @@ class KServeV2Servicer:
                          ) -> pb.ModelStatisticsResponse:
         rows = self.data.statistics(request.name or None, request.version or None, _authorization(context))
         return kserve_v2_extensions.statistics_message(rows)
+
+    # Triton's shared-memory extension (system regions; off unless --allow-client-shm)
+    @guarded
+    async def shared_memory_status(self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+                                   ) -> pb.SystemSharedMemoryStatusResponse:
+        rows = self.data.shared_memory_status(request.name or None, _authorization(context))
+        return kserve_v2_extensions.shared_memory_status_message(rows)
+
+    @guarded
+    async def register_shared_memory(self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+                                     ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.data.register_shared_memory(request.name, request.key, request.offset, request.byte_size,
+                                         _authorization(context))
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @guarded
+    async def unregister_shared_memory(self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+                                       ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.data.unregister_shared_memory(request.name or None, _authorization(context))
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @guarded
+    async def cuda_shared_memory_status(self, request: pb.CudaSharedMemoryStatusRequest, context: Context
+                                        ) -> pb.CudaSharedMemoryStatusResponse:
+        self.data.authorize(_authorization(context), "reading shared memory status")
+        kserve_v2_extensions.cuda_shared_memory_status(request.name or None)  # none is ever held
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @guarded
+    async def register_cuda_shared_memory(self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
+                                          ) -> pb.CudaSharedMemoryRegisterResponse:
+        self._shared_memory_allowed(context)
+        raise kserve_v2_extensions.cuda_shared_memory_refusal(request.name)
+
+    @guarded
+    async def unregister_cuda_shared_memory(self, request: pb.CudaSharedMemoryUnregisterRequest, context: Context
+                                            ) -> pb.CudaSharedMemoryUnregisterResponse:
+        self._shared_memory_allowed(context)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    def _shared_memory_allowed(self, context: Context) -> None:
+        self.data.authorize(_authorization(context), "changing shared memory")
+        if not self.data.shared_memory_allowed():
+            raise InvalidInput(shared_memory.DISABLED)
 
     @guarded
     async def model_config(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:

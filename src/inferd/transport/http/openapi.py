@@ -111,6 +111,7 @@ def _v2_paths() -> dict[str, Any]:
             "configuration whose keys replace the model's own, and file:<path> parameters (base64), the "
             "model folder for this load", None, (400, 401, 403, 404, 503), params=("model",),
             body={JSON: {"schema": {"type": "object", "properties": {"parameters": {"type": "object"}}}}})}
+    paths.update(_shared_memory_paths())
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     for prefix, params in (("/v2/models/{model}", ("model",)),
                            ("/v2/models/{model}/versions/{version}", ("model", "version"))):
@@ -133,6 +134,26 @@ def _v2_paths() -> dict[str, Any]:
             "the generate extension as Server-Sent Events: each answer of a decoupled model as it comes",
             {"type": "string"}, (400, 401, 404, 500, 503, 504), params=params, body=generate_body,
             ok_type="text/event-stream")}
+    return paths
+
+
+def _shared_memory_paths() -> dict[str, Any]:
+    """Triton's shared-memory extension (system regions with --allow-client-shm; CUDA holds none)."""
+    region = {"type": "object", "required": ["name", "byte_size"],
+              "properties": {"name": _STRING, "key": _STRING, "offset": {"type": "integer"},
+                             "device_id": {"type": "integer"}, "byte_size": {"type": "integer"}}}
+    register = {JSON: {"schema": {"type": "object", "properties": {
+        "key": _STRING, "offset": {"type": "integer"}, "byte_size": {"type": "integer"}}}}}
+    paths: dict[str, Any] = {}
+    for kind in ("systemsharedmemory", "cudasharedmemory"):
+        for prefix, params in ((f"/v2/{kind}", ()), (f"/v2/{kind}/region/{{region}}", ("region",))):
+            paths[prefix + "/status"] = {"get": _op(f"{kind}: registered regions", {"type": "array", "items": region},
+                                                    (400, 401, 404), params=params)}
+            paths[prefix + "/unregister"] = {"post": _op(f"{kind}: unregister the region, or all of them", None,
+                                                         (400, 401), params=params)}
+        paths[f"/v2/{kind}/region/{{region}}/register"] = {"post": _op(
+            f"{kind}: register a region (key, offset, byte_size)", None, (400, 401), params=("region",),
+            body=register)}
     return paths
 
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
-from inferd.core import Core
+from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
@@ -104,6 +104,12 @@ class KServeV2Routes:
         router.add("POST", "/v2/repository/index", self.repository_index)
         router.add("POST", "/v2/repository/models/{model}/load", self.load, guard=control_guard(self.core))
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
+        for kind in ("systemsharedmemory", "cudasharedmemory"):
+            shared = self.system_shared_memory if kind == "systemsharedmemory" else self.cuda_shared_memory
+            for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
+                router.add("GET", prefix + "/status", shared, guard=inference_guard(self.core))
+                router.add("POST", prefix + "/unregister", shared, guard=inference_guard(self.core))
+            router.add("POST", f"/v2/{kind}/region/{{region}}/register", shared, guard=inference_guard(self.core))
 
     async def live(self, request: HttpRequest) -> HttpResponse:
         return LIVE if self.data.live() else error_response(503, "server is not live")
@@ -206,6 +212,32 @@ class KServeV2Routes:
 
     async def unload(self, request: HttpRequest) -> HttpResponse:
         await self.control.unload(request.params["model"], credentials(request))
+        return OK
+
+
+    async def system_shared_memory(self, request: HttpRequest) -> HttpResponse:
+        """Triton's system shared-memory extension: status, register, unregister."""
+        name, action, who = request.params.get("region"), request.path.rsplit("/", 1)[-1], credentials(request)
+        if action == "status":
+            return json_response(kserve_v2_extensions.shared_memory_status_json(
+                self.data.shared_memory_status(name, who)))
+        if action == "register":
+            key, offset, byte_size = kserve_v2_extensions.shared_memory_register_json(request.body)
+            self.data.register_shared_memory(name or "", key, offset, byte_size, who)
+        else:
+            self.data.unregister_shared_memory(name, who)
+        return OK
+
+    async def cuda_shared_memory(self, request: HttpRequest) -> HttpResponse:
+        """CUDA shared memory: no region is ever held, so status lists none and unregister has nothing to do."""
+        name, action = request.params.get("region"), request.path.rsplit("/", 1)[-1]
+        if action == "status":
+            return json_response(kserve_v2_extensions.cuda_shared_memory_status(name))
+        self.data.authorize(credentials(request), "changing shared memory")
+        if not self.data.shared_memory_allowed():
+            raise InvalidInput(shared_memory.DISABLED)
+        if action == "register":
+            raise kserve_v2_extensions.cuda_shared_memory_refusal(name or "")
         return OK
 
 

@@ -1,0 +1,175 @@
+"""Triton's system shared-memory extension: regions of POSIX shared-memory objects that clients
+register by name, and tensors read from and written to them instead of travelling in the request.
+
+Off unless the server runs with ``--allow-client-shm`` (as Triton since 2.60): a registered key lets
+a client make the server read and write that object. The server never maps a region: a client that
+truncates its object would make a mapped read fault and take the server down (SIGBUS). It reads with
+``preadv`` and writes with ``pwrite`` on the object's descriptor instead, so a shrunken object is
+an error for that request only. Regions live in the process that runs the data plane (the model
+process under ``--workers``), so tensors in shared memory never cross the workers' channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from inferd.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from inferd.protocols import tensors
+from inferd.types import SharedMemoryRef, SharedMemoryRegion, Tensor
+
+DISABLED = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
+MAX_REGIONS = 1024  # each holds a descriptor open
+_INLINE_BYTES = 1 << 20  # larger reads run on a thread (on a descriptor of their own)
+_KEY = re.compile(r"/?[^/\x00]{1,255}")
+_DEVICE = "/dev/shm"
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    place: SharedMemoryRegion
+    fd: int  # the object's, open from register to unregister
+
+    @property
+    def name(self) -> str:
+        return self.place.name
+
+    @property
+    def offset(self) -> int:
+        return self.place.offset
+
+    @property
+    def byte_size(self) -> int:
+        return self.place.byte_size
+
+
+class SharedMemoryRegions:
+    def __init__(self, allowed: bool, max_request_bytes: int) -> None:
+        self.allowed = allowed
+        self._max_request_bytes = max_request_bytes
+        self._regions: dict[str, Region] = {}
+
+    # -- the extension's API ----------------------------------------------------------------
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_allowed()
+        if not name:
+            raise InvalidInput("'region name' is necessary to register system shared memory region")
+        if name in self._regions:
+            raise InvalidInput(f"shared memory region '{name}' already in manager")
+        if len(self._regions) >= MAX_REGIONS:
+            raise Unavailable(f"failed to register shared memory region '{name}': {MAX_REGIONS} regions are "
+                              "registered already; unregister one first")
+        for what, value in (("offset", offset), ("byte_size", byte_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidInput(f"failed to register shared memory region '{name}': {what} must be an integer "
+                                   f">= 0, got {value!r}")
+        fd = _open(name, key)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"Invalid shared memory region: '{key}' (not a shared-memory object)")
+            if offset + byte_size > info.st_size:
+                raise InvalidInput(f"failed to register shared memory region '{name}': offset {offset} + byte_size "
+                                   f"{byte_size} runs past the end of '{key}' ({info.st_size} bytes)")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._regions[name] = Region(SharedMemoryRegion(name, key, offset, byte_size), fd)
+
+    def unregister(self, name: str | None) -> None:
+        """One region, or every one (``None``); a name not registered is no error, as in Triton."""
+        self._check_allowed()
+        for region in list(self._regions.values()) if name is None else [self._regions.get(name)]:
+            if region is not None:
+                del self._regions[region.name]
+                os.close(region.fd)
+
+    def status(self, name: str | None) -> list[SharedMemoryRegion]:
+        if name is None:
+            return [region.place for region in self._regions.values()]
+        region = self._regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find system shared memory region: '{name}'")
+        return [region.place]
+
+    def close(self) -> None:
+        for region in self._regions.values():
+            os.close(region.fd)
+        self._regions.clear()
+
+    # -- tensors ------------------------------------------------------------------------------
+    async def read_inputs(self, inputs: list[Tensor]) -> None:
+        """Each input whose bytes are in a region gets them as its data (in place)."""
+        total = sum(t.shared.byte_size for t in inputs if t.shared is not None)
+        if total > self._max_request_bytes:
+            raise PayloadTooLarge(f"the request's inputs in shared memory hold {total} bytes, more than the "
+                                  f"{self._max_request_bytes} a request may (--max-body-bytes)")
+        for tensor in inputs:
+            ref = tensor.shared
+            if ref is None:
+                continue
+            region = self._within(ref, f"input '{tensor.name}'")
+            if ref.byte_size <= _INLINE_BYTES:
+                raw = _read(region.fd, region.offset + ref.offset, ref.byte_size, region)
+            else:  # its own descriptor: an unregister meanwhile closes the region's, not this one
+                fd = os.dup(region.fd)
+                try:
+                    raw = await asyncio.to_thread(_read, fd, region.offset + ref.offset, ref.byte_size, region)
+                finally:
+                    os.close(fd)
+            tensor.data = tensors.from_raw(tensor.name, tensor.datatype, list(tensor.data.shape), memoryview(raw))
+            tensor.shared = None
+
+    def write_output(self, tensor: Tensor, ref: SharedMemoryRef) -> Tensor:
+        """The output written into its region; what the answer carries instead (no data)."""
+        region = self._within(ref, f"output '{tensor.name}'")
+        raw = tensors.to_raw(tensor.data, tensor.datatype)
+        if len(raw) > ref.byte_size:
+            raise InvalidInput(f"shared memory size specified with the request for output '{tensor.name}' "
+                               f"({ref.byte_size} bytes) should be at least {len(raw)} bytes to hold the results")
+        written = os.pwrite(region.fd, raw, region.offset + ref.offset)
+        if written != len(raw):
+            raise InvalidInput(f"output '{tensor.name}': only {written} of {len(raw)} bytes could be written to "
+                               f"shared memory region '{ref.region}'")
+        return Tensor(tensor.name, tensor.datatype, tensor.data, ref)
+
+    def _within(self, ref: SharedMemoryRef, what: str) -> Region:
+        self._check_allowed()
+        region = self._regions.get(ref.region)
+        if region is None:
+            raise InvalidInput(f"{what}: Unable to find shared memory region: '{ref.region}'")
+        if ref.offset < 0 or ref.byte_size < 0 or ref.offset + ref.byte_size > region.byte_size:
+            raise InvalidInput(f"{what}: Invalid offset + byte size for shared memory region: '{ref.region}' "
+                               f"({ref.offset} + {ref.byte_size} > {region.byte_size} bytes)")
+        return region
+
+    def _check_allowed(self) -> None:
+        if not self.allowed:
+            raise InvalidInput(DISABLED)
+
+
+def _open(name: str, key: str) -> int:
+    """The object as shm_open(key) finds it: a file of /dev/shm, never a link."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
+        raise InvalidInput(f"failed to register shared memory region '{name}': '{key}' is not a shared-memory "
+                           "object's key (\"/name\")")
+    try:
+        return os.open(os.path.join(_DEVICE, key.lstrip("/")), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidInput(f"Unable to open shared memory region: '{key}' ({exc.strerror})") from None
+
+
+def _read(fd: int, position: int, size: int, region: Region) -> bytearray:
+    buffer = bytearray(size)
+    view, done = memoryview(buffer), 0
+    while done < size:
+        count = os.preadv(fd, [view[done:]], position + done)
+        if count == 0:
+            raise InvalidInput(f"shared memory region '{region.name}' ('{region.place.key}') holds fewer bytes than "
+                               "registered: the object was truncated")
+        done += count
+    return buffer
+

@@ -1,0 +1,193 @@
+"""Triton's system shared-memory extension with tritonclient's own shared-memory utilities: tensors read
+from and written to client regions over HTTP and gRPC (also through a front-end worker), the
+extension's status/register/unregister calls, and every misuse a clear 400 while the server serves on
+(a client that shrinks its object after registering it must not take the server down)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
+from tests import triton_models
+from tests.conftest import RunningServer, serve
+
+ROW = 16 * 4  # one [1, 16] INT32 tensor
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root: Path = tmp_path_factory.mktemp("shm_repo")
+    triton_models.python_models(root)
+    return root
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
+def server(repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    with serve(repo, "--allow-client-shm", "--workers", str(request.param), grpc=True) as running:
+        yield running
+
+
+class Region:
+    """A POSIX shared-memory object made with tritonclient's utilities, removed at the end."""
+
+    def __init__(self, byte_size: int) -> None:
+        self.name = f"r{uuid.uuid4().hex[:12]}"
+        self.key = f"/inferd-test-{self.name}"
+        self.byte_size = byte_size
+        self.handle = shm.create_shared_memory_region(self.name, self.key, byte_size)
+
+    def put(self, array: np.ndarray, offset: int = 0) -> None:
+        shm.set_shared_memory_region(self.handle, [array], offset=offset)
+
+    def get(self, shape: list[int], offset: int = 0) -> np.ndarray:
+        return shm.get_contents_as_numpy(self.handle, np.int32, shape, offset=offset).copy()
+
+    def destroy(self) -> None:
+        shm.destroy_shared_memory_region(self.handle)
+
+
+@pytest.fixture()
+def regions() -> Iterator[list[Region]]:
+    made: list[Region] = []
+    yield made
+    for region in made:
+        region.destroy()
+
+
+def _make(regions: list[Region], byte_size: int) -> Region:
+    region = Region(byte_size)
+    regions.append(region)
+    return region
+
+
+def _client(server: RunningServer, wire: str) -> Any:
+    return grpcclient.InferenceServerClient(server.grpc_url) if wire == "grpc" else \
+        httpclient.InferenceServerClient(server.url)
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_inputs_and_outputs_in_shared_memory_answer_as_the_model_does(
+        server: RunningServer, regions: list[Region], wire: str) -> None:
+    lib = grpcclient if wire == "grpc" else httpclient
+    client = _client(server, wire)
+    inputs_region, outputs_region = _make(regions, 2 * ROW), _make(regions, 2 * ROW)
+    a, b = np.arange(16, dtype=np.int32).reshape(1, 16), np.full((1, 16), 7, np.int32)
+    inputs_region.put(a)
+    inputs_region.put(b, offset=ROW)
+    client.register_system_shared_memory(inputs_region.name, inputs_region.key, 2 * ROW)
+    client.register_system_shared_memory(outputs_region.name, outputs_region.key, 2 * ROW)
+    try:
+        given = [lib.InferInput("INPUT0", [1, 16], "INT32"), lib.InferInput("INPUT1", [1, 16], "INT32")]
+        given[0].set_shared_memory(inputs_region.name, ROW)
+        given[1].set_shared_memory(inputs_region.name, ROW, offset=ROW)
+        wanted = [lib.InferRequestedOutput("OUTPUT0"), lib.InferRequestedOutput("OUTPUT1")]
+        wanted[1].set_shared_memory(outputs_region.name, ROW, offset=ROW)  # OUTPUT0 comes in the answer
+        result = client.infer("simple", given, outputs=wanted)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+        np.testing.assert_array_equal(outputs_region.get([1, 16], offset=ROW), a - b)
+        answered = result.get_output("OUTPUT1")
+        shape = list(answered.shape) if wire == "grpc" else answered["shape"]
+        assert [int(d) for d in shape] == [1, 16]
+        status = client.get_system_shared_memory_status(region_name=inputs_region.name)
+        if wire == "grpc":
+            entry = status.regions[inputs_region.name]
+            assert (entry.key, entry.offset, entry.byte_size) == (inputs_region.key, 0, 2 * ROW)
+        else:
+            assert status == [{"name": inputs_region.name, "key": inputs_region.key, "offset": 0,
+                               "byte_size": 2 * ROW}]
+    finally:
+        client.unregister_system_shared_memory(inputs_region.name)
+        client.unregister_system_shared_memory(outputs_region.name)
+    with pytest.raises(InferenceServerException, match="Unable to find system shared memory region"):
+        client.get_system_shared_memory_status(region_name=inputs_region.name)
+
+
+def _infer_json(server: RunningServer, body: dict[str, Any]) -> requests.Response:
+    return requests.post(f"http://{server.url}/v2/models/simple/infer", json=body, timeout=30)
+
+
+def _shared_input(name: str, region: str, byte_size: int, offset: int = 0) -> dict[str, Any]:
+    return {"name": name, "datatype": "INT32", "shape": [1, 16],
+            "parameters": {"shared_memory_region": region, "shared_memory_byte_size": byte_size,
+                           "shared_memory_offset": offset}}
+
+
+def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, regions: list[Region]) -> None:
+    region = _make(regions, 2 * ROW)
+    base = f"http://{server.url}/v2/systemsharedmemory/region/{region.name}"
+    register = requests.post(f"{base}/register", json={"key": region.key, "byte_size": 2 * ROW}, timeout=10)
+    assert register.status_code == 200, register.text
+    plain = {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}
+    cases = [
+        ({"inputs": [_shared_input("INPUT0", "nowhere", ROW), plain]},
+         "Unable to find shared memory region: 'nowhere'"),
+        ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=ROW + 4), plain]},
+         "Invalid offset + byte size for shared memory region"),
+        ({"inputs": [_shared_input("INPUT0", region.name, ROW - 4), plain]}, "needs 64 bytes, got 60"),
+        ({"inputs": [{**_shared_input("INPUT0", region.name, ROW), "data": [1] * 16}, plain]},
+         "must set only one of 'data', 'binary_data_size'"),
+        ({"inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16],
+                      "parameters": {"shared_memory_byte_size": ROW}}, plain]}, "need shared_memory_region"),
+        ({"inputs": [{**plain, "name": "INPUT0"}, plain],
+          "outputs": [{"name": "OUTPUT0", "parameters": {"shared_memory_region": region.name,
+                                                         "shared_memory_byte_size": 8}}]},
+         "should be at least 64 bytes to hold the results"),
+    ]
+    for body, says in cases:
+        answer = _infer_json(server, body)
+        assert answer.status_code == 400 and says in answer.json()["error"], (body, answer.text)
+    for body, says in ((b"{not json", "malformed JSON"), (b'{"key": "/k"}', "has no 'byte_size' field"),
+                       (b'{"byte_size": 8}', "has no 'key' field"),
+                       (b'{"key": "/k", "byte_size": -1}', "byte_size must be an integer >= 0")):
+        refused = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/z/register", data=body, timeout=10)
+        assert refused.status_code == 400 and says in refused.json()["error"], refused.text
+    again = requests.post(f"{base}/register", json={"key": region.key, "byte_size": 8}, timeout=10)
+    assert again.status_code == 400 and "already in manager" in again.json()["error"]
+    for key, says in (("/no-such-object-here", "Unable to open shared memory region"),
+                      ("/../etc/passwd", "is not a shared-memory object's key")):
+        other = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/x/register",
+                              json={"key": key, "byte_size": 8}, timeout=10)
+        assert other.status_code == 400 and says in other.json()["error"], other.text
+    too_large = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/y/register",
+                              json={"key": region.key, "byte_size": 4 * ROW}, timeout=10)
+    assert too_large.status_code == 400 and "runs past the end" in too_large.json()["error"]
+    # the object shrinks under the server's feet: a read must fail this request, not the server (SIGBUS)
+    os.truncate(f"/dev/shm{region.key}", 8)
+    shrunk = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW), plain]})
+    assert shrunk.status_code == 400 and "truncated" in shrunk.json()["error"], shrunk.text
+    ok = _infer_json(server, {"inputs": [{**plain, "name": "INPUT0"}, plain]})
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [2] * 16
+    assert requests.post(f"http://{server.url}/v2/systemsharedmemory/unregister", timeout=10).status_code == 200
+    assert requests.get(f"http://{server.url}/v2/systemsharedmemory/status", timeout=10).json() == []
+
+
+def test_cuda_shared_memory_holds_no_region(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    client.unregister_cuda_shared_memory()  # what Triton's examples do first: nothing to do
+    assert client.get_cuda_shared_memory_status() == []
+    with pytest.raises(InferenceServerException, match="shares no GPU memory"):
+        client.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64)
+
+
+def test_without_allow_client_shm_regions_are_refused(repo: Path, regions: list[Region]) -> None:
+    region = _make(regions, ROW)
+    with serve(repo, grpc=True) as server:
+        assert "system_shared_memory" not in httpclient.InferenceServerClient(server.url).get_server_metadata()[
+            "extensions"]
+        for client in (httpclient.InferenceServerClient(server.url), grpcclient.InferenceServerClient(server.grpc_url)):
+            with pytest.raises(InferenceServerException, match="Client shared memory is disabled"):
+                client.register_system_shared_memory(region.name, region.key, ROW)
+        answer = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW),
+                                                 _shared_input("INPUT1", region.name, ROW)]})
+        assert answer.status_code == 400 and "Client shared memory is disabled" in answer.json()["error"]
