@@ -81,6 +81,7 @@ class ServerSettings:
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
     load_models: tuple[str, ...] = ()  # explicit mode: repository models loaded at start ("*" = all)
+    model_load_threads: int = 4  # model versions built at once (Triton's --model-load-thread-count)
     model_sources: tuple[ModelSource, ...] = ()  # models in folders of their own (TF Serving's models.config)
     model_config_file: Path | None = None  # TF Serving's models.config, read again every model_config_poll s
     model_config_poll: float = 0.0  # 0: read once
@@ -117,6 +118,9 @@ class ServerSettings:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
+        if self.model_load_threads < 1:
+            raise ConfigError(f"--model-load-thread-count must be >= 1 (versions built at once), "
+                              f"got {self.model_load_threads}")
         if self.cache_size < 0:
             raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),

@@ -3,6 +3,7 @@ failed request."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -342,3 +343,32 @@ def test_a_load_model_naming_no_model_is_an_error_not_silence(tmp_path: Path) ->
                            "0", "--model-control", "explicit", "--load-model", "nope", "--exit-on-error"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "no model of that name" in done.stdout + done.stderr
+
+
+TIMED_LOAD = ("import time\nclass Model:\n    def load(self):\n        start = time.time()\n        time.sleep(0.8)\n"
+              "        with open({log!r}, 'a') as log:\n            log.write(f'{{start}} {{time.time()}}\\n')\n"
+              "    def infer(self, inputs):\n        return {{'y': inputs['x']}}\n")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_model_load_thread_count_bounds_the_builds_at_once(tmp_path: Path, threads: int) -> None:
+    """Triton's ``--model-load-thread-count`` (default 4; server's command_line_parser.cc, core's
+    ModelLifeCycle load pool): three models whose loads take 0.8 s, loaded at once through the
+    repository API, build one after another with 1 and side by side with 3."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = tmp_path / "loads.log"
+    repo = tmp_path / "repo"
+    for name in ("a", "b", "c"):
+        write(repo / name / "1/model.py", TIMED_LOAD.format(log=str(log)))
+        write(repo / name / "config.toml", HANGING_CONFIG)
+    with serve(repo, "--model-control", "explicit", "--model-load-thread-count", str(threads)) as server:
+        def load(name: str) -> int:
+            return requests.post(f"{server.base}/v2/repository/models/{name}/load", timeout=60).status_code
+
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(load, "abc")) == [200, 200, 200]
+    spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(spans) == 3
+    overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert overlaps == (0 if threads == 1 else 2), spans

@@ -49,7 +49,8 @@ log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
-BUILDS_AT_ONCE = 4  # model versions built at once: one slow or hanging build holds up no other model
+BUILDS_AT_ONCE = 4  # model versions built at once (Triton's --model-load-thread-count default): one slow
+# or hanging build holds up no other model
 NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
@@ -110,7 +111,7 @@ class ModelRegistry(Generic[S]):
     composition root wraps each runtime in a scheduler)."""
 
     def __init__(self, root: Path | None, wrap: Wrap[S] | None = None, sources: tuple[ModelSource, ...] = (),
-                 batching: BatchingDefaults | None = None) -> None:
+                 batching: BatchingDefaults | None = None, builds_at_once: int = BUILDS_AT_ONCE) -> None:
         self._root = root
         self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
         self._models: dict[str, ModelEntry[S]] = {}
@@ -120,7 +121,8 @@ class ModelRegistry(Generic[S]):
         self._batching = batching
         self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
         self._scratch: dict[str, Path] = {}  # a model loaded from override files: their temporary folder
-        self._builds: asyncio.Semaphore | None = None  # BUILDS_AT_ONCE; made on the event loop
+        self._builds_at_once = builds_at_once
+        self._builds: asyncio.Semaphore | None = None  # builds_at_once turns; made on the event loop
         self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
         self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
         self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
@@ -542,7 +544,7 @@ class ModelRegistry(Generic[S]):
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
         if self._builds is None:
-            self._builds = asyncio.Semaphore(BUILDS_AT_ONCE)
+            self._builds = asyncio.Semaphore(self._builds_at_once)
         await self._builds.acquire()
         started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
