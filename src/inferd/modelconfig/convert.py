@@ -245,18 +245,23 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
 
 
 def _version_policy(message: mc.ModelConfig, where: str) -> VersionPolicy:
+    """As Triton's model_lifecycle.cc VersionsToLoad reads it: a policy that names no choice serves
+    every version, and one that selects none (``latest { num_versions: 0 }``) fails the load."""
     if not message.HasField("version_policy"):
         return VersionPolicy()
     policy = message.version_policy
     choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
+    if choice in ("all", None):
         return VersionPolicy(latest=None, all=True)
     if choice == "specific":
         versions = tuple(int(v) for v in policy.specific.versions)
         if not versions or any(v < 1 for v in versions):
             raise ConfigError(f"{where}: key 'version_policy.specific.versions' must list versions >= 1")
         return VersionPolicy(latest=None, specific=versions)
-    return VersionPolicy(latest=max(policy.latest.num_versions, 1))
+    if policy.latest.num_versions == 0:
+        raise ConfigError(f"{where}: key 'version_policy.latest.num_versions' is 0, so no version would load; "
+                          "at least one version must be available under the version policy (1 or more)")
+    return VersionPolicy(latest=policy.latest.num_versions)
 
 
 # -- answering -------------------------------------------------------------------------------------
