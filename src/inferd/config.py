@@ -214,6 +214,7 @@ class DynamicBatching:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024  # a full queue answers 503 at once
     default_timeout_ms: float = 0.0  # 0 = no deadline
+    allow_timeout_override: bool = False  # a request's own timeout may shorten default_timeout_ms (Triton's)
 
 
 SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")  # Triton's CONTROL_SEQUENCE_<kind>
@@ -539,6 +540,7 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
         preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
         max_queue_size=table.take_int("max_queue_size", 1024, minimum=1),
         default_timeout_ms=float(timeout),
+        allow_timeout_override=bool(table.take("allow_timeout_override", bool, False)),
     )
     table.finish()
     return result

@@ -122,6 +122,16 @@ def test_override_replaces_the_keys_it_sets_and_keeps_the_rest() -> None:
         apply_override(base, '{"max_batch_size": 0}', "densenet")  # batching needs a batch dim
 
 
+def test_allow_timeout_override_reads_and_answers_back() -> None:
+    text = TRITON_ONNX.replace("default_timeout_microseconds: 250000",
+                               "default_timeout_microseconds: 250000 allow_timeout_override: true")
+    config = parse_pbtxt(text, "densenet/config.pbtxt", "densenet")
+    assert config.dynamic_batching is not None and config.dynamic_batching.allow_timeout_override
+    value = model_config_json(ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))
+    assert value["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"] is True
+    assert not parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet").dynamic_batching.allow_timeout_override
+
+
 def test_served_config_as_tritons_json_round_trips() -> None:
     config = parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet")
     value = model_config_json(ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))

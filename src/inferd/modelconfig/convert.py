@@ -185,7 +185,8 @@ def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
         max_queue_delay_ms=batching.max_queue_delay_microseconds / 1000,
         preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
         max_queue_size=policy.max_queue_size or 1024,  # Triton's 0 is unbounded; inferd bounds every queue
-        default_timeout_ms=policy.default_timeout_microseconds / 1000)
+        default_timeout_ms=policy.default_timeout_microseconds / 1000,
+        allow_timeout_override=policy.allow_timeout_override)
 
 
 _CONTROL = mc.ModelSequenceBatching.Control
@@ -291,6 +292,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         dynamic.max_queue_delay_microseconds = round(batching.max_queue_delay_ms * 1000)
         dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
         dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
+        dynamic.default_queue_policy.allow_timeout_override = batching.allow_timeout_override
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
     if served.backend != "ensemble":  # an ensemble has no instances of its own
