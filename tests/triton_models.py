@@ -134,7 +134,10 @@ def framework_models(root: Path) -> None:
 
 
 def broken_models(root: Path) -> None:
-    """A key inferd does not serve, and a model with both files (config.toml wins)."""
+    """A key inferd does not serve, a version policy that selects no version, and a model with both
+    files (config.toml wins)."""
+    write(root / "no_versions/1/model.py", IDENTITY)
+    write(root / "no_versions/config.pbtxt", 'backend: "python"\nversion_policy: { latest: { num_versions: 0 } }\n')
     write(root / "warmup/1/model.py", IDENTITY)
     write(root / "warmup/config.pbtxt", 'backend: "python"\nmodel_warmup [ { name: "w" } ]\n')
     write(root / "both/1/model.py", IDENTITY)

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds between repository scans with --model-control poll")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with --model-control explicit: load this model at start (repeat; * = all)")
+    serve.add_argument("--model-load-thread-count", type=int, default=4, metavar="N",
+                       help="model versions built at once, at start, in a poll and through the API "
+                            "(Triton's flag); a load past N waits for a free turn")
     serve.add_argument("--auth-token", default=os.environ.get("INFERD_AUTH_TOKEN"),
                        help="bearer token for model control (default: $INFERD_AUTH_TOKEN)")
     serve.add_argument("--auth-inference", action="store_true",
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             large_body_rate=args.large_body_rate,
             log_level=args.log_level, model_store=args.model_store, models=tuple(args.models),
-            load_models=tuple(args.load_model), server_name=args.server_name,
+            load_models=tuple(args.load_model), model_load_threads=args.model_load_thread_count,
+            server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
             cache_size=args.cache_size, allow_client_shm=args.allow_client_shm)

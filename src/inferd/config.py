@@ -82,6 +82,7 @@ class ServerSettings:
     model_store: Path | None = None  # TorchServe's folder of .mar archives
     models: tuple[str, ...] = ()  # archives to serve at start: ("all",) or NAME=FILE.mar items
     load_models: tuple[str, ...] = ()  # explicit mode: repository models loaded at start ("*" = all)
+    model_load_threads: int = 4  # model versions built at once (Triton's --model-load-thread-count)
     model_sources: tuple[ModelSource, ...] = ()  # models in folders of their own (TF Serving's models.config)
     model_config_file: Path | None = None  # TF Serving's models.config, read again every model_config_poll s
     model_config_poll: float = 0.0  # 0: read once
@@ -118,6 +119,9 @@ class ServerSettings:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:
             raise ConfigError("--models needs --model-store (the folder that holds the archives)")
+        if self.model_load_threads < 1:
+            raise ConfigError(f"--model-load-thread-count must be >= 1 (versions built at once), "
+                              f"got {self.model_load_threads}")
         if self.cache_size < 0:
             raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
@@ -211,6 +215,7 @@ class DynamicBatching:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024  # a full queue answers 503 at once
     default_timeout_ms: float = 0.0  # 0 = no deadline
+    allow_timeout_override: bool = False  # a request's own timeout may shorten default_timeout_ms (Triton's)
 
 
 SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")  # Triton's CONTROL_SEQUENCE_<kind>
@@ -536,6 +541,7 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
         preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
         max_queue_size=table.take_int("max_queue_size", 1024, minimum=1),
         default_timeout_ms=float(timeout),
+        allow_timeout_override=bool(table.take("allow_timeout_override", bool, False)),
     )
     table.finish()
     return result

@@ -90,7 +90,8 @@ def build_core(settings: ServerSettings) -> Core:
     access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
                           guard_inference=settings.auth_inference)
     root, sources = repository_roots(settings)
-    registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
+    registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching,
+                             builds_at_once=settings.model_load_threads)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None

@@ -162,3 +162,10 @@ def test_sizes_read_as_bytes(value: str, expected: int) -> None:
 def test_a_size_under_one_byte_is_refused_not_read_as_no_limit() -> None:
     done = inferd_command("serve", "--large-body-rate", "0.0001k")
     assert done.returncode == 2 and "'0.0001k' is less than one byte" in done.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "-2"])
+def test_a_model_load_thread_count_under_one_is_refused(count: str, tmp_path: Path) -> None:
+    done = inferd_command("serve", str(tmp_path), "--model-load-thread-count", count)
+    assert done.returncode == 2
+    assert f"--model-load-thread-count must be >= 1 (versions built at once), got {count}" in done.stderr

@@ -3,6 +3,7 @@ failed request."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import serve
+from tests.conftest import RunningServer, serve
 from tests.models import PYTHON_CONFIG, PYTHON_MODEL, write
 
 BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
@@ -342,3 +343,125 @@ def test_a_load_model_naming_no_model_is_an_error_not_silence(tmp_path: Path) ->
                            "0", "--model-control", "explicit", "--load-model", "nope", "--exit-on-error"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "no model of that name" in done.stdout + done.stderr
+
+
+TIMED_LOAD = ("import time\nclass Model:\n    def load(self):\n        start = time.time()\n        time.sleep(0.8)\n"
+              "        with open({log!r}, 'a') as log:\n            log.write(f'{{start}} {{time.time()}}\\n')\n"
+              "    def infer(self, inputs):\n        return {{'y': inputs['x']}}\n")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_model_load_thread_count_bounds_the_builds_at_once(tmp_path: Path, threads: int) -> None:
+    """Triton's ``--model-load-thread-count`` (default 4; server's command_line_parser.cc, core's
+    ModelLifeCycle load pool): three models whose loads take 0.8 s, loaded at once through the
+    repository API, build one after another with 1 and side by side with 3."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = tmp_path / "loads.log"
+    repo = tmp_path / "repo"
+    for name in ("a", "b", "c"):
+        write(repo / name / "1/model.py", TIMED_LOAD.format(log=str(log)))
+        write(repo / name / "config.toml", HANGING_CONFIG)
+    with serve(repo, "--model-control", "explicit", "--model-load-thread-count", str(threads)) as server:
+        def load(name: str) -> int:
+            return requests.post(f"{server.base}/v2/repository/models/{name}/load", timeout=60).status_code
+
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(load, "abc")) == [200, 200, 200]
+    spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(spans) == 3
+    overlaps = sum(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert overlaps == (0 if threads == 1 else 2), spans
+
+
+STEP_MODEL = "class Model:\n    def infer(self, inputs):\n        return {'out': inputs['in'] * FACTOR}\n"
+STEP_CONFIG = ('backend = "python"\nmax_batch_size = 8\n[instance_group]\nkind = "cpu"\n[[input]]\nname = "in"\n'
+               'datatype = "FP32"\nshape = [2]\n[[output]]\nname = "out"\ndatatype = "FP32"\nshape = [2]\n')
+ENSEMBLE_HEAD = ('platform = "ensemble"\nmax_batch_size = 8\n[[input]]\nname = "x"\ndatatype = "FP32"\nshape = [2]\n'
+                 '[[output]]\nname = "y"\ndatatype = "FP32"\nshape = [2]\n')
+ENSEMBLE_STEP = '[[ensemble_scheduling.step]]\nmodel_name = "{model}"\ninput_map = {{ in = "{a}" }}\n' \
+                'output_map = {{ out = "{b}" }}\n'
+
+
+def ensemble_repository(root: Path) -> None:
+    """``times6`` = double then triple; ``times3`` = triple alone; ``times2`` = double alone."""
+    for name, factor in (("double", 2), ("triple", 3)):
+        write(root / name / "1/model.py", STEP_MODEL.replace("FACTOR", str(factor)))
+        write(root / name / "config.toml", STEP_CONFIG)
+    chains = {"times6": [("double", "x", "d"), ("triple", "d", "y")], "times3": [("triple", "x", "y")],
+              "times2": [("double", "x", "y")]}
+    for name, chain in chains.items():
+        (root / name / "1").mkdir(parents=True)
+        write(root / name / "config.toml", ENSEMBLE_HEAD + "".join(
+            ENSEMBLE_STEP.format(model=model, a=a, b=b) for model, a, b in chain))
+
+
+def ready(server: RunningServer, *names: str) -> dict[str, bool]:
+    return {name: requests.get(f"{server.base}/v2/models/{name}/ready", timeout=10).status_code == 200
+            for name in names}
+
+
+def test_unload_dependents_unloads_what_an_ensemble_brought_along_as_triton_does(tmp_path: Path) -> None:
+    """Triton's rule (core's model_repository_manager.cc: PollModels marks only the models asked for
+    as explicitly loaded; DependencyGraph::RemoveNodes with cascading removal): an ensemble loaded
+    by name brings the models of its steps along; unloaded with ``unload_dependents`` it takes each
+    of them that was not loaded by name and that no loaded ensemble still uses, and without the
+    parameter it takes none (server's qa/L0_lifecycle test_model_control_ensemble). Over HTTP."""
+    ensemble_repository(tmp_path)
+    with serve(tmp_path, "--model-control", "explicit", "--load-model", "times6") as server:
+        assert ready(server, "times6", "double", "triple") == {"times6": True, "double": True, "triple": True}
+        x = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+        answer = requests.post(f"{server.base}/v2/models/times6/infer", json=x, timeout=10)
+        assert answer.json()["outputs"][0]["data"] == [6.0, 12.0]
+        extensions = requests.get(f"{server.base}/v2", timeout=10).json()["extensions"]
+        assert "model_repository(unload_dependents)" in extensions
+
+        def unload(name: str, body: object = None) -> requests.Response:
+            return requests.post(f"{server.base}/v2/repository/models/{name}/unload", json=body, timeout=60)
+
+        def load(name: str) -> None:
+            assert requests.post(f"{server.base}/v2/repository/models/{name}/load", timeout=60).status_code == 200
+
+        load("times3")  # triple is loaded already: it stays loaded along with times6
+        assert unload("times6", {"parameters": {"unload_dependents": True}}).status_code == 200
+        # double went with it; triple stays, times3 still uses it
+        assert ready(server, "times6", "double", "triple") == {"times6": False, "double": False, "triple": True}
+        assert unload("times3", {"parameters": {"unload_dependents": True}}).status_code == 200
+        assert ready(server, "times3", "triple") == {"times3": False, "triple": False}
+
+        load("double")  # loaded by name: an ensemble's unload never takes it
+        load("times6")
+        assert ready(server, "triple") == {"triple": True}
+        assert unload("times6", {"parameters": {"unload_dependents": True}}).status_code == 200
+        assert ready(server, "double", "triple") == {"double": True, "triple": False}
+
+        load("times6")
+        assert unload("times6", {"parameters": {"unload_dependents": False}}).status_code == 200
+        assert unload("times2").status_code == 200  # not loaded: no error, as in Triton
+        assert ready(server, "times6", "double", "triple") == {"times6": False, "double": True, "triple": True}
+
+        wrong = unload("double", {"parameters": {"unload_dependents": "yes"}})
+        assert wrong.status_code == 400
+        assert wrong.json()["error"] == ("failed to unload 'double': parameter 'unload_dependents' must be a "
+                                         "boolean, got 'yes'")
+        assert ready(server, "double") == {"double": True}
+
+
+def test_unload_dependents_over_grpc(tmp_path: Path) -> None:
+    """The same parameter on gRPC's RepositoryModelUnload (a bool_param, as tritonclient sends it)."""
+    import tritonclient.grpc as grpcclient
+
+    ensemble_repository(tmp_path)
+    with serve(tmp_path, "--model-control", "explicit", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.load_model("times6")
+        client.load_model("times2")
+        assert all(client.is_model_ready(name) for name in ("times6", "times2", "double", "triple"))
+        client.unload_model("times6", unload_dependents=True)
+        assert [client.is_model_ready(name) for name in ("times6", "double", "triple")] == [False, True, False]
+        client.unload_model("times2")
+        assert client.is_model_ready("double")  # no unload_dependents: it stays
+        client.load_model("times2")
+        client.unload_model("times2", unload_dependents=True)
+        assert not client.is_model_ready("double")  # still never loaded by name: it goes now
+        client.close()

@@ -58,6 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "batched_grpc": "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_ms = 5\n",
         "tiny_queue": "max_batch_size = 1\n[dynamic_batching]\nmax_queue_size = 2\n",
         "pool": "max_batch_size = 8\n[instance_group]\ncount = 3\nkind = \"cpu\"  # one process: a shared counter\n",
+        "timeout_fixed": "max_batch_size = 1\n[dynamic_batching]\ndefault_timeout_ms = 1000\n",
+        "timeout_override": "max_batch_size = 1\n[dynamic_batching]\ndefault_timeout_ms = 1000\n"
+                            "allow_timeout_override = true\n",
     }
     for name, config in configs.items():
         write(root / name / "1/model.py", SLOW_MODEL)
@@ -143,6 +146,42 @@ def test_deadline_passes_in_the_queue_and_the_request_never_runs(server: Running
     assert late.status_code == 504
     assert "deadline passed" in late.json()["error"]
     assert sample(metrics(server), "inferd_batch_size_count", model="tiny_queue") == before + 1
+
+
+def _queued_behind_a_slow_request(server: RunningServer, model: str, timeouts_us: tuple[int, ...]
+                                  ) -> list[tuple[int, float]]:
+    """Requests with these timeouts queue behind one that runs 2.5 s: each one's status and seconds."""
+    def timed(timeout_us: int) -> tuple[int, float]:
+        start = time.monotonic()
+        status = infer(server, model, [2.0, 0.0], timeout=timeout_us).status_code
+        return status, time.monotonic() - start
+
+    with ThreadPoolExecutor(1 + len(timeouts_us)) as pool:
+        slow = pool.submit(infer, server, model, [1.0, 2.5])
+        time.sleep(0.2)
+        answers = list(pool.map(timed, timeouts_us))
+        assert slow.result().status_code == 200
+    return answers
+
+
+def test_a_requests_timeout_is_ignored_where_the_model_does_not_allow_an_override(server: RunningServer) -> None:
+    """Triton's queue policy (core's scheduler_utils.cc, PolicyQueue::Enqueue): without
+    allow_timeout_override the model's default_timeout applies to every queued request, whatever
+    timeout the request asks; inferd let the request's replace it (0.1 s expired early, 10 s ran)."""
+    (short, short_s), (long, long_s) = _queued_behind_a_slow_request(server, "timeout_fixed", (100_000, 10_000_000))
+    assert (short, long) == (504, 504)
+    assert short_s > 0.8 and long_s > 0.8, (short_s, long_s)  # the default's 1 s, not 0.1 s
+    assert long_s < 2.0, long_s  # nor 10 s: it did not wait for the slow request to finish
+
+
+def test_a_requests_timeout_may_only_shorten_the_default_where_the_model_allows_it(server: RunningServer) -> None:
+    """With allow_timeout_override a request's timeout counts when it is shorter than the default
+    (Triton: ``override_timeout_us < timeout_us``); a longer one does not extend the default."""
+    (short, short_s), (long, long_s) = _queued_behind_a_slow_request(server, "timeout_override",
+                                                                     (100_000, 10_000_000))
+    assert (short, long) == (504, 504)
+    assert short_s < 0.7, short_s  # its own 0.1 s
+    assert 0.8 < long_s < 2.0, long_s  # the default's 1 s
 
 
 def test_a_client_that_disconnects_has_its_queued_request_dropped(server: RunningServer) -> None:

@@ -102,6 +102,15 @@ def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> Non
     assert "inferd does not serve that key" in index["warmup"]["reason"]
 
 
+def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: RunningServer) -> None:
+    """Triton fails such a load (core's model_lifecycle.cc: "at least one version must be available
+    under the version policy"); inferd served the newest version."""
+    index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
+    assert index["no_versions"]["state"] == "UNAVAILABLE"
+    assert "key 'version_policy.latest.num_versions' is 0, so no version would load" in index["no_versions"]["reason"]
+    assert requests.get(f"{server.base}/v2/models/no_versions/ready", timeout=5).status_code != 200
+
+
 def test_config_toml_wins_over_config_pbtxt(http: httpclient.InferenceServerClient, server: RunningServer) -> None:
     assert http.get_model_config("both")["max_batch_size"] == 0  # config.toml's, not the pbtxt's 99
     assert "config.toml wins" in server.log()

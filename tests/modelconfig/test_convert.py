@@ -91,6 +91,27 @@ def test_python_models_get_their_parameters() -> None:
     assert config.parameters == {"EXECUTION_ENV_PATH": "x"}
 
 
+@pytest.mark.parametrize("policy", ["version_policy: { latest: { num_versions: 0 } }",
+                                    "version_policy: { latest: { } }"])
+def test_a_latest_policy_of_no_versions_is_a_load_error_as_in_triton(policy: str) -> None:
+    """Triton picks no version for ``latest { num_versions: 0 }`` and fails the load, "at least one
+    version must be available under the version policy" (core's model_lifecycle.cc, AsyncLoad /
+    VersionsToLoad); inferd read it as latest 1 and served a version."""
+    with pytest.raises(ConfigError, match=r"m/config.pbtxt: key 'version_policy.latest.num_versions' is 0, so "
+                                          r"no version would load"):
+        parse_pbtxt(policy, "m/config.pbtxt", "m")
+    with pytest.raises(ConfigError, match=r"failed to load 'm'.*num_versions' is 0"):  # a load's override too
+        apply_override(ModelConfig(), '{"version_policy": {"latest": {"num_versions": 0}}}', "m")
+
+
+def test_a_version_policy_naming_no_choice_serves_every_version_as_in_triton() -> None:
+    """Triton's VersionsToLoad: neither latest nor specific set means all versions."""
+    policy = parse_pbtxt("version_policy: { }", "m/config.pbtxt", "m").version_policy
+    assert policy.choose([1, 2, 3]) == [1, 2, 3]
+    assert parse_pbtxt("version_policy: { latest: { num_versions: 2 } }", "m/config.pbtxt",
+                       "m").version_policy.choose([1, 2, 3]) == [2, 3]
+
+
 def test_override_replaces_the_keys_it_sets_and_keeps_the_rest() -> None:
     base = parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet")
     changed = apply_override(base, '{"max_batch_size": "8", "dynamic_batching": {}}', "densenet")
@@ -99,6 +120,16 @@ def test_override_replaces_the_keys_it_sets_and_keeps_the_rest() -> None:
     assert changed.instance_group == base.instance_group
     with pytest.raises(ConfigError, match="failed to load 'densenet'"):
         apply_override(base, '{"max_batch_size": 0}', "densenet")  # batching needs a batch dim
+
+
+def test_allow_timeout_override_reads_and_answers_back() -> None:
+    text = TRITON_ONNX.replace("default_timeout_microseconds: 250000",
+                               "default_timeout_microseconds: 250000 allow_timeout_override: true")
+    config = parse_pbtxt(text, "densenet/config.pbtxt", "densenet")
+    assert config.dynamic_batching is not None and config.dynamic_batching.allow_timeout_override
+    value = model_config_json(ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))
+    assert value["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"] is True
+    assert not parse_pbtxt(TRITON_ONNX, "densenet/config.pbtxt", "densenet").dynamic_batching.allow_timeout_override
 
 
 def test_served_config_as_tritons_json_round_trips() -> None:

@@ -85,3 +85,22 @@ def test_load_requests_that_cannot_be_honoured_say_why(body: bytes, expected: st
     with pytest.raises(InvalidInput, match="failed to load 'm'") as caught:
         ext.load_override_json(body, "m")
     assert expected in caught.value.message
+
+
+def test_unload_dependents_from_http_and_grpc() -> None:
+    """Triton's unload parameter (server's http_server.cc and grpc_server.cc): a boolean; any other
+    parameter is ignored; anything but a boolean is an error naming it."""
+    assert ext.unload_dependents_json(b"", "m") is False
+    assert ext.unload_dependents_json(b'{"parameters": {"unload_dependents": true, "other": 1}}', "m") is True
+    assert ext.unload_dependents_json(b'{"parameters": {}}', "m") is False
+    with pytest.raises(InvalidInput, match="parameter 'unload_dependents' must be a boolean, got 1"):
+        ext.unload_dependents_json(b'{"parameters": {"unload_dependents": 1}}', "m")
+    with pytest.raises(InvalidInput, match="failed to unload 'm': malformed JSON"):
+        ext.unload_dependents_json(b"{", "m")
+    message = pb.RepositoryModelUnloadRequest(model_name="m")
+    assert ext.unload_dependents_message(message) is False
+    message.parameters["unload_dependents"].bool_param = True
+    assert ext.unload_dependents_message(message) is True
+    message.parameters["unload_dependents"].string_param = "true"
+    with pytest.raises(InvalidInput, match="must be a boolean, got 'true'"):
+        ext.unload_dependents_message(message)

@@ -1,4 +1,4 @@
-from inferd.scheduling.policy import decide, inline_threshold, plan_batch
+from inferd.scheduling.policy import decide, inline_threshold, plan_batch, queue_deadline
 
 
 def test_plan_takes_whole_requests_up_to_the_maximum() -> None:
@@ -34,3 +34,16 @@ def test_decide_holds_when_no_instance_is_free() -> None:
 
 def test_inline_threshold_is_higher_with_one_cpu() -> None:
     assert inline_threshold(1) > inline_threshold(2) > 0
+
+
+def test_queue_deadline_follows_tritons_queue_policy() -> None:
+    """core's scheduler_utils.cc (PolicyQueue::Enqueue): the default timeout holds unless the model
+    allows an override and the request's own is sooner; a request's later deadline never extends it."""
+    now = 100.0
+    assert queue_deadline(None, now, 1.0, allow_override=False) == 101.0
+    assert queue_deadline(100.1, now, 1.0, allow_override=False) == 101.0  # ignored, shorter or not
+    assert queue_deadline(110.0, now, 1.0, allow_override=False) == 101.0
+    assert queue_deadline(100.1, now, 1.0, allow_override=True) == 100.1  # sooner: the request's
+    assert queue_deadline(110.0, now, 1.0, allow_override=True) == 101.0  # later: the default's
+    assert queue_deadline(100.1, now, 0.0, allow_override=False) == 100.1  # no default: the request's
+    assert queue_deadline(None, now, 0.0, allow_override=True) is None

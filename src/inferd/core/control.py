@@ -126,20 +126,23 @@ class ModelControl:
         ready is InvalidInput, as in Triton; a reload's old versions keep serving."""
         self._access.authorize_control(credentials, "loading a model")
         # strict, as Triton: a load that leaves no version ready raises (a reload's old versions serve on)
+        # an ensemble's steps' models that are not loaded load along with it, as Triton's do
         if override is None:
-            await self._to_the_end(self._registry.load_model(name, strict=True))
+            await self._to_the_end(self._registry.load_model(name, strict=True, with_steps=True))
         else:
-            await self._to_the_end(self._registry.load_model(name, override.config, override.files, strict=True))
+            await self._to_the_end(self._registry.load_model(name, override.config, override.files, strict=True,
+                                                             with_steps=True))
 
-    async def unload(self, name: str, credentials: str | None) -> None:
+    async def unload(self, name: str, credentials: str | None, dependents: bool = False) -> None:
         """Unload a model; one that is not loaded (never, or unloaded by another client first) is
-        no error, as in Triton: an unload asks for a state, and the state holds."""
+        no error, as in Triton: an unload asks for a state, and the state holds. ``dependents``
+        (Triton's ``unload_dependents``): the models an ensemble's load brought along unload with it."""
         self._access.authorize_control(credentials, "unloading a model")
-        await self._to_the_end(self._unload(name))
+        await self._to_the_end(self._unload(name, dependents))
 
-    async def _unload(self, name: str) -> None:
-        await self._registry.unload_model(name, missing_ok=True)
-        self._torchserve.forget(name)
+    async def _unload(self, name: str, dependents: bool) -> None:
+        for gone in await self._registry.unload_model(name, missing_ok=True, dependents=dependents):
+            self._torchserve.forget(gone)
 
     async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
         """``work`` runs to its end even when its caller stops waiting (a gRPC client's deadline,

@@ -38,11 +38,12 @@ from inferd.validation import check_inputs, check_outputs, sequence_of
 
 _GENERATIONS = itertools.count(1)
 # what exists: classification (top classes of an output), the binary tensor extension, the repository
-# extension (index, load, unload), model configuration (.../config), statistics (.../stats), the
+# extension (index, load, unload; and its unload_dependents parameter, named as Triton's server.cc
+# names it), model configuration (.../config), statistics (.../stats), the
 # per-request "timeout" parameter, generate (.../generate, .../generate_stream), and sequence (the
 # sequence_id, sequence_start and sequence_end parameters of stateful models)
-EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository", "model_configuration",
-              "statistics", "schedule_policy", "generate")
+EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository",
+              "model_repository(unload_dependents)", "model_configuration", "statistics", "schedule_policy", "generate")
 
 
 class DataPlane:

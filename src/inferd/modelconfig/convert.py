@@ -185,7 +185,8 @@ def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
         max_queue_delay_ms=batching.max_queue_delay_microseconds / 1000,
         preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
         max_queue_size=policy.max_queue_size or 1024,  # Triton's 0 is unbounded; inferd bounds every queue
-        default_timeout_ms=policy.default_timeout_microseconds / 1000)
+        default_timeout_ms=policy.default_timeout_microseconds / 1000,
+        allow_timeout_override=policy.allow_timeout_override)
 
 
 _CONTROL = mc.ModelSequenceBatching.Control
@@ -245,18 +246,23 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
 
 
 def _version_policy(message: mc.ModelConfig, where: str) -> VersionPolicy:
+    """As Triton's model_lifecycle.cc VersionsToLoad reads it: a policy that names no choice serves
+    every version, and one that selects none (``latest { num_versions: 0 }``) fails the load."""
     if not message.HasField("version_policy"):
         return VersionPolicy()
     policy = message.version_policy
     choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
+    if choice in ("all", None):
         return VersionPolicy(latest=None, all=True)
     if choice == "specific":
         versions = tuple(int(v) for v in policy.specific.versions)
         if not versions or any(v < 1 for v in versions):
             raise ConfigError(f"{where}: key 'version_policy.specific.versions' must list versions >= 1")
         return VersionPolicy(latest=None, specific=versions)
-    return VersionPolicy(latest=max(policy.latest.num_versions, 1))
+    if policy.latest.num_versions == 0:
+        raise ConfigError(f"{where}: key 'version_policy.latest.num_versions' is 0, so no version would load; "
+                          "at least one version must be available under the version policy (1 or more)")
+    return VersionPolicy(latest=policy.latest.num_versions)
 
 
 # -- answering -------------------------------------------------------------------------------------
@@ -286,6 +292,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         dynamic.max_queue_delay_microseconds = round(batching.max_queue_delay_ms * 1000)
         dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
         dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
+        dynamic.default_queue_policy.allow_timeout_override = batching.allow_timeout_override
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
     if served.backend != "ensemble":  # an ensemble has no instances of its own

@@ -100,6 +100,39 @@ def load_override_message(message: pb.RepositoryModelLoadRequest) -> LoadOverrid
     return _override(parameters, message.model_name, base64_files=False)
 
 
+def unload_dependents_json(body: bytes | bytearray, name: str) -> bool:
+    """An HTTP unload's ``{"parameters": {"unload_dependents": true}}`` (tritonclient's
+    ``unload_model(name, unload_dependents=True)``); other parameters are ignored, as Triton does."""
+    if not body.strip():
+        return False
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"failed to unload '{name}': malformed JSON in the unload request: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"failed to unload '{name}': the unload request must be a JSON object")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"failed to unload '{name}': 'parameters' must be an object")
+    return _unload_dependents(parameters.get("unload_dependents", False), name)
+
+
+def unload_dependents_message(message: pb.RepositoryModelUnloadRequest) -> bool:
+    """A gRPC unload's ``unload_dependents`` parameter (a ``bool_param``)."""
+    if "unload_dependents" not in message.parameters:
+        return False
+    value = message.parameters["unload_dependents"]
+    choice = value.WhichOneof("parameter_choice")
+    return _unload_dependents(getattr(value, choice) if choice else None, message.model_name)
+
+
+def _unload_dependents(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"failed to unload '{name}': parameter 'unload_dependents' must be a boolean, "
+                           f"got {_short(repr(value))}")
+    return value
+
+
 def _override(parameters: dict[str, Any], name: str, base64_files: bool) -> LoadOverride | None:
     unknown = sorted(key for key in parameters if key != "config" and not key.startswith("file:"))
     if unknown:

@@ -49,7 +49,8 @@ log = logging.getLogger("inferd.repository")
 
 DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it holds
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
-BUILDS_AT_ONCE = 4  # model versions built at once: one slow or hanging build holds up no other model
+BUILDS_AT_ONCE = 4  # model versions built at once (Triton's --model-load-thread-count default): one slow
+# or hanging build holds up no other model
 NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
@@ -110,17 +111,19 @@ class ModelRegistry(Generic[S]):
     composition root wraps each runtime in a scheduler)."""
 
     def __init__(self, root: Path | None, wrap: Wrap[S] | None = None, sources: tuple[ModelSource, ...] = (),
-                 batching: BatchingDefaults | None = None) -> None:
+                 batching: BatchingDefaults | None = None, builds_at_once: int = BUILDS_AT_ONCE) -> None:
         self._root = root
         self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
         self._models: dict[str, ModelEntry[S]] = {}
         self._fingerprints: dict[str, Fingerprint] = {}
         self._unloaded: set[str] = set()  # unloaded through the API: the index says so
+        self._along: set[str] = set()  # loaded only because an ensemble's load named them (unload_dependents)
         self._sources = {source.name: source for source in sources}
         self._batching = batching
         self._locks: dict[str, asyncio.Lock] = {}  # one change at a time per model name
         self._scratch: dict[str, Path] = {}  # a model loaded from override files: their temporary folder
-        self._builds: asyncio.Semaphore | None = None  # BUILDS_AT_ONCE; made on the event loop
+        self._builds_at_once = builds_at_once
+        self._builds: asyncio.Semaphore | None = None  # builds_at_once turns; made on the event loop
         self._building: set[asyncio.Future[BuiltVersion[S]]] = set()  # builds whose thread still runs
         self._polling: set[str] = set()  # models a poll is loading now: later polls leave them be
         self._misnamed: set[str] = set()  # folders skipped for their names, each logged once
@@ -218,13 +221,17 @@ class ModelRegistry(Generic[S]):
         """Load the repository's models: all of them, or the names in ``only`` ("*" = all)."""
         found = await asyncio.to_thread(self._folders)
         folders = [f for f in found.values() if "*" in only or f.name in only]
+        steps = await asyncio.to_thread(lambda: {folder.name: _steps_of(folder) for folder in folders})
+        if "*" not in only:  # a named ensemble brings the models of its steps along, as Triton's --load-model
+            along = await asyncio.to_thread(_brought_along, found, steps)
+            folders += along
+            self._along.update(folder.name for folder in along)
         for folder in folders:  # known at once, so requests get 503 "loading", not 404
             self._models.setdefault(folder.name, ModelEntry(name=folder.name))
         for name in sorted(set(only) - {"*"} - set(found)):  # --load-model with a typo: said, as Triton fails it
             reason = f"failed to load '{name}': no model of that name in the repository"
             log.error("model %s unavailable: %s", name, reason)
             self._models[name] = ModelEntry(name=name, reason=reason)
-        steps = await asyncio.to_thread(lambda: {folder.name: _steps_of(folder) for folder in folders})
         loads = {folder.name: asyncio.ensure_future(self._load_locked(folder))  # each ready when built
                  for folder in folders if not steps[folder.name]}
         # an ensemble loads once the models its steps name have (as Triton orders them), so its
@@ -245,8 +252,8 @@ class ModelRegistry(Generic[S]):
         async with self._lock(folder.name):
             await self._load_folder(folder)
 
-    async def load_model(self, name: str, override: str | None = None,
-                         files: dict[str, bytes] | None = None, strict: bool = False) -> ModelEntry[S]:
+    async def load_model(self, name: str, override: str | None = None, files: dict[str, bytes] | None = None,
+                         strict: bool = False, with_steps: bool = False) -> ModelEntry[S]:
         """Load a model, or reload it without loss: the new versions load and warm beside the old
         ones, then take the traffic; the old ones finish what they hold and unload. ``override``
         is a load's configuration (Triton's ModelConfig as JSON): the keys it sets replace the
@@ -256,12 +263,34 @@ class ModelRegistry(Generic[S]):
         Returns the new load's entry: one with no ready version failed (and, in a reload, was
         not published). ``strict``: such a failure is InvalidInput instead, as Triton's load answers;
         judged before the lock is let go, so an unload queued behind a load that succeeded does not
-        turn its answer into a failure."""
+        turn its answer into a failure. ``with_steps`` (an explicit load, as Triton's): the models an
+        ensemble's steps name that are not loaded load first, along with it."""
+        if with_steps and not files:
+            await self._load_steps(name, override, frozenset({name}))
         async with self._lock(name):
+            self._along.discard(name)  # asked for by name: no longer only along with an ensemble
             entry = await self._load_model(name, override, files or {})
             if strict and not entry.ready_versions():
                 raise InvalidInput(f"failed to load '{name}': {entry.problem() or 'no version is ready'}")
             return entry
+
+    async def _load_steps(self, name: str, override: str | None, seen: frozenset[str]) -> None:
+        """Triton's explicit load of an ensemble polls the models its steps name (core's
+        ModelRepositoryManager::PollModels): each that is not loaded loads now, its own steps first,
+        marked as loaded along with the ensemble; their failures are their own."""
+        folder = self._folder(name) if is_valid_name(name) else None
+        if folder is None:
+            return
+        steps = await asyncio.to_thread(_steps_of, folder, override)
+        for step in sorted(steps - seen):
+            if step in self._models or not is_valid_name(step) or self._folder(step) is None:
+                continue
+            await self._load_steps(step, None, seen | {step})
+            async with self._lock(step):
+                if step not in self._models:  # not loaded by another client meanwhile
+                    log.info("model %s loads along with ensemble %s", step, name)
+                    self._along.add(step)
+                    await self._load_model(step, None, {})
 
     async def _load_model(self, name: str, override: str | None, files: dict[str, bytes]) -> ModelEntry[S]:
         if not is_valid_name(name):
@@ -377,13 +406,42 @@ class ModelRegistry(Generic[S]):
         version.runtime, version.signatures = None, {}
         return finished
 
-    async def unload_model(self, name: str, missing_ok: bool = False) -> None:
+    async def unload_model(self, name: str, missing_ok: bool = False, dependents: bool = False) -> list[str]:
+        """Unload a model; with ``dependents`` (Triton's ``unload_dependents``) also the models its
+        steps use that were loaded only along with an ensemble and that no loaded ensemble uses any
+        more. Returns the names unloaded (the one asked first)."""
         async with self._lock(name):
+            used = self._steps_served(name)
             await self._unload_model(name, missing_ok)
+        return [name, *await self._unload_unused(used)] if dependents else [name]
+
+    async def _unload_unused(self, names: set[str]) -> list[str]:
+        """The cascade of Triton's unload_dependents (core's DependencyGraph::RemoveNodes): a model
+        goes when it was not loaded by name and no loaded ensemble's step names it, then its own
+        steps are judged the same way."""
+        gone: list[str] = []
+        for name in sorted(names):
+            async with self._lock(name):
+                if name not in self._along or name not in self._models or name in self._used_by_ensembles():
+                    continue
+                log.info("model %s was loaded along with an ensemble that unloaded: unloading", name)
+                used = self._steps_served(name)
+                await self._unload_model(name, missing_ok=True)
+            gone += [name, *await self._unload_unused(used)]
+        return gone
+
+    def _steps_served(self, name: str) -> set[str]:
+        """The models a loaded ensemble's steps name (none for another model, or one not loaded)."""
+        entry = self._models.get(name)
+        return {step.model_name for step in entry.config.ensemble} if entry is not None else set()
+
+    def _used_by_ensembles(self) -> set[str]:
+        return {step.model_name for entry in self._models.values() for step in entry.config.ensemble}
 
     async def _unload_model(self, name: str, missing_ok: bool = False) -> None:
         entry = self._models.pop(name, None)
         self._fingerprints.pop(name, None)
+        self._along.discard(name)
         if entry is None:
             if missing_ok:
                 return
@@ -542,7 +600,7 @@ class ModelRegistry(Generic[S]):
                             config: ModelConfig | None = None, timeout: float | None = None) -> bool:
         slot = entry.versions[version]
         if self._builds is None:
-            self._builds = asyncio.Semaphore(BUILDS_AT_ONCE)
+            self._builds = asyncio.Semaphore(self._builds_at_once)
         await self._builds.acquire()
         started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
@@ -654,11 +712,26 @@ def _overridden(folder: ModelFolder | None, override: str, name: str) -> ModelCo
     return apply_override(read_config(folder) if folder is not None else ModelConfig(), override, name)
 
 
-def _steps_of(folder: ModelFolder) -> set[str]:
+def _steps_of(folder: ModelFolder, override: str | None = None) -> set[str]:
     """The models an ensemble's steps name (none for any other model, or a config that does not
-    read: its own load says why)."""
+    read: its own load says why); with a load's ``override``, as that load will read it."""
     try:
-        config = read_config(folder)
+        config = _overridden(folder, override, folder.name) if override is not None else read_config(folder)
     except InferdError:
         return set()
     return {step.model_name for step in config.ensemble} if config.backend == "ensemble" else set()
+
+
+def _brought_along(found: dict[str, ModelFolder], steps: dict[str, set[str]]) -> list[ModelFolder]:
+    """The folders of the models that ``steps`` name (and theirs, and so on) that are not among
+    its keys yet; ``steps`` gains their own. Blocks: reads their configurations."""
+    along: list[ModelFolder] = []
+    wanted = sorted({name for names in steps.values() for name in names})
+    while wanted:
+        name = wanted.pop()
+        if name in steps or name not in found:
+            continue
+        along.append(found[name])
+        steps[name] = _steps_of(found[name])
+        wanted.extend(steps[name])
+    return along

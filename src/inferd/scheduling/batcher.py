@@ -20,7 +20,7 @@ from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.base import Arrays
 from inferd.scheduling.instances import InstancePool
-from inferd.scheduling.policy import decide, plan_batch
+from inferd.scheduling.policy import decide, plan_batch, queue_deadline
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext, WorkerStatus
 
@@ -95,8 +95,8 @@ class DynamicBatcher(Scheduler):
             loop.call_soon(self._end_pass)
             return self._run_now(inputs, int(first.shape[0]), context)
         now = time.perf_counter()
-        if context.deadline is None and self._default_timeout_s > 0:
-            context.deadline = now + self._default_timeout_s
+        context.deadline = queue_deadline(context.deadline, now, self._default_timeout_s,
+                                          self._batching.allow_timeout_override)
         waiting = _Waiting(inputs, int(first.shape[0]), batch_key(inputs), loop.create_future(), now,
                            context)
         if context.deadline is not None:

@@ -51,6 +51,19 @@ def decide(queued_rows: int, oldest_wait_s: float, free: int, busy: int, max_bat
     return Decision(wait_s=remaining)
 
 
+def queue_deadline(requested: float | None, now: float, default_s: float, allow_override: bool) -> float | None:
+    """When a request queued at ``now`` expires, by Triton's queue policy (core's scheduler_utils.cc,
+    PolicyQueue::Enqueue): the model's default timeout, which the request's own deadline replaces
+    only where the model sets ``allow_timeout_override`` and only when it is sooner. A model without a
+    default keeps the request's own deadline (Triton ignores it there; inferd keeps every deadline)."""
+    if default_s <= 0:
+        return requested
+    default = now + default_s
+    if allow_override and requested is not None and requested < default:
+        return requested
+    return default
+
+
 def inline_threshold(usable_cpus: int) -> float:
     """Model calls faster than this (seconds) run on the event loop instead of a thread.
 

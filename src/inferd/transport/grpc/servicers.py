@@ -314,7 +314,8 @@ class KServeV2Servicer:
     @guarded
     async def unload(self, request: pb.RepositoryModelUnloadRequest, context: Context
                      ) -> pb.RepositoryModelUnloadResponse:
-        await self.control.unload(request.model_name, _authorization(context))
+        dependents = kserve_v2_extensions.unload_dependents_message(request)
+        await self.control.unload(request.model_name, _authorization(context), dependents)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -211,7 +211,9 @@ class KServeV2Routes:
         return OK
 
     async def unload(self, request: HttpRequest) -> HttpResponse:
-        await self.control.unload(request.params["model"], credentials(request))
+        name = request.params["model"]
+        dependents = kserve_v2_extensions.unload_dependents_json(request.body, name)
+        await self.control.unload(name, credentials(request), dependents)
         return OK
 
 
