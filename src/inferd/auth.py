@@ -22,10 +22,14 @@ class AccessPolicy:
             object.__setattr__(self, "token", None)
 
     def authorize_control(self, authorization: str | None, action: str) -> None:
+        self.require_model_control(action)
+        self._check(authorization, action)
+
+    def require_model_control(self, action: str) -> None:
+        """Model control is on (a model's own loads need no token: they are the server's code)."""
         if not self.model_control:
             raise Forbidden(f"{action} needs model control, which is off; start the server with "
                             "--model-control explicit")
-        self._check(authorization, action)
 
     def authorize_inference(self, authorization: str | None, action: str = "inference") -> None:
         """Inference and every read of what is served (metadata, index, status, metrics)."""

@@ -243,7 +243,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
         loop = asyncio.get_running_loop()
         # Python models' requests to other models (BLS), and their own metrics
-        model_calls.install(LoopModelCalls(self.core.data, loop, self.core.metrics))
+        model_calls.install(LoopModelCalls(self.core.data, self.core.control, loop, self.core.metrics))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.pid_file is not None:

@@ -136,6 +136,12 @@ class ModelCalls(Protocol):
     def record_metric(self, update: MetricUpdate) -> None:
         """A change to a metric the model defines, for the server's /metrics (never raises)."""
 
+    def load_model(self, name: str, config: str | None) -> None:
+        """Load (or reload) a model, its configuration's keys replaced by ``config`` (JSON) if given."""
+
+    def unload_model(self, name: str, unload_dependents: bool) -> None:
+        """Unload a model (and the models an ensemble's load brought along, with ``unload_dependents``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class MetricUpdate:

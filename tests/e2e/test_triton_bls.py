@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests import models
 from tests.conftest import RunningServer, serve
@@ -105,6 +106,18 @@ MODELS = {
                 empty += 1
         return [answer([total, seen * 10 + empty])]
 """,
+    # the model loading API: load a model, call it, unload it (needs --model-control explicit)
+    "loader": """
+    def execute(self, requests):
+        before = pb_utils.is_model_ready("tripled")
+        pb_utils.load_model("tripled", config='{"max_batch_size": 0}')
+        response = call("tripled", given(requests[0])).exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        out = pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()
+        pb_utils.unload_model("tripled")
+        return [answer(out + 1000 * before + 100 * pb_utils.is_model_ready("tripled"))]
+""",
     # Triton's custom metrics, two instances adding up to one series per labels
     "metered": """
     def initialize(self, args):
@@ -146,9 +159,7 @@ shape = [2]
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root: Path = tmp_path_factory.mktemp("bls_repo")
+def _repository(root: Path) -> Path:
     for name, body in MODELS.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
@@ -156,7 +167,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
     models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
     models.write(root / "bls_in_process/config.toml", IN_PROCESS)
-    with serve(root) as running:
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _repository(tmp_path_factory.mktemp("bls_repo"))
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[RunningServer]:
+    with serve(repo) as running:
         yield running
 
 
@@ -210,3 +231,17 @@ def test_custom_metrics_are_on_metrics_as_triton_shows_them(server: RunningServe
                  f'bls_test_sizes_bucket{{{labels},le="10"}} 3', f'bls_test_sizes_bucket{{{labels},le="+Inf"}} 4',
                  f"bls_test_sizes_sum{{{labels}}} 60.5", f"bls_test_sizes_count{{{labels}}} 4"):
         assert line in text.splitlines(), f"{line!r} not in /metrics"
+
+
+def test_a_model_loads_and_unloads_others_under_explicit_model_control(repo: Path) -> None:
+    with serve(repo, "--model-control", "explicit", "--load-model", "loader") as server:
+        # tripled was not loaded (1000 * False), is loaded and called (x * 3), then unloaded (100 * False)
+        np.testing.assert_array_equal(_call(server, "loader", [1.0, 2.0]), [3.0, 6.0])
+        index = {m["name"]: m for m in httpclient.InferenceServerClient(server.url).get_model_repository_index()}
+        assert index["tripled"]["state"] == "UNAVAILABLE"
+
+
+def test_without_explicit_model_control_a_models_load_fails_its_request(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException, match="needs model control, which is off") as raised:
+        _call(server, "loader", [1.0, 2.0])
+    assert raised.value.status() == "500"

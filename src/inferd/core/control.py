@@ -125,6 +125,20 @@ class ModelControl:
         ModelConfig as JSON) and, with files, its folder for this load. A load that leaves no version
         ready is InvalidInput, as in Triton; a reload's old versions keep serving."""
         self._access.authorize_control(credentials, "loading a model")
+        await self._load(name, override)
+
+    async def load_for_model(self, name: str, override: LoadOverride | None) -> None:
+        """A Python model's ``pb_utils.load_model``: the server's own code, so no token, but only
+        with --model-control explicit, as Triton's model loading API."""
+        self._access.require_model_control("loading a model")
+        await self._load(name, override)
+
+    async def unload_for_model(self, name: str, dependents: bool) -> None:
+        """A Python model's ``pb_utils.unload_model`` (see ``load_for_model``)."""
+        self._access.require_model_control("unloading a model")
+        await self._to_the_end(self._unload(name, dependents))
+
+    async def _load(self, name: str, override: LoadOverride | None) -> None:
         # strict, as Triton: a load that leaves no version ready raises (a reload's old versions serve on)
         # an ensemble's steps' models that are not loaded load along with it, as Triton's do
         if override is None:

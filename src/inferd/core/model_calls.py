@@ -13,9 +13,10 @@ import queue
 import threading
 from collections.abc import Generator
 
+from inferd.core.control import ModelControl
 from inferd.core.dataplane import DataPlane
 from inferd.observability.metrics import Metrics
-from inferd.types import InferRequest, InferResponse, MetricUpdate
+from inferd.types import InferRequest, InferResponse, LoadOverride, MetricUpdate
 
 _END = object()
 
@@ -23,8 +24,10 @@ _END = object()
 class LoopModelCalls:
     """``ModelCalls`` over the data plane on ``loop`` (the server's event loop)."""
 
-    def __init__(self, data: DataPlane, loop: asyncio.AbstractEventLoop, metrics: Metrics | None) -> None:
+    def __init__(self, data: DataPlane, control: ModelControl, loop: asyncio.AbstractEventLoop,
+                 metrics: Metrics | None) -> None:
         self._data = data
+        self._control = control
         self._loop = loop
         self._metrics = metrics
 
@@ -62,6 +65,15 @@ class LoopModelCalls:
 
     def is_model_ready(self, name: str, version: str | None) -> bool:
         return self._data.is_model_ready(name, version, None, check_access=False)
+
+    def load_model(self, name: str, config: str | None) -> None:
+        self._not_on_loop()
+        override = LoadOverride(config=config) if config else None
+        asyncio.run_coroutine_threadsafe(self._control.load_for_model(name, override), self._loop).result()
+
+    def unload_model(self, name: str, unload_dependents: bool) -> None:
+        self._not_on_loop()
+        asyncio.run_coroutine_threadsafe(self._control.unload_for_model(name, unload_dependents), self._loop).result()
 
     def record_metric(self, update: MetricUpdate) -> None:
         if self._metrics is not None:

@@ -3,7 +3,8 @@
 The instance's call channel is the server's to drive (one call, its answer); a model's requests to
 other models arrive in the middle of a call, several at once from an ``async def execute``, so they
 travel on a second socket. Messages in (from the model): ``("infer" | "stream", id, InferRequest)``,
-``("ready", id, name, version)``, ``("cancel", id)``, ``("metric", 0, MetricUpdate)`` (no answer).
+``("ready", id, name, version)``, ``("load", id, name, config)``, ``("unload", id, name, dependents)``,
+``("cancel", id)``, ``("metric", 0, MetricUpdate)`` (no answer).
 Out: ``("ok" | "item", id, InferResponse)``, ``("end", id)``, ``("bool", id, value)``,
 ``("error", id, error class name, message)``.
 """
@@ -69,6 +70,20 @@ class ChannelModelCalls:
         call_id, answers = self._start("ready", name, version)
         try:
             return bool(_answer(answers.get(), "bool"))
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def load_model(self, name: str, config: str | None) -> None:
+        call_id, answers = self._start("load", name, config)
+        try:
+            _answer(answers.get(), "ok")
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def unload_model(self, name: str, unload_dependents: bool) -> None:
+        call_id, answers = self._start("unload", name, unload_dependents)
+        try:
+            _answer(answers.get(), "ok")
         finally:
             self._waiting.pop(call_id, None)
 
@@ -144,6 +159,12 @@ def _serve(conn: Channel, model: str) -> None:
                 reply(("ok", call_id, calls.infer(message[2])))
             elif kind == "ready":
                 reply(("bool", call_id, calls.is_model_ready(message[2], message[3])))
+            elif kind == "load":
+                calls.load_model(message[2], message[3])
+                reply(("ok", call_id, None))
+            elif kind == "unload":
+                calls.unload_model(message[2], message[3])
+                reply(("ok", call_id, None))
             else:
                 stop = cancelled.get(call_id) or threading.Event()
                 answers = calls.infer_stream(message[2])
@@ -166,7 +187,7 @@ def _serve(conn: Channel, model: str) -> None:
         while True:
             message = conn.receive()
             if not isinstance(message, tuple) or len(message) < 2 or message[0] not in (
-                    "infer", "stream", "ready", "cancel", "metric"):
+                    "infer", "stream", "ready", "load", "unload", "cancel", "metric"):
                 log.error("model '%s': an instance process sent %.80r on its model-calls socket; ignored",
                           model, message)
                 continue

@@ -308,6 +308,26 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
     return model_calls.current().is_model_ready(model_name, model_version or None)
 
 
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or reload) a model the repository holds, ``config`` (JSON) replacing keys of its
+    configuration; needs --model-control explicit, as Triton's. Override files are not served."""
+    if files:
+        raise TritonModelException(f"load_model('{model_name}'): override files from a model are not served; "
+                                   "load the model from the repository (with a config override if needed)")
+    try:
+        model_calls.current().load_model(model_name, config or None)
+    except InferdError as exc:
+        raise TritonModelException(exc.message) from None
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload a model; needs --model-control explicit, as Triton's."""
+    try:
+        model_calls.current().unload_model(model_name, unload_dependents)
+    except InferdError as exc:
+        raise TritonModelException(exc.message) from None
+
+
 class Logger:
     @staticmethod
     def log_info(message: str) -> None:
