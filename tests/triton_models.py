@@ -138,8 +138,8 @@ def broken_models(root: Path) -> None:
     files (config.toml wins)."""
     write(root / "no_versions/1/model.py", IDENTITY)
     write(root / "no_versions/config.pbtxt", 'backend: "python"\nversion_policy: { latest: { num_versions: 0 } }\n')
-    write(root / "warmup/1/model.py", IDENTITY)
-    write(root / "warmup/config.pbtxt", 'backend: "python"\nmodel_warmup [ { name: "w" } ]\n')
+    write(root / "optimized/1/model.py", IDENTITY)
+    write(root / "optimized/config.pbtxt", 'backend: "python"\noptimization { }\n')
     write(root / "both/1/model.py", IDENTITY)
     write(root / "both/config.pbtxt", 'backend: "python"\nmax_batch_size: 99\n')
     write(root / "both/config.toml", 'backend = "python"\n[[input]]\nname = "INPUT0"\ndatatype = "BYTES"\n'

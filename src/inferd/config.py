@@ -266,6 +266,27 @@ COMPILERS = ("torch_compile", "cuda_graphs")
 
 
 @dataclass(frozen=True, slots=True)
+class WarmupInput:
+    """One input of a warm-up sample: zeros, random values, or a file's raw bytes."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # without the batch dimension
+    source: str  # "zero" | "random" | "file"
+    file: str = ""  # relative to the model folder's warmup/
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """Triton's model_warmup: a request run ``count`` times through each instance at load."""
+
+    name: str
+    batch_size: int
+    count: int
+    inputs: tuple[WarmupInput, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Optimization:
     """``[optimization]``: how a model runs, never what it computes (beyond the precision asked for).
     Torch models honour every key; ONNX and TensorFlow only ``warmup`` (others are a load error)."""
@@ -327,6 +348,7 @@ class ModelConfig:
     decoupled: bool = False  # zero, one or many answers per request ([model_transaction_policy])
     sequence_batching: SequenceBatching | None = None  # present = a stateful model fed by sequences
     optimization: Optimization = field(default_factory=Optimization)
+    warmup_samples: tuple[WarmupSample, ...] = ()  # config.pbtxt's model_warmup: run at load, before ready
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:

@@ -97,9 +97,9 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
 
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
     index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
-    assert index["warmup"]["state"] == "UNAVAILABLE"
-    assert "model_warmup" in index["warmup"]["reason"]
-    assert "inferd does not serve that key" in index["warmup"]["reason"]
+    assert index["optimized"]["state"] == "UNAVAILABLE"
+    assert "optimization" in index["optimized"]["reason"]
+    assert "inferd does not serve that key" in index["optimized"]["reason"]
 
 
 def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: RunningServer) -> None:

@@ -78,6 +78,16 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
     ('backend: "onnxruntime"\nparameters: { key: "colour" value: { string_value: "red" } }', "'colour'"),
     ("max_batch_size: 4 max_batch_size: 8", "max_batch_size"),
     ("max_batch_size: four", "max_batch_size"),
+    ('model_warmup [ { name: "w" batch_size: 2 inputs { key: "a" value: { data_type: TYPE_FP32 zero_data: true } } } ]',
+     "batch_size 2 needs max_batch_size > 0"),
+    ('model_warmup [ { name: "w" } ]', "model_warmup 'w': needs inputs"),
+    ('model_warmup [ { name: "w" inputs { key: "a" value: { data_type: TYPE_FP32 } } } ]',
+     "input 'a' needs zero_data, random_data or input_data_file"),
+    ('model_warmup [ { name: "w" inputs { key: "a" value: { random_data: true } } } ]', "input 'a' needs a data_type"),
+    ('model_warmup [ { name: "w" inputs { key: "a" value: { data_type: TYPE_FP32 input_data_file: "../x" } } } ]',
+     "under the model's warmup/ folder"),
+    ('model_warmup [ { name: "w" inputs { key: "a" value: { data_type: TYPE_FP32 dims: [ -1 ] zero_data: true } } } ]',
+     "dims must be known"),
 ])
 def test_what_inferd_cannot_serve_is_an_error_naming_it(text: str, named: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -56,10 +56,12 @@ def main(fd: int, calls_fd: int) -> None:
 
 def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
     from inferd.runtimes.loader import load_runtime
+    from inferd.runtimes.warmup import run_samples
 
     try:
         runtime = load_runtime(backend, context)
         runtime.warmup()
+        run_samples(runtime, context)
     except Exception as exc:
         conn.send(("failed", exc.message if isinstance(exc, InferdError) else describe(exc)))
         return None

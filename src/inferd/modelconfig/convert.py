@@ -21,6 +21,8 @@ from inferd.config import (
     ServedConfig,
     TensorConfig,
     VersionPolicy,
+    WarmupInput,
+    WarmupSample,
     check_model_config,
 )
 from inferd.errors import ConfigError
@@ -100,7 +102,7 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
               "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",),
-              "sequence_batching": ("sequence_batching",)}
+              "sequence_batching": ("sequence_batching",), "model_warmup": ("warmup_samples",)}
 
 
 def _unsupported(error: str) -> str:
@@ -142,8 +144,40 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         sequence_batching=_sequence_batching(message, where),
         ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
                                     dict(step.output_map)) for step in message.ensemble_scheduling.step),
+        warmup_samples=tuple(_warmup(sample, message.max_batch_size, where) for sample in message.model_warmup),
         source=where,
     )
+
+
+_SOURCES = {"zero_data": "zero", "random_data": "random", "input_data_file": "file"}
+
+
+def _warmup(sample: mc.ModelWarmup, max_batch_size: int, where: str) -> WarmupSample:
+    """A model_warmup sample, checked as Triton checks it before the model loads."""
+    what = f"{where}: model_warmup '{sample.name}'"
+    if max_batch_size == 0 and sample.batch_size > 1:
+        raise ConfigError(f"{what}: batch_size {sample.batch_size} needs max_batch_size > 0 (the model has no "
+                          "batch dimension)")
+    if sample.batch_size > max_batch_size > 0:
+        raise ConfigError(f"{what}: batch_size {sample.batch_size} is over max_batch_size {max_batch_size}")
+    if not sample.inputs:
+        raise ConfigError(f"{what}: needs inputs {{ key: ... value: {{ data_type, dims, zero_data | random_data | "
+                          "input_data_file }} }}")
+    inputs = []
+    for name, given in sorted(sample.inputs.items()):
+        source = given.WhichOneof("input_data_type")
+        if source is None:
+            raise ConfigError(f"{what}: input '{name}' needs zero_data, random_data or input_data_file")
+        if given.data_type == mc.TYPE_INVALID:
+            raise ConfigError(f"{what}: input '{name}' needs a data_type")
+        file = given.input_data_file
+        if source == "input_data_file" and (not file or file.startswith("/") or ".." in file.split("/")):
+            raise ConfigError(f"{what}: input '{name}': input_data_file must be a file name under the model's "
+                              f"warmup/ folder, got {file!r}")
+        if any(d < 0 for d in given.dims):
+            raise ConfigError(f"{what}: input '{name}': dims must be known (>= 0), got {list(given.dims)}")
+        inputs.append(WarmupInput(name, _datatype(given.data_type), tuple(given.dims), _SOURCES[source], file))
+    return WarmupSample(sample.name, max(sample.batch_size, 1), max(sample.count, 1), tuple(inputs))
 
 
 def _backend(message: mc.ModelConfig, where: str) -> str | None:
@@ -308,6 +342,16 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     for step in config.ensemble:
         message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
                                              input_map=step.input_map, output_map=step.output_map)
+    for sample in config.warmup_samples:
+        added = message.model_warmup.add(name=sample.name, batch_size=sample.batch_size, count=sample.count)
+        for given in sample.inputs:
+            entry = added.inputs[given.name]
+            entry.data_type = _type_of(given.datatype)  # type: ignore[assignment]
+            entry.dims.extend(given.dims)
+            if given.source == "file":
+                entry.input_data_file = given.file
+            else:
+                setattr(entry, f"{given.source}_data", True)
     return message
 
 

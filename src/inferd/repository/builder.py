@@ -15,6 +15,7 @@ from inferd.repository.layout import find_artifact
 from inferd.runtimes.base import LoadContext, Runtime
 from inferd.runtimes.loader import load_runtime
 from inferd.runtimes.spread import DeviceSpread
+from inferd.runtimes.warmup import run_samples
 
 S = TypeVar("S", bound=Runtime)
 
@@ -47,6 +48,11 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     else:
         runtime = _load_on(backend, contexts)
         runtime.warmup()
+        try:
+            run_samples(runtime, contexts[0])
+        except BaseException:
+            runtime.unload()
+            raise
     signatures = {sig: wrap(other, config, name, f"{version}:{sig}")
                   for sig, other in runtime.other_signatures().items()}
     return BuiltVersion(wrap(runtime, config, name, version), signatures, runtime.signature_name)
