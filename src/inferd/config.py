@@ -207,6 +207,7 @@ class TensorConfig:
     label_filename: str = ""  # an output's class labels, one a line, in the model's folder
     labels: tuple[str, ...] = ()  # read from label_filename when the configuration is read
     image: ImageInput | None = None  # an input of encoded images the runtime decodes (torch models)
+    reshape: tuple[int, ...] | None = None  # Triton's reshape: the model's own shape (batch dim aside)
 
 
 @dataclass(frozen=True, slots=True)

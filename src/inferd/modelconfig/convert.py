@@ -204,8 +204,21 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> Te
     if isinstance(tensor, mc.ModelInput) and tensor.format != mc.ModelInput.FORMAT_NONE:
         fmt = mc.ModelInput.Format.Name(tensor.format)
     labels = tensor.label_filename if isinstance(tensor, mc.ModelOutput) else ""
+    reshape = tuple(int(d) for d in tensor.reshape.shape) if tensor.HasField("reshape") else None
+    if reshape is not None and (any(d < -1 for d in reshape) or reshape.count(-1) > 1
+                                or (-1 in reshape) != (-1 in dims) or _count(reshape) != _count(dims)):
+        raise ConfigError(f"{where}: {what} '{tensor.name}' key 'reshape' {list(reshape)} must hold the elements "
+                          f"of its dims {list(dims)} (at most one -1, in both or in neither)")
     return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt,
-                        label_filename=labels)
+                        label_filename=labels, reshape=reshape)
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    """Elements of a shape, its one -1 aside."""
+    count = 1
+    for d in shape:
+        count *= d if d >= 0 else 1
+    return count
 
 
 def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
@@ -314,11 +327,16 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     else:
         message.version_policy.latest.num_versions = policy.latest or 1
     for tensor in config.inputs:
-        message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
-                          format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
+        added_input = message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype),
+                                        dims=list(tensor.shape),
+                                        format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
+        if tensor.reshape is not None:
+            added_input.reshape.shape.extend(tensor.reshape)
     for tensor in config.outputs:
-        message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype), dims=list(tensor.shape),
-                           label_filename=tensor.label_filename)
+        added_output = message.output.add(name=tensor.name, data_type=_type_of(tensor.datatype),
+                                          dims=list(tensor.shape), label_filename=tensor.label_filename)
+        if tensor.reshape is not None:
+            added_output.reshape.shape.extend(tensor.reshape)
     batching = config.dynamic_batching
     if batching is not None:
         dynamic = message.dynamic_batching

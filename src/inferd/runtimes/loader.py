@@ -7,6 +7,7 @@ from typing import cast
 
 from inferd.errors import ConfigError
 from inferd.runtimes.base import LoadContext, Runtime
+from inferd.runtimes.reshape import ReshapedRuntime, model_context, reshaped
 
 # backend -> (module under inferd.runtimes, the pip extra that brings its framework)
 _MODULES: dict[str, tuple[str, str]] = {
@@ -29,6 +30,8 @@ def load_runtime(backend: str, context: LoadContext) -> Runtime:
         raise ConfigError(f"model '{context.name}' needs {exc.name}, which is not installed: "
                           f"pip install 'inferd[{extra}]'") from exc
     try:
+        if backend != "ensemble" and reshaped(context.config):  # Triton's reshape: the model's own shapes inside
+            return ReshapedRuntime(cast(Runtime, module.load(model_context(context))), context.config, context.name)
         return cast(Runtime, module.load(context))
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"onnxruntime", "torch", "tensorflow"}:
