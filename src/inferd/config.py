@@ -350,6 +350,7 @@ class ModelConfig:
     sequence_batching: SequenceBatching | None = None  # present = a stateful model fed by sequences
     optimization: Optimization = field(default_factory=Optimization)
     warmup_samples: tuple[WarmupSample, ...] = ()  # config.pbtxt's model_warmup: run at load, before ready
+    default_model_filename: str = ""  # the artifact's name in each version folder ("": model.onnx, model.pt, ...)
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:

@@ -1,6 +1,7 @@
 """Triton's reshape: a config.pbtxt whose dims differ from the model's own shapes (Triton's stock
 densenet_onnx: dims [3, 224, 224], reshape [1, 3, 224, 224]). Clients send and get the dims; the model
-runs on its own shapes; answers match onnxruntime run in-process on the reshaped arrays."""
+runs on its own shapes; answers match onnxruntime run in-process on the reshaped arrays. Also
+default_model_filename: the artifact under another name than model.onnx."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ output [ { name: "y" data_type: TYPE_FP32 dims: [ 10 ] reshape { shape: [ 1, 10,
 BATCHED = """
 name: "batched"
 platform: "onnxruntime_onnx"
+default_model_filename: "densenet.onnx"
 max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 48 ] reshape { shape: [ 3, 4, 4 ] } } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 10 ] reshape { shape: [ 10, 1, 1 ] } } ]
@@ -52,7 +54,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, config in (("unbatched", UNBATCHED), ("batched", BATCHED)):
         (root / name / "1").mkdir(parents=True)
         axes = None if name == "unbatched" else {"x": {0: "n"}, "y": {0: "n"}}
-        torch.onnx.export(module, (torch.randn(1, 3, 4, 4),), str(root / name / "1/model.onnx"), input_names=["x"],
+        file = "model.onnx" if name == "unbatched" else "densenet.onnx"
+        torch.onnx.export(module, (torch.randn(1, 3, 4, 4),), str(root / name / "1" / file), input_names=["x"],
                           output_names=["y"], dynamic_axes=axes, dynamo=False)
         models.write(root / name / "config.pbtxt", config)
     bad = UNBATCHED.replace('"unbatched"', '"bad"').replace("[ 1, 10, 1, 1 ]", "[ 1, 9 ]")  # 9 elements for 10
@@ -83,6 +86,7 @@ def test_clients_use_the_dims_and_the_model_its_own_shapes(repo: Path) -> None:
         metadata = client.get_model_metadata("batched")
         assert [t["shape"] for t in metadata["inputs"]] == [[-1, 48]]
         assert [t["shape"] for t in metadata["outputs"]] == [[-1, 10]]
+        assert client.get_model_config("batched")["default_model_filename"] == "densenet.onnx"
         config = client.get_model_config("unbatched")
         assert config["input"][0]["dims"] == [3, 4, 4] and config["input"][0]["reshape"]["shape"] == [1, 3, 4, 4]
         wrong = httpclient.InferInput("x", [1, 3, 4, 4], "FP32")  # the model's shape is not the clients'

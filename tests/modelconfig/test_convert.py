@@ -49,6 +49,9 @@ def test_a_triton_config_reads_into_inferds() -> None:
     ('backend: "pytorch"\ninstance_group [ { count: 2 kind: KIND_GPU gpus: [ 1 ] } ]', ("torch", "gpu", 2)),
     ('platform: "pytorch_libtorch"', ("torch", "", 1)),
     ('backend: "onnxruntime"\ninstance_group [ { count: 2 } ]', ("onnx", "", 2)),
+    ('backend: "onnxruntime"\ninstance_group [ { count: 2 }, { count: 3 kind: KIND_CPU } ]', ("onnx", "cpu", 5)),
+    ('backend: "python"\nmodel_transaction_policy { decoupled: true }\ninstance_group [ { kind: KIND_CPU } ]',
+     ("python", "process", 1)),
 ])
 def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> None:
     config = parse_pbtxt(text, "m/config.pbtxt", "m")
@@ -72,7 +75,7 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
     ('platform: "tensorrt_plan"', "'platform' is 'tensorrt_plan'"),
     ('backend: "python"\nplatform: "onnxruntime_onnx"', "disagree"),
     ('name: "other"', "key 'name' is 'other' but the model's folder is 'm'"),
-    ("instance_group [ { count: 1 }, { count: 1 } ]", "inferd serves one"),
+    ("instance_group [ { count: 1 kind: KIND_GPU }, { count: 1 } ]", "inferd serves one GPU group"),
     ("instance_group [ { kind: KIND_MODEL } ]", "KIND_MODEL"),
     ("dynamic_batching { }", "needs max_batch_size > 0"),
     ('input [ { name: "a" dims: [ 1 ] } ]', "needs a 'data_type'"),
@@ -82,6 +85,7 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
     ('model_warmup [ { name: "w" batch_size: 2 inputs { key: "a" value: { data_type: TYPE_FP32 zero_data: true } } } ]',
      "batch_size 2 needs max_batch_size > 0"),
     ('model_warmup [ { name: "w" } ]', "model_warmup 'w': needs inputs"),
+    ('default_model_filename: "../other/model.onnx"', "key 'default_model_filename' must be a file name"),
     ('model_warmup [ { name: "w" inputs { key: "a" value: { data_type: TYPE_FP32 } } } ]',
      "input 'a' needs zero_data, random_data or input_data_file"),
     ('model_warmup [ { name: "w" inputs { key: "a" value: { random_data: true } } } ]', "input 'a' needs a data_type"),

@@ -102,7 +102,8 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "instance_group": ("instance_group",), "version_policy": ("version_policy",),
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
               "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",),
-              "sequence_batching": ("sequence_batching",), "model_warmup": ("warmup_samples",)}
+              "sequence_batching": ("sequence_batching",), "model_warmup": ("warmup_samples",),
+              "default_model_filename": ("default_model_filename",)}
 
 
 def _unsupported(error: str) -> str:
@@ -145,8 +146,16 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         ensemble=tuple(EnsembleStep(step.model_name, int(step.model_version) or -1, dict(step.input_map),
                                     dict(step.output_map)) for step in message.ensemble_scheduling.step),
         warmup_samples=tuple(_warmup(sample, message.max_batch_size, where) for sample in message.model_warmup),
+        default_model_filename=_file_name(message.default_model_filename, where),
         source=where,
     )
+
+
+def _file_name(name: str, where: str) -> str:
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"{where}: key 'default_model_filename' must be a file name in the version folder, "
+                          f"got {name!r}")
+    return name
 
 
 _SOURCES = {"zero_data": "zero", "random_data": "random", "input_data_file": "file"}
@@ -272,11 +281,16 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
     groups = list(message.instance_group)
     if not groups:
         return InstanceGroup()
-    if len(groups) > 1:
-        raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups; inferd serves one")
+    if any(group.count < 0 for group in groups):
+        raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {min(g.count for g in groups)}")
+    if len(groups) > 1:  # CPU groups add up, as Triton's instances do; GPU placement is one group's
+        if any(g.kind in (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_MODEL) or g.gpus for g in groups):
+            raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups with GPUs; inferd serves "
+                              "one GPU group (several CPU groups add up)")
+        merged = mc.ModelInstanceGroup(count=sum(g.count or 1 for g in groups),
+                                       kind=max(g.kind for g in groups))  # KIND_CPU over KIND_AUTO
+        groups = [merged]
     group = groups[0]
-    if group.count < 0:
-        raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {group.count}")
     count = group.count or 1
     if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
         raise ConfigError(f"{where}: key 'instance_group.kind' KIND_MODEL is not served by inferd")
@@ -284,11 +298,10 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
         return InstanceGroup(count=count, kind="gpu", gpus=tuple(group.gpus) or (0,))
     if group.gpus:
         raise ConfigError(f"{where}: key 'instance_group.gpus' needs kind: KIND_GPU")
-    # Triton's Python backend runs every instance in a process of its own, whatever the kind says;
-    # inferd streams a decoupled model's answers from an instance thread
-    decoupled = message.model_transaction_policy.decoupled
+    # Triton's Python backend runs every instance in a process of its own, whatever the kind says
+    # (a decoupled model's answers cross from its process one at a time)
     cpu = "cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else ""
-    kind = "process" if backend == "python" and not decoupled else cpu
+    kind = "process" if backend == "python" else cpu
     return InstanceGroup(count=count, kind=kind)
 
 
@@ -360,6 +373,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     for step in config.ensemble:
         message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
                                              input_map=step.input_map, output_map=step.output_map)
+    message.default_model_filename = config.default_model_filename
     for sample in config.warmup_samples:
         added = message.model_warmup.add(name=sample.name, batch_size=sample.batch_size, count=sample.count)
         for given in sample.inputs:

@@ -36,7 +36,7 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     if path.suffix == ".mar":
         artifact, backend = path, "torchserve"
     else:
-        artifact, backend = find_artifact(path, config.backend)
+        artifact, backend = find_artifact(path, config.backend, config.default_model_filename)
     group = config.instance_group
     devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
     contexts = [LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)

@@ -190,11 +190,14 @@ def single_model(root: Path) -> bool:
     return bool(versions) and len(versions) == len(folders) and any(has_artifact(v) for v in versions)
 
 
-def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
+def find_artifact(version_dir: Path, backend: str | None, filename: str = "") -> tuple[Path, str]:
     """The artifact in a version folder and the backend that loads it (an ensemble's version
-    folder is empty, as in Triton: the folder stands for it)."""
+    folder is empty, as in Triton: the folder stands for it). ``filename``: Triton's
+    default_model_filename, the artifact's name when it is not the usual one."""
     if backend == "ensemble":
         return version_dir, backend
+    if filename:
+        return _named_artifact(version_dir / filename, backend)
     for filename, kind in ARTIFACTS.items():
         candidate = version_dir / filename
         if candidate.exists() and (backend is None or backend == kind):
@@ -204,6 +207,21 @@ def find_artifact(version_dir: Path, backend: str | None) -> tuple[Path, str]:
     wanted = [f for f, k in ARTIFACTS.items() if backend in (None, k)]
     found = sorted(p.name for p in version_dir.iterdir()) if version_dir.is_dir() else []
     raise ConfigError(f"{version_dir}: no model artifact; expected one of {wanted}, found {found}")
+
+
+_SUFFIXES = {".onnx": "onnx", ".pt": "torch", ".pt2": "torch", ".py": "python", ".savedmodel": "tensorflow",
+             ".mar": "torchserve"}
+
+
+def _named_artifact(candidate: Path, backend: str | None) -> tuple[Path, str]:
+    if not candidate.exists():
+        raise ConfigError(f"{candidate}: no such file (the model's default_model_filename)")
+    kind = backend or _SUFFIXES.get(candidate.suffix) or (
+        "tensorflow" if (candidate / "saved_model.pb").exists() else None)
+    if kind is None:
+        raise ConfigError(f"{candidate}: name the backend (platform or backend in config.pbtxt): its suffix does "
+                          f"not say which of {sorted(set(_SUFFIXES.values()))} loads it")
+    return candidate, kind
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]
