@@ -24,7 +24,7 @@ class AccessPolicy:
     def authorize_control(self, authorization: str | None, action: str) -> None:
         if not self.model_control:
             raise Forbidden(f"{action} needs model control, which is off; start the server with "
-                            "--model-control explicit")
+                            "--model-control explicit (inferd tfserving: --model-control-api)")
         self._check(authorization, action)
 
     def authorize_inference(self, authorization: str | None, action: str = "inference") -> None:

@@ -44,7 +44,7 @@ def test_models_config_policies_labels_and_relative_paths(tmp_path: Path) -> Non
     ('model_config_list { config { name: "a" } }', "needs name and base_path"),
     ('model_config_list { config { name: "a" base_path: "/x" model_platform: "onnx" } }', "'onnx' is not served"),
     ('model_config_list { config { name: "a" base_path: "/x" } config { name: "a" base_path: "/y" } }',
-     "given twice"),
+     "Illegal to list model a multiple times"),
     ('model_config_list { config { name: "a" base_path: "/x" '
      'logging_config { sampling_config { sampling_rate: 1 } } } }', "logging_config"),
 ])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,7 @@ from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
 from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import Forbidden, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
@@ -38,8 +38,10 @@ class ModelSource:
 
 class ModelControl:
     def __init__(self, registry: ModelRegistry[Scheduler], access: AccessPolicy | None = None,
-                 model_store: Path | None = None, torchserve: TorchServeSettings | None = None) -> None:
+                 model_store: Path | None = None, torchserve: TorchServeSettings | None = None,
+                 read_model_config: Callable[[bytes], tuple[ConfiguredModel, ...]] | None = None) -> None:
         self._registry = registry
+        self._read_model_config = read_model_config  # a serialized TF Serving ModelServerConfig -> sources
         self._access = access or AccessPolicy()
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
@@ -153,6 +155,22 @@ class ModelControl:
         except asyncio.CancelledError:
             task.add_done_callback(_finished)  # nobody awaits it any more: a failure is logged there
             raise
+
+    async def reload_model_config(self, config: bytes, credentials: str | None) -> list[VersionStatus]:
+        """TF Serving's HandleReloadConfigRequest: ``config`` (a serialized ModelServerConfig) is the
+        new models.config: the models it no longer names unload, new or changed ones load (a
+        repository's own models stay). Answers the models new to the server that did not become
+        available, each one's versions (TF Serving waits for those alone: server_core.cc:410-440)."""
+        self._access.authorize_control(credentials, "reloading the model config")
+        if self._read_model_config is None:
+            raise Forbidden("this server does not read TF Serving model configs")
+        sources = self._read_model_config(config)
+        serving = {row.name for row in self.states(ready_only=True)}
+        await self._to_the_end(self._registry.set_sources(sources))
+        failed = {source.name for source in sources} - serving - {row.name for row in self.states(ready_only=True)}
+        rows = [row for row in self.states() if row.name in failed]
+        return rows + [VersionStatus(name, "", ModelState.UNAVAILABLE, "not loaded")
+                       for name in sorted(failed - {row.name for row in rows})]
 
     async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
         """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""

@@ -87,6 +87,25 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
     return NotFound(f"Servable not found for request: {which}: {error.message}")
 
 
+def models_not_available(rows: list[VersionStatus]) -> str:
+    """A reload's new models that did not become available, as TF Serving words them
+    (server_core.cc:341-362 at 9d981c5c; its code is UNKNOWN)."""
+    names = {row.name for row in rows}
+    failures = "".join(f"{{name: {row.name} version: {row.version or '-'}}}"
+                       f"{f' due to error: {row.reason}' if row.reason else ''}, " for row in rows)
+    return f"{len(names)} model(s) did not become available: {{{failures}}}"
+
+
+def reload_config_response(metric_names: list[str]) -> pb.ReloadConfigResponse:
+    """A reload that succeeded: an OK status, and each metric asked for with its increase (none of
+    TF's metrics exist here: 0, as TF Serving answers a name it does not know)."""
+    response = pb.ReloadConfigResponse()
+    response.status.SetInParent()  # OK: the status is there, with no error (util/status_util.cc:24-31)
+    for name in dict.fromkeys(metric_names):
+        response.metric.add(name=name, int64_value_increase=0)
+    return response
+
+
 # -- REST -----------------------------------------------------------------------------------------
 
 def loads_rest(body: bytes | bytearray, what: str) -> Any:

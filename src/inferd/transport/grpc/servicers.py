@@ -447,11 +447,26 @@ def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
 
 
 class ModelServicer(_TFServingBase):
-    """``tensorflow.serving.ModelService``: GetModelStatus."""
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest."""
 
     name = "tensorflow.serving.ModelService"
     RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
-        "GetModelStatus": ("get_model_status", tfs.GetModelStatusRequest)}
+        "GetModelStatus": ("get_model_status", tfs.GetModelStatusRequest),
+        "HandleReloadConfigRequest": ("handle_reload_config_request", tfs.ReloadConfigRequest)}
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self.control = core.control
+
+    @guarded
+    async def handle_reload_config_request(self, request: tfs.ReloadConfigRequest, context: Context
+                                           ) -> tfs.ReloadConfigResponse:
+        """A new model_config_list, applied as model control (authorized as every change). TF Serving
+        answers a failure as the call's status (model_service_impl.cc:71-83), so only that travels."""
+        failed = await self.control.reload_model_config(request.config, _authorization(context))
+        if failed:
+            await context.abort(grpc.StatusCode.UNKNOWN, tfserving.models_not_available(failed))
+        return tfserving.reload_config_response(list(request.metric_names))
 
     @tf_guarded
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context
