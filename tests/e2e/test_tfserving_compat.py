@@ -195,7 +195,16 @@ def test_classify_errors(stub) -> None:
     multi.input.example_list.examples.add()
     with pytest.raises(grpc.RpcError) as info:
         stub.MultiInference(multi, timeout=30)
-    assert "must name one model" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+    # TF Serving answers a method other than classify and regress UNIMPLEMENTED
+    # (servables/tensorflow/multi_inference.cc:80-83 at 9d981c5c)
+    multi.tasks[1].model_spec.name, multi.tasks[1].method_name = "half_plus_two", "tensorflow/serving/predict"
+    multi.tasks[1].model_spec.signature_name = "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MultiInference(multi, timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.details().startswith("Unsupported signature method_name: tensorflow/serving/predict")
 
 
 def test_classify_and_regress_over_rest(server: RunningServer) -> None:

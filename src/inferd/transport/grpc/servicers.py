@@ -386,19 +386,20 @@ class PredictionServicer(_TFServingBase):
         if not request.tasks:
             raise InvalidInput("a MultiInferenceRequest needs at least one task")
         first = request.tasks[0].model_spec
-        methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
         try:
-            return await self._multi_inference(request, methods, context)
+            return await self._multi_inference(request, context)
         except ServableNotFound as exc:
             raise tfserving.servable_not_found(first.name, tfserving.model_spec_version(first)[0], exc) from None
 
-    async def _multi_inference(self, request: tfs.MultiInferenceRequest, methods: list[str], context: Context
+    async def _multi_inference(self, request: tfs.MultiInferenceRequest, context: Context
                                ) -> tfs.MultiInferenceResponse:
         """Every task runs on the servable the first task's ModelSpec names (its version or label), as
-        in TF Serving; the other tasks' versions are not read."""
+        in TF Serving; the other tasks' versions are not read. The tasks are checked once that
+        servable is found (multi_inference_helper.cc:53-57 at 9d981c5c)."""
         first = request.tasks[0].model_spec
         version = self._version(first, context)
         default = next(iter(self.data.signature_metadata(first.name, version, _authorization(context))))
+        methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
         signatures = [task.model_spec.signature_name or default for task in request.tasks]
         repeated = next((name for i, name in enumerate(signatures) if name in signatures[:i]), None)
         if repeated is not None:
