@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import json
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
 
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import InvalidInput, NotFound, Unimplemented
 from inferd.protocols._proto import tfserving_pb2 as pb
 from inferd.protocols.tensors import (
     MAX_DIMS,
@@ -43,6 +44,9 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _MAX_BROADCAST = 1 << 20  # elements one repeated value may fill
+# datatypes TF Serving's JSON does not convert (util/json_tensor.cc at 9d981c5c: AddValueToTensor's
+# default case, 336-339, UNIMPLEMENTED on the way in; AddSingleValueAndAdvance's, 939-946, on the way out)
+_NOT_IN_JSON = ("FP16", "BF16", "UINT16")
 
 # v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
 _TF_DTYPE: dict[str, pb.DataType] = {
@@ -50,6 +54,9 @@ _TF_DTYPE: dict[str, pb.DataType] = {
     "UINT64": pb.DT_UINT64, "INT8": pb.DT_INT8, "INT16": pb.DT_INT16, "INT32": pb.DT_INT32, "INT64": pb.DT_INT64,
     "FP16": pb.DT_HALF, "FP32": pb.DT_FLOAT, "FP64": pb.DT_DOUBLE, "BF16": pb.DT_BFLOAT16, "BYTES": pb.DT_STRING}
 _V2_BY_TF = {value: key for key, value in _TF_DTYPE.items()}
+# TensorFlow's DataTypeString: the names TF Serving's JSON errors use
+_TF_TYPE_NAME = {"FP16": "half", "BF16": "bfloat16", "UINT16": "uint16"}
+_NO_JSON_DTYPE = {"float16": "half", "bfloat16": "bfloat16", "uint16": "uint16"}  # numpy's names
 _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "INT8": "int_val", "INT16": "int_val",
                 "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
                 "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val",
@@ -169,6 +176,9 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
         shape = _nested_shape(value)
         element_count(name, shape)
         flat = _leaves(value, shape)
+        if datatype in _NOT_IN_JSON and flat and not isinstance(flat[0], dict):
+            raise Unimplemented(f"Conversion of JSON Value: {_json_text(flat[0])} to type: "
+                                f"{_TF_TYPE_NAME[datatype]}")
         if datatype == "BYTES":
             array = np.empty(len(flat), dtype=object)
             array[:] = [_bytes_value(item) for item in flat]
@@ -177,6 +187,11 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
         return array.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': cannot read the values as {tf_dtype_name(datatype)}: {exc}") from None
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as TF Serving quotes it in an error (compact, at most 256 bytes)."""
+    return json.dumps(value, separators=(",", ":"))[:256]
 
 
 def _nested_shape(value: Any) -> list[int]:
@@ -265,8 +280,11 @@ def _json(name: str, data: Any) -> Any:
     array = np.asarray(data)
     if array.dtype.kind in "OSU":  # a scalar string output comes as bytes_ (kind S), not object
         return _bytes_json(array.tolist(), force_b64=name.endswith("_bytes"))
-    if array.dtype.name == "bfloat16" or array.dtype == np.float16:
-        array = array.astype(np.float32)
+    unwritable = _NO_JSON_DTYPE.get(array.dtype.name)
+    if unwritable is not None:  # TF Serving writes no value of these (json_tensor.cc:939-946): only empty lists
+        if array.size:
+            raise InvalidInput(f"Failed to write JSON value for tensor type: {unwritable} (output '{name}')")
+        return array.astype(np.float32).tolist()
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return non_finite_json(array)
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
