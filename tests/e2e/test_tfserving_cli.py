@@ -215,8 +215,9 @@ def test_handle_reload_config_request(models: Path, tmp_path: Path) -> None:
     model_config_list replaces the served one (server_core.cc:401-440: models left out unload, new ones
     load, policies and labels change); a failure is the call's status (model_service_impl.cc:44-84),
     in TF's words and codes: another config kind, a name listed twice, a relative base_path, no
-    platform are INVALID_ARGUMENT (model_service_impl.cc:66-69, server_core.cc:78-150), a new model
-    that loads no version UNKNOWN (server_core.cc:341-362). It is model control: the token applies."""
+    platform are INVALID_ARGUMENT (model_service_impl.cc:66-69, server_core.cc:78-150), a label for
+    a version not available FAILED_PRECONDITION (server_core.cc:549-584), a new model that loads no
+    version UNKNOWN (server_core.cc:341-362). It is model control: the token applies."""
     from tensorflow_serving.apis import model_management_pb2
 
     config = tmp_path / "models.config"
@@ -247,15 +248,27 @@ def test_handle_reload_config_request(models: Path, tmp_path: Path) -> None:
             "ModelServerConfig::model_platform, model name is tf1"))
         assert predict(stub, "tf2", 2.0) == (3.0, 9)  # a refused reload changed nothing
 
+        # only version 9 serves (latest): TF labels available versions only (server_core.cc:549-584)
+        assert reload_refused(server, reload_request(("tf2", tf2, "version_labels { key: 'stable' value: 7 }"))) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "Request to assign label to version 7 of model tf2, which is not currently available for inference")
+        assert predict(stub, "tf2", 2.0) == (3.0, 9)  # a refused reload changed nothing
+
         swap = reload_request(("tf1", tf1, ""),
-                              ("tf2", tf2, "model_version_policy: { specific: { versions: 7 } }\n"
-                                           "    version_labels { key: 'stable' value: 7 }"))
+                              ("tf2", tf2, "model_version_policy: { all: {} }\n"
+                                           "    version_labels { key: 'stable' value: 9 }"))
         swap.metric_names.append(":tensorflow:serving:model_count")
         answer = reload_config(server, swap)
         assert answer.HasField("status") and answer.status.error_code == 0 and not answer.status.error_message
         assert [(m.name, m.int64_value_increase) for m in answer.metric] == [(":tensorflow:serving:model_count", 0)]
         assert predict(stub, "tf1", 2.0) == (3.0, 123)
-        assert predict(stub, "tf2", 2.0, "stable") == (3.0, 7)
+        assert predict(stub, "tf2", 2.0, "stable") == (3.0, 9)
+        status = requests.get(f"{server.base}/v1/models/tf2", timeout=10).json()
+        assert [row["version"] for row in status["model_version_status"]] == ["7", "9"]
+        reload_config(server, reload_request(("tf1", tf1, ""), (
+            "tf2", tf2, "model_version_policy: { specific: { versions: 7 } }\n"
+                        "    version_labels { key: 'canary' value: 7 }")))
+        assert predict(stub, "tf2", 2.0, "canary") == (3.0, 7)
         status = requests.get(f"{server.base}/v1/models/tf2", timeout=10).json()
         assert [row["version"] for row in status["model_version_status"]] == ["7"]
 
