@@ -63,6 +63,7 @@ class ServerSettings:
     grpc_port: int = 8001  # 0: gRPC off
     model_control: str = "none"  # none | poll | explicit
     control_api: bool = False  # model control over the API in any mode (inferd tfserving --model-control-api)
+    labels_for_unavailable_versions: bool = False  # TF Serving's --allow_version_labels_for_unavailable_models
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
     auth_token: str | None = None  # Bearer token for model control (and optionally inference); "" = none
     auth_inference: bool = False  # the token also guards inference and metadata

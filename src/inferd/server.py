@@ -88,7 +88,8 @@ def build_core(settings: ServerSettings) -> Core:
                           token=settings.auth_token, guard_inference=settings.auth_inference)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching)
-    control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config)
+    control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
+                           settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
     data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache)

@@ -287,3 +287,25 @@ def test_reload_config_needs_model_control(models: Path) -> None:
         code, details = reload_refused(server, reload_request(("tf1", str(models / "half_plus_two"), "")), token=None)
         assert code == grpc.StatusCode.PERMISSION_DENIED and "--model-control-api" in details
         assert predict(server.stub(), "default", 2.0) == (3.0, 9)
+
+
+def test_reload_config_labels_for_unavailable_versions(models: Path) -> None:
+    """--allow_version_labels_for_unavailable_models (server_core.cc:556-570 at 9d981c5c): a new
+    label may name a version that is not available yet; moving a label still needs its version."""
+    tf2 = str(models / "half_plus_two_tf2")
+    with tfserving(f"--model_base_path={tf2}", "--model_name=tf2", "--model-control-api",
+                   "--allow_version_labels_for_unavailable_models=true") as server:
+        both = "model_version_policy: { all: {} }\n    version_labels { key: 'stable' value: 7 }"
+        assert reload_config(server, reload_request(("tf2", tf2, both)), token=None).status.error_code == 0
+        assert predict(server.stub(), "tf2", 2.0, "stable") == (3.0, 7)
+        latest = "version_labels { key: 'stable' value: 7 }"  # kept where it is: 7 may go
+        reload_config(server, reload_request(("tf2", tf2, latest)), token=None)
+        moved = "model_version_policy: { specific: { versions: 9 } }\n    version_labels { key: 'stable' value: 8 }"
+        assert reload_refused(server, reload_request(("tf2", tf2, moved)), token=None) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "Request to assign label to version 8 of model tf2, which is not currently available for inference")
+
+
+def test_version_flag() -> None:
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.startswith("TensorFlow ModelServer: inferd ")

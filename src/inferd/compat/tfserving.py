@@ -33,14 +33,22 @@ IGNORED = ("rest_api_timeout_in_ms", "rest_api_num_threads", "tensorflow_session
            "enable_model_warmup", "num_load_threads", "num_unload_threads", "max_num_load_retries",
            "load_retry_interval_micros", "flush_filesystem_caches", "per_process_gpu_memory_fraction",
            "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
-           "skip_initialize_tpu", "thread_pool_factory_config_file", "mixed_precision")
+           "skip_initialize_tpu", "thread_pool_factory_config_file", "mixed_precision",
+           "num_request_iterations_for_warmup", "num_tflite_interpreters_per_pool", "num_tflite_pools",
+           "xla_gpu_compilation_enabled", "enable_grpc_healthcheck_service")  # grpc.health.v1 is always served
 # flags that would change answers or files inferd does not read: refused unless left at the default
 REFUSED = {"prefer_tflite_model": "TFLite models are not served", "use_tflite_model": "TFLite models are not served",
            "platform_config_file": "platform configs are not read; models.config's model_platform is",
            "ssl_config_file": "TLS is not served; put a TLS proxy in front",
            "enable_signature_method_name_check": "method names are not checked (TF Serving's default)",
            "saved_model_tags": "only the 'serve' MetaGraph is loaded",
-           "tensorflow_session_config_file": "session configs are not read"}
+           "tensorflow_session_config_file": "session configs are not read",
+           "rest_api_enable_cors_support": "CORS headers are not sent",
+           "use_alts_credentials": "ALTS is not served",
+           "enable_serialization_as_tensor_content": "Predict answers in the typed fields (float_val, ...), "
+                                                     "TF Serving's default",
+           "enable_per_model_batching_parameters": "a model's batching_params.pbtxt is not read; its "
+                                                   "config.toml [dynamic_batching] is"}
 _FALSE = ("", "0", "false", "False")
 
 
@@ -68,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
     flags.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
                        help="seconds between looks for new versions; 0: look once")
     flags.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
+    flags.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
+                       default=False, help="HandleReloadConfigRequest may give a new label to a version not "
+                                           "available yet (moving a label still needs its version available)")
+    flags.add_argument("--version", type=_bool, nargs="?", const=True, default=False,
+                       help="print the version and exit")
     flags.add_argument("--batching_parameters_file", default="")
     flags.add_argument("--monitoring_config_file", default="")
     flags.add_argument("--grpc_channel_arguments", default="", help="name=value,... for the gRPC server")
@@ -124,7 +137,8 @@ def settings_from_flags(args: argparse.Namespace) -> ServerSettings:
         model_config_poll=float(max(args.model_config_file_poll_wait_seconds, 0)), batching=batching,
         metrics_paths=metrics, grpc_socket_path=args.grpc_socket_path or None,
         grpc_options=grpc_channel_arguments(args.grpc_channel_arguments), grpc_server=args.grpc_server,
-        listen_after_load=True, control_api=args.model_control_api, auth_token=args.auth_token)
+        listen_after_load=True, control_api=args.model_control_api, auth_token=args.auth_token,
+        labels_for_unavailable_versions=args.allow_version_labels_for_unavailable_models)
 
 
 def _parse(path: Path, message: M, what: str) -> M:

@@ -39,9 +39,11 @@ class ModelSource:
 class ModelControl:
     def __init__(self, registry: ModelRegistry[Scheduler], access: AccessPolicy | None = None,
                  model_store: Path | None = None, torchserve: TorchServeSettings | None = None,
-                 read_model_config: Callable[[bytes], tuple[ConfiguredModel, ...]] | None = None) -> None:
+                 read_model_config: Callable[[bytes], tuple[ConfiguredModel, ...]] | None = None,
+                 labels_for_unavailable_versions: bool = False) -> None:
         self._registry = registry
         self._read_model_config = read_model_config  # a serialized TF Serving ModelServerConfig -> sources
+        self._labels_for_unavailable = labels_for_unavailable_versions
         self._access = access or AccessPolicy()
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
@@ -169,13 +171,26 @@ class ModelControl:
         sources = self._read_model_config(config)
         async with self._config_turn:
             available = {(row.name, row.version) for row in self.states(ready_only=True)}
-            _check_labels(sources, available)
+            self._check_labels(sources, available)
             await self._to_the_end(self._registry.set_sources(sources))
         ready = {row.name for row in self.states(ready_only=True)}
         failed = {source.name for source in sources} - {name for name, _ in available} - ready
         rows = [row for row in self.states() if row.name in failed]
         return rows + [VersionStatus(name, "", ModelState.UNAVAILABLE, "not loaded")
                        for name in sorted(failed - {row.name for row in rows})]
+
+    def _check_labels(self, sources: tuple[ConfiguredModel, ...], available: set[tuple[str, str]]) -> None:
+        """TF Serving labels only versions available now (server_core.cc:549-584 at 9d981c5c); with
+        --allow_version_labels_for_unavailable_models, a new label (or one kept where it is) may
+        name a version still to load, but moving a label still needs its version available."""
+        for source in sources:
+            entry = self._registry.models.get(source.name)
+            labels = entry.config.version_labels if entry is not None else {}
+            for label, version in (source.version_labels or {}).items():
+                moved = label in labels and labels[label] != version
+                if (source.name, str(version)) not in available and (moved or not self._labels_for_unavailable):
+                    raise FailedPrecondition(f"Request to assign label to version {version} of model "
+                                             f"{source.name}, which is not currently available for inference")
 
     async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
         """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""
@@ -236,16 +251,6 @@ class ModelControl:
     async def close(self, timeout: float) -> bool:
         """Retire every model within ``timeout``; False if some work was left behind."""
         return await self._registry.close(timeout)
-
-
-def _check_labels(sources: tuple[ConfiguredModel, ...], available: set[tuple[str, str]]) -> None:
-    """TF Serving labels only versions available now (server_core.cc:549-584 at 9d981c5c, without
-    --allow_version_labels_for_unavailable_models): a label for a version still to load is refused."""
-    for source in sources:
-        for version in (source.version_labels or {}).values():
-            if (source.name, str(version)) not in available:
-                raise FailedPrecondition(f"Request to assign label to version {version} of model {source.name}, "
-                                         "which is not currently available for inference")
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
