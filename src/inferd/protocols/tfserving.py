@@ -11,12 +11,13 @@ import base64
 import binascii
 import itertools
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
 
-from inferd.errors import InvalidInput, NotFound, Unimplemented
+from inferd.errors import FailedPrecondition, InferdError, InvalidInput, NotFound, Unimplemented
 from inferd.protocols._proto import tfserving_pb2 as pb
 from inferd.protocols.tensors import (
     MAX_DIMS,
@@ -92,6 +93,16 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
     """An unknown model or version in TF Serving's words (its clients look for "Servable")."""
     which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
     return NotFound(f"Servable not found for request: {which}: {error.message}")
+
+
+def signature_not_found(signature: str, method: str, known: Iterable[str]) -> InferdError:
+    """An unknown signature_name in TF Serving's words and code (9d981c5c): Predict's FAILED_PRECONDITION
+    (servables/tensorflow/predict_util.cc:87-94), Classify's and Regress's INVALID_ARGUMENT
+    (classifier.cc:157-161, regressor.cc:152-156); inferd adds the signatures the model has."""
+    has = f" (the model has: {', '.join(sorted(known))})"
+    if method == PREDICT_METHOD:
+        return FailedPrecondition(f"Serving signature key \"{signature}\" not found.{has}")
+    return InvalidInput(f"No signature was found with the name: {signature}{has}")
 
 
 def models_not_available(rows: list[VersionStatus]) -> str:

@@ -348,8 +348,7 @@ class PredictionServicer(_TFServingBase):
         signatures = self.data.signature_metadata(name, version, _authorization(context))
         signature = signature_name or next(iter(signatures))
         if signature not in signatures:
-            raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{name}' has "
-                               f"{', '.join(sorted(signatures))}")
+            raise tfserving.signature_not_found(signature, method, signatures)
         request = tfserving_examples.examples_request(name, version, signature, signatures[signature],
                                                        examples, method, rest=False)
         request.cancelled, request.credentials = context.cancelled, _authorization(context)
@@ -398,12 +397,15 @@ class PredictionServicer(_TFServingBase):
         servable is found (multi_inference_helper.cc:53-57 at 9d981c5c)."""
         first = request.tasks[0].model_spec
         version = self._version(first, context)
-        default = next(iter(self.data.signature_metadata(first.name, version, _authorization(context))))
+        known = self.data.signature_metadata(first.name, version, _authorization(context))
         methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
-        signatures = [task.model_spec.signature_name or default for task in request.tasks]
+        signatures = [task.model_spec.signature_name or next(iter(known)) for task in request.tasks]
         repeated = next((name for i, name in enumerate(signatures) if name in signatures[:i]), None)
         if repeated is not None:
             raise InvalidInput(f"Duplicate evaluation of signature: {repeated}")
+        missing = next((name for name in signatures if name not in known), None)
+        if missing is not None:  # multi_inference.cc:65-70
+            raise InvalidInput(f"Requested signature not found in model graph: {missing}")
         examples = tfserving_examples.serialized_examples(request.input)
         answer = tfs.MultiInferenceResponse()
         for signature_name, method in zip(signatures, methods, strict=True):
