@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import pytest
 import requests
 
 from tests import tf_models
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, RunningServer, free_port, serve
 
 MODELS_CONFIG = """
 model_config_list: {{
@@ -196,7 +197,7 @@ def reload_request(*models: tuple[str, str, str]):
     return request
 
 
-def reload_config(server: TFServing, request, token: str | None = "secret"):
+def reload_config(server: TFServing | RunningServer, request, token: str | None = "secret"):
     from tensorflow_serving.apis import model_service_pb2_grpc
 
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_url))
@@ -204,7 +205,8 @@ def reload_config(server: TFServing, request, token: str | None = "secret"):
     return stub.HandleReloadConfigRequest(request, timeout=120, metadata=metadata)
 
 
-def reload_refused(server: TFServing, request, token: str | None = "secret") -> tuple[grpc.StatusCode, str]:
+def reload_refused(server: TFServing | RunningServer, request, token: str | None = "secret"
+                   ) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         reload_config(server, request, token)
     return info.value.code(), info.value.details()
@@ -309,3 +311,26 @@ def test_reload_config_labels_for_unavailable_versions(models: Path) -> None:
 def test_version_flag() -> None:
     done = run("--version")
     assert done.returncode == 0 and done.stdout.startswith("TensorFlow ModelServer: inferd ")
+
+
+def test_reload_config_on_inferd_serve_with_workers(models: Path, tmp_path: Path) -> None:
+    """`inferd serve --model-control explicit`: a reload adds and removes the config's models, the
+    repository's own stay; front-end workers forward it to the model process like any change."""
+    from tensorflow_serving.apis import model_management_pb2, prediction_service_pb2_grpc
+
+    shutil.copytree(models / "half_plus_two_tf2", tmp_path / "repo" / "tf2")
+    with serve(tmp_path / "repo", "--model-control", "explicit", "--load-model", "*", "--auth-token", "tok",
+               "--workers", "2", grpc=True) as server:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_url))
+        assert reload_refused(server, reload_request(("tf1", str(models / "half_plus_two"), "")))[0] == \
+            grpc.StatusCode.UNAUTHENTICATED
+        reload_config(server, reload_request(("tf1", str(models / "half_plus_two"), "")), token="tok")
+        assert predict(stub, "tf1", 2.0) == (3.0, 123)
+        assert predict(stub, "tf2", 2.0) == (3.0, 9)
+        empty = model_management_pb2.ReloadConfigRequest()
+        empty.config.model_config_list.SetInParent()
+        assert reload_config(server, empty, token="tok").status.error_code == 0
+        with pytest.raises(grpc.RpcError) as info:
+            predict(stub, "tf1", 2.0)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert predict(stub, "tf2", 2.0) == (3.0, 9)
