@@ -140,6 +140,8 @@ def reload_config(text: str) -> bytes:
      "ModelServerConfig::model_type choice 2 not supported"),
     ('model_config_list { config { name: "a" base_path: "x" model_platform: "tensorflow" } }',
      "Expected model a to have an absolute path"),
+    ('model_config_list { config { name: "a" base_path: "s3://b/a" model_platform: "tensorflow" } }',
+     "base_path s3://b/a is a URI; a model config's models are read from local folders"),
 ])
 def test_reloaded_config_refusals(text: str, message: str) -> None:
     """What TF Serving's HandleReloadConfigRequest refuses (model_service_impl.cc:66-69, server_core.cc:78-150

@@ -179,7 +179,8 @@ def reloaded_model_config(data: bytes) -> tuple[ModelSource, ...]:
     repeated = next((name for index, name in enumerate(names) if name in names[:index]), None)
     if repeated is not None:
         raise ConfigError(f"Illegal to list model {repeated} multiple times in config list")
-    relative = next((model for model in models if not Path(model.base_path).is_absolute()), None)
+    relative = next((model for model in models if "://" not in model.base_path
+                     and not Path(model.base_path).is_absolute()), None)
     if relative is not None:
         raise ConfigError(f"Expected model {relative.name} to have an absolute path or URI; got "
                           f"base_path()={relative.base_path}")
@@ -213,6 +214,9 @@ def _sources(models: pb.ModelConfigList, origin: str, folder: Path | None) -> tu
         where = f"{origin}: config #{index} ({model.name or 'no name'})"
         if not model.name or not model.base_path:
             raise ConfigError(f"{where}: needs name and base_path")
+        if "://" in model.base_path:
+            raise ConfigError(f"{where}: base_path {model.base_path} is a URI; a model config's models are read "
+                              "from local folders (a remote repository: inferd serve s3://...)")
         if model.model_platform not in ("", "tensorflow"):
             raise ConfigError(f"{where}: model_platform {model.model_platform!r} is not served; inferd's "
                               "TF Serving door serves 'tensorflow' SavedModels (other models: inferd serve)")

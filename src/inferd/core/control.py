@@ -173,9 +173,9 @@ class ModelControl:
             available = {(row.name, row.version) for row in self.states(ready_only=True)}
             self._check_labels(sources, available)
             await self._to_the_end(self._registry.set_sources(sources))
-        ready = {row.name for row in self.states(ready_only=True)}
-        failed = {source.name for source in sources} - {name for name, _ in available} - ready
-        rows = [row for row in self.states() if row.name in failed]
+            ready = {row.name for row in self.states(ready_only=True)}
+            failed = {source.name for source in sources} - {name for name, _ in available} - ready
+            rows = [row for row in self.states() if row.name in failed]
         return rows + [VersionStatus(name, "", ModelState.UNAVAILABLE, "not loaded")
                        for name in sorted(failed - {row.name for row in rows})]
 
