@@ -291,11 +291,13 @@ def test_reload_config_needs_model_control(models: Path) -> None:
         assert predict(server.stub(), "default", 2.0) == (3.0, 9)
 
 
-def test_reload_config_labels_for_unavailable_versions(models: Path) -> None:
+@pytest.mark.parametrize("kind", ["inferd", "grpcio"])
+def test_reload_config_labels_for_unavailable_versions(models: Path, kind: str) -> None:
     """--allow_version_labels_for_unavailable_models (server_core.cc:556-570 at 9d981c5c): a new
-    label may name a version that is not available yet; moving a label still needs its version."""
+    label may name a version that is not available yet; moving a label still needs its version.
+    On both gRPC servers."""
     tf2 = str(models / "half_plus_two_tf2")
-    with tfserving(f"--model_base_path={tf2}", "--model_name=tf2", "--model-control-api",
+    with tfserving(f"--model_base_path={tf2}", "--model_name=tf2", "--model-control-api", f"--grpc-server={kind}",
                    "--allow_version_labels_for_unavailable_models=true") as server:
         both = "model_version_policy: { all: {} }\n    version_labels { key: 'stable' value: 7 }"
         assert reload_config(server, reload_request(("tf2", tf2, both)), token=None).status.error_code == 0
