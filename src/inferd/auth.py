@@ -29,7 +29,7 @@ class AccessPolicy:
         """Model control is on (a model's own loads need no token: they are the server's code)."""
         if not self.model_control:
             raise Forbidden(f"{action} needs model control, which is off; start the server with "
-                            "--model-control explicit")
+                            "--model-control explicit (inferd tfserving: --model-control-api)")
 
     def authorize_inference(self, authorization: str | None, action: str = "inference") -> None:
         """Inference and every read of what is served (metadata, index, status, metrics)."""

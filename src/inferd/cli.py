@@ -247,6 +247,9 @@ def _tfserving(argv: list[str]) -> int:
     from inferd.observability.logging import configure
 
     args = tfserving.parser().parse_args(argv)
+    if args.version:  # tensorflow_model_server --version's first line
+        print(f"TensorFlow ModelServer: inferd {__version__}")
+        return 0
     configure(args.log_level)
     try:
         settings = tfserving.settings_from_flags(args)

@@ -62,6 +62,8 @@ class ServerSettings:
     http_port: int = 8000  # 0: HTTP off
     grpc_port: int = 8001  # 0: gRPC off
     model_control: str = "none"  # none | poll | explicit
+    control_api: bool = False  # model control over the API in any mode (inferd tfserving --model-control-api)
+    labels_for_unavailable_versions: bool = False  # TF Serving's --allow_version_labels_for_unavailable_models
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
     auth_token: str | None = None  # Bearer token for model control (and optionally inference); "" = none
     auth_inference: bool = False  # the token also guards inference and metadata
@@ -112,9 +114,9 @@ class ServerSettings:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        if self.model_control == "explicit" and not loopback and not self.auth_token:  # poll opens no API
-            raise ConfigError(f"--model-control {self.model_control} on {self.host} (beyond loopback) needs "
-                              "--auth-token or INFERD_AUTH_TOKEN")
+        if (self.model_control == "explicit" or self.control_api) and not loopback and not self.auth_token:
+            flag = "--model-control-api" if self.control_api else f"--model-control {self.model_control}"
+            raise ConfigError(f"{flag} on {self.host} (beyond loopback) needs --auth-token or INFERD_AUTH_TOKEN")
         if self.auth_inference and not self.auth_token:
             raise ConfigError("--auth-inference needs --auth-token (or INFERD_AUTH_TOKEN)")
         if self.models and self.model_store is None:

@@ -12,6 +12,8 @@
     ├── Unauthenticated       missing or wrong token                                     (UNAUTHENTICATED)
     ├── Forbidden             the operation is switched off                              (FORBIDDEN)
     ├── AlreadyExists         registering what is registered already                     (CONFLICT)
+    ├── Unimplemented         a method or datatype the protocol leaves unimplemented     (UNIMPLEMENTED)
+    ├── FailedPrecondition    a change the server's present state does not allow        (FAILED_PRECONDITION)
     ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
     │   └── InstanceLost      its instance process died while running it
     └── ConfigError           a repository or config.toml problem                        (INVALID_CONFIG)
@@ -34,6 +36,8 @@ class ErrorCode(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
+    UNIMPLEMENTED = "unimplemented"
+    FAILED_PRECONDITION = "failed_precondition"
     MODEL_FAILED = "model_failed"
     INVALID_CONFIG = "invalid_config"
     INTERNAL = "internal"
@@ -90,6 +94,20 @@ class Forbidden(InferdError):
 
 class AlreadyExists(InferdError):
     code = ErrorCode.CONFLICT
+
+
+class Unimplemented(InferdError):
+    """What the server knowingly does not do for a well-formed request, where the protocol's own
+    server answers UNIMPLEMENTED (TF Serving: a MultiInference method, a JSON tensor of half)."""
+
+    code = ErrorCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(InferdError):
+    """A well-formed change that what is served now does not allow (TF Serving: a label for a
+    version that is not available)."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class ModelError(InferdError):

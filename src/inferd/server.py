@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy
-from inferd.compat.tfserving import read_model_config
+from inferd.compat.tfserving import read_model_config, reloaded_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
@@ -87,12 +87,13 @@ def build_core(settings: ServerSettings) -> Core:
         except InferdError:
             return None
 
-    access = AccessPolicy(model_control=settings.model_control == "explicit", token=settings.auth_token,
-                          guard_inference=settings.auth_inference)
+    access = AccessPolicy(model_control=settings.model_control == "explicit" or settings.control_api,
+                          token=settings.auth_token, guard_inference=settings.auth_inference)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching,
                              builds_at_once=settings.model_load_threads)
-    control = ModelControl(registry, access, settings.model_store, settings.torchserve)
+    control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
+                           settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
     regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes)

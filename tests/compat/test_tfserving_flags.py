@@ -44,7 +44,7 @@ def test_models_config_policies_labels_and_relative_paths(tmp_path: Path) -> Non
     ('model_config_list { config { name: "a" } }', "needs name and base_path"),
     ('model_config_list { config { name: "a" base_path: "/x" model_platform: "onnx" } }', "'onnx' is not served"),
     ('model_config_list { config { name: "a" base_path: "/x" } config { name: "a" base_path: "/y" } }',
-     "given twice"),
+     "Illegal to list model a multiple times"),
     ('model_config_list { config { name: "a" base_path: "/x" '
      'logging_config { sampling_config { sampling_rate: 1 } } } }', "logging_config"),
 ])
@@ -91,3 +91,68 @@ def test_monitoring_channel_arguments_and_refused_flags(tmp_path: Path) -> None:
         settings(f"--model_base_path={tmp_path}", f"--batching_parameters_file={monitoring}")
     with pytest.raises(ConfigError, match="not both"):
         settings(f"--model_base_path={tmp_path}", f"--model_config_file={monitoring}")
+
+
+def test_model_control_api_flags(tmp_path: Path) -> None:
+    """inferd's own --model-control-api opens model control (HandleReloadConfigRequest) as `inferd
+    serve --model-control explicit` does: beyond loopback only with a token."""
+    with pytest.raises(ConfigError, match=r"--model-control-api on 0\.0\.0\.0 .* needs --auth-token"):
+        settings(f"--model_base_path={tmp_path}", "--model-control-api")
+    chosen = settings(f"--model_base_path={tmp_path}", "--model-control-api", "--auth-token=t")
+    assert (chosen.control_api, chosen.auth_token, chosen.model_control) == (True, "t", "poll")
+    assert settings(f"--model_base_path={tmp_path}", "--model-control-api", "--host=127.0.0.1").control_api
+    assert not settings(f"--model_base_path={tmp_path}").control_api
+    assert settings(f"--model_base_path={tmp_path}",
+                    "--allow_version_labels_for_unavailable_models").labels_for_unavailable_versions
+
+
+@pytest.mark.parametrize("flag", ["rest_api_enable_cors_support", "use_alts_credentials",
+                                  "enable_serialization_as_tensor_content", "enable_per_model_batching_parameters"])
+def test_tf_flags_that_change_answers_are_refused(tmp_path: Path, flag: str) -> None:
+    """tensorflow_model_server's flags (model_servers/main.cc at 9d981c5c) inferd does not honour."""
+    with pytest.raises(ConfigError, match=f"--{flag}=true is not supported"):
+        settings(f"--model_base_path={tmp_path}", f"--{flag}=true")
+    assert settings(f"--model_base_path={tmp_path}", f"--{flag}=false").model_sources
+
+
+def test_tf_tuning_flags_are_accepted(tmp_path: Path) -> None:
+    chosen = settings(f"--model_base_path={tmp_path}", "--num_request_iterations_for_warmup=3",
+                      "--num_tflite_pools=2", "--num_tflite_interpreters_per_pool=2",
+                      "--xla_gpu_compilation_enabled=true", "--enable_grpc_healthcheck_service=true")
+    assert chosen.model_sources
+
+
+def reload_config(text: str) -> bytes:
+    from google.protobuf import text_format
+
+    from inferd.compat._proto import tfserving_config_pb2
+
+    return text_format.Parse(text, tfserving_config_pb2.ModelServerConfig()).SerializeToString()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "ServerModelConfig type not supported by HandleReloadConfigRequest"),
+    ('model_config_list { config { name: "a" base_path: "/x" model_platform: "onnx" } }',
+     "Model a requests unsupported platform onnx"),
+    ('model_config_list { config { name: "a" base_path: "/x" model_platform: "tensorflow" model_type: TENSORFLOW } }',
+     "Illegal setting both ModelServerConfig::model_type"),
+    ('model_config_list { config { name: "a" base_path: "/x" model_type: OTHER } }',
+     "ModelServerConfig::model_type choice 2 not supported"),
+    ('model_config_list { config { name: "a" base_path: "x" model_platform: "tensorflow" } }',
+     "Expected model a to have an absolute path"),
+    ('model_config_list { config { name: "a" base_path: "s3://b/a" model_platform: "tensorflow" } }',
+     "base_path s3://b/a is a URI; a model config's models are read from local folders"),
+])
+def test_reloaded_config_refusals(text: str, message: str) -> None:
+    """What TF Serving's HandleReloadConfigRequest refuses (model_service_impl.cc:66-69, server_core.cc:78-150
+    and 655-666 at 9d981c5c), in its words."""
+    with pytest.raises(ConfigError, match=message):
+        tfserving.reloaded_model_config(reload_config(text))
+
+
+def test_reloaded_config_takes_the_deprecated_model_type() -> None:
+    (source,) = tfserving.reloaded_model_config(reload_config(
+        'model_config_list { config { name: "a" base_path: "/x" model_type: TENSORFLOW } }'))
+    assert (source.name, source.base_path) == ("a", Path("/x"))
+    with pytest.raises(ConfigError, match="does not parse"):
+        tfserving.reloaded_model_config(b"\x0a\x05broken")

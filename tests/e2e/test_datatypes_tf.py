@@ -28,6 +28,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 TF_TYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
             "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
             "FP32": "float32", "FP64": "float64", "BF16": "bfloat16", "BYTES": "string"}
+NOT_IN_JSON = {"FP16": "half", "BF16": "bfloat16", "UINT16": "uint16"}  # TF's JSON has no conversion for them
 TYPED = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "INT8": "int_val", "INT16": "int_val",
          "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
          "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val", "BYTES": "string_val"}
@@ -40,6 +41,10 @@ def values(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     return x.view(np.uint16).view(tf.bfloat16.as_numpy_dtype) if datatype == "BF16" else x
 
 
+def cast(x: Any, to: Any) -> dict[str, Any]:
+    return {"y": tf.cast(x, to)}
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tf_datatypes")
@@ -50,6 +55,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         signatures[f"id_{datatype.lower()}"] = tf.function(lambda x: {"y": tf.identity(x)}, input_signature=[spec])
     fp32 = tf.TensorSpec([None, None], tf.float32, name="x")
     signatures["serving_default"] = tf.function(lambda x: {"y": tf.transpose(x)}, input_signature=[fp32])
+    for datatype in NOT_IN_JSON:  # FP32 in, a type TF Serving's JSON cannot write out
+        signatures[f"to_{datatype.lower()}"] = tf.function(
+            functools.partial(cast, to=getattr(tf, TF_TYPES[datatype])), input_signature=[fp32])
     scalar = tf.TensorSpec([], tf.string, name="x")
     signatures["sc_bytes"] = tf.function(lambda x: {"y": tf.identity(x)}, input_signature=[scalar])
     for key, function in signatures.items():
@@ -107,7 +115,7 @@ def test_tfserving_grpc_answers_the_same_bits(server: RunningServer, repo: Path,
         same_bits(got, in_process(repo, "tf_types", f"id_{datatype.lower()}", x))
 
 
-@pytest.mark.parametrize("datatype", [d for d in NUMERIC if d != "BF16"] + ["BYTES"])
+@pytest.mark.parametrize("datatype", [d for d in NUMERIC if d not in NOT_IN_JSON] + ["BYTES"])
 def test_tfserving_rest_answers_the_same_values(server: RunningServer, repo: Path, datatype: str) -> None:
     x = values(datatype, (2, 4))
     data = [[{"b64": base64.b64encode(v).decode()} for v in row] for row in x] if datatype == "BYTES" else x.tolist()
@@ -123,6 +131,34 @@ def test_tfserving_rest_answers_the_same_values(server: RunningServer, repo: Pat
     else:
         got = np.array(outputs, dtype=want.dtype)
     same_bits(got, want)
+
+
+@pytest.mark.parametrize("datatype", NOT_IN_JSON)
+@pytest.mark.parametrize("field", ["inputs", "instances"])
+def test_tfserving_rest_refuses_what_tf_json_does_not_convert(server: RunningServer, datatype: str,
+                                                              field: str) -> None:
+    """TF Serving's JSON converts no half, bfloat16 or uint16 value: AddValueToTensor's default case
+    answers UNIMPLEMENTED (util/json_tensor.cc:336-339 at 9d981c5c), which its REST server answers
+    with 501 (model_servers/http_server.cc:74-75)."""
+    rows = [[1.5, 2.0], [3.0, 4.0]] if datatype != "UINT16" else [[1, 2], [3, 4]]
+    body = {"signature_name": f"id_{datatype.lower()}", field: {"x": rows} if field == "inputs" else rows}
+    response = requests.post(f"{server.base}/v1/models/tf_types:predict", data=json.dumps(body), timeout=30)
+    assert response.status_code == 501, response.text
+    first = "1.5" if datatype != "UINT16" else "1"
+    assert response.json() == {"error": f"Conversion of JSON Value: {first} to type: {NOT_IN_JSON[datatype]}"}
+
+
+@pytest.mark.parametrize("datatype", NOT_IN_JSON)
+def test_tfserving_rest_refuses_outputs_tf_json_does_not_write(server: RunningServer, datatype: str) -> None:
+    """Nor does it write one out: AddSingleValueAndAdvance's default case is INVALID_ARGUMENT, a 400
+    (util/json_tensor.cc:939-946 at 9d981c5c); an empty output has no value to write."""
+    url = f"{server.base}/v1/models/tf_types:predict"
+    body = {"signature_name": f"to_{datatype.lower()}", "inputs": {"x": [[1.0, 2.0]]}}
+    response = requests.post(url, data=json.dumps(body), timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"Failed to write JSON value for tensor type: {NOT_IN_JSON[datatype]}")
+    empty = requests.post(url, data=json.dumps({**body, "inputs": {"x": [[], []]}}), timeout=30)
+    assert empty.status_code == 200 and empty.json() == {"outputs": [[], []]}, empty.text
 
 
 @pytest.mark.parametrize("binary", [True, False])

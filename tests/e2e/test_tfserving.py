@@ -83,7 +83,9 @@ def test_rest_errors_in_tf_serving_shape(server: RunningServer) -> None:
         ("keras_mlp:predict", {"instances": [[1.0, 2.0]]}, 400, "expected shape [-1, 4]"),
         ("keras_mlp:predict", {"rows": []}, 400, "exactly one of 'instances'"),
         ("keras_mlp:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "DT_FLOAT"),
-        ("calculator:predict", {"signature_name": "nope", "instances": [[1.0, 2.0, 3.0]]}, 400, "no signature 'nope'"),
+        # TF Serving's words: predict_util.cc:87-94 at 9d981c5c (FAILED_PRECONDITION, REST's 400)
+        ("calculator:predict", {"signature_name": "nope", "instances": [[1.0, 2.0, 3.0]]}, 400,
+         'Serving signature key "nope" not found. (the model has: add, lengths, serving_default, shout)'),
         ("calculator/labels/canary:predict", {"instances": [[1.0, 2.0, 3.0]]}, 400,
          "Unrecognized servable version label: canary"),
         ("calculator:predict", {"instances": [[1.0, 2.0, 3.0], [4.0, [5.0], 6.0]]}, 400, "ragged"),

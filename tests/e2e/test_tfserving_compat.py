@@ -195,7 +195,27 @@ def test_classify_errors(stub) -> None:
     multi.input.example_list.examples.add()
     with pytest.raises(grpc.RpcError) as info:
         stub.MultiInference(multi, timeout=30)
-    assert "must name one model" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+    # TF Serving answers a method other than classify and regress UNIMPLEMENTED
+    # (servables/tensorflow/multi_inference.cc:80-83 at 9d981c5c)
+    multi.tasks[1].model_spec.name, multi.tasks[1].method_name = "half_plus_two", "tensorflow/serving/predict"
+    multi.tasks[1].model_spec.signature_name = "classify_x_to_y"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MultiInference(multi, timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.details().startswith("Unsupported signature method_name: tensorflow/serving/predict")
+    # an unknown signature, in TF Serving's words (multi_inference.cc:65-70, classifier.cc:157-161)
+    multi.tasks[1].method_name, multi.tasks[1].model_spec.signature_name = "tensorflow/serving/regress", "nope"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.MultiInference(multi, timeout=30)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Requested signature not found in model graph: nope")
+    request.model_spec.signature_name = "nope"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("No signature was found with the name: nope (the model has: ")
 
 
 def test_classify_and_regress_over_rest(server: RunningServer) -> None:
@@ -212,6 +232,9 @@ def test_classify_and_regress_over_rest(server: RunningServer) -> None:
     assert answer.json() == {"results": [3.0, 6.0]}
     answer = post("half_plus_two:regress", {"signature_name": "regress_x_to_y2", "examples": [{"x": 2.0}]})
     assert answer.json() == {"results": [4.0]}
+    answer = post("half_plus_two:regress", {"signature_name": "nope", "examples": [{"x": 2.0}]})
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("No signature was found with the name: nope (the model has: ")
     answer = post("half_plus_two:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [None]}]})
     assert answer.status_code == 400 and "a feature holds strings" in answer.json()["error"]
     answer = post("nope:regress", {"examples": [{"x": 1.0}]})

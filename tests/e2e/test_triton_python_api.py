@@ -68,7 +68,7 @@ MODELS = {
     "coded_errors": """
     def execute(self, requests):
         codes = {1: pb_utils.TritonError.INVALID_ARG, 2: pb_utils.TritonError.NOT_FOUND,
-                 3: pb_utils.TritonError.UNAVAILABLE}
+                 3: pb_utils.TritonError.UNAVAILABLE, 4: pb_utils.TritonError.UNSUPPORTED}
         answers = []
         for request in requests:
             which = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
@@ -144,8 +144,9 @@ def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:
     assert [_call(server, "counted", [0, 0])[0] for _ in range(3)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (7, "500")])
+@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (4, "501"), (7, "500")])
 def test_an_error_responses_code_is_its_http_status(server: RunningServer, value: int, status: str) -> None:
+    """As Triton's HTTPCodeFromError (UNSUPPORTED: 501 Not Implemented)."""
     with pytest.raises(InferenceServerException) as raised:
         _call(server, "coded_errors", [value, 0])
     message = "uncoded 7" if value == 7 else f"coded {value}"  # no code: INTERNAL, as Triton's default

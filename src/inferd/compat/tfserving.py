@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf import text_format
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from inferd.compat._proto import tfserving_config_pb2 as pb
 from inferd.config import BatchingDefaults, DynamicBatching, ModelSource, ServerSettings, VersionPolicy
@@ -32,14 +33,22 @@ IGNORED = ("rest_api_timeout_in_ms", "rest_api_num_threads", "tensorflow_session
            "enable_model_warmup", "num_load_threads", "num_unload_threads", "max_num_load_retries",
            "load_retry_interval_micros", "flush_filesystem_caches", "per_process_gpu_memory_fraction",
            "xla_cpu_compilation_enabled", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
-           "skip_initialize_tpu", "thread_pool_factory_config_file", "mixed_precision")
+           "skip_initialize_tpu", "thread_pool_factory_config_file", "mixed_precision",
+           "num_request_iterations_for_warmup", "num_tflite_interpreters_per_pool", "num_tflite_pools",
+           "xla_gpu_compilation_enabled", "enable_grpc_healthcheck_service")  # grpc.health.v1 is always served
 # flags that would change answers or files inferd does not read: refused unless left at the default
 REFUSED = {"prefer_tflite_model": "TFLite models are not served", "use_tflite_model": "TFLite models are not served",
            "platform_config_file": "platform configs are not read; models.config's model_platform is",
            "ssl_config_file": "TLS is not served; put a TLS proxy in front",
            "enable_signature_method_name_check": "method names are not checked (TF Serving's default)",
            "saved_model_tags": "only the 'serve' MetaGraph is loaded",
-           "tensorflow_session_config_file": "session configs are not read"}
+           "tensorflow_session_config_file": "session configs are not read",
+           "rest_api_enable_cors_support": "CORS headers are not sent",
+           "use_alts_credentials": "ALTS is not served",
+           "enable_serialization_as_tensor_content": "Predict answers in the typed fields (float_val, ...), "
+                                                     "TF Serving's default",
+           "enable_per_model_batching_parameters": "a model's batching_params.pbtxt is not read; its "
+                                                   "config.toml [dynamic_batching] is"}
 _FALSE = ("", "0", "false", "False")
 
 
@@ -67,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
     flags.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
                        help="seconds between looks for new versions; 0: look once")
     flags.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False)
+    flags.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
+                       default=False, help="HandleReloadConfigRequest may give a new label to a version not "
+                                           "available yet (moving a label still needs its version available)")
+    flags.add_argument("--version", type=_bool, nargs="?", const=True, default=False,
+                       help="print the version and exit")
     flags.add_argument("--batching_parameters_file", default="")
     flags.add_argument("--monitoring_config_file", default="")
     flags.add_argument("--grpc_channel_arguments", default="", help="name=value,... for the gRPC server")
@@ -74,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
                        help="inferd's: inferd: HTTP/2 on the event loop (fast); grpcio: grpcio's threaded server "
                             "(takes every --grpc_channel_arguments argument)")
     flags.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    flags.add_argument("--model-control-api", action="store_true",
+                       help="inferd's: take model control calls (ModelService/HandleReloadConfigRequest, the v2 "
+                            "repository API); beyond loopback needs --auth-token")
+    flags.add_argument("--auth-token", default=os.environ.get("INFERD_AUTH_TOKEN"),
+                       help="inferd's: bearer token model control calls must carry (default: $INFERD_AUTH_TOKEN)")
     for name in IGNORED:
         flags.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     for name in REFUSED:
@@ -118,7 +137,8 @@ def settings_from_flags(args: argparse.Namespace) -> ServerSettings:
         model_config_poll=float(max(args.model_config_file_poll_wait_seconds, 0)), batching=batching,
         metrics_paths=metrics, grpc_socket_path=args.grpc_socket_path or None,
         grpc_options=grpc_channel_arguments(args.grpc_channel_arguments), grpc_server=args.grpc_server,
-        listen_after_load=True)
+        listen_after_load=True, control_api=args.model_control_api, auth_token=args.auth_token,
+        labels_for_unavailable_versions=args.allow_version_labels_for_unavailable_models)
 
 
 def _parse(path: Path, message: M, what: str) -> M:
@@ -137,21 +157,76 @@ def read_model_config(path: Path) -> tuple[ModelSource, ...]:
     config = _parse(path, pb.ModelServerConfig(), "ModelServerConfig")
     if config.WhichOneof("config") == "custom_model_config":
         raise ConfigError(f"{path}: custom_model_config is not supported; use model_config_list")
+    return _sources(config.model_config_list, str(path), path.parent)
+
+
+def reloaded_model_config(data: bytes) -> tuple[ModelSource, ...]:
+    """ModelService/HandleReloadConfigRequest's ModelServerConfig (serialized), as model sources,
+    with what TF Serving (9d981c5c) refuses refused in its words, in its order: another kind of config
+    (model_servers/model_service_impl.cc:66-69), a name listed twice (server_core.cc:117-127), a
+    relative base_path (no model_config_list_root_dir; server_core.cc:139-150) and a platform that
+    is missing or not TensorFlow's (server_core.cc:78-106, 655-666)."""
+    config = pb.ModelServerConfig()
+    try:
+        config.ParseFromString(data)
+    except DecodeError as exc:
+        raise ConfigError(f"the ModelServerConfig does not parse: {exc}") from None
+    if config.WhichOneof("config") != "model_config_list":
+        raise ConfigError("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                          "ModelConfigList is currently supported")
+    models = config.model_config_list.config
+    names = [model.name for model in models]
+    repeated = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if repeated is not None:
+        raise ConfigError(f"Illegal to list model {repeated} multiple times in config list")
+    relative = next((model for model in models if "://" not in model.base_path
+                     and not Path(model.base_path).is_absolute()), None)
+    if relative is not None:
+        raise ConfigError(f"Expected model {relative.name} to have an absolute path or URI; got "
+                          f"base_path()={relative.base_path}")
+    for model in models:
+        _tf_platform(model)
+    return _sources(config.model_config_list, "the reloaded config", None)
+
+
+def _tf_platform(model: pb.ModelConfig) -> None:
+    """TF Serving's GetPlatform (server_core.cc:78-106): model_platform, or the deprecated model_type,
+    not both; then its router serves only "tensorflow" here."""
+    platform = model.model_platform
+    if model.model_type != pb.MODEL_TYPE_UNSPECIFIED:
+        if platform:
+            raise ConfigError("Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                              f"ModelServerConfig::model_platform, model name is {model.name}")
+        if model.model_type != pb.TENSORFLOW:
+            raise ConfigError(f"ModelServerConfig::model_type choice {model.model_type} not supported.")
+        platform = "tensorflow"
+    if not platform:
+        raise ConfigError("Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                          f"ModelServerConfig::model_platform, model name is {model.name}")
+    if platform != "tensorflow":
+        raise ConfigError(f"Model {model.name} requests unsupported platform {platform}")
+
+
+def _sources(models: pb.ModelConfigList, origin: str, folder: Path | None) -> tuple[ModelSource, ...]:
+    """A model_config_list as model sources; relative base paths are read from ``folder``."""
     sources: list[ModelSource] = []
-    for index, model in enumerate(config.model_config_list.config):
-        where = f"{path}: config #{index} ({model.name or 'no name'})"
+    for index, model in enumerate(models.config):
+        where = f"{origin}: config #{index} ({model.name or 'no name'})"
         if not model.name or not model.base_path:
             raise ConfigError(f"{where}: needs name and base_path")
+        if "://" in model.base_path:
+            raise ConfigError(f"{where}: base_path {model.base_path} is a URI; a model config's models are read "
+                              "from local folders (a remote repository: inferd serve s3://...)")
         if model.model_platform not in ("", "tensorflow"):
             raise ConfigError(f"{where}: model_platform {model.model_platform!r} is not served; inferd's "
                               "TF Serving door serves 'tensorflow' SavedModels (other models: inferd serve)")
         if model.HasField("logging_config"):
             raise ConfigError(f"{where}: logging_config (request logging) is not supported by inferd")
-        if any(s.name == model.name for s in sources):
-            raise ConfigError(f"{where}: the name {model.name!r} is given twice")
+        if any(s.name == model.name for s in sources):  # TF Serving's words (server_core.cc:122-125)
+            raise ConfigError(f"{where}: Illegal to list model {model.name} multiple times in config list")
         base = Path(model.base_path)
         sources.append(ModelSource(
-            name=model.name, base_path=base if base.is_absolute() else path.parent / base,
+            name=model.name, base_path=base if folder is None or base.is_absolute() else folder / base,
             version_policy=_policy(model.model_version_policy, where) if model.HasField("model_version_policy")
             else None,
             version_labels={label: int(v) for label, v in model.version_labels.items()} or None))

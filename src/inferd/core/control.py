@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,7 @@ from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
 from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import FailedPrecondition, Forbidden, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
@@ -38,13 +38,18 @@ class ModelSource:
 
 class ModelControl:
     def __init__(self, registry: ModelRegistry[Scheduler], access: AccessPolicy | None = None,
-                 model_store: Path | None = None, torchserve: TorchServeSettings | None = None) -> None:
+                 model_store: Path | None = None, torchserve: TorchServeSettings | None = None,
+                 read_model_config: Callable[[bytes], tuple[ConfiguredModel, ...]] | None = None,
+                 labels_for_unavailable_versions: bool = False) -> None:
         self._registry = registry
+        self._read_model_config = read_model_config  # a serialized TF Serving ModelServerConfig -> sources
+        self._labels_for_unavailable = labels_for_unavailable_versions
         self._access = access or AccessPolicy()
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
         self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
         self._finishing: set[asyncio.Task[Any]] = set()  # loads and unloads whose callers stopped waiting
+        self._config_turn = asyncio.Lock()  # TF Serving's model configs apply one at a time, whole
 
     # -- reading (always on; with --auth-inference, the token) -----------------------------
     def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
@@ -171,6 +176,39 @@ class ModelControl:
             task.add_done_callback(_finished)  # nobody awaits it any more: a failure is logged there
             raise
 
+    async def reload_model_config(self, config: bytes, credentials: str | None) -> list[VersionStatus]:
+        """TF Serving's HandleReloadConfigRequest: ``config`` (a serialized ModelServerConfig) is the
+        new models.config: the models it no longer names unload, new or changed ones load (a
+        repository's own models stay); a label must name a version available now, as in TF Serving.
+        Answers the models new to the server that did not become available, each one's versions
+        (TF Serving waits for those alone: server_core.cc:410-440). One config applies at a time."""
+        self._access.authorize_control(credentials, "reloading the model config")
+        if self._read_model_config is None:
+            raise Forbidden("this server does not read TF Serving model configs")
+        sources = self._read_model_config(config)
+        async with self._config_turn:
+            available = {(row.name, row.version) for row in self.states(ready_only=True)}
+            self._check_labels(sources, available)
+            await self._to_the_end(self._registry.set_sources(sources))
+            ready = {row.name for row in self.states(ready_only=True)}
+            failed = {source.name for source in sources} - {name for name, _ in available} - ready
+            rows = [row for row in self.states() if row.name in failed]
+        return rows + [VersionStatus(name, "", ModelState.UNAVAILABLE, "not loaded")
+                       for name in sorted(failed - {row.name for row in rows})]
+
+    def _check_labels(self, sources: tuple[ConfiguredModel, ...], available: set[tuple[str, str]]) -> None:
+        """TF Serving labels only versions available now (server_core.cc:549-584 at 9d981c5c); with
+        --allow_version_labels_for_unavailable_models, a new label (or one kept where it is) may
+        name a version still to load, but moving a label still needs its version available."""
+        for source in sources:
+            entry = self._registry.models.get(source.name)
+            labels = entry.config.version_labels if entry is not None else {}
+            for label, version in (source.version_labels or {}).items():
+                moved = label in labels and labels[label] != version
+                if (source.name, str(version)) not in available and (moved or not self._labels_for_unavailable):
+                    raise FailedPrecondition(f"Request to assign label to version {version} of model "
+                                             f"{source.name}, which is not currently available for inference")
+
     async def unregister(self, name: str, version: str | None, credentials: str | None) -> None:
         """TorchServe's unregister: the model (or one version); a downloaded archive is removed."""
         self._access.authorize_control(credentials, "unregistering a model")
@@ -224,7 +262,8 @@ class ModelControl:
 
     async def apply_model_sources(self, sources: tuple[ConfiguredModel, ...]) -> None:
         """A new TF Serving models.config: unload what it dropped, load what is new or changed."""
-        await self._registry.set_sources(sources)
+        async with self._config_turn:
+            await self._registry.set_sources(sources)
 
     async def close(self, timeout: float) -> bool:
         """Retire every model within ``timeout``; False if some work was left behind."""

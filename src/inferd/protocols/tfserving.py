@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
 
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import FailedPrecondition, InferdError, InvalidInput, NotFound, Unimplemented
 from inferd.protocols._proto import tfserving_pb2 as pb
 from inferd.protocols.tensors import (
     MAX_DIMS,
@@ -43,6 +45,9 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _MAX_BROADCAST = 1 << 20  # elements one repeated value may fill
+# datatypes TF Serving's JSON does not convert (util/json_tensor.cc at 9d981c5c: AddValueToTensor's
+# default case, 336-339, UNIMPLEMENTED on the way in; AddSingleValueAndAdvance's, 939-946, on the way out)
+_NOT_IN_JSON = ("FP16", "BF16", "UINT16")
 
 # v2 datatype <-> TF DataType enum value and the TensorProto field that holds typed values
 _TF_DTYPE: dict[str, pb.DataType] = {
@@ -50,6 +55,9 @@ _TF_DTYPE: dict[str, pb.DataType] = {
     "UINT64": pb.DT_UINT64, "INT8": pb.DT_INT8, "INT16": pb.DT_INT16, "INT32": pb.DT_INT32, "INT64": pb.DT_INT64,
     "FP16": pb.DT_HALF, "FP32": pb.DT_FLOAT, "FP64": pb.DT_DOUBLE, "BF16": pb.DT_BFLOAT16, "BYTES": pb.DT_STRING}
 _V2_BY_TF = {value: key for key, value in _TF_DTYPE.items()}
+# TensorFlow's DataTypeString: the names TF Serving's JSON errors use
+_TF_TYPE_NAME = {"FP16": "half", "BF16": "bfloat16", "UINT16": "uint16"}
+_NO_JSON_DTYPE = {"float16": "half", "bfloat16": "bfloat16", "uint16": "uint16"}  # numpy's names
 _TYPED_FIELD = {"BOOL": "bool_val", "UINT8": "int_val", "UINT16": "int_val", "INT8": "int_val", "INT16": "int_val",
                 "INT32": "int_val", "INT64": "int64_val", "UINT32": "uint32_val", "UINT64": "uint64_val",
                 "FP32": "float_val", "FP64": "double_val", "FP16": "half_val", "BF16": "half_val",
@@ -85,6 +93,35 @@ def servable_not_found(name: str, version: str | None, error: NotFound) -> NotFo
     """An unknown model or version in TF Serving's words (its clients look for "Servable")."""
     which = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
     return NotFound(f"Servable not found for request: {which}: {error.message}")
+
+
+def signature_not_found(signature: str, method: str, known: Iterable[str]) -> InferdError:
+    """An unknown signature_name in TF Serving's words and code (9d981c5c): Predict's FAILED_PRECONDITION
+    (servables/tensorflow/predict_util.cc:87-94), Classify's and Regress's INVALID_ARGUMENT
+    (classifier.cc:157-161, regressor.cc:152-156); inferd adds the signatures the model has."""
+    has = f" (the model has: {', '.join(sorted(known))})"
+    if method == PREDICT_METHOD:
+        return FailedPrecondition(f"Serving signature key \"{signature}\" not found.{has}")
+    return InvalidInput(f"No signature was found with the name: {signature}{has}")
+
+
+def models_not_available(rows: list[VersionStatus]) -> str:
+    """A reload's new models that did not become available, as TF Serving words them
+    (server_core.cc:341-362 at 9d981c5c; its code is UNKNOWN)."""
+    names = {row.name for row in rows}
+    failures = "".join(f"{{name: {row.name} version: {row.version or '-'}}}"
+                       f"{f' due to error: {row.reason}' if row.reason else ''}, " for row in rows)
+    return f"{len(names)} model(s) did not become available: {{{failures}}}"
+
+
+def reload_config_response(metric_names: list[str]) -> pb.ReloadConfigResponse:
+    """A reload that succeeded: an OK status, and each metric asked for with its increase (none of
+    TF's metrics exist here: 0, as TF Serving answers a name it does not know)."""
+    response = pb.ReloadConfigResponse()
+    response.status.SetInParent()  # OK: the status is there, with no error (util/status_util.cc:24-31)
+    for name in dict.fromkeys(metric_names):
+        response.metric.add(name=name, int64_value_increase=0)
+    return response
 
 
 # -- REST -----------------------------------------------------------------------------------------
@@ -150,6 +187,9 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
         shape = _nested_shape(value)
         element_count(name, shape)
         flat = _leaves(value, shape)
+        if datatype in _NOT_IN_JSON and flat and not isinstance(flat[0], dict):
+            raise Unimplemented(f"Conversion of JSON Value: {_json_text(flat[0])} to type: "
+                                f"{_TF_TYPE_NAME[datatype]}")
         if datatype == "BYTES":
             array = np.empty(len(flat), dtype=object)
             array[:] = [_bytes_value(item) for item in flat]
@@ -158,6 +198,11 @@ def _array(name: str, datatype: str, value: Any) -> np.ndarray:
         return array.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': cannot read the values as {tf_dtype_name(datatype)}: {exc}") from None
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as TF Serving quotes it in an error (compact, at most 256 bytes)."""
+    return json.dumps(value, separators=(",", ":"))[:256]
 
 
 def _nested_shape(value: Any) -> list[int]:
@@ -246,8 +291,11 @@ def _json(name: str, data: Any) -> Any:
     array = np.asarray(data)
     if array.dtype.kind in "OSU":  # a scalar string output comes as bytes_ (kind S), not object
         return _bytes_json(array.tolist(), force_b64=name.endswith("_bytes"))
-    if array.dtype.name == "bfloat16" or array.dtype == np.float16:
-        array = array.astype(np.float32)
+    unwritable = _NO_JSON_DTYPE.get(array.dtype.name)
+    if unwritable is not None:  # TF Serving writes no value of these (json_tensor.cc:939-946): only empty lists
+        if array.size:
+            raise InvalidInput(f"Failed to write JSON value for tensor type: {unwritable} (output '{name}')")
+        return array.astype(np.float32).tolist()
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return non_finite_json(array)
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")

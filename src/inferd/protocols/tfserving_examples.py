@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.errors import InvalidInput
+from inferd.errors import InvalidInput, Unimplemented
 from inferd.protocols._proto import tfserving_pb2 as pb
 from inferd.protocols.tfserving import (
     CLASSIFY_METHOD,
@@ -196,11 +196,14 @@ def rest_regression(result: pb.RegressionResult) -> dict[str, Any]:
 
 
 def task_method(task: pb.InferenceTask, model: str) -> str:
-    """A MultiInference task's method, checked: classify or regress, on the request's one model."""
+    """A MultiInference task's method, checked as TF Serving checks it (9d981c5c,
+    servables/tensorflow/multi_inference.cc:43-83): classify or regress, on the request's one model;
+    another method is UNIMPLEMENTED."""
+    if not task.model_spec.name:
+        raise InvalidInput("Found ModelSpec with an empty model name.")
     if task.model_spec.name != model:
-        raise InvalidInput(f"every task of a MultiInferenceRequest must name one model: '{model}' and "
-                           f"'{task.model_spec.name}' differ")
+        raise InvalidInput("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
     if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-        raise InvalidInput(f"task method_name must be {CLASSIFY_METHOD} or {REGRESS_METHOD}, "
-                           f"got {task.method_name!r}")
+        raise Unimplemented(f"Unsupported signature method_name: {task.method_name} (expected "
+                            f"{CLASSIFY_METHOD} or {REGRESS_METHOD})")
     return task.method_name

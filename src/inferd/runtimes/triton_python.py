@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.config import ServedConfig
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, describe
+from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, Unimplemented, describe
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -45,6 +45,7 @@ _ERRORS: dict[int, type[InferdError]] = {
     pb_utils.TritonError.UNKNOWN: InvalidInput, pb_utils.TritonError.INVALID_ARG: InvalidInput,
     pb_utils.TritonError.ALREADY_EXISTS: InvalidInput, pb_utils.TritonError.CANCELLED: InvalidInput,
     pb_utils.TritonError.NOT_FOUND: NotFound, pb_utils.TritonError.UNAVAILABLE: Unavailable,
+    pb_utils.TritonError.UNSUPPORTED: Unimplemented,  # Triton's 501 / UNIMPLEMENTED
 }
 
 

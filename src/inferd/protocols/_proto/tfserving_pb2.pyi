@@ -275,6 +275,30 @@ class GetModelStatusResponse(_message.Message):
     model_version_status: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
     def __init__(self, model_version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ...) -> None: ...
 
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ("config", "metric_names")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    METRIC_NAMES_FIELD_NUMBER: _ClassVar[int]
+    config: bytes
+    metric_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, config: _Optional[bytes] = ..., metric_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Metric(_message.Message):
+    __slots__ = ("name", "int64_value_increase")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INT64_VALUE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    int64_value_increase: int
+    def __init__(self, name: _Optional[str] = ..., int64_value_increase: _Optional[int] = ...) -> None: ...
+
+class ReloadConfigResponse(_message.Message):
+    __slots__ = ("status", "metric")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    status: StatusProto
+    metric: _containers.RepeatedCompositeFieldContainer[Metric]
+    def __init__(self, status: _Optional[_Union[StatusProto, _Mapping]] = ..., metric: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ...) -> None: ...
+
 class BytesList(_message.Message):
     __slots__ = ("value",)
     VALUE_FIELD_NUMBER: _ClassVar[int]

@@ -399,8 +399,7 @@ class PredictionServicer(_TFServingBase):
         signatures = self.data.signature_metadata(name, version, _authorization(context))
         signature = signature_name or next(iter(signatures))
         if signature not in signatures:
-            raise InvalidInput(f"Serving signature key \"{signature}\" not found; model '{name}' has "
-                               f"{', '.join(sorted(signatures))}")
+            raise tfserving.signature_not_found(signature, method, signatures)
         request = tfserving_examples.examples_request(name, version, signature, signatures[signature],
                                                        examples, method, rest=False)
         request.cancelled, request.credentials = context.cancelled, _authorization(context)
@@ -437,23 +436,27 @@ class PredictionServicer(_TFServingBase):
         if not request.tasks:
             raise InvalidInput("a MultiInferenceRequest needs at least one task")
         first = request.tasks[0].model_spec
-        methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
         try:
-            return await self._multi_inference(request, methods, context)
+            return await self._multi_inference(request, context)
         except ServableNotFound as exc:
             raise tfserving.servable_not_found(first.name, tfserving.model_spec_version(first)[0], exc) from None
 
-    async def _multi_inference(self, request: tfs.MultiInferenceRequest, methods: list[str], context: Context
+    async def _multi_inference(self, request: tfs.MultiInferenceRequest, context: Context
                                ) -> tfs.MultiInferenceResponse:
         """Every task runs on the servable the first task's ModelSpec names (its version or label), as
-        in TF Serving; the other tasks' versions are not read."""
+        in TF Serving; the other tasks' versions are not read. The tasks are checked once that
+        servable is found (multi_inference_helper.cc:53-57 at 9d981c5c)."""
         first = request.tasks[0].model_spec
         version = self._version(first, context)
-        default = next(iter(self.data.signature_metadata(first.name, version, _authorization(context))))
-        signatures = [task.model_spec.signature_name or default for task in request.tasks]
+        known = self.data.signature_metadata(first.name, version, _authorization(context))
+        methods = [tfserving_examples.task_method(task, first.name) for task in request.tasks]
+        signatures = [task.model_spec.signature_name or next(iter(known)) for task in request.tasks]
         repeated = next((name for i, name in enumerate(signatures) if name in signatures[:i]), None)
         if repeated is not None:
             raise InvalidInput(f"Duplicate evaluation of signature: {repeated}")
+        missing = next((name for name in signatures if name not in known), None)
+        if missing is not None:  # multi_inference.cc:65-70
+            raise InvalidInput(f"Requested signature not found in model graph: {missing}")
         examples = tfserving_examples.serialized_examples(request.input)
         answer = tfs.MultiInferenceResponse()
         for signature_name, method in zip(signatures, methods, strict=True):
@@ -498,11 +501,26 @@ def _decode_tensors(request: tfs.PredictRequest) -> list[Tensor]:
 
 
 class ModelServicer(_TFServingBase):
-    """``tensorflow.serving.ModelService``: GetModelStatus."""
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest."""
 
     name = "tensorflow.serving.ModelService"
     RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
-        "GetModelStatus": ("get_model_status", tfs.GetModelStatusRequest)}
+        "GetModelStatus": ("get_model_status", tfs.GetModelStatusRequest),
+        "HandleReloadConfigRequest": ("handle_reload_config_request", tfs.ReloadConfigRequest)}
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self.control = core.control
+
+    @guarded
+    async def handle_reload_config_request(self, request: tfs.ReloadConfigRequest, context: Context
+                                           ) -> tfs.ReloadConfigResponse:
+        """A new model_config_list, applied as model control (authorized as every change). TF Serving
+        answers a failure as the call's status (model_service_impl.cc:71-83), so only that travels."""
+        failed = await self.control.reload_model_config(request.config, _authorization(context))
+        if failed:
+            await context.abort(grpc.StatusCode.UNKNOWN, tfserving.models_not_available(failed))
+        return tfserving.reload_config_response(list(request.metric_names))
 
     @tf_guarded
     async def get_model_status(self, request: tfs.GetModelStatusRequest, context: Context

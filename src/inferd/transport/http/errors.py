@@ -13,6 +13,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.CONFLICT: 409,
+    ErrorCode.UNIMPLEMENTED: 501,
+    ErrorCode.FAILED_PRECONDITION: 400,
     ErrorCode.MODEL_FAILED: 500,
     ErrorCode.INVALID_CONFIG: 400,
     ErrorCode.INTERNAL: 500,

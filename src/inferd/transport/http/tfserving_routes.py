@@ -69,7 +69,7 @@ class TFServingRoutes:
                                                   credentials(request))
         return json_response(tfserving.rest_metadata(name, metadata.versions[-1], signatures))
 
-    def _signature(self, request: HttpRequest, name: str, version: str | None, payload: Any
+    def _signature(self, request: HttpRequest, name: str, version: str | None, payload: Any, method: str
                    ) -> tuple[str, dict[str, ModelMetadata]]:
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         if signature is not None and not isinstance(signature, str):
@@ -77,14 +77,14 @@ class TFServingRoutes:
         specs = self.data.signature_metadata(name, version, credentials(request))
         chosen = signature or next(iter(specs))
         if chosen not in specs:
-            raise InvalidInput(f"model '{name}' has no signature '{chosen}'; it has {', '.join(sorted(specs))}")
+            raise tfserving.signature_not_found(chosen, method, specs)
         return chosen, specs
 
     @_servable
     async def predict(self, request: HttpRequest) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
         payload = await off_loop(len(request.body), tfserving.loads_rest, request.body, "predict request")
-        chosen, specs = self._signature(request, name, version, payload)
+        chosen, specs = self._signature(request, name, version, payload, tfserving.PREDICT_METHOD)
         signature = payload.get("signature_name") if isinstance(payload, dict) else None
         infer_request, rows = await off_loop(len(request.body), tfserving.decode_rest_predict, payload,
                                              specs[chosen].inputs, name, version, signature)
@@ -105,7 +105,7 @@ class TFServingRoutes:
     async def _examples(self, request: HttpRequest, method: str) -> HttpResponse:
         name, version = request.params["model"], self._version(request)
         payload = await off_loop(len(request.body), tfserving.loads_rest, request.body, "request")
-        chosen, specs = self._signature(request, name, version, payload)
+        chosen, specs = self._signature(request, name, version, payload, method)
         examples = tfserving_examples.rest_examples(payload)
         infer_request = tfserving_examples.examples_request(name, version, chosen, specs[chosen], examples, method,
                                                             rest=True)
