@@ -245,6 +245,8 @@ class SequenceBatching:
 
     max_sequence_idle_us: int = 1_000_000  # Triton's default
     controls: tuple[SequenceControl, ...] = ()
+    strategy: str = ""  # Triton's "direct" | "oldest" as the file named it (each runs as inferd schedules: one
+    #                     request of a sequence per execution, on its instance); "": none named (Triton: direct)
 
 
 @dataclass(frozen=True, slots=True)

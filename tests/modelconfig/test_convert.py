@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -59,7 +60,6 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
 
 
 @pytest.mark.parametrize(("text", "named"), [
-    ("sequence_batching { oldest { } }", '"oldest"'),
     ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }',
      "int32_false_true"),
     ('sequence_batching { control_input [ { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ] }',
@@ -187,3 +187,9 @@ def test_sequence_batching_reads_its_controls_and_answers_them_back() -> None:
     again = apply_override(ModelConfig(), json.dumps(value), "s")
     assert again.sequence_batching == sequence
     assert parse_pbtxt("sequence_batching { }", "p", "m").sequence_batching.max_sequence_idle_us == 1_000_000
+    for strategy in ("direct { max_queue_delay_microseconds: 100 }", "oldest { max_candidate_sequences: 4 }"):
+        read = parse_pbtxt(f"sequence_batching {{ {strategy} }}", "p", "m").sequence_batching
+        assert read is not None and read.strategy == strategy.split()[0]
+        served = ServedConfig("s", "", "python", dataclasses.replace(config, sequence_batching=read))
+        answered = model_config_json(served)
+        assert strategy.split()[0] in answered["sequence_batching"]

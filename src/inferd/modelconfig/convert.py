@@ -258,7 +258,8 @@ def _sequence_batching(message: mc.ModelConfig, where: str) -> SequenceBatching 
             raise ConfigError(f"{where}: sequence_batching control_input '{control_input.name}' must hold one "
                               f"control, got {len(control_input.control)}")
         controls.append(_control(control_input.name, control_input.control[0], where))
-    return SequenceBatching(int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls))
+    return SequenceBatching(int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls),
+                            sequence.WhichOneof("strategy_choice") or "")
 
 
 def _control(name: str, control: Any, where: str) -> SequenceControl:
@@ -389,6 +390,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
 
 def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatching) -> None:
     message.max_sequence_idle_microseconds = sequence.max_sequence_idle_us
+    if sequence.strategy:
+        getattr(message, sequence.strategy).SetInParent()
     for control in sequence.controls:
         added = message.control_input.add(name=control.name).control.add(
             kind=_CONTROL.Kind.Value(f"CONTROL_SEQUENCE_{control.kind}"))
