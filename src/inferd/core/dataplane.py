@@ -16,6 +16,7 @@ from inferd.core.cache import Outputs, ResponseCache, request_key
 from inferd.core.classification import classify
 from inferd.core.shared_memory import SharedMemoryRegions
 from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound
+from inferd.observability import logging as server_log
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -43,7 +44,8 @@ _GENERATIONS = itertools.count(1)
 # per-request "timeout" parameter, generate (.../generate, .../generate_stream), and sequence (the
 # sequence_id, sequence_start and sequence_end parameters of stateful models)
 EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository",
-              "model_repository(unload_dependents)", "model_configuration", "statistics", "schedule_policy", "generate")
+              "model_repository(unload_dependents)", "model_configuration", "statistics", "schedule_policy", "generate",
+              "logging")
 
 
 class DataPlane:
@@ -107,6 +109,18 @@ class DataPlane:
     def shared_memory_status(self, name: str | None, credentials: str | None) -> list[SharedMemoryRegion]:
         self._access.authorize_inference(credentials, "reading shared memory status")
         return self.shared_memory.status(name)
+
+    # -- Triton's logging extension ----------------------------------------------------------
+    def log_settings(self, credentials: str | None) -> dict[str, bool | int | str]:
+        self._access.authorize_inference(credentials, "reading log settings")
+        return dict(server_log.SETTINGS.values)
+
+    def update_log_settings(self, changes: dict[str, object], credentials: str | None) -> dict[str, bool | int | str]:
+        self._access.authorize_inference(credentials, "changing log settings")
+        try:
+            return server_log.SETTINGS.update(changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
 
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self, credentials: str | None) -> ServerMetadata:

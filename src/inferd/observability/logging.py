@@ -36,6 +36,7 @@ def configure(level: str = "info", log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    SETTINGS.install()
     if level.lower() != "debug":
         quiet_frameworks()
 
@@ -51,3 +52,67 @@ def quiet_frameworks() -> None:
     filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
     filters += [f"ignore:{m}" for m in _QUIET_WARNINGS if f"ignore:{m}" not in filters]
     os.environ["PYTHONWARNINGS"] = ",".join(filters)
+
+
+class LogSettings(logging.Filter):
+    """Triton's logging extension (GET/POST /v2/logging, gRPC LogSettings): which levels the server
+    logs, changed while it runs. A filter on the server's handler drops what is switched off;
+    ``log_verbose_level`` > 0 turns debug records on. In this process only (under ``--workers`` the
+    model process's log; each front-end worker keeps its own)."""
+
+    FORMATS = ("default", "ISO8601")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, bool | int | str] = {"log_file": "", "log_info": True, "log_warning": True,
+                                                     "log_error": True, "log_verbose_level": 0,
+                                                     "log_format": "default"}
+        self._base_level = logging.INFO
+
+    def install(self) -> None:
+        root = logging.getLogger("inferd")
+        self._base_level = root.level or logging.INFO
+        self.values["log_info"] = self._base_level <= logging.INFO
+        self.values["log_verbose_level"] = 1 if self._base_level <= logging.DEBUG else 0
+        for handler in root.handlers:
+            handler.addFilter(self)
+
+    def update(self, changes: dict[str, object]) -> dict[str, bool | int | str]:
+        """Check every change first, then apply them all; raises ValueError saying which is wrong."""
+        checked: dict[str, bool | int | str] = {}
+        for key, value in changes.items():
+            if key == "log_file":
+                raise ValueError("log_file cannot be changed while the server runs (inferd logs to stderr)")
+            if key in ("log_info", "log_warning", "log_error"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{key} must be true or false, got {value!r}")
+            elif key == "log_verbose_level":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"log_verbose_level must be an integer >= 0, got {value!r}")
+            elif key == "log_format":
+                if value not in self.FORMATS:
+                    raise ValueError(f"log_format must be one of {', '.join(self.FORMATS)}, got {value!r}")
+            else:
+                raise ValueError(f"unknown log setting '{key}' (known: {', '.join(self.values)})")
+            checked[key] = value
+        self.values.update(checked)
+        root = logging.getLogger("inferd")
+        root.setLevel(logging.DEBUG if self.values["log_verbose_level"] else min(self._base_level, logging.INFO))
+        iso = self.values["log_format"] == "ISO8601"
+        for handler in root.handlers:
+            if handler.formatter is not None and not isinstance(handler.formatter, JsonFormatter):
+                handler.formatter.datefmt = "%Y-%m-%dT%H:%M:%S%z" if iso else None
+        return dict(self.values)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        level = record.levelno
+        if level >= logging.ERROR:
+            return bool(self.values["log_error"])
+        if level >= logging.WARNING:
+            return bool(self.values["log_warning"])
+        if level >= logging.INFO:
+            return bool(self.values["log_info"])
+        return bool(self.values["log_verbose_level"])
+
+
+SETTINGS = LogSettings()  # the process's, as logging itself is

@@ -226,3 +226,22 @@ def cuda_shared_memory_status(name: str | None) -> list[dict[str, Any]]:
 def cuda_shared_memory_refusal(name: str) -> InvalidInput:
     return InvalidInput(f"failed to register CUDA shared memory region '{name}': this server shares no GPU memory "
                         "(use system shared memory)")
+
+
+# -- logging -------------------------------------------------------------------------------------------
+def log_settings_changes(message: pb.LogSettingsRequest) -> dict[str, object]:
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in message.settings.items()}
+
+
+def log_settings_message(values: dict[str, bool | int | str]) -> pb.LogSettingsResponse:
+    message = pb.LogSettingsResponse()
+    for key, value in values.items():
+        entry = message.settings[key]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.uint32_param = value
+        else:
+            entry.string_param = value
+    return message

@@ -150,6 +150,7 @@ class KServeV2Servicer:
         "RepositoryModelUnload": ("unload", pb.RepositoryModelUnloadRequest),
         "ModelStatistics": ("statistics", pb.ModelStatisticsRequest),
         "ModelConfig": ("model_config", pb.ModelConfigRequest),
+        "LogSettings": ("log_settings", pb.LogSettingsRequest),
         "SystemSharedMemoryStatus": ("shared_memory_status", pb.SystemSharedMemoryStatusRequest),
         "SystemSharedMemoryRegister": ("register_shared_memory", pb.SystemSharedMemoryRegisterRequest),
         "SystemSharedMemoryUnregister": ("unregister_shared_memory", pb.SystemSharedMemoryUnregisterRequest),
@@ -261,6 +262,13 @@ class KServeV2Servicer:
                          ) -> pb.ModelStatisticsResponse:
         rows = self.data.statistics(request.name or None, request.version or None, _authorization(context))
         return kserve_v2_extensions.statistics_message(rows)
+
+    @guarded
+    async def log_settings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
+        changes = kserve_v2_extensions.log_settings_changes(request)
+        who = _authorization(context)
+        values = self.data.update_log_settings(changes, who) if changes else self.data.log_settings(who)
+        return kserve_v2_extensions.log_settings_message(values)
 
     # Triton's shared-memory extension (system regions; off unless --allow-client-shm)
     @guarded

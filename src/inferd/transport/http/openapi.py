@@ -112,6 +112,11 @@ def _v2_paths() -> dict[str, Any]:
             "model folder for this load", None, (400, 401, 403, 404, 503), params=("model",),
             body={JSON: {"schema": {"type": "object", "properties": {"parameters": {"type": "object"}}}}})}
     paths.update(_shared_memory_paths())
+    settings = {"type": "object", "additionalProperties": True}
+    paths["/v2/logging"] = {
+        "get": _op("Triton's logging extension: the log settings", settings, (401,)),
+        "post": _op("change log settings (log_info, log_warning, log_error, log_verbose_level, log_format)",
+                    settings, (400, 401), body={JSON: {"schema": settings}})}
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     for prefix, params in (("/v2/models/{model}", ("model",)),
                            ("/v2/models/{model}/versions/{version}", ("model", "version"))):

@@ -104,6 +104,8 @@ class KServeV2Routes:
         router.add("POST", "/v2/repository/index", self.repository_index)
         router.add("POST", "/v2/repository/models/{model}/load", self.load, guard=control_guard(self.core))
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
+        router.add("GET", "/v2/logging", self.logging, guard=inference_guard(self.core))
+        router.add("POST", "/v2/logging", self.logging, guard=inference_guard(self.core))
         for kind in ("systemsharedmemory", "cudasharedmemory"):
             shared = self.system_shared_memory if kind == "systemsharedmemory" else self.cuda_shared_memory
             for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
@@ -216,6 +218,15 @@ class KServeV2Routes:
         await self.control.unload(name, credentials(request), dependents)
         return OK
 
+
+    async def logging(self, request: HttpRequest) -> HttpResponse:
+        """Triton's logging extension: the log settings, after the body's changes (POST)."""
+        if request.method == "GET":
+            return json_response(self.data.log_settings(credentials(request)))
+        changes = kserve_v2.loads(request.body, "log settings") if request.body.strip() else {}
+        if not isinstance(changes, dict):
+            raise InvalidInput("log settings must be a JSON object, e.g. {\"log_verbose_level\": 1}")
+        return json_response(self.data.update_log_settings(changes, credentials(request)))
 
     async def system_shared_memory(self, request: HttpRequest) -> HttpResponse:
         """Triton's system shared-memory extension: status, register, unregister."""
