@@ -19,7 +19,7 @@ if [ "$have" != "$want" ]; then
   exit 1
 fi
 "$PYTHON" -m grpc_tools.protoc -I protos --python_out=src/inferd/protocols/_proto --pyi_out=src/inferd/protocols/_proto \
-  protos/kserve_v2.proto protos/tfserving.proto
+  protos/kserve_v2.proto protos/tfserving.proto protos/torchserve.proto
 "$PYTHON" -m grpc_tools.protoc -I protos --python_out=src/inferd/modelconfig/_proto \
   --pyi_out=src/inferd/modelconfig/_proto protos/triton_model_config.proto
 "$PYTHON" -m grpc_tools.protoc -I protos --python_out=src/inferd/compat/_proto --pyi_out=src/inferd/compat/_proto \

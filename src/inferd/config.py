@@ -91,6 +91,7 @@ class ServerSettings:
     batching: BatchingDefaults | None = None  # for models without [dynamic_batching] of their own
     metrics_paths: tuple[str, ...] = ("/metrics",)  # where Prometheus metrics answer
     grpc_socket_path: str | None = None  # also serve gRPC on this Unix socket
+    grpc_extra_ports: tuple[int, ...] = ()  # also serve gRPC on these ports (TorchServe's management port)
     grpc_options: tuple[tuple[str, str | int], ...] = ()  # extra gRPC server channel arguments
     grpc_server: str = "inferd"  # "inferd": HTTP/2 on the event loop; "grpcio": grpcio's threaded server
     listen_after_load: bool = False  # open the ports once the models loaded (TF Serving's order)
@@ -145,7 +146,7 @@ class ServerSettings:
         if self.max_connections < self.workers:
             raise ConfigError(f"--max-connections ({self.max_connections}) must be at least --workers "
                               f"({self.workers}): each worker takes its share of the connections")
-        if self.workers and (self.listeners or self.grpc_socket_path):
+        if self.workers and (self.listeners or self.grpc_socket_path or self.grpc_extra_ports):
             raise ConfigError("--workers serves --http-port and --grpc-port; TorchServe's separate addresses "
                               "and a gRPC Unix socket are served by one process (leave --workers out)")
         if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:

@@ -200,7 +200,7 @@ class Transports:
 
                 async def start_grpc() -> None:  # the port is bound as the server is built
                     self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
-                                            connections, s.grpc_socket_path, options)
+                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports)
                     await self._grpc.start()
             else:
                 from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
@@ -208,7 +208,7 @@ class Transports:
                 async def start_grpc() -> None:
                     self._grpc = NativeGrpcServer(self.core, s.host, s.grpc_port, budget=self._budget,
                                                   max_calls=connections, socket_path=s.grpc_socket_path,
-                                                  reuse_port=shared,
+                                                  reuse_port=shared, extra_ports=s.grpc_extra_ports,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

@@ -28,7 +28,8 @@ def test_defaults_are_torchserves(tmp_path: Path) -> None:
     s = started.settings
     assert [(x.host, x.port, x.apis) for x in s.listeners] == [
         ("127.0.0.1", 8080, ("inference",)), ("127.0.0.1", 8081, ("management",)), ("127.0.0.1", 8082, ("metrics",))]
-    assert s.http_port == 0 and s.grpc_port == 0 and s.model_control == "explicit"
+    assert s.http_port == 0 and s.model_control == "explicit"
+    assert (s.grpc_port, s.grpc_extra_ports) == (7070, (7071,))  # TorchServe's gRPC inference and management
     assert s.torchserve.allowed_urls == torchserve.TORCHSERVE_ALLOWED_URLS
     assert s.torchserve.default_workers == 0 and not s.torchserve.model_api
     assert s.auth_token and s.auth_inference  # token authorization is on unless disabled

@@ -15,10 +15,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import requests
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
+from inferd.protocols._proto import torchserve_pb2 as ts
 from tests import ts_archives
 from tests.conftest import ROOT, free_port
 
@@ -45,7 +50,9 @@ def file_server(folder: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterator[dict[str, str]]:
     ports = {api: free_port() for api in ("inference", "management", "metrics")}
+    grpc_ports = {api: free_port() for api in ("grpc_inference", "grpc_management")}
     lines = [f"{api}_address=http://127.0.0.1:{port}" for api, port in ports.items()]
+    lines += [f"{api}_port={port}" for api, port in grpc_ports.items()]
     lines += [f"{key}={value}" for key, value in properties.items()]
     (workdir / "config.properties").write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
@@ -68,7 +75,8 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterat
         deadline = time.monotonic() + 120
         while not ready.wait(0.05):
             assert process.poll() is None and time.monotonic() < deadline, "".join(output)
-        yield {api: f"http://127.0.0.1:{port}" for api, port in ports.items()}
+        yield {**{api: f"http://127.0.0.1:{port}" for api, port in ports.items()},
+               **{api: f"127.0.0.1:{port}" for api, port in grpc_ports.items()}}
     finally:
         process.terminate()
         process.wait(30)
@@ -202,3 +210,65 @@ def test_two_registrations_of_one_url_at_once_leave_the_archive_served(archives:
             assert not (store / "doubler.mar").exists()
     finally:
         files.shutdown()
+
+
+INFERENCE = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/"
+MANAGEMENT = "/org.pytorch.serve.grpc.management.ManagementAPIsService/"
+
+
+def _grpc_call(address: str, path: str, request: Message, answer: type[Message]) -> Any:
+    """A unary call as TorchServe's generated stubs make it (the messages are wire-compatible)."""
+    with grpc.insecure_channel(address) as channel:
+        return channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=answer.FromString)(request, timeout=120)
+
+
+def test_torchserves_grpc_apis_on_its_two_ports(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's gRPC inference (grpc_inference_port) and management (grpc_management_port) APIs,
+    as ts_scripts/torchserve_grpc_client.py calls them: register, predict (unary and streamed),
+    list, describe, scale, set-default, unregister; errors are the call's status."""
+    with torchserve(tmp_path, {"model_store": str(archives), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}) as urls:
+        manage, infer = urls["grpc_management"], urls["grpc_inference"]
+        registered = _grpc_call(manage, MANAGEMENT + "RegisterModel", ts.RegisterModelRequest(
+            url="doubler.mar", initial_workers=1, synchronous=True, model_name="doubler"), ts.ManagementResponse)
+        assert "doubler" in json.loads(registered.msg)["status"]
+        health = _grpc_call(infer, INFERENCE + "Ping", empty_pb2.Empty(), ts.TorchServeHealthResponse)
+        assert json.loads(health.health) == {"status": "Healthy"}
+        body = json.dumps({"values": [1, 2, 3, 4]}).encode()
+        over_http = requests.post(f"{urls['inference']}/predictions/doubler", data=body, timeout=30)
+        assert over_http.status_code == 200, over_http.text
+        request = ts.PredictionsRequest(model_name="doubler", input={"data": body})
+        answer = _grpc_call(infer, INFERENCE + "Predictions", request, ts.PredictionResponse)
+        assert json.loads(answer.prediction) == over_http.json()
+        with grpc.insecure_channel(infer) as channel:
+            streamed = list(channel.unary_stream(INFERENCE + "StreamPredictions",
+                                                 request_serializer=lambda m: m.SerializeToString(),
+                                                 response_deserializer=ts.PredictionResponse.FromString)(request))
+        assert [json.loads(s.prediction) for s in streamed] == [over_http.json()]
+        listed = json.loads(_grpc_call(manage, MANAGEMENT + "ListModels", ts.ListModelsRequest(),
+                                       ts.ManagementResponse).msg)
+        assert [m["modelName"] for m in listed["models"]] == ["doubler"]
+        scaled = _grpc_call(manage, MANAGEMENT + "ScaleWorker", ts.ScaleWorkerRequest(
+            model_name="doubler", min_worker=2, synchronous=True), ts.ManagementResponse)
+        assert json.loads(scaled.msg)["status"]
+        described = json.loads(_grpc_call(manage, MANAGEMENT + "DescribeModel", ts.DescribeModelRequest(
+            model_name="doubler"), ts.ManagementResponse).msg)
+        assert described[0]["modelName"] == "doubler" and len(described[0]["workers"]) == 2
+        for address, path, message, code, says in (
+                (infer, INFERENCE + "Predictions", ts.PredictionsRequest(model_name="nope", input={"data": b"1"}),
+                 grpc.StatusCode.NOT_FOUND, "Model not found: nope"),
+                (manage, MANAGEMENT + "DescribeModel", ts.DescribeModelRequest(model_name="nope"),
+                 grpc.StatusCode.NOT_FOUND, "Model not found: nope"),
+                (infer, INFERENCE + "Predictions", ts.PredictionsRequest(model_name="doubler",
+                                                                         input={"data": b"not json"}),
+                 grpc.StatusCode.INTERNAL, "JSONDecodeError")):  # the handler raised
+            with pytest.raises(grpc.RpcError) as raised:
+                _grpc_call(address, path, message, ts.PredictionResponse if address == infer else ts.ManagementResponse)
+            assert raised.value.code() == code and says in (raised.value.details() or ""), raised.value
+        gone = _grpc_call(manage, MANAGEMENT + "UnregisterModel", ts.UnregisterModelRequest(model_name="doubler"),
+                          ts.ManagementResponse)
+        assert json.loads(gone.msg) == {"status": 'Model "doubler" unregistered'}
+        with pytest.raises(grpc.RpcError) as raised:
+            _grpc_call(infer, INFERENCE + "Predictions", request, ts.PredictionResponse)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND

@@ -36,7 +36,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging", "
            "model_metrics_auto_detect", "disable_system_metrics", "enable_metrics_api", "workflow_store",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
-           "ts_open_inference_protocol", "enable_grpc_ssl", "grpc_inference_port", "grpc_management_port",
+           "ts_open_inference_protocol", "enable_grpc_ssl",
            "grpc_inference_address", "grpc_management_address", "token_expiration_min", "snapshot_store",
            "model_snapshot", "service_envelope", "default_service_handler", "job_queue_size")
 # keys whose honest answer is a refusal: ignoring them would change what is served
@@ -180,7 +180,10 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api)
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     settings = ServerSettings(
-        model_repository=None, host=host, http_port=0, grpc_port=0, model_control="explicit",
+        model_repository=None, host=host, http_port=0, model_control="explicit",
+        # TorchServe's gRPC inference and management ports (each serves both APIs here)
+        grpc_port=_int(properties, "grpc_inference_port", 7070),
+        grpc_extra_ports=(_int(properties, "grpc_management_port", 7071),),
         auth_token=token, auth_inference=token is not None, model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferd.errors import InvalidInput
+from inferd.errors import InvalidInput, NotFound
 from inferd.types import InferRequest, InferResponse, ModelMetadata, ModelState, Tensor, VersionDescription, numpy_dtype
 
 PROTOCOL = "torchserve"
@@ -37,6 +37,34 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
                         inputs=[_bytes_tensor("body", bytes(body)),
                                 _bytes_tensor("content_type", "\r\n".join(lines).encode("latin-1"))],
                         protocol=PROTOCOL)
+
+
+def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None) -> InferRequest:
+    """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
+    multipart form's are (the handler sees ``{"data": bytearray, ...}``)."""
+    for name in fields:
+        if not name or any(c in name for c in '"\r\n'):
+            raise InvalidInput(f"input name {name!r}: a field name without quotes or line breaks")
+    boundary = "inferd-form"
+    while any(boundary.encode() in value for value in fields.values()):
+        boundary += "-x"
+    parts = [b"--%s\r\ncontent-disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
+             % (boundary.encode(), name.encode(), value) for name, value in fields.items()]
+    body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
+    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version)
+
+
+def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
+                    ) -> list[VersionDescription]:
+    """What describe answers: ``None`` the default version (else the newest), ``all`` every version,
+    else that version (TorchServe's ``GET /models/{model}[/{version}]`` and DescribeModel)."""
+    if version == "all":
+        return rows
+    wanted = version or default
+    chosen = [row for row in rows if row.version == wanted] if wanted else rows[-1:]
+    if not chosen:
+        raise NotFound(f"Model version: {version} does not exist for model: {name}")
+    return chosen
 
 
 def prediction_status(response: InferResponse) -> int:

@@ -46,6 +46,7 @@ from inferd.transport.grpc.servicers import (
     StreamTurns,
     Turn,
 )
+from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 from inferd.transport.offload import inflate_off_loop
 
 log = logging.getLogger("inferd.grpc")
@@ -976,14 +977,17 @@ class NativeGrpcServer:
 
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int = 64 << 20,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
-                 reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION) -> None:
+                 reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
+                 extra_ports: tuple[int, ...] = ()) -> None:
         self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
+        self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
         self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
         self.budget = budget or ByteBudget(8 * max_message_bytes)
         self.active = 0
         self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
+        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+                                     TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self.health = NativeHealth([s.name for s in servicers])
         self.routes: dict[str, Route] = {}
         for servicer in [*servicers, self.health]:
@@ -1010,6 +1014,8 @@ class NativeGrpcServer:
                                           reuse_port=self.reuse_port or None)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
+        for extra in self.extra_ports:
+            self._servers.append(await loop.create_server(lambda: _Connection(self), self.host, extra, backlog=1024))
         if self.socket_path:
             self._servers.append(await loop.create_unix_server(lambda: _Connection(self), self.socket_path))
 

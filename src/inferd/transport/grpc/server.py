@@ -38,6 +38,7 @@ from inferd.transport.grpc.servicers import (
     StreamTurns,
     Turn,
 )
+from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 
 STREAM_BUFFER = 64  # answers of one stream waiting for a slow client; then the models wait
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait to be read
@@ -255,7 +256,7 @@ class GrpcServer:
 
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
-                 extra_options: tuple[tuple[str, str | int], ...] = ()) -> None:
+                 extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = ()) -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
@@ -264,7 +265,8 @@ class GrpcServer:
         options = list(dict([*options, *extra_options]).items())
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core)]
+        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+                                     TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self._draining = threading.Event()
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
                                    handlers=[_handler(s, loop, budget, self._draining) for s in servicers],
@@ -276,6 +278,9 @@ class GrpcServer:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
         if socket_path and not self._server.add_insecure_port(f"unix:{socket_path}"):
             raise OSError(f"cannot listen for gRPC on unix:{socket_path}")
+        for extra in extra_ports:
+            if not self._server.add_insecure_port(f"{host}:{extra}"):
+                raise OSError(f"cannot listen for gRPC on {host}:{extra}")
 
     async def start(self) -> None:
         self._server.start()

@@ -204,12 +204,8 @@ class TorchServeRoutes:
         name, version = request.params["model"], request.params.get("version")
         if name not in {m.name for m in self.control.models(_credentials(request))}:
             raise NotFound(f"Model not found: {name}")
-        rows = self.control.describe(name, _credentials(request))
-        if version != "all":
-            wanted = version or self.control.default_version(name)
-            rows = [row for row in rows if row.version == wanted] if wanted else rows[-1:]
-            if not rows:
-                raise NotFound(f"Model version: {version} does not exist for model: {name}")
+        rows = torchserve.choose_versions(self.control.describe(name, _credentials(request)), name, version,
+                                          self.control.default_version(name))
         return json_response([torchserve.describe(name, row) for row in rows])
 
     async def register_model(self, request: HttpRequest) -> HttpResponse:
