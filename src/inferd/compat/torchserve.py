@@ -179,11 +179,12 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         startup_timeout_s=_int(properties, "default_startup_timeout", 120),
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api)
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
+    grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
+        properties, "grpc_management_port", 7071)
     settings = ServerSettings(
         model_repository=None, host=host, http_port=0, model_control="explicit",
         # TorchServe's gRPC inference and management ports (each serves both APIs here)
-        grpc_port=_int(properties, "grpc_inference_port", 7070),
-        grpc_extra_ports=(_int(properties, "grpc_management_port", 7071),),
+        grpc_port=grpc_inference, grpc_extra_ports=(grpc_management,) if grpc_management != grpc_inference else (),
         auth_token=token, auth_inference=token is not None, model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
