@@ -188,6 +188,10 @@ class CallContext:
     deadline: float | None = None  # time.perf_counter() value; None = no deadline
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
     sequence: SequenceId | None = None  # a stateful model's request: its sequence (sequence_id parameters)
+    # the request as a Python model may ask for it (Triton's request.parameters(), requested_output_names())
+    parameters: dict[str, Any] | None = None
+    outputs: tuple[str, ...] = ()
+    request_id: str = ""
 
     def is_cancelled(self) -> bool:
         return self.cancelled is not None and self.cancelled()

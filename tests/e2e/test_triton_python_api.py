@@ -116,9 +116,35 @@ MODELS = {
 }
 
 
+# a request's own parameters, id and requested outputs; it answers only the outputs asked for
+ASKS = HEAD + """
+    def execute(self, requests):
+        import json
+
+        answers = []
+        for request in requests:
+            parameters = json.loads(request.parameters())
+            facts = np.array([len(parameters), float(parameters.get("scale", 0)), float(request.request_id() or 0)],
+                             np.float32)
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor(name, facts if name == "FACTS" else facts * 0)
+                                                       for name in request.requested_output_names()]))
+        return answers
+"""
+
+ASKS_CONFIG = """
+name: "asks"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "FACTS" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "OTHER" data_type: TYPE_FP32 dims: [ 3 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root: Path = tmp_path_factory.mktemp("pb_utils_repo")
+    models.write(root / "asks/1/model.py", ASKS)
+    models.write(root / "asks/config.pbtxt", ASKS_CONFIG)
     for name, body in MODELS.items():
         policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else ""
         models.write(root / name / "1/model.py", HEAD + body)
@@ -138,6 +164,20 @@ def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
 def test_async_execute_and_a_plain_models_response_sender(server: RunningServer, model: str) -> None:
     for values in ([1.0, 2.0], [4.0, -1.0]):  # twice: the async model's lock is reused
         np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_a_request_shows_its_own_parameters_id_and_requested_outputs(server: RunningServer, wire: str) -> None:
+    """Triton's request.parameters() (the client's, not the server's own such as timeout),
+    request_id() and requested_output_names(): the model answers only FACTS, as asked."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    client = lib.InferenceServerClient(server.grpc_url if wire == "grpc" else server.url)
+    tensor = lib.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.ones(2, np.float32))
+    result = client.infer("asks", [tensor], request_id="7", outputs=[lib.InferRequestedOutput("FACTS")],
+                          parameters={"scale": 2.5, "mode": "fast"}, timeout=10_000_000)
+    np.testing.assert_array_equal(result.as_numpy("FACTS"), [2, 2.5, 7])
+    assert result.as_numpy("OTHER") is None
 
 
 def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:

@@ -240,6 +240,8 @@ class DataPlane:
             if cached is not None:
                 outputs = cached
             else:
+                if runtime.takes_request:  # a Python model may ask for them (Triton's request.parameters())
+                    _request_facts(context, request, wanted)
                 outputs = await runtime.infer_async(arrays, context)
                 gathered = time.perf_counter()
                 if key is not None and self._cache is not None:
@@ -322,6 +324,8 @@ class DataPlane:
                 await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
+            if runtime.takes_request:
+                _request_facts(context, request, wanted)
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
                     tensors = self._tensors(request.model_name, runtime, outputs, wanted)
@@ -447,3 +451,9 @@ def _check_rows(model: str, tensors: list[Tensor], rows: int) -> None:
         if tensor.data.ndim == 0 or tensor.data.shape[0] != rows:
             raise ModelError(f"model '{model}' returned output '{tensor.name}' with shape {list(tensor.data.shape)} "
                              f"for a batch of {rows} rows; dim 0 must be the batch")
+
+
+def _request_facts(context: CallContext, request: InferRequest, wanted: list[RequestedOutput]) -> None:
+    context.parameters = request.parameters
+    context.outputs = tuple(w.name for w in wanted)
+    context.request_id = request.id or ""

@@ -362,6 +362,7 @@ class ProcessRuntime(Runtime):
         self.inputs, self.outputs = metadata["inputs"], metadata["outputs"]
         self.max_batch_size = metadata["max_batch_size"]
         self.takes_sequence = metadata["takes_sequence"]
+        self.takes_request = metadata["takes_request"]
         self.decoupled = metadata["decoupled"]
         self.parts = metadata["parts"]
         self._description = metadata["describe"]

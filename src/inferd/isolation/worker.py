@@ -67,7 +67,8 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
-                         "takes_sequence": runtime.takes_sequence, "decoupled": runtime.decoupled,
+                         "takes_sequence": runtime.takes_sequence, "takes_request": runtime.takes_request,
+                         "decoupled": runtime.decoupled,
                          "parts": runtime.parts}))
     return runtime
 

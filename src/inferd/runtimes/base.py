@@ -9,8 +9,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 
 from inferd.config import ModelConfig, TensorConfig
 from inferd.errors import ConfigError, ModelError
@@ -30,6 +32,28 @@ def pack_sequence(correlation_id: int | str, flags: int) -> np.ndarray:
     array = np.empty(2, dtype=object)
     array[0], array[1] = kind + str(correlation_id).encode(), str(flags).encode()
     return array
+
+
+REQUEST_INPUT = "__inferd_request__"  # the request's parameters, outputs and id, for models that ask (Triton's)
+# parameters the server itself consumes, not the model's to see (as Triton keeps them from backends)
+_SERVERS_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end", "timeout", "priority",
+                                 "binary_data_output", "triton_enable_empty_final_response"))
+
+
+def with_request(inputs: Arrays, context: CallContext) -> Arrays:
+    """``inputs`` and the request's facts (``REQUEST_INPUT``: a one-element BYTES tensor, so it
+    crosses to process instances like any tensor) for a runtime that ``takes_request``; only
+    where one call is one request (never a dynamic batcher's joined rows)."""
+    parameters = {k: v for k, v in (context.parameters or {}).items() if k not in _SERVERS_PARAMETERS}
+    facts = np.empty(1, dtype=object)
+    facts[0] = orjson.dumps({"parameters": parameters, "outputs": list(context.outputs), "id": context.request_id})
+    return {**inputs, REQUEST_INPUT: facts}
+
+
+def unpack_request(array: np.ndarray) -> tuple[dict[str, Any], list[str], str]:
+    """(parameters, requested output names, request id) from ``with_request``'s tensor."""
+    facts = orjson.loads(bytes(array[0]))
+    return facts["parameters"], facts["outputs"], facts["id"]
 
 
 def unpack_sequence(array: np.ndarray) -> tuple[int | str, int]:
@@ -59,6 +83,7 @@ class Runtime(ABC):
     lenient_rank: bool = False  # True: a tensor of another rank is left to the model (TensorFlow's graphs)
     decoupled: bool = False  # answers a request zero, one or many times (infer_stream)
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
+    takes_request: bool = False  # calls of one request carry REQUEST_INPUT (its parameters, outputs, id)
     parts: bool = False  # may answer one request in parts before its answer (infer_parts, INTERMEDIATE_OUTPUT)
 
     @abstractmethod
@@ -98,6 +123,7 @@ class Runtime(ABC):
         self.platform, self.inputs, self.outputs = inner.platform, inner.inputs, inner.outputs
         self.decoupled = inner.decoupled
         self.takes_sequence = inner.takes_sequence
+        self.takes_request = inner.takes_request
         self.parts = inner.parts
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process

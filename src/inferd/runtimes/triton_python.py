@@ -28,12 +28,14 @@ from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unav
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
+    REQUEST_INPUT,
     SEQUENCE_INPUT,
     Arrays,
     LoadContext,
     Runtime,
     conform_outputs,
     require_specs,
+    unpack_request,
     unpack_sequence,
 )
 from inferd.types import TensorSpec
@@ -53,6 +55,7 @@ class TritonPythonRuntime(Runtime):
     platform = "python"
     takes_sequence = True  # a sequence model's requests show their correlation_id() and flags()
     calls_models = True  # execute may call other models (BLS), waiting on the event loop for them
+    takes_request = True  # a request's parameters(), requested_output_names() and request_id() are its own
 
     def __init__(self, model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  max_batch_size: int, name: str) -> None:
@@ -70,11 +73,12 @@ class TritonPythonRuntime(Runtime):
         if SEQUENCE_INPUT in inputs:
             inputs = dict(inputs)
             correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
+        inputs, parameters, wanted, request_id = self._facts(inputs)
         sent: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
         sender = pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
                                                   lambda: False, decoupled=False)
         request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            [spec.name for spec in self.outputs], sender=sender,
+                                            wanted, request_id, parameters, sender=sender,
                                             correlation_id=correlation_id, flags=flags)
         responses = self._execute([request])
         if responses is None and sent:
@@ -84,7 +88,16 @@ class TritonPythonRuntime(Runtime):
             raise RuntimeError(f"TritonPythonModel.execute must return one InferenceResponse per request "
                                f"(1), got {count}")
         response = responses[0] if responses[0] is not None or not sent else sent[0]
-        return self._outputs(response)
+        return self._outputs(response, wanted)
+
+    def _facts(self, inputs: Arrays) -> tuple[Arrays, dict[str, Any], list[str], str]:
+        """The request's own parameters, requested outputs and id, when one call is one request (a
+        dynamically batched call joins several: every output, no parameters, as before)."""
+        if REQUEST_INPUT not in inputs:
+            return inputs, {}, [spec.name for spec in self.outputs], ""
+        inputs = dict(inputs)
+        parameters, wanted, request_id = unpack_request(inputs.pop(REQUEST_INPUT))
+        return inputs, parameters, wanted, request_id
 
     def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
         """``execute``, awaited on the model's own event loop when it is ``async def`` (as Triton runs it)."""
@@ -98,7 +111,9 @@ class TritonPythonRuntime(Runtime):
             result = asyncio.run_coroutine_threadsafe(result, self._loop).result()
         return result
 
-    def _outputs(self, response: Any) -> Arrays:
+    def _outputs(self, response: Any, wanted: list[str]) -> Arrays:
+        """The response's outputs, each asked for one in its declared dtype (one not asked for may
+        be left out, as Triton lets a model that reads requested_output_names())."""
         if not isinstance(response, pb_utils.InferenceResponse):
             raise RuntimeError(f"TritonPythonModel.execute must answer with pb_utils.InferenceResponse objects, "
                                f"got {type(response).__name__}")
@@ -106,7 +121,9 @@ class TritonPythonRuntime(Runtime):
         if error is not None:
             kind = _ERRORS.get(error.code())
             raise kind(error.message()) if kind is not None else RuntimeError(error.message())
-        return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()}, self.outputs,
+        asked = set(wanted)
+        return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
+                               tuple(spec for spec in self.outputs if spec.name in asked),
                                self._name)
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
@@ -115,9 +132,9 @@ class TritonPythonRuntime(Runtime):
             return
         sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue()
         sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.put((response, flags)), stop.is_set)
+        inputs, parameters, wanted, request_id = self._facts(inputs)
         request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            [spec.name for spec in self.outputs], sender=sender,
-                                            cancelled=stop.is_set)
+                                            wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
 
         def execute() -> None:
             try:
@@ -143,7 +160,7 @@ class TritonPythonRuntime(Runtime):
                 raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
             response, flags = item
             if response is not None:
-                yield self._outputs(response)
+                yield self._outputs(response, wanted)
             if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
                 return
 

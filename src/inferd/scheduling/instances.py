@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable, describe
-from inferd.runtimes.base import Arrays, Emit, Runtime
+from inferd.runtimes.base import Arrays, Emit, Runtime, with_request
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
@@ -85,6 +85,8 @@ class InstancePool(Scheduler):
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         if self._closed:
             raise self.unloading()
+        if self.takes_request:  # one call, one request: the model may ask for its parameters
+            inputs = with_request(inputs, context)
         if self.pending >= self._max_queue + self._count:
             raise QueueFull(f"model '{self.name}' queue is full ({self._max_queue} waiting); retry later")
         if self.pending == 0 and self.runs_inline(inputs):
@@ -106,6 +108,8 @@ class InstancePool(Scheduler):
         """A decoupled model's answers: its generator runs on an instance thread (holding it until
         it ends) and hands each answer over a bounded queue, so a slow reader slows the model down
         instead of filling memory; closing this iterator (the client went away) stops it."""
+        if self.takes_request and self.decoupled:
+            inputs = with_request(inputs, context)
         if not self.decoupled:
             if self.parts:
                 async with contextlib.aclosing(self._answer_in_parts(inputs, context)) as in_parts:

@@ -22,7 +22,7 @@ import numpy as np
 
 from inferd.config import SequenceBatching, SequenceControl
 from inferd.errors import DeadlineExceeded, InvalidInput
-from inferd.runtimes.base import SEQUENCE_END, SEQUENCE_INPUT, SEQUENCE_START, Arrays, pack_sequence
+from inferd.runtimes.base import SEQUENCE_END, SEQUENCE_INPUT, SEQUENCE_START, Arrays, pack_sequence, with_request
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext, SequenceId, WorkerStatus, numpy_dtype
@@ -96,6 +96,8 @@ class SequenceBatcher(Scheduler):
                 if self.takes_sequence:
                     flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
                     arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
+                if self.takes_request:
+                    arrays = with_request(arrays, context)
                 try:
                     return await self._run(state.lane, arrays, context)
                 except (DeadlineExceeded, asyncio.CancelledError):
