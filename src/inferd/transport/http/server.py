@@ -88,6 +88,16 @@ def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
     return b"".join(lines)
 
 
+_JOIN_BELOW = 64 * 1024  # smaller answers go out as one buffer; larger ones beside their head, uncopied
+
+
+def _send(transport: asyncio.Transport, head: bytes, body: bytes) -> None:
+    if len(body) < _JOIN_BELOW:
+        transport.write(head + body)
+    else:
+        transport.writelines((head, body))
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -453,8 +463,10 @@ class _Connection(asyncio.Protocol):
                 self._busy = False
             if self._closed:
                 return
+        elif request.method == "HEAD":
+            self._transport.write(head)  # type: ignore[union-attr]
         else:
-            self._transport.write(head if request.method == "HEAD" else head + response.body)  # type: ignore[union-attr]
+            _send(self._transport, head, response.body)  # type: ignore[arg-type]
         if not keep_alive:
             self._close()
         elif self._pending or self._continue_due:
@@ -507,7 +519,10 @@ class _Connection(asyncio.Protocol):
     def _write(self, response: HttpResponse, keep_alive: bool, head_only: bool = False) -> None:
         if self._transport is not None:
             head = _head(response.status, response, keep_alive)
-            self._transport.write(head if head_only else head + response.body)
+            if head_only:
+                self._transport.write(head)
+            else:
+                _send(self._transport, head, response.body)
 
     def _send_continue(self) -> None:
         """``100 Continue`` only once every earlier answer has left: it never overtakes one."""
