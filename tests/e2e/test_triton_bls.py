@@ -92,6 +92,20 @@ MODELS = {
         ready = (pb_utils.is_model_ready("tripled"), pb_utils.is_model_ready("missing"))
         return [answer([missing.error().code() * 10 + misshapen.error().code(), ready[0] * 10 + ready[1]])]
 """,
+    # a call that outlives its timeout (microseconds) fails as Triton's: UNAVAILABLE, "Request timeout expired"
+    "bls_timeout": """
+    def execute(self, requests):
+        response = pb_utils.InferenceRequest(model_name="slow", requested_output_names=["OUT"], timeout=100_000,
+                                             inputs=[pb_utils.Tensor("IN", given(requests[0]))]).exec()
+        assert response.has_error()
+        return [answer([response.error().code(), 0])]
+""",
+    "slow": """
+    def execute(self, requests):
+        import time
+        time.sleep(1)
+        return [answer(given(request)) for request in requests]
+""",
     # a decoupled target's responses, as an iterator whose last response is the final flag's, empty
     "bls_stream": """
     def execute(self, requests):
@@ -210,6 +224,10 @@ def test_a_bls_calls_errors_come_back_in_its_response(server: RunningServer) -> 
     # NOT_FOUND (2) for the unknown model, INVALID_ARG (3) for the wrong shape; tripled ready, missing not
     np.testing.assert_array_equal(_call(server, "bls_errors", [0, 0]), [23.0, 10.0])
     np.testing.assert_array_equal(_call(server, "tripled", [1, 1]), [3.0, 3.0])  # the server goes on
+
+
+def test_a_bls_call_past_its_timeout_is_unavailable_as_in_triton(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_timeout", [1, 1]), [4.0, 0.0])  # TritonError.UNAVAILABLE
 
 
 @pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 41.0]), (0, [0.0, 11.0])])

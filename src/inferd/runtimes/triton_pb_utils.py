@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.errors import AlreadyExists, InferdError, InvalidInput, NotFound, Unavailable
+from inferd.errors import AlreadyExists, DeadlineExceeded, InferdError, InvalidInput, NotFound, Unavailable
 from inferd.runtimes import model_calls
 from inferd.types import InferRequest, InferResponse, MetricUpdate, RequestedOutput, numpy_dtype, v2_datatype
 from inferd.types import Tensor as InferTensor
@@ -282,9 +282,11 @@ class ResponseIterator:
 
 
 def _code_of(error: InferdError) -> int:
-    """The TritonError code a BLS caller sees for the error a client of the target would get."""
+    """The TritonError code a BLS caller sees for the error a client of the target would get (a
+    request past its timeout is UNAVAILABLE in Triton: "Request timeout expired")."""
     for kind, code in ((InvalidInput, TritonError.INVALID_ARG), (NotFound, TritonError.NOT_FOUND),
-                       (Unavailable, TritonError.UNAVAILABLE), (AlreadyExists, TritonError.ALREADY_EXISTS)):
+                       (Unavailable, TritonError.UNAVAILABLE), (DeadlineExceeded, TritonError.UNAVAILABLE),
+                       (AlreadyExists, TritonError.ALREADY_EXISTS)):
         if isinstance(error, kind):
             return code
     return TritonError.INTERNAL
