@@ -5,6 +5,7 @@ processes, and one model in the server process) and called with tritonclient."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def _repository(root: Path) -> Path:
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
     models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
     models.write(root / "bls_in_process/config.toml", IN_PROCESS)
+    models.write(root / "metered_in_process/1/model.py", HEAD + MODELS["metered"])
+    models.write(root / "metered_in_process/config.toml", IN_PROCESS)
     return root
 
 
@@ -257,6 +260,28 @@ def test_a_model_loads_and_unloads_others_under_explicit_model_control(repo: Pat
         np.testing.assert_array_equal(_call(server, "loader", [1.0, 2.0]), [3.0, 6.0])
         index = {m["name"]: m for m in httpclient.InferenceServerClient(server.url).get_model_repository_index()}
         assert index["tripled"]["state"] == "UNAVAILABLE"
+
+
+def _metric_lines(server: RunningServer, model: str) -> list[str]:
+    text = requests.get(f"http://{server.url}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith("bls_test_calls{") and f'model="{model}"' in line]
+
+
+@pytest.mark.parametrize("model", ["metered", "metered_in_process"])
+def test_a_models_custom_metrics_go_when_it_unloads_as_in_triton(repo: Path, model: str) -> None:
+    with serve(repo, "--model-control", "explicit", "--load-model", model) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        for _ in range(2):
+            _call(server, model, [1.0, 0.0])
+        assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 2']
+        client.unload_model(model)
+        deadline = time.monotonic() + 20  # an instance process's series go when it has exited
+        while _metric_lines(server, model) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric_lines(server, model) == []
+        client.load_model(model)  # loaded again, it counts from 0 (it went on from 2)
+        _call(server, model, [1.0, 0.0])
+        assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 1']
 
 
 def test_without_explicit_model_control_a_models_load_fails_its_request(server: RunningServer) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -361,7 +362,12 @@ class _Metric:
         self._labels = labels
         self._buckets = buckets
         self._value = 0.0
-        self._publish("create", 0.0)
+        # the instance holds the series until it unloads: once, however many Metric objects name it
+        made, key = _made_here.get(), (family._name, labels)
+        held = made is not None and key not in made
+        if made is not None and held:
+            made[key] = self
+        self._publish("hold" if held else "create", 0.0)
 
     def increment(self, value: float) -> None:
         kind = self._family._kind
@@ -393,6 +399,29 @@ class _Metric:
                               float(value), self._buckets)
         with contextlib.suppress(InferdError):  # no server in this process (auto_complete_config's): none shows it
             model_calls.current().record_metric(update)
+
+
+MadeMetrics = dict[tuple[str, tuple[tuple[str, str], ...]], "_Metric"]  # (family, labels) -> its first Metric
+_made_here: contextvars.ContextVar[MadeMetrics | None] = contextvars.ContextVar("inferd_made_metrics", default=None)
+
+
+@contextlib.contextmanager
+def collecting_metrics(made: MadeMetrics) -> Iterator[None]:
+    """The series a model instance creates meanwhile go into ``made``, for ``drop_metrics`` when it
+    unloads."""
+    token = _made_here.set(made)
+    try:
+        yield
+    finally:
+        _made_here.reset(token)
+
+
+def drop_metrics(made: MadeMetrics) -> None:
+    """The instance unloads: its series leave /metrics once no other instance holds them (Triton
+    counts each series' Metric objects and removes it with the last)."""
+    for metric in made.values():
+        metric._publish("drop", 0.0)
+    made.clear()
 
 
 class MetricFamily:
