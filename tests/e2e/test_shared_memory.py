@@ -17,6 +17,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient import utils as shm_utils
 from tritonclient.utils import InferenceServerException
 
 from tests import triton_models
@@ -191,3 +192,19 @@ def test_without_allow_client_shm_regions_are_refused(repo: Path, regions: list[
         answer = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW),
                                                  _shared_input("INPUT1", region.name, ROW)]})
         assert answer.status_code == 400 and "Client shared memory is disabled" in answer.json()["error"]
+
+
+def test_inputs_in_shared_memory_count_against_max_body_size(repo: Path, regions: list[Region]) -> None:
+    values = np.array([[b"abc"] * 300], dtype=np.object_)  # 300 * (4 + 3) bytes, more than 1 KiB
+    serialized = shm_utils.serialize_byte_tensor(values)
+    size = shm_utils.serialized_byte_size(serialized)
+    region = _make(regions, size)
+    shm.set_shared_memory_region(region.handle, [serialized])
+    with serve(repo, "--allow-client-shm", "--max-body-size", "1KiB") as server:
+        client = httpclient.InferenceServerClient(server.url)
+        client.register_system_shared_memory(region.name, region.key, size)
+        body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 300],
+                            "parameters": {"shared_memory_region": region.name, "shared_memory_byte_size": size}}]}
+        answer = requests.post(f"http://{server.url}/v2/models/simple_identity/infer", json=body, timeout=30)
+        assert answer.status_code == 413, answer.text
+        assert f"hold {size} bytes, more than the 1024 a request may (--max-body-size)" in answer.json()["error"]

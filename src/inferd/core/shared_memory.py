@@ -106,7 +106,7 @@ class SharedMemoryRegions:
         total = sum(t.shared.byte_size for t in inputs if t.shared is not None)
         if total > self._max_request_bytes:
             raise PayloadTooLarge(f"the request's inputs in shared memory hold {total} bytes, more than the "
-                                  f"{self._max_request_bytes} a request may (--max-body-bytes)")
+                                  f"{self._max_request_bytes} a request may (--max-body-size)")
         for tensor in inputs:
             ref = tensor.shared
             if ref is None:
