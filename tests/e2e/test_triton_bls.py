@@ -93,6 +93,15 @@ MODELS = {
         ready = (pb_utils.is_model_ready("tripled"), pb_utils.is_model_ready("missing"))
         return [answer([missing.error().code() * 10 + misshapen.error().code(), ready[0] * 10 + ready[1]])]
 """,
+    # no output names asked for: every output comes, as Triton's core answers such a request
+    "bls_all_outputs": """
+    def execute(self, requests):
+        response = pb_utils.InferenceRequest(model_name="tripled", requested_output_names=[],
+                                             inputs=[pb_utils.Tensor("IN", given(requests[0]))]).exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        return [answer(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy() + len(response.output_tensors()))]
+""",
     # a call that outlives its timeout (microseconds) fails as Triton's: UNAVAILABLE, "Request timeout expired"
     "bls_timeout": """
     def execute(self, requests):
@@ -227,6 +236,10 @@ def test_a_bls_calls_errors_come_back_in_its_response(server: RunningServer) -> 
     # NOT_FOUND (2) for the unknown model, INVALID_ARG (3) for the wrong shape; tripled ready, missing not
     np.testing.assert_array_equal(_call(server, "bls_errors", [0, 0]), [23.0, 10.0])
     np.testing.assert_array_equal(_call(server, "tripled", [1, 1]), [3.0, 3.0])  # the server goes on
+
+
+def test_a_bls_call_naming_no_outputs_gets_them_all(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_all_outputs", [1.0, 2.0]), [4.0, 7.0])  # x * 3 + 1 output
 
 
 def test_a_bls_call_past_its_timeout_is_unavailable_as_in_triton(server: RunningServer) -> None:

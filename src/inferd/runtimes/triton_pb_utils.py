@@ -168,9 +168,11 @@ class InferenceRequest:
                 raise TritonModelException(f"input '{tensor.name()}' to model '{self._model_name}' has dtype "
                                            f"{array.dtype}, which no Triton datatype holds") from None
             inputs.append(InferTensor(tensor.name(), datatype, array))
+        # no output named: every output, as Triton's core answers a request that asks for none
+        outputs = [RequestedOutput(name) for name in self._outputs] or None
         return InferRequest(self._model_name, str(self._model_version) if self._model_version >= 0 else None,
-                            inputs, id=self._id or None, outputs=[RequestedOutput(name) for name in self._outputs],
-                            parameters=parameters, timeout_us=self._timeout or None, protocol="bls")
+                            inputs, id=self._id or None, outputs=outputs, parameters=parameters,
+                            timeout_us=self._timeout or None, protocol="bls")
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
