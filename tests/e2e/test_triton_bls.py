@@ -130,6 +130,13 @@ MODELS = {
                 empty += 1
         return [answer([total, seen * 10 + empty])]
 """,
+    # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
+    "bls_stream_once": """
+    def execute(self, requests):
+        responses = list(call("tripled", given(requests[0])).exec(decoupled=True))
+        last = pb_utils.get_output_tensor_by_name(responses[-1], "OUT").as_numpy()
+        return [answer(last + 10 * len(responses))]
+""",
     # the model loading API: load a model, call it, unload it (needs --model-control explicit)
     "loader": """
     def execute(self, requests):
@@ -265,6 +272,10 @@ def test_custom_metrics_are_on_metrics_as_triton_shows_them(server: RunningServe
                  f'bls_test_sizes_bucket{{{labels},le="10"}} 3', f'bls_test_sizes_bucket{{{labels},le="+Inf"}} 4',
                  f"bls_test_sizes_sum{{{labels}}} 60.5", f"bls_test_sizes_count{{{labels}}} 4"):
         assert line in text.splitlines(), f"{line!r} not in /metrics"
+
+
+def test_a_targets_single_response_is_its_last_over_a_decoupled_call(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_stream_once", [1.0, 2.0]), [13.0, 16.0])  # one response
 
 
 def test_a_model_loads_and_unloads_others_under_explicit_model_control(repo: Path) -> None:

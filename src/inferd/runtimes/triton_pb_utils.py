@@ -262,6 +262,7 @@ class ResponseIterator:
     def __init__(self, answers: Generator[InferResponse, None, None]) -> None:
         self._answers = answers
         self._done = False
+        self._final = False  # the last response carried the final flag (a target that is not decoupled)
 
     def __iter__(self) -> ResponseIterator:
         return self
@@ -273,10 +274,13 @@ class ResponseIterator:
             answer = next(self._answers)
         except StopIteration:
             self._done = True
-            return InferenceResponse()  # the final flag's response: Triton's holds no outputs
+            if self._final:
+                raise
+            return InferenceResponse()  # the final flag's response, sent on its own: Triton's holds no outputs
         except InferdError as exc:
             self._done = True
             return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
+        self._final = answer.final
         return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
 
     def cancel(self) -> None:
