@@ -96,7 +96,7 @@ def build_core(settings: ServerSettings) -> Core:
                            settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
-    regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes)
+    regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes, settings.max_inflight_bytes)
     data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions)
     return Core(data, control, metrics)
 

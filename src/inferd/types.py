@@ -152,7 +152,9 @@ class MetricUpdate:
     description: str
     kind: str  # "counter" | "gauge" | "histogram"
     labels: tuple[tuple[str, str], ...]
-    op: str  # "create" (the series exists, at 0) | "increment" | "set" | "observe"
+    # "create" (the series exists, at 0) | "hold" (create, and a model instance holds it) | "increment" |
+    # "set" | "observe" | "drop" (a holder unloaded: the series goes with the last, as Triton counts them)
+    op: str
     value: float = 0.0
     buckets: tuple[float, ...] = ()  # a histogram's upper bounds
 

@@ -6,6 +6,8 @@ extension's status/register/unregister calls, and every misuse a clear 400 while
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +19,10 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient import utils as shm_utils
 from tritonclient.utils import InferenceServerException
 
-from tests import triton_models
+from tests import models, triton_models
 from tests.conftest import RunningServer, serve
 
 ROW = 16 * 4  # one [1, 16] INT32 tensor
@@ -191,3 +194,64 @@ def test_without_allow_client_shm_regions_are_refused(repo: Path, regions: list[
         answer = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW),
                                                  _shared_input("INPUT1", region.name, ROW)]})
         assert answer.status_code == 400 and "Client shared memory is disabled" in answer.json()["error"]
+
+
+def test_inputs_in_shared_memory_count_against_max_body_size(repo: Path, regions: list[Region]) -> None:
+    values = np.array([[b"abc"] * 300], dtype=np.object_)  # 300 * (4 + 3) bytes, more than 1 KiB
+    serialized = shm_utils.serialize_byte_tensor(values)
+    size = shm_utils.serialized_byte_size(serialized)
+    region = _make(regions, size)
+    shm.set_shared_memory_region(region.handle, [serialized])
+    with serve(repo, "--allow-client-shm", "--max-body-size", "1KiB") as server:
+        client = httpclient.InferenceServerClient(server.url)
+        client.register_system_shared_memory(region.name, region.key, size)
+        body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 300],
+                            "parameters": {"shared_memory_region": region.name, "shared_memory_byte_size": size}}]}
+        answer = requests.post(f"http://{server.url}/v2/models/simple_identity/infer", json=body, timeout=30)
+        assert answer.status_code == 413, answer.text
+        assert f"hold {size} bytes, more than the 1024 a request may (--max-body-size)" in answer.json()["error"]
+
+
+SLOW_IDENTITY = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(3)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(
+            request, "INPUT0").as_numpy())]) for request in requests]
+"""
+
+
+def test_bytes_read_from_shared_memory_count_against_max_inflight_size(tmp_path: Path, regions: list[Region]) -> None:
+    models.write(tmp_path / "slow/1/model.py", SLOW_IDENTITY)
+    models.write(tmp_path / "slow/config.pbtxt", """
+        name: "slow"
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "INPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_STRING dims: [ -1 ] } ]
+        """)
+    serialized = shm_utils.serialize_byte_tensor(np.array([b"abc"] * 250, dtype=np.object_))
+    size = shm_utils.serialized_byte_size(serialized)  # 1750 bytes: one request fits 3 KiB, two do not
+    region = _make(regions, size)
+    shm.set_shared_memory_region(region.handle, [serialized])
+    body = {"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [250],
+                        "parameters": {"shared_memory_region": region.name, "shared_memory_byte_size": size}}]}
+    with serve(tmp_path, "--allow-client-shm", "--max-body-size", "2KiB", "--max-inflight-size", "3KiB") as server:
+        httpclient.InferenceServerClient(server.url).register_system_shared_memory(region.name, region.key, size)
+        url = f"http://{server.url}/v2/models/slow/infer"
+        answers: list[requests.Response] = []
+        first = threading.Thread(target=lambda: answers.append(requests.post(url, json=body, timeout=60)))
+        first.start()
+        time.sleep(1.5)  # the first request holds its 1750 bytes while the model sleeps
+        refused = requests.post(url, json=body, timeout=60)
+        first.join()
+        assert refused.status_code == 503, refused.text
+        assert "would pass the limit of 3072 (--max-inflight-size)" in refused.json()["error"]
+        assert answers[0].status_code == 200, answers[0].text
+        again = requests.post(url, json=body, timeout=60)  # the first gave its bytes back
+        assert again.status_code == 200 and again.json()["outputs"][0]["data"] == ["abc"] * 250, again.text

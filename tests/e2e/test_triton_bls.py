@@ -5,6 +5,7 @@ processes, and one model in the server process) and called with tritonclient."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,29 @@ MODELS = {
         ready = (pb_utils.is_model_ready("tripled"), pb_utils.is_model_ready("missing"))
         return [answer([missing.error().code() * 10 + misshapen.error().code(), ready[0] * 10 + ready[1]])]
 """,
+    # no output names asked for: every output comes, as Triton's core answers such a request
+    "bls_all_outputs": """
+    def execute(self, requests):
+        response = pb_utils.InferenceRequest(model_name="tripled", requested_output_names=[],
+                                             inputs=[pb_utils.Tensor("IN", given(requests[0]))]).exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        return [answer(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy() + len(response.output_tensors()))]
+""",
+    # a call that outlives its timeout (microseconds) fails as Triton's: UNAVAILABLE, "Request timeout expired"
+    "bls_timeout": """
+    def execute(self, requests):
+        response = pb_utils.InferenceRequest(model_name="slow", requested_output_names=["OUT"], timeout=100_000,
+                                             inputs=[pb_utils.Tensor("IN", given(requests[0]))]).exec()
+        assert response.has_error()
+        return [answer([response.error().code(), 0])]
+""",
+    "slow": """
+    def execute(self, requests):
+        import time
+        time.sleep(1)
+        return [answer(given(request)) for request in requests]
+""",
     # a decoupled target's responses, as an iterator whose last response is the final flag's, empty
     "bls_stream": """
     def execute(self, requests):
@@ -105,6 +129,13 @@ MODELS = {
             else:
                 empty += 1
         return [answer([total, seen * 10 + empty])]
+""",
+    # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
+    "bls_stream_once": """
+    def execute(self, requests):
+        responses = list(call("tripled", given(requests[0])).exec(decoupled=True))
+        last = pb_utils.get_output_tensor_by_name(responses[-1], "OUT").as_numpy()
+        return [answer(last + 10 * len(responses))]
 """,
     # the model loading API: load a model, call it, unload it (needs --model-control explicit)
     "loader": """
@@ -167,6 +198,8 @@ def _repository(root: Path) -> Path:
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
     models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
     models.write(root / "bls_in_process/config.toml", IN_PROCESS)
+    models.write(root / "metered_in_process/1/model.py", HEAD + MODELS["metered"])
+    models.write(root / "metered_in_process/config.toml", IN_PROCESS)
     return root
 
 
@@ -212,6 +245,14 @@ def test_a_bls_calls_errors_come_back_in_its_response(server: RunningServer) -> 
     np.testing.assert_array_equal(_call(server, "tripled", [1, 1]), [3.0, 3.0])  # the server goes on
 
 
+def test_a_bls_call_naming_no_outputs_gets_them_all(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_all_outputs", [1.0, 2.0]), [4.0, 7.0])  # x * 3 + 1 output
+
+
+def test_a_bls_call_past_its_timeout_is_unavailable_as_in_triton(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_timeout", [1, 1]), [4.0, 0.0])  # TritonError.UNAVAILABLE
+
+
 @pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 41.0]), (0, [0.0, 11.0])])
 def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServer, count: int,
                                                             expected: list[float]) -> None:
@@ -233,12 +274,38 @@ def test_custom_metrics_are_on_metrics_as_triton_shows_them(server: RunningServe
         assert line in text.splitlines(), f"{line!r} not in /metrics"
 
 
+def test_a_targets_single_response_is_its_last_over_a_decoupled_call(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "bls_stream_once", [1.0, 2.0]), [13.0, 16.0])  # one response
+
+
 def test_a_model_loads_and_unloads_others_under_explicit_model_control(repo: Path) -> None:
     with serve(repo, "--model-control", "explicit", "--load-model", "loader") as server:
         # tripled was not loaded (1000 * False), is loaded and called (x * 3), then unloaded (100 * False)
         np.testing.assert_array_equal(_call(server, "loader", [1.0, 2.0]), [3.0, 6.0])
         index = {m["name"]: m for m in httpclient.InferenceServerClient(server.url).get_model_repository_index()}
         assert index["tripled"]["state"] == "UNAVAILABLE"
+
+
+def _metric_lines(server: RunningServer, model: str) -> list[str]:
+    text = requests.get(f"http://{server.url}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith("bls_test_calls{") and f'model="{model}"' in line]
+
+
+@pytest.mark.parametrize("model", ["metered", "metered_in_process"])
+def test_a_models_custom_metrics_go_when_it_unloads_as_in_triton(repo: Path, model: str) -> None:
+    with serve(repo, "--model-control", "explicit", "--load-model", model) as server:
+        client = httpclient.InferenceServerClient(server.url)
+        for _ in range(2):
+            _call(server, model, [1.0, 0.0])
+        assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 2']
+        client.unload_model(model)
+        deadline = time.monotonic() + 20  # an instance process's series go when it has exited
+        while _metric_lines(server, model) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric_lines(server, model) == []
+        client.load_model(model)  # loaded again, it counts from 0 (it went on from 2)
+        _call(server, model, [1.0, 0.0])
+        assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 1']
 
 
 def test_without_explicit_model_control_a_models_load_fails_its_request(server: RunningServer) -> None:

@@ -55,3 +55,20 @@ def test_the_servers_exposition_ends_with_the_models_metrics() -> None:
     text = metrics.exposition().decode()
     assert "inferd_requests_total" not in text.split("# TYPE jobs counter")[1]
     assert text.endswith("# TYPE jobs counter\njobs 0\n")
+
+
+def test_a_series_goes_when_every_instance_that_created_it_is_gone() -> None:
+    metrics = CustomMetrics()
+    for _ in range(2):  # two instances hold the same series
+        metrics.apply("jobs", "jobs", "counter", LABELS, "hold", 0, ())
+    metrics.apply("jobs", "jobs", "counter", (), "hold", 0, ())
+    metrics.apply("jobs", "jobs", "counter", (), "create", 0, ())  # created where no instance holds it
+    metrics.apply("jobs", "jobs", "counter", LABELS, "increment", 4, ())
+    metrics.apply("jobs", "jobs", "counter", LABELS, "drop", 0, ())
+    assert 'jobs{model="a \\"quoted\\"\\\\name\\n"} 4' in _lines(metrics)  # one instance still holds it
+    metrics.apply("jobs", "jobs", "counter", LABELS, "drop", 0, ())
+    assert _lines(metrics) == ["# HELP jobs jobs", "# TYPE jobs counter", "jobs 0"]
+    metrics.apply("jobs", "jobs", "counter", (), "drop", 0, ())
+    assert metrics.exposition() == b""  # no series left: the family goes too
+    metrics.apply("jobs", "now a gauge", "gauge", (), "hold", 0, ())  # a model loaded again may change it
+    assert _lines(metrics) == ["# HELP jobs now a gauge", "# TYPE jobs gauge", "jobs 0"]

@@ -96,3 +96,14 @@ def test_custom_metrics_keep_their_values() -> None:
     assert gauge.value() == 7.5
     with pytest.raises(pb_utils.TritonModelException, match="needs buckets"):
         pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric()
+
+
+def test_an_instance_holds_each_series_once_however_many_metric_objects_name_it() -> None:
+    made: pb_utils.MadeMetrics = {}
+    family = pb_utils.MetricFamily("per_request", "made per request", pb_utils.MetricFamily.COUNTER)
+    with pb_utils.collecting_metrics(made):
+        for _ in range(100):  # a Metric made per request must not pile up until the model unloads
+            family.Metric(labels={"kind": "a"}).increment(1)
+        family.Metric(labels={"kind": "b"})
+    family.Metric(labels={"kind": "c"})  # made outside any instance's calls: not held
+    assert sorted(made) == [("per_request", (("kind", "a"),)), ("per_request", (("kind", "b"),))]

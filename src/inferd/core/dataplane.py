@@ -222,10 +222,11 @@ class DataPlane:
         cached: Outputs | None = None
         hit = False
         cache_s = 0.0
+        held = 0  # bytes read from shared memory, given back when the request is done
         try:
             context.sequence = sequence_of(request.parameters)
             if any(t.shared is not None for t in request.inputs):
-                await self.shared_memory.read_inputs(request.inputs)
+                held = await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
@@ -257,6 +258,7 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
+            self.shared_memory.release(held)
             end = time.perf_counter()
             context.timings.total = end - start
             if hit:
@@ -319,9 +321,10 @@ class DataPlane:
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
         context = CallContext(deadline=deadline, cancelled=request.cancelled)
         outcome = "success"
+        held = 0
         try:
             if any(t.shared is not None for t in request.inputs):
-                await self.shared_memory.read_inputs(request.inputs)
+                held = await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
             wanted = check_outputs(request, runtime)
             if runtime.takes_request:
@@ -341,6 +344,7 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
+            self.shared_memory.release(held)
             if outcome == "success" and context.is_cancelled():  # the model stopped because the client left
                 outcome = "cancelled"
             context.timings.total = time.perf_counter() - start

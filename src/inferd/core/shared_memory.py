@@ -47,9 +47,13 @@ class Region:
 
 
 class SharedMemoryRegions:
-    def __init__(self, allowed: bool, max_request_bytes: int) -> None:
+    def __init__(self, allowed: bool, max_request_bytes: int, max_held_bytes: int | None = None) -> None:
         self.allowed = allowed
         self._max_request_bytes = max_request_bytes
+        # the bytes read from regions that requests hold at once (--max-inflight-size): a small request
+        # naming a large region must not let many at once fill the server's memory
+        self._max_held_bytes = max_request_bytes if max_held_bytes is None else max_held_bytes
+        self._held = 0
         self._regions: dict[str, Region] = {}
 
     # -- the extension's API ----------------------------------------------------------------
@@ -101,12 +105,30 @@ class SharedMemoryRegions:
         self._regions.clear()
 
     # -- tensors ------------------------------------------------------------------------------
-    async def read_inputs(self, inputs: list[Tensor]) -> None:
-        """Each input whose bytes are in a region gets them as its data (in place)."""
+    async def read_inputs(self, inputs: list[Tensor]) -> int:
+        """Each input whose bytes are in a region gets them as its data (in place). Returns the bytes
+        read, held against --max-inflight-size until the request gives them back with ``release``."""
         total = sum(t.shared.byte_size for t in inputs if t.shared is not None)
         if total > self._max_request_bytes:
             raise PayloadTooLarge(f"the request's inputs in shared memory hold {total} bytes, more than the "
-                                  f"{self._max_request_bytes} a request may (--max-body-bytes)")
+                                  f"{self._max_request_bytes} a request may (--max-body-size)")
+        if self._held + total > self._max_held_bytes:
+            raise Unavailable(f"requests hold {self._held} bytes read from shared memory and this one's {total} "
+                              f"more would pass the limit of {self._max_held_bytes} (--max-inflight-size); "
+                              "retry shortly")
+        self._held += total
+        try:
+            await self._read(inputs)
+        except BaseException:
+            self.release(total)
+            raise
+        return total
+
+    def release(self, held: int) -> None:
+        """A request that read ``held`` bytes from shared memory is done with them."""
+        self._held -= held
+
+    async def _read(self, inputs: list[Tensor]) -> None:
         for tensor in inputs:
             ref = tensor.shared
             if ref is None:

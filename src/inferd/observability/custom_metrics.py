@@ -36,6 +36,7 @@ class _Series:
     value: float = 0.0  # a counter's or gauge's value; a histogram's sum
     buckets: tuple[float, ...] = ()
     counts: list[int] = field(default_factory=list)  # per bucket, the last +Inf
+    holders: int = 0  # the instances that created it and still run
 
 
 @dataclass(slots=True)
@@ -53,12 +54,18 @@ class CustomMetrics:
 
     def apply(self, family_name: str, description: str, kind: str, labels: tuple[tuple[str, str], ...], op: str,
               value: float, buckets: tuple[float, ...]) -> None:
-        """Add one change (``op``: create, increment, set, observe); a change that contradicts the
-        family as first declared is dropped (logged once)."""
+        """Add one change (``op``: create, hold, increment, set, observe, drop); a change that contradicts the
+        family as first declared is dropped (logged once). A series leaves /metrics when every
+        instance that created it dropped it (unloaded), as Triton counts a series' Metric objects;
+        a family left without series goes too (a model loaded again starts from 0)."""
         update = _Change(family_name, description, kind, labels, op, value, buckets)
         problem = _check(update)
         with self._lock:
             family = self._families.get(update.family)
+            if update.op == "drop":
+                if problem is None and family is not None and family.kind == update.kind:
+                    self._drop(update.family, family, update.labels)
+                return
             if problem is None and family is not None and family.kind != update.kind:
                 problem = f"it was declared a {family.kind} first, now a {update.kind}"
             if problem is not None:
@@ -72,13 +79,25 @@ class CustomMetrics:
             if series is None:
                 bounds = tuple(sorted(update.buckets))
                 series = family.series[update.labels] = _Series(buckets=bounds, counts=[0] * (len(bounds) + 1))
-            if update.op == "set":
+            if update.op == "hold":
+                series.holders += 1
+            elif update.op == "set":
                 series.value = update.value
             elif update.op == "increment":
                 series.value += update.value
             elif update.op == "observe":
                 series.value += update.value
                 series.counts[bisect_left(series.buckets, update.value)] += 1
+
+    def _drop(self, name: str, family: _Family, labels: tuple[tuple[str, str], ...]) -> None:
+        series = family.series.get(labels)
+        if series is None:
+            return
+        series.holders -= 1
+        if series.holders <= 0:
+            del family.series[labels]
+            if not family.series:
+                del self._families[name]
 
     def exposition(self) -> bytes:
         lines: list[str] = []

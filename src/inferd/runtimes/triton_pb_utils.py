@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from inferd.errors import AlreadyExists, InferdError, InvalidInput, NotFound, Unavailable, Unimplemented
+from inferd.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InferdError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 from inferd.runtimes import model_calls
 from inferd.types import InferRequest, InferResponse, MetricUpdate, RequestedOutput, numpy_dtype, v2_datatype
 from inferd.types import Tensor as InferTensor
@@ -167,9 +176,11 @@ class InferenceRequest:
                 raise TritonModelException(f"input '{tensor.name()}' to model '{self._model_name}' has dtype "
                                            f"{array.dtype}, which no Triton datatype holds") from None
             inputs.append(InferTensor(tensor.name(), datatype, array))
+        # no output named: every output, as Triton's core answers a request that asks for none
+        outputs = [RequestedOutput(name) for name in self._outputs] or None
         return InferRequest(self._model_name, str(self._model_version) if self._model_version >= 0 else None,
-                            inputs, id=self._id or None, outputs=[RequestedOutput(name) for name in self._outputs],
-                            parameters=parameters, timeout_us=self._timeout or None, protocol="bls")
+                            inputs, id=self._id or None, outputs=outputs, parameters=parameters,
+                            timeout_us=self._timeout or None, protocol="bls")
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -259,6 +270,7 @@ class ResponseIterator:
     def __init__(self, answers: Generator[InferResponse, None, None]) -> None:
         self._answers = answers
         self._done = False
+        self._final = False  # the last response carried the final flag (a target that is not decoupled)
 
     def __iter__(self) -> ResponseIterator:
         return self
@@ -270,10 +282,13 @@ class ResponseIterator:
             answer = next(self._answers)
         except StopIteration:
             self._done = True
-            return InferenceResponse()  # the final flag's response: Triton's holds no outputs
+            if self._final:
+                raise
+            return InferenceResponse()  # the final flag's response, sent on its own: Triton's holds no outputs
         except InferdError as exc:
             self._done = True
             return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
+        self._final = answer.final
         return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
 
     def cancel(self) -> None:
@@ -282,10 +297,11 @@ class ResponseIterator:
 
 
 def _code_of(error: InferdError) -> int:
-    """The TritonError code a BLS caller sees for the error a client of the target would get."""
+    """The TritonError code a BLS caller sees for the error a client of the target would get (a
+    request past its timeout is UNAVAILABLE in Triton: "Request timeout expired")."""
     for kind, code in ((InvalidInput, TritonError.INVALID_ARG), (NotFound, TritonError.NOT_FOUND),
-                       (Unavailable, TritonError.UNAVAILABLE), (AlreadyExists, TritonError.ALREADY_EXISTS),
-                       (Unimplemented, TritonError.UNSUPPORTED)):
+                       (Unavailable, TritonError.UNAVAILABLE), (DeadlineExceeded, TritonError.UNAVAILABLE),
+                       (AlreadyExists, TritonError.ALREADY_EXISTS), (Unimplemented, TritonError.UNSUPPORTED)):
         if isinstance(error, kind):
             return code
     return TritonError.INTERNAL
@@ -360,7 +376,12 @@ class _Metric:
         self._labels = labels
         self._buckets = buckets
         self._value = 0.0
-        self._publish("create", 0.0)
+        # the instance holds the series until it unloads: once, however many Metric objects name it
+        made, key = _made_here.get(), (family._name, labels)
+        held = made is not None and key not in made
+        if made is not None and held:
+            made[key] = self
+        self._publish("hold" if held else "create", 0.0)
 
     def increment(self, value: float) -> None:
         kind = self._family._kind
@@ -392,6 +413,29 @@ class _Metric:
                               float(value), self._buckets)
         with contextlib.suppress(InferdError):  # no server in this process (auto_complete_config's): none shows it
             model_calls.current().record_metric(update)
+
+
+MadeMetrics = dict[tuple[str, tuple[tuple[str, str], ...]], "_Metric"]  # (family, labels) -> its first Metric
+_made_here: contextvars.ContextVar[MadeMetrics | None] = contextvars.ContextVar("inferd_made_metrics", default=None)
+
+
+@contextlib.contextmanager
+def collecting_metrics(made: MadeMetrics) -> Iterator[None]:
+    """The series a model instance creates meanwhile go into ``made``, for ``drop_metrics`` when it
+    unloads."""
+    token = _made_here.set(made)
+    try:
+        yield
+    finally:
+        _made_here.reset(token)
+
+
+def drop_metrics(made: MadeMetrics) -> None:
+    """The instance unloads: its series leave /metrics once no other instance holds them (Triton
+    counts each series' Metric objects and removes it with the last)."""
+    for metric in made.values():
+        metric._publish("drop", 0.0)
+    made.clear()
 
 
 class MetricFamily:

@@ -66,6 +66,7 @@ class TritonPythonRuntime(Runtime):
         self.max_batch_size = max_batch_size
         self._loop: asyncio.AbstractEventLoop | None = None  # for an ``async def execute``, started at its first call
         self._loop_lock = threading.Lock()
+        self.metrics: pb_utils.MadeMetrics = {}  # the custom metric series this instance holds (MetricFamily)
 
     def infer(self, inputs: Arrays) -> Arrays:
         correlation_id: int | str = 0
@@ -101,6 +102,10 @@ class TritonPythonRuntime(Runtime):
 
     def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
         """``execute``, awaited on the model's own event loop when it is ``async def`` (as Triton runs it)."""
+        with pb_utils.collecting_metrics(self.metrics):
+            return self._run_execute(requests)
+
+    def _run_execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
         result = self._model.execute(requests)
         if inspect.iscoroutine(result):
             with self._loop_lock:
@@ -167,6 +172,7 @@ class TritonPythonRuntime(Runtime):
     def unload(self) -> None:
         if callable(getattr(self._model, "finalize", None)):
             self._model.finalize()
+        pb_utils.drop_metrics(self.metrics)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
@@ -186,9 +192,16 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
         "model_name": context.name,
     }
     model = model_class()
+    made: pb_utils.MadeMetrics = {}
     if callable(getattr(model, "initialize", None)):
-        model.initialize(args)
+        try:
+            with pb_utils.collecting_metrics(made):
+                model.initialize(args)
+        except BaseException:
+            pb_utils.drop_metrics(made)  # the load failed: what it created goes with it
+            raise
     runtime = TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
+    runtime.metrics = made
     runtime.decoupled = config.decoupled
     return runtime
 
