@@ -46,7 +46,7 @@ class Region:
 
     def __init__(self, byte_size: int) -> None:
         self.name = f"r{uuid.uuid4().hex[:12]}"
-        self.key = f"/inferd-test-{self.name}"
+        self.key = f"/shm-test-{self.name}"
         self.byte_size = byte_size
         self.handle = shm.create_shared_memory_region(self.name, self.key, byte_size)
 
@@ -158,7 +158,8 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
     again = requests.post(f"{base}/register", json={"key": region.key, "byte_size": 8}, timeout=10)
     assert again.status_code == 400 and "already in manager" in again.json()["error"]
     for key, says in (("/no-such-object-here", "Unable to open shared memory region"),
-                      ("/../etc/passwd", "is not a shared-memory object's key")):
+                      ("/../etc/passwd", "is not a shared-memory object's key"),
+                      ("/inferd-12-out", "are the server's own")):
         other = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/x/register",
                               json={"key": key, "byte_size": 8}, timeout=10)
         assert other.status_code == 400 and says in other.json()["error"], other.text

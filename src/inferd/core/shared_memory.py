@@ -26,6 +26,7 @@ MAX_REGIONS = 1024  # each holds a descriptor open
 _INLINE_BYTES = 1 << 20  # larger reads run on a thread (on a descriptor of their own)
 _KEY = re.compile(r"/?[^/\x00]{1,255}")
 _DEVICE = "/dev/shm"
+_OWN_PREFIX = "inferd-"  # isolation/shm.py's buffers, as Triton keeps its own prefix from clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,9 @@ def _open(name: str, key: str) -> int:
     if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
         raise InvalidInput(f"failed to register shared memory region '{name}': '{key}' is not a shared-memory "
                            "object's key (\"/name\")")
+    if key.lstrip("/").startswith(_OWN_PREFIX):  # the server's own buffers (instance processes' tensors)
+        raise InvalidInput(f"failed to register shared memory region '{name}': keys starting '/{_OWN_PREFIX}' "
+                           "are the server's own")
     try:
         return os.open(os.path.join(_DEVICE, key.lstrip("/")), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
