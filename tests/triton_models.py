@@ -93,6 +93,17 @@ output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 5 ] } ]
 """
 
 
+# a Triton Python model taking IN and answering OUT (FP32 [2]); {extra}: more keys (a transaction policy, ...)
+IN_OUT_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+{extra}
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+"""
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))

@@ -15,17 +15,10 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests import models
+from tests import models, triton_models
 from tests.conftest import RunningServer, serve
 
-CONFIG = """
-name: "{name}"
-backend: "python"
-max_batch_size: 0
-{extra}
-input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-"""
+CONFIG = triton_models.IN_OUT_CONFIG
 
 HEAD = """
 import asyncio

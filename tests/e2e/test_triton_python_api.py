@@ -15,17 +15,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests import models
+from tests import models, triton_models
 from tests.conftest import RunningServer, serve
 
-CONFIG = """
-name: "{name}"
-backend: "python"
-max_batch_size: 0
-{policy}
-input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-"""
+CONFIG = triton_models.IN_OUT_CONFIG
 
 HEAD = """
 import asyncio
@@ -148,7 +141,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     for name, body in MODELS.items():
         policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else ""
         models.write(root / name / "1/model.py", HEAD + body)
-        models.write(root / name / "config.pbtxt", CONFIG.format(name=name, policy=policy))
+        models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
     with serve(root, grpc=True) as running:
         yield running
 

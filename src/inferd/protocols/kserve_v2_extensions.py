@@ -76,18 +76,24 @@ def index_message(rows: list[IndexEntry]) -> pb.RepositoryIndexResponse:
 def load_override_json(body: bytes | bytearray, name: str) -> LoadOverride | None:
     """The overrides of an HTTP load request: ``{"parameters": {"config": "...", "file:1/model.onnx":
     "<base64>"}}``, as tritonclient's ``load_model(config=..., files=...)`` sends them."""
+    parameters = _parameters_json(body, name, "load")
+    return None if parameters is None else _override(parameters, name, base64_files=True)
+
+
+def _parameters_json(body: bytes | bytearray, name: str, action: str) -> dict[str, Any] | None:
+    """A repository request's ``{"parameters": {...}}`` (None for an empty body)."""
     if not body.strip():
         return None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"failed to load '{name}': malformed JSON in the load request: {exc}") from None
+        raise InvalidInput(f"failed to {action} '{name}': malformed JSON in the {action} request: {exc}") from None
     if not isinstance(payload, dict):
-        raise InvalidInput(f"failed to load '{name}': the load request must be a JSON object")
+        raise InvalidInput(f"failed to {action} '{name}': the {action} request must be a JSON object")
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise InvalidInput(f"failed to load '{name}': 'parameters' must be an object")
-    return _override(parameters, name, base64_files=True)
+        raise InvalidInput(f"failed to {action} '{name}': 'parameters' must be an object")
+    return parameters
 
 
 def load_override_message(message: pb.RepositoryModelLoadRequest) -> LoadOverride | None:
@@ -103,18 +109,8 @@ def load_override_message(message: pb.RepositoryModelLoadRequest) -> LoadOverrid
 def unload_dependents_json(body: bytes | bytearray, name: str) -> bool:
     """An HTTP unload's ``{"parameters": {"unload_dependents": true}}`` (tritonclient's
     ``unload_model(name, unload_dependents=True)``); other parameters are ignored, as Triton does."""
-    if not body.strip():
-        return False
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"failed to unload '{name}': malformed JSON in the unload request: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"failed to unload '{name}': the unload request must be a JSON object")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput(f"failed to unload '{name}': 'parameters' must be an object")
-    return _unload_dependents(parameters.get("unload_dependents", False), name)
+    parameters = _parameters_json(body, name, "unload")
+    return parameters is not None and _unload_dependents(parameters.get("unload_dependents", False), name)
 
 
 def unload_dependents_message(message: pb.RepositoryModelUnloadRequest) -> bool:
