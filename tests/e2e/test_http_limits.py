@@ -125,7 +125,8 @@ def test_large_body_rate_is_a_flag(model_repo: Path) -> None:
     """`--large-body-rate 4MiB`: a 12 MiB body is read at 4 MiB/s (about 2.75 s, the first MiB
     free), and the server answers it as usual afterwards."""
     size = 12 << 20
-    with serve(model_repo, "--large-body-rate", "4MiB", "--max-body-size", "32MiB") as server:
+    with serve(model_repo, "--large-body-rate", "4MiB", "--max-body-size", "32MiB", "--model-control", "explicit",
+               "--load-model", "py_double") as server:
         start = time.monotonic()
         answer = requests.post(f"{server.base}/v2/models/py_double/infer", data=b" " * size, timeout=30,
                                headers={"Content-Type": "application/json"})

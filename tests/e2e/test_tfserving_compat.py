@@ -255,7 +255,7 @@ def test_rest_predict_as_tf_servings_test_sends_it(server: RunningServer) -> Non
 
 def test_rest_row_format_with_a_string_and_a_numeric_output_and_b64() -> None:
     """examples/models/text_stats gives a string and an INT64 per row: row format answers 200."""
-    with serve(ROOT / "examples/models") as server:
+    with serve(ROOT / "examples/models", "--model-control", "explicit", "--load-model", "text_stats") as server:
         def post(body: dict) -> requests.Response:
             return requests.post(f"{server.base}/v1/models/text_stats:predict", json=body, timeout=30)
 

@@ -125,10 +125,10 @@ class Deployed:
 
 
 @contextlib.contextmanager
-def deploy(cluster: Cluster, *args: str) -> Iterator[Deployed]:
+def deploy(cluster: Cluster, *args: str, repository: Path = REPO) -> Iterator[Deployed]:
     port, grpc_port = free_port(), free_port()
     env = ray_env(tempfile.gettempdir())
-    process = subprocess.Popen([sys.executable, "-m", "inferd", "serve", str(REPO), "--ray", cluster.address,
+    process = subprocess.Popen([sys.executable, "-m", "inferd", "serve", str(repository), "--ray", cluster.address,
                                 "--ray-proxy", "HeadOnly", "--http-port", str(port), "--grpc-port", str(grpc_port),
                                 *args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -278,16 +278,19 @@ def test_replicas_on_both_nodes_answer_v2(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_autoscales_up_under_load_and_down_when_idle(cluster: Cluster, tmp_path: Path, protocol: str) -> None:
-    """`inferd bench` load through Serve's HTTP proxy, or its gRPC proxy (KServe v2 gRPC)."""
+    """`inferd bench` load through Serve's HTTP proxy, or its gRPC proxy (KServe v2 gRPC). The
+    replicas serve mlp_onnx alone: each one, the one scaled up too, starts without TensorFlow and
+    torch (the test above serves the whole examples repository through Ray)."""
+    shutil.copytree(MLP.parents[1], tmp_path / "models/mlp_onnx")
     args = ("--autoscale", "1:2", "--target-ongoing-requests", "1", "--autoscale-delays", "1:4")
-    with (deploy(cluster, *args)) as served:
+    with (deploy(cluster, *args, repository=tmp_path / "models")) as served:
         assert len(replica_parents()) == 1
         through = ["--grpc", served.grpc_url] if protocol == "grpc" else []
         peak, started, rounds = 1, time.monotonic(), 0
-        while peak < 2 and time.monotonic() - started < 120:  # load in rounds until Serve scaled up
+        while peak < 2 and time.monotonic() - started < 120:  # short rounds of load until Serve scaled up
             report = tmp_path / f"bench{rounds}.json"
             load = subprocess.Popen([sys.executable, "-m", "inferd", "bench", "-m", "mlp_onnx", "--url",
-                                     f"http://{served.url}", *through, "--concurrency", "8", "--duration", "15",
+                                     f"http://{served.url}", *through, "--concurrency", "8", "--duration", "6",
                                      "--warmup", "1", "--json", str(report)], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, cwd=ROOT)
             while load.poll() is None:
