@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 # Python backend: INPUT0 + INPUT1 and INPUT0 - INPUT1 of a numeric type, or (simple_string) of
 # strings holding integers. Written as a Triton user writes one.
@@ -102,6 +105,16 @@ max_batch_size: 0
 input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
 output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }} ]
 """
+
+
+def call_in_out(server: Any, model: str, values: list[float]) -> np.ndarray:
+    """An IN_OUT_CONFIG model's OUT for IN = ``values``, over HTTP with tritonclient."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
 
 
 def write(path: Path, text: str) -> None:

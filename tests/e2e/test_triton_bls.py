@@ -207,11 +207,7 @@ def server(repo: Path) -> Iterator[RunningServer]:
         yield running
 
 
-def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
-    client = httpclient.InferenceServerClient(server.url)
-    tensor = httpclient.InferInput("IN", [2], "FP32")
-    tensor.set_data_from_numpy(np.array(values, np.float32))
-    return client.infer(model, [tensor]).as_numpy("OUT")
+_call = triton_models.call_in_out
 
 
 def _successes(server: RunningServer, model: str) -> int:

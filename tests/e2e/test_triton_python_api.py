@@ -146,11 +146,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
 
 
-def _call(server: RunningServer, model: str, values: list[float]) -> np.ndarray:
-    client = httpclient.InferenceServerClient(server.url)
-    tensor = httpclient.InferInput("IN", [2], "FP32")
-    tensor.set_data_from_numpy(np.array(values, np.float32))
-    return client.infer(model, [tensor]).as_numpy("OUT")
+_call = triton_models.call_in_out
+
+
+def _stream(server: RunningServer, model: str, values: list[float], count: int) -> list[object]:
+    """The first ``count`` answers (or errors) of one request over a ModelStreamInfer stream."""
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    try:
+        tensor = grpcclient.InferInput("IN", [2], "FP32")
+        tensor.set_data_from_numpy(np.array(values, np.float32))
+        client.async_stream_infer(model, [tensor])
+        return [answers.get(timeout=20) for _ in range(count)]
+    finally:
+        client.stop_stream(cancel_requests=True)
 
 
 @pytest.mark.parametrize("model", ["async_tripled", "sender_answers"])
@@ -196,16 +206,7 @@ def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer) -> Non
 
 def test_a_decoupled_model_returning_responses_fails_its_stream(server: RunningServer) -> None:
     """It would otherwise leave the stream open forever: nothing is ever sent."""
-    answers: queue.Queue[object] = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put(error or result))
-    try:
-        tensor = grpcclient.InferInput("IN", [2], "FP32")
-        tensor.set_data_from_numpy(np.ones(2, np.float32))
-        client.async_stream_infer("decoupled_returns", [tensor])
-        answer = answers.get(timeout=20)
-    finally:
-        client.stop_stream(cancel_requests=True)
+    [answer] = _stream(server, "decoupled_returns", [1, 1], 1)
     assert isinstance(answer, InferenceServerException)
     assert "decoupled: execute must return None and answer through request.get_response_sender()" in str(answer)
 
@@ -260,32 +261,14 @@ def test_auto_complete_config_describes_a_model_without_a_config(tmp_path: Path)
 
 def test_a_decoupled_model_that_exits_fails_its_stream_and_the_server_serves_on(server: RunningServer) -> None:
     """Its instances are processes, as any Python model's: in a thread, os._exit ended the server."""
-    answers: queue.Queue[object] = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put(error or result))
-    try:
-        tensor = grpcclient.InferInput("IN", [2], "FP32")
-        tensor.set_data_from_numpy(np.array([1, 2], np.float32))
-        client.async_stream_infer("decoupled_exits", [tensor])
-        first, second = answers.get(timeout=20), answers.get(timeout=20)
-    finally:
-        client.stop_stream(cancel_requests=True)
+    first, second = _stream(server, "decoupled_exits", [1, 2], 2)
     np.testing.assert_array_equal(first.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
     assert isinstance(second, InferenceServerException) and "exited with code 3" in second.message(), second
     np.testing.assert_array_equal(_call(server, "tripled", [1, 2]), [3, 6])
 
 
 def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: RunningServer) -> None:
-    answers: queue.Queue[object] = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.start_stream(callback=lambda result, error: answers.put(error or result))
-    try:
-        tensor = grpcclient.InferInput("IN", [2], "FP32")
-        tensor.set_data_from_numpy(np.array([1, 2], np.float32))
-        client.async_stream_infer("decoupled_after_final", [tensor])
-        answer = answers.get(timeout=20)
-    finally:
-        client.stop_stream(cancel_requests=True)
+    [answer] = _stream(server, "decoupled_after_final", [1, 2], 1)
     assert not isinstance(answer, Exception)
     np.testing.assert_array_equal(answer.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
     said = "model 'decoupled_after_final': execute failed after its final response: TritonModelException: " \
