@@ -13,7 +13,7 @@ from typing import Any
 
 from inferd import __version__
 from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
-from inferd.config import MODEL_CONTROL_MODES, ServerSettings
+from inferd.config import MODEL_CONTROL_MODES, Listener, ServerSettings
 from inferd.errors import ConfigError
 
 
@@ -76,19 +76,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder of models: <model>/<version>/<artifact>, or one model's folder; or "
                             "s3://bucket/prefix (gs://, az://: extras inferd[s3|gcs|azure]), mirrored into "
                             "--repository-cache")
+    serve.add_argument("--model-repository", dest="model_repository_flag", default=None, metavar="DIR",
+                       help="the same as MODEL_REPOSITORY (Triton's spelling)")
     serve.add_argument("--repository-cache", type=Path, default=None, metavar="DIR",
                        help="where a remote repository is mirrored (default: $INFERD_CACHE_DIR or "
                             "~/.cache/inferd/repositories); unchanged files are not downloaded again")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--http-port", type=int, default=8000, help="HTTP port; 0 disables HTTP")
     serve.add_argument("--grpc-port", type=int, default=8001, help="gRPC port; 0 disables gRPC")
+    serve.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                       help="also serve /metrics on this port (Triton's 8002); it is on the HTTP port anyway")
     serve.add_argument("--grpc-server", choices=("inferd", "grpcio"), default="inferd",
                        help="inferd: HTTP/2 on the event loop (fast); grpcio: grpcio's threaded server "
                             "(takes every grpc channel argument)")
-    serve.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="none",
+    serve.add_argument("--model-control", "--model-control-mode", choices=MODEL_CONTROL_MODES, default="none",
                        help="none: the repository is read once; poll: rescanned every --poll-interval; "
                        "explicit: models load and unload through the API")
-    serve.add_argument("--poll-interval", type=float, default=15.0,
+    serve.add_argument("--poll-interval", "--repository-poll-secs", type=float, default=15.0,
                        help="seconds between repository scans with --model-control poll")
     serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
                        help="with --model-control explicit: load this model at start (repeat; * = all)")
@@ -103,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="true|false", help="let clients register system shared-memory regions and name them "
                        "for inputs and outputs (Triton's extension; off: a client could make the server read and "
                        "write any shared-memory object it may open)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0,
+    serve.add_argument("--drain-timeout", "--exit-timeout-secs", type=float, default=30.0,
                        help="seconds SIGTERM waits for requests in flight before exiting")
     serve.add_argument("--max-body-size", type=_size, default="64MiB",
                        help="largest request body (k/M/GiB suffixes); larger gets 413")
@@ -129,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-size", type=_size, default=0,
                        help="bytes of the response cache, e.g. 256MiB; models with [response_cache] enable = "
                        "true answer identical requests from it (default 0: no cache)")
-    serve.add_argument("--server-name", default="inferd",
+    serve.add_argument("--server-name", "--id", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
     serve.add_argument("--workers", type=int, default=0, metavar="N",
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
@@ -159,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-metrics-interval", type=float, default=2.0, metavar="SECONDS",
                      help="copy each replica's inferd_* metrics into Ray's metrics (ray_inferd_*, tagged "
                           "with the replica) this often; 0: not at all")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="N",
+                       help="Triton's: N > 0 is --log-level debug")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="debug also shows the frameworks' own logs (TensorFlow, onnxruntime, torch)")
     operability = serve.add_argument_group("operability")
@@ -323,9 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     from inferd.observability.logging import configure
 
-    configure(args.log_level, args.log_format)
+    configure("debug" if args.log_verbose > 0 else args.log_level, args.log_format)
     try:
         repository, remote = args.model_repository, None
+        if args.model_repository_flag is not None:  # Triton's --model-repository=DIR
+            if repository is not None and repository != args.model_repository_flag:
+                raise ConfigError(f"the model repository is given twice: {repository} and --model-repository "
+                                  f"{args.model_repository_flag}")
+            repository = args.model_repository_flag
         if repository is not None and "://" in repository:
             repository, remote = None, repository
         settings = ServerSettings(
@@ -342,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
-            cache_size=args.cache_size, allow_client_shm=args.allow_client_shm)
+            cache_size=args.cache_size, allow_client_shm=args.allow_client_shm,
+            listeners=(Listener(args.host, args.metrics_port, ("kserve_metrics",)),) if args.metrics_port else ())
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)
         return 2

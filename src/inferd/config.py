@@ -147,8 +147,8 @@ class ServerSettings:
             raise ConfigError(f"--max-connections ({self.max_connections}) must be at least --workers "
                               f"({self.workers}): each worker takes its share of the connections")
         if self.workers and (self.listeners or self.grpc_socket_path or self.grpc_extra_ports):
-            raise ConfigError("--workers serves --http-port and --grpc-port; TorchServe's separate addresses "
-                              "and a gRPC Unix socket are served by one process (leave --workers out)")
+            raise ConfigError("--workers serves --http-port and --grpc-port; --metrics-port, TorchServe's separate "
+                              "addresses and a gRPC Unix socket are served by one process (leave --workers out)")
         if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:
             raise ConfigError(f"model repository {self.remote_repository}: remote repositories are "
                               f"{'://, '.join(REMOTE_SCHEMES)}:// URLs")

@@ -151,6 +151,10 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
     """One of TorchServe's addresses (``inferd torchserve``): its APIs only; the inference and
     management ones count their answers in TorchServe's Requests2XX/4XX/5XX; an unknown path or
     method is answered in TorchServe's words."""
+    if apis == ("kserve_metrics",):  # Triton's --metrics-port: inferd's /metrics alone
+        metrics_only = Router()
+        MetricsRoutes(core).register(metrics_only, settings.metrics_paths)
+        return HttpApp(metrics_only, settings.max_body_bytes)
     router = Router(torchserve_refusal)
     TorchServeRoutes(core, ts_metrics).register(router, apis)
     if "metrics" in apis and len(apis) == 1:

@@ -72,7 +72,8 @@ def test_keep_freed_memory_takes_0_or_at_least_a_mib(capsys: pytest.CaptureFixtu
 def test_help_shows_defaults_but_never_the_token() -> None:
     done = inferd_command("serve", "--help", INFERD_AUTH_TOKEN="s3cret-token")
     text = " ".join(done.stdout.split())
-    for shown in ("--drain-timeout DRAIN_TIMEOUT seconds SIGTERM waits", "(default: 30.0)", "(default: 64MiB)",
+    for shown in ("--drain-timeout DRAIN_TIMEOUT, --exit-timeout-secs DRAIN_TIMEOUT seconds SIGTERM waits",
+                  "(default: 30.0)", "(default: 64MiB)",
                   "(default: 8000)", "(default: none)", "--log-level", "(default: info)"):
         assert shown in text
     assert "s3cret-token" not in done.stdout
@@ -169,3 +170,23 @@ def test_a_model_load_thread_count_under_one_is_refused(count: str, tmp_path: Pa
     done = inferd_command("serve", str(tmp_path), "--model-load-thread-count", count)
     assert done.returncode == 2
     assert f"--model-load-thread-count must be >= 1 (versions built at once), got {count}" in done.stderr
+
+
+def test_tritons_spellings_serve_as_inferds(small_repo: Path, tmp_path: Path) -> None:
+    """A tritonserver command line changes only its binary: --model-repository, --model-control-mode,
+    --repository-poll-secs, --exit-timeout-secs, --id, --log-verbose, --metrics-port."""
+    import requests
+
+    metrics_port = free_port()
+    with serve(None, f"--model-repository={small_repo}", "--model-control-mode=explicit", "--load-model=mlp_onnx",
+               "--repository-poll-secs=5", "--exit-timeout-secs=3", "--id=triton", "--log-verbose=1",
+               f"--metrics-port={metrics_port}") as server:
+        assert requests.get(f"{server.base}/v2", timeout=5).json()["name"] == "triton"
+        index = {m["name"]: m["state"] for m in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
+        assert index == {"mlp_onnx": "READY", "fails": ""}  # explicit: only what --load-model named
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert metrics.status_code == 200 and "inferd_model_state" in metrics.text
+        assert requests.get(f"http://127.0.0.1:{metrics_port}/v2", timeout=5).status_code == 404  # metrics only
+        assert " DEBUG " in server.log()  # --log-verbose 1
+    done = inferd_command("serve", str(small_repo), f"--model-repository={tmp_path}")
+    assert done.returncode == 2 and "the model repository is given twice" in done.stderr
