@@ -162,6 +162,11 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
     return CountingApp(router, settings.max_body_bytes, ts_metrics)
 
 
+def _shown(apis: tuple[str, ...]) -> str:
+    """A listener's APIs as the ready line names them (--metrics-port's is "metrics")."""
+    return "+".join("metrics" if api == "kserve_metrics" else api for api in apis)
+
+
 def split(total: int, parts: int, part: int) -> int:
     """Part ``part`` of ``total`` shared by ``parts`` workers: the parts add up to ``total``
     (1000 connections over 3 workers: 334, 333, 333)."""
@@ -269,8 +274,8 @@ class Server:
         failed = [row for row in self.core.control.states() if row.state is not ModelState.READY]
         if self.settings.exit_on_error and failed:
             for row in failed:
-                log.error("--exit-on-error: model %s version %s is %s: %s", row.name, row.version or "-",
-                          row.state.value, row.reason)
+                which = f"model {row.name} version {row.version}" if row.version else f"model {row.name}"
+                log.error("--exit-on-error: %s is %s: %s", which, row.state.value, row.reason)
             await self._shutdown()
             self.exit_code = 1
             return False
@@ -382,7 +387,7 @@ class Server:
         s = self.settings
         where = ", ".join(filter(None, [f"http://{s.host}:{s.http_port}" if s.http_port else "",
                                         f"grpc://{s.host}:{s.grpc_port}" if s.grpc_port else "",
-                                        *(f"{'+'.join(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
+                                        *(f"{_shown(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         workers = f", {s.workers} front-end workers" if s.workers else ""
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready{workers})", flush=True)
 

@@ -188,5 +188,6 @@ def test_tritons_spellings_serve_as_inferds(small_repo: Path, tmp_path: Path) ->
         assert metrics.status_code == 200 and "inferd_model_state" in metrics.text
         assert requests.get(f"http://127.0.0.1:{metrics_port}/v2", timeout=5).status_code == 404  # metrics only
         assert " DEBUG " in server.log()  # --log-verbose 1
+        assert f"metrics http://127.0.0.1:{metrics_port}" in server.log()  # the ready line names it so
     done = inferd_command("serve", str(small_repo), f"--model-repository={tmp_path}")
     assert done.returncode == 2 and "the model repository is given twice" in done.stderr

@@ -343,6 +343,7 @@ def test_a_load_model_naming_no_model_is_an_error_not_silence(tmp_path: Path) ->
                            "0", "--model-control", "explicit", "--load-model", "nope", "--exit-on-error"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "no model of that name" in done.stdout + done.stderr
+    assert "--exit-on-error: model nope is UNAVAILABLE" in done.stderr  # no version to name (it said "version -")
 
 
 TIMED_LOAD = ("import time\nclass Model:\n    def load(self):\n        start = time.time()\n        time.sleep(0.8)\n"
