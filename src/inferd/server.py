@@ -27,6 +27,7 @@ from inferd.errors import InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
+from inferd.observability.triton_metrics import TritonRow
 from inferd.repository.archives import store_archives
 from inferd.repository.layout import misnamed, scan, single_model
 from inferd.repository.registry import ModelRegistry
@@ -43,7 +44,7 @@ from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes, torchserve_refusal
-from inferd.types import ModelState
+from inferd.types import ModelState, ModelStatistics
 
 if TYPE_CHECKING:
     from inferd.transport.grpc.native import NativeGrpcServer
@@ -98,7 +99,16 @@ def build_core(settings: ServerSettings) -> Core:
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
     regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes, settings.max_inflight_bytes)
     data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions)
+    metrics.watch_statistics(lambda: [_triton_row(row) for row in data.loaded_statistics(None, None)])
     return Core(data, control, metrics)
+
+
+def _triton_row(row: ModelStatistics) -> TritonRow:
+    """A version's statistics as Triton's nv_inference_* families count them."""
+    r = row.requests
+    return TritonRow(row.name, row.version, r.success.count, r.fail.count, row.inference_count - r.cached_rows,
+                     row.execution_count, r.success.ns, r.queue.ns, r.compute_input.ns, r.compute_infer.ns,
+                     r.compute_output.ns)
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:

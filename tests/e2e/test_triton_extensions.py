@@ -103,7 +103,7 @@ def test_shared_memory_is_refused_unless_allowed(
     assert http.get_system_shared_memory_status() == []
 
 
-def test_statistics_count_requests_executions_and_batches(http: httpclient.InferenceServerClient,
+def test_statistics_count_requests_executions_and_batches(server: RunningServer, http: httpclient.InferenceServerClient,
                                                           grpc: grpcclient.InferenceServerClient) -> None:
     before = http.get_inference_statistics("mlp")["model_stats"][0]
     for rows in (1, 3, 3):
@@ -131,6 +131,17 @@ def test_statistics_count_requests_executions_and_batches(http: httpclient.Infer
     assert len(message) == 1 and message[0].inference_stats.success.count == inference["success"]["count"]
     assert message[0].execution_count == now["execution_count"]
     assert sum(b.compute_infer.count for b in message[0].batch_stats) == now["execution_count"]
+    # the same counters on /metrics under Triton's names, for dashboards written for Triton
+    text = requests.get(f"{server.base}/metrics", timeout=5).text
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference"))
+    labels = '{model="mlp",version="1"}'
+    assert int(lines[f"nv_inference_request_success{labels}"]) == inference["success"]["count"]
+    assert int(lines['nv_inference_request_failure{model="mlp",version="1",reason="OTHER"}']) == \
+        inference["fail"]["count"]
+    assert int(lines[f"nv_inference_exec_count{labels}"]) == now["execution_count"]
+    assert int(lines[f"nv_inference_count{labels}"]) == now["inference_count"]  # no cache here
+    assert int(lines[f"nv_inference_compute_infer_duration_us{labels}"]) == inference["compute_infer"]["ns"] // 1000
+    assert "# TYPE nv_inference_request_duration_us counter" in text
     # every loaded model, and Triton's words for an unknown one
     every = {s["name"] for s in http.get_inference_statistics()["model_stats"]}
     assert every == {"mlp", "double"}

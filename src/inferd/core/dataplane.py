@@ -409,6 +409,10 @@ class DataPlane:
         one model (``name``), or of one version. An unknown model or version is NotFound; a known
         one that is not loaded has no rows."""
         self._access.authorize_inference(credentials, "reading statistics")
+        return self.loaded_statistics(name, version)
+
+    def loaded_statistics(self, name: str | None, version: str | None) -> list[ModelStatistics]:
+        """``statistics`` without the credentials check (the composition root's, for /metrics)."""
         if name is None:
             names = sorted(self._registry.models)
         else:

@@ -107,14 +107,14 @@ class CustomMetrics:
                 lines.append(f"# TYPE {name} {family.kind}")
                 for labels, series in family.series.items():
                     if family.kind != "histogram":
-                        lines.append(f"{name}{_labels(labels)} {_number(series.value)}")
+                        lines.append(f"{name}{label_set(labels)} {number(series.value)}")
                         continue
                     running = 0
-                    for bound, count in zip((*map(_number, series.buckets), "+Inf"), series.counts, strict=True):
+                    for bound, count in zip((*map(number, series.buckets), "+Inf"), series.counts, strict=True):
                         running += count
-                        lines.append(f"{name}_bucket{_labels((*labels, ('le', bound)))} {running}")
-                    lines.append(f"{name}_sum{_labels(labels)} {_number(series.value)}")
-                    lines.append(f"{name}_count{_labels(labels)} {running}")
+                        lines.append(f"{name}_bucket{label_set((*labels, ('le', bound)))} {running}")
+                    lines.append(f"{name}_sum{label_set(labels)} {number(series.value)}")
+                    lines.append(f"{name}_count{label_set(labels)} {running}")
         return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
@@ -133,7 +133,7 @@ def _check(update: _Change) -> str | None:
     return None
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+def label_set(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{name}="{_escape_value(value)}"' for name, value in labels) + "}"
@@ -147,7 +147,7 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

@@ -14,7 +14,8 @@
     inferd_cache_max_bytes                                    gauge: its bound (--cache-size)
     inferd_cache_evictions_total                              counter: entries pushed out to make room
 
-and after them the metrics Python models define themselves, under their own names (custom_metrics.py).
+then Triton's nv_inference_* families under Triton's names (triton_metrics.py), and after them the
+metrics Python models define themselves, under their own names (custom_metrics.py).
 
 The hot path only adds to plain counters held per (model, version) (a bisect and two additions per
 histogram); prometheus-client formats them when /metrics is scraped.
@@ -30,7 +31,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from inferd.observability import triton_metrics
 from inferd.observability.custom_metrics import CustomMetrics
+from inferd.observability.triton_metrics import TritonRow
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -217,6 +220,7 @@ class Metrics:
         self.cache_usage: Callable[[], CacheUsage | None] = lambda: None
         self.registry.register(_Collector(self))
         self.custom = CustomMetrics()  # what models define themselves (Triton's pb_utils.MetricFamily)
+        self.triton_rows: Callable[[], Iterable[TritonRow]] = list
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         key = (model, version)
@@ -231,5 +235,9 @@ class Metrics:
     def watch_cache(self, usage: Callable[[], CacheUsage]) -> None:
         self.cache_usage = usage
 
+    def watch_statistics(self, rows: Callable[[], Iterable[TritonRow]]) -> None:
+        """The loaded versions' statistics, read at each scrape for Triton's nv_inference_* families."""
+        self.triton_rows = rows
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry) + self.custom.exposition()
+        return generate_latest(self.registry) + triton_metrics.exposition(self.triton_rows()) + self.custom.exposition()

@@ -1,0 +1,68 @@
+"""Triton's per-model metric families on /metrics, under Triton's names (``nv_inference_*``), so the
+dashboards and alerts written for Triton read inferd unchanged. Counters are cumulative, as Triton's,
+and written by hand as custom metrics are (prometheus-client would add ``_total`` to the names).
+
+Each row is one loaded model version's statistics (the data plane's, the same the statistics
+extension answers): model, version, successful and failed requests, inferences and executions (both
+without the cached requests, as Triton counts them), and the successful requests' time from arrival
+to answer, in the queue, and in compute input, infer and output, in nanoseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from inferd.observability.custom_metrics import label_set
+
+
+class TritonRow(NamedTuple):
+    model: str
+    version: str
+    success: int
+    failure: int
+    inferences: int
+    executions: int
+    request_ns: int
+    queue_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+# Triton's family, its HELP text, and the row field it counts (microseconds for the *_us ones)
+_FAMILIES = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", "success"),
+    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", "failure"),
+    ("nv_inference_count", "Number of inferences performed (does not include cached requests)", "inferences"),
+    ("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)",
+     "executions"),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds "
+                                         "(includes cached requests)", "request_ns"),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds "
+                                       "(includes cached requests)", "queue_ns"),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds "
+                                               "(does not include cached requests)", "input_ns"),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds "
+                                               "(does not include cached requests)", "infer_ns"),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds "
+                                                "(does not include cached requests)", "output_ns"),
+)
+
+
+def exposition(rows: Iterable[TritonRow]) -> bytes:
+    rows = list(rows)
+    if not rows:
+        return b""
+    lines: list[str] = []
+    for name, description, field in _FAMILIES:
+        lines.append(f"# HELP {name} {description}")
+        lines.append(f"# TYPE {name} counter")
+        for row in rows:
+            value = getattr(row, field)
+            if field.endswith("_ns"):
+                value //= 1000
+            labels: tuple[tuple[str, str], ...] = (("model", row.model), ("version", row.version))
+            if name == "nv_inference_request_failure":  # Triton's reason; inferd counts every failure as one
+                labels = (*labels, ("reason", "OTHER"))
+            lines.append(f"{name}{label_set(labels)} {value}")
+    return ("\n".join(lines) + "\n").encode()
