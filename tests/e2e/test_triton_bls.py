@@ -148,7 +148,7 @@ MODELS = {
         labels = {"model": args["model_name"], "version": args["model_version"]}
         self.calls = pb_utils.MetricFamily("bls_test_calls", "calls so far",
                                            pb_utils.MetricFamily.COUNTER).Metric(labels=labels)
-        self.level = pb_utils.MetricFamily("bls_test_level", "the last value",
+        self.level = pb_utils.MetricFamily("bls_test_level", "values added up",
                                            pb_utils.MetricFamily.GAUGE).Metric(labels=labels)
         self.sizes = pb_utils.MetricFamily("bls_test_sizes", "values seen",
                                            pb_utils.MetricFamily.HISTOGRAM).Metric(labels=labels, buckets=[1, 10])
@@ -157,7 +157,7 @@ MODELS = {
         for request in requests:
             value = float(given(request)[0])
             self.calls.increment(1)
-            self.level.set(value)
+            self.level.increment(value)  # (set's last value would depend on which instance wrote last)
             self.sizes.observe(value)
         return [answer(given(request)) for request in requests]
 """,
@@ -249,14 +249,25 @@ def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServe
     np.testing.assert_array_equal(_call(server, "bls_stream", [count, 0]), expected)
 
 
+def _metrics_once(server: RunningServer, line: str) -> str:
+    """/metrics once it shows ``line``: a model's changes reach the server beside its answers, not
+    with them, so a scrape right after an answer may not show that call's changes yet."""
+    deadline = time.monotonic() + 10
+    while line not in (text := requests.get(f"http://{server.url}/metrics", timeout=10).text).splitlines():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return text
+
+
 def test_custom_metrics_are_on_metrics_as_triton_shows_them(server: RunningServer) -> None:
     for value in (0.5, 5.0, 50.0, 5.0):
         _call(server, "metered", [value, 0])
-    text = requests.get(f"http://{server.url}/metrics", timeout=10).text
     labels = 'model="metered",version="1"'
+    text = _metrics_once(server, f"bls_test_sizes_count{{{labels}}} 4")
     for line in ("# HELP bls_test_calls calls so far", "# TYPE bls_test_calls counter",
                  f"bls_test_calls{{{labels}}} 4",  # both instances' calls, one series
-                 "# TYPE bls_test_level gauge", f"bls_test_level{{{labels}}} 5",
+                 "# TYPE bls_test_level gauge", f"bls_test_level{{{labels}}} 60.5",
                  "# TYPE bls_test_sizes histogram", f'bls_test_sizes_bucket{{{labels},le="1"}} 1',
                  f'bls_test_sizes_bucket{{{labels},le="10"}} 3', f'bls_test_sizes_bucket{{{labels},le="+Inf"}} 4',
                  f"bls_test_sizes_sum{{{labels}}} 60.5", f"bls_test_sizes_count{{{labels}}} 4"):
@@ -286,6 +297,7 @@ def test_a_models_custom_metrics_go_when_it_unloads_as_in_triton(repo: Path, mod
         client = httpclient.InferenceServerClient(server.url)
         for _ in range(2):
             _call(server, model, [1.0, 0.0])
+        _metrics_once(server, f'bls_test_calls{{model="{model}",version="1"}} 2')
         assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 2']
         client.unload_model(model)
         deadline = time.monotonic() + 20  # an instance process's series go when it has exited
@@ -294,6 +306,7 @@ def test_a_models_custom_metrics_go_when_it_unloads_as_in_triton(repo: Path, mod
         assert _metric_lines(server, model) == []
         client.load_model(model)  # loaded again, it counts from 0 (it went on from 2)
         _call(server, model, [1.0, 0.0])
+        _metrics_once(server, f'bls_test_calls{{model="{model}",version="1"}} 1')
         assert _metric_lines(server, model) == [f'bls_test_calls{{model="{model}",version="1"}} 1']
 
 
