@@ -19,6 +19,7 @@ from inferd.observability.metrics import Metrics
 from inferd.types import InferRequest, InferResponse, LoadOverride, MetricUpdate
 
 _END = object()
+_AHEAD = 16  # a stream's answers waiting for the calling model at most (then the target waits too)
 
 
 class LoopModelCalls:
@@ -44,6 +45,8 @@ class LoopModelCalls:
             try:
                 async with contextlib.aclosing(self._data.run_stream(request)) as stream:
                     async for answer in stream:
+                        while answers.qsize() >= _AHEAD and not stopped.is_set():  # a slow reader slows the model
+                            await asyncio.sleep(0.005)
                         answers.put(answer)
                         if stopped.is_set():
                             return
