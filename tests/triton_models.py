@@ -85,6 +85,9 @@ input [ { name: "x" data_type: TYPE_FP32 dims: [ 8 ] } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 5 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 1000 }
 instance_group [ { count: 2 kind: KIND_CPU } ]
+optimization { graph { level: 1 } input_pinned_memory { enable: true } priority: PRIORITY_MAX }
+parameters { key: "execution_mode" value: { string_value: "0" } }
+parameters { key: "enable_mem_pattern" value: { string_value: "0" } }
 """
 
 TORCH_CONFIG = """
@@ -93,6 +96,8 @@ platform: "pytorch_libtorch"
 max_batch_size: 8
 input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 8 ] } ]
 output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 5 ] } ]
+parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }
+parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" } }
 """
 
 
@@ -142,7 +147,8 @@ def python_models(root: Path) -> list[str]:
 
 
 def framework_models(root: Path) -> None:
-    """ONNX (onnxruntime_onnx) and TorchScript (pytorch_libtorch, INPUT__0/OUTPUT__0)."""
+    """ONNX (onnxruntime_onnx) and TorchScript (pytorch_libtorch, INPUT__0/OUTPUT__0), with their
+    backends' optimization and parameters as a Triton repository writes them."""
     import torch
 
     from tests.models import mlp
@@ -162,8 +168,8 @@ def broken_models(root: Path) -> None:
     files (config.toml wins)."""
     write(root / "no_versions/1/model.py", IDENTITY)
     write(root / "no_versions/config.pbtxt", 'backend: "python"\nversion_policy: { latest: { num_versions: 0 } }\n')
-    write(root / "optimized/1/model.py", IDENTITY)
-    write(root / "optimized/config.pbtxt", 'backend: "python"\noptimization { }\n')
+    write(root / "batch_inputs/1/model.py", IDENTITY)
+    write(root / "batch_inputs/config.pbtxt", 'backend: "python"\nbatch_input [ { target_name: "N" } ]\n')
     write(root / "both/1/model.py", IDENTITY)
     write(root / "both/config.pbtxt", 'backend: "python"\nmax_batch_size: 99\n')
     write(root / "both/config.toml", 'backend = "python"\n[[input]]\nname = "INPUT0"\ndatatype = "BYTES"\n'

@@ -309,6 +309,27 @@ class Optimization:
 
 
 @dataclass(frozen=True, slots=True)
+class Accelerator:
+    """One of config.pbtxt's ``optimization.execution_accelerators``: for onnxruntime, an execution
+    provider ("openvino" on the CPU; "tensorrt" or "cuda" on a GPU) and its options."""
+
+    name: str
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptimization:
+    """config.pbtxt's ``optimization``, as Triton's backends read it. inferd applies onnxruntime's graph
+    level and execution accelerators; the rest (priority, pinned memory, TensorRT's CUDA graphs) does
+    nothing on a CPU and is kept as written (``answer``, the message as JSON) to be answered back."""
+
+    graph_level: int = 0  # Triton's: 0 every optimization, -1 basic, 1 basic and extended, 2 none
+    cpu_accelerators: tuple[Accelerator, ...] = ()
+    gpu_accelerators: tuple[Accelerator, ...] = ()
+    answer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class VersionPolicy:
     latest: int | None = 1
     all: bool = False
@@ -356,6 +377,7 @@ class ModelConfig:
     optimization: Optimization = field(default_factory=Optimization)
     warmup_samples: tuple[WarmupSample, ...] = ()  # config.pbtxt's model_warmup: run at load, before ready
     default_model_filename: str = ""  # the artifact's name in each version folder ("": model.onnx, model.pt, ...)
+    backend_optimization: BackendOptimization = field(default_factory=BackendOptimization)  # config.pbtxt's
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:

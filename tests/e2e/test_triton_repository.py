@@ -93,13 +93,19 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
     config = http.get_model_config(model)
     assert config["platform"] == {"onnx_mlp": "onnxruntime_onnx", "torch_mlp": "pytorch_libtorch"}[model]
     assert config["input"][0]["dims"] == [8]
+    if model == "onnx_mlp":  # the backend's settings are applied (tests/runtimes) and answered as written
+        assert config["optimization"]["graph"] == {"level": 1}
+        assert config["optimization"]["input_pinned_memory"] == {"enable": True}
+        assert config["parameters"]["enable_mem_pattern"] == {"string_value": "0"}
+    else:
+        assert config["parameters"]["INFERENCE_MODE"] == {"string_value": "true"}
 
 
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
     index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
-    assert index["optimized"]["state"] == "UNAVAILABLE"
-    assert "optimization" in index["optimized"]["reason"]
-    assert "inferd does not serve that key" in index["optimized"]["reason"]
+    assert index["batch_inputs"]["state"] == "UNAVAILABLE"
+    assert "batch_input" in index["batch_inputs"]["reason"]
+    assert "inferd does not serve that key" in index["batch_inputs"]["reason"]
 
 
 def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: RunningServer) -> None:

@@ -69,7 +69,20 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
     ('sequence_batching { control_input [ { name: "INPUT" control [ { kind: CONTROL_SEQUENCE_READY '
      'fp32_false_true: [ 0, 1 ] } ] } ] }\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]',
      "also declared as an input"),
-    ("optimization { }", '"optimization"'),
+    ('batch_input [ { target_name: "N" } ]', '"batch_input"'),
+    ("optimization { graph { level: 3 } }", "'optimization.graph.level' must be -1 (basic), 0 (all)"),
+    ('optimization { execution_accelerators { cpu_execution_accelerator [ { name: "tensorrt" } ] } }',
+     "names 'tensorrt'; inferd knows openvino"),
+    ('optimization { execution_accelerators { gpu_execution_accelerator [ { name: "auto_mixed_precision" } ] } }',
+     "names 'auto_mixed_precision'; inferd knows tensorrt, cuda"),
+    ('backend: "onnxruntime"\nparameters: { key: "execution_mode" value: { string_value: "2" } }',
+     "parameter 'execution_mode' must be 0 or 1, got '2'"),
+    ('backend: "pytorch"\nparameters: { key: "INFERENCE_MODE" value: { string_value: "maybe" } }',
+     "parameter 'INFERENCE_MODE' must be true or false, got 'maybe'"),
+    ('backend: "pytorch"\nparameters: { key: "execution_mode" value: { string_value: "1" } }',
+     "parameter 'execution_mode' is not one inferd serves for this backend (known: INTRA_OP_THREAD_COUNT"),
+    ('backend: "tensorflow"\nparameters: { key: "TF_NUM_INTER_THREADS" value: { string_value: "-1" } }',
+     "parameter 'TF_NUM_INTER_THREADS' must be a count"),
     ('input [ { name: "a" data_type: TYPE_FP32 dims: [ 2 ] reshape: { shape: [ 3 ] } } ]', "key 'reshape' [3]"),
     ('input [ { name: "a" data_type: TYPE_FP32 dims: [ -1 ] reshape: { shape: [ 2 ] } } ]', "key 'reshape' [2]"),
     ('platform: "tensorrt_plan"', "'platform' is 'tensorrt_plan'"),
@@ -193,3 +206,40 @@ def test_sequence_batching_reads_its_controls_and_answers_them_back() -> None:
         served = ServedConfig("s", "", "python", dataclasses.replace(config, sequence_batching=read))
         answered = model_config_json(served)
         assert strategy.split()[0] in answered["sequence_batching"]
+
+
+BACKEND_OPTIONS = """
+backend: "onnxruntime"
+optimization {
+  graph { level: 2 }
+  priority: PRIORITY_MAX
+  input_pinned_memory { enable: true }
+  execution_accelerators {
+    gpu_execution_accelerator [ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ]
+    cpu_execution_accelerator [ { name: "openvino" } ]
+  }
+}
+parameters: { key: "execution_mode" value: { string_value: "1" } }
+parameters: { key: "inter_op_thread_count" value: { string_value: "2" } }
+"""
+
+
+def test_optimization_and_backend_parameters_read_as_tritons_backends_do() -> None:
+    """Triton's onnxruntime backend reads the graph level, accelerators and parameters; they are
+    answered back as written."""
+    config = parse_pbtxt(BACKEND_OPTIONS, "m/config.pbtxt", "m")
+    optimization = config.backend_optimization
+    assert optimization.graph_level == 2
+    assert [(a.name, a.parameters) for a in optimization.gpu_accelerators] == [
+        ("tensorrt", (("precision_mode", "FP16"),))]
+    assert [a.name for a in optimization.cpu_accelerators] == ["openvino"]
+    assert config.parameters == {"execution_mode": "1", "inter_op_thread_count": "2"}
+    answer = model_config_json(ServedConfig("m", "onnxruntime_onnx", "onnx", config))
+    assert answer["optimization"]["graph"] == {"level": 2}
+    assert answer["optimization"]["priority"] == "PRIORITY_MAX"
+    assert answer["optimization"]["input_pinned_memory"] == {"enable": True}
+    assert answer["optimization"]["execution_accelerators"]["gpu_execution_accelerator"] == [
+        {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]
+    overridden = apply_override(config, json.dumps({"optimization": {"graph": {"level": -1}}}), "m")
+    assert overridden.backend_optimization.graph_level == -1 and not overridden.backend_optimization.cpu_accelerators
+    assert overridden.parameters == config.parameters

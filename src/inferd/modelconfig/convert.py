@@ -12,6 +12,8 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from inferd.config import (
+    Accelerator,
+    BackendOptimization,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
@@ -27,6 +29,7 @@ from inferd.config import (
 )
 from inferd.errors import ConfigError
 from inferd.modelconfig._proto import triton_model_config_pb2 as mc
+from inferd.modelconfig.backend_parameters import check_parameters, intra_op_threads
 
 PBTXT = "config.pbtxt"
 
@@ -37,8 +40,6 @@ _BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "ten
 # inferd's backend -> what Triton calls it
 _TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
                    "torchserve": "python"}
-# parameters inferd reads itself (others reach only Python models, whose code reads them)
-_THREADS_PARAMETER = "intra_op_thread_count"
 
 
 def _datatype(value: int) -> str:
@@ -103,7 +104,7 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
               "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",),
               "sequence_batching": ("sequence_batching",), "model_warmup": ("warmup_samples",),
-              "default_model_filename": ("default_model_filename",)}
+              "default_model_filename": ("default_model_filename",), "optimization": ("backend_optimization",)}
 
 
 def _unsupported(error: str) -> str:
@@ -119,21 +120,12 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
     if message.max_batch_size < 0:
         raise ConfigError(f"{where}: key 'max_batch_size' must be >= 0, got {message.max_batch_size}")
     parameters = {key: value.string_value for key, value in message.parameters.items()}
-    threads = 0
-    if _THREADS_PARAMETER in parameters:
-        text = parameters[_THREADS_PARAMETER]
-        if not (text.isascii() and text.isdigit()):
-            raise ConfigError(f"{where}: parameter '{_THREADS_PARAMETER}' must be a count, got {text!r}")
-        threads = int(text)
-    if backend not in ("python", None):
-        unknown = sorted(set(parameters) - {_THREADS_PARAMETER})
-        if unknown:
-            raise ConfigError(f"{where}: parameter '{unknown[0]}' is not one inferd serves for this "
-                              f"backend (known: {_THREADS_PARAMETER})")
+    if backend is not None:  # an inferred backend's loader checks them once it is known
+        check_parameters(backend, parameters, where)
     return ModelConfig(
         backend=backend,
         max_batch_size=message.max_batch_size,
-        intra_op_threads=threads,
+        intra_op_threads=intra_op_threads(parameters, where),
         dynamic_batching=_batching(message, where),
         instance_group=_instance_group(message, backend, where),
         version_policy=_version_policy(message, where),
@@ -147,8 +139,33 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
                                     dict(step.output_map)) for step in message.ensemble_scheduling.step),
         warmup_samples=tuple(_warmup(sample, message.max_batch_size, where) for sample in message.model_warmup),
         default_model_filename=_file_name(message.default_model_filename, where),
+        backend_optimization=_optimization(message, where),
         source=where,
     )
+
+
+_GRAPH_LEVELS = (-1, 0, 1, 2)
+_ACCELERATORS = {"cpu": ("openvino",), "gpu": ("tensorrt", "cuda")}  # what onnxruntime's backend knows
+
+
+def _optimization(message: mc.ModelConfig, where: str) -> BackendOptimization:
+    if not message.HasField("optimization"):
+        return BackendOptimization()
+    given = message.optimization
+    if given.graph.level not in _GRAPH_LEVELS:
+        raise ConfigError(f"{where}: key 'optimization.graph.level' must be -1 (basic), 0 (all), 1 (basic and "
+                          f"extended) or 2 (none), got {given.graph.level}")
+    chosen = {}
+    for device, accelerators in (("cpu", given.execution_accelerators.cpu_execution_accelerator),
+                                 ("gpu", given.execution_accelerators.gpu_execution_accelerator)):
+        for accelerator in accelerators:
+            if accelerator.name not in _ACCELERATORS[device]:
+                raise ConfigError(f"{where}: key 'optimization.execution_accelerators.{device}_execution_"
+                                  f"accelerator' names '{accelerator.name}'; inferd knows "
+                                  f"{', '.join(_ACCELERATORS[device])} (onnxruntime's execution providers)")
+        chosen[device] = tuple(Accelerator(a.name, tuple(sorted(a.parameters.items()))) for a in accelerators)
+    return BackendOptimization(graph_level=given.graph.level, cpu_accelerators=chosen["cpu"],
+                               gpu_accelerators=chosen["gpu"], answer=json_format.MessageToJson(given))
 
 
 def _file_name(name: str, where: str) -> str:
@@ -368,6 +385,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
+    if config.backend_optimization.answer:
+        json_format.Parse(config.backend_optimization.answer, message.optimization)
     message.model_transaction_policy.decoupled = config.decoupled
     if config.sequence_batching is not None:
         _answer_sequence(message.sequence_batching, config.sequence_batching)

@@ -217,6 +217,18 @@ def warm_up(runtime: Runtime, config: ModelConfig, name: str) -> None:
         runtime.infer(warmup_inputs(runtime.inputs, size, name))
 
 
+def refuse_accelerators(config: ModelConfig, name: str, framework: str, graph_levels: tuple[int, ...]) -> None:
+    """config.pbtxt's execution accelerators are onnxruntime's providers: another framework refuses
+    them, and the graph levels it cannot apply, rather than load without them."""
+    optimization = config.backend_optimization
+    if optimization.cpu_accelerators or optimization.gpu_accelerators:
+        raise ConfigError(f"model '{name}': optimization.execution_accelerators are applied to onnxruntime models "
+                          f"only; {framework} cannot run on them (remove the key)")
+    if optimization.graph_level not in graph_levels:
+        raise ConfigError(f"model '{name}': optimization.graph.level {optimization.graph_level} is not applied to "
+                          f"{framework} models (it takes {', '.join(map(str, graph_levels))}; remove the key)")
+
+
 def refuse_torch_options(config: ModelConfig, name: str, framework: str) -> None:
     """Options only torch models honour are a load error elsewhere, never silently ignored."""
     optimization = config.optimization

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from inferd.config import ModelConfig
+from inferd.config import Accelerator, ModelConfig
 from inferd.errors import ConfigError, InvalidInput
+from inferd.modelconfig.backend_parameters import check_parameters, count
 from inferd.runtimes.base import (
     Arrays,
     LoadContext,
@@ -40,8 +41,9 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, session: Any, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], max_batch_size: int, config: ModelConfig | None = None,
-                 name: str = "") -> None:
+                 name: str = "", run_options: Any = None) -> None:
         self._session = session
+        self._run_options = run_options  # None, or the run's memory settings
         self._config = config or ModelConfig()
         self._name = name
         self.inputs = inputs
@@ -56,9 +58,9 @@ class OnnxRuntime(Runtime):
         for name in self._text_inputs:
             inputs = {**inputs, name: _as_text(name, inputs[name])}
         if self._bf16:
-            values = _run_bf16(self._session, self._output_names, inputs)
+            values = _run_bf16(self._session, self._output_names, inputs, self._run_options)
         else:
-            values = self._session.run(self._output_names, inputs)
+            values = self._session.run(self._output_names, inputs, self._run_options)
         outputs = dict(zip(self._output_names, values, strict=True))
         for name in self._text_outputs:
             outputs[name] = _as_bytes(outputs[name])
@@ -97,7 +99,7 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
 
 
-def _run_bf16(session: Any, output_names: list[str], inputs: Arrays) -> list[np.ndarray]:
+def _run_bf16(session: Any, output_names: list[str], inputs: Arrays, run_options: Any) -> list[np.ndarray]:
     """A run with BF16 tensors: onnxruntime's numpy bridge knows no bfloat16, so they cross as
     OrtValues over their 16-bit patterns, and BF16 outputs are copied out of the OrtValue's buffer."""
     import onnxruntime as ort
@@ -109,7 +111,7 @@ def _run_bf16(session: Any, output_names: list[str], inputs: Arrays) -> list[np.
                 np.asarray(array, order="C").view(np.uint16), _ONNX_BFLOAT16)
         else:
             values[name] = ort.OrtValue.ortvalue_from_numpy(np.asarray(array, order="C"))
-    results = session.run_with_ort_values(output_names, values)
+    results = session.run_with_ort_values(output_names, values, run_options)
     return [_bf16_numpy(value) if value.data_type() == "tensor(bfloat16)" else value.numpy()
             for value in results]
 
@@ -128,37 +130,125 @@ def _bf16_numpy(value: Any) -> np.ndarray:
 def load(context: LoadContext) -> OnnxRuntime:
     import onnxruntime as ort
 
-    refuse_torch_options(context.config, context.name, "onnxruntime")
-    options = ort.SessionOptions()
-    if context.config.intra_op_threads:
-        options.intra_op_num_threads = context.config.intra_op_threads
-    options.inter_op_num_threads = 1
-    if not logging.getLogger("inferd").isEnabledFor(logging.DEBUG):
-        options.log_severity_level = 3  # provider fallbacks and graph notes only at --log-level debug
-    providers = ["CPUExecutionProvider"]
-    provider_options: list[dict[str, Any]] = [{}]
+    config = context.config
+    refuse_torch_options(config, context.name, "onnxruntime")
+    check_parameters("onnx", config.parameters, f"model '{context.name}'")
     on_gpu = context.device.startswith("cuda")
-    if on_gpu:
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError(f"model '{context.name}' asks for {context.device}, but this onnxruntime has no "
-                              f"CUDAExecutionProvider (it has {', '.join(ort.get_available_providers())}); "
-                              "install onnxruntime-gpu, or use kind = \"cpu\"")
-        device_id = int(context.device.split(":")[1])
-        providers.insert(0, "CUDAExecutionProvider")
-        provider_options.insert(0, {"device_id": device_id})
-        if "TensorrtExecutionProvider" in ort.get_available_providers():  # first choice, CUDA for what it cannot
-            providers.insert(0, "TensorrtExecutionProvider")
-            provider_options.insert(0, {"device_id": device_id, "trt_engine_cache_enable": True,
-                                        "trt_engine_cache_path": str(_trt_cache(context))})
-    session = ort.InferenceSession(str(context.artifact), options, providers=providers,
+    providers, provider_options = _providers(context, ort.get_available_providers())
+    session = ort.InferenceSession(str(context.artifact), _session_options(ort, config), providers=providers,
                                    provider_options=provider_options)
     if on_gpu and session.get_providers()[0] not in GPU_PROVIDERS:  # CUDA failed to load: no silent CPU
         raise ConfigError(f"model '{context.name}' asks for {context.device}, but onnxruntime could not start "
                           "its CUDAExecutionProvider (see the log for the CUDA library it missed)")
-    config = context.config
     inputs = _specs(session.get_inputs(), config, "input", config.inputs)
     outputs = _specs(session.get_outputs(), config, "output", config.outputs)
-    return OnnxRuntime(session, inputs, outputs, config.max_batch_size, config, context.name)
+    return OnnxRuntime(session, inputs, outputs, config.max_batch_size, config, context.name,
+                       _run_options(ort, config.parameters, context.name))
+
+
+# Triton's optimization.graph.level -> onnxruntime's GraphOptimizationLevel (by name)
+_GRAPH_LEVEL = {0: "ORT_ENABLE_ALL", -1: "ORT_ENABLE_BASIC", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
+
+
+def _session_options(ort: Any, config: ModelConfig) -> Any:
+    """The session as config.pbtxt's parameters and graph level say (Triton's onnxruntime backend's
+    names); inter-op threads stay 1 unless asked, as one execution runs per instance."""
+    options = ort.SessionOptions()
+    parameters = config.parameters
+    if config.intra_op_threads:
+        options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = count(parameters, "inter_op_thread_count") or 1
+    if parameters.get("execution_mode") == "1":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if "enable_mem_arena" in parameters:
+        options.enable_cpu_mem_arena = parameters["enable_mem_arena"] == "1"
+    if "enable_mem_pattern" in parameters:
+        options.enable_mem_pattern = parameters["enable_mem_pattern"] == "1"
+    initializers = "session.use_device_allocator_for_initializers"
+    if initializers in parameters:
+        options.add_session_config_entry(initializers, parameters[initializers])
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               _GRAPH_LEVEL[config.backend_optimization.graph_level])
+    if not logging.getLogger("inferd").isEnabledFor(logging.DEBUG):
+        options.log_severity_level = 3  # provider fallbacks and graph notes only at --log-level debug
+    return options
+
+
+def _run_options(ort: Any, parameters: dict[str, str], name: str) -> Any:
+    shrinkage = parameters.get("memory.enable_memory_arena_shrinkage")
+    if shrinkage is None:
+        return None
+    if "cpu" in shrinkage and parameters.get("enable_mem_arena") == "0":  # else every run fails saying so
+        raise ConfigError(f"model '{name}': parameter 'memory.enable_memory_arena_shrinkage' shrinks the CPU arena "
+                          f"('{shrinkage}'), but enable_mem_arena is 0: set one or the other")
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrinkage)
+    return options
+
+
+def _providers(context: LoadContext, available: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The execution providers, first choice first, each with its options: config.pbtxt's
+    execution accelerators for the instance's device, else CUDA (TensorRT first when present) on a
+    GPU; the CPU's last. An accelerator this onnxruntime lacks is a load error, never a fallback."""
+    optimization = context.config.backend_optimization
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    on_gpu = context.device.startswith("cuda")
+    if on_gpu:
+        device_id = int(context.device.split(":")[1])
+        if optimization.gpu_accelerators:
+            chosen += [_gpu_accelerator(context, given, device_id) for given in optimization.gpu_accelerators]
+        elif "TensorrtExecutionProvider" in available:  # first choice, CUDA for what it cannot
+            chosen.append(("TensorrtExecutionProvider", {"device_id": device_id, **_trt_cache_options(context)}))
+        cuda_options = {"device_id": device_id, **{key: value for key, value in context.config.parameters.items()
+                                                   if key in _CUDA_PARAMETERS}}
+        if all(name != "CUDAExecutionProvider" for name, _ in chosen):
+            chosen.append(("CUDAExecutionProvider", cuda_options))
+    for accelerator in optimization.cpu_accelerators:  # "openvino", checked when the config was read
+        chosen.append(("OpenVINOExecutionProvider", dict(accelerator.parameters)))
+    for name, _ in chosen:
+        if name not in available:
+            where = context.device if on_gpu and name != "OpenVINOExecutionProvider" else "its CPU accelerator"
+            raise ConfigError(f"model '{context.name}' asks for {where}, but this onnxruntime has no {name} (it has "
+                              f"{', '.join(available)}); {_INSTALL_HINT[name]}")
+    chosen.append(("CPUExecutionProvider", {}))
+    return [name for name, _ in chosen], [options for _, options in chosen]
+
+
+_INSTALL_HINT = {
+    "CUDAExecutionProvider": 'install onnxruntime-gpu, or use kind = "cpu"',
+    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT, or remove the tensorrt accelerator",
+    "OpenVINOExecutionProvider": "install onnxruntime-openvino, or remove the openvino accelerator",
+}
+_CUDA_PARAMETERS = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream")
+# Triton's TensorRT accelerator parameters -> onnxruntime's TensorRT provider options (others are trt_* as is)
+_TRT_RENAMED = {"max_workspace_size_bytes": "trt_max_workspace_size",
+                "int8_calibration_table_name": "trt_int8_calibration_table_name",
+                "int8_use_native_calibration_table": "trt_int8_use_native_calibration_table"}
+_TRT_PRECISION = {"FP32": None, "FP16": "trt_fp16_enable", "BF16": "trt_bf16_enable", "INT8": "trt_int8_enable"}
+
+
+def _gpu_accelerator(context: LoadContext, accelerator: Accelerator, device_id: int) -> tuple[str, dict[str, Any]]:
+    if accelerator.name == "cuda":
+        return "CUDAExecutionProvider", {"device_id": device_id, **dict(accelerator.parameters)}
+    options: dict[str, Any] = {"device_id": device_id, **_trt_cache_options(context)}
+    for key, value in accelerator.parameters:
+        if key == "precision_mode":
+            if value not in _TRT_PRECISION:
+                raise ConfigError(f"model '{context.name}': the tensorrt accelerator's precision_mode must be "
+                                  f"{', '.join(_TRT_PRECISION)}, got {value!r}")
+            flag_name = _TRT_PRECISION[value]
+            if flag_name:
+                options[flag_name] = True
+        elif key in _TRT_RENAMED or key.startswith("trt_"):
+            options[_TRT_RENAMED.get(key, key)] = value
+        else:
+            raise ConfigError(f"model '{context.name}': the tensorrt accelerator has no parameter '{key}' (it takes "
+                              f"precision_mode, {', '.join(_TRT_RENAMED)} and onnxruntime's trt_* options)")
+    return "TensorrtExecutionProvider", options
+
+
+def _trt_cache_options(context: LoadContext) -> dict[str, Any]:
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(_trt_cache(context))}
 
 
 def _trt_cache(context: LoadContext) -> Path:

@@ -24,7 +24,8 @@ import numpy as np
 
 from inferd.config import ModelConfig
 from inferd.errors import ConfigError, InvalidInput
-from inferd.runtimes.base import Arrays, LoadContext, Runtime, refuse_torch_options, warm_up
+from inferd.modelconfig.backend_parameters import check_parameters, count
+from inferd.runtimes.base import Arrays, LoadContext, Runtime, refuse_accelerators, refuse_torch_options, warm_up
 from inferd.types import TensorSpec
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -231,23 +232,41 @@ def load(context: LoadContext) -> TensorFlowRuntime:
     from tensorflow.core.protobuf import config_pb2
 
     refuse_torch_options(context.config, context.name, "TensorFlow")
+    refuse_accelerators(context.config, context.name, "TensorFlow", (0, -1))  # Triton's 1 turns XLA on
     if context.device.startswith("cuda") and not tf.config.list_physical_devices("GPU"):
         raise ConfigError(f"model '{context.name}' asks for {context.device}, but TensorFlow sees no GPU")
+    parameters = context.config.parameters
+    check_parameters("tensorflow", parameters, f"model '{context.name}'")
     device = "/GPU:" + context.device.split(":")[1] if context.device.startswith("cuda") else "/CPU:0"
-    config = config_pb2.ConfigProto(allow_soft_placement=True,
-                                    intra_op_parallelism_threads=context.config.intra_op_threads)
+    config = config_pb2.ConfigProto(
+        allow_soft_placement=True,
+        intra_op_parallelism_threads=count(parameters, "TF_NUM_INTRA_THREADS") or context.config.intra_op_threads,
+        inter_op_parallelism_threads=count(parameters, "TF_NUM_INTER_THREADS"))
+    tag = parameters.get("TF_GRAPH_TAG", "serve")  # Triton's tensorflow backend's parameters
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     try:
         with graph.as_default(), graph.device(device):
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(context.artifact),
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, [tag], str(context.artifact),
                                                                clear_devices=True)
     except (RuntimeError, ValueError, OSError, tf.errors.OpError) as exc:
         session.close()
         raise ConfigError(f"SavedModel {context.artifact} did not load: {str(exc).splitlines()[0]}") from None
     try:
         bundle = _Bundle(session, meta_graph, context.name)
+        default = _default_signature(bundle, parameters.get("TF_SIGNATURE_DEF"), context.name)
     except ConfigError:
         session.close()
         raise
-    return TensorFlowRuntime(bundle, bundle.default, context.config.max_batch_size, context.name, context.config)
+    return TensorFlowRuntime(bundle, default, context.config.max_batch_size, context.name, context.config)
+
+
+def _default_signature(bundle: _Bundle, asked: str | None, name: str) -> str:
+    """config.pbtxt's TF_SIGNATURE_DEF, else serving_default (or the first): what a request that
+    names no signature gets."""
+    if asked is None:
+        return bundle.default
+    if asked not in bundle.servable:
+        raise ConfigError(f"model '{name}': parameter TF_SIGNATURE_DEF is '{asked}', but the SavedModel's "
+                          f"signatures are {bundle.servable}")
+    return asked

@@ -6,23 +6,30 @@ tensors, or a dict of tensors (matched to outputs by name).
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any, cast
 
 import numpy as np
 
 from inferd.config import ImageInput, ModelConfig, Optimization
 from inferd.errors import ConfigError
+from inferd.modelconfig.backend_parameters import check_parameters, count, flag
 from inferd.runtimes.base import (
     Arrays,
     LoadContext,
     Runtime,
     conform_outputs,
+    refuse_accelerators,
     require_specs,
     specs_from_config,
 )
 from inferd.runtimes.torch_exec import Executor, concat_rows
 from inferd.types import TensorSpec
+
+_log = logging.getLogger("inferd.torch")
 
 _V2_BY_TORCH = {
     "torch.bool": "BOOL", "torch.uint8": "UINT8", "torch.int8": "INT8", "torch.int16": "INT16",
@@ -36,7 +43,7 @@ class TorchRuntime(Runtime):
     def __init__(self, module: Any, platform: str, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], max_batch_size: int, device: str,
                  name: str, optimization: Optimization | None = None, instances: int = 1,
-                 images: dict[str, ImageInput] | None = None) -> None:
+                 images: dict[str, ImageInput] | None = None, parameters: Mapping[str, str] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -51,6 +58,9 @@ class TorchRuntime(Runtime):
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
+        parameters = parameters or {}
+        self._guards = _call_guards(torch, parameters, platform, self._on_cpu)
+        self._clean_cache = not self._on_cpu and flag(parameters, "ENABLE_CACHE_CLEANING")
         # eager on the CPU calls the module directly; anything else (a GPU, [optimization]) runs
         # through an Executor with one lane per instance
         self._executor: Executor | None = None
@@ -61,6 +71,20 @@ class TorchRuntime(Runtime):
             self._executor.add_lanes(instances)
 
     def infer(self, inputs: Arrays) -> Arrays:
+        if self._guards or self._clean_cache:
+            return self._guarded_infer(inputs)
+        return self._infer(inputs)
+
+    def _guarded_infer(self, inputs: Arrays) -> Arrays:
+        with ExitStack() as stack:
+            for guard in self._guards:
+                stack.enter_context(guard())
+            outputs = self._infer(inputs)
+        if self._clean_cache:
+            self._torch.cuda.empty_cache()
+        return outputs
+
+    def _infer(self, inputs: Arrays) -> Arrays:
         torch = self._torch
         if torch.is_grad_enabled():  # thread-local; a server never trains, and it is cheaper than
             torch.set_grad_enabled(False)  # entering inference_mode on every call
@@ -124,11 +148,50 @@ def _to_numpy(value: Any, torch: Any) -> np.ndarray:
     return cast(np.ndarray, value.cpu().numpy())
 
 
+def _call_guards(torch: Any, parameters: Mapping[str, str], platform: str, on_cpu: bool
+                 ) -> tuple[Callable[[], AbstractContextManager[Any]], ...]:
+    """What each call runs under, as Triton's pytorch backend parameters ask."""
+    guards: list[Callable[[], AbstractContextManager[Any]]] = []
+    if flag(parameters, "INFERENCE_MODE"):
+        guards.append(torch.inference_mode)
+    if flag(parameters, "DISABLE_OPTIMIZED_EXECUTION") and platform == "pytorch_libtorch":
+        guards.append(lambda: torch.jit.optimized_execution(False))
+    if flag(parameters, "DISABLE_CUDNN") and not on_cpu:
+        guards.append(lambda: torch.backends.cudnn.flags(enabled=False))
+    return tuple(guards)
+
+
+# Triton's process-wide TorchScript switches -> torch's setters (applied only when a model sets one)
+_JIT_SWITCHES = {"ENABLE_JIT_EXECUTOR": "_jit_set_profiling_executor",
+                 "ENABLE_JIT_PROFILING": "_jit_set_profiling_mode",
+                 "ENABLE_TENSOR_FUSER": "_jit_set_texpr_fuser_enabled"}
+
+
+def _apply_process_settings(torch: Any, context: LoadContext) -> None:
+    """Threads and TorchScript switches: torch holds them per process, so (as in Triton) a later
+    model's different value changes them for every model in the process."""
+    parameters = context.config.parameters
+    check_parameters("torch", parameters, f"model '{context.name}'")
+    refuse_accelerators(context.config, context.name, "torch", (-1, 0, 1, 2))  # Triton's pytorch ignores the level
+    threads = count(parameters, "INTRA_OP_THREAD_COUNT") or context.config.intra_op_threads
+    if threads:
+        torch.set_num_threads(threads)
+    inter_op = count(parameters, "INTER_OP_THREAD_COUNT")
+    if inter_op and torch.get_num_interop_threads() != inter_op:
+        try:
+            torch.set_num_interop_threads(inter_op)
+        except RuntimeError:  # torch takes it once, before any inter-op work
+            _log.warning("model '%s': INTER_OP_THREAD_COUNT %d not applied: this process's inter-op threads "
+                         "were set already (%d)", context.name, inter_op, torch.get_num_interop_threads())
+    for key, setter in _JIT_SWITCHES.items():
+        if key in parameters:
+            getattr(torch._C, setter)(flag(parameters, key))
+
+
 def load(context: LoadContext) -> TorchRuntime:
     import torch
 
-    if context.config.intra_op_threads:
-        torch.set_num_threads(context.config.intra_op_threads)
+    _apply_process_settings(torch, context)
     if context.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"model '{context.name}' asks for {context.device}, "
                           "but torch sees no CUDA device")
@@ -139,7 +202,7 @@ def load(context: LoadContext) -> TorchRuntime:
     module = torch.jit.load(str(context.artifact), map_location=context.device).eval()  # type: ignore[no-untyped-call]
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
                         context.device, context.name, context.config.optimization,
-                        context.config.instance_group.count, _images(context.config))
+                        context.config.instance_group.count, _images(context.config), context.config.parameters)
 
 
 _EXPORT_LOAD = threading.Lock()  # torch.export.load keeps its deserializer in a global: one at a time
@@ -162,7 +225,7 @@ def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
         module = module.to(context.device)
     return TorchRuntime(module, "pytorch_export", inputs, outputs, config.max_batch_size,
                         context.device, context.name, config.optimization, config.instance_group.count,
-                        _images(config))
+                        _images(config), config.parameters)
 
 
 def _exported_specs(program: Any, max_batch_size: int
