@@ -31,27 +31,27 @@ def test_encode_binary_and_json_outputs() -> None:
     a = np.array([1.0, 2.0], dtype=np.float32)
     response = InferResponse("m", "1", [Tensor("a", "FP32", a), Tensor("b", "INT64", np.array([7]))],
                              id="x")
-    body, length = kserve_v2.encode_infer_response(response, request)
-    assert length is not None
-    header = json.loads(body[:length])
-    assert header["id"] == "x"
-    assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
-    assert header["outputs"][1]["data"] == [7]
-    assert np.frombuffer(body[length:], dtype=np.float32).tolist() == [1.0, 2.0]
+    header, binary = kserve_v2.encode_infer_response(response, request)
+    assert json.loads(header)["id"] == "x"
+    assert json.loads(header)["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert json.loads(header)["outputs"][1]["data"] == [7]
+    assert np.frombuffer(b"".join(binary), dtype=np.float32).tolist() == [1.0, 2.0]
+    a[0] = 5.0  # the raw data is the output's own memory, not a copy
+    assert np.frombuffer(binary[0], dtype=np.float32).tolist() == [5.0, 2.0]
 
 
 def test_binary_data_output_makes_every_output_binary() -> None:
     request = InferRequest("m", None, [], parameters={"binary_data_output": True})
     response = InferResponse("m", "1", [Tensor("a", "INT8", np.array([1, 2], dtype=np.int8))])
-    body, length = kserve_v2.encode_infer_response(response, request)
-    assert length is not None and body[length:] == b"\x01\x02"
+    _, binary = kserve_v2.encode_infer_response(response, request)
+    assert b"".join(binary) == b"\x01\x02"
 
 
 def test_json_only_response_has_no_header_length() -> None:
     response = InferResponse("m", "1", [Tensor("a", "FP16", np.array([0.5], dtype=np.float16))])
-    body, length = kserve_v2.encode_infer_response(response, InferRequest("m", None, []))
-    assert length is None
-    assert json.loads(body)["outputs"][0]["data"] == [0.5]
+    header, binary = kserve_v2.encode_infer_response(response, InferRequest("m", None, []))
+    assert binary == []
+    assert json.loads(header)["outputs"][0]["data"] == [0.5]
 
 
 def test_decode_takes_a_classification_count() -> None:

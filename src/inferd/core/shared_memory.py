@@ -149,7 +149,7 @@ class SharedMemoryRegions:
     def write_output(self, tensor: Tensor, ref: SharedMemoryRef) -> Tensor:
         """The output written into its region; what the answer carries instead (no data)."""
         region = self._within(ref, f"output '{tensor.name}'")
-        raw = tensors.to_raw(tensor.data, tensor.datatype)
+        raw = tensors.raw_view(tensor.data, tensor.datatype)
         if len(raw) > ref.byte_size:
             raise InvalidInput(f"shared memory size specified with the request for output '{tensor.name}' "
                                f"({ref.byte_size} bytes) should be at least {len(raw)} bytes to hold the results")

@@ -183,17 +183,19 @@ def timeout_us(value: Any) -> int | None:
 
 
 def encode_infer_response(response: InferResponse, request: InferRequest
-                          ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when any output is binary."""
+                          ) -> tuple[bytes, list[bytes | memoryview]]:
+    """The JSON (header), and the binary outputs' raw data to send after it, uncopied (none: a
+    JSON answer; else the header's length is the inference-header-content-length)."""
     binary_flags, default = _binary_flags(request)
-    outputs, chunks = [], []
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
     for tensor in response.outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
                                  "shape": list(tensor.shape)}
         if tensor.shared is not None:  # written to the client's shared memory: no data, as Triton answers
             pass
         elif binary_flags.get(tensor.name, default):
-            raw = tensors.to_raw(tensor.data, tensor.datatype)
+            raw = tensors.raw_view(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -203,10 +205,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest
                                "model_version": response.model_version, "outputs": outputs}
     if response.id is not None:
         payload["id"] = response.id
-    header = orjson.dumps(payload, option=_DUMPS_OPTIONS)
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return orjson.dumps(payload, option=_DUMPS_OPTIONS), chunks
 
 
 def _binary_flags(request: InferRequest) -> tuple[dict[str, bool | None], bool]:

@@ -6,7 +6,7 @@ import json
 import math
 import struct
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -262,6 +262,14 @@ def _bytes_from_raw(name: str, raw: memoryview | bytes, count: int) -> np.ndarra
 
 
 def to_raw(array: np.ndarray, datatype: str) -> bytes:
+    raw = raw_view(array, datatype)
+    return raw if isinstance(raw, bytes) else raw.tobytes()
+
+
+def raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The raw layout (row-major little-endian; BYTES length-prefixed), as a view of the array's own
+    memory wherever it already is that layout: sending a 16 MiB answer then copies it once fewer.
+    The view keeps the array alive; nothing writes to an answer's arrays after the model returns."""
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):
@@ -272,4 +280,4 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return array.tobytes()
+    return memoryview(cast(Any, array.reshape(-1).view(np.uint8)))

@@ -44,6 +44,11 @@ class HttpResponse:
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     stream: AsyncGenerator[bytes, None] | None = None  # sent chunk by chunk after body (chunked encoding)
+    tail: tuple[bytes | memoryview, ...] = ()  # sent after body as they are: a binary answer's tensors, uncopied
+
+    def size(self) -> int:
+        """The body's bytes, its tail's included (a stream's are not known ahead)."""
+        return len(self.body) + sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in self.tail)
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -162,7 +167,7 @@ class HttpApp:
     async def _logged_dispatch(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = await self._unlogged(request)
-        access_log.info("%s %s %d %d %.2fms", request.method, request.path, response.status, len(response.body),
+        access_log.info("%s %s %d %d %.2fms", request.method, request.path, response.status, response.size(),
                         (time.perf_counter() - started) * 1000)
         return response
 
@@ -231,11 +236,14 @@ class HttpApp:
         else:
             response = await self.dispatch(request)
         head = [(b"content-type", response.content_type),
-                (b"content-length", str(len(response.body)).encode()), *response.headers]
+                (b"content-length", str(response.size()).encode()), *response.headers]
         if response.stream is not None:
             head = [h for h in head if h[0] != b"content-length"]
         await send({"type": "http.response.start", "status": response.status, "headers": head})
-        await send({"type": "http.response.body", "body": response.body, "more_body": response.stream is not None})
+        await send({"type": "http.response.body", "body": response.body,
+                    "more_body": response.stream is not None or bool(response.tail)})
+        for index, part in enumerate(response.tail, 1):
+            await send({"type": "http.response.body", "body": bytes(part), "more_body": index < len(response.tail)})
         if response.stream is not None:
             async with contextlib.aclosing(response.stream) as chunks:
                 async for chunk in chunks:

@@ -151,12 +151,12 @@ class KServeV2Routes:
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
-        body, json_length = kserve_v2.encode_infer_response(response, infer_request)
+        header, binary = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
-        if json_length is None:
-            return HttpResponse(200, body, headers=headers)
-        headers.append((b"inference-header-content-length", str(json_length).encode()))
-        return HttpResponse(200, body, b"application/octet-stream", headers)
+        if not binary:
+            return HttpResponse(200, header, headers=headers)
+        headers.append((b"inference-header-content-length", str(len(header)).encode()))
+        return HttpResponse(200, header, b"application/octet-stream", headers, tail=tuple(binary))
 
     def _generate_request(self, request: HttpRequest) -> InferRequest:
         name, version = model_and_version(request)

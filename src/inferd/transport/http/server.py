@@ -76,8 +76,8 @@ _Job = tuple[HttpRequest | None, HttpResponse | None, bool, int]
 
 
 def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
-    length = b"transfer-encoding: chunked" if response.stream is not None else b"content-length: %d" % len(
-        response.body)
+    length = b"transfer-encoding: chunked" if response.stream is not None else b"content-length: %d" % (
+        response.size())
     lines = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n%s\r\n" % (
         status, _REASONS.get(status, b"Unknown"), response.content_type, length)]
     for name, value in response.headers:
@@ -91,11 +91,17 @@ def _head(status: int, response: HttpResponse, keep_alive: bool) -> bytes:
 _JOIN_BELOW = 64 * 1024  # smaller answers go out as one buffer; larger ones beside their head, uncopied
 
 
-def _send(transport: asyncio.Transport, head: bytes, body: bytes) -> None:
-    if len(body) < _JOIN_BELOW:
-        transport.write(head + body)
+def _send(transport: asyncio.Transport, head: bytes, response: HttpResponse) -> None:
+    body, tail = response.body, response.tail
+    if not tail:
+        if len(body) < _JOIN_BELOW:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+    elif response.size() < _JOIN_BELOW:
+        transport.write(b"".join((head, body, *tail)))
     else:
-        transport.writelines((head, body))
+        transport.writelines((head, body, *tail))  # uvloop sends them with one writev, or keeps them by reference
 
 
 class _Connection(asyncio.Protocol):
@@ -466,7 +472,7 @@ class _Connection(asyncio.Protocol):
         elif request.method == "HEAD":
             self._transport.write(head)  # type: ignore[union-attr]
         else:
-            _send(self._transport, head, response.body)  # type: ignore[arg-type]
+            _send(self._transport, head, response)  # type: ignore[arg-type]
         if not keep_alive:
             self._close()
         elif self._pending or self._continue_due:
@@ -522,7 +528,7 @@ class _Connection(asyncio.Protocol):
             if head_only:
                 self._transport.write(head)
             else:
-                _send(self._transport, head, response.body)
+                _send(self._transport, head, response)
 
     def _send_continue(self) -> None:
         """``100 Continue`` only once every earlier answer has left: it never overtakes one."""
