@@ -118,3 +118,29 @@ def test_auth_inference_guards_every_read_but_health(registry: ModelRegistry[Sch
             read("Bearer wrong")
         read("Bearer s3cret")
     assert data.live() and data.ready()  # health probes take no credentials
+
+
+TRITON_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+"""
+
+
+def test_a_front_end_worker_joins_no_requests_for_a_triton_python_model(tmp_path: Path) -> None:
+    """Its execute sees each client's request (own id, parameters): requests arriving together at
+    a worker go on their own (group_rows 0), while another batched model's may be joined."""
+    batched = CONFIG.replace("[version_policy]\nall = true\n", "[dynamic_batching]\n")
+    write(tmp_path / "plain/1/model.py", PYTHON_MODEL)
+    write(tmp_path / "plain/config.toml", batched)
+    write(tmp_path / "triton/1/model.py", TRITON_MODEL)
+    write(tmp_path / "triton/config.toml", batched)
+    registry: ModelRegistry[Scheduler] = ModelRegistry(tmp_path, wrap=wrap)
+    asyncio.run(registry.load_all())
+    data = DataPlane(registry)
+    assert (data.group_rows("plain", None), data.group_rows("triton", None)) == (4, 0)
+    asyncio.run(registry.close())

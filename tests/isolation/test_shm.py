@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from inferd.isolation.shm import Reader, Writer
+from inferd.isolation.shm import Reader, Writer, pack_calls, unpack_calls
 from inferd.types import bfloat16
 
 
@@ -93,3 +93,19 @@ def test_a_call_too_big_for_shared_memory_is_refused_before_anything_is_written(
         np.testing.assert_array_equal(back["x"], np.ones(3))
     finally:
         writer.close()
+
+
+def test_several_calls_cross_as_one_write_and_come_back_apart() -> None:
+    """A batch's requests handed over apart: each its own tensors (names with a slash too), one
+    without any (an answer that failed) in its place."""
+    writer, reader = Writer("test"), Reader()
+    calls = [{"x": np.ones((1, 2), np.float32), "a/b": np.array([b"id"], dtype=object)}, {},
+             {"x": np.zeros((3, 2), np.float32)}]
+    try:
+        back = unpack_calls(round_trip(writer, reader, pack_calls(calls)), len(calls))
+    finally:
+        writer.close()
+        reader.close()
+    assert [sorted(call) for call in back] == [["a/b", "x"], [], ["x"]]
+    np.testing.assert_array_equal(back[0]["x"], calls[0]["x"])
+    assert back[0]["a/b"].tolist() == [b"id"] and back[2]["x"].shape == (3, 2)

@@ -197,3 +197,38 @@ def test_a_lone_client_of_an_inline_model_runs_at_once_and_company_still_batches
     queued, together = asyncio.run(main())
     assert queued[1:] == [0.0] * 4  # after the first, none waited in the queue
     assert len(together) <= 2 and sum(together) == 8  # at most the first ran alone
+
+
+class _ApartRuntime(FakeRuntime):
+    """Takes a batch as its requests (as Triton Python models do) and answers each with one value
+    of its own, whatever its rows: the batcher must neither join nor split."""
+
+    requests_apart = True
+
+    def __init__(self) -> None:
+        super().__init__(SPEC, SPEC, lambda i: i, max_batch_size=8)
+        self.executions: list[list[int]] = []  # the rows of each request, per execution
+
+    def infer_requests(self, requests: list) -> list:
+        self.executions.append([len(r["x"]) for r in requests])
+        time.sleep(0.05)
+        return [ValueError("unlucky") if r["x"][0, 0] == 13 else {"x": r["x"][:1, :1] * 10} for r in requests]
+
+
+def test_a_runtime_taking_requests_apart_gets_each_and_answers_each() -> None:
+    runtime = _ApartRuntime()
+    b = DynamicBatcher(InstancePool(runtime, 1, "m"), DynamicBatching())
+
+    async def main() -> list:
+        first = asyncio.ensure_future(b.infer_async(rows(1), CallContext()))
+        await asyncio.sleep(0.01)  # it runs; the next four wait behind it, then go as one execution
+        rest = [b.infer_async(rows(v, n=n), CallContext()) for v, n in ((2, 1), (3, 2), (13, 3), (4, 1))]
+        return [await first, *await asyncio.gather(*rest, return_exceptions=True)]
+
+    results = asyncio.run(main())
+    assert runtime.executions == [[1], [1, 2, 3, 1]]
+    assert [r["x"].tolist() if isinstance(r, dict) else None for r in results] == [
+        [[10.0]], [[20.0]], [[30.0]], None, [[40.0]]]
+    assert isinstance(results[3], ModelError) and "unlucky" in str(results[3])  # its own error alone
+    stats = b.statistics()
+    assert (stats.executions, stats.inferences) == (2, 1 + 1 + 2 + 1)  # the failed request's rows not counted

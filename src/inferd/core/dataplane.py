@@ -193,13 +193,15 @@ class DataPlane:
         together (their inputs joined along the batch dimension, as the dynamic batcher joins
         them): the model's max_batch_size when a dynamic batcher schedules it, 0 when each request
         must come alone (no batcher, a sequence or ensemble scheduler, a decoupled model, the
-        response cache). Never an error: an unknown model is 0, and its requests fail on their own."""
+        response cache, a model that takes a batch as its requests apart: a Triton Python model's
+        requests each have their own id and parameters). Never an error: an unknown model is 0,
+        and its requests fail on their own."""
         try:
             runtime, _ = self._registry.get(name, version)
             cached = self._cache is not None and self._registry.entry(name).config.response_cache
         except InferdError:
             return 0
-        if cached or runtime.decoupled or runtime.parts:
+        if cached or runtime.decoupled or runtime.parts or runtime.requests_apart:
             return 0
         return runtime.group_rows
 

@@ -25,10 +25,10 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import inferd
 from inferd import errors
@@ -36,11 +36,20 @@ from inferd.allocator import without_kept_memory
 from inferd.errors import InferdError, InstanceLost, ModelError, Unavailable
 from inferd.isolation import calls
 from inferd.isolation.channel import Channel, ProtocolError
-from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pid_alive, remove_shared_memory
-from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
+from inferd.isolation.shm import (
+    Reader,
+    SharedMemoryFull,
+    Writer,
+    pack_calls,
+    pid_alive,
+    remove_shared_memory,
+    unpack_calls,
+)
+from inferd.runtimes.base import Answer, Arrays, Emit, LoadContext, Runtime
 from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
+T = TypeVar("T")
 
 LOAD_TIMEOUT_S = 600.0  # the longest an instance process may take to import and load its model
 _WATCH_MS = 20  # how often a waiting call looks at the process (exit, memory, time)
@@ -159,6 +168,18 @@ class InstanceProcess:
             assert self._conn is not None
             self._conn.send(("next" if reading else "cancel", call_id))
 
+    def call_requests(self, requests: list[Arrays]) -> list[Answer]:
+        """Run one execution of a batch's requests handed over apart (Runtime.infer_requests): per
+        request, its outputs or the error that failed it alone. Raises InstanceDied as ``call`` does."""
+        call_id = self._send("requests", pack_calls(requests), len(requests))
+        reply = self._wait(self.spec.response_timeout_s, "running these requests", call_id)
+        if reply[0] != "answers":
+            self._raise(reply)
+        answers: list[Answer] = [*unpack_calls(self._read(reply[2], reply[3]), len(requests))]
+        for index, kind, message in reply[4]:
+            answers[index] = self._error(kind, message)
+        return answers
+
     def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         """One execution answered in parts (a decoupled model):
         each part is copied out before the process may write the next; ``stop`` (or closing this
@@ -179,8 +200,9 @@ class InstanceProcess:
             if not ended:  # closed early: cancel, and read up to its end so the channel stays in step
                 self._finish(call_id)
 
-    def _send(self, kind: str, arrays: Arrays) -> int:
-        """The inputs into shared memory and the request on the channel; the call's id."""
+    def _send(self, kind: str, arrays: Arrays, *more: Any) -> int:
+        """The inputs into shared memory and the request on the channel (``more`` after its
+        path); the call's id."""
         assert self._conn is not None
         try:
             header, path = self._inputs.write(arrays)
@@ -188,7 +210,7 @@ class InstanceProcess:
             raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
         self._calls += 1
         try:
-            self._conn.send((kind, self._calls, header, path))
+            self._conn.send((kind, self._calls, header, path, *more))
         except OSError:
             raise InstanceDied(self._exit_reason("before it could take this request")) from None
         return self._calls
@@ -221,10 +243,14 @@ class InstanceProcess:
         if fatal:
             self.kill()
             raise InstanceDied(f"failed and was stopped: {message}")
-        error = getattr(errors, kind, None) if kind else None  # "": the model's own exception
+        raise self._error(kind, message)
+
+    def _error(self, kind: str, message: str) -> InferdError:
+        """The error the process named: one of inferd's by its class, "" the model's own failure."""
+        error = getattr(errors, kind, None) if kind else None
         if isinstance(error, type) and issubclass(error, InferdError):
-            raise error(message)
-        raise ModelError(f"model '{self.spec.context.name}' failed: {message}")
+            return error(message)
+        return ModelError(f"model '{self.spec.context.name}' failed: {message}")
 
     def over_memory(self) -> int:
         """Resident MiB of the process and every process it started, if above the limit, else 0."""
@@ -310,14 +336,14 @@ class InstanceProcess:
             self._scratch = None
 
 
-_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "error": 5, "part": 4, "end": 2}
+_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "answers": 5, "error": 5, "part": 4, "end": 2}
 
 
 def _checked(reply: Any, call_id: int | None) -> Any:
     """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
     if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
         raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
-    answers_call = reply[0] in ("ok", "error", "part", "end")
+    answers_call = reply[0] in ("ok", "answers", "error", "part", "end")
     if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
         raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
                             f"waiting for {call_id if call_id is not None else 'the load'})")
@@ -365,6 +391,7 @@ class ProcessRuntime(Runtime):
         self.takes_request = metadata["takes_request"]
         self.decoupled = metadata["decoupled"]
         self.parts = metadata["parts"]
+        self.requests_apart = metadata["requests_apart"]
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -406,9 +433,18 @@ class ProcessRuntime(Runtime):
             raise
         self._give_back(instance)
 
+    def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
+        instance = self._checkout()
+        return self._on(instance, lambda: instance.call_requests(requests))
+
     def _call(self, instance: InstanceProcess, inputs: Arrays, emit: Emit | None = None) -> Arrays:
+        return self._on(instance, lambda: instance.call(inputs, emit))
+
+    def _on(self, instance: InstanceProcess, call: Callable[[], T]) -> T:
+        """``call`` on ``instance``, checked out for it: a dead process is replaced and the call
+        fails; otherwise the instance goes back (or is replaced when over its memory limit)."""
         try:
-            outputs = instance.call(inputs, emit)
+            outputs = call()
         except InstanceDied as exc:
             log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
                       instance.pid, exc.reason)

@@ -34,6 +34,21 @@ BYTES = "BYTES"
 INLINE_BYTES = 16 * 1024  # BYTES tensors smaller than this travel pickled in the header
 
 
+def pack_calls(calls: list[Arrays]) -> Arrays:
+    """Several calls' tensors as one set (``INDEX/NAME``), written and read in one go: a batch's
+    requests handed over apart (Runtime.infer_requests), or their answers."""
+    return {f"{index}/{name}": array for index, arrays in enumerate(calls) for name, array in arrays.items()}
+
+
+def unpack_calls(packed: Arrays, count: int) -> list[Arrays]:
+    """``pack_calls`` undone: ``count`` calls' tensors (a call without any comes back empty)."""
+    calls: list[Arrays] = [{} for _ in range(count)]
+    for key, array in packed.items():
+        index, _, name = key.partition("/")
+        calls[int(index)][name] = array
+    return calls
+
+
 class SharedMemoryFull(Exception):
     """The shared-memory folder cannot hold a call's tensors."""
 

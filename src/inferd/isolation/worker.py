@@ -6,9 +6,10 @@ this instance: it answers the call with an error and starts a new one.
 
 Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)``, then
 ``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
-a decoupled model's answers) and ``("stop",)``. The model's own requests to other models (BLS) go
-over CALLS_FD (``calls.py``). Out: ``("ready", metadata)`` or
-``("failed", reason)``; per call ``("ok", call id, header, output_path | None)`` or
+a decoupled model's answers; ``("requests", ..., count)``: a batch's requests apart) and
+``("stop",)``. The model's own requests to other models (BLS) go over CALLS_FD (``calls.py``).
+Out: ``("ready", metadata)`` or ``("failed", reason)``; per call ``("ok", call id, header,
+output_path | None)`` (``"answers"``, one more item: the requests that failed alone) or
 ``("error", call id, type name, message, fatal)``.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 from inferd.errors import InferdError, describe
 from inferd.isolation.calls import ChannelModelCalls
 from inferd.isolation.channel import Channel
-from inferd.isolation.shm import Reader, SharedMemoryFull, Writer
+from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
 from inferd.runtimes import model_calls
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
 
@@ -68,7 +69,7 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
                          "takes_sequence": runtime.takes_sequence, "takes_request": runtime.takes_request,
-                         "decoupled": runtime.decoupled,
+                         "decoupled": runtime.decoupled, "requests_apart": runtime.requests_apart,
                          "parts": runtime.parts}))
     return runtime
 
@@ -81,7 +82,7 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             if message[0] == "stop":
                 runtime.unload()
                 return
-            _, call_id, header, path = message
+            kind, call_id, header, path, *more = message
             try:
                 if path is not None:
                     inputs.attach(path)
@@ -89,9 +90,11 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
-            if message[0] == "stream":
+            if kind == "stream":
                 conn.send(_stream(conn, runtime, arrays, outputs, call_id))
-            elif message[0] == "parts":
+            elif kind == "requests":
+                conn.send(_call_requests(runtime, arrays, outputs, call_id, more[0]))
+            elif kind == "parts":
                 conn.send(_call(runtime, arrays, outputs, call_id, _part_sender(conn, outputs, call_id)))
             else:
                 conn.send(_call(runtime, arrays, outputs, call_id))
@@ -110,22 +113,51 @@ def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, emit: Em
         return _failure(call_id, exc)
     finally:
         del arrays
+    return _written(outputs, call_id, result, "ok")
+
+
+def _call_requests(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, count: int) -> tuple[Any, ...]:
+    """One execution of a batch's ``count`` requests handed over apart (Runtime.infer_requests):
+    ``("answers", call id, header, path, failures)``, the answered requests' outputs packed
+    (``pack_calls``) and ``failures`` the (index, error class, message) of each request that failed alone."""
+    try:
+        answers = runtime.infer_requests(unpack_calls(arrays, count))
+    except MemoryError as exc:
+        return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
+    except Exception as exc:
+        return _failure(call_id, exc)
+    finally:
+        del arrays
+    if len(answers) != count:
+        return ("error", call_id, "ModelError", f"it gave {len(answers)} answers to {count} requests", False)
+    failures = [(index, *_error_of(answer)) for index, answer in enumerate(answers) if isinstance(answer, Exception)]
+    answered = [{} if isinstance(answer, Exception) else answer for answer in answers]
+    return _written(outputs, call_id, pack_calls(answered), "answers", failures)
+
+
+def _written(outputs: Writer, call_id: int, result: Arrays, reply: str, *more: Any) -> tuple[Any, ...]:
+    """A call's outputs written to the buffer, and the reply that announces them."""
     try:
         header, path = outputs.write(result)
     except SharedMemoryFull as exc:
         return ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
     except Exception as exc:  # e.g. an output numpy cannot lay out: this call fails, not the process
         return ("error", call_id, "", f"its outputs could not be sent: {describe(exc)}", False)
-    return ("ok", call_id, header, path)
+    return (reply, call_id, header, path, *more)
 
 
 def _failure(call_id: int, exc: Exception) -> tuple[Any, ...]:
-    """A call's error reply. Only inferd's own errors name their class (the server raises the same
-    one); any other exception is the model's failure, whatever its class is called (a model's own
-    ``NotFound`` is no 404), described even when its ``str`` raises."""
+    """A call's error reply (see ``_error_of``)."""
+    return ("error", call_id, *_error_of(exc), False)
+
+
+def _error_of(exc: Exception) -> tuple[str, str]:
+    """An error as it crosses: only inferd's own errors name their class (the server raises the
+    same one); any other exception is the model's failure, whatever its class is called (a model's
+    own ``NotFound`` is no 404), described even when its ``str`` raises."""
     if isinstance(exc, InferdError):
-        return ("error", call_id, type(exc).__name__, exc.message, False)
-    return ("error", call_id, "", describe(exc), False)
+        return type(exc).__name__, exc.message
+    return "", describe(exc)
 
 
 def _part_sender(conn: Channel, outputs: Writer, call_id: int) -> Emit:

@@ -20,6 +20,7 @@ from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 
 Arrays = dict[str, np.ndarray]
 Emit = Callable[[Arrays], bool]  # takes one part of an answer; False: nobody reads them any more
+Answer = Arrays | Exception  # one request's outputs, or what failed that request alone (infer_requests)
 # Reserved input name: a sequence model's request as Python models see it (Triton's
 # ``correlation_id()`` and ``flags()``), given only to runtimes whose ``takes_sequence`` is true
 SEQUENCE_INPUT = "__inferd_sequence__"
@@ -42,8 +43,9 @@ _SERVERS_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end"
 
 def with_request(inputs: Arrays, context: CallContext) -> Arrays:
     """``inputs`` and the request's facts (``REQUEST_INPUT``: a one-element BYTES tensor, so it
-    crosses to process instances like any tensor) for a runtime that ``takes_request``; only
-    where one call is one request (never a dynamic batcher's joined rows)."""
+    crosses to process instances like any tensor) for a runtime that ``takes_request``: on a call
+    of one request, or on each request of a batch handed over apart (``requests_apart``), never on
+    a dynamic batcher's joined rows."""
     parameters = {k: v for k, v in (context.parameters or {}).items() if k not in _SERVERS_PARAMETERS}
     facts = np.empty(1, dtype=object)
     facts[0] = orjson.dumps({"parameters": parameters, "outputs": list(context.outputs), "id": context.request_id})
@@ -85,6 +87,9 @@ class Runtime(ABC):
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
     takes_request: bool = False  # calls of one request carry REQUEST_INPUT (its parameters, outputs, id)
     parts: bool = False  # may answer one request in parts before its answer (infer_parts, INTERMEDIATE_OUTPUT)
+    # a dynamic batch reaches it as its requests, each with its own inputs and answer (infer_requests):
+    # Triton's execute(requests); the batcher then joins and splits nothing
+    requests_apart: bool = False
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
@@ -112,6 +117,18 @@ class Runtime(ABC):
         and the answer is returned. ``emit`` returns False once nobody reads parts: send no more."""
         return self.infer(inputs)
 
+    def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
+        """One execution of several requests (``requests_apart``), each with its own inputs (and
+        ``REQUEST_INPUT`` when the runtime ``takes_request``): per request, in order, its outputs
+        or the exception that fails it alone; raising fails them all. The default runs each alone."""
+        answers: list[Answer] = []
+        for inputs in requests:
+            try:
+                answers.append(self.infer(inputs))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         start = time.perf_counter()
         outputs = await asyncio.to_thread(self.infer, inputs)
@@ -125,6 +142,7 @@ class Runtime(ABC):
         self.takes_sequence = inner.takes_sequence
         self.takes_request = inner.takes_request
         self.parts = inner.parts
+        self.requests_apart = inner.requests_apart
         self.max_batch_size = inner.max_batch_size
         self.out_of_process = inner.out_of_process
         self.calls_models = inner.calls_models

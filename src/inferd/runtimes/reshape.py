@@ -12,7 +12,7 @@ from collections.abc import Generator
 
 from inferd.config import ModelConfig, TensorConfig
 from inferd.errors import ModelError
-from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
+from inferd.runtimes.base import Answer, Arrays, Emit, LoadContext, Runtime
 from inferd.types import TensorSpec, WorkerStatus
 
 
@@ -56,6 +56,18 @@ class ReshapedRuntime(Runtime):
 
     def infer_parts(self, inputs: Arrays, emit: Emit) -> Arrays:
         return self._out(self.inner.infer_parts(self._in(inputs), lambda part: emit(self._out(part))))
+
+    def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
+        return [self._answer(answer) for answer in self.inner.infer_requests([self._in(r) for r in requests])]
+
+    def _answer(self, answer: Answer) -> Answer:
+        """One request's answer reshaped; an output that does not reshape fails that request alone."""
+        if isinstance(answer, Exception):
+            return answer
+        try:
+            return self._out(answer)
+        except ModelError as exc:
+            return exc
 
     def _in(self, inputs: Arrays) -> Arrays:
         return {name: array if name not in self._to_model else array.reshape(self._rows(array) + self._to_model[name])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 
-from inferd.runtimes.base import Arrays, Runtime
+from inferd.runtimes.base import Answer, Arrays, Runtime
 
 
 class DeviceSpread(Runtime):
@@ -19,10 +19,17 @@ class DeviceSpread(Runtime):
         self._mine = threading.local()
 
     def infer(self, inputs: Arrays) -> Arrays:
-        runtime = getattr(self._mine, "runtime", None)
+        return self._runtime().infer(inputs)
+
+    def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
+        return self._runtime().infer_requests(requests)
+
+    def _runtime(self) -> Runtime:
+        """The runtime of this thread's device."""
+        runtime: Runtime | None = getattr(self._mine, "runtime", None)
         if runtime is None:
             runtime = self._mine.runtime = self._runtimes[next(self._turn) % len(self._runtimes)]
-        return runtime.infer(inputs)
+        return runtime
 
     def warmup(self) -> None:
         for runtime in self._runtimes:

@@ -2,10 +2,12 @@
 ``initialize(args)``, ``execute(requests)`` and ``finalize()``, written against
 ``triton_python_backend_utils`` (inferd's ``triton_pb_utils`` through the import shim).
 
-Each execution is one request holding the whole (possibly dynamically batched) input, so a model
-that handles requests one by one sees the batch as one request with a larger dim 0. A decoupled
-model's ``execute`` runs on a thread of its own and answers through the request's response sender;
-its responses stream out as they are sent, until the final flag.
+As in Triton, ``execute`` gets one InferenceRequest per client request: alone, or the requests a
+dynamic batcher gathered (``requests_apart``), each with its own inputs (its own dim 0),
+parameters, id and requested outputs, and each answered by its own response: one whose error is
+set fails that request only. A decoupled model's ``execute`` runs on a thread of its own and
+answers through the request's response sender; its responses stream out as they are sent, until
+the final flag.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
     REQUEST_INPUT,
     SEQUENCE_INPUT,
+    Answer,
     Arrays,
     LoadContext,
     Runtime,
@@ -56,6 +59,7 @@ class TritonPythonRuntime(Runtime):
     takes_sequence = True  # a sequence model's requests show their correlation_id() and flags()
     calls_models = True  # execute may call other models (BLS), waiting on the event loop for them
     takes_request = True  # a request's parameters(), requested_output_names() and request_id() are its own
+    requests_apart = True  # a dynamic batch is execute(requests): one request per client's, answered each
 
     def __init__(self, model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  max_batch_size: int, name: str) -> None:
@@ -74,26 +78,45 @@ class TritonPythonRuntime(Runtime):
         if SEQUENCE_INPUT in inputs:
             inputs = dict(inputs)
             correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
-        inputs, parameters, wanted, request_id = self._facts(inputs)
-        sent: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-        sender = pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
-                                                  lambda: False, decoupled=False)
-        request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            wanted, request_id, parameters, sender=sender,
-                                            correlation_id=correlation_id, flags=flags)
-        responses = self._execute([request])
-        if responses is None and sent:
-            responses = sent
-        if not isinstance(responses, list | tuple) or len(responses) != 1:
+        [answer] = self._run([inputs], correlation_id, flags)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
+        return self._run(requests)
+
+    def _run(self, calls: list[Arrays], correlation_id: int | str = 0, flags: int = 0) -> list[Answer]:
+        """``execute`` on one InferenceRequest per call, each with its own facts and response
+        sender: per request, its outputs or the error its response carries. An answer that breaks
+        the contract as a whole (not one response per request) fails them all, as in Triton."""
+        requests, wanted, sent = [], [], []
+        for inputs in calls:
+            inputs, parameters, outputs, request_id = self._facts(inputs)
+            mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
+            requests.append(pb_utils.InferenceRequest(
+                [pb_utils.Tensor(name, array) for name, array in inputs.items()], outputs, request_id, parameters,
+                sender=_collecting(mine), correlation_id=correlation_id, flags=flags))
+            wanted.append(outputs)
+            sent.append(mine)
+        responses = self._execute(requests)
+        if responses is None and any(sent):
+            responses = [None] * len(requests)
+        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise RuntimeError(f"TritonPythonModel.execute must return one InferenceResponse per request "
-                               f"(1), got {count}")
-        response = responses[0] if responses[0] is not None or not sent else sent[0]
-        return self._outputs(response, wanted)
+                               f"({len(requests)}), got {count}")
+        answers: list[Answer] = []
+        for response, mine, outputs in zip(responses, sent, wanted, strict=True):
+            try:
+                answers.append(self._outputs(response if response is not None or not mine else mine[0], outputs))
+            except Exception as exc:  # this response's error (or its fault) is its request's alone
+                answers.append(exc)
+        return answers
 
     def _facts(self, inputs: Arrays) -> tuple[Arrays, dict[str, Any], list[str], str]:
-        """The request's own parameters, requested outputs and id, when one call is one request (a
-        dynamically batched call joins several: every output, no parameters, as before)."""
+        """The request's own parameters, requested outputs and id (a call without them, such as a
+        warm-up sample: every output, no parameters)."""
         if REQUEST_INPUT not in inputs:
             return inputs, {}, [spec.name for spec in self.outputs], ""
         inputs = dict(inputs)
@@ -175,6 +198,12 @@ class TritonPythonRuntime(Runtime):
         pb_utils.drop_metrics(self.metrics)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _collecting(sent: list[pb_utils.InferenceResponse]) -> pb_utils.InferenceResponseSender:
+    """A plain (not decoupled) request's response sender: what it sends lands in ``sent``."""
+    return pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
+                                            lambda: False, decoupled=False)
 
 
 def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:

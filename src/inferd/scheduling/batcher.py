@@ -18,7 +18,7 @@ import numpy as np
 
 from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
-from inferd.runtimes.base import Arrays
+from inferd.runtimes.base import Answer, Arrays, with_request
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.policy import decide, plan_batch, queue_deadline
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -200,6 +200,9 @@ class DynamicBatcher(Scheduler):
         started = time.perf_counter()
         for waiting in batch:
             waiting.context.timings.queue += started - waiting.enqueued
+        if self.requests_apart:
+            self._start_apart(batch, started)
+            return
         inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
         rows = sum(w.rows for w in batch)
         if self._observe_batch is not None:
@@ -215,6 +218,29 @@ class DynamicBatcher(Scheduler):
         self._running += 1
         future = self.pool.submit(inputs)
         future.add_done_callback(lambda f: self._finished(f, batch, rows, started))
+
+    def _start_apart(self, batch: list[_Waiting], started: float) -> None:
+        """Hand a runtime that takes a batch as its requests (Triton's ``execute(requests)``) each
+        one's own inputs and facts; each gets its own answer or error back: nothing joined or split."""
+        requests = [with_request(w.inputs, w.context) if self.takes_request else w.inputs for w in batch]
+        if self._observe_batch is not None:
+            self._observe_batch(sum(w.rows for w in batch))
+        self._running += 1
+        future = self.pool.submit_requests(requests)
+        future.add_done_callback(lambda f: self._answered(f, batch, started))
+
+    def _answered(self, future: asyncio.Future[list[Answer]], batch: list[_Waiting], started: float) -> None:
+        self._running -= 1
+        compute = time.perf_counter() - started
+        error = future.exception()
+        answers: list[Answer | BaseException] = [error] * len(batch) if error is not None else [*future.result()]
+        for waiting, answer in zip(batch, answers, strict=True):
+            waiting.context.timings.compute += compute
+            if isinstance(answer, BaseException):
+                _fail(waiting, answer)
+            elif not waiting.future.done():
+                waiting.future.set_result(answer)
+        self._dispatch()
 
     def _finished(self, future: asyncio.Future[Arrays], batch: list[_Waiting], rows: int,
                   started: float) -> None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable, describe
-from inferd.runtimes.base import Arrays, Emit, Runtime, with_request
+from inferd.runtimes.base import Answer, Arrays, Emit, Runtime, with_request
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
@@ -266,14 +266,50 @@ class InstancePool(Scheduler):
         except BaseException as exc:  # sys.exit() or KeyboardInterrupt in a model ends its call, not the server
             raise model_failure(self.name, exc) from exc
         finally:
-            seconds = time.perf_counter() - start
-            with self._batches_lock:
-                self._busy -= 1
-                if succeeded:
-                    self._executions += 1
-                    self._inferences += rows
-                self._batches.setdefault(rows, Duration()).add(seconds)
-                self._measure(seconds)
+            self._counted(rows, time.perf_counter() - start, rows if succeeded else None)
+
+    def submit_requests(self, requests: list[Arrays]) -> asyncio.Future[list[Answer]]:
+        """Run one execution of several requests handed over apart (``requests_apart``) on a free
+        instance thread: per request, its outputs or its own error."""
+        if self._closed:
+            failed: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
+            failed.set_exception(self.unloading())
+            return failed
+        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute_requests, requests)
+
+    def execute_requests(self, requests: list[Arrays]) -> list[Answer]:
+        """``execute`` for a batch handed over apart; a request's own failure is its error alone."""
+        rows = [self._rows(inputs) for inputs in requests]
+        with self._batches_lock:
+            self._busy += 1
+        start = time.perf_counter()
+        answered: int | None = None
+        try:
+            answers = self.inner.infer_requests(requests)
+            if len(answers) != len(requests):
+                raise ModelError(f"model '{self.name}' gave {len(answers)} answers to {len(requests)} requests")
+            answered = sum(n for n, answer in zip(rows, answers, strict=True) if not isinstance(answer, Exception))
+            return [answer if not isinstance(answer, Exception) or isinstance(answer, InferdError)
+                    else model_failure(self.name, answer) for answer in answers]
+        except InferdError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # as in execute: the model's failure, for every request of the batch
+            raise model_failure(self.name, exc) from exc
+        finally:
+            self._counted(sum(rows), time.perf_counter() - start, answered)
+
+    def _counted(self, rows: int, seconds: float, answered: int | None) -> None:
+        """An execution of ``rows`` rows took ``seconds``; ``answered``: the rows it answered
+        (None: it failed). As Triton's inference_count and execution_count: successes only."""
+        with self._batches_lock:
+            self._busy -= 1
+            if answered is not None:
+                self._executions += 1
+                self._inferences += answered
+            self._batches.setdefault(rows, Duration()).add(seconds)
+            self._measure(seconds)
 
     def _measure(self, seconds: float) -> None:
         """Decide inline or threaded from the calls' moving average; a slow call resets it."""
@@ -288,7 +324,9 @@ class InstancePool(Scheduler):
         self._mean_s = seconds if self._measured == 0 else (
             (1 - _EWMA) * self._mean_s + _EWMA * seconds)
         self._measured += 1
-        if self._measured >= _PROBE_CALLS and not self.out_of_process and not self.calls_models:
+        # a batch handed over apart never runs inline: the batcher's inline path joins requests
+        if (self._measured >= _PROBE_CALLS and not self.out_of_process and not self.calls_models
+                and not self.requests_apart):
             self.inline = self._mean_s < self._inline_below_s
             self.trivial = self.inline and self._mean_s < TRIVIAL_S
 
