@@ -6,9 +6,10 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,9 @@ class Runtime(ABC):
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
     takes_request: bool = False  # calls of one request carry REQUEST_INPUT (its parameters, outputs, id)
     parts: bool = False  # may answer one request in parts before its answer (infer_parts, INTERMEDIATE_OUTPUT)
+    # inputs the scheduler gives the model itself (a sequence's controls and implicit state), by name: what
+    # each is; a request that sends one is told so
+    supplied_inputs: Mapping[str, str] = MappingProxyType({})
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:
