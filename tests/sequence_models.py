@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -223,4 +224,84 @@ def build(root: Path, idle_us: int = 5_000_000, accumulate_count: int = 2, accum
     models.write(root / "accumulate32/1/model.py", ACCUMULATE)
     models.write(root / "accumulate32/config.toml",
                  (ACCUMULATE_CONFIG % (idle_us, 1, "cpu")).replace('"UINT64"', '"INT32"'))
+    return root
+
+
+# -- implicit state (Triton's sequence_batching.state): accumulators that keep no state of their own --
+STATE_PBTXT = """
+name: "%(name)s"
+platform: "%(platform)s"
+max_batch_size: %(max_batch_size)d
+sequence_batching {
+  max_sequence_idle_microseconds: %(idle_us)d
+  %(strategy)s
+  state [ {
+    input_name: "INPUT_STATE"
+    output_name: "OUTPUT_STATE"
+    data_type: TYPE_FP32
+    dims: [ %(state_dims)s ]
+    %(initial)s
+  } ]
+}
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ %(dims)s ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ %(dims)s ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+INITIAL_STATE = [0.5, -1.0, 2.0, 10.0]  # state_oldest's initial_state/start.bin
+
+
+def accumulator_onnx(batching: bool) -> bytes:
+    """OUTPUT_STATE = INPUT_STATE + INPUT, OUTPUT = OUTPUT_STATE: FP32 [batch, 4] (or [4])."""
+    shape: list[str | int] = ["batch", 4] if batching else [4]
+
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT_STATE", "INPUT"], ["OUTPUT_STATE"]),
+         helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"])],
+        "accumulator", [tensor("INPUT"), tensor("INPUT_STATE")], [tensor("OUTPUT"), tensor("OUTPUT_STATE")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def accumulator_torchscript(path: Path) -> None:
+    """forward(x, state) -> (y, new_state), new_state = state + x (broadcast: a state of any length
+    grows to the input's), y = new_state."""
+    import torch
+
+    class Accumulate(torch.nn.Module):
+        def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            new_state = state + x
+            return new_state.clone(), new_state
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Accumulate()).save(str(path))
+
+
+def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
+    """state_direct: ONNX, batching, zero initial state, direct; state_oldest: ONNX without a batch
+    dim, its initial state from a file, oldest; state_torch: TorchScript, a variable-length state
+    without initial_state (zeros of [1, 1] at START), oldest."""
+    common = {"idle_us": idle_us, "platform": "onnxruntime_onnx"}
+    zero = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true name: "zeros" }'
+    from_file = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] data_file: "start.bin" name: "start" }'
+    models.write(root / "state_direct/config.pbtxt", STATE_PBTXT % {
+        **common, "name": "state_direct", "max_batch_size": 4, "strategy": "direct { }", "state_dims": "4",
+        "initial": zero, "dims": "4"})
+    (root / "state_direct/1").mkdir(parents=True)
+    (root / "state_direct/1/model.onnx").write_bytes(accumulator_onnx(batching=True))
+    models.write(root / "state_oldest/config.pbtxt", STATE_PBTXT % {
+        **common, "name": "state_oldest", "max_batch_size": 0, "strategy": "oldest { max_candidate_sequences: 4 }",
+        "state_dims": "4", "initial": from_file, "dims": "4"})
+    (root / "state_oldest/1").mkdir(parents=True)
+    (root / "state_oldest/1/model.onnx").write_bytes(accumulator_onnx(batching=False))
+    (root / "state_oldest/initial_state").mkdir()
+    (root / "state_oldest/initial_state/start.bin").write_bytes(np.array(INITIAL_STATE, "<f4").tobytes())
+    models.write(root / "state_torch/config.pbtxt", STATE_PBTXT % {
+        **common, "platform": "pytorch_libtorch", "name": "state_torch", "max_batch_size": 2,
+        "strategy": "oldest { }", "state_dims": "-1", "initial": "", "dims": "-1"})
+    accumulator_torchscript(root / "state_torch/1/model.pt")
     return root

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from inferd.config import Optimization, ServerSettings, capture_sizes, load_model_config, parse_model_config
+from inferd.config import (
+    InitialState,
+    Optimization,
+    SequenceState,
+    ServerSettings,
+    capture_sizes,
+    load_model_config,
+    parse_model_config,
+)
 from inferd.errors import ConfigError
 
 FULL = """
@@ -100,6 +108,14 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
      "must be one of UINT64 INT64 UINT32 INT32 BYTES"),
     ("max_batch_size = 2\n[dynamic_batching]\n[sequence_batching]", "cannot have dynamic_batching"),
     ("[model_transaction_policy]\ndecoupled = true\n[sequence_batching]", "cannot have model_transaction_policy"),
+    ("[[sequence_batching.state]]\ninput_name = 'S'\noutput_name = 'T'\ndatatype = 'FP32'\nuse_growable_memory = true",
+     "key 'use_growable_memory' is not served"),
+    ("[[sequence_batching.state]]\ninput_name = 'S'\noutput_name = 'T'\ndatatype = 'FP32'\nshape = [2]\n"
+     "[sequence_batching.state.initial_state]\nname = 'i'\nshape = [2]", "give one of zero_data = true or data_file"),
+    ("[[sequence_batching.state]]\ninput_name = 'S'\noutput_name = 'T'\ndatatype = 'FP32'\nshape = [2]\n"
+     "[sequence_batching.state.initial_state]\nname = 'i'\nshape = [3]\nzero_data = true",
+     "initial_state dims \\[3\\] must be fixed sizes"),
+    ("[[sequence_batching.state]]\ninput_name = 'S'\noutput_name = 'T'\ndims = [2]", "key 'dims' is not known"),
     ("[optimization]\nprecision = 'int8'", "'precision' must be one of \\('bf16', 'fp16'\\), got 'int8'"),
     ("[optimization]\ncompile = 'xla'", "'compile' must be one of"),
     ("[optimization]\nbatch_sizes = [1, 2]", "'batch_sizes' needs max_batch_size > 0"),
@@ -250,3 +266,28 @@ kind = "CORRID"
     assert [(c.name, c.kind, c.datatype, c.false_true) for c in sequence.controls] == [
         ("START", "START", "FP32", (0.0, 1.0)), ("ID", "CORRID", "UINT64", (0, 1))]
     assert load_model_config(write(tmp_path, "")).sequence_batching is None
+
+
+def test_implicit_state_in_config_toml(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, """
+[[sequence_batching.state]]
+input_name = "STATE_IN"
+output_name = "STATE_OUT"
+datatype = "INT32"
+shape = [-1]
+[sequence_batching.state.initial_state]
+name = "start"
+shape = [3]
+data_file = "start.bin"
+[[sequence_batching.state]]
+input_name = "H"
+output_name = "H_OUT"
+datatype = "FP32"
+shape = [2]
+"""))
+    sequence = config.sequence_batching
+    assert sequence is not None
+    assert sequence.states == (
+        SequenceState("STATE_IN", "STATE_OUT", "INT32", (-1,),
+                      InitialState("start", "INT32", (3,), "file", "start.bin")),
+        SequenceState("H", "H_OUT", "FP32", (2,)))

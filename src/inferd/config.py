@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,39 @@ class SequenceControl:
 
 
 @dataclass(frozen=True, slots=True)
+class InitialState:
+    """A sequence's first state (Triton's initial_state): zeros, or a file of the model folder's
+    ``initial_state/`` in Triton's raw layout (row-major), whose bytes are read as the model loads."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # fixed sizes, without the batch dim
+    source: str = "zero"  # "zero" | "file"
+    file: str = ""
+    data: bytes = b""  # the file's bytes, once read
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceState:
+    """An implicit state (Triton's sequence_batching.state): the server keeps, per sequence, what
+    the model answered as ``output_name`` and feeds it back as ``input_name`` with the sequence's next
+    request; the client never sends or sees either."""
+
+    input_name: str
+    output_name: str
+    datatype: str
+    dims: tuple[int, ...]  # without the batch dim; -1 = any size (the state may change shape)
+    initial: InitialState | None = None  # None: zeros, each -1 dim as 1 (Triton's: unset memory of that shape)
+    same_buffer: bool = False  # Triton's use_same_buffer_for_input_output: a memory hint; answers are the same
+
+    def start_shape(self) -> tuple[int, ...]:
+        """The state's shape at a sequence's start, without the batch dim."""
+        if self.initial is not None:
+            return self.initial.dims
+        return tuple(1 if d < 0 else d for d in self.dims)
+
+
+@dataclass(frozen=True, slots=True)
 class SequenceBatching:
     """Stateful models (Triton's sequence_batching): every request names its sequence
     (``sequence_id``, ``sequence_start``, ``sequence_end``); one sequence's requests run in order on
@@ -248,6 +281,7 @@ class SequenceBatching:
     controls: tuple[SequenceControl, ...] = ()
     strategy: str = ""  # Triton's "direct" | "oldest" as the file named it (each runs as inferd schedules: one
     #                     request of a sequence per execution, on its instance); "": none named (Triton: direct)
+    states: tuple[SequenceState, ...] = ()  # implicit state, kept by the server per sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +471,73 @@ def check_sequence_batching(config: ModelConfig, where: str) -> None:
         if control.datatype not in allowed:
             raise ConfigError(f"{where}: control input '{control.name}' ({control.kind}) must be one of "
                               f"{' '.join(allowed)}, got {control.datatype}")
+    check_states(config, where)
+
+
+def check_states(config: ModelConfig, where: str) -> None:
+    """Implicit states the sequence batcher can keep: named, numeric, apart from the model's own
+    inputs and controls, and an initial state that fits (Triton's rules)."""
+    assert config.sequence_batching is not None
+    states = config.sequence_batching.states
+    controls = {c.name for c in config.sequence_batching.controls}
+    declared = {t.name for t in config.inputs}
+    for key in ("input_name", "output_name"):
+        names = [getattr(s, key) for s in states]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: sequence_batching state {key}s must be unique, got {names}")
+    for state in states:
+        what = f"{where}: sequence_batching state '{state.input_name}'"
+        if not state.input_name or not state.output_name:
+            raise ConfigError(f"{where}: every sequence_batching state needs an input_name and an output_name, got "
+                              f"input_name {state.input_name!r}, output_name {state.output_name!r}")
+        if state.datatype not in V2_DATATYPES or state.datatype == "BYTES":
+            raise ConfigError(f"{what}: data_type must be a numeric type (TYPE_FP32, TYPE_INT32, ...), got "
+                              f"{state.datatype or 'none'}; BYTES (TYPE_STRING) states are not served")
+        if any(d < -1 for d in state.dims):
+            raise ConfigError(f"{what}: dims must be sizes (-1 = any), got {list(state.dims)}")
+        if state.input_name in declared:
+            raise ConfigError(f"{what} is also declared as an input; the server feeds it from the sequence's "
+                              "last answer, so declare it only under sequence_batching state")
+        if state.input_name in controls:
+            raise ConfigError(f"{what} has the name of a control input")
+        if state.initial is not None:
+            _check_initial_state(state, state.initial, what)
+
+
+
+def with_state_tensors(config: ModelConfig) -> ModelConfig:
+    """The configuration a runtime loads with: the declared inputs and outputs, then the implicit
+    states' tensors (in state order: a TorchScript model takes them as its last arguments and
+    returns them last), which the sequence batcher feeds and keeps."""
+    batching = config.sequence_batching
+    if batching is None or not batching.states:
+        return config
+    inputs, outputs = config.inputs, config.outputs
+    if inputs:  # none declared: the model describes itself (ONNX), its state tensors included
+        inputs += tuple(TensorConfig(s.input_name, s.datatype, s.dims) for s in batching.states)
+    if outputs:
+        shown = {t.name for t in outputs}  # a state output may be declared, for clients to read too
+        outputs += tuple(TensorConfig(s.output_name, s.datatype, s.dims)
+                         for s in batching.states if s.output_name not in shown)
+    return replace(config, inputs=inputs, outputs=outputs)
+
+def _check_initial_state(state: SequenceState, initial: InitialState, what: str) -> None:
+    if not initial.name:
+        raise ConfigError(f"{what}: initial_state needs a 'name'")
+    if initial.datatype != state.datatype:
+        raise ConfigError(f"{what}: initial_state data_type {initial.datatype or 'none'} does not match the "
+                          f"state's {state.datatype}")
+    if len(initial.dims) != len(state.dims) or any(d < 0 for d in initial.dims) or any(
+            want >= 0 and want != got for want, got in zip(state.dims, initial.dims, strict=True)):
+        raise ConfigError(f"{what}: initial_state dims {list(initial.dims)} must be fixed sizes (no -1) that fit "
+                          f"the state's dims {list(state.dims)}")
+    if initial.source == "file":
+        parts = initial.file.replace("\\", "/").split("/")
+        if not initial.file or initial.file.startswith("/") or ".." in parts:
+            raise ConfigError(f"{what}: initial_state data_file must be a file under the model's initial_state/ "
+                              f"folder, got {initial.file!r}")
+    elif initial.source != "zero":
+        raise ConfigError(f"{what}: initial_state needs zero_data or data_file")
 
 
 def ensemble_order(config: ModelConfig, where: str) -> list[list[EnsembleStep]]:
@@ -641,6 +742,7 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
     table = _Table(data, f"{where}: [sequence_batching]")
     idle = table.take_int("max_sequence_idle_microseconds", 1_000_000, minimum=1, maximum=INT64_MAX)
     items = table.take("control_input", list, [])
+    states = _states(table.take("state", list, []), where)
     table.finish()
     controls = []
     for index, item in enumerate(items):
@@ -660,7 +762,48 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
         if len(values) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             raise control.fail("false_true", f"must be two numbers (the false and the true value), got {values!r}")
         controls.append(SequenceControl(name, kind, datatype, (values[0], values[1])))
-    return SequenceBatching(idle, tuple(controls))
+    return SequenceBatching(idle, tuple(controls), states=states)
+
+
+def _states(items: list[Any], where: str) -> tuple[SequenceState, ...]:
+    """``[[sequence_batching.state]]`` tables (Triton's state, its dims as ``shape``); what they say is
+    checked with the model's other keys (``check_states``)."""
+    states = []
+    for index, item in enumerate(items):
+        what = f"{where}: sequence_batching state #{index}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{what} must be a table ([[sequence_batching.state]])")
+        table = _Table(item, what)
+        datatype = table.take("datatype", str, "")
+        state = SequenceState(table.take("input_name", str, ""), table.take("output_name", str, ""), datatype,
+                              table.take_ints("shape", minimum=-1, maximum=INT64_MAX),
+                              _initial_state(table.take("initial_state", dict), datatype, f"{what}: [initial_state]"),
+                              table.take("use_same_buffer_for_input_output", bool, False))
+        if table.take("use_growable_memory", bool, False):
+            raise table.fail("use_growable_memory", GROWABLE_REFUSED)
+        table.finish()
+        states.append(state)
+    return tuple(states)
+
+
+GROWABLE_REFUSED = ("is not served: Triton grows the state in CUDA virtual memory; inferd keeps each sequence's "
+                    "state as the model answered it, so leave it false")
+
+
+def _initial_state(data: dict[str, Any] | None, datatype: str, where: str) -> InitialState | None:
+    if data is None:
+        return None
+    table = _Table(data, where)
+    name = table.take("name", str, "")
+    given = table.take("datatype", str, datatype)
+    dims = table.take_ints("shape", maximum=INT64_MAX)
+    zero = table.take("zero_data", bool, False)
+    file = table.take("data_file", str, "")
+    table.finish()
+    if zero == bool(file):
+        raise ConfigError(f"{where}: give one of zero_data = true or data_file = \"<file in initial_state/>\"")
+    return InitialState(name, given, dims, "file" if file else "zero", file)
+
 
 
 def _optimization(data: dict[str, Any], where: str, max_batch_size: int) -> Optimization:

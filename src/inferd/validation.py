@@ -26,6 +26,10 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
     for tensor in request.inputs:
         spec = specs.get(tensor.name)
         if spec is None:
+            supplied = runtime.supplied_inputs.get(tensor.name)
+            if supplied is not None:
+                raise InvalidInput(f"input '{tensor.name}' of model '{request.model_name}' is {supplied}, which "
+                                   f"the server supplies: do not send it; the model takes {_expected(runtime.inputs)}")
             raise InvalidInput(f"unknown input '{tensor.name}' for model '{request.model_name}'; "
                                f"it takes {_expected(runtime.inputs)}")
         if tensor.name in given:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from inferd.config import ModelConfig, ServedConfig
+from inferd.config import InitialState, ModelConfig, SequenceState, ServedConfig
 from inferd.errors import ConfigError
 from inferd.modelconfig import apply_override, model_config_json, parse_pbtxt
 
@@ -59,6 +59,8 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
     assert (config.backend, config.instance_group.kind, config.instance_group.count) == names
 
 
+STATE = 'sequence_batching { state [ { input_name: "S" output_name: "T" data_type: TYPE_FP32 dims: [ -1, 2 ] %s } ] }'
+
 @pytest.mark.parametrize(("text", "named"), [
     ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }',
      "int32_false_true"),
@@ -106,6 +108,33 @@ def test_backends_and_instance_kinds(text: str, names: tuple[str, str, int]) -> 
      "under the model's warmup/ folder"),
     ('model_warmup [ { name: "w" inputs { key: "a" value: { data_type: TYPE_FP32 dims: [ -1 ] zero_data: true } } } ]',
      "dims must be known"),
+    (STATE % "use_growable_memory: true use_same_buffer_for_input_output: true",
+     "state 'S' key 'use_growable_memory' is not served"),
+    (STATE % ('initial_state: [ { data_type: TYPE_FP32 dims: [ 1, 2 ] zero_data: true name: "a" }, '
+              '{ data_type: TYPE_FP32 dims: [ 1, 2 ] zero_data: true name: "b" } ]'),
+     "initial_state field for state input 'S' must contain exactly one or zero element. Found '2' elements."),
+    (STATE % 'initial_state: { data_type: TYPE_INT32 dims: [ 1, 2 ] zero_data: true name: "a" }',
+     "state 'S': initial_state data_type INT32 does not match the state's FP32"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 1, 2 ] zero_data: true }', "initial_state needs a 'name'"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ -1, 2 ] zero_data: true name: "a" }',
+     "initial_state dims [-1, 2] must be fixed sizes (no -1) that fit the state's dims [-1, 2]"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 3, 3 ] zero_data: true name: "a" }',
+     "initial_state dims [3, 3] must be fixed sizes"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 3 ] zero_data: true name: "a" }',
+     "initial_state dims [3] must be fixed sizes"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 1, 2 ] name: "a" }', "needs zero_data or data_file"),
+    (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 1, 2 ] data_file: "../s.bin" name: "a" }',
+     "data_file must be a file under the model's initial_state/ folder, got '../s.bin'"),
+    (STATE.replace("TYPE_FP32", "TYPE_STRING") % "", "BYTES (TYPE_STRING) states are not served"),
+    (STATE % "" + '\ninput [ { name: "S" data_type: TYPE_FP32 dims: [ 2 ] } ]',
+     "state 'S' is also declared as an input"),
+    ('sequence_batching { state [ { input_name: "S" data_type: TYPE_FP32 } ] }',
+     "needs an input_name and an output_name"),
+    ('sequence_batching { state [ { input_name: "S" output_name: "T" data_type: TYPE_FP32 }, '
+     '{ input_name: "S" output_name: "U" data_type: TYPE_FP32 } ] }', "state input_names must be unique"),
+    ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_READY '
+     'fp32_false_true: [ 0, 1 ] } ] } ] state [ { input_name: "S" output_name: "T" data_type: TYPE_FP32 } ] }',
+     "has the name of a control input"),
 ])
 def test_what_inferd_cannot_serve_is_an_error_naming_it(text: str, named: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -243,3 +272,24 @@ def test_optimization_and_backend_parameters_read_as_tritons_backends_do() -> No
     overridden = apply_override(config, json.dumps({"optimization": {"graph": {"level": -1}}}), "m")
     assert overridden.backend_optimization.graph_level == -1 and not overridden.backend_optimization.cpu_accelerators
     assert overridden.parameters == config.parameters
+
+
+def test_implicit_state_reads_and_answers_back() -> None:
+    """Triton's state: input and output names, dims with -1, the initial state (zeros or a file);
+    answered back by the configuration endpoint and read again by an override."""
+    text = STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 3, 2 ] data_file: "s.bin" name: "f" }'
+    config = parse_pbtxt(text.replace("state [", "direct { } state ["), "s/config.pbtxt", "s")
+    sequence = config.sequence_batching
+    assert sequence is not None and sequence.strategy == "direct"
+    initial = InitialState("f", "FP32", (3, 2), "file", "s.bin")
+    assert sequence.states == (SequenceState("S", "T", "FP32", (-1, 2), initial),)
+    assert sequence.states[0].start_shape() == (3, 2)
+    value = model_config_json(ServedConfig("s", "", "onnxruntime", config))
+    assert value["sequence_batching"]["state"] == [{
+        "input_name": "S", "output_name": "T", "data_type": "TYPE_FP32", "dims": [-1, 2],
+        "initial_state": [{"data_type": "TYPE_FP32", "dims": [3, 2], "data_file": "s.bin", "name": "f"}],
+        "use_same_buffer_for_input_output": False, "use_growable_memory": False}]
+    assert apply_override(ModelConfig(), json.dumps(value), "s").sequence_batching == sequence
+    bare = parse_pbtxt(STATE % "use_same_buffer_for_input_output: true", "p", "m").sequence_batching
+    assert bare is not None and bare.states[0].initial is None and bare.states[0].same_buffer
+    assert bare.states[0].start_shape() == (1, 2)  # Triton's: each -1 as 1 at a sequence's start

@@ -4,14 +4,15 @@ sequence, order, Triton's refusals, idle sequences forgotten."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from inferd.config import SequenceBatching, SequenceControl
-from inferd.errors import DeadlineExceeded, InvalidInput, Unavailable
+from inferd.config import InitialState, SequenceBatching, SequenceControl, SequenceState
+from inferd.errors import DeadlineExceeded, InvalidInput, ModelError, Unavailable
 from inferd.runtimes.base import SEQUENCE_INPUT, Arrays, Runtime, unpack_sequence
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.sequence import SequenceBatcher
@@ -356,3 +357,77 @@ def test_requests_queued_behind_a_start_that_never_ran_are_refused() -> None:
     assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
     call(scheduler, 4, SequenceId(2, start=True))  # it may start again
     assert int(runtime.calls[-1][1]["START"][0, 0]) == 1
+
+
+class Accumulating(Runtime):
+    """OUT = STATE_OUT = STATE_IN + X (INT64 [1, n]); ``forget`` leaves the state output out."""
+
+    def __init__(self, forget: bool = False) -> None:
+        self.inputs = (TensorSpec("X", "INT64", (-1, -1)), TensorSpec("STATE_IN", "INT64", (-1, -1)))
+        self.outputs = (TensorSpec("OUT", "INT64", (-1, -1)), TensorSpec("STATE_OUT", "INT64", (-1, -1)))
+        self.max_batch_size = 4
+        self.forget = forget
+        self.seen: list[list[list[int]]] = []
+
+    def infer(self, inputs: Arrays) -> Arrays:
+        self.seen.append(inputs["STATE_IN"].tolist())
+        total = inputs["STATE_IN"] + inputs["X"]
+        return {"OUT": total} if self.forget else {"OUT": total, "STATE_OUT": total}
+
+
+STATES = (SequenceState("STATE_IN", "STATE_OUT", "INT64", (-1,)),)
+
+
+def state_batcher(runtime: Runtime, idle_us: int = 1_000_000, client_outputs: frozenset[str] = frozenset(),
+                  initial: InitialState | None = None) -> SequenceBatcher:
+    states = tuple(dataclasses.replace(s, initial=initial) for s in STATES)
+    return SequenceBatcher(InstancePool(runtime, 1, "acc:1"), SequenceBatching(idle_us, states=states), client_outputs)
+
+
+def add(scheduler: SequenceBatcher, values: list[int], sequence: SequenceId) -> Arrays:
+    context = CallContext(sequence=sequence)
+    return asyncio.run(scheduler.infer_async({"X": np.array([values], np.int64)}, context))
+
+
+def test_implicit_state_is_fed_back_per_sequence_and_freed_at_its_end() -> None:
+    runtime = Accumulating()
+    scheduler = state_batcher(runtime)
+    assert [s.name for s in scheduler.inputs] == ["X"] and [s.name for s in scheduler.outputs] == ["OUT"]
+    assert "implicit state" in scheduler.supplied_inputs["STATE_IN"]
+    answer = add(scheduler, [1, 2], SequenceId(1, start=True))
+    assert {name: value.tolist() for name, value in answer.items()} == {"OUT": [[1, 2]]}  # zeros of [1, 1] to start
+    assert add(scheduler, [5], SequenceId(2, start=True))["OUT"].tolist() == [[5]]
+    assert scheduler.state_bytes == 3 * 8
+    assert add(scheduler, [10, 10], SequenceId(1))["OUT"].tolist() == [[11, 12]]
+    assert add(scheduler, [1], SequenceId(2, end=True))["OUT"].tolist() == [[6]]
+    assert scheduler.state_bytes == 2 * 8  # sequence 2 ended: only sequence 1's state is held
+    assert add(scheduler, [1], SequenceId(2, start=True))["OUT"].tolist() == [[1]]  # a new sequence starts afresh
+    assert add(scheduler, [0, 0], SequenceId(1, end=True))["OUT"].tolist() == [[11, 12]]
+    assert runtime.seen[0] == [[0]]
+
+
+def test_an_idle_sequences_state_is_freed() -> None:
+    scheduler = state_batcher(Accumulating(), idle_us=50_000)
+    add(scheduler, [1, 2, 3], SequenceId(7, start=True))
+    assert scheduler.state_bytes == 24
+    time.sleep(0.15)
+    with pytest.raises(InvalidInput, match="must specify the START flag"):  # the sweep runs as requests come
+        add(scheduler, [1], SequenceId(7))
+    assert scheduler.state_bytes == 0 and scheduler.sequences == 0
+
+
+def test_a_start_gets_the_initial_state_and_a_declared_state_output_is_answered() -> None:
+    runtime = Accumulating()
+    initial = InitialState("i", "INT64", (2,), "file", "i.bin", np.array([100, 200], "<i8").tobytes())
+    scheduler = state_batcher(runtime, client_outputs=frozenset({"OUT", "STATE_OUT"}), initial=initial)
+    assert [s.name for s in scheduler.outputs] == ["OUT", "STATE_OUT"]
+    answer = add(scheduler, [1, 1], SequenceId(3, start=True))
+    assert answer["OUT"].tolist() == [[101, 201]] and answer["STATE_OUT"].tolist() == [[101, 201]]
+    add(scheduler, [1, 1], SequenceId(4, start=True))
+    assert runtime.seen == [[[100, 200]], [[100, 200]]]  # each START from the initial state, not from another's
+
+
+def test_a_model_that_does_not_return_its_state_output_fails_the_request() -> None:
+    scheduler = state_batcher(Accumulating(forget=True))
+    with pytest.raises(ModelError, match="did not return its state output 'STATE_OUT'"):
+        add(scheduler, [1], SequenceId(1, start=True))

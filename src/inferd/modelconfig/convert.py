@@ -12,14 +12,17 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from inferd.config import (
+    GROWABLE_REFUSED,
     Accelerator,
     BackendOptimization,
     DynamicBatching,
     EnsembleStep,
+    InitialState,
     InstanceGroup,
     ModelConfig,
     SequenceBatching,
     SequenceControl,
+    SequenceState,
     ServedConfig,
     TensorConfig,
     VersionPolicy,
@@ -276,7 +279,26 @@ def _sequence_batching(message: mc.ModelConfig, where: str) -> SequenceBatching 
                               f"control, got {len(control_input.control)}")
         controls.append(_control(control_input.name, control_input.control[0], where))
     return SequenceBatching(int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls),
-                            sequence.WhichOneof("strategy_choice") or "")
+                            sequence.WhichOneof("strategy_choice") or "",
+                            tuple(_state(state, where) for state in sequence.state))
+
+
+def _state(state: mc.ModelSequenceBatching.State, where: str) -> SequenceState:
+    """An implicit state; Triton's refusals of its initial_state at load, the rest in check_states."""
+    if state.use_growable_memory:
+        raise ConfigError(f"{where}: sequence_batching state '{state.input_name}' key 'use_growable_memory' "
+                          f"{GROWABLE_REFUSED}")
+    if len(state.initial_state) > 1:
+        raise ConfigError(f"{where}: initial_state field for state input '{state.input_name}' must contain exactly "
+                          f"one or zero element. Found '{len(state.initial_state)}' elements.")
+    initial = None
+    if state.initial_state:
+        given = state.initial_state[0]
+        source = given.WhichOneof("state_data")
+        initial = InitialState(given.name, _datatype(given.data_type), tuple(int(d) for d in given.dims),
+                               "file" if source == "data_file" else "zero" if source else "", given.data_file)
+    return SequenceState(state.input_name, state.output_name, _datatype(state.data_type),
+                         tuple(int(d) for d in state.dims), initial, state.use_same_buffer_for_input_output)
 
 
 def _control(name: str, control: Any, where: str) -> SequenceControl:
@@ -422,6 +444,17 @@ def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatchi
             added.bool_false_true.extend(bool(v) for v in control.false_true)
         else:
             added.int32_false_true.extend(int(v) for v in control.false_true)
+    for state in sequence.states:
+        added_state = message.state.add(input_name=state.input_name, output_name=state.output_name,
+                                        data_type=_type_of(state.datatype), dims=list(state.dims),
+                                        use_same_buffer_for_input_output=state.same_buffer)
+        if state.initial is not None:
+            initial = added_state.initial_state.add(name=state.initial.name, data_type=_type_of(state.initial.datatype),
+                                                    dims=list(state.initial.dims))
+            if state.initial.source == "file":
+                initial.data_file = state.initial.file
+            else:
+                initial.zero_data = True
 
 
 def model_config_json(served: ServedConfig) -> dict[str, Any]:

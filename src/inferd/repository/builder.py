@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from inferd.config import ModelConfig
+from inferd.config import ModelConfig, with_state_tensors
 from inferd.isolation.process import InstanceSpec, ProcessRuntime
 from inferd.repository.layout import find_artifact
 from inferd.runtimes.base import LoadContext, Runtime
@@ -39,7 +39,8 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
         artifact, backend = find_artifact(path, config.backend, config.default_model_filename)
     group = config.instance_group
     devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
-    contexts = [LoadContext(name=name, version=version, artifact=artifact, config=config, device=device)
+    loaded = with_state_tensors(config)  # the runtime takes and gives the states the sequence batcher keeps
+    contexts = [LoadContext(name=name, version=version, artifact=artifact, config=loaded, device=device)
                 for device in devices]
     kind = group.kind or group.resolved_kind(backend)
     if kind == "process":

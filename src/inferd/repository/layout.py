@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from inferd.config import INT64_MAX, MODEL_NAME, NAME_RULE, ModelConfig, ServedConfig, load_model_config
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, apply_override, model_config_json, read_pbtxt
+from inferd.types import numpy_dtype
 
 log = logging.getLogger("inferd.repository")
 
@@ -108,6 +110,35 @@ def read_labels(config: ModelConfig, folder: Path) -> ModelConfig:
         outputs.append(tensor)
     return replace(config, outputs=tuple(outputs))
 
+
+INITIAL_STATE_FOLDER = "initial_state"  # Triton's: the files of sequence_batching state's initial_state
+
+
+def read_initial_states(config: ModelConfig, folder: Path) -> ModelConfig:
+    """Each implicit state's ``initial_state`` data_file (raw, row-major, in the model folder's
+    ``initial_state/``) read now, checked to hold the state's bytes (Triton's rule: at least that
+    many; only those are used)."""
+    batching = config.sequence_batching
+    if batching is None or not any(s.initial is not None and s.initial.source == "file" for s in batching.states):
+        return config
+    states = []
+    for state in batching.states:
+        initial = state.initial
+        if initial is not None and initial.source == "file":
+            path = folder / INITIAL_STATE_FOLDER / initial.file
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{config.source}: sequence_batching state '{state.input_name}' initial_state "
+                                  f"data_file: {exc}") from exc
+            wanted = math.prod(initial.dims) * numpy_dtype(initial.datatype).itemsize
+            if len(data) < wanted:
+                raise ConfigError(f"{config.source}: sequence_batching state '{state.input_name}': initial_state "
+                                  f"{initial.datatype} {list(initial.dims)} needs {wanted} bytes, but {path} has "
+                                  f"{len(data)}")
+            state = replace(state, initial=replace(initial, data=data[:wanted]))
+        states.append(state)
+    return replace(config, sequence_batching=replace(batching, states=tuple(states)))
 
 def is_valid_name(name: str) -> bool:
     """Model names are plain folder names: no separators, no dot-dot, no leading dot."""

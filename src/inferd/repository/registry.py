@@ -37,6 +37,7 @@ from inferd.repository.layout import (
     is_valid_name,
     misnamed,
     read_config,
+    read_initial_states,
     read_model_folder,
     scan,
     skipped_because,
@@ -574,7 +575,8 @@ class ModelRegistry(Generic[S]):
         try:
             def read() -> ModelConfig:  # on a thread: a config.pbtxt of megabytes takes seconds to
                 # parse, and a Python model's auto_complete_config runs in a process of its own
-                return auto_completed(folder, config if config is not None else read_config(folder))
+                completed = auto_completed(folder, config if config is not None else read_config(folder))
+                return read_initial_states(completed, folder.path)
 
             entry.config = self._configure(folder.name, await asyncio.to_thread(read))
         except ConfigError as exc:

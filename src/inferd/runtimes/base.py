@@ -6,9 +6,10 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,9 @@ class Runtime(ABC):
     # a dynamic batch reaches it as its requests, each with its own inputs and answer (infer_requests):
     # Triton's execute(requests); the batcher then joins and splits nothing
     requests_apart: bool = False
+    # inputs the scheduler gives the model itself (a sequence's controls and implicit state), by name: what
+    # each is; a request that sends one is told so
+    supplied_inputs: Mapping[str, str] = MappingProxyType({})
 
     @abstractmethod
     def infer(self, inputs: Arrays) -> Arrays:

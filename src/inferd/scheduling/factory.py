@@ -25,7 +25,8 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
     if batching is not None:
         scheduler = DynamicBatcher(pool, batching, metrics.batch if metrics else None)
     elif config.sequence_batching is not None:
-        scheduler = SequenceBatcher(pool, config.sequence_batching)
+        scheduler = SequenceBatcher(pool, config.sequence_batching,
+                                    frozenset(tensor.name for tensor in config.outputs))
     if metrics is not None:
         metrics.track(lambda: scheduler.statistics().queued, lambda: scheduler.busy)
     return scheduler

@@ -4,7 +4,9 @@ sequence_batching).
 Each request names its sequence (``CallContext.sequence``). A sequence's first request (START)
 takes the instance lane with the fewest live sequences; its later requests run on that lane, one
 at a time and in the order they arrived, with the control inputs the configuration asks for
-(START, END, READY, CORRID). A sequence is forgotten at END, or once idle (nothing of it queued
+(START, END, READY, CORRID) and its implicit state (Triton's sequence_batching.state: what the
+model answered as each state output last time, fed back as the state input; the initial state at
+START). A sequence, and the state it holds, is forgotten at END, or once idle (nothing of it queued
 or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept as
 requests come). Requests of different sequences are
 not combined into one execution: each runs as a batch of one.
@@ -20,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inferd.config import SequenceBatching, SequenceControl
-from inferd.errors import DeadlineExceeded, InvalidInput
+from inferd.config import SequenceBatching, SequenceControl, SequenceState
+from inferd.errors import DeadlineExceeded, InvalidInput, ModelError
 from inferd.runtimes.base import SEQUENCE_END, SEQUENCE_INPUT, SEQUENCE_START, Arrays, pack_sequence, with_request
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -37,18 +39,28 @@ class _Sequence:
     last_used: float  # time.monotonic()
     losses: int = -1  # the lane's lane_losses when the sequence started (-1: not yet run)
     dropped: bool = False  # its START never ran (deadline, client gone): the requests queued behind it are refused
+    states: Arrays | None = None  # its implicit state: the state inputs of its next request (None: not run yet)
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
 
 
 class SequenceBatcher(Scheduler):
     """Runs a pool's runtime sequence by sequence; one thread per instance lane."""
 
-    def __init__(self, pool: InstancePool, config: SequenceBatching) -> None:
+    def __init__(self, pool: InstancePool, config: SequenceBatching,
+                 client_outputs: frozenset[str] = frozenset()) -> None:
+        """``client_outputs``: the outputs the configuration declares; a state output among them is
+        also answered (Triton's way to read a state), the others are the server's alone."""
         self._pool = pool
         self.adopt_metadata(pool)
         self._controls = config.controls
-        control_names = {c.name for c in config.controls}
-        self.inputs = tuple(spec for spec in pool.inputs if spec.name not in control_names)
+        self._states = config.states
+        self.supplied_inputs = {c.name: f"sequence control input {c.kind}" for c in config.controls} | {
+            s.input_name: "an implicit state (sequence_batching state), kept by the server for each sequence"
+            for s in config.states}
+        self.inputs = tuple(spec for spec in pool.inputs if spec.name not in self.supplied_inputs)
+        self._kept_outputs = {s.output_name for s in config.states} - client_outputs
+        self.outputs = tuple(spec for spec in pool.outputs if spec.name not in self._kept_outputs)
+        self._initial = {s.input_name: _initial_state(s, self.max_batch_size) for s in config.states}
         self._idle_s = config.max_sequence_idle_us / 1e6
         self._sequences: dict[int | str, _Sequence] = {}
         # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
@@ -72,6 +84,12 @@ class SequenceBatcher(Scheduler):
         """Sequences started and neither ended nor idle too long."""
         return len(self._sequences)
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of implicit state held for live sequences (and those whose END is running)."""
+        held = {id(s): s for s in (*self._sequences.values(), *self._ending.values())}
+        return sum(array.nbytes for s in held.values() if s.states for array in s.states.values())
+
     def statistics(self) -> SchedulerStats:
         return self._pool.statistics()
 
@@ -93,13 +111,19 @@ class SequenceBatcher(Scheduler):
                 self._still_kept(sequence, state)
                 arrays = dict(inputs)
                 arrays.update(self._control_values(sequence))
+                if self._states:  # each sequence starts from a copy: a model may change its state input in place
+                    arrays.update({name: value.copy() for name, value in self._initial.items()}
+                                  if sequence.start or state.states is None else state.states)
                 if self.takes_sequence:
                     flags = (SEQUENCE_START if sequence.start else 0) | (SEQUENCE_END if sequence.end else 0)
                     arrays[SEQUENCE_INPUT] = pack_sequence(sequence.id, flags)
                 if self.takes_request:
                     arrays = with_request(arrays, context)
                 try:
-                    return await self._run(state.lane, arrays, context)
+                    outputs = await self._run(state.lane, arrays, context)
+                    if self._states:
+                        outputs = self._keep_states(state, outputs, sequence.end)
+                    return outputs
                 except (DeadlineExceeded, asyncio.CancelledError):
                     if sequence.start:  # its START was dropped: the next request must start again
                         state.dropped = True
@@ -111,6 +135,20 @@ class SequenceBatcher(Scheduler):
             state.last_used = time.monotonic()  # idle from its last answer: waiting and running are not idle
             if sequence.end and self._ending.get(sequence.id) is state:
                 del self._ending[sequence.id]
+
+    def _keep_states(self, state: _Sequence, outputs: Arrays, end: bool) -> Arrays:
+        """The state outputs become the sequence's next state inputs (dropped at its END); the
+        answer keeps only what the client may see."""
+        missing = [s.output_name for s in self._states if s.output_name not in outputs]
+        if missing:
+            raise ModelError(f"model '{self._pool.name}' did not return its state output '{missing[0]}' "
+                             f"(it returned {sorted(outputs)})")
+        if end:
+            state.states = None
+        else:  # a state the client also reads is kept as a copy: the model may change its input in place
+            state.states = {s.input_name: outputs[s.output_name] if s.output_name in self._kept_outputs
+                            else outputs[s.output_name].copy() for s in self._states}
+        return {name: value for name, value in outputs.items() if name not in self._kept_outputs}
 
     def _still_kept(self, sequence: SequenceId, state: _Sequence) -> None:
         """A START binds the sequence to its lane's instance as it is now; a later request whose
@@ -198,7 +236,7 @@ class SequenceBatcher(Scheduler):
         for key in idle:
             log.info("model '%s': sequence %s idle over %.0f us; released", self._pool.name, key,
                      self._idle_s * 1e6)
-            del self._sequences[key]
+            self._sequences.pop(key).states = None
 
     def _control_values(self, sequence: SequenceId) -> Arrays:
         shape = (1, 1) if self.max_batch_size > 0 else (1,)
@@ -257,6 +295,20 @@ class SequenceBatcher(Scheduler):
 
     def describe(self) -> str:
         return f"{self._pool.describe()}, sequence batching"
+
+
+def _initial_state(state: SequenceState, max_batch_size: int) -> np.ndarray:
+    """A sequence's first state input: the initial_state's data or zeros, with a batch dim of 1
+    when the model batches (read-only: every sequence starts from this one array)."""
+    shape = ((1,) if max_batch_size > 0 else ()) + state.start_shape()
+    dtype = numpy_dtype(state.datatype)
+    initial = state.initial
+    if initial is not None and initial.source == "file":
+        array = np.frombuffer(initial.data, dtype=dtype).reshape(shape)
+    else:
+        array = np.zeros(shape, dtype=dtype)
+    array.flags.writeable = False
+    return array
 
 
 def _control_value(control: SequenceControl, sequence: SequenceId, shape: tuple[int, ...]) -> np.ndarray:
