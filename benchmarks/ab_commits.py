@@ -1,7 +1,7 @@
 """Two builds of inferd side by side in one run: did a change make the server slower?
 
     python benchmarks/ab_commits.py --before REV [--after REV] [--rounds 3] [--seconds 8] [--grpc]
-                                    [--image] [--only image] [--serve-args "--keep-freed-memory 0"]
+                                    [--image] [--large] [--only image] [--serve-args "--keep-freed-memory 0"]
 
 Each build (a git revision checked out into a temporary worktree, or the working tree) serves the
 peers' `mlp` and `tiny` TorchScript models with dynamic batching (server on CPU 0); wrk loads v2 JSON
@@ -9,7 +9,8 @@ and v2 binary bodies at c=1 and c=64 from CPU 1. The builds alternate round by r
 after, before, ...) so the machine's drift hits both alike; the report gives per-build medians, the
 after/before ratio of req/s and of server CPU per request (the steadier figure on a shared machine).
 ``--image`` adds `workers.py`'s 3 x 224 x 224 image model over v2 binary at c=8 (602 KB bodies);
-``--serve-args`` are more `inferd serve` flags for both builds.
+``--large`` adds an ONNX identity model over v2 binary at c=1 with 16 MiB each way (the cost of a
+large answer); ``--serve-args`` are more `inferd serve` flags for both builds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from common import (
     CLIENT_CPU,
     HERE,
@@ -42,6 +44,17 @@ CASES = [("mlp", 512, "json", 1), ("mlp", 512, "json", 64), ("mlp", 512, "binary
          ("tiny", 16, "json", 1), ("tiny", 16, "json", 64), ("tiny", 16, "binary", 64)]
 GRPC_CASES = [("mlp", 1), ("mlp", 64), ("tiny", 1), ("tiny", 64)]
 IMAGE_CASE = ("image", 3 * 224 * 224, "binary", 8)
+LARGE_CASE = ("identity", 4 * 1024 * 1024, "binary", 1)  # 16 MiB of FP32 in, the same out
+
+
+def identity_body(out: Path, count: int) -> int:
+    """A v2 binary body of ``count`` FP32 for the identity model, all outputs binary; its header length."""
+    header = json.dumps({"inputs": [{"name": "x", "shape": [count], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": count * 4}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "identity.bin").write_bytes(header + np.arange(count, dtype=np.float32).tobytes())
+    return len(header)
 
 
 def checkout(revision: str, into: Path) -> Path:
@@ -97,13 +110,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--grpc", action="store_true", help="gRPC cases instead of HTTP")
     parser.add_argument("--image", action="store_true", help="add 602 KB image bodies over v2 binary at c=8")
+    parser.add_argument("--large", action="store_true", help="add 16 MiB identity bodies over v2 binary at c=1")
     parser.add_argument("--only", default="", help="only these models' cases, e.g. image or mlp,tiny")
     parser.add_argument("--serve-args", default="", help="more `inferd serve` flags, for both builds")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ab_commits.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="inferd-ab-"))
     make_mlp_models(scratch / "artifacts")
-    cases = [*CASES, IMAGE_CASE] if args.image else CASES
+    cases = [*CASES, *([IMAGE_CASE] if args.image else []), *([LARGE_CASE] if args.large else [])]
     if args.only:
         cases = [case for case in cases if case[0] in args.only.split(",")]
     if args.image:
@@ -111,7 +125,14 @@ def main() -> None:
 
         make_image_model(scratch / "artifacts" / "image.pt")
     lengths = {}
+    if args.large:
+        from shared_memory import write_identity
+
+        write_identity(scratch / "repo")
+        lengths["identity"] = identity_body(scratch / "bodies", LARGE_CASE[1])
     for model, dim, _, _ in cases:
+        if model == "identity":
+            continue
         out = {"mlp": 10, "tiny": 4, "image": 3}[model]
         write_model(scratch / "repo", model, scratch / "artifacts" / f"{model}.pt", dim, out, batching=True)
         _, _, lengths[model] = bodies(scratch / "bodies", model, dim)
