@@ -29,6 +29,9 @@ V2_DATATYPES: tuple[str, ...] = (*_NUMPY_BY_V2, "BF16")
 # Reserved output name: present in an answer of a runtime that answers in parts (``Runtime.parts``:
 # a TorchServe handler's send_intermediate_predict_response) when it is not the request's last
 INTERMEDIATE_OUTPUT = "__inferd_intermediate__"
+# Reserved output name: present in a decoupled model's answer sent with its final flag (Triton's
+# ``send(response, flags=COMPLETE_FINAL)``), which is then the request's last, flagged final
+FINAL_OUTPUT = "__inferd_final__"
 
 
 def bfloat16() -> np.dtype[Any]:

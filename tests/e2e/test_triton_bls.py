@@ -57,6 +57,16 @@ MODELS = {
                 sender.send(answer([i, i]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """,
+    # decoupled: as counts, but the last response carries the final flag itself (none comes on its own)
+    "counts_final": """
+    def execute(self, requests):
+        for request in requests:
+            sender, n = request.get_response_sender(), int(given(request)[0])
+            for i in range(n):
+                sender.send(answer([i, i]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if i == n - 1 else 0)
+            if n == 0:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
     # the model named by a BYTES value, as Triton's own BLS example reads it
     "bls_tripled": """
     def execute(self, requests):
@@ -184,8 +194,10 @@ shape = [2]
 
 
 def _repository(root: Path) -> Path:
-    for name, body in MODELS.items():
+    bodies = {**MODELS, "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
+    for name, body in bodies.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
+                 "counts_final": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
@@ -208,6 +220,14 @@ def server(repo: Path) -> Iterator[RunningServer]:
 
 
 _call = triton_models.call_in_out
+
+
+def _call_within(server: RunningServer, model: str, values: list[float], seconds: float = 20) -> np.ndarray:
+    """``_call``, failing after ``seconds`` instead of waiting for a server that hangs."""
+    client = httpclient.InferenceServerClient(server.url, connection_timeout=seconds, network_timeout=seconds)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
 
 
 def _successes(server: RunningServer, model: str) -> int:
@@ -247,6 +267,14 @@ def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServe
                                                             expected: list[float]) -> None:
     # 0 + 1 + 2 from three responses, then the final flag's empty one: 4 seen, 1 empty
     np.testing.assert_array_equal(_call(server, "bls_stream", [count, 0]), expected)
+
+
+@pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 30.0]), (0, [0.0, 11.0])])
+def test_a_last_response_sent_with_the_final_flag_ends_the_stream_as_in_triton(
+        server: RunningServer, count: int, expected: list[float]) -> None:
+    # three responses, the last one final: no empty one after it (Triton's response iterator stops
+    # at the response flagged final); the final flag sent alone is one empty response
+    np.testing.assert_array_equal(_call_within(server, "bls_stream_final", [count, 0]), expected)
 
 
 def _metrics_once(server: RunningServer, line: str) -> str:

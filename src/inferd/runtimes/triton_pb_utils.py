@@ -142,8 +142,9 @@ class InferenceRequest:
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
 
     def exec(self, decoupled: bool = False) -> Any:
-        """The target model's response; with ``decoupled``, an iterator of its responses, the last
-        one empty (as Triton's final flag). A failure is a response whose ``error()`` says why."""
+        """The target model's response; with ``decoupled``, an iterator of its responses as Triton's:
+        it ends at the one sent with the final flag, or at an empty one when the flag came alone.
+        A failure is a response whose ``error()`` says why."""
         request = self._call()
         if decoupled:
             return ResponseIterator(model_calls.current().infer_stream(request))
@@ -270,7 +271,7 @@ class ResponseIterator:
     def __init__(self, answers: Generator[InferResponse, None, None]) -> None:
         self._answers = answers
         self._done = False
-        self._final = False  # the last response carried the final flag (a target that is not decoupled)
+        self._final = False  # the last response carried the final flag (any but a decoupled target's separate flag)
 
     def __iter__(self) -> ResponseIterator:
         return self
