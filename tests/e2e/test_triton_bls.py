@@ -133,6 +133,42 @@ MODELS = {
                 empty += 1
         return [answer([total, seen * 10 + empty])]
 """,
+    # TARGET called COUNT times at once, the answers added up (TARGET itself may call others)
+    "fan_out": """
+    async def execute(self, requests):
+        x = given(requests[0])
+        responses = await asyncio.gather(*(call("TARGET", x).async_exec() for _ in range(COUNT)))
+        failed = [r.error().message() for r in responses if r.has_error()]
+        if failed:
+            raise pb_utils.TritonModelException(failed[0])
+        return [answer(sum(pb_utils.get_output_tensor_by_name(r, "OUT").as_numpy() for r in responses))]
+""",
+    # decoupled, in the server process: a response every 0.1 s until its caller cancels (30 s at most)
+    "ticks": """
+    def execute(self, requests):
+        import time
+        sender, until = requests[0].get_response_sender(), time.monotonic() + 30
+        while not sender.is_cancelled() and time.monotonic() < until:
+            sender.send(answer([1, 1]))
+            time.sleep(0.1)
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # as many streams open as the server runs calls at once from one instance, one call more
+    # waiting behind them, then the streams cancelled: the waiting call runs once they end
+    "cancel_then_call": """
+    async def execute(self, requests):
+        streams = [call("ticks", [0, 0]).exec(decoupled=True) for _ in range(64)]
+        for stream in streams:
+            next(stream)  # each stream runs at the server
+        later = asyncio.ensure_future(call("tripled", given(requests[0])).async_exec())
+        await asyncio.sleep(0.5)  # the call is asked for before the streams are cancelled
+        for stream in streams:
+            stream.cancel()
+        response = await later
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        return [answer(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy())]
+""",
     # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
     "bls_stream_once": """
     def execute(self, requests):
@@ -180,7 +216,8 @@ backend = "python"
 
 [instance_group]
 kind = "cpu"
-
+count = {count}
+{extra}
 [[input]]
 name = "IN"
 datatype = "FP32"
@@ -193,18 +230,29 @@ shape = [2]
 """
 
 
+DECOUPLED = "[model_transaction_policy]\ndecoupled = true\n"
+
+# the server-process models: name, body, instances, extra configuration
+_IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_process", MODELS["metered"], 1, ""),
+               ("bls_async_in_process", MODELS["bls_async"], 1, ""),
+               ("fan_out_in_process", MODELS["fan_out"].replace("TARGET", "bls_async_in_process")
+                .replace("COUNT", "40"), 1, ""),
+               ("ticks", MODELS["ticks"], 64, DECOUPLED))
+
+
 def _repository(root: Path) -> Path:
-    bodies = {**MODELS, "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
+    bodies = {**MODELS, "fan_out": MODELS["fan_out"].replace("TARGET", "tripled").replace("COUNT", "100"),
+              "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
+    del bodies["ticks"]
     for name, body in bodies.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
                  "counts_final": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
-    models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
-    models.write(root / "bls_in_process/config.toml", IN_PROCESS)
-    models.write(root / "metered_in_process/1/model.py", HEAD + MODELS["metered"])
-    models.write(root / "metered_in_process/config.toml", IN_PROCESS)
+    for name, body, count, extra in _IN_PROCESS:
+        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "config.toml", IN_PROCESS.format(count=count, extra=extra))
     return root
 
 
@@ -275,6 +323,23 @@ def test_a_last_response_sent_with_the_final_flag_ends_the_stream_as_in_triton(
     # three responses, the last one final: no empty one after it (Triton's response iterator stops
     # at the response flagged final); the final flag sent alone is one empty response
     np.testing.assert_array_equal(_call_within(server, "bls_stream_final", [count, 0]), expected)
+
+
+@pytest.mark.parametrize("model", ["fan_out_in_process", "fan_out"])
+def test_many_async_exec_calls_to_models_that_call_others_all_answer(server: RunningServer, model: str) -> None:
+    """In the server process, 40 calls at once to a model that itself awaits calls (a shared pool
+    of waiting threads once deadlocked here); from an instance process, 100 at once to tripled,
+    more than the server runs at once for one instance."""
+    x = np.array([1.0, 2.0], np.float32)
+    expected = 40 * (9 * x + 9) if model == "fan_out_in_process" else 100 * 3 * x
+    np.testing.assert_array_equal(_call_within(server, model, x.tolist()), expected)
+    assert "calls at once; refused" not in server.log()  # the instance held those past its share
+
+
+def test_a_call_waiting_behind_a_full_table_runs_once_cancelled_streams_end(server: RunningServer) -> None:
+    # the cancels reach the server while the call waits, so the streams end long before 30 s
+    np.testing.assert_array_equal(_call_within(server, "cancel_then_call", [1.0, 2.0]), [3.0, 6.0])
+    assert "calls at once; refused" not in server.log()
 
 
 def _metrics_once(server: RunningServer, line: str) -> str:

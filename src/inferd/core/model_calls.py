@@ -12,6 +12,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Generator
+from concurrent.futures import Future
 
 from inferd.core.control import ModelControl
 from inferd.core.dataplane import DataPlane
@@ -34,7 +35,10 @@ class LoopModelCalls:
 
     def infer(self, request: InferRequest) -> InferResponse:
         self._not_on_loop()
-        return asyncio.run_coroutine_threadsafe(self._data.run_step(request), self._loop).result()
+        return self.start_infer(request).result()
+
+    def start_infer(self, request: InferRequest) -> Future[InferResponse]:
+        return asyncio.run_coroutine_threadsafe(self._data.run_step(request), self._loop)
 
     def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
         self._not_on_loop()
