@@ -169,6 +169,18 @@ MODELS = {
             raise pb_utils.TritonModelException(response.error().message())
         return [answer(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy())]
 """,
+    # reads one of a generator model's answers, waits, and says how many the model made meanwhile
+    "slow_reader": """
+    def execute(self, requests):
+        import time
+        stream = call("numbers", [0, 0]).exec(decoupled=True)
+        next(stream)
+        time.sleep(1)
+        with open(PROGRESS) as made:
+            ahead = float(made.read())
+        stream.cancel()
+        return [answer([ahead, 0])]
+""",
     # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
     "bls_stream_once": """
     def execute(self, requests):
@@ -232,27 +244,50 @@ shape = [2]
 
 DECOUPLED = "[model_transaction_policy]\ndecoupled = true\n"
 
+# a generator model (inferd's own Python model): 5000 answers as fast as they are read, how many
+# made so far in PROGRESS
+NUMBERS = """
+import os
+
+import numpy as np
+
+PROGRESS = {progress!r}
+
+
+class Model:
+    def infer(self, inputs):
+        for i in range(5000):
+            with open(PROGRESS + ".new", "w") as made:
+                made.write(str(i + 1))
+            os.replace(PROGRESS + ".new", PROGRESS)  # whole, for a reader at any time
+            yield {{"OUT": np.array([i, i], np.float32)}}
+"""
+
 # the server-process models: name, body, instances, extra configuration
 _IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_process", MODELS["metered"], 1, ""),
                ("bls_async_in_process", MODELS["bls_async"], 1, ""),
                ("fan_out_in_process", MODELS["fan_out"].replace("TARGET", "bls_async_in_process")
                 .replace("COUNT", "40"), 1, ""),
-               ("ticks", MODELS["ticks"], 64, DECOUPLED))
+               ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""))
 
 
 def _repository(root: Path) -> Path:
     bodies = {**MODELS, "fan_out": MODELS["fan_out"].replace("TARGET", "tripled").replace("COUNT", "100"),
               "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
     del bodies["ticks"]
+    progress = root / "numbers-progress"
+    head = HEAD.replace("class TritonPythonModel", f"PROGRESS = {str(progress)!r}\n\n\nclass TritonPythonModel")
     for name, body in bodies.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
                  "counts_final": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
-        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "1/model.py", head + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
     for name, body, count, extra in _IN_PROCESS:
-        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "1/model.py", head + body)
         models.write(root / name / "config.toml", IN_PROCESS.format(count=count, extra=extra))
+    models.write(root / "numbers/1/model.py", NUMBERS.format(progress=str(progress)))
+    models.write(root / "numbers/config.toml", IN_PROCESS.format(count=1, extra=DECOUPLED))
     return root
 
 
@@ -340,6 +375,15 @@ def test_a_call_waiting_behind_a_full_table_runs_once_cancelled_streams_end(serv
     # the cancels reach the server while the call waits, so the streams end long before 30 s
     np.testing.assert_array_equal(_call_within(server, "cancel_then_call", [1.0, 2.0]), [3.0, 6.0])
     assert "calls at once; refused" not in server.log()
+
+
+@pytest.mark.parametrize("model", ["slow_reader", "slow_reader_in_process"])
+def test_a_decoupled_target_waits_for_a_slow_calling_model(server: RunningServer, model: str) -> None:
+    """The target runs a few dozen answers ahead of the model reading them at most (16 at each
+    hand-over: the target's queue, the server's, an instance process's socket), wherever that
+    model runs; a target that never waited made all 5000."""
+    ahead = _call_within(server, model, [0.0, 0.0])[0]
+    assert 1 <= ahead <= 60, f"the target made {ahead} answers while its caller read one"
 
 
 def _metrics_once(server: RunningServer, line: str) -> str:

@@ -4,7 +4,8 @@ The instance's call channel is the server's to drive (one call, its answer); a m
 other models arrive in the middle of a call, several at once from an ``async def execute``, so they
 travel on a second socket. Messages in (from the model): ``("infer" | "stream", id, InferRequest)``,
 ``("ready", id, name, version)``, ``("load", id, name, config)``, ``("unload", id, name, dependents)``,
-``("cancel", id)``, ``("metric", 0, MetricUpdate)`` (no answer).
+``("cancel", id)``, ``("more", id)`` (the model took one of a stream's answers: one more may come),
+``("metric", 0, MetricUpdate)`` (no answer).
 Out: ``("ok" | "item", id, InferResponse)``, ``("end", id)``, ``("bool", id, value)``,
 ``("error", id, error class name, message)``. Each call ends with one last reply (an "item" is
 not one; a cancelled stream's "end" is), and the instance keeps at most ``MAX_CALLS_AT_ONCE``
@@ -32,6 +33,7 @@ from inferd.types import InferRequest, InferResponse, MetricUpdate
 log = logging.getLogger("inferd.isolation")
 
 MAX_CALLS_AT_ONCE = 64  # one instance's requests running at once; more wait in the instance for one to finish
+STREAM_AHEAD = 16  # a stream's answers sent that its model has not taken yet; then the stream waits
 
 
 class ChannelModelCalls:
@@ -78,6 +80,7 @@ class ChannelModelCalls:
                 if reply[0] != "item":
                     ended = True
                     _answer(reply, "item")
+                self._send(("more", call_id))  # taken: the server may send one more
                 yield reply[2]
             ended = True
         finally:
@@ -205,7 +208,7 @@ def serve(sock: socket.socket, model: str) -> threading.Thread:
 
 def _serve(conn: Channel, model: str) -> None:
     send_lock, slots = threading.Lock(), threading.BoundedSemaphore(MAX_CALLS_AT_ONCE)
-    cancelled: dict[int, threading.Event] = {}
+    streams: dict[int, _Stream] = {}
 
     def reply(message: tuple[Any, ...]) -> bool:
         try:
@@ -217,9 +220,9 @@ def _serve(conn: Channel, model: str) -> None:
 
     def run(message: tuple[Any, ...]) -> None:
         try:
-            last = _run_call(message, cancelled.get(message[1]) or threading.Event(), reply)
+            last = _run_call(message, streams.get(message[1]) or _Stream(), reply)
         finally:
-            cancelled.pop(message[1], None)
+            streams.pop(message[1], None)
             slots.release()  # before the last reply: the instance sends its next call on it
         reply(last)
 
@@ -227,7 +230,7 @@ def _serve(conn: Channel, model: str) -> None:
         while True:  # never waits for a call to end: cancels and metrics are read while calls run
             message = conn.receive()
             if not isinstance(message, tuple) or len(message) < 2 or message[0] not in (
-                    "infer", "stream", "ready", "load", "unload", "cancel", "metric"):
+                    "infer", "stream", "ready", "load", "unload", "cancel", "more", "metric"):
                 log.error("model '%s': an instance process sent %.80r on its model-calls socket; ignored",
                           model, message)
                 continue
@@ -236,10 +239,14 @@ def _serve(conn: Channel, model: str) -> None:
                     with contextlib.suppress(InferdError):  # no server here: nothing shows metrics
                         model_calls.current().record_metric(message[2])
                 continue
-            if message[0] == "cancel":
-                stop = cancelled.get(message[1])
-                if stop is not None:  # else: the stream had ended
-                    stop.set()
+            if message[0] in ("cancel", "more"):
+                stream = streams.get(message[1])
+                if stream is None:  # the stream had ended
+                    continue
+                if message[0] == "cancel":
+                    stream.stop()
+                else:
+                    stream.taken()
                 continue
             if not slots.acquire(blocking=False):  # the instance holds calls past its share; this one did not
                 log.error("model '%s': an instance process asked for more than %d calls at once; refused",
@@ -248,19 +255,41 @@ def _serve(conn: Channel, model: str) -> None:
                        f"from one instance of model '{model}'"))
                 continue
             if message[0] == "stream":
-                cancelled[message[1]] = threading.Event()
+                streams[message[1]] = _Stream()
             threading.Thread(target=run, args=(message,), name=f"inferd-{model}-call", daemon=True).start()
     except (EOFError, OSError, ProtocolError):
-        for event in list(cancelled.values()):
-            event.set()
+        for stream in list(streams.values()):
+            stream.stop()
     finally:
         conn.close()
 
 
-def _run_call(message: tuple[Any, ...], stop: threading.Event,
+class _Stream:
+    """A stream the server runs for an instance's model: it sends at most ``STREAM_AHEAD`` answers
+    the model has not taken (a slow reader slows the target, as in the server process), until the
+    model cancels it."""
+
+    def __init__(self) -> None:
+        self._room = threading.Semaphore(STREAM_AHEAD)
+        self._stopped = False
+
+    def taken(self) -> None:
+        self._room.release()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._room.release()  # wakes a sender waiting for room
+
+    def may_send(self) -> bool:
+        """Wait for room for one more answer; False once the model cancelled the stream."""
+        self._room.acquire()
+        return not self._stopped
+
+
+def _run_call(message: tuple[Any, ...], stream: _Stream,
               reply: Callable[[tuple[Any, ...]], bool]) -> tuple[Any, ...]:
     """Answer one call through this process's ``ModelCalls``; the reply that ends it (a stream's
-    items are sent as they come, until ``stop``: its model stopped reading)."""
+    items are sent as the model makes room for them, until it cancels the stream)."""
     kind, call_id = message[0], message[1]
     try:
         calls = model_calls.current()
@@ -277,7 +306,7 @@ def _run_call(message: tuple[Any, ...], stop: threading.Event,
         answers = calls.infer_stream(message[2])
         try:
             for answer in answers:
-                if stop.is_set() or not reply(("item", call_id, answer)):
+                if not stream.may_send() or not reply(("item", call_id, answer)):
                     break
         finally:
             answers.close()
