@@ -181,6 +181,35 @@ MODELS = {
         stream.cancel()
         return [answer([ahead, 0])]
 """,
+    # decoupled, in the server process: one response, then nothing until cancelled (10 s at most);
+    # how long it waited for the cancel in PROGRESS + ".silent"
+    "silent": """
+    def execute(self, requests):
+        import os, time
+        sender, start = requests[0].get_response_sender(), time.monotonic()
+        sender.send(answer([1, 1]))
+        while not sender.is_cancelled() and time.monotonic() < start + 10:
+            time.sleep(0.05)
+        with open(PROGRESS + ".new", "w") as waited:
+            waited.write(str(time.monotonic() - start))
+        os.replace(PROGRESS + ".new", PROGRESS + ".silent")
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # reads one response of a silent target, cancels, and says how long the target waited for it
+    "silent_reader": """
+    def execute(self, requests):
+        import os, time
+        if os.path.exists(PROGRESS + ".silent"):
+            os.remove(PROGRESS + ".silent")
+        stream = call("silent", [0, 0]).exec(decoupled=True)
+        next(stream)
+        stream.cancel()
+        until = time.monotonic() + 15
+        while not os.path.exists(PROGRESS + ".silent") and time.monotonic() < until:
+            time.sleep(0.05)
+        with open(PROGRESS + ".silent") as waited:
+            return [answer([float(waited.read()), 0])]
+""",
     # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
     "bls_stream_once": """
     def execute(self, requests):
@@ -268,13 +297,15 @@ _IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_pr
                ("bls_async_in_process", MODELS["bls_async"], 1, ""),
                ("fan_out_in_process", MODELS["fan_out"].replace("TARGET", "bls_async_in_process")
                 .replace("COUNT", "40"), 1, ""),
-               ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""))
+               ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""),
+               ("silent", MODELS["silent"], 2, DECOUPLED),
+               ("silent_reader_in_process", MODELS["silent_reader"], 1, ""))
 
 
 def _repository(root: Path) -> Path:
     bodies = {**MODELS, "fan_out": MODELS["fan_out"].replace("TARGET", "tripled").replace("COUNT", "100"),
               "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
-    del bodies["ticks"]
+    del bodies["ticks"], bodies["silent"]
     progress = root / "numbers-progress"
     head = HEAD.replace("class TritonPythonModel", f"PROGRESS = {str(progress)!r}\n\n\nclass TritonPythonModel")
     for name, body in bodies.items():
@@ -384,6 +415,13 @@ def test_a_decoupled_target_waits_for_a_slow_calling_model(server: RunningServer
     model runs; a target that never waited made all 5000."""
     ahead = _call_within(server, model, [0.0, 0.0])[0]
     assert 1 <= ahead <= 60, f"the target made {ahead} answers while its caller read one"
+
+
+@pytest.mark.parametrize("model", ["silent_reader", "silent_reader_in_process"])
+def test_a_cancelled_stream_stops_its_target_while_it_is_silent(server: RunningServer, model: str) -> None:
+    """The cancel reaches the target at once, not with its next answer (it would send none for 10 s)."""
+    waited = _call_within(server, model, [0.0, 0.0])[0]
+    assert waited < 3, f"the target waited {waited:.1f} s for its caller's cancel"
 
 
 def _metrics_once(server: RunningServer, line: str) -> str:

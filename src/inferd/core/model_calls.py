@@ -21,6 +21,7 @@ from inferd.types import InferRequest, InferResponse, LoadOverride, MetricUpdate
 
 _END = object()
 _AHEAD = 16  # a stream's answers waiting for the calling model at most (then the target waits too)
+_CANCEL_CHECK_S = 0.05  # how often a stream waiting for its next answer asks whether its caller cancelled
 
 
 class LoopModelCalls:
@@ -61,7 +62,7 @@ class LoopModelCalls:
 
         running = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         try:
-            while (item := answers.get()) is not _END:
+            while (item := _next(answers, request)) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, InferResponse)
@@ -95,3 +96,16 @@ class LoopModelCalls:
         if running is self._loop:
             raise RuntimeError("a model called another model from the server's event loop, where the call "
                                "could never be answered; run it on the model's own thread")
+
+
+def _next(answers: queue.Queue[object], request: InferRequest) -> object:
+    """A stream's next item, or ``_END`` once its caller cancelled it (an instance process's model,
+    whose server thread waits here): a silent target stops then, not at its next answer."""
+    if request.cancelled is None:
+        return answers.get()
+    while True:
+        try:
+            return answers.get(timeout=_CANCEL_CHECK_S)
+        except queue.Empty:
+            if request.cancelled():
+                return _END

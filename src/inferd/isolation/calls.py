@@ -276,6 +276,9 @@ class _Stream:
     def taken(self) -> None:
         self._room.release()
 
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         self._stopped = True
         self._room.release()  # wakes a sender waiting for room
@@ -303,7 +306,9 @@ def _run_call(message: tuple[Any, ...], stream: _Stream,
         if kind == "unload":
             calls.unload_model(message[2], message[3])
             return ("ok", call_id, None)
-        answers = calls.infer_stream(message[2])
+        request: InferRequest = message[2]
+        request.cancelled = stream.stopped  # the cancel stops the target at once, answering or not
+        answers = calls.infer_stream(request)
         try:
             for answer in answers:
                 if not stream.may_send() or not reply(("item", call_id, answer)):
