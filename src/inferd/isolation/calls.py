@@ -20,6 +20,7 @@ import logging
 import queue
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
@@ -48,7 +49,7 @@ class ChannelModelCalls:
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()  # the calls' table: _waiting, _held, _open, _gone
         self._waiting: dict[int, Callable[[tuple[Any, ...]], None]] = {}  # each call's replies go there
-        self._held: dict[int, tuple[Any, ...]] = {}  # calls not sent yet, in order
+        self._held: OrderedDict[int, tuple[Any, ...]] = OrderedDict()  # calls not sent yet, in order
         self._open = 0
         self._ids = itertools.count(1)
         self._gone: str | None = None
@@ -165,7 +166,7 @@ class ChannelModelCalls:
         except (EOFError, OSError, ProtocolError) as exc:
             with self._lock:
                 self._gone = self._gone or str(exc) or type(exc).__name__
-                ended, self._waiting, self._held = self._waiting, {}, {}
+                ended, self._waiting, self._held = self._waiting, {}, OrderedDict()
             for call_id, deliver in ended.items():
                 deliver(("error", call_id, "Unavailable", f"the server is gone ({self._gone})"))
 
@@ -180,7 +181,7 @@ class ChannelModelCalls:
             if not self._held:
                 self._open -= 1
                 return deliver, None
-            return deliver, self._held.pop(next(iter(self._held)))
+            return deliver, self._held.popitem(last=False)[1]
 
 
 def _drop(reply: tuple[Any, ...]) -> None:
