@@ -115,6 +115,24 @@ output [
 instance_group [ { count: 4 kind: KIND_CPU } ]
 """
 
+# repeat_int32 whose last response carries the final flag itself, none sent alone after it
+REPEAT_LAST_FINAL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            for index, value in enumerate(values):
+                flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if index == len(values) - 1 else 0
+                sender.send(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("OUT", np.array([value], dtype=np.int32)),
+                    pb_utils.Tensor("IDX", np.array([index], dtype=np.uint32))]), flags=flags)
+'''
+
 
 THREADS = '\n[instance_group]\nkind = "cpu"\n'  # on threads of the server's process (not its default)
 
@@ -131,6 +149,8 @@ def build(root: Path, progress: Path) -> Path:
     models.write(root / "endless_process/config.toml", COUNT_UP_CONFIG + process)
     models.write(root / "repeat_int32/1/model.py", REPEAT)
     models.write(root / "repeat_int32/config.pbtxt", REPEAT_CONFIG)
+    models.write(root / "repeat_last_final/1/model.py", REPEAT_LAST_FINAL)
+    models.write(root / "repeat_last_final/config.pbtxt", REPEAT_CONFIG.replace("repeat_int32", "repeat_last_final"))
     models.write(root / "double/1/model.py", models.PYTHON_MODEL)
     models.write(root / "double/config.toml", models.PYTHON_CONFIG)
     return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -29,6 +30,9 @@ V2_DATATYPES: tuple[str, ...] = (*_NUMPY_BY_V2, "BF16")
 # Reserved output name: present in an answer of a runtime that answers in parts (``Runtime.parts``:
 # a TorchServe handler's send_intermediate_predict_response) when it is not the request's last
 INTERMEDIATE_OUTPUT = "__inferd_intermediate__"
+# Reserved output name: present in a decoupled model's answer sent with its final flag (Triton's
+# ``send(response, flags=COMPLETE_FINAL)``), which is then the request's last, flagged final
+FINAL_OUTPUT = "__inferd_final__"
 
 
 def bfloat16() -> np.dtype[Any]:
@@ -125,6 +129,10 @@ class ModelCalls(Protocol):
 
     def infer(self, request: InferRequest) -> InferResponse:
         """One request's one answer; raises the InferdError a client of the server would get."""
+
+    def start_infer(self, request: InferRequest) -> Future[InferResponse]:
+        """``infer`` without waiting (any thread may ask): the answer, or its error, comes in the
+        future, and no thread is held meanwhile, so a model may await many calls at once."""
 
     def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
         """Every answer to one request (a decoupled model's zero, one or many); closing the

@@ -91,6 +91,34 @@ def test_triton_decoupled_repeat_model_streams_in_order(server: RunningServer) -
     assert got[0].as_numpy("IDX") is None  # only the output asked for
 
 
+def repeat_inputs(values: list[int]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, data, datatype in (("IN", np.array(values, np.int32), "INT32"),
+                                 ("DELAY", np.zeros(len(values), np.uint32), "UINT32"),
+                                 ("WAIT", np.zeros(1, np.uint32), "UINT32")):
+        inputs.append(grpcclient.InferInput(name, list(data.shape), datatype))
+        inputs[-1].set_data_from_numpy(data)
+    return inputs
+
+
+@pytest.mark.parametrize("empty_final", [False, True])
+def test_an_answer_sent_with_the_final_flag_is_the_last_as_in_triton(server: RunningServer, empty_final: bool) -> None:
+    """Triton flags the answer sent with the final flag triton_final_response and sends no empty
+    one after it, asked for or not (only a final flag sent alone becomes an empty answer)."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("repeat_last_final", repeat_inputs([7, 8, 9]),
+                                  enable_empty_final_response=empty_final)
+        got = collect(answers, 3)
+        time.sleep(0.5)  # time for an answer too many to arrive
+        client.stop_stream()
+    assert all(not isinstance(item, InferenceServerException) for item in got), got
+    assert [r.as_numpy("OUT").tolist() for r in got] == [[7], [8], [9]]
+    assert [final_flag(r) for r in got] == [False, False, True]
+    assert answers.empty(), answers.get()
+
+
 def test_a_plain_model_answers_once_on_a_stream_and_errors_do_not_end_it(server: RunningServer) -> None:
     answers: queue.Queue[Any] = queue.Queue()
     x = grpcclient.InferInput("x", [3], "FP64")

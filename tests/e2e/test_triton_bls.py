@@ -57,6 +57,16 @@ MODELS = {
                 sender.send(answer([i, i]))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """,
+    # decoupled: as counts, but the last response carries the final flag itself (none comes on its own)
+    "counts_final": """
+    def execute(self, requests):
+        for request in requests:
+            sender, n = request.get_response_sender(), int(given(request)[0])
+            for i in range(n):
+                sender.send(answer([i, i]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if i == n - 1 else 0)
+            if n == 0:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
     # the model named by a BYTES value, as Triton's own BLS example reads it
     "bls_tripled": """
     def execute(self, requests):
@@ -123,6 +133,83 @@ MODELS = {
                 empty += 1
         return [answer([total, seen * 10 + empty])]
 """,
+    # TARGET called COUNT times at once, the answers added up (TARGET itself may call others)
+    "fan_out": """
+    async def execute(self, requests):
+        x = given(requests[0])
+        responses = await asyncio.gather(*(call("TARGET", x).async_exec() for _ in range(COUNT)))
+        failed = [r.error().message() for r in responses if r.has_error()]
+        if failed:
+            raise pb_utils.TritonModelException(failed[0])
+        return [answer(sum(pb_utils.get_output_tensor_by_name(r, "OUT").as_numpy() for r in responses))]
+""",
+    # decoupled, in the server process: a response every 0.1 s until its caller cancels (30 s at most)
+    "ticks": """
+    def execute(self, requests):
+        import time
+        sender, until = requests[0].get_response_sender(), time.monotonic() + 30
+        while not sender.is_cancelled() and time.monotonic() < until:
+            sender.send(answer([1, 1]))
+            time.sleep(0.1)
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # as many streams open as the server runs calls at once from one instance, one call more
+    # waiting behind them, then the streams cancelled: the waiting call runs once they end
+    "cancel_then_call": """
+    async def execute(self, requests):
+        streams = [call("ticks", [0, 0]).exec(decoupled=True) for _ in range(64)]
+        for stream in streams:
+            next(stream)  # each stream runs at the server
+        later = asyncio.ensure_future(call("tripled", given(requests[0])).async_exec())
+        await asyncio.sleep(0.5)  # the call is asked for before the streams are cancelled
+        for stream in streams:
+            stream.cancel()
+        response = await later
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        return [answer(pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy())]
+""",
+    # reads one of a generator model's answers, waits, and says how many the model made meanwhile
+    "slow_reader": """
+    def execute(self, requests):
+        import time
+        stream = call("numbers", [0, 0]).exec(decoupled=True)
+        next(stream)
+        time.sleep(1)
+        with open(PROGRESS) as made:
+            ahead = float(made.read())
+        stream.cancel()
+        return [answer([ahead, 0])]
+""",
+    # decoupled, in the server process: one response, then nothing until cancelled (10 s at most);
+    # how long it waited for the cancel in PROGRESS + ".silent"
+    "silent": """
+    def execute(self, requests):
+        import os, time
+        sender, start = requests[0].get_response_sender(), time.monotonic()
+        sender.send(answer([1, 1]))
+        while not sender.is_cancelled() and time.monotonic() < start + 10:
+            time.sleep(0.05)
+        with open(PROGRESS + ".new", "w") as waited:
+            waited.write(str(time.monotonic() - start))
+        os.replace(PROGRESS + ".new", PROGRESS + ".silent")
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # reads one response of a silent target, cancels, and says how long the target waited for it
+    "silent_reader": """
+    def execute(self, requests):
+        import os, time
+        if os.path.exists(PROGRESS + ".silent"):
+            os.remove(PROGRESS + ".silent")
+        stream = call("silent", [0, 0]).exec(decoupled=True)
+        next(stream)
+        stream.cancel()
+        until = time.monotonic() + 15
+        while not os.path.exists(PROGRESS + ".silent") and time.monotonic() < until:
+            time.sleep(0.05)
+        with open(PROGRESS + ".silent") as waited:
+            return [answer([float(waited.read()), 0])]
+""",
     # a target that is not decoupled answers once, that response the last (Triton's final flag on it)
     "bls_stream_once": """
     def execute(self, requests):
@@ -170,7 +257,8 @@ backend = "python"
 
 [instance_group]
 kind = "cpu"
-
+count = {count}
+{extra}
 [[input]]
 name = "IN"
 datatype = "FP32"
@@ -183,16 +271,54 @@ shape = [2]
 """
 
 
+DECOUPLED = "[model_transaction_policy]\ndecoupled = true\n"
+
+# a generator model (inferd's own Python model): 5000 answers as fast as they are read, how many
+# made so far in PROGRESS
+NUMBERS = """
+import os
+
+import numpy as np
+
+PROGRESS = {progress!r}
+
+
+class Model:
+    def infer(self, inputs):
+        for i in range(5000):
+            with open(PROGRESS + ".new", "w") as made:
+                made.write(str(i + 1))
+            os.replace(PROGRESS + ".new", PROGRESS)  # whole, for a reader at any time
+            yield {{"OUT": np.array([i, i], np.float32)}}
+"""
+
+# the server-process models: name, body, instances, extra configuration
+_IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_process", MODELS["metered"], 1, ""),
+               ("bls_async_in_process", MODELS["bls_async"], 1, ""),
+               ("fan_out_in_process", MODELS["fan_out"].replace("TARGET", "bls_async_in_process")
+                .replace("COUNT", "40"), 1, ""),
+               ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""),
+               ("silent", MODELS["silent"], 2, DECOUPLED),
+               ("silent_reader_in_process", MODELS["silent_reader"], 1, ""))
+
+
 def _repository(root: Path) -> Path:
-    for name, body in MODELS.items():
+    bodies = {**MODELS, "fan_out": MODELS["fan_out"].replace("TARGET", "tripled").replace("COUNT", "100"),
+              "bls_stream_final": MODELS["bls_stream"].replace('"counts"', '"counts_final"')}
+    del bodies["ticks"], bodies["silent"]
+    progress = root / "numbers-progress"
+    head = HEAD.replace("class TritonPythonModel", f"PROGRESS = {str(progress)!r}\n\n\nclass TritonPythonModel")
+    for name, body in bodies.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
+                 "counts_final": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
-        models.write(root / name / "1/model.py", HEAD + body)
+        models.write(root / name / "1/model.py", head + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=extra))
-    models.write(root / "bls_in_process/1/model.py", HEAD + MODELS["bls_tripled"])
-    models.write(root / "bls_in_process/config.toml", IN_PROCESS)
-    models.write(root / "metered_in_process/1/model.py", HEAD + MODELS["metered"])
-    models.write(root / "metered_in_process/config.toml", IN_PROCESS)
+    for name, body, count, extra in _IN_PROCESS:
+        models.write(root / name / "1/model.py", head + body)
+        models.write(root / name / "config.toml", IN_PROCESS.format(count=count, extra=extra))
+    models.write(root / "numbers/1/model.py", NUMBERS.format(progress=str(progress)))
+    models.write(root / "numbers/config.toml", IN_PROCESS.format(count=1, extra=DECOUPLED))
     return root
 
 
@@ -208,6 +334,14 @@ def server(repo: Path) -> Iterator[RunningServer]:
 
 
 _call = triton_models.call_in_out
+
+
+def _call_within(server: RunningServer, model: str, values: list[float], seconds: float = 20) -> np.ndarray:
+    """``_call``, failing after ``seconds`` instead of waiting for a server that hangs."""
+    client = httpclient.InferenceServerClient(server.url, connection_timeout=seconds, network_timeout=seconds)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array(values, np.float32))
+    return client.infer(model, [tensor]).as_numpy("OUT")
 
 
 def _successes(server: RunningServer, model: str) -> int:
@@ -247,6 +381,47 @@ def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServe
                                                             expected: list[float]) -> None:
     # 0 + 1 + 2 from three responses, then the final flag's empty one: 4 seen, 1 empty
     np.testing.assert_array_equal(_call(server, "bls_stream", [count, 0]), expected)
+
+
+@pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 30.0]), (0, [0.0, 11.0])])
+def test_a_last_response_sent_with_the_final_flag_ends_the_stream_as_in_triton(
+        server: RunningServer, count: int, expected: list[float]) -> None:
+    # three responses, the last one final: no empty one after it (Triton's response iterator stops
+    # at the response flagged final); the final flag sent alone is one empty response
+    np.testing.assert_array_equal(_call_within(server, "bls_stream_final", [count, 0]), expected)
+
+
+@pytest.mark.parametrize("model", ["fan_out_in_process", "fan_out"])
+def test_many_async_exec_calls_to_models_that_call_others_all_answer(server: RunningServer, model: str) -> None:
+    """In the server process, 40 calls at once to a model that itself awaits calls (a shared pool
+    of waiting threads once deadlocked here); from an instance process, 100 at once to tripled,
+    more than the server runs at once for one instance."""
+    x = np.array([1.0, 2.0], np.float32)
+    expected = 40 * (9 * x + 9) if model == "fan_out_in_process" else 100 * 3 * x
+    np.testing.assert_array_equal(_call_within(server, model, x.tolist()), expected)
+    assert "calls at once; refused" not in server.log()  # the instance held those past its share
+
+
+def test_a_call_waiting_behind_a_full_table_runs_once_cancelled_streams_end(server: RunningServer) -> None:
+    # the cancels reach the server while the call waits, so the streams end long before 30 s
+    np.testing.assert_array_equal(_call_within(server, "cancel_then_call", [1.0, 2.0]), [3.0, 6.0])
+    assert "calls at once; refused" not in server.log()
+
+
+@pytest.mark.parametrize("model", ["slow_reader", "slow_reader_in_process"])
+def test_a_decoupled_target_waits_for_a_slow_calling_model(server: RunningServer, model: str) -> None:
+    """The target runs a few dozen answers ahead of the model reading them at most (16 at each
+    hand-over: the target's queue, the server's, an instance process's socket), wherever that
+    model runs; a target that never waited made all 5000."""
+    ahead = _call_within(server, model, [0.0, 0.0])[0]
+    assert 1 <= ahead <= 60, f"the target made {ahead} answers while its caller read one"
+
+
+@pytest.mark.parametrize("model", ["silent_reader", "silent_reader_in_process"])
+def test_a_cancelled_stream_stops_its_target_while_it_is_silent(server: RunningServer, model: str) -> None:
+    """The cancel reaches the target at once, not with its next answer (it would send none for 10 s)."""
+    waited = _call_within(server, model, [0.0, 0.0])[0]
+    assert waited < 3, f"the target waited {waited:.1f} s for its caller's cancel"
 
 
 def _metrics_once(server: RunningServer, line: str) -> str:

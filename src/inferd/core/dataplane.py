@@ -21,6 +21,7 @@ from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import (
+    FINAL_OUTPUT,
     INTERMEDIATE_OUTPUT,
     CallContext,
     InferRequest,
@@ -334,9 +335,10 @@ class DataPlane:
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
                     tensors = self._tensors(request.model_name, runtime, outputs, wanted)
-                    # a decoupled model's answers are each one of many; a model answering in parts
-                    # (a handler's intermediate answers) marks those before its last
-                    final = runtime.parts and INTERMEDIATE_OUTPUT not in outputs
+                    # a decoupled model's answers are each one of many, but for one sent with the
+                    # final flag; a model answering in parts (a handler's intermediate answers)
+                    # marks those before its last
+                    final = FINAL_OUTPUT in outputs or (runtime.parts and INTERMEDIATE_OUTPUT not in outputs)
                     yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
                                         id=request.id, timings=context.timings, final=final)
         except InferdError as exc:

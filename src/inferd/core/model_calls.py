@@ -12,6 +12,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Generator
+from concurrent.futures import Future
 
 from inferd.core.control import ModelControl
 from inferd.core.dataplane import DataPlane
@@ -20,6 +21,7 @@ from inferd.types import InferRequest, InferResponse, LoadOverride, MetricUpdate
 
 _END = object()
 _AHEAD = 16  # a stream's answers waiting for the calling model at most (then the target waits too)
+_CANCEL_CHECK_S = 0.05  # how often a stream waiting for its next answer asks whether its caller cancelled
 
 
 class LoopModelCalls:
@@ -34,7 +36,10 @@ class LoopModelCalls:
 
     def infer(self, request: InferRequest) -> InferResponse:
         self._not_on_loop()
-        return asyncio.run_coroutine_threadsafe(self._data.run_step(request), self._loop).result()
+        return self.start_infer(request).result()
+
+    def start_infer(self, request: InferRequest) -> Future[InferResponse]:
+        return asyncio.run_coroutine_threadsafe(self._data.run_step(request), self._loop)
 
     def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
         self._not_on_loop()
@@ -57,7 +62,7 @@ class LoopModelCalls:
 
         running = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         try:
-            while (item := answers.get()) is not _END:
+            while (item := _next(answers, request)) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, InferResponse)
@@ -91,3 +96,16 @@ class LoopModelCalls:
         if running is self._loop:
             raise RuntimeError("a model called another model from the server's event loop, where the call "
                                "could never be answered; run it on the model's own thread")
+
+
+def _next(answers: queue.Queue[object], request: InferRequest) -> object:
+    """A stream's next item, or ``_END`` once its caller cancelled it (an instance process's model,
+    whose server thread waits here): a silent target stops then, not at its next answer."""
+    if request.cancelled is None:
+        return answers.get()
+    while True:
+        try:
+            return answers.get(timeout=_CANCEL_CHECK_S)
+        except queue.Empty:
+            if request.cancelled():
+                return _END

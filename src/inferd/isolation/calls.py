@@ -4,9 +4,12 @@ The instance's call channel is the server's to drive (one call, its answer); a m
 other models arrive in the middle of a call, several at once from an ``async def execute``, so they
 travel on a second socket. Messages in (from the model): ``("infer" | "stream", id, InferRequest)``,
 ``("ready", id, name, version)``, ``("load", id, name, config)``, ``("unload", id, name, dependents)``,
-``("cancel", id)``, ``("metric", 0, MetricUpdate)`` (no answer).
+``("cancel", id)``, ``("more", id)`` (the model took one of a stream's answers: one more may come),
+``("metric", 0, MetricUpdate)`` (no answer).
 Out: ``("ok" | "item", id, InferResponse)``, ``("end", id)``, ``("bool", id, value)``,
-``("error", id, error class name, message)``.
+``("error", id, error class name, message)``. Each call ends with one last reply (an "item" is
+not one; a cancelled stream's "end" is), and the instance keeps at most ``MAX_CALLS_AT_ONCE``
+calls open, so the server answers each on a thread of its own and never stops reading the socket.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import Generator
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from inferd import errors
@@ -28,75 +33,107 @@ from inferd.types import InferRequest, InferResponse, MetricUpdate
 
 log = logging.getLogger("inferd.isolation")
 
-MAX_CALLS_AT_ONCE = 64  # one instance's requests running at once; more wait for one to finish
+MAX_CALLS_AT_ONCE = 64  # one instance's requests running at once; more wait in the instance for one to finish
+STREAM_AHEAD = 16  # a stream's answers sent that its model has not taken yet; then the stream waits
 
 
 class ChannelModelCalls:
-    """The instance process's ``ModelCalls``: each call goes to its server and waits there for its answer."""
+    """The instance process's ``ModelCalls``: each call goes to its server and waits there for its answer.
+
+    At most ``MAX_CALLS_AT_ONCE`` calls are open at the server (sent, their last reply not yet
+    come); more wait here, in order, and go as open ones end. So the server never has to stop
+    reading this socket, and a stream's cancel reaches it while calls wait."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._conn = Channel(sock)
         self._send_lock = threading.Lock()
-        self._waiting: dict[int, queue.Queue[tuple[Any, ...]]] = {}
+        self._lock = threading.Lock()  # the calls' table: _waiting, _held, _open, _gone
+        self._waiting: dict[int, Callable[[tuple[Any, ...]], None]] = {}  # each call's replies go there
+        self._held: OrderedDict[int, tuple[Any, ...]] = OrderedDict()  # calls not sent yet, in order
+        self._open = 0
         self._ids = itertools.count(1)
         self._gone: str | None = None
         threading.Thread(target=self._read, name="inferd-model-calls", daemon=True).start()
 
     def infer(self, request: InferRequest) -> InferResponse:
-        call_id, answers = self._start("infer", request)
-        try:
-            reply = answers.get()
-        finally:
-            self._waiting.pop(call_id, None)
-        response: InferResponse = _answer(reply, "ok")
+        response: InferResponse = _answer(self._ask("infer", request), "ok")
         return response
 
+    def start_infer(self, request: InferRequest) -> Future[InferResponse]:
+        future: Future[InferResponse] = Future()
+
+        def settle(reply: tuple[Any, ...]) -> None:
+            with contextlib.suppress(InvalidStateError):  # the model stopped waiting (cancelled the future)
+                try:
+                    future.set_result(_answer(reply, "ok"))
+                except Exception as exc:  # the call's error, raised where the model awaits it
+                    future.set_exception(exc)
+
+        self._start(settle, "infer", request)
+        return future
+
     def infer_stream(self, request: InferRequest) -> Generator[InferResponse, None, None]:
-        call_id, answers = self._start("stream", request)
+        answers: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        call_id = self._start(answers.put, "stream", request)
         ended = False
         try:
             while (reply := answers.get())[0] != "end":
                 if reply[0] != "item":
                     ended = True
                     _answer(reply, "item")
+                self._send(("more", call_id))  # taken: the server may send one more
                 yield reply[2]
             ended = True
         finally:
-            self._waiting.pop(call_id, None)
             if not ended:  # the model stopped reading: the server stops the stream
-                self._send(("cancel", call_id))
+                self._cancel(call_id)
 
     def is_model_ready(self, name: str, version: str | None) -> bool:
-        call_id, answers = self._start("ready", name, version)
-        try:
-            return bool(_answer(answers.get(), "bool"))
-        finally:
-            self._waiting.pop(call_id, None)
+        return bool(_answer(self._ask("ready", name, version), "bool"))
 
     def load_model(self, name: str, config: str | None) -> None:
-        call_id, answers = self._start("load", name, config)
-        try:
-            _answer(answers.get(), "ok")
-        finally:
-            self._waiting.pop(call_id, None)
+        _answer(self._ask("load", name, config), "ok")
 
     def unload_model(self, name: str, unload_dependents: bool) -> None:
-        call_id, answers = self._start("unload", name, unload_dependents)
-        try:
-            _answer(answers.get(), "ok")
-        finally:
-            self._waiting.pop(call_id, None)
+        _answer(self._ask("unload", name, unload_dependents), "ok")
 
     def record_metric(self, update: MetricUpdate) -> None:
         self._send(("metric", 0, update))  # no answer: a change the server could not take is logged there
 
-    def _start(self, kind: str, *arguments: Any) -> tuple[int, queue.Queue[tuple[Any, ...]]]:
-        call_id, answers = next(self._ids), queue.Queue[tuple[Any, ...]]()
-        self._waiting[call_id] = answers
-        if not self._send((kind, call_id, *arguments)):
-            self._waiting.pop(call_id, None)
-            raise Unavailable(f"the server is gone ({self._gone})")
-        return call_id, answers
+    def _ask(self, kind: str, *arguments: Any) -> tuple[Any, ...]:
+        """A call's one reply, waited for."""
+        replies: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._start(replies.put, kind, *arguments)
+        return replies.get()
+
+    def _start(self, deliver: Callable[[tuple[Any, ...]], None], kind: str, *arguments: Any) -> int:
+        """Send a call (or hold it while ``MAX_CALLS_AT_ONCE`` are open); its replies go to ``deliver``."""
+        call_id = next(self._ids)
+        message = (kind, call_id, *arguments)
+        with self._lock:
+            if self._gone is not None:
+                raise Unavailable(f"the server is gone ({self._gone})")
+            self._waiting[call_id] = deliver
+            held = self._open >= MAX_CALLS_AT_ONCE
+            if held:
+                self._held[call_id] = message
+            else:
+                self._open += 1
+        if not held:
+            self._go(message)
+        return call_id
+
+    def _cancel(self, call_id: int) -> None:
+        """A stream its model stopped reading: one still held is dropped; an open one is stopped at
+        the server, and stays open (its replies dropped) until the server's last reply for it."""
+        with self._lock:
+            if call_id not in self._waiting:  # it had ended
+                return
+            if self._held.pop(call_id, None) is not None:
+                del self._waiting[call_id]
+                return
+            self._waiting[call_id] = _drop
+        self._send(("cancel", call_id))
 
     def _send(self, message: tuple[Any, ...]) -> bool:
         try:
@@ -107,17 +144,48 @@ class ChannelModelCalls:
             return False
         return True
 
+    def _go(self, message: tuple[Any, ...]) -> None:
+        """Send an open call; one that cannot go ends with the reason (the reader ends the rest)."""
+        if self._send(message):
+            return
+        with self._lock:
+            deliver = self._waiting.pop(message[1], None)
+            self._open -= 1
+        if deliver is not None:
+            deliver(("error", message[1], "Unavailable", f"the server is gone ({self._gone})"))
+
     def _read(self) -> None:
         try:
             while True:
                 reply = self._conn.receive()
-                answers = self._waiting.get(reply[1])
-                if answers is not None:  # else: the answer to a stream its model stopped reading
-                    answers.put(reply)
+                deliver, following = self._route(reply)
+                if deliver is not None:
+                    deliver(reply)
+                if following is not None:
+                    self._go(following)
         except (EOFError, OSError, ProtocolError) as exc:
-            self._gone = str(exc) or type(exc).__name__
-            for call_id, answers in list(self._waiting.items()):
-                answers.put(("error", call_id, "Unavailable", f"the server is gone ({self._gone})"))
+            with self._lock:
+                self._gone = self._gone or str(exc) or type(exc).__name__
+                ended, self._waiting, self._held = self._waiting, {}, OrderedDict()
+            for call_id, deliver in ended.items():
+                deliver(("error", call_id, "Unavailable", f"the server is gone ({self._gone})"))
+
+    def _route(self, reply: tuple[Any, ...]) -> tuple[Callable[[tuple[Any, ...]], None] | None, tuple[Any, ...] | None]:
+        """Where a reply goes and, when it was its call's last, the held call that may go now."""
+        with self._lock:
+            if reply[0] == "item":
+                return self._waiting.get(reply[1]), None
+            deliver = self._waiting.pop(reply[1], None)
+            if deliver is None:
+                return None, None
+            if not self._held:
+                self._open -= 1
+                return deliver, None
+            return deliver, self._held.popitem(last=False)[1]
+
+
+def _drop(reply: tuple[Any, ...]) -> None:
+    """Where a cancelled stream's replies go until its last."""
 
 
 def _answer(reply: tuple[Any, ...], kind: str) -> Any:
@@ -141,7 +209,7 @@ def serve(sock: socket.socket, model: str) -> threading.Thread:
 
 def _serve(conn: Channel, model: str) -> None:
     send_lock, slots = threading.Lock(), threading.BoundedSemaphore(MAX_CALLS_AT_ONCE)
-    cancelled: dict[int, threading.Event] = {}
+    streams: dict[int, _Stream] = {}
 
     def reply(message: tuple[Any, ...]) -> bool:
         try:
@@ -152,42 +220,18 @@ def _serve(conn: Channel, model: str) -> None:
         return True
 
     def run(message: tuple[Any, ...]) -> None:
-        kind, call_id = message[0], message[1]
         try:
-            calls = model_calls.current()
-            if kind == "infer":
-                reply(("ok", call_id, calls.infer(message[2])))
-            elif kind == "ready":
-                reply(("bool", call_id, calls.is_model_ready(message[2], message[3])))
-            elif kind == "load":
-                calls.load_model(message[2], message[3])
-                reply(("ok", call_id, None))
-            elif kind == "unload":
-                calls.unload_model(message[2], message[3])
-                reply(("ok", call_id, None))
-            else:
-                stop = cancelled.get(call_id) or threading.Event()
-                answers = calls.infer_stream(message[2])
-                try:
-                    for answer in answers:
-                        if stop.is_set() or not reply(("item", call_id, answer)):
-                            return
-                finally:
-                    answers.close()
-                reply(("end", call_id))
-        except InferdError as exc:
-            reply(("error", call_id, type(exc).__name__, exc.message))
-        except Exception as exc:
-            reply(("error", call_id, "", describe(exc)))
+            last = _run_call(message, streams.get(message[1]) or _Stream(), reply)
         finally:
-            cancelled.pop(call_id, None)
-            slots.release()
+            streams.pop(message[1], None)
+            slots.release()  # before the last reply: the instance sends its next call on it
+        reply(last)
 
     try:
-        while True:
+        while True:  # never waits for a call to end: cancels and metrics are read while calls run
             message = conn.receive()
             if not isinstance(message, tuple) or len(message) < 2 or message[0] not in (
-                    "infer", "stream", "ready", "load", "unload", "cancel", "metric"):
+                    "infer", "stream", "ready", "load", "unload", "cancel", "more", "metric"):
                 log.error("model '%s': an instance process sent %.80r on its model-calls socket; ignored",
                           model, message)
                 continue
@@ -196,17 +240,84 @@ def _serve(conn: Channel, model: str) -> None:
                     with contextlib.suppress(InferdError):  # no server here: nothing shows metrics
                         model_calls.current().record_metric(message[2])
                 continue
-            if message[0] == "cancel":
-                stop = cancelled.get(message[1])
-                if stop is not None:  # else: the stream had ended
-                    stop.set()
+            if message[0] in ("cancel", "more"):
+                stream = streams.get(message[1])
+                if stream is None:  # the stream had ended
+                    continue
+                if message[0] == "cancel":
+                    stream.stop()
+                else:
+                    stream.taken()
+                continue
+            if not slots.acquire(blocking=False):  # the instance holds calls past its share; this one did not
+                log.error("model '%s': an instance process asked for more than %d calls at once; refused",
+                          model, MAX_CALLS_AT_ONCE)
+                reply(("error", message[1], "Unavailable", f"more than {MAX_CALLS_AT_ONCE} calls at once "
+                       f"from one instance of model '{model}'"))
                 continue
             if message[0] == "stream":
-                cancelled[message[1]] = threading.Event()
-            slots.acquire()
+                streams[message[1]] = _Stream()
             threading.Thread(target=run, args=(message,), name=f"inferd-{model}-call", daemon=True).start()
     except (EOFError, OSError, ProtocolError):
-        for event in list(cancelled.values()):
-            event.set()
+        for stream in list(streams.values()):
+            stream.stop()
     finally:
         conn.close()
+
+
+class _Stream:
+    """A stream the server runs for an instance's model: it sends at most ``STREAM_AHEAD`` answers
+    the model has not taken (a slow reader slows the target, as in the server process), until the
+    model cancels it."""
+
+    def __init__(self) -> None:
+        self._room = threading.Semaphore(STREAM_AHEAD)
+        self._stopped = False
+
+    def taken(self) -> None:
+        self._room.release()
+
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._room.release()  # wakes a sender waiting for room
+
+    def may_send(self) -> bool:
+        """Wait for room for one more answer; False once the model cancelled the stream."""
+        self._room.acquire()
+        return not self._stopped
+
+
+def _run_call(message: tuple[Any, ...], stream: _Stream,
+              reply: Callable[[tuple[Any, ...]], bool]) -> tuple[Any, ...]:
+    """Answer one call through this process's ``ModelCalls``; the reply that ends it (a stream's
+    items are sent as the model makes room for them, until it cancels the stream)."""
+    kind, call_id = message[0], message[1]
+    try:
+        calls = model_calls.current()
+        if kind == "infer":
+            return ("ok", call_id, calls.infer(message[2]))
+        if kind == "ready":
+            return ("bool", call_id, calls.is_model_ready(message[2], message[3]))
+        if kind == "load":
+            calls.load_model(message[2], message[3])
+            return ("ok", call_id, None)
+        if kind == "unload":
+            calls.unload_model(message[2], message[3])
+            return ("ok", call_id, None)
+        request: InferRequest = message[2]
+        request.cancelled = stream.stopped  # the cancel stops the target at once, answering or not
+        answers = calls.infer_stream(request)
+        try:
+            for answer in answers:
+                if not stream.may_send() or not reply(("item", call_id, answer)):
+                    break
+        finally:
+            answers.close()
+        return ("end", call_id)  # also after a cancel: the instance counts the call open until then
+    except InferdError as exc:
+        return ("error", call_id, type(exc).__name__, exc.message)
+    except Exception as exc:
+        return ("error", call_id, "", describe(exc))

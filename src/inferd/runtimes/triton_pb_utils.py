@@ -14,9 +14,7 @@ import json
 import logging
 import re
 import sys
-import threading
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -142,20 +140,30 @@ class InferenceRequest:
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
 
     def exec(self, decoupled: bool = False) -> Any:
-        """The target model's response; with ``decoupled``, an iterator of its responses, the last
-        one empty (as Triton's final flag). A failure is a response whose ``error()`` says why."""
+        """The target model's response; with ``decoupled``, an iterator of its responses as Triton's:
+        it ends at the one sent with the final flag, or at an empty one when the flag came alone.
+        A failure is a response whose ``error()`` says why."""
         request = self._call()
         if decoupled:
             return ResponseIterator(model_calls.current().infer_stream(request))
         try:
             answer = model_calls.current().infer(request)
         except InferdError as exc:
-            return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
-        return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+            return _failed(exc)
+        return _response(answer)
 
     async def async_exec(self, decoupled: bool = False) -> Any:
-        """``exec`` on a thread of its own: an ``async def execute`` may await several at once."""
-        return await asyncio.get_running_loop().run_in_executor(_async_calls(), self.exec, decoupled)
+        """``exec`` awaited: an ``async def execute`` may await many at once. A call holds no thread
+        while it waits, so calls to models that themselves call others never wait for one another
+        (a decoupled call's iterator waits as it is read, as Triton's does)."""
+        if decoupled:
+            return self.exec(decoupled=True)
+        request = self._call()
+        try:
+            answer = await asyncio.wrap_future(model_calls.current().start_infer(request))
+        except InferdError as exc:
+            return _failed(exc)
+        return _response(answer)
 
     def _call(self) -> InferRequest:
         if not self._model_name:
@@ -270,7 +278,7 @@ class ResponseIterator:
     def __init__(self, answers: Generator[InferResponse, None, None]) -> None:
         self._answers = answers
         self._done = False
-        self._final = False  # the last response carried the final flag (a target that is not decoupled)
+        self._final = False  # the last response carried the final flag (any but a decoupled target's separate flag)
 
     def __iter__(self) -> ResponseIterator:
         return self
@@ -287,13 +295,22 @@ class ResponseIterator:
             return InferenceResponse()  # the final flag's response, sent on its own: Triton's holds no outputs
         except InferdError as exc:
             self._done = True
-            return InferenceResponse(error=TritonError(exc.message, _code_of(exc)))
+            return _failed(exc)
         self._final = answer.final
-        return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+        return _response(answer)
 
     def cancel(self) -> None:
         self._done = True
         self._answers.close()
+
+
+def _response(answer: InferResponse) -> InferenceResponse:
+    return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+
+
+def _failed(error: InferdError) -> InferenceResponse:
+    """The response a BLS call that failed gets: the error a client of the target would get."""
+    return InferenceResponse(error=TritonError(error.message, _code_of(error)))
 
 
 def _code_of(error: InferdError) -> int:
@@ -305,19 +322,6 @@ def _code_of(error: InferdError) -> int:
         if isinstance(error, kind):
             return code
     return TritonError.INTERNAL
-
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _async_calls() -> ThreadPoolExecutor:
-    """The threads ``async_exec`` waits on: BLS calls block, and the model's loop must not."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(32, thread_name_prefix="inferd-bls")
-        return _executor
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:

@@ -25,6 +25,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from inferd.config import ServedConfig
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, Unimplemented, describe
 from inferd.modelconfig import model_config_json
@@ -41,7 +43,7 @@ from inferd.runtimes.base import (
     unpack_request,
     unpack_sequence,
 )
-from inferd.types import TensorSpec
+from inferd.types import FINAL_OUTPUT, TensorSpec
 
 _log = logging.getLogger("inferd.python_backend")
 
@@ -187,9 +189,11 @@ class TritonPythonRuntime(Runtime):
             if isinstance(item, BaseException):
                 raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
             response, flags = item
-            if response is not None:
-                yield self._outputs(response, wanted)
-            if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            if response is not None:  # sent with the final flag: the last, as Triton flags it
+                outputs = self._outputs(response, wanted)
+                yield {**outputs, FINAL_OUTPUT: np.ones(1, np.bool_)} if final else outputs
+            if final:
                 return
 
     def unload(self) -> None:
