@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import InstanceLost, InvalidInput, ModelError, NotFound
 from inferd.types import InferRequest, InferResponse, ModelMetadata, ModelState, Tensor, VersionDescription, numpy_dtype
 
 PROTOCOL = "torchserve"
@@ -39,9 +39,11 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
                         protocol=PROTOCOL)
 
 
-def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None) -> InferRequest:
+def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
+                           headers: dict[str, str] | None = None) -> InferRequest:
     """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
-    multipart form's are (the handler sees ``{"data": bytearray, ...}``)."""
+    multipart form's are (the handler sees ``{"data": bytearray, ...}``); ``headers`` are what the
+    handler's ``context.get_request_header`` sees besides."""
     for name in fields:
         if not name or any(c in name for c in '"\r\n'):
             raise InvalidInput(f"input name {name!r}: a field name without quotes or line breaks")
@@ -51,7 +53,7 @@ def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | 
     parts = [b"--%s\r\ncontent-disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
              % (boundary.encode(), name.encode(), value) for name, value in fields.items()]
     body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
-    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version)
+    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers)
 
 
 def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
@@ -74,6 +76,31 @@ def prediction_status(response: InferResponse) -> int:
             code = int(tensor.data.reshape(-1)[0])
             return code if 100 <= code <= 599 else 200
     return 200
+
+
+_OUT_OF_MEMORY = ("MemoryError", "ran out of memory", "CUDA out of memory")
+
+
+def failure_status(exc: ModelError) -> int:
+    """The status TorchServe's worker answers a model that raised with: 503 (clients retry on it),
+    507 when it ran out of memory, 500 when its instance process died ("Worker died."). For out of
+    memory the message is the one signal that crosses the instance process (its MemoryError kills
+    the instance)."""
+    if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
+        return 507
+    return 500 if isinstance(exc, InstanceLost) else 503
+
+
+def error_message(body: bytes) -> str:
+    """What an answer with an error status says: the ``message`` of the ``{"code", "type", "message"}``
+    a PredictionException becomes, else the handler's body as text."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and set(parsed) == {"code", "type", "message"} and isinstance(parsed["message"], str):
+        return parsed["message"]
+    return body.decode("utf-8", "replace")
 
 
 def encode_prediction(response: InferResponse) -> tuple[bytes, str]:
