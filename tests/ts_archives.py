@@ -206,6 +206,8 @@ def build_yaml_archive(store: Path) -> Path:
 
 
 STATEFUL_HANDLER = '''
+import os
+
 from ts.torch_handler.base_handler import BaseHandler
 
 
@@ -227,7 +229,8 @@ class RunningSum(BaseHandler):
             self.sums[sequence] = total
             if end:
                 del self.sums[sequence]
-            answers.append({"sequence_id": sequence, "sum": total, "start": start, "end": end, "batch": len(data)})
+            answers.append({"sequence_id": sequence, "sum": total, "start": start, "end": end, "batch": len(data),
+                            "worker": os.getpid()})
         return answers
 '''
 
@@ -256,8 +259,22 @@ class Failing(BaseHandler):
 '''
 
 
+# TorchServe's examples/stateful/sequence_batching/model-config.yaml, with the idle time its Readme gives
+# (the file's 10 ms would let a busy machine end a sequence between two requests)
+SEQUENCE_YAML = """
+minWorkers: 2
+maxWorkers: 2
+batchSize: 4
+maxNumSequence: 4
+sequenceMaxIdleMSec: 60000
+maxSequenceJobQueueSize: 10
+sequenceBatching: true
+"""
+
+
 def build_grpc_store(root: Path) -> Path:
-    """A store with the stateful running-sum handler (``stateful``) and the failing one (``failing``)."""
+    """A store with the stateful running-sum handler (``stateful``; ``sequences``: the same with
+    TorchServe's sequenceBatching model-config.yaml) and the failing one (``failing``)."""
     work, store = root / "grpc-work", root / "grpc-store"
     work.mkdir(parents=True)
     store.mkdir()
@@ -265,4 +282,7 @@ def build_grpc_store(root: Path) -> Path:
     for name, source in (("stateful", STATEFUL_HANDLER), ("failing", FAILING_HANDLER)):
         (work / f"{name}_handler.py").write_text(textwrap.dedent(source))
         archive(store, name, work / "mlp.pt", str(work / f"{name}_handler.py"))
+    (work / "model-config.yaml").write_text(SEQUENCE_YAML)
+    archive(store, "sequences", work / "mlp.pt", str(work / "stateful_handler.py"),
+            config_file=work / "model-config.yaml")
     return store

@@ -248,6 +248,8 @@ class SequenceBatching:
     controls: tuple[SequenceControl, ...] = ()
     strategy: str = ""  # Triton's "direct" | "oldest" as the file named it (each runs as inferd schedules: one
     #                     request of a sequence per execution, on its instance); "": none named (Triton: direct)
+    # TorchServe's sequenceBatching: a sequence starts with its first request (no START flag), as its job groups do
+    implicit_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,12 @@ WORKER_ERROR = "org.pytorch.serve.http.InternalServerException"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`inferd torchserve` serving the running-sum and the failing handler, one worker each, and
-    ``idle``: the failing handler registered with no workers."""
+    """`inferd torchserve` serving the running-sum and the failing handler, one worker each;
+    ``sequences``: the running sum as a stateful model (sequenceBatching, two workers); ``idle``:
+    the failing handler registered with no workers."""
     root = tmp_path_factory.mktemp("tsgrpc")
     store = ts_archives.build_grpc_store(root)
-    with torchserve(root, {"model_store": str(store), "load_models": "stateful.mar,failing.mar",
+    with torchserve(root, {"model_store": str(store), "load_models": "stateful.mar,failing.mar,sequences.mar",
                            "default_workers_per_model": "1", "disable_token_authorization": "true",
                            "enable_model_api": "true"}) as urls:
         registered = requests.post(f"{urls['management']}/models?url=failing.mar&model_name=idle&initial_workers=0",
@@ -99,6 +100,36 @@ def test_a_streams_requests_run_one_at_a_time(server: dict[str, str]) -> None:
         request.model_name = "batching"
     answers = [json.loads(answer.prediction) for answer in _stream2(server["grpc_inference"], sent)]
     assert [(a["sum"], a["batch"]) for a in answers] == [(1, 1), (3, 1), (6, 1), (10, 1)]
+
+
+def test_a_stateful_models_sequences_each_keep_one_worker(server: dict[str, str]) -> None:
+    """sequenceBatching (TorchServe's stateful example's model-config.yaml, two workers):
+    each sequence's requests run in order on the worker that holds its state; two sequences
+    interleaved on one stream each find their own sums."""
+    sent = [_add("x", 1), _add("x", 2), _add("y", 10), _add("x", 3), _add("y", 20), _add("y", 30), _add("x", 4),
+            _add("y", 40)]
+    for request in sent:
+        request.model_name = "sequences"
+    answers = [json.loads(answer.prediction) for answer in _stream2(server["grpc_inference"], sent)]
+    by_sequence = {key: [a for a in answers if a["sequence_id"] == key] for key in ("x", "y")}
+    assert [a["sum"] for a in by_sequence["x"]] == [1, 3, 6, 10]
+    assert [a["sum"] for a in by_sequence["y"]] == [10, 30, 60, 100]
+    assert all(len({a["worker"] for a in rows}) == 1 for rows in by_sequence.values()), answers
+
+
+def test_a_stateful_models_sequence_over_http(server: dict[str, str]) -> None:
+    """Over HTTP the ``ts_request_sequence_id`` header names the sequence; a request without it
+    starts one the server names ``ts-seq-<uuid>`` (TorchServe's InferenceRequestHandler), and so
+    does a unary gRPC Predictions."""
+    url = f"{server['inference']}/predictions/sequences"
+    sums = [requests.post(url, data=str(value), headers={"ts_request_sequence_id": "h"}, timeout=30).json()
+            for value in (1, 2, 3)]
+    assert [s["sum"] for s in sums] == [1, 3, 6] and len({s["worker"] for s in sums}) == 1
+    alone = requests.post(url, data="5", timeout=30).json()
+    assert alone["sequence_id"].startswith("ts-seq-") and (alone["start"], alone["sum"]) == ("true", 5)
+    unary = json.loads(_grpc_call(server["grpc_inference"], INFERENCE + "Predictions", ts.PredictionsRequest(
+        model_name="sequences", input={"data": b"7"}), ts.PredictionResponse).prediction)
+    assert unary["sequence_id"].startswith("ts-seq-") and unary["sum"] == 7
 
 
 def test_the_sequence_header_over_http_reaches_get_sequence_id(server: dict[str, str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,28 @@ def _bytes_tensor(name: str, value: bytes) -> Tensor:
     return Tensor(name, "BYTES", array)
 
 
+# the headers that name a request's stateful sequence (TorchServe's default names)
+SEQUENCE_ID = "ts_request_sequence_id"
+SEQUENCE_START, SEQUENCE_END = "ts_request_sequence_start", "ts_request_sequence_end"
+
+
+def new_sequence() -> dict[str, str]:
+    """The headers of a request that starts a sequence the server names, ``ts-seq-<uuid>`` (TorchServe's
+    front end, for a stateful model's request that names none)."""
+    return {SEQUENCE_ID: f"ts-seq-{uuid.uuid4()}", SEQUENCE_START: "true"}
+
+
+def sequence_parameters(headers: dict[str, str]) -> dict[str, Any]:
+    """The sequence the headers name, as inferd's ``sequence_id``/``sequence_start``/``sequence_end``
+    parameters (which the sequence batcher of a stateful model reads); {} when they name none."""
+    found = {name.lower(): value for name, value in headers.items()}
+    sequence_id = found.get(SEQUENCE_ID, "")
+    if not sequence_id:
+        return {}
+    said = {key: found.get(key, "").strip().lower() == "true" for key in (SEQUENCE_START, SEQUENCE_END)}
+    return {"sequence_id": sequence_id, "sequence_start": said[SEQUENCE_START], "sequence_end": said[SEQUENCE_END]}
+
+
 _HOP_HEADERS = frozenset({"content-type", "content-length", "connection", "transfer-encoding", "authorization"})
 
 
@@ -28,7 +51,8 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
                       version: str | None, headers: dict[str, str] | None = None) -> InferRequest:
     """``POST /predictions/{model}[/{version}]``: the raw body (or a form) is one request. The
     ``content_type`` input carries the content type, then the request's other headers as
-    ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them."""
+    ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them; the
+    sequence they name (``ts_request_sequence_id``) is the request's too."""
     lines = [content_type.replace("\r", "").replace("\n", "")]
     for name, value in (headers or {}).items():
         if name not in _HOP_HEADERS:
@@ -36,7 +60,7 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
     return InferRequest(model_name=model, model_version=version,
                         inputs=[_bytes_tensor("body", bytes(body)),
                                 _bytes_tensor("content_type", "\r\n".join(lines).encode("latin-1"))],
-                        protocol=PROTOCOL)
+                        protocol=PROTOCOL, parameters=sequence_parameters(headers or {}))
 
 
 def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,

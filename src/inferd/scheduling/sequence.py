@@ -4,7 +4,8 @@ sequence_batching).
 Each request names its sequence (``CallContext.sequence``). A sequence's first request (START)
 takes the instance lane with the fewest live sequences; its later requests run on that lane, one
 at a time and in the order they arrived, with the control inputs the configuration asks for
-(START, END, READY, CORRID). A sequence is forgotten at END, or once idle (nothing of it queued
+(START, END, READY, CORRID); with ``implicit_start`` (TorchServe's sequenceBatching) a request of
+a sequence not yet known starts it. A sequence is forgotten at END, or once idle (nothing of it queued
 or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept as
 requests come). Requests of different sequences are
 not combined into one execution: each runs as a batch of one.
@@ -43,6 +44,8 @@ class _Sequence:
 class SequenceBatcher(Scheduler):
     """Runs a pool's runtime sequence by sequence; one thread per instance lane."""
 
+    stateful = True
+
     def __init__(self, pool: InstancePool, config: SequenceBatching) -> None:
         self._pool = pool
         self.adopt_metadata(pool)
@@ -50,6 +53,7 @@ class SequenceBatcher(Scheduler):
         control_names = {c.name for c in config.controls}
         self.inputs = tuple(spec for spec in pool.inputs if spec.name not in control_names)
         self._idle_s = config.max_sequence_idle_us / 1e6
+        self._implicit_start = config.implicit_start
         self._sequences: dict[int | str, _Sequence] = {}
         # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
         self._ending: dict[int | str, _Sequence] = {}
@@ -161,7 +165,7 @@ class SequenceBatcher(Scheduler):
             if not limits.min <= sequence.id <= limits.max:
                 raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
                                    f"control input '{control.name}' ({limits.min}..{limits.max})")
-        if not sequence.start and sequence.id not in self._sequences:
+        if not sequence.start and sequence.id not in self._sequences and not self._implicit_start:
             raise self._not_started(sequence)
         return sequence
 

@@ -13,6 +13,7 @@ version, PERMISSION_DENIED for registering with the model API off.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -30,7 +31,7 @@ from inferd.protocols import torchserve
 from inferd.protocols._proto import torchserve_pb2 as ts
 from inferd.transport.grpc.errors import status_for
 from inferd.transport.grpc.servicers import Context, Methods, StreamMethods, Turn, _authorization, guarded
-from inferd.types import InferRequest, InferResponse
+from inferd.types import InferResponse
 
 INFERENCE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 MANAGEMENT = "org.pytorch.serve.grpc.management.ManagementAPIsService"
@@ -135,16 +136,18 @@ class TorchServeInferenceServicer:
     async def stream_predictions2(self, request: ts.PredictionsRequest, context: Context
                                   ) -> AsyncGenerator[ts.PredictionResponse, None]:
         """One request of a StreamPredictions2 stream (TorchServe's stateful sequences): its answers,
-        or its error as a ``status`` on the stream, which goes on. The stream's requests run one at a
-        time, in the order they came, each once the one before it is answered, so a sequence's state
-        is the handler's as each request finds it. The client's half-close ends the stream once the
-        last request is answered; a caller without access ends it with the call's status."""
+        or its error as a ``status`` on the stream, which goes on. The stream's requests reach the
+        model in the order they came. A stateful model (sequenceBatching) runs each sequence's
+        requests one at a time on the worker holding its state, and different sequences at once;
+        any other model gets the next request once this one is answered. The client's half-close
+        ends the stream once the last request is answered; a caller without access ends it with
+        the call's status."""
         turn: Turn | None = getattr(context, "turn", None)
         try:
             if turn is not None:
                 await turn.wait()
             headers = _sequence_headers(request)
-            async for answer in self._answers(request, context, headers):
+            async for answer in self._answers(request, context, headers, turn):
                 yield answer
         except (Unauthenticated, Forbidden) as exc:
             await context.abort(status_for(exc.code), exc.message)
@@ -154,8 +157,11 @@ class TorchServeInferenceServicer:
             if turn is not None:
                 turn.entered()
 
-    async def _answers(self, request: ts.PredictionsRequest, context: Context,
-                       headers: dict[str, str] | None = None) -> AsyncGenerator[ts.PredictionResponse, None]:
+    async def _answers(self, request: ts.PredictionsRequest, context: Context, headers: dict[str, str] | None = None,
+                       turn: Turn | None = None) -> AsyncGenerator[ts.PredictionResponse, None]:
+        """The request's answers. ``headers``: its sequence (StreamPredictions2); a stateful model's
+        request without them starts a sequence of its own. ``turn``: its stream's order, handed on
+        once a stateful model admitted it (its sequence batcher keeps each sequence's order)."""
         name, version = request.model_name, request.model_version or None
         if not name:
             raise _Refused(grpc.StatusCode.INTERNAL, "Parameter model_name is required.", _BAD_REQUEST)
@@ -172,11 +178,19 @@ class TorchServeInferenceServicer:
             response = await self.data.infer(infer_request)
             yield ts.PredictionResponse(prediction=torchserve.encode_tensor_prediction(response, added_batch))
             return
+        if metadata.stateful and headers is None:
+            headers = torchserve.new_sequence()
         infer_request = torchserve.decode_form_prediction(dict(request.input), name, version, headers)
         infer_request.credentials = _authorization(context)
         async with contextlib.aclosing(self.data.infer_stream(infer_request)) as stream:
-            async for answer in stream:
-                yield _prediction(answer, infer_request)
+            # its first step (up to its sequence's place in the batcher) runs before the next request's
+            first = asyncio.ensure_future(anext(stream, None))
+            if turn is not None and metadata.stateful:
+                turn.entered()
+            answer = await first
+            while answer is not None:
+                yield _prediction(answer)
+                answer = await anext(stream, None)
 
 
 def _model_not_found(name: str, version: str | None) -> _Refused:
@@ -198,16 +212,16 @@ def _sequence_headers(request: ts.PredictionsRequest) -> dict[str, str]:
     headers: dict[str, str] = {}
     sequence_id = request.sequence_id
     if not sequence_id:
-        if not said("ts_request_sequence_start"):
+        if not said(torchserve.SEQUENCE_START):
             raise _Refused(grpc.StatusCode.INTERNAL, "Parameter sequenceId is required.", _BAD_REQUEST)
         sequence_id = f"ts-seq-{uuid.uuid4()}"
-        headers["ts_request_sequence_start"] = "true"
+        headers[torchserve.SEQUENCE_START] = "true"
     if any(c in sequence_id for c in "\r\n"):
         raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
                        f"sequence_id {sequence_id!r}: a sequence id without line breaks", _BAD_REQUEST)
-    headers["ts_request_sequence_id"] = sequence_id
-    if said("ts_request_sequence_end"):
-        headers["ts_request_sequence_end"] = "true"
+    headers[torchserve.SEQUENCE_ID] = sequence_id
+    if said(torchserve.SEQUENCE_END):
+        headers[torchserve.SEQUENCE_END] = "true"
     return headers
 
 
@@ -222,7 +236,7 @@ def _error_response(status: grpc.StatusCode, message: str, reason: str) -> ts.Pr
     return ts.PredictionResponse(status=ts.RpcStatus(code=status.value[0], message=message, details=[info]))
 
 
-def _prediction(answer: InferResponse, request: InferRequest) -> ts.PredictionResponse:
+def _prediction(answer: InferResponse) -> ts.PredictionResponse:
     body, _ = torchserve.encode_prediction(answer)
     status = torchserve.prediction_status(answer)
     if status >= 400:  # the handler's error (PredictionException, set_response_status): the prediction fails

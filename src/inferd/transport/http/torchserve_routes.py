@@ -118,7 +118,10 @@ class TorchServeRoutes:
                        version: str | None) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, request.headers)
+            headers = request.headers
+            if metadata.stateful and not headers.get(torchserve.SEQUENCE_ID):  # TorchServe names one
+                headers = {**headers, **torchserve.new_sequence()}
+            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers)
         else:
             infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
                                                         request.body, metadata, version)
