@@ -235,13 +235,15 @@ class RunningSum(BaseHandler):
 '''
 
 FAILING_HANDLER = '''
+import time
+
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 
 class Failing(BaseHandler):
     """Fails as its input says: "raise", "prediction:<code>" (PredictionException), "status:<code>"
-    (context.set_response_status); anything else is echoed."""
+    (context.set_response_status), "sleep:<seconds>" (then answers); anything else is echoed."""
 
     def initialize(self, context):
         self.initialized = True
@@ -253,6 +255,8 @@ class Failing(BaseHandler):
             raise ValueError("told to raise")
         if kind == "prediction":
             raise PredictionException(f"refused with {code}", int(code))
+        if kind == "sleep":
+            time.sleep(float(code))
         if kind == "status":
             context.set_response_status(int(code), "told to", 0)
         return [said] * len(data)

@@ -207,6 +207,19 @@ def test_a_handler_that_raises_is_unavailable_with_what_it_raised(server: dict[s
     assert answers[1].prediction == b"fine"  # the stream went on
 
 
+def test_a_handler_past_its_response_timeout_is_internal(server: dict[str, str]) -> None:
+    """TorchServe kills a worker past response_timeout and answers "Worker died." (500): INTERNAL,
+    not DEADLINE_EXCEEDED (that is the client's own deadline)."""
+    registered = requests.post(f"{server['management']}/models?url=failing.mar&model_name=slow&initial_workers=1"
+                               "&response_timeout=1&synchronous=true", timeout=60)
+    assert registered.status_code == 200, registered.text
+    with pytest.raises(grpc.RpcError) as raised:
+        _grpc_call(server["grpc_inference"], INFERENCE + "Predictions", _request("slow", "", b"sleep:5"),
+                   ts.PredictionResponse)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL, raised.value
+    assert "slow" in (raised.value.details() or ""), raised.value
+
+
 def test_a_request_that_works_is_answered_as_before(server: dict[str, str]) -> None:
     answer = _grpc_call(server["grpc_inference"], INFERENCE + "Predictions", _request("failing", "", b"echo"),
                         ts.PredictionResponse)
