@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from inferd.transport.grpc.errors import status_for
 from inferd.transport.grpc.servicers import Context, Methods, StreamMethods, Turn, _authorization, guarded
 from inferd.types import InferResponse
 
+log = logging.getLogger("inferd.grpc")
 INFERENCE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 MANAGEMENT = "org.pytorch.serve.grpc.management.ManagementAPIsService"
 
@@ -86,7 +88,8 @@ def _torchserve_error(exc: InferdError, name: str, version: str | None) -> tuple
         return exc.status, exc.message, exc.reason
     if isinstance(exc, Unavailable):
         return grpc.StatusCode.INTERNAL, _no_worker(name, version), _NO_WORKER
-    if isinstance(exc, ModelError):
+    if isinstance(exc, ModelError):  # the server's log keeps what raised it
+        log.error("TorchServe prediction of model '%s' failed: %s", name, exc.message, exc_info=exc)
         return grpc_status_for_http(torchserve.failure_status(exc)), exc.message, _WORKER_ERROR
     return status_for(exc.code), exc.message, type(exc).__name__
 
@@ -153,6 +156,10 @@ class TorchServeInferenceServicer:
             await context.abort(status_for(exc.code), exc.message)
         except InferdError as exc:
             yield _error_response(*_torchserve_error(exc, request.model_name, request.model_version or None))
+        except Exception as exc:  # the other requests of the stream go on
+            log.exception("internal error in StreamPredictions2")
+            yield _error_response(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                                  type(exc).__name__)
         finally:
             if turn is not None:
                 turn.entered()
