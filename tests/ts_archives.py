@@ -203,3 +203,90 @@ def build_yaml_archive(store: Path) -> Path:
     (work / "model-config.yaml").write_text(MODEL_YAML)
     return archive(store, "yaml_model", work / "mlp.pt", str(work / "context_handler.py"),
                    config_file=work / "model-config.yaml")
+
+
+STATEFUL_HANDLER = '''
+import os
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class RunningSum(BaseHandler):
+    """TorchServe's stateful example, without its LRU: each request adds its number to its
+    sequence's sum; a sequence's start header starts it again, its end header forgets it."""
+
+    def initialize(self, context):
+        self.sums = {}
+        self.initialized = True
+
+    def handle(self, data, context):
+        answers = []
+        for idx, row in enumerate(data):
+            sequence = context.get_sequence_id(idx)
+            start = context.get_request_header(idx, context.header_key_sequence_start)
+            end = context.get_request_header(idx, context.header_key_sequence_end)
+            total = (0 if start else self.sums.get(sequence, 0)) + int(row.get("data") or row.get("body"))
+            self.sums[sequence] = total
+            if end:
+                del self.sums[sequence]
+            answers.append({"sequence_id": sequence, "sum": total, "start": start, "end": end, "batch": len(data),
+                            "worker": os.getpid()})
+        return answers
+'''
+
+FAILING_HANDLER = '''
+import time
+
+from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
+
+
+class Failing(BaseHandler):
+    """Fails as its input says: "raise", "prediction:<code>" (PredictionException), "status:<code>"
+    (context.set_response_status), "sleep:<seconds>" (then answers); anything else is echoed."""
+
+    def initialize(self, context):
+        self.initialized = True
+
+    def handle(self, data, context):
+        said = bytes(data[0].get("data") or data[0].get("body")).decode()
+        kind, _, code = said.partition(":")
+        if kind == "raise":
+            raise ValueError("told to raise")
+        if kind == "prediction":
+            raise PredictionException(f"refused with {code}", int(code))
+        if kind == "sleep":
+            time.sleep(float(code))
+        if kind == "status":
+            context.set_response_status(int(code), "told to", 0)
+        return [said] * len(data)
+'''
+
+
+# TorchServe's examples/stateful/sequence_batching/model-config.yaml, with the idle time its Readme gives
+# (the file's 10 ms would let a busy machine end a sequence between two requests)
+SEQUENCE_YAML = """
+minWorkers: 2
+maxWorkers: 2
+batchSize: 4
+maxNumSequence: 4
+sequenceMaxIdleMSec: 60000
+maxSequenceJobQueueSize: 10
+sequenceBatching: true
+"""
+
+
+def build_grpc_store(root: Path) -> Path:
+    """A store with the stateful running-sum handler (``stateful``; ``sequences``: the same with
+    TorchServe's sequenceBatching model-config.yaml) and the failing one (``failing``)."""
+    work, store = root / "grpc-work", root / "grpc-store"
+    work.mkdir(parents=True)
+    store.mkdir()
+    torch.jit.script(Mlp().eval()).save(str(work / "mlp.pt"))
+    for name, source in (("stateful", STATEFUL_HANDLER), ("failing", FAILING_HANDLER)):
+        (work / f"{name}_handler.py").write_text(textwrap.dedent(source))
+        archive(store, name, work / "mlp.pt", str(work / f"{name}_handler.py"))
+    (work / "model-config.yaml").write_text(SEQUENCE_YAML)
+    archive(store, "sequences", work / "mlp.pt", str(work / "stateful_handler.py"),
+            config_file=work / "model-config.yaml")
+    return store

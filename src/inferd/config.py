@@ -282,6 +282,8 @@ class SequenceBatching:
     strategy: str = ""  # Triton's "direct" | "oldest" as the file named it (each runs as inferd schedules: one
     #                     request of a sequence per execution, on its instance); "": none named (Triton: direct)
     states: tuple[SequenceState, ...] = ()  # implicit state, kept by the server per sequence
+    # TorchServe's sequenceBatching: a sequence starts with its first request (no START flag), as its job groups do
+    implicit_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)

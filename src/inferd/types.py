@@ -242,6 +242,7 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0
     signature_def: bytes = b""  # TensorFlow: the signature's SignatureDef proto as the SavedModel holds it
+    stateful: bool = False  # its requests name their sequence (sequence_batching)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -257,12 +257,12 @@ def test_torchserves_grpc_apis_on_its_two_ports(archives: Path, tmp_path: Path) 
         assert described[0]["modelName"] == "doubler" and len(described[0]["workers"]) == 2
         for address, path, message, code, says in (
                 (infer, INFERENCE + "Predictions", ts.PredictionsRequest(model_name="nope", input={"data": b"1"}),
-                 grpc.StatusCode.NOT_FOUND, "Model not found: nope"),
+                 grpc.StatusCode.INTERNAL, "Model not found: nope"),  # TorchServe's InferenceImpl: INTERNAL
                 (manage, MANAGEMENT + "DescribeModel", ts.DescribeModelRequest(model_name="nope"),
                  grpc.StatusCode.NOT_FOUND, "Model not found: nope"),
                 (infer, INFERENCE + "Predictions", ts.PredictionsRequest(model_name="doubler",
                                                                          input={"data": b"not json"}),
-                 grpc.StatusCode.INTERNAL, "JSONDecodeError")):  # the handler raised
+                 grpc.StatusCode.UNAVAILABLE, "JSONDecodeError")):  # the handler raised: TorchServe's 503
             with pytest.raises(grpc.RpcError) as raised:
                 _grpc_call(address, path, message, ts.PredictionResponse if address == infer else ts.ManagementResponse)
             assert raised.value.code() == code and says in (raised.value.details() or ""), raised.value
@@ -271,4 +271,4 @@ def test_torchserves_grpc_apis_on_its_two_ports(archives: Path, tmp_path: Path) 
         assert json.loads(gone.msg) == {"status": 'Model "doubler" unregistered'}
         with pytest.raises(grpc.RpcError) as raised:
             _grpc_call(infer, INFERENCE + "Predictions", request, ts.PredictionResponse)
-        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.INTERNAL, "Model not found: doubler")

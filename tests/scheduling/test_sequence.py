@@ -431,3 +431,16 @@ def test_a_model_that_does_not_return_its_state_output_fails_the_request() -> No
     scheduler = state_batcher(Accumulating(forget=True))
     with pytest.raises(ModelError, match="did not return its state output 'STATE_OUT'"):
         add(scheduler, [1], SequenceId(1, start=True))
+
+
+def test_implicit_start_starts_a_sequence_with_its_first_request() -> None:
+    """TorchServe's sequenceBatching: a sequence starts with its first request, no START flag, and
+    keeps its lane; without implicit_start that request is refused."""
+    runtime = Recording(controls=())
+    scheduler = SequenceBatcher(InstancePool(runtime, 2, "acc:1"), SequenceBatching(implicit_start=True))
+    for value, sequence_id in ((1, "a"), (2, "b"), (3, "a"), (4, "b")):
+        call(scheduler, value, SequenceId(sequence_id))
+    lanes = [lane for lane, _ in runtime.calls]
+    assert lanes[0] == lanes[2] != lanes[1] == lanes[3] and scheduler.sequences == 2
+    with pytest.raises(InvalidInput, match="must specify the START flag"):
+        call(batcher(Recording(controls=()), controls=()), 1, SequenceId("a"))

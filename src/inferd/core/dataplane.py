@@ -326,6 +326,7 @@ class DataPlane:
         outcome = "success"
         held = 0
         try:
+            context.sequence = sequence_of(request.parameters)  # a stateful handler answers in parts too
             if any(t.shared is not None for t in request.inputs):
                 held = await self.shared_memory.read_inputs(request.inputs)
             arrays = check_inputs(request, runtime)
@@ -449,7 +450,7 @@ class DataPlane:
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:
     return ModelMetadata(name=name, versions=versions, platform=runtime.platform, inputs=runtime.inputs,
                          outputs=runtime.outputs, max_batch_size=runtime.max_batch_size,
-                         signature_def=runtime.signature_def)
+                         signature_def=runtime.signature_def, stateful=runtime.stateful)
 
 
 def _rows(request: InferRequest) -> int:

@@ -138,7 +138,8 @@ class TorchServeModels:
         max_workers = yaml_max or max(initial, 0)
         device = str(info.yaml.get("deviceType") or "cpu")
         config = archive_config(max(min_workers, 1), max(batch_size, 1), max(delay, 0),
-                                request.handler or "", float(response_timeout), _gpus(device, info.yaml))
+                                request.handler or "", float(response_timeout), _gpus(device, info.yaml),
+                                info.sequence_idle_ms())
         settings = WorkerSettings(min_workers=0, max_workers=0, batch_size=max(batch_size, 1),
                                   max_batch_delay_ms=max(delay, 0), response_timeout_s=response_timeout,
                                   startup_timeout_s=startup_timeout, runtime=request.runtime or info.runtime,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import orjson
 
-from inferd.errors import InvalidInput, NotFound
+from inferd.errors import InstanceLost, InvalidInput, ModelError, NotFound
 from inferd.types import InferRequest, InferResponse, ModelMetadata, ModelState, Tensor, VersionDescription, numpy_dtype
 
 PROTOCOL = "torchserve"
@@ -21,6 +22,28 @@ def _bytes_tensor(name: str, value: bytes) -> Tensor:
     return Tensor(name, "BYTES", array)
 
 
+# the headers that name a request's stateful sequence (TorchServe's default names)
+SEQUENCE_ID = "ts_request_sequence_id"
+SEQUENCE_START, SEQUENCE_END = "ts_request_sequence_start", "ts_request_sequence_end"
+
+
+def new_sequence() -> dict[str, str]:
+    """The headers of a request that starts a sequence the server names, ``ts-seq-<uuid>`` (TorchServe's
+    front end, for a stateful model's request that names none)."""
+    return {SEQUENCE_ID: f"ts-seq-{uuid.uuid4()}", SEQUENCE_START: "true"}
+
+
+def sequence_parameters(headers: dict[str, str]) -> dict[str, Any]:
+    """The sequence the headers name, as inferd's ``sequence_id``/``sequence_start``/``sequence_end``
+    parameters (which the sequence batcher of a stateful model reads); {} when they name none."""
+    found = {name.lower(): value for name, value in headers.items()}
+    sequence_id = found.get(SEQUENCE_ID, "")
+    if not sequence_id:
+        return {}
+    said = {key: found.get(key, "").strip().lower() == "true" for key in (SEQUENCE_START, SEQUENCE_END)}
+    return {"sequence_id": sequence_id, "sequence_start": said[SEQUENCE_START], "sequence_end": said[SEQUENCE_END]}
+
+
 _HOP_HEADERS = frozenset({"content-type", "content-length", "connection", "transfer-encoding", "authorization"})
 
 
@@ -28,7 +51,8 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
                       version: str | None, headers: dict[str, str] | None = None) -> InferRequest:
     """``POST /predictions/{model}[/{version}]``: the raw body (or a form) is one request. The
     ``content_type`` input carries the content type, then the request's other headers as
-    ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them."""
+    ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them; the
+    sequence they name (``ts_request_sequence_id``) is the request's too."""
     lines = [content_type.replace("\r", "").replace("\n", "")]
     for name, value in (headers or {}).items():
         if name not in _HOP_HEADERS:
@@ -36,12 +60,14 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
     return InferRequest(model_name=model, model_version=version,
                         inputs=[_bytes_tensor("body", bytes(body)),
                                 _bytes_tensor("content_type", "\r\n".join(lines).encode("latin-1"))],
-                        protocol=PROTOCOL)
+                        protocol=PROTOCOL, parameters=sequence_parameters(headers or {}))
 
 
-def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None) -> InferRequest:
+def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
+                           headers: dict[str, str] | None = None) -> InferRequest:
     """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
-    multipart form's are (the handler sees ``{"data": bytearray, ...}``)."""
+    multipart form's are (the handler sees ``{"data": bytearray, ...}``); ``headers`` are what the
+    handler's ``context.get_request_header`` sees besides."""
     for name in fields:
         if not name or any(c in name for c in '"\r\n'):
             raise InvalidInput(f"input name {name!r}: a field name without quotes or line breaks")
@@ -51,7 +77,7 @@ def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | 
     parts = [b"--%s\r\ncontent-disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
              % (boundary.encode(), name.encode(), value) for name, value in fields.items()]
     body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
-    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version)
+    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers)
 
 
 def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
@@ -74,6 +100,31 @@ def prediction_status(response: InferResponse) -> int:
             code = int(tensor.data.reshape(-1)[0])
             return code if 100 <= code <= 599 else 200
     return 200
+
+
+_OUT_OF_MEMORY = ("MemoryError", "ran out of memory", "CUDA out of memory")
+
+
+def failure_status(exc: ModelError) -> int:
+    """The status TorchServe's worker answers a model that raised with: 503 (clients retry on it),
+    507 when it ran out of memory, 500 when its instance process died ("Worker died."). For out of
+    memory the message is the one signal that crosses the instance process (its MemoryError kills
+    the instance)."""
+    if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
+        return 507
+    return 500 if isinstance(exc, InstanceLost) else 503
+
+
+def error_message(body: bytes) -> str:
+    """What an answer with an error status says: the ``message`` of the ``{"code", "type", "message"}``
+    a PredictionException becomes, else the handler's body as text."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and set(parsed) == {"code", "type", "message"} and isinstance(parsed["message"], str):
+        return parsed["message"]
+    return body.decode("utf-8", "replace")
 
 
 def encode_prediction(response: InferResponse) -> tuple[bytes, str]:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from inferd.config import DynamicBatching, InstanceGroup, ModelConfig
+from inferd.config import DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
 
 log = logging.getLogger("inferd.repository")
@@ -94,6 +94,11 @@ class ArchiveInfo:
     runtime: str
     yaml: dict[str, Any] = field(default_factory=dict)
 
+    def sequence_idle_ms(self) -> int:
+        """``sequenceMaxIdleMSec`` when ``sequenceBatching: true``, else 0: TorchServe batches by
+        sequence only when both are set (its Model reads the idle time first)."""
+        return max(self.yaml_int("sequenceMaxIdleMSec") or 0, 0) if self.yaml.get("sequenceBatching") is True else 0
+
     def yaml_int(self, key: str) -> int | None:
         """An integer setting of model-config.yaml; other types are ignored, as TorchServe does."""
         value = self.yaml.get(key)
@@ -156,21 +161,28 @@ def archive_identity(archive: Path) -> tuple[str, str]:
 
 
 def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, handler: str = "",
-                   response_timeout_s: float = 120.0, gpus: tuple[int, ...] | None = None) -> ModelConfig:
+                   response_timeout_s: float = 120.0, gpus: tuple[int, ...] | None = None,
+                   sequence_idle_ms: int = 0) -> ModelConfig:
     """TorchServe's registration parameters (workers, batch_size, max_batch_delay, handler,
     response_timeout) as config; batch_size > 1 turns on dynamic batching. ``gpus`` (model-config.yaml's
     ``deviceType: gpu`` and ``deviceIds``) runs the handler's workers as threads on those GPUs, where
-    the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so)."""
+    the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so).
+    ``sequence_idle_ms`` > 0 (model-config.yaml's ``sequenceBatching: true`` with its
+    ``sequenceMaxIdleMSec``) makes it stateful: each sequence's requests run one at a time on the
+    worker that holds its state, and different sequences are not batched together."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")
     batching = DynamicBatching(max_queue_delay_ms=max_batch_delay_ms) if batch_size > 1 else None
+    sequences = None
+    if sequence_idle_ms > 0:
+        batching, sequences = None, SequenceBatching(max_sequence_idle_us=sequence_idle_ms * 1000, implicit_start=True)
     if gpus is not None:
         group = InstanceGroup(count=workers, kind="gpu", gpus=gpus or (0,), response_timeout_s=response_timeout_s)
     else:
         group = InstanceGroup(count=workers, response_timeout_s=response_timeout_s)
     return ModelConfig(backend="torchserve", max_batch_size=batch_size, dynamic_batching=batching,
-                       instance_group=group, handler=handler)
+                       sequence_batching=sequences, instance_group=group, handler=handler)
 
 
 def remove_downloaded(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,10 @@ class Context:
         self._statuses: dict[int, tuple[int, str]] = {}
         self._headers: list[dict[str, str]] = []
         self._sinks: dict[int, IntermediateSink] = {}  # per thread running a streamed call
+        # the request headers that carry a stateful sequence (TorchServe's names, its env overrides)
+        self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
+        self.header_key_sequence_start = os.getenv("TS_REQUEST_SEQUENCE_START", "ts_request_sequence_start")
+        self.header_key_sequence_end = os.getenv("TS_REQUEST_SEQUENCE_END", "ts_request_sequence_end")
 
     def _receive_intermediate(self, sink: IntermediateSink | None) -> None:
         """Where this thread's intermediate answers go (None: nowhere) while it runs a call."""
@@ -79,7 +84,9 @@ class Context:
             self.set_response_status(code, phrase, idx)
 
     def get_sequence_id(self, idx: int) -> str:
-        return self.request_ids.get(idx, "")
+        """The sequence request ``idx`` belongs to: its ``ts_request_sequence_id`` header (sent over
+        HTTP, or set by StreamPredictions2), else its request id."""
+        return self.get_request_header(idx, self.header_key_sequence_id) or self.request_ids.get(idx, "")
 
     @property
     def request_processor(self) -> list[Any]:

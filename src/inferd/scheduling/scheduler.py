@@ -28,6 +28,7 @@ class Scheduler(Runtime):
 
     # the models (name, version; None = the default) whose answers make this one's: an ensemble's steps
     composed_of: tuple[tuple[str, str | None], ...] = ()
+    stateful = False  # requests name their sequence, whose state lives on one instance (the sequence batcher)
 
     @property
     def group_rows(self) -> int:

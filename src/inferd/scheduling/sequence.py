@@ -6,10 +6,11 @@ takes the instance lane with the fewest live sequences; its later requests run o
 at a time and in the order they arrived, with the control inputs the configuration asks for
 (START, END, READY, CORRID) and its implicit state (Triton's sequence_batching.state: what the
 model answered as each state output last time, fed back as the state input; the initial state at
-START). A sequence, and the state it holds, is forgotten at END, or once idle (nothing of it queued
-or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept as
-requests come). Requests of different sequences are
-not combined into one execution: each runs as a batch of one.
+START); with ``implicit_start`` (TorchServe's sequenceBatching) a request of a sequence not yet
+known starts it. A sequence, and the state it holds, is forgotten at END, or once idle (nothing of
+it queued or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept
+as requests come). Requests of different sequences are not combined into one execution: each
+runs as a batch of one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class _Sequence:
 class SequenceBatcher(Scheduler):
     """Runs a pool's runtime sequence by sequence; one thread per instance lane."""
 
+    stateful = True
+
     def __init__(self, pool: InstancePool, config: SequenceBatching,
                  client_outputs: frozenset[str] = frozenset()) -> None:
         """``client_outputs``: the outputs the configuration declares; a state output among them is
@@ -62,6 +65,7 @@ class SequenceBatcher(Scheduler):
         self.outputs = tuple(spec for spec in pool.outputs if spec.name not in self._kept_outputs)
         self._initial = {s.input_name: _initial_state(s, self.max_batch_size) for s in config.states}
         self._idle_s = config.max_sequence_idle_us / 1e6
+        self._implicit_start = config.implicit_start
         self._sequences: dict[int | str, _Sequence] = {}
         # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
         self._ending: dict[int | str, _Sequence] = {}
@@ -199,7 +203,7 @@ class SequenceBatcher(Scheduler):
             if not limits.min <= sequence.id <= limits.max:
                 raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
                                    f"control input '{control.name}' ({limits.min}..{limits.max})")
-        if not sequence.start and sequence.id not in self._sequences:
+        if not sequence.start and sequence.id not in self._sequences and not self._implicit_start:
             raise self._not_started(sequence)
         return sequence
 

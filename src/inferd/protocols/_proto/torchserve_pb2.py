@@ -12,9 +12,10 @@ from google.protobuf.internal import builder as _builder
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10torchserve.proto\x12\x11inferd.torchserve\"\xd8\x01\n\x12PredictionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12?\n\x05input\x18\x03 \x03(\x0b\x32\x30.inferd.torchserve.PredictionsRequest.InputEntry\x12\x18\n\x0bsequence_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x1a,\n\nInputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0e\n\x0c_sequence_id\"R\n\x12PredictionResponse\x12\x12\n\nprediction\x18\x01 \x01(\x0c\x12\x18\n\x0bsequence_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_sequence_id\"*\n\x18TorchServeHealthResponse\x12\x0e\n\x06health\x18\x01 \x01(\t\"!\n\x12ManagementResponse\x12\x0b\n\x03msg\x18\x01 \x01(\t\"U\n\x14\x44\x65scribeModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncustomized\x18\x03 \x01(\x08\";\n\x11ListModelsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x05\"\xfb\x01\n\x14RegisterModelRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\x05\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x17\n\x0finitial_workers\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_delay\x18\x04 \x01(\x05\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x18\n\x10response_timeout\x18\x06 \x01(\x05\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x13\n\x0bsynchronous\x18\x08 \x01(\x08\x12\x0b\n\x03url\x18\t \x01(\t\x12\x12\n\ns3_sse_kms\x18\n \x01(\x08\x12\x17\n\x0fstartup_timeout\x18\x0b \x01(\x05\"\xa1\x01\n\x12ScaleWorkerRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmax_worker\x18\x03 \x01(\x05\x12\x12\n\nmin_worker\x18\x04 \x01(\x05\x12\x12\n\nnumber_gpu\x18\x05 \x01(\x05\x12\x13\n\x0bsynchronous\x18\x06 \x01(\x08\x12\x0f\n\x07timeout\x18\x07 \x01(\x05\">\n\x11SetDefaultRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"C\n\x16UnregisterModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10torchserve.proto\x12\x11inferd.torchserve\x1a\x19google/protobuf/any.proto\"\xd8\x01\n\x12PredictionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12?\n\x05input\x18\x03 \x03(\x0b\x32\x30.inferd.torchserve.PredictionsRequest.InputEntry\x12\x18\n\x0bsequence_id\x18\x04 \x01(\tH\x00\x88\x01\x01\x1a,\n\nInputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x0e\n\x0c_sequence_id\"\x90\x01\n\x12PredictionResponse\x12\x12\n\nprediction\x18\x01 \x01(\x0c\x12\x18\n\x0bsequence_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x06status\x18\x03 \x01(\x0b\x32\x1c.inferd.torchserve.RpcStatusH\x01\x88\x01\x01\x42\x0e\n\x0c_sequence_idB\t\n\x07_status\"Q\n\tRpcStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"\x9a\x01\n\tErrorInfo\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.inferd.torchserve.ErrorInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x18TorchServeHealthResponse\x12\x0e\n\x06health\x18\x01 \x01(\t\"!\n\x12ManagementResponse\x12\x0b\n\x03msg\x18\x01 \x01(\t\"U\n\x14\x44\x65scribeModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncustomized\x18\x03 \x01(\x08\";\n\x11ListModelsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\x05\"\xfb\x01\n\x14RegisterModelRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\x05\x12\x0f\n\x07handler\x18\x02 \x01(\t\x12\x17\n\x0finitial_workers\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_delay\x18\x04 \x01(\x05\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x18\n\x10response_timeout\x18\x06 \x01(\x05\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x13\n\x0bsynchronous\x18\x08 \x01(\x08\x12\x0b\n\x03url\x18\t \x01(\t\x12\x12\n\ns3_sse_kms\x18\n \x01(\x08\x12\x17\n\x0fstartup_timeout\x18\x0b \x01(\x05\"\xa1\x01\n\x12ScaleWorkerRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmax_worker\x18\x03 \x01(\x05\x12\x12\n\nmin_worker\x18\x04 \x01(\x05\x12\x12\n\nnumber_gpu\x18\x05 \x01(\x05\x12\x13\n\x0bsynchronous\x18\x06 \x01(\x08\x12\x0f\n\x07timeout\x18\x07 \x01(\x05\">\n\x11SetDefaultRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"C\n\x16UnregisterModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,26 +24,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTIONSREQUEST_INPUTENTRY']._loaded_options = None
   _globals['_PREDICTIONSREQUEST_INPUTENTRY']._serialized_options = b'8\001'
-  _globals['_PREDICTIONSREQUEST']._serialized_start=40
-  _globals['_PREDICTIONSREQUEST']._serialized_end=256
-  _globals['_PREDICTIONSREQUEST_INPUTENTRY']._serialized_start=196
-  _globals['_PREDICTIONSREQUEST_INPUTENTRY']._serialized_end=240
-  _globals['_PREDICTIONRESPONSE']._serialized_start=258
-  _globals['_PREDICTIONRESPONSE']._serialized_end=340
-  _globals['_TORCHSERVEHEALTHRESPONSE']._serialized_start=342
-  _globals['_TORCHSERVEHEALTHRESPONSE']._serialized_end=384
-  _globals['_MANAGEMENTRESPONSE']._serialized_start=386
-  _globals['_MANAGEMENTRESPONSE']._serialized_end=419
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=421
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=506
-  _globals['_LISTMODELSREQUEST']._serialized_start=508
-  _globals['_LISTMODELSREQUEST']._serialized_end=567
-  _globals['_REGISTERMODELREQUEST']._serialized_start=570
-  _globals['_REGISTERMODELREQUEST']._serialized_end=821
-  _globals['_SCALEWORKERREQUEST']._serialized_start=824
-  _globals['_SCALEWORKERREQUEST']._serialized_end=985
-  _globals['_SETDEFAULTREQUEST']._serialized_start=987
-  _globals['_SETDEFAULTREQUEST']._serialized_end=1049
-  _globals['_UNREGISTERMODELREQUEST']._serialized_start=1051
-  _globals['_UNREGISTERMODELREQUEST']._serialized_end=1118
+  _globals['_ERRORINFO_METADATAENTRY']._loaded_options = None
+  _globals['_ERRORINFO_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_PREDICTIONSREQUEST']._serialized_start=67
+  _globals['_PREDICTIONSREQUEST']._serialized_end=283
+  _globals['_PREDICTIONSREQUEST_INPUTENTRY']._serialized_start=223
+  _globals['_PREDICTIONSREQUEST_INPUTENTRY']._serialized_end=267
+  _globals['_PREDICTIONRESPONSE']._serialized_start=286
+  _globals['_PREDICTIONRESPONSE']._serialized_end=430
+  _globals['_RPCSTATUS']._serialized_start=432
+  _globals['_RPCSTATUS']._serialized_end=513
+  _globals['_ERRORINFO']._serialized_start=516
+  _globals['_ERRORINFO']._serialized_end=670
+  _globals['_ERRORINFO_METADATAENTRY']._serialized_start=623
+  _globals['_ERRORINFO_METADATAENTRY']._serialized_end=670
+  _globals['_TORCHSERVEHEALTHRESPONSE']._serialized_start=672
+  _globals['_TORCHSERVEHEALTHRESPONSE']._serialized_end=714
+  _globals['_MANAGEMENTRESPONSE']._serialized_start=716
+  _globals['_MANAGEMENTRESPONSE']._serialized_end=749
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=751
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=836
+  _globals['_LISTMODELSREQUEST']._serialized_start=838
+  _globals['_LISTMODELSREQUEST']._serialized_end=897
+  _globals['_REGISTERMODELREQUEST']._serialized_start=900
+  _globals['_REGISTERMODELREQUEST']._serialized_end=1151
+  _globals['_SCALEWORKERREQUEST']._serialized_start=1154
+  _globals['_SCALEWORKERREQUEST']._serialized_end=1315
+  _globals['_SETDEFAULTREQUEST']._serialized_start=1317
+  _globals['_SETDEFAULTREQUEST']._serialized_end=1379
+  _globals['_UNREGISTERMODELREQUEST']._serialized_start=1381
+  _globals['_UNREGISTERMODELREQUEST']._serialized_end=1448
 # @@protoc_insertion_point(module_scope)

@@ -1,34 +1,97 @@
 """TorchServe's gRPC APIs: ``org.pytorch.serve.grpc.inference.InferenceAPIsService`` (Ping, Predictions,
-StreamPredictions) and ``...management.ManagementAPIsService`` (RegisterModel, UnregisterModel,
-ScaleWorker, SetDefault, ListModels, DescribeModel), over the same core as TorchServe's REST doors.
+StreamPredictions, StreamPredictions2) and ``...management.ManagementAPIsService`` (RegisterModel,
+UnregisterModel, ScaleWorker, SetDefault, ListModels, DescribeModel), over the same core as TorchServe's
+REST doors.
 
 A prediction's ``input`` map reaches a handler as a form's fields do (``{"data": bytearray}``);
 management answers are TorchServe's JSON in ``ManagementResponse.msg``, pretty-printed as its server
-writes them. Errors are the call's status: NOT_FOUND for an unknown model or version, INTERNAL for a
-model that failed, PERMISSION_DENIED for registering with the model API off.
+writes them. A prediction's error has the status TorchServe's InferenceImpl and GRPCJob give it
+(``_torchserve_error``): the call's status on Predictions and StreamPredictions, a ``status`` on the
+stream (which goes on) on StreamPredictions2. Management errors: NOT_FOUND for an unknown model or
+version, PERMISSION_DENIED for registering with the model API off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from google.protobuf import empty_pb2
+import grpc
+from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 
 from inferd.core import Core
 from inferd.core.torchserve import RegisterRequest
-from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound
+from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound, Unauthenticated, Unavailable
 from inferd.protocols import torchserve
 from inferd.protocols._proto import torchserve_pb2 as ts
 from inferd.transport.grpc.errors import status_for
-from inferd.transport.grpc.servicers import Context, Methods, StreamMethods, _authorization, guarded
-from inferd.types import InferRequest, InferResponse
+from inferd.transport.grpc.servicers import Context, Methods, StreamMethods, Turn, _authorization, guarded
+from inferd.types import InferResponse
 
+log = logging.getLogger("inferd.grpc")
 INFERENCE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 MANAGEMENT = "org.pytorch.serve.grpc.management.ManagementAPIsService"
+
+# GRPCUtils.getGRPCStatusCode: the status a handler's or worker's HTTP code becomes
+_GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                  403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+                  409: grpc.StatusCode.ABORTED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  416: grpc.StatusCode.OUT_OF_RANGE, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  499: grpc.StatusCode.CANCELLED, 501: grpc.StatusCode.UNIMPLEMENTED,
+                  503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+# ErrorInfo reasons on StreamPredictions2: the Java exception TorchServe names
+_BAD_REQUEST = "BadRequestException.()"
+_WORKER_ERROR = "org.pytorch.serve.http.InternalServerException"
+_NO_WORKER = "InternalServerException.()"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def grpc_status_for_http(status: int) -> grpc.StatusCode:
+    """TorchServe's gRPC status for an HTTP status code (its GRPCUtils.getGRPCStatusCode)."""
+    if status in _GRPC_FOR_HTTP:
+        return _GRPC_FOR_HTTP[status]
+    if 200 <= status < 300:
+        return grpc.StatusCode.OK
+    if 400 <= status < 500:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL if 500 <= status < 600 else grpc.StatusCode.UNKNOWN
+
+
+class _Refused(InferdError):
+    """A prediction TorchServe refuses with a status of its own choosing (not ErrorCode's)."""
+
+    def __init__(self, status: grpc.StatusCode, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def _no_worker(name: str, version: str | None) -> str:
+    """TorchServe's words when a model cannot take the job (no worker, its queue full), its
+    misplaced quote after a version included."""
+    where = f'Model "{name}' + (f'" Version {version}' if version is not None else "")
+    return (f'{where}" has no worker to serve inference request. Please use scale workers API to add workers. '
+            "If this is a sequence inference, please check if it is closed, or expired; or exceeds "
+            "maxSequenceJobQueueSize")
+
+
+def _torchserve_error(exc: InferdError, name: str, version: str | None) -> tuple[grpc.StatusCode, str, str]:
+    """(status, message, ErrorInfo reason) of a failed prediction, as TorchServe gives them: its own
+    refusals as they are; a model that cannot take the job INTERNAL; a model that raised, or a
+    handler's error status, by TorchServe's table of HTTP codes; inferd's other errors by its own."""
+    if isinstance(exc, _Refused):
+        return exc.status, exc.message, exc.reason
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.INTERNAL, _no_worker(name, version), _NO_WORKER
+    if isinstance(exc, ModelError):  # the server's log keeps what raised it
+        log.error("TorchServe prediction of model '%s' failed: %s", name, exc.message, exc_info=exc)
+        return grpc_status_for_http(torchserve.failure_status(exc)), exc.message, _WORKER_ERROR
+    return status_for(exc.code), exc.message, type(exc).__name__
 
 
 def _pretty(value: Any) -> str:
@@ -47,7 +110,8 @@ class TorchServeInferenceServicer:
         return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
 
     def streams(self) -> StreamMethods:
-        return {"StreamPredictions": (self.stream_predictions, ts.PredictionsRequest)}
+        return {"StreamPredictions": (self.stream_predictions, ts.PredictionsRequest),
+                "StreamPredictions2": (self.stream_predictions2, ts.PredictionsRequest)}
 
     @guarded
     async def ping(self, request: empty_pb2.Empty, context: Context) -> ts.TorchServeHealthResponse:
@@ -57,8 +121,11 @@ class TorchServeInferenceServicer:
     async def predictions(self, request: ts.PredictionsRequest, context: Context) -> ts.PredictionResponse:
         """The handler's last answer (its intermediate ones go out over StreamPredictions only)."""
         last = ts.PredictionResponse()
-        async for answer in self._answers(request, context):
-            last = answer
+        try:
+            async for answer in self._answers(request, context):
+                last = answer
+        except InferdError as exc:
+            await _abort(context, exc, request)
         return last
 
     async def stream_predictions(self, request: ts.PredictionsRequest, context: Context
@@ -67,16 +134,48 @@ class TorchServeInferenceServicer:
             async for answer in self._answers(request, context):
                 yield answer
         except InferdError as exc:  # the status line is the call's, as a unary call's error
-            await context.abort(status_for(exc.code), exc.message)
+            await _abort(context, exc, request)
 
-    async def _answers(self, request: ts.PredictionsRequest, context: Context
-                       ) -> AsyncGenerator[ts.PredictionResponse, None]:
+    async def stream_predictions2(self, request: ts.PredictionsRequest, context: Context
+                                  ) -> AsyncGenerator[ts.PredictionResponse, None]:
+        """One request of a StreamPredictions2 stream (TorchServe's stateful sequences): its answers,
+        or its error as a ``status`` on the stream, which goes on. The stream's requests reach the
+        model in the order they came. A stateful model (sequenceBatching) runs each sequence's
+        requests one at a time on the worker holding its state, and different sequences at once;
+        any other model gets the next request once this one is answered. The client's half-close
+        ends the stream once the last request is answered; a caller without access ends it with
+        the call's status."""
+        turn: Turn | None = getattr(context, "turn", None)
+        try:
+            if turn is not None:
+                await turn.wait()
+            headers = _sequence_headers(request)
+            async for answer in self._answers(request, context, headers, turn):
+                yield answer
+        except (Unauthenticated, Forbidden) as exc:
+            await context.abort(status_for(exc.code), exc.message)
+        except InferdError as exc:
+            yield _error_response(*_torchserve_error(exc, request.model_name, request.model_version or None))
+        except Exception as exc:  # the other requests of the stream go on
+            log.exception("internal error in StreamPredictions2")
+            yield _error_response(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}",
+                                  type(exc).__name__)
+        finally:
+            if turn is not None:
+                turn.entered()
+
+    async def _answers(self, request: ts.PredictionsRequest, context: Context, headers: dict[str, str] | None = None,
+                       turn: Turn | None = None) -> AsyncGenerator[ts.PredictionResponse, None]:
+        """The request's answers. ``headers``: its sequence (StreamPredictions2); a stateful model's
+        request without them starts a sequence of its own. ``turn``: its stream's order, handed on
+        once a stateful model admitted it (its sequence batcher keeps each sequence's order)."""
         name, version = request.model_name, request.model_version or None
+        if not name:
+            raise _Refused(grpc.StatusCode.INTERNAL, "Parameter model_name is required.", _BAD_REQUEST)
         try:
             metadata = self.data.model_metadata(name, version, _authorization(context))
-        except NotFound:  # in TorchServe's words
-            raise NotFound(f"Model not found: {name}" if version is None else
-                           f"Model version: {version} does not exist for model: {name}") from None
+        except NotFound:  # in TorchServe's words, and with its status (InferenceImpl answers INTERNAL)
+            raise _model_not_found(name, version) from None
         if not torchserve.is_handler_model(metadata):
             data = request.input.get("data") or request.input.get("body")
             if data is None:
@@ -86,19 +185,69 @@ class TorchServeInferenceServicer:
             response = await self.data.infer(infer_request)
             yield ts.PredictionResponse(prediction=torchserve.encode_tensor_prediction(response, added_batch))
             return
-        infer_request = torchserve.decode_form_prediction(dict(request.input), name, version)
+        if metadata.stateful and headers is None:
+            headers = torchserve.new_sequence()
+        infer_request = torchserve.decode_form_prediction(dict(request.input), name, version, headers)
         infer_request.credentials = _authorization(context)
         async with contextlib.aclosing(self.data.infer_stream(infer_request)) as stream:
-            async for answer in stream:
-                yield _prediction(answer, infer_request)
+            # its first step (up to its sequence's place in the batcher) runs before the next request's
+            first = asyncio.ensure_future(anext(stream, None))
+            if turn is not None and metadata.stateful:
+                turn.entered()
+            answer = await first
+            while answer is not None:
+                yield _prediction(answer)
+                answer = await anext(stream, None)
 
 
-def _prediction(answer: InferResponse, request: InferRequest) -> ts.PredictionResponse:
+def _model_not_found(name: str, version: str | None) -> _Refused:
+    if version is None:
+        return _Refused(grpc.StatusCode.INTERNAL, f"Model not found: {name}",
+                        "org.pytorch.serve.archive.model.ModelNotFoundException")
+    return _Refused(grpc.StatusCode.INTERNAL, f"Model version: {version} does not exist for model: {name}",
+                    "org.pytorch.serve.archive.model.ModelVersionNotFoundException")
+
+
+def _sequence_headers(request: ts.PredictionsRequest) -> dict[str, str]:
+    """The headers StreamPredictions2 gives a request (TorchServe's InferenceImpl): its
+    ``sequence_id``; a request without one starts a sequence (``ts-seq-<uuid>``) when its input says
+    ``ts_request_sequence_start: true``, else it is refused. ``ts_request_sequence_end: true`` in the
+    input marks the sequence's last request."""
+    def said(key: str) -> bool:
+        return request.input.get(key, b"false").decode("utf-8", "replace").strip().lower() == "true"
+
+    headers: dict[str, str] = {}
+    sequence_id = request.sequence_id
+    if not sequence_id:
+        if not said(torchserve.SEQUENCE_START):
+            raise _Refused(grpc.StatusCode.INTERNAL, "Parameter sequenceId is required.", _BAD_REQUEST)
+        sequence_id = f"ts-seq-{uuid.uuid4()}"
+        headers[torchserve.SEQUENCE_START] = "true"
+    if any(c in sequence_id for c in "\r\n"):
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"sequence_id {sequence_id!r}: a sequence id without line breaks", _BAD_REQUEST)
+    headers[torchserve.SEQUENCE_ID] = sequence_id
+    if said(torchserve.SEQUENCE_END):
+        headers[torchserve.SEQUENCE_END] = "true"
+    return headers
+
+
+async def _abort(context: Context, exc: InferdError, request: ts.PredictionsRequest) -> None:
+    status, message, _ = _torchserve_error(exc, request.model_name, request.model_version or None)
+    await context.abort(status, message)
+
+
+def _error_response(status: grpc.StatusCode, message: str, reason: str) -> ts.PredictionResponse:
+    """A StreamPredictions2 request's error: google.rpc.Status with an ErrorInfo, as TorchServe's."""
+    info = any_pb2.Any(type_url=_ERROR_INFO, value=ts.ErrorInfo(reason=reason).SerializeToString())
+    return ts.PredictionResponse(status=ts.RpcStatus(code=status.value[0], message=message, details=[info]))
+
+
+def _prediction(answer: InferResponse) -> ts.PredictionResponse:
     body, _ = torchserve.encode_prediction(answer)
     status = torchserve.prediction_status(answer)
-    if status >= 400:  # the handler set an error status (context.set_response_status): the call fails
-        message = body.decode("utf-8", "replace")
-        raise (InvalidInput(message) if status < 500 else ModelError(message))
+    if status >= 400:  # the handler's error (PredictionException, set_response_status): the prediction fails
+        raise _Refused(grpc_status_for_http(status), torchserve.error_message(body), _WORKER_ERROR)
     return ts.PredictionResponse(prediction=body)
 
 

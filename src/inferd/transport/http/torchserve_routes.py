@@ -17,7 +17,7 @@ import orjson
 
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
-from inferd.errors import InferdError, InstanceLost, InvalidInput, ModelError, NotFound
+from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
@@ -33,7 +33,6 @@ _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenExcept
           504: "RequestTimeout"}
 _ANY_METHOD = ("GET", "POST", "PUT", "DELETE", "PATCH")  # TorchServe checks none on /ping, /predictions
 _SEE_DOCS = "please refer to API document."
-_OUT_OF_MEMORY = ("MemoryError", "ran out of memory", "CUDA out of memory")
 
 
 def torchserve_error(status: int, message: str) -> HttpResponse:
@@ -58,15 +57,9 @@ def _error(status: int, kind: str, message: str) -> HttpResponse:
 
 
 def prediction_failed(exc: ModelError) -> HttpResponse:
-    """A model that raised: 503 as TorchServe's worker answers (clients retry on it), 507 when it ran
-    out of memory, 500 when its instance process died (TorchServe's "Worker died."); inferd's message,
-    which names the model and what it raised. For out of memory the message is the one signal that
-    crosses the instance process (its MemoryError kills the instance)."""
-    if isinstance(exc.__cause__, MemoryError) or any(word in exc.message for word in _OUT_OF_MEMORY):
-        status = 507
-    else:
-        status = 500 if isinstance(exc, InstanceLost) else 503
-    return _error(status, "InternalServerException", exc.message)
+    """A model that raised: TorchServe's status for it (``torchserve.failure_status``) with inferd's
+    message, which names the model and what it raised."""
+    return _error(torchserve.failure_status(exc), "InternalServerException", exc.message)
 
 
 class TorchServeRoutes:
@@ -125,7 +118,10 @@ class TorchServeRoutes:
                        version: str | None) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, request.headers)
+            headers = request.headers
+            if metadata.stateful and not headers.get(torchserve.SEQUENCE_ID):  # TorchServe names one
+                headers = {**headers, **torchserve.new_sequence()}
+            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers)
         else:
             infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
                                                         request.body, metadata, version)
