@@ -93,3 +93,18 @@ def test_a_worker_whose_drain_runs_to_the_limit_exits_on_its_own(tmp_path: Path)
             pending.result()
     assert took < 1 + 2 + 2 + 2, f"--drain-timeout 1 took {took:.1f} s"  # drain, worker exit, unload grace
     assert "did not exit within its drain" not in server.log(), server.log()
+
+
+def test_a_grpc_connection_the_client_closed_as_the_server_stops_leaves_no_error(tmp_path: Path) -> None:
+    """The client's FIN makes the server send its own and wait a second for the socket to close;
+    a SIGTERM in that second sends a GOAWAY to every connection, this one too: that write after
+    the FIN raised "Cannot call write() after write_eof()" in the loop's callbacks."""
+    with serve(slow_repo(tmp_path), "--drain-timeout", str(DRAIN), grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert client.infer("slow", [seconds_input(0.0)]).as_numpy("y").tolist() == [0.0]
+        client.close()
+        time.sleep(0.1)  # the FIN has come
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(DRAIN) == 0
+        time.sleep(0.2)  # the log pump reads the last lines
+        assert "Exception in callback" not in server.log(), server.log()

@@ -105,14 +105,61 @@ def _input(tensor: Any, raw: bytes | None) -> Tensor:
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    return encode_infer_answer(response).to_message()
+
+
+def encode_infer_answer(response: InferResponse) -> InferAnswer:
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                     id=response.id or "")
+    raw: list[bytes | memoryview] = []
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
         # one buffer per output, as Triton answers: empty for one written to shared memory
-        message.raw_output_contents.append(b"" if tensor.shared is not None else tensors.to_raw(tensor.data,
-                                                                                              tensor.datatype))
-    return message
+        raw.append(b"" if tensor.shared is not None else tensors.raw_view(tensor.data, tensor.datatype))
+    return InferAnswer(message, raw)
+
+
+_RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # raw_output_contents: field 6, length-delimited
+
+
+class InferAnswer:
+    """A ModelInferResponse whose raw_output_contents are still the output arrays' own memory.
+    ``parts()`` is its wire form as buffers: the message without them, then each as field 6 (the
+    highest field, so the bytes are what protobuf itself would write), for a server that sends
+    buffers uncopied; ``SerializeToString()`` joins them for one that wants bytes, and a pickle
+    (Ray Serve hands answers between processes) carries the plain message."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: pb.ModelInferResponse, raw: list[bytes | memoryview]) -> None:
+        self.message = message
+        self.raw = raw
+
+    def parts(self) -> list[bytes | memoryview]:
+        parts: list[bytes | memoryview] = [self.message.SerializeToString()]
+        for raw in self.raw:
+            parts.append(_RAW_OUTPUT_TAG + _varint(len(raw)))
+            parts.append(raw)
+        return parts
+
+    def SerializeToString(self) -> bytes:  # protobuf's name: what servers call on an answer
+        return b"".join(self.parts())
+
+    def to_message(self) -> pb.ModelInferResponse:
+        self.message.raw_output_contents.extend(bytes(raw) for raw in self.raw)
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pb.ModelInferResponse.FromString, (self.SerializeToString(),)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 FINAL = "triton_final_response"  # what Triton sets on each streamed answer

@@ -56,6 +56,10 @@ class StreamError(Exception):
         self.code = code
 
 
+def frame_header(kind: int, flags: int, stream_id: int, size: int) -> bytes:
+    return _HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     size = len(payload)
     return _HEADER.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload

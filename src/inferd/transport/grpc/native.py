@@ -58,6 +58,7 @@ MAX_HEADER_BLOCK = 64 << 10
 MAX_STREAMS_PER_CONNECTION = 1000
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait, unread
 STREAM_BUFFER = 4 << 20  # answer bytes of one stream waiting for a slow client; then its models wait
+_JOIN_BELOW = 64 * 1024  # smaller writes are joined into one buffer; larger ones go as their parts
 CONNECTION_BUFFER = 64 << 20  # answer bytes of one connection waiting for its windows; then new calls are refused
 HANDSHAKE_S = 10.0
 CHATTER = 1000  # frames that ask for work and carry no call (PING, SETTINGS, RST_STREAM, empty DATA, ...)
@@ -155,7 +156,7 @@ class _Call:
         self.waiting: deque[bytes] = deque()
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None
-        self.outbox: deque[bytes] = deque()
+        self.outbox: deque[bytes | memoryview] = deque()
         self.unsent = 0
         self.trailers: bytes | None = None
         self.drained: asyncio.Future[None] | None = None
@@ -214,7 +215,7 @@ class _Connection(asyncio.Protocol):
         self.received = 0  # connection-level bytes read and not yet given back to the client
         self.recv_window = CONNECTION_WINDOW  # what the client may still send on the connection
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.queued = 0  # bytes in self.out
         self.throttled = False  # answers wait for this loop pass's bytes to be written
         self.unsent = 0  # answer bytes held for the client's flow-control windows
@@ -224,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.active_at = time.monotonic()  # when a call last started or ended
         self.discarding = False  # closing: what the client still sends is dropped
+        self.fin_sent = False  # closed from our side: nothing more is written
         self.chatter = 0  # frames of CHATTER counted since chatter_since
         self.chatter_since = time.monotonic()
         self.reset_ids: dict[int, None] = {}  # streams the server reset (oldest first): late frames are dropped
@@ -290,7 +292,9 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
             self._pump_blocked()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
+        if self.fin_sent:  # closed: a second GOAWAY (a stop after the client's FIN) goes nowhere
+            return
         self.out.append(data)
         self.queued += len(data)
         if not self.flush_pending:
@@ -300,7 +304,10 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self.flush_pending = False
         if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
+            if self.queued < _JOIN_BELOW:
+                self.transport.write(b"".join(self.out))
+            else:  # large answers' frames go as they are: uvloop writes them with writev
+                self.transport.writelines(self.out)
         self.out.clear()
         self.queued = 0
         if self.throttled and self.writable is None:
@@ -320,12 +327,13 @@ class _Connection(asyncio.Protocol):
         client could lose the GOAWAY saying why."""
         self._flush()
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.fin_sent:
             return
         self.discarding = True
         self.buffer.clear()
         for call in list(self.calls.values()):
             self._cut(call)
+        self.fin_sent = True
         if transport.can_write_eof():
             transport.write_eof()
             self.loop.call_later(1.0, transport.abort)
@@ -741,7 +749,8 @@ class _Connection(asyncio.Protocol):
             del framed, payload
             answer = await cast(Awaitable[Message], route[1](request, cast(Context, _CallContext(call, size))))
             if not call.done:
-                self._answer(call, answer.SerializeToString())
+                parts = getattr(answer, "parts", None)  # an answer that keeps its tensors' memory (InferAnswer)
+                self._answer(call, *(parts() if parts is not None else (answer.SerializeToString(),)))
                 self._finish(call, grpc.StatusCode.OK, "")
         except _Aborted as exc:
             self._finish(call, exc.code, exc.details)
@@ -853,17 +862,23 @@ class _Connection(asyncio.Protocol):
 
     # -- answering ----------------------------------------------------------------------------
 
-    def _answer(self, call: _Call, message: bytes) -> None:
-        if self.unsent and self.unsent + len(message) > CONNECTION_BUFFER:
+    def _answer(self, call: _Call, *message: bytes | memoryview) -> None:
+        """One message (in parts, sent as they are: sliced into frames, never joined) on the call."""
+        size = sum(len(part) for part in message)
+        if self.unsent and self.unsent + size > CONNECTION_BUFFER:
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"the client holds more than {CONNECTION_BUFFER} bytes of answers unread on this connection")
             return
         if not call.headers_sent:
             call.headers_sent = True
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, _RESPONSE_HEADERS))
-        call.outbox.append(b"\0" + len(message).to_bytes(4, "big") + message)
-        call.unsent += len(message) + 5
-        self.unsent += len(message) + 5
+        if size < _JOIN_BELOW:
+            call.outbox.append(memoryview(b"".join((b"\0", size.to_bytes(4, "big"), *message))))
+        else:
+            call.outbox.append(memoryview(b"\0" + size.to_bytes(4, "big")))
+            call.outbox.extend(memoryview(part) for part in message)
+        call.unsent += size + 5
+        self.unsent += size + 5
         self._pump(call)
 
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
@@ -940,7 +955,8 @@ class _Connection(asyncio.Protocol):
                 sent = min(call.held, len(chunk))
                 call.held -= sent
                 self.server.budget.give(sent)
-            self._write(h2.frame(h2.DATA, 0, call.id, chunk))
+            self._write(h2.frame_header(h2.DATA, 0, call.id, len(chunk)))
+            self._write(chunk)
         self.blocked.pop(call.id, None)
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)

@@ -30,6 +30,7 @@ from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc.errors import SHUTTING_DOWN
 from inferd.transport.grpc.health import Health
 from inferd.transport.grpc.servicers import (
+    Answer,
     Context,
     KServeV2Servicer,
     ModelServicer,
@@ -45,7 +46,7 @@ STREAM_INFLIGHT = 64  # requests of one stream running at once; then its message
 THREADS = 256  # calls running at once; more (up to max_calls) wait in grpc's queue for a thread
 MAX_STREAMS_PER_CONNECTION = 1000  # per connection; calls at once are bounded by max_calls
 
-Method = Callable[[Any, Context], Awaitable[Message]]
+Method = Callable[[Any, Context], Awaitable[Answer]]
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -74,7 +75,7 @@ class _LoopContext:
 
 
 def _budgeted(method: Method, budget: ByteBudget) -> Method:
-    async def call(request: Any, context: Context) -> Message:
+    async def call(request: Any, context: Context) -> Answer:
         size = request.ByteSize()
         if not budget.take(size):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, budget.refusal(size))
@@ -86,12 +87,12 @@ def _budgeted(method: Method, budget: ByteBudget) -> Method:
     return call
 
 
-def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Message, grpc.ServicerContext], Message]:
+def _on_loop(method: Method, loop: asyncio.AbstractEventLoop) -> Callable[[Message, grpc.ServicerContext], Answer]:
     """The grpc thread's side of a call: run ``method`` on the loop and wait for its answer."""
 
-    def call(request: Message, context: grpc.ServicerContext) -> Message:
+    def call(request: Message, context: grpc.ServicerContext) -> Answer:
         coroutine = method(request, cast(Context, _LoopContext(context)))
-        future = asyncio.run_coroutine_threadsafe(cast(Coroutine[Any, Any, Message], coroutine), loop)
+        future = asyncio.run_coroutine_threadsafe(cast(Coroutine[Any, Any, Answer], coroutine), loop)
         try:
             return future.result()
         except _Aborted as exc:

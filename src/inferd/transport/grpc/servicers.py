@@ -83,10 +83,11 @@ def decode_work(request: pb.ModelInferRequest, context: Context) -> int:
     return size
 
 Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp", bound=Message)
+Answer = Message | kserve_v2_grpc.InferAnswer  # what a method answers: anything with SerializeToString()
+Resp = TypeVar("Resp", bound=Answer)
 Method = Callable[[Req, Context], Awaitable[Resp]]
 # method name -> (the bound method, its request message class)
-Methods = dict[str, tuple[Callable[[Any, Context], Awaitable[Message]], type[Message]]]
+Methods = dict[str, tuple[Callable[[Any, Context], Awaitable[Answer]], type[Message]]]
 # bidirectional: method name -> (each request message's answers, the request message class)
 StreamMethods = dict[str, tuple[Callable[[Any, Context], AsyncGenerator[Message, None]], type[Message]]]
 
@@ -236,13 +237,13 @@ class KServeV2Servicer:
         return kserve_v2_grpc.encode_model_metadata(metadata)
 
     @guarded
-    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> kserve_v2_grpc.InferAnswer:
         infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
         response = await self.data.infer(infer_request)
-        return kserve_v2_grpc.encode_infer_response(response)
+        return kserve_v2_grpc.encode_infer_answer(response)  # its raw contents uncopied until sent
 
     @guarded
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context
