@@ -115,6 +115,7 @@ class InferRequest:
     protocol: str = "kserve_v2"  # which protocol decoded it (a metrics label)
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
     credentials: str | None = None  # the Authorization header/metadata, for --auth-inference
+    priority: int = 0  # Triton's "priority": a dynamic batcher's level, 1 the highest; 0 = the model's default
 
 
 class ModelCalls(Protocol):
@@ -194,6 +195,7 @@ class CallContext:
     parameters: dict[str, Any] | None = None
     outputs: tuple[str, ...] = ()
     request_id: str = ""
+    priority: int = 0  # the request's priority parameter (0: the model's default level)
 
     def is_cancelled(self) -> bool:
         return self.cancelled is not None and self.cancelled()

@@ -215,7 +215,7 @@ class DataPlane:
                                "per request): ask it over a stream (gRPC ModelStreamInfer, or POST "
                                f"/v2/models/{request.model_name}/generate_stream)")
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
-        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        context = CallContext(deadline=deadline, cancelled=request.cancelled, priority=request.priority)
         outcome = "success"
         checked = gathered = start
         key: bytes | None = None
@@ -319,7 +319,7 @@ class DataPlane:
             return
         start = time.perf_counter()
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
-        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        context = CallContext(deadline=deadline, cancelled=request.cancelled, priority=request.priority)
         outcome = "success"
         held = 0
         try:

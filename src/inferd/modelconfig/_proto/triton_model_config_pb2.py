@@ -14,13 +14,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19triton_model_config.proto\x12\rinferd.triton\"\xb8\x01\n\x12ModelInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.inferd.triton.ModelInstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"\xf7\x01\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tdata_type\x18\x02 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x30\n\x06\x66ormat\x18\x03 \x01(\x0e\x32 .inferd.triton.ModelInput.Format\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x32\n\x07reshape\x18\x05 \x01(\x0b\x32!.inferd.triton.ModelTensorReshape\";\n\x06\x46ormat\x12\x0f\n\x0b\x46ORMAT_NONE\x10\x00\x12\x0f\n\x0b\x46ORMAT_NHWC\x10\x01\x12\x0f\n\x0b\x46ORMAT_NCHW\x10\x02\"#\n\x12ModelTensorReshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\xa1\x01\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tdata_type\x18\x02 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\x12\x32\n\x07reshape\x18\x05 \x01(\x0b\x32!.inferd.triton.ModelTensorReshape\"\x9c\x02\n\x12ModelVersionPolicy\x12:\n\x06latest\x18\x01 \x01(\x0b\x32(.inferd.triton.ModelVersionPolicy.LatestH\x00\x12\x34\n\x03\x61ll\x18\x02 \x01(\x0b\x32%.inferd.triton.ModelVersionPolicy.AllH\x00\x12>\n\x08specific\x18\x03 \x01(\x0b\x32*.inferd.triton.ModelVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"p\n\x10ModelQueuePolicy\x12$\n\x1c\x64\x65\x66\x61ult_timeout_microseconds\x18\x02 \x01(\x04\x12\x1e\n\x16\x61llow_timeout_override\x18\x03 \x01(\x08\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\"\x99\x01\n\x14ModelDynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\x12=\n\x14\x64\x65\x66\x61ult_queue_policy\x18\x06 \x01(\x0b\x32\x1f.inferd.triton.ModelQueuePolicy\"\xb0\x07\n\x15ModelSequenceBatching\x12\x45\n\x06\x64irect\x18\x03 \x01(\x0b\x32\x33.inferd.triton.ModelSequenceBatching.StrategyDirectH\x00\x12\x45\n\x06oldest\x18\x04 \x01(\x0b\x32\x33.inferd.triton.ModelSequenceBatching.StrategyOldestH\x00\x12&\n\x1emax_sequence_idle_microseconds\x18\x01 \x01(\x04\x12H\n\rcontrol_input\x18\x02 \x03(\x0b\x32\x31.inferd.triton.ModelSequenceBatching.ControlInput\x1a\xb9\x02\n\x07\x43ontrol\x12?\n\x04kind\x18\x01 \x01(\x0e\x32\x31.inferd.triton.ModelSequenceBatching.Control.Kind\x12\x18\n\x10int32_false_true\x18\x02 \x03(\x05\x12\x17\n\x0f\x66p32_false_true\x18\x03 \x03(\x02\x12\x17\n\x0f\x62ool_false_true\x18\x05 \x03(\x08\x12*\n\tdata_type\x18\x04 \x01(\x0e\x32\x17.inferd.triton.DataType\"u\n\x04Kind\x12\x1a\n\x16\x43ONTROL_SEQUENCE_START\x10\x00\x12\x1a\n\x16\x43ONTROL_SEQUENCE_READY\x10\x01\x12\x18\n\x14\x43ONTROL_SEQUENCE_END\x10\x02\x12\x1b\n\x17\x43ONTROL_SEQUENCE_CORRID\x10\x03\x1a[\n\x0c\x43ontrolInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x07\x63ontrol\x18\x02 \x03(\x0b\x32,.inferd.triton.ModelSequenceBatching.Control\x1aX\n\x0eStrategyDirect\x12$\n\x1cmax_queue_delay_microseconds\x18\x01 \x01(\x04\x12 \n\x18minimum_slot_utilization\x18\x02 \x01(\x02\x1a\x90\x01\n\x0eStrategyOldest\x12\x1f\n\x17max_candidate_sequences\x18\x01 \x01(\x05\x12\x1c\n\x14preferred_batch_size\x18\x02 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x04\x12\x19\n\x11preserve_ordering\x18\x04 \x01(\x08\x42\x11\n\x0fstrategy_choice\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"$\n\x12ModelResponseCache\x12\x0e\n\x06\x65nable\x18\x01 \x01(\x08\"+\n\x16ModelTransactionPolicy\x12\x11\n\tdecoupled\x18\x01 \x01(\x08\"\xe5\x02\n\x0bModelWarmup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x36\n\x06inputs\x18\x03 \x03(\x0b\x32&.inferd.triton.ModelWarmup.InputsEntry\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x1a\x9b\x01\n\x05Input\x12*\n\tdata_type\x18\x01 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x0c\n\x04\x64ims\x18\x02 \x03(\x03\x12\x13\n\tzero_data\x18\x03 \x01(\x08H\x00\x12\x15\n\x0brandom_data\x18\x04 \x01(\x08H\x00\x12\x19\n\x0finput_data_file\x18\x05 \x01(\tH\x00\x42\x11\n\x0finput_data_type\x1aO\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .inferd.triton.ModelWarmup.Input:\x02\x38\x01\"\xe9\x02\n\x0fModelEnsembling\x12\x31\n\x04step\x18\x01 \x03(\x0b\x32#.inferd.triton.ModelEnsembling.Step\x1a\xa2\x02\n\x04Step\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x44\n\tinput_map\x18\x03 \x03(\x0b\x32\x31.inferd.triton.ModelEnsembling.Step.InputMapEntry\x12\x46\n\noutput_map\x18\x04 \x03(\x0b\x32\x32.inferd.triton.ModelEnsembling.Step.OutputMapEntry\x1a/\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eOutputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x06\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x39\n\x0eversion_policy\x18\x03 \x01(\x0b\x32!.inferd.triton.ModelVersionPolicy\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12(\n\x05input\x18\x05 \x03(\x0b\x32\x19.inferd.triton.ModelInput\x12*\n\x06output\x18\x06 \x03(\x0b\x32\x1a.inferd.triton.ModelOutput\x12?\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.inferd.triton.ModelDynamicBatchingH\x00\x12\x41\n\x11sequence_batching\x18\r \x01(\x0b\x32$.inferd.triton.ModelSequenceBatchingH\x00\x12=\n\x13\x65nsemble_scheduling\x18\x0f \x01(\x0b\x32\x1e.inferd.triton.ModelEnsemblingH\x00\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.inferd.triton.ModelInstanceGroup\x12>\n\nparameters\x18\x0e \x03(\x0b\x32*.inferd.triton.ModelConfig.ParametersEntry\x12G\n\x18model_transaction_policy\x18\x13 \x01(\x0b\x32%.inferd.triton.ModelTransactionPolicy\x12\x39\n\x0eresponse_cache\x18\x18 \x01(\x0b\x32!.inferd.triton.ModelResponseCache\x12\x30\n\x0cmodel_warmup\x18\x10 \x03(\x0b\x32\x1a.inferd.triton.ModelWarmup\x12\x1e\n\x16\x64\x65\x66\x61ult_model_filename\x18\x08 \x01(\t\x1aP\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.inferd.triton.ModelParameter:\x02\x38\x01\x42\x13\n\x11scheduling_choice*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19triton_model_config.proto\x12\rinferd.triton\"\xb8\x01\n\x12ModelInstanceGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x04 \x01(\x0e\x32&.inferd.triton.ModelInstanceGroup.Kind\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04gpus\x18\x03 \x03(\x05\"A\n\x04Kind\x12\r\n\tKIND_AUTO\x10\x00\x12\x0c\n\x08KIND_GPU\x10\x01\x12\x0c\n\x08KIND_CPU\x10\x02\x12\x0e\n\nKIND_MODEL\x10\x03\"\xf7\x01\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tdata_type\x18\x02 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x30\n\x06\x66ormat\x18\x03 \x01(\x0e\x32 .inferd.triton.ModelInput.Format\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x32\n\x07reshape\x18\x05 \x01(\x0b\x32!.inferd.triton.ModelTensorReshape\";\n\x06\x46ormat\x12\x0f\n\x0b\x46ORMAT_NONE\x10\x00\x12\x0f\n\x0b\x46ORMAT_NHWC\x10\x01\x12\x0f\n\x0b\x46ORMAT_NCHW\x10\x02\"#\n\x12ModelTensorReshape\x12\r\n\x05shape\x18\x01 \x03(\x03\"\xa1\x01\n\x0bModelOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\tdata_type\x18\x02 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\x12\x16\n\x0elabel_filename\x18\x04 \x01(\t\x12\x32\n\x07reshape\x18\x05 \x01(\x0b\x32!.inferd.triton.ModelTensorReshape\"\x9c\x02\n\x12ModelVersionPolicy\x12:\n\x06latest\x18\x01 \x01(\x0b\x32(.inferd.triton.ModelVersionPolicy.LatestH\x00\x12\x34\n\x03\x61ll\x18\x02 \x01(\x0b\x32%.inferd.triton.ModelVersionPolicy.AllH\x00\x12>\n\x08specific\x18\x03 \x01(\x0b\x32*.inferd.triton.ModelVersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"\xdf\x01\n\x10ModelQueuePolicy\x12\x45\n\x0etimeout_action\x18\x01 \x01(\x0e\x32-.inferd.triton.ModelQueuePolicy.TimeoutAction\x12$\n\x1c\x64\x65\x66\x61ult_timeout_microseconds\x18\x02 \x01(\x04\x12\x1e\n\x16\x61llow_timeout_override\x18\x03 \x01(\x08\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\"&\n\rTimeoutAction\x12\n\n\x06REJECT\x10\x00\x12\t\n\x05\x44\x45LAY\x10\x01\"\x8c\x03\n\x14ModelDynamicBatching\x12\x1c\n\x14preferred_batch_size\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x04\x12\x17\n\x0fpriority_levels\x18\x04 \x01(\x04\x12\x1e\n\x16\x64\x65\x66\x61ult_priority_level\x18\x05 \x01(\x04\x12=\n\x14\x64\x65\x66\x61ult_queue_policy\x18\x06 \x01(\x0b\x32\x1f.inferd.triton.ModelQueuePolicy\x12[\n\x15priority_queue_policy\x18\x07 \x03(\x0b\x32<.inferd.triton.ModelDynamicBatching.PriorityQueuePolicyEntry\x1a[\n\x18PriorityQueuePolicyEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.inferd.triton.ModelQueuePolicy:\x02\x38\x01\"\xb0\x07\n\x15ModelSequenceBatching\x12\x45\n\x06\x64irect\x18\x03 \x01(\x0b\x32\x33.inferd.triton.ModelSequenceBatching.StrategyDirectH\x00\x12\x45\n\x06oldest\x18\x04 \x01(\x0b\x32\x33.inferd.triton.ModelSequenceBatching.StrategyOldestH\x00\x12&\n\x1emax_sequence_idle_microseconds\x18\x01 \x01(\x04\x12H\n\rcontrol_input\x18\x02 \x03(\x0b\x32\x31.inferd.triton.ModelSequenceBatching.ControlInput\x1a\xb9\x02\n\x07\x43ontrol\x12?\n\x04kind\x18\x01 \x01(\x0e\x32\x31.inferd.triton.ModelSequenceBatching.Control.Kind\x12\x18\n\x10int32_false_true\x18\x02 \x03(\x05\x12\x17\n\x0f\x66p32_false_true\x18\x03 \x03(\x02\x12\x17\n\x0f\x62ool_false_true\x18\x05 \x03(\x08\x12*\n\tdata_type\x18\x04 \x01(\x0e\x32\x17.inferd.triton.DataType\"u\n\x04Kind\x12\x1a\n\x16\x43ONTROL_SEQUENCE_START\x10\x00\x12\x1a\n\x16\x43ONTROL_SEQUENCE_READY\x10\x01\x12\x18\n\x14\x43ONTROL_SEQUENCE_END\x10\x02\x12\x1b\n\x17\x43ONTROL_SEQUENCE_CORRID\x10\x03\x1a[\n\x0c\x43ontrolInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x07\x63ontrol\x18\x02 \x03(\x0b\x32,.inferd.triton.ModelSequenceBatching.Control\x1aX\n\x0eStrategyDirect\x12$\n\x1cmax_queue_delay_microseconds\x18\x01 \x01(\x04\x12 \n\x18minimum_slot_utilization\x18\x02 \x01(\x02\x1a\x90\x01\n\x0eStrategyOldest\x12\x1f\n\x17max_candidate_sequences\x18\x01 \x01(\x05\x12\x1c\n\x14preferred_batch_size\x18\x02 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x03 \x01(\x04\x12\x19\n\x11preserve_ordering\x18\x04 \x01(\x08\x42\x11\n\x0fstrategy_choice\"&\n\x0eModelParameter\x12\x14\n\x0cstring_value\x18\x01 \x01(\t\"$\n\x12ModelResponseCache\x12\x0e\n\x06\x65nable\x18\x01 \x01(\x08\"+\n\x16ModelTransactionPolicy\x12\x11\n\tdecoupled\x18\x01 \x01(\x08\"\xe5\x02\n\x0bModelWarmup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x36\n\x06inputs\x18\x03 \x03(\x0b\x32&.inferd.triton.ModelWarmup.InputsEntry\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x1a\x9b\x01\n\x05Input\x12*\n\tdata_type\x18\x01 \x01(\x0e\x32\x17.inferd.triton.DataType\x12\x0c\n\x04\x64ims\x18\x02 \x03(\x03\x12\x13\n\tzero_data\x18\x03 \x01(\x08H\x00\x12\x15\n\x0brandom_data\x18\x04 \x01(\x08H\x00\x12\x19\n\x0finput_data_file\x18\x05 \x01(\tH\x00\x42\x11\n\x0finput_data_type\x1aO\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .inferd.triton.ModelWarmup.Input:\x02\x38\x01\"\xe9\x02\n\x0fModelEnsembling\x12\x31\n\x04step\x18\x01 \x03(\x0b\x32#.inferd.triton.ModelEnsembling.Step\x1a\xa2\x02\n\x04Step\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x44\n\tinput_map\x18\x03 \x03(\x0b\x32\x31.inferd.triton.ModelEnsembling.Step.InputMapEntry\x12\x46\n\noutput_map\x18\x04 \x03(\x0b\x32\x32.inferd.triton.ModelEnsembling.Step.OutputMapEntry\x1a/\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eOutputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x06\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x39\n\x0eversion_policy\x18\x03 \x01(\x0b\x32!.inferd.triton.ModelVersionPolicy\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12(\n\x05input\x18\x05 \x03(\x0b\x32\x19.inferd.triton.ModelInput\x12*\n\x06output\x18\x06 \x03(\x0b\x32\x1a.inferd.triton.ModelOutput\x12?\n\x10\x64ynamic_batching\x18\x0b \x01(\x0b\x32#.inferd.triton.ModelDynamicBatchingH\x00\x12\x41\n\x11sequence_batching\x18\r \x01(\x0b\x32$.inferd.triton.ModelSequenceBatchingH\x00\x12=\n\x13\x65nsemble_scheduling\x18\x0f \x01(\x0b\x32\x1e.inferd.triton.ModelEnsemblingH\x00\x12\x39\n\x0einstance_group\x18\x07 \x03(\x0b\x32!.inferd.triton.ModelInstanceGroup\x12>\n\nparameters\x18\x0e \x03(\x0b\x32*.inferd.triton.ModelConfig.ParametersEntry\x12G\n\x18model_transaction_policy\x18\x13 \x01(\x0b\x32%.inferd.triton.ModelTransactionPolicy\x12\x39\n\x0eresponse_cache\x18\x18 \x01(\x0b\x32!.inferd.triton.ModelResponseCache\x12\x30\n\x0cmodel_warmup\x18\x10 \x03(\x0b\x32\x1a.inferd.triton.ModelWarmup\x12\x1e\n\x16\x64\x65\x66\x61ult_model_filename\x18\x08 \x01(\t\x1aP\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.inferd.triton.ModelParameter:\x02\x38\x01\x42\x13\n\x11scheduling_choice*\xfa\x01\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_BOOL\x10\x01\x12\x0e\n\nTYPE_UINT8\x10\x02\x12\x0f\n\x0bTYPE_UINT16\x10\x03\x12\x0f\n\x0bTYPE_UINT32\x10\x04\x12\x0f\n\x0bTYPE_UINT64\x10\x05\x12\r\n\tTYPE_INT8\x10\x06\x12\x0e\n\nTYPE_INT16\x10\x07\x12\x0e\n\nTYPE_INT32\x10\x08\x12\x0e\n\nTYPE_INT64\x10\t\x12\r\n\tTYPE_FP16\x10\n\x12\r\n\tTYPE_FP32\x10\x0b\x12\r\n\tTYPE_FP64\x10\x0c\x12\x0f\n\x0bTYPE_STRING\x10\r\x12\r\n\tTYPE_BF16\x10\x0e\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inferd.modelconfig._proto.triton_model_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELDYNAMICBATCHING_PRIORITYQUEUEPOLICYENTRY']._loaded_options = None
+  _globals['_MODELDYNAMICBATCHING_PRIORITYQUEUEPOLICYENTRY']._serialized_options = b'8\001'
   _globals['_MODELWARMUP_INPUTSENTRY']._loaded_options = None
   _globals['_MODELWARMUP_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._loaded_options = None
@@ -29,8 +31,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_options = b'8\001'
   _globals['_MODELCONFIG_PARAMETERSENTRY']._loaded_options = None
   _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=3903
-  _globals['_DATATYPE']._serialized_end=4153
+  _globals['_DATATYPE']._serialized_start=4258
+  _globals['_DATATYPE']._serialized_end=4508
   _globals['_MODELINSTANCEGROUP']._serialized_start=45
   _globals['_MODELINSTANCEGROUP']._serialized_end=229
   _globals['_MODELINSTANCEGROUP_KIND']._serialized_start=164
@@ -51,44 +53,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSIONPOLICY_ALL']._serialized_end=920
   _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_start=922
   _globals['_MODELVERSIONPOLICY_SPECIFIC']._serialized_end=950
-  _globals['_MODELQUEUEPOLICY']._serialized_start=969
-  _globals['_MODELQUEUEPOLICY']._serialized_end=1081
-  _globals['_MODELDYNAMICBATCHING']._serialized_start=1084
-  _globals['_MODELDYNAMICBATCHING']._serialized_end=1237
-  _globals['_MODELSEQUENCEBATCHING']._serialized_start=1240
-  _globals['_MODELSEQUENCEBATCHING']._serialized_end=2184
-  _globals['_MODELSEQUENCEBATCHING_CONTROL']._serialized_start=1522
-  _globals['_MODELSEQUENCEBATCHING_CONTROL']._serialized_end=1835
-  _globals['_MODELSEQUENCEBATCHING_CONTROL_KIND']._serialized_start=1718
-  _globals['_MODELSEQUENCEBATCHING_CONTROL_KIND']._serialized_end=1835
-  _globals['_MODELSEQUENCEBATCHING_CONTROLINPUT']._serialized_start=1837
-  _globals['_MODELSEQUENCEBATCHING_CONTROLINPUT']._serialized_end=1928
-  _globals['_MODELSEQUENCEBATCHING_STRATEGYDIRECT']._serialized_start=1930
-  _globals['_MODELSEQUENCEBATCHING_STRATEGYDIRECT']._serialized_end=2018
-  _globals['_MODELSEQUENCEBATCHING_STRATEGYOLDEST']._serialized_start=2021
-  _globals['_MODELSEQUENCEBATCHING_STRATEGYOLDEST']._serialized_end=2165
-  _globals['_MODELPARAMETER']._serialized_start=2186
-  _globals['_MODELPARAMETER']._serialized_end=2224
-  _globals['_MODELRESPONSECACHE']._serialized_start=2226
-  _globals['_MODELRESPONSECACHE']._serialized_end=2262
-  _globals['_MODELTRANSACTIONPOLICY']._serialized_start=2264
-  _globals['_MODELTRANSACTIONPOLICY']._serialized_end=2307
-  _globals['_MODELWARMUP']._serialized_start=2310
-  _globals['_MODELWARMUP']._serialized_end=2667
-  _globals['_MODELWARMUP_INPUT']._serialized_start=2431
-  _globals['_MODELWARMUP_INPUT']._serialized_end=2586
-  _globals['_MODELWARMUP_INPUTSENTRY']._serialized_start=2588
-  _globals['_MODELWARMUP_INPUTSENTRY']._serialized_end=2667
-  _globals['_MODELENSEMBLING']._serialized_start=2670
-  _globals['_MODELENSEMBLING']._serialized_end=3031
-  _globals['_MODELENSEMBLING_STEP']._serialized_start=2741
-  _globals['_MODELENSEMBLING_STEP']._serialized_end=3031
-  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_start=2934
-  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_end=2981
-  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_start=2983
-  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_end=3031
-  _globals['_MODELCONFIG']._serialized_start=3034
-  _globals['_MODELCONFIG']._serialized_end=3900
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=3799
-  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=3879
+  _globals['_MODELQUEUEPOLICY']._serialized_start=970
+  _globals['_MODELQUEUEPOLICY']._serialized_end=1193
+  _globals['_MODELQUEUEPOLICY_TIMEOUTACTION']._serialized_start=1155
+  _globals['_MODELQUEUEPOLICY_TIMEOUTACTION']._serialized_end=1193
+  _globals['_MODELDYNAMICBATCHING']._serialized_start=1196
+  _globals['_MODELDYNAMICBATCHING']._serialized_end=1592
+  _globals['_MODELDYNAMICBATCHING_PRIORITYQUEUEPOLICYENTRY']._serialized_start=1501
+  _globals['_MODELDYNAMICBATCHING_PRIORITYQUEUEPOLICYENTRY']._serialized_end=1592
+  _globals['_MODELSEQUENCEBATCHING']._serialized_start=1595
+  _globals['_MODELSEQUENCEBATCHING']._serialized_end=2539
+  _globals['_MODELSEQUENCEBATCHING_CONTROL']._serialized_start=1877
+  _globals['_MODELSEQUENCEBATCHING_CONTROL']._serialized_end=2190
+  _globals['_MODELSEQUENCEBATCHING_CONTROL_KIND']._serialized_start=2073
+  _globals['_MODELSEQUENCEBATCHING_CONTROL_KIND']._serialized_end=2190
+  _globals['_MODELSEQUENCEBATCHING_CONTROLINPUT']._serialized_start=2192
+  _globals['_MODELSEQUENCEBATCHING_CONTROLINPUT']._serialized_end=2283
+  _globals['_MODELSEQUENCEBATCHING_STRATEGYDIRECT']._serialized_start=2285
+  _globals['_MODELSEQUENCEBATCHING_STRATEGYDIRECT']._serialized_end=2373
+  _globals['_MODELSEQUENCEBATCHING_STRATEGYOLDEST']._serialized_start=2376
+  _globals['_MODELSEQUENCEBATCHING_STRATEGYOLDEST']._serialized_end=2520
+  _globals['_MODELPARAMETER']._serialized_start=2541
+  _globals['_MODELPARAMETER']._serialized_end=2579
+  _globals['_MODELRESPONSECACHE']._serialized_start=2581
+  _globals['_MODELRESPONSECACHE']._serialized_end=2617
+  _globals['_MODELTRANSACTIONPOLICY']._serialized_start=2619
+  _globals['_MODELTRANSACTIONPOLICY']._serialized_end=2662
+  _globals['_MODELWARMUP']._serialized_start=2665
+  _globals['_MODELWARMUP']._serialized_end=3022
+  _globals['_MODELWARMUP_INPUT']._serialized_start=2786
+  _globals['_MODELWARMUP_INPUT']._serialized_end=2941
+  _globals['_MODELWARMUP_INPUTSENTRY']._serialized_start=2943
+  _globals['_MODELWARMUP_INPUTSENTRY']._serialized_end=3022
+  _globals['_MODELENSEMBLING']._serialized_start=3025
+  _globals['_MODELENSEMBLING']._serialized_end=3386
+  _globals['_MODELENSEMBLING_STEP']._serialized_start=3096
+  _globals['_MODELENSEMBLING_STEP']._serialized_end=3386
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_start=3289
+  _globals['_MODELENSEMBLING_STEP_INPUTMAPENTRY']._serialized_end=3336
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_start=3338
+  _globals['_MODELENSEMBLING_STEP_OUTPUTMAPENTRY']._serialized_end=3386
+  _globals['_MODELCONFIG']._serialized_start=3389
+  _globals['_MODELCONFIG']._serialized_end=4255
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_start=4154
+  _globals['_MODELCONFIG_PARAMETERSENTRY']._serialized_end=4234
 # @@protoc_insertion_point(module_scope)
