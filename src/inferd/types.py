@@ -411,3 +411,5 @@ class ModelStatistics:
     execution_count: int  # model calls
     requests: RequestStatistics
     batches: tuple[BatchStatistics, ...]
+    pending: int = 0  # requests waiting for an instance now (queued, not yet running)
+    cached: bool = False  # the response cache answers this model (--cache-size and its response_cache)

@@ -1,6 +1,6 @@
 """Triton's dynamic-batcher queue with Triton's clients on the real server: priority levels from a
 config.pbtxt and the request's ``priority``, each level's queue bound, DELAY as a timeout action,
-and the model configuration answering the keys back."""
+the model configuration answering the keys back, and the pending request count on /metrics."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ dynamic_batching { default_queue_policy { default_timeout_microseconds: 600000 t
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root: Path = tmp_path_factory.mktemp("triton_queue")
-    for name, config in (("prio", PRIORITIES), ("bounded", PRIORITIES), ("delayed", DELAYED)):
+    for name, config in (("prio", PRIORITIES), ("bounded", PRIORITIES), ("delayed", DELAYED),
+                         ("plain", TENSORS + "dynamic_batching { }"), ("unbatched", TENSORS)):
         write(root / name / "1/model.py", ORDERED)
         write(root / name / "config.pbtxt", config)
     return root
@@ -83,6 +84,13 @@ def _order(server: RunningServer, wire: str, model: str, value: float, sleep_s: 
     return int(client.infer(model, [tensor], priority=priority).as_numpy("order")[0, 0])
 
 
+def _pending(server: RunningServer, model: str) -> int:
+    text = requests.get(f"{server.base}/metrics", timeout=10).text
+    assert "# TYPE nv_inference_pending_request_count gauge" in text
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference_pending"))
+    return int(lines[f'nv_inference_pending_request_count{{model="{model}",version="1"}}'])
+
+
 def test_a_high_priority_request_overtakes_queued_low_priority_ones(server: RunningServer) -> None:
     with ThreadPoolExecutor(6) as pool:
         running = pool.submit(_order, server, "http", "prio", 0, 1.5)
@@ -98,19 +106,38 @@ def test_a_high_priority_request_overtakes_queued_low_priority_ones(server: Runn
     assert rest == [first + 2, first + 3, first + 4]
 
 
-def test_each_priority_level_has_its_own_queue_bound(server: RunningServer) -> None:
+def test_each_priority_level_has_its_own_queue_bound_and_pending_requests_show_on_metrics(
+        server: RunningServer) -> None:
     with ThreadPoolExecutor(4) as pool:
         running = pool.submit(_order, server, "http", "bounded", 0, 1.5)
         time.sleep(0.4)
         queued = [pool.submit(_order, server, "grpc", "bounded", 1, priority=1),
                   pool.submit(_order, server, "http", "bounded", 2, priority=2)]
         time.sleep(0.3)
+        assert _pending(server, "bounded") == 2  # queued, not yet running: Triton's pending request count
         for wire, says in (("http", "503"), ("grpc", "StatusCode.UNAVAILABLE")):
             with pytest.raises(InferenceServerException, match="queue for priority level 1 is full") as refused:
                 _order(server, wire, "bounded", 3, priority=1)
             assert refused.value.status() == says
             assert "max_queue_size = 1" in str(refused.value)
         assert running.result() < min(f.result() for f in queued)
+    assert _pending(server, "bounded") == 0
+
+
+@pytest.mark.parametrize("model", ["plain", "unbatched"])
+def test_the_pending_request_count_is_the_requests_queued_behind_a_running_one(server: RunningServer,
+                                                                               model: str) -> None:
+    """Triton's nv_inference_pending_request_count: requests received and not yet executing, for a
+    dynamic batcher's queue and for the default scheduler's backlog alike."""
+    assert _pending(server, model) == 0
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(_order, server, "http", model, 0, 1.2)
+        time.sleep(0.4)
+        queued = [pool.submit(_order, server, wire, model, 1) for wire in ("http", "grpc")]
+        time.sleep(0.3)
+        assert _pending(server, model) == 2
+        assert running.result() < min(f.result() for f in queued)
+    assert _pending(server, model) == 0
 
 
 def test_a_priority_that_is_not_a_level_is_a_400_or_invalid_argument_naming_the_range(

@@ -439,7 +439,8 @@ class DataPlane:
         return ModelStatistics(name=name, version=version,
                                inference_count=counters.inferences + requests.cached_rows,
                                execution_count=counters.executions, requests=requests,
-                               batches=counters.batches)
+                               batches=counters.batches, pending=counters.queued,
+                               cached=self._cache is not None and self._registry.entry(name).config.response_cache)
 
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:
