@@ -123,3 +123,10 @@ def test_a_requests_own_deadline_still_fails_it_where_the_level_has_no_timeout()
         return result[0]
 
     assert isinstance(asyncio.run(main()), DeadlineExceeded)
+
+
+def test_a_delaying_queue_without_levels_is_bounded_as_one_queue() -> None:
+    b, _ = batcher(DynamicBatching(max_queue_size=1, default_timeout_ms=10, timeout_action="delay"))
+    results = asyncio.run(_queued_behind_a_running_one(b, [(1, 0), (2, 0)]))
+    assert isinstance(results[1], dict) and isinstance(results[2], QueueFull)
+    assert "model 'm' queue is full (1 requests waiting, max_queue_size = 1)" in str(results[2])

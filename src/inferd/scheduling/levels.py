@@ -39,9 +39,8 @@ class PriorityLevels:
 
     @staticmethod
     def needed(batching: DynamicBatching) -> bool:
-        return batching.priority_levels > 0 or any(
-            policy.timeout_action == "delay"
-            for policy in (batching.default_policy, *batching.priority_queue_policy.values()))
+        """Levels, or one queue whose timeout delays (a level's own policy counts only with levels)."""
+        return batching.priority_levels > 0 or batching.timeout_action == "delay"
 
     def policy(self, level: int) -> QueuePolicy:
         return self._own.get(level, self._default)
@@ -51,9 +50,9 @@ class PriorityLevels:
         level = self._batching.level_of(priority)
         bound = self.policy(level).max_queue_size
         if self._waiting[level] >= bound:
-            raise QueueFull(f"model '{self._name}' queue for priority level {level} is full "
-                            f"({self._waiting[level]} requests waiting at that level, max_queue_size = {bound}); "
-                            "retry later")
+            queue = f"queue for priority level {level}" if level else "queue"
+            raise QueueFull(f"model '{self._name}' {queue} is full ({self._waiting[level]} requests waiting"
+                            f"{' at that level' if level else ''}, max_queue_size = {bound}); retry later")
         return level
 
     def join(self, queue: list[Q], waiting: Q) -> None:
@@ -65,6 +64,8 @@ class PriorityLevels:
     def leave(self, gone: list[Q]) -> None:
         for waiting in gone:
             self._waiting[waiting.level] -= 1
+            if not self._waiting[waiting.level]:  # only the levels in use are kept, however many there are
+                del self._waiting[waiting.level]
 
     def delays(self, waiting: Queued) -> bool:
         """Whether the request's queue timeout delays it rather than failing it: its level's policy
