@@ -379,7 +379,8 @@ class RequestStatistics:
     ``fail`` time whole requests; ``queue``, ``compute_input`` (checking and converting inputs),
     ``compute_infer`` (the execution the request was part of) and ``compute_output`` (gathering
     its outputs) split the successful ones; ``cache_hit`` (lookup and copy out) and ``cache_miss``
-    (lookup and insertion) time the response cache's part of the requests it saw."""
+    (lookup and insertion) time the response cache's part of the requests it saw. ``failures``
+    splits ``fail`` by Triton's reasons (REJECTED, CANCELED, BACKEND, OTHER)."""
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -391,6 +392,7 @@ class RequestStatistics:
     cache_miss: Duration = field(default_factory=Duration)
     cached_rows: int = 0  # rows answered from the cache (Triton counts them in inference_count)
     last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
+    failures: dict[str, int] = field(default_factory=dict)  # failed requests by reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -393,6 +393,8 @@ class DataPlane:
         t = context.timings
         if outcome != "success":
             stats.fail.add(t.total * requests, requests)
+            reason = "OTHER" if runtime.composed_of else _FAILURE_REASONS.get(outcome, "OTHER")
+            stats.failures[reason] = stats.failures.get(reason, 0) + requests
             return
         stats.success.add(t.total * requests, requests)
         stats.queue.add(t.queue * requests, requests)
@@ -441,6 +443,12 @@ class DataPlane:
                                execution_count=counters.executions, requests=requests,
                                batches=counters.batches, pending=counters.queued,
                                cached=self._cache is not None and self._registry.entry(name).config.response_cache)
+
+
+# a failed request's outcome -> Triton's failure reason (metric_model_reporter.cc): a deadline that passed
+# before it ran, a client that went away, the model raising; the rest (and an ensemble's own, as in
+# Triton) are OTHER
+_FAILURE_REASONS = {"deadline_exceeded": "REJECTED", "cancelled": "CANCELED", "model_failed": "BACKEND"}
 
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:

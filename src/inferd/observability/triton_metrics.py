@@ -5,7 +5,9 @@ and written by hand as custom metrics are (prometheus-client would add ``_total`
 Each row is one loaded model version's statistics (the data plane's, the same the statistics
 extension answers): model, version, successful and failed requests, inferences and executions (both
 without the cached requests, as Triton counts them), and the successful requests' time from arrival
-to answer, in the queue, and in compute input, infer and output, in nanoseconds; the requests waiting
+to answer, in the queue, and in compute input, infer and output, in nanoseconds; the failures by Triton's
+reason (a deadline that passed in the queue: REJECTED; a client gone: CANCELED; the model raising:
+BACKEND; the rest and an ensemble's own: OTHER); the requests waiting
 for an instance now (Triton's pending request count, a gauge); and, for a model the response cache
 answers, its hits and misses and the time they took (Triton writes the nv_cache_*_per_model families
 only for such models)."""
@@ -36,6 +38,10 @@ class TritonRow(NamedTuple):
     cache_misses: int = 0
     cache_hit_ns: int = 0
     cache_miss_ns: int = 0
+    failures: tuple[tuple[str, int], ...] = ()  # failed requests by Triton's reason; the rest are 0
+
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's, each written for every version
 
 
 # Triton's family, its HELP text, and the row field it counts (microseconds for the *_us ones)
@@ -87,10 +93,13 @@ def _family(lines: list[str], family: tuple[str, str, str], kind: str, rows: lis
     lines.append(f"# HELP {name} {description}")
     lines.append(f"# TYPE {name} {kind}")
     for row in rows:
+        labels: tuple[tuple[str, str], ...] = (("model", row.model), ("version", row.version))
+        if field == "failure":
+            counted = dict(row.failures)
+            lines.extend(f"{name}{label_set((*labels, ('reason', reason)))} {counted.get(reason, 0)}"
+                         for reason in FAILURE_REASONS)
+            continue
         value = getattr(row, field)
         if field.endswith("_ns"):
             value //= 1000
-        labels: tuple[tuple[str, str], ...] = (("model", row.model), ("version", row.version))
-        if name == "nv_inference_request_failure":  # Triton's reason; inferd counts every failure as one
-            labels = (*labels, ("reason", "OTHER"))
         lines.append(f"{name}{label_set(labels)} {value}")
