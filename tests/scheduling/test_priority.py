@@ -130,3 +130,12 @@ def test_a_delaying_queue_without_levels_is_bounded_as_one_queue() -> None:
     results = asyncio.run(_queued_behind_a_running_one(b, [(1, 0), (2, 0)]))
     assert isinstance(results[1], dict) and isinstance(results[2], QueueFull)
     assert "model 'm' queue is full (1 requests waiting, max_queue_size = 1)" in str(results[2])
+
+
+def test_without_levels_a_levels_own_policy_is_ignored_as_in_triton() -> None:
+    """Triton instantiates only the default queue when priority_levels is 0 (scheduler_utils.cc)."""
+    batching = DynamicBatching(max_queue_size=1, timeout_action="delay", default_timeout_ms=1000,
+                               priority_queue_policy={0: QueuePolicy(max_queue_size=5)})
+    b, _ = batcher(batching)
+    results = asyncio.run(_queued_behind_a_running_one(b, [(1, 0), (2, 0)]))
+    assert isinstance(results[1], dict) and isinstance(results[2], QueueFull)

@@ -34,7 +34,7 @@ class PriorityLevels:
         self._batching = batching
         self._name = name
         self._default = batching.default_policy
-        self._own = dict(batching.priority_queue_policy)
+        self._own = dict(batching.priority_queue_policy) if batching.priority_levels else {}  # Triton: levels' only
         self._waiting: Counter[int] = Counter()  # requests queued per level, delayed ones too
 
     @staticmethod
