@@ -7,6 +7,7 @@ import pytest
 from inferd.config import (
     InitialState,
     Optimization,
+    QueuePolicy,
     SequenceState,
     ServerSettings,
     capture_sizes,
@@ -121,6 +122,17 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("[optimization]\nbatch_sizes = [1, 2]", "'batch_sizes' needs max_batch_size > 0"),
     ("max_batch_size = 4\n[optimization]\nbatch_sizes = [2, 8]", "must not exceed max_batch_size \\(4\\)"),
     ("[optimization]\nchannel_last = true", "'channel_last' is not known; did you mean 'channels_last'"),
+    ("max_batch_size = 2\n[dynamic_batching]\ntimeout_action = 'drop'",
+     "'timeout_action' must be one of \\('reject', 'delay'\\), got 'drop'"),
+    ("max_batch_size = 2\n[dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 3",
+     "'dynamic_batching.default_priority_level' must be in range \\[1, 2\\]"),
+    ("max_batch_size = 2\n[dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 1\n"
+     "[dynamic_batching.priority_queue_policy.3]", "names level 3; levels must be in range \\[1, 2\\]"),
+    ("max_batch_size = 2\n[dynamic_batching]\npriority_levels = 1\ndefault_priority_level = 1\n"
+     "[dynamic_batching.priority_queue_policy.first]", "priority_queue_policy.first\\] must be a table named by"),
+    ("max_batch_size = 2\n[dynamic_batching]\npriority_levels = 1\ndefault_priority_level = 1\n"
+     "[dynamic_batching.priority_queue_policy.1]\nmax_queue_size = 0",
+     "priority_queue_policy.1\\]: key 'max_queue_size' must be >= 1"),
 ])
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
@@ -291,3 +303,24 @@ shape = [2]
         SequenceState("STATE_IN", "STATE_OUT", "INT32", (-1,),
                       InitialState("start", "INT32", (3,), "file", "start.bin")),
         SequenceState("H", "H_OUT", "FP32", (2,)))
+
+
+def test_priority_levels_and_their_queue_policies(tmp_path: Path) -> None:
+    config = load_model_config(write(tmp_path, """
+max_batch_size = 4
+[dynamic_batching]
+max_queue_size = 16
+timeout_action = "delay"
+default_timeout_ms = 100
+priority_levels = 2
+default_priority_level = 2
+[dynamic_batching.priority_queue_policy.1]
+max_queue_size = 4
+default_timeout_ms = 5
+allow_timeout_override = true
+"""))
+    batching = config.dynamic_batching
+    assert batching is not None and (batching.priority_levels, batching.default_priority_level) == (2, 2)
+    assert batching.policy(1) == QueuePolicy(max_queue_size=4, default_timeout_ms=5.0, allow_timeout_override=True)
+    assert batching.policy(2) == QueuePolicy(max_queue_size=16, default_timeout_ms=100.0, timeout_action="delay")
+    assert [batching.level_of(p) for p in (0, 1, 2, 3)] == [2, 1, 2, 2]

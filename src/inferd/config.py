@@ -213,13 +213,48 @@ class TensorConfig:
     reshape: tuple[int, ...] | None = None  # Triton's reshape: the model's own shape (batch dim aside)
 
 
+TIMEOUT_ACTIONS = ("reject", "delay")  # Triton's ModelQueuePolicy.TimeoutAction REJECT, DELAY
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """One queue's rules (Triton's ModelQueuePolicy): the default queue's, or a priority level's."""
+
+    max_queue_size: int = 1024  # a full queue answers 503 at once
+    default_timeout_ms: float = 0.0  # 0 = no deadline
+    allow_timeout_override: bool = False  # a request's own timeout may shorten default_timeout_ms (Triton's)
+    timeout_action: str = "reject"  # at the timeout: "reject" fails the request; "delay" moves it behind
+    #                                 the requests of its level (and the levels above) that are in time
+
+
 @dataclass(frozen=True, slots=True)
 class DynamicBatching:
     max_queue_delay_ms: float = 0.0  # longest a request waits for company once an instance is free
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024  # a full queue answers 503 at once
-    default_timeout_ms: float = 0.0  # 0 = no deadline
-    allow_timeout_override: bool = False  # a request's own timeout may shorten default_timeout_ms (Triton's)
+    max_queue_size: int = 1024  # the default queue policy: every queue's without a policy of its own
+    default_timeout_ms: float = 0.0
+    allow_timeout_override: bool = False
+    timeout_action: str = "reject"
+    priority_levels: int = 0  # > 0: a queue per level, 1 the highest; a batch takes the highest levels first
+    default_priority_level: int = 0  # the level of a request without a priority (or 0, or one above the levels)
+    priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)  # a level's own policy
+
+    @property
+    def default_policy(self) -> QueuePolicy:
+        return QueuePolicy(self.max_queue_size, self.default_timeout_ms, self.allow_timeout_override,
+                           self.timeout_action)
+
+    def policy(self, level: int) -> QueuePolicy:
+        """A priority level's queue policy: its own, else the default one."""
+        return self.priority_queue_policy.get(level) or self.default_policy
+
+    def level_of(self, priority: int) -> int:
+        """The level a request's ``priority`` parameter asks for, as Triton's InferenceRequest::SetPriority
+        resolves it: 0, or a level the model does not have, is the default level. Without levels: 0, the
+        one queue."""
+        if not self.priority_levels:
+            return 0
+        return priority if 0 < priority <= self.priority_levels else self.default_priority_level
 
 
 SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")  # Triton's CONTROL_SEQUENCE_<kind>
@@ -424,6 +459,8 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     if batching and any(size > config.max_batch_size for size in batching.preferred_batch_sizes):
         raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_sizes' "
                           f"must not exceed max_batch_size ({config.max_batch_size})")
+    if batching:
+        check_priority_levels(batching, where)
     if config.instance_group.gpus and config.instance_group.kind != "gpu":
         raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
     if config.max_batch_size == 0 and any(t.image for t in config.inputs):
@@ -448,6 +485,21 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     elif config.ensemble:
         raise ConfigError(f"{where}: ensemble steps need platform = \"ensemble\"")
     return config
+
+
+def check_priority_levels(batching: DynamicBatching, where: str) -> None:
+    """Triton's rules (model_config_utils.cc): with priority levels, the default level and every
+    level that has a policy of its own are levels the model has. Without, both are ignored."""
+    levels = batching.priority_levels
+    if levels == 0:
+        return
+    if not 1 <= batching.default_priority_level <= levels:
+        raise ConfigError(f"{where}: key 'dynamic_batching.default_priority_level' must be in range [1, {levels}] "
+                          f"(priority_levels = {levels}), got {batching.default_priority_level}")
+    outside = sorted(level for level in batching.priority_queue_policy if not 1 <= level <= levels)
+    if outside:
+        raise ConfigError(f"{where}: key 'dynamic_batching.priority_queue_policy' names level {outside[0]}; "
+                          f"levels must be in range [1, {levels}] (priority_levels = {levels})")
 
 
 def check_sequence_batching(config: ModelConfig, where: str) -> None:
@@ -686,19 +738,51 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
         return None
     table = _Table(data, f"{where}: [dynamic_batching]")
     delay = table.take("max_queue_delay_ms", (int, float), 0.0)
-    timeout = table.take("default_timeout_ms", (int, float), 0.0)
-    for key, value in (("max_queue_delay_ms", delay), ("default_timeout_ms", timeout)):
-        if not math.isfinite(value) or not 0 <= value <= MAX_DELAY_MS:
-            raise table.fail(key, f"must be a finite number >= 0 (at most {MAX_DELAY_MS:g}), got {value}")
+    if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY_MS:
+        raise table.fail("max_queue_delay_ms", f"must be a finite number >= 0 (at most {MAX_DELAY_MS:g}), "
+                                               f"got {delay}")
+    default = _queue_policy(table)
     result = DynamicBatching(
         max_queue_delay_ms=float(delay),
         preferred_batch_sizes=tuple(sorted(table.take_ints("preferred_batch_sizes", minimum=1))),
-        max_queue_size=table.take_int("max_queue_size", 1024, minimum=1),
-        default_timeout_ms=float(timeout),
-        allow_timeout_override=bool(table.take("allow_timeout_override", bool, False)),
+        max_queue_size=default.max_queue_size,
+        default_timeout_ms=default.default_timeout_ms,
+        allow_timeout_override=default.allow_timeout_override,
+        timeout_action=default.timeout_action,
+        priority_levels=table.take_int("priority_levels", 0, maximum=INT64_MAX),
+        default_priority_level=table.take_int("default_priority_level", 0, maximum=INT64_MAX),
+        priority_queue_policy=_priority_queue_policy(table.take("priority_queue_policy", dict, {}), where),
     )
     table.finish()
     return result
+
+
+def _queue_policy(table: _Table) -> QueuePolicy:
+    """A queue policy's keys, read from ``table`` ([dynamic_batching] or one level's table)."""
+    timeout = table.take("default_timeout_ms", (int, float), 0.0)
+    if not math.isfinite(timeout) or not 0 <= timeout <= MAX_DELAY_MS:
+        raise table.fail("default_timeout_ms", f"must be a finite number >= 0 (at most {MAX_DELAY_MS:g}), "
+                                               f"got {timeout}")
+    action = table.take("timeout_action", str, "reject")
+    if action not in TIMEOUT_ACTIONS:
+        raise table.fail("timeout_action", f"must be one of {TIMEOUT_ACTIONS}, got {action!r}")
+    return QueuePolicy(max_queue_size=table.take_int("max_queue_size", 1024, minimum=1),
+                       default_timeout_ms=float(timeout),
+                       allow_timeout_override=bool(table.take("allow_timeout_override", bool, False)),
+                       timeout_action=action)
+
+
+def _priority_queue_policy(data: dict[str, Any], where: str) -> dict[int, QueuePolicy]:
+    """[dynamic_batching.priority_queue_policy.N] tables: level N's queue policy."""
+    policies = {}
+    for key, value in data.items():
+        what = f"{where}: [dynamic_batching.priority_queue_policy.{key}]"
+        if not (key.isascii() and key.isdigit()) or not isinstance(value, dict):
+            raise ConfigError(f"{what} must be a table named by a priority level (1, 2, ...)")
+        table = _Table(value, what)
+        policies[int(key)] = _queue_policy(table)
+        table.finish()
+    return policies
 
 
 def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:

@@ -12,6 +12,8 @@
     ├── Unauthenticated       missing or wrong token                                     (UNAUTHENTICATED)
     ├── Forbidden             the operation is switched off                              (FORBIDDEN)
     ├── AlreadyExists         registering what is registered already                     (CONFLICT)
+    │   └── AlreadyRegistered a name Triton's protocol says exists already: 400 over HTTP, as
+    │                         Triton's HTTP server answers ALREADY_EXISTS                 (ALREADY_EXISTS)
     ├── Unimplemented         a method or datatype the protocol leaves unimplemented     (UNIMPLEMENTED)
     ├── FailedPrecondition    a change the server's present state does not allow        (FAILED_PRECONDITION)
     ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
@@ -36,6 +38,7 @@ class ErrorCode(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
+    ALREADY_EXISTS = "already_exists"
     UNIMPLEMENTED = "unimplemented"
     FAILED_PRECONDITION = "failed_precondition"
     MODEL_FAILED = "model_failed"
@@ -94,6 +97,13 @@ class Forbidden(InferdError):
 
 class AlreadyExists(InferdError):
     code = ErrorCode.CONFLICT
+
+
+class AlreadyRegistered(AlreadyExists):
+    """Triton's ALREADY_EXISTS (a shared-memory region's name registered twice): gRPC ALREADY_EXISTS,
+    and HTTP 400 where TorchServe's conflict is 409, as Triton's HTTP server maps that code."""
+
+    code = ErrorCode.ALREADY_EXISTS
 
 
 class Unimplemented(InferdError):

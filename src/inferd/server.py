@@ -108,7 +108,8 @@ def _triton_row(row: ModelStatistics) -> TritonRow:
     r = row.requests
     return TritonRow(row.name, row.version, r.success.count, r.fail.count, row.inference_count - r.cached_rows,
                      row.execution_count, r.success.ns, r.queue.ns, r.compute_input.ns, r.compute_infer.ns,
-                     r.compute_output.ns)
+                     r.compute_output.ns, row.pending, row.cached, r.cache_hit.count, r.cache_miss.count,
+                     r.cache_hit.ns, r.cache_miss.ns, tuple(r.failures.items()))
 
 
 def repository_roots(settings: ServerSettings) -> tuple[Path | None, tuple[ModelSource, ...]]:

@@ -119,6 +119,7 @@ class InferRequest:
     protocol: str = "kserve_v2"  # which protocol decoded it (a metrics label)
     cancelled: Callable[[], bool] | None = None  # true once the client has gone away
     credentials: str | None = None  # the Authorization header/metadata, for --auth-inference
+    priority: int = 0  # Triton's "priority": a dynamic batcher's level, 1 the highest; 0 = the model's default
 
 
 class ModelCalls(Protocol):
@@ -202,6 +203,7 @@ class CallContext:
     parameters: dict[str, Any] | None = None
     outputs: tuple[str, ...] = ()
     request_id: str = ""
+    priority: int = 0  # the request's priority parameter (0: the model's default level)
 
     def is_cancelled(self) -> bool:
         return self.cancelled is not None and self.cancelled()
@@ -386,7 +388,8 @@ class RequestStatistics:
     ``fail`` time whole requests; ``queue``, ``compute_input`` (checking and converting inputs),
     ``compute_infer`` (the execution the request was part of) and ``compute_output`` (gathering
     its outputs) split the successful ones; ``cache_hit`` (lookup and copy out) and ``cache_miss``
-    (lookup and insertion) time the response cache's part of the requests it saw."""
+    (lookup and insertion) time the response cache's part of the requests it saw. ``failures``
+    splits ``fail`` by Triton's reasons (REJECTED, CANCELED, BACKEND, OTHER)."""
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
@@ -398,6 +401,7 @@ class RequestStatistics:
     cache_miss: Duration = field(default_factory=Duration)
     cached_rows: int = 0  # rows answered from the cache (Triton counts them in inference_count)
     last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
+    failures: dict[str, int] = field(default_factory=dict)  # failed requests by reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,3 +422,5 @@ class ModelStatistics:
     execution_count: int  # model calls
     requests: RequestStatistics
     batches: tuple[BatchStatistics, ...]
+    pending: int = 0  # requests waiting for an instance now (queued, not yet running)
+    cached: bool = False  # the response cache answers this model (--cache-size and its response_cache)

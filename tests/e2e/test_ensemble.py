@@ -204,12 +204,23 @@ def test_a_config_toml_ensemble_runs_a_diamond(server: RunningServer) -> None:
     assert all(f"step.{model};dur=" in timing for model in ("double", "triple", "add")), timing
 
 
+def _failures(server: RunningServer) -> dict[str, str]:
+    text = requests.get(f"{server.base}/metrics", timeout=10).text
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference_request_failure"))
+
+
 def test_a_failing_step_says_which(server: RunningServer) -> None:
     http = httpclient.InferenceServerClient(server.url)
+    before = _failures(server)
     with pytest.raises(InferenceServerException) as caught:
         http.infer("image_pipeline", [images_input(httpclient, [b"not an image"])])
     assert "ensemble 'image_pipeline:1' step 'preprocess'" in str(caught.value)
     assert "cannot identify image file" in str(caught.value)
+    # Triton's reasons: the step's model raised (BACKEND); the ensemble's own failure is OTHER
+    after = _failures(server)
+    for model, reason in (("preprocess", "BACKEND"), ("image_pipeline", "OTHER"), ("image_pipeline", "BACKEND")):
+        key = f'nv_inference_request_failure{{model="{model}",version="1",reason="{reason}"}}'
+        assert int(after[key]) - int(before[key]) == (0 if (model, reason) == ("image_pipeline", "BACKEND") else 1)
 
 
 def test_classification_answers_the_top_classes_with_their_labels(server: RunningServer, repo: Path) -> None:

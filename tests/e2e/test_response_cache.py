@@ -114,6 +114,14 @@ def test_identical_requests_are_answered_from_the_cache_over_every_protocol(serv
     assert 'inferd_cache_misses_total{model="cached",version="1"} 4.0' in metrics
     assert "inferd_cache_entries 4.0" in metrics
     assert "inferd_cache_max_bytes 1.048576e+06" in metrics
+    # and under Triton's names, for the models the cache answers only (as Triton writes them)
+    lines = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("nv_cache_"))
+    labels = '{model="cached",version="1"}'
+    assert int(lines[f"nv_cache_num_hits_per_model{labels}"]) == 3
+    assert int(lines[f"nv_cache_num_misses_per_model{labels}"]) == 4
+    assert int(lines[f"nv_cache_hit_duration_per_model{labels}"]) == inference["cache_hit"]["ns"] // 1000
+    assert int(lines[f"nv_cache_miss_duration_per_model{labels}"]) == inference["cache_miss"]["ns"] // 1000
+    assert not any('model="plain"' in key for key in lines)
 
 
 def test_a_model_that_did_not_ask_for_the_cache_always_runs(server: RunningServer) -> None:
@@ -128,7 +136,8 @@ def test_without_cache_size_there_is_no_cache(repo: Path) -> None:
     with serve(repo) as running:
         x = np.array([1], dtype=np.float32)
         assert [http_infer(running, "cached", x)["calls"].tolist() for _ in range(2)] == [[1], [2]]
-        assert "inferd_cache_" not in requests.get(f"{running.base}/metrics", timeout=10).text
+        text = requests.get(f"{running.base}/metrics", timeout=10).text
+        assert "inferd_cache_" not in text and "nv_cache_" not in text
 
 
 ENSEMBLE = """

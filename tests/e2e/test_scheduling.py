@@ -25,6 +25,8 @@ class Model:
 
     def infer(self, inputs):
         x = inputs["x"]
+        if x.reshape(-1)[0] == 666:
+            raise ValueError("the model refuses 666")
         with Model.lock:
             Model.running += 1
             seen = Model.running
@@ -67,6 +69,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         write(root / name / "config.toml", 'backend = "python"\n' + config + TENSORS)
     with serve(root, grpc=True) as running:
         yield running
+
+
+FAILURES = "nv_inference_request_failure_total"  # as the Prometheus parser names a counter's samples
 
 
 def infer(server: RunningServer, model: str, x: list[float], **params: object) -> requests.Response:
@@ -137,7 +142,9 @@ def test_full_queue_answers_503_at_once(server: RunningServer) -> None:
 
 
 def test_deadline_passes_in_the_queue_and_the_request_never_runs(server: RunningServer) -> None:
-    before = sample(metrics(server), "inferd_batch_size_count", model="tiny_queue")
+    families = metrics(server)
+    before = sample(families, "inferd_batch_size_count", model="tiny_queue")
+    rejected = sample(families, FAILURES, model="tiny_queue", reason="REJECTED")
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(infer, server, "tiny_queue", [1.0, 0.4])
         time.sleep(0.1)
@@ -145,7 +152,10 @@ def test_deadline_passes_in_the_queue_and_the_request_never_runs(server: Running
         assert slow.result().status_code == 200
     assert late.status_code == 504
     assert "deadline passed" in late.json()["error"]
-    assert sample(metrics(server), "inferd_batch_size_count", model="tiny_queue") == before + 1
+    families = metrics(server)
+    assert sample(families, "inferd_batch_size_count", model="tiny_queue") == before + 1
+    # Triton's reason for a timeout in the scheduler
+    assert sample(families, FAILURES, model="tiny_queue", reason="REJECTED") == rejected + 1
 
 
 def _queued_behind_a_slow_request(server: RunningServer, model: str, timeouts_us: tuple[int, ...]
@@ -203,6 +213,24 @@ def test_a_client_that_disconnects_has_its_queued_request_dropped(server: Runnin
            - sample(before, "inferd_batch_size_sum", model="batched"))
     assert ran == 1, "the abandoned request ran"
     assert sample(after, "inferd_requests_total", model="batched", outcome="cancelled") == 1
+    assert sample(after, FAILURES, model="batched", reason="CANCELED") == 1
+
+
+def test_failures_are_counted_under_tritons_reasons(server: RunningServer) -> None:
+    """nv_inference_request_failure's reason label (Triton's metric_model_reporter.cc): BACKEND when
+    the model raised, OTHER for the rest (here a request the model never saw); every reason is written."""
+    before = metrics(server)
+    assert infer(server, "pool", [666.0, 0.0]).status_code == 500
+    wrong = requests.post(f"{server.base}/v2/models/pool/infer", json={"inputs": [
+        {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, timeout=30)
+    assert wrong.status_code == 400
+    after = metrics(server)
+    grew = {reason: sample(after, FAILURES, model="pool", reason=reason)
+            - sample(before, FAILURES, model="pool", reason=reason)
+            for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER")}
+    assert grew == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 1, "OTHER": 1}
+    reasons = {s.labels["reason"] for s in after["nv_inference_request_failure"] if s.labels["model"] == "pool"}
+    assert reasons == {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
 
 
 def test_instance_count_runs_that_many_at_once(server: RunningServer) -> None:

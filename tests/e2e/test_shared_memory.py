@@ -176,6 +176,24 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
     assert requests.get(f"http://{server.url}/v2/systemsharedmemory/status", timeout=10).json() == []
 
 
+def test_a_name_registered_twice_is_already_exists_over_grpc_and_400_over_http(
+        server: RunningServer, regions: list[Region]) -> None:
+    """Triton's shared_memory_manager.cc answers TRITONSERVER_ERROR_ALREADY_EXISTS: gRPC ALREADY_EXISTS,
+    and 400 over HTTP (its http_server.cc maps ALREADY_EXISTS to a bad request)."""
+    region = _make(regions, ROW)
+    http, grpc_client = _client(server, "http"), _client(server, "grpc")
+    http.register_system_shared_memory(region.name, region.key, ROW)
+    try:
+        for client, status in ((grpc_client, "StatusCode.ALREADY_EXISTS"), (http, "400")):
+            with pytest.raises(InferenceServerException, match=f"shared memory region '{region.name}' already in "
+                                                               "manager") as refused:
+                client.register_system_shared_memory(region.name, region.key, ROW)
+            assert refused.value.status() == status
+        assert [r["name"] for r in http.get_system_shared_memory_status()] == [region.name]  # the first one stays
+    finally:
+        http.unregister_system_shared_memory(region.name)
+
+
 def test_cuda_shared_memory_holds_no_region(server: RunningServer) -> None:
     client = httpclient.InferenceServerClient(server.url)
     client.unregister_cuda_shared_memory()  # what Triton's examples do first: nothing to do

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from inferd.config import InitialState, ModelConfig, SequenceState, ServedConfig
+from inferd.config import InitialState, ModelConfig, QueuePolicy, SequenceState, ServedConfig
 from inferd.errors import ConfigError
 from inferd.modelconfig import apply_override, model_config_json, parse_pbtxt
 
@@ -293,3 +293,53 @@ def test_implicit_state_reads_and_answers_back() -> None:
     bare = parse_pbtxt(STATE % "use_same_buffer_for_input_output: true", "p", "m").sequence_batching
     assert bare is not None and bare.states[0].initial is None and bare.states[0].same_buffer
     assert bare.states[0].start_shape() == (1, 2)  # Triton's: each -1 as 1 at a sequence's start
+
+
+PRIORITIES = """
+  priority_levels: 3
+  default_priority_level: 2
+  priority_queue_policy { key: 1 value: { max_queue_size: 2 default_timeout_microseconds: 5000
+                                          timeout_action: DELAY allow_timeout_override: true } }
+  priority_queue_policy { key: 3 value: { default_timeout_microseconds: 100 } }
+}
+instance_group"""
+
+
+def test_priority_levels_and_queue_policies_read_and_answer_back() -> None:
+    text = TRITON_ONNX.replace("}\ninstance_group", PRIORITIES, 1).replace(
+        "default_timeout_microseconds: 250000", "default_timeout_microseconds: 250000 timeout_action: DELAY")
+    config = parse_pbtxt(text, "densenet/config.pbtxt", "densenet")
+    batching = config.dynamic_batching
+    assert batching is not None and (batching.priority_levels, batching.default_priority_level) == (3, 2)
+    assert batching.default_policy == QueuePolicy(7, 250.0, False, "delay")
+    assert batching.priority_queue_policy == {1: QueuePolicy(2, 5.0, True, "delay"),
+                                              3: QueuePolicy(1024, 0.1, False, "reject")}  # 0: bounded
+    assert batching.policy(2) == batching.default_policy
+    value = model_config_json(ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))["dynamic_batching"]
+    assert (value["priority_levels"], value["default_priority_level"]) == (3, 2)  # numbers, not strings
+    assert value["default_queue_policy"]["timeout_action"] == "DELAY"
+    assert value["priority_queue_policy"]["1"] == {"timeout_action": "DELAY", "default_timeout_microseconds": 5000,
+                                                   "allow_timeout_override": True, "max_queue_size": 2}
+    assert value["priority_queue_policy"]["3"]["timeout_action"] == "REJECT"
+    again = apply_override(ModelConfig(), json.dumps({**model_config_json(
+        ServedConfig("densenet", "onnxruntime_onnx", "onnx", config))}), "densenet")
+    assert again.dynamic_batching == batching
+
+
+@pytest.mark.parametrize(("batching", "says"), [
+    ("priority_levels: 2", r"'dynamic_batching.default_priority_level' must be in range \[1, 2\].*got 0"),
+    ("priority_levels: 2 default_priority_level: 3", r"must be in range \[1, 2\] \(priority_levels = 2\), got 3"),
+    ("priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 4 value: {} }",
+     r"names level 4; levels must be in range \[1, 2\]"),
+    ("default_queue_policy { timeout_action: LATER }", "LATER"),
+])
+def test_priority_levels_out_of_range_are_refused_as_triton_refuses_them(batching: str, says: str) -> None:
+    text = f'backend: "onnxruntime"\nmax_batch_size: 4\ndynamic_batching {{ {batching} }}'
+    with pytest.raises(ConfigError, match=says):
+        parse_pbtxt(text, "m/config.pbtxt", "m")
+
+
+def test_without_priority_levels_the_priority_keys_are_ignored_as_in_triton() -> None:
+    text = 'backend: "onnxruntime"\nmax_batch_size: 4\ndynamic_batching { default_priority_level: 9 }'
+    batching = parse_pbtxt(text, "m/config.pbtxt", "m").dynamic_batching
+    assert batching is not None and batching.priority_levels == 0 and batching.level_of(1) == 0

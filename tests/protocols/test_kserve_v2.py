@@ -81,3 +81,22 @@ def test_decode_takes_non_finite_numbers_as_triton_does() -> None:
             b' "data": [NaN, Infinity, -Infinity]}]}')
     request = kserve_v2.decode_infer_request(body, None, "m", None)
     np.testing.assert_array_equal(request.inputs[0].data, np.array([np.nan, np.inf, -np.inf], np.float32))
+
+
+def _with_parameters(parameters: dict[str, object]) -> InferRequest:
+    body = json.dumps({"inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}],
+                       "parameters": parameters}).encode()
+    return kserve_v2.decode_infer_request(body, None, "m", None)
+
+
+def test_priority_is_a_level_and_none_or_zero_is_the_models_default() -> None:
+    assert _with_parameters({"priority": 3}).priority == 3
+    assert _with_parameters({"priority": 0}).priority == 0
+    assert _with_parameters({}).priority == 0
+
+
+@pytest.mark.parametrize("value", [-1, "1", 1.5, True, 2**64])
+def test_a_priority_that_is_no_level_is_refused_with_the_range(value: object) -> None:
+    with pytest.raises(InvalidInput, match=r"parameters.priority must be a priority level: an integer from 0 to "
+                                           r"18446744073709551615 \(1 is the highest level; 0 the model's default"):
+        _with_parameters({"priority": value})

@@ -24,10 +24,11 @@ def test_a_request_round_trips_with_every_datatype(datatype: str) -> None:
     request = InferRequest("m", "2", [Tensor("x", datatype, data), Tensor("t", datatype, data.T)], id="r1",
                            outputs=[RequestedOutput("y", True), RequestedOutput("z", classification=3)],
                            parameters={"a": 1},
-                           timeout_us=500, protocol="tfserving", cancelled=lambda: False, credentials="Bearer k")
+                           timeout_us=500, protocol="tfserving", cancelled=lambda: False, credentials="Bearer k",
+                           priority=2)
     back = unpack_request(pickle.loads(pickle.dumps(pack_request(request), protocol=5)))
     assert (back.model_name, back.model_version, back.id, back.parameters, back.timeout_us, back.protocol,
-            back.credentials) == ("m", "2", "r1", {"a": 1}, 500, "tfserving", "Bearer k")
+            back.credentials, back.priority) == ("m", "2", "r1", {"a": 1}, 500, "tfserving", "Bearer k", 2)
     assert back.cancelled is None  # the worker keeps it
     assert [(o.name, o.binary, o.classification) for o in back.outputs or []] == [("y", True, 0), ("z", None, 3)]
     for sent, got in zip(request.inputs, back.inputs, strict=True):
@@ -74,7 +75,7 @@ def test_the_codec_knows_every_field_it_must_carry() -> None:
 
     assert [f.name for f in fields(InferRequest)] == ["model_name", "model_version", "inputs", "id", "outputs",
                                                       "parameters", "timeout_us", "protocol", "cancelled",
-                                                      "credentials"]
+                                                      "credentials", "priority"]
     assert [f.name for f in fields(InferResponse)] == ["model_name", "model_version", "outputs", "id", "parameters",
                                                        "timings", "final"]
     assert [f.name for f in fields(RequestedOutput)] == ["name", "binary", "classification", "shared"]

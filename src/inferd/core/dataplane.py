@@ -218,7 +218,7 @@ class DataPlane:
                                "per request): ask it over a stream (gRPC ModelStreamInfer, or POST "
                                f"/v2/models/{request.model_name}/generate_stream)")
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
-        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        context = CallContext(deadline=deadline, cancelled=request.cancelled, priority=request.priority)
         outcome = "success"
         checked = gathered = start
         key: bytes | None = None
@@ -322,7 +322,7 @@ class DataPlane:
             return
         start = time.perf_counter()
         deadline = start + request.timeout_us / 1e6 if request.timeout_us else None
-        context = CallContext(deadline=deadline, cancelled=request.cancelled)
+        context = CallContext(deadline=deadline, cancelled=request.cancelled, priority=request.priority)
         outcome = "success"
         held = 0
         try:
@@ -398,6 +398,8 @@ class DataPlane:
         t = context.timings
         if outcome != "success":
             stats.fail.add(t.total * requests, requests)
+            reason = "OTHER" if runtime.composed_of else _FAILURE_REASONS.get(outcome, "OTHER")
+            stats.failures[reason] = stats.failures.get(reason, 0) + requests
             return
         stats.success.add(t.total * requests, requests)
         stats.queue.add(t.queue * requests, requests)
@@ -444,7 +446,14 @@ class DataPlane:
         return ModelStatistics(name=name, version=version,
                                inference_count=counters.inferences + requests.cached_rows,
                                execution_count=counters.executions, requests=requests,
-                               batches=counters.batches)
+                               batches=counters.batches, pending=counters.queued,
+                               cached=self._cache is not None and self._registry.entry(name).config.response_cache)
+
+
+# a failed request's outcome -> Triton's failure reason (metric_model_reporter.cc): a deadline that passed
+# before it ran, a client that went away, the model raising; the rest (and an ensemble's own, as in
+# Triton) are OTHER
+_FAILURE_REASONS = {"deadline_exceeded": "REJECTED", "cancelled": "CANCELED", "model_failed": "BACKEND"}
 
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:

@@ -17,7 +17,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from inferd.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from inferd.errors import AlreadyRegistered, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from inferd.protocols import tensors
 from inferd.types import SharedMemoryRef, SharedMemoryRegion, Tensor
 
@@ -63,7 +63,7 @@ class SharedMemoryRegions:
         if not name:
             raise InvalidInput("'region name' is necessary to register system shared memory region")
         if name in self._regions:
-            raise InvalidInput(f"shared memory region '{name}' already in manager")
+            raise AlreadyRegistered(f"shared memory region '{name}' already in manager")
         if len(self._regions) >= MAX_REGIONS:
             raise Unavailable(f"failed to register shared memory region '{name}': {MAX_REGIONS} regions are "
                               "registered already; unregister one first")

@@ -20,6 +20,7 @@ from inferd.config import (
     InitialState,
     InstanceGroup,
     ModelConfig,
+    QueuePolicy,
     SequenceBatching,
     SequenceControl,
     SequenceState,
@@ -256,13 +257,34 @@ def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
     batching = message.dynamic_batching
     if any(size < 1 for size in batching.preferred_batch_size):
         raise ConfigError(f"{where}: key 'dynamic_batching.preferred_batch_size' must be >= 1")
-    policy = batching.default_queue_policy
+    default = _queue_policy(batching.default_queue_policy)
     return DynamicBatching(
         max_queue_delay_ms=batching.max_queue_delay_microseconds / 1000,
         preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
+        max_queue_size=default.max_queue_size,
+        default_timeout_ms=default.default_timeout_ms,
+        allow_timeout_override=default.allow_timeout_override,
+        timeout_action=default.timeout_action,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        priority_queue_policy={int(level): _queue_policy(policy)
+                               for level, policy in sorted(batching.priority_queue_policy.items())})
+
+
+def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
         max_queue_size=policy.max_queue_size or 1024,  # Triton's 0 is unbounded; inferd bounds every queue
         default_timeout_ms=policy.default_timeout_microseconds / 1000,
-        allow_timeout_override=policy.allow_timeout_override)
+        allow_timeout_override=policy.allow_timeout_override,
+        timeout_action=mc.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action).lower())
+
+
+def _answer_queue_policy(message: mc.ModelQueuePolicy, policy: QueuePolicy) -> None:
+    message.max_queue_size = policy.max_queue_size
+    message.default_timeout_microseconds = round(policy.default_timeout_ms * 1000)
+    message.allow_timeout_override = policy.allow_timeout_override
+    message.timeout_action = mc.ModelQueuePolicy.TimeoutAction.Value(  # type: ignore[assignment]
+        policy.timeout_action.upper())
 
 
 _CONTROL = mc.ModelSequenceBatching.Control
@@ -395,9 +417,11 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         dynamic = message.dynamic_batching
         dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
         dynamic.max_queue_delay_microseconds = round(batching.max_queue_delay_ms * 1000)
-        dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
-        dynamic.default_queue_policy.default_timeout_microseconds = round(batching.default_timeout_ms * 1000)
-        dynamic.default_queue_policy.allow_timeout_override = batching.allow_timeout_override
+        _answer_queue_policy(dynamic.default_queue_policy, batching.default_policy)
+        dynamic.priority_levels = batching.priority_levels
+        dynamic.default_priority_level = batching.default_priority_level
+        for level, own in batching.priority_queue_policy.items():
+            _answer_queue_policy(dynamic.priority_queue_policy[level], own)
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
     if served.backend != "ensemble":  # an ensemble has no instances of its own
@@ -477,7 +501,12 @@ def _numbers(descriptor: Any, value: dict[str, Any]) -> dict[str, Any]:
         item = value[field.name]
         if field.type in _WIDE:
             value[field.name] = [int(v) for v in item] if isinstance(item, list) else int(item)
-        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_type = field.message_type.fields_by_name["value"].message_type
+            if value_type is not None:  # a map of messages (priority_queue_policy): each value's
+                for entry in item.values():
+                    _numbers(value_type, entry)
+        elif field.message_type is not None:
             for entry in item if isinstance(item, list) else [item]:
                 _numbers(field.message_type, entry)
     return value

@@ -52,6 +52,7 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         outputs=_outputs(payload.get("outputs"), parameters),
         parameters=parameters,
         timeout_us=timeout_us(parameters.get("timeout")),
+        priority=priority(parameters.get("priority")),
     )
 
 
@@ -179,6 +180,17 @@ def timeout_us(value: Any) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidInput(f"parameters.timeout must be microseconds (an integer >= 0), "
                            f"got {value!r}")
+    return value
+
+
+def priority(value: Any) -> int:
+    """The ``priority`` request parameter (Triton's schedule policy; JSON and gRPC alike): a level,
+    1 the highest; 0 or none: the model's default level."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**64:
+        raise InvalidInput(f"parameters.priority must be a priority level: an integer from 0 to {2**64 - 1} "
+                           f"(1 is the highest level; 0 the model's default level), got {value!r}")
     return value
 
 

@@ -16,7 +16,7 @@ import orjson
 
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
-from inferd.protocols.kserve_v2 import loads, timeout_us
+from inferd.protocols.kserve_v2 import loads, priority, timeout_us
 from inferd.types import InferRequest, InferResponse, ModelMetadata, Tensor
 
 _RESERVED = ("id", "parameters")
@@ -54,7 +54,8 @@ def decode_generate_request(body: bytes | bytearray, metadata: ModelMetadata, ve
     request_id = payload.get("id")
     return InferRequest(model_name=metadata.name, model_version=version, inputs=inputs,
                         id=str(request_id) if request_id is not None else None, parameters=parameters,
-                        timeout_us=timeout_us(parameters.get("timeout")), protocol="kserve_v2_generate")
+                        timeout_us=timeout_us(parameters.get("timeout")),
+                        priority=priority(parameters.get("priority")), protocol="kserve_v2_generate")
 
 
 def encode_generate_response(response: InferResponse) -> bytes:

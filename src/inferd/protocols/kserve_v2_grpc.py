@@ -13,7 +13,7 @@ import numpy as np
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.protocols.kserve_v2 import classification, shared_memory, timeout_us
+from inferd.protocols.kserve_v2 import classification, priority, shared_memory, timeout_us
 from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
@@ -52,7 +52,8 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     outputs = [_output(o) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
-                        timeout_us=timeout_us(params.get("timeout")), protocol="kserve_v2_grpc")
+                        timeout_us=timeout_us(params.get("timeout")), priority=priority(params.get("priority")),
+                        protocol="kserve_v2_grpc")
 
 
 def _shared(tensor: Any) -> Tensor | None:

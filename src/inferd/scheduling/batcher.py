@@ -3,8 +3,10 @@
 It wraps an InstancePool and is a Runtime itself. Its promises: every waiting request is answered
 or failed exactly once (also when the model raises); each gets exactly its own rows back; a
 request is never split; requests whose non-batch shapes differ never share a batch; a request
-whose deadline passes while queued fails and never runs; a request whose client went away is
-dropped before it runs.
+whose deadline passes while queued fails and never runs (or, where the queue policy says DELAY,
+waits behind the requests still in time); a request whose client went away is dropped before it
+runs. With priority levels the queue is ordered by level (levels.py); batches are taken from its
+front either way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.base import Answer, Arrays, with_request
 from inferd.scheduling.instances import InstancePool
+from inferd.scheduling.levels import PriorityLevels
 from inferd.scheduling.policy import decide, plan_batch, queue_deadline
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext, WorkerStatus
@@ -39,6 +43,14 @@ class _Waiting:
     done: bool = field(default=False)
 
 
+@dataclass(slots=True, eq=False)
+class _Ranked(_Waiting):
+    """A request of a model with priority levels (levels.py)."""
+
+    level: int = 0
+    rank: int = 0  # its place in the queue: 2 × level, +1 once its timeout delayed it
+
+
 def batch_key(inputs: Arrays) -> tuple[object, ...]:
     return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
 
@@ -52,6 +64,7 @@ class DynamicBatcher(Scheduler):
         self._max_delay_s = batching.max_queue_delay_ms / 1000
         self._default_timeout_s = batching.default_timeout_ms / 1000
         self._observe_batch = observe_batch
+        self._levels = PriorityLevels(batching, pool.name) if PriorityLevels.needed(batching) else None
         self._queue: list[_Waiting] = []
         self._queued_rows = 0
         self._running = 0
@@ -85,6 +98,8 @@ class DynamicBatcher(Scheduler):
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         if self._closed:
             raise self.pool.unloading()
+        if self._levels is not None:
+            return await self._infer_by_level(inputs, context, self._levels)
         if len(self._queue) >= self._batching.max_queue_size:
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
@@ -104,6 +119,26 @@ class DynamicBatcher(Scheduler):
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
         if self._soon is None:  # dispatch once this loop pass has queued all that arrived in it
+            self._soon = loop.call_soon(self._dispatch)
+        return await waiting.future
+
+    async def _infer_by_level(self, inputs: Arrays, context: CallContext, levels: PriorityLevels) -> Arrays:
+        """``infer_async`` for a model with priority levels or a DELAY policy (levels.py): the request
+        queues at its level under that level's policy, always (no running at once: the queue's order
+        decides). Apart, so that a model without them pays nothing for them."""
+        level = levels.admit(context.priority)
+        policy = levels.policy(level)
+        loop = self._loop or self._bind_loop()
+        now = time.perf_counter()
+        context.deadline = queue_deadline(context.deadline, now, policy.default_timeout_ms / 1000,
+                                          policy.allow_timeout_override)
+        waiting = _Ranked(inputs, int(next(iter(inputs.values())).shape[0]), batch_key(inputs), loop.create_future(),
+                          now, context, level=level)
+        if context.deadline is not None:
+            waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
+        levels.join(cast(list[_Ranked], self._queue), waiting)
+        self._queued_rows += waiting.rows
+        if self._soon is None:
             self._soon = loop.call_soon(self._dispatch)
         return await waiting.future
 
@@ -137,6 +172,10 @@ class DynamicBatcher(Scheduler):
     def _expire(self, waiting: _Waiting) -> None:
         if waiting.done:
             return
+        if isinstance(waiting, _Ranked) and self._levels is not None and self._levels.delays(waiting):
+            waiting.expiry = waiting.context.deadline = None  # it waits behind the others, then runs
+            self._levels.delay(cast(list[_Ranked], self._queue), waiting)
+            return
         self._remove([waiting])
         waited = (time.perf_counter() - waiting.enqueued) * 1000
         _fail(waiting, DeadlineExceeded(f"model '{self.pool.name}': the request's deadline passed "
@@ -146,6 +185,8 @@ class DynamicBatcher(Scheduler):
         gone = set(map(id, batch))
         self._queue = [w for w in self._queue if id(w) not in gone]
         self._queued_rows -= sum(w.rows for w in batch)
+        if self._levels is not None:
+            self._levels.leave(cast(list[_Ranked], batch))  # where there are levels, every request is _Ranked
         for waiting in batch:
             waiting.done = True
             if waiting.expiry is not None:

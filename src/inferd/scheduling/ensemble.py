@@ -118,7 +118,8 @@ class EnsembleScheduler(Scheduler):
             model_name=step.model_name, inputs=inputs,
             model_version=str(step.model_version) if step.model_version > 0 else None,
             outputs=[RequestedOutput(name) for name in step.output_map], timeout_us=timeout_us,
-            protocol="ensemble", cancelled=context.cancelled, parameters=_sequence_parameters(context))
+            protocol="ensemble", cancelled=context.cancelled, parameters=_sequence_parameters(context),
+            priority=context.priority)  # as Triton's ensemble passes its request's priority to each step
         try:
             return await self._run_step(request)
         except InferdError as exc:

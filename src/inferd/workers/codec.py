@@ -46,14 +46,14 @@ def pack_request(request: InferRequest) -> tuple[Any, ...]:
     outputs = None if request.outputs is None else tuple(
         (o.name, o.binary, o.classification, o.shared) for o in request.outputs)
     return (request.model_name, request.model_version, tuple(_pack_tensor(t) for t in request.inputs), request.id,
-            outputs, request.parameters, request.timeout_us, request.protocol, request.credentials)
+            outputs, request.parameters, request.timeout_us, request.priority, request.protocol, request.credentials)
 
 
 def unpack_request(packed: tuple[Any, ...]) -> InferRequest:
-    name, version, inputs, request_id, outputs, parameters, timeout_us, protocol, credentials = packed
+    name, version, inputs, request_id, outputs, parameters, timeout_us, priority, protocol, credentials = packed
     wanted = None if outputs is None else [RequestedOutput(*output) for output in outputs]
     return InferRequest(name, version, [_unpack_tensor(t) for t in inputs], request_id, wanted, parameters,
-                        timeout_us, protocol, None, credentials)
+                        timeout_us, protocol, None, credentials, priority)
 
 
 def pack_response(response: InferResponse) -> tuple[Any, ...]:

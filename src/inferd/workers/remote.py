@@ -236,7 +236,7 @@ class Channel:
             joined = [Tensor(tensor.name, tensor.datatype, _join([m.request.inputs[n].data for m in members]))
                       for n, tensor in enumerate(first.inputs)]
             request = InferRequest(first.model_name, first.model_version, joined, None, first.outputs,
-                                   first.parameters, None, first.protocol, None, first.credentials)
+                                   first.parameters, None, first.protocol, None, first.credentials, first.priority)
             kind, body = "group", (pack_request(request), len(members))
         call_id = next(self._ids)  # registered only once the message exists
         group = _Group(call_id, asyncio.get_running_loop().create_future(), members)

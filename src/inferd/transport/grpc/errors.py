@@ -15,6 +15,7 @@ GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorCode.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.MODEL_FAILED: grpc.StatusCode.INTERNAL,

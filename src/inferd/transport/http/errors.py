@@ -13,6 +13,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.CONFLICT: 409,
+    ErrorCode.ALREADY_EXISTS: 400,
     ErrorCode.UNIMPLEMENTED: 501,
     ErrorCode.FAILED_PRECONDITION: 400,
     ErrorCode.MODEL_FAILED: 500,
