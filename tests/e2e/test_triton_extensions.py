@@ -184,7 +184,7 @@ def test_index_lists_every_model_and_load_takes_an_override(server: RunningServe
     assert http.get_model_config("never_loaded")["max_batch_size"] == 2
 
     for client in (http, grpc):
-        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"optimization": {}}'):
+        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"batch_input": []}'):
             with pytest.raises(InferenceServerException, match="failed to load 'never_loaded'"):
                 client.load_model("never_loaded", config=bad)
         with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):
