@@ -86,20 +86,26 @@ def with_stored_signature_defs(content: bytes, definitions: dict[str, Any]) -> b
     testdata tools (signature_def_utils.set_signature_defs) write them: a FlexBuffer map of key ->
     serialized SignatureDef."""
     from flatbuffers import flexbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
     builder = flexbuffers.Builder()
     with builder.Map():
         for key, definition in sorted(definitions.items()):
             builder.Key(key)
             builder.String(_Raw(definition.SerializeToString()))
+    return with_metadata(content, "signature_defs_metadata", bytes(builder.Finish()))
+
+
+def with_metadata(content: bytes, name: str, data: bytes) -> bytes:
+    """The model with one more metadata entry: ``name`` -> a buffer holding ``data``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     buffer = schema.BufferT()
-    buffer.data = list(builder.Finish())
+    buffer.data = list(data) or None
     model.buffers.append(buffer)
     metadata = schema.MetadataT()
-    metadata.name, metadata.buffer = "signature_defs_metadata", len(model.buffers) - 1
+    metadata.name, metadata.buffer = name, len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), metadata]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 

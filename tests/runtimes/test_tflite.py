@@ -57,3 +57,10 @@ def test_load_errors_are_clear(tmp_path: Path, lite: bytes) -> None:
     good = tflite_models.write_tflite(tmp_path / "good", lite)
     with pytest.raises(ConfigError, match="TFLite models take no parameters"):
         load_runtime("tflite", context(good, ModelConfig(parameters={"TF_SIGNATURE_DEF": "add"})))
+
+
+def test_an_empty_signature_metadata_buffer_leaves_the_models_own_signatures(tmp_path: Path, lite: bytes) -> None:
+    emptied = tflite_models.with_metadata(lite, "signature_defs_metadata", b"")
+    runtime = load_runtime("tflite", context(tflite_models.write_tflite(tmp_path, emptied)))
+    assert [runtime.signature_name, *sorted(runtime.other_signatures())] == ["serving_default", "add", "echo"]
+    np.testing.assert_array_equal(runtime.infer({"x": X})["scaled"], 2 * X)

@@ -227,8 +227,10 @@ def _stored_signature_defs(content: bytes) -> dict[str, Any]:
         metadata = model.Metadata(i)
         if metadata.Name() != SIGNATURE_METADATA:
             continue
-        data = model.Buffers(metadata.Buffer()).DataAsNumpy().tobytes()
-        stored = flexbuffers.GetRoot(data).AsMap
+        data = model.Buffers(metadata.Buffer()).DataAsNumpy()
+        if isinstance(data, int):  # an empty buffer (or one stored past the flatbuffer): nothing to read
+            return {}
+        stored = flexbuffers.GetRoot(data.tobytes()).AsMap
         definitions = {}
         for key, value in zip(stored.Keys, stored.Values, strict=True):
             definition = meta_graph_pb2.SignatureDef()
