@@ -18,7 +18,7 @@ from typing import Any
 from inferd.errors import ConfigError
 from inferd.types import V2_DATATYPES
 
-BACKENDS = ("onnx", "torch", "python", "tensorflow", "torchserve", "ensemble")
+BACKENDS = ("onnx", "torch", "python", "tensorflow", "tflite", "torchserve", "ensemble")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in object storage, through fsspec
 INSTANCE_KINDS = ("cpu", "gpu", "process")
@@ -64,6 +64,7 @@ class ServerSettings:
     model_control: str = "none"  # none | poll | explicit
     control_api: bool = False  # model control over the API in any mode (inferd tfserving --model-control-api)
     labels_for_unavailable_versions: bool = False  # TF Serving's --allow_version_labels_for_unavailable_models
+    prefer_tflite: bool = False  # TF Serving's --prefer_tflite_model: a version's model.tflite before its SavedModel
     poll_interval: float = 15.0  # seconds between repository scans in poll mode
     auth_token: str | None = None  # Bearer token for model control (and optionally inference); "" = none
     auth_inference: bool = False  # the token also guards inference and metadata

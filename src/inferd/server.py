@@ -92,7 +92,7 @@ def build_core(settings: ServerSettings) -> Core:
                           token=settings.auth_token, guard_inference=settings.auth_inference)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching,
-                             builds_at_once=settings.model_load_threads)
+                             builds_at_once=settings.model_load_threads, prefer_tflite=settings.prefer_tflite)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
                            settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])

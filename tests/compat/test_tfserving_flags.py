@@ -84,9 +84,13 @@ def test_monitoring_channel_arguments_and_refused_flags(tmp_path: Path) -> None:
     assert chosen.grpc_socket_path == "/tmp/x.sock"
     assert chosen.grpc_server == "inferd"
     assert settings(f"--model_base_path={tmp_path}", "--grpc-server=grpcio").grpc_server == "grpcio"
-    with pytest.raises(ConfigError, match="--prefer_tflite_model=true is not supported"):
-        settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=true")
-    assert settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=false").model_sources
+    with pytest.raises(ConfigError, match="--saved_model_tags=gpu is not supported"):
+        settings(f"--model_base_path={tmp_path}", "--saved_model_tags=gpu")
+    assert settings(f"--model_base_path={tmp_path}", "--saved_model_tags=").model_sources
+    assert settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=true").prefer_tflite
+    assert settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model").prefer_tflite
+    assert not settings(f"--model_base_path={tmp_path}", "--prefer_tflite_model=false").prefer_tflite
+    assert not settings(f"--model_base_path={tmp_path}").prefer_tflite
     with pytest.raises(ConfigError, match="needs --enable_batching"):
         settings(f"--model_base_path={tmp_path}", f"--batching_parameters_file={monitoring}")
     with pytest.raises(ConfigError, match="not both"):

@@ -176,8 +176,8 @@ def test_bad_files_and_flags_are_clear_errors(tmp_path: Path, models: Path) -> N
     done = run(f"--model_config_file={bad}")
     assert done.returncode == 2
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in done.stderr
-    tflite = run(f"--model_base_path={models / 'half_plus_two'}", "--prefer_tflite_model=true")
-    assert tflite.returncode == 2 and "--prefer_tflite_model=true is not supported" in tflite.stderr
+    tls = run(f"--model_base_path={models / 'half_plus_two'}", "--ssl_config_file=ssl.config")
+    assert tls.returncode == 2 and "--ssl_config_file=ssl.config is not supported" in tls.stderr
     unknown = run(f"--model_base_path={models / 'half_plus_two'}", "--no_such_flag=1")
     assert unknown.returncode == 2 and "unrecognized arguments: --no_such_flag=1" in unknown.stderr
     other = tmp_path / "onnx.config"

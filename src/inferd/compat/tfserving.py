@@ -37,8 +37,7 @@ IGNORED = ("rest_api_timeout_in_ms", "rest_api_num_threads", "tensorflow_session
            "num_request_iterations_for_warmup", "num_tflite_interpreters_per_pool", "num_tflite_pools",
            "xla_gpu_compilation_enabled", "enable_grpc_healthcheck_service")  # grpc.health.v1 is always served
 # flags that would change answers or files inferd does not read: refused unless left at the default
-REFUSED = {"prefer_tflite_model": "TFLite models are not served", "use_tflite_model": "TFLite models are not served",
-           "platform_config_file": "platform configs are not read; models.config's model_platform is",
+REFUSED = {"platform_config_file": "platform configs are not read; models.config's model_platform is",
            "ssl_config_file": "TLS is not served; put a TLS proxy in front",
            "enable_signature_method_name_check": "method names are not checked (TF Serving's default)",
            "saved_model_tags": "only the 'serve' MetaGraph is loaded",
@@ -79,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
     flags.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
                        default=False, help="HandleReloadConfigRequest may give a new label to a version not "
                                            "available yet (moving a label still needs its version available)")
+    flags.add_argument("--prefer_tflite_model", type=_bool, nargs="?", const=True, default=False,
+                       help="serve a version folder's model.tflite rather than its saved_model.pb (which serves "
+                            "where there is no model.tflite)")
+    flags.add_argument("--use_tflite_model", type=_bool, nargs="?", const=True, default=False,
+                       help=argparse.SUPPRESS)  # older TF Serving's name for --prefer_tflite_model
     flags.add_argument("--version", type=_bool, nargs="?", const=True, default=False,
                        help="print the version and exit")
     flags.add_argument("--batching_parameters_file", default="")
@@ -138,7 +142,8 @@ def settings_from_flags(args: argparse.Namespace) -> ServerSettings:
         metrics_paths=metrics, grpc_socket_path=args.grpc_socket_path or None,
         grpc_options=grpc_channel_arguments(args.grpc_channel_arguments), grpc_server=args.grpc_server,
         listen_after_load=True, control_api=args.model_control_api, auth_token=args.auth_token,
-        labels_for_unavailable_versions=args.allow_version_labels_for_unavailable_models)
+        labels_for_unavailable_versions=args.allow_version_labels_for_unavailable_models,
+        prefer_tflite=args.prefer_tflite_model or args.use_tflite_model)
 
 
 def _parse(path: Path, message: M, what: str) -> M:

@@ -31,12 +31,14 @@ class BuiltVersion(Generic[S]):
     default_signature: str  # "" when the model has one signature
 
 
-def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap: Wrap[S]) -> BuiltVersion[S]:
-    """Load a version from its folder (or ``.mar`` archive). Blocks: call it off the event loop."""
+def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap: Wrap[S],
+                  prefer_tflite: bool = False) -> BuiltVersion[S]:
+    """Load a version from its folder (or ``.mar`` archive). Blocks: call it off the event loop.
+    ``prefer_tflite``: a model.tflite in the folder wins over its SavedModel (TF Serving's flag)."""
     if path.suffix == ".mar":
         artifact, backend = path, "torchserve"
     else:
-        artifact, backend = find_artifact(path, config.backend, config.default_model_filename)
+        artifact, backend = find_artifact(path, config.backend, config.default_model_filename, prefer_tflite)
     group = config.instance_group
     devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
     loaded = with_state_tensors(config)  # the runtime takes and gives the states the sequence batcher keeps

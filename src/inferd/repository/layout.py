@@ -34,8 +34,10 @@ ARTIFACTS: dict[str, str] = {
     "model.py": "python",
     "saved_model.pb": "tensorflow",
     "model.savedmodel": "tensorflow",
+    "model.tflite": "tflite",  # after the SavedModel: TF Serving serves model.tflite only when told to prefer it
     "model.mar": "torchserve",
 }
+TFLITE = "model.tflite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,14 +223,19 @@ def single_model(root: Path) -> bool:
     return bool(versions) and len(versions) == len(folders) and any(has_artifact(v) for v in versions)
 
 
-def find_artifact(version_dir: Path, backend: str | None, filename: str = "") -> tuple[Path, str]:
+def find_artifact(version_dir: Path, backend: str | None, filename: str = "",
+                  prefer_tflite: bool = False) -> tuple[Path, str]:
     """The artifact in a version folder and the backend that loads it (an ensemble's version
     folder is empty, as in Triton: the folder stands for it). ``filename``: Triton's
-    default_model_filename, the artifact's name when it is not the usual one."""
+    default_model_filename, the artifact's name when it is not the usual one. ``prefer_tflite``:
+    TF Serving's --prefer_tflite_model, model.tflite before saved_model.pb (which serves where
+    there is no model.tflite)."""
     if backend == "ensemble":
         return version_dir, backend
     if filename:
         return _named_artifact(version_dir / filename, backend)
+    if prefer_tflite and backend in (None, "tensorflow", "tflite") and (version_dir / TFLITE).is_file():
+        return version_dir / TFLITE, "tflite"
     for filename, kind in ARTIFACTS.items():
         candidate = version_dir / filename
         if candidate.exists() and (backend is None or backend == kind):
@@ -241,7 +248,7 @@ def find_artifact(version_dir: Path, backend: str | None, filename: str = "") ->
 
 
 _SUFFIXES = {".onnx": "onnx", ".pt": "torch", ".pt2": "torch", ".py": "python", ".savedmodel": "tensorflow",
-             ".mar": "torchserve"}
+             ".tflite": "tflite", ".mar": "torchserve"}
 
 
 def _named_artifact(candidate: Path, backend: str | None) -> tuple[Path, str]:

@@ -112,8 +112,10 @@ class ModelRegistry(Generic[S]):
     composition root wraps each runtime in a scheduler)."""
 
     def __init__(self, root: Path | None, wrap: Wrap[S] | None = None, sources: tuple[ModelSource, ...] = (),
-                 batching: BatchingDefaults | None = None, builds_at_once: int = BUILDS_AT_ONCE) -> None:
+                 batching: BatchingDefaults | None = None, builds_at_once: int = BUILDS_AT_ONCE,
+                 prefer_tflite: bool = False) -> None:
         self._root = root
+        self._prefer_tflite = prefer_tflite  # TF Serving's --prefer_tflite_model
         self._wrap: Wrap[S] = wrap if wrap is not None else cast(Wrap[S], _bare)
         self._models: dict[str, ModelEntry[S]] = {}
         self._fingerprints: dict[str, Fingerprint] = {}
@@ -606,7 +608,7 @@ class ModelRegistry(Generic[S]):
         await self._builds.acquire()
         started = time.monotonic()
         build = asyncio.ensure_future(asyncio.to_thread(build_version, entry.name, version, path,
-                                                        config or entry.config, self._wrap))
+                                                        config or entry.config, self._wrap, self._prefer_tflite))
         self._building.add(build)
         build.add_done_callback(self._built)
         try:

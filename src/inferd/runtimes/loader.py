@@ -15,6 +15,7 @@ _MODULES: dict[str, tuple[str, str]] = {
     "torch": ("torch", "torch"),
     "python": ("python", "all"),
     "tensorflow": ("tensorflow", "tensorflow"),
+    "tflite": ("tflite", "tensorflow"),
     "torchserve": ("torchserve", "torch"),
     "ensemble": ("ensemble", "all"),
 }
