@@ -39,7 +39,8 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
                         protocol=PROTOCOL)
 
 
-def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None) -> InferRequest:
+def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
+                           headers: dict[str, str] | None = None) -> InferRequest:
     """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
     multipart form's are (the handler sees ``{"data": bytearray, ...}``)."""
     for name in fields:
@@ -51,7 +52,32 @@ def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | 
     parts = [b"--%s\r\ncontent-disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
              % (boundary.encode(), name.encode(), value) for name, value in fields.items()]
     body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
-    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version)
+    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers)
+
+
+def workflow_page(workflows: list[tuple[str, str]], limit: int, token: int) -> dict[str, Any]:
+    """``GET /workflows?limit=&next_page_token=``, paged as ``GET /models``."""
+    page = list_page(workflows, limit, token)
+    rows = page.pop("models")
+    page["workflows"] = [{"workflowName": row["modelName"], "workflowUrl": row["modelUrl"]} for row in rows]
+    return page
+
+
+def workflow_leaves(leaves: dict[str, bytes]) -> bytes:
+    """``/wfpredict``'s answer: the one leaf node's bytes as they are, or several leaves as
+    ``{node: its answer}``, each answer a JSON object (TorchServe's WorkflowManager.predict)."""
+    if len(leaves) == 1:
+        return next(iter(leaves.values()))
+    combined: dict[str, Any] = {}
+    for node, answer in leaves.items():
+        try:
+            combined[node] = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            combined[node] = None
+        if not isinstance(combined[node], dict):
+            raise ValueError(f"leaf node {node} answered {answer[:60]!r}; a workflow with several leaves "
+                             "needs each to answer a JSON object")
+    return orjson.dumps(combined)
 
 
 def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
