@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def right(data, context):
 
 def bare(data, context):
     return ["not an object"] if data else None
+
+
+def slow(data, context):
+    if not data:
+        return None
+    import time
+
+    time.sleep(3)
+    return ["late"]
 
 
 def explode(data, context):
@@ -133,6 +143,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     build_war(workflows, "two_leaves", "models: {}\ndag:\n  passthrough: [left, right]\n")
     build_war(workflows, "bare_leaf", "models: {}\ndag:\n  passthrough: [left, bare]\n")
     build_war(workflows, "missing_model", "models:\n  m1:\n    url: absent.mar\ndag:\n  passthrough: [m1]\n")
+    build_war(workflows, "too_slow", "models:\n  retry-attempts: 0\n  timeout-ms: 300\ndag:\n  passthrough: [slow]\n")
     build_war(workflows, "no_dag", "models:\n  m1:\n    url: doubler.mar\n")
     build_war(workflows, "no_url", "models:\n  m1:\n    batch-size: 2\ndag:\n  m1: []\n")
     build_war(workflows, "two_starts", SPEC.replace("  to_mlp: [ts_mlp]\n", ""))
@@ -243,3 +254,10 @@ def test_workflow_leaves_and_errors(stores: tuple[Path, Path, Path], tmp_path: P
         assert (failed.status_code, failed.json()) == (
             500, {"code": 500, "type": "InternalServerException", "message": "Error executing explode"})
         assert attempts.read_text().count("attempt") == 3  # the first try and retry-attempts: 2
+
+        # timeout-ms bounds each try: a node slower than that fails the request without waiting for it
+        assert requests.post(f"{management}/workflows?url=too_slow.war", timeout=120).status_code == 200
+        began = time.monotonic()
+        late = requests.post(f"{inference}/wfpredict/too_slow", data=b"x", timeout=60)
+        assert (late.status_code, late.json()["message"]) == (500, "Error executing slow")
+        assert time.monotonic() - began < 2.5
