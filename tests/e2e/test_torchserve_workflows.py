@@ -261,3 +261,22 @@ def test_workflow_leaves_and_errors(stores: tuple[Path, Path, Path], tmp_path: P
         late = requests.post(f"{inference}/wfpredict/too_slow", data=b"x", timeout=60)
         assert (late.status_code, late.json()["message"]) == (500, "Error executing slow")
         assert time.monotonic() - began < 2.5
+
+
+def test_workflows_need_the_keys_under_token_authorization(stores: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    models, workflows, _ = stores
+    with torchserve(tmp_path, {"enable_model_api": "true"}, "--model-store", str(models),
+                    "--workflow-store", str(workflows)) as urls:
+        inference, management = urls["inference"], urls["management"]
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        manage = {"Authorization": f"Bearer {keys['management']['key']}"}
+        infer = {"Authorization": f"Bearer {keys['inference']['key']}"}
+        for method, url in (("GET", f"{management}/workflows"), ("GET", f"{management}/workflows/two_leaves"),
+                            ("POST", f"{management}/workflows?url=two_leaves.war"),
+                            ("DELETE", f"{management}/workflows/two_leaves"),
+                            ("POST", f"{inference}/wfpredict/two_leaves")):
+            assert requests.request(method, url, timeout=30).status_code == 401, (method, url)
+        assert requests.post(f"{management}/workflows?url=two_leaves.war", headers=manage, timeout=120).ok
+        assert requests.get(f"{management}/workflows/two_leaves", headers=manage, timeout=5).ok
+        answer = requests.post(f"{inference}/wfpredict/two_leaves", data=b"k", headers=infer, timeout=60)
+        assert answer.status_code == 200 and answer.json()["left"]["got"] == "k", answer.text

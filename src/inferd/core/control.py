@@ -16,7 +16,7 @@ from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
 from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
-from inferd.core.torchserve_workflows import TorchServeWorkflows
+from inferd.core.torchserve_workflows import TorchServeWorkflows, Workflow
 from inferd.errors import FailedPrecondition, Forbidden, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -246,6 +246,16 @@ class ModelControl:
         (TorchServe's ``POST /models``); a registration whose workers fail leaves nothing behind."""
         self._access.authorize_control(credentials, "registering a model")
         return await self._torchserve.register(request)
+
+    def workflow_urls(self, credentials: str | None) -> list[tuple[str, str]]:
+        """(name, url) of each registered TorchServe workflow, by name."""
+        self._access.authorize_inference(credentials, "listing workflows")
+        return [(name, self.workflows.get(name).url) for name in self.workflows.names()]
+
+    def workflow(self, name: str, credentials: str | None) -> Workflow:
+        """A registered workflow (describe, /wfpredict); NotFound names it."""
+        self._access.authorize_inference(credentials, "reading a workflow")
+        return self.workflows.get(name)
 
     async def register_workflow(self, url: str | None, name: str | None, credentials: str | None) -> str:
         """TorchServe's ``POST /workflows``: a .war of the workflow store (or a URL ``allowed_urls``

@@ -277,13 +277,13 @@ class TorchServeRoutes:
     async def workflow_predict(self, request: HttpRequest) -> HttpResponse:
         """``/wfpredict/{workflow}``: the DAG runs; a node that fails every attempt is a 500
         ``Error executing <node>``, as TorchServe answers (the cause is logged)."""
+        credentials = request.headers.get("authorization")
         try:
-            workflow = self.control.workflows.get(request.params["workflow"])
+            workflow = self.control.workflow(request.params["workflow"], credentials)
         except NotFound as exc:
             return _error(404, "WorkflowNotFoundException", exc.message)
         original = Original(bytes(request.body), request.headers.get("content-type", "application/octet-stream"),
                             dict(request.headers))
-        credentials = request.headers.get("authorization")
 
         async def call(model: str, given: NodeInput) -> bytes:
             return await self._node(model, given, original.headers, credentials)
@@ -317,14 +317,13 @@ class TorchServeRoutes:
 
     async def list_workflows(self, request: HttpRequest) -> HttpResponse:
         query = _query(request)
-        workflows = self.control.workflows
-        rows = [(name, workflows.get(name).url) for name in workflows.names()]
+        rows = self.control.workflow_urls(_credentials(request))
         return json_response(torchserve.workflow_page(rows, torchserve.java_int(query.get("limit"), 100),
                                                       torchserve.java_int(query.get("next_page_token"), 0)))
 
     async def describe_workflow(self, request: HttpRequest) -> HttpResponse:
         try:
-            workflow = self.control.workflows.get(request.params["workflow"])
+            workflow = self.control.workflow(request.params["workflow"], _credentials(request))
         except NotFound as exc:
             return _error(404, "WorkflowNotFoundException", exc.message)
         spec = workflow.archive.spec
