@@ -42,7 +42,8 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
 def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
                            headers: dict[str, str] | None = None) -> InferRequest:
     """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
-    multipart form's are (the handler sees ``{"data": bytearray, ...}``)."""
+    multipart form's are (the handler sees ``{"data": bytearray, ...}``); ``headers`` are what the
+    handler's ``context.get_request_header`` sees besides."""
     for name in fields:
         if not name or any(c in name for c in '"\r\n'):
             raise InvalidInput(f"input name {name!r}: a field name without quotes or line breaks")
