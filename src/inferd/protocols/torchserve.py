@@ -56,31 +56,6 @@ def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | 
     return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers)
 
 
-def workflow_page(workflows: list[tuple[str, str]], limit: int, token: int) -> dict[str, Any]:
-    """``GET /workflows?limit=&next_page_token=``, paged as ``GET /models``."""
-    page = list_page(workflows, limit, token)
-    rows = page.pop("models")
-    page["workflows"] = [{"workflowName": row["modelName"], "workflowUrl": row["modelUrl"]} for row in rows]
-    return page
-
-
-def workflow_leaves(leaves: dict[str, bytes]) -> bytes:
-    """``/wfpredict``'s answer: the one leaf node's bytes as they are, or several leaves as
-    ``{node: its answer}``, each answer a JSON object (TorchServe's WorkflowManager.predict)."""
-    if len(leaves) == 1:
-        return next(iter(leaves.values()))
-    combined: dict[str, Any] = {}
-    for node, answer in leaves.items():
-        try:
-            combined[node] = orjson.loads(answer)
-        except orjson.JSONDecodeError:
-            combined[node] = None
-        if not isinstance(combined[node], dict):
-            raise ValueError(f"leaf node {node} answered {answer[:60]!r}; a workflow with several leaves "
-                             "needs each to answer a JSON object")
-    return orjson.dumps(combined)
-
-
 def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
                     ) -> list[VersionDescription]:
     """What describe answers: ``None`` the default version (else the newest), ``all`` every version,
@@ -179,6 +154,31 @@ def list_page(names: list[tuple[str, str]], limit: int, token: int) -> dict[str,
         page["nextPageToken"] = str(last)
     page["models"] = [{"modelName": name, "modelUrl": url} for name, url in names[token:last]]
     return page
+
+
+def workflow_page(workflows: list[tuple[str, str]], limit: int, token: int) -> dict[str, Any]:
+    """``GET /workflows?limit=&next_page_token=``, paged as ``GET /models``."""
+    page = list_page(workflows, limit, token)
+    rows = page.pop("models")
+    page["workflows"] = [{"workflowName": row["modelName"], "workflowUrl": row["modelUrl"]} for row in rows]
+    return page
+
+
+def workflow_leaves(leaves: dict[str, bytes]) -> bytes:
+    """``/wfpredict``'s answer: the one leaf node's bytes as they are, or several leaves as
+    ``{node: its answer}``, each answer a JSON object (TorchServe's WorkflowManager.predict)."""
+    if len(leaves) == 1:
+        return next(iter(leaves.values()))
+    combined: dict[str, Any] = {}
+    for node, answer in leaves.items():
+        try:
+            combined[node] = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            combined[node] = None
+        if not isinstance(combined[node], dict):
+            raise ValueError(f"leaf node {node} answered {answer[:60]!r}; a workflow with several leaves "
+                             "needs each to answer a JSON object")
+    return orjson.dumps(combined)
 
 
 def describe(name: str, row: VersionDescription) -> dict[str, Any]:
