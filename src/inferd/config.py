@@ -169,6 +169,7 @@ class TorchServeSettings:
     startup_timeout_s: int = 120
     models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
     model_api: bool = True  # False: registering and unregistering answer 405 (enable_model_api=false)
+    workflow_store: Path | None = None  # where POST /workflows finds .war files (None: the model store)
 
 
 LISTENER_APIS = ("inference", "management", "metrics")

@@ -55,6 +55,14 @@ def test_keys_flags_and_environment(tmp_path: Path) -> None:
     assert s.torchserve.models == {"a": {"1.0": {"minWorkers": 2}}}
 
 
+def test_workflow_store_from_properties_and_flag(tmp_path: Path) -> None:
+    assert settings(tmp_path, "").settings.torchserve.workflow_store is None  # then the model store serves
+    from_file = settings(tmp_path, "workflow_store=/wf\n").settings.torchserve
+    assert from_file.workflow_store == Path("/wf")
+    from_flag = settings(tmp_path, "workflow_store=/wf\n", "--workflow-store", "/other").settings.torchserve
+    assert from_flag.workflow_store == Path("/other")  # the flag wins, as torchserve's
+
+
 @pytest.mark.parametrize(("text", "flags", "message"), [
     ("inference_address=https://127.0.0.1:8443\n", (), "TLS is not served"),
     ("keystore=/k.jks\n", (), "TLS is not served"),

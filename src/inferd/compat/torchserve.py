@@ -33,7 +33,7 @@ PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging", "metrics_mode", "metrics_config",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
            "initial_worker_port", "unregister_model_timeout", "decode_input_request", "prefer_direct_buffer",
-           "model_metrics_auto_detect", "disable_system_metrics", "enable_metrics_api", "workflow_store",
+           "model_metrics_auto_detect", "disable_system_metrics", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
@@ -161,6 +161,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         else:
             listeners.append(Listener(host, port, apis))
 
+    workflow_store = args.workflow_store or properties.get("workflow_store")
     token_auth = not (args.disable_token_auth or _true(properties.get("disable_token_authorization")))
     model_api = args.enable_model_api or _true(properties.get("enable_model_api"))
     token = secrets.token_urlsafe(24) if token_auth else None
@@ -177,7 +178,8 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         default_workers=default_workers, startup_workers=startup_workers,
         response_timeout_s=_int(properties, "default_response_timeout", 120),
         startup_timeout_s=_int(properties, "default_startup_timeout", 120),
-        models=per_model if isinstance(per_model, dict) else {}, model_api=model_api)
+        models=per_model if isinstance(per_model, dict) else {}, model_api=model_api,
+        workflow_store=Path(workflow_store) if workflow_store else None)
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
         properties, "grpc_management_port", 7071)

@@ -16,6 +16,7 @@ from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
 from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
+from inferd.core.torchserve_workflows import TorchServeWorkflows, Workflow
 from inferd.errors import FailedPrecondition, Forbidden, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -47,6 +48,8 @@ class ModelControl:
         self._access = access or AccessPolicy()
         self._model_store = model_store
         self._torchserve = TorchServeModels(registry, model_store, torchserve)
+        workflow_store = torchserve.workflow_store if torchserve is not None else None
+        self.workflows = TorchServeWorkflows(self._torchserve, workflow_store or model_store, torchserve)
         self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
         self._finishing: set[asyncio.Task[Any]] = set()  # loads and unloads whose callers stopped waiting
         self._config_turn = asyncio.Lock()  # TF Serving's model configs apply one at a time, whole
@@ -244,6 +247,26 @@ class ModelControl:
         self._access.authorize_control(credentials, "registering a model")
         return await self._torchserve.register(request)
 
+    def workflow_urls(self, credentials: str | None) -> list[tuple[str, str]]:
+        """(name, url) of each registered TorchServe workflow, by name."""
+        self._access.authorize_inference(credentials, "listing workflows")
+        return [(name, self.workflows.get(name).url) for name in self.workflows.names()]
+
+    def workflow(self, name: str, credentials: str | None) -> Workflow:
+        """A registered workflow (describe, /wfpredict); NotFound names it."""
+        self._access.authorize_inference(credentials, "reading a workflow")
+        return self.workflows.get(name)
+
+    async def register_workflow(self, url: str | None, name: str | None, credentials: str | None) -> str:
+        """TorchServe's ``POST /workflows``: a .war of the workflow store (or a URL ``allowed_urls``
+        admits), its models registered, all or none."""
+        self._access.authorize_control(credentials, "registering a workflow")
+        return await self.workflows.register(url, name)
+
+    async def unregister_workflow(self, name: str, credentials: str | None) -> None:
+        self._access.authorize_control(credentials, "unregistering a workflow")
+        await self.workflows.unregister(name)
+
     # -- the composition root's (start-up, polling, shutdown): no credentials ---------------
     async def register_archive(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
         """An archive served from the start (``--models``), with TorchServe's start-up workers."""
@@ -267,6 +290,7 @@ class ModelControl:
 
     async def close(self, timeout: float) -> bool:
         """Retire every model within ``timeout``; False if some work was left behind."""
+        await self.workflows.close()
         return await self._registry.close(timeout)
 
 

@@ -117,6 +117,10 @@ class TorchServeModels:
             startup_timeout_s=_int(version_settings.get("startupTimeout"), -1))
         return await self._register(request, archive, False, loaded_at_startup=True)
 
+    async def register_file(self, request: RegisterRequest, archive: Path) -> tuple[Outcome, str]:
+        """An archive outside the model store that the server made itself (a workflow's function node)."""
+        return await self._register(request, archive, False, False)
+
     async def _register(self, request: RegisterRequest, archive: Path, downloaded: bool,
                         loaded_at_startup: bool) -> tuple[Outcome, str]:
         info = archive_info(archive)

@@ -205,6 +205,31 @@ def list_page(names: list[tuple[str, str]], limit: int, token: int) -> dict[str,
     return page
 
 
+def workflow_page(workflows: list[tuple[str, str]], limit: int, token: int) -> dict[str, Any]:
+    """``GET /workflows?limit=&next_page_token=``, paged as ``GET /models``."""
+    page = list_page(workflows, limit, token)
+    rows = page.pop("models")
+    page["workflows"] = [{"workflowName": row["modelName"], "workflowUrl": row["modelUrl"]} for row in rows]
+    return page
+
+
+def workflow_leaves(leaves: dict[str, bytes]) -> bytes:
+    """``/wfpredict``'s answer: the one leaf node's bytes as they are, or several leaves as
+    ``{node: its answer}``, each answer a JSON object (TorchServe's WorkflowManager.predict)."""
+    if len(leaves) == 1:
+        return next(iter(leaves.values()))
+    combined: dict[str, Any] = {}
+    for node, answer in leaves.items():
+        try:
+            combined[node] = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            combined[node] = None
+        if not isinstance(combined[node], dict):
+            raise ValueError(f"leaf node {node} answered {answer[:60]!r}; a workflow with several leaves "
+                             "needs each to answer a JSON object")
+    return orjson.dumps(combined)
+
+
 def describe(name: str, row: VersionDescription) -> dict[str, Any]:
     """One entry of ``GET /models/{model}``, in TorchServe's shape, with the workers as they run."""
     settings = row.settings

@@ -30,20 +30,23 @@ class LocatedArchive:
     remote: str = ""  # the URL to download it from; "" when it is in the store already
 
 
-def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tuple[str, ...] = ()) -> LocatedArchive:
+def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tuple[str, ...] = (),
+                   kind: str = "model") -> LocatedArchive:
     """The archive named by ``url``: a file name inside the model store, or a URL matching one of
     ``allowed_urls`` (regular expressions, as TorchServe's setting) whose file is not in the store
-    yet. Status codes as TorchServe's: no url 400, empty or unknown 404, file already there 500."""
+    yet. Status codes as TorchServe's: no url 400, empty or unknown 404, file already there 500.
+    ``kind`` words the messages ("workflow": the workflow store's .war files)."""
+    title = kind.capitalize()
     if url is None:
         raise InvalidInput("Parameter url is required.")
     if model_store is None:
-        raise NotFound("Model store has not been configured (--model-store).")
+        raise NotFound(f"{title} store has not been configured (--{kind}-store).")
     if not url:
         raise NotFound("empty url")
     if not url.isprintable():  # a NUL or a newline names no file, and would forge log lines
         raise InvalidInput(f"url must be printable text (no control characters), got {url!r}")
     if ".." in url:
-        raise NotFound(f"Relative path is not allowed in url: {url} (it leaves the model store)")
+        raise NotFound(f"Relative path is not allowed in url: {url} (it leaves the {kind} store)")
     if _URL.match(url):
         if not any(re.fullmatch(pattern, url, re.IGNORECASE) for pattern in allowed_urls):
             allowed = ", ".join(allowed_urls) or "none: inferd loads archives only from the model store"
@@ -53,14 +56,14 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
             raise NotFound(f"url {url} names no archive file")
         target = model_store / file_name
         if target.exists():
-            raise InferdError(f"Model file already exists {file_name}")
+            raise InferdError(f"{title} file already exists {file_name}")
         return LocatedArchive(target, url)
     candidate = (model_store / url).resolve()
     if Path(url).is_absolute() or not candidate.is_relative_to(model_store.resolve()):
-        raise NotFound(f"Model not found at: {url}; the url leaves the model store (give the archive's "
+        raise NotFound(f"{title} not found at: {url}; the url leaves the {kind} store (give the archive's "
                        "name inside it)")
     if not candidate.exists():
-        raise NotFound(f"Model not found at: {url} (not in the model store {model_store})")
+        raise NotFound(f"{title} not found at: {url} (not in the {kind} store {model_store})")
     return LocatedArchive(candidate)
 
 

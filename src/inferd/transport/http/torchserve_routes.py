@@ -17,7 +17,16 @@ import orjson
 
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
-from inferd.errors import InferdError, InvalidInput, ModelError, NotFound
+from inferd.core.torchserve_workflows import NodeInput, Original, WorkflowFailed, run_workflow
+from inferd.errors import (
+    AlreadyExists,
+    Forbidden,
+    InferdError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    Unauthenticated,
+)
 from inferd.observability.torchserve_metrics import TorchServeMetrics
 from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
@@ -81,6 +90,9 @@ class TorchServeRoutes:
                 add(method, "/ping", self.ping)
                 add(method, "/predictions/{model}", self.predict, infer)
                 add(method, "/predictions/{model}/{version}", self.predict, infer)
+            router.refuse_under("/wfpredict", torchserve_refusal)
+            for method in _ANY_METHOD:
+                add(method, "/wfpredict/{workflow}", self.workflow_predict, infer)
         if "metrics" in apis and self.metrics is not None:
             add("GET", "/metrics", self.render_metrics)
         if "management" not in apis:
@@ -95,6 +107,11 @@ class TorchServeRoutes:
         add("PUT", "/models/{model}/{version}/set-default", self.set_default, control)
         add("DELETE", "/models/{model}", self.unregister, control)
         add("DELETE", "/models/{model}/{version}", self.unregister, control)
+        router.refuse_under("/workflows", torchserve_refusal)
+        add("GET", "/workflows", self.list_workflows)
+        add("POST", "/workflows", self.register_workflow, control)
+        add("GET", "/workflows/{workflow}", self.describe_workflow)
+        add("DELETE", "/workflows/{workflow}", self.unregister_workflow, control)
 
     # -- inference API -----------------------------------------------------------------------
     async def ping(self, request: HttpRequest) -> HttpResponse:
@@ -249,6 +266,98 @@ class TorchServeRoutes:
         name, version = request.params["model"], request.params.get("version")
         await self.control.unregister(name, version, _credentials(request))
         return json_response({"status": f'Model "{name}" unregistered'})  # TorchServe's, with a version too
+
+
+    # -- workflows (TorchServe's WorkflowManager) ----------------------------------------------
+    async def workflow_predict(self, request: HttpRequest) -> HttpResponse:
+        """``/wfpredict/{workflow}``: the DAG runs; a node that fails every attempt is a 500
+        ``Error executing <node>``, as TorchServe answers (the cause is logged)."""
+        credentials = request.headers.get("authorization")
+        try:
+            workflow = self.control.workflow(request.params["workflow"], credentials)
+        except NotFound as exc:
+            return _error(404, "WorkflowNotFoundException", exc.message)
+        original = Original(bytes(request.body), request.headers.get("content-type", "application/octet-stream"),
+                            dict(request.headers))
+
+        async def call(model: str, given: NodeInput) -> bytes:
+            return await self._node(model, given, original.headers, credentials)
+
+        try:
+            leaves = await run_workflow(workflow, original, call)
+        except WorkflowFailed as exc:
+            return _error(500, "InternalServerException", exc.message)
+        try:
+            return HttpResponse(200, torchserve.workflow_leaves(leaves), b"application/json")
+        except ValueError as exc:  # several leaves, one of which answered no JSON object
+            return _error(500, "InternalServerException", str(exc))
+
+    async def _node(self, model: str, given: NodeInput, headers: dict[str, str], credentials: str | None) -> bytes:
+        """One node's call: the handler sees the request (start node), ``{"body": ...}`` (one
+        predecessor) or a field per predecessor, and the workflow request's headers."""
+        if isinstance(given, Original):
+            infer_request = torchserve.decode_prediction(given.body, given.content_type, model, None, given.headers)
+        elif list(given) == ["body"]:
+            infer_request = torchserve.decode_prediction(given["body"], "application/octet-stream", model, None,
+                                                         headers)
+        else:
+            infer_request = torchserve.decode_form_prediction(given, model, None, headers)
+        infer_request.credentials = credentials
+        response = await self.data.infer(infer_request)
+        status = torchserve.prediction_status(response)
+        body = torchserve.encode_prediction(response)[0]
+        if status != 200:
+            raise ModelError(f"model {model} answered status {status}: {body[:200]!r}")
+        return body
+
+    async def list_workflows(self, request: HttpRequest) -> HttpResponse:
+        query = _query(request)
+        rows = self.control.workflow_urls(_credentials(request))
+        return json_response(torchserve.workflow_page(rows, torchserve.java_int(query.get("limit"), 100),
+                                                      torchserve.java_int(query.get("next_page_token"), 0)))
+
+    async def describe_workflow(self, request: HttpRequest) -> HttpResponse:
+        try:
+            workflow = self.control.workflow(request.params["workflow"], _credentials(request))
+        except NotFound as exc:
+            return _error(404, "WorkflowNotFoundException", exc.message)
+        spec = workflow.archive.spec
+        return json_response([{"workflowName": workflow.name, "workflowUrl": workflow.url,
+                               "minWorkers": spec.settings.min_workers, "maxWorkers": spec.settings.max_workers,
+                               "batchSize": spec.settings.batch_size,
+                               "maxBatchDelay": spec.settings.max_batch_delay_ms, "workflowDag": spec.dag_text}])
+
+    async def register_workflow(self, request: HttpRequest) -> HttpResponse:
+        """``POST /workflows?url=&workflow_name=`` (or the same as a JSON body)."""
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
+        query = _query(request)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+            query = _json_query(request.body)
+        try:
+            message = await self.control.register_workflow(query.get("url"), query.get("workflow_name") or None,
+                                                           _credentials(request))
+        except NotFound as exc:
+            return _error(404, "WorkflowNotFoundException", exc.message)
+        except AlreadyExists as exc:
+            return _error(409, "ConflictStatusException", exc.message)
+        except InvalidInput as exc:
+            return _error(400, "InvalidWorkflowException", exc.message)
+        except (Unauthenticated, Forbidden):
+            raise
+        except InferdError as exc:
+            return _error(500, "WorkflowException", exc.message)
+        return json_response({"status": message})
+
+    async def unregister_workflow(self, request: HttpRequest) -> HttpResponse:
+        if not self.control.torchserve_model_api:
+            return _not_allowed()
+        name = request.params["workflow"]
+        try:
+            await self.control.unregister_workflow(name, _credentials(request))
+        except NotFound as exc:
+            return _error(404, "WorkflowNotFoundException", exc.message)
+        return json_response({"status": f'Workflow "{name}" unregistered'})
 
 
 class CountingApp(HttpApp):
