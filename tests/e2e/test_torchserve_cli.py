@@ -57,7 +57,8 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterat
     (workdir / "config.properties").write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
                str(workdir / "config.properties"), *flags]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src"))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src")),
+           "TMPDIR": str(workdir)}  # its pid file (TorchServe's, in the temp folder) is this test's alone
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env)
     output: list[str] = []
@@ -150,7 +151,8 @@ def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path)
                                headers={"Authorization": f"Bearer {inference}"})
         assert answer.status_code == 200, answer.text
         stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop"], capture_output=True,
-                                 text=True, timeout=30, cwd=tmp_path)
+                                 text=True, timeout=30, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)})
+        # (another test's server, started at the same time, would have its own pid file elsewhere)
         assert stopped.stdout.strip() == "TorchServe has stopped."
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
