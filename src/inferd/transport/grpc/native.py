@@ -33,6 +33,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from inferd.core import Core
+from inferd.protocols import kserve_v2_grpc
+from inferd.protocols._proto import kserve_v2_pb2
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.errors import SHUTTING_DOWN
@@ -78,7 +80,7 @@ _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 _ON_ITSELF = 0x100  # (beyond a frame's flags) a HEADERS frame whose stream depends on itself
 
-Route = tuple[int, Callable[..., Any], type[Message]]
+Route = tuple[int, Callable[..., Any], Any]  # (UNARY | STREAM, the method, what parses its requests: FromString)
 
 
 class _Aborted(grpc.aio.AbortError):
@@ -741,7 +743,7 @@ class _Connection(asyncio.Protocol):
                 payload = memoryview(await inflate_off_loop(min(len(payload) * _MAX_DEFLATE_RATIO, limit),
                                                             _inflate, call.encoding, framed[0], payload, limit))
             try:
-                request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
+                request = route[2].FromString(payload)  # (any buffer is read)
             except DecodeError:
                 self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
                 return
@@ -810,7 +812,7 @@ class _Connection(asyncio.Protocol):
                 limit = self.server.max_message_bytes
                 payload = await inflate_off_loop(min(len(payload) * _MAX_DEFLATE_RATIO, limit), _inflate,
                                                  call.encoding, framed[0], payload, limit)
-            request = route[2].FromString(payload)  # type: ignore[arg-type]  # (any buffer is read)
+            request = route[2].FromString(payload)  # (any buffer is read)
         except _Aborted as exc:
             self._finish(call, exc.code, exc.details)
             return
@@ -973,6 +975,12 @@ class _Connection(asyncio.Protocol):
             self._pump(call)
 
 
+def _reader(request_type: type[Message]) -> Any:
+    """What parses a route's requests: a v2 infer request's raw tensors are read in place (this
+    server keeps the bytes a request came in; grpcio's does not), any other message by protobuf."""
+    return kserve_v2_grpc.RawInferRequest if request_type is kserve_v2_pb2.ModelInferRequest else request_type
+
+
 def channel_arguments(options: tuple[tuple[str, str | int], ...], max_message_bytes: int) -> dict[str, int]:
     """grpcio's channel arguments that mean something to this server (TF Serving's
     ``--grpc_channel_arguments``); the others are named in the log and ignored."""
@@ -1008,9 +1016,9 @@ class NativeGrpcServer:
         self.routes: dict[str, Route] = {}
         for servicer in [*servicers, self.health]:
             for name, (method, request_type) in servicer.methods().items():
-                self.routes[f"/{servicer.name}/{name}"] = (UNARY, method, request_type)
+                self.routes[f"/{servicer.name}/{name}"] = (UNARY, method, _reader(request_type))
             for name, (stream, request_type) in servicer.streams().items():
-                self.routes[f"/{servicer.name}/{name}"] = (STREAM, stream, request_type)
+                self.routes[f"/{servicer.name}/{name}"] = (STREAM, stream, _reader(request_type))
         self._servers: list[asyncio.Server] = []
 
     def evict_idle(self) -> bool:
