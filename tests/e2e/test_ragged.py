@@ -166,6 +166,13 @@ def test_the_config_answers_the_ragged_keys_back(server: RunningServer) -> None:
     assert config["batch_input"] == [{"kind": "BATCH_ACCUMULATED_ELEMENT_COUNT", "target_name": ["INDEX"],
                                       "data_type": "TYPE_INT32", "source_input": ["INPUT"]}]
     assert config["batch_output"][0]["target_name"] == ["DOUBLED"]
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.grpc import model_config_pb2
+
+    message = triton_grpc.InferenceServerClient(server.grpc_url).get_model_config("segments").config
+    assert message.input[0].allow_ragged_batch  # Triton's field numbers: its own client reads them
+    assert message.batch_input[0].kind == model_config_pb2.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT
+    assert list(message.batch_output[0].source_input) == ["INPUT"]
     metadata = triton_http.InferenceServerClient(server.url).get_model_metadata("segments")
     assert [tensor["name"] for tensor in metadata["inputs"]] == ["INPUT"]  # INDEX is the server's
 
