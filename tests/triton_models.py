@@ -168,8 +168,9 @@ def broken_models(root: Path) -> None:
     files (config.toml wins)."""
     write(root / "no_versions/1/model.py", IDENTITY)
     write(root / "no_versions/config.pbtxt", 'backend: "python"\nversion_policy: { latest: { num_versions: 0 } }\n')
-    write(root / "batch_inputs/1/model.py", IDENTITY)
-    write(root / "batch_inputs/config.pbtxt", 'backend: "python"\nbatch_input [ { target_name: "N" } ]\n')
+    write(root / "repository_agents/1/model.py", IDENTITY)
+    write(root / "repository_agents/config.pbtxt",
+          'backend: "python"\nmodel_repository_agents { agents [ { name: "checksum" } ] }\n')
     write(root / "both/1/model.py", IDENTITY)
     write(root / "both/config.pbtxt", 'backend: "python"\nmax_batch_size: 99\n')
     write(root / "both/config.toml", 'backend = "python"\n[[input]]\nname = "INPUT0"\ndatatype = "BYTES"\n'

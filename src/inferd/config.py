@@ -213,6 +213,33 @@ class TensorConfig:
     labels: tuple[str, ...] = ()  # read from label_filename when the configuration is read
     image: ImageInput | None = None  # an input of encoded images the runtime decodes (torch models)
     reshape: tuple[int, ...] | None = None  # Triton's reshape: the model's own shape (batch dim aside)
+    ragged: bool = False  # Triton's allow_ragged_batch: requests of any shape batch, the model gets them flat, joined
+
+
+# Triton's BatchInput kinds (model_config.proto): what the batcher computes from a batch's requests
+BATCH_INPUT_KINDS = ("BATCH_ELEMENT_COUNT", "BATCH_ACCUMULATED_ELEMENT_COUNT",
+                     "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO", "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE",
+                     "BATCH_ITEM_SHAPE", "BATCH_ITEM_SHAPE_FLATTEN")
+BATCH_OUTPUT_KINDS = ("BATCH_SCATTER_WITH_INPUT_SHAPE",)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInput:
+    """A model input the dynamic batcher computes from each batch (Triton's batch_input)."""
+
+    kind: str  # one of BATCH_INPUT_KINDS
+    target_names: tuple[str, ...]  # the model inputs that get it
+    datatype: str  # INT32 or FP32
+    source_inputs: tuple[str, ...]  # the request input it is computed from (exactly one)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput:
+    """How a model output of a ragged batch goes back to its requests (Triton's batch_output)."""
+
+    kind: str  # one of BATCH_OUTPUT_KINDS
+    target_names: tuple[str, ...]  # the outputs split so
+    source_inputs: tuple[str, ...]  # the input whose per-request shape each request's part takes (exactly one)
 
 
 TIMEOUT_ACTIONS = ("reject", "delay")  # Triton's ModelQueuePolicy.TimeoutAction REJECT, DELAY
@@ -451,6 +478,13 @@ class ModelConfig:
     warmup_samples: tuple[WarmupSample, ...] = ()  # config.pbtxt's model_warmup: run at load, before ready
     default_model_filename: str = ""  # the artifact's name in each version folder ("": model.onnx, model.pt, ...)
     backend_optimization: BackendOptimization = field(default_factory=BackendOptimization)  # config.pbtxt's
+    batch_inputs: tuple[BatchInput, ...] = ()  # config.pbtxt's batch_input: computed per batch (ragged batching)
+    batch_outputs: tuple[BatchOutput, ...] = ()  # config.pbtxt's batch_output: outputs scattered per request
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the dynamic batcher joins and splits this model's batches Triton's ragged way."""
+        return bool(self.batch_inputs or self.batch_outputs or any(t.ragged for t in self.inputs))
 
 
 def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
@@ -480,6 +514,8 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
                                   "from one request's generator, never from a batch or a cache)")
     if config.sequence_batching is not None:
         check_sequence_batching(config, where)
+    if config.ragged:
+        check_ragged_batching(config, where)
     if config.backend == "ensemble":
         if config.dynamic_batching is not None:
             raise ConfigError(f"{where}: an ensemble is not batched itself (each step's model batches)")
@@ -487,6 +523,48 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
     elif config.ensemble:
         raise ConfigError(f"{where}: ensemble steps need platform = \"ensemble\"")
     return config
+
+
+def check_ragged_batching(config: ModelConfig, where: str) -> None:
+    """Triton's rules for batch_input and batch_output (core 73aad7c3, model_config_utils.cc ValidateBatchIO),
+    and inferd's: ragged batches are joined by the dynamic batcher, so the model needs one."""
+    if config.dynamic_batching is None:
+        raise ConfigError(f"{where}: allow_ragged_batch, batch_input and batch_output need dynamic_batching "
+                          "(inferd's dynamic batcher joins ragged requests and computes batch inputs)")
+    inputs = {t.name for t in config.inputs}
+    outputs = {t.name for t in config.outputs}
+    targets: set[str] = set()
+    for given in config.batch_inputs:
+        what = f"{where}: batch_input {given.kind}"
+        _check_sources(what, given.source_inputs, inputs)
+        if given.datatype not in ("INT32", "FP32"):
+            raise ConfigError(f"{what}: data_type must be TYPE_INT32 or TYPE_FP32, got TYPE_{given.datatype}")
+        if not given.target_names:
+            raise ConfigError(f"{what}: needs a target_name (the model input it feeds)")
+        for name in given.target_names:
+            if name in inputs or name in targets:
+                raise ConfigError(f"{what}: target_name '{name}' is already "
+                                  f"{'a request input' if name in inputs else 'another batch input'}")
+            targets.add(name)
+    scattered: set[str] = set()
+    for output in config.batch_outputs:
+        what = f"{where}: batch_output {output.kind}"
+        _check_sources(what, output.source_inputs, inputs)
+        if not output.target_names:
+            raise ConfigError(f"{what}: needs a target_name (the output it splits)")
+        for name in output.target_names:
+            if name not in outputs:
+                raise ConfigError(f"{what}: unknown target output name '{name}'; the outputs are {sorted(outputs)}")
+            if name in scattered:
+                raise ConfigError(f"{what}: target output name '{name}' can only be specified once")
+            scattered.add(name)
+
+
+def _check_sources(what: str, sources: tuple[str, ...], inputs: set[str]) -> None:
+    if len(sources) != 1:
+        raise ConfigError(f"{what}: expects 1 source_input, got {len(sources)}")
+    if sources[0] not in inputs:
+        raise ConfigError(f"{what}: unknown source input name '{sources[0]}'; the inputs are {sorted(inputs)}")
 
 
 def check_priority_levels(batching: DynamicBatching, where: str) -> None:

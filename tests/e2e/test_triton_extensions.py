@@ -155,7 +155,9 @@ def test_model_configuration_in_tritons_shapes(http: httpclient.InferenceServerC
     config = http.get_model_config("mlp")
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["backend"] == "onnxruntime" and config["max_batch_size"] == 16
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE"}]
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE",
+                                "allow_ragged_batch": False}]
+    assert config["batch_input"] == [] and config["batch_output"] == []
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5], "label_filename": ""}]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
@@ -184,7 +186,7 @@ def test_index_lists_every_model_and_load_takes_an_override(server: RunningServe
     assert http.get_model_config("never_loaded")["max_batch_size"] == 2
 
     for client in (http, grpc):
-        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"batch_input": []}'):
+        for bad in ('"parameters": {"config": {{"max_batch_size": "16"}}}', '{"model_repository_agents": {}}'):
             with pytest.raises(InferenceServerException, match="failed to load 'never_loaded'"):
                 client.load_model("never_loaded", config=bad)
         with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):

@@ -103,9 +103,9 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
 
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
     index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
-    assert index["batch_inputs"]["state"] == "UNAVAILABLE"
-    assert "batch_input" in index["batch_inputs"]["reason"]
-    assert "inferd does not serve that key" in index["batch_inputs"]["reason"]
+    assert index["repository_agents"]["state"] == "UNAVAILABLE"
+    assert "model_repository_agents" in index["repository_agents"]["reason"]
+    assert "inferd does not serve that key" in index["repository_agents"]["reason"]
 
 
 def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: RunningServer) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from inferd.config import InitialState, ModelConfig, QueuePolicy, SequenceState, ServedConfig
+from inferd.config import BatchInput, BatchOutput, InitialState, ModelConfig, QueuePolicy, SequenceState, ServedConfig
 from inferd.errors import ConfigError
 from inferd.modelconfig import apply_override, model_config_json, parse_pbtxt
 
@@ -71,7 +71,7 @@ STATE = 'sequence_batching { state [ { input_name: "S" output_name: "T" data_typ
     ('sequence_batching { control_input [ { name: "INPUT" control [ { kind: CONTROL_SEQUENCE_READY '
      'fp32_false_true: [ 0, 1 ] } ] } ] }\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]',
      "also declared as an input"),
-    ('batch_input [ { target_name: "N" } ]', '"batch_input"'),
+    ('model_repository_agents { agents [ { name: "checksum" } ] }', '"model_repository_agents"'),
     ("optimization { graph { level: 3 } }", "'optimization.graph.level' must be -1 (basic), 0 (all)"),
     ('optimization { execution_accelerators { cpu_execution_accelerator [ { name: "tensorrt" } ] } }',
      "names 'tensorrt'; inferd knows openvino"),
@@ -343,3 +343,66 @@ def test_without_priority_levels_the_priority_keys_are_ignored_as_in_triton() ->
     text = 'backend: "onnxruntime"\nmax_batch_size: 4\ndynamic_batching { default_priority_level: 9 }'
     batching = parse_pbtxt(text, "m/config.pbtxt", "m").dynamic_batching
     assert batching is not None and batching.priority_levels == 0 and batching.level_of(1) == 0
+
+
+TRITON_RAGGED = """
+backend: "onnxruntime"
+max_batch_size: 16
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
+output [ { name: "SUM" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "DOUBLED" data_type: TYPE_FP32 dims: [ -1 ] } ]
+batch_input [ { kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: "INDEX" data_type: TYPE_INT32
+                source_input: "INPUT" },
+              { kind: BATCH_ITEM_SHAPE_FLATTEN target_name: [ "SHAPES", "SHAPES_AGAIN" ] data_type: TYPE_FP32
+                source_input: "INPUT" } ]
+batch_output [ { target_name: "DOUBLED" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "INPUT" } ]
+dynamic_batching { max_queue_delay_microseconds: 100000 }
+"""
+
+
+def test_ragged_batching_reads_and_answers_back() -> None:
+    config = parse_pbtxt(TRITON_RAGGED, "r/config.pbtxt", "r")
+    assert config.ragged and config.inputs[0].ragged
+    assert config.batch_inputs == (
+        BatchInput("BATCH_ACCUMULATED_ELEMENT_COUNT", ("INDEX",), "INT32", ("INPUT",)),
+        BatchInput("BATCH_ITEM_SHAPE_FLATTEN", ("SHAPES", "SHAPES_AGAIN"), "FP32", ("INPUT",)))
+    assert config.batch_outputs == (BatchOutput("BATCH_SCATTER_WITH_INPUT_SHAPE", ("DOUBLED",), ("INPUT",)),)
+    value = model_config_json(ServedConfig("r", "onnxruntime_onnx", "onnx", config))
+    assert value["input"][0]["allow_ragged_batch"] is True
+    assert value["batch_input"][0] == {"kind": "BATCH_ACCUMULATED_ELEMENT_COUNT", "target_name": ["INDEX"],
+                                       "data_type": "TYPE_INT32", "source_input": ["INPUT"]}
+    assert value["batch_output"] == [{"target_name": ["DOUBLED"], "kind": "BATCH_SCATTER_WITH_INPUT_SHAPE",
+                                      "source_input": ["INPUT"]}]
+    again = apply_override(ModelConfig(), json.dumps(value), "r")
+    assert (again.inputs, again.batch_inputs, again.batch_outputs) == (
+        config.inputs, config.batch_inputs, config.batch_outputs)
+
+
+_RAGGED_HEAD = ('max_batch_size: 4\ndynamic_batching { }\ninput [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] '
+                'allow_ragged_batch: true } ]\noutput [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]\n')
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('max_batch_size: 4\ninput [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]',
+     "need dynamic_batching"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "N" data_type: TYPE_INT32 } ]', "expects 1 source_input, got 0"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "N" data_type: TYPE_INT32 source_input: [ "X", "X" ] } ]',
+     "expects 1 source_input, got 2"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "N" data_type: TYPE_INT32 source_input: "Z" } ]',
+     "unknown source input name 'Z'; the inputs are ['X']"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "N" data_type: TYPE_INT64 source_input: "X" } ]',
+     "data_type must be TYPE_INT32 or TYPE_FP32, got TYPE_INT64"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "N" source_input: "X" } ]', "needs a data_type"),
+    (_RAGGED_HEAD + 'batch_input [ { data_type: TYPE_INT32 source_input: "X" } ]', "needs a target_name"),
+    (_RAGGED_HEAD + 'batch_input [ { target_name: "X" data_type: TYPE_INT32 source_input: "X" } ]',
+     "target_name 'X' is already a request input"),
+    (_RAGGED_HEAD + 'batch_input [ { kind: BATCH_NEVER target_name: "N" data_type: TYPE_INT32 source_input: "X" } ]',
+     "BATCH_NEVER"),
+    (_RAGGED_HEAD + 'batch_output [ { target_name: "Z" source_input: "X" } ]', "unknown target output name 'Z'"),
+    (_RAGGED_HEAD + 'batch_output [ { target_name: [ "Y", "Y" ] source_input: "X" } ]',
+     "target output name 'Y' can only be specified once"),
+    (_RAGGED_HEAD + 'batch_output [ { target_name: "Y" source_input: "Q" } ]', "unknown source input name 'Q'"),
+])
+def test_bad_ragged_batching_is_a_load_error_saying_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_pbtxt(text, "m/config.pbtxt", "m")
+    assert says in caught.value.message and "m/config.pbtxt" in caught.value.message

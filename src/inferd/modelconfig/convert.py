@@ -15,6 +15,8 @@ from inferd.config import (
     GROWABLE_REFUSED,
     Accelerator,
     BackendOptimization,
+    BatchInput,
+    BatchOutput,
     DynamicBatching,
     EnsembleStep,
     InitialState,
@@ -108,7 +110,8 @@ _OVERRIDES = {"backend": ("backend",), "max_batch_size": ("max_batch_size",), "i
               "parameters": ("parameters", "intra_op_threads"), "response_cache": ("response_cache",),
               "ensemble_scheduling": ("ensemble",), "model_transaction_policy": ("decoupled",),
               "sequence_batching": ("sequence_batching",), "model_warmup": ("warmup_samples",),
-              "default_model_filename": ("default_model_filename",), "optimization": ("backend_optimization",)}
+              "default_model_filename": ("default_model_filename",), "optimization": ("backend_optimization",),
+              "batch_input": ("batch_inputs",), "batch_output": ("batch_outputs",)}
 
 
 def _unsupported(error: str) -> str:
@@ -144,8 +147,19 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
         warmup_samples=tuple(_warmup(sample, message.max_batch_size, where) for sample in message.model_warmup),
         default_model_filename=_file_name(message.default_model_filename, where),
         backend_optimization=_optimization(message, where),
+        batch_inputs=tuple(_batch_input(given, where) for given in message.batch_input),
+        batch_outputs=tuple(BatchOutput(mc.BatchOutput.Kind.Name(given.kind), tuple(given.target_name),
+                                        tuple(given.source_input)) for given in message.batch_output),
         source=where,
     )
+
+
+def _batch_input(given: mc.BatchInput, where: str) -> BatchInput:
+    if given.data_type == mc.TYPE_INVALID:
+        raise ConfigError(f"{where}: batch_input {mc.BatchInput.Kind.Name(given.kind)} needs a data_type "
+                          "(TYPE_INT32 or TYPE_FP32)")
+    return BatchInput(mc.BatchInput.Kind.Name(given.kind), tuple(given.target_name), _datatype(given.data_type),
+                      tuple(given.source_input))
 
 
 _GRAPH_LEVELS = (-1, 0, 1, 2)
@@ -239,8 +253,9 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> Te
                                 or (-1 in reshape) != (-1 in dims) or _count(reshape) != _count(dims)):
         raise ConfigError(f"{where}: {what} '{tensor.name}' key 'reshape' {list(reshape)} must hold the elements "
                           f"of its dims {list(dims)} (at most one -1, in both or in neither)")
+    ragged = isinstance(tensor, mc.ModelInput) and tensor.allow_ragged_batch
     return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt,
-                        label_filename=labels, reshape=reshape)
+                        label_filename=labels, reshape=reshape, ragged=ragged)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -404,7 +419,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     for tensor in config.inputs:
         added_input = message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype),
                                         dims=list(tensor.shape),
-                                        format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"))
+                                        format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"),
+                                        allow_ragged_batch=tensor.ragged)
         if tensor.reshape is not None:
             added_input.reshape.shape.extend(tensor.reshape)
     for tensor in config.outputs:
@@ -440,6 +456,14 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         message.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
                                              input_map=step.input_map, output_map=step.output_map)
     message.default_model_filename = config.default_model_filename
+    for batch_input in config.batch_inputs:
+        message.batch_input.add(kind=mc.BatchInput.Kind.Value(batch_input.kind),
+                                target_name=list(batch_input.target_names),
+                                data_type=_type_of(batch_input.datatype), source_input=list(batch_input.source_inputs))
+    for batch_output in config.batch_outputs:
+        message.batch_output.add(kind=mc.BatchOutput.Kind.Value(batch_output.kind),
+                                 target_name=list(batch_output.target_names),
+                                 source_input=list(batch_output.source_inputs))
     for sample in config.warmup_samples:
         added = message.model_warmup.add(name=sample.name, batch_size=sample.batch_size, count=sample.count)
         for given in sample.inputs:

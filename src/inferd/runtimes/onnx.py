@@ -277,11 +277,23 @@ def _specs(args: list[Any], config: ModelConfig, kind: str, declared: tuple[Any,
         if from_model[spec.name].datatype != spec.datatype:
             raise ConfigError(f"{where} declares {kind} '{spec.name}' as {spec.datatype} but "
                               f"the ONNX model has {from_model[spec.name].datatype}")
+        if spec.name in _flat(config):  # ragged: the model takes the batch's elements joined, 1-D
+            if kind == "input" and len(from_model[spec.name].shape) > 1:  # a scattered output is read flat
+                raise ConfigError(f"{where} makes {kind} '{spec.name}' ragged (allow_ragged_batch or batch_output), "
+                                  f"so the model must take it as one 1-D tensor (the requests' elements joined), "
+                                  f"but the ONNX model has {list(from_model[spec.name].shape)}")
+            continue
         if not _shapes_agree(spec.shape, from_model[spec.name].shape):
             batch = " (the batch dim -1 first, as max_batch_size > 0)" if config.max_batch_size > 0 else ""
             raise ConfigError(f"{where} declares {kind} '{spec.name}' with shape {list(spec.shape)}{batch} but "
                               f"the ONNX model has {list(from_model[spec.name].shape)} (-1: any size)")
     return specs
+
+
+def _flat(config: ModelConfig) -> set[str]:
+    """The tensors a ragged batch joins flat: ragged inputs, scattered outputs."""
+    return {t.name for t in config.inputs if t.ragged} | {
+        name for output in config.batch_outputs for name in output.target_names}
 
 
 def _shapes_agree(declared: tuple[int, ...], model: tuple[int, ...]) -> bool:

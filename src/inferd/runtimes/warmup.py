@@ -16,6 +16,7 @@ from inferd.config import WarmupInput, WarmupSample
 from inferd.errors import ConfigError, InferdError, describe
 from inferd.protocols import tensors
 from inferd.runtimes.base import Arrays, LoadContext, Runtime
+from inferd.runtimes.ragged import RaggedBatching
 from inferd.types import numpy_dtype
 
 _RANDOM = np.random.default_rng(0)
@@ -23,8 +24,11 @@ _RANDOM = np.random.default_rng(0)
 
 def run_samples(runtime: Runtime, context: LoadContext) -> None:
     """Every warm-up sample of the model's configuration, ``count`` times each (on this instance)."""
+    ragged = RaggedBatching(context.config) if context.config.ragged and not runtime.requests_apart else None
     for sample in context.config.warmup_samples:
         arrays = sample_inputs(sample, context)
+        if ragged is not None:  # the model takes a batch of one, as the dynamic batcher would give it
+            arrays = ragged.join([arrays])
         try:
             for _ in range(sample.count):
                 if runtime.decoupled:

@@ -2,7 +2,8 @@
 
 It wraps an InstancePool and is a Runtime itself. Its promises: every waiting request is answered
 or failed exactly once (also when the model raises); each gets exactly its own rows back; a
-request is never split; requests whose non-batch shapes differ never share a batch; a request
+request is never split; requests whose non-batch shapes differ never share a batch (except in a
+ragged input, allow_ragged_batch: ragged.py joins those flat and splits the answers back); a request
 whose deadline passes while queued fails and never runs (or, where the queue policy says DELAY,
 waits behind the requests still in time); a request whose client went away is dropped before it
 runs. With priority levels the queue is ordered by level (levels.py); batches are taken from its
@@ -22,6 +23,7 @@ import numpy as np
 from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.base import Answer, Arrays, with_request
+from inferd.runtimes.ragged import RaggedBatching
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.levels import PriorityLevels
 from inferd.scheduling.policy import decide, plan_batch, queue_deadline
@@ -57,9 +59,14 @@ def batch_key(inputs: Arrays) -> tuple[object, ...]:
 
 class DynamicBatcher(Scheduler):
     def __init__(self, pool: InstancePool, batching: DynamicBatching,
-                 observe_batch: BatchObserver | None = None) -> None:
+                 observe_batch: BatchObserver | None = None, ragged: RaggedBatching | None = None) -> None:
         self.pool = pool
         self.adopt_metadata(pool)
+        self._key = batch_key if ragged is None else ragged.key
+        self._ragged = None if self.requests_apart else ragged  # requests handed over apart are never joined
+        if ragged is not None:  # batch inputs are the server's to give, never the client's
+            self.supplied_inputs = ragged.supplied
+            self.inputs, self.outputs = ragged.client_specs(pool.inputs), ragged.client_specs(pool.outputs)
         self._batching = batching
         self._max_delay_s = batching.max_queue_delay_ms / 1000
         self._default_timeout_s = batching.default_timeout_ms / 1000
@@ -93,6 +100,8 @@ class DynamicBatcher(Scheduler):
                               pool.batches)
 
     def infer(self, inputs: Arrays) -> Arrays:
+        if self._ragged is not None:
+            return self._ragged.split(self.pool.infer(self._ragged.join([inputs])), [inputs], self.pool.name)[0]
         return self.pool.infer(inputs)
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
@@ -112,7 +121,7 @@ class DynamicBatcher(Scheduler):
         now = time.perf_counter()
         context.deadline = queue_deadline(context.deadline, now, self._default_timeout_s,
                                           self._batching.allow_timeout_override)
-        waiting = _Waiting(inputs, int(first.shape[0]), batch_key(inputs), loop.create_future(), now,
+        waiting = _Waiting(inputs, int(first.shape[0]), self._key(inputs), loop.create_future(), now,
                            context)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
@@ -132,7 +141,7 @@ class DynamicBatcher(Scheduler):
         now = time.perf_counter()
         context.deadline = queue_deadline(context.deadline, now, policy.default_timeout_ms / 1000,
                                           policy.allow_timeout_override)
-        waiting = _Ranked(inputs, int(next(iter(inputs.values())).shape[0]), batch_key(inputs), loop.create_future(),
+        waiting = _Ranked(inputs, int(next(iter(inputs.values())).shape[0]), self._key(inputs), loop.create_future(),
                           now, context, level=level)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
@@ -148,6 +157,9 @@ class DynamicBatcher(Scheduler):
             self._observe_batch(rows)
         started = time.perf_counter()
         try:
+            if self._ragged is not None:
+                outputs = self.pool.execute(self._ragged.join([inputs]))
+                return self._ragged.split(outputs, [inputs], self.pool.name)[0]
             return self.pool.execute(inputs)
         finally:
             context.timings.compute += time.perf_counter() - started
@@ -244,7 +256,10 @@ class DynamicBatcher(Scheduler):
         if self.requests_apart:
             self._start_apart(batch, started)
             return
-        inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
+        if self._ragged is not None:
+            inputs = self._ragged.join([w.inputs for w in batch])
+        else:
+            inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
         rows = sum(w.rows for w in batch)
         if self._observe_batch is not None:
             self._observe_batch(rows)
@@ -297,7 +312,10 @@ class DynamicBatcher(Scheduler):
             waiting.context.timings.compute += compute
         if outputs is not None:
             try:
-                parts = _split(outputs, [w.rows for w in batch], rows, self.pool.name)
+                if self._ragged is not None:
+                    parts = self._ragged.split(outputs, [w.inputs for w in batch], self.pool.name)
+                else:
+                    parts = _split(outputs, [w.rows for w in batch], rows, self.pool.name)
             except ModelError as exc:
                 error = exc
             else:
