@@ -148,7 +148,8 @@ def python_models(root: Path) -> list[str]:
 
 def framework_models(root: Path) -> None:
     """ONNX (onnxruntime_onnx) and TorchScript (pytorch_libtorch, INPUT__0/OUTPUT__0), with their
-    backends' optimization and parameters as a Triton repository writes them."""
+    backends' optimization and parameters as a Triton repository writes them (and an ONNX one whose
+    parameter cannot work here)."""
     import torch
 
     from tests.models import mlp
@@ -161,6 +162,11 @@ def framework_models(root: Path) -> None:
     (root / "torch_mlp/1").mkdir(parents=True)
     torch.jit.script(model).save(str(root / "torch_mlp/1/model.pt"))
     write(root / "torch_mlp/config.pbtxt", TORCH_CONFIG)
+    # an arena this CPU instance has not: onnxruntime would fail each run with it, so the load fails
+    (root / "arena_elsewhere/1").mkdir(parents=True)
+    (root / "arena_elsewhere/1/model.onnx").write_bytes((root / "onnx_mlp/1/model.onnx").read_bytes())
+    write(root / "arena_elsewhere/config.pbtxt", ONNX_CONFIG.replace('"onnx_mlp"', '"arena_elsewhere"') + (
+        'parameters { key: "memory.enable_memory_arena_shrinkage" value: { string_value: "cpu:0;gpu:0" } }\n'))
 
 
 def broken_models(root: Path) -> None:

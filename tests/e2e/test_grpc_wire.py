@@ -33,6 +33,8 @@ MODELS = {
              "        return {'y': inputs['x']}\n"),
     "grow": ("import numpy as np\n\nclass Model:\n    def infer(self, inputs):\n"
              "        return {'y': np.repeat(inputs['x'], 200_000)}\n"),
+    "grow_then_empty": ("import numpy as np\n\nclass Model:\n    def infer(self, inputs):\n"
+                        "        return {'y': np.repeat(inputs['x'], 30_000), 'z': np.zeros(0, np.float32)}\n"),
 }
 CONFIG = """
 backend = "python"
@@ -47,6 +49,7 @@ name = "y"
 datatype = "FP32"
 shape = [-1]
 """
+EMPTY_OUTPUT = '\n[[output]]\nname = "z"\ndatatype = "FP32"\nshape = [-1]\n'
 PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
@@ -55,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("wire")
     for name, code in MODELS.items():
         write(root / f"{name}/1/model.py", code)
-        write(root / f"{name}/config.toml", CONFIG)
+        write(root / f"{name}/config.toml", CONFIG + (EMPTY_OUTPUT if name == "grow_then_empty" else ""))
     with serve(root, "--max-body-size", "1MiB", grpc=True) as running:
         yield running
 
@@ -616,3 +619,40 @@ def send_within_windows(client: Client, framed: bytes, extra: tuple[tuple[str, s
     status = client.status(stream)[0]
     client.close()
     return status
+
+
+def test_an_answer_that_fills_the_window_exactly_ends_without_more_window(server: RunningServer) -> None:
+    """An answer sent from its outputs' memory in parts: an empty last output is no DATA frame of
+    its own, so an answer exactly the size of the window gets its trailers without a WINDOW_UPDATE."""
+    tensor = triton_grpc.InferInput("x", [3], "FP32")
+    tensor.set_data_from_numpy(np.arange(3, dtype=np.float32))
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_url)
+    size = 5 + grpc_client.infer("grow_then_empty", [tensor]).get_response().ByteSize()
+    grpc_client.close()
+    assert size > 64 * 1024  # sent in parts, not joined
+    client = Client(server)
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: size})
+    client.conn.increment_flow_control_window(size)
+    stream = client.call(request("grow_then_empty", np.arange(3)))
+    data, frames, ended = b"", 0, False
+    deadline = time.monotonic() + 5
+    while not ended and time.monotonic() < deadline:  # read, and never give window back
+        client.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = client.sock.recv(1 << 16)
+        except TimeoutError:
+            break
+        for event in client.conn.receive_data(chunk):
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                data, frames = data + event.data, frames + 1
+                assert event.data, "an empty DATA frame"
+            elif isinstance(event, h2.events.TrailersReceived):
+                client.headers[stream] = list(event.headers)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended = True
+    assert ended and client.status(stream) == ("0", ""), f"{len(data)} of {size} bytes, no trailers"
+    answer = tpb.ModelInferResponse.FromString(messages(data)[0])
+    np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32),
+                                  np.repeat(np.arange(3, dtype=np.float32), 30_000))
+    assert answer.raw_output_contents[1] == b""
+    client.close()

@@ -16,6 +16,7 @@ import torch
 
 from tests import ts_archives
 from tests.e2e.test_torchserve_cli import file_server, torchserve
+from tests.repository.test_workflow_archives import billion_laughs
 
 FUNCTIONS = '''
 import json
@@ -121,6 +122,16 @@ def build_war(folder: Path, name: str, spec: str, handler: str = FUNCTIONS) -> P
     return path
 
 
+def inflated_war(folder: Path, name: str, declared: int) -> Path:
+    """A .war whose handler entry claims to inflate to ``declared`` bytes (a zip bomb's header)."""
+    path = build_war(folder, name, "models: {}\ndag:\n  passthrough: []\n")
+    data = bytearray(path.read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the last entry's central directory record: functions.py
+    data[central + 24:central + 28] = declared.to_bytes(4, "little")  # its uncompressed size
+    path.write_bytes(bytes(data))
+    return path
+
+
 def in_process(work: Path, values: list[float]) -> dict[str, object]:
     """The workflow's steps without the server: the doubler branch and the MLP branch."""
     doubled = ts_archives.doubler_in_process(work, [values])[0]
@@ -148,6 +159,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     build_war(workflows, "no_url", "models:\n  m1:\n    batch-size: 2\ndag:\n  m1: []\n")
     build_war(workflows, "two_starts", SPEC.replace("  to_mlp: [ts_mlp]\n", ""))
     build_war(workflows, "missing_function", "models: {}\ndag:\n  pre_processing: [nowhere]\n")
+    build_war(workflows, "laughs", billion_laughs(9))
+    inflated_war(workflows, "inflated", 0xFFFF0000)
     return models, workflows, root / "work"
 
 
@@ -225,10 +238,12 @@ def test_workflow_leaves_and_errors(stores: tuple[Path, Path, Path], tmp_path: P
         assert bad_name.status_code == 400 and "'a b'" in bad_name.json()["message"], bad_name.text
 
         for war, named in (("no_dag", "'dag'"), ("no_url", "models.m1"), ("two_starts", "one start node"),
-                           ("missing_function", "nowhere")):
+                           ("missing_function", "nowhere"), ("laughs", "models.m"),
+                           ("inflated", "over the limit of 1073741824")):
             broken = requests.post(f"{management}/workflows?url={war}.war", timeout=30)
             assert broken.status_code == 400, (war, broken.text)
             assert named in broken.json()["message"], (war, broken.text)
+            assert len(broken.content) < 4096, war  # a YAML bomb's value is not written out whole
         # a model that cannot register fails the workflow (500) and unregisters the nodes that did
         failed_model = requests.post(f"{management}/workflows?url=missing_model.war", timeout=60)
         assert (failed_model.status_code, failed_model.json()["type"]) == (500, "WorkflowException")

@@ -108,6 +108,14 @@ def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> Non
     assert "inferd does not serve that key" in index["repository_agents"]["reason"]
 
 
+def test_an_arena_shrinkage_naming_an_arena_the_instance_has_not_fails_the_load(server: RunningServer) -> None:
+    """onnxruntime takes the run option at load and fails every request with it: refused at load instead."""
+    index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
+    assert index["arena_elsewhere"]["state"] == "UNAVAILABLE"
+    assert "names arena 'gpu:0', which an instance on cpu has not" in index["arena_elsewhere"]["reason"]
+    assert index["onnx_mlp"]["state"] == "READY"
+
+
 def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: RunningServer) -> None:
     """Triton fails such a load (core's model_lifecycle.cc: "at least one version must be available
     under the version policy"); inferd served the newest version."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from inferd.errors import InvalidInput
@@ -53,3 +55,23 @@ def test_broken_specs_name_the_key(text: str, named: str) -> None:
     with pytest.raises(InvalidInput, match=None) as raised:
         parse_spec(text, "spec.yaml")
     assert named in raised.value.message and "spec.yaml" in raised.value.message
+
+
+def billion_laughs(levels: int) -> str:
+    """A spec of under 1 KB whose models.m is, through YAML aliases, 9**levels strings."""
+    lines = ['  x0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  x{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + f"\nmodels:\n  m: *a{levels - 1}\ndag:\n  m: []\n"
+
+
+def test_a_yaml_bomb_is_refused_with_a_short_message() -> None:
+    began = time.monotonic()
+    with pytest.raises(InvalidInput) as raised:
+        parse_spec(billion_laughs(9), "spec.yaml")  # models.m's full repr would be 2.8 GB
+    assert time.monotonic() - began < 2
+    assert len(raised.value.message) < 2000 and "spec.yaml" in raised.value.message
+
+
+def test_yaml_nested_past_the_parsers_depth_is_a_clear_refusal() -> None:
+    with pytest.raises(InvalidInput, match="nests too deeply"):
+        parse_spec("models: " + "[" * 50_000 + "]" * 50_000 + "\ndag: {a: []}\n", "spec.yaml")

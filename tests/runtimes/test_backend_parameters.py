@@ -53,11 +53,28 @@ def test_onnxruntime_parameters_set_the_session_and_the_run(tmp_path: Path) -> N
     shrink = '\nparameters: { key: "memory.enable_memory_arena_shrinkage" value: { string_value: "cpu:0" } }'
     shrinking = load_onnx(_context(tmp_path, tmp_path / "model.onnx", ONNX + shrink))
     assert shrinking._run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    for fine in ("cpu", "cpu:0;"):  # onnxruntime reads both as the CPU arena
+        x = np.array([4.0, 5.0, 6.0], np.float32)
+        loaded = load_onnx(_context(tmp_path, tmp_path / "model.onnx", ONNX + shrink.replace("cpu:0", fine)))
+        np.testing.assert_array_equal(loaded.infer({"x": x})["y"], x)
     for each in (runtime, shrinking):
         x = np.array([1.0, 2.0, 3.0], np.float32)
         np.testing.assert_array_equal(each.infer({"x": x})["y"], x)
     with pytest.raises(ConfigError, match=r"shrinks the CPU arena .* but enable_mem_arena is 0"):
         load_onnx(_context(tmp_path, tmp_path / "model.onnx", pbtxt + shrink))
+
+
+@pytest.mark.parametrize(("value", "refusal"), [
+    ("CPU:0", "arenas as device:id separated by ';'"), ("cpu:x", "arenas as device:id"),
+    ("bogus", "arenas as device:id"),
+    ("gpu:0", "names arena 'gpu:0', which an instance on cpu has not"), ("gpu", "names arena 'gpu:0'"),
+    ("cpu:0;cpu:1", "names arena 'cpu:1'")])
+def test_an_arena_shrinkage_list_onnxruntime_would_fail_every_run_on_fails_the_load(
+        tmp_path: Path, value: str, refusal: str) -> None:
+    """onnxruntime takes any text as the run option and then fails each run with it."""
+    pbtxt = ONNX + f'parameters: {{ key: "memory.enable_memory_arena_shrinkage" value: {{ string_value: "{value}" }} }}'
+    with pytest.raises(ConfigError, match=refusal):
+        load_onnx(_context(tmp_path, identity(tmp_path / "model.onnx", [2]), pbtxt))
 
 
 def test_an_accelerator_this_onnxruntime_lacks_fails_the_load_naming_it(tmp_path: Path) -> None:

@@ -41,6 +41,23 @@ def _any(text: str) -> str | None:
     return None
 
 
+def arena_devices(text: str) -> list[tuple[str, int]]:
+    """The (device, id) entries of an arena shrinkage list (``cpu:0;gpu:0``; an id left out is 0,
+    as onnxruntime reads it; -1 for one that is no number; empty entries skipped)."""
+    entries = []
+    for entry in filter(None, text.split(";")):
+        device, _, number = entry.partition(":")
+        entries.append((device, int(number or "0") if (number or "0").isascii() and (number or "0").isdigit()
+                        else -1))
+    return entries
+
+
+def _arena_list(text: str) -> str | None:
+    """onnxruntime fails every run, not the load, on an entry it cannot parse."""
+    ok = all(device in ("cpu", "gpu") and number >= 0 for device, number in arena_devices(text))
+    return None if ok else "arenas as device:id separated by ';' (such as cpu:0;gpu:0)"
+
+
 # inferd's backend -> {Triton's parameter -> its check}; each is applied as the comment says
 KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
     "onnx": {
@@ -49,7 +66,7 @@ KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
         "execution_mode": _zero_one,  # 0 sequential, 1 parallel
         "enable_mem_arena": _zero_one,  # enable_cpu_mem_arena
         "enable_mem_pattern": _zero_one,  # enable_mem_pattern
-        "memory.enable_memory_arena_shrinkage": _any,  # a run option, e.g. "cpu:0"
+        "memory.enable_memory_arena_shrinkage": _arena_list,  # a run option, e.g. "cpu:0"
         "session.use_device_allocator_for_initializers": _zero_one,  # a session config entry
         # the CUDA execution provider's options (Triton's deprecated spelling): on a GPU only
         "cudnn_conv_algo_search": _choice("0", "1", "2"), "gpu_mem_limit": _count,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import reprlib
 import shutil
 import tempfile
 import zipfile
@@ -15,6 +16,9 @@ from typing import Any
 
 from inferd.errors import InvalidInput
 from inferd.repository.archives import MAX_MANIFEST_BYTES
+
+MAX_WAR_ENTRIES = 10_000  # a .war holds a spec, a handler and a few extra files
+MAX_WAR_UNPACKED_BYTES = 1024**3  # what its entries say they inflate to, checked before anything is written
 
 # TorchServe's WorkFlow defaults, each overridable globally under ``models:`` and per model
 DEFAULTS = {"min-workers": 1, "max-workers": 1, "batch-size": 1, "max-batch-delay": 50, "retry-attempts": 1,
@@ -100,6 +104,7 @@ def read_workflow_archive(archive: Path, name: str | None = None) -> WorkflowArc
 def _unpack(archive: Path, folder: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(archive) as bundle:
+            _check_size(bundle, archive.name)
             for member in bundle.namelist():
                 parts = PurePosixPath(member.replace("\\", "/")).parts
                 if member.startswith("/") or ".." in parts:
@@ -119,6 +124,16 @@ def _unpack(archive: Path, folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise InvalidInput(f"{archive.name}: WAR-INF/MANIFEST.json must be a JSON object")
     return manifest
+
+
+def _check_size(bundle: zipfile.ZipFile, name: str) -> None:
+    """A zip bomb is refused by what its entries declare (zipfile never inflates past that)."""
+    members = bundle.infolist()
+    if len(members) > MAX_WAR_ENTRIES:
+        raise InvalidInput(f"{name} has {len(members)} entries, over the limit of {MAX_WAR_ENTRIES}")
+    total = sum(member.file_size for member in members)
+    if total > MAX_WAR_UNPACKED_BYTES:
+        raise InvalidInput(f"{name} unpacks to {total} bytes, over the limit of {MAX_WAR_UNPACKED_BYTES}")
 
 
 def _member(folder: Path, name: str, where: str) -> Path:
@@ -147,26 +162,28 @@ def parse_spec(text: str, where: str) -> WorkflowSpec:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{where} does not parse as YAML: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"{where}: its YAML nests too deeply to read") from None
     if not isinstance(loaded, dict):
         raise InvalidInput(f"{where}: expected a mapping with 'models' and 'dag', got {type(loaded).__name__}")
     models_section, dag_section = loaded.get("models"), loaded.get("dag")
     if not isinstance(models_section, dict):
-        raise InvalidInput(f"{where}: 'models' must be a mapping of settings and models, got {models_section!r}")
+        raise InvalidInput(f"{where}: 'models' must be a mapping of settings and models, got {_shown(models_section)}")
     if not isinstance(dag_section, dict) or not dag_section:
-        raise InvalidInput(f"{where}: 'dag' must be a mapping of node -> [next nodes], got {dag_section!r}")
+        raise InvalidInput(f"{where}: 'dag' must be a mapping of node -> [next nodes], got {_shown(dag_section)}")
     settings = _settings({k: v for k, v in models_section.items() if k in DEFAULTS}, DEFAULTS, f"{where}: models")
     models: dict[str, tuple[str, NodeSettings]] = {}
     for key, value in models_section.items():
         if key in DEFAULTS:
             continue
         if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not value["url"]:
-            raise InvalidInput(f"{where}: models.{key} must be a mapping with a 'url' (a .mar), got {value!r}")
+            raise InvalidInput(f"{where}: models.{key} must be a mapping with a 'url' (a .mar), got {_shown(value)}")
         overrides = {k: v for k, v in value.items() if k != "url"}
         models[str(key)] = (value["url"], _settings(overrides, _as_dict(settings), f"{where}: models.{key}"))
     dag: dict[str, tuple[str, ...]] = {}
     for node, after in dag_section.items():
         if not isinstance(after, list) or not all(isinstance(n, str) for n in after if n is not None):
-            raise InvalidInput(f"{where}: dag.{node} must be a list of node names, got {after!r}")
+            raise InvalidInput(f"{where}: dag.{node} must be a list of node names, got {_shown(after)}")
         targets = tuple(n.strip() for n in after if n is not None and n.strip())
         if str(node) in targets:
             raise InvalidInput(f"{where}: dag.{node} leads to itself (a loop)")
@@ -176,13 +193,23 @@ def parse_spec(text: str, where: str) -> WorkflowSpec:
     return spec
 
 
+_SHOWN = reprlib.Repr()  # (keyword limits need Python 3.12)
+_SHOWN.maxlevel, _SHOWN.maxdict, _SHOWN.maxlist, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 80, 80
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it, bounded: YAML aliases can make a 1 KB spec a
+    structure whose full repr is gigabytes (a "billion laughs")."""
+    return _SHOWN.repr(value)
+
+
 def _settings(values: dict[Any, Any], defaults: dict[str, int], where: str) -> NodeSettings:
     chosen = dict(defaults)
     for key, value in values.items():
         if key not in DEFAULTS:
             raise InvalidInput(f"{where}: unknown setting {key!r} (one of url, {', '.join(DEFAULTS)})")
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"{where}.{key} must be a whole number >= 0, got {value!r}")
+            raise InvalidInput(f"{where}.{key} must be a whole number >= 0, got {_shown(value)}")
         chosen[key] = value
     if chosen["max-workers"] < chosen["min-workers"]:
         raise InvalidInput(f"{where}: max-workers {chosen['max-workers']} is below min-workers {chosen['min-workers']}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from inferd.config import Accelerator, ModelConfig
 from inferd.errors import ConfigError, InvalidInput
-from inferd.modelconfig.backend_parameters import check_parameters, count
+from inferd.modelconfig.backend_parameters import arena_devices, check_parameters, count
 from inferd.runtimes.base import (
     Arrays,
     LoadContext,
@@ -143,7 +143,7 @@ def load(context: LoadContext) -> OnnxRuntime:
     inputs = _specs(session.get_inputs(), config, "input", config.inputs)
     outputs = _specs(session.get_outputs(), config, "output", config.outputs)
     return OnnxRuntime(session, inputs, outputs, config.max_batch_size, config, context.name,
-                       _run_options(ort, config.parameters, context.name))
+                       _run_options(ort, config.parameters, context.name, context.device))
 
 
 # Triton's optimization.graph.level -> onnxruntime's GraphOptimizationLevel (by name)
@@ -174,10 +174,17 @@ def _session_options(ort: Any, config: ModelConfig) -> Any:
     return options
 
 
-def _run_options(ort: Any, parameters: dict[str, str], name: str) -> Any:
+def _run_options(ort: Any, parameters: dict[str, str], name: str, device: str) -> Any:
     shrinkage = parameters.get("memory.enable_memory_arena_shrinkage")
     if shrinkage is None:
         return None
+    # an arena this instance has not (another GPU's, a second CPU's) fails every run: refused now
+    arenas = {"cpu:0"} | ({f"gpu:{device.split(':')[1]}"} if device.startswith("cuda") else set())
+    for entry, number in arena_devices(shrinkage):
+        if f"{entry}:{number}" not in arenas:
+            raise ConfigError(f"model '{name}': parameter 'memory.enable_memory_arena_shrinkage' names arena "
+                              f"'{entry}:{number}', which an instance on {device} has not (it has "
+                              f"{', '.join(sorted(arenas))})")
     if "cpu" in shrinkage and parameters.get("enable_mem_arena") == "0":  # else every run fails saying so
         raise ConfigError(f"model '{name}': parameter 'memory.enable_memory_arena_shrinkage' shrinks the CPU arena "
                           f"('{shrinkage}'), but enable_mem_arena is 0: set one or the other")

@@ -878,7 +878,8 @@ class _Connection(asyncio.Protocol):
             call.outbox.append(memoryview(b"".join((b"\0", size.to_bytes(4, "big"), *message))))
         else:
             call.outbox.append(memoryview(b"\0" + size.to_bytes(4, "big")))
-            call.outbox.extend(memoryview(part) for part in message)
+            # an empty part (an empty output) is no frame: it would wait for window it does not use
+            call.outbox.extend(memoryview(part) for part in message if len(part))
         call.unsent += size + 5
         self.unsent += size + 5
         self._pump(call)
