@@ -84,7 +84,12 @@ STATE = 'sequence_batching { state [ { input_name: "S" output_name: "T" data_typ
     ('backend: "pytorch"\nparameters: { key: "execution_mode" value: { string_value: "1" } }',
      "parameter 'execution_mode' is not one inferd serves for this backend (known: INTRA_OP_THREAD_COUNT"),
     ('backend: "tensorflow"\nparameters: { key: "TF_NUM_INTER_THREADS" value: { string_value: "-1" } }',
-     "parameter 'TF_NUM_INTER_THREADS' must be a count"),
+     "parameter 'TF_NUM_INTER_THREADS' must be a thread count (0 to 4096)"),
+    ('backend: "onnxruntime"\nparameters: { key: "intra_op_thread_count" value: { string_value: "'
+     + "9" * 5000 + '" } }',
+     "parameter 'intra_op_thread_count' must be a thread count"),
+    ('backend: "onnxruntime"\nparameters: { key: "gpu_mem_limit" value: { string_value: "' + "9" * 21 + '" } }',
+     "parameter 'gpu_mem_limit' must be a count (0 to 2^64-1)"),
     ('input [ { name: "a" data_type: TYPE_FP32 dims: [ 2 ] reshape: { shape: [ 3 ] } } ]', "key 'reshape' [3]"),
     ('input [ { name: "a" data_type: TYPE_FP32 dims: [ -1 ] reshape: { shape: [ 2 ] } } ]', "key 'reshape' [2]"),
     ('platform: "tensorrt_plan"', "'platform' is 'tensorrt_plan'"),

@@ -28,7 +28,18 @@ def _zero_one(text: str) -> str | None:
 
 
 def _count(text: str) -> str | None:
-    return None if text.isascii() and text.isdigit() else "a count (0 or more)"
+    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) < 1 << 64:
+        return None
+    return "a count (0 to 2^64-1)"
+
+
+_THREADS_MOST = 4096
+
+
+def _threads(text: str) -> str | None:
+    if text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= _THREADS_MOST:
+        return None
+    return f"a thread count (0 to {_THREADS_MOST})"
 
 
 def _choice(*allowed: str) -> Callable[[str], str | None]:
@@ -61,8 +72,8 @@ def _arena_list(text: str) -> str | None:
 # inferd's backend -> {Triton's parameter -> its check}; each is applied as the comment says
 KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
     "onnx": {
-        "intra_op_thread_count": _count,  # SessionOptions.intra_op_num_threads (0: onnxruntime's choice)
-        "inter_op_thread_count": _count,  # inter_op_num_threads, used by execution_mode 1
+        "intra_op_thread_count": _threads,  # SessionOptions.intra_op_num_threads (0: onnxruntime's choice)
+        "inter_op_thread_count": _threads,  # inter_op_num_threads, used by execution_mode 1
         "execution_mode": _zero_one,  # 0 sequential, 1 parallel
         "enable_mem_arena": _zero_one,  # enable_cpu_mem_arena
         "enable_mem_pattern": _zero_one,  # enable_mem_pattern
@@ -73,8 +84,8 @@ KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
         "arena_extend_strategy": _choice("0", "1"), "do_copy_in_default_stream": _zero_one,
     },
     "torch": {
-        "INTRA_OP_THREAD_COUNT": _count,  # torch.set_num_threads, as intra_op_thread_count
-        "INTER_OP_THREAD_COUNT": _count,  # torch.set_num_interop_threads: process-wide, the first one set wins
+        "INTRA_OP_THREAD_COUNT": _threads,  # torch.set_num_threads, as intra_op_thread_count
+        "INTER_OP_THREAD_COUNT": _threads,  # torch.set_num_interop_threads: process-wide, the first one set wins
         "DISABLE_OPTIMIZED_EXECUTION": _boolean,  # TorchScript runs under torch.jit.optimized_execution(False)
         "INFERENCE_MODE": _boolean,  # each call under torch.inference_mode() (else autograd off)
         "DISABLE_CUDNN": _boolean,  # each call under torch.backends.cudnn.flags(enabled=False)
@@ -83,15 +94,15 @@ KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
         "ENABLE_JIT_EXECUTOR": _boolean,  # process-wide TorchScript executor switches, as in Triton
         "ENABLE_JIT_PROFILING": _boolean,
         "ENABLE_TENSOR_FUSER": _boolean,
-        "intra_op_thread_count": _count,
+        "intra_op_thread_count": _threads,
     },
     "tensorflow": {
-        "TF_NUM_INTRA_THREADS": _count,  # the session's intra_op_parallelism_threads
-        "TF_NUM_INTER_THREADS": _count,  # inter_op_parallelism_threads
+        "TF_NUM_INTRA_THREADS": _threads,  # the session's intra_op_parallelism_threads
+        "TF_NUM_INTER_THREADS": _threads,  # inter_op_parallelism_threads
         "TF_USE_PER_SESSION_THREADS": _boolean,  # accepted: every model has its own session threads
         "TF_SIGNATURE_DEF": _any,  # the signature served (default serving_default)
         "TF_GRAPH_TAG": _any,  # the MetaGraph tag loaded (default serve)
-        "intra_op_thread_count": _count,
+        "intra_op_thread_count": _threads,
     },
 }
 
@@ -128,6 +139,6 @@ def count(parameters: Mapping[str, str], *keys: str) -> int:
 def intra_op_threads(parameters: Mapping[str, str], where: str) -> int:
     """inferd's own ``intra_op_thread_count`` (every backend; onnxruntime's name for it), as a count."""
     text = parameters.get("intra_op_thread_count", "0")
-    if _count(text) is not None:
-        raise ConfigError(f"{where}: parameter 'intra_op_thread_count' must be a count, got {text!r}")
+    if _threads(text) is not None:
+        raise ConfigError(f"{where}: parameter 'intra_op_thread_count' must be {_threads(text)}, got {text!r}")
     return int(text)

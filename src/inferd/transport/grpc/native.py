@@ -876,10 +876,18 @@ class _Connection(asyncio.Protocol):
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, _RESPONSE_HEADERS))
         if size < _JOIN_BELOW:
             call.outbox.append(memoryview(b"".join((b"\0", size.to_bytes(4, "big"), *message))))
-        else:
-            call.outbox.append(memoryview(b"\0" + size.to_bytes(4, "big")))
-            # an empty part (an empty output) is no frame: it would wait for window it does not use
-            call.outbox.extend(memoryview(part) for part in message if len(part))
+        else:  # large parts go as views; the small ones between them (tags, lengths, small outputs)
+            # ride together in one frame, never one each; nothing empty is queued (an empty frame
+            # would wait for window it does not use)
+            small: list[bytes | memoryview] = [b"\0" + size.to_bytes(4, "big")]
+            for part in message:
+                if len(part) < _JOIN_BELOW:
+                    small.append(part)
+                    continue
+                _queue_joined(call.outbox, small)
+                small = []
+                call.outbox.append(memoryview(part))
+            _queue_joined(call.outbox, small)
         call.unsent += size + 5
         self.unsent += size + 5
         self._pump(call)
@@ -974,6 +982,12 @@ class _Connection(asyncio.Protocol):
     def _pump_blocked(self) -> None:
         for call in list(self.blocked.values()):
             self._pump(call)
+
+
+def _queue_joined(outbox: deque[bytes | memoryview], parts: list[bytes | memoryview]) -> None:
+    joined = b"".join(parts)
+    if joined:
+        outbox.append(memoryview(joined))
 
 
 def _reader(request_type: type[Message]) -> Any:
