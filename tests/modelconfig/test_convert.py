@@ -50,6 +50,7 @@ def test_a_triton_config_reads_into_inferds() -> None:
     ('backend: "pytorch"\ninstance_group [ { count: 2 kind: KIND_GPU gpus: [ 1 ] } ]', ("torch", "gpu", 2)),
     ('platform: "pytorch_libtorch"', ("torch", "", 1)),
     ('backend: "onnxruntime"\ninstance_group [ { count: 2 } ]', ("onnx", "", 2)),
+    ('backend: "armnn_tflite"', ("tflite", "", 1)),  # Triton's TFLite backend, served by inferd's
     ('backend: "onnxruntime"\ninstance_group [ { count: 2 }, { count: 3 kind: KIND_CPU } ]', ("onnx", "cpu", 5)),
     ('backend: "python"\nmodel_transaction_policy { decoupled: true }\ninstance_group [ { kind: KIND_CPU } ]',
      ("python", "process", 1)),

@@ -42,10 +42,12 @@ PBTXT = "config.pbtxt"
 # Triton's platform / backend names -> inferd's backend
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow",
               "ensemble": "ensemble"}
-_BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow"}
-# inferd's backend -> what Triton calls it
+_BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow",
+             "armnn_tflite": "tflite"}
+# inferd's backend -> what Triton calls it; TFLite: Triton's one TFLite backend (build.py's
+# armnn_tflite; TF Serving has no name of its own for it: its platform stays "tensorflow")
 _TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
-                   "torchserve": "python"}
+                   "torchserve": "python", "tflite": "armnn_tflite"}
 
 
 def _datatype(value: int) -> str:
