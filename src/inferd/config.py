@@ -21,7 +21,10 @@ from inferd.types import V2_DATATYPES
 BACKENDS = ("onnx", "torch", "python", "tensorflow", "tflite", "torchserve", "ensemble")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in object storage, through fsspec
-INSTANCE_KINDS = ("cpu", "gpu", "process")
+INSTANCE_KINDS = ("cpu", "gpu", "process", "model")
+# Triton's KIND_MODEL (inputs on the CPU, the model on the devices it was saved with): the backends
+# that honour it as Triton's do (pytorch loads without a device; onnxruntime runs it as KIND_CPU)
+MODEL_KIND_BACKENDS = ("torch", "onnx")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
 INT32_MAX = 2**31 - 1  # what Triton's ModelConfig (protobuf) holds: counts and sizes are int32,
 INT64_MAX = 2**63 - 1  # versions, dims and microseconds 64 bits
@@ -353,7 +356,7 @@ class SequenceBatching:
 @dataclass(frozen=True, slots=True)
 class InstanceGroup:
     count: int = 1  # executions of the model that may run at once
-    kind: str = ""  # cpu | gpu | process; "" = process for Python models and handlers, else cpu
+    kind: str = ""  # cpu | gpu | process | model; "" = process for Python models and handlers, else cpu
     gpus: tuple[int, ...] = ()
     response_timeout_s: float = 120.0  # process: a call not answered by then kills the instance
     memory_limit_mb: int = 0  # process: resident memory beyond this restarts the instance; 0 = none

@@ -158,8 +158,20 @@ def repository(tmp_path_factory: pytest.TempPathFactory, folders: Path, lite: by
 
 @pytest.fixture(scope="module")
 def served(repository: Path) -> Iterator[RunningServer]:
-    with serve(repository) as server:
+    with serve(repository, grpc=True) as server:
         yield server
+
+
+def test_a_tflite_models_configuration_names_tritons_tflite_backend(served: RunningServer) -> None:
+    """Triton's configuration endpoint, over HTTP and gRPC: the backend is Triton's TFLite backend
+    (armnn_tflite), where it was empty."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    over_http = httpclient.InferenceServerClient(served.url).get_model_config("lite")
+    over_grpc = grpcclient.InferenceServerClient(served.grpc_url).get_model_config("lite").config
+    assert (over_http["backend"], over_grpc.backend) == ("armnn_tflite", "armnn_tflite")
+    assert over_http["platform"] == over_grpc.platform == "tflite"  # as the model's metadata says
 
 
 def v2_infer(server: RunningServer, model: str, name: str, array: np.ndarray) -> requests.Response:

@@ -217,6 +217,54 @@ MODELS = {
         last = pb_utils.get_output_tensor_by_name(responses[-1], "OUT").as_numpy()
         return [answer(last + 10 * len(responses))]
 """,
+    # decoupled: writes when it ran to PROGRESS + ".stamp", then one response and the final flag alone
+    "stamp": """
+    def execute(self, requests):
+        import os, time
+        with open(PROGRESS + ".stamp.new", "w") as stamp:
+            stamp.write(repr(time.monotonic()))
+        os.replace(PROGRESS + ".stamp.new", PROGRESS + ".stamp")
+        sender = requests[0].get_response_sender()
+        sender.send(answer([7, 7]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
+    # a decoupled call not read for 0.5 s: how long before exec returned its target ran (Triton's
+    # exec sends at once and returns with the first response), and how many responses came
+    "eager": """
+    def execute(self, requests):
+        import os, time
+        if os.path.exists(PROGRESS + ".stamp"):
+            os.remove(PROGRESS + ".stamp")
+        stream = call("stamp", [0, 0]).exec(decoupled=True)
+        returned = time.monotonic()
+        time.sleep(0.5)
+        ran = time.monotonic()  # not run yet: counts as now
+        if os.path.exists(PROGRESS + ".stamp"):
+            with open(PROGRESS + ".stamp") as stamp:
+                ran = float(stamp.read())
+        return [answer([returned - ran, len(list(stream))])]
+""",
+    "eager_async": """
+    async def execute(self, requests):
+        import os, time
+        if os.path.exists(PROGRESS + ".stamp"):
+            os.remove(PROGRESS + ".stamp")
+        stream = await call("stamp", [0, 0]).async_exec(decoupled=True)
+        returned = time.monotonic()
+        await asyncio.sleep(0.5)
+        ran = time.monotonic()  # not run yet: counts as now
+        if os.path.exists(PROGRESS + ".stamp"):
+            with open(PROGRESS + ".stamp") as stamp:
+                ran = float(stamp.read())
+        return [answer([returned - ran, len(list(stream))])]
+""",
+    # Triton's InferenceRequest takes no priority: a model passing one fails as it would there
+    "bls_priority": """
+    def execute(self, requests):
+        pb_utils.InferenceRequest(model_name="tripled", requested_output_names=["OUT"], priority=1,
+                                  inputs=[pb_utils.Tensor("IN", given(requests[0]))]).exec()
+        return [answer([0, 0])]
+""",
     # the model loading API: load a model, call it, unload it (needs --model-control explicit)
     "loader": """
     def execute(self, requests):
@@ -299,7 +347,8 @@ _IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_pr
                 .replace("COUNT", "40"), 1, ""),
                ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""),
                ("silent", MODELS["silent"], 2, DECOUPLED),
-               ("silent_reader_in_process", MODELS["silent_reader"], 1, ""))
+               ("silent_reader_in_process", MODELS["silent_reader"], 1, ""),
+               ("eager_in_process", MODELS["eager"], 1, ""))
 
 
 def _repository(root: Path) -> Path:
@@ -310,6 +359,7 @@ def _repository(root: Path) -> Path:
     head = HEAD.replace("class TritonPythonModel", f"PROGRESS = {str(progress)!r}\n\n\nclass TritonPythonModel")
     for name, body in bodies.items():
         extra = {"counts": "model_transaction_policy { decoupled: true }",
+                 "stamp": "model_transaction_policy { decoupled: true }",
                  "counts_final": "model_transaction_policy { decoupled: true }",
                  "metered": "instance_group [ { count: 2 kind: KIND_CPU } ]"}.get(name, "")
         models.write(root / name / "1/model.py", head + body)
@@ -381,6 +431,20 @@ def test_a_decoupled_targets_responses_stream_to_the_caller(server: RunningServe
                                                             expected: list[float]) -> None:
     # 0 + 1 + 2 from three responses, then the final flag's empty one: 4 seen, 1 empty
     np.testing.assert_array_equal(_call(server, "bls_stream", [count, 0]), expected)
+
+
+@pytest.mark.parametrize("model", ["eager", "eager_async", "eager_in_process"])
+def test_a_decoupled_call_is_sent_at_once_as_in_triton(server: RunningServer, model: str) -> None:
+    """exec(decoupled=True) sends the request and returns once its first response came (python_backend's
+    InferPayload), not when the iterator is first read (here 0.5 s later); no response is lost."""
+    ran_before_return, responses = _call_within(server, model, [0.0, 0.0])
+    assert ran_before_return > 0, f"the target ran {-ran_before_return:.2f} s after exec returned (or not yet)"
+    assert responses == 2  # its one response, then the final flag's empty one
+
+
+def test_a_bls_request_with_a_priority_fails_as_in_triton(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException, match="priority"):
+        _call(server, "bls_priority", [1.0, 2.0])
 
 
 @pytest.mark.parametrize(("count", "expected"), [(3, [3.0, 30.0]), (0, [0.0, 11.0])])

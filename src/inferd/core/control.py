@@ -28,7 +28,7 @@ T = TypeVar("T")
 # a runtime's platform -> the backend that serves it (for a configuration that did not name one)
 _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "pytorch_export": "torch",
                         "python": "python", "tensorflow_savedmodel": "tensorflow",
-                        "torchserve_handler": "torchserve"}
+                        "torchserve_handler": "torchserve", "tflite": "tflite"}
 
 
 @dataclass(frozen=True, slots=True)

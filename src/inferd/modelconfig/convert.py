@@ -42,10 +42,12 @@ PBTXT = "config.pbtxt"
 # Triton's platform / backend names -> inferd's backend
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "torch", "tensorflow_savedmodel": "tensorflow",
               "ensemble": "ensemble"}
-_BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow"}
-# inferd's backend -> what Triton calls it
+_BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch", "python": "python", "tensorflow": "tensorflow",
+             "armnn_tflite": "tflite"}
+# inferd's backend -> what Triton calls it; TFLite: Triton's one TFLite backend (build.py's
+# armnn_tflite; TF Serving has no name of its own for it: its platform stays "tensorflow")
 _TRITON_BACKEND = {"onnx": "onnxruntime", "torch": "pytorch", "python": "python", "tensorflow": "tensorflow",
-                   "torchserve": "python"}
+                   "torchserve": "python", "tflite": "armnn_tflite"}
 
 
 def _datatype(value: int) -> str:
@@ -362,15 +364,18 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
         raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {min(g.count for g in groups)}")
     if len(groups) > 1:  # CPU groups add up, as Triton's instances do; GPU placement is one group's
         if any(g.kind in (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_MODEL) or g.gpus for g in groups):
-            raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups with GPUs; inferd serves "
-                              "one GPU group (several CPU groups add up)")
+            raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups with GPUs or KIND_MODEL; "
+                              "inferd serves one such group (several CPU groups add up)")
         merged = mc.ModelInstanceGroup(count=sum(g.count or 1 for g in groups),
                                        kind=max(g.kind for g in groups))  # KIND_CPU over KIND_AUTO
         groups = [merged]
     group = groups[0]
     count = group.count or 1
-    if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
-        raise ConfigError(f"{where}: key 'instance_group.kind' KIND_MODEL is not served by inferd")
+    if group.kind == mc.ModelInstanceGroup.KIND_MODEL:  # which backends serve it: the loader says
+        if group.gpus:  # Triton's ValidateInstanceGroup
+            raise ConfigError(f"{where}: key 'instance_group' has kind KIND_MODEL but specifies one or more GPUs "
+                              f"({list(group.gpus)}); the model keeps the devices it was saved with")
+        return InstanceGroup(count=count, kind="model")
     if group.kind == mc.ModelInstanceGroup.KIND_GPU:
         return InstanceGroup(count=count, kind="gpu", gpus=tuple(group.gpus) or (0,))
     if group.gpus:
@@ -441,9 +446,8 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
     if served.backend != "ensemble":  # an ensemble has no instances of its own
-        message.instance_group.add(
-            name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
-            kind=mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+        message.instance_group.add(name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
+                                   kind=_KINDS.get(kind, mc.ModelInstanceGroup.KIND_CPU))
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
@@ -475,6 +479,9 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
             else:
                 setattr(entry, f"{given.source}_data", True)
     return message
+
+
+_KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "model": mc.ModelInstanceGroup.KIND_MODEL}  # else KIND_CPU
 
 
 def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatching) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from inferd.config import ModelConfig, with_state_tensors
+from inferd.config import MODEL_KIND_BACKENDS, ModelConfig, with_state_tensors
+from inferd.errors import ConfigError
 from inferd.isolation.process import InstanceSpec, ProcessRuntime
 from inferd.repository.layout import find_artifact
 from inferd.runtimes.base import LoadContext, Runtime
@@ -40,6 +41,10 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     else:
         artifact, backend = find_artifact(path, config.backend, config.default_model_filename, prefer_tflite)
     group = config.instance_group
+    if group.kind == "model" and backend not in MODEL_KIND_BACKENDS:
+        raise ConfigError(f"model '{name}': instance_group kind KIND_MODEL (the model keeps its own devices) is "
+                          f"served for {' and '.join(MODEL_KIND_BACKENDS)} models; inferd places a {backend} model "
+                          "itself: use KIND_CPU or KIND_GPU")
     devices = [f"cuda:{gpu}" for gpu in group.gpus or (0,)] if group.kind == "gpu" else ["cpu"]
     loaded = with_state_tensors(config)  # the runtime takes and gives the states the sequence batcher keeps
     contexts = [LoadContext(name=name, version=version, artifact=artifact, config=loaded, device=device)

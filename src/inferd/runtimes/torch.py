@@ -199,10 +199,18 @@ def load(context: LoadContext) -> TorchRuntime:
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
     _refuse_bytes(inputs + outputs, context.name, _images(context.config))
-    module = torch.jit.load(str(context.artifact), map_location=context.device).eval()  # type: ignore[no-untyped-call]
+    module = _load_scripted(torch, context)
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
                         context.device, context.name, context.config.optimization,
                         context.config.instance_group.count, _images(context.config), context.config.parameters)
+
+
+def _load_scripted(torch: Any, context: LoadContext) -> Any:
+    """On the instance's device; under KIND_MODEL where the model was saved (Triton's pytorch backend
+    loads it without a device then, and prepares the inputs on the CPU: the model moves them)."""
+    if context.config.instance_group.kind == "model":
+        return torch.jit.load(str(context.artifact)).eval()
+    return torch.jit.load(str(context.artifact), map_location=context.device).eval()
 
 
 _EXPORT_LOAD = threading.Lock()  # torch.export.load keeps its deserializer in a global: one at a time

@@ -124,9 +124,15 @@ class InferenceRequest:
                  parameters: dict[str, Any] | str | None = None, sender: InferenceResponseSender | None = None,
                  cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
                  flags: int = 0, model_name: str | bytes = "", model_version: int = -1, timeout: int = 0,
-                 **unused: Any) -> None:  # preferred_memory, trace: the outputs are numpy arrays on the CPU
+                 preferred_memory: Any = None, trace: Any = None, **unknown: Any) -> None:  # outputs: numpy, CPU
         # a BLS request's target (str, or bytes read from a BYTES input), its version (-1: the server's
-        # choice) and deadline (microseconds, 0: none)
+        # choice) and deadline (microseconds, 0: none). No priority: python_backend's InferenceRequest
+        # takes none (its pb_stub.cc at f9088ff6), so a BLS request joins its target's default level
+        if unknown:
+            raise TypeError(f"InferenceRequest() got unexpected keyword arguments {sorted(unknown)}: Triton's "
+                            "takes request_id, correlation_id, inputs, requested_output_names, model_name, "
+                            "model_version, flags, timeout, preferred_memory, trace and parameters (no priority: "
+                            "a BLS request runs at its target's default priority level)")
         self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._model_version = model_version
         self._timeout = timeout
@@ -142,6 +148,8 @@ class InferenceRequest:
     def exec(self, decoupled: bool = False) -> Any:
         """The target model's response; with ``decoupled``, an iterator of its responses as Triton's:
         it ends at the one sent with the final flag, or at an empty one when the flag came alone.
+        Sent at once either way: a decoupled call returns once its first response came, as Triton's
+        does (python_backend's InferPayload settles the call with its first response).
         A failure is a response whose ``error()`` says why."""
         request = self._call()
         if decoupled:
@@ -155,9 +163,10 @@ class InferenceRequest:
     async def async_exec(self, decoupled: bool = False) -> Any:
         """``exec`` awaited: an ``async def execute`` may await many at once. A call holds no thread
         while it waits, so calls to models that themselves call others never wait for one another
-        (a decoupled call's iterator waits as it is read, as Triton's does)."""
+        (a decoupled call waits for its first response on a thread of the loop's executor, as
+        Triton's does; its iterator waits as it is read)."""
         if decoupled:
-            return self.exec(decoupled=True)
+            return await asyncio.to_thread(self.exec, True)
         request = self._call()
         try:
             answer = await asyncio.wrap_future(model_calls.current().start_infer(request))
@@ -279,19 +288,28 @@ class ResponseIterator:
         self._answers = answers
         self._done = False
         self._final = False  # the last response carried the final flag (any but a decoupled target's separate flag)
+        self._first = self._read()  # the request goes now, and the call waits for its first response
 
     def __iter__(self) -> ResponseIterator:
         return self
 
     def __next__(self) -> InferenceResponse:
-        if self._done:
+        response = self._first if self._first is not None else self._read()
+        self._first = None
+        if response is None:
             raise StopIteration
+        return response
+
+    def _read(self) -> InferenceResponse | None:
+        """The next response; None once the stream ended."""
+        if self._done:
+            return None
         try:
             answer = next(self._answers)
         except StopIteration:
             self._done = True
             if self._final:
-                raise
+                return None
             return InferenceResponse()  # the final flag's response, sent on its own: Triton's holds no outputs
         except InferdError as exc:
             self._done = True
@@ -301,6 +319,7 @@ class ResponseIterator:
 
     def cancel(self) -> None:
         self._done = True
+        self._first = None
         self._answers.close()
 
 
