@@ -179,11 +179,14 @@ def sequence_batching(info: ArchiveInfo) -> SequenceBatching | None:
                             max_queued_per_sequence=max_queued)
 
 
-def with_archive_sequences(config: ModelConfig, archive: Path) -> ModelConfig:
-    """A model repository's ``model.mar`` whose model-config.yaml asks for sequence batching gets it,
-    as under ``inferd torchserve``, unless its config.toml names its own; dynamic batching, which
-    would mix sequences, gives way to it (with a warning)."""
-    if config.sequence_batching is not None or not archive.is_file():
+def with_archive_sequences(config: ModelConfig, version_dir: Path) -> ModelConfig:
+    """A model repository's archive (``model.mar``, or the ``default_model_filename`` it names) whose
+    model-config.yaml asks for sequence batching gets it, as under ``inferd torchserve``, unless its
+    configuration names its own; dynamic batching, which would mix sequences, gives way to it (with
+    a warning)."""
+    archive = version_dir / (config.default_model_filename or "model.mar")
+    if (config.sequence_batching is not None or config.backend not in (None, "", "torchserve")
+            or archive.suffix != ".mar" or not archive.is_file()):
         return config
     sequences = sequence_batching(archive_info(archive))
     if sequences is None:

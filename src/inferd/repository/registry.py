@@ -580,7 +580,7 @@ class ModelRegistry(Generic[S]):
                 # parse, and a Python model's auto_complete_config runs in a process of its own
                 completed = auto_completed(folder, config if config is not None else read_config(folder))
                 if folder.versions:  # a model.mar's model-config.yaml may ask for sequence batching
-                    completed = with_archive_sequences(completed, folder.versions[max(folder.versions)] / "model.mar")
+                    completed = with_archive_sequences(completed, folder.versions[max(folder.versions)])
                 return read_initial_states(completed, folder.path)
 
             entry.config = self._configure(folder.name, await asyncio.to_thread(read))
