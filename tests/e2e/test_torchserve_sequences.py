@@ -59,12 +59,12 @@ def test_a_sequences_requests_beyond_max_sequence_job_queue_size_are_refused(ser
     def send(body: str) -> None:
         answers[body] = _post(url, body, **{"x-seq-id": "p"})
 
-    running = threading.Thread(target=send, args=("sleep:3",))
+    running = threading.Thread(target=send, args=("sleep:5",))
     running.start()
-    time.sleep(0.8)
+    time.sleep(1.5)  # generous: on a busy machine the second must be waiting before the third comes
     waiting = threading.Thread(target=send, args=("second",))
     waiting.start()
-    time.sleep(0.8)
+    time.sleep(1.5)
     refused = _post(url, "third", **{"x-seq-id": "p"})
     assert refused.status_code == 503, refused.text
     assert running.is_alive(), "refused, but not at once: it waited for the first request's answer"
@@ -72,8 +72,8 @@ def test_a_sequences_requests_beyond_max_sequence_job_queue_size_are_refused(ser
     assert "maxSequenceJobQueueSize" in refused.json()["message"], refused.text
     running.join()
     waiting.join()
-    assert [(answers[b].status_code, answers[b].text) for b in ("sleep:3", "second")] == [
-        (200, "sleep:3"), (200, "second")]
+    assert [(answers[b].status_code, answers[b].text) for b in ("sleep:5", "second")] == [
+        (200, "sleep:5"), (200, "second")]
     last = _post(url, "fourth", **{"x-seq-id": "p", "x-seq-end": "true"})
     assert (last.status_code, last.text) == (200, "fourth")
 
