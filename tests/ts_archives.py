@@ -290,3 +290,25 @@ def build_grpc_store(root: Path) -> Path:
     archive(store, "sequences", work / "mlp.pt", str(work / "stateful_handler.py"),
             config_file=work / "model-config.yaml")
     return store
+
+
+# a stateful model that holds few sequences (maxNumSequence) and few waiting requests of each
+# (maxSequenceJobQueueSize), served by the failing handler ("sleep:<s>" keeps its sequence busy)
+LIMITED_YAML = """
+minWorkers: 1
+maxWorkers: 1
+maxNumSequence: 2
+maxSequenceJobQueueSize: 1
+sequenceMaxIdleMSec: 60000
+sequenceBatching: true
+"""
+
+
+def build_sequence_store(root: Path) -> Path:
+    """The gRPC store (``build_grpc_store``) plus ``limited``: the failing handler as a stateful model
+    of at most 2 sequences with at most 1 request waiting in each."""
+    store = build_grpc_store(root)
+    work = root / "grpc-work"
+    (work / "limited.yaml").write_text(LIMITED_YAML)
+    archive(store, "limited", work / "mlp.pt", str(work / "failing_handler.py"), config_file=work / "limited.yaml")
+    return store

@@ -173,6 +173,9 @@ class TorchServeSettings:
     models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
     model_api: bool = True  # False: registering and unregistering answer 405 (enable_model_api=false)
     workflow_store: Path | None = None  # where POST /workflows finds .war files (None: the model store)
+    # ts_header_key_sequence_id, _start, _end: the headers a stateful request's sequence travels in
+    sequence_headers: tuple[str, str, str] = ("ts_request_sequence_id", "ts_request_sequence_start",
+                                              "ts_request_sequence_end")
 
 
 LISTENER_APIS = ("inference", "management", "metrics")
@@ -351,6 +354,10 @@ class SequenceBatching:
     states: tuple[SequenceState, ...] = ()  # implicit state, kept by the server per sequence
     # TorchServe's sequenceBatching: a sequence starts with its first request (no START flag), as its job groups do
     implicit_start: bool = False
+    # TorchServe's maxNumSequence and maxSequenceJobQueueSize: sequences live at once, and a sequence's requests
+    # waiting behind its running one; a request beyond either is refused (0: no limit, as Triton)
+    max_sequences: int = 0
+    max_queued_per_sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,3 +74,14 @@ def test_workflow_store_from_properties_and_flag(tmp_path: Path) -> None:
 def test_refused(tmp_path: Path, text: str, flags: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings(tmp_path, text, *flags)
+
+
+def test_sequence_header_names(tmp_path: Path) -> None:
+    """ts_header_key_sequence_id/_start/_end name the headers a stateful request's sequence travels
+    in (TorchServe's defaults when not given); a name that cannot be an HTTP header is refused."""
+    assert settings(tmp_path, "").settings.torchserve.sequence_headers == (
+        "ts_request_sequence_id", "ts_request_sequence_start", "ts_request_sequence_end")
+    given = settings(tmp_path, "ts_header_key_sequence_id=x-seq\nts_header_key_sequence_end=x-end\n")
+    assert given.settings.torchserve.sequence_headers == ("x-seq", "ts_request_sequence_start", "x-end")
+    with pytest.raises(ConfigError, match=r"ts_header_key_sequence_start=my start: expected an HTTP header name"):
+        settings(tmp_path, "ts_header_key_sequence_start=my start\n")

@@ -48,7 +48,8 @@ def file_server(folder: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterator[dict[str, str]]:
+def torchserve(workdir: Path, properties: dict[str, str], *flags: str,
+               environ: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     ports = {api: free_port() for api in ("inference", "management", "metrics")}
     grpc_ports = {api: free_port() for api in ("grpc_inference", "grpc_management")}
     lines = [f"{api}_address=http://127.0.0.1:{port}" for api, port in ports.items()]
@@ -58,7 +59,7 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str) -> Iterat
     command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
                str(workdir / "config.properties"), *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src")),
-           "TMPDIR": str(workdir)}  # its pid file (TorchServe's, in the temp folder) is this test's alone
+           "TMPDIR": str(workdir), **(environ or {})}  # its pid file (TorchServe's, in the temp folder) is ours
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env)
     output: list[str] = []

@@ -106,8 +106,8 @@ def test_a_stateful_models_sequences_each_keep_one_worker(server: dict[str, str]
     """sequenceBatching (TorchServe's stateful example's model-config.yaml, two workers):
     each sequence's requests run in order on the worker that holds its state; two sequences
     interleaved on one stream each find their own sums."""
-    sent = [_add("x", 1), _add("x", 2), _add("y", 10), _add("x", 3), _add("y", 20), _add("y", 30), _add("x", 4),
-            _add("y", 40)]
+    sent = [_add("x", 1), _add("x", 2), _add("y", 10), _add("x", 3), _add("y", 20), _add("y", 30),
+            _add("x", 4, ts_request_sequence_end=b"true"), _add("y", 40, ts_request_sequence_end=b"true")]
     for request in sent:
         request.model_name = "sequences"
     answers = [json.loads(answer.prediction) for answer in _stream2(server["grpc_inference"], sent)]
@@ -122,8 +122,8 @@ def test_a_stateful_models_sequence_over_http(server: dict[str, str]) -> None:
     starts one the server names ``ts-seq-<uuid>`` (TorchServe's InferenceRequestHandler), and so
     does a unary gRPC Predictions."""
     url = f"{server['inference']}/predictions/sequences"
-    sums = [requests.post(url, data=str(value), headers={"ts_request_sequence_id": "h"}, timeout=30).json()
-            for value in (1, 2, 3)]
+    sums = [requests.post(url, data=str(value), headers={"ts_request_sequence_id": "h", **end}, timeout=30).json()
+            for value, end in ((1, {}), (2, {}), (3, {"ts_request_sequence_end": "true"}))]
     assert [s["sum"] for s in sums] == [1, 3, 6] and len({s["worker"] for s in sums}) == 1
     alone = requests.post(url, data="5", timeout=30).json()
     assert alone["sequence_id"].startswith("ts-seq-") and (alone["start"], alone["sum"]) == ("true", 5)
@@ -164,7 +164,6 @@ FAILURES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
     ("failing", "", b"prediction:503", grpc.StatusCode.UNAVAILABLE, "refused with 503"),
     ("failing", "", b"prediction:504", grpc.StatusCode.DEADLINE_EXCEEDED, "refused with 504"),
     ("failing", "", b"prediction:507", grpc.StatusCode.INTERNAL, "refused with 507"),
-    ("failing", "", b"status:413", grpc.StatusCode.RESOURCE_EXHAUSTED, "status:413"),
     ("idle", "", b"1", grpc.StatusCode.INTERNAL,
      'Model "idle" has no worker to serve inference request. Please use scale workers API to add workers. '
      "If this is a sequence inference, please check if it is closed, or expired; or exceeds "
@@ -224,3 +223,22 @@ def test_a_request_that_works_is_answered_as_before(server: dict[str, str]) -> N
     answer = _grpc_call(server["grpc_inference"], INFERENCE + "Predictions", _request("failing", "", b"echo"),
                         ts.PredictionResponse)
     assert answer.prediction == b"echo" and not answer.HasField("status")
+
+
+def test_a_status_the_handler_set_is_answered_ok_with_its_body(server: dict[str, str]) -> None:
+    """``context.set_response_status(413)``: REST answers 413 with the handler's body; gRPC answers
+    OK with the body on every call, as TorchServe's GRPCJob.response does (it never reads the code),
+    where a PredictionException fails the call (above)."""
+    answer = requests.post(f"{server['inference']}/predictions/failing", data="status:413", timeout=30)
+    assert (answer.status_code, answer.text) == (413, "status:413")
+    request = _request("failing", "", b"status:413")
+    unary = _grpc_call(server["grpc_inference"], INFERENCE + "Predictions", request, ts.PredictionResponse)
+    assert unary.prediction == b"status:413" and not unary.HasField("status")
+    with grpc.insecure_channel(server["grpc_inference"]) as channel:
+        streamed = list(channel.unary_stream(INFERENCE + "StreamPredictions",
+                                             request_serializer=lambda m: m.SerializeToString(),
+                                             response_deserializer=ts.PredictionResponse.FromString)(request,
+                                                                                                     timeout=60))
+    assert [a.prediction for a in streamed] == [b"status:413"]
+    [on_stream] = _stream2(server["grpc_inference"], [request])
+    assert on_stream.prediction == b"status:413" and not on_stream.HasField("status")

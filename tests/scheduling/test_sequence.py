@@ -444,3 +444,28 @@ def test_implicit_start_starts_a_sequence_with_its_first_request() -> None:
     assert lanes[0] == lanes[2] != lanes[1] == lanes[3] and scheduler.sequences == 2
     with pytest.raises(InvalidInput, match="must specify the START flag"):
         call(batcher(Recording(controls=()), controls=()), 1, SequenceId("a"))
+
+
+def test_torchserves_limits_refuse_a_sequence_too_many_and_a_request_that_would_wait_too_long() -> None:
+    """max_sequences (maxNumSequence): a new sequence beyond that many live ones is refused until one
+    ends; max_queued_per_sequence (maxSequenceJobQueueSize): with one request running and one
+    waiting, the next of that sequence is refused at once, while other sequences go on."""
+    runtime = Recording(delay_s=0.3, controls=())
+    limits = SequenceBatching(implicit_start=True, max_sequences=2, max_queued_per_sequence=1)
+    scheduler = SequenceBatcher(InstancePool(runtime, 2, "acc:1"), limits)
+
+    async def run() -> tuple[list[object], list[object]]:
+        def send(value: int, key: str, end: bool = False) -> asyncio.Task[Arrays]:
+            context = CallContext(sequence=SequenceId(key, end=end))
+            return asyncio.ensure_future(scheduler.infer_async({"X": np.array([[value]], np.int32)}, context))
+
+        first = [send(1, "a"), send(2, "a"), send(3, "a"), send(4, "b"), send(5, "c")]
+        crowded = await asyncio.gather(*first, return_exceptions=True)
+        await send(6, "b", end=True)
+        return crowded, [await send(7, "c")]
+
+    crowded, after = asyncio.run(run())
+    assert [type(r).__name__ for r in crowded] == ["dict", "dict", "QueueFull", "dict", "QueueFull"]
+    assert "maxSequenceJobQueueSize" in str(crowded[2]) and "maxNumSequence" in str(crowded[4])
+    assert isinstance(crowded[2], Unavailable)  # a refusal the client may retry (503, TorchServe's code)
+    assert [a["X"].tolist() for a in after] == [[[7]]]  # b ended: c has room

@@ -111,6 +111,24 @@ def _int(properties: dict[str, str], key: str, default: int) -> int:
         raise ConfigError(f"{key}={value}: expected an integer") from None
 
 
+_SEQUENCE_KEYS = (("ts_header_key_sequence_id", "ts_request_sequence_id"),
+                  ("ts_header_key_sequence_start", "ts_request_sequence_start"),
+                  ("ts_header_key_sequence_end", "ts_request_sequence_end"))
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _sequence_headers(properties: dict[str, str]) -> tuple[str, str, str]:
+    """The headers a stateful request's sequence travels in (TorchServe's ConfigManager reads these
+    keys; a handler's Context reads its own TS_REQUEST_SEQUENCE_* variables, as in TorchServe)."""
+    names = []
+    for key, default in _SEQUENCE_KEYS:
+        name = properties.get(key) or default
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"{key}={name}: expected an HTTP header name (letters, digits, '-', '_', ...)")
+        names.append(name)
+    return names[0], names[1], names[2]
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     settings: ServerSettings
@@ -179,7 +197,8 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         response_timeout_s=_int(properties, "default_response_timeout", 120),
         startup_timeout_s=_int(properties, "default_startup_timeout", 120),
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api,
-        workflow_store=Path(workflow_store) if workflow_store else None)
+        workflow_store=Path(workflow_store) if workflow_store else None,
+        sequence_headers=_sequence_headers(properties))
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
         properties, "grpc_management_port", 7071)

@@ -51,6 +51,8 @@ class ModelControl:
         workflow_store = torchserve.workflow_store if torchserve is not None else None
         self.workflows = TorchServeWorkflows(self._torchserve, workflow_store or model_store, torchserve)
         self.torchserve_model_api = torchserve.model_api if torchserve is not None else True
+        # the headers a stateful request's sequence travels in (id, start, end)
+        self.torchserve_sequence_headers = (torchserve or TorchServeSettings()).sequence_headers
         self._finishing: set[asyncio.Task[Any]] = set()  # loads and unloads whose callers stopped waiting
         self._config_turn = asyncio.Lock()  # TF Serving's model configs apply one at a time, whole
 

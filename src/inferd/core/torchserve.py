@@ -21,6 +21,7 @@ from inferd.repository.archives import (
     download,
     locate_archive,
     remove_downloaded,
+    sequence_batching,
 )
 from inferd.repository.layout import is_valid_name
 from inferd.repository.registry import ModelEntry, ModelRegistry
@@ -143,7 +144,7 @@ class TorchServeModels:
         device = str(info.yaml.get("deviceType") or "cpu")
         config = archive_config(max(min_workers, 1), max(batch_size, 1), max(delay, 0),
                                 request.handler or "", float(response_timeout), _gpus(device, info.yaml),
-                                info.sequence_idle_ms())
+                                sequence_batching(info))
         settings = WorkerSettings(min_workers=0, max_workers=0, batch_size=max(batch_size, 1),
                                   max_batch_delay_ms=max(delay, 0), response_timeout_s=response_timeout,
                                   startup_timeout_s=startup_timeout, runtime=request.runtime or info.runtime,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,32 +28,53 @@ SEQUENCE_ID = "ts_request_sequence_id"
 SEQUENCE_START, SEQUENCE_END = "ts_request_sequence_start", "ts_request_sequence_end"
 
 
-def new_sequence() -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class SequenceHeaders:
+    """The header names a stateful request's sequence travels in (config.properties'
+    ``ts_header_key_sequence_id``, ``_start`` and ``_end``; TorchServe's defaults when not given).
+    Over gRPC StreamPredictions2, start and end are keys of the request's input map."""
+
+    id: str = SEQUENCE_ID
+    start: str = SEQUENCE_START
+    end: str = SEQUENCE_END
+
+
+DEFAULT_SEQUENCE_HEADERS = SequenceHeaders()
+
+
+def new_sequence(keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> dict[str, str]:
     """The headers of a request that starts a sequence the server names, ``ts-seq-<uuid>`` (TorchServe's
     front end, for a stateful model's request that names none)."""
-    return {SEQUENCE_ID: f"ts-seq-{uuid.uuid4()}", SEQUENCE_START: "true"}
+    return {keys.id: f"ts-seq-{uuid.uuid4()}", keys.start: "true"}
 
 
-def sequence_parameters(headers: dict[str, str]) -> dict[str, Any]:
+def named_sequence(headers: dict[str, str], keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> str:
+    """The sequence id the headers name ("" for none); header names compare without case."""
+    return next((value for name, value in headers.items() if name.lower() == keys.id.lower()), "")
+
+
+def sequence_parameters(headers: dict[str, str], keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS
+                        ) -> dict[str, Any]:
     """The sequence the headers name, as inferd's ``sequence_id``/``sequence_start``/``sequence_end``
     parameters (which the sequence batcher of a stateful model reads); {} when they name none."""
     found = {name.lower(): value for name, value in headers.items()}
-    sequence_id = found.get(SEQUENCE_ID, "")
+    sequence_id = found.get(keys.id.lower(), "")
     if not sequence_id:
         return {}
-    said = {key: found.get(key, "").strip().lower() == "true" for key in (SEQUENCE_START, SEQUENCE_END)}
-    return {"sequence_id": sequence_id, "sequence_start": said[SEQUENCE_START], "sequence_end": said[SEQUENCE_END]}
+    start, end = (found.get(key.lower(), "").strip().lower() == "true" for key in (keys.start, keys.end))
+    return {"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}
 
 
 _HOP_HEADERS = frozenset({"content-type", "content-length", "connection", "transfer-encoding", "authorization"})
 
 
-def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
-                      version: str | None, headers: dict[str, str] | None = None) -> InferRequest:
+def decode_prediction(body: bytes | bytearray, content_type: str, model: str, version: str | None,
+                      headers: dict[str, str] | None = None,
+                      keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> InferRequest:
     """``POST /predictions/{model}[/{version}]``: the raw body (or a form) is one request. The
     ``content_type`` input carries the content type, then the request's other headers as
     ``name: value`` lines, so the handler's ``context.get_request_header`` sees each of them; the
-    sequence they name (``ts_request_sequence_id``) is the request's too."""
+    sequence they name (``keys.id``, ``ts_request_sequence_id`` by default) is the request's too."""
     lines = [content_type.replace("\r", "").replace("\n", "")]
     for name, value in (headers or {}).items():
         if name not in _HOP_HEADERS:
@@ -60,11 +82,12 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str,
     return InferRequest(model_name=model, model_version=version,
                         inputs=[_bytes_tensor("body", bytes(body)),
                                 _bytes_tensor("content_type", "\r\n".join(lines).encode("latin-1"))],
-                        protocol=PROTOCOL, parameters=sequence_parameters(headers or {}))
+                        protocol=PROTOCOL, parameters=sequence_parameters(headers or {}, keys))
 
 
 def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
-                           headers: dict[str, str] | None = None) -> InferRequest:
+                           headers: dict[str, str] | None = None,
+                           keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> InferRequest:
     """TorchServe's gRPC Predictions: each entry of the ``input`` map is a field of the request, as a
     multipart form's are (the handler sees ``{"data": bytearray, ...}``); ``headers`` are what the
     handler's ``context.get_request_header`` sees besides."""
@@ -77,7 +100,7 @@ def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | 
     parts = [b"--%s\r\ncontent-disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
              % (boundary.encode(), name.encode(), value) for name, value in fields.items()]
     body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
-    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers)
+    return decode_prediction(body, f"multipart/form-data; boundary={boundary}", model, version, headers, keys)
 
 
 def choose_versions(rows: list[VersionDescription], name: str, version: str | None, default: str | None
@@ -115,16 +138,18 @@ def failure_status(exc: ModelError) -> int:
     return 500 if isinstance(exc, InstanceLost) else 503
 
 
-def error_message(body: bytes) -> str:
-    """What an answer with an error status says: the ``message`` of the ``{"code", "type", "message"}``
-    a PredictionException becomes, else the handler's body as text."""
+def raised_message(body: bytes, status: int) -> str | None:
+    """The message of a handler's ``PredictionException`` (its requests answered ``{"code", "type",
+    "message"}`` with that code as the status); None for any other answer, one whose status the
+    handler set with ``context.set_response_status`` too."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and set(parsed) == {"code", "type", "message"} and isinstance(parsed["message"], str):
+        return None
+    if (isinstance(parsed, dict) and set(parsed) == {"code", "type", "message"} and parsed["code"] == status
+            and isinstance(parsed["message"], str)):
         return parsed["message"]
-    return body.decode("utf-8", "replace")
+    return None
 
 
 def encode_prediction(response: InferResponse) -> tuple[bytes, str]:

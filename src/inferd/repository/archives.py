@@ -10,7 +10,7 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -102,6 +102,11 @@ class ArchiveInfo:
         sequence only when both are set (its Model reads the idle time first)."""
         return max(self.yaml_int("sequenceMaxIdleMSec") or 0, 0) if self.yaml.get("sequenceBatching") is True else 0
 
+    def sequence_limits(self) -> tuple[int, int]:
+        """``maxNumSequence`` and ``maxSequenceJobQueueSize`` as TorchServe's ModelConfig reads them:
+        1 when not given, and at least 1."""
+        return (max(self.yaml_int("maxNumSequence") or 1, 1), max(self.yaml_int("maxSequenceJobQueueSize") or 1, 1))
+
     def yaml_int(self, key: str) -> int | None:
         """An integer setting of model-config.yaml; other types are ignored, as TorchServe does."""
         value = self.yaml.get(key)
@@ -163,23 +168,51 @@ def archive_identity(archive: Path) -> tuple[str, str]:
     return info.name, info.version
 
 
+def sequence_batching(info: ArchiveInfo) -> SequenceBatching | None:
+    """The sequence batcher an archive's model-config.yaml asks for (``sequenceBatching: true`` with
+    ``sequenceMaxIdleMSec``; its ``maxNumSequence`` and ``maxSequenceJobQueueSize``), else None."""
+    idle_ms = info.sequence_idle_ms()
+    if idle_ms <= 0:
+        return None
+    max_sequences, max_queued = info.sequence_limits()
+    return SequenceBatching(max_sequence_idle_us=idle_ms * 1000, implicit_start=True, max_sequences=max_sequences,
+                            max_queued_per_sequence=max_queued)
+
+
+def with_archive_sequences(config: ModelConfig, version_dir: Path) -> ModelConfig:
+    """A model repository's archive (``model.mar``, or the ``default_model_filename`` it names) whose
+    model-config.yaml asks for sequence batching gets it, as under ``inferd torchserve``, unless its
+    configuration names its own; dynamic batching, which would mix sequences, gives way to it (with
+    a warning)."""
+    archive = version_dir / (config.default_model_filename or "model.mar")
+    if (config.sequence_batching is not None or config.backend not in (None, "", "torchserve")
+            or archive.suffix != ".mar" or not archive.is_file()):
+        return config
+    sequences = sequence_batching(archive_info(archive))
+    if sequences is None:
+        return config
+    if config.dynamic_batching is not None:
+        log.warning("%s: model-config.yaml asks for sequenceBatching, so the configuration's dynamic batching "
+                    "is not applied", archive)
+    return replace(config, sequence_batching=sequences, dynamic_batching=None)
+
+
 def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, handler: str = "",
                    response_timeout_s: float = 120.0, gpus: tuple[int, ...] | None = None,
-                   sequence_idle_ms: int = 0) -> ModelConfig:
+                   sequences: SequenceBatching | None = None) -> ModelConfig:
     """TorchServe's registration parameters (workers, batch_size, max_batch_delay, handler,
     response_timeout) as config; batch_size > 1 turns on dynamic batching. ``gpus`` (model-config.yaml's
     ``deviceType: gpu`` and ``deviceIds``) runs the handler's workers as threads on those GPUs, where
     the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so).
-    ``sequence_idle_ms`` > 0 (model-config.yaml's ``sequenceBatching: true`` with its
-    ``sequenceMaxIdleMSec``) makes it stateful: each sequence's requests run one at a time on the
-    worker that holds its state, and different sequences are not batched together."""
+    ``sequences`` (``sequence_batching``: what model-config.yaml asks for) makes it stateful: each
+    sequence's requests run one at a time on the worker that holds its state, and different
+    sequences are not batched together."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")
     batching = DynamicBatching(max_queue_delay_ms=max_batch_delay_ms) if batch_size > 1 else None
-    sequences = None
-    if sequence_idle_ms > 0:
-        batching, sequences = None, SequenceBatching(max_sequence_idle_us=sequence_idle_ms * 1000, implicit_start=True)
+    if sequences is not None:
+        batching = None
     if gpus is not None:
         group = InstanceGroup(count=workers, kind="gpu", gpus=gpus or (0,), response_timeout_s=response_timeout_s)
     else:

@@ -28,6 +28,7 @@ from inferd.errors import (
     Unavailable,
 )
 from inferd.modelconfig import apply_override
+from inferd.repository.archives import with_archive_sequences
 from inferd.repository.builder import BuiltVersion, S, Wrap, build_version
 from inferd.repository.layout import (
     Fingerprint,
@@ -578,6 +579,8 @@ class ModelRegistry(Generic[S]):
             def read() -> ModelConfig:  # on a thread: a config.pbtxt of megabytes takes seconds to
                 # parse, and a Python model's auto_complete_config runs in a process of its own
                 completed = auto_completed(folder, config if config is not None else read_config(folder))
+                if folder.versions:  # a model.mar's model-config.yaml may ask for sequence batching
+                    completed = with_archive_sequences(completed, folder.versions[max(folder.versions)])
                 return read_initial_states(completed, folder.path)
 
             entry.config = self._configure(folder.name, await asyncio.to_thread(read))

@@ -7,10 +7,12 @@ at a time and in the order they arrived, with the control inputs the configurati
 (START, END, READY, CORRID) and its implicit state (Triton's sequence_batching.state: what the
 model answered as each state output last time, fed back as the state input; the initial state at
 START); with ``implicit_start`` (TorchServe's sequenceBatching) a request of a sequence not yet
-known starts it. A sequence, and the state it holds, is forgotten at END, or once idle (nothing of
-it queued or running) longer than ``max_sequence_idle_microseconds`` since its last answer (swept
-as requests come). Requests of different sequences are not combined into one execution: each
-runs as a batch of one.
+known starts it, and ``max_sequences`` and ``max_queued_per_sequence`` (TorchServe's maxNumSequence
+and maxSequenceJobQueueSize) refuse a new sequence beyond that many live ones, and a request that
+would wait behind that many of its sequence's. A sequence, and the state it holds, is forgotten at
+END, or once idle (nothing of it queued or running) longer than ``max_sequence_idle_microseconds``
+since its last answer (swept as requests come). Requests of different sequences are not combined
+into one execution: each runs as a batch of one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inferd.config import SequenceBatching, SequenceControl, SequenceState
-from inferd.errors import DeadlineExceeded, InvalidInput, ModelError
+from inferd.errors import DeadlineExceeded, InvalidInput, ModelError, QueueFull
 from inferd.runtimes.base import SEQUENCE_END, SEQUENCE_INPUT, SEQUENCE_START, Arrays, pack_sequence, with_request
 from inferd.scheduling.instances import InstancePool
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -41,6 +43,7 @@ class _Sequence:
     losses: int = -1  # the lane's lane_losses when the sequence started (-1: not yet run)
     dropped: bool = False  # its START never ran (deadline, client gone): the requests queued behind it are refused
     states: Arrays | None = None  # its implicit state: the state inputs of its next request (None: not run yet)
+    waiting: int = 0  # its requests queued behind the one running (max_queued_per_sequence)
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
 
 
@@ -66,6 +69,7 @@ class SequenceBatcher(Scheduler):
         self._initial = {s.input_name: _initial_state(s, self.max_batch_size) for s in config.states}
         self._idle_s = config.max_sequence_idle_us / 1e6
         self._implicit_start = config.implicit_start
+        self._max_sequences, self._max_queued = config.max_sequences, config.max_queued_per_sequence
         self._sequences: dict[int | str, _Sequence] = {}
         # sequences whose END has not run yet: a new START of the same id queues behind it, on its lane
         self._ending: dict[int | str, _Sequence] = {}
@@ -106,10 +110,16 @@ class SequenceBatcher(Scheduler):
         now = time.monotonic()
         self._sweep(now)
         sequence = self._check(inputs, context)
+        self._within_limits(sequence, now)
         state = self._place(sequence, now)
         self._admitted += 1
         try:
-            async with state.order:
+            state.waiting += 1
+            try:
+                await state.order.acquire()
+            finally:
+                state.waiting -= 1
+            try:
                 if self._closed:  # it queued behind its sequence's earlier requests past the drain
                     raise self._pool.unloading()
                 self._still_kept(sequence, state)
@@ -134,6 +144,8 @@ class SequenceBatcher(Scheduler):
                         if self._sequences.get(sequence.id) is state:
                             del self._sequences[sequence.id]
                     raise
+            finally:
+                state.order.release()
         finally:
             self._admitted -= 1
             state.last_used = time.monotonic()  # idle from its last answer: waiting and running are not idle
@@ -206,6 +218,23 @@ class SequenceBatcher(Scheduler):
         if not sequence.start and sequence.id not in self._sequences and not self._implicit_start:
             raise self._not_started(sequence)
         return sequence
+
+    def _within_limits(self, sequence: SequenceId, now: float) -> None:
+        """TorchServe's refusals (its Model.addJobInGroup): a sequence beyond ``max_sequences`` live
+        ones, or a request beyond ``max_queued_per_sequence`` waiting behind its sequence's running
+        one. Sequences idle too long are swept first, so that they make room."""
+        name = self._pool.name.rpartition(":")[0]
+        known = self._sequences.get(sequence.id) or self._ending.get(sequence.id)
+        if known is None and self._max_sequences and len(self._sequences) >= self._max_sequences:
+            self._swept = 0.0
+            self._sweep(now)
+            if len(self._sequences) >= self._max_sequences:
+                raise QueueFull(f"model '{name}' has {len(self._sequences)} sequences open, its maxNumSequence; "
+                                f"sequence {sequence.id} is refused until one ends or is idle "
+                                f"{self._idle_s * 1000:.0f} ms")
+        if known is not None and self._max_queued and known.waiting >= self._max_queued:
+            raise QueueFull(f"model '{name}': sequence {sequence.id} has {known.waiting} requests waiting behind "
+                            "the one running, its maxSequenceJobQueueSize; retry once one is answered")
 
     def _place(self, sequence: SequenceId, now: float) -> _Sequence:
         """The sequence's state: a START takes the least used lane (or keeps the lane of a sequence

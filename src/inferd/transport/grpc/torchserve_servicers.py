@@ -105,6 +105,7 @@ class TorchServeInferenceServicer:
 
     def __init__(self, core: Core) -> None:
         self.data = core.data
+        self.keys = torchserve.SequenceHeaders(*core.control.torchserve_sequence_headers)
 
     def methods(self) -> Methods:
         return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
@@ -149,7 +150,7 @@ class TorchServeInferenceServicer:
         try:
             if turn is not None:
                 await turn.wait()
-            headers = _sequence_headers(request)
+            headers = _sequence_headers(request, self.keys)
             async for answer in self._answers(request, context, headers, turn):
                 yield answer
         except (Unauthenticated, Forbidden) as exc:
@@ -186,8 +187,8 @@ class TorchServeInferenceServicer:
             yield ts.PredictionResponse(prediction=torchserve.encode_tensor_prediction(response, added_batch))
             return
         if metadata.stateful and headers is None:
-            headers = torchserve.new_sequence()
-        infer_request = torchserve.decode_form_prediction(dict(request.input), name, version, headers)
+            headers = torchserve.new_sequence(self.keys)
+        infer_request = torchserve.decode_form_prediction(dict(request.input), name, version, headers, self.keys)
         infer_request.credentials = _authorization(context)
         async with contextlib.aclosing(self.data.infer_stream(infer_request)) as stream:
             # its first step (up to its sequence's place in the batcher) runs before the next request's
@@ -208,27 +209,27 @@ def _model_not_found(name: str, version: str | None) -> _Refused:
                     "org.pytorch.serve.archive.model.ModelVersionNotFoundException")
 
 
-def _sequence_headers(request: ts.PredictionsRequest) -> dict[str, str]:
+def _sequence_headers(request: ts.PredictionsRequest, keys: torchserve.SequenceHeaders) -> dict[str, str]:
     """The headers StreamPredictions2 gives a request (TorchServe's InferenceImpl): its
     ``sequence_id``; a request without one starts a sequence (``ts-seq-<uuid>``) when its input says
-    ``ts_request_sequence_start: true``, else it is refused. ``ts_request_sequence_end: true`` in the
-    input marks the sequence's last request."""
+    ``<keys.start>: true`` (``ts_request_sequence_start``), else it is refused. ``<keys.end>: true``
+    in the input marks the sequence's last request."""
     def said(key: str) -> bool:
         return request.input.get(key, b"false").decode("utf-8", "replace").strip().lower() == "true"
 
     headers: dict[str, str] = {}
     sequence_id = request.sequence_id
     if not sequence_id:
-        if not said(torchserve.SEQUENCE_START):
+        if not said(keys.start):
             raise _Refused(grpc.StatusCode.INTERNAL, "Parameter sequenceId is required.", _BAD_REQUEST)
         sequence_id = f"ts-seq-{uuid.uuid4()}"
-        headers[torchserve.SEQUENCE_START] = "true"
+        headers[keys.start] = "true"
     if any(c in sequence_id for c in "\r\n"):
         raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
                        f"sequence_id {sequence_id!r}: a sequence id without line breaks", _BAD_REQUEST)
-    headers[torchserve.SEQUENCE_ID] = sequence_id
-    if said(torchserve.SEQUENCE_END):
-        headers[torchserve.SEQUENCE_END] = "true"
+    headers[keys.id] = sequence_id
+    if said(keys.end):
+        headers[keys.end] = "true"
     return headers
 
 
@@ -244,10 +245,14 @@ def _error_response(status: grpc.StatusCode, message: str, reason: str) -> ts.Pr
 
 
 def _prediction(answer: InferResponse) -> ts.PredictionResponse:
+    """A handler's answer; its PredictionException fails the prediction with that code's status (the
+    worker answers the batch with it), while an error status it set with ``set_response_status`` is
+    answered OK with its body, as TorchServe's GRPCJob answers every prediction of a batch that ran."""
     body, _ = torchserve.encode_prediction(answer)
     status = torchserve.prediction_status(answer)
-    if status >= 400:  # the handler's error (PredictionException, set_response_status): the prediction fails
-        raise _Refused(grpc_status_for_http(status), torchserve.error_message(body), _WORKER_ERROR)
+    raised = torchserve.raised_message(body, status) if status >= 400 else None
+    if raised is not None:
+        raise _Refused(grpc_status_for_http(status), raised, _WORKER_ERROR)
     return ts.PredictionResponse(prediction=body)
 
 

@@ -77,6 +77,7 @@ class TorchServeRoutes:
         self.data = core.data
         self.control = core.control
         self.metrics = metrics
+        self.keys = torchserve.SequenceHeaders(*core.control.torchserve_sequence_headers)
 
     def register(self, router: Router, apis: tuple[str, ...] = ("inference", "management")) -> None:
         def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
@@ -136,9 +137,10 @@ class TorchServeRoutes:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
             headers = request.headers
-            if metadata.stateful and not headers.get(torchserve.SEQUENCE_ID):  # TorchServe names one
-                headers = {**headers, **torchserve.new_sequence()}
-            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers)
+            if metadata.stateful and not torchserve.named_sequence(headers, self.keys):  # TorchServe names one
+                headers = {**headers, **torchserve.new_sequence(self.keys)}
+            infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers,
+                                                         self.keys)
         else:
             infer_request, added_batch = await off_loop(len(request.body), torchserve.decode_tensor_prediction,
                                                         request.body, metadata, version)

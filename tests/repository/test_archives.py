@@ -1,0 +1,52 @@
+"""What a .mar's model-config.yaml asks of a model repository's configuration (no server): its
+sequenceBatching, as `inferd torchserve` reads it (pytorch/serve 62c4d6a1, ModelConfig and Model)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from inferd.config import DynamicBatching, ModelConfig, SequenceBatching
+from inferd.repository.archives import with_archive_sequences
+
+STATEFUL = "sequenceBatching: true\nsequenceMaxIdleMSec: 5000\nmaxNumSequence: 3\n"
+
+
+def write_archive(path: Path, yaml: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {"runtime": "python", "model": {"modelName": "m", "handler": "handler.py", "configFile": "config.yaml"}}
+    with zipfile.ZipFile(path, "w") as bundle:
+        bundle.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+        bundle.writestr("config.yaml", yaml)
+    return path
+
+
+def test_a_stateful_archive_gets_the_sequence_batcher_with_torchserves_limits(tmp_path: Path) -> None:
+    """maxNumSequence as given, maxSequenceJobQueueSize 1 when not given (TorchServe's default);
+    dynamic batching gives way to it."""
+    write_archive(tmp_path / "1" / "model.mar", STATEFUL)
+    config = with_archive_sequences(ModelConfig(dynamic_batching=DynamicBatching()), tmp_path / "1")
+    assert config.dynamic_batching is None
+    assert config.sequence_batching == SequenceBatching(max_sequence_idle_us=5_000_000, implicit_start=True,
+                                                        max_sequences=3, max_queued_per_sequence=1)
+
+
+@pytest.mark.parametrize(("yaml", "config"), [
+    ("sequenceBatching: true\n", ModelConfig()),  # no sequenceMaxIdleMSec: TorchServe batches by sequence only with it
+    ("sequenceBatching: yes please\nsequenceMaxIdleMSec: 10\n", ModelConfig()),  # not a boolean true
+    (STATEFUL, ModelConfig(backend="onnx")),  # not the archive's backend
+    (STATEFUL, ModelConfig(sequence_batching=SequenceBatching(max_sequence_idle_us=7))),  # the configuration's own
+], ids=["no-idle-time", "not-true", "other-backend", "own-sequence-batching"])
+def test_what_is_left_as_configured(tmp_path: Path, yaml: str, config: ModelConfig) -> None:
+    write_archive(tmp_path / "1" / "model.mar", yaml)
+    assert with_archive_sequences(config, tmp_path / "1") == config
+
+
+def test_the_archive_the_default_model_filename_names(tmp_path: Path) -> None:
+    write_archive(tmp_path / "1" / "legacy.mar", STATEFUL)
+    assert with_archive_sequences(ModelConfig(), tmp_path / "1").sequence_batching is None
+    named = with_archive_sequences(ModelConfig(default_model_filename="legacy.mar"), tmp_path / "1")
+    assert named.sequence_batching is not None and named.sequence_batching.max_sequences == 3
