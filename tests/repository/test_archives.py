@@ -50,3 +50,11 @@ def test_the_archive_the_default_model_filename_names(tmp_path: Path) -> None:
     assert with_archive_sequences(ModelConfig(), tmp_path / "1").sequence_batching is None
     named = with_archive_sequences(ModelConfig(default_model_filename="legacy.mar"), tmp_path / "1")
     assert named.sequence_batching is not None and named.sequence_batching.max_sequences == 3
+
+
+def test_a_model_config_yaml_nested_too_deep_is_a_load_error_saying_so() -> None:
+    from inferd.errors import ConfigError
+    from inferd.repository.archives import read_model_yaml
+
+    with pytest.raises(ConfigError, match=r"model-config\.yaml nests too deeply to read"):
+        read_model_yaml("a: " + "[" * 50_000 + "]" * 50_000, "m.mar")

@@ -159,6 +159,8 @@ def read_model_yaml(text: str, where: str) -> dict[str, Any]:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: model-config.yaml does not parse: {exc}") from None
+    except RecursionError:  # lists or mappings nested thousands deep
+        raise ConfigError(f"{where}: model-config.yaml nests too deeply to read") from None
     return loaded if isinstance(loaded, dict) else {}
 
 

@@ -104,6 +104,8 @@ def read_model_yaml(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
         loaded = yaml.safe_load((model_dir / config_file).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"the archive's {config_file} cannot be read: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"the archive's {config_file} nests too deeply to read") from None
     return loaded if isinstance(loaded, dict) else {}
 
 
