@@ -24,11 +24,12 @@ from tritonclient.utils import InferenceServerException
 
 from tests import models, streaming_models
 from tests.conftest import RunningServer, serve
+from tests.e2e.test_streaming import sse_events
 
 # Each request gets its "count" parameter's responses, sent from a thread of its own after execute
 # returned: OUT = IN * k for k = 1..count, COUNT = len(requests) of its execution, ID = its
 # request_id(); the last carries the final flag, or (parameter "flag_alone") the flag comes alone.
-# "fail": its second response is an error. A negative input holds the instance until the file
+# "fail": its second response is an error; "raise": execute raises. A negative input holds the instance until the file
 # "release" exists in the model's folder (it writes "held" first).
 DECOUPLED = """
 import json
@@ -45,6 +46,8 @@ class TritonPythonModel:
         self.folder = args["model_repository"]
 
     def execute(self, requests):
+        if any(json.loads(r.parameters()).get("raise") for r in requests):
+            raise ValueError("execute was asked to raise")
         if any((pb_utils.get_input_tensor_by_name(r, "IN").as_numpy() < 0).any() for r in requests):
             open(os.path.join(self.folder, "held"), "w").close()
             deadline = time.monotonic() + 60
@@ -318,3 +321,29 @@ def test_a_client_that_leaves_ends_its_own_stream_only(server: RunningServer, re
         assert [a.as_numpy("OUT").tolist() for a in again.until_final()] == [[[1.0, 1.0]], [[2.0, 2.0]]]
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_execute_failing_ends_every_stream_of_its_batch_with_the_reason(server: RunningServer, repository: Path,
+                                                                      model: str) -> None:
+    """Triton: an exception out of execute fails the requests of that execution; each stream of
+    the batch gets the error, and the model serves on."""
+    members = [(np.ones((1, 2), np.float32), f"x{i}", {"count": 2, "raise": i == 2}) for i in range(3)]
+    _, answers = _gathered(server, repository, model, members)
+    for got in answers:
+        assert len(got) == 1 and isinstance(got[0], InferenceServerException), got
+        assert "execute was asked to raise" in str(got[0])
+    _, answers = _gathered(server, repository, model, [(np.ones((1, 2), np.float32), "after", {"count": 1})])
+    assert answers[0][0].as_numpy("OUT").tolist() == [[1.0, 1.0]]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_generate_stream_reaches_the_batched_model(server: RunningServer, model: str) -> None:
+    """Over HTTP's generate_stream too: one event per response of the request."""
+    with requests.post(f"{server.base}/v2/models/{model}/generate_stream",
+                       json={"IN": [1.0, 2.0], "id": "g", "parameters": {"count": 3}}, stream=True,
+                       timeout=30) as response:
+        assert response.status_code == 200, response.text
+        events = sse_events(response)
+    assert [event["OUT"] for event in events] == [[1.0 * k, 2.0 * k] for k in (1, 2, 3)]
+    assert [event["ID"] for event in events] == ["g"] * 3
