@@ -269,7 +269,9 @@ def test_statistics_count_one_execution_for_the_gathered_streams(server: Running
     before = stats()
     members = [(np.ones((2, 2), np.float32), f"s{i}", {"count": 2}) for i in range(3)]
     _gathered(server, repository, model, members)
-    after = stats()
+    deadline = time.monotonic() + 10  # counted once the instance is free, just after the final answers left
+    while (after := stats())["execution_count"] - before["execution_count"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert after["execution_count"] - before["execution_count"] == 2  # the holder's, then the batch's
     assert after["inference_count"] - before["inference_count"] == 1 + 6
     sizes = {entry["batch_size"]: entry["compute_infer"]["count"] for entry in after["batch_stats"]}
@@ -347,3 +349,38 @@ def test_generate_stream_reaches_the_batched_model(server: RunningServer, model:
         events = sse_events(response)
     assert [event["OUT"] for event in events] == [[1.0 * k, 2.0 * k] for k in (1, 2, 3)]
     assert [event["ID"] for event in events] == ["g"] * 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_two_requests_of_one_stream_gathered_each_get_their_own_responses(server: RunningServer,
+                                                                        repository: Path, model: str) -> None:
+    """Requests of one gRPC stream run at once, so they may be gathered into one execute; the
+    stream carries each one's responses, told apart by id, each in order to its final flag."""
+    held, release = repository / model / "held", repository / model / "release"
+    held.unlink(missing_ok=True)
+    release.unlink(missing_ok=True)
+    holder, both = Stream(server, model), Stream(server, model)
+    try:
+        holder.ask(np.full((1, 2), -1, np.float32), "holder", {"count": 1})
+        deadline = time.monotonic() + 30
+        while not held.exists():
+            assert time.monotonic() < deadline, "the holding request never ran"
+            time.sleep(0.01)
+        both.ask(np.ones((1, 2), np.float32), "one", {"count": 3})
+        both.ask(np.full((1, 2), 5, np.float32), "two", {"count": 2})
+        while _queued(server, model) < 2:
+            assert time.monotonic() < deadline, f"only {_queued(server, model)} requests queued"
+            time.sleep(0.02)
+        release.touch()
+        holder.until_final()
+        got: dict[str, list[Any]] = {"one": [], "two": []}
+        for _ in range(5):
+            answer = both.got.get(timeout=30)
+            got[answer.get_response().id].append(answer)
+    finally:
+        holder.close()
+        both.close()
+    assert [a.as_numpy("OUT").tolist() for a in got["one"]] == [[[1.0 * k] * 2] for k in (1, 2, 3)]
+    assert [a.as_numpy("OUT").tolist() for a in got["two"]] == [[[5.0 * k] * 2] for k in (1, 2)]
+    assert all(a.as_numpy("COUNT").tolist() == [[2]] for a in got["one"] + got["two"])
+    assert [_final(a) for a in got["one"]] == [False, False, True] and [_final(a) for a in got["two"]] == [False, True]

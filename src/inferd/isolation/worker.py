@@ -89,7 +89,9 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             try:
                 if path is not None:
                     inputs.attach(path)
-                arrays = inputs.read(header, copy=False)
+                # a batch of streams' requests may outlive the call (a thread of the model still
+                # sending to a request whose client left): they get inputs of their own
+                arrays = inputs.read(header, copy=kind == "streams")
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
