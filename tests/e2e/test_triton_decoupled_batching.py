@@ -384,3 +384,15 @@ def test_two_requests_of_one_stream_gathered_each_get_their_own_responses(server
     assert [a.as_numpy("OUT").tolist() for a in got["two"]] == [[[5.0 * k] * 2] for k in (1, 2)]
     assert all(a.as_numpy("COUNT").tolist() == [[2]] for a in got["one"] + got["two"])
     assert [_final(a) for a in got["one"]] == [False, False, True] and [_final(a) for a in got["two"]] == [False, True]
+
+
+def test_through_a_front_end_worker_each_stream_gets_its_own_responses(repository: Path) -> None:
+    """Through a front-end worker (--workers 1), whose streams cross to the model process answer
+    by answer, the gathered requests still stream each its own responses."""
+    with serve(repository, "--workers", "1", grpc=True) as running:
+        members = [(np.full((1, 2), i + 1, np.float32), f"w{i}", {"count": 2}) for i in range(3)]
+        _, answers = _gathered(running, repository, "decoupled_gathered", members)
+    for i, got in enumerate(answers):
+        assert [a.as_numpy("OUT").tolist() for a in got] == [[[(i + 1.0) * k] * 2] for k in (1, 2)]
+        assert [a.as_numpy("ID").tolist() for a in got] == [[[f"w{i}".encode()]]] * 2
+        assert [a.as_numpy("COUNT").tolist() for a in got] == [[[3]]] * 2
