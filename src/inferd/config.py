@@ -517,11 +517,10 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
             raise ConfigError(f"{where}: {what} names must be unique, got {names}")
     if config.decoupled:
         for clash, present in (("response_cache", config.response_cache),
-                               ("dynamic_batching", config.dynamic_batching is not None),
                                ("platform \"ensemble\"", config.backend == "ensemble")):
             if present:
                 raise ConfigError(f"{where}: a decoupled model cannot have {clash} (its answers stream "
-                                  "from one request's generator, never from a batch or a cache)")
+                                  "as the model sends them, never from a cache)")
     if config.sequence_batching is not None:
         check_sequence_batching(config, where)
     if config.ragged:

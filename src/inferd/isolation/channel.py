@@ -45,6 +45,11 @@ class Channel:
         self._fill()
         return self._complete()
 
+    def buffered(self) -> Any:
+        """A whole message already read with an earlier one (the process sent two in a row: a
+        batch of streams' last request end, then the execution's end), or None."""
+        return self._complete()
+
     def _fill(self) -> None:
         chunk = self.sock.recv(1 << 20)
         if not chunk:

@@ -45,7 +45,7 @@ from inferd.isolation.shm import (
     remove_shared_memory,
     unpack_calls,
 )
-from inferd.runtimes.base import Answer, Arrays, Emit, LoadContext, Runtime
+from inferd.runtimes.base import Answer, AnswerSink, Arrays, Emit, LoadContext, Runtime
 from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
@@ -200,6 +200,33 @@ class InstanceProcess:
             if not ended:  # closed early: cancel, and read up to its end so the channel stays in step
                 self._finish(call_id)
 
+    def streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
+        """One execution of a decoupled batch's requests (Runtime.infer_streams): each part the
+        process sends names its request and goes to that request's sink, copied out before the
+        process may write the next ("cancel" when that request's reader left); each request's end
+        (or error) too, then the execution's "end". Raises InstanceDied as ``call`` does; a stream
+        left in the middle kills the process (its channel is out of step)."""
+        call_id, ended = self._send("streams", pack_calls(requests), len(requests)), False
+        assert self._conn is not None
+        try:
+            while True:
+                reply = self._wait(self.spec.response_timeout_s, "streaming these requests", call_id)
+                if reply[0] == "request_part":
+                    sink = sinks[reply[4]]
+                    reading = sink.send(self._read(reply[2], reply[3])) and not sink.stopped()
+                    self._conn.send(("next" if reading else "cancel", call_id))
+                elif reply[0] == "request_end":
+                    _, _, index, kind, message = reply
+                    sinks[index].end(None if kind is None else self._error(kind, message))
+                else:
+                    ended = True
+                    if reply[0] == "end":
+                        return
+                    self._raise(reply)
+        finally:
+            if not ended:
+                self.kill()
+
     def _send(self, kind: str, arrays: Arrays, *more: Any) -> int:
         """The inputs into shared memory and the request on the channel (``more`` after its
         path); the call's id."""
@@ -266,7 +293,8 @@ class InstanceProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self._poller.poll(_WATCH_MS) and (reply := self._conn.receive_ready()) is not None:
+                if (reply := self._conn.buffered()) is not None or (
+                        self._poller.poll(_WATCH_MS) and (reply := self._conn.receive_ready()) is not None):
                     return _checked(reply, call_id)
             except (EOFError, OSError):
                 raise InstanceDied(self._exit_reason(f"while {doing}")) from None
@@ -336,14 +364,15 @@ class InstanceProcess:
             self._scratch = None
 
 
-_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "answers": 5, "error": 5, "part": 4, "end": 2}
+_REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "answers": 5, "error": 5, "part": 4, "end": 2,
+                "request_part": 5, "request_end": 5}
 
 
 def _checked(reply: Any, call_id: int | None) -> Any:
     """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
     if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
         raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
-    answers_call = reply[0] in ("ok", "answers", "error", "part", "end")
+    answers_call = reply[0] in ("ok", "answers", "error", "part", "end", "request_part", "request_end")
     if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
         raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
                             f"waiting for {call_id if call_id is not None else 'the load'})")
@@ -433,6 +462,10 @@ class ProcessRuntime(Runtime):
             raise
         self._give_back(instance)
 
+    def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
+        instance = self._checkout()
+        self._on(instance, lambda: instance.streams(requests, sinks))
+
     def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
         instance = self._checkout()
         return self._on(instance, lambda: instance.call_requests(requests))
@@ -452,7 +485,10 @@ class ProcessRuntime(Runtime):
             raise InstanceLost(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
                              "failed and the instance is restarting (other requests are not affected)") from None
         except BaseException:
-            self._give_back(instance)
+            if instance.killed:  # left out of step with its channel (a stream stopped in the middle)
+                self._replace(instance)
+            else:
+                self._give_back(instance)
             raise
         rss = instance.over_memory()
         if rss:  # this answer is good, but the instance may not take another call

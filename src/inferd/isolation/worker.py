@@ -6,11 +6,14 @@ this instance: it answers the call with an error and starts a new one.
 
 Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)``, then
 ``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
-a decoupled model's answers; ``("requests", ..., count)``: a batch's requests apart) and
-``("stop",)``. The model's own requests to other models (BLS) go over CALLS_FD (``calls.py``).
+a decoupled model's answers; ``("requests", ..., count)``: a batch's requests apart,
+``"streams"``: a decoupled model's batch apart) and ``("stop",)``. The model's own requests to
+other models (BLS) go over CALLS_FD (``calls.py``).
 Out: ``("ready", metadata)`` or ``("failed", reason)``; per call ``("ok", call id, header,
 output_path | None)`` (``"answers"``, one more item: the requests that failed alone) or
-``("error", call id, type name, message, fatal)``.
+``("error", call id, type name, message, fatal)``; a stream's ``("part", call id, header, path)``
+each, then ``("end", call id)``; a batch of streams' ``("request_part", ..., index)`` and
+``("request_end", call id, index, type name | None, message)`` per request, then ``"end"``.
 """
 
 from __future__ import annotations
@@ -86,12 +89,16 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             try:
                 if path is not None:
                     inputs.attach(path)
-                arrays = inputs.read(header, copy=False)
+                # a batch of streams' requests may outlive the call (a thread of the model still
+                # sending to a request whose client left): they get inputs of their own
+                arrays = inputs.read(header, copy=kind == "streams")
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
             if kind == "stream":
                 conn.send(_stream(conn, runtime, arrays, outputs, call_id))
+            elif kind == "streams":
+                conn.send(_streams(conn, runtime, arrays, outputs, call_id, more[0]))
             elif kind == "requests":
                 conn.send(_call_requests(runtime, arrays, outputs, call_id, more[0]))
             elif kind == "parts":
@@ -151,7 +158,7 @@ def _failure(call_id: int, exc: Exception) -> tuple[Any, ...]:
     return ("error", call_id, *_error_of(exc), False)
 
 
-def _error_of(exc: Exception) -> tuple[str, str]:
+def _error_of(exc: BaseException) -> tuple[str, str]:
     """An error as it crosses: only inferd's own errors name their class (the server raises the
     same one); any other exception is the model's failure, whatever its class is called (a model's
     own ``NotFound`` is no 404), described even when its ``str`` raises."""
@@ -192,6 +199,61 @@ def _stream(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_
         parts.close()
         del arrays
     return ("end", call_id)
+
+
+def _streams(conn: Channel, runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, count: int
+             ) -> tuple[Any, ...]:
+    """A decoupled model's batch apart (Runtime.infer_streams): each request's answers cross as
+    ``_part_sender``'s do, named by the request's index, one at a time whichever thread the model
+    sends from; each request's end crosses on its own, then "end"."""
+    lock = threading.Lock()  # one answer on the channel (and in the outputs buffer) at a time
+    sinks = [_ChannelSink(conn, outputs, call_id, index, lock) for index in range(count)]
+    try:
+        runtime.infer_streams(unpack_calls(arrays, count), [*sinks])
+    except MemoryError as exc:
+        return ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
+    except Exception as exc:
+        return _failure(call_id, exc)
+    finally:
+        with lock:  # a model thread that sends late finds its request closed, never the channel
+            for sink in sinks:
+                sink.closed = True
+        del arrays
+    return ("end", call_id)
+
+
+class _ChannelSink:
+    """One request of a decoupled batch in this process: its answers and its end go to the server."""
+
+    def __init__(self, conn: Channel, outputs: Writer, call_id: int, index: int, lock: threading.Lock) -> None:
+        self._conn, self._outputs, self._call_id, self._index, self._lock = conn, outputs, call_id, index, lock
+        self.closed = False  # no more on the channel: its reader left, it ended, or the execution did
+
+    def stopped(self) -> bool:
+        return self.closed
+
+    def send(self, outputs: Arrays) -> bool:
+        with self._lock:
+            if self.closed:
+                return False
+            try:
+                header, path = self._outputs.write(outputs)
+            except SharedMemoryFull as exc:
+                self._end(("ModelError", f"its outputs do not fit: {exc}"))
+                return False
+            self._conn.send(("request_part", self._call_id, header, path, self._index))
+            self.closed = self._conn.receive() != ("next", self._call_id)
+            return not self.closed
+
+    def end(self, error: BaseException | None = None) -> None:
+        with self._lock:
+            if not self.closed:
+                self._end(None if error is None else _error_of(error))
+
+    def _end(self, error: tuple[str, str] | None) -> None:
+        self.closed = True
+        kind, message = error if error is not None else (None, "")
+        self._conn.send(("request_end", self._call_id, self._index, kind, message))
 
 
 def _exit_with_parent(parent: int) -> None:

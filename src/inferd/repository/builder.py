@@ -53,8 +53,10 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     if kind == "process":
         spec = InstanceSpec(backend, contexts[0], group.response_timeout_s, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)
+        _check_batched_streams(runtime, config, name, backend)
     else:
         runtime = _load_on(backend, contexts)
+        _check_batched_streams(runtime, config, name, backend)
         runtime.warmup()
         try:
             run_samples(runtime, contexts[0])
@@ -64,6 +66,17 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     signatures = {sig: wrap(other, config, name, f"{version}:{sig}")
                   for sig, other in runtime.other_signatures().items()}
     return BuiltVersion(wrap(runtime, config, name, version), signatures, runtime.signature_name)
+
+
+def _check_batched_streams(runtime: Runtime, config: ModelConfig, name: str, backend: str) -> None:
+    """A decoupled model under dynamic batching gets the batch as its requests, each streaming on
+    its own (Triton's decoupled execute(requests)): a model that streams one request's answers
+    (a generator ``infer``) cannot; it is unloaded and refused with the reason."""
+    if config.decoupled and config.dynamic_batching is not None and not runtime.requests_apart:
+        runtime.unload()
+        raise ConfigError(f"model '{name}': a decoupled model with dynamic_batching must take a batch as its "
+                          "requests (a Triton Python model's execute(requests), each answering through its own "
+                          f"response sender); this {backend} model streams one request's answers at a time")
 
 
 def _load_on(backend: str, contexts: list[LoadContext]) -> Runtime:

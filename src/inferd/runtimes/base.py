@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -22,6 +22,22 @@ from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 Arrays = dict[str, np.ndarray]
 Emit = Callable[[Arrays], bool]  # takes one part of an answer; False: nobody reads them any more
 Answer = Arrays | Exception  # one request's outputs, or what failed that request alone (infer_requests)
+
+
+class AnswerSink(Protocol):
+    """Where one request's answers go when a decoupled model runs several requests at once
+    (``infer_streams``); called from any thread."""
+
+    def stopped(self) -> bool:
+        """Nobody reads this request's answers any more (its client left, or its deadline passed)."""
+
+    def send(self, outputs: Arrays) -> bool:
+        """One answer; blocks while the reader is behind. False: nobody reads them any more."""
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The request's last word: done, or failed with ``error``. Only the first call counts."""
+
+
 # Reserved input name: a sequence model's request as Python models see it (Triton's
 # ``correlation_id()`` and ``flags()``), given only to runtimes whose ``takes_sequence`` is true
 SEQUENCE_INPUT = "__inferd_sequence__"
@@ -132,6 +148,13 @@ class Runtime(ABC):
             except Exception as exc:
                 answers.append(exc)
         return answers
+
+    def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
+        """A decoupled model's execution of several requests at once (``requests_apart``: Triton's
+        ``execute(requests)`` under dynamic batching): each request's answers go to its own sink,
+        which the runtime ends (with its error, if it failed); returns once every sink has ended or
+        stopped. Only runtimes that take a batch apart and stream have it (the load refuses the rest)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run a batch of decoupled requests")
 
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         start = time.perf_counter()

@@ -35,6 +35,7 @@ from inferd.runtimes.base import (
     REQUEST_INPUT,
     SEQUENCE_INPUT,
     Answer,
+    AnswerSink,
     Arrays,
     LoadContext,
     Runtime,
@@ -196,12 +197,83 @@ class TritonPythonRuntime(Runtime):
             if final:
                 return
 
+    def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
+        """Triton's decoupled ``execute(requests)`` under dynamic batching: one execution of the
+        gathered requests, each answering through its own response sender into its own sink, from
+        any thread, until its final flag. An error response, or a response that breaks the
+        contract, ends its own request only; ``execute`` failing (or returning responses) ends
+        every request not ended yet. Returns once each request has ended or its reader left."""
+        streams = [_StreamedRequest(self, inputs, sink) for inputs, sink in zip(requests, sinks, strict=True)]
+
+        def execute() -> None:
+            try:
+                returned = self._execute([stream.request for stream in streams])
+                if returned is not None:
+                    raise TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                                    f"through request.get_response_sender(), but it returned "
+                                    f"{type(returned).__name__}")
+            except BaseException as exc:
+                failure = RuntimeError(f"TritonPythonModel.execute failed: {type(exc).__name__}: {exc}")
+                told = [stream.end(failure) for stream in streams]
+                if not any(told):  # every request had ended: only the log can tell the model's author
+                    _log.error("model '%s': execute failed after its final responses: %s", self._name,
+                               describe(exc), exc_info=exc)
+
+        threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
+        for stream in streams:
+            while not stream.ended.wait(0.05) and not stream.sink.stopped():
+                pass
+
     def unload(self) -> None:
         if callable(getattr(self._model, "finalize", None)):
             self._model.finalize()
         pb_utils.drop_metrics(self.metrics)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+class _StreamedRequest:
+    """One request of a decoupled batch: its InferenceRequest, whose sender hands each response to
+    the request's sink (from whichever thread the model sends), until it ends once: at its final
+    flag, or at its error."""
+
+    def __init__(self, runtime: TritonPythonRuntime, inputs: Arrays, sink: AnswerSink) -> None:
+        inputs, parameters, self._wanted, request_id = runtime._facts(inputs)
+        self._runtime = runtime
+        self.sink = sink
+        self.ended = threading.Event()
+        self._lock = threading.Lock()
+        sender = pb_utils.InferenceResponseSender(self._send, sink.stopped)
+        self.request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
+                                                 self._wanted, request_id, parameters, sender=sender,
+                                                 cancelled=sink.stopped)
+
+    def _send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
+        final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        with self._lock:
+            if self.ended.is_set():
+                return
+            if response is not None:
+                try:
+                    outputs = self._runtime._outputs(response, self._wanted)
+                except Exception as exc:  # an error response (or a wrong one) ends this request only
+                    self._end(exc)
+                    return
+                self.sink.send({**outputs, FINAL_OUTPUT: np.ones(1, np.bool_)} if final else outputs)
+            if final:
+                self._end(None)
+
+    def end(self, error: BaseException) -> bool:
+        """Fail the request unless it has ended; whether it had not."""
+        with self._lock:
+            if self.ended.is_set():
+                return False
+            self._end(error)
+            return True
+
+    def _end(self, error: BaseException | None) -> None:
+        self.ended.set()
+        self.sink.end(error)
 
 
 def _collecting(sent: list[pb_utils.InferenceResponse]) -> pb_utils.InferenceResponseSender:

@@ -13,8 +13,9 @@ front either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -24,7 +25,7 @@ from inferd.config import DynamicBatching
 from inferd.errors import DeadlineExceeded, ModelError, QueueFull
 from inferd.runtimes.base import Answer, Arrays, with_request
 from inferd.runtimes.ragged import RaggedBatching
-from inferd.scheduling.instances import InstancePool
+from inferd.scheduling.instances import AnswerStream, InstancePool
 from inferd.scheduling.levels import PriorityLevels
 from inferd.scheduling.policy import decide, plan_batch, queue_deadline
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
@@ -43,6 +44,7 @@ class _Waiting:
     context: CallContext
     expiry: asyncio.TimerHandle | None = None
     done: bool = field(default=False)
+    stream: AnswerStream | None = None  # a decoupled model's request: its answers come this way
 
 
 @dataclass(slots=True, eq=False)
@@ -118,23 +120,55 @@ class DynamicBatcher(Scheduler):
             self._first_done = True  # the rest of this loop pass waits for company
             loop.call_soon(self._end_pass)
             return self._run_now(inputs, int(first.shape[0]), context)
+        return await self._enqueue(inputs, context, None).future
+
+    def _enqueue(self, inputs: Arrays, context: CallContext, stream: AnswerStream | None) -> _Waiting:
+        loop = self._loop or self._bind_loop()
         now = time.perf_counter()
         context.deadline = queue_deadline(context.deadline, now, self._default_timeout_s,
                                           self._batching.allow_timeout_override)
-        waiting = _Waiting(inputs, int(first.shape[0]), self._key(inputs), loop.create_future(), now,
-                           context)
+        waiting = _Waiting(inputs, int(next(iter(inputs.values())).shape[0]), self._key(inputs), loop.create_future(),
+                           now, context, stream=stream)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         self._queue.append(waiting)
         self._queued_rows += waiting.rows
         if self._soon is None:  # dispatch once this loop pass has queued all that arrived in it
             self._soon = loop.call_soon(self._dispatch)
-        return await waiting.future
+        return waiting
+
+    async def infer_stream_async(self, inputs: Arrays, context: CallContext) -> AsyncGenerator[Arrays, None]:
+        """A decoupled model's request queues as any other and runs in a batch handed over apart
+        (Triton's decoupled ``execute(requests)``); its own answers come back as they are sent."""
+        if not self.decoupled:
+            yield await self.infer_async(inputs, context)
+            return
+        if self._closed:
+            raise self.pool.unloading()
+        if self._levels is None and len(self._queue) >= self._batching.max_queue_size:
+            raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
+                            f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
+        stream = AnswerStream(self.pool.name, self._loop or self._bind_loop())
+        waiting = (self._enqueue(inputs, context, stream) if self._levels is None
+                   else self._enqueue_by_level(inputs, context, self._levels, stream))
+        try:
+            await waiting.future  # its batch started (or it failed in the queue)
+            async with contextlib.aclosing(self.pool.read_answers(stream.answers, stream.stop, context)) as read:
+                async for answer in read:
+                    yield answer
+        finally:
+            stream.stop.set()
+            if not waiting.future.done():  # the reader left while it queued: it never runs
+                waiting.future.cancel()
 
     async def _infer_by_level(self, inputs: Arrays, context: CallContext, levels: PriorityLevels) -> Arrays:
         """``infer_async`` for a model with priority levels or a DELAY policy (levels.py): the request
         queues at its level under that level's policy, always (no running at once: the queue's order
         decides). Apart, so that a model without them pays nothing for them."""
+        return await self._enqueue_by_level(inputs, context, levels, None).future
+
+    def _enqueue_by_level(self, inputs: Arrays, context: CallContext, levels: PriorityLevels,
+                          stream: AnswerStream | None) -> _Waiting:
         level = levels.admit(context.priority)
         policy = levels.policy(level)
         loop = self._loop or self._bind_loop()
@@ -142,14 +176,14 @@ class DynamicBatcher(Scheduler):
         context.deadline = queue_deadline(context.deadline, now, policy.default_timeout_ms / 1000,
                                           policy.allow_timeout_override)
         waiting = _Ranked(inputs, int(next(iter(inputs.values())).shape[0]), self._key(inputs), loop.create_future(),
-                          now, context, level=level)
+                          now, context, stream=stream, level=level)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         levels.join(cast(list[_Ranked], self._queue), waiting)
         self._queued_rows += waiting.rows
         if self._soon is None:
             self._soon = loop.call_soon(self._dispatch)
-        return await waiting.future
+        return waiting
 
     def _run_now(self, inputs: Arrays, rows: int, context: CallContext) -> Arrays:
         """A lone request for a trivial model: no queue, no future, the call itself."""
@@ -253,6 +287,9 @@ class DynamicBatcher(Scheduler):
         started = time.perf_counter()
         for waiting in batch:
             waiting.context.timings.queue += started - waiting.enqueued
+        if self.requests_apart and self.decoupled:
+            self._start_streams(batch, started)
+            return
         if self.requests_apart:
             self._start_apart(batch, started)
             return
@@ -284,6 +321,32 @@ class DynamicBatcher(Scheduler):
         self._running += 1
         future = self.pool.submit_requests(requests)
         future.add_done_callback(lambda f: self._answered(f, batch, started))
+
+    def _start_streams(self, batch: list[_Waiting], started: float) -> None:
+        """``_start_apart`` for a decoupled model: each request's answers stream to its own reader,
+        which starts reading now; the instance is the batch's until every stream has ended."""
+        streams = [w.stream for w in batch if w.stream is not None]
+        requests = [with_request(w.inputs, w.context) if self.takes_request else w.inputs for w in batch]
+        if self._observe_batch is not None:
+            self._observe_batch(sum(w.rows for w in batch))
+        self._running += 1
+        future = self.pool.submit_streams(requests, streams)
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_result({})  # started: its answers come over its stream
+        future.add_done_callback(lambda f: self._streamed(f, batch, streams, started))
+
+    def _streamed(self, future: asyncio.Future[None], batch: list[_Waiting], streams: list[AnswerStream],
+                  started: float) -> None:
+        self._running -= 1
+        compute = time.perf_counter() - started
+        for waiting in batch:
+            waiting.context.timings.compute += compute
+        error = future.exception()
+        if error is not None:  # the execution never started (the model is unloading)
+            for stream in streams:
+                stream.fail_now(error)
+        self._dispatch()
 
     def _answered(self, future: asyncio.Future[list[Answer]], batch: list[_Waiting], started: float) -> None:
         self._running -= 1

@@ -127,8 +127,16 @@ class InstancePool(Scheduler):
         enqueued = time.perf_counter()
         future = loop.run_in_executor(self._executor, self._produce, inputs, context, enqueued, answers, stop, loop)
         future.add_done_callback(self.finished)
+        async with contextlib.aclosing(self.read_answers(answers, stop, context)) as read:
+            async for answer in read:
+                yield answer
+
+    async def read_answers(self, answers: asyncio.Queue[object], stop: threading.Event,
+                           context: CallContext) -> AsyncGenerator[Arrays, None]:
+        """A stream's answers as an instance hands them over, until its end or its error; ``stop``
+        is set when the reader leaves or the request's deadline passes."""
         # the deadline stops the model even while the reader is stuck on a slow client
-        timer = None if context.deadline is None else loop.call_later(
+        timer = None if context.deadline is None else asyncio.get_running_loop().call_later(
             max(context.deadline - time.perf_counter(), 0.0), stop.set)
         try:
             while True:
@@ -188,15 +196,7 @@ class InstancePool(Scheduler):
     def _produce(self, inputs: Arrays, context: CallContext, enqueued: float, answers: asyncio.Queue[object],
                  stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
         def hand(item: object) -> bool:
-            handed = asyncio.run_coroutine_threadsafe(answers.put(item), loop)
-            while True:
-                try:
-                    handed.result(timeout=0.05)
-                    return True
-                except concurrent.futures.TimeoutError:
-                    if stop.is_set() or loop.is_closed():
-                        handed.cancel()
-                        return False
+            return _hand(answers, loop, stop, item)
 
         start = time.perf_counter()
         context.timings.queue += start - enqueued
@@ -298,6 +298,33 @@ class InstancePool(Scheduler):
         except BaseException as exc:  # as in execute: the model's failure, for every request of the batch
             raise model_failure(self.name, exc) from exc
         finally:
+            self._counted(sum(rows), time.perf_counter() - start, answered)
+
+    def submit_streams(self, requests: list[Arrays], streams: list[AnswerStream]) -> asyncio.Future[None]:
+        """Run one execution of a decoupled model's batch handed over apart on a free instance
+        thread, which it holds until every request's stream has ended: each request's answers go
+        to its own stream."""
+        if self._closed:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(self.unloading())
+            return failed
+        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute_streams, requests, streams)
+
+    def execute_streams(self, requests: list[Arrays], streams: list[AnswerStream]) -> None:
+        """``execute_requests`` for a decoupled model: never raises; what fails a request ends its stream."""
+        rows = [self._rows(inputs) for inputs in requests]
+        with self._batches_lock:
+            self._busy += 1
+        start = time.perf_counter()
+        try:
+            self.inner.infer_streams(requests, list(streams))
+        except BaseException as exc:  # the model's failure, for every request not ended yet
+            for stream in streams:
+                stream.end(exc)
+        finally:
+            for stream in streams:
+                stream.end()  # a request the runtime left open (its reader had gone) ends here
+            answered = sum(n for n, stream in zip(rows, streams, strict=True) if not stream.failed)
             self._counted(sum(rows), time.perf_counter() - start, answered)
 
     def _counted(self, rows: int, seconds: float, answered: int | None) -> None:
@@ -438,6 +465,57 @@ class _Parts:
             await self._waiter
         self._room.release()
         return self._items.popleft()
+
+
+class AnswerStream:
+    """One request's answers on their way from an instance (any thread the model sends from) to
+    its reader on the event loop, over a bounded queue: a slow reader holds the model's sending
+    thread, not the server's memory (a decoupled batch's request: see ``execute_streams``)."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._name = name
+        self._loop = loop
+        self.answers: asyncio.Queue[object] = asyncio.Queue(STREAM_BUFFER)
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._ended = False
+        self.failed = False
+
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
+    def send(self, outputs: Arrays) -> bool:
+        return not self._ended and not self.stop.is_set() and _hand(self.answers, self._loop, self.stop, outputs)
+
+    def end(self, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            self.failed = error is not None
+        if error is not None and not isinstance(error, InferdError):
+            error = model_failure(self._name, error)
+        _hand(self.answers, self._loop, self.stop, _END if error is None else error)
+
+    def fail_now(self, error: BaseException) -> None:
+        """On the event loop, before the model had the request (its execution never started)."""
+        self._ended = self.failed = True
+        self.answers.put_nowait(error)
+
+
+def _hand(answers: asyncio.Queue[object], loop: asyncio.AbstractEventLoop, stop: threading.Event,
+          item: object) -> bool:
+    """Put ``item`` in the reader's queue from an instance thread, waiting while it is full;
+    False once ``stop`` is set (nobody reads any more) or the loop closed."""
+    handed = asyncio.run_coroutine_threadsafe(answers.put(item), loop)
+    while True:
+        try:
+            handed.result(timeout=0.05)
+            return True
+        except concurrent.futures.TimeoutError:
+            if stop.is_set() or loop.is_closed():
+                handed.cancel()
+                return False
 
 
 def model_failure(name: str, exc: BaseException) -> ModelError:
