@@ -25,6 +25,8 @@ from tritonclient.utils import InferenceServerException
 from tests import models, streaming_models
 from tests.conftest import RunningServer, serve
 from tests.e2e.test_streaming import sse_events
+from tests.e2e.test_triton_python_batching import PBTXT as GATHERED_PBTXT
+from tests.e2e.test_triton_python_batching import TOML as GATHERED_TOML
 
 # Each request gets its "count" parameter's responses, sent from a thread of its own after execute
 # returned: OUT = IN * k for k = 1..count, COUNT = len(requests) of its execution, ID = its
@@ -78,53 +80,13 @@ class TritonPythonModel:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 """
 
-# in an instance process (Triton's config; the default for Python models)
-PBTXT = """
-name: "decoupled_gathered"
-backend: "python"
-max_batch_size: 8
-model_transaction_policy { decoupled: true }
-input [ { name: "IN" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] },
-         { name: "ID" data_type: TYPE_STRING dims: [ 1 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 500000 }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-# in the server's own process (config.toml, kind "cpu")
-TOML = """
-backend = "python"
-max_batch_size = 8
-
-[model_transaction_policy]
-decoupled = true
-
-[dynamic_batching]
-max_queue_delay_ms = 500
-
-[instance_group]
-kind = "cpu"
-
-[[input]]
-name = "IN"
-datatype = "FP32"
-shape = [2]
-
-[[output]]
-name = "OUT"
-datatype = "FP32"
-shape = [2]
-
-[[output]]
-name = "COUNT"
-datatype = "INT32"
-shape = [1]
-
-[[output]]
-name = "ID"
-datatype = "BYTES"
-shape = [1]
-"""
+# the same models' configurations as tests/e2e/test_triton_python_batching.py's, made decoupled:
+# in an instance process (Triton's config; the default for Python models) ...
+PBTXT = GATHERED_PBTXT.replace("{name}", "decoupled_gathered").replace(
+    "max_batch_size: 8\n", "max_batch_size: 8\nmodel_transaction_policy { decoupled: true }\n", 1)
+# ... and in the server's own process (config.toml, kind "cpu")
+TOML = GATHERED_TOML.replace("max_batch_size = 8\n",
+                             "max_batch_size = 8\n\n[model_transaction_policy]\ndecoupled = true\n", 1)
 
 MODELS = ("decoupled_gathered", "decoupled_gathered_in_process")
 
