@@ -262,14 +262,7 @@ def _bytes_from_raw(name: str, raw: memoryview | bytes, count: int) -> np.ndarra
 
 
 def to_raw(array: np.ndarray, datatype: str) -> bytes:
-    raw = raw_view(array, datatype)
-    return raw if isinstance(raw, bytes) else raw.tobytes()
-
-
-def raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
-    """The raw layout (row-major little-endian; BYTES length-prefixed), as a view of the array's own
-    memory wherever it already is that layout: sending a 16 MiB answer then copies it once fewer.
-    The view keeps the array alive; nothing writes to an answer's arrays after the model returns."""
+    """The raw layout (row-major little-endian; BYTES length-prefixed) as new bytes."""
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):
@@ -277,7 +270,23 @@ def raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
             parts.append(struct.pack("<I", len(item)))
             parts.append(item)
         return b"".join(parts)
+    return _little_endian(array).tobytes()
+
+
+_VIEW_FROM = 64 * 1024  # smaller tensors are copied: cheaper than the views, and joined on their way out anyway
+
+
+def raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The raw layout as a view of the array's own memory wherever it already is that layout and
+    large enough to matter: sending a 16 MiB answer then copies it once fewer. The view keeps the
+    array alive; nothing writes to an answer's arrays after the model returns."""
+    if datatype == "BYTES" or array.nbytes < _VIEW_FROM:
+        return to_raw(array, datatype)
+    return memoryview(cast(Any, _little_endian(array).reshape(-1).view(np.uint8)))
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(cast(Any, array.reshape(-1).view(np.uint8)))
+    return array
