@@ -40,6 +40,7 @@ def parameters(fields: Any) -> dict[str, Any]:
 
 _RAW_INPUT_KEY = 7 << 3 | 2  # raw_input_contents: field 7, length-delimited
 SPLIT_FROM = 64 * 1024  # a request this large has its raw inputs read in place
+_MOST_FIELDS = 4096  # top-level fields walked at most: inputs, outputs, parameters and buffers are far fewer
 
 
 class RawInferRequest:
@@ -73,9 +74,11 @@ class RawInferRequest:
 def _split_raw_inputs(view: memoryview) -> tuple[bytes, list[memoryview]] | None:
     """The message's top-level fields but raw_input_contents, and views of those (in order).
     None where the wire format is anything but plain (protobuf then parses, and judges, all)."""
-    rest, raw = bytearray(), []
+    rest, raw = bytearray(), list[memoryview]()
     at, size = 0, len(view)
-    while at < size:
+    for _ in range(_MOST_FIELDS):
+        if at >= size:
+            return bytes(rest), raw
         key, start = _read_varint(view, at)
         if key is None:
             return None
@@ -99,7 +102,7 @@ def _split_raw_inputs(view: memoryview) -> tuple[bytes, list[memoryview]] | None
             return None
         rest += view[at:end]
         at = end
-    return bytes(rest), raw
+    return None  # a message of thousands of fields is protobuf's to read (in C, not a loop here)
 
 
 def _read_varint(view: memoryview, at: int) -> tuple[int | None, int]:
