@@ -51,8 +51,9 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         id=_request_id(payload.get("id")),
         outputs=_outputs(payload.get("outputs"), parameters),
         parameters=parameters,
-        timeout_us=timeout_us(parameters.get("timeout")),
-        priority=priority(parameters.get("priority")),
+        # most requests have no parameters: they pay for neither check
+        timeout_us=timeout_us(parameters.get("timeout")) if parameters else None,
+        priority=priority(parameters.get("priority")) if parameters else 0,
     )
 
 

@@ -131,7 +131,8 @@ def decode_infer_request(message: pb.ModelInferRequest | RawInferRequest) -> Inf
     outputs = [_output(o) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
-                        timeout_us=timeout_us(params.get("timeout")), priority=priority(params.get("priority")),
+                        timeout_us=timeout_us(params.get("timeout")) if params else None,
+                        priority=priority(params.get("priority")) if params else 0,
                         protocol="kserve_v2_grpc")
 
 

@@ -270,7 +270,9 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
             parts.append(struct.pack("<I", len(item)))
             parts.append(item)
         return b"".join(parts)
-    return _little_endian(array).tobytes()
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()  # (row-major whatever the array's own layout)
 
 
 _VIEW_FROM = 64 * 1024  # smaller tensors are copied: cheaper than the views, and joined on their way out anyway
@@ -282,11 +284,7 @@ def raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
     array alive; nothing writes to an answer's arrays after the model returns."""
     if datatype == "BYTES" or array.nbytes < _VIEW_FROM:
         return to_raw(array, datatype)
-    return memoryview(cast(Any, _little_endian(array).reshape(-1).view(np.uint8)))
-
-
-def _little_endian(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return array
+    return memoryview(cast(Any, array.reshape(-1).view(np.uint8)))

@@ -120,15 +120,14 @@ class DynamicBatcher(Scheduler):
             self._first_done = True  # the rest of this loop pass waits for company
             loop.call_soon(self._end_pass)
             return self._run_now(inputs, int(first.shape[0]), context)
-        return await self._enqueue(inputs, context, None).future
+        return await self._enqueue(inputs, int(first.shape[0]), context, None).future
 
-    def _enqueue(self, inputs: Arrays, context: CallContext, stream: AnswerStream | None) -> _Waiting:
+    def _enqueue(self, inputs: Arrays, rows: int, context: CallContext, stream: AnswerStream | None) -> _Waiting:
         loop = self._loop or self._bind_loop()
         now = time.perf_counter()
         context.deadline = queue_deadline(context.deadline, now, self._default_timeout_s,
                                           self._batching.allow_timeout_override)
-        waiting = _Waiting(inputs, int(next(iter(inputs.values())).shape[0]), self._key(inputs), loop.create_future(),
-                           now, context, stream=stream)
+        waiting = _Waiting(inputs, rows, self._key(inputs), loop.create_future(), now, context, stream=stream)
         if context.deadline is not None:
             waiting.expiry = loop.call_later(max(context.deadline - now, 0), self._expire, waiting)
         self._queue.append(waiting)
@@ -149,7 +148,8 @@ class DynamicBatcher(Scheduler):
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
         stream = AnswerStream(self.pool.name, self._loop or self._bind_loop())
-        waiting = (self._enqueue(inputs, context, stream) if self._levels is None
+        waiting = (self._enqueue(inputs, int(next(iter(inputs.values())).shape[0]), context, stream)
+                   if self._levels is None
                    else self._enqueue_by_level(inputs, context, self._levels, stream))
         try:
             await waiting.future  # its batch started (or it failed in the queue)

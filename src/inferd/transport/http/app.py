@@ -48,6 +48,8 @@ class HttpResponse:
 
     def size(self) -> int:
         """The body's bytes, its tail's included (a stream's are not known ahead)."""
+        if not self.tail:
+            return len(self.body)
         return len(self.body) + sum(map(len, self.tail))  # (a tail's views are of bytes: their len is their size)
 
 
