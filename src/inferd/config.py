@@ -176,6 +176,11 @@ class TorchServeSettings:
     # ts_header_key_sequence_id, _start, _end: the headers a stateful request's sequence travels in
     sequence_headers: tuple[str, str, str] = ("ts_request_sequence_id", "ts_request_sequence_start",
                                               "ts_request_sequence_end")
+    # handlers' model metrics: metrics_mode (log | prometheus | legacy; "off" under inferd serve), metrics_config's
+    # model_metrics, model_metrics_auto_detect (observability/torchserve_model_metrics.py)
+    metrics_mode: str = "off"
+    metrics_config: Path | None = None
+    model_metrics_auto_detect: bool = False
 
 
 LISTENER_APIS = ("inference", "management", "metrics")

@@ -23,7 +23,7 @@ from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
 from inferd.core.model_calls import LoopModelCalls
 from inferd.core.shared_memory import SharedMemoryRegions
-from inferd.errors import InferdError
+from inferd.errors import ConfigError, InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
@@ -96,6 +96,11 @@ def build_core(settings: ServerSettings) -> Core:
     control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
                            settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
+    ts = settings.torchserve
+    try:
+        metrics.torchserve_models.configure(ts.metrics_mode, ts.metrics_config, ts.model_metrics_auto_detect)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
     regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes, settings.max_inflight_bytes)
     data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions)

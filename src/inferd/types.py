@@ -166,6 +166,9 @@ class MetricUpdate:
     op: str
     value: float = 0.0
     buckets: tuple[float, ...] = ()  # a histogram's upper bounds
+    # "triton": a pb_utils.MetricFamily's (/metrics); "torchserve": a handler's context.metrics value
+    # (op "update": a counter adds it, a gauge is set to it, a histogram observes it; description: its unit)
+    source: str = "triton"
 
 
 @dataclass(slots=True)

@@ -49,7 +49,8 @@ def file_server(folder: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def torchserve(workdir: Path, properties: dict[str, str], *flags: str,
-               environ: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+               environ: dict[str, str] | None = None, output: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """``inferd torchserve`` with these config.properties; ``output`` (if given) collects what it prints."""
     ports = {api: free_port() for api in ("inference", "management", "metrics")}
     grpc_ports = {api: free_port() for api in ("grpc_inference", "grpc_management")}
     lines = [f"{api}_address=http://127.0.0.1:{port}" for api, port in ports.items()]
@@ -62,7 +63,7 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str,
            "TMPDIR": str(workdir), **(environ or {})}  # its pid file (TorchServe's, in the temp folder) is ours
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env)
-    output: list[str] = []
+    output = [] if output is None else output
     ready = threading.Event()
 
     def pump() -> None:

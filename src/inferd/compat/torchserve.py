@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from inferd.config import Listener, ServerSettings, TorchServeSettings
@@ -30,10 +31,10 @@ DEFAULT_ADDRESSES = {"inference_address": "http://127.0.0.1:8080", "management_a
                      "metrics_address": "http://127.0.0.1:8082"}
 PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe keeps it
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
-IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging", "metrics_mode", "metrics_config",
+IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
            "initial_worker_port", "unregister_model_timeout", "decode_input_request", "prefer_direct_buffer",
-           "model_metrics_auto_detect", "disable_system_metrics", "enable_metrics_api",
+           "disable_system_metrics", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
@@ -129,6 +130,17 @@ def _sequence_headers(properties: dict[str, str]) -> tuple[str, str, str]:
     return names[0], names[1], names[2]
 
 
+def _metrics_settings(properties: dict[str, str]) -> dict[str, Any]:
+    """``metrics_mode``, ``metrics_config`` and ``model_metrics_auto_detect`` (how handlers' model
+    metrics are kept: observability/torchserve_model_metrics.py)."""
+    mode = properties.get("metrics_mode", "log").strip().lower()
+    if mode not in ("log", "prometheus", "legacy"):
+        raise ConfigError(f"metrics_mode={mode}: expected one of log, prometheus, legacy")
+    config = properties.get("metrics_config")
+    return {"metrics_mode": mode, "metrics_config": Path(config) if config else None,
+            "model_metrics_auto_detect": _true(properties.get("model_metrics_auto_detect"))}
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     settings: ServerSettings
@@ -198,7 +210,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         startup_timeout_s=_int(properties, "default_startup_timeout", 120),
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api,
         workflow_store=Path(workflow_store) if workflow_store else None,
-        sequence_headers=_sequence_headers(properties))
+        sequence_headers=_sequence_headers(properties), **_metrics_settings(properties))
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
         properties, "grpc_management_port", 7071)

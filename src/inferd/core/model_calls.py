@@ -84,8 +84,12 @@ class LoopModelCalls:
         asyncio.run_coroutine_threadsafe(self._control.unload_for_model(name, unload_dependents), self._loop).result()
 
     def record_metric(self, update: MetricUpdate) -> None:
-        if self._metrics is not None:
-            u = update
+        if self._metrics is None:
+            return
+        u = update
+        if u.source == "torchserve":
+            self._metrics.torchserve_models.record(u.family, u.description, u.kind, u.labels, u.value)
+        else:
             self._metrics.custom.apply(u.family, u.description, u.kind, u.labels, u.op, u.value, u.buckets)
 
     def _not_on_loop(self) -> None:

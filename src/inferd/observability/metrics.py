@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from inferd.observability import triton_metrics
 from inferd.observability.custom_metrics import CustomMetrics
+from inferd.observability.torchserve_model_metrics import TorchServeModelMetrics
 from inferd.observability.triton_metrics import TritonRow
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -220,6 +221,7 @@ class Metrics:
         self.cache_usage: Callable[[], CacheUsage | None] = lambda: None
         self.registry.register(_Collector(self))
         self.custom = CustomMetrics()  # what models define themselves (Triton's pb_utils.MetricFamily)
+        self.torchserve_models = TorchServeModelMetrics()  # TorchServe handlers' context.metrics
         self.triton_rows: Callable[[], Iterable[TritonRow]] = list
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
@@ -238,6 +240,11 @@ class Metrics:
     def watch_statistics(self, rows: Callable[[], Iterable[TritonRow]]) -> None:
         """The loaded versions' statistics, read at each scrape for Triton's nv_inference_* families."""
         self.triton_rows = rows
+
+    def torchserve_exposition(self) -> bytes:
+        """TorchServe handlers' model metrics, for TorchServe's metrics address (empty unless
+        metrics_mode=prometheus)."""
+        return self.torchserve_models.exposition()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry) + triton_metrics.exposition(self.triton_rows()) + self.custom.exposition()

@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -103,8 +104,11 @@ class BaseHandler:
         return cast(list[Any], data.tolist())
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        started = time.time()
         self.context = context
-        return self.postprocess(self.inference(self.preprocess(data)))
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
+        return output
 
     def get_device(self) -> Any:
         return self.device

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,7 @@ class HandlerRuntime(Runtime):
         content_types = [h.get("content-type", "") for h in headers]
         rows = [decode_row(body, kind) for body, kind in zip(bodies, content_types, strict=True)]
         self._context._start_batch(headers)
+        started = time.time()
         try:
             results = self._handle(rows, self._context)
         except Exception as exc:
@@ -80,6 +82,8 @@ class HandlerRuntime(Runtime):
             got = len(results) if isinstance(results, list | tuple) else type(results).__name__
             raise RuntimeError(f"handler of '{self._name}' returned {got} results for a batch of "
                                f"{len(rows)} requests; handle() must return one per request")
+        # TorchServe's worker times each successful batch as the model's PredictionTime
+        self._context.metrics.add_time("PredictionTime", round((time.time() - started) * 1000, 2))
         answers = [encode_answer(r, self._context.get_response_content_type(i)) for i, r in enumerate(results)]
         return {"output": _objects([a[0] for a in answers]),
                 "content_type": _objects([a[1].encode() for a in answers]),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
+
+from inferd.runtimes.ts_metrics import MetricsCache
 
 log = logging.getLogger("inferd.handler")
 IntermediateSink = Callable[[list[Any], int], None]  # (one answer per request, status code)
@@ -24,7 +27,8 @@ class Context:
                                    "limit_max_image_pixels": True}
         self.model_yaml_config = model_yaml_config or {}
         self.request_ids: dict[int, str] = {}
-        self.metrics = _NoMetrics()
+        self.metrics = MetricsCache(model_name)
+        self.metrics.set_request_ids(str(uuid.uuid4()))  # as TorchServe's loader: the load's metrics are the model's
         self._content_types: dict[int, str] = {}
         self._statuses: dict[int, tuple[int, str]] = {}
         self._headers: list[dict[str, str]] = []
@@ -95,16 +99,10 @@ class Context:
     def _start_batch(self, headers: list[dict[str, str]]) -> None:
         """Called by HandlerRuntime before each ``handle``: one request id and header set per row."""
         self.request_ids = {i: str(i) for i in range(len(headers))}
+        self.metrics.set_request_ids(self.request_ids)
         self._headers = headers
         self._content_types = {}
         self._statuses = {}
-
-
-class _NoMetrics:
-    """Handlers call ``context.metrics.add_time(...)`` and friends; inferd has its own metrics."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 class _RequestProcessor:

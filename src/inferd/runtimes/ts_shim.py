@@ -28,9 +28,9 @@ def install_torchserve_shim() -> None:
             return
         except ImportError:
             pass
-    from inferd.runtimes import builtin_handlers, ts_text
+    from inferd.runtimes import builtin_handlers, ts_metrics, ts_text
 
-    b = builtin_handlers
+    b, m = builtin_handlers, ts_metrics
     modules: dict[str, dict[str, Any]] = {
         "ts": {}, "ts.torch_handler": {},
         "ts.torch_handler.base_handler": {"BaseHandler": b.BaseHandler},
@@ -49,6 +49,14 @@ def install_torchserve_shim() -> None:
             "CLEANUP_REGEX": re.compile("<.*?>|&([a-z0-9]+|#[0-9]{1,6}|#x[0-9a-f]{1,6});")},
         "ts.handler_utils": {}, "ts.handler_utils.timer": {"timed": _timed},
         "ts.handler_utils.utils": {"send_intermediate_predict_response": send_intermediate_predict_response},
+        "ts.metrics": {}, "ts.metrics.dimension": {"Dimension": m.Dimension},
+        "ts.metrics.metric_type_enum": {"MetricTypes": m.MetricTypes},
+        "ts.metrics.caching_metric": {"CachingMetric": m.CachingMetric},
+        "ts.metrics.metric_cache_yaml_impl": {"MetricsCacheYamlImpl": m.MetricsCache},
+        "ts.metrics.metric_cache_errors": {"MetricsCacheKeyError": m.MetricsCacheKeyError,
+                                           "MetricsCacheTypeError": m.MetricsCacheTypeError,
+                                           "MetricsCacheValueError": m.MetricsCacheValueError},
+        "ts.metrics.unit": {"Units": m.Units},
         "ts.protocol": {}, "ts.protocol.otf_message_handler": {
             "send_intermediate_predict_response": send_intermediate_predict_response},
     }

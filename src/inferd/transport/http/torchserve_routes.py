@@ -205,7 +205,10 @@ class TorchServeRoutes:
 
     async def render_metrics(self, request: HttpRequest) -> HttpResponse:
         assert self.metrics is not None
-        return HttpResponse(200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+        body = self.metrics.render()
+        if self.core.metrics is not None:
+            body += self.core.metrics.torchserve_exposition()
+        return HttpResponse(200, body, b"text/plain; version=0.0.4; charset=utf-8")
 
     # -- management API ----------------------------------------------------------------------
     async def list_models(self, request: HttpRequest) -> HttpResponse:
