@@ -312,6 +312,19 @@ class IndexEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SequenceSettings:
+    """A TorchServe model's stateful settings as its describe answers them: ``stateful`` is
+    model-config.yaml's ``sequenceBatching``; the rest are read only with ``sequenceMaxIdleMSec`` > 0
+    (0 otherwise), as TorchServe's Model reads them."""
+
+    stateful: bool = False
+    max_idle_ms: int = 0  # sequenceMaxIdleMSec
+    timeout_ms: int = 0  # sequenceTimeoutMSec (answered, not applied: a sequence ends by END or idleness)
+    max_sequences: int = 0  # maxNumSequence
+    max_queued_per_sequence: int = 0  # maxSequenceJobQueueSize
+
+
+@dataclass(frozen=True, slots=True)
 class VersionDescription:
     """What management APIs show of one version: where it came from and how it is scheduled."""
 
@@ -326,6 +339,7 @@ class VersionDescription:
     default: bool
     workers: tuple[WorkerStatus, ...] = ()  # the version's executions as they run now
     settings: WorkerSettings | None = None  # how they were asked for (TorchServe's registration)
+    sequences: SequenceSettings = SequenceSettings()  # a TorchServe stateful model's settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +368,7 @@ class WorkerSettings:
     device_type: str = "cpu"
     loaded_at_startup: bool = False
     url: str = ""
+    sequences: SequenceSettings = SequenceSettings()  # what the archive's model-config.yaml says
 
 
 @dataclass(frozen=True, slots=True)
