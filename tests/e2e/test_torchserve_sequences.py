@@ -23,6 +23,7 @@ from tests import ts_archives
 from tests.conftest import serve
 from tests.e2e.test_torchserve_cli import INFERENCE, MANAGEMENT, _grpc_call, torchserve
 from tests.e2e.test_torchserve_grpc import _status, _stream2
+from tests.e2e.test_torchserve_workflows import build_war
 
 HEADERS = {"ts_header_key_sequence_id": "x-seq-id", "ts_header_key_sequence_start": "x-seq-start",
            "ts_header_key_sequence_end": "x-seq-end"}
@@ -42,9 +43,12 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     handlers need, the TS_REQUEST_SEQUENCE_* variables its Context reads set to match)."""
     environ = {"TS_REQUEST_SEQUENCE_ID": "x-seq-id", "TS_REQUEST_SEQUENCE_START": "x-seq-start",
                "TS_REQUEST_SEQUENCE_END": "x-seq-end"}
+    workflows = tmp_path_factory.mktemp("tsseq-workflows")
+    build_war(workflows, "summing", "models:\n  sum:\n    url: sequences.mar\ndag:\n  sum: []\n")
     with torchserve(tmp_path_factory.mktemp("tsseq-server"), {
             "model_store": str(store), "load_models": "limited.mar,sequences.mar", "default_workers_per_model": "1",
-            "disable_token_authorization": "true", **HEADERS}, environ=environ) as urls:
+            "disable_token_authorization": "true", "enable_model_api": "true", "workflow_store": str(workflows),
+            **HEADERS}, environ=environ) as urls:
         yield urls
 
 
@@ -116,6 +120,19 @@ def test_the_sequence_travels_in_the_configured_headers(server: dict[str, str]) 
     assert last["end"] == "true" and len({s["worker"] for s in (*sums, last)}) == 1
     alone = _post(url, "5").json()
     assert alone["sequence_id"].startswith("ts-seq-") and (alone["start"], alone["sum"]) == ("true", 5)
+
+
+def test_a_workflows_stateful_node_reads_the_sequence_from_the_configured_headers(server: dict[str, str]) -> None:
+    """``/wfpredict`` hands each node the request's headers, whose ``x-seq-id`` (config.properties'
+    name) is the node's sequence, as TorchServe's RequestInput.getSequenceId reads it for a workflow's
+    jobs: the stateful node keeps the sequence's running sum."""
+    registered = requests.post(f"{server['management']}/workflows?url=summing.war", timeout=180)
+    assert registered.status_code == 200, registered.text
+    url = f"{server['inference']}/wfpredict/summing"
+    answers = [_post(url, str(value), **{"x-seq-id": "wf"}) for value in (1, 2)]
+    answers.append(_post(url, "3", **{"x-seq-id": "wf", "x-seq-end": "true"}))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [(a.json()["sequence_id"], a.json()["sum"]) for a in answers] == [("wf", 1), ("wf", 3), ("wf", 6)]
 
 
 def _sequence_settings(described: dict[str, object]) -> tuple[object, ...]:
