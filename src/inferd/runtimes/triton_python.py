@@ -21,7 +21,7 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,8 @@ class TritonPythonRuntime(Runtime):
         for inputs in calls:
             inputs, parameters, outputs, request_id = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-            requests.append(pb_utils.InferenceRequest(
-                [pb_utils.Tensor(name, array) for name, array in inputs.items()], outputs, request_id, parameters,
-                sender=_collecting(mine), correlation_id=correlation_id, flags=flags))
+            requests.append(received_request(inputs, outputs, request_id, parameters, sender=_collecting(mine),
+                                             correlation_id=correlation_id, flags=flags))
             wanted.append(outputs)
             sent.append(mine)
         responses = self._execute(requests)
@@ -164,8 +163,7 @@ class TritonPythonRuntime(Runtime):
         sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue()
         sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.put((response, flags)), stop.is_set)
         inputs, parameters, wanted, request_id = self._facts(inputs)
-        request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
+        request = received_request(inputs, wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
 
         def execute() -> None:
             try:
@@ -244,9 +242,8 @@ class _StreamedRequest:
         self.ended = threading.Event()
         self._lock = threading.Lock()
         sender = pb_utils.InferenceResponseSender(self._send, sink.stopped)
-        self.request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                                 self._wanted, request_id, parameters, sender=sender,
-                                                 cancelled=sink.stopped)
+        self.request = received_request(inputs, self._wanted, request_id, parameters, sender=sender,
+                                        cancelled=sink.stopped)
 
     def _send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
         final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -352,3 +349,12 @@ def _complete_here(model_py: str) -> None:
 
 if __name__ == "__main__":
     _complete_here(sys.argv[1])
+
+
+def received_request(inputs: Arrays, wanted: list[str], request_id: str, parameters: dict[str, Any],
+                     sender: pb_utils.InferenceResponseSender, cancelled: Callable[[], bool] | None = None,
+                     correlation_id: int | str = 0, flags: int = 0) -> pb_utils.InferenceRequest:
+    """A request as ``execute`` is given it: no target model (it is not for ``exec``), its sender."""
+    tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
+    return pb_utils.InferenceRequest(request_id, correlation_id, tensors, wanted, "", flags=flags,
+                                     parameters=parameters, sender=sender, cancelled=cancelled)
