@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
+from inferd.errors import InvalidInput
 from inferd.runtimes import triton_pb_utils as pb_utils
+from inferd.types import InferResponse
+from inferd.types import Tensor as InferTensor
 
 
 def test_the_shim_answers_the_import() -> None:
@@ -62,6 +66,20 @@ def test_a_request_without_what_triton_requires_is_a_type_error(args: tuple[obje
     none of them may be None."""
     with pytest.raises(TypeError, match=missing):
         pb_utils.InferenceRequest(*args, **kwargs)
+
+
+def test_a_decoupled_bls_calls_error_response_is_one_of_its_responses() -> None:
+    """As Triton's BLS iterator: an error response among a decoupled target's responses is yielded
+    (``has_error()``, its code) and the iteration goes on to the one flagged final."""
+    def answers() -> Iterator[InferResponse]:
+        for value, error, final in ((1.0, None, False), (None, InvalidInput("no"), False), (3.0, None, True)):
+            outputs = [] if value is None else [InferTensor("OUT", "FP32", np.array([value], np.float32))]
+            yield InferResponse("target", "1", outputs, final=final, error=error)
+
+    got = list(pb_utils.ResponseIterator(answers()))
+    assert [r.has_error() for r in got] == [False, True, False]
+    assert (got[1].error().message(), got[1].error().code()) == ("no", pb_utils.TritonError.INVALID_ARG)
+    assert [pb_utils.get_output_tensor_by_name(got[i], "OUT").as_numpy().tolist() for i in (0, 2)] == [[1.0], [3.0]]
 
 
 def test_dlpack_both_ways_with_torch() -> None:

@@ -330,6 +330,8 @@ class ResponseIterator:
             self._done = True
             return _failed(exc)
         self._final = answer.final
+        if isinstance(answer.error, InferdError):  # an error response: one of the stream's, which goes on
+            return _failed(answer.error)
         return _response(answer)
 
     def cancel(self) -> None:
