@@ -133,6 +133,16 @@ class TritonPythonModel:
                     pb_utils.Tensor("IDX", np.array([index], dtype=np.uint32))]), flags=flags)
 '''
 
+# repeat_last_final whose response for a negative value is an error response (sent without the final
+# flag unless it is the last): Triton delivers it as one answer, and the request's stream goes on
+REPEAT_WITH_ERROR = REPEAT_LAST_FINAL.replace(
+    "                sender.send(pb_utils.InferenceResponse([",
+    """                if value < 0:
+                    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                        f"value {value} at {index} refused", pb_utils.TritonError.INVALID_ARG)), flags=flags)
+                    continue
+                sender.send(pb_utils.InferenceResponse([""")
+
 
 THREADS = '\n[instance_group]\nkind = "cpu"\n'  # on threads of the server's process (not its default)
 
@@ -151,6 +161,8 @@ def build(root: Path, progress: Path) -> Path:
     models.write(root / "repeat_int32/config.pbtxt", REPEAT_CONFIG)
     models.write(root / "repeat_last_final/1/model.py", REPEAT_LAST_FINAL)
     models.write(root / "repeat_last_final/config.pbtxt", REPEAT_CONFIG.replace("repeat_int32", "repeat_last_final"))
+    models.write(root / "repeat_with_error/1/model.py", REPEAT_WITH_ERROR)
+    models.write(root / "repeat_with_error/config.pbtxt", REPEAT_CONFIG.replace("repeat_int32", "repeat_with_error"))
     models.write(root / "double/1/model.py", models.PYTHON_MODEL)
     models.write(root / "double/config.toml", models.PYTHON_CONFIG)
     return root

@@ -300,6 +300,7 @@ maxWorkers: 1
 maxNumSequence: 2
 maxSequenceJobQueueSize: 1
 sequenceMaxIdleMSec: 60000
+sequenceTimeoutMSec: 900000
 sequenceBatching: true
 """
 

@@ -132,6 +132,26 @@ class ConfigError(InferdError):
     code = ErrorCode.INVALID_CONFIG
 
 
+_BY_CODE: dict[ErrorCode, type[InferdError]] = {
+    ErrorCode.INVALID_ARGUMENT: InvalidInput, ErrorCode.TOO_LARGE: PayloadTooLarge, ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.UNAVAILABLE: Unavailable, ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    ErrorCode.UNAUTHENTICATED: Unauthenticated, ErrorCode.FORBIDDEN: Forbidden, ErrorCode.CONFLICT: AlreadyExists,
+    ErrorCode.ALREADY_EXISTS: AlreadyRegistered, ErrorCode.UNIMPLEMENTED: Unimplemented,
+    ErrorCode.FAILED_PRECONDITION: FailedPrecondition, ErrorCode.MODEL_FAILED: ModelError,
+    ErrorCode.INVALID_CONFIG: ConfigError,
+}
+
+
+def error_for(code: str, message: str) -> InferdError:
+    """The error an :class:`ErrorCode`'s value names (one that crossed as plain data); an unknown
+    value is an internal error."""
+    try:
+        kind = _BY_CODE.get(ErrorCode(code), InferdError)
+    except ValueError:
+        kind = InferdError
+    return kind(message)
+
+
 def describe(exc: BaseException, limit: int | None = None) -> str:
     """An exception as "Class: message" for an error's text (the message cut at ``limit``), even
     one whose ``str`` raises: a model's broken exception still reads as its class."""

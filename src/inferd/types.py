@@ -33,6 +33,22 @@ INTERMEDIATE_OUTPUT = "__inferd_intermediate__"
 # Reserved output name: present in a decoupled model's answer sent with its final flag (Triton's
 # ``send(response, flags=COMPLETE_FINAL)``), which is then the request's last, flagged final
 FINAL_OUTPUT = "__inferd_final__"
+# Reserved output name: a decoupled model's error response (Triton's ``send(InferenceResponse(error=...))``),
+# one answer of its stream, which goes on until the final flag: a BYTES pair, an ErrorCode's value
+# and the message (``error_answer`` / ``read_error_answer``)
+ERROR_OUTPUT = "__inferd_error__"
+
+
+def error_answer(code: str, message: str) -> np.ndarray:
+    """``ERROR_OUTPUT``'s value: it crosses to and from process instances as any BYTES tensor."""
+    pair = np.empty(2, dtype=object)
+    pair[0], pair[1] = code.encode(), message.encode()
+    return pair
+
+
+def read_error_answer(pair: np.ndarray) -> tuple[str, str]:
+    """(code, message) from ``error_answer``'s value."""
+    return bytes(pair[0]).decode(), bytes(pair[1]).decode(errors="replace")
 
 
 def bfloat16() -> np.dtype[Any]:
@@ -221,6 +237,9 @@ class InferResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
     final: bool = True  # the request's last answer (a decoupled model's answers are not, one by one)
+    # a decoupled model's error response (an InferdError; no outputs): one answer of its stream, which
+    # goes on, as Triton delivers one (gRPC ``error_message``, a generate_stream ``error`` event)
+    error: Exception | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +334,19 @@ class IndexEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SequenceSettings:
+    """A TorchServe model's stateful settings as its describe answers them: ``stateful`` is
+    model-config.yaml's ``sequenceBatching``; the rest are read only with ``sequenceMaxIdleMSec`` > 0
+    (0 otherwise), as TorchServe's Model reads them."""
+
+    stateful: bool = False
+    max_idle_ms: int = 0  # sequenceMaxIdleMSec
+    timeout_ms: int = 0  # sequenceTimeoutMSec (answered, not applied: a sequence ends by END or idleness)
+    max_sequences: int = 0  # maxNumSequence
+    max_queued_per_sequence: int = 0  # maxSequenceJobQueueSize
+
+
+@dataclass(frozen=True, slots=True)
 class VersionDescription:
     """What management APIs show of one version: where it came from and how it is scheduled."""
 
@@ -329,6 +361,7 @@ class VersionDescription:
     default: bool
     workers: tuple[WorkerStatus, ...] = ()  # the version's executions as they run now
     settings: WorkerSettings | None = None  # how they were asked for (TorchServe's registration)
+    sequences: SequenceSettings = SequenceSettings()  # a TorchServe stateful model's settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +390,7 @@ class WorkerSettings:
     device_type: str = "cpu"
     loaded_at_startup: bool = False
     url: str = ""
+    sequences: SequenceSettings = SequenceSettings()  # what the archive's model-config.yaml says
 
 
 @dataclass(frozen=True, slots=True)

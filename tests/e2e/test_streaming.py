@@ -119,6 +119,39 @@ def test_an_answer_sent_with_the_final_flag_is_the_last_as_in_triton(server: Run
     assert answers.empty(), answers.get()
 
 
+def test_an_error_response_is_one_answer_of_the_stream_as_in_triton(server: RunningServer) -> None:
+    """A response sent with an error and no final flag reaches the client as Triton's gRPC stream
+    delivers it (an ``error_message``), and the request's later responses follow it up to the final
+    flag (python_backend f9088ff6 sends it as one response; server's stream_infer_handler.cc writes
+    it and goes on until the request's final flag)."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        client.async_stream_infer("repeat_with_error", repeat_inputs([7, -1, 9]), request_id="e1")
+        got = collect(answers, 3)
+        time.sleep(0.5)  # time for an answer too many to arrive
+        client.stop_stream()
+    assert isinstance(got[1], InferenceServerException), got
+    assert "value -1 at 1 refused" in str(got[1])
+    assert [r.as_numpy("OUT").tolist() for r in (got[0], got[2])] == [[7], [9]]
+    assert [final_flag(r) for r in (got[0], got[2])] == [False, True]
+    assert got[2].get_response().id == "e1"
+    assert answers.empty(), answers.get()
+
+
+def test_generate_stream_sends_an_error_response_as_an_event_and_goes_on(server: RunningServer) -> None:
+    """Triton's generate_stream (http_server.cc): an error response is an ``error`` event and the
+    stream goes on to the final flag; as the first answer its code is the status."""
+    url = f"{server.base}/v2/models/repeat_with_error/generate_stream"
+    for values, status, expected in (([7, -1, 9], 200, [7, "value -1 at 1 refused", 9]),
+                                     ([-2, 5], 400, ["value -2 at 0 refused", 5])):
+        body = {"IN": values, "DELAY": [0] * len(values), "WAIT": [0]}
+        with requests.post(url, json=body, stream=True, timeout=30) as response:
+            assert response.status_code == status
+            events = sse_events(response)
+        assert [event.get("OUT", event.get("error")) for event in events] == expected, events
+
+
 def test_a_plain_model_answers_once_on_a_stream_and_errors_do_not_end_it(server: RunningServer) -> None:
     answers: queue.Queue[Any] = queue.Queue()
     x = grpcclient.InferInput("x", [3], "FP64")

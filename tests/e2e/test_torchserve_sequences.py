@@ -2,10 +2,12 @@
 ``maxNumSequence`` and ``maxSequenceJobQueueSize`` refuse as TorchServe's Model.addJobInGroup does
 (REST 503 ServiceUnavailableException, gRPC INTERNAL with its "has no worker" words), the sequence
 travels in the headers config.properties' ``ts_header_key_sequence_*`` name (pytorch/serve 62c4d6a1,
-ConfigManager), and a ``model.mar`` in an `inferd serve` model repository is stateful too."""
+ConfigManager), describe answers the sequence settings, and a ``model.mar`` in an `inferd serve`
+model repository is stateful too."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -19,8 +21,9 @@ import requests
 from inferd.protocols._proto import torchserve_pb2 as ts
 from tests import ts_archives
 from tests.conftest import serve
-from tests.e2e.test_torchserve_cli import INFERENCE, _grpc_call, torchserve
+from tests.e2e.test_torchserve_cli import INFERENCE, MANAGEMENT, _grpc_call, torchserve
 from tests.e2e.test_torchserve_grpc import _status, _stream2
+from tests.e2e.test_torchserve_workflows import build_war
 
 HEADERS = {"ts_header_key_sequence_id": "x-seq-id", "ts_header_key_sequence_start": "x-seq-start",
            "ts_header_key_sequence_end": "x-seq-end"}
@@ -40,9 +43,12 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     handlers need, the TS_REQUEST_SEQUENCE_* variables its Context reads set to match)."""
     environ = {"TS_REQUEST_SEQUENCE_ID": "x-seq-id", "TS_REQUEST_SEQUENCE_START": "x-seq-start",
                "TS_REQUEST_SEQUENCE_END": "x-seq-end"}
+    workflows = tmp_path_factory.mktemp("tsseq-workflows")
+    build_war(workflows, "summing", "models:\n  sum:\n    url: sequences.mar\ndag:\n  sum: []\n")
     with torchserve(tmp_path_factory.mktemp("tsseq-server"), {
             "model_store": str(store), "load_models": "limited.mar,sequences.mar", "default_workers_per_model": "1",
-            "disable_token_authorization": "true", **HEADERS}, environ=environ) as urls:
+            "disable_token_authorization": "true", "enable_model_api": "true", "workflow_store": str(workflows),
+            **HEADERS}, environ=environ) as urls:
         yield urls
 
 
@@ -116,6 +122,38 @@ def test_the_sequence_travels_in_the_configured_headers(server: dict[str, str]) 
     assert alone["sequence_id"].startswith("ts-seq-") and (alone["start"], alone["sum"]) == ("true", 5)
 
 
+def test_a_workflows_stateful_node_reads_the_sequence_from_the_configured_headers(server: dict[str, str]) -> None:
+    """``/wfpredict`` hands each node the request's headers, whose ``x-seq-id`` (config.properties'
+    name) is the node's sequence, as TorchServe's RequestInput.getSequenceId reads it for a workflow's
+    jobs: the stateful node keeps the sequence's running sum."""
+    registered = requests.post(f"{server['management']}/workflows?url=summing.war", timeout=180)
+    assert registered.status_code == 200, registered.text
+    url = f"{server['inference']}/wfpredict/summing"
+    answers = [_post(url, str(value), **{"x-seq-id": "wf"}) for value in (1, 2)]
+    answers.append(_post(url, "3", **{"x-seq-id": "wf", "x-seq-end": "true"}))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [(a.json()["sequence_id"], a.json()["sum"]) for a in answers] == [("wf", 1), ("wf", 3), ("wf", 6)]
+
+
+def _sequence_settings(described: dict[str, object]) -> tuple[object, ...]:
+    return tuple(described.get(key) for key in ("stateful", "sequenceMaxIdleMSec", "sequenceTimeoutMSec",
+                                                  "maxNumSequence", "maxSequenceJobQueueSize"))
+
+
+def test_describe_answers_the_sequence_settings(server: dict[str, str]) -> None:
+    """``GET /models/{m}`` and gRPC DescribeModel answer what TorchServe's DescribeModelResponse does
+    for a stateful model (pytorch/serve 62c4d6a1, ApiUtils.createModelResponse): its model-config.yaml's
+    sequence settings, maxSequenceJobQueueSize 1 where the yaml gives none."""
+    [limited] = requests.get(f"{server['management']}/models/limited", timeout=30).json()
+    assert _sequence_settings(limited) == (True, 60000, 900000, 2, 1), limited
+    [sequences] = requests.get(f"{server['management']}/models/sequences", timeout=30).json()
+    assert _sequence_settings(sequences) == (True, 60000, 0, 4, 10), sequences
+    answer = _grpc_call(server["grpc_management"], MANAGEMENT + "DescribeModel",
+                        ts.DescribeModelRequest(model_name="limited"), ts.ManagementResponse)
+    [described] = json.loads(answer.msg)
+    assert _sequence_settings(described) == (True, 60000, 900000, 2, 1), answer.msg
+
+
 def test_a_stateful_archive_in_a_model_repository(store: Path, tmp_path: Path) -> None:
     """`inferd serve` with ``<model>/1/model.mar`` archives whose model-config.yaml asks for
     sequenceBatching: their requests run by sequence, with its limits, as under `inferd torchserve`."""
@@ -133,3 +171,5 @@ def test_a_stateful_archive_in_a_model_repository(store: Path, tmp_path: Path) -
         codes = [requests.post(limited, data="hi", headers={"ts_request_sequence_id": key}, timeout=60).status_code
                  for key in ("u", "v", "w")]
         assert codes == [200, 200, 503]
+        [described] = requests.get(f"http://{server.url}/models/limited", timeout=30).json()
+        assert _sequence_settings(described)[:2] == (True, 60000), described

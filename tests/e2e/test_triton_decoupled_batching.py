@@ -1,8 +1,8 @@
 """A decoupled Triton Python model under dynamic batching, as Triton runs it (python_backend's
 README, "Decoupled mode"): ``execute(requests)`` gets every request the batcher gathered, each with
 its own response sender, and may answer them from other threads after it returned; each client's
-gRPC stream gets its own request's responses, in order, until the final flag, and an error
-response ends that request's stream only. Served by the real server, called with tritonclient.
+gRPC stream gets its own request's responses, in order, until the final flag, an error response
+being one of them (the stream goes on, as Triton's). Served by the real server, called with tritonclient.
 
 The gathering is made certain as in test_triton_python_batching.py: a first stream holds the
 model's one instance until the test has seen every other request waiting in the queue."""
@@ -31,7 +31,8 @@ from tests.e2e.test_triton_python_batching import TOML as GATHERED_TOML
 # Each request gets its "count" parameter's responses, sent from a thread of its own after execute
 # returned: OUT = IN * k for k = 1..count, COUNT = len(requests) of its execution, ID = its
 # request_id(); the last carries the final flag, or (parameter "flag_alone") the flag comes alone.
-# "fail": its second response is an error; "raise": execute raises. A negative input holds the instance until the file
+# "fail": its second response is an error response (no final flag: the rest follow); "raise": execute
+# raises. A negative input holds the instance until the file
 # "release" exists in the model's folder (it writes "held" first).
 DECOUPLED = """
 import json
@@ -69,8 +70,7 @@ class TritonPythonModel:
             if parameters.get("fail") and k == 2:
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"request {request.request_id()} was asked to fail", pb_utils.TritonError.INVALID_ARG)))
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                return
+                continue
             response = pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUT", rows * k), pb_utils.Tensor("COUNT", np.full((len(rows), 1), gathered, np.int32)),
                 pb_utils.Tensor("ID", np.array([[request.request_id().encode()]] * len(rows), np.object_))])
@@ -130,13 +130,15 @@ class Stream:
         self.client.async_stream_infer(self.model, [tensor], request_id=request_id, parameters=parameters,
                                        enable_empty_final_response=True)
 
-    def until_final(self, timeout: float = 30) -> list[Any]:
-        """Every answer up to the one flagged final, or up to an error (which ends a request)."""
+    def until_final(self, timeout: float = 30, errors_end: bool = True) -> list[Any]:
+        """Every answer up to the one flagged final, or up to an error (which ends a request, unless
+        ``errors_end`` is false: a request whose error responses the client awaits the rest of)."""
         answers = []
         while True:
             answer = self.got.get(timeout=timeout)
             answers.append(answer)
-            if isinstance(answer, InferenceServerException) or _final(answer):
+            if (errors_end and isinstance(answer, InferenceServerException)) or (
+                    not isinstance(answer, InferenceServerException) and _final(answer)):
                 return answers
 
     def close(self) -> None:
@@ -175,7 +177,8 @@ def _gathered(server: RunningServer, folder: Path, model: str, members: list[tup
             assert time.monotonic() < deadline, f"only {_queued(server, model)} requests queued"
             time.sleep(0.02)
         release.touch()
-        return holder.until_final(), [stream.until_final() for stream in streams]
+        return holder.until_final(), [stream.until_final(errors_end=not parameters.get("fail"))
+                                      for stream, (_, _, parameters) in zip(streams, members, strict=True)]
     finally:
         for stream in (holder, *streams):
             stream.close()
@@ -205,15 +208,19 @@ def test_gathered_streams_each_get_their_own_responses_in_order(server: RunningS
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_an_error_response_ends_its_own_stream_only(server: RunningServer, repository: Path, model: str) -> None:
-    """The request whose second response is an error gets its first response, then the error, and
-    nothing more; the others of its execution stream to their final flag."""
+def test_an_error_response_is_one_answer_of_its_own_stream(server: RunningServer, repository: Path,
+                                                          model: str) -> None:
+    """The request whose second response is an error response (sent without the final flag) gets
+    its first response, the error (Triton's ``error_message`` on the stream), then its third,
+    flagged final: as in Triton, the stream ends at the final flag, not at the error. The others of
+    its execution stream to their final flag."""
     members = [(np.full((1, 2), i + 1, np.float32), f"e{i}", {"count": 3, "fail": i == 1}) for i in range(3)]
     _, answers = _gathered(server, repository, model, members)
-    first, error = answers[1]
+    first, error, third = answers[1]
     assert first.as_numpy("OUT").tolist() == [[2.0, 2.0]] and not _final(first)
     assert isinstance(error, InferenceServerException)
     assert "request e1 was asked to fail" in str(error)
+    assert third.as_numpy("OUT").tolist() == [[6.0, 6.0]] and _final(third)
     for i in (0, 2):
         assert [a.as_numpy("OUT").tolist() for a in answers[i]] == [[[(i + 1.0) * k] * 2] for k in (1, 2, 3)]
         assert [a.as_numpy("COUNT").tolist() for a in answers[i]] == [[[3]]] * 3

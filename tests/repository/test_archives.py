@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from inferd.config import DynamicBatching, ModelConfig, SequenceBatching
-from inferd.repository.archives import with_archive_sequences
+from inferd.repository.archives import archive_info, with_archive_sequences
+from inferd.types import SequenceSettings
 
 STATEFUL = "sequenceBatching: true\nsequenceMaxIdleMSec: 5000\nmaxNumSequence: 3\n"
 
@@ -58,3 +59,16 @@ def test_a_model_config_yaml_nested_too_deep_is_a_load_error_saying_so() -> None
 
     with pytest.raises(ConfigError, match=r"model-config\.yaml nests too deeply to read"):
         read_model_yaml("a: " + "[" * 50_000 + "]" * 50_000, "m.mar")
+
+
+@pytest.mark.parametrize(("yaml", "settings"), [
+    (STATEFUL + "sequenceTimeoutMSec: 800\n", SequenceSettings(True, 5000, 800, 3, 1)),
+    ("sequenceBatching: true\n", SequenceSettings(stateful=True)),  # without sequenceMaxIdleMSec the rest stay 0
+    ("sequenceMaxIdleMSec: 10\nmaxNumSequence: 0\nmaxSequenceJobQueueSize: 4\n", SequenceSettings(False, 10, 0, 1, 4)),
+    ("batchSize: 4\n", SequenceSettings()),
+], ids=["stateful", "no-idle-time", "idle-time-only", "none"])
+def test_the_sequence_settings_describe_answers(tmp_path: Path, yaml: str, settings: SequenceSettings) -> None:
+    """As TorchServe's Model reads them for DescribeModelResponse (pytorch/serve 62c4d6a1): the limits
+    and timeout only with sequenceMaxIdleMSec > 0, whether or not sequenceBatching is on; the
+    limits at least 1."""
+    assert archive_info(write_archive(tmp_path / "m.mar", yaml)).sequence_settings() == settings

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
+from inferd.errors import InvalidInput
 from inferd.runtimes import triton_pb_utils as pb_utils
+from inferd.types import InferResponse
+from inferd.types import Tensor as InferTensor
 
 
 def test_the_shim_answers_the_import() -> None:
@@ -21,13 +26,60 @@ def test_the_shim_answers_the_import() -> None:
 def test_tensors_requests_and_responses() -> None:
     tensor = pb_utils.Tensor("OUT", np.array(["a", "bc"]))  # str arrays become BYTES, as Triton's do
     assert tensor.as_numpy().tolist() == [b"a", b"bc"] and tensor.as_numpy().dtype == object
-    request = pb_utils.InferenceRequest([pb_utils.Tensor("X", np.ones(2))], ["OUT"], "r1")
+    request = pb_utils.InferenceRequest("r1", 0, [pb_utils.Tensor("X", np.ones(2))], ["OUT"], "")
     assert pb_utils.get_input_tensor_by_name(request, "X").name() == "X"
     assert pb_utils.get_input_tensor_by_name(request, "Y") is None
     response = pb_utils.InferenceResponse([tensor])
     assert pb_utils.get_output_tensor_by_name(response, "OUT") is tensor and not response.has_error()
     failed = pb_utils.InferenceResponse(error=pb_utils.TritonError("no"))
     assert failed.has_error() and failed.error().message() == "no"
+
+
+def test_a_request_takes_tritons_positional_order() -> None:
+    """python_backend's InferenceRequest (pb_stub.cc at f9088ff6): request_id, correlation_id, inputs,
+    requested_output_names, model_name, model_version, flags, timeout, preferred_memory, trace,
+    parameters; keywords in any order still work."""
+    tensor = pb_utils.Tensor("IN", np.ones(2, np.float32))
+    start = pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+    positional = pb_utils.InferenceRequest("r1", 7, [tensor], ["OUT"], "target", 2, start, 5000, None, None,
+                                           {"k": "v"})
+    keywords = pb_utils.InferenceRequest(parameters={"k": "v"}, timeout=5000, flags=start, model_version=2,
+                                         model_name="target", requested_output_names=["OUT"], inputs=[tensor],
+                                         correlation_id=7, request_id="r1")
+    for request in (positional, keywords):
+        assert (request.request_id(), request.correlation_id(), request.requested_output_names(), request.flags(),
+                json.loads(request.parameters())) == ("r1", 7, ["OUT"], start, {"k": "v"})
+        assert request.inputs() == [tensor]
+        call = request._call()
+        assert (call.model_name, call.model_version, call.timeout_us, call.parameters["sequence_id"]) == (
+            "target", "2", 5000, 7)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "missing"), [
+    ((), {"inputs": [], "requested_output_names": []}, "model_name"),
+    (("r1", 0, []), {"model_name": "m"}, "requested_output_names"),
+    ((), {"model_name": "m", "requested_output_names": ["OUT"], "inputs": None}, "inputs"),
+])
+def test_a_request_without_what_triton_requires_is_a_type_error(args: tuple[object, ...], kwargs: dict[str, object],
+                                                                  missing: str) -> None:
+    """inputs, requested_output_names and model_name have no default in Triton's constructor, and
+    none of them may be None."""
+    with pytest.raises(TypeError, match=missing):
+        pb_utils.InferenceRequest(*args, **kwargs)
+
+
+def test_a_decoupled_bls_calls_error_response_is_one_of_its_responses() -> None:
+    """As Triton's BLS iterator: an error response among a decoupled target's responses is yielded
+    (``has_error()``, its code) and the iteration goes on to the one flagged final."""
+    def answers() -> Iterator[InferResponse]:
+        for value, error, final in ((1.0, None, False), (None, InvalidInput("no"), False), (3.0, None, True)):
+            outputs = [] if value is None else [InferTensor("OUT", "FP32", np.array([value], np.float32))]
+            yield InferResponse("target", "1", outputs, final=final, error=error)
+
+    got = list(pb_utils.ResponseIterator(answers()))
+    assert [r.has_error() for r in got] == [False, True, False]
+    assert (got[1].error().message(), got[1].error().code()) == ("no", pb_utils.TritonError.INVALID_ARG)
+    assert [pb_utils.get_output_tensor_by_name(got[i], "OUT").as_numpy().tolist() for i in (0, 2)] == [[1.0], [3.0]]
 
 
 def test_dlpack_both_ways_with_torch() -> None:

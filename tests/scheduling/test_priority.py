@@ -4,7 +4,9 @@ priority_queue_policy and timeout_action), on a real instance pool."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from inferd.config import DynamicBatching, QueuePolicy
 from inferd.errors import DeadlineExceeded, QueueFull
 from inferd.runtimes.fake import FakeRuntime
+from inferd.scheduling import batcher as batcher_module
 from inferd.scheduling.batcher import DynamicBatcher
 from inferd.scheduling.instances import InstancePool
 from inferd.types import CallContext, TensorSpec
@@ -139,3 +142,49 @@ def test_without_levels_a_levels_own_policy_is_ignored_as_in_triton() -> None:
     b, _ = batcher(batching)
     results = asyncio.run(_queued_behind_a_running_one(b, [(1, 0), (2, 0)]))
     assert isinstance(results[1], dict) and isinstance(results[2], QueueFull)
+
+
+def test_the_queue_delay_runs_from_the_oldest_request_the_batch_would_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton's dynamic batcher (core 73aad7c3: dynamic_batch_scheduler.cc compares max_queue_delay with
+    the age of the pending batch's oldest request, PriorityQueue::AdvanceCursor keeping it) measures the
+    delay from the oldest request the batch would take, not from the front of the queue: a level-1
+    request that joins a level-2 one which has waited out the delay goes with it at once. The
+    batcher's clock is a fake one that stands still once the level-2 request's delay has passed, so
+    the outcome does not depend on the machine's speed (timed from the front, the batch never goes)."""
+    clock = [0.0]
+    monkeypatch.setattr(batcher_module, "time", SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                monotonic=time.monotonic))
+    release = threading.Event()
+    ran: list[list[float]] = []
+
+    def fn(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ran.append(inputs["x"][::2, 0].tolist())
+        if ran[-1] == [0.0]:  # the holder keeps one of the two instances busy
+            release.wait(30)
+        return {"x": inputs["x"]}
+
+    runtime = FakeRuntime(SPEC, SPEC, fn, max_batch_size=8)
+    b = DynamicBatcher(InstancePool(runtime, 2, "m"),
+                       DynamicBatching(priority_levels=2, default_priority_level=2, max_queue_delay_ms=1000))
+
+    def two_rows(value: float) -> dict[str, np.ndarray]:
+        return {"x": np.full((2, 2), value, np.float32)}
+
+    async def main() -> None:
+        holder = asyncio.ensure_future(b.infer_async(two_rows(0), CallContext()))
+        while not ran:
+            await asyncio.sleep(0.01)
+        low = asyncio.ensure_future(b.infer_async(two_rows(2), CallContext(priority=2)))  # queued at 0 s
+        await asyncio.sleep(0.05)
+        clock[0] = 0.9
+        high = asyncio.ensure_future(b.infer_async(two_rows(1), CallContext(priority=1)))  # at 0.9 s
+        await asyncio.sleep(0.05)
+        clock[0] = 1.05  # the level-2 request has waited out the 1 s delay; the level-1 one 0.15 s
+        try:
+            await asyncio.wait_for(asyncio.gather(high, low), 10)
+        finally:
+            release.set()
+        await holder
+
+    asyncio.run(main())
+    assert ran == [[0.0], [1.0, 2.0]]  # one batch: the level-1 request first, the older level-2 one with it

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from inferd.errors import InvalidInput
 from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor, Timings, numpy_dtype
 from inferd.workers.codec import pack_request, pack_response, unpack_request, unpack_response
 from tests.models import ALL_TYPES
@@ -47,6 +48,14 @@ def test_an_answer_round_trips_with_its_timings() -> None:
     np.testing.assert_array_equal(back.outputs[0].data, np.ones((2, 2), np.float32))
 
 
+def test_an_error_response_crosses_as_its_error() -> None:
+    """A decoupled model's error response (one answer of its stream) keeps its kind and words."""
+    response = InferResponse("m", "1", [], "r", final=False, error=InvalidInput("value -1 refused"))
+    back = unpack_response(pickle.loads(pickle.dumps(pack_response(response), protocol=5)))
+    assert isinstance(back.error, InvalidInput) and back.error.message == "value -1 refused" and not back.final
+    assert unpack_response(pack_response(InferResponse("m", "1", []))).error is None
+
+
 def test_tensors_in_shared_memory_cross_as_their_place_only() -> None:
     """A region's input (a zero-stride stand-in) and an output written to a region carry their
     shape and place, never a materialised copy of their bytes."""
@@ -77,7 +86,7 @@ def test_the_codec_knows_every_field_it_must_carry() -> None:
                                                       "parameters", "timeout_us", "protocol", "cancelled",
                                                       "credentials", "priority"]
     assert [f.name for f in fields(InferResponse)] == ["model_name", "model_version", "outputs", "id", "parameters",
-                                                       "timings", "final"]
+                                                       "timings", "final", "error"]
     assert [f.name for f in fields(RequestedOutput)] == ["name", "binary", "classification", "shared"]
     assert [f.name for f in fields(Tensor)] == ["name", "datatype", "data", "shared"]
     assert [f.name for f in fields(Timings)] == ["queue", "compute", "total", "steps"]

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from inferd.auth import AccessPolicy
 from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
-from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels
+from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels, configured_sequences
 from inferd.core.torchserve_workflows import TorchServeWorkflows, Workflow
 from inferd.errors import FailedPrecondition, Forbidden, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
@@ -111,7 +111,8 @@ class ModelControl:
                 busy=scheduler.busy if scheduler is not None else 0,
                 max_batch_size=scheduler.max_batch_size if scheduler is not None else entry.config.max_batch_size,
                 max_queue_delay_ms=batching.max_queue_delay_ms if batching else 0.0,
-                default=default == slot.version, workers=workers, settings=settings))
+                default=default == slot.version, workers=workers, settings=settings,
+                sequences=settings.sequences if settings is not None else configured_sequences(entry.config)))
         return rows
 
     def default_version(self, name: str) -> str | None:

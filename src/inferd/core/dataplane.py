@@ -15,12 +15,13 @@ from inferd.auth import AccessPolicy
 from inferd.core.cache import Outputs, ResponseCache, request_key
 from inferd.core.classification import classify
 from inferd.core.shared_memory import SharedMemoryRegions
-from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound
+from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound, error_for
 from inferd.observability import logging as server_log
 from inferd.observability.metrics import Metrics
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import (
+    ERROR_OUTPUT,
     FINAL_OUTPUT,
     INTERMEDIATE_OUTPUT,
     CallContext,
@@ -35,6 +36,7 @@ from inferd.types import (
     SharedMemoryRegion,
     Tensor,
     VersionStatus,
+    read_error_answer,
 )
 from inferd.validation import check_inputs, check_outputs, sequence_of
 
@@ -306,8 +308,8 @@ class DataPlane:
 
     async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Every answer to one request as it comes: a decoupled model's zero, one or many (each
-        ``final`` false), any other model's one (``final`` true). Closing the iterator early (the
-        client went away) stops the model."""
+        ``final`` false; an error response is one of them, with ``error`` set), any other model's one
+        (``final`` true). Closing the iterator early (the client went away) stops the model."""
         self._access.authorize_inference(request.credentials)
         async with contextlib.aclosing(self.run_stream(request)) as answers:
             async for answer in answers:
@@ -335,6 +337,11 @@ class DataPlane:
                 _request_facts(context, request, wanted)
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:
                 async for outputs in answers:
+                    if ERROR_OUTPUT in outputs:  # an error response: one answer of the stream, which goes on
+                        yield InferResponse(model_name=request.model_name, model_version=version, outputs=[],
+                                            id=request.id, timings=context.timings, final=FINAL_OUTPUT in outputs,
+                                            error=error_for(*read_error_answer(outputs[ERROR_OUTPUT])))
+                        continue
                     tensors = self._tensors(request.model_name, runtime, outputs, wanted)
                     # a decoupled model's answers are each one of many, but for one sent with the
                     # final flag; a model answering in parts (a handler's intermediate answers)

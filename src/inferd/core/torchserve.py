@@ -26,7 +26,7 @@ from inferd.repository.archives import (
 from inferd.repository.layout import is_valid_name
 from inferd.repository.registry import ModelEntry, ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
-from inferd.types import ModelState, WorkerSettings
+from inferd.types import ModelState, SequenceSettings, WorkerSettings
 
 log = logging.getLogger("inferd.torchserve")
 
@@ -148,7 +148,8 @@ class TorchServeModels:
         settings = WorkerSettings(min_workers=0, max_workers=0, batch_size=max(batch_size, 1),
                                   max_batch_delay_ms=max(delay, 0), response_timeout_s=response_timeout,
                                   startup_timeout_s=startup_timeout, runtime=request.runtime or info.runtime,
-                                  device_type=device, loaded_at_startup=loaded_at_startup, url=request.url or "")
+                                  device_type=device, loaded_at_startup=loaded_at_startup, url=request.url or "",
+                                  sequences=info.sequence_settings())
         await self._registry.register_archive(name, archive, config, info.version, load=False)
         registration = Registration(name, info.version, archive, request.url or archive.name, downloaded, config,
                                     settings)
@@ -241,7 +242,8 @@ class TorchServeModels:
         settings = WorkerSettings(count, count, max(entry.config.max_batch_size, 1),
                                   int(batching.max_queue_delay_ms) if batching else 0,
                                   int(entry.config.instance_group.response_timeout_s),
-                                  self._settings.startup_timeout_s, loaded_at_startup=True, url=entry.source)
+                                  self._settings.startup_timeout_s, loaded_at_startup=True, url=entry.source,
+                                  sequences=configured_sequences(entry.config))
         source = Path(entry.source)
         archive = source if source.suffix == ".mar" else source / version
         registration = Registration(entry.name, version, archive, entry.source, False, entry.config, settings)
@@ -330,3 +332,13 @@ def _gpus(device_type: str, yaml: dict[str, Any]) -> tuple[int, ...] | None:
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise InvalidInput(f"model-config.yaml: deviceIds must be a list of GPU numbers, got {ids!r}")
     return tuple(ids)
+
+
+def configured_sequences(config: ModelConfig) -> SequenceSettings:
+    """A loaded model's sequence settings as TorchServe's describe answers them, from its configuration
+    (a registration reads them from its archive instead, with ``sequenceTimeoutMSec``)."""
+    sequences = config.sequence_batching
+    if sequences is None:
+        return SequenceSettings()
+    return SequenceSettings(True, sequences.max_sequence_idle_us // 1000, 0, sequences.max_sequences,
+                            sequences.max_queued_per_sequence)

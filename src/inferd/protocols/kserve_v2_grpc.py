@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from inferd.errors import InvalidInput
+from inferd.errors import InferdError, InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols.kserve_v2 import classification, priority, shared_memory, timeout_us
@@ -248,10 +248,22 @@ EMPTY_FINAL = "triton_enable_empty_final_response"  # a request parameter: end w
 
 
 def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:
-    """One answer on a ModelStreamInfer stream, flagged final or not as Triton flags it."""
-    message = pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+    """One answer on a ModelStreamInfer stream, flagged final or not as Triton flags it. An error
+    response is Triton's: ``error_message``, with the request's id, model and version, and the
+    stream goes on."""
+    if response.error is not None:
+        message = pb.ModelStreamInferResponse(error_message=error_message(response.error), infer_response=(
+            pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
+                                  id=response.id or "")))
+    else:
+        message = pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
     message.infer_response.parameters[FINAL].bool_param = response.final
     return message
+
+
+def error_message(error: Exception) -> str:
+    """An error response's words: an InferdError's message, else the exception's text."""
+    return error.message if isinstance(error, InferdError) else str(error)
 
 
 def stream_final_response(request: InferRequest) -> pb.ModelStreamInferResponse:

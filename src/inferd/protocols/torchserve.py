@@ -12,7 +12,16 @@ import numpy as np
 import orjson
 
 from inferd.errors import InstanceLost, InvalidInput, ModelError, NotFound
-from inferd.types import InferRequest, InferResponse, ModelMetadata, ModelState, Tensor, VersionDescription, numpy_dtype
+from inferd.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelState,
+    SequenceSettings,
+    Tensor,
+    VersionDescription,
+    numpy_dtype,
+)
 
 PROTOCOL = "torchserve"
 
@@ -272,6 +281,7 @@ def describe(name: str, row: VersionDescription) -> dict[str, Any]:
         "startupTimeout": settings.startup_timeout_s if settings else 120,
         "deviceType": settings.device_type if settings else "cpu",
         "loadedAtStartup": settings.loaded_at_startup if settings else True,
+        **_sequence_fields(row.sequences),
         "isDefault": row.default,
         "status": "READY" if ready else row.state.value,
         "workers": [{"id": str(9000 + worker.id), "startTime": _iso(worker.started),
@@ -283,6 +293,14 @@ def describe(name: str, row: VersionDescription) -> dict[str, Any]:
     if row.reason:
         answer["reason"] = row.reason
     return answer
+
+
+def _sequence_fields(sequences: SequenceSettings) -> dict[str, Any]:
+    """DescribeModelResponse's stateful fields (pytorch/serve 62c4d6a1), answered for every model as
+    TorchServe does (false and 0 for one without sequences)."""
+    return {"stateful": sequences.stateful, "sequenceMaxIdleMSec": sequences.max_idle_ms,
+            "sequenceTimeoutMSec": sequences.timeout_ms, "maxNumSequence": sequences.max_sequences,
+            "maxSequenceJobQueueSize": sequences.max_queued_per_sequence}
 
 
 def _iso(seconds: float) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from inferd.config import DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
+from inferd.types import SequenceSettings
 
 log = logging.getLogger("inferd.repository")
 
@@ -106,6 +107,18 @@ class ArchiveInfo:
         """``maxNumSequence`` and ``maxSequenceJobQueueSize`` as TorchServe's ModelConfig reads them:
         1 when not given, and at least 1."""
         return (max(self.yaml_int("maxNumSequence") or 1, 1), max(self.yaml_int("maxSequenceJobQueueSize") or 1, 1))
+
+    def sequence_settings(self) -> SequenceSettings:
+        """What TorchServe's describe answers of the model's sequences: ``sequenceBatching``, and the idle
+        time, timeout and limits only where ``sequenceMaxIdleMSec`` > 0 (its Model reads them so, even
+        without ``sequenceBatching``)."""
+        stateful = self.yaml.get("sequenceBatching") is True
+        idle_ms = self.yaml_int("sequenceMaxIdleMSec") or 0
+        if idle_ms <= 0:
+            return SequenceSettings(stateful=stateful)
+        max_sequences, max_queued = self.sequence_limits()
+        return SequenceSettings(stateful, idle_ms, max(self.yaml_int("sequenceTimeoutMSec") or 0, 0), max_sequences,
+                                max_queued)
 
     def yaml_int(self, key: str) -> int | None:
         """An integer setting of model-config.yaml; other types are ignored, as TorchServe does."""

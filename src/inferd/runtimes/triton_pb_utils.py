@@ -114,25 +114,40 @@ class Tensor:
         return cls(name, np.from_dlpack(source))
 
 
+_REQUIRED: Any = object()  # an argument Triton's InferenceRequest gives no default
+_REQUEST_ARGUMENTS = ("request_id, correlation_id, inputs, requested_output_names, model_name, model_version, "
+                      "flags, timeout, preferred_memory, trace and parameters")
+
+
 class InferenceRequest:
     """One execution's request as the model's ``execute`` sees it. A model may build one itself
     (``InferenceRequest(model_name=..., inputs=..., requested_output_names=...)``) and ``exec`` it to
     call another model the server serves (Triton's BLS): it runs as any client's request to that
     model would (batching, queue, statistics), and its errors come back in the response."""
 
-    def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict[str, Any] | str | None = None, sender: InferenceResponseSender | None = None,
-                 cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
-                 flags: int = 0, model_name: str | bytes = "", model_version: int = -1, timeout: int = 0,
-                 preferred_memory: Any = None, trace: Any = None, **unknown: Any) -> None:  # outputs: numpy, CPU
-        # a BLS request's target (str, or bytes read from a BYTES input), its version (-1: the server's
-        # choice) and deadline (microseconds, 0: none). No priority: python_backend's InferenceRequest
-        # takes none (its pb_stub.cc at f9088ff6), so a BLS request joins its target's default level
+    def __init__(self, request_id: str = "", correlation_id: int | str = 0, inputs: list[Tensor] = _REQUIRED,
+                 requested_output_names: list[str] = _REQUIRED, model_name: str | bytes = _REQUIRED,
+                 model_version: int = -1, flags: int = 0, timeout: int = 0, preferred_memory: Any = None,
+                 trace: Any = None, parameters: dict[str, Any] | str | None = None, *,
+                 sender: InferenceResponseSender | None = None, cancelled: Callable[[], bool] | None = None,
+                 **unknown: Any) -> None:  # outputs: numpy, CPU
+        # Triton's positional order and defaults (python_backend's pb_stub.cc at f9088ff6): inputs,
+        # requested_output_names and model_name have none, and they, request_id, correlation_id and
+        # the numbers may not be None. A BLS request's target (str, or bytes read from a BYTES input),
+        # its version (-1: the server's choice) and deadline (microseconds, 0: none). No priority:
+        # Triton's takes none, so a BLS request joins its target's default level. ``sender`` and
+        # ``cancelled`` are the server's, for the requests ``execute`` is given.
         if unknown:
             raise TypeError(f"InferenceRequest() got unexpected keyword arguments {sorted(unknown)}: Triton's "
-                            "takes request_id, correlation_id, inputs, requested_output_names, model_name, "
-                            "model_version, flags, timeout, preferred_memory, trace and parameters (no priority: "
-                            "a BLS request runs at its target's default priority level)")
+                            f"takes {_REQUEST_ARGUMENTS} (no priority: a BLS request runs at its target's default "
+                            "priority level)")
+        given = {"request_id": request_id, "correlation_id": correlation_id, "inputs": inputs,
+                 "requested_output_names": requested_output_names, "model_name": model_name,
+                 "model_version": model_version, "flags": flags, "timeout": timeout}
+        missing = [name for name, value in given.items() if value is _REQUIRED or value is None]
+        if missing:
+            raise TypeError(f"InferenceRequest() needs {', '.join(missing)} (not None): Triton's takes "
+                            f"{_REQUEST_ARGUMENTS}, the first two and the last five with defaults")
         self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._model_version = model_version
         self._timeout = timeout
@@ -315,6 +330,8 @@ class ResponseIterator:
             self._done = True
             return _failed(exc)
         self._final = answer.final
+        if isinstance(answer.error, InferdError):  # an error response: one of the stream's, which goes on
+            return _failed(answer.error)
         return _response(answer)
 
     def cancel(self) -> None:

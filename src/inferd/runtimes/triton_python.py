@@ -21,14 +21,23 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from inferd.config import ServedConfig
-from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound, Unavailable, Unimplemented, describe
+from inferd.errors import (
+    ConfigError,
+    InferdError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+    describe,
+)
 from inferd.modelconfig import model_config_json
 from inferd.runtimes import triton_pb_utils as pb_utils
 from inferd.runtimes.base import (
@@ -44,7 +53,7 @@ from inferd.runtimes.base import (
     unpack_request,
     unpack_sequence,
 )
-from inferd.types import FINAL_OUTPUT, TensorSpec
+from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, TensorSpec, error_answer
 
 _log = logging.getLogger("inferd.python_backend")
 
@@ -97,9 +106,8 @@ class TritonPythonRuntime(Runtime):
         for inputs in calls:
             inputs, parameters, outputs, request_id = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-            requests.append(pb_utils.InferenceRequest(
-                [pb_utils.Tensor(name, array) for name, array in inputs.items()], outputs, request_id, parameters,
-                sender=_collecting(mine), correlation_id=correlation_id, flags=flags))
+            requests.append(received_request(inputs, outputs, request_id, parameters, sender=_collecting(mine),
+                                             correlation_id=correlation_id, flags=flags))
             wanted.append(outputs)
             sent.append(mine)
         responses = self._execute(requests)
@@ -164,8 +172,7 @@ class TritonPythonRuntime(Runtime):
         sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue()
         sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.put((response, flags)), stop.is_set)
         inputs, parameters, wanted, request_id = self._facts(inputs)
-        request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                            wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
+        request = received_request(inputs, wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
 
         def execute() -> None:
             try:
@@ -192,17 +199,29 @@ class TritonPythonRuntime(Runtime):
             response, flags = item
             final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             if response is not None:  # sent with the final flag: the last, as Triton flags it
-                outputs = self._outputs(response, wanted)
-                yield {**outputs, FINAL_OUTPUT: np.ones(1, np.bool_)} if final else outputs
+                yield self._answer(response, wanted, final)
             if final:
                 return
+
+    def _answer(self, response: pb_utils.InferenceResponse, wanted: list[str], final: bool) -> Arrays:
+        """One response of a decoupled model as an answer of its stream: its outputs, or its error
+        (``ERROR_OUTPUT``: the stream goes on to the final flag, as Triton delivers an error response);
+        flagged final when it was sent with the flag."""
+        error = response.error()
+        if error is None:
+            answer = self._outputs(response, wanted)
+        else:
+            kind = _ERRORS.get(error.code(), ModelError)
+            answer = {ERROR_OUTPUT: error_answer(kind.code.value, error.message())}
+        return {**answer, FINAL_OUTPUT: np.ones(1, np.bool_)} if final else answer
 
     def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
         """Triton's decoupled ``execute(requests)`` under dynamic batching: one execution of the
         gathered requests, each answering through its own response sender into its own sink, from
-        any thread, until its final flag. An error response, or a response that breaks the
-        contract, ends its own request only; ``execute`` failing (or returning responses) ends
-        every request not ended yet. Returns once each request has ended or its reader left."""
+        any thread, until its final flag. An error response is one answer of its request's stream,
+        which goes on (Triton's); a response that breaks the contract ends its own request only;
+        ``execute`` failing (or returning responses) ends every request not ended yet. Returns once
+        each request has ended or its reader left."""
         streams = [_StreamedRequest(self, inputs, sink) for inputs, sink in zip(requests, sinks, strict=True)]
 
         def execute() -> None:
@@ -233,9 +252,9 @@ class TritonPythonRuntime(Runtime):
 
 
 class _StreamedRequest:
-    """One request of a decoupled batch: its InferenceRequest, whose sender hands each response to
-    the request's sink (from whichever thread the model sends), until it ends once: at its final
-    flag, or at its error."""
+    """One request of a decoupled batch: its InferenceRequest, whose sender hands each response
+    (an error response too) to the request's sink (from whichever thread the model sends), until it
+    ends once: at its final flag, or at a response that breaks the contract."""
 
     def __init__(self, runtime: TritonPythonRuntime, inputs: Arrays, sink: AnswerSink) -> None:
         inputs, parameters, self._wanted, request_id = runtime._facts(inputs)
@@ -244,9 +263,8 @@ class _StreamedRequest:
         self.ended = threading.Event()
         self._lock = threading.Lock()
         sender = pb_utils.InferenceResponseSender(self._send, sink.stopped)
-        self.request = pb_utils.InferenceRequest([pb_utils.Tensor(name, array) for name, array in inputs.items()],
-                                                 self._wanted, request_id, parameters, sender=sender,
-                                                 cancelled=sink.stopped)
+        self.request = received_request(inputs, self._wanted, request_id, parameters, sender=sender,
+                                        cancelled=sink.stopped)
 
     def _send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
         final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -255,11 +273,11 @@ class _StreamedRequest:
                 return
             if response is not None:
                 try:
-                    outputs = self._runtime._outputs(response, self._wanted)
-                except Exception as exc:  # an error response (or a wrong one) ends this request only
+                    answer = self._runtime._answer(response, self._wanted, final)
+                except Exception as exc:  # a response that breaks the contract ends this request only
                     self._end(exc)
                     return
-                self.sink.send({**outputs, FINAL_OUTPUT: np.ones(1, np.bool_)} if final else outputs)
+                self.sink.send(answer)
             if final:
                 self._end(None)
 
@@ -352,3 +370,12 @@ def _complete_here(model_py: str) -> None:
 
 if __name__ == "__main__":
     _complete_here(sys.argv[1])
+
+
+def received_request(inputs: Arrays, wanted: list[str], request_id: str, parameters: dict[str, Any],
+                     sender: pb_utils.InferenceResponseSender, cancelled: Callable[[], bool] | None = None,
+                     correlation_id: int | str = 0, flags: int = 0) -> pb_utils.InferenceRequest:
+    """A request as ``execute`` is given it: no target model (it is not for ``exec``), its sender."""
+    tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
+    return pb_utils.InferenceRequest(request_id, correlation_id, tensors, wanted, "", flags=flags,
+                                     parameters=parameters, sender=sender, cancelled=cancelled)

@@ -257,19 +257,21 @@ class DynamicBatcher(Scheduler):
             self._drop_abandoned()
             if not self._queue:
                 return
-            head = self._queue[0]
-            decision = decide(self._queued_rows, time.perf_counter() - head.enqueued,
+            compatible = self._compatible(self._queue[0])
+            decision = decide(self._queued_rows, time.perf_counter() - self._oldest(compatible),
                               self.pool.instances - self._running, self._running, self.max_batch_size,
                               self._batching.preferred_batch_sizes, self._max_delay_s)
             if not decision.dispatch:
                 if decision.wait_s is not None:
                     self._timer = (self._loop or self._bind_loop()).call_later(decision.wait_s, self._dispatch)
                 return
-            batch = self._take_batch(head)
+            batch = self._take_batch(compatible)
             self._alone = len(batch) == 1 and not self._queue and self._running == 0
             self._start(batch)
 
-    def _take_batch(self, head: _Waiting) -> list[_Waiting]:
+    def _compatible(self, head: _Waiting) -> list[_Waiting]:
+        """The requests the next batch would be taken from: those of the head's shapes, in queue
+        order, up to max_batch_size rows."""
         compatible, rows = [], 0
         for waiting in self._queue:
             if waiting.key == head.key:
@@ -277,6 +279,18 @@ class DynamicBatcher(Scheduler):
                 rows += waiting.rows
                 if rows >= self.max_batch_size:
                     break
+        return compatible
+
+    def _oldest(self, compatible: list[_Waiting]) -> float:
+        """When the oldest request the next batch would take was queued: max_queue_delay runs from it,
+        as Triton's runs from its pending batch's oldest request (core 73aad7c3, PriorityQueue::
+        AdvanceCursor). Without levels the queue is in arrival order and that is its head; with them
+        a lower level's request queued earlier may fill the batch behind a newer, higher one."""
+        if self._levels is None:
+            return compatible[0].enqueued
+        return min(waiting.enqueued for waiting in compatible)
+
+    def _take_batch(self, compatible: list[_Waiting]) -> list[_Waiting]:
         count, _ = plan_batch([w.rows for w in compatible], self.max_batch_size,
                               self._batching.preferred_batch_sizes)
         batch = compatible[:count]

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from inferd.errors import ErrorCode, InferdError, error_for
 from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor, Timings
 
 NUMERIC = frozenset("biufc")
@@ -59,10 +60,20 @@ def unpack_request(packed: tuple[Any, ...]) -> InferRequest:
 def pack_response(response: InferResponse) -> tuple[Any, ...]:
     t = response.timings
     return (response.model_name, response.model_version, tuple(_pack_tensor(o) for o in response.outputs),
-            response.id, response.parameters, (t.queue, t.compute, t.total, t.steps), response.final)
+            response.id, response.parameters, (t.queue, t.compute, t.total, t.steps), response.final,
+            _pack_error(response.error))
 
 
 def unpack_response(packed: tuple[Any, ...]) -> InferResponse:
-    name, version, outputs, response_id, parameters, (queue, compute, total, steps), final = packed
+    name, version, outputs, response_id, parameters, (queue, compute, total, steps), final, error = packed
     return InferResponse(name, version, [_unpack_tensor(o) for o in outputs], response_id, parameters,
-                         Timings(queue, compute, total, steps), final)
+                         Timings(queue, compute, total, steps), final, error_for(*error) if error else None)
+
+
+def _pack_error(error: Exception | None) -> tuple[str, str] | None:
+    """A decoupled model's error response as (its ErrorCode's value, its message)."""
+    if error is None:
+        return None
+    if isinstance(error, InferdError):
+        return error.code.value, error.message
+    return ErrorCode.INTERNAL.value, str(error)

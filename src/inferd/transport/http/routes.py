@@ -21,6 +21,7 @@ from inferd.transport.http.app import (
     error_response,
     json_response,
 )
+from inferd.transport.http.errors import status_for
 from inferd.transport.offload import off_loop
 from inferd.types import InferRequest, InferResponse
 
@@ -178,12 +179,16 @@ class KServeV2Routes:
                                        "ask it with .../generate_stream")
         if not answers:
             raise InvalidInput(f"model '{infer_request.model_name}' gave no answer to this request")
+        if isinstance(answers[0].error, InferdError):  # the model's one answer was an error response
+            raise answers[0].error
         return HttpResponse(200, kserve_v2_generate.encode_generate_response(answers[0]),
                             headers=[server_timing(answers[0])])
 
     async def generate_stream(self, request: HttpRequest) -> HttpResponse:
         """Triton's generate_stream: each answer as a Server-Sent Event, as it comes. An error
-        before the first answer is the status; one after it is an ``error`` event that ends it."""
+        before the first answer is the status; one after it is an ``error`` event that ends it. A
+        decoupled model's error response is an ``error`` event and the stream goes on (Triton's
+        http_server.cc); as the first answer it sets the status too."""
         infer_request = self._generate_request(request)
         stream = self.data.infer_stream(infer_request)
         try:
@@ -193,8 +198,8 @@ class KServeV2Routes:
         except BaseException:
             await stream.aclose()
             raise
-        return HttpResponse(200, kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(first)),
-                            SSE, [(b"cache-control", b"no-cache")], stream=_events(stream))
+        status = status_for(first.error.code) if isinstance(first.error, InferdError) else 200
+        return HttpResponse(status, _sse(first), SSE, [(b"cache-control", b"no-cache")], stream=_events(stream))
 
     async def repository_index(self, request: HttpRequest) -> HttpResponse:
         ready_only = False
@@ -258,11 +263,22 @@ async def _events(stream: AsyncGenerator[InferResponse, None]) -> AsyncGenerator
     async with contextlib.aclosing(stream) as answers:
         try:
             async for answer in answers:
-                yield kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(answer))
+                yield _sse(answer)
         except InferdError as exc:
             if exc.code is ErrorCode.MODEL_FAILED:  # a 500 after the status went out: logged as one
                 log.error("generate_stream: %s", exc.message, exc_info=exc)
             yield kserve_v2_generate.sse_error(exc.message)
+
+
+def _sse(answer: InferResponse) -> bytes:
+    """One answer as a Server-Sent Event: its outputs, or an error response's ``error``."""
+    if answer.error is not None:
+        return kserve_v2_generate.sse_error(_words(answer.error))
+    return kserve_v2_generate.sse_event(kserve_v2_generate.encode_generate_response(answer))
+
+
+def _words(error: Exception) -> str:
+    return error.message if isinstance(error, InferdError) else str(error)
 
 
 def _decode_work(body: bytearray, header_length: int | None) -> int:

@@ -299,14 +299,16 @@ class TorchServeRoutes:
 
     async def _node(self, model: str, given: NodeInput, headers: dict[str, str], credentials: str | None) -> bytes:
         """One node's call: the handler sees the request (start node), ``{"body": ...}`` (one
-        predecessor) or a field per predecessor, and the workflow request's headers."""
+        predecessor) or a field per predecessor, and the workflow request's headers, whose sequence
+        headers are config.properties' names, as on ``/predictions``."""
         if isinstance(given, Original):
-            infer_request = torchserve.decode_prediction(given.body, given.content_type, model, None, given.headers)
+            infer_request = torchserve.decode_prediction(given.body, given.content_type, model, None, given.headers,
+                                                         self.keys)
         elif list(given) == ["body"]:
             infer_request = torchserve.decode_prediction(given["body"], "application/octet-stream", model, None,
-                                                         headers)
+                                                         headers, self.keys)
         else:
-            infer_request = torchserve.decode_form_prediction(given, model, None, headers)
+            infer_request = torchserve.decode_form_prediction(given, model, None, headers, self.keys)
         infer_request.credentials = credentials
         response = await self.data.infer(infer_request)
         status = torchserve.prediction_status(response)
