@@ -210,8 +210,8 @@ def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, han
     ``deviceType: gpu`` and ``deviceIds``) runs the handler's workers as threads on those GPUs, where
     the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so).
     ``sequences`` (``sequence_batching``: what model-config.yaml asks for) makes it stateful: each
-    sequence's requests run one at a time on the worker that holds its state, and different
-    sequences are not batched together."""
+    sequence's requests run one at a time on the worker that holds its state, and a batch holds
+    one request of each of up to batch_size sequences."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")
