@@ -693,3 +693,24 @@ def test_a_free_instance_waits_for_a_fuller_batch_only_while_another_is_busy() -
     alone, waited = asyncio.run(main())
     assert alone < 0.45 and waited > 0.45, (alone, waited)
     assert [lane for lane, _ in runtime.calls] == [0, 0, 1]
+
+
+def test_a_new_instance_gives_its_slots_to_the_backlog() -> None:
+    """Two slots on the one instance, both held: a third START waits; scaling to two instances
+    seats it on the new one."""
+    runtime = Recording()
+    runtime.max_batch_size = 2
+    scheduler = strategy_batcher(runtime, "direct")
+
+    async def main() -> Arrays:
+        await send_all(scheduler, [(1, SequenceId(1, start=True)), (2, SequenceId(2, start=True))])
+        third = asyncio.ensure_future(send_all(scheduler, [(3, SequenceId(3, start=True))]))
+        await asyncio.sleep(0.1)
+        assert not third.done()
+        await asyncio.to_thread(scheduler.resize, 2)
+        (answer,) = await asyncio.wait_for(third, 1.0)
+        assert isinstance(answer, dict)
+        return answer
+
+    assert asyncio.run(main())["X"].tolist() == [[3]]
+    assert [(lane, rows_of(inputs)[-1][1]) for lane, inputs in runtime.calls] == [(0, 2), (1, 3)]
