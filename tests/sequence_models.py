@@ -305,3 +305,117 @@ def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
         "strategy": "oldest { }", "state_dims": "-1", "initial": "", "dims": "-1"})
     accumulator_torchscript(root / "state_torch/1/model.pt")
     return root
+
+
+# -- several sequences in one execution (Triton's oldest and direct strategies) ----------------------
+# what each row saw, answered back: its CORRID, START, END, READY, the batch's size and the row's index;
+# TOTAL = STATE_OUT = STATE_IN + X on a ready row (slow enough for the requests behind it to queue)
+ROWS = '''
+import time
+
+import numpy as np
+
+DELAY_S = 0.03
+
+
+class Model:
+    def infer(self, inputs):
+        time.sleep(DELAY_S)
+        rows = inputs["X"].shape[0]
+        total = inputs["STATE_IN"] + inputs["X"] * inputs["READY"].astype(np.float32)
+        seen = np.concatenate([inputs[name].astype(np.int64) for name in ("CORRID", "START", "END", "READY")]
+                              + [np.full((rows, 1), rows), np.arange(rows).reshape(rows, 1)], axis=1)
+        return {"TOTAL": total, "STATE_OUT": total, "SEEN": seen}
+'''
+
+ROWS_CONFIG = """
+backend = "python"
+max_batch_size = 8
+[sequence_batching]
+max_sequence_idle_microseconds = 5000000
+[sequence_batching.%s]
+%s
+[[sequence_batching.control_input]]
+name = "START"
+kind = "START"
+[[sequence_batching.control_input]]
+name = "END"
+kind = "END"
+[[sequence_batching.control_input]]
+name = "READY"
+kind = "READY"
+[[sequence_batching.control_input]]
+name = "CORRID"
+kind = "CORRID"
+[[sequence_batching.state]]
+input_name = "STATE_IN"
+output_name = "STATE_OUT"
+datatype = "FP32"
+shape = [2]
+[[input]]
+name = "X"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "TOTAL"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "SEEN"
+datatype = "INT64"
+shape = [6]
+[instance_group]
+count = 1
+"""
+
+
+# a Triton Python model answering DYNA's OUTPUT and what each request showed it: its correlation_id(),
+# flags() and the number of requests execute() got with it
+DYNA_COUNTING = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.03)
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().astype(np.int64)
+            start = pb_utils.get_input_tensor_by_name(request, "START").as_numpy()
+            end = pb_utils.get_input_tensor_by_name(request, "END").as_numpy()
+            corrid = pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().astype(np.int64)
+            ready = pb_utils.get_input_tensor_by_name(request, "READY").as_numpy()
+            out = (value + start + end * corrid) * ready
+            seen = np.array([[request.correlation_id(), request.flags(), len(requests)]], np.int64)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", out.astype(np.int32)),
+                                                         pb_utils.Tensor("SEEN", seen)]))
+        return responses
+'''
+
+
+def build_batching(root: Path) -> Path:
+    """rows_oldest and rows_direct: ROWS, one process instance each; acc_oldest (one instance) and
+    acc_direct (two): the batching ONNX accumulator with its state, max_batch_size 8; dyna_counting:
+    DYNA_COUNTING, one instance, direct."""
+    config = DYNA_CONFIG % ("dyna_counting", "TYPE_UINT64")
+    config = config.replace("count: 2", "count: 1").replace(
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }, '
+        '{ name: "SEEN" data_type: TYPE_INT64 dims: [ 3 ] } ]')
+    models.write(root / "dyna_counting/1/model.py", DYNA_COUNTING)
+    models.write(root / "dyna_counting/config.pbtxt", config)
+    models.write(root / "rows_oldest/1/model.py", ROWS)
+    models.write(root / "rows_oldest/config.toml", ROWS_CONFIG % ("oldest", "max_candidate_sequences = 8"))
+    models.write(root / "rows_direct/1/model.py", ROWS)
+    models.write(root / "rows_direct/config.toml", ROWS_CONFIG % ("direct", ""))
+    for name, strategy, count in (("acc_oldest", "oldest { max_candidate_sequences: 16 }", 1),
+                                  ("acc_direct", "direct { }", 2)):
+        text = STATE_PBTXT % {"name": name, "platform": "onnxruntime_onnx", "max_batch_size": 8, "idle_us": 5_000_000,
+                              "strategy": strategy, "state_dims": "4", "initial": "", "dims": "4"}
+        models.write(root / name / "config.pbtxt", text.replace("count: 2", f"count: {count}"))
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1/model.onnx").write_bytes(accumulator_onnx(batching=True))
+    return root

@@ -117,6 +117,11 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
      "[sequence_batching.state.initial_state]\nname = 'i'\nshape = [3]\nzero_data = true",
      "initial_state dims \\[3\\] must be fixed sizes"),
     ("[[sequence_batching.state]]\ninput_name = 'S'\noutput_name = 'T'\ndims = [2]", "key 'dims' is not known"),
+    ("[sequence_batching.direct]\n[sequence_batching.oldest]", "takes one of \\[sequence_batching.direct\\] and"),
+    ("max_batch_size = 2\n[sequence_batching.oldest]\npreferred_batch_size = [3]",
+     "preferred batch size must be positive and <= max batch size \\(2\\), got 3"),
+    ("[sequence_batching.direct]\nminimum_slot_utilization = 2", "must be in range \\(0.0, 1.0\\], got 2"),
+    ("[sequence_batching.oldest]\nmax_queue_delay = 5", "key 'max_queue_delay' is not known"),
     ("[optimization]\nprecision = 'int8'", "'precision' must be one of \\('bf16', 'fp16'\\), got 'int8'"),
     ("[optimization]\ncompile = 'xla'", "'compile' must be one of"),
     ("[optimization]\nbatch_sizes = [1, 2]", "'batch_sizes' needs max_batch_size > 0"),
@@ -278,6 +283,27 @@ kind = "CORRID"
     assert [(c.name, c.kind, c.datatype, c.false_true) for c in sequence.controls] == [
         ("START", "START", "FP32", (0.0, 1.0)), ("ID", "CORRID", "UINT64", (0, 1))]
     assert load_model_config(write(tmp_path, "")).sequence_batching is None
+
+
+def test_the_sequence_strategy_in_config_toml(tmp_path: Path) -> None:
+    oldest = load_model_config(write(tmp_path, """
+max_batch_size = 8
+[sequence_batching.oldest]
+max_candidate_sequences = 16
+preferred_batch_size = [8, 4]
+max_queue_delay_microseconds = 500
+""")).sequence_batching
+    assert oldest is not None and (oldest.strategy, oldest.max_candidate_sequences, oldest.preferred_batch_sizes,
+                                   oldest.max_queue_delay_us) == ("oldest", 16, (4, 8), 500)
+    direct = load_model_config(write(tmp_path, """
+max_batch_size = 8
+[sequence_batching]
+max_sequence_idle_microseconds = 7
+[sequence_batching.direct]
+minimum_slot_utilization = 0.25
+""")).sequence_batching
+    assert direct is not None and (direct.strategy, direct.minimum_slot_utilization,
+                                   direct.max_sequence_idle_us) == ("direct", 0.25, 7)
 
 
 def test_implicit_state_in_config_toml(tmp_path: Path) -> None:

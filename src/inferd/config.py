@@ -354,8 +354,7 @@ class SequenceBatching:
 
     max_sequence_idle_us: int = 1_000_000  # Triton's default
     controls: tuple[SequenceControl, ...] = ()
-    strategy: str = ""  # Triton's "direct" | "oldest" as the file named it (each runs as inferd schedules: one
-    #                     request of a sequence per execution, on its instance); "": none named (Triton: direct)
+    strategy: str = ""  # Triton's "direct" | "oldest" as the file named it; "": none named (Triton's default, direct)
     states: tuple[SequenceState, ...] = ()  # implicit state, kept by the server per sequence
     # TorchServe's sequenceBatching: a sequence starts with its first request (no START flag), as its job groups do
     implicit_start: bool = False
@@ -363,6 +362,11 @@ class SequenceBatching:
     # waiting behind its running one; a request beyond either is refused (0: no limit, as Triton)
     max_sequences: int = 0
     max_queued_per_sequence: int = 0
+    # how a model that batches combines its sequences (Triton's direct and oldest fields; 0: not set)
+    max_queue_delay_us: int = 0  # direct and oldest: longest a ready request waits for a fuller batch
+    minimum_slot_utilization: float = 0.0  # direct: the share of slots ready that runs at once
+    max_candidate_sequences: int = 0  # oldest: sequences an instance batches from (0: max_batch_size)
+    preferred_batch_sizes: tuple[int, ...] = ()  # oldest
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +610,7 @@ def check_sequence_batching(config: ModelConfig, where: str) -> None:
             raise ConfigError(f"{where}: a sequence_batching model cannot have {clash} (each request of a "
                               "sequence runs alone, in order, on the instance that holds its state)")
     assert config.sequence_batching is not None
+    check_sequence_strategy(config.sequence_batching, config.max_batch_size, where)
     controls = config.sequence_batching.controls
     names = [c.name for c in controls]
     if len(set(names)) != len(names):
@@ -620,6 +625,22 @@ def check_sequence_batching(config: ModelConfig, where: str) -> None:
             raise ConfigError(f"{where}: control input '{control.name}' ({control.kind}) must be one of "
                               f"{' '.join(allowed)}, got {control.datatype}")
     check_states(config, where)
+
+
+def check_sequence_strategy(batching: SequenceBatching, max_batch_size: int, where: str) -> None:
+    """Triton's refusals of the direct and oldest fields (model_config_utils.cc)."""
+    if batching.strategy not in ("", "direct", "oldest"):
+        raise ConfigError(f"{where}: sequence_batching strategy must be direct or oldest, got {batching.strategy!r}")
+    if not 0.0 <= batching.minimum_slot_utilization <= 1.0:
+        raise ConfigError(f"{where}: sequence batching minimum slot utilization must be in range (0.0, 1.0], got "
+                          f"{batching.minimum_slot_utilization}")
+    for size in batching.preferred_batch_sizes:
+        if size <= 0 or size > max_batch_size:
+            raise ConfigError(f"{where}: sequence batching preferred batch size must be positive and <= max batch "
+                              f"size ({max_batch_size}), got {size}")
+    if batching.max_candidate_sequences < 0:
+        raise ConfigError(f"{where}: sequence batching max_candidate_sequences must be >= 0, got "
+                          f"{batching.max_candidate_sequences}")
 
 
 def check_states(config: ModelConfig, where: str) -> None:
@@ -923,7 +944,12 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
     idle = table.take_int("max_sequence_idle_microseconds", 1_000_000, minimum=1, maximum=INT64_MAX)
     items = table.take("control_input", list, [])
     states = _states(table.take("state", list, []), where)
+    direct, oldest = table.take("direct", dict), table.take("oldest", dict)
     table.finish()
+    if direct is not None and oldest is not None:
+        raise ConfigError(f"{where}: [sequence_batching] takes one of [sequence_batching.direct] and "
+                          "[sequence_batching.oldest], got both")
+    strategy = _sequence_strategy(direct, oldest, where)
     controls = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -942,7 +968,29 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
         if len(values) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             raise control.fail("false_true", f"must be two numbers (the false and the true value), got {values!r}")
         controls.append(SequenceControl(name, kind, datatype, (values[0], values[1])))
-    return SequenceBatching(idle, tuple(controls), states=states)
+    return replace(strategy, max_sequence_idle_us=idle, controls=tuple(controls), states=states)
+
+
+def _sequence_strategy(direct: dict[str, Any] | None, oldest: dict[str, Any] | None,
+                       where: str) -> SequenceBatching:
+    """``[sequence_batching.direct]`` or ``[sequence_batching.oldest]``: Triton's fields, as a
+    SequenceBatching holding only them."""
+    if direct is not None:
+        table = _Table(direct, f"{where}: [sequence_batching.direct]")
+        utilization = table.take("minimum_slot_utilization", (int, float), 0.0)
+        result = SequenceBatching(strategy="direct", max_queue_delay_us=table.take_int(
+            "max_queue_delay_microseconds", 0, maximum=INT64_MAX), minimum_slot_utilization=float(utilization))
+        table.finish()
+        return result
+    if oldest is not None:
+        table = _Table(oldest, f"{where}: [sequence_batching.oldest]")
+        result = SequenceBatching(
+            strategy="oldest", max_queue_delay_us=table.take_int("max_queue_delay_microseconds", 0, maximum=INT64_MAX),
+            max_candidate_sequences=table.take_int("max_candidate_sequences", 0),
+            preferred_batch_sizes=tuple(sorted(set(table.take_ints("preferred_batch_size", minimum=1)))))
+        table.finish()
+        return result
+    return SequenceBatching()
 
 
 def _states(items: list[Any], where: str) -> tuple[SequenceState, ...]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -173,3 +175,38 @@ def test_a_stateful_archive_in_a_model_repository(store: Path, tmp_path: Path) -
         assert codes == [200, 200, 503]
         [described] = requests.get(f"http://{server.url}/models/limited", timeout=30).json()
         assert _sequence_settings(described)[:2] == (True, 60000), described
+
+
+def test_a_stateful_archive_batches_its_sequences_requests_together(store: Path, tmp_path: Path) -> None:
+    """batchSize 4, one worker: the handler (the running sum, 50 ms a call) gets several sequences'
+    requests in one ``handle``, as TorchServe's job groups give one request each, each row with its
+    own sequence id and sum."""
+    handler = tmp_path / "slow_sum.py"
+    handler.write_text(textwrap.dedent(ts_archives.STATEFUL_HANDLER).replace(
+        "    def handle(self, data, context):\n", "    def handle(self, data, context):\n        time.sleep(0.05)\n")
+        .replace("import os\n", "import os\nimport time\n"))
+    (tmp_path / "slow.yaml").write_text(ts_archives.SEQUENCE_YAML.replace("Workers: 2", "Workers: 1"))
+    (tmp_path / "store").mkdir()
+    ts_archives.archive(tmp_path / "store", "slow", store.parent / "grpc-work" / "mlp.pt", str(handler),
+                        config_file=tmp_path / "slow.yaml")
+    (tmp_path / "server").mkdir()
+    with torchserve(tmp_path / "server", {"model_store": str(tmp_path / "store"), "load_models": "slow.mar",
+                                          "disable_token_authorization": "true"}) as urls:
+        url = f"{urls['inference']}/predictions/slow"
+
+        def run(key: str) -> list[dict[str, object]]:
+            answers = []
+            for value in (1, 2, 3, 4):
+                end = {"ts_request_sequence_end": "true"} if value == 4 else {}
+                answer = requests.post(url, data=str(value), headers={"ts_request_sequence_id": key, **end}, timeout=60)
+                assert answer.status_code == 200, answer.text
+                answers.append(answer.json())
+            return answers
+
+        keys = [f"s{i}" for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            results = dict(zip(keys, pool.map(run, keys), strict=True))
+    for key, answers in results.items():
+        assert [(a["sequence_id"], a["sum"]) for a in answers] == [(key, 1), (key, 3), (key, 6), (key, 10)]
+    batches = [int(str(a["batch"])) for answers in results.values() for a in answers]
+    assert max(batches) > 1, batches

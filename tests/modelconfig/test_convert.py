@@ -69,6 +69,10 @@ STATE = 'sequence_batching { state [ { input_name: "S" output_name: "T" data_typ
     ('sequence_batching { control_input [ { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID } ] } ] }',
      "needs a data_type"),
     ('max_batch_size: 2\nsequence_batching { }\ndynamic_batching { }', "dynamic_batching"),
+    ('max_batch_size: 2\nsequence_batching { oldest { preferred_batch_size: [ 4 ] } }',
+     "sequence batching preferred batch size must be positive and <= max batch size (2), got 4"),
+    ('max_batch_size: 2\nsequence_batching { direct { minimum_slot_utilization: 1.5 } }',
+     "minimum slot utilization must be in range (0.0, 1.0], got 1.5"),
     ('sequence_batching { }\nresponse_cache { enable: true }', "cannot have response_cache"),
     ('sequence_batching { control_input [ { name: "INPUT" control [ { kind: CONTROL_SEQUENCE_READY '
      'fp32_false_true: [ 0, 1 ] } ] } ] }\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]',
@@ -243,6 +247,22 @@ def test_sequence_batching_reads_its_controls_and_answers_them_back() -> None:
         served = ServedConfig("s", "", "python", dataclasses.replace(config, sequence_batching=read))
         answered = model_config_json(served)
         assert strategy.split()[0] in answered["sequence_batching"]
+
+
+def test_the_sequence_strategies_fields_are_read_and_answered_back() -> None:
+    for strategy, fields in (
+            ("oldest { max_candidate_sequences: 4 preferred_batch_size: [ 4, 2 ] max_queue_delay_microseconds: 300 }",
+             {"max_candidate_sequences": 4, "preferred_batch_sizes": (2, 4), "max_queue_delay_us": 300}),
+            ("direct { max_queue_delay_microseconds: 100 minimum_slot_utilization: 0.5 }",
+             {"max_queue_delay_us": 100, "minimum_slot_utilization": 0.5})):
+        config = parse_pbtxt(f"max_batch_size: 8\nsequence_batching {{ {strategy} }}", "p", "m")
+        read = config.sequence_batching
+        assert read is not None and {key: getattr(read, key) for key in fields} == fields
+        answered = model_config_json(ServedConfig("m", "", "onnx", config))["sequence_batching"]
+        name = strategy.split()[0]
+        assert answered[name]["max_queue_delay_microseconds"] == fields["max_queue_delay_us"]
+        again = apply_override(ModelConfig(max_batch_size=8), json.dumps({"sequence_batching": answered}), "m")
+        assert again.sequence_batching == read
 
 
 BACKEND_OPTIONS = """

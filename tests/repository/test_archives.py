@@ -27,12 +27,13 @@ def write_archive(path: Path, yaml: str) -> Path:
 
 def test_a_stateful_archive_gets_the_sequence_batcher_with_torchserves_limits(tmp_path: Path) -> None:
     """maxNumSequence as given, maxSequenceJobQueueSize 1 when not given (TorchServe's default);
-    dynamic batching gives way to it."""
+    dynamic batching gives way to it; a batch takes the oldest ready request of any live sequences."""
     write_archive(tmp_path / "1" / "model.mar", STATEFUL)
     config = with_archive_sequences(ModelConfig(dynamic_batching=DynamicBatching()), tmp_path / "1")
     assert config.dynamic_batching is None
     assert config.sequence_batching == SequenceBatching(max_sequence_idle_us=5_000_000, implicit_start=True,
-                                                        max_sequences=3, max_queued_per_sequence=1)
+                                                        max_sequences=3, max_queued_per_sequence=1,
+                                                        strategy="oldest", max_candidate_sequences=3)
 
 
 @pytest.mark.parametrize(("yaml", "config"), [

@@ -80,7 +80,9 @@ def test_each_sequence_keeps_its_lane_and_starts_take_the_emptier_one() -> None:
         call(scheduler, sequence, SequenceId(sequence))
     lanes: dict[int, set[int]] = {}
     for lane, inputs in runtime.calls:
-        lanes.setdefault(int(inputs["CORRID"][0, 0]), set()).add(lane)
+        for corrid, ready in zip(inputs["CORRID"][:, 0], inputs["READY"][:, 0], strict=True):
+            if ready:  # direct: sequence 3 runs on slot 1 of lane 0, slot 0 empty (READY false)
+                lanes.setdefault(int(corrid), set()).add(lane)
     assert lanes == {1: {0}, 2: {1}, 3: {0}}
 
 
@@ -355,8 +357,8 @@ def test_requests_queued_behind_a_start_that_never_ran_are_refused() -> None:
     assert isinstance(start, DeadlineExceeded)
     assert isinstance(later, InvalidInput) and "must specify the START flag" in later.message
     assert [int(inputs["X"][0, 0]) for _, inputs in runtime.calls] == [1]
-    call(scheduler, 4, SequenceId(2, start=True))  # it may start again
-    assert int(runtime.calls[-1][1]["START"][0, 0]) == 1
+    call(scheduler, 4, SequenceId(2, start=True))  # it may start again (on slot 1: sequence 1 holds slot 0)
+    assert runtime.calls[-1][1]["START"].tolist() == [[0], [1]]
 
 
 class Accumulating(Runtime):
@@ -424,7 +426,8 @@ def test_a_start_gets_the_initial_state_and_a_declared_state_output_is_answered(
     answer = add(scheduler, [1, 1], SequenceId(3, start=True))
     assert answer["OUT"].tolist() == [[101, 201]] and answer["STATE_OUT"].tolist() == [[101, 201]]
     add(scheduler, [1, 1], SequenceId(4, start=True))
-    assert runtime.seen == [[[100, 200]], [[100, 200]]]  # each START from the initial state, not from another's
+    # each START from the initial state, not from another's; sequence 4 on slot 1 beside the empty slot 0 (zeros)
+    assert runtime.seen == [[[100, 200]], [[0, 0], [100, 200]]]
 
 
 def test_a_model_that_does_not_return_its_state_output_fails_the_request() -> None:
@@ -469,3 +472,245 @@ def test_torchserves_limits_refuse_a_sequence_too_many_and_a_request_that_would_
     assert "maxSequenceJobQueueSize" in str(crowded[2]) and "maxNumSequence" in str(crowded[4])
     assert isinstance(crowded[2], Unavailable)  # a refusal the client may retry (503, TorchServe's code)
     assert [a["X"].tolist() for a in after] == [[[7]]]  # b ended: c has room
+
+
+# -- several sequences in one execution (Triton's oldest and direct strategies) -------------------
+def strategy_batcher(runtime: Runtime, strategy: str, count: int = 1, **fields: object) -> SequenceBatcher:
+    config = SequenceBatching(1_000_000, CONTROLS if isinstance(runtime, Recording) else (), strategy, **fields)
+    return SequenceBatcher(InstancePool(runtime, count, "acc:1"), config)
+
+
+def rows_of(inputs: Arrays) -> list[tuple[int, int, int, float, bool]]:
+    """Each row's (X, CORRID, START, READY, END) as the model got it."""
+    return [(int(x), int(corrid), int(start), float(ready), bool(end)) for x, corrid, start, ready, end in zip(
+        inputs["X"][:, 0], inputs["CORRID"][:, 0], inputs["START"][:, 0], inputs["READY"][:, 0], inputs["END"][:, 0],
+        strict=True)]
+
+
+async def send_all(scheduler: SequenceBatcher, requests: list[tuple[int, SequenceId]],
+                   gap_s: float = 0.0) -> list[Arrays | BaseException]:
+    """The requests sent together (or ``gap_s`` apart, in order); their answers or errors."""
+    tasks = []
+    for value, sequence in requests:
+        tasks.append(asyncio.ensure_future(scheduler.infer_async({"X": np.array([[value]], np.int32)},
+                                                                 CallContext(sequence=sequence))))
+        if gap_s:
+            await asyncio.sleep(gap_s)
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+def test_oldest_runs_the_ready_requests_of_several_sequences_as_one_batch_each_with_its_controls() -> None:
+    """Sequences 1..4 start while the instance runs sequence 9: their STARTs run as one batch of 4,
+    each row with its own CORRID and START, and each answer is its own row; one request per
+    sequence per batch (sequence 1's second request runs in the next batch, after its first)."""
+    runtime = Recording(delay_s=0.1)
+    scheduler = strategy_batcher(runtime, "oldest")
+
+    async def main() -> list[Arrays | BaseException]:
+        busy = asyncio.ensure_future(send_all(scheduler, [(90, SequenceId(9, start=True))]))
+        await asyncio.sleep(0.03)
+        answers = await send_all(scheduler, [(10, SequenceId(1, start=True)), (20, SequenceId(2, start=True)),
+                                             (11, SequenceId(1, end=True)), (30, SequenceId(3, start=True)),
+                                             (40, SequenceId(4, start=True, end=True))])
+        await busy
+        return answers
+
+    answers = asyncio.run(main())
+    assert [a["X"].tolist() for a in answers if isinstance(a, dict)] == [[[10]], [[20]], [[11]], [[30]], [[40]]]
+    assert [rows_of(inputs) for _, inputs in runtime.calls] == [
+        [(90, 9, 1, 2.5, False)],
+        [(10, 1, 1, 2.5, False), (20, 2, 1, 2.5, False), (30, 3, 1, 2.5, False), (40, 4, 1, 2.5, True)],
+        [(11, 1, 0, 2.5, True)]]
+    stats = scheduler.statistics()
+    assert (stats.executions, stats.inferences) == (3, 6)
+    assert scheduler.sequences == 3  # 9, 2 and 3 live; 1 and 4 ended
+
+
+def test_oldest_takes_at_most_max_batch_size_rows_and_cuts_to_a_preferred_size() -> None:
+    runtime = Recording(delay_s=0.1)
+    runtime.max_batch_size = 3
+    scheduler = strategy_batcher(runtime, "oldest", preferred_batch_sizes=(2,), max_candidate_sequences=8)
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(send_all(scheduler, [(0, SequenceId(100, start=True))]))
+        await asyncio.sleep(0.03)
+        await send_all(scheduler, [(i, SequenceId(i, start=True)) for i in range(1, 6)])
+        await busy
+
+    asyncio.run(main())
+    assert [[row[0] for row in rows_of(inputs)] for _, inputs in runtime.calls] == [[0], [1, 2], [3, 4], [5]]
+
+
+def test_direct_keeps_each_sequence_on_its_slots_row_and_fills_empty_slots_as_not_ready() -> None:
+    """Sequences 1, 2, 3 take slots 0, 1, 2; a batch runs rows 0 up to the highest slot with a ready
+    request; an empty slot's row has READY, START and END false and CORRID 0 (Triton's null request)."""
+    runtime = Recording()
+    scheduler = strategy_batcher(runtime, "direct")
+    for sequence in (1, 2, 3):
+        call(scheduler, sequence, SequenceId(sequence, start=True))
+    call(scheduler, 22, SequenceId(2))
+    call(scheduler, 33, SequenceId(3, end=True))
+    call(scheduler, 44, SequenceId(4, start=True))  # slot 2, freed by sequence 3's END
+    empty = (0, 0, 0, 0.0, False)
+    assert [rows_of(inputs) for _, inputs in runtime.calls] == [
+        [(1, 1, 1, 2.5, False)],
+        [empty, (2, 2, 1, 2.5, False)],
+        [empty, empty, (3, 3, 1, 2.5, False)],
+        [empty, (22, 2, 0, 2.5, False)],
+        [empty, empty, (33, 3, 0, 2.5, True)],
+        [empty, empty, (44, 4, 1, 2.5, False)]]
+    stats = scheduler.statistics()
+    assert (stats.executions, stats.inferences) == (6, 6)  # empty slots are not inferences
+    assert [(b.batch_size, b.compute_infer.count) for b in stats.batches] == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_direct_runs_ready_slots_together_and_a_sequence_ending_frees_only_its_slot() -> None:
+    runtime = Recording(delay_s=0.05)
+    scheduler = strategy_batcher(runtime, "direct")
+
+    async def main() -> None:
+        await send_all(scheduler, [(1, SequenceId(1, start=True)), (2, SequenceId(2, start=True)),
+                                   (3, SequenceId(3, start=True))])
+        await send_all(scheduler, [(11, SequenceId(1)), (22, SequenceId(2, end=True)), (33, SequenceId(3))])
+        await send_all(scheduler, [(111, SequenceId(1)), (44, SequenceId(4, start=True)), (333, SequenceId(3))])
+
+    asyncio.run(main())
+    assert [[row[:2] for row in rows_of(inputs)] for _, inputs in runtime.calls] == [
+        [(1, 1), (2, 2), (3, 3)], [(11, 1), (22, 2), (33, 3)], [(111, 1), (44, 4), (333, 3)]]
+
+
+def test_a_start_beyond_the_slots_waits_in_the_backlog_until_a_sequence_ends() -> None:
+    """Two slots (max_candidate_sequences = 2) and a third sequence: its START waits (it does not run
+    beside them) until sequence 1 ends, then takes its slot; its deadline bounds the wait."""
+    runtime = Recording(delay_s=0.02)
+    scheduler = strategy_batcher(runtime, "oldest", max_candidate_sequences=2)
+
+    async def main() -> tuple[list[Arrays | BaseException], BaseException | None]:
+        await send_all(scheduler, [(1, SequenceId(1, start=True)), (2, SequenceId(2, start=True))])
+        late = None
+        try:
+            await scheduler.infer_async({"X": np.array([[9]], np.int32)}, CallContext(
+                sequence=SequenceId(9, start=True), deadline=time.perf_counter() + 0.15))
+        except DeadlineExceeded as exc:
+            late = exc
+        third = asyncio.ensure_future(send_all(scheduler, [(3, SequenceId(3, start=True))]))
+        await asyncio.sleep(0.15)
+        assert not third.done()
+        await send_all(scheduler, [(11, SequenceId(1, end=True))])
+        return await third, late
+
+    (answer,), late = asyncio.run(main())
+    assert isinstance(answer, dict) and answer["X"].tolist() == [[3]]
+    assert late is not None and "waited for a free slot (2 per instance)" in late.message
+    assert [[row[1] for row in rows_of(inputs)] for _, inputs in runtime.calls] == [[1, 2], [1], [3]]
+    assert scheduler.sequences == 2
+
+
+def test_a_slot_held_by_an_idle_sequence_goes_to_the_backlog() -> None:
+    runtime = Recording()
+    config = SequenceBatching(100_000, CONTROLS, "oldest", max_candidate_sequences=1)
+    scheduler = SequenceBatcher(InstancePool(runtime, 1, "acc:1"), config)
+    call(scheduler, 1, SequenceId(1, start=True))
+    started = time.perf_counter()
+    call(scheduler, 2, SequenceId(2, start=True))  # waits for sequence 1 to idle out (0.1 s)
+    assert 0.09 < time.perf_counter() - started < 2
+    with pytest.raises(InvalidInput, match="must specify the START flag"):
+        call(scheduler, 1, SequenceId(1))
+
+
+def test_each_row_gets_its_own_sequences_state_and_keeps_its_own_row_of_the_state_output() -> None:
+    """Two sequences' states in one batch (concatenated), split back: each continues from its own.
+    States of another shape never share a batch."""
+    runtime = Accumulating()
+    runtime.seen = []
+    states = (SequenceState("STATE_IN", "STATE_OUT", "INT64", (-1,)),)
+    scheduler = SequenceBatcher(InstancePool(runtime, 1, "acc:1"), SequenceBatching(1_000_000, states=states,
+                                                                                    strategy="oldest"))
+
+    async def main() -> list[list[list[int]]]:
+        answers = []
+        for round_ in ([([1, 1], SequenceId(1, start=True)), ([10, 10], SequenceId(2, start=True)),
+                        ([7], SequenceId(3, start=True))],
+                       [([1, 1], SequenceId(1)), ([10, 10], SequenceId(2, end=True)), ([7], SequenceId(3))],
+                       [([1, 1], SequenceId(1)), ([5, 5], SequenceId(2, start=True))]):
+            got = await asyncio.gather(*(scheduler.infer_async({"X": np.array([values], np.int64)},
+                                                               CallContext(sequence=sequence))
+                                         for values, sequence in round_))
+            answers += [answer["OUT"].tolist() for answer in got]
+        return answers
+
+    assert asyncio.run(main()) == [[[1, 1]], [[10, 10]], [[7]], [[2, 2]], [[20, 20]], [[14]], [[3, 3]], [[5, 5]]]
+    # sequence 3's input, and sequence 2's after its new START, differ in shape: they run apart
+    assert runtime.seen == [[[0], [0]], [[0]], [[1, 1], [10, 10]], [[7]], [[2, 2]], [[0]]]
+    assert scheduler.state_bytes == 2 * 8 + 1 * 8 + 2 * 8  # sequences 1, 3 and the new 2
+
+
+def test_a_model_failure_fails_every_row_of_its_batch_and_a_bad_answer_is_the_models_error() -> None:
+    class Failing(Recording):
+        def infer_on(self, lane: int, inputs: Arrays) -> Arrays:
+            time.sleep(self.delay_s)
+            if 13 in inputs["X"]:
+                raise ValueError("thirteen")
+            if 14 in inputs["X"]:
+                return {"X": inputs["X"][:1]}
+            return {"X": inputs["X"]}
+
+    scheduler = strategy_batcher(Failing(delay_s=0.05), "oldest")
+
+    async def main() -> list[Arrays | BaseException]:
+        busy = asyncio.ensure_future(send_all(scheduler, [(0, SequenceId(100, start=True))]))
+        await asyncio.sleep(0.02)
+        first = await send_all(scheduler, [(1, SequenceId(1, start=True)), (13, SequenceId(2, start=True))])
+        second = await send_all(scheduler, [(2, SequenceId(1)), (14, SequenceId(2))])
+        third = await send_all(scheduler, [(3, SequenceId(1))])
+        await busy
+        return first + second + third
+
+    one, thirteen, two, fourteen, three = asyncio.run(main())
+    assert isinstance(one, ModelError) and isinstance(thirteen, ModelError) and "thirteen" in str(thirteen)
+    assert isinstance(two, ModelError) and "dim 0 must be the batch" in str(fourteen)
+    assert isinstance(three, dict) and three["X"].tolist() == [[3]]  # the sequence goes on
+
+
+def test_a_free_instance_waits_for_a_fuller_batch_only_while_another_is_busy() -> None:
+    """max_queue_delay_microseconds 200 ms: with every instance free a request runs at once (the
+    work-conserving rule); with the other instance busy it waits the delay for company first."""
+    runtime = Recording(delay_s=0.3)
+    scheduler = strategy_batcher(runtime, "oldest", count=2, max_queue_delay_us=200_000, max_candidate_sequences=8)
+
+    async def main() -> tuple[float, float]:
+        started = time.perf_counter()
+        await send_all(scheduler, [(1, SequenceId(1, start=True))])
+        alone = time.perf_counter() - started
+        busy = asyncio.ensure_future(send_all(scheduler, [(11, SequenceId(1))]))  # lane 0 busy
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        await send_all(scheduler, [(2, SequenceId(2, start=True))])  # lane 1, free
+        waited = time.perf_counter() - started
+        await busy
+        return alone, waited
+
+    alone, waited = asyncio.run(main())
+    assert alone < 0.45 and waited > 0.45, (alone, waited)
+    assert [lane for lane, _ in runtime.calls] == [0, 0, 1]
+
+
+def test_a_new_instance_gives_its_slots_to_the_backlog() -> None:
+    """Two slots on the one instance, both held: a third START waits; scaling to two instances
+    seats it on the new one."""
+    runtime = Recording()
+    runtime.max_batch_size = 2
+    scheduler = strategy_batcher(runtime, "direct")
+
+    async def main() -> Arrays:
+        await send_all(scheduler, [(1, SequenceId(1, start=True)), (2, SequenceId(2, start=True))])
+        third = asyncio.ensure_future(send_all(scheduler, [(3, SequenceId(3, start=True))]))
+        await asyncio.sleep(0.1)
+        assert not third.done()
+        await asyncio.to_thread(scheduler.resize, 2)
+        (answer,) = await asyncio.wait_for(third, 1.0)
+        assert isinstance(answer, dict)
+        return answer
+
+    assert asyncio.run(main())["X"].tolist() == [[3]]
+    assert [(lane, rows_of(inputs)[-1][1]) for lane, inputs in runtime.calls] == [(0, 2), (1, 3)]

@@ -470,6 +470,10 @@ class ProcessRuntime(Runtime):
         instance = self._checkout()
         return self._on(instance, lambda: instance.call_requests(requests))
 
+    def infer_requests_on(self, lane: int, requests: list[Arrays]) -> list[Answer]:
+        instance = self._checkout(lane)
+        return self._on(instance, lambda: instance.call_requests(requests))
+
     def _call(self, instance: InstanceProcess, inputs: Arrays, emit: Emit | None = None) -> Arrays:
         return self._on(instance, lambda: instance.call(inputs, emit))
 

@@ -317,9 +317,15 @@ def _sequence_batching(message: mc.ModelConfig, where: str) -> SequenceBatching 
             raise ConfigError(f"{where}: sequence_batching control_input '{control_input.name}' must hold one "
                               f"control, got {len(control_input.control)}")
         controls.append(_control(control_input.name, control_input.control[0], where))
-    return SequenceBatching(int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls),
-                            sequence.WhichOneof("strategy_choice") or "",
-                            tuple(_state(state, where) for state in sequence.state))
+    strategy = sequence.WhichOneof("strategy_choice") or ""
+    direct, oldest = sequence.direct, sequence.oldest
+    return SequenceBatching(
+        int(sequence.max_sequence_idle_microseconds) or 1_000_000, tuple(controls), strategy,
+        tuple(_state(state, where) for state in sequence.state),
+        max_queue_delay_us=int((oldest if strategy == "oldest" else direct).max_queue_delay_microseconds),
+        minimum_slot_utilization=float(direct.minimum_slot_utilization),
+        max_candidate_sequences=int(oldest.max_candidate_sequences),
+        preferred_batch_sizes=tuple(sorted(set(int(size) for size in oldest.preferred_batch_size))))
 
 
 def _state(state: mc.ModelSequenceBatching.State, where: str) -> SequenceState:
@@ -486,8 +492,15 @@ _KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "model": mc.ModelInstanceGroup.
 
 def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatching) -> None:
     message.max_sequence_idle_microseconds = sequence.max_sequence_idle_us
-    if sequence.strategy:
-        getattr(message, sequence.strategy).SetInParent()
+    if sequence.strategy == "direct":
+        message.direct.SetInParent()
+        message.direct.max_queue_delay_microseconds = sequence.max_queue_delay_us
+        message.direct.minimum_slot_utilization = sequence.minimum_slot_utilization
+    elif sequence.strategy == "oldest":
+        message.oldest.max_candidate_sequences = sequence.max_candidate_sequences
+        message.oldest.preferred_batch_size.extend(sequence.preferred_batch_sizes)
+        message.oldest.max_queue_delay_microseconds = sequence.max_queue_delay_us
+        message.oldest.SetInParent()
     for control in sequence.controls:
         added = message.control_input.add(name=control.name).control.add(
             kind=_CONTROL.Kind.Value(f"CONTROL_SEQUENCE_{control.kind}"))

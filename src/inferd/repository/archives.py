@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from inferd.config import DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
+from inferd.config import INT32_MAX, DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
 from inferd.types import SequenceSettings
 
@@ -185,13 +185,16 @@ def archive_identity(archive: Path) -> tuple[str, str]:
 
 def sequence_batching(info: ArchiveInfo) -> SequenceBatching | None:
     """The sequence batcher an archive's model-config.yaml asks for (``sequenceBatching: true`` with
-    ``sequenceMaxIdleMSec``; its ``maxNumSequence`` and ``maxSequenceJobQueueSize``), else None."""
+    ``sequenceMaxIdleMSec``; its ``maxNumSequence`` and ``maxSequenceJobQueueSize``), else None. A
+    batch takes the oldest ready request of up to batchSize sequences, as TorchServe's job groups
+    give theirs (``oldest``, every live sequence a candidate: no backlog, maxNumSequence refuses)."""
     idle_ms = info.sequence_idle_ms()
     if idle_ms <= 0:
         return None
     max_sequences, max_queued = info.sequence_limits()
     return SequenceBatching(max_sequence_idle_us=idle_ms * 1000, implicit_start=True, max_sequences=max_sequences,
-                            max_queued_per_sequence=max_queued)
+                            max_queued_per_sequence=max_queued, strategy="oldest",
+                            max_candidate_sequences=max_sequences or INT32_MAX)
 
 
 def with_archive_sequences(config: ModelConfig, version_dir: Path) -> ModelConfig:
@@ -220,8 +223,8 @@ def archive_config(workers: int, batch_size: int, max_batch_delay_ms: float, han
     ``deviceType: gpu`` and ``deviceIds``) runs the handler's workers as threads on those GPUs, where
     the handler gets ``gpu_id`` (never a silent CPU: without CUDA the load fails saying so).
     ``sequences`` (``sequence_batching``: what model-config.yaml asks for) makes it stateful: each
-    sequence's requests run one at a time on the worker that holds its state, and different
-    sequences are not batched together."""
+    sequence's requests run one at a time on the worker that holds its state, and a batch holds
+    one request of each of up to batch_size sequences."""
     if workers < 1 or batch_size < 1 or max_batch_delay_ms < 0:
         raise InvalidInput(f"initial_workers and batch_size must be >= 1 and max_batch_delay >= 0, got "
                            f"{workers}, {batch_size}, {max_batch_delay_ms}")

@@ -149,6 +149,11 @@ class Runtime(ABC):
                 answers.append(exc)
         return answers
 
+    def infer_requests_on(self, lane: int, requests: list[Arrays]) -> list[Answer]:
+        """``infer_requests`` on instance ``lane`` (a sequence batch: its sequences' states live
+        there). Runtimes whose instances are one object just ``infer_requests``."""
+        return self.infer_requests(requests)
+
     def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
         """A decoupled model's execution of several requests at once (``requests_apart``: Triton's
         ``execute(requests)`` under dynamic batching): each request's answers go to its own sink,

@@ -60,6 +60,9 @@ class ReshapedRuntime(Runtime):
     def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
         return [self._answer(answer) for answer in self.inner.infer_requests([self._in(r) for r in requests])]
 
+    def infer_requests_on(self, lane: int, requests: list[Arrays]) -> list[Answer]:
+        return [self._answer(answer) for answer in self.inner.infer_requests_on(lane, [self._in(r) for r in requests])]
+
     def _answer(self, answer: Answer) -> Answer:
         """One request's answer reshaped; an output that does not reshape fails that request alone."""
         if isinstance(answer, Exception):

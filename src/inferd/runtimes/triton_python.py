@@ -85,12 +85,7 @@ class TritonPythonRuntime(Runtime):
         self.metrics: pb_utils.MadeMetrics = {}  # the custom metric series this instance holds (MetricFamily)
 
     def infer(self, inputs: Arrays) -> Arrays:
-        correlation_id: int | str = 0
-        flags = 0
-        if SEQUENCE_INPUT in inputs:
-            inputs = dict(inputs)
-            correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
-        [answer] = self._run([inputs], correlation_id, flags)
+        [answer] = self._run([inputs])
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -98,12 +93,18 @@ class TritonPythonRuntime(Runtime):
     def infer_requests(self, requests: list[Arrays]) -> list[Answer]:
         return self._run(requests)
 
-    def _run(self, calls: list[Arrays], correlation_id: int | str = 0, flags: int = 0) -> list[Answer]:
-        """``execute`` on one InferenceRequest per call, each with its own facts and response
-        sender: per request, its outputs or the error its response carries. An answer that breaks
-        the contract as a whole (not one response per request) fails them all, as in Triton."""
+    def _run(self, calls: list[Arrays]) -> list[Answer]:
+        """``execute`` on one InferenceRequest per call, each with its own facts, sequence (a
+        sequence batch holds several sequences' requests) and response sender: per request, its
+        outputs or the error its response carries. An answer that breaks the contract as a whole
+        (not one response per request) fails them all, as in Triton."""
         requests, wanted, sent = [], [], []
         for inputs in calls:
+            correlation_id: int | str = 0
+            flags = 0
+            if SEQUENCE_INPUT in inputs:
+                inputs = dict(inputs)
+                correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
             inputs, parameters, outputs, request_id = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
             requests.append(received_request(inputs, outputs, request_id, parameters, sender=_collecting(mine),

@@ -242,9 +242,11 @@ class InstancePool(Scheduler):
         time on the loop is bounded by its size, not only by an average."""
         return self.inline and _nbytes(inputs) <= self._inline_max_bytes
 
-    def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None) -> Arrays:
+    def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None,
+                requests: int | None = None) -> Arrays:
         """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on);
-        ``emit``: the parts it sends before its answer go there (Runtime.infer_parts)."""
+        ``emit``: the parts it sends before its answer go there (Runtime.infer_parts); ``requests``:
+        the rows that are requests, when some are not (the sequence batcher's empty slots)."""
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
         rows = self._rows(inputs)
@@ -266,7 +268,8 @@ class InstancePool(Scheduler):
         except BaseException as exc:  # sys.exit() or KeyboardInterrupt in a model ends its call, not the server
             raise model_failure(self.name, exc) from exc
         finally:
-            self._counted(rows, time.perf_counter() - start, rows if succeeded else None)
+            answered = rows if requests is None else requests
+            self._counted(rows, time.perf_counter() - start, answered if succeeded else None)
 
     def submit_requests(self, requests: list[Arrays]) -> asyncio.Future[list[Answer]]:
         """Run one execution of several requests handed over apart (``requests_apart``) on a free
@@ -277,15 +280,17 @@ class InstancePool(Scheduler):
             return failed
         return asyncio.get_running_loop().run_in_executor(self._executor, self.execute_requests, requests)
 
-    def execute_requests(self, requests: list[Arrays]) -> list[Answer]:
-        """``execute`` for a batch handed over apart; a request's own failure is its error alone."""
+    def execute_requests(self, requests: list[Arrays], lane: int | None = None) -> list[Answer]:
+        """``execute`` for a batch handed over apart (``lane``: on that instance); a request's own
+        failure is its error alone."""
         rows = [self._rows(inputs) for inputs in requests]
         with self._batches_lock:
             self._busy += 1
         start = time.perf_counter()
         answered: int | None = None
         try:
-            answers = self.inner.infer_requests(requests)
+            answers = (self.inner.infer_requests(requests) if lane is None
+                       else self.inner.infer_requests_on(lane, requests))
             if len(answers) != len(requests):
                 raise ModelError(f"model '{self.name}' gave {len(answers)} answers to {len(requests)} requests")
             answered = sum(n for n, answer in zip(rows, answers, strict=True) if not isinstance(answer, Exception))
