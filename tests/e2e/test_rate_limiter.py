@@ -175,10 +175,18 @@ def instance_processes(server: RunningServer) -> int:
     deadline = time.monotonic() + 5
     while True:
         found = [child for child in psutil.Process(server.process.pid).children(recursive=True)
-                 if "inferd.isolation.worker" in " ".join(child.cmdline())]
+                 if "inferd.isolation.worker" in _command(child)]
         if len(found) <= 1 or time.monotonic() > deadline:
             return len(found)
         time.sleep(0.1)
+
+
+def _command(process: psutil.Process) -> str:
+    """Its command line; "" once it exited (a zombie not reaped yet has none to read)."""
+    try:
+        return " ".join(process.cmdline()) if process.status() != psutil.STATUS_ZOMBIE else ""
+    except psutil.Error:
+        return ""
 
 
 def test_priority_gives_priority_1_twice_the_turns_of_priority_2(tmp_path: Path) -> None:
