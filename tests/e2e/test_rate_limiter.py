@@ -155,12 +155,17 @@ def test_more_of_the_resource_or_the_limiter_off_lets_them_run_at_once(tmp_path:
 
 def test_a_need_beyond_the_available_count_fails_the_load(tmp_path: Path) -> None:
     root = shared_repository(tmp_path / "models")
-    with serve(root, "--rate-limit", "execution_count", "--rate-limit-resource", "R1:2") as server:
+    with serve(root, "--rate-limit", "execution_count", "--rate-limit-resource", "R1:2",
+               "--model-control", "explicit", "--load-model", "*") as server:
         index = {row["name"]: row for row in
                  requests.post(f"{server.base}/v2/repository/index", json={}, timeout=10).json()}
         answer = call(server, "plain")
         ready = requests.get(f"{server.base}/v2/models/slow_a/ready", timeout=5).status_code
         instances = instance_processes(server)
+        with pytest.raises(InferenceServerException) as refused:
+            httpclient.InferenceServerClient(server.url, network_timeout=30).load_model("slow_a")
+    assert refused.value.status() == "400"
+    assert 'failed to load \'slow_a\'' in str(refused.value) and 'limited to 2' in str(refused.value)
     for name in ("slow_a", "slow_b"):
         assert index[name]["state"] == "UNAVAILABLE"
         assert ('Resource count for "R1" is limited to 2 which will prevent scheduling of one or more model '
