@@ -8,6 +8,8 @@ from inferd.config import (
     InitialState,
     Optimization,
     QueuePolicy,
+    RateLimit,
+    RateResource,
     SequenceState,
     ServerSettings,
     capture_sizes,
@@ -83,6 +85,11 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("[instance_group]\nresponse_timeout_s = inf", "'response_timeout_s' must be a finite number > 0, got inf"),
     ("max_batch_size = 2\n[dynamic_batching]\ndefault_timeout_ms = nan", "'default_timeout_ms' must be a finite"),
     ("[instance_group]\nmemory_limit_mb = -5", "'memory_limit_mb' must be >= 0"),
+    ("[instance_group.rate_limiter]\npriority = -1", "'priority' must be >= 0"),
+    ("[instance_group.rate_limiter]\nresources = [{ name = 'R', count = -1 }]", "'count' must be >= 0"),
+    ("[instance_group.rate_limiter]\nresources = [{ name = 'R', cuont = 1 }]", "'cuont' is not known"),
+    ("[instance_group.rate_limiter]\nresources = ['R']", "resources #0 must be a table"),
+    ("[instance_group.rate_limiter]\nresources = [{ name = 'R' }, { name = 'R' }]", "lists resource 'R' twice"),
     ("[version_policy]\nlatest = 1\nall = true", "takes one of"),
     ("[[input]]\nname = 'x'\ndatatype = 'FLOAT'\nshape = [1]", "key 'datatype' must be one of"),
     ("[[input]]\nname = 'x'\ndatatype = 'FP32'\nshape = [-2]", "key 'shape' must be a list"),
@@ -350,3 +357,18 @@ allow_timeout_override = true
     assert batching.policy(1) == QueuePolicy(max_queue_size=4, default_timeout_ms=5.0, allow_timeout_override=True)
     assert batching.policy(2) == QueuePolicy(max_queue_size=16, default_timeout_ms=100.0, timeout_action="delay")
     assert [batching.level_of(p) for p in (0, 1, 2, 3)] == [2, 1, 2, 2]
+
+
+def test_a_rate_limiter_reads_from_config_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[instance_group]\ncount = 2\n[instance_group.rate_limiter]\npriority = 2\n"
+                    "resources = [{ name = 'R1', count = 4 }, { name = 'G', count = 1, global = true }]\n")
+    group = load_model_config(path).instance_group
+    assert group.rate_limiter == RateLimit((RateResource("R1", 4), RateResource("G", 1, shared=True)), 2)
+    assert load_model_config(tmp_path / "absent.toml").instance_group.rate_limiter is None
+
+
+def test_the_rate_limit_mode_is_checked() -> None:
+    assert ServerSettings().rate_limit == "off"
+    with pytest.raises(ConfigError, match="--rate-limit must be one of off, execution_count, got 'fast'"):
+        ServerSettings(rate_limit="fast")

@@ -13,7 +13,7 @@ from typing import Any
 
 from inferd import __version__
 from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
-from inferd.config import MODEL_CONTROL_MODES, Listener, ServerSettings
+from inferd.config import MODEL_CONTROL_MODES, RATE_LIMIT_MODES, Listener, ResourceCount, ServerSettings
 from inferd.errors import ConfigError
 
 
@@ -53,6 +53,21 @@ def _pair(kind: type[int] | type[float]) -> Any:
         return kind(low), kind(high)
 
     return parse
+
+
+def _rate_limit_resource(text: str) -> ResourceCount:
+    """--rate-limit-resource NAME:COUNT[:DEVICE], as Triton's command line takes it."""
+    parts = text.split(":")
+    expected = f"expected <resource_name>:<count> or <resource_name>:<count>:<device>, got {text!r}"
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise argparse.ArgumentTypeError(expected)
+    try:
+        count, device = int(parts[1]), int(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected} (count and device are integers)") from None
+    if count < 0 or (device is not None and device < 0):
+        raise argparse.ArgumentTypeError(f"{expected} (count and device are 0 or more)")
+    return ResourceCount(parts[0], count, device)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -135,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
                        "true answer identical requests from it (default 0: no cache)")
     serve.add_argument("--server-name", "--id", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
+    serve.add_argument("--rate-limit", type=str.lower, choices=RATE_LIMIT_MODES, default="off",
+                       help="execution_count: an instance of a model whose instance_group has a rate_limiter "
+                            "executes only while it holds the resources listed there (across all models; "
+                            "priority picks who waits least); off: rate_limiter sections change nothing")
+    serve.add_argument("--rate-limit-resource", type=_rate_limit_resource, action="append", default=[],
+                       metavar="NAME:COUNT[:DEVICE]",
+                       help="how many of a rate limiter resource the server has, on DEVICE or on every device "
+                            "(a global resource: the device is ignored); repeat per resource. Without it each "
+                            "resource has the largest count any instance asks for; with it, a resource it leaves "
+                            "out has none")
     serve.add_argument("--workers", type=int, default=0, metavar="N",
                        help="N front-end processes serve the HTTP and gRPC ports (SO_REUSEPORT) and hand "
                             "requests to this process, which owns the models and their batch queues; "
@@ -354,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
             cache_size=args.cache_size, allow_client_shm=args.allow_client_shm,
+            rate_limit=args.rate_limit, rate_limit_resources=tuple(args.rate_limit_resource),
             listeners=(Listener(args.host, args.metrics_port, ("kserve_metrics",)),) if args.metrics_port else ())
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)

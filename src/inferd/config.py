@@ -28,6 +28,7 @@ MODEL_KIND_BACKENDS = ("torch", "onnx")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
 INT32_MAX = 2**31 - 1  # what Triton's ModelConfig (protobuf) holds: counts and sizes are int32,
 INT64_MAX = 2**63 - 1  # versions, dims and microseconds 64 bits
+UINT32_MAX = 2**32 - 1  # rate_limiter counts and priorities (uint32 in Triton's message)
 MAX_DELAY_MS = INT64_MAX / 1000 / 1000  # milliseconds that fit a uint64 of microseconds, with room
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # a plain folder name
 NAME_RULE = ("a model name is 1 to 128 ASCII letters, digits, '_', '.' and '-', starting with a letter or "
@@ -106,6 +107,8 @@ class ServerSettings:
     pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
     workers: int = 0  # front-end processes (HTTP and gRPC) before the one that owns the models; 0: one process
     cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
+    rate_limit: str = "off"  # Triton's --rate-limit: "execution_count" enforces instance groups' rate_limiter
+    rate_limit_resources: tuple[ResourceCount, ...] = ()  # Triton's --rate-limit-resource, in the order given
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
@@ -129,6 +132,8 @@ class ServerSettings:
         if self.model_load_threads < 1:
             raise ConfigError(f"--model-load-thread-count must be >= 1 (versions built at once), "
                               f"got {self.model_load_threads}")
+        if self.rate_limit not in RATE_LIMIT_MODES:
+            raise ConfigError(f"--rate-limit must be one of {', '.join(RATE_LIMIT_MODES)}, got {self.rate_limit!r}")
         if self.cache_size < 0:
             raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
@@ -370,12 +375,45 @@ class SequenceBatching:
 
 
 @dataclass(frozen=True, slots=True)
+class RateResource:
+    """One resource an instance holds while it executes (Triton's rate_limiter ``resources``)."""
+
+    name: str
+    count: int
+    shared: bool = False  # Triton's ``global``: one count for the whole server, not one per device
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """An instance group's ``rate_limiter``: what each of its executions holds under ``--rate-limit
+    execution_count`` (scheduling/ratelimit.py), and its priority there (0 counts as 1; priority 2
+    gets half the turns of priority 1). With ``--rate-limit off`` it is answered back and changes nothing."""
+
+    resources: tuple[RateResource, ...] = ()
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceCount:
+    """``--rate-limit-resource NAME:COUNT[:DEVICE]``: how many of a resource the server has, on one
+    device or (device None) on each; a global resource takes the largest count given for its name."""
+
+    name: str
+    count: int
+    device: int | None = None
+
+
+RATE_LIMIT_MODES = ("off", "execution_count")
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceGroup:
     count: int = 1  # executions of the model that may run at once
     kind: str = ""  # cpu | gpu | process | model; "" = process for Python models and handlers, else cpu
     gpus: tuple[int, ...] = ()
     response_timeout_s: float = 120.0  # process: a call not answered by then kills the instance
     memory_limit_mb: int = 0  # process: resident memory beyond this restarts the instance; 0 = none
+    rate_limiter: RateLimit | None = None  # Triton's rate_limiter section; None: the group has none
 
     def resolved_kind(self, backend: str) -> str:
         return self.kind or ("process" if backend in PROCESS_BY_DEFAULT else "cpu")
@@ -908,11 +946,44 @@ def _instance_group(data: dict[str, Any], where: str) -> InstanceGroup:
     timeout = table.take("response_timeout_s", (int, float), 120.0)
     if not math.isfinite(timeout) or timeout <= 0:
         raise table.fail("response_timeout_s", f"must be a finite number > 0, got {timeout}")
+    limiter = table.take("rate_limiter", dict)
     group = InstanceGroup(count=table.take_int("count", 1, minimum=1), kind=kind,
                           gpus=table.take_ints("gpus"), response_timeout_s=float(timeout),
-                          memory_limit_mb=table.take_int("memory_limit_mb", 0))
+                          memory_limit_mb=table.take_int("memory_limit_mb", 0),
+                          rate_limiter=None if limiter is None else _rate_limiter(limiter, where))
     table.finish()
     return group
+
+
+def _rate_limiter(data: dict[str, Any], where: str) -> RateLimit:
+    """``[instance_group.rate_limiter]``: ``priority`` and ``resources = [{ name, count, global }]``."""
+    table = _Table(data, f"{where}: [instance_group.rate_limiter]")
+    items = table.take("resources", list, [])
+    priority = table.take_int("priority", 0, maximum=UINT32_MAX)
+    table.finish()
+    resources = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: [instance_group.rate_limiter] resources #{index} must be a table "
+                              "{ name = \"R1\", count = 4, global = false }")
+        entry = _Table(item, f"{where}: [instance_group.rate_limiter] resources #{index}")
+        resources.append(RateResource(entry.take("name", str, ""), entry.take_int("count", 0, maximum=UINT32_MAX),
+                                      entry.take("global", bool, False)))
+        entry.finish()
+    return check_rate_limit(RateLimit(tuple(resources), priority), where)
+
+
+def check_rate_limit(limit: RateLimit, where: str) -> RateLimit:
+    """Each resource named, once: a group that lists a name twice would hold which count?"""
+    seen: set[str] = set()
+    for resource in limit.resources:
+        if not resource.name:
+            raise ConfigError(f"{where}: instance_group rate_limiter: every resource needs a name")
+        if resource.name in seen:
+            raise ConfigError(f"{where}: instance_group rate_limiter lists resource '{resource.name}' twice; "
+                              "list each resource once with the count one execution holds")
+        seen.add(resource.name)
+    return limit
 
 
 def _ensemble(data: dict[str, Any], where: str) -> tuple[EnsembleStep, ...]:

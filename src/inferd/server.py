@@ -36,6 +36,7 @@ from inferd.runtimes import model_calls
 from inferd.runtimes.base import Runtime
 from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
+from inferd.scheduling.ratelimit import RateLimiter
 from inferd.scheduling.scheduler import Scheduler
 from inferd.transport.budget import ByteBudget
 from inferd.transport.http.app import HttpApp, Router
@@ -74,12 +75,14 @@ async def _open(what: str, host: str, port: int, start: Callable[[], Awaitable[N
 
 def build_core(settings: ServerSettings) -> Core:
     metrics = Metrics()
+    # one for every model the core serves: rate limiter resources are the server's, not a model's
+    limiter = RateLimiter(settings.rate_limit_resources) if settings.rate_limit == "execution_count" else None
 
     def wrap(runtime: Runtime, config: ModelConfig, name: str, version: str) -> Scheduler:
         if config.backend == "ensemble":  # its steps go through the data plane, as requests of their own
             return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request),
                                      step_model=step_model)
-        return build_scheduler(runtime, config, name, version, metrics.for_model(name, version))
+        return build_scheduler(runtime, config, name, version, metrics.for_model(name, version), limiter)
 
     def step_model(name: str, version: int) -> Scheduler | None:
         """An ensemble step's model as it serves now, for the checks between them."""

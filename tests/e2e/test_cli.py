@@ -15,6 +15,7 @@ import pytest
 
 import inferd
 from inferd.cli import _parser
+from inferd.config import ResourceCount
 from tests.conftest import ROOT, free_port, serve
 
 FAILING_MODEL = '''
@@ -67,6 +68,23 @@ def test_keep_freed_memory_takes_0_or_at_least_a_mib(capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit):
             parse(["serve", "x", "--keep-freed-memory", size])
         assert "0, or at least 1MiB" in capsys.readouterr().err
+
+
+def test_rate_limit_flags_read_as_tritons(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = _parser().parse_args
+    args = parse(["serve", "x", "--rate-limit", "EXECUTION_COUNT", "--rate-limit-resource", "R1:10",
+                  "--rate-limit-resource", "R2:5:1"])
+    assert args.rate_limit == "execution_count"
+    assert args.rate_limit_resource == [ResourceCount("R1", 10), ResourceCount("R2", 5, 1)]
+    assert parse(["serve", "x"]).rate_limit == "off"
+    for given, said in (("R1", "expected <resource_name>:<count>"), ("R1:x", "count and device are integers"),
+                        ("R1:-1", "0 or more"), ("R1:1:2:3", "got 'R1:1:2:3'"), (":4", "got ':4'")):
+        with pytest.raises(SystemExit):
+            parse(["serve", "x", "--rate-limit-resource", given])
+        assert said in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["serve", "x", "--rate-limit", "priority"])
+    assert "invalid choice: 'priority'" in capsys.readouterr().err
 
 
 def test_help_shows_defaults_but_never_the_token() -> None:

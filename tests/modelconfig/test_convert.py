@@ -7,7 +7,17 @@ import json
 
 import pytest
 
-from inferd.config import BatchInput, BatchOutput, InitialState, ModelConfig, QueuePolicy, SequenceState, ServedConfig
+from inferd.config import (
+    BatchInput,
+    BatchOutput,
+    InitialState,
+    ModelConfig,
+    QueuePolicy,
+    RateLimit,
+    RateResource,
+    SequenceState,
+    ServedConfig,
+)
 from inferd.errors import ConfigError
 from inferd.modelconfig import apply_override, model_config_json, parse_pbtxt
 
@@ -434,3 +444,47 @@ def test_bad_ragged_batching_is_a_load_error_saying_what_is_wrong(text: str, say
     with pytest.raises(ConfigError) as caught:
         parse_pbtxt(text, "m/config.pbtxt", "m")
     assert says in caught.value.message and "m/config.pbtxt" in caught.value.message
+
+
+RATE_LIMITED = """
+backend: "python"
+max_batch_size: 0
+instance_group [ { count: 2 kind: KIND_CPU
+                   rate_limiter { resources [ { name: "R1" count: 4 global: false },
+                                              { name: "G" count: 1 global: true } ]
+                                  priority: 2 } } ]
+"""
+
+
+def test_a_rate_limiter_reads_and_answers_back_and_overrides() -> None:
+    config = parse_pbtxt(RATE_LIMITED, "m/config.pbtxt", "m")
+    limit = config.instance_group.rate_limiter
+    assert limit == RateLimit((RateResource("R1", 4), RateResource("G", 1, shared=True)), 2)
+    value = model_config_json(ServedConfig("m", "", "python", config))
+    assert value["instance_group"][0]["rate_limiter"] == {
+        "resources": [{"name": "R1", "global": False, "count": 4}, {"name": "G", "global": True, "count": 1}],
+        "priority": 2}
+    assert apply_override(ModelConfig(), json.dumps(value), "m").instance_group.rate_limiter == limit
+    plain = parse_pbtxt("backend: \"python\"\ninstance_group [ { count: 1 } ]", "p/config.pbtxt", "p")
+    answered = model_config_json(ServedConfig("p", "", "python", plain))
+    assert plain.instance_group.rate_limiter is None and "rate_limiter" not in answered["instance_group"][0]
+
+
+@pytest.mark.parametrize(("groups", "named"), [
+    ('[ { count: 1 rate_limiter { resources [ { name: "R1" count: 1 } ] } }, { count: 1 } ]', "different rate_limiter"),
+    ('[ { rate_limiter { resources [ { name: "R1" count: 1 } ] } }, { rate_limiter { priority: 3 } } ]',
+     "different rate_limiter"),
+    ('[ { rate_limiter { resources [ { name: "R1" count: 1 }, { name: "R1" count: 2 } ] } } ]',
+     "lists resource 'R1' twice"),
+    ('[ { rate_limiter { resources [ { count: 1 } ] } } ]', "every resource needs a name"),
+])
+def test_rate_limiters_inferd_cannot_serve_are_load_errors(groups: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_pbtxt(f'backend: "python"\ninstance_group {groups}', "m/config.pbtxt", "m")
+
+
+def test_several_groups_with_one_rate_limiter_add_up() -> None:
+    text = ('backend: "python"\ninstance_group [ { count: 2 kind: KIND_CPU rate_limiter { resources [ { name: "R" '
+            'count: 1 } ] } }, { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" count: 1 } ] } } ]')
+    group = parse_pbtxt(text, "m/config.pbtxt", "m").instance_group
+    assert group.count == 3 and group.rate_limiter == RateLimit((RateResource("R", 1),))

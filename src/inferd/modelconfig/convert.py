@@ -23,6 +23,8 @@ from inferd.config import (
     InstanceGroup,
     ModelConfig,
     QueuePolicy,
+    RateLimit,
+    RateResource,
     SequenceBatching,
     SequenceControl,
     SequenceState,
@@ -32,6 +34,7 @@ from inferd.config import (
     WarmupInput,
     WarmupSample,
     check_model_config,
+    check_rate_limit,
 )
 from inferd.errors import ConfigError
 from inferd.modelconfig._proto import triton_model_config_pb2 as mc
@@ -368,6 +371,28 @@ def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) ->
         return InstanceGroup()
     if any(group.count < 0 for group in groups):
         raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {min(g.count for g in groups)}")
+    limit = _rate_limit(groups, where)
+    return dataclasses.replace(_placement(groups, backend, where), rate_limiter=limit)
+
+
+def _rate_limit(groups: list[mc.ModelInstanceGroup], where: str) -> RateLimit | None:
+    """The groups' rate_limiter: inferd serves a model's groups as one pool, so several groups must
+    agree on it (or leave it out)."""
+    given = {group.rate_limiter.SerializeToString(deterministic=True) for group in groups
+             if group.HasField("rate_limiter")}
+    if not given:
+        return None
+    if len(given) > 1 or not all(group.HasField("rate_limiter") for group in groups):
+        raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups with different rate_limiter "
+                          "sections; inferd runs a model's groups as one pool of instances, so they must ask for "
+                          "the same rate_limiter (or be one group)")
+    section = next(group.rate_limiter for group in groups if group.HasField("rate_limiter"))
+    resources = tuple(RateResource(r.name, r.count, getattr(r, "global")) for r in section.resources)
+    return check_rate_limit(RateLimit(resources, section.priority), where)
+
+
+def _placement(groups: list[mc.ModelInstanceGroup], backend: str | None, where: str) -> InstanceGroup:
+    """The groups' count, kind and devices, as one group."""
     if len(groups) > 1:  # CPU groups add up, as Triton's instances do; GPU placement is one group's
         if any(g.kind in (mc.ModelInstanceGroup.KIND_GPU, mc.ModelInstanceGroup.KIND_MODEL) or g.gpus for g in groups):
             raise ConfigError(f"{where}: key 'instance_group' lists {len(groups)} groups with GPUs or KIND_MODEL; "
@@ -452,8 +477,10 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     group = config.instance_group
     kind = group.resolved_kind(served.backend)
     if served.backend != "ensemble":  # an ensemble has no instances of its own
-        message.instance_group.add(name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
-                                   kind=_KINDS.get(kind, mc.ModelInstanceGroup.KIND_CPU))
+        added_group = message.instance_group.add(name=f"{served.name}_0", count=group.count, gpus=list(group.gpus),
+                                                 kind=_KINDS.get(kind, mc.ModelInstanceGroup.KIND_CPU))
+        if group.rate_limiter is not None:
+            _answer_rate_limit(added_group.rate_limiter, group.rate_limiter)
     for key, value in config.parameters.items():
         message.parameters[key].string_value = value
     message.response_cache.enable = config.response_cache
@@ -488,6 +515,14 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
 
 
 _KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "model": mc.ModelInstanceGroup.KIND_MODEL}  # else KIND_CPU
+
+
+def _answer_rate_limit(message: mc.ModelRateLimiter, limit: RateLimit) -> None:
+    message.SetInParent()
+    message.priority = limit.priority
+    for resource in limit.resources:
+        added = message.resources.add(name=resource.name, count=resource.count)
+        setattr(added, "global", resource.shared)  # a Python keyword: not a constructor argument
 
 
 def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatching) -> None:

@@ -63,9 +63,19 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
         except BaseException:
             runtime.unload()
             raise
-    signatures = {sig: wrap(other, config, name, f"{version}:{sig}")
-                  for sig, other in runtime.other_signatures().items()}
-    return BuiltVersion(wrap(runtime, config, name, version), signatures, runtime.signature_name)
+    wrapped: list[S] = []
+    try:  # a scheduler may refuse the version (e.g. its rate limiter resources): nothing stays loaded
+        signatures: dict[str, S] = {}
+        for sig, other in runtime.other_signatures().items():
+            signatures[sig] = wrap(other, config, name, f"{version}:{sig}")
+            wrapped.append(signatures[sig])
+        served = wrap(runtime, config, name, version)
+    except BaseException:
+        for scheduler in wrapped:
+            scheduler.unload()
+        runtime.unload()
+        raise
+    return BuiltVersion(served, signatures, runtime.signature_name)
 
 
 def _check_batched_streams(runtime: Runtime, config: ModelConfig, name: str, backend: str) -> None:

@@ -96,6 +96,10 @@ class DynamicBatcher(Scheduler):
     def group_rows(self) -> int:
         return self.max_batch_size
 
+    def has_queued(self) -> bool:
+        """Requests wait for an instance (read from any thread: a rate-limited pool asks)."""
+        return bool(self._queue)
+
     def statistics(self) -> SchedulerStats:
         pool = self.pool.statistics()
         return SchedulerStats(pool.instances, self._running, len(self._queue), pool.executions, pool.inferences,

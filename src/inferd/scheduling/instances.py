@@ -196,7 +196,7 @@ class InstancePool(Scheduler):
     def _produce(self, inputs: Arrays, context: CallContext, enqueued: float, answers: asyncio.Queue[object],
                  stop: threading.Event, loop: asyncio.AbstractEventLoop) -> None:
         def hand(item: object) -> bool:
-            return _hand(answers, loop, stop, item)
+            return hand_over(answers, loop, stop, item)
 
         start = time.perf_counter()
         context.timings.queue += start - enqueued
@@ -490,7 +490,7 @@ class AnswerStream:
         return self.stop.is_set()
 
     def send(self, outputs: Arrays) -> bool:
-        return not self._ended and not self.stop.is_set() and _hand(self.answers, self._loop, self.stop, outputs)
+        return not self._ended and not self.stop.is_set() and hand_over(self.answers, self._loop, self.stop, outputs)
 
     def end(self, error: BaseException | None = None) -> None:
         with self._lock:
@@ -500,7 +500,7 @@ class AnswerStream:
             self.failed = error is not None
         if error is not None and not isinstance(error, InferdError):
             error = model_failure(self._name, error)
-        _hand(self.answers, self._loop, self.stop, _END if error is None else error)
+        hand_over(self.answers, self._loop, self.stop, _END if error is None else error)
 
     def fail_now(self, error: BaseException) -> None:
         """On the event loop, before the model had the request (its execution never started)."""
@@ -508,7 +508,7 @@ class AnswerStream:
         self.answers.put_nowait(error)
 
 
-def _hand(answers: asyncio.Queue[object], loop: asyncio.AbstractEventLoop, stop: threading.Event,
+def hand_over(answers: asyncio.Queue[object], loop: asyncio.AbstractEventLoop, stop: threading.Event,
           item: object) -> bool:
     """Put ``item`` in the reader's queue from an instance thread, waiting while it is full;
     False once ``stop`` is set (nobody reads any more) or the loop closed."""

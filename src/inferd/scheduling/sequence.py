@@ -151,6 +151,10 @@ class SequenceBatcher(Scheduler):
         held = {id(s): s for s in (*self._sequences.values(), *self._ending.values())}
         return sum(array.nbytes for s in held.values() if s.states for array in s.states.values())
 
+    def has_queued(self) -> bool:
+        """A request waits for its lane (read from any thread: a rate-limited pool asks)."""
+        return any(lane._work_queue.qsize() > 0 for lane in self._lanes)
+
     def statistics(self) -> SchedulerStats:
         return self._pool.statistics()
 
