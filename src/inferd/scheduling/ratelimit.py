@@ -287,18 +287,19 @@ class RateLimitedPool(InstancePool):
         with self._held():
             return super().infer(inputs)
 
-    def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None) -> Arrays:
+    def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None,
+                requests: int | None = None) -> Arrays:
         with self._held():
-            return super().execute(inputs, lane, emit)
+            return super().execute(inputs, lane, emit, requests)
 
     def _run(self, inputs: Arrays, context: CallContext, enqueued: float, emit: Emit | None = None) -> Arrays:
         """An unbatched call waits for resources only while its deadline holds and its client stays."""
         with self._held(lambda: _call_over(self.name, context)):
             return super()._run(inputs, context, enqueued, emit)
 
-    def execute_requests(self, requests: list[Arrays]) -> list[Answer]:
+    def execute_requests(self, requests: list[Arrays], lane: int | None = None) -> list[Answer]:
         with self._held():
-            return super().execute_requests(requests)
+            return super().execute_requests(requests, lane)
 
     def execute_streams(self, requests: list[Arrays], streams: list[AnswerStream]) -> None:
         """Never raises (as InstancePool's): a batch that cannot get its resources ends its streams."""
