@@ -109,7 +109,6 @@ def test_trace_settings_global_and_per_model(tmp_path: Path) -> None:
     ({"log_frequency": "1.5"}, "Unable to parse 'log_frequency', got: 1.5"),
     ({"trace_level": ["OFF", "TIMESTAMPS"]}, "Expect only one trace level 'OFF' is specified"),
     ({"trace_level": ["LOUD"]}, "trace_level must be OFF, TIMESTAMPS or TENSORS, got 'LOUD'"),
-    ({"trace_level": ["TENSORS"]}, "trace level TENSORS is not supported: inferd traces TIMESTAMPS only"),
     ({"trace_file": "/tmp/elsewhere.json"}, "trace file location can not be updated through network protocol"),
     ({"trace_colour": "red"}, "unknown trace setting 'trace_colour'"),
     ({"trace_level": ["TIMESTAMPS"], "trace_rate": "0"},
@@ -159,6 +158,30 @@ def test_traced_requests_in_the_trace_file(tmp_path: Path) -> None:
         assert times == sorted(times) and times[-1] - times[0] < 10e9
 
 
+def test_tensors_level_writes_the_tensors_as_triton_does(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    with serve(_repository(tmp_path, "double"), "--trace-config", f"triton,file={file}", "--trace-config",
+               "level=TIMESTAMPS", "--trace-config", "level=TENSORS", "--trace-config", "rate=1", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.url)
+        assert http.get_trace_settings()["trace_level"] == ["TIMESTAMPS", "TENSORS"]
+        _infer_http(http, "double", "with-tensors")
+        http.update_trace_settings(None, {"trace_level": ["TENSORS"]})  # tensors without timestamps
+        _infer_grpc(grpcclient.InferenceServerClient(server.grpc_url), "double", "tensors-only")
+    entries = json.loads(file.read_text())
+    first = [e for e in entries if e["id"] == 1]
+    kinds = [e.get("activity") or (e["timestamps"][0]["name"] if "timestamps" in e else "head") for e in first]
+    assert kinds == ["head", *HTTP_STAMPS[:4], "TENSOR_QUEUE_INPUT", *HTTP_STAMPS[4:6], "TENSOR_BACKEND_OUTPUT",
+                     "TENSOR_BACKEND_OUTPUT", *HTTP_STAMPS[6:]]
+    tensors = [e["tensor"] for e in first if "tensor" in e]
+    assert tensors == [{"name": "x", "data": "0,1,2", "shape": "3", "dtype": "FP64"},
+                       {"name": "y", "data": "10,12,14", "shape": "3", "dtype": "FP64"},
+                       {"name": "n", "data": "3", "shape": "1", "dtype": "INT32"}]
+    second = [e for e in entries if e["id"] == 2]
+    assert [e.get("activity", "head") for e in second] == ["head", "TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_OUTPUT",
+                                                           "TENSOR_BACKEND_OUTPUT"]
+    assert second[0]["request_id"] == "tensors-only"
+
+
 def test_rate_count_and_rolled_files(tmp_path: Path) -> None:
     file = tmp_path / "trace.json"
     # Triton's older flags too: --trace-file, --trace-level, --trace-rate, --trace-count
@@ -202,7 +225,7 @@ def test_tracing_with_workers_is_refused(tmp_path: Path) -> None:
     (["--trace-config", "opentelemetry,url=localhost:4318"], "OpenTelemetry export is not supported"),
     (["--trace-config", "triton,colour=red"], "expected [triton,]SETTING=VALUE"),
     (["--trace-config", "rate=often"], "rate must be an integer, got 'often'"),
-    (["--trace-level", "TENSORS", "--trace-file", "/tmp/t"], "trace level TENSORS is not supported"),
+    (["--trace-level", "LOUD", "--trace-file", "/tmp/t"], "trace_level must be OFF, TIMESTAMPS or TENSORS"),
 ])
 def test_bad_trace_flags_stop_the_start(tmp_path: Path, flags: list[str], says: str) -> None:
     started = subprocess.run([sys.executable, "-m", "inferd", "serve", str(tmp_path), *flags],

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from inferd.observability.tracing import RequestTrace, Tracer, TraceValues, parse_changes
+from inferd.observability.tracing import RequestTrace, Tracer, TraceValues, parse_changes, tensor_text
 
 
 def _traced(tracer: Tracer, model: str, n: int) -> list[RequestTrace]:
@@ -89,3 +90,15 @@ def test_a_refusing_tracer_still_reads_and_never_turns_on(tmp_path: Path) -> Non
         tracer.update(None, {"trace_level": ["TIMESTAMPS"]})
     assert tracer.update(None, {"trace_rate": "5"})["trace_rate"] == "5"  # what does not turn it on is kept
     assert not tracer.active
+
+
+@pytest.mark.parametrize(("datatype", "data", "text"), [
+    ("FP32", np.array([[0.1, 2.0], [1e-7, 123456789.0]], np.float32), "0.1,2,1e-07,1.23457e+08"),
+    ("INT64", np.array([-3, 4], np.int64), "-3,4"),
+    ("UINT8", np.array([200], np.uint8), "200"),
+    ("BOOL", np.array([True, False]), "1,0"),
+    ("BYTES", np.array([b"a b", "c"], dtype=object), '"a b","c"'),
+    ("FP16", np.array([1.5], np.float16), ""),
+])
+def test_tensors_are_written_as_tritons_trace_writes_them(datatype: str, data: np.ndarray, text: str) -> None:
+    assert tensor_text(datatype, data) == text

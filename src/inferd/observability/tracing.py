@@ -18,11 +18,13 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 log = logging.getLogger("inferd.trace")
@@ -31,9 +33,6 @@ LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
 SETTINGS = ("trace_level", "trace_rate", "trace_count", "log_frequency")
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
-TENSORS_REFUSAL = ("trace level TENSORS is not supported: inferd traces TIMESTAMPS only (a request's tensors "
-                   "are not copied into the trace file)")
-
 TRACE_WORKERS_REFUSAL = ("tracing is not supported with --workers: each request is answered across two processes; "
                          "serve without --workers to trace")
 
@@ -76,8 +75,6 @@ def parse_level(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
             if len(values) != 1:
                 raise ValueError("Expect only one trace level 'OFF' is specified")
             return ()
-        if value == "TENSORS":
-            raise ValueError(TENSORS_REFUSAL)
         if value not in levels:
             levels.append(value)
     return tuple(levels)
@@ -125,17 +122,54 @@ def parse_changes(changes: dict[str, object]) -> dict[str, object]:
 _FIELDS = {"trace_level": "level", "trace_rate": "rate", "trace_count": "count", "log_frequency": "log_frequency"}
 
 
+def tensor_text(datatype: str, data: np.ndarray | None) -> str:
+    """A tensor's elements as Triton's TENSORS trace writes them: comma-separated, floats as C++
+    streams print them (6 significant digits), BOOL as 1/0, BYTES each in double quotes; FP16 and
+    BF16 are left empty, as Triton leaves them."""
+    if data is None or datatype in ("FP16", "BF16"):
+        return ""
+    values = data.ravel().tolist()
+    if datatype == "BYTES":
+        return ",".join('"' + (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)) + '"'
+                        for v in values)
+    if datatype == "BOOL":
+        return ",".join("1" if v else "0" for v in values)
+    if datatype in ("FP32", "FP64"):
+        return ",".join(format(v, "g") for v in values)
+    return ",".join(map(str, values))
+
+
+TensorRow = tuple[str, str, "np.ndarray | None"]  # name, datatype, data
+
+
 class RequestTrace:
     """One traced request: its model, id and timestamps (seconds on the monotonic clock, which
-    ``time.perf_counter`` and ``time.monotonic`` both read on Linux)."""
+    ``time.perf_counter`` and ``time.monotonic`` both read on Linux), and with TENSORS its inputs
+    as they were queued and its outputs as the model gave them."""
 
-    __slots__ = ("id", "model", "request_id", "setting", "stamps", "version")
+    __slots__ = ("id", "inputs", "model", "outputs", "request_id", "setting", "stamps", "version")
 
     def __init__(self, trace_id: int, setting: _Setting, model: str) -> None:
         self.id, self.setting, self.model = trace_id, setting, model
         self.version: str | None = None
         self.request_id = ""
         self.stamps: list[tuple[str, float]] = []
+        self.inputs: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+
+    @property
+    def wants_tensors(self) -> bool:
+        return "TENSORS" in self.setting.values.level
+
+    def tensors(self, inputs: Iterable[TensorRow], outputs: Iterable[TensorRow]) -> None:
+        """The request's input tensors (TENSOR_QUEUE_INPUT) and its answer's (TENSOR_BACKEND_OUTPUT)."""
+        self.inputs = [self._tensor("TENSOR_QUEUE_INPUT", *row) for row in inputs]
+        self.outputs = [self._tensor("TENSOR_BACKEND_OUTPUT", *row) for row in outputs]
+
+    def _tensor(self, activity: str, name: str, datatype: str, data: np.ndarray | None) -> dict[str, Any]:
+        shape = ",".join(map(str, data.shape)) if data is not None else ""
+        return {"id": self.id, "activity": activity,
+                "tensor": {"name": name, "data": tensor_text(datatype, data), "shape": shape, "dtype": datatype}}
 
     def stamp(self, name: str, seconds: float) -> None:
         self.stamps.append((name, seconds))
@@ -155,16 +189,27 @@ class RequestTrace:
         self.setting.collect(self)
 
     def entries(self) -> list[dict[str, Any]]:
-        """Triton's objects for this trace: its model, then one per timestamp in time order."""
+        """Triton's objects for this trace: its model, then one per timestamp in time order (with
+        TIMESTAMPS), the input tensors after QUEUE_START and the outputs after COMPUTE_END (with
+        TENSORS)."""
         if self.version is None:  # the request never reached a model
             return []
         version: int | str = int(self.version) if self.version.isdigit() else self.version
         head: dict[str, Any] = {"id": self.id, "model_name": self.model, "model_version": version}
         if self.request_id:
             head["request_id"] = self.request_id
-        stamps = sorted(self.stamps, key=lambda s: s[1])
-        return [head, *({"id": self.id, "timestamps": [{"name": name, "ns": int(seconds * 1e9)}]}
-                        for name, seconds in stamps)]
+        found = [head]
+        stamps = sorted(self.stamps, key=lambda s: s[1]) if "TIMESTAMPS" in self.setting.values.level else []
+        inputs, outputs = self.inputs, self.outputs
+        for name, seconds in stamps:
+            found.append({"id": self.id, "timestamps": [{"name": name, "ns": int(seconds * 1e9)}]})
+            if name == "QUEUE_START":
+                found += inputs
+                inputs = []
+            elif name == "COMPUTE_END":
+                found += outputs
+                outputs = []
+        return [*found, *inputs, *outputs]
 
 
 class _TraceFile:

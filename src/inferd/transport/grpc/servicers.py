@@ -267,6 +267,9 @@ class KServeV2Servicer:
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
             response = await self.data.infer(infer_request, trace)
+            if trace.wants_tensors:
+                trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
+                              ((t.name, t.datatype, t.data) for t in response.outputs))
             return kserve_v2_grpc.encode_infer_answer(response)
         finally:
             self.tracer.finish_soon(trace, "GRPC", time.perf_counter())

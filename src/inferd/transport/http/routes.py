@@ -182,6 +182,9 @@ class KServeV2Routes:
             infer_request.cancelled = request.disconnected
             infer_request.credentials = credentials(request)
             response = await self.data.infer(infer_request, trace)
+            if trace.wants_tensors:
+                trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
+                              ((t.name, t.datatype, t.data) for t in response.outputs))
             header, binary = kserve_v2.encode_infer_response(response, infer_request)
         finally:
             self.tracer.finish_soon(trace, "HTTP", time.perf_counter())
