@@ -38,12 +38,12 @@ def _settings(file: Path, **changed: Any) -> dict[str, Any]:
 
 
 def _grpc_settings(client: grpcclient.InferenceServerClient, model: str | None = None,
-                   changes: dict[str, Any] | None = None) -> dict[str, Any]:
+                   changes: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """A gRPC TraceSetting answer in the HTTP answer's shape (one value: a string)."""
     if changes is None:
-        answer = client.get_trace_settings(model_name=model, as_json=True)
+        answer = client.get_trace_settings(model_name=model, headers=headers, as_json=True)
     else:
-        answer = client.update_trace_settings(model_name=model, settings=changes, as_json=True)
+        answer = client.update_trace_settings(model_name=model, settings=changes, headers=headers, as_json=True)
     return {key: value["value"] if key == "trace_level" else value["value"][0]
             for key, value in answer["settings"].items()}
 
@@ -232,3 +232,20 @@ def test_bad_trace_flags_stop_the_start(tmp_path: Path, flags: list[str], says: 
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert started.returncode == 2
     assert says in started.stderr
+
+
+def test_trace_settings_are_behind_the_inference_token(tmp_path: Path) -> None:
+    file = tmp_path / "trace.json"
+    with serve(_repository(tmp_path, "double"), "--auth-token", "s3cret", "--auth-inference",
+               "--trace-config", f"triton,file={file}", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.url)
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException) as raised:
+            http.update_trace_settings(None, {"trace_rate": "1"})
+        assert raised.value.status() == "401"
+        with pytest.raises(InferenceServerException) as raised:
+            grpc.get_trace_settings()
+        assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
+        token = {"authorization": "Bearer s3cret"}
+        assert http.update_trace_settings(None, {"trace_rate": "1"}, headers=token)["trace_rate"] == "1"
+        assert _grpc_settings(grpc, headers=token)["trace_rate"] == "1"
