@@ -15,6 +15,52 @@ from inferd import __version__
 from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
 from inferd.config import MODEL_CONTROL_MODES, RATE_LIMIT_MODES, Listener, ResourceCount, ServerSettings
 from inferd.errors import ConfigError
+from inferd.observability.tracing import parse_level
+
+_TRACE_SETTINGS = {"level": "trace_level", "rate": "trace_rate", "count": "trace_count", "mode": "",
+                   "file": "trace_file", "log-frequency": "trace_log_frequency", "log_frequency": "trace_log_frequency"}
+
+
+def _trace_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--trace-config [triton,]SETTING=VALUE`` items (and Triton's older ``--trace-file`` ...
+    flags, which they override) as ServerSettings' trace fields."""
+    items = [f"{flag}={value}" for flag in ("file", "level", "rate", "count", "log-frequency")
+             for value in getattr(args, f"trace_{flag.replace('-', '_')}")]
+    items += args.trace_config
+    levels: list[str] = []
+    found: dict[str, Any] = {}
+    for item in items:
+        head, comma, rest = item.partition(",")
+        mode, setting = (head, rest) if comma and "=" not in head else ("", item)
+        key, equals, value = setting.partition("=")
+        if mode and mode.lower() not in ("triton", "opentelemetry"):
+            raise ConfigError(f"--trace-config {item}: the mode before ',' must be triton, got {mode!r}")
+        if mode.lower() == "opentelemetry" or (key == "mode" and value.lower() != "triton"):
+            raise ConfigError(f"--trace-config {item}: inferd writes Triton's own trace file (mode triton); "
+                              "OpenTelemetry export is not supported")
+        if not equals or not value or key not in _TRACE_SETTINGS:
+            raise ConfigError(f"--trace-config {item}: expected [triton,]SETTING=VALUE with SETTING one of "
+                              "level, rate, count, mode, file, log-frequency")
+        field = _TRACE_SETTINGS[key]
+        if key == "level":
+            levels.append(value)
+        elif key == "file":
+            found[field] = value
+        elif field:
+            try:
+                found[field] = int(value)
+            except ValueError:
+                raise ConfigError(f"--trace-config {item}: {key} must be an integer, got {value!r}") from None
+    if levels:
+        off = any(level.lower() in ("off", "false") for level in levels)
+        # Triton's spellings: on/true/min/max are TIMESTAMPS; OFF anywhere turns tracing off
+        named = ["TIMESTAMPS" if level.lower() in ("on", "true", "min", "max") else level.upper()
+                 for level in levels if level.lower() not in ("off", "false")]
+        try:
+            found["trace_level"] = () if off else parse_level(named)
+        except ValueError as exc:
+            raise ConfigError(f"--trace-config level: {exc}") from None
+    return found
 
 
 def _true_or_false(text: str) -> bool:
@@ -200,6 +246,15 @@ def _parser() -> argparse.ArgumentParser:
                              help="ready only while every model version is ready (default: once every model was tried)")
     operability.add_argument("--exit-on-error", action="store_true",
                              help="exit 1 when a model fails to load at start")
+    tracing = serve.add_argument_group("tracing (Triton's trace extension, triton mode)")
+    tracing.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
+                         help="level=OFF|TIMESTAMPS, rate=N (every N-th request; default 1000), count=N "
+                              "(-1: no end), triton,file=PATH, triton,log-frequency=N (traces per rolled "
+                              "file PATH.<n>; 0: PATH, written at the stop); repeatable")
+    for flag, what in (("--trace-file", "PATH"), ("--trace-level", "LEVEL"), ("--trace-rate", "N"),
+                       ("--trace-count", "N"), ("--trace-log-frequency", "N")):
+        tracing.add_argument(flag, action="append", default=[], metavar=what,
+                             help=f"Triton's older form of --trace-config {flag[8:]}={what}")
     commands.add_parser("torchserve", add_help=False,
                         help="serve with torchserve's flags and config.properties (inferd torchserve --help)")
     commands.add_parser("tfserving", add_help=False,
@@ -378,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             server_name=args.server_name,
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
-            cache_size=args.cache_size, allow_client_shm=args.allow_client_shm,
+            cache_size=args.cache_size, allow_client_shm=args.allow_client_shm, **_trace_settings(args),
             rate_limit=args.rate_limit, rate_limit_resources=tuple(args.rate_limit_resource),
             listeners=(Listener(args.host, args.metrics_port, ("kserve_metrics",)),) if args.metrics_port else ())
     except ConfigError as exc:

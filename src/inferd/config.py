@@ -109,6 +109,12 @@ class ServerSettings:
     cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
     rate_limit: str = "off"  # Triton's --rate-limit: "execution_count" enforces instance groups' rate_limiter
     rate_limit_resources: tuple[ResourceCount, ...] = ()  # Triton's --rate-limit-resource, in the order given
+    # Triton's trace extension (--trace-config): the global trace settings the server starts with
+    trace_level: tuple[str, ...] = ()  # () = OFF; ("TIMESTAMPS",)
+    trace_rate: int = 1000  # every N-th request is traced
+    trace_count: int = -1  # traces still to take; -1: no end
+    trace_log_frequency: int = 0  # traces per rolled file <trace_file>.<n>; 0: one file, written at the stop
+    trace_file: str = ""
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
@@ -158,12 +164,27 @@ class ServerSettings:
         if self.workers and (self.listeners or self.grpc_socket_path or self.grpc_extra_ports):
             raise ConfigError("--workers serves --http-port and --grpc-port; --metrics-port, TorchServe's separate "
                               "addresses and a gRPC Unix socket are served by one process (leave --workers out)")
+        self._check_trace()
         if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:
             raise ConfigError(f"model repository {self.remote_repository}: remote repositories are "
                               f"{'://, '.join(REMOTE_SCHEMES)}:// URLs")
         if self.model_name is not None and not (MODEL_NAME.match(self.model_name) and ".." not in self.model_name):
             raise ConfigError(f"--model-name must be a plain name (letters, digits, '_', '.', '-'), "
                               f"got {self.model_name!r}")
+
+    def _check_trace(self) -> None:
+        if self.trace_level and not self.trace_file:
+            raise ConfigError("--trace-config level=TIMESTAMPS needs a file to write the traces to: "
+                              "--trace-config triton,file=PATH")
+        if self.trace_level and self.workers:
+            raise ConfigError("--trace-config level=TIMESTAMPS is not supported with --workers (a request is "
+                              "answered across two processes); serve without --workers to trace")
+        for flag, value, low in (("rate", self.trace_rate, 0), ("count", self.trace_count, -1),
+                                 ("log-frequency", self.trace_log_frequency, 0)):
+            if not low <= value <= 2**32 - 1:
+                raise ConfigError(f"--trace-config {flag} must be an integer >= {low}, got {value}")
+        if self.trace_level and self.trace_rate == 0:
+            raise ConfigError("--trace-config rate must be > 0 (every N-th request is traced), got 0")
 
 
 @dataclass(frozen=True, slots=True)

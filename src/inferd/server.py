@@ -27,6 +27,7 @@ from inferd.errors import ConfigError, InferdError
 from inferd.isolation.process import remove_leftovers
 from inferd.observability.metrics import Metrics
 from inferd.observability.torchserve_metrics import TorchServeMetrics
+from inferd.observability.tracing import TRACE_WORKERS_REFUSAL, Tracer, TraceValues
 from inferd.observability.triton_metrics import TritonRow
 from inferd.repository.archives import store_archives
 from inferd.repository.layout import misnamed, scan, single_model
@@ -106,9 +107,13 @@ def build_core(settings: ServerSettings) -> Core:
         raise ConfigError(str(exc)) from None
     cache = ResponseCache(settings.cache_size) if settings.cache_size > 0 else None
     regions = SharedMemoryRegions(settings.allow_client_shm, settings.max_body_bytes, settings.max_inflight_bytes)
-    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions)
+    tracer = Tracer(TraceValues(settings.trace_level, settings.trace_rate, settings.trace_count,
+                                settings.trace_log_frequency, settings.trace_file),
+                    refusal=TRACE_WORKERS_REFUSAL if settings.workers else "")
+    data = DataPlane(registry, metrics, access, settings.server_name, settings.strict_readiness, cache, regions,
+                     tracer)
     metrics.watch_statistics(lambda: [_triton_row(row) for row in data.loaded_statistics(None, None)])
-    return Core(data, control, metrics)
+    return Core(data, control, metrics, tracer)
 
 
 def _triton_row(row: ModelStatistics) -> TritonRow:
@@ -422,6 +427,7 @@ class Server:
         if self.settings.pid_file is not None:
             self.settings.pid_file.unlink(missing_ok=True)
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
+        self.core.tracer.close()  # what the trace settings keep goes to the trace file, now complete
         if not finished:
             log.warning("--drain-timeout %g s passed with work still running: it is abandoned",
                         self.settings.drain_timeout)

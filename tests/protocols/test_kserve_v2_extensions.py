@@ -104,3 +104,20 @@ def test_unload_dependents_from_http_and_grpc() -> None:
     message.parameters["unload_dependents"].string_param = "true"
     with pytest.raises(InvalidInput, match="must be a boolean, got 'true'"):
         ext.unload_dependents_message(message)
+
+
+def test_trace_settings_messages_are_tritons() -> None:
+    sent = service_pb2.TraceSettingRequest(model_name="m")  # as tritonclient builds it
+    sent.settings["trace_level"].value.extend(["TIMESTAMPS"])
+    sent.settings["trace_rate"].value.extend(["5"])
+    sent.settings["trace_count"]  # None: an empty list, which clears the setting
+    changes = ext.trace_settings_changes(pb.TraceSettingRequest.FromString(sent.SerializeToString()))
+    assert changes == {"trace_level": ["TIMESTAMPS"], "trace_rate": "5", "trace_count": None}
+    answer = ext.trace_settings_message({"trace_level": ["OFF"], "trace_rate": "1000", "trace_mode": "triton"})
+    read = service_pb2.TraceSettingResponse.FromString(answer.SerializeToString())
+    assert {key: list(value.value) for key, value in read.settings.items()} == {
+        "trace_level": ["OFF"], "trace_rate": ["1000"], "trace_mode": ["triton"]}
+    twice = pb.TraceSettingRequest()
+    twice.settings["trace_rate"].value.extend(["1", "2"])
+    with pytest.raises(InvalidInput, match="expect only 1 value for 'trace_rate', got 2"):
+        ext.trace_settings_changes(twice)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inferd.core.control import ModelControl
 from inferd.core.dataplane import DataPlane
 from inferd.observability.metrics import Metrics
+from inferd.observability.tracing import Tracer
 
 __all__ = ["Core", "DataPlane", "ModelControl"]
 
@@ -19,3 +20,4 @@ class Core:
     data: DataPlane
     control: ModelControl
     metrics: Metrics | None = None
+    tracer: Tracer = field(default_factory=Tracer)  # Triton's trace extension (the data plane's, in one process)

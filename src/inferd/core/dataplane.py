@@ -18,6 +18,7 @@ from inferd.core.shared_memory import SharedMemoryRegions
 from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound, error_for
 from inferd.observability import logging as server_log
 from inferd.observability.metrics import Metrics
+from inferd.observability.tracing import RequestTrace, Tracer
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import (
@@ -45,10 +46,11 @@ _GENERATIONS = itertools.count(1)
 # extension (index, load, unload; and its unload_dependents parameter, named as Triton's server.cc
 # names it), model configuration (.../config), statistics (.../stats), the
 # per-request "timeout" parameter, generate (.../generate, .../generate_stream), and sequence (the
-# sequence_id, sequence_start and sequence_end parameters of stateful models)
+# sequence_id, sequence_start and sequence_end parameters of stateful models), logging (/v2/logging) and
+# trace (/v2/trace/setting: observability/tracing.py)
 EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository",
               "model_repository(unload_dependents)", "model_configuration", "statistics", "schedule_policy", "generate",
-              "logging")
+              "logging", "trace")
 
 
 class DataPlane:
@@ -59,8 +61,9 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry[Scheduler], metrics: Metrics | None = None,
                  access: AccessPolicy | None = None, server_name: str = "inferd",
                  strict_readiness: bool = False, cache: ResponseCache | None = None,
-                 shared_memory: SharedMemoryRegions | None = None) -> None:
+                 shared_memory: SharedMemoryRegions | None = None, tracer: Tracer | None = None) -> None:
         self._registry = registry
+        self.tracer = tracer or Tracer()  # Triton's trace extension: its settings, and which requests it traces
         # Triton's system shared-memory extension: regions clients register (--allow-client-shm)
         self.shared_memory = shared_memory or SharedMemoryRegions(allowed=False, max_request_bytes=0)
         self._metrics = metrics
@@ -125,6 +128,26 @@ class DataPlane:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
 
+    # -- Triton's trace extension ------------------------------------------------------------
+    def trace_settings(self, model: str | None, credentials: str | None) -> dict[str, object]:
+        """The settings a model's requests are traced by (its own, else the global ones)."""
+        self._access.authorize_inference(credentials, "reading trace settings")
+        self._trace_model(model)
+        return self.tracer.settings(model)
+
+    def update_trace_settings(self, model: str | None, changes: dict[str, object], credentials: str | None
+                              ) -> dict[str, object]:
+        self._access.authorize_inference(credentials, "changing trace settings")
+        self._trace_model(model)
+        try:
+            return self.tracer.update(model, changes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _trace_model(self, model: str | None) -> None:
+        if model and not self.is_model_ready(model, None, None, check_access=False):
+            raise InvalidInput(f"Request for unknown model : {model}")  # Triton's words (and status: 400)
+
     # -- metadata --------------------------------------------------------------------------
     def server_metadata(self, credentials: str | None) -> ServerMetadata:
         self._access.authorize_inference(credentials, "reading metadata")
@@ -176,9 +199,10 @@ class DataPlane:
         return True
 
     # -- inference -------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, trace: RequestTrace | None = None) -> InferResponse:
+        """``trace``: the request is traced (its data-plane timestamps are added to it)."""
         self._access.authorize_inference(request.credentials)
-        return await self.run_step(request)
+        return await self.run_step(request, 1, trace)
 
     async def infer_group(self, request: InferRequest, requests: int) -> InferResponse:
         """``requests`` requests that a front-end worker sent as one (see ``group_rows``): run as
@@ -208,7 +232,8 @@ class DataPlane:
             return 0
         return runtime.group_rows
 
-    async def run_step(self, request: InferRequest, requests: int = 1) -> InferResponse:
+    async def run_step(self, request: InferRequest, requests: int = 1, trace: RequestTrace | None = None
+                       ) -> InferResponse:
         """``infer`` without the credentials check: an ensemble's step, whose caller was checked
         when the ensemble was asked (the composition root hands this to ensemble schedulers).
         ``requests``: how many requests this one stands for (``infer_group``)."""
@@ -266,6 +291,9 @@ class DataPlane:
             self.shared_memory.release(held)
             end = time.perf_counter()
             context.timings.total = end - start
+            if trace is not None:
+                trace.handled(version, request.id, start, checked, context.timings.queue, context.timings.compute,
+                              end)
             if hit:
                 self._count_hit(runtime, context, cache_s, cached or {})
             else:

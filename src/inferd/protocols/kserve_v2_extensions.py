@@ -241,3 +241,28 @@ def log_settings_message(values: dict[str, bool | int | str]) -> pb.LogSettingsR
         else:
             entry.string_param = value
     return message
+
+
+# -- trace ---------------------------------------------------------------------------------------------
+def trace_settings_changes(message: pb.TraceSettingRequest) -> dict[str, object]:
+    """A TraceSetting request's changes: a value list left empty clears the setting (None); one
+    value is the value (trace_level's list stays a list)."""
+    changes: dict[str, object] = {}
+    for key, setting in message.settings.items():
+        values = list(setting.value)
+        if not values:
+            changes[key] = None
+        elif key == "trace_level":
+            changes[key] = values
+        elif len(values) == 1:
+            changes[key] = values[0]
+        else:
+            raise InvalidInput(f"expect only 1 value for '{key}', got {len(values)}")
+    return changes
+
+
+def trace_settings_message(values: dict[str, Any]) -> pb.TraceSettingResponse:
+    message = pb.TraceSettingResponse()
+    for key, value in values.items():
+        message.settings[key].value.extend(value if isinstance(value, list) else [value])
+    return message

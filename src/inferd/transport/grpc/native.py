@@ -112,6 +112,10 @@ class _CallContext:
         deadline = self._call.deadline
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+    def opened(self) -> float:
+        """When the call's HEADERS came (monotonic seconds)."""
+        return self._call.opened
+
 
 class _Call:
     """One HTTP/2 stream: a gRPC call from its HEADERS to its trailers."""
@@ -130,6 +134,7 @@ class _Call:
         "headers_sent",
         "held",
         "id",
+        "opened",
         "outbox",
         "recv_window",
         "route",
@@ -142,6 +147,7 @@ class _Call:
         "unsent",
         "waiting",
     )
+    opened: float  # monotonic seconds when its HEADERS came (set by the connection as it opens the call)
 
     def __init__(self, stream_id: int, headers: list[tuple[str, str]], send_window: int) -> None:
         self.id, self.headers, self.send_window = stream_id, headers, send_window
@@ -571,7 +577,7 @@ class _Connection(asyncio.Protocol):
                 self._reset(stream_id, h2.PROTOCOL_ERROR)
                 return
         self.calls[stream_id] = call
-        self.active_at = time.monotonic()
+        call.opened = self.active_at = time.monotonic()  # (a trace's GRPC_WAITREAD_START)
         self._begin(call, fields)
         if call.ended and not call.done:
             self._received(call, b"", True)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
+from inferd.observability.tracing import RequestTrace
 from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
@@ -137,6 +139,7 @@ class KServeV2Servicer:
     def __init__(self, core: Core) -> None:
         self.data = core.data
         self.control = core.control
+        self.tracer = core.tracer
 
     # RPC name -> (method, request message): also what Ray Serve's gRPC proxy registers
     RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
@@ -152,6 +155,7 @@ class KServeV2Servicer:
         "ModelStatistics": ("statistics", pb.ModelStatisticsRequest),
         "ModelConfig": ("model_config", pb.ModelConfigRequest),
         "LogSettings": ("log_settings", pb.LogSettingsRequest),
+        "TraceSetting": ("trace_setting", pb.TraceSettingRequest),
         "SystemSharedMemoryStatus": ("shared_memory_status", pb.SystemSharedMemoryStatusRequest),
         "SystemSharedMemoryRegister": ("register_shared_memory", pb.SystemSharedMemoryRegisterRequest),
         "SystemSharedMemoryUnregister": ("unregister_shared_memory", pb.SystemSharedMemoryUnregisterRequest),
@@ -238,12 +242,37 @@ class KServeV2Servicer:
 
     @guarded
     async def model_infer(self, request: pb.ModelInferRequest, context: Context) -> kserve_v2_grpc.InferAnswer:
+        if self.tracer.active:  # all that tracing costs a request while it is off
+            trace = self.tracer.sample(request.model_name)
+            if trace is not None:
+                return await self._model_infer_traced(request, context, trace)
         infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
         response = await self.data.infer(infer_request)
         return kserve_v2_grpc.encode_infer_answer(response)  # its raw contents uncopied until sent
+
+    async def _model_infer_traced(self, request: pb.ModelInferRequest, context: Context, trace: RequestTrace
+                                  ) -> kserve_v2_grpc.InferAnswer:
+        """``model_infer`` for a request the tracer sampled. GRPC_WAITREAD_START: the call's HEADERS
+        came (grpcio's server does not say: then, like _END, when this method got the message)."""
+        now = time.perf_counter()
+        opened = getattr(context, "opened", None)
+        trace.stamp("GRPC_WAITREAD_START", opened() if opened is not None else now)
+        trace.stamp("GRPC_WAITREAD_END", now)
+        try:
+            infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
+                                           request)
+            infer_request.cancelled = context.cancelled
+            infer_request.credentials = _authorization(context)
+            response = await self.data.infer(infer_request, trace)
+            if trace.wants_tensors:
+                trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
+                              ((t.name, t.datatype, t.data) for t in response.outputs))
+            return kserve_v2_grpc.encode_infer_answer(response)
+        finally:
+            self.tracer.finish_soon(trace, "GRPC", time.perf_counter())
 
     @guarded
     async def repository_index(self, request: pb.RepositoryIndexRequest, context: Context
@@ -270,6 +299,16 @@ class KServeV2Servicer:
         who = _authorization(context)
         values = self.data.update_log_settings(changes, who) if changes else self.data.log_settings(who)
         return kserve_v2_extensions.log_settings_message(values)
+
+    @guarded
+    async def trace_setting(self, request: pb.TraceSettingRequest, context: Context) -> pb.TraceSettingResponse:
+        """Triton's trace extension: no settings in the request reads them; a value list left
+        empty clears one."""
+        changes = kserve_v2_extensions.trace_settings_changes(request)
+        model, who = request.model_name or None, _authorization(context)
+        values = (self.data.update_trace_settings(model, changes, who) if changes
+                  else self.data.trace_settings(model, who))
+        return kserve_v2_extensions.trace_settings_message(values)
 
     # Triton's shared-memory extension (system regions; off unless --allow-client-shm)
     @guarded

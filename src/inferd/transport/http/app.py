@@ -35,6 +35,9 @@ class HttpRequest:
     body: bytearray
     params: dict[str, str] = field(default_factory=dict)  # from the route pattern
     disconnected: Callable[[], bool] | None = None  # true once the client has gone away
+    # monotonic seconds of the reads that brought its first and its last bytes (0: not known)
+    received: float = 0.0
+    read: float = 0.0
 
 
 @dataclass(slots=True)

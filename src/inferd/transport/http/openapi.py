@@ -117,6 +117,17 @@ def _v2_paths() -> dict[str, Any]:
         "get": _op("Triton's logging extension: the log settings", settings, (401,)),
         "post": _op("change log settings (log_info, log_warning, log_error, log_verbose_level, log_format)",
                     settings, (400, 401), body={JSON: {"schema": settings}})}
+    trace = {"type": "object", "required": ["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file",
+                                            "trace_mode"],
+             "properties": {"trace_level": {"type": "array", "items": {"type": "string"}},
+                            **{key: {"type": "string"} for key in ("trace_rate", "trace_count", "log_frequency",
+                                                                   "trace_file", "trace_mode")}}}
+    for path, named in (("/v2/trace/setting", ()), ("/v2/models/{model}/trace/setting", ("model",))):
+        paths[path] = {
+            "get": _op("Triton's trace extension: the trace settings (a model's: 400 unless it is loaded)", trace,
+                       (400, 401), params=named),
+            "post": _op("change trace settings (trace_level, trace_rate, trace_count, log_frequency; null clears "
+                        "one)", trace, (400, 401), params=named, body={JSON: {"schema": settings}})}
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     for prefix, params in (("/v2/models/{model}", ("model",)),
                            ("/v2/models/{model}/versions/{version}", ("model", "version"))):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from inferd.observability.tracing import RequestTrace
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
 from inferd.transport.http.app import (
     Guard,
@@ -88,6 +90,7 @@ class KServeV2Routes:
         self.core = core
         self.data = core.data
         self.control = core.control
+        self.tracer = core.tracer
 
     def register(self, router: Router) -> None:
         router.add("GET", "/v2/health/live", self.live)
@@ -107,6 +110,9 @@ class KServeV2Routes:
         router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
         router.add("GET", "/v2/logging", self.logging, guard=inference_guard(self.core))
         router.add("POST", "/v2/logging", self.logging, guard=inference_guard(self.core))
+        for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
+            router.add("GET", path, self.trace_setting, guard=inference_guard(self.core))
+            router.add("POST", path, self.trace_setting, guard=inference_guard(self.core))
         for kind in ("systemsharedmemory", "cudasharedmemory"):
             shared = self.system_shared_memory if kind == "systemsharedmemory" else self.cuda_shared_memory
             for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
@@ -146,6 +152,10 @@ class KServeV2Routes:
     async def infer(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
         self.data.model_ready(name, version, credentials(request))  # unknown model: 404 at once
+        if self.tracer.active:  # all that tracing costs a request while it is off
+            trace = self.tracer.sample(name)
+            if trace is not None:
+                return await self._infer_traced(request, name, version, trace)
         header_length = _header_length(request)
         infer_request = await off_loop(_decode_work(request.body, header_length), kserve_v2.decode_infer_request,
                                        request.body, header_length, name, version)
@@ -153,6 +163,32 @@ class KServeV2Routes:
         infer_request.credentials = credentials(request)
         response = await self.data.infer(infer_request)
         header, binary = kserve_v2.encode_infer_response(response, infer_request)
+        headers = [server_timing(response)]
+        if not binary:
+            return HttpResponse(200, header, headers=headers)
+        headers.append((b"inference-header-content-length", str(len(header)).encode()))
+        return HttpResponse(200, header, b"application/octet-stream", headers, tail=tuple(binary))
+
+    async def _infer_traced(self, request: HttpRequest, name: str, version: str | None, trace: RequestTrace
+                            ) -> HttpResponse:
+        """``infer`` for a request the tracer sampled: its timestamps from the read that brought
+        its first bytes to the answer handed to the connection."""
+        now = time.perf_counter()
+        trace.stamp("HTTP_RECV_START", request.received or now)
+        trace.stamp("HTTP_RECV_END", request.read or now)
+        try:
+            header_length = _header_length(request)
+            infer_request = await off_loop(_decode_work(request.body, header_length),
+                                           kserve_v2.decode_infer_request, request.body, header_length, name, version)
+            infer_request.cancelled = request.disconnected
+            infer_request.credentials = credentials(request)
+            response = await self.data.infer(infer_request, trace)
+            if trace.wants_tensors:
+                trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
+                              ((t.name, t.datatype, t.data) for t in response.outputs))
+            header, binary = kserve_v2.encode_infer_response(response, infer_request)
+        finally:
+            self.tracer.finish_soon(trace, "HTTP", time.perf_counter())
         headers = [server_timing(response)]
         if not binary:
             return HttpResponse(200, header, headers=headers)
@@ -232,6 +268,17 @@ class KServeV2Routes:
         if not isinstance(changes, dict):
             raise InvalidInput("log settings must be a JSON object, e.g. {\"log_verbose_level\": 1}")
         return json_response(self.data.update_log_settings(changes, credentials(request)))
+
+    async def trace_setting(self, request: HttpRequest) -> HttpResponse:
+        """Triton's trace extension: the trace settings (global, or a model's), after the body's
+        changes (POST; a null value clears one)."""
+        model = request.params.get("model")
+        if request.method == "GET":
+            return json_response(self.data.trace_settings(model, credentials(request)))
+        changes = kserve_v2.loads(request.body, "trace settings") if request.body.strip() else {}
+        if not isinstance(changes, dict):
+            raise InvalidInput("trace settings must be a JSON object, e.g. {\"trace_rate\": \"1\"}")
+        return json_response(self.data.update_trace_settings(model, changes, credentials(request)))
 
     async def system_shared_memory(self, request: HttpRequest) -> HttpResponse:
         """Triton's system shared-memory extension: status, register, unregister."""

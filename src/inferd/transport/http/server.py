@@ -336,6 +336,7 @@ class _Connection(asyncio.Protocol):
         assert self._parser is not None
         if self._head_bytes > self._limits.max_header_bytes:
             raise _Refuse(431, f"request headers are over {self._limits.max_header_bytes} bytes")
+        received = self.phase_since  # the read that brought its first bytes (a trace's HTTP_RECV_START)
         self._phase, self.phase_since = _BODY, self.last_active
         self._keep_alive = self._parser.should_keep_alive()
         headers = self._headers
@@ -347,7 +348,7 @@ class _Connection(asyncio.Protocol):
         text = path.decode("latin-1")
         request = self._request = HttpRequest(method, unquote(text) if "%" in text else text,
                                               query.decode("latin-1"), headers, bytearray(),
-                                              disconnected=self._is_closed)
+                                              disconnected=self._is_closed, received=received)
         self._body, self._body_size = [], 0
         declared = headers.get("content-length")
         chunked = "transfer-encoding" in headers and "chunked" in headers["transfer-encoding"].lower()
@@ -390,6 +391,7 @@ class _Connection(asyncio.Protocol):
         if request is None:  # refused while reading
             return
         keep_alive = self._keep_alive and not self._server.draining
+        request.read = self.last_active  # (a trace's HTTP_RECV_END)
         chunks = self._body
         if self._whole is not None:
             request.body, self._whole = self._whole, None
