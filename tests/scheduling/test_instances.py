@@ -124,6 +124,31 @@ def test_an_inline_model_runs_inputs_larger_than_it_was_measured_on_in_a_thread(
     asyncio.run(main())
 
 
+def test_a_batch_larger_than_the_inline_ones_runs_inline_once_it_proved_fast() -> None:
+    """A model first measured on small batches (a lone client) and then given larger ones: a larger
+    batch runs on a thread, and once one of that size ran faster than the inline threshold, batches
+    of that size run inline; one that ran slow keeps its size threaded."""
+    def fn(inputs):
+        if len(inputs["x"]) >= 10_000:
+            time.sleep(0.05)  # a size at which the model is slow
+        return {"x": inputs["x"]}
+
+    pool = InstancePool(fake(fn=fn), count=1, name="m")
+
+    async def main() -> None:
+        for _ in range(20):
+            await pool.submit({"x": np.ones((1, 2), np.float32)})
+        assert pool.inline
+        larger, slow = {"x": np.ones((32, 2), np.float32)}, {"x": np.ones((10_000, 2), np.float32)}
+        assert not pool.runs_inline(larger)
+        await pool.submit(larger)
+        assert pool.runs_inline(larger)
+        await pool.submit(slow)
+        assert not pool.runs_inline(slow)
+
+    asyncio.run(main())
+
+
 def test_a_deadline_is_answered_when_it_passes_not_when_an_instance_frees() -> None:
     pool = InstancePool(fake(delay=0.5), count=1, name="m")
 

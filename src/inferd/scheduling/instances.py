@@ -231,7 +231,18 @@ class InstancePool(Scheduler):
             failed: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
             failed.set_exception(self.unloading())
             return failed
-        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute, inputs)
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._execute_threaded, inputs)
+
+    def _execute_threaded(self, inputs: Arrays) -> Arrays:
+        """``execute`` on an instance thread. An inline model's input larger than any it ran inline
+        comes here (``runs_inline``); if it too ran faster than the inline threshold, inputs of its
+        size run inline from now on. Else a model first measured on small batches (a lone client)
+        would run every larger batch threaded for good, paying the hop the inline path saves."""
+        start = time.perf_counter()
+        outputs = self.execute(inputs)
+        if self.inline and time.perf_counter() - start < self._inline_below_s:
+            self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
+        return outputs
 
     def unloading(self) -> Unavailable:
         """What a call that comes after the pool shut gets (it found the version before its unload)."""
