@@ -83,6 +83,11 @@ def test_a_mixed_batch_is_handled_once_per_kind_in_its_order(explainer: handler.
     assert outputs["status"].tolist() == [200] * 5
 
 
+def test_describes_batched_together_are_each_answered_alone(explainer: handler.HandlerRuntime) -> None:
+    outputs = explainer.infer(requests_of((b"", {"describe": "True"}), (b"", {"describe": "True"})))
+    assert answers(outputs) == [{"handler": "ExplainingHandler", "inputs": 4, "explains": "input x gradient"}] * 2
+
+
 def test_a_kind_that_fails_fails_only_its_own_requests() -> None:
     def handle(data: list[dict[str, Any]], context: Context) -> list[str]:
         if context.get_request_header(0, "explain") == "True":

@@ -65,7 +65,7 @@ class HandlerRuntime(Runtime):
         bodies = inputs["body"].reshape(-1)
         headers = [split_headers(_text(c)) for c in inputs["content_type"].reshape(-1)]
         kinds = [request_kind(h) for h in headers]
-        if len(set(kinds)) > 1:
+        if len(set(kinds)) > 1 or (kinds[0] == "describe" and len(kinds) > 1):
             return self._infer_by_kind(inputs, kinds)
         rows = [{} if kind == "describe" and not body else decode_row(body, h.get("content-type", ""))
                 for body, h, kind in zip(bodies, headers, kinds, strict=True)]
@@ -73,13 +73,13 @@ class HandlerRuntime(Runtime):
 
     def _infer_by_kind(self, inputs: Arrays, kinds: list[str]) -> Arrays:
         """A batch that mixes predictions, explanations and describes: ``handle`` once per kind
-        (a handler reads the first request's ``explain``/``describe`` header for its whole batch),
-        the answers put back in the batch's order. A kind whose ``handle`` raised fails only its own
-        requests, answered as TorchServe's worker answers a failed batch (503; 507 out of memory)."""
+        (a handler reads the first request's ``explain``/``describe`` header for its whole batch)
+        and once per describe (TorchServe's run alone: BaseHandler answers one), the answers put
+        back in the batch's order. A part whose ``handle`` raised fails only its own requests,
+        answered as TorchServe's worker answers a failed batch (503; 507 out of memory)."""
         outputs: Arrays = {"output": _objects([b""] * len(kinds)), "content_type": _objects([b""] * len(kinds)),
                            "status": np.zeros(len(kinds), np.int32)}
-        for kind in dict.fromkeys(kinds):
-            rows = np.array([i for i, k in enumerate(kinds) if k == kind])
+        for kind, rows in _parts(kinds):
             try:
                 answers = self.infer({name: array.reshape(-1)[rows] for name, array in inputs.items()})
             except Exception as exc:
@@ -141,6 +141,15 @@ def request_kind(headers: dict[str, str]) -> str:
     if headers.get("describe") == "True":
         return "describe"
     return "explain" if headers.get("explain") == "True" else "predict"
+
+
+def _parts(kinds: list[str]) -> list[tuple[str, np.ndarray]]:
+    """A mixed batch's parts, in order of first appearance: each kind's rows, each describe alone."""
+    parts: list[tuple[str, np.ndarray]] = []
+    for kind in dict.fromkeys(kinds):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        parts += [(kind, np.array([i])) for i in rows] if kind == "describe" else [(kind, np.array(rows))]
+    return parts
 
 
 def _failed(count: int, code: int, kind: str, message: str) -> Arrays:
