@@ -313,3 +313,93 @@ def build_sequence_store(root: Path) -> Path:
     (work / "limited.yaml").write_text(LIMITED_YAML)
     archive(store, "limited", work / "mlp.pt", str(work / "failing_handler.py"), config_file=work / "limited.yaml")
     return store
+
+
+EXPLAINING_HANDLER = '''
+import json
+import time
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class ExplainingHandler(BaseHandler):
+    """Doubler's handler with its own explain_handle (input x gradient of the output ``target``,
+    default 0) and describe_handle; every answer says the batch's size and its explain header.
+    A request's ``sleep`` (seconds) holds its batch that long."""
+
+    def preprocess(self, data):
+        payloads = [json.loads(row.get("data") or row.get("body")) for row in data]
+        time.sleep(max(payload.get("sleep", 0) for payload in payloads))
+        return torch.tensor([payload["values"] for payload in payloads], dtype=torch.float32)
+
+    def postprocess(self, data):
+        return [{"scores": row, "n": len(data), "explain": self.context.get_request_header(i, "explain")}
+                for i, row in enumerate(data.tolist())]
+
+    def explain_handle(self, data_preprocess, raw_data):
+        targets = [json.loads(row.get("data") or row.get("body")).get("target", 0) for row in raw_data]
+        answers = []
+        with torch.enable_grad():
+            for i, target in enumerate(targets):
+                x = data_preprocess[i:i + 1].clone().requires_grad_(True)
+                self.model(x)[0, target].backward()
+                answers.append({"attributions": (x * x.grad)[0].tolist(), "target": target, "n": len(raw_data),
+                                "explain": self.context.get_request_header(i, "explain")})
+        return answers
+
+    def describe_handle(self):
+        return {"handler": "ExplainingHandler", "inputs": 4, "explains": "input x gradient"}
+'''
+
+STATEFUL_DESCRIBER = '''
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class StatefulDescriber(BaseHandler):
+    """A stateful model's handler that echoes its requests and describes itself."""
+
+    def initialize(self, context):
+        self.context = context
+        self.initialized = True
+
+    def preprocess(self, data):
+        return [bytes(row.get("data") or row.get("body")).decode() for row in data]
+
+    def inference(self, data):
+        return data
+
+    def postprocess(self, data):
+        return [{"echo": said, "sequence": self.context.get_sequence_id(i)} for i, said in enumerate(data)]
+
+    def describe_handle(self):
+        return {"stateful": True}
+'''
+
+EXPLAIN_YAML = """
+batchSize: 4
+maxBatchDelay: 200
+"""
+
+
+def build_explain_store(root: Path) -> Path:
+    """``build_store``'s archives plus ``explainer``: the doubler's model with ExplainingHandler,
+    batching up to 4 requests (model-config.yaml); and ``stateful_describer``, a stateful model
+    whose handler has a describe_handle."""
+    store = build_store(root)
+    work = root / "work"
+    (work / "explaining_handler.py").write_text(textwrap.dedent(EXPLAINING_HANDLER))
+    (work / "explain.yaml").write_text(EXPLAIN_YAML)
+    archive(store, "explainer", work / "doubler.pth", str(work / "explaining_handler.py"), model_file=work / "model.py",
+            config_file=work / "explain.yaml")
+    (work / "stateful_describer.py").write_text(textwrap.dedent(STATEFUL_DESCRIBER))
+    (work / "sequence.yaml").write_text(SEQUENCE_YAML)
+    archive(store, "stateful_describer", work / "mlp.pt", str(work / "stateful_describer.py"),
+            config_file=work / "sequence.yaml")
+    return store
+
+
+def doubler_attributions(store_work: Path, values: list[float], target: int) -> list[float]:
+    """Input x gradient of the doubler's output ``target``, written out: 2 * W[target] * x."""
+    weights = torch.load(store_work / "doubler.pth", weights_only=True)["linear.weight"]
+    return (2 * weights[target] * torch.tensor(values)).tolist()

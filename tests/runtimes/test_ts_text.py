@@ -107,3 +107,41 @@ def test_a_pickled_torchtext_vocab_names_the_package(tmp_path: Path) -> None:
         sys.path.remove(str(tmp_path / "fake"))
         sys.modules.pop("torchtext.vocab", None)
         sys.modules.pop("torchtext", None)
+
+
+def _explain(runtime: handler.HandlerRuntime, text: bytes, target: int) -> np.ndarray:
+    body, kinds = np.empty(1, dtype=object), np.empty(1, dtype=object)
+    body[:] = [text]
+    kinds[:] = [b"text/plain\r\nexplain: True"]
+    return runtime.infer({"body": body, "content_type": kinds})["output"][0]
+
+
+def test_text_classifier_explains_with_captum_as_torchserves_get_insights(tmp_path: Path) -> None:
+    captum_attr = pytest.importorskip("captum.attr")
+    model_dir = text_model_dir(tmp_path, {token: i for i, token in enumerate(VOCAB)})
+    runtime = handler.build("textnet", model_dir, read_manifest(model_dir), 1, None)
+    answer = json.loads(_explain(runtime, b"I don't like bad movies", 0))
+    import textnet
+
+    model = textnet.TextNet()
+    model.load_state_dict(torch.load(model_dir / "textnet.pth"))
+    ids = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    raw = captum_attr.LayerIntegratedGradients(model, model.embedding).attribute(
+        ids, torch.zeros_like(ids), additional_forward_args=(torch.tensor([0])), target=0)
+    expected = torch.softmax(raw, dim=1)
+    expected = expected / torch.norm(expected.sum(dim=-1))
+    assert answer["words"] == ["i", "do", "not", "like", "bad", "movies"]
+    np.testing.assert_allclose(answer["importances"], expected.tolist(), rtol=1e-5)
+
+
+def test_without_captum_text_classifier_explanations_say_so(tmp_path: Path) -> None:
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("captum is installed")
+    model_dir = text_model_dir(tmp_path, {token: i for i, token in enumerate(VOCAB)})
+    runtime = handler.build("textnet", model_dir, read_manifest(model_dir), 1, None)
+    with pytest.raises(RuntimeError, match=r"text_classifier need captum"):
+        _explain(runtime, b"I like movies", 0)

@@ -94,6 +94,46 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str, ve
                         protocol=PROTOCOL, parameters=sequence_parameters(headers or {}, keys))
 
 
+def with_explain(headers: dict[str, str], explain: bool) -> dict[str, str]:
+    """The request's headers with TorchServe's ``explain`` header, which its front end adds to every
+    REST prediction: ``True`` on ``/explanations`` and KServe's explain, else ``False`` (a client's
+    own ``explain`` header does not count)."""
+    kept = {name: value for name, value in headers.items() if name.lower() != "explain"}
+    return {**kept, "explain": "True" if explain else "False"}
+
+
+def decode_describe(model: str, version: str | None, stateful: bool = False,
+                    keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> InferRequest:
+    """The request TorchServe's management API sends a handler for ``customized=true``: no body,
+    the ``describe: True`` header (its ``describe_handle`` answers). A stateful model's is a
+    sequence of its own that starts and ends with it, so no sequence's state is touched."""
+    headers = {"describe": "True"}
+    if stateful:
+        headers |= {**new_sequence(keys), keys.end: "true"}
+    return decode_prediction(b"", "", model, version, headers, keys)
+
+
+def customized_metadata(response: InferResponse) -> dict[str, Any] | None:
+    """The handler's describe answer as describe's ``customizedMetadata``: a JSON object as it is;
+    nothing (None) for an empty or ``null`` answer; ``{}`` for anything else, as TorchServe's
+    front end (Gson) makes of it."""
+    body = encode_prediction(response)[0]
+    if not body.strip():
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    if parsed is None:
+        return None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def no_describe_worker(model: str) -> str:
+    """TorchServe's words when a customized describe finds no worker (ApiUtils)."""
+    return f'Model "{model}" has no worker to serve describe request. Please use scale workers API to add workers.'
+
+
 def decode_form_prediction(fields: dict[str, bytes], model: str, version: str | None,
                            headers: dict[str, str] | None = None,
                            keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> InferRequest:

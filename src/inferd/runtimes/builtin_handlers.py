@@ -104,11 +104,49 @@ class BaseHandler:
         return cast(list[Any], data.tolist())
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """TorchServe's: a describe request answers ``describe_handle()``; an explanation request
+        (the ``explain: True`` header of ``/explanations`` and KServe's explain) answers
+        ``explain_handle`` on the preprocessed batch; else inference and postprocess."""
         started = time.time()
         self.context = context
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        if self._is_describe():
+            output = [self.describe_handle()]
+        else:
+            preprocessed = self.preprocess(data)
+            if self._is_explain():
+                output = self.explain_handle(preprocessed, data)
+            else:
+                output = self.postprocess(self.inference(preprocessed))
         context.metrics.add_time("HandlerTime", round((time.time() - started) * 1000, 2), None, "ms")
         return output
+
+    def explain_handle(self, data_preprocess: Any, raw_data: list[dict[str, Any]]) -> Any:
+        """TorchServe's default: ``get_insights(data_preprocess, inputs, target)`` with the first
+        request's ``data`` (or ``body``) and its ``target`` field (0 when none)."""
+        inputs, target = None, 0
+        row = raw_data[0]
+        if isinstance(row, dict):
+            inputs = row.get("data") or row.get("body")
+            target = row.get("target") or 0
+        insights = getattr(self, "get_insights", None)
+        if insights is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot explain: it defines neither explain_handle nor get_insights "
+                "(TorchServe's image handlers' get_insights uses captum)")
+        return insights(data_preprocess, inputs, target)
+
+    def _is_explain(self) -> bool:
+        if self.context is not None and self.context.get_request_header(0, "explain") == "True":
+            self.explain = True
+            return True
+        return False
+
+    def _is_describe(self) -> bool:
+        return self.context is not None and self.context.get_request_header(0, "describe") == "True"
+
+    def describe_handle(self) -> Any:
+        """What ``GET /models/{m}?customized=true`` answers as ``customizedMetadata``; None: nothing."""
+        return None
 
     def get_device(self) -> Any:
         return self.device
@@ -141,6 +179,16 @@ class VisionHandler(BaseHandler):
             else:
                 raise InvalidInput("the request has no image (send the bytes as the body or as form field 'data')")
         return torch.stack(images).to(self.device)
+
+    def get_insights(self, tensor_data: Any, _: Any, target: Any = 0) -> Any:
+        """TorchServe's VisionHandler: captum's IntegratedGradients (15 steps) of the model for
+        ``target``, one attribution per input value."""
+        try:
+            from captum.attr import IntegratedGradients
+        except ImportError:
+            raise RuntimeError("explanations of an image handler need captum (pip install captum), "
+                               "which is not installed") from None
+        return IntegratedGradients(self.model).attribute(tensor_data, target=target, n_steps=15).tolist()
 
     def _decodes_on_gpu(self, values: list[Any]) -> bool:
         return (self.image_processing is None and getattr(self.device, "type", "cpu") == "cuda"

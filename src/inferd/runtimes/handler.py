@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import sys
 import time
 import types
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, InvalidInput, describe
 from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.runtimes.ts_context import Context
 from inferd.runtimes.ts_requests import decode_row, encode_answer, split_headers
@@ -43,6 +44,7 @@ OUTPUTS = (TensorSpec("output", "BYTES", (-1,)), TensorSpec("content_type", "BYT
 
 Handle = Callable[[list[dict[str, Any]], Context], Any]  # handle(data, context): one answer per request
 Initialize = Callable[[Context], Any]
+log = logging.getLogger("inferd.handler")
 
 
 class HandlerRuntime(Runtime):
@@ -62,8 +64,32 @@ class HandlerRuntime(Runtime):
     def infer(self, inputs: Arrays) -> Arrays:
         bodies = inputs["body"].reshape(-1)
         headers = [split_headers(_text(c)) for c in inputs["content_type"].reshape(-1)]
-        content_types = [h.get("content-type", "") for h in headers]
-        rows = [decode_row(body, kind) for body, kind in zip(bodies, content_types, strict=True)]
+        kinds = [request_kind(h) for h in headers]
+        if len(set(kinds)) > 1 or (kinds[0] == "describe" and len(kinds) > 1):
+            return self._infer_by_kind(inputs, kinds)
+        rows = [{} if kind == "describe" and not body else decode_row(body, h.get("content-type", ""))
+                for body, h, kind in zip(bodies, headers, kinds, strict=True)]
+        return self._handle_batch(rows, headers)
+
+    def _infer_by_kind(self, inputs: Arrays, kinds: list[str]) -> Arrays:
+        """A batch that mixes predictions, explanations and describes: ``handle`` once per kind
+        (a handler reads the first request's ``explain``/``describe`` header for its whole batch)
+        and once per describe (TorchServe's run alone: BaseHandler answers one), the answers put
+        back in the batch's order. A part whose ``handle`` raised fails only its own requests,
+        answered as TorchServe's worker answers a failed batch (503; 507 out of memory)."""
+        outputs: Arrays = {"output": _objects([b""] * len(kinds)), "content_type": _objects([b""] * len(kinds)),
+                           "status": np.zeros(len(kinds), np.int32)}
+        for kind, rows in _parts(kinds):
+            try:
+                answers = self.infer({name: array.reshape(-1)[rows] for name, array in inputs.items()})
+            except Exception as exc:
+                log.warning("model %s: the %s requests of a mixed batch failed", self._name, kind, exc_info=exc)
+                answers = _failed_kind(len(rows), exc, self._name)
+            for name, array in outputs.items():
+                array[rows] = answers[name]
+        return outputs
+
+    def _handle_batch(self, rows: list[dict[str, Any]], headers: list[dict[str, str]]) -> Arrays:
         self._context._start_batch(headers)
         started = time.time()
         try:
@@ -73,11 +99,7 @@ class HandlerRuntime(Runtime):
             if not isinstance(code, int) or not 100 <= code <= 599:
                 raise
             # PredictionException(message, error_code): the batch is answered with that code
-            message = str(getattr(exc, "message", exc))
-            return {"output": _objects([orjson.dumps({"code": code, "type": type(exc).__name__,
-                                                      "message": message})] * len(rows)),
-                    "content_type": _objects([b"application/json"] * len(rows)),
-                    "status": np.full(len(rows), code, np.int32)}
+            return _failed(len(rows), code, type(exc).__name__, str(getattr(exc, "message", exc)))
         if not isinstance(results, list | tuple) or len(results) != len(rows):
             got = len(results) if isinstance(results, list | tuple) else type(results).__name__
             raise RuntimeError(f"handler of '{self._name}' returned {got} results for a batch of "
@@ -111,6 +133,39 @@ class HandlerRuntime(Runtime):
         encoded = [encode_answer(a, self._context.get_response_content_type(i)) for i, a in enumerate(answers)]
         return {"output": _objects([e[0] for e in encoded]), "content_type": _objects([e[1].encode() for e in encoded]),
                 "status": np.full(len(encoded), code, np.int32), INTERMEDIATE_OUTPUT: np.ones(1, np.bool_)}
+
+
+def request_kind(headers: dict[str, str]) -> str:
+    """What TorchServe's worker is asked for: ``describe`` (the management API's
+    ``customized=true``), ``explain`` (``/explanations``, KServe's explain) or ``predict``."""
+    if headers.get("describe") == "True":
+        return "describe"
+    return "explain" if headers.get("explain") == "True" else "predict"
+
+
+def _parts(kinds: list[str]) -> list[tuple[str, np.ndarray]]:
+    """A mixed batch's parts, in order of first appearance: each kind's rows, each describe alone."""
+    parts: list[tuple[str, np.ndarray]] = []
+    for kind in dict.fromkeys(kinds):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        parts += [(kind, np.array([i])) for i in rows] if kind == "describe" else [(kind, np.array(rows))]
+    return parts
+
+
+def _failed(count: int, code: int, kind: str, message: str) -> Arrays:
+    """``count`` requests answered ``code`` with TorchServe's error shape."""
+    body = orjson.dumps({"code": code, "type": kind, "message": message})
+    return {"output": _objects([body] * count), "content_type": _objects([b"application/json"] * count),
+            "status": np.full(count, code, np.int32)}
+
+
+def _failed_kind(count: int, exc: Exception, name: str) -> Arrays:
+    """The answers of a mixed batch's kind whose ``handle`` raised: 400 for bad input (as alone),
+    else TorchServe's worker's 503 (507 out of memory)."""
+    if isinstance(exc, InvalidInput):
+        return _failed(count, 400, "BadRequestException", exc.message)
+    return _failed(count, 507 if isinstance(exc, MemoryError) else 503, "InternalServerException",
+                   f"model '{name}' failed: {describe(exc)}")
 
 
 def _objects(items: list[bytes]) -> np.ndarray:

@@ -140,3 +140,24 @@ class TextClassifier(BaseHandler):
         import torch
 
         return map_class_to_label(torch.softmax(data, dim=-1).tolist(), self.mapping)
+
+    def get_insights(self, text_preprocess: Any, _: Any, target: Any = 0) -> list[dict[str, Any]]:
+        """TorchServe's text_classifier explanation: captum's LayerIntegratedGradients over the
+        model's ``embedding`` against index 0 (its TokenReferenceBase), summarised as its
+        ``summarize_attributions`` does, with the words."""
+        import torch
+
+        try:
+            from captum.attr import LayerIntegratedGradients, TokenReferenceBase
+        except ImportError:
+            raise RuntimeError("explanations of text_classifier need captum (pip install captum), "
+                               "which is not installed") from None
+        ids, tokens = text_preprocess
+        reference = TokenReferenceBase().generate_reference(ids.shape[0], device=self.device).squeeze(0)
+        offsets = torch.as_tensor([0], device=self.device)
+        attributions = LayerIntegratedGradients(self.model, self.model.embedding).attribute(
+            ids, reference, additional_forward_args=(offsets), return_convergence_delta=False, target=target)
+        # F.softmax without a dim, as TorchServe calls it: dim 0 for 0-, 1- and 3-d tensors, else 1
+        attributions = torch.softmax(attributions, dim=0 if attributions.dim() in (0, 1, 3) else 1)
+        attributions = attributions / torch.norm(attributions.sum(dim=-1))
+        return [{"importances": attributions.tolist(), "words": [token.replace("\u0120", "") for token in tokens]}]

@@ -32,7 +32,7 @@ from inferd.protocols import torchserve
 from inferd.protocols._proto import torchserve_pb2 as ts
 from inferd.transport.grpc.errors import status_for
 from inferd.transport.grpc.servicers import Context, Methods, StreamMethods, Turn, _authorization, guarded
-from inferd.types import InferResponse
+from inferd.types import InferResponse, ModelState, VersionDescription
 
 log = logging.getLogger("inferd.grpc")
 INFERENCE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
@@ -266,6 +266,7 @@ class TorchServeManagementServicer:
 
     def __init__(self, core: Core) -> None:
         self.control = core.control
+        self.data = core.data
 
     def methods(self) -> Methods:
         return {rpc: (getattr(self, method), request) for rpc, (method, request) in self.RPCS.items()}
@@ -284,9 +285,38 @@ class TorchServeManagementServicer:
         name, who = request.model_name, _authorization(context)
         if name not in {m.name for m in self.control.models(who)}:
             raise NotFound(f"Model not found: {name}")
-        rows = torchserve.choose_versions(self.control.describe(name, who), name, request.model_version or None,
+        version = request.model_version or None
+        rows = torchserve.choose_versions(self.control.describe(name, who), name, version,
                                           self.control.default_version(name))
-        return ts.ManagementResponse(msg=_pretty([torchserve.describe(name, row) for row in rows]))
+        answer = [torchserve.describe(name, row) for row in rows]
+        if request.customized and version != "all":
+            try:
+                await self._customize(name, rows[0], answer, who)
+            except _Refused as exc:
+                await context.abort(exc.status, exc.message)
+        return ts.ManagementResponse(msg=_pretty(answer))
+
+    async def _customize(self, name: str, row: VersionDescription, answer: list[dict[str, Any]],
+                         who: str | None) -> None:
+        """``customized``: the handler's ``describe_handle`` answer as ``customizedMetadata``
+        (TorchServe's ManagementImpl and GRPCJob: no worker is INTERNAL, a handler that raised its
+        worker's status)."""
+        if row.state is not ModelState.READY:
+            raise _Refused(grpc.StatusCode.INTERNAL, torchserve.no_describe_worker(name), _NO_WORKER)
+        model = self.data.model_metadata(name, row.version, who)
+        if not torchserve.is_handler_model(model):
+            return
+        keys = torchserve.SequenceHeaders(*self.control.torchserve_sequence_headers)
+        describe_request = torchserve.decode_describe(name, row.version, model.stateful, keys)
+        describe_request.credentials = who
+        try:
+            response = await self.data.infer(describe_request)
+        except ModelError as exc:
+            log.error("describe of model '%s' failed: %s", name, exc.message, exc_info=exc)
+            raise _Refused(grpc_status_for_http(torchserve.failure_status(exc)), exc.message, _WORKER_ERROR) from exc
+        metadata = torchserve.customized_metadata(response)
+        if metadata is not None:
+            answer[0]["customizedMetadata"] = metadata
 
     @guarded
     async def register(self, request: ts.RegisterModelRequest, context: Context) -> ts.ManagementResponse:

@@ -214,10 +214,18 @@ def _torchserve_paths() -> dict[str, Any]:
                         (400, 401, 404, 413, 500, 503, 504), params=params, body=any_body, error_schema=ts)
         operation["responses"]["200"] = answer
         paths[path] = {"post": operation}
+    explanations = (("/explanations/{model}", ("model",)), ("/explanations/{model}/{version}", ("model", "version")),
+                    ("/v1/models/{model}:explain", ("model",)), ("/v2/models/{model}/explain", ("model",)))
+    for path, params in explanations:
+        operation = _op("TorchServe explanations: the raw body goes to the handler's explain_handle", {},
+                        (400, 401, 404, 413, 500, 503, 504), params=params, body=any_body, error_schema=ts)
+        operation["responses"]["200"] = answer
+        paths[path] = {"post": operation}
+    customized = _param("customized", "query")  # true: the handler's describe_handle answers too
     for path, params in (("/models/{model}", ("model",)), ("/models/{model}/{version}", ("model", "version"))):
         paths[path] = {
-            "get": _op("TorchServe: describe a model", {"type": "array", "items": {"type": "object"}}, (404,),
-                       params=params, error_schema=ts),
+            "get": _op("TorchServe: describe a model", {"type": "array", "items": {"type": "object"}},
+                       (404, 500, 503), params=params, query=(customized,), error_schema=ts),
             "put": _op("TorchServe: scale workers", _STATUS, (400, 401, 403, 404), params=params, query=workers,
                        error_schema=ts),
             "delete": _op("TorchServe: unregister", _STATUS, (400, 401, 403, 404), params=params, error_schema=ts),

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -32,7 +33,7 @@ from inferd.protocols import torchserve
 from inferd.transport.http.app import Guard, Handler, HttpApp, HttpRequest, HttpResponse, Router, json_response
 from inferd.transport.http.routes import control_guard, inference_guard, server_timing
 from inferd.transport.offload import off_loop
-from inferd.types import InferRequest, InferResponse, ModelMetadata
+from inferd.types import InferRequest, InferResponse, ModelMetadata, ModelState, VersionDescription
 
 log = logging.getLogger("inferd.torchserve")
 
@@ -91,6 +92,12 @@ class TorchServeRoutes:
                 add(method, "/ping", self.ping)
                 add(method, "/predictions/{model}", self.predict, infer)
                 add(method, "/predictions/{model}/{version}", self.predict, infer)
+            router.refuse_under("/explanations", torchserve_refusal)
+            for method in _ANY_METHOD:  # TorchServe's InferenceRequestHandler: KServe's explain too
+                add(method, "/explanations/{model}", self.explain, infer)
+                add(method, "/explanations/{model}/{version}", self.explain, infer)
+                add(method, "/v1/models/{model}:explain", self.explain, infer)
+                add(method, "/v2/models/{model}/explain", self.explain, infer)
             router.refuse_under("/wfpredict", torchserve_refusal)
             for method in _ANY_METHOD:
                 add(method, "/wfpredict/{workflow}", self.workflow_predict, infer)
@@ -121,22 +128,34 @@ class TorchServeRoutes:
         return json_response({"status": "Unhealthy"}, 500)  # TorchServe's InferenceRequestHandler
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
+        return await self._serve(request, explain=False)
+
+    async def explain(self, request: HttpRequest) -> HttpResponse:
+        """``/explanations/{m}[/{v}]``, KServe's ``/v1/models/{m}:explain`` and
+        ``/v2/models/{m}/explain``: the raw body goes to the handler as a prediction's does, with
+        the ``explain: True`` header, so its ``explain_handle`` answers (TorchServe's)."""
+        return await self._serve(request, explain=True)
+
+    async def _serve(self, request: HttpRequest, explain: bool) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
         try:
             metadata = self.data.model_metadata(name, version, _credentials(request))
         except NotFound:
             return self._not_found(request, name, version, "Model version: {v} does not exist for model: {m}")
+        if explain and not torchserve.is_handler_model(metadata):
+            raise InvalidInput(f"model '{name}' has no TorchServe handler: only a handler's explain_handle "
+                               "explains; predict over /predictions/{model}")
         try:
-            return await self._predict(request, metadata, name, version)
+            return await self._predict(request, metadata, name, version, explain)
         except ModelError as exc:
             log.error("%s %s: %s", request.method, request.path, exc.message, exc_info=exc)
             return prediction_failed(exc)
 
     async def _predict(self, request: HttpRequest, metadata: ModelMetadata, name: str,
-                       version: str | None) -> HttpResponse:
+                       version: str | None, explain: bool = False) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            headers = request.headers
+            headers = torchserve.with_explain(request.headers, explain)
             if metadata.stateful and not torchserve.named_sequence(headers, self.keys):  # TorchServe names one
                 headers = {**headers, **torchserve.new_sequence(self.keys)}
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers,
@@ -224,7 +243,33 @@ class TorchServeRoutes:
             raise NotFound(f"Model not found: {name}")
         rows = torchserve.choose_versions(self.control.describe(name, _credentials(request)), name, version,
                                           self.control.default_version(name))
-        return json_response([torchserve.describe(name, row) for row in rows])
+        answer = [torchserve.describe(name, row) for row in rows]
+        if version == "all" or not torchserve.java_bool(_query(request).get("customized"), False):
+            return json_response(answer)
+        return await self._describe_customized(request, name, rows[0], answer)
+
+    async def _describe_customized(self, request: HttpRequest, name: str, row: VersionDescription,
+                                   answer: list[dict[str, Any]]) -> HttpResponse:
+        """``customized=true``: the handler's ``describe_handle`` answers too, as
+        ``customizedMetadata``, with the status the handler set (TorchServe's RestJob). A model
+        without a handler has nothing to add."""
+        credentials = _credentials(request)
+        if row.state is not ModelState.READY:
+            return _error(503, "ServiceUnavailableException", torchserve.no_describe_worker(name))
+        metadata = self.data.model_metadata(name, row.version, credentials)
+        if not torchserve.is_handler_model(metadata):
+            return json_response(answer)
+        describe_request = torchserve.decode_describe(name, row.version, metadata.stateful, self.keys)
+        describe_request.credentials = credentials
+        try:
+            response = await self.data.infer(describe_request)
+        except ModelError as exc:
+            log.error("describe %s: %s", name, exc.message, exc_info=exc)
+            return prediction_failed(exc)
+        customized = torchserve.customized_metadata(response)
+        if customized is not None:
+            answer[0]["customizedMetadata"] = customized
+        return json_response(answer, torchserve.prediction_status(response))
 
     async def register_model(self, request: HttpRequest) -> HttpResponse:
         if not self.control.torchserve_model_api:
