@@ -108,6 +108,13 @@ class _CallContext:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(field for field in self._call.headers if not field[0].startswith(":"))
 
+    def header(self, name: str) -> str | None:
+        """One metadata value (the first of that name), without copying the rest."""
+        for key, value in self._call.headers:
+            if key == name:
+                return value
+        return None
+
     def time_remaining(self) -> float | None:
         deadline = self._call.deadline
         return None if deadline is None else max(0.0, deadline - time.monotonic())
