@@ -167,12 +167,12 @@ def declared_families(path: Path) -> dict[str, _Family]:
 def family_problem(name: str, kind: str, dimensions: tuple[str, ...]) -> str | None:
     """Why a metric cannot be written as Prometheus text beside the front end's families (its name
     and dimension names go into the text as they are), or None."""
-    if not NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         return "a metric name must match [a-zA-Z_:][a-zA-Z0-9_:]*"
     if name in FRONT_END_FAMILIES:
         return "the front end's own metric has that name"
     for dimension in dimensions:
-        if not LABEL.fullmatch(dimension) or dimension.startswith("__"):
+        if not isinstance(dimension, str) or not LABEL.fullmatch(dimension) or dimension.startswith("__"):
             return f"dimension name {dimension!r} must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"
     taken = {"Hostname", "le"} if kind == "histogram" else {"Hostname"}
     if len(set(dimensions)) != len(dimensions) or taken & set(dimensions):
