@@ -65,7 +65,9 @@ HOSTILE_HANDLER = '''
 import json
 
 import torch
+from ts.metrics.caching_metric import CachingMetric
 from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 
@@ -73,6 +75,9 @@ class HostileHandler(BaseHandler):
     def preprocess(self, data):
         rows = [json.loads(row.get("data") or row.get("body")) for row in data]
         for row in rows:
+            if not isinstance(row["unit"], str):  # add_metric checks the unit; a CachingMetric made directly does not
+                CachingMetric(row["name"], row["unit"], [], MetricTypes.GAUGE).add_or_update(1, [])
+                continue
             self.context.metrics.add_metric(name=row["name"], value=1, unit=row["unit"],
                                             dimensions=[Dimension(row["dimension"], row["value"])])
         return torch.ones((len(rows), 4))
@@ -193,7 +198,7 @@ def test_metric_text_from_a_handler_cannot_break_the_metrics_address(store: Path
     refused; a unit and label values are escaped; the page still parses and keeps its families."""
     hostile = [("bad name\ninjected_total", "D", "v", "count"), ("Sneaky", 'x="1"} 5\ninjected{y', "v", "count"),
                ("ts_inference_requests_total", "D", "v", "count"), ("Twice", "Hostname", "v", "count"),
-               ("Numbered", 5, "v", "count"),
+               ("Numbered", 5, "v", "count"), ("NumberUnit", "D", "v", 5),
                ("Escaped", "D", 'a"b\nc\\d', "count\ninjected_unit 7")]
     with torchserve(tmp_path, {"model_store": str(store), "load_models": "hostile.mar",
                                "default_workers_per_model": "1", "disable_token_authorization": "true",
@@ -206,6 +211,7 @@ def test_metric_text_from_a_handler_cannot_break_the_metrics_address(store: Path
         families = {family.name: family for family in text_string_to_metric_families(text)}
         assert not any("inject" in name for name in families), sorted(families)
         assert not {"Sneaky", "Twice", "Numbered"} & set(families), sorted(families)
+        assert families["NumberUnit"].documentation == "Torchserve prometheus gauge metric with unit: 5"
         escaped = families["Escaped"]
         assert escaped.documentation == "Torchserve prometheus counter metric with unit: count\ninjected_unit 7"
         assert [(s.labels["D"], s.value) for s in escaped.samples] == [('a"b\nc\\d', 1.0)]

@@ -81,7 +81,7 @@ class TorchServeModelMetrics:
                         self._refused.add(name)
                         log.warning("model metric %r is not shown on the metrics address: %s", name, problem)
                     return
-                family = self._families[name] = _Family(kind, unit, names)
+                family = self._families[name] = _Family(kind, str(unit), names)
             if len(labels) != len(family.dimensions):
                 log.error("model metric %s: %d dimension values for the %d names %s declares; dropped", name,
                           len(labels), len(family.dimensions), list(family.dimensions))
