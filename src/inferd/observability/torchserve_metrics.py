@@ -11,6 +11,7 @@ from dataclasses import dataclass
 FRONT_END_FAMILIES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
                                 "ts_inference_latency_microseconds", "ts_queue_latency_microseconds"})
 
+
 @dataclass(slots=True)
 class _ModelCounts:
     requests: int = 0
