@@ -1,5 +1,6 @@
 """Decoupled models for the streaming tests (and the peer examples): a Python generator model, an
-endless one that records how far it got, and Triton's repeat model as a Python-backend model."""
+endless one that records how far it got, Triton's repeat model as a Python-backend model, and a
+careless one that sends error responses as fast as it can."""
 
 from __future__ import annotations
 
@@ -143,6 +144,40 @@ REPEAT_WITH_ERROR = REPEAT_LAST_FINAL.replace(
                     continue
                 sender.send(pb_utils.InferenceResponse([""")
 
+# a careless decoupled model: error responses as fast as it can, never asking is_cancelled(), then
+# the final flag after SENDS of them; PROGRESS.done once it is through
+CARELESS = '''
+import triton_python_backend_utils as pb_utils
+
+PROGRESS = {progress!r}
+SENDS = 200_000
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            for index in range(SENDS):
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("refused " * 128 + str(index))))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            open(PROGRESS + ".done", "w").close()
+'''
+
+CARELESS_CONFIG = """
+backend = "python"
+[model_transaction_policy]
+decoupled = true
+[[input]]
+name = "IN"
+datatype = "INT32"
+shape = [1]
+[[output]]
+name = "OUT"
+datatype = "INT32"
+shape = [1]
+[instance_group]
+kind = "%s"
+"""
 
 THREADS = '\n[instance_group]\nkind = "cpu"\n'  # on threads of the server's process (not its default)
 
@@ -165,4 +200,13 @@ def build(root: Path, progress: Path) -> Path:
     models.write(root / "repeat_with_error/config.pbtxt", REPEAT_CONFIG.replace("repeat_int32", "repeat_with_error"))
     models.write(root / "double/1/model.py", models.PYTHON_MODEL)
     models.write(root / "double/config.toml", models.PYTHON_CONFIG)
+    return root
+
+
+def build_careless(root: Path, progress: Path) -> Path:
+    """CARELESS on threads of the server's process (careless) and in an instance process
+    (careless_process); each touches ``progress``-<name>.done when through."""
+    for name, kind in (("careless", "cpu"), ("careless_process", "process")):
+        models.write(root / name / "1/model.py", CARELESS.format(progress=f"{progress}-{name}"))
+        models.write(root / name / "config.toml", CARELESS_CONFIG % kind)
     return root

@@ -5,12 +5,16 @@ and state; a direct sequence keeps its slot's row, and one that ends leaves only
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -204,3 +208,46 @@ def test_a_triton_python_model_gets_several_sequences_requests_in_one_execute(se
     after = stats(server, "dyna_counting")
     assert after["inference_count"] - before["inference_count"] == 6 * STEPS
     assert after["execution_count"] - before["execution_count"] < 6 * STEPS
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_long_backlog_of_starts_costs_the_server_little_while_it_waits(repo: Path) -> None:
+    """acc_direct's 16 slots held, 900 more STARTs wait in the backlog (under --max-connections): waiting costs each a
+    glance, not a scan of every sequence (the server's CPU stays low, a health check stays quick);
+    once they give up and the holders end, a new sequence takes a slot at once."""
+    def body(key: int, start: bool, end: bool) -> dict[str, Any]:
+        return {"inputs": [{"name": "INPUT", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}],
+                "parameters": {"sequence_id": key, "sequence_start": start, "sequence_end": end}}
+
+    async def flood(server: RunningServer) -> tuple[float, float, list[int]]:
+        url = f"{server.base}/v2/models/acc_direct/infer"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def post(key: int, start: bool, end: bool, timeout: float = 30) -> int:
+                async with session.post(url, json=body(key, start, end),
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+                    return answer.status
+
+            assert await asyncio.gather(*(post(key, True, False) for key in range(1, 17))) == [200] * 16
+            waiting = [asyncio.ensure_future(post(1000 + key, True, False, timeout=3.5)) for key in range(900)]
+            await asyncio.sleep(1.0)
+            used = _cpu_seconds(server.process.pid)
+            await asyncio.sleep(1.5)
+            used = (_cpu_seconds(server.process.pid) - used) / 1.5
+            started = time.perf_counter()
+            async with session.get(f"{server.base}/v2/health/live") as answer:
+                assert answer.status == 200
+            health_s = time.perf_counter() - started
+            outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+            assert all(isinstance(outcome, TimeoutError) for outcome in outcomes), {repr(o) for o in outcomes}
+            ended = await asyncio.gather(*(post(key, False, True) for key in range(1, 17)))
+            return used, health_s, [*ended, await post(5000, True, True, timeout=5)]
+
+    with serve(repo) as server:
+        used, health_s, statuses = asyncio.run(flood(server))
+    assert used < 0.4, f"the server used {used:.2f} CPU seconds a second while 900 STARTs waited"
+    assert health_s < 0.5, health_s
+    assert statuses == [200] * 17

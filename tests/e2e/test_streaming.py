@@ -5,7 +5,9 @@ model; a unary call to a decoupled model is refused with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import time
 from collections.abc import Iterator
@@ -195,6 +197,55 @@ def test_a_client_that_goes_away_stops_the_model(server: RunningServer, progress
             client.async_stream_infer(model, [n_input(0)])
             assert [r.as_numpy("VALUE").tolist() for r in collect(again, 2)] == [[1], [2]]
             client.stop_stream(cancel_requests=True)
+
+
+def _tree_rss_mb(root: int) -> float:
+    """The resident memory of a process and all its descendants."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+    tree, grown = {root}, True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    total = 0
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**20
+
+
+@pytest.mark.parametrize("model", ["careless", "careless_process"])
+def test_responses_sent_after_the_client_left_are_not_kept(tmp_path: Path, model: str) -> None:
+    """A decoupled model that never asks is_cancelled() sends 200,000 error responses (1 KB each)
+    after its client left: the server drops them instead of queueing them for nobody (it grew by
+    the lot), and a well-behaved client is served meanwhile."""
+    progress = tmp_path / "progress"
+    with serve(streaming_models.build_careless(tmp_path / "repo", progress), "--workers", "0", grpc=True) as server:
+        answers: queue.Queue[Any] = queue.Queue()
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        given = grpcclient.InferInput("IN", [1], "INT32")
+        given.set_data_from_numpy(np.array([1], np.int32))
+        client.async_stream_infer(model, [given])
+        first = collect(answers, 3)
+        assert all(result is None and "refused refused" in str(error) for result, error in first), first
+        client.stop_stream(cancel_requests=True)
+        client.close()
+        before = peak = _tree_rss_mb(server.process.pid)
+        done = Path(f"{progress}-{model}.done")
+        deadline = time.monotonic() + 60
+        with grpcclient.InferenceServerClient(server.grpc_url) as other:
+            while not done.exists() and time.monotonic() < deadline:
+                assert other.is_server_live()
+                peak = max(peak, _tree_rss_mb(server.process.pid))
+                time.sleep(0.1)
+        assert done.exists(), "the careless model did not get through its sends"
+    assert peak - before < 50, f"the server grew by {peak - before:.0f} MB while the model sent to nobody"
 
 
 def test_a_unary_call_to_a_decoupled_model_is_refused(server: RunningServer) -> None:

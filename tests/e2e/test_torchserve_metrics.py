@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import ts_archives
 from tests.e2e.test_torchserve_cli import torchserve
@@ -59,6 +60,32 @@ class CountingHandler(BaseHandler):
         return [{"scores": row} for row in data.tolist()]
 '''
 
+# a careless (or hostile) handler: names, dimension names and units from the request
+HOSTILE_HANDLER = '''
+import json
+
+import torch
+from ts.metrics.caching_metric import CachingMetric
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class HostileHandler(BaseHandler):
+    def preprocess(self, data):
+        rows = [json.loads(row.get("data") or row.get("body")) for row in data]
+        for row in rows:
+            if not isinstance(row["unit"], str):  # add_metric checks the unit; a CachingMetric made directly does not
+                CachingMetric(row["name"], row["unit"], [], MetricTypes.GAUGE).add_or_update(1, [])
+                continue
+            self.context.metrics.add_metric(name=row["name"], value=1, unit=row["unit"],
+                                            dimensions=[Dimension(row["dimension"], row["value"])])
+        return torch.ones((len(rows), 4))
+
+    def postprocess(self, data):
+        return [{"scores": row} for row in data.tolist()]
+'''
+
 METRICS_YAML = """
 dimensions:
   - &model_name "ModelName"
@@ -94,6 +121,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.jit.script(torch.nn.Linear(4, 2).eval()).save(str(work / "linear.pt"))
     (work / "handler.py").write_text(textwrap.dedent(HANDLER))
     ts_archives.archive(store, "counting", work / "linear.pt", str(work / "handler.py"))
+    (work / "hostile.py").write_text(textwrap.dedent(HOSTILE_HANDLER))
+    ts_archives.archive(store, "hostile", work / "linear.pt", str(work / "hostile.py"))
     return store
 
 
@@ -163,6 +192,34 @@ def test_auto_detected_metrics_keep_their_own_dimensions(store: Path, tmp_path: 
         assert "# TYPE MissingLookups counter" in text
 
 
+def test_metric_text_from_a_handler_cannot_break_the_metrics_address(store: Path, tmp_path: Path) -> None:
+    """Auto-detected names, dimension names and units reach the Prometheus text: one that is no
+    Prometheus name (a newline, a quote), names the front end's own family or repeats Hostname is
+    refused; a unit and label values are escaped; the page still parses and keeps its families."""
+    hostile = [("bad name\ninjected_total", "D", "v", "count"), ("Sneaky", 'x="1"} 5\ninjected{y', "v", "count"),
+               ("ts_inference_requests_total", "D", "v", "count"), ("Twice", "Hostname", "v", "count"),
+               ("Numbered", 5, "v", "count"), ("NumberUnit", "D", "v", 5),
+               ("Escaped", "D", 'a"b\nc\\d', "count\ninjected_unit 7")]
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "hostile.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true",
+                               "metrics_mode": "prometheus", "model_metrics_auto_detect": "true"}) as urls:
+        for name, dimension, value, unit in hostile:
+            answer = requests.post(f"{urls['inference']}/predictions/hostile", timeout=30,
+                                   json={"name": name, "dimension": dimension, "value": value, "unit": unit})
+            assert answer.status_code == 200, answer.text
+        text = _scrape_until(urls["metrics"], "Escaped", 1.0)
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        assert not any("inject" in name for name in families), sorted(families)
+        assert not {"Sneaky", "Twice", "Numbered"} & set(families), sorted(families)
+        assert families["NumberUnit"].documentation == "Torchserve prometheus gauge metric with unit: 5"
+        escaped = families["Escaped"]
+        assert escaped.documentation == "Torchserve prometheus counter metric with unit: count\ninjected_unit 7"
+        assert [(s.labels["D"], s.value) for s in escaped.samples] == [('a"b\nc\\d', 1.0)]
+        requests_total = [sample.labels for family in families.values() for sample in family.samples
+                          if sample.name == "ts_inference_requests_total"]
+        assert [labels["model_name"] for labels in requests_total] == ["hostile"]  # the front end's alone
+
+
 def test_log_mode_writes_torchserves_metric_lines(store: Path, tmp_path: Path) -> None:
     output: list[str] = []
     with torchserve(tmp_path, {"model_store": str(store), "load_models": "counting.mar",
@@ -183,9 +240,12 @@ def test_log_mode_writes_torchserves_metric_lines(store: Path, tmp_path: Path) -
 
 def test_a_bad_metrics_setting_stops_the_start(store: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("model_metrics:\n  counter:\n    - unit: count\n")
+    (tmp_path / "badname.yaml").write_text("model_metrics:\n  gauge:\n    - {name: 'a b', unit: ms}\n")
     for properties, message in (({"metrics_mode": "statsd"}, "metrics_mode=statsd: expected one of log"),
                                 ({"metrics_mode": "prometheus", "metrics_config": str(tmp_path / "broken.yaml")},
-                                 "each counter metric needs a name and a unit")):
+                                 "each counter metric needs a name and a unit"),
+                                ({"metrics_mode": "prometheus", "metrics_config": str(tmp_path / "badname.yaml")},
+                                 "gauge metric 'a b': a metric name must match")):
         with pytest.raises(AssertionError, match=re.escape(message)), torchserve(tmp_path, {
                 "model_store": str(store), "disable_token_authorization": "true", **properties}):
             pass

@@ -7,6 +7,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+# the front end's own families (render): a handler's metric of one of these names is refused
+FRONT_END_FAMILIES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
+                                "ts_inference_latency_microseconds", "ts_queue_latency_microseconds"})
+
 
 @dataclass(slots=True)
 class _ModelCounts:

@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferd.observability.custom_metrics import LABEL, NAME
+from inferd.observability.torchserve_metrics import FRONT_END_FAMILIES
+
 log = logging.getLogger("inferd.torchserve.model_metrics")
 MODES = ("log", "prometheus", "legacy", "off")  # off: inferd serve's (handlers' values are dropped)
 KINDS = ("counter", "gauge", "histogram")
 # the Prometheus Java client's default histogram buckets (TorchServe's PrometheusHistogram keeps them)
+_REFUSALS_LOGGED = 1000  # names refused and logged once each (a handler may make up a new one per request)
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
@@ -45,6 +49,7 @@ class TorchServeModelMetrics:
         self.mode = "off"
         self.auto_detect = False
         self._families: dict[str, _Family] = default_families()
+        self._refused: set[str] = set()  # names already logged as refused
         self._lock = threading.Lock()  # records come from model threads and the event loop
 
     def configure(self, mode: str, config: Path | None, auto_detect: bool) -> None:
@@ -69,7 +74,14 @@ class TorchServeModelMetrics:
             if family is None:
                 if not self.auto_detect:
                     return  # as TorchServe: a metric neither declared nor auto-detected is dropped
-                family = self._families[name] = _Family(kind, unit, tuple(k for k, _ in labels))
+                names = tuple(k for k, _ in labels)
+                problem = family_problem(name, kind, names)
+                if problem is not None:
+                    if name not in self._refused and len(self._refused) < _REFUSALS_LOGGED:
+                        self._refused.add(name)
+                        log.warning("model metric %r is not shown on the metrics address: %s", name, problem)
+                    return
+                family = self._families[name] = _Family(kind, str(unit), names)
             if len(labels) != len(family.dimensions):
                 log.error("model metric %s: %d dimension values for the %d names %s declares; dropped", name,
                           len(labels), len(family.dimensions), list(family.dimensions))
@@ -98,7 +110,8 @@ class TorchServeModelMetrics:
         lines: list[str] = []
         with self._lock:
             for name, family in self._families.items():
-                lines += [f"# HELP {name} Torchserve prometheus {family.kind} metric with unit: {family.unit}",
+                lines += [f"# HELP {name} Torchserve prometheus {family.kind} metric with unit: "
+                          f"{_escape_help(family.unit)}",
                           f"# TYPE {name} {family.kind}"]
                 names = (*family.dimensions, "Hostname")
                 for key, values in family.series.items():
@@ -144,12 +157,35 @@ def declared_families(path: Path) -> dict[str, _Family]:
             dimensions = entry.get("dimensions") or []
             if not isinstance(dimensions, list) or not all(isinstance(d, str) for d in dimensions):
                 raise ValueError(f"metrics_config {path}: {entry['name']}'s dimensions must be a list of names")
+            problem = family_problem(entry["name"], kind, tuple(dimensions))
+            if problem is not None:
+                raise ValueError(f"metrics_config {path}: {kind} metric {entry['name']!r}: {problem}")
             families[entry["name"]] = _Family(kind, str(entry["unit"]), tuple(dimensions))
     return families
 
 
+def family_problem(name: str, kind: str, dimensions: tuple[str, ...]) -> str | None:
+    """Why a metric cannot be written as Prometheus text beside the front end's families (its name
+    and dimension names go into the text as they are), or None."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return "a metric name must match [a-zA-Z_:][a-zA-Z0-9_:]*"
+    if name in FRONT_END_FAMILIES:
+        return "the front end's own metric has that name"
+    for dimension in dimensions:
+        if not isinstance(dimension, str) or not LABEL.fullmatch(dimension) or dimension.startswith("__"):
+            return f"dimension name {dimension!r} must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"
+    taken = {"Hostname", "le"} if kind == "histogram" else {"Hostname"}
+    if len(set(dimensions)) != len(dimensions) or taken & set(dimensions):
+        return f"dimension names {list(dimensions)} repeat one, or name {' or '.join(sorted(taken))}, which it adds"
+    return None
+
+
 def _number(value: float) -> str:
     return repr(float(value))
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _escape(value: str) -> str:

@@ -56,6 +56,7 @@ from inferd.runtimes.base import (
 from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, TensorSpec, error_answer
 
 _log = logging.getLogger("inferd.python_backend")
+_SENT_AHEAD = 16  # a decoupled request's responses its reader has not taken yet; then send() waits
 
 # a response's TritonError code as the client sees it: Triton's HTTP table (INTERNAL, UNSUPPORTED: 500)
 _ERRORS: dict[int, type[InferdError]] = {
@@ -170,10 +171,25 @@ class TritonPythonRuntime(Runtime):
         if not self.decoupled:
             yield self.infer(inputs)
             return
-        sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue()
-        sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.put((response, flags)), stop.is_set)
+        sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue(_SENT_AHEAD)
+        gone = threading.Event()  # the reader closed this stream: nobody takes its responses any more
+
+        def left() -> bool:
+            return stop.is_set() or gone.is_set()
+
+        def deliver(item: tuple[pb_utils.InferenceResponse | None, int] | BaseException) -> None:
+            """To the reader, waiting while it is behind; dropped once it left (a model that never
+            asks is_cancelled() may go on sending)."""
+            while not left():
+                try:
+                    sent.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        sender = pb_utils.InferenceResponseSender(lambda response, flags: deliver((response, flags)), left)
         inputs, parameters, wanted, request_id = self._facts(inputs)
-        request = received_request(inputs, wanted, request_id, parameters, sender=sender, cancelled=stop.is_set)
+        request = received_request(inputs, wanted, request_id, parameters, sender=sender, cancelled=left)
 
         def execute() -> None:
             try:
@@ -187,22 +203,25 @@ class TritonPythonRuntime(Runtime):
                     _log.error("model '%s': execute failed after its final response: %s", self._name, describe(exc),
                                exc_info=exc)
                 else:
-                    sent.put(exc)  # handed to the reader, which raises it
+                    deliver(exc)  # handed to the reader, which raises it
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
-        while not stop.is_set():
-            try:
-                item = sent.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if isinstance(item, BaseException):
-                raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
-            response, flags = item
-            final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            if response is not None:  # sent with the final flag: the last, as Triton flags it
-                yield self._answer(response, wanted, final)
-            if final:
-                return
+        try:
+            while not stop.is_set():
+                try:
+                    item = sent.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"TritonPythonModel.execute failed: {type(item).__name__}: {item}")
+                response, flags = item
+                final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                if response is not None:  # sent with the final flag: the last, as Triton flags it
+                    yield self._answer(response, wanted, final)
+                if final:
+                    return
+        finally:
+            gone.set()
 
     def _answer(self, response: pb_utils.InferenceResponse, wanted: list[str], final: bool) -> Arrays:
         """One response of a decoupled model as an answer of its stream: its outputs, or its error

@@ -373,12 +373,15 @@ class SequenceBatcher(Scheduler):
 
     async def _seated(self, state: _Sequence, context: CallContext) -> None:
         """A START waits in the backlog until a sequence ends or idles out and leaves it a slot
-        (Triton's backlog); the deadline and the client bound the wait."""
+        (Triton's backlog); the deadline and the client bound the wait. What frees a slot seats
+        the backlog (_wake_backlog); only the backlog's head looks for idle sequences each tick,
+        so that a long backlog costs each waiter a glance, not a scan of every sequence."""
         self._bind_loop()
         self._backlog.append(state)
         try:
             while True:
-                self._seat_backlog()
+                if self._backlog and self._backlog[0] is state:
+                    self._seat_backlog()
                 if state.lane >= 0:
                     return
                 if self._closed:
@@ -393,8 +396,9 @@ class SequenceBatcher(Scheduler):
                                                f"its sequence waited for a free slot ({self._slots} per instance)")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._freed.wait(), wait)
-                self._swept = 0.0  # a sequence idle too long leaves its slot
-                self._sweep(time.monotonic())
+                if state.lane < 0 and self._backlog and self._backlog[0] is state:
+                    self._swept = 0.0  # a sequence idle too long leaves its slot
+                    self._sweep(time.monotonic())
         finally:
             self._backlog = [waiting for waiting in self._backlog if waiting is not state]
 
