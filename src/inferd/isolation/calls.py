@@ -237,8 +237,12 @@ def _serve(conn: Channel, model: str) -> None:
                 continue
             if message[0] == "metric":
                 if len(message) == 3 and isinstance(message[2], MetricUpdate):
-                    with contextlib.suppress(InferdError):  # no server here: nothing shows metrics
+                    try:
                         model_calls.current().record_metric(message[2])
+                    except InferdError:  # no server here: nothing shows metrics
+                        pass
+                    except Exception:  # one odd value must not end this loop (and the instance's BLS calls)
+                        log.exception("model '%s': a metric from an instance process could not be recorded", model)
                 continue
             if message[0] in ("cancel", "more"):
                 stream = streams.get(message[1])
