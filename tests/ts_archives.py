@@ -40,8 +40,10 @@ class ScaledHandler(BaseHandler):
     def preprocess(self, data):
         rows = []
         for row in data:
-            payload = row.get("data") or row.get("body")
-            rows.append(json.loads(payload)["values"])
+            payload = row.get("data") or row.get("body")  # a dict when sent as application/json
+            if isinstance(payload, (bytes, bytearray)):
+                payload = json.loads(payload)
+            rows.append(payload["values"])
         return torch.tensor(rows, dtype=torch.float32)
 
     def postprocess(self, data):
@@ -323,13 +325,19 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 
+def _payload(row):
+    """The request's JSON: TorchServe parses an application/json body; other bodies come as bytes."""
+    payload = row.get("data") or row.get("body")
+    return json.loads(payload) if isinstance(payload, (bytes, bytearray)) else payload
+
+
 class ExplainingHandler(BaseHandler):
     """Doubler's handler with its own explain_handle (input x gradient of the output ``target``,
     default 0) and describe_handle; every answer says the batch's size and its explain header.
     A request's ``sleep`` (seconds) holds its batch that long."""
 
     def preprocess(self, data):
-        payloads = [json.loads(row.get("data") or row.get("body")) for row in data]
+        payloads = [_payload(row) for row in data]
         time.sleep(max(payload.get("sleep", 0) for payload in payloads))
         return torch.tensor([payload["values"] for payload in payloads], dtype=torch.float32)
 
@@ -338,7 +346,7 @@ class ExplainingHandler(BaseHandler):
                 for i, row in enumerate(data.tolist())]
 
     def explain_handle(self, data_preprocess, raw_data):
-        targets = [json.loads(row.get("data") or row.get("body")).get("target", 0) for row in raw_data]
+        targets = [_payload(row).get("target", 0) for row in raw_data]
         answers = []
         with torch.enable_grad():
             for i, target in enumerate(targets):

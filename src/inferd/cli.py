@@ -358,6 +358,7 @@ def _torchserve(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"inferd torchserve: {exc.message}", file=sys.stderr)
         return 2
+    os.environ.update(started.handler_environ)  # the model processes inherit them
     if started.key_file is not None:
         print(f"inferd torchserve: token authorization is on; keys in {started.key_file} "
               "(--disable-token-auth turns it off)", flush=True)

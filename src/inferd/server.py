@@ -180,7 +180,7 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
         MetricsRoutes(core).register(metrics_only, settings.metrics_paths)
         return HttpApp(metrics_only, settings.max_body_bytes)
     router = Router(torchserve_refusal)
-    TorchServeRoutes(core, ts_metrics).register(router, apis)
+    TorchServeRoutes(core, ts_metrics).register(router, apis, kserve_predict=True)
     if "metrics" in apis and len(apis) == 1:
         return HttpApp(router, settings.max_body_bytes)
     return CountingApp(router, settings.max_body_bytes, ts_metrics)

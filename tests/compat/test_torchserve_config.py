@@ -38,6 +38,19 @@ def test_defaults_are_torchserves(tmp_path: Path) -> None:
     assert s.max_body_bytes == 6553500
 
 
+def test_decode_input_request_and_service_envelope_reach_the_handlers(tmp_path: Path) -> None:
+    """TorchServe's front end hands its workers TS_DECODE_INPUT_REQUEST (true unless set) and the
+    envelope; the server's handler models read the same variables."""
+    assert settings(tmp_path, "").handler_environ == {"TS_DECODE_INPUT_REQUEST": "true",
+                                                       "INFERD_TS_SERVICE_ENVELOPE": ""}
+    started = settings(tmp_path, "decode_input_request=false\nservice_envelope=kservev2\n")
+    assert started.handler_environ == {"TS_DECODE_INPUT_REQUEST": "false", "INFERD_TS_SERVICE_ENVELOPE": "kservev2"}
+    started = settings(tmp_path, "enable_envvars_config=true\n", environ={"TS_SERVICE_ENVELOPE": "json"})
+    assert started.handler_environ["INFERD_TS_SERVICE_ENVELOPE"] == "json"
+    with pytest.raises(ConfigError, match="service_envelope=seldon: expected one of body, json, kserve, kservev2"):
+        settings(tmp_path, "service_envelope=seldon\n")
+
+
 def test_keys_flags_and_environment(tmp_path: Path) -> None:
     text = ("inference_address=http://0.0.0.0:9080\nmanagement_address=http://127.0.0.1:9081\n"
             "metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store=/store\n"

@@ -28,6 +28,12 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 
+def _payload(row):
+    """The request's JSON: TorchServe parses an application/json body; other bodies come as bytes."""
+    payload = row.get("data") or row.get("body")
+    return json.loads(payload) if isinstance(payload, (bytes, bytearray)) else payload
+
+
 class CountingHandler(BaseHandler):
     def initialize(self, context):
         super().initialize(context)
@@ -48,7 +54,7 @@ class CountingHandler(BaseHandler):
             metrics.get_metric(metric_name="Undeclared", metric_type=MetricTypes.GAUGE)
         except KeyError:
             metrics.add_counter(name="MissingLookups", value=1)
-        rows = [json.loads(row.get("data") or row.get("body"))["values"] for row in data]
+        rows = [_payload(row)["values"] for row in data]
         metrics.add_size(name="SizeOfBatch", value=len(rows) * 0.5, unit="kB")
         metrics.add_time(name="HandlerMethodTime", value=2.5, unit="ms",
                          dimensions=[Dimension(name="MethodName", value="preprocess")])
@@ -71,9 +77,15 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 
+def _payload(row):
+    """The request's JSON: TorchServe parses an application/json body; other bodies come as bytes."""
+    payload = row.get("data") or row.get("body")
+    return json.loads(payload) if isinstance(payload, (bytes, bytearray)) else payload
+
+
 class HostileHandler(BaseHandler):
     def preprocess(self, data):
-        rows = [json.loads(row.get("data") or row.get("body")) for row in data]
+        rows = [_payload(row) for row in data]
         for row in rows:
             if not isinstance(row["unit"], str):  # add_metric checks the unit; a CachingMetric made directly does not
                 CachingMetric(row["name"], row["unit"], [], MetricTypes.GAUGE).add_or_update(1, [])

@@ -43,7 +43,8 @@ class Tokens(BaseHandler):
         self.initialized = True
 
     def handle(self, data, context):
-        count = json.loads(data[0]["body"])["tokens"]
+        body = data[0]["body"]  # a dict when sent as application/json, as TorchServe parses it
+        count = (json.loads(body) if isinstance(body, (bytes, bytearray)) else body)["tokens"]
         for i in range(count):
             send_intermediate_predict_response([{"token": i}], context.request_ids, "", 200, context)
             time.sleep(0.2)

@@ -26,7 +26,8 @@ from pathlib import Path
 def pre_processing(data, context):
     if not data:
         return None
-    payload = json.loads(data[0].get("data") or data[0].get("body"))
+    payload = data[0].get("data") or data[0].get("body")  # the workflow's request: parsed when JSON
+    payload = json.loads(payload) if isinstance(payload, (bytes, bytearray)) else payload
     return [json.dumps({"values": payload["values"]})]
 
 

@@ -32,6 +32,50 @@ def test_a_multipart_form_is_its_fields() -> None:
     assert decode_row(body, "multipart/form-data; boundary=XX") == {"data": bytearray(b"\x00\xffpixels")}
 
 
+@pytest.mark.parametrize(("content_type", "expected"), [
+    ("application/json", {"values": [1, 2]}),
+    ("application/json; charset=utf-8", {"values": [1, 2]}),  # the worker gets the mime type alone
+    ("Application/JSON", bytearray(b'{"values": [1, 2]}')),  # compared as sent: case counts
+    ("application/json ; charset=utf-8", bytearray(b'{"values": [1, 2]}')),  # so do spaces before ';'
+    ("text/plain", '{"values": [1, 2]}'),
+    ("text/csv; charset=utf-8", '{"values": [1, 2]}'),
+    ("application/octet-stream", bytearray(b'{"values": [1, 2]}')),
+    ("", bytearray(b'{"values": [1, 2]}')),
+])
+def test_a_body_is_decoded_by_its_content_type_as_torchserves_worker_does(content_type: str, expected: object
+                                                                          ) -> None:
+    row = decode_row(b'{"values": [1, 2]}', content_type)
+    assert row == {"body": expected} and type(row["body"]) is type(expected)
+
+
+def test_a_body_that_does_not_decode_stays_bytes_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    assert decode_row(b"{not json", "application/json") == {"body": bytearray(b"{not json")}
+    assert decode_row(b"\xff\xfe", "text/plain") == {"body": bytearray(b"\xff\xfe")}
+    assert [r.levelname for r in caplog.records if r.name == "inferd.handler"] == ["WARNING", "WARNING"]
+
+
+def test_decode_input_request_false_leaves_every_body_bytes() -> None:
+    assert decode_row(b'{"a": 1}', "application/json", decode=False) == {"body": bytearray(b'{"a": 1}')}
+    assert decode_row(b"hi", "text/plain", decode=False) == {"body": bytearray(b"hi")}
+    assert ts_requests.decodes_input({}) is True
+    assert ts_requests.decodes_input({"TS_DECODE_INPUT_REQUEST": "true"}) is True
+    for value in ("false", "True", "1", ""):  # TorchServe's worker compares with "true" exactly
+        assert ts_requests.decodes_input({"TS_DECODE_INPUT_REQUEST": value}) is False
+
+
+def test_a_multipart_file_is_decoded_by_its_own_type_and_a_plain_field_is_bytes() -> None:
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"meta\"; filename=\"m.json\"\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n\r\n{\"k\": 3}\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"note\"; filename=\"n.txt\"\r\n"
+            b"Content-Type: text/plain\r\n\r\nhello\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"raw\"; filename=\"r\"\r\n\r\n{\"k\": 4}\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"field\"\r\n"
+            b"Content-Type: application/json\r\n\r\n{\"k\": 5}\r\n--XX--\r\n")
+    assert decode_row(body, "multipart/form-data; boundary=XX") == {
+        "meta": {"k": 3}, "note": "hello", "raw": bytearray(b'{"k": 4}'), "field": bytearray(b'{"k": 5}')}
+    assert decode_row(body, "multipart/form-data; boundary=XX", decode=False)["meta"] == bytearray(b'{"k": 3}')
+
+
 def test_answers_become_bytes_with_a_content_type() -> None:
     assert encode_answer(b"raw", None) == (b"raw", "application/octet-stream")
     assert encode_answer("hi", None) == (b"hi", "text/plain; charset=utf-8")

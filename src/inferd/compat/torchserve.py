@@ -16,7 +16,7 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,13 +33,16 @@ PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
-           "initial_worker_port", "unregister_model_timeout", "decode_input_request", "prefer_direct_buffer",
+           "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer",
            "disable_system_metrics", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
            "grpc_inference_address", "grpc_management_address", "token_expiration_min", "snapshot_store",
-           "model_snapshot", "service_envelope", "default_service_handler", "job_queue_size")
+           "model_snapshot", "default_service_handler", "job_queue_size")
+# service_envelope's names (TorchServe's ts.torch_handler.request_envelope modules; runtimes/ts_envelopes.py)
+SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
+DECODE_ENV, ENVELOPE_ENV = "TS_DECODE_INPUT_REQUEST", "INFERD_TS_SERVICE_ENVELOPE"  # read by runtimes/handler.py
 # keys whose honest answer is a refusal: ignoring them would change what is served
 REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
            "private_key_file": "TLS is not served; put a TLS proxy in front",
@@ -141,10 +144,21 @@ def _metrics_settings(properties: dict[str, str]) -> dict[str, Any]:
             "model_metrics_auto_detect": _true(properties.get("model_metrics_auto_detect"))}
 
 
+def _handler_environ(properties: dict[str, str]) -> dict[str, str]:
+    """What TorchServe's front end tells its workers of ``decode_input_request`` (the
+    ``TS_DECODE_INPUT_REQUEST`` variable, ``true`` by default) and ``service_envelope``: the
+    variables the server's handler models read, in this process and its instance processes."""
+    envelope = properties.get("service_envelope", "")
+    if envelope and envelope not in SERVICE_ENVELOPES:
+        raise ConfigError(f"service_envelope={envelope}: expected one of {', '.join(SERVICE_ENVELOPES)}")
+    return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope}
+
+
 @dataclass(frozen=True, slots=True)
 class Started:
     settings: ServerSettings
     key_file: Path | None  # TorchServe's key_file.json, when token authorization is on
+    handler_environ: dict[str, str] = field(default_factory=dict)  # for the handlers: _handler_environ
 
 
 def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None = None,
@@ -222,8 +236,9 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
         listeners=tuple(listeners), pid_file=PID_FILE)
+    handler_environ = _handler_environ(properties)
     key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
-    return Started(settings, key_file)
+    return Started(settings, key_file, handler_environ)
 
 
 def write_key_file(path: Path, token: str) -> Path:

@@ -5,7 +5,9 @@ A handler model is a Runtime whose one input, ``body`` (BYTES, one element per r
 request's raw body, with ``content_type`` beside it; its outputs are each request's answer
 (``output``, BYTES) and that answer's content type. The batcher stacks several requests into one
 ``handle`` call exactly as TorchServe's batching does: ``data`` is a list with one dict per request
-(``{"body": bytes}``, or the form's fields for a multipart request).
+(``{"body": value}``, or the form's fields for a multipart request), the value decoded by its
+content type as TorchServe's worker decodes it (``ts_requests.decode_value``), and a
+``service_envelope`` (``ts_envelopes``) reshapes rows and answers around ``handle``.
 
 This module finds, imports and initialises the handler and runs it per batch; the pieces it uses
 live beside it: ``ts_context`` (the Context), ``ts_requests`` (bodies in, answers out) and
@@ -17,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import time
 import types
@@ -28,9 +31,10 @@ import numpy as np
 import orjson
 
 from inferd.errors import ConfigError, InvalidInput, describe
+from inferd.runtimes import ts_envelopes
 from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.runtimes.ts_context import Context
-from inferd.runtimes.ts_requests import decode_row, encode_answer, split_headers
+from inferd.runtimes.ts_requests import decode_row, decodes_input, encode_answer, split_headers
 from inferd.runtimes.ts_shim import install_torchserve_shim
 from inferd.types import INTERMEDIATE_OUTPUT, TensorSpec
 
@@ -55,8 +59,10 @@ class HandlerRuntime(Runtime):
     outputs = OUTPUTS
     parts = True  # send_intermediate_predict_response: answers in chunks before the last
 
-    def __init__(self, handle: Handle, context: Context, max_batch_size: int, name: str) -> None:
+    def __init__(self, handle: Handle, context: Context, max_batch_size: int, name: str,
+                 decode: bool = True) -> None:
         self._handle = handle
+        self._decode = decode  # TS_DECODE_INPUT_REQUEST: values decoded by content type, else bytes
         self._context = context
         self._name = name
         self.max_batch_size = max(max_batch_size, 1)
@@ -67,7 +73,7 @@ class HandlerRuntime(Runtime):
         kinds = [request_kind(h) for h in headers]
         if len(set(kinds)) > 1 or (kinds[0] == "describe" and len(kinds) > 1):
             return self._infer_by_kind(inputs, kinds)
-        rows = [{} if kind == "describe" and not body else decode_row(body, h.get("content-type", ""))
+        rows = [{} if kind == "describe" and not body else decode_row(body, h.get("content-type", ""), self._decode)
                 for body, h, kind in zip(bodies, headers, kinds, strict=True)]
         return self._handle_batch(rows, headers)
 
@@ -239,6 +245,8 @@ def build(model_name: str, model_dir: Path, manifest: dict[str, Any], max_batch_
     handler = manifest["model"].get("handler") or "base_handler"
     install_torchserve_shim()
     handle, initialize = resolve_handler(handler, model_dir)
+    # as TorchServe's loader: the envelope wraps handle, not a function handler's initialize
+    handle = ts_envelopes.wrap(os.environ.get(ts_envelopes.ENVELOPE_ENV), handle)
     context = Context(model_name, str(model_dir), manifest, max(max_batch_size, 1), gpu, model_yaml_config)
     initialize(context)
-    return HandlerRuntime(handle, context, max_batch_size, model_name)
+    return HandlerRuntime(handle, context, max_batch_size, model_name, decodes_input())

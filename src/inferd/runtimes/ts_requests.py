@@ -1,13 +1,21 @@
-"""Request bodies as TorchServe hands them to a handler (raw bytes or form fields); its answers as bytes."""
+"""Request bodies as TorchServe hands them to a handler (decoded by content type, or form fields);
+its answers as bytes."""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
+import logging
+import os
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import orjson
+
+log = logging.getLogger("inferd.handler")
+DECODE_ENV = "TS_DECODE_INPUT_REQUEST"  # TorchServe's worker reads it; its front end sets it from decode_input_request
 
 
 def split_headers(content_type: str) -> dict[str, str]:
@@ -22,17 +30,49 @@ def split_headers(content_type: str) -> dict[str, str]:
     return headers
 
 
-def decode_row(body: bytes, content_type: str) -> dict[str, Any]:
-    """One request as TorchServe gives it to a handler: the raw body, or the form's fields."""
+def decodes_input(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether values are decoded by content type: ``TS_DECODE_INPUT_REQUEST`` unset or exactly
+    ``true``, as TorchServe's worker reads it (``True`` or ``1`` leave bytes)."""
+    value = (os.environ if environ is None else environ).get(DECODE_ENV)
+    return value is None or value == "true"
+
+
+def decode_row(body: bytes, content_type: str, decode: bool = True) -> dict[str, Any]:
+    """One request as TorchServe gives it to a handler: the body (decoded by its content type when
+    ``decode``), or the form's fields."""
     if content_type.startswith("multipart/form-data"):
-        return _form_fields(body, content_type)
+        return _form_fields(body, content_type, decode)
     if content_type.startswith("application/x-www-form-urlencoded"):
         fields = {k: v.encode() for k, v in parse_qsl(body.decode("latin-1"))}
         return fields or {"body": bytearray(body)}
-    return {"body": bytearray(body)}
+    return {"body": decode_value(bytearray(body), mime_type(content_type), decode)}
 
 
-def _form_fields(body: bytes, content_type: str) -> dict[str, Any]:
+def mime_type(content_type: str) -> str:
+    """What TorchServe's front end sends its worker as a body's content type: the Content-Type
+    header up to its first ``;`` (Netty's ``HttpUtil.getMimeType``: case and spaces kept)."""
+    return content_type.split(";", 1)[0]
+
+
+def decode_value(value: bytearray, content_type: str, decode: bool) -> Any:
+    """TorchServe's worker (``_retrieve_input_data``): ``application/json`` is parsed, ``text*``
+    becomes str, anything else stays bytes; a value that does not decode stays bytes, with a warning."""
+    if not decode:
+        return value
+    try:
+        if content_type == "application/json":
+            return json.loads(value.decode("utf-8"))
+        if content_type.startswith("text"):
+            return value.decode("utf-8")
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        log.warning("the %s input did not decode: the handler gets its bytes", content_type, exc_info=True)
+    return value
+
+
+def _form_fields(body: bytes, content_type: str, decode: bool) -> dict[str, Any]:
+    """A multipart form's fields: a file's (a part with a ``filename``) decoded by its own content
+    type (``application/octet-stream`` when it names none), a plain field's bytes, as TorchServe's
+    front end (Netty's FileUpload and Attribute) sends them."""
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     fields: dict[str, Any] = {}
@@ -40,8 +80,10 @@ def _form_fields(body: bytes, content_type: str) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         if name:
             # decode=True: the part's bytes (transfer encoding undone), or None for a nested multipart
-            payload = cast(bytes | None, part.get_payload(decode=True))
-            fields[str(name)] = bytearray(payload or b"")
+            payload = bytearray(cast(bytes | None, part.get_payload(decode=True)) or b"")
+            is_file = part.get_param("filename", header="content-disposition") is not None
+            part_type = mime_type(str(part.get("content-type", "application/octet-stream"))).strip()
+            fields[str(name)] = decode_value(payload, part_type, decode) if is_file else payload
     if not fields:
         fields["body"] = bytearray(body)
     return fields

@@ -80,7 +80,11 @@ class TorchServeRoutes:
         self.metrics = metrics
         self.keys = torchserve.SequenceHeaders(*core.control.torchserve_sequence_headers)
 
-    def register(self, router: Router, apis: tuple[str, ...] = ("inference", "management")) -> None:
+    def register(self, router: Router, apis: tuple[str, ...] = ("inference", "management"),
+                 kserve_predict: bool = False) -> None:
+        """TorchServe's routes for ``apis``; ``kserve_predict``: KServe's ``/v1/models/{m}:predict``
+        and ``/v2/models/{m}/infer`` too, as predictions (TorchServe's inference address; on
+        ``inferd serve``'s port those paths are TF Serving's and KServe v2's own)."""
         def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
             router.add(method, pattern, handler, torchserve_error, guard)
 
@@ -98,6 +102,9 @@ class TorchServeRoutes:
                 add(method, "/explanations/{model}/{version}", self.explain, infer)
                 add(method, "/v1/models/{model}:explain", self.explain, infer)
                 add(method, "/v2/models/{model}/explain", self.explain, infer)
+                if kserve_predict:
+                    add(method, "/v1/models/{model}:predict", self.kserve_predict, infer)
+                    add(method, "/v2/models/{model}/infer", self.kserve_predict, infer)
             router.refuse_under("/wfpredict", torchserve_refusal)
             for method in _ANY_METHOD:
                 add(method, "/wfpredict/{workflow}", self.workflow_predict, infer)
@@ -128,6 +135,12 @@ class TorchServeRoutes:
         return json_response({"status": "Unhealthy"}, 500)  # TorchServe's InferenceRequestHandler
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
+        return await self._serve(request, explain=False)
+
+    async def kserve_predict(self, request: HttpRequest) -> HttpResponse:
+        """KServe's ``/v1/models/{m}:predict`` and ``/v2/models/{m}/infer`` on TorchServe's
+        inference address: the default version, the body to the handler as on ``/predictions``
+        (TorchServe's InferenceRequestHandler; a ``service_envelope`` unwraps it)."""
         return await self._serve(request, explain=False)
 
     async def explain(self, request: HttpRequest) -> HttpResponse:
