@@ -388,6 +388,9 @@ class SequenceBatching:
     # waiting behind its running one; a request beyond either is refused (0: no limit, as Triton)
     max_sequences: int = 0
     max_queued_per_sequence: int = 0
+    # TorchServe's sequenceTimeoutMSec: a sequence is forgotten once idle after this long since it started,
+    # however recently it was used (0: no limit)
+    max_sequence_lifetime_us: int = 0
     # how a model that batches combines its sequences (Triton's direct and oldest fields; 0: not set)
     max_queue_delay_us: int = 0  # direct and oldest: longest a ready request waits for a fuller batch
     minimum_slot_utilization: float = 0.0  # direct: the share of slots ready that runs at once

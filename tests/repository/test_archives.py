@@ -36,6 +36,12 @@ def test_a_stateful_archive_gets_the_sequence_batcher_with_torchserves_limits(tm
                                                         strategy="oldest", max_candidate_sequences=3)
 
 
+def test_sequence_timeout_msec_is_the_sequences_lifetime(tmp_path: Path) -> None:
+    write_archive(tmp_path / "1" / "model.mar", STATEFUL + "sequenceTimeoutMSec: 900\n")
+    config = with_archive_sequences(ModelConfig(), tmp_path / "1")
+    assert config.sequence_batching is not None and config.sequence_batching.max_sequence_lifetime_us == 900_000
+
+
 @pytest.mark.parametrize(("yaml", "config"), [
     ("sequenceBatching: true\n", ModelConfig()),  # no sequenceMaxIdleMSec: TorchServe batches by sequence only with it
     ("sequenceBatching: yes please\nsequenceMaxIdleMSec: 10\n", ModelConfig()),  # not a boolean true

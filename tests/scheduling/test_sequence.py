@@ -436,6 +436,22 @@ def test_a_model_that_does_not_return_its_state_output_fails_the_request() -> No
         add(scheduler, [1], SequenceId(1, start=True))
 
 
+def test_a_sequence_past_its_lifetime_is_forgotten_once_idle_however_recently_used() -> None:
+    """TorchServe's sequenceTimeoutMSec (max_sequence_lifetime_us): a sequence used more often than
+    its idle limit still ends once it is idle after its lifetime; its next request starts a new one
+    (a fresh running sum). Inside its lifetime it goes on."""
+    config = SequenceBatching(10_000_000, states=STATES, implicit_start=True, max_sequence_lifetime_us=400_000)
+    scheduler = SequenceBatcher(InstancePool(Accumulating(), 1, "acc:1"), config)
+    sums = []
+    for _ in range(3):  # 0.3 s of use, well inside the 10 s idle limit and the 0.4 s lifetime
+        sums.append(int(add(scheduler, [1], SequenceId(7))["OUT"][0, 0]))
+        time.sleep(0.1)
+    time.sleep(0.25)  # past the lifetime, idle
+    sums.append(int(add(scheduler, [1], SequenceId(7))["OUT"][0, 0]))
+    assert sums == [1, 2, 3, 1]
+    assert scheduler.sequences == 1
+
+
 def test_implicit_start_starts_a_sequence_with_its_first_request() -> None:
     """TorchServe's sequenceBatching: a sequence starts with its first request, no START flag, and
     keeps its lane; without implicit_start that request is refused."""

@@ -192,8 +192,10 @@ def sequence_batching(info: ArchiveInfo) -> SequenceBatching | None:
     if idle_ms <= 0:
         return None
     max_sequences, max_queued = info.sequence_limits()
+    lifetime_ms = max(info.yaml_int("sequenceTimeoutMSec") or 0, 0)
     return SequenceBatching(max_sequence_idle_us=idle_ms * 1000, implicit_start=True, max_sequences=max_sequences,
-                            max_queued_per_sequence=max_queued, strategy="oldest",
+                            max_queued_per_sequence=max_queued, max_sequence_lifetime_us=lifetime_ms * 1000,
+                            strategy="oldest",
                             max_candidate_sequences=max_sequences or INT32_MAX)
 
 

@@ -70,6 +70,7 @@ class _Sequence:
     states: Arrays | None = None  # its implicit state: the state inputs of its next request (None: not run yet)
     waiting: int = 0  # its requests queued behind the one running (max_queued_per_sequence)
     order: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: requests run as they came
+    started: float = 0.0  # time.monotonic() when it started (max_sequence_lifetime_us)
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +110,7 @@ class SequenceBatcher(Scheduler):
         self.outputs = tuple(spec for spec in pool.outputs if spec.name not in self._kept_outputs)
         self._initial = {s.input_name: _initial_state(s, self.max_batch_size) for s in config.states}
         self._idle_s = config.max_sequence_idle_us / 1e6
+        self._lifetime_s = config.max_sequence_lifetime_us / 1e6
         self._implicit_start = config.implicit_start
         self._max_sequences, self._max_queued = config.max_sequences, config.max_queued_per_sequence
         self._sequences: dict[int | str, _Sequence] = {}
@@ -316,12 +318,12 @@ class SequenceBatcher(Scheduler):
             state = self._ending.pop(sequence.id, None)  # the same id's last sequence still ends: after it
         if state is None and self._slots:
             lane, slot = self._free_slot() if not self._backlog else (-1, -1)  # the backlog goes first
-            state = _Sequence(lane, now, slot)
+            state = _Sequence(lane, now, slot, started=now)
         elif state is None:
             load = [0] * len(self._lanes)
             for other in self._sequences.values():
                 load[other.lane] += 1
-            state = _Sequence(load.index(min(load)), now)
+            state = _Sequence(load.index(min(load)), now, started=now)
         elif sequence.start and sequence.id in self._sequences:
             log.warning("sequence %s for model '%s' has a conflict. The previous sequence did not end before "
                         "this sequence start. Previous sequence will be terminated early.",
@@ -338,11 +340,11 @@ class SequenceBatcher(Scheduler):
         if now - self._swept < _SWEEP_S:
             return
         self._swept = now
-        idle = [key for key, state in self._sequences.items()
-                if now - state.last_used > self._idle_s and not state.order.locked()]
+        idle = [key for key, state in self._sequences.items() if not state.order.locked() and (
+            now - state.last_used > self._idle_s or 0 < self._lifetime_s < now - state.started)]
         for key in idle:
-            log.info("model '%s': sequence %s idle over %.0f us; released", self._pool.name, key,
-                     self._idle_s * 1e6)
+            log.info("model '%s': sequence %s idle over %.0f us (or idle after its %.0f us); released",
+                     self._pool.name, key, self._idle_s * 1e6, self._lifetime_s * 1e6)
             self._sequences.pop(key).states = None
         if idle and self._backlog:
             self._wake_backlog()
