@@ -222,6 +222,7 @@ class CallContext:
     parameters: dict[str, Any] | None = None
     outputs: tuple[str, ...] = ()
     request_id: str = ""
+    timeout_us: int = 0  # the request's own timeout (Triton's request.timeout()); 0: none
     priority: int = 0  # the request's priority parameter (0: the model's default level)
 
     def is_cancelled(self) -> bool:

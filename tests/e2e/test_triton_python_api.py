@@ -85,6 +85,44 @@ MODELS = {
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(2, self.calls.value(), np.float32))])
                 for request in requests]
 """,
+    # the request's timeout() and trace(), the input's triton_dtype() and __dlpack__ (numpy reads it)
+    "surface": """
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "IN")
+            pb_utils.Logger.log(f"surface warns {request.timeout()}", pb_utils.Logger.WARNING)
+            facts = [request.timeout(), tensor.triton_dtype() * 1000 + np.from_dlpack(tensor).sum()]
+            if request.trace().get_context() is not None:
+                facts = [-1, -1]
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array(facts, np.float32))],
+                                                      parameters={"answered": True}))
+        return answers
+""",
+    # request rescheduling needs iterative_sequence, which inferd does not serve: a clear error
+    "reschedules": """
+    def execute(self, requests):
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None for request in requests]
+""",
+    # a BLS call preferring GPU memory for its outputs: a CPU-only server puts them in CPU memory
+    "prefers_gpu": """
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            call = pb_utils.InferenceRequest(
+                model_name="tripled", inputs=[pb_utils.get_input_tensor_by_name(request, "IN")],
+                requested_output_names=["OUT"],
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, 0))
+            response = call.exec()
+            if response.has_error():
+                raise pb_utils.TritonModelException(response.error().message())
+            out = pb_utils.get_output_tensor_by_name(response, "OUT")
+            assert out.is_cpu()
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out.as_numpy() + 1)]))
+        return answers
+""",
     # decoupled, sending once more after its final flag: the client has its answer, the log the bug
     "decoupled_after_final": """
     def execute(self, requests):
@@ -181,6 +219,35 @@ def test_a_request_shows_its_own_parameters_id_and_requested_outputs(server: Run
                           parameters={"scale": 2.5, "mode": "fast"}, timeout=10_000_000)
     np.testing.assert_array_equal(result.as_numpy("FACTS"), [2, 2.5, 7])
     assert result.as_numpy("OTHER") is None
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_a_request_shows_its_timeout_and_its_tensors_type_and_dlpack(server: RunningServer, wire: str) -> None:
+    """Triton's request.timeout() (the client's, microseconds; 0 when it set none), trace() (no
+    context to pass on), Tensor.triton_dtype() (FP32: 11) and __dlpack__; Logger.log at a level."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    client = lib.InferenceServerClient(server.grpc_url if wire == "grpc" else server.url)
+    tensor = lib.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+    timed = client.infer("surface", [tensor], timeout=7_000_000).as_numpy("OUT")
+    untimed = client.infer("surface", [tensor]).as_numpy("OUT")
+    np.testing.assert_array_equal(timed, [7_000_000, 11_003])
+    np.testing.assert_array_equal(untimed, [0, 11_003])
+    deadline = time.monotonic() + 10
+    while "surface warns 7000000" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "surface warns 7000000" in server.log()
+
+
+def test_request_rescheduling_is_refused_saying_why(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException, match="iterative_sequence: true") as raised:
+        _call(server, "reschedules", [1, 2])
+    assert raised.value.status() == "500"
+
+
+def test_a_bls_call_preferring_gpu_memory_gets_its_outputs_in_cpu_memory(server: RunningServer) -> None:
+    """As Triton built without GPU support: the preference falls back to CPU memory."""
+    np.testing.assert_array_equal(_call(server, "prefers_gpu", [1, 2]), [4, 7])
 
 
 def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:

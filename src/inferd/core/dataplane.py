@@ -514,3 +514,4 @@ def _request_facts(context: CallContext, request: InferRequest, wanted: list[Req
     context.parameters = request.parameters
     context.outputs = tuple(w.name for w in wanted)
     context.request_id = request.id or ""
+    context.timeout_us = request.timeout_us or 0
