@@ -37,6 +37,9 @@ FINAL_OUTPUT = "__inferd_final__"
 # one answer of its stream, which goes on until the final flag: a BYTES pair, an ErrorCode's value
 # and the message (``error_answer`` / ``read_error_answer``)
 ERROR_OUTPUT = "__inferd_error__"
+# Reserved output name: a response's own parameters (Triton's ``InferenceResponse(parameters=...)``),
+# which the client gets as the response's parameters: one BYTES element, their JSON
+PARAMETERS_OUTPUT = "__inferd_parameters__"
 
 
 def error_answer(code: str, message: str) -> np.ndarray:

@@ -423,8 +423,7 @@ class InferenceResponse:
         self._parameters = json.dumps(_checked_parameters(parameters))
 
     def parameters(self) -> str:
-        """The response's parameters as JSON (Triton's); a model's own stay with the model: inferd
-        does not send them to the client."""
+        """The response's parameters as JSON (Triton's); the client gets them with the response."""
         return self._parameters
 
     def output_tensors(self) -> list[Tensor]:
@@ -482,7 +481,7 @@ class ResponseIterator:
 
 
 def _response(answer: InferResponse) -> InferenceResponse:
-    return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+    return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs], parameters=answer.parameters or None)
 
 
 def _failed(error: InferdError) -> InferenceResponse:

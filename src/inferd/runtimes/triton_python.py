@@ -53,7 +53,7 @@ from inferd.runtimes.base import (
     unpack_request,
     unpack_sequence,
 )
-from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, TensorSpec, error_answer
+from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, PARAMETERS_OUTPUT, TensorSpec, error_answer
 
 _log = logging.getLogger("inferd.python_backend")
 _SENT_AHEAD = 16  # a decoupled request's responses its reader has not taken yet; then send() waits
@@ -162,9 +162,12 @@ class TritonPythonRuntime(Runtime):
             kind = _ERRORS.get(error.code())
             raise kind(error.message()) if kind is not None else RuntimeError(error.message())
         asked = set(wanted)
-        return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
-                               tuple(spec for spec in self.outputs if spec.name in asked),
-                               self._name)
+        outputs = conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
+                                  tuple(spec for spec in self.outputs if spec.name in asked), self._name)
+        parameters = response.parameters()
+        if parameters != "{}":  # the response's own parameters go to the client with it, as Triton's
+            outputs[PARAMETERS_OUTPUT] = np.array([parameters.encode()], dtype=object)
+        return outputs
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         if not self.decoupled:
