@@ -31,7 +31,15 @@ from inferd.errors import (
     Unimplemented,
 )
 from inferd.runtimes import model_calls
-from inferd.types import InferRequest, InferResponse, MetricUpdate, RequestedOutput, numpy_dtype, v2_datatype
+from inferd.types import (
+    InferRequest,
+    InferResponse,
+    MetricUpdate,
+    RequestedOutput,
+    numpy_dtype,
+    override_file_path,
+    v2_datatype,
+)
 from inferd.types import Tensor as InferTensor
 
 MODULE_NAME = "triton_python_backend_utils"
@@ -507,14 +515,37 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
 
 def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
     """Load (or reload) a model the repository holds, ``config`` (JSON) replacing keys of its
-    configuration; needs --model-control explicit, as Triton's. Override files are not served."""
-    if files:
-        raise TritonModelException(f"load_model('{model_name}'): override files from a model are not served; "
-                                   "load the model from the repository (with a config override if needed)")
+    configuration; or, with ``files`` ({"file:1/model.py": content}) and ``config``, the model
+    folder they make. Needs --model-control explicit, as Triton's."""
+    folder = _override_files(model_name, config, files)
     try:
-        model_calls.current().load_model(model_name, config or None)
+        model_calls.current().load_model(model_name, config or None, folder)
     except InferdError as exc:
         raise TritonModelException(exc.message) from None
+
+
+def _override_files(model_name: str, config: str, files: Any) -> dict[str, bytes] | None:
+    """``load_model``'s files as the folder they make (relative path -> content), checked as a
+    client's load request's are."""
+    if files is None:
+        return None
+    if not isinstance(files, dict):  # Triton's words
+        raise TritonModelException(f"failed to load model '{model_name}', files should be a dictionary of file "
+                                   "paths and file contents")
+    if files and not config:
+        raise TritonModelException(f"failed to load model '{model_name}': override files need config, the "
+                                   "model configuration of the folder they make")
+    folder = {}
+    for key, content in files.items():
+        path = override_file_path(key) if isinstance(key, str) else None
+        if path is None:
+            raise TritonModelException(f"failed to load model '{model_name}': override file {key!r} must be "
+                                       "file:<relative path> inside the model folder (e.g. file:1/model.py)")
+        if not isinstance(content, bytes):
+            raise TritonModelException(f"failed to load model '{model_name}': override file {key!r} must be "
+                                       f"bytes, got {type(content).__name__}")
+        folder[path] = content
+    return folder
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
