@@ -245,3 +245,19 @@ def test_logger_logs_at_the_level_asked(caplog: pytest.LogCaptureFixture) -> Non
         pb_utils.Logger.log("verbose", pb_utils.Logger.LogLevel.VERBOSE)
     assert [(r.levelno, r.message) for r in caplog.records] == [
         (logging.INFO, "plain"), (logging.WARNING, "warned"), (logging.DEBUG, "verbose")]
+
+
+def test_the_model_loading_api_refuses_what_triton_refuses_before_asking_the_server() -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="version should be an integral value > 0"):
+        pb_utils.is_model_ready("m", "one")
+    with pytest.raises(pb_utils.TritonModelException, match="'-1', version should be an integral value > 0"):
+        pb_utils.is_model_ready("m", "-1")
+    with pytest.raises(pb_utils.TritonModelException, match="files should be a dictionary"):
+        pb_utils.load_model("m", config="{}", files=[b"x"])  # type: ignore[arg-type]
+    with pytest.raises(pb_utils.TritonModelException, match="override files need config"):
+        pb_utils.load_model("m", files={"file:1/model.py": b"x"})
+    for key in ("1/model.py", "file:/etc/model.py", "file:1/../../model.py"):
+        with pytest.raises(pb_utils.TritonModelException, match="inside the model folder"):
+            pb_utils.load_model("m", config="{}", files={key: b"x"})
+    with pytest.raises(pb_utils.TritonModelException, match="must be bytes, got str"):
+        pb_utils.load_model("m", config="{}", files={"file:1/model.py": "x"})  # type: ignore[dict-item]

@@ -510,6 +510,16 @@ def _code_of(error: InferdError) -> int:
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
     """Whether the server serves that model (version) now (Triton's model loading API)."""
+    if model_version:
+        try:
+            number = int(model_version)
+        except ValueError as exc:
+            raise TritonModelException(f"failed to get model version from specified version string "
+                                       f"'{model_version}' (details: {exc}), version should be an integral "
+                                       "value > 0") from None
+        if number < 0:
+            raise TritonModelException(f"failed to get model version from specified version string "
+                                       f"'{model_version}', version should be an integral value > 0")
     return model_calls.current().is_model_ready(model_name, model_version or None)
 
 
