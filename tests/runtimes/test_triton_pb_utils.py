@@ -149,6 +149,12 @@ def test_custom_metrics_keep_their_values() -> None:
     assert gauge.value() == 7.5
     with pytest.raises(pb_utils.TritonModelException, match="needs buckets"):
         pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric()
+    with pytest.raises(pb_utils.TritonModelException, match="Unexpected buckets found"):  # Triton's refusals
+        pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric(buckets=[1.0])
+    with pytest.raises(pb_utils.TritonModelException, match="Labels must be a dictionary"):
+        pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric(labels=[("a", "b")])  # type: ignore[arg-type]
+    with pytest.raises(pb_utils.TritonModelException, match="Buckets must be a list"):
+        pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric(buckets=(1.0,))  # type: ignore[arg-type]
 
 
 def test_an_instance_holds_each_series_once_however_many_metric_objects_name_it() -> None:

@@ -691,6 +691,12 @@ class MetricFamily:
         self._kind = kind
 
     def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
+        if labels is not None and not isinstance(labels, dict):  # Triton's words, these three
+            raise TritonModelException("Failed to create metric. Labels must be a dictionary.")
+        if buckets is not None and not isinstance(buckets, list):
+            raise TritonModelException("Failed to create metric. Buckets must be a list.")
+        if buckets is not None and self._kind != self.HISTOGRAM:
+            raise TritonModelException("Failed to create metric. Unexpected buckets found.")
         if self._kind == self.HISTOGRAM and not buckets:
             raise TritonModelException(f"MetricFamily '{self._name}': a histogram's Metric needs buckets")
         pairs = tuple((str(key), str(value)) for key, value in (labels or {}).items())
