@@ -229,6 +229,8 @@ def test_request_arguments_triton_checks() -> None:
     request.set_flags(pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
     assert (request.flags(), request.timeout(), request.trace().get_context()) == (2, 9, None)
     request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL)
+    with pytest.raises(pb_utils.TritonModelException, match="has no reference to the decoupled state"):
+        request.get_response_sender().send(pb_utils.InferenceResponse())  # a request built here has no client
     with pytest.raises(pb_utils.TritonModelException, match="iterative_sequence"):
         request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
 

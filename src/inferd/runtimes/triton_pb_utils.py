@@ -350,9 +350,16 @@ class InferenceRequest:
         return self._cancelled is not None and self._cancelled()
 
     def get_response_sender(self) -> InferenceResponseSender:
+        """The way back to this request's client; a request the model built has none to send to,
+        and its sender's ``send`` says so, as Triton's does."""
         if self._sender is None:
-            raise TritonModelException("only the requests execute() is given have a response sender")
+            return InferenceResponseSender(_unsendable, lambda: False)
         return self._sender
+
+
+def _unsendable(response: InferenceResponse | None, flags: int) -> None:
+    raise TritonModelException("Unable to send response. Response sender has no reference to the decoupled "
+                               "state of the model.")  # Triton's words: a request the model built has no client
 
 
 def _check_arguments(preferred_memory: Any, trace: Any, request_id: str, model_name: Any,
