@@ -6,6 +6,7 @@ import enum
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -37,6 +38,9 @@ FINAL_OUTPUT = "__inferd_final__"
 # one answer of its stream, which goes on until the final flag: a BYTES pair, an ErrorCode's value
 # and the message (``error_answer`` / ``read_error_answer``)
 ERROR_OUTPUT = "__inferd_error__"
+# Reserved output name: a response's own parameters (Triton's ``InferenceResponse(parameters=...)``),
+# which the client gets as the response's parameters: one BYTES element, their JSON
+PARAMETERS_OUTPUT = "__inferd_parameters__"
 
 
 def error_answer(code: str, message: str) -> np.ndarray:
@@ -161,8 +165,10 @@ class ModelCalls(Protocol):
     def record_metric(self, update: MetricUpdate) -> None:
         """A change to a metric the model defines, for the server's /metrics (never raises)."""
 
-    def load_model(self, name: str, config: str | None) -> None:
-        """Load (or reload) a model, its configuration's keys replaced by ``config`` (JSON) if given."""
+    def load_model(self, name: str, config: str | None, files: dict[str, bytes] | None = None) -> None:
+        """Load (or reload) a model, its configuration's keys replaced by ``config`` (JSON) if given;
+        ``files`` (relative path -> content, checked by ``override_file_path``, with ``config``)
+        are the model folder it loads from instead of the repository's."""
 
     def unload_model(self, name: str, unload_dependents: bool) -> None:
         """Unload a model (and the models an ensemble's load brought along, with ``unload_dependents``)."""
@@ -222,6 +228,7 @@ class CallContext:
     parameters: dict[str, Any] | None = None
     outputs: tuple[str, ...] = ()
     request_id: str = ""
+    timeout_us: int = 0  # the request's own timeout (Triton's request.timeout()); 0: none
     priority: int = 0  # the request's priority parameter (0: the model's default level)
 
     def is_cancelled(self) -> bool:
@@ -317,6 +324,19 @@ class LoadOverride:
 
     config: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
+
+
+def override_file_path(key: str) -> str | None:
+    """A load's override file ``file:1/model.onnx`` -> ``1/model.onnx``; None unless it is a
+    relative path that stays inside the model folder (no '..', no absolute path)."""
+    if not key.startswith("file:"):
+        return None
+    path = key[len("file:"):]
+    parts = PurePosixPath(path).parts
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(part in ("", ".", "..") for part in parts)):
+        return None
+    return "/".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

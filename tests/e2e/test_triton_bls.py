@@ -277,6 +277,33 @@ MODELS = {
         pb_utils.unload_model("tripled")
         return [answer(out + 1000 * before + 100 * pb_utils.is_model_ready("tripled"))]
 """,
+    # the model loading API with override files: a model the repository lacks, made from its
+    # model.py and config (a path leaving the folder refused first), called, unloaded
+    "file_loader": """
+    def execute(self, requests):
+        import json
+
+        body = (b"import triton_python_backend_utils as pb_utils\\n"
+                b"class TritonPythonModel:\\n"
+                b"    def execute(self, requests):\\n"
+                b"        return [pb_utils.InferenceResponse([pb_utils.Tensor('OUT', "
+                b"pb_utils.get_input_tensor_by_name(r, 'IN').as_numpy() * 4)]) for r in requests]\\n")
+        config = json.dumps({"name": "made_here", "backend": "python", "max_batch_size": 0,
+                             "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [2]}],
+                             "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [2]}]})
+        try:
+            pb_utils.load_model("made_here", config=config, files={"file:../1/model.py": body})
+            refused = False
+        except pb_utils.TritonModelException as exc:
+            refused = "inside the model folder" in str(exc)
+        pb_utils.load_model("made_here", config=config, files={"file:1/model.py": body})
+        response = call("made_here", given(requests[0])).exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(response.error().message())
+        out = pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()
+        pb_utils.unload_model("made_here")
+        return [answer(out + 1000 * refused + 100 * pb_utils.is_model_ready("made_here"))]
+""",
     # Triton's custom metrics, two instances adding up to one series per labels
     "metered": """
     def initialize(self, args):
@@ -523,6 +550,13 @@ def test_a_model_loads_and_unloads_others_under_explicit_model_control(repo: Pat
         np.testing.assert_array_equal(_call(server, "loader", [1.0, 2.0]), [3.0, 6.0])
         index = {m["name"]: m for m in httpclient.InferenceServerClient(server.url).get_model_repository_index()}
         assert index["tripled"]["state"] == "UNAVAILABLE"
+
+
+def test_a_model_loads_another_from_override_files_under_explicit_model_control(repo: Path) -> None:
+    """Triton's load_model(name, config, files={"file:1/model.py": ...}): the files are the folder
+    it loads from; a path that leaves the folder is refused (1000), the model unloads after (not 100)."""
+    with serve(repo, "--model-control", "explicit", "--load-model", "file_loader") as server:
+        np.testing.assert_array_equal(_call(server, "file_loader", [1.0, 2.0]), [1004.0, 1008.0])
 
 
 def _metric_lines(server: RunningServer, model: str) -> list[str]:

@@ -8,6 +8,7 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,6 +86,66 @@ MODELS = {
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(2, self.calls.value(), np.float32))])
                 for request in requests]
 """,
+    # the request's timeout() and trace(), the input's triton_dtype() and __dlpack__ (numpy reads it)
+    "surface": """
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "IN")
+            pb_utils.Logger.log(f"surface warns {request.timeout()}", pb_utils.Logger.WARNING)
+            facts = [request.timeout(), tensor.triton_dtype() * 1000 + np.from_dlpack(tensor).sum()]
+            if request.trace().get_context() is not None:
+                facts = [-1, -1]
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array(facts, np.float32))],
+                                                      parameters={"answered": True, "count": 2, "by": "surface"}))
+        return answers
+""",
+    # request rescheduling needs iterative_sequence, which inferd does not serve: a clear error
+    "reschedules": """
+    def execute(self, requests):
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None for request in requests]
+""",
+    # a BLS call preferring GPU memory for its outputs (a CPU-only server puts them in CPU memory),
+    # with a timeout its target sees; it answers with the target's outputs and response parameters
+    "prefers_gpu": """
+    def execute(self, requests):
+        import json
+
+        answers = []
+        for request in requests:
+            call = pb_utils.InferenceRequest(
+                model_name="surface", inputs=[pb_utils.get_input_tensor_by_name(request, "IN")],
+                requested_output_names=["OUT"], timeout=5_000_000,
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, 0))
+            response = call.exec()
+            if response.has_error():
+                raise pb_utils.TritonModelException(response.error().message())
+            out = pb_utils.get_output_tensor_by_name(response, "OUT")
+            assert out.is_cpu()
+            answers.append(pb_utils.InferenceResponse([out], parameters=json.loads(response.parameters())))
+        return answers
+""",
+    # cached (response_cache), its response parameters counting its calls
+    "cached_parameters": """
+    def initialize(self, args):
+        self.calls = 0
+
+    def execute(self, requests):
+        self.calls += 1
+        return [pb_utils.InferenceResponse(tripled(request).output_tensors(), parameters={"calls": self.calls})
+                for request in requests]
+""",
+    # decoupled, each response with parameters of its own
+    "decoupled_parameters": """
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        answer = tripled(requests[0]).output_tensors()
+        sender.send(pb_utils.InferenceResponse(answer, parameters={"part": 1}))
+        sender.send(pb_utils.InferenceResponse(answer, parameters={"part": 2}),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+""",
     # decoupled, sending once more after its final flag: the client has its answer, the log the bug
     "decoupled_after_final": """
     def execute(self, requests):
@@ -139,10 +200,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models.write(root / "asks/1/model.py", ASKS)
     models.write(root / "asks/config.pbtxt", ASKS_CONFIG)
     for name, body in MODELS.items():
-        policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else ""
+        policy = "model_transaction_policy { decoupled: true }" if name.startswith("decoupled") else \
+            "response_cache { enable: true }" if name.startswith("cached") else ""
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
-    with serve(root, grpc=True) as running:
+    with serve(root, "--cache-size", "1MiB", grpc=True) as running:
         yield running
 
 
@@ -181,6 +243,67 @@ def test_a_request_shows_its_own_parameters_id_and_requested_outputs(server: Run
                           parameters={"scale": 2.5, "mode": "fast"}, timeout=10_000_000)
     np.testing.assert_array_equal(result.as_numpy("FACTS"), [2, 2.5, 7])
     assert result.as_numpy("OTHER") is None
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_a_request_shows_its_timeout_and_its_tensors_type_and_dlpack(server: RunningServer, wire: str) -> None:
+    """Triton's request.timeout() (the client's, microseconds; 0 when it set none), trace() (no
+    context to pass on), Tensor.triton_dtype() (FP32: 11) and __dlpack__; Logger.log at a level."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    client = lib.InferenceServerClient(server.grpc_url if wire == "grpc" else server.url)
+    tensor = lib.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+    timed = client.infer("surface", [tensor], timeout=7_000_000)
+    np.testing.assert_array_equal(timed.as_numpy("OUT"), [7_000_000, 11_003])
+    np.testing.assert_array_equal(client.infer("surface", [tensor]).as_numpy("OUT"), [0, 11_003])
+    assert _response_parameters(timed, wire) == {"answered": True, "count": 2, "by": "surface"}
+    deadline = time.monotonic() + 10
+    while "surface warns 7000000" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "surface warns 7000000" in server.log()
+
+
+def test_request_rescheduling_is_refused_saying_why(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException, match="iterative_sequence: true") as raised:
+        _call(server, "reschedules", [1, 2])
+    assert raised.value.status() == "500"
+
+
+def _response_parameters(result: Any, wire: str) -> dict[str, Any]:
+    """The response's parameters as each tritonclient shows them."""
+    if wire == "http":
+        parameters: dict[str, Any] = result.get_response()["parameters"]
+        return parameters
+    kinds = result.get_response().parameters
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in kinds.items()}
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_a_bls_call_preferring_gpu_memory_gets_its_outputs_in_cpu_memory(server: RunningServer, wire: str) -> None:
+    """As Triton built without GPU support: the preference falls back to CPU memory. The call's
+    timeout reaches its target, whose response parameters come back with its response."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    client = lib.InferenceServerClient(server.grpc_url if wire == "grpc" else server.url)
+    tensor = lib.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+    result = client.infer("prefers_gpu", [tensor])
+    np.testing.assert_array_equal(result.as_numpy("OUT"), [5_000_000, 11_003])
+    assert _response_parameters(result, wire) == {"answered": True, "count": 2, "by": "surface"}
+
+
+def test_each_streamed_response_carries_its_own_parameters(server: RunningServer) -> None:
+    first, second = _stream(server, "decoupled_parameters", [1, 2], 2)
+    assert [_response_parameters(answer, "grpc")["part"] for answer in (first, second)] == [1, 2]
+    np.testing.assert_array_equal(second.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
+
+
+def test_a_cached_response_keeps_its_parameters(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([5, 6], np.float32))
+    first, again = (client.infer("cached_parameters", [tensor]) for _ in range(2))
+    np.testing.assert_array_equal(again.as_numpy("OUT"), [15, 18])
+    assert _response_parameters(first, "http") == _response_parameters(again, "http") == {"calls": 1}
 
 
 def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:

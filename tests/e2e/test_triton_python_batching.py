@@ -59,7 +59,8 @@ class TritonPythonModel:
                     "COUNT": np.array([[len(requests)]], np.int32),
                     "ID": np.array([[request.request_id().encode()]], np.object_)}
             responses.append(pb_utils.InferenceResponse(
-                [pb_utils.Tensor(name, made[name]) for name in request.requested_output_names()]))
+                [pb_utils.Tensor(name, made[name]) for name in request.requested_output_names()],
+                parameters={"answers": request.request_id()}))
         return responses
 """
 
@@ -153,6 +154,14 @@ def _response_id(result: Any) -> str:
     return str(response["id"] if isinstance(response, dict) else response.id)
 
 
+def _answers(result: Any) -> str:
+    """The ``answers`` response parameter (HTTP's JSON, or gRPC's InferParameter)."""
+    response = result.get_response()
+    if isinstance(response, dict):
+        return str(response["parameters"]["answers"])
+    return str(response.parameters["answers"].string_param)
+
+
 def _gathered(server: RunningServer, folder: Path, model: str,
               members: list[tuple[str, np.ndarray, str, dict[str, Any], tuple[str, ...]]]) -> tuple[Any, list[Any]]:
     """The holding request's result and each member's (wire, rows, id, parameters, outputs), all
@@ -187,6 +196,7 @@ def test_gathered_requests_each_reach_execute_with_their_own_facts(server: Runni
     for (_, rows, request_id, parameters, outputs), result in zip(members, results, strict=True):
         assert not isinstance(result, Exception), result
         np.testing.assert_array_equal(result.as_numpy("OUT"), rows * parameters["scale"])
+        assert _answers(result) == request_id  # its response's own parameters
         if outputs == ("OUT",):  # it asked for OUT alone, and requested_output_names() said so
             assert result.as_numpy("COUNT") is None and result.as_numpy("ID") is None
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -148,6 +149,12 @@ def test_custom_metrics_keep_their_values() -> None:
     assert gauge.value() == 7.5
     with pytest.raises(pb_utils.TritonModelException, match="needs buckets"):
         pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric()
+    with pytest.raises(pb_utils.TritonModelException, match="Unexpected buckets found"):  # Triton's refusals
+        pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric(buckets=[1.0])
+    with pytest.raises(pb_utils.TritonModelException, match="Labels must be a dictionary"):
+        pb_utils.MetricFamily("g", "level", pb_utils.MetricFamily.GAUGE).Metric(labels=[("a", "b")])  # type: ignore[arg-type]
+    with pytest.raises(pb_utils.TritonModelException, match="Buckets must be a list"):
+        pb_utils.MetricFamily("h", "spread", pb_utils.MetricFamily.HISTOGRAM).Metric(buckets=(1.0,))  # type: ignore[arg-type]
 
 
 def test_an_instance_holds_each_series_once_however_many_metric_objects_name_it() -> None:
@@ -159,3 +166,106 @@ def test_an_instance_holds_each_series_once_however_many_metric_objects_name_it(
         family.Metric(labels={"kind": "b"})
     family.Metric(labels={"kind": "c"})  # made outside any instance's calls: not held
     assert sorted(made) == [("per_request", (("kind", "a"),)), ("per_request", (("kind", "b"),))]
+
+
+def test_bytes_tensors_serialize_as_tritons_layout() -> None:
+    """Each element's length (4 bytes, little-endian), then its bytes; str elements as UTF-8."""
+    values = np.array([b"ab", "\u00e9", b""], dtype=object)
+    encoded = pb_utils.serialize_byte_tensor(values)
+    assert encoded == b"\x02\x00\x00\x00ab\x02\x00\x00\x00\xc3\xa9\x00\x00\x00\x00"
+    assert pb_utils.deserialize_bytes_tensor(encoded).tolist() == [b"ab", "\u00e9".encode(), b""]
+    assert pb_utils.serialize_byte_tensor(np.array([], dtype=object)) == ()  # Triton's answers for these two
+    assert pb_utils.serialize_byte_tensor(np.ones(2, np.float32)) is None
+    with pytest.raises(pb_utils.TritonModelException, match="string extends beyond buffer"):
+        pb_utils.deserialize_bytes_tensor(b"\x09\x00\x00\x00ab")
+    assert pb_utils.TRITON_STRING_TO_NUMPY["TYPE_INT16"] is np.int16
+    assert pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL == 1
+
+
+def test_a_tensor_says_its_type_and_refuses_what_tritons_refuses() -> None:
+    assert pb_utils.Tensor("A", np.ones(2, np.float32)).triton_dtype() == 11
+    assert pb_utils.Tensor("S", np.array(["x"])).triton_dtype() == 13
+    with pytest.raises(pb_utils.TritonModelException, match="Tensor name cannot be an empty string"):
+        pb_utils.Tensor("", np.ones(1))
+    with pytest.raises(pb_utils.TritonModelException, match="DLPack does not have support for string tensors"):
+        pb_utils.Tensor("S", np.array(["x"])).to_dlpack()
+    strided = pb_utils.Tensor("T", np.arange(6).reshape(2, 3).T)
+    assert strided.as_numpy().flags.c_contiguous and strided.as_numpy().tolist() == [[0, 3], [1, 4], [2, 5]]
+    assert pb_utils.Tensor("Z", np.float32(2)).shape() == []  # a 0-d array stays 0-d
+
+
+def test_dlpack_protocol_and_memory_this_server_cannot_hold() -> None:
+    tensor = pb_utils.Tensor("T", np.arange(4, dtype=np.int32))
+    assert tensor.__dlpack_device__() == (1, 0)
+    assert torch.equal(torch.from_dlpack(tensor), torch.arange(4, dtype=torch.int32))
+    np.testing.assert_array_equal(pb_utils.Tensor.from_dlpack("N", np.arange(3)).as_numpy(), [0, 1, 2])
+
+    class OnGpu:  # what a CUDA tensor says of itself; this machine has no GPU to make one
+        def __dlpack__(self, stream: object = None) -> object:
+            raise AssertionError("never read")
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (2, 0)  # kDLCUDA
+
+    with pytest.raises(pb_utils.TritonModelException, match="allocated on GPU device, when GPU is not available"):
+        pb_utils.Tensor.from_dlpack("G", OnGpu())
+    with pytest.raises(pb_utils.TritonModelException, match="must be a DLPack capsule"):
+        pb_utils.Tensor.from_dlpack("L", [1, 2])
+
+
+def test_request_arguments_triton_checks() -> None:
+    tensor = pb_utils.Tensor("IN", np.ones(2, np.float32))
+    with pytest.raises(pb_utils.TritonModelException, match="Correlation ID must be integer or string"):
+        pb_utils.InferenceRequest(correlation_id=1.5, inputs=[tensor], requested_output_names=[], model_name="m")
+    with pytest.raises(pb_utils.TritonModelException, match="values to have type bool/int/str, found type"):
+        pb_utils.InferenceRequest(inputs=[tensor], requested_output_names=[], model_name="m",
+                                  parameters={"scale": 2.5})
+    with pytest.raises(pb_utils.TritonModelException, match=r"Requested output name .* should not be empty"):
+        pb_utils.InferenceRequest(inputs=[tensor], requested_output_names=[""], model_name="m")
+    with pytest.raises(TypeError, match="preferred_memory takes a pb_utils"):
+        pb_utils.InferenceRequest(inputs=[], requested_output_names=[], model_name="m", preferred_memory="GPU")
+    request = pb_utils.InferenceRequest(inputs=[tensor], requested_output_names=["OUT"], model_name="m", timeout=9,
+                                        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU))
+    request.set_flags(pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+    assert (request.flags(), request.timeout(), request.trace().get_context()) == (2, 9, None)
+    request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_ALL)
+    with pytest.raises(pb_utils.TritonModelException, match="has no reference to the decoupled state"):
+        request.get_response_sender().send(pb_utils.InferenceResponse())  # a request built here has no client
+    with pytest.raises(pb_utils.TritonModelException, match="iterative_sequence"):
+        request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+
+
+def test_response_parameters_and_the_senders_flags() -> None:
+    response = pb_utils.InferenceResponse(parameters={"a": 1, "b": "x", "c": True})
+    assert json.loads(response.parameters()) == {"a": 1, "b": "x", "c": True}
+    assert pb_utils.InferenceResponse().parameters() == "{}"
+    with pytest.raises(pb_utils.TritonModelException, match="keys to have type str"):
+        pb_utils.InferenceResponse(parameters={1: "x"})  # type: ignore[dict-item]
+    sender = pb_utils.InferenceResponseSender(lambda *_: None, lambda: False)
+    with pytest.raises(pb_utils.TritonModelException, match="Unsupported flag provided"):
+        sender.send(response, flags=4)
+
+
+def test_logger_logs_at_the_level_asked(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="inferd.python_backend"):
+        pb_utils.Logger.log("plain")
+        pb_utils.Logger.log("warned", pb_utils.Logger.WARNING)
+        pb_utils.Logger.log("verbose", pb_utils.Logger.LogLevel.VERBOSE)
+    assert [(r.levelno, r.message) for r in caplog.records] == [
+        (logging.INFO, "plain"), (logging.WARNING, "warned"), (logging.DEBUG, "verbose")]
+
+
+def test_the_model_loading_api_refuses_what_triton_refuses_before_asking_the_server() -> None:
+    with pytest.raises(pb_utils.TritonModelException, match="version should be an integral value > 0"):
+        pb_utils.is_model_ready("m", "one")
+    with pytest.raises(pb_utils.TritonModelException, match="'-1', version should be an integral value > 0"):
+        pb_utils.is_model_ready("m", "-1")
+    with pytest.raises(pb_utils.TritonModelException, match="files should be a dictionary"):
+        pb_utils.load_model("m", config="{}", files=[b"x"])  # type: ignore[arg-type]
+    with pytest.raises(pb_utils.TritonModelException, match="override files need config"):
+        pb_utils.load_model("m", files={"file:1/model.py": b"x"})
+    for key in ("1/model.py", "file:/etc/model.py", "file:1/../../model.py"):
+        with pytest.raises(pb_utils.TritonModelException, match="inside the model folder"):
+            pb_utils.load_model("m", config="{}", files={key: b"x"})
+    with pytest.raises(pb_utils.TritonModelException, match="must be bytes, got str"):
+        pb_utils.load_model("m", config="{}", files={"file:1/model.py": "x"})  # type: ignore[dict-item]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 import weakref
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import inferd
 from inferd.auth import AccessPolicy
@@ -25,6 +27,7 @@ from inferd.types import (
     ERROR_OUTPUT,
     FINAL_OUTPUT,
     INTERMEDIATE_OUTPUT,
+    PARAMETERS_OUTPUT,
     CallContext,
     InferRequest,
     InferResponse,
@@ -276,7 +279,7 @@ class DataPlane:
                 outputs = await runtime.infer_async(arrays, context)
                 gathered = time.perf_counter()
                 if key is not None and self._cache is not None:
-                    self._cache.put(key, {w.name: outputs[w.name] for w in wanted})
+                    self._cache.put(key, _cached(outputs, wanted))
                     cache_s += time.perf_counter() - gathered
             tensors = self._tensors(request.model_name, runtime, outputs, wanted)
             if requests > 1:  # the worker splits the answer by rows: one it cannot split failed here
@@ -308,8 +311,8 @@ class DataPlane:
                     model.request_cached(request.protocol, t.total)
                 else:
                     model.request(request.protocol, outcome, t.total, t.queue, t.compute, requests)
-        return InferResponse(model_name=request.model_name, model_version=version,
-                             outputs=tensors, id=request.id, timings=context.timings)
+        return InferResponse(model_name=request.model_name, model_version=version, outputs=tensors, id=request.id,
+                             parameters=_response_parameters(outputs), timings=context.timings)
 
     def _tensors(self, model: str, runtime: Scheduler, outputs: Outputs, wanted: list[RequestedOutput]
                  ) -> list[Tensor]:
@@ -376,7 +379,8 @@ class DataPlane:
                     # marks those before its last
                     final = FINAL_OUTPUT in outputs or (runtime.parts and INTERMEDIATE_OUTPUT not in outputs)
                     yield InferResponse(model_name=request.model_name, model_version=version, outputs=tensors,
-                                        id=request.id, timings=context.timings, final=final)
+                                        id=request.id, parameters=_response_parameters(outputs),
+                                        timings=context.timings, final=final)
         except InferdError as exc:
             outcome = exc.code.value
             raise
@@ -510,7 +514,24 @@ def _check_rows(model: str, tensors: list[Tensor], rows: int) -> None:
                              f"for a batch of {rows} rows; dim 0 must be the batch")
 
 
+def _cached(outputs: Outputs, wanted: list[RequestedOutput]) -> Outputs:
+    """What the response cache keeps of an answer: the outputs asked for, then its parameters."""
+    kept = {w.name: outputs[w.name] for w in wanted}
+    if PARAMETERS_OUTPUT in outputs:
+        kept[PARAMETERS_OUTPUT] = outputs[PARAMETERS_OUTPUT]
+    return kept
+
+
+def _response_parameters(outputs: Outputs) -> dict[str, Any]:
+    """The parameters a model gave its response (``PARAMETERS_OUTPUT``), for the client."""
+    if PARAMETERS_OUTPUT not in outputs:
+        return {}
+    parameters: dict[str, Any] = json.loads(bytes(outputs[PARAMETERS_OUTPUT][0]))
+    return parameters
+
+
 def _request_facts(context: CallContext, request: InferRequest, wanted: list[RequestedOutput]) -> None:
     context.parameters = request.parameters
     context.outputs = tuple(w.name for w in wanted)
     context.request_id = request.id or ""
+    context.timeout_us = request.timeout_us or 0

@@ -74,9 +74,9 @@ class LoopModelCalls:
     def is_model_ready(self, name: str, version: str | None) -> bool:
         return self._data.is_model_ready(name, version, None, check_access=False)
 
-    def load_model(self, name: str, config: str | None) -> None:
+    def load_model(self, name: str, config: str | None, files: dict[str, bytes] | None = None) -> None:
         self._not_on_loop()
-        override = LoadOverride(config=config) if config else None
+        override = LoadOverride(config=config, files=files or {}) if config else None
         asyncio.run_coroutine_threadsafe(self._control.load_for_model(name, override), self._loop).result()
 
     def unload_model(self, name: str, unload_dependents: bool) -> None:

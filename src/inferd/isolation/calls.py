@@ -91,8 +91,8 @@ class ChannelModelCalls:
     def is_model_ready(self, name: str, version: str | None) -> bool:
         return bool(_answer(self._ask("ready", name, version), "bool"))
 
-    def load_model(self, name: str, config: str | None) -> None:
-        _answer(self._ask("load", name, config), "ok")
+    def load_model(self, name: str, config: str | None, files: dict[str, bytes] | None = None) -> None:
+        _answer(self._ask("load", name, config, files), "ok")
 
     def unload_model(self, name: str, unload_dependents: bool) -> None:
         _answer(self._ask("unload", name, unload_dependents), "ok")
@@ -306,7 +306,7 @@ def _run_call(message: tuple[Any, ...], stream: _Stream,
         if kind == "ready":
             return ("bool", call_id, calls.is_model_ready(message[2], message[3]))
         if kind == "load":
-            calls.load_model(message[2], message[3])
+            calls.load_model(message[2], message[3], message[4])
             return ("ok", call_id, None)
         if kind == "unload":
             calls.unload_model(message[2], message[3])

@@ -218,6 +218,8 @@ def encode_infer_response(response: InferResponse, request: InferRequest
                                "model_version": response.model_version, "outputs": outputs}
     if response.id is not None:
         payload["id"] = response.id
+    if response.parameters:  # a model's own (Triton's response parameters)
+        payload["parameters"] = response.parameters
     return orjson.dumps(payload, option=_DUMPS_OPTIONS), chunks
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import PurePosixPath
 from typing import Any
 
 import orjson
@@ -14,7 +13,7 @@ import orjson
 from inferd.errors import InvalidInput, NotFound
 from inferd.modelconfig import ServedConfig, model_config_json, model_config_message
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.types import Duration, IndexEntry, LoadOverride, ModelStatistics, SharedMemoryRegion
+from inferd.types import Duration, IndexEntry, LoadOverride, ModelStatistics, SharedMemoryRegion, override_file_path
 
 _REQUEST_STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
                   "cache_miss")
@@ -156,13 +155,11 @@ def _short(key: str) -> str:
 
 def _file_path(key: str, name: str) -> str:
     """``file:1/model.onnx`` -> ``1/model.onnx``: a relative path that stays inside the model folder."""
-    path = key[len("file:"):]
-    parts = PurePosixPath(path).parts
-    if (not path or path.startswith("/") or "\\" in path or "\0" in path
-            or any(part in ("", ".", "..") for part in parts)):
+    path = override_file_path(key)
+    if path is None:
         raise InvalidInput(f"failed to load '{name}': override file '{_short(key)}' must be file:<relative "
                            "path> inside the model folder (e.g. file:1/model.onnx), without '..'")
-    return "/".join(parts)
+    return path
 
 
 def _file_content(key: str, value: Any, name: str, base64_files: bool) -> bytes:

@@ -197,7 +197,19 @@ def encode_infer_answer(response: InferResponse) -> InferAnswer:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
         # one buffer per output, as Triton answers: empty for one written to shared memory
         raw.append(b"" if tensor.shared is not None else tensors.raw_view(tensor.data, tensor.datatype))
+    for key, value in response.parameters.items():  # a model's own (Triton's response parameters)
+        _set_parameter(message.parameters[key], value)
     return InferAnswer(message, raw)
+
+
+def _set_parameter(parameter: pb.InferParameter, value: Any) -> None:
+    """A response parameter as Triton writes it: bool, int64 or string (what a model may give)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    else:
+        parameter.string_param = str(value)
 
 
 _RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # raw_output_contents: field 6, length-delimited

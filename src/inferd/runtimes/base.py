@@ -52,7 +52,7 @@ def pack_sequence(correlation_id: int | str, flags: int) -> np.ndarray:
     return array
 
 
-REQUEST_INPUT = "__inferd_request__"  # the request's parameters, outputs and id, for models that ask (Triton's)
+REQUEST_INPUT = "__inferd_request__"  # the request's parameters, outputs, id and timeout, for models that ask
 # parameters the server itself consumes, not the model's to see (as Triton keeps them from backends)
 _SERVERS_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end", "timeout", "priority",
                                  "binary_data_output", "triton_enable_empty_final_response"))
@@ -65,14 +65,15 @@ def with_request(inputs: Arrays, context: CallContext) -> Arrays:
     a dynamic batcher's joined rows."""
     parameters = {k: v for k, v in (context.parameters or {}).items() if k not in _SERVERS_PARAMETERS}
     facts = np.empty(1, dtype=object)
-    facts[0] = orjson.dumps({"parameters": parameters, "outputs": list(context.outputs), "id": context.request_id})
+    facts[0] = orjson.dumps({"parameters": parameters, "outputs": list(context.outputs), "id": context.request_id,
+                             "timeout": context.timeout_us})
     return {**inputs, REQUEST_INPUT: facts}
 
 
-def unpack_request(array: np.ndarray) -> tuple[dict[str, Any], list[str], str]:
-    """(parameters, requested output names, request id) from ``with_request``'s tensor."""
+def unpack_request(array: np.ndarray) -> tuple[dict[str, Any], list[str], str, int]:
+    """(parameters, requested output names, request id, timeout in microseconds) from ``with_request``'s tensor."""
     facts = orjson.loads(bytes(array[0]))
-    return facts["parameters"], facts["outputs"], facts["id"]
+    return facts["parameters"], facts["outputs"], facts["id"], facts["timeout"]
 
 
 def unpack_sequence(array: np.ndarray) -> tuple[int | str, int]:

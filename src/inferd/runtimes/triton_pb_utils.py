@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import json
 import logging
 import re
+import struct
 import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -29,14 +31,29 @@ from inferd.errors import (
     Unimplemented,
 )
 from inferd.runtimes import model_calls
-from inferd.types import InferRequest, InferResponse, MetricUpdate, RequestedOutput, numpy_dtype, v2_datatype
+from inferd.types import (
+    InferRequest,
+    InferResponse,
+    MetricUpdate,
+    RequestedOutput,
+    numpy_dtype,
+    override_file_path,
+    v2_datatype,
+)
 from inferd.types import Tensor as InferTensor
 
 MODULE_NAME = "triton_python_backend_utils"
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+TRITONSERVER_MEMORY_GPU, TRITONSERVER_MEMORY_CPU = 0, 1  # python_backend's PreferredMemory::MemoryType (2: default)
+TRITON_STRING_TO_NUMPY = {"TYPE_BOOL": bool, "TYPE_UINT8": np.uint8, "TYPE_UINT16": np.uint16,
+                          "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64, "TYPE_INT8": np.int8,
+                          "TYPE_INT16": np.int16, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,
+                          "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_FP64": np.float64,
+                          "TYPE_STRING": np.object_}
 
 _log = logging.getLogger("inferd.python_backend")
 
@@ -85,11 +102,14 @@ class _Capsule:
 
 class Tensor:
     def __init__(self, name: str, data: Any) -> None:
+        if name == "":
+            raise TritonModelException("Tensor name cannot be an empty string.")  # Triton's words
         self._name = name
         array = data if isinstance(data, np.ndarray) else np.asarray(data)
         if array.dtype.kind in "US":
             array = np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(array)
-        self._data = array
+        # C-ordered, as Triton's holds it (ascontiguousarray alone would make a 0-d array 1-d)
+        self._data = array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
     def name(self) -> str:
         return self._name
@@ -103,15 +123,76 @@ class Tensor:
     def shape(self) -> list[int]:
         return list(self._data.shape)
 
+    def triton_dtype(self) -> int:
+        """The TRITONSERVER_DataType value (TYPE_FP32: 11, BYTES: 13), as numpy_to_triton_type says."""
+        return numpy_to_triton_type(self._data.dtype)
+
     def to_dlpack(self) -> Any:
+        if self._data.dtype == np.object_:
+            raise TritonModelException("DLPack does not have support for string tensors.")  # Triton's words
         # DLPack (before 1.0) cannot mark an array read-only: a read-only input crosses as a copy
         array = self._data if self._data.flags.writeable else self._data.copy()
         return array.__dlpack__()
 
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
+        """The array API's side of DLPack: ``torch.from_dlpack(tensor)`` takes it as Triton's (what
+        newer consumers add, such as ``max_version``, is answered with a DLPack 0.x capsule)."""
+        return self.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0: a request's tensors here are in CPU memory
+
     @classmethod
     def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
-        source = capsule if hasattr(capsule, "__dlpack__") else _Capsule(capsule)
-        return cls(name, np.from_dlpack(source))
+        """A tensor from a DLPack capsule or an object with ``__dlpack__``; CPU memory only: this
+        server has no GPU memory to hold it (Triton built without GPU support says the same)."""
+        if name == "":
+            raise TritonModelException("Tensor name cannot be an empty string.")
+        bare = type(capsule).__name__ == "PyCapsule"
+        if not bare and not (hasattr(capsule, "__dlpack__") and hasattr(capsule, "__dlpack_device__")):
+            raise TritonModelException("Provided tensor is not supported. Tensor must be a DLPack capsule or have "
+                                       "`__dlpack__` and `__dlpack_device__` attributes")
+        if not bare:
+            device = int(capsule.__dlpack_device__()[0])
+            if device == _KDL_CUDA:
+                raise TritonModelException("DLPack capsule passed pointer to memory allocated on GPU device, "
+                                           "when GPU is not available")
+            if device not in (_KDL_CPU, _KDL_CUDA_HOST):
+                raise TritonModelException(f"DLDevice type {device} is not support by Python backend.")
+        try:
+            array = np.from_dlpack(_Capsule(capsule) if bare else capsule)
+        except (BufferError, RuntimeError) as exc:  # a bare capsule of GPU memory (numpy reads CPU memory only)
+            raise TritonModelException(f"DLPack capsule passed pointer to memory that is not CPU memory ({exc}), "
+                                       "when GPU is not available") from None
+        return cls(name, array)
+
+
+_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST = 1, 2, 3  # DLPack's DLDeviceType values
+
+
+class PreferredMemory:
+    """Where a BLS call would like its outputs (Triton's): a CPU-only server puts them in CPU
+    memory whatever is preferred, as Triton built without GPU support does."""
+
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        if preferred_memory_type not in (TRITONSERVER_MEMORY_GPU, TRITONSERVER_MEMORY_CPU, _MEMORY_DEFAULT):
+            raise TypeError(f"PreferredMemory() takes TRITONSERVER_MEMORY_GPU or TRITONSERVER_MEMORY_CPU, "
+                            f"got {preferred_memory_type!r}")
+        if preferred_device_id is None:
+            raise TypeError("PreferredMemory() needs a preferred_device_id (not None)")
+        self.preferred_memory_type = preferred_memory_type
+        self.preferred_device_id = preferred_device_id
+
+
+_MEMORY_DEFAULT = 2
+
+
+class InferenceTrace:
+    """A request's trace as Triton hands it to a model; ``get_context()`` is the OpenTelemetry
+    context to pass on, or None: inferd traces no request into a model, so it is always None."""
+
+    def get_context(self) -> str | None:
+        return None
 
 
 _REQUIRED: Any = object()  # an argument Triton's InferenceRequest gives no default
@@ -148,9 +229,16 @@ class InferenceRequest:
         if missing:
             raise TypeError(f"InferenceRequest() needs {', '.join(missing)} (not None): Triton's takes "
                             f"{_REQUEST_ARGUMENTS}, the first two and the last five with defaults")
+        if not isinstance(correlation_id, int | str):
+            raise TritonModelException("Correlation ID must be integer or string")  # Triton's words
+        _check_arguments(preferred_memory, trace, request_id, model_name, requested_output_names)
+        if sender is None:  # built by the model: its parameters are Triton's kinds (the client's may be any)
+            parameters = _checked_parameters(parameters) if not isinstance(parameters, str) else parameters
         self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
         self._model_version = model_version
         self._timeout = timeout
+        self._trace = trace if trace is not None else InferenceTrace()
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         self._sender = sender
         self._correlation_id = correlation_id
         self._flags = flags
@@ -231,6 +319,30 @@ class InferenceRequest:
         """TRITONSERVER_REQUEST_FLAG_SEQUENCE_START | _END for a sequence's first and last request."""
         return self._flags
 
+    def set_flags(self, flags: int) -> None:
+        """The flags a BLS call sends (as Triton's, it changes only this object)."""
+        self._flags = flags
+
+    def timeout(self) -> int:
+        """The request's timeout in microseconds (0: none): the client's, or the one a BLS call was given."""
+        return self._timeout
+
+    def trace(self) -> InferenceTrace:
+        return self._trace
+
+    def set_release_flags(self, flags: int) -> None:
+        """TRITONSERVER_REQUEST_RELEASE_ALL (the default) releases the request with its response.
+        RESCHEDULE is refused: Triton reschedules only for ``sequence_batching { iterative_sequence:
+        true }``, which inferd does not serve."""
+        if flags == TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+            raise TritonModelException("set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE): request "
+                                       "rescheduling needs sequence_batching { iterative_sequence: true }, "
+                                       "which inferd does not serve")
+        if flags != TRITONSERVER_REQUEST_RELEASE_ALL:
+            raise TritonModelException(f"set_release_flags({flags!r}): the release flags are "
+                                       "TRITONSERVER_REQUEST_RELEASE_ALL or _RESCHEDULE")
+        self._release_flags = flags
+
     def parameters(self) -> str:
         return json.dumps(self._parameters)
 
@@ -238,9 +350,45 @@ class InferenceRequest:
         return self._cancelled is not None and self._cancelled()
 
     def get_response_sender(self) -> InferenceResponseSender:
+        """The way back to this request's client; a request the model built has none to send to,
+        and its sender's ``send`` says so, as Triton's does."""
         if self._sender is None:
-            raise TritonModelException("only the requests execute() is given have a response sender")
+            return InferenceResponseSender(_unsendable, lambda: False)
         return self._sender
+
+
+def _unsendable(response: InferenceResponse | None, flags: int) -> None:
+    raise TritonModelException("Unable to send response. Response sender has no reference to the decoupled "
+                               "state of the model.")  # Triton's words: a request the model built has no client
+
+
+def _check_arguments(preferred_memory: Any, trace: Any, request_id: str, model_name: Any,
+                     requested_output_names: list[str]) -> None:
+    """What Triton's InferenceRequest refuses of the arguments beyond the required ones."""
+    if preferred_memory is not None and not isinstance(preferred_memory, PreferredMemory):
+        raise TypeError(f"InferenceRequest(): preferred_memory takes a pb_utils.PreferredMemory, "
+                        f"got {type(preferred_memory).__name__}")
+    if trace is not None and not isinstance(trace, InferenceTrace):
+        raise TypeError(f"InferenceRequest(): trace takes the InferenceTrace of a request execute() was given, "
+                        f"got {type(trace).__name__}")
+    if any(name == "" for name in requested_output_names):
+        raise TritonModelException(f"Requested output name for request with id '{request_id}' and model name "
+                                   f"'{model_name}' should not be empty.")
+
+
+def _checked_parameters(parameters: Any) -> dict[str, Any]:
+    """A request's or response's parameters as Triton takes them: a dict of str to bool, int or str."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"Expect dict, got {type(parameters)}")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, bool | int | str):
+            raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type "
+                                       f"{type(value)}")
+    return parameters
 
 
 class InferenceResponseSender:
@@ -257,6 +405,8 @@ class InferenceResponseSender:
         self.sent = 0
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")  # Triton's words
         if self._closed:
             raise TritonModelException("the response sender is closed: the final flag was already sent")
         if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
@@ -282,9 +432,14 @@ class InferenceResponseSender:
 
 class InferenceResponse:
     def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,
-                 parameters: Any = None) -> None:
+                 parameters: dict[str, Any] | None = None) -> None:
         self._outputs = list(output_tensors or [])
         self._error = error
+        self._parameters = json.dumps(_checked_parameters(parameters))
+
+    def parameters(self) -> str:
+        """The response's parameters as JSON (Triton's); the client gets them with the response."""
+        return self._parameters
 
     def output_tensors(self) -> list[Tensor]:
         return list(self._outputs)
@@ -341,7 +496,7 @@ class ResponseIterator:
 
 
 def _response(answer: InferResponse) -> InferenceResponse:
-    return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs])
+    return InferenceResponse([Tensor(t.name, t.data) for t in answer.outputs], parameters=answer.parameters or None)
 
 
 def _failed(error: InferdError) -> InferenceResponse:
@@ -362,19 +517,52 @@ def _code_of(error: InferdError) -> int:
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
     """Whether the server serves that model (version) now (Triton's model loading API)."""
+    if model_version:
+        try:
+            number = int(model_version)
+        except ValueError as exc:
+            raise TritonModelException(f"failed to get model version from specified version string "
+                                       f"'{model_version}' (details: {exc}), version should be an integral "
+                                       "value > 0") from None
+        if number < 0:
+            raise TritonModelException(f"failed to get model version from specified version string "
+                                       f"'{model_version}', version should be an integral value > 0")
     return model_calls.current().is_model_ready(model_name, model_version or None)
 
 
 def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
     """Load (or reload) a model the repository holds, ``config`` (JSON) replacing keys of its
-    configuration; needs --model-control explicit, as Triton's. Override files are not served."""
-    if files:
-        raise TritonModelException(f"load_model('{model_name}'): override files from a model are not served; "
-                                   "load the model from the repository (with a config override if needed)")
+    configuration; or, with ``files`` ({"file:1/model.py": content}) and ``config``, the model
+    folder they make. Needs --model-control explicit, as Triton's."""
+    folder = _override_files(model_name, config, files)
     try:
-        model_calls.current().load_model(model_name, config or None)
+        model_calls.current().load_model(model_name, config or None, folder)
     except InferdError as exc:
         raise TritonModelException(exc.message) from None
+
+
+def _override_files(model_name: str, config: str, files: Any) -> dict[str, bytes] | None:
+    """``load_model``'s files as the folder they make (relative path -> content), checked as a
+    client's load request's are."""
+    if files is None:
+        return None
+    if not isinstance(files, dict):  # Triton's words
+        raise TritonModelException(f"failed to load model '{model_name}', files should be a dictionary of file "
+                                   "paths and file contents")
+    if files and not config:
+        raise TritonModelException(f"failed to load model '{model_name}': override files need config, the "
+                                   "model configuration of the folder they make")
+    folder = {}
+    for key, content in files.items():
+        path = override_file_path(key) if isinstance(key, str) else None
+        if path is None:
+            raise TritonModelException(f"failed to load model '{model_name}': override file {key!r} must be "
+                                       "file:<relative path> inside the model folder (e.g. file:1/model.py)")
+        if not isinstance(content, bytes):
+            raise TritonModelException(f"failed to load model '{model_name}': override file {key!r} must be "
+                                       f"bytes, got {type(content).__name__}")
+        folder[path] = content
+    return folder
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
@@ -385,7 +573,16 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
         raise TritonModelException(exc.message) from None
 
 
+class LogLevel(enum.IntEnum):
+    """Triton's Logger.LogLevel (also Logger.INFO, ... as Triton exports them)."""
+
+    INFO, WARNING, ERROR, VERBOSE = range(4)
+
+
 class Logger:
+    LogLevel = LogLevel
+    INFO, WARNING, ERROR, VERBOSE = LogLevel.INFO, LogLevel.WARNING, LogLevel.ERROR, LogLevel.VERBOSE
+
     @staticmethod
     def log_info(message: str) -> None:
         _log.info(message)
@@ -403,8 +600,15 @@ class Logger:
         _log.debug(message)
 
     @staticmethod
-    def log(message: str, level: int = 0) -> None:
-        _log.info(message)
+    def log(message: str, level: int = LogLevel.INFO) -> None:
+        """At ``level`` (Logger.INFO, WARNING, ERROR or VERBOSE; VERBOSE is the log's debug level)."""
+        if level not in _LEVELS:
+            raise TypeError(f"Logger.log(): level is Logger.INFO, WARNING, ERROR or VERBOSE, got {level!r}")
+        _log.log(_LEVELS[level], message)
+
+
+_LEVELS: dict[int, int] = {LogLevel.INFO: logging.INFO, LogLevel.WARNING: logging.WARNING,
+                           LogLevel.ERROR: logging.ERROR, LogLevel.VERBOSE: logging.DEBUG}
 
 
 class _Metric:
@@ -494,6 +698,12 @@ class MetricFamily:
         self._kind = kind
 
     def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
+        if labels is not None and not isinstance(labels, dict):  # Triton's words, these three
+            raise TritonModelException("Failed to create metric. Labels must be a dictionary.")
+        if buckets is not None and not isinstance(buckets, list):
+            raise TritonModelException("Failed to create metric. Buckets must be a list.")
+        if buckets is not None and self._kind != self.HISTOGRAM:
+            raise TritonModelException("Failed to create metric. Unexpected buckets found.")
         if self._kind == self.HISTOGRAM and not buckets:
             raise TritonModelException(f"MetricFamily '{self._name}': a histogram's Metric needs buckets")
         pairs = tuple((str(key), str(value)) for key, value in (labels or {}).items())
@@ -507,6 +717,36 @@ class MetricFamily:
 _KINDS = {MetricFamily.COUNTER: "counter", MetricFamily.GAUGE: "gauge", MetricFamily.HISTOGRAM: "histogram"}
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> Any:
+    """A BYTES tensor as Triton lays it out: each element's length (4 bytes, little-endian), then
+    its bytes (a str element as UTF-8). As Triton's: () for an empty tensor, None for one that is
+    not object or bytes."""
+    if input_tensor.size == 0:
+        return ()
+    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
+        return None
+    parts = []
+    for value in input_tensor.ravel(order="C"):
+        item = value if isinstance(value, bytes) else str(value).encode()
+        parts += [struct.pack("<I", len(item)), item]
+    return b"".join(parts)
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """``serialize_byte_tensor``'s layout back to a flat object array of bytes."""
+    items, offset = [], 0
+    while offset < len(encoded_tensor):
+        (length,) = struct.unpack_from("<I", encoded_tensor, offset)
+        offset += 4
+        if offset + length > len(encoded_tensor):
+            raise TritonModelException("Invalid bytes tensor data: string extends beyond buffer")
+        items.append(bytes(encoded_tensor[offset:offset + length]))
+        offset += length
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from inferd.runtimes.base import (
     unpack_request,
     unpack_sequence,
 )
-from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, TensorSpec, error_answer
+from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, PARAMETERS_OUTPUT, TensorSpec, error_answer
 
 _log = logging.getLogger("inferd.python_backend")
 _SENT_AHEAD = 16  # a decoupled request's responses its reader has not taken yet; then send() waits
@@ -106,11 +106,11 @@ class TritonPythonRuntime(Runtime):
             if SEQUENCE_INPUT in inputs:
                 inputs = dict(inputs)
                 correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
-            inputs, parameters, outputs, request_id = self._facts(inputs)
+            inputs, facts = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-            requests.append(received_request(inputs, outputs, request_id, parameters, sender=_collecting(mine),
-                                             correlation_id=correlation_id, flags=flags))
-            wanted.append(outputs)
+            requests.append(received_request(inputs, facts, sender=_collecting(mine), correlation_id=correlation_id,
+                                             flags=flags))
+            wanted.append(facts.wanted)
             sent.append(mine)
         responses = self._execute(requests)
         if responses is None and any(sent):
@@ -127,14 +127,13 @@ class TritonPythonRuntime(Runtime):
                 answers.append(exc)
         return answers
 
-    def _facts(self, inputs: Arrays) -> tuple[Arrays, dict[str, Any], list[str], str]:
-        """The request's own parameters, requested outputs and id (a call without them, such as a
-        warm-up sample: every output, no parameters)."""
+    def _facts(self, inputs: Arrays) -> tuple[Arrays, RequestFacts]:
+        """The request's own parameters, requested outputs, id and timeout (a call without them,
+        such as a warm-up sample: every output, no parameters, no timeout)."""
         if REQUEST_INPUT not in inputs:
-            return inputs, {}, [spec.name for spec in self.outputs], ""
+            return inputs, RequestFacts({}, [spec.name for spec in self.outputs], "", 0)
         inputs = dict(inputs)
-        parameters, wanted, request_id = unpack_request(inputs.pop(REQUEST_INPUT))
-        return inputs, parameters, wanted, request_id
+        return inputs, RequestFacts(*unpack_request(inputs.pop(REQUEST_INPUT)))
 
     def _execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
         """``execute``, awaited on the model's own event loop when it is ``async def`` (as Triton runs it)."""
@@ -163,9 +162,12 @@ class TritonPythonRuntime(Runtime):
             kind = _ERRORS.get(error.code())
             raise kind(error.message()) if kind is not None else RuntimeError(error.message())
         asked = set(wanted)
-        return conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
-                               tuple(spec for spec in self.outputs if spec.name in asked),
-                               self._name)
+        outputs = conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
+                                  tuple(spec for spec in self.outputs if spec.name in asked), self._name)
+        parameters = response.parameters()
+        if parameters != "{}":  # the response's own parameters go to the client with it, as Triton's
+            outputs[PARAMETERS_OUTPUT] = np.array([parameters.encode()], dtype=object)
+        return outputs
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         if not self.decoupled:
@@ -188,8 +190,9 @@ class TritonPythonRuntime(Runtime):
                     continue
 
         sender = pb_utils.InferenceResponseSender(lambda response, flags: deliver((response, flags)), left)
-        inputs, parameters, wanted, request_id = self._facts(inputs)
-        request = received_request(inputs, wanted, request_id, parameters, sender=sender, cancelled=left)
+        inputs, facts = self._facts(inputs)
+        wanted = facts.wanted
+        request = received_request(inputs, facts, sender=sender, cancelled=left)
 
         def execute() -> None:
             try:
@@ -277,14 +280,14 @@ class _StreamedRequest:
     ends once: at its final flag, or at a response that breaks the contract."""
 
     def __init__(self, runtime: TritonPythonRuntime, inputs: Arrays, sink: AnswerSink) -> None:
-        inputs, parameters, self._wanted, request_id = runtime._facts(inputs)
+        inputs, facts = runtime._facts(inputs)
+        self._wanted = facts.wanted
         self._runtime = runtime
         self.sink = sink
         self.ended = threading.Event()
         self._lock = threading.Lock()
         sender = pb_utils.InferenceResponseSender(self._send, sink.stopped)
-        self.request = received_request(inputs, self._wanted, request_id, parameters, sender=sender,
-                                        cancelled=sink.stopped)
+        self.request = received_request(inputs, facts, sender=sender, cancelled=sink.stopped)
 
     def _send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
         final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -392,10 +395,20 @@ if __name__ == "__main__":
     _complete_here(sys.argv[1])
 
 
-def received_request(inputs: Arrays, wanted: list[str], request_id: str, parameters: dict[str, Any],
-                     sender: pb_utils.InferenceResponseSender, cancelled: Callable[[], bool] | None = None,
-                     correlation_id: int | str = 0, flags: int = 0) -> pb_utils.InferenceRequest:
+class RequestFacts(NamedTuple):
+    """What a client's request says beside its inputs, as ``execute`` sees it."""
+
+    parameters: dict[str, Any]
+    wanted: list[str]  # the requested outputs
+    request_id: str
+    timeout: int  # microseconds; 0: none
+
+
+def received_request(inputs: Arrays, facts: RequestFacts, sender: pb_utils.InferenceResponseSender,
+                     cancelled: Callable[[], bool] | None = None, correlation_id: int | str = 0,
+                     flags: int = 0) -> pb_utils.InferenceRequest:
     """A request as ``execute`` is given it: no target model (it is not for ``exec``), its sender."""
     tensors = [pb_utils.Tensor(name, array) for name, array in inputs.items()]
-    return pb_utils.InferenceRequest(request_id, correlation_id, tensors, wanted, "", flags=flags,
-                                     parameters=parameters, sender=sender, cancelled=cancelled)
+    return pb_utils.InferenceRequest(facts.request_id, correlation_id, tensors, facts.wanted, "", flags=flags,
+                                     timeout=facts.timeout, parameters=facts.parameters, sender=sender,
+                                     cancelled=cancelled)
