@@ -311,8 +311,9 @@ class DataPlane:
                     model.request_cached(request.protocol, t.total)
                 else:
                     model.request(request.protocol, outcome, t.total, t.queue, t.compute, requests)
+        parameters = _response_parameters(outputs) if PARAMETERS_OUTPUT in outputs else {}  # (most give none)
         return InferResponse(model_name=request.model_name, model_version=version, outputs=tensors, id=request.id,
-                             parameters=_response_parameters(outputs), timings=context.timings)
+                             parameters=parameters, timings=context.timings)
 
     def _tensors(self, model: str, runtime: Scheduler, outputs: Outputs, wanted: list[RequestedOutput]
                  ) -> list[Tensor]:
