@@ -97,8 +97,9 @@ class Context:
         return [_RequestProcessor(headers) for headers in self._headers]
 
     def _start_batch(self, headers: list[dict[str, str]]) -> None:
-        """Called by HandlerRuntime before each ``handle``: one request id and header set per row."""
-        self.request_ids = {i: str(i) for i in range(len(headers))}
+        """Called by HandlerRuntime before each ``handle``: a header set per row and, as TorchServe's
+        front end makes one per request (a client's ``x-request-id`` is not taken), a random UUID."""
+        self.request_ids = {i: str(uuid.uuid4()) for i in range(len(headers))}
         self.metrics.set_request_ids(self.request_ids)
         self._headers = headers
         self._content_types = {}
