@@ -1,5 +1,5 @@
-"""What a TorchServe handler sees, as TorchServe gives it: a UUID per request (archives from the
-real torch-model-archiver, behind a real server)."""
+"""What a TorchServe handler sees, as TorchServe gives it: a UUID per request, URL-encoded form
+fields as UTF-8 bytearrays (archives from the real torch-model-archiver, behind a real server)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,8 @@ def test_each_request_gets_a_fresh_uuid_as_its_id(server: RunningServer) -> None
         assert answer["id"] == answer["listed"]
         assert str(uuid.UUID(answer["id"])) == answer["id"]
     assert first["id"] != second["id"]
+
+
+def test_url_encoded_fields_are_utf8_bytearrays(server: RunningServer) -> None:
+    answer = ids_of(server, data={"name": "café ☕", "plus": "a+b c"})
+    assert answer["fields"] == {"name": ["bytearray", "café ☕"], "plus": ["bytearray", "a+b c"]}

@@ -24,6 +24,9 @@ def test_a_raw_body_is_one_field() -> None:
 def test_a_urlencoded_form_is_its_fields() -> None:
     assert decode_row(b"a=1&b=x", "application/x-www-form-urlencoded") == {"a": b"1", "b": b"x"}
     assert decode_row(b"", "application/x-www-form-urlencoded") == {"body": bytearray()}
+    fields = decode_row(b"a=caf%C3%A9+%E2%98%95&b=%FF", "application/x-www-form-urlencoded")
+    assert fields == {"a": "café ☕".encode(), "b": "\ufffd".encode()}  # UTF-8, as Netty reads them
+    assert all(type(value) is bytearray for value in fields.values())
 
 
 def test_a_multipart_form_is_its_fields() -> None:

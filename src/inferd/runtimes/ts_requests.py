@@ -43,8 +43,7 @@ def decode_row(body: bytes, content_type: str, decode: bool = True) -> dict[str,
     if content_type.startswith("multipart/form-data"):
         return _form_fields(body, content_type, decode)
     if content_type.startswith("application/x-www-form-urlencoded"):
-        fields = {k: v.encode() for k, v in parse_qsl(body.decode("latin-1"))}
-        return fields or {"body": bytearray(body)}
+        return _url_encoded_fields(body) or {"body": bytearray(body)}
     return {"body": decode_value(bytearray(body), mime_type(content_type), decode)}
 
 
@@ -67,6 +66,13 @@ def decode_value(value: bytearray, content_type: str, decode: bool) -> Any:
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         log.warning("the %s input did not decode: the handler gets its bytes", content_type, exc_info=True)
     return value
+
+
+def _url_encoded_fields(body: bytes) -> dict[str, Any]:
+    """A URL-encoded form's fields as TorchServe's front end sends them: each value read as UTF-8
+    (Netty's default charset; a bad sequence becomes U+FFFD) and handed over as a bytearray."""
+    pairs = parse_qsl(body.decode("utf-8", "replace"), encoding="utf-8", errors="replace")
+    return {name: bytearray(value.encode()) for name, value in pairs}
 
 
 def _form_fields(body: bytes, content_type: str, decode: bool) -> dict[str, Any]:
