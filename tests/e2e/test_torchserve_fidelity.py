@@ -1,5 +1,6 @@
 """What a TorchServe handler sees, as TorchServe gives it: a UUID per request, URL-encoded form
-fields as UTF-8 bytearrays (archives from the real torch-model-archiver, behind a real server)."""
+fields as UTF-8 bytearrays, and the ``ts.torch_handler.request_envelope`` modules to call
+directly (archives from the real torch-model-archiver, behind a real server)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,35 @@ def handle(data, context):
                 for i, row in enumerate(data)]
 '''
 
+# TorchServe's envelopes called by the handler itself, as some handlers do
+ENVELOPES = '''
+from ts.torch_handler.request_envelope.base import BaseEnvelope
+from ts.torch_handler.request_envelope.body import BodyEnvelope
+from ts.torch_handler.request_envelope.json import JSONEnvelope
+from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+
+
+def double(rows, context):
+    return [row * 2 for row in rows]
+
+
+class Tagged(BaseEnvelope):
+    def parse_input(self, data):
+        return [row["body"]["value"] for row in data]
+
+    def format_output(self, data):
+        return [{"tagged": value, "same": self._handle_fn is double} for value in data]
+
+
+def handle(data, context):
+    if not data:
+        return None
+    assert all(issubclass(kind, BaseEnvelope) for kind in (BodyEnvelope, KServeEnvelope, KServev2Envelope))
+    envelope = JSONEnvelope if "instances" in data[0]["body"] else Tagged
+    return envelope(double).handle(data, context)
+'''
+
 
 def archive(store: Path, work: Path, name: str, source: str) -> None:
     handler = work / f"{name}_handler.py"
@@ -38,7 +68,7 @@ def archive(store: Path, work: Path, name: str, source: str) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("ts_fidelity")
     (root / "store").mkdir()
-    for name, source in (("ids", IDS),):
+    for name, source in (("ids", IDS), ("envelopes", ENVELOPES)):
         archive(root / "store", root, name, source)
     with serve(None, "--model-store", str(root / "store"), "--models", "all") as running:
         yield running
@@ -63,3 +93,11 @@ def test_each_request_gets_a_fresh_uuid_as_its_id(server: RunningServer) -> None
 def test_url_encoded_fields_are_utf8_bytearrays(server: RunningServer) -> None:
     answer = ids_of(server, data={"name": "café ☕", "plus": "a+b c"})
     assert answer["fields"] == {"name": ["bytearray", "café ☕"], "plus": ["bytearray", "a+b c"]}
+
+
+def test_a_handler_calls_torchserves_envelopes_itself(server: RunningServer) -> None:
+    response = requests.post(f"{server.base}/predictions/envelopes", json={"instances": [1, 2]}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [2, 4]}
+    tagged = requests.post(f"{server.base}/predictions/envelopes", json={"value": 5}, timeout=30)
+    assert tagged.status_code == 200 and tagged.json() == {"tagged": 10, "same": True}

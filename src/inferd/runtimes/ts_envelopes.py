@@ -26,13 +26,13 @@ class Envelope:
     BaseEnvelope: a call with no data, or a handler with no answers, passes through untouched)."""
 
     def __init__(self, handle: Handle) -> None:
-        self._handle = handle
+        self._handle_fn = handle  # TorchServe's name: a subclass may call it
         self.context: Any = None
 
     def handle(self, data: list[dict[str, Any]] | None, context: Any) -> Any:
         self.context = context
         rows = self.parse_input(data) if data else data
-        results = self._handle(rows, context)
+        results = self._handle_fn(rows, context)
         return self.format_output(results) if results else results
 
     def parse_input(self, data: list[dict[str, Any]]) -> Any:

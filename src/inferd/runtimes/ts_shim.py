@@ -28,9 +28,9 @@ def install_torchserve_shim() -> None:
             return
         except ImportError:
             pass
-    from inferd.runtimes import builtin_handlers, ts_metrics, ts_text
+    from inferd.runtimes import builtin_handlers, ts_envelopes, ts_metrics, ts_text
 
-    b, m = builtin_handlers, ts_metrics
+    b, e, m = builtin_handlers, ts_envelopes, ts_metrics
     modules: dict[str, dict[str, Any]] = {
         "ts": {}, "ts.torch_handler": {},
         "ts.torch_handler.base_handler": {"BaseHandler": b.BaseHandler},
@@ -39,6 +39,12 @@ def install_torchserve_shim() -> None:
         "ts.torch_handler.object_detector": {"ObjectDetector": b.ObjectDetector},
         "ts.torch_handler.image_segmenter": {"ImageSegmenter": b.ImageSegmenter},
         "ts.torch_handler.text_classifier": {"TextClassifier": ts_text.TextClassifier},
+        "ts.torch_handler.request_envelope": {},
+        "ts.torch_handler.request_envelope.base": {"BaseEnvelope": e.Envelope},
+        "ts.torch_handler.request_envelope.body": {"BodyEnvelope": e.BodyEnvelope},
+        "ts.torch_handler.request_envelope.json": {"JSONEnvelope": e.JSONEnvelope},
+        "ts.torch_handler.request_envelope.kserve": {"KServeEnvelope": e.KServeEnvelope},
+        "ts.torch_handler.request_envelope.kservev2": {"KServev2Envelope": e.KServeV2Envelope},
         "ts.handler_utils.text_utils": {"ngrams_iterator": ts_text.ngrams,
                                         "get_tokenizer": lambda name="basic_english": ts_text.basic_english},
         "ts.context": {"Context": Context, "RequestProcessor": _RequestProcessor},
