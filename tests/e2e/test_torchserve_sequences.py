@@ -124,17 +124,32 @@ def test_the_sequence_travels_in_the_configured_headers(server: dict[str, str]) 
     assert alone["sequence_id"].startswith("ts-seq-") and (alone["start"], alone["sum"]) == ("true", 5)
 
 
-def test_a_workflows_stateful_node_reads_the_sequence_from_the_configured_headers(server: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def summing(server: dict[str, str]) -> str:
+    """The ``summing`` workflow (its one node the stateful ``sequences``), registered: its URL."""
+    registered = requests.post(f"{server['management']}/workflows?url=summing.war", timeout=180)
+    assert registered.status_code == 200, registered.text
+    return f"{server['inference']}/wfpredict/summing"
+
+
+def test_a_workflows_stateful_node_reads_the_sequence_from_the_configured_headers(summing: str) -> None:
     """``/wfpredict`` hands each node the request's headers, whose ``x-seq-id`` (config.properties'
     name) is the node's sequence, as TorchServe's RequestInput.getSequenceId reads it for a workflow's
     jobs: the stateful node keeps the sequence's running sum."""
-    registered = requests.post(f"{server['management']}/workflows?url=summing.war", timeout=180)
-    assert registered.status_code == 200, registered.text
-    url = f"{server['inference']}/wfpredict/summing"
+    url = summing
     answers = [_post(url, str(value), **{"x-seq-id": "wf"}) for value in (1, 2)]
     answers.append(_post(url, "3", **{"x-seq-id": "wf", "x-seq-end": "true"}))
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     assert [(a.json()["sequence_id"], a.json()["sum"]) for a in answers] == [("wf", 1), ("wf", 3), ("wf", 6)]
+
+
+def test_workflow_requests_without_a_sequence_header_share_one_sequence(summing: str) -> None:
+    """TorchServe's RequestInput.getSequenceId is "" for a workflow's job whose request names no
+    sequence, and Model.addJobInGroup puts every such job in the one job group "": they are served
+    (not refused), in turn, as one sequence, and the handler reads no sequence id (None)."""
+    answers = [_post(summing, str(value)) for value in (1, 2, 3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [(a.json()["sequence_id"], a.json()["sum"]) for a in answers] == [(None, 1), (None, 3), (None, 6)]
 
 
 def _sequence_settings(described: dict[str, object]) -> tuple[object, ...]:

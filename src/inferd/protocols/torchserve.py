@@ -57,6 +57,19 @@ def new_sequence(keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> dict[str, 
     return {keys.id: f"ts-seq-{uuid.uuid4()}", keys.start: "true"}
 
 
+# the sequence of a workflow's requests to a stateful node that name none: TorchServe's job group ""
+# (RequestInput.getSequenceId). inferd's sequences need a non-empty id; no HTTP header carries a NUL.
+WORKFLOW_SHARED_SEQUENCE = "\x00workflow"
+
+
+def in_shared_workflow_sequence(request: InferRequest) -> None:
+    """A workflow node's request that names no sequence joins the one shared sequence (TorchServe's
+    group ""), which a stateful model's sequence batcher opens on its first request."""
+    if not request.parameters.get("sequence_id"):
+        request.parameters = {**request.parameters, "sequence_id": WORKFLOW_SHARED_SEQUENCE,
+                              "sequence_start": False, "sequence_end": False}
+
+
 def named_sequence(headers: dict[str, str], keys: SequenceHeaders = DEFAULT_SEQUENCE_HEADERS) -> str:
     """The sequence id the headers name ("" for none); header names compare without case."""
     return next((value for name, value in headers.items() if name.lower() == keys.id.lower()), "")

@@ -87,10 +87,10 @@ class Context:
         for idx in range(len(self._headers)):
             self.set_response_status(code, phrase, idx)
 
-    def get_sequence_id(self, idx: int) -> str:
+    def get_sequence_id(self, idx: int) -> str | None:
         """The sequence request ``idx`` belongs to: its ``ts_request_sequence_id`` header (sent over
-        HTTP, or set by StreamPredictions2), else its request id."""
-        return self.get_request_header(idx, self.header_key_sequence_id) or self.request_ids.get(idx, "")
+        HTTP, or set by StreamPredictions2); None without one, as in TorchServe."""
+        return self.get_request_header(idx, self.header_key_sequence_id)
 
     @property
     def request_processor(self) -> list[Any]:

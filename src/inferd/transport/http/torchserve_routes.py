@@ -358,7 +358,8 @@ class TorchServeRoutes:
     async def _node(self, model: str, given: NodeInput, headers: dict[str, str], credentials: str | None) -> bytes:
         """One node's call: the handler sees the request (start node), ``{"body": ...}`` (one
         predecessor) or a field per predecessor, and the workflow request's headers, whose sequence
-        headers are config.properties' names, as on ``/predictions``."""
+        headers are config.properties' names, as on ``/predictions``; a stateful node's request that
+        names no sequence joins the workflow's shared one, as TorchServe's job group ""."""
         if isinstance(given, Original):
             infer_request = torchserve.decode_prediction(given.body, given.content_type, model, None, given.headers,
                                                          self.keys)
@@ -368,6 +369,8 @@ class TorchServeRoutes:
         else:
             infer_request = torchserve.decode_form_prediction(given, model, None, headers, self.keys)
         infer_request.credentials = credentials
+        if self.data.model_metadata(model, None, credentials).stateful:
+            torchserve.in_shared_workflow_sequence(infer_request)
         response = await self.data.infer(infer_request)
         status = torchserve.prediction_status(response)
         body = torchserve.encode_prediction(response)[0]
