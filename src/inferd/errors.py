@@ -15,6 +15,8 @@
     │   └── AlreadyRegistered a name Triton's protocol says exists already: 400 over HTTP, as
     │                         Triton's HTTP server answers ALREADY_EXISTS                 (ALREADY_EXISTS)
     ├── Unimplemented         a method or datatype the protocol leaves unimplemented     (UNIMPLEMENTED)
+    ├── UnknownError          a model's own error of Triton's code UNKNOWN: HTTP 400     (UNKNOWN)
+    ├── Cancelled             a model's own error of Triton's code CANCELLED: HTTP 400   (CANCELLED)
     ├── FailedPrecondition    a change the server's present state does not allow        (FAILED_PRECONDITION)
     ├── ModelError            the model raised while running a request                  (MODEL_FAILED)
     │   └── InstanceLost      its instance process died while running it
@@ -44,6 +46,8 @@ class ErrorCode(enum.Enum):
     MODEL_FAILED = "model_failed"
     INVALID_CONFIG = "invalid_config"
     INTERNAL = "internal"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
 
 
 class InferdError(Exception):
@@ -113,6 +117,20 @@ class Unimplemented(InferdError):
     code = ErrorCode.UNIMPLEMENTED
 
 
+class UnknownError(InferdError):
+    """A Triton Python model's error response of code UNKNOWN: HTTP 400 and gRPC UNKNOWN, as
+    Triton's servers map TRITONSERVER_ERROR_UNKNOWN."""
+
+    code = ErrorCode.UNKNOWN
+
+
+class Cancelled(InferdError):
+    """A Triton Python model's error response of code CANCELLED: HTTP 400 and gRPC CANCELLED, as
+    Triton's servers map TRITONSERVER_ERROR_CANCELLED."""
+
+    code = ErrorCode.CANCELLED
+
+
 class FailedPrecondition(InferdError):
     """A well-formed change that what is served now does not allow (TF Serving: a label for a
     version that is not available)."""
@@ -138,7 +156,7 @@ _BY_CODE: dict[ErrorCode, type[InferdError]] = {
     ErrorCode.UNAUTHENTICATED: Unauthenticated, ErrorCode.FORBIDDEN: Forbidden, ErrorCode.CONFLICT: AlreadyExists,
     ErrorCode.ALREADY_EXISTS: AlreadyRegistered, ErrorCode.UNIMPLEMENTED: Unimplemented,
     ErrorCode.FAILED_PRECONDITION: FailedPrecondition, ErrorCode.MODEL_FAILED: ModelError,
-    ErrorCode.INVALID_CONFIG: ConfigError,
+    ErrorCode.INVALID_CONFIG: ConfigError, ErrorCode.UNKNOWN: UnknownError, ErrorCode.CANCELLED: Cancelled,
 }
 
 

@@ -62,7 +62,9 @@ MODELS = {
     "coded_errors": """
     def execute(self, requests):
         codes = {1: pb_utils.TritonError.INVALID_ARG, 2: pb_utils.TritonError.NOT_FOUND,
-                 3: pb_utils.TritonError.UNAVAILABLE, 4: pb_utils.TritonError.UNSUPPORTED}
+                 3: pb_utils.TritonError.UNAVAILABLE, 4: pb_utils.TritonError.UNSUPPORTED,
+                 5: pb_utils.TritonError.UNKNOWN, 6: pb_utils.TritonError.ALREADY_EXISTS,
+                 8: pb_utils.TritonError.CANCELLED}
         answers = []
         for request in requests:
             which = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
@@ -70,6 +72,17 @@ MODELS = {
                      else pb_utils.TritonError(f"uncoded {which}"))
             answers.append(pb_utils.InferenceResponse(error=error))
         return answers
+""",
+    # Triton's initialize() arguments: the instance is named <model>_<group>_<index>
+    "named_instance": """
+    def initialize(self, args):
+        self.args = args
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(tripled(request).output_tensors(),
+                                           parameters={key: self.args[key] for key in
+                                                       ("model_instance_name", "model_instance_kind")})
+                for request in requests]
 """,
     "returns_dicts": """
     def execute(self, requests):
@@ -310,13 +323,38 @@ def test_custom_metrics_count_for_the_model(server: RunningServer) -> None:
     assert [_call(server, "counted", [0, 0])[0] for _ in range(3)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (4, "501"), (7, "500")])
+@pytest.mark.parametrize(("value", "status"), [(1, "400"), (2, "404"), (3, "503"), (4, "501"), (5, "400"),
+                                               (6, "400"), (8, "400"), (7, "500")])
 def test_an_error_responses_code_is_its_http_status(server: RunningServer, value: int, status: str) -> None:
-    """As Triton's HTTPCodeFromError (UNSUPPORTED: 501 Not Implemented)."""
+    """As Triton's HTTPCodeFromError (UNSUPPORTED: 501 Not Implemented; UNKNOWN, ALREADY_EXISTS
+    and CANCELLED: 400)."""
     with pytest.raises(InferenceServerException) as raised:
         _call(server, "coded_errors", [value, 0])
     message = "uncoded 7" if value == 7 else f"coded {value}"  # no code: INTERNAL, as Triton's default
     assert raised.value.status() == status and message in str(raised.value)
+
+
+@pytest.mark.parametrize(("value", "code"), [(1, "INVALID_ARGUMENT"), (2, "NOT_FOUND"), (3, "UNAVAILABLE"),
+                                             (4, "UNIMPLEMENTED"), (5, "UNKNOWN"), (6, "ALREADY_EXISTS"),
+                                             (8, "CANCELLED"), (7, "INTERNAL")])
+def test_an_error_responses_code_is_its_grpc_status(server: RunningServer, value: int, code: str) -> None:
+    """As Triton's gRPC server maps each code (L0_backend_python lifecycle's test_error_code): the
+    message is the model's own."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensor = grpcclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([value, 0], np.float32))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("coded_errors", [tensor])
+    message = "uncoded 7" if value == 7 else f"coded {value}"
+    assert str(raised.value) == f"[StatusCode.{code}] {message}"
+
+
+def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+    parameters = _response_parameters(client.infer("named_instance", [tensor]), "http")
+    assert parameters == {"model_instance_name": "named_instance_0_0", "model_instance_kind": "CPU"}
 
 
 def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer) -> None:

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -139,7 +139,8 @@ class InstanceProcess:
         self._conn = Channel(ours)
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
-        self._conn.send(("load", self.spec.backend, self.spec.context, self.spec.memory_limit_mb))
+        context = replace(self.spec.context, instance=self.index)
+        self._conn.send(("load", self.spec.backend, context, self.spec.memory_limit_mb))
         try:
             reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
         except InstanceDied as exc:

@@ -217,6 +217,7 @@ class LoadContext:
     config: ModelConfig
     device: str = "cpu"  # "cpu" or "cuda:N"
     extra: dict[str, object] = field(default_factory=dict)
+    instance: int = 0  # which of the model's process instances loads it (0 in process)
 
 
 def specs_from_config(tensors: tuple[TensorConfig, ...], max_batch_size: int) -> tuple[TensorSpec, ...]:

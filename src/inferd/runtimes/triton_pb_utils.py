@@ -23,12 +23,14 @@ import numpy as np
 
 from inferd.errors import (
     AlreadyExists,
+    Cancelled,
     DeadlineExceeded,
     InferdError,
     InvalidInput,
     NotFound,
     Unavailable,
     Unimplemented,
+    UnknownError,
 )
 from inferd.runtimes import model_calls
 from inferd.types import (
@@ -509,7 +511,8 @@ def _code_of(error: InferdError) -> int:
     request past its timeout is UNAVAILABLE in Triton: "Request timeout expired")."""
     for kind, code in ((InvalidInput, TritonError.INVALID_ARG), (NotFound, TritonError.NOT_FOUND),
                        (Unavailable, TritonError.UNAVAILABLE), (DeadlineExceeded, TritonError.UNAVAILABLE),
-                       (AlreadyExists, TritonError.ALREADY_EXISTS), (Unimplemented, TritonError.UNSUPPORTED)):
+                       (AlreadyExists, TritonError.ALREADY_EXISTS), (Unimplemented, TritonError.UNSUPPORTED),
+                       (UnknownError, TritonError.UNKNOWN), (Cancelled, TritonError.CANCELLED)):
         if isinstance(error, kind):
             return code
     return TritonError.INTERNAL

@@ -29,6 +29,8 @@ import numpy as np
 
 from inferd.config import ServedConfig
 from inferd.errors import (
+    AlreadyRegistered,
+    Cancelled,
     ConfigError,
     InferdError,
     InvalidInput,
@@ -36,6 +38,7 @@ from inferd.errors import (
     NotFound,
     Unavailable,
     Unimplemented,
+    UnknownError,
     describe,
 )
 from inferd.modelconfig import model_config_json
@@ -58,10 +61,11 @@ from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, PARAMETERS_OUTPUT, TensorSp
 _log = logging.getLogger("inferd.python_backend")
 _SENT_AHEAD = 16  # a decoupled request's responses its reader has not taken yet; then send() waits
 
-# a response's TritonError code as the client sees it: Triton's HTTP table (INTERNAL, UNSUPPORTED: 500)
+# a response's TritonError code as the client sees it: Triton's HTTP and gRPC tables (UNKNOWN,
+# INVALID_ARG, ALREADY_EXISTS, CANCELLED: 400 with their own gRPC codes; INTERNAL: 500)
 _ERRORS: dict[int, type[InferdError]] = {
-    pb_utils.TritonError.UNKNOWN: InvalidInput, pb_utils.TritonError.INVALID_ARG: InvalidInput,
-    pb_utils.TritonError.ALREADY_EXISTS: InvalidInput, pb_utils.TritonError.CANCELLED: InvalidInput,
+    pb_utils.TritonError.UNKNOWN: UnknownError, pb_utils.TritonError.INVALID_ARG: InvalidInput,
+    pb_utils.TritonError.ALREADY_EXISTS: AlreadyRegistered, pb_utils.TritonError.CANCELLED: Cancelled,
     pb_utils.TritonError.NOT_FOUND: NotFound, pb_utils.TritonError.UNAVAILABLE: Unavailable,
     pb_utils.TritonError.UNSUPPORTED: Unimplemented,  # Triton's 501 / UNIMPLEMENTED
 }
@@ -159,8 +163,7 @@ class TritonPythonRuntime(Runtime):
                                f"got {type(response).__name__}")
         error = response.error()
         if error is not None:
-            kind = _ERRORS.get(error.code())
-            raise kind(error.message()) if kind is not None else RuntimeError(error.message())
+            raise _ERRORS.get(error.code(), ModelError)(error.message())  # the model's words, as Triton's
         asked = set(wanted)
         outputs = conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
                                   tuple(spec for spec in self.outputs if spec.name in asked), self._name)
@@ -331,7 +334,7 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     args = {
         "model_config": json.dumps(model_config_json(served)),
         "model_instance_kind": "GPU" if context.device.startswith("cuda") else "CPU",
-        "model_instance_name": f"{context.name}_0",
+        "model_instance_name": f"{context.name}_0_{context.instance}",  # Triton's <group>_<index>
         "model_instance_device_id": context.device.partition(":")[2] or "0",
         "model_repository": str(context.artifact.parent.parent),
         "model_version": context.version,

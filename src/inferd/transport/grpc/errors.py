@@ -21,6 +21,8 @@ GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.MODEL_FAILED: grpc.StatusCode.INTERNAL,
     ErrorCode.INVALID_CONFIG: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.UNKNOWN: grpc.StatusCode.UNKNOWN,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
 }
 
 

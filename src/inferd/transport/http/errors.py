@@ -19,6 +19,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_FAILED: 500,
     ErrorCode.INVALID_CONFIG: 400,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNKNOWN: 400,
+    ErrorCode.CANCELLED: 400,
 }
 
 
