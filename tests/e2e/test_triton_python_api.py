@@ -84,6 +84,20 @@ MODELS = {
                                                        ("model_instance_name", "model_instance_kind")})
                 for request in requests]
 """,
+    # imports a file beside it (Triton's stub puts the version's folder on sys.path), also when
+    # its auto_complete_config runs
+    "imports_beside": """
+    @staticmethod
+    def auto_complete_config(config):
+        import beside_helper
+        return config
+
+    def execute(self, requests):
+        from beside_helper import times
+
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", times(
+            pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()))]) for request in requests]
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -217,6 +231,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             "response_cache { enable: true }" if name.startswith("cached") else ""
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
+    models.write(root / "imports_beside/1/beside_helper.py", "def times(values):\n    return values * 5\n")
     with serve(root, "--cache-size", "1MiB", grpc=True) as running:
         yield running
 
@@ -347,6 +362,10 @@ def test_an_error_responses_code_is_its_grpc_status(server: RunningServer, value
         client.infer("coded_errors", [tensor])
     message = "uncoded 7" if value == 7 else f"coded {value}"
     assert str(raised.value) == f"[StatusCode.{code}] {message}"
+
+
+def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "imports_beside", [1, 2]), [5, 10])
 
 
 def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> None:

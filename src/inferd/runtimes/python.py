@@ -17,6 +17,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from inferd.errors import ConfigError, ModelError
@@ -68,8 +69,17 @@ class PythonRuntime(Runtime):
             self._model.unload()
 
 
+def _importable_beside(artifact: Path) -> None:
+    """A model.py imports the files beside it, as Triton's stub puts the version's folder and the
+    model's folder on sys.path (appended, so they never shadow installed packages)."""
+    for folder in (str(artifact.parent), str(artifact.parent.parent)):
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def load(context: LoadContext) -> Runtime:
     module_name = f"inferd_user_models.{context.name}.v{context.version}"
+    _importable_beside(context.artifact)
     spec = importlib.util.spec_from_file_location(module_name, context.artifact)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {context.artifact}")

@@ -376,6 +376,7 @@ def auto_complete(model_py: Path, config_json: dict[str, Any], timeout: float = 
 def _complete_here(model_py: str) -> None:
     """The child's side of ``auto_complete``: the completed configuration (or null) as JSON, last line."""
     pb_utils.install_triton_shim()
+    sys.path += [str(Path(model_py).parent), str(Path(model_py).parent.parent)]  # its files beside it, as at load
     spec = importlib.util.spec_from_file_location("inferd_auto_complete_model", model_py)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot import {model_py}")
