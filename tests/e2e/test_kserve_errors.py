@@ -35,7 +35,8 @@ GOOD = x_input([1, 8], list(range(8)))
 BAD_BODIES = [
     (b"{not json", "malformed JSON"),
     (b"[1, 2]", "JSON object"),
-    (b'{"inputs": []}', "non-empty 'inputs'"),
+    (b'{"inputs": {}}', "needs an 'inputs' list"),
+    (b'{"inputs": []}', "missing input 'x'"),
     (b'{"inputs": [{"name": "x"}]}', "datatype"),
     (x_input([1, 8], list(range(7))), "shape [1, 8] needs 8 elements, data has 7"),
     (x_input([1, 9], list(range(9))), "expected shape [-1, 8] (-1 = any size), got [1, 9]"),

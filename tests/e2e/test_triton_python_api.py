@@ -221,6 +221,18 @@ output [ { name: "FACTS" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "OTHER" dat
 """
 
 
+# a model without inputs (Triton's QA models for BLS and custom metrics are such)
+TAKES_NOTHING = """
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([len(request.inputs())], np.float32))])
+                for request in requests]
+"""
+TAKES_NOTHING_CONFIG = """
+backend: "python"
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root: Path = tmp_path_factory.mktemp("pb_utils_repo")
@@ -232,6 +244,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
     models.write(root / "imports_beside/1/beside_helper.py", "def times(values):\n    return values * 5\n")
+    models.write(root / "takes_nothing/1/model.py", HEAD + TAKES_NOTHING)
+    models.write(root / "takes_nothing/config.pbtxt", TAKES_NOTHING_CONFIG)
     with serve(root, "--cache-size", "1MiB", grpc=True) as running:
         yield running
 
@@ -362,6 +376,12 @@ def test_an_error_responses_code_is_its_grpc_status(server: RunningServer, value
         client.infer("coded_errors", [tensor])
     message = "uncoded 7" if value == 7 else f"coded {value}"
     assert str(raised.value) == f"[StatusCode.{code}] {message}"
+
+
+@pytest.mark.parametrize("lib", [httpclient, grpcclient])
+def test_a_model_may_take_no_inputs(server: RunningServer, lib: Any) -> None:
+    client = lib.InferenceServerClient(server.grpc_url if lib is grpcclient else server.url)
+    np.testing.assert_array_equal(client.infer("takes_nothing", []).as_numpy("OUT"), [0])
 
 
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:

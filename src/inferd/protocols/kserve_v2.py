@@ -58,8 +58,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
 
 
 def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
-    if not isinstance(items, list) or not items:
-        raise InvalidInput("the inference request needs a non-empty 'inputs' list")
+    if not isinstance(items, list):  # empty for a model without inputs, as Triton takes it
+        raise InvalidInput("the inference request needs an 'inputs' list")
     if len(items) > MAX_INPUTS:
         raise InvalidInput(f"the inference request has {len(items)} inputs, more than the limit of {MAX_INPUTS}")
     result, offset = [], 0

@@ -226,10 +226,12 @@ def specs_from_config(tensors: tuple[TensorConfig, ...], max_batch_size: int) ->
     return tuple(TensorSpec(t.name, t.datatype, prefix + t.shape) for t in tensors)
 
 
-def require_specs(context: LoadContext, what: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Inputs and outputs from config.toml, for formats that cannot describe themselves."""
+def require_specs(context: LoadContext, what: str,
+                  inputless: bool = False) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs and outputs from config.toml, for formats that cannot describe themselves.
+    ``inputless``: the model may take no input at all (a Triton Python model may)."""
     config = context.config
-    if not config.inputs or not config.outputs:
+    if (not config.inputs and not inputless) or not config.outputs:
         missing = "[[input]]" if not config.inputs else "[[output]]"
         raise ConfigError(
             f"model '{context.name}': a {what} does not describe its tensors; config.toml must "

@@ -328,7 +328,7 @@ def _collecting(sent: list[pb_utils.InferenceResponse]) -> pb_utils.InferenceRes
 
 def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     """Build the model and call ``initialize`` with the arguments Triton passes (strings)."""
-    inputs, outputs = require_specs(context, "Triton Python model (model.py)")
+    inputs, outputs = require_specs(context, "Triton Python model (model.py)", inputless=True)  # as Triton's
     config = context.config
     served = ServedConfig(name=context.name, platform="", backend="python", config=config)
     args = {
