@@ -98,6 +98,24 @@ MODELS = {
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", times(
             pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()))]) for request in requests]
 """,
+    # runs unittest.main, which parses sys.argv (Triton's QA models run their checks so): the
+    # instance's argv holds nothing of the server's
+    "runs_unittest": """
+    def execute(self, requests):
+        import sys
+        import unittest
+
+        class Passes(unittest.TestCase):
+            def test_passes(self):
+                pass
+
+        sys.modules["passes_module"] = type(sys)("passes_module")
+        sys.modules["passes_module"].Passes = Passes
+        result = unittest.main("passes_module", exit=False).result
+        ok = float(result.wasSuccessful() and result.testsRun == 1)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([ok, len(sys.argv)], np.float32))])
+                for request in requests]
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -382,6 +400,10 @@ def test_an_error_responses_code_is_its_grpc_status(server: RunningServer, value
 def test_a_model_may_take_no_inputs(server: RunningServer, lib: Any) -> None:
     client = lib.InferenceServerClient(server.grpc_url if lib is grpcclient else server.url)
     np.testing.assert_array_equal(client.infer("takes_nothing", []).as_numpy("OUT"), [0])
+
+
+def test_a_model_may_run_unittest_main(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call(server, "runs_unittest", [0, 0]), [1, 1])
 
 
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:

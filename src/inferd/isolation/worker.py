@@ -290,4 +290,6 @@ def _cap_address_space(memory_limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    sockets = int(sys.argv[1]), int(sys.argv[2])
+    del sys.argv[1:]  # the model's own: argv parsers it calls (unittest.main) must not meet our sockets
+    main(*sockets)
