@@ -82,6 +82,8 @@ def test_strict_readiness_and_exit_on_error(repo: Path) -> None:
     with serve(repo, "--strict-readiness") as strict:
         assert requests.get(f"{strict.base}/v2/health/ready", timeout=10).status_code != 200
         assert requests.get(f"{strict.base}/v2/health/live", timeout=10).status_code == 200
+    with serve(repo, "--strict-readiness=false", "--exit-on-error", "false") as spelled:  # Triton's spelling
+        assert requests.get(f"{spelled.base}/v2/health/ready", timeout=10).status_code == 200
     done = subprocess.run([sys.executable, "-m", "inferd", "serve", str(repo), "--http-port", str(free_port()),
                            "--grpc-port", "0", "--exit-on-error"], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
