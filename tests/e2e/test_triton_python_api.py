@@ -116,6 +116,12 @@ MODELS = {
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([ok, len(sys.argv)], np.float32))])
                 for request in requests]
 """,
+    # answers OUT of a shape other than its dims, as Triton's QA custom_metrics model does
+    "other_shape": """
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones((1, 3), np.float32))])
+                for request in requests]
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -400,6 +406,15 @@ def test_an_error_responses_code_is_its_grpc_status(server: RunningServer, value
 def test_a_model_may_take_no_inputs(server: RunningServer, lib: Any) -> None:
     client = lib.InferenceServerClient(server.grpc_url if lib is grpcclient else server.url)
     np.testing.assert_array_equal(client.infer("takes_nothing", []).as_numpy("OUT"), [0])
+
+
+@pytest.mark.parametrize("lib", [httpclient, grpcclient])
+def test_an_output_of_another_shape_than_its_dims_reaches_the_client(server: RunningServer, lib: Any) -> None:
+    """Triton's core passes a Python model's outputs on as they are (no check against dims)."""
+    client = lib.InferenceServerClient(server.grpc_url if lib is grpcclient else server.url)
+    tensor = lib.InferInput("IN", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], np.float32))
+    np.testing.assert_array_equal(client.infer("other_shape", [tensor]).as_numpy("OUT"), np.ones((1, 3)))
 
 
 def test_a_model_may_run_unittest_main(server: RunningServer) -> None:

@@ -298,8 +298,9 @@ def refuse_torch_options(config: ModelConfig, name: str, framework: str) -> None
                               f"only decode; {framework} models take the decoded tensor")
 
 
-def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> Arrays:
-    """Give each declared output its declared dtype; a missing output is the model's fault."""
+def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str, check_shapes: bool = True) -> Arrays:
+    """Give each declared output its declared dtype; a missing output is the model's fault.
+    ``check_shapes`` false: any shape goes (Triton does not hold a Python model's outputs to its dims)."""
     result: Arrays = {}
     for spec in specs:
         if spec.name not in raw:
@@ -308,7 +309,7 @@ def conform_outputs(raw: Arrays, specs: tuple[TensorSpec, ...], model: str) -> A
         value = raw[spec.name]
         if type(value) is not np.ndarray:
             value = np.asarray(value)
-        if spec.rank_known and not _shape_fits(value.shape, spec.shape):
+        if check_shapes and spec.rank_known and not _shape_fits(value.shape, spec.shape):
             raise ModelError(f"model '{model}' returned output '{spec.name}' of shape {list(value.shape)}, "
                              f"but it declares shape {list(spec.shape)}")
         if spec.datatype == "BYTES":

@@ -166,7 +166,8 @@ class TritonPythonRuntime(Runtime):
             raise _ERRORS.get(error.code(), ModelError)(error.message())  # the model's words, as Triton's
         asked = set(wanted)
         outputs = conform_outputs({t.name(): t.as_numpy() for t in response.output_tensors()},
-                                  tuple(spec for spec in self.outputs if spec.name in asked), self._name)
+                                  tuple(spec for spec in self.outputs if spec.name in asked), self._name,
+                                  check_shapes=False)  # Triton's core passes a backend's output shapes on
         parameters = response.parameters()
         if parameters != "{}":  # the response's own parameters go to the client with it, as Triton's
             outputs[PARAMETERS_OUTPUT] = np.array([parameters.encode()], dtype=object)
