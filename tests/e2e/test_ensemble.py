@@ -219,7 +219,7 @@ def test_a_failing_step_says_which(server: RunningServer) -> None:
     # Triton's reasons: the step's model raised (BACKEND); the ensemble's own failure is OTHER
     after = _failures(server)
     for model, reason in (("preprocess", "BACKEND"), ("image_pipeline", "OTHER"), ("image_pipeline", "BACKEND")):
-        key = f'nv_inference_request_failure{{model="{model}",version="1",reason="{reason}"}}'
+        key = f'nv_inference_request_failure{{model="{model}",reason="{reason}",version="1"}}'
         assert int(after[key]) - int(before[key]) == (0 if (model, reason) == ("image_pipeline", "BACKEND") else 1)
 
 

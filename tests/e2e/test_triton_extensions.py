@@ -136,7 +136,7 @@ def test_statistics_count_requests_executions_and_batches(server: RunningServer,
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference"))
     labels = '{model="mlp",version="1"}'
     assert int(lines[f"nv_inference_request_success{labels}"]) == inference["success"]["count"]
-    assert int(lines['nv_inference_request_failure{model="mlp",version="1",reason="OTHER"}']) == \
+    assert int(lines['nv_inference_request_failure{model="mlp",reason="OTHER",version="1"}']) == \
         inference["fail"]["count"]
     assert int(lines[f"nv_inference_exec_count{labels}"]) == now["execution_count"]
     assert int(lines[f"nv_inference_count{labels}"]) == now["inference_count"]  # no cache here

@@ -94,9 +94,9 @@ def _family(lines: list[str], family: tuple[str, str, str], kind: str, rows: lis
     lines.append(f"# TYPE {name} {kind}")
     for row in rows:
         labels: tuple[tuple[str, str], ...] = (("model", row.model), ("version", row.version))
-        if field == "failure":
+        if field == "failure":  # labels in name order, as prometheus-cpp writes Triton's (a std::map)
             counted = dict(row.failures)
-            lines.extend(f"{name}{label_set((*labels, ('reason', reason)))} {counted.get(reason, 0)}"
+            lines.extend(f"{name}{label_set((labels[0], ('reason', reason), labels[1]))} {counted.get(reason, 0)}"
                          for reason in FAILURE_REASONS)
             continue
         value = getattr(row, field)
