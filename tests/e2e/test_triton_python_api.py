@@ -122,6 +122,10 @@ MODELS = {
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones((1, 3), np.float32))])
                 for request in requests]
 """,
+    "raises": """
+    def execute(self, requests):
+        return undefined_name
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -431,6 +435,14 @@ def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> 
     tensor.set_data_from_numpy(np.array([1, 2], np.float32))
     parameters = _response_parameters(client.infer("named_instance", [tensor]), "http")
     assert parameters == {"model_instance_name": "named_instance_0_0", "model_instance_kind": "CPU"}
+
+
+def test_a_model_raising_is_a_500_in_tritons_words(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        _call(server, "raises", [1, 2])
+    assert raised.value.status() == "500"
+    assert raised.value.message() == ("Failed to process the request(s) for model 'raises', message: "
+                                      "NameError: name 'undefined_name' is not defined")
 
 
 def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer) -> None:

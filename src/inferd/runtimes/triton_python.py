@@ -116,7 +116,13 @@ class TritonPythonRuntime(Runtime):
                                              flags=flags))
             wanted.append(facts.wanted)
             sent.append(mine)
-        responses = self._execute(requests)
+        try:
+            responses = self._execute(requests)
+        except InferdError:
+            raise
+        except Exception as exc:  # in the words of Triton's stub (pb_stub.cc), the exception after them
+            raise ModelError(f"Failed to process the request(s) for model '{self._name}', "
+                             f"message: {describe(exc)}") from exc
         if responses is None and any(sent):
             responses = [None] * len(requests)
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
