@@ -251,6 +251,7 @@ class TensorConfig:
     image: ImageInput | None = None  # an input of encoded images the runtime decodes (torch models)
     reshape: tuple[int, ...] | None = None  # Triton's reshape: the model's own shape (batch dim aside)
     ragged: bool = False  # Triton's allow_ragged_batch: requests of any shape batch, the model gets them flat, joined
+    optional: bool = False  # Triton's optional input: a request may leave it out
 
 
 # Triton's BatchInput kinds (model_config.proto): what the batcher computes from a batch's requests
@@ -1237,6 +1238,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
         datatype = table.take("datatype", str)
         shape = table.take("shape", list)
         label_filename = table.take("label_filename", str, "")
+        optional = table.take("optional", bool, False) if where.endswith(": input") else False
         image = _image(table.take("image", dict), f"{where} #{index}: [image]")
         table.finish()
         if not name:
@@ -1250,7 +1252,7 @@ def _tensors(items: list[Any], where: str) -> tuple[TensorConfig, ...]:
             raise table.fail("image", "is for inputs of datatype \"BYTES\" and shape [1] (one encoded image "
                                       f"a row), got {datatype} {shape}")
         tensors.append(TensorConfig(name=name, datatype=datatype, shape=tuple(shape), label_filename=label_filename,
-                                    image=image))
+                                    image=image, optional=optional))
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: names must be unique, got {names}")

@@ -39,7 +39,7 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
                                f"got {tensor.datatype}")
         _check_shape(tensor.name, tensor.data, spec, runtime)
         given[tensor.name] = tensor.data
-    missing = [name for name in specs if name not in given]
+    missing = [name for name, spec in specs.items() if name not in given and not spec.optional]
     if missing:
         raise InvalidInput(f"missing input '{missing[0]}' for model '{request.model_name}'; "
                            f"it takes {_expected(runtime.inputs)}")

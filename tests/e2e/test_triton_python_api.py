@@ -261,6 +261,27 @@ output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
 """
 
 
+# Triton's optional inputs: a request may leave A or B out (the model sees None); C it must send
+OPTIONAL_INPUTS = """
+    def execute(self, requests):
+        answers = []
+        for request in requests:
+            a, b, c = (pb_utils.get_input_tensor_by_name(request, name) for name in ("A", "B", "C"))
+            value = (a.as_numpy() if a is not None else 100) + (b.as_numpy() if b is not None else 10) + c.as_numpy()
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value.astype(np.float32))]))
+        return answers
+"""
+OPTIONAL_INPUTS_CONFIG = """
+backend: "python"
+max_batch_size: 4
+dynamic_batching { }
+input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] optional: true },
+        { name: "B" data_type: TYPE_FP32 dims: [ 1 ] optional: true },
+        { name: "C" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root: Path = tmp_path_factory.mktemp("pb_utils_repo")
@@ -272,6 +293,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
     models.write(root / "imports_beside/1/beside_helper.py", "def times(values):\n    return values * 5\n")
+    models.write(root / "optional_inputs/1/model.py", HEAD + OPTIONAL_INPUTS)
+    models.write(root / "optional_inputs/config.pbtxt", OPTIONAL_INPUTS_CONFIG)
     models.write(root / "takes_nothing/1/model.py", HEAD + TAKES_NOTHING)
     models.write(root / "takes_nothing/config.pbtxt", TAKES_NOTHING_CONFIG)
     with serve(root, "--cache-size", "1MiB", grpc=True) as running:
@@ -423,6 +446,28 @@ def test_an_output_of_another_shape_than_its_dims_reaches_the_client(server: Run
 
 def test_a_model_may_run_unittest_main(server: RunningServer) -> None:
     np.testing.assert_array_equal(_call(server, "runs_unittest", [0, 0]), [1, 1])
+
+
+@pytest.mark.parametrize(("sent", "expected"), [("ABC", 7), ("AC", 15), ("BC", 106), ("C", 114)])
+def test_an_optional_input_may_be_left_out(server: RunningServer, sent: str, expected: float) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    values = {"A": 1, "B": 2, "C": 4}
+    tensors = []
+    for name in sent:
+        tensors.append(httpclient.InferInput(name, [1, 1], "FP32"))
+        tensors[-1].set_data_from_numpy(np.array([[values[name]]], np.float32))
+    np.testing.assert_array_equal(client.infer("optional_inputs", tensors).as_numpy("OUT"), [[expected]])
+
+
+def test_a_required_input_is_still_required_and_the_config_says_which_are_optional(server: RunningServer) -> None:
+    client = httpclient.InferenceServerClient(server.url)
+    tensor = httpclient.InferInput("A", [1, 1], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 1), np.float32))
+    with pytest.raises(InferenceServerException, match="missing input 'C'") as raised:
+        client.infer("optional_inputs", [tensor])
+    assert raised.value.status() == "400"
+    inputs = client.get_model_config("optional_inputs")["input"]
+    assert [(i["name"], i.get("optional", False)) for i in inputs] == [("A", True), ("B", True), ("C", False)]
 
 
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:
