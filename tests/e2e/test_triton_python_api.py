@@ -126,6 +126,17 @@ MODELS = {
     def execute(self, requests):
         return undefined_name
 """,
+    # not decoupled: the final flag alone first, or a second response (Triton's response_sender.cc refuses both)
+    "sender_misused": """
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            if pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0] == 1:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(tripled(request))
+            sender.send(tripled(request))
+        return None
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -490,6 +501,16 @@ def test_a_model_raising_is_a_500_in_tritons_words(server: RunningServer) -> Non
                                       "NameError: name 'undefined_name' is not defined")
 
 
+@pytest.mark.parametrize(("value", "says"), [(1, "cannot send complete final before sending a response."),
+                                             (2, "cannot send more than one response.")])
+def test_a_plain_models_response_sender_refuses_in_tritons_words(server: RunningServer, value: int,
+                                                                 says: str) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        _call(server, "sender_misused", [value, 0])
+    assert raised.value.status() == "500"
+    assert f"Unable to send response. Non-decoupled model {says}" in raised.value.message()
+
+
 def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer) -> None:
     says = "must answer with pb_utils.InferenceResponse objects, got dict"
     with pytest.raises(InferenceServerException, match=says) as raised:
@@ -502,7 +523,9 @@ def test_a_decoupled_model_returning_responses_fails_its_stream(server: RunningS
     """It would otherwise leave the stream open forever: nothing is ever sent."""
     [answer] = _stream(server, "decoupled_returns", [1, 1], 1)
     assert isinstance(answer, InferenceServerException)
-    assert "decoupled: execute must return None and answer through request.get_response_sender()" in str(answer)
+    assert ("Python model 'decoupled_returns_0_0' is using the decoupled mode and the execute function must "
+            "return None. (model 'decoupled_returns' is decoupled: answer through request.get_response_sender()"
+            in str(answer))
 
 
 # no config file at all: the model describes itself, as Triton's auto_complete_config lets it
@@ -566,7 +589,7 @@ def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: R
     assert not isinstance(answer, Exception)
     np.testing.assert_array_equal(answer.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
     said = "model 'decoupled_after_final': execute failed after its final response: TritonModelException: " \
-           "the response sender is closed"
+           "Unable to send response. Response sender has been closed."
     deadline = time.monotonic() + 10
     while said not in server.log() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -108,11 +108,11 @@ def test_a_plain_models_response_sender_takes_one_response() -> None:
     sent: list[object] = []
     sender = pb_utils.InferenceResponseSender(lambda response, flags: sent.append((response, flags)), lambda: False,
                                               decoupled=False)
-    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+    with pytest.raises(pb_utils.TritonModelException, match="cannot send complete final before sending a response"):
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)  # a final flag before any response
     response = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones(1))])
     sender.send(response)
-    with pytest.raises(pb_utils.TritonModelException, match="exactly one response"):
+    with pytest.raises(pb_utils.TritonModelException, match="cannot send more than one response"):
         sender.send(response)
     with pytest.raises(pb_utils.TritonModelException, match="takes an InferenceResponse, not dict"):
         pb_utils.InferenceResponseSender(lambda *_: None, lambda: False).send({"OUT": 1})  # type: ignore[arg-type]

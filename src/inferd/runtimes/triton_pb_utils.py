@@ -410,14 +410,18 @@ class InferenceResponseSender:
         if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
             raise TritonModelException("Unable to send response. Unsupported flag provided.")  # Triton's words
         if self._closed:
-            raise TritonModelException("the response sender is closed: the final flag was already sent")
+            raise TritonModelException("Unable to send response. Response sender has been closed. (the final flag "
+                                       "was already sent)")
         if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             raise TritonModelException("send() needs a response or the final flag")
         if response is not None and not isinstance(response, InferenceResponse):
             raise TritonModelException(f"send() takes an InferenceResponse, not {type(response).__name__}")
-        if not self._decoupled and (self.sent if response is not None else not self.sent):
-            raise TritonModelException("a model that is not decoupled sends exactly one response, then the final "
-                                       "flag (model_transaction_policy { decoupled: true } sends more)")
+        if not self._decoupled and response is not None and self.sent:  # Triton's words, then why
+            raise TritonModelException("Unable to send response. Non-decoupled model cannot send more than one "
+                                       "response. (model_transaction_policy { decoupled: true } sends more)")
+        if not self._decoupled and response is None and not self.sent:
+            raise TritonModelException("Unable to send response. Non-decoupled model cannot send complete final "
+                                       "before sending a response.")
         self.sent += response is not None
         if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             self._closed = True

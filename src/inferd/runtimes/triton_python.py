@@ -82,6 +82,7 @@ class TritonPythonRuntime(Runtime):
                  max_batch_size: int, name: str) -> None:
         self._model = model
         self._name = name
+        self.instance_name = f"{name}_0_0"  # Triton's, as initialize(args) was told it
         self.inputs = inputs
         self.outputs = outputs
         self.max_batch_size = max_batch_size
@@ -208,9 +209,10 @@ class TritonPythonRuntime(Runtime):
             try:
                 returned = self._execute([request])
                 if returned is not None:  # an answer nobody would read: the client would wait forever
-                    raise TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                    raise TypeError(f"Python model '{self.instance_name}' is using the decoupled mode and the "
+                                    f"execute function must return None. (model '{self._name}' is decoupled: answer "
                                     f"through request.get_response_sender(), but it returned "
-                                    f"{type(returned).__name__}")
+                                    f"{type(returned).__name__})")
             except BaseException as exc:
                 if sender.closed:  # the stream ended at the final flag: only the log can tell the model's author
                     _log.error("model '%s': execute failed after its final response: %s", self._name, describe(exc),
@@ -261,9 +263,10 @@ class TritonPythonRuntime(Runtime):
             try:
                 returned = self._execute([stream.request for stream in streams])
                 if returned is not None:
-                    raise TypeError(f"model '{self._name}' is decoupled: execute must return None and answer "
+                    raise TypeError(f"Python model '{self.instance_name}' is using the decoupled mode and the "
+                                    f"execute function must return None. (model '{self._name}' is decoupled: answer "
                                     f"through request.get_response_sender(), but it returned "
-                                    f"{type(returned).__name__}")
+                                    f"{type(returned).__name__})")
             except BaseException as exc:
                 failure = RuntimeError(f"TritonPythonModel.execute failed: {type(exc).__name__}: {exc}")
                 told = [stream.end(failure) for stream in streams]
@@ -357,6 +360,7 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
             pb_utils.drop_metrics(made)  # the load failed: what it created goes with it
             raise
     runtime = TritonPythonRuntime(model, inputs, outputs, config.max_batch_size, context.name)
+    runtime.instance_name = args["model_instance_name"]
     runtime.metrics = made
     runtime.decoupled = config.decoupled
     return runtime
