@@ -168,6 +168,25 @@ def test_an_instance_holds_each_series_once_however_many_metric_objects_name_it(
     assert sorted(made) == [("per_request", (("kind", "a"),)), ("per_request", (("kind", "b"),))]
 
 
+def test_metrics_of_the_same_labels_are_one_series_and_a_familys_kind_is_its_own() -> None:
+    """As Triton's (L0_backend_python custom_metrics): a second Metric of the same labels reads
+    what the first counted, and a family name taken by another kind is refused."""
+    made: pb_utils.MadeMetrics = {}
+    family = pb_utils.MetricFamily("dup_series", "first words", pb_utils.MetricFamily.COUNTER)
+    with pb_utils.collecting_metrics(made):
+        first, second = family.Metric(labels={"k": "v"}), family.Metric(labels={"k": "v"})
+        first.increment(7.5)
+        assert second.value() == 7.5
+        assert family.Metric(labels={"k": "other"}).value() == 0
+    with pytest.raises(pb_utils.TritonModelException, match="exists already as a counter, not a gauge"):
+        pb_utils.MetricFamily("dup_series", "first words", pb_utils.MetricFamily.GAUGE)
+    again = pb_utils.MetricFamily("dup_series", "other words", pb_utils.MetricFamily.COUNTER)
+    assert again._description == "first words"
+    del family, again, first, second  # the family goes with its last reference (its metrics' too)
+    made.clear()
+    pb_utils.MetricFamily("dup_series", "gone, so free again", pb_utils.MetricFamily.GAUGE)
+
+
 def test_bytes_tensors_serialize_as_tritons_layout() -> None:
     """Each element's length (4 bytes, little-endian), then its bytes; str elements as UTF-8."""
     values = np.array([b"ab", "\u00e9", b""], dtype=object)

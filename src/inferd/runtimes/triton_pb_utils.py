@@ -16,6 +16,7 @@ import logging
 import re
 import struct
 import sys
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -622,14 +623,17 @@ class _Metric:
     """One labelled series of a :class:`MetricFamily`. Each change goes to the server, which adds up
     the model's instances and shows the series on /metrics; ``value()`` reads this instance's own."""
 
+    _count: list[float]  # shared by this instance's Metric objects of the same family and labels
+
     def __init__(self, family: MetricFamily, labels: tuple[tuple[str, str], ...], buckets: tuple[float, ...]) -> None:
         self._family = family
         self._labels = labels
         self._buckets = buckets
-        self._value = 0.0
-        # the instance holds the series until it unloads: once, however many Metric objects name it
+        # the instance holds the series until it unloads: once, however many Metric objects name it;
+        # they are one series, as Triton's, so each reads what any of them counted
         made, key = _made_here.get(), (family._name, labels)
         held = made is not None and key not in made
+        self._count = made[key]._count if made is not None and not held else [0.0]
         if made is not None and held:
             made[key] = self
         self._publish("hold" if held else "create", 0.0)
@@ -640,23 +644,23 @@ class _Metric:
             raise TritonModelException(f"a counter only goes up; increment({value})")
         if kind == MetricFamily.HISTOGRAM:
             raise TritonModelException("a histogram takes observe(value), not increment")
-        self._value += value
+        self._count[0] += value
         self._publish("increment", value)
 
     def set(self, value: float) -> None:
         if self._family._kind != MetricFamily.GAUGE:
             raise TritonModelException("only a gauge is set")
-        self._value = value
+        self._count[0] = value
         self._publish("set", value)
 
     def observe(self, value: float) -> None:
         if self._family._kind != MetricFamily.HISTOGRAM:
             raise TritonModelException("only a histogram observes")
-        self._value += value  # the sum of what it observed
+        self._count[0] += value  # the sum of what it observed
         self._publish("observe", value)
 
     def value(self) -> float:
-        return self._value
+        return self._count[0]
 
     def _publish(self, op: str, value: float) -> None:
         family = self._family
@@ -694,15 +698,23 @@ class MetricFamily:
     shown on the server's /metrics under the family's own name."""
 
     COUNTER, GAUGE, HISTOGRAM = range(3)
+    _name: str
+    _description: str
+    _kind: int
 
     def __init__(self, name: str, description: str, kind: int) -> None:
         if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
             raise TritonModelException(f"MetricFamily '{name}': kind must be COUNTER, GAUGE or HISTOGRAM")
         if not NAME.fullmatch(name):
             raise TritonModelException(f"MetricFamily '{name}': a metric name matches {NAME.pattern}")
+        known = _FAMILIES.get(name)
+        if known is not None and known._kind != kind:  # as Triton's registry: one kind per family name
+            raise TritonModelException(f"MetricFamily '{name}' exists already as a {_KINDS[known._kind]}, not a "
+                                       f"{_KINDS[kind]}")
         self._name = name
-        self._description = description
+        self._description = description if known is None else known._description  # the first one's, as Triton's
         self._kind = kind
+        _FAMILIES.setdefault(name, self)
 
     def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> _Metric:
         if labels is not None and not isinstance(labels, dict):  # Triton's words, these three
@@ -722,6 +734,8 @@ class MetricFamily:
 
 
 _KINDS = {MetricFamily.COUNTER: "counter", MetricFamily.GAUGE: "gauge", MetricFamily.HISTOGRAM: "histogram"}
+# the families alive in this process, by name (a family goes with its last reference, as Triton's)
+_FAMILIES: weakref.WeakValueDictionary[str, MetricFamily] = weakref.WeakValueDictionary()
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
