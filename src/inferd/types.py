@@ -329,12 +329,13 @@ class LoadOverride:
 
 def override_file_path(key: str) -> str | None:
     """A load's override file ``file:1/model.onnx`` -> ``1/model.onnx``; None unless it is a
-    relative path that stays inside the model folder (no '..', no absolute path)."""
+    path that stays inside the model folder (no '..'). A leading '/' is the folder's, as Triton
+    joins ``file:/1/model.py`` under the model's folder (its QA loads models so)."""
     if not key.startswith("file:"):
         return None
-    path = key[len("file:"):]
+    path = key[len("file:"):].lstrip("/")
     parts = PurePosixPath(path).parts
-    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+    if (not path or "\\" in path or "\0" in path
             or any(part in ("", ".", "..") for part in parts)):
         return None
     return "/".join(parts)

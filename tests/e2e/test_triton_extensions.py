@@ -156,7 +156,7 @@ def test_model_configuration_in_tritons_shapes(http: httpclient.InferenceServerC
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["backend"] == "onnxruntime" and config["max_batch_size"] == 16
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE",
-                                "allow_ragged_batch": False}]
+                                "allow_ragged_batch": False, "optional": False}]
     assert config["batch_input"] == [] and config["batch_output"] == []
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5], "label_filename": ""}]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
@@ -230,7 +230,7 @@ def test_load_takes_override_files_over_http_and_grpc(tmp_path: Path, server: Ru
     assert http.get_model_config("from_files")["max_batch_size"] == 8
 
     second, second_module = _onnx_bytes(tmp_path, 2)
-    grpc.load_model("from_files", config=config, files={"file:2/model.onnx": second})
+    grpc.load_model("from_files", config=config, files={"file:/2/model.onnx": second})  # Triton's QA: a leading /
     assert [m.version for m in grpc.get_model_repository_index().models if m.name == "from_files"] == ["2"]
     got = grpc.infer("from_files", [_x(grpcclient, 2)]).as_numpy("y")
     np.testing.assert_allclose(got, _run(second_module, 2), rtol=1e-5, atol=1e-6)
@@ -241,7 +241,7 @@ def test_load_takes_override_files_over_http_and_grpc(tmp_path: Path, server: Ru
             client.load_model("from_files", files={"file:1/model.onnx": first})
         with pytest.raises(InferenceServerException, match="inside the model folder"):
             client.load_model("from_files", config=config, files={"file:../escape/model.onnx": first})
-    for bad in ({"file:1/model.onnx": "not base64!"}, {"file:1/model.onnx": 5}, {"file:/etc/x": "AAAA"}):
+    for bad in ({"file:1/model.onnx": "not base64!"}, {"file:1/model.onnx": 5}, {"file:/../x": "AAAA"}):
         answer = requests.post(f"{server.base}/v2/repository/models/from_files/load",
                                json={"parameters": {"config": config, **bad}}, timeout=10)
         assert answer.status_code == 400 and "override file" in answer.json()["error"], answer.text
