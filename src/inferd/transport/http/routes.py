@@ -156,11 +156,7 @@ class KServeV2Routes:
             trace = self.tracer.sample(name)
             if trace is not None:
                 return await self._infer_traced(request, name, version, trace)
-        header_length = _header_length(request)
-        infer_request = await off_loop(_decode_work(request.body, header_length), kserve_v2.decode_infer_request,
-                                       request.body, header_length, name, version)
-        infer_request.cancelled = request.disconnected
-        infer_request.credentials = credentials(request)
+        infer_request = await self._decode(request, name, version)
         response = await self.data.infer(infer_request)
         header, binary = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
@@ -168,6 +164,20 @@ class KServeV2Routes:
             return HttpResponse(200, header, headers=headers)
         headers.append((b"inference-header-content-length", str(len(header)).encode()))
         return HttpResponse(200, header, b"application/octet-stream", headers, tail=tuple(binary))
+
+    async def _decode(self, request: HttpRequest, name: str, version: str | None) -> InferRequest:
+        """The request an infer body holds: JSON (and binary data after it), or, with a header
+        length of 0, the raw data of the model's one input (Triton's raw binary request)."""
+        header_length = _header_length(request)
+        if header_length == 0:
+            metadata = self.data.model_metadata(name, version, credentials(request))
+            infer_request = kserve_v2.decode_raw_request(request.body, metadata, version)
+        else:
+            infer_request = await off_loop(_decode_work(request.body, header_length),
+                                           kserve_v2.decode_infer_request, request.body, header_length, name, version)
+        infer_request.cancelled = request.disconnected
+        infer_request.credentials = credentials(request)
+        return infer_request
 
     async def _infer_traced(self, request: HttpRequest, name: str, version: str | None, trace: RequestTrace
                             ) -> HttpResponse:
@@ -177,11 +187,7 @@ class KServeV2Routes:
         trace.stamp("HTTP_RECV_START", request.received or now)
         trace.stamp("HTTP_RECV_END", request.read or now)
         try:
-            header_length = _header_length(request)
-            infer_request = await off_loop(_decode_work(request.body, header_length),
-                                           kserve_v2.decode_infer_request, request.body, header_length, name, version)
-            infer_request.cancelled = request.disconnected
-            infer_request.credentials = credentials(request)
+            infer_request = await self._decode(request, name, version)
             response = await self.data.infer(infer_request, trace)
             if trace.wants_tensors:
                 trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
