@@ -251,6 +251,7 @@ class TensorConfig:
     image: ImageInput | None = None  # an input of encoded images the runtime decodes (torch models)
     reshape: tuple[int, ...] | None = None  # Triton's reshape: the model's own shape (batch dim aside)
     ragged: bool = False  # Triton's allow_ragged_batch: requests of any shape batch, the model gets them flat, joined
+    optional: bool = False  # Triton's optional input: a request may leave it out
 
 
 # Triton's BatchInput kinds (model_config.proto): what the batcher computes from a batch's requests

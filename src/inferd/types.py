@@ -259,6 +259,7 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
     rank_known: bool = True
+    optional: bool = False  # an input a request may leave out (Triton's optional inputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

@@ -64,7 +64,7 @@ def test_missing_input_names_what_the_model_takes(server: RunningServer) -> None
     body = {"inputs": [{"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     response = post(server, "/v2/models/two_out/infer", body)
     assert response.status_code == 400
-    assert "missing input 'b'" in response.json()["error"]
+    assert "missing required input(s) ['b']" in response.json()["error"]
     assert "'b' (INT64 [-1, 3])" in response.json()["error"]
 
 

@@ -285,7 +285,7 @@ def test_generate_errors_name_what_was_wrong(server: RunningServer) -> None:
     unknown = requests.post(f"{base}/count_up/generate_stream", json={"N": 1, "M": 2}, timeout=30)
     assert unknown.status_code == 400 and "unknown input 'M'" in unknown.json()["error"]
     missing = requests.post(f"{base}/count_up/generate_stream", json={}, timeout=30)
-    assert missing.status_code == 400 and "missing input 'N'" in missing.json()["error"]
+    assert missing.status_code == 400 and "missing required input(s) ['N']" in missing.json()["error"]
     many = requests.post(f"{base}/count_up/generate", json={"N": 2}, timeout=30)
     assert many.status_code == 400 and "generate_stream" in many.json()["error"]
     assert requests.post(f"{base}/nope/generate", json={}, timeout=30).status_code == 404

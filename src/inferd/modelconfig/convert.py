@@ -259,8 +259,9 @@ def _tensor(tensor: mc.ModelInput | mc.ModelOutput, where: str, what: str) -> Te
         raise ConfigError(f"{where}: {what} '{tensor.name}' key 'reshape' {list(reshape)} must hold the elements "
                           f"of its dims {list(dims)} (at most one -1, in both or in neither)")
     ragged = isinstance(tensor, mc.ModelInput) and tensor.allow_ragged_batch
+    optional = isinstance(tensor, mc.ModelInput) and tensor.optional
     return TensorConfig(name=tensor.name, datatype=_datatype(tensor.data_type), shape=dims, format=fmt,
-                        label_filename=labels, reshape=reshape, ragged=ragged)
+                        label_filename=labels, reshape=reshape, ragged=ragged, optional=optional)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -456,7 +457,7 @@ def model_config_message(served: ServedConfig) -> mc.ModelConfig:
         added_input = message.input.add(name=tensor.name, data_type=_type_of(tensor.datatype),
                                         dims=list(tensor.shape),
                                         format=mc.ModelInput.Format.Value(tensor.format or "FORMAT_NONE"),
-                                        allow_ragged_batch=tensor.ragged)
+                                        allow_ragged_batch=tensor.ragged, optional=tensor.optional)
         if tensor.reshape is not None:
             added_input.reshape.shape.extend(tensor.reshape)
     for tensor in config.outputs:

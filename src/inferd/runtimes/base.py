@@ -222,7 +222,7 @@ class LoadContext:
 def specs_from_config(tensors: tuple[TensorConfig, ...], max_batch_size: int) -> tuple[TensorSpec, ...]:
     """Config shapes omit the batch dim when the model batches; specs carry the full shape."""
     prefix = (-1,) if max_batch_size > 0 else ()
-    return tuple(TensorSpec(t.name, t.datatype, prefix + t.shape) for t in tensors)
+    return tuple(TensorSpec(t.name, t.datatype, prefix + t.shape, optional=t.optional) for t in tensors)
 
 
 def require_specs(context: LoadContext, what: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
