@@ -226,6 +226,28 @@ def test_repository_index_reports_broken_models(server: RunningServer) -> None:
     assert "model corrupt_onnx version 1 unavailable" in server.log()
 
 
+def test_repository_index_ready_must_be_a_boolean(server: RunningServer) -> None:
+    for ready in ("false", 0, [True]):  # "false" was read as true: every READY model but no other
+        response = requests.post(f"{server.base}/v2/repository/index", json={"ready": ready}, timeout=10)
+        assert response.status_code == 400, response.text
+        assert "Invalid value for 'ready': expected a boolean" in response.json()["error"]
+    assert len(requests.post(f"{server.base}/v2/repository/index", json={"ready": False}, timeout=10).json()) > \
+        len(requests.post(f"{server.base}/v2/repository/index", json={"ready": True}, timeout=10).json())
+
+
+def test_parameters_named_triton_are_refused_as_tritons_own(server: RunningServer) -> None:
+    x = {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    for key in ("triton_final_response", "triton_enable_empty_final_response", "triton_anything"):
+        response = requests.post(f"{server.base}/v2/models/mlp_ts/infer", timeout=10,
+                                 json={"inputs": [x], "parameters": {key: True}})
+        assert response.status_code == 400, response.text
+        assert "parameter keys starting with 'triton_' are reserved for Triton usage" in response.json()["error"]
+        assert key in response.json()["error"]
+    ours = requests.post(f"{server.base}/v2/models/mlp_ts/infer", json={"inputs": [x], "parameters": {"t": 1}},
+                         timeout=10)
+    assert ours.status_code == 200, ours.text
+
+
 def test_model_control_is_off_by_default(server: RunningServer) -> None:
     response = requests.post(f"{server.base}/v2/repository/models/mlp_ts/unload", timeout=10)
     assert response.status_code == 403

@@ -46,6 +46,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         raise InvalidInput(f"binary data has {len(raw)} bytes after the JSON header, but the "
                            f"inputs' binary_data_size add up to {used}")
     parameters = _object(payload.get("parameters", {}), "parameters")
+    if parameters:
+        refuse_reserved(parameters)
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -208,6 +210,17 @@ def _request_id(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise InvalidInput(f"'id' must be a string, got {type(value).__name__}")
+
+
+def refuse_reserved(parameters: dict[str, Any], allowed: frozenset[str] = frozenset()) -> None:
+    """Request parameters named ``triton_...`` are Triton's own (it sets them on answers): a
+    client's is refused, as Triton refuses it, but for those a protocol takes from clients."""
+    for key in parameters:
+        if key.startswith("triton_") and key not in allowed:
+            also = f" Only the following keys starting with 'triton_' are allowed: {' '.join(sorted(allowed))}" \
+                if allowed else ""
+            raise InvalidInput(f"parameter keys starting with 'triton_' are reserved for Triton usage and should "
+                               f"not be specified (got '{key}').{also}")
 
 
 def timeout_us(value: Any) -> int | None:

@@ -249,7 +249,9 @@ class KServeV2Routes:
             payload = kserve_v2.loads(request.body, "repository index request")
             if not isinstance(payload, dict):
                 raise InvalidInput("the repository index request must be a JSON object")
-            ready_only = bool(payload.get("ready", False))
+            ready_only = payload.get("ready", False)
+            if not isinstance(ready_only, bool):  # "false" would be truthy
+                raise InvalidInput(f"Invalid value for 'ready': expected a boolean, got {type(ready_only).__name__}")
         rows = self.control.repository_index(credentials(request), ready_only)
         return json_response([row.to_dict() for row in rows])
 
