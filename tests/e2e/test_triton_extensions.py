@@ -156,7 +156,7 @@ def test_model_configuration_in_tritons_shapes(http: httpclient.InferenceServerC
     assert config["name"] == "mlp" and config["platform"] == "onnxruntime_onnx"
     assert config["backend"] == "onnxruntime" and config["max_batch_size"] == 16
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [8], "format": "FORMAT_NONE",
-                                "allow_ragged_batch": False}]
+                                "allow_ragged_batch": False, "optional": False}]
     assert config["batch_input"] == [] and config["batch_output"] == []
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [5], "label_filename": ""}]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
