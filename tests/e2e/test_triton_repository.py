@@ -3,6 +3,7 @@ called with tritonclient, answers compared with running the model in process."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -146,7 +147,8 @@ class TritonPythonModel:
             names = ",".join(t.name() for t in request.inputs())
             responses.append(pb_utils.InferenceResponse([
                 pb_utils.Tensor("OUTPUT0", total),
-                pb_utils.Tensor("NAMES", np.array([names.encode()], dtype=np.object_))]))
+                pb_utils.Tensor("NAMES", np.array([names.encode()], dtype=np.object_)),
+                pb_utils.Tensor("PARAMETERS", np.array([request.parameters().encode()], dtype=np.object_))]))
         return responses
 """
 
@@ -161,10 +163,40 @@ def optional_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
                 { name: "INPUT1" data_type: TYPE_FP32 dims: [ -1 ] optional: true },
                 { name: "INPUT2" data_type: TYPE_FP32 dims: [ -1 ] optional: true } ]
         output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-                 { name: "NAMES" data_type: TYPE_STRING dims: [ 1 ] } ]
+                 { name: "NAMES" data_type: TYPE_STRING dims: [ 1 ] },
+                 { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]
+        """)
+    triton_models.write(root / "kind_model/1/model.py", KIND_ECHO)
+    triton_models.write(root / "kind_model/config.pbtxt", """
+        backend: "python"
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "KIND" data_type: TYPE_STRING dims: [ 1 ] } ]
+        instance_group [ { count: 1 kind: KIND_MODEL } ]
         """)
     with serve(root, grpc=True) as running:
         yield running
+
+
+KIND_ECHO = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kind = args["model_instance_kind"]
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("KIND", np.array([self.kind.encode()], np.object_))])
+                for _ in requests]
+"""
+
+
+def test_a_python_model_of_kind_model_loads_and_is_told_its_kind(optional_server: RunningServer) -> None:
+    http = httpclient.InferenceServerClient(optional_server.url)
+    answer = http.infer("kind_model", _inputs(httpclient, {"X": np.ones(1, np.float32)}, "FP32"))
+    assert answer.as_numpy("KIND").tolist() == [b"MODEL"]  # as Triton's python backend passes it
+    assert http.get_model_config("kind_model")["instance_group"][0]["kind"] == "KIND_MODEL"
 
 
 def test_an_optional_input_may_be_left_out(optional_server: RunningServer) -> None:
@@ -204,3 +236,17 @@ def test_an_input_or_output_named_twice_is_refused(optional_server: RunningServe
     inputs = requests.post(f"{optional_server.base}/v2/models/optional_sum/infer", json={"inputs": [x, x]},
                            timeout=10)
     assert inputs.status_code == 400 and "input 'INPUT0' already exists in request" in inputs.json()["error"]
+
+
+def test_generate_takes_keys_that_are_no_input_as_parameters(optional_server: RunningServer) -> None:
+    response = requests.post(f"{optional_server.base}/v2/models/optional_sum/generate", timeout=10,
+                             json={"INPUT0": [1, 2, 3], "temperature": 0.5, "stop": "\n", "id": ""})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["OUTPUT0"] == [1, 2, 3] and answer["NAMES"] == "INPUT0"
+    assert json.loads(answer["PARAMETERS"]) == {"temperature": 0.5, "stop": "\n"}
+    assert "id" not in answer  # an empty id is left out, as Triton answers
+    stream = requests.post(f"{optional_server.base}/v2/models/optional_sum/generate_stream", json={"INPUT0": 1},
+                           timeout=10)
+    assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert json.loads(stream.content.removeprefix(b"data: "))["OUTPUT0"] == 1

@@ -27,7 +27,7 @@ from inferd.transport.http.errors import status_for
 from inferd.transport.offload import off_loop
 from inferd.types import InferRequest, InferResponse
 
-SSE = b"text/event-stream"
+SSE = b"text/event-stream; charset=utf-8"  # as Triton names it
 
 OK = HttpResponse(200, b"")
 LIVE = HttpResponse(200, b'{"live":true}')
@@ -217,10 +217,12 @@ class KServeV2Routes:
             async for answer in stream:
                 answers.append(answer)
                 if len(answers) > 1:
-                    raise InvalidInput(f"model '{infer_request.model_name}' answered more than once; "
-                                       "ask it with .../generate_stream")
+                    raise InvalidInput(f"generate expects model to produce exactly 1 response: model "
+                                       f"'{infer_request.model_name}' answered more than once; ask it with "
+                                       ".../generate_stream")
         if not answers:
-            raise InvalidInput(f"model '{infer_request.model_name}' gave no answer to this request")
+            raise InvalidInput(f"generate expects model to produce exactly 1 response: model "
+                               f"'{infer_request.model_name}' gave no answer to this request")
         if isinstance(answers[0].error, InferdError):  # the model's one answer was an error response
             raise answers[0].error
         return HttpResponse(200, kserve_v2_generate.encode_generate_response(answers[0]),
