@@ -247,6 +247,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="ready only while every model version is ready (default: once every model was tried)")
     operability.add_argument("--exit-on-error", nargs="?", const=True, default=False, type=_true_or_false,
                              metavar="true|false", help="exit 1 when a model fails to load at start")
+    operability.add_argument("--strict-model-config", "--disable-auto-complete-config", nargs="?", const=True,
+                             default=False, type=_true_or_false, metavar="true|false",
+                             help="accepted as Triton's flags are written; inferd completes a configuration from "
+                                  "the model (its tensors) either way")
     tracing = serve.add_argument_group("tracing (Triton's trace extension, triton mode)")
     tracing.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
                          help="level=OFF|TIMESTAMPS, rate=N (every N-th request; default 1000), count=N "

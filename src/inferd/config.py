@@ -24,7 +24,7 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")  # repositories in o
 INSTANCE_KINDS = ("cpu", "gpu", "process", "model")
 # Triton's KIND_MODEL (inputs on the CPU, the model on the devices it was saved with): the backends
 # that honour it as Triton's do (pytorch loads without a device; onnxruntime runs it as KIND_CPU)
-MODEL_KIND_BACKENDS = ("torch", "onnx")
+MODEL_KIND_BACKENDS = ("torch", "onnx", "python")
 PROCESS_BY_DEFAULT = ("python", "torchserve")  # backends that run user Python: isolated unless told
 INT32_MAX = 2**31 - 1  # what Triton's ModelConfig (protobuf) holds: counts and sizes are int32,
 INT64_MAX = 2**63 - 1  # versions, dims and microseconds 64 bits

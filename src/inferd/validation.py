@@ -16,7 +16,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _expected(specs: tuple[TensorSpec, ...]) -> str:
-    return ", ".join(f"'{s.name}' ({s.datatype} {_shape(s.shape)})" for s in specs)
+    return ", ".join(f"'{s.name}' ({s.datatype} {_shape(s.shape)}{', optional' if s.optional else ''})" for s in specs)
 
 
 def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
@@ -33,7 +33,7 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
             raise InvalidInput(f"unknown input '{tensor.name}' for model '{request.model_name}'; "
                                f"it takes {_expected(runtime.inputs)}")
         if tensor.name in given:
-            raise InvalidInput(f"input '{tensor.name}' is given twice")
+            raise InvalidInput(f"input '{tensor.name}' already exists in request")
         if tensor.datatype != spec.datatype:
             raise InvalidInput(f"input '{tensor.name}': expected datatype {spec.datatype}, "
                                f"got {tensor.datatype}")
@@ -41,11 +41,22 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
         given[tensor.name] = tensor.data
     missing = [name for name, spec in specs.items() if name not in given and not spec.optional]
     if missing:
-        raise InvalidInput(f"missing input '{missing[0]}' for model '{request.model_name}'; "
-                           f"it takes {_expected(runtime.inputs)}")
+        raise InvalidInput(_missing_inputs(request.model_name, runtime.inputs, given, missing))
     if runtime.max_batch_size > 0:
         _check_same_batch(given)
     return given
+
+
+def _missing_inputs(model: str, specs: tuple[TensorSpec, ...], given: Arrays, missing: list[str]) -> str:
+    """Triton's words for a request short of required inputs, then what the model takes."""
+    required = sum(1 for spec in specs if not spec.optional)
+    expected = (f"{required} inputs" if required == len(specs)
+                else f"number of inputs between {required} and {len(specs)}")
+    got = ",".join(f"'{name}'" for name in sorted(given))
+    lacking = ",".join(f"'{name}'" for name in sorted(missing))
+    return (f"expected {expected} but got {len(given)} inputs for model '{model}'. Got input(s) [{got}], "
+            f"but missing required input(s) [{lacking}]. Please provide all required input(s). "
+            f"The model takes {_expected(specs)}")
 
 
 def _check_shape(name: str, data: np.ndarray, spec: TensorSpec, runtime: Runtime) -> None:
@@ -77,7 +88,11 @@ def check_outputs(request: InferRequest, runtime: Runtime) -> list[RequestedOutp
     if request.outputs is None:
         return [RequestedOutput(spec.name) for spec in runtime.outputs]
     names = {spec.name for spec in runtime.outputs}
+    seen: set[str] = set()
     for wanted in request.outputs:
+        if wanted.name in seen:  # Triton's words; the answer could not hold both
+            raise InvalidInput(f"output '{wanted.name}' already exists in request")
+        seen.add(wanted.name)
         if wanted.name not in names:
             raise InvalidInput(f"unknown output '{wanted.name}' requested from model "
                                f"'{request.model_name}'; it gives {_expected(runtime.outputs)}")

@@ -87,6 +87,19 @@ def test_rate_limit_flags_read_as_tritons(capsys: pytest.CaptureFixture[str]) ->
     assert "invalid choice: 'priority'" in capsys.readouterr().err
 
 
+def test_tritons_true_false_flags_read_as_tritons(capsys: pytest.CaptureFixture[str]) -> None:
+    """Triton writes its switches with a value (--strict-readiness=false); they were refused."""
+    parse = _parser().parse_args
+    args = parse(["serve", "x", "--strict-readiness=false", "--exit-on-error=false", "--strict-model-config=false"])
+    assert (args.strict_readiness, args.exit_on_error, args.strict_model_config) == (False, False, False)
+    args = parse(["serve", "x", "--strict-readiness", "--exit-on-error=true", "--disable-auto-complete-config"])
+    assert (args.strict_readiness, args.exit_on_error, args.strict_model_config) == (True, True, True)
+    assert parse(["serve", "x"]).strict_readiness is False
+    with pytest.raises(SystemExit):
+        parse(["serve", "x", "--strict-readiness=maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_but_never_the_token() -> None:
     done = inferd_command("serve", "--help", INFERD_AUTH_TOKEN="s3cret-token")
     text = " ".join(done.stdout.split())

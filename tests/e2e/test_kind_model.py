@@ -51,6 +51,9 @@ def _repository(root: Path) -> Path:
     models.write(root / "onnx_model/config.pbtxt", PBTXT.format(backend="onnxruntime", kind="KIND_MODEL"))
     models.write(root / "py_model/1/model.py", PYTHON_MODEL)
     models.write(root / "py_model/config.pbtxt", PBTXT.format(backend="python", kind="KIND_MODEL"))
+    (root / "tflite_model/1").mkdir(parents=True)
+    (root / "tflite_model/1/model.tflite").write_bytes(b"refused before it is read")
+    models.write(root / "tflite_model/config.pbtxt", PBTXT.format(backend="armnn_tflite", kind="KIND_MODEL"))
     return root
 
 
@@ -87,11 +90,15 @@ def test_onnxruntime_runs_a_kind_model_instance_on_the_cpu_as_tritons_backend_do
     np.testing.assert_allclose(_infer(server, "onnx_model"), models.run_mlp(X), rtol=1e-4, atol=1e-5)
 
 
+def test_a_python_model_of_kind_model_runs_in_its_process_instances(server: RunningServer) -> None:
+    np.testing.assert_allclose(_infer(server, "py_model"), X[:, :5])  # as Triton's python backend serves it
+
+
 def test_a_backend_that_cannot_keep_the_models_devices_refuses_kind_model(server: RunningServer) -> None:
     rows = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=10).json()}
-    assert rows["py_model"]["state"] == "UNAVAILABLE"
-    reason = rows["py_model"]["reason"]
-    assert "KIND_MODEL" in reason and "python" in reason and "KIND_CPU or KIND_GPU" in reason, reason
+    assert rows["tflite_model"]["state"] == "UNAVAILABLE"
+    reason = rows["tflite_model"]["reason"]
+    assert "KIND_MODEL" in reason and "tflite" in reason and "KIND_CPU or KIND_GPU" in reason, reason
 
 
 class _OnItsGpu(torch.nn.Module):

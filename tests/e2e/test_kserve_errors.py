@@ -36,7 +36,7 @@ BAD_BODIES = [
     (b"{not json", "malformed JSON"),
     (b"[1, 2]", "JSON object"),
     (b'{"inputs": {}}', "needs an 'inputs' list"),
-    (b'{"inputs": []}', "missing input 'x'"),
+    (b'{"inputs": []}', "missing required input(s) ['x']"),
     (b'{"inputs": [{"name": "x"}]}', "datatype"),
     (x_input([1, 8], list(range(7))), "shape [1, 8] needs 8 elements, data has 7"),
     (x_input([1, 9], list(range(9))), "expected shape [-1, 8] (-1 = any size), got [1, 9]"),
@@ -65,7 +65,7 @@ def test_missing_input_names_what_the_model_takes(server: RunningServer) -> None
     body = {"inputs": [{"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     response = post(server, "/v2/models/two_out/infer", body)
     assert response.status_code == 400
-    assert "missing input 'b'" in response.json()["error"]
+    assert "missing required input(s) ['b']" in response.json()["error"]
     assert "'b' (INT64 [-1, 3])" in response.json()["error"]
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests import models
@@ -122,3 +124,21 @@ def test_failing_model_is_internal_with_its_message(client: triton.InferenceServ
         client.infer("py_double", [tensor])
     assert info.value.status() == "StatusCode.INTERNAL"
     assert "the model refuses 666" in info.value.message()
+
+
+
+def test_parameters_named_triton_are_refused_but_the_empty_final_response(server: RunningServer) -> None:
+    # tritonclient refuses such keys itself: a raw ModelInferRequest, as other clients may send
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    request = service_pb2.ModelInferRequest(model_name="mlp_ts")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+    request.raw_input_contents.append(np.ones(8, np.float32).tobytes())
+    request.parameters["triton_anything"].bool_param = True
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameter keys starting with 'triton_' are reserved for Triton usage" in refused.value.details()
+    assert "allowed: triton_enable_empty_final_response" in refused.value.details()
+    del request.parameters["triton_anything"]
+    request.parameters["triton_enable_empty_final_response"].bool_param = False
+    assert stub.ModelInfer(request, timeout=10).outputs[0].name == "y"

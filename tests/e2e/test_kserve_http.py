@@ -161,6 +161,54 @@ def test_binary_data_output_parameter(server: RunningServer) -> None:
     assert "compute;dur=" in response.headers["Server-Timing"]
 
 
+def raw_request(server: RunningServer, model: str, body: bytes) -> requests.Response:
+    """Triton's raw binary request: no JSON, the body is the model's one input."""
+    return requests.post(f"{server.base}/v2/models/{model}/infer", data=body,
+                         headers={"Inference-Header-Content-Length": "0"}, timeout=10)
+
+
+def binary_outputs(response: requests.Response) -> dict[str, tuple[list[int], bytes]]:
+    """Each output's shape and raw bytes, from a binary answer."""
+    header_length = int(response.headers["Inference-Header-Content-Length"])
+    outputs, offset = {}, header_length
+    for output in json.loads(response.content[:header_length])["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        outputs[output["name"]] = (output["shape"], response.content[offset:offset + size])
+        offset += size
+    assert offset == len(response.content)
+    return outputs
+
+
+def test_raw_binary_request_body_is_the_one_inputs_data(server: RunningServer) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(1, 8)
+    response = raw_request(server, "mlp_ts", x.tobytes())  # dims [8]: batch 1 of them
+    assert response.status_code == 200, response.text
+    shape, raw = binary_outputs(response)["y"]
+    assert shape == [1, 5]
+    np.testing.assert_allclose(np.frombuffer(raw, np.float32).reshape(1, 5), models.run_mlp(x),
+                               rtol=1e-5, atol=1e-5)
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # dims [-1], no batching: 5 deduced from 40 bytes
+    outputs = binary_outputs(raw_request(server, "py_double", values.tobytes()))
+    assert outputs["y"][0] == [5]
+    np.testing.assert_array_equal(np.frombuffer(outputs["y"][1], np.float64), values * 2 + 10)
+    assert np.frombuffer(outputs["n"][1], np.int32).tolist() == [5]
+
+
+@pytest.mark.parametrize(("model", "body", "message"), [
+    ("two_out", bytes(24), "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in "
+                           "'two_out' model configuration"),
+    ("echo_fp32", bytes(16), "The shape of the raw input 'in' can not be deduced because there are more than "
+                             "one variable-sized dimension"),
+    ("echo_bytes", b"abc", "For BYTE datatype raw input 'in', the model must have input shape [1]"),
+    ("py_double", bytes(12), "can not be deduced: 12 bytes are not a whole number of FP64 rows of 8 bytes"),
+    ("mlp_ts", bytes(64), "input 'x': shape [1, 8] of FP32 needs 32 bytes, got 64"),
+], ids=["two inputs", "two variable dims", "bytes not one element", "not whole rows", "not the fixed size"])
+def test_raw_binary_request_without_one_shape_to_deduce_gets_400(server: RunningServer, model: str,
+                                                                 body: bytes, message: str) -> None:
+    response = raw_request(server, model, body)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
 def test_repository_index_reports_broken_models(server: RunningServer) -> None:
     rows = requests.post(f"{server.base}/v2/repository/index", timeout=10).json()
     states = {row["name"]: row for row in rows}
@@ -176,6 +224,28 @@ def test_repository_index_reports_broken_models(server: RunningServer) -> None:
     assert {row["name"] for row in ready.json()} >= {"mlp_onnx", "mlp_ts"}
     assert "bad_config" not in {row["name"] for row in ready.json()}
     assert "model corrupt_onnx version 1 unavailable" in server.log()
+
+
+def test_repository_index_ready_must_be_a_boolean(server: RunningServer) -> None:
+    for ready in ("false", 0, [True]):  # "false" was read as true: every READY model but no other
+        response = requests.post(f"{server.base}/v2/repository/index", json={"ready": ready}, timeout=10)
+        assert response.status_code == 400, response.text
+        assert "Invalid value for 'ready': expected a boolean" in response.json()["error"]
+    assert len(requests.post(f"{server.base}/v2/repository/index", json={"ready": False}, timeout=10).json()) > \
+        len(requests.post(f"{server.base}/v2/repository/index", json={"ready": True}, timeout=10).json())
+
+
+def test_parameters_named_triton_are_refused_as_tritons_own(server: RunningServer) -> None:
+    x = {"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    for key in ("triton_final_response", "triton_enable_empty_final_response", "triton_anything"):
+        response = requests.post(f"{server.base}/v2/models/mlp_ts/infer", timeout=10,
+                                 json={"inputs": [x], "parameters": {key: True}})
+        assert response.status_code == 400, response.text
+        assert "parameter keys starting with 'triton_' are reserved for Triton usage" in response.json()["error"]
+        assert key in response.json()["error"]
+    ours = requests.post(f"{server.base}/v2/models/mlp_ts/infer", json={"inputs": [x], "parameters": {"t": 1}},
+                         timeout=10)
+    assert ours.status_code == 200, ours.text
 
 
 def test_model_control_is_off_by_default(server: RunningServer) -> None:

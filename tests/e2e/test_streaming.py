@@ -270,7 +270,7 @@ def test_generate_stream_sends_each_answer_as_a_server_sent_event(server: Runnin
     with requests.post(f"{server.base}/v2/models/count_up/generate_stream", json={"N": 3, "id": "g1"},
                        stream=True, timeout=30) as response:
         assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"  # as Triton sends it
         events = sse_events(response)
     assert events == [{"model_name": "count_up", "model_version": "1", "id": "g1", "VALUE": i, "TEXT": f"token {i}"}
                       for i in range(3)]
@@ -282,10 +282,11 @@ def test_generate_stream_sends_each_answer_as_a_server_sent_event(server: Runnin
 
 def test_generate_errors_name_what_was_wrong(server: RunningServer) -> None:
     base = f"{server.base}/v2/models"
-    unknown = requests.post(f"{base}/count_up/generate_stream", json={"N": 1, "M": 2}, timeout=30)
-    assert unknown.status_code == 400 and "unknown input 'M'" in unknown.json()["error"]
+    unknown = requests.post(f"{base}/count_up/generate_stream", json={"N": 1, "M": [2]}, timeout=30)
+    assert unknown.status_code == 400  # a key that is no input is a parameter, and a list is none
+    assert "parameter 'M' has invalid type. It should be either 'int', 'bool', or 'string'." in unknown.json()["error"]
     missing = requests.post(f"{base}/count_up/generate_stream", json={}, timeout=30)
-    assert missing.status_code == 400 and "missing input 'N'" in missing.json()["error"]
+    assert missing.status_code == 400 and "missing required input(s) ['N']" in missing.json()["error"]
     many = requests.post(f"{base}/count_up/generate", json={"N": 2}, timeout=30)
     assert many.status_code == 400 and "generate_stream" in many.json()["error"]
     assert requests.post(f"{base}/nope/generate", json={}, timeout=30).status_code == 404

@@ -237,8 +237,9 @@ def test_load_takes_override_files_over_http_and_grpc(tmp_path: Path, server: Ru
     assert not np.allclose(_run(first_module, 2), got)  # the new files serve, not the old ones
 
     for client in (http, grpc):
-        with pytest.raises(InferenceServerException, match="file overrides need parameter 'config'"):
-            client.load_model("from_files", files={"file:1/model.onnx": first})
+        with pytest.raises(InferenceServerException, match="failed to load 'from_files', failed to poll from model "
+                                                           "repository: file overrides need parameter 'config'"):
+            client.load_model("from_files", files={"file:1/model.onnx": first})  # Triton's words, then ours
         with pytest.raises(InferenceServerException, match="inside the model folder"):
             client.load_model("from_files", config=config, files={"file:../escape/model.onnx": first})
     for bad in ({"file:1/model.onnx": "not base64!"}, {"file:1/model.onnx": 5}, {"file:/../x": "AAAA"}):

@@ -3,6 +3,7 @@ called with tritonclient, answers compared with running the model in process."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -128,3 +129,124 @@ def test_a_latest_policy_of_no_versions_is_unavailable_saying_why(server: Runnin
 def test_config_toml_wins_over_config_pbtxt(http: httpclient.InferenceServerClient, server: RunningServer) -> None:
     assert http.get_model_config("both")["max_batch_size"] == 0  # config.toml's, not the pbtxt's 99
     assert "config.toml wins" in server.log()
+
+
+OPTIONAL_SUM = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            total = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            extra = pb_utils.get_input_tensor_by_name(request, "INPUT1")  # optional: None when not sent
+            if extra is not None:
+                total = total + extra.as_numpy()
+            names = ",".join(t.name() for t in request.inputs())
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("OUTPUT0", total),
+                pb_utils.Tensor("NAMES", np.array([names.encode()], dtype=np.object_)),
+                pb_utils.Tensor("PARAMETERS", np.array([request.parameters().encode()], dtype=np.object_))]))
+        return responses
+"""
+
+
+@pytest.fixture(scope="module")
+def optional_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("optional_repo")
+    triton_models.write(root / "optional_sum/1/model.py", OPTIONAL_SUM)
+    triton_models.write(root / "optional_sum/config.pbtxt", """
+        backend: "python"
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
+                { name: "INPUT1" data_type: TYPE_FP32 dims: [ -1 ] optional: true },
+                { name: "INPUT2" data_type: TYPE_FP32 dims: [ -1 ] optional: true } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
+                 { name: "NAMES" data_type: TYPE_STRING dims: [ 1 ] },
+                 { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]
+        """)
+    triton_models.write(root / "kind_model/1/model.py", KIND_ECHO)
+    triton_models.write(root / "kind_model/config.pbtxt", """
+        backend: "python"
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "KIND" data_type: TYPE_STRING dims: [ 1 ] } ]
+        instance_group [ { count: 1 kind: KIND_MODEL } ]
+        """)
+    with serve(root, grpc=True) as running:
+        yield running
+
+
+KIND_ECHO = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kind = args["model_instance_kind"]
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("KIND", np.array([self.kind.encode()], np.object_))])
+                for _ in requests]
+"""
+
+
+def test_a_python_model_of_kind_model_loads_and_is_told_its_kind(optional_server: RunningServer) -> None:
+    http = httpclient.InferenceServerClient(optional_server.url)
+    answer = http.infer("kind_model", _inputs(httpclient, {"X": np.ones(1, np.float32)}, "FP32"))
+    assert answer.as_numpy("KIND").tolist() == [b"MODEL"]  # as Triton's python backend passes it
+    assert http.get_model_config("kind_model")["instance_group"][0]["kind"] == "KIND_MODEL"
+
+
+def test_an_optional_input_may_be_left_out(optional_server: RunningServer) -> None:
+    http = httpclient.InferenceServerClient(optional_server.url)
+    grpc = grpcclient.InferenceServerClient(optional_server.grpc_url)
+    a, b = np.arange(3, dtype=np.float32), np.full(3, 10, np.float32)
+    for module, client in ((httpclient, http), (grpcclient, grpc)):
+        alone = client.infer("optional_sum", _inputs(module, {"INPUT0": a}, "FP32"))
+        np.testing.assert_array_equal(alone.as_numpy("OUTPUT0"), a)
+        assert alone.as_numpy("NAMES").tolist() == [b"INPUT0"]  # the model sees only what was sent
+        both = client.infer("optional_sum", _inputs(module, {"INPUT0": a, "INPUT1": b}, "FP32"))
+        np.testing.assert_array_equal(both.as_numpy("OUTPUT0"), a + b)
+    config = http.get_model_config("optional_sum")
+    assert [i.get("optional", False) for i in config["input"]] == [False, True, True]
+
+
+def test_a_missing_required_input_is_refused_in_tritons_words(optional_server: RunningServer) -> None:
+    grpc = grpcclient.InferenceServerClient(optional_server.grpc_url)
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("optional_sum", _inputs(grpcclient, {"INPUT1": np.ones(3, np.float32)}, "FP32"))
+    assert "expected number of inputs between 1 and 3 but got 1 inputs for model 'optional_sum'. Got input(s) " \
+           "['INPUT1'], but missing required input(s) ['INPUT0']. Please provide all required input(s)." \
+           in refused.value.message()
+    assert "'INPUT1' (FP32 [-1], optional)" in refused.value.message()
+
+
+def test_an_input_or_output_named_twice_is_refused(optional_server: RunningServer) -> None:
+    x = {"name": "INPUT0", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}
+    twice = requests.post(f"{optional_server.base}/v2/models/optional_sum/infer", timeout=10,
+                          json={"inputs": [x], "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0"}]})
+    assert twice.status_code == 400 and "output 'OUTPUT0' already exists in request" in twice.json()["error"]
+    grpc = grpcclient.InferenceServerClient(optional_server.grpc_url)
+    a = np.ones(3, np.float32)
+    outputs = [grpcclient.InferRequestedOutput("OUTPUT0"), grpcclient.InferRequestedOutput("OUTPUT0")]
+    with pytest.raises(InferenceServerException, match="output 'OUTPUT0' already exists in request"):
+        grpc.infer("optional_sum", _inputs(grpcclient, {"INPUT0": a}, "FP32"), outputs=outputs)
+    inputs = requests.post(f"{optional_server.base}/v2/models/optional_sum/infer", json={"inputs": [x, x]},
+                           timeout=10)
+    assert inputs.status_code == 400 and "input 'INPUT0' already exists in request" in inputs.json()["error"]
+
+
+def test_generate_takes_keys_that_are_no_input_as_parameters(optional_server: RunningServer) -> None:
+    response = requests.post(f"{optional_server.base}/v2/models/optional_sum/generate", timeout=10,
+                             json={"INPUT0": [1, 2, 3], "temperature": 0.5, "stop": "\n", "id": ""})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["OUTPUT0"] == [1, 2, 3] and answer["NAMES"] == "INPUT0"
+    assert json.loads(answer["PARAMETERS"]) == {"temperature": 0.5, "stop": "\n"}
+    assert "id" not in answer  # an empty id is left out, as Triton answers
+    stream = requests.post(f"{optional_server.base}/v2/models/optional_sum/generate_stream", json={"INPUT0": 1},
+                           timeout=10)
+    assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert json.loads(stream.content.removeprefix(b"data: "))["OUTPUT0"] == 1

@@ -7,13 +7,15 @@ A binary request is ``<JSON header><raw tensor bytes...>``; the header's length 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import orjson
 
 from inferd.errors import InvalidInput
 from inferd.protocols import tensors
-from inferd.types import InferRequest, InferResponse, RequestedOutput, SharedMemoryRef, Tensor
+from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, SharedMemoryRef, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 _SHARED_KEYS = frozenset(("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"))
@@ -44,6 +46,8 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         raise InvalidInput(f"binary data has {len(raw)} bytes after the JSON header, but the "
                            f"inputs' binary_data_size add up to {used}")
     parameters = _object(payload.get("parameters", {}), "parameters")
+    if parameters:
+        refuse_reserved(parameters)
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -55,6 +59,40 @@ def decode_infer_request(body: bytes | bytearray, header_length: int | None, mod
         timeout_us=timeout_us(parameters.get("timeout")) if parameters else None,
         priority=priority(parameters.get("priority")) if parameters else 0,
     )
+
+
+def decode_raw_request(body: bytes | bytearray, metadata: ModelMetadata, model_version: str | None) -> InferRequest:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``): the whole body is the
+    data of the model's one input, no JSON; its shape is the model's with the batch dim 1 and one
+    variable dim deduced from the byte count. Every output comes back binary."""
+    name = metadata.name
+    if len(metadata.inputs) != 1:
+        raise InvalidInput(f"Raw request must only have 1 input (found 1) to be deduced but got "
+                           f"{len(metadata.inputs)} inputs in '{name}' model configuration")
+    spec = metadata.inputs[0]
+    dims = list(spec.shape[1:] if metadata.max_batch_size > 0 else spec.shape)
+    batch = [1] if metadata.max_batch_size > 0 else []
+    if spec.datatype == "BYTES":
+        if dims != [1] * len(dims):  # the body is one element: no length prefix to split it by
+            raise InvalidInput(f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]")
+        data = np.array([bytes(body)], dtype=object).reshape(batch + dims)
+        return _raw_request(metadata, model_version, Tensor(spec.name, spec.datatype, data))
+    if dims.count(-1) > 1 or not spec.rank_known:
+        raise InvalidInput(f"The shape of the raw input '{spec.name}' can not be deduced because there are "
+                           f"more than one variable-sized dimension")
+    if -1 in dims:
+        known = tensors.dtype_for(spec.name, spec.datatype).itemsize * math.prod(d for d in dims if d != -1)
+        if known == 0 or len(body) % known:
+            raise InvalidInput(f"The shape of the raw input '{spec.name}' can not be deduced: {len(body)} bytes "
+                               f"are not a whole number of {spec.datatype} rows of {known} bytes")
+        dims[dims.index(-1)] = len(body) // known
+    data = tensors.from_raw(spec.name, spec.datatype, batch + dims, memoryview(body))
+    return _raw_request(metadata, model_version, Tensor(spec.name, spec.datatype, data))
+
+
+def _raw_request(metadata: ModelMetadata, model_version: str | None, tensor: Tensor) -> InferRequest:
+    outputs = [RequestedOutput(spec.name, binary=True) for spec in metadata.outputs]
+    return InferRequest(model_name=metadata.name, model_version=model_version, inputs=[tensor], outputs=outputs)
 
 
 def _inputs(items: Any, raw: memoryview) -> tuple[list[Tensor], int]:
@@ -172,6 +210,17 @@ def _request_id(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise InvalidInput(f"'id' must be a string, got {type(value).__name__}")
+
+
+def refuse_reserved(parameters: dict[str, Any], allowed: frozenset[str] = frozenset()) -> None:
+    """Request parameters named ``triton_...`` are Triton's own (it sets them on answers): a
+    client's is refused, as Triton refuses it, but for those a protocol takes from clients."""
+    for key in parameters:
+        if key.startswith("triton_") and key not in allowed:
+            also = f" Only the following keys starting with 'triton_' are allowed: {' '.join(sorted(allowed))}" \
+                if allowed else ""
+            raise InvalidInput(f"parameter keys starting with 'triton_' are reserved for Triton usage and should "
+                               f"not be specified (got '{key}').{also}")
 
 
 def timeout_us(value: Any) -> int | None:

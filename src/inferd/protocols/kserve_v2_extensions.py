@@ -138,8 +138,8 @@ def _override(parameters: dict[str, Any], name: str, base64_files: bool) -> Load
     config = parameters.get("config")
     if config is None:
         if files:
-            raise InvalidInput(f"failed to load '{name}': file overrides need parameter 'config', the "
-                               "model configuration of the folder they make")
+            raise InvalidInput(f"failed to load '{name}', failed to poll from model repository: file overrides "
+                               "need parameter 'config', the model configuration of the folder they make")
         return None
     if isinstance(config, dict):
         config = orjson.dumps(config).decode()

@@ -13,7 +13,7 @@ import numpy as np
 from inferd.errors import InferdError, InvalidInput
 from inferd.protocols import tensors
 from inferd.protocols._proto import kserve_v2_pb2 as pb
-from inferd.protocols.kserve_v2 import classification, priority, shared_memory, timeout_us
+from inferd.protocols.kserve_v2 import classification, priority, refuse_reserved, shared_memory, timeout_us
 from inferd.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, Tensor
 
 # datatype -> the InferTensorContents field that carries it (FP16/BF16 travel raw only)
@@ -128,6 +128,8 @@ def decode_infer_request(message: pb.ModelInferRequest | RawInferRequest) -> Inf
     inputs = [_input(tensor, next(buffers) if raw else None) if where is None else where
               for tensor, where in zip(message.inputs, shared, strict=True)]
     params = parameters(message.parameters)
+    if params:
+        refuse_reserved(params, _CLIENT_RESERVED)
     outputs = [_output(o) for o in message.outputs] or None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
@@ -257,6 +259,7 @@ def _varint(value: int) -> bytes:
 
 FINAL = "triton_final_response"  # what Triton sets on each streamed answer
 EMPTY_FINAL = "triton_enable_empty_final_response"  # a request parameter: end with an empty final answer
+_CLIENT_RESERVED = frozenset((EMPTY_FINAL,))  # the one triton_ parameter Triton's gRPC front end takes from clients
 
 
 def encode_stream_response(response: InferResponse) -> pb.ModelStreamInferResponse:

@@ -49,7 +49,8 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     loaded = with_state_tensors(config)  # the runtime takes and gives the states the sequence batcher keeps
     contexts = [LoadContext(name=name, version=version, artifact=artifact, config=loaded, device=device)
                 for device in devices]
-    kind = group.kind or group.resolved_kind(backend)
+    # a Triton Python model's KIND_MODEL instances are processes, as every other kind's: the model is told the kind
+    kind = "process" if group.kind == "model" and backend == "python" else group.kind or group.resolved_kind(backend)
     if kind == "process":
         spec = InstanceSpec(backend, contexts[0], group.response_timeout_s, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)

@@ -336,6 +336,14 @@ def _collecting(sent: list[pb_utils.InferenceResponse]) -> pb_utils.InferenceRes
                                             lambda: False, decoupled=False)
 
 
+def _instance_kind(context: LoadContext) -> str:
+    """``args["model_instance_kind"]``: MODEL as the configuration says it (the model places itself),
+    else where the instance runs."""
+    if context.config.instance_group.kind == "model":
+        return "MODEL"
+    return "GPU" if context.device.startswith("cuda") else "CPU"
+
+
 def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     """Build the model and call ``initialize`` with the arguments Triton passes (strings)."""
     inputs, outputs = require_specs(context, "Triton Python model (model.py)", inputless=True)  # as Triton's
@@ -343,7 +351,7 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     served = ServedConfig(name=context.name, platform="", backend="python", config=config)
     args = {
         "model_config": json.dumps(model_config_json(served)),
-        "model_instance_kind": "GPU" if context.device.startswith("cuda") else "CPU",
+        "model_instance_kind": _instance_kind(context),
         "model_instance_name": f"{context.name}_0_{context.instance}",  # Triton's <group>_<index>
         "model_instance_device_id": context.device.partition(":")[2] or "0",
         "model_repository": str(context.artifact.parent.parent),

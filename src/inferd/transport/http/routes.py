@@ -27,7 +27,7 @@ from inferd.transport.http.errors import status_for
 from inferd.transport.offload import off_loop
 from inferd.types import InferRequest, InferResponse
 
-SSE = b"text/event-stream"
+SSE = b"text/event-stream; charset=utf-8"  # as Triton names it
 
 OK = HttpResponse(200, b"")
 LIVE = HttpResponse(200, b'{"live":true}')
@@ -156,11 +156,7 @@ class KServeV2Routes:
             trace = self.tracer.sample(name)
             if trace is not None:
                 return await self._infer_traced(request, name, version, trace)
-        header_length = _header_length(request)
-        infer_request = await off_loop(_decode_work(request.body, header_length), kserve_v2.decode_infer_request,
-                                       request.body, header_length, name, version)
-        infer_request.cancelled = request.disconnected
-        infer_request.credentials = credentials(request)
+        infer_request = await self._decode(request, name, version)
         response = await self.data.infer(infer_request)
         header, binary = kserve_v2.encode_infer_response(response, infer_request)
         headers = [server_timing(response)]
@@ -168,6 +164,20 @@ class KServeV2Routes:
             return HttpResponse(200, header, headers=headers)
         headers.append((b"inference-header-content-length", str(len(header)).encode()))
         return HttpResponse(200, header, b"application/octet-stream", headers, tail=tuple(binary))
+
+    async def _decode(self, request: HttpRequest, name: str, version: str | None) -> InferRequest:
+        """The request an infer body holds: JSON (and binary data after it), or, with a header
+        length of 0, the raw data of the model's one input (Triton's raw binary request)."""
+        header_length = _header_length(request)
+        if header_length == 0:
+            metadata = self.data.model_metadata(name, version, credentials(request))
+            infer_request = kserve_v2.decode_raw_request(request.body, metadata, version)
+        else:
+            infer_request = await off_loop(_decode_work(request.body, header_length),
+                                           kserve_v2.decode_infer_request, request.body, header_length, name, version)
+        infer_request.cancelled = request.disconnected
+        infer_request.credentials = credentials(request)
+        return infer_request
 
     async def _infer_traced(self, request: HttpRequest, name: str, version: str | None, trace: RequestTrace
                             ) -> HttpResponse:
@@ -177,11 +187,7 @@ class KServeV2Routes:
         trace.stamp("HTTP_RECV_START", request.received or now)
         trace.stamp("HTTP_RECV_END", request.read or now)
         try:
-            header_length = _header_length(request)
-            infer_request = await off_loop(_decode_work(request.body, header_length),
-                                           kserve_v2.decode_infer_request, request.body, header_length, name, version)
-            infer_request.cancelled = request.disconnected
-            infer_request.credentials = credentials(request)
+            infer_request = await self._decode(request, name, version)
             response = await self.data.infer(infer_request, trace)
             if trace.wants_tensors:
                 trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
@@ -211,10 +217,12 @@ class KServeV2Routes:
             async for answer in stream:
                 answers.append(answer)
                 if len(answers) > 1:
-                    raise InvalidInput(f"model '{infer_request.model_name}' answered more than once; "
-                                       "ask it with .../generate_stream")
+                    raise InvalidInput(f"generate expects model to produce exactly 1 response: model "
+                                       f"'{infer_request.model_name}' answered more than once; ask it with "
+                                       ".../generate_stream")
         if not answers:
-            raise InvalidInput(f"model '{infer_request.model_name}' gave no answer to this request")
+            raise InvalidInput(f"generate expects model to produce exactly 1 response: model "
+                               f"'{infer_request.model_name}' gave no answer to this request")
         if isinstance(answers[0].error, InferdError):  # the model's one answer was an error response
             raise answers[0].error
         return HttpResponse(200, kserve_v2_generate.encode_generate_response(answers[0]),
@@ -243,7 +251,9 @@ class KServeV2Routes:
             payload = kserve_v2.loads(request.body, "repository index request")
             if not isinstance(payload, dict):
                 raise InvalidInput("the repository index request must be a JSON object")
-            ready_only = bool(payload.get("ready", False))
+            ready_only = payload.get("ready", False)
+            if not isinstance(ready_only, bool):  # "false" would be truthy
+                raise InvalidInput(f"Invalid value for 'ready': expected a boolean, got {type(ready_only).__name__}")
         rows = self.control.repository_index(credentials(request), ready_only)
         return json_response([row.to_dict() for row in rows])
 
