@@ -53,9 +53,10 @@ REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
 def parser() -> argparse.ArgumentParser:
     flags = argparse.ArgumentParser(prog="inferd torchserve", description="inferd with torchserve's flags "
                                     "and config.properties: a TorchServe deployment changes only the command.")
-    flags.add_argument("--start", action="store_true", help="start the server (it runs in the foreground)")
+    flags.add_argument("--start", action="store_true", help="start the server, which runs on in a process of its own")
     flags.add_argument("--stop", action="store_true", help="stop the server this machine runs (its pid file)")
-    flags.add_argument("--foreground", action="store_true", help="accepted: inferd always runs in the foreground")
+    flags.add_argument("--foreground", action="store_true",
+                       help="--start: serve in this process; --stop: return once the server has exited")
     flags.add_argument("--ts-config", dest="ts_config", default=None, help="config.properties")
     flags.add_argument("--model-store", dest="model_store", default=None)
     flags.add_argument("--models", nargs="+", default=None, help="all, or [name=]archive.mar ...")
@@ -235,7 +236,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         auth_token=token, auth_inference=token is not None, model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
-        listeners=tuple(listeners), pid_file=PID_FILE)
+        listeners=tuple(listeners), pid_file=PID_FILE, access_log=True)  # access_log.log (torchserve_logs.py)
     handler_environ = _handler_environ(properties)
     key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
     return Started(settings, key_file, handler_environ)
