@@ -395,3 +395,39 @@ def test_torchserves_log_files(tmp_path: Path) -> None:
     assert "Requests2XX.Count:1.0|#Level:Host|#hostname:" in ts_metrics, ts_metrics
     assert "ts_inference_requests_total.Count:1.0|#model_name:logs,model_version:default|#hostname:" in ts_metrics
     assert "[METRICS]PredictionTime.Milliseconds:" in (metrics / "model_metrics.log").read_text()
+
+
+DECLARED_METRICS_HANDLER = '''
+from ts.metrics.metric_type_enum import MetricTypes
+
+
+class Declared:
+    def initialize(self, context):
+        self.metrics = context.metrics
+
+    def handle(self, data, context):
+        # declared in metrics_config, never added by the handler: TorchServe's cache holds it from the start
+        self.metrics.get_metric("RowsSeen", MetricTypes.COUNTER).add_or_update(len(data), [context.model_name])
+        return ["ok"] * len(data)
+'''
+
+
+def test_metrics_config_metrics_are_in_the_handlers_cache(tmp_path: Path) -> None:
+    """context.metrics.get_metric finds what metrics_config's model_metrics declares, as
+    TorchServe's MetricsCacheYamlImpl is filled from the file when its worker starts."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(DECLARED_METRICS_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "declared", work / "empty.pt", str(work / "handler.py"))
+    (work / "metrics.yaml").write_text("model_metrics:\n  counter:\n    - name: RowsSeen\n      unit: count\n"
+                                       "      dimensions: [ModelName]\n")
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "declared.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true",
+                               "metrics_mode": "prometheus", "metrics_config": str(work / "metrics.yaml")}) as urls:
+        for _ in range(2):
+            answer = requests.post(f"{urls['inference']}/predictions/declared", data=b"x", timeout=30)
+            assert (answer.status_code, answer.text) == (200, "ok")
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    assert re.search(r'^RowsSeen\{ModelName="declared",Hostname="[^"]+",\} 2\.0$', shown, re.M), shown

@@ -43,6 +43,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
 # service_envelope's names (TorchServe's ts.torch_handler.request_envelope modules; runtimes/ts_envelopes.py)
 SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
 DECODE_ENV, ENVELOPE_ENV = "TS_DECODE_INPUT_REQUEST", "INFERD_TS_SERVICE_ENVELOPE"  # read by runtimes/handler.py
+METRICS_CONFIG_ENV = "INFERD_TS_METRICS_CONFIG"  # read by runtimes/ts_metrics.py: a handler's declared metrics
 # keys whose honest answer is a refusal: ignoring them would change what is served
 REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
            "private_key_file": "TLS is not served; put a TLS proxy in front",
@@ -146,13 +147,15 @@ def _metrics_settings(properties: dict[str, str]) -> dict[str, Any]:
 
 
 def _handler_environ(properties: dict[str, str]) -> dict[str, str]:
-    """What TorchServe's front end tells its workers of ``decode_input_request`` (the
+    """What TorchServe's front end tells its workers of ``metrics_config``, ``decode_input_request`` (the
     ``TS_DECODE_INPUT_REQUEST`` variable, ``true`` by default) and ``service_envelope``: the
     variables the server's handler models read, in this process and its instance processes."""
     envelope = properties.get("service_envelope", "")
     if envelope and envelope not in SERVICE_ENVELOPES:
         raise ConfigError(f"service_envelope={envelope}: expected one of {', '.join(SERVICE_ENVELOPES)}")
-    return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope}
+    metrics_config = properties.get("metrics_config", "")
+    return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope,
+            METRICS_CONFIG_ENV: str(Path(metrics_config).resolve()) if metrics_config else ""}
 
 
 @dataclass(frozen=True, slots=True)
