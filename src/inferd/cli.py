@@ -362,7 +362,8 @@ def _torchserve(argv: list[str]) -> int:
         return 2
     if args.start and not args.foreground:
         return _start_in_background(argv, torchserve.PID_FILE)
-    torchserve_logs.install(dict(os.environ), Path.cwd(), started.settings.torchserve.metrics_mode)
+    torchserve_logs.install(dict(os.environ), Path.cwd(), started.settings.torchserve.metrics_mode,
+                            started.system_metrics)
     os.environ.update(started.handler_environ)  # the model processes inherit them
     if started.key_file is not None:
         print(f"inferd torchserve: token authorization is on; keys in {started.key_file} "

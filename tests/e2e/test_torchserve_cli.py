@@ -395,6 +395,17 @@ def test_torchserves_log_files(tmp_path: Path) -> None:
     assert "Requests2XX.Count:1.0|#Level:Host|#hostname:" in ts_metrics, ts_metrics
     assert "ts_inference_requests_total.Count:1.0|#model_name:logs,model_version:default|#hostname:" in ts_metrics
     assert "[METRICS]PredictionTime.Milliseconds:" in (metrics / "model_metrics.log").read_text()
+    for name in ("CPUUtilization.Percent", "MemoryUsed.Megabytes", "MemoryAvailable.Megabytes",
+                 "MemoryUtilization.Percent", "DiskUsage.Gigabytes", "DiskUtilization.Percent",
+                 "DiskAvailable.Gigabytes"):  # TorchServe's system metrics, logged at start
+        assert re.search(rf"{name}:[0-9.]+\|#Level:Host\|#hostname:[^,]+,timestamp:[0-9]+$", ts_metrics, re.M), name
+
+
+def test_disable_system_metrics_leaves_them_out_of_ts_metrics(tmp_path: Path) -> None:
+    with torchserve(tmp_path, {"disable_token_authorization": "true", "disable_system_metrics": "true"}) as urls:
+        assert requests.get(f"{urls['inference']}/ping", timeout=5).status_code == 200
+    ts_metrics = (tmp_path / "logs" / "ts_metrics.log").read_text()
+    assert "Requests2XX.Count:1.0" in ts_metrics and "Utilization" not in ts_metrics, ts_metrics
 
 
 DECLARED_METRICS_HANDLER = '''

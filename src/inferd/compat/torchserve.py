@@ -33,8 +33,7 @@ PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
-           "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer",
-           "disable_system_metrics", "enable_metrics_api",
+           "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
@@ -163,6 +162,7 @@ class Started:
     settings: ServerSettings
     key_file: Path | None  # TorchServe's key_file.json, when token authorization is on
     handler_environ: dict[str, str] = field(default_factory=dict)  # for the handlers: _handler_environ
+    system_metrics: bool = True  # not disable_system_metrics: ts_metrics.log has the host's (torchserve_logs.py)
 
 
 def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None = None,
@@ -242,7 +242,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         listeners=tuple(listeners), pid_file=PID_FILE, access_log=True)  # access_log.log (torchserve_logs.py)
     handler_environ = _handler_environ(properties)
     key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
-    return Started(settings, key_file, handler_environ)
+    return Started(settings, key_file, handler_environ, not _true(properties.get("disable_system_metrics")))
 
 
 def write_key_file(path: Path, token: str) -> Path:
