@@ -366,6 +366,7 @@ class Logs:
 
     def handle(self, data, context):
         logger.info("answering %d request(s)", len(data))
+        context.metrics.add_counter("UndeclaredCount", 1)  # neither declared nor auto-detected
         return ["ok"] * len(data)
 '''
 
@@ -394,7 +395,8 @@ def test_torchserves_log_files(tmp_path: Path) -> None:
     ts_metrics = (metrics / "ts_metrics.log").read_text()
     assert "Requests2XX.Count:1.0|#Level:Host|#hostname:" in ts_metrics, ts_metrics
     assert "ts_inference_requests_total.Count:1.0|#model_name:logs,model_version:default|#hostname:" in ts_metrics
-    assert "[METRICS]PredictionTime.Milliseconds:" in (metrics / "model_metrics.log").read_text()
+    model_metrics = (metrics / "model_metrics.log").read_text()
+    assert "[METRICS]PredictionTime.Milliseconds:" in model_metrics and "UndeclaredCount" not in model_metrics
     for name in ("CPUUtilization.Percent", "MemoryUsed.Megabytes", "MemoryAvailable.Megabytes",
                  "MemoryUtilization.Percent", "DiskUsage.Gigabytes", "DiskUtilization.Percent",
                  "DiskAvailable.Gigabytes"):  # TorchServe's system metrics, logged at start

@@ -2,7 +2,8 @@
 62c4d6a1f): in ``LOG_LOCATION`` (default ``./logs``) ``ts_log.log`` (the server's log),
 ``access_log.log`` (one line per HTTP request) and ``model_log.log`` (what handlers log); in
 ``METRICS_LOCATION`` (default ``./logs``) ``ts_metrics.log`` (the front end's metrics, in
-``metrics_mode`` log) and ``model_metrics.log`` (handlers' metrics, in log mode). A folder that
+``metrics_mode`` log) and ``model_metrics.log`` (handlers' metrics in log mode that metrics_config
+declares or auto-detection admits, as TorchServe's front end keeps them). A folder that
 cannot be written gets no files (a warning says why), as log4j's appenders fail quietly.
 """
 
@@ -33,7 +34,7 @@ def install(environ: dict[str, str], cwd: Path, metrics_mode: str, system_metric
     _attach(metrics / "ts_metrics.log", "inferd.torchserve.ts_metrics" if metrics_mode == "log" else "", False)
     if metrics_mode == "log" and system_metrics and logging.getLogger("inferd.torchserve.ts_metrics").handlers:
         threading.Thread(target=_log_system_metrics, name="ts-system-metrics", daemon=True).start()
-    _attach(metrics / "model_metrics.log", "inferd.torchserve.model_metrics", propagate=True)
+    _attach(metrics / "model_metrics.log", "inferd.torchserve.model_metrics.declared", propagate=False)
     model_log = logs / "model_log.log"
     if _opened(model_log):
         os.environ[MODEL_LOG_ENV] = str(model_log)  # the instance processes inherit it
