@@ -75,9 +75,11 @@ class Mlp(torch.nn.Module):
 
 def archive(out: Path, name: str, serialized: Path, handler: str, version: str = "1.0",
             model_file: Path | None = None, extra: list[Path] | None = None,
-            config_file: Path | None = None) -> Path:
+            config_file: Path | None = None, archive_format: str = "default") -> Path:
+    """``name``.mar in ``out`` (with ``archive_format="no-archive"``: the folder ``out/name``)."""
     command = ["torch-model-archiver", "--model-name", name, "--version", version, "--serialized-file",
-               str(serialized), "--handler", handler, "--export-path", str(out), "-f"]
+               str(serialized), "--handler", handler, "--export-path", str(out), "-f",
+               "--archive-format", archive_format]
     if config_file is not None:
         command += ["--config-file", str(config_file)]
     if model_file is not None:
@@ -85,7 +87,7 @@ def archive(out: Path, name: str, serialized: Path, handler: str, version: str =
     if extra:
         command += ["--extra-files", ",".join(map(str, extra))]
     subprocess.run(command, check=True, capture_output=True)
-    return out / f"{name}.mar"
+    return out / name if archive_format == "no-archive" else out / f"{name}.mar"
 
 
 def build_store(root: Path) -> Path:

@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -351,18 +353,22 @@ def _tfserving(argv: list[str]) -> int:
 
 
 def _torchserve(argv: list[str]) -> int:
-    from inferd.compat import torchserve
+    from inferd.compat import torchserve, torchserve_logs
     from inferd.observability.logging import configure
 
     args = torchserve.parser().parse_args(argv)
     configure(args.log_level)
     if args.stop:
-        return _stop_torchserve(torchserve.PID_FILE)
+        return _stop_torchserve(torchserve.PID_FILE, wait=args.foreground)
     try:
         started = torchserve.settings_from_flags(args)
     except ConfigError as exc:
         print(f"inferd torchserve: {exc.message}", file=sys.stderr)
         return 2
+    if args.start and not args.foreground:
+        return _start_in_background(argv, torchserve.PID_FILE)
+    torchserve_logs.install(dict(os.environ), Path.cwd(), started.settings.torchserve.metrics_mode,
+                            started.system_metrics)
     os.environ.update(started.handler_environ)  # the model processes inherit them
     if started.key_file is not None:
         print(f"inferd torchserve: token authorization is on; keys in {started.key_file} "
@@ -387,16 +393,46 @@ def _run(settings: ServerSettings, flags: dict[str, str], prog: str, keep_freed:
     return code
 
 
-def _stop_torchserve(pid_file: Path) -> int:
-    """``torchserve --stop``: signal the server whose pid file this machine holds."""
+def _start_in_background(argv: list[str], pid_file: Path) -> int:
+    """``torchserve --start`` without ``--foreground``: as TorchServe's, the server runs on in a
+    process of its own (printing to this command's output), its pid in the pid file at once (a
+    ``--stop`` right after finds it), and the command returns."""
+    server = subprocess.Popen([sys.executable, "-m", "inferd", "torchserve", *argv, "--foreground"],
+                              stdin=subprocess.DEVNULL)
+    pid_file.write_text(str(server.pid))
+    return 0
+
+
+def _stop_torchserve(pid_file: Path, wait: bool = False) -> int:
+    """``torchserve --stop``: signal the server whose pid file this machine holds; with
+    ``--foreground``, wait (up to 60 s) until it has exited, as TorchServe's does."""
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         print("TorchServe is not currently running.", flush=True)
         return 1
+    if wait and not _exited(pid, timeout_s=60.0):
+        print("Stopping TorchServe took too long.", flush=True)
+        return 1
     print("TorchServe has stopped.", flush=True)
     return 0
+
+
+def _exited(pid: int, timeout_s: float) -> bool:
+    """Whether ``pid`` is gone (or a zombie its parent has not reaped yet) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

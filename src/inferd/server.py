@@ -182,8 +182,8 @@ def build_listener_app(core: Core, settings: ServerSettings, apis: tuple[str, ..
     router = Router(torchserve_refusal)
     TorchServeRoutes(core, ts_metrics).register(router, apis, kserve_predict=True)
     if "metrics" in apis and len(apis) == 1:
-        return HttpApp(router, settings.max_body_bytes)
-    return CountingApp(router, settings.max_body_bytes, ts_metrics)
+        return HttpApp(router, settings.max_body_bytes, settings.access_log)
+    return CountingApp(router, settings.max_body_bytes, ts_metrics, settings.access_log)
 
 
 def _shown(apis: tuple[str, ...]) -> str:
@@ -414,6 +414,8 @@ class Server:
                                         *(f"{_shown(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         workers = f", {s.workers} front-end workers" if s.workers else ""
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready{workers})", flush=True)
+        if s.pid_file is not None:  # `inferd torchserve`: the line TorchServe's ts.launcher.start waits for
+            print("Model server started.", flush=True)
 
     async def _shutdown(self) -> bool:
         """Every port drains at once (the workers' too), then the models; ``--drain-timeout``

@@ -161,6 +161,33 @@ def test_refusals(server: RunningServer) -> None:
     assert response.status_code == 400
 
 
+def test_an_absolute_path_inside_the_store_names_the_archive_there(server: RunningServer, store: Path) -> None:
+    """TorchServe takes a url that is a path (its stateful examples register a no-archive folder by
+    its absolute path in the store); inferd takes one inside the model store."""
+    response = requests.post(f"{server.base}/models?url={store / 'ts_mlp_v2.mar'}&model_name=absolute"
+                             "&initial_workers=1&synchronous=true", timeout=120)
+    assert response.status_code == 200, response.text
+    x = [[0.5] * 6]
+    assert predict(server, "absolute", json=x).json() == predict(server, "ts_mlp", json=x).json()
+    assert requests.delete(f"{server.base}/models/absolute", timeout=30).status_code == 200
+    assert (store / "ts_mlp_v2.mar").is_file()  # a store's archive stays when unregistered
+
+
+def test_a_no_archive_folder_is_served_as_its_archive(server: RunningServer, store: Path) -> None:
+    """torch-model-archiver's ``--archive-format no-archive`` folder (MAR-INF/MANIFEST.json and the
+    files beside it), registered by its name in the store or its absolute path, as TorchServe takes it."""
+    folder = ts_archives.archive(store, "folder_mlp", store.parent / "work" / "mlp.pt", "base_handler",
+                                 archive_format="no-archive")
+    assert (folder / "MAR-INF" / "MANIFEST.json").is_file()
+    x = [[0.25] * 6]
+    for url in ("folder_mlp", str(folder)):
+        response = requests.post(f"{server.base}/models?url={url}&initial_workers=1&synchronous=true", timeout=120)
+        assert response.status_code == 200, response.text
+        assert predict(server, "folder_mlp", json=x).json() == predict(server, "ts_mlp", json=x).json()
+        assert requests.delete(f"{server.base}/models/folder_mlp", timeout=30).status_code == 200
+    assert (folder / "MAR-INF" / "MANIFEST.json").is_file()  # served from where it is, and left there
+
+
 def test_scaling_workers_under_load_fails_no_request(server: RunningServer) -> None:
     base = server.base
     body = json.dumps({"values": [1.0, 2.0, 3.0, 4.0]})

@@ -57,7 +57,7 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str,
     lines += [f"{api}_port={port}" for api, port in grpc_ports.items()]
     lines += [f"{key}={value}" for key, value in properties.items()]
     (workdir / "config.properties").write_text("\n".join(lines) + "\n")
-    command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
+    command = [sys.executable, "-m", "inferd", "torchserve", "--start", "--foreground", "--ncs", "--ts-config",
                str(workdir / "config.properties"), *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src")),
            "TMPDIR": str(workdir), **(environ or {})}  # its pid file (TorchServe's, in the temp folder) is ours
@@ -276,3 +276,171 @@ def test_torchserves_grpc_apis_on_its_two_ports(archives: Path, tmp_path: Path) 
         with pytest.raises(grpc.RpcError) as raised:
             _grpc_call(infer, INFERENCE + "Predictions", request, ts.PredictionResponse)
         assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.INTERNAL, "Model not found: doubler")
+
+
+def test_start_returns_at_once_and_stop_foreground_waits_for_the_exit(archives: Path, tmp_path: Path) -> None:
+    """As TorchServe's: ``torchserve --start`` returns while the server runs on, printing to the
+    command's output "Model server started." once it serves (what TorchServe's ts.launcher.start
+    waits for); ``torchserve --stop --foreground`` returns once the server has exited."""
+    inference = free_port()
+    (tmp_path / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{inference}\nmanagement_address=http://127.0.0.1:{free_port()}\n"
+        f"metrics_address=http://127.0.0.1:{free_port()}\ngrpc_inference_port={free_port()}\n"
+        f"grpc_management_port={free_port()}\nmodel_store={archives}\nload_models=ts_mlp.mar\n"
+        "default_workers_per_model=2\ndisable_token_authorization=true\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src")),
+           "TMPDIR": str(tmp_path)}  # our server's pid file
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        started = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--start", "--ncs", "--ts-config",
+                                  str(tmp_path / "config.properties")], stdout=out, stderr=subprocess.STDOUT,
+                                 timeout=60, cwd=tmp_path, env=env)
+    assert started.returncode == 0, log.read_text()
+    try:
+        deadline = time.monotonic() + 120
+        while "Model server started.\n" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert log.read_text().index("inferd ready") < log.read_text().index("Model server started.")
+        ping = requests.get(f"http://127.0.0.1:{inference}/ping", timeout=5)
+        assert ping.json() == {"status": "Healthy"}
+        pid = int((tmp_path / ".model_server.pid").read_text())
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop", "--foreground"],
+                                 capture_output=True, text=True, timeout=90, cwd=tmp_path, env=env)
+    assert stopped.stdout.strip() == "TorchServe has stopped.", stopped
+    assert _exited(pid), "--stop --foreground returned while the server was still running"
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie that init has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+FAILING_INITIALIZE = '''
+class FailsToStart:
+    def initialize(self, context):
+        self.open_weights()
+
+    def open_weights(self):
+        raise FileNotFoundError("weights.bin is not in the archive")
+
+    def handle(self, data, context):
+        return data
+'''
+
+
+def test_a_handler_that_fails_to_initialize_is_logged_with_its_traceback(tmp_path: Path) -> None:
+    """As TorchServe's worker logs it: where in the handler the error came from, not only its type."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(FAILING_INITIALIZE)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "fails", work / "empty.pt", str(work / "handler.py"))
+    output: list[str] = []
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}, output=output) as urls:
+        response = requests.post(f"{urls['management']}/models?url=fails.mar&initial_workers=1&synchronous=true",
+                                 timeout=120)
+        assert response.status_code == 500, response.text
+        assert "FileNotFoundError: weights.bin is not in the archive" in response.json()["message"]
+        logged = "".join(output)
+        assert "model fails failed to load:\nTraceback (most recent call last):" in logged, logged
+        assert re.search(r'handler\.py", line 4, in initialize\n\s+self\.open_weights\(\)', logged), logged
+        assert re.search(r'handler\.py", line 7, in open_weights\n\s+raise FileNotFoundError', logged), logged
+
+
+LOGGING_HANDLER = '''
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class Logs:
+    def initialize(self, context):
+        logger.info("loaded %s", context.model_name)
+
+    def handle(self, data, context):
+        logger.info("answering %d request(s)", len(data))
+        context.metrics.add_counter("UndeclaredCount", 1)  # neither declared nor auto-detected
+        return ["ok"] * len(data)
+'''
+
+
+def test_torchserves_log_files(tmp_path: Path) -> None:
+    """TorchServe's log4j2 files: ts_log, access_log and model_log in ./logs (LOG_LOCATION unset),
+    ts_metrics and model_metrics in METRICS_LOCATION."""
+    work, store, metrics = tmp_path / "work", tmp_path / "store", tmp_path / "metrics"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(LOGGING_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "logs", work / "empty.pt", str(work / "handler.py"))
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "logs.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true"},
+                    environ={"METRICS_LOCATION": str(metrics)}) as urls:
+        answer = requests.post(f"{urls['inference']}/predictions/logs", data=b"x", timeout=30)
+        assert (answer.status_code, answer.text) == (200, "ok")
+    logs = tmp_path / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["access_log.log", "model_log.log", "ts_log.log"]
+    assert sorted(p.name for p in metrics.iterdir()) == ["model_metrics.log", "ts_metrics.log"]
+    assert "model logs version 1.0 ready" in (logs / "ts_log.log").read_text()
+    assert re.search(r"POST /predictions/logs 200 ", (logs / "access_log.log").read_text())
+    model_log = (logs / "model_log.log").read_text()
+    assert "[INFO] handler - loaded logs" in model_log and "answering 1 request(s)" in model_log, model_log
+    ts_metrics = (metrics / "ts_metrics.log").read_text()
+    assert "Requests2XX.Count:1.0|#Level:Host|#hostname:" in ts_metrics, ts_metrics
+    assert "ts_inference_requests_total.Count:1.0|#model_name:logs,model_version:default|#hostname:" in ts_metrics
+    model_metrics = (metrics / "model_metrics.log").read_text()
+    assert "[METRICS]PredictionTime.Milliseconds:" in model_metrics and "UndeclaredCount" not in model_metrics
+    for name in ("CPUUtilization.Percent", "MemoryUsed.Megabytes", "MemoryAvailable.Megabytes",
+                 "MemoryUtilization.Percent", "DiskUsage.Gigabytes", "DiskUtilization.Percent",
+                 "DiskAvailable.Gigabytes"):  # TorchServe's system metrics, logged at start
+        assert re.search(rf"{name}:[0-9.]+\|#Level:Host\|#hostname:[^,]+,timestamp:[0-9]+$", ts_metrics, re.M), name
+
+
+def test_disable_system_metrics_leaves_them_out_of_ts_metrics(tmp_path: Path) -> None:
+    with torchserve(tmp_path, {"disable_token_authorization": "true", "disable_system_metrics": "true"}) as urls:
+        assert requests.get(f"{urls['inference']}/ping", timeout=5).status_code == 200
+    ts_metrics = (tmp_path / "logs" / "ts_metrics.log").read_text()
+    assert "Requests2XX.Count:1.0" in ts_metrics and "Utilization" not in ts_metrics, ts_metrics
+
+
+DECLARED_METRICS_HANDLER = '''
+from ts.metrics.metric_type_enum import MetricTypes
+
+
+class Declared:
+    def initialize(self, context):
+        self.metrics = context.metrics
+
+    def handle(self, data, context):
+        # declared in metrics_config, never added by the handler: TorchServe's cache holds it from the start
+        self.metrics.get_metric("RowsSeen", MetricTypes.COUNTER).add_or_update(len(data), [context.model_name])
+        return ["ok"] * len(data)
+'''
+
+
+def test_metrics_config_metrics_are_in_the_handlers_cache(tmp_path: Path) -> None:
+    """context.metrics.get_metric finds what metrics_config's model_metrics declares, as
+    TorchServe's MetricsCacheYamlImpl is filled from the file when its worker starts."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(DECLARED_METRICS_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "declared", work / "empty.pt", str(work / "handler.py"))
+    (work / "metrics.yaml").write_text("model_metrics:\n  counter:\n    - name: RowsSeen\n      unit: count\n"
+                                       "      dimensions: [ModelName]\n")
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "declared.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true",
+                               "metrics_mode": "prometheus", "metrics_config": str(work / "metrics.yaml")}) as urls:
+        for _ in range(2):
+            answer = requests.post(f"{urls['inference']}/predictions/declared", data=b"x", timeout=30)
+            assert (answer.status_code, answer.text) == (200, "ok")
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    assert re.search(r'^RowsSeen\{ModelName="declared",Hostname="[^"]+",\} 2\.0$', shown, re.M), shown

@@ -33,8 +33,7 @@ PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
-           "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer",
-           "disable_system_metrics", "enable_metrics_api",
+           "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
@@ -43,6 +42,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
 # service_envelope's names (TorchServe's ts.torch_handler.request_envelope modules; runtimes/ts_envelopes.py)
 SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
 DECODE_ENV, ENVELOPE_ENV = "TS_DECODE_INPUT_REQUEST", "INFERD_TS_SERVICE_ENVELOPE"  # read by runtimes/handler.py
+METRICS_CONFIG_ENV = "INFERD_TS_METRICS_CONFIG"  # read by runtimes/ts_metrics.py: a handler's declared metrics
 # keys whose honest answer is a refusal: ignoring them would change what is served
 REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
            "private_key_file": "TLS is not served; put a TLS proxy in front",
@@ -53,9 +53,10 @@ REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
 def parser() -> argparse.ArgumentParser:
     flags = argparse.ArgumentParser(prog="inferd torchserve", description="inferd with torchserve's flags "
                                     "and config.properties: a TorchServe deployment changes only the command.")
-    flags.add_argument("--start", action="store_true", help="start the server (it runs in the foreground)")
+    flags.add_argument("--start", action="store_true", help="start the server, which runs on in a process of its own")
     flags.add_argument("--stop", action="store_true", help="stop the server this machine runs (its pid file)")
-    flags.add_argument("--foreground", action="store_true", help="accepted: inferd always runs in the foreground")
+    flags.add_argument("--foreground", action="store_true",
+                       help="--start: serve in this process; --stop: return once the server has exited")
     flags.add_argument("--ts-config", dest="ts_config", default=None, help="config.properties")
     flags.add_argument("--model-store", dest="model_store", default=None)
     flags.add_argument("--models", nargs="+", default=None, help="all, or [name=]archive.mar ...")
@@ -145,13 +146,15 @@ def _metrics_settings(properties: dict[str, str]) -> dict[str, Any]:
 
 
 def _handler_environ(properties: dict[str, str]) -> dict[str, str]:
-    """What TorchServe's front end tells its workers of ``decode_input_request`` (the
+    """What TorchServe's front end tells its workers of ``metrics_config``, ``decode_input_request`` (the
     ``TS_DECODE_INPUT_REQUEST`` variable, ``true`` by default) and ``service_envelope``: the
     variables the server's handler models read, in this process and its instance processes."""
     envelope = properties.get("service_envelope", "")
     if envelope and envelope not in SERVICE_ENVELOPES:
         raise ConfigError(f"service_envelope={envelope}: expected one of {', '.join(SERVICE_ENVELOPES)}")
-    return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope}
+    metrics_config = properties.get("metrics_config", "")
+    return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope,
+            METRICS_CONFIG_ENV: str(Path(metrics_config).resolve()) if metrics_config else ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,7 @@ class Started:
     settings: ServerSettings
     key_file: Path | None  # TorchServe's key_file.json, when token authorization is on
     handler_environ: dict[str, str] = field(default_factory=dict)  # for the handlers: _handler_environ
+    system_metrics: bool = True  # not disable_system_metrics: ts_metrics.log has the host's (torchserve_logs.py)
 
 
 def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None = None,
@@ -235,10 +239,10 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         auth_token=token, auth_inference=token is not None, model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
-        listeners=tuple(listeners), pid_file=PID_FILE)
+        listeners=tuple(listeners), pid_file=PID_FILE, access_log=True)  # access_log.log (torchserve_logs.py)
     handler_environ = _handler_environ(properties)
     key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
-    return Started(settings, key_file, handler_environ)
+    return Started(settings, key_file, handler_environ, not _true(properties.get("disable_system_metrics")))
 
 
 def write_key_file(path: Path, token: str) -> Path:

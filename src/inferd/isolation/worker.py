@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from inferd.errors import InferdError, describe
@@ -67,6 +68,8 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
         runtime.warmup()
         run_samples(runtime, context)
     except Exception as exc:
+        if not isinstance(exc, InferdError):  # the model's own code failed: where, as TorchServe logs it
+            print(f"model {context.name} failed to load:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         conn.send(("failed", exc.message if isinstance(exc, InferdError) else describe(exc)))
         return None
     conn.send(("ready", {"platform": runtime.platform, "inputs": runtime.inputs, "outputs": runtime.outputs,

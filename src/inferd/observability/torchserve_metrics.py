@@ -4,9 +4,13 @@ own test collections read them."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from dataclasses import dataclass
 
+# TorchServe's ts_metrics.log (metrics_mode log): its file handler is attached by compat/torchserve_logs.py
+log = logging.getLogger("inferd.torchserve.ts_metrics")
 # the front end's own families (render): a handler's metric of one of these names is refused
 FRONT_END_FAMILIES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "ts_inference_requests_total",
                                 "ts_inference_latency_microseconds", "ts_queue_latency_microseconds"})
@@ -32,12 +36,24 @@ class TorchServeMetrics:
         family = f"{status // 100}XX"
         if family in self._statuses:
             self._statuses[family] += 1
+            if log.handlers:
+                self._log(f"Requests{family}", "Count", 1.0, "Level:Host")
 
     def inference(self, model: str, version: str | None, inference_s: float, queue_s: float) -> None:
         counts = self._models.setdefault((model, version or "default"), _ModelCounts())
         counts.requests += 1
         counts.inference_us += inference_s * 1e6
         counts.queue_us += queue_s * 1e6
+        if log.handlers:
+            dimensions = f"model_name:{model},model_version:{version or 'default'}"
+            self._log("ts_inference_requests_total", "Count", 1.0, dimensions)
+            self._log("ts_inference_latency_microseconds", "Microseconds", inference_s * 1e6, dimensions)
+            self._log("ts_queue_latency_microseconds", "Microseconds", queue_s * 1e6, dimensions)
+
+    def _log(self, name: str, unit: str, value: float, dimensions: str) -> None:
+        """One line as TorchServe's front end logs a metric in log mode."""
+        log.info("%s.%s:%s|#%s|#hostname:%s,timestamp:%d", name, unit, value, dimensions, self.hostname,
+                 int(time.time()))
 
     def render(self) -> bytes:
         host = _escape(self.hostname)

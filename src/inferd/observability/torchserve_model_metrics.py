@@ -26,7 +26,11 @@ from typing import Any
 from inferd.observability.custom_metrics import LABEL, NAME
 from inferd.observability.torchserve_metrics import FRONT_END_FAMILIES
 
-log = logging.getLogger("inferd.torchserve.model_metrics")
+log = logging.getLogger("inferd.torchserve.model_metrics")  # every value, as TorchServe's worker prints it
+# TorchServe's model_metrics.log: only what metrics_config declares or auto-detection admits (its file
+# handler is attached by compat/torchserve_logs.py under inferd torchserve)
+declared_log = logging.getLogger("inferd.torchserve.model_metrics.declared")
+declared_log.propagate = False
 MODES = ("log", "prometheus", "legacy", "off")  # off: inferd serve's (handlers' values are dropped)
 KINDS = ("counter", "gauge", "histogram")
 # the Prometheus Java client's default histogram buckets (TorchServe's PrometheusHistogram keeps them)
@@ -65,9 +69,11 @@ class TorchServeModelMetrics:
         if self.mode == "off":
             return
         if self.mode != "prometheus":
-            dimensions = ",".join(f"{k}:{v}" for k, v in labels)
-            log.info("[METRICS]%s.%s:%s|#%s|#type:%s|#hostname:%s,%d", name, unit, _number(value), dimensions,
-                     kind.upper(), self.hostname, int(time.time()))
+            line = ("[METRICS]%s.%s:%s|#%s|#type:%s|#hostname:%s,%d", name, unit, _number(value),
+                    ",".join(f"{k}:{v}" for k, v in labels), kind.upper(), self.hostname, int(time.time()))
+            log.info(*line)
+            if declared_log.handlers and (self.auto_detect or name in self._families):
+                declared_log.info(*line)
             return
         with self._lock:
             family = self._families.get(name)

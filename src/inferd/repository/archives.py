@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -59,8 +61,8 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
         if target.exists():
             raise InferdError(f"{title} file already exists {file_name}")
         return LocatedArchive(target, url)
-    candidate = (model_store / url).resolve()
-    if Path(url).is_absolute() or not candidate.is_relative_to(model_store.resolve()):
+    candidate = (model_store / url).resolve()  # an absolute path (as TorchServe takes one) stays one
+    if not candidate.is_relative_to(model_store.resolve()):
         raise NotFound(f"{title} not found at: {url}; the url leaves the {kind} store (give the archive's "
                        "name inside it)")
     if not candidate.exists():
@@ -127,13 +129,14 @@ class ArchiveInfo:
 
 
 def archive_info(archive: Path) -> ArchiveInfo:
-    """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking."""
+    """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking; ``archive``
+    may also be a folder holding them (torch-model-archiver's ``--archive-format no-archive``)."""
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            manifest = json.loads(small_member(bundle, "MAR-INF/MANIFEST.json", archive.name))
-            model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
-            config_file = model.get("configFile") if isinstance(model, dict) else None
-            yaml_text = small_member(bundle, str(config_file), archive.name).decode() if config_file else ""
+        if archive.is_dir():
+            manifest, model, yaml_text = _manifest(_folder_reader(archive))
+        else:
+            with zipfile.ZipFile(archive) as bundle:
+                manifest, model, yaml_text = _manifest(functools.partial(small_member, bundle, where=archive.name))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
     if not isinstance(model, dict):
@@ -161,6 +164,27 @@ def small_member(bundle: zipfile.ZipFile, name: str, where: str) -> bytes:
     if size > MAX_MANIFEST_BYTES:
         raise ConfigError(f"{where}: {name} is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
     return bundle.read(name)
+
+
+def _manifest(member: Callable[[str], bytes]) -> tuple[Any, Any, str]:
+    """(MANIFEST.json, its ``model`` object, the text of the model-config.yaml it names or "")."""
+    manifest = json.loads(member("MAR-INF/MANIFEST.json"))
+    model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
+    config_file = model.get("configFile") if isinstance(model, dict) else None
+    return manifest, model, member(str(config_file)).decode() if config_file else ""
+
+
+def _folder_reader(folder: Path) -> Callable[[str], bytes]:
+    """``small_member`` for an archive's unpacked folder: a small file inside it."""
+    def read(name: str) -> bytes:
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise KeyError(f"{name} leaves the folder")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"{folder.name}: {name} is {path.stat().st_size} bytes, over the limit of "
+                              f"{MAX_MANIFEST_BYTES}")
+        return path.read_bytes()
+    return read
 
 
 def read_model_yaml(text: str, where: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
                   prefer_tflite: bool = False) -> BuiltVersion[S]:
     """Load a version from its folder (or ``.mar`` archive). Blocks: call it off the event loop.
     ``prefer_tflite``: a model.tflite in the folder wins over its SavedModel (TF Serving's flag)."""
-    if path.suffix == ".mar":
+    if path.suffix == ".mar" or (path / "MAR-INF" / "MANIFEST.json").is_file():  # or a no-archive folder
         artifact, backend = path, "torchserve"
     else:
         artifact, backend = find_artifact(path, config.backend, config.default_model_filename, prefer_tflite)

@@ -46,6 +46,7 @@ INPUTS = (TensorSpec("body", "BYTES", (-1,)), TensorSpec("content_type", "BYTES"
 OUTPUTS = (TensorSpec("output", "BYTES", (-1,)), TensorSpec("content_type", "BYTES", (-1,)),
            TensorSpec("status", "INT32", (-1,)))
 
+MODEL_LOG_ENV = "INFERD_TS_MODEL_LOG"  # set by inferd torchserve (compat/torchserve_logs.py): model_log.log's path
 Handle = Callable[[list[dict[str, Any]], Context], Any]  # handle(data, context): one answer per request
 Initialize = Callable[[Context], Any]
 log = logging.getLogger("inferd.handler")
@@ -239,10 +240,33 @@ def _import(path: Path, model_dir: Path) -> types.ModuleType:
     return module
 
 
+def log_to_model_log() -> None:
+    """What a handler logs (INFO and up, as TorchServe's worker sets Python's logging) also goes to
+    TorchServe's ``model_log.log`` when ``inferd torchserve`` writes one (compat/torchserve_logs.py)."""
+    path = os.environ.get(MODEL_LOG_ENV)
+    root = logging.getLogger()
+    if not path or any(getattr(h, "_inferd_model_log", False) for h in root.handlers):
+        return
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s - %(message)s"))
+    handler._inferd_model_log = True  # type: ignore[attr-defined]
+    if not root.handlers:  # what Python printed before (warnings and up, on stderr) it still prints
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        root.addHandler(console)
+    root.addHandler(handler)
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
 def build(model_name: str, model_dir: Path, manifest: dict[str, Any], max_batch_size: int,
           gpu: int | None, model_yaml_config: dict[str, Any] | None = None) -> HandlerRuntime:
     """The handler that ``manifest`` names, imported from ``model_dir`` and initialised."""
     handler = manifest["model"].get("handler") or "base_handler"
+    log_to_model_log()
     install_torchserve_shim()
     handle, initialize = resolve_handler(handler, model_dir)
     # as TorchServe's loader: the envelope wraps handle, not a function handler's initialize

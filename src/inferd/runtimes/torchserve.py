@@ -32,7 +32,11 @@ MAX_ENTRIES = 100_000
 
 def unpack(archive: Path) -> Path:
     """The archive's files in a folder: once per archive content in the folder the server shares
-    with its process instances (``INFERD_UNPACK_DIR``), else a fresh one removed at exit."""
+    with its process instances (``INFERD_UNPACK_DIR``), else a fresh one removed at exit. An
+    archive that is a folder already (``--archive-format no-archive``) is served from where it is,
+    as TorchServe serves it."""
+    if archive.is_dir():
+        return archive
     shared = os.environ.get(SHARED_UNPACK_ENV)
     if not shared:
         # named as isolation.process names scratch folders: a start after a SIGKILL removes it

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from inferd.errors import InferdError
@@ -20,6 +22,10 @@ from inferd.runtimes import model_calls
 from inferd.types import MetricUpdate
 
 log = logging.getLogger("inferd.handler")
+METRICS_CONFIG_ENV = "INFERD_TS_METRICS_CONFIG"  # set by inferd torchserve: config.properties' metrics_config
+# TorchServe's own ts/configs/metrics.yaml model_metrics, a worker's cache when no metrics_config is given
+DEFAULT_MODEL_METRICS = {"gauge": [{"name": name, "unit": "ms", "dimensions": ["ModelName", "Level"]}
+                                   for name in ("HandlerTime", "PredictionTime")]}
 
 # TorchServe's unit abbreviations -> the names its metrics carry (ts/metrics/unit.py)
 UNITS = {"ms": "Milliseconds", "s": "Seconds", "percent": "Percent", "count": "Count", "MB": "Megabytes",
@@ -127,6 +133,10 @@ class MetricsCache:
         self.model_name = model_name
         self.request_ids: dict[int, str] | str | None = None
         self.cache: dict[str, dict[str, CachingMetric]] = {}
+        for kind, entries in declared_model_metrics().items():  # as TorchServe's cache starts
+            for entry in entries:
+                self.add_metric_to_cache(entry["name"], str(entry["unit"]), entry.get("dimensions") or [],
+                                         MetricTypes(kind))
 
     def set_request_ids(self, request_ids: dict[int, str] | str | None) -> None:
         self.request_ids = request_ids
@@ -211,3 +221,25 @@ class MetricsCache:
 
     def add_error(self, name: str, value: float, dimensions: list[Dimension] | None = None) -> None:
         self._emit(name, value, "", None, dimensions, MetricTypes.COUNTER, request_id=None)
+
+
+def declared_model_metrics() -> dict[str, list[dict[str, Any]]]:
+    """The metrics.yaml ``model_metrics`` a handler's ``context.metrics`` holds from the start (so
+    ``get_metric`` finds them, as in TorchServe): ``metrics_config``'s under ``inferd torchserve``
+    (the server checked the file at start), else TorchServe's default HandlerTime and PredictionTime."""
+    path = os.environ.get(METRICS_CONFIG_ENV)
+    if not path:
+        return DEFAULT_MODEL_METRICS
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("metrics_config %s is not read for the handler's metrics: %s", path, exc)
+        return DEFAULT_MODEL_METRICS
+    section = document.get("model_metrics") if isinstance(document, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    return {kind: [entry for entry in entries or [] if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                   and "unit" in entry]
+            for kind, entries in section.items() if kind in ("counter", "gauge", "histogram")}

@@ -431,8 +431,9 @@ class TorchServeRoutes:
 class CountingApp(HttpApp):
     """TorchServe's inference and management addresses: every answer counts in Requests2XX/4XX/5XX."""
 
-    def __init__(self, router: Router, max_body_bytes: int, metrics: TorchServeMetrics) -> None:
-        super().__init__(router, max_body_bytes)
+    def __init__(self, router: Router, max_body_bytes: int, metrics: TorchServeMetrics,
+                 access_log: bool = False) -> None:
+        super().__init__(router, max_body_bytes, access_log)
         self._metrics = metrics
 
     async def dispatch(self, request: HttpRequest) -> HttpResponse:
