@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -352,7 +354,7 @@ def _torchserve(argv: list[str]) -> int:
     args = torchserve.parser().parse_args(argv)
     configure(args.log_level)
     if args.stop:
-        return _stop_torchserve(torchserve.PID_FILE)
+        return _stop_torchserve(torchserve.PID_FILE, wait=args.foreground)
     try:
         started = torchserve.settings_from_flags(args)
     except ConfigError as exc:
@@ -382,16 +384,35 @@ def _run(settings: ServerSettings, flags: dict[str, str], prog: str, keep_freed:
     return code
 
 
-def _stop_torchserve(pid_file: Path) -> int:
-    """``torchserve --stop``: signal the server whose pid file this machine holds."""
+def _stop_torchserve(pid_file: Path, wait: bool = False) -> int:
+    """``torchserve --stop``: signal the server whose pid file this machine holds; with
+    ``--foreground``, return once it has exited (within 60 s), as TorchServe's does, so that a
+    server started next finds its ports free."""
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         print("TorchServe is not currently running.", flush=True)
         return 1
+    if wait and not _exited(pid, time.monotonic() + 60):
+        print("Stopping TorchServe took too long.", flush=True)
+        return 1
     print("TorchServe has stopped.", flush=True)
     return 0
+
+
+def _exited(pid: int, deadline: float) -> bool:
+    """Whether process ``pid`` is gone (or a zombie: exited, not yet reaped by its parent) by ``deadline``."""
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(OSError, IndexError):  # no /proc: kill alone tells
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,7 @@ class ServerSettings:
     torchserve: TorchServeSettings = field(default_factory=lambda: TorchServeSettings())
     listeners: tuple[Listener, ...] = ()  # more HTTP ports, each with some of the APIs (TorchServe's three)
     pid_file: Path | None = None  # written at start, removed at exit (TorchServe's --stop finds it)
+    ready_line: str = ""  # printed too once ready: what another server's scripts wait for ("Model server started.")
     workers: int = 0  # front-end processes (HTTP and gRPC) before the one that owns the models; 0: one process
     cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
     rate_limit: str = "off"  # Triton's --rate-limit: "execution_count" enforces instance groups' rate_limiter

@@ -399,11 +399,11 @@ class Server:
         store, models = self.settings.model_store, self.settings.models
         if store is None or not models:
             return
-        for name, archive in store_archives(store, models):
+        for name, url in store_archives(store, models):
             try:
-                await self.core.control.register_archive(archive, name)
+                await self.core.control.register_archive(url, name)
             except InferdError as exc:
-                log.error("archive %s not served: %s", archive.name, exc.message)
+                log.error("archive %s not served: %s", url, exc.message)
 
     def _announce(self) -> None:
         rows = self.core.control.states()
@@ -414,6 +414,8 @@ class Server:
                                         *(f"{_shown(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         workers = f", {s.workers} front-end workers" if s.workers else ""
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready{workers})", flush=True)
+        if s.ready_line:
+            print(s.ready_line, flush=True)
 
     async def _shutdown(self) -> bool:
         """Every port drains at once (the workers' too), then the models; ``--drain-timeout``

@@ -276,3 +276,83 @@ def test_torchserves_grpc_apis_on_its_two_ports(archives: Path, tmp_path: Path) 
         with pytest.raises(grpc.RpcError) as raised:
             _grpc_call(infer, INFERENCE + "Predictions", request, ts.PredictionResponse)
         assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.INTERNAL, "Model not found: doubler")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited child not yet reaped, a zombie, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_started_line_and_stop_in_the_foreground_as_torchserves_launcher_needs(archives: Path,
+                                                                                tmp_path: Path) -> None:
+    """TorchServe's launcher (ts/launcher.py, its tests' start_torchserve) reads the output until
+    "Model server started", and its `torchserve --stop --foreground` returns once the server has
+    exited, so that the next start finds the ports free."""
+    output: list[str] = []
+    with torchserve(tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(archives),
+                    "--models", "ts_mlp.mar", output=output) as urls:
+        deadline = time.monotonic() + 10
+        while "Model server started.\n" not in output:
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.05)
+        pid = int((tmp_path / ".model_server.pid").read_text())
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop", "--foreground"],
+                                 capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not _running(pid), "--stop --foreground returned before the server exited"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{urls['inference']}/ping", timeout=1)
+
+
+def test_an_archive_linked_into_the_store_is_registered(archives: Path, tmp_path: Path) -> None:
+    """As in TorchServe (whose test harness links its archives into the store): the url is checked
+    to name a file in the store; a link there may lead anywhere the operator put it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "linked.mar").symlink_to(archives / "ts_mlp.mar")
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}) as urls:
+        response = requests.post(f"{urls['management']}/models?url=linked.mar&model_name=linked"
+                                 "&initial_workers=1&synchronous=true", timeout=120)
+        assert response.status_code == 200, response.text
+        answer = requests.post(f"{urls['inference']}/predictions/linked", json=X, timeout=30)
+        assert answer.status_code == 200, answer.text
+        for url in (str(archives / "ts_mlp.mar"), "../store/linked.mar"):  # a url itself still may not leave it
+            refused = requests.post(f"{urls['management']}/models?url={url}", timeout=30)
+            assert refused.status_code == 404, refused.text
+
+
+def test_models_given_at_start_by_url_are_downloaded(archives: Path, tmp_path: Path) -> None:
+    """`--models name=URL` (TorchServe's ModelServer registers it as POST /models would: downloaded
+    into the store when allowed_urls admits it); an archive that cannot be served is logged and the
+    server still starts (it stopped with a traceback)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    output: list[str] = []
+    with file_server(archives) as remote, torchserve(
+            tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(store), "--models",
+            f"mlp={remote}/ts_mlp.mar", "missing.mar", output=output) as urls:
+        assert (store / "ts_mlp.mar").is_file()
+        described = requests.get(f"{urls['management']}/models/mlp", timeout=5).json()[0]
+        assert described["loadedAtStartup"] and described["modelUrl"] == f"{remote}/ts_mlp.mar"
+        answer = requests.post(f"{urls['inference']}/predictions/mlp", json=X, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert any("missing.mar not served" in line for line in output), "".join(output)
+
+
+def test_grpc_registering_with_the_model_api_off_is_refused_in_torchserves_words(archives: Path,
+                                                                                  tmp_path: Path) -> None:
+    """TorchServe's ManagementImpl: PERMISSION_DENIED "Model API disabled" (its tests match the words)."""
+    with torchserve(tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(archives),
+                    "--models", "ts_mlp.mar") as urls:
+        calls = ((MANAGEMENT + "RegisterModel", ts.RegisterModelRequest(url="doubler.mar", model_name="doubler")),
+                 (MANAGEMENT + "UnregisterModel", ts.UnregisterModelRequest(model_name="ts_mlp")))
+        for path, request in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                _grpc_call(urls["grpc_management"], path, request, ts.ManagementResponse)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "Model API disabled" in refused.value.details()

@@ -30,6 +30,7 @@ TORCHSERVE_ALLOWED_URLS = ("file://.*", "http(s)?://.*")  # TorchServe's default
 DEFAULT_ADDRESSES = {"inference_address": "http://127.0.0.1:8080", "management_address": "http://127.0.0.1:8081",
                      "metrics_address": "http://127.0.0.1:8082"}
 PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe keeps it
+READY_LINE = "Model server started."  # TorchServe's front end logs it once serving; its launcher waits for it
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
@@ -55,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
                                     "and config.properties: a TorchServe deployment changes only the command.")
     flags.add_argument("--start", action="store_true", help="start the server (it runs in the foreground)")
     flags.add_argument("--stop", action="store_true", help="stop the server this machine runs (its pid file)")
-    flags.add_argument("--foreground", action="store_true", help="accepted: inferd always runs in the foreground")
+    flags.add_argument("--foreground", action="store_true",
+                       help="inferd always runs in the foreground; with --stop: wait until the server has exited")
     flags.add_argument("--ts-config", dest="ts_config", default=None, help="config.properties")
     flags.add_argument("--model-store", dest="model_store", default=None)
     flags.add_argument("--models", nargs="+", default=None, help="all, or [name=]archive.mar ...")
@@ -235,7 +237,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         auth_token=token, auth_inference=token is not None, model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
-        listeners=tuple(listeners), pid_file=PID_FILE)
+        listeners=tuple(listeners), pid_file=PID_FILE, ready_line=READY_LINE)
     handler_environ = _handler_environ(properties)
     key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
     return Started(settings, key_file, handler_environ)

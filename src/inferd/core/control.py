@@ -271,9 +271,10 @@ class ModelControl:
         await self.workflows.unregister(name)
 
     # -- the composition root's (start-up, polling, shutdown): no credentials ---------------
-    async def register_archive(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
-        """An archive served from the start (``--models``), with TorchServe's start-up workers."""
-        return await self._torchserve.register_at_start(archive, name)
+    async def register_archive(self, url: str, name: str | None) -> tuple[Outcome, str]:
+        """An archive served from the start (``--models``: a file of the store or a URL that
+        ``allowed_urls`` admits), with TorchServe's start-up workers."""
+        return await self._torchserve.register_at_start(url, name)
 
     def states(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every version's state, without credentials: for metrics and the start-up line."""

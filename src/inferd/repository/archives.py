@@ -59,8 +59,10 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
         if target.exists():
             raise InferdError(f"{title} file already exists {file_name}")
         return LocatedArchive(target, url)
-    candidate = (model_store / url).resolve()
-    if Path(url).is_absolute() or not candidate.is_relative_to(model_store.resolve()):
+    # the name is checked, not where a link in the store leads: as in TorchServe, an archive the
+    # operator linked into the store (its own test harness does) is served
+    candidate = (model_store / url).absolute()
+    if Path(url).is_absolute():
         raise NotFound(f"{title} not found at: {url}; the url leaves the {kind} store (give the archive's "
                        "name inside it)")
     if not candidate.exists():
@@ -249,13 +251,13 @@ def remove_downloaded(path: Path) -> None:
         log.warning("could not remove %s from the model store: %s", path, exc)
 
 
-def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str | None, Path]]:
-    """``--models all`` or ``NAME=FILE.mar``/``FILE.mar`` items as (name or None, archive)."""
+def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str | None, str]]:
+    """``--models all`` or ``NAME=URL``/``URL`` items (a file of the store or a URL) as (name or
+    None, url); split at the first ``=``, as TorchServe's ModelServer splits them."""
     if models == ("all",):
-        return [(None, path) for path in sorted(model_store.glob("*.mar"))]
-    chosen = []
+        return [(None, path.name) for path in sorted(model_store.glob("*.mar"))]
+    chosen: list[tuple[str | None, str]] = []
     for item in models:
-        name, _, file = item.rpartition("=")
-        chosen.append((name or None, locate_archive(model_store, file).path))
+        name, equals, url = item.partition("=")
+        chosen.append((name or None, url) if equals else (None, item))
     return chosen
-

@@ -354,6 +354,6 @@ class TorchServeManagementServicer:
 
     def _model_api(self) -> None:
         if not self.control.torchserve_model_api:
-            raise Forbidden("Requested method is not allowed, please refer to API document. (model API disabled: "
-                            "enable_model_api=true or --enable-model-api)")
+            # TorchServe's gRPC words (its REST answer is the 405 of an unknown method)
+            raise Forbidden("Model API disabled (enable_model_api=true or --enable-model-api enables it)")
 
