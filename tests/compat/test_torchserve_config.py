@@ -52,8 +52,9 @@ def test_decode_input_request_and_service_envelope_reach_the_handlers(tmp_path: 
 
 
 def test_keys_flags_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
     text = ("inference_address=http://0.0.0.0:9080\nmanagement_address=http://127.0.0.1:9081\n"
-            "metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store=/store\n"
+            f"metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store={tmp_path}/store\n"
             "default_workers_per_model=3\nallowed_urls=https://models.example/.*\nenable_envvars_config=true\n"
             'models={"a": {"1.0": {"minWorkers": 2}}}\n')
     started = settings(tmp_path, text, "--enable-model-api", "--models", "c.mar",
@@ -61,7 +62,7 @@ def test_keys_flags_and_environment(tmp_path: Path) -> None:
     s = started.settings
     assert [(x.host, x.port, x.apis) for x in s.listeners] == [
         ("0.0.0.0", 9080, ("inference",)), ("127.0.0.1", 9081, ("management", "metrics"))]
-    assert s.models == ("c.mar",) and s.model_store == Path("/store")  # the flag wins over load_models
+    assert s.models == ("c.mar",) and s.model_store == tmp_path / "store"  # the flag wins over load_models
     assert s.torchserve.default_workers == 3 and s.torchserve.startup_workers == 3
     assert s.torchserve.allowed_urls == ("https://models.example/.*",)
     assert s.torchserve.response_timeout_s == 33 and s.torchserve.model_api
@@ -70,10 +71,20 @@ def test_keys_flags_and_environment(tmp_path: Path) -> None:
 
 def test_workflow_store_from_properties_and_flag(tmp_path: Path) -> None:
     assert settings(tmp_path, "").settings.torchserve.workflow_store is None  # then the model store serves
-    from_file = settings(tmp_path, "workflow_store=/wf\n").settings.torchserve
-    assert from_file.workflow_store == Path("/wf")
-    from_flag = settings(tmp_path, "workflow_store=/wf\n", "--workflow-store", "/other").settings.torchserve
-    assert from_flag.workflow_store == Path("/other")  # the flag wins, as torchserve's
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "other").mkdir()
+    from_file = settings(tmp_path, f"workflow_store={tmp_path}/wf\n").settings.torchserve
+    assert from_file.workflow_store == tmp_path / "wf"
+    from_flag = settings(tmp_path, f"workflow_store={tmp_path}/wf\n", "--workflow-store", f"{tmp_path}/other")
+    assert from_flag.settings.torchserve.workflow_store == tmp_path / "other"  # the flag wins, as torchserve's
+
+
+def test_a_store_that_is_not_a_folder_is_refused_as_torchserve_does(tmp_path: Path) -> None:
+    """TorchServe's `torchserve --start` exits with these words (its tests check it does not start)."""
+    with pytest.raises(ConfigError, match=f"--model-store directory not found: {tmp_path}/missing"):
+        settings(tmp_path, "", "--model-store", f"{tmp_path}/missing")
+    with pytest.raises(ConfigError, match=f"--workflow-store directory not found: {tmp_path}/gone"):
+        settings(tmp_path, f"workflow_store={tmp_path}/gone\n")
 
 
 @pytest.mark.parametrize(("text", "flags", "message"), [

@@ -174,6 +174,10 @@ def test_refused_settings_are_named(tmp_path: Path) -> None:
                             cwd=tmp_path)
     assert result.returncode == 2
     assert "TLS is not served" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--start", "--model-store",
+                             str(tmp_path / "missing")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2  # TorchServe does not start either (its test_snapshot checks it)
+    assert f"--model-store directory not found: {tmp_path / 'missing'}" in result.stderr
 
 
 class _SlowFiles(http.server.SimpleHTTPRequestHandler):

@@ -191,6 +191,10 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
 
     store_text = args.model_store or properties.get("model_store")
     model_store = Path(store_text) if store_text else None
+    workflow_store = args.workflow_store or properties.get("workflow_store")
+    for flag, folder in (("--model-store", model_store), ("--workflow-store", workflow_store)):
+        if folder is not None and not Path(folder).is_dir():  # TorchServe's words; it does not start either
+            raise ConfigError(f"{flag} directory not found: {folder}")
     models_text = " ".join(args.models) if args.models else properties.get("load_models", "")
     models = tuple(item for item in re.split(r"[,\s]+", models_text) if item)
     if models == ("standalone",):
@@ -207,7 +211,6 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         else:
             listeners.append(Listener(host, port, apis))
 
-    workflow_store = args.workflow_store or properties.get("workflow_store")
     token_auth = not (args.disable_token_auth or _true(properties.get("disable_token_authorization")))
     model_api = args.enable_model_api or _true(properties.get("enable_model_api"))
     token = secrets.token_urlsafe(24) if token_auth else None
