@@ -99,6 +99,10 @@ class Forbidden(InferdError):
     code = ErrorCode.FORBIDDEN
 
 
+# TorchServe's refusal of a missing, wrong or expired key (auth.TokenRefused); its HTTP answer is a 400
+TOKEN_REFUSED = "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
+
+
 class AlreadyExists(InferdError):
     code = ErrorCode.CONFLICT
 

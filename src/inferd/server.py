@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inferd.auth import AccessPolicy
+from inferd.auth import AccessPolicy, TorchServeKeys
 from inferd.compat.tfserving import read_model_config, reloaded_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
@@ -92,15 +92,16 @@ def build_core(settings: ServerSettings) -> Core:
         except InferdError:
             return None
 
+    ts = settings.torchserve
+    keys = TorchServeKeys(ts.key_file, ts.token_expiration_min * 60) if ts.key_file is not None else None
     access = AccessPolicy(model_control=settings.model_control == "explicit" or settings.control_api,
-                          token=settings.auth_token, guard_inference=settings.auth_inference)
+                          token=settings.auth_token, guard_inference=settings.auth_inference, keys=keys)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching,
                              builds_at_once=settings.model_load_threads, prefer_tflite=settings.prefer_tflite)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
                            settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    ts = settings.torchserve
     try:
         metrics.torchserve_models.configure(ts.metrics_mode, ts.metrics_config, ts.model_metrics_auto_detect)
     except ValueError as exc:
@@ -399,11 +400,11 @@ class Server:
         store, models = self.settings.model_store, self.settings.models
         if store is None or not models:
             return
-        for name, archive in store_archives(store, models):
+        for name, url in store_archives(store, models):
             try:
-                await self.core.control.register_archive(archive, name)
+                await self.core.control.register_archive(url, name)
             except InferdError as exc:
-                log.error("archive %s not served: %s", archive.name, exc.message)
+                log.error("archive %s not served: %s", url, exc.message)
 
     def _announce(self) -> None:
         rows = self.core.control.states()
@@ -414,8 +415,8 @@ class Server:
                                         *(f"{_shown(x.apis)} http://{x.host}:{x.port}" for x in s.listeners)]))
         workers = f", {s.workers} front-end workers" if s.workers else ""
         print(f"inferd ready: {where} ({ready} of {len(rows)} model versions ready{workers})", flush=True)
-        if s.pid_file is not None:  # `inferd torchserve`: the line TorchServe's ts.launcher.start waits for
-            print("Model server started.", flush=True)
+        if s.ready_line:
+            print(s.ready_line, flush=True)
 
     async def _shutdown(self) -> bool:
         """Every port drains at once (the workers' too), then the models; ``--drain-timeout``
@@ -428,6 +429,8 @@ class Server:
             await self._workers.stop(self.settings.drain_timeout)
         if self.settings.pid_file is not None:
             self.settings.pid_file.unlink(missing_ok=True)
+        if self.settings.torchserve.key_file is not None:  # TorchServe removes its key file at the stop
+            self.settings.torchserve.key_file.unlink(missing_ok=True)
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
         self.core.tracer.close()  # what the trace settings keep goes to the trace file, now complete
         if not finished:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,9 @@ def test_defaults_are_torchserves(tmp_path: Path) -> None:
     assert (s.grpc_port, s.grpc_extra_ports) == (7070, (7071,))  # TorchServe's gRPC inference and management
     assert s.torchserve.allowed_urls == torchserve.TORCHSERVE_ALLOWED_URLS
     assert s.torchserve.default_workers == 0 and not s.torchserve.model_api
-    assert s.auth_token and s.auth_inference  # token authorization is on unless disabled
-    keys = json.loads((tmp_path / "key_file.json").read_text())
-    assert keys["management"]["key"] == keys["inference"]["key"] == s.auth_token
+    # token authorization is on unless disabled: TorchServe's keys (auth.TorchServeKeys), not one token
+    assert s.torchserve.key_file == tmp_path / "key_file.json" and s.torchserve.token_expiration_min == 60
+    assert s.auth_token is None and not s.auth_inference
     assert s.max_body_bytes == 6553500
 
 
@@ -54,8 +53,9 @@ def test_decode_input_request_and_service_envelope_reach_the_handlers(tmp_path: 
 
 
 def test_keys_flags_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
     text = ("inference_address=http://0.0.0.0:9080\nmanagement_address=http://127.0.0.1:9081\n"
-            "metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store=/store\n"
+            f"metrics_address=http://127.0.0.1:9081\nload_models=a.mar,b=b.mar\nmodel_store={tmp_path}/store\n"
             "default_workers_per_model=3\nallowed_urls=https://models.example/.*\nenable_envvars_config=true\n"
             'models={"a": {"1.0": {"minWorkers": 2}}}\n')
     started = settings(tmp_path, text, "--enable-model-api", "--models", "c.mar",
@@ -63,7 +63,7 @@ def test_keys_flags_and_environment(tmp_path: Path) -> None:
     s = started.settings
     assert [(x.host, x.port, x.apis) for x in s.listeners] == [
         ("0.0.0.0", 9080, ("inference",)), ("127.0.0.1", 9081, ("management", "metrics"))]
-    assert s.models == ("c.mar",) and s.model_store == Path("/store")  # the flag wins over load_models
+    assert s.models == ("c.mar",) and s.model_store == tmp_path / "store"  # the flag wins over load_models
     assert s.torchserve.default_workers == 3 and s.torchserve.startup_workers == 3
     assert s.torchserve.allowed_urls == ("https://models.example/.*",)
     assert s.torchserve.response_timeout_s == 33 and s.torchserve.model_api
@@ -72,10 +72,20 @@ def test_keys_flags_and_environment(tmp_path: Path) -> None:
 
 def test_workflow_store_from_properties_and_flag(tmp_path: Path) -> None:
     assert settings(tmp_path, "").settings.torchserve.workflow_store is None  # then the model store serves
-    from_file = settings(tmp_path, "workflow_store=/wf\n").settings.torchserve
-    assert from_file.workflow_store == Path("/wf")
-    from_flag = settings(tmp_path, "workflow_store=/wf\n", "--workflow-store", "/other").settings.torchserve
-    assert from_flag.workflow_store == Path("/other")  # the flag wins, as torchserve's
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "other").mkdir()
+    from_file = settings(tmp_path, f"workflow_store={tmp_path}/wf\n").settings.torchserve
+    assert from_file.workflow_store == tmp_path / "wf"
+    from_flag = settings(tmp_path, f"workflow_store={tmp_path}/wf\n", "--workflow-store", f"{tmp_path}/other")
+    assert from_flag.settings.torchserve.workflow_store == tmp_path / "other"  # the flag wins, as torchserve's
+
+
+def test_a_store_that_is_not_a_folder_is_refused_as_torchserve_does(tmp_path: Path) -> None:
+    """TorchServe's `torchserve --start` exits with these words (its tests check it does not start)."""
+    with pytest.raises(ConfigError, match=f"--model-store directory not found: {tmp_path}/missing"):
+        settings(tmp_path, "", "--model-store", f"{tmp_path}/missing")
+    with pytest.raises(ConfigError, match=f"--workflow-store directory not found: {tmp_path}/gone"):
+        settings(tmp_path, f"workflow_store={tmp_path}/gone\n")
 
 
 @pytest.mark.parametrize(("text", "flags", "message"), [
@@ -100,3 +110,21 @@ def test_sequence_header_names(tmp_path: Path) -> None:
     assert given.settings.torchserve.sequence_headers == ("x-seq", "ts_request_sequence_start", "x-end")
     with pytest.raises(ConfigError, match=r"ts_header_key_sequence_start=my start: expected an HTTP header name"):
         settings(tmp_path, "ts_header_key_sequence_start=my start\n")
+
+
+def test_token_authorization_follows_torchserves_order(tmp_path: Path) -> None:
+    """TS_DISABLE_TOKEN_AUTHORIZATION (with enable_envvars_config) over --disable-token-auth over the
+    config's disable_token_authorization; token_expiration_min sets how long a key lasts."""
+    def key_file(text: str, *flags: str, **environ: str) -> Path | None:
+        return settings(tmp_path, text, *flags, environ=environ).settings.torchserve.key_file
+
+    envvars = "enable_envvars_config=true\n"
+    assert key_file(envvars, "--disable-token-auth", TS_DISABLE_TOKEN_AUTHORIZATION="false") is not None
+    assert key_file(envvars + "disable_token_authorization=false\n", TS_DISABLE_TOKEN_AUTHORIZATION="true") is None
+    assert key_file("", "--disable-token-auth", TS_DISABLE_TOKEN_AUTHORIZATION="false") is None  # no envvars config
+    assert key_file("disable_token_authorization=false\n", "--disable-token-auth") is None
+    assert key_file("disable_token_authorization=true\n") is None
+    started = settings(tmp_path, "token_expiration_min=0.25\n")
+    assert started.settings.torchserve.token_expiration_min == 0.25
+    with pytest.raises(ConfigError, match="token_expiration_min=soon: expected a number"):
+        settings(tmp_path, "token_expiration_min=soon\n")

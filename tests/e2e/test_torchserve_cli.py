@@ -132,39 +132,87 @@ def test_three_addresses_metrics_and_downloads(archives: Path, tmp_path: Path) -
         assert requests.get(f"{metrics}/models", timeout=5).status_code == 404
 
 
+TOKEN_REFUSED = {"code": 400, "type": "InvalidKeyException",
+                 "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's token authorization: the management key for the management API (reads
+    included), the inference key for the inference API, each refused at the other's door with its
+    400; the API key makes a new one (GET /token?type=...); the key file goes at the stop."""
     with torchserve(tmp_path, {}, "--model-store", str(archives), "--models", "ts_mlp.mar") as urls:
         keys = json.loads((tmp_path / "key_file.json").read_text())
-        management, inference = keys["management"]["key"], keys["inference"]["key"]
-        # as TorchServe with token auth: every management call, reads included, needs the management key
-        assert requests.get(f"{urls['management']}/models", timeout=5).status_code == 401
-        listed = requests.get(f"{urls['management']}/models", timeout=5,
-                              headers={"Authorization": f"Bearer {management}"})
+        management, inference, api = keys["management"]["key"], keys["inference"]["key"], keys["API"]["key"]
+        assert len({management, inference, api}) == 3
+        for headers in ({}, _bearer(inference), _bearer("wrong")):
+            response = requests.get(f"{urls['management']}/models", timeout=5, headers=headers)
+            assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)
+        listed = requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management))
         assert listed.status_code == 200, listed.text
-        assert requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2", timeout=5).status_code == 401
         scaled = requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2&synchronous=true", timeout=60,
-                              headers={"Authorization": f"Bearer {management}"})
+                              headers=_bearer(management))
         assert scaled.status_code == 200, scaled.text  # scaling works without the model API
         refused = requests.post(f"{urls['management']}/models?url=doubler.mar", timeout=5,
-                                headers={"Authorization": f"Bearer {management}"})
-        assert refused.status_code == 405  # enable_model_api is false by default
-        assert requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30).status_code == 401
+                                headers=_bearer(management))
+        assert refused.status_code == 405  # enable_model_api is false by default; TorchServe's exact answer
+        assert refused.json() == {"code": 405, "type": "MethodNotAllowedException",
+                                  "message": "Requested method is not allowed, please refer to API document."}
+        for headers in ({}, _bearer(management)):
+            response = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30, headers=headers)
+            assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)
         answer = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30,
-                               headers={"Authorization": f"Bearer {inference}"})
+                               headers=_bearer(inference))
         assert answer.status_code == 200, answer.text
-        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop"], capture_output=True,
-                                 text=True, timeout=30, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)})
+
+        # the token API: only the API key renews, and the old key stops working at once
+        assert requests.get(f"{urls['management']}/token?type=inference", timeout=5,
+                            headers=_bearer(management)).status_code == 400
+        renewed = requests.get(f"{urls['management']}/token?type=inference", timeout=5, headers=_bearer(api))
+        assert renewed.status_code == 200, renewed.text
+        new_inference = json.loads((tmp_path / "key_file.json").read_text())["inference"]["key"]
+        assert new_inference not in (inference, management)
+        old = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30, headers=_bearer(inference))
+        assert old.status_code == 400
+        new = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30,
+                            headers=_bearer(new_inference))
+        assert new.status_code == 200, new.text
+
+        # gRPC: TorchServe's interceptor answers PERMISSION_DENIED in the same words
+        request = ts.PredictionsRequest(model_name="ts_mlp", input={"data": json.dumps(X).encode()})
+        with grpc.insecure_channel(urls["grpc_inference"]) as channel:
+            predict = channel.unary_unary(INFERENCE + "Predictions", request_serializer=lambda m: m.SerializeToString(),
+                                          response_deserializer=ts.PredictionResponse.FromString)
+            with pytest.raises(grpc.RpcError) as denied:
+                predict(request, metadata=(("authorization", f"Bearer {management}"),), timeout=30)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert denied.value.details() == TOKEN_REFUSED["message"]
+            assert predict(request, metadata=(("authorization", f"Bearer {new_inference}"),), timeout=30).prediction
+
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop", "--foreground"],
+                                 capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
         # (another test's server, started at the same time, would have its own pid file elsewhere)
         assert stopped.stdout.strip() == "TorchServe has stopped."
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{urls['inference']}/ping", timeout=1)
-            except requests.ConnectionError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("--stop did not stop the server")
+        assert not (tmp_path / "key_file.json").exists()  # TorchServe removes it at the stop
+
+
+def test_keys_expire_after_token_expiration_min(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's token_expiration_min: past it a key is refused until the API key renews it."""
+    with torchserve(tmp_path, {"token_expiration_min": "0.05"}, "--model-store", str(archives)) as urls:
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        management, api = keys["management"]["key"], keys["API"]["key"]
+        assert requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management)).status_code == 200
+        time.sleep(3.5)
+        expired = requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management))
+        assert (expired.status_code, expired.json()) == (400, TOKEN_REFUSED)
+        assert requests.get(f"{urls['management']}/token?type=management", timeout=5,
+                            headers=_bearer(api)).status_code == 200
+        renewed = json.loads((tmp_path / "key_file.json").read_text())["management"]["key"]
+        assert requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(renewed)).status_code == 200
 
 
 def test_refused_settings_are_named(tmp_path: Path) -> None:
@@ -174,6 +222,10 @@ def test_refused_settings_are_named(tmp_path: Path) -> None:
                             cwd=tmp_path)
     assert result.returncode == 2
     assert "TLS is not served" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--start", "--model-store",
+                             str(tmp_path / "missing")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2  # TorchServe does not start either (its test_snapshot checks it)
+    assert f"--model-store directory not found: {tmp_path / 'missing'}" in result.stderr
 
 
 class _SlowFiles(http.server.SimpleHTTPRequestHandler):
@@ -444,3 +496,83 @@ def test_metrics_config_metrics_are_in_the_handlers_cache(tmp_path: Path) -> Non
             assert (answer.status_code, answer.text) == (200, "ok")
         shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
     assert re.search(r'^RowsSeen\{ModelName="declared",Hostname="[^"]+",\} 2\.0$', shown, re.M), shown
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited child not yet reaped, a zombie, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_started_line_and_stop_in_the_foreground_as_torchserves_launcher_needs(archives: Path,
+                                                                                tmp_path: Path) -> None:
+    """TorchServe's launcher (ts/launcher.py, its tests' start_torchserve) reads the output until
+    "Model server started", and its `torchserve --stop --foreground` returns once the server has
+    exited, so that the next start finds the ports free."""
+    output: list[str] = []
+    with torchserve(tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(archives),
+                    "--models", "ts_mlp.mar", output=output) as urls:
+        deadline = time.monotonic() + 10
+        while "Model server started.\n" not in output:
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.05)
+        pid = int((tmp_path / ".model_server.pid").read_text())
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop", "--foreground"],
+                                 capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not _running(pid), "--stop --foreground returned before the server exited"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{urls['inference']}/ping", timeout=1)
+
+
+def test_an_archive_linked_into_the_store_is_registered(archives: Path, tmp_path: Path) -> None:
+    """As in TorchServe (whose test harness links its archives into the store): the url is checked
+    to name a file in the store; a link there may lead anywhere the operator put it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "linked.mar").symlink_to(archives / "ts_mlp.mar")
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}) as urls:
+        response = requests.post(f"{urls['management']}/models?url=linked.mar&model_name=linked"
+                                 "&initial_workers=1&synchronous=true", timeout=120)
+        assert response.status_code == 200, response.text
+        answer = requests.post(f"{urls['inference']}/predictions/linked", json=X, timeout=30)
+        assert answer.status_code == 200, answer.text
+        for url in (str(archives / "ts_mlp.mar"), "../store/linked.mar"):  # a url itself still may not leave it
+            refused = requests.post(f"{urls['management']}/models?url={url}", timeout=30)
+            assert refused.status_code == 404, refused.text
+
+
+def test_models_given_at_start_by_url_are_downloaded(archives: Path, tmp_path: Path) -> None:
+    """`--models name=URL` (TorchServe's ModelServer registers it as POST /models would: downloaded
+    into the store when allowed_urls admits it); an archive that cannot be served is logged and the
+    server still starts (it stopped with a traceback)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    output: list[str] = []
+    with file_server(archives) as remote, torchserve(
+            tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(store), "--models",
+            f"mlp={remote}/ts_mlp.mar", "missing.mar", output=output) as urls:
+        assert (store / "ts_mlp.mar").is_file()
+        described = requests.get(f"{urls['management']}/models/mlp", timeout=5).json()[0]
+        assert described["loadedAtStartup"] and described["modelUrl"] == f"{remote}/ts_mlp.mar"
+        answer = requests.post(f"{urls['inference']}/predictions/mlp", json=X, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert any("missing.mar not served" in line for line in output), "".join(output)
+
+
+def test_grpc_registering_with_the_model_api_off_is_refused_in_torchserves_words(archives: Path,
+                                                                                  tmp_path: Path) -> None:
+    """TorchServe's ManagementImpl: PERMISSION_DENIED "Model API disabled" (its tests match the words)."""
+    with torchserve(tmp_path, {"disable_token_authorization": "true"}, "--model-store", str(archives),
+                    "--models", "ts_mlp.mar") as urls:
+        calls = ((MANAGEMENT + "RegisterModel", ts.RegisterModelRequest(url="doubler.mar", model_name="doubler")),
+                 (MANAGEMENT + "UnregisterModel", ts.UnregisterModelRequest(model_name="ts_mlp")))
+        for path, request in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                _grpc_call(urls["grpc_management"], path, request, ts.ManagementResponse)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "Model API disabled" in refused.value.details()

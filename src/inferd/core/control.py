@@ -126,6 +126,19 @@ class ModelControl:
         """What every change checks first: for a transport to refuse before reading a body."""
         self._access.authorize_control(credentials, "changing what is served")
 
+    def authorize_door(self, credentials: str | None, kind: str) -> None:
+        """TorchServe's token check at its API's door: ``kind`` is "inference" or "management"."""
+        self._access.authorize_door(credentials, kind)
+
+    @property
+    def token_authorization(self) -> bool:
+        """TorchServe's keys guard the doors (``inferd torchserve`` unless token authorization is off)."""
+        return self._access.keys is not None
+
+    def renew_key(self, credentials: str | None, kind: str) -> None:
+        """TorchServe's token API: a new management or inference key, with the API key."""
+        self._access.renew_key(credentials, kind)
+
     @property
     def open_to_loopback(self) -> bool:
         """Changes need no token: a transport must accept them from loopback only."""
@@ -271,9 +284,10 @@ class ModelControl:
         await self.workflows.unregister(name)
 
     # -- the composition root's (start-up, polling, shutdown): no credentials ---------------
-    async def register_archive(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
-        """An archive served from the start (``--models``), with TorchServe's start-up workers."""
-        return await self._torchserve.register_at_start(archive, name)
+    async def register_archive(self, url: str, name: str | None) -> tuple[Outcome, str]:
+        """An archive served from the start (``--models``: a file of the store or a URL that
+        ``allowed_urls`` admits), with TorchServe's start-up workers."""
+        return await self._torchserve.register_at_start(url, name)
 
     def states(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every version's state, without credentials: for metrics and the start-up line."""

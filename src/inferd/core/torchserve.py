@@ -9,6 +9,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from inferd.config import ModelConfig, TorchServeSettings
 from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound
 from inferd.repository.archives import (
+    LocatedArchive,
     archive_config,
     archive_info,
     download,
@@ -86,8 +88,32 @@ class TorchServeModels:
         if request.runtime is not None and request.runtime not in RUNTIMES:
             raise InvalidInput(f"Invalid RuntimeType value: {request.runtime} (one of {', '.join(RUNTIMES)})")
         located = locate_archive(self._store, request.url, self._settings.allowed_urls)
+        return await self._register_located(located, lambda _archive: request, loaded_at_startup)
+
+    async def register_at_start(self, url: str, name: str | None) -> tuple[Outcome, str]:
+        """``--models``/``load_models``: an archive of the store, or a URL ``allowed_urls`` admits
+        (downloaded into the store, as TorchServe does), with the start-up workers (or what
+        config.properties' ``models`` says for it), loaded before the server is ready."""
+        located = locate_archive(self._store, url, self._settings.allowed_urls)
+        return await self._register_located(located, lambda archive: self._startup_request(archive, name, url), True)
+
+    def _startup_request(self, archive: Path, name: str | None, url: str) -> RegisterRequest:
+        per_model = self._settings.models.get(name or archive_info(archive).name, {})
+        version_settings = next(iter(per_model.values()), {}) if per_model else {}
+        return RegisterRequest(
+            url=url, model_name=name, initial_workers=_int(version_settings.get("minWorkers"),
+                                                           self._settings.startup_workers),
+            batch_size=_int(version_settings.get("batchSize"), -DEFAULT_BATCH_SIZE),
+            max_batch_delay_ms=_int(version_settings.get("maxBatchDelay"), -DEFAULT_MAX_BATCH_DELAY),
+            response_timeout_s=_int(version_settings.get("responseTimeout"), -1),
+            startup_timeout_s=_int(version_settings.get("startupTimeout"), -1))
+
+    async def _register_located(self, located: LocatedArchive, request_for: Callable[[Path], RegisterRequest],
+                                loaded_at_startup: bool) -> tuple[Outcome, str]:
+        """Register the archive ``located`` names, downloading it into the store first when it is a
+        URL; ``request_for`` is what is asked of it (it may read the archive)."""
         if not located.remote:
-            return await self._register(request, located.path, False, loaded_at_startup)
+            return await self._register(request_for(located.path), located.path, False, loaded_at_startup)
         # one download into a store file at a time: a second registration of the same file name
         # finds it there, as TorchServe would once the first has it (two at once wrote one partial
         # file, and the one refused as a duplicate then removed the archive the other serves from)
@@ -97,26 +123,12 @@ class TorchServeModels:
         try:
             await asyncio.to_thread(download, located.remote, located.path)
             try:
-                return await self._register(request, located.path, True, loaded_at_startup)
+                return await self._register(request_for(located.path), located.path, True, loaded_at_startup)
             except BaseException:  # nothing half-registered: the download goes too
                 remove_downloaded(located.path)
                 raise
         finally:
             self._downloading.discard(located.path)
-
-    async def register_at_start(self, archive: Path, name: str | None) -> tuple[Outcome, str]:
-        """``--models``/``load_models``: an archive of the store, with the start-up workers (or
-        what config.properties' ``models`` says for it), loaded before the server is ready."""
-        per_model = self._settings.models.get(name or archive_info(archive).name, {})
-        version_settings = next(iter(per_model.values()), {}) if per_model else {}
-        request = RegisterRequest(
-            url=archive.name, model_name=name, initial_workers=_int(version_settings.get("minWorkers"),
-                                                                   self._settings.startup_workers),
-            batch_size=_int(version_settings.get("batchSize"), -DEFAULT_BATCH_SIZE),
-            max_batch_delay_ms=_int(version_settings.get("maxBatchDelay"), -DEFAULT_MAX_BATCH_DELAY),
-            response_timeout_s=_int(version_settings.get("responseTimeout"), -1),
-            startup_timeout_s=_int(version_settings.get("startupTimeout"), -1))
-        return await self._register(request, archive, False, loaded_at_startup=True)
 
     async def register_file(self, request: RegisterRequest, archive: Path) -> tuple[Outcome, str]:
         """An archive outside the model store that the server made itself (a workflow's function node)."""

@@ -61,8 +61,10 @@ def locate_archive(model_store: Path | None, url: str | None, allowed_urls: tupl
         if target.exists():
             raise InferdError(f"{title} file already exists {file_name}")
         return LocatedArchive(target, url)
-    candidate = (model_store / url).resolve()  # an absolute path (as TorchServe takes one) stays one
-    if not candidate.is_relative_to(model_store.resolve()):
+    # an absolute path inside the store is taken, as TorchServe takes one; the name is checked, not
+    # where a link in the store leads: an archive the operator linked into the store is served
+    candidate = (model_store / url).absolute()  # ".." was refused above
+    if not (candidate.is_relative_to(model_store.absolute()) or candidate.is_relative_to(model_store.resolve())):
         raise NotFound(f"{title} not found at: {url}; the url leaves the {kind} store (give the archive's "
                        "name inside it)")
     if not candidate.exists():
@@ -273,13 +275,13 @@ def remove_downloaded(path: Path) -> None:
         log.warning("could not remove %s from the model store: %s", path, exc)
 
 
-def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str | None, Path]]:
-    """``--models all`` or ``NAME=FILE.mar``/``FILE.mar`` items as (name or None, archive)."""
+def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str | None, str]]:
+    """``--models all`` or ``NAME=URL``/``URL`` items (a file of the store or a URL) as (name or
+    None, url); split at the first ``=``, as TorchServe's ModelServer splits them."""
     if models == ("all",):
-        return [(None, path) for path in sorted(model_store.glob("*.mar"))]
-    chosen = []
+        return [(None, path.name) for path in sorted(model_store.glob("*.mar"))]
+    chosen: list[tuple[str | None, str]] = []
     for item in models:
-        name, _, file = item.rpartition("=")
-        chosen.append((name or None, locate_archive(model_store, file).path))
+        name, equals, url = item.partition("=")
+        chosen.append((name or None, url) if equals else (None, item))
     return chosen
-

@@ -20,6 +20,7 @@ from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
 from inferd.core.torchserve_workflows import NodeInput, Original, WorkflowFailed, run_workflow
 from inferd.errors import (
+    TOKEN_REFUSED,
     AlreadyExists,
     Forbidden,
     InferdError,
@@ -42,11 +43,14 @@ _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenExcept
           413: "RequestEntityTooLarge", 500: "InternalServerException", 503: "ServiceUnavailableException",
           504: "RequestTimeout"}
 _ANY_METHOD = ("GET", "POST", "PUT", "DELETE", "PATCH")  # TorchServe checks none on /ping, /predictions
+URL_PATH_DEPTH = 8  # /predictions/{m}/{v}/a/b/...: segments after the version reach the handler as url_path
 _SEE_DOCS = "please refer to API document."
 
 
 def torchserve_error(status: int, message: str) -> HttpResponse:
     """TorchServe's error shape: ``{"code": 404, "type": "ModelNotFoundException", "message": ...}``."""
+    if message == TOKEN_REFUSED:  # TorchServe's InvalidKeyException is a 400
+        return _error(400, "InvalidKeyException", message)
     kind = _TYPES.get(status, "ServerException")
     if message.startswith("Model version: "):
         kind = "ModelVersionNotFoundException"
@@ -88,7 +92,8 @@ class TorchServeRoutes:
         def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
             router.add(method, pattern, handler, torchserve_error, guard)
 
-        infer, control = inference_guard(self.core), control_guard(self.core)
+        infer = self._door("inference", inference_guard(self.core))
+        control, read = self._door("management", control_guard(self.core)), self._door("management")
         if "inference" in apis:
             router.refuse_under("/ping", torchserve_refusal)
             router.refuse_under("/predictions", torchserve_refusal)
@@ -96,6 +101,10 @@ class TorchServeRoutes:
                 add(method, "/ping", self.ping)
                 add(method, "/predictions/{model}", self.predict, infer)
                 add(method, "/predictions/{model}/{version}", self.predict, infer)
+                for depth in range(1, URL_PATH_DEPTH + 1):
+                    rest = "/".join(f"{{p{i}}}" for i in range(depth))
+                    add(method, f"/predictions/{{model}}/{{version}}/{rest}", self.predict, infer)
+                    add(method, f"/explanations/{{model}}/{{version}}/{rest}", self.explain, infer)
             router.refuse_under("/explanations", torchserve_refusal)
             for method in _ANY_METHOD:  # TorchServe's InferenceRequestHandler: KServe's explain too
                 add(method, "/explanations/{model}", self.explain, infer)
@@ -112,21 +121,39 @@ class TorchServeRoutes:
             add("GET", "/metrics", self.render_metrics)
         if "management" not in apis:
             return
+        for method in _ANY_METHOD:  # TorchServe's token API (with the API key)
+            add(method, "/token", self.renew_key)
         router.refuse_under("/models", torchserve_refusal)
-        add("GET", "/models", self.list_models)
+        add("GET", "/models", self.list_models, read)
         add("POST", "/models", self.register_model, control)
-        add("GET", "/models/{model}", self.describe)
-        add("GET", "/models/{model}/{version}", self.describe)
+        add("GET", "/models/{model}", self.describe, read)
+        add("GET", "/models/{model}/{version}", self.describe, read)
         add("PUT", "/models/{model}", self.scale, control)
         add("PUT", "/models/{model}/{version}", self.scale, control)
         add("PUT", "/models/{model}/{version}/set-default", self.set_default, control)
         add("DELETE", "/models/{model}", self.unregister, control)
         add("DELETE", "/models/{model}/{version}", self.unregister, control)
         router.refuse_under("/workflows", torchserve_refusal)
-        add("GET", "/workflows", self.list_workflows)
+        add("GET", "/workflows", self.list_workflows, read)
         add("POST", "/workflows", self.register_workflow, control)
-        add("GET", "/workflows/{workflow}", self.describe_workflow)
+        add("GET", "/workflows/{workflow}", self.describe_workflow, read)
         add("DELETE", "/workflows/{workflow}", self.unregister_workflow, control)
+
+    def _door(self, kind: str, then: Guard | None = None) -> Guard:
+        """TorchServe's token check for its ``kind`` API ("inference" or "management"), then ``then``."""
+        def guard(request: HttpRequest) -> None:
+            self.control.authorize_door(_credentials(request), kind)
+            if then is not None:
+                then(request)
+
+        return guard
+
+    async def renew_key(self, request: HttpRequest) -> HttpResponse:
+        """``/token?type=management|inference``: a new key in key_file.json; TorchServe answers an empty body."""
+        if not self.control.token_authorization:
+            return torchserve_refusal(404, "")
+        self.control.renew_key(_credentials(request), _query(request).get("type", ""))
+        return HttpResponse(200, b"")
 
     # -- inference API -----------------------------------------------------------------------
     async def ping(self, request: HttpRequest) -> HttpResponse:
@@ -135,7 +162,7 @@ class TorchServeRoutes:
         return json_response({"status": "Unhealthy"}, 500)  # TorchServe's InferenceRequestHandler
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
-        return await self._serve(request, explain=False)
+        return await self._serve(request, explain=False, url_path=_url_path(request))
 
     async def kserve_predict(self, request: HttpRequest) -> HttpResponse:
         """KServe's ``/v1/models/{m}:predict`` and ``/v2/models/{m}/infer`` on TorchServe's
@@ -147,9 +174,10 @@ class TorchServeRoutes:
         """``/explanations/{m}[/{v}]``, KServe's ``/v1/models/{m}:explain`` and
         ``/v2/models/{m}/explain``: the raw body goes to the handler as a prediction's does, with
         the ``explain: True`` header, so its ``explain_handle`` answers (TorchServe's)."""
-        return await self._serve(request, explain=True)
+        on_explanations = request.path.lstrip("/").startswith("explanations/")
+        return await self._serve(request, explain=True, url_path=_url_path(request) if on_explanations else None)
 
-    async def _serve(self, request: HttpRequest, explain: bool) -> HttpResponse:
+    async def _serve(self, request: HttpRequest, explain: bool, url_path: str | None = None) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
         try:
             metadata = self.data.model_metadata(name, version, _credentials(request))
@@ -159,16 +187,16 @@ class TorchServeRoutes:
             raise InvalidInput(f"model '{name}' has no TorchServe handler: only a handler's explain_handle "
                                "explains; predict over /predictions/{model}")
         try:
-            return await self._predict(request, metadata, name, version, explain)
+            return await self._predict(request, metadata, name, version, explain, url_path)
         except ModelError as exc:
             log.error("%s %s: %s", request.method, request.path, exc.message, exc_info=exc)
             return prediction_failed(exc)
 
     async def _predict(self, request: HttpRequest, metadata: ModelMetadata, name: str,
-                       version: str | None, explain: bool = False) -> HttpResponse:
+                       version: str | None, explain: bool = False, url_path: str | None = None) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            headers = torchserve.with_explain(request.headers, explain)
+            headers = torchserve.with_explain(request.headers, explain, url_path)
             if metadata.stateful and not torchserve.named_sequence(headers, self.keys):  # TorchServe names one
                 headers = {**headers, **torchserve.new_sequence(self.keys)}
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers,
@@ -443,9 +471,11 @@ class CountingApp(HttpApp):
 
 
 def _not_allowed() -> HttpResponse:
-    """enable_model_api=false: TorchServe answers registering and unregistering with 405."""
-    return torchserve_error(405, "Requested method is not allowed, please refer to API document. "
-                                 "(model API disabled: enable_model_api=true or --enable-model-api)")
+    """enable_model_api=false: TorchServe answers registering and unregistering with 405, in exactly
+    its words (clients compare them); the server's log says how to turn the model API on."""
+    log.warning("refused registering or unregistering: the model API is off (enable_model_api=true or "
+                "--enable-model-api turns it on)")
+    return torchserve_error(405, f"Requested method is not allowed, {_SEE_DOCS}")
 
 
 _OUTCOME_STATUS = {Outcome.DONE: 200, Outcome.ACCEPTED: 202, Outcome.PARTIAL: 206}
@@ -457,6 +487,11 @@ def _status(outcome: Outcome, message: str) -> HttpResponse:
 
 def _credentials(request: HttpRequest) -> str | None:
     return request.headers.get("authorization")
+
+
+def _url_path(request: HttpRequest) -> str:
+    """What follows ``/predictions/{model}/{version}/`` (TorchServe's url_path header)."""
+    return "/".join(request.path.strip("/").split("/")[3:])
 
 
 def _query(request: HttpRequest) -> dict[str, str]:
