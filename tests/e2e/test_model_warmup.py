@@ -73,7 +73,8 @@ def test_every_instance_runs_every_sample_before_the_model_is_ready(tmp_path: Pa
     models.write(root / "too_big/1/model.py", MODEL)
     with serve(root) as server:
         lines = log.read_text().splitlines()  # the first instance's, written before the model was ready
-        assert len(lines) == 3, lines
+        first = lines[0].split()[0] if lines else ""  # (the second's may be there too on a busy machine)
+        assert sum(line.startswith(first + " ") for line in lines) == 3, lines
         deadline = time.monotonic() + 60  # the second instance starts in the background, warmed before it serves
         while len(lines) < 6 and time.monotonic() < deadline:
             time.sleep(0.1)
