@@ -129,7 +129,8 @@ class ServerSettings:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        if (self.model_control == "explicit" or self.control_api) and not loopback and not self.auth_token:
+        guarded = self.auth_token or self.torchserve.key_file is not None
+        if (self.model_control == "explicit" or self.control_api) and not loopback and not guarded:
             flag = "--model-control-api" if self.control_api else f"--model-control {self.model_control}"
             raise ConfigError(f"{flag} on {self.host} (beyond loopback) needs --auth-token or INFERD_AUTH_TOKEN")
         if self.auth_inference and not self.auth_token:
@@ -200,6 +201,8 @@ class TorchServeSettings:
     models: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)  # config.properties' models
     model_api: bool = True  # False: registering and unregistering answer 405 (enable_model_api=false)
     workflow_store: Path | None = None  # where POST /workflows finds .war files (None: the model store)
+    key_file: Path | None = None  # token authorization: TorchServe's keys, kept in this key_file.json; None: off
+    token_expiration_min: float = 60.0  # how long a management or inference key lasts (token_expiration_min)
     # ts_header_key_sequence_id, _start, _end: the headers a stateful request's sequence travels in
     sequence_headers: tuple[str, str, str] = ("ts_request_sequence_id", "ts_request_sequence_start",
                                               "ts_request_sequence_end")

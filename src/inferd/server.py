@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from inferd.auth import AccessPolicy
+from inferd.auth import AccessPolicy, TorchServeKeys
 from inferd.compat.tfserving import read_model_config, reloaded_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
@@ -92,15 +92,16 @@ def build_core(settings: ServerSettings) -> Core:
         except InferdError:
             return None
 
+    ts = settings.torchserve
+    keys = TorchServeKeys(ts.key_file, ts.token_expiration_min * 60) if ts.key_file is not None else None
     access = AccessPolicy(model_control=settings.model_control == "explicit" or settings.control_api,
-                          token=settings.auth_token, guard_inference=settings.auth_inference)
+                          token=settings.auth_token, guard_inference=settings.auth_inference, keys=keys)
     root, sources = repository_roots(settings)
     registry = ModelRegistry(root, wrap=wrap, sources=sources, batching=settings.batching,
                              builds_at_once=settings.model_load_threads, prefer_tflite=settings.prefer_tflite)
     control = ModelControl(registry, access, settings.model_store, settings.torchserve, reloaded_model_config,
                            settings.labels_for_unavailable_versions)
     metrics.watch_states(lambda: [(row.name, row.version, row.state.value) for row in control.states()])
-    ts = settings.torchserve
     try:
         metrics.torchserve_models.configure(ts.metrics_mode, ts.metrics_config, ts.model_metrics_auto_detect)
     except ValueError as exc:
@@ -428,6 +429,8 @@ class Server:
             await self._workers.stop(self.settings.drain_timeout)
         if self.settings.pid_file is not None:
             self.settings.pid_file.unlink(missing_ok=True)
+        if self.settings.torchserve.key_file is not None:  # TorchServe removes its key file at the stop
+            self.settings.torchserve.key_file.unlink(missing_ok=True)
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
         self.core.tracer.close()  # what the trace settings keep goes to the trace file, now complete
         if not finished:

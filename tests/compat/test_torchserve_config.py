@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,9 @@ def test_defaults_are_torchserves(tmp_path: Path) -> None:
     assert (s.grpc_port, s.grpc_extra_ports) == (7070, (7071,))  # TorchServe's gRPC inference and management
     assert s.torchserve.allowed_urls == torchserve.TORCHSERVE_ALLOWED_URLS
     assert s.torchserve.default_workers == 0 and not s.torchserve.model_api
-    assert s.auth_token and s.auth_inference  # token authorization is on unless disabled
-    keys = json.loads((tmp_path / "key_file.json").read_text())
-    assert keys["management"]["key"] == keys["inference"]["key"] == s.auth_token
+    # token authorization is on unless disabled: TorchServe's keys (auth.TorchServeKeys), not one token
+    assert s.torchserve.key_file == tmp_path / "key_file.json" and s.torchserve.token_expiration_min == 60
+    assert s.auth_token is None and not s.auth_inference
     assert s.max_body_bytes == 6553500
 
 
@@ -109,3 +108,21 @@ def test_sequence_header_names(tmp_path: Path) -> None:
     assert given.settings.torchserve.sequence_headers == ("x-seq", "ts_request_sequence_start", "x-end")
     with pytest.raises(ConfigError, match=r"ts_header_key_sequence_start=my start: expected an HTTP header name"):
         settings(tmp_path, "ts_header_key_sequence_start=my start\n")
+
+
+def test_token_authorization_follows_torchserves_order(tmp_path: Path) -> None:
+    """TS_DISABLE_TOKEN_AUTHORIZATION (with enable_envvars_config) over --disable-token-auth over the
+    config's disable_token_authorization; token_expiration_min sets how long a key lasts."""
+    def key_file(text: str, *flags: str, **environ: str) -> Path | None:
+        return settings(tmp_path, text, *flags, environ=environ).settings.torchserve.key_file
+
+    envvars = "enable_envvars_config=true\n"
+    assert key_file(envvars, "--disable-token-auth", TS_DISABLE_TOKEN_AUTHORIZATION="false") is not None
+    assert key_file(envvars + "disable_token_authorization=false\n", TS_DISABLE_TOKEN_AUTHORIZATION="true") is None
+    assert key_file("", "--disable-token-auth", TS_DISABLE_TOKEN_AUTHORIZATION="false") is None  # no envvars config
+    assert key_file("disable_token_authorization=false\n", "--disable-token-auth") is None
+    assert key_file("disable_token_authorization=true\n") is None
+    started = settings(tmp_path, "token_expiration_min=0.25\n")
+    assert started.settings.torchserve.token_expiration_min == 0.25
+    with pytest.raises(ConfigError, match="token_expiration_min=soon: expected a number"):
+        settings(tmp_path, "token_expiration_min=soon\n")

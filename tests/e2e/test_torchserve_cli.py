@@ -132,39 +132,85 @@ def test_three_addresses_metrics_and_downloads(archives: Path, tmp_path: Path) -
         assert requests.get(f"{metrics}/models", timeout=5).status_code == 404
 
 
+TOKEN_REFUSED = {"code": 400, "type": "InvalidKeyException",
+                 "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's token authorization: the management key for the management API (reads
+    included), the inference key for the inference API, each refused at the other's door with its
+    400; the API key makes a new one (GET /token?type=...); the key file goes at the stop."""
     with torchserve(tmp_path, {}, "--model-store", str(archives), "--models", "ts_mlp.mar") as urls:
         keys = json.loads((tmp_path / "key_file.json").read_text())
-        management, inference = keys["management"]["key"], keys["inference"]["key"]
-        # as TorchServe with token auth: every management call, reads included, needs the management key
-        assert requests.get(f"{urls['management']}/models", timeout=5).status_code == 401
-        listed = requests.get(f"{urls['management']}/models", timeout=5,
-                              headers={"Authorization": f"Bearer {management}"})
+        management, inference, api = keys["management"]["key"], keys["inference"]["key"], keys["API"]["key"]
+        assert len({management, inference, api}) == 3
+        for headers in ({}, _bearer(inference), _bearer("wrong")):
+            response = requests.get(f"{urls['management']}/models", timeout=5, headers=headers)
+            assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)
+        listed = requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management))
         assert listed.status_code == 200, listed.text
-        assert requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2", timeout=5).status_code == 401
         scaled = requests.put(f"{urls['management']}/models/ts_mlp?min_worker=2&synchronous=true", timeout=60,
-                              headers={"Authorization": f"Bearer {management}"})
+                              headers=_bearer(management))
         assert scaled.status_code == 200, scaled.text  # scaling works without the model API
         refused = requests.post(f"{urls['management']}/models?url=doubler.mar", timeout=5,
-                                headers={"Authorization": f"Bearer {management}"})
+                                headers=_bearer(management))
         assert refused.status_code == 405  # enable_model_api is false by default
-        assert requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30).status_code == 401
+        for headers in ({}, _bearer(management)):
+            response = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30, headers=headers)
+            assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)
         answer = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30,
-                               headers={"Authorization": f"Bearer {inference}"})
+                               headers=_bearer(inference))
         assert answer.status_code == 200, answer.text
-        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop"], capture_output=True,
-                                 text=True, timeout=30, cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)})
+
+        # the token API: only the API key renews, and the old key stops working at once
+        assert requests.get(f"{urls['management']}/token?type=inference", timeout=5,
+                            headers=_bearer(management)).status_code == 400
+        renewed = requests.get(f"{urls['management']}/token?type=inference", timeout=5, headers=_bearer(api))
+        assert renewed.status_code == 200, renewed.text
+        new_inference = json.loads((tmp_path / "key_file.json").read_text())["inference"]["key"]
+        assert new_inference not in (inference, management)
+        old = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30, headers=_bearer(inference))
+        assert old.status_code == 400
+        new = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30,
+                            headers=_bearer(new_inference))
+        assert new.status_code == 200, new.text
+
+        # gRPC: TorchServe's interceptor answers PERMISSION_DENIED in the same words
+        request = ts.PredictionsRequest(model_name="ts_mlp", input={"data": json.dumps(X).encode()})
+        with grpc.insecure_channel(urls["grpc_inference"]) as channel:
+            predict = channel.unary_unary(INFERENCE + "Predictions", request_serializer=lambda m: m.SerializeToString(),
+                                          response_deserializer=ts.PredictionResponse.FromString)
+            with pytest.raises(grpc.RpcError) as denied:
+                predict(request, metadata=(("authorization", f"Bearer {management}"),), timeout=30)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert denied.value.details() == TOKEN_REFUSED["message"]
+            assert predict(request, metadata=(("authorization", f"Bearer {new_inference}"),), timeout=30).prediction
+
+        stopped = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--stop", "--foreground"],
+                                 capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                                 env={**os.environ, "TMPDIR": str(tmp_path)})
         # (another test's server, started at the same time, would have its own pid file elsewhere)
         assert stopped.stdout.strip() == "TorchServe has stopped."
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{urls['inference']}/ping", timeout=1)
-            except requests.ConnectionError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("--stop did not stop the server")
+        assert not (tmp_path / "key_file.json").exists()  # TorchServe removes it at the stop
+
+
+def test_keys_expire_after_token_expiration_min(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's token_expiration_min: past it a key is refused until the API key renews it."""
+    with torchserve(tmp_path, {"token_expiration_min": "0.05"}, "--model-store", str(archives)) as urls:
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        management, api = keys["management"]["key"], keys["API"]["key"]
+        assert requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management)).status_code == 200
+        time.sleep(3.5)
+        expired = requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(management))
+        assert (expired.status_code, expired.json()) == (400, TOKEN_REFUSED)
+        assert requests.get(f"{urls['management']}/token?type=management", timeout=5,
+                            headers=_bearer(api)).status_code == 200
+        renewed = json.loads((tmp_path / "key_file.json").read_text())["management"]["key"]
+        assert requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(renewed)).status_code == 200
 
 
 def test_refused_settings_are_named(tmp_path: Path) -> None:

@@ -13,9 +13,7 @@ import json
 import logging
 import os
 import re
-import secrets
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
-           "grpc_inference_address", "grpc_management_address", "token_expiration_min", "snapshot_store",
+           "grpc_inference_address", "grpc_management_address", "snapshot_store",
            "model_snapshot", "default_service_handler", "job_queue_size")
 # service_envelope's names (TorchServe's ts.torch_handler.request_envelope modules; runtimes/ts_envelopes.py)
 SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
@@ -211,9 +209,9 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         else:
             listeners.append(Listener(host, port, apis))
 
-    token_auth = not (args.disable_token_auth or _true(properties.get("disable_token_authorization")))
+    token_auth = not _token_auth_disabled(args, properties, environ)
     model_api = args.enable_model_api or _true(properties.get("enable_model_api"))
-    token = secrets.token_urlsafe(24) if token_auth else None
+    key_file = cwd / "key_file.json" if token_auth else None
     try:
         per_model = json.loads(properties["models"]) if properties.get("models") else {}
     except ValueError as exc:
@@ -228,7 +226,8 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         response_timeout_s=_int(properties, "default_response_timeout", 120),
         startup_timeout_s=_int(properties, "default_startup_timeout", 120),
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api,
-        workflow_store=Path(workflow_store) if workflow_store else None,
+        workflow_store=Path(workflow_store) if workflow_store else None, key_file=key_file,
+        token_expiration_min=_float(properties, "token_expiration_min", 60.0),
         sequence_headers=_sequence_headers(properties), **_metrics_settings(properties))
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
@@ -237,19 +236,31 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         model_repository=None, host=host, http_port=0, model_control="explicit",
         # TorchServe's gRPC inference and management ports (each serves both APIs here)
         grpc_port=grpc_inference, grpc_extra_ports=(grpc_management,) if grpc_management != grpc_inference else (),
-        auth_token=token, auth_inference=token is not None, model_store=model_store,
+        model_store=model_store,
         models=models if model_store is not None else (), log_level=args.log_level,
         max_body_bytes=_int(properties, "max_request_size", 6553500), torchserve=torchserve,
         listeners=tuple(listeners), pid_file=PID_FILE, ready_line=READY_LINE)
     handler_environ = _handler_environ(properties)
-    key_file = write_key_file(cwd / "key_file.json", token) if token is not None else None
     return Started(settings, key_file, handler_environ)
 
 
-def write_key_file(path: Path, token: str) -> Path:
-    """TorchServe's key_file.json: inferd has one bearer token, so the management, inference and
-    API keys are that token (TorchServe's clients read the file and send the key they need)."""
-    entry = {"key": token, "expiration time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))}
-    path.write_text(json.dumps({"management": entry, "inference": entry, "API": {"key": token}}, indent=2))
-    path.chmod(0o600)
-    return path
+def _token_auth_disabled(args: argparse.Namespace, properties: dict[str, str], environ: dict[str, str]) -> bool:
+    """TorchServe's order: ``TS_DISABLE_TOKEN_AUTHORIZATION`` (with ``enable_envvars_config=true``),
+    then ``--disable-token-auth``, then ``disable_token_authorization``."""
+    variable = environ.get("TS_DISABLE_TOKEN_AUTHORIZATION")
+    if variable is not None and _true(properties.get("enable_envvars_config")):
+        return _true(variable)
+    return bool(args.disable_token_auth) or _true(properties.get("disable_token_authorization"))
+
+
+def _float(properties: dict[str, str], key: str, default: float) -> float:
+    value = properties.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value}: expected a number") from None
+    if not number > 0:
+        raise ConfigError(f"{key}={value}: expected a number > 0")
+    return number

@@ -126,6 +126,19 @@ class ModelControl:
         """What every change checks first: for a transport to refuse before reading a body."""
         self._access.authorize_control(credentials, "changing what is served")
 
+    def authorize_door(self, credentials: str | None, kind: str) -> None:
+        """TorchServe's token check at its API's door: ``kind`` is "inference" or "management"."""
+        self._access.authorize_door(credentials, kind)
+
+    @property
+    def token_authorization(self) -> bool:
+        """TorchServe's keys guard the doors (``inferd torchserve`` unless token authorization is off)."""
+        return self._access.keys is not None
+
+    def renew_key(self, credentials: str | None, kind: str) -> None:
+        """TorchServe's token API: a new management or inference key, with the API key."""
+        self._access.renew_key(credentials, kind)
+
     @property
     def open_to_loopback(self) -> bool:
         """Changes need no token: a transport must accept them from loopback only."""

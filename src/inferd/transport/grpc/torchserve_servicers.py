@@ -105,6 +105,7 @@ class TorchServeInferenceServicer:
 
     def __init__(self, core: Core) -> None:
         self.data = core.data
+        self.control = core.control
         self.keys = torchserve.SequenceHeaders(*core.control.torchserve_sequence_headers)
 
     def methods(self) -> Methods:
@@ -170,6 +171,7 @@ class TorchServeInferenceServicer:
         """The request's answers. ``headers``: its sequence (StreamPredictions2); a stateful model's
         request without them starts a sequence of its own. ``turn``: its stream's order, handed on
         once a stateful model admitted it (its sequence batcher keeps each sequence's order)."""
+        self.control.authorize_door(_authorization(context), "inference")  # TorchServe's interceptor: first
         name, version = request.model_name, request.model_version or None
         if not name:
             raise _Refused(grpc.StatusCode.INTERNAL, "Parameter model_name is required.", _BAD_REQUEST)
@@ -276,12 +278,14 @@ class TorchServeManagementServicer:
 
     @guarded
     async def list_models(self, request: ts.ListModelsRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         names = [(m.name, m.source) for m in self.control.models(_authorization(context))]
         return ts.ManagementResponse(msg=_pretty(torchserve.list_page(names, request.limit or 100,
                                                                       request.next_page_token)))
 
     @guarded
     async def describe(self, request: ts.DescribeModelRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         name, who = request.model_name, _authorization(context)
         if name not in {m.name for m in self.control.models(who)}:
             raise NotFound(f"Model not found: {name}")
@@ -320,6 +324,7 @@ class TorchServeManagementServicer:
 
     @guarded
     async def register(self, request: ts.RegisterModelRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         self._model_api()
         registration = RegisterRequest(  # 0 and "": TorchServe's defaults, as its gRPC door reads them
             url=request.url or None, model_name=request.model_name or None, runtime=request.runtime or None,
@@ -332,6 +337,7 @@ class TorchServeManagementServicer:
 
     @guarded
     async def scale(self, request: ts.ScaleWorkerRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         minimum = request.min_worker or 1
         _, message = await self.control.scale_workers(request.model_name, request.model_version or None, minimum,
                                                       request.max_worker or minimum, request.synchronous,
@@ -340,6 +346,7 @@ class TorchServeManagementServicer:
 
     @guarded
     async def set_default(self, request: ts.SetDefaultRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         name, version = request.model_name, request.model_version
         self.control.set_default_version(name, version, _authorization(context))
         return ts.ManagementResponse(msg=_pretty(
@@ -347,6 +354,7 @@ class TorchServeManagementServicer:
 
     @guarded
     async def unregister(self, request: ts.UnregisterModelRequest, context: Context) -> ts.ManagementResponse:
+        self.control.authorize_door(_authorization(context), "management")
         self._model_api()
         name = request.model_name
         await self.control.unregister(name, request.model_version or None, _authorization(context))

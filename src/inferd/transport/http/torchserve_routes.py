@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from inferd.auth import TOKEN_REFUSED
 from inferd.core import Core
 from inferd.core.torchserve import Outcome, RegisterRequest
 from inferd.core.torchserve_workflows import NodeInput, Original, WorkflowFailed, run_workflow
@@ -47,6 +48,8 @@ _SEE_DOCS = "please refer to API document."
 
 def torchserve_error(status: int, message: str) -> HttpResponse:
     """TorchServe's error shape: ``{"code": 404, "type": "ModelNotFoundException", "message": ...}``."""
+    if message == TOKEN_REFUSED:  # TorchServe's InvalidKeyException is a 400
+        return _error(400, "InvalidKeyException", message)
     kind = _TYPES.get(status, "ServerException")
     if message.startswith("Model version: "):
         kind = "ModelVersionNotFoundException"
@@ -88,7 +91,8 @@ class TorchServeRoutes:
         def add(method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
             router.add(method, pattern, handler, torchserve_error, guard)
 
-        infer, control = inference_guard(self.core), control_guard(self.core)
+        infer = self._door("inference", inference_guard(self.core))
+        control, read = self._door("management", control_guard(self.core)), self._door("management")
         if "inference" in apis:
             router.refuse_under("/ping", torchserve_refusal)
             router.refuse_under("/predictions", torchserve_refusal)
@@ -112,21 +116,39 @@ class TorchServeRoutes:
             add("GET", "/metrics", self.render_metrics)
         if "management" not in apis:
             return
+        for method in _ANY_METHOD:  # TorchServe's token API (with the API key)
+            add(method, "/token", self.renew_key)
         router.refuse_under("/models", torchserve_refusal)
-        add("GET", "/models", self.list_models)
+        add("GET", "/models", self.list_models, read)
         add("POST", "/models", self.register_model, control)
-        add("GET", "/models/{model}", self.describe)
-        add("GET", "/models/{model}/{version}", self.describe)
+        add("GET", "/models/{model}", self.describe, read)
+        add("GET", "/models/{model}/{version}", self.describe, read)
         add("PUT", "/models/{model}", self.scale, control)
         add("PUT", "/models/{model}/{version}", self.scale, control)
         add("PUT", "/models/{model}/{version}/set-default", self.set_default, control)
         add("DELETE", "/models/{model}", self.unregister, control)
         add("DELETE", "/models/{model}/{version}", self.unregister, control)
         router.refuse_under("/workflows", torchserve_refusal)
-        add("GET", "/workflows", self.list_workflows)
+        add("GET", "/workflows", self.list_workflows, read)
         add("POST", "/workflows", self.register_workflow, control)
-        add("GET", "/workflows/{workflow}", self.describe_workflow)
+        add("GET", "/workflows/{workflow}", self.describe_workflow, read)
         add("DELETE", "/workflows/{workflow}", self.unregister_workflow, control)
+
+    def _door(self, kind: str, then: Guard | None = None) -> Guard:
+        """TorchServe's token check for its ``kind`` API ("inference" or "management"), then ``then``."""
+        def guard(request: HttpRequest) -> None:
+            self.control.authorize_door(_credentials(request), kind)
+            if then is not None:
+                then(request)
+
+        return guard
+
+    async def renew_key(self, request: HttpRequest) -> HttpResponse:
+        """``/token?type=management|inference``: a new key in key_file.json; TorchServe answers an empty body."""
+        if not self.control.token_authorization:
+            return torchserve_refusal(404, "")
+        self.control.renew_key(_credentials(request), _query(request).get("type", ""))
+        return HttpResponse(200, b"")
 
     # -- inference API -----------------------------------------------------------------------
     async def ping(self, request: HttpRequest) -> HttpResponse:
