@@ -180,6 +180,7 @@ class ContextHandler(BaseHandler):
             context.set_response_content_type(i, "application/json")
             answers.append({"greeting": context.model_yaml_config["handler"]["greeting"],
                             "header": context.get_request_header(i, "X-Trace"),
+                            "url_path": context.get_request_header(i, "url_path"),
                             "batch": context.system_properties["batch_size"]})
         return answers
 '''

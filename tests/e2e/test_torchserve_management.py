@@ -162,7 +162,12 @@ def test_model_config_yaml_inside_the_archive(server: RunningServer) -> None:
     assert len(described["workers"]) == 2
     answer = requests.post(f"{server.base}/predictions/yaml_model", data=b"x", headers={"X-Trace": "abc"}, timeout=30)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"greeting": "hello from yaml", "header": "abc", "batch": 4}
+    assert answer.json() == {"greeting": "hello from yaml", "header": "abc", "url_path": "", "batch": 4}
+    # TorchServe hands the path's segments after the version to the handler as its url_path header
+    for path in ("v1/chat/completion", "v1/completion"):
+        answer = requests.post(f"{server.base}/predictions/yaml_model/1.0/{path}", data=b"x", timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["url_path"] == path
     teapot = requests.post(f"{server.base}/predictions/yaml_model", data=b"teapot", timeout=30)
     assert teapot.status_code == 418
     oom = requests.post(f"{server.base}/predictions/yaml_model", data=b"oom", timeout=60)

@@ -107,12 +107,17 @@ def decode_prediction(body: bytes | bytearray, content_type: str, model: str, ve
                         protocol=PROTOCOL, parameters=sequence_parameters(headers or {}, keys))
 
 
-def with_explain(headers: dict[str, str], explain: bool) -> dict[str, str]:
+def with_explain(headers: dict[str, str], explain: bool, url_path: str | None = None) -> dict[str, str]:
     """The request's headers with TorchServe's ``explain`` header, which its front end adds to every
     REST prediction: ``True`` on ``/explanations`` and KServe's explain, else ``False`` (a client's
-    own ``explain`` header does not count)."""
-    kept = {name: value for name, value in headers.items() if name.lower() != "explain"}
-    return {**kept, "explain": "True" if explain else "False"}
+    own ``explain`` header does not count); on ``/predictions`` and ``/explanations`` also its
+    ``url_path``: the path's segments after the version ("" when none), for the handler to read."""
+    own = ("explain", "url_path") if url_path is not None else ("explain",)
+    kept = {name: value for name, value in headers.items() if name.lower() not in own}
+    added = {"explain": "True" if explain else "False"}
+    if url_path is not None:
+        added["url_path"] = url_path
+    return {**kept, **added}
 
 
 def decode_describe(model: str, version: str | None, stateful: bool = False,

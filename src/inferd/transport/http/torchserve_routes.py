@@ -43,6 +43,7 @@ _TYPES = {400: "BadRequestException", 401: "Unauthorized", 403: "ForbiddenExcept
           413: "RequestEntityTooLarge", 500: "InternalServerException", 503: "ServiceUnavailableException",
           504: "RequestTimeout"}
 _ANY_METHOD = ("GET", "POST", "PUT", "DELETE", "PATCH")  # TorchServe checks none on /ping, /predictions
+URL_PATH_DEPTH = 8  # /predictions/{m}/{v}/a/b/...: segments after the version reach the handler as url_path
 _SEE_DOCS = "please refer to API document."
 
 
@@ -100,6 +101,10 @@ class TorchServeRoutes:
                 add(method, "/ping", self.ping)
                 add(method, "/predictions/{model}", self.predict, infer)
                 add(method, "/predictions/{model}/{version}", self.predict, infer)
+                for depth in range(1, URL_PATH_DEPTH + 1):
+                    rest = "/".join(f"{{p{i}}}" for i in range(depth))
+                    add(method, f"/predictions/{{model}}/{{version}}/{rest}", self.predict, infer)
+                    add(method, f"/explanations/{{model}}/{{version}}/{rest}", self.explain, infer)
             router.refuse_under("/explanations", torchserve_refusal)
             for method in _ANY_METHOD:  # TorchServe's InferenceRequestHandler: KServe's explain too
                 add(method, "/explanations/{model}", self.explain, infer)
@@ -157,7 +162,7 @@ class TorchServeRoutes:
         return json_response({"status": "Unhealthy"}, 500)  # TorchServe's InferenceRequestHandler
 
     async def predict(self, request: HttpRequest) -> HttpResponse:
-        return await self._serve(request, explain=False)
+        return await self._serve(request, explain=False, url_path=_url_path(request))
 
     async def kserve_predict(self, request: HttpRequest) -> HttpResponse:
         """KServe's ``/v1/models/{m}:predict`` and ``/v2/models/{m}/infer`` on TorchServe's
@@ -169,9 +174,10 @@ class TorchServeRoutes:
         """``/explanations/{m}[/{v}]``, KServe's ``/v1/models/{m}:explain`` and
         ``/v2/models/{m}/explain``: the raw body goes to the handler as a prediction's does, with
         the ``explain: True`` header, so its ``explain_handle`` answers (TorchServe's)."""
-        return await self._serve(request, explain=True)
+        on_explanations = request.path.lstrip("/").startswith("explanations/")
+        return await self._serve(request, explain=True, url_path=_url_path(request) if on_explanations else None)
 
-    async def _serve(self, request: HttpRequest, explain: bool) -> HttpResponse:
+    async def _serve(self, request: HttpRequest, explain: bool, url_path: str | None = None) -> HttpResponse:
         name, version = request.params["model"], request.params.get("version")
         try:
             metadata = self.data.model_metadata(name, version, _credentials(request))
@@ -181,16 +187,16 @@ class TorchServeRoutes:
             raise InvalidInput(f"model '{name}' has no TorchServe handler: only a handler's explain_handle "
                                "explains; predict over /predictions/{model}")
         try:
-            return await self._predict(request, metadata, name, version, explain)
+            return await self._predict(request, metadata, name, version, explain, url_path)
         except ModelError as exc:
             log.error("%s %s: %s", request.method, request.path, exc.message, exc_info=exc)
             return prediction_failed(exc)
 
     async def _predict(self, request: HttpRequest, metadata: ModelMetadata, name: str,
-                       version: str | None, explain: bool = False) -> HttpResponse:
+                       version: str | None, explain: bool = False, url_path: str | None = None) -> HttpResponse:
         if torchserve.is_handler_model(metadata):
             content_type = request.headers.get("content-type", "application/octet-stream")
-            headers = torchserve.with_explain(request.headers, explain)
+            headers = torchserve.with_explain(request.headers, explain, url_path)
             if metadata.stateful and not torchserve.named_sequence(headers, self.keys):  # TorchServe names one
                 headers = {**headers, **torchserve.new_sequence(self.keys)}
             infer_request = torchserve.decode_prediction(request.body, content_type, name, version, headers,
@@ -478,6 +484,11 @@ def _status(outcome: Outcome, message: str) -> HttpResponse:
 
 def _credentials(request: HttpRequest) -> str | None:
     return request.headers.get("authorization")
+
+
+def _url_path(request: HttpRequest) -> str:
+    """What follows ``/predictions/{model}/{version}/`` (TorchServe's url_path header)."""
+    return "/".join(request.path.strip("/").split("/")[3:])
 
 
 def _query(request: HttpRequest) -> dict[str, str]:
