@@ -158,7 +158,9 @@ def test_token_auth_and_model_api_off_by_default(archives: Path, tmp_path: Path)
         assert scaled.status_code == 200, scaled.text  # scaling works without the model API
         refused = requests.post(f"{urls['management']}/models?url=doubler.mar", timeout=5,
                                 headers=_bearer(management))
-        assert refused.status_code == 405  # enable_model_api is false by default
+        assert refused.status_code == 405  # enable_model_api is false by default; TorchServe's exact answer
+        assert refused.json() == {"code": 405, "type": "MethodNotAllowedException",
+                                  "message": "Requested method is not allowed, please refer to API document."}
         for headers in ({}, _bearer(management)):
             response = requests.post(f"{urls['inference']}/predictions/ts_mlp", json=X, timeout=30, headers=headers)
             assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)

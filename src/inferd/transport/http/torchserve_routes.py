@@ -470,9 +470,11 @@ class CountingApp(HttpApp):
 
 
 def _not_allowed() -> HttpResponse:
-    """enable_model_api=false: TorchServe answers registering and unregistering with 405."""
-    return torchserve_error(405, "Requested method is not allowed, please refer to API document. "
-                                 "(model API disabled: enable_model_api=true or --enable-model-api)")
+    """enable_model_api=false: TorchServe answers registering and unregistering with 405, in exactly
+    its words (clients compare them); the server's log says how to turn the model API on."""
+    log.warning("refused registering or unregistering: the model API is off (enable_model_api=true or "
+                "--enable-model-api turns it on)")
+    return torchserve_error(405, f"Requested method is not allowed, {_SEE_DOCS}")
 
 
 _OUTCOME_STATUS = {Outcome.DONE: 200, Outcome.ACCEPTED: 202, Outcome.PARTIAL: 206}
