@@ -129,13 +129,23 @@ class ArchiveInfo:
 
 
 def archive_info(archive: Path) -> ArchiveInfo:
-    """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking."""
+    """Read MAR-INF/MANIFEST.json (and the ``configFile`` it names) without unpacking (a no-archive
+    folder: from its files)."""
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            manifest = json.loads(small_member(bundle, "MAR-INF/MANIFEST.json", archive.name))
-            model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
-            config_file = model.get("configFile") if isinstance(model, dict) else None
-            yaml_text = small_member(bundle, str(config_file), archive.name).decode() if config_file else ""
+        if archive.is_dir():
+            manifest = json.loads(_small_file(archive, "MAR-INF/MANIFEST.json"))
+        else:
+            with zipfile.ZipFile(archive) as bundle:
+                manifest = json.loads(small_member(bundle, "MAR-INF/MANIFEST.json", archive.name))
+        model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
+        config_file = model.get("configFile") if isinstance(model, dict) else None
+        if not config_file:
+            yaml_text = ""
+        elif archive.is_dir():
+            yaml_text = _small_file(archive, str(config_file)).decode()
+        else:
+            with zipfile.ZipFile(archive) as bundle:
+                yaml_text = small_member(bundle, str(config_file), archive.name).decode()
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
     if not isinstance(model, dict):
@@ -154,6 +164,16 @@ def archive_info(archive: Path) -> ArchiveInfo:
 
 
 MAX_MANIFEST_BYTES = 1 << 20  # MANIFEST.json and model-config.yaml: read whole, so bounded
+
+
+def _small_file(folder: Path, name: str) -> bytes:
+    """A small file of a no-archive folder, inside it, refused past MAX_MANIFEST_BYTES."""
+    path = folder / name
+    if ".." in PurePosixPath(name).parts or PurePosixPath(name).is_absolute():
+        raise ValueError(f"{name} is not inside {folder.name}")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{name} of {folder.name} is over the limit of {MAX_MANIFEST_BYTES} bytes")
+    return path.read_bytes()
 
 
 def small_member(bundle: zipfile.ZipFile, name: str, where: str) -> bytes:

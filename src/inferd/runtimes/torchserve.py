@@ -33,6 +33,8 @@ MAX_ENTRIES = 100_000
 def unpack(archive: Path) -> Path:
     """The archive's files in a folder: once per archive content in the folder the server shares
     with its process instances (``INFERD_UNPACK_DIR``), else a fresh one removed at exit."""
+    if archive.is_dir():  # --archive-format no-archive: its files are there already (TorchServe links them)
+        return archive
     shared = os.environ.get(SHARED_UNPACK_ENV)
     if not shared:
         # named as isolation.process names scratch folders: a start after a SIGKILL removes it
