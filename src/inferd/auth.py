@@ -48,9 +48,6 @@ class TorchServeKeys:
         self._keys[kind] = self._new()
         self._write()
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
     def _new(self) -> tuple[str, float]:
         return secrets.token_urlsafe(24), time.time() + self._expiration_s
 

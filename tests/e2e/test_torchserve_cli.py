@@ -576,3 +576,67 @@ def test_grpc_registering_with_the_model_api_off_is_refused_in_torchserves_words
                 _grpc_call(urls["grpc_management"], path, request, ts.ManagementResponse)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "Model API disabled" in refused.value.details()
+
+
+def test_a_no_archive_folder_registers_and_serves(archives: Path, tmp_path: Path) -> None:
+    """torch-model-archiver --archive-format no-archive makes a folder (its files and
+    MAR-INF/MANIFEST.json); TorchServe registers it by its name in the store, as a .mar."""
+    store = tmp_path / "store"
+    store.mkdir()
+    work = archives.parent / "work"
+    subprocess.run(["torch-model-archiver", "--model-name", "doubler_dir", "--version", "1.0", "--serialized-file",
+                    str(work / "doubler.pth"), "--model-file", str(work / "model.py"), "--handler",
+                    str(work / "handler.py"), "--export-path", str(store), "--archive-format", "no-archive"],
+                   check=True, capture_output=True)
+    assert (store / "doubler_dir" / "MAR-INF" / "MANIFEST.json").is_file()
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}) as urls:
+        response = requests.post(f"{urls['management']}/models?url=doubler_dir&initial_workers=1&synchronous=true",
+                                 timeout=120)
+        assert response.status_code == 200, response.text
+        body = {"values": [1.0, 2.0, 3.0, 4.0]}
+        answer = requests.post(f"{urls['inference']}/predictions/doubler_dir", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        expected = ts_archives.doubler_in_process(work, [body["values"]])
+        assert answer.json()["scores"] == pytest.approx(expected[0], rel=1e-5)
+        described = requests.get(f"{urls['management']}/models/doubler_dir", timeout=5).json()[0]
+        assert described["modelVersion"] == "1.0" and described["workers"]
+        assert requests.delete(f"{urls['management']}/models/doubler_dir", timeout=30).status_code == 200
+        assert (store / "doubler_dir" / "MAR-INF" / "MANIFEST.json").is_file()  # the operator's folder stays
+
+
+SLOW_START_HANDLER = '''
+import time
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class SlowStart(BaseHandler):
+    def initialize(self, context):
+        time.sleep(3)
+        super().initialize(context)
+'''
+
+
+def test_workers_being_started_are_described_until_ready(archives: Path, tmp_path: Path) -> None:
+    """TorchServe lists a version's workers from their start ("UNLOADING", no pid yet), so a
+    client that registers asynchronously and polls the description for READY finds them."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (tmp_path / "slow_handler.py").write_text(SLOW_START_HANDLER)
+    ts_archives.archive(store, "slow", archives.parent / "work" / "mlp.pt", str(tmp_path / "slow_handler.py"))
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}) as urls:
+        response = requests.post(f"{urls['management']}/models?url=slow.mar&initial_workers=1&synchronous=false",
+                                 timeout=30)
+        assert response.status_code == 202, response.text
+        starting = requests.get(f"{urls['management']}/models/slow", timeout=5).json()[0]["workers"]
+        assert [(w["status"], w["pid"]) for w in starting] == [("UNLOADING", -1)]
+        deadline = time.monotonic() + 60
+        while True:
+            workers = requests.get(f"{urls['management']}/models/slow", timeout=5).json()[0]["workers"]
+            if workers and workers[0]["status"] == "READY":
+                break
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.5)
+        assert workers[0]["pid"] > 0

@@ -25,7 +25,7 @@ from inferd.repository.archives import (
     remove_downloaded,
     sequence_batching,
 )
-from inferd.repository.layout import is_valid_name
+from inferd.repository.layout import is_archive, is_valid_name
 from inferd.repository.registry import ModelEntry, ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import ModelState, SequenceSettings, WorkerSettings
@@ -257,7 +257,7 @@ class TorchServeModels:
                                   self._settings.startup_timeout_s, loaded_at_startup=True, url=entry.source,
                                   sequences=configured_sequences(entry.config))
         source = Path(entry.source)
-        archive = source if source.suffix == ".mar" else source / version
+        archive = source if is_archive(source) else source / version
         registration = Registration(entry.name, version, archive, entry.source, False, entry.config, settings)
         self._registrations[(entry.name, version)] = registration
         return registration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -345,12 +346,23 @@ def describe(name: str, row: VersionDescription) -> dict[str, Any]:
         "workers": [{"id": str(9000 + worker.id), "startTime": _iso(worker.started),
                      "status": "READY" if worker.ready and ready else "UNLOADING",
                      "memoryUsage": worker.memory_bytes, "pid": worker.pid, "gpu": worker.gpu is not None,
-                     "gpuUsage": "N/A"} for worker in row.workers],
+                     "gpuUsage": "N/A"} for worker in row.workers] or _starting_workers(row),
         "jobQueueStatus": {"remainingCapacity": 1000, "pendingRequests": row.busy},
     }
     if row.reason:
         answer["reason"] = row.reason
     return answer
+
+
+def _starting_workers(row: VersionDescription) -> list[dict[str, Any]]:
+    """The workers a loading version is starting: TorchServe lists its worker threads from their
+    start, "UNLOADING" (not running a loaded model) with no pid yet, so a client polling for READY
+    finds them."""
+    if row.state is not ModelState.LOADING or row.settings is None:
+        return []
+    now = _iso(time.time())
+    return [{"id": str(9000 + i), "startTime": now, "status": "UNLOADING", "memoryUsage": 0, "pid": -1,
+             "gpu": False, "gpuUsage": "N/A"} for i in range(row.settings.min_workers)]
 
 
 def _sequence_fields(sequences: SequenceSettings) -> dict[str, Any]:

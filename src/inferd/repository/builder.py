@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from inferd.config import MODEL_KIND_BACKENDS, ModelConfig, with_state_tensors
 from inferd.errors import ConfigError
 from inferd.isolation.process import InstanceSpec, ProcessRuntime
-from inferd.repository.layout import find_artifact
+from inferd.repository.layout import find_artifact, is_archive
 from inferd.runtimes.base import LoadContext, Runtime
 from inferd.runtimes.loader import load_runtime
 from inferd.runtimes.spread import DeviceSpread
@@ -36,7 +36,7 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
                   prefer_tflite: bool = False) -> BuiltVersion[S]:
     """Load a version from its folder (or ``.mar`` archive). Blocks: call it off the event loop.
     ``prefer_tflite``: a model.tflite in the folder wins over its SavedModel (TF Serving's flag)."""
-    if path.suffix == ".mar" or (path / "MAR-INF" / "MANIFEST.json").is_file():  # or a no-archive folder
+    if is_archive(path):  # a .mar, or a no-archive folder
         artifact, backend = path, "torchserve"
     else:
         artifact, backend = find_artifact(path, config.backend, config.default_model_filename, prefer_tflite)

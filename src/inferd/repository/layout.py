@@ -40,6 +40,12 @@ ARTIFACTS: dict[str, str] = {
 TFLITE = "model.tflite"
 
 
+def is_archive(path: Path) -> bool:
+    """A TorchServe model archive: a ``.mar`` file, or the folder ``--archive-format no-archive``
+    makes (its files with ``MAR-INF/MANIFEST.json``)."""
+    return path.suffix == ".mar" or (path / "MAR-INF" / "MANIFEST.json").is_file()
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFolder:
     name: str

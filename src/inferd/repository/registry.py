@@ -35,6 +35,7 @@ from inferd.repository.layout import (
     ModelFolder,
     auto_completed,
     fingerprint,
+    is_archive,
     is_valid_name,
     misnamed,
     read_config,
@@ -363,7 +364,7 @@ class ModelRegistry(Generic[S]):
         finally:
             self._surveying = False
         for name, entry in list(self._models.items()):
-            if name not in folders and not entry.source.endswith(".mar") and name not in self._polling:
+            if name not in folders and not is_archive(Path(entry.source)) and name not in self._polling:
                 log.info("model %s left the repository: unloading", name)
                 await self.unload_model(name, missing_ok=True)
         changed = [name for name in folders
@@ -483,7 +484,7 @@ class ModelRegistry(Generic[S]):
     async def _register_archive(self, name: str, archive: Path, config: ModelConfig, version: str,
                                 load: bool) -> ModelEntry[S]:
         entry = self._models.get(name)
-        if entry is not None and not entry.source.endswith(".mar"):
+        if entry is not None and not is_archive(Path(entry.source)):
             raise AlreadyExists(f"model '{name}' is served from the model repository; register the archive "
                                 "under another model_name")
         if entry is not None and version in entry.versions:
