@@ -137,6 +137,19 @@ MODELS = {
             sender.send(tripled(request))
         return None
 """,
+    # a BLS call too large for the instance's channel to the server (256 MiB), then a small one
+    "calls_too_large": """
+    def execute(self, requests):
+        def call(values):
+            return pb_utils.InferenceRequest(model_name="tripled", requested_output_names=["OUT"],
+                                             inputs=[pb_utils.Tensor("IN", values)]).exec()
+
+        big = call(np.zeros(80_000_000, np.float32))  # 320 MB
+        refused = float(big.has_error() and "too large to send to the server" in big.error().message())
+        small = pb_utils.get_output_tensor_by_name(call(np.array([1, 2], np.float32)), "OUT").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([refused, small.sum()], np.float32))])
+                for request in requests]
+""",
     "returns_dicts": """
     def execute(self, requests):
         return [{"OUT": np.zeros(2, np.float32)} for request in requests]
@@ -479,6 +492,11 @@ def test_a_required_input_is_still_required_and_the_config_says_which_are_option
     assert raised.value.status() == "400"
     inputs = client.get_model_config("optional_inputs")["input"]
     assert [(i["name"], i.get("optional", False)) for i in inputs] == [("A", True), ("B", True), ("C", False)]
+
+
+def test_a_bls_call_too_large_for_the_channel_fails_alone(server: RunningServer) -> None:
+    """Its instance's calls to the server go on (the channel used to close: 'the server is gone')."""
+    np.testing.assert_array_equal(_call(server, "calls_too_large", [0, 0]), [1, 9])
 
 
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:
