@@ -79,6 +79,7 @@ MODELS = {
         self.args = args
 
     def execute(self, requests):
+        pb_utils.Logger.log_info(f"{self.args['model_instance_name']} answers")
         return [pb_utils.InferenceResponse(tripled(request).output_tensors(),
                                            parameters={key: self.args[key] for key in
                                                        ("model_instance_name", "model_instance_kind")})
@@ -509,6 +510,16 @@ def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> 
     tensor.set_data_from_numpy(np.array([1, 2], np.float32))
     parameters = _response_parameters(client.infer("named_instance", [tensor]), "http")
     assert parameters == {"model_instance_name": "named_instance_0_0", "model_instance_kind": "CPU"}
+
+
+def test_a_models_info_log_reaches_the_servers_log_in_its_format(server: RunningServer) -> None:
+    """pb_utils.Logger.log_info from an instance process (as Triton shows it at its default level)."""
+    _call(server, "named_instance", [1, 2])
+    said = "INFO inferd.python_backend: named_instance_0_0 answers"
+    deadline = time.monotonic() + 10
+    while said not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said in server.log()
 
 
 def test_a_model_raising_is_a_500_in_tritons_words(server: RunningServer) -> None:
