@@ -85,9 +85,11 @@ MODELS = {
                                                        ("model_instance_name", "model_instance_kind")})
                 for request in requests]
 """,
-    # imports a file beside it (Triton's stub puts the version's folder on sys.path), also when
-    # its auto_complete_config runs
+    # imports a file beside it (Triton's stub puts the version's folder on sys.path) and another
+    # relatively (Triton imports model.py as <version>.model), also when its auto_complete_config runs
     "imports_beside": """
+    from . import beside_relative
+
     @staticmethod
     def auto_complete_config(config):
         import beside_helper
@@ -97,7 +99,8 @@ MODELS = {
         from beside_helper import times
 
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", times(
-            pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()))]) for request in requests]
+            pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()) + self.beside_relative.OFFSET)])
+                for request in requests]
 """,
     # runs unittest.main, which parses sys.argv (Triton's QA models run their checks so): the
     # instance's argv holds nothing of the server's
@@ -318,6 +321,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
     models.write(root / "imports_beside/1/beside_helper.py", "def times(values):\n    return values * 5\n")
+    models.write(root / "imports_beside/1/beside_relative.py", "OFFSET = 1\n")
     models.write(root / "optional_inputs/1/model.py", HEAD + OPTIONAL_INPUTS)
     models.write(root / "optional_inputs/config.pbtxt", OPTIONAL_INPUTS_CONFIG)
     models.write(root / "takes_nothing/1/model.py", HEAD + TAKES_NOTHING)
@@ -501,7 +505,7 @@ def test_a_bls_call_too_large_for_the_channel_fails_alone(server: RunningServer)
 
 
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:
-    np.testing.assert_array_equal(_call(server, "imports_beside", [1, 2]), [5, 10])
+    np.testing.assert_array_equal(_call(server, "imports_beside", [1, 2]), [6, 11])
 
 
 def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> None:
