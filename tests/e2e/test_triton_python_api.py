@@ -79,14 +79,17 @@ MODELS = {
         self.args = args
 
     def execute(self, requests):
+        pb_utils.Logger.log_info(f"{self.args['model_instance_name']} answers")
         return [pb_utils.InferenceResponse(tripled(request).output_tensors(),
                                            parameters={key: self.args[key] for key in
                                                        ("model_instance_name", "model_instance_kind")})
                 for request in requests]
 """,
-    # imports a file beside it (Triton's stub puts the version's folder on sys.path), also when
-    # its auto_complete_config runs
+    # imports a file beside it (Triton's stub puts the version's folder on sys.path) and another
+    # relatively (Triton imports model.py as <version>.model), also when its auto_complete_config runs
     "imports_beside": """
+    from . import beside_relative
+
     @staticmethod
     def auto_complete_config(config):
         import beside_helper
@@ -96,7 +99,8 @@ MODELS = {
         from beside_helper import times
 
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", times(
-            pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()))]) for request in requests]
+            pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()) + self.beside_relative.OFFSET)])
+                for request in requests]
 """,
     # runs unittest.main, which parses sys.argv (Triton's QA models run their checks so): the
     # instance's argv holds nothing of the server's
@@ -136,6 +140,19 @@ MODELS = {
             sender.send(tripled(request))
             sender.send(tripled(request))
         return None
+""",
+    # a BLS call too large for the instance's channel to the server (256 MiB), then a small one
+    "calls_too_large": """
+    def execute(self, requests):
+        def call(values):
+            return pb_utils.InferenceRequest(model_name="tripled", requested_output_names=["OUT"],
+                                             inputs=[pb_utils.Tensor("IN", values)]).exec()
+
+        big = call(np.zeros(80_000_000, np.float32))  # 320 MB
+        refused = float(big.has_error() and "too large to send to the server" in big.error().message())
+        small = pb_utils.get_output_tensor_by_name(call(np.array([1, 2], np.float32)), "OUT").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([refused, small.sum()], np.float32))])
+                for request in requests]
 """,
     "returns_dicts": """
     def execute(self, requests):
@@ -304,6 +321,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         models.write(root / name / "1/model.py", HEAD + body)
         models.write(root / name / "config.pbtxt", CONFIG.format(name=name, extra=policy))
     models.write(root / "imports_beside/1/beside_helper.py", "def times(values):\n    return values * 5\n")
+    models.write(root / "imports_beside/1/beside_relative.py", "OFFSET = 1\n")
     models.write(root / "optional_inputs/1/model.py", HEAD + OPTIONAL_INPUTS)
     models.write(root / "optional_inputs/config.pbtxt", OPTIONAL_INPUTS_CONFIG)
     models.write(root / "takes_nothing/1/model.py", HEAD + TAKES_NOTHING)
@@ -481,8 +499,13 @@ def test_a_required_input_is_still_required_and_the_config_says_which_are_option
     assert [(i["name"], i.get("optional", False)) for i in inputs] == [("A", True), ("B", True), ("C", False)]
 
 
+def test_a_bls_call_too_large_for_the_channel_fails_alone(server: RunningServer) -> None:
+    """Its instance's calls to the server go on (the channel used to close: 'the server is gone')."""
+    np.testing.assert_array_equal(_call(server, "calls_too_large", [0, 0]), [1, 9])
+
+
 def test_a_model_imports_the_files_beside_it(server: RunningServer) -> None:
-    np.testing.assert_array_equal(_call(server, "imports_beside", [1, 2]), [5, 10])
+    np.testing.assert_array_equal(_call(server, "imports_beside", [1, 2]), [6, 11])
 
 
 def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> None:
@@ -491,6 +514,16 @@ def test_initialize_names_the_instance_as_triton_does(server: RunningServer) -> 
     tensor.set_data_from_numpy(np.array([1, 2], np.float32))
     parameters = _response_parameters(client.infer("named_instance", [tensor]), "http")
     assert parameters == {"model_instance_name": "named_instance_0_0", "model_instance_kind": "CPU"}
+
+
+def test_a_models_info_log_reaches_the_servers_log_in_its_format(server: RunningServer) -> None:
+    """pb_utils.Logger.log_info from an instance process (as Triton shows it at its default level)."""
+    _call(server, "named_instance", [1, 2])
+    said = "INFO inferd.python_backend: named_instance_0_0 answers"
+    deadline = time.monotonic() + 10
+    while said not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said in server.log()
 
 
 def test_a_model_raising_is_a_500_in_tritons_words(server: RunningServer) -> None:
@@ -589,7 +622,7 @@ def test_a_decoupled_models_failure_after_its_final_response_is_logged(server: R
     assert not isinstance(answer, Exception)
     np.testing.assert_array_equal(answer.as_numpy("OUT"), [3, 6])  # type: ignore[attr-defined]
     said = "model 'decoupled_after_final': execute failed after its final response: TritonModelException: " \
-           "Unable to send response. Response sender has been closed."
+           "Unable to send response. Response sender has been closed.\n"  # Triton's words exactly: models compare them
     deadline = time.monotonic() + 10
     while said not in server.log() and time.monotonic() < deadline:
         time.sleep(0.1)

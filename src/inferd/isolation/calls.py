@@ -23,11 +23,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
 from typing import Any
 
 from inferd import errors
 from inferd.errors import InferdError, Unavailable, describe
-from inferd.isolation.channel import Channel, ProtocolError
+from inferd.isolation.channel import Channel, MessageTooLarge, ProtocolError
 from inferd.runtimes import model_calls
 from inferd.types import InferRequest, InferResponse, MetricUpdate
 
@@ -136,9 +137,10 @@ class ChannelModelCalls:
         self._send(("cancel", call_id))
 
     def _send(self, message: tuple[Any, ...]) -> bool:
+        """False once the server is gone; ``MessageTooLarge`` for a call too large to go."""
         try:
             with self._send_lock:
-                self._conn.send(message)
+                self._conn.send(message, refuse_oversized=True)
         except OSError as exc:
             self._gone = self._gone or str(exc)
             return False
@@ -146,13 +148,18 @@ class ChannelModelCalls:
 
     def _go(self, message: tuple[Any, ...]) -> None:
         """Send an open call; one that cannot go ends with the reason (the reader ends the rest)."""
-        if self._send(message):
-            return
+        try:
+            if self._send(message):
+                return
+            why = ("Unavailable", f"the server is gone ({self._gone})")
+        except MessageTooLarge as exc:  # this call alone fails: the channel carries the others on
+            why = ("PayloadTooLarge", f"a call to model '{getattr(message[2], 'model_name', '')}' is too large to "
+                                      f"send to the server: {exc}")
         with self._lock:
             deliver = self._waiting.pop(message[1], None)
             self._open -= 1
         if deliver is not None:
-            deliver(("error", message[1], "Unavailable", f"the server is gone ({self._gone})"))
+            deliver(("error", message[1], *why))
 
     def _read(self) -> None:
         try:
@@ -182,6 +189,15 @@ class ChannelModelCalls:
                 self._open -= 1
                 return deliver, None
             return deliver, self._held.popitem(last=False)[1]
+
+
+def _too_large(message: tuple[Any, ...], why: str) -> tuple[Any, ...]:
+    """An answer too large to hand back, as the error its call gets (a stream's: one error response
+    of the stream, which goes on)."""
+    error = errors.PayloadTooLarge(f"the answer is too large to hand back to the calling model: {why}")
+    if message[0] == "item":
+        return ("item", message[1], replace(message[2], outputs=[], parameters={}, error=error))
+    return ("error", message[1], "PayloadTooLarge", error.message)
 
 
 def _drop(reply: tuple[Any, ...]) -> None:
@@ -214,7 +230,9 @@ def _serve(conn: Channel, model: str) -> None:
     def reply(message: tuple[Any, ...]) -> bool:
         try:
             with send_lock:
-                conn.send(message)
+                conn.send(message, refuse_oversized=True)
+        except MessageTooLarge as exc:  # that answer alone fails: the channel carries the others on
+            return reply(_too_large(message, str(exc)))
         except OSError:  # the instance is gone; its calls end as their answers fail to go
             return False
         return True

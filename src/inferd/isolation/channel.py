@@ -21,6 +21,10 @@ class ProtocolError(Exception):
     """The other side sent something that is not a message of ours."""
 
 
+class MessageTooLarge(ProtocolError):
+    """A message over ``MAX_MESSAGE``, refused before it was sent."""
+
+
 class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -29,8 +33,13 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: tuple[Any, ...], refuse_oversized: bool = False) -> None:
+        """``refuse_oversized``: a message over ``MAX_MESSAGE`` is ``MessageTooLarge`` here, before a
+        byte of it goes, so the channel stays usable (the other side would drop it as broken)."""
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if refuse_oversized and len(payload) > MAX_MESSAGE:
+            raise MessageTooLarge(f"{len(payload)} bytes, over the {MAX_MESSAGE} a message between the server "
+                                  "and an instance process holds")
         self.sock.sendall(_LENGTH.pack(len(payload)) + payload)
 
     def receive(self) -> Any:

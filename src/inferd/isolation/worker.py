@@ -32,6 +32,7 @@ from inferd.errors import InferdError, describe
 from inferd.isolation.calls import ChannelModelCalls
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
+from inferd.observability.logging import configure_instance_process
 from inferd.runtimes import model_calls
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
 
@@ -40,6 +41,7 @@ _PARENT_CHECK_S = 1.0
 
 def main(fd: int, calls_fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
+    configure_instance_process()
     # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
     # requests this instance runs, then stops it
     signal.signal(signal.SIGINT, signal.SIG_IGN)

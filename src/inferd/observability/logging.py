@@ -15,6 +15,13 @@ import orjson
 # buffer is read-only (inferd never writes to it), onnxruntime's provider fallbacks.
 _QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "NONE"}
 _QUIET_WARNINGS = ("The given NumPy array is not writable", "Specified provider '")
+LEVEL_VARIABLE, FORMAT_VARIABLE = "INFERD_LOG_LEVEL", "INFERD_LOG_FORMAT"  # what instance processes read
+
+
+def configure_instance_process() -> None:
+    """An instance process logs to the server's stderr at the server's level, in its format (a
+    Triton model's pb_utils.Logger.log_info reaches the server's log, as in Triton)."""
+    configure(os.environ.get(LEVEL_VARIABLE, "info"), os.environ.get(FORMAT_VARIABLE, "text"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +36,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "info", log_format: str = "text") -> None:
+    """The server's logging; its instance processes, which inherit the environment, log alike."""
+    os.environ[LEVEL_VARIABLE], os.environ[FORMAT_VARIABLE] = level, log_format
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

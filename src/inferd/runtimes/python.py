@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import sys
 import threading
+import types
+import zlib
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,8 +80,21 @@ def _importable_beside(artifact: Path) -> None:
             sys.path.append(folder)
 
 
+def _version_package(context: LoadContext) -> str:
+    """A package whose folder is the version's, model.py its module: its relative imports (``from .
+    import helper``) find the files beside it, as Triton imports model.py as ``<version>.model``."""
+    folder = str(context.artifact.parent)
+    readable = re.sub(r"\W", "_", f"{context.name}_v{context.version}")
+    package = f"inferd_user_models_{readable}_{zlib.crc32(folder.encode()):08x}"  # one per folder
+    module = types.ModuleType(package)
+    module.__path__ = [folder]
+    sys.modules[package] = module
+    return package
+
+
 def load(context: LoadContext) -> Runtime:
-    module_name = f"inferd_user_models.{context.name}.v{context.version}"
+    stem = re.sub(r"\W", "_", context.artifact.stem)
+    module_name = f"{_version_package(context)}.{stem}"
     _importable_beside(context.artifact)
     spec = importlib.util.spec_from_file_location(module_name, context.artifact)
     if spec is None or spec.loader is None:

@@ -411,8 +411,7 @@ class InferenceResponseSender:
         if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
             raise TritonModelException("Unable to send response. Unsupported flag provided.")  # Triton's words
         if self._closed:
-            raise TritonModelException("Unable to send response. Response sender has been closed. (the final flag "
-                                       "was already sent)")
+            raise TritonModelException("Unable to send response. Response sender has been closed.")  # Triton's
         if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             raise TritonModelException("send() needs a response or the final flag")
         if response is not None and not isinstance(response, InferenceResponse):

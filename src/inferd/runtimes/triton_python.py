@@ -21,6 +21,7 @@ import queue
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -396,7 +397,10 @@ def _complete_here(model_py: str) -> None:
     """The child's side of ``auto_complete``: the completed configuration (or null) as JSON, last line."""
     pb_utils.install_triton_shim()
     sys.path += [str(Path(model_py).parent), str(Path(model_py).parent.parent)]  # its files beside it, as at load
-    spec = importlib.util.spec_from_file_location("inferd_auto_complete_model", model_py)
+    package = types.ModuleType("inferd_auto_complete")  # the version's folder: relative imports, as at load
+    package.__path__ = [str(Path(model_py).parent)]
+    sys.modules["inferd_auto_complete"] = package
+    spec = importlib.util.spec_from_file_location("inferd_auto_complete.model", model_py)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot import {model_py}")
     module = importlib.util.module_from_spec(spec)
