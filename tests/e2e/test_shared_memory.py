@@ -136,7 +136,7 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
         ({"inputs": [_shared_input("INPUT0", "nowhere", ROW), plain]},
          "Unable to find shared memory region: 'nowhere'"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=ROW + 4), plain]},
-         "Invalid offset + byte size for shared memory region"),
+         f"Invalid offset for shared memory region: '{region.name}' (offset 68 + byte size 64 > 128 bytes)"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW - 4), plain]}, "needs 64 bytes, got 60"),
         ({"inputs": [{**_shared_input("INPUT0", region.name, ROW), "data": [1] * 16}, plain]},
          "must set only one of 'data', 'binary_data_size'"),
@@ -158,14 +158,15 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
     again = requests.post(f"{base}/register", json={"key": region.key, "byte_size": 8}, timeout=10)
     assert again.status_code == 400 and "already in manager" in again.json()["error"]
     for key, says in (("/no-such-object-here", "Unable to open shared memory region"),
-                      ("/../etc/passwd", "is not a shared-memory object's key"),
+                      ("/../etc/passwd", "cannot register shared memory region 'x' - invalid shm key '/../etc/passwd'"),
                       ("/inferd-12-out", "are the server's own")):
         other = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/x/register",
                               json={"key": key, "byte_size": 8}, timeout=10)
         assert other.status_code == 400 and says in other.json()["error"], other.text
     too_large = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/y/register",
                               json={"key": region.key, "byte_size": 4 * ROW}, timeout=10)
-    assert too_large.status_code == 400 and "runs past the end" in too_large.json()["error"]
+    assert too_large.status_code == 400 and "failed to register shared memory region 'y': invalid args: offset 0 + " \
+        "byte_size 256 runs past the end" in too_large.json()["error"], too_large.text
     # the object shrinks under the server's feet: a read must fail this request, not the server (SIGBUS)
     os.truncate(f"/dev/shm{region.key}", 8)
     shrunk = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW), plain]})

@@ -77,8 +77,8 @@ class SharedMemoryRegions:
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidInput(f"Invalid shared memory region: '{key}' (not a shared-memory object)")
             if offset + byte_size > info.st_size:
-                raise InvalidInput(f"failed to register shared memory region '{name}': offset {offset} + byte_size "
-                                   f"{byte_size} runs past the end of '{key}' ({info.st_size} bytes)")
+                raise InvalidInput(f"failed to register shared memory region '{name}': invalid args: offset {offset} "
+                                   f"+ byte_size {byte_size} runs past the end of '{key}' ({info.st_size} bytes)")
         except BaseException:
             os.close(fd)
             raise
@@ -165,8 +165,8 @@ class SharedMemoryRegions:
         if region is None:
             raise InvalidInput(f"{what}: Unable to find shared memory region: '{ref.region}'")
         if ref.offset < 0 or ref.byte_size < 0 or ref.offset + ref.byte_size > region.byte_size:
-            raise InvalidInput(f"{what}: Invalid offset + byte size for shared memory region: '{ref.region}' "
-                               f"({ref.offset} + {ref.byte_size} > {region.byte_size} bytes)")
+            raise InvalidInput(f"{what}: Invalid offset for shared memory region: '{ref.region}' (offset "
+                               f"{ref.offset} + byte size {ref.byte_size} > {region.byte_size} bytes)")
         return region
 
     def _check_allowed(self) -> None:
@@ -177,8 +177,8 @@ class SharedMemoryRegions:
 def _open(name: str, key: str) -> int:
     """The object as shm_open(key) finds it: a file of /dev/shm, never a link."""
     if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
-        raise InvalidInput(f"failed to register shared memory region '{name}': '{key}' is not a shared-memory "
-                           "object's key (\"/name\")")
+        raise InvalidInput(f"cannot register shared memory region '{name}' - invalid shm key '{key}': it is not a "
+                           "shared-memory object's key (\"/name\")")
     if key.lstrip("/").startswith(_OWN_PREFIX):  # the server's own buffers (instance processes' tensors)
         raise InvalidInput(f"failed to register shared memory region '{name}': keys starting '/{_OWN_PREFIX}' "
                            "are the server's own")
