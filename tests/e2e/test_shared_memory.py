@@ -136,7 +136,10 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
         ({"inputs": [_shared_input("INPUT0", "nowhere", ROW), plain]},
          "Unable to find shared memory region: 'nowhere'"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=ROW + 4), plain]},
-         f"Invalid offset for shared memory region: '{region.name}' (offset 68 + byte size 64 > 128 bytes)"),
+         f"Invalid offset + byte size for shared memory region: '{region.name}' (offset 68 + byte size 64 > 128 "
+         "bytes)"),
+        ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=2 * ROW), plain]},
+         f"Invalid offset for shared memory region: '{region.name}' (offset 128 + byte size 64 > 128 bytes)"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW - 4), plain]}, "needs 64 bytes, got 60"),
         ({"inputs": [{**_shared_input("INPUT0", region.name, ROW), "data": [1] * 16}, plain]},
          "must set only one of 'data', 'binary_data_size'"),

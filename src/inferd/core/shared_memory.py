@@ -165,13 +165,23 @@ class SharedMemoryRegions:
         if region is None:
             raise InvalidInput(f"{what}: Unable to find shared memory region: '{ref.region}'")
         if ref.offset < 0 or ref.byte_size < 0 or ref.offset + ref.byte_size > region.byte_size:
-            raise InvalidInput(f"{what}: Invalid offset for shared memory region: '{ref.region}' (offset "
-                               f"{ref.offset} + byte size {ref.byte_size} > {region.byte_size} bytes)")
+            raise InvalidInput(f"{what}: {_out_of_bounds(ref, region.byte_size)}")
         return region
 
     def _check_allowed(self) -> None:
         if not self.allowed:
             raise InvalidInput(DISABLED)
+
+
+def _out_of_bounds(ref: SharedMemoryRef, size: int) -> str:
+    """Triton's three words for a place outside its region (shared_memory_manager.cc), then the numbers."""
+    numbers = f"(offset {ref.offset} + byte size {ref.byte_size} > {size} bytes)"
+    if ref.offset >= size:
+        return f"Invalid offset for shared memory region: '{ref.region}' {numbers}"
+    if ref.offset + ref.byte_size >= 2**64:
+        return (f"Integer overflow detected: byte_size ({ref.byte_size}) + offset ({ref.offset}) exceeds maximum "
+                f"value ({2**64 - 1}) for region '{ref.region}'")
+    return f"Invalid offset + byte size for shared memory region: '{ref.region}' {numbers}"
 
 
 def _open(name: str, key: str) -> int:
