@@ -32,7 +32,28 @@ ROW = 16 * 4  # one [1, 16] INT32 tensor
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root: Path = tmp_path_factory.mktemp("shm_repo")
     triton_models.python_models(root)
+    triton_models.write(root / "slow/1/model.py", SLOW_ADD_SUB)
+    triton_models.write(root / "slow/config.pbtxt", triton_models.add_sub_config("slow", "TYPE_INT32"))
     return root
+
+
+SLOW_ADD_SUB = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(3)
+        answers = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b),
+                                                       pb_utils.Tensor("OUTPUT1", a - b)]))
+        return answers
+"""
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
@@ -114,6 +135,45 @@ def test_inputs_and_outputs_in_shared_memory_answer_as_the_model_does(
         client.unregister_system_shared_memory(outputs_region.name)
     with pytest.raises(InferenceServerException, match="Unable to find system shared memory region"):
         client.get_system_shared_memory_status(region_name=inputs_region.name)
+
+
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_an_unregister_waits_for_the_requests_in_flight_that_use_the_region(
+        server: RunningServer, regions: list[Region], wire: str) -> None:
+    """As Triton's: the regions stay (and are listed) until the request answers, then go."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    inputs_region, outputs_region = _make(regions, 2 * ROW), _make(regions, 2 * ROW)
+    a, b = np.arange(16, dtype=np.int32).reshape(1, 16), np.full((1, 16), 7, np.int32)
+    inputs_region.put(a)
+    inputs_region.put(b, offset=ROW)
+    other = httpclient.InferenceServerClient(server.url)
+    other.register_system_shared_memory(inputs_region.name, inputs_region.key, 2 * ROW)
+    other.register_system_shared_memory(outputs_region.name, outputs_region.key, 2 * ROW)
+    given = [lib.InferInput("INPUT0", [1, 16], "INT32"), lib.InferInput("INPUT1", [1, 16], "INT32")]
+    given[0].set_shared_memory(inputs_region.name, ROW)
+    given[1].set_shared_memory(inputs_region.name, ROW, offset=ROW)
+    wanted = [lib.InferRequestedOutput("OUTPUT0"), lib.InferRequestedOutput("OUTPUT1")]
+    wanted[0].set_shared_memory(outputs_region.name, ROW)
+    wanted[1].set_shared_memory(outputs_region.name, ROW, offset=ROW)
+    failures: list[BaseException] = []
+
+    def infer() -> None:
+        try:
+            _client(server, wire).infer("slow", given, outputs=wanted)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=infer)
+    thread.start()
+    time.sleep(1.0)  # the request is in the model (3 s)
+    other.unregister_system_shared_memory()  # every region, while the request uses two
+    listed = {region["name"] for region in other.get_system_shared_memory_status()}
+    assert {inputs_region.name, outputs_region.name} <= listed
+    thread.join(30)
+    assert not failures, failures
+    np.testing.assert_array_equal(outputs_region.get([1, 16]), a + b)
+    np.testing.assert_array_equal(outputs_region.get([1, 16], offset=ROW), a - b)
+    assert other.get_system_shared_memory_status() == []  # gone once it answered
 
 
 def _infer_json(server: RunningServer, body: dict[str, Any]) -> requests.Response:
