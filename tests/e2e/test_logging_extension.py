@@ -45,7 +45,7 @@ def test_log_settings_change_what_the_server_logs(tmp_path: Path) -> None:
         assert _reload(http, server) == before + 1
         assert grpc.get_log_settings(as_json=True)["settings"]["log_format"] == {"string_param": "default"}
         for bad, says in (({"log_verbose_level": -1}, "log_verbose_level must be an integer >= 0"),
-                          ({"log_file": "/tmp/x"}, "log_file cannot be changed"),
+                          ({"log_file": "/tmp/x"}, "log file location can not be updated through network protocol"),
                           ({"log_format": "xml"}, "log_format must be one of default, ISO8601"),
                           ({"colour": True}, "unknown log setting 'colour'")):
             with pytest.raises(InferenceServerException, match=says) as raised:

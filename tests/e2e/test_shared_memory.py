@@ -32,7 +32,28 @@ ROW = 16 * 4  # one [1, 16] INT32 tensor
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root: Path = tmp_path_factory.mktemp("shm_repo")
     triton_models.python_models(root)
+    triton_models.write(root / "slow/1/model.py", SLOW_ADD_SUB)
+    triton_models.write(root / "slow/config.pbtxt", triton_models.add_sub_config("slow", "TYPE_INT32"))
     return root
+
+
+SLOW_ADD_SUB = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(3)
+        answers = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            answers.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b),
+                                                       pb_utils.Tensor("OUTPUT1", a - b)]))
+        return answers
+"""
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["one-process", "workers"])
@@ -116,6 +137,45 @@ def test_inputs_and_outputs_in_shared_memory_answer_as_the_model_does(
         client.get_system_shared_memory_status(region_name=inputs_region.name)
 
 
+@pytest.mark.parametrize("wire", ["http", "grpc"])
+def test_an_unregister_waits_for_the_requests_in_flight_that_use_the_region(
+        server: RunningServer, regions: list[Region], wire: str) -> None:
+    """As Triton's: the regions stay (and are listed) until the request answers, then go."""
+    lib = grpcclient if wire == "grpc" else httpclient
+    inputs_region, outputs_region = _make(regions, 2 * ROW), _make(regions, 2 * ROW)
+    a, b = np.arange(16, dtype=np.int32).reshape(1, 16), np.full((1, 16), 7, np.int32)
+    inputs_region.put(a)
+    inputs_region.put(b, offset=ROW)
+    other = httpclient.InferenceServerClient(server.url)
+    other.register_system_shared_memory(inputs_region.name, inputs_region.key, 2 * ROW)
+    other.register_system_shared_memory(outputs_region.name, outputs_region.key, 2 * ROW)
+    given = [lib.InferInput("INPUT0", [1, 16], "INT32"), lib.InferInput("INPUT1", [1, 16], "INT32")]
+    given[0].set_shared_memory(inputs_region.name, ROW)
+    given[1].set_shared_memory(inputs_region.name, ROW, offset=ROW)
+    wanted = [lib.InferRequestedOutput("OUTPUT0"), lib.InferRequestedOutput("OUTPUT1")]
+    wanted[0].set_shared_memory(outputs_region.name, ROW)
+    wanted[1].set_shared_memory(outputs_region.name, ROW, offset=ROW)
+    failures: list[BaseException] = []
+
+    def infer() -> None:
+        try:
+            _client(server, wire).infer("slow", given, outputs=wanted)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=infer)
+    thread.start()
+    time.sleep(1.0)  # the request is in the model (3 s)
+    other.unregister_system_shared_memory()  # every region, while the request uses two
+    listed = {region["name"] for region in other.get_system_shared_memory_status()}
+    assert {inputs_region.name, outputs_region.name} <= listed
+    thread.join(30)
+    assert not failures, failures
+    np.testing.assert_array_equal(outputs_region.get([1, 16]), a + b)
+    np.testing.assert_array_equal(outputs_region.get([1, 16], offset=ROW), a - b)
+    assert other.get_system_shared_memory_status() == []  # gone once it answered
+
+
 def _infer_json(server: RunningServer, body: dict[str, Any]) -> requests.Response:
     return requests.post(f"http://{server.url}/v2/models/simple/infer", json=body, timeout=30)
 
@@ -136,7 +196,10 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
         ({"inputs": [_shared_input("INPUT0", "nowhere", ROW), plain]},
          "Unable to find shared memory region: 'nowhere'"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=ROW + 4), plain]},
-         "Invalid offset + byte size for shared memory region"),
+         f"Invalid offset + byte size for shared memory region: '{region.name}' (offset 68 + byte size 64 > 128 "
+         "bytes)"),
+        ({"inputs": [_shared_input("INPUT0", region.name, ROW, offset=2 * ROW), plain]},
+         f"Invalid offset for shared memory region: '{region.name}' (offset 128 + byte size 64 > 128 bytes)"),
         ({"inputs": [_shared_input("INPUT0", region.name, ROW - 4), plain]}, "needs 64 bytes, got 60"),
         ({"inputs": [{**_shared_input("INPUT0", region.name, ROW), "data": [1] * 16}, plain]},
          "must set only one of 'data', 'binary_data_size'"),
@@ -158,14 +221,15 @@ def test_misuse_is_a_clear_400_and_the_server_serves_on(server: RunningServer, r
     again = requests.post(f"{base}/register", json={"key": region.key, "byte_size": 8}, timeout=10)
     assert again.status_code == 400 and "already in manager" in again.json()["error"]
     for key, says in (("/no-such-object-here", "Unable to open shared memory region"),
-                      ("/../etc/passwd", "is not a shared-memory object's key"),
+                      ("/../etc/passwd", "cannot register shared memory region 'x' - invalid shm key '/../etc/passwd'"),
                       ("/inferd-12-out", "are the server's own")):
         other = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/x/register",
                               json={"key": key, "byte_size": 8}, timeout=10)
         assert other.status_code == 400 and says in other.json()["error"], other.text
     too_large = requests.post(f"http://{server.url}/v2/systemsharedmemory/region/y/register",
                               json={"key": region.key, "byte_size": 4 * ROW}, timeout=10)
-    assert too_large.status_code == 400 and "runs past the end" in too_large.json()["error"]
+    assert too_large.status_code == 400 and "failed to register shared memory region 'y': invalid args: offset 0 + " \
+        "byte_size 256 runs past the end" in too_large.json()["error"], too_large.text
     # the object shrinks under the server's feet: a read must fail this request, not the server (SIGBUS)
     os.truncate(f"/dev/shm{region.key}", 8)
     shrunk = _infer_json(server, {"inputs": [_shared_input("INPUT0", region.name, ROW), plain]})

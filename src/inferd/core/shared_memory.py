@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from inferd.errors import AlreadyRegistered, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from inferd.protocols import tensors
-from inferd.types import SharedMemoryRef, SharedMemoryRegion, Tensor
+from inferd.types import InferRequest, SharedMemoryRef, SharedMemoryRegion, Tensor
 
 DISABLED = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
 MAX_REGIONS = 1024  # each holds a descriptor open
@@ -56,6 +56,8 @@ class SharedMemoryRegions:
         self._max_held_bytes = max_request_bytes if max_held_bytes is None else max_held_bytes
         self._held = 0
         self._regions: dict[str, Region] = {}
+        self._pins: dict[str, int] = {}  # requests in flight that name each region
+        self._doomed: set[str] = set()  # unregistered while pinned: removed when the last request is done
 
     # -- the extension's API ----------------------------------------------------------------
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -77,8 +79,8 @@ class SharedMemoryRegions:
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidInput(f"Invalid shared memory region: '{key}' (not a shared-memory object)")
             if offset + byte_size > info.st_size:
-                raise InvalidInput(f"failed to register shared memory region '{name}': offset {offset} + byte_size "
-                                   f"{byte_size} runs past the end of '{key}' ({info.st_size} bytes)")
+                raise InvalidInput(f"failed to register shared memory region '{name}': invalid args: offset {offset} "
+                                   f"+ byte_size {byte_size} runs past the end of '{key}' ({info.st_size} bytes)")
         except BaseException:
             os.close(fd)
             raise
@@ -88,9 +90,38 @@ class SharedMemoryRegions:
         """One region, or every one (``None``); a name not registered is no error, as in Triton."""
         self._check_allowed()
         for region in list(self._regions.values()) if name is None else [self._regions.get(name)]:
-            if region is not None:
-                del self._regions[region.name]
-                os.close(region.fd)
+            if region is None:
+                continue
+            if self._pins.get(region.name):  # as Triton's: after the requests in flight that use it
+                self._doomed.add(region.name)
+            else:
+                self._remove(region.name)
+
+    def _remove(self, name: str) -> None:
+        os.close(self._regions.pop(name).fd)
+
+    def pin(self, request: InferRequest) -> list[str]:
+        """The registered regions a request names, held for it until ``unpin``: an unregister meanwhile
+        takes effect once the last request holding the region is done, and they answer (Triton's
+        "will be unregistered after in-flight requests complete")."""
+        if not self._regions:  # most servers: nothing registered, nothing to look for
+            return []
+        places = [t.shared for t in request.inputs] + [o.shared for o in request.outputs or ()]
+        names = [place.region for place in places if place is not None and place.region in self._regions]
+        for name in names:
+            self._pins[name] = self._pins.get(name, 0) + 1
+        return names
+
+    def unpin(self, names: list[str]) -> None:
+        for name in names:
+            left = self._pins[name] - 1
+            if left:
+                self._pins[name] = left
+                continue
+            del self._pins[name]
+            if name in self._doomed:
+                self._doomed.discard(name)
+                self._remove(name)
 
     def status(self, name: str | None) -> list[SharedMemoryRegion]:
         if name is None:
@@ -104,6 +135,8 @@ class SharedMemoryRegions:
         for region in self._regions.values():
             os.close(region.fd)
         self._regions.clear()
+        self._pins.clear()
+        self._doomed.clear()
 
     # -- tensors ------------------------------------------------------------------------------
     async def read_inputs(self, inputs: list[Tensor]) -> int:
@@ -165,8 +198,7 @@ class SharedMemoryRegions:
         if region is None:
             raise InvalidInput(f"{what}: Unable to find shared memory region: '{ref.region}'")
         if ref.offset < 0 or ref.byte_size < 0 or ref.offset + ref.byte_size > region.byte_size:
-            raise InvalidInput(f"{what}: Invalid offset + byte size for shared memory region: '{ref.region}' "
-                               f"({ref.offset} + {ref.byte_size} > {region.byte_size} bytes)")
+            raise InvalidInput(f"{what}: {_out_of_bounds(ref, region.byte_size)}")
         return region
 
     def _check_allowed(self) -> None:
@@ -174,11 +206,22 @@ class SharedMemoryRegions:
             raise InvalidInput(DISABLED)
 
 
+def _out_of_bounds(ref: SharedMemoryRef, size: int) -> str:
+    """Triton's three words for a place outside its region (shared_memory_manager.cc), then the numbers."""
+    numbers = f"(offset {ref.offset} + byte size {ref.byte_size} > {size} bytes)"
+    if ref.offset >= size:
+        return f"Invalid offset for shared memory region: '{ref.region}' {numbers}"
+    if ref.offset + ref.byte_size >= 2**64:
+        return (f"Integer overflow detected: byte_size ({ref.byte_size}) + offset ({ref.offset}) exceeds maximum "
+                f"value ({2**64 - 1}) for region '{ref.region}'")
+    return f"Invalid offset + byte size for shared memory region: '{ref.region}' {numbers}"
+
+
 def _open(name: str, key: str) -> int:
     """The object as shm_open(key) finds it: a file of /dev/shm, never a link."""
     if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
-        raise InvalidInput(f"failed to register shared memory region '{name}': '{key}' is not a shared-memory "
-                           "object's key (\"/name\")")
+        raise InvalidInput(f"cannot register shared memory region '{name}' - invalid shm key '{key}': it is not a "
+                           "shared-memory object's key (\"/name\")")
     if key.lstrip("/").startswith(_OWN_PREFIX):  # the server's own buffers (instance processes' tensors)
         raise InvalidInput(f"failed to register shared memory region '{name}': keys starting '/{_OWN_PREFIX}' "
                            "are the server's own")

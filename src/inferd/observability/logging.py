@@ -91,7 +91,8 @@ class LogSettings(logging.Filter):
         checked: dict[str, bool | int | str] = {}
         for key, value in changes.items():
             if key == "log_file":
-                raise ValueError("log_file cannot be changed while the server runs (inferd logs to stderr)")
+                raise ValueError("log file location can not be updated through network protocol (inferd logs to "
+                                 "stderr)")
             if key in ("log_info", "log_warning", "log_error"):
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be true or false, got {value!r}")

@@ -16,7 +16,8 @@ from inferd.types import numpy_dtype
 
 _JSON_AS_FLOAT32 = frozenset({"BF16"})  # JSON numbers pass through float32 on their way to BF16
 MAX_ELEMENTS = 1 << 27  # per tensor; a shape alone never makes the server allocate more
-MAX_DIMS = 32  # numpy's own limit is 64; no model takes more, and nesting deeper is refused as well
+MAX_DIMS = 32  # numpy's own limit is 64; no model takes more
+MAX_JSON_DEPTH = 100  # nested lists in a JSON 'data' field (Triton's HTTP_MAX_JSON_NESTING_DEPTH): flattened below it
 
 
 def element_count(name: str, shape: Any) -> int:
@@ -100,13 +101,22 @@ def _json_kind(array: np.ndarray) -> str:
     return "null, objects or mixed values" if kind == "O" else f"{array.dtype} values"
 
 
+def _as_array(data: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """The values as numpy reads them; lists nested deeper than numpy's 64 dims, or ragged, flat:
+    Triton reads the values in order all the same."""
+    try:
+        return data, np.asarray(data)
+    except ValueError:
+        flat = flatten(data)
+        return flat, np.asarray(flat)
+
+
 def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
+    data, array = _as_array(data)
     if datatype == "BOOL":
-        array = np.asarray(data)
         if array.size and array.dtype != np.bool_:
             raise ValueError(f"expected true/false, got {_json_kind(array)}")
         return array.astype(np.bool_).ravel()
-    array = np.asarray(data)
     if array.dtype.kind == "b" or (array.dtype.kind in "iuf" and _holds_bools(data, array)):
         raise ValueError("expected numbers, got true/false")
     if array.dtype.kind not in "iuf":
@@ -150,15 +160,15 @@ def _bytes_from_json(data: list[Any]) -> np.ndarray:
 
 
 def flatten(data: list[Any]) -> list[Any]:
-    """Nested lists' leaves in order, without recursion; nesting deeper than ``MAX_DIMS`` is a
-    ValueError (it could never match a shape, and recursing that deep would exhaust the stack)."""
+    """Nested lists' leaves in order, without recursion; nesting ``MAX_JSON_DEPTH`` deep or more is
+    a ValueError in Triton's words (the shape says how the values are laid out, not the nesting)."""
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
         for item in stack[-1]:
             if isinstance(item, list):
-                if len(stack) >= MAX_DIMS:
-                    raise ValueError(f"lists nested deeper than {MAX_DIMS} levels")
+                if len(stack) >= MAX_JSON_DEPTH - 1:  # as Triton counts: the values too are a level
+                    raise ValueError(f"JSON nesting depth exceeds maximum allowed limit ({MAX_JSON_DEPTH})")
                 stack.append(iter(item))
                 break
             out.append(item)
