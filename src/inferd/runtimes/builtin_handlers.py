@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import io
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,50 @@ from inferd.runtimes.torch_image import decode_batch, gpu_decoder_available, is_
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+log = logging.getLogger("inferd.handler")
+# the torch.compile backends TorchServe's model-config.yaml pt2 accepts (its ts.utils.util.PT2Backend)
+PT2_BACKENDS = ("eager", "aot_eager", "inductor", "nvfuser", "aot_nvfuser", "aot_cudagraphs", "ofi", "fx2trt",
+                "onnxrt", "ipex", "torchxla_trace_once", "openvino", "tensorrt", "hpu_backend")
+
+
+def pt2_compile_options(pt2: Any) -> dict[str, Any] | None:
+    """torch.compile's keyword arguments from model-config.yaml's ``pt2``, read as TorchServe's
+    BaseHandler reads it: ``{compile: {enable: true, backend, mode, ...}}``, or its older forms, a
+    backend name or the arguments themselves; None when nothing is compiled (``enable: false``, an
+    ``export`` entry, a backend TorchServe does not know)."""
+    if pt2 is None:
+        return None
+    if isinstance(pt2, dict) and "compile" in pt2:
+        options = dict(pt2["compile"] or {})
+        if not options.pop("enable", False):
+            return None
+    elif isinstance(pt2, dict) and "export" in pt2:
+        return None
+    elif isinstance(pt2, str):
+        options = {"backend": pt2}
+    elif isinstance(pt2, dict):
+        options = dict(pt2)
+    else:
+        raise ConfigError(f"model-config.yaml's pt2 should be a backend name or a mapping, got {pt2!r}")
+    if "backend" in options and options["backend"] not in PT2_BACKENDS:
+        log.warning("%s is not a supported backend", options["backend"])
+        return None
+    return options
+
+
+def _compiled(model: Any, options: dict[str, Any]) -> Any:
+    """``torch.compile(model, **options)``, as TorchServe's BaseHandler; one that fails is logged
+    and the model runs as it is."""
+    import torch
+
+    described = ", ".join(f"{key} {value}" for key, value in options.items())
+    try:
+        compiled = torch.compile(model, **options)
+    except Exception as exc:
+        log.warning("Compiling model model with %s has failed \n Proceeding without compilation: %s", described, exc)
+        return model
+    log.info("Compiled model with %s", described)
+    return compiled
 
 
 class BaseHandler:
@@ -73,6 +118,9 @@ class BaseHandler:
             self.model = self.model.to(self.device)
         if hasattr(self.model, "eval") and not self.model_pt_path_is_export():
             self.model.eval()
+        options = pt2_compile_options(self.model_yaml_config.get("pt2"))
+        if options is not None:
+            self.model = _compiled(self.model, options)
         self.mapping = load_label_mapping(str(Path(model_dir) / "index_to_name.json"))
         self.initialized = True
 

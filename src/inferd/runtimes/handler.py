@@ -16,11 +16,13 @@ live beside it: ``ts_context`` (the Context), ``ts_requests`` (bodies in, answer
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import inspect
 import logging
 import os
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -67,6 +69,8 @@ class HandlerRuntime(Runtime):
         self._context = context
         self._name = name
         self.max_batch_size = max(max_batch_size, 1)
+        self._loop: asyncio.AbstractEventLoop | None = None  # an async def handle's, made at its first call
+        self._loop_lock = threading.Lock()
 
     def infer(self, inputs: Arrays) -> Arrays:
         bodies = inputs["body"].reshape(-1)
@@ -101,6 +105,8 @@ class HandlerRuntime(Runtime):
         started = time.time()
         try:
             results = self._handle(rows, self._context)
+            if inspect.iscoroutine(results):
+                results = self._run_async(results)
         except Exception as exc:
             code = getattr(exc, "error_code", None)
             if not isinstance(code, int) or not 100 <= code <= 599:
@@ -118,6 +124,15 @@ class HandlerRuntime(Runtime):
                 "content_type": _objects([a[1].encode() for a in answers]),
                 "status": np.array([self._context.get_response_status(i)[0] for i in range(len(rows))], np.int32)}
 
+
+    def _run_async(self, coroutine: Any) -> Any:
+        """An ``async def handle`` (TorchServe's async worker, model-config.yaml
+        ``asyncCommunication: true``) runs to its end on this handler's own event loop, one call
+        at a time, so what it made on the loop before stays usable."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(coroutine)
 
     def infer_parts(self, inputs: Arrays, emit: Emit) -> Arrays:
         """``handle`` on this thread, each intermediate answer it sends handed to ``emit`` (marked
