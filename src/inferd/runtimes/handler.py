@@ -273,6 +273,7 @@ def log_to_model_log() -> None:
         console.setLevel(logging.WARNING)
         root.addHandler(console)
     root.addHandler(handler)
+    log.addHandler(handler)  # TorchServe's BaseHandler's lines: "inferd" does not pass them on to the root
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
 
