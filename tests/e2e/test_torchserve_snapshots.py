@@ -131,6 +131,24 @@ def test_ncs_writes_and_restores_nothing(archives: Path, tmp_path: Path) -> None
     assert snapshots(tmp_path) == written
 
 
+def test_a_workflows_models_are_left_out_as_in_torchserve(archives: Path, tmp_path: Path) -> None:
+    from tests.e2e.test_torchserve_workflows import SPEC, build_war
+
+    store = _store(archives, tmp_path)
+    (store / "doubler.mar").write_bytes((archives / "doubler.mar").read_bytes())
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    build_war(workflows, "arith", SPEC)
+    with torchserve(tmp_path, "--ts-config", str(config(tmp_path, store)), "--workflow-store",
+                    str(workflows)) as management:
+        assert requests.post(f"{management}/workflows?url=arith.war", timeout=180).status_code == 200
+        assert requests.post(f"{management}/models?url=ts_mlp_v2.mar&initial_workers=0",
+                             timeout=60).status_code == 200
+    with torchserve(tmp_path, "--workflow-store", str(workflows)) as management:
+        listed = requests.get(f"{management}/models", timeout=10).json()["models"]
+        assert [row["modelName"] for row in listed] == ["ts_mlp_v2"]
+
+
 def _refused(workdir: Path, *flags: str) -> str:
     command, env = _command(workdir, *flags)
     finished = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=120)
