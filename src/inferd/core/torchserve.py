@@ -364,17 +364,16 @@ TORCHRUN_PARALLEL = ("pp", "tp", "pptp")  # TorchServe's parallelType values who
 
 
 def _refuse_torchrun(yaml: dict[str, Any]) -> None:
-    """model-config.yaml's ``torchrun``/``parallelType``: workers launched by torchrun, one model over
-    several processes, which inferd does not start (its single worker then failed on RANK)."""
+    """TorchServe launches a model's workers with torchrun when its model-config.yaml has a
+    ``parallelType`` of pp, tp or pptp and ``torchrun``'s ``nproc-per-node`` (its parallelLevel) is
+    above 0; inferd has no such workers (a plain one then failed on RANK), so the registration is refused."""
     parallel = str(yaml.get("parallelType") or "")
-    if parallel in TORCHRUN_PARALLEL:
-        raise InvalidInput(f"model-config.yaml: parallelType: {parallel} asks for tensor/pipeline-parallel "
-                           "workers launched by torchrun; inferd has no torchrun workers (remove parallelType "
-                           "and torchrun to serve the model in single-process workers)")
-    if yaml.get("torchrun"):
-        raise InvalidInput(f"model-config.yaml: torchrun: {yaml['torchrun']!r} asks for workers launched by "
-                           "torchrun; inferd has no torchrun workers (remove the torchrun key to serve the "
-                           "model in single-process workers)")
+    torchrun = yaml.get("torchrun")
+    level = torchrun.get("nproc-per-node") if isinstance(torchrun, dict) else None
+    if parallel in TORCHRUN_PARALLEL and isinstance(level, int) and level > 0:
+        raise InvalidInput(f"model-config.yaml: parallelType: {parallel} with torchrun nproc-per-node: {level} asks "
+                           "for tensor/pipeline-parallel workers launched by torchrun; inferd has no torchrun "
+                           "workers (without parallelType the model is served in single-process workers)")
 
 
 def _text(value: object) -> str | None:
