@@ -211,6 +211,11 @@ class TorchServeSettings:
     metrics_mode: str = "off"
     metrics_config: Path | None = None
     model_metrics_auto_detect: bool = False
+    # config snapshots (compat/torchserve_snapshots.py): their folder (None: --ncs), the config.properties
+    # lines they repeat, and the models a snapshot the server started from restores
+    snapshots: Path | None = None
+    snapshot_properties: dict[str, str] = field(default_factory=dict)
+    restore: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
 
 
 LISTENER_APIS = ("inference", "management", "metrics")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy, TorchServeKeys
+from inferd.compat import torchserve_snapshots
 from inferd.compat.tfserving import read_model_config, reloaded_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
 from inferd.core import Core, DataPlane, ModelControl
@@ -273,6 +274,7 @@ class Server:
         self._workers: Workers | None = None
         self.exit_code = 0
         self._remote = remote_repository(settings)
+        self._served = False  # set once ready: a start that failed writes no shutdown snapshot
 
     async def run(self) -> bool:
         """Serve until SIGTERM/SIGINT; True when the drain finished everything in time."""
@@ -296,6 +298,8 @@ class Server:
                 _exit_now()  # a build still running would hold a normal exit
             return False
         await self._register_store_archives()
+        if self.settings.torchserve.restore:
+            await self.core.control.restore_snapshot(self.settings.torchserve.restore)
         failed = [row for row in self.core.control.states() if row.state is not ModelState.READY]
         if self.settings.exit_on_error and failed:
             for row in failed:
@@ -309,7 +313,11 @@ class Server:
         _settle_garbage_collector()
         self.core.data.set_ready(True)
         self._transports.set_serving(True)
+        if self.settings.torchserve.snapshots is not None:  # there once the ready line is
+            self._save_snapshot("startup")
+            self.core.control.on_change(lambda: self._save_snapshot("snapshot"))
         self._announce()
+        self._served = True
         polling = self.settings.model_control == "poll" or (self._remote is not None and explicit)
         pollers = [loop.create_task(self._poll())] if polling else []
         if self.settings.model_config_file is not None and self.settings.model_config_poll > 0:
@@ -431,6 +439,8 @@ class Server:
             self.settings.pid_file.unlink(missing_ok=True)
         if self.settings.torchserve.key_file is not None:  # TorchServe removes its key file at the stop
             self.settings.torchserve.key_file.unlink(missing_ok=True)
+        if self.settings.torchserve.snapshots is not None and self._served:  # started, so stops with one
+            self._save_snapshot("shutdown")
         finished = await self.core.control.close(max(deadline - time.monotonic(), 0.0))
         self.core.tracer.close()  # what the trace settings keep goes to the trace file, now complete
         if not finished:
@@ -440,6 +450,16 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _save_snapshot(self, kind: str) -> None:
+        """TorchServe's config snapshot (compat/torchserve_snapshots.py); one not written is logged."""
+        ts = self.settings.torchserve
+        assert ts.snapshots is not None
+        try:
+            torchserve_snapshots.write(ts.snapshots, kind, ts.snapshot_properties,
+                                       self.core.control.torchserve_snapshot())
+        except OSError as exc:
+            log.error("config snapshot not written in %s: %s", ts.snapshots, exc)
 
 
 def _settle_garbage_collector() -> None:

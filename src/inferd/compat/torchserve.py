@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from inferd.compat import torchserve_snapshots
 from inferd.config import Listener, ServerSettings, TorchServeSettings
 from inferd.errors import ConfigError
 
@@ -37,7 +38,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
            "ts_open_inference_protocol", "enable_grpc_ssl",
            "grpc_inference_address", "grpc_management_address", "snapshot_store",
-           "model_snapshot", "default_service_handler", "job_queue_size")
+           "default_service_handler", "job_queue_size")
 # service_envelope's names (TorchServe's ts.torch_handler.request_envelope modules; runtimes/ts_envelopes.py)
 SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
 DECODE_ENV, ENVELOPE_ENV = "TS_DECODE_INPUT_REQUEST", "INFERD_TS_SERVICE_ENVELOPE"  # read by runtimes/handler.py
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     flags.add_argument("--model-store", dest="model_store", default=None)
     flags.add_argument("--models", nargs="+", default=None, help="all, or [name=]archive.mar ...")
     flags.add_argument("--ncs", "--no-config-snapshots", dest="ncs", action="store_true",
-                       help="accepted: inferd writes no config snapshots")
+                       help="no config snapshots: none written, none restored")
     flags.add_argument("--disable-token-auth", "--dt", dest="disable_token_auth", action="store_true")
     flags.add_argument("--enable-model-api", dest="enable_model_api", action="store_true")
     flags.add_argument("--log-config", dest="log_config", default=None, help="accepted and ignored (log4j)")
@@ -171,6 +172,10 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
     environ = dict(os.environ) if environ is None else environ
     cwd = cwd or Path.cwd()
     config_path = args.ts_config or environ.get("TS_CONFIG_FILE")
+    snapshots = None if args.ncs else torchserve_snapshots.folder(environ, cwd)
+    if config_path is None and snapshots is not None:  # TorchServe starts from its newest snapshot
+        newest = torchserve_snapshots.latest(snapshots)
+        config_path = str(newest) if newest is not None else None
     properties: dict[str, str] = {}
     if config_path:
         try:
@@ -199,6 +204,11 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
     models_text = " ".join(args.models) if args.models else properties.get("load_models", "")
     models = tuple(item for item in re.split(r"[,\s]+", models_text) if item)
     if models == ("standalone",):
+        models = ()
+    restore = {}
+    if properties.get(torchserve_snapshots.SNAPSHOT_KEY):  # a snapshot's models, not load_models
+        restore = torchserve_snapshots.models_of(properties[torchserve_snapshots.SNAPSHOT_KEY], str(config_path))
+        torchserve_snapshots.check_archives(restore, model_store, str(config_path))
         models = ()
     listeners: list[Listener] = []
     hosts = set()
@@ -231,7 +241,9 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         models=per_model if isinstance(per_model, dict) else {}, model_api=model_api,
         workflow_store=Path(workflow_store) if workflow_store else None, key_file=key_file,
         token_expiration_min=_float(properties, "token_expiration_min", 60.0),
-        sequence_headers=_sequence_headers(properties), **_metrics_settings(properties))
+        sequence_headers=_sequence_headers(properties), **_metrics_settings(properties),
+        snapshots=snapshots, restore=restore,
+        snapshot_properties=_snapshot_properties(properties, model_store, models_text, config_path))
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]
     grpc_inference, grpc_management = _int(properties, "grpc_inference_port", 7070), _int(
         properties, "grpc_management_port", 7071)
@@ -246,6 +258,20 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         ready_line=READY_LINE)
     handler_environ = _handler_environ(properties)
     return Started(settings, key_file, handler_environ, not _true(properties.get("disable_system_metrics")))
+
+
+def _snapshot_properties(properties: dict[str, str], model_store: Path | None, models_text: str,
+                         config_path: str | None) -> dict[str, str]:
+    """What a snapshot repeats: config.properties with the flags' model store and models (TorchServe's
+    ConfigManager.getConfiguration)."""
+    kept = {key: value for key, value in properties.items() if key != torchserve_snapshots.SNAPSHOT_KEY}
+    if model_store is not None:
+        kept["model_store"] = str(model_store.resolve())
+    if models_text:
+        kept["load_models"] = models_text
+    if config_path:
+        kept["tsConfigFile"] = config_path
+    return kept
 
 
 def _token_auth_disabled(args: argparse.Namespace, properties: dict[str, str], environ: dict[str, str]) -> bool:

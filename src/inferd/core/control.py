@@ -17,7 +17,7 @@ from inferd.config import ModelSource as ConfiguredModel
 from inferd.config import ServedConfig, TensorConfig, TorchServeSettings
 from inferd.core.torchserve import Outcome, RegisterRequest, TorchServeModels, configured_sequences
 from inferd.core.torchserve_workflows import TorchServeWorkflows, Workflow
-from inferd.errors import FailedPrecondition, Forbidden, InvalidInput, NotFound
+from inferd.errors import FailedPrecondition, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
 from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
@@ -55,6 +55,7 @@ class ModelControl:
         self.torchserve_sequence_headers = (torchserve or TorchServeSettings()).sequence_headers
         self._finishing: set[asyncio.Task[Any]] = set()  # loads and unloads whose callers stopped waiting
         self._config_turn = asyncio.Lock()  # TF Serving's model configs apply one at a time, whole
+        self._changed: Callable[[], None] | None = None  # told of each TorchServe management change
 
     # -- reading (always on; with --auth-inference, the token) -----------------------------
     def index(self, credentials: str | None, ready_only: bool = False) -> list[VersionStatus]:
@@ -234,6 +235,7 @@ class ModelControl:
         if name not in self._registry.models:
             raise NotFound(f"Model not found: {name}")
         await self._torchserve.unregister(name, version)
+        self._tell_changed()
 
     async def unload_version(self, name: str, version: str, credentials: str | None) -> None:
         await self.unregister(name, version, credentials)
@@ -241,6 +243,7 @@ class ModelControl:
     def set_default_version(self, name: str, version: str, credentials: str | None) -> None:
         self._access.authorize_control(credentials, "setting the default version")
         self._registry.set_default(name, version)
+        self._tell_changed()
 
     def scale(self, name: str, instances: int, credentials: str | None) -> None:
         """Change how many executions of every loaded version may run at once."""
@@ -255,13 +258,17 @@ class ModelControl:
         """TorchServe's scaling of one version (the default one when none is named): to zero
         unloads it, up from zero loads it; ``synchronous`` False answers at once (ACCEPTED)."""
         self._access.authorize_control(credentials, "scaling a model")
-        return await self._torchserve.scale(name, version, min_workers, max_workers, synchronous)
+        scaled = await self._torchserve.scale(name, version, min_workers, max_workers, synchronous)
+        self._tell_changed()
+        return scaled
 
     async def register_from_store(self, request: RegisterRequest, credentials: str | None) -> tuple[Outcome, str]:
         """Register an archive of the model store, or one that ``allowed_urls`` lets it download
         (TorchServe's ``POST /models``); a registration whose workers fail leaves nothing behind."""
         self._access.authorize_control(credentials, "registering a model")
-        return await self._torchserve.register(request)
+        registered = await self._torchserve.register(request)
+        self._tell_changed()
+        return registered
 
     def workflow_urls(self, credentials: str | None) -> list[tuple[str, str]]:
         """(name, url) of each registered TorchServe workflow, by name."""
@@ -288,6 +295,29 @@ class ModelControl:
         """An archive served from the start (``--models``: a file of the store or a URL that
         ``allowed_urls`` admits), with TorchServe's start-up workers."""
         return await self._torchserve.register_at_start(url, name)
+
+    def on_change(self, changed: Callable[[], None]) -> None:
+        """``changed`` is called after each TorchServe management change (TorchServe's config snapshots)."""
+        self._changed = changed
+
+    def _tell_changed(self) -> None:
+        if self._changed is not None:
+            self._changed()
+
+    async def restore_snapshot(self, models: dict[str, dict[str, dict[str, object]]]) -> None:
+        """A TorchServe config snapshot's models, back as they were (a version that fails is logged)."""
+        for name, versions in models.items():
+            for version, state in versions.items():
+                try:
+                    await self._torchserve.restore(name, state)
+                except InferdError as exc:
+                    log.error("model %s version %s of the snapshot not restored: %s", name, version, exc.message)
+
+    def torchserve_snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The registered models a config snapshot keeps: a workflow's are left out, as TorchServe does."""
+        in_workflows = {workflow.model_name(node) for name in self.workflows.names()
+                        for workflow in (self.workflows.get(name),) for node in workflow.archive.spec.nodes}
+        return {name: versions for name, versions in self._torchserve.snapshot().items() if name not in in_workflows}
 
     def states(self, ready_only: bool = False) -> list[VersionStatus]:
         """Every version's state, without credentials: for metrics and the start-up line."""

@@ -137,6 +137,7 @@ class TorchServeModels:
     async def _register(self, request: RegisterRequest, archive: Path, downloaded: bool,
                         loaded_at_startup: bool) -> tuple[Outcome, str]:
         info = archive_info(archive)
+        _refuse_torchrun(info.yaml)
         name = request.model_name or info.name
         if not is_valid_name(name):
             raise InvalidInput(f"model name {name!r} is not valid: letters, digits, '_', '-', '.'")
@@ -176,6 +177,42 @@ class TorchServeModels:
             return Outcome.ACCEPTED, "Processing worker updates..."
         await work
         return Outcome.DONE, f'Model "{name}" Version: {info.version} registered with {min_workers} initial workers'
+
+    async def restore(self, name: str, state: dict[str, Any]) -> None:
+        """One model version of a config snapshot (TorchServe's registerAndUpdateModel): its archive
+        of the store with the workers, batching and timeouts it had; the default version again."""
+        request = RegisterRequest(
+            url=str(state["marName"]), model_name=name, runtime=_text(state.get("runtimeType")),
+            batch_size=_int(state.get("batchSize"), -DEFAULT_BATCH_SIZE),
+            max_batch_delay_ms=_int(state.get("maxBatchDelay"), -DEFAULT_MAX_BATCH_DELAY),
+            initial_workers=max(_int(state.get("minWorkers"), 0), 0),
+            response_timeout_s=_int(state.get("responseTimeout"), -1),
+            startup_timeout_s=_int(state.get("startupTimeout"), -1))
+        located = locate_archive(self._store, request.url, ())
+        archive_version = archive_info(located.path).version
+        await self._register(request, located.path, False, True)
+        registration = self._registrations.get((name, archive_version))
+        max_workers = _int(state.get("maxWorkers"), 0)
+        if registration is not None and max_workers > registration.settings.max_workers:
+            registration.settings = replace(registration.settings, max_workers=max_workers)
+        if state.get("defaultVersion") is True:
+            self._registry.set_default(name, archive_version)
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each registered version as a config snapshot keeps it (TorchServe's Model.getModelState)."""
+        models: dict[str, dict[str, dict[str, Any]]] = {}
+        for (name, version), registration in sorted(self._registrations.items()):
+            entry = self._registry.models.get(name)
+            if entry is None or version not in entry.versions:
+                continue
+            settings = registration.settings
+            models.setdefault(name, {})[version] = {
+                "defaultVersion": version == _default_version(entry), "marName": registration.archive.name,
+                "minWorkers": settings.min_workers, "maxWorkers": settings.max_workers,
+                "batchSize": settings.batch_size, "maxBatchDelay": settings.max_batch_delay_ms,
+                "responseTimeout": settings.response_timeout_s, "startupTimeout": settings.startup_timeout_s,
+                "runtimeType": settings.runtime}
+        return models
 
     # -- scaling ----------------------------------------------------------------------------
     async def scale(self, name: str, version: str | None, min_workers: int, max_workers: int,
@@ -321,6 +358,26 @@ def _default_version(entry: ModelEntry[Scheduler]) -> str:
 
 def _int(value: object, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+TORCHRUN_PARALLEL = ("pp", "tp", "pptp")  # TorchServe's parallelType values whose workers torchrun launches
+
+
+def _refuse_torchrun(yaml: dict[str, Any]) -> None:
+    """TorchServe launches a model's workers with torchrun when its model-config.yaml has a
+    ``parallelType`` of pp, tp or pptp and ``torchrun``'s ``nproc-per-node`` (its parallelLevel) is
+    above 0; inferd has no such workers (a plain one then failed on RANK), so the registration is refused."""
+    parallel = str(yaml.get("parallelType") or "")
+    torchrun = yaml.get("torchrun")
+    level = torchrun.get("nproc-per-node") if isinstance(torchrun, dict) else None
+    if parallel in TORCHRUN_PARALLEL and isinstance(level, int) and level > 0:
+        raise InvalidInput(f"model-config.yaml: parallelType: {parallel} with torchrun nproc-per-node: {level} asks "
+                           "for tensor/pipeline-parallel workers launched by torchrun; inferd has no torchrun "
+                           "workers (without parallelType the model is served in single-process workers)")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _given(value: int, not_given: int, from_yaml: int | None, default: int) -> int:
