@@ -105,6 +105,38 @@ def serve(repository: Path | None, *args: str, timeout: float = 120.0,
             process.wait()
 
 
+@contextlib.contextmanager
+def until_ready(command: list[str], env: dict[str, str], cwd: Path, lines: list[str],
+                timeout: float = 120.0) -> Iterator[subprocess.Popen[str]]:
+    """Run an inferd command line (``serve``, ``torchserve``, ``tfserving``), its output collected in
+    ``lines``; the block starts once it printed its ready line, and the process is stopped after."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, cwd=cwd)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("inferd ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.05):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command[2:4])} did not become ready:\n{''.join(lines)}")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _answers(server: RunningServer) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", server.http_port), timeout=0.2):

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from tests import tf_models
-from tests.conftest import ROOT, RunningServer, free_port, serve
+from tests.conftest import ROOT, RunningServer, free_port, serve, until_ready
 
 MODELS_CONFIG = """
 model_config_list: {{
@@ -58,32 +57,9 @@ def tfserving(*flags: str) -> Iterator[TFServing]:
     grpc_port, rest_port = free_port(), free_port()
     command = [sys.executable, "-m", "inferd", "tfserving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
                "--host=127.0.0.1", *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.wait(0.05):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("inferd tfserving did not start:\n" + "".join(lines))
+    with until_ready(command, {**os.environ, "PYTHONUNBUFFERED": "1"}, ROOT, lines) as process:
         yield TFServing(process, grpc_port, rest_port, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def predict(stub, model: str, x: float, label: str = "") -> tuple[float, int]:

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 
 from inferd.protocols._proto import torchserve_pb2 as ts
 from tests import ts_archives
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, until_ready
 
 X = [[0.25] * 6]
 
@@ -61,28 +61,9 @@ def torchserve(workdir: Path, properties: dict[str, str], *flags: str,
                str(workdir / "config.properties"), *flags]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT / "src")),
            "TMPDIR": str(workdir), **(environ or {})}  # its pid file (TorchServe's, in the temp folder) is ours
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
-    output = [] if output is None else output
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.wait(0.05):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+    with until_ready(command, env, workdir, [] if output is None else output):
         yield {**{api: f"http://127.0.0.1:{port}" for api, port in ports.items()},
                **{api: f"127.0.0.1:{port}" for api, port in grpc_ports.items()}}
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def test_three_addresses_metrics_and_downloads(archives: Path, tmp_path: Path) -> None:

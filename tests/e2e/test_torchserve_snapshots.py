@@ -8,8 +8,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 import requests
 
 from tests import ts_archives
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, until_ready
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +37,8 @@ def torchserve(workdir: Path, *flags: str) -> Iterator[str]:
     """``inferd torchserve`` started in ``workdir`` with these flags only; yields the management address
     (read from the config.properties ``config`` writes: a snapshot repeats it)."""
     command, env = _command(workdir, *flags)
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.wait(0.05):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+    with until_ready(command, env, workdir, []):
         yield (workdir / "management").read_text()
-    finally:
-        process.terminate()
-        process.wait(60)
 
 
 def config(workdir: Path, store: Path) -> Path:
