@@ -62,6 +62,21 @@ class RunningServer:
         return "".join(self.lines)
 
 
+def collect_output(process: subprocess.Popen[str], lines: list[str]) -> threading.Event:
+    """Collect what an inferd process prints in ``lines``, on a thread; the event is set at its ready line."""
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("inferd ready"):
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return ready
+
+
 @contextlib.contextmanager
 def serve(repository: Path | None, *args: str, timeout: float = 120.0,
           wait_ready: bool = True, grpc: bool = False) -> Iterator[RunningServer]:
@@ -79,16 +94,7 @@ def serve(repository: Path | None, *args: str, timeout: float = 120.0,
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, cwd=ROOT)
     lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    ready = collect_output(process, lines)
     server = RunningServer(process, port, lines, grpc_port)
     try:
         deadline = time.monotonic() + timeout
@@ -112,16 +118,7 @@ def until_ready(command: list[str], env: dict[str, str], cwd: Path, lines: list[
     ``lines``; the block starts once it printed its ready line, and the process is stopped after."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=env, cwd=cwd)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    ready = collect_output(process, lines)
     try:
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):

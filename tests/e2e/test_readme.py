@@ -15,14 +15,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ROOT, RunningServer, free_port, serve
+from tests.conftest import ROOT, RunningServer, collect_output, free_port, serve
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n(?:<!-- readme-test: skip \((.+?)\) -->)?", re.M | re.S)
 INSTALLS = re.compile(r"^\s*(pip |python3? -m (venv|pip)|git clone|docker |kubectl |helm )", re.M)
@@ -119,16 +118,7 @@ def _start(command: str, path: str) -> tuple[subprocess.Popen[str], int, int]:
     process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "PATH": path})
     lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("inferd ready"):
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
+    ready = collect_output(process, lines)
     deadline = time.monotonic() + 120
     while not ready.wait(0.1):
         if process.poll() is not None or time.monotonic() > deadline:
