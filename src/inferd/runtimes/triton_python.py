@@ -52,6 +52,7 @@ from inferd.runtimes.base import (
     Arrays,
     LoadContext,
     Runtime,
+    call_cancelled,
     conform_outputs,
     require_specs,
     unpack_request,
@@ -106,6 +107,8 @@ class TritonPythonRuntime(Runtime):
         outputs or the error its response carries. An answer that breaks the contract as a whole
         (not one response per request) fails them all, as in Triton."""
         requests, wanted, sent = [], [], []
+        # a call of one request: its client's cancel, as request.is_cancelled() (a batch's calls share no one client)
+        cancelled = call_cancelled() if len(calls) == 1 else None
         for inputs in calls:
             correlation_id: int | str = 0
             flags = 0
@@ -114,8 +117,8 @@ class TritonPythonRuntime(Runtime):
                 correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
             inputs, facts = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-            requests.append(received_request(inputs, facts, sender=_collecting(mine), correlation_id=correlation_id,
-                                             flags=flags))
+            requests.append(received_request(inputs, facts, sender=_collecting(mine), cancelled=cancelled,
+                                             correlation_id=correlation_id, flags=flags))
             wanted.append(facts.wanted)
             sent.append(mine)
         try:
@@ -187,9 +190,10 @@ class TritonPythonRuntime(Runtime):
             return
         sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue(_SENT_AHEAD)
         gone = threading.Event()  # the reader closed this stream: nobody takes its responses any more
+        cancelled = call_cancelled() or (lambda: False)  # in an instance process: the client's cancel, told at once
 
         def left() -> bool:
-            return stop.is_set() or gone.is_set()
+            return stop.is_set() or gone.is_set() or cancelled()
 
         def deliver(item: tuple[pb_utils.InferenceResponse | None, int] | BaseException) -> None:
             """To the reader, waiting while it is behind; dropped once it left (a model that never
@@ -223,7 +227,7 @@ class TritonPythonRuntime(Runtime):
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not cancelled():
                 try:
                     item = sent.get(timeout=0.05)
                 except queue.Empty:
