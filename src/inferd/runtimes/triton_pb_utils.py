@@ -243,6 +243,7 @@ class InferenceRequest:
         self._trace = trace if trace is not None else InferenceTrace()
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         self._sender = sender
+        self.sender_taken = False  # execute asked for the response sender (it may answer after returning)
         self._correlation_id = correlation_id
         self._flags = flags
         self._cancelled = cancelled
@@ -357,6 +358,7 @@ class InferenceRequest:
         and its sender's ``send`` says so, as Triton's does."""
         if self._sender is None:
             return InferenceResponseSender(_unsendable, lambda: False)
+        self.sender_taken = True
         return self._sender
 
 
