@@ -141,6 +141,28 @@ MODELS = {
             sender.send(tripled(request))
         return None
 """,
+    # not decoupled, answering through the response sender from a thread after execute returned None
+    "sender_answers_later": """
+    def execute(self, requests):
+        import threading
+        import time
+
+        def later(request):
+            time.sleep(0.3)
+            request.get_response_sender().send(tripled(request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        for request in requests:
+            request.get_response_sender()
+            threading.Thread(target=later, args=(request,)).start()
+        return None
+""",
+    # not decoupled, sending a response and returning another: the sent one is the answer, as Triton's
+    "sender_and_return": """
+    def execute(self, requests):
+        for request in requests:
+            request.get_response_sender().send(tripled(request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.zeros(2, np.float32))]) for _ in requests]
+""",
     # a BLS call too large for the instance's channel to the server (256 MiB), then a small one
     "calls_too_large": """
     def execute(self, requests):
@@ -347,7 +369,7 @@ def _stream(server: RunningServer, model: str, values: list[float], count: int) 
         client.stop_stream(cancel_requests=True)
 
 
-@pytest.mark.parametrize("model", ["async_tripled", "sender_answers"])
+@pytest.mark.parametrize("model", ["async_tripled", "sender_answers", "sender_answers_later", "sender_and_return"])
 def test_async_execute_and_a_plain_models_response_sender(server: RunningServer, model: str) -> None:
     for values in ([1.0, 2.0], [4.0, -1.0]):  # twice: the async model's lock is reused
         np.testing.assert_array_equal(_call(server, model, values), np.array(values, np.float32) * 3)
@@ -534,14 +556,24 @@ def test_a_model_raising_is_a_500_in_tritons_words(server: RunningServer) -> Non
                                       "NameError: name 'undefined_name' is not defined")
 
 
-@pytest.mark.parametrize(("value", "says"), [(1, "cannot send complete final before sending a response."),
-                                             (2, "cannot send more than one response.")])
-def test_a_plain_models_response_sender_refuses_in_tritons_words(server: RunningServer, value: int,
-                                                                 says: str) -> None:
+def test_a_plain_models_response_sender_refuses_in_tritons_words(server: RunningServer) -> None:
     with pytest.raises(InferenceServerException) as raised:
-        _call(server, "sender_misused", [value, 0])
+        _call(server, "sender_misused", [1, 0])
     assert raised.value.status() == "500"
-    assert f"Unable to send response. Non-decoupled model {says}" in raised.value.message()
+    assert ("Unable to send response. Non-decoupled model cannot send complete final before sending a response."
+            in raised.value.message())
+
+
+def test_a_plain_models_second_response_is_refused_and_its_first_answers(server: RunningServer) -> None:
+    """As Triton's QA response_sender (two responses before return): the first reaches the client,
+    the second send raises in the model, which only the log tells."""
+    np.testing.assert_array_equal(_call(server, "sender_misused", [2, 0]), [6, 0])
+    says = "execute failed after sending a response: TritonModelException: Unable to send response. " \
+           "Non-decoupled model cannot send more than one response."
+    deadline = time.monotonic() + 10
+    while says not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert says in server.log()
 
 
 def test_a_model_written_wrong_is_a_500_saying_how(server: RunningServer) -> None:

@@ -265,6 +265,30 @@ def test_response_parameters_and_the_senders_flags() -> None:
         sender.send(response, flags=4)
 
 
+def test_arguments_of_the_wrong_type_are_refused_as_tritons() -> None:
+    """Triton's QA argument_validation: its bindings' TypeError for a wrong argument's type, its
+    stub's TritonModelException for a list holding what is not a tensor."""
+    tensor = pb_utils.Tensor("IN", np.ones(2, np.float32))
+    with pytest.raises(pb_utils.TritonModelException, match=r"inputs\[0\] is NoneType, not a pb_utils.Tensor"):
+        pb_utils.InferenceRequest(inputs=[None], requested_output_names=[], model_name="m")
+    with pytest.raises(TypeError, match="requested_output_names takes a list of str, got \\[None\\]"):
+        pb_utils.InferenceRequest(inputs=[tensor], requested_output_names=[None], model_name="m")
+    with pytest.raises(pb_utils.TritonModelException, match=r"output_tensors\[0\] is NoneType"):
+        pb_utils.InferenceResponse(output_tensors=[None])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="output_tensors takes a list of pb_utils\\.Tensor, got NoneType"):
+        pb_utils.InferenceResponse(output_tensors=None)  # type: ignore[arg-type]
+    assert pb_utils.InferenceResponse(error=pb_utils.TritonError("e")).output_tensors() == []  # left out: none
+    with pytest.raises(TypeError, match="name takes a str, got NoneType"):
+        pb_utils.Tensor(None, np.ones(1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="data takes a numpy array"):
+        pb_utils.Tensor("", None)  # the type first, as Triton's bindings check it
+    for level in (None, 1):
+        with pytest.raises(TypeError, match=r"level is Logger\.INFO, WARNING, ERROR or VERBOSE"):
+            pb_utils.Logger.log("message", level)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the message takes a str, got NoneType"):
+        pb_utils.Logger.log_info(None)  # type: ignore[arg-type]
+
+
 def test_logger_logs_at_the_level_asked(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="inferd.python_backend"):
         pb_utils.Logger.log("plain")

@@ -35,6 +35,7 @@ from inferd import errors
 from inferd.allocator import without_kept_memory
 from inferd.errors import InferdError, InstanceLost, ModelError, Unavailable
 from inferd.isolation import calls
+from inferd.isolation.cancels import CancelBoard
 from inferd.isolation.channel import Channel, ProtocolError
 from inferd.isolation.shm import (
     Reader,
@@ -45,7 +46,7 @@ from inferd.isolation.shm import (
     remove_shared_memory,
     unpack_calls,
 )
-from inferd.runtimes.base import Answer, AnswerSink, Arrays, Emit, LoadContext, Runtime
+from inferd.runtimes.base import Answer, AnswerSink, Arrays, Emit, LoadContext, Runtime, call_cancelled
 from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
@@ -102,6 +103,7 @@ class InstanceProcess:
         self._outputs = Reader()
         self._scratch: str | None = None
         self._killed = False
+        self._cancels: CancelBoard | None = None  # where a running call's cancel reaches the process
         self.started = 0.0  # time.time() once its model loaded
 
     @property
@@ -123,11 +125,13 @@ class InstanceProcess:
         env["INFERD_UNPACK_DIR"] = shared_scratch()  # a .mar unpacks once per version, not per instance
         package_root = str(Path(inferd.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        self._cancels = CancelBoard()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno()), str(calls_theirs.fileno())],
-                pass_fds=(theirs.fileno(), calls_theirs.fileno()), env=env, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # its own process group: whatever it starts is killed with it
+                [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno()), str(calls_theirs.fileno()),
+                 str(self._cancels.fd)],
+                pass_fds=(theirs.fileno(), calls_theirs.fileno(), self._cancels.fd), env=env,
+                stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: what it starts is killed with it
         except BaseException:
             calls_ours.close()
             raise
@@ -157,9 +161,9 @@ class InstanceProcess:
         the parts the model sends before its answer (infer_parts), each copied out before the
         process may write the next; once it returns False the process sends no more."""
         call_id = self._send("infer" if emit is None else "parts", arrays)
-        reading = True
+        reading, cancelled = True, call_cancelled()
         while True:
-            reply = self._wait(self.spec.response_timeout_s, "running this request", call_id)
+            reply = self._wait(self.spec.response_timeout_s, "running this request", call_id, cancelled)
             if reply[0] == "ok":
                 return self._read(reply[2], reply[3])
             if reply[0] != "part" or emit is None:
@@ -189,7 +193,7 @@ class InstanceProcess:
         assert self._conn is not None
         try:
             while True:
-                reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id)
+                reply = self._wait(self.spec.response_timeout_s, "streaming this request", call_id, stop.is_set)
                 if reply[0] != "part":
                     ended = True
                     if reply[0] == "end":
@@ -287,12 +291,17 @@ class InstanceProcess:
         rss = _tree_resident_mib(self._process.pid)
         return rss if rss > self.spec.memory_limit_mb else 0
 
-    def _wait(self, timeout: float, doing: str, call_id: int | None = None) -> Any:
+    def _wait(self, timeout: float, doing: str, call_id: int | None = None,
+              cancelled: Callable[[], bool] | None = None) -> Any:
         """The next message, read as it arrives while the process is watched; any message that is
-        not the expected answer (``call_id``) kills the instance."""
+        not the expected answer (``call_id``) kills the instance. Once ``cancelled()`` (the call's
+        client went away) the process is told, and the model may stop early; its answer is still read."""
         assert self._conn is not None and self._process is not None
         deadline = time.monotonic() + timeout
         while True:
+            if cancelled is not None and call_id is not None and self._cancels is not None and cancelled():
+                self._cancels.cancel(call_id)
+                cancelled = None
             try:
                 if (reply := self._conn.buffered()) is not None or (
                         self._poller.poll(_WATCH_MS) and (reply := self._conn.receive_ready()) is not None):
@@ -360,6 +369,9 @@ class InstanceProcess:
             self._conn = None
         self._inputs.close()
         self._outputs.close()
+        if self._cancels is not None:
+            self._cancels.close()
+            self._cancels = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

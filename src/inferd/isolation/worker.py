@@ -1,4 +1,4 @@
-"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD`` loads one model and runs its calls.
+"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD CANCELS_FD`` loads one model and runs its calls.
 
 The server sends, over the socket FD, the model to load, then one message per call. Whatever the
 model does to this process (segfault, ``os._exit``, hang, runaway memory), the server only loses
@@ -19,6 +19,7 @@ each, then ``("end", call id)``; a batch of streams' ``("request_part", ..., ind
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import signal
 import socket
@@ -30,16 +31,17 @@ from typing import Any
 
 from inferd.errors import InferdError, describe
 from inferd.isolation.calls import ChannelModelCalls
+from inferd.isolation.cancels import CancelBoard
 from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
 from inferd.observability.logging import configure_instance_process
 from inferd.runtimes import model_calls
-from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime
+from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime, call_cancelled_by
 
 _PARENT_CHECK_S = 1.0
 
 
-def main(fd: int, calls_fd: int) -> None:
+def main(fd: int, calls_fd: int, cancels_fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
     configure_instance_process()
     # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
@@ -56,7 +58,7 @@ def main(fd: int, calls_fd: int) -> None:
             return
         if memory_limit_mb:
             _cap_address_space(memory_limit_mb)
-        _serve(conn, runtime)
+        _serve(conn, runtime, CancelBoard(cancels_fd))
     except (EOFError, OSError):  # the server closed our socket: it is gone or stopping us
         _leave_with_group()
 
@@ -82,7 +84,7 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
     return runtime
 
 
-def _serve(conn: Channel, runtime: Runtime) -> None:
+def _serve(conn: Channel, runtime: Runtime, cancels: CancelBoard) -> None:
     inputs, outputs = Reader(), Writer("out")
     try:
         while True:
@@ -100,18 +102,24 @@ def _serve(conn: Channel, runtime: Runtime) -> None:
             except (OSError, ValueError) as exc:  # e.g. EMFILE: this process cannot take calls
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
-            if kind == "stream":
-                conn.send(_stream(conn, runtime, arrays, outputs, call_id))
-            elif kind == "streams":
-                conn.send(_streams(conn, runtime, arrays, outputs, call_id, more[0]))
-            elif kind == "requests":
-                conn.send(_call_requests(runtime, arrays, outputs, call_id, more[0]))
-            elif kind == "parts":
-                conn.send(_call(runtime, arrays, outputs, call_id, _part_sender(conn, outputs, call_id)))
-            else:
-                conn.send(_call(runtime, arrays, outputs, call_id))
+            with call_cancelled_by(functools.partial(cancels.cancelled, call_id)):  # the server's slot
+                conn.send(_reply(conn, runtime, kind, arrays, outputs, call_id, *more))
     finally:
         outputs.close()
+
+
+def _reply(conn: Channel, runtime: Runtime, kind: str, arrays: Any, outputs: Writer, call_id: int, *more: Any
+           ) -> tuple[Any, ...]:
+    """A call of ``kind`` run, and the reply that ends it."""
+    if kind == "stream":
+        return _stream(conn, runtime, arrays, outputs, call_id)
+    if kind == "streams":
+        return _streams(conn, runtime, arrays, outputs, call_id, more[0])
+    if kind == "requests":
+        return _call_requests(runtime, arrays, outputs, call_id, more[0])
+    if kind == "parts":
+        return _call(runtime, arrays, outputs, call_id, _part_sender(conn, outputs, call_id))
+    return _call(runtime, arrays, outputs, call_id)
 
 
 def _call(runtime: Runtime, arrays: Any, outputs: Writer, call_id: int, emit: Emit | None = None
@@ -295,6 +303,6 @@ def _cap_address_space(memory_limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    sockets = int(sys.argv[1]), int(sys.argv[2])
+    fds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     del sys.argv[1:]  # the model's own: argv parsers it calls (unittest.main) must not meet our sockets
-    main(*sockets)
+    main(*fds)

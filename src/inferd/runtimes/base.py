@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +24,26 @@ from inferd.types import CallContext, TensorSpec, WorkerStatus, numpy_dtype
 Arrays = dict[str, np.ndarray]
 Emit = Callable[[Arrays], bool]  # takes one part of an answer; False: nobody reads them any more
 Answer = Arrays | Exception  # one request's outputs, or what failed that request alone (infer_requests)
+
+# whether the client of the call this thread runs (one request) has gone away: set by the instance
+# pool around the call, and in an instance process around the call it was sent; a runtime that can
+# tell its model (Triton's request.is_cancelled()) asks it, a process instance passes it on
+_CALL_CANCELLED: ContextVar[Callable[[], bool] | None] = ContextVar("inferd_call_cancelled", default=None)
+
+
+@contextmanager
+def call_cancelled_by(cancelled: Callable[[], bool] | None) -> Iterator[None]:
+    """Within: ``call_cancelled()`` is ``cancelled``, the running call's own."""
+    token = _CALL_CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _CALL_CANCELLED.reset(token)
+
+
+def call_cancelled() -> Callable[[], bool] | None:
+    """Whether the running call's client has gone away, if the caller can tell (None: it cannot)."""
+    return _CALL_CANCELLED.get()
 
 
 class AnswerSink(Protocol):

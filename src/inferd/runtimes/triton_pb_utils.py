@@ -105,6 +105,10 @@ class _Capsule:
 
 class Tensor:
     def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(name, str):  # as Triton's bindings refuse the argument's type
+            raise TypeError(f"Tensor(): name takes a str, got {type(name).__name__}")
+        if data is None:
+            raise TypeError("Tensor(): data takes a numpy array (or what numpy makes one of), got None")
         if name == "":
             raise TritonModelException("Tensor name cannot be an empty string.")  # Triton's words
         self._name = name
@@ -199,6 +203,7 @@ class InferenceTrace:
 
 
 _REQUIRED: Any = object()  # an argument Triton's InferenceRequest gives no default
+_NO_OUTPUTS: Any = ()  # InferenceResponse's outputs left out (None is refused, as Triton's)
 _REQUEST_ARGUMENTS = ("request_id, correlation_id, inputs, requested_output_names, model_name, model_version, "
                       "flags, timeout, preferred_memory, trace and parameters")
 
@@ -235,6 +240,7 @@ class InferenceRequest:
         if not isinstance(correlation_id, int | str):
             raise TritonModelException("Correlation ID must be integer or string")  # Triton's words
         _check_arguments(preferred_memory, trace, request_id, model_name, requested_output_names)
+        _check_lists(inputs, requested_output_names)
         if sender is None:  # built by the model: its parameters are Triton's kinds (the client's may be any)
             parameters = _checked_parameters(parameters) if not isinstance(parameters, str) else parameters
         self._model_name = model_name.decode() if isinstance(model_name, bytes) else str(model_name)
@@ -243,6 +249,7 @@ class InferenceRequest:
         self._trace = trace if trace is not None else InferenceTrace()
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         self._sender = sender
+        self.sender_taken = False  # execute asked for the response sender (it may answer after returning)
         self._correlation_id = correlation_id
         self._flags = flags
         self._cancelled = cancelled
@@ -357,6 +364,7 @@ class InferenceRequest:
         and its sender's ``send`` says so, as Triton's does."""
         if self._sender is None:
             return InferenceResponseSender(_unsendable, lambda: False)
+        self.sender_taken = True
         return self._sender
 
 
@@ -377,6 +385,21 @@ def _check_arguments(preferred_memory: Any, trace: Any, request_id: str, model_n
     if any(name == "" for name in requested_output_names):
         raise TritonModelException(f"Requested output name for request with id '{request_id}' and model name "
                                    f"'{model_name}' should not be empty.")
+
+
+def _check_lists(inputs: Any, requested_output_names: Any) -> None:
+    """Triton's refusals of what InferenceRequest's lists hold: a non-tensor input (its stub's
+    TritonModelException), a requested output name that is not a str (its bindings' TypeError)."""
+    if not isinstance(inputs, list | tuple):
+        raise TypeError(f"InferenceRequest(): inputs takes a list of pb_utils.Tensor, got {type(inputs).__name__}")
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, Tensor):
+            raise TritonModelException(f"InferenceRequest(): inputs[{index}] is {type(tensor).__name__}, "
+                                       "not a pb_utils.Tensor")
+    if not isinstance(requested_output_names, list | tuple) or not all(
+            isinstance(name, str) for name in requested_output_names):
+        raise TypeError(f"InferenceRequest(): requested_output_names takes a list of str, got "
+                        f"{requested_output_names!r}")
 
 
 def _checked_parameters(parameters: Any) -> dict[str, Any]:
@@ -437,9 +460,17 @@ class InferenceResponseSender:
 
 
 class InferenceResponse:
-    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,
+    def __init__(self, output_tensors: list[Tensor] = _NO_OUTPUTS, error: TritonError | None = None,
                  parameters: dict[str, Any] | None = None) -> None:
-        self._outputs = list(output_tensors or [])
+        # Triton's: left out, no outputs (an error response); None, or anything but tensors, refused
+        if not isinstance(output_tensors, list | tuple):
+            raise TypeError(f"InferenceResponse(): output_tensors takes a list of pb_utils.Tensor, got "
+                            f"{type(output_tensors).__name__}")
+        for index, tensor in enumerate(output_tensors):
+            if not isinstance(tensor, Tensor):
+                raise TritonModelException(f"InferenceResponse(): output_tensors[{index}] is "
+                                           f"{type(tensor).__name__}, not a pb_utils.Tensor")
+        self._outputs = list(output_tensors)
         self._error = error
         self._parameters = json.dumps(_checked_parameters(parameters))
 
@@ -592,26 +623,34 @@ class Logger:
 
     @staticmethod
     def log_info(message: str) -> None:
-        _log.info(message)
+        _log.info(_message(message))
 
     @staticmethod
     def log_warn(message: str) -> None:
-        _log.warning(message)
+        _log.warning(_message(message))
 
     @staticmethod
     def log_error(message: str) -> None:
-        _log.error(message)
+        _log.error(_message(message))
 
     @staticmethod
     def log_verbose(message: str) -> None:
-        _log.debug(message)
+        _log.debug(_message(message))
 
     @staticmethod
     def log(message: str, level: int = LogLevel.INFO) -> None:
-        """At ``level`` (Logger.INFO, WARNING, ERROR or VERBOSE; VERBOSE is the log's debug level)."""
-        if level not in _LEVELS:
+        """At ``level`` (Logger.INFO, WARNING, ERROR or VERBOSE; VERBOSE is the log's debug level);
+        a plain int is refused, as Triton's enum is no int."""
+        if not isinstance(level, LogLevel):
             raise TypeError(f"Logger.log(): level is Logger.INFO, WARNING, ERROR or VERBOSE, got {level!r}")
-        _log.log(_LEVELS[level], message)
+        _log.log(_LEVELS[level], _message(message))
+
+
+def _message(message: Any) -> str:
+    """A log message: a str, as Triton's Logger takes (None is a TypeError there too)."""
+    if not isinstance(message, str):
+        raise TypeError(f"Logger: the message takes a str, got {type(message).__name__}")
+    return message
 
 
 _LEVELS: dict[int, int] = {LogLevel.INFO: logging.INFO, LogLevel.WARNING: logging.WARNING,

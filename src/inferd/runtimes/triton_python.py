@@ -52,6 +52,7 @@ from inferd.runtimes.base import (
     Arrays,
     LoadContext,
     Runtime,
+    call_cancelled,
     conform_outputs,
     require_specs,
     unpack_request,
@@ -106,6 +107,10 @@ class TritonPythonRuntime(Runtime):
         outputs or the error its response carries. An answer that breaks the contract as a whole
         (not one response per request) fails them all, as in Triton."""
         requests, wanted, sent = [], [], []
+        arrived: list[threading.Event] = []
+        failure: ModelError | None = None  # execute raised: its requests that sent no response fail with it
+        # a call of one request: its client's cancel, as request.is_cancelled() (a batch's calls share no one client)
+        cancelled = call_cancelled() if len(calls) == 1 else None
         for inputs in calls:
             correlation_id: int | str = 0
             flags = 0
@@ -114,27 +119,40 @@ class TritonPythonRuntime(Runtime):
                 correlation_id, flags = unpack_sequence(inputs.pop(SEQUENCE_INPUT))
             inputs, facts = self._facts(inputs)
             mine: list[pb_utils.InferenceResponse] = []  # what execute sent through the response sender, if it did
-            requests.append(received_request(inputs, facts, sender=_collecting(mine), correlation_id=correlation_id,
-                                             flags=flags))
+            came = threading.Event()
+            requests.append(received_request(inputs, facts, sender=_collecting(mine, came), cancelled=cancelled,
+                                             correlation_id=correlation_id, flags=flags))
             wanted.append(facts.wanted)
             sent.append(mine)
+            arrived.append(came)
         try:
             responses = self._execute(requests)
         except InferdError:
             raise
         except Exception as exc:  # in the words of Triton's stub (pb_stub.cc), the exception after them
-            raise ModelError(f"Failed to process the request(s) for model '{self._name}', "
-                             f"message: {describe(exc)}") from exc
-        if responses is None and any(sent):
+            failure = ModelError(f"Failed to process the request(s) for model '{self._name}', "
+                                 f"message: {describe(exc)}")
+            if not any(sent):
+                raise failure from exc
+            # a response sent before the failure is its request's answer (Triton's frontend keeps the first)
+            _log.error("model '%s': execute failed after sending a response: %s", self._name, describe(exc))
             responses = [None] * len(requests)
+        if responses is None and any(request.sender_taken for request in requests):
+            responses = [None] * len(requests)  # each answers through its sender, now or later
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             count = len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
             raise RuntimeError(f"TritonPythonModel.execute must return one InferenceResponse per request "
                                f"({len(requests)}), got {count}")
         answers: list[Answer] = []
-        for response, mine, outputs in zip(responses, sent, wanted, strict=True):
+        for request, response, mine, came, outputs in zip(requests, responses, sent, arrived, wanted, strict=True):
             try:
-                answers.append(self._outputs(response if response is not None or not mine else mine[0], outputs))
+                if response is None and not mine and request.sender_taken and failure is None:
+                    _await_sent(came, request)  # a response the model sends after execute returned, as Triton's
+                if mine:  # the sent response is the answer; one returned as well comes too late (Triton ignores it)
+                    response = mine[0]
+                elif failure is not None:
+                    raise failure
+                answers.append(self._outputs(response, outputs))
             except Exception as exc:  # this response's error (or its fault) is its request's alone
                 answers.append(exc)
         return answers
@@ -187,9 +205,10 @@ class TritonPythonRuntime(Runtime):
             return
         sent: queue.Queue[tuple[pb_utils.InferenceResponse | None, int] | BaseException] = queue.Queue(_SENT_AHEAD)
         gone = threading.Event()  # the reader closed this stream: nobody takes its responses any more
+        cancelled = call_cancelled() or (lambda: False)  # in an instance process: the client's cancel, told at once
 
         def left() -> bool:
-            return stop.is_set() or gone.is_set()
+            return stop.is_set() or gone.is_set() or cancelled()
 
         def deliver(item: tuple[pb_utils.InferenceResponse | None, int] | BaseException) -> None:
             """To the reader, waiting while it is behind; dropped once it left (a model that never
@@ -223,7 +242,7 @@ class TritonPythonRuntime(Runtime):
 
         threading.Thread(target=execute, name=f"inferd-{self._name}-execute", daemon=True).start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not cancelled():
                 try:
                     item = sent.get(timeout=0.05)
                 except queue.Empty:
@@ -331,10 +350,22 @@ class _StreamedRequest:
         self.sink.end(error)
 
 
-def _collecting(sent: list[pb_utils.InferenceResponse]) -> pb_utils.InferenceResponseSender:
-    """A plain (not decoupled) request's response sender: what it sends lands in ``sent``."""
-    return pb_utils.InferenceResponseSender(lambda response, _: sent.extend([response] if response else []),
-                                            lambda: False, decoupled=False)
+def _collecting(sent: list[pb_utils.InferenceResponse], came: threading.Event) -> pb_utils.InferenceResponseSender:
+    """A plain (not decoupled) request's response sender: what it sends lands in ``sent``, and
+    ``came`` is set (from whichever thread sends, before or after execute returned)."""
+    def sink(response: pb_utils.InferenceResponse | None, _: int) -> None:
+        sent.extend([response] if response else [])
+        came.set()
+
+    return pb_utils.InferenceResponseSender(sink, lambda: False, decoupled=False)
+
+
+def _await_sent(came: threading.Event, request: pb_utils.InferenceRequest) -> None:
+    """Wait for the response a plain model sends after ``execute`` returned None (a thread or task
+    of its own), until its client leaves. In an instance process ``response_timeout_s`` bounds the wait."""
+    while not came.wait(0.05):
+        if request.is_cancelled():
+            raise Cancelled("the client went away before the model sent its response")
 
 
 def _instance_kind(context: LoadContext) -> str:

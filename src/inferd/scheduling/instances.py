@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable, describe
-from inferd.runtimes.base import Answer, Arrays, Emit, Runtime, with_request
+from inferd.runtimes.base import Answer, Arrays, Emit, Runtime, call_cancelled_by, with_request
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
@@ -384,7 +384,8 @@ class InstancePool(Scheduler):
         if self._observe_batch is not None:  # unbatched: each call is a "batch" of its rows
             self._observe_batch(self._rows(inputs))
         try:
-            return self.execute(inputs, emit=emit)
+            with call_cancelled_by(context.is_cancelled if context.cancelled is not None else None):
+                return self.execute(inputs, emit=emit)
         finally:
             context.timings.compute += time.perf_counter() - start
 
