@@ -116,6 +116,9 @@ class ServerSettings:
     trace_count: int = -1  # traces still to take; -1: no end
     trace_log_frequency: int = 0  # traces per rolled file <trace_file>.<n>; 0: one file, written at the stop
     trace_file: str = ""
+    # Triton's --http-restricted-api / --grpc-restricted-protocol: API groups answering one header's callers only
+    http_restrictions: tuple[ApiRestriction, ...] = ()
+    grpc_restrictions: tuple[ApiRestriction, ...] = ()
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
@@ -438,6 +441,39 @@ class ResourceCount:
 
 
 RATE_LIMIT_MODES = ("off", "execution_count")
+
+# Triton's API groups a front end may restrict to callers carrying one header (--http-restricted-api,
+# --grpc-restricted-protocol)
+RESTRICTABLE_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+                     "statistics", "trace", "logging")
+GRPC_RESTRICTION_PREFIX = "triton-grpc-protocol-"  # what Triton puts before a gRPC restriction's key
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRestriction:
+    """One restricted API group: it answers only requests whose ``header`` is ``value``."""
+
+    api: str
+    header: str
+    value: str
+
+
+def parse_restrictions(items: list[str], flag: str, what: str, prefix: str = "") -> tuple[ApiRestriction, ...]:
+    """``--http-restricted-api`` / ``--grpc-restricted-protocol`` items, ``<api>[,<api>...]:<key>=<value>``,
+    as Triton reads them: each API in one group only; gRPC keys get Triton's metadata prefix."""
+    restrictions: dict[str, ApiRestriction] = {}
+    for item in items:
+        apis, colon, setting = item.partition(":")
+        key, equals, value = setting.partition("=")
+        if not colon or not apis or not equals or not key:
+            raise ConfigError(f"{flag} option format is '<{what}s>:<key>=<value>', got {item!r}")
+        for api in apis.split(","):
+            if api not in RESTRICTABLE_APIS:
+                raise ConfigError(f"unknown restricted {what} '{api}' (one of {', '.join(RESTRICTABLE_APIS)})")
+            if api in restrictions:
+                raise ConfigError(f"restricted {what} '{api}' can not be specified in multiple config groups")
+            restrictions[api] = ApiRestriction(api, (prefix + key).lower(), value)
+    return tuple(restrictions.values())
 
 
 @dataclass(frozen=True, slots=True)

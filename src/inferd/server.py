@@ -164,7 +164,7 @@ def mirror_remote(settings: ServerSettings) -> ServerSettings:
 
 def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics | None = None) -> HttpApp:
     router = Router()
-    KServeV2Routes(core).register(router)
+    KServeV2Routes(core, settings.http_restrictions).register(router)
     MetricsRoutes(core).register(router, settings.metrics_paths)
     TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
@@ -235,7 +235,8 @@ class Transports:
 
                 async def start_grpc() -> None:  # the port is bound as the server is built
                     self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
-                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports)
+                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports,
+                                            s.grpc_restrictions)
                     await self._grpc.start()
             else:
                 from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
@@ -244,6 +245,7 @@ class Transports:
                     self._grpc = NativeGrpcServer(self.core, s.host, s.grpc_port, budget=self._budget,
                                                   max_calls=connections, socket_path=s.grpc_socket_path,
                                                   reuse_port=shared, extra_ports=s.grpc_extra_ports,
+                                                  restrictions=s.grpc_restrictions,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from inferd.config import ApiRestriction
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.observability.tracing import RequestTrace
@@ -124,6 +125,36 @@ def guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
     return call
+
+
+# Triton's API group of each gRPC method, which --grpc-restricted-protocol restricts
+RESTRICTED_GROUPS = {
+    "/inference.GRPCInferenceService/" + rpc: api
+    for api, rpcs in (
+        ("health", ("ServerLive", "ServerReady", "ModelReady")),
+        ("metadata", ("ServerMetadata", "ModelMetadata")),
+        ("inference", ("ModelInfer", "ModelStreamInfer")),
+        ("model-repository", ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")),
+        ("statistics", ("ModelStatistics",)),
+        ("model-config", ("ModelConfig",)),
+        ("logging", ("LogSettings",)),
+        ("trace", ("TraceSetting",)),
+        ("shared-memory", ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+                           "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")),
+    )
+    for rpc in rpcs
+} | {"/grpc.health.v1.Health/Check": "health"}
+
+
+def restricted_paths(restrictions: tuple[ApiRestriction, ...]) -> dict[str, ApiRestriction]:
+    """Method path -> its group's restriction, for the groups restricted."""
+    by_api = {restriction.api: restriction for restriction in restrictions}
+    return {path: by_api[api] for path, api in RESTRICTED_GROUPS.items() if api in by_api}
+
+
+def restriction_refusal(restriction: ApiRestriction) -> str:
+    """Triton's words when a call lacks the restriction's metadata (with status UNAVAILABLE)."""
+    return f"This protocol is restricted, expecting header '{restriction.header}'"
 
 
 def _authorization(context: Context) -> str | None:
