@@ -119,6 +119,9 @@ class ServerSettings:
     # Triton's --http-restricted-api / --grpc-restricted-protocol: API groups answering one header's callers only
     http_restrictions: tuple[ApiRestriction, ...] = ()
     grpc_restrictions: tuple[ApiRestriction, ...] = ()
+    # Triton's --http-header-forward-pattern / --grpc-header-forward-pattern: matching headers become parameters
+    http_header_forward_pattern: str = ""
+    grpc_header_forward_pattern: str = ""
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
@@ -170,6 +173,8 @@ class ServerSettings:
             raise ConfigError("--workers serves --http-port and --grpc-port; --metrics-port, TorchServe's separate "
                               "addresses and a gRPC Unix socket are served by one process (leave --workers out)")
         self._check_trace()
+        header_pattern(self.http_header_forward_pattern, "--http-header-forward-pattern")
+        header_pattern(self.grpc_header_forward_pattern, "--grpc-header-forward-pattern")
         if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:
             raise ConfigError(f"model repository {self.remote_repository}: remote repositories are "
                               f"{'://, '.join(REMOTE_SCHEMES)}:// URLs")
@@ -456,6 +461,18 @@ class ApiRestriction:
     api: str
     header: str
     value: str
+
+
+def header_pattern(pattern: str, flag: str) -> re.Pattern[str] | None:
+    """``--http-header-forward-pattern`` / ``--grpc-header-forward-pattern``: found anywhere in a
+    header's name, case-insensitively (as Triton prefixes ``(?i)``) unless it starts with ``(?-i)``."""
+    if not pattern:
+        return None
+    sensitive = pattern.startswith("(?-i)")
+    try:
+        return re.compile(pattern[5:] if sensitive else pattern, 0 if sensitive else re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
 
 
 def parse_restrictions(items: list[str], flag: str, what: str, prefix: str = "") -> tuple[ApiRestriction, ...]:

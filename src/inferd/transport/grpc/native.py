@@ -1042,7 +1042,8 @@ class NativeGrpcServer:
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int = 64 << 20,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
-                 extra_ports: tuple[int, ...] = (), restrictions: tuple[ApiRestriction, ...] = ()) -> None:
+                 extra_ports: tuple[int, ...] = (), restrictions: tuple[ApiRestriction, ...] = (),
+                 header_forward_pattern: str = "") -> None:
         self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
         self.restricted = restricted_paths(restrictions)  # Triton's --grpc-restricted-protocol
         self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
@@ -1051,7 +1052,8 @@ class NativeGrpcServer:
         self.active = 0
         self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+                                     ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self.health = NativeHealth([s.name for s in servicers])
         self.routes: dict[str, Route] = {}

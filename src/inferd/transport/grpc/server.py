@@ -291,7 +291,7 @@ class GrpcServer:
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = (),
-                 restrictions: tuple[ApiRestriction, ...] = ()) -> None:
+                 restrictions: tuple[ApiRestriction, ...] = (), header_forward_pattern: str = "") -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
@@ -300,7 +300,8 @@ class GrpcServer:
         options = list(dict([*options, *extra_options]).items())
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+                                     ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self._draining = threading.Event()
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),

@@ -17,11 +17,11 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
-from inferd.config import ApiRestriction
+from inferd.config import ApiRestriction, header_pattern
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.observability.tracing import RequestTrace
-from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
+from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
@@ -172,10 +172,16 @@ class KServeV2Servicer:
 
     name = "inference.GRPCInferenceService"
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, header_forward_pattern: str = "") -> None:
         self.data = core.data
         self.control = core.control
         self.tracer = core.tracer
+        # --grpc-header-forward-pattern: metadata that becomes request parameters
+        self.forward = header_pattern(header_forward_pattern, "--grpc-header-forward-pattern")
+
+    def _forward(self, infer_request: InferRequest, context: Context) -> None:
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, context.invocation_metadata() or (), self.forward)
 
     # RPC name -> (method, request message): also what Ray Serve's gRPC proxy registers
     RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
@@ -219,6 +225,7 @@ class KServeV2Servicer:
                                           request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
+            self._forward(infer_request, context)
             final = False
             if turn is not None:
                 await turn.wait()
@@ -286,6 +293,7 @@ class KServeV2Servicer:
                                           request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
+        self._forward(infer_request, context)
         response = await self.data.infer(infer_request)
         return kserve_v2_grpc.encode_infer_answer(response)  # its raw contents uncopied until sent
 
@@ -302,6 +310,7 @@ class KServeV2Servicer:
                                            request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
+            self._forward(infer_request, context)
             response = await self.data.infer(infer_request, trace)
             if trace.wants_tensors:
                 trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
@@ -105,12 +106,14 @@ def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
 class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
-    def __init__(self, core: Core, restrictions: tuple[ApiRestriction, ...] = ()) -> None:
+    def __init__(self, core: Core, restrictions: tuple[ApiRestriction, ...] = (),
+                 forward: re.Pattern[str] | None = None) -> None:
         self.core = core
         self.data = core.data
         self.control = core.control
         self.tracer = core.tracer
         self.restrictions = {restriction.api: restriction for restriction in restrictions}
+        self.forward = forward  # --http-header-forward-pattern: headers that become request parameters
 
     def register(self, router: Router) -> None:
         infer, control = inference_guard(self.core), control_guard(self.core)
@@ -202,6 +205,8 @@ class KServeV2Routes:
                                            kserve_v2.decode_infer_request, request.body, header_length, name, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, request.headers.items(), self.forward)
         return infer_request
 
     async def _infer_traced(self, request: HttpRequest, name: str, version: str | None, trace: RequestTrace
@@ -232,6 +237,8 @@ class KServeV2Routes:
         infer_request = kserve_v2_generate.decode_generate_request(request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, request.headers.items(), self.forward)
         return infer_request
 
     async def generate(self, request: HttpRequest) -> HttpResponse:
