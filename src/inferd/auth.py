@@ -79,8 +79,9 @@ class AccessPolicy:
     def require_model_control(self, action: str) -> None:
         """Model control is on (a model's own loads need no token: they are the server's code)."""
         if not self.model_control:
-            raise Forbidden(f"{action} needs model control, which is off; start the server with "
-                            "--model-control explicit (inferd tfserving: --model-control-api)")
+            raise Forbidden(f"explicit model load / unload is not allowed (Triton's words): {action} needs model "
+                            "control, which is off; start the server with --model-control explicit "
+                            "(inferd tfserving: --model-control-api)")
 
     def authorize_inference(self, authorization: str | None, action: str = "inference") -> None:
         """Inference and every read of what is served (metadata, index, status, metrics)."""

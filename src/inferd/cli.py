@@ -15,7 +15,15 @@ from typing import Any
 
 from inferd import __version__
 from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
-from inferd.config import MODEL_CONTROL_MODES, RATE_LIMIT_MODES, Listener, ResourceCount, ServerSettings
+from inferd.config import (
+    GRPC_RESTRICTION_PREFIX,
+    MODEL_CONTROL_MODES,
+    RATE_LIMIT_MODES,
+    Listener,
+    ResourceCount,
+    ServerSettings,
+    parse_restrictions,
+)
 from inferd.errors import ConfigError
 from inferd.observability.tracing import parse_level
 
@@ -253,6 +261,20 @@ def _parser() -> argparse.ArgumentParser:
                              default=False, type=_true_or_false, metavar="true|false",
                              help="accepted as Triton's flags are written; inferd completes a configuration from "
                                   "the model (its tensors) either way")
+    restrict = serve.add_argument_group("Triton's front-end options: restricted API groups (health, metadata, "
+                                        "inference, shared-memory, model-config, model-repository, statistics, "
+                                        "trace, logging) and forwarded headers")
+    restrict.add_argument("--http-restricted-api", action="append", default=[], metavar="API[,API...]:KEY=VALUE",
+                          help="these HTTP APIs answer only requests with header KEY: VALUE (else 403)")
+    restrict.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                          metavar="API[,API...]:KEY=VALUE",
+                          help="these gRPC methods answer only calls with metadata triton-grpc-protocol-KEY: VALUE "
+                               "(else UNAVAILABLE)")
+    restrict.add_argument("--http-header-forward-pattern", default="", metavar="REGEX",
+                          help="HTTP headers whose names match (case-insensitive; (?-i) first: sensitive) reach "
+                               "the model as request parameters of inference requests")
+    restrict.add_argument("--grpc-header-forward-pattern", default="", metavar="REGEX",
+                          help="the same for gRPC metadata (ModelInfer and ModelStreamInfer)")
     tracing = serve.add_argument_group("tracing (Triton's trace extension, triton mode)")
     tracing.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
                          help="level=OFF|TIMESTAMPS, rate=N (every N-th request; default 1000), count=N "
@@ -477,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
             cache_size=args.cache_size, allow_client_shm=args.allow_client_shm, **_trace_settings(args),
             rate_limit=args.rate_limit, rate_limit_resources=tuple(args.rate_limit_resource),
+            http_restrictions=parse_restrictions(args.http_restricted_api, "--http-restricted-api", "api"),
+            grpc_restrictions=parse_restrictions(args.grpc_restricted_protocol, "--grpc-restricted-protocol",
+                                                 "protocol", GRPC_RESTRICTION_PREFIX),
+            http_header_forward_pattern=args.http_header_forward_pattern,
+            grpc_header_forward_pattern=args.grpc_header_forward_pattern,
             listeners=(Listener(args.host, args.metrics_port, ("kserve_metrics",)),) if args.metrics_port else ())
     except ConfigError as exc:
         print(f"inferd: {exc.message}", file=sys.stderr)

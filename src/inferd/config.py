@@ -116,6 +116,12 @@ class ServerSettings:
     trace_count: int = -1  # traces still to take; -1: no end
     trace_log_frequency: int = 0  # traces per rolled file <trace_file>.<n>; 0: one file, written at the stop
     trace_file: str = ""
+    # Triton's --http-restricted-api / --grpc-restricted-protocol: API groups answering one header's callers only
+    http_restrictions: tuple[ApiRestriction, ...] = ()
+    grpc_restrictions: tuple[ApiRestriction, ...] = ()
+    # Triton's --http-header-forward-pattern / --grpc-header-forward-pattern: matching headers become parameters
+    http_header_forward_pattern: str = ""
+    grpc_header_forward_pattern: str = ""
 
     def __post_init__(self) -> None:
         if self.auth_token is not None and not self.auth_token.strip():  # INFERD_AUTH_TOKEN= declared, left empty
@@ -167,6 +173,8 @@ class ServerSettings:
             raise ConfigError("--workers serves --http-port and --grpc-port; --metrics-port, TorchServe's separate "
                               "addresses and a gRPC Unix socket are served by one process (leave --workers out)")
         self._check_trace()
+        header_pattern(self.http_header_forward_pattern, "--http-header-forward-pattern")
+        header_pattern(self.grpc_header_forward_pattern, "--grpc-header-forward-pattern")
         if self.remote_repository is not None and self.remote_repository.split("://")[0] not in REMOTE_SCHEMES:
             raise ConfigError(f"model repository {self.remote_repository}: remote repositories are "
                               f"{'://, '.join(REMOTE_SCHEMES)}:// URLs")
@@ -438,6 +446,51 @@ class ResourceCount:
 
 
 RATE_LIMIT_MODES = ("off", "execution_count")
+
+# Triton's API groups a front end may restrict to callers carrying one header (--http-restricted-api,
+# --grpc-restricted-protocol)
+RESTRICTABLE_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+                     "statistics", "trace", "logging")
+GRPC_RESTRICTION_PREFIX = "triton-grpc-protocol-"  # what Triton puts before a gRPC restriction's key
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRestriction:
+    """One restricted API group: it answers only requests whose ``header`` is ``value``."""
+
+    api: str
+    header: str
+    value: str
+
+
+def header_pattern(pattern: str, flag: str) -> re.Pattern[str] | None:
+    """``--http-header-forward-pattern`` / ``--grpc-header-forward-pattern``: found anywhere in a
+    header's name, case-insensitively (as Triton prefixes ``(?i)``) unless it starts with ``(?-i)``."""
+    if not pattern:
+        return None
+    sensitive = pattern.startswith("(?-i)")
+    try:
+        return re.compile(pattern[5:] if sensitive else pattern, 0 if sensitive else re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{flag} {pattern!r} is not a regular expression: {exc}") from None
+
+
+def parse_restrictions(items: list[str], flag: str, what: str, prefix: str = "") -> tuple[ApiRestriction, ...]:
+    """``--http-restricted-api`` / ``--grpc-restricted-protocol`` items, ``<api>[,<api>...]:<key>=<value>``,
+    as Triton reads them: each API in one group only; gRPC keys get Triton's metadata prefix."""
+    restrictions: dict[str, ApiRestriction] = {}
+    for item in items:
+        apis, colon, setting = item.partition(":")
+        key, equals, value = setting.partition("=")
+        if not colon or not apis or not equals or not key:
+            raise ConfigError(f"{flag} option format is '<{what}s>:<key>=<value>', got {item!r}")
+        for api in apis.split(","):
+            if api not in RESTRICTABLE_APIS:
+                raise ConfigError(f"unknown restricted {what} '{api}' (one of {', '.join(RESTRICTABLE_APIS)})")
+            if api in restrictions:
+                raise ConfigError(f"restricted {what} '{api}' can not be specified in multiple config groups")
+            restrictions[api] = ApiRestriction(api, (prefix + key).lower(), value)
+    return tuple(restrictions.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from inferd.auth import AccessPolicy, TorchServeKeys
 from inferd.compat import torchserve_snapshots
 from inferd.compat.tfserving import read_model_config, reloaded_model_config
-from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings
+from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings, header_pattern
 from inferd.core import Core, DataPlane, ModelControl
 from inferd.core.cache import ResponseCache
 from inferd.core.model_calls import LoopModelCalls
@@ -164,7 +164,8 @@ def mirror_remote(settings: ServerSettings) -> ServerSettings:
 
 def build_http_app(core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics | None = None) -> HttpApp:
     router = Router()
-    KServeV2Routes(core).register(router)
+    forward = header_pattern(settings.http_header_forward_pattern, "--http-header-forward-pattern")
+    KServeV2Routes(core, settings.http_restrictions, forward).register(router)
     MetricsRoutes(core).register(router, settings.metrics_paths)
     TorchServeRoutes(core, ts_metrics).register(router)
     TFServingRoutes(core).register(router)
@@ -235,7 +236,8 @@ class Transports:
 
                 async def start_grpc() -> None:  # the port is bound as the server is built
                     self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
-                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports)
+                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports,
+                                            s.grpc_restrictions, s.grpc_header_forward_pattern)
                     await self._grpc.start()
             else:
                 from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
@@ -244,6 +246,8 @@ class Transports:
                     self._grpc = NativeGrpcServer(self.core, s.host, s.grpc_port, budget=self._budget,
                                                   max_calls=connections, socket_path=s.grpc_socket_path,
                                                   reuse_port=shared, extra_ports=s.grpc_extra_ports,
+                                                  restrictions=s.grpc_restrictions,
+                                                  header_forward_pattern=s.grpc_header_forward_pattern,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

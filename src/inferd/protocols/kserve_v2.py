@@ -8,6 +8,8 @@ A binary request is ``<JSON header><raw tensor bytes...>``; the header's length 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -221,6 +223,22 @@ def refuse_reserved(parameters: dict[str, Any], allowed: frozenset[str] = frozen
                 if allowed else ""
             raise InvalidInput(f"parameter keys starting with 'triton_' are reserved for Triton usage and should "
                                f"not be specified (got '{key}').{also}")
+
+
+# what Triton never takes from a forwarded header (--http/--grpc-header-forward-pattern), beside triton_*
+RESERVED_PARAMETERS = frozenset(("sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers",
+                                 "binary_data_output"))
+
+
+def forward_headers(parameters: dict[str, Any], headers: Iterable[tuple[str, str]], pattern: re.Pattern[str]) -> None:
+    """Triton's header forwarding: each header whose name ``pattern`` finds is a string request
+    parameter of that name (a model sees it in its parameters); a reserved name is refused."""
+    for key, value in headers:
+        if pattern.search(key) is None:
+            continue
+        if key in RESERVED_PARAMETERS or key.startswith("triton_"):
+            raise InvalidInput(f"Header '{key}' is reserved for Triton usage and cannot be forwarded.")
+        parameters[key] = value
 
 
 def timeout_us(value: Any) -> int | None:

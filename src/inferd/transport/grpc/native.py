@@ -32,6 +32,7 @@ from typing import Any, NoReturn, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from inferd.config import ApiRestriction
 from inferd.core import Core
 from inferd.protocols import kserve_v2_grpc
 from inferd.protocols._proto import kserve_v2_pb2
@@ -47,6 +48,8 @@ from inferd.transport.grpc.servicers import (
     Servicer,
     StreamTurns,
     Turn,
+    restricted_paths,
+    restriction_refusal,
 )
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 from inferd.transport.offload import inflate_off_loop
@@ -203,6 +206,11 @@ def _inflate(encoding: str | None, flag: int, payload: memoryview, limit: int) -
         raise _Aborted(grpc.StatusCode.RESOURCE_EXHAUSTED,
                        f"Received message larger than max (more than {limit} bytes inflated)")
     return message
+
+
+def _carries(headers: list[tuple[str, str]], restriction: ApiRestriction) -> bool:
+    """Whether a call's metadata holds the restriction's key with its value (the first of that key)."""
+    return next((value for key, value in headers if key == restriction.header), None) == restriction.value
 
 
 def _timeout(value: str) -> float | None:
@@ -609,6 +617,10 @@ class _Connection(asyncio.Protocol):
         route = self.server.routes.get(path)
         if route is None:
             self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+            return
+        restriction = self.server.restricted.get(path)
+        if restriction is not None and not _carries(call.headers, restriction):  # before any message is read
+            self._finish(call, grpc.StatusCode.UNAVAILABLE, restriction_refusal(restriction))
             return
         if self.server.active >= self.server.max_calls:
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
@@ -1030,15 +1042,18 @@ class NativeGrpcServer:
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int = 64 << 20,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
-                 extra_ports: tuple[int, ...] = ()) -> None:
+                 extra_ports: tuple[int, ...] = (), restrictions: tuple[ApiRestriction, ...] = (),
+                 header_forward_pattern: str = "") -> None:
         self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
+        self.restricted = restricted_paths(restrictions)  # Triton's --grpc-restricted-protocol
         self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
         self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
         self.budget = budget or ByteBudget(8 * max_message_bytes)
         self.active = 0
         self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+                                     ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self.health = NativeHealth([s.name for s in servicers])
         self.routes: dict[str, Route] = {}

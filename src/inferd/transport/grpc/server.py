@@ -20,11 +20,12 @@ import queue
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf.message import Message
 
+from inferd.config import ApiRestriction
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc.errors import SHUTTING_DOWN
@@ -38,6 +39,8 @@ from inferd.transport.grpc.servicers import (
     Servicer,
     StreamTurns,
     Turn,
+    restricted_paths,
+    restriction_refusal,
 )
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 
@@ -252,12 +255,43 @@ def _handler(servicer: Servicer, loop: asyncio.AbstractEventLoop, budget: ByteBu
     return grpc.method_handlers_generic_handler(servicer.name, {**handlers, **streams})
 
 
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # grpc's class takes no type arguments at run time
+    _Interceptor = grpc.ServerInterceptor
+
+
+class _Restrictions(_Interceptor):
+    """Triton's --grpc-restricted-protocol: a call to a restricted method without its metadata ends
+    with UNAVAILABLE before any message is read."""
+
+    def __init__(self, restrictions: tuple[ApiRestriction, ...]) -> None:
+        self._restricted = restricted_paths(restrictions)
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        restriction = self._restricted.get(details.method)
+        if handler is None or restriction is None:
+            return handler
+        if dict(details.invocation_metadata or ()).get(restriction.header) == restriction.value:
+            return handler
+        message = restriction_refusal(restriction)
+
+        def refuse(_: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 class GrpcServer:
     """Must be built on the event loop's thread: calls are handed to that loop."""
 
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
-                 extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = ()) -> None:
+                 extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = (),
+                 restrictions: tuple[ApiRestriction, ...] = (), header_forward_pattern: str = "") -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
@@ -266,12 +300,13 @@ class GrpcServer:
         options = list(dict([*options, *extra_options]).items())
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
-        servicers: list[Servicer] = [KServeV2Servicer(core), PredictionServicer(core), ModelServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+                                     ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self._draining = threading.Event()
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
                                    handlers=[_handler(s, loop, budget, self._draining) for s in servicers],
-                                   options=options,
+                                   options=options, interceptors=[_Restrictions(restrictions)],
                                    maximum_concurrent_rpcs=max_calls)
         self.health = Health(self._server, [s.name for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")

@@ -17,10 +17,11 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from inferd.config import ApiRestriction, header_pattern
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
 from inferd.observability.tracing import RequestTrace
-from inferd.protocols import kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
+from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
@@ -126,6 +127,36 @@ def guarded(method: Callable[[Any, Req, Context], Awaitable[Resp]]
     return call
 
 
+# Triton's API group of each gRPC method, which --grpc-restricted-protocol restricts
+RESTRICTED_GROUPS = {
+    "/inference.GRPCInferenceService/" + rpc: api
+    for api, rpcs in (
+        ("health", ("ServerLive", "ServerReady", "ModelReady")),
+        ("metadata", ("ServerMetadata", "ModelMetadata")),
+        ("inference", ("ModelInfer", "ModelStreamInfer")),
+        ("model-repository", ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")),
+        ("statistics", ("ModelStatistics",)),
+        ("model-config", ("ModelConfig",)),
+        ("logging", ("LogSettings",)),
+        ("trace", ("TraceSetting",)),
+        ("shared-memory", ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+                           "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")),
+    )
+    for rpc in rpcs
+} | {"/grpc.health.v1.Health/Check": "health"}
+
+
+def restricted_paths(restrictions: tuple[ApiRestriction, ...]) -> dict[str, ApiRestriction]:
+    """Method path -> its group's restriction, for the groups restricted."""
+    by_api = {restriction.api: restriction for restriction in restrictions}
+    return {path: by_api[api] for path, api in RESTRICTED_GROUPS.items() if api in by_api}
+
+
+def restriction_refusal(restriction: ApiRestriction) -> str:
+    """Triton's words when a call lacks the restriction's metadata (with status UNAVAILABLE)."""
+    return f"This protocol is restricted, expecting header '{restriction.header}'"
+
+
 def _authorization(context: Context) -> str | None:
     header = getattr(context, "header", None)  # inferd's own server reads it without copying the metadata
     if header is not None:
@@ -141,10 +172,16 @@ class KServeV2Servicer:
 
     name = "inference.GRPCInferenceService"
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, header_forward_pattern: str = "") -> None:
         self.data = core.data
         self.control = core.control
         self.tracer = core.tracer
+        # --grpc-header-forward-pattern: metadata that becomes request parameters
+        self.forward = header_pattern(header_forward_pattern, "--grpc-header-forward-pattern")
+
+    def _forward(self, infer_request: InferRequest, context: Context) -> None:
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, context.invocation_metadata() or (), self.forward)
 
     # RPC name -> (method, request message): also what Ray Serve's gRPC proxy registers
     RPCS: ClassVar[dict[str, tuple[str, type[Message]]]] = {
@@ -188,6 +225,7 @@ class KServeV2Servicer:
                                           request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
+            self._forward(infer_request, context)
             final = False
             if turn is not None:
                 await turn.wait()
@@ -255,6 +293,7 @@ class KServeV2Servicer:
                                           request)
         infer_request.cancelled = context.cancelled
         infer_request.credentials = _authorization(context)
+        self._forward(infer_request, context)
         response = await self.data.infer(infer_request)
         return kserve_v2_grpc.encode_infer_answer(response)  # its raw contents uncopied until sent
 
@@ -271,6 +310,7 @@ class KServeV2Servicer:
                                            request)
             infer_request.cancelled = context.cancelled
             infer_request.credentials = _authorization(context)
+            self._forward(infer_request, context)
             response = await self.data.infer(infer_request, trace)
             if trace.wants_tensors:
                 trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
+from inferd.config import ApiRestriction
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -16,6 +18,7 @@ from inferd.observability.tracing import RequestTrace
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
 from inferd.transport.http.app import (
     Guard,
+    Handler,
     HttpRequest,
     HttpResponse,
     Router,
@@ -59,6 +62,23 @@ def control_guard(core: Core) -> Guard:
     return guard
 
 
+def restricted(restriction: ApiRestriction | None, guard: Guard | None) -> Guard | None:
+    """Triton's --http-restricted-api: a request to a restricted API group without its header and
+    value is refused (403) before anything else is checked or read."""
+    if restriction is None:
+        return guard
+    header, value = restriction.header, restriction.value
+    message = f"This API is restricted, expecting header '{header}'"
+
+    def check(request: HttpRequest) -> None:
+        if request.headers.get(header) != value:
+            raise Forbidden(message)
+        if guard is not None:
+            guard(request)
+
+    return check
+
+
 def _is_loopback(url: str) -> bool:
     try:
         host = urlsplit(url).hostname or ""
@@ -86,39 +106,47 @@ def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
 class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, restrictions: tuple[ApiRestriction, ...] = (),
+                 forward: re.Pattern[str] | None = None) -> None:
         self.core = core
         self.data = core.data
         self.control = core.control
         self.tracer = core.tracer
+        self.restrictions = {restriction.api: restriction for restriction in restrictions}
+        self.forward = forward  # --http-header-forward-pattern: headers that become request parameters
 
     def register(self, router: Router) -> None:
-        router.add("GET", "/v2/health/live", self.live)
-        router.add("GET", "/v2/health/ready", self.ready)
-        router.add("GET", "/v2", self.server_metadata)
-        router.add("GET", "/v2/models/stats", self.statistics)  # before /v2/models/{model}
+        infer, control = inference_guard(self.core), control_guard(self.core)
+
+        def add(method: str, pattern: str, handler: Handler, api: str, guard: Guard | None = None) -> None:
+            router.add(method, pattern, handler, guard=restricted(self.restrictions.get(api), guard))
+
+        add("GET", "/v2/health/live", self.live, "health")
+        add("GET", "/v2/health/ready", self.ready, "health")
+        add("GET", "/v2", self.server_metadata, "metadata")
+        add("GET", "/v2/models/stats", self.statistics, "statistics")  # before /v2/models/{model}
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            router.add("GET", prefix, self.model_metadata)
-            router.add("GET", prefix + "/ready", self.model_ready)
-            router.add("GET", prefix + "/config", self.model_config)
-            router.add("GET", prefix + "/stats", self.statistics)
-            router.add("POST", prefix + "/infer", self.infer, guard=inference_guard(self.core))
-            router.add("POST", prefix + "/generate", self.generate, guard=inference_guard(self.core))
-            router.add("POST", prefix + "/generate_stream", self.generate_stream, guard=inference_guard(self.core))
-        router.add("POST", "/v2/repository/index", self.repository_index)
-        router.add("POST", "/v2/repository/models/{model}/load", self.load, guard=control_guard(self.core))
-        router.add("POST", "/v2/repository/models/{model}/unload", self.unload, guard=control_guard(self.core))
-        router.add("GET", "/v2/logging", self.logging, guard=inference_guard(self.core))
-        router.add("POST", "/v2/logging", self.logging, guard=inference_guard(self.core))
+            add("GET", prefix, self.model_metadata, "metadata")
+            add("GET", prefix + "/ready", self.model_ready, "health")
+            add("GET", prefix + "/config", self.model_config, "model-config")
+            add("GET", prefix + "/stats", self.statistics, "statistics")
+            add("POST", prefix + "/infer", self.infer, "inference", infer)
+            add("POST", prefix + "/generate", self.generate, "inference", infer)
+            add("POST", prefix + "/generate_stream", self.generate_stream, "inference", infer)
+        add("POST", "/v2/repository/index", self.repository_index, "model-repository")
+        add("POST", "/v2/repository/models/{model}/load", self.load, "model-repository", control)
+        add("POST", "/v2/repository/models/{model}/unload", self.unload, "model-repository", control)
+        add("GET", "/v2/logging", self.logging, "logging", infer)
+        add("POST", "/v2/logging", self.logging, "logging", infer)
         for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting"):
-            router.add("GET", path, self.trace_setting, guard=inference_guard(self.core))
-            router.add("POST", path, self.trace_setting, guard=inference_guard(self.core))
+            add("GET", path, self.trace_setting, "trace", infer)
+            add("POST", path, self.trace_setting, "trace", infer)
         for kind in ("systemsharedmemory", "cudasharedmemory"):
             shared = self.system_shared_memory if kind == "systemsharedmemory" else self.cuda_shared_memory
             for prefix in (f"/v2/{kind}", f"/v2/{kind}/region/{{region}}"):
-                router.add("GET", prefix + "/status", shared, guard=inference_guard(self.core))
-                router.add("POST", prefix + "/unregister", shared, guard=inference_guard(self.core))
-            router.add("POST", f"/v2/{kind}/region/{{region}}/register", shared, guard=inference_guard(self.core))
+                add("GET", prefix + "/status", shared, "shared-memory", infer)
+                add("POST", prefix + "/unregister", shared, "shared-memory", infer)
+            add("POST", f"/v2/{kind}/region/{{region}}/register", shared, "shared-memory", infer)
 
     async def live(self, request: HttpRequest) -> HttpResponse:
         return LIVE if self.data.live() else error_response(503, "server is not live")
@@ -177,6 +205,8 @@ class KServeV2Routes:
                                            kserve_v2.decode_infer_request, request.body, header_length, name, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, request.headers.items(), self.forward)
         return infer_request
 
     async def _infer_traced(self, request: HttpRequest, name: str, version: str | None, trace: RequestTrace
@@ -207,6 +237,8 @@ class KServeV2Routes:
         infer_request = kserve_v2_generate.decode_generate_request(request.body, metadata, version)
         infer_request.cancelled = request.disconnected
         infer_request.credentials = credentials(request)
+        if self.forward is not None:
+            kserve_v2.forward_headers(infer_request.parameters, request.headers.items(), self.forward)
         return infer_request
 
     async def generate(self, request: HttpRequest) -> HttpResponse:
