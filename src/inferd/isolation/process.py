@@ -5,7 +5,8 @@ instances is a ``python -m inferd.isolation.worker`` process that loaded the mod
 checks out an idle instance, writes the tensors to shared memory and waits for the answer while
 watching the process: if it dies (segfault, ``os._exit``), answers later than
 ``response_timeout_s``, or grows past ``memory_limit_mb`` of resident memory, that call fails with
-a ModelError saying which, and a fresh instance starts in the background. Nothing else notices.
+a ModelError saying which, and a fresh instance starts in the background. Nothing else notices. A
+version's instances start in parallel at load, which returns once every one has loaded.
 """
 
 from __future__ import annotations
@@ -405,13 +406,39 @@ class ProcessRuntime(Runtime):
         self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self._losses: dict[int, int] = {}  # a sequence lane -> how often its instance went (lane_losses)
         self.restarts = 0
-        first = self._new_instance()
-        first.start()  # in this thread: a model that cannot load fails its load, with the reason
-        self._live[first.index] = first
-        self._adopt(first.metadata)
-        self._ready = 1
-        self._idle.put(first)
-        self._fill()
+        started = self._start_all(count)
+        self._adopt(started[0].metadata)
+        for instance in started:
+            self._live[instance.index] = instance
+            self._idle.put(instance)
+        self._ready = len(started)
+
+    def _start_all(self, count: int) -> list[InstanceProcess]:
+        """Start ``count`` instances at once and wait for every one, as Triton's load does: the
+        version is ready only with all of them. One that cannot load fails the load, with its
+        reason, and the others are stopped."""
+        instances = [self._new_instance() for _ in range(max(count, 1))]
+        failures: dict[int, BaseException] = {}
+
+        def start(instance: InstanceProcess) -> None:
+            try:
+                instance.start()
+            except BaseException as exc:  # handed to the loading thread, raised there
+                failures[instance.index] = exc
+
+        threads = [threading.Thread(target=start, args=(instance,), name=f"inferd-start-{self.name}", daemon=True)
+                   for instance in instances[1:]]
+        for thread in threads:
+            thread.start()
+        start(instances[0])  # in this thread
+        for thread in threads:
+            thread.join()
+        if failures:
+            for instance in instances:
+                if instance.index not in failures:
+                    instance.stop()
+            raise failures[min(failures)]
+        return instances
 
     def _adopt(self, metadata: dict[str, Any]) -> None:
         self.platform = metadata["platform"]

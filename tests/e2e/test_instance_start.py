@@ -1,0 +1,84 @@
+"""A Triton model with several process instances is ready only once every instance is initialized,
+as Triton's load (at start-up and through the repository load API) returns then; one instance that
+cannot initialize fails the whole load. Served by the real server, asked with tritonclient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import serve
+from tests.models import write
+
+# Each instance writes its name into `marks` once initialized; every instance but the first takes
+# a while, so a load that returned after the first would be seen with one mark. An instance whose
+# name is in `refused` raises instead.
+SLOW_START = """
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+MARKS = Path({marks!r})
+REFUSED = {refused!r}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        name = args["model_instance_name"]
+        if not name.endswith("_0"):
+            time.sleep(1.5)
+        if name in REFUSED:
+            raise RuntimeError(f"instance {{name}} refuses to start")
+        (MARKS / name).write_text("initialized")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+"""
+
+PBTXT = """
+backend: "python"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 3 kind: KIND_CPU } ]
+"""
+
+
+def slow_model(root: Path, name: str, marks: Path, refused: tuple[str, ...] = ()) -> None:
+    marks.mkdir(parents=True, exist_ok=True)
+    write(root / name / "1" / "model.py", SLOW_START.format(marks=str(marks), refused=list(refused)))
+    write(root / name / "config.pbtxt", PBTXT)
+
+
+def test_a_model_with_three_instances_is_ready_only_once_all_three_are_initialized(tmp_path: Path) -> None:
+    at_start, loaded = tmp_path / "marks_start", tmp_path / "marks_load"
+    slow_model(tmp_path / "repo", "at_start", at_start)
+    slow_model(tmp_path / "repo", "loaded", loaded)
+    with serve(tmp_path / "repo", "--model-control", "explicit", "--load-model", "at_start", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
+        assert http.is_model_ready("at_start")
+        assert sorted(p.name for p in at_start.iterdir()) == ["at_start_0_0", "at_start_0_1", "at_start_0_2"]
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.load_model("loaded")  # returns once the version is ready: every instance initialized
+        assert sorted(p.name for p in loaded.iterdir()) == ["loaded_0_0", "loaded_0_1", "loaded_0_2"]
+        assert client.is_model_ready("loaded")
+        config = client.get_model_config("loaded").config
+        assert config.instance_group[0].count == 3
+
+
+def test_a_load_whose_second_instance_fails_fails_and_leaves_the_model_unavailable(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    slow_model(tmp_path / "repo", "half", marks, refused=("half_0_1",))
+    with serve(tmp_path / "repo", "--model-control", "explicit", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="instance half_0_1 refuses to start"):
+            client.load_model("half")
+        assert not client.is_model_ready("half")
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["half"].state == "UNAVAILABLE"
+        assert "half_0_1 refuses to start" in index["half"].reason
