@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -20,6 +21,8 @@ from tests.models import write
 SLOW_START = """
 import time
 from pathlib import Path
+
+import numpy as np
 
 import triton_python_backend_utils as pb_utils
 
@@ -82,3 +85,58 @@ def test_a_load_whose_second_instance_fails_fails_and_leaves_the_model_unavailab
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["half"].state == "UNAVAILABLE"
         assert "half_0_1 refuses to start" in index["half"].reason
+
+
+COUNTED = """
+import os
+from pathlib import Path
+
+import numpy as np
+
+import triton_python_backend_utils as pb_utils
+
+MARKS = Path({marks!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        (MARKS / f"initialize-{{os.getpid()}}").write_text(args["model_instance_name"])
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+
+    def finalize(self):
+        (MARKS / f"finalize-{{os.getpid()}}").write_text("")
+"""
+
+
+def marked(marks: Path, kind: str) -> int:
+    return sum(1 for p in marks.iterdir() if p.name.startswith(kind))
+
+
+def test_a_load_that_changes_only_the_instance_count_adds_or_removes_instances_in_place(tmp_path: Path) -> None:
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 2"))
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert marked(marks, "initialize") == 2
+        write(repo / "m" / "config.pbtxt", PBTXT)  # count 3: one more instance, the two others kept
+        client.load_model("m")
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 0)
+        assert client.get_model_config("m").config.instance_group[0].count == 3
+        client.load_model("m")  # nothing changed: the model stays as loaded
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 0)
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))  # two retire
+        client.load_model("m")  # returns once the two have finalized, as Triton's
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 2)
+        x = np.array([[4.0]], dtype=np.float32)
+        request = grpcclient.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 2").replace("max_batch_size: 4",
+                                                                                       "max_batch_size: 8"))
+        client.load_model("m")  # another key changed too: a full reload, every instance new
+        assert marked(marks, "initialize") == 5
+        assert client.get_model_config("m").config.max_batch_size == 8

@@ -403,6 +403,7 @@ class ProcessRuntime(Runtime):
         self._closed = False
         self._start_failure = ""  # why the last start failed; "" once one succeeds
         self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
+        self._retiring: dict[int, InstanceProcess] = {}  # scaled away, stopping (workers: not ready)
         self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self._losses: dict[int, int] = {}  # a sequence lane -> how often its instance went (lane_losses)
         self.restarts = 0
@@ -584,7 +585,14 @@ class ProcessRuntime(Runtime):
     def _retire(self, instance: InstanceProcess) -> None:
         self._live.pop(instance.index, None)
         self._lose_lanes(instance.index)
-        threading.Thread(target=instance.stop, daemon=True).start()
+        self._retiring[instance.index] = instance
+        threading.Thread(target=self._stop_retired, args=(instance,), daemon=True).start()
+
+    def _stop_retired(self, instance: InstanceProcess) -> None:
+        try:
+            instance.stop()
+        finally:
+            self._retiring.pop(instance.index, None)
 
     def _replace(self, dead: InstanceProcess) -> None:
         self._live.pop(dead.index, None)
@@ -661,10 +669,13 @@ class ProcessRuntime(Runtime):
             instance.stop()
 
     def workers(self) -> list[WorkerStatus]:
-        """Every running instance process: its pid, when it became ready, its resident memory."""
-        return [WorkerStatus(index, instance.pid or 0, instance.started, True,
+        """Every instance process: its pid, when it became ready, its resident memory; one scaled
+        away is listed not ready until it has stopped."""
+        running = [(index, instance, True) for index, instance in self._live.items()]
+        running += [(index, instance, False) for index, instance in list(self._retiring.items())]
+        return [WorkerStatus(index, instance.pid or 0, instance.started, ready,
                              _resident_mib(instance.pid) * 1024 * 1024 if instance.pid else 0)
-                for index, instance in sorted(self._live.items())]
+                for index, instance, ready in sorted(running, key=lambda entry: entry[0])]
 
     def describe(self) -> str:
         return f"{self._description} in {self._target} process(es)"
