@@ -5,7 +5,8 @@ instances is a ``python -m inferd.isolation.worker`` process that loaded the mod
 checks out an idle instance, writes the tensors to shared memory and waits for the answer while
 watching the process: if it dies (segfault, ``os._exit``), answers later than
 ``response_timeout_s``, or grows past ``memory_limit_mb`` of resident memory, that call fails with
-a ModelError saying which, and a fresh instance starts in the background. Nothing else notices.
+a ModelError saying which, and a fresh instance starts in the background. Nothing else notices. A
+version's instances start in parallel at load, which returns once every one has loaded.
 """
 
 from __future__ import annotations
@@ -414,16 +415,43 @@ class ProcessRuntime(Runtime):
         self._closed = False
         self._start_failure = ""  # why the last start failed; "" once one succeeds
         self._live: dict[int, InstanceProcess] = {}  # started and not yet stopped, by index
+        self._retiring: dict[int, InstanceProcess] = {}  # scaled away, stopping (workers: not ready)
         self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self._losses: dict[int, int] = {}  # a sequence lane -> how often its instance went (lane_losses)
         self.restarts = 0
-        first = self._new_instance()
-        first.start()  # in this thread: a model that cannot load fails its load, with the reason
-        self._live[first.index] = first
-        self._adopt(first.metadata)
-        self._ready = 1
-        self._idle.put(first)
-        self._fill()
+        started = self._start_all(count)
+        self._adopt(started[0].metadata)
+        for instance in started:
+            self._live[instance.index] = instance
+            self._idle.put(instance)
+        self._ready = len(started)
+
+    def _start_all(self, count: int) -> list[InstanceProcess]:
+        """Start ``count`` instances at once and wait for every one, as Triton's load does: the
+        version is ready only with all of them. One that cannot load fails the load, with its
+        reason, and the others are stopped."""
+        instances = [self._new_instance() for _ in range(max(count, 1))]
+        failures: dict[int, BaseException] = {}
+
+        def start(instance: InstanceProcess) -> None:
+            try:
+                instance.start()
+            except BaseException as exc:  # handed to the loading thread, raised there
+                failures[instance.index] = exc
+
+        threads = [threading.Thread(target=start, args=(instance,), name=f"inferd-start-{self.name}", daemon=True)
+                   for instance in instances[1:]]
+        for thread in threads:
+            thread.start()
+        start(instances[0])  # in this thread
+        for thread in threads:
+            thread.join()
+        if failures:
+            for instance in instances:
+                if instance.index not in failures:
+                    instance.stop()
+            raise failures[min(failures)]
+        return instances
 
     def _adopt(self, metadata: dict[str, Any]) -> None:
         self.platform = metadata["platform"]
@@ -569,7 +597,14 @@ class ProcessRuntime(Runtime):
     def _retire(self, instance: InstanceProcess) -> None:
         self._live.pop(instance.index, None)
         self._lose_lanes(instance.index)
-        threading.Thread(target=instance.stop, daemon=True).start()
+        self._retiring[instance.index] = instance
+        threading.Thread(target=self._stop_retired, args=(instance,), daemon=True).start()
+
+    def _stop_retired(self, instance: InstanceProcess) -> None:
+        try:
+            instance.stop()
+        finally:
+            self._retiring.pop(instance.index, None)
 
     def _replace(self, dead: InstanceProcess) -> None:
         self._live.pop(dead.index, None)
@@ -646,10 +681,13 @@ class ProcessRuntime(Runtime):
             instance.stop()
 
     def workers(self) -> list[WorkerStatus]:
-        """Every running instance process: its pid, when it became ready, its resident memory."""
-        return [WorkerStatus(index, instance.pid or 0, instance.started, True,
+        """Every instance process: its pid, when it became ready, its resident memory; one scaled
+        away is listed not ready until it has stopped."""
+        running = [(index, instance, True) for index, instance in self._live.items()]
+        running += [(index, instance, False) for index, instance in list(self._retiring.items())]
+        return [WorkerStatus(index, instance.pid or 0, instance.started, ready,
                              _resident_mib(instance.pid) * 1024 * 1024 if instance.pid else 0)
-                for index, instance in sorted(self._live.items())]
+                for index, instance, ready in sorted(running, key=lambda entry: entry[0])]
 
     def describe(self) -> str:
         return f"{self._description} in {self._target} process(es)"

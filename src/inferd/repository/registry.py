@@ -54,6 +54,8 @@ DRAIN_SECONDS = 30.0  # the longest a retiring version waits for the requests it
 UNLOAD_GRACE_S = 2.0  # what a runtime is given to stop its instances once draining ended
 BUILDS_AT_ONCE = 4  # model versions built at once (Triton's --model-load-thread-count default): one slow
 # or hanging build holds up no other model
+INSTANCES_START_S = 600.0  # the longest an instance update waits for its new instances to run
+CONFIG_FILES = ("config.pbtxt", "config.toml")
 NO_WORKERS = "no workers: use the scale workers API to add workers"  # a version registered, not loaded
 
 
@@ -321,6 +323,8 @@ class ModelRegistry(Generic[S]):
         self._unloaded.discard(name)
         old = self._models.get(name)
         serving = old is not None and bool(old.ready_versions())
+        if old is not None and serving and scratch is None and await self._update_instances(old, folder, config):
+            return old
         entry = await self._load_folder(folder, publish_early=not serving, config=config)
         if old is not None and old is not entry and serving:
             if not entry.ready_versions() and (scratch is not None or not await self._drop_removed(old, folder)):
@@ -334,6 +338,37 @@ class ModelRegistry(Generic[S]):
         if scratch is not None:
             self._scratch[name] = scratch
         return entry
+
+    async def _update_instances(self, old: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> bool:
+        """A load that changes only the instance count, the model's files and the other keys as
+        they were: the loaded versions start or retire instances in place, as Triton's does, and the
+        load returns once the new ones run and the retired ones stopped; a load that changes nothing
+        keeps the model as loaded. False (nothing done) for any other change."""
+        found = await asyncio.to_thread(fingerprint, folder)
+        if _without_configs(found) != _without_configs(self._fingerprints.get(old.name, ())):
+            return False
+        try:
+            new = self._configure(old.name, await asyncio.to_thread(_completed_config, folder, config))
+        except ConfigError:
+            return False  # the full load says what is wrong
+        count, was = new.instance_group.count, old.config.instance_group
+        kept = sorted(str(number) for number in new.version_policy.choose(list(folder.versions)))
+        if (was.kind == "gpu" or replace(new.instance_group, count=was.count) != was
+                or replace(new, instance_group=was) != old.config
+                or kept != sorted(old.versions) or sorted(old.ready_versions()) != kept):
+            return False
+        if count == was.count:
+            log.info("model %s: unchanged, kept as loaded", old.name)
+            return True
+        runtimes = [slot.runtime for slot in old.versions.values() if slot.runtime is not None]
+        log.info("model %s: instance count %d -> %d, in place", old.name, was.count, count)
+        for runtime in runtimes:
+            await asyncio.to_thread(runtime.scale, count)
+        await asyncio.gather(*(_instances_settled(runtime, count) for runtime in runtimes))
+        old.config = new
+        self._fingerprints[old.name] = found
+        old.changed()
+        return True
 
     async def _drop_removed(self, old: ModelEntry[S], folder: ModelFolder) -> bool:
         """A reload that failed: the old versions whose folders are gone unload all the same (a
@@ -577,14 +612,7 @@ class ModelRegistry(Generic[S]):
 
     async def _fill(self, entry: ModelEntry[S], folder: ModelFolder, config: ModelConfig | None) -> None:
         try:
-            def read() -> ModelConfig:  # on a thread: a config.pbtxt of megabytes takes seconds to
-                # parse, and a Python model's auto_complete_config runs in a process of its own
-                completed = auto_completed(folder, config if config is not None else read_config(folder))
-                if folder.versions:  # a model.mar's model-config.yaml may ask for sequence batching
-                    completed = with_archive_sequences(completed, folder.versions[max(folder.versions)])
-                return read_initial_states(completed, folder.path)
-
-            entry.config = self._configure(folder.name, await asyncio.to_thread(read))
+            entry.config = self._configure(folder.name, await asyncio.to_thread(_completed_config, folder, config))
         except ConfigError as exc:
             self._fail_model(entry, folder, str(exc))
             return
@@ -692,6 +720,32 @@ class ModelRegistry(Generic[S]):
             known = ", ".join(sorted(entry.config.version_labels)) or "none ([version_labels] in config.toml)"
             raise InvalidInput(f"Unrecognized servable version label: {label} (model '{name}' has labels: {known})")
         return str(entry.config.version_labels[label])
+
+
+def _completed_config(folder: ModelFolder, config: ModelConfig | None) -> ModelConfig:
+    """The folder's configuration (or a load's), completed. On a thread: a config.pbtxt of megabytes
+    takes seconds to parse, and a Python model's auto_complete_config runs in a process of its own."""
+    completed = auto_completed(folder, config if config is not None else read_config(folder))
+    if folder.versions:  # a model.mar's model-config.yaml may ask for sequence batching
+        completed = with_archive_sequences(completed, folder.versions[max(folder.versions)])
+    return read_initial_states(completed, folder.path)
+
+
+def _without_configs(found: Fingerprint) -> Fingerprint:
+    """A fingerprint without the model's configuration files and Python's byte-code caches (a Python
+    model's import writes them): what an instance update leaves as it was."""
+    return tuple(entry for entry in found if entry[0] not in CONFIG_FILES and "__pycache__" not in entry[0])
+
+
+async def _instances_settled(runtime: Runtime, count: int, timeout_s: float = INSTANCES_START_S) -> None:
+    """Wait (at most ``timeout_s``) until a runtime that runs its own processes runs ``count``, each
+    ready: the new ones started, those retired stopped (Triton's load returns then)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        workers = runtime.workers()
+        if workers is None or (len(workers) == count and all(worker.ready for worker in workers)):
+            return
+        await asyncio.sleep(0.05)
 
 
 def _remove(scratch: Path | None) -> None:

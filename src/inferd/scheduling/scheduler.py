@@ -51,6 +51,10 @@ class Scheduler(Runtime):
     def resize(self, count: int) -> None:
         """Run ``count`` executions at once from now on (>= 1)."""
 
+    def scale(self, count: int) -> None:
+        """A scheduler scaled (the repository's instance update) is resized."""
+        self.resize(count)
+
     @abstractmethod
     def statistics(self) -> SchedulerStats:
         """The counters, read without locking (a snapshot may be a call behind)."""

@@ -1,0 +1,142 @@
+"""A Triton model with several process instances is ready only once every instance is initialized,
+as Triton's load (at start-up and through the repository load API) returns then; one instance that
+cannot initialize fails the whole load. Served by the real server, asked with tritonclient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import serve
+from tests.models import write
+
+# Each instance writes its name into `marks` once initialized; every instance but the first takes
+# a while, so a load that returned after the first would be seen with one mark. An instance whose
+# name is in `refused` raises instead.
+SLOW_START = """
+import time
+from pathlib import Path
+
+import numpy as np
+
+import triton_python_backend_utils as pb_utils
+
+MARKS = Path({marks!r})
+REFUSED = {refused!r}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        name = args["model_instance_name"]
+        if not name.endswith("_0"):
+            time.sleep(1.5)
+        if name in REFUSED:
+            raise RuntimeError(f"instance {{name}} refuses to start")
+        (MARKS / name).write_text("initialized")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+"""
+
+PBTXT = """
+backend: "python"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 3 kind: KIND_CPU } ]
+"""
+
+
+def slow_model(root: Path, name: str, marks: Path, refused: tuple[str, ...] = ()) -> None:
+    marks.mkdir(parents=True, exist_ok=True)
+    write(root / name / "1" / "model.py", SLOW_START.format(marks=str(marks), refused=list(refused)))
+    write(root / name / "config.pbtxt", PBTXT)
+
+
+def test_a_model_with_three_instances_is_ready_only_once_all_three_are_initialized(tmp_path: Path) -> None:
+    at_start, loaded = tmp_path / "marks_start", tmp_path / "marks_load"
+    slow_model(tmp_path / "repo", "at_start", at_start)
+    slow_model(tmp_path / "repo", "loaded", loaded)
+    with serve(tmp_path / "repo", "--model-control", "explicit", "--load-model", "at_start", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
+        assert http.is_model_ready("at_start")
+        assert sorted(p.name for p in at_start.iterdir()) == ["at_start_0_0", "at_start_0_1", "at_start_0_2"]
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.load_model("loaded")  # returns once the version is ready: every instance initialized
+        assert sorted(p.name for p in loaded.iterdir()) == ["loaded_0_0", "loaded_0_1", "loaded_0_2"]
+        assert client.is_model_ready("loaded")
+        config = client.get_model_config("loaded").config
+        assert config.instance_group[0].count == 3
+
+
+def test_a_load_whose_second_instance_fails_fails_and_leaves_the_model_unavailable(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    slow_model(tmp_path / "repo", "half", marks, refused=("half_0_1",))
+    with serve(tmp_path / "repo", "--model-control", "explicit", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException, match="instance half_0_1 refuses to start"):
+            client.load_model("half")
+        assert not client.is_model_ready("half")
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["half"].state == "UNAVAILABLE"
+        assert "half_0_1 refuses to start" in index["half"].reason
+
+
+COUNTED = """
+import os
+from pathlib import Path
+
+import numpy as np
+
+import triton_python_backend_utils as pb_utils
+
+MARKS = Path({marks!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        (MARKS / f"initialize-{{os.getpid()}}").write_text(args["model_instance_name"])
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+
+    def finalize(self):
+        (MARKS / f"finalize-{{os.getpid()}}").write_text("")
+"""
+
+
+def marked(marks: Path, kind: str) -> int:
+    return sum(1 for p in marks.iterdir() if p.name.startswith(kind))
+
+
+def test_a_load_that_changes_only_the_instance_count_adds_or_removes_instances_in_place(tmp_path: Path) -> None:
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 2"))
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert marked(marks, "initialize") == 2
+        write(repo / "m" / "config.pbtxt", PBTXT)  # count 3: one more instance, the two others kept
+        client.load_model("m")
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 0)
+        assert client.get_model_config("m").config.instance_group[0].count == 3
+        client.load_model("m")  # nothing changed: the model stays as loaded
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 0)
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))  # two retire
+        client.load_model("m")  # returns once the two have finalized, as Triton's
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (3, 2)
+        x = np.array([[4.0]], dtype=np.float32)
+        request = grpcclient.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 2").replace("max_batch_size: 4",
+                                                                                       "max_batch_size: 8"))
+        client.load_model("m")  # another key changed too: a full reload, every instance new
+        assert marked(marks, "initialize") == 5
+        assert client.get_model_config("m").config.max_batch_size == 8
