@@ -524,6 +524,39 @@ def test_legacy_mode_logs_the_front_end_metrics_and_answers_only_ts_inference(tm
         assert re.search(line, logged), (line, logged)
 
 
+HEADERS_HANDLER = '''
+class Headers:
+    def initialize(self, context):
+        pass
+
+    def handle(self, data, context):
+        for i in range(len(data)):
+            context.set_response_header(i, "X-Answer-Row", str(i))
+            context.set_response_header(i, "Content-Type", "text/x-handler")
+            context.set_response_header(i, "X-Split", "a\\r\\nInjected: yes")  # cannot be sent: left out
+            context.set_response_header(i, "Content-Length", "1")  # the server's own: left out
+        return ["ok"] * len(data)
+'''
+
+
+def test_headers_a_handler_sets_are_sent_with_its_answer(tmp_path: Path) -> None:
+    """context.set_response_header(idx, key, value): TorchServe's front end sends each with the
+    answer; a Content-Type set so is the answer's content type."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(HEADERS_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "headers", work / "empty.pt", str(work / "handler.py"))
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "headers.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true"}) as urls:
+        answer = requests.post(f"{urls['inference']}/predictions/headers", data=b"x", timeout=30)
+    assert (answer.status_code, answer.text) == (200, "ok")
+    assert answer.headers["X-Answer-Row"] == "0" and answer.headers["Content-Type"] == "text/x-handler"
+    assert "Injected" not in answer.headers and "X-Split" not in answer.headers, answer.headers
+    assert answer.headers["Content-Length"] == "2"
+
+
 DECLARED_METRICS_HANDLER = '''
 from ts.metrics.metric_type_enum import MetricTypes
 

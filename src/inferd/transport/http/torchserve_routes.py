@@ -226,11 +226,12 @@ class TorchServeRoutes:
             raise
         body, answer_type = torchserve.encode_prediction(first)
         status = torchserve.prediction_status(first)
+        headers = torchserve.prediction_headers(first)
         if first.final:
             await stream.aclose()
             self._observe(infer_request, start, first)
-            return HttpResponse(status, body, answer_type.encode("latin-1"), [server_timing(first)])
-        return HttpResponse(status, body, answer_type.encode("latin-1"),
+            return HttpResponse(status, body, answer_type.encode("latin-1"), [server_timing(first), *headers])
+        return HttpResponse(status, body, answer_type.encode("latin-1"), headers,
                             stream=self._chunks(stream, infer_request, start))
 
     async def _chunks(self, stream: AsyncGenerator[InferResponse, None], infer_request: InferRequest,
