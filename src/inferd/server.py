@@ -273,7 +273,7 @@ class Server:
         self.settings = settings
         self.core = build_core(settings)
         self._stop = asyncio.Event()
-        self.ts_metrics = TorchServeMetrics()
+        self.ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode)
         self._transports = Transports(self.core, settings, self.ts_metrics)
         self._workers: Workers | None = None
         self.exit_code = 0
@@ -496,7 +496,8 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     await channel.connect()
     core = remote_core(channel)
     number = int(os.environ.get("INFERD_WORKER", "0"))
-    transports = Transports(core, settings, TorchServeMetrics(), share=settings.workers, part=number)
+    ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode)
+    transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number)
     await transports.start()
     channel.call_now("workers", "listening", number)
     stop = asyncio.Event()

@@ -443,6 +443,101 @@ def test_disable_system_metrics_leaves_them_out_of_ts_metrics(tmp_path: Path) ->
     assert "Requests2XX.Count:1.0" in ts_metrics and "Utilization" not in ts_metrics, ts_metrics
 
 
+def _logs_store(tmp_path: Path) -> Path:
+    """A model store holding logs.mar (LOGGING_HANDLER, version 1.0)."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(LOGGING_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "logs", work / "empty.pt", str(work / "handler.py"))
+    return store
+
+
+def _register_and_predict(urls: dict[str, str]) -> None:
+    registered = requests.post(f"{urls['management']}/models", params={
+        "url": "logs.mar", "initial_workers": "1", "synchronous": "true"}, timeout=120)
+    assert registered.status_code == 200, registered.text
+    answer = requests.post(f"{urls['inference']}/predictions/logs", data=b"x", timeout=30)
+    assert (answer.status_code, answer.text) == (200, "ok")
+
+
+FRONT_END_GAUGES = (r'QueueTime\{Level="Host",Hostname="[^"]+",\} \d+\.\d+',
+                    r'WorkerThreadTime\{Level="Host",Hostname="[^"]+",\} \d+\.\d+',
+                    r'WorkerLoadTime\{WorkerName="W-9000-logs_1\.0",Level="Host",Hostname="[^"]+",\} \d+\.\d+',
+                    r'CPUUtilization\{Level="Host",Hostname="[^"]+",\} \d+\.\d+',
+                    r'MemoryUsed\{Level="Host",Hostname="[^"]+",\} \d+\.\d+',
+                    r'DiskAvailable\{Level="Host",Hostname="[^"]+",\} \d+\.\d+')
+
+
+def test_prometheus_mode_answers_the_front_end_and_system_gauges(tmp_path: Path) -> None:
+    """metrics_mode=prometheus: QueueTime, WorkerThreadTime, WorkerLoadTime and the host's system
+    gauges are on the metrics address (TorchServe's metrics_default.yaml ts_metrics), none in ts_metrics.log."""
+    store = _logs_store(tmp_path)
+    with torchserve(tmp_path, {"model_store": str(store), "enable_model_api": "true", "metrics_mode": "prometheus",
+                               "disable_token_authorization": "true"}) as urls:
+        _register_and_predict(urls)
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    for pattern in FRONT_END_GAUGES:
+        assert len(re.findall(f"^{pattern}$", shown, re.M)) == 1, (pattern, shown)
+    for kind, name in (("gauge", "QueueTime"), ("gauge", "GPUMemoryUtilization"), ("counter", "Requests2XX")):
+        assert f"# TYPE {name} {kind}\n" in shown, shown  # a GPU gauge declared, without samples here
+    assert "QueueTime" not in (tmp_path / "logs" / "ts_metrics.log").read_text()
+
+
+def test_legacy_mode_logs_the_front_end_metrics_and_answers_only_ts_inference(tmp_path: Path) -> None:
+    """metrics_mode=legacy: the ts_inference_* counters only on the metrics address; the request
+    counts, QueueTime, WorkerLoadTime and the system metrics only in ts_metrics.log."""
+    store = _logs_store(tmp_path)
+    with torchserve(tmp_path, {"model_store": str(store), "enable_model_api": "true", "metrics_mode": "legacy",
+                               "disable_token_authorization": "true"}) as urls:
+        _register_and_predict(urls)
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    assert re.search(r'^ts_inference_requests_total\{model_name="logs",model_version="default",hostname="[^"]+",\} '
+                     r"1\.0$", shown, re.M), shown
+    for name in ("Requests2XX", "QueueTime", "WorkerLoadTime", "CPUUtilization"):
+        assert name not in shown, shown
+    logged = (tmp_path / "logs" / "ts_metrics.log").read_text()
+    assert "ts_inference" not in logged, logged
+    for line in (r"Requests2XX\.Count:1\.0\|#Level:Host\|", r"QueueTime\.Milliseconds:[0-9.e-]+\|#Level:Host\|",
+                 r"WorkerLoadTime\.Milliseconds:[0-9.]+\|#WorkerName:W-9000-logs_1\.0,Level:Host\|",
+                 r"CPUUtilization\.Percent:[0-9.]+\|#Level:Host\|"):
+        assert re.search(line, logged), (line, logged)
+
+
+HEADERS_HANDLER = '''
+class Headers:
+    def initialize(self, context):
+        pass
+
+    def handle(self, data, context):
+        for i in range(len(data)):
+            context.set_response_header(i, "X-Answer-Row", str(i))
+            context.set_response_header(i, "Content-Type", "text/x-handler")
+            context.set_response_header(i, "X-Split", "a\\r\\nInjected: yes")  # cannot be sent: left out
+            context.set_response_header(i, "Content-Length", "1")  # the server's own: left out
+        return ["ok"] * len(data)
+'''
+
+
+def test_headers_a_handler_sets_are_sent_with_its_answer(tmp_path: Path) -> None:
+    """context.set_response_header(idx, key, value): TorchServe's front end sends each with the
+    answer; a Content-Type set so is the answer's content type."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(HEADERS_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "headers", work / "empty.pt", str(work / "handler.py"))
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "headers.mar",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true"}) as urls:
+        answer = requests.post(f"{urls['inference']}/predictions/headers", data=b"x", timeout=30)
+    assert (answer.status_code, answer.text) == (200, "ok")
+    assert answer.headers["X-Answer-Row"] == "0" and answer.headers["Content-Type"] == "text/x-handler"
+    assert "Injected" not in answer.headers and "X-Split" not in answer.headers, answer.headers
+    assert answer.headers["Content-Length"] == "2"
+
+
 DECLARED_METRICS_HANDLER = '''
 from ts.metrics.metric_type_enum import MetricTypes
 

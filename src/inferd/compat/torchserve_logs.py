@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from inferd.observability.torchserve_metrics import cpu_times, system_metrics
+
 log = logging.getLogger("inferd.torchserve")
 
 MODEL_LOG_ENV = "INFERD_TS_MODEL_LOG"  # model_log.log's path, read by runtimes/handler.py in instance processes
@@ -24,15 +26,16 @@ FORMAT = "%(asctime)s [%(levelname)s] %(name)s - %(message)s"
 
 def install(environ: dict[str, str], cwd: Path, metrics_mode: str, system_metrics: bool = True) -> None:
     """Open the five files and attach them to the loggers that write them (the front end's
-    metrics only in ``metrics_mode`` log, as TorchServe's, with the host's system metrics unless
+    metrics only in ``metrics_mode`` log and legacy, as TorchServe's, with the host's system metrics unless
     ``disable_system_metrics``)."""
     logs = Path(environ.get("LOG_LOCATION") or cwd / "logs")
     metrics = Path(environ.get("METRICS_LOCATION") or cwd / "logs")
     logging.getLogger("inferd.access").propagate = False  # its lines go to access_log.log only
     _attach(logs / "ts_log.log", "inferd", propagate=True)
     _attach(logs / "access_log.log", "inferd.access", propagate=False)
-    _attach(metrics / "ts_metrics.log", "inferd.torchserve.ts_metrics" if metrics_mode == "log" else "", False)
-    if metrics_mode == "log" and system_metrics and logging.getLogger("inferd.torchserve.ts_metrics").handlers:
+    logged = metrics_mode in ("log", "legacy")  # legacy: the front end's metrics but ts_inference_*'s
+    _attach(metrics / "ts_metrics.log", "inferd.torchserve.ts_metrics" if logged else "", False)
+    if logged and system_metrics and logging.getLogger("inferd.torchserve.ts_metrics").handlers:
         threading.Thread(target=_log_system_metrics, name="ts-system-metrics", daemon=True).start()
     _attach(metrics / "model_metrics.log", "inferd.torchserve.model_metrics.declared", propagate=False)
     model_log = logs / "model_log.log"
@@ -69,39 +72,10 @@ def _log_system_metrics() -> None:
     the host's CPU, memory and root disk), read from /proc and statvfs."""
     metrics = logging.getLogger("inferd.torchserve.ts_metrics")
     host = socket.gethostname()
-    cpu = _cpu_times()
+    cpu = cpu_times()
     while True:
-        busy_idle, cpu = cpu, _cpu_times()
-        for name, unit, value in _system_metrics(busy_idle, cpu):
+        busy_idle, cpu = cpu, cpu_times()
+        for name, unit, value in system_metrics(busy_idle, cpu):
             metrics.info("%s.%s:%s|#Level:Host|#hostname:%s,timestamp:%d", name, unit, round(value, 1), host,
                          int(time.time()))
         time.sleep(SYSTEM_METRICS_INTERVAL_S)
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, idle) jiffies of all CPUs so far (/proc/stat's first line; zeros where there is none)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, idle
-
-
-def _system_metrics(before: tuple[int, int], now: tuple[int, int]) -> list[tuple[str, str, float]]:
-    busy, idle = now[0] - before[0], now[1] - before[1]
-    rows = [("CPUUtilization", "Percent", 100.0 * busy / (busy + idle) if busy + idle > 0 else 0.0)]
-    try:
-        meminfo = {line.split(":")[0]: int(line.split()[1]) for line in
-                   Path("/proc/meminfo").read_text().splitlines() if line.endswith("kB")}
-        total, available = meminfo["MemTotal"] / 1024, meminfo["MemAvailable"] / 1024  # MB
-        rows += [("MemoryUsed", "Megabytes", total - available), ("MemoryAvailable", "Megabytes", available),
-                 ("MemoryUtilization", "Percent", 100.0 * (total - available) / total)]
-    except (OSError, KeyError, ValueError, ZeroDivisionError):
-        pass
-    disk = os.statvfs("/")
-    gib = 1024.0**3
-    used, free = (disk.f_blocks - disk.f_bfree) * disk.f_frsize / gib, disk.f_bavail * disk.f_frsize / gib
-    rows += [("DiskUsage", "Gigabytes", used), ("DiskUtilization", "Percent", 100.0 * used / (used + free or 1.0)),
-             ("DiskAvailable", "Gigabytes", free)]
-    return rows

@@ -229,7 +229,22 @@ def encode_prediction(response: InferResponse) -> tuple[bytes, str]:
     body = outputs["output"].reshape(-1)[0]
     kind = outputs.get("content_type")
     content_type = kind.reshape(-1)[0].decode("latin-1") if kind is not None else "application/json"
-    return bytes(body), content_type
+    return bytes(body), content_type.split("\r\n", 1)[0]
+
+
+def prediction_headers(response: InferResponse) -> list[tuple[bytes, bytes]]:
+    """The headers the handler set for its answer (``context.set_response_header``: the lines
+    after the content type in its ``content_type`` output), sent with it as TorchServe's front end
+    sends them; the framing ones (length, transfer encoding, connection) stay the server's."""
+    kind = next((tensor.data for tensor in response.outputs if tensor.name == "content_type"), None)
+    if kind is None:
+        return []
+    headers = []
+    for line in bytes(kind.reshape(-1)[0]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower().decode("latin-1") not in _HOP_HEADERS:
+            headers.append((name.strip(), value.strip()))
+    return headers
 
 
 def is_handler_model(metadata: ModelMetadata) -> bool:

@@ -36,7 +36,7 @@ from inferd.errors import ConfigError, InvalidInput, describe
 from inferd.runtimes import ts_envelopes
 from inferd.runtimes.base import Arrays, Emit, Runtime
 from inferd.runtimes.ts_context import Context
-from inferd.runtimes.ts_requests import decode_row, decodes_input, encode_answer, split_headers
+from inferd.runtimes.ts_requests import decode_row, decodes_input, encode_answer, split_headers, with_headers
 from inferd.runtimes.ts_shim import install_torchserve_shim
 from inferd.types import INTERMEDIATE_OUTPUT, TensorSpec
 
@@ -121,9 +121,13 @@ class HandlerRuntime(Runtime):
         self._context.metrics.add_time("PredictionTime", round((time.time() - started) * 1000, 2))
         answers = [encode_answer(r, self._context.get_response_content_type(i)) for i, r in enumerate(results)]
         return {"output": _objects([a[0] for a in answers]),
-                "content_type": _objects([a[1].encode() for a in answers]),
+                "content_type": _objects([self._answer_type(i, a[1]) for i, a in enumerate(answers)]),
                 "status": np.array([self._context.get_response_status(i)[0] for i in range(len(rows))], np.int32)}
 
+
+    def _answer_type(self, idx: int, content_type: str) -> bytes:
+        """Request ``idx``'s content type with the headers the handler set for its answer."""
+        return with_headers(content_type, self._context.get_response_headers(idx)).encode()
 
     def _run_async(self, coroutine: Any) -> Any:
         """An ``async def handle`` (TorchServe's async worker, model-config.yaml
@@ -153,7 +157,8 @@ class HandlerRuntime(Runtime):
 
     def _intermediate(self, answers: list[Any], code: int) -> Arrays:
         encoded = [encode_answer(a, self._context.get_response_content_type(i)) for i, a in enumerate(answers)]
-        return {"output": _objects([e[0] for e in encoded]), "content_type": _objects([e[1].encode() for e in encoded]),
+        return {"output": _objects([e[0] for e in encoded]),
+                "content_type": _objects([self._answer_type(i, e[1]) for i, e in enumerate(encoded)]),
                 "status": np.full(len(encoded), code, np.int32), INTERMEDIATE_OUTPUT: np.ones(1, np.bool_)}
 
 

@@ -29,7 +29,7 @@ class Context:
         self.request_ids: dict[int, str] = {}
         self.metrics = MetricsCache(model_name)
         self.metrics.set_request_ids(str(uuid.uuid4()))  # as TorchServe's loader: the load's metrics are the model's
-        self._content_types: dict[int, str] = {}
+        self._response_headers: dict[int, dict[str, str]] = {}  # per request, as the handler set them
         self._statuses: dict[int, tuple[int, str]] = {}
         self._headers: list[dict[str, str]] = []
         self._sinks: dict[int, IntermediateSink] = {}  # per thread running a streamed call
@@ -68,10 +68,14 @@ class Context:
         return self._headers[idx] if idx < len(self._headers) else {}
 
     def set_response_content_type(self, idx: int, value: str) -> None:
-        self._content_types[idx] = value
+        self.set_response_header(idx, "content-type", value)
 
     def get_response_content_type(self, idx: int) -> str | None:
-        return self._content_types.get(idx)
+        return self.get_response_headers(idx).get("content-type")
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        """A header of request ``idx``'s answer (TorchServe's front end sends each with it)."""
+        self._response_headers.setdefault(idx, {})[key] = value
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         """The HTTP status of request ``idx``'s answer (its body is still the handler's answer)."""
@@ -81,7 +85,7 @@ class Context:
         return self._statuses.get(idx, (200, ""))
 
     def get_response_headers(self, idx: int) -> dict[str, str]:
-        return {"content-type": self._content_types[idx]} if idx in self._content_types else {}
+        return self._response_headers.setdefault(idx, {})
 
     def set_all_response_status(self, code: int = 200, phrase: str = "") -> None:
         for idx in range(len(self._headers)):
@@ -102,7 +106,7 @@ class Context:
         self.request_ids = {i: str(uuid.uuid4()) for i in range(len(headers))}
         self.metrics.set_request_ids(self.request_ids)
         self._headers = headers
-        self._content_types = {}
+        self._response_headers = {}
         self._statuses = {}
 
 

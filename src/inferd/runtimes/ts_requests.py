@@ -105,3 +105,21 @@ def encode_answer(result: Any, content_type: str | None) -> tuple[bytes, str]:
         result = result.tolist()
     return (orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
             content_type or "application/json")
+
+
+def with_headers(content_type: str, headers: Mapping[str, Any]) -> str:
+    """The ``content_type`` output: the answer's content type, then the other headers the handler
+    set (``context.set_response_header``) as ``name: value`` lines, CRLF-separated as
+    ``split_headers`` reads the request's. A header whose name or value holds a line break, or
+    whose name is empty or holds a colon, cannot be sent: it is logged and left out."""
+    lines = [content_type]
+    for name, value in headers.items():
+        name, value = str(name), str(value)
+        if not name.strip() or ":" in name or any(c in name + value for c in "\r\n"):
+            log.warning("response header %r: %r cannot be sent (a line break, a colon in the name or no name)",
+                        name, value)
+        elif name.lower() == "content-type":  # in any case: the last one set is the answer's, as in TorchServe
+            lines[0] = value
+        else:
+            lines.append(f"{name}: {value}")
+    return "\r\n".join(lines)

@@ -210,8 +210,7 @@ class TorchServeRoutes:
         if torchserve.is_handler_model(metadata):
             return await self._predict_handler(infer_request, start)
         response = await self.data.infer(infer_request)
-        if self.metrics is not None:
-            self.metrics.inference(name, version, time.perf_counter() - start, response.timings.queue)
+        self._observe(infer_request, start, response)
         return HttpResponse(200, torchserve.encode_tensor_prediction(response, added_batch),
                             headers=[server_timing(response)])
 
@@ -227,11 +226,12 @@ class TorchServeRoutes:
             raise
         body, answer_type = torchserve.encode_prediction(first)
         status = torchserve.prediction_status(first)
+        headers = torchserve.prediction_headers(first)
         if first.final:
             await stream.aclose()
             self._observe(infer_request, start, first)
-            return HttpResponse(status, body, answer_type.encode("latin-1"), [server_timing(first)])
-        return HttpResponse(status, body, answer_type.encode("latin-1"),
+            return HttpResponse(status, body, answer_type.encode("latin-1"), [server_timing(first), *headers])
+        return HttpResponse(status, body, answer_type.encode("latin-1"), headers,
                             stream=self._chunks(stream, infer_request, start))
 
     async def _chunks(self, stream: AsyncGenerator[InferResponse, None], infer_request: InferRequest,
@@ -260,8 +260,24 @@ class TorchServeRoutes:
 
     def _observe(self, infer_request: InferRequest, start: float, response: InferResponse) -> None:
         if self.metrics is not None:
-            self.metrics.inference(infer_request.model_name, infer_request.model_version,
-                                   time.perf_counter() - start, response.timings.queue)
+            elapsed, timings = time.perf_counter() - start, response.timings
+            self.metrics.inference(infer_request.model_name, infer_request.model_version, elapsed, timings.queue,
+                                   elapsed - timings.queue - timings.compute)
+
+    def _observe_loads(self, credentials: str | None, since: float) -> None:
+        """WorkerLoadTime of each worker that became ready after ``since`` (time.time()), named as
+        TorchServe names its workers (W-<port>-<model>_<version>)."""
+        if self.metrics is None:
+            return
+        try:
+            rows = [(model.name, row) for model in self.control.models(credentials)
+                    for row in self.control.describe(model.name, credentials)]
+        except InferdError:  # credentials that may register but not describe: no metric, the answer stands
+            return
+        for name, row in rows:
+            for worker in row.workers:
+                if worker.ready and worker.started >= since:
+                    self.metrics.worker_loaded(f"W-{9000 + worker.id}-{name}_{row.version}", worker.started - since)
 
     async def render_metrics(self, request: HttpRequest) -> HttpResponse:
         assert self.metrics is not None
@@ -329,7 +345,9 @@ class TorchServeRoutes:
             startup_timeout_s=java_int(query.get("startup_timeout"), -1))
         if registration.initial_workers == -(2**31):  # given but not a number: TorchServe's default
             registration = replace(registration, initial_workers=None)
+        asked = time.time()
         outcome, message = await self.control.register_from_store(registration, _credentials(request))
+        self._observe_loads(_credentials(request), asked)
         return _status(outcome, message)
 
     async def scale(self, request: HttpRequest) -> HttpResponse:
@@ -339,8 +357,10 @@ class TorchServeRoutes:
         min_workers = torchserve.java_int(query.get("min_worker"), 1)
         max_workers = torchserve.java_int(query.get("max_worker"), min_workers)
         synchronous = torchserve.java_bool(query.get("synchronous"), False)
+        asked = time.time()
         outcome, message = await self.control.scale_workers(name, version, min_workers, max_workers, synchronous,
                                                             _credentials(request))
+        self._observe_loads(_credentials(request), asked)
         return _status(outcome, message)
 
     async def set_default(self, request: HttpRequest) -> HttpResponse:
