@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferd.auth import AccessPolicy, TorchServeKeys
-from inferd.compat import torchserve_snapshots
+from inferd.compat import torchserve_logs, torchserve_snapshots
 from inferd.compat.tfserving import read_model_config, reloaded_model_config
 from inferd.config import NAME_RULE, ModelConfig, ModelSource, ServerSettings, header_pattern
 from inferd.core import Core, DataPlane, ModelControl
@@ -273,7 +273,8 @@ class Server:
         self.settings = settings
         self.core = build_core(settings)
         self._stop = asyncio.Event()
-        self.ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode)
+        self.ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode,
+                                            system=torchserve_logs.system_sampler())
         self._transports = Transports(self.core, settings, self.ts_metrics)
         self._workers: Workers | None = None
         self.exit_code = 0
@@ -496,7 +497,7 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     await channel.connect()
     core = remote_core(channel)
     number = int(os.environ.get("INFERD_WORKER", "0"))
-    ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode)
+    ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode, system=torchserve_logs.system_sampler())
     transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number)
     await transports.start()
     channel.call_now("workers", "listening", number)

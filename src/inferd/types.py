@@ -413,6 +413,7 @@ class WorkerSettings:
     loaded_at_startup: bool = False
     url: str = ""
     sequences: SequenceSettings = SequenceSettings()  # what the archive's model-config.yaml says
+    retrying: bool = False  # its workers failed to start and are tried again (describe lists them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,6 +387,51 @@ def test_a_handler_that_fails_to_initialize_is_logged_with_its_traceback(tmp_pat
         assert re.search(r'handler\.py", line 7, in open_weights\n\s+raise FileNotFoundError', logged), logged
 
 
+FLAKY_INITIALIZE = '''
+import os
+
+
+class Flaky:
+    def initialize(self, context):
+        if not os.path.exists({marker!r}):
+            raise RuntimeError("the marker file is not there yet")
+
+    def handle(self, data, context):
+        return ["up"] * len(data)
+'''
+
+
+def test_workers_that_fail_to_start_are_retried_and_listed_until_they_start(tmp_path: Path) -> None:
+    """TorchServe's WorkerThread retries a worker whose handler failed to start, after 1, 1, 2, 3...
+    s, and describe lists it meanwhile; an asynchronous registration stays registered, so the
+    model serves once its handler starts, with no new request."""
+    work, store, marker = tmp_path / "work", tmp_path / "store", tmp_path / "marker"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(FLAKY_INITIALIZE.format(marker=str(marker)))
+    (work / "empty.pt").write_bytes(b"")
+    ts_archives.archive(store, "flaky", work / "empty.pt", str(work / "handler.py"))
+    output: list[str] = []
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true"}, output=output) as urls:
+        response = requests.post(f"{urls['management']}/models?url=flaky.mar&initial_workers=1&synchronous=false",
+                                 timeout=30)
+        assert (response.status_code, response.json()["status"]) == (202, "Processing worker updates...")
+        deadline = time.monotonic() + 60
+        while "".join(output).count("the marker file is not there yet") < 3:  # the first try and two retries
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.1)
+        described = requests.get(f"{urls['management']}/models/flaky", timeout=5).json()[0]
+        assert [w["status"] for w in described["workers"]] == ["UNLOADING"], described
+        marker.touch()
+        while requests.get(f"{urls['management']}/models/flaky", timeout=5).json()[0]["workers"][0]["status"] \
+                != "READY":
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.2)
+        answer = requests.post(f"{urls['inference']}/predictions/flaky", data=b"x", timeout=30)
+        assert (answer.status_code, answer.text) == (200, "up")
+
+
 LOGGING_HANDLER = '''
 import logging
 

@@ -14,9 +14,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from inferd.observability.torchserve_metrics import cpu_times, system_metrics
 
 log = logging.getLogger("inferd.torchserve")
 
@@ -72,10 +71,52 @@ def _log_system_metrics() -> None:
     the host's CPU, memory and root disk), read from /proc and statvfs."""
     metrics = logging.getLogger("inferd.torchserve.ts_metrics")
     host = socket.gethostname()
-    cpu = cpu_times()
+    cpu = _cpu_times()
     while True:
-        busy_idle, cpu = cpu, cpu_times()
-        for name, unit, value in system_metrics(busy_idle, cpu):
+        busy_idle, cpu = cpu, _cpu_times()
+        for name, unit, value in _system_metrics(busy_idle, cpu):
             metrics.info("%s.%s:%s|#Level:Host|#hostname:%s,timestamp:%d", name, unit, round(value, 1), host,
                          int(time.time()))
         time.sleep(SYSTEM_METRICS_INTERVAL_S)
+
+
+def system_sampler() -> Callable[[], list[tuple[str, str, float]]]:
+    """The host's system metrics each time it is called (CPU use since the previous call), as
+    TorchServe's metrics collector reads them: the metrics address's gauges in prometheus mode."""
+    cpu = _cpu_times()
+
+    def sample() -> list[tuple[str, str, float]]:
+        nonlocal cpu
+        before, cpu = cpu, _cpu_times()
+        return _system_metrics(before, cpu)
+
+    return sample
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, idle) jiffies of all CPUs so far (/proc/stat's first line; zeros where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, idle
+
+
+def _system_metrics(before: tuple[int, int], now: tuple[int, int]) -> list[tuple[str, str, float]]:
+    busy, idle = now[0] - before[0], now[1] - before[1]
+    rows = [("CPUUtilization", "Percent", 100.0 * busy / (busy + idle) if busy + idle > 0 else 0.0)]
+    try:
+        meminfo = {line.split(":")[0]: int(line.split()[1]) for line in
+                   Path("/proc/meminfo").read_text().splitlines() if line.endswith("kB")}
+        total, available = meminfo["MemTotal"] / 1024, meminfo["MemAvailable"] / 1024  # MB
+        rows += [("MemoryUsed", "Megabytes", total - available), ("MemoryAvailable", "Megabytes", available),
+                 ("MemoryUtilization", "Percent", 100.0 * (total - available) / total)]
+    except (OSError, KeyError, ValueError, ZeroDivisionError):
+        pass
+    disk = os.statvfs("/")
+    gib = 1024.0**3
+    used, free = (disk.f_blocks - disk.f_bfree) * disk.f_frsize / gib, disk.f_bavail * disk.f_frsize / gib
+    rows += [("DiskUsage", "Gigabytes", used), ("DiskUtilization", "Percent", 100.0 * used / (used + free or 1.0)),
+             ("DiskAvailable", "Gigabytes", free)]
+    return rows

@@ -34,6 +34,10 @@ log = logging.getLogger("inferd.torchserve")
 
 RUNTIMES = ("python", "python3", "LSP")  # TorchServe's Manifest.RuntimeType
 DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY = 1, 100
+# TorchServe's WorkerThread: seconds before each new try of workers that failed to start, and how
+# long after the first failure it keeps trying (model-config.yaml maxRetryTimeoutInSec)
+BACK_OFF_S = (0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597)
+DEFAULT_MAX_RETRY_TIMEOUT_S = 300
 
 
 class Outcome(enum.Enum):
@@ -71,6 +75,10 @@ class Registration:
     config: ModelConfig
     settings: WorkerSettings
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    max_retry_s: float = DEFAULT_MAX_RETRY_TIMEOUT_S
+    first_failure: float | None = None  # time.monotonic() of the failure its workers are retried after
+    tries: int = 0  # failed starts since then (the back-off's index)
+    retries: int = 0  # worker changes asked so far (requests and retries): a retry runs only if it is the last
 
 
 class TorchServeModels:
@@ -165,14 +173,16 @@ class TorchServeModels:
                                   sequences=info.sequence_settings())
         await self._registry.register_archive(name, archive, config, info.version, load=False)
         registration = Registration(name, info.version, archive, request.url or archive.name, downloaded, config,
-                                    settings)
+                                    settings, max_retry_s=info.yaml_int("maxRetryTimeoutInSec")
+                                    or DEFAULT_MAX_RETRY_TIMEOUT_S)
         self._registrations[(name, info.version)] = registration
         if min_workers <= 0:
             return Outcome.DONE, (f'Model "{name}" Version: {info.version} registered with 0 initial workers. '
                                   "Use scale workers API to add workers for the model.")
         if max_workers < min_workers:
             raise InvalidInput("max_worker cannot be less than min_worker.")
-        work = self._start(registration, min_workers, max_workers, init=True)
+        # a synchronous registration whose workers fail is undone; otherwise they are tried again
+        work = self._start(registration, min_workers, max_workers, undo=request.synchronous)
         if not request.synchronous:
             return Outcome.ACCEPTED, "Processing worker updates..."
         await work
@@ -229,7 +239,7 @@ class TorchServeModels:
         if min_workers < 0:  # TorchServe fails this inside its worker manager: a 500
             raise InferdError(f"min_worker must be 0 or more, got {min_workers}")
         registration = self._registrations.get((name, chosen)) or self._adopt(entry, chosen)
-        work = self._start(registration, min_workers, max_workers, init=False)
+        work = self._start(registration, min_workers, max_workers, undo=False)
         if not synchronous:
             return Outcome.ACCEPTED, "Processing worker updates..."
         await work
@@ -241,9 +251,13 @@ class TorchServeModels:
             return Outcome.PARTIAL, "Workers scaling in progress..."
         return Outcome.DONE, message
 
-    def _start(self, registration: Registration, min_workers: int, max_workers: int, init: bool) -> asyncio.Task[None]:
-        """The worker change as a task: scaling requests for one version apply in the order they came."""
-        task = asyncio.ensure_future(self._apply(registration, min_workers, max_workers, init))
+    def _start(self, registration: Registration, min_workers: int, max_workers: int, undo: bool,
+               delay_s: float = 0.0) -> asyncio.Task[None]:
+        """The worker change as a task: scaling requests for one version apply in the order they came;
+        a retry (``delay_s``) runs only if no request or other retry came after it was scheduled."""
+        registration.retries += 1
+        apply = self._apply(registration, min_workers, max_workers, undo, delay_s, registration.retries)
+        task = asyncio.ensure_future(apply)
         self._background.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -253,13 +267,21 @@ class TorchServeModels:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker update failed: %s", task.exception())
 
-    async def _apply(self, registration: Registration, min_workers: int, max_workers: int, init: bool) -> None:
+    async def _apply(self, registration: Registration, min_workers: int, max_workers: int, undo: bool,
+                     delay_s: float, started_as: int) -> None:
         name, version = registration.name, registration.version
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         async with registration.lock:
+            if delay_s > 0 and (registration.retries != started_as or
+                                self._registrations.get((name, version)) is not registration):
+                return  # a retry that a later request (or unregistering) stopped
             entry = self._registry.models.get(name)
             if entry is None or version not in entry.versions:
                 return  # unregistered meanwhile
             slot = entry.versions[version]
+            if delay_s == 0:  # asked anew: the back-off starts again
+                registration.first_failure, registration.tries = None, 0
             registration.settings = replace(registration.settings, min_workers=min_workers, max_workers=max_workers)
             if min_workers == 0:
                 await self._registry.stop_version(name, version)
@@ -274,14 +296,37 @@ class TorchServeModels:
                 await self._registry.start_version(name, version, registration.archive, registration.config,
                                                    float(registration.settings.startup_timeout_s))
             except ModelError as exc:
-                registration.settings = replace(registration.settings, min_workers=0, max_workers=0)
-                if init:  # a registration whose workers fail is undone, as TorchServe does
+                if undo:  # a synchronous registration whose workers fail is undone, as TorchServe does
+                    registration.settings = replace(registration.settings, min_workers=0, max_workers=0)
                     await self.unregister(name, version)
+                else:
+                    self._retry_later(registration, min_workers, max_workers)
                 raise ModelError(f"Failed to start workers for model {name} version: {version}: "
                                  f"{exc.message}") from None
+            registration.first_failure, registration.tries = None, 0
+            registration.settings = replace(registration.settings, retrying=False)
             started = entry.versions[version].runtime
             if started is not None:
                 await _started(started, min_workers, registration.settings.startup_timeout_s)
+
+    def _retry_later(self, registration: Registration, min_workers: int, max_workers: int) -> None:
+        """Workers that failed to start are tried again as TorchServe's WorkerThread retries them: after
+        BACK_OFF_S, until ``maxRetryTimeoutInSec`` after the first failure; describe lists them meanwhile."""
+        now = time.monotonic()
+        if registration.first_failure is None:
+            registration.first_failure, registration.tries = now, 0
+        if now - registration.first_failure >= registration.max_retry_s:
+            log.error("model %s version %s: workers not started after %.0f s of retries; no more tries",
+                      registration.name, registration.version, now - registration.first_failure)
+            registration.first_failure, registration.tries = None, 0
+            registration.settings = replace(registration.settings, min_workers=0, max_workers=0, retrying=False)
+            return
+        registration.tries = min(registration.tries + 1, len(BACK_OFF_S) - 1)
+        delay = BACK_OFF_S[registration.tries]
+        registration.settings = replace(registration.settings, retrying=True)
+        log.info("model %s version %s: retrying its workers in %d seconds", registration.name, registration.version,
+                 delay)
+        self._start(registration, min_workers, max_workers, undo=False, delay_s=max(delay, 0.001))
 
     def _adopt(self, entry: ModelEntry[Scheduler], version: str) -> Registration:
         """A model from the repository answers TorchServe's scaling too (its folder reloads it)."""

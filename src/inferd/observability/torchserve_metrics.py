@@ -5,11 +5,10 @@ own test collections read them."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 # TorchServe's ts_metrics.log (metrics_mode log): its file handler is attached by compat/torchserve_logs.py
 log = logging.getLogger("inferd.torchserve.ts_metrics")
@@ -21,6 +20,7 @@ SYSTEM_GAUGES = (("CPUUtilization", "Percent"), ("MemoryUsed", "Megabytes"), ("M
                  ("MemoryUtilization", "Percent"), ("DiskUsage", "Gigabytes"), ("DiskUtilization", "Percent"),
                  ("DiskAvailable", "Gigabytes"), ("GPUMemoryUtilization", "Percent"),
                  ("GPUMemoryUsed", "Megabytes"), ("GPUUtilization", "Percent"))
+SystemSampler = Callable[[], list[tuple[str, str, float]]]  # (name, unit, value) of the host, read now
 LEGACY_COUNTERS = (("ts_inference_requests_total", "Count"), ("ts_inference_latency_microseconds", "Microseconds"),
                    ("ts_queue_latency_microseconds", "Microseconds"))
 
@@ -46,14 +46,14 @@ class TorchServeMetrics:
     only the ``ts_inference_*`` counters there, the rest logged to ts_metrics.log; ``log``: logged,
     and the request and ``ts_inference_*`` counters also answered (inferd's, as under ``off``)."""
 
-    def __init__(self, hostname: str | None = None, mode: str = "off") -> None:
+    def __init__(self, hostname: str | None = None, mode: str = "off", system: SystemSampler | None = None) -> None:
         self.hostname = hostname or socket.gethostname()
         self.mode = mode
+        self._system = system  # the host's system metrics (compat/torchserve_logs.py reads them)
         self._statuses = {"2XX": 0, "4XX": 0, "5XX": 0}
         self._models: dict[tuple[str, str], _ModelCounts] = {}
         self._host_ms = {"QueueTime": 0.0, "WorkerThreadTime": 0.0}  # gauges: the last request's
         self._worker_load_ms: dict[str, float] = {}  # WorkerLoadTime per worker name
-        self._cpu = cpu_times()
 
     def response(self, status: int) -> None:
         """One answer of the inference or management API (TorchServe counts both)."""
@@ -119,8 +119,7 @@ class TorchServeMetrics:
         for worker, value_ms in sorted(self._worker_load_ms.items()):
             lines.append(f'WorkerLoadTime{{WorkerName="{_escape(worker)}",Level="Host",Hostname="{host}",}} '
                          f"{value_ms}")
-        before, self._cpu = self._cpu, cpu_times()
-        sampled = {name: value for name, _unit, value in system_metrics(before, self._cpu)}
+        sampled = {name: value for name, _unit, value in self._system()} if self._system is not None else {}
         for name, unit in SYSTEM_GAUGES:
             lines += _header(name, "gauge", unit)
             if name in sampled:
@@ -134,32 +133,3 @@ def _header(name: str, kind: str, unit: str) -> list[str]:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def cpu_times() -> tuple[int, int]:
-    """(busy, idle) jiffies of all CPUs so far (/proc/stat's first line; zeros where there is none)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, idle
-
-
-def system_metrics(before: tuple[int, int], now: tuple[int, int]) -> list[tuple[str, str, float]]:
-    busy, idle = now[0] - before[0], now[1] - before[1]
-    rows = [("CPUUtilization", "Percent", 100.0 * busy / (busy + idle) if busy + idle > 0 else 0.0)]
-    try:
-        meminfo = {line.split(":")[0]: int(line.split()[1]) for line in
-                   Path("/proc/meminfo").read_text().splitlines() if line.endswith("kB")}
-        total, available = meminfo["MemTotal"] / 1024, meminfo["MemAvailable"] / 1024  # MB
-        rows += [("MemoryUsed", "Megabytes", total - available), ("MemoryAvailable", "Megabytes", available),
-                 ("MemoryUtilization", "Percent", 100.0 * (total - available) / total)]
-    except (OSError, KeyError, ValueError, ZeroDivisionError):
-        pass
-    disk = os.statvfs("/")
-    gib = 1024.0**3
-    used, free = (disk.f_blocks - disk.f_bfree) * disk.f_frsize / gib, disk.f_bavail * disk.f_frsize / gib
-    rows += [("DiskUsage", "Gigabytes", used), ("DiskUtilization", "Percent", 100.0 * used / (used + free or 1.0)),
-             ("DiskAvailable", "Gigabytes", free)]
-    return rows

@@ -372,8 +372,9 @@ def describe(name: str, row: VersionDescription) -> dict[str, Any]:
 def _starting_workers(row: VersionDescription) -> list[dict[str, Any]]:
     """The workers a loading version is starting: TorchServe lists its worker threads from their
     start, "UNLOADING" (not running a loaded model) with no pid yet, so a client polling for READY
-    finds them."""
-    if row.state is not ModelState.LOADING or row.settings is None:
+    finds them; and while workers that failed to start are tried again (TorchServe lists its
+    stopped worker threads)."""
+    if row.settings is None or not (row.state is ModelState.LOADING or row.settings.retrying):
         return []
     now = _iso(time.time())
     return [{"id": str(9000 + i), "startTime": now, "status": "UNLOADING", "memoryUsage": 0, "pid": -1,
