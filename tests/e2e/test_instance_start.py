@@ -140,3 +140,21 @@ def test_a_load_that_changes_only_the_instance_count_adds_or_removes_instances_i
         client.load_model("m")  # another key changed too: a full reload, every instance new
         assert marked(marks, "initialize") == 5
         assert client.get_model_config("m").config.max_batch_size == 8
+
+
+def test_a_load_override_may_give_a_repeated_key_one_object_as_triton_takes_it(tmp_path: Path) -> None:
+    """Triton's lifecycle test loads ``{"instance_group": {"kind": ..., "count": 5}}``: protobuf's
+    C++ JSON parser takes one object for a repeated field; a top-level value that is no object is
+    refused with what came. The override names no backend: the Python model's KIND_CPU instances
+    are still processes of their own (two marks, two pids), as Triton's Python backend runs them."""
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))
+    with serve(repo, "--model-control", "explicit", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
+        http.load_model("m", config='{"instance_group": {"kind": "KIND_CPU", "count": 2}}')
+        assert marked(marks, "initialize") == 2
+        assert http.get_model_config("m")["instance_group"][0]["count"] == 2
+        with pytest.raises(InferenceServerException, match="expected a JSON object, got list"):
+            http.load_model("m", config="[1]")
