@@ -4,6 +4,7 @@ cannot initialize fails the whole load. Served by the real server, asked with tr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from tests.models import write
 SLOW_START = """
 import time
 from pathlib import Path
+
+import json
 
 import numpy as np
 
@@ -91,6 +94,8 @@ COUNTED = """
 import os
 from pathlib import Path
 
+import json
+
 import numpy as np
 
 import triton_python_backend_utils as pb_utils
@@ -140,3 +145,38 @@ def test_a_load_that_changes_only_the_instance_count_adds_or_removes_instances_i
         client.load_model("m")  # another key changed too: a full reload, every instance new
         assert marked(marks, "initialize") == 5
         assert client.get_model_config("m").config.max_batch_size == 8
+
+
+def test_a_load_override_may_give_a_repeated_key_one_object_as_triton_takes_it(tmp_path: Path) -> None:
+    """Triton's lifecycle test loads ``{"instance_group": {"kind": ..., "count": 5}}``: protobuf's
+    C++ JSON parser takes one object for a repeated field; a top-level value that is no object is
+    refused with what came. The override names no backend: the Python model's KIND_CPU instances
+    are still processes of their own (two marks, two pids), as Triton's Python backend runs them."""
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))
+    with serve(repo, "--model-control", "explicit", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
+        http.load_model("m", config='{"instance_group": {"kind": "KIND_CPU", "count": 2}}')
+        assert marked(marks, "initialize") == 2
+        assert http.get_model_config("m")["instance_group"][0]["count"] == 2
+        with pytest.raises(InferenceServerException, match="expected a JSON object, got list"):
+            http.load_model("m", config="[1]")
+
+
+def test_a_python_models_configuration_as_answered_loads_back_with_one_more_instance(tmp_path: Path) -> None:
+    """Triton's instance update test reads the configuration, adds an instance and loads it back:
+    Triton answers a Python model's platform empty (its metadata says "python")."""
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", grpc=True) as server:
+        http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
+        config = http.get_model_config("m")
+        assert (config["platform"], config["backend"]) == ("", "python")
+        assert http.get_model_metadata("m")["platform"] == "python"
+        config["instance_group"][0]["count"] = 2
+        http.load_model("m", config=json.dumps(config))
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (2, 0)

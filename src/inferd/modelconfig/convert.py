@@ -87,8 +87,11 @@ def apply_override(base: ModelConfig, text: str, name: str) -> ModelConfig:
     where = f"failed to load '{name}': the configuration override"
     message = mc.ModelConfig()
     try:
-        json_format.Parse(text, message)
-    except json_format.ParseError as exc:
+        given = json.loads(text)
+        if not isinstance(given, dict):
+            raise ValueError(f"expected a JSON object, got {type(given).__name__}")
+        json_format.ParseDict(_repeated_as_lists(given), message)
+    except (json_format.ParseError, ValueError) as exc:
         raise ConfigError(f"{where} is not a model configuration: {_unsupported(str(exc))}") from None
     given = _from_message(message, where, name)
     present = _keys(text)
@@ -99,6 +102,16 @@ def apply_override(base: ModelConfig, text: str, name: str) -> ModelConfig:
         if key in present:
             changes.update({attr: getattr(given, attr) for attr in attributes})
     return check_model_config(dataclasses.replace(base, **changes), where)
+
+
+def _repeated_as_lists(given: dict[str, Any]) -> dict[str, Any]:
+    """A top-level repeated key given one value instead of a list (``"instance_group": {...}``)
+    holds that one value, as Triton's JSON parser (protobuf's C++ one) takes it."""
+    repeated = {key for f in mc.ModelConfig.DESCRIPTOR.fields
+                if f.is_repeated and not (f.message_type is not None and f.message_type.GetOptions().map_entry)
+                for key in (f.name, f.json_name)}
+    return {key: [value] if key in repeated and not isinstance(value, list) else value
+            for key, value in given.items()}
 
 
 def _keys(text: str) -> set[str]:
@@ -413,8 +426,9 @@ def _placement(groups: list[mc.ModelInstanceGroup], backend: str | None, where: 
     if group.gpus:
         raise ConfigError(f"{where}: key 'instance_group.gpus' needs kind: KIND_GPU")
     # Triton's Python backend runs every instance in a process of its own, whatever the kind says
-    # (a decoupled model's answers cross from its process one at a time)
-    cpu = "cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU else ""
+    # (a decoupled model's answers cross from its process one at a time); a backend not named yet
+    # (inferred from the files, or a load's override without it) is decided when it is known
+    cpu = "cpu" if group.kind == mc.ModelInstanceGroup.KIND_CPU and backend is not None else ""
     kind = "process" if backend == "python" else cpu
     return InstanceGroup(count=count, kind=kind)
 
@@ -443,7 +457,9 @@ def _version_policy(message: mc.ModelConfig, where: str) -> VersionPolicy:
 def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     """What the model configuration extension answers, as Triton's message."""
     config = served.config
-    message = mc.ModelConfig(name=served.name, platform=served.platform,
+    # a platform Triton has no name for (a Python model's "python": its metadata's) is left empty, as
+    # Triton's configuration leaves it, so the answer loads back as an override
+    message = mc.ModelConfig(name=served.name, platform=served.platform if served.platform in _PLATFORMS else "",
                              backend=_TRITON_BACKEND.get(served.backend, ""),
                              max_batch_size=config.max_batch_size)
     policy = config.version_policy
