@@ -229,6 +229,7 @@ class Transports:
             await _open("+".join(listener.apis), listener.host, listener.port, server.start)
             self._listeners.append(server)
         if s.grpc_port:
+            grpc_forward = header_pattern(s.grpc_header_forward_pattern, "--grpc-header-forward-pattern")
             if s.grpc_server == "grpcio":
                 from inferd.transport.grpc.server import GrpcServer  # grpc loads only when gRPC is on
 
@@ -237,7 +238,7 @@ class Transports:
                 async def start_grpc() -> None:  # the port is bound as the server is built
                     self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
                                             connections, s.grpc_socket_path, options, s.grpc_extra_ports,
-                                            s.grpc_restrictions, s.grpc_header_forward_pattern)
+                                            s.grpc_restrictions, grpc_forward)
                     await self._grpc.start()
             else:
                 from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
@@ -247,7 +248,7 @@ class Transports:
                                                   max_calls=connections, socket_path=s.grpc_socket_path,
                                                   reuse_port=shared, extra_ports=s.grpc_extra_ports,
                                                   restrictions=s.grpc_restrictions,
-                                                  header_forward_pattern=s.grpc_header_forward_pattern,
+                                                  header_forward=grpc_forward,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

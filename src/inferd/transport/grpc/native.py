@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import socket
 import struct
 import time
@@ -32,7 +33,6 @@ from typing import Any, NoReturn, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from inferd.config import ApiRestriction
 from inferd.core import Core
 from inferd.protocols import kserve_v2_grpc
 from inferd.protocols._proto import kserve_v2_pb2
@@ -53,6 +53,7 @@ from inferd.transport.grpc.servicers import (
 )
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 from inferd.transport.offload import inflate_off_loop
+from inferd.transport.restrictions import Restriction
 
 log = logging.getLogger("inferd.grpc")
 
@@ -208,7 +209,7 @@ def _inflate(encoding: str | None, flag: int, payload: memoryview, limit: int) -
     return message
 
 
-def _carries(headers: list[tuple[str, str]], restriction: ApiRestriction) -> bool:
+def _carries(headers: list[tuple[str, str]], restriction: Restriction) -> bool:
     """Whether a call's metadata holds the restriction's key with its value (the first of that key)."""
     return next((value for key, value in headers if key == restriction.header), None) == restriction.value
 
@@ -1042,8 +1043,8 @@ class NativeGrpcServer:
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int = 64 << 20,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
-                 extra_ports: tuple[int, ...] = (), restrictions: tuple[ApiRestriction, ...] = (),
-                 header_forward_pattern: str = "") -> None:
+                 extra_ports: tuple[int, ...] = (), restrictions: tuple[Restriction, ...] = (),
+                 header_forward: re.Pattern[str] | None = None) -> None:
         self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
         self.restricted = restricted_paths(restrictions)  # Triton's --grpc-restricted-protocol
         self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
@@ -1052,7 +1053,7 @@ class NativeGrpcServer:
         self.active = 0
         self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
-        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward), PredictionServicer(core),
                                      ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self.health = NativeHealth([s.name for s in servicers])

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import queue
+import re
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf.message import Message
 
-from inferd.config import ApiRestriction
 from inferd.core import Core
 from inferd.transport.budget import ByteBudget
 from inferd.transport.grpc.errors import SHUTTING_DOWN
@@ -43,6 +43,7 @@ from inferd.transport.grpc.servicers import (
     restriction_refusal,
 )
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
+from inferd.transport.restrictions import Restriction
 
 STREAM_BUFFER = 64  # answers of one stream waiting for a slow client; then the models wait
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait to be read
@@ -175,6 +176,8 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
                 async with contextlib.aclosing(method(request, loop_context)) as produced:
                     async for item in produced:
                         await put(item)
+            except _Aborted as aborted:  # the whole stream ends with its status, sent after what came before
+                await asyncio.to_thread(answers.put, aborted)
             finally:
                 turn.entered()
                 budget.give(size)
@@ -227,6 +230,8 @@ def _stream_on_loop(method: StreamMethod, loop: asyncio.AbstractEventLoop, budge
                     continue
                 if item is _DONE:
                     return
+                if isinstance(item, _Aborted):
+                    context.abort(item.code, item.details)
                 message, size = cast(tuple[Message, int], item)
                 if size:
                     loop.call_soon_threadsafe(budget.give, size)
@@ -265,7 +270,7 @@ class _Restrictions(_Interceptor):
     """Triton's --grpc-restricted-protocol: a call to a restricted method without its metadata ends
     with UNAVAILABLE before any message is read."""
 
-    def __init__(self, restrictions: tuple[ApiRestriction, ...]) -> None:
+    def __init__(self, restrictions: tuple[Restriction, ...]) -> None:
         self._restricted = restricted_paths(restrictions)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
@@ -291,7 +296,7 @@ class GrpcServer:
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = (),
-                 restrictions: tuple[ApiRestriction, ...] = (), header_forward_pattern: str = "") -> None:
+                 restrictions: tuple[Restriction, ...] = (), header_forward: re.Pattern[str] | None = None) -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
@@ -300,7 +305,7 @@ class GrpcServer:
         options = list(dict([*options, *extra_options]).items())
         loop = asyncio.get_running_loop()
         budget = budget or ByteBudget(8 * max_message_bytes)
-        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward_pattern), PredictionServicer(core),
+        servicers: list[Servicer] = [KServeV2Servicer(core, header_forward), PredictionServicer(core),
                                      ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self._draining = threading.Event()

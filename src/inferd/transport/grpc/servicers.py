@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Protocol, TypeVar, cast
@@ -17,15 +18,24 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
-from inferd.config import ApiRestriction, header_pattern
 from inferd.core import Core, shared_memory
-from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, ServableNotFound, Unauthenticated
+from inferd.errors import (
+    ErrorCode,
+    Forbidden,
+    InferdError,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    ServableNotFound,
+    Unauthenticated,
+)
 from inferd.observability.tracing import RequestTrace
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_grpc, tfserving, tfserving_examples
 from inferd.protocols._proto import kserve_v2_pb2 as pb
 from inferd.protocols._proto import tfserving_pb2 as tfs
 from inferd.transport.grpc.errors import status_for
 from inferd.transport.offload import OFF_LOOP_BYTES, off_loop
+from inferd.transport.restrictions import Restriction
 from inferd.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 log = logging.getLogger("inferd.grpc")
@@ -146,25 +156,40 @@ RESTRICTED_GROUPS = {
 } | {"/grpc.health.v1.Health/Check": "health"}
 
 
-def restricted_paths(restrictions: tuple[ApiRestriction, ...]) -> dict[str, ApiRestriction]:
+def restricted_paths(restrictions: tuple[Restriction, ...]) -> dict[str, Restriction]:
     """Method path -> its group's restriction, for the groups restricted."""
     by_api = {restriction.api: restriction for restriction in restrictions}
     return {path: by_api[api] for path, api in RESTRICTED_GROUPS.items() if api in by_api}
 
 
-def restriction_refusal(restriction: ApiRestriction) -> str:
+def restriction_refusal(restriction: Restriction) -> str:
     """Triton's words when a call lacks the restriction's metadata (with status UNAVAILABLE)."""
     return f"This protocol is restricted, expecting header '{restriction.header}'"
 
 
 def _authorization(context: Context) -> str | None:
+    return _metadata(context, "authorization")
+
+
+def _metadata(context: Context, name: str) -> str | None:
     header = getattr(context, "header", None)  # inferd's own server reads it without copying the metadata
     if header is not None:
-        return cast(str | None, header("authorization"))
+        return cast(str | None, header(name))
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
+        if key == name:
             return str(value)
     return None
+
+
+def _end_stream_on_errors(context: Context) -> bool:
+    """Triton's grpc error mode: a stream opened with metadata ``triton_grpc_error: true`` ends
+    with a model error's status instead of carrying it as an ``error_message`` and going on."""
+    return _metadata(context, "triton_grpc_error") == "true"
+
+
+def _as_inferd_error(error: Exception) -> InferdError:
+    """A decoupled model's error response as the error it stands for (INTERNAL unless it says)."""
+    return error if isinstance(error, InferdError) else ModelError(kserve_v2_grpc.error_message(error))
 
 
 class KServeV2Servicer:
@@ -172,12 +197,12 @@ class KServeV2Servicer:
 
     name = "inference.GRPCInferenceService"
 
-    def __init__(self, core: Core, header_forward_pattern: str = "") -> None:
+    def __init__(self, core: Core, forward: re.Pattern[str] | None = None) -> None:
         self.data = core.data
         self.control = core.control
         self.tracer = core.tracer
         # --grpc-header-forward-pattern: metadata that becomes request parameters
-        self.forward = header_pattern(header_forward_pattern, "--grpc-header-forward-pattern")
+        self.forward = forward
 
     def _forward(self, infer_request: InferRequest, context: Context) -> None:
         if self.forward is not None:
@@ -216,10 +241,12 @@ class KServeV2Servicer:
     async def model_stream_infer(self, request: pb.ModelInferRequest, context: Context
                                  ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
         """One request of a ModelStreamInfer stream: its answers, or its error as a message on the
-        stream (the stream goes on, as Triton's does); a caller without access ends the stream
+        stream (the stream goes on, as Triton's does; with ``triton_grpc_error: true`` a model's
+        error ends the stream with its status instead); a caller without access ends the stream
         with UNAUTHENTICATED / PERMISSION_DENIED, as the unary calls answer. A transport that keeps
         the stream's order gives each request its ``turn`` on the context."""
         turn: Turn | None = getattr(context, "turn", None)
+        end_on_errors, running = _end_stream_on_errors(context), False
         try:
             infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
@@ -229,6 +256,7 @@ class KServeV2Servicer:
             final = False
             if turn is not None:
                 await turn.wait()
+            running = True
             async with contextlib.aclosing(self.data.infer_stream(infer_request)) as answers:
                 # its first step (up to the scheduler's queue) runs before the next request's
                 first = asyncio.ensure_future(anext(answers, None))
@@ -237,6 +265,8 @@ class KServeV2Servicer:
                 response = await first
                 while response is not None:
                     final = response.final
+                    if response.error is not None and end_on_errors:
+                        raise _as_inferd_error(response.error)  # ends the stream below
                     yield kserve_v2_grpc.encode_stream_response(response)
                     response = await anext(answers, None)
             if not final and infer_request.parameters.get(kserve_v2_grpc.EMPTY_FINAL) is True:
@@ -248,6 +278,8 @@ class KServeV2Servicer:
                 turn.entered()  # before its error waits to be sent
             if exc.code is ErrorCode.MODEL_FAILED:  # an INTERNAL answer: the log keeps what raised it
                 log.error("ModelStreamInfer: %s", exc.message, exc_info=exc)
+            if running and end_on_errors:  # a model's error, as Triton's grpc error mode ends the stream
+                await context.abort(status_for(exc.code), exc.message)
             yield kserve_v2_grpc.stream_error(exc.message)
         except Exception as exc:
             if turn is not None:

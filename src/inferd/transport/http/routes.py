@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
-from inferd.config import ApiRestriction
 from inferd.core import Core, shared_memory
 from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -28,6 +27,7 @@ from inferd.transport.http.app import (
 )
 from inferd.transport.http.errors import status_for
 from inferd.transport.offload import off_loop
+from inferd.transport.restrictions import Restriction
 from inferd.types import InferRequest, InferResponse
 
 SSE = b"text/event-stream; charset=utf-8"  # as Triton names it
@@ -62,7 +62,7 @@ def control_guard(core: Core) -> Guard:
     return guard
 
 
-def restricted(restriction: ApiRestriction | None, guard: Guard | None) -> Guard | None:
+def restricted(restriction: Restriction | None, guard: Guard | None) -> Guard | None:
     """Triton's --http-restricted-api: a request to a restricted API group without its header and
     value is refused (403) before anything else is checked or read."""
     if restriction is None:
@@ -106,7 +106,7 @@ def model_and_version(request: HttpRequest) -> tuple[str, str | None]:
 class KServeV2Routes:
     """``/v2/...``: health, metadata, infer and the repository extension."""
 
-    def __init__(self, core: Core, restrictions: tuple[ApiRestriction, ...] = (),
+    def __init__(self, core: Core, restrictions: tuple[Restriction, ...] = (),
                  forward: re.Pattern[str] | None = None) -> None:
         self.core = core
         self.data = core.data
