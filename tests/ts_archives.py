@@ -90,6 +90,18 @@ def archive(out: Path, name: str, serialized: Path, handler: str, version: str =
     return out / name if archive_format == "no-archive" else out / f"{name}.mar"
 
 
+def handler_archive(root: Path, name: str, handler: str) -> tuple[Path, Path]:
+    """``name``.mar of a handler's source alone (an empty serialized file) in ``root/store``; returns
+    ``(root/work, root/store)``, the work folder for what else a test writes."""
+    work, store = root / "work", root / "store"
+    work.mkdir()
+    store.mkdir()
+    (work / "handler.py").write_text(handler)
+    (work / "empty.pt").write_bytes(b"")
+    archive(store, name, work / "empty.pt", str(work / "handler.py"))
+    return work, store
+
+
 def build_store(root: Path) -> Path:
     """A model store with a TorchScript MLP (built-in handler), an eager model with a custom handler,
     and an image classifier with labels."""

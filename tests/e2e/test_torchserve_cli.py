@@ -368,12 +368,7 @@ class FailsToStart:
 
 def test_a_handler_that_fails_to_initialize_is_logged_with_its_traceback(tmp_path: Path) -> None:
     """As TorchServe's worker logs it: where in the handler the error came from, not only its type."""
-    work, store = tmp_path / "work", tmp_path / "store"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(FAILING_INITIALIZE)
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "fails", work / "empty.pt", str(work / "handler.py"))
+    _, store = ts_archives.handler_archive(tmp_path, "fails", FAILING_INITIALIZE)
     output: list[str] = []
     with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
                                "enable_model_api": "true"}, output=output) as urls:
@@ -405,12 +400,8 @@ def test_workers_that_fail_to_start_are_retried_and_listed_until_they_start(tmp_
     """TorchServe's WorkerThread retries a worker whose handler failed to start, after 1, 1, 2, 3...
     s, and describe lists it meanwhile; an asynchronous registration stays registered, so the
     model serves once its handler starts, with no new request."""
-    work, store, marker = tmp_path / "work", tmp_path / "store", tmp_path / "marker"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(FLAKY_INITIALIZE.format(marker=str(marker)))
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "flaky", work / "empty.pt", str(work / "handler.py"))
+    marker = tmp_path / "marker"
+    _, store = ts_archives.handler_archive(tmp_path, "flaky", FLAKY_INITIALIZE.format(marker=str(marker)))
     output: list[str] = []
     with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
                                "enable_model_api": "true"}, output=output) as urls:
@@ -452,12 +443,8 @@ class Logs:
 def test_torchserves_log_files(tmp_path: Path) -> None:
     """TorchServe's log4j2 files: ts_log, access_log and model_log in ./logs (LOG_LOCATION unset),
     ts_metrics and model_metrics in METRICS_LOCATION."""
-    work, store, metrics = tmp_path / "work", tmp_path / "store", tmp_path / "metrics"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(LOGGING_HANDLER)
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "logs", work / "empty.pt", str(work / "handler.py"))
+    metrics = tmp_path / "metrics"
+    _, store = ts_archives.handler_archive(tmp_path, "logs", LOGGING_HANDLER)
     with torchserve(tmp_path, {"model_store": str(store), "load_models": "logs.mar",
                                "default_workers_per_model": "1", "disable_token_authorization": "true"},
                     environ={"METRICS_LOCATION": str(metrics)}) as urls:
@@ -490,12 +477,7 @@ def test_disable_system_metrics_leaves_them_out_of_ts_metrics(tmp_path: Path) ->
 
 def _logs_store(tmp_path: Path) -> Path:
     """A model store holding logs.mar (LOGGING_HANDLER, version 1.0)."""
-    work, store = tmp_path / "work", tmp_path / "store"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(LOGGING_HANDLER)
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "logs", work / "empty.pt", str(work / "handler.py"))
+    _, store = ts_archives.handler_archive(tmp_path, "logs", LOGGING_HANDLER)
     return store
 
 
@@ -568,12 +550,7 @@ class Headers:
 def test_headers_a_handler_sets_are_sent_with_its_answer(tmp_path: Path) -> None:
     """context.set_response_header(idx, key, value): TorchServe's front end sends each with the
     answer; a Content-Type set so is the answer's content type."""
-    work, store = tmp_path / "work", tmp_path / "store"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(HEADERS_HANDLER)
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "headers", work / "empty.pt", str(work / "handler.py"))
+    _, store = ts_archives.handler_archive(tmp_path, "headers", HEADERS_HANDLER)
     with torchserve(tmp_path, {"model_store": str(store), "load_models": "headers.mar",
                                "default_workers_per_model": "1", "disable_token_authorization": "true"}) as urls:
         answer = requests.post(f"{urls['inference']}/predictions/headers", data=b"x", timeout=30)
@@ -601,12 +578,7 @@ class Declared:
 def test_metrics_config_metrics_are_in_the_handlers_cache(tmp_path: Path) -> None:
     """context.metrics.get_metric finds what metrics_config's model_metrics declares, as
     TorchServe's MetricsCacheYamlImpl is filled from the file when its worker starts."""
-    work, store = tmp_path / "work", tmp_path / "store"
-    work.mkdir()
-    store.mkdir()
-    (work / "handler.py").write_text(DECLARED_METRICS_HANDLER)
-    (work / "empty.pt").write_bytes(b"")
-    ts_archives.archive(store, "declared", work / "empty.pt", str(work / "handler.py"))
+    work, store = ts_archives.handler_archive(tmp_path, "declared", DECLARED_METRICS_HANDLER)
     (work / "metrics.yaml").write_text("model_metrics:\n  counter:\n    - name: RowsSeen\n      unit: count\n"
                                        "      dimensions: [ModelName]\n")
     with torchserve(tmp_path, {"model_store": str(store), "load_models": "declared.mar",
