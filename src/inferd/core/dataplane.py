@@ -256,7 +256,8 @@ class DataPlane:
         hit = False
         cache_s = 0.0
         held = 0  # bytes read from shared memory, given back when the request is done
-        pinned = self.shared_memory.pin(request)  # its regions outlast an unregister until it is done
+        # its regions outlast an unregister until it is done (none registered: nothing to pin)
+        pinned = self.shared_memory.pin(request) if self.shared_memory.registered else []
         try:
             context.sequence = sequence_of(request.parameters)
             if any(t.shared is not None for t in request.inputs):
@@ -293,7 +294,8 @@ class DataPlane:
             raise
         finally:
             self.shared_memory.release(held)
-            self.shared_memory.unpin(pinned)
+            if pinned:
+                self.shared_memory.unpin(pinned)
             end = time.perf_counter()
             context.timings.total = end - start
             if trace is not None:
@@ -361,7 +363,7 @@ class DataPlane:
         context = CallContext(deadline=deadline, cancelled=request.cancelled, priority=request.priority)
         outcome = "success"
         held = 0
-        pinned = self.shared_memory.pin(request)
+        pinned = self.shared_memory.pin(request) if self.shared_memory.registered else []
         try:
             context.sequence = sequence_of(request.parameters)  # a stateful handler answers in parts too
             if any(t.shared is not None for t in request.inputs):
@@ -393,7 +395,8 @@ class DataPlane:
             raise
         finally:
             self.shared_memory.release(held)
-            self.shared_memory.unpin(pinned)
+            if pinned:
+                self.shared_memory.unpin(pinned)
             if outcome == "success" and context.is_cancelled():  # the model stopped because the client left
                 outcome = "cancelled"
             context.timings.total = time.perf_counter() - start

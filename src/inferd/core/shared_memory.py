@@ -15,6 +15,7 @@ import asyncio
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from inferd.errors import AlreadyRegistered, InvalidInput, NotFound, PayloadTooLarge, Unavailable
@@ -56,6 +57,7 @@ class SharedMemoryRegions:
         self._max_held_bytes = max_request_bytes if max_held_bytes is None else max_held_bytes
         self._held = 0
         self._regions: dict[str, Region] = {}
+        self.registered: Mapping[str, Region] = self._regions  # empty (false) while none is: nothing to pin
         self._pins: dict[str, int] = {}  # requests in flight that name each region
         self._doomed: set[str] = set()  # unregistered while pinned: removed when the last request is done
 

@@ -101,18 +101,12 @@ def _json_kind(array: np.ndarray) -> str:
     return "null, objects or mixed values" if kind == "O" else f"{array.dtype} values"
 
 
-def _as_array(data: list[Any]) -> tuple[list[Any], np.ndarray]:
-    """The values as numpy reads them; lists nested deeper than numpy's 64 dims, or ragged, flat:
-    Triton reads the values in order all the same."""
-    try:
-        return data, np.asarray(data)
-    except ValueError:
-        flat = flatten(data)
-        return flat, np.asarray(flat)
-
-
 def _numbers(data: list[Any], dtype: np.dtype[Any], datatype: str) -> np.ndarray:
-    data, array = _as_array(data)
+    try:
+        array = np.asarray(data)
+    except ValueError:  # nested deeper than numpy's 64 dims, or ragged: Triton reads the values in order
+        data = flatten(data)
+        array = np.asarray(data)
     if datatype == "BOOL":
         if array.size and array.dtype != np.bool_:
             raise ValueError(f"expected true/false, got {_json_kind(array)}")
