@@ -44,7 +44,8 @@ def test_explicit_mode_loads_only_what_it_is_told(tmp_path: Path) -> None:
         assert not client.is_model_ready("c")
         client.load_model("c")
         assert client.is_model_ready("c")
-        assert requests.post(f"{server.base}/v2/models/c/infer", json=BODY, timeout=10).status_code == 200
+        answer = requests.post(f"{server.base}/v2/models/c/infer", json=BODY, timeout=10)
+        assert answer.status_code == 200, answer.text  # (a 500 here once under load: keep its words)
         client.unload_model("a")
         assert requests.post(f"{server.base}/v2/models/a/infer", json=BODY, timeout=10).status_code == 404
 
