@@ -20,6 +20,25 @@ def test_blocks_from_hpack_decode_with_the_dynamic_table_and_its_size_updates() 
     assert decoder.decode(encoder.encode(fields)) == fields
 
 
+def test_a_block_decoded_again_follows_the_table_as_it_is_now() -> None:
+    """Blocks that leave the table alone are remembered (a client's calls repeat theirs); a block
+    that adds to the table or resizes it makes every remembered one be read again."""
+    decoder = h2.HeaderDecoder()
+    first_dynamic = b"\xbe"  # index 62: the newest entry of the dynamic table
+    assert decoder.decode(b"\x40\x01x\x011") == [("x", "1")]  # literal, added to the table
+    assert decoder.decode(first_dynamic) == [("x", "1")]
+    assert decoder.decode(first_dynamic) == [("x", "1")]
+    assert decoder.decode(b"\x40\x01y\x012") == [("y", "2")]
+    assert decoder.decode(first_dynamic) == [("y", "2")]
+    assert decoder.decode(b"\x40\x01y\x012" + first_dynamic) == [("y", "2"), ("y", "2")]  # added twice,
+    assert decoder.decode(b"\xbf") == [("y", "2")]  # not remembered: the older copy is at 63 now
+    with pytest.raises(h2.ConnectionError_, match="not in the table"):
+        decoder.decode(b"\x20" + first_dynamic)  # the table emptied by a size update of 0
+    for n in range(200):  # distinct blocks: a bounded number kept
+        assert decoder.decode(b"\x00\x01z" + bytes([3]) + f"{n:03d}".encode()) == [("z", f"{n:03d}")]
+    assert len(decoder._blocks) <= 64
+
+
 def test_a_size_update_after_a_field_is_a_compression_error() -> None:
     """RFC 7541 §4.2: size updates come first in a block, two at most; else a block of them
     alone would keep the loop busy (1 MiB of them took 1.3 s to decode)."""

@@ -205,8 +205,27 @@ class HeaderDecoder:
         self._max = self._limit = max_table_size
         self._max_list = max_list_size
         self._huffman: dict[bytes, str] = {}  # the same values come again and again
+        # blocks that left the table as it was, and what they decoded to: a client's calls send
+        # the same few bytes of indexed fields each time (forgotten whenever the table changes)
+        self._blocks: dict[bytes, list[tuple[str, str]]] = {}
+        self._changed = False
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
+        """The block's fields; the list may be one returned before: read it, do not change it."""
+        known = self._blocks.get(block)
+        if known is not None:
+            return known
+        headers = self._decode(block)
+        if self._changed:
+            self._changed = False
+            self._blocks.clear()
+        elif len(block) <= 1024:
+            if len(self._blocks) >= 64:
+                self._blocks.clear()
+            self._blocks[block] = headers
+        return headers
+
+    def _decode(self, block: bytes) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
         total, at, end, updates = 0, 0, len(block), 0
         try:
@@ -226,6 +245,7 @@ class HeaderDecoder:
                     if size > self._limit:
                         raise ConnectionError_(COMPRESSION_ERROR, "HPACK table size above the limit")
                     self._max = size
+                    self._changed = True
                     self._evict(0)
                     continue
                 else:  # literal, not added (without indexing, or never indexed)
@@ -293,6 +313,7 @@ class HeaderDecoder:
         raise ConnectionError_(COMPRESSION_ERROR, f"HPACK index {index} not in the table")
 
     def _add(self, field: tuple[str, str]) -> None:
+        self._changed = True
         size = len(field[0]) + len(field[1]) + 32
         if size > self._max:
             self._table.clear()

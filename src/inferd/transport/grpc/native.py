@@ -661,8 +661,9 @@ class _Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, "DATA on stream 0")
-        self.received += len(payload)
-        self.recv_window -= len(payload)
+        size = len(payload)
+        self.received += size
+        self.recv_window -= size
         if self.recv_window < 0:
             raise h2.ConnectionError_(h2.FLOW_CONTROL_ERROR, "DATA past the connection's window")
         if self.received >= CONNECTION_WINDOW // 2:
@@ -683,8 +684,8 @@ class _Connection(asyncio.Protocol):
         if call.ended:
             self._reset(stream_id, h2.STREAM_CLOSED)
             return
-        call.credit += len(payload)
-        call.recv_window -= len(payload)
+        call.credit += size
+        call.recv_window -= size
         if call.recv_window < 0:  # a client ignoring flow control: its messages would pile up
             self._reset(call.id, h2.FLOW_CONTROL_ERROR)
             return
@@ -892,7 +893,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, call: _Call, *message: bytes | memoryview) -> None:
         """One message (in parts, sent as they are: sliced into frames, never joined) on the call."""
-        size = sum(len(part) for part in message)
+        size = sum(map(len, message))
         if self.unsent and self.unsent + size > CONNECTION_BUFFER:
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"the client holds more than {CONNECTION_BUFFER} bytes of answers unread on this connection")
@@ -984,15 +985,16 @@ class _Connection(asyncio.Protocol):
                 chunk = head
             else:
                 chunk, outbox[0] = head[:room], head[room:]
-            call.send_window -= len(chunk)
-            self.send_window -= len(chunk)
-            call.unsent -= len(chunk)
-            self.unsent -= len(chunk)
+            size = len(chunk)
+            call.send_window -= size
+            self.send_window -= size
+            call.unsent -= size
+            self.unsent -= size
             if call.held:
-                sent = min(call.held, len(chunk))
+                sent = min(call.held, size)
                 call.held -= sent
                 self.server.budget.give(sent)
-            self._write(h2.frame_header(h2.DATA, 0, call.id, len(chunk)))
+            self._write(h2.frame_header(h2.DATA, 0, call.id, size))
             self._write(chunk)
         self.blocked.pop(call.id, None)
         if call.drained is not None and not call.drained.done():
