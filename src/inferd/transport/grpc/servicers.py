@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -174,7 +174,8 @@ def _authorization(context: Context) -> str | None:
 def _metadata(context: Context, name: str) -> str | None:
     header = getattr(context, "header", None)  # inferd's own server reads it without copying the metadata
     if header is not None:
-        return cast(str | None, header(name))
+        found: str | None = header(name)
+        return found
     for key, value in context.invocation_metadata() or ():
         if key == name:
             return str(value)
