@@ -16,6 +16,7 @@ from typing import Any
 from inferd import __version__
 from inferd.allocator import DEFAULT_KEEP, SMALLEST_KEEP, keep_freed_memory
 from inferd.config import (
+    BATCH_WAITS,
     GRPC_RESTRICTION_PREFIX,
     MODEL_CONTROL_MODES,
     RATE_LIMIT_MODES,
@@ -206,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
                        "true answer identical requests from it (default 0: no cache)")
     serve.add_argument("--server-name", "--id", default="inferd",
                        help="the name /v2 server metadata gives (Triton's clients may expect 'triton')")
+    serve.add_argument("--batch-wait", type=str.lower, choices=BATCH_WAITS, default="work-conserving",
+                       help="when a dynamic batcher sends a batch short of a preferred size (or max_batch_size): "
+                            "work-conserving (default): at once while every instance of the model is idle, so "
+                            "a lone request never waits (max_queue_delay holds a free instance back only while "
+                            "others are busy); delay: as Triton, only once its oldest request has waited the "
+                            "model's max_queue_delay, idle instances or not (fuller batches, more latency). "
+                            "A model's own batch_wait (config.toml) or inferd.batch_wait parameter "
+                            "(config.pbtxt) overrides it")
     serve.add_argument("--rate-limit", type=str.lower, choices=RATE_LIMIT_MODES, default="off",
                        help="execution_count: an instance of a model whose instance_group has a rate_limiter "
                             "executes only while it holds the resources listed there (across all models; "
@@ -498,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name, access_log=args.access_log, log_format=args.log_format,
             strict_readiness=args.strict_readiness, exit_on_error=args.exit_on_error, workers=args.workers,
             cache_size=args.cache_size, allow_client_shm=args.allow_client_shm, **_trace_settings(args),
-            rate_limit=args.rate_limit, rate_limit_resources=tuple(args.rate_limit_resource),
+            batch_wait=args.batch_wait, rate_limit=args.rate_limit,
+            rate_limit_resources=tuple(args.rate_limit_resource),
             http_restrictions=parse_restrictions(args.http_restricted_api, "--http-restricted-api", "api"),
             grpc_restrictions=parse_restrictions(args.grpc_restricted_protocol, "--grpc-restricted-protocol",
                                                  "protocol", GRPC_RESTRICTION_PREFIX),

@@ -108,6 +108,7 @@ class ServerSettings:
     ready_line: str = ""  # printed too once ready: what another server's scripts wait for ("Model server started.")
     workers: int = 0  # front-end processes (HTTP and gRPC) before the one that owns the models; 0: one process
     cache_size: int = 0  # bytes of the response cache (models with [response_cache] enable); 0 = off
+    batch_wait: str = "work-conserving"  # a dynamic batcher's wait (BATCH_WAITS), for models that set none
     rate_limit: str = "off"  # Triton's --rate-limit: "execution_count" enforces instance groups' rate_limiter
     rate_limit_resources: tuple[ResourceCount, ...] = ()  # Triton's --rate-limit-resource, in the order given
     # Triton's trace extension (--trace-config): the global trace settings the server starts with
@@ -148,6 +149,8 @@ class ServerSettings:
                               f"got {self.model_load_threads}")
         if self.rate_limit not in RATE_LIMIT_MODES:
             raise ConfigError(f"--rate-limit must be one of {', '.join(RATE_LIMIT_MODES)}, got {self.rate_limit!r}")
+        if self.batch_wait not in BATCH_WAITS:
+            raise ConfigError(f"--batch-wait must be one of {', '.join(BATCH_WAITS)}, got {self.batch_wait!r}")
         if self.cache_size < 0:
             raise ConfigError(f"--cache-size must be >= 0 bytes (0 = no cache), got {self.cache_size}")
         for flag, value in (("--max-body-size", self.max_body_bytes), ("--max-inflight-size", self.max_inflight_bytes),
@@ -298,6 +301,9 @@ class BatchOutput:
 
 
 TIMEOUT_ACTIONS = ("reject", "delay")  # Triton's ModelQueuePolicy.TimeoutAction REJECT, DELAY
+# when a free instance takes a batch short of a preferred size: "work-conserving" at once while every
+# instance is idle (inferd's default); "delay" only once the oldest request waited max_queue_delay (Triton's)
+BATCH_WAITS = ("work-conserving", "delay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +328,7 @@ class DynamicBatching:
     priority_levels: int = 0  # > 0: a queue per level, 1 the highest; a batch takes the highest levels first
     default_priority_level: int = 0  # the level of a request without a priority (or 0, or one above the levels)
     priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)  # a level's own policy
+    batch_wait: str = ""  # one of BATCH_WAITS; "": the server's --batch-wait
 
     @property
     def default_policy(self) -> QueuePolicy:
@@ -992,9 +999,17 @@ def _dynamic_batching(data: dict[str, Any] | None, where: str) -> DynamicBatchin
         priority_levels=table.take_int("priority_levels", 0, maximum=INT64_MAX),
         default_priority_level=table.take_int("default_priority_level", 0, maximum=INT64_MAX),
         priority_queue_policy=_priority_queue_policy(table.take("priority_queue_policy", dict, {}), where),
+        batch_wait=_batch_wait(table),
     )
     table.finish()
     return result
+
+
+def _batch_wait(table: _Table) -> str:
+    wait = str(table.take("batch_wait", str, ""))
+    if wait and wait not in BATCH_WAITS:
+        raise table.fail("batch_wait", f"must be one of {BATCH_WAITS}, got {wait!r}")
+    return wait
 
 
 def _queue_policy(table: _Table) -> QueuePolicy:

@@ -84,7 +84,8 @@ def build_core(settings: ServerSettings) -> Core:
         if config.backend == "ensemble":  # its steps go through the data plane, as requests of their own
             return EnsembleScheduler(runtime, config, f"{name}:{version}", lambda request: data.run_step(request),
                                      step_model=step_model)
-        return build_scheduler(runtime, config, name, version, metrics.for_model(name, version), limiter)
+        return build_scheduler(runtime, config, name, version, metrics.for_model(name, version), limiter,
+                               settings.batch_wait)
 
     def step_model(name: str, version: int) -> Scheduler | None:
         """An ensemble step's model as it serves now, for the checks between them."""

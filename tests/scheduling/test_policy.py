@@ -1,4 +1,4 @@
-from inferd.scheduling.policy import decide, inline_threshold, plan_batch, queue_deadline
+from inferd.scheduling.policy import decide, hold_or_send, inline_threshold, plan_batch, queue_deadline
 
 
 def test_plan_takes_whole_requests_up_to_the_maximum() -> None:
@@ -30,6 +30,39 @@ def test_decide_waits_for_company_while_other_instances_work() -> None:
 def test_decide_holds_when_no_instance_is_free() -> None:
     decision = decide(10, 1.0, free=0, busy=2, max_batch_size=32, preferred=(), max_delay_s=0.0)
     assert not decision.dispatch and decision.wait_s is None
+
+
+def test_held_batch_waits_for_its_oldest_requests_delay_even_when_idle() -> None:
+    """Triton's rules (core 73aad7c3, GetDynamicBatch), preferred sizes 2 and 6, max_batch_size 8."""
+    assert hold_or_send([1], False, 0.5, 8, (2, 6), 10.0) == (0, 9.5)  # short of a preferred size: waits
+    assert hold_or_send([1], False, 10.0, 8, (2, 6), 10.0) == (1, 0.0)  # its delay ran out
+    assert hold_or_send([1], False, 0.0, 8, (2, 6), 10.0, drain=True) == (1, 0.0)  # the server drains
+    assert hold_or_send([1], False, 0.0, 8, (2, 6), 0.0) == (1, 0.0)  # no delay: nothing to wait for
+
+
+def test_held_batch_sends_the_largest_preferred_size_reached_at_once() -> None:
+    assert hold_or_send([1, 1], False, 0.0, 8, (2, 6), 10.0) == (2, 0.0)
+    assert hold_or_send([1, 1, 1], False, 0.0, 8, (2, 6), 10.0) == (2, 0.0)  # 3 is not preferred: 2 goes
+    assert hold_or_send([2, 2, 2, 1], False, 0.0, 8, (2, 6), 10.0) == (3, 0.0)  # 6 is the largest reached
+    assert hold_or_send([1] * 8, False, 0.0, 8, (), 10.0) == (8, 0.0)  # max_batch_size is the one preferred
+    assert hold_or_send([1] * 7, False, 0.0, 8, (), 10.0) == (0, 10.0)
+
+
+def test_held_batch_past_the_largest_preferred_size_sends_what_came_before() -> None:
+    """A request that would take the batch past the largest preferred size ends it: the requests
+    before it go (Triton's payload saturated), the rest wait."""
+    assert hold_or_send([3, 4], False, 0.0, 8, (2, 6), 10.0) == (1, 0.0)
+    assert hold_or_send([7], False, 0.0, 8, (2, 6), 10.0) == (1, 0.0)  # past the largest preferred alone
+
+
+def test_held_batch_past_its_delay_takes_everything_that_fits() -> None:
+    assert hold_or_send([3, 4], False, 10.0, 8, (2, 6), 10.0) == (2, 0.0)  # 7 rows, not cut back to 6
+    assert hold_or_send([3, 4, 2], False, 10.0, 8, (2, 6), 10.0) == (2, 0.0)  # the next one would pass 8
+
+
+def test_held_batch_goes_when_a_request_of_another_shape_follows_it() -> None:
+    assert hold_or_send([1], True, 0.0, 8, (2, 6), 10.0) == (1, 0.0)
+    assert hold_or_send([1, 1, 1], True, 0.0, 8, (2, 6), 10.0) == (2, 0.0)  # a preferred size still first
 
 
 def test_inline_threshold_is_higher_with_one_cpu() -> None:

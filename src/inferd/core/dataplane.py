@@ -97,6 +97,9 @@ class DataPlane:
 
     def start_draining(self) -> None:
         self._draining = True
+        for name in list(self._registry.models):  # a batch held for its delay need not wait for it now
+            for scheduler in self._registry.served(name):
+                scheduler.release_held()
 
     def authorize(self, credentials: str | None, action: str = "reading metadata") -> None:
         """For what a transport serves beside the data plane (``/metrics``)."""

@@ -69,6 +69,8 @@ def _arena_list(text: str) -> str | None:
     return None if ok else "arenas as device:id separated by ';' (such as cpu:0;gpu:0)"
 
 
+BATCH_WAIT = "inferd.batch_wait"  # inferd's own, any backend: the model's --batch-wait (convert.py reads it)
+
 # inferd's backend -> {Triton's parameter -> its check}; each is applied as the comment says
 KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
     "onnx": {
@@ -114,6 +116,8 @@ def check_parameters(backend: str, parameters: Mapping[str, str], where: str) ->
         return
     for key, value in parameters.items():
         check = known.get(key)
+        if check is None and key == BATCH_WAIT:
+            continue
         if check is None:
             raise ConfigError(f"{where}: parameter '{key}' is not one inferd serves for this backend "
                               f"(known: {', '.join(known)})")

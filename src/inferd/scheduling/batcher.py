@@ -7,7 +7,9 @@ ragged input, allow_ragged_batch: ragged.py joins those flat and splits the answ
 whose deadline passes while queued fails and never runs (or, where the queue policy says DELAY,
 waits behind the requests still in time); a request whose client went away is dropped before it
 runs. With priority levels the queue is ordered by level (levels.py); batches are taken from its
-front either way.
+front either way. A batcher that ``holds`` (``--batch-wait delay``) waits as Triton's: a batch short
+of a preferred size waits for its oldest request's max_queue_delay even with every instance idle
+(policy.hold_or_send); one that does not is work-conserving (policy.decide).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from inferd.runtimes.base import Answer, Arrays, with_request
 from inferd.runtimes.ragged import RaggedBatching
 from inferd.scheduling.instances import AnswerStream, InstancePool
 from inferd.scheduling.levels import PriorityLevels
-from inferd.scheduling.policy import decide, plan_batch, queue_deadline
+from inferd.scheduling.policy import decide, hold_or_send, plan_batch, queue_deadline
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import CallContext, WorkerStatus
 
@@ -61,7 +63,8 @@ def batch_key(inputs: Arrays) -> tuple[object, ...]:
 
 class DynamicBatcher(Scheduler):
     def __init__(self, pool: InstancePool, batching: DynamicBatching,
-                 observe_batch: BatchObserver | None = None, ragged: RaggedBatching | None = None) -> None:
+                 observe_batch: BatchObserver | None = None, ragged: RaggedBatching | None = None,
+                 holds: bool = False) -> None:
         self.pool = pool
         self.adopt_metadata(pool)
         self._key = batch_key if ragged is None else ragged.key
@@ -74,6 +77,9 @@ class DynamicBatcher(Scheduler):
         self._default_timeout_s = batching.default_timeout_ms / 1000
         self._observe_batch = observe_batch
         self._levels = PriorityLevels(batching, pool.name) if PriorityLevels.needed(batching) else None
+        self._holds = holds  # Triton's wait (policy.hold_or_send) instead of the work-conserving one
+        self._queues_always = holds or self._levels is not None  # never the run-at-once path
+        self._draining = False  # a held batch goes at once
         self._queue: list[_Waiting] = []
         self._queued_rows = 0
         self._running = 0
@@ -113,8 +119,8 @@ class DynamicBatcher(Scheduler):
     async def infer_async(self, inputs: Arrays, context: CallContext) -> Arrays:
         if self._closed:
             raise self.pool.unloading()
-        if self._levels is not None:
-            return await self._infer_by_level(inputs, context, self._levels)
+        if self._queues_always:
+            return await self._infer_queued(inputs, context)
         if len(self._queue) >= self._batching.max_queue_size:
             raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
                             f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
@@ -165,11 +171,17 @@ class DynamicBatcher(Scheduler):
             if not waiting.future.done():  # the reader left while it queued: it never runs
                 waiting.future.cancel()
 
-    async def _infer_by_level(self, inputs: Arrays, context: CallContext, levels: PriorityLevels) -> Arrays:
-        """``infer_async`` for a model with priority levels or a DELAY policy (levels.py): the request
-        queues at its level under that level's policy, always (no running at once: the queue's order
-        decides). Apart, so that a model without them pays nothing for them."""
-        return await self._enqueue_by_level(inputs, context, levels, None).future
+    async def _infer_queued(self, inputs: Arrays, context: CallContext) -> Arrays:
+        """``infer_async`` for a model with priority levels or a DELAY policy (levels.py), or one
+        whose batches wait as Triton's: the request always queues (at its level under that level's
+        policy), never runs at once: the queue's order, or the held batch, decides. Apart, so that a
+        model without them pays nothing for them."""
+        if self._levels is not None:
+            return await self._enqueue_by_level(inputs, context, self._levels, None).future
+        if len(self._queue) >= self._batching.max_queue_size:
+            raise QueueFull(f"model '{self.pool.name}' queue is full ({len(self._queue)} requests "
+                            f"waiting, max_queue_size = {self._batching.max_queue_size}); retry later")
+        return await self._enqueue(inputs, int(next(iter(inputs.values())).shape[0]), context, None).future
 
     def _enqueue_by_level(self, inputs: Arrays, context: CallContext, levels: PriorityLevels,
                           stream: AnswerStream | None) -> _Waiting:
@@ -261,17 +273,52 @@ class DynamicBatcher(Scheduler):
             self._drop_abandoned()
             if not self._queue:
                 return
-            compatible = self._compatible(self._queue[0])
-            decision = decide(self._queued_rows, time.perf_counter() - self._oldest(compatible),
-                              self.pool.instances - self._running, self._running, self.max_batch_size,
-                              self._batching.preferred_batch_sizes, self._max_delay_s)
-            if not decision.dispatch:
-                if decision.wait_s is not None:
-                    self._timer = (self._loop or self._bind_loop()).call_later(decision.wait_s, self._dispatch)
-                return
-            batch = self._take_batch(compatible)
+            if self._holds:
+                batch = self._take_held()
+                if batch is None:
+                    return
+            else:
+                compatible = self._compatible(self._queue[0])
+                decision = decide(self._queued_rows, time.perf_counter() - self._oldest(compatible),
+                                  self.pool.instances - self._running, self._running, self.max_batch_size,
+                                  self._batching.preferred_batch_sizes, self._max_delay_s)
+                if not decision.dispatch:
+                    if decision.wait_s is not None:
+                        self._timer = (self._loop or self._bind_loop()).call_later(decision.wait_s, self._dispatch)
+                    return
+                batch = self._take_batch(compatible)
             self._alone = len(batch) == 1 and not self._queue and self._running == 0
             self._start(batch)
+
+    def _take_held(self) -> list[_Waiting] | None:
+        """The batch a free instance takes now as Triton's batcher would (policy.hold_or_send), or
+        None with the timer set for when the oldest request's delay runs out."""
+        pending, cut = self._pending()
+        count, wait_s = hold_or_send([w.rows for w in pending], cut, time.perf_counter() - self._oldest(pending),
+                                     self.max_batch_size, self._batching.preferred_batch_sizes, self._max_delay_s,
+                                     self._draining)
+        if not count:
+            self._timer = (self._loop or self._bind_loop()).call_later(wait_s, self._dispatch)
+            return None
+        batch = pending[:count]
+        self._remove(batch)
+        return batch
+
+    def _pending(self) -> tuple[list[_Waiting], bool]:
+        """The requests from the queue's front that share its head's shapes, up to one past
+        max_batch_size rows, and whether one of other shapes stops them (Triton sends the batch
+        before it as it is, rather than reaching past it)."""
+        head = self._queue[0]
+        pending: list[_Waiting] = []
+        rows = 0
+        for waiting in self._queue:
+            if waiting.key != head.key:
+                return pending, True
+            pending.append(waiting)
+            rows += waiting.rows
+            if rows > self.max_batch_size:
+                break
+        return pending, False
 
     def _compatible(self, head: _Waiting) -> list[_Waiting]:
         """The requests the next batch would be taken from: those of the head's shapes, in queue
@@ -407,8 +454,15 @@ class DynamicBatcher(Scheduler):
         for waiting in batch:
             _fail(waiting, error or ModelError(f"model '{self.pool.name}' gave no outputs"))
 
+    def release_held(self) -> None:
+        """From now on a batch short of a preferred size goes without waiting for its delay."""
+        if self._holds and not self._draining:
+            self._draining = True
+            self._dispatch()
+
     async def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self.release_held()
         while (self._queue or self._running) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         await self.pool.drain(max(deadline - time.monotonic(), 0.0))

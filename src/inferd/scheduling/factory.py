@@ -17,8 +17,10 @@ from inferd.scheduling.sequence import SequenceBatcher
 
 
 def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: str,
-                    metrics: ModelMetrics | None = None, limiter: RateLimiter | None = None) -> Scheduler:
-    """``limiter``: the server's rate limiter (``--rate-limit execution_count``), or None (off)."""
+                    metrics: ModelMetrics | None = None, limiter: RateLimiter | None = None,
+                    batch_wait: str = "work-conserving") -> Scheduler:
+    """``limiter``: the server's rate limiter (``--rate-limit execution_count``), or None (off);
+    ``batch_wait``: the server's ``--batch-wait``, for a dynamic batcher whose model sets none."""
     batching = config.dynamic_batching
     max_queue = batching.max_queue_size if batching else 1024
     observe_batch = metrics.batch if metrics is not None and batching is None else None
@@ -30,7 +32,8 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
     try:
         if batching is not None:
             scheduler = DynamicBatcher(pool, batching, metrics.batch if metrics else None,
-                                       _ragged(runtime, config, name))
+                                       _ragged(runtime, config, name),
+                                       holds=(batching.batch_wait or batch_wait) == "delay")
         elif config.sequence_batching is not None:
             scheduler = SequenceBatcher(pool, config.sequence_batching,
                                         frozenset(tensor.name for tensor in config.outputs))

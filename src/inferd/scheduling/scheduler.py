@@ -51,6 +51,10 @@ class Scheduler(Runtime):
     def resize(self, count: int) -> None:
         """Run ``count`` executions at once from now on (>= 1)."""
 
+    def release_held(self) -> None:
+        """The server drains: a batch held back for company goes now (the dynamic batcher's
+        ``--batch-wait delay``); nothing to do for the rest."""
+
     def scale(self, count: int) -> None:
         """A scheduler scaled (the repository's instance update) is resized."""
         self.resize(count)
