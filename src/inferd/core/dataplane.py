@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator
@@ -43,6 +44,8 @@ from inferd.types import (
     read_error_answer,
 )
 from inferd.validation import check_inputs, check_outputs, sequence_of
+
+log = logging.getLogger("inferd.dataplane")
 
 _GENERATIONS = itertools.count(1)
 # what exists: classification (top classes of an output), the binary tensor extension, the repository
@@ -203,6 +206,22 @@ class DataPlane:
         except InferdError:
             return False
         return True
+
+    async def model_says_ready(self, name: str, version: str | None) -> bool:
+        """The model's own readiness check (Triton's ``is_ready``), asked by the model ready endpoints
+        after ``model_ready``: True for a model without one; False when it says so, fails or takes
+        too long (the runtime bounds it). A model that is not served is not ready either."""
+        try:
+            served, _ = self._registry.get(name, version)
+        except InferdError:
+            return False
+        if not served.checks_ready:
+            return True
+        try:
+            return await asyncio.to_thread(served.model_ready)
+        except Exception as exc:  # the check itself failed: not ready, as Triton reports it
+            log.warning("model '%s': its readiness check failed: %s", name, exc)
+            return False
 
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest, trace: RequestTrace | None = None) -> InferResponse:

@@ -54,6 +54,7 @@ log = logging.getLogger("inferd.isolation")
 T = TypeVar("T")
 
 LOAD_TIMEOUT_S = 600.0  # the longest an instance process may take to import and load its model
+READY_TIMEOUT_S = 5.0  # a model's own readiness check (is_ready) answers within this, or says not ready (Triton's)
 _WATCH_MS = 20  # how often a waiting call looks at the process (exit, memory, time)
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -105,6 +106,7 @@ class InstanceProcess:
         self._scratch: str | None = None
         self._killed = False
         self._cancels: CancelBoard | None = None  # where a running call's cancel reaches the process
+        self._readiness: _ReadinessChecks | None = None  # the model's own is_ready, when it has one
         self.started = 0.0  # time.time() once its model loaded
 
     @property
@@ -119,6 +121,7 @@ class InstanceProcess:
         """Spawn the process and wait until its model is loaded; raises with the reason if not."""
         ours, theirs = socket.socketpair()
         calls_ours, calls_theirs = socket.socketpair()  # the model's requests to other models (calls.py)
+        ready_ours, ready_theirs = socket.socketpair()  # readiness checks, answered while a call runs
         env = dict(os.environ) if not self.spec.memory_limit_mb else without_kept_memory(dict(os.environ))
         # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
         self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{self.index}-")
@@ -130,15 +133,17 @@ class InstanceProcess:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno()), str(calls_theirs.fileno()),
-                 str(self._cancels.fd)],
-                pass_fds=(theirs.fileno(), calls_theirs.fileno(), self._cancels.fd), env=env,
+                 str(self._cancels.fd), str(ready_theirs.fileno())],
+                pass_fds=(theirs.fileno(), calls_theirs.fileno(), self._cancels.fd, ready_theirs.fileno()), env=env,
                 stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: what it starts is killed with it
         except BaseException:
             calls_ours.close()
+            ready_ours.close()
             raise
         finally:
             theirs.close()
             calls_theirs.close()
+            ready_theirs.close()
         calls.serve(calls_ours, self.spec.context.name)  # ends when the process closes its side
         _RUNNING.add(self)
         self._conn = Channel(ours)
@@ -156,6 +161,14 @@ class InstanceProcess:
             raise ModelError(reply[1])
         self.metadata = reply[1]
         self.started = time.time()
+        if self.metadata.get("checks_ready"):
+            self._readiness = _ReadinessChecks(ready_ours, self.spec.context.name)
+        else:
+            ready_ours.close()
+
+    def model_ready(self) -> bool:
+        """The model's own readiness check (``is_ready``); True when it has none."""
+        return self._readiness is None or self._readiness.ask(READY_TIMEOUT_S)
 
     def call(self, arrays: Arrays, emit: Emit | None = None) -> Arrays:
         """Run one execution; raises InstanceDied if the process did not survive it. ``emit`` takes
@@ -373,9 +386,59 @@ class InstanceProcess:
         if self._cancels is not None:
             self._cancels.close()
             self._cancels = None
+        if self._readiness is not None:
+            self._readiness.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+class _ReadinessChecks:
+    """An instance's readiness checks, as python_backend runs them (python_be.cc,
+    RunUserModelReadinessCheck): one in flight at a time; a check asked meanwhile waits for it and
+    takes its answer; a check not answered within its timeout is "not ready", while the one in
+    flight goes on and the next check waits for it. Answers are read on a thread of their own."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self._conn = Channel(sock)
+        self._name = name
+        self._done = threading.Condition()
+        self._asked = False  # a check is in flight
+        self._answer: tuple[bool, str] = (False, "")
+        threading.Thread(target=self._read, name=f"inferd-readiness-{name}", daemon=True).start()
+
+    def ask(self, timeout: float) -> bool:
+        """The model's answer; raises ModelError when its check failed (raised, or not a bool)."""
+        with self._done:
+            if not self._asked:
+                try:
+                    self._conn.send(("ready?",))
+                except OSError:
+                    return False  # the process is gone: its calls say why
+                self._asked = True
+            if not self._done.wait_for(lambda: not self._asked, timeout):
+                return False
+            ready, error = self._answer
+        if error:
+            raise ModelError(f"model '{self._name}': is_ready() failed: {error}")
+        return ready
+
+    def _read(self) -> None:
+        while True:
+            try:
+                _, ready, error = self._conn.receive()
+            except (EOFError, OSError, ProtocolError, ValueError):
+                ready, error = False, "the instance process is gone"
+            with self._done:
+                self._answer, self._asked = (bool(ready), str(error)), False
+                self._done.notify_all()
+            if error == "the instance process is gone":
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
+        self._conn.close()
 
 
 _REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "answers": 5, "error": 5, "part": 4, "end": 2,
@@ -462,6 +525,7 @@ class ProcessRuntime(Runtime):
         self.decoupled = metadata["decoupled"]
         self.parts = metadata["parts"]
         self.requests_apart = metadata["requests_apart"]
+        self._checks_ready = bool(metadata.get("checks_ready"))
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -679,6 +743,15 @@ class ProcessRuntime(Runtime):
                 self._ready -= 1
             self._live.pop(instance.index, None)
             instance.stop()
+
+    @property
+    def checks_ready(self) -> bool:
+        return self._checks_ready
+
+    def model_ready(self) -> bool:
+        """Every running instance's own check says ready (each bounded by READY_TIMEOUT_S)."""
+        instances = list(self._live.values())
+        return bool(instances) and all(instance.model_ready() for instance in instances)
 
     def workers(self) -> list[WorkerStatus]:
         """Every instance process: its pid, when it became ready, its resident memory; one scaled

@@ -1,4 +1,5 @@
-"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD CANCELS_FD`` loads one model and runs its calls.
+"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD CANCELS_FD READY_FD`` loads one
+model and runs its calls.
 
 The server sends, over the socket FD, the model to load, then one message per call. Whatever the
 model does to this process (segfault, ``os._exit``, hang, runaway memory), the server only loses
@@ -8,7 +9,9 @@ Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)`
 ``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
 a decoupled model's answers; ``("requests", ..., count)``: a batch's requests apart,
 ``"streams"``: a decoupled model's batch apart) and ``("stop",)``. The model's own requests to
-other models (BLS) go over CALLS_FD (``calls.py``).
+other models (BLS) go over CALLS_FD (``calls.py``); a model with its own readiness check (Triton's
+``is_ready``) answers ``("ready?",)`` on READY_FD with ``("ready", bool, error)``, on a thread of its own
+(a check may come while a call runs).
 Out: ``("ready", metadata)`` or ``("failed", reason)``; per call ``("ok", call id, header,
 output_path | None)`` (``"answers"``, one more item: the requests that failed alone) or
 ``("error", call id, type name, message, fatal)``; a stream's ``("part", call id, header, path)``
@@ -41,7 +44,7 @@ from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime, call_cancel
 _PARENT_CHECK_S = 1.0
 
 
-def main(fd: int, calls_fd: int, cancels_fd: int) -> None:
+def main(fd: int, calls_fd: int, cancels_fd: int, ready_fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
     configure_instance_process()
     # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
@@ -58,6 +61,9 @@ def main(fd: int, calls_fd: int, cancels_fd: int) -> None:
             return
         if memory_limit_mb:
             _cap_address_space(memory_limit_mb)
+        if runtime.checks_ready:
+            threading.Thread(target=_answer_readiness, args=(Channel(socket.socket(fileno=ready_fd)), runtime),
+                             name="inferd-readiness", daemon=True).start()
         _serve(conn, runtime, CancelBoard(cancels_fd))
     except (EOFError, OSError):  # the server closed our socket: it is gone or stopping us
         _leave_with_group()
@@ -80,7 +86,7 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
                          "takes_sequence": runtime.takes_sequence, "takes_request": runtime.takes_request,
                          "decoupled": runtime.decoupled, "requests_apart": runtime.requests_apart,
-                         "parts": runtime.parts}))
+                         "parts": runtime.parts, "checks_ready": runtime.checks_ready}))
     return runtime
 
 
@@ -106,6 +112,23 @@ def _serve(conn: Channel, runtime: Runtime, cancels: CancelBoard) -> None:
                 conn.send(_reply(conn, runtime, kind, arrays, outputs, call_id, *more))
     finally:
         outputs.close()
+
+
+def _answer_readiness(conn: Channel, runtime: Runtime) -> None:
+    """Each readiness check the server asks: the model's answer, or why the check failed."""
+    while True:
+        try:
+            conn.receive()
+        except (EOFError, OSError):
+            return
+        try:
+            answer: tuple[Any, ...] = ("ready", runtime.model_ready(), "")
+        except Exception as exc:
+            answer = ("ready", False, describe(exc))
+        try:
+            conn.send(answer)
+        except OSError:
+            return
 
 
 def _reply(conn: Channel, runtime: Runtime, kind: str, arrays: Any, outputs: Writer, call_id: int, *more: Any
@@ -303,6 +326,6 @@ def _cap_address_space(memory_limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    fds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    fds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     del sys.argv[1:]  # the model's own: argv parsers it calls (unittest.main) must not meet our sockets
     main(*fds)

@@ -225,6 +225,16 @@ class Runtime(ABC):
         """The processes that run this model's calls; None when they run in the server's own."""
         return None
 
+    @property
+    def checks_ready(self) -> bool:
+        """The model answers readiness itself (Triton's ``is_ready``): ``model_ready`` asks it."""
+        return False
+
+    def model_ready(self) -> bool:
+        """The model's own answer to a readiness check (called off the event loop; may block up to
+        a few seconds); raises when the check itself failed. True for a model without one."""
+        return True
+
     def describe(self) -> str:
         return self.platform
 

@@ -171,7 +171,11 @@ class TritonPythonRuntime(Runtime):
             return self._run_execute(requests)
 
     def _run_execute(self, requests: list[pb_utils.InferenceRequest]) -> Any:
-        result = self._model.execute(requests)
+        return self._awaited(self._model.execute(requests))
+
+    def _awaited(self, result: Any) -> Any:
+        """``result``, or what it returns when it is a coroutine, run on the model's own event loop
+        (started at its first, shared by every ``async def`` of the model, as Triton's stub runs them)."""
         if inspect.iscoroutine(result):
             with self._loop_lock:
                 if self._loop is None:
@@ -180,6 +184,18 @@ class TritonPythonRuntime(Runtime):
                                      daemon=True).start()
             result = asyncio.run_coroutine_threadsafe(result, self._loop).result()
         return result
+
+    @property
+    def checks_ready(self) -> bool:
+        return callable(getattr(self._model, "is_ready", None))
+
+    def model_ready(self) -> bool:
+        """Triton's ``is_ready()`` (python_backend's README, "is_ready"): sync or ``async def``,
+        and it must answer a bool."""
+        answer = self._awaited(self._model.is_ready())
+        if not isinstance(answer, bool):
+            raise TypeError(f"is_ready() must return a boolean value, got {type(answer).__name__}")
+        return answer
 
     def _outputs(self, response: Any, wanted: list[str]) -> Arrays:
         """The response's outputs, each asked for one in its declared dtype (one not asked for may

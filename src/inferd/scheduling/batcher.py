@@ -487,6 +487,13 @@ class DynamicBatcher(Scheduler):
     def workers(self) -> list[WorkerStatus]:
         return self.pool.workers()
 
+    @property
+    def checks_ready(self) -> bool:
+        return self.pool.checks_ready
+
+    def model_ready(self) -> bool:
+        return self.pool.model_ready()
+
     def describe(self) -> str:
         return f"{self.pool.describe()}, dynamic batching up to {self.max_batch_size}"
 

@@ -415,6 +415,13 @@ class InstancePool(Scheduler):
         self._count = count
         old.shutdown(wait=False)
 
+    @property
+    def checks_ready(self) -> bool:
+        return self.inner.checks_ready
+
+    def model_ready(self) -> bool:
+        return self.inner.model_ready()
+
     def workers(self) -> list[WorkerStatus]:
         """The inner runtime's processes, or this pool's threads (each in the server's process)."""
         own = self.inner.workers()

@@ -628,6 +628,13 @@ class SequenceBatcher(Scheduler):
     def workers(self) -> list[WorkerStatus]:
         return self._pool.workers()
 
+    @property
+    def checks_ready(self) -> bool:
+        return self._pool.checks_ready
+
+    def model_ready(self) -> bool:
+        return self._pool.model_ready()
+
     def unload(self) -> None:
         self._closed = True
         if self._loop is not None and not self._loop.is_closed():  # rows still queued past the drain are told

@@ -301,8 +301,9 @@ class KServeV2Servicer:
 
     @guarded
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.data.is_model_ready(request.name, request.version or None,
-                                                                   _authorization(context)))
+        version = request.version or None
+        ready = self.data.is_model_ready(request.name, version, _authorization(context))
+        return pb.ModelReadyResponse(ready=ready and await self.data.model_says_ready(request.name, version))
 
     @guarded
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context

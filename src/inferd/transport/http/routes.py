@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 from inferd.core import Core, shared_memory
-from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound
+from inferd.errors import ErrorCode, Forbidden, InferdError, InvalidInput, NotFound, Unavailable
 from inferd.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inferd.observability.tracing import RequestTrace
 from inferd.protocols import kserve_v2, kserve_v2_extensions, kserve_v2_generate
@@ -164,6 +164,8 @@ class KServeV2Routes:
     async def model_ready(self, request: HttpRequest) -> HttpResponse:
         name, version = model_and_version(request)
         self.data.model_ready(name, version, credentials(request))
+        if not await self.data.model_says_ready(name, version):
+            raise Unavailable(f"model '{name}' is not ready: its own readiness check (is_ready) said no")
         return OK
 
     async def model_config(self, request: HttpRequest) -> HttpResponse:
