@@ -505,7 +505,8 @@ class InstanceGroup:
     count: int = 1  # executions of the model that may run at once
     kind: str = ""  # cpu | gpu | process | model; "" = process for Python models and handlers, else cpu
     gpus: tuple[int, ...] = ()
-    response_timeout_s: float = 120.0  # process: a call not answered by then kills the instance
+    # process: a call not answered by then kills the instance; 0 = no limit (a config.pbtxt model's, as Triton's)
+    response_timeout_s: float = 120.0
     memory_limit_mb: int = 0  # process: resident memory beyond this restarts the instance; 0 = none
     rate_limiter: RateLimit | None = None  # Triton's rate_limiter section; None: the group has none
 

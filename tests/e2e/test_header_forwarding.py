@@ -1,6 +1,7 @@
 """Triton's --http-header-forward-pattern and --grpc-header-forward-pattern with tritonclient and plain
 HTTP: request headers (gRPC metadata) whose names match reach a Triton Python model in
-``request.parameters()``, case-insensitively unless the pattern starts with ``(?-i)``; a reserved
+``request.parameters()``, case-insensitively unless the pattern starts with ``(?-i)``, also as a
+step of an ensemble (which gives its steps its request's parameters, as Triton's does); a reserved
 name is refused with 400 / INVALID_ARGUMENT; without a pattern nothing is forwarded."""
 
 from __future__ import annotations
@@ -39,6 +40,34 @@ max_batch_size: 0
 input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
 output [ { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]
 """
+# Triton's L0_parameters ensemble: a copy step, then the parameters model
+IDENTITY_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN")
+                                                            .as_numpy())]) for r in requests]
+"""
+IDENTITY_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+ENSEMBLE_CONFIG = """
+platform: "ensemble"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "PARAMETERS" data_type: TYPE_STRING dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "identity" model_version: -1 input_map { key: "IN" value: "IN" }
+    output_map { key: "OUT" value: "copy" } },
+  { model_name: "params" model_version: -1 input_map { key: "IN" value: "copy" }
+    output_map { key: "PARAMETERS" value: "PARAMETERS" } }
+] }
+"""
 SENT = {"my_header_1": "one", "My_Header_2": 'a "quoted" value\\ ', "other": "not forwarded"}
 GRPC_SENT = {name.lower(): value for name, value in SENT.items()}  # gRPC metadata keys are lower-case
 
@@ -47,6 +76,11 @@ def _repository(root: Path) -> Path:
     (root / "params/1").mkdir(parents=True)
     (root / "params/1/model.py").write_text(PARAMETERS_MODEL)
     (root / "params/config.pbtxt").write_text(PARAMETERS_CONFIG)
+    (root / "identity/1").mkdir(parents=True)
+    (root / "identity/1/model.py").write_text(IDENTITY_MODEL)
+    (root / "identity/config.pbtxt").write_text(IDENTITY_CONFIG)
+    (root / "ensemble/1").mkdir(parents=True)
+    (root / "ensemble/config.pbtxt").write_text(ENSEMBLE_CONFIG)
     return root
 
 
@@ -58,10 +92,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield running
 
 
-def _infer(lib: Any, client: Any, headers: dict[str, str]) -> dict[str, Any]:
+def _infer(lib: Any, client: Any, headers: dict[str, str], model: str = "params",
+           parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     tensor = lib.InferInput("IN", [1], "FP32")
     tensor.set_data_from_numpy(np.ones(1, np.float32))
-    answer = client.infer("params", [tensor], headers=dict(headers), parameters={"asked": "yes"})
+    answer = client.infer(model, [tensor], headers=dict(headers), parameters=parameters or {"asked": "yes"})
     parameters: dict[str, Any] = json.loads(answer.as_numpy("PARAMETERS")[0])
     return parameters
 
@@ -85,6 +120,19 @@ def test_grpc_metadata_matching_a_case_sensitive_pattern_become_parameters(serve
     assert not isinstance(result, InferenceServerException), result
     assert json.loads(result.as_numpy("PARAMETERS")[0]) == {"my_header_1": "streamed"}
     client.stop_stream()
+
+
+def test_an_ensemble_gives_its_steps_the_request_parameters_and_forwarded_headers(server: RunningServer) -> None:
+    """As Triton's ensemble (SetParameters on each step's request): qa/L0_parameters asks its
+    ensemble as it asks the model itself."""
+    http = httpclient.InferenceServerClient(server.url)
+    assert _infer(httpclient, http, SENT, "ensemble") == _infer(httpclient, http, SENT)
+    assert _infer(httpclient, http, SENT, "ensemble") == {"asked": "yes", "my_header_1": "one",
+                                                          "my_header_2": 'a "quoted" value\\ '}
+    kinds = {"text": "value1", "number": 2, "flag": True}
+    assert _infer(httpclient, http, {}, "ensemble", kinds) == kinds
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    assert _infer(grpcclient, grpc, GRPC_SENT, "ensemble") == {"asked": "yes", "my_header_1": "one"}
 
 
 def test_reserved_headers_are_refused_not_forwarded(tmp_path: Path) -> None:

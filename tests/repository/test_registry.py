@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from inferd.config import VersionPolicy
 from inferd.errors import NotFound, Unavailable
+from inferd.isolation.process import ProcessRuntime
 from inferd.repository.layout import find_artifact, is_valid_name, scan
 from inferd.repository.registry import ModelRegistry
 from inferd.runtimes.base import Runtime
@@ -279,3 +281,41 @@ def test_a_large_config_pbtxt_is_parsed_off_the_event_loop(tmp_path: Path) -> No
         return None if max(load, override) < 0.25 else f"the event loop stalled {load:.2f} s, {override:.2f} s"
 
     holds_in_one_of(3, lambda: asyncio.run(scenario()))
+
+
+TRITON_ECHO = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x")
+                                                            .as_numpy())]) for r in requests]
+"""
+TRITON_ECHO_PBTXT = """
+backend: "python"
+input [ { name: "x" data_type: TYPE_FP64 dims: [ -1 ] } ]
+output [ { name: "y" data_type: TYPE_FP64 dims: [ -1 ] } ]
+"""
+
+
+def test_a_process_instance_call_has_no_time_limit_unless_config_toml_sets_one(tmp_path: Path) -> None:
+    """Triton gives a Python model's execute no time limit (its QA's bls model ran past 120 s): a
+    config.pbtxt model's process calls wait as long as the model runs; config.toml, inferd's own
+    file, keeps its 120 s default against hung instances, and what it sets."""
+    write(tmp_path / "triton/1/model.py", TRITON_ECHO)
+    write(tmp_path / "triton/config.pbtxt", TRITON_ECHO_PBTXT)
+    python_model(tmp_path, "toml_default", [1])
+    python_model(tmp_path, "toml_set", [1], PYTHON_CONFIG + "\n[instance_group]\nresponse_timeout_s = 7\n")
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    try:
+        limits: dict[str, float] = {}
+        for name in ("triton", "toml_default", "toml_set"):
+            runtime = registry.get(name, None)[0]
+            assert isinstance(runtime, ProcessRuntime), runtime
+            limits[name] = runtime.spec.response_timeout_s
+            assert runtime.infer({"x": np.array([1.0, 2.0])})["y"].shape == (2,)
+        assert limits == {"triton": math.inf, "toml_default": 120.0, "toml_set": 7.0}
+    finally:
+        asyncio.run(registry.close())

@@ -388,13 +388,15 @@ def _control(name: str, control: Any, where: str) -> SequenceControl:
 
 
 def _instance_group(message: mc.ModelConfig, backend: str | None, where: str) -> InstanceGroup:
+    """The instance groups as one; a process instance's call has no time limit (response_timeout_s
+    0), as Triton gives a model's execute none: config.toml is where inferd's limit is set."""
     groups = list(message.instance_group)
     if not groups:
-        return InstanceGroup()
+        return InstanceGroup(response_timeout_s=0.0)
     if any(group.count < 0 for group in groups):
         raise ConfigError(f"{where}: key 'instance_group.count' must be >= 1, got {min(g.count for g in groups)}")
     limit = _rate_limit(groups, where)
-    return dataclasses.replace(_placement(groups, backend, where), rate_limiter=limit)
+    return dataclasses.replace(_placement(groups, backend, where), rate_limiter=limit, response_timeout_s=0.0)
 
 
 def _rate_limit(groups: list[mc.ModelInstanceGroup], where: str) -> RateLimit | None:

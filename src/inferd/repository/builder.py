@@ -4,6 +4,7 @@ around each (``Wrap``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     # a Triton Python model's KIND_MODEL instances are processes, as every other kind's: the model is told the kind
     kind = "process" if group.kind == "model" and backend == "python" else group.kind or group.resolved_kind(backend)
     if kind == "process":
-        spec = InstanceSpec(backend, contexts[0], group.response_timeout_s, group.memory_limit_mb)
+        spec = InstanceSpec(backend, contexts[0], group.response_timeout_s or math.inf, group.memory_limit_mb)
         runtime: Runtime = ProcessRuntime(spec, group.count)
         _check_batched_streams(runtime, config, name, backend)
     else:

@@ -19,7 +19,15 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from inferd.config import INT64_MAX, MODEL_NAME, NAME_RULE, ModelConfig, ServedConfig, load_model_config
+from inferd.config import (
+    INT64_MAX,
+    MODEL_NAME,
+    NAME_RULE,
+    InstanceGroup,
+    ModelConfig,
+    ServedConfig,
+    load_model_config,
+)
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, apply_override, model_config_json, read_pbtxt
 from inferd.types import numpy_dtype
@@ -75,7 +83,7 @@ def read_config(folder: ModelFolder) -> ModelConfig:
         return read_labels(load_model_config(toml), folder.path)
     if pbtxt.exists():
         return read_labels(read_pbtxt(pbtxt), folder.path)
-    return ModelConfig()
+    return ModelConfig(instance_group=InstanceGroup(response_timeout_s=0.0))  # Triton's: no time limit
 
 
 def auto_completed(folder: ModelFolder, config: ModelConfig) -> ModelConfig:

@@ -32,6 +32,7 @@ class EnsembleScheduler(Scheduler):
                  max_inflight: int = 1024, step_model: StepModel | None = None) -> None:
         self.inner = runtime
         self.adopt_metadata(runtime)
+        self.takes_request = True  # the data plane hands it the request's parameters and id for its steps
         self.name = name
         self.model = name.rsplit(":", 1)[0]
         self._waves = ensemble_order(config, f"ensemble '{name}'")
@@ -118,7 +119,8 @@ class EnsembleScheduler(Scheduler):
             model_name=step.model_name, inputs=inputs,
             model_version=str(step.model_version) if step.model_version > 0 else None,
             outputs=[RequestedOutput(name) for name in step.output_map], timeout_us=timeout_us,
-            protocol="ensemble", cancelled=context.cancelled, parameters=_sequence_parameters(context),
+            protocol="ensemble", cancelled=context.cancelled, parameters=_step_parameters(context),
+            id=context.request_id or None,
             priority=context.priority)  # as Triton's ensemble passes its request's priority to each step
         try:
             return await self._run_step(request)
@@ -211,13 +213,15 @@ def _fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return len(shape) == len(declared) and all(d < 0 or d == n for n, d in zip(shape, declared, strict=True))
 
 
-def _sequence_parameters(context: CallContext) -> dict[str, object]:
-    """The ensemble request's sequence, given to every step as Triton does (its correlation ID and
-    START/END flags), so that a stateful step model sees the sequence it is part of."""
+def _step_parameters(context: CallContext) -> dict[str, object]:
+    """The ensemble request's parameters (the client's and the headers forwarded into them), given
+    to every step as Triton's ensemble does (``SetParameters``), with its sequence (correlation ID
+    and START/END flags), so that a stateful step model sees the sequence it is part of."""
+    parameters = dict(context.parameters or {})
     sequence = context.sequence
-    if sequence is None:
-        return {}
-    return {"sequence_id": sequence.id, "sequence_start": sequence.start, "sequence_end": sequence.end}
+    if sequence is not None:
+        parameters.update(sequence_id=sequence.id, sequence_start=sequence.start, sequence_end=sequence.end)
+    return parameters
 
 
 def _datatype(array: np.ndarray) -> str:
