@@ -11,6 +11,7 @@ import difflib
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,7 @@ TIMEOUT_ACTIONS = ("reject", "delay")  # Triton's ModelQueuePolicy.TimeoutAction
 # when a free instance takes a batch short of a preferred size: "work-conserving" at once while every
 # instance is idle (inferd's default); "delay" only once the oldest request waited max_queue_delay (Triton's)
 BATCH_WAITS = ("work-conserving", "delay")
+BATCH_WAIT_PARAMETER = "inferd.batch_wait"  # config.pbtxt's spelling of batch_wait, any backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +330,12 @@ class DynamicBatching:
     priority_levels: int = 0  # > 0: a queue per level, 1 the highest; a batch takes the highest levels first
     default_priority_level: int = 0  # the level of a request without a priority (or 0, or one above the levels)
     priority_queue_policy: dict[int, QueuePolicy] = field(default_factory=dict)  # a level's own policy
-    batch_wait: str = ""  # one of BATCH_WAITS; "": the server's --batch-wait
+    batch_wait: str = ""  # one of BATCH_WAITS (config.toml's); "": config.pbtxt's parameter, else --batch-wait
+
+    def waits(self, parameters: Mapping[str, str], server: str) -> bool:
+        """Whether batches wait as Triton's ("delay"): this table's batch_wait, else the model's
+        inferd.batch_wait parameter, else the server's --batch-wait."""
+        return (self.batch_wait or parameters.get(BATCH_WAIT_PARAMETER) or server) == "delay"
 
     @property
     def default_policy(self) -> QueuePolicy:
@@ -649,6 +656,9 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
                           f"must not exceed max_batch_size ({config.max_batch_size})")
     if batching:
         check_priority_levels(batching, where)
+    if BATCH_WAIT_PARAMETER in config.parameters and batching is None:
+        raise ConfigError(f"{where}: parameter '{BATCH_WAIT_PARAMETER}' needs dynamic_batching (it says how that "
+                          "batcher waits)")
     if config.instance_group.gpus and config.instance_group.kind != "gpu":
         raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
     if config.max_batch_size == 0 and any(t.image for t in config.inputs):

@@ -488,3 +488,34 @@ def test_several_groups_with_one_rate_limiter_add_up() -> None:
             'count: 1 } ] } }, { count: 1 kind: KIND_CPU rate_limiter { resources [ { name: "R" count: 1 } ] } } ]')
     group = parse_pbtxt(text, "m/config.pbtxt", "m").instance_group
     assert group.count == 3 and group.rate_limiter == RateLimit((RateResource("R", 1),))
+
+
+BATCHED = 'backend: "onnxruntime"\nmax_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n'
+WAIT = 'parameters { key: "inferd.batch_wait" value: { string_value: "%s" } }\n'
+
+
+def test_the_batch_wait_parameter_is_read_for_any_backend_and_an_override_may_set_it_alone() -> None:
+    held = parse_pbtxt(BATCHED + WAIT % "delay", "m/config.pbtxt", "m")  # onnxruntime: a parameter it lacks
+    assert held.dynamic_batching is not None and held.dynamic_batching.waits(held.parameters, "work-conserving")
+    plain = parse_pbtxt(BATCHED, "m/config.pbtxt", "m")
+    assert plain.dynamic_batching is not None
+    assert not plain.dynamic_batching.waits(plain.parameters, "work-conserving")
+    assert plain.dynamic_batching.waits(plain.parameters, "delay")  # the server's flag
+    opted_out = parse_pbtxt(BATCHED + WAIT % "work-conserving", "m/config.pbtxt", "m")
+    assert opted_out.dynamic_batching is not None
+    assert not opted_out.dynamic_batching.waits(opted_out.parameters, "delay")
+    overridden = apply_override(plain, '{"parameters": {"inferd.batch_wait": {"string_value": "delay"}}}', "m")
+    assert overridden.dynamic_batching is not None
+    assert overridden.dynamic_batching.waits(overridden.parameters, "work-conserving")
+    rebatched = apply_override(held, '{"dynamic_batching": {"max_queue_delay_microseconds": 5}}', "m")
+    assert rebatched.dynamic_batching is not None
+    assert rebatched.dynamic_batching.waits(rebatched.parameters, "work-conserving")  # the parameter stays
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (BATCHED + WAIT % "soon", "parameter 'inferd.batch_wait' must be one of work-conserving, delay, got 'soon'"),
+    ('max_batch_size: 8\n' + WAIT % "delay", "parameter 'inferd.batch_wait' needs dynamic_batching"),
+])
+def test_a_bad_batch_wait_parameter_says_what_it_takes(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        parse_pbtxt(text, "m/config.pbtxt", "m")

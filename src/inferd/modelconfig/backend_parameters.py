@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from inferd.config import BATCH_WAIT_PARAMETER
 from inferd.errors import ConfigError
 
 _TRUE = {"true", "1", "on", "yes"}
@@ -69,8 +70,6 @@ def _arena_list(text: str) -> str | None:
     return None if ok else "arenas as device:id separated by ';' (such as cpu:0;gpu:0)"
 
 
-BATCH_WAIT = "inferd.batch_wait"  # inferd's own, any backend: the model's --batch-wait (convert.py reads it)
-
 # inferd's backend -> {Triton's parameter -> its check}; each is applied as the comment says
 KNOWN: dict[str, dict[str, Callable[[str], str | None]]] = {
     "onnx": {
@@ -116,7 +115,7 @@ def check_parameters(backend: str, parameters: Mapping[str, str], where: str) ->
         return
     for key, value in parameters.items():
         check = known.get(key)
-        if check is None and key == BATCH_WAIT:
+        if check is None and key == BATCH_WAIT_PARAMETER:  # inferd's own, any backend (convert.py checks it)
             continue
         if check is None:
             raise ConfigError(f"{where}: parameter '{key}' is not one inferd serves for this backend "

@@ -12,6 +12,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from inferd.config import (
+    BATCH_WAIT_PARAMETER,
     BATCH_WAITS,
     GROWABLE_REFUSED,
     Accelerator,
@@ -39,7 +40,7 @@ from inferd.config import (
 )
 from inferd.errors import ConfigError
 from inferd.modelconfig._proto import triton_model_config_pb2 as mc
-from inferd.modelconfig.backend_parameters import BATCH_WAIT, check_parameters, intra_op_threads
+from inferd.modelconfig.backend_parameters import check_parameters, intra_op_threads
 
 PBTXT = "config.pbtxt"
 
@@ -148,11 +149,15 @@ def _from_message(message: mc.ModelConfig, where: str, folder_name: str) -> Mode
     parameters = {key: value.string_value for key, value in message.parameters.items()}
     if backend is not None:  # an inferred backend's loader checks them once it is known
         check_parameters(backend, parameters, where)
+    wait = parameters.get(BATCH_WAIT_PARAMETER, "")
+    if wait and wait not in BATCH_WAITS:
+        raise ConfigError(f"{where}: parameter '{BATCH_WAIT_PARAMETER}' must be one of {', '.join(BATCH_WAITS)}, "
+                          f"got {wait!r}")
     return ModelConfig(
         backend=backend,
         max_batch_size=message.max_batch_size,
         intra_op_threads=intra_op_threads(parameters, where),
-        dynamic_batching=_batching(message, where, parameters.get(BATCH_WAIT, "")),
+        dynamic_batching=_batching(message, where),
         instance_group=_instance_group(message, backend, where),
         version_policy=_version_policy(message, where),
         inputs=tuple(_tensor(t, where, "input") for t in message.input),
@@ -286,14 +291,8 @@ def _count(shape: tuple[int, ...]) -> int:
     return count
 
 
-def _batching(message: mc.ModelConfig, where: str, wait: str) -> DynamicBatching | None:
-    """``wait``: the ``inferd.batch_wait`` parameter, "" when not set."""
-    if wait and wait not in BATCH_WAITS:
-        raise ConfigError(f"{where}: parameter '{BATCH_WAIT}' must be one of {', '.join(BATCH_WAITS)}, got {wait!r}")
+def _batching(message: mc.ModelConfig, where: str) -> DynamicBatching | None:
     if not message.HasField("dynamic_batching"):
-        if wait:
-            raise ConfigError(f"{where}: parameter '{BATCH_WAIT}' needs dynamic_batching (it says how that batcher "
-                              "waits)")
         return None
     batching = message.dynamic_batching
     if any(size < 1 for size in batching.preferred_batch_size):
@@ -309,8 +308,7 @@ def _batching(message: mc.ModelConfig, where: str, wait: str) -> DynamicBatching
         priority_levels=batching.priority_levels,
         default_priority_level=batching.default_priority_level,
         priority_queue_policy={int(level): _queue_policy(policy)
-                               for level, policy in sorted(batching.priority_queue_policy.items())},
-        batch_wait=wait)
+                               for level, policy in sorted(batching.priority_queue_policy.items())})
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:

@@ -33,7 +33,7 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
         if batching is not None:
             scheduler = DynamicBatcher(pool, batching, metrics.batch if metrics else None,
                                        _ragged(runtime, config, name),
-                                       holds=(batching.batch_wait or batch_wait) == "delay")
+                                       holds=batching.waits(config.parameters, batch_wait))
         elif config.sequence_batching is not None:
             scheduler = SequenceBatcher(pool, config.sequence_batching,
                                         frozenset(tensor.name for tensor in config.outputs))
