@@ -49,6 +49,36 @@ class TritonPythonModel:
         return [response]
 """
 
+# a dynamic batch's requests: waits WAIT seconds, until every request's own client cancelled; logs each
+WAITS_BATCHED = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        seconds = max(float(pb_utils.get_input_tensor_by_name(r, "WAIT").as_numpy()[0, 0]) for r in requests)
+        waited = 0.0
+        while waited < seconds and not all(r.is_cancelled() for r in requests):
+            time.sleep(0.1)
+            waited += 0.1
+        for request in requests:
+            told = "cancelled" if request.is_cancelled() else "not cancelled"
+            pb_utils.Logger.log_info(f"[waits] {request.request_id()} {told} of {len(requests)}")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[waited]], np.float32))])
+                for _ in requests]
+"""
+
+BATCHED_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "WAIT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 3000000 }
+"""
+
 CONFIG = """
 backend: "python"
 input [ {{ name: "WAIT" data_type: TYPE_FP32 dims: [ 1 ] }} ]
@@ -63,6 +93,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     for name, extra in (("waits", ""), ("waits_decoupled", "model_transaction_policy { decoupled: true }")):
         models.write(root / name / "1/model.py", WAITS)
         models.write(root / name / "config.pbtxt", CONFIG.format(extra=extra))
+    models.write(root / "waits_batched" / "1/model.py", WAITS_BATCHED)
+    models.write(root / "waits_batched" / "config.pbtxt", BATCHED_CONFIG)
     with serve(root, grpc=True) as running:
         yield running
 
@@ -123,3 +155,22 @@ def test_stream_cancel_reaches_a_decoupled_request(server: RunningServer) -> Non
         told = _told(server, "stream-1")
     assert told.startswith("cancelled after "), told
     assert float(told.split()[-2]) < 10.0, told
+
+
+def test_grpc_cancel_reaches_its_own_request_of_a_batch(server: RunningServer) -> None:
+    first, wait = grpcclient.InferInput("WAIT", [1, 1], "FP32"), grpcclient.InferInput("WAIT", [1, 1], "FP32")
+    first.set_data_from_numpy(np.array([[1.0]], np.float32))
+    wait.set_data_from_numpy(np.array([[4.0]], np.float32))
+    answers: list[object] = []
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        # the instance is busy with a first request, so the next two queue and run as one batch
+        client.async_infer("waits_batched", [first], lambda result, error: None, request_id="batch-first")
+        time.sleep(0.3)
+        leaving = client.async_infer("waits_batched", [wait], lambda result, error: None, request_id="batch-gone")
+        client.async_infer("waits_batched", [wait], lambda result, error: answers.append(result or error),
+                           request_id="batch-kept")
+        time.sleep(2.5)  # both run as one execution
+        leaving.cancel()
+        gone, kept = _told(server, "batch-gone"), _told(server, "batch-kept")
+    assert (gone, kept) == ("cancelled of 2", "not cancelled of 2")
+    assert len(answers) == 1 and not isinstance(answers[0], Exception), answers

@@ -47,7 +47,16 @@ from inferd.isolation.shm import (
     remove_shared_memory,
     unpack_calls,
 )
-from inferd.runtimes.base import Answer, AnswerSink, Arrays, Emit, LoadContext, Runtime, call_cancelled
+from inferd.runtimes.base import (
+    Answer,
+    AnswerSink,
+    Arrays,
+    Emit,
+    LoadContext,
+    Runtime,
+    call_cancelled,
+    requests_cancelled,
+)
 from inferd.types import WorkerStatus
 
 log = logging.getLogger("inferd.isolation")
@@ -191,13 +200,30 @@ class InstanceProcess:
         """Run one execution of a batch's requests handed over apart (Runtime.infer_requests): per
         request, its outputs or the error that failed it alone. Raises InstanceDied as ``call`` does."""
         call_id = self._send("requests", pack_calls(requests), len(requests))
-        reply = self._wait(self.spec.response_timeout_s, "running these requests", call_id)
+        reply = self._wait(self.spec.response_timeout_s, "running these requests", call_id,
+                           self._requests_cancels(call_id))
         if reply[0] != "answers":
             self._raise(reply)
         answers: list[Answer] = [*unpack_calls(self._read(reply[2], reply[3]), len(requests))]
         for index, kind, message in reply[4]:
             answers[index] = self._error(kind, message)
         return answers
+
+    def _requests_cancels(self, call_id: int) -> Callable[[], bool] | None:
+        """For ``_wait``: tells the process of each request of the batch whose client went away
+        (its flag on the board), as they go; True once all have (nothing more to tell)."""
+        cancels = requests_cancelled()
+        if not cancels or self._cancels is None:
+            return None
+        board, told = self._cancels, set()
+
+        def tell() -> bool:
+            for index, cancelled in enumerate(cancels):
+                if index not in told and cancelled():
+                    board.cancel_request(call_id, index)
+                    told.add(index)
+            return len(told) == len(cancels)
+        return tell
 
     def stream(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
         """One execution answered in parts (a decoupled model):

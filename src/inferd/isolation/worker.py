@@ -39,7 +39,7 @@ from inferd.isolation.channel import Channel
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
 from inferd.observability.logging import configure_instance_process
 from inferd.runtimes import model_calls
-from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime, call_cancelled_by
+from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime, call_cancelled_by, requests_cancelled_by
 
 _PARENT_CHECK_S = 1.0
 
@@ -109,7 +109,7 @@ def _serve(conn: Channel, runtime: Runtime, cancels: CancelBoard) -> None:
                 conn.send(("error", call_id, "OSError", f"could not map its inputs: {exc}", True))
                 continue
             with call_cancelled_by(functools.partial(cancels.cancelled, call_id)):  # the server's slot
-                conn.send(_reply(conn, runtime, kind, arrays, outputs, call_id, *more))
+                conn.send(_reply(conn, runtime, kind, arrays, outputs, cancels, call_id, *more))
     finally:
         outputs.close()
 
@@ -131,15 +131,17 @@ def _answer_readiness(conn: Channel, runtime: Runtime) -> None:
             return
 
 
-def _reply(conn: Channel, runtime: Runtime, kind: str, arrays: Any, outputs: Writer, call_id: int, *more: Any
-           ) -> tuple[Any, ...]:
+def _reply(conn: Channel, runtime: Runtime, kind: str, arrays: Any, outputs: Writer, cancels: CancelBoard,
+           call_id: int, *more: Any) -> tuple[Any, ...]:
     """A call of ``kind`` run, and the reply that ends it."""
     if kind == "stream":
         return _stream(conn, runtime, arrays, outputs, call_id)
     if kind == "streams":
         return _streams(conn, runtime, arrays, outputs, call_id, more[0])
     if kind == "requests":
-        return _call_requests(runtime, arrays, outputs, call_id, more[0])
+        each = [functools.partial(cancels.request_cancelled, call_id, index) for index in range(more[0])]
+        with requests_cancelled_by(each):  # each request's own client (the server's flags)
+            return _call_requests(runtime, arrays, outputs, call_id, more[0])
     if kind == "parts":
         return _call(runtime, arrays, outputs, call_id, _part_sender(conn, outputs, call_id))
     return _call(runtime, arrays, outputs, call_id)

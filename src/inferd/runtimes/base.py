@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -44,6 +44,26 @@ def call_cancelled_by(cancelled: Callable[[], bool] | None) -> Iterator[None]:
 def call_cancelled() -> Callable[[], bool] | None:
     """Whether the running call's client has gone away, if the caller can tell (None: it cannot)."""
     return _CALL_CANCELLED.get()
+
+
+_REQUESTS_CANCELLED: ContextVar[Sequence[Callable[[], bool]] | None] = ContextVar("inferd_requests_cancelled",
+                                                                                   default=None)
+
+
+@contextmanager
+def requests_cancelled_by(cancelled: Sequence[Callable[[], bool]] | None) -> Iterator[None]:
+    """Within: ``requests_cancelled()`` is ``cancelled``, one per request of the running batch
+    handed over apart (``infer_requests``), each its own client's."""
+    token = _REQUESTS_CANCELLED.set(cancelled)
+    try:
+        yield
+    finally:
+        _REQUESTS_CANCELLED.reset(token)
+
+
+def requests_cancelled() -> Sequence[Callable[[], bool]] | None:
+    """Per request of the running batch: whether its client has gone away (None: nobody can tell)."""
+    return _REQUESTS_CANCELLED.get()
 
 
 class AnswerSink(Protocol):

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +54,7 @@ from inferd.runtimes.base import (
     Runtime,
     call_cancelled,
     conform_outputs,
+    requests_cancelled,
     require_specs,
     unpack_request,
     unpack_sequence,
@@ -109,9 +110,8 @@ class TritonPythonRuntime(Runtime):
         requests, wanted, sent = [], [], []
         arrived: list[threading.Event] = []
         failure: ModelError | None = None  # execute raised: its requests that sent no response fail with it
-        # a call of one request: its client's cancel, as request.is_cancelled() (a batch's calls share no one client)
-        cancelled = call_cancelled() if len(calls) == 1 else None
-        for inputs in calls:
+        cancels = _cancels_of(len(calls))
+        for inputs, cancelled in zip(calls, cancels, strict=True):
             correlation_id: int | str = 0
             flags = 0
             if SEQUENCE_INPUT in inputs:
@@ -364,6 +364,15 @@ class _StreamedRequest:
     def _end(self, error: BaseException | None) -> None:
         self.ended.set()
         self.sink.end(error)
+
+
+def _cancels_of(count: int) -> Sequence[Callable[[], bool] | None]:
+    """Each request's own client's cancel, as its request.is_cancelled(): a batch's, one per request
+    (requests_cancelled); a call of one request, its call's."""
+    cancels = requests_cancelled()
+    if cancels is not None and len(cancels) == count:
+        return cancels
+    return [call_cancelled() if count == 1 else None] * count
 
 
 def _collecting(sent: list[pb_utils.InferenceResponse], came: threading.Event) -> pb_utils.InferenceResponseSender:

@@ -384,7 +384,7 @@ class DynamicBatcher(Scheduler):
         if self._observe_batch is not None:
             self._observe_batch(sum(w.rows for w in batch))
         self._running += 1
-        future = self.pool.submit_requests(requests)
+        future = self.pool.submit_requests(requests, [w.context.is_cancelled for w in batch])
         future.add_done_callback(lambda f: self._answered(f, batch, started))
 
     def _start_streams(self, batch: list[_Waiting], started: float) -> None:

@@ -14,7 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from inferd.errors import DeadlineExceeded, InferdError, ModelError, QueueFull, Unavailable, describe
-from inferd.runtimes.base import Answer, Arrays, Emit, Runtime, call_cancelled_by, with_request
+from inferd.runtimes.base import (
+    Answer,
+    Arrays,
+    Emit,
+    Runtime,
+    call_cancelled_by,
+    requests_cancelled_by,
+    with_request,
+)
 from inferd.scheduling.policy import inline_threshold
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.types import BatchStatistics, CallContext, Duration, WorkerStatus
@@ -282,16 +290,20 @@ class InstancePool(Scheduler):
             answered = rows if requests is None else requests
             self._counted(rows, time.perf_counter() - start, answered if succeeded else None)
 
-    def submit_requests(self, requests: list[Arrays]) -> asyncio.Future[list[Answer]]:
+    def submit_requests(self, requests: list[Arrays], cancelled: list[Callable[[], bool]] | None = None
+                        ) -> asyncio.Future[list[Answer]]:
         """Run one execution of several requests handed over apart (``requests_apart``) on a free
-        instance thread: per request, its outputs or its own error."""
+        instance thread: per request, its outputs or its own error. ``cancelled``: per request,
+        whether its client went away (the model's ``request.is_cancelled()``)."""
         if self._closed:
             failed: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
             failed.set_exception(self.unloading())
             return failed
-        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute_requests, requests)
+        return asyncio.get_running_loop().run_in_executor(self._executor, self.execute_requests, requests, None,
+                                                          cancelled)
 
-    def execute_requests(self, requests: list[Arrays], lane: int | None = None) -> list[Answer]:
+    def execute_requests(self, requests: list[Arrays], lane: int | None = None,
+                         cancelled: list[Callable[[], bool]] | None = None) -> list[Answer]:
         """``execute`` for a batch handed over apart (``lane``: on that instance); a request's own
         failure is its error alone."""
         rows = [self._rows(inputs) for inputs in requests]
@@ -300,8 +312,9 @@ class InstancePool(Scheduler):
         start = time.perf_counter()
         answered: int | None = None
         try:
-            answers = (self.inner.infer_requests(requests) if lane is None
-                       else self.inner.infer_requests_on(lane, requests))
+            with requests_cancelled_by(cancelled):
+                answers = (self.inner.infer_requests(requests) if lane is None
+                           else self.inner.infer_requests_on(lane, requests))
             if len(answers) != len(requests):
                 raise ModelError(f"model '{self.name}' gave {len(answers)} answers to {len(requests)} requests")
             answered = sum(n for n, answer in zip(rows, answers, strict=True) if not isinstance(answer, Exception))

@@ -297,9 +297,10 @@ class RateLimitedPool(InstancePool):
         with self._held(lambda: _call_over(self.name, context)):
             return super()._run(inputs, context, enqueued, emit)
 
-    def execute_requests(self, requests: list[Arrays], lane: int | None = None) -> list[Answer]:
+    def execute_requests(self, requests: list[Arrays], lane: int | None = None,
+                         cancelled: list[Callable[[], bool]] | None = None) -> list[Answer]:
         with self._held():
-            return super().execute_requests(requests, lane)
+            return super().execute_requests(requests, lane, cancelled)
 
     def execute_streams(self, requests: list[Arrays], streams: list[AnswerStream]) -> None:
         """Never raises (as InstancePool's): a batch that cannot get its resources ends its streams."""
