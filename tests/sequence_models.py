@@ -326,7 +326,8 @@ def accumulator_torchscript(path: Path) -> None:
 def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
     """state_direct: ONNX, batching, zero initial state, direct; state_oldest: ONNX without a batch
     dim, its initial state from a file, oldest; state_torch: TorchScript, a variable-length state
-    without initial_state (zeros of [1, 1] at START), oldest."""
+    without initial_state (zeros of [1, 1] at START), oldest; state_string: ONNX, a BYTES state
+    (empty strings at START), direct."""
     common = {"idle_us": idle_us, "platform": "onnxruntime_onnx"}
     zero = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true name: "zeros" }'
     from_file = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] data_file: "start.bin" name: "start" }'
@@ -346,7 +347,27 @@ def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
         **common, "platform": "pytorch_libtorch", "name": "state_torch", "max_batch_size": 2,
         "strategy": "oldest { }", "state_dims": "-1", "initial": "", "dims": "-1"})
     accumulator_torchscript(root / "state_torch/1/model.pt")
+    models.write(root / "state_string/config.pbtxt", (STATE_PBTXT % {
+        **common, "name": "state_string", "max_batch_size": 4, "strategy": "direct { }", "state_dims": "1",
+        "initial": "", "dims": "1"}).replace("TYPE_FP32", "TYPE_STRING"))
+    (root / "state_string/1").mkdir(parents=True)
+    (root / "state_string/1/model.onnx").write_bytes(previous_string_onnx())
     return root
+
+
+def previous_string_onnx() -> bytes:
+    """OUTPUT = INPUT_STATE, OUTPUT_STATE = INPUT: STRING [batch, 1]; each request of a sequence is
+    answered the one before's input (Triton's QA string state models also pass strings through)."""
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1])
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT_STATE"], ["OUTPUT"]),
+         helper.make_node("Identity", ["INPUT"], ["OUTPUT_STATE"])],
+        "previous_string", [tensor("INPUT"), tensor("INPUT_STATE")], [tensor("OUTPUT"), tensor("OUTPUT_STATE")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 # -- several sequences in one execution (Triton's oldest and direct strategies) ----------------------
