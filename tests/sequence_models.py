@@ -207,6 +207,48 @@ def simple_sequence_onnx() -> bytes:
     return model.SerializeToString()
 
 
+# Triton's libtorch QA sequence models name a tensor by its forward argument's place
+SIMPLE_SEQUENCE_TORCH_CONFIG = """
+name: "%(name)s"
+platform: "pytorch_libtorch"
+max_batch_size: %(max_batch_size)d
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START__1" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END__2" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY__3" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] }
+  ]
+}
+input [ { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU } ]
+"""
+
+
+def simple_sequence_torchscript(path: Path) -> None:
+    """OUTPUT__0 = (INPUT + START + 100 * END) * READY as TorchScript, the controls forward's last
+    arguments (Triton's libtorch QA sequence models)."""
+    import torch
+
+    class SimpleSequence(torch.nn.Module):
+        def forward(self, input0: torch.Tensor, start0: torch.Tensor, end0: torch.Tensor,
+                    ready0: torch.Tensor) -> torch.Tensor:
+            return (input0 + start0 + 100 * end0) * ready0
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(SimpleSequence()).save(str(path))
+
+
+def build_torch(root: Path) -> Path:
+    """simple_sequence_torch (max_batch_size 8) and simple_sequence_torch_nobatch, one TorchScript model."""
+    for name, max_batch_size in (("simple_sequence_torch", 8), ("simple_sequence_torch_nobatch", 0)):
+        simple_sequence_torchscript(root / name / "1/model.pt")
+        models.write(root / name / "config.pbtxt",
+                     SIMPLE_SEQUENCE_TORCH_CONFIG % {"name": name, "max_batch_size": max_batch_size})
+    return root
+
+
 def build(root: Path, idle_us: int = 5_000_000, accumulate_count: int = 2, accumulate_kind: str = "cpu") -> Path:
     (root / "simple_sequence/1").mkdir(parents=True, exist_ok=True)
     (root / "simple_sequence/1/model.onnx").write_bytes(simple_sequence_onnx())
@@ -284,7 +326,8 @@ def accumulator_torchscript(path: Path) -> None:
 def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
     """state_direct: ONNX, batching, zero initial state, direct; state_oldest: ONNX without a batch
     dim, its initial state from a file, oldest; state_torch: TorchScript, a variable-length state
-    without initial_state (zeros of [1, 1] at START), oldest."""
+    without initial_state (zeros of [1, 1] at START), oldest; state_string: ONNX, a BYTES state
+    (empty strings at START), direct."""
     common = {"idle_us": idle_us, "platform": "onnxruntime_onnx"}
     zero = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true name: "zeros" }'
     from_file = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] data_file: "start.bin" name: "start" }'
@@ -304,7 +347,27 @@ def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
         **common, "platform": "pytorch_libtorch", "name": "state_torch", "max_batch_size": 2,
         "strategy": "oldest { }", "state_dims": "-1", "initial": "", "dims": "-1"})
     accumulator_torchscript(root / "state_torch/1/model.pt")
+    models.write(root / "state_string/config.pbtxt", (STATE_PBTXT % {
+        **common, "name": "state_string", "max_batch_size": 4, "strategy": "direct { }", "state_dims": "1",
+        "initial": "", "dims": "1"}).replace("TYPE_FP32", "TYPE_STRING"))
+    (root / "state_string/1").mkdir(parents=True)
+    (root / "state_string/1/model.onnx").write_bytes(previous_string_onnx())
     return root
+
+
+def previous_string_onnx() -> bytes:
+    """OUTPUT = INPUT_STATE, OUTPUT_STATE = INPUT: STRING [batch, 1]; each request of a sequence is
+    answered the one before's input (Triton's QA string state models also pass strings through)."""
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1])
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT_STATE"], ["OUTPUT"]),
+         helper.make_node("Identity", ["INPUT"], ["OUTPUT_STATE"])],
+        "previous_string", [tensor("INPUT"), tensor("INPUT_STATE")], [tensor("OUTPUT"), tensor("OUTPUT_STATE")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 # -- several sequences in one execution (Triton's oldest and direct strategies) ----------------------

@@ -802,9 +802,12 @@ def check_states(config: ModelConfig, where: str) -> None:
         if not state.input_name or not state.output_name:
             raise ConfigError(f"{where}: every sequence_batching state needs an input_name and an output_name, got "
                               f"input_name {state.input_name!r}, output_name {state.output_name!r}")
-        if state.datatype not in V2_DATATYPES or state.datatype == "BYTES":
-            raise ConfigError(f"{what}: data_type must be a numeric type (TYPE_FP32, TYPE_INT32, ...), got "
-                              f"{state.datatype or 'none'}; BYTES (TYPE_STRING) states are not served")
+        if state.datatype not in V2_DATATYPES:
+            raise ConfigError(f"{what}: data_type must be a tensor type (TYPE_FP32, TYPE_INT32, TYPE_STRING, ...), "
+                              f"got {state.datatype or 'none'}")
+        if state.datatype == "BYTES" and state.initial is not None and state.initial.source == "file":
+            raise ConfigError(f"{what}: a BYTES (TYPE_STRING) state starts from empty strings (zero_data); "
+                              "initial_state data_file is served for numeric states only")
         if any(d < -1 for d in state.dims):
             raise ConfigError(f"{what}: dims must be sizes (-1 = any), got {list(state.dims)}")
         if state.input_name in declared:

@@ -26,6 +26,7 @@ from tests.conftest import RunningServer, serve
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = sequence_models.build(tmp_path_factory.mktemp("sequence"), idle_us=500_000, accumulate_count=2,
                                  accumulate_kind="process")
+    sequence_models.build_torch(root)
     (root / "accumulate_pipeline/1").mkdir(parents=True)
     models.write(root / "accumulate_pipeline/config.toml", ACCUMULATE_PIPELINE)
     return root
@@ -76,6 +77,25 @@ def test_an_onnx_sequence_model_gets_start_and_ready(server: RunningServer, repo
             answer = h.infer("simple_sequence", [int_input(httpclient, "INPUT", value)], sequence_id="seq-a", **flags)
             got["http"].append(int(answer.as_numpy("OUTPUT")[0, 0]))
     assert got == {"grpc": expected, "http": expected}
+
+
+@pytest.mark.parametrize("model", ["simple_sequence_torch", "simple_sequence_torch_nobatch"])
+def test_a_torchscript_sequence_model_gets_its_controls_as_its_last_arguments(server: RunningServer,
+                                                                             model: str) -> None:
+    """Triton's libtorch backend gives a sequence model its control inputs as forward arguments
+    (INPUT__0, START__1, END__2, READY__3): START adds 1 on the first request, END 100 on the last."""
+    values = [4, 11, 7]
+    shape = [1] if model.endswith("nobatch") else [1, 1]
+    for module, url, sequence_id in ((grpcclient, server.grpc_url, 77), (httpclient, server.url, "seq-t")):
+        with module.InferenceServerClient(url) as client:
+            got = []
+            for i, value in enumerate(values):
+                given = module.InferInput("INPUT__0", shape, "INT32")
+                given.set_data_from_numpy(np.full(shape, value, dtype=np.int32))
+                answer = client.infer(model, [given], sequence_id=sequence_id, sequence_start=i == 0,
+                                      sequence_end=i == len(values) - 1)
+                got.append(int(answer.as_numpy("OUTPUT__0").reshape(-1)[0]))
+        assert got == [5, 11, 107]
 
 
 def test_interleaved_sequences_keep_their_state_on_their_instance(server: RunningServer) -> None:

@@ -147,7 +147,10 @@ STATE = 'sequence_batching { state [ { input_name: "S" output_name: "T" data_typ
     (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 1, 2 ] name: "a" }', "needs zero_data or data_file"),
     (STATE % 'initial_state: { data_type: TYPE_FP32 dims: [ 1, 2 ] data_file: "../s.bin" name: "a" }',
      "data_file must be a file under the model's initial_state/ folder, got '../s.bin'"),
-    (STATE.replace("TYPE_FP32", "TYPE_STRING") % "", "BYTES (TYPE_STRING) states are not served"),
+    (STATE.replace("TYPE_FP32", "TYPE_STRING") % 'initial_state: { data_type: TYPE_STRING dims: [ 1, 2 ] '
+                                                  'data_file: "s.bin" name: "a" }',
+     "a BYTES (TYPE_STRING) state starts from empty strings (zero_data); initial_state data_file is served for "
+     "numeric states only"),
     (STATE % "" + '\ninput [ { name: "S" data_type: TYPE_FP32 dims: [ 2 ] } ]',
      "state 'S' is also declared as an input"),
     ('sequence_batching { state [ { input_name: "S" data_type: TYPE_FP32 } ] }',

@@ -1,7 +1,8 @@
 """PyTorch models: TorchScript (``model.pt``) and torch.export ExportedPrograms (``model.pt2``).
 
-Inputs are passed positionally in declared order; a model may return a tensor, a tuple/list of
-tensors, or a dict of tensors (matched to outputs by name).
+Inputs are passed positionally in declared order (a sequence model's implicit states, then its control
+inputs, after them); a model may return a tensor, a tuple/list of tensors, or a dict of tensors
+(matched to outputs by name).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from inferd.config import ImageInput, ModelConfig, Optimization
+from inferd.config import ImageInput, ModelConfig, Optimization, TensorConfig
 from inferd.errors import ConfigError
 from inferd.modelconfig.backend_parameters import check_parameters, count, flag
 from inferd.runtimes.base import (
@@ -199,6 +200,7 @@ def load(context: LoadContext) -> TorchRuntime:
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
     _refuse_bytes(inputs + outputs, context.name, _images(context.config))
+    inputs += _sequence_controls(context.config)
     module = _load_scripted(torch, context)
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
                         context.device, context.name, context.config.optimization,
@@ -228,6 +230,7 @@ def _load_exported(context: LoadContext, torch: Any) -> TorchRuntime:
     else:
         inputs, outputs = _exported_specs(program, config.max_batch_size)
     _refuse_bytes(inputs + outputs, context.name, _images(config))
+    inputs += _sequence_controls(config)
     module = program.module()
     if context.device != "cpu":
         module = module.to(context.device)
@@ -275,6 +278,17 @@ def _spec_of(name: str, fake: Any, max_batch_size: int) -> TensorSpec:
     if datatype is None:
         raise ConfigError(f"tensor '{name}' has dtype {fake.dtype}, which inferd cannot serve")
     return TensorSpec(name, datatype, tuple(shape))
+
+
+def _sequence_controls(config: ModelConfig) -> tuple[TensorSpec, ...]:
+    """A sequence model's control inputs (START, END, READY, CORRID), which the sequence batcher adds to
+    each request: forward takes them as its last arguments, in the configuration's order, as Triton's
+    libtorch backend gives them (its QA models: ``INPUT__0, START__1, READY__2``)."""
+    batching = config.sequence_batching
+    if batching is None:
+        return ()
+    controls = tuple(TensorConfig(c.name, c.datatype, (1,)) for c in batching.controls)
+    return specs_from_config(controls, config.max_batch_size)
 
 
 def _images(config: ModelConfig) -> dict[str, ImageInput]:

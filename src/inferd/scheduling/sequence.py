@@ -675,12 +675,15 @@ def _batch_policy(config: SequenceBatching, strategy: str, max_batch_size: int) 
 
 
 def _initial_state(state: SequenceState, max_batch_size: int) -> np.ndarray:
-    """A sequence's first state input: the initial_state's data or zeros, with a batch dim of 1
-    when the model batches (read-only: every sequence starts from this one array)."""
+    """A sequence's first state input: the initial_state's data or zeros (empty strings for a BYTES
+    state, as Triton's zero_data), with a batch dim of 1 when the model batches (read-only: every
+    sequence starts from this one array)."""
     shape = ((1,) if max_batch_size > 0 else ()) + state.start_shape()
     dtype = numpy_dtype(state.datatype)
     initial = state.initial
-    if initial is not None and initial.source == "file":
+    if state.datatype == "BYTES":
+        array = np.full(shape, b"", dtype=object)
+    elif initial is not None and initial.source == "file":
         array = np.frombuffer(initial.data, dtype=dtype).reshape(shape)
     else:
         array = np.zeros(shape, dtype=dtype)
