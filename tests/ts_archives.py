@@ -75,8 +75,9 @@ class Mlp(torch.nn.Module):
 
 def archive(out: Path, name: str, serialized: Path, handler: str, version: str = "1.0",
             model_file: Path | None = None, extra: list[Path] | None = None,
-            config_file: Path | None = None, archive_format: str = "default") -> Path:
-    """``name``.mar in ``out`` (with ``archive_format="no-archive"``: the folder ``out/name``)."""
+            config_file: Path | None = None, archive_format: str = "default",
+            requirements_file: Path | None = None) -> Path:
+    """``name``.mar in ``out`` (``archive_format="no-archive"``: the folder ``out/name``; "tgz": ``name``.tar.gz)."""
     command = ["torch-model-archiver", "--model-name", name, "--version", version, "--serialized-file",
                str(serialized), "--handler", handler, "--export-path", str(out), "-f",
                "--archive-format", archive_format]
@@ -84,10 +85,13 @@ def archive(out: Path, name: str, serialized: Path, handler: str, version: str =
         command += ["--config-file", str(config_file)]
     if model_file is not None:
         command += ["--model-file", str(model_file)]
+    if requirements_file is not None:
+        command += ["--requirements-file", str(requirements_file)]
     if extra:
         command += ["--extra-files", ",".join(map(str, extra))]
     subprocess.run(command, check=True, capture_output=True)
-    return out / name if archive_format == "no-archive" else out / f"{name}.mar"
+    suffix = {"no-archive": "", "tgz": ".tar.gz"}.get(archive_format, ".mar")
+    return out / f"{name}{suffix}"
 
 
 def handler_archive(root: Path, name: str, handler: str) -> tuple[Path, Path]:

@@ -223,6 +223,7 @@ class TorchServeSettings:
     metrics_mode: str = "off"
     metrics_config: Path | None = None
     model_metrics_auto_detect: bool = False
+    system_metrics: bool = True  # not disable_system_metrics: the host's gauges are read (compat/torchserve_logs.py)
     # config snapshots (compat/torchserve_snapshots.py): their folder (None: --ncs), the config.properties
     # lines they repeat, and the models a snapshot the server started from restores
     snapshots: Path | None = None

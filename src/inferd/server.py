@@ -276,7 +276,7 @@ class Server:
         self.core = build_core(settings)
         self._stop = asyncio.Event()
         self.ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode,
-                                            system=torchserve_logs.system_sampler())
+                                            system=torchserve_logs.system_sampler(settings.torchserve))
         self._transports = Transports(self.core, settings, self.ts_metrics)
         self._workers: Workers | None = None
         self.exit_code = 0
@@ -416,10 +416,18 @@ class Server:
         if store is None or not models:
             return
         for name, url in store_archives(store, models):
+            since = time.time()
             try:
                 await self.core.control.register_archive(url, name)
             except InferdError as exc:
                 log.error("archive %s not served: %s", url, exc.message)
+            self._observe_loads(since)
+
+    def _observe_loads(self, since: float) -> None:
+        """TorchServe's WorkerLoadTime of the workers that became ready after ``since`` (time.time())."""
+        for model, version, worker in self.core.control.ready_workers():
+            if worker.started >= since:
+                self.ts_metrics.worker_loaded(f"W-{9000 + worker.id}-{model}_{version}", worker.started - since)
 
     def _announce(self) -> None:
         rows = self.core.control.states()
@@ -499,7 +507,8 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     await channel.connect()
     core = remote_core(channel)
     number = int(os.environ.get("INFERD_WORKER", "0"))
-    ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode, system=torchserve_logs.system_sampler())
+    ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode,
+                                   system=torchserve_logs.system_sampler(settings.torchserve))
     transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number)
     await transports.start()
     channel.call_now("workers", "listening", number)

@@ -42,10 +42,12 @@ def test_decode_input_request_and_service_envelope_reach_the_handlers(tmp_path: 
     envelope; the server's handler models read the same variables."""
     assert settings(tmp_path, "").handler_environ == {"TS_DECODE_INPUT_REQUEST": "true",
                                                        "INFERD_TS_SERVICE_ENVELOPE": "",
-                                                       "INFERD_TS_METRICS_CONFIG": ""}
-    started = settings(tmp_path, "decode_input_request=false\nservice_envelope=kservev2\n")
+                                                       "INFERD_TS_METRICS_CONFIG": "",
+                                                       "INFERD_TS_INSTALL_PY_DEP_PER_MODEL": ""}
+    started = settings(tmp_path, "decode_input_request=false\nservice_envelope=kservev2\n"
+                                 "install_py_dep_per_model=true\n")
     assert started.handler_environ == {"TS_DECODE_INPUT_REQUEST": "false", "INFERD_TS_SERVICE_ENVELOPE": "kservev2",
-                                       "INFERD_TS_METRICS_CONFIG": ""}
+                                       "INFERD_TS_METRICS_CONFIG": "", "INFERD_TS_INSTALL_PY_DEP_PER_MODEL": "true"}
     started = settings(tmp_path, "enable_envvars_config=true\n", environ={"TS_SERVICE_ENVELOPE": "json"})
     assert started.handler_environ["INFERD_TS_SERVICE_ENVELOPE"] == "json"
     with pytest.raises(ConfigError, match="service_envelope=seldon: expected one of body, json, kserve, kservev2"):

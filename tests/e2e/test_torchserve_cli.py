@@ -196,6 +196,27 @@ def test_keys_expire_after_token_expiration_min(archives: Path, tmp_path: Path) 
         assert requests.get(f"{urls['management']}/models", timeout=5, headers=_bearer(renewed)).status_code == 200
 
 
+def test_ping_needs_the_inference_key(archives: Path, tmp_path: Path) -> None:
+    """TorchServe's token check stands before its whole inference API, /ping and gRPC Ping included
+    (ServerInitializer, GRPCInterceptor at pytorch/serve@62c4d6a1f)."""
+    with torchserve(tmp_path, {}, "--model-store", str(archives)) as urls:
+        keys = json.loads((tmp_path / "key_file.json").read_text())
+        inference, management = keys["inference"]["key"], keys["management"]["key"]
+        for headers in ({}, _bearer(management)):
+            response = requests.get(f"{urls['inference']}/ping", timeout=5, headers=headers)
+            assert (response.status_code, response.json()) == (400, TOKEN_REFUSED)
+        response = requests.get(f"{urls['inference']}/ping", timeout=5, headers=_bearer(inference))
+        assert (response.status_code, response.json()) == (200, {"status": "Healthy"})
+        with grpc.insecure_channel(urls["grpc_inference"]) as channel:
+            ping = channel.unary_unary(INFERENCE + "Ping", request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=ts.TorchServeHealthResponse.FromString)
+            with pytest.raises(grpc.RpcError) as denied:
+                ping(empty_pb2.Empty(), timeout=30)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            answer = ping(empty_pb2.Empty(), metadata=(("authorization", f"Bearer {inference}"),), timeout=30)
+            assert json.loads(answer.health) == {"status": "Healthy"}
+
+
 def test_refused_settings_are_named(tmp_path: Path) -> None:
     (tmp_path / "config.properties").write_text("inference_address=https://127.0.0.1:8443\n")
     result = subprocess.run([sys.executable, "-m", "inferd", "torchserve", "--start", "--ts-config",
@@ -510,6 +531,29 @@ def test_prometheus_mode_answers_the_front_end_and_system_gauges(tmp_path: Path)
     for kind, name in (("gauge", "QueueTime"), ("gauge", "GPUMemoryUtilization"), ("counter", "Requests2XX")):
         assert f"# TYPE {name} {kind}\n" in shown, shown  # a GPU gauge declared, without samples here
     assert "QueueTime" not in (tmp_path / "logs" / "ts_metrics.log").read_text()
+
+
+def test_worker_load_time_of_the_models_loaded_at_start(tmp_path: Path) -> None:
+    """TorchServe measures WorkerLoadTime for every worker it starts, those of load_models too."""
+    store = _logs_store(tmp_path)
+    with torchserve(tmp_path, {"model_store": str(store), "load_models": "logs.mar", "metrics_mode": "prometheus",
+                               "default_workers_per_model": "1", "disable_token_authorization": "true"}) as urls:
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    loaded = re.findall(r'^WorkerLoadTime\{WorkerName="W-9000-logs_1\.0",Level="Host",Hostname="[^"]+",\} '
+                        r"(\d+\.\d+)$", shown, re.M)
+    assert len(loaded) == 1 and float(loaded[0]) > 0, shown
+
+
+def test_disable_system_metrics_leaves_the_system_gauges_without_samples(tmp_path: Path) -> None:
+    """TorchServe starts no metrics collector with disable_system_metrics=true: in prometheus mode its
+    system gauges are declared and have no samples."""
+    with torchserve(tmp_path, {"metrics_mode": "prometheus", "disable_system_metrics": "true",
+                               "disable_token_authorization": "true"}) as urls:
+        shown = requests.get(f"{urls['metrics']}/metrics", timeout=5).text
+    for name in ("CPUUtilization", "MemoryUsed", "DiskAvailable"):
+        assert f"# TYPE {name} gauge\n" in shown, shown
+        assert not re.search(f"^{name}{{", shown, re.M), shown
+    assert re.search(r'^QueueTime\{Level="Host",', shown, re.M), shown  # the front end's own gauges stay
 
 
 def test_legacy_mode_logs_the_front_end_metrics_and_answers_only_ts_inference(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ PID_FILE = Path(tempfile.gettempdir()) / ".model_server.pid"  # where TorchServe
 READY_LINE = "Model server started."  # TorchServe's front end logs it once serving; its launcher waits for it
 # keys that only tune TorchServe's Java front end or its workers: accepted, named in a warning
 IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
-           "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable", "install_py_dep_per_model",
+           "vmargs", "cpu_launcher_enable", "cpu_launcher_args", "ipex_enable",
            "initial_worker_port", "unregister_model_timeout", "prefer_direct_buffer", "enable_metrics_api",
            "blacklist_env_vars", "metrics_format", "cors_allowed_origin", "cors_allowed_methods",
            "cors_allowed_headers", "max_response_size", "use_native_io", "io_ratio", "limit_max_image_pixels",
@@ -43,6 +43,7 @@ IGNORED = ("number_of_netty_threads", "netty_client_threads", "async_logging",
 SERVICE_ENVELOPES = ("body", "json", "kserve", "kservev2")
 DECODE_ENV, ENVELOPE_ENV = "TS_DECODE_INPUT_REQUEST", "INFERD_TS_SERVICE_ENVELOPE"  # read by runtimes/handler.py
 METRICS_CONFIG_ENV = "INFERD_TS_METRICS_CONFIG"  # read by runtimes/ts_metrics.py: a handler's declared metrics
+INSTALL_DEPS_ENV = "INFERD_TS_INSTALL_PY_DEP_PER_MODEL"  # read by runtimes/ts_requirements.py
 # keys whose honest answer is a refusal: ignoring them would change what is served
 REFUSED = {"keystore": "TLS is not served; put a TLS proxy in front",
            "private_key_file": "TLS is not served; put a TLS proxy in front",
@@ -147,14 +148,16 @@ def _metrics_settings(properties: dict[str, str]) -> dict[str, Any]:
 
 def _handler_environ(properties: dict[str, str]) -> dict[str, str]:
     """What TorchServe's front end tells its workers of ``metrics_config``, ``decode_input_request`` (the
-    ``TS_DECODE_INPUT_REQUEST`` variable, ``true`` by default) and ``service_envelope``: the
+    ``TS_DECODE_INPUT_REQUEST`` variable, ``true`` by default), ``service_envelope`` and
+    ``install_py_dep_per_model`` (whether an archive's requirements are installed): the
     variables the server's handler models read, in this process and its instance processes."""
     envelope = properties.get("service_envelope", "")
     if envelope and envelope not in SERVICE_ENVELOPES:
         raise ConfigError(f"service_envelope={envelope}: expected one of {', '.join(SERVICE_ENVELOPES)}")
     metrics_config = properties.get("metrics_config", "")
     return {DECODE_ENV: properties.get("decode_input_request", "true"), ENVELOPE_ENV: envelope,
-            METRICS_CONFIG_ENV: str(Path(metrics_config).resolve()) if metrics_config else ""}
+            METRICS_CONFIG_ENV: str(Path(metrics_config).resolve()) if metrics_config else "",
+            INSTALL_DEPS_ENV: "true" if _true(properties.get("install_py_dep_per_model")) else ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +245,7 @@ def settings_from_flags(args: argparse.Namespace, environ: dict[str, str] | None
         workflow_store=Path(workflow_store) if workflow_store else None, key_file=key_file,
         token_expiration_min=_float(properties, "token_expiration_min", 60.0),
         sequence_headers=_sequence_headers(properties), **_metrics_settings(properties),
+        system_metrics=not _true(properties.get("disable_system_metrics")),
         snapshots=snapshots, restore=restore,
         snapshot_properties=_snapshot_properties(properties, model_store, models_text, config_path))
     host = "127.0.0.1" if hosts == {"127.0.0.1"} else sorted(hosts)[0]

@@ -16,6 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferd.config import TorchServeSettings
 
 log = logging.getLogger("inferd.torchserve")
 
@@ -80,9 +84,13 @@ def _log_system_metrics() -> None:
         time.sleep(SYSTEM_METRICS_INTERVAL_S)
 
 
-def system_sampler() -> Callable[[], list[tuple[str, str, float]]]:
+def system_sampler(settings: TorchServeSettings) -> Callable[[], list[tuple[str, str, float]]] | None:
     """The host's system metrics each time it is called (CPU use since the previous call), as
-    TorchServe's metrics collector reads them: the metrics address's gauges in prometheus mode."""
+    TorchServe's metrics collector reads them: the metrics address's gauges in prometheus mode.
+    None with ``disable_system_metrics=true``: TorchServe then never starts its collector, so the
+    gauges are declared without samples."""
+    if not settings.system_metrics:
+        return None
     cpu = _cpu_times()
 
     def sample() -> list[tuple[str, str, float]]:

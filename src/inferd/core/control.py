@@ -20,7 +20,15 @@ from inferd.core.torchserve_workflows import TorchServeWorkflows, Workflow
 from inferd.errors import FailedPrecondition, Forbidden, InferdError, InvalidInput, NotFound
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
-from inferd.types import IndexEntry, LoadOverride, ModelState, TensorSpec, VersionDescription, VersionStatus
+from inferd.types import (
+    IndexEntry,
+    LoadOverride,
+    ModelState,
+    TensorSpec,
+    VersionDescription,
+    VersionStatus,
+    WorkerStatus,
+)
 
 log = logging.getLogger("inferd.control")
 T = TypeVar("T")
@@ -114,6 +122,16 @@ class ModelControl:
                 max_queue_delay_ms=batching.max_queue_delay_ms if batching else 0.0,
                 default=default == slot.version, workers=workers, settings=settings,
                 sequences=settings.sequences if settings is not None else configured_sequences(entry.config)))
+        return rows
+
+    def ready_workers(self) -> list[tuple[str, str, WorkerStatus]]:
+        """(model, version, worker) of every ready worker, without credentials: TorchServe's
+        WorkerLoadTime of the workers loaded at start, which no caller's registration measured."""
+        rows = []
+        for name, entry in sorted(self._registry.models.items()):
+            for slot in entry.sorted_versions():
+                workers = (slot.runtime.workers() or []) if slot.runtime is not None else []
+                rows += [(name, slot.version, worker) for worker in workers if worker.ready]
         return rows
 
     def default_version(self, name: str) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inferd.config import ModelConfig, TorchServeSettings
-from inferd.errors import Forbidden, InferdError, InvalidInput, ModelError, NotFound
+from inferd.errors import AlreadyExists, Forbidden, InferdError, InvalidInput, ModelError, NotFound
 from inferd.repository.archives import (
     LocatedArchive,
     archive_config,
@@ -132,6 +132,8 @@ class TorchServeModels:
             await asyncio.to_thread(download, located.remote, located.path)
             try:
                 return await self._register(request_for(located.path), located.path, True, loaded_at_startup)
+            except AlreadyExists:  # TorchServe's 409 comes after its download, which stays in the store
+                raise
             except BaseException:  # nothing half-registered: the download goes too
                 remove_downloaded(located.path)
                 raise

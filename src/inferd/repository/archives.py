@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import re
+import tarfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 
 from inferd.config import INT32_MAX, DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
+from inferd.repository.layout import TGZ_SUFFIX
 from inferd.types import SequenceSettings
 
 log = logging.getLogger("inferd.repository")
@@ -136,14 +138,17 @@ def archive_info(archive: Path) -> ArchiveInfo:
     try:
         if archive.is_dir():
             manifest, model, yaml_text = _manifest(_folder_reader(archive))
+        elif archive.name.endswith(TGZ_SUFFIX):
+            with tarfile.open(archive, "r:gz") as bundle:
+                manifest, model, yaml_text = _manifest(_tgz_reader(bundle, archive.name))
         else:
             with zipfile.ZipFile(archive) as bundle:
                 manifest, model, yaml_text = _manifest(functools.partial(small_member, bundle, where=archive.name))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError, ValueError, OSError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
     if not isinstance(model, dict):
         raise ConfigError(f"{archive.name}: MAR-INF/MANIFEST.json has no 'model' object")
-    info = ArchiveInfo(str(model.get("modelName") or archive.stem), str(model.get("modelVersion") or "1.0"),
+    info = ArchiveInfo(str(model.get("modelName") or archive_stem(archive)), str(model.get("modelVersion") or "1.0"),
                        str(model.get("handler") or ""), str(manifest.get("runtime") or "python"),
                        read_model_yaml(yaml_text, archive.name) if yaml_text else {})
     for key, value in (("modelName", info.name), ("modelVersion", info.version), ("handler", info.handler)):
@@ -174,6 +179,32 @@ def _manifest(member: Callable[[str], bytes]) -> tuple[Any, Any, str]:
     model = manifest.get("model", {}) if isinstance(manifest, dict) else {}
     config_file = model.get("configFile") if isinstance(model, dict) else None
     return manifest, model, member(str(config_file)).decode() if config_file else ""
+
+
+def archive_stem(archive: Path) -> str:
+    """The archive's name without ``.mar`` or ``.tar.gz`` (TorchServe's default model name)."""
+    return archive.name[:-len(TGZ_SUFFIX)] if archive.name.endswith(TGZ_SUFFIX) else archive.stem
+
+
+def tgz_member_name(name: str) -> str:
+    """Where a ``.tar.gz`` entry unpacks: its path less the first folder (``NAME/MAR-INF/...`` ->
+    ``MAR-INF/...``), as TorchServe's ZipUtils.decompressTarGzipFile strips it."""
+    return name.partition("/")[2]
+
+
+def _tgz_reader(bundle: tarfile.TarFile, where: str) -> Callable[[str], bytes]:
+    """``small_member`` for a ``.tar.gz`` archive (a regular file of it, by its unpacked name)."""
+    members = {tgz_member_name(member.name): member for member in bundle.getmembers() if member.isfile()}
+
+    def read(name: str) -> bytes:
+        member = members[name]
+        if member.size > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"{where}: {name} is {member.size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+        extracted = bundle.extractfile(member)
+        if extracted is None:
+            raise KeyError(name)
+        return extracted.read()
+    return read
 
 
 def _folder_reader(folder: Path) -> Callable[[str], bytes]:
@@ -279,7 +310,8 @@ def store_archives(model_store: Path, models: tuple[str, ...]) -> list[tuple[str
     """``--models all`` or ``NAME=URL``/``URL`` items (a file of the store or a URL) as (name or
     None, url); split at the first ``=``, as TorchServe's ModelServer splits them."""
     if models == ("all",):
-        return [(None, path.name) for path in sorted(model_store.glob("*.mar"))]
+        return [(None, path.name) for path in sorted(model_store.iterdir()) if not path.name.startswith(".")
+                and (path.suffix == ".mar" or path.name.endswith(TGZ_SUFFIX))]
     chosen: list[tuple[str | None, str]] = []
     for item in models:
         name, equals, url = item.partition("=")

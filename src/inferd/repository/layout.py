@@ -48,10 +48,14 @@ ARTIFACTS: dict[str, str] = {
 TFLITE = "model.tflite"
 
 
+TGZ_SUFFIX = ".tar.gz"  # torch-model-archiver --archive-format tgz
+
+
 def is_archive(path: Path) -> bool:
-    """A TorchServe model archive: a ``.mar`` file, or the folder ``--archive-format no-archive``
-    makes (its files with ``MAR-INF/MANIFEST.json``)."""
-    return path.suffix == ".mar" or (path / "MAR-INF" / "MANIFEST.json").is_file()
+    """A TorchServe model archive: a ``.mar`` file, a ``.tar.gz`` (``--archive-format tgz``), or the
+    folder ``--archive-format no-archive`` makes (its files with ``MAR-INF/MANIFEST.json``)."""
+    return (path.suffix == ".mar" or (path.name.endswith(TGZ_SUFFIX) and not path.is_dir())
+            or (path / "MAR-INF" / "MANIFEST.json").is_file())
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """TorchServe model archives (``.mar``): unpack, read ``MAR-INF/MANIFEST.json``, load the handler.
 
-An archive is a zip file. It unpacks into a private folder (never outside it: entries that would
-escape are refused), and its handler — a built-in name or a file inside the archive — is
-initialised as TorchServe would.
+An archive is a zip file (or a ``.tar.gz``: ``--archive-format tgz``). It unpacks into a private
+folder (never outside it: entries that would escape are refused), and its handler — a built-in
+name or a file inside the archive — is initialised as TorchServe would.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from inferd.errors import ConfigError
-from inferd.runtimes import handler
+from inferd.repository.archives import tgz_member_name
+from inferd.repository.layout import TGZ_SUFFIX
+from inferd.runtimes import handler, ts_requirements
 from inferd.runtimes.base import LoadContext
 from inferd.runtimes.handler import HandlerRuntime
 
@@ -63,6 +66,9 @@ def unpack(archive: Path) -> Path:
 
 def _extract(archive: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
+    if archive.name.endswith(TGZ_SUFFIX):
+        _extract_tgz(archive, target)
+        return
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
@@ -78,6 +84,42 @@ def _extract(archive: Path, target: Path) -> None:
             bundle.extractall(target)
     except zipfile.BadZipFile as exc:
         raise ConfigError(f"{archive.name} is not a model archive (zip): {exc}") from exc
+
+
+def _extract_tgz(archive: Path, target: Path) -> None:
+    """A ``.tar.gz`` archive's files and folders, each less its first folder (as TorchServe unpacks
+    one); links and devices are refused, as are entries that would land outside ``target``."""
+    try:
+        with tarfile.open(archive, "r:gz") as bundle:
+            members = bundle.getmembers()
+            if len(members) > MAX_ENTRIES:
+                raise ConfigError(f"{archive.name} has {len(members)} entries, over the limit of {MAX_ENTRIES}")
+            if sum(member.size for member in members) > MAX_UNPACKED_BYTES:
+                raise ConfigError(f"{archive.name} unpacks to over the limit of {MAX_UNPACKED_BYTES} bytes")
+            for member in members:
+                _extract_tgz_member(bundle, member, archive.name, target)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ConfigError(f"{archive.name} is not a model archive (tar.gz): {exc}") from exc
+
+
+def _extract_tgz_member(bundle: tarfile.TarFile, member: tarfile.TarInfo, where: str, target: Path) -> None:
+    name = tgz_member_name(member.name)
+    if not name:
+        return  # the top folder itself
+    destination = (target / name).resolve()
+    if not destination.is_relative_to(target.resolve()):
+        raise ConfigError(f"{where}: entry {member.name!r} would unpack outside the archive")
+    if member.isdir():
+        destination.mkdir(parents=True, exist_ok=True)
+    elif member.isfile():
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        source = bundle.extractfile(member)
+        if source is None:
+            raise ConfigError(f"{where}: entry {member.name!r} cannot be read")
+        with source, open(destination, "wb") as out:
+            shutil.copyfileobj(source, out)
+    else:
+        raise ConfigError(f"{where}: entry {member.name!r} is a link or a device; an archive holds files")
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
@@ -125,8 +167,20 @@ def load(context: LoadContext) -> HandlerRuntime:
     manifest = read_manifest(model_dir)
     if context.config.handler:  # registration's handler= wins over the manifest's
         manifest["model"]["handler"] = context.config.handler
+    if ts_requirements.wanted(manifest):
+        ts_requirements.install(context.name, model_dir, manifest, _packages_folder(context.artifact, model_dir))
     return handler.build(context.name, model_dir, manifest, context.config.max_batch_size, gpu,
                          read_model_yaml(model_dir, manifest))
+
+
+def _packages_folder(archive: Path, model_dir: Path) -> Path:
+    """Where an archive's requirements are installed: its unpacked copy, or for a ``no-archive``
+    folder (served where it is) a scratch folder removed at exit, so the operator's stays as it was."""
+    if not archive.is_dir():
+        return model_dir
+    target = Path(tempfile.mkdtemp(prefix=f"inferd-scratch-{os.getpid()}-{archive.name}-packages-"))
+    _UNPACKED.append(target)
+    return target
 
 
 @atexit.register

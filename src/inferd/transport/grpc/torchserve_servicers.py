@@ -117,6 +117,7 @@ class TorchServeInferenceServicer:
 
     @guarded
     async def ping(self, request: empty_pb2.Empty, context: Context) -> ts.TorchServeHealthResponse:
+        self.control.authorize_door(_authorization(context), "inference")  # TorchServe's interceptor checks all
         return ts.TorchServeHealthResponse(health=_pretty({"status": "Healthy" if self.data.ready() else "Unhealthy"}))
 
     @guarded

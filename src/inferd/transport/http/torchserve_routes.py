@@ -98,7 +98,7 @@ class TorchServeRoutes:
             router.refuse_under("/ping", torchserve_refusal)
             router.refuse_under("/predictions", torchserve_refusal)
             for method in _ANY_METHOD:
-                add(method, "/ping", self.ping)
+                add(method, "/ping", self.ping, self._door("inference"))  # TorchServe's token check: ping too
                 add(method, "/predictions/{model}", self.predict, infer)
                 add(method, "/predictions/{model}/{version}", self.predict, infer)
                 for depth in range(1, URL_PATH_DEPTH + 1):
