@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from inferd.config import INT32_MAX, DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
-from inferd.repository.layout import TGZ_SUFFIX
+from inferd.runtimes.torchserve import TGZ_SUFFIX, tgz_member_name
 from inferd.types import SequenceSettings
 
 log = logging.getLogger("inferd.repository")
@@ -184,12 +184,6 @@ def _manifest(member: Callable[[str], bytes]) -> tuple[Any, Any, str]:
 def archive_stem(archive: Path) -> str:
     """The archive's name without ``.mar`` or ``.tar.gz`` (TorchServe's default model name)."""
     return archive.name[:-len(TGZ_SUFFIX)] if archive.name.endswith(TGZ_SUFFIX) else archive.stem
-
-
-def tgz_member_name(name: str) -> str:
-    """Where a ``.tar.gz`` entry unpacks: its path less the first folder (``NAME/MAR-INF/...`` ->
-    ``MAR-INF/...``), as TorchServe's ZipUtils.decompressTarGzipFile strips it."""
-    return name.partition("/")[2]
 
 
 def _tgz_reader(bundle: tarfile.TarFile, where: str) -> Callable[[str], bytes]:

@@ -30,6 +30,7 @@ from inferd.config import (
 )
 from inferd.errors import ConfigError
 from inferd.modelconfig import PBTXT, apply_override, model_config_json, read_pbtxt
+from inferd.runtimes.torchserve import TGZ_SUFFIX
 from inferd.types import numpy_dtype
 
 log = logging.getLogger("inferd.repository")
@@ -48,7 +49,6 @@ ARTIFACTS: dict[str, str] = {
 TFLITE = "model.tflite"
 
 
-TGZ_SUFFIX = ".tar.gz"  # torch-model-archiver --archive-format tgz
 
 
 def is_archive(path: Path) -> bool:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from inferd.errors import ConfigError
-from inferd.repository.archives import tgz_member_name
-from inferd.repository.layout import TGZ_SUFFIX
 from inferd.runtimes import handler, ts_requirements
 from inferd.runtimes.base import LoadContext
 from inferd.runtimes.handler import HandlerRuntime
 
+TGZ_SUFFIX = ".tar.gz"  # torch-model-archiver --archive-format tgz
 _UNPACKED: list[Path] = []
 MAX_MANIFEST_BYTES = 1 << 20
 SHARED_UNPACK_ENV = "INFERD_UNPACK_DIR"  # set for process instances: their version's unpacked copy is shared
@@ -84,6 +83,12 @@ def _extract(archive: Path, target: Path) -> None:
             bundle.extractall(target)
     except zipfile.BadZipFile as exc:
         raise ConfigError(f"{archive.name} is not a model archive (zip): {exc}") from exc
+
+
+def tgz_member_name(name: str) -> str:
+    """Where a ``.tar.gz`` entry unpacks: its path less the first folder (``NAME/MAR-INF/...`` ->
+    ``MAR-INF/...``), as TorchServe's ZipUtils.decompressTarGzipFile strips it."""
+    return name.partition("/")[2]
 
 
 def _extract_tgz(archive: Path, target: Path) -> None:
