@@ -37,7 +37,7 @@ from inferd.allocator import without_kept_memory
 from inferd.errors import InferdError, InstanceLost, ModelError, Unavailable
 from inferd.isolation import calls
 from inferd.isolation.cancels import CancelBoard
-from inferd.isolation.channel import Channel, ProtocolError
+from inferd.isolation.channel import Channel, MessageTooLarge, ProtocolError
 from inferd.isolation.shm import (
     Reader,
     SharedMemoryFull,
@@ -101,7 +101,8 @@ class InstanceDied(Exception):
 
 
 class InstanceProcess:
-    """One worker process and its two shared-memory buffers. Used by one call at a time."""
+    """One worker process and its two shared-memory buffers. Used by one call at a time (or, when
+    its model runs several at once, by up to ``calls_at_once`` streams: ``stream_shared``)."""
 
     def __init__(self, spec: InstanceSpec, index: int) -> None:
         self.spec = spec
@@ -116,6 +117,7 @@ class InstanceProcess:
         self._killed = False
         self._cancels: CancelBoard | None = None  # where a running call's cancel reaches the process
         self._readiness: _ReadinessChecks | None = None  # the model's own is_ready, when it has one
+        self._shared: _SharedChannel | None = None  # several streams at once (calls_at_once > 1): their answers by id
         self.started = 0.0  # time.time() once its model loaded
 
     @property
@@ -170,6 +172,8 @@ class InstanceProcess:
             raise ModelError(reply[1])
         self.metadata = reply[1]
         self.started = time.time()
+        if self.metadata.get("calls_at_once", 1) > 1:
+            self._shared = _SharedChannel(self)
         if self.metadata.get("checks_ready"):
             self._readiness = _ReadinessChecks(ready_ours, self.spec.context.name)
         else:
@@ -272,6 +276,44 @@ class InstanceProcess:
             if not ended:
                 self.kill()
 
+    def stream_shared(self, arrays: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """``stream`` on an instance that runs several at once (``_SharedChannel``): the inputs and
+        each part travel in the messages; ``stop`` (or closing this generator) cancels the rest, told
+        at once. Raises InstanceDied as ``call`` does, for every stream the instance ran."""
+        assert self._shared is not None
+        call_id, replies = self._shared.open()
+        ended, told = False, False
+        try:
+            try:
+                self._shared.send(("astream", call_id, None, None, arrays))
+            except MessageTooLarge as exc:
+                raise ModelError(f"model '{self.spec.context.name}': {exc}") from None
+            deadline = time.monotonic() + self.spec.response_timeout_s
+            while True:
+                if stop.is_set() and not told:
+                    self._shared.send(("cancel", call_id))
+                    told = True
+                try:
+                    reply = replies.get(timeout=_WATCH_MS / 1000)
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        self.kill()
+                        raise InstanceDied(f"did not answer within {self.spec.response_timeout_s:g} s while "
+                                           "streaming this request (response_timeout_s); it was killed") from None
+                    continue
+                if isinstance(reply, InstanceDied):
+                    raise InstanceDied(reply.reason)
+                if reply[0] != "apart":
+                    ended = True
+                    if reply[0] == "end":
+                        return
+                    self._raise(reply)
+                yield reply[2]
+                self._shared.send(("cancel" if stop.is_set() else "next", call_id))
+                deadline = time.monotonic() + self.spec.response_timeout_s
+        finally:
+            self._shared.close(call_id, tell=not ended and not told)
+
     def _send(self, kind: str, arrays: Arrays, *more: Any) -> int:
         """The inputs into shared memory and the request on the channel (``more`` after its
         path); the call's id."""
@@ -332,26 +374,30 @@ class InstanceProcess:
         return rss if rss > self.spec.memory_limit_mb else 0
 
     def _wait(self, timeout: float, doing: str, call_id: int | None = None,
-              cancelled: Callable[[], bool] | None = None) -> Any:
+              cancelled: Callable[[], bool] | None = None, any_call: bool = False) -> Any:
         """The next message, read as it arrives while the process is watched; any message that is
         not the expected answer (``call_id``) kills the instance. Once ``cancelled()`` (the call's
         client went away) the process is told, and the model may stop early; its answer is still read."""
-        assert self._conn is not None and self._process is not None
+        conn, process = self._conn, self._process
+        if conn is None or process is None:
+            raise InstanceDied("was stopped")
         deadline = time.monotonic() + timeout
         while True:
             if cancelled is not None and call_id is not None and self._cancels is not None and cancelled():
                 self._cancels.cancel(call_id)
                 cancelled = None
             try:
-                if (reply := self._conn.buffered()) is not None or (
-                        self._poller.poll(_WATCH_MS) and (reply := self._conn.receive_ready()) is not None):
+                if (reply := conn.buffered()) is not None or (
+                        self._poller.poll(_WATCH_MS) and (reply := conn.receive_ready()) is not None):
+                    if any_call:  # whichever call it answers (a shared channel's reader), never the load's
+                        return _checked(reply, reply[1] if _answers_a_call(reply) else -1)
                     return _checked(reply, call_id)
             except (EOFError, OSError):
                 raise InstanceDied(self._exit_reason(f"while {doing}")) from None
             except ProtocolError as exc:
                 self.kill()
                 raise InstanceDied(f"broke the protocol while {doing} ({exc}); it was killed") from None
-            if self._process.poll() is not None:
+            if process.poll() is not None or self._killed:
                 raise InstanceDied(self._exit_reason(f"while {doing}"))
             rss = self.over_memory()
             if rss:
@@ -397,9 +443,12 @@ class InstanceProcess:
             return
         if self._conn is not None and self._process.poll() is None:
             try:
-                self._conn.send(("stop",))
+                if self._shared is not None:  # its reader thread may be sending too
+                    self._shared.send(("stop",))
+                else:
+                    self._conn.send(("stop",))
                 self._process.wait(timeout=timeout)
-            except (OSError, subprocess.TimeoutExpired):
+            except (OSError, subprocess.TimeoutExpired, InstanceDied):
                 pass
         self.kill()
 
@@ -414,9 +463,81 @@ class InstanceProcess:
             self._cancels = None
         if self._readiness is not None:
             self._readiness.close()
+        if self._shared is not None:
+            self._shared.lose(InstanceDied("was killed"))
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+class _SharedChannel:
+    """The channel of an instance that runs several streams at once: one thread reads it (watching
+    the process as ``_wait`` does) and hands each answer to its stream's queue by call id; sends go
+    one at a time. A part for a stream that was closed is answered "cancel" here (its thread in the
+    process waits for an answer); a message for a call never made kills the instance."""
+
+    def __init__(self, instance: InstanceProcess) -> None:
+        self._instance = instance
+        self._lock = threading.Lock()  # the table of streams, the ids and the channel's sends
+        self._open: dict[int, queue.SimpleQueue[Any]] = {}
+        self._lost: InstanceDied | None = None
+        threading.Thread(target=self._read, name=f"inferd-channel-{instance.spec.context.name}",
+                         daemon=True).start()
+
+    def open(self) -> tuple[int, queue.SimpleQueue[Any]]:
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._lock:
+            if self._lost is not None:
+                raise InstanceDied(self._lost.reason)
+            self._instance._calls += 1
+            call_id = self._instance._calls
+            self._open[call_id] = replies
+        return call_id, replies
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        conn = self._instance._conn
+        try:
+            with self._lock:
+                if conn is None or self._lost is not None:
+                    raise InstanceDied(self._lost.reason if self._lost is not None else "was stopped")
+                conn.send(message, refuse_oversized=True)
+        except OSError:
+            raise InstanceDied(self._instance._exit_reason("while it ran this request")) from None
+
+    def close(self, call_id: int, tell: bool) -> None:
+        """The stream is done here; ``tell``: it had not ended in the process, which is told to stop."""
+        with self._lock:
+            self._open.pop(call_id, None)
+        if tell:
+            with contextlib.suppress(InstanceDied):
+                self.send(("cancel", call_id))
+
+    def lose(self, died: InstanceDied) -> None:
+        """Every stream in flight fails with ``died`` (the process is gone)."""
+        with self._lock:
+            self._lost = self._lost or died
+            waiting, self._open = list(self._open.values()), {}
+        for replies in waiting:
+            replies.put(self._lost)
+
+    def _read(self) -> None:
+        instance = self._instance
+        try:
+            while True:
+                reply = instance._wait(float("inf"), "running its requests", any_call=True)
+                with self._lock:
+                    replies = self._open.get(reply[1])
+                    made = reply[1] <= instance._calls
+                if replies is not None:
+                    replies.put(reply)
+                elif not made:
+                    instance.kill()
+                    raise InstanceDied(f"broke the protocol (an answer to call {reply[1]!r}, never made); "
+                                       "it was killed")
+                elif reply[0] == "apart":  # its reader left: the process's thread stops
+                    self.send(("cancel", reply[1]))
+        except InstanceDied as exc:
+            self.lose(exc)
 
 
 class _ReadinessChecks:
@@ -468,14 +589,19 @@ class _ReadinessChecks:
 
 
 _REPLY_SIZES = {"ready": 2, "failed": 2, "ok": 4, "answers": 5, "error": 5, "part": 4, "end": 2,
-                "request_part": 5, "request_end": 5}
+                "request_part": 5, "request_end": 5, "apart": 3}
+_CALL_REPLIES = ("ok", "answers", "error", "part", "end", "request_part", "request_end", "apart")
+
+
+def _answers_a_call(reply: Any) -> bool:
+    return isinstance(reply, tuple) and len(reply) > 1 and reply[0] in _CALL_REPLIES
 
 
 def _checked(reply: Any, call_id: int | None) -> Any:
     """``reply`` if it is a message of ours that answers ``call_id`` (None: the load), else raise."""
     if not isinstance(reply, tuple) or not reply or _REPLY_SIZES.get(reply[0]) != len(reply):
         raise ProtocolError(f"an unknown message {str(reply)[:80]!r}")
-    answers_call = reply[0] in ("ok", "answers", "error", "part", "end", "request_part", "request_end")
+    answers_call = reply[0] in _CALL_REPLIES
     if answers_call != (call_id is not None) or (answers_call and reply[1] != call_id):
         raise ProtocolError(f"an answer to another request ({reply[0]!r} for call {reply[1]!r}, "
                             f"waiting for {call_id if call_id is not None else 'the load'})")
@@ -507,6 +633,7 @@ class ProcessRuntime(Runtime):
         self._retiring: dict[int, InstanceProcess] = {}  # scaled away, stopping (workers: not ready)
         self._lanes: dict[int, int] = {}  # a sequence lane -> the instance (index) that keeps its state
         self._losses: dict[int, int] = {}  # a sequence lane -> how often its instance went (lane_losses)
+        self._sharing: dict[int, int] = {}  # instance index -> its streams in flight (calls_at_once > 1)
         self.restarts = 0
         started = self._start_all(count)
         self._adopt(started[0].metadata)
@@ -552,6 +679,7 @@ class ProcessRuntime(Runtime):
         self.parts = metadata["parts"]
         self.requests_apart = metadata["requests_apart"]
         self._checks_ready = bool(metadata.get("checks_ready"))
+        self.calls_at_once = int(metadata.get("calls_at_once", 1))
         self._description = metadata["describe"]
 
     def infer(self, inputs: Arrays) -> Arrays:
@@ -576,6 +704,9 @@ class ProcessRuntime(Runtime):
                 self._losses[lane] = self._losses.get(lane, 0) + 1
 
     def infer_stream(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        if self.calls_at_once > 1:
+            yield from self._stream_shared(inputs, stop)
+            return
         instance = self._checkout()
         try:
             yield from instance.stream(inputs, stop)
@@ -592,6 +723,43 @@ class ProcessRuntime(Runtime):
                 self._give_back(instance)
             raise
         self._give_back(instance)
+
+    def _stream_shared(self, inputs: Arrays, stop: threading.Event) -> Generator[Arrays, None, None]:
+        """A stream on the running instance with the fewest in flight (each runs up to
+        ``calls_at_once``): never checked out, so sync calls' instances are untouched."""
+        instance = self._share()
+        try:
+            yield from instance.stream_shared(inputs, stop)
+        except InstanceDied as exc:
+            with self._lock:  # the first of its streams to fail says so and replaces it
+                first = self._live.get(instance.index) is instance
+                if first:
+                    del self._live[instance.index]
+            if first:
+                log.error("model %s instance %d (pid %s) %s; restarting it", self.name, instance.index,
+                          instance.pid, exc.reason)
+                self._replace(instance)
+            raise InstanceLost(f"model '{self.name}' instance {instance.index} {exc.reason}; the request "
+                             "failed and the instance is restarting (other requests are not affected)") from None
+        finally:
+            with self._lock:
+                self._sharing[instance.index] -= 1
+
+    def _share(self) -> InstanceProcess:
+        """The live instance with the fewest streams in flight, once one has room."""
+        while True:
+            if self._closed:
+                raise Unavailable(f"model '{self.name}' is unloading")
+            if self._ready == 0 and self._start_failure:
+                raise Unavailable(f"model '{self.name}' has no running instance: {self._start_failure}")
+            with self._lock:
+                running = [instance for instance in self._live.values() if not instance.killed]
+                if running:
+                    instance = min(running, key=lambda one: self._sharing.get(one.index, 0))
+                    if self._sharing.get(instance.index, 0) < self.calls_at_once:
+                        self._sharing[instance.index] = self._sharing.get(instance.index, 0) + 1
+                        return instance
+            time.sleep(0.001)
 
     def infer_streams(self, requests: list[Arrays], sinks: list[AnswerSink]) -> None:
         instance = self._checkout()

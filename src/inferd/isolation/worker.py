@@ -21,21 +21,24 @@ each, then ``("end", call id)``; a batch of streams' ``("request_part", ..., ind
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from inferd.errors import InferdError, describe
 from inferd.isolation.calls import ChannelModelCalls
 from inferd.isolation.cancels import CancelBoard
-from inferd.isolation.channel import Channel
+from inferd.isolation.channel import Channel, MessageTooLarge
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
 from inferd.observability.logging import configure_instance_process
 from inferd.runtimes import model_calls
@@ -64,7 +67,10 @@ def main(fd: int, calls_fd: int, cancels_fd: int, ready_fd: int) -> None:
         if runtime.checks_ready:
             threading.Thread(target=_answer_readiness, args=(Channel(socket.socket(fileno=ready_fd)), runtime),
                              name="inferd-readiness", daemon=True).start()
-        _serve(conn, runtime, CancelBoard(cancels_fd))
+        if runtime.calls_at_once > 1:
+            _serve_at_once(conn, runtime, CancelBoard(cancels_fd))
+        else:
+            _serve(conn, runtime, CancelBoard(cancels_fd))
     except (EOFError, OSError):  # the server closed our socket: it is gone or stopping us
         _leave_with_group()
 
@@ -86,7 +92,8 @@ def _load(conn: Channel, backend: str, context: LoadContext) -> Runtime | None:
                          "max_batch_size": runtime.max_batch_size, "describe": runtime.describe(),
                          "takes_sequence": runtime.takes_sequence, "takes_request": runtime.takes_request,
                          "decoupled": runtime.decoupled, "requests_apart": runtime.requests_apart,
-                         "parts": runtime.parts, "checks_ready": runtime.checks_ready}))
+                         "parts": runtime.parts, "checks_ready": runtime.checks_ready,
+                         "calls_at_once": runtime.calls_at_once}))
     return runtime
 
 
@@ -112,6 +119,80 @@ def _serve(conn: Channel, runtime: Runtime, cancels: CancelBoard) -> None:
                 conn.send(_reply(conn, runtime, kind, arrays, outputs, cancels, call_id, *more))
     finally:
         outputs.close()
+
+
+class _Running:
+    """A stream of ``_serve_at_once`` in flight: the server's replies to its parts, and its cancel."""
+
+    def __init__(self) -> None:
+        self.replies: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.cancelled = threading.Event()
+
+    def told(self, reading: bool) -> None:
+        if not reading:
+            self.cancelled.set()
+        self.replies.put(reading)
+
+
+def _serve_at_once(conn: Channel, runtime: Runtime, cancels: CancelBoard) -> None:
+    """A model that runs several streams at once (``Runtime.calls_at_once``: a decoupled ``async
+    def execute``): this thread reads the channel and nothing else; each ``("astream", id, None,
+    None, inputs)`` runs on a thread of its own, its tensors in the messages (one buffer could
+    not serve several calls), its parts ``("apart", id, outputs)`` each answered "next" or "cancel"
+    (also sent unasked once its client left); messages go out one at a time."""
+    lock = threading.Lock()
+    running: dict[int, _Running] = {}
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message, refuse_oversized=True)
+
+    while True:
+        message = conn.receive()
+        if message[0] == "stop":
+            runtime.unload()
+            return
+        if message[0] in ("next", "cancel"):
+            call = running.get(message[1])
+            if call is not None:
+                call.told(message[0] == "next")
+            continue
+        kind, call_id, *_, inputs = message
+        if kind != "astream":
+            send(("error", call_id, "ModelError", f"a {kind!r} call, where this model runs streams only", False))
+            continue
+        call = running[call_id] = _Running()
+        threading.Thread(target=_stream_at_once, args=(runtime, inputs, call_id, call, send, running, cancels),
+                         name=f"inferd-stream-{call_id}", daemon=True).start()
+
+
+def _stream_at_once(runtime: Runtime, inputs: Arrays, call_id: int, call: _Running,
+                    send: Callable[[tuple[Any, ...]], None], running: dict[int, _Running], cancels: CancelBoard
+                    ) -> None:
+    """One stream of ``_serve_at_once``, then its "end" (or error)."""
+    stop = threading.Event()
+    reply: tuple[Any, ...] = ("end", call_id)
+    with call_cancelled_by(lambda: call.cancelled.is_set() or cancels.cancelled(call_id)):
+        parts = runtime.infer_stream(inputs, stop)
+        try:
+            for item in parts:
+                try:
+                    send(("apart", call_id, item))
+                except MessageTooLarge as exc:
+                    reply = ("error", call_id, "ModelError", f"its outputs do not fit: {exc}", False)
+                    break
+                if not call.replies.get() or call.cancelled.is_set():
+                    stop.set()
+                    break
+        except MemoryError as exc:
+            reply = ("error", call_id, "MemoryError", f"ran out of memory: {exc}", True)
+        except Exception as exc:
+            reply = _failure(call_id, exc)
+        finally:
+            parts.close()
+            running.pop(call_id, None)
+    with contextlib.suppress(OSError):  # the server is gone: the main thread leaves
+        send(reply)
 
 
 def _answer_readiness(conn: Channel, runtime: Runtime) -> None:

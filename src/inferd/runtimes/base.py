@@ -147,6 +147,7 @@ class Runtime(ABC):
     takes_sequence: bool = False  # Python models: a sequence model's calls carry SEQUENCE_INPUT
     takes_request: bool = False  # calls of one request carry REQUEST_INPUT (its parameters, outputs, id)
     parts: bool = False  # may answer one request in parts before its answer (infer_parts, INTERMEDIATE_OUTPUT)
+    calls_at_once: int = 1  # streams (infer_stream) one instance runs at once: a decoupled async execute's several
     # a dynamic batch reaches it as its requests, each with its own inputs and answer (infer_requests):
     # Triton's execute(requests); the batcher then joins and splits nothing
     requests_apart: bool = False

@@ -62,6 +62,10 @@ from inferd.runtimes.base import (
 from inferd.types import ERROR_OUTPUT, FINAL_OUTPUT, PARAMETERS_OUTPUT, TensorSpec, error_answer
 
 _log = logging.getLogger("inferd.python_backend")
+# a decoupled model's ``async def execute`` runs in the background, several of one instance at once
+# (python_backend's pb_stub.cc: RunCoroutine(in_background) for a decoupled model, awaited otherwise);
+# Triton sets no bound, inferd this one per instance
+ASYNC_STREAMS_AT_ONCE = 64
 _SENT_AHEAD = 16  # a decoupled request's responses its reader has not taken yet; then send() waits
 
 # a response's TritonError code as the client sees it: Triton's HTTP and gRPC tables (UNKNOWN,
@@ -428,6 +432,9 @@ def load(model_class: type, context: LoadContext) -> TritonPythonRuntime:
     runtime.instance_name = args["model_instance_name"]
     runtime.metrics = made
     runtime.decoupled = config.decoupled
+    if (config.decoupled and inspect.iscoroutinefunction(getattr(model, "execute", None))
+            and config.dynamic_batching is None and config.sequence_batching is None):
+        runtime.calls_at_once = ASYNC_STREAMS_AT_ONCE  # each request a stream of its own (no batcher)
     return runtime
 
 

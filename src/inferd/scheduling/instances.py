@@ -53,7 +53,8 @@ class InstancePool(Scheduler):
         self._count = count
         self.name = name
         self._max_queue = max_queue
-        self._executor = ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{name}")
+        # a thread per execution one instance runs at once (several streams of a decoupled async execute)
+        self._executor = ThreadPoolExecutor(count * runtime.calls_at_once, thread_name_prefix=f"inferd-{name}")
         self._observe_batch = observe_batch
         self._on_unload = on_unload
         self.pending = 0  # submitted and not finished (on the event loop)
@@ -424,7 +425,8 @@ class InstancePool(Scheduler):
         if count == self._count:
             return
         self.inner.scale(count)  # process instances start or retire processes too
-        old, self._executor = self._executor, ThreadPoolExecutor(count, thread_name_prefix=f"inferd-{self.name}")
+        old, self._executor = self._executor, ThreadPoolExecutor(count * self.inner.calls_at_once,
+                                                                 thread_name_prefix=f"inferd-{self.name}")
         self._count = count
         old.shutdown(wait=False)
 
