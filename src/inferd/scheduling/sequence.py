@@ -278,12 +278,14 @@ class SequenceBatcher(Scheduler):
                 continue
             if control.datatype == "BYTES":
                 if isinstance(sequence.id, int):  # 1 and "1" are two sequences: the model must never see both as b"1"
-                    raise InvalidInput(f"sequence id {sequence.id} is an integer, but model '{name}' takes it as "
-                                       f"BYTES (control input '{control.name}'): send a string")
+                    raise InvalidInput(f"sequence batching control 'CORRID' data-type is 'UINT64', but model "
+                                       f"'{name}' expects 'BYTES' (control input '{control.name}'): send sequence id "
+                                       f"{sequence.id} as a string")
                 continue
             if isinstance(sequence.id, str):
-                raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
-                                   f"{control.datatype} (control input '{control.name}'): send an integer")
+                raise InvalidInput(f"sequence batching control 'CORRID' data-type is 'BYTES', but model '{name}' "
+                                   f"expects '{control.datatype}' (control input '{control.name}'): send sequence id "
+                                   f"'{sequence.id}' as an integer")
             limits = np.iinfo(numpy_dtype(control.datatype))
             if not limits.min <= sequence.id <= limits.max:
                 raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
