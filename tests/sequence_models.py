@@ -459,10 +459,39 @@ class TritonPythonModel:
 '''
 
 
+# answers its INPUT after sleeping that many milliseconds
+SLEEPY = '''
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            time.sleep(float(value.reshape(-1)[0]) / 1000)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", value)]))
+        return responses
+'''
+
+SLEEPY_CONFIG = """
+name: "%s"
+backend: "python"
+max_batch_size: 4
+sequence_batching { oldest { max_candidate_sequences: 4 preserve_ordering: %s } }
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+
 def build_batching(root: Path) -> Path:
     """rows_oldest and rows_direct: ROWS, one process instance each; acc_oldest (one instance) and
     acc_direct (two): the batching ONNX accumulator with its state, max_batch_size 8; dyna_counting:
-    DYNA_COUNTING, one instance, direct."""
+    DYNA_COUNTING, one instance, direct; sleepy_in_order and sleepy: SLEEPY, two instances, oldest, with
+    and without preserve_ordering."""
     config = DYNA_CONFIG % ("dyna_counting", "TYPE_UINT64")
     config = config.replace("count: 2", "count: 1").replace(
         'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]',
@@ -481,4 +510,7 @@ def build_batching(root: Path) -> Path:
         models.write(root / name / "config.pbtxt", text.replace("count: 2", f"count: {count}"))
         (root / name / "1").mkdir(parents=True)
         (root / name / "1/model.onnx").write_bytes(accumulator_onnx(batching=True))
+    for name, preserve in (("sleepy_in_order", "true"), ("sleepy", "false")):
+        models.write(root / name / "1/model.py", SLEEPY)
+        models.write(root / name / "config.pbtxt", SLEEPY_CONFIG % (name, preserve))
     return root

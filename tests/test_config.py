@@ -300,9 +300,11 @@ max_batch_size = 8
 max_candidate_sequences = 16
 preferred_batch_size = [8, 4]
 max_queue_delay_microseconds = 500
+preserve_ordering = true
 """)).sequence_batching
     assert oldest is not None and (oldest.strategy, oldest.max_candidate_sequences, oldest.preferred_batch_sizes,
-                                   oldest.max_queue_delay_us) == ("oldest", 16, (4, 8), 500)
+                                   oldest.max_queue_delay_us, oldest.preserve_ordering) == (
+        "oldest", 16, (4, 8), 500, True)
     direct = load_model_config(write(tmp_path, """
 max_batch_size = 8
 [sequence_batching]

@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-server", choices=("inferd", "grpcio"), default="inferd",
                        help="inferd: HTTP/2 on the event loop (fast); grpcio: grpcio's threaded server "
                             "(takes every grpc channel argument)")
-    serve.add_argument("--model-control", "--model-control-mode", choices=MODEL_CONTROL_MODES, default="none",
+    serve.add_argument("--model-control", "--model-control-mode", type=str.lower, choices=MODEL_CONTROL_MODES,
+                       default="none",
                        help="none: the repository is read once; poll: rescanned every --poll-interval; "
                        "explicit: models load and unload through the API")
     serve.add_argument("--poll-interval", "--repository-poll-secs", type=float, default=15.0,

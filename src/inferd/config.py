@@ -429,6 +429,7 @@ class SequenceBatching:
     minimum_slot_utilization: float = 0.0  # direct: the share of slots ready that runs at once
     max_candidate_sequences: int = 0  # oldest: sequences an instance batches from (0: max_batch_size)
     preferred_batch_sizes: tuple[int, ...] = ()  # oldest
+    preserve_ordering: bool = False  # oldest: answers leave in the order the requests came, across sequences
 
 
 @dataclass(frozen=True, slots=True)
@@ -1175,7 +1176,8 @@ def _sequence_strategy(direct: dict[str, Any] | None, oldest: dict[str, Any] | N
         result = SequenceBatching(
             strategy="oldest", max_queue_delay_us=table.take_int("max_queue_delay_microseconds", 0, maximum=INT64_MAX),
             max_candidate_sequences=table.take_int("max_candidate_sequences", 0),
-            preferred_batch_sizes=tuple(sorted(set(table.take_ints("preferred_batch_size", minimum=1)))))
+            preferred_batch_sizes=tuple(sorted(set(table.take_ints("preferred_batch_size", minimum=1)))),
+            preserve_ordering=table.take("preserve_ordering", bool, False))
         table.finish()
         return result
     return SequenceBatching()

@@ -95,8 +95,8 @@ def check_outputs(request: InferRequest, runtime: Runtime) -> list[RequestedOutp
             raise InvalidInput(f"output '{wanted.name}' already exists in request")
         seen.add(wanted.name)
         if wanted.name not in names:
-            raise InvalidInput(f"unknown output '{wanted.name}' requested from model "
-                               f"'{request.model_name}'; it gives {_expected(runtime.outputs)}")
+            raise InvalidInput(f"unexpected inference output '{wanted.name}' for model '{request.model_name}'; "
+                               f"it gives {_expected(runtime.outputs)}")
     return request.outputs
 
 

@@ -204,12 +204,13 @@ def test_a_model_load_thread_count_under_one_is_refused(count: str, tmp_path: Pa
 
 
 def test_tritons_spellings_serve_as_inferds(small_repo: Path, tmp_path: Path) -> None:
-    """A tritonserver command line changes only its binary: --model-repository, --model-control-mode,
+    """A tritonserver command line changes only its binary: --model-repository, --model-control-mode (in
+    any case: Triton lowercases it, and its qa/L0_iterative_sequence writes EXPLICIT),
     --repository-poll-secs, --exit-timeout-secs, --id, --log-verbose, --metrics-port."""
     import requests
 
     metrics_port = free_port()
-    with serve(None, f"--model-repository={small_repo}", "--model-control-mode=explicit", "--load-model=mlp_onnx",
+    with serve(None, f"--model-repository={small_repo}", "--model-control-mode=EXPLICIT", "--load-model=mlp_onnx",
                "--repository-poll-secs=5", "--exit-timeout-secs=3", "--id=triton", "--log-verbose=1",
                f"--metrics-port={metrics_port}") as server:
         assert requests.get(f"{server.base}/v2", timeout=5).json()["name"] == "triton"

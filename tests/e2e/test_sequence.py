@@ -199,8 +199,16 @@ def test_tritons_refusals_are_400s(server: RunningServer) -> None:
             with pytest.raises(InferenceServerException) as caught:  # its CORRID is BYTES: 1 is not "1"
                 client.infer("simple_string_dyna_sequence", [int_input(module, "INPUT", 1)], sequence_id=1,
                              sequence_start=True)
-            assert ("sequence id 1 is an integer, but model 'simple_string_dyna_sequence' takes it as BYTES "
-                    "(control input 'CORRID'): send a string") in caught.value.message()
+            assert ("sequence batching control 'CORRID' data-type is 'UINT64', but model 'simple_string_dyna_sequence' "
+                    "expects 'BYTES' (control input 'CORRID'): send sequence id 1 as a string"
+                    ) in caught.value.message()
+            assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+            with pytest.raises(InferenceServerException) as caught:  # its CORRID is UINT64
+                client.infer("simple_dyna_sequence", [int_input(module, "INPUT", 1)], sequence_id="corrid",
+                             sequence_start=True)
+            assert ("sequence batching control 'CORRID' data-type is 'BYTES', but model 'simple_dyna_sequence' "
+                    "expects 'UINT64' (control input 'CORRID'): send sequence id 'corrid' as an integer"
+                    ) in caught.value.message()
             assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     answer = requests.post(f"{server.base}/v2/models/simple_sequence/infer", timeout=10, json={
         "parameters": {"sequence_id": 5, "sequence_start": "yes"},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -251,3 +252,26 @@ def test_a_long_backlog_of_starts_costs_the_server_little_while_it_waits(repo: P
     assert used < 0.4, f"the server used {used:.2f} CPU seconds a second while 900 STARTs waited"
     assert health_s < 0.5, health_s
     assert statuses == [200] * 17
+
+
+@pytest.mark.parametrize(("model", "in_order"), [("sleepy_in_order", True), ("sleepy", False)])
+def test_preserve_ordering_answers_in_the_order_the_requests_came(server: RunningServer, model: str,
+                                                                  in_order: bool) -> None:
+    """oldest's preserve_ordering: on one gRPC stream, a slow sequence's request (600 ms, one instance)
+    sent before a quick one's (the other instance) is answered first; without it the quick one is."""
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for sequence_id, sleep_ms in ((71, 600), (72, 0), (73, 0)):
+            given = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+            given.set_data_from_numpy(np.array([[sleep_ms]], np.int32))
+            client.async_stream_infer(model, [given], request_id=str(sequence_id), sequence_id=sequence_id,
+                                      sequence_start=True, sequence_end=True)
+            time.sleep(0.05)
+        got = [answers.get(timeout=30) for _ in range(3)]
+        client.stop_stream()
+    assert all(isinstance(result, grpcclient.InferResult) for result in got), got
+    order = [result.get_response().id for result in got]
+    assert (order == ["71", "72", "73"]) is in_order, order
+    config = requests.get(f"{server.base}/v2/models/{model}/config", timeout=10).json()
+    assert config["sequence_batching"]["oldest"].get("preserve_ordering", False) is in_order

@@ -163,7 +163,7 @@ def test_the_state_tensors_are_the_servers(server: RunningServer) -> None:
                 client.infer("state_oldest", [value(module, np.ones(4, np.float32))], sequence_id=5,
                              sequence_start=True, outputs=[module.InferRequestedOutput("OUTPUT_STATE")])
             assert caught.value.status() in ("400", "StatusCode.INVALID_ARGUMENT"), caught.value
-            assert "unknown output 'OUTPUT_STATE'" in caught.value.message()
+            assert "unexpected inference output 'OUTPUT_STATE' for model" in caught.value.message()
 
 
 def test_the_configuration_shows_the_state(server: RunningServer) -> None:

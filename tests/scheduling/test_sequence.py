@@ -105,7 +105,9 @@ def test_one_sequences_requests_run_one_at_a_time_in_order() -> None:
     (1, SequenceId(0, start=True), "must specify a non-zero or non-empty correlation ID"),
     (1, SequenceId(77), "inference request for sequence 77 to model 'acc' must specify the START flag on the "
                         "first request of the sequence"),
-    (1, SequenceId("abc", start=True), "sequence id 'abc' is a string, but model 'acc' takes it as UINT64"),
+    (1, SequenceId("abc", start=True), "sequence batching control 'CORRID' data-type is 'BYTES', but model 'acc' "
+                                       "expects 'UINT64' (control input 'CORRID'): send sequence id 'abc' as an "
+                                       "integer"),
 ])
 def test_tritons_refusals(value: int, sequence: SequenceId | None, message: str) -> None:
     scheduler = batcher(Recording())
@@ -248,8 +250,9 @@ def test_a_bytes_correlation_id_must_be_a_string() -> None:
     runtime = Recording(controls=("CORRID",))
     scheduler = batcher(runtime, controls=controls)
     call(scheduler, 1, SequenceId("1", start=True))
-    with pytest.raises(InvalidInput, match=r"sequence id 1 is an integer, but model 'acc' takes it as BYTES "
-                                           r"\(control input 'CORRID'\): send a string"):
+    with pytest.raises(InvalidInput, match=r"sequence batching control 'CORRID' data-type is 'UINT64', but model "
+                                           r"'acc' expects 'BYTES' \(control input 'CORRID'\): send sequence id 1 as "
+                                           r"a string"):
         call(scheduler, 2, SequenceId(1, start=True))
     assert scheduler.sequences == 1
     call(scheduler, 3, SequenceId("1", end=True))

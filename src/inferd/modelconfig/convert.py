@@ -348,7 +348,8 @@ def _sequence_batching(message: mc.ModelConfig, where: str) -> SequenceBatching 
         max_queue_delay_us=int((oldest if strategy == "oldest" else direct).max_queue_delay_microseconds),
         minimum_slot_utilization=float(direct.minimum_slot_utilization),
         max_candidate_sequences=int(oldest.max_candidate_sequences),
-        preferred_batch_sizes=tuple(sorted(set(int(size) for size in oldest.preferred_batch_size))))
+        preferred_batch_sizes=tuple(sorted(set(int(size) for size in oldest.preferred_batch_size))),
+        preserve_ordering=strategy == "oldest" and oldest.preserve_ordering)
 
 
 def _state(state: mc.ModelSequenceBatching.State, where: str) -> SequenceState:
@@ -560,6 +561,7 @@ def _answer_sequence(message: mc.ModelSequenceBatching, sequence: SequenceBatchi
         message.oldest.max_candidate_sequences = sequence.max_candidate_sequences
         message.oldest.preferred_batch_size.extend(sequence.preferred_batch_sizes)
         message.oldest.max_queue_delay_microseconds = sequence.max_queue_delay_us
+        message.oldest.preserve_ordering = sequence.preserve_ordering
         message.oldest.SetInParent()
     for control in sequence.controls:
         added = message.control_input.add(name=control.name).control.add(

@@ -122,6 +122,8 @@ class SequenceBatcher(Scheduler):
         self._closed = False
         self._admitted = 0  # requests placed and not yet answered: queued on their sequence, or running
         self._strategy = config.strategy or "direct"
+        self._preserve_ordering = config.preserve_ordering
+        self._last_turn: asyncio.Future[None] | None = None  # preserve_ordering: the latest request's answer
         # a model that batches: slots per instance (0: each request runs alone)
         self._slots = 0
         if self.max_batch_size > 1:
@@ -171,6 +173,7 @@ class SequenceBatcher(Scheduler):
         sequence = self._check(inputs, context)
         self._within_limits(sequence, now)
         state = self._place(sequence, now)
+        turn = self._take_turn() if self._preserve_ordering else None
         self._admitted += 1
         try:
             state.waiting += 1
@@ -208,6 +211,14 @@ class SequenceBatcher(Scheduler):
                 del self._ending[sequence.id]
             if self._backlog:  # its sequence may have ended or been dropped: a slot for the next one
                 self._wake_backlog()
+            if turn is not None:
+                await _in_turn(*turn)
+
+    def _take_turn(self) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """preserve_ordering: this request's place among every sequence's answers (the one before it, its own)."""
+        before, mine = self._last_turn, self._bind_loop().create_future()
+        self._last_turn = mine
+        return before, mine
 
     def _arrays(self, inputs: Arrays, sequence: SequenceId, state: _Sequence, context: CallContext) -> Arrays:
         """The request's inputs with its sequence's controls and state (and, for Python models,
@@ -278,12 +289,14 @@ class SequenceBatcher(Scheduler):
                 continue
             if control.datatype == "BYTES":
                 if isinstance(sequence.id, int):  # 1 and "1" are two sequences: the model must never see both as b"1"
-                    raise InvalidInput(f"sequence id {sequence.id} is an integer, but model '{name}' takes it as "
-                                       f"BYTES (control input '{control.name}'): send a string")
+                    raise InvalidInput(f"sequence batching control 'CORRID' data-type is 'UINT64', but model "
+                                       f"'{name}' expects 'BYTES' (control input '{control.name}'): send sequence id "
+                                       f"{sequence.id} as a string")
                 continue
             if isinstance(sequence.id, str):
-                raise InvalidInput(f"sequence id '{sequence.id}' is a string, but model '{name}' takes it as "
-                                   f"{control.datatype} (control input '{control.name}'): send an integer")
+                raise InvalidInput(f"sequence batching control 'CORRID' data-type is 'BYTES', but model '{name}' "
+                                   f"expects '{control.datatype}' (control input '{control.name}'): send sequence id "
+                                   f"'{sequence.id}' as an integer")
             limits = np.iinfo(numpy_dtype(control.datatype))
             if not limits.min <= sequence.id <= limits.max:
                 raise InvalidInput(f"sequence id {sequence.id} does not fit model '{name}''s {control.datatype} "
@@ -672,6 +685,17 @@ def _batch_policy(config: SequenceBatching, strategy: str, max_batch_size: int) 
     if config.minimum_slot_utilization <= 0:
         return 0.0, ()
     return delay_s, (max(math.ceil(config.minimum_slot_utilization * max_batch_size), 1),)
+
+
+async def _in_turn(before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """Wait for the answer of the request that came before (preserve_ordering), then let the next one go.
+    A request that fails, is refused or is cancelled still takes its turn, so none waits forever."""
+    try:
+        if before is not None and not before.done():
+            await asyncio.shield(before)  # cancelling this answer must not cancel the one before
+    finally:
+        if not mine.done():
+            mine.set_result(None)
 
 
 def _initial_state(state: SequenceState, max_batch_size: int) -> np.ndarray:
