@@ -225,6 +225,11 @@ class Runtime(ABC):
         """The processes that run this model's calls; None when they run in the server's own."""
         return None
 
+    def start_failure(self) -> str:
+        """Why an instance failed to start, while fewer run than asked for ("" when none failed):
+        an instance update fails with it instead of waiting for a start that keeps failing."""
+        return ""
+
     def describe(self) -> str:
         return self.platform
 

@@ -433,6 +433,9 @@ class DynamicBatcher(Scheduler):
     def workers(self) -> list[WorkerStatus]:
         return self.pool.workers()
 
+    def start_failure(self) -> str:
+        return self.pool.start_failure()
+
     def describe(self) -> str:
         return f"{self.pool.describe()}, dynamic batching up to {self.max_batch_size}"
 

@@ -415,6 +415,9 @@ class InstancePool(Scheduler):
         self._count = count
         old.shutdown(wait=False)
 
+    def start_failure(self) -> str:
+        return self.inner.start_failure()
+
     def workers(self) -> list[WorkerStatus]:
         """The inner runtime's processes, or this pool's threads (each in the server's process)."""
         own = self.inner.workers()
