@@ -5,6 +5,7 @@ cannot initialize fails the whole load. Served by the real server, asked with tr
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import json
+import time
 
 import numpy as np
 
@@ -95,6 +97,7 @@ import os
 from pathlib import Path
 
 import json
+import time
 
 import numpy as np
 
@@ -180,3 +183,78 @@ def test_a_python_models_configuration_as_answered_loads_back_with_one_more_inst
         config["instance_group"][0]["count"] = 2
         http.load_model("m", config=json.dumps(config))
         assert (marked(marks, "initialize"), marked(marks, "finalize")) == (2, 0)
+
+
+# every instance but the first refuses to start while the flag file exists
+REFUSING_NEW = """
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+FLAG = Path({flag!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        if FLAG.exists() and not args["model_instance_name"].endswith("_0_0"):
+            raise RuntimeError(f"instance {{args['model_instance_name']}} refuses to start")
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "x")]) for r in requests]
+"""
+
+
+def test_a_load_adding_an_instance_that_fails_to_start_fails_at_once_and_the_model_serves_on(tmp_path: Path) -> None:
+    """As Triton's UpdateInstanceGroup: the new instance's failure fails the load (it waited up to
+    600 s), the new instances go, and the model serves with the instances and configuration it had."""
+    flag, repo = tmp_path / "refuse", tmp_path / "repo"
+    write(repo / "m" / "1" / "model.py", REFUSING_NEW.format(flag=str(flag)))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 1"))
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", grpc=True) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        flag.write_text("")
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3", "count: 2"))
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException, match=r"instance m_0_\d+ refuses to start") as failed:
+            client.load_model("m", client_timeout=60)
+        assert time.monotonic() - started < 30, failed.value
+        assert "serves on with its 1 instance(s)" in str(failed.value)
+        assert client.is_model_ready("m")
+        assert client.get_model_config("m").config.instance_group[0].count == 1
+        x = np.array([[2.0]], dtype=np.float32)
+        request = grpcclient.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)
+        flag.unlink()
+        client.load_model("m", client_timeout=60)  # the same change once instances start: in place
+        assert client.get_model_config("m").config.instance_group[0].count == 2
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)
+
+
+def test_kind_gpu_instances_of_a_python_model_are_processes_told_their_kind_and_device(tmp_path: Path) -> None:
+    """Triton's Python backend runs every instance in a stub process, whatever its kind, and gives
+    it ``model_instance_kind``/``model_instance_device_id``; KIND_GPU instances ran in the server's
+    process (one ``initialize`` for all). Without a GPU the model loads all the same (Triton itself
+    refuses KIND_GPU on a machine without one); ``count`` instances run on each listed GPU, and an
+    instance update adds or retires them in place, as KIND_CPU's."""
+    marks, repo = tmp_path / "marks", tmp_path / "repo"
+    marks.mkdir()
+    write(repo / "m" / "1" / "model.py", COUNTED.format(marks=str(marks)).replace(
+        'write_text(args["model_instance_name"])', "write_text(json.dumps(args))"))
+    write(repo / "m" / "config.pbtxt", PBTXT.replace("kind: KIND_CPU", "kind: KIND_GPU gpus: [ 0, 1 ]"))
+    with serve(repo, "--model-control", "explicit", "--load-model", "m", grpc=True) as server:
+        initialized = {int(p.name.split("-")[1]): json.loads(p.read_text()) for p in marks.iterdir()}
+        assert len(initialized) == 6 and server.process.pid not in initialized  # 3 on each of two GPUs
+        assert sorted((args["model_instance_kind"], args["model_instance_device_id"])
+                      for args in initialized.values()) == [("GPU", "0")] * 3 + [("GPU", "1")] * 3
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        x = np.array([[3.0]], dtype=np.float32)
+        request = grpcclient.InferInput("x", [1, 1], "FP32")
+        request.set_data_from_numpy(x)
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)
+        write(repo / "m" / "config.pbtxt", PBTXT.replace("count: 3 kind: KIND_CPU",
+                                                         "count: 2 kind: KIND_GPU gpus: [ 0, 1 ]"))
+        client.load_model("m")  # two retire, in place
+        assert (marked(marks, "initialize"), marked(marks, "finalize")) == (6, 2)
+        assert client.get_model_config("m").config.instance_group[0].count == 2
+        np.testing.assert_array_equal(client.infer("m", [request]).as_numpy("x"), x)

@@ -78,6 +78,12 @@ class InstanceSpec:
     context: LoadContext
     response_timeout_s: float
     memory_limit_mb: int  # 0 = no limit
+    devices: tuple[str, ...] = ()  # the devices instances load on in turn (KIND_GPU's gpus); () = the context's
+
+    def context_of(self, index: int) -> LoadContext:
+        """What instance ``index`` loads: the context, as that instance, on its device."""
+        device = self.devices[index % len(self.devices)] if self.devices else self.context.device
+        return replace(self.context, instance=index, device=device)
 
 
 _RUNNING: weakref.WeakSet[InstanceProcess] = weakref.WeakSet()  # killed with their groups at exit
@@ -160,7 +166,7 @@ class InstanceProcess:
         self._conn = Channel(ours)
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
-        context = replace(self.spec.context, instance=self.index)
+        context = self.spec.context_of(self.index)
         self._conn.send(("load", self.spec.backend, context, self.spec.memory_limit_mb))
         try:
             reply = self._wait(LOAD_TIMEOUT_S, "loading the model")
@@ -888,7 +894,7 @@ class ProcessRuntime(Runtime):
 
     def _start_one(self) -> None:
         pauses = iter(_RESTART_BACKOFF_S)
-        while not self._closed:
+        while not self._closed and self._ready < self._target:  # scaled back meanwhile: no longer wanted
             instance = self._new_instance()
             try:
                 instance.start()
@@ -910,6 +916,8 @@ class ProcessRuntime(Runtime):
 
     def scale(self, count: int) -> None:
         """Start or retire instances (busy ones retire when their call ends)."""
+        if count > self._target:
+            self._start_failure = ""  # an earlier start's failure is not these new instances'
         self._target = count
         self._fill()
         while self._ready > self._target:
@@ -924,6 +932,9 @@ class ProcessRuntime(Runtime):
     @property
     def count(self) -> int:
         return self._target
+
+    def start_failure(self) -> str:
+        return self._start_failure if self._ready < self._target else ""
 
     def unload(self) -> None:
         """Stop every idle instance; one still busy (or starting) stops when it comes back."""

@@ -50,11 +50,14 @@ def build_version(name: str, version: str, path: Path, config: ModelConfig, wrap
     loaded = with_state_tensors(config)  # the runtime takes and gives the states the sequence batcher keeps
     contexts = [LoadContext(name=name, version=version, artifact=artifact, config=loaded, device=device)
                 for device in devices]
-    # a Triton Python model's KIND_MODEL instances are processes, as every other kind's: the model is told the kind
-    kind = "process" if group.kind == "model" and backend == "python" else group.kind or group.resolved_kind(backend)
+    # a Python model's KIND_MODEL and KIND_GPU instances are processes, as every other kind's (Triton runs
+    # each in a stub process); the model is told the kind and its device (GPU: count on each listed GPU)
+    python_processes = backend == "python" and group.kind in ("model", "gpu")
+    kind = "process" if python_processes else group.kind or group.resolved_kind(backend)
     if kind == "process":
-        spec = InstanceSpec(backend, contexts[0], group.response_timeout_s or math.inf, group.memory_limit_mb)
-        runtime: Runtime = ProcessRuntime(spec, group.count)
+        spec = InstanceSpec(backend, contexts[0], group.response_timeout_s or math.inf, group.memory_limit_mb,
+                            devices=tuple(devices) if group.kind == "gpu" else ())
+        runtime: Runtime = ProcessRuntime(spec, group.instances)
         _check_batched_streams(runtime, config, name, backend)
     else:
         runtime = _load_on(backend, contexts)

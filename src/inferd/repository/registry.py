@@ -343,7 +343,9 @@ class ModelRegistry(Generic[S]):
         """A load that changes only the instance count, the model's files and the other keys as
         they were: the loaded versions start or retire instances in place, as Triton's does, and the
         load returns once the new ones run and the retired ones stopped; a load that changes nothing
-        keeps the model as loaded. False (nothing done) for any other change."""
+        keeps the model as loaded. False (nothing done) for any other change. A new instance that
+        fails to start fails the load at once, with its reason, and the model serves on with the
+        instances it had (Triton's UpdateInstanceGroup drops the new ones)."""
         found = await asyncio.to_thread(fingerprint, folder)
         if _without_configs(found) != _without_configs(self._fingerprints.get(old.name, ())):
             return False
@@ -351,20 +353,31 @@ class ModelRegistry(Generic[S]):
             new = self._configure(old.name, await asyncio.to_thread(_completed_config, folder, config))
         except ConfigError:
             return False  # the full load says what is wrong
-        count, was = new.instance_group.count, old.config.instance_group
+        was = old.config.instance_group
+        count, had = new.instance_group.instances, was.instances  # KIND_GPU: count on each listed GPU
+        runtimes = [slot.runtime for slot in old.versions.values() if slot.runtime is not None]
         kept = sorted(str(number) for number in new.version_policy.choose(list(folder.versions)))
-        if (was.kind == "gpu" or replace(new.instance_group, count=was.count) != was
+        # GPU instances in the server's process are one runtime per device, not counted apart; processes are
+        in_process_gpu = was.kind == "gpu" and not all(runtime.out_of_process for runtime in runtimes)
+        if (in_process_gpu or replace(new.instance_group, count=was.count) != was
                 or replace(new, instance_group=was) != old.config
                 or kept != sorted(old.versions) or sorted(old.ready_versions()) != kept):
             return False
-        if count == was.count:
+        if count == had:
             log.info("model %s: unchanged, kept as loaded", old.name)
             return True
-        runtimes = [slot.runtime for slot in old.versions.values() if slot.runtime is not None]
-        log.info("model %s: instance count %d -> %d, in place", old.name, was.count, count)
+        log.info("model %s: instance count %d -> %d, in place", old.name, had, count)
         for runtime in runtimes:
             await asyncio.to_thread(runtime.scale, count)
-        await asyncio.gather(*(_instances_settled(runtime, count) for runtime in runtimes))
+        failures = await asyncio.gather(*(_instances_settled(runtime, count) for runtime in runtimes))
+        if any(failures):
+            log.error("model %s: a new instance failed to start; back to %d instance(s)", old.name, had)
+            for runtime in runtimes:
+                await asyncio.to_thread(runtime.scale, had)
+            await asyncio.gather(*(_instances_settled(runtime, had) for runtime in runtimes))
+            raise InvalidInput(f"failed to load '{old.name}': a new instance failed to start: "
+                               f"{next(failure for failure in failures if failure)}; the model serves on "
+                               f"with its {had} instance(s)")
         old.config = new
         self._fingerprints[old.name] = found
         old.changed()
@@ -737,15 +750,20 @@ def _without_configs(found: Fingerprint) -> Fingerprint:
     return tuple(entry for entry in found if entry[0] not in CONFIG_FILES and "__pycache__" not in entry[0])
 
 
-async def _instances_settled(runtime: Runtime, count: int, timeout_s: float = INSTANCES_START_S) -> None:
+async def _instances_settled(runtime: Runtime, count: int, timeout_s: float = INSTANCES_START_S) -> str:
     """Wait (at most ``timeout_s``) until a runtime that runs its own processes runs ``count``, each
-    ready: the new ones started, those retired stopped (Triton's load returns then)."""
+    ready: the new ones started, those retired stopped (Triton's load returns then). Returns why a
+    new instance failed to start, at once ("" when none failed)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         workers = runtime.workers()
         if workers is None or (len(workers) == count and all(worker.ready for worker in workers)):
-            return
+            return ""
+        failure = runtime.start_failure()
+        if failure:
+            return failure
         await asyncio.sleep(0.05)
+    return ""
 
 
 def _remove(scratch: Path | None) -> None:

@@ -256,6 +256,11 @@ class Runtime(ABC):
         a few seconds); raises when the check itself failed. True for a model without one."""
         return True
 
+    def start_failure(self) -> str:
+        """Why an instance failed to start, while fewer run than asked for ("" when none failed):
+        an instance update fails with it instead of waiting for a start that keeps failing."""
+        return ""
+
     def describe(self) -> str:
         return self.platform
 

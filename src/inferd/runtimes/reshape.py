@@ -108,6 +108,9 @@ class ReshapedRuntime(Runtime):
     def workers(self) -> list[WorkerStatus] | None:
         return self.inner.workers()
 
+    def start_failure(self) -> str:
+        return self.inner.start_failure()
+
     def describe(self) -> str:
         return self.inner.describe()
 

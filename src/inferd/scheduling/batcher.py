@@ -494,6 +494,9 @@ class DynamicBatcher(Scheduler):
     def model_ready(self) -> bool:
         return self.pool.model_ready()
 
+    def start_failure(self) -> str:
+        return self.pool.start_failure()
+
     def describe(self) -> str:
         return f"{self.pool.describe()}, dynamic batching up to {self.max_batch_size}"
 

@@ -437,6 +437,9 @@ class InstancePool(Scheduler):
     def model_ready(self) -> bool:
         return self.inner.model_ready()
 
+    def start_failure(self) -> str:
+        return self.inner.start_failure()
+
     def workers(self) -> list[WorkerStatus]:
         """The inner runtime's processes, or this pool's threads (each in the server's process)."""
         own = self.inner.workers()

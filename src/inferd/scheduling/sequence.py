@@ -648,6 +648,9 @@ class SequenceBatcher(Scheduler):
     def model_ready(self) -> bool:
         return self._pool.model_ready()
 
+    def start_failure(self) -> str:
+        return self._pool.start_failure()
+
     def unload(self) -> None:
         self._closed = True
         if self._loop is not None and not self._loop.is_closed():  # rows still queued past the drain are told
