@@ -750,6 +750,10 @@ class ProcessRuntime(Runtime):
         finally:
             with self._lock:
                 self._sharing[instance.index] -= 1
+                last = self._closed and self._sharing[instance.index] == 0
+            if last:  # unloading: the instance's last stream stops it, as a checked-out one stops when back
+                self._live.pop(instance.index, None)
+                instance.stop()
 
     def _share(self) -> InstanceProcess:
         """The live instance with the fewest streams in flight, once one has room."""
@@ -946,6 +950,9 @@ class ProcessRuntime(Runtime):
                 return
             with self._lock:
                 self._ready -= 1
+                busy = self._sharing.get(instance.index, 0) > 0
+            if busy:  # streams still run on it (calls_at_once): the last one stops it
+                continue
             self._live.pop(instance.index, None)
             instance.stop()
 
