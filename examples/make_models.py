@@ -10,7 +10,7 @@
 
 text_stats (a Python model) is written by hand and not regenerated. The files come out byte for byte
 the same on every run (seeded weights, fixed zip dates, no random ids or file paths inside), so
-running this script leaves a clean checkout clean. Needs torch, tensorflow, pillow and
+running this script leaves a clean checkout clean. Needs torch, onnx, tensorflow, pillow and
 torch-model-archiver (``pip install -e '.[all,dev]'``).
 """
 

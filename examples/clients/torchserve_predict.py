@@ -3,6 +3,7 @@
     python examples/clients/torchserve_predict.py [BASE_URL]   # default http://localhost:8000
 
 Serve the archive first: ``inferd serve examples/models --model-store examples/model_store --models all``.
+Needs ``pip install requests``.
 """
 
 from __future__ import annotations
