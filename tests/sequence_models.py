@@ -327,7 +327,7 @@ def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
     """state_direct: ONNX, batching, zero initial state, direct; state_oldest: ONNX without a batch
     dim, its initial state from a file, oldest; state_torch: TorchScript, a variable-length state
     without initial_state (zeros of [1, 1] at START), oldest; state_string: ONNX, a BYTES state
-    (empty strings at START), direct."""
+    (empty strings at START), direct; state_string_torch: the same as TorchScript without a batch dim."""
     common = {"idle_us": idle_us, "platform": "onnxruntime_onnx"}
     zero = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true name: "zeros" }'
     from_file = 'initial_state: { data_type: TYPE_FP32 dims: [ 4 ] data_file: "start.bin" name: "start" }'
@@ -352,7 +352,23 @@ def build_state(root: Path, idle_us: int = 5_000_000) -> Path:
         "initial": "", "dims": "1"}).replace("TYPE_FP32", "TYPE_STRING"))
     (root / "state_string/1").mkdir(parents=True)
     (root / "state_string/1/model.onnx").write_bytes(previous_string_onnx())
+    models.write(root / "state_string_torch/config.pbtxt", (STATE_PBTXT % {
+        **common, "platform": "pytorch_libtorch", "name": "state_string_torch", "max_batch_size": 0,
+        "strategy": "", "state_dims": "1", "initial": "", "dims": "1"}).replace("TYPE_FP32", "TYPE_STRING"))
+    previous_string_torchscript(root / "state_string_torch/1/model.pt")
     return root
+
+
+def previous_string_torchscript(path: Path) -> None:
+    """previous_string_onnx as TorchScript, strings as List[str] (Triton's libtorch string tensors)."""
+    import torch
+
+    class PreviousString(torch.nn.Module):
+        def forward(self, x: list[str], state: list[str]) -> tuple[list[str], list[str]]:
+            return state, x
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(PreviousString()).save(str(path))
 
 
 def previous_string_onnx() -> bytes:

@@ -124,20 +124,23 @@ def test_interleaved_sequences_keep_their_own_state(server: RunningServer, repo:
                     np.testing.assert_allclose(have, want, rtol=1e-6, err_msg=f"{model} sequence {key} step {index}")
 
 
-def test_a_string_state_starts_empty_and_follows_its_sequence(server: RunningServer) -> None:
-    """A BYTES (TYPE_STRING) state, as Triton's QA onnx_sequence_object models keep: each answer is
-    the state the request found, the input before it in its sequence, and b"" at START; two
-    sequences interleaved (one over HTTP, one over gRPC) keep theirs apart."""
+@pytest.mark.parametrize("model", ["state_string", "state_string_torch"])
+def test_a_string_state_starts_empty_and_follows_its_sequence(server: RunningServer, model: str) -> None:
+    """A BYTES (TYPE_STRING) state, as Triton's QA onnx/libtorch_sequence_object models keep (a
+    TorchScript model takes and gives strings as List[str]): each answer is the state the request
+    found, the input before it in its sequence, and b"" at START; two sequences interleaved (one over
+    HTTP, one over gRPC) keep theirs apart."""
+    shape = [1, 1] if model == "state_string" else [1]
     words = {"a": [b"one", b"two", b"three"], "b": [b"uno", b"dos", b"tres"]}
     got: dict[str, list[bytes]] = {"a": [], "b": []}
     with httpclient.InferenceServerClient(server.url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
         for index in range(3):
             flags = {"sequence_start": index == 0, "sequence_end": index == 2}
             for key, module, client, sequence_id in (("a", httpclient, h, 301), ("b", grpcclient, g, "s-302")):
-                given = module.InferInput("INPUT", [1, 1], "BYTES")
-                given.set_data_from_numpy(np.array([[words[key][index]]], dtype=object))
-                answer = client.infer("state_string", [given], sequence_id=sequence_id, **flags)
-                got[key].append(answer.as_numpy("OUTPUT")[0, 0])
+                given = module.InferInput("INPUT", shape, "BYTES")
+                given.set_data_from_numpy(np.full(shape, words[key][index], dtype=object))
+                answer = client.infer(model, [given], sequence_id=sequence_id, **flags)
+                got[key].append(answer.as_numpy("OUTPUT").reshape(-1)[0])
     assert got == {key: [b"", *sent[:2]] for key, sent in words.items()}
 
 

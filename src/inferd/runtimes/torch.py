@@ -101,13 +101,15 @@ class TorchRuntime(Runtime):
             array = np.ascontiguousarray(array)
         if spec.datatype == "BF16":  # numpy's ml_dtypes bfloat16 -> torch via its bits
             tensor = self._torch.from_numpy(array.view(np.int16)).view(self._torch.bfloat16)
+        elif spec.datatype == "BYTES":  # Triton's libtorch: a one-dimensional string tensor is a List[str]
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
         else:
             tensor = self._torch.from_numpy(array)
         return tensor if self._on_cpu else tensor.to(self._device)
 
     def _name_outputs(self, result: Any) -> Arrays:
         torch = self._torch
-        if isinstance(result, torch.Tensor):
+        if isinstance(result, torch.Tensor) or (isinstance(result, list) and all(isinstance(i, str) for i in result)):
             result = (result,)
         if isinstance(result, dict):
             return {key: _to_numpy(value, torch) for key, value in result.items()}
@@ -141,6 +143,8 @@ def _describe(optimization: Optimization) -> str:
 
 
 def _to_numpy(value: Any, torch: Any) -> np.ndarray:
+    if isinstance(value, list):  # a List[str] output: a one-dimensional BYTES tensor
+        return np.array([item.encode() if isinstance(item, str) else item for item in value], dtype=object)
     value = value.detach()
     if value.dtype == torch.bfloat16:
         from inferd.types import bfloat16
@@ -199,7 +203,8 @@ def load(context: LoadContext) -> TorchRuntime:
     if context.artifact.suffix == ".pt2":
         return _load_exported(context, torch)
     inputs, outputs = require_specs(context, "TorchScript model (model.pt)")
-    _refuse_bytes(inputs + outputs, context.name, _images(context.config))
+    eager_cpu = context.device == "cpu" and not context.config.optimization.enabled and not _images(context.config)
+    _refuse_bytes(inputs + outputs, context.name, _images(context.config), eager_cpu)
     inputs += _sequence_controls(context.config)
     module = _load_scripted(torch, context)
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
@@ -295,9 +300,13 @@ def _images(config: ModelConfig) -> dict[str, ImageInput]:
     return {tensor.name: tensor.image for tensor in config.inputs if tensor.image is not None}
 
 
-def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str, images: dict[str, ImageInput]) -> None:
+def _refuse_bytes(specs: tuple[TensorSpec, ...], name: str, images: dict[str, ImageInput],
+                  eager_cpu: bool = False) -> None:
+    """BYTES tensors other than images only as Triton's libtorch backend takes them: List[str], one
+    dimension (a model without a batch dim), called directly on the CPU."""
     for spec in specs:
-        if spec.datatype == "BYTES" and spec.name not in images:
-            raise ConfigError(f"model '{name}': tensor '{spec.name}' is BYTES, which torch models "
-                              "cannot take; use a Python model to decode strings, or an [image] input for "
-                              "encoded images")
+        if spec.datatype == "BYTES" and spec.name not in images and not (eager_cpu and len(spec.shape) == 1):
+            raise ConfigError(f"model '{name}': tensor '{spec.name}' is BYTES of shape {list(spec.shape)}; torch "
+                              "models take strings as a List[str] of one dimension (max_batch_size 0, one dim), on "
+                              "the CPU without [optimization]; use a Python model to decode strings, or an [image] "
+                              "input for encoded images")
