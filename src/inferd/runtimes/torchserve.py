@@ -91,17 +91,28 @@ def tgz_member_name(name: str) -> str:
     return name.partition("/")[2]
 
 
+def tgz_members(bundle: tarfile.TarFile, where: str) -> list[tarfile.TarInfo]:
+    """The ``.tar.gz`` archive's entries, refused past ``MAX_ENTRIES`` or ``MAX_UNPACKED_BYTES`` as
+    their headers are read: a few MB of gzip hold millions of empty entries (``getmembers`` kept
+    500,000 of them, 240 MB, before anything was counted), or an entry that says it is 1 TB."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in bundle:  # one header at a time; the next is read past this entry's data
+        members.append(member)
+        if len(members) > MAX_ENTRIES:
+            raise ConfigError(f"{where} has over {MAX_ENTRIES} entries, the limit")
+        total += member.size
+        if total > MAX_UNPACKED_BYTES:
+            raise ConfigError(f"{where} unpacks to over the limit of {MAX_UNPACKED_BYTES} bytes")
+    return members
+
+
 def _extract_tgz(archive: Path, target: Path) -> None:
     """A ``.tar.gz`` archive's files and folders, each less its first folder (as TorchServe unpacks
     one); links and devices are refused, as are entries that would land outside ``target``."""
     try:
         with tarfile.open(archive, "r:gz") as bundle:
-            members = bundle.getmembers()
-            if len(members) > MAX_ENTRIES:
-                raise ConfigError(f"{archive.name} has {len(members)} entries, over the limit of {MAX_ENTRIES}")
-            if sum(member.size for member in members) > MAX_UNPACKED_BYTES:
-                raise ConfigError(f"{archive.name} unpacks to over the limit of {MAX_UNPACKED_BYTES} bytes")
-            for member in members:
+            for member in tgz_members(bundle, archive.name):
                 _extract_tgz_member(bundle, member, archive.name, target)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive (tar.gz): {exc}") from exc
