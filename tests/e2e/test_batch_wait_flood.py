@@ -4,7 +4,6 @@ delay): each answer is its own request's, whole, while held batches form and go.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
