@@ -66,3 +66,47 @@ def test_an_instance_dying_with_more_than_64_calls_answers_each_and_comes_back(s
     started = time.monotonic()  # with its 64 at once: none of the dead one's calls is still counted
     assert not [answer for answer in _send(server, [1.0] * 64, within=30) if isinstance(answer, Exception)]
     assert time.monotonic() - started < 5.0
+
+
+LATE = """
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        await asyncio.sleep(float(pb_utils.get_input_tensor_by_name(requests[0], "WAIT").as_numpy()[0]))
+        for _ in range(3):  # the client went long ago; cancel is never looked at
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.zeros(2, np.float32))]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def test_answers_sent_after_the_client_cancelled_are_dropped_and_the_instance_serves_on(
+        tmp_path: Path) -> None:
+    models.write(tmp_path / "late" / "1/model.py", LATE)
+    models.write(tmp_path / "late" / "config.pbtxt", CONFIG.format(extra="model_transaction_policy { decoupled: true }"))
+    with serve(tmp_path, grpc=True) as server:
+        for _ in range(2):  # more than 64 cancelled calls answering late, twice
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                client.start_stream(callback=lambda result, error: None)
+                for index in range(80):
+                    client.async_stream_infer("late", _wait(1.0), request_id=f"late-{index}")
+                time.sleep(0.3)
+                client.stop_stream(cancel_requests=True)
+        time.sleep(2.5)  # every late answer sent
+        came: queue.Queue[object] = queue.Queue()
+        started = time.monotonic()
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(callback=lambda result, error: came.put(error or result))
+            client.async_stream_infer("late", _wait(0.1), request_id="after")
+            answers = [came.get(timeout=20) for _ in range(3)]
+            client.stop_stream()
+        assert not [answer for answer in answers if isinstance(answer, Exception)], answers
+        assert time.monotonic() - started < 5
+        assert server.process.poll() is None
+        assert "Traceback" not in server.log(), server.log()[-3000:]
