@@ -89,7 +89,8 @@ class TritonPythonModel:
 def test_answers_sent_after_the_client_cancelled_are_dropped_and_the_instance_serves_on(
         tmp_path: Path) -> None:
     models.write(tmp_path / "late" / "1/model.py", LATE)
-    models.write(tmp_path / "late" / "config.pbtxt", CONFIG.format(extra="model_transaction_policy { decoupled: true }"))
+    decoupled = "model_transaction_policy { decoupled: true }"
+    models.write(tmp_path / "late" / "config.pbtxt", CONFIG.format(extra=decoupled))
     with serve(tmp_path, grpc=True) as server:
         for _ in range(2):  # more than 64 cancelled calls answering late, twice
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
