@@ -1,15 +1,18 @@
 """A Triton Python model (config.pbtxt) whose ``execute`` never returns: such calls have no response
 timeout, as in Triton, so the client waits; a SIGTERM still ends the server within its drain timeout,
-the waiting client is answered with an error, and no instance process is left behind."""
+the waiting client is answered with an error, and no instance process is left behind; so too with
+a decoupled model's async executions that never end, more of them than run at once."""
 
 from __future__ import annotations
 
+import queue
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests import models
@@ -47,6 +50,19 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _running(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still running (not gone, not zombies)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
 def _infer(url: str) -> object:
     given = httpclient.InferInput("IN", [1], "FP32")
     given.set_data_from_numpy(np.array([1.0], np.float32))
@@ -72,6 +88,41 @@ def test_a_sigterm_ends_a_server_whose_execute_hangs(tmp_path: Path) -> None:
         answer = waiting.result(timeout=30)
         assert isinstance(answer, Exception), answer
     time.sleep(1.0)
-    left = [pid for pid in instances if Path(f"/proc/{pid}").exists()
-            and "Z" not in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])]
-    assert not left, f"instance processes left running: {left}"
+    assert not _running(instances), f"instance processes left running: {_running(instances)}"
+
+
+ASYNC_MODEL = """
+import asyncio
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        await asyncio.Event().wait()  # never set
+"""
+
+
+def test_a_sigterm_ends_a_server_with_70_async_executions_that_never_end(tmp_path: Path) -> None:
+    """A decoupled model's async executions share the instance's channel (64 at once, the rest
+    waiting): a drain that times out still ends the server and answers every stream."""
+    models.write(tmp_path / "hangs" / "1/model.py", ASYNC_MODEL)
+    models.write(tmp_path / "hangs" / "config.pbtxt", CONFIG + "model_transaction_policy { decoupled: true }\n")
+    came: queue.Queue[object] = queue.Queue()
+    with serve(tmp_path, "--drain-timeout", "3", grpc=True) as server:
+        instances = _children(server.process.pid)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client.start_stream(callback=lambda result, error: came.put(error or result))
+        given = grpcclient.InferInput("IN", [1], "FP32")
+        given.set_data_from_numpy(np.array([1.0], np.float32))
+        for index in range(70):
+            client.async_stream_infer("hangs", [given], request_id=str(index))
+        time.sleep(2.0)
+        assert came.empty()
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
+        assert time.monotonic() - started < 20
+        answer = came.get(timeout=30)  # the stream ends with an error: nothing waits on
+        assert isinstance(answer, Exception), answer
+        client.close()
+    time.sleep(1.0)
+    assert not _running(instances), f"instance processes left running: {_running(instances)}"
