@@ -17,7 +17,7 @@ import requests
 
 from inferd.errors import ConfigError
 from inferd.repository.archives import archive_info
-from inferd.runtimes.torchserve import MAX_ENTRIES
+from inferd.runtimes.torchserve import MAX_ENTRIES, MAX_TAR_HEADER_BYTES
 from tests.e2e.test_torchserve_cli import torchserve
 
 HANDLER = b'''
@@ -119,6 +119,18 @@ def test_hostile_tgz_archives_are_refused_saying_why_and_nothing_lands_outside(s
         assert (answer.status_code, answer.text) == (200, "sound")
         listed = requests.get(f"{management}/models", timeout=30).json()["models"]
         assert [model["modelName"] for model in listed] == ["sound"]
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                                  tarfile.XGLTYPE])
+def test_a_long_name_or_pax_header_past_the_limit_is_refused_before_it_is_read(tmp_path: Path, kind: bytes) -> None:
+    """tarfile reads a long-name (GNU) or extended (PAX) header's data whole, into memory (a 300 KB
+    archive whose long name said 300 MB took 360 MB): its declared size is refused first."""
+    header = _entry("././@LongLink", kind=kind, size=MAX_TAR_HEADER_BYTES + 1)
+    (tmp_path / "long.tar.gz").write_bytes(gzip.compress(_sound("long") + header + b"a" * (MAX_TAR_HEADER_BYTES + 1)))
+    with pytest.raises(ConfigError, match=f"long.tar.gz is not a model archive.*header of {MAX_TAR_HEADER_BYTES + 1} "
+                                          f"bytes, over the limit of {MAX_TAR_HEADER_BYTES}"):
+        archive_info(tmp_path / "long.tar.gz")
 
 
 def test_entries_past_the_limit_are_refused_before_the_rest_is_read(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from inferd.config import INT32_MAX, DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
-from inferd.runtimes.torchserve import TGZ_SUFFIX, tgz_member_name, tgz_members
+from inferd.runtimes.torchserve import TGZ_SUFFIX, open_tgz, tgz_member_name, tgz_members
 from inferd.types import SequenceSettings
 
 log = logging.getLogger("inferd.repository")
@@ -139,7 +139,7 @@ def archive_info(archive: Path) -> ArchiveInfo:
         if archive.is_dir():
             manifest, model, yaml_text = _manifest(_folder_reader(archive))
         elif archive.name.endswith(TGZ_SUFFIX):
-            with tarfile.open(archive, "r:gz") as bundle:
+            with open_tgz(archive) as bundle:
                 manifest, model, yaml_text = _manifest(_tgz_reader(bundle, archive.name))
         else:
             with zipfile.ZipFile(archive) as bundle:

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from inferd.errors import ConfigError
 from inferd.runtimes import handler, ts_requirements
@@ -30,6 +30,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 SHARED_UNPACK_ENV = "INFERD_UNPACK_DIR"  # set for process instances: their version's unpacked copy is shared
 MAX_UNPACKED_BYTES = 16 * 1024**3
 MAX_ENTRIES = 100_000
+MAX_TAR_HEADER_BYTES = 1 << 20  # a .tar.gz entry's long name or PAX header: tarfile reads it whole
 
 
 def unpack(archive: Path) -> Path:
@@ -91,6 +92,29 @@ def tgz_member_name(name: str) -> str:
     return name.partition("/")[2]
 
 
+_NAME_AND_PAX_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                       tarfile.SOLARIS_XHDTYPE)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A header whose long name or PAX data says it is over ``MAX_TAR_HEADER_BYTES`` is refused
+    before tarfile reads that data whole into memory (a few KB of gzip can say gigabytes)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _NAME_AND_PAX_TYPES and info.size > MAX_TAR_HEADER_BYTES:
+            # a TarError that is no HeaderError: TarFile.next raises it as it is
+            raise tarfile.TarError(f"a long name or PAX header of {info.size} bytes, over the limit of "
+                                   f"{MAX_TAR_HEADER_BYTES}")
+        return info
+
+
+def open_tgz(archive: Path) -> tarfile.TarFile:
+    """A ``.tar.gz`` archive, for reading, its long-name and PAX headers bounded."""
+    return tarfile.open(archive, "r:gz", tarinfo=_BoundedTarInfo)
+
+
 def tgz_members(bundle: tarfile.TarFile, where: str) -> list[tarfile.TarInfo]:
     """The ``.tar.gz`` archive's entries, refused past ``MAX_ENTRIES`` or ``MAX_UNPACKED_BYTES`` as
     their headers are read: a few MB of gzip hold millions of empty entries (``getmembers`` kept
@@ -111,7 +135,7 @@ def _extract_tgz(archive: Path, target: Path) -> None:
     """A ``.tar.gz`` archive's files and folders, each less its first folder (as TorchServe unpacks
     one); links and devices are refused, as are entries that would land outside ``target``."""
     try:
-        with tarfile.open(archive, "r:gz") as bundle:
+        with open_tgz(archive) as bundle:
             for member in tgz_members(bundle, archive.name):
                 _extract_tgz_member(bundle, member, archive.name, target)
     except (tarfile.TarError, OSError, EOFError) as exc:
