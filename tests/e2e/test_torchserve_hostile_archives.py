@@ -133,6 +133,36 @@ def test_a_long_name_or_pax_header_past_the_limit_is_refused_before_it_is_read(t
         archive_info(tmp_path / "long.tar.gz")
 
 
+def _old_gnu_sparse(blocks: int) -> bytes:
+    """A GNU sparse entry whose map goes on for ``blocks`` extension blocks (21 regions each)."""
+    info = tarfile.TarInfo("sparse/s")
+    info.type = tarfile.GNUTYPE_SPARSE
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[482] = 1  # the map goes on in the next block
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    extension = bytearray(512)
+    for region in range(21):
+        extension[region * 24:region * 24 + 24] = b"%011o\0" % 1 * 2
+    extension[504] = 1
+    return bytes(header) + bytes(extension) * blocks
+
+
+def _pax_sparse(numbers: int) -> bytes:
+    """A GNU PAX 1.0 sparse entry whose map says it has a billion regions, then ``numbers`` numbers."""
+    info = tarfile.TarInfo("sparse/s")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "0"}
+    return info.tobuf(format=tarfile.PAX_FORMAT) + b"%d\n" % 10**9 + b"1\n" * numbers
+
+
+@pytest.mark.parametrize("entries", [_old_gnu_sparse(2000), _pax_sparse(100_000)], ids=["gnu", "pax"])
+def test_a_sparse_file_is_refused_before_its_map_is_read(tmp_path: Path, entries: bytes) -> None:
+    (tmp_path / "sparse.tar.gz").write_bytes(gzip.compress(_sound("sparse") + entries))
+    with pytest.raises(ConfigError, match=r"sparse.tar.gz is not a model archive.*: a sparse file; an archive "
+                                          r"holds plain files"):
+        archive_info(tmp_path / "sparse.tar.gz")
+
+
 def test_entries_past_the_limit_are_refused_before_the_rest_is_read(tmp_path: Path) -> None:
     """The archive's headers are counted as they are read: a cut after the limit is never reached."""
     entries = b"".join(_many_entries("countfirst")) + _entry("countfirst/more", b"y" * 4096) * 8

@@ -98,7 +98,9 @@ _NAME_AND_PAX_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfi
 
 class _BoundedTarInfo(tarfile.TarInfo):
     """A header whose long name or PAX data says it is over ``MAX_TAR_HEADER_BYTES`` is refused
-    before tarfile reads that data whole into memory (a few KB of gzip can say gigabytes)."""
+    before tarfile reads that data whole into memory (a few KB of gzip can say gigabytes), and a
+    sparse file before its map is read: tarfile reads a map as long as it says (old GNU: 700 KB of
+    gzip took 31 s and 620 MB; PAX 1.0: 200 KB took 97 s and 820 MB). An archive holds plain files."""
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
@@ -108,6 +110,23 @@ class _BoundedTarInfo(tarfile.TarInfo):
             raise tarfile.TarError(f"a long name or PAX header of {info.size} bytes, over the limit of "
                                    f"{MAX_TAR_HEADER_BYTES}")
         return info
+
+    # tarfile's readers of the sparse maps (old GNU, then GNU's PAX formats 0.0, 0.1 and 1.0)
+    def _proc_sparse(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_01(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_10(self, *_: object) -> None:
+        _refuse_sparse()
+
+
+def _refuse_sparse() -> None:
+    raise tarfile.TarError("a sparse file; an archive holds plain files")
 
 
 def open_tgz(archive: Path) -> tarfile.TarFile:
