@@ -166,3 +166,25 @@ def test_a_download_refused_as_a_registered_version_stays_in_the_store(archives:
         assert (store / "doubler.mar").is_file()
         response = requests.post(f"{management}/models?url=doubler.mar", timeout=120)
         assert (response.status_code, response.json()) == (409, conflict)
+
+
+@pytest.mark.parametrize("archive_format", ["default", "no-archive"])
+def test_a_requirement_given_by_a_path_in_the_archive_is_installed(tmp_path: Path, archive_format: str) -> None:
+    """pip runs in the model's folder, as TorchServe runs it (its working directory is the model's
+    folder), so a requirements.txt line naming a wheel of the archive by a relative path installs it:
+    for a no-archive folder too, whose packages go to a scratch folder (pip ran there and found none)."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    wheel = tiny_wheel(work)
+    (work / "handler.py").write_text(DEP_HANDLER)
+    (work / "empty.pt").write_bytes(b"")
+    (work / "requirements.txt").write_text(f"--no-index\n./{wheel.name}\n")
+    ts_archives.archive(store, "deps", work / "empty.pt", str(work / "handler.py"), extra=[wheel],
+                        requirements_file=work / "requirements.txt", archive_format=archive_format)
+    with torchserve(tmp_path, {"model_store": str(store), "disable_token_authorization": "true",
+                               "enable_model_api": "true", "install_py_dep_per_model": "true"}) as urls:
+        response = _register(urls, "deps.mar" if archive_format == "default" else "deps")
+        assert response.status_code == 200, response.text
+        answer = requests.post(f"{urls['inference']}/predictions/deps", data=b"x", timeout=30)
+        assert (answer.status_code, answer.text) == (200, "from the wheel")

@@ -81,6 +81,8 @@ class DataPlane:
         # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
         self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
         self._cache = cache
+        # per scheduler: its readiness check on a thread, whose answer every client asking meanwhile takes
+        self._readiness_checks: dict[int, asyncio.Future[bool]] = {}
         # per scheduler: a number no other loaded version ever had, so a reload never meets old answers
         self._generations: weakref.WeakKeyDictionary[Scheduler, int] = weakref.WeakKeyDictionary()
         if cache is not None and metrics is not None:
@@ -218,10 +220,21 @@ class DataPlane:
         if not served.checks_ready:
             return True
         try:
-            return await asyncio.to_thread(served.model_ready)
+            return await asyncio.shield(self._readiness_check(served))
         except Exception as exc:  # the check itself failed: not ready, as Triton reports it
             log.warning("model '%s': its readiness check failed: %s", name, exc)
             return False
+
+    def _readiness_check(self, served: Scheduler) -> asyncio.Future[bool]:
+        """The model's check in flight, else a new one: one thread per model at a time, as a check
+        may wait its five seconds there, and many clients' checks each holding a thread took every
+        thread of the pool that also decodes large requests (24 of them held one for 19 s)."""
+        check = self._readiness_checks.get(id(served))
+        if check is None:
+            check = asyncio.ensure_future(asyncio.to_thread(served.model_ready))
+            self._readiness_checks[id(served)] = check
+            check.add_done_callback(lambda _: self._readiness_checks.pop(id(served), None))
+        return check
 
     # -- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest, trace: RequestTrace | None = None) -> InferResponse:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from inferd.config import INT32_MAX, DynamicBatching, InstanceGroup, ModelConfig, SequenceBatching
 from inferd.errors import ConfigError, InferdError, InvalidInput, NotFound
-from inferd.runtimes.torchserve import TGZ_SUFFIX, tgz_member_name
+from inferd.runtimes.torchserve import TGZ_SUFFIX, open_tgz, tgz_member_name, tgz_members
 from inferd.types import SequenceSettings
 
 log = logging.getLogger("inferd.repository")
@@ -139,12 +139,13 @@ def archive_info(archive: Path) -> ArchiveInfo:
         if archive.is_dir():
             manifest, model, yaml_text = _manifest(_folder_reader(archive))
         elif archive.name.endswith(TGZ_SUFFIX):
-            with tarfile.open(archive, "r:gz") as bundle:
+            with open_tgz(archive) as bundle:
                 manifest, model, yaml_text = _manifest(_tgz_reader(bundle, archive.name))
         else:
             with zipfile.ZipFile(archive) as bundle:
                 manifest, model, yaml_text = _manifest(functools.partial(small_member, bundle, where=archive.name))
-    except (zipfile.BadZipFile, tarfile.TarError, KeyError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError, ValueError, OSError, EOFError) as exc:
+        # (EOFError: a .tar.gz cut short, as a copy into the store that was interrupted leaves it)
         raise ConfigError(f"{archive.name} is not a model archive with a MAR-INF/MANIFEST.json: {exc}") from exc
     if not isinstance(model, dict):
         raise ConfigError(f"{archive.name}: MAR-INF/MANIFEST.json has no 'model' object")
@@ -188,7 +189,7 @@ def archive_stem(archive: Path) -> str:
 
 def _tgz_reader(bundle: tarfile.TarFile, where: str) -> Callable[[str], bytes]:
     """``small_member`` for a ``.tar.gz`` archive (a regular file of it, by its unpacked name)."""
-    members = {tgz_member_name(member.name): member for member in bundle.getmembers() if member.isfile()}
+    members = {tgz_member_name(member.name): member for member in tgz_members(bundle, where) if member.isfile()}
 
     def read(name: str) -> bytes:
         member = members[name]

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from inferd.errors import ConfigError
 from inferd.runtimes import handler, ts_requirements
@@ -30,6 +30,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 SHARED_UNPACK_ENV = "INFERD_UNPACK_DIR"  # set for process instances: their version's unpacked copy is shared
 MAX_UNPACKED_BYTES = 16 * 1024**3
 MAX_ENTRIES = 100_000
+MAX_TAR_HEADER_BYTES = 1 << 20  # a .tar.gz entry's long name or PAX header: tarfile reads it whole
 
 
 def unpack(archive: Path) -> Path:
@@ -91,17 +92,70 @@ def tgz_member_name(name: str) -> str:
     return name.partition("/")[2]
 
 
+_NAME_AND_PAX_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                       tarfile.SOLARIS_XHDTYPE)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A header whose long name or PAX data says it is over ``MAX_TAR_HEADER_BYTES`` is refused
+    before tarfile reads that data whole into memory (a few KB of gzip can say gigabytes), and a
+    sparse file before its map is read: tarfile reads a map as long as it says (old GNU: 700 KB of
+    gzip took 31 s and 620 MB; PAX 1.0: 200 KB took 97 s and 820 MB). An archive holds plain files."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _NAME_AND_PAX_TYPES and info.size > MAX_TAR_HEADER_BYTES:
+            # a TarError that is no HeaderError: TarFile.next raises it as it is
+            raise tarfile.TarError(f"a long name or PAX header of {info.size} bytes, over the limit of "
+                                   f"{MAX_TAR_HEADER_BYTES}")
+        return info
+
+    # tarfile's readers of the sparse maps (old GNU, then GNU's PAX formats 0.0, 0.1 and 1.0)
+    def _proc_sparse(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_01(self, *_: object) -> None:
+        _refuse_sparse()
+
+    def _proc_gnusparse_10(self, *_: object) -> None:
+        _refuse_sparse()
+
+
+def _refuse_sparse() -> None:
+    raise tarfile.TarError("a sparse file; an archive holds plain files")
+
+
+def open_tgz(archive: Path) -> tarfile.TarFile:
+    """A ``.tar.gz`` archive, for reading, its long-name and PAX headers bounded."""
+    return tarfile.open(archive, "r:gz", tarinfo=_BoundedTarInfo)
+
+
+def tgz_members(bundle: tarfile.TarFile, where: str) -> list[tarfile.TarInfo]:
+    """The ``.tar.gz`` archive's entries, refused past ``MAX_ENTRIES`` or ``MAX_UNPACKED_BYTES`` as
+    their headers are read: a few MB of gzip hold millions of empty entries (``getmembers`` kept
+    500,000 of them, 240 MB, before anything was counted), or an entry that says it is 1 TB."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in bundle:  # one header at a time; the next is read past this entry's data
+        members.append(member)
+        if len(members) > MAX_ENTRIES:
+            raise ConfigError(f"{where} has over {MAX_ENTRIES} entries, the limit")
+        total += member.size
+        if total > MAX_UNPACKED_BYTES:
+            raise ConfigError(f"{where} unpacks to over the limit of {MAX_UNPACKED_BYTES} bytes")
+    return members
+
+
 def _extract_tgz(archive: Path, target: Path) -> None:
     """A ``.tar.gz`` archive's files and folders, each less its first folder (as TorchServe unpacks
     one); links and devices are refused, as are entries that would land outside ``target``."""
     try:
-        with tarfile.open(archive, "r:gz") as bundle:
-            members = bundle.getmembers()
-            if len(members) > MAX_ENTRIES:
-                raise ConfigError(f"{archive.name} has {len(members)} entries, over the limit of {MAX_ENTRIES}")
-            if sum(member.size for member in members) > MAX_UNPACKED_BYTES:
-                raise ConfigError(f"{archive.name} unpacks to over the limit of {MAX_UNPACKED_BYTES} bytes")
-            for member in members:
+        with open_tgz(archive) as bundle:
+            for member in tgz_members(bundle, archive.name):
                 _extract_tgz_member(bundle, member, archive.name, target)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ConfigError(f"{archive.name} is not a model archive (tar.gz): {exc}") from exc

@@ -2,11 +2,12 @@
 for that model before its handler loads.
 
 As TorchServe's front end does (``ModelManager.setupModelDependencies``, pytorch/serve@62c4d6a1f),
-``pip install -U -t <folder> -r <requirements>`` runs with the server's Python into a folder of
-the model's own: the unpacked archive, or for a ``no-archive`` folder of the store a scratch
-folder beside it (TorchServe installs into its registration's temporary folder, never into the
-operator's), so the handler imports them and the server's environment is left alone. A failed
-install fails the model's load with pip's own words.
+``pip install -U -t <folder> -r <requirements>`` runs with the server's Python, in the model's
+folder (a relative path in the file names a file of the archive), into a folder of the model's
+own: the unpacked archive, or for a ``no-archive`` folder of the store a scratch folder beside it
+(TorchServe installs into its registration's temporary folder, never into the operator's), so the
+handler imports them and the server's environment is left alone. A failed install fails the
+model's load with pip's own words.
 """
 
 from __future__ import annotations
@@ -48,16 +49,18 @@ def install(model_name: str, model_dir: Path, manifest: dict[str, Any], target: 
         fcntl.flock(lock, fcntl.LOCK_EX)  # the model's other instances wait, then find it installed
         marker = target / MARKER
         if not (marker.is_file() and marker.read_text() == digest):
-            _pip_install(model_name, target, requirements)
+            _pip_install(model_name, target, requirements, model_dir)
             marker.write_text(digest)
     if str(target) not in sys.path:
         sys.path.insert(0, str(target))
 
 
-def _pip_install(model_name: str, target: Path, requirements: Path) -> None:
+def _pip_install(model_name: str, target: Path, requirements: Path, model_dir: Path) -> None:
+    """pip runs in the model's folder, as TorchServe runs it: a requirement given as a relative path
+    (a wheel of the archive) is found there, wherever the packages go."""
     command = [sys.executable, "-m", "pip", "install", "-U", "-t", str(target), "-r", str(requirements)]
     try:
-        done = subprocess.run(command, cwd=target, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        done = subprocess.run(command, cwd=model_dir, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"model '{model_name}': pip install -r {requirements.name} took over "
                           f"{PIP_TIMEOUT_S} s (install_py_dep_per_model=true)") from None
