@@ -162,6 +162,11 @@ def framework_models(root: Path) -> None:
     (root / "torch_mlp/1").mkdir(parents=True)
     torch.jit.script(model).save(str(root / "torch_mlp/1/model.pt"))
     write(root / "torch_mlp/config.pbtxt", TORCH_CONFIG)
+    # the same TorchScript (FP32 out) declared INT32 out: Triton's libtorch backend refuses each call
+    (root / "torch_int32_out/1").mkdir(parents=True)
+    (root / "torch_int32_out/1/model.pt").write_bytes((root / "torch_mlp/1/model.pt").read_bytes())
+    write(root / "torch_int32_out/config.pbtxt", TORCH_CONFIG.replace('"torch_mlp"', '"torch_int32_out"').replace(
+        'OUTPUT__0" data_type: TYPE_FP32', 'OUTPUT__0" data_type: TYPE_INT32'))
     # an arena this CPU instance has not: onnxruntime would fail each run with it, so the load fails
     (root / "arena_elsewhere/1").mkdir(parents=True)
     (root / "arena_elsewhere/1/model.onnx").write_bytes((root / "onnx_mlp/1/model.onnx").read_bytes())

@@ -102,6 +102,16 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
         assert config["parameters"]["INFERENCE_MODE"] == {"string_value": "true"}
 
 
+def test_a_torchscript_output_of_another_dtype_than_declared_is_refused_not_cast(
+        http: httpclient.InferenceServerClient) -> None:
+    x = np.ones((1, 8), np.float32)  # FP32 scores cast to INT32 would come back truncated, silently
+    with pytest.raises(InferenceServerException, match=(
+            "configuration expects datatype TYPE_INT32 for output 'OUTPUT__0', model provides TYPE_FP32")):
+        http.infer("torch_int32_out", _inputs(httpclient, {"INPUT__0": x}, "FP32"))
+    result = http.infer("torch_mlp", _inputs(httpclient, {"INPUT__0": x}, "FP32"))  # the server still serves
+    np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), models.run_mlp(x), rtol=1e-5, atol=1e-5)
+
+
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:
     index = {row["name"]: row for row in requests.post(f"{server.base}/v2/repository/index", timeout=5).json()}
     assert index["repository_agents"]["state"] == "UNAVAILABLE"

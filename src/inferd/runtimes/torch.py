@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 
 from inferd.config import ImageInput, ModelConfig, Optimization, TensorConfig
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, ModelError
 from inferd.modelconfig.backend_parameters import check_parameters, count, flag
 from inferd.runtimes.base import (
     Arrays,
@@ -28,7 +28,7 @@ from inferd.runtimes.base import (
     specs_from_config,
 )
 from inferd.runtimes.torch_exec import Executor, concat_rows
-from inferd.types import TensorSpec
+from inferd.types import TensorSpec, numpy_dtype, v2_datatype
 
 _log = logging.getLogger("inferd.torch")
 
@@ -54,6 +54,8 @@ class TorchRuntime(Runtime):
         self._on_cpu = self._device.type == "cpu"
         optimization = optimization or Optimization()
         self._executor_options = optimization
+        # a reduced [optimization] precision changes the output dtype on purpose: cast back then
+        self._strict_types = not optimization.precision
         self._name = name
         self.platform = platform
         self.inputs = inputs
@@ -115,8 +117,10 @@ class TorchRuntime(Runtime):
             if len(result) != len(self.outputs):
                 raise RuntimeError(f"model '{self._name}' returned {len(result)} outputs, "
                                    f"config declares {len(self.outputs)}")
-            return {spec.name: _to_numpy(value, torch)
-                    for spec, value in zip(self.outputs, result, strict=True)}
+            named = {spec.name: _to_numpy(value, torch) for spec, value in zip(self.outputs, result, strict=True)}
+            if self._strict_types:
+                _check_output_types(named, self.outputs, self._name)
+            return named
         raise RuntimeError(f"model '{self._name}' returned {type(result).__name__}; expected a "
                            f"tensor, a tuple of tensors or a dict of tensors")
 
@@ -138,6 +142,22 @@ def _describe(optimization: Optimization) -> str:
     parts = [optimization.precision, "channels_last" if optimization.channels_last else "", optimization.compile]
     shown = ", ".join(part for part in parts if part)
     return f", {shown}" if shown else ""
+
+
+def _check_output_types(named: Arrays, specs: tuple[TensorSpec, ...], model: str) -> None:
+    """Triton's libtorch backend refuses an output whose dtype is not the declared one (a cast
+    would hide a wrong config, e.g. FP32 scores truncated to INT32); its words, then ours."""
+    for spec in specs:
+        value = named[spec.name]
+        if spec.datatype == "BYTES" or value.dtype == numpy_dtype(spec.datatype):
+            continue
+        try:
+            given = v2_datatype(value.dtype)
+        except KeyError:
+            given = str(value.dtype)
+        raise ModelError(f"configuration expects datatype TYPE_{spec.datatype} for output '{spec.name}', "
+                         f"model provides TYPE_{given}: model '{model}' returns {given} there; "
+                         f"declare data_type TYPE_{given} in config.pbtxt or cast in the model")
 
 
 def _to_numpy(value: Any, torch: Any) -> np.ndarray:
