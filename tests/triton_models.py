@@ -101,6 +101,18 @@ parameters: { key: "DISABLE_OPTIMIZED_EXECUTION" value: { string_value: "true" }
 """
 
 
+# TwoOut (a + b as FP32, a * 2 as FP64) with its outputs declared in the other order
+TWO_OUT_CONFIG = """
+name: "torch_two_out"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2 ] },
+        { name: "INPUT__1" data_type: TYPE_INT32 dims: [ 2 ] } ]
+output [ { name: "OUTPUT__1" data_type: TYPE_FP64 dims: [ 2 ] },
+         { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+
+
 # a Triton Python model taking IN and answering OUT (FP32 [2]); {extra}: more keys (a transaction policy, ...)
 IN_OUT_CONFIG = """
 name: "{name}"
@@ -152,7 +164,7 @@ def framework_models(root: Path) -> None:
     parameter cannot work here)."""
     import torch
 
-    from tests.models import mlp
+    from tests.models import TwoOut, mlp
 
     model = mlp()
     (root / "onnx_mlp/1").mkdir(parents=True)
@@ -162,6 +174,19 @@ def framework_models(root: Path) -> None:
     (root / "torch_mlp/1").mkdir(parents=True)
     torch.jit.script(model).save(str(root / "torch_mlp/1/model.pt"))
     write(root / "torch_mlp/config.pbtxt", TORCH_CONFIG)
+    # the same TorchScript (FP32 out) declared INT32 out: Triton's libtorch backend refuses each call
+    (root / "torch_int32_out/1").mkdir(parents=True)
+    (root / "torch_int32_out/1/model.pt").write_bytes((root / "torch_mlp/1/model.pt").read_bytes())
+    write(root / "torch_int32_out/config.pbtxt", TORCH_CONFIG.replace('"torch_mlp"', '"torch_int32_out"').replace(
+        'OUTPUT__0" data_type: TYPE_FP32', 'OUTPUT__0" data_type: TYPE_INT32'))
+    # OUTPUT__1 of a model with one output; and two outputs declared out of order (the index decides)
+    (root / "torch_no_output_1/1").mkdir(parents=True)
+    (root / "torch_no_output_1/1/model.pt").write_bytes((root / "torch_mlp/1/model.pt").read_bytes())
+    write(root / "torch_no_output_1/config.pbtxt", TORCH_CONFIG.replace('"torch_mlp"', '"torch_no_output_1"')
+          .replace('"OUTPUT__0"', '"OUTPUT__1"'))
+    (root / "torch_two_out/1").mkdir(parents=True)
+    torch.jit.script(TwoOut()).save(str(root / "torch_two_out/1/model.pt"))
+    write(root / "torch_two_out/config.pbtxt", TWO_OUT_CONFIG)
     # an arena this CPU instance has not: onnxruntime would fail each run with it, so the load fails
     (root / "arena_elsewhere/1").mkdir(parents=True)
     (root / "arena_elsewhere/1/model.onnx").write_bytes((root / "onnx_mlp/1/model.onnx").read_bytes())

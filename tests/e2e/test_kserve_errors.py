@@ -47,6 +47,9 @@ BAD_BODIES = [
     (x_input([17, 8], [0.0] * 136), "batch size 17 is outside 1..16"),
     (x_input([1, -8], list(range(8))), "shape must be a list of non-negative integers"),
     ({**GOOD, "outputs": [{"name": "nope"}]}, "unexpected inference output 'nope' for model"),
+    # Triton checks the outputs asked for before the inputs (its L0_output_name test relies on it)
+    ({**x_input([1, 8], list(range(8)), name="z"), "outputs": [{"name": "nope"}]},
+     "unexpected inference output 'nope' for model"),
     ({**GOOD, "id": 5}, "'id' must be a string"),
     ({**GOOD, "parameters": {"timeout": -1}}, "parameters.timeout"),
     (x_input([0, 2**62], []), "has a dimension over the limit"),

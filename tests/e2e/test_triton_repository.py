@@ -4,6 +4,7 @@ called with tritonclient, answers compared with running the model in process."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -100,6 +101,28 @@ def test_onnx_and_torchscript_with_tritons_config(http: httpclient.InferenceServ
         assert config["parameters"]["enable_mem_pattern"] == {"string_value": "0"}
     else:
         assert config["parameters"]["INFERENCE_MODE"] == {"string_value": "true"}
+
+
+def test_a_torchscript_output_of_another_dtype_than_declared_is_refused_not_cast(
+        http: httpclient.InferenceServerClient) -> None:
+    x = np.ones((1, 8), np.float32)  # FP32 scores cast to INT32 would come back truncated, silently
+    with pytest.raises(InferenceServerException, match=(
+            "configuration expects datatype TYPE_INT32 for output 'OUTPUT__0', model provides TYPE_FP32")):
+        http.infer("torch_int32_out", _inputs(httpclient, {"INPUT__0": x}, "FP32"))
+    result = http.infer("torch_mlp", _inputs(httpclient, {"INPUT__0": x}, "FP32"))  # the server still serves
+    np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), models.run_mlp(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_outputs_are_found_by_their_index_in_the_name(http: httpclient.InferenceServerClient) -> None:
+    a, b = np.array([[1.5, 2.5]], np.float32), np.array([[1, 2]], np.int32)
+    inputs = _inputs(httpclient, {"INPUT__0": a}, "FP32") + _inputs(httpclient, {"INPUT__1": b}, "INT32")
+    result = http.infer("torch_two_out", inputs)  # declared OUTPUT__1 first: still the model's second output
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT__1"), (a * 2).astype(np.float64))
+    with pytest.raises(InferenceServerException, match=re.escape(
+            "The output OUTPUT__1 in the model configuration refers to an output index which doesn't "
+            "exist. This model has 1 outputs")):
+        http.infer("torch_no_output_1", _inputs(httpclient, {"INPUT__0": np.ones((1, 8), np.float32)}, "FP32"))
 
 
 def test_unsupported_key_is_a_load_error_naming_it(server: RunningServer) -> None:

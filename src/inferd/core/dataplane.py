@@ -297,8 +297,8 @@ class DataPlane:
             context.sequence = sequence_of(request.parameters)
             if any(t.shared is not None for t in request.inputs):
                 held = await self.shared_memory.read_inputs(request.inputs)
+            wanted = check_outputs(request, runtime)  # Triton checks the outputs asked for first
             arrays = check_inputs(request, runtime)
-            wanted = check_outputs(request, runtime)
             checked = time.perf_counter()
             # a sequence's answer depends on its state (an ensemble's stateful step): never cached
             if (self._cache is not None and context.sequence is None
@@ -403,8 +403,8 @@ class DataPlane:
             context.sequence = sequence_of(request.parameters)  # a stateful handler answers in parts too
             if any(t.shared is not None for t in request.inputs):
                 held = await self.shared_memory.read_inputs(request.inputs)
+            wanted = check_outputs(request, runtime)  # Triton checks the outputs asked for first
             arrays = check_inputs(request, runtime)
-            wanted = check_outputs(request, runtime)
             if runtime.takes_request:
                 _request_facts(context, request, wanted)
             async with contextlib.aclosing(runtime.infer_stream_async(arrays, context)) as answers:

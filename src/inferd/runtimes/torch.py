@@ -2,12 +2,14 @@
 
 Inputs are passed positionally in declared order (a sequence model's implicit states, then its control
 inputs, after them); a model may return a tensor, a tuple/list of tensors, or a dict of tensors
-(matched to outputs by name).
+(matched to outputs by name). A tuple's items go to the outputs in declared order, or by the index
+in their names when all follow Triton's ``OUTPUT__<i>``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
@@ -16,7 +18,7 @@ from typing import Any, cast
 import numpy as np
 
 from inferd.config import ImageInput, ModelConfig, Optimization, TensorConfig
-from inferd.errors import ConfigError
+from inferd.errors import ConfigError, ModelError
 from inferd.modelconfig.backend_parameters import check_parameters, count, flag
 from inferd.runtimes.base import (
     Arrays,
@@ -28,7 +30,7 @@ from inferd.runtimes.base import (
     specs_from_config,
 )
 from inferd.runtimes.torch_exec import Executor, concat_rows
-from inferd.types import TensorSpec
+from inferd.types import TensorSpec, numpy_dtype, v2_datatype
 
 _log = logging.getLogger("inferd.torch")
 
@@ -54,6 +56,9 @@ class TorchRuntime(Runtime):
         self._on_cpu = self._device.type == "cpu"
         optimization = optimization or Optimization()
         self._executor_options = optimization
+        # a reduced [optimization] precision changes the output dtype on purpose: cast back then
+        self._strict_types = not optimization.precision
+        self._output_positions = _tuple_positions(outputs)
         self._name = name
         self.platform = platform
         self.inputs = inputs
@@ -114,11 +119,22 @@ class TorchRuntime(Runtime):
         if isinstance(result, dict):
             return {key: _to_numpy(value, torch) for key, value in result.items()}
         if isinstance(result, list | tuple):
-            if len(result) != len(self.outputs):
-                raise RuntimeError(f"model '{self._name}' returned {len(result)} outputs, "
-                                   f"config declares {len(self.outputs)}")
-            return {spec.name: _to_numpy(value, torch)
-                    for spec, value in zip(self.outputs, result, strict=True)}
+            positions = self._output_positions
+            if positions is None:
+                if len(result) != len(self.outputs):
+                    raise RuntimeError(f"model '{self._name}' returned {len(result)} outputs, "
+                                       f"config declares {len(self.outputs)}")
+                positions = tuple(range(len(result)))
+            named = {}
+            for spec, position in zip(self.outputs, positions, strict=True):
+                if position >= len(result):
+                    raise ModelError(f"The output {spec.name} in the model configuration refers to an output "
+                                     f"index which doesn't exist. This model has {len(result)} outputs "
+                                     f"(model '{self._name}'; OUTPUT__<i> names the model's i-th output)")
+                named[spec.name] = _to_numpy(result[position], torch)
+            if self._strict_types:
+                _check_output_types(named, self.outputs, self._name)
+            return named
         raise RuntimeError(f"model '{self._name}' returned {type(result).__name__}; expected a "
                            f"tensor, a tuple of tensors or a dict of tensors")
 
@@ -140,6 +156,31 @@ def _describe(optimization: Optimization) -> str:
     parts = [optimization.precision, "channels_last" if optimization.channels_last else "", optimization.compile]
     shown = ", ".join(part for part in parts if part)
     return f", {shown}" if shown else ""
+
+
+def _tuple_positions(outputs: tuple[TensorSpec, ...]) -> tuple[int, ...] | None:
+    """Where each declared output is in the tuple the model returns, when every name follows Triton's
+    ``<name>__<index>`` convention (declared in any order); None: in declared order."""
+    found = [re.fullmatch(r".+__(\d+)", spec.name) for spec in outputs]
+    if not outputs or not all(found):
+        return None
+    return tuple(int(match.group(1)) for match in found if match)
+
+
+def _check_output_types(named: Arrays, specs: tuple[TensorSpec, ...], model: str) -> None:
+    """Triton's libtorch backend refuses an output whose dtype is not the declared one (a cast
+    would hide a wrong config, e.g. FP32 scores truncated to INT32); its words, then ours."""
+    for spec in specs:
+        value = named[spec.name]
+        if spec.datatype == "BYTES" or value.dtype == numpy_dtype(spec.datatype):
+            continue
+        try:
+            given = v2_datatype(value.dtype)
+        except KeyError:
+            given = str(value.dtype)
+        raise ModelError(f"configuration expects datatype TYPE_{spec.datatype} for output '{spec.name}', "
+                         f"model provides TYPE_{given}: model '{model}' returns {given} there; "
+                         f"declare data_type TYPE_{given} in config.pbtxt or cast in the model")
 
 
 def _to_numpy(value: Any, torch: Any) -> np.ndarray:
