@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class TorchRuntime(Runtime):
         optimization = optimization or Optimization()
         self._executor_options = optimization
         # a reduced [optimization] precision changes the output dtype on purpose: cast back then
-        self._strict_types = not optimization.precision
+        self._declared_dtypes = () if optimization.precision else tuple(
+            (spec.name, numpy_dtype(spec.datatype), spec.datatype) for spec in outputs if spec.datatype != "BYTES")
         self._output_positions = _tuple_positions(outputs)
         self._name = name
         self.platform = platform
@@ -132,8 +133,9 @@ class TorchRuntime(Runtime):
                                      f"index which doesn't exist. This model has {len(result)} outputs "
                                      f"(model '{self._name}'; OUTPUT__<i> names the model's i-th output)")
                 named[spec.name] = _to_numpy(result[position], torch)
-            if self._strict_types:
-                _check_output_types(named, self.outputs, self._name)
+            for name, dtype, datatype in self._declared_dtypes:
+                if named[name].dtype != dtype:
+                    _refuse_output_type(name, datatype, named[name].dtype, self._name)
             return named
         raise RuntimeError(f"model '{self._name}' returned {type(result).__name__}; expected a "
                            f"tensor, a tuple of tensors or a dict of tensors")
@@ -167,20 +169,16 @@ def _tuple_positions(outputs: tuple[TensorSpec, ...]) -> tuple[int, ...] | None:
     return tuple(int(match.group(1)) for match in found if match)
 
 
-def _check_output_types(named: Arrays, specs: tuple[TensorSpec, ...], model: str) -> None:
+def _refuse_output_type(name: str, expected: str, given: np.dtype[Any], model: str) -> NoReturn:
     """Triton's libtorch backend refuses an output whose dtype is not the declared one (a cast
     would hide a wrong config, e.g. FP32 scores truncated to INT32); its words, then ours."""
-    for spec in specs:
-        value = named[spec.name]
-        if spec.datatype == "BYTES" or value.dtype == numpy_dtype(spec.datatype):
-            continue
-        try:
-            given = v2_datatype(value.dtype)
-        except KeyError:
-            given = str(value.dtype)
-        raise ModelError(f"configuration expects datatype TYPE_{spec.datatype} for output '{spec.name}', "
-                         f"model provides TYPE_{given}: model '{model}' returns {given} there; "
-                         f"declare data_type TYPE_{given} in config.pbtxt or cast in the model")
+    try:
+        provided = v2_datatype(given)
+    except KeyError:
+        provided = str(given)
+    raise ModelError(f"configuration expects datatype TYPE_{expected} for output '{name}', "
+                     f"model provides TYPE_{provided}: model '{model}' returns {provided} there; "
+                     f"declare data_type TYPE_{provided} in config.pbtxt or cast in the model")
 
 
 def _to_numpy(value: Any, torch: Any) -> np.ndarray:
