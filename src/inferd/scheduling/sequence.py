@@ -21,7 +21,8 @@ order they came) until a sequence ends or idles out. A free instance runs what i
 every instance is free (the dynamic batcher's rule); with another one busy it waits up to the
 strategy's max_queue_delay_microseconds for a fuller batch (``oldest``: a preferred size, else
 max_batch_size; ``direct``: the minimum_slot_utilization share of slots, no wait when that is 0, as
-Triton); with ``holds`` (``--batch-wait delay``) it waits so with every instance idle too, as Triton. Each row gets its own sequence's controls and state; each request gets its own row of the
+Triton); with ``holds`` (``--batch-wait delay``) it waits so with every instance idle too, as Triton.
+Each row gets its own sequence's controls and state; each request gets its own row of the
 answer (a Triton Python model gets the ready requests apart, no empty slots, and answers each). A
 model that does not batch runs each request alone.
 """
