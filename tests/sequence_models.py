@@ -530,3 +530,33 @@ def build_batching(root: Path) -> Path:
         models.write(root / name / "1/model.py", SLEEPY)
         models.write(root / name / "config.pbtxt", SLEEPY_CONFIG % (name, preserve))
     return root
+
+
+WAIT_DELAY_S = 1.5  # the waiting models' max_queue_delay
+
+
+def build_waiting(root: Path) -> Path:
+    """ROWS models with a max_queue_delay of WAIT_DELAY_S, for Triton's wait (``--batch-wait delay``):
+    wait_oldest (oldest, preferred size 3), wait_direct (direct, minimum_slot_utilization 0.25 of 8
+    slots: 2 ready sequences), wait_own (wait_oldest with its own ``batch_wait = "delay"``), and
+    wait_pbtxt: DYNA_COUNTING, oldest, preferred size 2, asking by its inferd.batch_wait parameter."""
+    delay_us = int(WAIT_DELAY_S * 1e6)
+    oldest = f"max_candidate_sequences = 8\npreferred_batch_size = [3]\nmax_queue_delay_microseconds = {delay_us}"
+    direct = f"minimum_slot_utilization = 0.25\nmax_queue_delay_microseconds = {delay_us}"
+    idle = "max_sequence_idle_microseconds = 5000000"
+    for name, config in (("wait_oldest", ROWS_CONFIG % ("oldest", oldest)),
+                         ("wait_direct", ROWS_CONFIG % ("direct", direct)),
+                         ("wait_own", (ROWS_CONFIG % ("oldest", oldest)).replace(
+                             idle, f'{idle}\nbatch_wait = "delay"'))):
+        models.write(root / name / "1/model.py", ROWS)
+        models.write(root / name / "config.toml", config)
+    config = (DYNA_CONFIG % ("wait_pbtxt", "TYPE_UINT64")).replace("count: 2", "count: 1").replace(
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]',
+        'output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }, '
+        '{ name: "SEEN" data_type: TYPE_INT64 dims: [ 3 ] } ]').replace(
+        "sequence_batching {", "sequence_batching {\n  oldest { max_candidate_sequences: 4 preferred_batch_size: [ 2 ] "
+        f"max_queue_delay_microseconds: {delay_us} }}")
+    models.write(root / "wait_pbtxt/1/model.py", DYNA_COUNTING)
+    models.write(root / "wait_pbtxt/config.pbtxt",
+                 config + 'parameters { key: "inferd.batch_wait" value: { string_value: "delay" } }\n')
+    return root

@@ -79,6 +79,7 @@ def test_missing_file_is_the_default(tmp_path: Path) -> None:
     ("max_batch_size = 4\n[dynamic_batching]\npreferred_batch_sizes = [8]", "must not exceed"),
     ("max_batch_size = 4\n[dynamic_batching]\nmax_queue_size = 0", "'max_queue_size' must be >= 1"),
     ("max_batch_size = 4\n[dynamic_batching]\nbatch_wait = 'later'", "'batch_wait' must be one of"),
+    ("[sequence_batching]\nbatch_wait = 'soon'", "\\[sequence_batching\\]: key 'batch_wait' must be one of"),
     ("[instance_group]\ncount = 0", "'count' must be >= 1"),
     ("[instance_group]\nkind = 'tpu'", "'kind' must be one of"),
     ("[instance_group]\nresponse_timeout_s = 0", "'response_timeout_s' must be a finite number > 0"),

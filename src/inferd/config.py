@@ -309,6 +309,12 @@ BATCH_WAITS = ("work-conserving", "delay")
 BATCH_WAIT_PARAMETER = "inferd.batch_wait"  # config.pbtxt's spelling of batch_wait, any backend
 
 
+def batch_waits(own: str, parameters: Mapping[str, str], server: str) -> bool:
+    """Whether a batcher waits as Triton's ("delay"): its table's own batch_wait, else the model's
+    inferd.batch_wait parameter, else the server's --batch-wait."""
+    return (own or parameters.get(BATCH_WAIT_PARAMETER) or server) == "delay"
+
+
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
     """One queue's rules (Triton's ModelQueuePolicy): the default queue's, or a priority level's."""
@@ -336,7 +342,7 @@ class DynamicBatching:
     def waits(self, parameters: Mapping[str, str], server: str) -> bool:
         """Whether batches wait as Triton's ("delay"): this table's batch_wait, else the model's
         inferd.batch_wait parameter, else the server's --batch-wait."""
-        return (self.batch_wait or parameters.get(BATCH_WAIT_PARAMETER) or server) == "delay"
+        return batch_waits(self.batch_wait, parameters, server)
 
     @property
     def default_policy(self) -> QueuePolicy:
@@ -430,6 +436,11 @@ class SequenceBatching:
     max_candidate_sequences: int = 0  # oldest: sequences an instance batches from (0: max_batch_size)
     preferred_batch_sizes: tuple[int, ...] = ()  # oldest
     preserve_ordering: bool = False  # oldest: answers leave in the order the requests came, across sequences
+    batch_wait: str = ""  # one of BATCH_WAITS (config.toml's); "": config.pbtxt's parameter, else --batch-wait
+
+    def waits(self, parameters: Mapping[str, str], server: str) -> bool:
+        """Whether a free instance holds a batch for max_queue_delay as Triton's strategies do ("delay")."""
+        return batch_waits(self.batch_wait, parameters, server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,9 +669,9 @@ def check_model_config(config: ModelConfig, where: str) -> ModelConfig:
                           f"must not exceed max_batch_size ({config.max_batch_size})")
     if batching:
         check_priority_levels(batching, where)
-    if BATCH_WAIT_PARAMETER in config.parameters and batching is None:
-        raise ConfigError(f"{where}: parameter '{BATCH_WAIT_PARAMETER}' needs dynamic_batching (it says how that "
-                          "batcher waits)")
+    if BATCH_WAIT_PARAMETER in config.parameters and batching is None and config.sequence_batching is None:
+        raise ConfigError(f"{where}: parameter '{BATCH_WAIT_PARAMETER}' needs dynamic_batching or sequence_batching "
+                          "(it says how that batcher waits)")
     if config.instance_group.gpus and config.instance_group.kind != "gpu":
         raise ConfigError(f"{where}: [instance_group] key 'gpus' needs kind = \"gpu\"")
     if config.max_batch_size == 0 and any(t.image for t in config.inputs):
@@ -1134,6 +1145,7 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
     items = table.take("control_input", list, [])
     states = _states(table.take("state", list, []), where)
     direct, oldest = table.take("direct", dict), table.take("oldest", dict)
+    wait = _batch_wait(table)
     table.finish()
     if direct is not None and oldest is not None:
         raise ConfigError(f"{where}: [sequence_batching] takes one of [sequence_batching.direct] and "
@@ -1157,7 +1169,7 @@ def _sequence_batching(data: dict[str, Any] | None, where: str) -> SequenceBatch
         if len(values) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             raise control.fail("false_true", f"must be two numbers (the false and the true value), got {values!r}")
         controls.append(SequenceControl(name, kind, datatype, (values[0], values[1])))
-    return replace(strategy, max_sequence_idle_us=idle, controls=tuple(controls), states=states)
+    return replace(strategy, max_sequence_idle_us=idle, controls=tuple(controls), states=states, batch_wait=wait)
 
 
 def _sequence_strategy(direct: dict[str, Any] | None, oldest: dict[str, Any] | None,

@@ -515,6 +515,16 @@ def test_the_batch_wait_parameter_is_read_for_any_backend_and_an_override_may_se
     assert rebatched.dynamic_batching.waits(rebatched.parameters, "work-conserving")  # the parameter stays
 
 
+def test_a_sequence_model_reads_the_batch_wait_parameter_too() -> None:
+    text = 'backend: "onnxruntime"\nmax_batch_size: 8\nsequence_batching { direct { } }\n'
+    held = parse_pbtxt(text + WAIT % "delay", "m/config.pbtxt", "m")
+    assert held.sequence_batching is not None and held.sequence_batching.waits(held.parameters, "work-conserving")
+    plain = parse_pbtxt(text, "m/config.pbtxt", "m")
+    assert plain.sequence_batching is not None
+    assert not plain.sequence_batching.waits(plain.parameters, "work-conserving")
+    assert plain.sequence_batching.waits(plain.parameters, "delay")  # the server's flag
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (BATCHED + WAIT % "soon", "parameter 'inferd.batch_wait' must be one of work-conserving, delay, got 'soon'"),
     ('max_batch_size: 8\n' + WAIT % "delay", "parameter 'inferd.batch_wait' needs dynamic_batching"),

@@ -20,7 +20,7 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
                     metrics: ModelMetrics | None = None, limiter: RateLimiter | None = None,
                     batch_wait: str = "work-conserving") -> Scheduler:
     """``limiter``: the server's rate limiter (``--rate-limit execution_count``), or None (off);
-    ``batch_wait``: the server's ``--batch-wait``, for a dynamic batcher whose model sets none."""
+    ``batch_wait``: the server's ``--batch-wait``, for a dynamic or sequence batcher whose model sets none."""
     batching = config.dynamic_batching
     max_queue = batching.max_queue_size if batching else 1024
     observe_batch = metrics.batch if metrics is not None and batching is None else None
@@ -36,7 +36,8 @@ def build_scheduler(runtime: Runtime, config: ModelConfig, name: str, version: s
                                        holds=batching.waits(config.parameters, batch_wait))
         elif config.sequence_batching is not None:
             scheduler = SequenceBatcher(pool, config.sequence_batching,
-                                        frozenset(tensor.name for tensor in config.outputs))
+                                        frozenset(tensor.name for tensor in config.outputs),
+                                        holds=config.sequence_batching.waits(config.parameters, batch_wait))
     except BaseException:
         if isinstance(pool, RateLimitedPool):  # refused: its group leaves the limiter's counts
             pool.leave()

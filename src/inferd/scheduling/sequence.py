@@ -21,7 +21,8 @@ order they came) until a sequence ends or idles out. A free instance runs what i
 every instance is free (the dynamic batcher's rule); with another one busy it waits up to the
 strategy's max_queue_delay_microseconds for a fuller batch (``oldest``: a preferred size, else
 max_batch_size; ``direct``: the minimum_slot_utilization share of slots, no wait when that is 0, as
-Triton). Each row gets its own sequence's controls and state; each request gets its own row of the
+Triton); with ``holds`` (``--batch-wait delay``) it waits so with every instance idle too, as Triton.
+Each row gets its own sequence's controls and state; each request gets its own row of the
 answer (a Triton Python model gets the ready requests apart, no empty slots, and answers each). A
 model that does not batch runs each request alone.
 """
@@ -51,7 +52,7 @@ from inferd.runtimes.base import (
 )
 from inferd.scheduling.batcher import batch_key
 from inferd.scheduling.instances import InstancePool
-from inferd.scheduling.policy import decide
+from inferd.scheduling.policy import decide, hold_or_send
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
 from inferd.scheduling.sequence_rows import direct_rows, empty_row, join_rows, oldest_rows, split_rows
 from inferd.types import CallContext, SequenceId, WorkerStatus, numpy_dtype
@@ -95,9 +96,11 @@ class SequenceBatcher(Scheduler):
     stateful = True
 
     def __init__(self, pool: InstancePool, config: SequenceBatching,
-                 client_outputs: frozenset[str] = frozenset()) -> None:
+                 client_outputs: frozenset[str] = frozenset(), holds: bool = False) -> None:
         """``client_outputs``: the outputs the configuration declares; a state output among them is
-        also answered (Triton's way to read a state), the others are the server's alone."""
+        also answered (Triton's way to read a state), the others are the server's alone. ``holds``
+        (``--batch-wait delay``): a free instance waits for a fuller batch as Triton's does, even
+        with every instance idle (_held_rows)."""
         self._pool = pool
         self.adopt_metadata(pool)
         self._controls = config.controls
@@ -129,6 +132,8 @@ class SequenceBatcher(Scheduler):
         if self.max_batch_size > 1:
             self._slots = (config.max_candidate_sequences if self._strategy == "oldest" else 0) or self.max_batch_size
         self._delay_s, self._preferred = _batch_policy(config, self._strategy, self.max_batch_size)
+        self._holds = holds
+        self._draining = False  # a held batch goes at once
         self._backlog: list[_Sequence] = []  # sequences waiting for a slot, in the order they came
         self._freed = asyncio.Event()  # set (and replaced) when a slot may have freed
         self._ready: list[list[_Ready]] = [[] for _ in self._lanes]  # per lane, in arrival order
@@ -468,8 +473,7 @@ class SequenceBatcher(Scheduler):
         """Look at the lane once this loop pass has queued all that came in it (sooner than a
         wait for a fuller batch would: this request may fill it)."""
         handle = self._lane_soon[lane]
-        if self._lane_busy[lane] or self._loop is None or (
-                handle is not None and not isinstance(handle, asyncio.TimerHandle)):
+        if self._lane_busy[lane] or self._loop is None or (handle is not None and not _is_timer(handle)):
             return
         if handle is not None:
             handle.cancel()
@@ -490,17 +494,23 @@ class SequenceBatcher(Scheduler):
         queue = self._ready[lane] = [ready for ready in self._ready[lane] if not ready.future.done()]
         if not queue:
             return
-        busy = sum(self._lane_busy)
-        decision = decide(len(queue), time.perf_counter() - queue[0].enqueued, 1, busy, self.max_batch_size,
-                          self._preferred, self._delay_s)
-        if not decision.dispatch:
-            if decision.wait_s is not None:
-                self._lane_soon[lane] = self._loop.call_later(decision.wait_s, self._dispatch, lane)
-            return
-        if self._strategy == "oldest":
-            rows: list[_Ready | None] = list(oldest_rows(queue, self.max_batch_size, self._preferred))
+        rows: list[_Ready | None]
+        if self._holds:
+            held = self._held_rows(lane, queue)
+            if held is None:
+                return
+            rows = held
         else:
-            rows = list(direct_rows(queue))
+            decision = decide(len(queue), time.perf_counter() - queue[0].enqueued, 1, sum(self._lane_busy),
+                              self.max_batch_size, self._preferred, self._delay_s)
+            if not decision.dispatch:
+                if decision.wait_s is not None:
+                    self._lane_soon[lane] = self._loop.call_later(decision.wait_s, self._dispatch, lane)
+                return
+            if self._strategy == "oldest":
+                rows = list(oldest_rows(queue, self.max_batch_size, self._preferred))
+            else:
+                rows = list(direct_rows(queue))
         taken = {id(ready) for ready in rows if ready is not None}
         self._ready[lane] = [ready for ready in queue if id(ready) not in taken]
         try:
@@ -512,6 +522,31 @@ class SequenceBatcher(Scheduler):
             return
         self._lane_busy[lane] = True
         future.add_done_callback(lambda done: self._answer_rows(lane, rows, done))
+
+    def _held_rows(self, lane: int, queue: list[_Ready]) -> list[_Ready | None] | None:
+        """The lane's next batch as Triton's strategy would take it on a free instance, or None with
+        the lane looked at again when the oldest ready request's delay runs out (or a request comes).
+        ``direct`` (core 73aad7c3, DirectSequenceBatch::BatcherThread): the slots with a ready request
+        go once they are the minimum_slot_utilization share of max_batch_size, or the oldest has waited
+        max_queue_delay; with either unset, at once. ``oldest`` batches as Triton's dynamic batcher
+        (policy.hold_or_send) over one request per sequence, the preferred sizes its own. While the
+        server drains, nothing waits."""
+        assert self._loop is not None
+        waited = time.perf_counter() - queue[0].enqueued
+        if self._strategy == "oldest":
+            head = queue[0].key
+            compatible = [ready for ready in queue if ready.key == head]
+            count, wait_s = hold_or_send([1] * len(compatible), len(compatible) < len(queue), waited,
+                                         self.max_batch_size, self._preferred, self._delay_s, self._draining)
+            if count:
+                return list(compatible[:count])
+        else:
+            ready_slots = len({ready.slot for ready in queue})
+            wait_s = self._delay_s - waited
+            if self._draining or not self._preferred or ready_slots >= self._preferred[0] or wait_s <= 0:
+                return list(direct_rows(queue))
+        self._lane_soon[lane] = self._loop.call_later(wait_s, self._dispatch, lane)
+        return None
 
     def _execute_rows(self, lane: int, rows: list[_Ready | None]) -> tuple[list[_Ready | None], _Executed]:
         """On the lane's thread: the rows still wanted, joined (an empty slot's row where one is
@@ -620,10 +655,19 @@ class SequenceBatcher(Scheduler):
         finally:
             context.timings.compute += time.perf_counter() - start
 
+    def release_held(self) -> None:
+        """From now on a batch goes without waiting for its delay (``holds``)."""
+        if self._holds and not self._draining:
+            self._draining = True
+            for lane in range(len(self._lanes)):
+                if self._ready[lane]:
+                    self._dispatch(lane)
+
     async def drain(self, timeout: float) -> None:
         """Every admitted request finishes first, those queued behind their sequence's earlier ones
-        too (the pool counts only those handed to a lane)."""
+        too (the pool counts only those handed to a lane); a batch held for company goes at once."""
         deadline = time.monotonic() + timeout
+        self.release_held()
         while self._admitted and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         await self._pool.drain(max(deadline - time.monotonic(), 0.0))
@@ -667,6 +711,12 @@ class SequenceBatcher(Scheduler):
 
 
 _Executed = Arrays | list[Answer] | None  # a joined batch's outputs, each request's answer, or nothing run
+
+
+def _is_timer(handle: asyncio.TimerHandle | asyncio.Handle) -> bool:
+    """A wait for a fuller batch (call_later), not a look already due (call_soon): asyncio's
+    TimerHandle or uvloop's, which is no subclass of it; both have when()."""
+    return isinstance(handle, asyncio.TimerHandle) or hasattr(handle, "when")
 
 
 def _settle(ready: _Ready, answer: Arrays | BaseException) -> None:
