@@ -139,8 +139,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         models.write(root / f"{name}/config.toml", STEP_CONFIG)
     models.write(root / "add/1/model.py", ADD_MODEL)
     models.write(root / "add/config.toml", ADD_CONFIG)
-    (root / "diamond/1").mkdir(parents=True)
-    models.write(root / "diamond/config.toml", DIAMOND)
+    for ensemble in ("diamond", "counted"):  # counted: only test_ensemble_statistics_count_each_request asks it
+        (root / f"{ensemble}/1").mkdir(parents=True)
+        models.write(root / f"{ensemble}/config.toml", DIAMOND)
     return root
 
 
@@ -214,13 +215,28 @@ def test_a_failing_step_says_which(server: RunningServer) -> None:
     before = _failures(server)
     with pytest.raises(InferenceServerException) as caught:
         http.infer("image_pipeline", [images_input(httpclient, [b"not an image"])])
-    assert "ensemble 'image_pipeline:1' step 'preprocess'" in str(caught.value)
+    # Triton's words first (its QA matches the start), then the step inferd names
+    assert caught.value.message().startswith("in ensemble 'image_pipeline', "), caught.value.message()
+    assert "(at its step 'preprocess')" in caught.value.message()
     assert "cannot identify image file" in str(caught.value)
     # Triton's reasons: the step's model raised (BACKEND); the ensemble's own failure is OTHER
     after = _failures(server)
     for model, reason in (("preprocess", "BACKEND"), ("image_pipeline", "OTHER"), ("image_pipeline", "BACKEND")):
         key = f'nv_inference_request_failure{{model="{model}",reason="{reason}",version="1"}}'
         assert int(after[key]) - int(before[key]) == (0 if (model, reason) == ("image_pipeline", "BACKEND") else 1)
+
+
+def test_ensemble_statistics_count_each_request_as_one_execution_of_its_batch_size(server: RunningServer) -> None:
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    for rows in (2, 2, 1):
+        x = grpcclient.InferInput("x", [rows, 2], "FP32")
+        x.set_data_from_numpy(np.ones((rows, 2), dtype=np.float32))
+        grpc.infer("counted", [x])
+    stats = grpc.get_inference_statistics("counted", "1").model_stats[0]
+    # as Triton's ensemble scheduler counts them: one execution per request, of the request's batch size
+    assert {batch.batch_size: batch.compute_infer.count for batch in stats.batch_stats} == {1: 1, 2: 2}
+    assert (stats.execution_count, stats.inference_count) == (3, 5)
+    assert all(batch.compute_infer.ns > 0 for batch in stats.batch_stats)
 
 
 def test_classification_answers_the_top_classes_with_their_labels(server: RunningServer, repo: Path) -> None:

@@ -16,7 +16,17 @@ from inferd.config import EnsembleStep, ModelConfig, ensemble_order
 from inferd.errors import ConfigError, InferdError, ModelError, QueueFull
 from inferd.runtimes.base import Arrays, Runtime
 from inferd.scheduling.scheduler import Scheduler, SchedulerStats
-from inferd.types import CallContext, InferRequest, InferResponse, RequestedOutput, Tensor, TensorSpec, v2_datatype
+from inferd.types import (
+    BatchStatistics,
+    CallContext,
+    Duration,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    Tensor,
+    TensorSpec,
+    v2_datatype,
+)
 
 StepRunner = Callable[[InferRequest], Awaitable[InferResponse]]
 # A step's model as it serves now (name, version; -1 = its default), or None when none is ready.
@@ -49,6 +59,7 @@ class EnsembleScheduler(Scheduler):
         self._inflight = 0
         self._executions = 0
         self._inferences = 0
+        self._batches: dict[int, Duration] = {}  # an ensemble request's batch size -> requests and their time
 
     @property
     def instances(self) -> int:
@@ -62,7 +73,8 @@ class EnsembleScheduler(Scheduler):
         """An ensemble has no instances of its own: its steps' models scale."""
 
     def statistics(self) -> SchedulerStats:
-        return SchedulerStats(self._max_inflight, self._inflight, 0, self._executions, self._inferences)
+        batches = tuple(BatchStatistics(rows, Duration(d.count, d.ns)) for rows, d in sorted(self._batches.items()))
+        return SchedulerStats(self._max_inflight, self._inflight, 0, self._executions, self._inferences, batches)
 
     def infer(self, inputs: Arrays) -> Arrays:
         return self.inner.infer(inputs)
@@ -86,10 +98,18 @@ class EnsembleScheduler(Scheduler):
             _ENCLOSING.reset(enclosing)
             self._inflight -= 1
         context.timings.compute = time.perf_counter() - start - context.timings.queue
-        self._executions += 1
+        outputs = {spec.name: self._checked(spec, tensors[spec.name]) for spec in self.outputs}
+        self._count_success(inputs, context.timings.compute)
+        return outputs
+
+    def _count_success(self, inputs: Arrays, compute_s: float) -> None:
+        """A request that succeeded is one execution of its batch size (at least 1), as Triton's
+        ensemble counts it in the ensemble's batch_stats; failed ones are not counted."""
         first = next(iter(inputs.values()), None)
-        self._inferences += first.shape[0] if self.max_batch_size > 0 and first is not None and first.ndim else 1
-        return {spec.name: self._checked(spec, tensors[spec.name]) for spec in self.outputs}
+        rows = first.shape[0] if self.max_batch_size > 0 and first is not None and first.ndim else 1
+        self._executions += 1
+        self._inferences += rows
+        self._batches.setdefault(max(rows, 1), Duration()).add(compute_s)
 
     def _checked(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         """An output as the ensemble declares it, or the ensemble's error (a 500): a step's model
@@ -124,8 +144,8 @@ class EnsembleScheduler(Scheduler):
             priority=context.priority)  # as Triton's ensemble passes its request's priority to each step
         try:
             return await self._run_step(request)
-        except InferdError as exc:
-            error = type(exc)(f"ensemble '{self.name}' step '{step.model_name}': {exc.message}")
+        except InferdError as exc:  # Triton's words (its clients match the start), then which step
+            error = type(exc)(f"in ensemble '{self.model}', {exc.message} (at its step '{step.model_name}')")
             raise error from exc
 
     def _check_outputs(self, step: EnsembleStep) -> None:
