@@ -55,11 +55,11 @@ class Model:
             raise ValueError("mode 5 is refused")
         elif mode == 6:  # a slow leak: 120 MiB kept per call
             LEAK.append(np.ones(15 * 2**20))
-        elif mode == 7:  # a stray answer on the server's socket (its fd is the first of the worker's four)
+        elif mode == 7:  # a stray answer on the server's socket (its fd is the first of the worker's five)
             stray = pickle.dumps(("ok", 0, [], None))
-            os.write(int(sys.orig_argv[-4]), struct.pack("!Q", len(stray)) + stray)
+            os.write(int(sys.orig_argv[-5]), struct.pack("!Q", len(stray)) + stray)
         elif mode == 8:  # half a message, then silence from the socket's point of view
-            os.write(int(sys.orig_argv[-4]), struct.pack("!Q", 1 << 20) + b"abc")
+            os.write(int(sys.orig_argv[-5]), struct.pack("!Q", 1 << 20) + b"abc")
         elif mode == 9:
             raise NotFound("the model's own NotFound")
         elif mode == 10:
