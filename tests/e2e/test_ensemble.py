@@ -131,12 +131,41 @@ output_map = { out = "tripled" }
 """
 
 
+# an ensemble without a batch dimension whose step batches, and one with whose step does not: Triton's
+# ensemble adds or drops a batch of 1 between them (its QA's nobatch sequence ensembles of nop steps)
+UNBATCHED_OVER_BATCHING = """
+platform = "ensemble"
+max_batch_size = 0
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [2]
+[[ensemble_scheduling.step]]
+model_name = "double"
+input_map = { in = "x" }
+output_map = { out = "y" }
+"""
+BATCHED_OVER_UNBATCHED = UNBATCHED_OVER_BATCHING.replace("max_batch_size = 0", "max_batch_size = 8").replace(
+    '"double"', '"double_unbatched"')
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = pipeline_module().build(tmp_path_factory.mktemp("pipeline"))
     for name, factor in (("double", 2), ("triple", 3)):
         models.write(root / f"{name}/1/model.py", DIAMOND_STEP.replace("FACTOR", str(factor)))
         models.write(root / f"{name}/config.toml", STEP_CONFIG)
+    models.write(root / "double_unbatched/1/model.py", DIAMOND_STEP.replace("FACTOR", "2"))
+    models.write(root / "double_unbatched/config.toml",
+                 STEP_CONFIG.replace("max_batch_size = 8\n[dynamic_batching]\n", "max_batch_size = 0\n"))
+    for ensemble, config in (("unbatched_over_batching", UNBATCHED_OVER_BATCHING),
+                             ("batched_over_unbatched", BATCHED_OVER_UNBATCHED)):
+        (root / f"{ensemble}/1").mkdir(parents=True)
+        models.write(root / f"{ensemble}/config.toml", config)
     models.write(root / "add/1/model.py", ADD_MODEL)
     models.write(root / "add/config.toml", ADD_CONFIG)
     for ensemble in ("diamond", "counted"):  # counted: only test_ensemble_statistics_count_each_request asks it
@@ -203,6 +232,16 @@ def test_a_config_toml_ensemble_runs_a_diamond(server: RunningServer) -> None:
     assert response.json()["outputs"][0]["data"] == (x * 5).reshape(-1).tolist()
     timing = response.headers["server-timing"]  # each step under its model's name
     assert all(f"step.{model};dur=" in timing for model in ("double", "triple", "add")), timing
+
+
+@pytest.mark.parametrize(("ensemble", "shape"), [("unbatched_over_batching", [2]), ("batched_over_unbatched", [1, 2])])
+def test_a_tensor_crosses_between_batching_and_non_batching_models_as_in_triton(
+        server: RunningServer, ensemble: str, shape: list[int]) -> None:
+    x = grpcclient.InferInput("x", shape, "FP32")
+    x.set_data_from_numpy(np.array([1.5, -2.0], dtype=np.float32).reshape(shape))
+    y = grpcclient.InferenceServerClient(server.grpc_url).infer(ensemble, [x]).as_numpy("y")
+    assert y.shape == tuple(shape)
+    np.testing.assert_array_equal(y.reshape(-1), [3.0, -4.0])
 
 
 def _failures(server: RunningServer) -> dict[str, str]:
