@@ -85,9 +85,11 @@ MODELS = {
         import multiprocessing
         x = given(requests[0])
         pool = multiprocessing.get_context("fork").Pool(3)
-        outs = pool.map(tripled_in_a_child, [x + k for k in range(3)])
-        pool.close()
-        pool.join()
+        try:
+            outs = pool.map(tripled_in_a_child, [x + k for k in range(3)])
+        finally:  # the children end, also when a call failed (forked from the server, they would outlive it)
+            pool.close()
+            pool.join()
         return [answer(sum(outs))]
 
 
