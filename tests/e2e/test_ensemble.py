@@ -131,16 +131,46 @@ output_map = { out = "tripled" }
 """
 
 
+# an ensemble without a batch dimension whose step batches, and one with whose step does not: Triton's
+# ensemble adds or drops a batch of 1 between them (its QA's nobatch sequence ensembles of nop steps)
+UNBATCHED_OVER_BATCHING = """
+platform = "ensemble"
+max_batch_size = 0
+[[input]]
+name = "x"
+datatype = "FP32"
+shape = [2]
+[[output]]
+name = "y"
+datatype = "FP32"
+shape = [2]
+[[ensemble_scheduling.step]]
+model_name = "double"
+input_map = { in = "x" }
+output_map = { out = "y" }
+"""
+BATCHED_OVER_UNBATCHED = UNBATCHED_OVER_BATCHING.replace("max_batch_size = 0", "max_batch_size = 8").replace(
+    '"double"', '"double_unbatched"')
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = pipeline_module().build(tmp_path_factory.mktemp("pipeline"))
     for name, factor in (("double", 2), ("triple", 3)):
         models.write(root / f"{name}/1/model.py", DIAMOND_STEP.replace("FACTOR", str(factor)))
         models.write(root / f"{name}/config.toml", STEP_CONFIG)
+    models.write(root / "double_unbatched/1/model.py", DIAMOND_STEP.replace("FACTOR", "2"))
+    models.write(root / "double_unbatched/config.toml",
+                 STEP_CONFIG.replace("max_batch_size = 8\n[dynamic_batching]\n", "max_batch_size = 0\n"))
+    for ensemble, config in (("unbatched_over_batching", UNBATCHED_OVER_BATCHING),
+                             ("batched_over_unbatched", BATCHED_OVER_UNBATCHED)):
+        (root / f"{ensemble}/1").mkdir(parents=True)
+        models.write(root / f"{ensemble}/config.toml", config)
     models.write(root / "add/1/model.py", ADD_MODEL)
     models.write(root / "add/config.toml", ADD_CONFIG)
-    (root / "diamond/1").mkdir(parents=True)
-    models.write(root / "diamond/config.toml", DIAMOND)
+    for ensemble in ("diamond", "counted"):  # counted: only test_ensemble_statistics_count_each_request asks it
+        (root / f"{ensemble}/1").mkdir(parents=True)
+        models.write(root / f"{ensemble}/config.toml", DIAMOND)
     return root
 
 
@@ -204,6 +234,16 @@ def test_a_config_toml_ensemble_runs_a_diamond(server: RunningServer) -> None:
     assert all(f"step.{model};dur=" in timing for model in ("double", "triple", "add")), timing
 
 
+@pytest.mark.parametrize(("ensemble", "shape"), [("unbatched_over_batching", [2]), ("batched_over_unbatched", [1, 2])])
+def test_a_tensor_crosses_between_batching_and_non_batching_models_as_in_triton(
+        server: RunningServer, ensemble: str, shape: list[int]) -> None:
+    x = grpcclient.InferInput("x", shape, "FP32")
+    x.set_data_from_numpy(np.array([1.5, -2.0], dtype=np.float32).reshape(shape))
+    y = grpcclient.InferenceServerClient(server.grpc_url).infer(ensemble, [x]).as_numpy("y")
+    assert y.shape == tuple(shape)
+    np.testing.assert_array_equal(y.reshape(-1), [3.0, -4.0])
+
+
 def _failures(server: RunningServer) -> dict[str, str]:
     text = requests.get(f"{server.base}/metrics", timeout=10).text
     return dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference_request_failure"))
@@ -214,13 +254,28 @@ def test_a_failing_step_says_which(server: RunningServer) -> None:
     before = _failures(server)
     with pytest.raises(InferenceServerException) as caught:
         http.infer("image_pipeline", [images_input(httpclient, [b"not an image"])])
-    assert "ensemble 'image_pipeline:1' step 'preprocess'" in str(caught.value)
+    # Triton's words first (its QA matches the start), then the step inferd names
+    assert caught.value.message().startswith("in ensemble 'image_pipeline', "), caught.value.message()
+    assert "(at its step 'preprocess')" in caught.value.message()
     assert "cannot identify image file" in str(caught.value)
     # Triton's reasons: the step's model raised (BACKEND); the ensemble's own failure is OTHER
     after = _failures(server)
     for model, reason in (("preprocess", "BACKEND"), ("image_pipeline", "OTHER"), ("image_pipeline", "BACKEND")):
         key = f'nv_inference_request_failure{{model="{model}",reason="{reason}",version="1"}}'
         assert int(after[key]) - int(before[key]) == (0 if (model, reason) == ("image_pipeline", "BACKEND") else 1)
+
+
+def test_ensemble_statistics_count_each_request_as_one_execution_of_its_batch_size(server: RunningServer) -> None:
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    for rows in (2, 2, 1):
+        x = grpcclient.InferInput("x", [rows, 2], "FP32")
+        x.set_data_from_numpy(np.ones((rows, 2), dtype=np.float32))
+        grpc.infer("counted", [x])
+    stats = grpc.get_inference_statistics("counted", "1").model_stats[0]
+    # as Triton's ensemble scheduler counts them: one execution per request, of the request's batch size
+    assert {batch.batch_size: batch.compute_infer.count for batch in stats.batch_stats} == {1: 1, 2: 2}
+    assert (stats.execution_count, stats.inference_count) == (3, 5)
+    assert all(batch.compute_infer.ns > 0 for batch in stats.batch_stats)
 
 
 def test_classification_answers_the_top_classes_with_their_labels(server: RunningServer, repo: Path) -> None:

@@ -55,11 +55,11 @@ class Model:
             raise ValueError("mode 5 is refused")
         elif mode == 6:  # a slow leak: 120 MiB kept per call
             LEAK.append(np.ones(15 * 2**20))
-        elif mode == 7:  # a stray answer on the server's socket (its fd is the first of the worker's four)
+        elif mode == 7:  # a stray answer on the server's socket (its fd is the first of the worker's five)
             stray = pickle.dumps(("ok", 0, [], None))
-            os.write(int(sys.orig_argv[-4]), struct.pack("!Q", len(stray)) + stray)
+            os.write(int(sys.orig_argv[-5]), struct.pack("!Q", len(stray)) + stray)
         elif mode == 8:  # half a message, then silence from the socket's point of view
-            os.write(int(sys.orig_argv[-4]), struct.pack("!Q", 1 << 20) + b"abc")
+            os.write(int(sys.orig_argv[-5]), struct.pack("!Q", 1 << 20) + b"abc")
         elif mode == 9:
             raise NotFound("the model's own NotFound")
         elif mode == 10:
@@ -150,6 +150,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     write(root / "crashy" / "config.toml", CRASHY_CONFIG)
     write(root / "steady" / "1" / "model.py", STEADY)
     write(root / "steady" / "config.toml", STEADY_CONFIG)
+    write(root / "steady_process" / "1" / "model.py", STEADY)  # only test_empty_tensors_... asks it
+    write(root / "steady_process" / "config.toml",
+          'backend = "python"\n' + STEADY_CONFIG.replace('kind = "cpu"', "count = 1"))
     write(root / "exiter" / "1" / "model.py", EXITER)  # in the server's process (kind "cpu")
     write(root / "exiter" / "config.toml", STEADY_CONFIG)
     write(root / "exiting_stream" / "1" / "model.py", EXITING_STREAM)
@@ -167,6 +170,16 @@ def pid_of(response: requests.Response) -> int:
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     return outputs["pid"]["data"][0]
+
+
+def test_empty_tensors_reach_an_instance_process_before_any_other(server) -> None:
+    # the first call sends no bytes, so the process has no buffer mapped yet (it crashed reading one)
+    for x in ([], [], [1.0, 2.0], []):
+        response = infer(server, "steady_process", {"inputs": [{"name": "x", "shape": [len(x)], "datatype": "FP32",
+                                                                 "data": x}]})
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["shape"] == [len(x)]
+        assert response.json()["outputs"][0]["data"] == [v + 1 for v in x]
 
 
 def steady_answers(server) -> None:

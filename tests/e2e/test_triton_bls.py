@@ -78,6 +78,39 @@ MODELS = {
             answers.append(pb_utils.InferenceResponse(response.output_tensors()))
         return answers
 """,
+    # calls from children the model forks (multiprocessing's fork start method), as Triton's bls QA
+    # model's test_multiprocess makes them: each child has the calls socket the model had
+    "bls_forked": """
+    def execute(self, requests):
+        import multiprocessing
+        x = given(requests[0])
+        pool = multiprocessing.get_context("fork").Pool(3)
+        try:
+            outs = pool.map(tripled_in_a_child, [x + k for k in range(3)])
+        finally:  # the children end, also when a call failed (forked from the server, they would outlive it)
+            pool.close()
+            pool.join()
+        return [answer(sum(outs))]
+
+
+def tripled_in_a_child(values):
+    response = call("tripled", values).exec()
+    if response.has_error():
+        raise pb_utils.TritonModelException(response.error().message())
+    return pb_utils.get_output_tensor_by_name(response, "OUT").as_numpy()
+""",
+    # the model's own processes end when it terminates them: a Pool left by its with block (terminate)
+    # and a helper it started; answers [the pool's answer, the helper's return code]
+    "terminates_children": """
+    def execute(self, requests):
+        import multiprocessing
+        import subprocess
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pooled = sum(pool.map(abs, [-1, -2]))
+        helper = subprocess.Popen(["sleep", "60"])
+        helper.terminate()
+        return [answer([pooled, helper.wait(timeout=10)])]
+""",
     # three calls in flight at once, awaited together
     "bls_async": """
     async def execute(self, requests):
@@ -375,7 +408,7 @@ _IN_PROCESS = (("bls_in_process", MODELS["bls_tripled"], 1, ""), ("metered_in_pr
                ("ticks", MODELS["ticks"], 64, DECOUPLED), ("slow_reader_in_process", MODELS["slow_reader"], 1, ""),
                ("silent", MODELS["silent"], 2, DECOUPLED),
                ("silent_reader_in_process", MODELS["silent_reader"], 1, ""),
-               ("eager_in_process", MODELS["eager"], 1, ""))
+               ("eager_in_process", MODELS["eager"], 1, ""), ("forked_in_process", MODELS["bls_forked"], 1, ""))
 
 
 def _repository(root: Path) -> Path:
@@ -437,6 +470,23 @@ def test_a_bls_call_answers_as_the_target_does_and_counts_as_its_request(server:
 def test_async_exec_calls_run_together(server: RunningServer) -> None:
     # tripled(x) + tripled(x + 1) + tripled(x + 2) = 9x + 9
     np.testing.assert_array_equal(_call(server, "bls_async", [1.0, -2.0]), [18.0, -9.0])
+
+
+def test_calls_from_forked_children_answer_as_from_the_model(server: RunningServer) -> None:
+    # tripled(x) + tripled(x + 1) + tripled(x + 2) = 9x + 9, each from a child of the instance process
+    for values in ([1.0, -2.0], [0.0, 4.0]):  # twice: the model forks again, its first children gone
+        np.testing.assert_array_equal(_call_within(server, "bls_forked", values), 9 * np.array(values) + 9)
+
+
+def test_calls_from_children_forked_from_the_server_process_fail_at_once_saying_why(server: RunningServer) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        _call_within(server, "forked_in_process", [1.0, -2.0])
+    assert "a process forked from the server process cannot call other models" in caught.value.message()
+    assert 'instance_group kind "process"' in caught.value.message()
+
+
+def test_the_models_own_processes_end_when_it_terminates_them(server: RunningServer) -> None:
+    np.testing.assert_array_equal(_call_within(server, "terminates_children", [0.0, 0.0]), [3.0, -15.0])
 
 
 def test_a_bls_calls_errors_come_back_in_its_response(server: RunningServer) -> None:

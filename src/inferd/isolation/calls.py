@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import queue
 import socket
 import threading
@@ -189,6 +190,48 @@ class ChannelModelCalls:
                 self._open -= 1
                 return deliver, None
             return deliver, self._held.popitem(last=False)[1]
+
+
+def install(sock: socket.socket, attach: socket.socket) -> None:
+    """An instance process's calls: over ``sock``; in a child the model forks (multiprocessing's
+    fork start method, as Triton's QA bls model forks a Pool), over a socket of the child's own,
+    handed to the server through ``attach``. The inherited socket is the parent's: its reader thread
+    did not survive the fork, and two processes writing it would mix their messages."""
+    model_calls.install(ChannelModelCalls(sock))
+    os.register_at_fork(after_in_child=lambda: model_calls.install(_attached(attach)))
+
+
+def _attached(attach: socket.socket) -> ChannelModelCalls | None:
+    """A new socket to the server for this (forked) process; None (calls refused) if it cannot be had."""
+    try:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            socket.send_fds(attach, [b"attach"], [theirs.fileno()])  # one datagram: atomic between processes
+    except OSError as exc:
+        log.error("a forked child of the instance process cannot reach the server for its model calls: %s", exc)
+        return None
+    return ChannelModelCalls(ours)
+
+
+def serve_attached(attach: socket.socket, model: str) -> threading.Thread:
+    """The server's side of ``attach``: each socket a forked child of the instance process sends is
+    served as the instance's own (``serve``); ends once the instance and all its children are gone."""
+
+    def accept() -> None:
+        with attach:
+            while True:
+                try:
+                    message, fds, _, _ = socket.recv_fds(attach, 16, 4)
+                except OSError:
+                    return
+                if not message and not fds:
+                    return
+                for fd in fds:
+                    serve(socket.socket(fileno=fd), model)
+
+    thread = threading.Thread(target=accept, name=f"inferd-{model}-attach", daemon=True)
+    thread.start()
+    return thread
 
 
 def _too_large(message: tuple[Any, ...], why: str) -> tuple[Any, ...]:

@@ -139,6 +139,8 @@ class InstanceProcess:
         ours, theirs = socket.socketpair()
         calls_ours, calls_theirs = socket.socketpair()  # the model's requests to other models (calls.py)
         ready_ours, ready_theirs = socket.socketpair()  # readiness checks, answered while a call runs
+        # where the model's forked children hand the server sockets for their own calls (calls.install)
+        attach_ours, attach_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ) if not self.spec.memory_limit_mb else without_kept_memory(dict(os.environ))
         # the model's temporary files (an unpacked .mar, ...) go here, removed however the process ends
         self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{self.index}-")
@@ -150,18 +152,22 @@ class InstanceProcess:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "inferd.isolation.worker", str(theirs.fileno()), str(calls_theirs.fileno()),
-                 str(self._cancels.fd), str(ready_theirs.fileno())],
-                pass_fds=(theirs.fileno(), calls_theirs.fileno(), self._cancels.fd, ready_theirs.fileno()), env=env,
+                 str(self._cancels.fd), str(ready_theirs.fileno()), str(attach_theirs.fileno())],
+                pass_fds=(theirs.fileno(), calls_theirs.fileno(), self._cancels.fd, ready_theirs.fileno(),
+                          attach_theirs.fileno()), env=env,
                 stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: what it starts is killed with it
         except BaseException:
             calls_ours.close()
             ready_ours.close()
+            attach_ours.close()
             raise
         finally:
             theirs.close()
             calls_theirs.close()
             ready_theirs.close()
+            attach_theirs.close()
         calls.serve(calls_ours, self.spec.context.name)  # ends when the process closes its side
+        calls.serve_attached(attach_ours, self.spec.context.name)  # ends when it and its children are gone
         _RUNNING.add(self)
         self._conn = Channel(ours)
         self._poller = select.poll()

@@ -186,14 +186,14 @@ class Reader:
                 arrays[name] = cast(np.ndarray, shape_or_array)
                 continue
             shape = cast(tuple[int, ...], shape_or_array)
+            if 0 in shape:  # nothing to read, and no buffer to read it from if no call sent bytes yet
+                arrays[name] = np.empty(shape, object if dtype == BYTES else dtype)
+                continue
             assert self._map is not None
             if dtype == BYTES:
                 raw = memoryview(self._map)[offset:offset + size]
                 arrays[name] = from_raw(name, BYTES, list(shape), raw)
                 raw.release()
-                continue
-            if 0 in shape:
-                arrays[name] = np.empty(shape, dtype)
                 continue
             view = np.ndarray(shape, dtype, self._map, offset)
             arrays[name] = view.copy() if copy else view

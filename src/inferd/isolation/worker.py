@@ -1,4 +1,4 @@
-"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD CANCELS_FD READY_FD`` loads one
+"""An instance process: ``python -m inferd.isolation.worker FD CALLS_FD CANCELS_FD READY_FD ATTACH_FD`` loads one
 model and runs its calls.
 
 The server sends, over the socket FD, the model to load, then one message per call. Whatever the
@@ -9,7 +9,8 @@ Messages in (``channel.py``): ``("load", backend, LoadContext, memory_limit_mb)`
 ``("infer", call id, header, input_path | None)`` (``"parts"``: answered in parts first, ``"stream"``:
 a decoupled model's answers; ``("requests", ..., count)``: a batch's requests apart,
 ``"streams"``: a decoupled model's batch apart) and ``("stop",)``. The model's own requests to
-other models (BLS) go over CALLS_FD (``calls.py``); a model with its own readiness check (Triton's
+other models (BLS) go over CALLS_FD (``calls.py``), a forked child's over a socket it hands the
+server on ATTACH_FD; a model with its own readiness check (Triton's
 ``is_ready``) answers ``("ready?",)`` on READY_FD with ``("ready", bool, error)``, on a thread of its own
 (a check may come while a call runs).
 Out: ``("ready", metadata)`` or ``("failed", reason)``; per call ``("ok", call id, header,
@@ -36,27 +37,29 @@ from collections.abc import Callable
 from typing import Any
 
 from inferd.errors import InferdError, describe
-from inferd.isolation.calls import ChannelModelCalls
+from inferd.isolation import calls
 from inferd.isolation.cancels import CancelBoard
 from inferd.isolation.channel import Channel, MessageTooLarge
 from inferd.isolation.shm import Reader, SharedMemoryFull, Writer, pack_calls, unpack_calls
 from inferd.observability.logging import configure_instance_process
-from inferd.runtimes import model_calls
 from inferd.runtimes.base import Arrays, Emit, LoadContext, Runtime, call_cancelled_by, requests_cancelled_by
 
 _PARENT_CHECK_S = 1.0
 
 
-def main(fd: int, calls_fd: int, cancels_fd: int, ready_fd: int) -> None:
+def main(fd: int, calls_fd: int, cancels_fd: int, ready_fd: int, attach_fd: int) -> None:
     faulthandler.enable()  # a segfault prints the model's Python stack to the server's log
     configure_instance_process()
     # Ctrl-C or a SIGTERM to the whole process group is the server's to handle: it drains the
-    # requests this instance runs, then stops it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # requests this instance runs, then stops it. Not ignored (SIG_IGN), which the model's own
+    # processes would inherit (a Pool's terminate, a helper's Popen.terminate would not end them):
+    # a handler that does nothing, which an exec drops, and a forked child drops here.
+    signal.signal(signal.SIGINT, _server_handles)
+    signal.signal(signal.SIGTERM, _server_handles)
+    os.register_at_fork(after_in_child=_default_signals)
     _exit_with_parent(os.getppid())
     conn = Channel(socket.socket(fileno=fd))
-    model_calls.install(ChannelModelCalls(socket.socket(fileno=calls_fd)))
+    calls.install(socket.socket(fileno=calls_fd), socket.socket(fileno=attach_fd))
     try:
         _, backend, context, memory_limit_mb = conn.receive()
         runtime = _load(conn, backend, context)
@@ -394,6 +397,17 @@ def _leave_with_group() -> None:
     os._exit(0)
 
 
+def _server_handles(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM in the instance process: nothing; the server stops it."""
+
+
+def _default_signals() -> None:
+    """A child the model forks takes SIGTERM and SIGINT as any Python process does."""
+    with contextlib.suppress(ValueError):  # not Python's main thread: no handler can be set
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _cap_address_space(memory_limit_mb: int) -> None:
     """A backstop for allocations faster than the server's watch: address space beyond what the
     loaded model uses plus twice the limit fails with MemoryError (then the instance restarts)."""
@@ -409,6 +423,6 @@ def _cap_address_space(memory_limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    fds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    fds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     del sys.argv[1:]  # the model's own: argv parsers it calls (unittest.main) must not meet our sockets
     main(*fds)
