@@ -1,7 +1,8 @@
 """PyTorch models: TorchScript (``model.pt``) and torch.export ExportedPrograms (``model.pt2``).
 
 Inputs are passed positionally in declared order (a sequence model's implicit states, then its control
-inputs, after them); a model may return a tensor, a tuple/list of tensors, or a dict of tensors
+inputs, after them); a model with ``batch_input`` gets its inputs and batch inputs where Triton's libtorch
+backend puts them (see ``_call_order``); a model may return a tensor, a tuple/list of tensors, or a dict of tensors
 (matched to outputs by name). A tuple's items go to the outputs in declared order, or by the index
 in their names when all follow Triton's ``OUTPUT__<i>``.
 """
@@ -46,7 +47,8 @@ class TorchRuntime(Runtime):
     def __init__(self, module: Any, platform: str, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], max_batch_size: int, device: str,
                  name: str, optimization: Optimization | None = None, instances: int = 1,
-                 images: dict[str, ImageInput] | None = None, parameters: Mapping[str, str] | None = None) -> None:
+                 images: dict[str, ImageInput] | None = None, parameters: Mapping[str, str] | None = None,
+                 arguments: tuple[TensorSpec, ...] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -63,6 +65,7 @@ class TorchRuntime(Runtime):
         self._name = name
         self.platform = platform
         self.inputs = inputs
+        self._arguments = arguments or inputs  # forward's arguments, in its order (batch inputs among them)
         self.outputs = outputs
         self.max_batch_size = max_batch_size
         parameters = parameters or {}
@@ -98,7 +101,7 @@ class TorchRuntime(Runtime):
         if self._executor is not None:
             pieces = [self._name_outputs(piece) for piece in self._executor.run(inputs)]
             return conform_outputs(concat_rows(pieces), self.outputs, self._name)
-        args = [self._to_tensor(inputs[spec.name], spec) for spec in self.inputs]
+        args = [self._to_tensor(inputs[spec.name], spec) for spec in self._arguments]
         result = self._forward(*args)
         return conform_outputs(self._name_outputs(result), self.outputs, self._name)
 
@@ -246,9 +249,70 @@ def load(context: LoadContext) -> TorchRuntime:
     _refuse_bytes(inputs + outputs, context.name, _images(context.config), eager_cpu)
     inputs += _sequence_controls(context.config)
     module = _load_scripted(torch, context)
+    if context.config.batch_outputs:
+        outputs = _scattered_any_shape(outputs, context.config)
+    arguments = None
+    if context.config.batch_inputs:
+        if not eager_cpu:
+            raise ConfigError(f"model '{context.name}': batch_input is served for TorchScript models run eagerly on "
+                              "the CPU (no [optimization], no GPU instance group, no image input)")
+        arguments = _call_order(torch, module, context.config, inputs, context.name)
     return TorchRuntime(module, "pytorch_libtorch", inputs, outputs, context.config.max_batch_size,
                         context.device, context.name, context.config.optimization,
-                        context.config.instance_group.count, _images(context.config), context.config.parameters)
+                        context.config.instance_group.count, _images(context.config), context.config.parameters,
+                        arguments)
+
+
+def _call_order(torch: Any, module: Any, config: ModelConfig, inputs: tuple[TensorSpec, ...],
+                name: str) -> tuple[TensorSpec, ...]:
+    """The inputs and batch inputs in forward's order, as Triton's libtorch backend places them
+    (pytorch_backend 266fd38, model_instance_state.cc AddInputToMap): when every configured input is
+    an argument of ``forward``, each tensor goes to the argument of its name; else when every
+    configured input is named ``<name>__<i>``, each goes to argument ``i``; else the inputs in
+    declared order, then the batch inputs' targets in the configuration's order."""
+    targets = tuple(TensorSpec(target, given.datatype, (-1,))
+                    for given in config.batch_inputs for target in given.target_names)
+    specs = inputs + targets
+    arguments = _forward_arguments(torch, module)
+    if len(arguments) != len(specs):
+        raise ConfigError(f"model '{name}': forward takes {len(arguments)} arguments {arguments}; the configuration "
+                          f"gives {len(specs)}: inputs {[s.name for s in inputs]} and batch inputs "
+                          f"{[s.name for s in targets]}")
+    if all(spec.name in arguments for spec in inputs):
+        where = {spec.name: arguments.index(spec.name) for spec in specs if spec.name in arguments}
+    elif all(_named_index(spec.name) is not None for spec in inputs):
+        where = {spec.name: index for spec in specs if (index := _named_index(spec.name)) is not None}
+    else:
+        return specs
+    missing = [spec.name for spec in specs if spec.name not in where]
+    if missing or sorted(where.values()) != list(range(len(specs))):
+        raise ConfigError(f"model '{name}': cannot place {missing or [s.name for s in specs]} among forward's "
+                          f"arguments {arguments}: name each tensor as forward's argument, or <name>__<i> for "
+                          f"argument i (each i once)")
+    return tuple(sorted(specs, key=lambda spec: where[spec.name]))
+
+
+def _scattered_any_shape(outputs: tuple[TensorSpec, ...], config: ModelConfig) -> tuple[TensorSpec, ...]:
+    """An output a ``batch_output`` scatters is the whole batch's, read flat (as Triton's backend reads
+    it): any shape, not the per-request dims clients get."""
+    scattered = {name for given in config.batch_outputs for name in given.target_names}
+    return tuple(TensorSpec(spec.name, spec.datatype, (-1,), rank_known=False) if spec.name in scattered else spec
+                 for spec in outputs)
+
+
+def _forward_arguments(torch: Any, module: Any) -> list[str]:
+    """The names of ``forward``'s arguments, ``self`` left out."""
+    arguments = list(module.forward.schema.arguments)
+    if arguments and isinstance(arguments[0].type, torch._C.ClassType):
+        arguments = arguments[1:]
+    return [argument.name for argument in arguments]
+
+
+def _named_index(name: str) -> int | None:
+    """``i`` of a name following Triton's ``<name>__<i>`` (its first ``__``), else None."""
+    found = name.find("__")
+    index = name[found + 2:]
+    return int(index) if found >= 0 and index.isdigit() else None
 
 
 def _load_scripted(torch: Any, context: LoadContext) -> Any:
