@@ -145,11 +145,12 @@ class InstancePool(Scheduler):
         """A stream's answers as an instance hands them over, until its end or its error; ``stop``
         is set when the reader leaves or the request's deadline passes."""
         # the deadline stops the model even while the reader is stuck on a slow client
+        deadline = _Deadline(stop)
         timer = None if context.deadline is None else asyncio.get_running_loop().call_later(
-            max(context.deadline - time.perf_counter(), 0.0), stop.set)
+            max(context.deadline - time.perf_counter(), 0.0), deadline.pass_)
         try:
             while True:
-                item = await self._next_answer(answers, context)
+                item = await self._next_answer(answers, context, deadline)
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -188,7 +189,8 @@ class InstancePool(Scheduler):
             if timer is not None:
                 timer.cancel()
 
-    async def _next_answer(self, answers: asyncio.Queue[object], context: CallContext) -> object:
+    async def _next_answer(self, answers: asyncio.Queue[object], context: CallContext, deadline: _Deadline
+                           ) -> object:
         """The stream's next answer, within the request's deadline: it bounds the whole stream
         (the time its reader took included), not each answer."""
         if context.deadline is None:
@@ -197,7 +199,8 @@ class InstancePool(Scheduler):
             item = await asyncio.wait_for(answers.get(), max(context.deadline - time.perf_counter(), 0.0))
         except TimeoutError:
             item = None
-        if item is None or (item is _END and time.perf_counter() >= context.deadline):  # stopped by the timer
+        if item is None or (item is _END and (deadline.passed or time.perf_counter() >= context.deadline)):
+            # stopped by the timer
             raise DeadlineExceeded(f"model '{self.name}': the request's deadline passed while it streamed "
                                    "its answers; the model was stopped")
         return item
@@ -543,6 +546,22 @@ class AnswerStream:
         """On the event loop, before the model had the request (its execution never started)."""
         self._ended = self.failed = True
         self.answers.put_nowait(error)
+
+
+class _Deadline:
+    """Stops a stream's model when its request's deadline passes, and remembers that it did: the
+    loop's timer may fire a little before ``perf_counter`` reaches the deadline (libuv reads its
+    clock once per loop pass), and the end the stopped model then sends is the deadline's."""
+
+    __slots__ = ("_stop", "passed")
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.passed = False
+        self._stop = stop
+
+    def pass_(self) -> None:
+        self.passed = True
+        self._stop.set()
 
 
 def hand_over(answers: asyncio.Queue[object], loop: asyncio.AbstractEventLoop, stop: threading.Event,
