@@ -212,13 +212,48 @@ def start_server(repo: Path, store: Path, args: argparse.Namespace,
     http, grpc = free_port(), free_port()
     command = ["taskset", "-c", args.server_cpus, sys.executable, "-m", "inferd", "serve", str(repo),
                "--model-store", str(store), "--models", "classifier=classifier.mar", "--http-port", str(http),
-               "--grpc-port", str(grpc), "--log-level", "warning"]
+               "--grpc-port", str(grpc), "--log-level", "warning", "--exit-on-error"]
     if args.workers:
         command += ["--workers", str(args.workers)]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
                                env=dict(os.environ, PYTHONPATH=str(HERE.parent / "src")))
-    wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", process, timeout=900)
+    try:
+        wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", process, timeout=args.start_timeout)
+    except RuntimeError as error:
+        stop(process)
+        raise RuntimeError(f"{error}; its log ends:\n{log.read_text(errors='replace')[-4000:]}") from None
     return process, http, grpc
+
+
+# Each tried in turn until one serves, so that one lent machine's run gives figures and the reason
+# each richer setup failed: the setup as configured, then with fewer of its parts.
+FALLBACKS: tuple[tuple[str, dict], ...] = (
+    ("as configured", {}),
+    ("one process (--workers 0)", {"workers": 0}),
+    ("no CUDA graphs, one process", {"workers": 0, "compile": ""}),
+    ("fp32 eager, one process", {"workers": 0, "compile": "", "precision": "", "channels_last": False}),
+)
+
+
+def start_first_that_serves(root: Path, model: torch.nn.Module, mode: dict, device: torch.device,
+                            args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int, int, dict, list[dict]]:
+    """The server of the first of FALLBACKS that gets ready, that setup, and each earlier failure."""
+    failures = []
+    for index, (label, change) in enumerate(FALLBACKS):
+        workers = change.get("workers", args.workers)
+        setup = {**mode, **{key: value for key, value in change.items() if key != "workers"}}
+        folder = root / f"setup{index}"
+        folder.mkdir()
+        repo, store = write_repository(folder, model, setup, device)
+        try:
+            process, http, grpc = start_server(repo, store, argparse.Namespace(**{**vars(args), "workers": workers}),
+                                               folder / "server.log")
+        except RuntimeError as error:
+            print(f"setup '{label}' did not start: {error}", flush=True)
+            failures.append({"setup": label, "error": str(error)[-4000:]})
+            continue
+        return process, http, grpc, {"label": label, "workers": workers, **setup}, failures
+    raise RuntimeError(f"no setup started; the last: {failures[-1]['error']}")
 
 
 def check_answers(http: int, blob: bytes, model: torch.nn.Module, mode: dict) -> dict:
@@ -317,6 +352,7 @@ def main() -> None:
     cores = os.cpu_count() or 2
     parser.add_argument("--server-cpus", default=f"0-{max(cores // 2 - 1, 0)}")
     parser.add_argument("--client-cpus", default=f"{cores // 2}-{cores - 1}" if cores > 1 else "0")
+    parser.add_argument("--start-timeout", type=float, default=300, help="seconds each setup may take to get ready")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     mode = SMOKE if args.smoke else FULL
@@ -340,15 +376,18 @@ def main() -> None:
         print(f"bare {key:20} {row['img_per_s']:10.0f} img/s {row['ms_per_batch']:8.3f} ms/batch", flush=True)
     print(f"decode+resize {decode['img_per_s']:.0f} img/s ({decode['size'][1]}x{decode['size'][0]} JPEG)", flush=True)
 
-    repo, store = write_repository(root, model, mode, device)
     if args.workers and args.smoke:
         args.workers = min(args.workers, 2)
     started = time.monotonic()
-    process, http, grpc = start_server(repo, store, args, root / "server.log")
+    process, http, grpc, served_setup, failed_setups = start_first_that_serves(root, model, mode, device, args)
     load_s = time.monotonic() - started
+    mode = served_setup
     rows = []
     try:
-        answers = check_answers(http, blobs[0], model, mode)
+        try:
+            answers = check_answers(http, blobs[0], model, mode)
+        except (RuntimeError, OSError, ValueError) as error:  # requests' errors are OSErrors; the loads still run
+            answers = {"error": str(error)[-800:]}
         print(f"answers: {answers}", flush=True)
         header_body, header_len = v2_body(blobs[0])
         binary_path = root / "v2.bin"
@@ -360,12 +399,18 @@ def main() -> None:
         }
         for concurrency in map(int, args.concurrency.split(",")):
             for path in ("predictions", "v2_binary_http", "v2_grpc"):
-                if path == "v2_grpc":  # inferd bench warms up by itself
-                    result = grpc_load(http, grpc, image_path, concurrency, args.seconds, args.client_cpus)
-                else:
-                    url, body_path, length, content_type = http_cases[path]
-                    wrk(url, body_path, concurrency, 2, args.client_cpus, length, content_type)  # warm-up
-                    result = wrk(url, body_path, concurrency, args.seconds, args.client_cpus, length, content_type)
+                try:
+                    if path == "v2_grpc":  # inferd bench warms up by itself
+                        result = grpc_load(http, grpc, image_path, concurrency, args.seconds, args.client_cpus)
+                    else:
+                        url, body_path, length, content_type = http_cases[path]
+                        wrk(url, body_path, concurrency, 2, args.client_cpus, length, content_type)  # warm-up
+                        result = wrk(url, body_path, concurrency, args.seconds, args.client_cpus, length,
+                                     content_type)
+                except (RuntimeError, subprocess.CalledProcessError, StopIteration) as error:  # the next load runs
+                    print(f"{path} c={concurrency} failed: {str(error)[-800:]}", flush=True)
+                    result = {"img_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": -1,
+                              "failure": str(error)[-800:]}
                 result.update(path=path, concurrency=concurrency, of_limit=result["img_per_s"] / limit)
                 rows.append(result)
                 print(f"{path:15} c={concurrency:<4} {result['img_per_s']:9.0f} img/s  p50 {result['p50_ms']:8.2f} ms"
@@ -378,8 +423,9 @@ def main() -> None:
     summary = {
         "device": name, "mode": "smoke" if args.smoke else "full", "torch": torch.__version__,
         "torchvision": _version("torchvision"), "python": platform.python_version(),
-        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "workers": args.workers,
+        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "workers": served_setup["workers"],
         "seconds": args.seconds, "model": "SmallCnn" if args.smoke else "resnet50", "config": mode,
+        "failed_setups": failed_setups,
         "load_s": load_s, "bare": bare, "decode": decode, "limit_img_per_s": limit, "answers": answers,
         "served": rows,
         "goal": {"best_of_limit": best["img_per_s"] / limit, "best": best,
