@@ -216,7 +216,7 @@ def start_server(repo: Path, store: Path, args: argparse.Namespace,
     if args.workers:
         command += ["--workers", str(args.workers)]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                               env=dict(os.environ, PYTHONPATH=str(HERE.parent / "src")))
+                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))))
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", process, timeout=args.start_timeout)
     except RuntimeError as error:
@@ -318,7 +318,7 @@ def grpc_load(http: int, grpc: int, image: Path, concurrency: int, seconds: floa
                    f"image={image}", "--classification", "5", "--concurrency", str(concurrency), "--duration",
                    str(seconds), "--warmup", "2", "--processes", str(processes), "--json", out.name]
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ,
-                              PYTHONPATH=str(HERE.parent / "src")))
+                              PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))))
         written = Path(out.name).read_text()
     if not written:
         raise RuntimeError(f"inferd bench --grpc failed: {(done.stdout + done.stderr)[-800:]}")

@@ -7,6 +7,7 @@
 # scaling: benchmarks/scaling.py, --workers 0,1,2,4,8 and Triton (when the kit holds it), server on
 #          cores 0-7, load on 8-15 (~3 min).
 # gpu:     benchmarks/gpu_resnet.py with its defaults (~5 min).
+# decode:  benchmarks/gpu_decode.py: nvjpeg against Pillow, and the image path's parts timed (~30 s).
 # gputests: the suite's GPU tests (tests/e2e/test_gpu.py; the image has pytest, not tritonclient) (~1 min).
 # A device call runs 10 minutes at most and the machine goes back after 30 s idle: run the two as
 # back-to-back calls (`run.sh scaling`, then `run.sh gpu`), each with carry=[".device"].
@@ -38,9 +39,10 @@ for part in "${parts[@]}"; do
     case $part in
         scaling) python3 benchmarks/scaling.py --out "$OUT/scaling.json" "${triton[@]}" ${SCALING_ARGS:-} 2>&1 | tee "$OUT/scaling.txt" ;;
         gpu) python3 benchmarks/gpu_resnet.py --out "$OUT/gpu_resnet.json" ${GPU_ARGS:-} 2>&1 | tee "$OUT/gpu_resnet.txt" ;;
+        decode) python3 benchmarks/gpu_decode.py --out "$OUT/gpu_decode.json" 2>&1 | tee "$OUT/gpu_decode.txt" ;;
         gputests) timeout 150 python3 -m pytest -q -p no:cacheprovider -rs --timeout 120 tests/e2e/test_gpu.py \
             2>&1 | tee "$OUT/gpu_tests.txt" ;;
-        *) echo "unknown part: $part (scaling, gpu, gputests)"; status=2 ;;
+        *) echo "unknown part: $part (scaling, gpu, decode, gputests)"; status=2 ;;
     esac
     [ "${PIPESTATUS[0]:-0}" -ne 0 ] && status=1
 done

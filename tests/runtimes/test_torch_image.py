@@ -45,6 +45,18 @@ def test_the_device_path_resizes_like_pillow_within_one_level(height: int, width
     np.testing.assert_allclose(got[0].numpy(), pil_array(raw, ImageInput()), atol=ONE_LEVEL)
 
 
+def test_a_batch_of_mixed_sizes_keeps_each_frame_in_its_row() -> None:
+    """Frames of one size are resized together; each answer row is still its own frame's."""
+    sizes = [(480, 640), (300, 200), (480, 640), (224, 224), (300, 200), (480, 640)]
+    raws = [jpeg(height, width, seed=row) for row, (height, width) in enumerate(sizes)]
+    got = resize_crop_normalize(torch, [decoded(raw) for raw in raws], ImageInput(), torch.device("cpu"))
+    assert got.shape == (len(raws), 3, 224, 224)
+    for row, raw in enumerate(raws):
+        np.testing.assert_allclose(got[row].numpy(), pil_array(raw, ImageInput()), atol=ONE_LEVEL)
+    one_size = resize_crop_normalize(torch, [decoded(raws[0]), decoded(raws[2])], ImageInput(), torch.device("cpu"))
+    np.testing.assert_allclose(one_size.numpy(), got[[0, 2]].numpy(), atol=1e-5)
+
+
 def test_the_builtin_classifier_preprocessing_is_unchanged() -> None:
     """imagenet_array now runs through the shared Pillow pipeline: same numbers as written out."""
     raw = jpeg(300, 400, seed=1)

@@ -66,16 +66,25 @@ def _decode_on_gpu(torch: Any, blobs: Sequence[Any], device: Any, what: str) -> 
 
 
 def resize_crop_normalize(torch: Any, frames: Sequence[Any], image: ImageInput, device: Any) -> Any:
-    """uint8 3×H×W frames (any sizes, on ``device``) -> float32 N×3×crop×crop, on that device."""
+    """uint8 3×H×W frames (any sizes, on ``device``) -> float32 N×3×crop×crop, on that device.
+    Frames of one size are resized together (one interpolation per size, not per frame: on a GPU
+    each call is a few kernel launches, and a batch of 256 camera frames is usually one size)."""
     crop = image.crop
     out = torch.empty((len(frames), 3, crop, crop), dtype=torch.float32, device=device)
+    by_size: dict[tuple[int, int], list[int]] = {}
     for index, frame in enumerate(frames):
-        height, width = int(frame.shape[-2]), int(frame.shape[-1])
+        by_size.setdefault((int(frame.shape[-2]), int(frame.shape[-1])), []).append(index)
+    for (height, width), indices in by_size.items():
         new_h, new_w = resize_to(height, width, image.resize)
-        resized = torch.nn.functional.interpolate(frame[None].float(), size=(new_h, new_w), mode="bilinear",
+        group = torch.stack([frames[i] for i in indices]) if len(indices) > 1 else frames[indices[0]][None]
+        resized = torch.nn.functional.interpolate(group.float(), size=(new_h, new_w), mode="bilinear",
                                                   antialias=True, align_corners=False)
         top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
-        out[index] = resized[0, :, top:top + crop, left:left + crop]
+        cropped = resized[:, :, top:top + crop, left:left + crop]
+        if len(indices) == len(frames):
+            out.copy_(cropped)
+        else:
+            out[torch.tensor(indices, device=device)] = cropped
     mean = torch.tensor(image.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(image.std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255.0
     return out.clamp_(0.0, 255.0).sub_(mean).div_(std)
