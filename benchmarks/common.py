@@ -159,6 +159,32 @@ def measure(url: str, body: Path, concurrency: int, seconds: int, pid: int,
     return result
 
 
+def model_stats(http: str, model: str) -> dict:
+    """The model's v2 statistics (all versions summed): counts and nanoseconds, as served."""
+    totals = {"inference_count": 0, "execution_count": 0}
+    with urllib.request.urlopen(f"{http}/v2/models/{model}/stats", timeout=30) as response:
+        rows = json.loads(response.read())["model_stats"]
+    for row in rows:
+        totals["inference_count"] += row["inference_count"]
+        totals["execution_count"] += row["execution_count"]
+        for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+            totals[f"{key}_ns"] = totals.get(f"{key}_ns", 0) + row["inference_stats"][key]["ns"]
+    return totals
+
+
+def where_the_time_went(before: dict, after: dict) -> dict:
+    """Between two model_stats: the mean batch and each stage's mean µs per request (Triton's
+    meaning: queue = waiting for an instance; compute_input = decode, copies to the device;
+    compute_infer = the model; compute_output = copies back and the answers' tensors)."""
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    out = {"mean_batch": inferences / executions if executions else 0.0, "executions": executions}
+    for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+        spent = after.get(f"{key}_ns", 0) - before.get(f"{key}_ns", 0)
+        out[f"{key}_us_per_request"] = spent / inferences / 1000 if inferences else 0.0
+    return out
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Stop a server started with start_new_session=True, and everything it started."""
     try:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import HERE, free_port, stop, wait_ready
+from common import HERE, free_port, model_stats, stop, wait_ready, where_the_time_went
 
 from inferd.bench.inputs import request_body
 from inferd.config import ImageInput
@@ -207,6 +207,12 @@ shape = [1000]
     return repo, store
 
 
+def src_path() -> str:
+    """PYTHONPATH for the processes this starts: this checkout's src, then what was set (a device
+    run's packages)."""
+    return os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))
+
+
 def start_server(repo: Path, store: Path, args: argparse.Namespace,
                  log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     http, grpc = free_port(), free_port()
@@ -216,7 +222,7 @@ def start_server(repo: Path, store: Path, args: argparse.Namespace,
     if args.workers:
         command += ["--workers", str(args.workers)]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                               env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))))
+                               env=dict(os.environ, PYTHONPATH=src_path()))
     try:
         wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", process, timeout=args.start_timeout)
     except RuntimeError as error:
@@ -318,7 +324,7 @@ def grpc_load(http: int, grpc: int, image: Path, concurrency: int, seconds: floa
                    f"image={image}", "--classification", "5", "--concurrency", str(concurrency), "--duration",
                    str(seconds), "--warmup", "2", "--processes", str(processes), "--json", out.name]
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ,
-                              PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))))
+                              PYTHONPATH=src_path()))
         written = Path(out.name).read_text()
     if not written:
         raise RuntimeError(f"inferd bench --grpc failed: {(done.stdout + done.stderr)[-800:]}")
@@ -399,6 +405,8 @@ def main() -> None:
         }
         for concurrency in map(int, args.concurrency.split(",")):
             for path in ("predictions", "v2_binary_http", "v2_grpc"):
+                model = "classifier" if path == "predictions" else "resnet"
+                stats = model_stats(f"http://127.0.0.1:{http}", model)
                 try:
                     if path == "v2_grpc":  # inferd bench warms up by itself
                         result = grpc_load(http, grpc, image_path, concurrency, args.seconds, args.client_cpus)
@@ -411,11 +419,17 @@ def main() -> None:
                     print(f"{path} c={concurrency} failed: {str(error)[-800:]}", flush=True)
                     result = {"img_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": -1,
                               "failure": str(error)[-800:]}
-                result.update(path=path, concurrency=concurrency, of_limit=result["img_per_s"] / limit)
+                result.update(path=path, concurrency=concurrency, of_limit=result["img_per_s"] / limit,
+                              server=where_the_time_went(stats, model_stats(f"http://127.0.0.1:{http}", model)))
                 rows.append(result)
                 print(f"{path:15} c={concurrency:<4} {result['img_per_s']:9.0f} img/s  p50 {result['p50_ms']:8.2f} ms"
                       f"  p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  "
                       f"{100 * result['of_limit']:5.1f} % of the limit", flush=True)
+                served = result["server"]
+                print(f"{'':15} server (warm-up included): batch {served['mean_batch']:.1f}, µs per request: queue "
+                      f"{served['queue_us_per_request']:.0f}, input {served['compute_input_us_per_request']:.0f}, "
+                      f"infer {served['compute_infer_us_per_request']:.0f}, "
+                      f"output {served['compute_output_us_per_request']:.0f}", flush=True)
     finally:
         stop(process)
     best = max(rows, key=lambda r: r["img_per_s"])

@@ -34,9 +34,12 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import zipfile
 from pathlib import Path
 
-from common import HERE, cpus, free_port, stop, tree_cpu_seconds, wait_ready
+from common import HERE, cpus, free_port, model_stats, stop, tree_cpu_seconds, wait_ready, where_the_time_went
 
 
 def start_inferd(workers: int, scratch: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, int]:
@@ -63,11 +66,12 @@ def start_triton(home: Path, scratch: Path, args: argparse.Namespace) -> tuple[s
         'output [ { name: "output" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
         "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    python_bin = stub_python(home, scratch)
     # the stub embeds this Python (found as `python3` on PATH) and loads its shared libpython
     libraries = [str(home / "lib"), sysconfig.get_config_var("LIBDIR") or "", os.environ.get("LD_LIBRARY_PATH", "")]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                LD_LIBRARY_PATH=":".join(part for part in libraries if part),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               PATH=f"{python_bin}:{os.environ['PATH']}")
     log = (scratch / "scaling-triton.log").open("ab")
     process = subprocess.Popen(["taskset", "-c", args.server_cpus, str(home / "bin" / "tritonserver"),
                                 f"--model-repository={scratch / 'triton-repo'}",
@@ -81,6 +85,45 @@ def start_triton(home: Path, scratch: Path, args: argparse.Namespace) -> tuple[s
     return process, f"http://127.0.0.1:{port}", grpc_port
 
 
+def stub_python(home: Path, scratch: Path) -> Path:
+    """The bin folder of the Python that Triton's Python-backend stub embeds. Triton 2.51's stub
+    answers empty or wrongly sized outputs under numpy 2 (HTTP: 500 "output tensor shape does not
+    match size of output"; gRPC: no contents), so where the kit packs a numpy 1.x wheel, a venv over
+    this Python (its torch) with that numpy unpacked first on its path; else this Python as it is."""
+    wheels = sorted((home / "numpy").glob("numpy-1.*.whl"))
+    if not wheels:
+        return Path(sys.executable).parent
+    venv = scratch / "triton-venv"
+    if not venv.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        with zipfile.ZipFile(wheels[-1]) as wheel:  # a wheel is a zip of what site-packages holds
+            wheel.extractall(site)
+    return venv / "bin"
+
+
+def check_answer(http: str, scratch: Path) -> None:
+    """One request over v2 HTTP JSON, the answer compared with the model run here: a server that
+    answers errors or wrong numbers fast must not be measured as fast."""
+    import numpy as np
+    import torch
+
+    body = json.loads((scratch / "bodies" / "tiny.json").read_text())
+    x = np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(body["inputs"][0]["shape"])
+    request = urllib.request.Request(f"{http}/v2/models/tiny/infer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{http} answered {error.code}: {error.read()[:300]!r}") from None
+    with torch.inference_mode():
+        expected = torch.jit.load(str(scratch / "artifacts" / "tiny.pt"))(torch.from_numpy(x)).numpy()
+    got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(expected.shape)
+    if not np.allclose(got, expected, atol=1e-5):
+        raise RuntimeError(f"{http} answered {got.ravel()[:4]}, the model {expected.ravel()[:4]}")
+
+
 def run_setting(server: tuple[subprocess.Popen[bytes], str, int], scratch: Path,
                 args: argparse.Namespace) -> dict[str, dict]:
     from common import h2load, wrk
@@ -90,22 +133,23 @@ def run_setting(server: tuple[subprocess.Popen[bytes], str, int], scratch: Path,
     results: dict[str, dict] = {}
     try:
         wait_ready(f"{http}/v2/health/ready", process)
+        check_answer(http, scratch)
         url = f"{http}/v2/models/tiny/infer"
         body = scratch / "bodies" / "tiny.json"
         connections = max(args.http_connections, threads)
         wrk(url, body, connections, 2, threads=threads)  # warm-up
-        cpu = tree_cpu_seconds(process.pid)
+        cpu, stats = tree_cpu_seconds(process.pid), model_stats(http, "tiny")
         row = wrk(url, body, connections, args.seconds, threads=threads)
         results["http"] = {"rps": row["rps"], "p50_ms": row["p50_us"] / 1000, "p99_ms": row["p99_us"] / 1000,
                            "cpu_ms_per_req": (tree_cpu_seconds(process.pid) - cpu) * 1000 / max(row["requests"], 1),
-                           "errors": row["errors"]}
-        cpu = tree_cpu_seconds(process.pid)
+                           "errors": row["errors"], "server": where_the_time_went(stats, model_stats(http, "tiny"))}
+        cpu, stats = tree_cpu_seconds(process.pid), model_stats(http, "tiny")
         served = h2load("tiny", http, f"127.0.0.1:{grpc_port}", args.grpc_streams, args.seconds,
                         scratch / "h2load.json", connections=max(args.grpc_connections, threads), threads=threads)
         results["grpc"] = {"rps": served["rps"], "p50_ms": served["p50_ms"], "p99_ms": served["p99_ms"],
                            "cpu_ms_per_req": (tree_cpu_seconds(process.pid) - cpu) * 1000
                            / max(served["server_success"], 1),
-                           "errors": served["errors"]}
+                           "errors": served["errors"], "server": where_the_time_went(stats, model_stats(http, "tiny"))}
     finally:
         stop(process)
     return results
@@ -156,12 +200,13 @@ def main() -> None:
                     "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "wires": {},
                     "triton_failed": failed.get("triton")}
     print(f"{'wire':5} {'N':>6} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'vs N=1':>7} "
-          f"{'efficiency':>10} {'vs Triton':>9}")
+          f"{'efficiency':>10} {'vs Triton':>9} {'batch':>6} {'queue µs':>8}")
     for wire in ("http", "grpc"):
         medians = {name: {k: statistics.median(r[wire][k] for r in runs[name])
                           for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")} for name in names if runs[name]}
-        one = medians.get("1", {}).get("rps")
-        triton = medians.get("triton", {}).get("rps")
+        clean = {name for name in medians if not any(r[wire]["errors"] for r in runs[name])}
+        one = medians.get("1", {}).get("rps") if "1" in clean else None
+        triton = medians.get("triton", {}).get("rps") if "triton" in clean else None  # no ratio to errors
         rows = {}
         for name, m in medians.items():
             n = 0 if name == "triton" else int(name)
@@ -169,9 +214,12 @@ def main() -> None:
             efficiency = versus / n if one and n else float("nan")
             ahead = m["rps"] / triton if triton and name != "triton" else float("nan")
             rows[name] = {**m, "vs_one_worker": versus, "efficiency": efficiency, "vs_triton": ahead,
-                          "errors": sum(r[wire]["errors"] for r in runs[name])}
+                          "errors": sum(r[wire]["errors"] for r in runs[name]),
+                          "server": [r[wire]["server"] for r in runs[name]]}
             print(f"{wire:5} {name:>6} {m['rps']:10,.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} "
-                  f"{m['cpu_ms_per_req']:10.3f} {versus:7.2f} {efficiency:10.2f} {ahead:9.2f}")
+                  f"{m['cpu_ms_per_req']:10.3f} {versus:7.2f} {efficiency:10.2f} {ahead:9.2f} "
+                  f"{statistics.median(r[wire]['server']['mean_batch'] for r in runs[name]):6.1f} "
+                  f"{statistics.median(r[wire]['server']['queue_us_per_request'] for r in runs[name]):8.0f}")
         report["wires"][wire] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

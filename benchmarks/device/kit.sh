@@ -12,7 +12,8 @@
 # Also real NVIDIA Triton 2.51, to measure it on the same cores with the same load (scaling.py
 # --triton): the C++ tritonserver, its Python backend with the stub built for $PYVER, the shared
 # libraries they load from the nvidia-pytriton wheel's install (TRITON_SITE, the peer harness's venv
-# by default), and the harness's Python-backend model (TRITON_MODEL), packed as .device/triton.tar.xz
+# by default), the harness's Python-backend model (TRITON_MODEL) and a numpy 1.x wheel for the stub
+# (Triton 2.51's Python backend answers empty outputs under numpy 2), packed as .device/triton.tar.xz
 # (~30 MB; unpacked it would be over the 64 MiB a device call carries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,7 +34,7 @@ for tool in wrk h2load; do
 done
 TRITON_SITE=${TRITON_SITE:-/opt/anchors/triton/lib/python3.11/site-packages}
 TRITON_MODEL=${TRITON_MODEL:-../shared/bench/anchors/servers/triton/model.py}
-if [ -f .device/triton.tar.xz ] && [ "$(cat .device/triton.pyver 2>/dev/null)" = "$PYVER" ]; then
+if [ -f .device/triton.tar.xz ] && [ "$(cat .device/triton.pyver 2>/dev/null)" = "$PYVER numpy1" ]; then
     echo "Triton: .device/triton.tar.xz is already packed for Python $PYVER"
 elif [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRITON_MODEL" ]; then
     T=$TRITON_SITE/pytriton/tritonserver
@@ -43,13 +44,17 @@ elif [ -x "$TRITON_SITE/pytriton/tritonserver/bin/tritonserver" ] && [ -f "$TRIT
     cp "$T/backends/python/libtriton_python.so" "$T/backends/python/triton_python_backend_utils.py" \
         "$T/python_backend_stubs/$PYVER/triton_python_backend_stub" "$stage/triton/backends/python/"
     cp "$TRITON_MODEL" "$stage/triton/model.py"
+    # Triton 2.51's stub answers empty outputs under numpy 2 (the lent machine's): scaling.py gives
+    # it a venv with this numpy 1.x wheel first on its path
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$stage/triton/numpy" "numpy==1.26.4"
     for binary in "$T/bin/tritonserver" "$T/backends/python/libtriton_python.so" \
             "$T/python_backend_stubs/$PYVER/triton_python_backend_stub"; do
         ldd "$binary" | awk '/nvidia_pytriton.libs/{print $3}'
     done | sort -u | xargs -r -I{} cp -L {} "$stage/triton/lib/"
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "w:xz", preset=6).add(sys.argv[2], "triton")' \
         .device/triton.tar.xz "$stage/triton"
-    echo "$PYVER" > .device/triton.pyver
+    echo "$PYVER numpy1" > .device/triton.pyver
     rm -rf "$stage"
 else
     echo "no Triton at $TRITON_SITE or no model at $TRITON_MODEL: the device run measures inferd alone"
