@@ -313,7 +313,8 @@ def wrk(url: str, body: Path, concurrency: int, seconds: float, cpus: str, heade
     result = json.loads(line.split(" ", 1)[1])
     errors = sum(value for key, value in result.items() if key.startswith("err_"))
     return {"img_per_s": result["requests"] / (result["duration_us"] / 1e6), "p50_ms": result["p50_us"] / 1000,
-            "p99_ms": result["p99_us"] / 1000, "errors": errors}
+            "p99_ms": result["p99_us"] / 1000, "errors": errors,
+            "error_kinds": {key: value for key, value in result.items() if key.startswith("err_") and value}}
 
 
 def grpc_load(http: int, grpc: int, image: Path, concurrency: int, seconds: float, cpus: str) -> dict:
@@ -329,7 +330,8 @@ def grpc_load(http: int, grpc: int, image: Path, concurrency: int, seconds: floa
     if not written:
         raise RuntimeError(f"inferd bench --grpc failed: {(done.stdout + done.stderr)[-800:]}")
     row = json.loads(written)["rows"][0]
-    return {"img_per_s": row["rps"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "errors": row["errors"]}
+    return {"img_per_s": row["rps"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "errors": row["errors"],
+            "error_kinds": row.get("failures", {})}
 
 
 def _cpu_list(spec: str) -> list[int]:
@@ -425,6 +427,8 @@ def main() -> None:
                 print(f"{path:15} c={concurrency:<4} {result['img_per_s']:9.0f} img/s  p50 {result['p50_ms']:8.2f} ms"
                       f"  p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  "
                       f"{100 * result['of_limit']:5.1f} % of the limit", flush=True)
+                if result["errors"]:
+                    print(f"{'':15} errors by kind: {result.get('error_kinds')}", flush=True)
                 served = result["server"]
                 print(f"{'':15} server (warm-up included): batch {served['mean_batch']:.1f}, µs per request: queue "
                       f"{served['queue_us_per_request']:.0f}, input {served['compute_input_us_per_request']:.0f}, "

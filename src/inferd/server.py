@@ -40,7 +40,9 @@ from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.ratelimit import RateLimiter
 from inferd.scheduling.scheduler import Scheduler
+from inferd.transport import call_slots
 from inferd.transport.budget import ByteBudget
+from inferd.transport.call_slots import CallSlots
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
@@ -207,8 +209,9 @@ class Transports:
     the connection limit and the in-flight byte budget, so the server's totals hold."""
 
     def __init__(self, core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics, share: int = 1,
-                 part: int = 0) -> None:
+                 part: int = 0, call_slots: CallSlots | None = None) -> None:
         self.core, self.settings, self.ts_metrics, self.share, self.part = core, settings, ts_metrics, share, part
+        self.call_slots = call_slots  # a worker's: gRPC calls at once counted over all workers
         self._budget = ByteBudget(max(split(settings.max_inflight_bytes, share, part), settings.max_body_bytes))
         self._http: HttpServer | None = None
         self._listeners: list[HttpServer] = []
@@ -250,6 +253,8 @@ class Transports:
                                                   reuse_port=shared, extra_ports=s.grpc_extra_ports,
                                                   restrictions=s.grpc_restrictions,
                                                   header_forward=grpc_forward,
+                                                  shared_calls=None if self.call_slots is None
+                                                  else (self.call_slots, s.max_connections),
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 
@@ -509,7 +514,8 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     number = int(os.environ.get("INFERD_WORKER", "0"))
     ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode,
                                    system=torchserve_logs.system_sampler(settings.torchserve))
-    transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number)
+    slots = CallSlots(socket_path.parent / call_slots.FILE_NAME, settings.workers, number)
+    transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number, call_slots=slots)
     await transports.start()
     channel.call_now("workers", "listening", number)
     stop = asyncio.Event()

@@ -79,3 +79,33 @@ def test_calls_over_the_limit_get_resource_exhausted(repo: Path) -> None:
         outcomes = call_all(server.grpc_url, [8] * 6)
         assert outcomes.count("ok") == 3, outcomes
         assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
+
+
+def call_all_on_one_channel(url: str, count: int) -> list[str]:
+    """``count`` calls at once over one client's channel: one connection, so one worker's."""
+    client = triton_grpc.InferenceServerClient(url)
+    tensor = triton_grpc.InferInput("in", [8], "UINT8")
+    tensor.set_data_from_numpy(np.full(8, 7, dtype=np.uint8))
+
+    def call(_: int) -> str:
+        try:
+            client.infer("slow", [tensor])
+        except InferenceServerException as exc:
+            return f"{exc.status()} {exc.message()}"
+        return "ok"
+
+    with ThreadPoolExecutor(count) as pool:
+        outcomes = list(pool.map(call, range(count)))
+    client.close()
+    return outcomes
+
+
+def test_workers_count_calls_together_so_one_connection_gets_the_servers_limit(repo: Path) -> None:
+    """The kernel spreads connections over --workers, not calls: a connection's calls are one
+    worker's. The limit is the server's (8), not a worker's share of it (2 of 4 workers)."""
+    with serve(repo, "--workers", "4", "--max-connections", "8", grpc=True) as server:
+        assert call_all_on_one_channel(server.grpc_url, 6) == ["ok"] * 6
+        outcomes = call_all_on_one_channel(server.grpc_url, 11)
+        assert outcomes.count("ok") == 8, outcomes
+        assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
+        assert call_all_on_one_channel(server.grpc_url, 8) == ["ok"] * 8  # every worker's calls released

@@ -7,11 +7,12 @@ connection parses frames (``h2.py``), a task per call runs the servicer method, 
 HEADERS, DATA and trailers leave in one write per loop pass with the other answers of that pass.
 The servicers are the same objects the grpcio server registers (``servicers.py``).
 
-Bounds: at most ``max_calls`` calls at once over all connections (RESOURCE_EXHAUSTED), as many
-connections, ``max_streams`` streams per connection (REFUSED_STREAM), a request message's
-declared length checked against the limit and taken from the shared byte budget before its bytes
-are read, flow-control windows so a client cannot send more than the server reads, reading paused
-while a client does not read its answers, header blocks capped, and the preface awaited
+Bounds: at most ``max_calls`` calls at once over all connections (RESOURCE_EXHAUSTED; under
+``--workers N``, over every worker's connections: ``call_slots.py``), as many connections,
+``max_streams`` streams per connection (REFUSED_STREAM), a request message's declared length
+checked against the limit and taken from the shared byte budget before its bytes are read,
+flow-control windows so a client cannot send more than the server reads, reading paused while a
+client does not read its answers, header blocks capped, and the preface awaited
 ``HANDSHAKE_S`` seconds at most.
 """
 
@@ -37,6 +38,7 @@ from inferd.core import Core
 from inferd.protocols import kserve_v2_grpc
 from inferd.protocols._proto import kserve_v2_pb2
 from inferd.transport.budget import ByteBudget
+from inferd.transport.call_slots import CallSlots
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.errors import SHUTTING_DOWN
 from inferd.transport.grpc.health import NativeHealth
@@ -623,11 +625,10 @@ class _Connection(asyncio.Protocol):
         if restriction is not None and not _carries(call.headers, restriction):  # before any message is read
             self._finish(call, grpc.StatusCode.UNAVAILABLE, restriction_refusal(restriction))
             return
-        if self.server.active >= self.server.max_calls:
+        if not self.server.admit():
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
             return
         call.route = route  # counted among the calls at once until _end
-        self.server.active += 1
         if call.encoding not in (None, "identity", *_DECOMPRESS):
             self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Compression algorithm '{call.encoding}' not supported")
             return
@@ -947,7 +948,7 @@ class _Connection(asyncio.Protocol):
             self.server.budget.give(call.budgeted)
             call.budgeted = 0
         if call.route is not None:
-            self.server.active -= 1
+            self.server.release()
             call.route = None
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)
@@ -1046,8 +1047,13 @@ class NativeGrpcServer:
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
                  extra_ports: tuple[int, ...] = (), restrictions: tuple[Restriction, ...] = (),
-                 header_forward: re.Pattern[str] | None = None) -> None:
+                 header_forward: re.Pattern[str] | None = None, shared_calls: tuple[CallSlots, int] | None = None
+                 ) -> None:
+        """``max_calls`` bounds this server's connections, and its calls at once unless
+        ``shared_calls`` (a worker's: the slots every worker counts its calls in, and the limit
+        over all of them) is given."""
         self.host, self.port, self.socket_path, self.reuse_port = host, port, socket_path, reuse_port
+        self.shared_calls = shared_calls
         self.restricted = restricted_paths(restrictions)  # Triton's --grpc-restricted-protocol
         self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
         self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
@@ -1066,6 +1072,25 @@ class NativeGrpcServer:
             for name, (stream, request_type) in servicer.streams().items():
                 self.routes[f"/{servicer.name}/{name}"] = (STREAM, stream, _reader(request_type))
         self._servers: list[asyncio.Server] = []
+
+    def admit(self) -> bool:
+        """Count a call starting, or False at the limit (this server's, or all workers')."""
+        if self.shared_calls is None:
+            if self.active >= self.max_calls:
+                return False
+            self.active += 1
+            return True
+        slots, limit = self.shared_calls
+        if self.active + slots.others() >= limit:
+            return False
+        self.active += 1
+        slots.publish(self.active)
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.shared_calls is not None:
+            self.shared_calls[0].publish(self.active)
 
     def evict_idle(self) -> bool:
         """Room for a new connection at the limit: the one idle longest (no call running) gets
