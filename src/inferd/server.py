@@ -40,15 +40,14 @@ from inferd.scheduling.ensemble import EnsembleScheduler
 from inferd.scheduling.factory import build_scheduler
 from inferd.scheduling.ratelimit import RateLimiter
 from inferd.scheduling.scheduler import Scheduler
-from inferd.transport import call_slots
 from inferd.transport.budget import ByteBudget
-from inferd.transport.call_slots import CallSlots
 from inferd.transport.http.app import HttpApp, Router
 from inferd.transport.http.openapi import OpenApiRoutes
 from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes, torchserve_refusal
+from inferd.transport.shared_counts import SharedCount, worker_counts
 from inferd.types import ModelState, ModelStatistics
 
 if TYPE_CHECKING:
@@ -209,10 +208,13 @@ class Transports:
     the connection limit and the in-flight byte budget, so the server's totals hold."""
 
     def __init__(self, core: Core, settings: ServerSettings, ts_metrics: TorchServeMetrics, share: int = 1,
-                 part: int = 0, call_slots: CallSlots | None = None) -> None:
+                 part: int = 0, counts: tuple[SharedCount, SharedCount] | None = None) -> None:
+        """``counts``: a worker's gRPC calls at once and request bytes, held with the other workers'
+        against the server's limits (``transport/shared_counts.py``)."""
         self.core, self.settings, self.ts_metrics, self.share, self.part = core, settings, ts_metrics, share, part
-        self.call_slots = call_slots  # a worker's: gRPC calls at once counted over all workers
-        self._budget = ByteBudget(max(split(settings.max_inflight_bytes, share, part), settings.max_body_bytes))
+        self.shared_calls = None if counts is None else counts[0]
+        self._budget = ByteBudget(settings.max_inflight_bytes, counts[1]) if counts is not None \
+            else ByteBudget(max(split(settings.max_inflight_bytes, share, part), settings.max_body_bytes))
         self._http: HttpServer | None = None
         self._listeners: list[HttpServer] = []
         self._grpc: GrpcServer | NativeGrpcServer | None = None
@@ -253,8 +255,8 @@ class Transports:
                                                   reuse_port=shared, extra_ports=s.grpc_extra_ports,
                                                   restrictions=s.grpc_restrictions,
                                                   header_forward=grpc_forward,
-                                                  shared_calls=None if self.call_slots is None
-                                                  else (self.call_slots, s.max_connections),
+                                                  shared_calls=None if self.shared_calls is None
+                                                  else (self.shared_calls, s.max_connections),
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 
@@ -514,8 +516,8 @@ async def run_frontend(socket_path: Path, settings: ServerSettings) -> None:
     number = int(os.environ.get("INFERD_WORKER", "0"))
     ts_metrics = TorchServeMetrics(mode=settings.torchserve.metrics_mode,
                                    system=torchserve_logs.system_sampler(settings.torchserve))
-    slots = CallSlots(socket_path.parent / call_slots.FILE_NAME, settings.workers, number)
-    transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number, call_slots=slots)
+    transports = Transports(core, settings, ts_metrics, share=settings.workers, part=number,
+                            counts=worker_counts(socket_path.parent, settings.workers, number))
     await transports.start()
     channel.call_now("workers", "listening", number)
     stop = asyncio.Event()

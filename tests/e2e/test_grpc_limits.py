@@ -81,11 +81,11 @@ def test_calls_over_the_limit_get_resource_exhausted(repo: Path) -> None:
         assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
 
 
-def call_all_on_one_channel(url: str, count: int) -> list[str]:
+def call_all_on_one_channel(url: str, count: int, size: int = 8) -> list[str]:
     """``count`` calls at once over one client's channel: one connection, so one worker's."""
     client = triton_grpc.InferenceServerClient(url)
-    tensor = triton_grpc.InferInput("in", [8], "UINT8")
-    tensor.set_data_from_numpy(np.full(8, 7, dtype=np.uint8))
+    tensor = triton_grpc.InferInput("in", [size], "UINT8")
+    tensor.set_data_from_numpy(np.full(size, 7, dtype=np.uint8))
 
     def call(_: int) -> str:
         try:
@@ -109,3 +109,15 @@ def test_workers_count_calls_together_so_one_connection_gets_the_servers_limit(r
         assert outcomes.count("ok") == 8, outcomes
         assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
         assert call_all_on_one_channel(server.grpc_url, 8) == ["ok"] * 8  # every worker's calls released
+
+
+def test_workers_hold_request_bytes_together_against_the_servers_budget(repo: Path) -> None:
+    """A worker's share of --max-inflight-size was 20 MiB here (one 12 MiB call at a time on a
+    connection); the budget is the server's 40 MiB, held by all workers together."""
+    with serve(repo, "--workers", "4", "--max-body-size", "20MiB", "--max-inflight-size", "40MiB",
+               grpc=True) as server:
+        assert call_all_on_one_channel(server.grpc_url, 3, 12 * MIB) == ["ok"] * 3
+        outcomes = call_all_on_one_channel(server.grpc_url, 4, 12 * MIB)
+        assert outcomes.count("ok") == 3, outcomes
+        assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") and "--max-inflight-size" in o
+                   for o in outcomes if o != "ok"), outcomes

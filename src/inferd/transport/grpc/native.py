@@ -8,7 +8,7 @@ HEADERS, DATA and trailers leave in one write per loop pass with the other answe
 The servicers are the same objects the grpcio server registers (``servicers.py``).
 
 Bounds: at most ``max_calls`` calls at once over all connections (RESOURCE_EXHAUSTED; under
-``--workers N``, over every worker's connections: ``call_slots.py``), as many connections,
+``--workers N``, over every worker's connections: ``shared_counts.py``), as many connections,
 ``max_streams`` streams per connection (REFUSED_STREAM), a request message's declared length
 checked against the limit and taken from the shared byte budget before its bytes are read,
 flow-control windows so a client cannot send more than the server reads, reading paused while a
@@ -38,7 +38,6 @@ from inferd.core import Core
 from inferd.protocols import kserve_v2_grpc
 from inferd.protocols._proto import kserve_v2_pb2
 from inferd.transport.budget import ByteBudget
-from inferd.transport.call_slots import CallSlots
 from inferd.transport.grpc import h2
 from inferd.transport.grpc.errors import SHUTTING_DOWN
 from inferd.transport.grpc.health import NativeHealth
@@ -56,6 +55,7 @@ from inferd.transport.grpc.servicers import (
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 from inferd.transport.offload import inflate_off_loop
 from inferd.transport.restrictions import Restriction
+from inferd.transport.shared_counts import SharedCount
 
 log = logging.getLogger("inferd.grpc")
 
@@ -1047,7 +1047,7 @@ class NativeGrpcServer:
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
                  extra_ports: tuple[int, ...] = (), restrictions: tuple[Restriction, ...] = (),
-                 header_forward: re.Pattern[str] | None = None, shared_calls: tuple[CallSlots, int] | None = None
+                 header_forward: re.Pattern[str] | None = None, shared_calls: tuple[SharedCount, int] | None = None
                  ) -> None:
         """``max_calls`` bounds this server's connections, and its calls at once unless
         ``shared_calls`` (a worker's: the slots every worker counts its calls in, and the limit
