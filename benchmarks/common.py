@@ -138,6 +138,44 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def profile_tree(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling ``pid`` and its children for ``seconds`` (100 Hz, threads on a CPU only),
+    its collapsed stacks written to ``out``; None where py-spy is not installed."""
+    if shutil.which("py-spy") is None:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+                             "--duration", str(max(1, round(seconds))), "--rate", "100", "--format", "raw",
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_frames(raw: Path, count: int = 12) -> dict[str, dict]:
+    """A py-spy raw profile per process (its command, shortened): samples, and the functions most
+    often running (the innermost frame) with their share of that process's samples."""
+    processes: dict[str, dict[str, int]] = {}
+    for line in raw.read_text(errors="replace").splitlines() if raw.exists() else []:
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit() or ";" not in stack:
+            continue
+        frames = stack.split(";")
+        owner = next((f for f in reversed(frames) if f.startswith("process ")), "process ?")
+        tops = processes.setdefault(owner[:90], {})
+        tops[frames[-1]] = tops.get(frames[-1], 0) + int(samples)
+    out = {}
+    for owner, tops in processes.items():
+        total = sum(tops.values())
+        ranked = sorted(tops.items(), key=lambda item: -item[1])[:count]
+        out[owner] = {"samples": total, "top": [[frame, round(n / total, 3)] for frame, n in ranked]}
+    return out
+
+
+def print_profile(profile: dict[str, dict], title: str) -> None:
+    print(f"py-spy, {title}:", flush=True)
+    for owner, entry in sorted(profile.items(), key=lambda item: -item[1]["samples"]):
+        print(f"  {owner} ({entry['samples']} samples)")
+        for frame, share in entry["top"]:
+            print(f"    {100 * share:5.1f} %  {frame}")
+
+
 def wrk(url: str, body: Path, concurrency: int, seconds: int, header_len: int | None = None, threads: int = 1) -> dict:
     env = dict(os.environ, BODY_FILE=str(body), HEADER_LEN=str(header_len or ""))
     command = ["taskset", "-c", CLIENT_CPU, "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s",

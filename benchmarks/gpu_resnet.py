@@ -47,7 +47,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import HERE, free_port, model_stats, stop, wait_ready, where_the_time_went
+from common import (
+    HERE,
+    free_port,
+    model_stats,
+    print_profile,
+    profile_tree,
+    stop,
+    top_frames,
+    wait_ready,
+    where_the_time_went,
+)
 
 from inferd.bench.inputs import request_body
 from inferd.config import ImageInput
@@ -334,6 +344,23 @@ def grpc_load(http: int, grpc: int, image: Path, concurrency: int, seconds: floa
             "error_kinds": row.get("failures", {})}
 
 
+def profiled_load(process: subprocess.Popen[bytes], case: tuple, root: Path, args: argparse.Namespace) -> dict:
+    """One more v2 binary HTTP load at the highest concurrency, the server tree under py-spy: where
+    each process's CPU goes while the GPU waits for work (kept apart from the measured loads)."""
+    url, body_path, length, content_type = case
+    concurrency, seconds = max(map(int, args.concurrency.split(","))), min(args.seconds, 5.0)
+    raw = root / "pyspy.txt"
+    spy = profile_tree(process.pid, seconds, raw)
+    if spy is None:
+        print("py-spy is not installed: no profile", flush=True)
+        return {}
+    wrk(url, body_path, concurrency, seconds, args.client_cpus, length, content_type)
+    spy.wait(60)
+    profile = top_frames(raw)
+    print_profile(profile, f"v2 binary HTTP c={concurrency}, {seconds:.0f} s")
+    return profile
+
+
 def _cpu_list(spec: str) -> list[int]:
     cpus: list[int] = []
     for part in spec.split(","):
@@ -360,6 +387,8 @@ def main() -> None:
     cores = os.cpu_count() or 2
     parser.add_argument("--server-cpus", default=f"0-{max(cores // 2 - 1, 0)}")
     parser.add_argument("--client-cpus", default=f"{cores // 2}-{cores - 1}" if cores > 1 else "0")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the measured loads, one more under py-spy (where installed)")
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds each setup may take to get ready")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -434,6 +463,7 @@ def main() -> None:
                       f"{served['queue_us_per_request']:.0f}, input {served['compute_input_us_per_request']:.0f}, "
                       f"infer {served['compute_infer_us_per_request']:.0f}, "
                       f"output {served['compute_output_us_per_request']:.0f}", flush=True)
+        profile = profiled_load(process, http_cases["v2_binary_http"], root, args) if args.profile else {}
     finally:
         stop(process)
     best = max(rows, key=lambda r: r["img_per_s"])
@@ -446,6 +476,7 @@ def main() -> None:
         "failed_setups": failed_setups,
         "load_s": load_s, "bare": bare, "decode": decode, "limit_img_per_s": limit, "answers": answers,
         "served": rows,
+        "profile": profile,
         "goal": {"best_of_limit": best["img_per_s"] / limit, "best": best,
                  "c1_over_bare_batch1_ms": {r["path"]: r["p50_ms"] - batch_one_ms for r in c1},
                  "targets": "of_limit >= 0.8, p99 < 50 ms at that load, c=1 within 1 ms of bare batch 1"},

@@ -39,7 +39,19 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from common import HERE, cpus, free_port, model_stats, stop, tree_cpu_seconds, wait_ready, where_the_time_went
+from common import (
+    HERE,
+    cpus,
+    free_port,
+    model_stats,
+    print_profile,
+    profile_tree,
+    stop,
+    top_frames,
+    tree_cpu_seconds,
+    wait_ready,
+    where_the_time_went,
+)
 
 
 def start_inferd(workers: int, scratch: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, int]:
@@ -150,6 +162,15 @@ def run_setting(server: tuple[subprocess.Popen[bytes], str, int], scratch: Path,
                            "cpu_ms_per_req": (tree_cpu_seconds(process.pid) - cpu) * 1000
                            / max(served["server_success"], 1),
                            "errors": served["errors"], "server": where_the_time_went(stats, model_stats(http, "tiny"))}
+        if args.profile:  # one more HTTP load, apart from the measured ones: where each process's CPU goes
+            spy = profile_tree(process.pid, 3, scratch / "pyspy.txt")
+            if spy is not None:
+                wrk(url, body, connections, 3, threads=threads)
+                spy.wait(60)
+                results["profile"] = top_frames(scratch / "pyspy.txt")
+                busiest = dict(sorted(results["profile"].items(), key=lambda item: -item[1]["samples"])[:2])
+                print_profile({owner: {**entry, "top": entry["top"][:8]} for owner, entry in busiest.items()},
+                              "HTTP, the two busiest processes")
     finally:
         stop(process)
     return results
@@ -165,6 +186,8 @@ def main() -> None:
     parser.add_argument("--http-connections", type=int, default=256)
     parser.add_argument("--grpc-connections", type=int, default=32)
     parser.add_argument("--grpc-streams", type=int, default=8, help="calls in flight on each gRPC connection")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="after each setting's measured loads, 3 s more under py-spy (where installed)")
     parser.add_argument("--triton", type=Path, help="an unpacked Triton kit (see the docstring); adds Triton's row")
     parser.add_argument("--out", type=Path,
                         default=HERE / "results" / f"scaling-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")
@@ -195,7 +218,7 @@ def main() -> None:
                 continue
             label = "Triton" if name == "triton" else f"--workers {name}"
             print(f"round {round_ + 1} {label}: " + ", ".join(
-                f"{wire} {r['rps']:,.0f} req/s" for wire, r in runs[name][-1].items()), flush=True)
+                f"{wire} {r['rps']:,.0f} req/s" for wire, r in runs[name][-1].items() if wire != "profile"), flush=True)
     report: dict = {"settings": settings, "rounds": args.rounds, "seconds": args.seconds, "cpu_count": os.cpu_count(),
                     "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "wires": {},
                     "triton_failed": failed.get("triton")}
@@ -215,7 +238,8 @@ def main() -> None:
             ahead = m["rps"] / triton if triton and name != "triton" else float("nan")
             rows[name] = {**m, "vs_one_worker": versus, "efficiency": efficiency, "vs_triton": ahead,
                           "errors": sum(r[wire]["errors"] for r in runs[name]),
-                          "server": [r[wire]["server"] for r in runs[name]]}
+                          "server": [r[wire]["server"] for r in runs[name]],
+                          "profile": [r["profile"] for r in runs[name] if "profile" in r] if wire == "http" else []}
             print(f"{wire:5} {name:>6} {m['rps']:10,.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} "
                   f"{m['cpu_ms_per_req']:10.3f} {versus:7.2f} {efficiency:10.2f} {ahead:9.2f} "
                   f"{statistics.median(r[wire]['server']['mean_batch'] for r in runs[name]):6.1f} "

@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYVER=${PYVER:-3.12}
-rm -rf .device/wheels .device/bin .device/lib && mkdir -p .device/wheels .device/bin .device/lib
+rm -rf .device/wheels .device/bin .device/lib .device/py-spy.xz && mkdir -p .device/wheels .device/bin .device/lib
 # the image has numpy, uvloop, prometheus-client, pillow, pyyaml, torch, torchvision and onnx (see
 # ../.library/device/KINDS.md); inferd also needs these. grpcio and protobuf come too, in versions
 # that go with the health-checking module (generated code refuses an older grpcio than its own),
@@ -27,6 +27,14 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVE
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .device/wheels \
     orjson httptools hpack "grpcio>=1.81" "grpcio-health-checking>=1.60,<1.82" "protobuf>=5.26.1,<7"
+# py-spy (a static binary in its wheel; xz-packed, run.sh unpacks it): scaling.py and gpu_resnet.py
+# profile the server tree with it
+spy=$(mktemp -d)
+python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$spy" "py-spy==0.4.3"
+python3 -c 'import lzma, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); name = next(n for n in z.namelist() if n.endswith("/scripts/py-spy")); open(sys.argv[2], "wb").write(lzma.compress(z.read(name)))' \
+    "$spy"/py_spy-*.whl .device/py-spy.xz
+rm -rf "$spy"
 for tool in wrk h2load; do
     cp "$(command -v $tool)" .device/bin/
     ldd "$(command -v $tool)" | awk '/=> \//{print $3}' | grep -Ev '/lib(c|m|pthread|dl|rt|gcc_s|stdc\+\+|ssl|crypto)\.so' \

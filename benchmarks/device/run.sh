@@ -18,7 +18,10 @@ OUT=${OUT:-/tmp/inferd-device-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/inferd-site \
     .device/wheels/*.whl || exit 1
-export PYTHONPATH="$PWD/src:/tmp/inferd-site" PATH="$PWD/.device/bin:$PATH" LD_LIBRARY_PATH="$PWD/.device/lib"
+mkdir -p /tmp/inferd-bin
+[ -f .device/py-spy.xz ] && python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' \
+    .device/py-spy.xz /tmp/inferd-bin/py-spy && chmod +x /tmp/inferd-bin/py-spy
+export PYTHONPATH="$PWD/src:/tmp/inferd-site" PATH="$PWD/.device/bin:/tmp/inferd-bin:$PATH" LD_LIBRARY_PATH="$PWD/.device/lib"
 export PYTHONUNBUFFERED=1
 triton=()
 if [ -f .device/triton.tar.xz ]; then
