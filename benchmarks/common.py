@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,12 +169,25 @@ def top_frames(raw: Path, count: int = 12) -> dict[str, dict]:
     return out
 
 
-def print_profile(profile: dict[str, dict], title: str) -> None:
+def profiled(pid: int, seconds: float, raw: Path, load: Callable[[], object], title: str,
+             processes: int = 0, frames: int = 12) -> dict[str, dict]:
+    """``load`` run with the tree of ``pid`` under py-spy for ``seconds``: each process's busiest
+    functions, printed (the ``processes`` busiest, all when 0, ``frames`` each) and returned; {}
+    where py-spy is not installed."""
+    spy = profile_tree(pid, seconds, raw)
+    if spy is None:
+        print("py-spy is not installed: no profile", flush=True)
+        return {}
+    load()
+    spy.wait(60)
+    profile = top_frames(raw)
+    ranked = sorted(profile.items(), key=lambda item: -item[1]["samples"])
     print(f"py-spy, {title}:", flush=True)
-    for owner, entry in sorted(profile.items(), key=lambda item: -item[1]["samples"]):
+    for owner, entry in ranked[:processes or None]:
         print(f"  {owner} ({entry['samples']} samples)")
-        for frame, share in entry["top"]:
+        for frame, share in entry["top"][:frames]:
             print(f"    {100 * share:5.1f} %  {frame}")
+    return profile
 
 
 def wrk(url: str, body: Path, concurrency: int, seconds: int, header_len: int | None = None, threads: int = 1) -> dict:

@@ -51,10 +51,8 @@ from common import (
     HERE,
     free_port,
     model_stats,
-    print_profile,
-    profile_tree,
+    profiled,
     stop,
-    top_frames,
     wait_ready,
     where_the_time_went,
 )
@@ -349,16 +347,9 @@ def profiled_load(process: subprocess.Popen[bytes], case: tuple, root: Path, arg
     each process's CPU goes while the GPU waits for work (kept apart from the measured loads)."""
     url, body_path, length, content_type = case
     concurrency, seconds = max(map(int, args.concurrency.split(","))), min(args.seconds, 5.0)
-    raw = root / "pyspy.txt"
-    spy = profile_tree(process.pid, seconds, raw)
-    if spy is None:
-        print("py-spy is not installed: no profile", flush=True)
-        return {}
-    wrk(url, body_path, concurrency, seconds, args.client_cpus, length, content_type)
-    spy.wait(60)
-    profile = top_frames(raw)
-    print_profile(profile, f"v2 binary HTTP c={concurrency}, {seconds:.0f} s")
-    return profile
+    return profiled(process.pid, seconds, root / "pyspy.txt",
+                    lambda: wrk(url, body_path, concurrency, seconds, args.client_cpus, length, content_type),
+                    f"v2 binary HTTP c={concurrency}, {seconds:.0f} s")
 
 
 def _cpu_list(spec: str) -> list[int]:

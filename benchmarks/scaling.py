@@ -44,10 +44,8 @@ from common import (
     cpus,
     free_port,
     model_stats,
-    print_profile,
-    profile_tree,
+    profiled,
     stop,
-    top_frames,
     tree_cpu_seconds,
     wait_ready,
     where_the_time_went,
@@ -163,14 +161,9 @@ def run_setting(server: tuple[subprocess.Popen[bytes], str, int], scratch: Path,
                            / max(served["server_success"], 1),
                            "errors": served["errors"], "server": where_the_time_went(stats, model_stats(http, "tiny"))}
         if args.profile:  # one more HTTP load, apart from the measured ones: where each process's CPU goes
-            spy = profile_tree(process.pid, 3, scratch / "pyspy.txt")
-            if spy is not None:
-                wrk(url, body, connections, 3, threads=threads)
-                spy.wait(60)
-                results["profile"] = top_frames(scratch / "pyspy.txt")
-                busiest = dict(sorted(results["profile"].items(), key=lambda item: -item[1]["samples"])[:2])
-                print_profile({owner: {**entry, "top": entry["top"][:8]} for owner, entry in busiest.items()},
-                              "HTTP, the two busiest processes")
+            results["profile"] = profiled(process.pid, 3, scratch / "pyspy.txt",
+                                          lambda: wrk(url, body, connections, 3, threads=threads),
+                                          "HTTP, the two busiest processes", processes=2, frames=8)
     finally:
         stop(process)
     return results
