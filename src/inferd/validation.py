@@ -43,7 +43,7 @@ def check_inputs(request: InferRequest, runtime: Runtime) -> Arrays:
         missing = [name for name, spec in specs.items() if name not in given and not spec.optional]
         if missing:
             raise InvalidInput(_missing_inputs(request.model_name, runtime.inputs, given, missing))
-    if runtime.max_batch_size > 0:
+    if runtime.max_batch_size > 0 and len(given) > 1:  # (one input agrees with itself)
         _check_same_batch(given)
     return given
 

@@ -116,6 +116,7 @@ def replaced(name: str, value: str | None) -> list[tuple[str, str]]:
     pytest.param(replaced(":path", None), id="no path"),
     pytest.param(replaced(":path", ""), id="empty path"),
     pytest.param(replaced(":method", None), id="no method"),
+    pytest.param([], id="no fields, first on its connection"),
 ])
 def test_a_malformed_request_resets_only_its_stream(server: RunningServer, fields: list[tuple[str, str]]) -> None:
     raw = Raw(server)

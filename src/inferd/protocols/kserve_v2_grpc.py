@@ -31,6 +31,8 @@ _FIELD_DTYPE = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_cont
 
 def parameters(fields: Any) -> dict[str, Any]:
     """A protobuf map<string, InferParameter> as plain values."""
+    if not fields:  # (most requests and tensors carry none)
+        return {}
     result = {}
     for key, value in fields.items():
         choice = value.WhichOneof("parameter_choice")
@@ -120,7 +122,7 @@ def _read_varint(view: memoryview, at: int) -> tuple[int | None, int]:
 def decode_infer_request(message: pb.ModelInferRequest | RawInferRequest) -> InferRequest:
     shared = [_shared(tensor) if tensor.parameters else None for tensor in message.inputs]
     raw: list[bytes | memoryview] = list(message.raw_input_contents)
-    carried = len(message.inputs) - sum(s is not None for s in shared)  # a region's input has no buffer
+    carried = shared.count(None)  # a region's input has no buffer
     if raw and len(raw) != carried:
         raise InvalidInput(f"raw_input_contents has {len(raw)} buffers for {carried} inputs; "
                            "give one per input (but those in shared memory), in order")
@@ -130,7 +132,7 @@ def decode_infer_request(message: pb.ModelInferRequest | RawInferRequest) -> Inf
     params = parameters(message.parameters)
     if params:
         refuse_reserved(params, _CLIENT_RESERVED)
-    outputs = [_output(o) for o in message.outputs] or None
+    outputs = [_output(o) for o in message.outputs] if message.outputs else None
     return InferRequest(model_name=message.model_name, model_version=message.model_version or None,
                         inputs=inputs, id=message.id or None, outputs=outputs, parameters=params,
                         timeout_us=timeout_us(params.get("timeout")) if params else None,
@@ -233,8 +235,7 @@ class InferAnswer:
     def parts(self) -> list[bytes | memoryview]:
         parts: list[bytes | memoryview] = [self.message.SerializeToString()]
         for raw in self.raw:
-            parts.append(_RAW_OUTPUT_TAG + _varint(len(raw)))
-            parts.append(raw)
+            parts += (_RAW_OUTPUT_TAG + _varint(len(raw)), raw)
         return parts
 
     def SerializeToString(self) -> bytes:  # protobuf's name: what servers call on an answer

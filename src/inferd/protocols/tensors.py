@@ -21,19 +21,26 @@ MAX_JSON_DEPTH = 100  # nested lists in a JSON 'data' field (Triton's HTTP_MAX_J
 
 
 def element_count(name: str, shape: Any) -> int:
-    if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input '{name}': shape must be a list of non-negative integers, "
-                           f"got {shape!r}")
+    if not isinstance(shape, list):
+        raise _not_a_shape(name, shape)
+    too_large = False  # one pass over the dims: every input of every request comes through here
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise _not_a_shape(name, shape)
+        too_large = too_large or d > MAX_ELEMENTS  # [0, 2**62] holds no element but no array has that shape
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, more than the limit of {MAX_DIMS}")
-    if any(d > MAX_ELEMENTS for d in shape):  # [0, 2**62] holds no element but no array has that shape
+    if too_large:
         raise InvalidInput(f"input '{name}': shape {shape} has a dimension over the limit of {MAX_ELEMENTS}")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise InvalidInput(f"input '{name}': shape {shape} has {count} elements, more than the limit of "
                            f"{MAX_ELEMENTS}")
     return count
+
+
+def _not_a_shape(name: str, shape: Any) -> InvalidInput:
+    return InvalidInput(f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
 
 
 def shared_placeholder(name: str, datatype: Any, shape: Any) -> np.ndarray:

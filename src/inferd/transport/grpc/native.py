@@ -184,7 +184,27 @@ class _Call:
         self.credit = 0  # bytes read and not yet given back to the client
         self.recv_window = STREAM_WINDOW  # what the client may still send on it
         self.held = 0  # stream answer bytes counted against the byte budget until sent
-        self.turns = StreamTurns()  # its requests reach the data plane in the order they came
+        self.turns: StreamTurns | None = None  # a stream's: its requests reach the data plane in the order they came
+
+
+class _Head:
+    """What a well-formed request's header fields ask for, read once per header list (a client's
+    calls repeat theirs: the connection keeps the last one's)."""
+
+    __slots__ = ("content_length", "content_type", "encoding", "grpc", "method", "path", "restriction", "route",
+                 "te", "timeout")
+
+    def __init__(self, fields: dict[str, str], server: NativeGrpcServer) -> None:
+        """``fields``: what ``h2.request_fields`` found in the list."""
+        self.method, self.path, self.te = fields[":method"], fields[":path"], "te" in fields
+        self.route = server.routes.get(self.path)  # None: no such method
+        self.restriction = server.restricted.get(self.path)
+        self.content_type = fields.get("content-type", "")
+        self.grpc = self.content_type.startswith("application/grpc")
+        self.encoding = fields.get("grpc-encoding")
+        self.timeout = fields.get("grpc-timeout")
+        length = fields.get("content-length")
+        self.content_length = None if length is None else int(length)
 
 
 def _status_trailers(code: grpc.StatusCode, details: str) -> bytes:
@@ -257,7 +277,7 @@ class _Connection(asyncio.Protocol):
         self.reset_ids: dict[int, None] = {}  # streams the server reset (oldest first): late frames are dropped
         self.eof = False  # the client shut its side of the socket: close once the calls are answered
         self.last_request: list[tuple[str, str]] = []  # the last well-formed request's fields ...
-        self.last_fields: dict[str, str] = {}  # ... and what request_fields found in them
+        self.last_head: _Head | None = None  # ... and what they ask for
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -318,11 +338,12 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
             self._pump_blocked()
 
-    def _write(self, data: bytes | memoryview) -> None:
+    def _write(self, *data: bytes | memoryview) -> None:
+        """Queue bytes (one frame, or a frame's header and its payload) for this loop pass's write."""
         if self.fin_sent:  # closed: a second GOAWAY (a stop after the client's FIN) goes nowhere
             return
-        self.out.append(data)
-        self.queued += len(data)
+        self.out.extend(data)
+        self.queued += sum(map(len, data))
         if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self._flush)
@@ -412,7 +433,7 @@ class _Connection(asyncio.Protocol):
         elif kind == h2.HEADERS:
             if stream_id == 0 or stream_id % 2 == 0:
                 raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
-            block = h2.unpadded(flags, payload)
+            block = h2.unpadded(flags, payload) if flags & h2.PADDED else payload
             if flags & h2.PRIORITY_FLAG:
                 if int.from_bytes(block[:4], "big") & 0x7FFF_FFFF == stream_id:
                     flags |= _ON_ITSELF  # RFC 9113 §5.3.1: reset once its block is read
@@ -571,57 +592,51 @@ class _Connection(asyncio.Protocol):
             raise h2.ConnectionError_(h2.PROTOCOL_ERROR, f"stream {stream_id} after stream {self.last_id}: "
                                                          "new streams' ids grow")
         self.last_id = stream_id
-        if headers == self.last_request:  # a client's calls repeat their fields (same objects: ~50 ns)
-            fields = self.last_fields
-        else:
+        head = self.last_head
+        if head is None or headers != self.last_request:  # (a client's calls repeat their fields: same objects)
             try:
-                fields = h2.request_fields(headers)
+                head = _Head(h2.request_fields(headers), self.server)
             except h2.StreamError as exc:
                 log.debug("malformed gRPC request on stream %d: %s", stream_id, exc)
                 self._chatter()
                 self._reset(stream_id, exc.code)
                 return
-            self.last_request, self.last_fields = headers, fields
+            self.last_request, self.last_head = headers, head
         if self.closing or len(self.calls) >= self.server.max_streams or self.unsent > CONNECTION_BUFFER:
             self._reset(stream_id, h2.REFUSED_STREAM)  # (a client not reading its answers)
             return
         call = _Call(stream_id, headers, self.peer_window)
         call.ended = bool(flags & h2.END_STREAM)
-        length = fields.get("content-length")
-        if length is not None:
-            call.expected = int(length)
+        if head.content_length is not None:
+            call.expected = head.content_length
             if call.ended and call.expected:  # RFC 9113 §8.1.1: a body said, none sent
                 self._chatter()
                 self._reset(stream_id, h2.PROTOCOL_ERROR)
                 return
         self.calls[stream_id] = call
         call.opened = self.active_at = time.monotonic()  # (a trace's GRPC_WAITREAD_START)
-        self._begin(call, fields)
+        self._begin(call, head)
         if call.ended and not call.done:
             self._received(call, b"", True)
 
-    def _begin(self, call: _Call, fields: dict[str, str]) -> None:
-        content_type = fields.get("content-type", "")
-        if not content_type.startswith("application/grpc"):  # a plain answer: not a gRPC status
+    def _begin(self, call: _Call, head: _Head) -> None:
+        if not head.grpc:  # a plain answer: not a gRPC status
             self._refuse(call, _STATUS_415 + _PLAIN, f"inferd serves gRPC here: content-type application/grpc "
-                                                     f"expected, got {content_type or 'none'}\n".encode())
+                                                     f"expected, got {head.content_type or 'none'}\n".encode())
             return
-        method = fields[":method"]
+        method = head.method
         if method != "POST":  # as grpc-go answers
             self._refuse(call, _STATUS_405 + _GRPC + _status_trailers(
                 grpc.StatusCode.INTERNAL, f":method {method}, gRPC expects POST"))
             return
-        if "te" not in fields:  # as grpc-core answers: te: trailers tells proxies that drop trailers
+        if not head.te:  # as grpc-core answers: te: trailers tells proxies that drop trailers
             self._finish(call, grpc.StatusCode.UNKNOWN, "Missing te: trailers header")
             return
-        path = fields[":path"]
-        call.encoding = fields.get("grpc-encoding")
-        timeout = fields.get("grpc-timeout")
-        route = self.server.routes.get(path)
+        call.encoding, timeout, route = head.encoding, head.timeout, head.route
         if route is None:
-            self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+            self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {head.path}")
             return
-        restriction = self.server.restricted.get(path)
+        restriction = head.restriction
         if restriction is not None and not _carries(call.headers, restriction):  # before any message is read
             self._finish(call, grpc.StatusCode.UNAVAILABLE, restriction_refusal(restriction))
             return
@@ -629,6 +644,8 @@ class _Connection(asyncio.Protocol):
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
             return
         call.route = route  # counted among the calls at once until _end
+        if route[0] == STREAM:
+            call.turns = StreamTurns()
         if call.encoding not in (None, "identity", *_DECOMPRESS):
             self._finish(call, grpc.StatusCode.UNIMPLEMENTED, f"Compression algorithm '{call.encoding}' not supported")
             return
@@ -673,7 +690,7 @@ class _Connection(asyncio.Protocol):
             self.received = 0
         if not payload and not flags & h2.END_STREAM:
             self._chatter()  # an empty frame asks for work and brings nothing
-        data = h2.unpadded(flags, payload)  # (bad padding is a connection error on any stream)
+        data = h2.unpadded(flags, payload) if flags & h2.PADDED else payload  # (bad padding: a connection error)
         call = self.calls.get(stream_id)
         if call is None:
             if stream_id > self.last_id:
@@ -778,6 +795,7 @@ class _Connection(asyncio.Protocol):
             size = len(payload)
             del framed, payload
             answer: Message = await route[1](request, _CallContext(call, size))  # (no cast: a call each)
+            call.task = None  # nothing of the call is left running to cancel: it ends right here
             if not call.done:
                 parts = getattr(answer, "parts", None)  # an answer that keeps its tensors' memory (InferAnswer)
                 self._answer(call, *(parts() if parts is not None else (answer.SerializeToString(),)))
@@ -826,7 +844,7 @@ class _Connection(asyncio.Protocol):
 
     async def _stream_request(self, call: _Call, route: Route, framed: bytes) -> None:
         """One request message of a stream (length-prefixed, as it came) and its answers."""
-        turn = call.turns.next()  # before any await: tasks start in the order their messages came
+        turn = cast(StreamTurns, call.turns).next()  # before any await: tasks start in the order their messages came
         try:
             await self._answer_stream_request(call, route, framed, turn)
         finally:
@@ -864,6 +882,7 @@ class _Connection(asyncio.Protocol):
                     if call.done:
                         return
                     self._answer(call, data)
+                    self._pump(call)
                     if call.unsent > STREAM_BUFFER:  # the client reads slowly: its models wait
                         if call.drained is None or call.drained.done():  # one future: every waiter wakes
                             call.drained = self.loop.create_future()
@@ -893,7 +912,8 @@ class _Connection(asyncio.Protocol):
     # -- answering ----------------------------------------------------------------------------
 
     def _answer(self, call: _Call, *message: bytes | memoryview) -> None:
-        """One message (in parts, sent as they are: sliced into frames, never joined) on the call."""
+        """One message (in parts, sent as they are: sliced into frames, never joined) queued on the
+        call; the caller's ``_pump`` (or ``_finish``, for a unary answer and its trailers) sends it."""
         size = sum(map(len, message))
         if self.unsent and self.unsent + size > CONNECTION_BUFFER:
             self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -918,7 +938,6 @@ class _Connection(asyncio.Protocol):
             _queue_joined(call.outbox, small)
         call.unsent += size + 5
         self.unsent += size + 5
-        self._pump(call)
 
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         """The call's trailers, after whatever it still has to send; nothing more runs for it."""
@@ -954,20 +973,22 @@ class _Connection(asyncio.Protocol):
             call.drained.set_result(None)
 
     def _cut(self, call: _Call) -> None:
-        """Reset by the client, or its connection gone: stop everything, send nothing."""
+        """Reset by the client, or its connection gone: stop everything, send nothing (what it
+        still had to send is dropped)."""
         self._end(call)
+        self.unsent -= call.unsent
+        call.unsent = 0
+        call.outbox.clear()
+        self.blocked.pop(call.id, None)
         self._forget(call)
 
     def _forget(self, call: _Call) -> None:
+        """The call is over (cut, or its trailers sent: ``_pump`` leaves nothing of it queued)."""
         self.active_at = time.monotonic()
         if call.held:
             self.server.budget.give(call.held)
             call.held = 0
-        self.unsent -= call.unsent  # a reset call's answer is dropped
-        call.unsent = 0
-        call.outbox.clear()
         self.calls.pop(call.id, None)
-        self.blocked.pop(call.id, None)
         if (self.closing or self.eof) and not self.calls and self.transport is not None:
             self.loop.call_soon(self._close)
 
@@ -995,8 +1016,7 @@ class _Connection(asyncio.Protocol):
                 sent = min(call.held, size)
                 call.held -= sent
                 self.server.budget.give(sent)
-            self._write(h2.frame_header(h2.DATA, 0, call.id, size))
-            self._write(chunk)
+            self._write(h2.frame_header(h2.DATA, 0, call.id, size), chunk)
         self.blocked.pop(call.id, None)
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)

@@ -205,7 +205,11 @@ class KServeV2Servicer:
         # --grpc-header-forward-pattern: metadata that becomes request parameters
         self.forward = forward
 
-    def _forward(self, infer_request: InferRequest, context: Context) -> None:
+    def _bind_call(self, infer_request: InferRequest, context: Context) -> None:
+        """What an infer request takes from its call: whether the client went away, its credentials,
+        and the metadata --grpc-header-forward-pattern makes parameters."""
+        infer_request.cancelled = context.cancelled
+        infer_request.credentials = _metadata(context, "authorization")
         if self.forward is not None:
             kserve_v2.forward_headers(infer_request.parameters, context.invocation_metadata() or (), self.forward)
 
@@ -251,9 +255,7 @@ class KServeV2Servicer:
         try:
             infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
-            infer_request.cancelled = context.cancelled
-            infer_request.credentials = _authorization(context)
-            self._forward(infer_request, context)
+            self._bind_call(infer_request, context)
             final = False
             if turn is not None:
                 await turn.wait()
@@ -325,9 +327,7 @@ class KServeV2Servicer:
                 return await self._model_infer_traced(request, context, trace)
         infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                           request)
-        infer_request.cancelled = context.cancelled
-        infer_request.credentials = _authorization(context)
-        self._forward(infer_request, context)
+        self._bind_call(infer_request, context)
         response = await self.data.infer(infer_request)
         return kserve_v2_grpc.encode_infer_answer(response)  # its raw contents uncopied until sent
 
@@ -342,9 +342,7 @@ class KServeV2Servicer:
         try:
             infer_request = await off_loop(decode_work(request, context), kserve_v2_grpc.decode_infer_request,
                                            request)
-            infer_request.cancelled = context.cancelled
-            infer_request.credentials = _authorization(context)
-            self._forward(infer_request, context)
+            self._bind_call(infer_request, context)
             response = await self.data.infer(infer_request, trace)
             if trace.wants_tensors:
                 trace.tensors(((t.name, t.datatype, t.data) for t in infer_request.inputs),
