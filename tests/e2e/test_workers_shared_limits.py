@@ -1,0 +1,205 @@
+"""Under ``--workers N`` the gRPC calls at once and the request bytes held are counted by all workers
+together (``transport/shared_counts.py``). Every way a call or a body can end early — a deadline, a
+cancel, a stream reset mid-upload, a malformed message, a dropped connection, an abandoned HTTP
+body, a killed worker — gives its count back: the slots sum to zero again, and the whole limit is
+there for the next client."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2 as tpb
+from tritonclient.utils import InferenceServerException
+
+from inferd.workers.owner import FOLDER_PREFIX
+from tests.conftest import RunningServer, serve
+from tests.e2e.test_grpc_limits import MIB, SLOW_CONFIG, call_all_on_one_channel
+from tests.e2e.test_grpc_wire import Client
+from tests.e2e.test_http_limits import upload_and_abandon
+from tests.e2e.test_workers import workers_of
+from tests.models import write
+
+SLEEPY_MODEL = '''
+import time
+
+class Model:
+    def infer(self, inputs):
+        time.sleep(float(inputs["in"].size == 3) * 3.0 + 0.6)
+        return {"out": inputs["in"][:4]}
+'''
+LIMITS = ("--workers", "2", "--max-connections", "8", "--max-body-size", "20MiB", "--max-inflight-size", "40MiB")
+PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    write(tmp_path / "slow/1/model.py", SLEEPY_MODEL)
+    write(tmp_path / "slow/config.toml", SLOW_CONFIG)
+    return tmp_path
+
+
+def slots(server: RunningServer, name: str) -> list[int]:
+    """Each worker's count of ``name`` (``grpc-calls`` or ``inflight-bytes``) as the workers share it."""
+    (folder,) = Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{server.process.pid}-*")
+    raw = (folder / name).read_bytes()
+    return list(struct.unpack(f"<{len(raw) // 8}q", raw))
+
+
+def all_given_back(server: RunningServer, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(slots(server, "grpc-calls")) and not any(slots(server, "inflight-bytes")):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"counts not given back: calls {slots(server, 'grpc-calls')}, "
+                         f"bytes {slots(server, 'inflight-bytes')}")
+
+
+def whole_limit_serves(server: RunningServer) -> None:
+    """The server's 8 calls at once, and 3 requests of 12 MiB within its 40 MiB, all answered."""
+    assert call_all_on_one_channel(server.grpc_url, 8) == ["ok"] * 8
+    assert call_all_on_one_channel(server.grpc_url, 3, 12 * MIB) == ["ok"] * 3
+
+
+def message(size: int) -> bytes:
+    request = tpb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="in", datatype="UINT8", shape=[size])
+    request.raw_input_contents.append(b"\x07" * size)
+    return request.SerializeToString()
+
+
+def framed(body: bytes, declared: int | None = None) -> bytes:
+    return b"\0" + struct.pack(">I", len(body) if declared is None else declared) + body
+
+
+def upload_partly(client: Client, declared: int) -> int:
+    """A call whose message declares ``declared`` bytes, of which 48 KiB are sent (within the window)."""
+    stream = client.start()
+    data = framed(b"\x01" * (48 * 1024 - 5), declared=declared)
+    for start in range(0, len(data), 16 * 1024):
+        client.conn.send_data(stream, data[start:start + 16 * 1024])
+    return stream
+
+
+def hand_clients(server: RunningServer, count: int) -> list[Client]:
+    """Raw HTTP/2 connections: the kernel spreads them over the workers."""
+    return [Client(server) for _ in range(count)]
+
+
+def test_calls_and_bytes_ended_early_are_given_back_by_every_worker(repo: Path) -> None:
+    with serve(repo, *LIMITS, grpc=True) as server:
+        tensor = triton_grpc.InferInput("in", [8], "UINT8")
+        tensor.set_data_from_numpy(np.full(8, 7, dtype=np.uint8))
+        clients = [triton_grpc.InferenceServerClient(server.grpc_url) for _ in range(4)]
+        for client in clients:  # grpc-timeout: DEADLINE_EXCEEDED while the model still runs
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                client.infer("slow", [tensor], client_timeout=0.2)
+        cancelled = [client.async_infer("slow", [tensor], lambda *_, **__: None) for client in clients]
+        time.sleep(0.2)
+        for context in cancelled:
+            context.cancel()
+        raw = hand_clients(server, 6)
+        for client in raw[:2]:  # 12 MiB declared (taken from the budget), 48 KiB sent, stream reset
+            stream = upload_partly(client, declared=12 * MIB)
+            client.conn.reset_stream(stream)
+            client.flush()
+        for client in raw[2:4]:  # the same, and the connection dropped mid-upload
+            stream = upload_partly(client, declared=12 * MIB)
+            client.flush()
+        malformed = raw[4].call(framed(b"\xff" * 64))  # admitted, counted, then not a message
+        raw[4].read_until(lambda: malformed in raw[4].ended)
+        assert raw[4].status(malformed)[0] != "0"
+        raw[5].call(framed(message(8)))  # a call running when its connection goes
+        time.sleep(0.3)
+        assert sum(slots(server, "grpc-calls")) > 0 and sum(slots(server, "inflight-bytes")) > 0
+        for client in raw:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        for client in clients:
+            client.close()
+        all_given_back(server)
+        whole_limit_serves(server)
+        all_given_back(server)
+
+
+def test_http_bodies_abandoned_under_workers_give_the_shared_budget_back(repo: Path) -> None:
+    with serve(repo, *LIMITS, grpc=True) as server:
+        for _ in range(4):  # Content-Length reserved up front, the body cut off midway
+            upload_and_abandon(server, 12 * MIB, 2 * MIB)
+        for _ in range(4):  # chunked, counted chunk by chunk, never finished
+            with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+                sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for _ in range(3):
+                    sock.sendall(b"%x\r\n%s\r\n" % (MIB, b"x" * MIB))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        all_given_back(server)
+        whole_limit_serves(server)
+
+
+def worker_number(process: psutil.Process) -> int:
+    return int(process.environ()["INFERD_WORKER"])
+
+
+def replaced_and_listening(server: RunningServer, number: int, dead: int) -> bool:
+    """Worker ``number`` runs again, in another process than ``dead``, and listens for gRPC."""
+    for worker in workers_of(server):
+        try:
+            if worker.pid != dead and worker_number(worker) == number:
+                return any(c.status == psutil.CONN_LISTEN and c.laddr.port == server.grpc_port
+                           for c in worker.connections("tcp"))
+        except psutil.Error:  # gone meanwhile
+            continue
+    return False
+
+
+def test_a_killed_workers_counts_are_given_back_when_it_is_replaced(repo: Path) -> None:
+    with serve(repo, *LIMITS, grpc=True) as server:
+        long_call = triton_grpc.InferInput("in", [3], "UINT8")  # the model sleeps 3.6 s on these
+        long_call.set_data_from_numpy(np.full(3, 7, dtype=np.uint8))
+        clients = [triton_grpc.InferenceServerClient(server.grpc_url) for _ in range(6)]
+        outcomes: list[str] = []
+
+        def call(client: triton_grpc.InferenceServerClient) -> None:
+            try:
+                client.infer("slow", [long_call])
+                outcomes.append("ok")
+            except InferenceServerException as exc:
+                outcomes.append(str(exc.status()))
+
+        threads = [threading.Thread(target=call, args=(client,)) for client in clients]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while sum(slots(server, "grpc-calls")) < 6:
+            assert time.monotonic() < deadline, slots(server, "grpc-calls")
+            time.sleep(0.05)
+        busy = next(w for w in workers_of(server) if slots(server, "grpc-calls")[worker_number(w)] > 0)
+        number, held = worker_number(busy), slots(server, "grpc-calls")[worker_number(busy)]
+        busy.kill()
+        killed = time.monotonic()
+        while slots(server, "grpc-calls")[number]:
+            assert time.monotonic() - killed < 30, "a killed worker's calls stayed counted"
+            time.sleep(0.05)
+        given_back_s = time.monotonic() - killed
+        for thread in threads:
+            thread.join(30)
+        assert outcomes.count("ok") == 6 - held and outcomes.count("StatusCode.UNAVAILABLE") == held, outcomes
+        all_given_back(server)
+        whole_limit_serves(server)  # before its replacement listens, too
+        assert given_back_s < 1.0, f"the killed worker's {held} calls held capacity for {given_back_s:.1f} s"
+        while not replaced_and_listening(server, number, busy.pid):  # it zeroes its own slots as it starts
+            assert time.monotonic() - killed < 60, server.log()
+            time.sleep(0.1)
+        assert not any(slots(server, "grpc-calls")) and not any(slots(server, "inflight-bytes"))
+        whole_limit_serves(server)
+        for client in clients:
+            client.close()
