@@ -107,6 +107,11 @@ def test_calls_and_bytes_ended_early_are_given_back_by_every_worker(repo: Path) 
         time.sleep(0.2)
         for context in cancelled:
             context.cancel()
+        clients[0].start_stream(lambda *_, **__: None)  # a bidirectional call, cancelled with requests running
+        for _ in range(2):
+            clients[0].async_stream_infer("slow", [tensor])
+        time.sleep(0.3)
+        clients[0].stop_stream(cancel_requests=True)
         raw = hand_clients(server, 6)
         for client in raw[:2]:  # 12 MiB declared (taken from the budget), 48 KiB sent, stream reset
             stream = upload_partly(client, declared=12 * MIB)
@@ -129,6 +134,35 @@ def test_calls_and_bytes_ended_early_are_given_back_by_every_worker(repo: Path) 
         all_given_back(server)
         whole_limit_serves(server)
         all_given_back(server)
+
+
+def test_grpcio_server_counts_calls_with_every_worker_too(repo: Path) -> None:
+    """--grpc-server grpcio counts its calls in grpc's C core, a worker's alone: a worker's share
+    (2 of 8) refused one connection's calls far below the server's limit."""
+    with serve(repo, *LIMITS, "--grpc-server", "grpcio", grpc=True) as server:
+        tensor = triton_grpc.InferInput("in", [8], "UINT8")
+        tensor.set_data_from_numpy(np.full(8, 7, dtype=np.uint8))
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        for _ in range(3):
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                client.infer("slow", [tensor], client_timeout=0.2)
+        cancelled = [client.async_infer("slow", [tensor], lambda *_, **__: None) for _ in range(3)]
+        time.sleep(0.2)
+        for context in cancelled:
+            context.cancel()
+        client.start_stream(lambda *_, **__: None)  # a bidirectional call, cancelled with requests running
+        for _ in range(2):
+            client.async_stream_infer("slow", [tensor])
+        time.sleep(0.3)
+        assert sum(slots(server, "grpc-calls")) > 0
+        client.stop_stream(cancel_requests=True)
+        client.close()
+        all_given_back(server)
+        outcomes = call_all_on_one_channel(server.grpc_url, 11)
+        assert outcomes.count("ok") == 8, outcomes
+        assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
+        all_given_back(server)
+        whole_limit_serves(server)
 
 
 def test_http_bodies_abandoned_under_workers_give_the_shared_budget_back(repo: Path) -> None:
