@@ -54,14 +54,18 @@ def worker_counts(folder: Path, workers: int, mine: int) -> tuple[SharedCount, S
 
 def forget_worker(folder: Path, number: int) -> None:
     """Zero worker ``number``'s slots once it is dead: its calls and bytes ended with it, and
-    its replacement (which zeroes them too) takes seconds to start."""
+    its replacement (which zeroes them too) takes seconds to start. Written through a mapping,
+    as the workers write: one 8-byte store, never seen half done."""
     for name in COUNTS:
         try:
-            descriptor = os.open(folder / name, os.O_WRONLY)
+            file = (folder / name).open("r+b")
         except FileNotFoundError:  # no worker got as far as counting
             continue
-        try:
-            if os.fstat(descriptor).st_size >= SLOT_BYTES * (number + 1):
-                os.pwrite(descriptor, bytes(SLOT_BYTES), SLOT_BYTES * number)
-        finally:
-            os.close(descriptor)
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            if size < SLOT_BYTES * (number + 1):
+                continue
+            with mmap.mmap(file.fileno(), size) as mapped:
+                slots = memoryview(mapped).cast("q")
+                slots[number] = 0
+                slots.release()
