@@ -23,7 +23,10 @@ from tritonclient.utils import InferenceServerException
 from inferd.workers.owner import FOLDER_PREFIX
 from tests.conftest import RunningServer, serve
 from tests.e2e.test_grpc_limits import MIB, SLOW_CONFIG, call_all_on_one_channel
+from tests.e2e.test_grpc_wire import CONFIG as ECHO_CONFIG
+from tests.e2e.test_grpc_wire import MODELS as WIRE_MODELS
 from tests.e2e.test_grpc_wire import Client
+from tests.e2e.test_grpc_wire import request as wire_request
 from tests.e2e.test_http_limits import upload_and_abandon
 from tests.e2e.test_workers import workers_of
 from tests.models import write
@@ -163,6 +166,34 @@ def test_grpcio_server_counts_calls_with_every_worker_too(repo: Path) -> None:
         assert all(o.startswith("StatusCode.RESOURCE_EXHAUSTED") for o in outcomes if o != "ok"), outcomes
         all_given_back(server)
         whole_limit_serves(server)
+
+
+def test_answers_clients_never_read_fill_the_shared_budget_at_most_and_are_given_back(tmp_path: Path) -> None:
+    """Clients on both workers that send stream and unary calls whose answers (800 KB each) they never
+    read: the answers waiting hold the budget together and no more than it, and all of it comes back
+    when the clients reset their connections."""
+    write(tmp_path / "grow/1/model.py", WIRE_MODELS["grow"])
+    write(tmp_path / "grow/config.toml", ECHO_CONFIG)
+    limit = 24 * MIB
+    with serve(tmp_path, "--workers", "2", "--max-inflight-size", "24MiB", "--max-body-size", "4MiB",
+               grpc=True) as server:
+        clients = hand_clients(server, 4)
+        for client in clients:
+            stream = client.start("/inference.GRPCInferenceService/ModelStreamInfer")
+            for _ in range(20):
+                client.conn.send_data(stream, wire_request("grow", np.ones(4)))
+            client.call(wire_request("grow", np.ones(4)))
+        deadline = time.monotonic() + 15
+        while sum(slots(server, "inflight-bytes")) < limit // 2:
+            assert time.monotonic() < deadline, slots(server, "inflight-bytes")
+            time.sleep(0.1)
+        for _ in range(20):  # the answers still coming wait for room: never past the limit
+            assert sum(slots(server, "inflight-bytes")) <= limit, slots(server, "inflight-bytes")
+            time.sleep(0.1)
+        for client in clients:
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        all_given_back(server)
 
 
 def test_http_bodies_abandoned_under_workers_give_the_shared_budget_back(repo: Path) -> None:
