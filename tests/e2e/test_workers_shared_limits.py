@@ -6,6 +6,7 @@ there for the next client."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import tempfile
@@ -206,6 +207,13 @@ def test_http_bodies_abandoned_under_workers_give_the_shared_budget_back(repo: P
                 for _ in range(3):
                     sock.sendall(b"%x\r\n%s\r\n" % (MIB, b"x" * MIB))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for _ in range(2):  # chunked past --max-body-size: refused midway
+            with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+                sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+                with contextlib.suppress(OSError):  # the server may close while we still send
+                    for _ in range(21):
+                        sock.sendall(b"%x\r\n%s\r\n" % (MIB, b"x" * MIB))
+                assert sock.recv(64).startswith(b"HTTP/1.1 413"), "a body past --max-body-size was not a 413"
         all_given_back(server)
         whole_limit_serves(server)
 
