@@ -260,6 +260,7 @@ class Transports:
                                                   header_forward=grpc_forward,
                                                   shared_calls=None if self.shared_calls is None
                                                   else (self.shared_calls, s.max_connections),
+                                                  body_timeout_s=s.body_timeout,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

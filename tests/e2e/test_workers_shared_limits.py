@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 import pytest
@@ -195,6 +196,31 @@ def test_answers_clients_never_read_fill_the_shared_budget_at_most_and_are_given
             client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.close()
         all_given_back(server)
+
+
+def test_unary_messages_that_stall_midway_give_their_room_back_at_the_body_timeout(repo: Path) -> None:
+    """A unary message's declared length is taken from the budget before its bytes come: three
+    calls that declare 13 MiB and send 10 bytes held 39 of the 40 MiB, shared by every worker, and
+    five that sent only their HEADERS the rest of the calls at once, for as long as their
+    connection stayed open. They end at --body-timeout, as an HTTP body does."""
+    with serve(repo, *LIMITS, "--body-timeout", "2", grpc=True) as server:
+        client = hand_clients(server, 1)[0]
+        stalled = []
+        for _ in range(3):
+            stalled.append(client.start())
+            client.conn.send_data(stalled[-1], framed(b"\x01" * 10, declared=13 * MIB))
+        stalled += [client.start() for _ in range(5)]  # HEADERS only: 8 calls at once, the limit
+        client.flush()
+        time.sleep(0.3)
+        refused = call_all_on_one_channel(server.grpc_url, 1, 12 * MIB)
+        assert refused[0].startswith("StatusCode.RESOURCE_EXHAUSTED"), refused
+        client.read_until(lambda: all(stream in client.ended for stream in stalled), seconds=15)
+        for stream in stalled:
+            code, details = client.status(stream)
+            assert code == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]) and "--body-timeout" in details, details
+        all_given_back(server)
+        whole_limit_serves(server)
+        client.close()
 
 
 def test_http_bodies_abandoned_under_workers_give_the_shared_budget_back(repo: Path) -> None:
