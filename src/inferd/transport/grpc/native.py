@@ -760,8 +760,8 @@ class _Connection(asyncio.Protocol):
         its room in the byte budget, which a client that stalls would hold for good."""
         for call in list(self.calls.values()):
             route = call.route
-            if route is None or route[0] != UNARY or call.task is not None or call.done or call.opened >= opened_before:
-                continue
+            if route is None or route[0] != UNARY or call.ended or call.done or call.opened >= opened_before:
+                continue  # (a unary call runs once its END_STREAM came)
             came = max(len(call.body) - 5, 0)
             of = f" of {int.from_bytes(call.body[1:5], 'big')}" if len(call.body) >= 5 else ""
             self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED,
