@@ -243,8 +243,11 @@ class Transports:
 
                 async def start_grpc() -> None:  # the port is bound as the server is built
                     self._grpc = GrpcServer(self.core, s.host, s.grpc_port, s.max_body_bytes, self._budget,
-                                            connections, s.grpc_socket_path, options, s.grpc_extra_ports,
-                                            s.grpc_restrictions, grpc_forward)
+                                            connections if self.shared_calls is None else s.max_connections,
+                                            s.grpc_socket_path, options, s.grpc_extra_ports,
+                                            s.grpc_restrictions, grpc_forward,
+                                            None if self.shared_calls is None
+                                            else (self.shared_calls, s.max_connections))
                     await self._grpc.start()
             else:
                 from inferd.transport.grpc.native import NativeGrpcServer, channel_arguments
@@ -257,6 +260,7 @@ class Transports:
                                                   header_forward=grpc_forward,
                                                   shared_calls=None if self.shared_calls is None
                                                   else (self.shared_calls, s.max_connections),
+                                                  body_timeout_s=s.body_timeout,
                                                   **channel_arguments(s.grpc_options, s.max_body_bytes))
                     await self._grpc.start()
 

@@ -57,6 +57,19 @@ def test_a_batch_of_mixed_sizes_keeps_each_frame_in_its_row() -> None:
     np.testing.assert_allclose(one_size.numpy(), got[[0, 2]].numpy(), atol=1e-5)
 
 
+def test_one_frame_of_a_size_among_many_of_another_is_resized_as_alone() -> None:
+    """Grouping by size changes no number: each row equals its frame resized alone, whichever
+    group it fell in and wherever it sits (first, between, last); no frames is no rows."""
+    frames = [decoded(jpeg(300, 200, seed=0)), *(decoded(jpeg(480, 640, seed=s)) for s in range(1, 4)),
+              decoded(jpeg(120, 90, seed=4)), decoded(jpeg(480, 640, seed=5))]
+    frames.insert(2, frames[0].permute(0, 2, 1).contiguous().permute(0, 2, 1))  # a strided view of 300x200
+    got = resize_crop_normalize(torch, frames, ImageInput(), torch.device("cpu"))
+    alone = torch.cat([resize_crop_normalize(torch, [frame], ImageInput(), torch.device("cpu")) for frame in frames])
+    np.testing.assert_allclose(got.numpy(), alone.numpy(), atol=1e-5)
+    assert not np.allclose(got[0].numpy(), got[1].numpy())
+    assert resize_crop_normalize(torch, [], ImageInput(), torch.device("cpu")).shape == (0, 3, 224, 224)
+
+
 def test_the_builtin_classifier_preprocessing_is_unchanged() -> None:
     """imagenet_array now runs through the shared Pillow pipeline: same numbers as written out."""
     raw = jpeg(300, 400, seed=1)

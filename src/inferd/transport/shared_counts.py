@@ -10,7 +10,8 @@ file in the model process's private folder (beside the socket the workers reach 
 one int64 slot per worker, which each worker maps, writes only its own slot of and reads the
 others' when it admits something. No lock: a read can miss what another worker admits at the same
 moment, so a total can pass its limit by what the other workers admit in that moment (one call,
-or one body, each).
+or one body, each). A worker that dies (killed, or killed for hanging) is no longer there to give
+back what it held: the model process zeroes its slots as it sees it gone (``forget_worker``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 SLOT_BYTES = 8
 GRPC_CALLS = "grpc-calls"
 INFLIGHT_BYTES = "inflight-bytes"
+COUNTS = (GRPC_CALLS, INFLIGHT_BYTES)
 
 
 class SharedCount:
@@ -48,3 +50,22 @@ class SharedCount:
 def worker_counts(folder: Path, workers: int, mine: int) -> tuple[SharedCount, SharedCount]:
     """Worker ``mine``'s gRPC calls and in-flight bytes, counted with the others in ``folder``."""
     return (SharedCount(folder / GRPC_CALLS, workers, mine), SharedCount(folder / INFLIGHT_BYTES, workers, mine))
+
+
+def forget_worker(folder: Path, number: int) -> None:
+    """Zero worker ``number``'s slots once it is dead: its calls and bytes ended with it, and
+    its replacement (which zeroes them too) takes seconds to start. Written through a mapping,
+    as the workers write: one 8-byte store, never seen half done."""
+    for name in COUNTS:
+        try:
+            file = (folder / name).open("r+b")
+        except FileNotFoundError:  # no worker got as far as counting
+            continue
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            if size < SLOT_BYTES * (number + 1):
+                continue
+            with mmap.mmap(file.fileno(), size) as mapped:
+                slots = memoryview(mapped).cast("q")
+                slots[number] = 0
+                slots.release()

@@ -28,6 +28,7 @@ from typing import Any, cast
 from inferd.config import ServerSettings
 from inferd.core import Core
 from inferd.errors import InferdError, ModelError, describe
+from inferd.transport.shared_counts import forget_worker
 from inferd.types import InferResponse
 from inferd.workers.channel import FrameProtocol
 from inferd.workers.codec import pack_response, unpack_request
@@ -238,6 +239,7 @@ class WorkerSupervisor:
         self._count = count
         self._beats = beats if beats is not None else {}
         self._argv = [sys.executable, "-m", "inferd", "_frontend", str(socket_path), str(settings_path)]
+        self._folder = socket_path.parent  # the counts the workers share (transport/shared_counts.py)
         self._processes: list[subprocess.Popen[bytes]] = []
         self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
@@ -271,6 +273,7 @@ class WorkerSupervisor:
                 if code is None or self._stopping:
                     continue
                 log.error("front-end worker %d (pid %d) exited with %s; starting another", number, process.pid, code)
+                forget_worker(self._folder, number)  # what it held is free now, not once another starts
                 await asyncio.sleep(RESTART_PAUSE_S)  # a worker that cannot start does not spin
                 if not self._stopping:
                     self._processes[number] = self._spawn(number)

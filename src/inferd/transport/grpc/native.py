@@ -11,6 +11,7 @@ Bounds: at most ``max_calls`` calls at once over all connections (RESOURCE_EXHAU
 ``--workers N``, over every worker's connections: ``shared_counts.py``), as many connections,
 ``max_streams`` streams per connection (REFUSED_STREAM), a request message's declared length
 checked against the limit and taken from the shared byte budget before its bytes are read,
+a unary call's whole message awaited ``body_timeout_s`` from its HEADERS (one sweep a second),
 flow-control windows so a client cannot send more than the server reads, reading paused while a
 client does not read its answers, header blocks capped, and the preface awaited
 ``HANDSHAKE_S`` seconds at most.
@@ -770,6 +771,20 @@ class _Connection(asyncio.Protocol):
                 call.budgeted = length + 1
         return True
 
+    def end_stalled_uploads(self, opened_before: float) -> None:
+        """The unary calls opened before ``opened_before`` whose message has not all come (with
+        its END_STREAM): each holds a place among the calls at once, and from its declared length
+        its room in the byte budget, which a client that stalls would hold for good."""
+        for call in list(self.calls.values()):
+            route = call.route
+            if route is None or route[0] != UNARY or call.ended or call.done or call.opened >= opened_before:
+                continue  # (a unary call runs once its END_STREAM came)
+            came = max(len(call.body) - 5, 0)
+            of = f" of {int.from_bytes(call.body[1:5], 'big')}" if len(call.body) >= 5 else ""
+            self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"the request message did not arrive within --body-timeout "
+                         f"({self.server.body_timeout_s:g} s): {came}{of} bytes came")
+
     # -- running ------------------------------------------------------------------------------
 
     def _run_unary(self, call: _Call, route: Route, body: bytearray) -> None:
@@ -1067,8 +1082,8 @@ class NativeGrpcServer:
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  reuse_port: bool = False, max_streams: int = MAX_STREAMS_PER_CONNECTION,
                  extra_ports: tuple[int, ...] = (), restrictions: tuple[Restriction, ...] = (),
-                 header_forward: re.Pattern[str] | None = None, shared_calls: tuple[SharedCount, int] | None = None
-                 ) -> None:
+                 header_forward: re.Pattern[str] | None = None, shared_calls: tuple[SharedCount, int] | None = None,
+                 body_timeout_s: float = 60.0) -> None:
         """``max_calls`` bounds this server's connections, and its calls at once unless
         ``shared_calls`` (a worker's: the slots every worker counts its calls in, and the limit
         over all of them) is given."""
@@ -1078,6 +1093,8 @@ class NativeGrpcServer:
         self.extra_ports = extra_ports  # the same services on these ports too (TorchServe's management port)
         self.max_message_bytes, self.max_calls, self.max_streams = max_message_bytes, max_calls, max_streams
         self.budget = budget or ByteBudget(8 * max_message_bytes)
+        self.body_timeout_s = body_timeout_s  # from a unary call's HEADERS to its whole message
+        self._sweeper: asyncio.Task[None] | None = None
         self.active = 0
         self.draining = False  # stop() began: streams end once nothing of theirs runs
         self.connections: set[_Connection] = set()
@@ -1133,6 +1150,15 @@ class NativeGrpcServer:
             self._servers.append(await loop.create_server(lambda: _Connection(self), self.host, extra, backlog=1024))
         if self.socket_path:
             self._servers.append(await loop.create_unix_server(lambda: _Connection(self), self.socket_path))
+        self._sweeper = loop.create_task(self._sweep_stalled_uploads())
+
+    async def _sweep_stalled_uploads(self) -> None:
+        """Once a second, as HTTP's header and body timeouts: no timer per call."""
+        while True:
+            await asyncio.sleep(1.0)
+            opened_before = time.monotonic() - self.body_timeout_s
+            for connection in list(self.connections):
+                connection.end_stalled_uploads(opened_before)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls (GOAWAY), let running ones finish for up to ``grace`` seconds, then cut
@@ -1140,6 +1166,8 @@ class NativeGrpcServer:
         self.health.drain()
         for server in self._servers:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.draining = True
         for connection in list(self.connections):
             connection.goaway()

@@ -7,7 +7,8 @@ HTTP requests parsed in one pass. (grpc.aio delivers each call through several l
 own, so batches stayed at one or two requests: see DESIGN.md.)
 
 Bounded like the HTTP front end: at most ``max_calls`` calls at once (grpc answers the next one
-RESOURCE_EXHAUSTED before reading it), and every request message
+RESOURCE_EXHAUSTED before reading it; under ``--workers N``, also counted with every worker's calls
+against the server's limit: ``_SharedCalls``), and every request message
 counted against the byte budget HTTP shares while its call runs (on the loop: no lock).
 """
 
@@ -44,6 +45,7 @@ from inferd.transport.grpc.servicers import (
 )
 from inferd.transport.grpc.torchserve_servicers import TorchServeInferenceServicer, TorchServeManagementServicer
 from inferd.transport.restrictions import Restriction
+from inferd.transport.shared_counts import SharedCount
 
 STREAM_BUFFER = 64  # answers of one stream waiting for a slow client; then the models wait
 STREAM_INFLIGHT = 64  # requests of one stream running at once; then its messages wait to be read
@@ -290,13 +292,71 @@ class _Restrictions(_Interceptor):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+class _SharedCalls(_Interceptor):
+    """--workers N: a unary or bidirectional call counts, while it runs, with the other workers'
+    calls (``shared_counts.py``) against the server's limit; over it, RESOURCE_EXHAUSTED. grpc's
+    own count is this worker's alone, and a client's calls on one connection are one worker's."""
+
+    def __init__(self, slots: SharedCount, limit: int) -> None:
+        self._slots, self._limit = slots, limit
+        self._active = 0
+        self._lock = threading.Lock()  # grpc's threads admit and release
+
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if self._active + self._slots.others() < self._limit:
+                self._active += 1
+                self._slots.publish(self._active)
+                return
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+
+    def _release(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._slots.publish(self._active)
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            def counted(request: Any, context: grpc.ServicerContext) -> Any:
+                self._admit(context)
+                try:
+                    return unary(request, context)
+                finally:
+                    self._release()
+
+            return grpc.unary_unary_rpc_method_handler(counted, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.stream_stream is not None:
+            stream = handler.stream_stream
+
+            def counted_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                self._admit(context)
+                try:
+                    yield from stream(requests, context)
+                finally:
+                    self._release()
+
+            return grpc.stream_stream_rpc_method_handler(counted_stream, handler.request_deserializer,
+                                                         handler.response_serializer)
+        return handler  # health's Watch: grpc's own count
+
+
 class GrpcServer:
     """Must be built on the event loop's thread: calls are handed to that loop."""
 
     def __init__(self, core: Core, host: str, port: int, max_message_bytes: int,
                  budget: ByteBudget | None = None, max_calls: int = 1000, socket_path: str | None = None,
                  extra_options: tuple[tuple[str, str | int], ...] = (), extra_ports: tuple[int, ...] = (),
-                 restrictions: tuple[Restriction, ...] = (), header_forward: re.Pattern[str] | None = None) -> None:
+                 restrictions: tuple[Restriction, ...] = (), header_forward: re.Pattern[str] | None = None,
+                 shared_calls: tuple[SharedCount, int] | None = None) -> None:
+        """``max_calls`` bounds this server's calls at once; ``shared_calls`` (a worker's: the
+        slots every worker counts its calls in, and the limit over all of them) bounds them with
+        the other workers'."""
         options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", max_message_bytes),
                                                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0),
                                                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)]
@@ -309,9 +369,12 @@ class GrpcServer:
                                      ModelServicer(core),
                                      TorchServeInferenceServicer(core), TorchServeManagementServicer(core)]
         self._draining = threading.Event()
+        interceptors: list[_Interceptor] = [_Restrictions(restrictions)]
+        if shared_calls is not None:
+            interceptors.append(_SharedCalls(*shared_calls))
         self._server = grpc.server(ThreadPoolExecutor(min(THREADS, max_calls), thread_name_prefix="inferd-grpc"),
                                    handlers=[_handler(s, loop, budget, self._draining) for s in servicers],
-                                   options=options, interceptors=[_Restrictions(restrictions)],
+                                   options=options, interceptors=interceptors,
                                    maximum_concurrent_rpcs=max_calls)
         self.health = Health(self._server, [s.name for s in servicers])
         self.port = self._server.add_insecure_port(f"{host}:{port}")
