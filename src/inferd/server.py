@@ -47,7 +47,7 @@ from inferd.transport.http.routes import KServeV2Routes, MetricsRoutes
 from inferd.transport.http.server import HttpLimits, HttpServer
 from inferd.transport.http.tfserving_routes import TFServingRoutes
 from inferd.transport.http.torchserve_routes import CountingApp, TorchServeRoutes, torchserve_refusal
-from inferd.transport.shared_counts import SharedCount, worker_counts
+from inferd.transport.shared_counts import SharedCount, forget_worker, worker_counts
 from inferd.types import ModelState, ModelStatistics
 
 if TYPE_CHECKING:
@@ -367,7 +367,7 @@ class Server:
             return
         from inferd.workers.owner import Workers  # only a server with workers starts them
 
-        self._workers = Workers(self.core, self.settings)
+        self._workers = Workers(self.core, self.settings, forget_worker)
         s = self.settings
         for what, port in (("HTTP", s.http_port), ("gRPC", s.grpc_port)):  # taken here, or not at all
             await _open(what, s.host, port, functools.partial(self._workers.reserve, what))

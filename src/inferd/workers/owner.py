@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -21,14 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
 from inferd.config import ServerSettings
 from inferd.core import Core
 from inferd.errors import InferdError, ModelError, describe
-from inferd.transport.shared_counts import forget_worker
 from inferd.types import InferResponse
 from inferd.workers.channel import FrameProtocol
 from inferd.workers.codec import pack_response, unpack_request
@@ -235,11 +235,12 @@ class WorkerSupervisor:
     one dies, and stops them all on shutdown: SIGTERM, then their drain, then SIGKILL."""
 
     def __init__(self, count: int, socket_path: Path, settings_path: Path,
-                 beats: dict[int, float] | None = None) -> None:
+                 beats: dict[int, float] | None = None, gone: Callable[[int], None] | None = None) -> None:
+        """``gone(number)``: called as a worker is seen dead, before another is started."""
         self._count = count
+        self._gone = gone
         self._beats = beats if beats is not None else {}
         self._argv = [sys.executable, "-m", "inferd", "_frontend", str(socket_path), str(settings_path)]
-        self._folder = socket_path.parent  # the counts the workers share (transport/shared_counts.py)
         self._processes: list[subprocess.Popen[bytes]] = []
         self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
@@ -273,7 +274,8 @@ class WorkerSupervisor:
                 if code is None or self._stopping:
                     continue
                 log.error("front-end worker %d (pid %d) exited with %s; starting another", number, process.pid, code)
-                forget_worker(self._folder, number)  # what it held is free now, not once another starts
+                if self._gone is not None:
+                    self._gone(number)  # what it held is free now, not once another starts
                 await asyncio.sleep(RESTART_PAUSE_S)  # a worker that cannot start does not spin
                 if not self._stopping:
                     self._processes[number] = self._spawn(number)
@@ -328,8 +330,12 @@ class Workers:
     and port 0 becomes one port all workers share), the core served on a private socket, the
     workers started; ``start`` returns once every worker listens."""
 
-    def __init__(self, core: Core, settings: ServerSettings) -> None:
+    def __init__(self, core: Core, settings: ServerSettings,
+                 worker_gone: Callable[[Path, int], None] | None = None) -> None:
+        """``worker_gone(folder, number)``: a dead worker's leftovers in this server's private folder
+        (the composition root's: the counts the workers share are the transports')."""
         self._settings = settings
+        self._worker_gone = worker_gone
         self._service = CoreService({"data": core.data, "control": core.control, "metrics": core.metrics,
                                      "workers": self})
         remove_leftovers()
@@ -353,8 +359,9 @@ class Workers:
         settings_path = self._folder / "settings.pickle"
         settings_path.write_bytes(pickle.dumps(settings))
         await self._service.start(self._folder / "core.sock")
+        gone = None if self._worker_gone is None else functools.partial(self._worker_gone, self._folder)
         self._supervisor = WorkerSupervisor(s.workers, self._folder / "core.sock", settings_path,
-                                            self._service.beats)
+                                            self._service.beats, gone)
         self._supervisor.start()
         try:
             await asyncio.wait_for(self._all_listening.wait(), START_TIMEOUT_S)
