@@ -463,6 +463,17 @@ class RequestStatistics:
     last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
     failures: dict[str, int] = field(default_factory=dict)  # failed requests by reason
 
+    def count_success(self, total: float, queue: float, input_s: float, infer: float, output_s: float,
+                      requests: int = 1) -> None:
+        """``requests`` successes that went through together: each waited (``queue``), ran
+        (``infer``) and took as long in all (``total``); the checking (``input_s``) and gathering
+        (``output_s``) done once for them are theirs together. One call for the five durations."""
+        for duration, seconds in ((self.success, total * requests), (self.queue, queue * requests),
+                                  (self.compute_input, input_s), (self.compute_infer, infer * requests),
+                                  (self.compute_output, output_s)):
+            duration.count += requests
+            duration.ns += int(seconds * 1e9)
+
 
 @dataclass(frozen=True, slots=True)
 class BatchStatistics:

@@ -128,6 +128,28 @@ def test_deadline_expires_in_the_queue_and_never_runs() -> None:
     holds_in_one_of(3, once)
 
 
+def test_a_request_expiring_behind_others_leaves_them_queued_in_order() -> None:
+    """A batch leaves from the queue's front; a request whose deadline passes behind others leaves
+    from its middle, and those around it keep their places and rows."""
+    b, runtime = batcher(delay=0.1)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(b.infer_async(rows(1), CallContext()))
+        await asyncio.sleep(0.01)  # it runs; the rest wait behind it
+        ahead = asyncio.ensure_future(b.infer_async(rows(2, n=2), CallContext()))
+        late = asyncio.ensure_future(b.infer_async(rows(3), CallContext(deadline=time.perf_counter() + 0.02)))
+        behind = asyncio.ensure_future(b.infer_async(rows(4, n=3), CallContext()))
+        await asyncio.sleep(0.05)
+        assert isinstance(late.exception(), DeadlineExceeded)
+        assert b.statistics().queued == 2
+        await first
+        assert (await ahead)["x"].tolist() == [[20, 20]] * 2
+        assert (await behind)["x"].tolist() == [[40, 40]] * 3
+
+    asyncio.run(main())
+    assert runtime.calls == [1, 5]  # the late request never ran; the two around it ran together
+
+
 def test_default_timeout_applies() -> None:
     b, _runtime = batcher(delay=0.2, default_timeout_ms=20)
 

@@ -11,6 +11,7 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Any
 
 import inferd
@@ -20,7 +21,7 @@ from inferd.core.classification import classify
 from inferd.core.shared_memory import SharedMemoryRegions
 from inferd.errors import GroupRefused, InferdError, InvalidInput, ModelError, NotFound, error_for
 from inferd.observability import logging as server_log
-from inferd.observability.metrics import Metrics
+from inferd.observability.metrics import Metrics, ModelMetrics
 from inferd.observability.tracing import RequestTrace, Tracer
 from inferd.repository.registry import ModelRegistry
 from inferd.scheduling.scheduler import Scheduler
@@ -40,6 +41,7 @@ from inferd.types import (
     ServerMetadata,
     SharedMemoryRegion,
     Tensor,
+    Timings,
     VersionStatus,
     read_error_answer,
 )
@@ -57,6 +59,15 @@ _GENERATIONS = itertools.count(1)
 EXTENSIONS = ("classification", "sequence", "binary_tensor_data", "model_repository",
               "model_repository(unload_dependents)", "model_configuration", "statistics", "schedule_policy", "generate",
               "logging", "trace")
+
+
+@dataclass(slots=True)
+class _VersionCounts:
+    """What the data plane counts of one loaded version's requests: Triton's statistics, and the
+    version's metrics (None: the server keeps none), found once with one lookup per request."""
+
+    metrics: ModelMetrics | None
+    stats: RequestStatistics = field(default_factory=RequestStatistics)
 
 
 class DataPlane:
@@ -79,7 +90,7 @@ class DataPlane:
         self._draining = False
         self._strict = strict_readiness
         # per scheduler (so per loaded version): forgotten with it, as Triton's restart on reload
-        self._requests: weakref.WeakKeyDictionary[Scheduler, RequestStatistics] = weakref.WeakKeyDictionary()
+        self._counts: weakref.WeakKeyDictionary[Scheduler, _VersionCounts] = weakref.WeakKeyDictionary()
         self._cache = cache
         # per scheduler: its readiness check on a thread, whose answer every client asking meanwhile takes
         self._readiness_checks: dict[int, asyncio.Future[bool]] = {}
@@ -277,7 +288,7 @@ class DataPlane:
         ``requests``: how many requests this one stands for (``infer_group``)."""
         start = time.perf_counter()
         signature = request.parameters.get("signature_name")
-        runtime, version = self._resolve(request)
+        runtime, version = self._resolve(request, signature)
         if runtime.decoupled:
             raise InvalidInput(f"model '{request.model_name}' is decoupled (it answers zero, one or many times "
                                "per request): ask it over a stream (gRPC ModelStreamInfer, or POST "
@@ -328,22 +339,23 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
-            self.shared_memory.release(held)
+            if held:
+                self.shared_memory.release(held)
             if pinned:
                 self.shared_memory.unpin(pinned)
             end = time.perf_counter()
-            context.timings.total = end - start
+            t = context.timings
+            t.total = end - start
             if trace is not None:
-                trace.handled(version, request.id, start, checked, context.timings.queue, context.timings.compute,
-                              end)
+                trace.handled(version, request.id, start, checked, t.queue, t.compute, end)
+            counts = self._version_counts(runtime, request.model_name, version)
             if hit:
-                self._count_hit(runtime, context, cache_s, cached or {})
+                _count_hit(counts.stats, runtime, t, cache_s, cached or {})
             else:
-                self._count(runtime, outcome, context, checked - start, end - gathered,
-                            cache_s if key is not None else None, requests)
-            if self._metrics is not None:
-                t = context.timings
-                model = self._metrics.for_model(request.model_name, version)
+                _count(counts.stats, runtime, outcome, t, checked - start, end - gathered,
+                       cache_s if key is not None else None, requests)
+            model = counts.metrics
+            if model is not None:
                 if key is not None and outcome == "success":
                     model.cache(hit)
                 if hit:
@@ -371,8 +383,8 @@ class DataPlane:
                 tensors.append(Tensor(w.name, datatypes[w.name], outputs[w.name]))
         return tensors
 
-    def _resolve(self, request: InferRequest) -> tuple[Scheduler, str]:
-        signature = request.parameters.get("signature_name")
+    def _resolve(self, request: InferRequest, signature: object) -> tuple[Scheduler, str]:
+        """``signature``: the request's signature_name parameter (None: the default signature)."""
         if signature:
             return self._registry.get_signature(request.model_name, request.model_version, str(signature))
         return self._registry.get(request.model_name, request.model_version)
@@ -389,7 +401,7 @@ class DataPlane:
     async def run_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """``infer_stream`` without the credentials check: a model's request to another model (BLS),
         whose caller was checked when its own request came."""
-        runtime, version = self._resolve(request)
+        runtime, version = self._resolve(request, request.parameters.get("signature_name"))
         if not runtime.decoupled and not runtime.parts:
             yield await self.run_step(request)
             return
@@ -429,17 +441,18 @@ class DataPlane:
             outcome = "cancelled"
             raise
         finally:
-            self.shared_memory.release(held)
+            if held:
+                self.shared_memory.release(held)
             if pinned:
                 self.shared_memory.unpin(pinned)
             if outcome == "success" and context.is_cancelled():  # the model stopped because the client left
                 outcome = "cancelled"
-            context.timings.total = time.perf_counter() - start
-            self._count(runtime, outcome, context, 0.0, 0.0, None)
-            if self._metrics is not None:
-                t = context.timings
-                self._metrics.for_model(request.model_name, version).request(
-                    request.protocol, outcome, t.total, t.queue, t.compute)
+            t = context.timings
+            t.total = time.perf_counter() - start
+            counts = self._version_counts(runtime, request.model_name, version)
+            _count(counts.stats, runtime, outcome, t, 0.0, 0.0, None)
+            if counts.metrics is not None:
+                counts.metrics.request(request.protocol, outcome, t.total, t.queue, t.compute)
 
     def _generation(self, runtime: Scheduler, within: tuple[Scheduler, ...] = ()) -> str:
         """What made a version's answers, for the cache key: the loaded version itself, and for a
@@ -458,39 +471,14 @@ class DataPlane:
             parts.append("-" if step in within else f"({self._generation(step, (*within, runtime))})")
         return ",".join(parts)
 
-    def _stats(self, runtime: Scheduler) -> RequestStatistics:
-        stats = self._requests.get(runtime)
-        if stats is None:
-            stats = self._requests[runtime] = RequestStatistics()
-        return stats
-
-    def _count_hit(self, runtime: Scheduler, context: CallContext, cache_s: float, outputs: Outputs) -> None:
-        stats = self._stats(runtime)
-        stats.success.add(context.timings.total)
-        stats.cache_hit.add(cache_s)
-        batched = runtime.max_batch_size > 0 and outputs
-        stats.cached_rows += next(iter(outputs.values())).shape[0] if batched else 1
-        stats.last_inference_ms = int(time.time() * 1000)
-
-    def _count(self, runtime: Scheduler, outcome: str, context: CallContext, input_s: float,
-               output_s: float, cache_s: float | None, requests: int = 1) -> None:
-        """One request, or ``requests`` that went through together: each waited and ran as long
-        (success, queue, compute_infer), and the checking and gathering done once is theirs."""
-        stats = self._stats(runtime)
-        t = context.timings
-        if outcome != "success":
-            stats.fail.add(t.total * requests, requests)
-            reason = "OTHER" if runtime.composed_of else _FAILURE_REASONS.get(outcome, "OTHER")
-            stats.failures[reason] = stats.failures.get(reason, 0) + requests
-            return
-        stats.success.add(t.total * requests, requests)
-        stats.queue.add(t.queue * requests, requests)
-        stats.compute_input.add(input_s, requests)
-        stats.compute_infer.add(t.compute * requests, requests)
-        stats.compute_output.add(output_s, requests)
-        if cache_s is not None:
-            stats.cache_miss.add(cache_s)
-        stats.last_inference_ms = int(time.time() * 1000)
+    def _version_counts(self, runtime: Scheduler, name: str, version: str) -> _VersionCounts:
+        """The counts of the version ``runtime`` serves (a reload's new scheduler starts at zero,
+        as Triton's statistics do after a reload; the metrics' counters go on)."""
+        counts = self._counts.get(runtime)
+        if counts is None:
+            metrics = self._metrics.for_model(name, version) if self._metrics is not None else None
+            counts = self._counts[runtime] = _VersionCounts(metrics)
+        return counts
 
     # -- statistics ------------------------------------------------------------------------
     def statistics(self, name: str | None, version: str | None, credentials: str | None) -> list[ModelStatistics]:
@@ -524,7 +512,8 @@ class DataPlane:
 
     def _statistics(self, name: str, version: str, runtime: Scheduler) -> ModelStatistics:
         counters = runtime.statistics()
-        requests = self._requests.get(runtime) or RequestStatistics()
+        counts = self._counts.get(runtime)
+        requests = counts.stats if counts is not None else RequestStatistics()
         return ModelStatistics(name=name, version=version,
                                inference_count=counters.inferences + requests.cached_rows,
                                execution_count=counters.executions, requests=requests,
@@ -536,6 +525,29 @@ class DataPlane:
 # before it ran, a client that went away, the model raising; the rest (and an ensemble's own, as in
 # Triton) are OTHER
 _FAILURE_REASONS = {"deadline_exceeded": "REJECTED", "cancelled": "CANCELED", "model_failed": "BACKEND"}
+
+
+def _count_hit(stats: RequestStatistics, runtime: Scheduler, t: Timings, cache_s: float, outputs: Outputs) -> None:
+    stats.success.add(t.total)
+    stats.cache_hit.add(cache_s)
+    batched = runtime.max_batch_size > 0 and outputs
+    stats.cached_rows += next(iter(outputs.values())).shape[0] if batched else 1
+    stats.last_inference_ms = int(time.time() * 1000)
+
+
+def _count(stats: RequestStatistics, runtime: Scheduler, outcome: str, t: Timings, input_s: float,
+           output_s: float, cache_s: float | None, requests: int = 1) -> None:
+    """One request, or ``requests`` that went through together: each waited and ran as long
+    (success, queue, compute_infer), and the checking and gathering done once is theirs."""
+    if outcome != "success":
+        stats.fail.add(t.total * requests, requests)
+        reason = "OTHER" if runtime.composed_of else _FAILURE_REASONS.get(outcome, "OTHER")
+        stats.failures[reason] = stats.failures.get(reason, 0) + requests
+        return
+    stats.count_success(t.total, t.queue, input_s, t.compute, output_s, requests)
+    if cache_s is not None:
+        stats.cache_miss.add(cache_s)
+    stats.last_inference_ms = int(time.time() * 1000)
 
 
 def _metadata(name: str, versions: tuple[str, ...], runtime: Scheduler) -> ModelMetadata:

@@ -24,6 +24,7 @@ histogram); prometheus-client formats them when /metrics is scraped.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -74,13 +75,17 @@ class Histogram:
         return result
 
 
+def _latency_histogram() -> Histogram:
+    return Histogram(LATENCY_BUCKETS)
+
+
 class ModelMetrics:
     """Everything measured about one model version."""
 
     def __init__(self, model: str, version: str) -> None:
         self.labels = (model, version)
-        self.requests: dict[tuple[str, str], int] = {}  # (protocol, outcome) -> count
-        self.latency: dict[str, Histogram] = {}  # protocol -> histogram
+        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)  # (protocol, outcome) -> count
+        self.latency: defaultdict[str, Histogram] = defaultdict(_latency_histogram)  # protocol -> histogram
         self.queue = Histogram(LATENCY_BUCKETS)
         self.compute = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
@@ -93,25 +98,17 @@ class ModelMetrics:
     def request(self, protocol: str, outcome: str, total: float, queue: float, compute: float,
                 count: int = 1) -> None:
         """``count`` requests that went through together (a front-end worker's group), each timed alike."""
-        key = (protocol, outcome)
-        self.requests[key] = self.requests.get(key, 0) + count
+        self.requests[protocol, outcome] += count
         if outcome != "success":
             return
-        latency = self.latency.get(protocol)
-        if latency is None:
-            latency = self.latency[protocol] = Histogram(LATENCY_BUCKETS)
-        latency.observe(total, count)
+        self.latency[protocol].observe(total, count)
         self.queue.observe(queue, count)
         self.compute.observe(compute, count)
 
     def request_cached(self, protocol: str, total: float) -> None:
         """A success answered from the response cache: counted and timed, no queue or compute."""
-        key = (protocol, "success")
-        self.requests[key] = self.requests.get(key, 0) + 1
-        latency = self.latency.get(protocol)
-        if latency is None:
-            latency = self.latency[protocol] = Histogram(LATENCY_BUCKETS)
-        latency.observe(total)
+        self.requests[protocol, "success"] += 1
+        self.latency[protocol].observe(total)
 
     def cache(self, hit: bool) -> None:
         if hit:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class _Ranked(_Waiting):
 
 
 def batch_key(inputs: Arrays) -> tuple[object, ...]:
-    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
+    return tuple([(name, array.shape[1:], array.dtype.str) for name, array in inputs.items()])
 
 
 class DynamicBatcher(Scheduler):
@@ -210,7 +211,7 @@ class DynamicBatcher(Scheduler):
             if self._ragged is not None:
                 outputs = self.pool.execute(self._ragged.join([inputs]))
                 return self._ragged.split(outputs, [inputs], self.pool.name)[0]
-            return self.pool.execute(inputs)
+            return self.pool.execute(inputs, rows=rows)
         finally:
             context.timings.compute += time.perf_counter() - started
 
@@ -244,12 +245,16 @@ class DynamicBatcher(Scheduler):
                                         f"after {waited:.1f} ms in the queue; it did not run"))
 
     def _remove(self, batch: list[_Waiting]) -> None:
-        gone = set(map(id, batch))
-        self._queue = [w for w in self._queue if id(w) not in gone]
-        self._queued_rows -= sum(w.rows for w in batch)
+        count = len(batch)
+        if self._queue[:count] == batch:  # the queue's front, as a batch is taken: cut it off
+            del self._queue[:count]
+        else:
+            gone = set(map(id, batch))
+            self._queue = [w for w in self._queue if id(w) not in gone]
         if self._levels is not None:
             self._levels.leave(cast(list[_Ranked], batch))  # where there are levels, every request is _Ranked
         for waiting in batch:
+            self._queued_rows -= waiting.rows
             waiting.done = True
             if waiting.expiry is not None:
                 waiting.expiry.cancel()
@@ -269,10 +274,11 @@ class DynamicBatcher(Scheduler):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._queue and self._running < self.pool.instances:
-            self._drop_abandoned()
-            if not self._queue:
-                return
+        instances = self.pool.instances
+        if not self._queue or self._running >= instances:
+            return
+        self._drop_abandoned()  # once: nothing below awaits, so no request is abandoned meanwhile
+        while self._queue and self._running < instances:
             if self._holds:
                 batch = self._take_held()
                 if batch is None:
@@ -280,7 +286,7 @@ class DynamicBatcher(Scheduler):
             else:
                 compatible = self._compatible(self._queue[0])
                 decision = decide(self._queued_rows, time.perf_counter() - self._oldest(compatible),
-                                  self.pool.instances - self._running, self._running, self.max_batch_size,
+                                  instances - self._running, self._running, self.max_batch_size,
                                   self._batching.preferred_batch_sizes, self._max_delay_s)
                 if not decision.dispatch:
                     if decision.wait_s is not None:
@@ -350,24 +356,25 @@ class DynamicBatcher(Scheduler):
 
     def _start(self, batch: list[_Waiting]) -> None:
         started = time.perf_counter()
+        rows = 0
         for waiting in batch:
             waiting.context.timings.queue += started - waiting.enqueued
+            rows += waiting.rows
         if self.requests_apart and self.decoupled:
-            self._start_streams(batch, started)
+            self._start_streams(batch, rows, started)
             return
         if self.requests_apart:
-            self._start_apart(batch, started)
+            self._start_apart(batch, rows, started)
             return
         if self._ragged is not None:
             inputs = self._ragged.join([w.inputs for w in batch])
         else:
             inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
-        rows = sum(w.rows for w in batch)
         if self._observe_batch is not None:
             self._observe_batch(rows)
         if self.pool.runs_inline(inputs):  # a fast model: run now, on this thread (see InstancePool)
-            try:
-                outputs = self.pool.execute(inputs)
+            try:  # (a ragged batch's joined inputs have rows of their own)
+                outputs = self.pool.execute(inputs, rows=rows if self._ragged is None else None)
             except Exception as exc:
                 self._complete(batch, rows, started, None, exc)
             else:
@@ -377,23 +384,23 @@ class DynamicBatcher(Scheduler):
         future = self.pool.submit(inputs)
         future.add_done_callback(lambda f: self._finished(f, batch, rows, started))
 
-    def _start_apart(self, batch: list[_Waiting], started: float) -> None:
+    def _start_apart(self, batch: list[_Waiting], rows: int, started: float) -> None:
         """Hand a runtime that takes a batch as its requests (Triton's ``execute(requests)``) each
         one's own inputs and facts; each gets its own answer or error back: nothing joined or split."""
         requests = [with_request(w.inputs, w.context) if self.takes_request else w.inputs for w in batch]
         if self._observe_batch is not None:
-            self._observe_batch(sum(w.rows for w in batch))
+            self._observe_batch(rows)
         self._running += 1
         future = self.pool.submit_requests(requests, [w.context.is_cancelled for w in batch])
         future.add_done_callback(lambda f: self._answered(f, batch, started))
 
-    def _start_streams(self, batch: list[_Waiting], started: float) -> None:
+    def _start_streams(self, batch: list[_Waiting], rows: int, started: float) -> None:
         """``_start_apart`` for a decoupled model: each request's answers stream to its own reader,
         which starts reading now; the instance is the batch's until every stream has ended."""
         streams = [w.stream for w in batch if w.stream is not None]
         requests = [with_request(w.inputs, w.context) if self.takes_request else w.inputs for w in batch]
         if self._observe_batch is not None:
-            self._observe_batch(sum(w.rows for w in batch))
+            self._observe_batch(rows)
         self._running += 1
         future = self.pool.submit_streams(requests, streams)
         for waiting in batch:
@@ -513,13 +520,11 @@ def _concatenate(batch: list[_Waiting]) -> Arrays:
 def _split(outputs: Arrays, sizes: list[int], rows: int, name: str) -> list[Arrays]:
     if len(sizes) == 1:
         return [outputs]
-    for output, array in outputs.items():
+    named = outputs.items()
+    for output, array in named:
         if array.ndim == 0 or array.shape[0] != rows:
             raise ModelError(f"model '{name}' returned output '{output}' with shape "
                              f"{list(array.shape)} for a batch of {rows} rows; dim 0 must be the batch")
-    parts, start = [], 0
-    for size in sizes:  # plain slices: views, no copies (np.split costs more than the model here)
-        end = start + size
-        parts.append({output: array[start:end] for output, array in outputs.items()})
-        start = end
-    return parts
+    # plain slices: views, no copies (np.split costs more than the model here)
+    return [{output: array[end - size:end] for output, array in named}
+            for size, end in zip(sizes, itertools.accumulate(sizes), strict=True)]

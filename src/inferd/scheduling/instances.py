@@ -266,13 +266,15 @@ class InstancePool(Scheduler):
         return self.inline and _nbytes(inputs) <= self._inline_max_bytes
 
     def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None,
-                requests: int | None = None) -> Arrays:
+                requests: int | None = None, rows: int | None = None) -> Arrays:
         """One call on this thread; ``lane``: on that instance (a sequence's, see Runtime.infer_on);
         ``emit``: the parts it sends before its answer go there (Runtime.infer_parts); ``requests``:
-        the rows that are requests, when some are not (the sequence batcher's empty slots)."""
+        the rows that are requests, when some are not (the sequence batcher's empty slots);
+        ``rows``: the call's rows, when the caller has counted them (the dynamic batcher)."""
         if not self.inline and self._measured < _PROBE_CALLS:
             self._inline_max_bytes = max(self._inline_max_bytes, _nbytes(inputs))
-        rows = self._rows(inputs)
+        if rows is None:
+            rows = self._rows(inputs)
         with self._batches_lock:
             self._busy += 1
         start = time.perf_counter()
@@ -368,7 +370,10 @@ class InstancePool(Scheduler):
             if answered is not None:
                 self._executions += 1
                 self._inferences += answered
-            self._batches.setdefault(rows, Duration()).add(seconds)
+            of_size = self._batches.get(rows)
+            if of_size is None:
+                of_size = self._batches[rows] = Duration()
+            of_size.add(seconds)
             self._measure(seconds)
 
     def _measure(self, seconds: float) -> None:

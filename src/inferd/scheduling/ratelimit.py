@@ -288,9 +288,9 @@ class RateLimitedPool(InstancePool):
             return super().infer(inputs)
 
     def execute(self, inputs: Arrays, lane: int | None = None, emit: Emit | None = None,
-                requests: int | None = None) -> Arrays:
+                requests: int | None = None, rows: int | None = None) -> Arrays:
         with self._held():
-            return super().execute(inputs, lane, emit, requests)
+            return super().execute(inputs, lane, emit, requests, rows)
 
     def _run(self, inputs: Arrays, context: CallContext, enqueued: float, emit: Emit | None = None) -> Arrays:
         """An unbatched call waits for resources only while its deadline holds and its client stays."""
