@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -41,10 +42,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's range for outgoing connections (Linux's default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port nothing is bound to, below the kernel's range for outgoing connections: a port picked
+    by binding port 0 comes from that range, and any client connecting meanwhile (another test's)
+    can take it before the server under test binds it (CI once saw "the port is in use")."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(10000, low - 1) if low > 10500 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class RunningServer:
