@@ -55,8 +55,8 @@ def free_port() -> int:
     by binding port 0 comes from that range, and any client connecting meanwhile (another test's)
     can take it before the server under test binds it (CI once saw "the port is in use")."""
     low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randint(10000, low - 1) if low > 10500 else 0
+    for _ in range(200):  # from 20000: below it are Ray's worker ports (10002-19999), which its tests start
+        port = random.randint(20000, low - 1) if low > 20500 else 0
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
